@@ -1,0 +1,17 @@
+"""RPC method handlers, grouped by namespace; :func:`build_registry` wires them up."""
+
+from __future__ import annotations
+
+from novacron.api import session, vm
+from novacron.api.services import Services
+from novacron.rpc.dispatch import Registry
+
+
+def build_registry(services: Services) -> Registry:
+    registry = Registry()
+    session.register(registry, services)
+    vm.register(registry, services)
+    return registry
+
+
+__all__ = ["Services", "build_registry"]

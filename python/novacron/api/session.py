@@ -1,0 +1,77 @@
+"""``session.*``, ``node.*`` and ``events.*`` methods."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from novacron import __version__
+from novacron.api.services import Services
+from novacron.errors import Conflict, InvalidParams
+from novacron.rpc.dispatch import CallContext, Registry
+from novacron.rpc.params import Params, check_text
+
+PROTOCOL_VERSION = 1
+TOPICS = frozenset({"vm.state"})
+
+
+def register(registry: Registry, services: Services) -> None:
+    @registry.method("session.hello")
+    async def hello(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Protocol and server versions, the node's name and the caller's identity."""
+        p.opt_text("client", max_len=128)
+        p.done()
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "server": "novacrond",
+            "version": __version__,
+            "node": services.config.node_name,
+            "identity": ctx.identity.to_wire(),
+        }
+
+    @registry.method("node.info")
+    async def node_info(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Host, hypervisor, CPUs, memory and NUMA nodes, plus the daemon's own status."""
+        p.done()
+        vms = services.vms
+        info: dict[str, Any] = await vms.hv_pool.run(vms.hv.node_info)
+        info.update(
+            node=services.config.node_name,
+            daemon={
+                "version": __version__,
+                "uptime_s": round(time.time() - services.started_at, 3),
+                "managed_vms": len(vms.managed),
+                "reconcile": services.reconcile_findings,
+                "pools": [vms.hv_pool.statistics(), vms.db_pool.statistics()],
+            },
+        )
+        return info
+
+    @registry.method("events.subscribe")
+    async def subscribe(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Start receiving ``event`` notifications on this connection."""
+        raw = p.list("topics", 16)
+        p.done()
+        topics = frozenset(check_text(t, "topics", 64) for t in raw) if raw else None
+        if topics is not None and not topics <= TOPICS:
+            raise InvalidParams(
+                f"unknown topic(s): {', '.join(sorted(topics - TOPICS))}",
+                {"known": sorted(TOPICS)},
+            )
+        if ctx.subscription is not None:
+            raise Conflict("this connection is already subscribed")
+        if ctx.bus is None or ctx.on_subscribe is None:
+            raise Conflict("this connection cannot receive events")
+        ctx.subscription = ctx.bus.subscribe(topics)
+        ctx.on_subscribe(ctx.subscription)
+        return {"subscribed": True, "topics": sorted(topics or TOPICS)}
+
+    @registry.method("events.unsubscribe")
+    async def unsubscribe(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Stop receiving events on this connection."""
+        p.done()
+        was = ctx.subscription is not None
+        if ctx.subscription is not None:
+            ctx.subscription.close()
+            ctx.subscription = None
+        return {"subscribed": False, "was_subscribed": was}

@@ -1,0 +1,102 @@
+"""``vm.*`` methods: thin argument checking over :class:`novacron.vm.service.VmService`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from novacron.api.services import Services
+from novacron.rpc.dispatch import CallContext, Registry
+from novacron.rpc.params import Params
+from novacron.vm.spec import parse_create
+
+MAX_SHUTDOWN_TIMEOUT_S = 3600.0
+
+
+def register(registry: Registry, services: Services) -> None:
+    vms = services.vms
+
+    @registry.method("vm.create")
+    async def create(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Define a VM (and its new disks); start it when ``start`` is true."""
+        spec, start = parse_create(p)
+        return await vms.create(spec, start)
+
+    @registry.method("vm.list")
+    async def list_(ctx: CallContext, p: Params) -> list[dict[str, Any]]:
+        """Every managed VM, optionally of one tenant."""
+        tenant = p.opt_name("tenant")
+        p.done()
+        return await vms.list(tenant)
+
+    @registry.method("vm.get")
+    async def get(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """One VM with its disks and console log."""
+        name = p.name()
+        p.done()
+        return await vms.get(name)
+
+    def simple(method: str, action: Any, summary: str) -> None:
+        async def handler(ctx: CallContext, p: Params) -> dict[str, Any]:
+            name = p.name()
+            p.done()
+            result: dict[str, Any] = await action(name)
+            return result
+
+        handler.__doc__ = summary
+        registry.method(method)(handler)
+
+    simple("vm.start", vms.start, "Boot a stopped VM.")
+    simple("vm.stop", vms.stop, "Power a VM off at once (forced).")
+    simple("vm.pause", vms.pause, "Pause a running VM's vCPUs.")
+    simple("vm.resume", vms.resume, "Resume a paused VM.")
+    simple("vm.reboot", vms.reboot, "Ask the guest to reboot.")
+
+    @registry.method("vm.shutdown")
+    async def shutdown(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Graceful shutdown (ACPI); waits up to ``timeout_s``, then fails or forces."""
+        name = p.name()
+        timeout_s = p.number("timeout_s", 0, MAX_SHUTDOWN_TIMEOUT_S, default=60.0)
+        force = p.bool("force")
+        p.done()
+        return await vms.shutdown(name, timeout_s, force)
+
+    @registry.method("vm.delete")
+    async def delete(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Undefine a stopped VM and delete the disks the daemon created for it."""
+        name = p.name()
+        force = p.bool("force")
+        keep_disks = p.bool("keep_disks")
+        p.done()
+        return await vms.delete(name, force, keep_disks)
+
+    @registry.method("vm.snapshot.create")
+    async def snapshot_create(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Snapshot a VM (disks and, when running, memory)."""
+        name = p.name("vm")
+        snapshot = p.name("name")
+        description = p.text("description", default="", max_len=1024)
+        p.done()
+        return await vms.snapshot_create(name, snapshot, description)
+
+    @registry.method("vm.snapshot.list")
+    async def snapshot_list(ctx: CallContext, p: Params) -> list[dict[str, Any]]:
+        """A VM's snapshots, oldest first."""
+        name = p.name("vm")
+        p.done()
+        return await vms.snapshot_list(name)
+
+    @registry.method("vm.snapshot.revert")
+    async def snapshot_revert(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Return a VM to a snapshot."""
+        name = p.name("vm")
+        snapshot = p.name("name")
+        p.done()
+        return await vms.snapshot_revert(name, snapshot)
+
+    @registry.method("vm.snapshot.delete")
+    async def snapshot_delete(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Delete a snapshot."""
+        name = p.name("vm")
+        snapshot = p.name("name")
+        p.done()
+        return await vms.snapshot_delete(name, snapshot)

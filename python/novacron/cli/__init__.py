@@ -1,0 +1,1 @@
+"""The ``novacron`` command: an RPC client only (it never imports server code)."""

@@ -1,0 +1,180 @@
+"""``novacron vm ...`` and ``novacron vm snapshot ...``."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from novacron.cli import output
+from novacron.client import SyncClient
+
+LIST_COLUMNS = [
+    ("name", "NAME"),
+    ("tenant", "TENANT"),
+    ("state", "STATE"),
+    ("vcpus", "VCPUS"),
+    ("memory_mib", "MEMORY MiB"),
+    ("created_at", "CREATED"),
+]
+GET_ORDER = [
+    "name", "uuid", "tenant", "state", "reason", "desired_state", "vcpus", "memory_mib",
+    "kernel", "initrd", "cmdline", "disks", "console_log", "created_at", "updated_at",
+]
+SNAP_COLUMNS = [
+    ("name", "NAME"),
+    ("state", "STATE"),
+    ("current", "CURRENT"),
+    ("created_at", "CREATED"),
+    ("description", "DESCRIPTION"),
+]
+
+
+def _disk(text: str) -> dict[str, Any]:
+    """``10`` (GiB, new volume) or ``/path/image.qcow2[:raw]`` (existing image)."""
+    if text.isdigit():
+        return {"size_gib": int(text)}
+    path, _, fmt = text.partition(":")
+    return {"path": path, "format": fmt or "qcow2"}
+
+
+def add_commands(groups: Any) -> None:
+    vm = groups.add_parser("vm", help="virtual machines")
+    sub = vm.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    lst = sub.add_parser("list", help="list VMs")
+    lst.add_argument("--tenant")
+    lst.set_defaults(run=run_list)
+
+    get = sub.add_parser("get", help="show one VM")
+    get.add_argument("name")
+    get.set_defaults(run=run_get)
+
+    create = sub.add_parser("create", help="define a VM")
+    create.add_argument("name")
+    create.add_argument("--vcpus", type=int, default=1)
+    create.add_argument("--memory", type=int, default=512, dest="memory_mib", help="MiB")
+    create.add_argument("--kernel")
+    create.add_argument("--initrd")
+    create.add_argument("--cmdline")
+    create.add_argument(
+        "--disk", action="append", type=_disk, dest="disks", help="SIZE_GIB or PATH[:FORMAT]"
+    )
+    create.add_argument("--tenant")
+    create.add_argument("--start", action="store_true", help="boot it right away")
+    create.set_defaults(run=run_create)
+
+    for action, helptext in [
+        ("start", "boot a VM"),
+        ("stop", "power a VM off at once"),
+        ("pause", "pause a VM"),
+        ("resume", "resume a paused VM"),
+        ("reboot", "reboot a VM"),
+    ]:
+        cmd = sub.add_parser(action, help=helptext)
+        cmd.add_argument("name")
+        cmd.set_defaults(run=run_simple, method=f"vm.{action}")
+
+    shutdown = sub.add_parser("shutdown", help="graceful shutdown")
+    shutdown.add_argument("name")
+    shutdown.add_argument("--timeout", type=float, default=60.0, dest="shutdown_timeout")
+    shutdown.add_argument("--force", action="store_true", help="power off after the timeout")
+    shutdown.set_defaults(run=run_shutdown)
+
+    delete = sub.add_parser("delete", help="delete a VM and the disks created for it")
+    delete.add_argument("name")
+    delete.add_argument("--force", action="store_true", help="power it off first if running")
+    delete.add_argument("--keep-disks", action="store_true")
+    delete.set_defaults(run=run_delete)
+
+    snap = sub.add_parser("snapshot", help="VM snapshots")
+    snaps = snap.add_subparsers(dest="snapshot_command", required=True, metavar="COMMAND")
+    s_create = snaps.add_parser("create", help="take a snapshot")
+    s_create.add_argument("vm")
+    s_create.add_argument("snapshot")
+    s_create.add_argument("--description", default="")
+    s_create.set_defaults(run=run_snapshot, method="vm.snapshot.create")
+    s_list = snaps.add_parser("list", help="list snapshots")
+    s_list.add_argument("vm")
+    s_list.set_defaults(run=run_snapshot_list)
+    for action in ("revert", "delete"):
+        cmd = snaps.add_parser(action, help=f"{action} a snapshot")
+        cmd.add_argument("vm")
+        cmd.add_argument("snapshot")
+        cmd.set_defaults(run=run_snapshot, method=f"vm.snapshot.{action}")
+
+
+def _show(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    if not args.json:
+        output.fields(doc, [k for k in GET_ORDER if k in doc] + [k for k in doc if k not in GET_ORDER])
+    return doc
+
+
+def run_list(client: SyncClient, args: argparse.Namespace) -> Any:
+    rows = client.call("vm.list", tenant=args.tenant)
+    if not args.json:
+        output.table(rows, LIST_COLUMNS)
+    return rows
+
+
+def run_get(client: SyncClient, args: argparse.Namespace) -> Any:
+    return _show(client.call("vm.get", name=args.name), args)
+
+
+def run_create(client: SyncClient, args: argparse.Namespace) -> Any:
+    doc = client.call(
+        "vm.create",
+        name=args.name,
+        vcpus=args.vcpus,
+        memory_mib=args.memory_mib,
+        kernel=args.kernel,
+        initrd=args.initrd,
+        cmdline=args.cmdline,
+        disks=args.disks,
+        tenant=args.tenant,
+        start=args.start or None,
+    )
+    return _show(doc, args)
+
+
+def run_simple(client: SyncClient, args: argparse.Namespace) -> Any:
+    doc = client.call(args.method, name=args.name)
+    if not args.json:
+        output.console.print(f"{doc['name']}: {doc['state']}", highlight=False)
+    return doc
+
+
+def run_shutdown(client: SyncClient, args: argparse.Namespace) -> Any:
+    doc = client.call(
+        "vm.shutdown", name=args.name, timeout_s=args.shutdown_timeout, force=args.force or None
+    )
+    if not args.json:
+        forced = " (forced)" if doc.get("forced") else ""
+        output.console.print(f"{doc['name']}: {doc['state']}{forced}", highlight=False)
+    return doc
+
+
+def run_delete(client: SyncClient, args: argparse.Namespace) -> Any:
+    doc = client.call(
+        "vm.delete", name=args.name, force=args.force or None, keep_disks=args.keep_disks or None
+    )
+    if not args.json:
+        output.console.print(f"{doc['name']}: deleted", highlight=False)
+    return doc
+
+
+def run_snapshot(client: SyncClient, args: argparse.Namespace) -> Any:
+    params: dict[str, Any] = {"vm": args.vm, "name": args.snapshot}
+    if args.method == "vm.snapshot.create":
+        params["description"] = args.description
+    doc = client.call(args.method, **params)
+    if not args.json:
+        verb = args.method.rsplit(".", 1)[-1]
+        output.console.print(f"{args.vm}: snapshot {args.snapshot} {verb}d", highlight=False)
+    return doc
+
+
+def run_snapshot_list(client: SyncClient, args: argparse.Namespace) -> Any:
+    rows = client.call("vm.snapshot.list", vm=args.vm)
+    if not args.json:
+        output.table(rows, SNAP_COLUMNS)
+    return rows

@@ -1,0 +1,218 @@
+"""Clients for plugins and scripts: :func:`connect` (trio) and :class:`SyncClient`.
+
+Both speak MessagePack-RPC over the daemon's Unix socket and raise the
+:mod:`novacron.errors` class matching the error code the daemon sent::
+
+    async with novacron.client.connect() as nc:
+        vms = await nc.call("vm.list")
+
+    with novacron.client.SyncClient() as nc:
+        nc.call("vm.start", name="web1")
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import trio
+
+from novacron import errors, paths
+from novacron.rpc import codec
+
+READ_SIZE = 256 * 1024
+
+
+def _params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _result(response: codec.Response) -> Any:
+    if response.error is not None:
+        raise errors.from_wire(response.error)
+    return response.result
+
+
+class _Pending:
+    __slots__ = ("done", "response")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.response: codec.Response | None = None
+
+
+class Client:
+    """A trio client; many calls may be in flight at once. Create it with :func:`connect`."""
+
+    def __init__(self, stream: trio.abc.Stream, max_message: int) -> None:
+        self._stream = stream
+        self._decoder = codec.Decoder(max_message)
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._send_lock = trio.Lock()
+        self._notify_send, self._notify_recv = trio.open_memory_channel[codec.Notification](
+            math.inf
+        )
+        self._failure: errors.NovaCronError | None = None
+
+    async def call(self, method: str, **params: Any) -> Any:
+        """Calls ``method`` with named arguments (None values are left out)."""
+        if self._failure is not None:
+            raise self._failure
+        msgid = next(self._ids) % (codec.MAX_MSGID + 1)
+        pending = self._pending[msgid] = _Pending()
+        try:
+            async with self._send_lock:
+                await self._stream.send_all(codec.encode_request(msgid, method, _params(params)))
+            await pending.done.wait()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise errors.Unavailable("connection to novacrond lost") from None
+        finally:
+            self._pending.pop(msgid, None)
+        if pending.response is None:
+            raise self._failure or errors.Unavailable("connection to novacrond lost")
+        return _result(pending.response)
+
+    async def notifications(self) -> AsyncIterator[codec.Notification]:
+        async for note in self._notify_recv:
+            yield note
+
+    async def events(self, topics: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Subscribes and yields event maps (``{"topic": ..., ...}``)."""
+        await self.call("events.subscribe", topics=topics)
+        async for note in self.notifications():
+            if note.method == "event" and note.params and isinstance(note.params[0], dict):
+                yield note.params[0]
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                data = await self._stream.receive_some(READ_SIZE)
+                if not data:
+                    break
+                for message in self._decoder.feed(data):
+                    self._dispatch(message)
+        except errors.ProtocolError as exc:
+            self._failure = exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            if self._failure is None:
+                self._failure = errors.Unavailable("connection to novacrond closed")
+            for pending in self._pending.values():
+                pending.done.set()
+            self._notify_send.close()
+
+    def _dispatch(self, message: codec.Message) -> None:
+        if isinstance(message, codec.Response):
+            pending = self._pending.get(message.msgid)
+            if pending is not None:
+                pending.response = message
+                pending.done.set()
+        elif isinstance(message, codec.Notification):
+            if message.method == "protocol.error" and message.params:
+                info = message.params[0]
+                self._failure = errors.ProtocolError(
+                    str(info.get("message")), code=str(info.get("code"))
+                )
+            self._notify_send.send_nowait(message)
+
+
+@asynccontextmanager
+async def connect(
+    path: str | Path | None = None, max_message: int = codec.DEFAULT_MAX_MESSAGE
+) -> AsyncIterator[Client]:
+    """Opens a trio client on the daemon's Unix socket."""
+    target = Path(path) if path is not None else paths.default_client_socket()
+    try:
+        stream = await trio.open_unix_socket(str(target))
+    except OSError as exc:
+        raise errors.Unavailable(f"cannot connect to {target}: {exc.strerror}") from None
+    async with stream, trio.open_nursery() as nursery:
+        client = Client(stream, max_message)
+        nursery.start_soon(client._reader)
+        try:
+            yield client
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+class SyncClient:
+    """A blocking client (one call at a time) for scripts and the CLI."""
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        timeout: float | None = None,
+        max_message: int = codec.DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        self.path = Path(path) if path is not None else paths.default_client_socket()
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock.settimeout(timeout)
+        try:
+            self._sock.connect(str(self.path))
+        except OSError as exc:
+            self._sock.close()
+            raise errors.Unavailable(f"cannot connect to {self.path}: {exc.strerror}") from None
+        self._decoder = codec.Decoder(max_message)
+        self._ids = itertools.count(1)
+        self._queue: deque[codec.Message] = deque()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _next(self) -> codec.Message:
+        while not self._queue:
+            try:
+                data = self._sock.recv(READ_SIZE)
+            except TimeoutError:
+                raise errors.Timeout("no answer from novacrond in time") from None
+            if not data:
+                raise errors.Unavailable("connection to novacrond closed")
+            self._queue.extend(self._decoder.feed(data))
+        return self._queue.popleft()
+
+    def call(self, method: str, **params: Any) -> Any:
+        msgid = next(self._ids) % (codec.MAX_MSGID + 1)
+        self._sock.sendall(codec.encode_request(msgid, method, _params(params)))
+        held: list[codec.Message] = []
+        try:
+            while True:
+                message = self._next()
+                if isinstance(message, codec.Response) and message.msgid == msgid:
+                    return _result(message)
+                if isinstance(message, codec.Notification) and message.method == "protocol.error":
+                    info = message.params[0] if message.params else {}
+                    raise errors.ProtocolError(str(info.get("message")), str(info.get("code")))
+                held.append(message)
+        finally:
+            self._queue.extendleft(reversed(held))
+
+    def events(self, topics: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        self.call("events.subscribe", topics=topics)
+        while True:
+            message = self._next()
+            if (
+                isinstance(message, codec.Notification)
+                and message.method == "event"
+                and message.params
+            ):
+                yield message.params[0]

@@ -1,0 +1,168 @@
+"""Daemon configuration: embedded defaults < ``--dev`` defaults < TOML file < flags.
+
+Every key of the TOML file has a flag of the same name (``[daemon] socket`` is
+``--socket``; see :data:`FIELDS`), so anything can be overridden on the command line.
+Unknown keys and values of the wrong type are refused with :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from novacron import paths
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("kv", "json")
+DOMAIN_TYPES = ("auto", "kvm", "qemu")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class Config:
+    node_name: str = field(default_factory=socket.gethostname)
+    socket: Path = paths.SYSTEM_SOCKET
+    socket_group: str = "novacron"
+    state_dir: Path = paths.SYSTEM_STATE_DIR
+    log_level: str = "info"
+    log_format: str = "kv"
+    shutdown_grace_s: float = 10.0
+    hypervisor_uri: str = "qemu:///system"
+    domain_type: str = "auto"
+    storage_pool: str = "novacron"
+    hypervisor_threads: int = 8
+    max_message_bytes: int = 8 * 1024 * 1024
+    max_inflight_per_connection: int = 128
+    dev: bool = False
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "state.db"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.state_dir / "images"
+
+
+# TOML section for each key; the flag is ``--`` + the key with ``_`` as ``-``.
+FIELDS: dict[str, str] = {
+    "node_name": "daemon",
+    "socket": "daemon",
+    "socket_group": "daemon",
+    "state_dir": "daemon",
+    "log_level": "daemon",
+    "log_format": "daemon",
+    "shutdown_grace_s": "daemon",
+    "hypervisor_uri": "hypervisor",
+    "domain_type": "hypervisor",
+    "storage_pool": "hypervisor",
+    "hypervisor_threads": "hypervisor",
+    "max_message_bytes": "rpc",
+    "max_inflight_per_connection": "rpc",
+}
+_TOML_KEY = {"hypervisor_uri": "uri", "hypervisor_threads": "threads"}
+_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _TYPES[name]
+    try:
+        if kind == "Path":
+            if not isinstance(value, str) or not value:
+                raise TypeError
+            return Path(value)
+        if kind == "int":
+            if isinstance(value, bool):
+                raise TypeError
+            number = int(value)
+            if number <= 0:
+                raise ValueError
+            return number
+        if kind == "float":
+            if isinstance(value, bool):
+                raise TypeError
+            real = float(value)
+            if real < 0:
+                raise ValueError
+            return real
+        if not isinstance(value, str) or not value:
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a valid {kind}") from None
+    if name == "log_level" and value.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    if name == "domain_type" and value not in DOMAIN_TYPES:
+        raise ConfigError(f"domain_type must be one of {', '.join(DOMAIN_TYPES)}")
+    if name == "log_format" and value not in LOG_FORMATS:
+        raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+    return value.lower() if name == "log_level" else value
+
+
+def dev_defaults() -> Config:
+    return Config(
+        socket=paths.dev_socket(),
+        state_dir=paths.dev_state_dir(),
+        hypervisor_uri="test:///default",
+        dev=True,
+    )
+
+
+def from_toml(base: Config, text: str, origin: str) -> Config:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
+    known = {(section, _TOML_KEY.get(name, name)): name for name, section in FIELDS.items()}
+    changes: dict[str, Any] = {}
+    for section, table in doc.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: top-level key {section!r} must be a [section]")
+        for key, value in table.items():
+            name = known.get((section, key))
+            if name is None:
+                raise ConfigError(f"{origin}: unknown key [{section}] {key}")
+            changes[name] = _coerce(name, value)
+    return replace(base, **changes)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML configuration file")
+    parser.add_argument(
+        "--dev",
+        action="store_true",
+        help="development mode: libvirt test:///default, per-user state and socket, no root",
+    )
+    for name, section in FIELDS.items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            help=f"overrides [{section}] {_TOML_KEY.get(name, name)}",
+        )
+
+
+def load(args: argparse.Namespace) -> Config:
+    """Builds the configuration from parsed command-line arguments."""
+    config = dev_defaults() if args.dev else Config()
+    path: Path | None = args.config
+    if path is None and not args.dev and paths.SYSTEM_CONFIG.exists():
+        path = paths.SYSTEM_CONFIG
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+        config = from_toml(config, text, str(path))
+    overrides = {
+        name: _coerce(name, getattr(args, name))
+        for name in FIELDS
+        if getattr(args, name, None) is not None
+    }
+    return replace(config, **overrides)

@@ -1,0 +1,132 @@
+"""``novacrond``: builds the service tree and runs it under trio.
+
+Start order: state store -> hypervisor connection, storage pool and reconcile ->
+libvirt events -> RPC listener -> ``READY=1``. SIGTERM/SIGINT: stop accepting, let
+in-flight calls finish within ``shutdown_grace_s``, close, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from novacron import __version__, config as config_mod, logs, systemd
+from novacron.api import Services, build_registry
+from novacron.config import Config, ConfigError
+from novacron.eventbus import EventBus
+from novacron.logs import kv
+from novacron.server.unix import SocketInUse, UnixServer, bind_unix
+from novacron.state.db import StateStore
+from novacron.vm.driver import Hypervisor
+from novacron.vm.events import LibvirtEvents, ensure_event_impl
+from novacron.vm.reconcile import reconcile
+from novacron.vm.service import VmService
+
+log = logging.getLogger("novacron.daemon")
+
+
+def prepare_dirs(config: Config) -> None:
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    # traversable (libvirt's QEMU user reaches images and console logs) but not listable
+    os.chmod(config.state_dir, 0o711)
+    for sub in (config.images_dir, config.state_dir / "consoles"):
+        sub.mkdir(exist_ok=True)
+        os.chmod(sub, 0o711)
+    if config.dev:
+        config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def open_store(path: Path) -> StateStore:
+    old = os.umask(0o077)  # the database and its WAL files are private to the daemon
+    try:
+        return StateStore(path)
+    finally:
+        os.umask(old)
+
+
+async def serve(config: Config) -> None:
+    ensure_event_impl()
+    prepare_dirs(config)
+    store = await trio.to_thread.run_sync(open_store, config.db_path)
+    hv = Hypervisor(config.hypervisor_uri, config.domain_type)
+    vms = VmService(config, hv, store)
+    bus = EventBus()
+    services = Services(config=config, vms=vms, bus=bus)
+    try:
+        await vms.hv_pool.run(hv.ensure_pool, config.storage_pool, config.images_dir)
+        services.reconcile_findings = await reconcile(vms)
+        registry = build_registry(services)
+
+        passed = systemd.listen_fds()
+        sock = passed[0] if passed else bind_unix(config.socket, config.socket_group)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as root:
+                await root.start(LibvirtEvents(hv, bus, vms.managed.__contains__).run)
+                server = UnixServer(
+                    sock,
+                    registry,
+                    bus,
+                    config.socket_group,
+                    config.max_message_bytes,
+                    config.max_inflight_per_connection,
+                )
+                await root.start(server.run)
+                interval = systemd.watchdog_interval()
+                if interval:
+                    root.start_soon(systemd.watchdog, interval)
+                systemd.notify(f"READY=1\nSTATUS=serving on {config.socket}")
+                log.info(
+                    "daemon.ready",
+                    extra=kv(
+                        node=config.node_name,
+                        socket=config.socket,
+                        hypervisor=config.hypervisor_uri,
+                        vms=len(vms.managed),
+                        activated=bool(passed),
+                    ),
+                )
+                async for signum in signals:
+                    log.info("daemon.stopping", extra=kv(signal=signal.Signals(signum).name))
+                    break
+                systemd.notify("STOPPING=1")
+                await server.shutdown(config.shutdown_grace_s)
+                root.cancel_scope.cancel()
+        if not passed:
+            config.socket.unlink(missing_ok=True)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(store.close)
+            await trio.to_thread.run_sync(hv.close)
+    log.info("daemon.stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="novacrond", description="NovaCron node daemon")
+    parser.add_argument("--version", action="version", version=f"novacrond {__version__}")
+    config_mod.add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = config_mod.load(args)
+    except ConfigError as exc:
+        print(f"novacrond: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(config.log_level, config.log_format)
+    try:
+        trio.run(serve, config)
+    except SocketInUse as exc:
+        log.error("daemon.socket_in_use", extra=kv(detail=str(exc)))
+        return 1
+    except OSError as exc:
+        log.error("daemon.failed", extra=kv(error=str(exc)))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""MessagePack-RPC: the wire codec (no I/O) and the method dispatcher."""

@@ -1,0 +1,182 @@
+"""MessagePack-RPC framing without I/O.
+
+Bytes go in (:meth:`Decoder.feed`), messages come out; ``encode_*`` turn messages into
+bytes. The server, the client and the tests all drive this same codec. The message
+shapes are the MessagePack-RPC specification's (as used by Neovim):
+
+* request ``[0, msgid, method, params]``
+* response ``[1, msgid, error, result]``
+* notification ``[2, method, params]``
+
+Anything else (bytes that are not MessagePack, a message that is not one of these
+shapes, a message larger than the configured limit) raises :class:`ProtocolError`,
+and the decoder is then unusable: the connection that sent it must be closed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from novacron.errors import InvalidParams, ProtocolError
+
+REQUEST: Final = 0
+RESPONSE: Final = 1
+NOTIFICATION: Final = 2
+
+DEFAULT_MAX_MESSAGE: Final = 8 * 1024 * 1024
+MAX_MSGID: Final = 2**32 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    msgid: int
+    method: str
+    params: list[Any]
+
+    def named_params(self) -> dict[str, Any]:
+        """The single map of named arguments (``[]`` means none).
+
+        Raises :class:`InvalidParams` for any other shape: the message is valid
+        MessagePack-RPC, only its arguments are wrong, so the connection stays open.
+        """
+        return named_params(self.params)
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    msgid: int
+    error: Any
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    method: str
+    params: list[Any]
+
+
+Message = Request | Response | Notification
+
+
+def named_params(params: list[Any]) -> dict[str, Any]:
+    if not params:
+        return {}
+    if len(params) != 1 or not isinstance(params[0], dict):
+        raise InvalidParams("params must be an empty array or an array holding one map")
+    args: dict[str, Any] = params[0]
+    for key in args:
+        if not isinstance(key, str):
+            raise InvalidParams("parameter names must be strings")
+    return args
+
+
+def _check_msgid(value: Any) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_MSGID:
+        raise ProtocolError(f"msgid must be an unsigned 32-bit integer, got {value!r:.40}")
+    return value
+
+
+def _check_method(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ProtocolError("method must be a non-empty string")
+    return value
+
+
+def _check_params(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise ProtocolError("params must be an array")
+    return value
+
+
+def parse_message(obj: Any) -> Message:
+    """Validates one decoded MessagePack object as a MessagePack-RPC message."""
+    if not isinstance(obj, list) or not obj:
+        raise ProtocolError("a message must be a non-empty array")
+    kind = obj[0]
+    if kind == REQUEST and type(kind) is int and len(obj) == 4:
+        return Request(_check_msgid(obj[1]), _check_method(obj[2]), _check_params(obj[3]))
+    if kind == RESPONSE and type(kind) is int and len(obj) == 4:
+        return Response(_check_msgid(obj[1]), obj[2], obj[3])
+    if kind == NOTIFICATION and type(kind) is int and len(obj) == 3:
+        return Notification(_check_method(obj[1]), _check_params(obj[2]))
+    raise ProtocolError(f"not a MessagePack-RPC message (type {kind!r:.20}, {len(obj)} elements)")
+
+
+class Decoder:
+    """Incremental decoder for one connection's byte stream."""
+
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE) -> None:
+        if max_message_size < 16:
+            raise ValueError("max_message_size is too small")
+        self.max_message_size = max_message_size
+        self._unpacker = msgpack.Unpacker(
+            raw=False,
+            use_list=True,
+            strict_map_key=True,
+            max_buffer_size=max_message_size,
+        )
+        self._failed = False
+        self._fed = 0
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Feeds bytes; returns every message they complete, in order."""
+        if self._failed:
+            raise ProtocolError("decoder already failed")
+        messages: list[Message] = []
+        view = memoryview(data)
+        try:
+            # Feed only what fits beside the partial message already buffered and drain
+            # in between, so the buffer only ever holds one partial message: a full
+            # buffer then means exactly "one message exceeds the limit".
+            pos = 0
+            while pos < len(view):
+                free = self.max_message_size - (self._fed - self._unpacker.tell())
+                if free <= 0:
+                    raise msgpack.BufferFull
+                chunk = view[pos : pos + free]
+                self._unpacker.feed(chunk)
+                self._fed += len(chunk)
+                pos += len(chunk)
+                for obj in self._unpacker:
+                    messages.append(parse_message(obj))
+        except ProtocolError:
+            self._failed = True
+            raise
+        except msgpack.BufferFull:
+            self._failed = True
+            raise ProtocolError(
+                f"message exceeds the {self.max_message_size}-byte limit", code="too_large"
+            ) from None
+        except Exception as exc:  # msgpack signals malformed data with many types
+            self._failed = True
+            raise ProtocolError(f"malformed MessagePack: {type(exc).__name__}") from None
+        return messages
+
+
+def _pack(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def encode_request(msgid: int, method: str, params: dict[str, Any] | None = None) -> bytes:
+    return _pack([REQUEST, msgid, method, [params] if params else []])
+
+
+def encode_response(msgid: int, error: dict[str, Any] | None, result: Any) -> bytes:
+    return _pack([RESPONSE, msgid, error, result])
+
+
+def encode_notification(method: str, params: dict[str, Any] | None = None) -> bytes:
+    return _pack([NOTIFICATION, method, [params] if params else []])
+
+
+def encode(message: Message) -> bytes:
+    """Encodes any message object (used by tests and tools)."""
+    if isinstance(message, Request):
+        return _pack([REQUEST, message.msgid, message.method, message.params])
+    if isinstance(message, Response):
+        return _pack([RESPONSE, message.msgid, message.error, message.result])
+    return _pack([NOTIFICATION, message.method, message.params])

@@ -1,0 +1,165 @@
+"""One client connection: read, decode, dispatch concurrently, write in order of completion.
+
+* Many requests may be in flight; each runs as its own task and its response goes out
+  as soon as it is ready (responses carry the request's msgid, in any order).
+* At most ``max_inflight`` calls run at once per connection; past that the connection
+  stops reading (backpressure), it is not refused.
+* One writer task owns the socket's send side and coalesces queued messages into one
+  write, so pipelined calls cost few syscalls.
+* Bytes that are not MessagePack-RPC, or a message over the limit: a ``protocol.error``
+  notification is queued, reading stops, in-flight calls finish, the connection closes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from novacron.auth.identity import Identity
+from novacron.errors import ProtocolError
+from novacron.eventbus import EventBus, Subscription
+from novacron.logs import kv
+from novacron.rpc import codec
+from novacron.rpc.dispatch import CallContext, Registry
+
+log = logging.getLogger("novacron.server")
+
+READ_SIZE = 256 * 1024
+WRITE_COALESCE = 256 * 1024
+OUTGOING_QUEUE = 256
+
+
+class ConnectionStats:
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.open = 0
+        self.requests = 0
+        self.protocol_errors = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class Connection:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        identity: Identity,
+        registry: Registry,
+        bus: EventBus,
+        max_message: int,
+        max_inflight: int,
+        stats: ConnectionStats,
+    ) -> None:
+        self.stream = stream
+        self.identity = identity
+        self._registry = registry
+        self._bus = bus
+        self._decoder = codec.Decoder(max_message)
+        self._inflight = trio.Semaphore(max_inflight)
+        self._stats = stats
+        self._send, self._recv = trio.open_memory_channel[bytes](OUTGOING_QUEUE)
+        self._reader_scope = trio.CancelScope()
+        self._ctx = CallContext(identity, bus)
+        self._ctx.on_subscribe = self._on_subscribe
+        self._outer: trio.Nursery | None = None
+
+    def stop_reading(self) -> None:
+        """Stop taking new requests (shutdown); calls in flight still get answers."""
+        self._reader_scope.cancel()
+
+    async def serve(self) -> None:
+        try:
+            async with trio.open_nursery() as outer:
+                self._outer = outer
+                outer.start_soon(self._writer)
+                try:
+                    async with trio.open_nursery() as calls:
+                        with self._reader_scope:
+                            await self._read(calls)
+                finally:
+                    if self._ctx.subscription is not None:
+                        self._ctx.subscription.close()
+                    self._send.close()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.stream.aclose()
+
+    async def _read(self, calls: trio.Nursery) -> None:
+        while True:
+            try:
+                data = await self.stream.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            if not data:
+                return
+            try:
+                messages = self._decoder.feed(data)
+            except ProtocolError as exc:
+                self._stats.protocol_errors += 1
+                log.info(
+                    "rpc.protocol_error",
+                    extra=kv(user=self.identity.user, code=exc.code, detail=exc.message),
+                )
+                notice = codec.encode_notification(
+                    "protocol.error", {"code": exc.code, "message": exc.message}
+                )
+                with trio.move_on_after(5):  # a peer that never reads must not pin us
+                    await self._send.send(notice)
+                return
+            for message in messages:
+                if isinstance(message, codec.Request):
+                    await self._inflight.acquire()
+                    self._stats.requests += 1
+                    calls.start_soon(self._call, message)
+                # notifications and responses from a client have no method to reach
+
+    async def _call(self, request: codec.Request) -> None:
+        try:
+            error, result = await self._registry.call(self._ctx, request)
+            try:
+                payload = codec.encode_response(request.msgid, error, result)
+            except (TypeError, ValueError, OverflowError):
+                log.exception("rpc.unencodable_result", extra=kv(method=request.method))
+                payload = codec.encode_response(
+                    request.msgid, {"code": "internal", "message": "unencodable result"}, None
+                )
+            try:
+                await self._send.send(payload)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+        finally:
+            self._inflight.release()
+
+    async def _writer(self) -> None:
+        try:
+            async for first in self._recv:
+                chunks = [first]
+                size = len(first)
+                while size < WRITE_COALESCE:
+                    try:
+                        chunk = self._recv.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
+                await self.stream.send_all(b"".join(chunks))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            # the peer went away: nothing more can be delivered
+            self.stop_reading()
+            self._recv.close()
+
+    def _on_subscribe(self, sub: Subscription) -> None:
+        assert self._outer is not None
+        self._outer.start_soon(self._pump_events, sub)
+
+    async def _pump_events(self, sub: Subscription) -> None:
+        # ends when the subscription closes (unsubscribe or connection end)
+        async for event in sub:
+            payload: dict[str, Any] = event
+            try:
+                await self._send.send(codec.encode_notification("event", payload))
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return

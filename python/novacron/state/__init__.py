@@ -1,0 +1,1 @@
+"""Node state: sqlite (WAL) holding desired state and metadata."""

@@ -1,0 +1,1 @@
+"""Virtual machines through libvirt: specs, domain XML, the driver, events, the service."""

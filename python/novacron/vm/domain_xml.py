@@ -1,0 +1,136 @@
+"""Domain XML built with ElementTree (never by pasting user strings into text).
+
+The NovaCron metadata element marks a domain as managed and carries its tenant and
+spec, so a daemon that lost its record (crash between define and commit) can adopt
+the domain again on start.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from typing import Any
+
+from novacron.vm.spec import VmSpec
+
+METADATA_NS = "https://novacron.dev/xmlns/vm/1"
+METADATA_PREFIX = "novacron"
+ET.register_namespace(METADATA_PREFIX, METADATA_NS)
+
+
+@dataclass(frozen=True)
+class DiskDevice:
+    path: str
+    format: str
+    target: str
+
+
+@dataclass(frozen=True)
+class DomainPlan:
+    """Everything domain XML needs beyond the spec: where things are on this host."""
+
+    spec: VmSpec
+    uuid: str
+    domain_type: str  # "kvm", "qemu" or "test"
+    disks: tuple[DiskDevice, ...]
+    console_log: str | None
+    arch: str = "x86_64"
+
+
+def disk_target(index: int) -> str:
+    """``vda``, ``vdb``, ... ``vdz``, ``vdaa``: virtio disk names."""
+    letters = ""
+    index += 1
+    while index:
+        index, rem = divmod(index - 1, 26)
+        letters = chr(ord("a") + rem) + letters
+    return "vd" + letters
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    node = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        node.text = text
+    return node
+
+
+def build(plan: DomainPlan) -> str:
+    spec = plan.spec
+    dom = ET.Element("domain", {"type": plan.domain_type})
+    _sub(dom, "name", spec.name)
+    _sub(dom, "uuid", plan.uuid)
+    _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
+    _sub(dom, "currentMemory", str(spec.memory_mib), unit="MiB")
+    _sub(dom, "vcpu", str(spec.vcpus), placement="static")
+
+    meta = _sub(dom, "metadata")
+    mine = _sub(meta, f"{{{METADATA_NS}}}vm")
+    _sub(mine, f"{{{METADATA_NS}}}tenant", spec.tenant)
+    _sub(mine, f"{{{METADATA_NS}}}spec", json.dumps(spec.to_dict(), sort_keys=True))
+
+    os_el = _sub(dom, "os")
+    _sub(os_el, "type", "hvm", arch=plan.arch)
+    if spec.kernel:
+        _sub(os_el, "kernel", spec.kernel)
+        if spec.initrd:
+            _sub(os_el, "initrd", spec.initrd)
+        if spec.cmdline:
+            _sub(os_el, "cmdline", spec.cmdline)
+    else:
+        _sub(os_el, "boot", dev="hd")
+
+    features = _sub(dom, "features")
+    _sub(features, "acpi")
+    _sub(dom, "on_poweroff", "destroy")
+    _sub(dom, "on_reboot", "restart")
+    _sub(dom, "on_crash", "destroy")
+
+    devices = _sub(dom, "devices")
+    for disk in plan.disks:
+        el = _sub(devices, "disk", type="file", device="disk")
+        _sub(el, "driver", name="qemu", type=disk.format)
+        _sub(el, "source", file=disk.path)
+        _sub(el, "target", dev=disk.target, bus="virtio")
+    if plan.console_log and plan.domain_type != "test":
+        serial = _sub(devices, "serial", type="file")
+        _sub(serial, "source", path=plan.console_log, append="on")
+        _sub(serial, "target", port="0")
+    if plan.domain_type != "test":
+        _sub(devices, "memballoon", model="none")
+    return ET.tostring(dom, encoding="unicode")
+
+
+@dataclass(frozen=True)
+class ManagedDomain:
+    name: str
+    uuid: str
+    tenant: str
+    spec: dict[str, Any]
+
+
+def parse_managed(xml: str) -> ManagedDomain | None:
+    """NovaCron's metadata in a domain's XML (as returned by libvirt), or None."""
+    root = ET.fromstring(xml)  # noqa: S314 - XML produced by libvirtd, not by a client
+    mine = root.find(f"metadata/{{{METADATA_NS}}}vm")
+    if mine is None:
+        return None
+    tenant = mine.findtext(f"{{{METADATA_NS}}}tenant")
+    spec_text = mine.findtext(f"{{{METADATA_NS}}}spec")
+    name, uuid = root.findtext("name"), root.findtext("uuid")
+    if not (tenant and spec_text and name and uuid):
+        return None
+    try:
+        spec = json.loads(spec_text)
+    except ValueError:
+        return None
+    return ManagedDomain(name=name, uuid=uuid, tenant=tenant, spec=spec)
+
+
+def parse_disk_paths(xml: str) -> list[str]:
+    root = ET.fromstring(xml)  # noqa: S314 - XML produced by libvirtd
+    return [
+        src.attrib["file"]
+        for src in root.findall("devices/disk/source")
+        if "file" in src.attrib
+    ]

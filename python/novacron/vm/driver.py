@@ -1,0 +1,332 @@
+"""Every libvirt call NovaCron makes, in one place.
+
+All methods are blocking and run on worker threads (see :mod:`novacron.blocking`);
+libvirt's own errors are translated into NovaCron error codes by :func:`translate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from novacron import errors
+from novacron.logs import kv
+from novacron.vm import states
+
+log = logging.getLogger("novacron.vm.driver")
+
+UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+
+_CODE_MAP: dict[int, type[errors.NovaCronError]] = {
+    libvirt.VIR_ERR_NO_DOMAIN: errors.NotFound,
+    libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT: errors.NotFound,
+    libvirt.VIR_ERR_NO_STORAGE_POOL: errors.NotFound,
+    libvirt.VIR_ERR_NO_STORAGE_VOL: errors.NotFound,
+    libvirt.VIR_ERR_DOM_EXIST: errors.AlreadyExists,
+    libvirt.VIR_ERR_STORAGE_VOL_EXIST: errors.AlreadyExists,
+    libvirt.VIR_ERR_OPERATION_INVALID: errors.Conflict,
+    libvirt.VIR_ERR_OPERATION_UNSUPPORTED: errors.Conflict,
+    libvirt.VIR_ERR_NO_SUPPORT: errors.Conflict,
+    libvirt.VIR_ERR_CONFIG_UNSUPPORTED: errors.InvalidParams,
+    libvirt.VIR_ERR_XML_ERROR: errors.InvalidParams,
+    libvirt.VIR_ERR_XML_DETAIL: errors.InvalidParams,
+    libvirt.VIR_ERR_INVALID_ARG: errors.InvalidParams,
+    libvirt.VIR_ERR_OPERATION_TIMEOUT: errors.Timeout,
+    libvirt.VIR_ERR_AGENT_UNRESPONSIVE: errors.Timeout,
+    libvirt.VIR_ERR_NO_CONNECT: errors.Unavailable,
+    libvirt.VIR_ERR_SYSTEM_ERROR: errors.Unavailable,
+    libvirt.VIR_ERR_RPC: errors.Unavailable,
+    libvirt.VIR_ERR_OPERATION_FAILED: errors.Conflict,
+}
+
+
+def translate(exc: libvirt.libvirtError) -> errors.NovaCronError:
+    code = exc.get_error_code()
+    cls = _CODE_MAP.get(code, errors.Internal)
+    message = exc.get_error_message() or str(exc)
+    return cls(f"libvirt: {message}", {"libvirt_code": code})
+
+
+@contextmanager
+def libvirt_errors() -> Iterator[None]:
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        raise translate(exc) from None
+
+
+def _quiet(_ctx: Any, _err: Any) -> None:
+    """libvirt prints every error to stderr by default; NovaCron logs them itself."""
+
+
+@dataclass(frozen=True)
+class RuntimeState:
+    state: str
+    reason: str
+
+
+class Hypervisor:
+    """One libvirt connection, reopened when it drops."""
+
+    def __init__(self, uri: str, domain_type: str = "auto") -> None:
+        self.uri = uri
+        self._domain_type = domain_type
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+        libvirt.registerErrorHandler(_quiet, None)
+
+    # -- connection ------------------------------------------------------------------
+
+    @property
+    def conn(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except libvirt.libvirtError:
+                    pass
+                log.warning("libvirt.reconnect", extra=kv(uri=self.uri))
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                raise errors.Unavailable(
+                    f"cannot connect to {self.uri}: {exc.get_error_message()}"
+                ) from None
+            return self._conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except libvirt.libvirtError:
+                    pass
+                self._conn = None
+
+    @property
+    def is_test_driver(self) -> bool:
+        return self.uri.startswith("test:")
+
+    def domain_type(self) -> str:
+        if self.is_test_driver:
+            return "test"
+        if self._domain_type != "auto":
+            return self._domain_type
+        with libvirt_errors():
+            caps = ET.fromstring(self.conn.getCapabilities())  # noqa: S314 - from libvirtd
+        kinds = {d.get("type") for d in caps.findall("guest/arch/domain")}
+        return "kvm" if "kvm" in kinds else "qemu"
+
+    def node_info(self) -> dict[str, Any]:
+        with libvirt_errors():
+            conn = self.conn
+            model, memory_mib, cpus, mhz, nodes, sockets, cores, threads = conn.getInfo()
+            version = conn.getVersion()
+            caps = ET.fromstring(conn.getCapabilities())  # noqa: S314 - from libvirtd
+            hostname = conn.getHostname()
+            hv_type = conn.getType()
+            lib_version = conn.getLibVersion()
+        cells = caps.findall("host/topology/cells/cell")
+        return {
+            "hostname": hostname,
+            "hypervisor": {
+                "uri": self.uri,
+                "type": hv_type,
+                "version": _version(version),
+                "libvirt_version": _version(lib_version),
+                "domain_type": self.domain_type(),
+            },
+            "cpu": {
+                "model": model,
+                "count": cpus,
+                "mhz": mhz,
+                "sockets": sockets,
+                "cores_per_socket": cores,
+                "threads_per_core": threads,
+            },
+            "memory_mib": memory_mib,
+            "numa_nodes": len(cells) or nodes,
+        }
+
+    # -- domains -----------------------------------------------------------------------
+
+    def lookup(self, name: str) -> libvirt.virDomain | None:
+        try:
+            return self.conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise translate(exc) from None
+
+    def domain(self, name: str) -> libvirt.virDomain:
+        dom = self.lookup(name)
+        if dom is None:
+            raise errors.NotFound(f"vm {name!r} has no libvirt domain")
+        return dom
+
+    def define(self, xml: str) -> str:
+        with libvirt_errors():
+            dom = self.conn.defineXML(xml)
+            uuid: str = dom.UUIDString()
+        return uuid
+
+    def undefine(self, name: str) -> None:
+        dom = self.lookup(name)
+        if dom is None:
+            return
+        with libvirt_errors():
+            if dom.isActive():
+                dom.destroy()
+            dom.undefineFlags(UNDEFINE_FLAGS)
+
+    def state(self, name: str) -> RuntimeState:
+        dom = self.domain(name)
+        with libvirt_errors():
+            state, reason = dom.state()
+        return RuntimeState(states.state_name(state), states.reason_name(state, reason))
+
+    def all_states(self) -> dict[str, RuntimeState]:
+        """Runtime state of every domain in one libvirt call."""
+        with libvirt_errors():
+            stats = self.conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)
+            found = {}
+            for dom, values in stats:
+                state, reason = values.get("state.state", 0), values.get("state.reason", 0)
+                found[dom.name()] = RuntimeState(
+                    states.state_name(state), states.reason_name(state, reason)
+                )
+        return found
+
+    def managed_domains(self) -> dict[str, str]:
+        """Name -> XML of every defined domain (the caller filters by metadata)."""
+        with libvirt_errors():
+            return {d.name(): d.XMLDesc(0) for d in self.conn.listAllDomains(0)}
+
+    def xml(self, name: str) -> str:
+        with libvirt_errors():
+            text: str = self.domain(name).XMLDesc(0)
+        return text
+
+    def start(self, name: str) -> None:
+        with libvirt_errors():
+            self.domain(name).create()
+
+    def shutdown(self, name: str) -> None:
+        with libvirt_errors():
+            self.domain(name).shutdown()
+
+    def destroy(self, name: str) -> None:
+        with libvirt_errors():
+            self.domain(name).destroy()
+
+    def suspend(self, name: str) -> None:
+        with libvirt_errors():
+            self.domain(name).suspend()
+
+    def resume(self, name: str) -> None:
+        with libvirt_errors():
+            self.domain(name).resume()
+
+    def reboot(self, name: str) -> None:
+        with libvirt_errors():
+            self.domain(name).reboot(0)
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def snapshot_create(self, name: str, snapshot: str, description: str) -> None:
+        root = ET.Element("domainsnapshot")
+        ET.SubElement(root, "name").text = snapshot
+        ET.SubElement(root, "description").text = description
+        with libvirt_errors():
+            self.domain(name).snapshotCreateXML(ET.tostring(root, encoding="unicode"), 0)
+
+    def snapshot_list(self, name: str) -> list[dict[str, Any]]:
+        found = []
+        with libvirt_errors():
+            for snap in self.domain(name).listAllSnapshots(0):
+                doc = ET.fromstring(snap.getXMLDesc(0))  # noqa: S314 - from libvirtd
+                found.append(
+                    {
+                        "name": snap.getName(),
+                        "description": doc.findtext("description") or "",
+                        "state": doc.findtext("state") or "unknown",
+                        "created_at": int(doc.findtext("creationTime") or 0),
+                        "current": bool(snap.isCurrent(0)),
+                    }
+                )
+        return sorted(found, key=lambda s: (s["created_at"], s["name"]))
+
+    def _snapshot(self, name: str, snapshot: str) -> libvirt.virDomainSnapshot:
+        with libvirt_errors():
+            return self.domain(name).snapshotLookupByName(snapshot, 0)
+
+    def snapshot_revert(self, name: str, snapshot: str) -> None:
+        snap = self._snapshot(name, snapshot)
+        with libvirt_errors():
+            self.domain(name).revertToSnapshot(snap, 0)
+
+    def snapshot_delete(self, name: str, snapshot: str) -> None:
+        snap = self._snapshot(name, snapshot)
+        with libvirt_errors():
+            snap.delete(0)
+
+    # -- storage -----------------------------------------------------------------------
+
+    def ensure_pool(self, pool_name: str, directory: Path) -> None:
+        with libvirt_errors():
+            try:
+                pool = self.conn.storagePoolLookupByName(pool_name)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                    raise
+                root = ET.Element("pool", {"type": "dir"})
+                ET.SubElement(root, "name").text = pool_name
+                ET.SubElement(ET.SubElement(root, "target"), "path").text = str(directory)
+                pool = self.conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"), 0)
+                pool.build(0)
+                pool.setAutostart(1)
+                log.info("storage.pool_defined", extra=kv(pool=pool_name, path=directory))
+            if not pool.isActive():
+                pool.create(0)
+
+    def create_volume(self, pool_name: str, volume: str, size_gib: int, fmt: str) -> str:
+        root = ET.Element("volume")
+        ET.SubElement(root, "name").text = volume
+        ET.SubElement(root, "capacity", {"unit": "GiB"}).text = str(size_gib)
+        ET.SubElement(ET.SubElement(root, "target"), "format", {"type": fmt})
+        with libvirt_errors():
+            pool = self.conn.storagePoolLookupByName(pool_name)
+            vol = pool.createXML(ET.tostring(root, encoding="unicode"), 0)
+            path: str = vol.path()
+        return path
+
+    def delete_volume(self, path: str) -> bool:
+        try:
+            vol = self.conn.storageVolLookupByPath(path)
+            vol.delete(0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
+                return False
+            raise translate(exc) from None
+        return True
+
+    def pool_volumes(self, pool_name: str) -> list[str]:
+        with libvirt_errors():
+            pool = self.conn.storagePoolLookupByName(pool_name)
+            pool.refresh(0)
+            return [v.path() for v in pool.listAllVolumes(0)]
+
+
+def _version(number: int) -> str:
+    major, rest = divmod(number, 1_000_000)
+    minor, micro = divmod(rest, 1000)
+    return f"{major}.{minor}.{micro}"

@@ -1,0 +1,117 @@
+"""libvirt lifecycle events: libvirt's default event loop on one dedicated thread,
+events handed to trio through a memory channel and published on the event bus."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import libvirt
+import trio
+
+from novacron.eventbus import EventBus
+from novacron.logs import kv
+from novacron.vm import states
+from novacron.vm.driver import Hypervisor
+
+log = logging.getLogger("novacron.vm.events")
+
+_impl_lock = threading.Lock()
+_impl_registered = False
+
+
+def ensure_event_impl() -> None:
+    """Registers libvirt's default event loop; must happen before any connection opens."""
+    global _impl_registered  # noqa: PLW0603 - process-wide libvirt state
+    with _impl_lock:
+        if not _impl_registered:
+            libvirt.virEventRegisterDefaultImpl()
+            _impl_registered = True
+
+
+class _LoopThread:
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="libvirt-events", daemon=True)
+
+    def _run(self) -> None:
+        # a periodic timer makes virEventRunDefaultImpl return so the stop flag is seen
+        libvirt.virEventAddTimeout(500, lambda *_: None, None)
+        while not self._stop.is_set():
+            if libvirt.virEventRunDefaultImpl() < 0:
+                log.error("libvirt.event_loop_failed")
+                return
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class LibvirtEvents:
+    """Forwards lifecycle events of managed VMs as ``vm.state`` events."""
+
+    def __init__(self, hv: Hypervisor, bus: EventBus, is_managed: Callable[[str], bool]) -> None:
+        self._hv = hv
+        self._bus = bus
+        self._is_managed = is_managed
+        self.received = 0
+        self.dropped = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        ensure_event_impl()
+        token = trio.lowlevel.current_trio_token()
+        send, recv = trio.open_memory_channel[tuple[str, int, int]](4096)
+
+        def callback(_conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+            # runs on the libvirt event thread: never raise into libvirt's C loop
+            try:
+                trio.from_thread.run_sync(
+                    send.send_nowait, (dom.name(), event, detail), trio_token=token
+                )
+            except trio.WouldBlock:
+                self.dropped += 1
+            except Exception:  # noqa: BLE001 - trio gone or channel closed at shutdown
+                self.dropped += 1
+
+        loop = _LoopThread()
+        loop.start()
+        registered: tuple[Any, int] | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._forward, recv)
+                while True:
+                    conn = await trio.to_thread.run_sync(lambda: self._hv.conn)
+                    if registered is None or registered[0] is not conn:
+                        cb_id = await trio.to_thread.run_sync(
+                            conn.domainEventRegisterAny,
+                            None,
+                            libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                            callback,
+                            None,
+                        )
+                        registered = (conn, cb_id)
+                        log.debug("libvirt.events_registered", extra=kv(uri=self._hv.uri))
+                        task_status.started()
+                    await trio.sleep(2)
+        finally:
+            loop.stop()
+            if registered is not None:
+                try:
+                    registered[0].domainEventDeregisterAny(registered[1])
+                except libvirt.libvirtError:
+                    pass
+
+    async def _forward(self, recv: trio.MemoryReceiveChannel[tuple[str, int, int]]) -> None:
+        async for name, event, detail in recv:
+            self.received += 1
+            if not self._is_managed(name):
+                continue
+            state, reason = states.event_names(event, detail)
+            self._bus.publish({"topic": "vm.state", "vm": name, "state": state, "reason": reason})
+
+    def statistics(self) -> dict[str, int]:
+        return {"received": self.received, "dropped": self.dropped}

@@ -1,0 +1,108 @@
+"""Start-up reconciliation of the state store (desired) with libvirt (actual).
+
+Findings, each logged and returned so ``node.info`` can report them:
+
+* ``redefined`` — a record whose domain vanished: defined again from the stored spec.
+* ``adopted`` — a domain carrying NovaCron metadata but no record (a crash between
+  define and commit): its record is restored from the metadata.
+* ``deleted`` — a record marked ``deleting`` (a crash mid-delete): the delete is finished.
+* ``uuid_changed`` — the domain's UUID differs from the record: the record follows libvirt.
+* ``state_drift`` — the VM is not in the state the operator last asked for (reported only).
+* ``stale_volume`` — a volume in the daemon's pool that no VM uses (reported only).
+* ``failed`` — a repair that did not work; the message says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from novacron import errors
+from novacron.logs import kv
+from novacron.vm import domain_xml
+from novacron.vm.service import VmService
+from novacron.vm.spec import VmSpec
+
+log = logging.getLogger("novacron.vm.reconcile")
+
+Finding = dict[str, Any]
+
+
+async def _redefine(svc: VmService, name: str, uuid: str, spec: VmSpec) -> None:
+    disks = []
+    for i, disk in enumerate(spec.disks):
+        path = (
+            str(svc.config.images_dir / svc.managed_volume_name(name, i, disk.format))
+            if disk.managed
+            else disk.path
+        )
+        assert path is not None
+        disks.append(domain_xml.DiskDevice(path, disk.format, domain_xml.disk_target(i)))
+    plan = domain_xml.DomainPlan(
+        spec=spec,
+        uuid=uuid,
+        domain_type=await svc.hv_pool.run(svc.hv.domain_type),
+        disks=tuple(disks),
+        console_log=svc.console_log(name),
+    )
+    await svc.hv_pool.run(svc.hv.define, domain_xml.build(plan))
+
+
+async def reconcile(svc: VmService) -> list[Finding]:
+    findings: list[Finding] = []
+
+    def note(vm: str, finding: str, detail: str) -> None:
+        findings.append({"vm": vm, "finding": finding, "detail": detail})
+        level = logging.ERROR if finding == "failed" else logging.WARNING
+        log.log(level, "reconcile." + finding, extra=kv(vm=vm, detail=detail))
+
+    records = {r.name: r for r in await svc.db_pool.run(svc.store.list_vms)}
+    domains = await svc.hv_pool.run(svc.hv.managed_domains)
+    runtimes = await svc.hv_pool.run(svc.hv.all_states)
+
+    for name, xml in sorted(domains.items()):
+        managed = domain_xml.parse_managed(xml)
+        if managed is None or name in records:
+            continue
+        try:
+            spec = VmSpec.from_dict(managed.spec)
+            rec = await svc.db_pool.run(
+                svc.store.insert_vm, name, managed.uuid, managed.tenant, spec.to_dict()
+            )
+        except (TypeError, ValueError, errors.NovaCronError) as exc:
+            note(name, "failed", f"cannot adopt domain: {exc}")
+            continue
+        records[name] = rec
+        note(name, "adopted", "domain with NovaCron metadata had no record")
+
+    for name, rec in sorted(records.items()):
+        if rec.desired_state == "deleting":
+            await svc.finish_delete(rec)
+            note(name, "deleted", "finished a delete interrupted by a crash")
+            continue
+        svc.managed.add(name)
+        if name not in domains:
+            try:
+                await _redefine(svc, name, rec.uuid, VmSpec.from_dict(rec.spec))
+            except errors.NovaCronError as exc:
+                note(name, "failed", f"domain vanished and could not be redefined: {exc.message}")
+                continue
+            note(name, "redefined", "libvirt domain was missing; defined again from the record")
+            continue
+        managed = domain_xml.parse_managed(domains[name])
+        if managed is not None and managed.uuid != rec.uuid:
+            await svc.db_pool.run(svc.store.set_uuid, name, managed.uuid)
+            note(name, "uuid_changed", f"record {rec.uuid} -> libvirt {managed.uuid}")
+        actual = runtimes.get(name)
+        if actual is not None and actual.state != rec.desired_state:
+            note(name, "state_drift", f"desired {rec.desired_state}, actual {actual.state}")
+
+    if not svc.hv.is_test_driver:
+        used = set()
+        for rec in records.values():
+            used.update(str(p) for p in svc.managed_volume_paths(rec))
+        for path in await svc.hv_pool.run(svc.hv.pool_volumes, svc.config.storage_pool):
+            if path not in used:
+                note(path.rsplit("/", 1)[-1], "stale_volume", f"{path} belongs to no VM")
+    log.info("reconcile.done", extra=kv(vms=len(svc.managed), findings=len(findings)))
+    return findings

@@ -1,0 +1,311 @@
+"""VM lifecycle: the RPC-facing operations, one per-VM lock each.
+
+sqlite holds what the operator asked for (tenant, spec, desired state); libvirt is the
+truth for what is running. Multi-step changes (create, delete) run shielded from
+cancellation so a shutdown or a dropped client never leaves half of one behind, and
+are ordered so that a crash between steps is repaired by :mod:`novacron.vm.reconcile`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid as uuidlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from novacron import errors
+from novacron.blocking import Pool
+from novacron.config import Config
+from novacron.logs import kv
+from novacron.state.db import StateStore, VmRecord
+from novacron.vm import domain_xml
+from novacron.vm.driver import Hypervisor, RuntimeState
+from novacron.vm.spec import VmSpec
+
+log = logging.getLogger("novacron.vm")
+
+POLL_INTERVAL = 0.2
+
+
+class VmService:
+    def __init__(self, config: Config, hv: Hypervisor, store: StateStore) -> None:
+        self.config = config
+        self.hv = hv
+        self.store = store
+        self.hv_pool = Pool("libvirt", config.hypervisor_threads)
+        self.db_pool = Pool("sqlite", 1)
+        self._locks: dict[str, trio.Lock] = {}
+        self.managed: set[str] = set()
+
+    # -- helpers -----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def locked(self, name: str) -> AsyncIterator[None]:
+        """Serialises lifecycle operations on one VM; the lock entry is dropped when idle."""
+        lock = self._locks.setdefault(name, trio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._locks.pop(name, None)
+
+    async def record(self, name: str) -> VmRecord:
+        rec = await self.db_pool.run(self.store.get_vm, name)
+        if rec is None or rec.desired_state == "deleting":
+            raise errors.NotFound(f"vm {name!r} not found", {"vm": name})
+        return rec
+
+    def console_log(self, name: str) -> str:
+        return str(self.config.state_dir / "consoles" / f"{name}.log")
+
+    def managed_volume_name(self, name: str, index: int, fmt: str) -> str:
+        return f"{name}-{domain_xml.disk_target(index)}.{fmt}"
+
+    def managed_volume_paths(self, rec: VmRecord) -> list[Path]:
+        spec = VmSpec.from_dict(rec.spec)
+        return [
+            self.config.images_dir / self.managed_volume_name(rec.name, i, d.format)
+            for i, d in enumerate(spec.disks)
+            if d.managed
+        ]
+
+    @staticmethod
+    def _summary(rec: VmRecord, runtime: RuntimeState | None) -> dict[str, Any]:
+        return {
+            "name": rec.name,
+            "uuid": rec.uuid,
+            "tenant": rec.tenant,
+            "state": runtime.state if runtime else "missing",
+            "reason": runtime.reason if runtime else "no libvirt domain",
+            "desired_state": rec.desired_state,
+            "vcpus": rec.spec["vcpus"],
+            "memory_mib": rec.spec["memory_mib"],
+            "created_at": rec.created_at,
+            "updated_at": rec.updated_at,
+        }
+
+    async def _runtime(self, name: str) -> RuntimeState:
+        return await self.hv_pool.run(self.hv.state, name)
+
+    async def _expect(self, name: str, allowed: tuple[str, ...], action: str) -> RuntimeState:
+        runtime = await self._runtime(name)
+        if runtime.state not in allowed:
+            raise errors.Conflict(
+                f"cannot {action} vm {name!r} while it is {runtime.state}",
+                {"vm": name, "state": runtime.state},
+            )
+        return runtime
+
+    # -- queries -----------------------------------------------------------------------
+
+    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        records = await self.db_pool.run(self.store.list_vms)
+        runtimes = await self.hv_pool.run(self.hv.all_states)
+        return [
+            self._summary(rec, runtimes.get(rec.name))
+            for rec in records
+            if rec.desired_state != "deleting" and (tenant is None or rec.tenant == tenant)
+        ]
+
+    async def get(self, name: str) -> dict[str, Any]:
+        rec = await self.record(name)
+        runtime = await self.hv_pool.run(self.hv.all_states)
+        doc = self._summary(rec, runtime.get(name))
+        spec = VmSpec.from_dict(rec.spec)
+        managed = {str(p) for p in self.managed_volume_paths(rec)}
+        disks = []
+        if name in runtime:
+            xml = await self.hv_pool.run(self.hv.xml, name)
+            for i, path in enumerate(domain_xml.parse_disk_paths(xml)):
+                disks.append(
+                    {"target": domain_xml.disk_target(i), "path": path, "managed": path in managed}
+                )
+        doc.update(
+            kernel=spec.kernel,
+            initrd=spec.initrd,
+            cmdline=spec.cmdline,
+            disks=disks,
+            console_log=None if self.hv.is_test_driver else self.console_log(name),
+        )
+        return doc
+
+    # -- create / delete ---------------------------------------------------------------
+
+    async def create(self, spec: VmSpec, start: bool) -> dict[str, Any]:
+        async with self.locked(spec.name):
+            with trio.CancelScope(shield=True):
+                await self._create(spec)
+                self.managed.add(spec.name)
+                log.info("vm.created", extra=kv(vm=spec.name, tenant=spec.tenant))
+                if start:
+                    await self.hv_pool.run(self.hv.start, spec.name)
+                    await self.db_pool.run(self.store.set_desired_state, spec.name, "running")
+        return await self.get(spec.name)
+
+    async def _create(self, spec: VmSpec) -> None:
+        if await self.db_pool.run(self.store.get_vm, spec.name) is not None:
+            raise errors.AlreadyExists(f"vm {spec.name!r} already exists", {"vm": spec.name})
+        if await self.hv_pool.run(self.hv.lookup, spec.name) is not None:
+            raise errors.AlreadyExists(
+                f"a libvirt domain named {spec.name!r} already exists (not managed by NovaCron)",
+                {"vm": spec.name},
+            )
+        vm_uuid = str(uuidlib.uuid4())
+        created: list[str] = []
+        try:
+            disks = []
+            for i, disk in enumerate(spec.disks):
+                if disk.managed:
+                    assert disk.size_gib is not None
+                    path = await self.hv_pool.run(
+                        self.hv.create_volume,
+                        self.config.storage_pool,
+                        self.managed_volume_name(spec.name, i, disk.format),
+                        disk.size_gib,
+                        disk.format,
+                    )
+                    created.append(path)
+                else:
+                    assert disk.path is not None
+                    path = disk.path
+                disks.append(domain_xml.DiskDevice(path, disk.format, domain_xml.disk_target(i)))
+            plan = domain_xml.DomainPlan(
+                spec=spec,
+                uuid=vm_uuid,
+                domain_type=await self.hv_pool.run(self.hv.domain_type),
+                disks=tuple(disks),
+                console_log=self.console_log(spec.name),
+            )
+            # define first, then commit the record: a crash in between leaves a domain
+            # carrying our metadata, which reconcile adopts
+            await self.hv_pool.run(self.hv.define, domain_xml.build(plan))
+            try:
+                await self.db_pool.run(
+                    self.store.insert_vm, spec.name, vm_uuid, spec.tenant, spec.to_dict()
+                )
+            except BaseException:
+                await self.hv_pool.run(self.hv.undefine, spec.name)
+                raise
+        except BaseException:
+            for path in created:
+                await self.hv_pool.run(self.hv.delete_volume, path)
+            raise
+
+    async def delete(self, name: str, force: bool, keep_disks: bool) -> dict[str, Any]:
+        async with self.locked(name):
+            rec = await self.record(name)
+            runtime = await self.hv_pool.run(self.hv.all_states)
+            current = runtime.get(name)
+            if current and current.state not in ("stopped", "crashed") and not force:
+                raise errors.Conflict(
+                    f"vm {name!r} is {current.state}; stop it first or pass force",
+                    {"vm": name, "state": current.state},
+                )
+            with trio.CancelScope(shield=True):
+                # mark first: a crash mid-way is finished by reconcile, never resurrected
+                await self.db_pool.run(self.store.set_desired_state, name, "deleting")
+                removed = await self.finish_delete(rec, keep_disks)
+        return {"name": name, "deleted": True, "volumes_deleted": removed}
+
+    async def finish_delete(self, rec: VmRecord, keep_disks: bool = False) -> list[str]:
+        await self.hv_pool.run(self.hv.undefine, rec.name)
+        removed = []
+        if not keep_disks:
+            for path in self.managed_volume_paths(rec):
+                if await self.hv_pool.run(self.hv.delete_volume, str(path)):
+                    removed.append(str(path))
+        await self.db_pool.run(self.store.delete_vm, rec.name)
+        self.managed.discard(rec.name)
+        log.info("vm.deleted", extra=kv(vm=rec.name, volumes=len(removed)))
+        return removed
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def _transition(
+        self, name: str, allowed: tuple[str, ...], action: str, call: Any, desired: str
+    ) -> dict[str, Any]:
+        async with self.locked(name):
+            await self.record(name)
+            await self._expect(name, allowed, action)
+            await self.hv_pool.run(call, name)
+            await self.db_pool.run(self.store.set_desired_state, name, desired)
+            log.info(f"vm.{action}", extra=kv(vm=name))
+        return await self.get(name)
+
+    async def start(self, name: str) -> dict[str, Any]:
+        return await self._transition(name, ("stopped", "crashed"), "start", self.hv.start, "running")
+
+    async def stop(self, name: str) -> dict[str, Any]:
+        allowed = ("running", "paused", "shutting_down", "crashed", "suspended")
+        return await self._transition(name, allowed, "stop", self.hv.destroy, "stopped")
+
+    async def pause(self, name: str) -> dict[str, Any]:
+        return await self._transition(name, ("running",), "pause", self.hv.suspend, "paused")
+
+    async def resume(self, name: str) -> dict[str, Any]:
+        return await self._transition(name, ("paused",), "resume", self.hv.resume, "running")
+
+    async def reboot(self, name: str) -> dict[str, Any]:
+        return await self._transition(name, ("running",), "reboot", self.hv.reboot, "running")
+
+    async def shutdown(self, name: str, timeout_s: float, force: bool) -> dict[str, Any]:
+        async with self.locked(name):
+            await self.record(name)
+            await self._expect(name, ("running", "shutting_down"), "shut down")
+            await self.hv_pool.run(self.hv.shutdown, name)
+            await self.db_pool.run(self.store.set_desired_state, name, "stopped")
+            forced = False
+            with trio.move_on_after(timeout_s) as waited:
+                while (await self._runtime(name)).state not in ("stopped", "crashed"):
+                    await trio.sleep(POLL_INTERVAL)
+            if waited.cancelled_caught:
+                if not force:
+                    raise errors.Timeout(
+                        f"vm {name!r} did not shut down within {timeout_s:g} s",
+                        {"vm": name, "timeout_s": timeout_s},
+                    )
+                await self.hv_pool.run(self.hv.destroy, name)
+                forced = True
+            log.info("vm.shutdown", extra=kv(vm=name, forced=forced))
+        doc = await self.get(name)
+        doc["forced"] = forced
+        return doc
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    async def snapshot_create(self, name: str, snapshot: str, description: str) -> dict[str, Any]:
+        async with self.locked(name):
+            await self.record(name)
+            existing = await self.hv_pool.run(self.hv.snapshot_list, name)
+            if any(s["name"] == snapshot for s in existing):
+                raise errors.AlreadyExists(f"snapshot {snapshot!r} of vm {name!r} already exists")
+            await self.hv_pool.run(self.hv.snapshot_create, name, snapshot, description)
+            log.info("vm.snapshot_created", extra=kv(vm=name, snapshot=snapshot))
+            found = await self.hv_pool.run(self.hv.snapshot_list, name)
+        return next(s for s in found if s["name"] == snapshot)
+
+    async def snapshot_list(self, name: str) -> list[dict[str, Any]]:
+        await self.record(name)
+        return await self.hv_pool.run(self.hv.snapshot_list, name)
+
+    async def snapshot_revert(self, name: str, snapshot: str) -> dict[str, Any]:
+        async with self.locked(name):
+            await self.record(name)
+            await self.hv_pool.run(self.hv.snapshot_revert, name, snapshot)
+            runtime = await self._runtime(name)
+            desired = runtime.state if runtime.state in ("running", "paused") else "stopped"
+            await self.db_pool.run(self.store.set_desired_state, name, desired)
+            log.info("vm.snapshot_reverted", extra=kv(vm=name, snapshot=snapshot))
+        return await self.get(name)
+
+    async def snapshot_delete(self, name: str, snapshot: str) -> dict[str, Any]:
+        async with self.locked(name):
+            await self.record(name)
+            await self.hv_pool.run(self.hv.snapshot_delete, name, snapshot)
+            log.info("vm.snapshot_deleted", extra=kv(vm=name, snapshot=snapshot))
+        return {"vm": name, "snapshot": snapshot, "deleted": True}

@@ -1,0 +1,88 @@
+"""The normalised, validated form of a ``vm.create`` request."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from novacron.errors import InvalidParams
+from novacron.rpc.params import Params, check_int, check_path
+
+MAX_VCPUS = 512
+MAX_MEMORY_MIB = 16 * 1024 * 1024
+MAX_DISKS = 16
+MAX_DISK_GIB = 64 * 1024
+DISK_FORMATS = ("qcow2", "raw")
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    """A new volume of ``size_gib`` in the daemon's pool, or an existing image ``path``."""
+
+    size_gib: int | None = None
+    path: str | None = None
+    format: str = "qcow2"
+
+    @property
+    def managed(self) -> bool:
+        """True when the daemon created the volume (and deletes it with the VM)."""
+        return self.size_gib is not None
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    name: str
+    vcpus: int
+    memory_mib: int
+    tenant: str = "default"
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None
+    disks: tuple[DiskSpec, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["disks"] = [asdict(d) for d in self.disks]
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> VmSpec:
+        disks = tuple(DiskSpec(**d) for d in doc.get("disks", []))
+        return cls(**{**doc, "disks": disks})
+
+
+def _disk(index: int, raw: Any) -> DiskSpec:
+    what = f"disks[{index}]"
+    if not isinstance(raw, dict):
+        raise InvalidParams(f"{what} must be a map", {"param": what})
+    unknown = set(raw) - {"size_gib", "path", "format"}
+    if unknown:
+        raise InvalidParams(f"{what}: unknown key(s) {sorted(map(str, unknown))}", {"param": what})
+    size, path = raw.get("size_gib"), raw.get("path")
+    if (size is None) == (path is None):
+        raise InvalidParams(f"{what} needs exactly one of size_gib or path", {"param": what})
+    fmt = raw.get("format", "qcow2")
+    if fmt not in DISK_FORMATS:
+        raise InvalidParams(f"{what}.format must be one of {DISK_FORMATS}", {"param": what})
+    if size is not None:
+        return DiskSpec(size_gib=check_int(size, f"{what}.size_gib", 1, MAX_DISK_GIB), format=fmt)
+    return DiskSpec(path=check_path(path, f"{what}.path"), format=fmt)
+
+
+def parse_create(p: Params) -> tuple[VmSpec, bool]:
+    """Reads ``vm.create`` arguments; returns the spec and whether to start it."""
+    spec = VmSpec(
+        name=p.name("name"),
+        vcpus=p.int("vcpus", 1, MAX_VCPUS, default=1),
+        memory_mib=p.int("memory_mib", 16, MAX_MEMORY_MIB, default=512),
+        tenant=p.name("tenant", default="default"),
+        kernel=p.opt_path("kernel"),
+        initrd=p.opt_path("initrd"),
+        cmdline=p.opt_text("cmdline", max_len=2048),
+        disks=tuple(_disk(i, d) for i, d in enumerate(p.list("disks", MAX_DISKS))),
+    )
+    start = p.bool("start")
+    p.done()
+    if spec.kernel is None and (spec.initrd is not None or spec.cmdline is not None):
+        raise InvalidParams("initrd and cmdline need kernel (direct kernel boot)", {"param": "kernel"})
+    return spec, start

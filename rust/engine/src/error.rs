@@ -1,0 +1,52 @@
+//! The engine's single error type.
+
+use std::fmt;
+
+/// Errors returned by the page engine. Each variant carries what a caller needs
+/// to write a precise message; none of them is a panic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineError {
+    /// A memory image whose length is not a whole number of pages.
+    NotPageAligned {
+        /// The length that was offered.
+        len: usize,
+    },
+    /// A hash table whose length is not a whole number of 16-byte hashes.
+    BadHashTable {
+        /// The length that was offered.
+        len: usize,
+    },
+    /// The previous hashes describe a different number of pages than the image.
+    PageCountMismatch {
+        /// Pages described by the hash table.
+        hashes: usize,
+        /// Pages in the image.
+        pages: usize,
+    },
+}
+
+/// Result alias used throughout the engine.
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotPageAligned { len } => write!(
+                f,
+                "image length {len} is not a multiple of the page size {}",
+                crate::PAGE_SIZE
+            ),
+            Self::BadHashTable { len } => write!(
+                f,
+                "hash table length {len} is not a multiple of {} bytes",
+                crate::HASH_LEN
+            ),
+            Self::PageCountMismatch { hashes, pages } => write!(
+                f,
+                "previous hashes describe {hashes} pages but the image has {pages}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}

@@ -1,0 +1,137 @@
+//! `novacron._core`: the thin pyo3 layer over the NovaCron engine.
+//!
+//! Every binding has the same shape: borrow the caller's buffer without copying,
+//! release the GIL around the engine call (`detached`), map engine errors to the
+//! exception classes that Python owns in `novacron.errors`.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+use novacron_engine as engine;
+use pyo3::buffer::PyBuffer;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+pyo3::import_exception!(novacron.errors, EngineError);
+
+/// Converts an engine error into the Python exception `novacron.errors.EngineError`.
+fn to_py_err(err: engine::EngineError) -> PyErr {
+    EngineError::new_err(err.to_string())
+}
+
+/// A read-only view of a contiguous Python buffer (bytes, bytearray, memoryview, mmap).
+struct ByteView {
+    buffer: PyBuffer<u8>,
+}
+
+impl ByteView {
+    fn new(buffer: PyBuffer<u8>) -> PyResult<Self> {
+        if !buffer.is_c_contiguous() {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "buffer must be C-contiguous",
+            ));
+        }
+        Ok(Self { buffer })
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        let len = self.buffer.len_bytes();
+        if len == 0 {
+            return &[];
+        }
+        // SAFETY: the buffer is C-contiguous (checked in `new`), `buf_ptr` points to
+        // `len_bytes` initialised bytes, and `self.buffer` keeps the exporting object
+        // and its memory alive for the lifetime of the returned slice. The engine only
+        // reads; a caller mutating a bytearray from another thread during the call sees
+        // an unspecified (but memory-safe for u8) result, as with any buffer consumer.
+        unsafe { std::slice::from_raw_parts(self.buffer.buf_ptr().cast::<u8>(), len) }
+    }
+}
+
+/// Runs `work` with the GIL released and maps engine errors to Python exceptions.
+fn detached<T, F>(py: Python<'_>, work: F) -> PyResult<T>
+where
+    T: Send,
+    F: Send + FnOnce() -> engine::Result<T>,
+{
+    py.detach(work).map_err(to_py_err)
+}
+
+/// The result of `scan_pages`.
+#[pyclass(frozen, module = "novacron._core")]
+struct PageScan {
+    #[pyo3(get)]
+    pages: usize,
+    #[pyo3(get)]
+    zero_pages: usize,
+    zero_bitmap: Vec<u8>,
+    hashes: Vec<u8>,
+}
+
+#[pymethods]
+impl PageScan {
+    /// Bitmap of zero pages, bit `i % 8` of byte `i // 8` for page `i`.
+    #[getter]
+    fn zero_bitmap<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.zero_bitmap)
+    }
+
+    /// xxh3-128 hash of each page, 16 little-endian bytes per page.
+    #[getter]
+    fn hashes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.hashes)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "PageScan(pages={}, zero_pages={})",
+            self.pages, self.zero_pages
+        )
+    }
+}
+
+/// True when every byte of `page` is zero.
+#[pyfunction]
+fn is_zero_page(py: Python<'_>, page: PyBuffer<u8>) -> PyResult<bool> {
+    let view = ByteView::new(page)?;
+    detached(py, || Ok(engine::is_zero_page(view.as_slice())))
+}
+
+/// Scans a memory image (a whole number of 4 KiB pages).
+#[pyfunction]
+fn scan_pages(py: Python<'_>, image: PyBuffer<u8>) -> PyResult<PageScan> {
+    let view = ByteView::new(image)?;
+    let scan = detached(py, || engine::scan_pages(view.as_slice()))?;
+    Ok(PageScan {
+        pages: scan.pages,
+        zero_pages: scan.zero_pages,
+        zero_bitmap: scan.zero_bitmap,
+        hashes: scan.hashes,
+    })
+}
+
+/// Dirty-page bitmap of `image` against the hashes of an earlier scan.
+#[pyfunction]
+fn dirty_bitmap<'py>(
+    py: Python<'py>,
+    previous_hashes: PyBuffer<u8>,
+    image: PyBuffer<u8>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let old = ByteView::new(previous_hashes)?;
+    let view = ByteView::new(image)?;
+    let bitmap = detached(py, || {
+        engine::dirty_bitmap(old.as_slice(), view.as_slice())
+    })?;
+    Ok(PyBytes::new(py, &bitmap))
+}
+
+/// The native module.
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("PAGE_SIZE", engine::PAGE_SIZE)?;
+    m.add("HASH_LEN", engine::HASH_LEN)?;
+    m.add_class::<PageScan>()?;
+    m.add_function(wrap_pyfunction!(is_zero_page, m)?)?;
+    m.add_function(wrap_pyfunction!(scan_pages, m)?)?;
+    m.add_function(wrap_pyfunction!(dirty_bitmap, m)?)?;
+    Ok(())
+}
