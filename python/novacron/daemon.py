@@ -16,7 +16,8 @@ from pathlib import Path
 
 import trio
 
-from novacron import __version__, config as config_mod, logs, systemd
+from novacron import __version__, logs, systemd
+from novacron import config as config_mod
 from novacron.api import Services, build_registry
 from novacron.config import Config, ConfigError
 from novacron.eventbus import EventBus
@@ -34,10 +35,10 @@ log = logging.getLogger("novacron.daemon")
 def prepare_dirs(config: Config) -> None:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     # traversable (libvirt's QEMU user reaches images and console logs) but not listable
-    os.chmod(config.state_dir, 0o711)
+    os.chmod(config.state_dir, 0o711)  # noqa: S103 - no read bit for others
     for sub in (config.images_dir, config.state_dir / "consoles"):
         sub.mkdir(exist_ok=True)
-        os.chmod(sub, 0o711)
+        os.chmod(sub, 0o711)  # noqa: S103 - no read bit for others
     if config.dev:
         config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
 

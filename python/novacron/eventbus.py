@@ -6,7 +6,6 @@ and is told how many it lost (``{"topic": "events.lost", "count": n}``) when it 
 
 from __future__ import annotations
 
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -63,12 +62,3 @@ class EventBus:
 
     def statistics(self) -> dict[str, Any]:
         return {"subscribers": len(self._subscribers), "published": self.published}
-
-
-async def wait_for(sub: Subscription, predicate: Any, timeout: float = math.inf) -> Event | None:
-    """The first event of ``sub`` matching ``predicate`` within ``timeout`` seconds."""
-    with trio.move_on_after(timeout):
-        async for event in sub:
-            if predicate(event):
-                return event
-    return None

@@ -50,7 +50,7 @@ def register(registry: Registry, services: Services) -> None:
     @registry.method("events.subscribe")
     async def subscribe(ctx: CallContext, p: Params) -> dict[str, Any]:
         """Start receiving ``event`` notifications on this connection."""
-        raw = p.list("topics", 16)
+        raw = p.array("topics", 16)
         p.done()
         topics = frozenset(check_text(t, "topics", 64) for t in raw) if raw else None
         if topics is not None and not topics <= TOPICS:

@@ -26,7 +26,7 @@ def register(registry: Registry, services: Services) -> None:
         """Every managed VM, optionally of one tenant."""
         tenant = p.opt_name("tenant")
         p.done()
-        return await vms.list(tenant)
+        return await vms.list_vms(tenant)
 
     @registry.method("vm.get")
     async def get(ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -56,7 +56,7 @@ def register(registry: Registry, services: Services) -> None:
         """Graceful shutdown (ACPI); waits up to ``timeout_s``, then fails or forces."""
         name = p.name()
         timeout_s = p.number("timeout_s", 0, MAX_SHUTDOWN_TIMEOUT_S, default=60.0)
-        force = p.bool("force")
+        force = p.flag("force")
         p.done()
         return await vms.shutdown(name, timeout_s, force)
 
@@ -64,8 +64,8 @@ def register(registry: Registry, services: Services) -> None:
     async def delete(ctx: CallContext, p: Params) -> dict[str, Any]:
         """Undefine a stopped VM and delete the disks the daemon created for it."""
         name = p.name()
-        force = p.bool("force")
-        keep_disks = p.bool("keep_disks")
+        force = p.flag("force")
+        keep_disks = p.flag("keep_disks")
         p.done()
         return await vms.delete(name, force, keep_disks)
 

@@ -9,6 +9,7 @@ tenants arrives with the TLS listener.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -52,10 +53,8 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
 def _group_names(user: str | None, gid: int) -> tuple[str, ...]:
     gids = {gid}
     if user is not None:
-        try:
+        with contextlib.suppress(OSError):
             gids.update(os.getgrouplist(user, gid))
-        except OSError:
-            pass
     names = []
     for g in sorted(gids):
         try:

@@ -62,13 +62,11 @@ def run_info(client: SyncClient, args: argparse.Namespace) -> Any:
 
 
 def run_events(client: SyncClient, args: argparse.Namespace) -> None:
-    seen = 0
-    for event in client.events(args.topics):
+    for seen, event in enumerate(client.events(args.topics), start=1):
         if args.json:
-            print(json.dumps(event, sort_keys=True), flush=True)  # noqa: T201
+            print(json.dumps(event, sort_keys=True), flush=True)
         else:
             detail = " ".join(f"{k}={v}" for k, v in event.items() if k != "topic")
             output.console.print(f"[bold]{event.get('topic')}[/bold] {detail}", highlight=False)
-        seen += 1
         if args.count is not None and seen >= args.count:
             return

@@ -17,8 +17,21 @@ LIST_COLUMNS = [
     ("created_at", "CREATED"),
 ]
 GET_ORDER = [
-    "name", "uuid", "tenant", "state", "reason", "desired_state", "vcpus", "memory_mib",
-    "kernel", "initrd", "cmdline", "disks", "console_log", "created_at", "updated_at",
+    "name",
+    "uuid",
+    "tenant",
+    "state",
+    "reason",
+    "desired_state",
+    "vcpus",
+    "memory_mib",
+    "kernel",
+    "initrd",
+    "cmdline",
+    "disks",
+    "console_log",
+    "created_at",
+    "updated_at",
 ]
 SNAP_COLUMNS = [
     ("name", "NAME"),
@@ -105,7 +118,9 @@ def add_commands(groups: Any) -> None:
 
 def _show(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
-        output.fields(doc, [k for k in GET_ORDER if k in doc] + [k for k in doc if k not in GET_ORDER])
+        output.fields(
+            doc, [k for k in GET_ORDER if k in doc] + [k for k in doc if k not in GET_ORDER]
+        )
     return doc
 
 

@@ -121,7 +121,7 @@ class Decoder:
         self._failed = False
         self._fed = 0
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Feeds bytes; returns every message they complete, in order."""
         if self._failed:
             raise ProtocolError("decoder already failed")

@@ -30,7 +30,7 @@ def check_text(value: Any, what: str, max_len: int = MAX_STRING) -> str:
         raise InvalidParams(f"{what} must be a string", {"param": what})
     if len(value) > max_len:
         raise InvalidParams(f"{what} is longer than {max_len} characters", {"param": what})
-    if any(ord(c) < 0x20 and c not in "\t" or 0x7F <= ord(c) < 0xA0 for c in value):
+    if any((ord(c) < 0x20 and c != "\t") or 0x7F <= ord(c) < 0xA0 for c in value):
         raise InvalidParams(f"{what} contains control characters", {"param": what})
     if any(0xD800 <= ord(c) <= 0xDFFF or ord(c) in (0xFFFE, 0xFFFF) for c in value):
         raise InvalidParams(f"{what} contains characters XML cannot carry", {"param": what})
@@ -75,7 +75,7 @@ class Params:
         value = self._get(key, False)
         return None if value is None else check_name(value, key)
 
-    def int(self, key: str, lo: int, hi: int, default: int | None = None) -> int:
+    def integer(self, key: str, lo: int, hi: int, default: int | None = None) -> int:
         value = self._get(key, default is None)
         if value is None and default is not None:
             return default
@@ -89,7 +89,7 @@ class Params:
             raise InvalidParams(f"{key} must be a number between {lo} and {hi}", {"param": key})
         return float(value)
 
-    def bool(self, key: str, default: bool = False) -> bool:
+    def flag(self, key: str, default: bool = False) -> bool:
         value = self._get(key, False)
         if value is None:
             return default
@@ -111,7 +111,7 @@ class Params:
         value = self._get(key, False)
         return None if value is None else check_path(value, key)
 
-    def list(self, key: str, max_items: int) -> list[Any]:
+    def array(self, key: str, max_items: int) -> list[Any]:
         value = self._get(key, False)
         if value is None:
             return []

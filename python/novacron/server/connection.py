@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -126,10 +127,8 @@ class Connection:
                 payload = codec.encode_response(
                     request.msgid, {"code": "internal", "message": "unencodable result"}, None
                 )
-            try:
+            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
                 await self._send.send(payload)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                pass
         finally:
             self._inflight.release()
 

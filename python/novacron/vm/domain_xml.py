@@ -130,7 +130,5 @@ def parse_managed(xml: str) -> ManagedDomain | None:
 def parse_disk_paths(xml: str) -> list[str]:
     root = ET.fromstring(xml)  # noqa: S314 - XML produced by libvirtd
     return [
-        src.attrib["file"]
-        for src in root.findall("devices/disk/source")
-        if "file" in src.attrib
+        src.attrib["file"] for src in root.findall("devices/disk/source") if "file" in src.attrib
     ]

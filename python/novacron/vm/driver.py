@@ -10,7 +10,7 @@ import logging
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,9 @@ from novacron.vm import states
 
 log = logging.getLogger("novacron.vm.driver")
 
-UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+)
 
 _CODE_MAP: dict[int, type[errors.NovaCronError]] = {
     libvirt.VIR_ERR_NO_DOMAIN: errors.NotFound,
@@ -106,10 +108,8 @@ class Hypervisor:
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                try:
+                with suppress(libvirt.libvirtError):
                     self._conn.close()
-                except libvirt.libvirtError:
-                    pass
                 self._conn = None
 
     @property

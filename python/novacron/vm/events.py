@@ -3,6 +3,7 @@ events handed to trio through a memory channel and published on the event bus.""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -74,7 +75,7 @@ class LibvirtEvents:
                 )
             except trio.WouldBlock:
                 self.dropped += 1
-            except Exception:  # noqa: BLE001 - trio gone or channel closed at shutdown
+            except Exception:
                 self.dropped += 1
 
         loop = _LoopThread()
@@ -100,10 +101,8 @@ class LibvirtEvents:
         finally:
             loop.stop()
             if registered is not None:
-                try:
+                with contextlib.suppress(libvirt.libvirtError):
                     registered[0].domainEventDeregisterAny(registered[1])
-                except libvirt.libvirtError:
-                    pass
 
     async def _forward(self, recv: trio.MemoryReceiveChannel[tuple[str, int, int]]) -> None:
         async for name, event, detail in recv:

@@ -98,7 +98,7 @@ async def reconcile(svc: VmService) -> list[Finding]:
             note(name, "state_drift", f"desired {rec.desired_state}, actual {actual.state}")
 
     if not svc.hv.is_test_driver:
-        used = set()
+        used: set[str] = set()
         for rec in records.values():
             used.update(str(p) for p in svc.managed_volume_paths(rec))
         for path in await svc.hv_pool.run(svc.hv.pool_volumes, svc.config.storage_pool):

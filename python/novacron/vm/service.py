@@ -92,6 +92,9 @@ class VmService:
     async def _runtime(self, name: str) -> RuntimeState:
         return await self.hv_pool.run(self.hv.state, name)
 
+    async def _is_down(self, name: str) -> bool:
+        return (await self._runtime(name)).state in ("stopped", "crashed")
+
     async def _expect(self, name: str, allowed: tuple[str, ...], action: str) -> RuntimeState:
         runtime = await self._runtime(name)
         if runtime.state not in allowed:
@@ -103,7 +106,7 @@ class VmService:
 
     # -- queries -----------------------------------------------------------------------
 
-    async def list(self, tenant: str | None = None) -> list[dict[str, Any]]:
+    async def list_vms(self, tenant: str | None = None) -> list[dict[str, Any]]:
         records = await self.db_pool.run(self.store.list_vms)
         runtimes = await self.hv_pool.run(self.hv.all_states)
         return [
@@ -238,7 +241,9 @@ class VmService:
         return await self.get(name)
 
     async def start(self, name: str) -> dict[str, Any]:
-        return await self._transition(name, ("stopped", "crashed"), "start", self.hv.start, "running")
+        return await self._transition(
+            name, ("stopped", "crashed"), "start", self.hv.start, "running"
+        )
 
     async def stop(self, name: str) -> dict[str, Any]:
         allowed = ("running", "paused", "shutting_down", "crashed", "suspended")
@@ -261,7 +266,8 @@ class VmService:
             await self.db_pool.run(self.store.set_desired_state, name, "stopped")
             forced = False
             with trio.move_on_after(timeout_s) as waited:
-                while (await self._runtime(name)).state not in ("stopped", "crashed"):
+                # libvirt has no "wait for shutoff" call: poll its state
+                while not await self._is_down(name):  # noqa: ASYNC110
                     await trio.sleep(POLL_INTERVAL)
             if waited.cancelled_caught:
                 if not force:

@@ -73,16 +73,18 @@ def parse_create(p: Params) -> tuple[VmSpec, bool]:
     """Reads ``vm.create`` arguments; returns the spec and whether to start it."""
     spec = VmSpec(
         name=p.name("name"),
-        vcpus=p.int("vcpus", 1, MAX_VCPUS, default=1),
-        memory_mib=p.int("memory_mib", 16, MAX_MEMORY_MIB, default=512),
+        vcpus=p.integer("vcpus", 1, MAX_VCPUS, default=1),
+        memory_mib=p.integer("memory_mib", 16, MAX_MEMORY_MIB, default=512),
         tenant=p.name("tenant", default="default"),
         kernel=p.opt_path("kernel"),
         initrd=p.opt_path("initrd"),
         cmdline=p.opt_text("cmdline", max_len=2048),
-        disks=tuple(_disk(i, d) for i, d in enumerate(p.list("disks", MAX_DISKS))),
+        disks=tuple(_disk(i, d) for i, d in enumerate(p.array("disks", MAX_DISKS))),
     )
-    start = p.bool("start")
+    start = p.flag("start")
     p.done()
     if spec.kernel is None and (spec.initrd is not None or spec.cmdline is not None):
-        raise InvalidParams("initrd and cmdline need kernel (direct kernel boot)", {"param": "kernel"})
+        raise InvalidParams(
+            "initrd and cmdline need kernel (direct kernel boot)", {"param": "kernel"}
+        )
     return spec, start
