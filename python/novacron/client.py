@@ -84,9 +84,12 @@ class Client:
         async for note in self._notify_recv:
             yield note
 
-    async def events(self, topics: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:
-        """Subscribes and yields event maps (``{"topic": ..., ...}``)."""
+    async def subscribe(self, topics: list[str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        """Subscribes now and returns an async iterator over event maps."""
         await self.call("events.subscribe", topics=topics)
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[dict[str, Any]]:
         async for note in self.notifications():
             if note.method == "event" and note.params and isinstance(note.params[0], dict):
                 yield note.params[0]
@@ -207,7 +210,11 @@ class SyncClient:
             self._queue.extendleft(reversed(held))
 
     def events(self, topics: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Subscribes now and returns an iterator over event maps."""
         self.call("events.subscribe", topics=topics)
+        return self._events()
+
+    def _events(self) -> Iterator[dict[str, Any]]:
         while True:
             message = self._next()
             if (

@@ -143,7 +143,6 @@ class VmService:
         async with self.locked(spec.name):
             with trio.CancelScope(shield=True):
                 await self._create(spec)
-                self.managed.add(spec.name)
                 log.info("vm.created", extra=kv(vm=spec.name, tenant=spec.tenant))
                 if start:
                     await self.hv_pool.run(self.hv.start, spec.name)
@@ -186,13 +185,18 @@ class VmService:
             )
             # define first, then commit the record: a crash in between leaves a domain
             # carrying our metadata, which reconcile adopts
-            await self.hv_pool.run(self.hv.define, domain_xml.build(plan))
+            self.managed.add(spec.name)  # before define, so its events are forwarded
             try:
-                await self.db_pool.run(
-                    self.store.insert_vm, spec.name, vm_uuid, spec.tenant, spec.to_dict()
-                )
+                await self.hv_pool.run(self.hv.define, domain_xml.build(plan))
+                try:
+                    await self.db_pool.run(
+                        self.store.insert_vm, spec.name, vm_uuid, spec.tenant, spec.to_dict()
+                    )
+                except BaseException:
+                    await self.hv_pool.run(self.hv.undefine, spec.name)
+                    raise
             except BaseException:
-                await self.hv_pool.run(self.hv.undefine, spec.name)
+                self.managed.discard(spec.name)
                 raise
         except BaseException:
             for path in created:

@@ -1,0 +1,169 @@
+"""Every method of the API against the real daemon on libvirt's test driver."""
+
+from __future__ import annotations
+
+import pytest
+
+from novacron import errors
+from tests.daemon_harness import Daemon
+
+
+def test_session_hello_reports_versions_and_identity(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        hello = c.call("session.hello", client="pytest")
+    assert hello["protocol"] == 1
+    assert hello["server"] == "novacrond"
+    assert hello["identity"]["kind"] == "unix"
+    assert "admin" in hello["identity"]["roles"]
+    assert hello["node"]
+
+
+def test_node_info(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        info = c.call("node.info")
+    assert info["hypervisor"]["uri"] == "test:///default"
+    assert info["hypervisor"]["type"] == "TEST"
+    assert info["cpu"]["count"] > 0
+    assert info["memory_mib"] > 0
+    assert info["numa_nodes"] >= 1
+    assert info["daemon"]["managed_vms"] == 0
+
+
+def test_full_lifecycle(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        vm = c.call(
+            "vm.create",
+            name="web1",
+            vcpus=2,
+            memory_mib=256,
+            kernel="/boot/vmlinuz",
+            cmdline="console=ttyS0",
+            disks=[{"size_gib": 1}],
+            tenant="acme",
+        )
+        assert (vm["state"], vm["tenant"], vm["vcpus"], vm["memory_mib"]) == (
+            "stopped",
+            "acme",
+            2,
+            256,
+        )
+        assert vm["disks"][0]["managed"] is True
+        assert len(vm["uuid"]) == 36
+        assert c.call("vm.start", name="web1")["state"] == "running"
+        assert c.call("vm.pause", name="web1")["state"] == "paused"
+        assert c.call("vm.resume", name="web1")["state"] == "running"
+        assert c.call("vm.reboot", name="web1")["state"] == "running"
+        snap = c.call("vm.snapshot.create", vm="web1", name="s1", description="first")
+        assert snap["name"] == "s1" and snap["state"] == "running"
+        assert [s["name"] for s in c.call("vm.snapshot.list", vm="web1")] == ["s1"]
+        assert c.call("vm.stop", name="web1")["state"] == "stopped"
+        assert c.call("vm.snapshot.revert", vm="web1", name="s1")["state"] == "running"
+        down = c.call("vm.shutdown", name="web1", timeout_s=10)
+        assert down["state"] == "stopped" and down["forced"] is False
+        assert c.call("vm.snapshot.delete", vm="web1", name="s1")["deleted"]
+        assert c.call("vm.snapshot.list", vm="web1") == []
+        listed = c.call("vm.list")
+        assert [v["name"] for v in listed] == ["web1"]
+        assert c.call("vm.list", tenant="other") == []
+        deleted = c.call("vm.delete", name="web1")
+        assert deleted["deleted"] and len(deleted["volumes_deleted"]) == 1
+        assert c.call("vm.list") == []
+        with pytest.raises(errors.NotFound):
+            c.call("vm.get", name="web1")
+
+
+def test_create_and_start_in_one_call_and_forced_delete(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        assert c.call("vm.create", name="a", start=True)["state"] == "running"
+        with pytest.raises(errors.Conflict):
+            c.call("vm.delete", name="a")
+        assert c.call("vm.get", name="a")["state"] == "running"
+        assert c.call("vm.delete", name="a", force=True)["deleted"]
+
+
+ERROR_CASES = [
+    ("method_not_found", "vm.fly", {}),
+    ("invalid_params", "vm.create", {"name": "Bad Name"}),
+    ("invalid_params", "vm.create", {"name": "a", "vcpus": "two"}),
+    ("invalid_params", "vm.get", {"name": "a", "extra": 1}),
+    ("invalid_params", "vm.shutdown", {"name": "a", "timeout_s": -1}),
+    ("invalid_params", "events.subscribe", {"topics": ["nope"]}),
+    ("not_found", "vm.get", {"name": "ghost"}),
+    ("not_found", "vm.start", {"name": "ghost"}),
+    ("not_found", "vm.snapshot.list", {"vm": "ghost"}),
+]
+
+
+@pytest.mark.parametrize(("code", "method", "params"), ERROR_CASES)
+def test_error_codes(daemon: Daemon, code: str, method: str, params: dict) -> None:
+    with daemon.client() as c:
+        with pytest.raises(errors.NovaCronError) as info:
+            c.call(method, **params)
+        assert info.value.code == code
+        assert info.value.message
+        # the connection stays usable after an error
+        assert c.call("session.hello")["protocol"] == 1
+
+
+def test_state_conflicts_and_duplicates(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        c.call("vm.create", name="a")
+        with pytest.raises(errors.AlreadyExists):
+            c.call("vm.create", name="a")
+        with pytest.raises(errors.AlreadyExists):  # libvirt's own "test" domain is not ours
+            c.call("vm.create", name="test")
+        for method in ("vm.pause", "vm.resume", "vm.stop", "vm.reboot", "vm.shutdown"):
+            with pytest.raises(errors.Conflict):
+                c.call(method, name="a")
+        c.call("vm.start", name="a")
+        with pytest.raises(errors.Conflict):
+            c.call("vm.start", name="a")
+        c.call("vm.snapshot.create", vm="a", name="s")
+        with pytest.raises(errors.AlreadyExists):
+            c.call("vm.snapshot.create", vm="a", name="s")
+        with pytest.raises(errors.NotFound):
+            c.call("vm.snapshot.revert", vm="a", name="nope")
+        assert c.call("vm.get", name="a")["state"] == "running"
+
+
+def test_unmanaged_domains_are_not_listed(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        assert c.call("vm.list") == []  # test:///default ships a domain called "test"
+        with pytest.raises(errors.NotFound):
+            c.call("vm.get", name="test")
+
+
+def test_events_delivered(daemon: Daemon) -> None:
+    with daemon.client() as actor, daemon.client(timeout=15) as watcher:
+        stream = watcher.events(["vm.state"])
+        actor.call("vm.create", name="ev1")
+        actor.call("vm.start", name="ev1")
+        actor.call("vm.pause", name="ev1")
+        seen = []
+        for event in stream:
+            seen.append((event["vm"], event["state"], event["reason"]))
+            if event["state"] == "paused":
+                break
+    assert ("ev1", "defined", "added") in seen
+    assert ("ev1", "running", "booted") in seen
+    assert seen[-1] == ("ev1", "paused", "paused")
+
+
+def test_subscribe_twice_is_a_conflict_and_unsubscribe_works(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        assert c.call("events.subscribe")["subscribed"]
+        with pytest.raises(errors.Conflict):
+            c.call("events.subscribe")
+        assert c.call("events.unsubscribe")["was_subscribed"]
+        assert c.call("events.subscribe")["subscribed"]
+
+
+def test_failed_duplicate_create_keeps_the_original_managed(daemon: Daemon) -> None:
+    with daemon.client() as c, daemon.client(timeout=10) as watcher:
+        c.call("vm.create", name="dup")
+        with pytest.raises(errors.AlreadyExists):
+            c.call("vm.create", name="dup")
+        events = watcher.events()
+        c.call("vm.start", name="dup")
+        assert next(events) == {"topic": "vm.state", "vm": "dup", "state": "running", "reason": "booted"}
+        assert c.call("node.info")["daemon"]["managed_vms"] == 1

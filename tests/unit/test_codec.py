@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from novacron.errors import InvalidParams, ProtocolError
+from novacron.rpc import codec
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+    | st.binary(max_size=20)
+)
+values = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+msgids = st.integers(min_value=0, max_value=codec.MAX_MSGID)
+methods = st.text(min_size=1, max_size=30)
+named = st.dictionaries(st.text(max_size=10), values, max_size=4)
+params = st.one_of(st.just([]), named.map(lambda d: [d]))
+messages = st.one_of(
+    st.builds(codec.Request, msgids, methods, params),
+    st.builds(codec.Response, msgids, values, values),
+    st.builds(codec.Notification, methods, params),
+)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    chunks, start = [], 0
+    for p in points:
+        chunks.append(data[start:p])
+        start = p
+    chunks.append(data[start:])
+    return chunks
+
+
+@given(st.lists(messages, max_size=20), st.lists(st.integers(min_value=0), max_size=30))
+def test_any_messages_split_anywhere_decode_to_the_same_messages(
+    msgs: list[codec.Message], cuts: list[int]
+) -> None:
+    stream = b"".join(codec.encode(m) for m in msgs)
+    decoder = codec.Decoder()
+    decoded: list[codec.Message] = []
+    for chunk in split(stream, cuts):
+        decoded.extend(decoder.feed(chunk))
+    assert decoded == msgs
+
+
+@given(st.binary(max_size=300), st.lists(st.integers(min_value=0), max_size=10))
+def test_garbage_raises_only_protocol_error(data: bytes, cuts: list[int]) -> None:
+    decoder = codec.Decoder(max_message_size=1024)
+    try:
+        for chunk in split(data, cuts):
+            for message in decoder.feed(chunk):
+                assert isinstance(message, codec.Request | codec.Response | codec.Notification)
+    except ProtocolError as exc:
+        assert exc.code in ("invalid_request", "too_large")
+
+
+@given(values)
+def test_valid_msgpack_that_is_not_rpc_is_refused(obj: object) -> None:
+    data = msgpack.packb(obj, use_bin_type=True)
+    decoder = codec.Decoder()
+    try:
+        out = decoder.feed(data)
+    except ProtocolError:
+        return
+    # only lists shaped like a message can get through
+    assert isinstance(obj, list)
+    assert len(out) == 1
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        [0, -1, "m", []],
+        [0, 2**32, "m", []],
+        [0, 1.5, "m", []],
+        [0, 1, "", []],
+        [0, 1, 7, []],
+        [0, 1, "m", {}],
+        [3, 1, "m", []],
+        [0, 1, "m"],
+        [2, "m", [], 1],
+        [True, 1, "m", []],
+        {"a": 1},
+        "hello",
+    ],
+)
+def test_malformed_shapes_are_protocol_errors(obj: object) -> None:
+    with pytest.raises(ProtocolError) as info:
+        codec.Decoder().feed(msgpack.packb(obj))
+    assert info.value.code == "invalid_request"
+
+
+def test_message_over_the_limit_is_too_large_even_in_small_chunks() -> None:
+    decoder = codec.Decoder(max_message_size=1000)
+    data = codec.encode_request(1, "m", {"blob": b"x" * 2000})
+    with pytest.raises(ProtocolError) as info:
+        for i in range(0, len(data), 7):
+            decoder.feed(data[i : i + 7])
+    assert info.value.code == "too_large"
+
+
+def test_message_exactly_at_the_limit_passes_and_many_small_ones_in_one_chunk() -> None:
+    one = codec.encode_request(1, "m", {"blob": b"x" * 900})
+    decoder = codec.Decoder(max_message_size=len(one))
+    assert len(decoder.feed(one)) == 1
+    many = codec.encode_request(2, "ping") * 500  # far bigger than the limit in total
+    assert len(decoder.feed(many)) == 500
+
+
+def test_huge_declared_length_does_not_allocate() -> None:
+    decoder = codec.Decoder(max_message_size=1024)
+    # a str32 header claiming 4 GiB, then nothing: must wait or fail, never allocate
+    assert decoder.feed(b"\x94\x00\x01\xdb\xff\xff\xff\xff") == []
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"a" * 2048)
+
+
+def test_decoder_stays_failed() -> None:
+    decoder = codec.Decoder()
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"\xc1")  # never-used byte
+    with pytest.raises(ProtocolError):
+        decoder.feed(codec.encode_request(1, "m"))
+
+
+def test_invalid_utf8_method_is_a_protocol_error() -> None:
+    raw = b"\x94\x00\x01\xa2\xff\xfe\x90"
+    with pytest.raises(ProtocolError):
+        codec.Decoder().feed(raw)
+
+
+def test_named_params_shapes() -> None:
+    assert codec.named_params([]) == {}
+    assert codec.named_params([{"a": 1}]) == {"a": 1}
+    for bad in ([1], [{"a": 1}, {}], ["x"]):
+        with pytest.raises(InvalidParams):
+            codec.named_params(bad)
+
+
+def test_encoders_match_the_spec_bytes() -> None:
+    # [0, 1, "session.hello", []]
+    assert codec.encode_request(1, "session.hello") == b"\x94\x00\x01\xadsession.hello\x90"
+    assert codec.encode_response(7, None, True) == b"\x94\x01\x07\xc0\xc3"
+    assert codec.encode_notification("event", {"a": 1}) == b"\x93\x02\xa5event\x91\x81\xa1a\x01"

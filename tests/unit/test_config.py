@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from novacron import config
+
+
+def parse(*argv: str) -> config.Config:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    return config.load(parser.parse_args(list(argv)))
+
+
+def test_production_defaults() -> None:
+    c = config.Config()
+    assert c.hypervisor_uri == "qemu:///system"
+    assert c.state_dir == Path("/var/lib/novacron")
+    assert c.socket == Path("/run/novacron/novacrond.sock")
+    assert c.max_message_bytes == 8 * 1024 * 1024
+
+
+def test_dev_mode_uses_test_driver_and_user_dirs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    c = parse("--dev")
+    assert c.hypervisor_uri == "test:///default"
+    assert c.socket == tmp_path / "run" / "novacron" / "novacrond.sock"
+    assert c.state_dir.is_relative_to(tmp_path / "state")
+    assert c.dev
+
+
+def test_toml_then_flags(tmp_path: Path) -> None:
+    f = tmp_path / "n.toml"
+    f.write_text(
+        '[daemon]\nnode_name = "h1"\nlog_level = "DEBUG"\n'
+        '[hypervisor]\nuri = "qemu:///session"\nthreads = 3\n[rpc]\nmax_message_bytes = 4096\n'
+    )
+    c = parse("--config", str(f), "--hypervisor-uri", "test:///default", "--node-name", "h2")
+    assert c.hypervisor_uri == "test:///default"  # flag beats file
+    assert c.node_name == "h2"
+    assert c.log_level == "debug"
+    assert c.hypervisor_threads == 3
+    assert c.max_message_bytes == 4096
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[daemon]\nbogus = 1\n", "unknown key"),
+        ("[hypervisor]\nthreads = 'many'\n", "threads"),
+        ("[hypervisor]\nthreads = -1\n", "threads"),
+        ("[daemon]\nlog_level = 'loud'\n", "log_level"),
+        ("daemon = 3\n", "section"),
+        ("[daemon\n", "n.toml"),
+        ("[rpc]\nmax_message_bytes = true\n", "max_message_bytes"),
+    ],
+)
+def test_bad_config_is_refused_with_the_key(tmp_path: Path, text: str, needle: str) -> None:
+    f = tmp_path / "n.toml"
+    f.write_text(text)
+    with pytest.raises(config.ConfigError, match=needle):
+        parse("--config", str(f))
+
+
+def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="cannot read"):
+        parse("--config", str(tmp_path / "nope.toml"))
+
+
+def test_every_key_has_a_flag() -> None:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    flags = {a.dest for a in parser._actions}
+    assert set(config.FIELDS) <= flags
+    fields = {f for f in config.Config.__dataclass_fields__ if f != "dev"}
+    assert fields == set(config.FIELDS)

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from novacron.state.db import StateStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StateStore:
+    s = StateStore(tmp_path / "state.db")
+    yield s
+    s.close()
+
+
+def test_wal_and_schema_version(store: StateStore) -> None:
+    mode = store._db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    assert store.schema_version >= 1
+    assert store.integrity_check() == "ok"
+
+
+def test_reopen_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
+    s = StateStore(tmp_path / "a.db")
+    s.insert_vm("v1", "u1", "t", {"vcpus": 1, "memory_mib": 64})
+    s.close()
+    s2 = StateStore(tmp_path / "a.db")
+    assert s2.get_vm("v1").spec == {"vcpus": 1, "memory_mib": 64}
+    s2.close()
+
+
+def test_crud(store: StateStore) -> None:
+    rec = store.insert_vm("v1", "u1", "t", {"a": 1})
+    assert rec.desired_state == "stopped"
+    store.set_desired_state("v1", "running")
+    store.set_uuid("v1", "u2")
+    got = store.get_vm("v1")
+    assert (got.desired_state, got.uuid) == ("running", "u2")
+    assert [r.name for r in store.list_vms()] == ["v1"]
+    assert store.delete_vm("v1")
+    assert not store.delete_vm("v1")
+    assert store.get_vm("v1") is None
+
+
+def test_duplicate_name_is_refused_and_changes_nothing(store: StateStore) -> None:
+    store.insert_vm("v1", "u1", "t", {})
+    with pytest.raises(sqlite3.IntegrityError):
+        store.insert_vm("v1", "u9", "t", {})
+    assert store.get_vm("v1").uuid == "u1"
+
+
+def test_hostile_names_are_data(store: StateStore) -> None:
+    evil = "x'); DROP TABLE vms; --"
+    store.insert_vm(evil, "u1", "t", {})
+    assert store.get_vm(evil).name == evil
+    assert len(store.list_vms()) == 1
+
+
+def test_invalid_desired_state_is_refused(store: StateStore) -> None:
+    store.insert_vm("v1", "u1", "t", {})
+    with pytest.raises(sqlite3.IntegrityError):
+        store.set_desired_state("v1", "flying")
+    assert store.get_vm("v1").desired_state == "stopped"

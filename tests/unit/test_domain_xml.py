@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import libvirt
+from hypothesis import given
+from hypothesis import strategies as st
+
+from novacron.vm import domain_xml
+from novacron.vm.spec import DiskSpec, VmSpec
+
+
+def plan(spec: VmSpec, domain_type: str = "qemu") -> domain_xml.DomainPlan:
+    disks = tuple(
+        domain_xml.DiskDevice(f"/img/{i}.qcow2", d.format, domain_xml.disk_target(i))
+        for i, d in enumerate(spec.disks)
+    )
+    return domain_xml.DomainPlan(
+        spec=spec,
+        uuid="5b1e3c9a-4a39-4c5e-8a39-3a8f0f6c1d11",
+        domain_type=domain_type,
+        disks=disks,
+        console_log="/var/lib/novacron/consoles/x.log",
+    )
+
+
+def test_disk_targets() -> None:
+    assert [domain_xml.disk_target(i) for i in (0, 1, 25, 26, 27)] == [
+        "vda",
+        "vdb",
+        "vdz",
+        "vdaa",
+        "vdab",
+    ]
+
+
+def test_build_direct_kernel_boot_guest() -> None:
+    spec = VmSpec(
+        name="g1",
+        vcpus=2,
+        memory_mib=256,
+        tenant="t1",
+        kernel="/k/vmlinuz",
+        initrd="/k/initrd",
+        cmdline="console=ttyS0 quiet",
+        disks=(DiskSpec(size_gib=1),),
+    )
+    root = ET.fromstring(domain_xml.build(plan(spec)))
+    assert root.get("type") == "qemu"
+    assert root.findtext("name") == "g1"
+    assert root.findtext("vcpu") == "2"
+    assert root.find("memory").get("unit") == "MiB"
+    assert root.findtext("os/kernel") == "/k/vmlinuz"
+    assert root.findtext("os/initrd") == "/k/initrd"
+    assert root.findtext("os/cmdline") == "console=ttyS0 quiet"
+    serial = root.find("devices/serial/source")
+    assert serial.get("append") == "on"
+    assert root.find("devices/disk/target").get("dev") == "vda"
+    assert root.find("devices/disk/driver").get("type") == "qcow2"
+
+
+@given(
+    st.text(
+        alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xD7FF),
+        min_size=1,
+        max_size=200,
+    )
+)
+def test_hostile_strings_stay_data(cmdline: str) -> None:
+    spec = VmSpec(name="g1", vcpus=1, memory_mib=64, kernel="/k", cmdline=cmdline)
+    text = domain_xml.build(plan(spec))
+    root = ET.fromstring(text)
+    assert root.findtext("os/cmdline") == cmdline
+    assert len(root.findall("devices/*")) == 2  # serial + memballoon: nothing injected
+
+
+def test_metadata_round_trip() -> None:
+    spec = VmSpec(name="g1", vcpus=1, memory_mib=64, tenant="acme", disks=(DiskSpec(path="/a"),))
+    managed = domain_xml.parse_managed(domain_xml.build(plan(spec)))
+    assert managed is not None
+    assert managed.tenant == "acme"
+    assert VmSpec.from_dict(managed.spec) == spec
+    assert domain_xml.parse_managed("<domain><name>x</name></domain>") is None
+
+
+def test_parse_disk_paths() -> None:
+    spec = VmSpec(name="g", vcpus=1, memory_mib=64, disks=(DiskSpec(size_gib=1), DiskSpec(path="/b")))
+    assert domain_xml.parse_disk_paths(domain_xml.build(plan(spec))) == [
+        "/img/0.qcow2",
+        "/img/1.qcow2",
+    ]
+
+
+def test_libvirt_test_driver_accepts_the_xml() -> None:
+    conn = libvirt.open("test:///default")
+    try:
+        spec = VmSpec(name="xmlcheck", vcpus=1, memory_mib=64, kernel="/k", disks=(DiskSpec(size_gib=1),))
+        dom = conn.defineXML(domain_xml.build(plan(spec, "test")))
+        assert dom.name() == "xmlcheck"
+        assert domain_xml.parse_managed(dom.XMLDesc(0)) is not None
+        dom.undefine()
+    finally:
+        conn.close()

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+
+from novacron.errors import InvalidParams
+from novacron.rpc.params import Params
+from novacron.vm.spec import DiskSpec, VmSpec, parse_create
+
+
+def create(**args: object) -> tuple[VmSpec, bool]:
+    return parse_create(Params(dict(args)))
+
+
+def test_minimal_and_defaults() -> None:
+    spec, start = create(name="a")
+    assert (spec.vcpus, spec.memory_mib, spec.tenant, start) == (1, 512, "default", False)
+
+
+def test_full() -> None:
+    spec, start = create(
+        name="a",
+        vcpus=4,
+        memory_mib=1024,
+        kernel="/k",
+        initrd="/i",
+        cmdline="console=ttyS0",
+        disks=[{"size_gib": 2}, {"path": "/img/x.raw", "format": "raw"}],
+        tenant="acme",
+        start=True,
+    )
+    assert spec.disks == (DiskSpec(size_gib=2), DiskSpec(path="/img/x.raw", format="raw"))
+    assert spec.disks[0].managed and not spec.disks[1].managed
+    assert start
+    assert VmSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"name": "a", "vcpus": 0},
+        {"name": "a", "memory_mib": 8},
+        {"name": "a", "initrd": "/i"},
+        {"name": "a", "cmdline": "x"},
+        {"name": "a", "disks": [{}]},
+        {"name": "a", "disks": [{"size_gib": 1, "path": "/x"}]},
+        {"name": "a", "disks": [{"size_gib": 1, "format": "vmdk"}]},
+        {"name": "a", "disks": [{"path": "x"}]},
+        {"name": "a", "disks": [{"size_gib": 1, "bus": "ide"}]},
+        {"name": "a", "disks": "1"},
+        {"name": "a", "tenant": "Bad Tenant"},
+        {"name": "a", "colour": "red"},
+    ],
+)
+def test_refusals(args: dict) -> None:
+    with pytest.raises(InvalidParams):
+        create(**args)
