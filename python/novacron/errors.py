@@ -92,6 +92,7 @@ class ProtocolError(NovaCronError):
     def __init__(self, message: str, code: str = "invalid_request") -> None:
         super().__init__(message)
         self.code = code  # type: ignore[misc]
+        self.decoded: list[Any] = []  # messages decoded before the bad bytes
 
 
 class EngineError(ValueError):

@@ -154,3 +154,11 @@ def test_encoders_match_the_spec_bytes() -> None:
     assert codec.encode_request(1, "session.hello") == b"\x94\x00\x01\xadsession.hello\x90"
     assert codec.encode_response(7, None, True) == b"\x94\x01\x07\xc0\xc3"
     assert codec.encode_notification("event", {"a": 1}) == b"\x93\x02\xa5event\x91\x81\xa1a\x01"
+
+
+def test_messages_before_garbage_ride_on_the_error() -> None:
+    decoder = codec.Decoder()
+    data = codec.encode_request(1, "a") + codec.encode_request(2, "b") + b"\xc1"
+    with pytest.raises(ProtocolError) as info:
+        decoder.feed(data)
+    assert [m.msgid for m in info.value.decoded] == [1, 2]

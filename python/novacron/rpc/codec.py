@@ -122,7 +122,11 @@ class Decoder:
         self._fed = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
-        """Feeds bytes; returns every message they complete, in order."""
+        """Feeds bytes; returns every message they complete, in order.
+
+        On bad bytes raises :class:`ProtocolError`; its ``decoded`` attribute holds the
+        messages that were complete before them (a server still answers those).
+        """
         if self._failed:
             raise ProtocolError("decoder already failed")
         messages: list[Message] = []
@@ -142,18 +146,23 @@ class Decoder:
                 pos += len(chunk)
                 for obj in self._unpacker:
                     messages.append(parse_message(obj))
-        except ProtocolError:
-            self._failed = True
-            raise
+        except ProtocolError as exc:
+            raise self._fail(exc, messages) from None
         except msgpack.BufferFull:
-            self._failed = True
-            raise ProtocolError(
+            error = ProtocolError(
                 f"message exceeds the {self.max_message_size}-byte limit", code="too_large"
-            ) from None
+            )
+            raise self._fail(error, messages) from None
         except Exception as exc:  # msgpack signals malformed data with many types
-            self._failed = True
-            raise ProtocolError(f"malformed MessagePack: {type(exc).__name__}") from None
+            error = ProtocolError(f"malformed MessagePack: {type(exc).__name__}")
+            raise self._fail(error, messages) from None
         return messages
+
+    def _fail(self, error: ProtocolError, decoded: list[Message]) -> ProtocolError:
+        """Marks the decoder failed; the messages before the bad bytes ride on the error."""
+        self._failed = True
+        error.decoded = decoded
+        return error
 
 
 def _pack(obj: Any) -> bytes:

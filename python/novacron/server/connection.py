@@ -99,6 +99,7 @@ class Connection:
             try:
                 messages = self._decoder.feed(data)
             except ProtocolError as exc:
+                await self._dispatch(exc.decoded, calls)
                 self._stats.protocol_errors += 1
                 log.info(
                     "rpc.protocol_error",
@@ -110,12 +111,15 @@ class Connection:
                 with trio.move_on_after(5):  # a peer that never reads must not pin us
                     await self._send.send(notice)
                 return
-            for message in messages:
-                if isinstance(message, codec.Request):
-                    await self._inflight.acquire()
-                    self._stats.requests += 1
-                    calls.start_soon(self._call, message)
-                # notifications and responses from a client have no method to reach
+            await self._dispatch(messages, calls)
+
+    async def _dispatch(self, messages: list[codec.Message], calls: trio.Nursery) -> None:
+        for message in messages:
+            if isinstance(message, codec.Request):
+                await self._inflight.acquire()
+                self._stats.requests += 1
+                calls.start_soon(self._call, message)
+            # notifications and responses from a client have no method to reach
 
     async def _call(self, request: codec.Request) -> None:
         try:
