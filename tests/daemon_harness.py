@@ -58,7 +58,7 @@ class Daemon:
                     with SyncClient(self.socket, timeout=5) as c:
                         c.call("session.hello")
                     return self
-                except Exception:  # noqa: BLE001 - not ready yet
+                except Exception:
                     pass
             time.sleep(0.05)
         raise RuntimeError(f"novacrond did not come up:\n{self.log_text()}")

@@ -91,7 +91,7 @@ async def test_sigterm_under_load_loses_nothing(daemon: Daemon) -> None:
     answered: list[int] = []
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            for i in range(40):
+            for i in range(20):
                 nursery.start_soon(creator, str(daemon.socket), i, acked, answered)
             await trio.sleep(0.3)
             daemon.signal(signal.SIGTERM)

@@ -165,5 +165,10 @@ def test_failed_duplicate_create_keeps_the_original_managed(daemon: Daemon) -> N
             c.call("vm.create", name="dup")
         events = watcher.events()
         c.call("vm.start", name="dup")
-        assert next(events) == {"topic": "vm.state", "vm": "dup", "state": "running", "reason": "booted"}
+        assert next(events) == {
+            "topic": "vm.state",
+            "vm": "dup",
+            "state": "running",
+            "reason": "booted",
+        }
         assert c.call("node.info")["daemon"]["managed_vms"] == 1

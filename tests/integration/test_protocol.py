@@ -118,7 +118,9 @@ def test_pipelined_responses_carry_their_msgids(daemon: Daemon) -> None:
         c.call("vm.create", name="p1")
     with daemon.raw() as sock:
         batch = b"".join(
-            codec.encode_request(i, "vm.get" if i % 2 else "session.hello", {"name": "p1"} if i % 2 else None)
+            codec.encode_request(
+                i, "vm.get" if i % 2 else "session.hello", {"name": "p1"} if i % 2 else None
+            )
             for i in range(100)
         )
         sock.sendall(batch)

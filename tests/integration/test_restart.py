@@ -85,7 +85,7 @@ def test_unprivileged_caller_may_only_say_hello(daemon: Daemon) -> None:
                     code = b"allowed"
                 except errors.PermissionDenied:
                     code = b"denied"
-        except BaseException as exc:  # noqa: BLE001 - report anything to the parent
+        except BaseException as exc:
             code = repr(exc).encode()
         os.write(write, code)
         os._exit(0)

@@ -22,7 +22,9 @@ def test_production_defaults() -> None:
     assert c.max_message_bytes == 8 * 1024 * 1024
 
 
-def test_dev_mode_uses_test_driver_and_user_dirs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_dev_mode_uses_test_driver_and_user_dirs(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     c = parse("--dev")

@@ -84,7 +84,9 @@ def test_metadata_round_trip() -> None:
 
 
 def test_parse_disk_paths() -> None:
-    spec = VmSpec(name="g", vcpus=1, memory_mib=64, disks=(DiskSpec(size_gib=1), DiskSpec(path="/b")))
+    spec = VmSpec(
+        name="g", vcpus=1, memory_mib=64, disks=(DiskSpec(size_gib=1), DiskSpec(path="/b"))
+    )
     assert domain_xml.parse_disk_paths(domain_xml.build(plan(spec))) == [
         "/img/0.qcow2",
         "/img/1.qcow2",
@@ -94,7 +96,9 @@ def test_parse_disk_paths() -> None:
 def test_libvirt_test_driver_accepts_the_xml() -> None:
     conn = libvirt.open("test:///default")
     try:
-        spec = VmSpec(name="xmlcheck", vcpus=1, memory_mib=64, kernel="/k", disks=(DiskSpec(size_gib=1),))
+        spec = VmSpec(
+            name="xmlcheck", vcpus=1, memory_mib=64, kernel="/k", disks=(DiskSpec(size_gib=1),)
+        )
         dom = conn.defineXML(domain_xml.build(plan(spec, "test")))
         assert dom.name() == "xmlcheck"
         assert domain_xml.parse_managed(dom.XMLDesc(0)) is not None

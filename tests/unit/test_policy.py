@@ -43,7 +43,7 @@ identities = st.builds(
 )
 
 
-@given(identities, st.sampled_from(sorted(policy.METHOD_PERMISSIONS) + ["vm.nuke", "x"]))
+@given(identities, st.sampled_from([*sorted(policy.METHOD_PERMISSIONS), "vm.nuke", "x"]))
 def test_decision_matches_table(identity: Identity, method: str) -> None:
     needed = policy.METHOD_PERMISSIONS.get(method)
     expected = needed is not None and (needed == policy.PUBLIC or "admin" in identity.roles)

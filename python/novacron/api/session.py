@@ -43,6 +43,7 @@ def register(registry: Registry, services: Services) -> None:
                 "managed_vms": len(vms.managed),
                 "reconcile": services.reconcile_findings,
                 "pools": [vms.hv_pool.statistics(), vms.db_pool.statistics()],
+                "events": services.bus.statistics(),
             },
         )
         return info

@@ -1,0 +1,98 @@
+"""The ``novacron`` CLI as a user runs it: a subprocess against the real daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from tests.daemon_harness import Daemon
+
+
+def cli(daemon: Daemon, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "NOVACRON_SOCKET": str(daemon.socket), "COLUMNS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "novacron.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_vm_workflow_with_tables_and_json(daemon: Daemon) -> None:
+    out = cli(daemon, "vm", "create", "cli1", "--vcpus", "2", "--memory", "128", "--disk", "1")
+    assert "cli1" in out.stdout and "stopped" in out.stdout
+    cli(daemon, "vm", "start", "cli1")
+    table = cli(daemon, "vm", "list").stdout
+    assert "NAME" in table and "cli1" in table and "running" in table
+    listed = json.loads(cli(daemon, "--json", "vm", "list").stdout)
+    assert listed[0]["name"] == "cli1" and listed[0]["state"] == "running"
+    cli(daemon, "vm", "pause", "cli1")
+    cli(daemon, "vm", "resume", "cli1")
+    cli(daemon, "vm", "snapshot", "create", "cli1", "snap1", "--description", "before")
+    snaps = json.loads(cli(daemon, "--json", "vm", "snapshot", "list", "cli1").stdout)
+    assert snaps[0]["name"] == "snap1" and snaps[0]["description"] == "before"
+    cli(daemon, "vm", "snapshot", "revert", "cli1", "snap1")
+    cli(daemon, "vm", "snapshot", "delete", "cli1", "snap1")
+    cli(daemon, "vm", "reboot", "cli1")
+    down = json.loads(cli(daemon, "--json", "vm", "shutdown", "cli1", "--timeout", "5").stdout)
+    assert down["state"] == "stopped"
+    got = json.loads(cli(daemon, "--json", "vm", "get", "cli1").stdout)
+    assert got["vcpus"] == 2 and got["memory_mib"] == 128
+    cli(daemon, "vm", "delete", "cli1")
+    assert json.loads(cli(daemon, "--json", "vm", "list").stdout) == []
+
+
+def test_errors_print_code_and_exit_nonzero(daemon: Daemon) -> None:
+    done = cli(daemon, "vm", "get", "ghost", check=False)
+    assert done.returncode == 1
+    assert "not_found" in done.stderr and "ghost" in done.stderr
+    done = cli(daemon, "vm", "create", "Bad_Name", check=False)
+    assert done.returncode == 1 and "invalid_params" in done.stderr
+
+
+def test_unreachable_daemon_exits_3(daemon: Daemon, tmp_path) -> None:
+    env = {**os.environ, "NOVACRON_SOCKET": str(tmp_path / "nope.sock")}
+    done = subprocess.run(
+        [sys.executable, "-m", "novacron.cli.main", "node", "info"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 3 and "unavailable" in done.stderr
+
+
+def test_node_info_hello_and_events(daemon: Daemon) -> None:
+    assert "TEST" in cli(daemon, "node", "info").stdout
+    hello = json.loads(cli(daemon, "--json", "hello").stdout)
+    assert hello["protocol"] == 1
+    env = {**os.environ, "NOVACRON_SOCKET": str(daemon.socket)}
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "novacron.cli.main", "--json", "events", "--count", "2"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        # wait until the watcher has subscribed, then cause two events
+        deadline = time.monotonic() + 30
+        with daemon.client() as c:
+            while c.call("node.info")["daemon"]["events"]["subscribers"] < 1:
+                assert time.monotonic() < deadline, "the events command never subscribed"
+                time.sleep(0.1)
+        cli(daemon, "vm", "create", "evcli", "--start")
+        out, _ = watcher.communicate(timeout=30)
+    finally:
+        watcher.kill()
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [e["state"] for e in events] == ["defined", "running"]
+    assert all(e["vm"] == "evcli" for e in events)
