@@ -160,7 +160,10 @@ mod tests {
         );
         assert_eq!(
             dirty_bitmap(&[0u8; 16], &image),
-            Err(EngineError::PageCountMismatch { hashes: 1, pages: 2 })
+            Err(EngineError::PageCountMismatch {
+                hashes: 1,
+                pages: 2
+            })
         );
     }
 

@@ -118,9 +118,7 @@ fn dirty_bitmap<'py>(
 ) -> PyResult<Bound<'py, PyBytes>> {
     let old = ByteView::new(previous_hashes)?;
     let view = ByteView::new(image)?;
-    let bitmap = detached(py, || {
-        engine::dirty_bitmap(old.as_slice(), view.as_slice())
-    })?;
+    let bitmap = detached(py, || engine::dirty_bitmap(old.as_slice(), view.as_slice()))?;
     Ok(PyBytes::new(py, &bitmap))
 }
 

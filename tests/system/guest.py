@@ -1,0 +1,120 @@
+"""Builds the tiny test guest: Debian's cloud kernel and a busybox initramfs.
+
+The kernel comes from the ``linux-image-*-cloud-amd64`` package (``apt-get download`` +
+``dpkg -x``, nothing installed). The initramfs is written here: busybox-static, the
+``evdev`` and ``button`` modules (so an ACPI power button press reaches userspace and
+the guest powers off, which makes ``vm.shutdown`` graceful for real), and an ``/init``
+that prints a boot marker and a tick every second on the serial console.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+CACHE = Path(os.environ.get("NOVACRON_GUEST_CACHE", "/var/tmp/novacron-guest"))
+BOOT_MARKER = "NOVACRON-GUEST-BOOTED"
+TICK = "NOVACRON-TICK"
+POWER_MARKER = "NOVACRON-POWER-BUTTON"
+
+INIT = f"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+insmod /lib/evdev.ko
+insmod /lib/button.ko
+echo {BOOT_MARKER} uptime=$(cut -d' ' -f1 /proc/uptime)
+for d in /sys/class/input/input*; do
+  if grep -q "Power Button" "$d/name" 2>/dev/null; then
+    for e in "$d"/event*; do ev=$(basename "$e"); done
+  fi
+done
+if [ -n "$ev" ]; then
+  (dd if=/dev/input/$ev bs=24 count=1 >/dev/null 2>&1; echo {POWER_MARKER}; sync; poweroff -f) &
+fi
+n=0
+while true; do
+  n=$((n+1))
+  echo "{TICK} $n"
+  sleep 1
+done
+"""
+
+
+@dataclass(frozen=True)
+class GuestImages:
+    kernel: Path
+    initrd: Path
+    cmdline: str = "console=ttyS0 panic=-1 quiet loglevel=3"
+
+
+def _run(*argv: str, cwd: Path | None = None) -> str:
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def kernel_package() -> str:
+    out = _run("apt-cache", "depends", "linux-image-cloud-amd64")
+    for line in out.splitlines():
+        line = line.strip()
+        if line.startswith("Depends: linux-image-"):
+            return line.split()[1]
+    raise RuntimeError("cannot resolve linux-image-cloud-amd64 (run apt-get update?)")
+
+
+def _write_cpio(root: Path, target: Path) -> None:
+    files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+    with target.open("wb") as out:
+        proc = subprocess.run(
+            ["cpio", "-o", "-H", "newc", "--quiet", "--owner", "0:0"],
+            input=("\n".join(files) + "\n").encode(),
+            cwd=root,
+            stdout=out,
+            stderr=subprocess.PIPE,
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"cpio failed: {proc.stderr.decode()}")
+
+
+def build() -> GuestImages:
+    """Returns cached images, building them on first use (about 30 MB download)."""
+    package = kernel_package()
+    home = CACHE / package
+    images = GuestImages(kernel=home / "vmlinuz", initrd=home / "initrd.cpio")
+    if images.kernel.exists() and images.initrd.exists():
+        return images
+    CACHE.mkdir(parents=True, exist_ok=True)
+    os.chmod(CACHE, 0o755)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp_name:
+        tmp = Path(tmp_name)
+        os.chmod(tmp, 0o755)
+        _run("apt-get", "download", "-q", package, cwd=tmp)
+        (deb,) = tmp.glob("*.deb")
+        _run("dpkg", "-x", str(deb), str(tmp / "x"))
+        (vmlinuz,) = (tmp / "x" / "boot").glob("vmlinuz-*")
+        modules = next((tmp / "x" / "lib" / "modules").iterdir()) / "kernel"
+        root = tmp / "initramfs"
+        for sub in ("bin", "lib", "proc", "sys", "dev", "tmp"):
+            (root / sub).mkdir(parents=True)
+        shutil.copy2("/bin/busybox", root / "bin" / "busybox")  # busybox-static
+        shutil.copy2(modules / "drivers" / "input" / "evdev.ko", root / "lib" / "evdev.ko")
+        shutil.copy2(modules / "drivers" / "acpi" / "button.ko", root / "lib" / "button.ko")
+        init = root / "init"
+        init.write_text(INIT)
+        init.chmod(0o755)
+        home.mkdir(parents=True, exist_ok=True)
+        os.chmod(home, 0o755)
+        _write_cpio(root, tmp / "initrd.cpio")
+        shutil.copy2(vmlinuz, tmp / "vmlinuz")
+        for name in ("vmlinuz", "initrd.cpio"):
+            os.chmod(tmp / name, 0o644)
+            os.replace(tmp / name, home / name)
+    return images

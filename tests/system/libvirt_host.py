@@ -1,0 +1,87 @@
+"""Starts the machine's own libvirtd and virtlogd when none is running (no systemd here).
+
+Debian's ``libvirt-daemon`` without ``libvirt-daemon-system`` lacks the ``libvirt-qemu``
+user and the ``kvm`` group that the QEMU driver needs; they are created if missing.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+URI = "qemu:///system"
+
+
+def _ok(*argv: str) -> bool:
+    return subprocess.run(argv, capture_output=True, check=False, timeout=60).returncode == 0
+
+
+def libvirt_answers() -> bool:
+    return _ok("virsh", "-c", URI, "version")
+
+
+def ensure_accounts() -> None:
+    if not _ok("getent", "group", "kvm"):
+        subprocess.run(["groupadd", "--system", "kvm"], check=True)
+    if not _ok("getent", "passwd", "libvirt-qemu"):
+        if not _ok("getent", "group", "libvirt-qemu"):
+            subprocess.run(["groupadd", "--system", "libvirt-qemu"], check=True)
+        subprocess.run(
+            [
+                "useradd", "--system", "--gid", "libvirt-qemu", "--groups", "kvm",
+                "--home-dir", "/var/lib/libvirt", "--no-create-home",
+                "--shell", "/usr/sbin/nologin", "libvirt-qemu",
+            ],
+            check=True,
+        )
+
+
+@dataclass
+class LibvirtHost:
+    started: list[int] = field(default_factory=list)
+
+    def start(self) -> LibvirtHost:
+        if libvirt_answers():
+            return self
+        if os.geteuid() != 0:
+            raise RuntimeError("system tests need root to start libvirtd")
+        for tool in ("libvirtd", "virtlogd", "qemu-system-x86_64"):
+            if shutil.which(tool) is None:
+                raise RuntimeError(f"{tool} is not installed (run ./bootstrap.sh test)")
+        ensure_accounts()
+        for d in ("/var/log/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt"):
+            Path(d).mkdir(parents=True, exist_ok=True)
+        for daemon, pidfile in (("virtlogd", "/run/virtlogd.pid"), ("libvirtd", "/run/libvirtd.pid")):
+            Path(pidfile).unlink(missing_ok=True)
+            subprocess.run([daemon, "-d", "-p", pidfile], check=True, timeout=60)
+            deadline = time.monotonic() + 30
+            while not Path(pidfile).exists():
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{daemon} did not start")
+                time.sleep(0.1)
+            self.started.append(int(Path(pidfile).read_text().strip()))
+        deadline = time.monotonic() + 60
+        while not libvirt_answers():
+            if time.monotonic() > deadline:
+                raise RuntimeError("libvirtd started but qemu:///system does not answer")
+            time.sleep(0.2)
+        return self
+
+    def stop(self) -> None:
+        for pid in reversed(self.started):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            for _ in range(100):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.1)
+        self.started.clear()

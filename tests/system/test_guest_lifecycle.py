@@ -1,0 +1,142 @@
+"""A real TCG guest driven through the daemon on qemu:///system."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import libvirt
+
+from novacron.client import SyncClient
+from tests.daemon_harness import Daemon
+from tests.system import guest
+from tests.system.libvirt_host import URI
+
+
+def console(vm: dict) -> str:
+    path = Path(vm["console_log"])
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def wait_console(c: SyncClient, name: str, needle: str, after: int = 0, timeout: float = 120) -> str:
+    vm = c.call("vm.get", name=name)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = console(vm)
+        if needle in text[after:]:
+            return text
+        time.sleep(0.25)
+    raise AssertionError(f"{needle!r} not on {name}'s console:\n{console(vm)[-2000:]}")
+
+
+def ticks(text: str) -> int:
+    return text.count(guest.TICK)
+
+
+def create_guest(c: SyncClient, name: str, images: guest.GuestImages, **extra) -> dict:
+    return c.call(
+        "vm.create",
+        name=name,
+        vcpus=1,
+        memory_mib=256,
+        kernel=str(images.kernel),
+        initrd=str(images.initrd),
+        cmdline=images.cmdline,
+        disks=[{"size_gib": 1}],
+        **extra,
+    )
+
+
+def test_boot_pause_resume_snapshot_shutdown_delete(
+    system_daemon: Daemon, guest_images: guest.GuestImages
+) -> None:
+    with system_daemon.client(timeout=300) as c:
+        vm = create_guest(c, "sys1", guest_images, start=True)
+        assert vm["state"] == "running"
+        assert c.call("node.info")["hypervisor"]["domain_type"] == "qemu"
+        wait_console(c, "sys1", guest.BOOT_MARKER)
+        wait_console(c, "sys1", f"{guest.TICK} 2")
+
+        assert c.call("vm.pause", name="sys1")["state"] == "paused"
+        frozen = ticks(console(vm))
+        time.sleep(2.5)
+        assert ticks(console(vm)) <= frozen + 1  # at most one tick was already in flight
+        assert c.call("vm.resume", name="sys1")["state"] == "running"
+        wait_console(c, "sys1", f"{guest.TICK} {frozen + 2}")
+
+        snap = c.call("vm.snapshot.create", vm="sys1", name="booted", description="after boot")
+        assert snap["state"] == "running"
+        assert [s["name"] for s in c.call("vm.snapshot.list", vm="sys1")] == ["booted"]
+
+        # graceful: the ACPI power button reaches the guest, which powers itself off
+        down = c.call("vm.shutdown", name="sys1", timeout_s=60)
+        assert down["state"] == "stopped"
+        assert down["forced"] is False
+        assert guest.POWER_MARKER in console(vm)
+
+        # revert brings back the running guest from the snapshot's memory
+        before = len(console(vm))
+        assert c.call("vm.snapshot.revert", vm="sys1", name="booted")["state"] == "running"
+        wait_console(c, "sys1", guest.TICK, after=before)
+        c.call("vm.snapshot.delete", vm="sys1", name="booted")
+
+        assert c.call("vm.stop", name="sys1")["state"] == "stopped"
+        disk = vm["disks"][0]["path"]
+        assert Path(disk).exists()
+        deleted = c.call("vm.delete", name="sys1")
+        assert deleted["volumes_deleted"] == [disk]
+        assert not Path(disk).exists()
+        assert c.call("vm.list") == []
+    conn = libvirt.open(URI)
+    try:
+        assert "sys1" not in [d.name() for d in conn.listAllDomains(0)]
+    finally:
+        conn.close()
+
+
+def test_sigkill_daemon_loses_no_vm_and_running_guest_keeps_running(
+    system_daemon: Daemon, guest_images: guest.GuestImages
+) -> None:
+    with system_daemon.client(timeout=300) as c:
+        create_guest(c, "sys2", guest_images, start=True)
+        create_guest(c, "sys3", guest_images)
+        vm = c.call("vm.get", name="sys2")
+        wait_console(c, "sys2", f"{guest.TICK} 1")
+    system_daemon.kill()
+    seen = ticks(console(vm))
+    system_daemon.start(timeout=60)
+    with system_daemon.client(timeout=300) as c:
+        vms = {v["name"]: v for v in c.call("vm.list")}
+        assert set(vms) == {"sys2", "sys3"}
+        assert vms["sys2"]["state"] == "running"
+        assert vms["sys3"]["state"] == "stopped"
+        # nothing needed repair: libvirt kept both domains
+        findings = c.call("node.info")["daemon"]["reconcile"]
+        assert not [f for f in findings if f["finding"] in ("redefined", "adopted", "failed")]
+        wait_console(c, "sys2", f"{guest.TICK} {seen + 2}")
+        c.call("vm.delete", name="sys2", force=True)
+        c.call("vm.delete", name="sys3")
+
+
+def test_domain_defined_but_not_recorded_is_adopted(
+    system_daemon: Daemon, guest_images: guest.GuestImages
+) -> None:
+    """A crash between libvirt define and the sqlite commit: the restart adopts the domain."""
+    with system_daemon.client(timeout=300) as c:
+        create_guest(c, "sys4", guest_images)
+    system_daemon.stop()
+    # simulate the crash window: the record is gone, the domain (with metadata) remains
+    db = sqlite3.connect(system_daemon.state_dir / "state.db")
+    db.execute("DELETE FROM vms WHERE name = ?", ("sys4",))
+    db.commit()
+    db.close()
+    system_daemon.start(timeout=60)
+    with system_daemon.client(timeout=300) as c:
+        findings = c.call("node.info")["daemon"]["reconcile"]
+        assert {"vm": "sys4", "finding": "adopted"} in [
+            {k: f[k] for k in ("vm", "finding")} for f in findings
+        ]
+        vm = c.call("vm.get", name="sys4")
+        assert vm["state"] == "stopped" and vm["memory_mib"] == 256
+        c.call("vm.delete", name="sys4")
