@@ -61,6 +61,7 @@ async def serve(config: Config) -> None:
     services = Services(config=config, vms=vms, bus=bus)
     try:
         await vms.hv_pool.run(hv.ensure_pool, config.storage_pool, config.images_dir)
+        await vms.hv_pool.run(hv.capabilities)  # slow on QEMU: fetch once, before READY
         services.reconcile_findings = await reconcile(vms)
         registry = build_registry(services)
 

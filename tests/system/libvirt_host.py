@@ -41,11 +41,27 @@ def ensure_accounts() -> None:
         )
 
 
+def ensure_kvm_device() -> None:
+    """Gives /dev/kvm to group kvm, mode 0660, as Debian's udev rule does.
+
+    Without udev (these machines) it is root-only; libvirt then finds KVM "not usable"
+    for the QEMU user, disagrees with its cached QEMU capabilities and probes QEMU again
+    on every define (measured: about 60 s per ``virsh define``, 38 ms once fixed).
+    """
+    kvm = Path("/dev/kvm")
+    if kvm.exists() and os.geteuid() == 0:
+        shutil.chown(kvm, group="kvm")
+        kvm.chmod(0o660)
+
+
 @dataclass
 class LibvirtHost:
     started: list[int] = field(default_factory=list)
 
     def start(self) -> LibvirtHost:
+        if os.geteuid() == 0:
+            ensure_accounts()
+            ensure_kvm_device()
         if libvirt_answers():
             return self
         if os.geteuid() != 0:
@@ -53,7 +69,6 @@ class LibvirtHost:
         for tool in ("libvirtd", "virtlogd", "qemu-system-x86_64"):
             if shutil.which(tool) is None:
                 raise RuntimeError(f"{tool} is not installed (run ./bootstrap.sh test)")
-        ensure_accounts()
         for d in ("/var/log/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt"):
             Path(d).mkdir(parents=True, exist_ok=True)
         for daemon, pidfile in (("virtlogd", "/run/virtlogd.pid"), ("libvirtd", "/run/libvirtd.pid")):

@@ -83,6 +83,7 @@ class Hypervisor:
         self._domain_type = domain_type
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        self._caps: ET.Element | None = None  # host capabilities never change while we run
         libvirt.registerErrorHandler(_quiet, None)
 
     # -- connection ------------------------------------------------------------------
@@ -116,14 +117,20 @@ class Hypervisor:
     def is_test_driver(self) -> bool:
         return self.uri.startswith("test:")
 
+    def capabilities(self) -> ET.Element:
+        """libvirt's host capabilities, fetched once (the call takes seconds on QEMU)."""
+        if self._caps is None:
+            with libvirt_errors():
+                text = self.conn.getCapabilities()
+            self._caps = ET.fromstring(text)  # noqa: S314 - from libvirtd
+        return self._caps
+
     def domain_type(self) -> str:
         if self.is_test_driver:
             return "test"
         if self._domain_type != "auto":
             return self._domain_type
-        with libvirt_errors():
-            caps = ET.fromstring(self.conn.getCapabilities())  # noqa: S314 - from libvirtd
-        kinds = {d.get("type") for d in caps.findall("guest/arch/domain")}
+        kinds = {d.get("type") for d in self.capabilities().findall("guest/arch/domain")}
         return "kvm" if "kvm" in kinds else "qemu"
 
     def node_info(self) -> dict[str, Any]:
@@ -131,11 +138,10 @@ class Hypervisor:
             conn = self.conn
             model, memory_mib, cpus, mhz, nodes, sockets, cores, threads = conn.getInfo()
             version = conn.getVersion()
-            caps = ET.fromstring(conn.getCapabilities())  # noqa: S314 - from libvirtd
             hostname = conn.getHostname()
             hv_type = conn.getType()
             lib_version = conn.getLibVersion()
-        cells = caps.findall("host/topology/cells/cell")
+        cells = self.capabilities().findall("host/topology/cells/cell")
         return {
             "hostname": hostname,
             "hypervisor": {

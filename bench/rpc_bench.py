@@ -1,0 +1,206 @@
+"""RPC round trip: novacrond over its Unix socket vs libvirtd's own RPC, same machine.
+
+    python bench/rpc_bench.py [--calls 5000] [--pipelined 64] [--json]
+
+Measures, for NovaCron (``session.hello``; ``vm.list`` with 100 VMs on the test driver)
+and for libvirt over ``qemu:///system`` (``getVersion()``; ``listAllDomains()`` with 100
+defined domains):
+
+* p50/p99 latency of one client making one call at a time;
+* calls/s with 64 calls kept in flight on one connection (NovaCron: pipelined
+  MessagePack-RPC; libvirt: 64 threads sharing one connection, its way of overlapping).
+
+It starts its own novacrond (``--dev``); libvirtd must be running for the libvirt side
+(``./bootstrap.sh test`` installs it; the system tests start it). Targets (issue #2):
+p99 no worse than libvirt's; >= 20,000 calls/s pipelined on one connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from novacron.client import SyncClient  # noqa: E402
+from novacron.rpc import codec  # noqa: E402
+
+VMS = 100
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    q = statistics.quantiles(ordered, n=100, method="inclusive")
+    return {
+        "p50_us": round(q[49] * 1e6, 1),
+        "p99_us": round(q[98] * 1e6, 1),
+        "mean_us": round(statistics.fmean(ordered) * 1e6, 1),
+    }
+
+
+def latency(call: Callable[[], Any], count: int) -> dict[str, float]:
+    for _ in range(min(200, count)):
+        call()
+    samples = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        samples.append(time.perf_counter() - start)
+    return percentiles(samples)
+
+
+def nc_pipelined(path: Path, method: str, params: dict[str, Any] | None, total: int, depth: int) -> float:
+    """Calls/s on one connection keeping ``depth`` requests in flight."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(path))
+    decoder = codec.Decoder()
+    requests = [codec.encode_request(i % 2**32, method, params) for i in range(total)]
+    sent = received = 0
+    start = time.perf_counter()
+    while received < total:
+        window = min(depth - (sent - received), total - sent)
+        if window > 0:
+            sock.sendall(b"".join(requests[sent : sent + window]))
+            sent += window
+        data = sock.recv(1 << 20)
+        if not data:
+            raise RuntimeError("daemon closed the connection")
+        for m in decoder.feed(data):
+            assert isinstance(m, codec.Response) and m.error is None, m
+            received += 1
+    elapsed = time.perf_counter() - start
+    sock.close()
+    return total / elapsed
+
+
+def threaded_rate(call: Callable[[], Any], total: int, depth: int) -> float:
+    per_thread = total // depth
+    barrier = threading.Barrier(depth + 1)
+
+    def worker() -> None:
+        barrier.wait()
+        for _ in range(per_thread):
+            call()
+
+    threads = [threading.Thread(target=worker) for _ in range(depth)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return per_thread * depth / (time.perf_counter() - start)
+
+
+def start_daemon(tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    sock = tmp / "bench.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "novacron.daemon", "--dev", "--socket", str(sock),
+         "--state-dir", str(tmp / "state"), "--log-level", "warning"],
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(300):
+        try:
+            with SyncClient(sock, timeout=5) as c:
+                c.call("session.hello")
+            return proc, sock
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("novacrond did not start")
+
+
+def bench_novacron(calls: int, depth: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp_name:
+        proc, sock = start_daemon(Path(tmp_name))
+        try:
+            with SyncClient(sock, timeout=60) as c:
+                for i in range(VMS):
+                    c.call("vm.create", name=f"bench-{i:03d}", memory_mib=64)
+                hello = latency(lambda: c.call("session.hello"), calls)
+                listing = latency(lambda: c.call("vm.list"), max(200, calls // 10))
+            rate_hello = nc_pipelined(sock, "session.hello", None, calls * 4, depth)
+            rate_list = nc_pipelined(sock, "vm.list", None, max(1000, calls // 2), depth)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return {
+        "session.hello": {**hello, "pipelined_calls_per_s": round(rate_hello)},
+        "vm.list(100 VMs)": {**listing, "pipelined_calls_per_s": round(rate_list)},
+    }
+
+
+def bench_libvirt(calls: int, depth: int) -> dict[str, Any] | str:
+    try:
+        import libvirt
+    except ImportError:
+        return "libvirt-python not installed"
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    try:
+        conn = libvirt.open("qemu:///system")
+    except libvirt.libvirtError as exc:
+        return f"qemu:///system unavailable: {exc.get_error_message()}"
+    defined = []
+    try:
+        for i in range(VMS):
+            xml = (
+                f"<domain type='qemu'><name>nc-bench-{os.getpid()}-{i:03d}</name>"
+                "<memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+                "<os><type arch='x86_64'>hvm</type></os></domain>"
+            )
+            defined.append(conn.defineXML(xml))
+        version = latency(conn.getVersion, calls)
+        listing = latency(lambda: conn.listAllDomains(0), max(200, calls // 10))
+        rate_version = threaded_rate(conn.getVersion, calls * 4 // depth * depth, depth)
+        rate_list = threaded_rate(lambda: conn.listAllDomains(0), max(1000, calls // 2) // depth * depth, depth)
+    finally:
+        for dom in defined:
+            dom.undefine()
+        conn.close()
+    return {
+        "getVersion()": {**version, "threaded_calls_per_s": round(rate_version)},
+        "listAllDomains()(100 domains)": {**listing, "threaded_calls_per_s": round(rate_list)},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--pipelined", type=int, default=64)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release()},
+        "calls": args.calls,
+        "in_flight": args.pipelined,
+        "novacron": bench_novacron(args.calls, args.pipelined),
+        "libvirt": bench_libvirt(args.calls, args.pipelined),
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"{'call':34} {'p50 us':>9} {'p99 us':>9} {'calls/s @' + str(args.pipelined):>14}")
+    for side in ("novacron", "libvirt"):
+        block = result[side]
+        if isinstance(block, str):
+            print(f"{side}: {block}")
+            continue
+        for name, fig in block.items():
+            rate = fig.get("pipelined_calls_per_s", fig.get("threaded_calls_per_s"))
+            print(f"{side + ' ' + name:34} {fig['p50_us']:>9} {fig['p99_us']:>9} {rate:>14}")
+
+
+if __name__ == "__main__":
+    main()
