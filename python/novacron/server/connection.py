@@ -4,8 +4,8 @@
   as soon as it is ready (responses carry the request's msgid, in any order).
 * At most ``max_inflight`` calls run at once per connection; past that the connection
   stops reading (backpressure), it is not refused.
-* One writer task owns the socket's send side and coalesces queued messages into one
-  write, so pipelined calls cost few syscalls.
+* Writes go through an :class:`~novacron.server.outbox.Outbox`: in order, coalesced
+  under load, and without an extra task switch when the connection is idle.
 * Bytes that are not MessagePack-RPC, or a message over the limit: a ``protocol.error``
   notification is queued, reading stops, in-flight calls finish, the connection closes.
 """
@@ -24,12 +24,11 @@ from novacron.eventbus import EventBus, Subscription
 from novacron.logs import kv
 from novacron.rpc import codec
 from novacron.rpc.dispatch import CallContext, Registry
+from novacron.server.outbox import Outbox
 
 log = logging.getLogger("novacron.server")
 
 READ_SIZE = 256 * 1024
-WRITE_COALESCE = 256 * 1024
-OUTGOING_QUEUE = 256
 
 
 class ConnectionStats:
@@ -61,7 +60,7 @@ class Connection:
         self._decoder = codec.Decoder(max_message)
         self._inflight = trio.Semaphore(max_inflight)
         self._stats = stats
-        self._send, self._recv = trio.open_memory_channel[bytes](OUTGOING_QUEUE)
+        self._outbox = Outbox(stream)
         self._reader_scope = trio.CancelScope()
         self._ctx = CallContext(identity, bus)
         self._ctx.on_subscribe = self._on_subscribe
@@ -75,7 +74,6 @@ class Connection:
         try:
             async with trio.open_nursery() as outer:
                 self._outer = outer
-                outer.start_soon(self._writer)
                 try:
                     async with trio.open_nursery() as calls:
                         with self._reader_scope:
@@ -83,7 +81,7 @@ class Connection:
                 finally:
                     if self._ctx.subscription is not None:
                         self._ctx.subscription.close()
-                    self._send.close()
+                    outer.cancel_scope.cancel()  # event pumps: nobody to deliver to
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()
@@ -108,8 +106,11 @@ class Connection:
                 notice = codec.encode_notification(
                     "protocol.error", {"code": exc.code, "message": exc.message}
                 )
-                with trio.move_on_after(5):  # a peer that never reads must not pin us
-                    await self._send.send(notice)
+                with (
+                    trio.move_on_after(5),  # a peer that never reads must not pin us
+                    contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError),
+                ):
+                    await self._outbox.send(notice)
                 return
             await self._dispatch(messages, calls)
 
@@ -131,28 +132,12 @@ class Connection:
                 payload = codec.encode_response(
                     request.msgid, {"code": "internal", "message": "unencodable result"}, None
                 )
-            with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-                await self._send.send(payload)
+            try:
+                await self._outbox.send(payload)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                self.stop_reading()  # the peer went away: nothing more can be delivered
         finally:
             self._inflight.release()
-
-    async def _writer(self) -> None:
-        try:
-            async for first in self._recv:
-                chunks = [first]
-                size = len(first)
-                while size < WRITE_COALESCE:
-                    try:
-                        chunk = self._recv.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    chunks.append(chunk)
-                    size += len(chunk)
-                await self.stream.send_all(b"".join(chunks))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            # the peer went away: nothing more can be delivered
-            self.stop_reading()
-            self._recv.close()
 
     def _on_subscribe(self, sub: Subscription) -> None:
         assert self._outer is not None
@@ -163,6 +148,7 @@ class Connection:
         async for event in sub:
             payload: dict[str, Any] = event
             try:
-                await self._send.send(codec.encode_notification("event", payload))
+                await self._outbox.wait_writable()  # a slow reader loses events, not memory
+                await self._outbox.send(codec.encode_notification("event", payload))
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return
