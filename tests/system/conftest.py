@@ -78,5 +78,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if here in Path(item.fspath).parents:
             item.add_marker(pytest.mark.system)
             item.add_marker(pytest.mark.slow)
-
-

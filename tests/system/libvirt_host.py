@@ -33,9 +33,18 @@ def ensure_accounts() -> None:
             subprocess.run(["groupadd", "--system", "libvirt-qemu"], check=True)
         subprocess.run(
             [
-                "useradd", "--system", "--gid", "libvirt-qemu", "--groups", "kvm",
-                "--home-dir", "/var/lib/libvirt", "--no-create-home",
-                "--shell", "/usr/sbin/nologin", "libvirt-qemu",
+                "useradd",
+                "--system",
+                "--gid",
+                "libvirt-qemu",
+                "--groups",
+                "kvm",
+                "--home-dir",
+                "/var/lib/libvirt",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "libvirt-qemu",
             ],
             check=True,
         )
@@ -71,7 +80,10 @@ class LibvirtHost:
                 raise RuntimeError(f"{tool} is not installed (run ./bootstrap.sh test)")
         for d in ("/var/log/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt"):
             Path(d).mkdir(parents=True, exist_ok=True)
-        for daemon, pidfile in (("virtlogd", "/run/virtlogd.pid"), ("libvirtd", "/run/libvirtd.pid")):
+        for daemon, pidfile in (
+            ("virtlogd", "/run/virtlogd.pid"),
+            ("libvirtd", "/run/libvirtd.pid"),
+        ):
             Path(pidfile).unlink(missing_ok=True)
             subprocess.run([daemon, "-d", "-p", pidfile], check=True, timeout=60)
             deadline = time.monotonic() + 30

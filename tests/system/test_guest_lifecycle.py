@@ -19,7 +19,9 @@ def console(vm: dict) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
-def wait_console(c: SyncClient, name: str, needle: str, after: int = 0, timeout: float = 120) -> str:
+def wait_console(
+    c: SyncClient, name: str, needle: str, after: int = 0, timeout: float = 120
+) -> str:
     vm = c.call("vm.get", name=name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

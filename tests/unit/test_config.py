@@ -79,3 +79,10 @@ def test_every_key_has_a_flag() -> None:
     assert set(config.FIELDS) <= flags
     fields = {f for f in config.Config.__dataclass_fields__ if f != "dev"}
     assert fields == set(config.FIELDS)
+
+
+def test_shipped_example_config_parses() -> None:
+    example = Path(__file__).resolve().parents[2] / "systemd" / "novacrond.toml.example"
+    c = config.from_toml(config.Config(), example.read_text(), str(example))
+    assert c.hypervisor_uri == "qemu:///system"
+    assert c.domain_type == "auto"
