@@ -67,11 +67,11 @@ dev() {
   export NOVACRON_SOCKET="${NOVACRON_SOCKET:-$run/novacrond.sock}"
   log "starting novacrond --dev (libvirt test:///default, sqlite) on $NOVACRON_SOCKET"
   novacrond --dev --socket "$NOVACRON_SOCKET" &
-  local pid=$!
-  trap 'kill -TERM $pid 2>/dev/null; wait $pid' EXIT
+  DAEMON_PID=$!
+  trap 'kill -TERM "$DAEMON_PID" 2>/dev/null; wait "$DAEMON_PID" || true' EXIT
   for _ in $(seq 100); do
     novacron hello >/dev/null 2>&1 && break
-    kill -0 "$pid" 2>/dev/null || { echo "novacrond exited" >&2; exit 1; }
+    kill -0 "$DAEMON_PID" 2>/dev/null || { echo "novacrond exited" >&2; exit 1; }
     sleep 0.1
   done
   set -x
@@ -89,8 +89,8 @@ dev() {
     novacron vm delete demo --force
     return
   fi
-  log "novacrond is running (pid $pid). Try: NOVACRON_SOCKET=$NOVACRON_SOCKET novacron vm list   (Ctrl-C stops it)"
-  wait "$pid"
+  log "novacrond is running (pid $DAEMON_PID). Try: NOVACRON_SOCKET=$NOVACRON_SOCKET novacron vm list   (Ctrl-C stops it)"
+  wait "$DAEMON_PID"
 }
 
 run_tests() {

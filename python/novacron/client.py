@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import math
 import socket
+import struct
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -158,12 +159,19 @@ class SyncClient:
     ) -> None:
         self.path = Path(path) if path is not None else paths.default_client_socket()
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
         try:
             self._sock.connect(str(self.path))
         except OSError as exc:
             self._sock.close()
             raise errors.Unavailable(f"cannot connect to {self.path}: {exc.strerror}") from None
+        if timeout is not None:
+            # a kernel receive timeout keeps the socket blocking: Python's settimeout()
+            # would add a poll() before every recv() (measurable per call)
+            seconds = int(timeout)
+            micros = int((timeout - seconds) * 1_000_000)
+            self._sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, micros)
+            )
         self._decoder = codec.Decoder(max_message)
         self._ids = itertools.count(1)
         self._queue: deque[codec.Message] = deque()
@@ -186,7 +194,7 @@ class SyncClient:
         while not self._queue:
             try:
                 data = self._sock.recv(READ_SIZE)
-            except TimeoutError:
+            except (BlockingIOError, TimeoutError):
                 raise errors.Timeout("no answer from novacrond in time") from None
             if not data:
                 raise errors.Unavailable("connection to novacrond closed")

@@ -130,6 +130,21 @@ class Decoder:
         if self._failed:
             raise ProtocolError("decoder already failed")
         messages: list[Message] = []
+        buffered = self._fed - self._unpacker.tell()
+        if buffered == 0 and len(data) <= self.max_message_size:
+            # fast path: nothing pending and the chunk fits the buffer in one go
+            try:
+                self._unpacker.feed(data)
+                self._fed += len(data)
+                for obj in self._unpacker:
+                    messages.append(parse_message(obj))
+            except ProtocolError as exc:
+                raise self._fail(exc, messages) from None
+            except msgpack.BufferFull:
+                raise self._fail(self._too_large(), messages) from None
+            except Exception as exc:  # msgpack signals malformed data with many types
+                raise self._fail(self._malformed(exc), messages) from None
+            return messages
         view = memoryview(data)
         try:
             # Feed only what fits beside the partial message already buffered and drain
@@ -149,14 +164,19 @@ class Decoder:
         except ProtocolError as exc:
             raise self._fail(exc, messages) from None
         except msgpack.BufferFull:
-            error = ProtocolError(
-                f"message exceeds the {self.max_message_size}-byte limit", code="too_large"
-            )
-            raise self._fail(error, messages) from None
+            raise self._fail(self._too_large(), messages) from None
         except Exception as exc:  # msgpack signals malformed data with many types
-            error = ProtocolError(f"malformed MessagePack: {type(exc).__name__}")
-            raise self._fail(error, messages) from None
+            raise self._fail(self._malformed(exc), messages) from None
         return messages
+
+    def _too_large(self) -> ProtocolError:
+        return ProtocolError(
+            f"message exceeds the {self.max_message_size}-byte limit", code="too_large"
+        )
+
+    @staticmethod
+    def _malformed(exc: Exception) -> ProtocolError:
+        return ProtocolError(f"malformed MessagePack: {type(exc).__name__}")
 
     def _fail(self, error: ProtocolError, decoded: list[Message]) -> ProtocolError:
         """Marks the decoder failed; the messages before the bad bytes ride on the error."""

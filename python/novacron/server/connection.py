@@ -117,7 +117,10 @@ class Connection:
     async def _dispatch(self, messages: list[codec.Message], calls: trio.Nursery) -> None:
         for message in messages:
             if isinstance(message, codec.Request):
-                await self._inflight.acquire()
+                try:
+                    self._inflight.acquire_nowait()  # no scheduler pass when a slot is free
+                except trio.WouldBlock:
+                    await self._inflight.acquire()
                 self._stats.requests += 1
                 calls.start_soon(self._call, message)
             # notifications and responses from a client have no method to reach
