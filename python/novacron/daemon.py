@@ -17,7 +17,7 @@ from pathlib import Path
 
 import trio
 
-from novacron import __version__, logs, systemd
+from novacron import __version__, errors, logs, systemd
 from novacron import config as config_mod
 from novacron.api import Services, build_registry
 from novacron.config import Config, ConfigError
@@ -52,6 +52,36 @@ def open_store(path: Path) -> StateStore:
         os.umask(old)
 
 
+async def attach_hypervisor(
+    services: Services,
+    retry_s: float = 5.0,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Storage pool, capabilities and reconciliation, once libvirt answers.
+
+    If libvirt is unreachable at start the daemon still serves (VM calls answer
+    ``unavailable``) and this keeps trying every ``retry_s`` seconds.
+    """
+    vms, config = services.vms, services.config
+    while True:
+        try:
+            await vms.hv_pool.run(vms.hv.ensure_pool, config.storage_pool, config.images_dir)
+            await vms.hv_pool.run(vms.hv.capabilities)  # slow on QEMU: fetch once
+            services.reconcile_findings = await reconcile(vms)
+        except errors.Unavailable as exc:
+            log.error(
+                "hypervisor.unavailable", extra=kv(uri=config.hypervisor_uri, error=exc.message)
+            )
+            task_status.started()
+            task_status = trio.TASK_STATUS_IGNORED
+            await trio.sleep(retry_s)
+            continue
+        services.hypervisor_ready = True
+        task_status.started()
+        return
+
+
 async def serve(config: Config) -> None:
     ensure_event_impl()
     prepare_dirs(config)
@@ -61,15 +91,13 @@ async def serve(config: Config) -> None:
     bus = EventBus()
     services = Services(config=config, vms=vms, bus=bus)
     try:
-        await vms.hv_pool.run(hv.ensure_pool, config.storage_pool, config.images_dir)
-        await vms.hv_pool.run(hv.capabilities)  # slow on QEMU: fetch once, before READY
-        services.reconcile_findings = await reconcile(vms)
         registry = build_registry(services)
 
         passed = systemd.listen_fds()
         sock = passed[0] if passed else bind_unix(config.socket, config.socket_group)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as root:
+                await root.start(attach_hypervisor, services)
                 await root.start(LibvirtEvents(hv, bus, vms.managed.__contains__).run)
                 server = UnixServer(
                     sock,

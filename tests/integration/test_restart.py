@@ -92,3 +92,27 @@ def test_unprivileged_caller_may_only_say_hello(daemon: Daemon) -> None:
     os.close(write)
     os.waitpid(pid, 0)
     assert os.read(read, 200) == b"denied"
+
+
+def test_daemon_serves_while_libvirt_is_unreachable(tmp_path) -> None:
+    """libvirtd down at start: the daemon still serves; VM calls answer ``unavailable``."""
+    d = Daemon(
+        socket=tmp_path / "u.sock",
+        state_dir=tmp_path / "state",
+        log=tmp_path / "u.log",
+        uri=f"qemu+unix:///system?socket={tmp_path}/no-libvirtd.sock",
+    ).start()
+    try:
+        with d.client() as c:
+            assert c.call("session.hello")["protocol"] == 1
+            with pytest.raises(errors.Unavailable) as info:
+                c.call("vm.list")
+            assert "cannot connect" in info.value.message
+            with pytest.raises(errors.Unavailable) as info:
+                c.call("node.info")
+            assert info.value.details["daemon"]["hypervisor_ready"] is False
+            with pytest.raises(errors.Unavailable):
+                c.call("vm.create", name="x")
+        assert "hypervisor.unavailable" in d.log_text()
+    finally:
+        assert d.stop() == 0

@@ -18,3 +18,4 @@ class Services:
     bus: EventBus
     started_at: float = field(default_factory=time.time)
     reconcile_findings: list[dict[str, Any]] = field(default_factory=list)
+    hypervisor_ready: bool = False

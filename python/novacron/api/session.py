@@ -7,7 +7,7 @@ from typing import Any
 
 from novacron import __version__
 from novacron.api.services import Services
-from novacron.errors import Conflict, InvalidParams
+from novacron.errors import Conflict, InvalidParams, Unavailable
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params, check_text
 
@@ -34,18 +34,21 @@ def register(registry: Registry, services: Services) -> None:
         """Host, hypervisor, CPUs, memory and NUMA nodes, plus the daemon's own status."""
         p.done()
         vms = services.vms
-        info: dict[str, Any] = await vms.hv_pool.run(vms.hv.node_info)
-        info.update(
-            node=services.config.node_name,
-            daemon={
-                "version": __version__,
-                "uptime_s": round(time.time() - services.started_at, 3),
-                "managed_vms": len(vms.managed),
-                "reconcile": services.reconcile_findings,
-                "pools": [vms.hv_pool.statistics(), vms.db_pool.statistics()],
-                "events": services.bus.statistics(),
-            },
-        )
+        daemon = {
+            "version": __version__,
+            "uptime_s": round(time.time() - services.started_at, 3),
+            "managed_vms": len(vms.managed),
+            "reconcile": services.reconcile_findings,
+            "pools": [vms.hv_pool.statistics(), vms.db_pool.statistics()],
+            "events": services.bus.statistics(),
+            "hypervisor_ready": services.hypervisor_ready,
+        }
+        try:
+            info: dict[str, Any] = await vms.hv_pool.run(vms.hv.node_info)
+        except Unavailable as exc:
+            # the daemon's own status stays reachable while libvirt is down
+            raise Unavailable(exc.message, {"daemon": daemon}) from None
+        info.update(node=services.config.node_name, daemon=daemon)
         return info
 
     @registry.method("events.subscribe")

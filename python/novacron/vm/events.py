@@ -12,12 +12,15 @@ from typing import Any
 import libvirt
 import trio
 
+from novacron import errors
 from novacron.eventbus import EventBus
 from novacron.logs import kv
 from novacron.vm import states
 from novacron.vm.driver import Hypervisor
 
 log = logging.getLogger("novacron.vm.events")
+
+RECHECK_S = 2.0  # how often the connection is checked (libvirtd restarts drop callbacks)
 
 _impl_lock = threading.Lock()
 _impl_registered = False
@@ -81,23 +84,30 @@ class LibvirtEvents:
         loop = _LoopThread()
         loop.start()
         registered: tuple[Any, int] | None = None
+        started = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._forward, recv)
                 while True:
-                    conn = await trio.to_thread.run_sync(lambda: self._hv.conn)
-                    if registered is None or registered[0] is not conn:
-                        cb_id = await trio.to_thread.run_sync(
-                            conn.domainEventRegisterAny,
-                            None,
-                            libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                            callback,
-                            None,
-                        )
-                        registered = (conn, cb_id)
-                        log.debug("libvirt.events_registered", extra=kv(uri=self._hv.uri))
+                    try:
+                        conn = await trio.to_thread.run_sync(lambda: self._hv.conn)
+                        if registered is None or registered[0] is not conn:
+                            # a new connection (first, or libvirtd restarted): register again
+                            cb_id = await trio.to_thread.run_sync(
+                                conn.domainEventRegisterAny,
+                                None,
+                                libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                callback,
+                                None,
+                            )
+                            registered = (conn, cb_id)
+                            log.info("libvirt.events_registered", extra=kv(uri=self._hv.uri))
+                    except (errors.Unavailable, libvirt.libvirtError) as exc:
+                        log.warning("libvirt.events_unavailable", extra=kv(error=str(exc)))
+                    if not started:
+                        started = True
                         task_status.started()
-                    await trio.sleep(2)
+                    await trio.sleep(RECHECK_S)
         finally:
             loop.stop()
             if registered is not None:
