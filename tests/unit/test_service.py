@@ -1,0 +1,98 @@
+"""VmService and reconcile in-process on libvirt's test driver (shared per process)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import libvirt
+import pytest
+import trio
+
+from novacron import errors
+from novacron.config import dev_defaults
+from novacron.state.db import StateStore
+from novacron.vm.driver import Hypervisor
+from novacron.vm.reconcile import reconcile
+from novacron.vm.service import VmService
+from novacron.vm.spec import DiskSpec, VmSpec
+
+_names = itertools.count()
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{next(_names)}-{id(_names) % 1000}"
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> Iterator[VmService]:
+    config = replace(dev_defaults(), state_dir=tmp_path, storage_pool=unique("pool"))
+    store = StateStore(tmp_path / "state.db")
+    hv = Hypervisor(config.hypervisor_uri)
+    hv.ensure_pool(config.storage_pool, config.images_dir)
+    yield VmService(config, hv, store)
+    store.close()
+
+
+async def test_create_start_pause_and_state_machine(svc: VmService) -> None:
+    name = unique("vm")
+    vm = await svc.create(
+        VmSpec(name=name, vcpus=1, memory_mib=64, disks=(DiskSpec(size_gib=1),)), start=True
+    )
+    assert vm["state"] == "running"
+    assert vm["disks"][0]["managed"]
+    with pytest.raises(errors.Conflict):
+        await svc.resume(name)
+    assert (await svc.pause(name))["desired_state"] == "paused"
+    with pytest.raises(errors.Conflict):
+        await svc.delete(name, force=False, keep_disks=False)
+    result = await svc.delete(name, force=True, keep_disks=False)
+    assert len(result["volumes_deleted"]) == 1
+    with pytest.raises(errors.NotFound):
+        await svc.get(name)
+
+
+async def test_per_vm_lock_serialises_and_is_dropped_when_idle(svc: VmService) -> None:
+    name = unique("vm")
+    await svc.create(VmSpec(name=name, vcpus=1, memory_mib=64), start=False)
+    results: list[str] = []
+
+    async def op(action: str) -> None:
+        try:
+            await getattr(svc, action)(name)
+            results.append(action)
+        except errors.Conflict:
+            results.append(f"{action}!")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(op, "start")
+        nursery.start_soon(op, "start")
+    assert sorted(results) == ["start", "start!"]  # exactly one start took effect
+    assert svc._locks == {}
+
+
+async def test_reconcile_adopts_redefines_and_finishes_deletes(svc: VmService) -> None:
+    adopt, redefine, gone = unique("adopt"), unique("redefine"), unique("gone")
+    for name in (adopt, redefine, gone):
+        await svc.create(VmSpec(name=name, vcpus=1, memory_mib=64, tenant="t"), start=False)
+    # crash between define and commit: the record is missing
+    await svc.db_pool.run(svc.store.delete_vm, adopt)
+    # the domain vanished behind our back
+    conn = libvirt.open("test:///default")
+    conn.lookupByName(redefine).undefine()
+    # a delete interrupted after it was marked
+    await svc.db_pool.run(svc.store.set_desired_state, gone, "deleting")
+    conn.close()
+    found = {(f["vm"], f["finding"]) for f in await reconcile(svc)}
+    assert {(adopt, "adopted"), (redefine, "redefined"), (gone, "deleted")} <= found
+    assert (await svc.get(adopt))["tenant"] == "t"
+    assert (await svc.get(redefine))["state"] == "stopped"
+    with pytest.raises(errors.NotFound):
+        await svc.get(gone)
+    # a second pass finds nothing more to repair
+    again = {f["finding"] for f in await reconcile(svc)}
+    assert not again & {"adopted", "redefined", "deleted", "failed"}
+    for name in (adopt, redefine):
+        await svc.delete(name, force=True, keep_disks=False)
