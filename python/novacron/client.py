@@ -74,7 +74,9 @@ class Client:
                 await self._stream.send_all(codec.encode_request(msgid, method, _params(params)))
             await pending.done.wait()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise errors.Unavailable("connection to novacrond lost") from None
+            with trio.move_on_after(1):  # let the reader pick up a protocol.error, if any
+                await pending.done.wait()
+            raise self._failure or errors.Unavailable("connection to novacrond lost") from None
         finally:
             self._pending.pop(msgid, None)
         if pending.response is None:
@@ -203,7 +205,10 @@ class SyncClient:
 
     def call(self, method: str, **params: Any) -> Any:
         msgid = next(self._ids) % (codec.MAX_MSGID + 1)
-        self._sock.sendall(codec.encode_request(msgid, method, _params(params)))
+        try:
+            self._sock.sendall(codec.encode_request(msgid, method, _params(params)))
+        except (BrokenPipeError, ConnectionResetError):
+            raise self._closed_reason() from None
         held: list[codec.Message] = []
         try:
             while True:
@@ -216,6 +221,18 @@ class SyncClient:
                 held.append(message)
         finally:
             self._queue.extendleft(reversed(held))
+
+    def _closed_reason(self) -> errors.NovaCronError:
+        """Why the server closed: its ``protocol.error`` if it sent one."""
+        try:
+            while True:
+                message = self._next()
+                if isinstance(message, codec.Notification) and message.method == "protocol.error":
+                    info = message.params[0] if message.params else {}
+                    return errors.ProtocolError(str(info.get("message")), str(info.get("code")))
+        except (errors.NovaCronError, OSError):
+            pass
+        return errors.Unavailable("connection to novacrond closed")
 
     def events(self, topics: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """Subscribes now and returns an iterator over event maps."""
