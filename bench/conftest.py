@@ -1,0 +1,1 @@
+"""Benchmarks are opt-in: ``pytest bench --benchmark-enable`` (the suite runs them disabled)."""
