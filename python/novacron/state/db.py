@@ -120,19 +120,24 @@ class StateStore:
     def list_vms(self) -> list[VmRecord]:
         return [self._vm(r) for r in self._db.execute("SELECT * FROM vms ORDER BY name")]
 
-    def set_desired_state(self, name: str, state: str) -> None:
+    def set_desired_state(self, name: str, state: str) -> float:
+        """Records what the operator asked for; returns the new ``updated_at``."""
+        now = time.time()
         with self._tx() as db:
             db.execute(
                 "UPDATE vms SET desired_state = ?, updated_at = ? WHERE name = ?",
-                (state, time.time(), name),
+                (state, now, name),
             )
+        return now
 
-    def set_uuid(self, name: str, uuid: str) -> None:
+    def set_uuid(self, name: str, uuid: str) -> float:
+        now = time.time()
         with self._tx() as db:
             db.execute(
                 "UPDATE vms SET uuid = ?, updated_at = ? WHERE name = ?",
-                (uuid, time.time(), name),
+                (uuid, now, name),
             )
+        return now
 
     def delete_vm(self, name: str) -> bool:
         with self._tx() as db:

@@ -56,7 +56,7 @@ async def reconcile(svc: VmService) -> list[Finding]:
         level = logging.ERROR if finding == "failed" else logging.WARNING
         log.log(level, "reconcile." + finding, extra=kv(vm=vm, detail=detail))
 
-    records = {r.name: r for r in await svc.db_pool.run(svc.store.list_vms)}
+    records = dict(await svc.records.reload())
     domains = await svc.hv_pool.run(svc.hv.managed_domains)
     runtimes = await svc.hv_pool.run(svc.hv.all_states)
 
@@ -66,9 +66,7 @@ async def reconcile(svc: VmService) -> list[Finding]:
             continue
         try:
             spec = VmSpec.from_dict(managed.spec)
-            rec = await svc.db_pool.run(
-                svc.store.insert_vm, name, managed.uuid, managed.tenant, spec.to_dict()
-            )
+            rec = await svc.records.insert(name, managed.uuid, managed.tenant, spec.to_dict())
         except (TypeError, ValueError, errors.NovaCronError) as exc:
             note(name, "failed", f"cannot adopt domain: {exc}")
             continue
@@ -91,7 +89,7 @@ async def reconcile(svc: VmService) -> list[Finding]:
             continue
         managed = domain_xml.parse_managed(domains[name])
         if managed is not None and managed.uuid != rec.uuid:
-            await svc.db_pool.run(svc.store.set_uuid, name, managed.uuid)
+            await svc.records.set_uuid(name, managed.uuid)
             note(name, "uuid_changed", f"record {rec.uuid} -> libvirt {managed.uuid}")
         actual = runtimes.get(name)
         if actual is not None and actual.state != rec.desired_state:

@@ -24,6 +24,7 @@ from novacron.logs import kv
 from novacron.state.db import StateStore, VmRecord
 from novacron.vm import domain_xml
 from novacron.vm.driver import Hypervisor, RuntimeState
+from novacron.vm.records import Records
 from novacron.vm.spec import VmSpec
 
 log = logging.getLogger("novacron.vm")
@@ -38,6 +39,7 @@ class VmService:
         self.store = store
         self.hv_pool = Pool("libvirt", config.hypervisor_threads)
         self.db_pool = Pool("sqlite", 1)
+        self.records = Records(store, self.db_pool)
         self._locks: dict[str, trio.Lock] = {}
         self.managed: set[str] = set()
 
@@ -55,7 +57,7 @@ class VmService:
                 self._locks.pop(name, None)
 
     async def record(self, name: str) -> VmRecord:
-        rec = await self.db_pool.run(self.store.get_vm, name)
+        rec = await self.records.get(name)
         if rec is None or rec.desired_state == "deleting":
             raise errors.NotFound(f"vm {name!r} not found", {"vm": name})
         return rec
@@ -107,7 +109,7 @@ class VmService:
     # -- queries -----------------------------------------------------------------------
 
     async def list_vms(self, tenant: str | None = None) -> list[dict[str, Any]]:
-        records = await self.db_pool.run(self.store.list_vms)
+        records = await self.records.all()
         runtimes = await self.hv_pool.run(self.hv.all_states)
         return [
             self._summary(rec, runtimes.get(rec.name))
@@ -146,11 +148,11 @@ class VmService:
                 log.info("vm.created", extra=kv(vm=spec.name, tenant=spec.tenant))
                 if start:
                     await self.hv_pool.run(self.hv.start, spec.name)
-                    await self.db_pool.run(self.store.set_desired_state, spec.name, "running")
+                    await self.records.set_desired_state(spec.name, "running")
         return await self.get(spec.name)
 
     async def _create(self, spec: VmSpec) -> None:
-        if await self.db_pool.run(self.store.get_vm, spec.name) is not None:
+        if await self.records.get(spec.name) is not None:
             raise errors.AlreadyExists(f"vm {spec.name!r} already exists", {"vm": spec.name})
         if await self.hv_pool.run(self.hv.lookup, spec.name) is not None:
             raise errors.AlreadyExists(
@@ -189,9 +191,7 @@ class VmService:
             try:
                 await self.hv_pool.run(self.hv.define, domain_xml.build(plan))
                 try:
-                    await self.db_pool.run(
-                        self.store.insert_vm, spec.name, vm_uuid, spec.tenant, spec.to_dict()
-                    )
+                    await self.records.insert(spec.name, vm_uuid, spec.tenant, spec.to_dict())
                 except BaseException:
                     await self.hv_pool.run(self.hv.undefine, spec.name)
                     raise
@@ -215,7 +215,7 @@ class VmService:
                 )
             with trio.CancelScope(shield=True):
                 # mark first: a crash mid-way is finished by reconcile, never resurrected
-                await self.db_pool.run(self.store.set_desired_state, name, "deleting")
+                await self.records.set_desired_state(name, "deleting")
                 removed = await self.finish_delete(rec, keep_disks)
         return {"name": name, "deleted": True, "volumes_deleted": removed}
 
@@ -226,7 +226,7 @@ class VmService:
             for path in self.managed_volume_paths(rec):
                 if await self.hv_pool.run(self.hv.delete_volume, str(path)):
                     removed.append(str(path))
-        await self.db_pool.run(self.store.delete_vm, rec.name)
+        await self.records.delete(rec.name)
         self.managed.discard(rec.name)
         log.info("vm.deleted", extra=kv(vm=rec.name, volumes=len(removed)))
         return removed
@@ -240,7 +240,7 @@ class VmService:
             await self.record(name)
             await self._expect(name, allowed, action)
             await self.hv_pool.run(call, name)
-            await self.db_pool.run(self.store.set_desired_state, name, desired)
+            await self.records.set_desired_state(name, desired)
             log.info(f"vm.{action}", extra=kv(vm=name))
         return await self.get(name)
 
@@ -267,7 +267,7 @@ class VmService:
             await self.record(name)
             await self._expect(name, ("running", "shutting_down"), "shut down")
             await self.hv_pool.run(self.hv.shutdown, name)
-            await self.db_pool.run(self.store.set_desired_state, name, "stopped")
+            await self.records.set_desired_state(name, "stopped")
             forced = False
             with trio.move_on_after(timeout_s) as waited:
                 # libvirt has no "wait for shutoff" call: poll its state
@@ -309,7 +309,7 @@ class VmService:
             await self.hv_pool.run(self.hv.snapshot_revert, name, snapshot)
             runtime = await self._runtime(name)
             desired = runtime.state if runtime.state in ("running", "paused") else "stopped"
-            await self.db_pool.run(self.store.set_desired_state, name, desired)
+            await self.records.set_desired_state(name, desired)
             log.info("vm.snapshot_reverted", extra=kv(vm=name, snapshot=snapshot))
         return await self.get(name)
 
