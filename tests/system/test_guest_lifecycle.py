@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 
 import libvirt
+import pytest
 
+from novacron import errors
 from novacron.client import SyncClient
 from tests.daemon_harness import Daemon
 from tests.system import guest
@@ -142,3 +144,18 @@ def test_domain_defined_but_not_recorded_is_adopted(
         vm = c.call("vm.get", name="sys4")
         assert vm["state"] == "stopped" and vm["memory_mib"] == 256
         c.call("vm.delete", name="sys4")
+
+
+def test_shutdown_ignored_by_the_guest_times_out_then_forces(
+    system_daemon: Daemon, guest_images: guest.GuestImages
+) -> None:
+    """Pressed before the guest has loaded its ACPI button driver, the press is lost."""
+    with system_daemon.client(timeout=300) as c:
+        create_guest(c, "sys5", guest_images, start=True)
+        with pytest.raises(errors.Timeout) as info:
+            c.call("vm.shutdown", name="sys5", timeout_s=0.5)
+        assert info.value.details["vm"] == "sys5"
+        assert c.call("vm.get", name="sys5")["state"] == "running"
+        down = c.call("vm.shutdown", name="sys5", timeout_s=0.5, force=True)
+        assert down["state"] == "stopped"
+        c.call("vm.delete", name="sys5")

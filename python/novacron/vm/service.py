@@ -273,7 +273,7 @@ class VmService:
                 # libvirt has no "wait for shutoff" call: poll its state
                 while not await self._is_down(name):  # noqa: ASYNC110
                     await trio.sleep(POLL_INTERVAL)
-            if waited.cancelled_caught:
+            if waited.cancelled_caught and not await self._is_down(name):
                 if not force:
                     raise errors.Timeout(
                         f"vm {name!r} did not shut down within {timeout_s:g} s",
