@@ -1,6 +1,7 @@
 """pytest-benchmark view of the same round trips as ``rpc_bench.py`` (mean/median/IQR).
 
-    .venv/bin/pytest bench/test_rpc_roundtrip.py --benchmark-enable --benchmark-columns=min,median,mean,iqr,ops
+    .venv/bin/pytest bench/test_rpc_roundtrip.py --benchmark-enable \
+        --benchmark-columns=min,median,mean,iqr,ops
 
 ``rpc_bench.py`` reports the p50/p99 and pipelined calls/s the issue asks for; this gives
 pytest-benchmark's statistics for the single-client round trip, side by side.

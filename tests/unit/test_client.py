@@ -86,9 +86,8 @@ async def test_unreachable_socket_is_unavailable(tmp_path: Path) -> None:
 
 async def test_sync_client_timeout_and_oversize(server: Path) -> None:
     def blocking() -> None:
-        with SyncClient(server, timeout=0.2) as c:
-            with pytest.raises(errors.Timeout):
-                c.call("vm.get", name="a", memory_mib=2000)
+        with SyncClient(server, timeout=0.2) as c, pytest.raises(errors.Timeout):
+            c.call("vm.get", name="a", memory_mib=2000)
         with SyncClient(server) as c:
             with pytest.raises(errors.ProtocolError) as info:
                 c.call("vm.get", name="a" * (2 << 20))

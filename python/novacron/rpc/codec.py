@@ -130,32 +130,17 @@ class Decoder:
         if self._failed:
             raise ProtocolError("decoder already failed")
         messages: list[Message] = []
-        buffered = self._fed - self._unpacker.tell()
-        if buffered == 0 and len(data) <= self.max_message_size:
-            # fast path: nothing pending and the chunk fits the buffer in one go
-            try:
-                self._unpacker.feed(data)
-                self._fed += len(data)
-                for obj in self._unpacker:
-                    messages.append(parse_message(obj))
-            except ProtocolError as exc:
-                raise self._fail(exc, messages) from None
-            except msgpack.BufferFull:
-                raise self._fail(self._too_large(), messages) from None
-            except Exception as exc:  # msgpack signals malformed data with many types
-                raise self._fail(self._malformed(exc), messages) from None
-            return messages
-        view = memoryview(data)
         try:
             # Feed only what fits beside the partial message already buffered and drain
             # in between, so the buffer only ever holds one partial message: a full
             # buffer then means exactly "one message exceeds the limit".
-            pos = 0
-            while pos < len(view):
+            pos, size = 0, len(data)
+            while pos < size:
                 free = self.max_message_size - (self._fed - self._unpacker.tell())
                 if free <= 0:
                     raise msgpack.BufferFull
-                chunk = view[pos : pos + free]
+                # the usual case, a whole chunk that fits, is fed without slicing
+                chunk = data if pos == 0 and size <= free else memoryview(data)[pos : pos + free]
                 self._unpacker.feed(chunk)
                 self._fed += len(chunk)
                 pos += len(chunk)

@@ -29,23 +29,8 @@ Finding = dict[str, Any]
 
 
 async def _redefine(svc: VmService, name: str, uuid: str, spec: VmSpec) -> None:
-    disks = []
-    for i, disk in enumerate(spec.disks):
-        path = (
-            str(svc.config.images_dir / svc.managed_volume_name(name, i, disk.format))
-            if disk.managed
-            else disk.path
-        )
-        assert path is not None
-        disks.append(domain_xml.DiskDevice(path, disk.format, domain_xml.disk_target(i)))
-    plan = domain_xml.DomainPlan(
-        spec=spec,
-        uuid=uuid,
-        domain_type=await svc.hv_pool.run(svc.hv.domain_type),
-        disks=tuple(disks),
-        console_log=svc.console_log(name),
-    )
-    await svc.hv_pool.run(svc.hv.define, domain_xml.build(plan))
+    xml = await svc.domain_xml(spec, uuid, svc.disk_paths(spec))
+    await svc.hv_pool.run(svc.hv.define, xml)
 
 
 async def reconcile(svc: VmService) -> list[Finding]:

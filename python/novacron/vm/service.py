@@ -68,13 +68,34 @@ class VmService:
     def managed_volume_name(self, name: str, index: int, fmt: str) -> str:
         return f"{name}-{domain_xml.disk_target(index)}.{fmt}"
 
+    def disk_paths(self, spec: VmSpec) -> list[str]:
+        """Where each disk of ``spec`` lives: the daemon's pool for new ones, else its path."""
+        return [
+            str(self.config.images_dir / self.managed_volume_name(spec.name, i, d.format))
+            if d.managed
+            else str(d.path)
+            for i, d in enumerate(spec.disks)
+        ]
+
     def managed_volume_paths(self, rec: VmRecord) -> list[Path]:
         spec = VmSpec.from_dict(rec.spec)
         return [
-            self.config.images_dir / self.managed_volume_name(rec.name, i, d.format)
-            for i, d in enumerate(spec.disks)
-            if d.managed
+            Path(p) for p, d in zip(self.disk_paths(spec), spec.disks, strict=True) if d.managed
         ]
+
+    async def domain_xml(self, spec: VmSpec, vm_uuid: str, disk_paths: list[str]) -> str:
+        """The domain XML for ``spec`` on this host, its disks at ``disk_paths``."""
+        plan = domain_xml.DomainPlan(
+            spec=spec,
+            uuid=vm_uuid,
+            domain_type=await self.hv_pool.run(self.hv.domain_type),
+            disks=tuple(
+                domain_xml.DiskDevice(path, disk.format, domain_xml.disk_target(i))
+                for i, (disk, path) in enumerate(zip(spec.disks, disk_paths, strict=True))
+            ),
+            console_log=self.console_log(spec.name),
+        )
+        return domain_xml.build(plan)
 
     @staticmethod
     def _summary(rec: VmRecord, runtime: RuntimeState | None) -> dict[str, Any]:
@@ -162,7 +183,7 @@ class VmService:
         vm_uuid = str(uuidlib.uuid4())
         created: list[str] = []
         try:
-            disks = []
+            paths = []
             for i, disk in enumerate(spec.disks):
                 if disk.managed:
                     assert disk.size_gib is not None
@@ -177,19 +198,13 @@ class VmService:
                 else:
                     assert disk.path is not None
                     path = disk.path
-                disks.append(domain_xml.DiskDevice(path, disk.format, domain_xml.disk_target(i)))
-            plan = domain_xml.DomainPlan(
-                spec=spec,
-                uuid=vm_uuid,
-                domain_type=await self.hv_pool.run(self.hv.domain_type),
-                disks=tuple(disks),
-                console_log=self.console_log(spec.name),
-            )
+                paths.append(path)
+            xml = await self.domain_xml(spec, vm_uuid, paths)
             # define first, then commit the record: a crash in between leaves a domain
             # carrying our metadata, which reconcile adopts
             self.managed.add(spec.name)  # before define, so its events are forwarded
             try:
-                await self.hv_pool.run(self.hv.define, domain_xml.build(plan))
+                await self.hv_pool.run(self.hv.define, xml)
                 try:
                     await self.records.insert(spec.name, vm_uuid, spec.tenant, spec.to_dict())
                 except BaseException:
