@@ -135,8 +135,14 @@ def start_daemon(tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
     raise RuntimeError("novacrond did not start")
 
 
+SEPARATE = False  # --separate: each call measured in its own loop instead of in turns
+
+
 def interleaved(calls: dict[str, Callable[[], Any]], count: int) -> dict[str, dict[str, float]]:
-    """Latency of several calls measured in turns, so every side sees the same noise."""
+    """Latency of several calls measured in turns, so every side sees the same noise
+    (or, with ``--separate``, each in a loop of its own)."""
+    if SEPARATE:
+        return {name: latency(fn, count) for name, fn in calls.items()}
     for fn in calls.values():
         for _ in range(min(200, count)):
             fn()
@@ -217,7 +223,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--pipelined", type=int, default=64)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--separate", action="store_true", help="measure each call in its own loop, not in turns"
+    )
     args = parser.parse_args()
+    global SEPARATE  # noqa: PLW0603 - a command-line switch for this script
+    SEPARATE = args.separate
     result = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -226,6 +237,7 @@ def main() -> None:
         },
         "calls": args.calls,
         "in_flight": args.pipelined,
+        "latency_mode": "separate" if args.separate else "interleaved",
         "figures": run(args.calls, args.pipelined),
     }
     if args.json:
