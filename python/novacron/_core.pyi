@@ -4,7 +4,16 @@ from typing import Final, final
 
 from typing_extensions import Buffer
 
-__all__ = ["HASH_LEN", "PAGE_SIZE", "PageScan", "dirty_bitmap", "is_zero_page", "scan_pages"]
+__all__ = [
+    "HASH_LEN",
+    "PAGE_SIZE",
+    "PageDecoder",
+    "PageEncoder",
+    "PageScan",
+    "dirty_bitmap",
+    "is_zero_page",
+    "scan_pages",
+]
 
 PAGE_SIZE: Final[int]
 HASH_LEN: Final[int]
@@ -23,3 +32,25 @@ class PageScan:
 def is_zero_page(page: Buffer) -> bool: ...
 def scan_pages(image: Buffer) -> PageScan: ...
 def dirty_bitmap(previous_hashes: Buffer, image: Buffer) -> bytes: ...
+
+@final
+class PageEncoder:
+    def __new__(
+        cls,
+        pages: int,
+        compression: str = "lz4",
+        zstd_level: int = 1,
+        dedup: bool = True,
+        delta_cache_pages: int = 8192,
+        batch_pages: int = 1024,
+    ) -> PageEncoder: ...
+    def encode(self, image: Buffer, indices: list[int] | None = None) -> bytes: ...
+    def stats(self) -> dict[str, int]: ...
+
+@final
+class PageDecoder:
+    def __new__(cls, pages: int) -> PageDecoder: ...
+    def decode(self, stream: Buffer) -> int: ...
+    def image(self) -> bytes: ...
+    @property
+    def pages_written(self) -> int: ...

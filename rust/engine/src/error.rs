@@ -23,6 +23,34 @@ pub enum EngineError {
         /// Pages in the image.
         pages: usize,
     },
+    /// A migration stream that cannot be decoded: truncated, corrupted or hostile.
+    Malformed {
+        /// What was wrong, for the operator.
+        reason: String,
+    },
+    /// A caller-side mistake: an argument outside what the engine accepts.
+    InvalidArgument {
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl EngineError {
+    /// A [`EngineError::Malformed`] with `reason`.
+    #[must_use]
+    pub fn malformed(reason: impl Into<String>) -> Self {
+        Self::Malformed {
+            reason: reason.into(),
+        }
+    }
+
+    /// An [`EngineError::InvalidArgument`] with `reason`.
+    #[must_use]
+    pub fn invalid(reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Result alias used throughout the engine.
@@ -45,6 +73,8 @@ impl fmt::Display for EngineError {
                 f,
                 "previous hashes describe {hashes} pages but the image has {pages}"
             ),
+            Self::Malformed { reason } => write!(f, "malformed page stream: {reason}"),
+            Self::InvalidArgument { reason } => write!(f, "invalid argument: {reason}"),
         }
     }
 }

@@ -1,14 +1,24 @@
 //! NovaCron page engine.
 //!
 //! Plain Rust with no Python types: the pyo3 crate (`rust/py`) is a thin layer on top.
-//! This crate currently provides the page scan that every later stage builds on:
-//! zero-page detection with a word-wide OR-fold, a 128-bit content hash (xxh3-128)
-//! per page, and the dirty-page bitmap of a whole image against earlier hashes.
+//! * [`scan_pages`] / [`dirty_bitmap`]: zero detection with a word-wide OR-fold, xxh3-128
+//!   page hashes, dirty bitmaps of whole images.
+//! * [`Encoder`] / [`Decoder`]: the page stream (zero, unchanged, dup-ref, delta, lz4,
+//!   zstd and raw records in checksummed batches; `docs/migration-wire.md`).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod decoder;
+mod delta;
+mod encoder;
 mod error;
+mod holdings;
 mod scan;
+mod varint;
+pub mod wire;
 
+pub use decoder::Decoder;
+pub use encoder::{EncodeStats, Encoder, EncoderConfig};
 pub use error::{EngineError, Result};
 pub use scan::{dirty_bitmap, hash_page, is_zero_page, scan_pages, PageScan, HASH_LEN, PAGE_SIZE};
+pub use wire::Codec;

@@ -122,12 +122,122 @@ fn dirty_bitmap<'py>(
     Ok(PyBytes::new(py, &bitmap))
 }
 
+fn codec_from_name(name: &str) -> PyResult<engine::Codec> {
+    match name {
+        "lz4" => Ok(engine::Codec::Lz4),
+        "zstd" => Ok(engine::Codec::Zstd),
+        "none" => Ok(engine::Codec::None),
+        other => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "compression must be lz4, zstd or none, not {other:?}"
+        ))),
+    }
+}
+
+/// The sending side of a page stream for one guest.
+#[pyclass(module = "novacron._core")]
+struct PageEncoder {
+    inner: engine::Encoder,
+}
+
+#[pymethods]
+impl PageEncoder {
+    #[new]
+    #[pyo3(signature = (pages, compression="lz4", zstd_level=1, dedup=true, delta_cache_pages=8192, batch_pages=1024))]
+    fn new(
+        pages: usize,
+        compression: &str,
+        zstd_level: i32,
+        dedup: bool,
+        delta_cache_pages: usize,
+        batch_pages: usize,
+    ) -> PyResult<Self> {
+        let config = engine::EncoderConfig {
+            codec: codec_from_name(compression)?,
+            zstd_level,
+            dedup,
+            delta_cache_pages,
+            batch_pages,
+        };
+        let inner = engine::Encoder::new(pages, config).map_err(to_py_err)?;
+        Ok(Self { inner })
+    }
+
+    /// Encodes the pages `indices` (default: all) of `image` (the whole guest memory).
+    #[pyo3(signature = (image, indices=None))]
+    fn encode<'py>(
+        &mut self,
+        py: Python<'py>,
+        image: PyBuffer<u8>,
+        indices: Option<Vec<u64>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let view = ByteView::new(image)?;
+        let indices = indices
+            .unwrap_or_else(|| (0..(view.as_slice().len() / engine::PAGE_SIZE) as u64).collect());
+        let inner = &mut self.inner;
+        let wire = detached(py, || inner.encode(view.as_slice(), &indices))?;
+        Ok(PyBytes::new(py, &wire))
+    }
+
+    /// Record counts and bytes so far.
+    fn stats(&self) -> std::collections::HashMap<&'static str, u64> {
+        let s = self.inner.stats;
+        [
+            ("pages", s.pages),
+            ("zero", s.zero),
+            ("unchanged", s.unchanged),
+            ("dup", s.dup),
+            ("delta", s.delta),
+            ("compressed", s.compressed),
+            ("raw", s.raw),
+            ("wire_bytes", s.wire_bytes),
+        ]
+        .into_iter()
+        .collect()
+    }
+}
+
+/// The receiving side of a page stream for one guest.
+#[pyclass(module = "novacron._core")]
+struct PageDecoder {
+    inner: engine::Decoder,
+}
+
+#[pymethods]
+impl PageDecoder {
+    #[new]
+    fn new(pages: usize) -> PyResult<Self> {
+        Ok(Self {
+            inner: engine::Decoder::new(pages).map_err(to_py_err)?,
+        })
+    }
+
+    /// Verifies and applies every batch in `stream`; returns how many there were.
+    fn decode(&mut self, py: Python<'_>, stream: PyBuffer<u8>) -> PyResult<u64> {
+        let view = ByteView::new(stream)?;
+        let inner = &mut self.inner;
+        detached(py, || inner.decode(view.as_slice()))
+    }
+
+    /// The receiver's copy of the guest memory.
+    fn image<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.inner.image())
+    }
+
+    /// Pages written so far.
+    #[getter]
+    fn pages_written(&self) -> u64 {
+        self.inner.pages
+    }
+}
+
 /// The native module.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PAGE_SIZE", engine::PAGE_SIZE)?;
     m.add("HASH_LEN", engine::HASH_LEN)?;
     m.add_class::<PageScan>()?;
+    m.add_class::<PageEncoder>()?;
+    m.add_class::<PageDecoder>()?;
     m.add_function(wrap_pyfunction!(is_zero_page, m)?)?;
     m.add_function(wrap_pyfunction!(scan_pages, m)?)?;
     m.add_function(wrap_pyfunction!(dirty_bitmap, m)?)?;

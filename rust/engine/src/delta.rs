@@ -1,0 +1,122 @@
+//! XBZRLE-style delta of a page against the version the receiver holds.
+//!
+//! Encoding: a sequence of `(skip, copy)` pairs, each a LEB128 varint, the `copy`
+//! literal bytes following their pair. `skip` bytes are unchanged from the old page,
+//! then `copy` bytes are replaced. The pairs must cover the page exactly (a trailing
+//! unchanged run is implied).
+
+use crate::error::{EngineError, Result};
+use crate::varint;
+
+/// Encodes `new` against `old` (same length); `None` when the delta would exceed `limit` bytes.
+#[must_use]
+pub fn encode(old: &[u8], new: &[u8], limit: usize) -> Option<Vec<u8>> {
+    debug_assert_eq!(old.len(), new.len());
+    let mut out = Vec::with_capacity(64);
+    let mut pos = 0;
+    let len = new.len();
+    while pos < len {
+        let start = pos;
+        // unchanged run, compared a word at a time where possible
+        while pos + 8 <= len && old[pos..pos + 8] == new[pos..pos + 8] {
+            pos += 8;
+        }
+        while pos < len && old[pos] == new[pos] {
+            pos += 1;
+        }
+        if pos == len {
+            break;
+        }
+        let skip = pos - start;
+        let lit_start = pos;
+        // a literal run ends at the first stretch of >= 3 equal bytes (shorter matches
+        // cost more as a new pair than as literals)
+        while pos < len {
+            if old[pos] == new[pos] {
+                let mut run = 1;
+                while pos + run < len && run < 3 && old[pos + run] == new[pos + run] {
+                    run += 1;
+                }
+                if run >= 3 || pos + run == len {
+                    break;
+                }
+                pos += run;
+            } else {
+                pos += 1;
+            }
+        }
+        varint::put(&mut out, skip as u64);
+        varint::put(&mut out, (pos - lit_start) as u64);
+        out.extend_from_slice(&new[lit_start..pos]);
+        if out.len() > limit {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// Applies `delta` to `page` in place.
+///
+/// # Errors
+/// [`EngineError::Malformed`] when the delta is truncated or runs past the page.
+pub fn apply(page: &mut [u8], delta: &[u8]) -> Result<()> {
+    let mut pos: usize = 0;
+    let mut input = delta;
+    while !input.is_empty() {
+        let skip = varint::get(&mut input)?;
+        let copy = varint::get(&mut input)?;
+        let skip = usize::try_from(skip).map_err(|_| EngineError::malformed("delta skip"))?;
+        let copy = usize::try_from(copy).map_err(|_| EngineError::malformed("delta copy"))?;
+        pos = pos
+            .checked_add(skip)
+            .filter(|&p| p <= page.len())
+            .ok_or_else(|| EngineError::malformed("delta skips past the page"))?;
+        let end = pos
+            .checked_add(copy)
+            .filter(|&e| e <= page.len())
+            .ok_or_else(|| EngineError::malformed("delta writes past the page"))?;
+        if input.len() < copy {
+            return Err(EngineError::malformed("delta literal truncated"));
+        }
+        page[pos..end].copy_from_slice(&input[..copy]);
+        input = &input[copy..];
+        pos = end;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn round_trip(old in proptest::collection::vec(any::<u8>(), 4096), edits in proptest::collection::vec((0usize..4096, any::<u8>()), 0..200)) {
+            let mut new = old.clone();
+            for (i, b) in edits { new[i] = b; }
+            if let Some(d) = encode(&old, &new, 8192) {
+                let mut page = old.clone();
+                apply(&mut page, &d).unwrap();
+                prop_assert_eq!(page, new);
+            }
+        }
+
+        #[test]
+        fn apply_never_panics(delta in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let mut page = vec![0u8; 4096];
+            let _ = apply(&mut page, &delta);
+        }
+    }
+
+    #[test]
+    fn small_change_small_delta() {
+        let old = vec![7u8; 4096];
+        let mut new = old.clone();
+        new[100] = 1;
+        new[3000] = 2;
+        let d = encode(&old, &new, 4096).unwrap();
+        assert!(d.len() < 12, "{}", d.len());
+        assert!(encode(&old, &vec![9u8; 4096], 100).is_none());
+    }
+}

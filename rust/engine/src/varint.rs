@@ -1,0 +1,49 @@
+//! LEB128 unsigned varints.
+
+use crate::error::{EngineError, Result};
+
+/// Appends `value` as LEB128.
+pub fn put(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Reads one LEB128 value from the front of `input`, advancing it.
+///
+/// # Errors
+/// [`EngineError::Malformed`] when truncated or longer than ten bytes.
+pub fn get(input: &mut &[u8]) -> Result<u64> {
+    let mut value = 0u64;
+    for (i, &byte) in input.iter().enumerate().take(10) {
+        let bits = u64::from(byte & 0x7f);
+        if i == 9 && byte > 1 {
+            return Err(EngineError::malformed("varint overflows 64 bits"));
+        }
+        value |= bits << (7 * i);
+        if byte & 0x80 == 0 {
+            *input = &input[i + 1..];
+            return Ok(value);
+        }
+    }
+    Err(EngineError::malformed("truncated varint"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn round_trip(v in any::<u64>()) {
+            let mut buf = Vec::new();
+            put(&mut buf, v);
+            let mut input = &buf[..];
+            prop_assert_eq!(get(&mut input).unwrap(), v);
+            prop_assert!(input.is_empty());
+        }
+    }
+}

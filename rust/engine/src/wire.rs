@@ -1,0 +1,199 @@
+//! The page stream's wire format, version 1 (see `docs/migration-wire.md`).
+//!
+//! A stream is a sequence of self-contained batches. Every batch starts with a fixed
+//! 40-byte little-endian header and ends with its body; the header's xxh3-64 checksum
+//! covers the first 32 header bytes and the whole body.
+
+use crate::error::{EngineError, Result};
+use xxhash_rust::xxh3::Xxh3;
+
+/// First bytes of every batch.
+pub const MAGIC: [u8; 4] = *b"NCPB";
+/// Wire format version written and accepted.
+pub const VERSION: u8 = 1;
+/// Size of the batch header.
+pub const HEADER_LEN: usize = 40;
+/// Most records one batch may carry (bounds the decoder's work per batch).
+pub const MAX_RECORDS: u32 = 1 << 16;
+/// Longest delta accepted for one page.
+pub const MAX_DELTA: usize = crate::PAGE_SIZE;
+
+/// Record kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// An all-zero page.
+    Zero = 0,
+    /// The receiver's copy is already current.
+    Unchanged = 1,
+    /// A page the receiver holds elsewhere, named by its 16-byte hash.
+    DupRef = 2,
+    /// An XBZRLE-style delta against the receiver's copy of this page.
+    Delta = 3,
+    /// The next page of the batch's lz4 block.
+    Lz4 = 4,
+    /// The next page of the batch's zstd block.
+    Zstd = 5,
+    /// The next 4096 bytes of the raw area.
+    Raw = 6,
+}
+
+impl Kind {
+    /// Parses a record kind byte.
+    ///
+    /// # Errors
+    /// [`EngineError::Malformed`] for an unknown kind.
+    pub fn from_byte(byte: u8) -> Result<Self> {
+        Ok(match byte {
+            0 => Self::Zero,
+            1 => Self::Unchanged,
+            2 => Self::DupRef,
+            3 => Self::Delta,
+            4 => Self::Lz4,
+            5 => Self::Zstd,
+            6 => Self::Raw,
+            other => {
+                return Err(EngineError::malformed(format!(
+                    "unknown record kind {other}"
+                )))
+            }
+        })
+    }
+}
+
+/// Compression of a batch's block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Codec {
+    /// No compressed block.
+    None = 0,
+    /// lz4 block format.
+    Lz4 = 1,
+    /// zstd frame.
+    Zstd = 2,
+}
+
+impl Codec {
+    fn from_byte(byte: u8) -> Result<Self> {
+        Ok(match byte {
+            0 => Self::None,
+            1 => Self::Lz4,
+            2 => Self::Zstd,
+            other => return Err(EngineError::malformed(format!("unknown codec {other}"))),
+        })
+    }
+}
+
+/// The parsed fixed part of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Block compression.
+    pub codec: Codec,
+    /// Number of records.
+    pub records: u32,
+    /// Length of the record section.
+    pub records_len: u32,
+    /// Decompressed length of the block (4096 x compressed records).
+    pub block_raw_len: u32,
+    /// Length of the block on the wire.
+    pub block_len: u32,
+    /// Length of the raw area (raw pages and delta payloads).
+    pub raw_len: u32,
+}
+
+impl Header {
+    /// Body length announced by the header.
+    #[must_use]
+    pub fn body_len(&self) -> usize {
+        self.records_len as usize + self.block_len as usize + self.raw_len as usize
+    }
+
+    /// Writes the header (checksum over `body`) followed by the body.
+    #[must_use]
+    pub fn frame(&self, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.extend_from_slice(&MAGIC);
+        out.push(VERSION);
+        out.push(self.codec as u8);
+        out.extend_from_slice(&0u16.to_le_bytes());
+        for v in [
+            self.records,
+            self.records_len,
+            self.block_raw_len,
+            self.block_len,
+            self.raw_len,
+            0,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let sum = checksum(&out, body);
+        out.extend_from_slice(&sum.to_le_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Parses and verifies one batch at the start of `input`.
+    /// Returns the header, its body and the rest of the input.
+    ///
+    /// # Errors
+    /// [`EngineError::Malformed`] for a bad magic, version, codec, size or checksum,
+    /// or a batch longer than `input`.
+    pub fn parse(input: &[u8]) -> Result<(Self, &[u8], &[u8])> {
+        if input.len() < HEADER_LEN {
+            return Err(EngineError::malformed("truncated batch header"));
+        }
+        if input[0..4] != MAGIC {
+            return Err(EngineError::malformed("bad batch magic"));
+        }
+        if input[4] != VERSION {
+            return Err(EngineError::malformed(format!(
+                "unsupported wire version {}",
+                input[4]
+            )));
+        }
+        let codec = Codec::from_byte(input[5])?;
+        let u32_at = |at: usize| {
+            u32::from_le_bytes([input[at], input[at + 1], input[at + 2], input[at + 3]])
+        };
+        if input[6] != 0 || input[7] != 0 || u32_at(28) != 0 {
+            return Err(EngineError::malformed("reserved header bytes are not zero"));
+        }
+        let header = Self {
+            codec,
+            records: u32_at(8),
+            records_len: u32_at(12),
+            block_raw_len: u32_at(16),
+            block_len: u32_at(20),
+            raw_len: u32_at(24),
+        };
+        if header.records > MAX_RECORDS {
+            return Err(EngineError::malformed("too many records in one batch"));
+        }
+        let max_block = header.records as usize * crate::PAGE_SIZE;
+        if header.block_raw_len as usize > max_block
+            || header.raw_len as usize > max_block + header.records as usize * MAX_DELTA
+        {
+            return Err(EngineError::malformed(
+                "batch areas larger than its records allow",
+            ));
+        }
+        let end = HEADER_LEN + header.body_len();
+        if input.len() < end {
+            return Err(EngineError::malformed("truncated batch body"));
+        }
+        let mut stored = [0u8; 8];
+        stored.copy_from_slice(&input[32..40]);
+        let body = &input[HEADER_LEN..end];
+        if checksum(&input[..32], body) != u64::from_le_bytes(stored) {
+            return Err(EngineError::malformed("batch checksum mismatch"));
+        }
+        Ok((header, body, &input[end..]))
+    }
+}
+
+fn checksum(head: &[u8], body: &[u8]) -> u64 {
+    let mut hasher = Xxh3::new();
+    hasher.update(&head[..32]);
+    hasher.update(body);
+    hasher.digest()
+}

@@ -1,0 +1,154 @@
+//! Encoder -> decoder round trips over rounds of guest memory, and hostile input.
+
+use novacron_engine::{Codec, Decoder, Encoder, EncoderConfig, PAGE_SIZE};
+use proptest::prelude::*;
+
+const PAGES: usize = 24;
+
+#[derive(Debug, Clone)]
+enum Change {
+    Zero(usize),
+    Random(usize, u64),
+    CopyFrom(usize, usize),
+    Poke(usize, usize, u8),
+    Text(usize, u8),
+}
+
+fn apply(image: &mut [u8], change: &Change) {
+    let page = |i: usize| i % PAGES * PAGE_SIZE..(i % PAGES + 1) * PAGE_SIZE;
+    match *change {
+        Change::Zero(i) => image[page(i)].fill(0),
+        Change::Random(i, seed) => {
+            let mut x = seed | 1;
+            for b in &mut image[page(i)] {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+        }
+        Change::CopyFrom(dst, src) => {
+            let src = page(src);
+            image.copy_within(src, page(dst).start);
+        }
+        Change::Poke(i, at, v) => image[page(i).start + at % PAGE_SIZE] = v,
+        Change::Text(i, seed) => {
+            for (j, b) in image[page(i)].iter_mut().enumerate() {
+                *b = b"the quick brown fox "[(j + seed as usize) % 20];
+            }
+        }
+    }
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        (0..PAGES).prop_map(Change::Zero),
+        (0..PAGES, any::<u64>()).prop_map(|(i, s)| Change::Random(i, s)),
+        (0..PAGES, 0..PAGES).prop_map(|(a, b)| Change::CopyFrom(a, b)),
+        (0..PAGES, 0..PAGE_SIZE, any::<u8>()).prop_map(|(i, a, v)| Change::Poke(i, a, v)),
+        (0..PAGES, any::<u8>()).prop_map(|(i, s)| Change::Text(i, s)),
+    ]
+}
+
+fn config(codec: Codec, dedup: bool, delta: usize, batch: usize) -> EncoderConfig {
+    EncoderConfig {
+        codec,
+        zstd_level: 1,
+        dedup,
+        delta_cache_pages: delta,
+        batch_pages: batch,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn every_round_reproduces_the_sender_view(
+        rounds in proptest::collection::vec(proptest::collection::vec(change(), 0..12), 1..6),
+        codec in prop_oneof![Just(Codec::Lz4), Just(Codec::Zstd), Just(Codec::None)],
+        dedup in any::<bool>(),
+        delta in prop_oneof![Just(0usize), Just(4), Just(64)],
+        batch in 1usize..40,
+    ) {
+        let mut image = vec![0u8; PAGES * PAGE_SIZE];
+        let mut enc = Encoder::new(PAGES, config(codec, dedup, delta, batch)).unwrap();
+        let mut dec = Decoder::new(PAGES).unwrap();
+        let all: Vec<u64> = (0..PAGES as u64).collect();
+        for (round, changes) in rounds.iter().enumerate() {
+            for c in changes { apply(&mut image, c); }
+            // round 0 offers every page; later rounds offer every page too (unchanged
+            // pages must cost a few bytes) or only the changed ones
+            let offered: Vec<u64> = if round % 2 == 0 { all.clone() } else {
+                changes.iter().map(|c| match c {
+                    Change::Zero(i) | Change::Random(i, _) | Change::CopyFrom(i, _) | Change::Poke(i, _, _) | Change::Text(i, _) => (*i % PAGES) as u64,
+                }).collect()
+            };
+            let offered = if round == 0 { all.clone() } else { offered };
+            let wire = enc.encode(&image, &offered).unwrap();
+            dec.decode(&wire).unwrap();
+            prop_assert!(dec.image() == &image[..], "round {round} differs");
+        }
+    }
+
+    #[test]
+    fn corrupted_streams_are_rejected(flip in 0usize..4096, bit in 0u8..8) {
+        let mut image = vec![0u8; PAGES * PAGE_SIZE];
+        for (i, b) in image.iter_mut().enumerate() { *b = (i % 251) as u8 ^ (i / 4096) as u8; }
+        let mut enc = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
+        let all: Vec<u64> = (0..PAGES as u64).collect();
+        let mut wire = enc.encode(&image, &all).unwrap();
+        let at = flip % wire.len();
+        wire[at] ^= 1 << bit;
+        let mut dec = Decoder::new(PAGES).unwrap();
+        prop_assert!(dec.decode(&wire).is_err());
+        prop_assert!(dec.image().iter().all(|&b| b == 0), "a rejected batch changed nothing");
+    }
+
+    #[test]
+    fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut dec = Decoder::new(4).unwrap();
+        let _ = dec.decode(&data);
+    }
+}
+
+#[test]
+fn truncation_is_rejected_at_every_length() {
+    let mut image = vec![0u8; PAGES * PAGE_SIZE];
+    image[5 * PAGE_SIZE] = 9;
+    let mut enc = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
+    let all: Vec<u64> = (0..PAGES as u64).collect();
+    let wire = enc.encode(&image, &all).unwrap();
+    for cut in 1..wire.len() {
+        let mut dec = Decoder::new(PAGES).unwrap();
+        assert!(dec.decode(&wire[..cut]).is_err(), "cut at {cut}");
+    }
+}
+
+#[test]
+fn repeated_and_unchanged_pages_are_cheap() {
+    let mut image = vec![0u8; PAGES * PAGE_SIZE];
+    for p in 0..PAGES {
+        apply(&mut image, &Change::Random(p % 3, 42 + 2 * (p % 3) as u64));
+        let src = (p % 3) * PAGE_SIZE;
+        image.copy_within(src..src + PAGE_SIZE, p * PAGE_SIZE);
+    }
+    let mut enc = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
+    let all: Vec<u64> = (0..PAGES as u64).collect();
+    let first = enc.encode(&image, &all).unwrap();
+    assert!(
+        first.len() < 4 * PAGE_SIZE,
+        "3 distinct pages + refs: {}",
+        first.len()
+    );
+    let second = enc.encode(&image, &all).unwrap();
+    assert!(second.len() < 200, "all unchanged: {}", second.len());
+    assert_eq!(enc.stats.dup, (PAGES - 3) as u64);
+    image[7 * PAGE_SIZE + 10] ^= 0xff;
+    let third = enc.encode(&image, &[7]).unwrap();
+    assert_eq!(enc.stats.delta, 1);
+    assert!(
+        third.len() < 80,
+        "one-byte change as a delta: {}",
+        third.len()
+    );
+}
