@@ -35,7 +35,7 @@ impl Decoder {
     /// [`EngineError::InvalidArgument`] if the zstd context cannot be created.
     pub fn new(pages: usize) -> Result<Self> {
         Ok(Self {
-            image: vec![0; pages * PAGE_SIZE],
+            image: crate::mem::zeroed(pages * PAGE_SIZE),
             held: Holdings::new(pages),
             zstd: zstd::bulk::Decompressor::new()
                 .map_err(|e| EngineError::invalid(format!("zstd: {e}")))?,
@@ -97,6 +97,8 @@ impl Decoder {
             Codec::Zstd => Some(Kind::Zstd),
             Codec::None => None,
         };
+        // pages this batch writes before a later record of the same batch relies on them
+        let mut written = std::collections::HashSet::new();
         for _ in 0..header.records {
             let kind_byte = *input
                 .first()
@@ -113,7 +115,7 @@ impl Decoder {
             let op = match kind {
                 Kind::Zero => Op::Zero,
                 Kind::Unchanged => {
-                    if self.held.hash_of(index).is_none() {
+                    if self.held.hash_of(index).is_none() && !written.contains(&index) {
                         return Err(EngineError::malformed(
                             "unchanged page the receiver never had",
                         ));
@@ -172,6 +174,9 @@ impl Decoder {
                     Op::Page(page)
                 }
             };
+            if !matches!(op, Op::Unchanged) {
+                written.insert(index);
+            }
             ops.push((index, op));
         }
         if !input.is_empty() || block_at != block.len() || raw_at != raw_area.len() {
@@ -181,56 +186,61 @@ impl Decoder {
     }
 
     fn write_all(&mut self, ops: Vec<(usize, Op<'_>)>) -> Result<()> {
-        // Dup references and deltas depend on earlier writes of the same batch, so a
-        // failure can only be found while applying; undo the batch if one occurs.
-        let snapshot: Vec<(usize, Vec<u8>, Option<u128>)> = Vec::new();
-        let mut undo = snapshot;
-        let mut saved_held: Option<Holdings> = None;
+        // A dup reference or a delta can only be found bad while applying (they depend
+        // on earlier writes of the same batch): keep what is needed to undo the batch.
+        // Pages the receiver never had are zero, so only held pages need a copy.
+        let mut journal = Vec::new();
+        let mut old_pages: Vec<(usize, Option<Box<[u8]>>)> = Vec::new();
         for (index, op) in ops {
-            let range = index * PAGE_SIZE..(index + 1) * PAGE_SIZE;
-            let result: Result<()> = match op {
-                Op::Unchanged => Ok(()),
-                _ => {
-                    if saved_held.is_none() {
-                        saved_held = Some(self.held.clone());
-                    }
-                    undo.push((index, self.image[range.clone()].to_vec(), None));
-                    match op {
-                        Op::Zero => {
-                            self.image[range.clone()].fill(0);
-                            Ok(())
-                        }
-                        Op::Page(src) => {
-                            self.image[range.clone()].copy_from_slice(src);
-                            Ok(())
-                        }
-                        Op::Delta(d) => delta::apply(&mut self.image[range.clone()], d),
-                        Op::Dup(hash) => match self.held.holder_of(hash) {
-                            Some(from) => {
-                                let from = from as usize * PAGE_SIZE;
-                                self.image.copy_within(from..from + PAGE_SIZE, range.start);
-                                Ok(())
-                            }
-                            None => Err(EngineError::malformed(
-                                "dup reference to a page the receiver does not hold",
-                            )),
-                        },
-                        Op::Unchanged => unreachable!(),
-                    }
-                }
-            };
-            if let Err(err) = result {
-                for (i, old, _) in undo.into_iter().rev() {
-                    self.image[i * PAGE_SIZE..(i + 1) * PAGE_SIZE].copy_from_slice(&old);
-                }
-                if let Some(held) = saved_held {
-                    self.held = held;
-                }
-                return Err(err);
+            if matches!(op, Op::Unchanged) {
+                continue;
             }
-            let hash = hash_page(&self.image[range]);
-            self.held.wrote(index, hash);
-            self.pages += 1;
+            let range = index * PAGE_SIZE..(index + 1) * PAGE_SIZE;
+            let saved = self
+                .held
+                .hash_of(index)
+                .map(|_| Box::<[u8]>::from(&self.image[range.clone()]));
+            old_pages.push((index, saved));
+            let written: Result<u128> = match op {
+                Op::Zero => {
+                    self.image[range.clone()].fill(0);
+                    Ok(hash_page(&self.image[range.clone()]))
+                }
+                Op::Page(src) => {
+                    self.image[range.clone()].copy_from_slice(src);
+                    Ok(hash_page(src))
+                }
+                Op::Delta(d) => delta::apply(&mut self.image[range.clone()], d)
+                    .map(|()| hash_page(&self.image[range.clone()])),
+                Op::Dup(hash) => match self.held.holder_of(hash) {
+                    Some(from) => {
+                        let from = from as usize * PAGE_SIZE;
+                        self.image.copy_within(from..from + PAGE_SIZE, range.start);
+                        Ok(hash)
+                    }
+                    None => Err(EngineError::malformed(
+                        "dup reference to a page the receiver does not hold",
+                    )),
+                },
+                Op::Unchanged => unreachable!("skipped above"),
+            };
+            match written {
+                Ok(hash) => {
+                    self.held.wrote_logged(index, hash, Some(&mut journal));
+                    self.pages += 1;
+                }
+                Err(err) => {
+                    for (i, old) in old_pages.into_iter().rev() {
+                        let page = &mut self.image[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                        match old {
+                            Some(old) => page.copy_from_slice(&old),
+                            None => page.fill(0),
+                        }
+                    }
+                    self.held.undo(journal);
+                    return Err(err);
+                }
+            }
         }
         Ok(())
     }

@@ -1,11 +1,25 @@
 //! The sender: turns rounds of offered pages into batches of the wire format.
+//!
+//! Encoding runs in three phases so that all cores can work:
+//! 1. per page, in parallel: hash and zero test;
+//! 2. in order, on one thread: what the receiver holds decides `zero`, `unchanged`,
+//!    `dup-ref`, or "needs content" (cheap hash-table work, and it must be sequential
+//!    because every page changes what the receiver holds);
+//! 3. per batch, in parallel: deltas, the compressible/raw split, block compression and
+//!    framing.
 
-use std::collections::{HashMap, VecDeque};
+use std::cell::RefCell;
 
+use rayon::prelude::*;
+
+use crate::cache::PageCache;
 use crate::error::{EngineError, Result};
 use crate::holdings::Holdings;
 use crate::wire::{Codec, Header, Kind, MAX_DELTA, MAX_RECORDS};
 use crate::{delta, hash_page, is_zero_page, varint, PAGE_SIZE};
+
+/// Longest delta the encoder sends; longer ones go compressed or raw.
+const DELTA_LIMIT: usize = MAX_DELTA / 4;
 
 /// Encoder settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +34,8 @@ pub struct EncoderConfig {
     pub delta_cache_pages: usize,
     /// Pages per batch.
     pub batch_pages: usize,
+    /// Worker threads (1 = encode on the caller's thread).
+    pub threads: usize,
 }
 
 impl Default for EncoderConfig {
@@ -30,6 +46,7 @@ impl Default for EncoderConfig {
             dedup: true,
             delta_cache_pages: 8192,
             batch_pages: 1024,
+            threads: 1,
         }
     }
 }
@@ -55,15 +72,57 @@ pub struct EncodeStats {
     pub wire_bytes: u64,
 }
 
+impl EncodeStats {
+    fn add(&mut self, other: &Self) {
+        self.pages += other.pages;
+        self.zero += other.zero;
+        self.unchanged += other.unchanged;
+        self.dup += other.dup;
+        self.delta += other.delta;
+        self.compressed += other.compressed;
+        self.raw += other.raw;
+        self.wire_bytes += other.wire_bytes;
+    }
+}
+
+/// Phase 2's verdict on one page.
+enum Plan {
+    Zero,
+    Unchanged,
+    Dup(u128),
+    /// Content must be sent; a delta against the cached version may be tried.
+    Content {
+        delta_base: bool,
+    },
+}
+
 /// The sender's state for one guest.
 pub struct Encoder {
     config: EncoderConfig,
     held: Holdings,
-    previous: HashMap<u64, Box<[u8]>>,
-    order: VecDeque<u64>,
-    zstd: Option<zstd::bulk::Compressor<'static>>,
+    previous: PageCache,
+    pool: Option<rayon::ThreadPool>,
     /// Running totals.
     pub stats: EncodeStats,
+}
+
+thread_local! {
+    /// One reused zstd context per thread (and level).
+    static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+fn zstd_compress(level: i32, data: &[u8]) -> Result<Vec<u8>> {
+    ZSTD.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
+            let ctx = zstd::bulk::Compressor::new(level)
+                .map_err(|e| EngineError::invalid(format!("zstd: {e}")))?;
+            *slot = Some((level, ctx));
+        }
+        let (_, ctx) = slot.as_mut().expect("context just created");
+        ctx.compress(data)
+            .map_err(|e| EngineError::invalid(format!("zstd: {e}")))
+    })
 }
 
 /// Heuristic for pages not worth compressing: many distinct byte values in a sample.
@@ -83,43 +142,42 @@ impl Encoder {
     /// A new encoder for a guest of `pages` pages.
     ///
     /// # Errors
-    /// [`EngineError::InvalidArgument`] for a zero batch size or a zstd context error.
+    /// [`EngineError::InvalidArgument`] for a bad batch size or thread count, or a
+    /// zstd level the library refuses.
     pub fn new(pages: usize, config: EncoderConfig) -> Result<Self> {
         if config.batch_pages == 0 || config.batch_pages > MAX_RECORDS as usize {
             return Err(EngineError::invalid("batch_pages must be 1..=65536"));
         }
-        let zstd = match config.codec {
-            Codec::Zstd => Some(
-                zstd::bulk::Compressor::new(config.zstd_level)
-                    .map_err(|e| EngineError::invalid(format!("zstd: {e}")))?,
-            ),
-            _ => None,
+        if config.threads == 0 || config.threads > 1024 {
+            return Err(EngineError::invalid("threads must be 1..=1024"));
+        }
+        if config.codec == Codec::Zstd {
+            zstd_compress(config.zstd_level, &[0u8; 16])?;
+        }
+        let pool = if config.threads > 1 {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(config.threads)
+                    .thread_name(|i| format!("novacron-enc-{i}"))
+                    .build()
+                    .map_err(|e| EngineError::invalid(format!("thread pool: {e}")))?,
+            )
+        } else {
+            None
         };
         Ok(Self {
             config,
             held: Holdings::new(pages),
-            previous: HashMap::new(),
-            order: VecDeque::new(),
-            zstd,
+            previous: PageCache::new(config.delta_cache_pages),
+            pool,
             stats: EncodeStats::default(),
         })
     }
 
-    fn remember(&mut self, index: u64, page: &[u8]) {
-        if self.config.delta_cache_pages == 0 {
-            return;
-        }
-        if let Some(slot) = self.previous.get_mut(&index) {
-            slot.copy_from_slice(page);
-            return;
-        }
-        if self.previous.len() >= self.config.delta_cache_pages {
-            if let Some(oldest) = self.order.pop_front() {
-                self.previous.remove(&oldest);
-            }
-        }
-        self.previous.insert(index, page.into());
-        self.order.push_back(index);
+    /// Pages held in the delta cache (4 KiB each).
+    #[must_use]
+    pub fn cached_pages(&self) -> usize {
+        self.previous.len()
     }
 
     /// Encodes the pages `indices` of `image` (a whole guest image) into batches.
@@ -131,52 +189,126 @@ impl Encoder {
         if image.len() != self.held.pages() * PAGE_SIZE {
             return Err(EngineError::invalid("image size differs from the guest's"));
         }
-        let mut out = Vec::new();
-        for chunk in indices.chunks(self.config.batch_pages) {
-            let batch = self.encode_batch(image, chunk)?;
-            out.extend_from_slice(&batch);
+        let pages = self.held.pages();
+        for &index in indices {
+            if usize::try_from(index).map_or(true, |i| i >= pages) {
+                return Err(EngineError::invalid(format!(
+                    "page index {index} out of range"
+                )));
+            }
         }
-        self.stats.wire_bytes += out.len() as u64;
-        Ok(out)
+        match self.pool.take() {
+            Some(pool) => {
+                let out = pool.install(|| self.encode_phases(image, indices));
+                self.pool = Some(pool);
+                out
+            }
+            None => self.encode_phases(image, indices),
+        }
     }
 
-    fn encode_batch(&mut self, image: &[u8], indices: &[u64]) -> Result<Vec<u8>> {
-        let mut records = Vec::with_capacity(indices.len() * 4);
-        let mut block = Vec::new();
-        let mut raw = Vec::new();
-        let block_kind = match self.config.codec {
-            Codec::Lz4 => Some(Kind::Lz4),
-            Codec::Zstd => Some(Kind::Zstd),
-            Codec::None => None,
+    fn page(image: &[u8], index: u64) -> &[u8] {
+        let i = index as usize * PAGE_SIZE;
+        &image[i..i + PAGE_SIZE]
+    }
+
+    fn encode_phases(&mut self, image: &[u8], indices: &[u64]) -> Result<Vec<u8>> {
+        let parallel = self.pool.is_some() || rayon::current_thread_index().is_some();
+        // phase 1: hashes and zero tests
+        let scan = |&index: &u64| {
+            let page = Self::page(image, index);
+            (hash_page(page), is_zero_page(page))
         };
-        for &index in indices {
-            let i = usize::try_from(index)
-                .ok()
-                .filter(|&i| i < self.held.pages())
-                .ok_or_else(|| EngineError::invalid(format!("page index {index} out of range")))?;
-            let page = &image[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
-            let hash = hash_page(page);
-            self.stats.pages += 1;
-            let kind = if is_zero_page(page) {
-                Kind::Zero
+        let facts: Vec<(u128, bool)> = if parallel {
+            indices.par_iter().map(scan).collect()
+        } else {
+            indices.iter().map(scan).collect()
+        };
+        // phase 2: decisions against what the receiver holds, in order
+        let mut plans = Vec::with_capacity(indices.len());
+        // an index offered twice in one call: its delta base is the first occurrence,
+        // which the cache does not hold yet, so the second one is sent whole
+        let mut seen = std::collections::HashSet::new();
+        for (&index, &(hash, zero)) in indices.iter().zip(&facts) {
+            let first_time = seen.insert(index);
+            let i = index as usize;
+            let plan = if zero {
+                Plan::Zero
             } else if self.held.hash_of(i) == Some(hash) {
-                Kind::Unchanged
+                Plan::Unchanged
             } else if self.config.dedup && self.held.holder_of(hash).is_some() {
-                Kind::DupRef
+                Plan::Dup(hash)
             } else {
-                let old_matches = self.held.hash_of(i).is_some();
-                let delta = self
-                    .previous
-                    .get(&index)
-                    .filter(|_| old_matches)
-                    .and_then(|old| delta::encode(old, page, MAX_DELTA / 4));
+                let delta_base = first_time
+                    && self.held.hash_of(i).is_some()
+                    && self.previous.get(index).is_some();
+                Plan::Content { delta_base }
+            };
+            self.held.wrote(i, hash);
+            plans.push(plan);
+        }
+        // phase 3: batches, each independent
+        let config = self.config;
+        let jobs: Vec<(&[u64], &[Plan])> = indices
+            .chunks(config.batch_pages)
+            .zip(plans.chunks(config.batch_pages))
+            .collect();
+        let cache = &self.previous;
+        let build = |(idx, plan): &(&[u64], &[Plan])| encode_batch(config, image, cache, idx, plan);
+        let batches: Vec<Result<(Vec<u8>, EncodeStats)>> = if parallel {
+            jobs.par_iter().map(build).collect()
+        } else {
+            jobs.iter().map(build).collect()
+        };
+        let mut out = Vec::new();
+        for batch in batches {
+            let (bytes, stats) = batch?;
+            out.extend_from_slice(&bytes);
+            self.stats.add(&stats);
+        }
+        self.stats.wire_bytes += out.len() as u64;
+        // the delta base must be exactly the receiver's copy: remember every page sent
+        for &index in indices {
+            self.previous.put(index, Self::page(image, index));
+        }
+        Ok(out)
+    }
+}
+
+fn encode_batch(
+    config: EncoderConfig,
+    image: &[u8],
+    cache: &PageCache,
+    indices: &[u64],
+    plans: &[Plan],
+) -> Result<(Vec<u8>, EncodeStats)> {
+    let mut stats = EncodeStats::default();
+    let mut records = Vec::with_capacity(indices.len() * 4);
+    let mut block = Vec::new();
+    let mut raw = Vec::new();
+    let block_kind = match config.codec {
+        Codec::Lz4 => Some(Kind::Lz4),
+        Codec::Zstd => Some(Kind::Zstd),
+        Codec::None => None,
+    };
+    for (&index, plan) in indices.iter().zip(plans) {
+        let page = Encoder::page(image, index);
+        stats.pages += 1;
+        let kind = match plan {
+            Plan::Zero => Kind::Zero,
+            Plan::Unchanged => Kind::Unchanged,
+            Plan::Dup(_) => Kind::DupRef,
+            Plan::Content { delta_base } => {
+                let delta = cache
+                    .get(index)
+                    .filter(|_| *delta_base)
+                    .and_then(|old| delta::encode(old, page, DELTA_LIMIT));
                 if let Some(d) = delta {
                     records.push(Kind::Delta as u8);
                     varint::put(&mut records, index);
                     varint::put(&mut records, d.len() as u64);
                     raw.extend_from_slice(&d);
-                    self.stats.delta += 1;
-                    self.finish_page(i, index, page, hash);
+                    stats.delta += 1;
                     continue;
                 }
                 match block_kind {
@@ -189,53 +321,40 @@ impl Encoder {
                         Kind::Raw
                     }
                 }
-            };
-            records.push(kind as u8);
-            varint::put(&mut records, index);
-            match kind {
-                Kind::Zero => self.stats.zero += 1,
-                Kind::Unchanged => self.stats.unchanged += 1,
-                Kind::DupRef => {
-                    records.extend_from_slice(&hash.to_le_bytes());
-                    self.stats.dup += 1;
-                }
-                Kind::Raw => self.stats.raw += 1,
-                _ => self.stats.compressed += 1,
             }
-            self.finish_page(i, index, page, hash);
+        };
+        records.push(kind as u8);
+        varint::put(&mut records, index);
+        match (kind, plan) {
+            (Kind::Zero, _) => stats.zero += 1,
+            (Kind::Unchanged, _) => stats.unchanged += 1,
+            (Kind::DupRef, Plan::Dup(hash)) => {
+                records.extend_from_slice(&hash.to_le_bytes());
+                stats.dup += 1;
+            }
+            (Kind::Raw, _) => stats.raw += 1,
+            _ => stats.compressed += 1,
         }
-        let (codec, compressed) = if block.is_empty() {
-            (Codec::None, Vec::new())
-        } else {
-            match self.config.codec {
-                Codec::Lz4 => (Codec::Lz4, lz4_flex::compress(&block)),
-                Codec::Zstd => {
-                    let ctx = self.zstd.as_mut().expect("zstd context exists for zstd");
-                    let out = ctx
-                        .compress(&block)
-                        .map_err(|e| EngineError::invalid(format!("zstd: {e}")))?;
-                    (Codec::Zstd, out)
-                }
-                Codec::None => unreachable!("no block without a codec"),
-            }
-        };
-        let header = Header {
-            codec,
-            records: u32::try_from(indices.len()).expect("batch size bounded"),
-            records_len: u32::try_from(records.len()).expect("records bounded"),
-            block_raw_len: u32::try_from(block.len()).expect("block bounded"),
-            block_len: u32::try_from(compressed.len()).expect("block bounded"),
-            raw_len: u32::try_from(raw.len()).expect("raw bounded"),
-        };
-        let mut body = records;
-        body.extend_from_slice(&compressed);
-        body.extend_from_slice(&raw);
-        Ok(header.frame(&body))
     }
-
-    fn finish_page(&mut self, i: usize, index: u64, page: &[u8], hash: u128) {
-        self.held.wrote(i, hash);
-        // the delta base must be exactly the receiver's copy: remember every page sent
-        self.remember(index, page);
-    }
+    let (codec, compressed) = if block.is_empty() {
+        (Codec::None, Vec::new())
+    } else {
+        match config.codec {
+            Codec::Lz4 => (Codec::Lz4, lz4_flex::compress(&block)),
+            Codec::Zstd => (Codec::Zstd, zstd_compress(config.zstd_level, &block)?),
+            Codec::None => unreachable!("no block without a codec"),
+        }
+    };
+    let header = Header {
+        codec,
+        records: u32::try_from(indices.len()).expect("batch size bounded"),
+        records_len: u32::try_from(records.len()).expect("records bounded"),
+        block_raw_len: u32::try_from(block.len()).expect("block bounded"),
+        block_len: u32::try_from(compressed.len()).expect("block bounded"),
+        raw_len: u32::try_from(raw.len()).expect("raw bounded"),
+    };
+    let mut body = records;
+    body.extend_from_slice(&compressed);
+    body.extend_from_slice(&raw);
+    Ok((header.frame(&body), stats))
 }

@@ -47,14 +47,57 @@ impl Holdings {
 
     /// Records that the receiver's page `index` now has content `hash`.
     pub fn wrote(&mut self, index: usize, hash: u128) {
+        self.wrote_logged(index, hash, None);
+    }
+
+    /// [`Holdings::wrote`], noting in `journal` how to take it back.
+    pub fn wrote_logged(&mut self, index: usize, hash: u128, journal: Option<&mut Vec<Undo>>) {
+        let mut undo = Undo {
+            index,
+            hash: self.hashes[index],
+            present: self.present[index],
+            removed: None,
+            inserted: None,
+        };
         if self.present[index] {
             let old = self.hashes[index];
             if old != hash && self.by_hash.get(&old) == Some(&(index as u64)) {
                 self.by_hash.remove(&old);
+                undo.removed = Some(old);
             }
         }
         self.hashes[index] = hash;
         self.present[index] = true;
-        self.by_hash.entry(hash).or_insert(index as u64);
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.by_hash.entry(hash) {
+            slot.insert(index as u64);
+            undo.inserted = Some(hash);
+        }
+        if let Some(journal) = journal {
+            journal.push(undo);
+        }
     }
+
+    /// Takes back the writes of `journal`, newest first.
+    pub fn undo(&mut self, journal: Vec<Undo>) {
+        for u in journal.into_iter().rev() {
+            if let Some(h) = u.inserted {
+                self.by_hash.remove(&h);
+            }
+            if let Some(h) = u.removed {
+                self.by_hash.insert(h, u.index as u64);
+            }
+            self.hashes[u.index] = u.hash;
+            self.present[u.index] = u.present;
+        }
+    }
+}
+
+/// How to take back one [`Holdings::wrote_logged`].
+#[derive(Debug, Clone, Copy)]
+pub struct Undo {
+    index: usize,
+    hash: u128,
+    present: bool,
+    removed: Option<u128>,
+    inserted: Option<u128>,
 }

@@ -8,11 +8,13 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod cache;
 mod decoder;
 mod delta;
 mod encoder;
 mod error;
 mod holdings;
+mod mem;
 mod scan;
 mod varint;
 pub mod wire;

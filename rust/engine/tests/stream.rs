@@ -50,13 +50,14 @@ fn change() -> impl Strategy<Value = Change> {
     ]
 }
 
-fn config(codec: Codec, dedup: bool, delta: usize, batch: usize) -> EncoderConfig {
+fn config(codec: Codec, dedup: bool, delta: usize, batch: usize, threads: usize) -> EncoderConfig {
     EncoderConfig {
         codec,
         zstd_level: 1,
         dedup,
         delta_cache_pages: delta,
         batch_pages: batch,
+        threads,
     }
 }
 
@@ -69,9 +70,11 @@ proptest! {
         dedup in any::<bool>(),
         delta in prop_oneof![Just(0usize), Just(4), Just(64)],
         batch in 1usize..40,
+        threads in 1usize..4,
+        repeat in any::<bool>(),
     ) {
         let mut image = vec![0u8; PAGES * PAGE_SIZE];
-        let mut enc = Encoder::new(PAGES, config(codec, dedup, delta, batch)).unwrap();
+        let mut enc = Encoder::new(PAGES, config(codec, dedup, delta, batch, threads)).unwrap();
         let mut dec = Decoder::new(PAGES).unwrap();
         let all: Vec<u64> = (0..PAGES as u64).collect();
         for (round, changes) in rounds.iter().enumerate() {
@@ -83,7 +86,11 @@ proptest! {
                     Change::Zero(i) | Change::Random(i, _) | Change::CopyFrom(i, _) | Change::Poke(i, _, _) | Change::Text(i, _) => (*i % PAGES) as u64,
                 }).collect()
             };
-            let offered = if round == 0 { all.clone() } else { offered };
+            let mut offered = if round == 0 { all.clone() } else { offered };
+            if repeat {
+                // the same index twice in one call must still decode exactly
+                offered.extend(offered.clone());
+            }
             let wire = enc.encode(&image, &offered).unwrap();
             dec.decode(&wire).unwrap();
             prop_assert!(dec.image() == &image[..], "round {round} differs");
@@ -151,4 +158,40 @@ fn repeated_and_unchanged_pages_are_cheap() {
         "one-byte change as a delta: {}",
         third.len()
     );
+}
+
+#[test]
+fn a_batch_failing_midway_is_undone() {
+    use novacron_engine::wire::{Header, Kind};
+    // page 1 written raw, then a dup reference nobody holds: checksum valid, content bad
+    let mut records = vec![Kind::Raw as u8, 1, Kind::DupRef as u8, 2];
+    records.extend_from_slice(&[0xAB; 16]);
+    let mut body = records.clone();
+    body.extend_from_slice(&[7u8; PAGE_SIZE]);
+    let header = Header {
+        codec: Codec::None,
+        records: 2,
+        records_len: records.len() as u32,
+        block_raw_len: 0,
+        block_len: 0,
+        raw_len: PAGE_SIZE as u32,
+    };
+    let mut dec = Decoder::new(4).unwrap();
+    let err = dec.decode(&header.frame(&body)).unwrap_err();
+    assert!(err.to_string().contains("dup reference"), "{err}");
+    assert!(
+        dec.image().iter().all(|&b| b == 0),
+        "the raw page was taken back"
+    );
+    // and the receiver's view was taken back too: an unchanged record for page 1 fails
+    let unchanged = [Kind::Unchanged as u8, 1];
+    let header = Header {
+        codec: Codec::None,
+        records: 1,
+        records_len: 2,
+        block_raw_len: 0,
+        block_len: 0,
+        raw_len: 0,
+    };
+    assert!(dec.decode(&header.frame(&unchanged)).is_err());
 }

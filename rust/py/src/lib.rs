@@ -142,7 +142,7 @@ struct PageEncoder {
 #[pymethods]
 impl PageEncoder {
     #[new]
-    #[pyo3(signature = (pages, compression="lz4", zstd_level=1, dedup=true, delta_cache_pages=8192, batch_pages=1024))]
+    #[pyo3(signature = (pages, compression="lz4", zstd_level=1, dedup=true, delta_cache_pages=8192, batch_pages=1024, threads=1))]
     fn new(
         pages: usize,
         compression: &str,
@@ -150,6 +150,7 @@ impl PageEncoder {
         dedup: bool,
         delta_cache_pages: usize,
         batch_pages: usize,
+        threads: usize,
     ) -> PyResult<Self> {
         let config = engine::EncoderConfig {
             codec: codec_from_name(compression)?,
@@ -157,6 +158,7 @@ impl PageEncoder {
             dedup,
             delta_cache_pages,
             batch_pages,
+            threads,
         };
         let inner = engine::Encoder::new(pages, config).map_err(to_py_err)?;
         Ok(Self { inner })
@@ -190,6 +192,7 @@ impl PageEncoder {
             ("compressed", s.compressed),
             ("raw", s.raw),
             ("wire_bytes", s.wire_bytes),
+            ("cached_pages", self.inner.cached_pages() as u64),
         ]
         .into_iter()
         .collect()

@@ -1,0 +1,143 @@
+//! The sender's bounded cache of page versions the receiver holds (delta bases).
+//!
+//! One slab of `capacity` page slots, grown on demand (no memory is touched for
+//! slots never used), with least-recently-written eviction. Memory: 4 KiB per slot
+//! plus about 40 bytes of bookkeeping.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::PAGE_SIZE;
+
+/// Page versions by page index.
+pub struct PageCache {
+    capacity: usize,
+    slab: Vec<u8>,
+    slots: HashMap<u64, (usize, u64)>,
+    order: VecDeque<(u64, u64)>,
+    free: Vec<usize>,
+    clock: u64,
+}
+
+impl PageCache {
+    /// A cache of at most `capacity` pages (0 keeps nothing).
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            // address space only: pages are touched as slots are first used
+            slab: crate::mem::with_capacity(capacity.saturating_mul(PAGE_SIZE)),
+            slots: HashMap::new(),
+            order: VecDeque::new(),
+            free: Vec::new(),
+            clock: 0,
+        }
+    }
+
+    /// The cached version of `index`.
+    #[must_use]
+    pub fn get(&self, index: u64) -> Option<&[u8]> {
+        self.slots
+            .get(&index)
+            .map(|&(slot, _)| &self.slab[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE])
+    }
+
+    /// Stores `page` as the version of `index`, evicting the least recently stored page.
+    pub fn put(&mut self, index: u64, page: &[u8]) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.clock += 1;
+        let slot = match self.slots.get(&index) {
+            Some(&(slot, _)) => slot,
+            None => self.take_slot(),
+        };
+        self.slots.insert(index, (slot, self.clock));
+        self.order.push_back((index, self.clock));
+        self.slab[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE].copy_from_slice(page);
+        if self.order.len() > 2 * self.capacity + 64 {
+            self.compact();
+        }
+    }
+
+    fn take_slot(&mut self) -> usize {
+        if let Some(slot) = self.free.pop() {
+            return slot;
+        }
+        if self.slots.len() < self.capacity {
+            let slot = self.slab.len() / PAGE_SIZE;
+            self.slab.resize(self.slab.len() + PAGE_SIZE, 0);
+            return slot;
+        }
+        // evict: the oldest entry of `order` that is still current
+        while let Some((index, stamp)) = self.order.pop_front() {
+            if let Some(&(slot, current)) = self.slots.get(&index) {
+                if current == stamp {
+                    self.slots.remove(&index);
+                    return slot;
+                }
+            }
+        }
+        unreachable!("a full cache has a current entry in its order")
+    }
+
+    fn compact(&mut self) {
+        let slots = &self.slots;
+        self.order
+            .retain(|(index, stamp)| slots.get(index).is_some_and(|&(_, s)| s == *stamp));
+    }
+
+    /// Pages currently cached.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when nothing is cached.
+    #[cfg(test)]
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(v: u8) -> Vec<u8> {
+        vec![v; PAGE_SIZE]
+    }
+
+    #[test]
+    fn evicts_least_recently_stored() {
+        let mut cache = PageCache::new(2);
+        cache.put(1, &page(1));
+        cache.put(2, &page(2));
+        cache.put(1, &page(11)); // refresh 1: now 2 is the oldest
+        cache.put(3, &page(3));
+        assert_eq!(cache.get(1).unwrap()[0], 11);
+        assert!(cache.get(2).is_none());
+        assert_eq!(cache.get(3).unwrap()[0], 3);
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn many_refreshes_stay_bounded() {
+        let mut cache = PageCache::new(4);
+        for i in 0..10_000u64 {
+            cache.put(i % 3, &page(i as u8));
+        }
+        assert!(cache.order.len() <= 2 * 4 + 64);
+        assert_eq!(
+            cache.get(0).unwrap()[0],
+            9999u64.wrapping_sub(9999 % 3) as u8
+        );
+    }
+
+    #[test]
+    fn zero_capacity_keeps_nothing() {
+        let mut cache = PageCache::new(0);
+        cache.put(1, &page(1));
+        assert!(cache.get(1).is_none() && cache.is_empty());
+    }
+}

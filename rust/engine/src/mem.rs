@@ -1,0 +1,40 @@
+//! Large buffers backed by transparent huge pages where the kernel offers them.
+//!
+//! The sender's delta cache and the receiver's guest image are hundreds of MiB that are
+//! touched once, page by page; with 4 KiB pages that is one page fault per 4 KiB.
+//! `MADV_HUGEPAGE` lets the kernel back them with 2 MiB pages (THP in `madvise` mode).
+
+/// A zero-filled buffer of `len` bytes, advised for huge pages.
+#[must_use]
+pub fn zeroed(len: usize) -> Vec<u8> {
+    let buf = vec![0u8; len];
+    advise(buf.as_ptr(), buf.len());
+    buf
+}
+
+/// An empty buffer with room for `capacity` bytes, advised for huge pages.
+#[must_use]
+pub fn with_capacity(capacity: usize) -> Vec<u8> {
+    let buf = Vec::with_capacity(capacity);
+    advise(buf.as_ptr(), buf.capacity());
+    buf
+}
+
+fn advise(ptr: *const u8, len: usize) {
+    const PAGE: usize = 4096;
+    if len < 4 * 1024 * 1024 {
+        return; // small buffers gain nothing
+    }
+    let start = (ptr as usize).div_ceil(PAGE) * PAGE;
+    let end = (ptr as usize + len) / PAGE * PAGE;
+    if end <= start {
+        return;
+    }
+    // SAFETY: [start, end) lies inside one live allocation of `len` bytes at `ptr`
+    // (rounded inwards to page boundaries). MADV_HUGEPAGE is only advice about how to
+    // back the range: it never changes its contents or validity, and failure (e.g. THP
+    // disabled) is harmless, so the result is ignored.
+    unsafe {
+        libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+    }
+}

@@ -1,0 +1,51 @@
+"""The page-engine benchmark harness runs end to end and prints the documented shape."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_pagebench_json_shape_on_a_small_synthetic_guest() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.pagebench",
+            "--synthetic",
+            "--mib",
+            "8",
+            "--rounds",
+            "3",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    assert result["page_size"] == 4096
+    assert result["threads"] == 1
+    assert len(result["rounds"]) == 3
+    for r in result["rounds"]:
+        assert r["verified"] is True
+        assert {"pages", "logical_bytes", "wire_bytes", "scan_s", "encode_s", "decode_s"} <= set(r)
+        assert set(r["baselines"]) >= {
+            "memcpy_s",
+            "lz4_bytes",
+            "lz4_s",
+            "zstd1_bytes",
+            "zstd1_s",
+            "qemu_bytes",
+        }
+        assert r["wire_bytes"] < r["baselines"]["qemu_bytes"]
+    assert result["rounds"][0]["pages"] == 8 * 256  # round 0 offers every page
+    assert 0 < result["rounds"][1]["pages"] < 8 * 256  # later rounds only the dirty ones
+    assert result["all_cores"]["threads"] >= 1
+    assert all(r["verified"] for r in result["all_cores"]["rounds"])
