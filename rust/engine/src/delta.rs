@@ -8,6 +8,25 @@
 use crate::error::{EngineError, Result};
 use crate::varint;
 
+/// The first position at or after `from` where `a` and `b` differ (`a.len()` if none),
+/// comparing eight bytes at a time.
+fn first_difference(a: &[u8], b: &[u8], from: usize) -> usize {
+    let mut pos = from;
+    while pos + 8 <= a.len() {
+        let x = u64::from_le_bytes(a[pos..pos + 8].try_into().expect("8 bytes"));
+        let y = u64::from_le_bytes(b[pos..pos + 8].try_into().expect("8 bytes"));
+        let diff = x ^ y;
+        if diff != 0 {
+            return pos + (diff.trailing_zeros() / 8) as usize;
+        }
+        pos += 8;
+    }
+    while pos < a.len() && a[pos] == b[pos] {
+        pos += 1;
+    }
+    pos
+}
+
 /// Encodes `new` against `old` (same length); `None` when the delta would exceed `limit` bytes.
 #[must_use]
 pub fn encode(old: &[u8], new: &[u8], limit: usize) -> Option<Vec<u8>> {
@@ -17,13 +36,7 @@ pub fn encode(old: &[u8], new: &[u8], limit: usize) -> Option<Vec<u8>> {
     let len = new.len();
     while pos < len {
         let start = pos;
-        // unchanged run, compared a word at a time where possible
-        while pos + 8 <= len && old[pos..pos + 8] == new[pos..pos + 8] {
-            pos += 8;
-        }
-        while pos < len && old[pos] == new[pos] {
-            pos += 1;
-        }
+        pos = first_difference(old, new, pos);
         if pos == len {
             break;
         }

@@ -186,6 +186,15 @@ impl Encoder {
     /// [`EngineError::InvalidArgument`] when the image does not match the guest size or
     /// an index is out of range.
     pub fn encode(&mut self, image: &[u8], indices: &[u64]) -> Result<Vec<u8>> {
+        Ok(self.encode_batches(image, indices)?.concat())
+    }
+
+    /// [`Encoder::encode`], one buffer per batch (saves a copy for callers that write
+    /// the batches out themselves).
+    ///
+    /// # Errors
+    /// As [`Encoder::encode`].
+    pub fn encode_batches(&mut self, image: &[u8], indices: &[u64]) -> Result<Vec<Vec<u8>>> {
         if image.len() != self.held.pages() * PAGE_SIZE {
             return Err(EngineError::invalid("image size differs from the guest's"));
         }
@@ -212,7 +221,7 @@ impl Encoder {
         &image[i..i + PAGE_SIZE]
     }
 
-    fn encode_phases(&mut self, image: &[u8], indices: &[u64]) -> Result<Vec<u8>> {
+    fn encode_phases(&mut self, image: &[u8], indices: &[u64]) -> Result<Vec<Vec<u8>>> {
         let parallel = self.pool.is_some() || rayon::current_thread_index().is_some();
         // phase 1: hashes and zero tests
         let scan = |&index: &u64| {
@@ -260,13 +269,13 @@ impl Encoder {
         } else {
             jobs.iter().map(build).collect()
         };
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(batches.len());
         for batch in batches {
             let (bytes, stats) = batch?;
-            out.extend_from_slice(&bytes);
             self.stats.add(&stats);
+            self.stats.wire_bytes += bytes.len() as u64;
+            out.push(bytes);
         }
-        self.stats.wire_bytes += out.len() as u64;
         // the delta base must be exactly the receiver's copy: remember every page sent
         for &index in indices {
             self.previous.put(index, Self::page(image, index));
@@ -284,8 +293,13 @@ fn encode_batch(
 ) -> Result<(Vec<u8>, EncodeStats)> {
     let mut stats = EncodeStats::default();
     let mut records = Vec::with_capacity(indices.len() * 4);
-    let mut block = Vec::new();
-    let mut raw = Vec::new();
+    // sized once for the worst case (address space only): no regrowth copies
+    let content = plans
+        .iter()
+        .filter(|p| matches!(p, Plan::Content { .. }))
+        .count();
+    let mut block = Vec::with_capacity(content * PAGE_SIZE);
+    let mut raw = Vec::with_capacity(content * PAGE_SIZE);
     let block_kind = match config.codec {
         Codec::Lz4 => Some(Kind::Lz4),
         Codec::Zstd => Some(Kind::Zstd),
@@ -353,8 +367,5 @@ fn encode_batch(
         block_len: u32::try_from(compressed.len()).expect("block bounded"),
         raw_len: u32::try_from(raw.len()).expect("raw bounded"),
     };
-    let mut body = records;
-    body.extend_from_slice(&compressed);
-    body.extend_from_slice(&raw);
-    Ok((header.frame(&body), stats))
+    Ok((header.frame_parts(&[&records, &compressed, &raw]), stats))
 }

@@ -111,7 +111,14 @@ impl Header {
     /// Writes the header (checksum over `body`) followed by the body.
     #[must_use]
     pub fn frame(&self, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        self.frame_parts(&[body])
+    }
+
+    /// Writes the header followed by `parts` (the body in pieces), in one allocation.
+    #[must_use]
+    pub fn frame_parts(&self, parts: &[&[u8]]) -> Vec<u8> {
+        let body_len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut out = Vec::with_capacity(HEADER_LEN + body_len);
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
         out.push(self.codec as u8);
@@ -126,9 +133,15 @@ impl Header {
         ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        let sum = checksum(&out, body);
-        out.extend_from_slice(&sum.to_le_bytes());
-        out.extend_from_slice(body);
+        let mut hasher = Xxh3::new();
+        hasher.update(&out);
+        for part in parts {
+            hasher.update(part);
+        }
+        out.extend_from_slice(&hasher.digest().to_le_bytes());
+        for part in parts {
+            out.extend_from_slice(part);
+        }
         out
     }
 

@@ -176,8 +176,17 @@ impl PageEncoder {
         let indices = indices
             .unwrap_or_else(|| (0..(view.as_slice().len() / engine::PAGE_SIZE) as u64).collect());
         let inner = &mut self.inner;
-        let wire = detached(py, || inner.encode(view.as_slice(), &indices))?;
-        Ok(PyBytes::new(py, &wire))
+        let batches = detached(py, || inner.encode_batches(view.as_slice(), &indices))?;
+        let total = batches.iter().map(Vec::len).sum();
+        // one copy, straight into the bytes object
+        PyBytes::new_with(py, total, |out| {
+            let mut at = 0;
+            for batch in &batches {
+                out[at..at + batch.len()].copy_from_slice(batch);
+                at += batch.len();
+            }
+            Ok(())
+        })
     }
 
     /// Record counts and bytes so far.
