@@ -9,6 +9,7 @@ that prints a boot marker and a tick every second on the serial console.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ CACHE = Path(os.environ.get("NOVACRON_GUEST_CACHE", "/var/tmp/novacron-guest"))
 BOOT_MARKER = "NOVACRON-GUEST-BOOTED"
 TICK = "NOVACRON-TICK"
 POWER_MARKER = "NOVACRON-POWER-BUTTON"
+WORKLOAD_MARKER = "NOVACRON-WORKLOAD-READY"
 
 INIT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -36,6 +38,20 @@ for d in /sys/class/input/input*; do
 done
 if [ -n "$ev" ]; then
   (dd if=/dev/input/$ev bs=24 count=1 >/dev/null 2>&1; echo {POWER_MARKER}; sync; poweroff -f) &
+fi
+if grep -q novacron.workload /proc/cmdline; then
+  # a realistic memory mix in the rootfs (RAM): copies of one binary (duplicate pages),
+  # text, random data; then keep dirtying a little of each, as a running service would
+  mkdir -p /work
+  for i in 1 2 3 4 5 6 7 8; do cp /bin/busybox /work/bin$i; done
+  seq 1 300000 > /work/text
+  dd if=/dev/urandom of=/work/random bs=64k count=64 2>/dev/null
+  echo {WORKLOAD_MARKER}
+  (k=0; while true; do
+     k=$((k+1)); echo "log line $k $(cat /proc/uptime)" >> /work/log
+     dd if=/dev/urandom of=/work/random bs=4k count=4 seek=$((k % 256)) conv=notrunc 2>/dev/null
+     sleep 0.2
+   done) &
 fi
 n=0
 while true; do
@@ -87,7 +103,8 @@ def _write_cpio(root: Path, target: Path) -> None:
 def build() -> GuestImages:
     """Returns cached images, building them on first use (about 30 MB download)."""
     package = kernel_package()
-    home = CACHE / package
+    # the initramfs changes with the init script: key the cache on it too
+    home = CACHE / f"{package}-{hashlib.sha256(INIT.encode()).hexdigest()[:12]}"
     images = GuestImages(kernel=home / "vmlinuz", initrd=home / "initrd.cpio")
     if images.kernel.exists() and images.initrd.exists():
         return images

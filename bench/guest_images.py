@@ -1,0 +1,68 @@
+"""Raw memory images of a running guest, for ``bench/pagebench.py``.
+
+    python -m bench.guest_images DOMAIN OUT_PREFIX [--count 4] [--interval 1.0]
+        [--uri qemu:///system]
+
+Reads the guest's physical memory through libvirt's ``virDomainMemoryPeek``
+(``VIR_MEMORY_PHYSICAL``, 64 KiB per call, the API's limit) and writes
+``OUT_PREFIX.0.raw`` ... one image per ``interval`` seconds while the guest runs. The
+guest is paused while each image is read, so every image is one consistent moment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import libvirt
+
+CHUNK = 64 * 1024  # virDomainMemoryPeek refuses more per call
+
+
+def memory_bytes(dom: libvirt.virDomain) -> int:
+    """The guest's memory size in bytes (libvirt reports KiB)."""
+    return int(dom.info()[2]) * 1024
+
+
+def read_image(dom: libvirt.virDomain, size: int) -> bytes:
+    out = bytearray(size)
+    for offset in range(0, size, CHUNK):
+        length = min(CHUNK, size - offset)
+        out[offset : offset + length] = dom.memoryPeek(offset, length, libvirt.VIR_MEMORY_PHYSICAL)
+    return bytes(out)
+
+
+def capture(dom: libvirt.virDomain, count: int, interval: float) -> list[bytes]:
+    size = memory_bytes(dom)
+    images = []
+    for n in range(count):
+        if n:
+            time.sleep(interval)
+        dom.suspend()
+        try:
+            images.append(read_image(dom, size))
+        finally:
+            dom.resume()
+    return images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("domain")
+    parser.add_argument("prefix", type=Path)
+    parser.add_argument("--count", type=int, default=4)
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--uri", default="qemu:///system")
+    args = parser.parse_args()
+    conn = libvirt.open(args.uri)
+    try:
+        images = capture(conn.lookupByName(args.domain), args.count, args.interval)
+    finally:
+        conn.close()
+    for n, image in enumerate(images):
+        Path(f"{args.prefix}.{n}.raw").write_bytes(image)
+
+
+if __name__ == "__main__":
+    main()
