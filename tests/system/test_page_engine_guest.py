@@ -4,9 +4,9 @@ rounds, decoded and verified (the benchmark harness's path, on a TCG guest)."""
 from __future__ import annotations
 
 import libvirt
-
 from bench.guest_images import capture
 from bench.pagebench import run
+
 from tests.daemon_harness import Daemon
 from tests.system import guest
 from tests.system.libvirt_host import URI

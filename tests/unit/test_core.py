@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from novacron import _core
@@ -141,3 +142,12 @@ def test_stream_sizes_and_stats() -> None:
         enc.encode(image, [99])
     with pytest.raises(ValueError, match="compression"):
         _core.PageEncoder(1, compression="gzip")
+
+
+@settings(max_examples=1500)
+@given(st.binary(max_size=4096))
+def test_decoder_fuzz_garbage_is_rejected_cleanly(data: bytes) -> None:
+    dec = _core.PageDecoder(4)
+    with contextlib.suppress(EngineError):
+        dec.decode(data)
+    assert len(dec.image()) == 4 * PAGE
