@@ -151,3 +151,28 @@ def test_decoder_fuzz_garbage_is_rejected_cleanly(data: bytes) -> None:
     with contextlib.suppress(EngineError):
         dec.decode(data)
     assert len(dec.image()) == 4 * PAGE
+
+
+def test_page_store_announcement_turns_known_pages_into_references() -> None:
+    base = bytearray(os.urandom(PAGE * 8)) + bytearray(PAGE * 8)
+    enc1, dec1 = _core.PageEncoder(16), _core.PageDecoder(16)
+    first = enc1.encode(base)
+    dec1.decode(first)
+    store = _core.PageStore(1024)
+    assert store.add_image(dec1.image()) == 8
+    assert len(store) == 8
+    clone = bytearray(base)
+    clone[3 * PAGE] ^= 0xFF  # one page differs in the second guest
+    enc2, dec2 = _core.PageEncoder(16), _core.PageDecoder(16)
+    hashes = dec2.announce(store)
+    assert len(hashes) == 8 * _core.HASH_LEN
+    assert enc2.announce(hashes) == 8
+    second = enc2.encode(clone)
+    dec2.decode(second)
+    assert dec2.image() == bytes(clone)
+    assert len(second) < len(first) // 4
+    assert enc2.stats()["dup"] == 7
+    with pytest.raises(EngineError, match="16 bytes"):
+        enc2.announce(b"x" * 15)
+    with pytest.raises(EngineError, match="multiple of the page size"):
+        store.add_image(b"x")

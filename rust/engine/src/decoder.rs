@@ -6,6 +6,7 @@
 
 use crate::error::{EngineError, Result};
 use crate::holdings::Holdings;
+use crate::store::{PageStore, Pinned};
 use crate::wire::{Codec, Header, Kind, MAX_DELTA};
 use crate::{delta, hash_page, varint, PAGE_SIZE};
 
@@ -14,6 +15,7 @@ pub struct Decoder {
     image: Vec<u8>,
     held: Holdings,
     zstd: zstd::bulk::Decompressor<'static>,
+    pinned: Pinned,
     /// Batches applied.
     pub batches: u64,
     /// Pages written.
@@ -39,9 +41,22 @@ impl Decoder {
             held: Holdings::new(pages),
             zstd: zstd::bulk::Decompressor::new()
                 .map_err(|e| EngineError::invalid(format!("zstd: {e}")))?,
+            pinned: Pinned::new(),
             batches: 0,
             pages: 0,
         })
+    }
+
+    /// Pins every page of `store` for this stream and returns their hashes (16 bytes
+    /// each, little-endian) to announce to the sender: `dup-ref` records may then name
+    /// them even though this guest never held them.
+    pub fn announce(&mut self, store: &PageStore) -> Vec<u8> {
+        self.pinned = store.pin_all();
+        let mut out = Vec::with_capacity(self.pinned.len() * 16);
+        for hash in self.pinned.keys() {
+            out.extend_from_slice(&hash.to_le_bytes());
+        }
+        out
     }
 
     /// The receiver's copy of the guest memory.
@@ -212,13 +227,17 @@ impl Decoder {
                 }
                 Op::Delta(d) => delta::apply(&mut self.image[range.clone()], d)
                     .map(|()| hash_page(&self.image[range.clone()])),
-                Op::Dup(hash) => match self.held.holder_of(hash) {
-                    Some(from) => {
+                Op::Dup(hash) => match (self.held.holder_of(hash), self.pinned.get(&hash)) {
+                    (Some(from), _) => {
                         let from = from as usize * PAGE_SIZE;
                         self.image.copy_within(from..from + PAGE_SIZE, range.start);
                         Ok(hash)
                     }
-                    None => Err(EngineError::malformed(
+                    (None, Some(page)) => {
+                        self.image[range.clone()].copy_from_slice(page);
+                        Ok(hash)
+                    }
+                    (None, None) => Err(EngineError::malformed(
                         "dup reference to a page the receiver does not hold",
                     )),
                 },

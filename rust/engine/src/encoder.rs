@@ -101,6 +101,7 @@ pub struct Encoder {
     config: EncoderConfig,
     held: Holdings,
     previous: PageCache,
+    announced: std::collections::HashSet<u128>,
     pool: Option<rayon::ThreadPool>,
     /// Running totals.
     pub stats: EncodeStats,
@@ -169,9 +170,29 @@ impl Encoder {
             config,
             held: Holdings::new(pages),
             previous: PageCache::new(config.delta_cache_pages),
+            announced: std::collections::HashSet::new(),
             pool,
             stats: EncodeStats::default(),
         })
+    }
+
+    /// Takes the receiver's announcement (16-byte little-endian hashes of pages in its
+    /// page store, see `Decoder::announce`): pages with these contents go as references.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidArgument`] when `hashes` is not a whole number of hashes.
+    pub fn announce(&mut self, hashes: &[u8]) -> Result<usize> {
+        if hashes.len() % crate::HASH_LEN != 0 {
+            return Err(EngineError::invalid(
+                "announced hashes must be 16 bytes each",
+            ));
+        }
+        for chunk in hashes.chunks_exact(crate::HASH_LEN) {
+            let mut h = [0u8; 16];
+            h.copy_from_slice(chunk);
+            self.announced.insert(u128::from_le_bytes(h));
+        }
+        Ok(hashes.len() / crate::HASH_LEN)
     }
 
     /// Pages held in the delta cache (4 KiB each).
@@ -245,7 +266,9 @@ impl Encoder {
                 Plan::Zero
             } else if self.held.hash_of(i) == Some(hash) {
                 Plan::Unchanged
-            } else if self.config.dedup && self.held.holder_of(hash).is_some() {
+            } else if self.config.dedup
+                && (self.held.holder_of(hash).is_some() || self.announced.contains(&hash))
+            {
                 Plan::Dup(hash)
             } else {
                 let delta_base = first_time

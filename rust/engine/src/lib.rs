@@ -16,6 +16,7 @@ mod error;
 mod holdings;
 mod mem;
 mod scan;
+mod store;
 mod varint;
 pub mod wire;
 
@@ -23,4 +24,5 @@ pub use decoder::Decoder;
 pub use encoder::{EncodeStats, Encoder, EncoderConfig};
 pub use error::{EngineError, Result};
 pub use scan::{dirty_bitmap, hash_page, is_zero_page, scan_pages, PageScan, HASH_LEN, PAGE_SIZE};
+pub use store::{PageStore, Pinned};
 pub use wire::Codec;

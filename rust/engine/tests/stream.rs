@@ -231,3 +231,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_second_guest_from_the_same_image_sends_references_to_the_page_store() {
+    use novacron_engine::PageStore;
+    let mut first = vec![0u8; PAGES * PAGE_SIZE];
+    for p in 0..PAGES / 2 {
+        apply(&mut first, &Change::Random(p, 1000 + 2 * p as u64));
+    }
+    let all: Vec<u64> = (0..PAGES as u64).collect();
+    // migration 1: nothing known
+    let mut enc = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
+    let mut dec = Decoder::new(PAGES).unwrap();
+    let wire1 = enc.encode(&first, &all).unwrap();
+    dec.decode(&wire1).unwrap();
+    let store = PageStore::new(1024);
+    store.add_image(dec.image());
+    // migration 2: another guest booted from the same image, a few pages different
+    let mut second = first.clone();
+    apply(&mut second, &Change::Text(3, 1));
+    let mut enc2 = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
+    let mut dec2 = Decoder::new(PAGES).unwrap();
+    let hashes = dec2.announce(&store);
+    // the store may evict after pinning: the pinned pages stay usable
+    store.add_image(&vec![9u8; 2000 * PAGE_SIZE]);
+    assert_eq!(enc2.announce(&hashes).unwrap(), PAGES / 2);
+    let wire2 = enc2.encode(&second, &all).unwrap();
+    dec2.decode(&wire2).unwrap();
+    assert_eq!(dec2.image(), &second[..]);
+    assert!(
+        wire2.len() * 5 < wire1.len(),
+        "{} vs {}",
+        wire2.len(),
+        wire1.len()
+    );
+    assert!(enc2.announce(&[0u8; 15]).is_err());
+}

@@ -189,6 +189,12 @@ impl PageEncoder {
         })
     }
 
+    /// Takes the receiver's announced hashes; returns how many.
+    fn announce(&mut self, hashes: PyBuffer<u8>) -> PyResult<usize> {
+        let view = ByteView::new(hashes)?;
+        self.inner.announce(view.as_slice()).map_err(to_py_err)
+    }
+
     /// Record counts and bytes so far.
     fn stats(&self) -> std::collections::HashMap<&'static str, u64> {
         let s = self.inner.stats;
@@ -205,6 +211,38 @@ impl PageEncoder {
         ]
         .into_iter()
         .collect()
+    }
+}
+
+/// The receiver's page store, shared across guests and migrations.
+#[pyclass(module = "novacron._core", frozen)]
+struct PageStore {
+    inner: engine::PageStore,
+}
+
+#[pymethods]
+impl PageStore {
+    #[new]
+    fn new(capacity_pages: usize) -> Self {
+        Self {
+            inner: engine::PageStore::new(capacity_pages),
+        }
+    }
+
+    /// Adds every non-zero page of `image`; returns how many were new.
+    fn add_image(&self, py: Python<'_>, image: PyBuffer<u8>) -> PyResult<usize> {
+        let view = ByteView::new(image)?;
+        if view.as_slice().len() % engine::PAGE_SIZE != 0 {
+            return Err(to_py_err(engine::EngineError::NotPageAligned {
+                len: view.as_slice().len(),
+            }));
+        }
+        let inner = &self.inner;
+        detached(py, || Ok(inner.add_image(view.as_slice())))
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
     }
 }
 
@@ -230,6 +268,12 @@ impl PageDecoder {
         detached(py, || inner.decode(view.as_slice()))
     }
 
+    /// Pins the pages of `store` for this stream; returns their hashes to announce.
+    fn announce<'py>(&mut self, py: Python<'py>, store: &PageStore) -> Bound<'py, PyBytes> {
+        let hashes = self.inner.announce(&store.inner);
+        PyBytes::new(py, &hashes)
+    }
+
     /// The receiver's copy of the guest memory.
     fn image<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         PyBytes::new(py, self.inner.image())
@@ -250,6 +294,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PageScan>()?;
     m.add_class::<PageEncoder>()?;
     m.add_class::<PageDecoder>()?;
+    m.add_class::<PageStore>()?;
     m.add_function(wrap_pyfunction!(is_zero_page, m)?)?;
     m.add_function(wrap_pyfunction!(scan_pages, m)?)?;
     m.add_function(wrap_pyfunction!(dirty_bitmap, m)?)?;

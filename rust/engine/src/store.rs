@@ -1,0 +1,117 @@
+//! The receiver's page store: content-addressed pages kept across guests and migrations.
+//!
+//! After a migration the receiver can keep the guest's pages here; before the next one
+//! it pins what the store holds and announces those hashes to the sender, which then
+//! sends matching pages as 16-byte `dup-ref` records. Pages are immutable and shared
+//! (`Arc`), so a pinned page stays valid even if the store evicts it meanwhile.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use crate::{hash_page, is_zero_page, PAGE_SIZE};
+
+/// A bounded, thread-safe store of pages by xxh3-128 hash, least recently added evicted first.
+#[derive(Clone)]
+pub struct PageStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+struct Inner {
+    capacity: usize,
+    pages: HashMap<u128, Arc<[u8]>>,
+    order: VecDeque<u128>,
+}
+
+/// Pages pinned for one migration, by hash.
+pub type Pinned = HashMap<u128, Arc<[u8]>>;
+
+impl PageStore {
+    /// A store of at most `capacity` pages (4 KiB each).
+    #[must_use]
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                capacity,
+                pages: HashMap::new(),
+                order: VecDeque::new(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // a panic while holding the lock cannot leave the maps inconsistent in a way
+        // that matters (entries are whole), so a poisoned lock is still usable
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds every non-zero page of `image` (a whole number of pages); returns how many
+    /// were new.
+    pub fn add_image(&self, image: &[u8]) -> usize {
+        let mut inner = self.lock();
+        let mut added = 0;
+        for page in image.chunks_exact(PAGE_SIZE) {
+            if is_zero_page(page) {
+                continue;
+            }
+            let hash = hash_page(page);
+            if inner.pages.contains_key(&hash) || inner.capacity == 0 {
+                continue;
+            }
+            while inner.pages.len() >= inner.capacity {
+                match inner.order.pop_front() {
+                    Some(old) => {
+                        inner.pages.remove(&old);
+                    }
+                    None => break,
+                }
+            }
+            inner.pages.insert(hash, Arc::from(page));
+            inner.order.push_back(hash);
+            added += 1;
+        }
+        added
+    }
+
+    /// Pins everything the store holds now (for announcing to a sender).
+    #[must_use]
+    pub fn pin_all(&self) -> Pinned {
+        self.lock().pages.clone()
+    }
+
+    /// Pages held.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.lock().pages.len()
+    }
+
+    /// True when the store holds nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedups_skips_zero_and_evicts_oldest() {
+        let store = PageStore::new(2);
+        let mut image = vec![0u8; 4 * PAGE_SIZE];
+        image[PAGE_SIZE] = 1;
+        image[2 * PAGE_SIZE] = 1; // same content as page 1
+        image[3 * PAGE_SIZE] = 2;
+        assert_eq!(store.add_image(&image), 2);
+        let pinned = store.pin_all();
+        let mut more = vec![0u8; PAGE_SIZE];
+        more[0] = 3;
+        assert_eq!(store.add_image(&more), 1);
+        assert_eq!(store.len(), 2);
+        // the pinned copy outlives the eviction of its entry
+        assert_eq!(pinned.len(), 2);
+        assert!(pinned.values().all(|p| p.len() == PAGE_SIZE));
+    }
+}
