@@ -176,3 +176,13 @@ def test_page_store_announcement_turns_known_pages_into_references() -> None:
         enc2.announce(b"x" * 15)
     with pytest.raises(EngineError, match="multiple of the page size"):
         store.add_image(b"x")
+
+
+def test_encode_pages_streams_pages_as_delivered() -> None:
+    image = bytearray(os.urandom(PAGE * 4)) + bytearray(PAGE * 4)
+    offer = [6, 2, 0, 2]
+    packed = b"".join(image[i * PAGE : (i + 1) * PAGE] for i in offer)
+    a, b = _core.PageEncoder(8), _core.PageEncoder(8)
+    assert a.encode(image, offer) == b.encode_pages(offer, packed)
+    with pytest.raises(EngineError, match="one page per index"):
+        b.encode_pages(offer, packed[:PAGE])

@@ -85,6 +85,26 @@ impl EncodeStats {
     }
 }
 
+/// Where the offered pages are: a whole guest image (pages found by index), or the
+/// offered pages packed back to back in the order of `indices` (a stream's pages).
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Image(&'a [u8]),
+    Packed(&'a [u8]),
+}
+
+impl<'a> Source<'a> {
+    /// The page at position `pos` of the offer, whose guest index is `index`.
+    fn page(self, pos: usize, index: u64) -> &'a [u8] {
+        let at = match self {
+            Source::Image(_) => index as usize * PAGE_SIZE,
+            Source::Packed(_) => pos * PAGE_SIZE,
+        };
+        let (Source::Image(bytes) | Source::Packed(bytes)) = self;
+        &bytes[at..at + PAGE_SIZE]
+    }
+}
+
 /// Phase 2's verdict on one page.
 enum Plan {
     Zero,
@@ -219,6 +239,26 @@ impl Encoder {
         if image.len() != self.held.pages() * PAGE_SIZE {
             return Err(EngineError::invalid("image size differs from the guest's"));
         }
+        self.run(Source::Image(image), indices)
+    }
+
+    /// Encodes pages given one by one, as a migration stream delivers them: `pages`
+    /// holds `indices.len()` pages back to back, page `k` being guest page `indices[k]`.
+    /// Memory stays bounded by what the caller passes per call.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidArgument`] when `pages` does not hold exactly one page per
+    /// index, or an index is out of range.
+    pub fn encode_pages(&mut self, indices: &[u64], pages: &[u8]) -> Result<Vec<Vec<u8>>> {
+        if pages.len() != indices.len() * PAGE_SIZE {
+            return Err(EngineError::invalid(
+                "pages must hold exactly one page per index",
+            ));
+        }
+        self.run(Source::Packed(pages), indices)
+    }
+
+    fn run(&mut self, source: Source<'_>, indices: &[u64]) -> Result<Vec<Vec<u8>>> {
         let pages = self.held.pages();
         for &index in indices {
             if usize::try_from(index).map_or(true, |i| i >= pages) {
@@ -229,30 +269,25 @@ impl Encoder {
         }
         match self.pool.take() {
             Some(pool) => {
-                let out = pool.install(|| self.encode_phases(image, indices));
+                let out = pool.install(|| self.encode_phases(source, indices));
                 self.pool = Some(pool);
                 out
             }
-            None => self.encode_phases(image, indices),
+            None => self.encode_phases(source, indices),
         }
     }
 
-    fn page(image: &[u8], index: u64) -> &[u8] {
-        let i = index as usize * PAGE_SIZE;
-        &image[i..i + PAGE_SIZE]
-    }
-
-    fn encode_phases(&mut self, image: &[u8], indices: &[u64]) -> Result<Vec<Vec<u8>>> {
+    fn encode_phases(&mut self, source: Source<'_>, indices: &[u64]) -> Result<Vec<Vec<u8>>> {
         let parallel = self.pool.is_some() || rayon::current_thread_index().is_some();
         // phase 1: hashes and zero tests
-        let scan = |&index: &u64| {
-            let page = Self::page(image, index);
+        let scan = |(pos, &index): (usize, &u64)| {
+            let page = source.page(pos, index);
             (hash_page(page), is_zero_page(page))
         };
         let facts: Vec<(u128, bool)> = if parallel {
-            indices.par_iter().map(scan).collect()
+            indices.par_iter().enumerate().map(scan).collect()
         } else {
-            indices.iter().map(scan).collect()
+            indices.iter().enumerate().map(scan).collect()
         };
         // phase 2: decisions against what the receiver holds, in order
         let mut plans = Vec::with_capacity(indices.len());
@@ -281,12 +316,16 @@ impl Encoder {
         }
         // phase 3: batches, each independent
         let config = self.config;
-        let jobs: Vec<(&[u64], &[Plan])> = indices
+        let jobs: Vec<(usize, &[u64], &[Plan])> = indices
             .chunks(config.batch_pages)
             .zip(plans.chunks(config.batch_pages))
+            .enumerate()
+            .map(|(n, (idx, plan))| (n * config.batch_pages, idx, plan))
             .collect();
         let cache = &self.previous;
-        let build = |(idx, plan): &(&[u64], &[Plan])| encode_batch(config, image, cache, idx, plan);
+        let build = |&(first, idx, plan): &(usize, &[u64], &[Plan])| {
+            encode_batch(config, source, first, cache, idx, plan)
+        };
         let batches: Vec<Result<(Vec<u8>, EncodeStats)>> = if parallel {
             jobs.par_iter().map(build).collect()
         } else {
@@ -300,8 +339,8 @@ impl Encoder {
             out.push(bytes);
         }
         // the delta base must be exactly the receiver's copy: remember every page sent
-        for &index in indices {
-            self.previous.put(index, Self::page(image, index));
+        for (pos, &index) in indices.iter().enumerate() {
+            self.previous.put(index, source.page(pos, index));
         }
         Ok(out)
     }
@@ -309,7 +348,8 @@ impl Encoder {
 
 fn encode_batch(
     config: EncoderConfig,
-    image: &[u8],
+    source: Source<'_>,
+    first: usize,
     cache: &PageCache,
     indices: &[u64],
     plans: &[Plan],
@@ -328,8 +368,8 @@ fn encode_batch(
         Codec::Zstd => Some(Kind::Zstd),
         Codec::None => None,
     };
-    for (&index, plan) in indices.iter().zip(plans) {
-        let page = Encoder::page(image, index);
+    for (k, (&index, plan)) in indices.iter().zip(plans).enumerate() {
+        let page = source.page(first + k, index);
         stats.pages += 1;
         let kind = match plan {
             Plan::Zero => Kind::Zero,

@@ -267,3 +267,22 @@ fn a_second_guest_from_the_same_image_sends_references_to_the_page_store() {
     );
     assert!(enc2.announce(&[0u8; 15]).is_err());
 }
+
+#[test]
+fn packed_pages_encode_exactly_like_pages_of_an_image() {
+    let mut image = vec![0u8; PAGES * PAGE_SIZE];
+    for p in 0..PAGES {
+        apply(&mut image, &Change::Text(p, p as u8));
+    }
+    let offer: Vec<u64> = vec![5, 1, 9, 1, 23, 0];
+    let packed: Vec<u8> = offer
+        .iter()
+        .flat_map(|&i| image[i as usize * PAGE_SIZE..(i as usize + 1) * PAGE_SIZE].to_vec())
+        .collect();
+    let mut a = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
+    let mut b = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
+    let from_image = a.encode(&image, &offer).unwrap();
+    let from_pages = b.encode_pages(&offer, &packed).unwrap().concat();
+    assert_eq!(from_image, from_pages);
+    assert!(b.encode_pages(&offer, &packed[..100]).is_err());
+}

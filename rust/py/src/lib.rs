@@ -56,6 +56,19 @@ where
     py.detach(work).map_err(to_py_err)
 }
 
+/// Batches joined into one `bytes`, copied once, straight into the bytes object.
+fn joined<'py>(py: Python<'py>, batches: &[Vec<u8>]) -> PyResult<Bound<'py, PyBytes>> {
+    let total = batches.iter().map(Vec::len).sum();
+    PyBytes::new_with(py, total, |out| {
+        let mut at = 0;
+        for batch in batches {
+            out[at..at + batch.len()].copy_from_slice(batch);
+            at += batch.len();
+        }
+        Ok(())
+    })
+}
+
 /// The result of `scan_pages`.
 #[pyclass(frozen, module = "novacron._core")]
 struct PageScan {
@@ -177,16 +190,21 @@ impl PageEncoder {
             .unwrap_or_else(|| (0..(view.as_slice().len() / engine::PAGE_SIZE) as u64).collect());
         let inner = &mut self.inner;
         let batches = detached(py, || inner.encode_batches(view.as_slice(), &indices))?;
-        let total = batches.iter().map(Vec::len).sum();
-        // one copy, straight into the bytes object
-        PyBytes::new_with(py, total, |out| {
-            let mut at = 0;
-            for batch in &batches {
-                out[at..at + batch.len()].copy_from_slice(batch);
-                at += batch.len();
-            }
-            Ok(())
-        })
+        joined(py, &batches)
+    }
+
+    /// Encodes pages delivered one by one (a migration stream's): `pages` holds one page
+    /// per index, back to back.
+    fn encode_pages<'py>(
+        &mut self,
+        py: Python<'py>,
+        indices: Vec<u64>,
+        pages: PyBuffer<u8>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let view = ByteView::new(pages)?;
+        let inner = &mut self.inner;
+        let batches = detached(py, || inner.encode_pages(&indices, view.as_slice()))?;
+        joined(py, &batches)
     }
 
     /// Takes the receiver's announced hashes; returns how many.
