@@ -42,6 +42,8 @@ impl PageCache {
     }
 
     /// Stores `page` as the version of `index`, evicting the least recently stored page.
+    /// (The one-page reference for [`PageCache::put_many`], which the encoder uses.)
+    #[cfg(test)]
     pub fn put(&mut self, index: u64, page: &[u8]) {
         if self.capacity == 0 {
             return;
@@ -54,6 +56,45 @@ impl PageCache {
         self.slots.insert(index, (slot, self.clock));
         self.order.push_back((index, self.clock));
         self.slab[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE].copy_from_slice(page);
+        if self.order.len() > 2 * self.capacity + 64 {
+            self.compact();
+        }
+    }
+
+    /// Stores many pages; with `parallel`, the copies run on the current rayon pool.
+    /// Equivalent to calling [`PageCache::put`] for each pair in order.
+    pub fn put_many(&mut self, pages: &[(u64, &[u8])], parallel: bool) {
+        use rayon::prelude::*;
+        if self.capacity == 0 || pages.is_empty() {
+            return;
+        }
+        // slots are assigned in order (eviction depends on it); a slot assigned twice
+        // (a page named twice, or evicted and reused) keeps the last content given
+        let mut source: std::collections::HashMap<usize, &[u8]> =
+            std::collections::HashMap::with_capacity(pages.len());
+        for &(index, page) in pages {
+            self.clock += 1;
+            let slot = match self.slots.get(&index) {
+                Some(&(slot, _)) => slot,
+                None => self.take_slot(),
+            };
+            self.slots.insert(index, (slot, self.clock));
+            self.order.push_back((index, self.clock));
+            source.insert(slot, page);
+        }
+        let copy = |(slot, dst): (usize, &mut [u8])| {
+            if let Some(src) = source.get(&slot) {
+                dst.copy_from_slice(src);
+            }
+        };
+        if parallel {
+            self.slab
+                .par_chunks_mut(PAGE_SIZE)
+                .enumerate()
+                .for_each(copy);
+        } else {
+            self.slab.chunks_mut(PAGE_SIZE).enumerate().for_each(copy);
+        }
         if self.order.len() > 2 * self.capacity + 64 {
             self.compact();
         }
@@ -132,6 +173,27 @@ mod tests {
             cache.get(0).unwrap()[0],
             9999u64.wrapping_sub(9999 % 3) as u8
         );
+    }
+
+    #[test]
+    fn put_many_matches_sequential_puts() {
+        let pages: Vec<Vec<u8>> = (0..10u8).map(page).collect();
+        let offer: Vec<(u64, &[u8])> = [3u64, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+            .iter()
+            .zip(&pages)
+            .map(|(&i, p)| (i, p.as_slice()))
+            .collect();
+        for parallel in [false, true] {
+            let mut one = PageCache::new(4);
+            let mut many = PageCache::new(4);
+            for &(i, p) in &offer {
+                one.put(i, p);
+            }
+            many.put_many(&offer, parallel);
+            for i in 0..10 {
+                assert_eq!(one.get(i), many.get(i), "index {i}");
+            }
+        }
     }
 
     #[test]

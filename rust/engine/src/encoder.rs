@@ -339,9 +339,12 @@ impl Encoder {
             out.push(bytes);
         }
         // the delta base must be exactly the receiver's copy: remember every page sent
-        for (pos, &index) in indices.iter().enumerate() {
-            self.previous.put(index, source.page(pos, index));
-        }
+        let sent: Vec<(u64, &[u8])> = indices
+            .iter()
+            .enumerate()
+            .map(|(pos, &index)| (index, source.page(pos, index)))
+            .collect();
+        self.previous.put_many(&sent, parallel);
         Ok(out)
     }
 }
