@@ -35,6 +35,12 @@ def _params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
+def _protocol_error(note: codec.Notification) -> errors.ProtocolError:
+    """The exception for the server's ``protocol.error`` notification."""
+    info = note.params[0] if note.params and isinstance(note.params[0], dict) else {}
+    return errors.ProtocolError(str(info.get("message")), code=str(info.get("code")))
+
+
 def _result(response: codec.Response) -> Any:
     if response.error is not None:
         raise errors.from_wire(response.error)
@@ -123,11 +129,8 @@ class Client:
                 pending.response = message
                 pending.done.set()
         elif isinstance(message, codec.Notification):
-            if message.method == "protocol.error" and message.params:
-                info = message.params[0]
-                self._failure = errors.ProtocolError(
-                    str(info.get("message")), code=str(info.get("code"))
-                )
+            if message.method == "protocol.error":
+                self._failure = _protocol_error(message)
             self._notify_send.send_nowait(message)
 
 
@@ -216,8 +219,7 @@ class SyncClient:
                 if isinstance(message, codec.Response) and message.msgid == msgid:
                     return _result(message)
                 if isinstance(message, codec.Notification) and message.method == "protocol.error":
-                    info = message.params[0] if message.params else {}
-                    raise errors.ProtocolError(str(info.get("message")), str(info.get("code")))
+                    raise _protocol_error(message)
                 held.append(message)
         finally:
             self._queue.extendleft(reversed(held))
@@ -228,8 +230,7 @@ class SyncClient:
             while True:
                 message = self._next()
                 if isinstance(message, codec.Notification) and message.method == "protocol.error":
-                    info = message.params[0] if message.params else {}
-                    return errors.ProtocolError(str(info.get("message")), str(info.get("code")))
+                    return _protocol_error(message)
         except (errors.NovaCronError, OSError):
             pass
         return errors.Unavailable("connection to novacrond closed")

@@ -31,17 +31,6 @@ log = logging.getLogger("novacron.server")
 READ_SIZE = 256 * 1024
 
 
-class ConnectionStats:
-    def __init__(self) -> None:
-        self.accepted = 0
-        self.open = 0
-        self.requests = 0
-        self.protocol_errors = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(vars(self))
-
-
 class Connection:
     def __init__(
         self,
@@ -51,7 +40,6 @@ class Connection:
         bus: EventBus,
         max_message: int,
         max_inflight: int,
-        stats: ConnectionStats,
     ) -> None:
         self.stream = stream
         self.identity = identity
@@ -59,7 +47,6 @@ class Connection:
         self._bus = bus
         self._decoder = codec.Decoder(max_message)
         self._inflight = trio.Semaphore(max_inflight)
-        self._stats = stats
         self._outbox = Outbox(stream)
         self._reader_scope = trio.CancelScope()
         self._ctx = CallContext(identity, bus)
@@ -98,7 +85,6 @@ class Connection:
                 messages = self._decoder.feed(data)
             except ProtocolError as exc:
                 await self._dispatch(exc.decoded, calls)
-                self._stats.protocol_errors += 1
                 log.info(
                     "rpc.protocol_error",
                     extra=kv(user=self.identity.user, code=exc.code, detail=exc.message),
@@ -121,7 +107,6 @@ class Connection:
                     self._inflight.acquire_nowait()  # no scheduler pass when a slot is free
                 except trio.WouldBlock:
                     await self._inflight.acquire()
-                self._stats.requests += 1
                 calls.start_soon(self._call, message)
             # notifications and responses from a client have no method to reach
 

@@ -19,7 +19,7 @@ from novacron.auth.identity import peer_credentials, unix_identity
 from novacron.eventbus import EventBus
 from novacron.logs import kv
 from novacron.rpc.dispatch import Registry
-from novacron.server.connection import Connection, ConnectionStats
+from novacron.server.connection import Connection
 
 log = logging.getLogger("novacron.server")
 
@@ -80,7 +80,6 @@ class UnixServer:
         self._admin_group = admin_group
         self._max_message = max_message
         self._max_inflight = max_inflight
-        self.stats = ConnectionStats()
         self._connections: set[Connection] = set()
         self._accept_scope = trio.CancelScope()
         self._conn_scope: trio.CancelScope | None = None
@@ -110,31 +109,23 @@ class UnixServer:
             conns.start_soon(self._handle, trio.SocketStream(raw))
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        self.stats.accepted += 1
-        self.stats.open += 1
+        pid, uid, gid = peer_credentials(stream.socket)  # type: ignore[arg-type]
+        identity = await trio.to_thread.run_sync(unix_identity, pid, uid, gid, self._admin_group)
+        conn = Connection(
+            stream,
+            identity,
+            self._registry,
+            self._bus,
+            self._max_message,
+            self._max_inflight,
+        )
+        self._connections.add(conn)
+        if self._accept_scope.cancel_called:
+            conn.stop_reading()  # accepted just before shutdown began
         try:
-            pid, uid, gid = peer_credentials(stream.socket)  # type: ignore[arg-type]
-            identity = await trio.to_thread.run_sync(
-                unix_identity, pid, uid, gid, self._admin_group
-            )
-            conn = Connection(
-                stream,
-                identity,
-                self._registry,
-                self._bus,
-                self._max_message,
-                self._max_inflight,
-                self.stats,
-            )
-            self._connections.add(conn)
-            if self._accept_scope.cancel_called:
-                conn.stop_reading()  # accepted just before shutdown began
-            try:
-                await conn.serve()
-            finally:
-                self._connections.discard(conn)
+            await conn.serve()
         finally:
-            self.stats.open -= 1
+            self._connections.discard(conn)
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop accepting, let in-flight calls finish within ``grace_s``, then cut the rest."""

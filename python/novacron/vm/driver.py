@@ -195,7 +195,16 @@ class Hypervisor:
             dom.undefineFlags(UNDEFINE_FLAGS)
 
     def state(self, name: str) -> RuntimeState:
-        dom = self.domain(name)
+        runtime = self.state_or_none(name)
+        if runtime is None:
+            raise errors.NotFound(f"vm {name!r} has no libvirt domain")
+        return runtime
+
+    def state_or_none(self, name: str) -> RuntimeState | None:
+        """Runtime state of one domain, or None when libvirt has no such domain."""
+        dom = self.lookup(name)
+        if dom is None:
+            return None
         with libvirt_errors():
             state, reason = dom.state()
         return RuntimeState(states.state_name(state), states.reason_name(state, reason))

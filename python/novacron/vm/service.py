@@ -140,12 +140,12 @@ class VmService:
 
     async def get(self, name: str) -> dict[str, Any]:
         rec = await self.record(name)
-        runtime = await self.hv_pool.run(self.hv.all_states)
-        doc = self._summary(rec, runtime.get(name))
+        runtime = await self.hv_pool.run(self.hv.state_or_none, name)
+        doc = self._summary(rec, runtime)
         spec = VmSpec.from_dict(rec.spec)
         managed = {str(p) for p in self.managed_volume_paths(rec)}
         disks = []
-        if name in runtime:
+        if runtime is not None:
             xml = await self.hv_pool.run(self.hv.xml, name)
             for i, path in enumerate(domain_xml.parse_disk_paths(xml)):
                 disks.append(
@@ -221,8 +221,7 @@ class VmService:
     async def delete(self, name: str, force: bool, keep_disks: bool) -> dict[str, Any]:
         async with self.locked(name):
             rec = await self.record(name)
-            runtime = await self.hv_pool.run(self.hv.all_states)
-            current = runtime.get(name)
+            current = await self.hv_pool.run(self.hv.state_or_none, name)
             if current and current.state not in ("stopped", "crashed") and not force:
                 raise errors.Conflict(
                     f"vm {name!r} is {current.state}; stop it first or pass force",

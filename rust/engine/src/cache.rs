@@ -48,17 +48,9 @@ impl PageCache {
         if self.capacity == 0 {
             return;
         }
-        self.clock += 1;
-        let slot = match self.slots.get(&index) {
-            Some(&(slot, _)) => slot,
-            None => self.take_slot(),
-        };
-        self.slots.insert(index, (slot, self.clock));
-        self.order.push_back((index, self.clock));
+        let slot = self.assign(index);
         self.slab[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE].copy_from_slice(page);
-        if self.order.len() > 2 * self.capacity + 64 {
-            self.compact();
-        }
+        self.compact_if_needed();
     }
 
     /// Stores many pages; with `parallel`, the copies run on the current rayon pool.
@@ -70,16 +62,9 @@ impl PageCache {
         }
         // slots are assigned in order (eviction depends on it); a slot assigned twice
         // (a page named twice, or evicted and reused) keeps the last content given
-        let mut source: std::collections::HashMap<usize, &[u8]> =
-            std::collections::HashMap::with_capacity(pages.len());
+        let mut source: HashMap<usize, &[u8]> = HashMap::with_capacity(pages.len());
         for &(index, page) in pages {
-            self.clock += 1;
-            let slot = match self.slots.get(&index) {
-                Some(&(slot, _)) => slot,
-                None => self.take_slot(),
-            };
-            self.slots.insert(index, (slot, self.clock));
-            self.order.push_back((index, self.clock));
+            let slot = self.assign(index);
             source.insert(slot, page);
         }
         let copy = |(slot, dst): (usize, &mut [u8])| {
@@ -95,9 +80,20 @@ impl PageCache {
         } else {
             self.slab.chunks_mut(PAGE_SIZE).enumerate().for_each(copy);
         }
-        if self.order.len() > 2 * self.capacity + 64 {
-            self.compact();
-        }
+        self.compact_if_needed();
+    }
+
+    /// The slot that now holds `index` (its own, or a free or evicted one), marked as
+    /// the most recently stored.
+    fn assign(&mut self, index: u64) -> usize {
+        self.clock += 1;
+        let slot = match self.slots.get(&index) {
+            Some(&(slot, _)) => slot,
+            None => self.take_slot(),
+        };
+        self.slots.insert(index, (slot, self.clock));
+        self.order.push_back((index, self.clock));
+        slot
     }
 
     fn take_slot(&mut self) -> usize {
@@ -119,6 +115,12 @@ impl PageCache {
             }
         }
         unreachable!("a full cache has a current entry in its order")
+    }
+
+    fn compact_if_needed(&mut self) {
+        if self.order.len() > 2 * self.capacity + 64 {
+            self.compact();
+        }
     }
 
     fn compact(&mut self) {

@@ -16,6 +16,7 @@ pub struct Decoder {
     held: Holdings,
     zstd: zstd::bulk::Decompressor<'static>,
     pinned: Pinned,
+    zero_hash: u128,
     /// Batches applied.
     pub batches: u64,
     /// Pages written.
@@ -42,6 +43,7 @@ impl Decoder {
             zstd: zstd::bulk::Decompressor::new()
                 .map_err(|e| EngineError::invalid(format!("zstd: {e}")))?,
             pinned: Pinned::new(),
+            zero_hash: hash_page(&[0u8; PAGE_SIZE]),
             batches: 0,
             pages: 0,
         })
@@ -219,7 +221,7 @@ impl Decoder {
             let written: Result<u128> = match op {
                 Op::Zero => {
                     self.image[range.clone()].fill(0);
-                    Ok(hash_page(&self.image[range.clone()]))
+                    Ok(self.zero_hash)
                 }
                 Op::Page(src) => {
                     self.image[range.clone()].copy_from_slice(src);
