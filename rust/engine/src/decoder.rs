@@ -210,6 +210,12 @@ impl Decoder {
         let mut old_pages: Vec<(usize, Option<Box<[u8]>>)> = Vec::new();
         for (index, op) in ops {
             if matches!(op, Op::Unchanged) {
+                // the sender re-files an unchanged page in its content index (it may
+                // have lost its entry when another holder of that content changed);
+                // mirror that, or a later dup reference finds no holder here
+                if let Some(hash) = self.held.hash_of(index) {
+                    self.held.wrote_logged(index, hash, Some(&mut journal));
+                }
                 continue;
             }
             let range = index * PAGE_SIZE..(index + 1) * PAGE_SIZE;

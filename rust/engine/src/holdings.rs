@@ -4,7 +4,7 @@
 //! content index from hash to one page index holding that content. The sender uses
 //! it to choose `Unchanged` and `DupRef`; the receiver uses the same updates to
 //! resolve `DupRef`. Both sides apply exactly [`Holdings::wrote`] for every page the
-//! receiver writes, so the two views never diverge.
+//! receiver writes or is told is unchanged, so the two views never diverge.
 
 use std::collections::HashMap;
 
