@@ -1,6 +1,7 @@
 """Type stubs for the native module built from ``rust/py`` (checked by mypy.stubtest)."""
 
-from typing import Final, final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, final
 
 from typing_extensions import Buffer
 
@@ -11,8 +12,11 @@ __all__ = [
     "PageEncoder",
     "PageScan",
     "PageStore",
+    "Placer",
     "dirty_bitmap",
+    "format_cpuset",
     "is_zero_page",
+    "parse_cpuset",
     "scan_pages",
 ]
 
@@ -65,3 +69,49 @@ class PageStore:
     def __new__(cls, capacity_pages: int) -> PageStore: ...
     def add_image(self, image: Buffer) -> int: ...
     def __len__(self) -> int: ...
+
+@final
+class Placer:
+    """NUMA placement state of one host (see ``novacron.placement``)."""
+
+    def __new__(
+        cls,
+        nodes: Sequence[Mapping[str, Any]],
+        dedicated_cpus: Sequence[int] = ...,
+        shared_cpus: Sequence[int] = ...,
+        reserved_memory_mib: int = 0,
+        shared_overcommit: float = 4.0,
+    ) -> Placer: ...
+    def place(
+        self,
+        vcpus: int,
+        memory_mib: int,
+        cpu: str = "shared",
+        memory: str = "strict",
+        hugepage_kib: int | None = None,
+    ) -> dict[str, Any]: ...
+    def allocate(
+        self,
+        vm: str,
+        vcpus: int,
+        memory_mib: int,
+        cpu: str = "shared",
+        memory: str = "strict",
+        hugepage_kib: int | None = None,
+    ) -> dict[str, Any]: ...
+    def commit(self, vm: str, placement: Mapping[str, Any]) -> None: ...
+    def release(self, vm: str) -> bool: ...
+    def allocation(self, vm: str) -> dict[str, Any] | None: ...
+    def score(
+        self,
+        vcpus: int,
+        memory_mib: int,
+        cpu: str = "shared",
+        memory: str = "strict",
+        hugepage_kib: int | None = None,
+    ) -> float | None: ...
+    def free(self) -> list[dict[str, Any]]: ...
+    def __len__(self) -> int: ...
+
+def parse_cpuset(text: str) -> list[int]: ...
+def format_cpuset(cpus: Sequence[int]) -> str: ...

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from novacron import paths
+from novacron._core import parse_cpuset
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("kv", "json")
@@ -40,6 +41,10 @@ class Config:
     hypervisor_threads: int = 8
     max_message_bytes: int = 8 * 1024 * 1024
     max_inflight_per_connection: int = 128
+    dedicated_cpus: str = ""
+    shared_cpus: str = ""
+    reserved_memory_mib: int = 512
+    shared_overcommit: float = 4.0
     dev: bool = False
 
     @property
@@ -66,9 +71,15 @@ FIELDS: dict[str, str] = {
     "hypervisor_threads": "hypervisor",
     "max_message_bytes": "rpc",
     "max_inflight_per_connection": "rpc",
+    "dedicated_cpus": "placement",
+    "shared_cpus": "placement",
+    "reserved_memory_mib": "placement",
+    "shared_overcommit": "placement",
 }
 _TOML_KEY = {"hypervisor_uri": "uri", "hypervisor_threads": "threads"}
 _TYPES = {f.name: f.type for f in fields(Config)}
+_EMPTY_OK = {"dedicated_cpus", "shared_cpus"}  # cpusets: empty means none / the rest
+_ZERO_OK = {"reserved_memory_mib"}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -82,17 +93,17 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             number = int(value)
-            if number <= 0:
+            if number < 0 or (number == 0 and name not in _ZERO_OK):
                 raise ValueError
             return number
         if kind == "float":
             if isinstance(value, bool):
                 raise TypeError
             real = float(value)
-            if real < 0:
+            if real < 0 or (name == "shared_overcommit" and not 1 <= real <= 64):
                 raise ValueError
             return real
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or (not value and name not in _EMPTY_OK):
             raise TypeError
     except (TypeError, ValueError):
         raise ConfigError(f"{name}: {value!r} is not a valid {kind}") from None
@@ -102,6 +113,11 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"domain_type must be one of {', '.join(DOMAIN_TYPES)}")
     if name == "log_format" and value not in LOG_FORMATS:
         raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
+    if name in _EMPTY_OK:
+        try:
+            parse_cpuset(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
     return value.lower() if name == "log_level" else value
 
 

@@ -68,6 +68,7 @@ async def attach_hypervisor(
         try:
             await vms.hv_pool.run(vms.hv.ensure_pool, config.storage_pool, config.images_dir)
             await vms.hv_pool.run(vms.hv.capabilities)  # slow on QEMU: fetch once
+            vms.placement.load(await vms.hv_pool.run(vms.hv.numa_nodes))
             services.reconcile_findings = await reconcile(vms)
         except errors.Unavailable as exc:
             log.error(

@@ -76,6 +76,12 @@ class TooLarge(NovaCronError):
     code = "too_large"
 
 
+class InsufficientResources(NovaCronError):
+    """The host cannot hold the VM without overcommitting (the message says what is short)."""
+
+    code = "insufficient_resources"
+
+
 class Internal(NovaCronError):
     code = "internal"
 
@@ -113,6 +119,7 @@ ERRORS_BY_CODE: dict[str, type[NovaCronError]] = {
         Unavailable,
         Timeout,
         TooLarge,
+        InsufficientResources,
         Internal,
     )
 }

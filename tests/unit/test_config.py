@@ -58,6 +58,10 @@ def test_toml_then_flags(tmp_path: Path) -> None:
         ("daemon = 3\n", "section"),
         ("[daemon\n", "n.toml"),
         ("[rpc]\nmax_message_bytes = true\n", "max_message_bytes"),
+        ("[placement]\ndedicated_cpus = '3-1'\n", "dedicated_cpus"),
+        ("[placement]\nshared_cpus = 'all'\n", "shared_cpus"),
+        ("[placement]\nshared_overcommit = 0.5\n", "shared_overcommit"),
+        ("[placement]\nreserved_memory_mib = -1\n", "reserved_memory_mib"),
     ],
 )
 def test_bad_config_is_refused_with_the_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -86,3 +90,12 @@ def test_shipped_example_config_parses() -> None:
     c = config.from_toml(config.Config(), example.read_text(), str(example))
     assert c.hypervisor_uri == "qemu:///system"
     assert c.domain_type == "auto"
+    assert (c.dedicated_cpus, c.shared_cpus, c.reserved_memory_mib) == ("", "", 512)
+
+
+def test_placement_keys(tmp_path: Path) -> None:
+    f = tmp_path / "n.toml"
+    f.write_text('[placement]\ndedicated_cpus = "2-7,^4"\nreserved_memory_mib = 0\n')
+    c = parse("--config", str(f), "--shared-cpus", "0-1", "--shared-overcommit", "2")
+    assert (c.dedicated_cpus, c.shared_cpus) == ("2-7,^4", "0-1")
+    assert (c.reserved_memory_mib, c.shared_overcommit) == (0, 2.0)

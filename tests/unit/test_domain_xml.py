@@ -105,3 +105,59 @@ def test_libvirt_test_driver_accepts_the_xml() -> None:
         dom.undefine()
     finally:
         conn.close()
+
+
+def test_placement_elements_for_a_split_dedicated_vm_on_hugepages() -> None:
+    from dataclasses import replace
+
+    from novacron._core import Placer
+
+    nodes = [
+        {
+            "id": n,
+            "memory_mib": 4096,
+            "cpus": [(n * 4 + t, n * 2 + t // 2) for t in range(4)],
+            "hugepages": {2048: 1024},
+        }
+        for n in range(2)
+    ]
+    placement = Placer(nodes, dedicated_cpus=[1, 2, 3, 5, 6, 7], shared_cpus=[0, 4]).allocate(
+        "big", 6, 2048, "dedicated", "strict", 2048
+    )
+    spec = VmSpec(name="big", vcpus=6, memory_mib=2048, cpu_policy="dedicated", hugepage_kib=2048)
+    root = ET.fromstring(domain_xml.build(replace(plan(spec), placement=placement)))
+    pins = {p.get("vcpu"): p.get("cpuset") for p in root.findall("cputune/vcpupin")}
+    assert pins == {"0": "1", "1": "2", "2": "3", "3": "5", "4": "6", "5": "7"}
+    assert root.find("cputune/emulatorpin").get("cpuset") == "0,4"  # type: ignore[union-attr]
+    assert root.find("vcpu").get("cpuset") == "1-3,5-7"  # type: ignore[union-attr]
+    memory = root.find("numatune/memory")
+    assert memory is not None and (memory.get("mode"), memory.get("nodeset")) == ("strict", "0-1")
+    memnodes = [(m.get("cellid"), m.get("nodeset")) for m in root.findall("numatune/memnode")]
+    assert memnodes == [("0", "0"), ("1", "1")]
+    cells = root.findall("cpu/numa/cell")
+    assert [(c.get("cpus"), c.get("memory")) for c in cells] == [
+        ("0-2", str(1024 * 1024)),
+        ("3-5", str(1024 * 1024)),
+    ]
+    page = root.find("memoryBacking/hugepages/page")
+    assert page is not None and page.get("size") == "2048"
+    # the placement travels in the metadata, so an adopted domain keeps it
+    managed = domain_xml.parse_managed(ET.tostring(root, encoding="unicode"))
+    assert managed is not None and managed.placement == placement
+
+
+def test_shared_single_node_vm_has_no_guest_numa() -> None:
+    from dataclasses import replace
+
+    placement = {
+        "cpu": "shared",
+        "memory": "interleave",
+        "hugepage_kib": None,
+        "cells": [{"node": 1, "first_vcpu": 0, "vcpus": 2, "memory_kib": 65536, "cpus": [4, 5]}],
+        "emulator_cpus": [4, 5],
+    }
+    spec = VmSpec(name="s", vcpus=2, memory_mib=64, memory_policy="interleave")
+    root = ET.fromstring(domain_xml.build(replace(plan(spec), placement=placement)))
+    assert [p.get("cpuset") for p in root.findall("cputune/vcpupin")] == ["4-5", "4-5"]
+    assert root.find("numatune/memory").get("mode") == "interleave"  # type: ignore[union-attr]
+    assert root.find("cpu") is None and root.find("memoryBacking") is None

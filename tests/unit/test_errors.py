@@ -16,6 +16,7 @@ CODES = [
     "unavailable",
     "timeout",
     "too_large",
+    "insufficient_resources",
     "internal",
 ]
 

@@ -32,7 +32,9 @@ def svc(tmp_path: Path) -> Iterator[VmService]:
     store = StateStore(tmp_path / "state.db")
     hv = Hypervisor(config.hypervisor_uri)
     hv.ensure_pool(config.storage_pool, config.images_dir)
-    yield VmService(config, hv, store)
+    svc = VmService(config, hv, store)
+    svc.placement.load(hv.numa_nodes())
+    yield svc
     store.close()
 
 

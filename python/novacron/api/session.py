@@ -31,7 +31,7 @@ def register(registry: Registry, services: Services) -> None:
 
     @registry.method("node.info")
     async def node_info(ctx: CallContext, p: Params) -> dict[str, Any]:
-        """Host, hypervisor, CPUs, memory and NUMA nodes, plus the daemon's own status."""
+        """Host, hypervisor, CPUs, memory, NUMA topology and placement, plus daemon status."""
         p.done()
         vms = services.vms
         daemon = {
@@ -48,7 +48,7 @@ def register(registry: Registry, services: Services) -> None:
         except Unavailable as exc:
             # the daemon's own status stays reachable while libvirt is down
             raise Unavailable(exc.message, {"daemon": daemon}) from None
-        info.update(node=services.config.node_name, daemon=daemon)
+        info.update(node=services.config.node_name, daemon=daemon, topology=vms.placement.report())
         return info
 
     @registry.method("events.subscribe")

@@ -107,6 +107,14 @@ class Params:
         value = self._get(key, False)
         return None if value is None else check_text(value, key, max_len)
 
+    def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        if value not in choices:
+            raise InvalidParams(f"{key} must be one of {', '.join(choices)}", {"param": key})
+        return str(value)
+
     def opt_path(self, key: str) -> str | None:
         value = self._get(key, False)
         return None if value is None else check_path(value, key)

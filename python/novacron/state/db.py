@@ -27,6 +27,7 @@ class VmRecord:
     desired_state: str
     created_at: float
     updated_at: float
+    placement: dict[str, Any] | None = None
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -101,17 +102,26 @@ class StateStore:
             desired_state=row["desired_state"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            placement=json.loads(row["placement"]) if row["placement"] else None,
         )
 
-    def insert_vm(self, name: str, uuid: str, tenant: str, spec: dict[str, Any]) -> VmRecord:
+    def insert_vm(
+        self,
+        name: str,
+        uuid: str,
+        tenant: str,
+        spec: dict[str, Any],
+        placement: dict[str, Any] | None = None,
+    ) -> VmRecord:
         now = time.time()
+        placed = json.dumps(placement, sort_keys=True) if placement is not None else None
         with self._tx() as db:
             db.execute(
-                "INSERT INTO vms (name, uuid, tenant, spec, desired_state, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, 'stopped', ?, ?)",
-                (name, uuid, tenant, json.dumps(spec, sort_keys=True), now, now),
+                "INSERT INTO vms (name, uuid, tenant, spec, desired_state, created_at,"
+                " updated_at, placement) VALUES (?, ?, ?, ?, 'stopped', ?, ?, ?)",
+                (name, uuid, tenant, json.dumps(spec, sort_keys=True), now, now, placed),
             )
-        return VmRecord(name, uuid, tenant, spec, "stopped", now, now)
+        return VmRecord(name, uuid, tenant, spec, "stopped", now, now, placement)
 
     def get_vm(self, name: str) -> VmRecord | None:
         row = self._db.execute("SELECT * FROM vms WHERE name = ?", (name,)).fetchone()

@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from typing import Any
 
+from novacron._core import format_cpuset
 from novacron.vm.spec import VmSpec
 
 METADATA_NS = "https://novacron.dev/xmlns/vm/1"
@@ -36,6 +37,7 @@ class DomainPlan:
     disks: tuple[DiskDevice, ...]
     console_log: str | None
     arch: str = "x86_64"
+    placement: dict[str, Any] | None = None  # from novacron._core.Placer
 
 
 def disk_target(index: int) -> str:
@@ -62,12 +64,15 @@ def build(plan: DomainPlan) -> str:
     _sub(dom, "uuid", plan.uuid)
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "currentMemory", str(spec.memory_mib), unit="MiB")
-    _sub(dom, "vcpu", str(spec.vcpus), placement="static")
+    vcpu = _sub(dom, "vcpu", str(spec.vcpus), placement="static")
 
     meta = _sub(dom, "metadata")
     mine = _sub(meta, f"{{{METADATA_NS}}}vm")
     _sub(mine, f"{{{METADATA_NS}}}tenant", spec.tenant)
     _sub(mine, f"{{{METADATA_NS}}}spec", json.dumps(spec.to_dict(), sort_keys=True))
+    if plan.placement is not None:
+        _sub(mine, f"{{{METADATA_NS}}}placement", json.dumps(plan.placement, sort_keys=True))
+        _placement(dom, vcpu, plan.placement)
 
     os_el = _sub(dom, "os")
     _sub(os_el, "type", "hvm", arch=plan.arch)
@@ -101,12 +106,52 @@ def build(plan: DomainPlan) -> str:
     return ET.tostring(dom, encoding="unicode")
 
 
+def _placement(dom: ET.Element, vcpu: ET.Element, placement: dict[str, Any]) -> None:
+    """``<cputune>``, ``<numatune>``, ``<memoryBacking>`` and guest ``<cpu><numa>``."""
+    cells = placement["cells"]
+    dedicated = placement["cpu"] == "dedicated"
+    mode = placement["memory"]
+    every = sorted({cpu for cell in cells for cpu in cell["cpus"]})
+    vcpu.set("cpuset", format_cpuset(every))
+    tune = _sub(dom, "cputune")
+    for cell in cells:
+        for k in range(cell["vcpus"]):
+            cpus = [cell["cpus"][k]] if dedicated else cell["cpus"]
+            _sub(tune, "vcpupin", vcpu=str(cell["first_vcpu"] + k), cpuset=format_cpuset(cpus))
+    _sub(tune, "emulatorpin", cpuset=format_cpuset(placement["emulator_cpus"]))
+    numa = _sub(dom, "numatune")
+    nodeset = format_cpuset([cell["node"] for cell in cells])  # same list syntax
+    _sub(numa, "memory", mode=mode, nodeset=nodeset)
+    guest_cells = len(cells) > 1 and mode != "interleave"
+    if guest_cells:
+        for i, cell in enumerate(cells):
+            _sub(numa, "memnode", cellid=str(i), mode=mode, nodeset=str(cell["node"]))
+    if placement.get("hugepage_kib"):
+        backing = _sub(dom, "memoryBacking")
+        pages = _sub(backing, "hugepages")
+        _sub(pages, "page", size=str(placement["hugepage_kib"]), unit="KiB")
+    if guest_cells:
+        cpu = _sub(dom, "cpu")
+        guest = _sub(cpu, "numa")
+        for i, cell in enumerate(cells):
+            first, count = cell["first_vcpu"], cell["vcpus"]
+            _sub(
+                guest,
+                "cell",
+                id=str(i),
+                cpus=format_cpuset(list(range(first, first + count))),
+                memory=str(cell["memory_kib"]),
+                unit="KiB",
+            )
+
+
 @dataclass(frozen=True)
 class ManagedDomain:
     name: str
     uuid: str
     tenant: str
     spec: dict[str, Any]
+    placement: dict[str, Any] | None = None
 
 
 def parse_managed(xml: str) -> ManagedDomain | None:
@@ -124,7 +169,14 @@ def parse_managed(xml: str) -> ManagedDomain | None:
         spec = json.loads(spec_text)
     except ValueError:
         return None
-    return ManagedDomain(name=name, uuid=uuid, tenant=tenant, spec=spec)
+    placement = None
+    placement_text = mine.findtext(f"{{{METADATA_NS}}}placement")
+    if placement_text:
+        try:
+            placement = json.loads(placement_text)
+        except ValueError:
+            placement = None
+    return ManagedDomain(name=name, uuid=uuid, tenant=tenant, spec=spec, placement=placement)
 
 
 def parse_disk_paths(xml: str) -> list[str]:

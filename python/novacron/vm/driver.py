@@ -11,14 +11,16 @@ import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import libvirt
 
 from novacron import errors
 from novacron.logs import kv
+from novacron.placement.topology import HostNode, parse_capabilities, with_sysfs
 from novacron.vm import states
 
 log = logging.getLogger("novacron.vm.driver")
@@ -117,6 +119,11 @@ class Hypervisor:
     def is_test_driver(self) -> bool:
         return self.uri.startswith("test:")
 
+    @property
+    def is_local(self) -> bool:
+        """True when libvirt manages this machine (no host in the URI)."""
+        return urlsplit(self.uri).netloc == ""
+
     def capabilities(self) -> ET.Element:
         """libvirt's host capabilities, fetched once (the call takes seconds on QEMU)."""
         if self._caps is None:
@@ -162,6 +169,22 @@ class Hypervisor:
             "memory_mib": memory_mib,
             "numa_nodes": len(cells) or nodes,
         }
+
+    def numa_nodes(self) -> list[HostNode]:
+        """The host's NUMA nodes with current free memory and hugepages."""
+        with libvirt_errors():
+            _model, memory_mib, cpus, *_ = self.conn.getInfo()
+        nodes = parse_capabilities(self.capabilities(), cpus, memory_mib)
+        if self.is_test_driver:
+            return nodes  # its free-memory figures are not meaningful
+        if self.is_local:
+            return with_sysfs(nodes)
+        with libvirt_errors():  # a remote host: libvirt reads its sysfs for us (bytes)
+            free = self.conn.getCellsFreeMemory(0, max(n.id for n in nodes) + 1)
+        return [
+            replace(n, memory_free_mib=free[n.id] // (1024 * 1024)) if n.id < len(free) else n
+            for n in nodes
+        ]
 
     # -- domains -----------------------------------------------------------------------
 

@@ -9,6 +9,9 @@ Findings, each logged and returned so ``node.info`` can report them:
 * ``uuid_changed`` — the domain's UUID differs from the record: the record follows libvirt.
 * ``state_drift`` — the VM is not in the state the operator last asked for (reported only).
 * ``stale_volume`` — a volume in the daemon's pool that no VM uses (reported only).
+* ``placement_conflict`` — a stored NUMA placement that no longer fits this host (its
+  threads or memory are gone or taken, or the partition changed); the VM keeps its
+  pins but its resources are not accounted (reported only).
 * ``failed`` — a repair that did not work; the message says why.
 """
 
@@ -28,8 +31,10 @@ log = logging.getLogger("novacron.vm.reconcile")
 Finding = dict[str, Any]
 
 
-async def _redefine(svc: VmService, name: str, uuid: str, spec: VmSpec) -> None:
-    xml = await svc.domain_xml(spec, uuid, svc.disk_paths(spec))
+async def _redefine(
+    svc: VmService, name: str, uuid: str, spec: VmSpec, placement: dict[str, Any] | None
+) -> None:
+    xml = await svc.domain_xml(spec, uuid, svc.disk_paths(spec), placement)
     await svc.hv_pool.run(svc.hv.define, xml)
 
 
@@ -51,7 +56,9 @@ async def reconcile(svc: VmService) -> list[Finding]:
             continue
         try:
             spec = VmSpec.from_dict(managed.spec)
-            rec = await svc.records.insert(name, managed.uuid, managed.tenant, spec.to_dict())
+            rec = await svc.records.insert(
+                name, managed.uuid, managed.tenant, spec.to_dict(), managed.placement
+            )
         except (TypeError, ValueError, errors.NovaCronError) as exc:
             note(name, "failed", f"cannot adopt domain: {exc}")
             continue
@@ -64,9 +71,14 @@ async def reconcile(svc: VmService) -> list[Finding]:
             note(name, "deleted", "finished a delete interrupted by a crash")
             continue
         svc.managed.add(name)
+        if rec.placement is not None:
+            try:
+                svc.placement.restore(name, rec.placement)
+            except errors.NovaCronError as exc:
+                note(name, "placement_conflict", f"stored placement not restored: {exc.message}")
         if name not in domains:
             try:
-                await _redefine(svc, name, rec.uuid, VmSpec.from_dict(rec.spec))
+                await _redefine(svc, name, rec.uuid, VmSpec.from_dict(rec.spec), rec.placement)
             except errors.NovaCronError as exc:
                 note(name, "failed", f"domain vanished and could not be redefined: {exc.message}")
                 continue

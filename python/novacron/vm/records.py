@@ -35,9 +35,16 @@ class Records:
         by_name = await self._all()
         return [by_name[n] for n in sorted(by_name)]
 
-    async def insert(self, name: str, uuid: str, tenant: str, spec: dict[str, Any]) -> VmRecord:
+    async def insert(
+        self,
+        name: str,
+        uuid: str,
+        tenant: str,
+        spec: dict[str, Any],
+        placement: dict[str, Any] | None = None,
+    ) -> VmRecord:
         by_name = await self._all()
-        rec = await self._pool.run(self._store.insert_vm, name, uuid, tenant, spec)
+        rec = await self._pool.run(self._store.insert_vm, name, uuid, tenant, spec, placement)
         by_name[name] = rec
         return rec
 

@@ -21,6 +21,7 @@ from novacron import errors
 from novacron.blocking import Pool
 from novacron.config import Config
 from novacron.logs import kv
+from novacron.placement.service import PlacementService
 from novacron.state.db import StateStore, VmRecord
 from novacron.vm import domain_xml
 from novacron.vm.driver import Hypervisor, RuntimeState
@@ -40,6 +41,7 @@ class VmService:
         self.hv_pool = Pool("libvirt", config.hypervisor_threads)
         self.db_pool = Pool("sqlite", 1)
         self.records = Records(store, self.db_pool)
+        self.placement = PlacementService(config)
         self._locks: dict[str, trio.Lock] = {}
         self.managed: set[str] = set()
 
@@ -83,7 +85,13 @@ class VmService:
             Path(p) for p, d in zip(self.disk_paths(spec), spec.disks, strict=True) if d.managed
         ]
 
-    async def domain_xml(self, spec: VmSpec, vm_uuid: str, disk_paths: list[str]) -> str:
+    async def domain_xml(
+        self,
+        spec: VmSpec,
+        vm_uuid: str,
+        disk_paths: list[str],
+        placement: dict[str, Any] | None = None,
+    ) -> str:
         """The domain XML for ``spec`` on this host, its disks at ``disk_paths``."""
         plan = domain_xml.DomainPlan(
             spec=spec,
@@ -94,6 +102,7 @@ class VmService:
                 for i, (disk, path) in enumerate(zip(spec.disks, disk_paths, strict=True))
             ),
             console_log=self.console_log(spec.name),
+            placement=placement,
         )
         return domain_xml.build(plan)
 
@@ -152,6 +161,10 @@ class VmService:
                     {"target": domain_xml.disk_target(i), "path": path, "managed": path in managed}
                 )
         doc.update(
+            cpu_policy=spec.cpu_policy,
+            memory_policy=spec.memory_policy,
+            hugepage_kib=spec.hugepage_kib,
+            placement=rec.placement,
             kernel=spec.kernel,
             initrd=spec.initrd,
             cmdline=spec.cmdline,
@@ -182,6 +195,8 @@ class VmService:
             )
         vm_uuid = str(uuidlib.uuid4())
         created: list[str] = []
+        # decided and recorded at once (no await in between): a refusal changes nothing
+        placement = self.placement.allocate(spec.name, spec)
         try:
             paths = []
             for i, disk in enumerate(spec.disks):
@@ -199,14 +214,16 @@ class VmService:
                     assert disk.path is not None
                     path = disk.path
                 paths.append(path)
-            xml = await self.domain_xml(spec, vm_uuid, paths)
+            xml = await self.domain_xml(spec, vm_uuid, paths, placement)
             # define first, then commit the record: a crash in between leaves a domain
             # carrying our metadata, which reconcile adopts
             self.managed.add(spec.name)  # before define, so its events are forwarded
             try:
                 await self.hv_pool.run(self.hv.define, xml)
                 try:
-                    await self.records.insert(spec.name, vm_uuid, spec.tenant, spec.to_dict())
+                    await self.records.insert(
+                        spec.name, vm_uuid, spec.tenant, spec.to_dict(), placement
+                    )
                 except BaseException:
                     await self.hv_pool.run(self.hv.undefine, spec.name)
                     raise
@@ -214,6 +231,7 @@ class VmService:
                 self.managed.discard(spec.name)
                 raise
         except BaseException:
+            self.placement.release(spec.name)
             for path in created:
                 await self.hv_pool.run(self.hv.delete_volume, path)
             raise
@@ -241,6 +259,7 @@ class VmService:
                 if await self.hv_pool.run(self.hv.delete_volume, str(path)):
                     removed.append(str(path))
         await self.records.delete(rec.name)
+        self.placement.release(rec.name)
         self.managed.discard(rec.name)
         log.info("vm.deleted", extra=kv(vm=rec.name, volumes=len(removed)))
         return removed

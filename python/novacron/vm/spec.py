@@ -13,6 +13,9 @@ MAX_MEMORY_MIB = 16 * 1024 * 1024
 MAX_DISKS = 16
 MAX_DISK_GIB = 64 * 1024
 DISK_FORMATS = ("qcow2", "raw")
+CPU_POLICIES = ("shared", "dedicated")
+MEMORY_POLICIES = ("strict", "preferred", "interleave")
+HUGEPAGE_SIZES_KIB = (2048, 1048576)
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class VmSpec:
     initrd: str | None = None
     cmdline: str | None = None
     disks: tuple[DiskSpec, ...] = field(default_factory=tuple)
+    cpu_policy: str = "shared"
+    memory_policy: str = "strict"
+    hugepage_kib: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -69,6 +75,18 @@ def _disk(index: int, raw: Any) -> DiskSpec:
     return DiskSpec(path=check_path(path, f"{what}.path"), format=fmt)
 
 
+def _hugepages(p: Params) -> int | None:
+    value = p.integer("hugepage_kib", 0, HUGEPAGE_SIZES_KIB[-1], default=0)
+    if value == 0:
+        return None
+    if value not in HUGEPAGE_SIZES_KIB:
+        raise InvalidParams(
+            f"hugepage_kib must be one of {HUGEPAGE_SIZES_KIB} (or 0 for normal pages)",
+            {"param": "hugepage_kib"},
+        )
+    return value
+
+
 def parse_create(p: Params) -> tuple[VmSpec, bool]:
     """Reads ``vm.create`` arguments; returns the spec and whether to start it."""
     spec = VmSpec(
@@ -80,9 +98,17 @@ def parse_create(p: Params) -> tuple[VmSpec, bool]:
         initrd=p.opt_path("initrd"),
         cmdline=p.opt_text("cmdline", max_len=2048),
         disks=tuple(_disk(i, d) for i, d in enumerate(p.array("disks", MAX_DISKS))),
+        cpu_policy=p.choice("cpu_policy", CPU_POLICIES, "shared"),
+        memory_policy=p.choice("memory_policy", MEMORY_POLICIES, "strict"),
+        hugepage_kib=_hugepages(p),
     )
     start = p.flag("start")
     p.done()
+    if spec.hugepage_kib and (spec.memory_mib * 1024) % spec.hugepage_kib:
+        raise InvalidParams(
+            f"memory_mib must be a whole number of {spec.hugepage_kib} KiB hugepages",
+            {"param": "memory_mib"},
+        )
     if spec.kernel is None and (spec.initrd is not None or spec.cmdline is not None):
         raise InvalidParams(
             "initrd and cmdline need kernel (direct kernel boot)", {"param": "kernel"}

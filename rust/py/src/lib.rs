@@ -6,6 +6,8 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod placement;
+
 use novacron_engine as engine;
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
@@ -313,6 +315,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PageEncoder>()?;
     m.add_class::<PageDecoder>()?;
     m.add_class::<PageStore>()?;
+    m.add_class::<placement::Placer>()?;
+    m.add_function(wrap_pyfunction!(placement::parse_cpuset, m)?)?;
+    m.add_function(wrap_pyfunction!(placement::format_cpuset, m)?)?;
     m.add_function(wrap_pyfunction!(is_zero_page, m)?)?;
     m.add_function(wrap_pyfunction!(scan_pages, m)?)?;
     m.add_function(wrap_pyfunction!(dirty_bitmap, m)?)?;

@@ -1,0 +1,1 @@
+"""NUMA placement: host topology discovery and the daemon's use of the Rust engine."""
