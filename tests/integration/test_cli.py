@@ -96,3 +96,28 @@ def test_node_info_hello_and_events(daemon: Daemon) -> None:
     events = [json.loads(line) for line in out.splitlines()]
     assert [e["state"] for e in events] == ["defined", "running"]
     assert all(e["vm"] == "evcli" for e in events)
+
+
+def test_topology_and_placement_in_the_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    d = Daemon(
+        socket=tmp_path / "run" / "novacrond.sock",
+        state_dir=tmp_path / "state",
+        log=tmp_path / "novacrond.log",
+        extra=["--dedicated-cpus", "2-7,10-15"],
+    ).start()
+    try:
+        out = cli(
+            d, "vm", "create", "pin", "--vcpus", "2", "--memory", "256", "--cpu-policy", "dedicated"
+        ).stdout
+        assert "dedicated, memory strict: node 0 vCPU 0-1 on 2,3 (256 MiB)" in out
+        topo = cli(d, "node", "topology").stdout
+        assert "NUMA node 0" in topo and "NUMA node 1" in topo
+        assert "dedicated in use" in topo and "shared vCPUs 0/8" in topo
+        as_json = json.loads(cli(d, "--json", "node", "topology").stdout)
+        assert as_json["dedicated_cpus"] == "2-7,10-15"
+        refused = cli(
+            d, "vm", "create", "big", "--vcpus", "13", "--cpu-policy", "dedicated", check=False
+        )
+        assert refused.returncode == 1 and "insufficient_resources" in refused.stderr
+    finally:
+        assert d.stop() in (0, None)

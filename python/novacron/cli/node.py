@@ -17,6 +17,9 @@ def add_commands(groups: Any) -> None:
     node = groups.add_parser("node", help="this host")
     sub = node.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("info", help="host, hypervisor, CPUs, memory").set_defaults(run=run_info)
+    sub.add_parser("topology", help="NUMA nodes, cores and threads, what VMs hold").set_defaults(
+        run=run_topology
+    )
 
     events = groups.add_parser("events", help="print events as they happen (Ctrl-C to stop)")
     events.add_argument("--topic", action="append", dest="topics", help="only this topic")
@@ -59,6 +62,69 @@ def run_info(client: SyncClient, args: argparse.Namespace) -> Any:
             }
         )
     return info
+
+
+def _or_dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _cpus(ids: list[int]) -> str:
+    return ",".join(str(i) for i in ids) or "-"
+
+
+def run_topology(client: SyncClient, args: argparse.Namespace) -> Any:
+    topo = client.call("node.info")["topology"]
+    if args.json:
+        return topo
+    if topo.get("problem"):
+        output.errors.print(f"[bold red]placement unusable:[/bold red] {topo['problem']}")
+    output.fields(
+        {
+            "dedicated cpus": topo["dedicated_cpus"] or "-",
+            "shared cpus": topo["shared_cpus"] or "-",
+            "placed vms": topo["placed_vms"],
+        }
+    )
+    for node in topo["nodes"]:
+        huge = ", ".join(
+            f"{int(size) // 1024} MiB pages: {_or_dash(p['placeable'])} placeable,"
+            f" {_or_dash(p['free'])} free / {p['total']}"
+            for size, p in node["hugepages"].items()
+        )
+        distances = " ".join(f"{k}:{v}" for k, v in node["distances"].items())
+        output.console.print(
+            f"\n[bold]NUMA node {node['id']}[/bold]  memory {node['memory_mib']} MiB"
+            f" (placeable {node['memory_placeable_mib']}, kernel free"
+            f" {_or_dash(node['memory_free_mib'])})"
+            f"  shared vCPUs {node['shared_vcpus']}/{node['shared_capacity']}"
+            + (f"\n  hugepages: {huge}" if huge else "")
+            + (f"\n  distances: {distances}" if distances else ""),
+            highlight=False,
+        )
+        cores: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        for cpu in node["cpus"]:
+            cores.setdefault((cpu["socket"], cpu["core"]), []).append(cpu)
+        rows = [
+            {
+                "socket": socket,
+                "core": core,
+                "threads": _cpus([c["id"] for c in threads]),
+                "pool": "/".join(sorted({c["pool"] for c in threads})),
+                "in_use": _cpus([c["id"] for c in threads if c["in_use"]]),
+            }
+            for (socket, core), threads in sorted(cores.items())
+        ]
+        output.table(
+            rows,
+            [
+                ("socket", "socket"),
+                ("core", "core"),
+                ("threads", "threads"),
+                ("pool", "pool"),
+                ("in_use", "dedicated in use"),
+            ],
+        )
+    return topo
 
 
 def run_events(client: SyncClient, args: argparse.Namespace) -> None:

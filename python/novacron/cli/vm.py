@@ -73,6 +73,17 @@ def add_commands(groups: Any) -> None:
         "--disk", action="append", type=_disk, dest="disks", help="SIZE_GIB or PATH[:FORMAT]"
     )
     create.add_argument("--tenant")
+    create.add_argument(
+        "--cpu-policy",
+        choices=("shared", "dedicated"),
+        help="shared: float over a node's shared threads; dedicated: one host thread per vCPU",
+    )
+    create.add_argument("--memory-policy", choices=("strict", "preferred", "interleave"))
+    create.add_argument(
+        "--hugepages",
+        choices=("2M", "1G"),
+        help="back guest memory with hugepages of this size",
+    )
     create.add_argument("--start", action="store_true", help="boot it right away")
     create.set_defaults(run=run_create)
 
@@ -116,10 +127,30 @@ def add_commands(groups: Any) -> None:
         cmd.set_defaults(run=run_snapshot, method=f"vm.snapshot.{action}")
 
 
+def placement_text(placement: dict[str, Any] | None) -> str | None:
+    """``dedicated, memory strict: node 0 vCPU 0-1 on 2,3 (1024 MiB)``, one part per cell."""
+    if not placement:
+        return None
+    parts = []
+    for cell in placement["cells"]:
+        first, count = cell["first_vcpu"], cell["vcpus"]
+        vcpus = str(first) if count == 1 else f"{first}-{first + count - 1}"
+        threads = ",".join(str(c) for c in cell["cpus"])
+        parts.append(
+            f"node {cell['node']} vCPU {vcpus} on {threads} ({cell['memory_kib'] // 1024} MiB)"
+        )
+    huge = placement.get("hugepage_kib")
+    backing = f", {huge} KiB hugepages" if huge else ""
+    return f"{placement['cpu']}, memory {placement['memory']}{backing}: " + "; ".join(parts)
+
+
 def _show(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
+        shown = dict(doc)
+        if "placement" in shown:
+            shown["placement"] = placement_text(shown["placement"])
         output.fields(
-            doc, [k for k in GET_ORDER if k in doc] + [k for k in doc if k not in GET_ORDER]
+            shown, [k for k in GET_ORDER if k in shown] + [k for k in shown if k not in GET_ORDER]
         )
     return doc
 
@@ -146,6 +177,9 @@ def run_create(client: SyncClient, args: argparse.Namespace) -> Any:
         cmdline=args.cmdline,
         disks=args.disks,
         tenant=args.tenant,
+        cpu_policy=args.cpu_policy,
+        memory_policy=args.memory_policy,
+        hugepage_kib={"2M": 2048, "1G": 1048576}.get(args.hugepages or ""),
         start=args.start or None,
     )
     return _show(doc, args)
