@@ -1,5 +1,7 @@
 """Starts the machine's own libvirtd and virtlogd when none is running (no systemd here).
 
+Also mounts hugetlbfs where systemd would have (see :func:`ensure_hugetlbfs`).
+
 Debian's ``libvirt-daemon`` without ``libvirt-daemon-system`` lacks the ``libvirt-qemu``
 user and the ``kvm`` group that the QEMU driver needs; they are created if missing.
 """
@@ -63,6 +65,23 @@ def ensure_kvm_device() -> None:
         kvm.chmod(0o660)
 
 
+def ensure_hugetlbfs() -> None:
+    """Mounts hugetlbfs on /dev/hugepages as systemd's dev-hugepages.mount does.
+
+    libvirt looks for hugetlbfs mounts when libvirtd starts; without one, guests
+    backed by hugepages are refused. These machines boot without systemd's mount.
+    """
+    mounts = Path("/proc/mounts").read_text()
+    if any(line.split()[2] == "hugetlbfs" for line in mounts.splitlines() if line.strip()):
+        return
+    Path("/dev/hugepages").mkdir(exist_ok=True)
+    subprocess.run(
+        ["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "hugetlbfs", "/dev/hugepages"],
+        check=True,
+        timeout=30,
+    )
+
+
 @dataclass
 class LibvirtHost:
     started: list[int] = field(default_factory=list)
@@ -71,6 +90,7 @@ class LibvirtHost:
         if os.geteuid() == 0:
             ensure_accounts()
             ensure_kvm_device()
+            ensure_hugetlbfs()
         if libvirt_answers():
             return self
         if os.geteuid() != 0:

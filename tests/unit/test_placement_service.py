@@ -34,6 +34,9 @@ def test_default_partition_is_all_shared(nodes: list[HostNode]) -> None:
     svc = service(nodes)
     assert svc.problem is None
     assert svc.shared == list(range(16)) and svc.dedicated == []
+    empty = svc.report()  # with no VM placed yet, every figure is there
+    assert [n["memory_placeable_mib"] for n in empty["nodes"]] == [2048 - 512, 4096 - 512]
+    assert [n["shared_capacity"] for n in empty["nodes"]] == [32, 32]
     got = svc.allocate("a", VmSpec(name="a", vcpus=2, memory_mib=256))
     assert got["cpu"] == "shared" and len(got["cells"]) == 1
     with pytest.raises(errors.InsufficientResources, match="dedicated_cpus"):

@@ -93,7 +93,7 @@ class PlacementService:
 
     def report(self) -> dict[str, Any]:
         """The topology and what is free, for ``node.info``."""
-        free = {n["id"]: n for n in self._placer.free()} if self._placer else {}
+        free = {n["id"]: n for n in self._placer.free()} if self._placer is not None else {}
         dedicated, shared = set(self.dedicated), set(self.shared)
         nodes = []
         for node in self.nodes:
@@ -138,7 +138,7 @@ class PlacementService:
             "nodes": nodes,
             "dedicated_cpus": format_cpuset(self.dedicated),
             "shared_cpus": format_cpuset(self.shared),
-            "placed_vms": len(self._placer) if self._placer else 0,
+            "placed_vms": len(self._placer) if self._placer is not None else 0,
             "problem": self.problem,
         }
 
