@@ -12,6 +12,7 @@ __all__ = [
     "PageEncoder",
     "PageScan",
     "PageStore",
+    "Placement",
     "Placer",
     "dirty_bitmap",
     "format_cpuset",
@@ -71,6 +72,18 @@ class PageStore:
     def __len__(self) -> int: ...
 
 @final
+class Placement:
+    """One decision of the placement engine (``to_dict`` gives the stored form)."""
+
+    @property
+    def cpu(self) -> str: ...
+    @property
+    def nodes(self) -> list[int]: ...
+    def vcpu_cpus(self, vcpu: int) -> list[int] | None: ...
+    def to_dict(self) -> dict[str, Any]: ...
+    def __eq__(self, value: object, /) -> bool: ...
+
+@final
 class Placer:
     """NUMA placement state of one host (see ``novacron.placement``)."""
 
@@ -89,7 +102,10 @@ class Placer:
         cpu: str = "shared",
         memory: str = "strict",
         hugepage_kib: int | None = None,
-    ) -> dict[str, Any]: ...
+    ) -> Placement: ...
+    def place_many(
+        self, requests: Sequence[tuple[int, int, str, str, int | None]]
+    ) -> list[Placement | None]: ...
     def allocate(
         self,
         vm: str,
@@ -98,10 +114,10 @@ class Placer:
         cpu: str = "shared",
         memory: str = "strict",
         hugepage_kib: int | None = None,
-    ) -> dict[str, Any]: ...
+    ) -> Placement: ...
     def commit(self, vm: str, placement: Mapping[str, Any]) -> None: ...
     def release(self, vm: str) -> bool: ...
-    def allocation(self, vm: str) -> dict[str, Any] | None: ...
+    def allocation(self, vm: str) -> Placement | None: ...
     def score(
         self,
         vcpus: int,

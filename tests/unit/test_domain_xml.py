@@ -121,8 +121,10 @@ def test_placement_elements_for_a_split_dedicated_vm_on_hugepages() -> None:
         }
         for n in range(2)
     ]
-    placement = Placer(nodes, dedicated_cpus=[1, 2, 3, 5, 6, 7], shared_cpus=[0, 4]).allocate(
-        "big", 6, 2048, "dedicated", "strict", 2048
+    placement = (
+        Placer(nodes, dedicated_cpus=[1, 2, 3, 5, 6, 7], shared_cpus=[0, 4])
+        .allocate("big", 6, 2048, "dedicated", "strict", 2048)
+        .to_dict()
     )
     spec = VmSpec(name="big", vcpus=6, memory_mib=2048, cpu_policy="dedicated", hugepage_kib=2048)
     root = ET.fromstring(domain_xml.build(replace(plan(spec), placement=placement)))

@@ -87,16 +87,22 @@ def test_vms_coming_and_going_keep_every_invariant(host: Any, plan: list[Any]) -
         vcpus, memory, cpu, mode, huge = step
         before = placer.free()
         try:
-            decided = placer.place(vcpus, memory, cpu, mode, huge)
+            decision = placer.place(vcpus, memory, cpu, mode, huge)
         except errors.InsufficientResources as exc:
             assert "cannot place" in str(exc) or "hugepage" in str(exc)
             assert not fits_one_node(before, step)
             assert placer.free() == before
             continue
         # deterministic: the same state and request, the same answer
-        assert placer.place(vcpus, memory, cpu, mode, huge) == decided
-        got = placer.allocate(f"vm{i}", vcpus, memory, cpu, mode, huge)
-        assert got == decided
+        assert placer.place(vcpus, memory, cpu, mode, huge) == decision
+        allocated = placer.allocate(f"vm{i}", vcpus, memory, cpu, mode, huge)
+        assert allocated == decision and allocated.cpu == cpu
+        got = allocated.to_dict()
+        assert got == decision.to_dict()
+        assert allocated.nodes == [c["node"] for c in got["cells"]]
+        if cpu == "dedicated":
+            assert allocated.vcpu_cpus(vcpus - 1) == [got["cells"][-1]["cpus"][-1]]
+        assert allocated.vcpu_cpus(vcpus) is None
         if fits_one_node(before, step):
             assert len(got["cells"]) == 1, "a VM that fits one node was split"
         assert sum(c["vcpus"] for c in got["cells"]) == vcpus
@@ -145,7 +151,7 @@ def test_commit_refuses_a_taken_thread() -> None:
     placer = Placer(two_nodes(), dedicated_cpus=parse_cpuset("2-7,10-15"))
     got = placer.allocate("a", 2, 512, "dedicated")
     with pytest.raises(errors.Conflict):
-        placer.commit("b", got)
+        placer.commit("b", got.to_dict())
     with pytest.raises(ValueError, match="cells"):
         placer.commit("c", {"cpu": "dedicated"})
     assert placer.allocation("a") == got
@@ -176,3 +182,21 @@ def test_score_prefers_room() -> None:
 def test_cpuset_text_round_trips(cpus: list[int]) -> None:
     text = format_cpuset(cpus)
     assert parse_cpuset(text) == sorted(set(cpus))
+
+
+@given(hosts(), st.lists(requests, max_size=20))
+def test_place_many_is_place_for_each(host: Any, reqs: list[Any]) -> None:
+    nodes, dedicated, shared, _ = host
+    placer = Placer(nodes, dedicated_cpus=dedicated, shared_cpus=shared)
+    if shared or dedicated:
+        try:
+            placer.allocate("seed", 1, 64, "shared" if shared else "dedicated")
+        except errors.InsufficientResources:
+            pass
+    expected = []
+    for req in reqs:
+        try:
+            expected.append(placer.place(*req))
+        except errors.InsufficientResources:
+            expected.append(None)
+    assert placer.place_many(reqs) == expected

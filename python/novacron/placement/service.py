@@ -76,7 +76,7 @@ class PlacementService:
             spec.cpu_policy,
             spec.memory_policy,
             spec.hugepage_kib,
-        )
+        ).to_dict()
         log.info("placement.allocated", extra=kv(vm=vm, **summary(placement)))
         return placement
 

@@ -97,6 +97,16 @@ impl Host {
     /// [`PlacementError::Invalid`] for a malformed request, [`PlacementError::NoFit`]
     /// with the reason when it cannot be placed without overcommitting.
     pub fn place(&self, req: &Request) -> Result<Placement> {
+        self.decide(req)?.ok_or_else(|| self.why_not(req))
+    }
+
+    /// [`Host::place`] without the reason for a refusal: `Ok(None)` when `req` does
+    /// not fit (cheaper when many requests are tried, as in scoring).
+    ///
+    /// # Errors
+    /// [`PlacementError::Invalid`] for a malformed request or a hugepage size the
+    /// host has no pool of.
+    pub fn decide(&self, req: &Request) -> Result<Option<Placement>> {
         self.check_request(req)?;
         let whole = Share {
             vcpus: req.vcpus,
@@ -104,7 +114,7 @@ impl Host {
         };
         // a quick refusal when even the whole host is short
         if req.cpu == CpuPolicy::Dedicated && self.total_ded_free < req.vcpus {
-            return Err(self.why_not(req));
+            return Ok(None);
         }
         let mut best: Option<((u64, u64, u32), usize)> = None;
         for (ni, node) in self.nodes.iter().enumerate() {
@@ -115,15 +125,48 @@ impl Host {
             }
         }
         if let Some((_, ni)) = best {
-            return Ok(self.build(req, &[(ni, whole)]));
+            return Ok(Some(self.build(req, &[(ni, whole)])));
         }
+        // no split can work when the host as a whole is short
+        let mem_total: u64 = self
+            .nodes
+            .iter()
+            .map(|n| n.mem_free_kib(req.hugepage_kib))
+            .sum();
+        let shared_room: u64 = match req.cpu {
+            CpuPolicy::Shared => self
+                .nodes
+                .iter()
+                .map(|n| n.shared_cap.saturating_sub(n.shared_load))
+                .sum(),
+            CpuPolicy::Dedicated => u64::MAX,
+        };
+        if mem_total < whole.memory_kib || shared_room < u64::from(req.vcpus) {
+            return Ok(None);
+        }
+        // fewer cells than this cannot work: even the roomiest node could not hold
+        // a cell's share of the vCPUs or of the memory
+        let (cpu_max, mem_max) = self.nodes.iter().fold((0u64, 0u64), |(c, m), n| {
+            let (cpu, mem) = self.room(n, req);
+            (c.max(cpu), m.max(mem))
+        });
+        let least = |need: u64, max: u64| {
+            if max == 0 {
+                u64::MAX
+            } else {
+                need.div_ceil(max)
+            }
+        };
+        let first = least(u64::from(req.vcpus), cpu_max)
+            .max(least(whole.memory_kib, mem_max))
+            .max(2);
         let most = (self.nodes.len() as u32).min(req.vcpus);
-        for k in 2..=most {
+        for k in u32::try_from(first).unwrap_or(u32::MAX)..=most {
             if let Some(cells) = self.split(req, k) {
-                return Ok(self.build(req, &cells));
+                return Ok(Some(self.build(req, &cells)));
             }
         }
-        Err(self.why_not(req))
+        Ok(None)
     }
 
     /// `req` cut into `k` cells: vCPUs and memory (in whole hugepages) as equal as
@@ -300,7 +343,7 @@ impl Host {
     /// (in 0..=1; higher means more headroom).
     #[must_use]
     pub fn score(&self, req: &Request) -> Option<f64> {
-        self.place(req).ok()?;
+        self.decide(req).ok()??;
         let mem_cap: u64 = self
             .nodes
             .iter()

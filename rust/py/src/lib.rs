@@ -316,6 +316,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PageDecoder>()?;
     m.add_class::<PageStore>()?;
     m.add_class::<placement::Placer>()?;
+    m.add_class::<placement::Placement>()?;
     m.add_function(wrap_pyfunction!(placement::parse_cpuset, m)?)?;
     m.add_function(wrap_pyfunction!(placement::format_cpuset, m)?)?;
     m.add_function(wrap_pyfunction!(is_zero_page, m)?)?;

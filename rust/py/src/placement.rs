@@ -6,8 +6,9 @@
 //! GIL released like every other engine call.
 
 use novacron_placement as placement;
-use placement::{Cell, CpuPolicy, Host, HostConfig, MemoryPolicy, Placement, Request};
+use placement::{Cell, CpuPolicy, Host, HostConfig, MemoryPolicy, Request};
 use pyo3::exceptions::PyValueError;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -83,42 +84,40 @@ fn memory_policy(name: &str) -> PyResult<MemoryPolicy> {
     }
 }
 
-fn cpu_name(p: CpuPolicy) -> &'static str {
-    match p {
-        CpuPolicy::Shared => "shared",
-        CpuPolicy::Dedicated => "dedicated",
-    }
-}
-
-fn memory_name(p: MemoryPolicy) -> &'static str {
-    match p {
-        MemoryPolicy::Strict => "strict",
-        MemoryPolicy::Preferred => "preferred",
-        MemoryPolicy::Interleave => "interleave",
-    }
-}
-
-fn placement_to_py<'py>(py: Python<'py>, p: &Placement) -> PyResult<Bound<'py, PyDict>> {
+fn placement_to_py<'py>(py: Python<'py>, p: &placement::Placement) -> PyResult<Bound<'py, PyDict>> {
+    // interned keys and policy names: building the dict is most of a decision's cost
     let out = PyDict::new(py);
-    out.set_item("cpu", cpu_name(p.cpu))?;
-    out.set_item("memory", memory_name(p.memory))?;
-    out.set_item("hugepage_kib", p.hugepage_kib)?;
+    let cpu = match p.cpu {
+        CpuPolicy::Shared => intern!(py, "shared"),
+        CpuPolicy::Dedicated => intern!(py, "dedicated"),
+    };
+    let memory = match p.memory {
+        MemoryPolicy::Strict => intern!(py, "strict"),
+        MemoryPolicy::Preferred => intern!(py, "preferred"),
+        MemoryPolicy::Interleave => intern!(py, "interleave"),
+    };
+    out.set_item(intern!(py, "cpu"), cpu)?;
+    out.set_item(intern!(py, "memory"), memory)?;
+    out.set_item(intern!(py, "hugepage_kib"), p.hugepage_kib)?;
     let cells = PyList::empty(py);
     for c in &p.cells {
         let cell = PyDict::new(py);
-        cell.set_item("node", c.node)?;
-        cell.set_item("first_vcpu", c.first_vcpu)?;
-        cell.set_item("vcpus", c.vcpus)?;
-        cell.set_item("memory_kib", c.memory_kib)?;
-        cell.set_item("cpus", &c.cpus)?;
+        cell.set_item(intern!(py, "node"), c.node)?;
+        cell.set_item(intern!(py, "first_vcpu"), c.first_vcpu)?;
+        cell.set_item(intern!(py, "vcpus"), c.vcpus)?;
+        cell.set_item(intern!(py, "memory_kib"), c.memory_kib)?;
+        cell.set_item(intern!(py, "cpus"), PyList::new(py, &c.cpus)?)?;
         cells.append(cell)?;
     }
-    out.set_item("cells", cells)?;
-    out.set_item("emulator_cpus", &p.emulator_cpus)?;
+    out.set_item(intern!(py, "cells"), cells)?;
+    out.set_item(
+        intern!(py, "emulator_cpus"),
+        PyList::new(py, &p.emulator_cpus)?,
+    )?;
     Ok(out)
 }
 
-fn placement_from(d: &Bound<'_, PyDict>) -> PyResult<Placement> {
+fn placement_from(d: &Bound<'_, PyDict>) -> PyResult<placement::Placement> {
     let cells: Vec<Bound<'_, PyDict>> = item(d, "cells", "placement")?;
     let mut out = Vec::with_capacity(cells.len());
     for c in &cells {
@@ -130,7 +129,7 @@ fn placement_from(d: &Bound<'_, PyDict>) -> PyResult<Placement> {
             cpus: item(c, "cpus", "cell")?,
         });
     }
-    Ok(Placement {
+    Ok(placement::Placement {
         cpu: cpu_policy(&item::<String>(d, "cpu", "placement")?)?,
         memory: memory_policy(&item::<String>(d, "memory", "placement")?)?,
         hugepage_kib: item(d, "hugepage_kib", "placement")?,
@@ -149,6 +148,47 @@ pub fn parse_cpuset(text: &str) -> PyResult<Vec<u32>> {
 #[pyfunction]
 pub fn format_cpuset(cpus: Vec<u32>) -> String {
     placement::cpuset::format(&cpus)
+}
+
+/// One decision of the engine. Built without touching Python objects; its parts
+/// become Python values only when read (`to_dict`, `cells`, ...), which keeps a
+/// decision's cost at the engine's, not at building a dict tree.
+#[pyclass(module = "novacron._core", frozen, eq)]
+#[derive(PartialEq)]
+pub struct Placement {
+    inner: placement::Placement,
+}
+
+#[pymethods]
+impl Placement {
+    /// `shared` or `dedicated`.
+    #[getter]
+    fn cpu<'py>(&self, py: Python<'py>) -> &Bound<'py, pyo3::types::PyString> {
+        match self.inner.cpu {
+            CpuPolicy::Shared => intern!(py, "shared"),
+            CpuPolicy::Dedicated => intern!(py, "dedicated"),
+        }
+    }
+
+    /// Host node ids, one per cell.
+    #[getter]
+    fn nodes(&self) -> Vec<u32> {
+        self.inner.nodes()
+    }
+
+    /// The host threads guest vCPU `vcpu` may run on.
+    fn vcpu_cpus(&self, vcpu: u32) -> Option<Vec<u32>> {
+        self.inner.vcpu_cpus(vcpu).map(<[u32]>::to_vec)
+    }
+
+    /// The whole decision as plain dicts and lists (the form stored and sent).
+    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        placement_to_py(py, &self.inner)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Placement({:?})", self.inner)
+    }
 }
 
 /// The placement state of one host.
@@ -201,38 +241,68 @@ impl Placer {
 
     /// The decision for a VM on the current state (nothing is recorded).
     #[pyo3(signature = (vcpus, memory_mib, cpu = "shared", memory = "strict", hugepage_kib = None))]
-    fn place<'py>(
+    fn place(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         vcpus: u32,
         memory_mib: u64,
         cpu: &str,
         memory: &str,
         hugepage_kib: Option<u64>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<Placement> {
         let req = Self::request(vcpus, memory_mib, cpu, memory, hugepage_kib)?;
         let host = &self.host;
-        let decided = py.detach(|| host.place(&req)).map_err(to_py_err)?;
-        placement_to_py(py, &decided)
+        let inner = py.detach(|| host.place(&req)).map_err(to_py_err)?;
+        Ok(Placement { inner })
+    }
+
+    /// Decisions for many requests `(vcpus, memory_mib, cpu, memory, hugepage_kib)`
+    /// on the current state, each independent of the others (nothing is recorded);
+    /// `None` where a request does not fit. One GIL release for the whole batch.
+    fn place_many(
+        &self,
+        py: Python<'_>,
+        requests: Vec<(u32, u64, String, String, Option<u64>)>,
+    ) -> PyResult<Vec<Option<Placement>>> {
+        let reqs = requests
+            .iter()
+            .map(|(v, m, c, mem, h)| Self::request(*v, *m, c, mem, *h))
+            .collect::<PyResult<Vec<_>>>()?;
+        let host = &self.host;
+        let decided = py
+            .detach(|| {
+                reqs.iter()
+                    .map(|r| match host.place(r) {
+                        Ok(p) => Ok(Some(p)),
+                        Err(placement::PlacementError::NoFit(_)) => Ok(None),
+                        Err(e) => Err(e),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(to_py_err)?;
+        Ok(decided
+            .into_iter()
+            .map(|p| p.map(|inner| Placement { inner }))
+            .collect())
     }
 
     /// Decides and records a placement for `vm`.
     #[pyo3(signature = (vm, vcpus, memory_mib, cpu = "shared", memory = "strict", hugepage_kib = None))]
     #[allow(clippy::too_many_arguments)]
-    fn allocate<'py>(
+    fn allocate(
         &mut self,
-        py: Python<'py>,
+        py: Python<'_>,
         vm: &str,
         vcpus: u32,
         memory_mib: u64,
         cpu: &str,
         memory: &str,
         hugepage_kib: Option<u64>,
-    ) -> PyResult<Bound<'py, PyDict>> {
+    ) -> PyResult<Placement> {
         let req = Self::request(vcpus, memory_mib, cpu, memory, hugepage_kib)?;
         let host = &mut self.host;
-        let decided = py.detach(|| host.allocate(vm, &req)).map_err(to_py_err)?;
-        placement_to_py(py, &decided)
+        let inner = py.detach(|| host.allocate(vm, &req)).map_err(to_py_err)?;
+        Ok(Placement { inner })
     }
 
     /// Records a placement made earlier (e.g. read back from the state store).
@@ -248,11 +318,10 @@ impl Placer {
     }
 
     /// The recorded placement of `vm`, or None.
-    fn allocation<'py>(&self, py: Python<'py>, vm: &str) -> PyResult<Option<Bound<'py, PyDict>>> {
+    fn allocation(&self, vm: &str) -> Option<Placement> {
         self.host
             .allocation(vm)
-            .map(|p| placement_to_py(py, p))
-            .transpose()
+            .map(|p| Placement { inner: p.clone() })
     }
 
     /// How well a VM fits (0..1, higher = more headroom left), or None.
