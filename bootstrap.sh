@@ -66,7 +66,8 @@ dev() {
   [ -n "${XDG_RUNTIME_DIR:-}" ] && run="$run/novacron"
   export NOVACRON_SOCKET="${NOVACRON_SOCKET:-$run/novacrond.sock}"
   log "starting novacrond --dev (libvirt test:///default, sqlite) on $NOVACRON_SOCKET"
-  novacrond --dev --socket "$NOVACRON_SOCKET" &
+  # the test driver's fake host has 2 NUMA nodes of 8 threads: dedicate 4 of each to the demo
+  novacrond --dev --socket "$NOVACRON_SOCKET" --dedicated-cpus 4-7,12-15 &
   DAEMON_PID=$!
   trap 'kill -TERM "$DAEMON_PID" 2>/dev/null; wait "$DAEMON_PID" || true' EXIT
   for _ in $(seq 100); do
@@ -84,9 +85,13 @@ dev() {
   novacron vm snapshot list demo
   novacron vm pause demo
   novacron vm get demo
+  novacron vm create pinned --vcpus 2 --memory 256 --cpu-policy dedicated 2>/dev/null \
+    || novacron vm get pinned
+  novacron node topology
   set +x
   if [ "${NOVACRON_DEV_EXIT:-0}" = 1 ]; then
     novacron vm delete demo --force
+    novacron vm delete pinned --force
     return
   fi
   log "novacrond is running (pid $DAEMON_PID). Try: NOVACRON_SOCKET=$NOVACRON_SOCKET novacron vm list   (Ctrl-C stops it)"

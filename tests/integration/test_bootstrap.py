@@ -34,5 +34,7 @@ def test_bootstrap_dev_starts_the_daemon_and_the_cli_answers(tmp_path: Path) -> 
     assert "novacrond" in out  # novacron hello
     assert "test:///default" in out  # novacron node info
     assert "demo" in out and "paused" in out  # the demo VM went through its paces
+    assert "dedicated, memory strict: node 0 vCPU 0-1 on 4,5" in out  # pinned by the engine
+    assert "NUMA node 1" in out and "dedicated in use" in out  # node topology
     assert "daemon.stopped" in done.stderr  # and the daemon shut down cleanly
     assert not (tmp_path / "run" / "novacron" / "novacrond.sock").exists()
