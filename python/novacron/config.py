@@ -45,6 +45,12 @@ class Config:
     shared_cpus: str = ""
     reserved_memory_mib: int = 512
     shared_overcommit: float = 4.0
+    tls_listen: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_crl: str = ""
+    tls_handshake_timeout_s: float = 5.0
     dev: bool = False
 
     @property
@@ -75,10 +81,26 @@ FIELDS: dict[str, str] = {
     "shared_cpus": "placement",
     "reserved_memory_mib": "placement",
     "shared_overcommit": "placement",
+    "tls_listen": "tls",
+    "tls_cert": "tls",
+    "tls_key": "tls",
+    "tls_ca": "tls",
+    "tls_crl": "tls",
+    "tls_handshake_timeout_s": "tls",
 }
-_TOML_KEY = {"hypervisor_uri": "uri", "hypervisor_threads": "threads"}
+_TOML_KEY = {
+    "hypervisor_uri": "uri",
+    "hypervisor_threads": "threads",
+    "tls_listen": "listen",
+    "tls_cert": "cert",
+    "tls_key": "key",
+    "tls_ca": "ca",
+    "tls_crl": "crl",
+    "tls_handshake_timeout_s": "handshake_timeout_s",
+}
 _TYPES = {f.name: f.type for f in fields(Config)}
-_EMPTY_OK = {"dedicated_cpus", "shared_cpus"}  # cpusets: empty means none / the rest
+_CPUSETS = {"dedicated_cpus", "shared_cpus"}  # empty means none / the rest
+_EMPTY_OK = _CPUSETS | {"tls_listen", "tls_cert", "tls_key", "tls_ca", "tls_crl"}
 _ZERO_OK = {"reserved_memory_mib"}
 
 
@@ -113,7 +135,7 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"domain_type must be one of {', '.join(DOMAIN_TYPES)}")
     if name == "log_format" and value not in LOG_FORMATS:
         raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
-    if name in _EMPTY_OK:
+    if name in _CPUSETS:
         try:
             parse_cpuset(value)
         except ValueError as exc:
@@ -181,4 +203,13 @@ def load(args: argparse.Namespace) -> Config:
         for name in FIELDS
         if getattr(args, name, None) is not None
     }
-    return replace(config, **overrides)
+    return check(replace(config, **overrides))
+
+
+def check(config: Config) -> Config:
+    """Rules that span keys."""
+    if config.tls_listen:
+        missing = [k for k in ("tls_cert", "tls_key", "tls_ca") if not getattr(config, k)]
+        if missing:
+            raise ConfigError(f"[tls] listen needs {', '.join(m[4:] for m in missing)}")
+    return config

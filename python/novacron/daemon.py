@@ -1,8 +1,9 @@
 """``novacrond``: builds the service tree and runs it under trio.
 
-Start order: state store -> hypervisor connection, storage pool and reconcile ->
-libvirt events -> RPC listener -> ``READY=1``. SIGTERM/SIGINT: stop accepting, let
-in-flight calls finish within ``shutdown_grace_s``, close, exit 0.
+Start order: state store -> hypervisor connection, storage pool, placement and
+reconcile -> libvirt events -> RPC listeners (Unix socket, then TLS if configured) ->
+``READY=1``. SIGTERM/SIGINT: stop accepting, let in-flight calls finish within
+``shutdown_grace_s``, close, exit 0. SIGHUP: reload TLS material (certificates, CRL).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import trio
 from novacron import __version__, errors, logs, systemd
 from novacron import config as config_mod
 from novacron.api import Services, build_registry
+from novacron.auth.audit import AuditLog
+from novacron.auth.bindings import Bindings
 from novacron.config import Config, ConfigError
 from novacron.eventbus import EventBus
 from novacron.logs import kv
+from novacron.server.tls import TlsConfigError, TlsServer, bind_tcp
 from novacron.server.unix import SocketInUse, UnixServer, bind_unix
 from novacron.state.db import StateStore
 from novacron.vm.driver import Hypervisor
@@ -42,6 +46,15 @@ def prepare_dirs(config: Config) -> None:
         os.chmod(sub, 0o711)  # noqa: S103 - no read bit for others
     if config.dev:
         config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def tls_material(config: Config) -> tuple[Path, Path, Path, Path | None]:
+    return (
+        Path(config.tls_cert),
+        Path(config.tls_key),
+        Path(config.tls_ca),
+        Path(config.tls_crl) if config.tls_crl else None,
+    )
 
 
 def open_store(path: Path) -> StateStore:
@@ -90,16 +103,36 @@ async def serve(config: Config) -> None:
     hv = Hypervisor(config.hypervisor_uri, config.domain_type)
     vms = VmService(config, hv, store)
     bus = EventBus()
-    services = Services(config=config, vms=vms, bus=bus)
+    bindings = Bindings(store, vms.db_pool)
+    services = Services(
+        config=config, vms=vms, bus=bus, bindings=bindings, audit=AuditLog(store, vms.db_pool)
+    )
+    tls_sock = None
     try:
+        await bindings.load()
         registry = build_registry(services)
+        tls = None
+        if config.tls_listen:
+            tls_sock = bind_tcp(config.tls_listen)
+            tls = TlsServer(
+                tls_sock,
+                registry,
+                bus,
+                tls_material(config),
+                config.tls_handshake_timeout_s,
+                config.max_message_bytes,
+                config.max_inflight_per_connection,
+            )
+            services.tls = tls
 
         passed = systemd.listen_fds()
         sock = passed[0] if passed else bind_unix(config.socket, config.socket_group)
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        watched = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        with trio.open_signal_receiver(*watched) as signals:
             async with trio.open_nursery() as root:
                 await root.start(attach_hypervisor, services)
-                await root.start(LibvirtEvents(hv, bus, vms.managed.__contains__).run)
+                events = LibvirtEvents(hv, bus, vms.managed.__contains__, vms.records.tenant_of)
+                await root.start(events.run)
                 server = UnixServer(
                     sock,
                     registry,
@@ -107,8 +140,11 @@ async def serve(config: Config) -> None:
                     config.socket_group,
                     config.max_message_bytes,
                     config.max_inflight_per_connection,
+                    bindings,
                 )
                 await root.start(server.run)
+                if tls is not None:
+                    await root.start(tls.run)
                 interval = systemd.watchdog_interval()
                 if interval:
                     root.start_soon(systemd.watchdog, interval)
@@ -125,10 +161,17 @@ async def serve(config: Config) -> None:
                     ),
                 )
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        if tls is not None:
+                            tls.reload()
+                        continue
                     log.info("daemon.stopping", extra=kv(signal=signal.Signals(signum).name))
                     break
                 systemd.notify("STOPPING=1")
-                await server.shutdown(config.shutdown_grace_s)
+                async with trio.open_nursery() as draining:
+                    draining.start_soon(server.shutdown, config.shutdown_grace_s)
+                    if tls is not None:
+                        draining.start_soon(tls.shutdown, config.shutdown_grace_s)
                 root.cancel_scope.cancel()
         if not passed:
             config.socket.unlink(missing_ok=True)
@@ -155,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
     except SocketInUse as exc:
         log.error("daemon.socket_in_use", extra=kv(detail=str(exc)))
         return 1
+    except TlsConfigError as exc:
+        log.error("daemon.tls_unusable", extra=kv(error=str(exc)))
+        print(f"novacrond: TLS configuration error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         log.error("daemon.failed", extra=kv(error=str(exc)))
         return 1

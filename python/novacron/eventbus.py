@@ -15,14 +15,23 @@ Event = dict[str, Any]
 
 
 class Subscription:
-    def __init__(self, bus: EventBus, topics: frozenset[str] | None, buffer: int) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        topics: frozenset[str] | None,
+        buffer: int,
+        tenants: frozenset[str] | None = None,
+    ) -> None:
         self._bus = bus
         self.topics = topics
+        self.tenants = tenants  # None: every event; else only events of these tenants
         self._send, self._recv = trio.open_memory_channel[Event](buffer)
         self.lost = 0
 
     def wants(self, event: Event) -> bool:
-        return self.topics is None or event.get("topic") in self.topics
+        if self.topics is not None and event.get("topic") not in self.topics:
+            return False
+        return self.tenants is None or event.get("tenant") in self.tenants
 
     def offer(self, event: Event) -> None:
         try:
@@ -49,8 +58,13 @@ class EventBus:
         self._subscribers: set[Subscription] = set()
         self.published = 0
 
-    def subscribe(self, topics: frozenset[str] | None = None, buffer: int = 1024) -> Subscription:
-        sub = Subscription(self, topics, buffer)
+    def subscribe(
+        self,
+        topics: frozenset[str] | None = None,
+        buffer: int = 1024,
+        tenants: frozenset[str] | None = None,
+    ) -> Subscription:
+        sub = Subscription(self, topics, buffer, tenants)
         self._subscribers.add(sub)
         return sub
 

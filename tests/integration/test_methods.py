@@ -168,6 +168,7 @@ def test_failed_duplicate_create_keeps_the_original_managed(daemon: Daemon) -> N
         assert next(events) == {
             "topic": "vm.state",
             "vm": "dup",
+            "tenant": "default",
             "state": "running",
             "reason": "booted",
         }

@@ -35,16 +35,45 @@ def test_table_has_no_stale_entries(tmp_path: Path) -> None:
     assert set(policy.METHOD_PERMISSIONS) == registry_methods(tmp_path)
 
 
-identities = st.builds(
-    Identity,
-    kind=st.just("unix"),
-    user=st.text(min_size=1, max_size=5),
-    roles=st.frozensets(st.sampled_from(["admin", "viewer", "nobody"]), max_size=2),
+ROLES = ["admin", "operator", "viewer", "node", "nobody"]
+TENANTS = ["acme", "globex", "initech"]
+
+
+@st.composite
+def identities(draw: st.DrawFn) -> Identity:
+    roles = draw(st.frozensets(st.sampled_from(ROLES), max_size=2))
+    tenants = draw(st.frozensets(st.sampled_from(TENANTS), max_size=2))
+    return Identity(
+        kind=draw(st.sampled_from(["unix", "tls"])),
+        user="u",
+        roles=roles,
+        tenants=None if "admin" in roles else tenants,
+    )
+
+
+EXPECTED_GRANTS = {  # written from the role list, independently of ROLE_GRANTS
+    "admin": {"public", "read", "write", "admin", "node"},
+    "operator": {"public", "read", "write"},
+    "viewer": {"public", "read"},
+    "node": {"public", "node"},
+}
+
+
+@given(
+    identities(),
+    st.sampled_from([*sorted(policy.METHOD_PERMISSIONS), "vm.nuke", "x"]),
+    st.one_of(st.none(), st.sampled_from(TENANTS)),
 )
-
-
-@given(identities, st.sampled_from([*sorted(policy.METHOD_PERMISSIONS), "vm.nuke", "x"]))
-def test_decision_matches_table(identity: Identity, method: str) -> None:
+def test_authorisation_matrix(identity: Identity, method: str, target: str | None) -> None:
     needed = policy.METHOD_PERMISSIONS.get(method)
-    expected = needed is not None and (needed == policy.PUBLIC or "admin" in identity.roles)
-    assert policy.allowed(identity, method) is expected
+    granted = set().union(*(EXPECTED_GRANTS.get(r, set()) for r in identity.roles)) | {"public"}
+    decision = policy.decide(identity, method, target)
+    if needed is None or needed not in granted:
+        assert decision == "permission_denied"
+    elif target is not None and identity.tenants is not None and target not in identity.tenants:
+        assert decision == "not_found"  # cross-tenant access never succeeds
+    else:
+        assert decision == "allow"
+    if decision == "allow" and target is not None:
+        assert "admin" in identity.roles or target in (identity.tenants or ())
+    assert policy.allowed(identity, method) is (decision != "permission_denied")

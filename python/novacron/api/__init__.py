@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from novacron.api import session, vm
+from novacron.api import auth, session, vm
 from novacron.api.services import Services
 from novacron.rpc.dispatch import Registry
 
@@ -11,6 +11,8 @@ def build_registry(services: Services) -> Registry:
     registry = Registry()
     session.register(registry, services)
     vm.register(registry, services)
+    auth.register(registry, services)
+    registry.audit = services.audit
     return registry
 
 

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from novacron.auth.audit import AuditLog
+from novacron.auth.bindings import Bindings
 from novacron.config import Config
 from novacron.eventbus import EventBus
 from novacron.vm.service import VmService
+
+
+class TlsControl(Protocol):
+    """What ``tls.reload`` needs from the TLS listener."""
+
+    def reload(self) -> dict[str, Any]: ...
 
 
 @dataclass
@@ -16,6 +24,9 @@ class Services:
     config: Config
     vms: VmService
     bus: EventBus
+    bindings: Bindings | None = None
+    audit: AuditLog | None = None
+    tls: TlsControl | None = None
     started_at: float = field(default_factory=time.time)
     reconcile_findings: list[dict[str, Any]] = field(default_factory=list)
     hypervisor_ready: bool = False

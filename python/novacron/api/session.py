@@ -66,7 +66,8 @@ def register(registry: Registry, services: Services) -> None:
             raise Conflict("this connection is already subscribed")
         if ctx.bus is None or ctx.on_subscribe is None:
             raise Conflict("this connection cannot receive events")
-        ctx.subscription = ctx.bus.subscribe(topics)
+        # a caller sees only events of the tenants it sees
+        ctx.subscription = ctx.bus.subscribe(topics, tenants=ctx.identity.tenants)
         ctx.on_subscribe(ctx.subscription)
         return {"subscribed": True, "topics": sorted(topics or TOPICS)}
 

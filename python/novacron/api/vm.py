@@ -1,10 +1,17 @@
-"""``vm.*`` methods: thin argument checking over :class:`novacron.vm.service.VmService`."""
+"""``vm.*`` methods: argument checking and tenant scoping over :class:`VmService`.
+
+A VM of a tenant the caller does not see answers ``not_found``, exactly as a VM that
+does not exist (its existence is not revealed); ``vm.list`` shows only visible VMs.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from novacron.api.services import Services
+from novacron.auth.policy import check_tenant
+from novacron.errors import PermissionDenied
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
 from novacron.vm.spec import parse_create
@@ -15,31 +22,48 @@ MAX_SHUTDOWN_TIMEOUT_S = 3600.0
 def register(registry: Registry, services: Services) -> None:
     vms = services.vms
 
+    async def visible(ctx: CallContext, name: str) -> str:
+        """``name`` if the VM exists in a tenant the caller sees, else ``not_found``."""
+        rec = await vms.record(name)
+        check_tenant(ctx.identity, rec.tenant, "vm", name)
+        ctx.tenant = rec.tenant
+        return name
+
     @registry.method("vm.create")
     async def create(ctx: CallContext, p: Params) -> dict[str, Any]:
         """Define a VM (and its new disks); start it when ``start`` is true."""
+        tenants = ctx.identity.tenants
+        tenant_given = p.given("tenant")
         spec, start = parse_create(p)
+        if not tenant_given and tenants is not None and len(tenants) == 1:
+            spec = replace(spec, tenant=next(iter(tenants)))  # the caller's only tenant
+        ctx.tenant = spec.tenant
+        if not ctx.identity.sees(spec.tenant):
+            raise PermissionDenied(
+                f"{ctx.identity.user} may not create VMs in tenant {spec.tenant!r}",
+                {"tenant": spec.tenant},
+            )
         return await vms.create(spec, start)
 
     @registry.method("vm.list")
     async def list_(ctx: CallContext, p: Params) -> list[dict[str, Any]]:
-        """Every managed VM, optionally of one tenant."""
+        """Every managed VM the caller may see, optionally of one tenant."""
         tenant = p.opt_name("tenant")
         p.done()
-        return await vms.list_vms(tenant)
+        return [vm for vm in await vms.list_vms(tenant) if ctx.identity.sees(str(vm["tenant"]))]
 
     @registry.method("vm.get")
     async def get(ctx: CallContext, p: Params) -> dict[str, Any]:
         """One VM with its disks and console log."""
         name = p.name()
         p.done()
-        return await vms.get(name)
+        return await vms.get(await visible(ctx, name))
 
     def simple(method: str, action: Any, summary: str) -> None:
         async def handler(ctx: CallContext, p: Params) -> dict[str, Any]:
             name = p.name()
             p.done()
-            result: dict[str, Any] = await action(name)
+            result: dict[str, Any] = await action(await visible(ctx, name))
             return result
 
         handler.__doc__ = summary
@@ -58,7 +82,7 @@ def register(registry: Registry, services: Services) -> None:
         timeout_s = p.number("timeout_s", 0, MAX_SHUTDOWN_TIMEOUT_S, default=60.0)
         force = p.flag("force")
         p.done()
-        return await vms.shutdown(name, timeout_s, force)
+        return await vms.shutdown(await visible(ctx, name), timeout_s, force)
 
     @registry.method("vm.delete")
     async def delete(ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -67,7 +91,7 @@ def register(registry: Registry, services: Services) -> None:
         force = p.flag("force")
         keep_disks = p.flag("keep_disks")
         p.done()
-        return await vms.delete(name, force, keep_disks)
+        return await vms.delete(await visible(ctx, name), force, keep_disks)
 
     @registry.method("vm.snapshot.create")
     async def snapshot_create(ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -76,14 +100,14 @@ def register(registry: Registry, services: Services) -> None:
         snapshot = p.name("name")
         description = p.text("description", default="", max_len=1024)
         p.done()
-        return await vms.snapshot_create(name, snapshot, description)
+        return await vms.snapshot_create(await visible(ctx, name), snapshot, description)
 
     @registry.method("vm.snapshot.list")
     async def snapshot_list(ctx: CallContext, p: Params) -> list[dict[str, Any]]:
         """A VM's snapshots, oldest first."""
         name = p.name("vm")
         p.done()
-        return await vms.snapshot_list(name)
+        return await vms.snapshot_list(await visible(ctx, name))
 
     @registry.method("vm.snapshot.revert")
     async def snapshot_revert(ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -91,7 +115,7 @@ def register(registry: Registry, services: Services) -> None:
         name = p.name("vm")
         snapshot = p.name("name")
         p.done()
-        return await vms.snapshot_revert(name, snapshot)
+        return await vms.snapshot_revert(await visible(ctx, name), snapshot)
 
     @registry.method("vm.snapshot.delete")
     async def snapshot_delete(ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -99,4 +123,4 @@ def register(registry: Registry, services: Services) -> None:
         name = p.name("vm")
         snapshot = p.name("name")
         p.done()
-        return await vms.snapshot_delete(name, snapshot)
+        return await vms.snapshot_delete(await visible(ctx, name), snapshot)

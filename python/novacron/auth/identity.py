@@ -1,10 +1,14 @@
-"""Caller identities.
+"""Caller identities: who is calling, with which roles, within which tenants.
 
 On the Unix socket the identity is the peer's uid/gid/pid from ``SO_PEERCRED``; the
-kernel vouches for it, so no password or token is involved. A local caller is trusted
-(``admin``) when it is root, the daemon's own user, or a member of the socket group
-(``novacron`` by default); anyone else may only say hello. Full RBAC with roles and
-tenants arrives with the TLS listener.
+kernel vouches for it, so no password or token is involved. A local caller is ``admin``
+when it is root, the daemon's own user, or a member of the socket group (``novacron``
+by default); anyone else gets only what a role binding in the state store gives it
+(:mod:`novacron.auth.bindings`). On TLS the identity is the verified client
+certificate: its CN, and the roles and tenants it carries (:mod:`novacron.pki.names`).
+
+``tenants`` is None for identities that see every tenant (``admin``), else the set of
+tenants the caller may see; objects of other tenants do not exist for it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from novacron.pki.names import CertIdentity
+
 _PEERCRED = struct.Struct("3i")
 
 
@@ -30,6 +36,16 @@ class Identity:
     pid: int | None = None
     groups: tuple[str, ...] = ()
     roles: frozenset[str] = field(default_factory=frozenset)
+    tenants: frozenset[str] | None = frozenset()
+    serial: int | None = None  # the client certificate's serial (TLS)
+
+    @property
+    def principal(self) -> str:
+        """A stable name for logs, audit and rate limits: ``unix:alice``, ``tls:web-ci``."""
+        return f"{self.kind}:{self.user}"
+
+    def sees(self, tenant: str) -> bool:
+        return self.tenants is None or tenant in self.tenants
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -40,6 +56,7 @@ class Identity:
             "pid": self.pid,
             "groups": list(self.groups),
             "roles": sorted(self.roles),
+            "tenants": None if self.tenants is None else sorted(self.tenants),
         }
 
 
@@ -79,4 +96,16 @@ def unix_identity(pid: int, uid: int, gid: int, admin_group: str) -> Identity:
         pid=pid,
         groups=groups,
         roles=frozenset({"admin"}) if trusted else frozenset(),
+        tenants=None if trusted else frozenset(),
+    )
+
+
+def tls_identity(cert: CertIdentity) -> Identity:
+    """The identity a verified client certificate carries; ``admin`` sees every tenant."""
+    return Identity(
+        kind="tls",
+        user=cert.name,
+        roles=cert.roles,
+        tenants=None if "admin" in cert.roles else cert.tenants,
+        serial=cert.serial,
     )

@@ -1,8 +1,16 @@
-"""The one table of what each method needs, and the decision.
+"""The one table of what each method needs, and the one decision.
 
-Every registered method must appear here (a unit test enforces it); a method missing
-from the table is denied. ``public`` methods need no role; ``read`` and ``write`` need
-the ``admin`` role until roles and tenants arrive with the TLS listener.
+Every registered method must appear in :data:`METHOD_PERMISSIONS` (a unit test
+enforces it); a method missing from the table is denied. Roles grant permissions:
+
+* ``admin`` — everything, in every tenant;
+* ``operator`` — ``read`` and ``write`` (VM and network operations) within its tenants;
+* ``viewer`` — ``read`` within its tenants;
+* ``node`` — ``node`` (daemon-to-daemon calls) and nothing else.
+
+``public`` needs no role. Tenant scoping is the second half of the decision: handlers
+resolve the object first and treat an object of a tenant the caller does not see as
+absent (``not_found``), see :func:`check_tenant`.
 """
 
 from __future__ import annotations
@@ -10,14 +18,18 @@ from __future__ import annotations
 from typing import Final
 
 from novacron.auth.identity import Identity
-from novacron.errors import PermissionDenied
+from novacron.errors import NotFound, PermissionDenied
 
 PUBLIC: Final = "public"
 READ: Final = "read"
 WRITE: Final = "write"
+ADMIN: Final = "admin"
+NODE: Final = "node"
+PERMISSIONS: Final = (PUBLIC, READ, WRITE, ADMIN, NODE)
 
 METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "session.hello": PUBLIC,
+    "auth.whoami": PUBLIC,
     "node.info": READ,
     "events.subscribe": READ,
     "events.unsubscribe": READ,
@@ -35,11 +47,24 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "vm.snapshot.create": WRITE,
     "vm.snapshot.revert": WRITE,
     "vm.snapshot.delete": WRITE,
+    "auth.bind": ADMIN,
+    "auth.unbind": ADMIN,
+    "auth.bindings": ADMIN,
+    "audit.tail": ADMIN,
+    "audit.verify": ADMIN,
+    "tls.reload": ADMIN,
 }
 
 ROLE_GRANTS: Final[dict[str, frozenset[str]]] = {
-    "admin": frozenset({PUBLIC, READ, WRITE}),
+    "admin": frozenset({PUBLIC, READ, WRITE, ADMIN, NODE}),
+    "operator": frozenset({PUBLIC, READ, WRITE}),
+    "viewer": frozenset({PUBLIC, READ}),
+    "node": frozenset({PUBLIC, NODE}),
 }
+ROLES: Final = tuple(ROLE_GRANTS)
+
+# calls that change state (and so are audited even when they succeed)
+CHANGES: Final = frozenset({WRITE, ADMIN})
 
 
 def allowed(identity: Identity, method: str) -> bool:
@@ -57,3 +82,24 @@ def authorize(identity: Identity, method: str) -> None:
             f"{identity.user} may not call {method}",
             {"method": method, "user": identity.user},
         )
+
+
+def changes_state(method: str) -> bool:
+    return METHOD_PERMISSIONS.get(method) in CHANGES
+
+
+def check_tenant(identity: Identity, tenant: str, what: str, name: str) -> None:
+    """An object of a tenant the caller does not see is reported as not existing."""
+    if not identity.sees(tenant):
+        raise NotFound(f"{what} {name!r} not found", {what: name})
+
+
+def decide(identity: Identity, method: str, target_tenant: str | None) -> str:
+    """The whole decision for a call on an object of ``target_tenant`` (None: no object):
+    ``"allow"``, ``"permission_denied"`` (the role lacks the permission) or ``"not_found"``
+    (the object is in a tenant the caller does not see)."""
+    if not allowed(identity, method):
+        return "permission_denied"
+    if target_tenant is not None and not identity.sees(target_tenant):
+        return "not_found"
+    return "allow"

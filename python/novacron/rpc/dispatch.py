@@ -22,19 +22,56 @@ from novacron.rpc.codec import Request, named_params
 from novacron.rpc.params import Params
 
 if TYPE_CHECKING:
+    from novacron.auth.audit import AuditLog
     from novacron.eventbus import EventBus, Subscription
 
 log = logging.getLogger("novacron.rpc")
 
 
-class CallContext:
-    """What a handler knows about its caller and connection."""
+class _ConnectionState:
+    """What the calls of one connection share (its event subscription)."""
 
-    def __init__(self, identity: Identity, bus: EventBus | None = None) -> None:
-        self.identity = identity
-        self.bus = bus
+    def __init__(self) -> None:
         self.subscription: Subscription | None = None
         self.on_subscribe: Callable[[Subscription], None] | None = None
+
+
+class CallContext:
+    """What a handler knows about its caller and connection.
+
+    One per connection; :meth:`for_call` gives each call its own copy (calls of one
+    connection run concurrently) that shares the connection's subscription state.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        bus: EventBus | None = None,
+        _shared: _ConnectionState | None = None,
+    ) -> None:
+        self.identity = identity
+        self.bus = bus
+        self._shared = _shared or _ConnectionState()
+        self.tenant: str | None = None  # the tenant a call acted on (for the audit log)
+
+    def for_call(self) -> CallContext:
+        return CallContext(self.identity, self.bus, self._shared)
+
+    @property
+    def subscription(self) -> Subscription | None:
+        return self._shared.subscription
+
+    @subscription.setter
+    def subscription(self, value: Subscription | None) -> None:
+        self._shared.subscription = value
+
+    @property
+    def on_subscribe(self) -> Callable[[Subscription], None] | None:
+        return self._shared.on_subscribe
+
+    @on_subscribe.setter
+    def on_subscribe(self, value: Callable[[Subscription], None] | None) -> None:
+        self._shared.on_subscribe = value
 
 
 Handler = Callable[[CallContext, Params], Awaitable[Any]]
@@ -50,6 +87,7 @@ class Method:
 class Registry:
     def __init__(self) -> None:
         self.methods: dict[str, Method] = {}
+        self.audit: AuditLog | None = None
 
     def method(self, name: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
@@ -62,7 +100,22 @@ class Registry:
         return register
 
     async def call(self, ctx: CallContext, request: Request) -> tuple[dict[str, Any] | None, Any]:
-        """Runs one request; returns (error map or None, result)."""
+        """Runs one request; returns (error map or None, result).
+
+        Calls that change state, and every refused call, are appended to the audit log
+        with their outcome before the answer goes out.
+        """
+        ctx = ctx.for_call()
+        error, result = await self._run(ctx, request)
+        if self.audit is not None:
+            outcome = "ok" if error is None else str(error["code"])
+            if outcome == "permission_denied" or policy.changes_state(request.method):
+                await self.audit.record(
+                    ctx.identity, request.method, request.params, outcome, ctx.tenant
+                )
+        return error, result
+
+    async def _run(self, ctx: CallContext, request: Request) -> tuple[dict[str, Any] | None, Any]:
         try:
             method = self.methods.get(request.method)
             if method is None:

@@ -59,6 +59,10 @@ class Params:
         self._args = args
         self._seen: set[str] = set()
 
+    def given(self, key: str) -> bool:
+        """Whether the caller passed ``key`` (with a non-nil value)."""
+        return self._args.get(key) is not None
+
     def _get(self, key: str, required: bool) -> Any:
         self._seen.add(key)
         if key not in self._args or self._args[key] is None:

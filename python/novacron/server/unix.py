@@ -1,4 +1,4 @@
-"""The Unix socket listener: bind (or take the systemd-passed socket), accept, identify.
+"""The Unix socket listener: bind (or take the systemd-passed socket), identify by peer.
 
 The socket file is created under a temporary name, given mode 0660 and the admin group,
 then renamed into place, so it is never reachable with looser permissions.
@@ -6,7 +6,6 @@ then renamed into place, so it is never reachable with looser permissions.
 
 from __future__ import annotations
 
-import errno
 import grp
 import logging
 import os
@@ -15,11 +14,12 @@ from pathlib import Path
 
 import trio
 
-from novacron.auth.identity import peer_credentials, unix_identity
+from novacron.auth.bindings import Bindings
+from novacron.auth.identity import Identity, peer_credentials, unix_identity
 from novacron.eventbus import EventBus
 from novacron.logs import kv
 from novacron.rpc.dispatch import Registry
-from novacron.server.connection import Connection
+from novacron.server.listener import Listener
 
 log = logging.getLogger("novacron.server")
 
@@ -64,7 +64,9 @@ def bind_unix(path: Path, group: str) -> socket.socket:
     return sock
 
 
-class UnixServer:
+class UnixServer(Listener):
+    """Callers identified by ``SO_PEERCRED`` (uid/gid → user, groups, roles)."""
+
     def __init__(
         self,
         sock: socket.socket,
@@ -73,68 +75,18 @@ class UnixServer:
         admin_group: str,
         max_message: int,
         max_inflight: int,
+        bindings: Bindings | None = None,
     ) -> None:
-        self._sock = trio.socket.from_stdlib_socket(sock)
-        self._registry = registry
-        self._bus = bus
+        super().__init__(
+            trio.socket.from_stdlib_socket(sock), registry, bus, max_message, max_inflight
+        )
         self._admin_group = admin_group
-        self._max_message = max_message
-        self._max_inflight = max_inflight
-        self._connections: set[Connection] = set()
-        self._accept_scope = trio.CancelScope()
-        self._conn_scope: trio.CancelScope | None = None
-        self._drained = trio.Event()
+        self._bindings = bindings
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            async with trio.open_nursery() as conns:
-                self._conn_scope = conns.cancel_scope
-                with self._accept_scope:
-                    task_status.started()
-                    await self._accept_loop(conns)
-        finally:
-            self._sock.close()
-            self._drained.set()
-
-    async def _accept_loop(self, conns: trio.Nursery) -> None:
-        while True:
-            try:
-                raw, _ = await self._sock.accept()
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("socket.accept_failed", extra=kv(error=exc.strerror))
-                    await trio.sleep(0.1)
-                    continue
-                raise
-            conns.start_soon(self._handle, trio.SocketStream(raw))
-
-    async def _handle(self, stream: trio.SocketStream) -> None:
+    async def open(self, raw: trio.socket.SocketType) -> tuple[trio.abc.Stream, Identity] | None:
+        stream = trio.SocketStream(raw)
         pid, uid, gid = peer_credentials(stream.socket)  # type: ignore[arg-type]
         identity = await trio.to_thread.run_sync(unix_identity, pid, uid, gid, self._admin_group)
-        conn = Connection(
-            stream,
-            identity,
-            self._registry,
-            self._bus,
-            self._max_message,
-            self._max_inflight,
-        )
-        self._connections.add(conn)
-        if self._accept_scope.cancel_called:
-            conn.stop_reading()  # accepted just before shutdown began
-        try:
-            await conn.serve()
-        finally:
-            self._connections.discard(conn)
-
-    async def shutdown(self, grace_s: float) -> None:
-        """Stop accepting, let in-flight calls finish within ``grace_s``, then cut the rest."""
-        self._accept_scope.cancel()
-        for conn in list(self._connections):
-            conn.stop_reading()
-        with trio.move_on_after(grace_s):
-            await self._drained.wait()
-        if not self._drained.is_set() and self._conn_scope is not None:
-            log.warning("shutdown.grace_expired", extra=kv(open=len(self._connections)))
-            self._conn_scope.cancel()
-            await self._drained.wait()
+        if self._bindings is not None:
+            identity = self._bindings.apply(identity)
+        return stream, identity

@@ -7,6 +7,7 @@ a crash leaves either the old or the new row, never half of one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 import time
@@ -16,6 +17,23 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+GENESIS = "0" * 64
+
+
+def audit_hash(entry: dict[str, Any]) -> str:
+    """sha256 over an audit entry's fields (canonical JSON) and its predecessor's hash."""
+    fields = [
+        entry["id"],
+        entry["ts"],
+        entry["principal"],
+        entry["tenant"],
+        entry["method"],
+        entry["params_digest"],
+        entry["outcome"],
+        entry["prev_hash"],
+    ]
+    return hashlib.sha256(json.dumps(fields, separators=(",", ":")).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -152,6 +170,75 @@ class StateStore:
     def delete_vm(self, name: str) -> bool:
         with self._tx() as db:
             return db.execute("DELETE FROM vms WHERE name = ?", (name,)).rowcount > 0
+
+    # -- role bindings -----------------------------------------------------------------
+
+    def list_bindings(self) -> list[tuple[str, str, list[str]]]:
+        rows = self._db.execute(
+            "SELECT principal, role, tenants FROM role_bindings ORDER BY principal"
+        )
+        return [(r["principal"], r["role"], json.loads(r["tenants"])) for r in rows]
+
+    def set_binding(self, principal: str, role: str, tenants: list[str]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO role_bindings (principal, role, tenants, created_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (principal) DO UPDATE SET role = excluded.role,"
+                " tenants = excluded.tenants",
+                (principal, role, json.dumps(sorted(tenants)), time.time()),
+            )
+
+    def delete_binding(self, principal: str) -> bool:
+        with self._tx() as db:
+            return (
+                db.execute("DELETE FROM role_bindings WHERE principal = ?", (principal,)).rowcount
+                > 0
+            )
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def append_audit(
+        self,
+        ts: float,
+        principal: str,
+        tenant: str | None,
+        method: str,
+        params_digest: str,
+        outcome: str,
+    ) -> dict[str, Any]:
+        """Appends one entry chained to the last (in one transaction: no two share a parent)."""
+        with self._tx() as db:
+            last = db.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+            entry: dict[str, Any] = {
+                "id": (last["id"] + 1) if last else 1,
+                "ts": ts,
+                "principal": principal,
+                "tenant": tenant,
+                "method": method,
+                "params_digest": params_digest,
+                "outcome": outcome,
+                "prev_hash": last["hash"] if last else GENESIS,
+            }
+            entry["hash"] = audit_hash(entry)
+            db.execute(
+                "INSERT INTO audit (id, ts, principal, tenant, method, params_digest, outcome,"
+                " prev_hash, hash) VALUES (:id, :ts, :principal, :tenant, :method,"
+                " :params_digest, :outcome, :prev_hash, :hash)",
+                entry,
+            )
+        return entry
+
+    def audit_entries(self, after_id: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM audit WHERE id > ? ORDER BY id"
+        args: tuple[Any, ...] = (after_id,)
+        if limit is not None:
+            sql += " LIMIT ?"
+            args = (after_id, limit)
+        return [dict(r) for r in self._db.execute(sql, args)]
+
+    def audit_tail(self, limit: int) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return [dict(r) for r in reversed(list(rows))]
 
     def integrity_check(self) -> str:
         result: str = self._db.execute("PRAGMA integrity_check").fetchone()[0]

@@ -58,10 +58,17 @@ class _LoopThread:
 class LibvirtEvents:
     """Forwards lifecycle events of managed VMs as ``vm.state`` events."""
 
-    def __init__(self, hv: Hypervisor, bus: EventBus, is_managed: Callable[[str], bool]) -> None:
+    def __init__(
+        self,
+        hv: Hypervisor,
+        bus: EventBus,
+        is_managed: Callable[[str], bool],
+        tenant_of: Callable[[str], str | None] = lambda _name: None,
+    ) -> None:
         self._hv = hv
         self._bus = bus
         self._is_managed = is_managed
+        self._tenant_of = tenant_of
         self.received = 0
         self.dropped = 0
 
@@ -120,7 +127,15 @@ class LibvirtEvents:
             if not self._is_managed(name):
                 continue
             state, reason = states.event_names(event, detail)
-            self._bus.publish({"topic": "vm.state", "vm": name, "state": state, "reason": reason})
+            self._bus.publish(
+                {
+                    "topic": "vm.state",
+                    "vm": name,
+                    "tenant": self._tenant_of(name),
+                    "state": state,
+                    "reason": reason,
+                }
+            )
 
     def statistics(self) -> dict[str, int]:
         return {"received": self.received, "dropped": self.dropped}

@@ -1,0 +1,1 @@
+"""NovaCron's small certificate authority and the identity carried in certificates."""

@@ -1,0 +1,109 @@
+"""What every listener does: accept, identify, serve connections, drain on shutdown.
+
+Subclasses say how a fresh socket becomes a stream and an identity (:meth:`Listener.open`):
+peer credentials on the Unix socket, a TLS handshake and a client certificate on TCP.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+import trio
+
+from novacron.auth.identity import Identity
+from novacron.eventbus import EventBus
+from novacron.logs import kv
+from novacron.rpc.dispatch import Registry
+from novacron.server.connection import Connection
+
+log = logging.getLogger("novacron.server")
+
+
+class Listener:
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        registry: Registry,
+        bus: EventBus,
+        max_message: int,
+        max_inflight: int,
+    ) -> None:
+        self._sock = sock
+        self._registry = registry
+        self._bus = bus
+        self._max_message = max_message
+        self._max_inflight = max_inflight
+        self._connections: set[Connection] = set()
+        self._accept_scope = trio.CancelScope()
+        self._conn_scope: trio.CancelScope | None = None
+        self._drained = trio.Event()
+
+    async def open(self, raw: trio.socket.SocketType) -> tuple[trio.abc.Stream, Identity] | None:
+        """The stream and the caller's identity, or None to drop the connection."""
+        raise NotImplementedError
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as conns:
+                self._conn_scope = conns.cancel_scope
+                with self._accept_scope:
+                    task_status.started()
+                    await self._accept_loop(conns)
+        finally:
+            self._sock.close()
+            self._drained.set()
+
+    async def _accept_loop(self, conns: trio.Nursery) -> None:
+        while True:
+            try:
+                raw, _ = await self._sock.accept()
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("socket.accept_failed", extra=kv(error=exc.strerror))
+                    await trio.sleep(0.1)
+                    continue
+                raise
+            conns.start_soon(self._handle, raw)
+
+    async def _handle(self, raw: trio.socket.SocketType) -> None:
+        try:
+            opened = await self.open(raw)
+        except OSError as exc:  # the peer went away while being identified
+            log.info("connection.dropped", extra=kv(error=exc.strerror or str(exc)))
+            raw.close()
+            return
+        except BaseException:
+            raw.close()
+            raise
+        if opened is None:
+            raw.close()
+            return
+        stream, identity = opened
+        conn = Connection(
+            stream,
+            identity,
+            self._registry,
+            self._bus,
+            self._max_message,
+            self._max_inflight,
+        )
+        self._connections.add(conn)
+        if self._accept_scope.cancel_called:
+            conn.stop_reading()  # accepted just before shutdown began
+        try:
+            await conn.serve()
+        finally:
+            self._connections.discard(conn)
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop accepting, let in-flight calls finish within ``grace_s``, then cut the rest."""
+        self._accept_scope.cancel()
+        for conn in list(self._connections):
+            conn.stop_reading()
+        with trio.move_on_after(grace_s):
+            await self._drained.wait()
+        if not self._drained.is_set() and self._conn_scope is not None:
+            log.warning("shutdown.grace_expired", extra=kv(open=len(self._connections)))
+            self._conn_scope.cancel()
+            await self._drained.wait()
