@@ -1,6 +1,7 @@
 """Clients for plugins and scripts: :func:`connect` (trio) and :class:`SyncClient`.
 
-Both speak MessagePack-RPC over the daemon's Unix socket and raise the
+Both speak MessagePack-RPC over the daemon's Unix socket, or over mutual TLS to its
+TCP listener (:func:`connect_tls`, :meth:`SyncClient.tls`), and raise the
 :mod:`novacron.errors` class matching the error code the daemon sent::
 
     async with novacron.client.connect() as nc:
@@ -8,6 +9,9 @@ Both speak MessagePack-RPC over the daemon's Unix socket and raise the
 
     with novacron.client.SyncClient() as nc:
         nc.call("vm.start", name="web1")
+
+    with SyncClient.tls("node1:7443", TlsFiles(cert, key, ca)) as nc:
+        nc.call("auth.whoami")
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from __future__ import annotations
 import itertools
 import math
 import socket
+import ssl
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -29,6 +35,33 @@ from novacron import errors, paths
 from novacron.rpc import codec
 
 READ_SIZE = 256 * 1024
+CONNECT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The client's certificate and key, and the cluster CA that signed the daemon's."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        try:
+            ctx.load_cert_chain(self.cert, self.key)
+            ctx.load_verify_locations(cafile=str(self.ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise errors.InvalidParams(f"TLS files unusable: {exc}") from None
+        return ctx
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise errors.InvalidParams(f"address {address!r} is not host:port")
+    return host.strip("[]"), int(port)
 
 
 def _params(params: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +186,39 @@ async def connect(
             nursery.cancel_scope.cancel()
 
 
+@asynccontextmanager
+async def connect_tls(
+    address: str,
+    files: TlsFiles,
+    server_name: str | None = None,
+    max_message: int = codec.DEFAULT_MAX_MESSAGE,
+) -> AsyncIterator[Client]:
+    """Opens a trio client on a daemon's TLS listener (``host:port``).
+
+    ``server_name`` is the name the daemon's node certificate must carry (default: the
+    host part of ``address``).
+    """
+    host, port = split_address(address)
+    try:
+        tcp = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise errors.Unavailable(f"cannot connect to {address}: {exc.strerror}") from None
+    stream = trio.SSLStream(tcp, files.context(), server_hostname=server_name or host)
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT_S):
+            await stream.do_handshake()
+    except (trio.BrokenResourceError, trio.TooSlowError) as exc:
+        await trio.aclose_forcefully(stream)
+        raise errors.Unavailable(f"TLS handshake with {address} failed: {exc}") from None
+    async with stream, trio.open_nursery() as nursery:
+        client = Client(stream, max_message)
+        nursery.start_soon(client._reader)
+        try:
+            yield client
+        finally:
+            nursery.cancel_scope.cancel()
+
+
 class SyncClient:
     """A blocking client (one call at a time) for scripts and the CLI."""
 
@@ -161,14 +227,19 @@ class SyncClient:
         path: str | Path | None = None,
         timeout: float | None = None,
         max_message: int = codec.DEFAULT_MAX_MESSAGE,
+        *,
+        sock: socket.socket | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else paths.default_client_socket()
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            self._sock.connect(str(self.path))
-        except OSError as exc:
-            self._sock.close()
-            raise errors.Unavailable(f"cannot connect to {self.path}: {exc.strerror}") from None
+        if sock is not None:
+            self._sock = sock
+        else:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self._sock.connect(str(self.path))
+            except OSError as exc:
+                self._sock.close()
+                raise errors.Unavailable(f"cannot connect to {self.path}: {exc.strerror}") from None
         if timeout is not None:
             # a kernel receive timeout keeps the socket blocking: Python's settimeout()
             # would add a poll() before every recv() (measurable per call)
@@ -180,6 +251,30 @@ class SyncClient:
         self._decoder = codec.Decoder(max_message)
         self._ids = itertools.count(1)
         self._queue: deque[codec.Message] = deque()
+
+    @classmethod
+    def tls(
+        cls,
+        address: str,
+        files: TlsFiles,
+        timeout: float | None = None,
+        server_name: str | None = None,
+        max_message: int = codec.DEFAULT_MAX_MESSAGE,
+    ) -> SyncClient:
+        """A client on a daemon's TLS listener (``host:port``), mutual TLS 1.3."""
+        host, port = split_address(address)
+        context = files.context()
+        try:
+            raw = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
+        except OSError as exc:
+            raise errors.Unavailable(f"cannot connect to {address}: {exc.strerror}") from None
+        try:
+            sock = context.wrap_socket(raw, server_hostname=server_name or host)
+            sock.settimeout(None)
+        except (OSError, ssl.SSLError) as exc:
+            raw.close()
+            raise errors.Unavailable(f"TLS handshake with {address} failed: {exc}") from None
+        return cls(address, timeout, max_message, sock=sock)
 
     def __enter__(self) -> SyncClient:
         return self
@@ -199,8 +294,11 @@ class SyncClient:
         while not self._queue:
             try:
                 data = self._sock.recv(READ_SIZE)
-            except (BlockingIOError, TimeoutError):
+            except (BlockingIOError, TimeoutError, ssl.SSLWantReadError):
                 raise errors.Timeout("no answer from novacrond in time") from None
+            except (ssl.SSLError, ConnectionResetError) as exc:
+                # e.g. the server's alert for a revoked or rejected certificate
+                raise errors.Unavailable(f"connection to novacrond failed: {exc}") from None
             if not data:
                 raise errors.Unavailable("connection to novacrond closed")
             self._queue.extend(self._decoder.feed(data))
@@ -210,7 +308,7 @@ class SyncClient:
         msgid = next(self._ids) % (codec.MAX_MSGID + 1)
         try:
             self._sock.sendall(codec.encode_request(msgid, method, _params(params)))
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             raise self._closed_reason() from None
         held: list[codec.Message] = []
         try:

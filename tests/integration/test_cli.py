@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -119,5 +120,95 @@ def test_topology_and_placement_in_the_cli(tmp_path) -> None:  # type: ignore[no
             d, "vm", "create", "big", "--vcpus", "13", "--cpu-policy", "dedicated", check=False
         )
         assert refused.returncode == 1 and "insufficient_resources" in refused.stderr
+    finally:
+        assert d.stop() in (0, None)
+
+
+def test_ca_certs_and_tls_from_the_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import stat
+
+    from tests.pki_harness import free_port
+
+    ca_dir, out = tmp_path / "ca", tmp_path / "certs"
+    run = [sys.executable, "-m", "novacron.cli.main"]
+    for argv in (
+        ["ca", "init", "--dir", str(ca_dir)],
+        [
+            "cert",
+            "issue",
+            "--ca-dir",
+            str(ca_dir),
+            "--name",
+            "node1",
+            "--role",
+            "node",
+            "--node",
+            "--address",
+            "127.0.0.1",
+            "--out",
+            str(out),
+        ],
+        [
+            "cert",
+            "issue",
+            "--ca-dir",
+            str(ca_dir),
+            "--name",
+            "ops",
+            "--role",
+            "operator",
+            "--tenant",
+            "acme",
+            "--out",
+            str(out),
+        ],
+    ):
+        done = subprocess.run(run + argv, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "PRIVATE KEY" not in done.stdout + done.stderr  # keys are never printed
+    assert stat.S_IMODE((out / "ops.key").stat().st_mode) == 0o600
+    port = free_port()
+    d = Daemon(
+        socket=tmp_path / "run" / "novacrond.sock",
+        state_dir=tmp_path / "state",
+        log=tmp_path / "novacrond.log",
+        extra=[
+            "--tls-listen",
+            f"127.0.0.1:{port}",
+            "--tls-cert",
+            str(out / "node1.crt"),
+            "--tls-key",
+            str(out / "node1.key"),
+            "--tls-ca",
+            str(ca_dir / "ca.crt"),
+            "--tls-crl",
+            str(ca_dir / "crl.pem"),
+        ],
+    ).start()
+    try:
+        tls = [
+            "--tls",
+            f"127.0.0.1:{port}",
+            "--cert",
+            str(out / "ops.crt"),
+            "--key",
+            str(out / "ops.key"),
+            "--ca",
+            str(ca_dir / "ca.crt"),
+            "--server-name",
+            "node1",
+        ]
+        who = json.loads(cli(d, "--json", *tls, "whoami").stdout)
+        assert who["principal"] == "tls:ops" and who["identity"]["tenants"] == ["acme"]
+        assert "operator" in cli(d, *tls, "whoami").stdout
+        listed = json.loads(cli(d, "--json", "cert", "list", "--ca-dir", str(ca_dir)).stdout)
+        assert [c["name"] for c in listed] == ["node1", "ops"]
+        cli(d, "cert", "revoke", "--ca-dir", str(ca_dir), "--name", "ops")
+        d.signal(signal.SIGHUP)  # the daemon reads the new CRL
+        time.sleep(0.5)
+        refused = cli(d, *tls, "whoami", check=False)
+        assert refused.returncode == 3 and "unavailable" in refused.stderr
+        denied = cli(d, *tls, "audit", "tail", check=False)
+        assert denied.returncode == 3
     finally:
         assert d.stop() in (0, None)

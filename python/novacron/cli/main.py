@@ -1,7 +1,8 @@
-"""``novacron``: talk to novacrond over its Unix socket.
+"""``novacron``: talk to novacrond over its Unix socket, or over mutual TLS (``--tls``).
 
 Human tables by default, ``--json`` for scripts. Errors print their code and message
-and exit 1 (2 for usage errors, 3 when the daemon cannot be reached).
+and exit 1 (2 for usage errors, 3 when the daemon cannot be reached). ``ca`` and
+``cert`` work on local files and need no daemon.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from novacron import __version__
-from novacron.cli import node, output, vm
-from novacron.client import SyncClient
-from novacron.errors import NovaCronError, Unavailable
+from novacron.cli import node, output, pki, security, vm
+from novacron.cli.security import AuditBroken
+from novacron.client import SyncClient, TlsFiles
+from novacron.errors import InvalidParams, NovaCronError, Unavailable
 
 Command = Callable[[SyncClient, argparse.Namespace], Any]
 
@@ -30,10 +33,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for answers")
+    env = os.environ.get
+    tls = parser.add_argument_group("mutual TLS (instead of the Unix socket)")
+    tls.add_argument("--tls", default=env("NOVACRON_TLS"), metavar="HOST:PORT")
+    tls.add_argument("--cert", default=env("NOVACRON_CERT"), help="your certificate")
+    tls.add_argument("--key", default=env("NOVACRON_KEY"), help="your private key")
+    tls.add_argument("--ca", default=env("NOVACRON_CA"), help="the cluster CA certificate")
+    tls.add_argument("--server-name", default=env("NOVACRON_SERVER_NAME"), help="node name")
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     node.add_commands(groups)
     vm.add_commands(groups)
+    security.add_commands(groups)
+    pki.add_commands(groups)
     return parser
+
+
+def open_client(args: argparse.Namespace) -> SyncClient:
+    if not args.tls:
+        return SyncClient(args.socket, timeout=args.timeout)
+    if not (args.cert and args.key and args.ca):
+        raise InvalidParams("--tls needs --cert, --key and --ca (or NOVACRON_CERT/KEY/CA)")
+    files = TlsFiles(Path(args.cert), Path(args.key), Path(args.ca))
+    return SyncClient.tls(args.tls, files, timeout=args.timeout, server_name=args.server_name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command: Command = args.run
     try:
-        with SyncClient(args.socket, timeout=args.timeout) as client:
-            result = command(client, args)
+        if getattr(args, "local", False):
+            result = command(None, args)  # type: ignore[arg-type]
+        else:
+            with open_client(args) as client:
+                result = command(client, args)
+    except AuditBroken:
+        return 1
     except Unavailable as exc:
         output.errors.print(f"error: {exc.code}: {exc.message}", highlight=False)
         return 3
