@@ -51,6 +51,8 @@ class Config:
     tls_ca: str = ""
     tls_crl: str = ""
     tls_handshake_timeout_s: float = 5.0
+    rate_limit_per_s: float = 200.0
+    rate_limit_burst: float = 400.0
     dev: bool = False
 
     @property
@@ -87,6 +89,8 @@ FIELDS: dict[str, str] = {
     "tls_ca": "tls",
     "tls_crl": "tls",
     "tls_handshake_timeout_s": "tls",
+    "rate_limit_per_s": "auth",
+    "rate_limit_burst": "auth",
 }
 _TOML_KEY = {
     "hypervisor_uri": "uri",

@@ -76,6 +76,18 @@ class TooLarge(NovaCronError):
     code = "too_large"
 
 
+class RateLimited(NovaCronError):
+    """The caller sent more calls than its rate allows; ``details.retry_after_s`` says when."""
+
+    code = "rate_limited"
+
+
+class QuotaExceeded(NovaCronError):
+    """The tenant's quota (vCPUs, memory or VM count) would be exceeded."""
+
+    code = "quota_exceeded"
+
+
 class InsufficientResources(NovaCronError):
     """The host cannot hold the VM without overcommitting (the message says what is short)."""
 
@@ -120,6 +132,8 @@ ERRORS_BY_CODE: dict[str, type[NovaCronError]] = {
         Timeout,
         TooLarge,
         InsufficientResources,
+        RateLimited,
+        QuotaExceeded,
         Internal,
     )
 }

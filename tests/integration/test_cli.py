@@ -212,3 +212,15 @@ def test_ca_certs_and_tls_from_the_cli(tmp_path) -> None:  # type: ignore[no-unt
         assert denied.returncode == 3
     finally:
         assert d.stop() in (0, None)
+
+
+def test_quota_and_bindings_from_the_cli(daemon: Daemon) -> None:
+    assert "0 / 1" in cli(daemon, "quota", "set", "acme", "--vms", "1").stdout
+    cli(daemon, "vm", "create", "qa", "--tenant", "acme", "--memory", "64")
+    refused = cli(daemon, "vm", "create", "qb", "--tenant", "acme", "--memory", "64", check=False)
+    assert refused.returncode == 1 and "quota_exceeded" in refused.stderr
+    assert "1 / 1" in cli(daemon, "quota", "get", "acme").stdout
+    cli(daemon, "auth", "bind", "group:devs", "--role", "operator", "--tenant", "acme")
+    assert "group:devs" in cli(daemon, "auth", "bindings").stdout
+    who = json.loads(cli(daemon, "--json", "whoami").stdout)
+    assert who["identity"]["tenants"] is None and "admin" in who["identity"]["roles"]

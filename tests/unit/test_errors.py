@@ -17,6 +17,8 @@ CODES = [
     "timeout",
     "too_large",
     "insufficient_resources",
+    "rate_limited",
+    "quota_exceeded",
     "internal",
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from novacron.api import auth, session, vm
 from novacron.api.services import Services
+from novacron.auth.ratelimit import RateLimiter
 from novacron.rpc.dispatch import Registry
 
 
@@ -13,6 +14,10 @@ def build_registry(services: Services) -> Registry:
     vm.register(registry, services)
     auth.register(registry, services)
     registry.audit = services.audit
+    if services.config.rate_limit_per_s > 0:
+        registry.limiter = RateLimiter(
+            services.config.rate_limit_per_s, services.config.rate_limit_burst
+        )
     return registry
 
 

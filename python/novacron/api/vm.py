@@ -14,6 +14,7 @@ from novacron.auth.policy import check_tenant
 from novacron.errors import PermissionDenied
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
+from novacron.vm.quotas import LIMITS, Quota
 from novacron.vm.spec import parse_create
 
 MAX_SHUTDOWN_TIMEOUT_S = 3600.0
@@ -44,6 +45,27 @@ def register(registry: Registry, services: Services) -> None:
                 {"tenant": spec.tenant},
             )
         return await vms.create(spec, start)
+
+    @registry.method("quota.get")
+    async def quota_get(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """A tenant's quota and what its VMs use."""
+        tenant = p.name("tenant")
+        p.done()
+        check_tenant(ctx.identity, tenant, "tenant", tenant)
+        ctx.tenant = tenant
+        return await vms.quotas.report(tenant, await vms.records.all())
+
+    @registry.method("quota.set")
+    async def quota_set(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Set a tenant's limits (omit or nil = no limit)."""
+        tenant = p.name("tenant")
+        limits = {key: p.integer(key, 0, 1 << 40, default=-1) for key in LIMITS}
+        p.done()
+        ctx.tenant = tenant
+        await vms.quotas.set(
+            tenant, Quota(**{k: (None if v < 0 else v) for k, v in limits.items()})
+        )
+        return await vms.quotas.report(tenant, await vms.records.all())
 
     @registry.method("vm.list")
     async def list_(ctx: CallContext, p: Params) -> list[dict[str, Any]]:

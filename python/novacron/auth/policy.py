@@ -53,6 +53,8 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "audit.tail": ADMIN,
     "audit.verify": ADMIN,
     "tls.reload": ADMIN,
+    "quota.get": READ,
+    "quota.set": ADMIN,
 }
 
 ROLE_GRANTS: Final[dict[str, frozenset[str]]] = {
@@ -67,7 +69,7 @@ ROLES: Final = tuple(ROLE_GRANTS)
 # the admin methods that change something (admin reads such as audit.tail are not)
 CHANGING: Final = frozenset(
     {m for m, p in METHOD_PERMISSIONS.items() if p == WRITE}
-    | {"auth.bind", "auth.unbind", "tls.reload"}
+    | {"auth.bind", "auth.unbind", "tls.reload", "quota.set"}
 )
 
 

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_commands(groups)
     vm.add_commands(groups)
     security.add_commands(groups)
+    security.add_quota_commands(groups)
     pki.add_commands(groups)
     return parser
 

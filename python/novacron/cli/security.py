@@ -113,3 +113,51 @@ def run_verify(client: SyncClient, args: argparse.Namespace) -> Any:
             output.as_json(result)
         raise AuditBroken(result["first_bad"])
     return result
+
+
+def add_quota_commands(groups: Any) -> None:
+    quota = groups.add_parser("quota", help="per-tenant quotas")
+    sub = quota.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    get = sub.add_parser("get", help="a tenant's limits and usage")
+    get.add_argument("tenant")
+    get.set_defaults(run=run_quota_get)
+    put = sub.add_parser("set", help="set a tenant's limits (omitted = no limit)")
+    put.add_argument("tenant")
+    put.add_argument("--vcpus", type=int, dest="max_vcpus")
+    put.add_argument("--memory", type=int, dest="max_memory_mib", help="MiB")
+    put.add_argument("--vms", type=int, dest="max_vms")
+    put.set_defaults(run=run_quota_set)
+
+
+def _show_quota(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    if not args.json:
+        used = doc["used"]
+
+        def limit(key: str, used_key: str) -> str:
+            cap = doc[key]
+            return f"{used[used_key]} / {'unlimited' if cap is None else cap}"
+
+        output.fields(
+            {
+                "tenant": doc["tenant"],
+                "vcpus": limit("max_vcpus", "vcpus"),
+                "memory_mib": limit("max_memory_mib", "memory_mib"),
+                "vms": limit("max_vms", "vms"),
+            }
+        )
+    return doc
+
+
+def run_quota_get(client: SyncClient, args: argparse.Namespace) -> Any:
+    return _show_quota(client.call("quota.get", tenant=args.tenant), args)
+
+
+def run_quota_set(client: SyncClient, args: argparse.Namespace) -> Any:
+    doc = client.call(
+        "quota.set",
+        tenant=args.tenant,
+        max_vcpus=args.max_vcpus,
+        max_memory_mib=args.max_memory_mib,
+        max_vms=args.max_vms,
+    )
+    return _show_quota(doc, args)

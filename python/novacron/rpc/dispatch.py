@@ -23,6 +23,7 @@ from novacron.rpc.params import Params
 
 if TYPE_CHECKING:
     from novacron.auth.audit import AuditLog
+    from novacron.auth.ratelimit import RateLimiter
     from novacron.eventbus import EventBus, Subscription
 
 log = logging.getLogger("novacron.rpc")
@@ -88,6 +89,7 @@ class Registry:
     def __init__(self) -> None:
         self.methods: dict[str, Method] = {}
         self.audit: AuditLog | None = None
+        self.limiter: RateLimiter | None = None
 
     def method(self, name: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
@@ -117,6 +119,8 @@ class Registry:
 
     async def _run(self, ctx: CallContext, request: Request) -> tuple[dict[str, Any] | None, Any]:
         try:
+            if self.limiter is not None:
+                self.limiter.check(ctx.identity)
             method = self.methods.get(request.method)
             if method is None:
                 raise errors.MethodNotFound(

@@ -25,6 +25,7 @@ from novacron.placement.service import PlacementService
 from novacron.state.db import StateStore, VmRecord
 from novacron.vm import domain_xml
 from novacron.vm.driver import Hypervisor, RuntimeState
+from novacron.vm.quotas import Quotas
 from novacron.vm.records import Records
 from novacron.vm.spec import VmSpec
 
@@ -42,6 +43,8 @@ class VmService:
         self.db_pool = Pool("sqlite", 1)
         self.records = Records(store, self.db_pool)
         self.placement = PlacementService(config)
+        self.quotas = Quotas(store, self.db_pool)
+        self._tenant_locks: dict[str, trio.Lock] = {}
         self._locks: dict[str, trio.Lock] = {}
         self.managed: set[str] = set()
 
@@ -176,7 +179,11 @@ class VmService:
     # -- create / delete ---------------------------------------------------------------
 
     async def create(self, spec: VmSpec, start: bool) -> dict[str, Any]:
-        async with self.locked(spec.name):
+        # the tenant's quota is checked and the VM recorded with no other create of
+        # the same tenant in between
+        tenant_lock = self._tenant_locks.setdefault(spec.tenant, trio.Lock())
+        async with tenant_lock, self.locked(spec.name):
+            await self.quotas.check(spec, await self.records.all())
             with trio.CancelScope(shield=True):
                 await self._create(spec)
                 log.info("vm.created", extra=kv(vm=spec.name, tenant=spec.tenant))
