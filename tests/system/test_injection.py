@@ -1,0 +1,125 @@
+"""Every string parameter of every method called with SQL-injection, path-traversal,
+XML-injection and oversized payloads, against a daemon on the real ``qemu:///system``:
+the call fails with ``invalid_params`` (or ``not_found``) and the state store and
+libvirt's domains are unchanged (dumped before and after each call), or it succeeds
+harmlessly with the payload kept verbatim as data."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+import libvirt
+
+from novacron import errors
+from novacron.auth import policy
+from tests.daemon_harness import Daemon
+from tests.system.libvirt_host import URI
+
+PAYLOADS = {
+    "sql": "x'; DROP TABLE vms; --",
+    "sql2": '" OR 1=1 --',
+    "traversal": "../../../../etc/passwd",
+    "abs-traversal": "/var/lib/novacron/../../../etc/shadow",
+    "xml": "</name><devices><disk type='file'><source file='/etc/shadow'/></disk></devices>",
+    "xml-entity": '<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>&e;',
+    "nul": "a\x00b",
+    "oversized": "A" * 70_000,
+    "unicode": "ʀᴏᴏᴛ\u202e\ufeff",
+}
+
+# every method's string parameters, with the other parameters it needs to get that far
+STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
+    ("session.hello", {}, "client"),
+    ("vm.create", {}, "name"),
+    ("vm.create", {"name": "inj"}, "tenant"),
+    ("vm.create", {"name": "inj"}, "kernel"),
+    ("vm.create", {"name": "inj", "kernel": "/boot/k"}, "initrd"),
+    ("vm.create", {"name": "inj", "kernel": "/boot/k"}, "cmdline"),
+    ("vm.create", {"name": "inj"}, "cpu_policy"),
+    ("vm.create", {"name": "inj"}, "memory_policy"),
+    ("vm.list", {}, "tenant"),
+    ("vm.get", {}, "name"),
+    ("vm.start", {}, "name"),
+    ("vm.stop", {}, "name"),
+    ("vm.pause", {}, "name"),
+    ("vm.resume", {}, "name"),
+    ("vm.reboot", {}, "name"),
+    ("vm.shutdown", {}, "name"),
+    ("vm.delete", {}, "name"),
+    ("vm.snapshot.create", {"name": "s1"}, "vm"),
+    ("vm.snapshot.create", {"vm": "victim"}, "name"),
+    ("vm.snapshot.create", {"vm": "victim", "name": "s2"}, "description"),
+    ("vm.snapshot.list", {}, "vm"),
+    ("vm.snapshot.revert", {"vm": "victim"}, "name"),
+    ("vm.snapshot.delete", {"vm": "victim"}, "name"),
+    ("auth.bind", {"role": "viewer", "tenants": ["acme"]}, "principal"),
+    ("auth.bind", {"principal": "user:x", "role": "viewer"}, "role"),
+    ("auth.unbind", {}, "principal"),
+    ("quota.get", {}, "tenant"),
+    ("quota.set", {}, "tenant"),
+]
+
+
+def dump_state(daemon: Daemon) -> tuple[list[str], dict[str, str]]:
+    db = sqlite3.connect(daemon.state_dir / "state.db")
+    try:
+        rows = [
+            line
+            for line in db.iterdump()
+            if 'INSERT INTO "audit"' not in line  # the audit log grows by design
+        ]
+    finally:
+        db.close()
+    conn = libvirt.open(URI)
+    try:
+        domains = {
+            d.name(): d.XMLDesc(0)
+            for d in conn.listAllDomains(0)
+            if str(daemon.state_dir) in d.XMLDesc(0)
+        }
+    finally:
+        conn.close()
+    return rows, domains
+
+
+def test_every_string_parameter_resists_injection(system_daemon: Daemon) -> None:
+    daemon = system_daemon
+    methods = {m for m, _, _ in STRING_PARAMS} | {"events.subscribe", "events.unsubscribe"}
+    assert {m for m, p in policy.METHOD_PERMISSIONS.items() if p != policy.PUBLIC} - methods <= {
+        "node.info",
+        "auth.whoami",
+        "auth.bindings",
+        "audit.tail",
+        "audit.verify",
+        "tls.reload",
+    }, "a method with string parameters is missing from the sweep"
+    with daemon.client() as c:
+        c.call("vm.create", name="victim", memory_mib=64)
+        for method, base, param in STRING_PARAMS:
+            for label, payload in PAYLOADS.items():
+                before = dump_state(daemon)
+                try:
+                    result = c.call(method, **{**base, param: payload})
+                except (errors.InvalidParams, errors.NotFound) as exc:
+                    assert dump_state(daemon) == before, f"{method}.{param}={label}: {exc}"
+                    continue
+                # a success must be harmless: the payload is kept verbatim, not interpreted
+                assert (method, param) in {
+                    ("session.hello", "client"),
+                    ("vm.create", "cmdline"),
+                    ("vm.snapshot.create", "description"),
+                }, f"{method}.{param}={label} succeeded: {result}"
+                if method == "vm.create":
+                    got = c.call("vm.get", name="inj")
+                    assert got["cmdline"] == payload
+                    xml = dump_state(daemon)[1]["inj"]
+                    # the payload is text inside <cmdline>, never markup: no disk appeared
+                    assert "<disk" not in xml and "/etc/shadow'/>" not in xml
+                    c.call("vm.delete", name="inj")
+                if method == "vm.snapshot.create":
+                    snaps = c.call("vm.snapshot.list", vm="victim")
+                    assert snaps[-1]["description"] == payload
+                    c.call("vm.snapshot.delete", vm="victim", name="s2")
+        assert [v["name"] for v in c.call("vm.list")] == ["victim"]
+        assert c.call("audit.verify")["ok"]
