@@ -12,6 +12,7 @@ import argparse
 import gc
 import logging
 import os
+import resource
 import signal
 import sys
 from pathlib import Path
@@ -35,6 +36,15 @@ from novacron.vm.reconcile import reconcile
 from novacron.vm.service import VmService
 
 log = logging.getLogger("novacron.daemon")
+
+
+def raise_fd_limit(wanted: int = 65536) -> None:
+    """Every client connection is a descriptor: lift the soft limit toward the hard one
+    (systemd's ``LimitNOFILE`` sets both; by hand the soft default is often 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 def prepare_dirs(config: Config) -> None:
@@ -193,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"novacrond: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.setup(config.log_level, config.log_format)
+    raise_fd_limit()
     try:
         trio.run(serve, config)
     except SocketInUse as exc:
