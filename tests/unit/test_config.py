@@ -99,3 +99,16 @@ def test_placement_keys(tmp_path: Path) -> None:
     c = parse("--config", str(f), "--shared-cpus", "0-1", "--shared-overcommit", "2")
     assert (c.dedicated_cpus, c.shared_cpus) == ("2-7,^4", "0-1")
     assert (c.reserved_memory_mib, c.shared_overcommit) == (0, 2.0)
+
+
+def test_tls_listen_needs_its_files(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="cert, key, ca"):
+        parse("--tls-listen", "127.0.0.1:7443")
+    c = parse(
+        "--tls-listen", "127.0.0.1:7443", "--tls-cert", "/c", "--tls-key", "/k", "--tls-ca", "/a"
+    )
+    assert (c.tls_listen, c.tls_crl, c.tls_handshake_timeout_s) == ("127.0.0.1:7443", "", 5.0)
+    f = tmp_path / "n.toml"
+    f.write_text("[auth]\nrate_limit_per_s = 0\n[tls]\nhandshake_timeout_s = 2\n")
+    c = parse("--config", str(f))
+    assert (c.rate_limit_per_s, c.tls_handshake_timeout_s) == (0.0, 2.0)

@@ -24,6 +24,9 @@ def add_commands(groups: Any) -> None:
     init.add_argument("--name", default="NovaCron CA", help="the CA's common name")
     init.add_argument("--days", type=int, default=3650)
     init.set_defaults(run=run_init, local=True)
+    crl = ca_sub.add_parser("crl", help="re-sign the revocation list (it is valid 30 days)")
+    crl.add_argument("--dir", type=Path, default=Path(DEFAULT_CA_DIR), dest="ca_dir")
+    crl.set_defaults(run=run_crl, local=True)
 
     cert = groups.add_parser("cert", help="issue, revoke and list certificates")
     sub = cert.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -67,6 +70,14 @@ def run_init(_client: None, args: argparse.Namespace) -> Any:
         "certificate": str(ca.dir / "ca.crt"),
         "crl": str(ca.dir / "crl.pem"),
     }
+    if not args.json:
+        output.fields(doc)
+    return doc
+
+
+def run_crl(_client: None, args: argparse.Namespace) -> Any:
+    path = _ca(args.ca_dir).write_crl()
+    doc = {"crl": str(path)}
     if not args.json:
         output.fields(doc)
     return doc
