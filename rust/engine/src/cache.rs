@@ -1,115 +1,114 @@
-//! The sender's bounded cache of page versions the receiver holds (delta bases).
+//! The sender's bounded cache of page contents the receiver holds (delta bases).
 //!
-//! One slab of `capacity` page slots, grown on demand (no memory is touched for
-//! slots never used), with least-recently-written eviction. Memory: 4 KiB per slot
-//! plus about 40 bytes of bookkeeping.
+//! Keyed by content hash (xxh3-128), not by page index: a content held by many pages
+//! (duplicates) is kept once, and zero pages are never kept (their base is the zero
+//! page itself). A page's delta base is the cached content whose hash is the
+//! receiver's version of that page. One slab of `capacity` page slots, grown on demand
+//! (no memory is touched for slots never used), with least-recently-used eviction.
+//! Memory: 4 KiB per slot plus about 60 bytes of bookkeeping.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
+use crate::fasthash::FastMap;
 use crate::PAGE_SIZE;
 
-/// Page versions by page index.
+/// Page contents by hash.
 pub struct PageCache {
     capacity: usize,
     slab: Vec<u8>,
-    slots: HashMap<u64, (usize, u64)>,
-    order: VecDeque<(u64, u64)>,
-    free: Vec<usize>,
+    /// hash -> (slot, stamp of its last use)
+    slots: FastMap<u128, (usize, u64)>,
+    /// (hash, stamp) in order of use; entries whose stamp is stale are skipped
+    order: VecDeque<(u128, u64)>,
     clock: u64,
 }
 
 impl PageCache {
-    /// A cache of at most `capacity` pages (0 keeps nothing).
+    /// A cache of at most `capacity` pages (0 disables it).
     #[must_use]
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            // address space only: pages are touched as slots are first used
             slab: crate::mem::with_capacity(capacity.saturating_mul(PAGE_SIZE)),
-            slots: HashMap::new(),
+            slots: FastMap::default(),
             order: VecDeque::new(),
-            free: Vec::new(),
             clock: 0,
         }
     }
 
-    /// The cached version of `index`.
+    /// The content with `hash`, if cached.
     #[must_use]
-    pub fn get(&self, index: u64) -> Option<&[u8]> {
+    pub fn get(&self, hash: u128) -> Option<&[u8]> {
         self.slots
-            .get(&index)
+            .get(&hash)
             .map(|&(slot, _)| &self.slab[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE])
     }
 
-    /// Stores `page` as the version of `index`, evicting the least recently stored page.
-    /// (The one-page reference for [`PageCache::put_many`], which the encoder uses.)
-    #[cfg(test)]
-    pub fn put(&mut self, index: u64, page: &[u8]) {
-        if self.capacity == 0 {
-            return;
-        }
-        let slot = self.assign(index);
-        self.slab[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE].copy_from_slice(page);
-        self.compact_if_needed();
+    /// Whether the content with `hash` is cached.
+    #[must_use]
+    pub fn contains(&self, hash: u128) -> bool {
+        self.slots.contains_key(&hash)
     }
 
-    /// Stores many pages; with `parallel`, the copies run on the current rayon pool.
-    /// Equivalent to calling [`PageCache::put`] for each pair in order.
-    pub fn put_many(&mut self, pages: &[(u64, &[u8])], parallel: bool) {
+    /// Stores one page (the sequential reference for [`PageCache::put_many`]).
+    #[cfg(test)]
+    pub fn put(&mut self, hash: u128, page: &[u8]) {
+        self.put_many(&[(hash, page)], false);
+    }
+
+    /// Stores pages as if put one by one: contents already cached are only marked
+    /// used, new ones are copied once into their slots (in parallel for big batches).
+    pub fn put_many(&mut self, pages: &[(u128, &[u8])], parallel: bool) {
         use rayon::prelude::*;
         if self.capacity == 0 || pages.is_empty() {
             return;
         }
-        // slots are assigned in order (eviction depends on it); a slot assigned twice
-        // (a page named twice, or evicted and reused) keeps the last content given
-        let mut source: HashMap<usize, &[u8]> = HashMap::with_capacity(pages.len());
-        for &(index, page) in pages {
-            let slot = self.assign(index);
-            source.insert(slot, page);
-        }
-        let copy = |(slot, dst): (usize, &mut [u8])| {
-            if let Some(src) = source.get(&slot) {
-                dst.copy_from_slice(src);
+        let mut copies: FastMap<usize, &[u8]> = FastMap::default();
+        for &(hash, page) in pages {
+            self.clock += 1;
+            let stamp = self.clock;
+            if let Some(entry) = self.slots.get_mut(&hash) {
+                entry.1 = stamp; // same content: nothing to copy
+            } else {
+                let slot = self.take_slot();
+                self.slots.insert(hash, (slot, stamp));
+                copies.insert(slot, page);
             }
-        };
-        if parallel {
+            self.order.push_back((hash, stamp));
+        }
+        let slots = self.slab.len() / PAGE_SIZE;
+        if parallel && copies.len() * 4 >= slots {
+            // many copies: walk the slab in parallel chunks
             self.slab
                 .par_chunks_mut(PAGE_SIZE)
                 .enumerate()
-                .for_each(copy);
+                .for_each(|(slot, dst)| {
+                    if let Some(src) = copies.get(&slot) {
+                        dst.copy_from_slice(src);
+                    }
+                });
         } else {
-            self.slab.chunks_mut(PAGE_SIZE).enumerate().for_each(copy);
+            for (slot, src) in copies {
+                self.slab[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE].copy_from_slice(src);
+            }
         }
-        self.compact_if_needed();
-    }
-
-    /// The slot that now holds `index` (its own, or a free or evicted one), marked as
-    /// the most recently stored.
-    fn assign(&mut self, index: u64) -> usize {
-        self.clock += 1;
-        let slot = match self.slots.get(&index) {
-            Some(&(slot, _)) => slot,
-            None => self.take_slot(),
-        };
-        self.slots.insert(index, (slot, self.clock));
-        self.order.push_back((index, self.clock));
-        slot
+        if self.order.len() > 2 * self.capacity + 64 {
+            let slots = &self.slots;
+            self.order
+                .retain(|(hash, stamp)| slots.get(hash).is_some_and(|&(_, s)| s == *stamp));
+        }
     }
 
     fn take_slot(&mut self) -> usize {
-        if let Some(slot) = self.free.pop() {
-            return slot;
-        }
         if self.slots.len() < self.capacity {
             let slot = self.slab.len() / PAGE_SIZE;
             self.slab.resize(self.slab.len() + PAGE_SIZE, 0);
             return slot;
         }
-        // evict: the oldest entry of `order` that is still current
-        while let Some((index, stamp)) = self.order.pop_front() {
-            if let Some(&(slot, current)) = self.slots.get(&index) {
+        while let Some((hash, stamp)) = self.order.pop_front() {
+            if let Some(&(slot, current)) = self.slots.get(&hash) {
                 if current == stamp {
-                    self.slots.remove(&index);
+                    self.slots.remove(&hash);
                     return slot;
                 }
             }
@@ -117,19 +116,7 @@ impl PageCache {
         unreachable!("a full cache has a current entry in its order")
     }
 
-    fn compact_if_needed(&mut self) {
-        if self.order.len() > 2 * self.capacity + 64 {
-            self.compact();
-        }
-    }
-
-    fn compact(&mut self) {
-        let slots = &self.slots;
-        self.order
-            .retain(|(index, stamp)| slots.get(index).is_some_and(|&(_, s)| s == *stamp));
-    }
-
-    /// Pages currently cached.
+    /// Number of contents cached.
     #[must_use]
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -152,14 +139,14 @@ mod tests {
     }
 
     #[test]
-    fn evicts_least_recently_stored() {
+    fn evicts_least_recently_used() {
         let mut cache = PageCache::new(2);
         cache.put(1, &page(1));
         cache.put(2, &page(2));
-        cache.put(1, &page(11)); // refresh 1: now 2 is the oldest
+        cache.put(1, &page(1)); // used again: now 2 is the oldest
         cache.put(3, &page(3));
-        assert_eq!(cache.get(1).unwrap()[0], 11);
-        assert!(cache.get(2).is_none());
+        assert_eq!(cache.get(1).unwrap()[0], 1);
+        assert!(cache.get(2).is_none() && !cache.contains(2));
         assert_eq!(cache.get(3).unwrap()[0], 3);
         assert_eq!(cache.len(), 2);
     }
@@ -168,33 +155,31 @@ mod tests {
     fn many_refreshes_stay_bounded() {
         let mut cache = PageCache::new(4);
         for i in 0..10_000u64 {
-            cache.put(i % 3, &page(i as u8));
+            cache.put(u128::from(i % 3), &page((i % 3) as u8));
         }
         assert!(cache.order.len() <= 2 * 4 + 64);
-        assert_eq!(
-            cache.get(0).unwrap()[0],
-            9999u64.wrapping_sub(9999 % 3) as u8
-        );
+        assert_eq!(cache.get(2).unwrap()[0], 2);
     }
 
     #[test]
     fn put_many_matches_sequential_puts() {
         let pages: Vec<Vec<u8>> = (0..10u8).map(page).collect();
-        let offer: Vec<(u64, &[u8])> = [3u64, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+        // hashes stand for contents: equal hash, equal page
+        let offer: Vec<(u128, &[u8])> = [3u8, 1, 4, 1, 5, 9, 2, 6, 5, 3]
             .iter()
-            .zip(&pages)
-            .map(|(&i, p)| (i, p.as_slice()))
+            .map(|&v| (u128::from(v), pages[v as usize].as_slice()))
             .collect();
         for parallel in [false, true] {
             let mut one = PageCache::new(4);
             let mut many = PageCache::new(4);
-            for &(i, p) in &offer {
-                one.put(i, p);
+            for &(h, p) in &offer {
+                one.put(h, p);
             }
             many.put_many(&offer, parallel);
-            for i in 0..10 {
-                assert_eq!(one.get(i), many.get(i), "index {i}");
+            for v in 0..10u128 {
+                assert_eq!(one.get(v), many.get(v), "content {v}");
             }
+            assert_eq!(many.len(), 4);
         }
     }
 

@@ -27,10 +27,30 @@ fn first_difference(a: &[u8], b: &[u8], from: usize) -> usize {
     pos
 }
 
+/// Words compared by [`mostly_different`] (every 64 bytes of a 4 KiB page).
+const SAMPLE_STRIDE: usize = 64;
+
+/// True when most sampled words differ: a rewritten page, whose delta could not be
+/// small. Saves walking it byte by byte only to give up at the limit.
+fn mostly_different(a: &[u8], b: &[u8]) -> bool {
+    let mut sampled = 0;
+    let mut differ = 0;
+    let mut pos = 0;
+    while pos + 8 <= a.len() {
+        sampled += 1;
+        differ += usize::from(a[pos..pos + 8] != b[pos..pos + 8]);
+        pos += SAMPLE_STRIDE;
+    }
+    differ * 4 > sampled * 3
+}
+
 /// Encodes `new` against `old` (same length); `None` when the delta would exceed `limit` bytes.
 #[must_use]
 pub fn encode(old: &[u8], new: &[u8], limit: usize) -> Option<Vec<u8>> {
     debug_assert_eq!(old.len(), new.len());
+    if mostly_different(old, new) {
+        return None;
+    }
     let mut out = Vec::with_capacity(64);
     let mut pos = 0;
     let len = new.len();
@@ -45,6 +65,9 @@ pub fn encode(old: &[u8], new: &[u8], limit: usize) -> Option<Vec<u8>> {
         // a literal run ends at the first stretch of >= 3 equal bytes (shorter matches
         // cost more as a new pair than as literals)
         while pos < len {
+            if out.len() + (pos - lit_start) > limit {
+                return None; // no need to find where this literal ends
+            }
             if old[pos] == new[pos] {
                 let mut run = 1;
                 while pos + run < len && run < 3 && old[pos + run] == new[pos + run] {

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::cache::PageCache;
 use crate::error::{EngineError, Result};
+use crate::fasthash::FastSet;
 use crate::holdings::Holdings;
 use crate::wire::{Codec, Header, Kind, MAX_DELTA, MAX_RECORDS};
 use crate::{delta, hash_page, is_zero_page, varint, PAGE_SIZE};
@@ -110,9 +111,10 @@ enum Plan {
     Zero,
     Unchanged,
     Dup(u128),
-    /// Content must be sent; a delta against the cached version may be tried.
+    /// Content must be sent; a delta against `base` (the hash of the receiver's
+    /// version, cached or zero) may be tried.
     Content {
-        delta_base: bool,
+        base: Option<u128>,
     },
 }
 
@@ -121,7 +123,8 @@ pub struct Encoder {
     config: EncoderConfig,
     held: Holdings,
     previous: PageCache,
-    announced: std::collections::HashSet<u128>,
+    announced: FastSet<u128>,
+    zero_hash: u128,
     pool: Option<rayon::ThreadPool>,
     /// Running totals.
     pub stats: EncodeStats,
@@ -190,7 +193,8 @@ impl Encoder {
             config,
             held: Holdings::new(pages),
             previous: PageCache::new(config.delta_cache_pages),
-            announced: std::collections::HashSet::new(),
+            announced: FastSet::default(),
+            zero_hash: hash_page(&ZERO_PAGE),
             pool,
             stats: EncodeStats::default(),
         })
@@ -291,11 +295,8 @@ impl Encoder {
         };
         // phase 2: decisions against what the receiver holds, in order
         let mut plans = Vec::with_capacity(indices.len());
-        // an index offered twice in one call: its delta base is the first occurrence,
-        // which the cache does not hold yet, so the second one is sent whole
-        let mut seen = std::collections::HashSet::new();
+        let deltas = self.config.delta_cache_pages > 0;
         for (&index, &(hash, zero)) in indices.iter().zip(&facts) {
-            let first_time = seen.insert(index);
             let i = index as usize;
             let plan = if zero {
                 Plan::Zero
@@ -306,10 +307,13 @@ impl Encoder {
             {
                 Plan::Dup(hash)
             } else {
-                let delta_base = first_time
-                    && self.held.hash_of(i).is_some()
-                    && self.previous.get(index).is_some();
-                Plan::Content { delta_base }
+                // the receiver's version of this page, if we still have its content
+                // (an index offered twice in one call: its version is the earlier
+                // occurrence's, usable only if that content was cached before)
+                let base = self.held.hash_of(i).filter(|&old| {
+                    deltas && (old == self.zero_hash || self.previous.contains(old))
+                });
+                Plan::Content { base }
             };
             self.held.wrote(i, hash);
             plans.push(plan);
@@ -323,8 +327,9 @@ impl Encoder {
             .map(|(n, (idx, plan))| (n * config.batch_pages, idx, plan))
             .collect();
         let cache = &self.previous;
+        let zero_hash = self.zero_hash;
         let build = |&(first, idx, plan): &(usize, &[u64], &[Plan])| {
-            encode_batch(config, source, first, cache, idx, plan)
+            encode_batch(config, source, first, (cache, zero_hash), idx, plan)
         };
         let batches: Vec<Result<(Vec<u8>, EncodeStats)>> = if parallel {
             jobs.par_iter().map(build).collect()
@@ -338,22 +343,30 @@ impl Encoder {
             self.stats.wire_bytes += bytes.len() as u64;
             out.push(bytes);
         }
-        // the delta base must be exactly the receiver's copy: remember every page sent
-        let sent: Vec<(u64, &[u8])> = indices
-            .iter()
-            .enumerate()
-            .map(|(pos, &index)| (index, source.page(pos, index)))
-            .collect();
-        self.previous.put_many(&sent, parallel);
+        // delta bases are the receiver's copies: remember every content sent (once;
+        // zero pages need no copy)
+        if deltas {
+            let sent: Vec<(u128, &[u8])> = indices
+                .iter()
+                .enumerate()
+                .zip(&facts)
+                .filter(|(_, &(_, zero))| !zero)
+                .map(|((pos, &index), &(hash, _))| (hash, source.page(pos, index)))
+                .collect();
+            self.previous.put_many(&sent, parallel);
+        }
         Ok(out)
     }
 }
+
+/// The all-zero page: the delta base of a page the receiver holds as zero.
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 fn encode_batch(
     config: EncoderConfig,
     source: Source<'_>,
     first: usize,
-    cache: &PageCache,
+    (cache, zero_hash): (&PageCache, u128),
     indices: &[u64],
     plans: &[Plan],
 ) -> Result<(Vec<u8>, EncodeStats)> {
@@ -378,11 +391,13 @@ fn encode_batch(
             Plan::Zero => Kind::Zero,
             Plan::Unchanged => Kind::Unchanged,
             Plan::Dup(_) => Kind::DupRef,
-            Plan::Content { delta_base } => {
-                let delta = cache
-                    .get(index)
-                    .filter(|_| *delta_base)
-                    .and_then(|old| delta::encode(old, page, DELTA_LIMIT));
+            Plan::Content { base } => {
+                let old = base.and_then(|h| {
+                    cache
+                        .get(h)
+                        .or_else(|| (h == zero_hash).then_some(&ZERO_PAGE[..]))
+                });
+                let delta = old.and_then(|old| delta::encode(old, page, DELTA_LIMIT));
                 if let Some(d) = delta {
                     records.push(Kind::Delta as u8);
                     varint::put(&mut records, index);

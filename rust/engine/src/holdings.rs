@@ -6,14 +6,14 @@
 //! resolve `DupRef`. Both sides apply exactly [`Holdings::wrote`] for every page the
 //! receiver writes or is told is unchanged, so the two views never diverge.
 
-use std::collections::HashMap;
+use crate::fasthash::FastMap;
 
 /// Per-VM record of the receiver's page versions.
 #[derive(Debug, Clone)]
 pub struct Holdings {
     hashes: Vec<u128>,
     present: Vec<bool>,
-    by_hash: HashMap<u128, u64>,
+    by_hash: FastMap<u128, u64>,
 }
 
 impl Holdings {
@@ -23,7 +23,7 @@ impl Holdings {
         Self {
             hashes: vec![0; pages],
             present: vec![false; pages],
-            by_hash: HashMap::new(),
+            by_hash: FastMap::default(),
         }
     }
 

@@ -13,6 +13,7 @@ mod decoder;
 mod delta;
 mod encoder;
 mod error;
+mod fasthash;
 mod holdings;
 mod mem;
 mod scan;
