@@ -16,6 +16,7 @@ mod error;
 mod fasthash;
 mod holdings;
 mod mem;
+pub mod qemu_stream;
 mod scan;
 mod store;
 mod varint;

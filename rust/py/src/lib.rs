@@ -7,6 +7,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod placement;
+mod stream;
 
 use novacron_engine as engine;
 use pyo3::buffer::PyBuffer;
@@ -21,7 +22,7 @@ fn to_py_err(err: engine::EngineError) -> PyErr {
 }
 
 /// A read-only view of a contiguous Python buffer (bytes, bytearray, memoryview, mmap).
-struct ByteView {
+pub(crate) struct ByteView {
     buffer: PyBuffer<u8>,
 }
 
@@ -50,7 +51,7 @@ impl ByteView {
 }
 
 /// Runs `work` with the GIL released and maps engine errors to Python exceptions.
-fn detached<T, F>(py: Python<'_>, work: F) -> PyResult<T>
+pub(crate) fn detached<T, F>(py: Python<'_>, work: F) -> PyResult<T>
 where
     T: Send,
     F: Send + FnOnce() -> engine::Result<T>,
@@ -316,6 +317,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PageDecoder>()?;
     m.add_class::<PageStore>()?;
     m.add_class::<placement::Placer>()?;
+    m.add_class::<stream::QemuStreamSplitter>()?;
     m.add_class::<placement::Placement>()?;
     m.add_function(wrap_pyfunction!(placement::parse_cpuset, m)?)?;
     m.add_function(wrap_pyfunction!(placement::format_cpuset, m)?)?;
