@@ -1,7 +1,7 @@
 """QEMU's real migration stream (QEMU 7.2, via libvirt's save image of a running TCG
-guest): split into RAM pages and verbatim bytes, the pages carried through the page
-engine, the stream rebuilt from the decoder's image — and QEMU restores the guest
-from the rebuilt stream, which keeps running."""
+guest): split into RAM pages and verbatim bytes, carried by the migration data path
+(sender -> frames -> receiver, pages through the page engine), rebuilt byte for byte —
+and QEMU restores the guest from the rebuilt stream, which keeps running."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 import libvirt
 
 from novacron import _core
+from novacron.migration import frames
+from novacron.migration.stream import StreamReceiver, StreamSender
 from tests.daemon_harness import Daemon
 from tests.system import guest
 from tests.system.libvirt_host import URI
@@ -66,28 +68,23 @@ def test_a_saved_guest_restores_from_the_rebuilt_stream(
             ram = next(b for b in splitter.blocks if b[0] == b"pc.ram")
             assert ram[1] == 128 * 1024 * 1024
 
-            # pages through the engine, in stream order, batch by batch
-            total = splitter.total_pages
-            enc = _core.PageEncoder(total, delta_cache_pages=1024)
-            dec = _core.PageDecoder(total)
-            page_pieces = [(i, d) for i, d in pieces if i is not None]
-            assert len({i for i, _ in page_pieces}) == len(page_pieces), "one pass: each once"
-            for at in range(0, len(page_pieces), 4096):
-                batch = page_pieces[at : at + 4096]
-                wire = enc.encode_pages([i for i, _ in batch], b"".join(d for _, d in batch))
-                dec.decode(wire)
-            image = dec.image()
-            rebuilt = b"".join(
-                data if index is None else image[index * PAGE : (index + 1) * PAGE]
-                for index, data in pieces
-            )
-            assert rebuilt == stream
-            assert enc.stats()["wire_bytes"] < stats["pages"] * PAGE / 2
+            # the data path of a migration: sender and receiver, frames in between
+            sender, receiver = StreamSender(), StreamReceiver()
+            channel = frames.FrameDecoder()
+            rebuilt = bytearray()
+            for at in range(0, len(stream), 65536):
+                for frame in channel.feed(b"".join(sender.feed(stream[at : at + 65536]))):
+                    rebuilt += receiver.apply(frame)
+            for frame in channel.feed(b"".join(sender.finish())):
+                rebuilt += receiver.apply(frame)
+            assert receiver.ended and bytes(rebuilt) == stream
+            assert sender.wire_bytes < len(stream) / 2, "zero pages, dedup and lz4 pay off"
+            print(f"qemu stream {len(stream)} bytes -> {sender.wire_bytes} on the channel")
 
             # QEMU takes the rebuilt stream: the guest goes on where it was
             before = console(vm).count(guest.TICK)
             restored = tmp_path / "rebuilt.save"
-            restored.write_bytes(head + rebuilt)
+            restored.write_bytes(head + bytes(rebuilt))
             conn.restore(str(restored))
             assert conn.lookupByName("streamed").info()[0] == libvirt.VIR_DOMAIN_RUNNING
         finally:

@@ -300,6 +300,25 @@ impl PageDecoder {
         PyBytes::new(py, self.inner.image())
     }
 
+    /// The receiver's copies of pages `indices`, packed in that order (no copy of the
+    /// whole image).
+    fn pages<'py>(&self, py: Python<'py>, indices: Vec<u64>) -> PyResult<Bound<'py, PyBytes>> {
+        let image = self.inner.image();
+        let total = (image.len() / engine::PAGE_SIZE) as u64;
+        if let Some(bad) = indices.iter().find(|&&i| i >= total) {
+            return Err(to_py_err(engine::EngineError::invalid(format!(
+                "page index {bad} out of range"
+            ))));
+        }
+        PyBytes::new_with(py, indices.len() * engine::PAGE_SIZE, |out| {
+            for (chunk, &i) in out.chunks_mut(engine::PAGE_SIZE).zip(&indices) {
+                let at = i as usize * engine::PAGE_SIZE;
+                chunk.copy_from_slice(&image[at..at + engine::PAGE_SIZE]);
+            }
+            Ok(())
+        })
+    }
+
     /// Pages written so far.
     #[getter]
     fn pages_written(&self) -> u64 {

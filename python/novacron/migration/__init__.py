@@ -1,0 +1,1 @@
+"""Live migration: QEMU's stream carried between daemons through the page engine."""

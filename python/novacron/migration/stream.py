@@ -1,0 +1,147 @@
+"""Both ends of one migration's data path, sans-IO.
+
+:class:`StreamSender` (source daemon) takes the bytes the source QEMU writes, splits
+them (:class:`novacron._core.QemuStreamSplitter`), sends RAM pages through the page
+engine in batches and everything else verbatim, and ends with the length and sha256
+of the original stream. :class:`StreamReceiver` (destination daemon) turns frames back
+into exactly those bytes for the destination QEMU and checks the digest at the end.
+
+Byte order is kept exactly: each page travels with the verbatim bytes that precede it
+in the stream (its record header), and a batch is cut before a page index repeats
+(the receiver rebuilds a batch's pages from the decoder's image after the whole batch
+is applied, which holds only a page's latest content).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from novacron._core import PAGE_SIZE, PageDecoder, PageEncoder, QemuStreamSplitter
+from novacron.migration import frames
+
+DEFAULT_BATCH_PAGES = 1024
+MAX_VERBATIM = 1024 * 1024
+
+
+class DigestMismatch(Exception):
+    """The rebuilt stream differs from the source's: the migration must be aborted."""
+
+
+class StreamSender:
+    def __init__(self, batch_pages: int = DEFAULT_BATCH_PAGES, **engine: Any) -> None:
+        self.splitter = QemuStreamSplitter()
+        self._engine = engine
+        self.encoder: PageEncoder | None = None
+        self._batch_pages = batch_pages
+        self._entries: list[tuple[bytes, int]] = []
+        self._pages: list[bytes] = []
+        self._in_batch: set[int] = set()
+        self._prefix = bytearray()
+        self._digest = hashlib.sha256()
+        self.length = 0
+        self.wire_bytes = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Frames for the next bytes from the source QEMU (possibly none yet)."""
+        self._digest.update(data)
+        self.length += len(data)
+        out: list[bytes] = []
+        for index, piece in self.splitter.feed(data):
+            self._piece(index, piece, out)
+        if len(self._prefix) >= MAX_VERBATIM and not self._entries:
+            out.append(self._verbatim())
+        return self._count(out)
+
+    def flush(self) -> list[bytes]:
+        """Everything held back (call when the source goes quiet, and at the end)."""
+        out: list[bytes] = []
+        self._flush_pages(out)
+        if self._prefix:
+            out.append(self._verbatim())
+        return self._count(out)
+
+    def finish(self) -> list[bytes]:
+        """The stream ended: the rest, then ``END`` with length and digest."""
+        out: list[bytes] = []
+        for index, piece in self.splitter.finish():
+            self._piece(index, piece, out)
+        out += self.flush()
+        out.append(frames.encode_end(self.length, self._digest.digest()))
+        return self._count(out)
+
+    def _piece(self, index: int | None, piece: bytes, out: list[bytes]) -> None:
+        if index is None:
+            self._prefix += piece
+            return
+        if index in self._in_batch or len(self._entries) >= self._batch_pages:
+            self._flush_pages(out)
+        self._entries.append((bytes(self._prefix), index))
+        self._prefix.clear()
+        self._pages.append(piece)
+        self._in_batch.add(index)
+
+    def _flush_pages(self, out: list[bytes]) -> None:
+        if not self._entries:
+            return
+        total = self.splitter.total_pages
+        if self.encoder is None:
+            self.encoder = PageEncoder(total, **self._engine)
+        batch = self.encoder.encode_pages([i for _, i in self._entries], b"".join(self._pages))
+        out.append(frames.encode_pages(total, self._entries, batch))
+        self._entries, self._pages, self._in_batch = [], [], set()
+
+    def _verbatim(self) -> bytes:
+        frame = frames.encode(frames.VERBATIM, bytes(self._prefix))
+        self._prefix.clear()
+        return frame
+
+    def _count(self, out: list[bytes]) -> list[bytes]:
+        self.wire_bytes += sum(len(f) for f in out)
+        return out
+
+
+class StreamReceiver:
+    def __init__(self) -> None:
+        self.decoder: PageDecoder | None = None
+        self._digest = hashlib.sha256()
+        self.length = 0
+        self.ended = False
+
+    def apply(self, frame: frames.Frame) -> bytes:
+        """The stream bytes a frame stands for (``END`` checks the digest and gives none)."""
+        if self.ended:
+            raise frames.FrameError("frame after END")
+        if frame.kind == frames.VERBATIM:
+            return self._out(frame.payload)
+        if frame.kind == frames.PAGES:
+            total, entries, batch = frames.decode_pages(frame.payload)
+            if self.decoder is None:
+                self.decoder = PageDecoder(total)
+            self.decoder.decode(batch)  # EngineError on a corrupt batch
+            packed = memoryview(self.decoder.pages([i for _, i in entries]))
+            parts: list[bytes | memoryview] = []
+            for n, (prefix, _) in enumerate(entries):
+                parts.append(prefix)
+                parts.append(packed[n * PAGE_SIZE : (n + 1) * PAGE_SIZE])
+            return self._out(b"".join(parts))
+        if frame.kind == frames.END:
+            length, digest = frames.decode_end(frame.payload)
+            self.ended = True
+            if length != self.length or digest != self._digest.digest():
+                raise DigestMismatch(
+                    f"rebuilt stream differs: {self.length} bytes vs the source's {length}"
+                    if length != self.length
+                    else "rebuilt stream's sha256 differs from the source's"
+                )
+            return b""
+        if frame.kind == frames.ABORT:
+            raise frames.FrameError(
+                f"source aborted: {frame.payload.decode('utf-8', 'replace')[:200]}"
+            )
+        raise frames.FrameError(f"unexpected frame type {frame.kind} from the source")
+
+    def _out(self, data: bytes) -> bytes:
+        self._digest.update(data)
+        self.length += len(data)
+        return data
