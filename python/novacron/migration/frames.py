@@ -8,7 +8,10 @@ Every frame is ``type: u8``, ``length: u32 big-endian``, ``payload``. Types:
   page-engine batch holding those pages (``docs/migration-wire.md``);
 * ``RETURN`` (3) — bytes of QEMU's return path (destination to source);
 * ``END`` (4) — ``length: u64``, ``sha256: 32 bytes`` of the whole original stream;
-* ``ABORT`` (5) — a UTF-8 reason.
+* ``ABORT`` (5) — a UTF-8 reason;
+* ``CHECK`` (6) — ``length: u64``, ``sha256: 32 bytes`` of the stream up to the end of
+  the frames before it. The receiver writes nothing to QEMU that a ``CHECK`` has not
+  vouched for, so a corrupted stream never reaches the destination QEMU.
 
 A frame over ``max_frame`` bytes, an unknown type or a malformed payload is a
 :class:`FrameError`; the channel is then closed (the migration fails on this side).
@@ -19,8 +22,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-VERBATIM, PAGES, RETURN, END, ABORT = 1, 2, 3, 4, 5
-TYPES = frozenset({VERBATIM, PAGES, RETURN, END, ABORT})
+VERBATIM, PAGES, RETURN, END, ABORT, CHECK = 1, 2, 3, 4, 5, 6
+TYPES = frozenset({VERBATIM, PAGES, RETURN, END, ABORT, CHECK})
 HEADER = struct.Struct(">BI")
 MAX_FRAME = 64 * 1024 * 1024
 _PAGES_HEAD = struct.Struct(">QI")
@@ -76,13 +79,14 @@ def decode_pages(payload: bytes) -> tuple[int, list[tuple[bytes, int]], bytes]:
     return total, entries, payload[at:]
 
 
-def encode_end(length: int, digest: bytes) -> bytes:
-    return encode(END, _END.pack(length, digest))
+def encode_end(length: int, digest: bytes, kind: int = END) -> bytes:
+    return encode(kind, _END.pack(length, digest))
 
 
 def decode_end(payload: bytes) -> tuple[int, bytes]:
+    """(length, sha256) of an ``END`` or ``CHECK`` payload."""
     if len(payload) != _END.size:
-        raise FrameError("END frame of the wrong size")
+        raise FrameError("END/CHECK frame of the wrong size")
     length, digest = _END.unpack(payload)
     return int(length), bytes(digest)
 

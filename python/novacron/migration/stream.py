@@ -2,9 +2,11 @@
 
 :class:`StreamSender` (source daemon) takes the bytes the source QEMU writes, splits
 them (:class:`novacron._core.QemuStreamSplitter`), sends RAM pages through the page
-engine in batches and everything else verbatim, and ends with the length and sha256
-of the original stream. :class:`StreamReceiver` (destination daemon) turns frames back
-into exactly those bytes for the destination QEMU and checks the digest at the end.
+engine in batches and everything else verbatim, and after every group of frames a
+``CHECK`` with the length and sha256 of the stream so far; ``END`` closes it.
+:class:`StreamReceiver` (destination daemon) turns frames back into exactly those bytes
+and releases them for the destination QEMU only when a ``CHECK`` (or ``END``) vouches
+for them: a corrupted or tampered stream is refused before QEMU sees any of it.
 
 Byte order is kept exactly: each page travels with the verbatim bytes that precede it
 in the stream (its record header), and a batch is cut before a page index repeats
@@ -22,6 +24,7 @@ from novacron.migration import frames
 
 DEFAULT_BATCH_PAGES = 1024
 MAX_VERBATIM = 1024 * 1024
+MAX_UNCHECKED = 64 * 1024 * 1024  # receiver: bytes awaiting a CHECK (the sender checks far sooner)
 
 
 class DigestMismatch(Exception):
@@ -38,20 +41,20 @@ class StreamSender:
         self._pages: list[bytes] = []
         self._in_batch: set[int] = set()
         self._prefix = bytearray()
-        self._digest = hashlib.sha256()
+        self._sent = hashlib.sha256()  # over the stream bytes the frames so far stand for
+        self._sent_length = 0
         self.length = 0
         self.wire_bytes = 0
 
     def feed(self, data: bytes) -> list[bytes]:
         """Frames for the next bytes from the source QEMU (possibly none yet)."""
-        self._digest.update(data)
         self.length += len(data)
         out: list[bytes] = []
         for index, piece in self.splitter.feed(data):
             self._piece(index, piece, out)
         if len(self._prefix) >= MAX_VERBATIM and not self._entries:
             out.append(self._verbatim())
-        return self._count(out)
+        return self._checked(out)
 
     def flush(self) -> list[bytes]:
         """Everything held back (call when the source goes quiet, and at the end)."""
@@ -59,7 +62,7 @@ class StreamSender:
         self._flush_pages(out)
         if self._prefix:
             out.append(self._verbatim())
-        return self._count(out)
+        return self._checked(out)
 
     def finish(self) -> list[bytes]:
         """The stream ended: the rest, then ``END`` with length and digest."""
@@ -67,8 +70,9 @@ class StreamSender:
         for index, piece in self.splitter.finish():
             self._piece(index, piece, out)
         out += self.flush()
-        out.append(frames.encode_end(self.length, self._digest.digest()))
-        return self._count(out)
+        end = frames.encode_end(self._sent_length, self._sent.digest())
+        self.wire_bytes += len(end)
+        return [*out, end]
 
     def _piece(self, index: int | None, piece: bytes, out: list[bytes]) -> None:
         if index is None:
@@ -88,15 +92,27 @@ class StreamSender:
         if self.encoder is None:
             self.encoder = PageEncoder(total, **self._engine)
         batch = self.encoder.encode_pages([i for _, i in self._entries], b"".join(self._pages))
+        for (prefix, _), page in zip(self._entries, self._pages, strict=True):
+            self._account(prefix)
+            self._account(page)
         out.append(frames.encode_pages(total, self._entries, batch))
         self._entries, self._pages, self._in_batch = [], [], set()
 
     def _verbatim(self) -> bytes:
-        frame = frames.encode(frames.VERBATIM, bytes(self._prefix))
+        data = bytes(self._prefix)
         self._prefix.clear()
-        return frame
+        self._account(data)
+        return frames.encode(frames.VERBATIM, data)
 
-    def _count(self, out: list[bytes]) -> list[bytes]:
+    def _account(self, data: bytes) -> None:
+        self._sent.update(data)
+        self._sent_length += len(data)
+
+    def _checked(self, out: list[bytes]) -> list[bytes]:
+        if out:
+            out.append(
+                frames.encode_end(self._sent_length, self._sent.copy().digest(), frames.CHECK)
+            )
         self.wire_bytes += sum(len(f) for f in out)
         return out
 
@@ -106,42 +122,49 @@ class StreamReceiver:
         self.decoder: PageDecoder | None = None
         self._digest = hashlib.sha256()
         self.length = 0
+        self._unchecked: list[bytes] = []
+        self._unchecked_size = 0
         self.ended = False
 
     def apply(self, frame: frames.Frame) -> bytes:
-        """The stream bytes a frame stands for (``END`` checks the digest and gives none)."""
+        """The stream bytes now vouched for (released at ``CHECK`` and ``END``)."""
         if self.ended:
             raise frames.FrameError("frame after END")
         if frame.kind == frames.VERBATIM:
-            return self._out(frame.payload)
+            self._hold(frame.payload)
+            return b""
         if frame.kind == frames.PAGES:
             total, entries, batch = frames.decode_pages(frame.payload)
             if self.decoder is None:
                 self.decoder = PageDecoder(total)
             self.decoder.decode(batch)  # EngineError on a corrupt batch
-            packed = memoryview(self.decoder.pages([i for _, i in entries]))
-            parts: list[bytes | memoryview] = []
+            packed = self.decoder.pages([i for _, i in entries])
             for n, (prefix, _) in enumerate(entries):
-                parts.append(prefix)
-                parts.append(packed[n * PAGE_SIZE : (n + 1) * PAGE_SIZE])
-            return self._out(b"".join(parts))
-        if frame.kind == frames.END:
-            length, digest = frames.decode_end(frame.payload)
-            self.ended = True
-            if length != self.length or digest != self._digest.digest():
-                raise DigestMismatch(
-                    f"rebuilt stream differs: {self.length} bytes vs the source's {length}"
-                    if length != self.length
-                    else "rebuilt stream's sha256 differs from the source's"
-                )
+                self._hold(prefix)
+                self._hold(packed[n * PAGE_SIZE : (n + 1) * PAGE_SIZE])
             return b""
+        if frame.kind in (frames.CHECK, frames.END):
+            length, digest = frames.decode_end(frame.payload)
+            if length != self.length or digest != self._digest.copy().digest():
+                raise DigestMismatch(
+                    f"rebuilt stream has {self.length} bytes where the source had {length}"
+                    if length != self.length
+                    else f"rebuilt stream's sha256 differs from the source's at byte {length}"
+                )
+            self.ended = frame.kind == frames.END
+            out = b"".join(self._unchecked)
+            self._unchecked, self._unchecked_size = [], 0
+            return out
         if frame.kind == frames.ABORT:
             raise frames.FrameError(
                 f"source aborted: {frame.payload.decode('utf-8', 'replace')[:200]}"
             )
         raise frames.FrameError(f"unexpected frame type {frame.kind} from the source")
 
-    def _out(self, data: bytes) -> bytes:
+    def _hold(self, data: bytes) -> None:
         self._digest.update(data)
         self.length += len(data)
-        return data
+        self._unchecked.append(data)
+        self._unchecked_size += len(data)
+        if self._unchecked_size > MAX_UNCHECKED:
+            raise frames.FrameError("too much of the stream without a CHECK")

@@ -1,0 +1,145 @@
+"""The two relay loops of a migration's data path, on trio streams.
+
+Source side: QEMU connects to the source daemon (``migrateuri`` points at a loopback
+port the daemon listens on); :func:`relay_source` reads QEMU's stream, turns it into
+frames (:class:`~novacron.migration.stream.StreamSender`) and writes them to the
+channel (mutual TLS to the destination daemon), while passing ``RETURN`` frames back to
+QEMU (its return path: PONG and SHUT). Destination side: :func:`relay_destination`
+rebuilds the stream for the destination QEMU and sends QEMU's replies back as
+``RETURN`` frames.
+
+The destination writes only bytes a ``CHECK`` frame vouched for (length and sha256
+of the stream so far): a corrupted stream is refused before the destination QEMU sees
+it, the destination QEMU then fails to load, and the VM stays on the source.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import trio
+
+from novacron.logs import kv
+from novacron.migration import frames
+from novacron.migration.stream import StreamReceiver, StreamSender
+
+log = logging.getLogger("novacron.migration")
+
+READ_SIZE = 256 * 1024
+IDLE_FLUSH_S = 0.005
+
+
+@dataclass
+class RelayStats:
+    stream_bytes: int = 0
+    channel_bytes: int = 0
+    returned_bytes: int = 0
+    pages: int = 0
+    zero_pages: int = 0
+    done: bool = False
+    error: str | None = None
+    passthrough: str | None = field(default=None)
+
+
+async def _send(stream: trio.abc.Stream, data: list[bytes]) -> int:
+    if not data:
+        return 0
+    blob = b"".join(data)
+    await stream.send_all(blob)
+    return len(blob)
+
+
+async def relay_source(
+    qemu: trio.abc.Stream,
+    channel: trio.abc.Stream,
+    sender: StreamSender,
+    stats: RelayStats,
+) -> None:
+    """QEMU's stream to the channel; ``RETURN`` frames back to QEMU. Returns when the
+    destination acknowledged the end (closed its side after ``END``)."""
+
+    async def forward() -> None:
+        while True:
+            data: bytes | bytearray = b""
+            with trio.move_on_after(IDLE_FLUSH_S) as idle:
+                data = await qemu.receive_some(READ_SIZE)
+                if not data:
+                    break
+            if idle.cancelled_caught:
+                stats.channel_bytes += await _send(channel, sender.flush())
+                data = await qemu.receive_some(READ_SIZE)
+                if not data:
+                    break
+            stats.stream_bytes += len(data)
+            stats.channel_bytes += await _send(channel, sender.feed(bytes(data)))
+        stats.channel_bytes += await _send(channel, sender.finish())
+        split = sender.splitter.stats
+        stats.pages, stats.zero_pages = split["pages"], split["zero_pages"]
+        stats.passthrough = sender.splitter.passthrough_reason
+
+    async def back() -> None:
+        decoder = frames.FrameDecoder()
+        while data := await channel.receive_some(READ_SIZE):
+            for frame in decoder.feed(bytes(data)):
+                if frame.kind == frames.RETURN:
+                    stats.returned_bytes += len(frame.payload)
+                    await qemu.send_all(frame.payload)
+                elif frame.kind == frames.ABORT:
+                    raise frames.FrameError(
+                        "destination aborted: " + frame.payload.decode("utf-8", "replace")[:200]
+                    )
+                else:
+                    raise frames.FrameError(
+                        f"unexpected frame type {frame.kind} from the destination"
+                    )
+
+    async with trio.open_nursery() as n:
+        n.start_soon(back)
+        await forward()
+    stats.done = True
+
+
+async def relay_destination(
+    channel: trio.abc.Stream,
+    qemu: trio.abc.Stream,
+    receiver: StreamReceiver,
+    stats: RelayStats,
+) -> None:
+    """Frames from the channel to the destination QEMU (only bytes a ``CHECK`` vouched
+    for), QEMU's replies back as ``RETURN``. On a bad stream: ``ABORT`` to the source,
+    then the error is raised; the destination QEMU never saw the bad bytes."""
+
+    async def back() -> None:
+        while data := await qemu.receive_some(READ_SIZE):
+            stats.returned_bytes += len(data)
+            await channel.send_all(frames.encode(frames.RETURN, bytes(data)))
+
+    decoder = frames.FrameDecoder()
+    async with trio.open_nursery() as n:
+        n.start_soon(back)
+        try:
+            while not receiver.ended:
+                data = await channel.receive_some(READ_SIZE)
+                if not data:
+                    raise frames.FrameError("the source closed the channel before END")
+                stats.channel_bytes += len(data)
+                for frame in decoder.feed(bytes(data)):
+                    out = receiver.apply(frame)
+                    if out:
+                        await qemu.send_all(out)
+                        stats.stream_bytes += len(out)
+        except Exception as exc:
+            stats.error = str(exc)
+            log.error("migration.stream_rejected", extra=kv(error=str(exc)))
+            with (
+                trio.move_on_after(5),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                await channel.send_all(frames.encode(frames.ABORT, str(exc).encode()[:500]))
+            raise
+        # the stream is complete; QEMU's last replies (SHUT) may still come: wait for it
+        # to close its side, within reason
+        n.cancel_scope.deadline = trio.current_time() + 30
+    stats.done = True

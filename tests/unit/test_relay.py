@@ -1,0 +1,113 @@
+"""The relay loops on in-memory streams: QEMU -> source relay -> channel -> destination
+relay -> QEMU, with the return path, and a tampering channel in the middle."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from novacron.migration import frames
+from novacron.migration.relay import RelayStats, relay_destination, relay_source
+from novacron.migration.stream import StreamReceiver, StreamSender
+from tests.unit.test_stream import iterations
+
+SHUT = b"\x00\x01\x00\x04\x00\x00\x00\x00"
+
+
+async def migrate(
+    stream: bytes, tamper: bool = False, received: bytearray | None = None
+) -> tuple[bytes, bytes, RelayStats, RelayStats]:
+    src_qemu, src_relay_side = trio.testing.memory_stream_pair()
+    dst_relay_side, dst_qemu = trio.testing.memory_stream_pair()
+    chan_src, chan_mid_a = trio.testing.memory_stream_pair()
+    chan_mid_b, chan_dst = trio.testing.memory_stream_pair()
+    received = bytearray() if received is None else received
+    returned = bytearray()
+    src_stats, dst_stats = RelayStats(), RelayStats()
+    refused: list[Exception] = []
+
+    async def source_qemu() -> None:
+        for at in range(0, len(stream), 50_000):
+            await src_qemu.send_all(stream[at : at + 50_000])
+        # like QEMU: wait for the destination's SHUT before closing
+        while len(returned) < len(SHUT):
+            data = await src_qemu.receive_some(100)
+            if not data:
+                break
+            returned.extend(data)
+        await src_qemu.aclose()
+
+    async def destination_qemu() -> None:
+        while len(received) < len(stream):
+            data = await dst_qemu.receive_some(65536)
+            if not data:
+                return
+            received.extend(data)
+        await dst_qemu.send_all(SHUT)
+        await dst_qemu.aclose()
+
+    async def middle(
+        a: trio.abc.HalfCloseableStream, b: trio.abc.HalfCloseableStream, flip: bool
+    ) -> None:
+        seen = 0
+        while data := await a.receive_some(65536):
+            data = bytearray(data)
+            if flip and seen < 2_000 <= seen + len(data):
+                data[2_000 - seen] ^= 0x40  # inside the first batch of pages
+            seen += len(data)
+            await b.send_all(bytes(data))
+        await b.send_eof()  # half-close: the other direction keeps flowing
+
+    async def source() -> None:
+        try:
+            await relay_source(src_relay_side, chan_src, StreamSender(batch_pages=16), src_stats)
+        finally:
+            await chan_src.aclose()
+            await src_relay_side.aclose()
+
+    async def destination() -> None:
+        try:
+            await relay_destination(chan_dst, dst_relay_side, StreamReceiver(), dst_stats)
+        except Exception as exc:  # kept, so the source side runs on and gets the ABORT
+            refused.append(exc)
+        finally:
+            await chan_dst.aclose()
+            await dst_relay_side.aclose()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as n:
+            n.start_soon(source_qemu)
+            n.start_soon(destination_qemu)
+            n.start_soon(middle, chan_mid_a, chan_mid_b, tamper)
+            n.start_soon(middle, chan_mid_b, chan_mid_a, False)
+            n.start_soon(source)
+            n.start_soon(destination)
+    if refused:
+        raise refused[0]
+    return bytes(received), bytes(returned), src_stats, dst_stats
+
+
+async def test_a_stream_crosses_with_its_return_path() -> None:
+    stream, pages = iterations(5, 3)
+    received, returned, src, dst = await migrate(stream)
+    assert received == stream and returned == SHUT
+    assert src.done and dst.done and src.pages == pages
+    assert src.stream_bytes == len(stream) == dst.stream_bytes
+    assert src.channel_bytes < len(stream)
+
+
+async def test_a_tampered_channel_never_reaches_qemu() -> None:
+    stream, _ = iterations(6, 9)
+    received = bytearray()
+    with pytest.raises(BaseExceptionGroup) as caught:
+        await migrate(stream, tamper=True, received=received)
+    flat = list(caught.value.exceptions)
+    while any(isinstance(e, BaseExceptionGroup) for e in flat):
+        flat = [
+            x for e in flat for x in (e.exceptions if isinstance(e, BaseExceptionGroup) else [e])
+        ]
+    # the destination refused the stream and told the source, which stopped
+    assert any(isinstance(e, frames.FrameError) and "aborted" in str(e) for e in flat), flat
+    assert "sha256 differs" in str(flat) or "checksum" in str(flat).lower()
+    assert len(received) < len(stream) and stream.startswith(bytes(received))
