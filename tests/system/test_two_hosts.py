@@ -4,7 +4,11 @@ NovaCron data path is compared with, and proof the harness is sound."""
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from novacron.pki.ca import CertificateAuthority
 from tests.system import guest
 from tests.system.libvirt_host import LibvirtHost
 from tests.system.twohosts import TwoHosts
@@ -82,3 +87,102 @@ def test_libvirt_live_migration_between_the_two_hosts(
     assert "g1" not in a.virsh("list", "--all", "--name")
     # the guest goes on ticking on hostb, with its memory intact (the workload checks it)
     wait_for(console, f"{guest.TICK} {ticks + 3}", timeout=120)
+
+
+def test_live_migration_through_the_novacron_data_path(
+    hosts: TwoHosts, guest_images: guest.GuestImages, tmp_path: Path
+) -> None:
+    """libvirt drives the migration; QEMU's stream goes source QEMU -> NovaCron's
+    source relay -> mutual TLS over the veth -> destination relay -> destination QEMU,
+    its RAM pages through the page engine, every byte checked before it is delivered."""
+    a, b = hosts.a, hosts.b
+    authority = CertificateAuthority.init(tmp_path / "ca")
+    certs = tmp_path / "certs"
+    for host in (a, b):
+        authority.issue(host.name, "node", certs, node=True, addresses=(host.address,))
+    ca = authority.dir / "ca.crt"
+    console = a.root.parent / "g2.console"
+    xml_path = a.root.parent / "g2.xml"
+    xml_path.write_text(guest_xml("g2", guest_images, hosts.qemu_wrapper, console))
+    a.virsh("define", str(xml_path))
+    a.virsh("start", "g2")
+    wait_for(console, guest.WORKLOAD_MARKER)
+    ticks = console.read_text(errors="replace").count(guest.TICK)
+
+    port, channel_port = 49152 + secrets.randbelow(1000), 7443
+    root = Path(__file__).resolve().parents[2]
+    helper = [sys.executable, "-m", "tests.system.relay_helper"]
+    dest_stats, src_stats = tmp_path / "dest.json", tmp_path / "src.json"
+    errs = [(tmp_path / "dest.err").open("wb"), (tmp_path / "src.err").open("wb")]
+    dest = b.popen(
+        [
+            *helper,
+            "destination",
+            f"{b.address}:{channel_port}",
+            f"127.0.0.1:{port}",
+            str(certs / "hostb.crt"),
+            str(certs / "hostb.key"),
+            str(ca),
+            str(dest_stats),
+        ],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},  # nsenter resets the cwd
+        stdout=subprocess.PIPE,
+        stderr=errs[0],
+    )
+    src = a.popen(
+        [
+            *helper,
+            "source",
+            f"127.0.0.1:{port}",
+            f"{b.address}:{channel_port}",
+            str(certs / "hosta.crt"),
+            str(certs / "hosta.key"),
+            str(ca),
+            str(src_stats),
+        ],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},  # nsenter resets the cwd
+        stdout=subprocess.PIPE,
+        stderr=errs[1],
+    )
+    try:
+        assert dest.stdout is not None and src.stdout is not None
+        for name, proc in (("dest", dest), ("src", src)):
+            assert proc.stdout is not None
+            line = proc.stdout.readline().strip()
+            assert line == b"READY", (tmp_path / f"{name}.err").read_text()
+        a.virsh(
+            "migrate",
+            "--live",
+            "--p2p",
+            "--persistent",
+            "--undefinesource",
+            "g2",
+            b.libvirt_uri,
+            "--migrateuri",
+            f"tcp://127.0.0.1:{port}",
+            "--listen-address",
+            "127.0.0.1",
+            timeout=600,
+        )
+        assert src.wait(timeout=60) == 0, (tmp_path / "src.err").read_text()
+        assert dest.wait(timeout=60) == 0, (tmp_path / "dest.err").read_text()
+    finally:
+        for p in (src, dest):
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+            if p.stdout is not None:
+                p.stdout.close()
+        for f in errs:
+            f.close()
+    assert "running" in b.virsh("domstate", "g2")
+    assert "g2" not in a.virsh("list", "--all", "--name")
+    wait_for(console, f"{guest.TICK} {ticks + 3}", timeout=120)
+    s, d = json.loads(src_stats.read_text()), json.loads(dest_stats.read_text())
+    assert s["done"] and d["done"] and d["error"] is None
+    assert s["stream_bytes"] == d["stream_bytes"] > 0
+    assert s["pages"] > 1000 and s["channel_bytes"] < s["stream_bytes"]
+    assert s["returned_bytes"] == d["returned_bytes"] > 0, "the return path was carried"
+    print(f"stream {s['stream_bytes']} bytes, channel {s['channel_bytes']}, pages {s['pages']}")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BASE = Path("/var/tmp/novacron-hosts")
+SLEEP = ("sleep", "infinity")
 NET = "10.77.0"
 
 QEMU_WRAPPER = """#!/bin/sh
@@ -88,8 +89,12 @@ class Host:
         )
         hosts = "127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in peer_names.items())
         (self.root / "hosts").write_text(hosts)
+        # --kill-child: the namespaced child dies with the holder; no inherited pipes
         self.holder = subprocess.Popen(
-            ["unshare", "--mount", "--net", "--uts", "--fork", "--", "sleep", "infinity"]
+            ["unshare", "--mount", "--net", "--uts", "--fork", "--kill-child", "--", *SLEEP],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
         while _run(["readlink", f"/proc/{self.pid}/ns/net"], check=False) == _run(

@@ -1,0 +1,78 @@
+"""One end of NovaCron's migration data path as a standalone process, for the
+two-host tests (run inside a host's namespaces). The daemon will run the same loops
+(``novacron.migration.relay``); this wires them to sockets and TLS by hand.
+
+    python -m tests.system.relay_helper source HOST:PORT PEER:PORT CERT KEY CA STATS
+    python -m tests.system.relay_helper destination LISTEN:PORT QEMU:PORT CERT KEY CA STATS
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import trio
+
+from novacron.client import split_address
+from novacron.migration.relay import RelayStats, relay_destination, relay_source
+from novacron.migration.stream import StreamReceiver, StreamSender
+from novacron.server.tls import client_context, server_context
+
+
+async def connect_retrying(host: str, port: int) -> trio.SocketStream:
+    with trio.fail_after(60):
+        while True:
+            try:
+                return await trio.open_tcp_stream(host, port)
+            except OSError:
+                await trio.sleep(0.05)
+
+
+async def source(qemu_at: str, peer: str, cert: Path, key: Path, ca: Path, out: Path) -> None:
+    host, port = split_address(qemu_at)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    print("READY", flush=True)
+    qemu = await listeners[0].accept()
+    peer_host, peer_port = split_address(peer)
+    tcp = await connect_retrying(peer_host, peer_port)
+    channel = trio.SSLStream(tcp, client_context(cert, key, ca), server_hostname="hostb")
+    await channel.do_handshake()
+    stats = RelayStats()
+    try:
+        await relay_source(qemu, channel, StreamSender(), stats)
+    finally:
+        await trio.to_thread.run_sync(out.write_text, json.dumps(asdict(stats)))
+        await channel.aclose()
+        await qemu.aclose()
+
+
+async def destination(
+    listen: str, qemu_at: str, cert: Path, key: Path, ca: Path, out: Path
+) -> None:
+    host, port = split_address(listen)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    print("READY", flush=True)
+    raw = await listeners[0].accept()
+    channel = trio.SSLStream(raw, server_context(cert, key, ca, None), server_side=True)
+    await channel.do_handshake()
+    qhost, qport = split_address(qemu_at)
+    qemu = await connect_retrying(qhost, qport)
+    stats = RelayStats()
+    try:
+        await relay_destination(channel, qemu, StreamReceiver(), stats)
+    finally:
+        await trio.to_thread.run_sync(out.write_text, json.dumps(asdict(stats)))
+        await channel.aclose()
+        await qemu.aclose()
+
+
+def main() -> None:
+    role, a, b, cert, key, ca, out = sys.argv[1:8]
+    fn = source if role == "source" else destination
+    trio.run(fn, a, b, Path(cert), Path(key), Path(ca), Path(out))
+
+
+if __name__ == "__main__":
+    main()
