@@ -168,6 +168,18 @@ class Client:
 
 
 @asynccontextmanager
+async def _serving(stream: trio.abc.Stream, max_message: int) -> AsyncIterator[Client]:
+    """A client on a connected stream, its reader running until the block ends."""
+    async with stream, trio.open_nursery() as nursery:
+        client = Client(stream, max_message)
+        nursery.start_soon(client._reader)
+        try:
+            yield client
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
 async def connect(
     path: str | Path | None = None, max_message: int = codec.DEFAULT_MAX_MESSAGE
 ) -> AsyncIterator[Client]:
@@ -177,13 +189,8 @@ async def connect(
         stream = await trio.open_unix_socket(str(target))
     except OSError as exc:
         raise errors.Unavailable(f"cannot connect to {target}: {exc.strerror}") from None
-    async with stream, trio.open_nursery() as nursery:
-        client = Client(stream, max_message)
-        nursery.start_soon(client._reader)
-        try:
-            yield client
-        finally:
-            nursery.cancel_scope.cancel()
+    async with _serving(stream, max_message) as client:
+        yield client
 
 
 @asynccontextmanager
@@ -210,13 +217,8 @@ async def connect_tls(
     except (trio.BrokenResourceError, trio.TooSlowError) as exc:
         await trio.aclose_forcefully(stream)
         raise errors.Unavailable(f"TLS handshake with {address} failed: {exc}") from None
-    async with stream, trio.open_nursery() as nursery:
-        client = Client(stream, max_message)
-        nursery.start_soon(client._reader)
-        try:
-            yield client
-        finally:
-            nursery.cancel_scope.cancel()
+    async with _serving(stream, max_message) as client:
+        yield client
 
 
 class SyncClient:

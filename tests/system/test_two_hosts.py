@@ -19,7 +19,7 @@ import pytest
 from novacron.pki.ca import CertificateAuthority
 from tests.system import guest
 from tests.system.libvirt_host import LibvirtHost
-from tests.system.twohosts import TwoHosts
+from tests.system.twohosts import Host, TwoHosts
 
 
 @pytest.fixture
@@ -111,41 +111,24 @@ def test_live_migration_through_the_novacron_data_path(
 
     port, channel_port = 49152 + secrets.randbelow(1000), 7443
     root = Path(__file__).resolve().parents[2]
-    helper = [sys.executable, "-m", "tests.system.relay_helper"]
-    dest_stats, src_stats = tmp_path / "dest.json", tmp_path / "src.json"
+    dest_stats, src_stats = tmp_path / "destination.json", tmp_path / "source.json"
     errs = [(tmp_path / "dest.err").open("wb"), (tmp_path / "src.err").open("wb")]
-    dest = b.popen(
-        [
-            *helper,
-            "destination",
-            f"{b.address}:{channel_port}",
-            f"127.0.0.1:{port}",
-            str(certs / "hostb.crt"),
-            str(certs / "hostb.key"),
-            str(ca),
-            str(dest_stats),
-        ],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},  # nsenter resets the cwd
-        stdout=subprocess.PIPE,
-        stderr=errs[0],
-    )
-    src = a.popen(
-        [
-            *helper,
-            "source",
-            f"127.0.0.1:{port}",
-            f"{b.address}:{channel_port}",
-            str(certs / "hosta.crt"),
-            str(certs / "hosta.key"),
-            str(ca),
-            str(src_stats),
-        ],
-        cwd=root,
-        env={**os.environ, "PYTHONPATH": str(root)},  # nsenter resets the cwd
-        stdout=subprocess.PIPE,
-        stderr=errs[1],
-    )
+
+    def helper(host: Host, role: str, *args: str, n: int) -> subprocess.Popen[bytes]:
+        node = certs / host.name
+        return host.popen(
+            [
+                *(sys.executable, "-m", "tests.system.relay_helper", role, *args),
+                *(f"{node}.crt", f"{node}.key", str(ca), str(tmp_path / f"{role}.json")),
+            ],
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root)},  # nsenter resets the cwd
+            stdout=subprocess.PIPE,
+            stderr=errs[n],
+        )
+
+    dest = helper(b, "destination", f"{b.address}:{channel_port}", f"127.0.0.1:{port}", n=0)
+    src = helper(a, "source", f"127.0.0.1:{port}", f"{b.address}:{channel_port}", n=1)
     try:
         assert dest.stdout is not None and src.stdout is not None
         for name, proc in (("dest", dest), ("src", src)):
