@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -41,6 +42,17 @@ class RelayStats:
     done: bool = False
     error: str | None = None
     passthrough: str | None = field(default=None)
+
+
+@contextlib.contextmanager
+def _single_errors() -> Iterator[None]:
+    """A relay fails with its one cause, not a group of one (its tasks are internal)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
 
 
 async def _send(stream: trio.abc.Stream, data: list[bytes]) -> int:
@@ -95,9 +107,10 @@ async def relay_source(
                         f"unexpected frame type {frame.kind} from the destination"
                     )
 
-    async with trio.open_nursery() as n:
-        n.start_soon(back)
-        await forward()
+    with _single_errors():
+        async with trio.open_nursery() as n:
+            n.start_soon(back)
+            await forward()
     stats.done = True
 
 
@@ -117,6 +130,19 @@ async def relay_destination(
             await channel.send_all(frames.encode(frames.RETURN, bytes(data)))
 
     decoder = frames.FrameDecoder()
+    with _single_errors():
+        await _destination_loop(channel, qemu, receiver, stats, decoder, back)
+    stats.done = True
+
+
+async def _destination_loop(
+    channel: trio.abc.Stream,
+    qemu: trio.abc.Stream,
+    receiver: StreamReceiver,
+    stats: RelayStats,
+    decoder: frames.FrameDecoder,
+    back: Callable[[], Awaitable[None]],
+) -> None:
     async with trio.open_nursery() as n:
         n.start_soon(back)
         try:
@@ -142,4 +168,3 @@ async def relay_destination(
         # the stream is complete; QEMU's last replies (SHUT) may still come: wait for it
         # to close its side, within reason
         n.cancel_scope.deadline = trio.current_time() + 30
-    stats.done = True
