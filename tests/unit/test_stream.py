@@ -14,8 +14,9 @@ from novacron.migration.stream import DigestMismatch, StreamReceiver, StreamSend
 from tests.qemu_stream_builder import PAGE, StreamBuilder
 
 
-def iterations(rounds: int, seed: int) -> tuple[bytes, int]:
-    """A precopy of 64 pages dirtied over several iterations (pages resent, zeros)."""
+def iterations(rounds: int, seed: int, incompressible: bool = False) -> tuple[bytes, int]:
+    """A precopy of 64 pages dirtied over several iterations (pages resent, zeros);
+    ``incompressible``: page contents are random bytes."""
     rng = random.Random(seed)
     b = StreamBuilder().header().ram_setup([(b"pc.ram", 64 * PAGE), (b"vga.vram", 4 * PAGE)])
     pages = 0
@@ -29,6 +30,8 @@ def iterations(rounds: int, seed: int) -> tuple[bytes, int]:
             else:
                 fill = bytes([rng.randrange(256)]) * 16
                 data = (fill + bytes(rng.randrange(4) for _ in range(16))) * (PAGE // 32)
+                if incompressible:
+                    data = rng.randbytes(PAGE)
                 b.page(b"pc.ram", n, data)
                 pages += 1
         b.page(b"vga.vram", rng.randrange(4), bytes(PAGE))

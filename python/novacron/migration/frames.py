@@ -11,7 +11,11 @@ Every frame is ``type: u8``, ``length: u32 big-endian``, ``payload``. Types:
 * ``ABORT`` (5) — a UTF-8 reason;
 * ``CHECK`` (6) — ``length: u64``, ``sha256: 32 bytes`` of the stream up to the end of
   the frames before it. The receiver writes nothing to QEMU that a ``CHECK`` has not
-  vouched for, so a corrupted stream never reaches the destination QEMU.
+  vouched for, so a corrupted stream never reaches the destination QEMU;
+* ``START`` (7) — ``total_pages: u64``, as soon as the source knows the guest's size;
+* ``ANNOUNCE`` (8) — the destination's answer to ``START``: 16-byte hashes of pages it
+  holds in its page store (kept from earlier migrations), which the source then sends
+  as references. The source sends no ``PAGES`` before it.
 
 A frame over ``max_frame`` bytes, an unknown type or a malformed payload is a
 :class:`FrameError`; the channel is then closed (the migration fails on this side).
@@ -22,8 +26,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-VERBATIM, PAGES, RETURN, END, ABORT, CHECK = 1, 2, 3, 4, 5, 6
-TYPES = frozenset({VERBATIM, PAGES, RETURN, END, ABORT, CHECK})
+VERBATIM, PAGES, RETURN, END, ABORT, CHECK, START, ANNOUNCE = 1, 2, 3, 4, 5, 6, 7, 8
+TYPES = frozenset({VERBATIM, PAGES, RETURN, END, ABORT, CHECK, START, ANNOUNCE})
+_TOTAL = struct.Struct(">Q")
 HEADER = struct.Struct(">BI")
 MAX_FRAME = 64 * 1024 * 1024
 _PAGES_HEAD = struct.Struct(">QI")
@@ -77,6 +82,17 @@ def decode_pages(payload: bytes) -> tuple[int, list[tuple[bytes, int]], bytes]:
     except struct.error:
         raise FrameError("truncated PAGES frame") from None
     return total, entries, payload[at:]
+
+
+def encode_start(total_pages: int) -> bytes:
+    return encode(START, _TOTAL.pack(total_pages))
+
+
+def decode_start(payload: bytes) -> int:
+    if len(payload) != _TOTAL.size:
+        raise FrameError("START frame of the wrong size")
+    (total,) = _TOTAL.unpack(payload)
+    return int(total)
 
 
 def encode_end(length: int, digest: bytes, kind: int = END) -> bytes:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
@@ -55,12 +56,27 @@ def _single_errors() -> Iterator[None]:
         raise
 
 
-async def _send(stream: trio.abc.Stream, data: list[bytes]) -> int:
-    if not data:
-        return 0
-    blob = b"".join(data)
-    await stream.send_all(blob)
-    return len(blob)
+class Channel:
+    """The channel stream with one writer at a time: frames are produced and sent under
+    one lock, so two tasks never interleave or reorder them."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.lock = trio.Lock()
+        self.sent = 0
+
+    async def send(self, produce: Callable[[], list[bytes]]) -> int:
+        async with self.lock:
+            data = produce()  # synchronous: nothing else runs between this and the send
+            if not data:
+                return 0
+            blob = b"".join(data)
+            await self.stream.send_all(blob)
+            self.sent += len(blob)
+            return len(blob)
+
+    async def send_frames(self, ready: list[bytes]) -> int:
+        return await self.send(lambda: ready)
 
 
 async def relay_source(
@@ -72,6 +88,8 @@ async def relay_source(
     """QEMU's stream to the channel; ``RETURN`` frames back to QEMU. Returns when the
     destination acknowledged the end (closed its side after ``END``)."""
 
+    out = Channel(channel)
+
     async def forward() -> None:
         while True:
             data: bytes | bytearray = b""
@@ -80,13 +98,14 @@ async def relay_source(
                 if not data:
                     break
             if idle.cancelled_caught:
-                stats.channel_bytes += await _send(channel, sender.flush())
+                await out.send(sender.flush)
                 data = await qemu.receive_some(READ_SIZE)
                 if not data:
                     break
             stats.stream_bytes += len(data)
-            stats.channel_bytes += await _send(channel, sender.feed(bytes(data)))
-        stats.channel_bytes += await _send(channel, sender.finish())
+            await out.send(partial(sender.feed, bytes(data)))
+        await out.send(sender.finish)
+        stats.channel_bytes = out.sent  # both tasks send: count in one place
         split = sender.splitter.stats
         stats.pages, stats.zero_pages = split["pages"], split["zero_pages"]
         stats.passthrough = sender.splitter.passthrough_reason
@@ -98,6 +117,8 @@ async def relay_source(
                 if frame.kind == frames.RETURN:
                     stats.returned_bytes += len(frame.payload)
                     await qemu.send_all(frame.payload)
+                elif frame.kind == frames.ANNOUNCE:
+                    await out.send(partial(sender.announce, frame.payload))
                 elif frame.kind == frames.ABORT:
                     raise frames.FrameError(
                         "destination aborted: " + frame.payload.decode("utf-8", "replace")[:200]
@@ -124,19 +145,21 @@ async def relay_destination(
     for), QEMU's replies back as ``RETURN``. On a bad stream: ``ABORT`` to the source,
     then the error is raised; the destination QEMU never saw the bad bytes."""
 
+    out = Channel(channel)
+
     async def back() -> None:
         while data := await qemu.receive_some(READ_SIZE):
             stats.returned_bytes += len(data)
-            await channel.send_all(frames.encode(frames.RETURN, bytes(data)))
+            await out.send_frames([frames.encode(frames.RETURN, bytes(data))])
 
     decoder = frames.FrameDecoder()
     with _single_errors():
-        await _destination_loop(channel, qemu, receiver, stats, decoder, back)
+        await _destination_loop(out, qemu, receiver, stats, decoder, back)
     stats.done = True
 
 
 async def _destination_loop(
-    channel: trio.abc.Stream,
+    channel: Channel,
     qemu: trio.abc.Stream,
     receiver: StreamReceiver,
     stats: RelayStats,
@@ -147,23 +170,27 @@ async def _destination_loop(
         n.start_soon(back)
         try:
             while not receiver.ended:
-                data = await channel.receive_some(READ_SIZE)
+                data = await channel.stream.receive_some(READ_SIZE)
                 if not data:
                     raise frames.FrameError("the source closed the channel before END")
                 stats.channel_bytes += len(data)
                 for frame in decoder.feed(bytes(data)):
-                    out = receiver.apply(frame)
-                    if out:
-                        await qemu.send_all(out)
-                        stats.stream_bytes += len(out)
+                    rebuilt = receiver.apply(frame)
+                    if receiver.reply:  # ANNOUNCE, answering START
+                        replies, receiver.reply = receiver.reply, []
+                        await channel.send_frames(replies)
+                    if rebuilt:
+                        await qemu.send_all(rebuilt)
+                        stats.stream_bytes += len(rebuilt)
         except Exception as exc:
             stats.error = str(exc)
             log.error("migration.stream_rejected", extra=kv(error=str(exc)))
+            abort = frames.encode(frames.ABORT, str(exc).encode()[:500])
             with (
                 trio.move_on_after(5),
                 contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
             ):
-                await channel.send_all(frames.encode(frames.ABORT, str(exc).encode()[:500]))
+                await channel.send_frames([abort])
             raise
         # the stream is complete; QEMU's last replies (SHUT) may still come: wait for it
         # to close its side, within reason

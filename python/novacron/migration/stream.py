@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from novacron._core import PAGE_SIZE, PageDecoder, PageEncoder, QemuStreamSplitter
+from novacron._core import PAGE_SIZE, PageDecoder, PageEncoder, PageStore, QemuStreamSplitter
 from novacron.migration import frames
 
 DEFAULT_BATCH_PAGES = 1024
@@ -32,14 +32,29 @@ class DigestMismatch(Exception):
 
 
 class StreamSender:
-    def __init__(self, batch_pages: int = DEFAULT_BATCH_PAGES, **engine: Any) -> None:
+    """``wait_for_announce``: hold pages until the destination's ``ANNOUNCE`` (its page
+    store's hashes) arrived, so they can go as references. ``store``: keep every page
+    sent in this page store (for migrating back, or other VMs of the same image)."""
+
+    def __init__(
+        self,
+        batch_pages: int = DEFAULT_BATCH_PAGES,
+        wait_for_announce: bool = False,
+        store: PageStore | None = None,
+        **engine: Any,
+    ) -> None:
         self.splitter = QemuStreamSplitter()
         self._engine = engine
         self.encoder: PageEncoder | None = None
+        self._waiting = wait_for_announce
+        self._started = False
+        self._store = store
+        self.announced = 0
         self._batch_pages = batch_pages
         self._entries: list[tuple[bytes, int]] = []
         self._pages: list[bytes] = []
         self._in_batch: set[int] = set()
+        self._held: list[tuple[list[tuple[bytes, int]], list[bytes]]] = []
         self._prefix = bytearray()
         self._sent = hashlib.sha256()  # over the stream bytes the frames so far stand for
         self._sent_length = 0
@@ -50,22 +65,42 @@ class StreamSender:
         """Frames for the next bytes from the source QEMU (possibly none yet)."""
         self.length += len(data)
         out: list[bytes] = []
-        for index, piece in self.splitter.feed(data):
+        pieces = self.splitter.feed(data)
+        if not self._started and self.splitter.total_pages:
+            self._started = True
+            out.append(frames.encode_start(self.splitter.total_pages))
+        for index, piece in pieces:
             self._piece(index, piece, out)
-        if len(self._prefix) >= MAX_VERBATIM and not self._entries:
+        if len(self._prefix) >= MAX_VERBATIM and not self._entries and not self._held:
             out.append(self._verbatim())
         return self._checked(out)
 
-    def flush(self) -> list[bytes]:
-        """Everything held back (call when the source goes quiet, and at the end)."""
+    def announce(self, hashes: bytes) -> list[bytes]:
+        """The destination's page-store hashes; returns the frames held back for them."""
+        self.announced = self._encoder().announce(hashes)
+        self._waiting = False
         out: list[bytes] = []
         self._flush_pages(out)
-        if self._prefix:
+        return self._checked(out)
+
+    def _encoder(self) -> PageEncoder:
+        if self.encoder is None:
+            self.encoder = PageEncoder(self.splitter.total_pages, **self._engine)
+        return self.encoder
+
+    def flush(self) -> list[bytes]:
+        """Everything held back (call when the source goes quiet, and at the end);
+        pages wait for ``ANNOUNCE`` if asked to, and so does what follows them."""
+        out: list[bytes] = []
+        self._flush_pages(out)
+        if self._prefix and not self._entries and not self._held:
             out.append(self._verbatim())
         return self._checked(out)
 
     def finish(self) -> list[bytes]:
-        """The stream ended: the rest, then ``END`` with length and digest."""
+        """The stream ended: the rest, then ``END`` with length and digest (an
+        ``ANNOUNCE`` that never came is not waited for any longer)."""
+        self._waiting = False
         out: list[bytes] = []
         for index, piece in self.splitter.finish():
             self._piece(index, piece, out)
@@ -79,24 +114,42 @@ class StreamSender:
             self._prefix += piece
             return
         if index in self._in_batch or len(self._entries) >= self._batch_pages:
-            self._flush_pages(out)
+            self._cut(out)
         self._entries.append((bytes(self._prefix), index))
         self._prefix.clear()
         self._pages.append(piece)
         self._in_batch.add(index)
 
-    def _flush_pages(self, out: list[bytes]) -> None:
+    def _cut(self, out: list[bytes]) -> None:
+        """Closes the open batch: encoded now, or held until ``ANNOUNCE``."""
         if not self._entries:
             return
+        if self._waiting:
+            self._held.append((self._entries, self._pages))
+        else:
+            self._encode(self._entries, self._pages, out)
+        self._entries, self._pages, self._in_batch = [], [], set()
+
+    def _flush_pages(self, out: list[bytes]) -> None:
+        if self._waiting:
+            return
+        for entries, pages in self._held:
+            self._encode(entries, pages, out)
+        self._held = []
+        self._cut(out)
+
+    def _encode(
+        self, entries: list[tuple[bytes, int]], pages: list[bytes], out: list[bytes]
+    ) -> None:
         total = self.splitter.total_pages
-        if self.encoder is None:
-            self.encoder = PageEncoder(total, **self._engine)
-        batch = self.encoder.encode_pages([i for _, i in self._entries], b"".join(self._pages))
-        for (prefix, _), page in zip(self._entries, self._pages, strict=True):
+        packed = b"".join(pages)
+        batch = self._encoder().encode_pages([i for _, i in entries], packed)
+        if self._store is not None:
+            self._store.add_image(packed)
+        for (prefix, _), page in zip(entries, pages, strict=True):
             self._account(prefix)
             self._account(page)
-        out.append(frames.encode_pages(total, self._entries, batch))
-        self._entries, self._pages, self._in_batch = [], [], set()
+        out.append(frames.encode_pages(total, entries, batch))
 
     def _verbatim(self) -> bytes:
         data = bytes(self._prefix)
@@ -118,8 +171,13 @@ class StreamSender:
 
 
 class StreamReceiver:
-    def __init__(self) -> None:
+    """``store``: a page store whose pages are announced to the source (and kept pinned
+    for this stream); the arrived guest memory is added to it at the end."""
+
+    def __init__(self, store: PageStore | None = None) -> None:
         self.decoder: PageDecoder | None = None
+        self._store = store
+        self.reply: list[bytes] = []  # frames for the source (ANNOUNCE)
         self._digest = hashlib.sha256()
         self.length = 0
         self._unchecked: list[bytes] = []
@@ -132,6 +190,13 @@ class StreamReceiver:
             raise frames.FrameError("frame after END")
         if frame.kind == frames.VERBATIM:
             self._hold(frame.payload)
+            return b""
+        if frame.kind == frames.START:
+            if self.decoder is not None:
+                raise frames.FrameError("a second START")
+            self.decoder = PageDecoder(frames.decode_start(frame.payload))
+            hashes = self.decoder.announce(self._store) if self._store is not None else b""
+            self.reply.append(frames.encode(frames.ANNOUNCE, hashes))
             return b""
         if frame.kind == frames.PAGES:
             total, entries, batch = frames.decode_pages(frame.payload)
@@ -152,6 +217,8 @@ class StreamReceiver:
                     else f"rebuilt stream's sha256 differs from the source's at byte {length}"
                 )
             self.ended = frame.kind == frames.END
+            if self.ended and self._store is not None and self.decoder is not None:
+                self._store.add_image(self.decoder.image())  # for the next migration
             out = b"".join(self._unchecked)
             self._unchecked, self._unchecked_size = [], 0
             return out
