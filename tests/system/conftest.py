@@ -4,6 +4,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import libvirt
@@ -26,9 +27,10 @@ def guest_images() -> guest.GuestImages:
     return guest.build()
 
 
-@pytest.fixture
-def system_daemon(libvirt_host: LibvirtHost, tmp_path: Path) -> Iterator[Daemon]:
-    """A daemon on qemu:///system with its own pool and a state dir libvirt can reach."""
+@contextmanager
+def daemon_on_system(tmp_path: Path, *extra: str) -> Iterator[Daemon]:
+    """A daemon on qemu:///system with its own pool and a state dir libvirt can reach,
+    started with ``extra`` flags; everything it made is removed afterwards."""
     tag = secrets.token_hex(4)
     state = Path("/var/tmp") / f"novacron-systest-{tag}"
     pool = f"novacron-test-{tag}"
@@ -37,9 +39,10 @@ def system_daemon(libvirt_host: LibvirtHost, tmp_path: Path) -> Iterator[Daemon]
         state_dir=state,
         log=tmp_path / "novacrond.log",
         uri=URI,
-        extra=["--domain-type", "qemu", "--storage-pool", pool],
-    ).start(timeout=60)
+        extra=["--domain-type", "qemu", "--storage-pool", pool, *extra],
+    )
     try:
+        d.start(timeout=60)
         yield d
     finally:
         d.stop()
@@ -47,6 +50,12 @@ def system_daemon(libvirt_host: LibvirtHost, tmp_path: Path) -> Iterator[Daemon]
         shutil.rmtree(state, ignore_errors=True)
         if os.environ.get("NOVACRON_KEEP_LOGS"):
             print(d.log_text())
+
+
+@pytest.fixture
+def system_daemon(libvirt_host: LibvirtHost, tmp_path: Path) -> Iterator[Daemon]:
+    with daemon_on_system(tmp_path) as d:
+        yield d
 
 
 def cleanup_libvirt(pool: str, state: Path) -> None:

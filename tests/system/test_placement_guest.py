@@ -5,8 +5,6 @@ is what ``virsh vcpupin``, ``virsh emulatorpin`` and ``virsh numatune`` report."
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from novacron import errors
 from novacron._core import format_cpuset
 from tests.daemon_harness import Daemon
 from tests.system import guest
-from tests.system.conftest import cleanup_libvirt
+from tests.system.conftest import daemon_on_system
 from tests.system.libvirt_host import URI, LibvirtHost
 from tests.system.test_guest_lifecycle import wait_console
 
@@ -42,36 +40,20 @@ def pinning_daemon(libvirt_host: LibvirtHost, tmp_path: Path) -> Iterator[Daemon
     dedicated, shared = cpus[-1:], cpus[:-1] or cpus[-1:]
     if len(cpus) < 2:
         pytest.fail("this test needs a host with at least 2 threads")
-    tag = secrets.token_hex(4)
-    state = Path("/var/tmp") / f"novacron-systest-{tag}"
-    pool = f"novacron-test-{tag}"
-    d = Daemon(
-        socket=tmp_path / "novacrond.sock",
-        state_dir=state,
-        log=tmp_path / "novacrond.log",
-        uri=URI,
-        extra=[
-            "--domain-type",
-            "qemu",
-            "--storage-pool",
-            pool,
+    old_pages = HUGEPAGES.read_text().strip()
+    HUGEPAGES.write_text("96\n")  # 192 MiB in 2 MiB pages, read by the daemon on start
+    try:
+        with daemon_on_system(
+            tmp_path,
             "--dedicated-cpus",
             ",".join(map(str, dedicated)),
             "--shared-cpus",
             ",".join(map(str, shared)),
             "--reserved-memory-mib",
             "256",
-        ],
-    )
-    old_pages = HUGEPAGES.read_text().strip()
-    HUGEPAGES.write_text("96\n")  # 192 MiB in 2 MiB pages, read by the daemon on start
-    try:
-        d.start(timeout=60)
-        yield d
+        ) as d:
+            yield d
     finally:
-        d.stop()
-        cleanup_libvirt(pool, state)
-        shutil.rmtree(state, ignore_errors=True)
         HUGEPAGES.write_text(old_pages + "\n")
 
 

@@ -59,6 +59,17 @@ def wait_for(path: Path, needle: str, timeout: float = 180, after: int = 0) -> N
     raise AssertionError(f"{needle!r} not in {path}: {text[-1500:]}")
 
 
+def boot(hosts: TwoHosts, name: str, images: guest.GuestImages) -> tuple[Path, int]:
+    """Defines and starts a workload guest on hosta; its console and tick count so far."""
+    console = hosts.a.root.parent / f"{name}.console"
+    xml_path = hosts.a.root.parent / f"{name}.xml"
+    xml_path.write_text(guest_xml(name, images, hosts.qemu_wrapper, console))
+    hosts.a.virsh("define", str(xml_path))
+    hosts.a.virsh("start", name)
+    wait_for(console, guest.WORKLOAD_MARKER)
+    return console, console.read_text(errors="replace").count(guest.TICK)
+
+
 def test_libvirt_live_migration_between_the_two_hosts(
     hosts: TwoHosts, guest_images: guest.GuestImages
 ) -> None:
@@ -66,13 +77,7 @@ def test_libvirt_live_migration_between_the_two_hosts(
     assert a.sh("hostname").strip() == "hosta" and b.sh("hostname").strip() == "hostb"
     # hosta reaches hostb's libvirtd over the veth (and only there)
     assert "libvirt" in a.sh(f"virsh -c {b.libvirt_uri} version").lower()
-    console = a.root.parent / "g1.console"
-    xml_path = a.root.parent / "g1.xml"
-    xml_path.write_text(guest_xml("g1", guest_images, hosts.qemu_wrapper, console))
-    a.virsh("define", str(xml_path))
-    a.virsh("start", "g1")
-    wait_for(console, guest.WORKLOAD_MARKER)
-    ticks = console.read_text(errors="replace").count(guest.TICK)
+    console, ticks = boot(hosts, "g1", guest_images)
     a.virsh(
         "migrate",
         "--live",
@@ -101,13 +106,7 @@ def test_live_migration_through_the_novacron_data_path(
     for host in (a, b):
         authority.issue(host.name, "node", certs, node=True, addresses=(host.address,))
     ca = authority.dir / "ca.crt"
-    console = a.root.parent / "g2.console"
-    xml_path = a.root.parent / "g2.xml"
-    xml_path.write_text(guest_xml("g2", guest_images, hosts.qemu_wrapper, console))
-    a.virsh("define", str(xml_path))
-    a.virsh("start", "g2")
-    wait_for(console, guest.WORKLOAD_MARKER)
-    ticks = console.read_text(errors="replace").count(guest.TICK)
+    console, ticks = boot(hosts, "g2", guest_images)
 
     port, channel_port = 49152 + secrets.randbelow(1000), 7443
     root = Path(__file__).resolve().parents[2]
