@@ -107,7 +107,9 @@ def threaded_rate(call: Callable[[], Any], total: int, depth: int) -> float:
     return per_thread * depth / (time.perf_counter() - start)
 
 
-def start_daemon(tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
+def start_daemon(tmp: Path, *flags: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """A ``novacrond --dev`` of its own in ``tmp`` (extra ``flags`` appended), once it
+    answers; its socket."""
     sock = tmp / "bench.sock"
     proc = subprocess.Popen(
         [
@@ -121,6 +123,7 @@ def start_daemon(tmp: Path) -> tuple[subprocess.Popen[bytes], Path]:
             str(tmp / "state"),
             "--log-level",
             "warning",
+            *flags,
         ],
         stderr=subprocess.DEVNULL,
     )

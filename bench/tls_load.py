@@ -20,7 +20,6 @@ import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import trio
 
+from bench import rpc_bench
 from novacron.client import SyncClient, TlsFiles, connect_tls
 from novacron.pki.ca import CertificateAuthority
 
@@ -38,54 +38,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def start_daemon(root: Path, port: int, ca: CertificateAuthority) -> subprocess.Popen[bytes]:
+    """The bench daemon with its TLS listener on loopback and 10 VMs defined."""
     certs = root / "certs"
     ca.issue("node1", "node", certs, node=True, addresses=("127.0.0.1",))
-    sock = root / "novacrond.sock"
-    with (root / "novacrond.log").open("wb") as log:
-        proc = _spawn(root, port, ca, certs, sock, log)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with SyncClient(sock) as c:
-                for i in range(10):
-                    c.call("vm.create", name=f"load-{i}", memory_mib=16)
-                return proc
-        except Exception:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise
-            time.sleep(0.1)
-
-
-def _spawn(
-    root: Path, port: int, ca: CertificateAuthority, certs: Path, sock: Path, log: Any
-) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "novacron.daemon",
-            "--dev",
-            "--socket",
-            str(sock),
-            "--state-dir",
-            str(root / "state"),
-            "--log-level",
-            "warning",
-            "--tls-listen",
-            f"127.0.0.1:{port}",
-            "--tls-cert",
-            str(certs / "node1.crt"),
-            "--tls-key",
-            str(certs / "node1.key"),
-            "--tls-ca",
-            str(ca.dir / "ca.crt"),
-            "--tls-crl",
-            str(ca.dir / "crl.pem"),
-            "--rate-limit-per-s",
-            "0",
-        ],
-        stderr=log,  # the child keeps its own copy of the descriptor
+    proc, sock = rpc_bench.start_daemon(
+        root,
+        *("--tls-listen", f"127.0.0.1:{port}", "--rate-limit-per-s", "0"),
+        *("--tls-cert", str(certs / "node1.crt"), "--tls-key", str(certs / "node1.key")),
+        *("--tls-ca", str(ca.dir / "ca.crt"), "--tls-crl", str(ca.dir / "crl.pem")),
     )
+    with SyncClient(sock) as c:
+        for i in range(10):
+            c.call("vm.create", name=f"load-{i}", memory_mib=16)
+    return proc
 
 
 async def active_run(address: str, files: TlsFiles, active: int, calls: int) -> list[float]:

@@ -117,15 +117,13 @@ async def serve(config: Config) -> None:
     services = Services(
         config=config, vms=vms, bus=bus, bindings=bindings, audit=AuditLog(store, vms.db_pool)
     )
-    tls_sock = None
     try:
         await bindings.load()
         registry = build_registry(services)
         tls = None
         if config.tls_listen:
-            tls_sock = bind_tcp(config.tls_listen)
             tls = TlsServer(
-                tls_sock,
+                bind_tcp(config.tls_listen),
                 registry,
                 bus,
                 tls_material(config),

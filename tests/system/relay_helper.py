@@ -15,10 +15,10 @@ from pathlib import Path
 
 import trio
 
-from novacron.client import split_address
+from novacron.client import TlsFiles, split_address
 from novacron.migration.relay import RelayStats, relay_destination, relay_source
 from novacron.migration.stream import StreamReceiver, StreamSender
-from novacron.server.tls import client_context, server_context
+from novacron.server.tls import server_context
 
 
 async def connect_retrying(host: str, port: int) -> trio.SocketStream:
@@ -37,7 +37,8 @@ async def source(qemu_at: str, peer: str, cert: Path, key: Path, ca: Path, out: 
     qemu = await listeners[0].accept()
     peer_host, peer_port = split_address(peer)
     tcp = await connect_retrying(peer_host, peer_port)
-    channel = trio.SSLStream(tcp, client_context(cert, key, ca), server_hostname="hostb")
+    context = TlsFiles(cert, key, ca).context()
+    channel = trio.SSLStream(tcp, context, server_hostname="hostb")
     await channel.do_handshake()
     stats = RelayStats()
     try:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -154,44 +154,33 @@ async def relay_destination(
 
     decoder = frames.FrameDecoder()
     with _single_errors():
-        await _destination_loop(out, qemu, receiver, stats, decoder, back)
+        async with trio.open_nursery() as n:
+            n.start_soon(back)
+            try:
+                while not receiver.ended:
+                    data = await channel.receive_some(READ_SIZE)
+                    if not data:
+                        raise frames.FrameError("the source closed the channel before END")
+                    stats.channel_bytes += len(data)
+                    for frame in decoder.feed(bytes(data)):
+                        rebuilt = receiver.apply(frame)
+                        if receiver.reply:  # ANNOUNCE, answering START
+                            replies, receiver.reply = receiver.reply, []
+                            await out.send_frames(replies)
+                        if rebuilt:
+                            await qemu.send_all(rebuilt)
+                            stats.stream_bytes += len(rebuilt)
+            except Exception as exc:
+                stats.error = str(exc)
+                log.error("migration.stream_rejected", extra=kv(error=str(exc)))
+                abort = frames.encode(frames.ABORT, str(exc).encode()[:500])
+                with (
+                    trio.move_on_after(5),
+                    contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+                ):
+                    await out.send_frames([abort])
+                raise
+            # the stream is complete; QEMU's last replies (SHUT) may still come: wait for
+            # it to close its side, within reason
+            n.cancel_scope.deadline = trio.current_time() + 30
     stats.done = True
-
-
-async def _destination_loop(
-    channel: Channel,
-    qemu: trio.abc.Stream,
-    receiver: StreamReceiver,
-    stats: RelayStats,
-    decoder: frames.FrameDecoder,
-    back: Callable[[], Awaitable[None]],
-) -> None:
-    async with trio.open_nursery() as n:
-        n.start_soon(back)
-        try:
-            while not receiver.ended:
-                data = await channel.stream.receive_some(READ_SIZE)
-                if not data:
-                    raise frames.FrameError("the source closed the channel before END")
-                stats.channel_bytes += len(data)
-                for frame in decoder.feed(bytes(data)):
-                    rebuilt = receiver.apply(frame)
-                    if receiver.reply:  # ANNOUNCE, answering START
-                        replies, receiver.reply = receiver.reply, []
-                        await channel.send_frames(replies)
-                    if rebuilt:
-                        await qemu.send_all(rebuilt)
-                        stats.stream_bytes += len(rebuilt)
-        except Exception as exc:
-            stats.error = str(exc)
-            log.error("migration.stream_rejected", extra=kv(error=str(exc)))
-            abort = frames.encode(frames.ABORT, str(exc).encode()[:500])
-            with (
-                trio.move_on_after(5),
-                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-            ):
-                await channel.send_frames([abort])
-            raise
-        # the stream is complete; QEMU's last replies (SHUT) may still come: wait for it
-        # to close its side, within reason
-        n.cancel_scope.deadline = trio.current_time() + 30

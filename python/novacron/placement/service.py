@@ -98,7 +98,7 @@ class PlacementService:
         nodes = []
         for node in self.nodes:
             f = free.get(node.id, {})
-            held = set(f.get("dedicated_free", []))
+            free_threads = set(f.get("dedicated_free", []))
             nodes.append(
                 {
                     "id": node.id,
@@ -125,7 +125,7 @@ class PlacementService:
                             else "shared"
                             if c.id in shared
                             else "host",
-                            "in_use": c.id in dedicated and c.id not in held,
+                            "in_use": c.id in dedicated and c.id not in free_threads,
                         }
                         for c in node.cpus
                     ],
@@ -144,7 +144,7 @@ class PlacementService:
 
 
 def summary(placement: dict[str, Any]) -> dict[str, Any]:
-    """A short description for logs and ``vm.get``."""
+    """A short description for logs."""
     return {
         "cpu": placement["cpu"],
         "nodes": ",".join(str(c["node"]) for c in placement["cells"]),

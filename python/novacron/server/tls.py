@@ -65,15 +65,6 @@ def server_context(cert: Path, key: Path, ca: Path, crl: Path | None) -> ssl.SSL
     return ctx
 
 
-def client_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
-    """What clients (and peer daemons) use: TLS 1.3, our certificate, the cluster CA."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_cert_chain(cert, key)
-    ctx.load_verify_locations(cafile=str(ca))
-    return ctx
-
-
 def parse_address(text: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port``."""
     host, sep, port = text.rpartition(":")

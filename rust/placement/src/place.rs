@@ -91,6 +91,19 @@ impl Host {
         (cpu, node.mem_free_kib(req.hugepage_kib))
     }
 
+    /// Room for `req` over the whole host: summed, and on the roomiest node.
+    fn host_room(&self, req: &Request) -> HostRoom {
+        let mut room = HostRoom::default();
+        for node in &self.nodes {
+            let (cpu, mem) = self.room(node, req);
+            room.cpu_total += cpu;
+            room.mem_total += mem;
+            room.cpu_max = room.cpu_max.max(cpu);
+            room.mem_max = room.mem_max.max(mem);
+        }
+        room
+    }
+
     /// The engine's decision for `req` on the current state; changes nothing.
     ///
     /// # Errors
@@ -128,28 +141,12 @@ impl Host {
             return Ok(Some(self.build(req, &[(ni, whole)])));
         }
         // no split can work when the host as a whole is short
-        let mem_total: u64 = self
-            .nodes
-            .iter()
-            .map(|n| n.mem_free_kib(req.hugepage_kib))
-            .sum();
-        let shared_room: u64 = match req.cpu {
-            CpuPolicy::Shared => self
-                .nodes
-                .iter()
-                .map(|n| n.shared_cap.saturating_sub(n.shared_load))
-                .sum(),
-            CpuPolicy::Dedicated => u64::MAX,
-        };
-        if mem_total < whole.memory_kib || shared_room < u64::from(req.vcpus) {
+        let room = self.host_room(req);
+        if room.mem_total < whole.memory_kib || room.cpu_total < u64::from(req.vcpus) {
             return Ok(None);
         }
         // fewer cells than this cannot work: even the roomiest node could not hold
         // a cell's share of the vCPUs or of the memory
-        let (cpu_max, mem_max) = self.nodes.iter().fold((0u64, 0u64), |(c, m), n| {
-            let (cpu, mem) = self.room(n, req);
-            (c.max(cpu), m.max(mem))
-        });
         let least = |need: u64, max: u64| {
             if max == 0 {
                 u64::MAX
@@ -157,8 +154,8 @@ impl Host {
                 need.div_ceil(max)
             }
         };
-        let first = least(u64::from(req.vcpus), cpu_max)
-            .max(least(whole.memory_kib, mem_max))
+        let first = least(u64::from(req.vcpus), room.cpu_max)
+            .max(least(whole.memory_kib, room.mem_max))
             .max(2);
         let most = (self.nodes.len() as u32).min(req.vcpus);
         for k in u32::try_from(first).unwrap_or(u32::MAX)..=most {
@@ -271,39 +268,15 @@ impl Host {
             },
             req.memory_mib
         );
-        let mem_node_max = self
-            .nodes
-            .iter()
-            .map(|n| n.mem_free_kib(req.hugepage_kib))
-            .max()
-            .unwrap_or(0);
-        let mem_total: u64 = self
-            .nodes
-            .iter()
-            .map(|n| n.mem_free_kib(req.hugepage_kib))
-            .sum();
-        let (cpu_node_max, cpu_total, unit) = match req.cpu {
-            CpuPolicy::Dedicated => (
-                self.nodes
-                    .iter()
-                    .map(|n| u64::from(n.ded_free))
-                    .max()
-                    .unwrap_or(0),
-                u64::from(self.total_ded_free),
-                "free dedicated threads",
-            ),
-            CpuPolicy::Shared => (
-                self.nodes
-                    .iter()
-                    .map(|n| n.shared_cap.saturating_sub(n.shared_load))
-                    .max()
-                    .unwrap_or(0),
-                self.nodes
-                    .iter()
-                    .map(|n| n.shared_cap.saturating_sub(n.shared_load))
-                    .sum(),
-                "shared vCPU slots",
-            ),
+        let HostRoom {
+            cpu_total,
+            mem_total,
+            cpu_max: cpu_node_max,
+            mem_max: mem_node_max,
+        } = self.host_room(req);
+        let unit = match req.cpu {
+            CpuPolicy::Dedicated => "free dedicated threads",
+            CpuPolicy::Shared => "shared vCPU slots",
         };
         let vcpus = u64::from(req.vcpus);
         let reason = if req.cpu == CpuPolicy::Dedicated
@@ -356,28 +329,24 @@ impl Host {
                     .map_or(0, |p| p.total * size),
             })
             .sum();
-        let mem_free: u64 = self
-            .nodes
-            .iter()
-            .map(|n| n.mem_free_kib(req.hugepage_kib))
-            .sum();
-        let (cpu_free, cpu_cap) = match req.cpu {
-            CpuPolicy::Dedicated => (
-                u64::from(self.total_ded_free),
-                self.nodes.iter().map(|n| u64::from(n.ded_total)).sum(),
-            ),
-            CpuPolicy::Shared => (
-                self.nodes
-                    .iter()
-                    .map(|n| n.shared_cap - n.shared_load)
-                    .sum(),
-                self.nodes.iter().map(|n| n.shared_cap).sum(),
-            ),
+        let room = self.host_room(req);
+        let cpu_cap: u64 = match req.cpu {
+            CpuPolicy::Dedicated => self.nodes.iter().map(|n| u64::from(n.ded_total)).sum(),
+            CpuPolicy::Shared => self.nodes.iter().map(|n| n.shared_cap).sum(),
         };
-        let mem = ratio(mem_free - req.memory_mib * 1024, mem_cap);
-        let cpu = ratio(cpu_free - u64::from(req.vcpus), cpu_cap);
+        let mem = ratio(room.mem_total - req.memory_mib * 1024, mem_cap);
+        let cpu = ratio(room.cpu_total - u64::from(req.vcpus), cpu_cap);
         Some(mem.min(cpu))
     }
+}
+
+/// Free room for one request's kinds of CPU and memory (see `Host::room`).
+#[derive(Default)]
+struct HostRoom {
+    cpu_total: u64,
+    mem_total: u64,
+    cpu_max: u64,
+    mem_max: u64,
 }
 
 fn ratio(part: u64, whole: u64) -> f64 {
