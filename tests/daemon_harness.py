@@ -23,9 +23,11 @@ class Daemon:
     uri: str = "test:///default"
     env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
+    prefix: list[str] = field(default_factory=list)  # e.g. nsenter into a test host
 
     def argv(self) -> list[str]:
         return [
+            *self.prefix,
             sys.executable,
             "-m",
             "novacron.daemon",

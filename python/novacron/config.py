@@ -39,6 +39,7 @@ class Config:
     domain_type: str = "auto"
     storage_pool: str = "novacron"
     hypervisor_threads: int = 8
+    emulator: str = ""
     max_message_bytes: int = 8 * 1024 * 1024
     max_inflight_per_connection: int = 128
     dedicated_cpus: str = ""
@@ -53,6 +54,11 @@ class Config:
     tls_handshake_timeout_s: float = 5.0
     rate_limit_per_s: float = 200.0
     rate_limit_burst: float = 400.0
+    migration_listen: str = ""
+    migration_libvirt_uri: str = ""
+    migration_link_timeout_s: float = 30.0
+    migration_page_store_mib: int = 1024
+    migration_max_concurrent: int = 2
     dev: bool = False
 
     @property
@@ -62,6 +68,22 @@ class Config:
     @property
     def images_dir(self) -> Path:
         return self.state_dir / "images"
+
+    @property
+    def migration_address(self) -> str:
+        """Where peers open migration channels: ``[migration] listen``, else the TLS
+        listener's host with the next port; empty when there is no TLS listener."""
+        if self.migration_listen:
+            return self.migration_listen
+        if not self.tls_listen:
+            return ""
+        host, _, port = self.tls_listen.rpartition(":")
+        return f"{host}:{int(port) + 1}"
+
+    @property
+    def libvirt_peer_uri(self) -> str:
+        """How a peer's libvirtd reaches this node's (peer-to-peer migration)."""
+        return self.migration_libvirt_uri or f"qemu+tls://{self.node_name}/system"
 
 
 # TOML section for each key; the flag is ``--`` + the key with ``_`` as ``-``.
@@ -77,6 +99,7 @@ FIELDS: dict[str, str] = {
     "domain_type": "hypervisor",
     "storage_pool": "hypervisor",
     "hypervisor_threads": "hypervisor",
+    "emulator": "hypervisor",
     "max_message_bytes": "rpc",
     "max_inflight_per_connection": "rpc",
     "dedicated_cpus": "placement",
@@ -91,6 +114,11 @@ FIELDS: dict[str, str] = {
     "tls_handshake_timeout_s": "tls",
     "rate_limit_per_s": "auth",
     "rate_limit_burst": "auth",
+    "migration_listen": "migration",
+    "migration_libvirt_uri": "migration",
+    "migration_link_timeout_s": "migration",
+    "migration_page_store_mib": "migration",
+    "migration_max_concurrent": "migration",
 }
 _TOML_KEY = {
     "hypervisor_uri": "uri",
@@ -101,11 +129,25 @@ _TOML_KEY = {
     "tls_ca": "ca",
     "tls_crl": "crl",
     "tls_handshake_timeout_s": "handshake_timeout_s",
+    "migration_listen": "listen",
+    "migration_libvirt_uri": "libvirt_uri",
+    "migration_link_timeout_s": "link_timeout_s",
+    "migration_page_store_mib": "page_store_mib",
+    "migration_max_concurrent": "max_concurrent",
 }
 _TYPES = {f.name: f.type for f in fields(Config)}
 _CPUSETS = {"dedicated_cpus", "shared_cpus"}  # empty means none / the rest
-_EMPTY_OK = _CPUSETS | {"tls_listen", "tls_cert", "tls_key", "tls_ca", "tls_crl"}
-_ZERO_OK = {"reserved_memory_mib"}
+_EMPTY_OK = _CPUSETS | {
+    "emulator",
+    "tls_listen",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "tls_crl",
+    "migration_listen",
+    "migration_libvirt_uri",
+}
+_ZERO_OK = {"reserved_memory_mib", "migration_page_store_mib"}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -216,4 +258,6 @@ def check(config: Config) -> Config:
         missing = [k for k in ("tls_cert", "tls_key", "tls_ca") if not getattr(config, k)]
         if missing:
             raise ConfigError(f"[tls] listen needs {', '.join(m[4:] for m in missing)}")
+    if config.migration_listen and not config.tls_listen:
+        raise ConfigError("[migration] listen needs [tls] listen (node certificates)")
     return config

@@ -27,6 +27,7 @@ from novacron.auth.bindings import Bindings
 from novacron.config import Config, ConfigError
 from novacron.eventbus import EventBus
 from novacron.logs import kv
+from novacron.migration.service import MigrationService
 from novacron.server.tls import TlsConfigError, TlsServer, bind_tcp
 from novacron.server.unix import SocketInUse, UnixServer, bind_unix
 from novacron.state.db import StateStore
@@ -92,7 +93,13 @@ async def attach_hypervisor(
             await vms.hv_pool.run(vms.hv.ensure_pool, config.storage_pool, config.images_dir)
             await vms.hv_pool.run(vms.hv.capabilities)  # slow on QEMU: fetch once
             vms.placement.load(await vms.hv_pool.run(vms.hv.numa_nodes))
-            services.reconcile_findings = await reconcile(vms)
+            migrating_out = frozenset[str]()
+            if services.migrations is not None:
+                await services.migrations.load_interrupted()
+                migrating_out = services.migrations.outgoing_interrupted()
+            services.reconcile_findings = await reconcile(vms, migrating_out)
+            if services.migrations is not None:
+                await services.migrations.settle_outgoing(services.reconcile_findings)
         except errors.Unavailable as exc:
             log.error(
                 "hypervisor.unavailable", extra=kv(uri=config.hypervisor_uri, error=exc.message)
@@ -132,6 +139,9 @@ async def serve(config: Config) -> None:
                 config.max_inflight_per_connection,
             )
             services.tls = tls
+        services.migrations = MigrationService(
+            config, vms, bus, tls.context if tls is not None else None
+        )
 
         passed = systemd.listen_fds()
         sock = passed[0] if passed else bind_unix(config.socket, config.socket_group)
@@ -139,6 +149,7 @@ async def serve(config: Config) -> None:
         with trio.open_signal_receiver(*watched) as signals:
             async with trio.open_nursery() as root:
                 await root.start(attach_hypervisor, services)
+                await root.start(services.migrations.run)
                 events = LibvirtEvents(hv, bus, vms.managed.__contains__, vms.records.tenant_of)
                 await root.start(events.run)
                 server = UnixServer(

@@ -94,6 +94,18 @@ class InsufficientResources(NovaCronError):
     code = "insufficient_resources"
 
 
+class MigrationFailed(NovaCronError):
+    """A migration did not complete; the VM runs on the source (details say why)."""
+
+    code = "migration_failed"
+
+
+class Cancelled(NovaCronError):
+    """An operation was cancelled on request (``op.cancel``)."""
+
+    code = "cancelled"
+
+
 class Internal(NovaCronError):
     code = "internal"
 
@@ -134,6 +146,8 @@ ERRORS_BY_CODE: dict[str, type[NovaCronError]] = {
         InsufficientResources,
         RateLimited,
         QuotaExceeded,
+        MigrationFailed,
+        Cancelled,
         Internal,
     )
 }

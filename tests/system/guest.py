@@ -22,6 +22,8 @@ BOOT_MARKER = "NOVACRON-GUEST-BOOTED"
 TICK = "NOVACRON-TICK"
 POWER_MARKER = "NOVACRON-POWER-BUTTON"
 WORKLOAD_MARKER = "NOVACRON-WORKLOAD-READY"
+INTACT = "NOVACRON-INTACT"
+CORRUPT = "NOVACRON-CORRUPT"
 
 INIT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -46,6 +48,13 @@ if grep -q novacron.workload /proc/cmdline; then
   for i in 1 2 3 4 5 6 7 8; do cp /bin/busybox /work/bin$i; done
   seq 1 300000 > /work/text
   dd if=/dev/urandom of=/work/random bs=64k count=64 2>/dev/null
+  # the integrity check: a pattern written now, verified every few seconds from here on
+  dd if=/dev/urandom of=/work/pattern bs=64k count=32 2>/dev/null
+  md5sum /work/pattern /work/bin1 /work/bin8 /work/text > /work/sums
+  (while true; do
+     sleep 3
+     if md5sum -c -s /work/sums; then echo {INTACT}; else echo {CORRUPT}; fi
+   done) &
   echo {WORKLOAD_MARKER}
   (k=0; while true; do
      k=$((k+1)); echo "log line $k $(cat /proc/uptime)" >> /work/log

@@ -53,6 +53,7 @@ class Host:
     root: Path
     holder: subprocess.Popen[bytes] | None = None
     daemons: list[str] = field(default_factory=list)
+    veth: str = ""  # this host's end of the link between the two
 
     @property
     def pid(self) -> int:
@@ -187,6 +188,7 @@ class TwoHosts:
             _run(["ip", "link", "set", veth_b, "netns", str(b.pid)])
             for host, dev in ((a, veth_a), (b, veth_b)):
                 host.sh(f"ip addr add {host.address}/24 dev {dev}\nip link set {dev} up")
+                host.veth = dev
             wrapper = root / "qemu-single-thread"
             wrapper.write_text(QEMU_WRAPPER)
             wrapper.chmod(0o755)

@@ -163,3 +163,73 @@ def test_shared_single_node_vm_has_no_guest_numa() -> None:
     assert [p.get("cpuset") for p in root.findall("cputune/vcpupin")] == ["4-5", "4-5"]
     assert root.find("numatune/memory").get("mode") == "interleave"  # type: ignore[union-attr]
     assert root.find("cpu") is None and root.find("memoryBacking") is None
+
+
+def test_retarget_replaces_the_sources_placement_and_keeps_the_rest() -> None:
+    from dataclasses import replace
+
+    split = {
+        "cpu": "dedicated",
+        "memory": "strict",
+        "hugepage_kib": 2048,
+        "cells": [
+            {"node": 0, "first_vcpu": 0, "vcpus": 1, "memory_kib": 65536, "cpus": [1]},
+            {"node": 1, "first_vcpu": 1, "vcpus": 1, "memory_kib": 65536, "cpus": [5]},
+        ],
+        "emulator_cpus": [0, 4],
+    }
+    here = {
+        "cpu": "shared",
+        "memory": "preferred",
+        "hugepage_kib": None,
+        "cells": [{"node": 0, "first_vcpu": 0, "vcpus": 2, "memory_kib": 131072, "cpus": [2, 3]}],
+        "emulator_cpus": [2, 3],
+    }
+    spec = VmSpec(name="mv", vcpus=2, memory_mib=128, cpu_policy="dedicated", hugepage_kib=2048)
+    source = ET.fromstring(
+        domain_xml.build(replace(plan(spec), placement=split, emulator="/usr/bin/qemu-a"))
+    )
+    # libvirt adds a CPU model and device addresses of its own: they must survive
+    cpu = ET.SubElement(source, "cpu", mode="custom")
+    ET.SubElement(cpu, "model").text = "qemu64"
+    if (existing := source.find("cpu/numa")) is not None:
+        source.find("cpu").remove(existing)  # type: ignore[union-attr]
+    text = domain_xml.retarget(
+        ET.tostring(source, encoding="unicode"), here, "/state/b/consoles/mv.log", "/usr/bin/qb"
+    )
+    root = ET.fromstring(text)
+    assert [p.get("cpuset") for p in root.findall("cputune/vcpupin")] == ["2-3", "2-3"]
+    assert root.find("vcpu").get("cpuset") == "2-3"  # type: ignore[union-attr]
+    assert root.find("numatune/memory").get("mode") == "preferred"  # type: ignore[union-attr]
+    assert root.findall("numatune/memnode") == [] and root.find("memoryBacking") is None
+    assert root.find("cpu/numa") is None and root.find("cpu/model").text == "qemu64"  # type: ignore[union-attr]
+    assert root.find("devices/serial/source").get("path") == "/state/b/consoles/mv.log"  # type: ignore[union-attr]
+    assert root.find("devices/emulator").text == "/usr/bin/qb"  # type: ignore[union-attr]
+    managed = domain_xml.parse_managed(text)
+    assert managed is not None and managed.placement == here and managed.spec == spec.to_dict()
+
+
+def test_retarget_without_placement_drops_the_sources_pins() -> None:
+    from dataclasses import replace
+
+    placement = {
+        "cpu": "shared",
+        "memory": "strict",
+        "hugepage_kib": None,
+        "cells": [{"node": 1, "first_vcpu": 0, "vcpus": 1, "memory_kib": 65536, "cpus": [4]}],
+        "emulator_cpus": [4],
+    }
+    spec = VmSpec(name="p", vcpus=1, memory_mib=64)
+    source = domain_xml.build(replace(plan(spec), placement=placement))
+    root = ET.fromstring(domain_xml.retarget(source, None, None))
+    assert root.find("cputune") is None and root.find("numatune") is None
+    assert "cpuset" not in root.find("vcpu").attrib  # type: ignore[union-attr]
+    managed = domain_xml.parse_managed(ET.tostring(root, encoding="unicode"))
+    assert managed is not None and managed.placement is None
+
+
+def test_retarget_refuses_a_domain_that_is_not_novacrons() -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match="metadata"):
+        domain_xml.retarget("<domain><name>x</name><vcpu>1</vcpu></domain>", None, None)

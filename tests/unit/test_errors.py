@@ -19,6 +19,8 @@ CODES = [
     "insufficient_resources",
     "rate_limited",
     "quota_exceeded",
+    "migration_failed",
+    "cancelled",
     "internal",
 ]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from novacron.api import auth, session, vm
+from novacron.api import auth, migration, session, vm
 from novacron.api.services import Services
 from novacron.auth.ratelimit import RateLimiter
 from novacron.rpc.dispatch import Registry
@@ -13,6 +13,7 @@ def build_registry(services: Services) -> Registry:
     session.register(registry, services)
     vm.register(registry, services)
     auth.register(registry, services)
+    migration.register(registry, services)
     registry.audit = services.audit
     if services.config.rate_limit_per_s > 0:
         registry.limiter = RateLimiter(

@@ -10,6 +10,7 @@ from novacron.auth.audit import AuditLog
 from novacron.auth.bindings import Bindings
 from novacron.config import Config
 from novacron.eventbus import EventBus
+from novacron.migration.service import MigrationService
 from novacron.vm.service import VmService
 
 
@@ -27,6 +28,7 @@ class Services:
     bindings: Bindings | None = None
     audit: AuditLog | None = None
     tls: TlsControl | None = None
+    migrations: MigrationService | None = None
     started_at: float = field(default_factory=time.time)
     reconcile_findings: list[dict[str, Any]] = field(default_factory=list)
     hypervisor_ready: bool = False

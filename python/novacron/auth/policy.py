@@ -55,6 +55,13 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "tls.reload": ADMIN,
     "quota.get": READ,
     "quota.set": ADMIN,
+    "vm.migrate": WRITE,
+    "op.get": READ,
+    "op.list": READ,
+    "op.cancel": WRITE,
+    "migration.prepare": NODE,
+    "migration.result": NODE,
+    "migration.abort": NODE,
 }
 
 ROLE_GRANTS: Final[dict[str, frozenset[str]]] = {
@@ -70,6 +77,7 @@ ROLES: Final = tuple(ROLE_GRANTS)
 CHANGING: Final = frozenset(
     {m for m, p in METHOD_PERMISSIONS.items() if p == WRITE}
     | {"auth.bind", "auth.unbind", "tls.reload", "quota.set"}
+    | {"migration.prepare", "migration.abort"}
 )
 
 

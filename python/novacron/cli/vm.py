@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from novacron.cli import output
+from novacron.cli import migrate, output
 from novacron.client import SyncClient
 
 LIST_COLUMNS = [
@@ -61,6 +61,8 @@ def add_commands(groups: Any) -> None:
     get = sub.add_parser("get", help="show one VM")
     get.add_argument("name")
     get.set_defaults(run=run_get)
+
+    migrate.add_vm_command(sub)
 
     create = sub.add_parser("create", help="define a VM")
     create.add_argument("name")

@@ -47,13 +47,15 @@ class RelayStats:
 
 @contextlib.contextmanager
 def _single_errors() -> Iterator[None]:
-    """A relay fails with its one cause, not a group of one (its tasks are internal)."""
+    """A relay fails with one cause, not a group (its tasks are internal): the first
+    failure; the other task usually failed because of it (same broken link)."""
     try:
         yield
     except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            raise group.exceptions[0] from None
-        raise
+        first = group.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
 
 
 class Channel:
@@ -84,13 +86,20 @@ async def relay_source(
     channel: trio.abc.Stream,
     sender: StreamSender,
     stats: RelayStats,
+    abandoned: Callable[[], str | None] = lambda: None,
 ) -> None:
     """QEMU's stream to the channel; ``RETURN`` frames back to QEMU. Returns when the
-    destination acknowledged the end (closed its side after ``END``)."""
+    destination acknowledged the end (closed its side after ``END``).
+
+    ``abandoned`` says why the migration was given up, if it was (cancel, stall): the
+    source QEMU then closes its stream early, and the destination gets ``ABORT``
+    instead of ``END`` for it."""
 
     out = Channel(channel)
+    ended = False
 
     async def forward() -> None:
+        nonlocal ended
         while True:
             data: bytes | bytearray = b""
             with trio.move_on_after(IDLE_FLUSH_S) as idle:
@@ -104,7 +113,13 @@ async def relay_source(
                     break
             stats.stream_bytes += len(data)
             await out.send(partial(sender.feed, bytes(data)))
+            stats.channel_bytes = out.sent
+        why = abandoned()
+        if why is not None:
+            await out.send_frames([frames.encode(frames.ABORT, why.encode()[:500])])
+            raise frames.FrameError(f"the migration was abandoned ({why})")
         await out.send(sender.finish)
+        ended = True
         stats.channel_bytes = out.sent  # both tasks send: count in one place
         split = sender.splitter.stats
         stats.pages, stats.zero_pages = split["pages"], split["zero_pages"]
@@ -112,7 +127,15 @@ async def relay_source(
 
     async def back() -> None:
         decoder = frames.FrameDecoder()
-        while data := await channel.receive_some(READ_SIZE):
+        while True:
+            try:
+                data = await channel.receive_some(READ_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if ended:  # the destination hung up after the whole stream: done
+                    return
+                raise
+            if not data:
+                return
             for frame in decoder.feed(bytes(data)):
                 if frame.kind == frames.RETURN:
                     stats.returned_bytes += len(frame.payload)

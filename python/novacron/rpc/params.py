@@ -25,12 +25,13 @@ def check_name(value: Any, what: str = "name") -> str:
     return value
 
 
-def check_text(value: Any, what: str, max_len: int = MAX_STRING) -> str:
+def check_text(value: Any, what: str, max_len: int = MAX_STRING, multiline: bool = False) -> str:
     if not isinstance(value, str):
         raise InvalidParams(f"{what} must be a string", {"param": what})
     if len(value) > max_len:
         raise InvalidParams(f"{what} is longer than {max_len} characters", {"param": what})
-    if any((ord(c) < 0x20 and c != "\t") or 0x7F <= ord(c) < 0xA0 for c in value):
+    allowed = "\t\n\r" if multiline else "\t"
+    if any((ord(c) < 0x20 and c not in allowed) or 0x7F <= ord(c) < 0xA0 for c in value):
         raise InvalidParams(f"{what} contains control characters", {"param": what})
     if any(0xD800 <= ord(c) <= 0xDFFF or ord(c) in (0xFFFE, 0xFFFF) for c in value):
         raise InvalidParams(f"{what} contains characters XML cannot carry", {"param": what})
@@ -101,11 +102,31 @@ class Params:
             raise InvalidParams(f"{key} must be a boolean", {"param": key})
         return value
 
-    def text(self, key: str, default: str | None = None, max_len: int = MAX_STRING) -> str:
+    def text(
+        self,
+        key: str,
+        default: str | None = None,
+        max_len: int = MAX_STRING,
+        multiline: bool = False,
+    ) -> str:
         value = self._get(key, default is None)
         if value is None and default is not None:
             return default
-        return check_text(value, key, max_len)
+        return check_text(value, key, max_len, multiline)
+
+    def binary(self, key: str, length: int) -> bytes:
+        value = self._get(key, True)
+        if not isinstance(value, bytes) or len(value) != length:
+            raise InvalidParams(f"{key} must be {length} bytes", {"param": key})
+        return value
+
+    def mapping(self, key: str, max_items: int = 64) -> dict[str, Any]:
+        value = self._get(key, False)
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or len(value) > max_items:
+            raise InvalidParams(f"{key} must be a map of at most {max_items} items", {"param": key})
+        return value
 
     def opt_text(self, key: str, max_len: int = MAX_STRING) -> str | None:
         value = self._get(key, False)

@@ -107,6 +107,10 @@ class TlsServer(Listener):
         self.address = sock.getsockname()
         self.refused = 0
 
+    def context(self) -> ssl.SSLContext:
+        """The current server context (other listeners of this node share it)."""
+        return self._ctx
+
     def reload(self) -> dict[str, Any]:
         """Reads the TLS material again; on failure keeps the current one and says why."""
         try:

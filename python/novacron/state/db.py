@@ -71,6 +71,22 @@ def _statements(script: str) -> Iterator[str]:
         raise ValueError("migration script ends with an incomplete statement")
 
 
+def _op_row(op: dict[str, Any]) -> dict[str, Any]:
+    row = {k: op.get(k) for k in ("id", "kind", "vm", "tenant", "peer", "state")}
+    row["params"] = json.dumps(op.get("params") or {}, sort_keys=True)
+    for key in ("result", "error"):
+        row[key] = json.dumps(op[key], sort_keys=True) if op.get(key) is not None else None
+    row["created_at"], row["updated_at"] = op["created_at"], op["updated_at"]
+    return row
+
+
+def _op_doc(row: sqlite3.Row) -> dict[str, Any]:
+    doc = dict(row)
+    for key in ("params", "result", "error"):
+        doc[key] = json.loads(doc[key]) if doc[key] else None
+    return doc
+
+
 class StateStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -214,6 +230,41 @@ class StateStore:
                 " max_vms = excluded.max_vms, updated_at = excluded.updated_at",
                 (tenant, max_vcpus, max_memory_mib, max_vms, time.time()),
             )
+
+    # -- operations ----------------------------------------------------------------------
+
+    def insert_operation(self, op: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO operations (id, kind, vm, tenant, peer, state, params, result,"
+                " error, created_at, updated_at) VALUES (:id, :kind, :vm, :tenant, :peer,"
+                " :state, :params, :result, :error, :created_at, :updated_at)",
+                _op_row(op),
+            )
+
+    def update_operation(self, op: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE operations SET state = :state, result = :result, error = :error,"
+                " updated_at = :updated_at WHERE id = :id",
+                _op_row(op),
+            )
+
+    def list_operations(self, limit: int, state: str | None = None) -> list[dict[str, Any]]:
+        if state is None:
+            rows = self._db.execute(
+                "SELECT * FROM operations ORDER BY created_at DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM operations WHERE state = ? ORDER BY created_at DESC LIMIT ?",
+                (state, limit),
+            )
+        return [_op_doc(r) for r in rows]
+
+    def get_operation(self, op_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT * FROM operations WHERE id = ?", (op_id,)).fetchone()
+        return _op_doc(row) if row else None
 
     # -- audit ---------------------------------------------------------------------------
 

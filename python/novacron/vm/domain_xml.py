@@ -38,6 +38,7 @@ class DomainPlan:
     console_log: str | None
     arch: str = "x86_64"
     placement: dict[str, Any] | None = None  # from novacron._core.Placer
+    emulator: str | None = None  # None: libvirt's default for the domain type
 
 
 def disk_target(index: int) -> str:
@@ -92,6 +93,8 @@ def build(plan: DomainPlan) -> str:
     _sub(dom, "on_crash", "destroy")
 
     devices = _sub(dom, "devices")
+    if plan.emulator and plan.domain_type != "test":
+        _sub(devices, "emulator", plan.emulator)
     for disk in plan.disks:
         el = _sub(devices, "disk", type="file", device="disk")
         _sub(el, "driver", name="qemu", type=disk.format)
@@ -131,8 +134,8 @@ def _placement(dom: ET.Element, vcpu: ET.Element, placement: dict[str, Any]) -> 
         pages = _sub(backing, "hugepages")
         _sub(pages, "page", size=str(placement["hugepage_kib"]), unit="KiB")
     if guest_cells:
-        cpu = _sub(dom, "cpu")
-        guest = _sub(cpu, "numa")
+        cpu = dom.find("cpu")
+        guest = _sub(cpu if cpu is not None else _sub(dom, "cpu"), "numa")
         for i, cell in enumerate(cells):
             first, count = cell["first_vcpu"], cell["vcpus"]
             _sub(
@@ -143,6 +146,48 @@ def _placement(dom: ET.Element, vcpu: ET.Element, placement: dict[str, Any]) -> 
                 memory=str(cell["memory_kib"]),
                 unit="KiB",
             )
+
+
+def retarget(
+    xml: str,
+    placement: dict[str, Any] | None,
+    console_log: str | None,
+    emulator: str | None = None,
+) -> str:
+    """A migrating domain's XML made fit for this host: the source's placement elements
+    (pins, NUMA tuning, huge pages, guest NUMA cells) replaced by ``placement``, and the
+    serial console writing to this host's log (and this host's emulator, if it has one
+    configured). Everything else (machine type, device
+    addresses) stays exactly as the source has it: QEMU needs them to match."""
+    dom = ET.fromstring(xml)  # noqa: S314 - the source daemon's libvirt XML, re-checked by libvirt
+    for tag in ("cputune", "numatune", "memoryBacking"):
+        for el in dom.findall(tag):
+            dom.remove(el)
+    cpu = dom.find("cpu")
+    if cpu is not None:
+        for el in cpu.findall("numa"):
+            cpu.remove(el)
+    vcpu = dom.find("vcpu")
+    if vcpu is None:
+        raise ValueError("domain XML has no <vcpu>")
+    vcpu.attrib.pop("cpuset", None)
+    mine = dom.find(f"metadata/{{{METADATA_NS}}}vm")
+    if mine is None:
+        raise ValueError("domain XML carries no NovaCron metadata")
+    for el in mine.findall(f"{{{METADATA_NS}}}placement"):
+        mine.remove(el)
+    if placement is not None:
+        _sub(mine, f"{{{METADATA_NS}}}placement", json.dumps(placement, sort_keys=True))
+        _placement(dom, vcpu, placement)
+    if console_log is not None:
+        for source in dom.findall("devices/serial/source"):
+            if "path" in source.attrib:
+                source.set("path", console_log)
+                source.set("append", "on")
+    emulator_el = dom.find("devices/emulator")
+    if emulator and emulator_el is not None:
+        emulator_el.text = emulator
+    return ET.tostring(dom, encoding="unicode")
 
 
 @dataclass(frozen=True)

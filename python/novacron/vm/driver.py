@@ -245,9 +245,12 @@ class Hypervisor:
         return found
 
     def managed_domains(self) -> dict[str, str]:
-        """Name -> XML of every defined domain (the caller filters by metadata)."""
+        """Name -> XML of every defined (persistent) domain; the caller filters by
+        metadata. Transient domains are left out: an incoming migration's domain is
+        transient until libvirt finishes it."""
+        flags = libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT
         with libvirt_errors():
-            return {d.name(): d.XMLDesc(0) for d in self.conn.listAllDomains(0)}
+            return {d.name(): d.XMLDesc(0) for d in self.conn.listAllDomains(flags)}
 
     def xml(self, name: str) -> str:
         with libvirt_errors():

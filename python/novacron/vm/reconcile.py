@@ -12,6 +12,8 @@ Findings, each logged and returned so ``node.info`` can report them:
 * ``placement_conflict`` — a stored NUMA placement that no longer fits this host (its
   threads or memory are gone or taken, or the partition changed); the VM keeps its
   pins but its resources are not accounted (reported only).
+* ``migrated_away`` — a record whose domain is gone while an outgoing migration of it
+  was interrupted by a restart: libvirt finished moving it; the record is dropped.
 * ``failed`` — a repair that did not work; the message says why.
 """
 
@@ -38,7 +40,7 @@ async def _redefine(
     await svc.hv_pool.run(svc.hv.define, xml)
 
 
-async def reconcile(svc: VmService) -> list[Finding]:
+async def reconcile(svc: VmService, migrating_out: frozenset[str] = frozenset()) -> list[Finding]:
     findings: list[Finding] = []
 
     def note(vm: str, finding: str, detail: str) -> None:
@@ -69,6 +71,10 @@ async def reconcile(svc: VmService) -> list[Finding]:
         if rec.desired_state == "deleting":
             await svc.finish_delete(rec)
             note(name, "deleted", "finished a delete interrupted by a crash")
+            continue
+        if name not in domains and name in migrating_out:
+            await svc.records.delete(name)
+            note(name, "migrated_away", "an interrupted outgoing migration finished: not here")
             continue
         svc.managed.add(name)
         if rec.placement is not None:

@@ -61,6 +61,10 @@ class VmService:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._locks.pop(name, None)
 
+    def tenant_lock(self, tenant: str) -> trio.Lock:
+        """Held while a tenant's quota is checked and a VM of it recorded."""
+        return self._tenant_locks.setdefault(tenant, trio.Lock())
+
     async def record(self, name: str) -> VmRecord:
         rec = await self.records.get(name)
         if rec is None or rec.desired_state == "deleting":
@@ -106,6 +110,7 @@ class VmService:
             ),
             console_log=self.console_log(spec.name),
             placement=placement,
+            emulator=self.config.emulator or None,
         )
         return domain_xml.build(plan)
 
@@ -181,8 +186,7 @@ class VmService:
     async def create(self, spec: VmSpec, start: bool) -> dict[str, Any]:
         # the tenant's quota is checked and the VM recorded with no other create of
         # the same tenant in between
-        tenant_lock = self._tenant_locks.setdefault(spec.tenant, trio.Lock())
-        async with tenant_lock, self.locked(spec.name):
+        async with self.tenant_lock(spec.tenant), self.locked(spec.name):
             await self.quotas.check(spec, await self.records.all())
             with trio.CancelScope(shield=True):
                 await self._create(spec)

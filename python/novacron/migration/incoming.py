@@ -1,0 +1,231 @@
+"""The destination's side of a live migration.
+
+``migration.prepare`` (called by the source daemon with its node certificate) checks
+that the VM can come here, places it on this host's topology, and answers with a
+one-time token, the channel port, how this node's libvirtd is reached, and the domain
+XML retargeted to this host. A task then waits for the source's channel, connects to
+the destination QEMU (which libvirt started listening on loopback), and rebuilds the
+stream (:func:`~novacron.migration.relay.relay_destination`).
+
+Whatever the relay did, the outcome is libvirt's: the migration succeeded when the
+domain is persistent and running here, failed when it is gone. Only then is the VM
+recorded (success) or its placement released (failure).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from novacron import errors
+from novacron.logs import kv
+from novacron.migration import libvirt_job
+from novacron.migration.channel import close_gently
+from novacron.migration.ops import Operation
+from novacron.migration.relay import RelayStats, relay_destination
+from novacron.migration.stream import StreamReceiver
+from novacron.vm import domain_xml
+from novacron.vm.spec import VmSpec
+
+if TYPE_CHECKING:
+    from novacron.migration.service import MigrationService
+
+log = logging.getLogger("novacron.migration")
+
+CHANNEL_WAIT_S = 60.0  # from prepare to the source's channel
+QEMU_CONNECT_S = 60.0  # from the channel to the destination QEMU listening
+OUTCOME_WAIT_S = 600.0  # from the end of the stream to libvirt finishing (or cleaning up)
+POLL_S = 0.25
+
+
+@dataclass
+class Incoming:
+    token: bytes
+    op: Operation
+    spec: VmSpec
+    uuid: str
+    placement: dict[str, Any] | None
+    stream_port: int
+    source: str  # the source's certificate name
+    stats: RelayStats = field(default_factory=RelayStats)
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    def __post_init__(self) -> None:
+        self.send, self.recv = trio.open_memory_channel[trio.SSLStream[trio.SocketStream]](1)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def prepare(
+    svc: MigrationService,
+    source: str,
+    name: str,
+    xml: str,
+    stream_port: int,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    vms = svc.vms
+    try:
+        managed = domain_xml.parse_managed(xml)
+    except Exception:  # any malformed XML is the caller's error
+        managed = None
+    if managed is None or managed.name != name:
+        raise errors.InvalidParams("xml is not the NovaCron domain of this vm", {"vm": name})
+    try:
+        spec = VmSpec.from_dict(managed.spec)
+    except (TypeError, ValueError) as exc:
+        raise errors.InvalidParams(f"the domain's spec is unusable: {exc}") from None
+    if spec.name != name:
+        raise errors.InvalidParams("the domain's spec names another vm", {"vm": name})
+    for disk in spec.disks:
+        if disk.managed:
+            raise errors.InvalidParams(
+                f"vm {name!r} has disks in its node's pool; storage migration is not supported",
+                {"vm": name},
+            )
+        if disk.path is not None and not await trio.Path(disk.path).exists():
+            raise errors.NotFound(
+                f"disk {disk.path} of vm {name!r} is not reachable on {svc.config.node_name}",
+                {"vm": name, "path": disk.path},
+            )
+    if not port_free(stream_port):
+        raise errors.Conflict(f"port {stream_port} is busy here", {"port": stream_port})
+    async with vms.tenant_lock(spec.tenant), vms.locked(name):
+        if await vms.records.get(name) is not None or svc.ops.active_for(name) is not None:
+            raise errors.AlreadyExists(f"vm {name!r} already exists here", {"vm": name})
+        if await vms.hv_pool.run(vms.hv.lookup, name) is not None:
+            raise errors.AlreadyExists(f"a libvirt domain {name!r} exists here", {"vm": name})
+        await vms.quotas.check(spec, await vms.records.all())
+        placement = vms.placement.allocate(name, spec)
+        try:
+            dest_xml = domain_xml.retarget(
+                xml, placement, vms.console_log(name), svc.config.emulator or None
+            )
+            op = await svc.ops.start("migrate_in", name, spec.tenant, source, options)
+        except BaseException:
+            vms.placement.release(name)
+            raise
+    inc = Incoming(
+        token=secrets.token_bytes(32),
+        op=op,
+        spec=spec,
+        uuid=managed.uuid,
+        placement=placement,
+        stream_port=stream_port,
+        source=source,
+    )
+    op.on_cancel = inc.cancel.cancel
+    svc.incoming[inc.token] = inc
+    svc.spawn(receive, svc, inc, op=op)
+    return {
+        "op": op.id,
+        "token": inc.token,
+        "channel_port": svc.channel_port,
+        "libvirt_uri": svc.config.libvirt_peer_uri,
+        "dest_xml": dest_xml,
+        "node": svc.config.node_name,
+    }
+
+
+async def _connect_qemu(port: int) -> trio.SocketStream:
+    with trio.fail_after(QEMU_CONNECT_S):
+        while True:
+            try:
+                return await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.05)
+
+
+async def receive(svc: MigrationService, inc: Incoming) -> None:
+    """The relay, then libvirt's verdict; records or releases accordingly."""
+    failure: str | None = None
+    with inc.cancel:
+        try:
+            with trio.fail_after(CHANNEL_WAIT_S):
+                channel = await inc.recv.receive()
+        except trio.TooSlowError:
+            failure = "the source never opened the migration channel"
+        else:
+            svc.ops.report(inc.op, "receiving")
+            try:
+                qemu = await _connect_qemu(inc.stream_port)
+                try:
+                    receiver = StreamReceiver(svc.page_store)
+                    await relay_destination(channel, qemu, receiver, inc.stats)
+                finally:
+                    await trio.aclose_forcefully(qemu)
+            except (trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
+                failure = f"relay failed: {exc or 'the connection broke'}"
+            except Exception as exc:  # frame, digest and engine errors
+                failure = f"stream rejected: {exc}"
+            finally:
+                await close_gently(channel)
+    if inc.cancel.cancelled_caught:
+        failure = "cancelled by the source"
+    svc.incoming.pop(inc.token, None)
+    if failure:
+        log.warning("migration.incoming_relay_failed", extra=kv(vm=inc.op.vm, why=failure))
+    await settle(svc, inc.op, inc, failure)
+
+
+async def wait_outcome(svc: MigrationService, name: str) -> str:
+    """``running`` or ``absent`` once libvirt decided; ``arriving`` after the wait."""
+    hv, pool = svc.vms.hv, svc.vms.hv_pool
+    state = "arriving"
+    with trio.move_on_after(OUTCOME_WAIT_S):
+        # libvirt has no "wait for the incoming domain" call: poll
+        while True:
+            state = await pool.run(libvirt_job.incoming_state, hv, name)
+            if state != "arriving":
+                break
+            await trio.sleep(POLL_S)
+    return state
+
+
+async def settle(
+    svc: MigrationService, op: Operation, inc: Incoming | None, failure: str | None
+) -> None:
+    """Waits for libvirt's verdict on an incoming VM and makes the store agree with it
+    (``inc`` is None when resuming after a restart: the VM is adopted from its XML)."""
+    vms = svc.vms
+    state = await wait_outcome(svc, op.vm)
+    with trio.CancelScope(shield=True):
+        if state == "running":
+            async with vms.locked(op.vm):
+                if inc is not None:
+                    await vms.records.insert(
+                        op.vm, inc.uuid, op.tenant, inc.spec.to_dict(), inc.placement
+                    )
+                else:
+                    await svc.adopt(op.vm)
+                await vms.records.set_desired_state(op.vm, "running")
+                vms.managed.add(op.vm)
+            completed = await vms.hv_pool.run(libvirt_job.job_stats, vms.hv, op.vm, True)
+            result = {
+                "node": svc.config.node_name,
+                "downtime_ms": int(completed.get("downtime", 0)),
+                "time_ms": int(completed.get("time_elapsed", 0)),
+                "bytes_logical": inc.stats.stream_bytes if inc else 0,
+                "bytes_wire": inc.stats.channel_bytes if inc else 0,
+                "relay_error": failure,
+            }
+            await svc.ops.finish(op, "succeeded", result)
+            return
+        if inc is not None and state == "absent":
+            vms.placement.release(op.vm)
+        why = failure or "the incoming domain did not start"
+        if state == "arriving":
+            why = f"{why}; the incoming domain is still there after {OUTCOME_WAIT_S:g} s"
+        await svc.ops.finish(op, "failed", None, errors.MigrationFailed(why, {"vm": op.vm}))

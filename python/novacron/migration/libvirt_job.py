@@ -1,0 +1,110 @@
+"""The libvirt calls of a live migration (blocking; run on worker threads).
+
+libvirt drives the migration peer to peer: the source libvirtd talks to the
+destination's (``dest_uri``) to define, start and finish the incoming domain, while
+QEMU's stream goes where ``migrate_uri`` points (the source daemon's loopback relay);
+the destination QEMU listens on ``listen_address`` and the same port.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import libvirt
+
+from novacron.vm.driver import Hypervisor, libvirt_errors
+
+FLAGS = (
+    libvirt.VIR_MIGRATE_LIVE
+    | libvirt.VIR_MIGRATE_PEER2PEER
+    | libvirt.VIR_MIGRATE_PERSIST_DEST
+    | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
+)
+
+
+@dataclass(frozen=True)
+class MigrationCall:
+    name: str
+    dest_uri: str  # the destination libvirtd
+    migrate_uri: str  # tcp://127.0.0.1:PORT
+    listen_address: str
+    dest_xml: str
+    bandwidth_mib_s: int
+    auto_converge: bool
+
+    def params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            libvirt.VIR_MIGRATE_PARAM_URI: self.migrate_uri,
+            libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: self.listen_address,
+            libvirt.VIR_MIGRATE_PARAM_DEST_XML: self.dest_xml,
+            libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: self.dest_xml,
+        }
+        if self.bandwidth_mib_s:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = self.bandwidth_mib_s
+        return params
+
+    def flags(self) -> int:
+        extra: int = libvirt.VIR_MIGRATE_AUTO_CONVERGE if self.auto_converge else 0
+        return int(FLAGS | extra)
+
+
+def migratable_xml(hv: Hypervisor, name: str) -> str:
+    with libvirt_errors():
+        text: str = hv.domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+    return text
+
+
+def migrate(hv: Hypervisor, call: MigrationCall) -> None:
+    """Runs the whole migration; returns when libvirt reports success (the VM runs on
+    the destination and is undefined here), raises otherwise (it runs here)."""
+    dom = hv.domain(call.name)
+    with libvirt_errors():
+        dom.migrateToURI3(call.dest_uri, call.params(), call.flags())
+
+
+def job_stats(hv: Hypervisor, name: str, completed: bool = False) -> dict[str, Any]:
+    """The running (or last completed) job's statistics; empty when there is none."""
+    dom = hv.lookup(name)
+    if dom is None:
+        return {}
+    flags = libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED if completed else 0
+    try:
+        stats: dict[str, Any] = dom.jobStats(flags)
+    except libvirt.libvirtError:
+        return {}
+    if not completed and stats.get("type") == libvirt.VIR_DOMAIN_JOB_NONE:
+        return {}
+    return stats
+
+
+def abort(hv: Hypervisor, name: str) -> bool:
+    """Aborts the domain's running job; False when there was none to abort."""
+    dom = hv.lookup(name)
+    if dom is None:
+        return False
+    try:
+        dom.abortJob()
+    except libvirt.libvirtError:
+        return False
+    return True
+
+
+def set_max_downtime(hv: Hypervisor, name: str, downtime_ms: int) -> None:
+    with libvirt_errors():
+        hv.domain(name).migrateSetMaxDowntime(downtime_ms, 0)
+
+
+def incoming_state(hv: Hypervisor, name: str) -> str:
+    """``absent``, ``arriving`` (transient or not yet running) or ``running`` (persistent
+    and running: libvirt finished the migration)."""
+    dom = hv.lookup(name)
+    if dom is None:
+        return "absent"
+    try:
+        persistent = dom.isPersistent() == 1
+        state, _ = dom.state()
+    except libvirt.libvirtError:
+        return "absent"  # vanished between the lookup and the question
+    return "running" if persistent and state == libvirt.VIR_DOMAIN_RUNNING else "arriving"

@@ -1,0 +1,335 @@
+"""The source's side of a live migration (``vm.migrate``).
+
+1. ``migration.prepare`` on the destination over node mutual TLS: it places the VM and
+   answers with a token, its channel port, its libvirt URI and the domain XML for it.
+2. The migration channel is opened (token first); a loopback listener waits for QEMU.
+3. ``migrateToURI3`` runs on a worker thread (libvirt peer to peer, the stream to
+   ``tcp://127.0.0.1:PORT``); QEMU's stream is relayed through the page engine; job
+   statistics are sampled each second for ``op.progress`` and stall handling.
+4. libvirt's answer decides: success means the VM runs on the destination (the source
+   forgets it once the destination says it recorded it); any failure — relay,
+   channel, link, cancel, stall, timeout — ends with libvirt aborting and the VM
+   running here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from novacron import errors
+from novacron.client import connect_tls, split_address
+from novacron.logs import kv
+from novacron.migration import libvirt_job, progress
+from novacron.migration.channel import open_channel
+from novacron.migration.libvirt_job import MigrationCall
+from novacron.migration.ops import Operation
+from novacron.migration.options import MigrateOptions
+from novacron.migration.relay import RelayStats, relay_source
+from novacron.migration.stream import StreamSender
+
+if TYPE_CHECKING:
+    from novacron.migration.service import MigrationService
+
+log = logging.getLogger("novacron.migration")
+
+QEMU_ACCEPT_S = 120.0  # from migrateToURI3 to the source QEMU connecting
+SAMPLE_S = 1.0
+RESULT_WAIT_S = 120.0
+TAIL_S = 30.0  # after libvirt's success: the relay's last bytes (QEMU's SHUT)
+
+
+@dataclass
+class Run:
+    """What one outgoing migration's tasks share."""
+
+    svc: MigrationService
+    op: Operation
+    options: MigrateOptions
+    stats: RelayStats = field(default_factory=RelayStats)
+    failure: errors.NovaCronError | None = None
+    migrating: bool = False
+    aborted_for: str | None = None  # "cancel", "stall", "timeout"
+    prep: trio.CancelScope = field(default_factory=trio.CancelScope)
+    watch: progress.StallWatch | None = None
+
+    def fail(self, exc: errors.NovaCronError) -> None:
+        if self.failure is None:
+            self.failure = exc
+
+    async def abort(self, why: str) -> None:
+        if self.aborted_for is None:
+            self.aborted_for = why
+        self.prep.cancel()
+        if self.migrating:
+            vms = self.svc.vms
+            await vms.hv_pool.run(libvirt_job.abort, vms.hv, self.op.vm)
+
+
+def destination_address(destination: str, default_port: int) -> str:
+    """``host:port``; a bare host gets this node's own TLS port."""
+    if ":" in destination.strip("[]") and destination.rsplit(":", 1)[1].isdigit():
+        split_address(destination)
+        return destination
+    if not default_port:
+        raise errors.InvalidParams("destination needs a port (this node has no TLS listener)")
+    return f"{destination}:{default_port}"
+
+
+async def start(
+    svc: MigrationService, name: str, destination: str, options: MigrateOptions
+) -> dict[str, Any]:
+    """Checks what can be checked here, then runs the migration as a task."""
+    vms = svc.vms
+    rec = await vms.record(name)
+    files = svc.tls_files()
+    if files is None:
+        raise errors.Unavailable(
+            "live migration needs this node's certificate: set [tls] cert, key and ca"
+        )
+    if vms.hv.is_test_driver:
+        raise errors.Conflict("libvirt's test driver cannot migrate VMs", {"vm": name})
+    runtime = await vms.hv_pool.run(vms.hv.state, name)
+    if runtime.state not in ("running", "paused"):
+        raise errors.Conflict(
+            f"vm {name!r} is {runtime.state}; only a running or paused vm migrates live",
+            {"vm": name, "state": runtime.state},
+        )
+    if any(d.get("managed") for d in rec.spec.get("disks", [])):
+        raise errors.InvalidParams(
+            f"vm {name!r} has disks in this node's pool; storage migration is not supported",
+            {"vm": name},
+        )
+    address = destination_address(destination, svc.tls_port)
+    op = await svc.ops.start("migrate_out", name, rec.tenant, address, options.to_dict())
+    run = Run(svc, op, options)
+    op.on_cancel = lambda: svc.spawn(run.abort, "cancel")
+    svc.spawn(_run, run, address, op=op)
+    return {"op": op.id, "vm": name, "destination": address}
+
+
+async def _run(run: Run, address: str) -> None:
+    svc, op, vms = run.svc, run.op, run.svc.vms
+    files = svc.tls_files()
+    assert files is not None
+    host, _ = split_address(address)
+    began = trio.current_time()
+    moved = False
+    answer: dict[str, Any] = {}
+    dest: dict[str, Any] = {}
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    try:
+        async with connect_tls(address, files, server_name=host) as peer:
+            try:
+                with run.prep:
+                    xml = await vms.hv_pool.run(libvirt_job.migratable_xml, vms.hv, op.vm)
+                    answer = await peer.call(
+                        "migration.prepare",
+                        vm=op.vm,
+                        xml=xml,
+                        stream_port=port,
+                        options=run.options.to_dict(),
+                    )
+                    svc.ops.report(op, "connecting")
+                    channel = await open_channel(
+                        f"{host}:{answer['channel_port']}",
+                        files.context(),
+                        host,
+                        bytes(answer["token"]),
+                        svc.config.migration_link_timeout_s,
+                    )
+                if run.prep.cancelled_caught:
+                    raise errors.Cancelled("cancelled before the migration started")
+            except errors.NovaCronError:
+                if answer:
+                    await _tell_abort(peer, answer)
+                raise
+            call = MigrationCall(
+                name=op.vm,
+                dest_uri=str(answer["libvirt_uri"]),
+                migrate_uri=f"tcp://127.0.0.1:{port}",
+                listen_address="127.0.0.1",
+                dest_xml=str(answer["dest_xml"]),
+                bandwidth_mib_s=run.options.bandwidth_mib_s(),
+                auto_converge=run.options.auto_converge,
+            )
+            moved = await _migrate(run, call, listener, channel)
+            if moved:  # libvirt's word is final: the VM runs there, whatever the relay said
+                with trio.move_on_after(RESULT_WAIT_S):
+                    got = await peer.call("migration.result", op=answer["op"])
+                    dest = got if isinstance(got, dict) else {}
+    except errors.NovaCronError as exc:
+        run.fail(exc)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        run.fail(errors.MigrationFailed(f"connection to {address} failed: {exc}"))
+    finally:
+        await listener.aclose()
+    if moved:
+        result = await _forget(run, answer, dest, began)
+        result["relay_error"] = run.failure.message if run.failure else None
+        await svc.ops.finish(op, "succeeded", result)
+        return
+    failure = run.failure or errors.MigrationFailed("the migration did not complete")
+    if run.aborted_for == "cancel":
+        await svc.ops.finish(op, "cancelled", None, errors.Cancelled("cancelled on request"))
+        return
+    if not isinstance(failure, errors.MigrationFailed):
+        failure = errors.MigrationFailed(failure.message, {"cause": failure.code, "vm": op.vm})
+    await svc.ops.finish(op, "failed", None, failure)
+
+
+async def _tell_abort(peer: Any, answer: dict[str, Any]) -> None:
+    """Best effort: the destination stops waiting for a channel that will not come."""
+    with trio.move_on_after(5):
+        with contextlib.suppress(errors.NovaCronError):
+            await peer.call("migration.abort", op=answer["op"])
+
+
+async def _migrate(
+    run: Run,
+    call: MigrationCall,
+    listener: trio.SocketListener,
+    channel: trio.SSLStream[trio.SocketStream],
+) -> bool:
+    """True when libvirt moved the VM (it runs on the destination now)."""
+    svc, op, vms = run.svc, run.op, run.svc.vms
+    sender = StreamSender(wait_for_announce=True, store=svc.page_store, **run.options.engine())
+    run.watch = progress.StallWatch(run.options)
+
+    async def relay() -> None:
+        qemu: trio.SocketStream | None = None
+        try:
+            with trio.fail_after(QEMU_ACCEPT_S):
+                qemu = await listener.accept()
+            await relay_source(qemu, channel, sender, run.stats, lambda: run.aborted_for)
+        except Exception as exc:  # channel, link and frame errors alike
+            run.fail(errors.MigrationFailed(f"migration channel failed: {exc}", {"vm": op.vm}))
+            log.warning("migration.relay_failed", extra=kv(vm=op.vm, error=str(exc)))
+            if qemu is not None:
+                await trio.aclose_forcefully(qemu)  # QEMU fails the migration at once
+            if run.migrating:
+                await run.abort("relay")
+        finally:
+            if qemu is not None:
+                await trio.aclose_forcefully(qemu)
+            await trio.aclose_forcefully(channel)
+
+    async def monitor() -> None:
+        downtime_set = False
+        while True:
+            await trio.sleep(SAMPLE_S)
+            stats = await vms.hv_pool.run(libvirt_job.job_stats, vms.hv, op.vm)
+            if not stats:
+                continue
+            try:
+                await sample(stats, downtime_set)
+            except errors.NovaCronError as exc:  # the job ended under our feet
+                log.debug("migration.sample_skipped", extra=kv(vm=op.vm, error=exc.message))
+            downtime_set = True
+
+    async def sample(stats: dict[str, Any], downtime_set: bool) -> None:
+        if not downtime_set:
+            await vms.hv_pool.run(
+                libvirt_job.set_max_downtime, vms.hv, op.vm, run.options.max_downtime_ms
+            )
+        fields = progress.progress(stats, run.stats)
+        assert run.watch is not None
+        decision = run.watch.observe(stats)
+        if decision is not None:
+            fields["stall"] = {"action": decision.action, "reason": decision.reason}
+            log.warning(
+                "migration.stalled",
+                extra=kv(vm=op.vm, action=decision.action, reason=decision.reason),
+            )
+            if decision.action == "raise_downtime":
+                await vms.hv_pool.run(
+                    libvirt_job.set_max_downtime, vms.hv, op.vm, decision.downtime_ms
+                )
+            elif decision.action == "cancel":
+                run.fail(
+                    errors.MigrationFailed(
+                        f"migration stalled: {decision.reason}", {"vm": op.vm, "stalled": True}
+                    )
+                )
+                await run.abort("stall")
+        svc.ops.report(op, "migrating", fields)
+
+    async def deadline() -> None:
+        await trio.sleep(run.options.timeout_s)
+        run.fail(
+            errors.MigrationFailed(
+                f"not finished within timeout_s={run.options.timeout_s:g}", {"vm": op.vm}
+            )
+        )
+        await run.abort("timeout")
+
+    svc.ops.report(op, "migrating")
+    watchers = trio.CancelScope()
+
+    async def watch() -> None:
+        with watchers:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(monitor)
+                if run.options.timeout_s:
+                    inner.start_soon(deadline)
+
+    moved = False
+    async with trio.open_nursery() as tasks:
+        tasks.start_soon(relay)
+        tasks.start_soon(watch)
+        run.migrating = True
+        if op.cancel_requested:
+            await run.abort("cancel")
+        try:
+            await trio.to_thread.run_sync(
+                libvirt_job.migrate, vms.hv, call, limiter=svc.migration_limiter
+            )
+        except errors.NovaCronError as exc:
+            run.fail(errors.MigrationFailed(exc.message, {"vm": op.vm, "cause": exc.code}))
+            tasks.cancel_scope.cancel()
+        else:
+            moved = True
+            tasks.cancel_scope.deadline = trio.current_time() + TAIL_S  # the relay's tail
+        finally:
+            run.migrating = False
+            watchers.cancel()
+    return moved
+
+
+async def _forget(
+    run: Run, answer: dict[str, Any], dest: dict[str, Any], began: float
+) -> dict[str, Any]:
+    """libvirt moved the VM: drop it here and summarise."""
+    op, vms = run.op, run.svc.vms
+    with trio.CancelScope(shield=True):
+        async with vms.locked(op.vm):
+            await vms.records.delete(op.vm)
+            vms.placement.release(op.vm)
+            vms.managed.discard(op.vm)
+    dest_result = dest.get("result") or {}
+    stats = run.stats
+    summary = {
+        "destination": answer.get("node"),
+        "destination_op": answer.get("op"),
+        "destination_state": dest.get("state", "unknown"),
+        "total_s": round(trio.current_time() - began, 3),
+        "downtime_ms": dest_result.get("downtime_ms"),
+        "migration_ms": dest_result.get("time_ms"),
+        "rounds": (op.progress or {}).get("round", 0),
+        "pages": stats.pages,
+        "zero_pages": stats.zero_pages,
+        "bytes_logical": stats.stream_bytes,
+        "bytes_wire": stats.channel_bytes,
+        "reduction": progress.reduction(stats.stream_bytes, stats.channel_bytes),
+        "stall_actions": [d.action for d in run.watch.decisions] if run.watch else [],
+    }
+    log.info(
+        "migration.done",
+        extra=kv(vm=op.vm, total_s=summary["total_s"], bytes_wire=stats.channel_bytes),
+    )
+    return summary

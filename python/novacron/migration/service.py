@@ -1,0 +1,202 @@
+"""Live migration in the daemon: both ends, their operations, the migration channel
+listener and the page store kept across migrations.
+
+Started by the daemon after the hypervisor is attached (``await nursery.start(svc.run)``):
+it closes or resumes operations a restart interrupted, listens for migration channels
+(when the node has a TLS listener) and runs every migration as a task of its own
+nursery.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from novacron import errors
+from novacron._core import PAGE_SIZE, PageStore
+from novacron.client import TlsFiles
+from novacron.config import Config
+from novacron.eventbus import EventBus
+from novacron.logs import kv
+from novacron.migration import incoming, outgoing
+from novacron.migration.channel import ChannelListener, same_token
+from novacron.migration.ops import Operation, Operations
+from novacron.migration.options import MigrateOptions
+from novacron.server.tls import bind_tcp
+from novacron.vm import domain_xml
+from novacron.vm.service import VmService
+from novacron.vm.spec import VmSpec
+
+log = logging.getLogger("novacron.migration")
+
+
+class MigrationService:
+    def __init__(
+        self,
+        config: Config,
+        vms: VmService,
+        bus: EventBus,
+        tls_context: Callable[[], ssl.SSLContext] | None = None,
+    ) -> None:
+        self.config = config
+        self.vms = vms
+        self.ops = Operations(vms.store, vms.db_pool, bus)
+        self.page_store = PageStore(config.migration_page_store_mib * (1 << 20) // PAGE_SIZE)
+        self.migration_limiter = trio.CapacityLimiter(config.migration_max_concurrent)
+        self.incoming: dict[bytes, incoming.Incoming] = {}
+        self._tls_context = tls_context
+        self._nursery: trio.Nursery | None = None
+        self.channel_port = 0
+        self.interrupted: list[dict[str, Any]] = []
+
+    @property
+    def tls_port(self) -> int:
+        if not self.config.tls_listen:
+            return 0
+        return int(self.config.tls_listen.rpartition(":")[2])
+
+    def tls_files(self) -> TlsFiles | None:
+        c = self.config
+        if not (c.tls_cert and c.tls_key and c.tls_ca):
+            return None
+        return TlsFiles(Path(c.tls_cert), Path(c.tls_key), Path(c.tls_ca))
+
+    def spawn(
+        self, fn: Callable[..., Awaitable[Any]], *args: Any, op: Operation | None = None
+    ) -> None:
+        """Runs ``fn`` as a task of the service; a bug in one migration is logged and
+        ends that migration (``op`` fails as ``internal``), never the daemon."""
+        if self._nursery is None:
+            raise errors.Unavailable("the migration service is not running")
+        self._nursery.start_soon(self._guarded, fn, args, op)
+
+    async def _guarded(
+        self, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...], op: Operation | None
+    ) -> None:
+        try:
+            await fn(*args)
+        except Exception:
+            log.exception("migration.task_crashed", extra=kv(task=fn.__name__))
+            if op is not None and op.state == "running":
+                await self.ops.finish(
+                    op, "failed", None, errors.Internal("the migration task failed; see the log")
+                )
+
+    async def load_interrupted(self) -> list[dict[str, Any]]:
+        """Operations a restart interrupted (read before reconciliation needs them)."""
+        self.interrupted = await self.ops.recover()
+        return self.interrupted
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for row in self.interrupted:
+                if row["kind"] == "migrate_in":
+                    nursery.start_soon(self._resume_incoming, row)
+            address = self.config.migration_address
+            if address and self._tls_context is not None:
+                listener = ChannelListener(
+                    bind_tcp(address),
+                    self._tls_context,
+                    self._deliver,
+                    self.config.migration_link_timeout_s,
+                )
+                self.channel_port = listener.address[1]
+                await nursery.start(listener.run)
+                log.info("migration.listening", extra=kv(address=address))
+            task_status.started()
+
+    # -- the source's calls ------------------------------------------------------------
+
+    async def migrate(self, name: str, destination: str, options: MigrateOptions) -> dict[str, Any]:
+        return await outgoing.start(self, name, destination, options)
+
+    # -- the destination's calls (node role) -------------------------------------------
+
+    async def prepare(
+        self, source: str, name: str, xml: str, stream_port: int, options: dict[str, Any]
+    ) -> dict[str, Any]:
+        if not self.channel_port:
+            raise errors.Unavailable("this node does not accept migrations (no TLS listener)")
+        return await incoming.prepare(self, source, name, xml, stream_port, options)
+
+    def _deliver(self, token: bytes, peer: str, stream: trio.SSLStream[trio.SocketStream]) -> bool:
+        for known, inc in self.incoming.items():
+            if same_token(known, token) and inc.source == peer:
+                try:
+                    inc.send.send_nowait(stream)
+                except (trio.WouldBlock, trio.ClosedResourceError):
+                    return False
+                return True
+        return False
+
+    def _incoming_op(self, op_id: str, source: str) -> Operation:
+        op = self.ops.running(op_id)
+        if op is None or op.kind != "migrate_in" or op.peer != source:
+            raise errors.NotFound(f"operation {op_id!r} not found", {"op": op_id})
+        return op
+
+    async def result(self, source: str, op_id: str) -> dict[str, Any]:
+        """The incoming operation's end (waits for it); for the source's summary."""
+        op = self.ops.running(op_id)
+        if op is not None:
+            self._incoming_op(op_id, source)
+            await op.ended.wait()
+        doc = await self.ops.get(op_id)
+        if doc["kind"] != "migrate_in" or doc["peer"] != source:
+            raise errors.NotFound(f"operation {op_id!r} not found", {"op": op_id})
+        return {"state": doc["state"], "result": doc["result"], "error": doc["error"]}
+
+    async def abort_incoming(self, source: str, op_id: str) -> dict[str, Any]:
+        self.ops.cancel(self._incoming_op(op_id, source))
+        return {"op": op_id, "aborting": True}
+
+    # -- after a restart ---------------------------------------------------------------
+
+    async def adopt(self, name: str) -> None:
+        """Records a VM that arrived while this daemon was down, from its metadata."""
+        xml = await self.vms.hv_pool.run(self.vms.hv.xml, name)
+        managed = domain_xml.parse_managed(xml)
+        if managed is None:
+            raise errors.Conflict(f"domain {name!r} carries no NovaCron metadata")
+        spec = VmSpec.from_dict(managed.spec)
+        if managed.placement is not None:
+            try:
+                self.vms.placement.restore(name, managed.placement)
+            except errors.NovaCronError as exc:
+                log.warning("migration.placement_conflict", extra=kv(vm=name, error=exc.message))
+        await self.vms.records.insert(
+            name, managed.uuid, managed.tenant, spec.to_dict(), managed.placement
+        )
+
+    async def _resume_incoming(self, row: dict[str, Any]) -> None:
+        """An incoming migration this daemon was receiving when it stopped: libvirt
+        finishes or cleans it up; the store follows (its operation was closed as failed
+        at start; a VM that arrives after all is adopted and reported)."""
+        name = row["vm"]
+        if await self.vms.records.get(name) is None:  # else reconciliation adopted it
+            if await incoming.wait_outcome(self, name) != "running":
+                return
+            async with self.vms.locked(name):
+                if await self.vms.records.get(name) is None:
+                    await self.adopt(name)
+                    await self.vms.records.set_desired_state(name, "running")
+                    self.vms.managed.add(name)
+        log.warning("migration.arrived_across_restart", extra=kv(vm=name, op=row["id"]))
+        await self.ops.amend(row, "succeeded", {"node": self.config.node_name, "restarted": True})
+
+    async def settle_outgoing(self, findings: list[dict[str, Any]]) -> None:
+        """Outgoing migrations a restart interrupted whose VM libvirt moved after all
+        (reconciliation found it gone and dropped the record): they succeeded."""
+        moved = {f["vm"] for f in findings if f["finding"] == "migrated_away"}
+        for row in self.interrupted:
+            if row["kind"] == "migrate_out" and row["vm"] in moved:
+                await self.ops.amend(row, "succeeded", {"restarted": True})
+
+    def outgoing_interrupted(self) -> frozenset[str]:
+        return frozenset(r["vm"] for r in self.interrupted if r["kind"] == "migrate_out")

@@ -1,0 +1,154 @@
+"""``vm.migrate``, ``op.*`` and ``migration.*`` against a live daemon on libvirt's test
+driver (which cannot migrate: what is checked here is everything around it — the
+refusals, the destination's preparation and its clean-up). Real migrations between two
+hosts are in ``tests/system/test_migration.py``."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from novacron import errors
+from novacron.client import SyncClient, TlsFiles
+from novacron.vm import domain_xml
+from novacron.vm.spec import DiskSpec, VmSpec
+from tests.daemon_harness import Daemon
+from tests.pki_harness import Pki, client, free_port, tls_daemon
+
+
+@dataclass
+class Node:
+    daemon: Daemon
+    pki: Pki
+    port: int
+    issued: dict[str, TlsFiles] = field(default_factory=dict)
+
+    def as_node(self, name: str = "node2") -> SyncClient:
+        if name not in self.issued:
+            self.issued[name] = self.pki.issue(name, "node", addresses=("127.0.0.1",))
+        return client(self.port, self.issued[name])
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    pki = Pki.create(tmp_path / "pki")
+    port = free_port()
+    d = tls_daemon(tmp_path, pki, port)
+    d.extra += ["--migration-listen", f"127.0.0.1:{free_port()}"]
+    d.start()
+    yield Node(d, pki, port)
+    d.stop()
+    assert "Traceback" not in d.log_text(), d.log_text()
+
+
+def source_xml(name: str, tenant: str = "default", **spec: Any) -> str:
+    vm = VmSpec(name=name, vcpus=1, memory_mib=64, tenant=tenant, **spec)
+    plan = domain_xml.DomainPlan(
+        spec=vm,
+        uuid="0b5c2b0e-4a8e-4c1e-9f53-7d1d1b7a6a10",
+        domain_type="qemu",
+        disks=(),
+        console_log="/var/lib/novacron/consoles/x.log",
+    )
+    return domain_xml.build(plan)
+
+
+def prepare(c: SyncClient, name: str, xml: str | None = None, port: int | None = None) -> Any:
+    return c.call(
+        "migration.prepare",
+        vm=name,
+        xml=xml if xml is not None else source_xml(name),
+        stream_port=port or free_port(),
+        options={"compression": "lz4"},
+    )
+
+
+def test_vm_migrate_refusals(node: Node) -> None:
+    with node.daemon.client() as c:
+        c.call("vm.create", name="web", memory_mib=64, start=True)
+        with pytest.raises(errors.InvalidParams, match="multifd"):
+            c.call("vm.migrate", name="web", destination="node2:7443", parallel=2)
+        with pytest.raises(errors.InvalidParams, match="auto_converge"):
+            c.call("vm.migrate", name="web", destination="n2", stall_action="auto_converge")
+        with pytest.raises(errors.NotFound):
+            c.call("vm.migrate", name="ghost", destination="node2:7443")
+        with pytest.raises(errors.Conflict, match="test driver"):
+            c.call("vm.migrate", name="web", destination="node2:7443")
+        assert c.call("op.list") == []
+        with pytest.raises(errors.NotFound):
+            c.call("op.get", op="op-0000")
+
+
+def test_prepare_places_answers_and_cleans_up_on_abort(node: Node) -> None:
+    with node.as_node() as peer:
+        answer = prepare(peer, "arrival")
+        assert len(answer["token"]) == 32 and answer["channel_port"] > 0
+        assert answer["libvirt_uri"].endswith("/system") and answer["node"]
+        managed = domain_xml.parse_managed(answer["dest_xml"])
+        assert managed is not None and managed.name == "arrival"
+        with pytest.raises(errors.AlreadyExists):  # one incoming migration per name
+            prepare(peer, "arrival")
+        # another node cannot act on this migration
+        with node.as_node("node3") as other, pytest.raises(errors.NotFound):
+            other.call("migration.abort", op=answer["op"])
+        assert peer.call("migration.abort", op=answer["op"])["aborting"]
+        ended = peer.call("migration.result", op=answer["op"])
+    assert ended["state"] == "failed" and ended["error"]["code"] == "migration_failed"
+    with node.daemon.client() as c:
+        op = c.call("op.get", op=answer["op"])
+        assert op["kind"] == "migrate_in" and op["peer"] == "node2" and op["state"] == "failed"
+        assert "arrival" not in [vm["name"] for vm in c.call("vm.list")]
+        # the placement was released: the name can be prepared again
+    with node.as_node() as peer:
+        again = prepare(peer, "arrival")
+        peer.call("migration.abort", op=again["op"])
+
+
+def test_prepare_refusals(node: Node) -> None:
+    with node.daemon.client() as c:
+        c.call("vm.create", name="taken", memory_mib=64)
+        c.call("quota.set", tenant="tiny", max_vms=0)
+    with node.as_node() as peer:
+        with pytest.raises(errors.AlreadyExists):
+            prepare(peer, "taken")
+        with pytest.raises(errors.InvalidParams, match="NovaCron domain"):
+            prepare(peer, "x", "<domain><name>x</name></domain>")
+        with pytest.raises(errors.InvalidParams, match="NovaCron domain"):
+            prepare(peer, "other", source_xml("x"))
+        with pytest.raises(errors.InvalidParams, match="NovaCron domain"):
+            prepare(peer, "bad", "<domain")
+        managed_disk = source_xml("d", disks=(DiskSpec(size_gib=1),))
+        with pytest.raises(errors.InvalidParams, match="storage migration"):
+            prepare(peer, "d", managed_disk)
+        missing = source_xml("e", disks=(DiskSpec(path="/nonexistent/e.qcow2"),))
+        with pytest.raises(errors.NotFound, match="not reachable"):
+            prepare(peer, "e", missing)
+        with pytest.raises(errors.QuotaExceeded):
+            prepare(peer, "q", source_xml("q", tenant="tiny"))
+        busy = free_port()
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", busy))
+            holder.listen(1)
+            with pytest.raises(errors.Conflict, match="busy"):
+                prepare(peer, "p", port=busy)
+        with pytest.raises(errors.InvalidParams):
+            peer.call("migration.prepare", vm="z", xml=source_xml("z"), stream_port=80)
+    operator = node.pki.issue("op1", "operator", ("default",))
+    with client(node.port, operator) as c, pytest.raises(errors.PermissionDenied):
+        prepare(c, "y")
+    with node.daemon.client() as c:
+        assert [o for o in c.call("op.list") if o["state"] == "running"] == []
+
+
+def test_op_cancel_of_an_ended_operation_conflicts(node: Node) -> None:
+    with node.as_node() as peer:
+        answer = prepare(peer, "late")
+        peer.call("migration.abort", op=answer["op"])
+        peer.call("migration.result", op=answer["op"])
+    with node.daemon.client() as c, pytest.raises(errors.Conflict, match="already ended"):
+        c.call("op.cancel", op=answer["op"])

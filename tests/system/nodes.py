@@ -1,0 +1,123 @@
+"""Two NovaCron nodes on one machine: the two namespaced libvirt hosts of
+:mod:`tests.system.twohosts`, each with its own ``novacrond`` (node certificate from a
+suite-made CA, TLS listener and migration channel on its veth address, its own state
+dir and socket). The daemons run inside their host's namespaces; their Unix sockets
+are reachable from the test process by path."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from novacron.client import SyncClient
+from novacron.pki.ca import CertificateAuthority
+from tests.daemon_harness import Daemon
+from tests.system.twohosts import Host, TwoHosts
+
+TLS_PORT = 7443
+
+
+@dataclass
+class Node:
+    host: Host
+    daemon: Daemon
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    @property
+    def address(self) -> str:
+        return f"{self.host.address}:{TLS_PORT}"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.daemon.state_dir
+
+    def client(self, timeout: float = 120) -> SyncClient:
+        return self.daemon.client(timeout)
+
+    def console(self, vm: str) -> Path:
+        return self.state_dir / "consoles" / f"{vm}.log"
+
+    def domains(self) -> list[str]:
+        return self.host.virsh("list", "--all", "--name").split()
+
+    def domstate(self, vm: str) -> str:
+        return self.host.virsh("domstate", vm, check=False).strip()
+
+    def records(self) -> list[str]:
+        with self.client() as c:
+            return [vm["name"] for vm in c.call("vm.list")]
+
+    def restart(self) -> None:
+        if self.daemon.proc is not None and self.daemon.proc.poll() is None:
+            self.daemon.stop()
+        self.daemon.start(timeout=90)
+
+
+def node_daemon(hosts: TwoHosts, host: Host, certs: Path, ca: Path, *extra: str) -> Daemon:
+    root = host.root / "novacron"
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o755)
+    cert = certs / f"{host.name}.crt"
+    return Daemon(
+        socket=root / "novacrond.sock",
+        state_dir=root / "state",
+        log=root / "novacrond.log",
+        uri="qemu:///system",
+        prefix=host.enter(),
+        extra=[
+            *("--node-name", host.name, "--domain-type", "qemu"),
+            *("--emulator", str(hosts.qemu_wrapper)),
+            *("--tls-listen", f"{host.address}:{TLS_PORT}"),
+            *("--tls-cert", str(cert), "--tls-key", str(cert.with_suffix(".key"))),
+            *("--tls-ca", str(ca)),
+            *("--migration-libvirt-uri", host.libvirt_uri),
+            *("--migration-link-timeout-s", "10"),
+            *extra,
+        ],
+    )
+
+
+@dataclass
+class TwoNodes:
+    hosts: TwoHosts
+    a: Node
+    b: Node
+
+    @classmethod
+    def start(cls, hosts: TwoHosts, scratch: Path) -> TwoNodes:
+        authority = CertificateAuthority.init(scratch / "ca")
+        certs = scratch / "certs"
+        for host in (hosts.a, hosts.b):
+            authority.issue(host.name, "node", certs, node=True, addresses=(host.address,))
+        ca = authority.dir / "ca.crt"
+        a = Node(hosts.a, node_daemon(hosts, hosts.a, certs, ca))
+        b = Node(hosts.b, node_daemon(hosts, hosts.b, certs, ca))
+        pair = cls(hosts, a, b)
+        try:
+            a.daemon.start(timeout=90)
+            b.daemon.start(timeout=90)
+        except BaseException:
+            pair.stop()
+            raise
+        return pair
+
+    def stop(self) -> None:
+        for node in (self.a, self.b):
+            node.daemon.stop()
+            if os.environ.get("NOVACRON_KEEP_LOGS"):
+                print(f"--- {node.name} ---\n{node.daemon.log_text()[-20000:]}")
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float = 0.25) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

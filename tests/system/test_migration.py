@@ -1,0 +1,228 @@
+"""``vm.migrate`` between two NovaCron nodes (two namespaced hosts, real libvirtd,
+single-threaded TCG guests running a memory-dirtying workload with an integrity check).
+
+A migration passes only if the guest is alive and intact on the destination and gone
+from the source, and both daemons' stores agree. Every failure (cancel, either daemon
+killed, the link cut) must leave the guest running on the source only.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.system import guest
+from tests.system.libvirt_host import LibvirtHost
+from tests.system.nodes import Node, TwoNodes, wait_until
+from tests.system.twohosts import TwoHosts
+
+MEMORY_MIB = 128
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    libvirt_host: LibvirtHost, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TwoNodes]:
+    hosts = TwoHosts.start(secrets.token_hex(3))
+    try:
+        pair = TwoNodes.start(hosts, tmp_path_factory.mktemp("nodes"))
+        try:
+            yield pair
+        finally:
+            pair.stop()
+    finally:
+        hosts.stop()
+
+
+def boot(node: Node, name: str, images: guest.GuestImages) -> None:
+    with node.client() as c:
+        c.call(
+            "vm.create",
+            name=name,
+            vcpus=1,
+            memory_mib=MEMORY_MIB,
+            kernel=str(images.kernel),
+            initrd=str(images.initrd),
+            cmdline=images.cmdline + " novacron.workload",
+            start=True,
+        )
+    wait_until(lambda: _has(node, name, guest.INTACT), 240, f"{name} workload on {node.name}")
+
+
+def _has(node: Node, vm: str, needle: str, after: int = 0) -> bool:
+    path = node.console(vm)
+    return path.exists() and needle in path.read_text(errors="replace")[after:]
+
+
+def intact_on(node: Node, vm: str) -> None:
+    """Alive and intact: new integrity checks pass on ``node``'s console, none failed."""
+    size = node.console(vm).stat().st_size if node.console(vm).exists() else 0
+    wait_until(
+        lambda: (
+            node.console(vm).exists()
+            and node.console(vm).read_text(errors="replace")[size:].count(guest.INTACT) >= 2
+        ),
+        120,
+        f"{vm} passing its integrity checks on {node.name}",
+    )
+    assert guest.CORRUPT not in node.console(vm).read_text(errors="replace")
+
+
+def cli(node: Node, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "novacron.cli.main", "--socket", str(node.daemon.socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def migrate(src: Node, dst: Node, vm: str, *options: str) -> dict[str, Any]:
+    done = cli(src, "--json", "vm", "migrate", vm, "--to", dst.address, *options)
+    assert done.returncode == 0, f"{done.stderr}\n{logs(src, dst)}"
+    doc: dict[str, Any] = json.loads(done.stdout)
+    assert doc["state"] == "succeeded", doc
+    return doc
+
+
+def logs(*nodes: Node) -> str:
+    return "\n".join(f"--- {n.name} ---\n{n.daemon.log_text()[-6000:]}" for n in nodes)
+
+
+def only_on(vm: str, here: Node, gone: Node) -> None:
+    assert here.domstate(vm) == "running"
+    assert vm not in gone.domains()
+    assert vm in here.records() and vm not in gone.records()
+
+
+def test_migrate_there_and_back_again(nodes: TwoNodes, guest_images: guest.GuestImages) -> None:
+    a, b = nodes.a, nodes.b
+    boot(a, "m1", guest_images)
+
+    first = migrate(a, b, "m1")["result"]
+    only_on("m1", b, a)
+    intact_on(b, "m1")
+    assert first["destination"] == "hostb" and first["destination_state"] == "succeeded"
+    assert first["pages"] > 1000 and first["bytes_wire"] < first["bytes_logical"]
+    assert first["downtime_ms"] is not None
+
+    back = migrate(b, a, "m1")["result"]
+    only_on("m1", a, b)
+    intact_on(a, "m1")
+    # hosta kept the pages it sent: hostb sends references for what did not change
+    assert back["bytes_wire"] < first["bytes_wire"] / 2, (first, back)
+
+    again = migrate(a, b, "m1", "--compression", "zstd", "--no-dedup")["result"]
+    only_on("m1", b, a)
+    intact_on(b, "m1")
+    assert again["bytes_wire"] < again["bytes_logical"]
+
+    for label, doc in (("a->b", first), ("b->a", back), ("a->b zstd no-dedup", again)):
+        print(label, json.dumps(doc, sort_keys=True))
+    with a.client() as c:
+        ops = c.call("op.list")
+    outgoing = [o for o in ops if o["kind"] == "migrate_out" and o["vm"] == "m1"]
+    incoming = [o for o in ops if o["kind"] == "migrate_in" and o["vm"] == "m1"]
+    assert [o["state"] for o in outgoing] == ["succeeded", "succeeded"]
+    assert [o["state"] for o in incoming] == ["succeeded"]
+
+
+SLOW = ("--bandwidth-mbps", "16")  # ~2 MiB/s of QEMU stream: long enough to interrupt
+
+
+def start_migration(src: Node, dst: Node, vm: str) -> str:
+    done = cli(src, "--json", "vm", "migrate", vm, "--to", dst.address, "--detach", *SLOW)
+    assert done.returncode == 0, done.stderr
+    op_id: str = json.loads(done.stdout)["op"]
+
+    def streaming() -> bool:
+        with src.client() as c:
+            doc = c.call("op.get", op=op_id)
+        assert doc["state"] == "running", doc
+        return int(doc["progress"].get("bytes_logical", 0)) > 1_000_000
+
+    wait_until(streaming, 120, f"{vm}'s migration to be under way")
+    return op_id
+
+
+def op_state(node: Node, op_id: str) -> dict[str, Any]:
+    with node.client() as c:
+        doc: dict[str, Any] = c.call("op.get", op=op_id)
+    return doc
+
+
+def ended(node: Node, op_id: str, timeout: float = 180) -> dict[str, Any]:
+    wait_until(lambda: op_state(node, op_id)["state"] != "running", timeout, f"{op_id} to end")
+    return op_state(node, op_id)
+
+
+def incoming_op(node: Node, vm: str) -> dict[str, Any]:
+    with node.client() as c:
+        ops = c.call("op.list")
+    return next(o for o in ops if o["kind"] == "migrate_in" and o["vm"] == vm)
+
+
+def stays_on_source(vm: str, src: Node, dst: Node) -> None:
+    """The failure left the guest running on the source only, both stores agreeing."""
+    wait_until(lambda: src.domstate(vm) == "running", 120, f"{vm} running on {src.name}")
+    wait_until(lambda: vm not in dst.domains(), 180, f"{vm} gone from {dst.name}")
+    wait_until(lambda: incoming_op(dst, vm)["state"] != "running", 120, f"{dst.name}'s incoming op")
+    assert incoming_op(dst, vm)["state"] == "failed"
+    only_on(vm, src, dst)
+    intact_on(src, vm)
+
+
+def test_cancel_mid_way(nodes: TwoNodes, guest_images: guest.GuestImages) -> None:
+    a, b = nodes.a, nodes.b
+    boot(a, "m2", guest_images)
+    op_id = start_migration(a, b, "m2")
+    done = cli(a, "op", "cancel", op_id)
+    assert done.returncode == 0, done.stderr
+    doc = ended(a, op_id)
+    assert doc["state"] == "cancelled" and doc["error"]["code"] == "cancelled", doc
+    stays_on_source("m2", a, b)
+
+
+def test_source_daemon_killed_mid_way(nodes: TwoNodes, guest_images: guest.GuestImages) -> None:
+    a, b = nodes.a, nodes.b
+    boot(a, "m3", guest_images)
+    op_id = start_migration(a, b, "m3")
+    a.daemon.kill()
+    wait_until(lambda: "m3" not in b.domains(), 180, "the incoming domain cleaned up")
+    a.restart()
+    doc = op_state(a, op_id)
+    assert doc["state"] == "failed" and "restarted" in doc["error"]["message"], doc
+    stays_on_source("m3", a, b)
+
+
+def test_destination_daemon_killed_mid_way(
+    nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    a, b = nodes.a, nodes.b
+    boot(a, "m4", guest_images)
+    op_id = start_migration(a, b, "m4")
+    b.daemon.kill()
+    doc = ended(a, op_id)
+    assert doc["state"] == "failed" and doc["error"]["code"] == "migration_failed", doc
+    b.restart()
+    stays_on_source("m4", a, b)
+
+
+def test_link_cut_mid_way(nodes: TwoNodes, guest_images: guest.GuestImages) -> None:
+    a, b = nodes.a, nodes.b
+    boot(a, "m5", guest_images)
+    op_id = start_migration(a, b, "m5")
+    a.host.sh(f"ip link set {a.host.veth} down")
+    try:
+        doc = ended(a, op_id, timeout=240)
+    finally:
+        a.host.sh(f"ip link set {a.host.veth} up")
+    assert doc["state"] == "failed" and doc["error"]["code"] == "migration_failed", doc
+    stays_on_source("m5", a, b)
