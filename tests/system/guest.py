@@ -56,6 +56,10 @@ if grep -q novacron.workload /proc/cmdline; then
      if md5sum -c -s /work/sums; then echo {INTACT}; else echo {CORRUPT}; fi
    done) &
   echo {WORKLOAD_MARKER}
+  if grep -q novacron.hot /proc/cmdline; then
+    # a guest that dirties memory faster than a slow link carries it
+    (while true; do dd if=/dev/urandom of=/work/hot bs=1M count=16 conv=notrunc 2>/dev/null; done) &
+  fi
   (k=0; while true; do
      k=$((k+1)); echo "log line $k $(cat /proc/uptime)" >> /work/log
      dd if=/dev/urandom of=/work/random bs=4k count=4 seek=$((k % 256)) conv=notrunc 2>/dev/null

@@ -45,6 +45,7 @@ def add_vm_command(sub: Any) -> None:
     mig.add_argument("--no-dedup", action="store_false", dest="dedup", default=None)
     mig.add_argument("--auto-converge", action="store_true", default=None)
     mig.add_argument("--stall-action", choices=("auto_converge", "raise_downtime", "cancel"))
+    mig.add_argument("--stall-rounds", type=int, help="rounds without progress that are a stall")
     mig.add_argument("--timeout-s", type=float, dest="timeout_s")
     mig.add_argument("--detach", action="store_true", help="print the operation id and return")
     mig.set_defaults(run=run_migrate)
@@ -72,6 +73,7 @@ OPTION_KEYS = (
     "dedup",
     "auto_converge",
     "stall_action",
+    "stall_rounds",
     "timeout_s",
 )
 
