@@ -22,6 +22,7 @@ BOOT_MARKER = "NOVACRON-GUEST-BOOTED"
 TICK = "NOVACRON-TICK"
 POWER_MARKER = "NOVACRON-POWER-BUTTON"
 WORKLOAD_MARKER = "NOVACRON-WORKLOAD-READY"
+BENCH_MARKER = "NOVACRON-BENCH-READY"
 INTACT = "NOVACRON-INTACT"
 CORRUPT = "NOVACRON-CORRUPT"
 
@@ -40,6 +41,24 @@ for d in /sys/class/input/input*; do
 done
 if [ -n "$ev" ]; then
   (dd if=/dev/input/$ev bs=24 count=1 >/dev/null 2>&1; echo {POWER_MARKER}; sync; poweroff -f) &
+fi
+if grep -q novacron.bench /proc/cmdline; then
+  # the migration benchmark's guest (see bench/migration_bench.py): 150 copies of one
+  # binary, ~240 MiB of a repeated text block (not page-aligned), 32 MiB random data
+  mkdir -p /bench
+  mount -t tmpfs -o size=90% tmpfs /bench  # the rootfs may hold only half of RAM
+  i=0; while [ $i -lt 150 ]; do i=$((i+1)); cp /bin/busybox /bench/b$i; done
+  seq 1 65000 > /bench/block
+  i=0; while [ $i -lt 640 ]; do i=$((i+1)); cat /bench/block; done > /bench/text
+  dd if=/dev/urandom of=/bench/random bs=1M count=32 2>/dev/null
+  echo {BENCH_MARKER}
+  # then a running service: a log line, 64 small files and 256 KiB of the random file
+  (k=0; while true; do
+     k=$((k+1)); echo "bench log $k $(cat /proc/uptime)" >> /bench/log
+     j=0; while [ $j -lt 64 ]; do j=$((j+1)); echo "$k $j" > /bench/small$j; done
+     dd if=/dev/urandom of=/bench/random bs=64k count=4 seek=$((k % 128)) conv=notrunc 2>/dev/null
+     sleep 0.3
+   done) &
 fi
 if grep -q novacron.workload /proc/cmdline; then
   # a realistic memory mix in the rootfs (RAM): copies of one binary (duplicate pages),

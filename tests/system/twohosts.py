@@ -35,7 +35,7 @@ for a; do
   set -- "$@" "$a"
   prev="$orig"
 done
-exec /usr/bin/qemu-system-x86_64 "$@"
+exec /usr/bin/qemu-system-x86_64 "$@" {extra}
 """
 
 
@@ -171,7 +171,8 @@ class TwoHosts:
     b: Host
 
     @classmethod
-    def start(cls, tag: str) -> TwoHosts:
+    def start(cls, tag: str, qemu_args: str = "") -> TwoHosts:
+        """``qemu_args``: appended to every QEMU command line of both hosts."""
         root = BASE / tag
         if root.exists():
             shutil.rmtree(root, ignore_errors=True)
@@ -190,7 +191,7 @@ class TwoHosts:
                 host.sh(f"ip addr add {host.address}/24 dev {dev}\nip link set {dev} up")
                 host.veth = dev
             wrapper = root / "qemu-single-thread"
-            wrapper.write_text(QEMU_WRAPPER)
+            wrapper.write_text(QEMU_WRAPPER.replace("{extra}", qemu_args))
             wrapper.chmod(0o755)
             a.start_libvirt()
             b.start_libvirt()
@@ -209,3 +210,4 @@ class TwoHosts:
                 host.stop()
             except Exception:  # keep tearing down the other one
                 pass
+        shutil.rmtree(self.a.root.parent, ignore_errors=True)

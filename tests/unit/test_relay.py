@@ -25,6 +25,7 @@ async def migrate(
     failures: dict[str, list[BaseException]] | None = None,
     source_store: PageStore | None = None,
     destination_store: PageStore | None = None,
+    abandoned: str | None = None,
 ) -> tuple[bytes, bytes, RelayStats, RelayStats]:
     """Runs both relays; with ``failures`` given, each side's error is kept there (by
     side) instead of cancelling the other side."""
@@ -79,7 +80,7 @@ async def migrate(
     async def source() -> None:
         try:
             sender = StreamSender(batch_pages=16, wait_for_announce=True, store=source_store)
-            await relay_source(src_relay_side, chan_src, sender, src_stats)
+            await relay_source(src_relay_side, chan_src, sender, src_stats, lambda: abandoned)
         except Exception as exc:
             if failures is None:
                 raise
@@ -151,3 +152,18 @@ async def test_page_stores_make_the_next_migration_cheap() -> None:
     assert received == stream
     assert again.channel_bytes < first.channel_bytes / 3
     assert back.channel_bytes < first.channel_bytes / 3
+
+
+async def test_an_abandoned_migration_is_aborted_not_ended() -> None:
+    """When the source gave up (cancel, stall), QEMU's early end of stream is not vouched
+    for: the destination gets ABORT, and nothing past the last CHECK."""
+    stream, _ = iterations(4, 5)
+    received = bytearray()
+    failures: dict[str, list[BaseException]] = {}
+    with trio.move_on_after(20):
+        await migrate(stream, received=received, failures=failures, abandoned="cancel")
+    (refusal,) = failures["destination"]
+    assert isinstance(refusal, frames.FrameError) and "source aborted: cancel" in str(refusal)
+    (gave_up,) = failures["source"]
+    assert "abandoned (cancel)" in str(gave_up)
+    assert stream.startswith(bytes(received))

@@ -99,3 +99,24 @@ def test_tampering_is_caught() -> None:
     receiver = StreamReceiver()
     with pytest.raises(frames.FrameError, match="aborted"):
         receiver.apply(frames.Frame(frames.ABORT, b"cancelled"))
+
+
+def test_pages_held_for_announce_are_released_one_checked_batch_at_a_time() -> None:
+    """Regression: a source that held many batches while waiting for ANNOUNCE sent them
+    under one CHECK, and a receiver (rightly) refused that much unvouched stream."""
+    stream, _ = iterations(40, 3, incompressible=True)
+    sender = StreamSender(batch_pages=8, wait_for_announce=True)
+    batch_bytes = 8 * (PAGE + 64)
+    receiver = StreamReceiver(max_unchecked=2 * batch_bytes)
+    decoder = frames.FrameDecoder()
+    out = bytearray()
+    held = []
+    for at in range(0, len(stream), 4096):
+        held += sender.feed(stream[at : at + 4096])
+    assert sum(f[0] == frames.PAGES for f in held) == 0  # all pages held back
+    wire = held + sender.announce(b"") + sender.finish()
+    frames_seen = list(decoder.feed(b"".join(wire)))
+    assert sum(f.kind == frames.PAGES for f in frames_seen) > 10
+    for f in frames_seen:
+        out += receiver.apply(f)
+    assert receiver.ended and bytes(out) == stream

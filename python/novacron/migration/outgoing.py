@@ -105,7 +105,10 @@ async def start(
             {"vm": name},
         )
     address = destination_address(destination, svc.tls_port)
-    op = await svc.ops.start("migrate_out", name, rec.tenant, address, options.to_dict())
+    async with vms.locked(name):
+        vms.check_not_migrating(name)
+        op = await svc.ops.start("migrate_out", name, rec.tenant, address, options.to_dict())
+        vms.migrating.add(name)
     run = Run(svc, op, options)
     op.on_cancel = lambda: svc.spawn(run.abort, "cancel")
     svc.spawn(_run, run, address, op=op)
@@ -113,6 +116,14 @@ async def start(
 
 
 async def _run(run: Run, address: str) -> None:
+    try:
+        async with run.svc.migration_limiter:  # at most max_concurrent at once
+            await _migrate_and_settle(run, address)
+    finally:
+        run.svc.vms.migrating.discard(run.op.vm)
+
+
+async def _migrate_and_settle(run: Run, address: str) -> None:
     svc, op, vms = run.svc, run.op, run.svc.vms
     files = svc.tls_files()
     assert files is not None
@@ -286,9 +297,7 @@ async def _migrate(
         if op.cancel_requested:
             await run.abort("cancel")
         try:
-            await trio.to_thread.run_sync(
-                libvirt_job.migrate, vms.hv, call, limiter=svc.migration_limiter
-            )
+            await trio.to_thread.run_sync(libvirt_job.migrate, vms.hv, call)
         except errors.NovaCronError as exc:
             run.fail(errors.MigrationFailed(exc.message, {"vm": op.vm, "cause": exc.code}))
             tasks.cancel_scope.cancel()

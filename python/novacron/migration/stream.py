@@ -81,7 +81,7 @@ class StreamSender:
         self._waiting = False
         out: list[bytes] = []
         self._flush_pages(out)
-        return self._checked(out)
+        return out
 
     def _encoder(self) -> PageEncoder:
         if self.encoder is None:
@@ -94,8 +94,8 @@ class StreamSender:
         out: list[bytes] = []
         self._flush_pages(out)
         if self._prefix and not self._entries and not self._held:
-            out.append(self._verbatim())
-        return self._checked(out)
+            out += self._checked([self._verbatim()])
+        return out
 
     def finish(self) -> list[bytes]:
         """The stream ended: the rest, then ``END`` with length and digest (an
@@ -104,6 +104,7 @@ class StreamSender:
         out: list[bytes] = []
         for index, piece in self.splitter.finish():
             self._piece(index, piece, out)
+        out = self._checked(out)
         out += self.flush()
         end = frames.encode_end(self._sent_length, self._sent.digest())
         self.wire_bytes += len(end)
@@ -131,12 +132,18 @@ class StreamSender:
         self._entries, self._pages, self._in_batch = [], [], set()
 
     def _flush_pages(self, out: list[bytes]) -> None:
+        """Encodes what was held and the open batch, each batch with its own ``CHECK``
+        (the receiver holds at most one batch unvouched, however much was held here)."""
         if self._waiting:
             return
         for entries, pages in self._held:
-            self._encode(entries, pages, out)
+            group: list[bytes] = []
+            self._encode(entries, pages, group)
+            out += self._checked(group)
         self._held = []
-        self._cut(out)
+        group = []
+        self._cut(group)
+        out += self._checked(group)
 
     def _encode(
         self, entries: list[tuple[bytes, int]], pages: list[bytes], out: list[bytes]
@@ -174,8 +181,9 @@ class StreamReceiver:
     """``store``: a page store whose pages are announced to the source (and kept pinned
     for this stream); the arrived guest memory is added to it at the end."""
 
-    def __init__(self, store: PageStore | None = None) -> None:
+    def __init__(self, store: PageStore | None = None, max_unchecked: int = MAX_UNCHECKED) -> None:
         self.decoder: PageDecoder | None = None
+        self._max_unchecked = max_unchecked
         self._store = store
         self.reply: list[bytes] = []  # frames for the source (ANNOUNCE)
         self._digest = hashlib.sha256()
@@ -233,5 +241,5 @@ class StreamReceiver:
         self.length += len(data)
         self._unchecked.append(data)
         self._unchecked_size += len(data)
-        if self._unchecked_size > MAX_UNCHECKED:
+        if self._unchecked_size > self._max_unchecked:
             raise frames.FrameError("too much of the stream without a CHECK")

@@ -47,6 +47,7 @@ class VmService:
         self._tenant_locks: dict[str, trio.Lock] = {}
         self._locks: dict[str, trio.Lock] = {}
         self.managed: set[str] = set()
+        self.migrating: set[str] = set()  # VMs leaving this node (set by the migration service)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -64,6 +65,12 @@ class VmService:
     def tenant_lock(self, tenant: str) -> trio.Lock:
         """Held while a tenant's quota is checked and a VM of it recorded."""
         return self._tenant_locks.setdefault(tenant, trio.Lock())
+
+    def check_not_migrating(self, name: str) -> None:
+        if name in self.migrating:
+            raise errors.Conflict(
+                f"vm {name!r} is being migrated; cancel the migration first", {"vm": name}
+            )
 
     async def record(self, name: str) -> VmRecord:
         rec = await self.records.get(name)
@@ -249,6 +256,7 @@ class VmService:
 
     async def delete(self, name: str, force: bool, keep_disks: bool) -> dict[str, Any]:
         async with self.locked(name):
+            self.check_not_migrating(name)
             rec = await self.record(name)
             current = await self.hv_pool.run(self.hv.state_or_none, name)
             if current and current.state not in ("stopped", "crashed") and not force:
@@ -281,6 +289,7 @@ class VmService:
         self, name: str, allowed: tuple[str, ...], action: str, call: Any, desired: str
     ) -> dict[str, Any]:
         async with self.locked(name):
+            self.check_not_migrating(name)
             await self.record(name)
             await self._expect(name, allowed, action)
             await self.hv_pool.run(call, name)
@@ -308,6 +317,7 @@ class VmService:
 
     async def shutdown(self, name: str, timeout_s: float, force: bool) -> dict[str, Any]:
         async with self.locked(name):
+            self.check_not_migrating(name)
             await self.record(name)
             await self._expect(name, ("running", "shutting_down"), "shut down")
             await self.hv_pool.run(self.hv.shutdown, name)
@@ -334,6 +344,7 @@ class VmService:
 
     async def snapshot_create(self, name: str, snapshot: str, description: str) -> dict[str, Any]:
         async with self.locked(name):
+            self.check_not_migrating(name)
             await self.record(name)
             existing = await self.hv_pool.run(self.hv.snapshot_list, name)
             if any(s["name"] == snapshot for s in existing):
@@ -349,6 +360,7 @@ class VmService:
 
     async def snapshot_revert(self, name: str, snapshot: str) -> dict[str, Any]:
         async with self.locked(name):
+            self.check_not_migrating(name)
             await self.record(name)
             await self.hv_pool.run(self.hv.snapshot_revert, name, snapshot)
             runtime = await self._runtime(name)
@@ -359,6 +371,7 @@ class VmService:
 
     async def snapshot_delete(self, name: str, snapshot: str) -> dict[str, Any]:
         async with self.locked(name):
+            self.check_not_migrating(name)
             await self.record(name)
             await self.hv_pool.run(self.hv.snapshot_delete, name, snapshot)
             log.info("vm.snapshot_deleted", extra=kv(vm=name, snapshot=snapshot))

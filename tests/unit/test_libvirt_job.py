@@ -1,0 +1,81 @@
+"""The migration's libvirt calls: parameters and flags, and the calls that work on
+libvirt's test driver (which cannot migrate; real migrations are system tests)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import libvirt
+import pytest
+
+from novacron import errors
+from novacron.migration import libvirt_job
+from novacron.migration.libvirt_job import MigrationCall
+from novacron.vm.driver import Hypervisor
+
+
+@pytest.fixture
+def hv() -> Iterator[Hypervisor]:
+    h = Hypervisor("test:///default")
+    yield h
+    h.close()
+
+
+def call(**kw: object) -> MigrationCall:
+    base: dict[str, object] = {
+        "name": "vm",
+        "dest_uri": "qemu+tls://node2/system",
+        "migrate_uri": "tcp://127.0.0.1:49200",
+        "listen_address": "127.0.0.1",
+        "dest_xml": "<domain/>",
+        "bandwidth_mib_s": 0,
+        "auto_converge": False,
+    }
+    return MigrationCall(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_params_point_qemu_at_the_loopback_relay() -> None:
+    params = call().params()
+    assert params[libvirt.VIR_MIGRATE_PARAM_URI] == "tcp://127.0.0.1:49200"
+    assert params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] == "127.0.0.1"
+    assert params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] == "<domain/>"
+    assert params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] == "<domain/>"
+    assert libvirt.VIR_MIGRATE_PARAM_BANDWIDTH not in params
+    assert call(bandwidth_mib_s=12).params()[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] == 12
+
+
+def test_flags() -> None:
+    flags = call().flags()
+    for flag in (
+        libvirt.VIR_MIGRATE_LIVE,
+        libvirt.VIR_MIGRATE_PEER2PEER,
+        libvirt.VIR_MIGRATE_PERSIST_DEST,
+        libvirt.VIR_MIGRATE_UNDEFINE_SOURCE,
+    ):
+        assert flags & flag
+    assert not flags & libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    assert call(auto_converge=True).flags() & libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    assert not flags & libvirt.VIR_MIGRATE_PARALLEL  # multifd is refused, never asked for
+
+
+def test_calls_on_the_test_driver(hv: Hypervisor) -> None:
+    assert libvirt_job.job_stats(hv, "test") == {}  # no job running
+    assert libvirt_job.job_stats(hv, "missing") == {}
+    assert libvirt_job.abort(hv, "missing") is False
+    assert libvirt_job.incoming_state(hv, "test") == "running"  # persistent and running
+    assert libvirt_job.incoming_state(hv, "missing") == "absent"
+    assert "<name>test</name>" in libvirt_job.migratable_xml(hv, "test")
+    with pytest.raises(errors.NovaCronError):
+        libvirt_job.migrate(hv, call(name="test", dest_uri="test:///default"))
+    assert libvirt_job.incoming_state(hv, "test") == "running"  # a failed call leaves it
+
+
+def test_a_transient_domain_is_still_arriving(hv: Hypervisor) -> None:
+    xml = libvirt_job.migratable_xml(hv, "test").replace("<name>test</name>", "<name>t2</name>")
+    xml = "\n".join(line for line in xml.splitlines() if "<uuid>" not in line)
+    dom = hv.conn.createXML(xml, 0)  # transient, running: like an incoming migration
+    try:
+        assert libvirt_job.incoming_state(hv, "t2") == "arriving"
+    finally:
+        dom.destroy()
+    assert libvirt_job.incoming_state(hv, "t2") == "absent"
