@@ -289,6 +289,9 @@ class Bench:
 
     def option(self, option: str, link: int) -> None:
         a, b = self.nodes.a, self.nodes.b
+        if option == "novacron":
+            a.restart()  # empty page stores: scenario 1 is a first migration for real
+            b.restart()
         first, second = f"bench-{option}-{link}-1", f"bench-{option}-{link}-2"
         self.boot(option, first)
         self.migrate(option, link, 1, first, a, b)

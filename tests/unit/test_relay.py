@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 
 import trio
+import trio.lowlevel
 import trio.testing
 
 from novacron._core import PageStore
@@ -93,6 +94,8 @@ async def migrate(
         try:
             receiver = StreamReceiver(destination_store)
             await relay_destination(chan_dst, dst_relay_side, receiver, dst_stats)
+            for _ in receiver.keep(chunk_pages=7):  # as the daemon does, after the stream
+                await trio.lowlevel.checkpoint()
         except Exception as exc:
             if failures is None:
                 raise

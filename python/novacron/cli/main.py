@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     except AuditBroken:
         return 1
     except Unavailable as exc:
-        output.errors.print(f"error: {exc.code}: {exc.message}", highlight=False)
+        output.errors.print(f"error: {exc.code}: {exc.message}", highlight=False, markup=False)
         return 3
     except NovaCronError as exc:
-        output.errors.print(f"error: {exc.code}: {exc.message}", highlight=False)
+        output.errors.print(f"error: {exc.code}: {exc.message}", highlight=False, markup=False)
         return 1
     except KeyboardInterrupt:
         return 130

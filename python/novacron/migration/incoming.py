@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
+import trio.lowlevel
 
 from novacron import errors
 from novacron.logs import kv
@@ -161,11 +162,13 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
             svc.ops.report(inc.op, "receiving")
             try:
                 qemu = await _connect_qemu(inc.stream_port)
+                receiver = StreamReceiver(svc.page_store)
                 try:
-                    receiver = StreamReceiver(svc.page_store)
                     await relay_destination(channel, qemu, receiver, inc.stats)
                 finally:
                     await trio.aclose_forcefully(qemu)
+                for _ in receiver.keep():  # after the stream: never in the downtime
+                    await trio.lowlevel.checkpoint()
             except (trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
                 failure = f"relay failed: {exc or 'the connection broke'}"
             except Exception as exc:  # frame, digest and engine errors

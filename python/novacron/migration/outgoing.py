@@ -237,6 +237,10 @@ async def _migrate(
             stats = await vms.hv_pool.run(libvirt_job.job_stats, vms.hv, op.vm)
             if not stats:
                 continue
+            if run.aborted_for is not None:
+                # given up while libvirt was still starting the job: abort it now
+                await vms.hv_pool.run(libvirt_job.abort, vms.hv, op.vm)
+                continue
             try:
                 await sample(stats, downtime_set)
             except errors.NovaCronError as exc:  # the job ended under our feet

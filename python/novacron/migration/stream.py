@@ -17,6 +17,8 @@ is applied, which holds only a page's latest content).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from itertools import chain
 from typing import Any
 
 from novacron._core import PAGE_SIZE, PageDecoder, PageEncoder, PageStore, QemuStreamSplitter
@@ -24,6 +26,7 @@ from novacron.migration import frames
 
 DEFAULT_BATCH_PAGES = 1024
 MAX_VERBATIM = 1024 * 1024
+KEEP_CHUNK_PAGES = 8192  # 32 MiB of arrived memory added to the page store per step
 MAX_UNCHECKED = 64 * 1024 * 1024  # receiver: bytes awaiting a CHECK (the sender checks far sooner)
 
 
@@ -153,9 +156,9 @@ class StreamSender:
         batch = self._encoder().encode_pages([i for _, i in entries], packed)
         if self._store is not None:
             self._store.add_image(packed)
-        for (prefix, _), page in zip(entries, pages, strict=True):
-            self._account(prefix)
-            self._account(page)
+        # the stream span these pages stand for, digested in one call
+        prefixes = [p for p, _ in entries]
+        self._account(b"".join(chain.from_iterable(zip(prefixes, pages, strict=True))))
         out.append(frames.encode_pages(total, entries, batch))
 
     def _verbatim(self) -> bytes:
@@ -184,6 +187,7 @@ class StreamReceiver:
     def __init__(self, store: PageStore | None = None, max_unchecked: int = MAX_UNCHECKED) -> None:
         self.decoder: PageDecoder | None = None
         self._max_unchecked = max_unchecked
+        self._total = 0
         self._store = store
         self.reply: list[bytes] = []  # frames for the source (ANNOUNCE)
         self._digest = hashlib.sha256()
@@ -202,19 +206,22 @@ class StreamReceiver:
         if frame.kind == frames.START:
             if self.decoder is not None:
                 raise frames.FrameError("a second START")
-            self.decoder = PageDecoder(frames.decode_start(frame.payload))
+            self._total = frames.decode_start(frame.payload)
+            self.decoder = PageDecoder(self._total)
             hashes = self.decoder.announce(self._store) if self._store is not None else b""
             self.reply.append(frames.encode(frames.ANNOUNCE, hashes))
             return b""
         if frame.kind == frames.PAGES:
             total, entries, batch = frames.decode_pages(frame.payload)
             if self.decoder is None:
+                self._total = total
                 self.decoder = PageDecoder(total)
             self.decoder.decode(batch)  # EngineError on a corrupt batch
-            packed = self.decoder.pages([i for _, i in entries])
+            packed = memoryview(self.decoder.pages([i for _, i in entries]))
+            span: list[bytes | memoryview] = []
             for n, (prefix, _) in enumerate(entries):
-                self._hold(prefix)
-                self._hold(packed[n * PAGE_SIZE : (n + 1) * PAGE_SIZE])
+                span += (prefix, packed[n * PAGE_SIZE : (n + 1) * PAGE_SIZE])
+            self._hold(b"".join(span))
             return b""
         if frame.kind in (frames.CHECK, frames.END):
             length, digest = frames.decode_end(frame.payload)
@@ -225,8 +232,6 @@ class StreamReceiver:
                     else f"rebuilt stream's sha256 differs from the source's at byte {length}"
                 )
             self.ended = frame.kind == frames.END
-            if self.ended and self._store is not None and self.decoder is not None:
-                self._store.add_image(self.decoder.image())  # for the next migration
             out = b"".join(self._unchecked)
             self._unchecked, self._unchecked_size = [], 0
             return out
@@ -235,6 +240,17 @@ class StreamReceiver:
                 f"source aborted: {frame.payload.decode('utf-8', 'replace')[:200]}"
             )
         raise frames.FrameError(f"unexpected frame type {frame.kind} from the source")
+
+    def keep(self, chunk_pages: int = KEEP_CHUNK_PAGES) -> Iterator[int]:
+        """Adds the memory that arrived to the page store (for the next migration), one
+        chunk per step; called once the stream was delivered, never in its way (the
+        caller lets other work run between steps)."""
+        if self._store is None or self.decoder is None or not self.ended:
+            return
+        total = self._total
+        for start in range(0, total, chunk_pages):
+            pages = range(start, min(total, start + chunk_pages))
+            yield self._store.add_image(self.decoder.pages(pages))
 
     def _hold(self, data: bytes) -> None:
         self._digest.update(data)
