@@ -31,10 +31,17 @@ log = logging.getLogger("novacron.migration")
 
 TOKEN_BYTES = 32
 HANDSHAKE_TIMEOUT_S = 10.0
+# Small kernel buffers on the data path: what sits in them when QEMU stops the guest
+# must cross the link before the guest can resume (downtime), and big buffers also make
+# QEMU believe the link is faster than it is (it estimates downtime from how fast its
+# socket drains). The kernel doubles these values.
+CHANNEL_SNDBUF = 256 * 1024
+QEMU_RCVBUF = 256 * 1024
 
 
 def tune(sock: trio.socket.SocketType | socket.socket, link_timeout_s: float) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_SNDBUF)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     idle = max(1, int(link_timeout_s / 3))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)

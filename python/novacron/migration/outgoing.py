@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,7 @@ from novacron import errors
 from novacron.client import connect_tls, split_address
 from novacron.logs import kv
 from novacron.migration import libvirt_job, progress
-from novacron.migration.channel import open_channel
+from novacron.migration.channel import QEMU_RCVBUF, open_channel
 from novacron.migration.libvirt_job import MigrationCall
 from novacron.migration.ops import Operation
 from novacron.migration.options import MigrateOptions
@@ -217,6 +218,7 @@ async def _migrate(
         try:
             with trio.fail_after(QEMU_ACCEPT_S):
                 qemu = await listener.accept()
+            qemu.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, QEMU_RCVBUF)
             await relay_source(qemu, channel, sender, run.stats, lambda: run.aborted_for)
         except Exception as exc:  # channel, link and frame errors alike
             run.fail(errors.MigrationFailed(f"migration channel failed: {exc}", {"vm": op.vm}))
