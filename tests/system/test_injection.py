@@ -58,6 +58,16 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("auth.unbind", {}, "principal"),
     ("quota.get", {}, "tenant"),
     ("quota.set", {}, "tenant"),
+    ("vm.migrate", {"destination": "node2:7443"}, "name"),
+    ("vm.migrate", {"name": "ghost"}, "destination"),
+    ("vm.migrate", {"name": "ghost", "destination": "n2"}, "compression"),
+    ("vm.migrate", {"name": "ghost", "destination": "n2"}, "stall_action"),
+    ("op.get", {}, "op"),
+    ("op.cancel", {}, "op"),
+    ("migration.prepare", {"xml": "<domain/>", "stream_port": 40000}, "vm"),
+    ("migration.prepare", {"vm": "inj", "stream_port": 40000}, "xml"),
+    ("migration.result", {}, "op"),
+    ("migration.abort", {}, "op"),
 ]
 
 
@@ -93,6 +103,7 @@ def test_every_string_parameter_resists_injection(system_daemon: Daemon) -> None
         "audit.tail",
         "audit.verify",
         "tls.reload",
+        "op.list",
     }, "a method with string parameters is missing from the sweep"
     with daemon.client() as c:
         c.call("vm.create", name="victim", memory_mib=64)

@@ -90,6 +90,8 @@ async def prepare(
         raise errors.InvalidParams(f"the domain's spec is unusable: {exc}") from None
     if spec.name != name:
         raise errors.InvalidParams("the domain's spec names another vm", {"vm": name})
+    if not svc.channel_port:
+        raise errors.Unavailable("this node does not accept migrations (no TLS listener)")
     for disk in spec.disks:
         if disk.managed:
             raise errors.InvalidParams(

@@ -121,8 +121,6 @@ class MigrationService:
     async def prepare(
         self, source: str, name: str, xml: str, stream_port: int, options: dict[str, Any]
     ) -> dict[str, Any]:
-        if not self.channel_port:
-            raise errors.Unavailable("this node does not accept migrations (no TLS listener)")
         return await incoming.prepare(self, source, name, xml, stream_port, options)
 
     def _deliver(self, token: bytes, peer: str, stream: trio.SSLStream[trio.SocketStream]) -> bool:
