@@ -126,7 +126,13 @@ def test_migrate_there_and_back_again(nodes: TwoNodes, guest_images: guest.Guest
 
     # a second VM of the same kernel and initramfs: hostb has most of its pages already
     boot(a, "m1b", guest_images)
-    sibling = migrate(a, b, "m1b")["result"]
+    # as a person runs it: the progress bar, then the summary table
+    shown = cli(a, "vm", "migrate", "m1b", "--to", b.address)
+    assert shown.returncode == 0, f"{shown.stderr}\n{logs(a, b)}"
+    for field in ("destination", "downtime_ms", "bytes_logical", "bytes_wire", "reduction"):
+        assert field in shown.stdout, shown.stdout
+    with a.client() as c:
+        sibling = next(o for o in c.call("op.list") if o["vm"] == "m1b")["result"]
     only_on("m1b", b, a)
     intact_on(b, "m1b")
     assert sibling["bytes_wire"] < first["bytes_wire"] * 0.7, (first, sibling)
