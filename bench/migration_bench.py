@@ -179,16 +179,7 @@ class Bench:
         a = self.nodes.a
         if option == "novacron":
             with a.client(timeout=300) as c:
-                c.call(
-                    "vm.create",
-                    name=name,
-                    vcpus=1,
-                    memory_mib=self.args.memory_mib,
-                    kernel=str(self.images.kernel),
-                    initrd=str(self.images.initrd),
-                    cmdline=f"{self.images.cmdline} {CMDLINE}",
-                    start=True,
-                )
+                c.call("vm.create", **self.images.vm(name, self.args.memory_mib, CMDLINE))
         else:
             path = self.hosts.a.root.parent / f"{name}.xml"
             path.write_text(guest_xml(name, self.args.memory_mib, self.images, self.hosts))
@@ -243,13 +234,7 @@ class Bench:
                 downtime = int(doc["result"]["downtime_ms"] or 0)
                 logical = int(doc["result"]["bytes_logical"])
             else:
-                src.host.virsh(
-                    *("migrate", "--live", "--p2p", "--persistent", "--undefinesource"),
-                    *NATIVE_FLAGS[option],
-                    name,
-                    dst.host.libvirt_uri,
-                    timeout=3600,
-                )
+                src.host.migrate(name, dst.host, *NATIVE_FLAGS[option], timeout=3600)
                 total = time.monotonic() - began
                 info = dst.host.virsh("domjobinfo", "--completed", name)
                 found = re.search(r"Total downtime:\s+(\d+)", info)

@@ -70,15 +70,17 @@ class Config:
         return self.state_dir / "images"
 
     @property
+    def tls_port(self) -> int:
+        """The TLS listener's port (0: no listener)."""
+        return int(self.tls_listen.rpartition(":")[2]) if self.tls_listen else 0
+
+    @property
     def migration_address(self) -> str:
         """Where peers open migration channels: ``[migration] listen``, else the TLS
         listener's host with the next port; empty when there is no TLS listener."""
-        if self.migration_listen:
+        if self.migration_listen or not self.tls_listen:
             return self.migration_listen
-        if not self.tls_listen:
-            return ""
-        host, _, port = self.tls_listen.rpartition(":")
-        return f"{host}:{int(port) + 1}"
+        return f"{self.tls_listen.rpartition(':')[0]}:{self.tls_port + 1}"
 
     @property
     def libvirt_peer_uri(self) -> str:

@@ -93,13 +93,11 @@ async def attach_hypervisor(
             await vms.hv_pool.run(vms.hv.ensure_pool, config.storage_pool, config.images_dir)
             await vms.hv_pool.run(vms.hv.capabilities)  # slow on QEMU: fetch once
             vms.placement.load(await vms.hv_pool.run(vms.hv.numa_nodes))
-            migrating_out = frozenset[str]()
-            if services.migrations is not None:
-                await services.migrations.load_interrupted()
-                migrating_out = services.migrations.outgoing_interrupted()
-            services.reconcile_findings = await reconcile(vms, migrating_out)
-            if services.migrations is not None:
-                await services.migrations.settle_outgoing(services.reconcile_findings)
+            migrations = services.migrations
+            leaving = await migrations.load_interrupted() if migrations else frozenset[str]()
+            services.reconcile_findings = await reconcile(vms, leaving)
+            if migrations is not None:
+                await migrations.settle_outgoing(services.reconcile_findings)
         except errors.Unavailable as exc:
             log.error(
                 "hypervisor.unavailable", extra=kv(uri=config.hypervisor_uri, error=exc.message)

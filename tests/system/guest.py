@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 CACHE = Path(os.environ.get("NOVACRON_GUEST_CACHE", "/var/tmp/novacron-guest"))
 BOOT_MARKER = "NOVACRON-GUEST-BOOTED"
@@ -99,6 +100,22 @@ class GuestImages:
     kernel: Path
     initrd: Path
     cmdline: str = "console=ttyS0 panic=-1 quiet loglevel=3"
+
+    def vm(
+        self, name: str, memory_mib: int = 128, options: str = "", **extra: Any
+    ) -> dict[str, Any]:
+        """``vm.create`` parameters for a started one-vCPU guest of these images;
+        ``options`` go on the kernel command line (``novacron.workload``, ...)."""
+        return {
+            "name": name,
+            "vcpus": 1,
+            "memory_mib": memory_mib,
+            "kernel": str(self.kernel),
+            "initrd": str(self.initrd),
+            "cmdline": f"{self.cmdline} {options}".rstrip(),
+            "start": True,
+            **extra,
+        }
 
 
 def _run(*argv: str, cwd: Path | None = None) -> str:

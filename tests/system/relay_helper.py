@@ -16,18 +16,10 @@ from pathlib import Path
 import trio
 
 from novacron.client import TlsFiles, split_address
+from novacron.migration.channel import connect_when_listening
 from novacron.migration.relay import RelayStats, relay_destination, relay_source
 from novacron.migration.stream import StreamReceiver, StreamSender
 from novacron.server.tls import server_context
-
-
-async def connect_retrying(host: str, port: int) -> trio.SocketStream:
-    with trio.fail_after(60):
-        while True:
-            try:
-                return await trio.open_tcp_stream(host, port)
-            except OSError:
-                await trio.sleep(0.05)
 
 
 async def source(qemu_at: str, peer: str, cert: Path, key: Path, ca: Path, out: Path) -> None:
@@ -36,7 +28,7 @@ async def source(qemu_at: str, peer: str, cert: Path, key: Path, ca: Path, out: 
     print("READY", flush=True)
     qemu = await listeners[0].accept()
     peer_host, peer_port = split_address(peer)
-    tcp = await connect_retrying(peer_host, peer_port)
+    tcp = await connect_when_listening(peer_host, peer_port, 60)
     context = TlsFiles(cert, key, ca).context()
     channel = trio.SSLStream(tcp, context, server_hostname="hostb")
     await channel.do_handshake()
@@ -59,7 +51,7 @@ async def destination(
     channel = trio.SSLStream(raw, server_context(cert, key, ca, None), server_side=True)
     await channel.do_handshake()
     qhost, qport = split_address(qemu_at)
-    qemu = await connect_retrying(qhost, qport)
+    qemu = await connect_when_listening(qhost, qport, 60)
     stats = RelayStats()
     try:
         await relay_destination(channel, qemu, StreamReceiver(), stats)

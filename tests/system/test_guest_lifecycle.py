@@ -39,17 +39,8 @@ def ticks(text: str) -> int:
 
 
 def create_guest(c: SyncClient, name: str, images: guest.GuestImages, **extra) -> dict:
-    return c.call(
-        "vm.create",
-        name=name,
-        vcpus=1,
-        memory_mib=256,
-        kernel=str(images.kernel),
-        initrd=str(images.initrd),
-        cmdline=images.cmdline,
-        disks=[{"size_gib": 1}],
-        **extra,
-    )
+    params = {"start": False, "disks": [{"size_gib": 1}], **extra}
+    return c.call("vm.create", **images.vm(name, memory_mib=256, **params))
 
 
 def test_boot_pause_resume_snapshot_shutdown_delete(

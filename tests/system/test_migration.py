@@ -42,16 +42,7 @@ def nodes(
 
 def boot(node: Node, name: str, images: guest.GuestImages, extra: str = "") -> None:
     with node.client() as c:
-        c.call(
-            "vm.create",
-            name=name,
-            vcpus=1,
-            memory_mib=MEMORY_MIB,
-            kernel=str(images.kernel),
-            initrd=str(images.initrd),
-            cmdline=f"{images.cmdline} novacron.workload {extra}",
-            start=True,
-        )
+        c.call("vm.create", **images.vm(name, MEMORY_MIB, f"novacron.workload {extra}"))
     wait_until(lambda: _has(node, name, guest.INTACT), 240, f"{name} workload on {node.name}")
 
 

@@ -17,16 +17,7 @@ def test_rounds_of_a_running_guest_round_trip(
     system_daemon: Daemon, guest_images: guest.GuestImages
 ) -> None:
     with system_daemon.client(timeout=300) as c:
-        c.call(
-            "vm.create",
-            name="pagebench",
-            vcpus=1,
-            memory_mib=128,
-            kernel=str(guest_images.kernel),
-            initrd=str(guest_images.initrd),
-            cmdline=guest_images.cmdline + " novacron.workload",
-            start=True,
-        )
+        c.call("vm.create", **guest_images.vm("pagebench", options="novacron.workload"))
         wait_console(c, "pagebench", guest.WORKLOAD_MARKER, timeout=180)
         conn = libvirt.open(URI)
         try:

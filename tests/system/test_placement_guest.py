@@ -83,17 +83,7 @@ def test_dedicated_guest_runs_where_the_engine_put_it(
     with pinning_daemon.client(timeout=300) as c:
         topo = c.call("node.info")["topology"]
         assert topo["problem"] is None
-        vm = c.call(
-            "vm.create",
-            name="pinned",
-            vcpus=1,
-            memory_mib=128,
-            cpu_policy="dedicated",
-            kernel=str(guest_images.kernel),
-            initrd=str(guest_images.initrd),
-            cmdline=guest_images.cmdline,
-            start=True,
-        )
+        vm = c.call("vm.create", **guest_images.vm("pinned", cpu_policy="dedicated"))
         cell = vm["placement"]["cells"][0]
         assert cell["cpus"] == [dedicated]
         wait_console(c, "pinned", guest.BOOT_MARKER)
@@ -119,17 +109,7 @@ def test_hugepage_backed_guest_takes_its_pages(
     free_before = int((POOL_2M / "free_hugepages").read_text())
     assert free_before >= 64, "the kernel did not give the 2 MiB pool its pages"
     with pinning_daemon.client(timeout=300) as c:
-        vm = c.call(
-            "vm.create",
-            name="huge",
-            vcpus=1,
-            memory_mib=128,
-            hugepage_kib=2048,
-            kernel=str(guest_images.kernel),
-            initrd=str(guest_images.initrd),
-            cmdline=guest_images.cmdline,
-            start=True,
-        )
+        vm = c.call("vm.create", **guest_images.vm("huge", hugepage_kib=2048))
         assert vm["placement"]["hugepage_kib"] == 2048
         wait_console(c, "huge", guest.BOOT_MARKER)
         assert "<hugepages>" in virsh("dumpxml", "huge").replace(" ", "")

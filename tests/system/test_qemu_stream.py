@@ -36,16 +36,7 @@ def test_a_saved_guest_restores_from_the_rebuilt_stream(
     system_daemon: Daemon, guest_images: guest.GuestImages, tmp_path: Path
 ) -> None:
     with system_daemon.client(timeout=300) as c:
-        vm = c.call(
-            "vm.create",
-            name="streamed",
-            vcpus=1,
-            memory_mib=128,
-            kernel=str(guest_images.kernel),
-            initrd=str(guest_images.initrd),
-            cmdline=guest_images.cmdline + " novacron.workload",
-            start=True,
-        )
+        vm = c.call("vm.create", **guest_images.vm("streamed", options="novacron.workload"))
         wait_console(c, "streamed", guest.WORKLOAD_MARKER, timeout=180)
         saved = tmp_path / "streamed.save"
         conn = libvirt.open(URI)

@@ -78,16 +78,7 @@ def test_libvirt_live_migration_between_the_two_hosts(
     # hosta reaches hostb's libvirtd over the veth (and only there)
     assert "libvirt" in a.sh(f"virsh -c {b.libvirt_uri} version").lower()
     console, ticks = boot(hosts, "g1", guest_images)
-    a.virsh(
-        "migrate",
-        "--live",
-        "--p2p",
-        "--persistent",
-        "--undefinesource",
-        "g1",
-        b.libvirt_uri,
-        timeout=300,
-    )
+    a.migrate("g1", b, timeout=300)
     assert "running" in b.virsh("domstate", "g1")
     assert "g1" not in a.virsh("list", "--all", "--name")
     # the guest goes on ticking on hostb, with its memory intact (the workload checks it)
@@ -134,19 +125,8 @@ def test_live_migration_through_the_novacron_data_path(
             assert proc.stdout is not None
             line = proc.stdout.readline().strip()
             assert line == b"READY", (tmp_path / f"{name}.err").read_text()
-        a.virsh(
-            "migrate",
-            "--live",
-            "--p2p",
-            "--persistent",
-            "--undefinesource",
-            "g2",
-            b.libvirt_uri,
-            "--migrateuri",
-            f"tcp://127.0.0.1:{port}",
-            "--listen-address",
-            "127.0.0.1",
-            timeout=600,
+        a.migrate(
+            "g2", b, "--migrateuri", f"tcp://127.0.0.1:{port}", "--listen-address", "127.0.0.1"
         )
         assert src.wait(timeout=60) == 0, (tmp_path / "src.err").read_text()
         assert dest.wait(timeout=60) == 0, (tmp_path / "dest.err").read_text()

@@ -72,6 +72,11 @@ class Host:
     def virsh(self, *args: str, check: bool = True, timeout: float = 120) -> str:
         return _run([*self.enter(), "virsh", "-c", "qemu:///system", *args], check, timeout)
 
+    def migrate(self, name: str, peer: Host, *options: str, timeout: float = 600) -> str:
+        """libvirt's own peer-to-peer live migration of ``name`` to ``peer``."""
+        flags = ("--live", "--p2p", "--persistent", "--undefinesource")
+        return self.virsh("migrate", *flags, *options, name, peer.libvirt_uri, timeout=timeout)
+
     @property
     def libvirt_uri(self) -> str:
         """How the other host's libvirtd reaches this one (peer-to-peer migration)."""

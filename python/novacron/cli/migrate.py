@@ -123,8 +123,13 @@ def _follow(events: Any, op_id: str, quiet: bool) -> dict[str, Any]:
             )
             if "stall" in event:
                 detail += f"  stalled: {event['stall']['action']}"
-            bar.update(task, description=str(event.get("phase")), total=total, completed=done)
-            bar.update(task, detail=detail)
+            bar.update(
+                task,
+                description=str(event.get("phase")),
+                total=total,
+                completed=done,
+                detail=detail,
+            )
     return {"state": "unknown"}
 
 

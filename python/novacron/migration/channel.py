@@ -50,6 +50,17 @@ def tune(sock: trio.socket.SocketType | socket.socket, link_timeout_s: float) ->
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(link_timeout_s * 1000))
 
 
+async def connect_when_listening(host: str, port: int, timeout_s: float) -> trio.SocketStream:
+    """Connects to ``host:port``, retrying until something listens there (QEMU's
+    incoming socket appears only once libvirt started the destination QEMU)."""
+    with trio.fail_after(timeout_s):
+        while True:
+            try:
+                return await trio.open_tcp_stream(host, port)
+            except OSError:
+                await trio.sleep(0.05)
+
+
 async def open_channel(
     address: str,
     context: ssl.SSLContext,

@@ -84,6 +84,14 @@ def decode_pages(payload: bytes) -> tuple[int, list[tuple[bytes, int]], bytes]:
     return total, entries, payload[at:]
 
 
+def encode_abort(reason: str) -> bytes:
+    return encode(ABORT, reason.encode()[:500])
+
+
+def decode_abort(payload: bytes) -> str:
+    return payload.decode("utf-8", "replace")[:200]
+
+
 def encode_start(total_pages: int) -> bytes:
     return encode(START, _TOTAL.pack(total_pages))
 

@@ -26,7 +26,7 @@ import trio.lowlevel
 from novacron import errors
 from novacron.logs import kv
 from novacron.migration import libvirt_job
-from novacron.migration.channel import close_gently
+from novacron.migration.channel import close_gently, connect_when_listening
 from novacron.migration.ops import Operation
 from novacron.migration.relay import RelayStats, relay_destination
 from novacron.migration.stream import StreamReceiver
@@ -142,15 +142,6 @@ async def prepare(
     }
 
 
-async def _connect_qemu(port: int) -> trio.SocketStream:
-    with trio.fail_after(QEMU_CONNECT_S):
-        while True:
-            try:
-                return await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                await trio.sleep(0.05)
-
-
 async def receive(svc: MigrationService, inc: Incoming) -> None:
     """The relay, then libvirt's verdict; records or releases accordingly."""
     failure: str | None = None
@@ -163,7 +154,7 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
         else:
             svc.ops.report(inc.op, "receiving")
             try:
-                qemu = await _connect_qemu(inc.stream_port)
+                qemu = await connect_when_listening("127.0.0.1", inc.stream_port, QEMU_CONNECT_S)
                 receiver = StreamReceiver(svc.page_store)
                 try:
                     await relay_destination(channel, qemu, receiver, inc.stats)
@@ -182,7 +173,7 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
     svc.incoming.pop(inc.token, None)
     if failure:
         log.warning("migration.incoming_relay_failed", extra=kv(vm=inc.op.vm, why=failure))
-    await settle(svc, inc.op, inc, failure)
+    await settle(svc, inc, failure)
 
 
 async def wait_outcome(svc: MigrationService, name: str) -> str:
@@ -199,22 +190,16 @@ async def wait_outcome(svc: MigrationService, name: str) -> str:
     return state
 
 
-async def settle(
-    svc: MigrationService, op: Operation, inc: Incoming | None, failure: str | None
-) -> None:
-    """Waits for libvirt's verdict on an incoming VM and makes the store agree with it
-    (``inc`` is None when resuming after a restart: the VM is adopted from its XML)."""
-    vms = svc.vms
+async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> None:
+    """Waits for libvirt's verdict on an incoming VM and makes the store agree with it."""
+    vms, op = svc.vms, inc.op
     state = await wait_outcome(svc, op.vm)
     with trio.CancelScope(shield=True):
         if state == "running":
             async with vms.locked(op.vm):
-                if inc is not None:
-                    await vms.records.insert(
-                        op.vm, inc.uuid, op.tenant, inc.spec.to_dict(), inc.placement
-                    )
-                else:
-                    await svc.adopt(op.vm)
+                await vms.records.insert(
+                    op.vm, inc.uuid, op.tenant, inc.spec.to_dict(), inc.placement
+                )
                 await vms.records.set_desired_state(op.vm, "running")
                 vms.managed.add(op.vm)
             completed = await vms.hv_pool.run(libvirt_job.job_stats, vms.hv, op.vm, True)
@@ -222,13 +207,13 @@ async def settle(
                 "node": svc.config.node_name,
                 "downtime_ms": int(completed.get("downtime", 0)),
                 "time_ms": int(completed.get("time_elapsed", 0)),
-                "bytes_logical": inc.stats.stream_bytes if inc else 0,
-                "bytes_wire": inc.stats.channel_bytes if inc else 0,
+                "bytes_logical": inc.stats.stream_bytes,
+                "bytes_wire": inc.stats.channel_bytes,
                 "relay_error": failure,
             }
             await svc.ops.finish(op, "succeeded", result)
             return
-        if inc is not None and state == "absent":
+        if state == "absent":
             vms.placement.release(op.vm)
         why = failure or "the incoming domain did not start"
         if state == "arriving":

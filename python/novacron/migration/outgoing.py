@@ -56,7 +56,10 @@ class Run:
     migrating: bool = False
     aborted_for: str | None = None  # "cancel", "stall", "timeout"
     prep: trio.CancelScope = field(default_factory=trio.CancelScope)
-    watch: progress.StallWatch | None = None
+    watch: progress.StallWatch = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.watch = progress.StallWatch(self.options)
 
     def fail(self, exc: errors.NovaCronError) -> None:
         if self.failure is None:
@@ -105,9 +108,8 @@ async def start(
             f"vm {name!r} has disks in this node's pool; storage migration is not supported",
             {"vm": name},
         )
-    address = destination_address(destination, svc.tls_port)
-    async with vms.locked(name):
-        vms.check_not_migrating(name)
+    address = destination_address(destination, svc.config.tls_port)
+    async with vms.changing(name):
         op = await svc.ops.start("migrate_out", name, rec.tenant, address, options.to_dict())
         vms.migrating.add(name)
     run = Run(svc, op, options)
@@ -211,7 +213,6 @@ async def _migrate(
     """True when libvirt moved the VM (it runs on the destination now)."""
     svc, op, vms = run.svc, run.op, run.svc.vms
     sender = StreamSender(wait_for_announce=True, store=svc.page_store, **run.options.engine())
-    run.watch = progress.StallWatch(run.options)
 
     async def relay() -> None:
         qemu: trio.SocketStream | None = None
@@ -255,7 +256,6 @@ async def _migrate(
                 libvirt_job.set_max_downtime, vms.hv, op.vm, run.options.max_downtime_ms
             )
         fields = progress.progress(stats, run.stats)
-        assert run.watch is not None
         decision = run.watch.observe(stats)
         if decision is not None:
             fields["stall"] = {"action": decision.action, "reason": decision.reason}
@@ -323,9 +323,7 @@ async def _forget(
     op, vms = run.op, run.svc.vms
     with trio.CancelScope(shield=True):
         async with vms.locked(op.vm):
-            await vms.records.delete(op.vm)
-            vms.placement.release(op.vm)
-            vms.managed.discard(op.vm)
+            await vms.forget(op.vm)
     dest_result = dest.get("result") or {}
     stats = run.stats
     summary = {
@@ -341,7 +339,7 @@ async def _forget(
         "bytes_logical": stats.stream_bytes,
         "bytes_wire": stats.channel_bytes,
         "reduction": progress.reduction(stats.stream_bytes, stats.channel_bytes),
-        "stall_actions": [d.action for d in run.watch.decisions] if run.watch else [],
+        "stall_actions": [d.action for d in run.watch.decisions],
     }
     log.info(
         "migration.done",

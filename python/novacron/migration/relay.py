@@ -116,7 +116,7 @@ async def relay_source(
             stats.channel_bytes = out.sent
         why = abandoned()
         if why is not None:
-            await out.send_frames([frames.encode(frames.ABORT, why.encode()[:500])])
+            await out.send_frames([frames.encode_abort(why)])
             raise frames.FrameError(f"the migration was abandoned ({why})")
         await out.send(sender.finish)
         ended = True
@@ -144,7 +144,7 @@ async def relay_source(
                     await out.send(partial(sender.announce, frame.payload))
                 elif frame.kind == frames.ABORT:
                     raise frames.FrameError(
-                        "destination aborted: " + frame.payload.decode("utf-8", "replace")[:200]
+                        f"destination aborted: {frames.decode_abort(frame.payload)}"
                     )
                 else:
                     raise frames.FrameError(
@@ -196,12 +196,11 @@ async def relay_destination(
             except Exception as exc:
                 stats.error = str(exc)
                 log.error("migration.stream_rejected", extra=kv(error=str(exc)))
-                abort = frames.encode(frames.ABORT, str(exc).encode()[:500])
                 with (
                     trio.move_on_after(5),
                     contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
                 ):
-                    await out.send_frames([abort])
+                    await out.send_frames([frames.encode_abort(str(exc))])
                 raise
             # the stream is complete; QEMU's last replies (SHUT) may still come: wait for
             # it to close its side, within reason

@@ -30,7 +30,6 @@ from novacron.migration.options import MigrateOptions
 from novacron.server.tls import bind_tcp
 from novacron.vm import domain_xml
 from novacron.vm.service import VmService
-from novacron.vm.spec import VmSpec
 
 log = logging.getLogger("novacron.migration")
 
@@ -53,12 +52,6 @@ class MigrationService:
         self._nursery: trio.Nursery | None = None
         self.channel_port = 0
         self.interrupted: list[dict[str, Any]] = []
-
-    @property
-    def tls_port(self) -> int:
-        if not self.config.tls_listen:
-            return 0
-        return int(self.config.tls_listen.rpartition(":")[2])
 
     def tls_files(self) -> TlsFiles | None:
         c = self.config
@@ -87,10 +80,11 @@ class MigrationService:
                     op, "failed", None, errors.Internal("the migration task failed; see the log")
                 )
 
-    async def load_interrupted(self) -> list[dict[str, Any]]:
-        """Operations a restart interrupted (read before reconciliation needs them)."""
+    async def load_interrupted(self) -> frozenset[str]:
+        """Reads the operations a restart interrupted (before reconciliation, which
+        needs them); returns the VMs that were leaving this node."""
         self.interrupted = await self.ops.recover()
-        return self.interrupted
+        return frozenset(r["vm"] for r in self.interrupted if r["kind"] == "migrate_out")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -156,22 +150,6 @@ class MigrationService:
 
     # -- after a restart ---------------------------------------------------------------
 
-    async def adopt(self, name: str) -> None:
-        """Records a VM that arrived while this daemon was down, from its metadata."""
-        xml = await self.vms.hv_pool.run(self.vms.hv.xml, name)
-        managed = domain_xml.parse_managed(xml)
-        if managed is None:
-            raise errors.Conflict(f"domain {name!r} carries no NovaCron metadata")
-        spec = VmSpec.from_dict(managed.spec)
-        if managed.placement is not None:
-            try:
-                self.vms.placement.restore(name, managed.placement)
-            except errors.NovaCronError as exc:
-                log.warning("migration.placement_conflict", extra=kv(vm=name, error=exc.message))
-        await self.vms.records.insert(
-            name, managed.uuid, managed.tenant, spec.to_dict(), managed.placement
-        )
-
     async def _resume_incoming(self, row: dict[str, Any]) -> None:
         """An incoming migration this daemon was receiving when it stopped: libvirt
         finishes or cleans it up; the store follows (its operation was closed as failed
@@ -182,11 +160,24 @@ class MigrationService:
                 return
             async with self.vms.locked(name):
                 if await self.vms.records.get(name) is None:
-                    await self.adopt(name)
-                    await self.vms.records.set_desired_state(name, "running")
-                    self.vms.managed.add(name)
+                    await self._adopt(name)
         log.warning("migration.arrived_across_restart", extra=kv(vm=name, op=row["id"]))
         await self.ops.amend(row, "succeeded", {"node": self.config.node_name, "restarted": True})
+
+    async def _adopt(self, name: str) -> None:
+        """Records a VM that arrived while this daemon was down, from its metadata."""
+        vms = self.vms
+        managed = domain_xml.parse_managed(await vms.hv_pool.run(vms.hv.xml, name))
+        if managed is None:
+            raise errors.Conflict(f"domain {name!r} carries no NovaCron metadata")
+        if managed.placement is not None:
+            try:
+                vms.placement.restore(name, managed.placement)
+            except errors.NovaCronError as exc:
+                log.warning("migration.placement_conflict", extra=kv(vm=name, error=exc.message))
+        await vms.adopt(managed)
+        await vms.records.set_desired_state(name, "running")
+        vms.managed.add(name)
 
     async def settle_outgoing(self, findings: list[dict[str, Any]]) -> None:
         """Outgoing migrations a restart interrupted whose VM libvirt moved after all
@@ -195,6 +186,3 @@ class MigrationService:
         for row in self.interrupted:
             if row["kind"] == "migrate_out" and row["vm"] in moved:
                 await self.ops.amend(row, "succeeded", {"restarted": True})
-
-    def outgoing_interrupted(self) -> frozenset[str]:
-        return frozenset(r["vm"] for r in self.interrupted if r["kind"] == "migrate_out")

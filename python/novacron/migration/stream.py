@@ -182,7 +182,7 @@ class StreamSender:
 
 class StreamReceiver:
     """``store``: a page store whose pages are announced to the source (and kept pinned
-    for this stream); the arrived guest memory is added to it at the end."""
+    for this stream); :meth:`keep` adds the arrived guest memory to it afterwards."""
 
     def __init__(self, store: PageStore | None = None, max_unchecked: int = MAX_UNCHECKED) -> None:
         self.decoder: PageDecoder | None = None
@@ -236,9 +236,7 @@ class StreamReceiver:
             self._unchecked, self._unchecked_size = [], 0
             return out
         if frame.kind == frames.ABORT:
-            raise frames.FrameError(
-                f"source aborted: {frame.payload.decode('utf-8', 'replace')[:200]}"
-            )
+            raise frames.FrameError(f"source aborted: {frames.decode_abort(frame.payload)}")
         raise frames.FrameError(f"unexpected frame type {frame.kind} from the source")
 
     def keep(self, chunk_pages: int = KEEP_CHUNK_PAGES) -> Iterator[int]:

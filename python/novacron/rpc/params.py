@@ -114,12 +114,6 @@ class Params:
             return default
         return check_text(value, key, max_len, multiline)
 
-    def binary(self, key: str, length: int) -> bytes:
-        value = self._get(key, True)
-        if not isinstance(value, bytes) or len(value) != length:
-            raise InvalidParams(f"{key} must be {length} bytes", {"param": key})
-        return value
-
     def mapping(self, key: str, max_items: int = 64) -> dict[str, Any]:
         value = self._get(key, False)
         if value is None:

@@ -57,10 +57,7 @@ async def reconcile(svc: VmService, migrating_out: frozenset[str] = frozenset())
         if managed is None or name in records:
             continue
         try:
-            spec = VmSpec.from_dict(managed.spec)
-            rec = await svc.records.insert(
-                name, managed.uuid, managed.tenant, spec.to_dict(), managed.placement
-            )
+            rec = await svc.adopt(managed)
         except (TypeError, ValueError, errors.NovaCronError) as exc:
             note(name, "failed", f"cannot adopt domain: {exc}")
             continue
@@ -73,7 +70,7 @@ async def reconcile(svc: VmService, migrating_out: frozenset[str] = frozenset())
             note(name, "deleted", "finished a delete interrupted by a crash")
             continue
         if name not in domains and name in migrating_out:
-            await svc.records.delete(name)
+            await svc.forget(name)
             note(name, "migrated_away", "an interrupted outgoing migration finished: not here")
             continue
         svc.managed.add(name)

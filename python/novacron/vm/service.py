@@ -24,6 +24,7 @@ from novacron.logs import kv
 from novacron.placement.service import PlacementService
 from novacron.state.db import StateStore, VmRecord
 from novacron.vm import domain_xml
+from novacron.vm.domain_xml import ManagedDomain
 from novacron.vm.driver import Hypervisor, RuntimeState
 from novacron.vm.quotas import Quotas
 from novacron.vm.records import Records
@@ -66,11 +67,15 @@ class VmService:
         """Held while a tenant's quota is checked and a VM of it recorded."""
         return self._tenant_locks.setdefault(tenant, trio.Lock())
 
-    def check_not_migrating(self, name: str) -> None:
-        if name in self.migrating:
-            raise errors.Conflict(
-                f"vm {name!r} is being migrated; cancel the migration first", {"vm": name}
-            )
+    @asynccontextmanager
+    async def changing(self, name: str) -> AsyncIterator[None]:
+        """:meth:`locked` for operations that change a VM: refused while it migrates."""
+        async with self.locked(name):
+            if name in self.migrating:
+                raise errors.Conflict(
+                    f"vm {name!r} is being migrated; cancel the migration first", {"vm": name}
+                )
+            yield
 
     async def record(self, name: str) -> VmRecord:
         rec = await self.records.get(name)
@@ -255,8 +260,7 @@ class VmService:
             raise
 
     async def delete(self, name: str, force: bool, keep_disks: bool) -> dict[str, Any]:
-        async with self.locked(name):
-            self.check_not_migrating(name)
+        async with self.changing(name):
             rec = await self.record(name)
             current = await self.hv_pool.run(self.hv.state_or_none, name)
             if current and current.state not in ("stopped", "crashed") and not force:
@@ -277,19 +281,29 @@ class VmService:
             for path in self.managed_volume_paths(rec):
                 if await self.hv_pool.run(self.hv.delete_volume, str(path)):
                     removed.append(str(path))
-        await self.records.delete(rec.name)
-        self.placement.release(rec.name)
-        self.managed.discard(rec.name)
+        await self.forget(rec.name)
         log.info("vm.deleted", extra=kv(vm=rec.name, volumes=len(removed)))
         return removed
+
+    async def forget(self, name: str) -> None:
+        """Drops a VM's record, placement and event forwarding (its domain is gone)."""
+        await self.records.delete(name)
+        self.placement.release(name)
+        self.managed.discard(name)
+
+    async def adopt(self, managed: ManagedDomain) -> VmRecord:
+        """Records a domain that carries NovaCron's metadata but has no record."""
+        spec = VmSpec.from_dict(managed.spec)
+        return await self.records.insert(
+            managed.name, managed.uuid, managed.tenant, spec.to_dict(), managed.placement
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def _transition(
         self, name: str, allowed: tuple[str, ...], action: str, call: Any, desired: str
     ) -> dict[str, Any]:
-        async with self.locked(name):
-            self.check_not_migrating(name)
+        async with self.changing(name):
             await self.record(name)
             await self._expect(name, allowed, action)
             await self.hv_pool.run(call, name)
@@ -316,8 +330,7 @@ class VmService:
         return await self._transition(name, ("running",), "reboot", self.hv.reboot, "running")
 
     async def shutdown(self, name: str, timeout_s: float, force: bool) -> dict[str, Any]:
-        async with self.locked(name):
-            self.check_not_migrating(name)
+        async with self.changing(name):
             await self.record(name)
             await self._expect(name, ("running", "shutting_down"), "shut down")
             await self.hv_pool.run(self.hv.shutdown, name)
@@ -343,8 +356,7 @@ class VmService:
     # -- snapshots ---------------------------------------------------------------------
 
     async def snapshot_create(self, name: str, snapshot: str, description: str) -> dict[str, Any]:
-        async with self.locked(name):
-            self.check_not_migrating(name)
+        async with self.changing(name):
             await self.record(name)
             existing = await self.hv_pool.run(self.hv.snapshot_list, name)
             if any(s["name"] == snapshot for s in existing):
@@ -359,8 +371,7 @@ class VmService:
         return await self.hv_pool.run(self.hv.snapshot_list, name)
 
     async def snapshot_revert(self, name: str, snapshot: str) -> dict[str, Any]:
-        async with self.locked(name):
-            self.check_not_migrating(name)
+        async with self.changing(name):
             await self.record(name)
             await self.hv_pool.run(self.hv.snapshot_revert, name, snapshot)
             runtime = await self._runtime(name)
@@ -370,8 +381,7 @@ class VmService:
         return await self.get(name)
 
     async def snapshot_delete(self, name: str, snapshot: str) -> dict[str, Any]:
-        async with self.locked(name):
-            self.check_not_migrating(name)
+        async with self.changing(name):
             await self.record(name)
             await self.hv_pool.run(self.hv.snapshot_delete, name, snapshot)
             log.info("vm.snapshot_deleted", extra=kv(vm=name, snapshot=snapshot))
