@@ -1,7 +1,7 @@
 """Placement decisions per second: the Rust engine (through ``novacron._core``)
 against the same policy in plain Python (``bench/placement_py.py``).
 
-    python -m bench.placebench [--decisions 20000] [--vms 1000] [--json]
+    python -m bench.placebench [--decisions 20000] [--vms 1000] [--passes 5] [--json]
 
 The host: 8 NUMA nodes of 16 cores x 2 threads (256 threads), 256 GiB per node with
 32 GiB of 2 MiB hugepages; per node 24 threads dedicated, 8 shared (overcommit 16).
@@ -13,7 +13,10 @@ Measured twice: one ``place`` call per decision, and all decisions in one
 ``place_many`` call (one GIL release; what a cluster scorer does). A decision is
 one request in, a placement out: arguments in, a placement out (the
 engine's ``Placement`` object, whose ``to_dict()`` is compared with the Python dict
-outside the timed loop).
+outside the timed loop). Each pass times both sides back to back (Rust, Python, then
+the batched pair); the rates reported are the medians over the passes, with every
+pass's figures under ``passes`` (these shared machines swing by 20-30 % from one
+pass to the next).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import gc
 import json
 import platform
 import random
+import statistics
 import time
 from typing import Any
 
@@ -111,39 +115,58 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decisions", type=int, default=20000)
     parser.add_argument("--vms", type=int, default=1000)
+    parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     rust, py = build(args.vms)
     reqs = requests(args.decisions, seed=7)
     run(rust, reqs[:1000])  # warm-up
     run(py, reqs[:200])
-    rust_s, rust_out = run(rust, reqs)
-    py_s, py_out = run(py, reqs)
-    rust_batch_s, rust_batch = run_batch(rust, reqs)
-    py_batch_s, py_batch = run_batch(py, reqs)
-    batch_same = [d.to_dict() if d is not None else None for d in rust_batch] == py_batch
-    rust_dicts = [d.to_dict() if d is not None else None for d in rust_out]
-    mismatches = sum(1 for a, b in zip(rust_dicts, py_out, strict=True) if a != b)
+    passes: list[dict[str, float]] = []
+    mismatches = 0
+    for _ in range(args.passes):
+        rust_s, rust_out = run(rust, reqs)
+        py_s, py_out = run(py, reqs)
+        rust_batch_s, rust_batch = run_batch(rust, reqs)
+        py_batch_s, py_batch = run_batch(py, reqs)
+        rust_dicts = [d.to_dict() if d is not None else None for d in rust_out]
+        batch_dicts = [d.to_dict() if d is not None else None for d in rust_batch]
+        mismatches += sum(1 for a, b in zip(rust_dicts, py_out, strict=True) if a != b)
+        mismatches += sum(1 for a, b in zip(batch_dicts, py_batch, strict=True) if a != b)
+        passes.append(
+            {
+                "rust_per_s": len(reqs) / rust_s,
+                "python_per_s": len(reqs) / py_s,
+                "speedup": py_s / rust_s,
+                "batch_rust_per_s": len(reqs) / rust_batch_s,
+                "batch_python_per_s": len(reqs) / py_batch_s,
+                "batch_speedup": py_batch_s / rust_batch_s,
+            }
+        )
+
+    def median(key: str) -> float:
+        return statistics.median(p[key] for p in passes)
+
     result = {
         "host": {"nodes": NODES, "threads": NODES * CORES * SMT, "vms_placed": len(rust)},
         "decisions": len(reqs),
         "placed": sum(1 for d in rust_out if d is not None),
         "split": sum(1 for d in rust_dicts if d is not None and len(d["cells"]) > 1),
-        "rust_s": rust_s,
-        "python_s": py_s,
-        "rust_per_s": len(reqs) / rust_s,
-        "python_per_s": len(reqs) / py_s,
-        "speedup": py_s / rust_s,
-        "batch_rust_per_s": len(reqs) / rust_batch_s,
-        "batch_python_per_s": len(reqs) / py_batch_s,
-        "batch_speedup": py_batch_s / rust_batch_s,
-        "mismatches": mismatches + (0 if batch_same else 1),
+        "passes": passes,
+        "rust_per_s": median("rust_per_s"),
+        "python_per_s": median("python_per_s"),
+        "speedup": median("speedup"),
+        "batch_rust_per_s": median("batch_rust_per_s"),
+        "batch_python_per_s": median("batch_python_per_s"),
+        "batch_speedup": median("batch_speedup"),
+        "mismatches": mismatches,
         "machine": platform.platform(),
     }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(
+            f"medians of {args.passes} passes: "
             f"{result['decisions']} decisions on {result['host']['threads']} threads / "
             f"{NODES} nodes with {result['host']['vms_placed']} VMs placed "
             f"({result['placed']} placeable, {result['split']} split over nodes)\n"
@@ -154,6 +177,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"  rust engine : {result['batch_rust_per_s']:>12,.0f} decisions/s\n"
             f"  pure python : {result['batch_python_per_s']:>12,.0f} decisions/s\n"
             f"  speed-up    : {result['batch_speedup']:>12.1f}x\n"
+            f"per-call speed-up per pass: "
+            + ", ".join(f"{p['speedup']:.1f}x" for p in passes)
+            + "\n"
             f"decisions differing between the two: {result['mismatches']}"
         )
     if result["mismatches"]:
