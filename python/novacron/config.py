@@ -59,6 +59,7 @@ class Config:
     migration_link_timeout_s: float = 30.0
     migration_page_store_mib: int = 1024
     migration_max_concurrent: int = 2
+    network_reconcile_interval_s: float = 30.0
     dev: bool = False
 
     @property
@@ -121,6 +122,7 @@ FIELDS: dict[str, str] = {
     "migration_link_timeout_s": "migration",
     "migration_page_store_mib": "migration",
     "migration_max_concurrent": "migration",
+    "network_reconcile_interval_s": "network",
 }
 _TOML_KEY = {
     "hypervisor_uri": "uri",
@@ -136,6 +138,7 @@ _TOML_KEY = {
     "migration_link_timeout_s": "link_timeout_s",
     "migration_page_store_mib": "page_store_mib",
     "migration_max_concurrent": "max_concurrent",
+    "network_reconcile_interval_s": "reconcile_interval_s",
 }
 _TYPES = {f.name: f.type for f in fields(Config)}
 _CPUSETS = {"dedicated_cpus", "shared_cpus"}  # empty means none / the rest

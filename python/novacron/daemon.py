@@ -28,6 +28,7 @@ from novacron.config import Config, ConfigError
 from novacron.eventbus import EventBus
 from novacron.logs import kv
 from novacron.migration.service import MigrationService
+from novacron.net.service import NetworkService
 from novacron.server.tls import TlsConfigError, TlsServer, bind_tcp
 from novacron.server.unix import SocketInUse, UnixServer, bind_unix
 from novacron.state.db import StateStore
@@ -140,6 +141,8 @@ async def serve(config: Config) -> None:
         services.migrations = MigrationService(
             config, vms, bus, tls.context if tls is not None else None
         )
+        services.networks = NetworkService(config, store, vms.db_pool, bus, vms.records)
+        vms.nic_check = services.networks.check_nics
 
         passed = systemd.listen_fds()
         sock = passed[0] if passed else bind_unix(config.socket, config.socket_group)
@@ -148,6 +151,7 @@ async def serve(config: Config) -> None:
             async with trio.open_nursery() as root:
                 await root.start(attach_hypervisor, services)
                 await root.start(services.migrations.run)
+                await root.start(services.networks.run)
                 events = LibvirtEvents(hv, bus, vms.managed.__contains__, vms.records.tenant_of)
                 await root.start(events.run)
                 server = UnixServer(
@@ -196,6 +200,8 @@ async def serve(config: Config) -> None:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(store.close)
             await trio.to_thread.run_sync(hv.close)
+            if services.networks is not None:
+                await trio.to_thread.run_sync(services.networks.close)
     log.info("daemon.stopped")
 
 

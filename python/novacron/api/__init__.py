@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from novacron.api import auth, migration, session, vm
+from novacron.api import auth, migration, net, session, vm
 from novacron.api.services import Services
 from novacron.auth.ratelimit import RateLimiter
 from novacron.rpc.dispatch import Registry
@@ -14,6 +14,7 @@ def build_registry(services: Services) -> Registry:
     vm.register(registry, services)
     auth.register(registry, services)
     migration.register(registry, services)
+    net.register(registry, services)
     registry.audit = services.audit
     if services.config.rate_limit_per_s > 0:
         registry.limiter = RateLimiter(

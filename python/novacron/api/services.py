@@ -11,6 +11,7 @@ from novacron.auth.bindings import Bindings
 from novacron.config import Config
 from novacron.eventbus import EventBus
 from novacron.migration.service import MigrationService
+from novacron.net.service import NetworkService
 from novacron.vm.service import VmService
 
 
@@ -29,6 +30,7 @@ class Services:
     audit: AuditLog | None = None
     tls: TlsControl | None = None
     migrations: MigrationService | None = None
+    networks: NetworkService | None = None
     started_at: float = field(default_factory=time.time)
     reconcile_findings: list[dict[str, Any]] = field(default_factory=list)
     hypervisor_ready: bool = False

@@ -12,7 +12,7 @@ from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params, check_text
 
 PROTOCOL_VERSION = 1
-TOPICS = frozenset({"vm.state", "op.progress", "op.finished"})
+TOPICS = frozenset({"vm.state", "op.progress", "op.finished", "net.changed", "net.link"})
 
 
 def register(registry: Registry, services: Services) -> None:

@@ -62,6 +62,12 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "migration.prepare": NODE,
     "migration.result": NODE,
     "migration.abort": NODE,
+    "net.list": READ,
+    "net.get": READ,
+    "net.create": WRITE,
+    "net.delete": WRITE,
+    "vm.nic.attach": WRITE,
+    "vm.nic.detach": WRITE,
 }
 
 ROLE_GRANTS: Final[dict[str, frozenset[str]]] = {

@@ -187,6 +187,35 @@ class StateStore:
         with self._tx() as db:
             return db.execute("DELETE FROM vms WHERE name = ?", (name,)).rowcount > 0
 
+    def set_spec(self, name: str, spec: dict[str, Any]) -> float:
+        """Replaces a VM's spec (e.g. a NIC attached); returns the new ``updated_at``."""
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "UPDATE vms SET spec = ?, updated_at = ? WHERE name = ?",
+                (json.dumps(spec, sort_keys=True), now, name),
+            )
+        return now
+
+    # -- networks ------------------------------------------------------------------------
+
+    def insert_network(self, name: str, tenant: str, kind: str, spec: dict[str, Any]) -> None:
+        now = time.time()
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO networks (name, tenant, kind, spec, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (name, tenant, kind, json.dumps(spec, sort_keys=True), now, now),
+            )
+
+    def list_networks(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM networks ORDER BY name")
+        return [{**dict(r), "spec": json.loads(r["spec"])} for r in rows]
+
+    def delete_network(self, name: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM networks WHERE name = ?", (name,)).rowcount > 0
+
     # -- role bindings -----------------------------------------------------------------
 
     def list_bindings(self) -> list[tuple[str, str, list[str]]]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from novacron._core import format_cpuset
+from novacron.net.nic import interface_element
 from novacron.vm.spec import VmSpec
 
 METADATA_NS = "https://novacron.dev/xmlns/vm/1"
@@ -58,6 +59,25 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) ->
     return node
 
 
+def metadata_element(spec: VmSpec, placement: dict[str, Any] | None) -> ET.Element:
+    """NovaCron's ``<novacron:vm>`` metadata: tenant, spec and placement."""
+    mine = ET.Element(f"{{{METADATA_NS}}}vm")
+    _sub(mine, f"{{{METADATA_NS}}}tenant", spec.tenant)
+    _sub(mine, f"{{{METADATA_NS}}}spec", json.dumps(spec.to_dict(), sort_keys=True))
+    if placement is not None:
+        _sub(mine, f"{{{METADATA_NS}}}placement", json.dumps(placement, sort_keys=True))
+    return mine
+
+
+def metadata_xml(spec: VmSpec, placement: dict[str, Any] | None) -> str:
+    """The metadata element as text, for ``virDomainSetMetadata`` (which takes the
+    namespace separately: the element is written without a prefix)."""
+    el = metadata_element(spec, placement)
+    for node in el.iter():
+        node.tag = node.tag.split("}", 1)[-1]
+    return ET.tostring(el, encoding="unicode")
+
+
 def build(plan: DomainPlan) -> str:
     spec = plan.spec
     dom = ET.Element("domain", {"type": plan.domain_type})
@@ -67,12 +87,8 @@ def build(plan: DomainPlan) -> str:
     _sub(dom, "currentMemory", str(spec.memory_mib), unit="MiB")
     vcpu = _sub(dom, "vcpu", str(spec.vcpus), placement="static")
 
-    meta = _sub(dom, "metadata")
-    mine = _sub(meta, f"{{{METADATA_NS}}}vm")
-    _sub(mine, f"{{{METADATA_NS}}}tenant", spec.tenant)
-    _sub(mine, f"{{{METADATA_NS}}}spec", json.dumps(spec.to_dict(), sort_keys=True))
+    _sub(dom, "metadata").append(metadata_element(spec, plan.placement))
     if plan.placement is not None:
-        _sub(mine, f"{{{METADATA_NS}}}placement", json.dumps(plan.placement, sort_keys=True))
         _placement(dom, vcpu, plan.placement)
 
     os_el = _sub(dom, "os")
@@ -100,6 +116,8 @@ def build(plan: DomainPlan) -> str:
         _sub(el, "driver", name="qemu", type=disk.format)
         _sub(el, "source", file=disk.path)
         _sub(el, "target", dev=disk.target, bus="virtio")
+    for nic in spec.nics:
+        devices.append(interface_element(nic, nic.network))  # the bridge is named after it
     if plan.console_log and plan.domain_type != "test":
         serial = _sub(devices, "serial", type="file")
         _sub(serial, "source", path=plan.console_log, append="on")

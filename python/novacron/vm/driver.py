@@ -281,6 +281,34 @@ class Hypervisor:
         with libvirt_errors():
             self.domain(name).reboot(0)
 
+    # -- devices -----------------------------------------------------------------------
+
+    def _device_flags(self, dom: libvirt.virDomain) -> int:
+        """The persistent definition always; the running guest too when it runs."""
+        flags: int = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        return flags | libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else flags
+
+    def attach_device(self, name: str, xml: str) -> None:
+        with libvirt_errors():
+            dom = self.domain(name)
+            dom.attachDeviceFlags(xml, self._device_flags(dom))
+
+    def detach_device(self, name: str, xml: str) -> None:
+        with libvirt_errors():
+            dom = self.domain(name)
+            dom.detachDeviceFlags(xml, self._device_flags(dom))
+
+    def set_metadata(self, name: str, xml: str, namespace: str, prefix: str) -> None:
+        with libvirt_errors():
+            dom = self.domain(name)
+            dom.setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                xml,
+                prefix,
+                namespace,
+                self._device_flags(dom),
+            )
+
     # -- snapshots ---------------------------------------------------------------------
 
     def snapshot_create(self, name: str, snapshot: str, description: str) -> None:

@@ -65,6 +65,12 @@ class Records:
         if name in by_name:
             by_name[name] = replace(by_name[name], uuid=uuid, updated_at=stamp)
 
+    async def set_spec(self, name: str, spec: dict[str, Any]) -> None:
+        by_name = await self._all()
+        stamp = await self._pool.run(self._store.set_spec, name, spec)
+        if name in by_name:
+            by_name[name] = replace(by_name[name], spec=spec, updated_at=stamp)
+
     async def delete(self, name: str) -> None:
         by_name = await self._all()
         await self._pool.run(self._store.delete_vm, name)

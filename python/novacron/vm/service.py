@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid as uuidlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from novacron import errors
 from novacron.blocking import Pool
 from novacron.config import Config
 from novacron.logs import kv
+from novacron.net.nic import NicSpec
 from novacron.placement.service import PlacementService
 from novacron.state.db import StateStore, VmRecord
 from novacron.vm import domain_xml
@@ -49,6 +50,8 @@ class VmService:
         self._locks: dict[str, trio.Lock] = {}
         self.managed: set[str] = set()
         self.migrating: set[str] = set()  # VMs leaving this node (set by the migration service)
+        # refuses NICs on networks the VM's tenant does not have (set by the network service)
+        self.nic_check: Callable[[str, tuple[NicSpec, ...]], Awaitable[None]] | None = None
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -189,6 +192,7 @@ class VmService:
             initrd=spec.initrd,
             cmdline=spec.cmdline,
             disks=disks,
+            nics=[n.to_dict() for n in spec.nics],
             console_log=None if self.hv.is_test_driver else self.console_log(name),
         )
         return doc
@@ -200,6 +204,8 @@ class VmService:
         # the same tenant in between
         async with self.tenant_lock(spec.tenant), self.locked(spec.name):
             await self.quotas.check(spec, await self.records.all())
+            if spec.nics and self.nic_check is not None:
+                await self.nic_check(spec.tenant, spec.nics)
             with trio.CancelScope(shield=True):
                 await self._create(spec)
                 log.info("vm.created", extra=kv(vm=spec.name, tenant=spec.tenant))

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from novacron.errors import InvalidParams
+from novacron.net.nic import MAX_NICS, NicSpec, check_unique, parse_nic
 from novacron.rpc.params import Params, check_int, check_path
 
 MAX_VCPUS = 512
@@ -45,16 +46,19 @@ class VmSpec:
     cpu_policy: str = "shared"
     memory_policy: str = "strict"
     hugepage_kib: int | None = None
+    nics: tuple[NicSpec, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["disks"] = [asdict(d) for d in self.disks]
+        doc["nics"] = [n.to_dict() for n in self.nics]
         return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> VmSpec:
         disks = tuple(DiskSpec(**d) for d in doc.get("disks", []))
-        return cls(**{**doc, "disks": disks})
+        nics = tuple(NicSpec(**n) for n in doc.get("nics", []))
+        return cls(**{**doc, "disks": disks, "nics": nics})
 
 
 def _disk(index: int, raw: Any) -> DiskSpec:
@@ -101,7 +105,9 @@ def parse_create(p: Params) -> tuple[VmSpec, bool]:
         cpu_policy=p.choice("cpu_policy", CPU_POLICIES, "shared"),
         memory_policy=p.choice("memory_policy", MEMORY_POLICIES, "strict"),
         hugepage_kib=_hugepages(p),
+        nics=tuple(parse_nic(n, f"nics[{i}]") for i, n in enumerate(p.array("nics", MAX_NICS))),
     )
+    check_unique(spec.nics)
     start = p.flag("start")
     p.done()
     if spec.hugepage_kib and (spec.memory_mib * 1024) % spec.hugepage_kib:

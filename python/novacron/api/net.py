@@ -1,0 +1,136 @@
+"""``net.*`` and ``vm.nic.*`` methods: host networks and the VM NICs on them.
+
+Networks belong to a tenant: a network of a tenant the caller does not see answers
+``not_found``. Naming a host interface (a bridge's uplink, a VLAN's parent interface,
+a VXLAN's underlay device) touches the host itself and needs the ``admin`` role; an
+operator builds VLAN networks on a bridge network of its own tenant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from novacron import errors
+from novacron.api.services import Services
+from novacron.auth.identity import Identity
+from novacron.auth.policy import check_tenant
+from novacron.errors import PermissionDenied
+from novacron.net.model import NetworkSpec, parse_create
+from novacron.net.nic import check_mac, parse_nic
+from novacron.net.service import NetworkService
+from novacron.rpc.dispatch import CallContext, Registry
+from novacron.rpc.params import Params
+from novacron.vm import nics
+
+
+def _host_interfaces(spec: NetworkSpec, networks: NetworkService) -> list[str]:
+    """The host interfaces (not NovaCron networks) ``spec`` names."""
+    named = [spec.uplink, spec.device]
+    if spec.parent is not None and spec.parent not in networks.networks:
+        named.append(spec.parent)
+    return [n for n in named if n is not None]
+
+
+def _check_may_create(identity: Identity, spec: NetworkSpec, networks: NetworkService) -> None:
+    if not identity.sees(spec.tenant):
+        raise PermissionDenied(
+            f"{identity.user} may not create networks in tenant {spec.tenant!r}",
+            {"tenant": spec.tenant},
+        )
+    host = _host_interfaces(spec, networks)
+    if host and "admin" not in identity.roles:
+        raise PermissionDenied(
+            f"naming host interface(s) {', '.join(host)} needs the admin role",
+            {"interfaces": host},
+        )
+    parent = networks.networks.get(spec.parent) if spec.parent else None
+    if parent is not None and parent.tenant != spec.tenant:
+        raise errors.InvalidParams(
+            f"parent network {spec.parent!r} not found in tenant {spec.tenant!r}",
+            {"param": "parent"},
+        )
+
+
+def register(registry: Registry, services: Services) -> None:
+    def networks() -> NetworkService:
+        if services.networks is None:
+            raise errors.Unavailable("host networking is not available on this node")
+        return services.networks
+
+    def visible(ctx: CallContext, name: str) -> NetworkSpec:
+        spec = networks().spec(name)
+        check_tenant(ctx.identity, spec.tenant, "network", name)
+        ctx.tenant = spec.tenant
+        return spec
+
+    @registry.method("net.create")
+    async def create(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Create a bridge, VLAN or VXLAN network and build it on this host."""
+        tenant_given = p.given("tenant")
+        spec = parse_create(p)
+        tenants = ctx.identity.tenants
+        if not tenant_given and tenants is not None and len(tenants) == 1:
+            spec = replace(spec, tenant=next(iter(tenants)))
+        ctx.tenant = spec.tenant
+        _check_may_create(ctx.identity, spec, networks())
+        return await networks().create(spec)
+
+    @registry.method("net.list")
+    async def list_(ctx: CallContext, p: Params) -> list[dict[str, Any]]:
+        """Every network the caller may see, with its devices' state."""
+        tenant = p.opt_name("tenant")
+        p.done()
+        return await networks().list_networks(
+            lambda t: ctx.identity.sees(t) and (tenant is None or t == tenant)
+        )
+
+    @registry.method("net.get")
+    async def get(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """One network: settings, devices, forwarding entries, NICs, problems."""
+        name = p.name()
+        p.done()
+        return await networks().describe(visible(ctx, name))
+
+    @registry.method("net.delete")
+    async def delete(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Remove a network and its devices (refused while a NIC uses it)."""
+        name = p.name()
+        p.done()
+        visible(ctx, name)
+        return await networks().delete(name)
+
+    async def visible_vm(ctx: CallContext, name: str) -> str:
+        rec = await services.vms.record(name)
+        check_tenant(ctx.identity, rec.tenant, "vm", name)
+        ctx.tenant = rec.tenant
+        return name
+
+    @registry.method("vm.nic.attach")
+    async def nic_attach(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Add a NIC on a network to a VM (hot-plugged when it runs)."""
+        name = p.name("vm")
+        nic = parse_nic(_nic_args(p), "nic")
+        p.done()
+        return await nics.attach(services.vms, await visible_vm(ctx, name), nic)
+
+    @registry.method("vm.nic.detach")
+    async def nic_detach(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Remove a VM's NIC, by MAC address (unplugged when it runs)."""
+        name = p.name("vm")
+        mac = check_mac(p.text("mac", max_len=32), "mac")
+        p.done()
+        return await nics.detach(services.vms, await visible_vm(ctx, name), mac)
+
+
+def _nic_args(p: Params) -> dict[str, Any]:
+    raw: dict[str, Any] = {"network": p.name("network")}
+    if p.given("mac"):
+        raw["mac"] = p.text("mac", max_len=32)
+    else:
+        p.opt_text("mac")
+    if p.given("model"):
+        raw["model"] = p.text("model", max_len=16)
+    else:
+        p.opt_text("model")
+    return raw

@@ -1,0 +1,1 @@
+"""Host networking through netlink: networks, their kernel devices, VM NICs."""

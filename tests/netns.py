@@ -1,0 +1,81 @@
+"""Network namespaces the test suite creates (and removes): the only place tests touch
+netlink, so nothing reaches the machine's own interfaces."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pyroute2 import NetNS, netns
+
+
+class Namespace:
+    def __init__(self, tag: str) -> None:
+        self.name = f"nc-{tag}-{uuid.uuid4().hex[:6]}"
+        netns.create(self.name)
+        with self.ipr() as ns:
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+
+    @property
+    def prefix(self) -> list[str]:
+        """Runs a command inside the namespace."""
+        return ["nsenter", f"--net=/run/netns/{self.name}"]
+
+    @contextmanager
+    def ipr(self) -> Iterator[Any]:
+        ns = NetNS(self.name)
+        try:
+            yield ns
+        finally:
+            ns.close()
+
+    def veth(self, name: str, peer: str, address: str | None = None, mtu: int = 1500) -> None:
+        """A veth pair inside the namespace, ``name`` up (with ``address``/24 if given)."""
+        with self.ipr() as ns:
+            ns.link("add", ifname=name, kind="veth", peer=peer)
+            for dev in (name, peer):
+                ns.link("set", index=ns.link_lookup(ifname=dev)[0], state="up", mtu=mtu)
+            if address is not None:
+                ns.addr("add", index=ns.link_lookup(ifname=name)[0], address=address, prefixlen=24)
+
+    def links(self) -> dict[str, dict[str, Any]]:
+        """name -> {kind, master, mtu, up, alias, vxlan...} of every link."""
+        with self.ipr() as ns:
+            raw = list(ns.get_links())
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in raw}
+            out = {}
+            for m in raw:
+                info = m.get_attr("IFLA_LINKINFO")
+                data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+                doc: dict[str, Any] = {
+                    "kind": info.get_attr("IFLA_INFO_KIND") if info is not None else None,
+                    "master": names.get(m.get_attr("IFLA_MASTER") or -1),
+                    "mtu": m.get_attr("IFLA_MTU"),
+                    "up": bool(m["flags"] & 1),
+                    "alias": m.get_attr("IFLA_IFALIAS"),
+                }
+                if doc["kind"] == "vxlan" and data is not None:
+                    doc["vni"] = data.get_attr("IFLA_VXLAN_ID")
+                    doc["local"] = data.get_attr("IFLA_VXLAN_LOCAL")
+                    doc["port"] = data.get_attr("IFLA_VXLAN_PORT")
+                out[m.get_attr("IFLA_IFNAME")] = doc
+            return out
+
+    def fdb(self, device: str) -> set[str]:
+        """Destinations of ``device``'s all-zero (flood) forwarding entries."""
+        with self.ipr() as ns:
+            index = ns.link_lookup(ifname=device)[0]
+            return {
+                str(e.get_attr("NDA_DST"))
+                for e in ns.fdb("dump")
+                if e["ifindex"] == index and e.get_attr("NDA_LLADDR") == "00:00:00:00:00:00"
+            }
+
+    def delete(self, device: str) -> None:
+        with self.ipr() as ns:
+            ns.link("del", index=ns.link_lookup(ifname=device)[0])
+
+    def remove(self) -> None:
+        netns.remove(self.name)
