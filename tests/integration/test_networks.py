@@ -4,7 +4,11 @@ underlays, and looks at the result through netlink itself."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +19,7 @@ import pytest
 from novacron import errors
 from tests.daemon_harness import Daemon
 from tests.netns import Namespace
+from tests.pki_harness import Pki
 
 
 @pytest.fixture
@@ -185,5 +190,157 @@ def test_nics_hold_their_network_and_survive_a_restart(tmp_path: Path, ns: Names
             c.call("vm.delete", name="a", force=True)
             assert c.call("net.delete", name="ov1") == {"name": "ov1", "deleted": True}
             assert "ov1" not in ns.links() and "ov1-x" not in ns.links()
+    finally:
+        d.stop()
+
+
+def cli(daemon: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "novacron.cli.main", "--socket", str(daemon.socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},  # a wide table: rows stay on one line
+    )
+
+
+def test_cli(daemon: Daemon, ns: Namespace) -> None:
+    made = cli(
+        daemon,
+        "net",
+        "create",
+        "ov1",
+        "--kind",
+        "vxlan",
+        "--vni",
+        "42",
+        "--local",
+        "10.99.0.1",
+        "--remote",
+        "10.99.0.2",
+        "--remote",
+        "10.99.0.3",
+    )
+    assert made.returncode == 0, made.stderr
+    assert "10.99.0.2" in made.stdout and "1450" in made.stdout
+    assert cli(daemon, "net", "create", "br0", "--uplink", "up0").returncode == 0
+    listed = cli(daemon, "net", "list")
+    assert listed.returncode == 0
+    assert "vni 42 local 10.99.0.1 -> 10.99.0.2,10.99.0.3" in listed.stdout
+    assert "uplink up0" in listed.stdout
+    doc = json.loads(cli(daemon, "--json", "net", "get", "br0").stdout)
+    assert doc["devices"][1]["master"] == "br0"
+    vm = cli(
+        daemon,
+        "--json",
+        "vm",
+        "create",
+        "c1",
+        "--memory",
+        "64",
+        "--nic",
+        "ov1",
+        "--nic",
+        "br0:52:54:00:00:00:c1",
+    )
+    assert vm.returncode == 0, vm.stderr
+    nics = json.loads(vm.stdout)["nics"]
+    assert [n["network"] for n in nics] == ["ov1", "br0"] and nics[1]["mac"] == "52:54:00:00:00:c1"
+    refused = cli(daemon, "net", "delete", "br0")
+    assert refused.returncode == 1 and "error: conflict:" in refused.stderr
+    assert cli(daemon, "vm", "delete", "c1").returncode == 0
+    bad = cli(
+        daemon, "net", "create", "v1", "--kind", "vlan", "--parent", "br0", "--vlan-id", "4095"
+    )
+    assert bad.returncode == 1 and "error: invalid_params: vlan_id" in bad.stderr
+    for name in ("br0", "ov1"):
+        gone = cli(daemon, "net", "delete", name)
+        assert gone.returncode == 0 and f"{name}: deleted" in gone.stdout
+    assert "br0" not in ns.links()
+
+
+# run inside the namespace (the daemon's TLS listener is on the namespace's loopback)
+TENANT_PROBE = """
+import json, sys
+from pathlib import Path
+from novacron import errors
+from novacron.client import SyncClient, TlsFiles
+port, certs, ca = int(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+def call(who, method, **params):
+    files = TlsFiles(certs / f"{who}.crt", certs / f"{who}.key", ca)
+    with SyncClient.tls(f"127.0.0.1:{port}", files, timeout=30, server_name="node1") as c:
+        try:
+            result = c.call(method, **params)
+        except errors.NovaCronError as exc:
+            return exc.code
+        return [n["name"] for n in result] if method == "net.list" else "ok"
+vx = {"kind": "vxlan", "vni": 9, "local": "10.99.0.1", "remotes": ["10.99.0.2"]}
+print(json.dumps([
+    call("op-acme", "net.create", name="acmenet", **vx),
+    call("op-acme", "net.create", name="acmebr", uplink="up0"),
+    call("admin1", "net.create", name="trunk", tenant="infra", uplink="up0"),
+    call("view-globex", "net.get", name="acmenet"),
+    call("view-acme", "net.get", name="acmenet"),
+    call("view-globex", "net.list"),
+    call("view-acme", "net.list"),
+    call("op-globex", "net.delete", name="acmenet"),
+    call("view-acme", "net.delete", name="acmenet"),
+    call("op-globex", "vm.create", name="g1", memory_mib=64, nics=[{"network": "acmenet"}]),
+    call("op-acme", "vm.create", name="a1", memory_mib=64, nics=[{"network": "acmenet"}]),
+    call("admin1", "net.list"),
+]))
+"""
+
+
+def test_networks_are_tenant_scoped(tmp_path: Path, ns: Namespace) -> None:
+    pki = Pki.create(tmp_path / "pki")
+    for name, role, tenants in [
+        ("admin1", "admin", ()),
+        ("op-acme", "operator", ("acme",)),
+        ("op-globex", "operator", ("globex",)),
+        ("view-acme", "viewer", ("acme",)),
+        ("view-globex", "viewer", ("globex",)),
+    ]:
+        pki.issue(name, role, tenants)
+    port = 7443
+    d = Daemon(
+        socket=tmp_path / "run" / "novacrond.sock",
+        state_dir=tmp_path / "state",
+        log=tmp_path / "novacrond.log",
+        prefix=ns.prefix,
+        extra=pki.daemon_args(port),
+    ).start()
+    try:
+        probe = subprocess.run(
+            [
+                *ns.prefix,
+                sys.executable,
+                "-c",
+                TENANT_PROBE,
+                str(port),
+                str(pki.root / "certs"),
+                str(pki.ca.dir / "ca.crt"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert probe.returncode == 0, probe.stderr
+        assert json.loads(probe.stdout) == [
+            "ok",  # an operator builds an overlay in its tenant
+            "permission_denied",  # a host interface as uplink needs an admin
+            "ok",
+            "not_found",  # another tenant's network does not exist for the caller
+            "ok",
+            [],
+            ["acmenet"],
+            "not_found",
+            "permission_denied",  # a viewer changes nothing
+            "invalid_params",  # a NIC on another tenant's network
+            "ok",
+            ["acmenet", "trunk"],
+        ]
     finally:
         d.stop()

@@ -13,6 +13,8 @@ import pytest
 from tests.daemon_harness import Daemon
 from tests.system import guest
 from tests.system.libvirt_host import URI, LibvirtHost
+from tests.system.nodes import TwoNodes
+from tests.system.twohosts import TwoHosts
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +22,22 @@ def libvirt_host() -> Iterator[LibvirtHost]:
     host = LibvirtHost().start()
     yield host
     host.stop()
+
+
+@pytest.fixture(scope="module")
+def nodes(
+    libvirt_host: LibvirtHost, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TwoNodes]:
+    """Two namespaced hosts, each with its libvirtd and a novacrond (per test module)."""
+    hosts = TwoHosts.start(secrets.token_hex(3))
+    try:
+        pair = TwoNodes.start(hosts, tmp_path_factory.mktemp("nodes"))
+        try:
+            yield pair
+        finally:
+            pair.stop()
+    finally:
+        hosts.stop()
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,9 @@
 The kernel comes from the ``linux-image-*-cloud-amd64`` package (``apt-get download`` +
 ``dpkg -x``, nothing installed). The initramfs is written here: busybox-static, the
 ``evdev`` and ``button`` modules (so an ACPI power button press reaches userspace and
-the guest powers off, which makes ``vm.shutdown`` graceful for real), and an ``/init``
-that prints a boot marker and a tick every second on the serial console.
+the guest powers off, which makes ``vm.shutdown`` graceful for real), virtio-net with
+its dependencies (NICs addressed from the kernel command line), and an ``/init`` that
+prints a boot marker and a tick every second on the serial console.
 """
 
 from __future__ import annotations
@@ -24,8 +25,35 @@ TICK = "NOVACRON-TICK"
 POWER_MARKER = "NOVACRON-POWER-BUTTON"
 WORKLOAD_MARKER = "NOVACRON-WORKLOAD-READY"
 BENCH_MARKER = "NOVACRON-BENCH-READY"
+NET_UP = "NOVACRON-NET-UP"
+PING_OK = "NOVACRON-PING-OK"
+PING_FAIL = "NOVACRON-PING-FAIL"
 INTACT = "NOVACRON-INTACT"
 CORRUPT = "NOVACRON-CORRUPT"
+
+# virtio-net and what it needs, in load order (modules in Debian's cloud kernel)
+NET_MODULES = (
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "failover",
+    "net_failover",
+    "virtio_net",
+)
+MODULE_PATHS = {
+    "evdev": "drivers/input/evdev.ko",
+    "button": "drivers/acpi/button.ko",
+    "virtio": "drivers/virtio/virtio.ko",
+    "virtio_ring": "drivers/virtio/virtio_ring.ko",
+    "virtio_pci_modern_dev": "drivers/virtio/virtio_pci_modern_dev.ko",
+    "virtio_pci_legacy_dev": "drivers/virtio/virtio_pci_legacy_dev.ko",
+    "virtio_pci": "drivers/virtio/virtio_pci.ko",
+    "failover": "net/core/failover.ko",
+    "net_failover": "drivers/net/net_failover.ko",
+    "virtio_net": "drivers/net/virtio_net.ko",
+}
 
 INIT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -42,6 +70,23 @@ for d in /sys/class/input/input*; do
 done
 if [ -n "$ev" ]; then
   (dd if=/dev/input/$ev bs=24 count=1 >/dev/null 2>&1; echo {POWER_MARKER}; sync; poweroff -f) &
+fi
+if grep -q novacron.net= /proc/cmdline; then
+  # NICs: novacron.net=eth0:10.50.0.1/24,eth1:... (an interface hot-plugged later is
+  # configured when it appears); novacron.ping=PEER,... pings each peer every second
+  for m in {" ".join(NET_MODULES)}; do insmod /lib/$m.ko; done
+  for spec in $(sed -n 's/.*novacron[.]net=\\([^ ]*\\).*/\\1/p' /proc/cmdline | tr , ' '); do
+    dev=${{spec%%:*}}; addr=${{spec#*:}}
+    (while [ ! -e /sys/class/net/$dev ]; do sleep 0.5; done
+     ip link set $dev up; ip addr add $addr dev $dev; echo {NET_UP} $dev $addr) &
+  done
+  for peer in $(sed -n 's/.*novacron[.]ping=\\([^ ]*\\).*/\\1/p' /proc/cmdline | tr , ' '); do
+    (while true; do
+       if ping -c 1 -W 1 $peer >/dev/null 2>&1; then r={PING_OK}; else r={PING_FAIL}; fi
+       echo $r $peer
+       sleep 1
+     done) &
+  done
 fi
 if grep -q novacron.bench /proc/cmdline; then
   # the migration benchmark's guest (see bench/migration_bench.py): 150 copies of one
@@ -171,8 +216,8 @@ def build() -> GuestImages:
         for sub in ("bin", "lib", "proc", "sys", "dev", "tmp"):
             (root / sub).mkdir(parents=True)
         shutil.copy2("/bin/busybox", root / "bin" / "busybox")  # busybox-static
-        shutil.copy2(modules / "drivers" / "input" / "evdev.ko", root / "lib" / "evdev.ko")
-        shutil.copy2(modules / "drivers" / "acpi" / "button.ko", root / "lib" / "button.ko")
+        for module, path in MODULE_PATHS.items():
+            shutil.copy2(modules / path, root / "lib" / f"{module}.ko")
         init = root / "init"
         init.write_text(INIT)
         init.chmod(0o755)

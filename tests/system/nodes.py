@@ -6,11 +6,15 @@ are reachable from the test process by path."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from novacron.client import SyncClient
 from novacron.pki.ca import CertificateAuthority
@@ -121,3 +125,25 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float
             return
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def cli(node: Node, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "novacron.cli.main", "--socket", str(node.daemon.socket), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def migrate(src: Node, dst: Node, vm: str, *options: str) -> dict[str, Any]:
+    done = cli(src, "--json", "vm", "migrate", vm, "--to", dst.address, *options)
+    assert done.returncode == 0, f"{done.stderr}\n{logs(src, dst)}"
+    doc: dict[str, Any] = json.loads(done.stdout)
+    assert doc["state"] == "succeeded", doc
+    return doc
+
+
+def logs(*nodes: Node) -> str:
+    return "\n".join(f"--- {n.name} ---\n{n.daemon.log_text()[-6000:]}" for n in nodes)

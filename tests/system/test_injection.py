@@ -68,6 +68,27 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("migration.prepare", {"vm": "inj", "stream_port": 40000}, "xml"),
     ("migration.result", {}, "op"),
     ("migration.abort", {}, "op"),
+    ("net.create", {}, "name"),
+    ("net.create", {"name": "inj"}, "kind"),
+    ("net.create", {"name": "inj"}, "tenant"),
+    ("net.create", {"name": "inj"}, "uplink"),
+    ("net.create", {"name": "inj", "kind": "vlan", "vlan_id": 5}, "parent"),
+    ("net.create", {"name": "inj", "kind": "vxlan", "vni": 5, "remotes": ["10.0.0.2"]}, "local"),
+    ("net.create", {"name": "inj", "kind": "vxlan", "vni": 5, "local": "10.0.0.1"}, "group"),
+    (
+        "net.create",
+        {"name": "inj", "kind": "vxlan", "vni": 5, "local": "10.0.0.1", "group": "239.1.1.1"},
+        "device",
+    ),
+    ("net.list", {}, "tenant"),
+    ("net.get", {}, "name"),
+    ("net.delete", {}, "name"),
+    ("vm.nic.attach", {"network": "nonet"}, "vm"),
+    ("vm.nic.attach", {"vm": "victim"}, "network"),
+    ("vm.nic.attach", {"vm": "victim", "network": "nonet"}, "mac"),
+    ("vm.nic.attach", {"vm": "victim", "network": "nonet"}, "model"),
+    ("vm.nic.detach", {"mac": "52:54:00:00:00:01"}, "vm"),
+    ("vm.nic.detach", {"vm": "victim"}, "mac"),
 ]
 
 

@@ -9,35 +9,12 @@ killed, the link cut) must leave the guest running on the source only.
 from __future__ import annotations
 
 import json
-import secrets
-import subprocess
-import sys
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 from tests.system import guest
-from tests.system.libvirt_host import LibvirtHost
-from tests.system.nodes import Node, TwoNodes, wait_until
-from tests.system.twohosts import TwoHosts
+from tests.system.nodes import Node, TwoNodes, cli, logs, migrate, wait_until
 
 MEMORY_MIB = 128
-
-
-@pytest.fixture(scope="module")
-def nodes(
-    libvirt_host: LibvirtHost, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[TwoNodes]:
-    hosts = TwoHosts.start(secrets.token_hex(3))
-    try:
-        pair = TwoNodes.start(hosts, tmp_path_factory.mktemp("nodes"))
-        try:
-            yield pair
-        finally:
-            pair.stop()
-    finally:
-        hosts.stop()
 
 
 def boot(node: Node, name: str, images: guest.GuestImages, extra: str = "") -> None:
@@ -63,28 +40,6 @@ def intact_on(node: Node, vm: str) -> None:
         f"{vm} passing its integrity checks on {node.name}",
     )
     assert guest.CORRUPT not in node.console(vm).read_text(errors="replace")
-
-
-def cli(node: Node, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "novacron.cli.main", "--socket", str(node.daemon.socket), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def migrate(src: Node, dst: Node, vm: str, *options: str) -> dict[str, Any]:
-    done = cli(src, "--json", "vm", "migrate", vm, "--to", dst.address, *options)
-    assert done.returncode == 0, f"{done.stderr}\n{logs(src, dst)}"
-    doc: dict[str, Any] = json.loads(done.stdout)
-    assert doc["state"] == "succeeded", doc
-    return doc
-
-
-def logs(*nodes: Node) -> str:
-    return "\n".join(f"--- {n.name} ---\n{n.daemon.log_text()[-6000:]}" for n in nodes)
 
 
 def only_on(vm: str, here: Node, gone: Node) -> None:

@@ -3,7 +3,8 @@
 Networks belong to a tenant: a network of a tenant the caller does not see answers
 ``not_found``. Naming a host interface (a bridge's uplink, a VLAN's parent interface,
 a VXLAN's underlay device) touches the host itself and needs the ``admin`` role; an
-operator builds VLAN networks on a bridge network of its own tenant.
+operator builds VLAN networks on a bridge network it can see (an admin may put a
+tenant's VLAN on a shared trunk of another tenant).
 """
 
 from __future__ import annotations
@@ -45,10 +46,9 @@ def _check_may_create(identity: Identity, spec: NetworkSpec, networks: NetworkSe
             {"interfaces": host},
         )
     parent = networks.networks.get(spec.parent) if spec.parent else None
-    if parent is not None and parent.tenant != spec.tenant:
+    if parent is not None and not identity.sees(parent.tenant):
         raise errors.InvalidParams(
-            f"parent network {spec.parent!r} not found in tenant {spec.tenant!r}",
-            {"param": "parent"},
+            f"parent {spec.parent!r} is not a network you can see", {"param": "parent"}
         )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from novacron import __version__
-from novacron.cli import migrate, node, output, pki, security, vm
+from novacron.cli import migrate, net, node, output, pki, security, vm
 from novacron.cli.security import AuditBroken
 from novacron.client import SyncClient, TlsFiles
 from novacron.errors import InvalidParams, NovaCronError, Unavailable
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     node.add_commands(groups)
     vm.add_commands(groups)
+    net.add_commands(groups)
     migrate.add_op_commands(groups)
     security.add_commands(groups)
     security.add_quota_commands(groups)

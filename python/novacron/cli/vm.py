@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from novacron.cli import migrate, output
+from novacron.cli import migrate, net, output
 from novacron.client import SyncClient
 
 LIST_COLUMNS = [
@@ -29,6 +29,7 @@ GET_ORDER = [
     "initrd",
     "cmdline",
     "disks",
+    "nics",
     "console_log",
     "created_at",
     "updated_at",
@@ -63,6 +64,7 @@ def add_commands(groups: Any) -> None:
     get.set_defaults(run=run_get)
 
     migrate.add_vm_command(sub)
+    net.add_vm_commands(sub)
 
     create = sub.add_parser("create", help="define a VM")
     create.add_argument("name")
@@ -85,6 +87,9 @@ def add_commands(groups: Any) -> None:
         "--hugepages",
         choices=("2M", "1G"),
         help="back guest memory with hugepages of this size",
+    )
+    create.add_argument(
+        "--nic", action="append", type=net.nic_arg, dest="nics", help="NETWORK[:MAC] (repeatable)"
     )
     create.add_argument("--start", action="store_true", help="boot it right away")
     create.set_defaults(run=run_create)
@@ -182,6 +187,7 @@ def run_create(client: SyncClient, args: argparse.Namespace) -> Any:
         cpu_policy=args.cpu_policy,
         memory_policy=args.memory_policy,
         hugepage_kib={"2M": 2048, "1G": 1048576}.get(args.hugepages or ""),
+        nics=args.nics,
         start=args.start or None,
     )
     return _show(doc, args)

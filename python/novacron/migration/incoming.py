@@ -111,6 +111,8 @@ async def prepare(
         if await vms.hv_pool.run(vms.hv.lookup, name) is not None:
             raise errors.AlreadyExists(f"a libvirt domain {name!r} exists here", {"vm": name})
         await vms.quotas.check(spec, await vms.records.all())
+        if spec.nics and vms.nic_check is not None:
+            await vms.nic_check(spec.tenant, spec.nics)  # the same networks must exist here
         placement = vms.placement.allocate(name, spec)
         try:
             dest_xml = domain_xml.retarget(
