@@ -14,7 +14,7 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 DEV_PACKAGES=(libvirt-dev libvirt-clients pkg-config gcc python3-venv python3-dev)
 TEST_PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu
-  qemu-system-x86 qemu-utils busybox-static cpio iproute2 procps util-linux)
+  qemu-system-x86 qemu-utils busybox-static cpio iproute2 procps util-linux etcd-server)
 
 apt_install() {
   local codename pkgs=()

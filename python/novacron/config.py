@@ -60,6 +60,11 @@ class Config:
     migration_page_store_mib: int = 1024
     migration_max_concurrent: int = 2
     network_reconcile_interval_s: float = 30.0
+    cluster_etcd_endpoints: str = ""
+    cluster_lease_ttl_s: int = 10
+    cluster_timeout_s: float = 2.0
+    cluster_refresh_s: float = 600.0
+    cluster_labels: str = ""
     dev: bool = False
 
     @property
@@ -82,6 +87,16 @@ class Config:
         if self.migration_listen or not self.tls_listen:
             return self.migration_listen
         return f"{self.tls_listen.rpartition(':')[0]}:{self.tls_port + 1}"
+
+    @property
+    def etcd_endpoints(self) -> list[str]:
+        return [e.strip() for e in self.cluster_etcd_endpoints.split(",") if e.strip()]
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """``[cluster] labels = "zone=a,rack=12"`` as a map."""
+        pairs = (item.partition("=") for item in self.cluster_labels.split(",") if item.strip())
+        return {k.strip(): v.strip() for k, _, v in pairs}
 
     @property
     def libvirt_peer_uri(self) -> str:
@@ -123,6 +138,11 @@ FIELDS: dict[str, str] = {
     "migration_page_store_mib": "migration",
     "migration_max_concurrent": "migration",
     "network_reconcile_interval_s": "network",
+    "cluster_etcd_endpoints": "cluster",
+    "cluster_lease_ttl_s": "cluster",
+    "cluster_timeout_s": "cluster",
+    "cluster_refresh_s": "cluster",
+    "cluster_labels": "cluster",
 }
 _TOML_KEY = {
     "hypervisor_uri": "uri",
@@ -139,6 +159,11 @@ _TOML_KEY = {
     "migration_page_store_mib": "page_store_mib",
     "migration_max_concurrent": "max_concurrent",
     "network_reconcile_interval_s": "reconcile_interval_s",
+    "cluster_etcd_endpoints": "etcd_endpoints",
+    "cluster_lease_ttl_s": "lease_ttl_s",
+    "cluster_timeout_s": "timeout_s",
+    "cluster_refresh_s": "refresh_s",
+    "cluster_labels": "labels",
 }
 _TYPES = {f.name: f.type for f in fields(Config)}
 _CPUSETS = {"dedicated_cpus", "shared_cpus"}  # empty means none / the rest
@@ -151,6 +176,8 @@ _EMPTY_OK = _CPUSETS | {
     "tls_crl",
     "migration_listen",
     "migration_libvirt_uri",
+    "cluster_etcd_endpoints",
+    "cluster_labels",
 }
 _ZERO_OK = {"reserved_memory_mib", "migration_page_store_mib"}
 
@@ -265,4 +292,15 @@ def check(config: Config) -> Config:
             raise ConfigError(f"[tls] listen needs {', '.join(m[4:] for m in missing)}")
     if config.migration_listen and not config.tls_listen:
         raise ConfigError("[migration] listen needs [tls] listen (node certificates)")
+    if config.etcd_endpoints:
+        missing = [k for k in ("tls_cert", "tls_key", "tls_ca") if not getattr(config, k)]
+        if missing:
+            raise ConfigError(
+                f"[cluster] etcd_endpoints needs [tls] {', '.join(m[4:] for m in missing)}"
+            )
+        bad = [e for e in config.etcd_endpoints if not e.startswith("https://")]
+        if bad:
+            raise ConfigError(f"[cluster] etcd_endpoints must be https:// URLs: {', '.join(bad)}")
+    if any("=" not in item for item in config.cluster_labels.split(",") if item.strip()):
+        raise ConfigError('[cluster] labels must look like "zone=a,rack=12"')
     return config

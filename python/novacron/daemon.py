@@ -14,6 +14,7 @@ import logging
 import os
 import resource
 import signal
+import ssl
 import sys
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from novacron import config as config_mod
 from novacron.api import Services, build_registry
 from novacron.auth.audit import AuditLog
 from novacron.auth.bindings import Bindings
+from novacron.cluster.etcd import EtcdClient
+from novacron.cluster.service import ClusterService
 from novacron.config import Config, ConfigError
 from novacron.eventbus import EventBus
 from novacron.logs import kv
@@ -58,6 +61,18 @@ def prepare_dirs(config: Config) -> None:
         os.chmod(sub, 0o711)  # noqa: S103 - no read bit for others
     if config.dev:
         config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def etcd_context(config: Config) -> ssl.SSLContext:
+    """The client side of mutual TLS to etcd: this node's certificate, the cluster CA."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # etcd 3.4 speaks 1.3; some builds cap at 1.2
+    try:
+        ctx.load_cert_chain(config.tls_cert, config.tls_key)
+        ctx.load_verify_locations(cafile=config.tls_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(f"node certificate unusable for etcd: {exc}") from None
+    return ctx
 
 
 def tls_material(config: Config) -> tuple[Path, Path, Path, Path | None]:
@@ -143,6 +158,10 @@ async def serve(config: Config) -> None:
         )
         services.networks = NetworkService(config, store, vms.db_pool, bus, vms.records)
         vms.nic_check = services.networks.check_nics
+        if config.etcd_endpoints:
+            etcd = EtcdClient(config.etcd_endpoints, etcd_context(config), config.cluster_timeout_s)
+            services.cluster = ClusterService(config, vms, bus, etcd)
+            vms.ownership = services.cluster
 
         passed = systemd.listen_fds()
         sock = passed[0] if passed else bind_unix(config.socket, config.socket_group)
@@ -152,6 +171,8 @@ async def serve(config: Config) -> None:
                 await root.start(attach_hypervisor, services)
                 await root.start(services.migrations.run)
                 await root.start(services.networks.run)
+                if services.cluster is not None:
+                    await root.start(services.cluster.run)
                 events = LibvirtEvents(hv, bus, vms.managed.__contains__, vms.records.tenant_of)
                 await root.start(events.run)
                 server = UnixServer(
@@ -198,6 +219,8 @@ async def serve(config: Config) -> None:
             config.socket.unlink(missing_ok=True)
     finally:
         with trio.CancelScope(shield=True):
+            if services.cluster is not None:
+                await services.cluster.close()
             await trio.to_thread.run_sync(store.close)
             await trio.to_thread.run_sync(hv.close)
             if services.networks is not None:

@@ -89,6 +89,8 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("vm.nic.attach", {"vm": "victim", "network": "nonet"}, "model"),
     ("vm.nic.detach", {"mac": "52:54:00:00:00:01"}, "vm"),
     ("vm.nic.detach", {"vm": "victim"}, "mac"),
+    ("cluster.vms", {}, "tenant"),
+    ("cluster.vms", {}, "node"),
 ]
 
 
@@ -125,6 +127,8 @@ def test_every_string_parameter_resists_injection(system_daemon: Daemon) -> None
         "audit.verify",
         "tls.reload",
         "op.list",
+        "cluster.nodes",
+        "cluster.status",
     }, "a method with string parameters is missing from the sweep"
     with daemon.client() as c:
         c.call("vm.create", name="victim", memory_mib=64)

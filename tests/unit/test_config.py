@@ -62,6 +62,10 @@ def test_toml_then_flags(tmp_path: Path) -> None:
         ("[placement]\nshared_cpus = 'all'\n", "shared_cpus"),
         ("[placement]\nshared_overcommit = 0.5\n", "shared_overcommit"),
         ("[placement]\nreserved_memory_mib = -1\n", "reserved_memory_mib"),
+        ("[cluster]\netcd_endpoints = 'https://e1:2379'\n", "needs \\[tls\\] cert"),
+        ("[cluster]\nlabels = 'zone'\n", "labels"),
+        ("[cluster]\nlease_ttl_s = 0\n", "lease_ttl_s"),
+        ("[network]\nreconcile_interval_s = -1\n", "reconcile_interval_s"),
     ],
 )
 def test_bad_config_is_refused_with_the_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -69,6 +73,23 @@ def test_bad_config_is_refused_with_the_key(tmp_path: Path, text: str, needle: s
     f.write_text(text)
     with pytest.raises(config.ConfigError, match=needle):
         parse("--config", str(f))
+
+
+def test_cluster_keys(tmp_path: Path) -> None:
+    f = tmp_path / "n.toml"
+    f.write_text(
+        "[tls]\nlisten = '127.0.0.1:7443'\ncert = '/c'\nkey = '/k'\nca = '/ca'\n"
+        "[cluster]\netcd_endpoints = 'https://10.0.0.1:2379, https://10.0.0.2:2379'\n"
+        "labels = 'zone=a, rack=12'\nlease_ttl_s = 15\n"
+    )
+    c = parse("--config", str(f))
+    assert c.etcd_endpoints == ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+    assert c.labels == {"zone": "a", "rack": "12"}
+    assert c.cluster_lease_ttl_s == 15 and c.cluster_timeout_s == 2.0
+    with pytest.raises(config.ConfigError, match="https://"):
+        parse("--config", str(f), "--cluster-etcd-endpoints", "http://10.0.0.1:2379")
+    dev = parse("--dev")
+    assert dev.etcd_endpoints == [] and dev.labels == {}
 
 
 def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:

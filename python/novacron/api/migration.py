@@ -13,6 +13,7 @@ from typing import Any
 
 from novacron import errors
 from novacron.api.services import Services
+from novacron.api.vm import visible_vm
 from novacron.auth.policy import check_tenant
 from novacron.migration.options import parse_migrate
 from novacron.migration.service import MigrationService
@@ -33,9 +34,7 @@ def register(registry: Registry, services: Services) -> None:
     async def migrate(ctx: CallContext, p: Params) -> dict[str, Any]:
         """Live-migrate a running VM to another node; returns ``{"op": id}`` at once."""
         name, destination, options = parse_migrate(p)
-        rec = await services.vms.record(name)
-        check_tenant(ctx.identity, rec.tenant, "vm", name)
-        ctx.tenant = rec.tenant
+        await visible_vm(services.vms, ctx, name)
         return await migrations().migrate(name, destination, options)
 
     async def visible_op(ctx: CallContext, op_id: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from novacron import errors
 from novacron.api.services import Services
+from novacron.api.vm import default_tenant, visible_vm
 from novacron.auth.identity import Identity
 from novacron.auth.policy import check_tenant
 from novacron.errors import PermissionDenied
@@ -69,9 +70,7 @@ def register(registry: Registry, services: Services) -> None:
         """Create a bridge, VLAN or VXLAN network and build it on this host."""
         tenant_given = p.given("tenant")
         spec = parse_create(p)
-        tenants = ctx.identity.tenants
-        if not tenant_given and tenants is not None and len(tenants) == 1:
-            spec = replace(spec, tenant=next(iter(tenants)))
+        spec = replace(spec, tenant=default_tenant(ctx, tenant_given, spec.tenant))
         ctx.tenant = spec.tenant
         _check_may_create(ctx.identity, spec, networks())
         return await networks().create(spec)
@@ -100,19 +99,13 @@ def register(registry: Registry, services: Services) -> None:
         visible(ctx, name)
         return await networks().delete(name)
 
-    async def visible_vm(ctx: CallContext, name: str) -> str:
-        rec = await services.vms.record(name)
-        check_tenant(ctx.identity, rec.tenant, "vm", name)
-        ctx.tenant = rec.tenant
-        return name
-
     @registry.method("vm.nic.attach")
     async def nic_attach(ctx: CallContext, p: Params) -> dict[str, Any]:
         """Add a NIC on a network to a VM (hot-plugged when it runs)."""
         name = p.name("vm")
         nic = parse_nic(_nic_args(p), "nic")
         p.done()
-        return await nics.attach(services.vms, await visible_vm(ctx, name), nic)
+        return await nics.attach(services.vms, await visible_vm(services.vms, ctx, name), nic)
 
     @registry.method("vm.nic.detach")
     async def nic_detach(ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -120,7 +113,7 @@ def register(registry: Registry, services: Services) -> None:
         name = p.name("vm")
         mac = check_mac(p.text("mac", max_len=32), "mac")
         p.done()
-        return await nics.detach(services.vms, await visible_vm(ctx, name), mac)
+        return await nics.detach(services.vms, await visible_vm(services.vms, ctx, name), mac)
 
 
 def _nic_args(p: Params) -> dict[str, Any]:

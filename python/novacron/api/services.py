@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from novacron.auth.audit import AuditLog
 from novacron.auth.bindings import Bindings
+from novacron.cluster.service import ClusterService
 from novacron.config import Config
 from novacron.eventbus import EventBus
 from novacron.migration.service import MigrationService
@@ -31,6 +32,7 @@ class Services:
     tls: TlsControl | None = None
     migrations: MigrationService | None = None
     networks: NetworkService | None = None
+    cluster: ClusterService | None = None
     started_at: float = field(default_factory=time.time)
     reconcile_findings: list[dict[str, Any]] = field(default_factory=list)
     hypervisor_ready: bool = False

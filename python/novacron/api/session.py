@@ -12,7 +12,17 @@ from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params, check_text
 
 PROTOCOL_VERSION = 1
-TOPICS = frozenset({"vm.state", "op.progress", "op.finished", "net.changed", "net.link"})
+TOPICS = frozenset(
+    {
+        "vm.state",
+        "op.progress",
+        "op.finished",
+        "net.changed",
+        "net.link",
+        "cluster.node",
+        "cluster.conflict",
+    }
+)
 
 
 def register(registry: Registry, services: Services) -> None:

@@ -15,29 +15,40 @@ from novacron.errors import PermissionDenied
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
 from novacron.vm.quotas import LIMITS, Quota
+from novacron.vm.service import VmService
 from novacron.vm.spec import parse_create
 
 MAX_SHUTDOWN_TIMEOUT_S = 3600.0
+
+
+async def visible_vm(vms: VmService, ctx: CallContext, name: str) -> str:
+    """``name`` if the VM exists in a tenant the caller sees, else ``not_found``."""
+    rec = await vms.record(name)
+    check_tenant(ctx.identity, rec.tenant, "vm", name)
+    ctx.tenant = rec.tenant
+    return name
+
+
+def default_tenant(ctx: CallContext, given: bool, tenant: str) -> str:
+    """A create without ``tenant`` lands in the caller's tenant when it has exactly one."""
+    tenants = ctx.identity.tenants
+    if not given and tenants is not None and len(tenants) == 1:
+        return next(iter(tenants))
+    return tenant
 
 
 def register(registry: Registry, services: Services) -> None:
     vms = services.vms
 
     async def visible(ctx: CallContext, name: str) -> str:
-        """``name`` if the VM exists in a tenant the caller sees, else ``not_found``."""
-        rec = await vms.record(name)
-        check_tenant(ctx.identity, rec.tenant, "vm", name)
-        ctx.tenant = rec.tenant
-        return name
+        return await visible_vm(vms, ctx, name)
 
     @registry.method("vm.create")
     async def create(ctx: CallContext, p: Params) -> dict[str, Any]:
         """Define a VM (and its new disks); start it when ``start`` is true."""
-        tenants = ctx.identity.tenants
         tenant_given = p.given("tenant")
         spec, start = parse_create(p)
-        if not tenant_given and tenants is not None and len(tenants) == 1:
-            spec = replace(spec, tenant=next(iter(tenants)))  # the caller's only tenant
+        spec = replace(spec, tenant=default_tenant(ctx, tenant_given, spec.tenant))
         ctx.tenant = spec.tenant
         if not ctx.identity.sees(spec.tenant):
             raise PermissionDenied(

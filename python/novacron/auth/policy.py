@@ -68,6 +68,9 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "net.delete": WRITE,
     "vm.nic.attach": WRITE,
     "vm.nic.detach": WRITE,
+    "cluster.nodes": READ,
+    "cluster.vms": READ,
+    "cluster.status": READ,
 }
 
 ROLE_GRANTS: Final[dict[str, frozenset[str]]] = {

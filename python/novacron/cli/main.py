@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from novacron import __version__
-from novacron.cli import migrate, net, node, output, pki, security, vm
+from novacron.cli import cluster, migrate, net, node, output, pki, security, vm
 from novacron.cli.security import AuditBroken
 from novacron.client import SyncClient, TlsFiles
 from novacron.errors import InvalidParams, NovaCronError, Unavailable
@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_commands(groups)
     vm.add_commands(groups)
     net.add_commands(groups)
+    cluster.add_commands(groups)
     migrate.add_op_commands(groups)
     security.add_commands(groups)
     security.add_quota_commands(groups)

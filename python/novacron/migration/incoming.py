@@ -204,6 +204,8 @@ async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> N
                 )
                 await vms.records.set_desired_state(op.vm, "running")
                 vms.managed.add(op.vm)
+            if vms.ownership is not None:
+                await vms.ownership.arrived(op.tenant, op.vm, inc.source)
             completed = await vms.hv_pool.run(libvirt_job.job_stats, vms.hv, op.vm, True)
             result = {
                 "node": svc.config.node_name,

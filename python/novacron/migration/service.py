@@ -160,11 +160,11 @@ class MigrationService:
                 return
             async with self.vms.locked(name):
                 if await self.vms.records.get(name) is None:
-                    await self._adopt(name)
+                    await self._adopt(name, str(row["peer"]))
         log.warning("migration.arrived_across_restart", extra=kv(vm=name, op=row["id"]))
         await self.ops.amend(row, "succeeded", {"node": self.config.node_name, "restarted": True})
 
-    async def _adopt(self, name: str) -> None:
+    async def _adopt(self, name: str, source: str) -> None:
         """Records a VM that arrived while this daemon was down, from its metadata."""
         vms = self.vms
         managed = domain_xml.parse_managed(await vms.hv_pool.run(vms.hv.xml, name))
@@ -178,6 +178,8 @@ class MigrationService:
         await vms.adopt(managed)
         await vms.records.set_desired_state(name, "running")
         vms.managed.add(name)
+        if vms.ownership is not None:
+            await vms.ownership.arrived(managed.tenant, name, source)
 
     async def settle_outgoing(self, findings: list[dict[str, Any]]) -> None:
         """Outgoing migrations a restart interrupted whose VM libvirt moved after all

@@ -71,23 +71,19 @@ class NetworkService:
     async def describe(self, spec: NetworkSpec, snap: Snapshot | None = None) -> dict[str, Any]:
         if snap is None:
             snap = await self.pool.run(self.kernel.snapshot)
-        devices = []
+        devices: list[dict[str, Any]] = []
         for dev in (spec.bridge, spec.link, spec.uplink):
-            link = snap.links.get(dev) if dev else None
-            devices.append(
-                {"name": dev, "present": link is not None}
-                | (
-                    {"up": link.up, "oper": link.oper, "mtu": link.mtu, "master": link.master}
-                    if link is not None
-                    else {}
-                )
-                if dev
-                else None
-            )
+            if dev is None:
+                continue
+            link = snap.links.get(dev)
+            entry: dict[str, Any] = {"name": dev, "present": link is not None}
+            if link is not None:
+                entry.update(up=link.up, oper=link.oper, mtu=link.mtu, master=link.master)
+            devices.append(entry)
         doc = spec.to_dict()
         doc.update(
             bridge=spec.bridge,
-            devices=[d for d in devices if d is not None],
+            devices=devices,
             mtu_effective=planning.overlay_mtu(spec, snap),
             nics=[{"vm": vm, "mac": mac} for vm, mac in await self.users(spec.name)],
             problems=self.problems.get(spec.name, []),
@@ -300,6 +296,8 @@ class NetworkService:
                 nursery.start_soon(forward)
                 # the blocking watch is abandoned on cancellation (its thread ends at exit)
                 await trio.to_thread.run_sync(watch_links, deliver, abandon_on_cancel=True)
+        except Exception as exc:  # the timer still repairs; losing events must not stop the daemon
+            log.error("net.watch_failed", extra=kv(error=repr(exc)))
         finally:
             stop.set()
 

@@ -13,7 +13,7 @@ import uuid as uuidlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -36,6 +36,16 @@ log = logging.getLogger("novacron.vm")
 POLL_INTERVAL = 0.2
 
 
+class Ownership(Protocol):
+    """Cluster-wide VM names (``novacron.cluster.service.ClusterService``)."""
+
+    async def claim(self, tenant: str, name: str) -> None: ...
+
+    async def release(self, tenant: str, name: str) -> None: ...
+
+    async def arrived(self, tenant: str, name: str, source: str) -> None: ...
+
+
 class VmService:
     def __init__(self, config: Config, hv: Hypervisor, store: StateStore) -> None:
         self.config = config
@@ -52,6 +62,7 @@ class VmService:
         self.migrating: set[str] = set()  # VMs leaving this node (set by the migration service)
         # refuses NICs on networks the VM's tenant does not have (set by the network service)
         self.nic_check: Callable[[str, tuple[NicSpec, ...]], Awaitable[None]] | None = None
+        self.ownership: Ownership | None = None  # cluster-wide names (set by the cluster service)
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -222,6 +233,16 @@ class VmService:
                 f"a libvirt domain named {spec.name!r} already exists (not managed by NovaCron)",
                 {"vm": spec.name},
             )
+        if self.ownership is not None:  # the name, cluster-wide (already_exists elsewhere)
+            await self.ownership.claim(spec.tenant, spec.name)
+        try:
+            await self._build(spec)
+        except BaseException:
+            if self.ownership is not None:
+                await self.ownership.release(spec.tenant, spec.name)
+            raise
+
+    async def _build(self, spec: VmSpec) -> None:
         vm_uuid = str(uuidlib.uuid4())
         created: list[str] = []
         # decided and recorded at once (no await in between): a refusal changes nothing
@@ -288,6 +309,8 @@ class VmService:
                 if await self.hv_pool.run(self.hv.delete_volume, str(path)):
                     removed.append(str(path))
         await self.forget(rec.name)
+        if self.ownership is not None:
+            await self.ownership.release(rec.tenant, rec.name)
         log.info("vm.deleted", extra=kv(vm=rec.name, volumes=len(removed)))
         return removed
 

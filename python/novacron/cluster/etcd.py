@@ -1,0 +1,263 @@
+"""An etcd v3 client for trio: etcd's JSON gateway over HTTPS (mutual TLS, the node's
+certificate), through httpx on anyio's trio backend. No threads, no gRPC.
+
+Keys and values are bytes on the wire (base64 in the gateway's JSON); int64 fields
+arrive as strings and absent fields mean zero/false (protobuf's JSON mapping). Every
+call tries the endpoints in turn, starting with the one that answered last; when none
+answers within ``timeout_s`` the call fails with ``unavailable`` (cluster calls fail
+fast; the daemon's local work never waits on etcd).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import trio
+
+from novacron import errors
+from novacron.logs import kv as logkv
+
+log = logging.getLogger("novacron.cluster")
+
+GRPC_UNAVAILABLE = 14
+GRPC_DEADLINE = 4
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: str | None) -> bytes:
+    return base64.b64decode(text) if text else b""
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The ``range_end`` that makes a range cover every key starting with ``prefix``."""
+    end = bytearray(prefix)
+    while end:
+        if end[-1] < 0xFF:
+            end[-1] += 1
+            return bytes(end)
+        end.pop()
+    return b"\x00"
+
+
+@dataclass(frozen=True)
+class KeyValue:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    lease: int = 0
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> KeyValue:
+        return cls(
+            key=unb64(doc.get("key")),
+            value=unb64(doc.get("value")),
+            create_revision=int(doc.get("create_revision", 0)),
+            mod_revision=int(doc.get("mod_revision", 0)),
+            lease=int(doc.get("lease", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    kind: str  # "put" or "delete"
+    kv: KeyValue
+
+
+class EtcdError(errors.Unavailable):
+    """etcd answered with an error (or not at all)."""
+
+
+class EtcdClient:
+    def __init__(self, endpoints: list[str], context: ssl.SSLContext, timeout_s: float) -> None:
+        if not endpoints:
+            raise ValueError("no etcd endpoints")
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.timeout_s = timeout_s
+        self._preferred = 0
+        self._http = httpx.AsyncClient(verify=context, timeout=httpx.Timeout(timeout_s))
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- transport -----------------------------------------------------------------------
+
+    def _order(self) -> list[int]:
+        n = len(self.endpoints)
+        return [(self._preferred + i) % n for i in range(n)]
+
+    async def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POSTs ``body`` to the gateway's ``path`` on the first endpoint that answers."""
+        problems: list[str] = []
+        for i in self._order():
+            url = self.endpoints[i] + path
+            try:
+                resp = await self._http.post(url, json=body)
+            except (httpx.TransportError, OSError, ssl.SSLError) as exc:
+                problems.append(f"{self.endpoints[i]}: {type(exc).__name__}: {exc}")
+                continue
+            doc: dict[str, Any] = resp.json() if resp.content else {}
+            if resp.status_code == 200:
+                self._preferred = i
+                return doc
+            code = doc.get("code")
+            message = doc.get("message") or doc.get("error") or resp.text
+            if code in (GRPC_UNAVAILABLE, GRPC_DEADLINE) or resp.status_code >= 500:
+                problems.append(f"{self.endpoints[i]}: {message}")
+                continue  # this member has no leader or is cut off: try another
+            raise EtcdError(f"etcd refused {path}: {message}", {"code": code})
+        raise EtcdError("etcd unavailable: " + "; ".join(problems), {"endpoints": self.endpoints})
+
+    # -- key-value -----------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> KeyValue | None:
+        doc = await self.call("/v3/kv/range", {"key": b64(key)})
+        kvs = doc.get("kvs") or []
+        return KeyValue.from_json(kvs[0]) if kvs else None
+
+    async def get_prefix(self, prefix: bytes) -> tuple[list[KeyValue], int]:
+        """Every key under ``prefix`` and the store revision they were read at."""
+        doc = await self.call(
+            "/v3/kv/range", {"key": b64(prefix), "range_end": b64(prefix_end(prefix))}
+        )
+        revision = int(doc.get("header", {}).get("revision", 0))
+        return [KeyValue.from_json(k) for k in doc.get("kvs") or []], revision
+
+    async def revision(self) -> int:
+        """The store's current revision (it moves with every write)."""
+        doc = await self.call("/v3/kv/range", {"key": b64(b"\0"), "count_only": True})
+        return int(doc.get("header", {}).get("revision", 0))
+
+    async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        doc = await self.call("/v3/kv/put", body)
+        return int(doc.get("header", {}).get("revision", 0))
+
+    async def txn(
+        self,
+        compare: list[dict[str, Any]],
+        success: list[dict[str, Any]],
+        failure: list[dict[str, Any]],
+    ) -> tuple[bool, list[dict[str, Any]]]:
+        doc = await self.call(
+            "/v3/kv/txn", {"compare": compare, "success": success, "failure": failure}
+        )
+        return bool(doc.get("succeeded", False)), list(doc.get("responses") or [])
+
+    async def create(self, key: bytes, value: bytes, lease: int = 0) -> KeyValue | None:
+        """Writes ``key`` only if it does not exist; returns None when it did, else the
+        key as it already was."""
+        put: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+        if lease:
+            put["lease"] = str(lease)
+        ok, responses = await self.txn(
+            [{"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+            [{"request_put": put}],
+            [{"request_range": {"key": b64(key)}}],
+        )
+        if ok:
+            return None
+        kvs = responses[0].get("response_range", {}).get("kvs") or [] if responses else []
+        return KeyValue.from_json(kvs[0]) if kvs else None
+
+    async def replace(self, key: bytes, expected: bytes, value: bytes) -> bool:
+        """Writes ``key`` only if it holds ``expected`` now."""
+        ok, _ = await self.txn(
+            [{"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(expected)}],
+            [{"request_put": {"key": b64(key), "value": b64(value)}}],
+            [],
+        )
+        return ok
+
+    async def delete_if(self, key: bytes, expected: bytes) -> bool:
+        """Deletes ``key`` only if it holds ``expected`` now."""
+        ok, _ = await self.txn(
+            [{"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(expected)}],
+            [{"request_delete_range": {"key": b64(key)}}],
+            [],
+        )
+        return ok
+
+    # -- leases --------------------------------------------------------------------------
+
+    async def grant(self, ttl_s: int) -> int:
+        doc = await self.call("/v3/lease/grant", {"TTL": str(ttl_s)})
+        return int(doc["ID"])
+
+    async def keepalive(self, lease: int) -> int:
+        """Refreshes ``lease``; returns its TTL (0: it expired, grant a new one)."""
+        doc = await self.call("/v3/lease/keepalive", {"ID": str(lease)})
+        return int(doc.get("result", {}).get("TTL", 0))
+
+    async def revoke(self, lease: int) -> None:
+        await self.call("/v3/lease/revoke", {"ID": str(lease)})
+
+    # -- watch ---------------------------------------------------------------------------
+
+    async def watch_prefix(
+        self, prefix: bytes, start_revision: int
+    ) -> AsyncIterator[tuple[int, list[WatchEvent]]]:
+        """Batches of events under ``prefix`` from ``start_revision`` on, with the
+        revision each batch was at; reconnects (to any endpoint) from the revision after
+        the last one seen, so nothing is missed or repeated. Runs until cancelled."""
+        next_revision = start_revision
+        backoff = 0.2
+        while True:
+            body = {
+                "create_request": {
+                    "key": b64(prefix),
+                    "range_end": b64(prefix_end(prefix)),
+                    "start_revision": str(next_revision),
+                }
+            }
+            for i in self._order():
+                url = self.endpoints[i] + "/v3/watch"
+                try:
+                    timeout = httpx.Timeout(self.timeout_s, read=None)
+                    async with self._http.stream("POST", url, json=body, timeout=timeout) as resp:
+                        if resp.status_code != 200:
+                            continue
+                        backoff = 0.2
+                        async for line in resp.aiter_lines():
+                            batch = _watch_batch(line)
+                            if batch is None:
+                                continue
+                            revision, events = batch
+                            if events:
+                                next_revision = revision + 1
+                                yield revision, events
+                except (httpx.TransportError, OSError, ssl.SSLError) as exc:
+                    log.debug("etcd.watch_broken", extra=logkv(endpoint=url, error=str(exc)))
+            await trio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+
+def _watch_batch(line: str) -> tuple[int, list[WatchEvent]] | None:
+    line = line.strip()
+    if not line:
+        return None
+    doc = json.loads(line)
+    result = doc.get("result")
+    if not isinstance(result, dict):
+        return None
+    events = [
+        WatchEvent(
+            "delete" if e.get("type") == "DELETE" else "put",
+            KeyValue.from_json(e.get("kv", {})),
+        )
+        for e in result.get("events") or []
+    ]
+    revision = max((e.kv.mod_revision for e in events), default=0)
+    return revision, events

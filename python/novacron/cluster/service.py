@@ -1,0 +1,257 @@
+"""This node's part in the cluster: membership under a lease, VM ownership, the view
+of the other nodes. All cluster state lives in etcd (``docs/cluster.md``).
+
+* ``/novacron/v1/nodes/<node>`` → JSON (address, version, labels, capacity, VM count),
+  written under a lease kept alive by :meth:`ClusterService._membership`; rewritten only
+  when the document changed or every ``refresh_s`` (keepalives are not writes).
+* ``/novacron/v1/vms/<tenant>/<name>`` → the owning node's name, written only in
+  transactions: created if absent (a name is claimed once, cluster-wide), removed only
+  by its owner.
+
+etcd being away never stops local work: a claim or release that cannot reach it is
+deferred, and when etcd answers again the node registers anew and re-claims what it
+holds (reporting any VM another node claimed meanwhile as a conflict).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from typing import Any
+
+import trio
+
+from novacron import __version__, errors
+from novacron.cluster.etcd import EtcdClient, KeyValue
+from novacron.config import Config
+from novacron.eventbus import EventBus
+from novacron.logs import kv
+from novacron.vm.service import VmService
+
+log = logging.getLogger("novacron.cluster")
+
+NODES = b"/novacron/v1/nodes/"
+VMS = b"/novacron/v1/vms/"
+
+
+def vm_key(tenant: str, name: str) -> bytes:
+    return VMS + f"{tenant}/{name}".encode()
+
+
+class ClusterService:
+    def __init__(self, config: Config, vms: VmService, bus: EventBus, etcd: EtcdClient) -> None:
+        self.config = config
+        self.vms = vms
+        self.bus = bus
+        self.etcd = etcd
+        self.node = config.node_name
+        self.lease = 0
+        self.connected = False
+        self.registered_at = 0.0
+        self.nodes: dict[str, dict[str, Any]] = {}  # up, as the watch saw them
+        self.down: dict[str, float] = {}  # node -> when its registration vanished
+        self.conflicts: dict[str, str] = {}  # "tenant/name" -> the other owner
+        self._changed = trio.Event()
+
+    # -- the node's registration ---------------------------------------------------------
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "node": self.node,
+            "address": self.config.tls_listen,
+            "version": __version__,
+            "labels": self.config.labels,
+            "capacity": self.vms.placement.report(),
+            "vms": len(self.vms.managed),
+        }
+
+    def changed(self) -> None:
+        """Something the registration shows changed (a VM came or went)."""
+        self._changed.set()
+
+    async def _register(self) -> dict[str, Any]:
+        doc = self.document()
+        body = json.dumps({**doc, "updated_at": time.time()}, sort_keys=True).encode()
+        await self.etcd.put(NODES + self.node.encode(), body, self.lease)
+        self.registered_at = time.monotonic()
+        return doc
+
+    async def _membership(self) -> None:
+        ttl = self.config.cluster_lease_ttl_s
+        backoff = 0.5
+        while True:
+            try:
+                self.lease = await self.etcd.grant(ttl)
+                published = await self._register()
+                await self._reclaim()
+                if not self.connected:
+                    log.info("cluster.registered", extra=kv(node=self.node, lease=self.lease))
+                self.connected, backoff = True, 0.5
+                while True:
+                    with trio.move_on_after(ttl / 3):
+                        await self._changed.wait()
+                    self._changed = trio.Event()
+                    if await self.etcd.keepalive(self.lease) == 0:
+                        log.warning("cluster.lease_expired", extra=kv(node=self.node))
+                        break  # register again under a new lease
+                    due = time.monotonic() - self.registered_at >= self.config.cluster_refresh_s
+                    if due or self.document() != published:
+                        published = await self._register()
+            except errors.Unavailable as exc:
+                if self.connected:
+                    log.error("cluster.unreachable", extra=kv(error=exc.message))
+                self.connected = False
+                await trio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    # -- ownership -----------------------------------------------------------------------
+
+    async def claim(self, tenant: str, name: str) -> None:
+        """Claims ``name`` for this node (``already_exists`` if another node owns it).
+        With etcd away the claim is deferred to the next reconnect."""
+        if not self.connected:
+            log.warning("cluster.claim_deferred", extra=kv(vm=name, tenant=tenant))
+            return
+        try:
+            held = await self.etcd.create(vm_key(tenant, name), self.node.encode())
+        except errors.Unavailable:
+            log.warning("cluster.claim_deferred", extra=kv(vm=name, tenant=tenant))
+            return
+        if held is not None and held.value.decode() != self.node:
+            raise errors.AlreadyExists(
+                f"vm {name!r} of tenant {tenant!r} exists on node {held.value.decode()!r}",
+                {"vm": name, "node": held.value.decode()},
+            )
+        self.changed()
+
+    async def release(self, tenant: str, name: str) -> None:
+        """Gives ``name`` up if this node owns it (deferred when etcd is away)."""
+        self.changed()
+        if not self.connected:
+            return
+        try:
+            await self.etcd.delete_if(vm_key(tenant, name), self.node.encode())
+        except errors.Unavailable:
+            log.warning("cluster.release_deferred", extra=kv(vm=name, tenant=tenant))
+
+    async def arrived(self, tenant: str, name: str, source: str) -> None:
+        """A VM migrated here from ``source``: ownership moves to this node (from the
+        source only; deferred to the next reconnect when etcd is away)."""
+        self.changed()
+        if not self.connected:
+            return
+        key = vm_key(tenant, name)
+        try:
+            if not await self.etcd.replace(key, source.encode(), self.node.encode()):
+                held = await self.etcd.create(key, self.node.encode())
+                if held is not None and held.value != self.node.encode():
+                    log.error("cluster.conflict", extra=kv(vm=name, other_node=held.value.decode()))
+        except errors.Unavailable:
+            log.warning("cluster.transfer_deferred", extra=kv(vm=name, source=source))
+
+    async def _reclaim(self) -> None:
+        """After (re)connecting: claim every local VM, drop claims of VMs gone from here."""
+        local = {f"{r.tenant}/{r.name}": r for r in await self.vms.records.all()}
+        owned, _ = await self.etcd.get_prefix(VMS)
+        mine = {kv_.key[len(VMS) :].decode() for kv_ in owned if kv_.value == self.node.encode()}
+        conflicts: dict[str, str] = {}
+        for key, rec in local.items():
+            if key in mine:
+                continue
+            held = await self.etcd.create(vm_key(rec.tenant, rec.name), self.node.encode())
+            if held is not None and held.value != self.node.encode():
+                conflicts[key] = held.value.decode()
+        for key in mine - set(local):
+            tenant, _, name = key.partition("/")
+            await self.etcd.delete_if(vm_key(tenant, name), self.node.encode())
+        for key, other in conflicts.items():
+            if key not in self.conflicts:
+                log.error("cluster.conflict", extra=kv(vm=key, other_node=other))
+                self.bus.publish(
+                    {
+                        "topic": "cluster.conflict",
+                        "tenant": key.partition("/")[0],
+                        "vm": key.partition("/")[2],
+                        "node": self.node,
+                        "other_node": other,
+                    }
+                )
+        self.conflicts = conflicts
+
+    # -- the other nodes -----------------------------------------------------------------
+
+    async def list_nodes(self) -> list[dict[str, Any]]:
+        found, _ = await self.etcd.get_prefix(NODES)
+        up = [dict(json.loads(k.value), state="up") for k in found]
+        names = {n["node"] for n in up}
+        down = [
+            {"node": n, "state": "down", "down_since": t}
+            for n, t in sorted(self.down.items())
+            if n not in names
+        ]
+        return sorted(up, key=lambda n: str(n["node"])) + down
+
+    async def status(self) -> dict[str, Any]:
+        """This node's standing in the cluster (``revision``: etcd's, read now)."""
+        return {
+            "node": self.node,
+            "connected": self.connected,
+            "lease": self.lease,
+            "lease_ttl_s": self.config.cluster_lease_ttl_s,
+            "endpoints": self.etcd.endpoints,
+            "revision": await self.etcd.revision(),
+            "conflicts": [{"vm": k, "other_node": v} for k, v in sorted(self.conflicts.items())],
+        }
+
+    async def list_vms(self) -> list[dict[str, Any]]:
+        found, _ = await self.etcd.get_prefix(VMS)
+        out = []
+        for item in found:
+            tenant, _, name = item.key[len(VMS) :].decode().partition("/")
+            out.append({"tenant": tenant, "name": name, "node": item.value.decode()})
+        return out
+
+    def _seen(self, item: KeyValue, deleted: bool) -> None:
+        node = item.key[len(NODES) :].decode()
+        if deleted:
+            if self.nodes.pop(node, None) is not None or node not in self.down:
+                self.down[node] = time.time()
+                log.warning("cluster.node_down", extra=kv(node=node))
+                self.bus.publish({"topic": "cluster.node", "node": node, "state": "down"})
+            return
+        doc = json.loads(item.value)
+        if node not in self.nodes:
+            self.down.pop(node, None)
+            log.info("cluster.node_up", extra=kv(node=node))
+            self.bus.publish({"topic": "cluster.node", "node": node, "state": "up"})
+        self.nodes[node] = doc
+
+    async def _watch_nodes(self) -> None:
+        while True:
+            try:
+                found, revision = await self.etcd.get_prefix(NODES)
+                break
+            except errors.Unavailable:
+                await trio.sleep(1)
+        for item in found:
+            self.nodes[item.key[len(NODES) :].decode()] = json.loads(item.value)
+        async for _, events in self.etcd.watch_prefix(NODES, revision + 1):
+            for event in events:
+                self._seen(event.kv, event.kind == "delete")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Registers and watches in the background: the daemon never waits for etcd."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._membership)
+            nursery.start_soon(self._watch_nodes)
+            task_status.started()
+            await trio.sleep(math.inf)
+
+    async def close(self) -> None:
+        with trio.move_on_after(2), contextlib.suppress(errors.Unavailable):
+            if self.connected and self.lease:
+                await self.etcd.revoke(self.lease)  # a clean stop: down at once
+        await self.etcd.aclose()

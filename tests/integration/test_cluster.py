@@ -1,0 +1,224 @@
+"""The cluster tier against a real three-member etcd cluster (mutual TLS, certificates
+from NovaCron's CA) and real daemons (libvirt's test driver) registered in it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from novacron import errors
+from tests.daemon_harness import Daemon
+from tests.etcd_harness import EtcdCluster
+from tests.pki_harness import Pki, free_port
+
+TTL_S = 3
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki.create(tmp_path / "pki")
+
+
+@pytest.fixture
+def etcd(tmp_path: Path, pki: Pki) -> Iterator[EtcdCluster]:
+    cluster = EtcdCluster.start(tmp_path / "etcd", pki.ca)
+    yield cluster
+    cluster.stop()
+
+
+def node_daemon(tmp_path: Path, pki: Pki, etcd: EtcdCluster, name: str) -> Daemon:
+    certs = pki.root / "certs"
+    if not (certs / f"{name}.crt").exists():
+        pki.ca.issue(name, "node", certs, node=True, addresses=("127.0.0.1",))
+    return Daemon(
+        socket=tmp_path / name / "novacrond.sock",
+        state_dir=tmp_path / name / "state",
+        log=tmp_path / name / "novacrond.log",
+        extra=[
+            *("--node-name", name),
+            *("--tls-listen", f"127.0.0.1:{free_port()}"),
+            *("--tls-cert", str(certs / f"{name}.crt"), "--tls-key", str(certs / f"{name}.key")),
+            *("--tls-ca", str(pki.ca.dir / "ca.crt")),
+            *("--cluster-etcd-endpoints", etcd.endpoints),
+            *("--cluster-lease-ttl-s", str(TTL_S)),
+            *("--cluster-timeout-s", "1"),
+            *("--cluster-labels", f"zone=z-{name}"),
+        ],
+    )
+
+
+@pytest.fixture
+def pair(tmp_path: Path, pki: Pki, etcd: EtcdCluster) -> Iterator[tuple[Daemon, Daemon]]:
+    one = node_daemon(tmp_path, pki, etcd, "node1").start()
+    two = node_daemon(tmp_path, pki, etcd, "node2").start()
+    yield one, two
+    for d in (one, two):
+        d.stop()
+        assert "Traceback" not in d.log_text(), d.log_text()
+
+
+def eventually(check: Callable[[], Any], what: str, timeout: float = 15) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except errors.Unavailable as exc:
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def states(d: Daemon) -> dict[str, str]:
+    with d.client() as c:
+        return {n["node"]: n["state"] for n in c.call("cluster.nodes")}
+
+
+def vm_counts(d: Daemon) -> dict[str, int]:
+    with d.client() as c:
+        return {n["node"]: n["vms"] for n in c.call("cluster.nodes")}
+
+
+def owners(d: Daemon) -> dict[str, str]:
+    with d.client() as c:
+        return {f"{v['tenant']}/{v['name']}": v["node"] for v in c.call("cluster.vms")}
+
+
+def test_nodes_register_with_their_capacity(pair: tuple[Daemon, Daemon]) -> None:
+    one, two = pair
+    eventually(lambda: states(one) == {"node1": "up", "node2": "up"}, "both nodes up")
+    with two.client() as c:
+        nodes = {n["node"]: n for n in c.call("cluster.nodes")}
+    assert nodes["node1"]["labels"] == {"zone": "z-node1"}
+    assert nodes["node1"]["address"].startswith("127.0.0.1:")
+    assert nodes["node1"]["capacity"]["nodes"], nodes["node1"]["capacity"]
+    with one.client() as c:
+        c.call("vm.create", name="v1", memory_mib=64)
+    eventually(lambda: vm_counts(two)["node1"] == 1, "the registration to show the new VM")
+
+
+def test_a_name_is_claimed_once_cluster_wide(pair: tuple[Daemon, Daemon]) -> None:
+    one, two = pair
+    eventually(lambda: len(states(one)) == 2, "both nodes registered")
+    for round_ in range(20):
+        name = f"race{round_}"
+        outcome: dict[str, str] = {}
+
+        def create(
+            d: Daemon, node: str, name: str = name, outcome: dict[str, str] = outcome
+        ) -> None:
+            with d.client() as c:
+                try:
+                    c.call("vm.create", name=name, memory_mib=64)
+                    outcome[node] = "ok"
+                except errors.AlreadyExists:
+                    outcome[node] = "already_exists"
+
+        threads = [
+            threading.Thread(target=create, args=(one, "node1")),
+            threading.Thread(target=create, args=(two, "node2")),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcome.values()) == ["already_exists", "ok"], outcome
+        winner = next(n for n, o in outcome.items() if o == "ok")
+        assert owners(one)[f"default/{name}"] == winner
+        loser = two if winner == "node1" else one
+        with loser.client() as c:
+            assert name not in [v["name"] for v in c.call("vm.list")]
+    # a delete gives the name back
+    with one.client() as c:
+        mine = [v["name"] for v in c.call("vm.list")]
+        c.call("vm.delete", name=mine[0])
+    assert f"default/{mine[0]}" not in owners(two)
+    with two.client() as c:
+        c.call("vm.create", name=mine[0], memory_mib=64)
+    assert owners(one)[f"default/{mine[0]}"] == "node2"
+
+
+def test_a_killed_node_is_reported_down_and_comes_back(
+    tmp_path: Path, pki: Pki, etcd: EtcdCluster, pair: tuple[Daemon, Daemon]
+) -> None:
+    one, two = pair
+    eventually(lambda: len(states(one)) == 2, "both nodes registered")
+    with two.client() as c:
+        c.call("vm.create", name="kept", memory_mib=64)
+    with one.client(timeout=30) as watcher:
+        stream = watcher.events(["cluster.node"])
+        killed = time.monotonic()
+        two.signal(signal.SIGKILL)
+        two.wait()
+        event = next(stream)
+        took = time.monotonic() - killed
+    assert event == {"topic": "cluster.node", "node": "node2", "state": "down"}
+    assert took <= TTL_S + 2, took
+    assert states(one)["node2"] == "down"
+    two.start()
+    eventually(lambda: states(one).get("node2") == "up", "node2 back up")
+    assert owners(one)["default/kept"] == "node2"
+
+
+def test_etcd_losing_members(pair: tuple[Daemon, Daemon], etcd: EtcdCluster) -> None:
+    one, two = pair
+    eventually(lambda: len(states(one)) == 2, "both nodes registered")
+    etcd.kill(etcd.members[0])
+    eventually(lambda: states(one) == {"node1": "up", "node2": "up"}, "one member down: fine")
+    with one.client() as c:
+        c.call("vm.create", name="during1", memory_mib=64)
+    assert owners(two)["default/during1"] == "node1"
+
+    etcd.kill(etcd.members[1])  # no quorum
+    with one.client() as c:
+        started = time.monotonic()
+        with pytest.raises(errors.Unavailable):
+            c.call("cluster.nodes")
+        assert time.monotonic() - started < 10  # fails fast
+        # local work goes on; the claim is made when etcd is back
+        c.call("vm.create", name="during2", memory_mib=64)
+        assert "during2" in [v["name"] for v in c.call("vm.list")]
+    for m in etcd.members[:2]:
+        etcd.restart(m)
+    etcd.wait_healthy()
+    eventually(lambda: owners(two).get("default/during2") == "node1", "the deferred claim")
+    eventually(lambda: states(two) == {"node1": "up", "node2": "up"}, "both registered again")
+
+
+def test_cli_and_a_quiet_cluster_writes_nothing(pair: tuple[Daemon, Daemon]) -> None:
+    one, two = pair
+    eventually(lambda: len(states(one)) == 2, "both nodes registered")
+    with one.client() as c:
+        c.call("vm.create", name="web1", memory_mib=64, tenant="acme")
+    env = {**os.environ, "COLUMNS": "200"}
+    run = [sys.executable, "-m", "novacron.cli.main", "--socket", str(two.socket)]
+    nodes = subprocess.run([*run, "cluster", "nodes"], capture_output=True, text=True, env=env)
+    assert nodes.returncode == 0, nodes.stderr
+    assert "node1" in nodes.stdout and "zone=z-node2" in nodes.stdout and "up" in nodes.stdout
+    vms = subprocess.run(
+        [*run, "--json", "cluster", "vms", "--tenant", "acme"], capture_output=True, text=True
+    )
+    assert json.loads(vms.stdout) == [{"tenant": "acme", "name": "web1", "node": "node1"}]
+    # nothing changes: leases are kept alive, but no key is written (the revision stands)
+    time.sleep(TTL_S)  # the VM count above has been published by now
+    before = revision(one)
+    time.sleep(2 * TTL_S)
+    assert revision(one) == before
+
+
+def revision(d: Daemon) -> int:
+    with d.client() as c:
+        return int(c.call("cluster.status")["revision"])
