@@ -162,6 +162,7 @@ async def serve(config: Config) -> None:
             etcd = EtcdClient(config.etcd_endpoints, etcd_context(config), config.cluster_timeout_s)
             services.cluster = ClusterService(config, vms, bus, etcd)
             vms.ownership = services.cluster
+            registry.forwarder = services.cluster.forward
 
         passed = systemd.listen_fds()
         sock = passed[0] if passed else bind_unix(config.socket, config.socket_group)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from novacron import errors
+from novacron.client import SyncClient
 from tests.daemon_harness import Daemon
 from tests.etcd_harness import EtcdCluster
 from tests.pki_harness import Pki, free_port
@@ -213,7 +214,7 @@ def test_cli_and_a_quiet_cluster_writes_nothing(pair: tuple[Daemon, Daemon]) -> 
     )
     assert json.loads(vms.stdout) == [{"tenant": "acme", "name": "web1", "node": "node1"}]
     # nothing changes: leases are kept alive, but no key is written (the revision stands)
-    time.sleep(TTL_S)  # the VM count above has been published by now
+    eventually(lambda: vm_counts(two)["node1"] == 1, "the VM count published")
     before = revision(one)
     time.sleep(2 * TTL_S)
     assert revision(one) == before
@@ -222,3 +223,46 @@ def test_cli_and_a_quiet_cluster_writes_nothing(pair: tuple[Daemon, Daemon]) -> 
 def revision(d: Daemon) -> int:
     with d.client() as c:
         return int(c.call("cluster.status")["revision"])
+
+
+def tls_address(d: Daemon) -> str:
+    return d.extra[d.extra.index("--tls-listen") + 1]
+
+
+def test_calls_about_a_vm_of_another_node_are_forwarded(
+    pki: Pki, pair: tuple[Daemon, Daemon]
+) -> None:
+    one, two = pair
+    eventually(lambda: len(states(one)) == 2, "both nodes registered")
+    with one.client() as c:
+        c.call("vm.create", name="shop", memory_mib=64, tenant="acme")
+    users = {
+        "viewer-acme": ("viewer", ("acme",)),
+        "viewer-globex": ("viewer", ("globex",)),
+        "op-acme": ("operator", ("acme",)),
+    }
+    files = {u: pki.issue(u, role, tenants) for u, (role, tenants) in users.items()}
+
+    def via_two(user: str) -> SyncClient:
+        return SyncClient.tls(tls_address(two), files[user], timeout=30, server_name="node2")
+
+    with via_two("viewer-acme") as c:
+        got = c.call("vm.get", name="shop")
+        assert (got["name"], got["tenant"]) == ("shop", "acme")
+        with pytest.raises(errors.PermissionDenied):
+            c.call("vm.start", name="shop")  # re-checked on node1: a viewer may not
+    with via_two("viewer-globex") as c, pytest.raises(errors.NotFound):
+        c.call("vm.get", name="shop")  # another tenant's VM does not exist for it
+    with via_two("op-acme") as c:
+        assert c.call("vm.start", name="shop")["state"] == "running"
+        with pytest.raises(errors.Conflict):
+            c.call("vm.resume", name="shop")  # node1's own refusal comes back as is
+        with pytest.raises(errors.NotFound):
+            c.call("vm.get", name="nowhere")
+        with pytest.raises(errors.PermissionDenied):  # only nodes forward
+            c.call("cluster.forward", call="vm.get", params={"name": "shop"}, identity={})
+    with one.client() as c:
+        assert c.call("vm.get", name="shop")["state"] == "running"
+        audit = c.call("audit.tail", limit=20)
+        started = [e for e in audit if e["method"] == "vm.start" and e["outcome"] == "ok"]
+        assert started[-1]["principal"] == "forwarded:op-acme@node2"

@@ -77,3 +77,40 @@ def test_duplicate_registration_is_refused() -> None:
     reg = registry()
     with pytest.raises(ValueError, match="twice"):
         reg.method("vm.get")(lambda ctx, p: None)  # type: ignore[arg-type,return-value]
+
+
+@pytest.mark.trio
+async def test_a_vm_this_node_lacks_goes_to_the_forwarder_once() -> None:
+    reg = registry()
+
+    @reg.method("vm.start")
+    async def start(ctx: CallContext, p: Params) -> Any:
+        """Start."""
+        name = p.name()
+        raise errors.NotFound(f"vm {name!r} not found", {"vm": name})
+
+    asked: list[tuple[str, dict[str, Any], bool]] = []
+
+    async def forwarder(ctx: CallContext, method: str, params: dict[str, Any]) -> Any:
+        asked.append((method, params, ctx.forwarded))
+        if params["name"] == "elsewhere":
+            return True, {"name": "elsewhere", "state": "running"}
+        return False, None
+
+    reg.forwarder = forwarder
+    ctx = CallContext(ADMIN)
+    error, result = await reg.call(ctx, Request(1, "vm.start", [{"name": "elsewhere"}]))
+    assert error is None and result == {"name": "elsewhere", "state": "running"}
+    error, _ = await reg.call(ctx, Request(2, "vm.start", [{"name": "nowhere"}]))
+    assert error is not None and error["code"] == "not_found"
+    # a NotFound that is not about a VM, and calls that came forwarded, stay local
+    error, _ = await reg.call(ctx, Request(3, "vm.get", [{"name": "ghost"}]))
+    assert error is not None and error["code"] == "not_found"
+    inner = CallContext(ADMIN)
+    inner.forwarded = True
+    error, _ = await reg.call(inner, Request(4, "vm.start", [{"name": "elsewhere"}]))
+    assert error is not None and error["code"] == "not_found"
+    assert asked == [
+        ("vm.start", {"name": "elsewhere"}, False),
+        ("vm.start", {"name": "nowhere"}, False),
+    ]

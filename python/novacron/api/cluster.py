@@ -10,9 +10,31 @@ from typing import Any
 
 from novacron import errors
 from novacron.api.services import Services
+from novacron.auth import policy
+from novacron.auth.identity import Identity
 from novacron.cluster.service import ClusterService
+from novacron.rpc.codec import Request
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
+
+
+def forwarded_identity(caller: dict[str, Any], via: str) -> Identity:
+    """The original caller, as the forwarding node vouches for it."""
+    user, roles, tenants = caller.get("user"), caller.get("roles"), caller.get("tenants", [])
+    if not isinstance(user, str) or not user or len(user) > 256:
+        raise errors.InvalidParams("identity.user must be a name", {"param": "identity"})
+    if not isinstance(roles, list) or not all(r in policy.ROLES for r in roles):
+        raise errors.InvalidParams("identity.roles must list known roles", {"param": "identity"})
+    if tenants is not None and not (
+        isinstance(tenants, list) and all(isinstance(t, str) for t in tenants)
+    ):
+        raise errors.InvalidParams("identity.tenants must be a list or nil", {"param": "identity"})
+    return Identity(
+        kind="forwarded",
+        user=f"{user}@{via}",
+        roles=frozenset(roles),
+        tenants=None if tenants is None else frozenset(tenants),
+    )
 
 
 def register(registry: Registry, services: Services) -> None:
@@ -32,6 +54,24 @@ def register(registry: Registry, services: Services) -> None:
         """This node's registration and lease, etcd's revision, ownership conflicts."""
         p.done()
         return await cluster().status()
+
+    @registry.method("cluster.forward")
+    async def forward(ctx: CallContext, p: Params) -> Any:
+        """[node] A call about a VM of this node, made by another node on behalf of its
+        caller: run as that caller (authorisation and tenant scoping apply to it)."""
+        method = p.text("call", max_len=64)
+        params = p.mapping("params")
+        caller = p.mapping("identity")
+        p.done()
+        if method not in policy.FORWARDABLE:
+            raise errors.InvalidParams(f"{method!r} is not forwarded", {"param": "call"})
+        identity = forwarded_identity(caller, ctx.identity.user)
+        inner = CallContext(identity, ctx.bus)
+        inner.forwarded = True
+        error, result = await registry.call(inner, Request(0, method, [params]))
+        if error is not None:
+            raise errors.from_wire(error)
+        return result
 
     @registry.method("cluster.vms")
     async def vms(ctx: CallContext, p: Params) -> list[dict[str, Any]]:

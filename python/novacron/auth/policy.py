@@ -71,7 +71,29 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "cluster.nodes": READ,
     "cluster.vms": READ,
     "cluster.status": READ,
+    "cluster.forward": NODE,
 }
+
+# calls about one VM by name that a node forwards to the VM's owner in a cluster
+FORWARDABLE: Final = frozenset(
+    {
+        "vm.get",
+        "vm.start",
+        "vm.stop",
+        "vm.pause",
+        "vm.resume",
+        "vm.reboot",
+        "vm.shutdown",
+        "vm.delete",
+        "vm.snapshot.create",
+        "vm.snapshot.list",
+        "vm.snapshot.revert",
+        "vm.snapshot.delete",
+        "vm.nic.attach",
+        "vm.nic.detach",
+        "vm.migrate",
+    }
+)
 
 ROLE_GRANTS: Final[dict[str, frozenset[str]]] = {
     "admin": frozenset({PUBLIC, READ, WRITE, ADMIN, NODE}),
@@ -87,6 +109,7 @@ CHANGING: Final = frozenset(
     {m for m, p in METHOD_PERMISSIONS.items() if p == WRITE}
     | {"auth.bind", "auth.unbind", "tls.reload", "quota.set"}
     | {"migration.prepare", "migration.abort"}
+    # (cluster.forward is audited on the owning node as the call it carries)
 )
 
 

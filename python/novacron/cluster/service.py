@@ -20,15 +20,18 @@ import json
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import trio
 
 from novacron import __version__, errors
+from novacron.client import TlsFiles, connect_tls
 from novacron.cluster.etcd import EtcdClient, KeyValue
 from novacron.config import Config
 from novacron.eventbus import EventBus
 from novacron.logs import kv
+from novacron.rpc.dispatch import CallContext
 from novacron.vm.service import VmService
 
 log = logging.getLogger("novacron.cluster")
@@ -55,13 +58,15 @@ class ClusterService:
         self.down: dict[str, float] = {}  # node -> when its registration vanished
         self.conflicts: dict[str, str] = {}  # "tenant/name" -> the other owner
         self._changed = trio.Event()
+        self._deferred = False  # a claim, release or transfer is waiting for etcd
+        self._transfers: dict[str, str] = {}  # "tenant/name" -> source node, not yet moved
 
     # -- the node's registration ---------------------------------------------------------
 
     def document(self) -> dict[str, Any]:
         return {
             "node": self.node,
-            "address": self.config.tls_listen,
+            "address": self.advertised(),
             "version": __version__,
             "labels": self.config.labels,
             "capacity": self.vms.placement.report(),
@@ -86,6 +91,7 @@ class ClusterService:
             try:
                 self.lease = await self.etcd.grant(ttl)
                 published = await self._register()
+                self._deferred = False
                 await self._reclaim()
                 if not self.connected:
                     log.info("cluster.registered", extra=kv(node=self.node, lease=self.lease))
@@ -97,6 +103,9 @@ class ClusterService:
                     if await self.etcd.keepalive(self.lease) == 0:
                         log.warning("cluster.lease_expired", extra=kv(node=self.node))
                         break  # register again under a new lease
+                    if self._deferred:  # etcd failed a call but never dropped this node
+                        self._deferred = False
+                        await self._reclaim()
                     due = time.monotonic() - self.registered_at >= self.config.cluster_refresh_s
                     if due or self.document() != published:
                         published = await self._register()
@@ -113,12 +122,12 @@ class ClusterService:
         """Claims ``name`` for this node (``already_exists`` if another node owns it).
         With etcd away the claim is deferred to the next reconnect."""
         if not self.connected:
-            log.warning("cluster.claim_deferred", extra=kv(vm=name, tenant=tenant))
+            self._defer("claim", name)
             return
         try:
             held = await self.etcd.create(vm_key(tenant, name), self.node.encode())
         except errors.Unavailable:
-            log.warning("cluster.claim_deferred", extra=kv(vm=name, tenant=tenant))
+            self._defer("claim", name)
             return
         if held is not None and held.value.decode() != self.node:
             raise errors.AlreadyExists(
@@ -131,17 +140,26 @@ class ClusterService:
         """Gives ``name`` up if this node owns it (deferred when etcd is away)."""
         self.changed()
         if not self.connected:
+            self._defer("release", name)
             return
         try:
             await self.etcd.delete_if(vm_key(tenant, name), self.node.encode())
         except errors.Unavailable:
-            log.warning("cluster.release_deferred", extra=kv(vm=name, tenant=tenant))
+            self._defer("release", name)
+
+    def _defer(self, what: str, name: str) -> None:
+        """etcd did not take a change of ownership: the next reclaim makes it."""
+        log.warning(f"cluster.{what}_deferred", extra=kv(vm=name))
+        self._deferred = True
+        self._changed.set()
 
     async def arrived(self, tenant: str, name: str, source: str) -> None:
         """A VM migrated here from ``source``: ownership moves to this node (from the
         source only; deferred to the next reconnect when etcd is away)."""
         self.changed()
+        self._transfers[f"{tenant}/{name}"] = source
         if not self.connected:
+            self._defer("transfer", name)
             return
         key = vm_key(tenant, name)
         try:
@@ -150,11 +168,15 @@ class ClusterService:
                 if held is not None and held.value != self.node.encode():
                     log.error("cluster.conflict", extra=kv(vm=name, other_node=held.value.decode()))
         except errors.Unavailable:
-            log.warning("cluster.transfer_deferred", extra=kv(vm=name, source=source))
+            self._defer("transfer", name)
 
     async def _reclaim(self) -> None:
         """After (re)connecting: claim every local VM, drop claims of VMs gone from here."""
         local = {f"{r.tenant}/{r.name}": r for r in await self.vms.records.all()}
+        for key, source in list(self._transfers.items()):  # migrations that arrived meanwhile
+            tenant, _, name = key.partition("/")
+            await self.etcd.replace(vm_key(tenant, name), source.encode(), self.node.encode())
+            self._transfers.pop(key, None)
         owned, _ = await self.etcd.get_prefix(VMS)
         mine = {kv_.key[len(VMS) :].decode() for kv_ in owned if kv_.value == self.node.encode()}
         conflicts: dict[str, str] = {}
@@ -193,6 +215,60 @@ class ClusterService:
             if n not in names
         ]
         return sorted(up, key=lambda n: str(n["node"])) + down
+
+    def advertised(self) -> str:
+        """Where other nodes reach this one (the TLS listener; a wildcard host is
+        replaced by the node's name)."""
+        host, _, port = self.config.tls_listen.rpartition(":")
+        if host in ("", "0.0.0.0", "::", "[::]"):  # noqa: S104 - comparing, not binding
+            host = self.node
+        return f"{host}:{port}" if port else ""
+
+    async def forward(
+        self, ctx: CallContext, method: str, params: dict[str, Any]
+    ) -> tuple[bool, Any]:
+        """Sends a call about a VM this node does not have to the node that owns it,
+        with the caller's identity (re-checked there). (False, None): no node has a VM
+        of that name in a tenant the caller sees."""
+        name = params.get("vm" if method.startswith(("vm.snapshot.", "vm.nic.")) else "name")
+        if not isinstance(name, str):
+            return False, None
+        owners = [
+            vm
+            for vm in await self.list_vms()
+            if vm["name"] == name and vm["node"] != self.node and ctx.identity.sees(vm["tenant"])
+        ]
+        if not owners:
+            return False, None
+        if len(owners) > 1:
+            raise errors.Conflict(
+                f"several VMs named {name!r} in your tenants; call their nodes directly",
+                {"vm": name, "nodes": sorted(o["node"] for o in owners)},
+            )
+        node = owners[0]["node"]
+        record = await self.etcd.get(NODES + node.encode())
+        if record is None:
+            raise errors.Unavailable(
+                f"vm {name!r} is on node {node!r}, which is down", {"node": node}
+            )
+        address = json.loads(record.value).get("address")
+        if not address:
+            raise errors.Unavailable(f"node {node!r} publishes no address", {"node": node})
+        files = TlsFiles(
+            Path(self.config.tls_cert), Path(self.config.tls_key), Path(self.config.tls_ca)
+        )
+        log.info("cluster.forward", extra=kv(method=method, vm=name, node=node))
+        refused: errors.NovaCronError | None = None
+        async with connect_tls(address, files, server_name=node) as peer:
+            try:
+                result = await peer.call(
+                    "cluster.forward", call=method, params=params, identity=ctx.identity.to_wire()
+                )
+            except errors.NovaCronError as exc:  # raised out here, not through the nursery
+                refused = exc
+        if refused is not None:
+            raise refused
+        return True, result
 
     async def status(self) -> dict[str, Any]:
         """This node's standing in the cluster (``revision``: etcd's, read now)."""

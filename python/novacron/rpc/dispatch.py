@@ -54,9 +54,12 @@ class CallContext:
         self.bus = bus
         self._shared = _shared or _ConnectionState()
         self.tenant: str | None = None  # the tenant a call acted on (for the audit log)
+        self.forwarded = False  # the call came from another node on a caller's behalf
 
     def for_call(self) -> CallContext:
-        return CallContext(self.identity, self.bus, self._shared)
+        ctx = CallContext(self.identity, self.bus, self._shared)
+        ctx.forwarded = self.forwarded
+        return ctx
 
     @property
     def subscription(self) -> Subscription | None:
@@ -76,6 +79,9 @@ class CallContext:
 
 
 Handler = Callable[[CallContext, Params], Awaitable[Any]]
+# answers a call about a VM this node does not have: (True, result) if the node that owns
+# it answered, (False, None) if no node does
+Forwarder = Callable[[CallContext, str, dict[str, Any]], Awaitable[tuple[bool, Any]]]
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ class Registry:
         self.methods: dict[str, Method] = {}
         self.audit: AuditLog | None = None
         self.limiter: RateLimiter | None = None
+        self.forwarder: Forwarder | None = None
 
     def method(self, name: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
@@ -128,7 +135,22 @@ class Registry:
                 )
             policy.authorize(ctx.identity, request.method)
             params = Params(named_params(request.params))
-            result = await method.handler(ctx, params)
+            try:
+                result = await method.handler(ctx, params)
+            except errors.NotFound as exc:
+                # a VM of another node: that node answers (with the caller's identity)
+                if (
+                    self.forwarder is None
+                    or ctx.forwarded
+                    or request.method not in policy.FORWARDABLE
+                    or "vm" not in exc.details
+                ):
+                    raise
+                found, result = await self.forwarder(
+                    ctx, request.method, named_params(request.params)
+                )
+                if not found:
+                    raise
         except errors.NovaCronError as exc:
             if isinstance(exc, errors.PermissionDenied | errors.Internal):
                 log.warning(
