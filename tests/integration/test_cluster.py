@@ -266,3 +266,39 @@ def test_calls_about_a_vm_of_another_node_are_forwarded(
         audit = c.call("audit.tail", limit=20)
         started = [e for e in audit if e["method"] == "vm.start" and e["outcome"] == "ok"]
         assert started[-1]["principal"] == "forwarded:op-acme@node2"
+
+
+def placeable_mib(d: Daemon, node: str) -> int:
+    with d.client() as c:
+        doc = {n["node"]: n for n in c.call("cluster.nodes")}[node]
+    return sum(n["memory_placeable_mib"] for n in doc["capacity"]["nodes"])
+
+
+def test_create_on_the_roomiest_node(pair: tuple[Daemon, Daemon]) -> None:
+    one, two = pair
+    eventually(lambda: len(states(one)) == 2, "both nodes registered")
+    room = placeable_mib(one, "node1")
+    assert room == placeable_mib(one, "node2") > 1024
+    # node1 gets a big VM: node2 is now the roomier one
+    with one.client() as c:
+        c.call("vm.create", name="big", memory_mib=room // 2)
+    eventually(lambda: placeable_mib(two, "node1") < room, "node1's smaller room published")
+    with one.client() as c:
+        assert c.call("cluster.place", memory_mib=256)["node"] == "node2"
+        placed = c.call("vm.create", name="auto1", memory_mib=256, node="auto")
+        assert placed["name"] == "auto1"
+        explicit = c.call("vm.create", name="there", memory_mib=64, node="node2")
+        assert explicit["name"] == "there"
+        with pytest.raises(errors.InsufficientResources, match="no node of the cluster"):
+            c.call("vm.create", name="huge", memory_mib=room * 4, node="auto")
+        with pytest.raises(errors.NotFound):
+            c.call("vm.create", name="lost", memory_mib=64, node="node9")
+    found = owners(one)
+    assert (found["default/auto1"], found["default/there"], found["default/big"]) == (
+        "node2",
+        "node2",
+        "node1",
+    )
+    with two.client() as c:
+        assert {"auto1", "there"} <= {v["name"] for v in c.call("vm.list")}
+    assert "default/huge" not in found and "default/lost" not in found

@@ -91,6 +91,9 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("vm.nic.detach", {"vm": "victim"}, "mac"),
     ("cluster.vms", {}, "tenant"),
     ("cluster.vms", {}, "node"),
+    ("cluster.forward", {"params": {}, "identity": {"user": "u", "roles": []}}, "call"),
+    ("cluster.place", {}, "cpu_policy"),
+    ("cluster.place", {}, "memory_policy"),
 ]
 
 

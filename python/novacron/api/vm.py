@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from novacron import errors
 from novacron.api.services import Services
 from novacron.auth.policy import check_tenant
 from novacron.errors import PermissionDenied
@@ -47,6 +48,7 @@ def register(registry: Registry, services: Services) -> None:
     async def create(ctx: CallContext, p: Params) -> dict[str, Any]:
         """Define a VM (and its new disks); start it when ``start`` is true."""
         tenant_given = p.given("tenant")
+        node = p.opt_name("node")  # "auto", a node's name, or this node (absent)
         spec, start = parse_create(p)
         spec = replace(spec, tenant=default_tenant(ctx, tenant_given, spec.tenant))
         ctx.tenant = spec.tenant
@@ -55,6 +57,18 @@ def register(registry: Registry, services: Services) -> None:
                 f"{ctx.identity.user} may not create VMs in tenant {spec.tenant!r}",
                 {"tenant": spec.tenant},
             )
+        if node is not None and node != services.config.node_name:
+            cluster = services.cluster
+            if cluster is None:
+                raise errors.Unavailable(
+                    f"this node is not in a cluster: cannot create on {node!r}", {"node": node}
+                )
+            target = await cluster.choose_node(spec, node)
+            if target != services.config.node_name:
+                params = {k: v for k, v in p.raw().items() if k != "node"}
+                params["tenant"] = spec.tenant
+                result: dict[str, Any] = await cluster.call_on(target, ctx, "vm.create", params)
+                return result
         return await vms.create(spec, start)
 
     @registry.method("quota.get")

@@ -72,6 +72,7 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "cluster.vms": READ,
     "cluster.status": READ,
     "cluster.forward": NODE,
+    "cluster.place": READ,
 }
 
 # calls about one VM by name that a node forwards to the VM's owner in a cluster

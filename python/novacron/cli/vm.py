@@ -91,6 +91,7 @@ def add_commands(groups: Any) -> None:
     create.add_argument(
         "--nic", action="append", type=net.nic_arg, dest="nics", help="NETWORK[:MAC] (repeatable)"
     )
+    create.add_argument("--node", help="in a cluster: 'auto' (the roomiest node) or a node's name")
     create.add_argument("--start", action="store_true", help="boot it right away")
     create.set_defaults(run=run_create)
 
@@ -188,6 +189,7 @@ def run_create(client: SyncClient, args: argparse.Namespace) -> Any:
         memory_policy=args.memory_policy,
         hugepage_kib={"2M": 2048, "1G": 1048576}.get(args.hugepages or ""),
         nics=args.nics,
+        node=args.node,
         start=args.start or None,
     )
     return _show(doc, args)

@@ -26,13 +26,16 @@ from typing import Any
 import trio
 
 from novacron import __version__, errors
+from novacron._core import Placer
 from novacron.client import TlsFiles, connect_tls
+from novacron.cluster import scoring
 from novacron.cluster.etcd import EtcdClient, KeyValue
 from novacron.config import Config
 from novacron.eventbus import EventBus
 from novacron.logs import kv
 from novacron.rpc.dispatch import CallContext
 from novacron.vm.service import VmService
+from novacron.vm.spec import VmSpec
 
 log = logging.getLogger("novacron.cluster")
 
@@ -55,6 +58,8 @@ class ClusterService:
         self.connected = False
         self.registered_at = 0.0
         self.nodes: dict[str, dict[str, Any]] = {}  # up, as the watch saw them
+        # per node: the registration's revision and the engine state rebuilt from it
+        self._placers: dict[str, tuple[int, Placer | None]] = {}
         self.down: dict[str, float] = {}  # node -> when its registration vanished
         self.conflicts: dict[str, str] = {}  # "tenant/name" -> the other owner
         self._changed = trio.Event()
@@ -245,19 +250,22 @@ class ClusterService:
                 f"several VMs named {name!r} in your tenants; call their nodes directly",
                 {"vm": name, "nodes": sorted(o["node"] for o in owners)},
             )
-        node = owners[0]["node"]
+        return True, await self.call_on(owners[0]["node"], ctx, method, params)
+
+    async def call_on(
+        self, node: str, ctx: CallContext, method: str, params: dict[str, Any]
+    ) -> Any:
+        """Runs ``method`` on ``node`` as the caller of ``ctx`` (``cluster.forward``)."""
         record = await self.etcd.get(NODES + node.encode())
         if record is None:
-            raise errors.Unavailable(
-                f"vm {name!r} is on node {node!r}, which is down", {"node": node}
-            )
+            raise errors.Unavailable(f"node {node!r} is down", {"node": node})
         address = json.loads(record.value).get("address")
         if not address:
             raise errors.Unavailable(f"node {node!r} publishes no address", {"node": node})
         files = TlsFiles(
             Path(self.config.tls_cert), Path(self.config.tls_key), Path(self.config.tls_ca)
         )
-        log.info("cluster.forward", extra=kv(method=method, vm=name, node=node))
+        log.info("cluster.forward", extra=kv(method=method, node=node))
         refused: errors.NovaCronError | None = None
         async with connect_tls(address, files, server_name=node) as peer:
             try:
@@ -268,7 +276,28 @@ class ClusterService:
                 refused = exc
         if refused is not None:
             raise refused
-        return True, result
+        return result
+
+    async def choose_node(self, spec: VmSpec, wanted: str) -> str:
+        """The node a new VM goes to: ``wanted`` itself (it must be up), or for ``auto``
+        the best-scoring up node (this one included)."""
+        if wanted != "auto":
+            if wanted != self.node and await self.etcd.get(NODES + wanted.encode()) is None:
+                raise errors.NotFound(f"node {wanted!r} is not up in the cluster", {"node": wanted})
+            return wanted
+        node, score = await self.best_node(spec)
+        log.info("cluster.placed", extra=kv(vm=spec.name, node=node, score=round(score, 4)))
+        return node
+
+    async def best_node(self, spec: VmSpec) -> tuple[str, float]:
+        """The up node that places ``spec`` with the most room left, and its score."""
+        if not self.connected:
+            raise errors.Unavailable("etcd is unreachable: no cluster-wide placement")
+        placers = self._free_placers()
+        # the engine's work, without the GIL, off the trio thread when there is much of it
+        if len(placers) > 64:
+            return await trio.to_thread.run_sync(scoring.choose_among, spec, placers)
+        return scoring.choose_among(spec, placers)
 
     async def status(self) -> dict[str, Any]:
         """This node's standing in the cluster (``revision``: etcd's, read now)."""
@@ -290,6 +319,23 @@ class ClusterService:
             out.append({"tenant": tenant, "name": name, "node": item.value.decode()})
         return out
 
+    def _free_placers(self) -> dict[str, Placer | None]:
+        """Every up node's published free state as an engine, rebuilt only when its
+        registration changed (the watch keeps ``nodes`` current)."""
+        out: dict[str, Placer | None] = {}
+        for name, doc in self.nodes.items():
+            if not scoring.usable(doc):
+                continue
+            revision = int(doc.get("_revision", 0))
+            cached = self._placers.get(name)
+            if cached is None or cached[0] != revision:
+                cached = (revision, scoring.free_placer(doc.get("capacity") or {}))
+                self._placers[name] = cached
+            out[name] = cached[1]
+        for gone in set(self._placers) - set(self.nodes):
+            del self._placers[gone]
+        return out
+
     def _seen(self, item: KeyValue, deleted: bool) -> None:
         node = item.key[len(NODES) :].decode()
         if deleted:
@@ -299,6 +345,7 @@ class ClusterService:
                 self.bus.publish({"topic": "cluster.node", "node": node, "state": "down"})
             return
         doc = json.loads(item.value)
+        doc["_revision"] = item.mod_revision
         if node not in self.nodes:
             self.down.pop(node, None)
             log.info("cluster.node_up", extra=kv(node=node))
@@ -313,7 +360,9 @@ class ClusterService:
             except errors.Unavailable:
                 await trio.sleep(1)
         for item in found:
-            self.nodes[item.key[len(NODES) :].decode()] = json.loads(item.value)
+            doc = json.loads(item.value)
+            doc["_revision"] = item.mod_revision
+            self.nodes[item.key[len(NODES) :].decode()] = doc
         async for _, events in self.etcd.watch_prefix(NODES, revision + 1):
             for event in events:
                 self._seen(event.kv, event.kind == "delete")

@@ -60,6 +60,10 @@ class Params:
         self._args = args
         self._seen: set[str] = set()
 
+    def raw(self) -> dict[str, Any]:
+        """A copy of every argument as received (to pass a call on unchanged)."""
+        return dict(self._args)
+
     def given(self, key: str) -> bool:
         """Whether the caller passed ``key`` (with a non-nil value)."""
         return self._args.get(key) is not None
