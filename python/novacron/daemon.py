@@ -25,6 +25,7 @@ from novacron import config as config_mod
 from novacron.api import Services, build_registry
 from novacron.auth.audit import AuditLog
 from novacron.auth.bindings import Bindings
+from novacron.client import TlsFiles
 from novacron.cluster.etcd import EtcdClient
 from novacron.cluster.service import ClusterService
 from novacron.config import Config, ConfigError
@@ -64,15 +65,13 @@ def prepare_dirs(config: Config) -> None:
 
 
 def etcd_context(config: Config) -> ssl.SSLContext:
-    """The client side of mutual TLS to etcd: this node's certificate, the cluster CA."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # etcd 3.4 speaks 1.3; some builds cap at 1.2
+    """The client side of mutual TLS to etcd: this node's certificate, the cluster CA
+    (the same client context a peer daemon gets)."""
+    files = TlsFiles(Path(config.tls_cert), Path(config.tls_key), Path(config.tls_ca))
     try:
-        ctx.load_cert_chain(config.tls_cert, config.tls_key)
-        ctx.load_verify_locations(cafile=config.tls_ca)
-    except (OSError, ssl.SSLError) as exc:
-        raise TlsConfigError(f"node certificate unusable for etcd: {exc}") from None
-    return ctx
+        return files.context()
+    except errors.InvalidParams as exc:
+        raise TlsConfigError(f"node certificate unusable for etcd: {exc.message}") from None
 
 
 def tls_material(config: Config) -> tuple[Path, Path, Path, Path | None]:

@@ -91,9 +91,9 @@ async def test_a_vm_this_node_lacks_goes_to_the_forwarder_once() -> None:
 
     asked: list[tuple[str, dict[str, Any], bool]] = []
 
-    async def forwarder(ctx: CallContext, method: str, params: dict[str, Any]) -> Any:
+    async def forwarder(ctx: CallContext, method: str, params: dict[str, Any], vm: str) -> Any:
         asked.append((method, params, ctx.forwarded))
-        if params["name"] == "elsewhere":
+        if vm == "elsewhere":
             return True, {"name": "elsewhere", "state": "running"}
         return False, None
 

@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from novacron import errors
-from novacron.cluster.scoring import choose, free_placer
+from novacron.cluster.scoring import choose_among, free_placer, usable
 from novacron.vm.spec import VmSpec
 
 
@@ -67,6 +67,11 @@ def test_unusable_reports_give_no_placer() -> None:
 
 def node(name: str, cap: dict[str, Any], state: str = "up") -> dict[str, Any]:
     return {"node": name, "state": state, "address": f"{name}:7443", "capacity": cap}
+
+
+def choose(vm: VmSpec, nodes: list[dict[str, Any]]) -> tuple[str, float]:
+    """What the cluster service does with the registrations its watch holds."""
+    return choose_among(vm, {d["node"]: free_placer(d["capacity"]) for d in nodes if usable(d)})
 
 
 def test_choose_takes_the_roomiest_and_skips_down_nodes() -> None:

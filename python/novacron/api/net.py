@@ -117,13 +117,10 @@ def register(registry: Registry, services: Services) -> None:
 
 
 def _nic_args(p: Params) -> dict[str, Any]:
-    raw: dict[str, Any] = {"network": p.name("network")}
-    if p.given("mac"):
-        raw["mac"] = p.text("mac", max_len=32)
-    else:
-        p.opt_text("mac")
-    if p.given("model"):
-        raw["model"] = p.text("model", max_len=16)
-    else:
-        p.opt_text("model")
-    return raw
+    """``vm.nic.attach``'s NIC arguments as :func:`parse_nic` reads a ``nics`` entry."""
+    raw = {
+        "network": p.name("network"),
+        "mac": p.opt_text("mac", max_len=32),
+        "model": p.opt_text("model", max_len=16),
+    }
+    return {k: v for k, v in raw.items() if v is not None}

@@ -172,23 +172,23 @@ class EtcdClient:
         kvs = responses[0].get("response_range", {}).get("kvs") or [] if responses else []
         return KeyValue.from_json(kvs[0]) if kvs else None
 
-    async def replace(self, key: bytes, expected: bytes, value: bytes) -> bool:
-        """Writes ``key`` only if it holds ``expected`` now."""
+    async def _if_holds(self, key: bytes, expected: bytes, request: dict[str, Any]) -> bool:
+        """Runs ``request`` only if ``key`` holds ``expected`` now."""
         ok, _ = await self.txn(
             [{"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(expected)}],
-            [{"request_put": {"key": b64(key), "value": b64(value)}}],
+            [request],
             [],
         )
         return ok
 
+    async def replace(self, key: bytes, expected: bytes, value: bytes) -> bool:
+        """Writes ``key`` only if it holds ``expected`` now."""
+        put = {"request_put": {"key": b64(key), "value": b64(value)}}
+        return await self._if_holds(key, expected, put)
+
     async def delete_if(self, key: bytes, expected: bytes) -> bool:
         """Deletes ``key`` only if it holds ``expected`` now."""
-        ok, _ = await self.txn(
-            [{"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(expected)}],
-            [{"request_delete_range": {"key": b64(key)}}],
-            [],
-        )
-        return ok
+        return await self._if_holds(key, expected, {"request_delete_range": {"key": b64(key)}})
 
     # -- leases --------------------------------------------------------------------------
 

@@ -5,7 +5,7 @@ A node's registration carries its placement report (``capacity``, as ``node.info
 shows it). :func:`free_placer` rebuilds from it a :class:`~novacron._core.Placer` that
 holds exactly that free state: each NUMA node's placeable memory and hugepages, its
 free dedicated threads, its shared threads with the shared vCPUs already placed on
-them. :func:`choose` asks each such placer to ``score`` the VM (the smallest fraction of
+them. :func:`choose_among` asks each such placer to ``score`` the VM (the smallest fraction of
 any resource left after placing it; higher is roomier) and takes the best.
 """
 
@@ -80,14 +80,8 @@ def free_placer(capacity: dict[str, Any]) -> Placer | None:
 
 
 def usable(doc: dict[str, Any]) -> bool:
+    """A registration a VM can be sent to (up, with an address)."""
     return doc.get("state", "up") == "up" and bool(doc.get("address"))
-
-
-def choose(spec: VmSpec, nodes: list[dict[str, Any]]) -> tuple[str, float]:
-    """The up node where ``spec`` fits best, with its score (registrations as
-    ``cluster.nodes`` lists them)."""
-    placers = {str(d["node"]): free_placer(d.get("capacity") or {}) for d in nodes if usable(d)}
-    return choose_among(spec, placers)
 
 
 def choose_among(spec: VmSpec, placers: dict[str, Placer | None]) -> tuple[str, float]:

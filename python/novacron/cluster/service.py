@@ -54,6 +54,8 @@ class ClusterService:
         self.bus = bus
         self.etcd = etcd
         self.node = config.node_name
+        # the node certificate, for calls to other nodes (checked at start: etcd uses it too)
+        self.files = TlsFiles(Path(config.tls_cert), Path(config.tls_key), Path(config.tls_ca))
         self.lease = 0
         self.connected = False
         self.registered_at = 0.0
@@ -230,18 +232,17 @@ class ClusterService:
         return f"{host}:{port}" if port else ""
 
     async def forward(
-        self, ctx: CallContext, method: str, params: dict[str, Any]
+        self, ctx: CallContext, method: str, params: dict[str, Any], name: str
     ) -> tuple[bool, Any]:
-        """Sends a call about a VM this node does not have to the node that owns it,
-        with the caller's identity (re-checked there). (False, None): no node has a VM
-        of that name in a tenant the caller sees."""
-        name = params.get("vm" if method.startswith(("vm.snapshot.", "vm.nic.")) else "name")
-        if not isinstance(name, str):
-            return False, None
+        """Sends a call about VM ``name``, which this node does not have, to the node that
+        owns it, with the caller's identity (re-checked there). (False, None): no node has
+        a VM of that name in a tenant the caller sees."""
+        if await self.vms.records.get(name) is not None:
+            return False, None  # ours: the refusal was about something else (a NIC, a tenant)
         owners = [
             vm
-            for vm in await self.list_vms()
-            if vm["name"] == name and vm["node"] != self.node and ctx.identity.sees(vm["tenant"])
+            for vm in await self._owners_of(name, ctx.identity.tenants)
+            if vm["node"] != self.node and ctx.identity.sees(vm["tenant"])
         ]
         if not owners:
             return False, None
@@ -262,12 +263,9 @@ class ClusterService:
         address = json.loads(record.value).get("address")
         if not address:
             raise errors.Unavailable(f"node {node!r} publishes no address", {"node": node})
-        files = TlsFiles(
-            Path(self.config.tls_cert), Path(self.config.tls_key), Path(self.config.tls_ca)
-        )
         log.info("cluster.forward", extra=kv(method=method, node=node))
         refused: errors.NovaCronError | None = None
-        async with connect_tls(address, files, server_name=node) as peer:
+        async with connect_tls(address, self.files, server_name=node) as peer:
             try:
                 result = await peer.call(
                     "cluster.forward", call=method, params=params, identity=ctx.identity.to_wire()
@@ -310,6 +308,18 @@ class ClusterService:
             "revision": await self.etcd.revision(),
             "conflicts": [{"vm": k, "other_node": v} for k, v in sorted(self.conflicts.items())],
         }
+
+    async def _owners_of(self, name: str, tenants: frozenset[str] | None) -> list[dict[str, Any]]:
+        """Owners of VMs called ``name``: one key per tenant for a tenant-scoped caller,
+        the whole listing only for callers who see every tenant."""
+        if tenants is None:
+            return [vm for vm in await self.list_vms() if vm["name"] == name]
+        found = []
+        for tenant in sorted(tenants):
+            held = await self.etcd.get(vm_key(tenant, name))
+            if held is not None:
+                found.append({"tenant": tenant, "name": name, "node": held.value.decode()})
+        return found
 
     async def list_vms(self) -> list[dict[str, Any]]:
         found, _ = await self.etcd.get_prefix(VMS)

@@ -202,10 +202,7 @@ async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> N
                 await vms.records.insert(
                     op.vm, inc.uuid, op.tenant, inc.spec.to_dict(), inc.placement
                 )
-                await vms.records.set_desired_state(op.vm, "running")
-                vms.managed.add(op.vm)
-            if vms.ownership is not None:
-                await vms.ownership.arrived(op.tenant, op.vm, inc.source)
+                await vms.arrived(op.vm, op.tenant, inc.source)
             completed = await vms.hv_pool.run(libvirt_job.job_stats, vms.hv, op.vm, True)
             result = {
                 "node": svc.config.node_name,

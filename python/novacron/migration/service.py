@@ -176,10 +176,7 @@ class MigrationService:
             except errors.NovaCronError as exc:
                 log.warning("migration.placement_conflict", extra=kv(vm=name, error=exc.message))
         await vms.adopt(managed)
-        await vms.records.set_desired_state(name, "running")
-        vms.managed.add(name)
-        if vms.ownership is not None:
-            await vms.ownership.arrived(managed.tenant, name, source)
+        await vms.arrived(name, managed.tenant, source)
 
     async def settle_outgoing(self, findings: list[dict[str, Any]]) -> None:
         """Outgoing migrations a restart interrupted whose VM libvirt moved after all

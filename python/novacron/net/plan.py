@@ -61,6 +61,8 @@ def _wanted_link(spec: NetworkSpec) -> dict[str, object]:
 def _matches(link: Link, wanted: dict[str, object]) -> bool:
     if link.kind != wanted["kind"]:
         return False
+    if link.kind == "bridge":
+        return True
     keys = ("vlan_id", "parent") if link.kind == "vlan" else VXLAN_KEYS
     return all(link.info.get(k) == wanted.get(k) for k in keys)
 
@@ -82,11 +84,9 @@ def _ensure(
             f"network {spec.name!r}; left alone"
         )
         return False
-    if have is not None and create["kind"] != "bridge" and not _matches(have, create):
-        plan.actions.append(Action("delete", name, {"reason": "settings differ"}))
-        have = None
-    if have is not None and create["kind"] == "bridge" and have.kind != "bridge":
-        plan.actions.append(Action("delete", name, {"reason": "not a bridge"}))
+    if have is not None and not _matches(have, create):
+        why = "not a bridge" if create["kind"] == "bridge" else "settings differ"
+        plan.actions.append(Action("delete", name, {"reason": why}))
         have = None
     if have is None:
         plan.actions.append(Action("create", name, {**create, "alias": alias(spec)}))

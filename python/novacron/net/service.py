@@ -49,7 +49,6 @@ class NetworkService:
         self.problems: dict[str, list[str]] = {}
         self._lock = trio.Lock()
         self._poke = trio.Event()
-        self.reconciles = 0
 
     # -- queries -------------------------------------------------------------------------
 
@@ -59,18 +58,28 @@ class NetworkService:
             raise errors.NotFound(f"network {name!r} not found", {"network": name})
         return found
 
-    async def users(self, name: str) -> list[tuple[str, str]]:
-        """(vm, mac) of every NIC on network ``name``."""
-        found = []
+    async def nics_by_network(self) -> dict[str, list[tuple[str, str]]]:
+        """(vm, mac) of every VM NIC, by network."""
+        found: dict[str, list[tuple[str, str]]] = {}
         for rec in await self.records.all():
             for nic in rec.spec.get("nics", ()):
-                if nic["network"] == name:
-                    found.append((rec.name, nic["mac"]))
+                found.setdefault(nic["network"], []).append((rec.name, nic["mac"]))
         return found
 
-    async def describe(self, spec: NetworkSpec, snap: Snapshot | None = None) -> dict[str, Any]:
+    async def users(self, name: str) -> list[tuple[str, str]]:
+        """(vm, mac) of every NIC on network ``name``."""
+        return (await self.nics_by_network()).get(name, [])
+
+    async def describe(
+        self,
+        spec: NetworkSpec,
+        snap: Snapshot | None = None,
+        nics: dict[str, list[tuple[str, str]]] | None = None,
+    ) -> dict[str, Any]:
         if snap is None:
             snap = await self.pool.run(self.kernel.snapshot)
+        if nics is None:
+            nics = await self.nics_by_network()
         devices: list[dict[str, Any]] = []
         for dev in (spec.bridge, spec.link, spec.uplink):
             if dev is None:
@@ -85,7 +94,7 @@ class NetworkService:
             bridge=spec.bridge,
             devices=devices,
             mtu_effective=planning.overlay_mtu(spec, snap),
-            nics=[{"vm": vm, "mac": mac} for vm, mac in await self.users(spec.name)],
+            nics=[{"vm": vm, "mac": mac} for vm, mac in nics.get(spec.name, [])],
             problems=self.problems.get(spec.name, []),
         )
         if spec.kind == "vxlan" and spec.link:
@@ -94,8 +103,9 @@ class NetworkService:
 
     async def list_networks(self, visible: Callable[[str], bool]) -> list[dict[str, Any]]:
         snap = await self.pool.run(self.kernel.snapshot)
+        nics = await self.nics_by_network()
         return [
-            await self.describe(spec, snap)
+            await self.describe(spec, snap, nics)
             for name, spec in sorted(self.networks.items())
             if visible(spec.tenant)
         ]
@@ -112,18 +122,22 @@ class NetworkService:
 
     # -- changes -------------------------------------------------------------------------
 
+    def _announce(self, spec: NetworkSpec | None, action: Action, reason: str) -> None:
+        """``net.changed`` for a change made (``spec`` None: a device of no network)."""
+        self.bus.publish(
+            {
+                "topic": "net.changed",
+                "tenant": spec.tenant if spec else None,
+                "network": spec.name if spec else None,
+                "reason": reason,
+                **action.describe(),
+            }
+        )
+
     async def _apply(self, spec: NetworkSpec, actions: list[Action], reason: str) -> None:
         for action in actions:
             await self.pool.run(self.kernel.apply, action)
-            self.bus.publish(
-                {
-                    "topic": "net.changed",
-                    "tenant": spec.tenant,
-                    "network": spec.name,
-                    "reason": reason,
-                    **action.describe(),
-                }
-            )
+            self._announce(spec, action, reason)
 
     async def create(self, spec: NetworkSpec) -> dict[str, Any]:
         async with self._lock:
@@ -193,22 +207,20 @@ class NetworkService:
         """Brings the kernel back to the store; returns how many changes it made."""
         changed = 0
         async with self._lock:
-            self.reconciles += 1
             snap = await self.pool.run(self.kernel.snapshot)
-            orphans = planning.plan_orphans(snap, set(self.networks))
-            for action in orphans.actions:
+            stale = False  # the snapshot no longer shows the kernel (we changed it)
+            for action in planning.plan_orphans(snap, set(self.networks)).actions:
                 await self._run_repair(None, action)
-                changed += 1
+                changed, stale = changed + 1, True
             # parents before the VLAN networks that ride on them
-            ordered = sorted(self.networks.values(), key=lambda s: s.kind == "vlan")
-            for spec in ordered:
-                if changed:
+            for spec in sorted(self.networks.values(), key=lambda s: s.kind == "vlan"):
+                if stale:
                     snap = await self.pool.run(self.kernel.snapshot)
                 repair = planning.plan_network(spec, snap)
                 self._note_problems(spec, repair.problems)
                 for action in repair.actions:
                     await self._run_repair(spec, action)
-                    changed += 1
+                changed, stale = changed + len(repair.actions), bool(repair.actions)
         return changed
 
     async def _run_repair(self, spec: NetworkSpec | None, action: Action) -> None:
@@ -224,15 +236,7 @@ class NetworkService:
             "net.repaired",
             extra=kv(network=spec.name if spec else None, **action.describe()),
         )
-        self.bus.publish(
-            {
-                "topic": "net.changed",
-                "tenant": spec.tenant if spec else None,
-                "network": spec.name if spec else None,
-                "reason": "reconcile",
-                **action.describe(),
-            }
-        )
+        self._announce(spec, action, "reconcile")
 
     def _note_problems(self, spec: NetworkSpec, problems: list[str]) -> None:
         before = self.problems.get(spec.name, [])

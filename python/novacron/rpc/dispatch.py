@@ -79,9 +79,9 @@ class CallContext:
 
 
 Handler = Callable[[CallContext, Params], Awaitable[Any]]
-# answers a call about a VM this node does not have: (True, result) if the node that owns
-# it answered, (False, None) if no node does
-Forwarder = Callable[[CallContext, str, dict[str, Any]], Awaitable[tuple[bool, Any]]]
+# answers a call (method, params) about a VM this node does not have (its name):
+# (True, result) if the node that owns it answered, (False, None) if no node does
+Forwarder = Callable[[CallContext, str, dict[str, Any], str], Awaitable[tuple[bool, Any]]]
 
 
 @dataclass(frozen=True)
@@ -139,16 +139,15 @@ class Registry:
                 result = await method.handler(ctx, params)
             except errors.NotFound as exc:
                 # a VM of another node: that node answers (with the caller's identity)
+                vm = exc.details.get("vm")
                 if (
                     self.forwarder is None
                     or ctx.forwarded
                     or request.method not in policy.FORWARDABLE
-                    or "vm" not in exc.details
+                    or not isinstance(vm, str)
                 ):
                     raise
-                found, result = await self.forwarder(
-                    ctx, request.method, named_params(request.params)
-                )
+                found, result = await self.forwarder(ctx, request.method, params.raw(), vm)
                 if not found:
                     raise
         except errors.NovaCronError as exc:

@@ -320,6 +320,14 @@ class VmService:
         self.placement.release(name)
         self.managed.discard(name)
 
+    async def arrived(self, name: str, tenant: str, source: str) -> None:
+        """A VM that migrated here from ``source`` and is recorded: it runs, its events
+        are forwarded, and (in a cluster) its name moves to this node."""
+        await self.records.set_desired_state(name, "running")
+        self.managed.add(name)
+        if self.ownership is not None:
+            await self.ownership.arrived(tenant, name, source)
+
     async def adopt(self, managed: ManagedDomain) -> VmRecord:
         """Records a domain that carries NovaCron's metadata but has no record."""
         spec = VmSpec.from_dict(managed.spec)
