@@ -15,7 +15,10 @@ keys spread over them. Then, through the daemon's Unix socket:
   real one, so the real one wins and creates the VM — p50/p99 over ``--creates`` calls;
 * ``cluster.vms`` (all 10,000 owners) — p50/p99;
 * etcd's write rate while nothing changes: the store revision over ``--quiet-s`` seconds
-  (the daemon keeps its lease alive, which is not a write).
+  (the daemon keeps its lease alive, which is not a write);
+* the migration switch-over's transaction (``cluster/locks.py``: lock still held, VM
+  still the source's, destination registered → ownership moved, lock removed), which a
+  clustered migration adds to its downtime — p50/p99 over ``--calls`` transactions.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import trio
 from tests.daemon_harness import Daemon
@@ -36,9 +39,12 @@ from tests.etcd_harness import EtcdCluster
 from tests.pki_harness import Pki, free_port
 
 from novacron.cluster.etcd import EtcdClient
-from novacron.cluster.service import NODES, VMS
+from novacron.cluster.locks import MigrationLocks
+from novacron.cluster.service import NODES, VMS, ClusterService
 from novacron.config import Config
 from novacron.daemon import etcd_context
+from novacron.eventbus import EventBus
+from novacron.vm.service import VmService
 
 
 def report(rng: random.Random, free_mib: int) -> dict[str, Any]:
@@ -117,6 +123,26 @@ async def populate(etcd: EtcdClient, nodes: int, vms: int, seed: int) -> None:
             nursery.start_soon(run, put_vm, i)
 
 
+async def switch_overs(etcd: EtcdClient, config: Config, calls: int) -> list[float]:
+    """The commit transaction of ``calls`` migrations (ms each), from a registered
+    source to a simulated node, each VM claimed and locked first (not timed)."""
+    source = ClusterService(config, cast(VmService, None), EventBus(), etcd)
+    source.node = "bench-src"
+    source.lease = await etcd.grant(600)
+    await etcd.put(NODES + b"bench-src", b'{"node": "bench-src"}', source.lease)
+    source.connected = True
+    locks = MigrationLocks(source)
+    samples = []
+    for i in range(calls):
+        await source.claim("bench", f"moving{i}")
+        lock = await locks.acquire("bench", f"moving{i}", f"op-{i}", "127.0.0.1:1")
+        lock.destination = "sim0000"
+        started = time.perf_counter()
+        await locks.commit(lock)
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
 def ready(nodes: list[dict[str, Any]], expected: int) -> bool:
     """Every node registered, the real one with its topology read."""
     real = [n for n in nodes if n["node"] == "node1"]
@@ -133,7 +159,12 @@ def timed(calls: int, fn: Any) -> dict[str, float]:
         start = time.perf_counter()
         fn(i)
         samples.append((time.perf_counter() - start) * 1000)
-    samples.sort()
+    return percentiles(samples)
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    samples = sorted(samples)
+    calls = len(samples)
     return {
         "p50_ms": statistics.median(samples),
         "p99_ms": samples[min(len(samples) - 1, int(len(samples) * 0.99))],
@@ -174,15 +205,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 tls_ca=str(pki.ca.dir / "ca.crt"),
             )
 
-            async def fill() -> float:
+            async def fill() -> tuple[float, list[float]]:
                 etcd = EtcdClient(cluster.endpoints.split(","), etcd_context(config), 5.0)
                 started = time.perf_counter()
                 await populate(etcd, args.nodes, args.vms, seed=7)
                 took = time.perf_counter() - started
+                commits = await switch_overs(etcd, config, args.calls)
                 await etcd.aclose()
-                return took
+                return took, commits
 
-            fill_s = trio.run(fill)
+            fill_s, commits = trio.run(fill)
+            switch_over = percentiles(commits)
             daemon.start(timeout=60)
             with daemon.client(timeout=120) as c:
                 deadline = time.monotonic() + 60
@@ -218,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "vm_create_auto": create,
         "cluster_vms": listing,
         "quiet_writes_per_s": (last - first) / args.quiet_s,
+        "switch_over_txn": switch_over,
         "quiet_s": args.quiet_s,
         "placed_on": sorted(chosen),
         "machine": platform.platform(),
@@ -234,7 +268,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"  cluster.vms ({args.vms} owners):     p50 {listing['p50_ms']:.1f} ms, "
             f"p99 {listing['p99_ms']:.1f} ms\n"
             f"  etcd writes while quiet: {result['quiet_writes_per_s']:.2f}/s "
-            f"over {args.quiet_s:.0f} s"
+            f"over {args.quiet_s:.0f} s\n"
+            f"  migration switch-over txn:        p50 {switch_over['p50_ms']:.1f} ms, "
+            f"p99 {switch_over['p99_ms']:.1f} ms"
         )
     return result
 

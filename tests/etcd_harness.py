@@ -1,15 +1,22 @@
 """A real etcd cluster for tests: three members on loopback ports, mutual TLS on both
 the client and the peer side with certificates from NovaCron's own CA (the same CA
-the daemons' node certificates come from), data in a temporary directory."""
+the daemons' node certificates come from), data in a temporary directory.
+
+``host``/``prefix``: the members listen on ``host`` and run under ``prefix`` (an
+``nsenter`` into a namespaced test host, so that daemons in the namespaces reach it);
+the checks then run there too."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import ssl
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -24,15 +31,30 @@ class Member:
     name: str
     client_port: int
     peer_port: int
+    host: str = "127.0.0.1"
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def client_url(self) -> str:
-        return f"https://127.0.0.1:{self.client_port}"
+        return f"https://{self.host}:{self.client_port}"
 
     @property
     def peer_url(self) -> str:
-        return f"https://127.0.0.1:{self.peer_port}"
+        return f"https://{self.host}:{self.peer_port}"
+
+
+# a gateway call from inside a namespace: url, JSON body and the client files as argv
+_GATEWAY = """
+import json, ssl, sys, httpx
+url, body, cert, key, ca = sys.argv[1:6]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+if body:
+    r = httpx.post(url, content=body, verify=ctx, timeout=5)
+else:
+    r = httpx.get(url, verify=ctx, timeout=2)
+print(json.dumps({"status": r.status_code, "text": r.text}))
+"""
 
 
 @dataclass
@@ -40,12 +62,21 @@ class EtcdCluster:
     root: Path
     ca: CertificateAuthority
     members: list[Member] = field(default_factory=list)
+    prefix: tuple[str, ...] = ()
 
     @classmethod
-    def start(cls, root: Path, ca: CertificateAuthority, size: int = 3) -> EtcdCluster:
-        cluster = cls(root, ca, [Member(f"etcd{i}", free_port(), free_port()) for i in range(size)])
+    def start(
+        cls,
+        root: Path,
+        ca: CertificateAuthority,
+        size: int = 3,
+        host: str = "127.0.0.1",
+        prefix: tuple[str, ...] = (),
+    ) -> EtcdCluster:
+        members = [Member(f"etcd{i}", free_port(), free_port(), host) for i in range(size)]
+        cluster = cls(root, ca, members, prefix)
         for m in cluster.members:
-            ca.issue(m.name, "node", root / "certs", node=True, addresses=("127.0.0.1",))
+            ca.issue(m.name, "node", root / "certs", node=True, addresses=(host,))
         for m in cluster.members:
             cluster.launch(m, new=True)
         cluster.wait_healthy()
@@ -62,6 +93,7 @@ class EtcdCluster:
         log = (self.root / f"{m.name}.log").open("ab")
         m.proc = subprocess.Popen(
             [
+                *self.prefix,
                 ETCD,
                 "--name",
                 m.name,
@@ -114,7 +146,31 @@ class EtcdCluster:
             self.ca.issue("probe", "node", certs, node=True, addresses=("127.0.0.1",))
         return str(certs / "probe.crt"), str(certs / "probe.key"), str(self.ca.dir / "ca.crt")
 
+    def gateway(
+        self, path: str, body: dict[str, Any] | None = None, member: Member | None = None
+    ) -> tuple[int, str]:
+        """One request to the JSON gateway (of ``member``, or the first that answers),
+        from where the members run; ``body`` None: a GET."""
+        problems = []
+        for m in [member] if member is not None else self.members:
+            argv = [sys.executable, "-c", _GATEWAY, m.client_url + path]
+            argv += [json.dumps(body) if body is not None else "", *self.client_files()]
+            done = subprocess.run(
+                [*self.prefix, *argv], capture_output=True, text=True, timeout=30, check=False
+            )
+            if done.returncode == 0:
+                doc = json.loads(done.stdout)
+                return int(doc["status"]), str(doc["text"])
+            problems.append(done.stderr.strip().splitlines()[-1:])
+        raise RuntimeError(f"no etcd member answered {path}: {problems}")
+
     def healthy(self, m: Member) -> bool:
+        if self.prefix:
+            try:
+                status, text = self.gateway("/health", member=m)
+            except RuntimeError:
+                return False
+            return status == 200 and '"true"' in text
         cert, key, ca = self.client_files()
         ctx = ssl.create_default_context(cafile=ca)
         ctx.load_cert_chain(cert, key)

@@ -27,6 +27,7 @@ from novacron.auth.audit import AuditLog
 from novacron.auth.bindings import Bindings
 from novacron.client import TlsFiles
 from novacron.cluster.etcd import EtcdClient
+from novacron.cluster.locks import MigrationLocks
 from novacron.cluster.service import ClusterService
 from novacron.config import Config, ConfigError
 from novacron.eventbus import EventBus
@@ -161,6 +162,7 @@ async def serve(config: Config) -> None:
             etcd = EtcdClient(config.etcd_endpoints, etcd_context(config), config.cluster_timeout_s)
             services.cluster = ClusterService(config, vms, bus, etcd)
             vms.ownership = services.cluster
+            services.migrations.locks = MigrationLocks(services.cluster)
             registry.forwarder = services.cluster.forward
 
         passed = systemd.listen_fds()

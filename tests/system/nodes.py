@@ -19,6 +19,7 @@ from typing import Any
 from novacron.client import SyncClient
 from novacron.pki.ca import CertificateAuthority
 from tests.daemon_harness import Daemon
+from tests.etcd_harness import EtcdCluster
 from tests.system.twohosts import Host, TwoHosts
 
 TLS_PORT = 7443
@@ -92,17 +93,26 @@ class TwoNodes:
     hosts: TwoHosts
     a: Node
     b: Node
+    etcd: EtcdCluster | None = None
 
     @classmethod
-    def start(cls, hosts: TwoHosts, scratch: Path) -> TwoNodes:
+    def start(cls, hosts: TwoHosts, scratch: Path, cluster: bool = False) -> TwoNodes:
+        """``cluster``: a three-member etcd cluster runs in host A's namespaces (on its
+        veth address, so host B reaches it too) and both daemons join it."""
         authority = CertificateAuthority.init(scratch / "ca")
         certs = scratch / "certs"
         for host in (hosts.a, hosts.b):
             authority.issue(host.name, "node", certs, node=True, addresses=(host.address,))
         ca = authority.dir / "ca.crt"
-        a = Node(hosts.a, node_daemon(hosts, hosts.a, certs, ca))
-        b = Node(hosts.b, node_daemon(hosts, hosts.b, certs, ca))
-        pair = cls(hosts, a, b)
+        etcd, flags = None, []
+        if cluster:
+            etcd = EtcdCluster.start(
+                scratch / "etcd", authority, host=hosts.a.address, prefix=tuple(hosts.a.enter())
+            )
+            flags = ["--cluster-etcd-endpoints", etcd.endpoints, "--cluster-lease-ttl-s", "5"]
+        a = Node(hosts.a, node_daemon(hosts, hosts.a, certs, ca, *flags))
+        b = Node(hosts.b, node_daemon(hosts, hosts.b, certs, ca, *flags))
+        pair = cls(hosts, a, b, etcd)
         try:
             a.daemon.start(timeout=90)
             b.daemon.start(timeout=90)
@@ -116,6 +126,8 @@ class TwoNodes:
             node.daemon.stop()
             if os.environ.get("NOVACRON_KEEP_LOGS"):
                 print(f"--- {node.name} ---\n{node.daemon.log_text()[-20000:]}")
+        if self.etcd is not None:
+            self.etcd.stop()
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float = 0.25) -> None:

@@ -2,10 +2,18 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from novacron.cluster.etcd import KeyValue, _watch_batch, b64, prefix_end, unb64
+from novacron.cluster.etcd import (
+    KeyValue,
+    WatchCompacted,
+    _watch_batch,
+    b64,
+    prefix_end,
+    unb64,
+)
 
 
 @given(st.binary(min_size=1, max_size=8), st.binary(max_size=8), st.binary(max_size=8))
@@ -59,3 +67,14 @@ def test_watch_lines() -> None:
     assert created == (0, [])
     assert _watch_batch("  ") is None
     assert _watch_batch(json.dumps({"error": {"grpc_code": 14}})) is None
+
+
+def test_a_watch_from_a_compacted_revision_says_so() -> None:
+    """etcd cancels such a watch with the compaction's revision: the caller must read
+    the keys again (retrying the same revision would fail forever)."""
+    line = json.dumps(
+        {"result": {"header": {"revision": "40"}, "canceled": True, "compact_revision": "35"}}
+    )
+    with pytest.raises(WatchCompacted) as caught:
+        _watch_batch(line)
+    assert caught.value.compact_revision == 35

@@ -100,3 +100,13 @@ async def test_cancel_calls_the_operations_hook(store: StateStore) -> None:
     op.on_cancel = lambda: called.append(True)
     ops.cancel(op)
     assert op.cancel_requested and called == [True]
+
+
+async def test_a_note_survives_a_restart(store: StateStore) -> None:
+    """What a restart needs to undo (the switch-over's destination) is stored."""
+    first = Operations(store, Pool("sqlite", 1), EventBus())
+    op = await first.start("migrate_out", "vm9", "t", "n2:1", {"compression": "lz4"}, "op-fixed")
+    assert op.id == "op-fixed"
+    await first.note(op, destination_node="n2")
+    (row,) = await Operations(store, Pool("sqlite", 1), EventBus()).recover()
+    assert row["params"] == {"compression": "lz4", "destination_node": "n2"}

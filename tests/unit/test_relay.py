@@ -4,6 +4,7 @@ relay -> QEMU, with the return path, and a tampering channel in the middle."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import trio
 import trio.lowlevel
@@ -27,6 +28,7 @@ async def migrate(
     source_store: PageStore | None = None,
     destination_store: PageStore | None = None,
     abandoned: str | None = None,
+    commit: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[bytes, bytes, RelayStats, RelayStats]:
     """Runs both relays; with ``failures`` given, each side's error is kept there (by
     side) instead of cancelling the other side."""
@@ -80,8 +82,15 @@ async def migrate(
 
     async def source() -> None:
         try:
-            sender = StreamSender(batch_pages=16, wait_for_announce=True, store=source_store)
-            await relay_source(src_relay_side, chan_src, sender, src_stats, lambda: abandoned)
+            sender = StreamSender(
+                batch_pages=16,
+                wait_for_announce=True,
+                store=source_store,
+                gated=commit is not None,
+            )
+            await relay_source(
+                src_relay_side, chan_src, sender, src_stats, lambda: abandoned, commit
+            )
         except Exception as exc:
             if failures is None:
                 raise
@@ -170,3 +179,41 @@ async def test_an_abandoned_migration_is_aborted_not_ended() -> None:
     (gave_up,) = failures["source"]
     assert "abandoned (cancel)" in str(gave_up)
     assert stream.startswith(bytes(received))
+
+
+DEVICE_STATE = b"\x04\x00\x00\x00\x03\x03cpu"  # the builder's first device section
+
+
+async def test_the_device_state_waits_for_the_switch_over_commit() -> None:
+    """A gated sender holds the device state (and what follows) until the commit ran:
+    the destination QEMU has all of the RAM then, and none of the device state."""
+    stream, _ = iterations(5, 11)
+    gate = stream.rindex(DEVICE_STATE)
+    received = bytearray()
+    seen_at_commit: list[int] = []
+
+    async def commit() -> None:
+        await trio.sleep(0.3)  # the destination has written all it was allowed to
+        seen_at_commit.append(len(received))
+
+    got, returned, src, _ = await migrate(stream, received=received, commit=commit)
+    assert got == stream and returned == SHUT and src.done
+    (seen,) = seen_at_commit
+    assert gate - 64 <= seen <= gate, (gate, seen)  # all RAM, no device state
+
+
+async def test_a_refused_commit_keeps_the_device_state_from_the_destination() -> None:
+    stream, _ = iterations(4, 12)
+    gate = stream.rindex(DEVICE_STATE)
+    received = bytearray()
+    failures: dict[str, list[BaseException]] = {}
+
+    async def commit() -> None:
+        raise frames.FrameError("switch-over refused: the migration lock was lost")
+
+    with trio.move_on_after(20):
+        await migrate(stream, received=received, failures=failures, commit=commit)
+    (refused,) = failures["source"]
+    assert "lock was lost" in str(refused)
+    assert len(received) <= gate and stream.startswith(bytes(received))
+    assert "destination" in failures  # it never got END: the migration cannot complete

@@ -98,13 +98,14 @@ def register(registry: Registry, services: Services) -> None:
 
     @registry.method("cluster.vms")
     async def vms(ctx: CallContext, p: Params) -> list[dict[str, Any]]:
-        """VM names and their owning nodes, cluster-wide, in the tenants the caller sees."""
+        """VM names and their owning nodes, cluster-wide, in the tenants the caller sees
+        (a migrating VM with its lock: ``migration``)."""
         tenant = p.opt_name("tenant")
         node = p.opt_name("node")
         p.done()
         return [
             vm
-            for vm in await cluster().list_vms()
+            for vm in await cluster().list_vms(locks=True)
             if ctx.identity.sees(vm["tenant"])
             and (tenant is None or vm["tenant"] == tenant)
             and (node is None or vm["node"] == node)

@@ -17,7 +17,7 @@ NODE_COLUMNS = [
     ("free", "FREE MEMORY MiB"),
     ("labels_text", "LABELS"),
 ]
-VM_COLUMNS = [("tenant", "TENANT"), ("name", "NAME"), ("node", "NODE")]
+VM_COLUMNS = [("tenant", "TENANT"), ("name", "NAME"), ("node", "NODE"), ("moving", "MIGRATING")]
 
 
 def add_commands(groups: Any) -> None:
@@ -48,5 +48,10 @@ def run_nodes(client: SyncClient, args: argparse.Namespace) -> Any:
 def run_vms(client: SyncClient, args: argparse.Namespace) -> Any:
     rows = client.call("cluster.vms", tenant=args.tenant, node=args.node)
     if not args.json:
-        output.table(rows, VM_COLUMNS)
+        shown = []
+        for row in rows:
+            lock = row.get("migration") or {}
+            moving = f"{lock.get('op')} to {lock.get('destination')}" if lock else None
+            shown.append({**row, "moving": moving})
+        output.table(shown, VM_COLUMNS)
     return rows

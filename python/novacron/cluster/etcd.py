@@ -78,6 +78,15 @@ class EtcdError(errors.Unavailable):
     """etcd answered with an error (or not at all)."""
 
 
+class WatchCompacted(Exception):
+    """A watch's start revision was compacted away: read the keys again and watch
+    from the revision of that read (events in between are lost)."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revisions before {compact_revision} were compacted")
+        self.compact_revision = compact_revision
+
+
 class EtcdClient:
     def __init__(self, endpoints: list[str], context: ssl.SSLContext, timeout_s: float) -> None:
         if not endpoints:
@@ -211,7 +220,8 @@ class EtcdClient:
     ) -> AsyncIterator[tuple[int, list[WatchEvent]]]:
         """Batches of events under ``prefix`` from ``start_revision`` on, with the
         revision each batch was at; reconnects (to any endpoint) from the revision after
-        the last one seen, so nothing is missed or repeated. Runs until cancelled."""
+        the last one seen, so nothing is missed or repeated. Runs until cancelled, or
+        raises :class:`WatchCompacted` when etcd no longer has that revision."""
         next_revision = start_revision
         backoff = 0.2
         while True:
@@ -224,6 +234,7 @@ class EtcdClient:
             }
             for i in self._order():
                 url = self.endpoints[i] + "/v3/watch"
+                compacted = 0
                 try:
                     timeout = httpx.Timeout(self.timeout_s, read=None)
                     async with self._http.stream("POST", url, json=body, timeout=timeout) as resp:
@@ -231,15 +242,25 @@ class EtcdClient:
                             continue
                         backoff = 0.2
                         async for line in resp.aiter_lines():
-                            batch = _watch_batch(line)
+                            try:
+                                batch = _watch_batch(line)
+                            except WatchCompacted as exc:
+                                # closing the response ends httpx's own iterators (left
+                                # unfinished, they would warn when collected)
+                                compacted = exc.compact_revision
+                                await resp.aclose()
+                                continue
                             if batch is None:
                                 continue
                             revision, events = batch
                             if events:
                                 next_revision = revision + 1
                                 yield revision, events
-                except (httpx.TransportError, OSError, ssl.SSLError) as exc:
-                    log.debug("etcd.watch_broken", extra=logkv(endpoint=url, error=str(exc)))
+                except (httpx.TransportError, httpx.StreamClosed, OSError, ssl.SSLError) as exc:
+                    if not compacted:
+                        log.debug("etcd.watch_broken", extra=logkv(endpoint=url, error=str(exc)))
+                if compacted:
+                    raise WatchCompacted(compacted)
             await trio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
 
@@ -252,6 +273,9 @@ def _watch_batch(line: str) -> tuple[int, list[WatchEvent]] | None:
     result = doc.get("result")
     if not isinstance(result, dict):
         return None
+    compacted = int(result.get("compact_revision", 0))
+    if compacted:
+        raise WatchCompacted(compacted)
     events = [
         WatchEvent(
             "delete" if e.get("type") == "DELETE" else "put",

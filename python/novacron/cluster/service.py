@@ -29,7 +29,7 @@ from novacron import __version__, errors
 from novacron._core import Placer
 from novacron.client import TlsFiles, connect_tls
 from novacron.cluster import scoring
-from novacron.cluster.etcd import EtcdClient, KeyValue
+from novacron.cluster.etcd import EtcdClient, KeyValue, WatchCompacted
 from novacron.config import Config
 from novacron.eventbus import EventBus
 from novacron.logs import kv
@@ -41,10 +41,15 @@ log = logging.getLogger("novacron.cluster")
 
 NODES = b"/novacron/v1/nodes/"
 VMS = b"/novacron/v1/vms/"
+LOCKS = b"/novacron/v1/locks/"  # migrations in flight (``cluster/locks.py``)
 
 
 def vm_key(tenant: str, name: str) -> bytes:
     return VMS + f"{tenant}/{name}".encode()
+
+
+def lock_key(tenant: str, name: str) -> bytes:
+    return LOCKS + f"{tenant}/{name}".encode()
 
 
 class ClusterService:
@@ -188,7 +193,7 @@ class ClusterService:
         mine = {kv_.key[len(VMS) :].decode() for kv_ in owned if kv_.value == self.node.encode()}
         conflicts: dict[str, str] = {}
         for key, rec in local.items():
-            if key in mine:
+            if key in mine or rec.name in self.vms.migrating:  # a switch-over may be under way
                 continue
             held = await self.etcd.create(vm_key(rec.tenant, rec.name), self.node.encode())
             if held is not None and held.value != self.node.encode():
@@ -321,12 +326,22 @@ class ClusterService:
                 found.append({"tenant": tenant, "name": name, "node": held.value.decode()})
         return found
 
-    async def list_vms(self) -> list[dict[str, Any]]:
+    async def list_vms(self, locks: bool = False) -> list[dict[str, Any]]:
+        """Every VM name and its owner; ``locks``: with ``migration`` (the lock's
+        document) for the VMs migrating now."""
         found, _ = await self.etcd.get_prefix(VMS)
+        held: dict[bytes, Any] = {}
+        if locks:
+            locked, _ = await self.etcd.get_prefix(LOCKS)
+            held = {k.key[len(LOCKS) :]: json.loads(k.value) for k in locked}
         out = []
         for item in found:
-            tenant, _, name = item.key[len(VMS) :].decode().partition("/")
-            out.append({"tenant": tenant, "name": name, "node": item.value.decode()})
+            key = item.key[len(VMS) :]
+            tenant, _, name = key.decode().partition("/")
+            vm = {"tenant": tenant, "name": name, "node": item.value.decode()}
+            if key in held:
+                vm["migration"] = held[key]
+            out.append(vm)
         return out
 
     def _free_placers(self) -> dict[str, Placer | None]:
@@ -363,19 +378,36 @@ class ClusterService:
         self.nodes[node] = doc
 
     async def _watch_nodes(self) -> None:
+        first = True
+        while True:
+            revision = await self._read_nodes(announce=not first)
+            first = False
+            try:
+                async for _, events in self.etcd.watch_prefix(NODES, revision + 1):
+                    for event in events:
+                        self._seen(event.kv, event.kind == "delete")
+            except WatchCompacted as exc:  # missed events: read everything again
+                log.warning("cluster.watch_resync", extra=kv(compacted=exc.compact_revision))
+
+    async def _read_nodes(self, announce: bool) -> int:
+        """Every registration as it is now (``announce``: changes against what was
+        known are published as up/down); returns the revision it was read at."""
         while True:
             try:
                 found, revision = await self.etcd.get_prefix(NODES)
                 break
             except errors.Unavailable:
                 await trio.sleep(1)
-        for item in found:
-            doc = json.loads(item.value)
-            doc["_revision"] = item.mod_revision
-            self.nodes[item.key[len(NODES) :].decode()] = doc
-        async for _, events in self.etcd.watch_prefix(NODES, revision + 1):
-            for event in events:
-                self._seen(event.kv, event.kind == "delete")
+        present = {item.key[len(NODES) :].decode(): item for item in found}
+        if not announce:
+            for name, item in present.items():
+                self.nodes[name] = dict(json.loads(item.value), _revision=item.mod_revision)
+            return revision
+        for gone in set(self.nodes) - set(present):
+            self._seen(KeyValue(NODES + gone.encode(), b"", 0, 0), deleted=True)
+        for item in present.values():
+            self._seen(item, deleted=False)
+        return revision
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Registers and watches in the background: the daemon never waits for etcd."""

@@ -98,12 +98,22 @@ class Operations:
             log.warning("op.interrupted", extra=kv(op=row["id"], kind=row["kind"], vm=row["vm"]))
         return rows
 
+    @staticmethod
+    def new_id() -> str:
+        return "op-" + secrets.token_hex(8)
+
     async def start(
-        self, kind: str, vm: str, tenant: str, peer: str, params: dict[str, Any]
+        self,
+        kind: str,
+        vm: str,
+        tenant: str,
+        peer: str,
+        params: dict[str, Any],
+        op_id: str | None = None,
     ) -> Operation:
         if self.active_for(vm) is not None:
             raise errors.Conflict(f"vm {vm!r} is already being migrated", {"vm": vm})
-        op_id = "op-" + secrets.token_hex(8)
+        op_id = op_id or self.new_id()
         op = Operation(id=op_id, kind=kind, vm=vm, tenant=tenant, peer=peer, params=params)
         self._running[op.id] = op  # before the await: a second start sees it
         try:
@@ -113,6 +123,12 @@ class Operations:
             raise
         log.info("op.started", extra=kv(op=op.id, kind=kind, vm=vm, peer=peer))
         return op
+
+    async def note(self, op: Operation, **params: Any) -> None:
+        """Adds to a running operation's stored parameters (what a restart needs)."""
+        op.params.update(params)
+        op.updated_at = time.time()
+        await self._pool.run(self._store.update_operation, op.row())
 
     def active_for(self, vm: str) -> Operation | None:
         return next((op for op in self._running.values() if op.vm == vm), None)

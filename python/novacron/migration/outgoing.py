@@ -18,12 +18,14 @@ import contextlib
 import logging
 import socket
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from novacron import errors
 from novacron.client import connect_tls, split_address
+from novacron.cluster.locks import MigrationLock
 from novacron.logs import kv
 from novacron.migration import libvirt_job, progress
 from novacron.migration.channel import QEMU_RCVBUF, open_channel
@@ -55,6 +57,7 @@ class Run:
     failure: errors.NovaCronError | None = None
     migrating: bool = False
     aborted_for: str | None = None  # "cancel", "stall", "timeout"
+    lock: MigrationLock | None = None  # the cluster-wide lock (in a cluster)
     prep: trio.CancelScope = field(default_factory=trio.CancelScope)
     watch: progress.StallWatch = field(init=False)
 
@@ -108,25 +111,45 @@ async def start(
             f"vm {name!r} has disks in this node's pool; storage migration is not supported",
             {"vm": name},
         )
+    if svc.locks is not None:  # a node's name in the cluster: its registered address
+        known = svc.locks.cluster.nodes.get(destination)
+        if known and known.get("address"):
+            destination = str(known["address"])
     address = destination_address(destination, svc.config.tls_port)
+    lock = None
     async with vms.changing(name):
-        op = await svc.ops.start("migrate_out", name, rec.tenant, address, options.to_dict())
+        op_id = svc.ops.new_id()
+        if svc.locks is not None:  # exactly one migration of the vm, cluster-wide
+            lock = await svc.locks.acquire(rec.tenant, name, op_id, address)
+        try:
+            op = await svc.ops.start(
+                "migrate_out", name, rec.tenant, address, options.to_dict(), op_id
+            )
+        except BaseException:
+            if svc.locks is not None and lock is not None:
+                with trio.CancelScope(shield=True):
+                    await svc.locks.end(lock, moved=False)
+            raise
         vms.migrating.add(name)
-    run = Run(svc, op, options)
+    run = Run(svc, op, options, lock=lock)
     op.on_cancel = lambda: svc.spawn(run.abort, "cancel")
     svc.spawn(_run, run, address, op=op)
     return {"op": op.id, "vm": name, "destination": address}
 
 
 async def _run(run: Run, address: str) -> None:
+    moved = False
     try:
         async with run.svc.migration_limiter:  # at most max_concurrent at once
-            await _migrate_and_settle(run, address)
+            moved = await _migrate_and_settle(run, address)
     finally:
+        if run.lock is not None and run.svc.locks is not None:
+            with trio.CancelScope(shield=True):
+                await run.svc.locks.end(run.lock, moved)
         run.svc.vms.migrating.discard(run.op.vm)
 
 
-async def _migrate_and_settle(run: Run, address: str) -> None:
+async def _migrate_and_settle(run: Run, address: str) -> bool:
     svc, op, vms = run.svc, run.op, run.svc.vms
     files = svc.tls_files()
     assert files is not None
@@ -149,6 +172,9 @@ async def _migrate_and_settle(run: Run, address: str) -> None:
                         stream_port=port,
                         options=run.options.to_dict(),
                     )
+                    if run.lock is not None:  # where ownership goes (and a restart undoes)
+                        run.lock.destination = str(answer["node"])
+                        await svc.ops.note(op, destination_node=run.lock.destination)
                     svc.ops.report(op, "connecting")
                     channel = await open_channel(
                         f"{host}:{answer['channel_port']}",
@@ -187,14 +213,15 @@ async def _migrate_and_settle(run: Run, address: str) -> None:
         result = await _forget(run, answer, dest, began)
         result["relay_error"] = run.failure.message if run.failure else None
         await svc.ops.finish(op, "succeeded", result)
-        return
+        return True
     failure = run.failure or errors.MigrationFailed("the migration did not complete")
     if run.aborted_for == "cancel":
         await svc.ops.finish(op, "cancelled", None, errors.Cancelled("cancelled on request"))
-        return
+        return False
     if not isinstance(failure, errors.MigrationFailed):
         failure = errors.MigrationFailed(failure.message, {"cause": failure.code, "vm": op.vm})
     await svc.ops.finish(op, "failed", None, failure)
+    return False
 
 
 async def _tell_abort(peer: Any, answer: dict[str, Any]) -> None:
@@ -212,7 +239,15 @@ async def _migrate(
 ) -> bool:
     """True when libvirt moved the VM (it runs on the destination now)."""
     svc, op, vms = run.svc, run.op, run.svc.vms
-    sender = StreamSender(wait_for_announce=True, store=svc.page_store, **run.options.engine())
+    commit = None
+    if run.lock is not None and svc.locks is not None:
+        commit = partial(svc.locks.commit, run.lock)
+    sender = StreamSender(
+        wait_for_announce=True,
+        store=svc.page_store,
+        gated=commit is not None,
+        **run.options.engine(),
+    )
 
     async def relay() -> None:
         qemu: trio.SocketStream | None = None
@@ -220,7 +255,7 @@ async def _migrate(
             with trio.fail_after(QEMU_ACCEPT_S):
                 qemu = await listener.accept()
             qemu.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, QEMU_RCVBUF)
-            await relay_source(qemu, channel, sender, run.stats, lambda: run.aborted_for)
+            await relay_source(qemu, channel, sender, run.stats, lambda: run.aborted_for, commit)
         except Exception as exc:  # channel, link and frame errors alike
             run.fail(errors.MigrationFailed(f"migration channel failed: {exc}", {"vm": op.vm}))
             log.warning("migration.relay_failed", extra=kv(vm=op.vm, error=str(exc)))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -87,16 +87,28 @@ async def relay_source(
     sender: StreamSender,
     stats: RelayStats,
     abandoned: Callable[[], str | None] = lambda: None,
+    commit: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """QEMU's stream to the channel; ``RETURN`` frames back to QEMU. Returns when the
     destination acknowledged the end (closed its side after ``END``).
 
     ``abandoned`` says why the migration was given up, if it was (cancel, stall): the
     source QEMU then closes its stream early, and the destination gets ``ABORT``
-    instead of ``END`` for it."""
+    instead of ``END`` for it. ``commit`` (with a sender made ``gated``): awaited when
+    the stream reaches the gate (the device state), before any of it goes; an error
+    from it fails the relay, and the destination never completes."""
 
     out = Channel(channel)
     ended = False
+    committed = commit is None
+
+    async def switch_over() -> None:
+        nonlocal committed
+        assert commit is not None
+        await out.send(sender.flush)  # every page before the gate is there already
+        await commit()
+        committed = True
+        await out.send(sender.open_gate)
 
     async def forward() -> None:
         nonlocal ended
@@ -114,10 +126,14 @@ async def relay_source(
             stats.stream_bytes += len(data)
             await out.send(partial(sender.feed, bytes(data)))
             stats.channel_bytes = out.sent
+            if not committed and sender.at_gate:
+                await switch_over()
         why = abandoned()
         if why is not None:
             await out.send_frames([frames.encode_abort(why)])
             raise frames.FrameError(f"the migration was abandoned ({why})")
+        if not committed:  # a stream that never reached the gate: its end waits instead
+            await switch_over()
         await out.send(sender.finish)
         ended = True
         stats.channel_bytes = out.sent  # both tasks send: count in one place

@@ -20,6 +20,7 @@ import trio
 from novacron import errors
 from novacron._core import PAGE_SIZE, PageStore
 from novacron.client import TlsFiles
+from novacron.cluster.locks import MigrationLocks
 from novacron.config import Config
 from novacron.eventbus import EventBus
 from novacron.logs import kv
@@ -52,6 +53,7 @@ class MigrationService:
         self._nursery: trio.Nursery | None = None
         self.channel_port = 0
         self.interrupted: list[dict[str, Any]] = []
+        self.locks: MigrationLocks | None = None  # in a cluster (set by the daemon)
 
     def tls_files(self) -> TlsFiles | None:
         c = self.config
@@ -183,5 +185,12 @@ class MigrationService:
         (reconciliation found it gone and dropped the record): they succeeded."""
         moved = {f["vm"] for f in findings if f["finding"] == "migrated_away"}
         for row in self.interrupted:
-            if row["kind"] == "migrate_out" and row["vm"] in moved:
+            if row["kind"] != "migrate_out":
+                continue
+            if row["vm"] in moved:
                 await self.ops.amend(row, "succeeded", {"restarted": True})
+                continue
+            dest = (row.get("params") or {}).get("destination_node")
+            if self.locks is not None and dest and row["vm"] in self.vms.managed:
+                # still here: a switch-over committed before the restart is undone
+                await self.locks.cluster.arrived(row["tenant"], row["vm"], str(dest))

@@ -37,13 +37,20 @@ class DigestMismatch(Exception):
 class StreamSender:
     """``wait_for_announce``: hold pages until the destination's ``ANNOUNCE`` (its page
     store's hashes) arrived, so they can go as references. ``store``: keep every page
-    sent in this page store (for migrating back, or other VMs of the same image)."""
+    sent in this page store (for migrating back, or other VMs of the same image).
+
+    ``gated``: the first bytes the splitter cannot delimit — in a QEMU stream, the
+    device state that follows the last RAM, sent while the source VM is stopped — and
+    everything after them are held (``at_gate`` turns true) until :meth:`open_gate`:
+    the destination QEMU cannot complete the migration before that. The cluster's
+    ownership switch happens in between."""
 
     def __init__(
         self,
         batch_pages: int = DEFAULT_BATCH_PAGES,
         wait_for_announce: bool = False,
         store: PageStore | None = None,
+        gated: bool = False,
         **engine: Any,
     ) -> None:
         self.splitter = QemuStreamSplitter()
@@ -63,6 +70,17 @@ class StreamSender:
         self._sent_length = 0
         self.length = 0
         self.wire_bytes = 0
+        self._gated = gated
+
+    @property
+    def at_gate(self) -> bool:
+        """The stream reached what the gate holds back (and the gate is closed)."""
+        return self._gated and self.splitter.passthrough_reason is not None
+
+    def open_gate(self) -> list[bytes]:
+        """Lets the held bytes (and everything after them) go."""
+        self._gated = False
+        return self.flush()
 
     def feed(self, data: bytes) -> list[bytes]:
         """Frames for the next bytes from the source QEMU (possibly none yet)."""
@@ -74,7 +92,8 @@ class StreamSender:
             out.append(frames.encode_start(self.splitter.total_pages))
         for index, piece in pieces:
             self._piece(index, piece, out)
-        if len(self._prefix) >= MAX_VERBATIM and not self._entries and not self._held:
+        big = len(self._prefix) >= MAX_VERBATIM
+        if big and not self._entries and not self._held and not self.at_gate:
             out.append(self._verbatim())
         return self._checked(out)
 
@@ -96,14 +115,16 @@ class StreamSender:
         pages wait for ``ANNOUNCE`` if asked to, and so does what follows them."""
         out: list[bytes] = []
         self._flush_pages(out)
-        if self._prefix and not self._entries and not self._held:
+        if self._prefix and not self._entries and not self._held and not self.at_gate:
             out += self._checked([self._verbatim()])
         return out
 
     def finish(self) -> list[bytes]:
         """The stream ended: the rest, then ``END`` with length and digest (an
-        ``ANNOUNCE`` that never came is not waited for any longer)."""
+        ``ANNOUNCE`` that never came is not waited for any longer; a closed gate must
+        have been opened first)."""
         self._waiting = False
+        self._gated = False
         out: list[bytes] = []
         for index, piece in self.splitter.finish():
             self._piece(index, piece, out)

@@ -274,8 +274,8 @@ class StateStore:
     def update_operation(self, op: dict[str, Any]) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE operations SET state = :state, result = :result, error = :error,"
-                " updated_at = :updated_at WHERE id = :id",
+                "UPDATE operations SET state = :state, params = :params, result = :result,"
+                " error = :error, updated_at = :updated_at WHERE id = :id",
                 _op_row(op),
             )
 

@@ -1,0 +1,155 @@
+"""Migration locks: a VM that migrates is locked cluster-wide, and its ownership moves in
+the same etcd transaction that lets the switch-over happen.
+
+* ``/novacron/v1/locks/<tenant>/<name>`` → JSON ``{"node", "op", "destination",
+  "since"}``, created by the source under its node lease when ``vm.migrate`` starts,
+  only if the source owns the VM and no lock exists: of two migrations of one VM
+  exactly one gets it (the other: ``conflict``). A source that dies loses its lease and
+  with it the lock (within the lease TTL).
+* The switch-over: the source holds the destination's device state back (the
+  destination QEMU cannot finish without it) until :meth:`MigrationLocks.commit` ran
+  one transaction — *lock still ours, VM still ours, destination registered* → owner
+  becomes the destination and the lock goes. Refused or unanswered: the migration is
+  aborted and the VM stays on the source.
+* :meth:`MigrationLocks.end` after the outcome: a failed migration gives the lock back
+  and, when a commit may have been made, moves the ownership back to the source
+  (deferred to the next reconnect while etcd is away).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from novacron import errors
+from novacron.cluster.etcd import b64, unb64
+from novacron.cluster.service import LOCKS, NODES, ClusterService, lock_key, vm_key
+from novacron.logs import kv
+
+log = logging.getLogger("novacron.cluster")
+
+
+@dataclass
+class MigrationLock:
+    tenant: str
+    name: str
+    value: bytes  # exactly what was written: the commit compares against it
+    destination: str = ""  # the node the ownership goes to (known after prepare)
+    committing: bool = False  # a commit was sent: it may have been made
+
+
+def _equals(key: bytes, value: bytes) -> dict[str, Any]:
+    return {"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(value)}
+
+
+def _exists(key: bytes) -> dict[str, Any]:
+    return {"key": b64(key), "target": "CREATE", "result": "GREATER", "create_revision": "0"}
+
+
+def _absent(key: bytes) -> dict[str, Any]:
+    return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+
+
+def _read(key: bytes) -> dict[str, Any]:
+    return {"request_range": {"key": b64(key)}}
+
+
+def _found(responses: list[dict[str, Any]], i: int) -> bytes | None:
+    kvs = responses[i].get("response_range", {}).get("kvs") or [] if len(responses) > i else []
+    return unb64(kvs[0].get("value")) if kvs else None
+
+
+class MigrationLocks:
+    def __init__(self, cluster: ClusterService) -> None:
+        self.cluster = cluster
+
+    async def acquire(self, tenant: str, name: str, op: str, destination: str) -> MigrationLock:
+        """Locks ``name`` for a migration by this node (``conflict`` if it is locked or
+        another node owns it; ``unavailable`` without etcd)."""
+        c = self.cluster
+        if not c.connected:
+            raise errors.Unavailable(
+                "etcd is unreachable: a migration needs the cluster-wide lock on the vm",
+                {"vm": name},
+            )
+        doc = {"node": c.node, "op": op, "destination": destination, "since": time.time()}
+        value = json.dumps(doc, sort_keys=True).encode()
+        owner, lock = vm_key(tenant, name), lock_key(tenant, name)
+        put = {"key": b64(lock), "value": b64(value), "lease": str(c.lease)}
+        ok, responses = await c.etcd.txn(
+            [_equals(owner, c.node.encode()), _absent(lock)],
+            [{"request_put": put}],
+            [_read(owner), _read(lock)],
+        )
+        if ok:
+            log.info("cluster.migration_locked", extra=kv(vm=name, op=op))
+            return MigrationLock(tenant, name, value)
+        held = _found(responses, 1)
+        if held is not None:
+            other = json.loads(held)
+            raise errors.Conflict(
+                f"vm {name!r} is being migrated by {other.get('node')!r} ({other.get('op')})",
+                {"vm": name, "node": other.get("node"), "op": other.get("op")},
+            )
+        holder = _found(responses, 0)
+        raise errors.Conflict(
+            f"vm {name!r} is owned by node {holder.decode()!r} in the cluster"
+            if holder is not None
+            else f"vm {name!r} is not claimed by this node in the cluster yet",
+            {"vm": name, "node": holder.decode() if holder is not None else None},
+        )
+
+    async def commit(self, lock: MigrationLock) -> None:
+        """The switch-over's transaction: ownership to ``lock.destination``, lock gone.
+        Raises ``migration_failed`` when etcd refuses it or does not answer."""
+        c = self.cluster
+        owner, key = vm_key(lock.tenant, lock.name), lock_key(lock.tenant, lock.name)
+        dest = NODES + lock.destination.encode()
+        lock.committing = True
+        try:
+            ok, responses = await c.etcd.txn(
+                [_equals(key, lock.value), _equals(owner, c.node.encode()), _exists(dest)],
+                [
+                    {"request_put": {"key": b64(owner), "value": b64(lock.destination.encode())}},
+                    {"request_delete_range": {"key": b64(key)}},
+                ],
+                [_read(key), _read(owner), _read(dest)],
+            )
+        except errors.Unavailable as exc:
+            raise errors.MigrationFailed(
+                f"etcd did not confirm the switch-over: {exc.message}", {"vm": lock.name}
+            ) from None
+        if ok:
+            log.info("cluster.ownership_moved", extra=kv(vm=lock.name, node=lock.destination))
+            c.changed()
+            return
+        lock.committing = False  # refused: nothing was written
+        if _found(responses, 0) != lock.value:
+            why = "the migration lock was lost (this node's lease expired or it was removed)"
+        elif _found(responses, 1) != c.node.encode():
+            why = "this node no longer owns the vm in the cluster"
+        else:
+            why = f"the destination {lock.destination!r} is not registered in the cluster"
+        raise errors.MigrationFailed(f"switch-over refused: {why}", {"vm": lock.name})
+
+    async def end(self, lock: MigrationLock, moved: bool) -> None:
+        """After the outcome. Moved: the commit made the change (the destination also
+        moves the ownership when it records the VM). Otherwise the lock is given back
+        and a commit that may have been made is undone."""
+        if moved and lock.committing:
+            return
+        c = self.cluster
+        with contextlib.suppress(errors.Unavailable):  # else it goes with the lease
+            await c.etcd.delete_if(lock_key(lock.tenant, lock.name), lock.value)
+        if not moved and lock.committing and lock.destination:
+            log.warning("cluster.ownership_reverted", extra=kv(vm=lock.name))
+            await c.arrived(lock.tenant, lock.name, lock.destination)
+
+    async def held(self) -> dict[str, dict[str, Any]]:
+        """Every migration lock: ``tenant/name`` → its document."""
+        found, _ = await self.cluster.etcd.get_prefix(LOCKS)
+        return {k.key[len(LOCKS) :].decode(): json.loads(k.value) for k in found}

@@ -1,0 +1,178 @@
+"""Live migration in a cluster: two namespaced hosts (each with its libvirtd and
+novacrond) and a three-member etcd cluster in host A's namespaces, reached by both
+daemons over the veth with their node certificates.
+
+A migration takes the VM's lock in etcd and moves its ownership in the transaction
+that lets the switch-over happen: two daemons asked at once to migrate the same VM
+start exactly one migration, every time; a migration whose lock was lost is not
+switched over, and the VM stays on its source.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from novacron import errors
+from novacron.cluster.etcd import b64
+from novacron.state.db import StateStore
+from tests.system import guest
+from tests.system.libvirt_host import LibvirtHost
+from tests.system.nodes import Node, TwoNodes, cli, logs, wait_until
+from tests.system.test_migration import (
+    boot,
+    ended,
+    intact_on,
+    only_on,
+    retire,
+    start_migration,
+    stays_on_source,
+)
+from tests.system.twohosts import TwoHosts
+
+ROUNDS = 4
+
+
+@pytest.fixture(scope="module")
+def cluster_nodes(
+    libvirt_host: LibvirtHost, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TwoNodes]:
+    hosts = TwoHosts.start(secrets.token_hex(3))
+    try:
+        pair = TwoNodes.start(hosts, tmp_path_factory.mktemp("cluster"), cluster=True)
+        try:
+            for node in (pair.a, pair.b):
+                wait_until(lambda n=node: len(members(n)) == 2, 60, "both nodes registered")
+            yield pair
+        finally:
+            pair.stop()
+    finally:
+        hosts.stop()
+
+
+def members(node: Node) -> list[str]:
+    with node.client() as c:
+        return [n["node"] for n in c.call("cluster.nodes") if n["state"] == "up"]
+
+
+def owner(node: Node, vm: str) -> dict[str, Any]:
+    with node.client() as c:
+        return next(v for v in c.call("cluster.vms") if v["name"] == vm)
+
+
+def ask_to_migrate(via: Node, vm: str, to: Node, outcomes: list[Any]) -> None:
+    """``vm.migrate`` through ``via`` (forwarded to the owner when ``via`` is not it),
+    naming the destination by its node name."""
+    try:
+        with via.client() as c:
+            outcomes.append(c.call("vm.migrate", name=vm, destination=to.name))
+    except errors.NovaCronError as exc:
+        outcomes.append(exc)
+
+
+def test_two_daemons_racing_to_migrate_a_vm_start_one_migration(
+    cluster_nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    a, b = cluster_nodes.a, cluster_nodes.b
+    boot(a, "race", guest_images)
+    wait_until(lambda: owner(b, "race")["node"] == "hosta", 30, "hosta to own race")
+    src, dst = a, b
+    for round_ in range(ROUNDS):
+        outcomes: list[Any] = []
+        # one caller asks the owner, the other asks the destination (which forwards)
+        callers = [
+            threading.Thread(target=ask_to_migrate, args=(via, "race", dst, outcomes))
+            for via in (src, dst)
+        ]
+        for t in callers:
+            t.start()
+        for t in callers:
+            t.join(120)
+        started = [o for o in outcomes if isinstance(o, dict)]
+        refused = [o for o in outcomes if isinstance(o, errors.NovaCronError)]
+        assert len(started) == 1 and len(refused) == 1, (round_, outcomes, logs(src, dst))
+        assert isinstance(refused[0], errors.Conflict), refused[0]
+        doc = ended(src, started[0]["op"], timeout=300)
+        assert doc["state"] == "succeeded", (doc, logs(src, dst))
+        only_on("race", dst, src)
+        # the switch-over moved the ownership, and the lock is gone
+        for node in (src, dst):
+            held = owner(node, "race")
+            assert held["node"] == dst.name and "migration" not in held, held
+        src, dst = dst, src
+    intact_on(src, "race")
+    for node in (a, b):  # both daemons agree with etcd: nothing to reclaim
+        with node.client() as c:
+            assert c.call("cluster.status")["conflicts"] == []
+    retire(src, "race")
+
+
+def test_a_migration_that_lost_its_lock_is_not_switched_over(
+    cluster_nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    a, b = cluster_nodes.a, cluster_nodes.b
+    assert cluster_nodes.etcd is not None
+    boot(a, "locked", guest_images)
+    wait_until(lambda: owner(a, "locked")["node"] == "hosta", 30, "hosta to own locked")
+    op_id = start_migration(a, b, "locked")
+    held = owner(b, "locked")
+    assert held["migration"]["op"] == op_id and held["migration"]["node"] == "hosta", held
+    shown = cli(b, "cluster", "vms")  # as an operator sees it
+    assert shown.returncode == 0 and f"{op_id} to {b.address}" in shown.stdout, shown
+    # the lock vanishes (as when the source's lease expires): no switch-over
+    status, text = cluster_nodes.etcd.gateway(
+        "/v3/kv/deleterange", {"key": b64(b"/novacron/v1/locks/default/locked")}
+    )
+    assert status == 200 and '"deleted":"1"' in text, text
+    doc = ended(a, op_id, timeout=300)
+    assert doc["state"] == "failed", doc
+    assert "lock was lost" in doc["error"]["message"], doc
+    held = owner(b, "locked")
+    assert held["node"] == "hosta" and "migration" not in held, held
+    stays_on_source("locked", a, b)  # (and retires it)
+
+
+def test_a_restart_after_an_interrupted_switch_over_takes_the_vm_back(
+    cluster_nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    """The source daemon died between the switch-over's transaction and libvirt's end,
+    and libvirt then kept the VM on the source: restarted, the daemon finds its
+    interrupted migration and moves the ownership back from the destination."""
+    a, etcd = cluster_nodes.a, cluster_nodes.etcd
+    assert etcd is not None
+    with a.client() as c:  # running is enough here: the guest need not boot
+        c.call("vm.create", **guest_images.vm("back", 64, ""))
+    wait_until(lambda: owner(a, "back")["node"] == "hosta", 30, "hosta to own back")
+    a.daemon.stop()
+    # the state that death leaves: etcd names the destination, the op still runs
+    key = b"/novacron/v1/vms/default/back"
+    status, _ = etcd.gateway("/v3/kv/put", {"key": b64(key), "value": b64(b"hostb")})
+    assert status == 200
+    store = StateStore(a.state_dir / "state.db")
+    now = time.time()
+    store.insert_operation(
+        {
+            "id": "op-interrupted",
+            "kind": "migrate_out",
+            "vm": "back",
+            "tenant": "default",
+            "peer": cluster_nodes.b.address,
+            "state": "running",
+            "params": {"destination_node": "hostb"},
+            "created_at": now,
+            "updated_at": now,
+        }
+    )
+    store.close()
+    a.restart()
+    wait_until(lambda: owner(a, "back")["node"] == "hosta", 30, "the ownership back on hosta")
+    with a.client() as c:
+        assert c.call("cluster.status")["conflicts"] == []
+        assert c.call("op.get", op="op-interrupted")["state"] == "failed"
+    assert a.domstate("back") == "running"
+    retire(a, "back")
