@@ -27,23 +27,11 @@ def test_frames_round_trip_in_any_chunking(items: list[tuple[int, bytes]], cuts:
     assert dec.buffered == 0
 
 
-@given(st.lists(st.tuples(st.binary(max_size=40), st.integers(0, 999)), max_size=20), st.binary())
-def test_pages_payload_round_trips(entries: list[tuple[bytes, int]], batch: bytes) -> None:
-    (frame,) = frames.FrameDecoder().feed(frames.encode_pages(1000, entries, batch))
-    assert frames.decode_pages(frame.payload) == (1000, entries, batch)
-
-
 def test_refusals() -> None:
     with pytest.raises(frames.FrameError, match="unknown frame type"):
-        frames.FrameDecoder().feed(b"\x09\x00\x00\x00\x00")
+        frames.FrameDecoder().feed(b"\x0a\x00\x00\x00\x00")
     with pytest.raises(frames.FrameError, match="limit"):
         frames.FrameDecoder(max_frame=10).feed(b"\x01\x00\x00\x00\x0b")
-    bad_index = frames.encode_pages(4, [(b"", 4)], b"")[5:]
-    with pytest.raises(frames.FrameError, match="outside"):
-        frames.decode_pages(bad_index)
-    with pytest.raises(frames.FrameError, match="truncated"):
-        frames.decode_pages(b"\x00" * 5)
-    with pytest.raises(frames.FrameError, match="wrong size"):
-        frames.decode_end(b"\x00")
-    length, digest = frames.decode_end(frames.encode_end(7, b"d" * 32)[5:])
-    assert (length, digest) == (7, b"d" * 32)
+    with pytest.raises(ValueError, match="unknown frame type"):
+        frames.encode(42, b"")
+    assert frames.decode_abort(frames.encode_abort("x" * 600)[5:]) == "x" * 200

@@ -6,13 +6,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable
 
+import pytest
 import trio
 import trio.lowlevel
 import trio.testing
 
 from novacron._core import PageStore
 from novacron.errors import EngineError
-from novacron.migration import frames
+from novacron.migration import frames, relay
 from novacron.migration.relay import RelayStats, relay_destination, relay_source
 from novacron.migration.stream import DigestMismatch, StreamReceiver, StreamSender
 from tests.unit.test_stream import iterations
@@ -29,16 +30,23 @@ async def migrate(
     destination_store: PageStore | None = None,
     abandoned: str | None = None,
     commit: Callable[[], Awaitable[None]] | None = None,
+    reads_until: int | None = None,
+    src_stats: RelayStats | None = None,
 ) -> tuple[bytes, bytes, RelayStats, RelayStats]:
     """Runs both relays; with ``failures`` given, each side's error is kept there (by
-    side) instead of cancelling the other side."""
+    side) instead of cancelling the other side. ``reads_until``: the destination QEMU
+    stops reading after that many bytes (its side then has no buffer at all)."""
     src_qemu, src_relay_side = trio.testing.memory_stream_pair()
-    dst_relay_side, dst_qemu = trio.testing.memory_stream_pair()
+    if reads_until is None:
+        dst_relay_side, dst_qemu = trio.testing.memory_stream_pair()
+    else:
+        dst_relay_side, dst_qemu = trio.testing.lockstep_stream_pair()
     chan_src, chan_mid_a = trio.testing.memory_stream_pair()
     chan_mid_b, chan_dst = trio.testing.memory_stream_pair()
     received = bytearray() if received is None else received
     returned = bytearray()
-    src_stats, dst_stats = RelayStats(), RelayStats()
+    src_stats = src_stats if src_stats is not None else RelayStats()
+    dst_stats = RelayStats()
     kept = failures if failures is not None else {}
 
     async def source_qemu() -> None:
@@ -57,6 +65,8 @@ async def migrate(
     async def destination_qemu() -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             while len(received) < len(stream):
+                if reads_until is not None and len(received) >= reads_until:
+                    await trio.sleep_forever()
                 data = await dst_qemu.receive_some(65536)
                 if not data:
                     return
@@ -217,3 +227,25 @@ async def test_a_refused_commit_keeps_the_device_state_from_the_destination() ->
     assert "lock was lost" in str(refused)
     assert len(received) <= gate and stream.startswith(bytes(received))
     assert "destination" in failures  # it never got END: the migration cannot complete
+
+
+async def test_the_source_stays_within_a_window_of_the_destination_qemu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """However cheaply pages travel (references), the source reads no more than a
+    window ahead of what the destination QEMU took: QEMU's bandwidth estimate is then
+    the whole path's, and so is the downtime it plans for."""
+    monkeypatch.setattr(relay, "WINDOW", 256 * 1024)
+    monkeypatch.setattr(relay, "ACK_EVERY", 32 * 1024)
+    stream, _ = iterations(60, 4, incompressible=True)
+    assert len(stream) > 4 * 1024 * 1024
+    received = bytearray()
+    source = RelayStats()
+    with trio.move_on_after(3):
+        await migrate(stream, received=received, reads_until=300_000, src_stats=source)
+    assert 300_000 <= len(received) < 600_000
+    # the source read at most the window past what the destination QEMU took, plus
+    # one read and the batch it may still hold (16 pages with their headers)
+    ahead = source.stream_bytes - len(received)
+    assert 0 < ahead < 256 * 1024 + relay.READ_SIZE + 16 * 4200, ahead
+    assert source.stream_bytes < len(stream) / 4

@@ -60,7 +60,7 @@ def test_any_precopy_arrives_byte_exact(rounds: int, seed: int, chunk: int) -> N
     stream, pages = iterations(rounds, seed)
     rebuilt, sender = carry(stream, chunk)
     assert rebuilt == stream
-    assert sender.splitter.stats["pages"] == pages
+    assert sender.split_stats["pages"] == pages
     assert sender.length == len(stream)
 
 

@@ -145,8 +145,11 @@ async def prepare(
 
 
 async def receive(svc: MigrationService, inc: Incoming) -> None:
-    """The relay, then libvirt's verdict; records or releases accordingly."""
+    """The relay, then libvirt's verdict; records or releases accordingly; then the
+    arrived memory goes to the page store (after the operation ended: the source's
+    summary, and the operator, do not wait for it)."""
     failure: str | None = None
+    receiver: StreamReceiver | None = None
     with inc.cancel:
         try:
             with trio.fail_after(CHANNEL_WAIT_S):
@@ -162,8 +165,6 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
                     await relay_destination(channel, qemu, receiver, inc.stats)
                 finally:
                     await trio.aclose_forcefully(qemu)
-                for _ in receiver.keep():  # after the stream: never in the downtime
-                    await trio.lowlevel.checkpoint()
             except (trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
                 failure = f"relay failed: {exc or 'the connection broke'}"
             except Exception as exc:  # frame, digest and engine errors
@@ -176,6 +177,9 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
     if failure:
         log.warning("migration.incoming_relay_failed", extra=kv(vm=inc.op.vm, why=failure))
     await settle(svc, inc, failure)
+    if receiver is not None and not failure:
+        for _ in receiver.keep():  # never in the downtime, nor in the operation's time
+            await trio.lowlevel.checkpoint()
 
 
 async def wait_outcome(svc: MigrationService, name: str) -> str:

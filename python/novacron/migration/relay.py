@@ -8,7 +8,7 @@ QEMU (its return path: PONG and SHUT). Destination side: :func:`relay_destinatio
 rebuilds the stream for the destination QEMU and sends QEMU's replies back as
 ``RETURN`` frames.
 
-The destination writes only bytes a ``CHECK`` frame vouched for (length and sha256
+The destination writes only bytes a ``CHECK`` frame vouched for (length and xxh3-128
 of the stream so far): a corrupted stream is refused before the destination QEMU sees
 it, the destination QEMU then fails to load, and the VM stays on the source.
 """
@@ -31,6 +31,8 @@ log = logging.getLogger("novacron.migration")
 
 READ_SIZE = 256 * 1024
 IDLE_FLUSH_S = 0.005
+WINDOW = 16 * 1024 * 1024  # stream bytes the source may be ahead of the destination QEMU
+ACK_EVERY = 1024 * 1024  # the destination acknowledges this much stream at a time
 
 
 @dataclass
@@ -101,6 +103,8 @@ async def relay_source(
     out = Channel(channel)
     ended = False
     committed = commit is None
+    acked = 0
+    ack_arrived = trio.Event()
 
     async def switch_over() -> None:
         nonlocal committed
@@ -111,8 +115,11 @@ async def relay_source(
         await out.send(sender.open_gate)
 
     async def forward() -> None:
-        nonlocal ended
+        nonlocal ended, ack_arrived
         while True:
+            while stats.stream_bytes - acked > WINDOW:  # the destination catches up first
+                await ack_arrived.wait()
+                ack_arrived = trio.Event()
             data: bytes | bytearray = b""
             with trio.move_on_after(IDLE_FLUSH_S) as idle:
                 data = await qemu.receive_some(READ_SIZE)
@@ -137,11 +144,12 @@ async def relay_source(
         await out.send(sender.finish)
         ended = True
         stats.channel_bytes = out.sent  # both tasks send: count in one place
-        split = sender.splitter.stats
+        split = sender.split_stats
         stats.pages, stats.zero_pages = split["pages"], split["zero_pages"]
-        stats.passthrough = sender.splitter.passthrough_reason
+        stats.passthrough = sender.passthrough_reason
 
     async def back() -> None:
+        nonlocal acked
         decoder = frames.FrameDecoder()
         while True:
             try:
@@ -156,6 +164,9 @@ async def relay_source(
                 if frame.kind == frames.RETURN:
                     stats.returned_bytes += len(frame.payload)
                     await qemu.send_all(frame.payload)
+                elif frame.kind == frames.ACK:
+                    acked = max(acked, frames.decode_ack(frame.payload))
+                    ack_arrived.set()
                 elif frame.kind == frames.ANNOUNCE:
                     await out.send(partial(sender.announce, frame.payload))
                 elif frame.kind == frames.ABORT:
@@ -192,6 +203,7 @@ async def relay_destination(
             await out.send_frames([frames.encode(frames.RETURN, bytes(data))])
 
     decoder = frames.FrameDecoder()
+    acked = 0
     with _single_errors():
         async with trio.open_nursery() as n:
             n.start_soon(back)
@@ -203,12 +215,15 @@ async def relay_destination(
                     stats.channel_bytes += len(data)
                     for frame in decoder.feed(bytes(data)):
                         rebuilt = receiver.apply(frame)
-                        if receiver.reply:  # ANNOUNCE, answering START
-                            replies, receiver.reply = receiver.reply, []
+                        replies = receiver.take_replies()  # ANNOUNCE, answering START
+                        if replies:
                             await out.send_frames(replies)
                         if rebuilt:
                             await qemu.send_all(rebuilt)
                             stats.stream_bytes += len(rebuilt)
+                            if stats.stream_bytes - acked >= ACK_EVERY:
+                                acked = stats.stream_bytes
+                                await out.send_frames([frames.encode_ack(acked)])
             except Exception as exc:
                 stats.error = str(exc)
                 log.error("migration.stream_rejected", extra=kv(error=str(exc)))

@@ -33,6 +33,16 @@ pub enum EngineError {
         /// What was wrong.
         reason: String,
     },
+    /// A migration channel frame out of place or malformed, or the sender's `ABORT`.
+    Channel {
+        /// What was wrong.
+        reason: String,
+    },
+    /// The stream rebuilt from the channel differs from the one the source sent.
+    DigestMismatch {
+        /// Where it differs.
+        reason: String,
+    },
 }
 
 impl EngineError {
@@ -48,6 +58,14 @@ impl EngineError {
     #[must_use]
     pub fn invalid(reason: impl Into<String>) -> Self {
         Self::InvalidArgument {
+            reason: reason.into(),
+        }
+    }
+
+    /// An [`EngineError::Channel`] with `reason`.
+    #[must_use]
+    pub fn channel(reason: impl Into<String>) -> Self {
+        Self::Channel {
             reason: reason.into(),
         }
     }
@@ -75,6 +93,7 @@ impl fmt::Display for EngineError {
             ),
             Self::Malformed { reason } => write!(f, "malformed page stream: {reason}"),
             Self::InvalidArgument { reason } => write!(f, "invalid argument: {reason}"),
+            Self::Channel { reason } | Self::DigestMismatch { reason } => f.write_str(reason),
         }
     }
 }

@@ -9,6 +9,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod cache;
+pub mod channel;
 mod decoder;
 mod delta;
 mod encoder;

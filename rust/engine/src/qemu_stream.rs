@@ -485,4 +485,4 @@ impl StreamSplitter {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

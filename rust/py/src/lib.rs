@@ -6,6 +6,7 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod channel;
 mod placement;
 mod stream;
 
@@ -15,10 +16,18 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 pyo3::import_exception!(novacron.errors, EngineError);
+pyo3::import_exception!(novacron.migration.frames, FrameError);
+pyo3::import_exception!(novacron.migration.frames, DigestMismatch);
 
-/// Converts an engine error into the Python exception `novacron.errors.EngineError`.
-fn to_py_err(err: engine::EngineError) -> PyErr {
-    EngineError::new_err(err.to_string())
+/// Converts an engine error into the Python exception Python defines for it:
+/// `novacron.errors.EngineError`, or for the migration channel
+/// `novacron.migration.frames.FrameError` / `DigestMismatch`.
+pub(crate) fn to_py_err(err: engine::EngineError) -> PyErr {
+    match err {
+        engine::EngineError::Channel { .. } => FrameError::new_err(err.to_string()),
+        engine::EngineError::DigestMismatch { .. } => DigestMismatch::new_err(err.to_string()),
+        _ => EngineError::new_err(err.to_string()),
+    }
 }
 
 /// A read-only view of a contiguous Python buffer (bytes, bytearray, memoryview, mmap).
@@ -138,7 +147,7 @@ fn dirty_bitmap<'py>(
     Ok(PyBytes::new(py, &bitmap))
 }
 
-fn codec_from_name(name: &str) -> PyResult<engine::Codec> {
+pub(crate) fn codec_from_name(name: &str) -> PyResult<engine::Codec> {
     match name {
         "lz4" => Ok(engine::Codec::Lz4),
         "zstd" => Ok(engine::Codec::Zstd),
@@ -237,7 +246,7 @@ impl PageEncoder {
 
 /// The receiver's page store, shared across guests and migrations.
 #[pyclass(module = "novacron._core", frozen)]
-struct PageStore {
+pub(crate) struct PageStore {
     inner: engine::PageStore,
 }
 
@@ -337,6 +346,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PageStore>()?;
     m.add_class::<placement::Placer>()?;
     m.add_class::<stream::QemuStreamSplitter>()?;
+    m.add_class::<channel::ChannelSender>()?;
+    m.add_class::<channel::ChannelReceiver>()?;
     m.add_class::<placement::Placement>()?;
     m.add_function(wrap_pyfunction!(placement::parse_cpuset, m)?)?;
     m.add_function(wrap_pyfunction!(placement::format_cpuset, m)?)?;

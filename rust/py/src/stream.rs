@@ -2,10 +2,11 @@
 //! and verbatim bytes (`novacron_engine::qemu_stream`).
 
 use crate::ByteView;
-use novacron_engine::qemu_stream::{Piece, StreamSplitter};
+use novacron_engine::qemu_stream::{Piece, SplitStats, StreamSplitter};
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
+use std::collections::HashMap;
 
 /// Streaming splitter; feed it the stream in chunks of any size.
 #[pyclass(module = "novacron._core")]
@@ -83,15 +84,19 @@ impl QemuStreamSplitter {
 
     /// `{"bytes", "pages", "zero_pages", "verbatim_bytes"}` so far.
     #[getter]
-    fn stats(&self) -> std::collections::HashMap<&'static str, u64> {
-        let s = self.inner.stats;
-        [
-            ("bytes", s.bytes),
-            ("pages", s.pages),
-            ("zero_pages", s.zero_pages),
-            ("verbatim_bytes", s.verbatim_bytes),
-        ]
-        .into_iter()
-        .collect()
+    fn stats(&self) -> HashMap<&'static str, u64> {
+        stats_map(self.inner.stats)
     }
+}
+
+/// A splitter's counters as Python sees them.
+pub(crate) fn stats_map(s: SplitStats) -> HashMap<&'static str, u64> {
+    [
+        ("bytes", s.bytes),
+        ("pages", s.pages),
+        ("zero_pages", s.zero_pages),
+        ("verbatim_bytes", s.verbatim_bytes),
+    ]
+    .into_iter()
+    .collect()
 }

@@ -5,24 +5,24 @@ use proptest::prelude::*;
 
 /// Writes a stream the way QEMU's savevm/ram code does, remembering the pages.
 #[derive(Default)]
-struct Stream {
-    bytes: Vec<u8>,
+pub(crate) struct Stream {
+    pub(crate) bytes: Vec<u8>,
     pages: Vec<(u64, Vec<u8>)>,
     blocks: Vec<(Vec<u8>, u64, u64)>, // name, length, first page
 }
 
 impl Stream {
-    fn put(&mut self, b: &[u8]) -> &mut Self {
+    pub(crate) fn put(&mut self, b: &[u8]) -> &mut Self {
         self.bytes.extend_from_slice(b);
         self
     }
-    fn name(&mut self, n: &[u8]) -> &mut Self {
+    pub(crate) fn name(&mut self, n: &[u8]) -> &mut Self {
         self.put(&[n.len() as u8]).put(n)
     }
-    fn header(&mut self) -> &mut Self {
+    pub(crate) fn header(&mut self) -> &mut Self {
         self.put(&MAGIC.to_be_bytes()).put(&VERSION.to_be_bytes())
     }
-    fn configuration(&mut self, caps: &[&[u8]]) -> &mut Self {
+    pub(crate) fn configuration(&mut self, caps: &[&[u8]]) -> &mut Self {
         self.put(&[CONFIGURATION])
             .put(&8u32.to_be_bytes())
             .put(b"pc-q35-7");
@@ -39,11 +39,11 @@ impl Stream {
             .put(&1u32.to_be_bytes());
         self.put(&[7u8; 16])
     }
-    fn section_start(&mut self, kind: u8, id: u32, name: &[u8]) -> &mut Self {
+    pub(crate) fn section_start(&mut self, kind: u8, id: u32, name: &[u8]) -> &mut Self {
         self.put(&[kind]).put(&id.to_be_bytes()).name(name);
         self.put(&0u32.to_be_bytes()).put(&4u32.to_be_bytes())
     }
-    fn ram_setup(&mut self, blocks: &[(&[u8], u64)]) -> &mut Self {
+    pub(crate) fn ram_setup(&mut self, blocks: &[(&[u8], u64)]) -> &mut Self {
         let total: u64 = blocks.iter().map(|b| b.1).sum();
         self.put(&(total | FLAG_MEM_SIZE).to_be_bytes());
         let mut first = 0;
@@ -54,10 +54,10 @@ impl Stream {
         }
         self
     }
-    fn first_page(&self, block: &[u8]) -> u64 {
+    pub(crate) fn first_page(&self, block: &[u8]) -> u64 {
         self.blocks.iter().find(|b| b.0 == block).unwrap().2
     }
-    fn page(&mut self, block: &[u8], cont: bool, addr: u64, fill: u8) -> &mut Self {
+    pub(crate) fn page(&mut self, block: &[u8], cont: bool, addr: u64, fill: u8) -> &mut Self {
         let flags = FLAG_PAGE | if cont { FLAG_CONTINUE } else { 0 };
         self.put(&(addr | flags).to_be_bytes());
         if !cont {
@@ -69,22 +69,22 @@ impl Stream {
         self.pages.push((index, data));
         self
     }
-    fn zero(&mut self, block: &[u8], addr: u64) -> &mut Self {
+    pub(crate) fn zero(&mut self, block: &[u8], addr: u64) -> &mut Self {
         self.put(&(addr | FLAG_ZERO).to_be_bytes())
             .name(block)
             .put(&[0])
     }
-    fn xbzrle(&mut self, addr: u64) -> &mut Self {
+    pub(crate) fn xbzrle(&mut self, addr: u64) -> &mut Self {
         self.put(&(addr | FLAG_XBZRLE | FLAG_CONTINUE).to_be_bytes());
         self.put(&[1]).put(&3u16.to_be_bytes()).put(&[9, 9, 9])
     }
-    fn eos(&mut self) -> &mut Self {
+    pub(crate) fn eos(&mut self) -> &mut Self {
         self.put(&FLAG_EOS.to_be_bytes())
     }
-    fn footer(&mut self, id: u32) -> &mut Self {
+    pub(crate) fn footer(&mut self, id: u32) -> &mut Self {
         self.put(&[FOOTER]).put(&id.to_be_bytes())
     }
-    fn command(&mut self) -> &mut Self {
+    pub(crate) fn command(&mut self) -> &mut Self {
         self.put(&[COMMAND])
             .put(&3u16.to_be_bytes())
             .put(&4u16.to_be_bytes());
@@ -93,7 +93,7 @@ impl Stream {
 }
 
 /// A full precopy: setup, two iterations, completion, a device, EOF and a description.
-fn migration() -> Stream {
+pub(crate) fn migration() -> Stream {
     let mut s = Stream::default();
     s.header().configuration(&[b"events", b"return-path"]);
     s.section_start(SECTION_START, 2, b"ram")

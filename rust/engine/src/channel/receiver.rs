@@ -1,0 +1,215 @@
+//! The destination's half: channel frames in, QEMU's stream out — only bytes a `CHECK`
+//! (or `END`) vouched for, so a corrupted stream never reaches the destination QEMU.
+//!
+//! Memory is bounded: the guest image (its size from `START`), and at most
+//! `max_unchecked` bytes of stream awaiting a `CHECK`.
+
+use super::{parse_end, parse_start, StreamDigest, ABORT, CHECK, END, PAGES, START, VERBATIM};
+use crate::error::{EngineError, Result};
+use crate::{Decoder, PageStore, PAGE_SIZE};
+
+/// Largest guest the receiver accepts (pages): 16 TiB.
+pub const MAX_GUEST_PAGES: u64 = 1 << 32;
+
+/// The receiver's state for one migration.
+pub struct StreamReceiver {
+    store: Option<PageStore>,
+    decoder: Option<Decoder>,
+    total: u64,
+    digest: StreamDigest,
+    unchecked: Vec<u8>,
+    max_unchecked: usize,
+    /// `END` arrived and matched.
+    pub ended: bool,
+    /// Frames for the sender (the `ANNOUNCE` answering `START`), not yet taken.
+    pub reply: Vec<u8>,
+}
+
+impl StreamReceiver {
+    /// `store`: its pages are announced to the sender (and pinned for this stream).
+    #[must_use]
+    pub fn new(store: Option<PageStore>, max_unchecked: usize) -> Self {
+        Self {
+            store,
+            decoder: None,
+            total: 0,
+            digest: StreamDigest::new(),
+            unchecked: Vec::new(),
+            max_unchecked,
+            ended: false,
+            reply: Vec::new(),
+        }
+    }
+
+    /// Bytes of the stream rebuilt so far (released or not).
+    #[must_use]
+    pub fn length(&self) -> u64 {
+        self.digest.length
+    }
+
+    /// Pages of the guest (0 before `START` or the first `PAGES`).
+    #[must_use]
+    pub fn total_pages(&self) -> u64 {
+        self.total
+    }
+
+    /// The arrived guest memory (None before any page).
+    #[must_use]
+    pub fn image(&self) -> Option<&[u8]> {
+        self.decoder.as_ref().map(Decoder::image)
+    }
+
+    /// Applies one frame; returns the stream bytes now vouched for (empty unless the
+    /// frame is a `CHECK` or `END`).
+    ///
+    /// # Errors
+    /// [`EngineError::Channel`] for frames out of place or malformed, an `ABORT`, or
+    /// too much stream without a `CHECK`; [`EngineError::DigestMismatch`] when the
+    /// rebuilt stream differs from the source's; [`EngineError::Malformed`] for a bad
+    /// page batch. Nothing unvouched is ever returned.
+    pub fn apply(&mut self, kind: u8, payload: &[u8]) -> Result<Vec<u8>> {
+        if self.ended {
+            return Err(EngineError::channel("frame after END"));
+        }
+        match kind {
+            VERBATIM => {
+                self.hold(payload)?;
+                Ok(Vec::new())
+            }
+            START => {
+                if self.decoder.is_some() {
+                    return Err(EngineError::channel("a second START"));
+                }
+                self.begin(parse_start(payload)?)?;
+                let hashes = match (&self.store, self.decoder.as_mut()) {
+                    (Some(store), Some(decoder)) => decoder.announce(store),
+                    _ => Vec::new(),
+                };
+                self.reply.extend(super::sender::announce_frame(&hashes));
+                Ok(Vec::new())
+            }
+            PAGES => {
+                self.pages(payload)?;
+                Ok(Vec::new())
+            }
+            CHECK | END => {
+                let (length, digest) = parse_end(payload)?;
+                let ours = self.digest.payload();
+                let (our_length, our_digest) = parse_end(&ours)?;
+                if length != our_length {
+                    return Err(EngineError::DigestMismatch {
+                        reason: format!(
+                            "rebuilt stream has {our_length} bytes where the source had {length}"
+                        ),
+                    });
+                }
+                if digest != our_digest {
+                    return Err(EngineError::DigestMismatch {
+                        reason: format!(
+                            "rebuilt stream's digest differs from the source's at byte {length}"
+                        ),
+                    });
+                }
+                self.ended = kind == END;
+                Ok(std::mem::take(&mut self.unchecked))
+            }
+            ABORT => Err(EngineError::channel(format!(
+                "source aborted: {}",
+                String::from_utf8_lossy(&payload[..payload.len().min(200)])
+            ))),
+            other => Err(EngineError::channel(format!(
+                "unexpected frame type {other} from the source"
+            ))),
+        }
+    }
+
+    fn begin(&mut self, total: u64) -> Result<()> {
+        if total == 0 || total > MAX_GUEST_PAGES {
+            return Err(EngineError::channel(format!(
+                "a guest of {total} pages is not accepted"
+            )));
+        }
+        let pages = usize::try_from(total).map_err(|_| EngineError::channel("guest too large"))?;
+        self.decoder = Some(Decoder::new(pages)?);
+        self.total = total;
+        Ok(())
+    }
+
+    /// A `PAGES` frame: its batch applied, then its span of the stream (each page's
+    /// prefix and the page's content after the whole batch) held for the next `CHECK`.
+    fn pages(&mut self, payload: &[u8]) -> Result<()> {
+        let mut r = payload;
+        let total = take_u64(&mut r)?;
+        let count = take_u32(&mut r)? as usize;
+        if self.decoder.is_none() {
+            self.begin(total)?;
+        } else if total != self.total {
+            return Err(EngineError::channel(
+                "PAGES frame for a guest of another size",
+            ));
+        }
+        // the entries, checked before anything is applied; at most one per 12 bytes
+        let mut entries = Vec::with_capacity(count.min(r.len() / 12));
+        for _ in 0..count {
+            let len = take_u32(&mut r)? as usize;
+            if len > r.len() {
+                return Err(EngineError::channel("page prefix runs past the frame"));
+            }
+            let (prefix, rest) = r.split_at(len);
+            r = rest;
+            let index = take_u64(&mut r)?;
+            if index >= total {
+                return Err(EngineError::channel(format!(
+                    "page index {index} outside the guest's {total} pages"
+                )));
+            }
+            entries.push((prefix, index));
+        }
+        let span: usize = entries.iter().map(|(p, _)| p.len() + PAGE_SIZE).sum();
+        self.check_room(span)?;
+        let decoder = self.decoder.as_mut().expect("made above");
+        decoder.decode(r)?;
+        let image = decoder.image();
+        let start = self.unchecked.len();
+        self.unchecked.reserve(span);
+        for (prefix, index) in entries {
+            let at = index as usize * PAGE_SIZE;
+            self.unchecked.extend_from_slice(prefix);
+            self.unchecked.extend_from_slice(&image[at..at + PAGE_SIZE]);
+        }
+        self.digest.update(&self.unchecked[start..]);
+        Ok(())
+    }
+
+    fn hold(&mut self, data: &[u8]) -> Result<()> {
+        self.check_room(data.len())?;
+        self.digest.update(data);
+        self.unchecked.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn check_room(&self, more: usize) -> Result<()> {
+        if self.unchecked.len() + more > self.max_unchecked {
+            return Err(EngineError::channel(
+                "too much of the stream without a CHECK",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn take_u32(r: &mut &[u8]) -> Result<u32> {
+    let (head, rest) = r
+        .split_first_chunk::<4>()
+        .ok_or_else(|| EngineError::channel("truncated PAGES frame"))?;
+    *r = rest;
+    Ok(u32::from_be_bytes(*head))
+}
+
+fn take_u64(r: &mut &[u8]) -> Result<u64> {
+    let (head, rest) = r
+        .split_first_chunk::<8>()
+        .ok_or_else(|| EngineError::channel("truncated PAGES frame"))?;
+    *r = rest;
+    Ok(u64::from_be_bytes(*head))
+}

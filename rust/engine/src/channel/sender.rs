@@ -1,0 +1,325 @@
+//! The source's half: QEMU's stream in, channel frames out.
+//!
+//! Byte order is kept exactly: each page travels with the verbatim bytes that precede
+//! it in the stream (its record header), and a batch is cut before a page index
+//! repeats (the receiver rebuilds a batch's pages from its image after the whole batch
+//! is applied, which holds only a page's latest content).
+
+use std::collections::HashSet;
+
+use super::{put_frame, put_header, StreamDigest, ANNOUNCE, CHECK, END, PAGES, START, VERBATIM};
+use crate::error::Result;
+use crate::qemu_stream::{Piece, SplitStats, StreamSplitter};
+use crate::{Encoder, EncoderConfig, PageStore, PAGE_SIZE};
+
+/// Verbatim bytes held before they go out on their own (when no batch waits).
+pub const MAX_VERBATIM: usize = 1024 * 1024;
+
+/// How a [`StreamSender`] works.
+#[derive(Clone)]
+pub struct SenderConfig {
+    /// Pages per `PAGES` frame.
+    pub batch_pages: usize,
+    /// Hold pages until the destination's `ANNOUNCE` arrived (so that pages it holds
+    /// go as references).
+    pub wait_for_announce: bool,
+    /// Keep every page sent here (for migrating back, or other VMs of the same image).
+    pub store: Option<PageStore>,
+    /// Hold the first bytes the splitter cannot delimit (in a QEMU stream: the device
+    /// state after the last RAM) and everything after them until
+    /// [`StreamSender::open_gate`].
+    pub gated: bool,
+    /// The page engine's settings.
+    pub engine: EncoderConfig,
+}
+
+/// One batch of pages: per page its prefix (verbatim bytes before it) and index.
+#[derive(Default)]
+struct Batch {
+    prefixes: Vec<u8>,
+    entries: Vec<(usize, u64)>, // (prefix length, page index)
+    pages: Vec<u8>,
+}
+
+/// The sender's state for one migration.
+pub struct StreamSender {
+    config: SenderConfig,
+    splitter: StreamSplitter,
+    encoder: Option<Encoder>,
+    waiting: bool,
+    started: bool,
+    open: Batch,
+    in_batch: HashSet<u64>,
+    held: Vec<Batch>,
+    prefix: Vec<u8>,
+    sent: StreamDigest,
+    /// Bytes of QEMU's stream taken in.
+    pub length: u64,
+    /// Frame bytes produced.
+    pub wire_bytes: u64,
+    /// Hashes the destination announced.
+    pub announced: usize,
+}
+
+impl StreamSender {
+    /// A sender at the start of a stream.
+    #[must_use]
+    pub fn new(config: SenderConfig) -> Self {
+        let waiting = config.wait_for_announce;
+        Self {
+            config,
+            splitter: StreamSplitter::new(),
+            encoder: None,
+            waiting,
+            started: false,
+            open: Batch::default(),
+            in_batch: HashSet::new(),
+            held: Vec::new(),
+            prefix: Vec::new(),
+            sent: StreamDigest::new(),
+            length: 0,
+            wire_bytes: 0,
+            announced: 0,
+        }
+    }
+
+    /// What the splitter split so far.
+    #[must_use]
+    pub fn split_stats(&self) -> SplitStats {
+        self.splitter.stats
+    }
+
+    /// Why the rest of the stream passes through verbatim, if it does.
+    #[must_use]
+    pub fn passthrough_reason(&self) -> Option<&'static str> {
+        self.splitter.passthrough_reason()
+    }
+
+    /// Pages of the guest (0 until the stream said).
+    #[must_use]
+    pub fn total_pages(&self) -> u64 {
+        self.splitter.total_pages()
+    }
+
+    /// The stream reached what the closed gate holds back.
+    #[must_use]
+    pub fn at_gate(&self) -> bool {
+        self.config.gated && self.splitter.passthrough_reason().is_some()
+    }
+
+    /// The page engine (None before the first page).
+    #[must_use]
+    pub fn engine(&self) -> Option<&Encoder> {
+        self.encoder.as_ref()
+    }
+
+    /// Frames for the next bytes from the source QEMU (possibly none yet).
+    ///
+    /// # Errors
+    /// Engine errors (a bad engine configuration for this guest).
+    pub fn feed(&mut self, data: &[u8]) -> Result<Vec<u8>> {
+        self.length += data.len() as u64;
+        let mut out = Vec::new();
+        let pieces = self.splitter.feed(data);
+        let total = self.splitter.total_pages();
+        if !self.started && total > 0 {
+            self.started = true;
+            put_frame(&mut out, START, &total.to_be_bytes());
+        }
+        let mut group = Vec::new();
+        for piece in pieces {
+            self.piece(piece, &mut group)?;
+        }
+        if self.prefix.len() >= MAX_VERBATIM && self.quiet() && !self.at_gate() {
+            self.verbatim(&mut group);
+        }
+        self.checked(&mut out, group);
+        Ok(out)
+    }
+
+    /// The destination's page-store hashes; returns the frames held back for them.
+    ///
+    /// # Errors
+    /// An announcement that is not whole 16-byte hashes.
+    pub fn announce(&mut self, hashes: &[u8]) -> Result<Vec<u8>> {
+        self.announced = self.encoder()?.announce(hashes)?;
+        self.waiting = false;
+        let mut out = Vec::new();
+        self.flush_pages(&mut out)?;
+        Ok(out)
+    }
+
+    /// Everything held back (when the source goes quiet, and at the end); pages wait
+    /// for `ANNOUNCE` if asked to, and so does what follows them.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn flush(&mut self) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.flush_pages(&mut out)?;
+        if !self.prefix.is_empty() && self.quiet() && !self.at_gate() {
+            let mut group = Vec::new();
+            self.verbatim(&mut group);
+            self.checked(&mut out, group);
+        }
+        Ok(out)
+    }
+
+    /// Lets what the gate held (and everything after it) go.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn open_gate(&mut self) -> Result<Vec<u8>> {
+        self.config.gated = false;
+        self.flush()
+    }
+
+    /// The stream ended: the rest, then `END` (an `ANNOUNCE` that never came is not
+    /// waited for any longer; a closed gate must have been opened first).
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn finish(&mut self) -> Result<Vec<u8>> {
+        self.waiting = false;
+        self.config.gated = false;
+        let mut out = Vec::new();
+        let mut group = Vec::new();
+        for piece in self.splitter.finish() {
+            self.piece(piece, &mut group)?;
+        }
+        self.checked(&mut out, group);
+        out.extend(self.flush()?);
+        put_frame(&mut out, END, &self.sent.payload());
+        self.wire_bytes += (super::HEADER_LEN + super::END_LEN) as u64;
+        Ok(out)
+    }
+
+    /// No batch open or held (verbatim bytes may go without reordering anything).
+    fn quiet(&self) -> bool {
+        self.open.entries.is_empty() && self.held.is_empty()
+    }
+
+    fn encoder(&mut self) -> Result<&mut Encoder> {
+        if self.encoder.is_none() {
+            let pages = usize::try_from(self.splitter.total_pages())
+                .map_err(|_| crate::EngineError::invalid("guest too large"))?;
+            self.encoder = Some(Encoder::new(pages, self.config.engine)?);
+        }
+        Ok(self.encoder.as_mut().expect("made above"))
+    }
+
+    fn piece(&mut self, piece: Piece, group: &mut Vec<u8>) -> Result<()> {
+        match piece {
+            Piece::Verbatim(bytes) => self.prefix.extend_from_slice(&bytes),
+            Piece::Page { index, data } => {
+                if self.in_batch.contains(&index)
+                    || self.open.entries.len() >= self.config.batch_pages
+                {
+                    self.cut(group)?;
+                }
+                self.open.entries.push((self.prefix.len(), index));
+                self.open.prefixes.append(&mut self.prefix);
+                self.open.pages.extend_from_slice(&data);
+                self.in_batch.insert(index);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the open batch: encoded now (its buffers then serve the next batch), or
+    /// held until `ANNOUNCE`.
+    fn cut(&mut self, group: &mut Vec<u8>) -> Result<()> {
+        if self.open.entries.is_empty() {
+            return Ok(());
+        }
+        self.in_batch.clear();
+        if self.waiting {
+            self.held.push(std::mem::take(&mut self.open));
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.open);
+        let done = self.encode(&batch, group);
+        self.open = batch;
+        self.open.prefixes.clear();
+        self.open.entries.clear();
+        self.open.pages.clear();
+        done
+    }
+
+    /// Encodes what was held and the open batch, each batch with its own `CHECK` (the
+    /// receiver holds at most one batch unvouched, however much was held here).
+    fn flush_pages(&mut self, out: &mut Vec<u8>) -> Result<()> {
+        if self.waiting {
+            return Ok(());
+        }
+        for batch in std::mem::take(&mut self.held) {
+            let mut group = Vec::new();
+            self.encode(&batch, &mut group)?;
+            self.checked(out, group);
+        }
+        let mut group = Vec::new();
+        self.cut(&mut group)?;
+        self.checked(out, group);
+        Ok(())
+    }
+
+    fn encode(&mut self, batch: &Batch, group: &mut Vec<u8>) -> Result<()> {
+        let total = self.splitter.total_pages();
+        let indices: Vec<u64> = batch.entries.iter().map(|&(_, i)| i).collect();
+        let encoded = self.encoder()?.encode_pages(&indices, &batch.pages)?;
+        if let Some(store) = &self.config.store {
+            store.add_image(&batch.pages);
+        }
+        let body: usize = encoded.iter().map(Vec::len).sum();
+        let head = 12 + batch.entries.len() * 12 + batch.prefixes.len();
+        group.reserve(super::HEADER_LEN + head + body);
+        put_header(group, PAGES, head + body);
+        group.extend_from_slice(&total.to_be_bytes());
+        group.extend_from_slice(&(batch.entries.len() as u32).to_be_bytes());
+        let mut at = 0;
+        for (k, &(len, index)) in batch.entries.iter().enumerate() {
+            let prefix = &batch.prefixes[at..at + len];
+            at += len;
+            group.extend_from_slice(&(len as u32).to_be_bytes());
+            group.extend_from_slice(prefix);
+            group.extend_from_slice(&index.to_be_bytes());
+            // the stream span this page stands for: its prefix, then the page
+            self.sent.update(prefix);
+            self.sent
+                .update(&batch.pages[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]);
+        }
+        for part in &encoded {
+            group.extend_from_slice(part);
+        }
+        Ok(())
+    }
+
+    fn verbatim(&mut self, group: &mut Vec<u8>) {
+        let data = std::mem::take(&mut self.prefix);
+        self.sent.update(&data);
+        put_frame(group, VERBATIM, &data);
+    }
+
+    /// Appends `group` and, when it is not empty, a `CHECK` for the stream so far.
+    fn checked(&mut self, out: &mut Vec<u8>, group: Vec<u8>) {
+        if group.is_empty() {
+            return;
+        }
+        let before = out.len();
+        if out.is_empty() {
+            *out = group; // no copy for the common case: one group per call
+        } else {
+            out.extend_from_slice(&group);
+        }
+        put_frame(out, CHECK, &self.sent.payload());
+        self.wire_bytes += (out.len() - before) as u64;
+    }
+}
+
+/// `ANNOUNCE` frame for `hashes` (the receiver's reply to `START`).
+#[must_use]
+pub fn announce_frame(hashes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(super::HEADER_LEN + hashes.len());
+    put_frame(&mut out, ANNOUNCE, hashes);
+    out
+}

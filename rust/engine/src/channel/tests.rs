@@ -1,0 +1,285 @@
+//! Both halves of the channel on streams built to QEMU 7.2's layout.
+
+use super::*;
+use crate::qemu_stream::tests::{migration, Stream};
+use crate::EncoderConfig;
+use proptest::prelude::*;
+
+fn config(wait_for_announce: bool, gated: bool, batch_pages: usize) -> SenderConfig {
+    SenderConfig {
+        batch_pages,
+        wait_for_announce,
+        store: None,
+        gated,
+        engine: EncoderConfig::default(),
+    }
+}
+
+/// `(kind, payload)` of every frame in `wire`.
+fn frames(wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < wire.len() {
+        let kind = wire[at];
+        let len = u32::from_be_bytes(wire[at + 1..at + 5].try_into().unwrap()) as usize;
+        out.push((kind, wire[at + 5..at + 5 + len].to_vec()));
+        at += 5 + len;
+    }
+    out
+}
+
+/// Both ends and the channel between them (in order, as TCP keeps it).
+struct Link {
+    sender: StreamSender,
+    receiver: StreamReceiver,
+    wire: Vec<u8>,
+    released: Vec<u8>,
+}
+
+impl Link {
+    /// Delivers `frames_out`; an `ANNOUNCE` reply is answered by the sender at once
+    /// and what that releases follows on the channel.
+    fn deliver(&mut self, frames_out: Vec<u8>) {
+        let mut queue = vec![frames_out];
+        while let Some(part) = queue.pop() {
+            self.wire.extend_from_slice(&part);
+            for (kind, payload) in frames(&part) {
+                self.released
+                    .extend(self.receiver.apply(kind, &payload).unwrap());
+                if !self.receiver.reply.is_empty() {
+                    let reply = std::mem::take(&mut self.receiver.reply);
+                    let (_, hashes) = frames(&reply).remove(0);
+                    queue.insert(0, self.sender.announce(&hashes).unwrap());
+                }
+            }
+        }
+    }
+}
+
+/// Feeds `stream` in `chunk`-byte reads and rebuilds it; returns what was released
+/// (checked against a replay of the whole wire on a fresh receiver).
+fn carry(stream: &[u8], chunk: usize, mut cfg: SenderConfig) -> (Vec<u8>, Vec<u8>) {
+    cfg.store = Some(crate::PageStore::new(1000));
+    let mut link = Link {
+        sender: StreamSender::new(cfg),
+        receiver: StreamReceiver::new(Some(crate::PageStore::new(1000)), 64 << 20),
+        wire: Vec::new(),
+        released: Vec::new(),
+    };
+    for part in stream.chunks(chunk.max(1)) {
+        let out = link.sender.feed(part).unwrap();
+        link.deliver(out);
+        if link.sender.at_gate() {
+            let out = link.sender.flush().unwrap();
+            link.deliver(out);
+            let out = link.sender.open_gate().unwrap();
+            link.deliver(out);
+        }
+    }
+    let out = link.sender.finish().unwrap();
+    link.deliver(out);
+    assert!(link.receiver.ended);
+    let mut fresh = StreamReceiver::new(None, 64 << 20);
+    let mut again = Vec::new();
+    for (kind, payload) in frames(&link.wire) {
+        again.extend(fresh.apply(kind, &payload).unwrap());
+    }
+    assert!(fresh.ended);
+    assert_eq!(again, link.released);
+    (link.released, link.wire)
+}
+
+#[test]
+fn a_precopy_arrives_byte_exact_in_any_chunking() {
+    let stream = migration().bytes;
+    for chunk in [1, 3, 100, 4096, 4097, 1 << 20] {
+        for (wait, gated) in [(false, false), (true, false), (false, true), (true, true)] {
+            let (rebuilt, _) = carry(&stream, chunk, config(wait, gated, 2));
+            assert_eq!(rebuilt, stream, "chunk {chunk} wait {wait} gated {gated}");
+        }
+    }
+}
+
+#[test]
+fn the_gate_holds_the_device_state() {
+    let stream = migration().bytes;
+    let device = stream.windows(4).position(|w| w == b"\x03cpu").unwrap() - 5;
+    let mut sender = StreamSender::new(config(false, true, 1024));
+    let mut receiver = StreamReceiver::new(None, 64 << 20);
+    let mut released = Vec::new();
+    let mut out = sender.feed(&stream).unwrap();
+    assert!(sender.at_gate());
+    out.extend(sender.flush().unwrap());
+    for (kind, payload) in frames(&out) {
+        released.extend(receiver.apply(kind, &payload).unwrap());
+    }
+    assert!(released.len() <= device && stream.starts_with(&released));
+    assert!(released.len() + 16 > device, "all RAM went before the gate");
+    let mut rest = sender.open_gate().unwrap();
+    rest.extend(sender.finish().unwrap());
+    for (kind, payload) in frames(&rest) {
+        released.extend(receiver.apply(kind, &payload).unwrap());
+    }
+    assert!(receiver.ended);
+    assert_eq!(released, stream);
+}
+
+#[test]
+fn tampering_is_caught_before_anything_unvouched_is_released() {
+    let stream = migration().bytes;
+    let mut sender = StreamSender::new(config(false, false, 2));
+    let mut wire = sender.feed(&stream).unwrap();
+    wire.extend(sender.finish().unwrap());
+    let all = frames(&wire);
+    // a changed verbatim byte: the digest catches it
+    let mut receiver = StreamReceiver::new(None, 64 << 20);
+    let mut released = Vec::new();
+    let mut failed = None;
+    for (n, (kind, payload)) in all.iter().enumerate() {
+        let mut payload = payload.clone();
+        if *kind == VERBATIM && n > 3 {
+            payload[0] ^= 1;
+        }
+        match receiver.apply(*kind, &payload) {
+            Ok(out) => released.extend(out),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    assert!(
+        matches!(failed, Some(EngineError::DigestMismatch { .. })),
+        "{failed:?}"
+    );
+    assert!(stream.starts_with(&released) && released.len() < stream.len());
+    // a flipped bit in a page batch: the engine's checksum catches it
+    let mut receiver = StreamReceiver::new(None, 64 << 20);
+    let result: Result<Vec<Vec<u8>>> = all
+        .iter()
+        .map(|(kind, payload)| {
+            let mut payload = payload.clone();
+            if *kind == PAGES {
+                let n = payload.len() - 20;
+                payload[n] ^= 1;
+            }
+            receiver.apply(*kind, &payload)
+        })
+        .collect();
+    assert!(result.is_err());
+}
+
+#[test]
+fn held_pages_go_one_checked_batch_at_a_time() {
+    let mut s = Stream::default();
+    s.header();
+    s.section_start(0x01, 2, b"ram")
+        .ram_setup(&[(b"pc.ram", 256 * 4096)])
+        .eos();
+    for round in 0..4u8 {
+        s.put(&[0x02]).put(&2u32.to_be_bytes());
+        for page in 0..200u64 {
+            s.page(
+                b"pc.ram",
+                false,
+                page * 4096,
+                round.wrapping_mul(31) ^ page as u8,
+            );
+        }
+        s.eos();
+    }
+    let stream = s.bytes.clone();
+    let mut sender = StreamSender::new(config(true, false, 8));
+    let held = sender.feed(&stream).unwrap();
+    assert!(
+        frames(&held).iter().all(|(k, _)| *k != PAGES),
+        "pages wait for ANNOUNCE"
+    );
+    let mut wire = held;
+    wire.extend(sender.announce(&[]).unwrap());
+    wire.extend(sender.finish().unwrap());
+    // a receiver that accepts about two batches unvouched takes all of it
+    let mut receiver = StreamReceiver::new(None, 2 * 8 * (4096 + 64));
+    let mut released = Vec::new();
+    for (kind, payload) in frames(&wire) {
+        released.extend(receiver.apply(kind, &payload).unwrap());
+    }
+    assert_eq!(released, stream);
+}
+
+#[test]
+fn hostile_frames_are_refused() {
+    let check = |kind: u8, payload: &[u8]| {
+        let mut r = StreamReceiver::new(None, 1 << 20);
+        r.apply(kind, payload).unwrap_err()
+    };
+    assert!(check(ABORT, b"cancel")
+        .to_string()
+        .contains("source aborted: cancel"));
+    assert!(check(99, b"")
+        .to_string()
+        .contains("unexpected frame type 99"));
+    assert!(check(START, &u64::MAX.to_be_bytes())
+        .to_string()
+        .contains("not accepted"));
+    assert!(check(START, b"short").to_string().contains("wrong size"));
+    assert!(check(CHECK, &[0; 23]).to_string().contains("wrong size"));
+    assert!(check(PAGES, &[0; 5]).to_string().contains("truncated"));
+    let mut pages = 4u64.to_be_bytes().to_vec();
+    pages.extend(1u32.to_be_bytes());
+    pages.extend(0u32.to_be_bytes());
+    pages.extend(9u64.to_be_bytes()); // index 9 of a 4-page guest
+    assert!(check(PAGES, &pages)
+        .to_string()
+        .contains("outside the guest"));
+    let mut big_prefix = 4u64.to_be_bytes().to_vec();
+    big_prefix.extend(1u32.to_be_bytes());
+    big_prefix.extend(1000u32.to_be_bytes());
+    assert!(check(PAGES, &big_prefix).to_string().contains("runs past"));
+    let mut r = StreamReceiver::new(None, 100);
+    assert!(r.apply(VERBATIM, &[1; 101]).is_err(), "too much unvouched");
+    let mut r = StreamReceiver::new(None, 1 << 20);
+    r.apply(START, &4u64.to_be_bytes()).unwrap();
+    assert!(
+        r.apply(START, &4u64.to_be_bytes()).is_err(),
+        "a second START"
+    );
+    let end = StreamDigest::new().payload();
+    assert_eq!(r.apply(END, &end).unwrap(), Vec::<u8>::new());
+    assert!(r
+        .apply(VERBATIM, b"x")
+        .unwrap_err()
+        .to_string()
+        .contains("after END"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn any_rounds_of_pages_arrive_exactly(
+        rounds in proptest::collection::vec(
+            proptest::collection::vec((0u64..32, 0u8..4, any::<u8>()), 1..40), 1..5),
+        chunk in 1usize..9000,
+        wait in any::<bool>(),
+        batch in 1usize..12,
+    ) {
+        let mut s = Stream::default();
+        s.header();
+        s.section_start(0x01, 2, b"ram").ram_setup(&[(b"pc.ram", 32 * 4096)]).eos();
+        for round in &rounds {
+            s.put(&[0x02]).put(&2u32.to_be_bytes());
+            for &(page, kind, fill) in round {
+                match kind {
+                    0 => { s.zero(b"pc.ram", page * 4096); }
+                    1 => { s.page(b"pc.ram", false, page * 4096, 0); } // repeated content
+                    _ => { s.page(b"pc.ram", false, page * 4096, fill); }
+                }
+            }
+            s.eos();
+        }
+        s.section_start(0x04, 3, b"cpu").put(&[1, 2, 3]);
+        let stream = s.bytes.clone();
+        let (rebuilt, _) = carry(&stream, chunk, config(wait, false, batch));
+        prop_assert_eq!(rebuilt, stream);
+    }
+}

@@ -1,0 +1,212 @@
+//! `novacron._core.ChannelSender` / `ChannelReceiver`: both halves of the migration
+//! channel (`novacron_engine::channel`), one call per read, the GIL released around it.
+
+use crate::{codec_from_name, detached, ByteView, PageStore};
+use novacron_engine as engine;
+use novacron_engine::channel::{SenderConfig, StreamReceiver, StreamSender};
+use pyo3::buffer::PyBuffer;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// The source's half: QEMU's stream in, frames out.
+#[pyclass(module = "novacron._core")]
+pub struct ChannelSender {
+    inner: StreamSender,
+}
+
+#[pymethods]
+impl ChannelSender {
+    #[new]
+    #[pyo3(signature = (batch_pages=1024, wait_for_announce=false, store=None, gated=false, compression="lz4", zstd_level=1, dedup=true, delta_cache_pages=8192, threads=1))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        batch_pages: usize,
+        wait_for_announce: bool,
+        store: Option<PyRef<'_, PageStore>>,
+        gated: bool,
+        compression: &str,
+        zstd_level: i32,
+        dedup: bool,
+        delta_cache_pages: usize,
+        threads: usize,
+    ) -> PyResult<Self> {
+        if batch_pages == 0 || batch_pages > 65_536 {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "batch_pages must be 1..=65536",
+            ));
+        }
+        let engine = engine::EncoderConfig {
+            codec: codec_from_name(compression)?,
+            zstd_level,
+            dedup,
+            delta_cache_pages,
+            batch_pages: 1024,
+            threads,
+        };
+        // checked now, not at the first page
+        engine::Encoder::new(1, engine).map_err(crate::to_py_err)?;
+        let config = SenderConfig {
+            batch_pages,
+            wait_for_announce,
+            store: store.map(|s| s.inner.clone()),
+            gated,
+            engine,
+        };
+        Ok(Self {
+            inner: StreamSender::new(config),
+        })
+    }
+
+    /// Frames for the next bytes of QEMU's stream (possibly none yet).
+    fn feed<'py>(&mut self, py: Python<'py>, data: PyBuffer<u8>) -> PyResult<Bound<'py, PyBytes>> {
+        let view = ByteView::new(data)?;
+        let inner = &mut self.inner;
+        let out = detached(py, || inner.feed(view.as_slice()))?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// The destination's page-store hashes; returns the frames held back for them.
+    fn announce<'py>(
+        &mut self,
+        py: Python<'py>,
+        hashes: PyBuffer<u8>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let view = ByteView::new(hashes)?;
+        let inner = &mut self.inner;
+        let out = detached(py, || inner.announce(view.as_slice()))?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Everything held back that may go now.
+    fn flush<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = &mut self.inner;
+        let out = detached(py, || inner.flush())?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Lets what the gate held go.
+    fn open_gate<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = &mut self.inner;
+        let out = detached(py, || inner.open_gate())?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// The end of the stream: the rest, then `END`.
+    fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = &mut self.inner;
+        let out = detached(py, || inner.finish())?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// The stream reached what the closed gate holds back.
+    #[getter]
+    fn at_gate(&self) -> bool {
+        self.inner.at_gate()
+    }
+
+    /// Bytes of QEMU's stream taken in.
+    #[getter]
+    fn length(&self) -> u64 {
+        self.inner.length
+    }
+
+    /// Frame bytes produced.
+    #[getter]
+    fn wire_bytes(&self) -> u64 {
+        self.inner.wire_bytes
+    }
+
+    /// Hashes the destination announced.
+    #[getter]
+    fn announced(&self) -> usize {
+        self.inner.announced
+    }
+
+    /// Why the rest of the stream passes through verbatim, if it does.
+    #[getter]
+    fn passthrough_reason(&self) -> Option<&'static str> {
+        self.inner.passthrough_reason()
+    }
+
+    /// Pages of the guest (0 until the stream said).
+    #[getter]
+    fn total_pages(&self) -> u64 {
+        self.inner.total_pages()
+    }
+
+    /// `{"bytes", "pages", "zero_pages", "verbatim_bytes"}` split so far.
+    #[getter]
+    fn split_stats(&self) -> std::collections::HashMap<&'static str, u64> {
+        crate::stream::stats_map(self.inner.split_stats())
+    }
+}
+
+/// The destination's half: frames in, vouched-for stream bytes out.
+#[pyclass(module = "novacron._core")]
+pub struct ChannelReceiver {
+    inner: StreamReceiver,
+    store: Option<engine::PageStore>,
+}
+
+#[pymethods]
+impl ChannelReceiver {
+    #[new]
+    #[pyo3(signature = (store=None, max_unchecked=67_108_864))]
+    fn new(store: Option<PyRef<'_, PageStore>>, max_unchecked: usize) -> Self {
+        let store = store.map(|s| s.inner.clone());
+        Self {
+            inner: StreamReceiver::new(store.clone(), max_unchecked),
+            store,
+        }
+    }
+
+    /// Applies one frame; returns the stream bytes now vouched for.
+    fn apply<'py>(
+        &mut self,
+        py: Python<'py>,
+        kind: u8,
+        payload: PyBuffer<u8>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let view = ByteView::new(payload)?;
+        let inner = &mut self.inner;
+        let out = detached(py, || inner.apply(kind, view.as_slice()))?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Frames for the source (the `ANNOUNCE` answering `START`), once.
+    fn take_reply<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let reply = std::mem::take(&mut self.inner.reply);
+        PyBytes::new(py, &reply)
+    }
+
+    /// Adds up to `count` pages of the arrived memory from page `start` on to the page
+    /// store (after the stream: for the next migration); returns how many were new.
+    fn keep(&self, py: Python<'_>, start: u64, count: u64) -> PyResult<usize> {
+        let (Some(store), Some(image)) = (&self.store, self.inner.image()) else {
+            return Ok(0);
+        };
+        let pages = (image.len() / engine::PAGE_SIZE) as u64;
+        let from = start.min(pages) as usize * engine::PAGE_SIZE;
+        let to = start.saturating_add(count).min(pages) as usize * engine::PAGE_SIZE;
+        let chunk = &image[from..to];
+        detached(py, || Ok(store.add_image(chunk)))
+    }
+
+    /// `END` arrived and matched.
+    #[getter]
+    fn ended(&self) -> bool {
+        self.inner.ended
+    }
+
+    /// Bytes of the stream rebuilt so far.
+    #[getter]
+    fn length(&self) -> u64 {
+        self.inner.length()
+    }
+
+    /// Pages of the guest.
+    #[getter]
+    fn total_pages(&self) -> u64 {
+        self.inner.total_pages()
+    }
+}
