@@ -11,12 +11,19 @@ from novacron.client import SyncClient, TlsFiles
 from novacron.pki.ca import CertificateAuthority
 from tests.daemon_harness import Daemon
 
+_HANDED_OUT: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A loopback port free now and never handed out before in this run (two calls in
+    a row could otherwise name the same port, and two listeners of one daemon clash)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 @dataclass
