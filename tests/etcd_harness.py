@@ -8,9 +8,9 @@ the checks then run there too."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
-import ssl
 import subprocess
 import sys
 import time
@@ -43,18 +43,26 @@ class Member:
         return f"https://{self.host}:{self.peer_port}"
 
 
-# a gateway call from inside a namespace: url, JSON body and the client files as argv
-_GATEWAY = """
-import json, ssl, sys, httpx
-url, body, cert, key, ca = sys.argv[1:6]
-ctx = ssl.create_default_context(cafile=ca)
-ctx.load_cert_chain(cert, key)
-if body:
-    r = httpx.post(url, content=body, verify=ctx, timeout=5)
-else:
-    r = httpx.get(url, verify=ctx, timeout=2)
-print(json.dumps({"status": r.status_code, "text": r.text}))
-"""
+def _request(url: str, body: str, cert: str, key: str, ca: str) -> tuple[int, str]:
+    """One gateway request (``body`` empty: a GET); self-contained, so that it also runs
+    as a script inside a namespace."""
+    import ssl
+
+    import httpx
+
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.load_cert_chain(cert, key)
+    if body:
+        r = httpx.post(url, content=body, verify=ctx, timeout=5)
+    else:
+        r = httpx.get(url, verify=ctx, timeout=2)
+    return r.status_code, r.text
+
+
+# the same request as a script: url, body and the client files as argv
+_GATEWAY = (
+    inspect.getsource(_request) + "import json, sys\nprint(json.dumps(_request(*sys.argv[1:6])))\n"
+)
 
 
 @dataclass
@@ -153,32 +161,33 @@ class EtcdCluster:
         from where the members run; ``body`` None: a GET."""
         problems = []
         for m in [member] if member is not None else self.members:
-            argv = [sys.executable, "-c", _GATEWAY, m.client_url + path]
-            argv += [json.dumps(body) if body is not None else "", *self.client_files()]
+            args = [m.client_url + path, json.dumps(body) if body is not None else ""]
+            args += self.client_files()
+            if not self.prefix:
+                try:
+                    return _request(*args)
+                except httpx.HTTPError as exc:
+                    problems.append(str(exc))
+                    continue
             done = subprocess.run(
-                [*self.prefix, *argv], capture_output=True, text=True, timeout=30, check=False
+                [*self.prefix, sys.executable, "-c", _GATEWAY, *args],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
             )
             if done.returncode == 0:
-                doc = json.loads(done.stdout)
-                return int(doc["status"]), str(doc["text"])
+                status, text = json.loads(done.stdout)
+                return int(status), str(text)
             problems.append(done.stderr.strip().splitlines()[-1:])
         raise RuntimeError(f"no etcd member answered {path}: {problems}")
 
     def healthy(self, m: Member) -> bool:
-        if self.prefix:
-            try:
-                status, text = self.gateway("/health", member=m)
-            except RuntimeError:
-                return False
-            return status == 200 and '"true"' in text
-        cert, key, ca = self.client_files()
-        ctx = ssl.create_default_context(cafile=ca)
-        ctx.load_cert_chain(cert, key)
         try:
-            r = httpx.get(f"{m.client_url}/health", verify=ctx, timeout=2)
-        except httpx.HTTPError:
+            status, text = self.gateway("/health", member=m)
+        except RuntimeError:
             return False
-        return r.status_code == 200 and '"true"' in r.text
+        return status == 200 and '"true"' in text
 
     def wait_healthy(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -49,6 +49,45 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\x00"
 
 
+# the parts of a transaction (``EtcdClient.txn``): comparisons, then requests
+
+
+def holds(key: bytes, value: bytes) -> dict[str, Any]:
+    """Compare: ``key`` holds ``value``."""
+    return {"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(value)}
+
+
+def absent(key: bytes) -> dict[str, Any]:
+    """Compare: ``key`` does not exist."""
+    return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
+
+
+def exists(key: bytes) -> dict[str, Any]:
+    """Compare: ``key`` exists."""
+    return {"key": b64(key), "target": "CREATE", "result": "GREATER", "create_revision": "0"}
+
+
+def put(key: bytes, value: bytes, lease: int = 0) -> dict[str, Any]:
+    body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+    if lease:
+        body["lease"] = str(lease)
+    return {"request_put": body}
+
+
+def delete(key: bytes) -> dict[str, Any]:
+    return {"request_delete_range": {"key": b64(key)}}
+
+
+def read(key: bytes) -> dict[str, Any]:
+    return {"request_range": {"key": b64(key)}}
+
+
+def found(responses: list[dict[str, Any]], i: int) -> KeyValue | None:
+    """The key the ``read`` at position ``i`` of a transaction's responses found."""
+    kvs = responses[i].get("response_range", {}).get("kvs") or [] if len(responses) > i else []
+    return KeyValue.from_json(kvs[0]) if kvs else None
+
+
 @dataclass(frozen=True)
 class KeyValue:
     key: bytes
@@ -148,10 +187,7 @@ class EtcdClient:
         return int(doc.get("header", {}).get("revision", 0))
 
     async def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
-        body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
-        if lease:
-            body["lease"] = str(lease)
-        doc = await self.call("/v3/kv/put", body)
+        doc = await self.call("/v3/kv/put", put(key, value, lease)["request_put"])
         return int(doc.get("header", {}).get("revision", 0))
 
     async def txn(
@@ -168,36 +204,21 @@ class EtcdClient:
     async def create(self, key: bytes, value: bytes, lease: int = 0) -> KeyValue | None:
         """Writes ``key`` only if it does not exist; returns None when it did, else the
         key as it already was."""
-        put: dict[str, Any] = {"key": b64(key), "value": b64(value)}
-        if lease:
-            put["lease"] = str(lease)
-        ok, responses = await self.txn(
-            [{"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
-            [{"request_put": put}],
-            [{"request_range": {"key": b64(key)}}],
-        )
-        if ok:
-            return None
-        kvs = responses[0].get("response_range", {}).get("kvs") or [] if responses else []
-        return KeyValue.from_json(kvs[0]) if kvs else None
+        ok, responses = await self.txn([absent(key)], [put(key, value, lease)], [read(key)])
+        return None if ok else found(responses, 0)
 
     async def _if_holds(self, key: bytes, expected: bytes, request: dict[str, Any]) -> bool:
         """Runs ``request`` only if ``key`` holds ``expected`` now."""
-        ok, _ = await self.txn(
-            [{"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(expected)}],
-            [request],
-            [],
-        )
+        ok, _ = await self.txn([holds(key, expected)], [request], [])
         return ok
 
     async def replace(self, key: bytes, expected: bytes, value: bytes) -> bool:
         """Writes ``key`` only if it holds ``expected`` now."""
-        put = {"request_put": {"key": b64(key), "value": b64(value)}}
-        return await self._if_holds(key, expected, put)
+        return await self._if_holds(key, expected, put(key, value))
 
     async def delete_if(self, key: bytes, expected: bytes) -> bool:
         """Deletes ``key`` only if it holds ``expected`` now."""
-        return await self._if_holds(key, expected, {"request_delete_range": {"key": b64(key)}})
+        return await self._if_holds(key, expected, delete(key))
 
     # -- leases --------------------------------------------------------------------------
 

@@ -23,11 +23,10 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from novacron import errors
-from novacron.cluster.etcd import b64, unb64
-from novacron.cluster.service import LOCKS, NODES, ClusterService, lock_key, vm_key
+from novacron.cluster.etcd import absent, delete, exists, found, holds, put, read
+from novacron.cluster.service import NODES, ClusterService, lock_key, vm_key
 from novacron.logs import kv
 
 log = logging.getLogger("novacron.cluster")
@@ -40,27 +39,6 @@ class MigrationLock:
     value: bytes  # exactly what was written: the commit compares against it
     destination: str = ""  # the node the ownership goes to (known after prepare)
     committing: bool = False  # a commit was sent: it may have been made
-
-
-def _equals(key: bytes, value: bytes) -> dict[str, Any]:
-    return {"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(value)}
-
-
-def _exists(key: bytes) -> dict[str, Any]:
-    return {"key": b64(key), "target": "CREATE", "result": "GREATER", "create_revision": "0"}
-
-
-def _absent(key: bytes) -> dict[str, Any]:
-    return {"key": b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}
-
-
-def _read(key: bytes) -> dict[str, Any]:
-    return {"request_range": {"key": b64(key)}}
-
-
-def _found(responses: list[dict[str, Any]], i: int) -> bytes | None:
-    kvs = responses[i].get("response_range", {}).get("kvs") or [] if len(responses) > i else []
-    return unb64(kvs[0].get("value")) if kvs else None
 
 
 class MigrationLocks:
@@ -79,28 +57,28 @@ class MigrationLocks:
         doc = {"node": c.node, "op": op, "destination": destination, "since": time.time()}
         value = json.dumps(doc, sort_keys=True).encode()
         owner, lock = vm_key(tenant, name), lock_key(tenant, name)
-        put = {"key": b64(lock), "value": b64(value), "lease": str(c.lease)}
         ok, responses = await c.etcd.txn(
-            [_equals(owner, c.node.encode()), _absent(lock)],
-            [{"request_put": put}],
-            [_read(owner), _read(lock)],
+            [holds(owner, c.node.encode()), absent(lock)],
+            [put(lock, value, c.lease)],
+            [read(owner), read(lock)],
         )
         if ok:
             log.info("cluster.migration_locked", extra=kv(vm=name, op=op))
             return MigrationLock(tenant, name, value)
-        held = _found(responses, 1)
+        held = found(responses, 1)
         if held is not None:
-            other = json.loads(held)
+            other = json.loads(held.value)
             raise errors.Conflict(
                 f"vm {name!r} is being migrated by {other.get('node')!r} ({other.get('op')})",
                 {"vm": name, "node": other.get("node"), "op": other.get("op")},
             )
-        holder = _found(responses, 0)
+        holder = found(responses, 0)
+        other_node = holder.value.decode() if holder is not None else None
         raise errors.Conflict(
-            f"vm {name!r} is owned by node {holder.decode()!r} in the cluster"
-            if holder is not None
+            f"vm {name!r} is owned by node {other_node!r} in the cluster"
+            if other_node is not None
             else f"vm {name!r} is not claimed by this node in the cluster yet",
-            {"vm": name, "node": holder.decode() if holder is not None else None},
+            {"vm": name, "node": other_node},
         )
 
     async def commit(self, lock: MigrationLock) -> None:
@@ -112,12 +90,9 @@ class MigrationLocks:
         lock.committing = True
         try:
             ok, responses = await c.etcd.txn(
-                [_equals(key, lock.value), _equals(owner, c.node.encode()), _exists(dest)],
-                [
-                    {"request_put": {"key": b64(owner), "value": b64(lock.destination.encode())}},
-                    {"request_delete_range": {"key": b64(key)}},
-                ],
-                [_read(key), _read(owner), _read(dest)],
+                [holds(key, lock.value), holds(owner, c.node.encode()), exists(dest)],
+                [put(owner, lock.destination.encode()), delete(key)],
+                [read(key), read(owner)],
             )
         except errors.Unavailable as exc:
             raise errors.MigrationFailed(
@@ -128,9 +103,10 @@ class MigrationLocks:
             c.changed()
             return
         lock.committing = False  # refused: nothing was written
-        if _found(responses, 0) != lock.value:
+        held, owned = found(responses, 0), found(responses, 1)
+        if held is None or held.value != lock.value:
             why = "the migration lock was lost (this node's lease expired or it was removed)"
-        elif _found(responses, 1) != c.node.encode():
+        elif owned is None or owned.value != c.node.encode():
             why = "this node no longer owns the vm in the cluster"
         else:
             why = f"the destination {lock.destination!r} is not registered in the cluster"
@@ -142,14 +118,13 @@ class MigrationLocks:
         and a commit that may have been made is undone."""
         if moved and lock.committing:
             return
-        c = self.cluster
         with contextlib.suppress(errors.Unavailable):  # else it goes with the lease
-            await c.etcd.delete_if(lock_key(lock.tenant, lock.name), lock.value)
+            await self.cluster.etcd.delete_if(lock_key(lock.tenant, lock.name), lock.value)
         if not moved and lock.committing and lock.destination:
-            log.warning("cluster.ownership_reverted", extra=kv(vm=lock.name))
-            await c.arrived(lock.tenant, lock.name, lock.destination)
+            await self.take_back(lock.tenant, lock.name, lock.destination)
 
-    async def held(self) -> dict[str, dict[str, Any]]:
-        """Every migration lock: ``tenant/name`` → its document."""
-        found, _ = await self.cluster.etcd.get_prefix(LOCKS)
-        return {k.key[len(LOCKS) :].decode(): json.loads(k.value) for k in found}
+    async def take_back(self, tenant: str, name: str, destination: str) -> None:
+        """The VM stayed here after a switch-over that may have been committed: its
+        ownership moves back from ``destination`` (deferred while etcd is away)."""
+        log.warning("cluster.ownership_reverted", extra=kv(vm=name, node=destination))
+        await self.cluster.arrived(tenant, name, destination)

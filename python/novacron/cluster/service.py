@@ -361,7 +361,8 @@ class ClusterService:
             del self._placers[gone]
         return out
 
-    def _seen(self, item: KeyValue, deleted: bool) -> None:
+    def _seen(self, item: KeyValue, deleted: bool, announce: bool = True) -> None:
+        """A registration written or gone; ``announce``: publish what changed."""
         node = item.key[len(NODES) :].decode()
         if deleted:
             if self.nodes.pop(node, None) is not None or node not in self.down:
@@ -371,7 +372,7 @@ class ClusterService:
             return
         doc = json.loads(item.value)
         doc["_revision"] = item.mod_revision
-        if node not in self.nodes:
+        if node not in self.nodes and announce:
             self.down.pop(node, None)
             log.info("cluster.node_up", extra=kv(node=node))
             self.bus.publish({"topic": "cluster.node", "node": node, "state": "up"})
@@ -399,14 +400,10 @@ class ClusterService:
             except errors.Unavailable:
                 await trio.sleep(1)
         present = {item.key[len(NODES) :].decode(): item for item in found}
-        if not announce:
-            for name, item in present.items():
-                self.nodes[name] = dict(json.loads(item.value), _revision=item.mod_revision)
-            return revision
         for gone in set(self.nodes) - set(present):
             self._seen(KeyValue(NODES + gone.encode(), b"", 0, 0), deleted=True)
         for item in present.values():
-            self._seen(item, deleted=False)
+            self._seen(item, deleted=False, announce=announce)
         return revision
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -193,4 +193,4 @@ class MigrationService:
             dest = (row.get("params") or {}).get("destination_node")
             if self.locks is not None and dest and row["vm"] in self.vms.managed:
                 # still here: a switch-over committed before the restart is undone
-                await self.locks.cluster.arrived(row["tenant"], row["vm"], str(dest))
+                await self.locks.take_back(row["tenant"], row["vm"], str(dest))

@@ -145,7 +145,6 @@ impl ChannelSender {
 #[pyclass(module = "novacron._core")]
 pub struct ChannelReceiver {
     inner: StreamReceiver,
-    store: Option<engine::PageStore>,
 }
 
 #[pymethods]
@@ -153,10 +152,8 @@ impl ChannelReceiver {
     #[new]
     #[pyo3(signature = (store=None, max_unchecked=67_108_864))]
     fn new(store: Option<PyRef<'_, PageStore>>, max_unchecked: usize) -> Self {
-        let store = store.map(|s| s.inner.clone());
         Self {
-            inner: StreamReceiver::new(store.clone(), max_unchecked),
-            store,
+            inner: StreamReceiver::new(store.map(|s| s.inner.clone()), max_unchecked),
         }
     }
 
@@ -182,14 +179,8 @@ impl ChannelReceiver {
     /// Adds up to `count` pages of the arrived memory from page `start` on to the page
     /// store (after the stream: for the next migration); returns how many were new.
     fn keep(&self, py: Python<'_>, start: u64, count: u64) -> PyResult<usize> {
-        let (Some(store), Some(image)) = (&self.store, self.inner.image()) else {
-            return Ok(0);
-        };
-        let pages = (image.len() / engine::PAGE_SIZE) as u64;
-        let from = start.min(pages) as usize * engine::PAGE_SIZE;
-        let to = start.saturating_add(count).min(pages) as usize * engine::PAGE_SIZE;
-        let chunk = &image[from..to];
-        detached(py, || Ok(store.add_image(chunk)))
+        let inner = &self.inner;
+        detached(py, || Ok(inner.keep(start, count)))
     }
 
     /// `END` arrived and matched.

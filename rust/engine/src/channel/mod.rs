@@ -87,12 +87,18 @@ impl StreamDigest {
         self.length += data.len() as u64;
     }
 
+    /// The XXH3-128 of the bytes so far.
+    #[must_use]
+    pub fn value(&self) -> u128 {
+        self.hasher.digest128()
+    }
+
     /// An `END`/`CHECK` payload for the bytes so far.
     #[must_use]
     pub fn payload(&self) -> [u8; END_LEN] {
         let mut out = [0u8; END_LEN];
         out[..8].copy_from_slice(&self.length.to_be_bytes());
-        out[8..].copy_from_slice(&self.hasher.digest128().to_be_bytes());
+        out[8..].copy_from_slice(&self.value().to_be_bytes());
         out
     }
 }

@@ -4,7 +4,10 @@
 //! Memory is bounded: the guest image (its size from `START`), and at most
 //! `max_unchecked` bytes of stream awaiting a `CHECK`.
 
-use super::{parse_end, parse_start, StreamDigest, ABORT, CHECK, END, PAGES, START, VERBATIM};
+use super::{
+    parse_end, parse_start, put_frame, StreamDigest, ABORT, ANNOUNCE, CHECK, END, PAGES, START,
+    VERBATIM,
+};
 use crate::error::{EngineError, Result};
 use crate::{Decoder, PageStore, PAGE_SIZE};
 
@@ -53,10 +56,18 @@ impl StreamReceiver {
         self.total
     }
 
-    /// The arrived guest memory (None before any page).
+    /// Adds up to `count` pages of the arrived memory, from page `start` on, to the
+    /// page store (after the stream: for the next migration); returns how many were new.
     #[must_use]
-    pub fn image(&self) -> Option<&[u8]> {
-        self.decoder.as_ref().map(Decoder::image)
+    pub fn keep(&self, start: u64, count: u64) -> usize {
+        let (Some(store), Some(decoder)) = (&self.store, &self.decoder) else {
+            return 0;
+        };
+        let image = decoder.image();
+        let pages = (image.len() / PAGE_SIZE) as u64;
+        let from = start.min(pages) as usize * PAGE_SIZE;
+        let to = start.saturating_add(count).min(pages) as usize * PAGE_SIZE;
+        store.add_image(&image[from..to])
     }
 
     /// Applies one frame; returns the stream bytes now vouched for (empty unless the
@@ -85,7 +96,7 @@ impl StreamReceiver {
                     (Some(store), Some(decoder)) => decoder.announce(store),
                     _ => Vec::new(),
                 };
-                self.reply.extend(super::sender::announce_frame(&hashes));
+                put_frame(&mut self.reply, ANNOUNCE, &hashes);
                 Ok(Vec::new())
             }
             PAGES => {
@@ -94,8 +105,7 @@ impl StreamReceiver {
             }
             CHECK | END => {
                 let (length, digest) = parse_end(payload)?;
-                let ours = self.digest.payload();
-                let (our_length, our_digest) = parse_end(&ours)?;
+                let our_length = self.digest.length;
                 if length != our_length {
                     return Err(EngineError::DigestMismatch {
                         reason: format!(
@@ -103,7 +113,7 @@ impl StreamReceiver {
                         ),
                     });
                 }
-                if digest != our_digest {
+                if digest != self.digest.value() {
                     return Err(EngineError::DigestMismatch {
                         reason: format!(
                             "rebuilt stream's digest differs from the source's at byte {length}"

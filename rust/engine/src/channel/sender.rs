@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use super::{put_frame, put_header, StreamDigest, ANNOUNCE, CHECK, END, PAGES, START, VERBATIM};
+use super::{put_frame, put_header, StreamDigest, CHECK, END, PAGES, START, VERBATIM};
 use crate::error::Result;
 use crate::qemu_stream::{Piece, SplitStats, StreamSplitter};
 use crate::{Encoder, EncoderConfig, PageStore, PAGE_SIZE};
@@ -314,12 +314,4 @@ impl StreamSender {
         put_frame(out, CHECK, &self.sent.payload());
         self.wire_bytes += (out.len() - before) as u64;
     }
-}
-
-/// `ANNOUNCE` frame for `hashes` (the receiver's reply to `START`).
-#[must_use]
-pub fn announce_frame(hashes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(super::HEADER_LEN + hashes.len());
-    put_frame(&mut out, ANNOUNCE, hashes);
-    out
 }
