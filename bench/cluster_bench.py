@@ -36,7 +36,7 @@ from typing import Any, cast
 import trio
 from tests.daemon_harness import Daemon
 from tests.etcd_harness import EtcdCluster
-from tests.pki_harness import Pki, free_port
+from tests.pki_harness import Pki, free_port, migration_listen
 
 from novacron.cluster.etcd import EtcdClient
 from novacron.cluster.locks import MigrationLocks
@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log=tmp / "d" / "novacrond.log",
             extra=[
                 *("--node-name", "node1", "--tls-listen", f"127.0.0.1:{free_port()}"),
+                *migration_listen(),
                 *("--tls-cert", str(certs / "node1.crt"), "--tls-key", str(certs / "node1.key")),
                 *("--tls-ca", str(pki.ca.dir / "ca.crt")),
                 *("--cluster-etcd-endpoints", cluster.endpoints),

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from tests.pki_harness import migration_listen
 
 from bench import rpc_bench
 from novacron.client import SyncClient, TlsFiles, connect_tls
@@ -44,6 +45,7 @@ def start_daemon(root: Path, port: int, ca: CertificateAuthority) -> subprocess.
     proc, sock = rpc_bench.start_daemon(
         root,
         *("--tls-listen", f"127.0.0.1:{port}", "--rate-limit-per-s", "0"),
+        *migration_listen(),
         *("--tls-cert", str(certs / "node1.crt"), "--tls-key", str(certs / "node1.key")),
         *("--tls-ca", str(ca.dir / "ca.crt"), "--tls-crl", str(ca.dir / "crl.pem")),
     )

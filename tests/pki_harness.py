@@ -26,6 +26,12 @@ def free_port() -> int:
             return port
 
 
+def migration_listen() -> list[str]:
+    """A loopback test daemon's migration listener on a port of its own (by default it
+    takes the TLS port + 1, which nothing reserved and something else may hold)."""
+    return ["--migration-listen", f"127.0.0.1:{free_port()}"]
+
+
 @dataclass
 class Pki:
     root: Path
@@ -68,6 +74,7 @@ class Pki:
             str(self.ca.dir / "crl.pem"),
             "--tls-handshake-timeout-s",
             str(handshake_s),
+            *migration_listen(),
         ]
 
 

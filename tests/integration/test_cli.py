@@ -127,7 +127,7 @@ def test_topology_and_placement_in_the_cli(tmp_path) -> None:  # type: ignore[no
 def test_ca_certs_and_tls_from_the_cli(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import stat
 
-    from tests.pki_harness import free_port
+    from tests.pki_harness import free_port, migration_listen
 
     ca_dir, out = tmp_path / "ca", tmp_path / "certs"
     run = [sys.executable, "-m", "novacron.cli.main"]
@@ -183,6 +183,7 @@ def test_ca_certs_and_tls_from_the_cli(tmp_path) -> None:  # type: ignore[no-unt
             str(ca_dir / "ca.crt"),
             "--tls-crl",
             str(ca_dir / "crl.pem"),
+            *migration_listen(),
         ],
     ).start()
     try:

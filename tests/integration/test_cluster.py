@@ -20,7 +20,7 @@ from novacron import errors
 from novacron.client import SyncClient
 from tests.daemon_harness import Daemon
 from tests.etcd_harness import EtcdCluster
-from tests.pki_harness import Pki, free_port
+from tests.pki_harness import Pki, free_port, migration_listen
 
 TTL_S = 3
 
@@ -47,7 +47,7 @@ def node_daemon(tmp_path: Path, pki: Pki, etcd: EtcdCluster, name: str) -> Daemo
         log=tmp_path / name / "novacrond.log",
         extra=[
             *("--node-name", name),
-            *("--tls-listen", f"127.0.0.1:{free_port()}"),
+            *("--tls-listen", f"127.0.0.1:{free_port()}", *migration_listen()),
             *("--tls-cert", str(certs / f"{name}.crt"), "--tls-key", str(certs / f"{name}.key")),
             *("--tls-ca", str(pki.ca.dir / "ca.crt")),
             *("--cluster-etcd-endpoints", etcd.endpoints),
@@ -61,7 +61,11 @@ def node_daemon(tmp_path: Path, pki: Pki, etcd: EtcdCluster, name: str) -> Daemo
 @pytest.fixture
 def pair(tmp_path: Path, pki: Pki, etcd: EtcdCluster) -> Iterator[tuple[Daemon, Daemon]]:
     one = node_daemon(tmp_path, pki, etcd, "node1").start()
-    two = node_daemon(tmp_path, pki, etcd, "node2").start()
+    try:
+        two = node_daemon(tmp_path, pki, etcd, "node2").start()
+    except BaseException:
+        one.stop()
+        raise
     yield one, two
     for d in (one, two):
         d.stop()

@@ -39,7 +39,6 @@ def node(tmp_path: Path) -> Iterator[Node]:
     pki = Pki.create(tmp_path / "pki")
     port = free_port()
     d = tls_daemon(tmp_path, pki, port)
-    d.extra += ["--migration-listen", f"127.0.0.1:{free_port()}"]
     d.start()
     yield Node(d, pki, port)
     d.stop()
