@@ -4,7 +4,10 @@
 //! (duplicates) is kept once, and zero pages are never kept (their base is the zero
 //! page itself). A page's delta base is the cached content whose hash is the
 //! receiver's version of that page. One slab of `capacity` page slots, grown on demand
-//! (no memory is touched for slots never used), with least-recently-used eviction.
+//! (no memory is touched for slots never used). Contents no page holds any more are
+//! forgotten and their slots reused first, so the slab stays at the receiver's live
+//! distinct contents (growing it means page faults on fresh memory, which cost more
+//! than the copy); past `capacity` the least recently used content is evicted.
 //! Memory: 4 KiB per slot plus about 60 bytes of bookkeeping.
 
 use std::collections::VecDeque;
@@ -20,6 +23,8 @@ pub struct PageCache {
     slots: FastMap<u128, (usize, u64)>,
     /// (hash, stamp) in order of use; entries whose stamp is stale are skipped
     order: VecDeque<(u128, u64)>,
+    /// slots of forgotten contents, reused before the slab grows
+    free: Vec<usize>,
     clock: u64,
 }
 
@@ -32,6 +37,7 @@ impl PageCache {
             slab: crate::mem::with_capacity(capacity.saturating_mul(PAGE_SIZE)),
             slots: FastMap::default(),
             order: VecDeque::new(),
+            free: Vec::new(),
             clock: 0,
         }
     }
@@ -48,6 +54,35 @@ impl PageCache {
     #[must_use]
     pub fn contains(&self, hash: u128) -> bool {
         self.slots.contains_key(&hash)
+    }
+
+    /// Drops the content with `hash` (no page holds it any more): its slot is reused
+    /// by the next new content.
+    pub fn forget(&mut self, hash: u128) {
+        if let Some((slot, _)) = self.slots.remove(&hash) {
+            self.free.push(slot);
+        }
+    }
+
+    /// Turns the cached content `base` into the content `hash` by applying `delta`
+    /// (made against `base`) to it where it lies: no page copy. The caller knows no
+    /// page holds `base` any more. Nothing happens unless `base` is cached and `hash`
+    /// is not; a delta that does not apply drops `base`.
+    pub fn replace_by_delta(&mut self, base: u128, hash: u128, delta: &[u8]) {
+        if self.slots.contains_key(&hash) {
+            return;
+        }
+        let Some((slot, _)) = self.slots.remove(&base) else {
+            return;
+        };
+        let page = &mut self.slab[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE];
+        if crate::delta::apply(page, delta).is_err() {
+            self.free.push(slot);
+            return;
+        }
+        self.clock += 1;
+        self.slots.insert(hash, (slot, self.clock));
+        self.order.push_back((hash, self.clock));
     }
 
     /// Stores one page (the sequential reference for [`PageCache::put_many`]).
@@ -100,6 +135,9 @@ impl PageCache {
     }
 
     fn take_slot(&mut self) -> usize {
+        if let Some(slot) = self.free.pop() {
+            return slot;
+        }
         if self.slots.len() < self.capacity {
             let slot = self.slab.len() / PAGE_SIZE;
             self.slab.resize(self.slab.len() + PAGE_SIZE, 0);
@@ -181,6 +219,45 @@ mod tests {
             }
             assert_eq!(many.len(), 4);
         }
+    }
+
+    #[test]
+    fn forgotten_slots_are_reused_before_the_slab_grows() {
+        let mut cache = PageCache::new(8);
+        cache.put(1, &page(1));
+        cache.put(2, &page(2));
+        cache.forget(1);
+        cache.forget(5); // not cached: nothing happens
+        assert!(cache.get(1).is_none());
+        cache.put(3, &page(3));
+        assert_eq!(cache.slab.len(), 2 * PAGE_SIZE);
+        assert_eq!(cache.get(3).unwrap()[0], 3);
+        assert_eq!(cache.get(2).unwrap()[0], 2);
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn a_delta_turns_a_cached_base_into_the_new_content_in_place() {
+        let mut cache = PageCache::new(8);
+        cache.put(1, &page(1));
+        cache.put(2, &page(2));
+        let mut new = page(1);
+        new[100] = 9;
+        let delta = crate::delta::encode(&page(1), &new, 4096).unwrap();
+        cache.replace_by_delta(1, 7, &delta);
+        assert!(cache.get(1).is_none());
+        assert_eq!(cache.get(7).unwrap(), &new[..]);
+        assert_eq!(cache.slab.len(), 2 * PAGE_SIZE, "no slot taken");
+        // a content already cached is not made twice; a base not cached is ignored
+        cache.replace_by_delta(2, 7, &delta);
+        assert_eq!(cache.get(2).unwrap()[0], 2);
+        cache.replace_by_delta(5, 8, &delta);
+        assert!(cache.get(8).is_none());
+        // a delta that does not fit drops the base and frees its slot
+        cache.replace_by_delta(2, 9, &[0xff, 0xff, 0xff, 0xff, 0x0f, 1]);
+        assert!(cache.get(2).is_none() && cache.get(9).is_none());
+        cache.put(3, &page(3));
+        assert_eq!(cache.slab.len(), 2 * PAGE_SIZE);
     }
 
     #[test]

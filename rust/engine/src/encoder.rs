@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::cache::PageCache;
 use crate::error::{EngineError, Result};
-use crate::fasthash::FastSet;
+use crate::fasthash::{FastMap, FastSet};
 use crate::holdings::Holdings;
 use crate::wire::{Codec, Header, Kind, MAX_DELTA, MAX_RECORDS};
 use crate::{delta, hash_page, is_zero_page, varint, PAGE_SIZE};
@@ -111,10 +111,14 @@ enum Plan {
     Zero,
     Unchanged,
     Dup(u128),
-    /// Content must be sent; a delta against `base` (the hash of the receiver's
-    /// version, cached or zero) may be tried.
+    /// Content `hash` must be sent; a delta against `base` (the hash of the
+    /// receiver's version, cached or zero) may be tried. `reuse`: this page is the
+    /// only one to use `base` this round and no page holds `base` afterwards, so a
+    /// delta may be applied to the cached base in place instead of copying the page.
     Content {
+        hash: u128,
         base: Option<u128>,
+        reuse: bool,
     },
 }
 
@@ -296,8 +300,15 @@ impl Encoder {
         // phase 2: decisions against what the receiver holds, in order
         let mut plans = Vec::with_capacity(indices.len());
         let deltas = self.config.delta_cache_pages > 0;
+        // receiver's versions this round overwrote: delta bases to drop if no page
+        // holds them once the round is sent
+        let mut replaced = Vec::new();
+        let mut base_uses: FastMap<u128, u32> = FastMap::default();
         for (&index, &(hash, zero)) in indices.iter().zip(&facts) {
             let i = index as usize;
+            if let Some(old) = self.held.hash_of(i).filter(|&old| old != hash) {
+                replaced.push(old);
+            }
             let plan = if zero {
                 Plan::Zero
             } else if self.held.hash_of(i) == Some(hash) {
@@ -313,10 +324,30 @@ impl Encoder {
                 let base = self.held.hash_of(i).filter(|&old| {
                     deltas && (old == self.zero_hash || self.previous.contains(old))
                 });
-                Plan::Content { base }
+                if let Some(base) = base {
+                    *base_uses.entry(base).or_default() += 1;
+                }
+                Plan::Content {
+                    hash,
+                    base,
+                    reuse: false,
+                }
             };
             self.held.wrote(i, hash);
             plans.push(plan);
+        }
+        for plan in &mut plans {
+            if let Plan::Content {
+                hash,
+                base: Some(base),
+                reuse,
+            } = plan
+            {
+                *reuse = *base != self.zero_hash
+                    && base_uses.get(base) == Some(&1)
+                    && self.held.holders(*base) == 0
+                    && !self.previous.contains(*hash);
+            }
         }
         // phase 3: batches, each independent
         let config = self.config;
@@ -331,21 +362,34 @@ impl Encoder {
         let build = |&(first, idx, plan): &(usize, &[u64], &[Plan])| {
             encode_batch(config, source, first, (cache, zero_hash), idx, plan)
         };
-        let batches: Vec<Result<(Vec<u8>, EncodeStats)>> = if parallel {
+        let batches: Vec<Result<Batch>> = if parallel {
             jobs.par_iter().map(build).collect()
         } else {
             jobs.iter().map(build).collect()
         };
         let mut out = Vec::with_capacity(batches.len());
+        let mut in_place = Vec::new();
         for batch in batches {
-            let (bytes, stats) = batch?;
-            self.stats.add(&stats);
-            self.stats.wire_bytes += bytes.len() as u64;
-            out.push(bytes);
+            let batch = batch?;
+            self.stats.add(&batch.stats);
+            self.stats.wire_bytes += batch.bytes.len() as u64;
+            out.push(batch.bytes);
+            in_place.extend(batch.in_place);
         }
-        // delta bases are the receiver's copies: remember every content sent (once;
-        // zero pages need no copy)
+        // delta bases are the receiver's copies: a base only its own page used becomes
+        // that page's new version by applying the delta where it is cached (a few
+        // bytes written instead of a page copied); bases no page holds now are
+        // forgotten; then every content sent is remembered (once; zero pages need no
+        // copy, contents already cached are only marked used)
         if deltas {
+            for (base, hash, delta) in in_place {
+                self.previous.replace_by_delta(base, hash, &delta);
+            }
+            for old in replaced {
+                if self.held.holders(old) == 0 {
+                    self.previous.forget(old);
+                }
+            }
             let sent: Vec<(u128, &[u8])> = indices
                 .iter()
                 .enumerate()
@@ -362,6 +406,14 @@ impl Encoder {
 /// The all-zero page: the delta base of a page the receiver holds as zero.
 static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
+/// One encoded batch: its bytes, its counts, and its deltas to apply to cached bases
+/// in place (base hash, new hash, delta).
+struct Batch {
+    bytes: Vec<u8>,
+    stats: EncodeStats,
+    in_place: Vec<(u128, u128, Vec<u8>)>,
+}
+
 fn encode_batch(
     config: EncoderConfig,
     source: Source<'_>,
@@ -369,8 +421,9 @@ fn encode_batch(
     (cache, zero_hash): (&PageCache, u128),
     indices: &[u64],
     plans: &[Plan],
-) -> Result<(Vec<u8>, EncodeStats)> {
+) -> Result<Batch> {
     let mut stats = EncodeStats::default();
+    let mut in_place = Vec::new();
     let mut records = Vec::with_capacity(indices.len() * 4);
     // sized once for the worst case (address space only): no regrowth copies
     let content = plans
@@ -391,7 +444,7 @@ fn encode_batch(
             Plan::Zero => Kind::Zero,
             Plan::Unchanged => Kind::Unchanged,
             Plan::Dup(_) => Kind::DupRef,
-            Plan::Content { base } => {
+            &Plan::Content { hash, base, reuse } => {
                 let old = base.and_then(|h| {
                     cache
                         .get(h)
@@ -404,6 +457,9 @@ fn encode_batch(
                     varint::put(&mut records, d.len() as u64);
                     raw.extend_from_slice(&d);
                     stats.delta += 1;
+                    if let (true, Some(base)) = (reuse, base) {
+                        in_place.push((base, hash, d));
+                    }
                     continue;
                 }
                 match block_kind {
@@ -448,5 +504,9 @@ fn encode_batch(
         block_len: u32::try_from(compressed.len()).expect("block bounded"),
         raw_len: u32::try_from(raw.len()).expect("raw bounded"),
     };
-    Ok((header.frame_parts(&[&records, &compressed, &raw]), stats))
+    Ok(Batch {
+        bytes: header.frame_parts(&[&records, &compressed, &raw]),
+        stats,
+        in_place,
+    })
 }
