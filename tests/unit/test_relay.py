@@ -249,3 +249,27 @@ async def test_the_source_stays_within_a_window_of_the_destination_qemu(
     ahead = source.stream_bytes - len(received)
     assert 0 < ahead < 256 * 1024 + relay.READ_SIZE + 16 * 4200, ahead
     assert source.stream_bytes < len(stream) / 4
+
+
+async def test_the_destination_queue_holds_a_bounded_number_of_bytes() -> None:
+    """Between reading the channel and feeding QEMU: a producer past the limit waits
+    until the consumer took enough; a lone chunk over the limit still passes; closing
+    ends the consumer after the last chunk."""
+    queue = relay._ByteQueue(100)
+    got: list[bytes] = []
+    await queue.put(b"a" * 60)
+    with trio.move_on_after(0.05) as waited:
+        await queue.put(b"b" * 60)  # 120 > 100: waits
+    assert waited.cancelled_caught
+
+    async def consume() -> None:
+        while (chunk := await queue.get()) is not None:
+            got.append(chunk)
+            queue.taken(len(chunk))
+
+    async with trio.open_nursery() as n:
+        n.start_soon(consume)
+        await queue.put(b"b" * 60)
+        await queue.put(b"c" * 250)  # alone over the limit: let in once the queue is empty
+        queue.close()
+    assert got == [b"a" * 60, b"b" * 60, b"c" * 250]

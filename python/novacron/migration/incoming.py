@@ -160,9 +160,14 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
             svc.ops.report(inc.op, "receiving")
             try:
                 qemu = await connect_when_listening("127.0.0.1", inc.stream_port, QEMU_CONNECT_S)
+                log.info("migration.qemu_listening", extra=kv(vm=inc.op.vm, op=inc.op.id))
                 receiver = StreamReceiver(svc.page_store)
                 try:
                     await relay_destination(channel, qemu, receiver, inc.stats)
+                    log.info(
+                        "migration.stream_arrived",
+                        extra=kv(vm=inc.op.vm, op=inc.op.id, stages=inc.stats.stage_summary()),
+                    )
                 finally:
                     await trio.aclose_forcefully(qemu)
             except (trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
@@ -214,6 +219,7 @@ async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> N
                 "time_ms": int(completed.get("time_elapsed", 0)),
                 "bytes_logical": inc.stats.stream_bytes,
                 "bytes_wire": inc.stats.channel_bytes,
+                "relay_stages_s": inc.stats.stage_summary(),
                 "relay_error": failure,
             }
             await svc.ops.finish(op, "succeeded", result)

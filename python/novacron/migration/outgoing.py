@@ -254,8 +254,13 @@ async def _migrate(
         try:
             with trio.fail_after(QEMU_ACCEPT_S):
                 qemu = await listener.accept()
+            log.info("migration.stream_started", extra=kv(vm=op.vm, op=op.id))
             qemu.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, QEMU_RCVBUF)
             await relay_source(qemu, channel, sender, run.stats, lambda: run.aborted_for, commit)
+            log.info(
+                "migration.stream_ended",
+                extra=kv(vm=op.vm, op=op.id, stages=run.stats.stage_summary()),
+            )
         except Exception as exc:  # channel, link and frame errors alike
             run.fail(errors.MigrationFailed(f"migration channel failed: {exc}", {"vm": op.vm}))
             log.warning("migration.relay_failed", extra=kv(vm=op.vm, error=str(exc)))
@@ -338,7 +343,9 @@ async def _migrate(
         if op.cancel_requested:
             await run.abort("cancel")
         try:
+            log.info("migration.libvirt_started", extra=kv(vm=op.vm, op=op.id))
             await trio.to_thread.run_sync(libvirt_job.migrate, vms.hv, call)
+            log.info("migration.libvirt_done", extra=kv(vm=op.vm, op=op.id))
         except errors.NovaCronError as exc:
             run.fail(errors.MigrationFailed(exc.message, {"vm": op.vm, "cause": exc.code}))
             tasks.cancel_scope.cancel()
@@ -374,6 +381,8 @@ async def _forget(
         "bytes_logical": stats.stream_bytes,
         "bytes_wire": stats.channel_bytes,
         "reduction": progress.reduction(stats.stream_bytes, stats.channel_bytes),
+        "relay_stages_s": stats.stage_summary(),
+        "destination_relay_stages_s": dest_result.get("relay_stages_s"),
         "stall_actions": [d.action for d in run.watch.decisions],
     }
     log.info(

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,8 +33,9 @@ log = logging.getLogger("novacron.migration")
 
 READ_SIZE = 256 * 1024
 IDLE_FLUSH_S = 0.005
-WINDOW = 16 * 1024 * 1024  # stream bytes the source may be ahead of the destination QEMU
+WINDOW = 32 * 1024 * 1024  # stream bytes the source may be ahead of the destination QEMU
 ACK_EVERY = 1024 * 1024  # the destination acknowledges this much stream at a time
+QUEUE_LIMIT = 2 * WINDOW  # destination: vouched stream waiting for QEMU, at most
 
 
 @dataclass
@@ -45,6 +48,23 @@ class RelayStats:
     done: bool = False
     error: str | None = None
     passthrough: str | None = field(default=None)
+    # where the relay's time went, in seconds: waiting for its input (QEMU's stream or
+    # the channel), working (the engine), sending (to the channel or QEMU), waiting
+    # for the destination to catch up (the window)
+    stages: dict[str, float] = field(
+        default_factory=lambda: dict.fromkeys(("input", "work", "output", "window"), 0.0)
+    )
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stages[stage] += time.perf_counter() - began
+
+    def stage_summary(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.stages.items()}
 
 
 @contextlib.contextmanager
@@ -64,18 +84,21 @@ class Channel:
     """The channel stream with one writer at a time: frames are produced and sent under
     one lock, so two tasks never interleave or reorder them."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, stats: RelayStats) -> None:
         self.stream = stream
+        self.stats = stats
         self.lock = trio.Lock()
         self.sent = 0
 
     async def send(self, produce: Callable[[], list[bytes]]) -> int:
         async with self.lock:
-            data = produce()  # synchronous: nothing else runs between this and the send
+            with self.stats.timed("work"):
+                data = produce()  # synchronous: nothing else runs between this and the send
             if not data:
                 return 0
             blob = b"".join(data)
-            await self.stream.send_all(blob)
+            with self.stats.timed("output"):
+                await self.stream.send_all(blob)
             self.sent += len(blob)
             return len(blob)
 
@@ -100,7 +123,7 @@ async def relay_source(
     the stream reaches the gate (the device state), before any of it goes; an error
     from it fails the relay, and the destination never completes."""
 
-    out = Channel(channel)
+    out = Channel(channel, stats)
     ended = False
     committed = commit is None
     acked = 0
@@ -117,17 +140,19 @@ async def relay_source(
     async def forward() -> None:
         nonlocal ended, ack_arrived
         while True:
-            while stats.stream_bytes - acked > WINDOW:  # the destination catches up first
-                await ack_arrived.wait()
-                ack_arrived = trio.Event()
+            with stats.timed("window"):
+                while stats.stream_bytes - acked > WINDOW:  # the destination catches up
+                    await ack_arrived.wait()
+                    ack_arrived = trio.Event()
             data: bytes | bytearray = b""
-            with trio.move_on_after(IDLE_FLUSH_S) as idle:
+            with stats.timed("input"), trio.move_on_after(IDLE_FLUSH_S) as idle:
                 data = await qemu.receive_some(READ_SIZE)
-                if not data:
-                    break
+            if not idle.cancelled_caught and not data:
+                break
             if idle.cancelled_caught:
                 await out.send(sender.flush)
-                data = await qemu.receive_some(READ_SIZE)
+                with stats.timed("input"):
+                    data = await qemu.receive_some(READ_SIZE)
                 if not data:
                     break
             stats.stream_bytes += len(data)
@@ -193,37 +218,62 @@ async def relay_destination(
 ) -> None:
     """Frames from the channel to the destination QEMU (only bytes a ``CHECK`` vouched
     for), QEMU's replies back as ``RETURN``. On a bad stream: ``ABORT`` to the source,
-    then the error is raised; the destination QEMU never saw the bad bytes."""
+    then the error is raised; the destination QEMU never saw the bad bytes.
 
-    out = Channel(channel)
+    Reading the channel and feeding QEMU are separate tasks joined by a queue bounded in
+    bytes (the source's window bounds it already; ``QUEUE_LIMIT`` guards against a
+    source that ignores it): while QEMU takes a burst, the link keeps flowing."""
+
+    out = Channel(channel, stats)
+    queue = _ByteQueue(QUEUE_LIMIT)
 
     async def back() -> None:
         while data := await qemu.receive_some(READ_SIZE):
             stats.returned_bytes += len(data)
             await out.send_frames([frames.encode(frames.RETURN, bytes(data))])
 
+    async def to_qemu() -> None:
+        acked = 0
+        while (rebuilt := await queue.get()) is not None:
+            with stats.timed("output"):
+                await qemu.send_all(rebuilt)
+            queue.taken(len(rebuilt))
+            stats.stream_bytes += len(rebuilt)
+            if stats.stream_bytes - acked >= ACK_EVERY:
+                acked = stats.stream_bytes
+                await out.send_frames([frames.encode_ack(acked)])
+
     decoder = frames.FrameDecoder()
-    acked = 0
     with _single_errors():
         async with trio.open_nursery() as n:
             n.start_soon(back)
+            fed = trio.Event()
+
+            async def feed() -> None:
+                try:
+                    await to_qemu()
+                finally:
+                    fed.set()
+
+            n.start_soon(feed)
             try:
                 while not receiver.ended:
-                    data = await channel.receive_some(READ_SIZE)
+                    with stats.timed("input"):
+                        data = await channel.receive_some(READ_SIZE)
                     if not data:
                         raise frames.FrameError("the source closed the channel before END")
                     stats.channel_bytes += len(data)
-                    for frame in decoder.feed(bytes(data)):
-                        rebuilt = receiver.apply(frame)
+                    with stats.timed("work"):
+                        received = decoder.feed(bytes(data))
+                    for frame in received:
+                        with stats.timed("work"):
+                            rebuilt = receiver.apply(frame)
                         replies = receiver.take_replies()  # ANNOUNCE, answering START
                         if replies:
                             await out.send_frames(replies)
                         if rebuilt:
-                            await qemu.send_all(rebuilt)
-                            stats.stream_bytes += len(rebuilt)
-                            if stats.stream_bytes - acked >= ACK_EVERY:
-                                acked = stats.stream_bytes
-                                await out.send_frames([frames.encode_ack(acked)])
+                            with stats.timed("window"):
+                                await queue.put(rebuilt)
             except Exception as exc:
                 stats.error = str(exc)
                 log.error("migration.stream_rejected", extra=kv(error=str(exc)))
@@ -233,7 +283,49 @@ async def relay_destination(
                 ):
                     await out.send_frames([frames.encode_abort(str(exc))])
                 raise
+            queue.close()
+            await fed.wait()  # every vouched byte handed to QEMU
             # the stream is complete; QEMU's last replies (SHUT) may still come: wait for
             # it to close its side, within reason
             n.cancel_scope.deadline = trio.current_time() + 30
     stats.done = True
+
+
+class _ByteQueue:
+    """Chunks from one producer task to one consumer task, at most ``limit`` bytes
+    waiting (one chunk over the limit is let in alone, so any chunk gets through)."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._chunks: deque[bytes] = deque()
+        self._queued = 0
+        self._closed = False
+        self._changed = trio.Event()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def put(self, chunk: bytes) -> None:
+        while self._queued and self._queued + len(chunk) > self._limit:
+            await self._changed.wait()
+        self._chunks.append(chunk)
+        self._queued += len(chunk)
+        self._notify()
+
+    def close(self) -> None:
+        self._closed = True
+        self._notify()
+
+    async def get(self) -> bytes | None:
+        """The next chunk, or None once closed and empty. The chunk's bytes count as
+        waiting until :meth:`taken`."""
+        while not self._chunks:
+            if self._closed:
+                return None
+            await self._changed.wait()
+        return self._chunks.popleft()
+
+    def taken(self, size: int) -> None:
+        self._queued -= size
+        self._notify()

@@ -1,18 +1,33 @@
 //! The receiver: verifies batches and applies them to its copy of the guest's memory.
 //!
+//! The copy is content-addressed: each page index names the hash of its content
+//! ([`Holdings`]) and each distinct non-zero content is kept once, shared (`Arc`) with
+//! the page store it may have come from or go to. Zero pages take no memory, a page
+//! repeated a thousand times takes one page, and a `dup-ref` to an announced page costs
+//! no copy at all; only memory actually distinct is touched (fresh memory is the
+//! largest cost of receiving on these machines).
+//!
 //! Memory is bounded by the guest size given at construction, whatever the input
 //! claims: every length is checked against the header and the guest before use, and a
 //! batch is verified (checksum, sizes, indices) before any page of it is written.
 
+use std::sync::Arc;
+
 use crate::error::{EngineError, Result};
-use crate::holdings::Holdings;
+use crate::fasthash::FastMap;
+use crate::holdings::{Holdings, Undo};
 use crate::store::{PageStore, Pinned};
 use crate::wire::{Codec, Header, Kind, MAX_DELTA};
-use crate::{delta, hash_page, varint, PAGE_SIZE};
+use crate::{delta, hash_page, is_zero_page, varint, PAGE_SIZE};
+
+/// The all-zero page: every page the receiver never had, and every zero page.
+static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 /// The receiver's state for one guest.
 pub struct Decoder {
-    image: Vec<u8>,
+    /// every distinct non-zero content some page holds (and, within a batch, the
+    /// contents that batch made)
+    contents: FastMap<u128, Arc<[u8]>>,
     held: Holdings,
     zstd: zstd::bulk::Decompressor<'static>,
     pinned: Pinned,
@@ -38,7 +53,7 @@ impl Decoder {
     /// [`EngineError::InvalidArgument`] if the zstd context cannot be created.
     pub fn new(pages: usize) -> Result<Self> {
         Ok(Self {
-            image: crate::mem::zeroed(pages * PAGE_SIZE),
+            contents: FastMap::default(),
             held: Holdings::new(pages),
             zstd: zstd::bulk::Decompressor::new()
                 .map_err(|e| EngineError::invalid(format!("zstd: {e}")))?,
@@ -61,10 +76,51 @@ impl Decoder {
         out
     }
 
-    /// The receiver's copy of the guest memory.
+    /// Pages of the guest.
     #[must_use]
-    pub fn image(&self) -> &[u8] {
-        &self.image
+    pub fn pages(&self) -> usize {
+        self.held.pages()
+    }
+
+    /// The receiver's copy of page `index` (zero if it never had one).
+    ///
+    /// # Panics
+    /// When `index` is not a page of the guest.
+    #[must_use]
+    pub fn page(&self, index: usize) -> &[u8] {
+        match self.held.hash_of(index) {
+            Some(hash) if hash != self.zero_hash => &self.contents[&hash],
+            _ => &ZERO_PAGE,
+        }
+    }
+
+    /// The receiver's copy of page `index`, shared, unless it is zero.
+    #[must_use]
+    pub fn shared_page(&self, index: usize) -> Option<(u128, Arc<[u8]>)> {
+        let hash = self.held.hash_of(index).filter(|&h| h != self.zero_hash)?;
+        Some((hash, Arc::clone(&self.contents[&hash])))
+    }
+
+    /// A copy of the receiver's whole guest memory.
+    #[must_use]
+    pub fn image(&self) -> Vec<u8> {
+        let mut out = vec![0u8; self.pages() * PAGE_SIZE];
+        for (index, page) in out.chunks_exact_mut(PAGE_SIZE).enumerate() {
+            if self
+                .held
+                .hash_of(index)
+                .is_some_and(|h| h != self.zero_hash)
+            {
+                page.copy_from_slice(self.page(index));
+            }
+        }
+        out
+    }
+
+    /// Distinct non-zero contents held (4 KiB each).
+    #[must_use]
+    pub fn distinct_contents(&self) -> usize {
+        self.contents.len()
     }
 
     /// Decodes and applies every batch in `input`; returns the number of batches.
@@ -204,71 +260,91 @@ impl Decoder {
 
     fn write_all(&mut self, ops: Vec<(usize, Op<'_>)>) -> Result<()> {
         // A dup reference or a delta can only be found bad while applying (they depend
-        // on earlier writes of the same batch): keep what is needed to undo the batch.
-        // Pages the receiver never had are zero, so only held pages need a copy.
+        // on earlier writes of the same batch): journal the holdings, note the contents
+        // this batch made, and drop replaced contents only once the batch succeeded.
         let mut journal = Vec::new();
-        let mut old_pages: Vec<(usize, Option<Box<[u8]>>)> = Vec::new();
+        let mut made = Vec::new();
+        let mut replaced = Vec::new();
         for (index, op) in ops {
-            if matches!(op, Op::Unchanged) {
-                // the sender re-files an unchanged page in its content index (it may
-                // have lost its entry when another holder of that content changed);
-                // mirror that, or a later dup reference finds no holder here
-                if let Some(hash) = self.held.hash_of(index) {
-                    self.held.wrote_logged(index, hash, Some(&mut journal));
-                }
-                continue;
-            }
-            let range = index * PAGE_SIZE..(index + 1) * PAGE_SIZE;
-            let saved = self
-                .held
-                .hash_of(index)
-                .map(|_| Box::<[u8]>::from(&self.image[range.clone()]));
-            old_pages.push((index, saved));
-            let written: Result<u128> = match op {
-                Op::Zero => {
-                    self.image[range.clone()].fill(0);
-                    Ok(self.zero_hash)
-                }
-                Op::Page(src) => {
-                    self.image[range.clone()].copy_from_slice(src);
-                    Ok(hash_page(src))
-                }
-                Op::Delta(d) => delta::apply(&mut self.image[range.clone()], d)
-                    .map(|()| hash_page(&self.image[range.clone()])),
-                Op::Dup(hash) => match (self.held.holder_of(hash), self.pinned.get(&hash)) {
-                    (Some(from), _) => {
-                        let from = from as usize * PAGE_SIZE;
-                        self.image.copy_within(from..from + PAGE_SIZE, range.start);
-                        Ok(hash)
-                    }
-                    (None, Some(page)) => {
-                        self.image[range.clone()].copy_from_slice(page);
-                        Ok(hash)
-                    }
-                    (None, None) => Err(EngineError::malformed(
-                        "dup reference to a page the receiver does not hold",
-                    )),
-                },
-                Op::Unchanged => unreachable!("skipped above"),
-            };
-            match written {
-                Ok(hash) => {
-                    self.held.wrote_logged(index, hash, Some(&mut journal));
-                    self.pages += 1;
-                }
+            match self.write(index, op, &mut journal, &mut made, &mut replaced) {
+                Ok(()) => {}
                 Err(err) => {
-                    for (i, old) in old_pages.into_iter().rev() {
-                        let page = &mut self.image[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
-                        match old {
-                            Some(old) => page.copy_from_slice(&old),
-                            None => page.fill(0),
+                    self.held.undo(journal);
+                    for hash in made {
+                        if self.held.holders(hash) == 0 {
+                            self.contents.remove(&hash);
                         }
                     }
-                    self.held.undo(journal);
                     return Err(err);
                 }
             }
         }
+        for hash in replaced {
+            if self.held.holders(hash) == 0 {
+                self.contents.remove(&hash);
+            }
+        }
         Ok(())
+    }
+
+    fn write(
+        &mut self,
+        index: usize,
+        op: Op<'_>,
+        journal: &mut Vec<Undo>,
+        made: &mut Vec<u128>,
+        replaced: &mut Vec<u128>,
+    ) -> Result<()> {
+        let old = self.held.hash_of(index);
+        let hash = match op {
+            Op::Unchanged => {
+                // the sender re-files an unchanged page in its content index (it may
+                // have lost its entry when another holder of that content changed);
+                // mirror that, or a later dup reference finds no holder here
+                if let Some(hash) = old {
+                    self.held.wrote_logged(index, hash, Some(journal));
+                }
+                return Ok(());
+            }
+            Op::Zero => self.zero_hash,
+            Op::Page(src) => self.keep_content(hash_page(src), src, made),
+            Op::Delta(d) => {
+                let mut page = self.page(index).to_vec();
+                delta::apply(&mut page, d)?;
+                self.keep_content(hash_page(&page), &page, made)
+            }
+            Op::Dup(hash) => {
+                if self.held.holder_of(hash).is_none() {
+                    let Some(page) = self.pinned.get(&hash) else {
+                        return Err(EngineError::malformed(
+                            "dup reference to a page the receiver does not hold",
+                        ));
+                    };
+                    if hash != self.zero_hash && !self.contents.contains_key(&hash) {
+                        self.contents.insert(hash, Arc::clone(page));
+                        made.push(hash);
+                    }
+                }
+                hash
+            }
+        };
+        self.held.wrote_logged(index, hash, Some(journal));
+        if let Some(old) = old.filter(|&o| o != hash && o != self.zero_hash) {
+            replaced.push(old);
+        }
+        self.pages += 1;
+        Ok(())
+    }
+
+    /// Keeps `page` (whose hash is `hash`) unless it is zero or already kept; returns
+    /// its hash.
+    fn keep_content(&mut self, hash: u128, page: &[u8], made: &mut Vec<u128>) -> u128 {
+        if hash == self.zero_hash || self.contents.contains_key(&hash) {
+            return hash;
+        }
+        debug_assert!(!is_zero_page(page));
+        self.contents.insert(hash, Arc::from(page));
+        made.push(hash);
+        hash
     }
 }

@@ -1,16 +1,7 @@
 //! Large buffers backed by transparent huge pages where the kernel offers them.
 //!
-//! The sender's delta cache and the receiver's guest image are hundreds of MiB that are
-//! touched once, page by page; with 4 KiB pages that is one page fault per 4 KiB.
-//! `MADV_HUGEPAGE` lets the kernel back them with 2 MiB pages (THP in `madvise` mode).
-
-/// A zero-filled buffer of `len` bytes, advised for huge pages.
-#[must_use]
-pub fn zeroed(len: usize) -> Vec<u8> {
-    let buf = vec![0u8; len];
-    advise(buf.as_ptr(), buf.len());
-    buf
-}
+//! The sender's delta cache is hundreds of MiB touched page by page; with 4 KiB pages
+//! that is one page fault per 4 KiB. `MADV_HUGEPAGE` lets the kernel back them with 2 MiB pages (THP in `madvise` mode).
 
 /// An empty buffer with room for `capacity` bytes, advised for huge pages.
 #[must_use]

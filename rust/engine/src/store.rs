@@ -59,15 +59,26 @@ impl PageStore {
             if inner.pages.contains_key(&hash) || inner.capacity == 0 {
                 continue;
             }
-            while inner.pages.len() >= inner.capacity {
-                match inner.order.pop_front() {
-                    Some(old) => {
-                        inner.pages.remove(&old);
-                    }
-                    None => break,
-                }
-            }
+            inner.make_room();
             inner.pages.insert(hash, Arc::from(page));
+            inner.order.push_back(hash);
+            added += 1;
+        }
+        added
+    }
+
+    /// Adds pages that are already shared (hash, content), e.g. a receiver's arrived
+    /// contents, without copying them; zero pages and known hashes are skipped.
+    /// Returns how many were new.
+    pub fn add_shared(&self, pages: impl IntoIterator<Item = (u128, Arc<[u8]>)>) -> usize {
+        let mut inner = self.lock();
+        let mut added = 0;
+        for (hash, page) in pages {
+            if inner.capacity == 0 || inner.pages.contains_key(&hash) || is_zero_page(&page) {
+                continue;
+            }
+            inner.make_room();
+            inner.pages.insert(hash, page);
             inner.order.push_back(hash);
             added += 1;
         }
@@ -90,6 +101,20 @@ impl PageStore {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Inner {
+    /// Evicts the oldest pages until one more fits.
+    fn make_room(&mut self) {
+        while self.pages.len() >= self.capacity {
+            match self.order.pop_front() {
+                Some(old) => {
+                    self.pages.remove(&old);
+                }
+                None => break,
+            }
+        }
     }
 }
 

@@ -93,7 +93,7 @@ proptest! {
             }
             let wire = enc.encode(&image, &offered).unwrap();
             dec.decode(&wire).unwrap();
-            prop_assert!(dec.image() == &image[..], "round {round} differs");
+            prop_assert!(dec.image() == image, "round {round} differs");
         }
     }
 
@@ -225,9 +225,11 @@ proptest! {
         header.records = (i64::from(header.records) + records_delta).max(0) as u32;
         let mut dec = Decoder::new(PAGES).unwrap();
         dec.decode(&first).unwrap();
-        let before = dec.image().to_vec();
+        let before = dec.image();
+        let contents = dec.distinct_contents();
         if dec.decode(&header.frame(&body)).is_err() {
-            prop_assert!(dec.image() == &before[..], "a rejected batch changed nothing");
+            prop_assert!(dec.image() == before, "a rejected batch changed nothing");
+            prop_assert_eq!(dec.distinct_contents(), contents, "nor kept a content");
         }
     }
 }
@@ -246,7 +248,7 @@ fn a_second_guest_from_the_same_image_sends_references_to_the_page_store() {
     let wire1 = enc.encode(&first, &all).unwrap();
     dec.decode(&wire1).unwrap();
     let store = PageStore::new(1024);
-    store.add_image(dec.image());
+    store.add_image(&dec.image());
     // migration 2: another guest booted from the same image, a few pages different
     let mut second = first.clone();
     apply(&mut second, &Change::Text(3, 1));
@@ -259,6 +261,22 @@ fn a_second_guest_from_the_same_image_sends_references_to_the_page_store() {
     let wire2 = enc2.encode(&second, &all).unwrap();
     dec2.decode(&wire2).unwrap();
     assert_eq!(dec2.image(), &second[..]);
+    // the announced pages it received are the store's own, shared, not copies
+    let shared = (0..PAGES)
+        .filter(|&i| {
+            second[i * PAGE_SIZE..(i + 1) * PAGE_SIZE] == first[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]
+        })
+        .filter_map(|i| dec2.shared_page(i))
+        .filter(|(hash, page)| {
+            hashes.chunks(16).any(|h| h == hash.to_le_bytes())
+                && std::sync::Arc::strong_count(page) > 2
+        })
+        .count();
+    assert_eq!(
+        shared,
+        PAGES / 2 - 1,
+        "every random page but the one rewritten"
+    );
     assert!(
         wire2.len() * 5 < wire1.len(),
         "{} vs {}",
@@ -266,6 +284,31 @@ fn a_second_guest_from_the_same_image_sends_references_to_the_page_store() {
         wire1.len()
     );
     assert!(enc2.announce(&[0u8; 15]).is_err());
+}
+
+#[test]
+fn the_receiver_keeps_each_distinct_content_once() {
+    let mut image = vec![0u8; PAGES * PAGE_SIZE];
+    for p in 0..PAGES / 2 {
+        apply(&mut image, &Change::Text(p, 5)); // one content, many pages
+    }
+    apply(&mut image, &Change::Random(PAGES - 1, 3));
+    let all: Vec<u64> = (0..PAGES as u64).collect();
+    let mut enc = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
+    let mut dec = Decoder::new(PAGES).unwrap();
+    dec.decode(&enc.encode(&image, &all).unwrap()).unwrap();
+    assert_eq!(dec.image(), image);
+    assert_eq!(
+        dec.distinct_contents(),
+        2,
+        "zero pages and repeats take no room"
+    );
+    // rewriting every holder of a content lets it go
+    apply(&mut image, &Change::Zero(PAGES - 1));
+    dec.decode(&enc.encode(&image, &[PAGES as u64 - 1]).unwrap())
+        .unwrap();
+    assert_eq!(dec.distinct_contents(), 1);
+    assert_eq!(dec.page(PAGES - 1), &[0u8; PAGE_SIZE][..]);
 }
 
 #[test]
@@ -321,6 +364,6 @@ fn dup_of_a_page_rewritten_in_the_same_round() {
         };
         let wire = enc.encode(&image, &offered).unwrap();
         dec.decode(&wire).unwrap();
-        assert!(dec.image() == &image[..], "round {round} differs");
+        assert!(dec.image() == image, "round {round} differs");
     }
 }

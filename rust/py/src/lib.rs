@@ -304,16 +304,22 @@ impl PageDecoder {
         PyBytes::new(py, &hashes)
     }
 
-    /// The receiver's copy of the guest memory.
-    fn image<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, self.inner.image())
+    /// A copy of the receiver's guest memory.
+    fn image<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let inner = &self.inner;
+        PyBytes::new_with(py, inner.pages() * engine::PAGE_SIZE, |out| {
+            for (index, chunk) in out.chunks_exact_mut(engine::PAGE_SIZE).enumerate() {
+                chunk.copy_from_slice(inner.page(index));
+            }
+            Ok(())
+        })
     }
 
     /// The receiver's copies of pages `indices`, packed in that order (no copy of the
     /// whole image).
     fn pages<'py>(&self, py: Python<'py>, indices: Vec<u64>) -> PyResult<Bound<'py, PyBytes>> {
-        let image = self.inner.image();
-        let total = (image.len() / engine::PAGE_SIZE) as u64;
+        let inner = &self.inner;
+        let total = inner.pages() as u64;
         if let Some(bad) = indices.iter().find(|&&i| i >= total) {
             return Err(to_py_err(engine::EngineError::invalid(format!(
                 "page index {bad} out of range"
@@ -321,8 +327,7 @@ impl PageDecoder {
         }
         PyBytes::new_with(py, indices.len() * engine::PAGE_SIZE, |out| {
             for (chunk, &i) in out.chunks_mut(engine::PAGE_SIZE).zip(&indices) {
-                let at = i as usize * engine::PAGE_SIZE;
-                chunk.copy_from_slice(&image[at..at + engine::PAGE_SIZE]);
+                chunk.copy_from_slice(inner.page(i as usize));
             }
             Ok(())
         })

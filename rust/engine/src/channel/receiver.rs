@@ -1,8 +1,8 @@
 //! The destination's half: channel frames in, QEMU's stream out — only bytes a `CHECK`
 //! (or `END`) vouched for, so a corrupted stream never reaches the destination QEMU.
 //!
-//! Memory is bounded: the guest image (its size from `START`), and at most
-//! `max_unchecked` bytes of stream awaiting a `CHECK`.
+//! Memory is bounded: the guest's distinct contents (at most its size, from `START`),
+//! and at most `max_unchecked` bytes of stream awaiting a `CHECK`.
 
 use super::{
     parse_end, parse_start, put_frame, StreamDigest, ABORT, ANNOUNCE, CHECK, END, PAGES, START,
@@ -58,16 +58,15 @@ impl StreamReceiver {
 
     /// Adds up to `count` pages of the arrived memory, from page `start` on, to the
     /// page store (after the stream: for the next migration); returns how many were new.
+    /// The store shares the arrived contents: nothing is copied.
     #[must_use]
     pub fn keep(&self, start: u64, count: u64) -> usize {
         let (Some(store), Some(decoder)) = (&self.store, &self.decoder) else {
             return 0;
         };
-        let image = decoder.image();
-        let pages = (image.len() / PAGE_SIZE) as u64;
-        let from = start.min(pages) as usize * PAGE_SIZE;
-        let to = start.saturating_add(count).min(pages) as usize * PAGE_SIZE;
-        store.add_image(&image[from..to])
+        let pages = decoder.pages() as u64;
+        let (from, to) = (start.min(pages), start.saturating_add(count).min(pages));
+        store.add_shared((from..to).filter_map(|i| decoder.shared_page(i as usize)))
     }
 
     /// Applies one frame; returns the stream bytes now vouched for (empty unless the
@@ -179,13 +178,12 @@ impl StreamReceiver {
         self.check_room(span)?;
         let decoder = self.decoder.as_mut().expect("made above");
         decoder.decode(r)?;
-        let image = decoder.image();
         let start = self.unchecked.len();
         self.unchecked.reserve(span);
         for (prefix, index) in entries {
-            let at = index as usize * PAGE_SIZE;
             self.unchecked.extend_from_slice(prefix);
-            self.unchecked.extend_from_slice(&image[at..at + PAGE_SIZE]);
+            self.unchecked
+                .extend_from_slice(decoder.page(usize::try_from(index).expect("checked")));
         }
         self.digest.update(&self.unchecked[start..]);
         Ok(())
