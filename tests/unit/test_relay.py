@@ -32,10 +32,12 @@ async def migrate(
     commit: Callable[[], Awaitable[None]] | None = None,
     reads_until: int | None = None,
     src_stats: RelayStats | None = None,
+    qemu_dies_after: int | None = None,
 ) -> tuple[bytes, bytes, RelayStats, RelayStats]:
     """Runs both relays; with ``failures`` given, each side's error is kept there (by
     side) instead of cancelling the other side. ``reads_until``: the destination QEMU
-    stops reading after that many bytes (its side then has no buffer at all)."""
+    stops reading after that many bytes (its side then has no buffer at all).
+    ``qemu_dies_after``: the destination QEMU closes its connection after that many."""
     src_qemu, src_relay_side = trio.testing.memory_stream_pair()
     if reads_until is None:
         dst_relay_side, dst_qemu = trio.testing.memory_stream_pair()
@@ -67,6 +69,9 @@ async def migrate(
             while len(received) < len(stream):
                 if reads_until is not None and len(received) >= reads_until:
                     await trio.sleep_forever()
+                if qemu_dies_after is not None and len(received) >= qemu_dies_after:
+                    await dst_qemu.aclose()
+                    return
                 data = await dst_qemu.receive_some(65536)
                 if not data:
                     return
@@ -273,3 +278,14 @@ async def test_the_destination_queue_holds_a_bounded_number_of_bytes() -> None:
         await queue.put(b"c" * 250)  # alone over the limit: let in once the queue is empty
         queue.close()
     assert got == [b"a" * 60, b"b" * 60, b"c" * 250]
+
+
+async def test_a_destination_qemu_that_goes_away_aborts_the_source() -> None:
+    stream, _ = iterations(40, 3)
+    failures: dict[str, list[BaseException]] = {}
+    received = bytearray()
+    await migrate(stream, received=received, failures=failures, qemu_dies_after=100_000)
+    assert "destination" in failures
+    (source_failed,) = failures["source"]
+    assert "destination aborted" in str(source_failed), source_failed
+    assert len(received) < len(stream)

@@ -243,6 +243,16 @@ async def relay_destination(
                 acked = stats.stream_bytes
                 await out.send_frames([frames.encode_ack(acked)])
 
+    async def refuse(exc: Exception) -> None:
+        """The stream cannot go on here: ``ABORT`` to the source (best effort)."""
+        stats.error = str(exc)
+        log.error("migration.stream_rejected", extra=kv(error=str(exc)))
+        with (
+            trio.move_on_after(5),
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await out.send_frames([frames.encode_abort(str(exc))])
+
     decoder = frames.FrameDecoder()
     with _single_errors():
         async with trio.open_nursery() as n:
@@ -252,6 +262,9 @@ async def relay_destination(
             async def feed() -> None:
                 try:
                     await to_qemu()
+                except Exception as exc:  # the destination QEMU went away
+                    await refuse(exc)
+                    raise
                 finally:
                     fed.set()
 
@@ -275,13 +288,7 @@ async def relay_destination(
                             with stats.timed("window"):
                                 await queue.put(rebuilt)
             except Exception as exc:
-                stats.error = str(exc)
-                log.error("migration.stream_rejected", extra=kv(error=str(exc)))
-                with (
-                    trio.move_on_after(5),
-                    contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-                ):
-                    await out.send_frames([frames.encode_abort(str(exc))])
+                await refuse(exc)
                 raise
             queue.close()
             await fed.wait()  # every vouched byte handed to QEMU
