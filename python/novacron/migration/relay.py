@@ -232,17 +232,6 @@ async def relay_destination(
             stats.returned_bytes += len(data)
             await out.send_frames([frames.encode(frames.RETURN, bytes(data))])
 
-    async def to_qemu() -> None:
-        acked = 0
-        while (rebuilt := await queue.get()) is not None:
-            with stats.timed("output"):
-                await qemu.send_all(rebuilt)
-            queue.taken(len(rebuilt))
-            stats.stream_bytes += len(rebuilt)
-            if stats.stream_bytes - acked >= ACK_EVERY:
-                acked = stats.stream_bytes
-                await out.send_frames([frames.encode_ack(acked)])
-
     async def refuse(exc: Exception) -> None:
         """The stream cannot go on here: ``ABORT`` to the source (best effort)."""
         stats.error = str(exc)
@@ -260,8 +249,17 @@ async def relay_destination(
             fed = trio.Event()
 
             async def feed() -> None:
+                """The vouched stream to QEMU, with an ``ACK`` every ``ACK_EVERY``."""
+                acked = 0
                 try:
-                    await to_qemu()
+                    while (rebuilt := await queue.get()) is not None:
+                        with stats.timed("output"):
+                            await qemu.send_all(rebuilt)
+                        queue.taken(len(rebuilt))
+                        stats.stream_bytes += len(rebuilt)
+                        if stats.stream_bytes - acked >= ACK_EVERY:
+                            acked = stats.stream_bytes
+                            await out.send_frames([frames.encode_ack(acked)])
                 except Exception as exc:  # the destination QEMU went away
                     await refuse(exc)
                     raise

@@ -80,6 +80,11 @@ impl PageCache {
             self.free.push(slot);
             return;
         }
+        self.file(hash, slot);
+    }
+
+    /// Files `hash` in `slot` as the most recently used content.
+    fn file(&mut self, hash: u128, slot: usize) {
         self.clock += 1;
         self.slots.insert(hash, (slot, self.clock));
         self.order.push_back((hash, self.clock));
@@ -100,16 +105,15 @@ impl PageCache {
         }
         let mut copies: FastMap<usize, &[u8]> = FastMap::default();
         for &(hash, page) in pages {
-            self.clock += 1;
-            let stamp = self.clock;
-            if let Some(entry) = self.slots.get_mut(&hash) {
-                entry.1 = stamp; // same content: nothing to copy
-            } else {
-                let slot = self.take_slot();
-                self.slots.insert(hash, (slot, stamp));
-                copies.insert(slot, page);
-            }
-            self.order.push_back((hash, stamp));
+            let slot = match self.slots.get(&hash) {
+                Some(&(slot, _)) => slot, // same content: nothing to copy
+                None => {
+                    let slot = self.take_slot();
+                    copies.insert(slot, page);
+                    slot
+                }
+            };
+            self.file(hash, slot);
         }
         let slots = self.slab.len() / PAGE_SIZE;
         if parallel && copies.len() * 4 >= slots {

@@ -105,16 +105,19 @@ impl Decoder {
     #[must_use]
     pub fn image(&self) -> Vec<u8> {
         let mut out = vec![0u8; self.pages() * PAGE_SIZE];
-        for (index, page) in out.chunks_exact_mut(PAGE_SIZE).enumerate() {
-            if self
-                .held
-                .hash_of(index)
-                .is_some_and(|h| h != self.zero_hash)
-            {
-                page.copy_from_slice(self.page(index));
-            }
-        }
+        self.copy_image(&mut out);
         out
+    }
+
+    /// Copies the receiver's whole guest memory into `out` (`pages()` pages long).
+    ///
+    /// # Panics
+    /// When `out` is not exactly the guest's size.
+    pub fn copy_image(&self, out: &mut [u8]) {
+        assert_eq!(out.len(), self.pages() * PAGE_SIZE, "one guest's worth");
+        for (index, page) in out.chunks_exact_mut(PAGE_SIZE).enumerate() {
+            page.copy_from_slice(self.page(index));
+        }
     }
 
     /// Distinct non-zero contents held (4 KiB each).
@@ -266,25 +269,23 @@ impl Decoder {
         let mut made = Vec::new();
         let mut replaced = Vec::new();
         for (index, op) in ops {
-            match self.write(index, op, &mut journal, &mut made, &mut replaced) {
-                Ok(()) => {}
-                Err(err) => {
-                    self.held.undo(journal);
-                    for hash in made {
-                        if self.held.holders(hash) == 0 {
-                            self.contents.remove(&hash);
-                        }
-                    }
-                    return Err(err);
-                }
+            if let Err(err) = self.write(index, op, &mut journal, &mut made, &mut replaced) {
+                self.held.undo(journal);
+                self.drop_unheld(made);
+                return Err(err);
             }
         }
-        for hash in replaced {
+        self.drop_unheld(replaced);
+        Ok(())
+    }
+
+    /// Forgets those of `hashes` no page holds.
+    fn drop_unheld(&mut self, hashes: Vec<u128>) {
+        for hash in hashes {
             if self.held.holders(hash) == 0 {
                 self.contents.remove(&hash);
             }
         }
-        Ok(())
     }
 
     fn write(
@@ -307,11 +308,11 @@ impl Decoder {
                 return Ok(());
             }
             Op::Zero => self.zero_hash,
-            Op::Page(src) => self.keep_content(hash_page(src), src, made),
+            Op::Page(src) => self.keep_content(hash_page(src), || Arc::from(src), made),
             Op::Delta(d) => {
-                let mut page = self.page(index).to_vec();
-                delta::apply(&mut page, d)?;
-                self.keep_content(hash_page(&page), &page, made)
+                let mut page: Arc<[u8]> = Arc::from(self.page(index));
+                delta::apply(Arc::get_mut(&mut page).expect("just made"), d)?;
+                self.keep_content(hash_page(&page), || page, made)
             }
             Op::Dup(hash) => {
                 if self.held.holder_of(hash).is_none() {
@@ -336,14 +337,20 @@ impl Decoder {
         Ok(())
     }
 
-    /// Keeps `page` (whose hash is `hash`) unless it is zero or already kept; returns
-    /// its hash.
-    fn keep_content(&mut self, hash: u128, page: &[u8], made: &mut Vec<u128>) -> u128 {
+    /// Keeps the content `hash` (made by `page` only when it is new) unless it is zero
+    /// or already kept; returns `hash`.
+    fn keep_content(
+        &mut self,
+        hash: u128,
+        page: impl FnOnce() -> Arc<[u8]>,
+        made: &mut Vec<u128>,
+    ) -> u128 {
         if hash == self.zero_hash || self.contents.contains_key(&hash) {
             return hash;
         }
-        debug_assert!(!is_zero_page(page));
-        self.contents.insert(hash, Arc::from(page));
+        let page = page();
+        debug_assert!(!is_zero_page(&page));
+        self.contents.insert(hash, page);
         made.push(hash);
         hash
     }

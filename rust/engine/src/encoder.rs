@@ -306,12 +306,13 @@ impl Encoder {
         let mut base_uses: FastMap<u128, u32> = FastMap::default();
         for (&index, &(hash, zero)) in indices.iter().zip(&facts) {
             let i = index as usize;
-            if let Some(old) = self.held.hash_of(i).filter(|&old| old != hash) {
+            let old = self.held.hash_of(i);
+            if let Some(old) = old.filter(|&old| old != hash) {
                 replaced.push(old);
             }
             let plan = if zero {
                 Plan::Zero
-            } else if self.held.hash_of(i) == Some(hash) {
+            } else if old == Some(hash) {
                 Plan::Unchanged
             } else if self.config.dedup
                 && (self.held.holder_of(hash).is_some() || self.announced.contains(&hash))
@@ -321,7 +322,7 @@ impl Encoder {
                 // the receiver's version of this page, if we still have its content
                 // (an index offered twice in one call: its version is the earlier
                 // occurrence's, usable only if that content was cached before)
-                let base = self.held.hash_of(i).filter(|&old| {
+                let base = old.filter(|&old| {
                     deltas && (old == self.zero_hash || self.previous.contains(old))
                 });
                 if let Some(base) = base {
@@ -336,17 +337,15 @@ impl Encoder {
             self.held.wrote(i, hash);
             plans.push(plan);
         }
+        // (whether the base is cached and the new content is not, the cache checks)
         for plan in &mut plans {
             if let Plan::Content {
-                hash,
                 base: Some(base),
                 reuse,
+                ..
             } = plan
             {
-                *reuse = *base != self.zero_hash
-                    && base_uses.get(base) == Some(&1)
-                    && self.held.holders(*base) == 0
-                    && !self.previous.contains(*hash);
+                *reuse = base_uses.get(base) == Some(&1) && self.held.holders(*base) == 0;
             }
         }
         // phase 3: batches, each independent

@@ -1,7 +1,8 @@
 //! Large buffers backed by transparent huge pages where the kernel offers them.
 //!
 //! The sender's delta cache is hundreds of MiB touched page by page; with 4 KiB pages
-//! that is one page fault per 4 KiB. `MADV_HUGEPAGE` lets the kernel back them with 2 MiB pages (THP in `madvise` mode).
+//! that is one page fault per 4 KiB. `MADV_HUGEPAGE` lets the kernel back it with
+//! 2 MiB pages (THP in `madvise` mode).
 
 /// An empty buffer with room for `capacity` bytes, advised for huge pages.
 #[must_use]

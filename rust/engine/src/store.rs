@@ -56,13 +56,7 @@ impl PageStore {
                 continue;
             }
             let hash = hash_page(page);
-            if inner.pages.contains_key(&hash) || inner.capacity == 0 {
-                continue;
-            }
-            inner.make_room();
-            inner.pages.insert(hash, Arc::from(page));
-            inner.order.push_back(hash);
-            added += 1;
+            added += usize::from(inner.add(hash, || Arc::from(page)));
         }
         added
     }
@@ -74,13 +68,9 @@ impl PageStore {
         let mut inner = self.lock();
         let mut added = 0;
         for (hash, page) in pages {
-            if inner.capacity == 0 || inner.pages.contains_key(&hash) || is_zero_page(&page) {
-                continue;
+            if !is_zero_page(&page) {
+                added += usize::from(inner.add(hash, || page));
             }
-            inner.make_room();
-            inner.pages.insert(hash, page);
-            inner.order.push_back(hash);
-            added += 1;
         }
         added
     }
@@ -105,8 +95,12 @@ impl PageStore {
 }
 
 impl Inner {
-    /// Evicts the oldest pages until one more fits.
-    fn make_room(&mut self) {
+    /// Adds the page with `hash` (made by `page` only if it is new), evicting the
+    /// oldest pages to make room; false when it was there already or nothing is kept.
+    fn add(&mut self, hash: u128, page: impl FnOnce() -> Arc<[u8]>) -> bool {
+        if self.capacity == 0 || self.pages.contains_key(&hash) {
+            return false;
+        }
         while self.pages.len() >= self.capacity {
             match self.order.pop_front() {
                 Some(old) => {
@@ -115,6 +109,9 @@ impl Inner {
                 None => break,
             }
         }
+        self.pages.insert(hash, page());
+        self.order.push_back(hash);
+        true
     }
 }
 

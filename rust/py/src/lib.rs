@@ -308,9 +308,7 @@ impl PageDecoder {
     fn image<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let inner = &self.inner;
         PyBytes::new_with(py, inner.pages() * engine::PAGE_SIZE, |out| {
-            for (index, chunk) in out.chunks_exact_mut(engine::PAGE_SIZE).enumerate() {
-                chunk.copy_from_slice(inner.page(index));
-            }
+            inner.copy_image(out);
             Ok(())
         })
     }
