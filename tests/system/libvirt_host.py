@@ -12,11 +12,14 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 URI = "qemu:///system"
+DAEMONS = ("virtlogd", "libvirtd")
+SUBREAPER = Path(__file__).with_name("subreaper.py")
 
 
 def _ok(*argv: str) -> bool:
@@ -85,6 +88,7 @@ def ensure_hugetlbfs() -> None:
 @dataclass
 class LibvirtHost:
     started: list[int] = field(default_factory=list)
+    reaper: subprocess.Popen[bytes] | None = None
 
     def start(self) -> LibvirtHost:
         if os.geteuid() == 0:
@@ -95,23 +99,28 @@ class LibvirtHost:
             return self
         if os.geteuid() != 0:
             raise RuntimeError("system tests need root to start libvirtd")
-        for tool in ("libvirtd", "virtlogd", "qemu-system-x86_64"):
+        for tool in (*DAEMONS, "qemu-system-x86_64"):
             if shutil.which(tool) is None:
                 raise RuntimeError(f"{tool} is not installed (run ./bootstrap.sh test)")
         for d in ("/var/log/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt"):
             Path(d).mkdir(parents=True, exist_ok=True)
-        for daemon, pidfile in (
-            ("virtlogd", "/run/virtlogd.pid"),
-            ("libvirtd", "/run/libvirtd.pid"),
-        ):
-            Path(pidfile).unlink(missing_ok=True)
-            subprocess.run([daemon, "-d", "-p", pidfile], check=True, timeout=60)
+        pidfiles = {daemon: Path(f"/run/{daemon}.pid") for daemon in DAEMONS}
+        for pidfile in pidfiles.values():
+            pidfile.unlink(missing_ok=True)
+        # under a subreaper, so that stopped guests are reaped at once (see subreaper.py)
+        commands = [f"{daemon} -d -p {pidfile}" for daemon, pidfile in pidfiles.items()]
+        self.reaper = subprocess.Popen(
+            [sys.executable, str(SUBREAPER), *commands],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for daemon, pidfile in pidfiles.items():
             deadline = time.monotonic() + 30
-            while not Path(pidfile).exists():
-                if time.monotonic() > deadline:
+            while not pidfile.exists():
+                if time.monotonic() > deadline or self.reaper.poll() is not None:
                     raise RuntimeError(f"{daemon} did not start")
                 time.sleep(0.1)
-            self.started.append(int(Path(pidfile).read_text().strip()))
+            self.started.append(int(pidfile.read_text().strip()))
         deadline = time.monotonic() + 60
         while not libvirt_answers():
             if time.monotonic() > deadline:
@@ -132,3 +141,7 @@ class LibvirtHost:
                     break
                 time.sleep(0.1)
         self.started.clear()
+        if self.reaper is not None:
+            self.reaper.kill()
+            self.reaper.wait(timeout=10)
+            self.reaper = None

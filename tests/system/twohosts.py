@@ -8,6 +8,7 @@ mounts of per-host ``/var/lib/libvirt``, ``/var/log/libvirt``, ``/var/cache/libv
 ``/etc/hosts``, loopback up, and one end of the veth with an address that exists only
 inside the namespace. libvirtd listens on that address over plain TCP without
 authentication — test scaffolding only, never reachable from outside the namespaces.
+Both daemons run under :mod:`tests.system.subreaper`, which reaps stopped QEMUs at once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,6 +26,7 @@ from pathlib import Path
 BASE = Path("/var/tmp/novacron-hosts")
 SLEEP = ("sleep", "infinity")
 NET = "10.77.0"
+SUBREAPER = Path(__file__).with_name("subreaper.py")
 
 QEMU_WRAPPER = """#!/bin/sh
 # single-threaded TCG: multi-threaded TCG sometimes corrupts a guest across migration
@@ -52,6 +55,7 @@ class Host:
     address: str
     root: Path
     holder: subprocess.Popen[bytes] | None = None
+    reaper: subprocess.Popen[bytes] | None = None  # libvirtd's parent: see subreaper.py
     daemons: list[str] = field(default_factory=list)
     veth: str = ""  # this host's end of the link between the two
 
@@ -126,12 +130,23 @@ class Host:
         )
 
     def start_libvirt(self) -> None:
-        self.sh(
-            "virtlogd -d -p /run/libvirt/virtlogd.pid\n"
-            "libvirtd -d --listen -p /run/libvirt/libvirtd.pid\n"
-        )
+        with open(self.root / "log" / "subreaper.log", "wb") as log:
+            self.reaper = self.popen(
+                [
+                    sys.executable,
+                    str(SUBREAPER),
+                    "virtlogd -d -p /run/libvirt/virtlogd.pid",
+                    "libvirtd -d --listen -p /run/libvirt/libvirtd.pid",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
         deadline = time.monotonic() + 60
         while True:
+            if self.reaper.poll() is not None:
+                log_text = (self.root / "log" / "subreaper.log").read_text(errors="replace")
+                raise RuntimeError(f"{self.name}: libvirtd did not start: {log_text.strip()}")
             ok = subprocess.run(
                 [*self.enter(), "virsh", "-c", "qemu:///system", "version"],
                 capture_output=True,
@@ -165,6 +180,10 @@ class Host:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if self.reaper is not None:
+            self.reaper.kill()
+            self.reaper.wait(timeout=10)
+            self.reaper = None
         self.holder.kill()
         self.holder.wait(timeout=10)
         self.holder = None

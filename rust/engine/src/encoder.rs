@@ -287,10 +287,17 @@ impl Encoder {
 
     fn encode_phases(&mut self, source: Source<'_>, indices: &[u64]) -> Result<Vec<Vec<u8>>> {
         let parallel = self.pool.is_some() || rayon::current_thread_index().is_some();
-        // phase 1: hashes and zero tests
+        // phase 1: zero tests, and hashes of the pages that are not zero (a zero page's
+        // hash is known: the OR-fold stops at a non-zero page's first bytes, so
+        // testing first costs little and saves hashing every free page)
+        let zero_hash = self.zero_hash;
         let scan = |(pos, &index): (usize, &u64)| {
             let page = source.page(pos, index);
-            (hash_page(page), is_zero_page(page))
+            if is_zero_page(page) {
+                (zero_hash, true)
+            } else {
+                (hash_page(page), false)
+            }
         };
         let facts: Vec<(u128, bool)> = if parallel {
             indices.par_iter().enumerate().map(scan).collect()
@@ -357,7 +364,6 @@ impl Encoder {
             .map(|(n, (idx, plan))| (n * config.batch_pages, idx, plan))
             .collect();
         let cache = &self.previous;
-        let zero_hash = self.zero_hash;
         let build = |&(first, idx, plan): &(usize, &[u64], &[Plan])| {
             encode_batch(config, source, first, (cache, zero_hash), idx, plan)
         };
