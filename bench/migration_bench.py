@@ -66,6 +66,9 @@ class Run:
     cpu_s: float
     intact: bool
     logical_bytes: int | None = None
+    # NovaCron only: where each relay's time went (seconds: input, work, output, window)
+    relay_stages_s: dict[str, float] | None = None
+    destination_relay_stages_s: dict[str, float] | None = None
 
 
 class CpuMeter:
@@ -240,6 +243,7 @@ class Bench:
             [n.daemon.proc.pid for n in (src, dst) if n.daemon.proc] if option == "novacron" else []
         )
         logical = None
+        stages: dict[str, Any] = {}
         with CpuMeter(lambda: qemu_pids(name) + daemons) as cpu:
             began = time.monotonic()
             if option == "novacron":
@@ -247,6 +251,10 @@ class Bench:
                 total = time.monotonic() - began
                 downtime = int(doc["result"]["downtime_ms"] or 0)
                 logical = int(doc["result"]["bytes_logical"])
+                stages = {
+                    key: doc["result"].get(key)
+                    for key in ("relay_stages_s", "destination_relay_stages_s")
+                }
             else:
                 src.host.migrate(name, dst.host, *NATIVE_FLAGS[option], timeout=3600)
                 total = time.monotonic() - began
@@ -265,6 +273,7 @@ class Bench:
             cpu_s=round(cpu.seconds, 2),
             intact=self.intact(console_dst, since if console_dst == console_src else 0),
             logical_bytes=logical,
+            **stages,
         )
         self.runs.append(run)
         print(json.dumps(asdict(run)), flush=True)
