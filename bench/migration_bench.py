@@ -249,7 +249,8 @@ class Bench:
             if option == "novacron":
                 doc = self.novacron_migrate(name, src, dst)
                 total = time.monotonic() - began
-                downtime = int(doc["result"]["downtime_ms"] or 0)
+                reported = doc["result"]["downtime_ms"]
+                downtime = -1 if reported is None else int(reported)
                 logical = int(doc["result"]["bytes_logical"])
                 stages = {
                     key: doc["result"].get(key)

@@ -42,6 +42,8 @@ CHANNEL_WAIT_S = 60.0  # from prepare to the source's channel
 QEMU_CONNECT_S = 60.0  # from the channel to the destination QEMU listening
 OUTCOME_WAIT_S = 600.0  # from the end of the stream to libvirt finishing (or cleaning up)
 POLL_S = 0.25
+STATS_WAIT_S = 5.0  # from the guest running here to libvirt filing the job's statistics
+STATS_POLL_S = 0.05
 
 
 @dataclass
@@ -201,6 +203,20 @@ async def wait_outcome(svc: MigrationService, name: str) -> str:
     return state
 
 
+async def completed_stats(svc: MigrationService, name: str) -> dict[str, Any]:
+    """The finished incoming job's statistics (downtime, time). libvirt files them at the
+    end of its Finish phase, which can come a moment after the guest runs here: polled
+    until they are there, for at most ``STATS_WAIT_S`` (then whatever libvirt has)."""
+    hv, pool = svc.vms.hv, svc.vms.hv_pool
+    stats: dict[str, Any] = {}
+    with trio.move_on_after(STATS_WAIT_S):
+        while "downtime" not in stats:
+            stats = await pool.run(libvirt_job.job_stats, hv, name, True)
+            if "downtime" not in stats:
+                await trio.sleep(STATS_POLL_S)
+    return stats
+
+
 async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> None:
     """Waits for libvirt's verdict on an incoming VM and makes the store agree with it."""
     vms, op = svc.vms, inc.op
@@ -212,10 +228,11 @@ async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> N
                     op.vm, inc.uuid, op.tenant, inc.spec.to_dict(), inc.placement
                 )
                 await vms.arrived(op.vm, op.tenant, inc.source)
-            completed = await vms.hv_pool.run(libvirt_job.job_stats, vms.hv, op.vm, True)
+            completed = await completed_stats(svc, op.vm)
+            downtime = completed.get("downtime")
             result = {
                 "node": svc.config.node_name,
-                "downtime_ms": int(completed.get("downtime", 0)),
+                "downtime_ms": None if downtime is None else int(downtime),
                 "time_ms": int(completed.get("time_elapsed", 0)),
                 "bytes_logical": inc.stats.stream_bytes,
                 "bytes_wire": inc.stats.channel_bytes,
