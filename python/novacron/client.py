@@ -1,83 +1,41 @@
-"""Clients for plugins and scripts: :func:`connect` (trio) and :class:`SyncClient`.
+"""The trio client for plugins and async code: :func:`connect` and :func:`connect_tls`.
 
 Both speak MessagePack-RPC over the daemon's Unix socket, or over mutual TLS to its
-TCP listener (:func:`connect_tls`, :meth:`SyncClient.tls`), and raise the
-:mod:`novacron.errors` class matching the error code the daemon sent::
+TCP listener, and raise the :mod:`novacron.errors` class matching the error code the
+daemon sent::
 
     async with novacron.client.connect() as nc:
         vms = await nc.call("vm.list")
 
-    with novacron.client.SyncClient() as nc:
-        nc.call("vm.start", name="web1")
-
-    with SyncClient.tls("node1:7443", TlsFiles(cert, key, ca)) as nc:
-        nc.call("auth.whoami")
+The blocking client lives in :mod:`novacron.sync_client` (no trio import, for the CLI);
+:class:`SyncClient`, :class:`TlsFiles` and :func:`split_address` are re-exported here.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import socket
-import ssl
-import struct
-from collections import deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import trio
 
 from novacron import errors, paths
 from novacron.rpc import codec
+from novacron.sync_client import (
+    CONNECT_TIMEOUT_S,
+    READ_SIZE,
+    SyncClient,
+    TlsFiles,
+    clean_params,
+    protocol_error,
+    result_of,
+    split_address,
+)
 
-READ_SIZE = 256 * 1024
-CONNECT_TIMEOUT_S = 10.0
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """The client's certificate and key, and the cluster CA that signed the daemon's."""
-
-    cert: Path
-    key: Path
-    ca: Path
-
-    def context(self) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        try:
-            ctx.load_cert_chain(self.cert, self.key)
-            ctx.load_verify_locations(cafile=str(self.ca))
-        except (OSError, ssl.SSLError) as exc:
-            raise errors.InvalidParams(f"TLS files unusable: {exc}") from None
-        return ctx
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise errors.InvalidParams(f"address {address!r} is not host:port")
-    return host.strip("[]"), int(port)
-
-
-def _params(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if v is not None}
-
-
-def _protocol_error(note: codec.Notification) -> errors.ProtocolError:
-    """The exception for the server's ``protocol.error`` notification."""
-    info = note.params[0] if note.params and isinstance(note.params[0], dict) else {}
-    return errors.ProtocolError(str(info.get("message")), code=str(info.get("code")))
-
-
-def _result(response: codec.Response) -> Any:
-    if response.error is not None:
-        raise errors.from_wire(response.error)
-    return response.result
+__all__ = ["Client", "SyncClient", "TlsFiles", "connect", "connect_tls", "split_address"]
 
 
 class _Pending:
@@ -110,7 +68,9 @@ class Client:
         pending = self._pending[msgid] = _Pending()
         try:
             async with self._send_lock:
-                await self._stream.send_all(codec.encode_request(msgid, method, _params(params)))
+                await self._stream.send_all(
+                    codec.encode_request(msgid, method, clean_params(params))
+                )
             await pending.done.wait()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             with trio.move_on_after(1):  # let the reader pick up a protocol.error, if any
@@ -120,7 +80,7 @@ class Client:
             self._pending.pop(msgid, None)
         if pending.response is None:
             raise self._failure or errors.Unavailable("connection to novacrond lost")
-        return _result(pending.response)
+        return result_of(pending.response)
 
     async def notifications(self) -> AsyncIterator[codec.Notification]:
         async for note in self._notify_recv:
@@ -163,7 +123,7 @@ class Client:
                 pending.done.set()
         elif isinstance(message, codec.Notification):
             if message.method == "protocol.error":
-                self._failure = _protocol_error(message)
+                self._failure = protocol_error(message)
             self._notify_send.send_nowait(message)
 
 
@@ -219,133 +179,3 @@ async def connect_tls(
         raise errors.Unavailable(f"TLS handshake with {address} failed: {exc}") from None
     async with _serving(stream, max_message) as client:
         yield client
-
-
-class SyncClient:
-    """A blocking client (one call at a time) for scripts and the CLI."""
-
-    def __init__(
-        self,
-        path: str | Path | None = None,
-        timeout: float | None = None,
-        max_message: int = codec.DEFAULT_MAX_MESSAGE,
-        *,
-        sock: socket.socket | None = None,
-    ) -> None:
-        self.path = Path(path) if path is not None else paths.default_client_socket()
-        if sock is not None:
-            self._sock = sock
-        else:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self._sock.connect(str(self.path))
-            except OSError as exc:
-                self._sock.close()
-                raise errors.Unavailable(f"cannot connect to {self.path}: {exc.strerror}") from None
-        if timeout is not None:
-            # a kernel receive timeout keeps the socket blocking: Python's settimeout()
-            # would add a poll() before every recv() (measurable per call)
-            seconds = int(timeout)
-            micros = int((timeout - seconds) * 1_000_000)
-            self._sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, micros)
-            )
-        self._decoder = codec.Decoder(max_message)
-        self._ids = itertools.count(1)
-        self._queue: deque[codec.Message] = deque()
-
-    @classmethod
-    def tls(
-        cls,
-        address: str,
-        files: TlsFiles,
-        timeout: float | None = None,
-        server_name: str | None = None,
-        max_message: int = codec.DEFAULT_MAX_MESSAGE,
-    ) -> SyncClient:
-        """A client on a daemon's TLS listener (``host:port``), mutual TLS 1.3."""
-        host, port = split_address(address)
-        context = files.context()
-        try:
-            raw = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)
-        except OSError as exc:
-            raise errors.Unavailable(f"cannot connect to {address}: {exc.strerror}") from None
-        try:
-            sock = context.wrap_socket(raw, server_hostname=server_name or host)
-            sock.settimeout(None)
-        except (OSError, ssl.SSLError) as exc:
-            raw.close()
-            raise errors.Unavailable(f"TLS handshake with {address} failed: {exc}") from None
-        return cls(address, timeout, max_message, sock=sock)
-
-    def __enter__(self) -> SyncClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._sock.close()
-
-    def _next(self) -> codec.Message:
-        while not self._queue:
-            try:
-                data = self._sock.recv(READ_SIZE)
-            except (BlockingIOError, TimeoutError, ssl.SSLWantReadError):
-                raise errors.Timeout("no answer from novacrond in time") from None
-            except (ssl.SSLError, ConnectionResetError) as exc:
-                # e.g. the server's alert for a revoked or rejected certificate
-                raise errors.Unavailable(f"connection to novacrond failed: {exc}") from None
-            if not data:
-                raise errors.Unavailable("connection to novacrond closed")
-            self._queue.extend(self._decoder.feed(data))
-        return self._queue.popleft()
-
-    def call(self, method: str, **params: Any) -> Any:
-        msgid = next(self._ids) % (codec.MAX_MSGID + 1)
-        try:
-            self._sock.sendall(codec.encode_request(msgid, method, _params(params)))
-        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
-            raise self._closed_reason() from None
-        held: list[codec.Message] = []
-        try:
-            while True:
-                message = self._next()
-                if isinstance(message, codec.Response) and message.msgid == msgid:
-                    return _result(message)
-                if isinstance(message, codec.Notification) and message.method == "protocol.error":
-                    raise _protocol_error(message)
-                held.append(message)
-        finally:
-            self._queue.extendleft(reversed(held))
-
-    def _closed_reason(self) -> errors.NovaCronError:
-        """Why the server closed: its ``protocol.error`` if it sent one."""
-        try:
-            while True:
-                message = self._next()
-                if isinstance(message, codec.Notification) and message.method == "protocol.error":
-                    return _protocol_error(message)
-        except (errors.NovaCronError, OSError):
-            pass
-        return errors.Unavailable("connection to novacrond closed")
-
-    def events(self, topics: list[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Subscribes now and returns an iterator over event maps."""
-        self.call("events.subscribe", topics=topics)
-        return self._events()
-
-    def _events(self) -> Iterator[dict[str, Any]]:
-        while True:
-            message = self._next()
-            if (
-                isinstance(message, codec.Notification)
-                and message.method == "event"
-                and message.params
-            ):
-                yield message.params[0]

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from novacron.cli import output
-from novacron.client import SyncClient
+from novacron.sync_client import SyncClient
 
 NODE_COLUMNS = [
     ("node", "NODE"),

@@ -17,8 +17,8 @@ from typing import Any
 from novacron import __version__
 from novacron.cli import cluster, migrate, net, node, output, pki, security, vm
 from novacron.cli.security import AuditBroken
-from novacron.client import SyncClient, TlsFiles
 from novacron.errors import InvalidParams, NovaCronError, Unavailable
+from novacron.sync_client import SyncClient, TlsFiles
 
 Command = Callable[[SyncClient, argparse.Namespace], Any]
 

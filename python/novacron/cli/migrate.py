@@ -8,8 +8,8 @@ from typing import Any
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from novacron.cli import output
-from novacron.client import SyncClient
 from novacron.errors import from_wire
+from novacron.sync_client import SyncClient
 
 OP_COLUMNS = [
     ("id", "OP"),

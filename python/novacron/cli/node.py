@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from novacron.cli import output
-from novacron.client import SyncClient
+from novacron.sync_client import SyncClient
 
 
 def add_commands(groups: Any) -> None:

@@ -1,0 +1,56 @@
+"""novacron.sync_client: the blocking client's own parts (its calls against a real
+server are in test_client.py, through the re-export in novacron.client)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from novacron import client, errors
+from novacron.sync_client import SyncClient, TlsFiles, split_address
+
+
+def test_the_cli_and_the_blocking_client_do_not_import_trio() -> None:
+    # a CLI command pays for every import at start (the trio client is not needed)
+    probe = "import sys, novacron.cli.main; print(sorted(m for m in sys.modules if m == 'trio'))"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_trio_client_module_re_exports_the_blocking_parts() -> None:
+    assert client.SyncClient is SyncClient
+    assert client.TlsFiles is TlsFiles
+    assert client.split_address is split_address
+
+
+@given(
+    host=st.from_regex(r"[a-z0-9][a-z0-9.-]{0,30}", fullmatch=True),
+    port=st.integers(min_value=0, max_value=65535),
+)
+def test_split_address_round_trips_host_and_port(host: str, port: int) -> None:
+    assert split_address(f"{host}:{port}") == (host, port)
+
+
+def test_split_address_takes_bracketed_ipv6_and_refuses_the_rest() -> None:
+    assert split_address("[fd00::1]:7443") == ("fd00::1", 7443)
+    for bad in ("node1", "node1:", ":7443", "node1:74x3", ""):
+        with pytest.raises(errors.InvalidParams):
+            split_address(bad)
+
+
+def test_unusable_tls_files_are_invalid_params(tmp_path: Path) -> None:
+    missing = TlsFiles(tmp_path / "c.crt", tmp_path / "c.key", tmp_path / "ca.crt")
+    with pytest.raises(errors.InvalidParams, match="TLS files unusable"):
+        missing.context()
+
+
+def test_an_absent_socket_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(errors.Unavailable, match="cannot connect"):
+        SyncClient(tmp_path / "absent.sock")
