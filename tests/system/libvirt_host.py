@@ -12,14 +12,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.system import subreaper
+
 URI = "qemu:///system"
 DAEMONS = ("virtlogd", "libvirtd")
-SUBREAPER = Path(__file__).with_name("subreaper.py")
 
 
 def _ok(*argv: str) -> bool:
@@ -109,11 +109,7 @@ class LibvirtHost:
             pidfile.unlink(missing_ok=True)
         # under a subreaper, so that stopped guests are reaped at once (see subreaper.py)
         commands = [f"{daemon} -d -p {pidfile}" for daemon, pidfile in pidfiles.items()]
-        self.reaper = subprocess.Popen(
-            [sys.executable, str(SUBREAPER), *commands],
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self.reaper = subreaper.launch(commands)
         for daemon, pidfile in pidfiles.items():
             deadline = time.monotonic() + 30
             while not pidfile.exists():
@@ -141,7 +137,5 @@ class LibvirtHost:
                     break
                 time.sleep(0.1)
         self.started.clear()
-        if self.reaper is not None:
-            self.reaper.kill()
-            self.reaper.wait(timeout=10)
-            self.reaper = None
+        subreaper.stop(self.reaper)
+        self.reaper = None

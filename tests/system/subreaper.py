@@ -20,8 +20,31 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
+from typing import IO
 
 PR_SET_CHILD_SUBREAPER = 36
+
+
+def launch(
+    commands: Sequence[str], prefix: Sequence[str] = (), log: IO[bytes] | None = None
+) -> subprocess.Popen[bytes]:
+    """Starts this script (after ``prefix``, e.g. an ``nsenter`` into a host) on
+    ``commands``; its output goes to ``log``."""
+    return subprocess.Popen(
+        [*prefix, sys.executable, __file__, *commands],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+
+
+def stop(reaper: subprocess.Popen[bytes] | None) -> None:
+    r"""Ends a :func:`launch`\ ed reaper (its daemons are stopped first by the caller)."""
+    if reaper is not None:
+        reaper.kill()
+        reaper.wait(timeout=10)
 
 
 def main(commands: list[str]) -> int:

@@ -17,16 +17,16 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.system import subreaper
+
 BASE = Path("/var/tmp/novacron-hosts")
 SLEEP = ("sleep", "infinity")
 NET = "10.77.0"
-SUBREAPER = Path(__file__).with_name("subreaper.py")
 
 QEMU_WRAPPER = """#!/bin/sh
 # single-threaded TCG: multi-threaded TCG sometimes corrupts a guest across migration
@@ -131,16 +131,13 @@ class Host:
 
     def start_libvirt(self) -> None:
         with open(self.root / "log" / "subreaper.log", "wb") as log:
-            self.reaper = self.popen(
+            self.reaper = subreaper.launch(
                 [
-                    sys.executable,
-                    str(SUBREAPER),
                     "virtlogd -d -p /run/libvirt/virtlogd.pid",
                     "libvirtd -d --listen -p /run/libvirt/libvirtd.pid",
                 ],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
+                prefix=self.enter(),
+                log=log,
             )
         deadline = time.monotonic() + 60
         while True:
@@ -180,10 +177,8 @@ class Host:
                 os.kill(int(pid), signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if self.reaper is not None:
-            self.reaper.kill()
-            self.reaper.wait(timeout=10)
-            self.reaper = None
+        subreaper.stop(self.reaper)
+        self.reaper = None
         self.holder.kill()
         self.holder.wait(timeout=10)
         self.holder = None

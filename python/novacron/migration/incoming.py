@@ -17,8 +17,9 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 import trio.lowlevel
@@ -44,6 +45,8 @@ OUTCOME_WAIT_S = 600.0  # from the end of the stream to libvirt finishing (or cl
 POLL_S = 0.25
 STATS_WAIT_S = 5.0  # from the guest running here to libvirt filing the job's statistics
 STATS_POLL_S = 0.05
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -189,32 +192,56 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
             await trio.lowlevel.checkpoint()
 
 
+async def poll_libvirt(
+    svc: MigrationService,
+    ready: Callable[[T], bool],
+    wait_s: float,
+    every_s: float,
+    initial: T,
+    call: Callable[..., T],
+    *args: Any,
+) -> T:
+    """Calls ``call(svc.vms.hv, *args)`` in the libvirt pool every ``every_s`` until
+    ``ready`` accepts its answer, for at most ``wait_s`` (libvirt has no call that waits
+    for these); returns the last answer, ``initial`` if none came."""
+    answer = initial
+    with trio.move_on_after(wait_s):
+        while True:
+            answer = await svc.vms.hv_pool.run(call, svc.vms.hv, *args)
+            if ready(answer):
+                break
+            await trio.sleep(every_s)
+    return answer
+
+
 async def wait_outcome(svc: MigrationService, name: str) -> str:
     """``running`` or ``absent`` once libvirt decided; ``arriving`` after the wait."""
-    hv, pool = svc.vms.hv, svc.vms.hv_pool
-    state = "arriving"
-    with trio.move_on_after(OUTCOME_WAIT_S):
-        # libvirt has no "wait for the incoming domain" call: poll
-        while True:
-            state = await pool.run(libvirt_job.incoming_state, hv, name)
-            if state != "arriving":
-                break
-            await trio.sleep(POLL_S)
-    return state
+    return await poll_libvirt(
+        svc,
+        lambda state: state != "arriving",
+        OUTCOME_WAIT_S,
+        POLL_S,
+        "arriving",
+        libvirt_job.incoming_state,
+        name,
+    )
 
 
 async def completed_stats(svc: MigrationService, name: str) -> dict[str, Any]:
     """The finished incoming job's statistics (downtime, time). libvirt files them at the
     end of its Finish phase, which can come a moment after the guest runs here: polled
     until they are there, for at most ``STATS_WAIT_S`` (then whatever libvirt has)."""
-    hv, pool = svc.vms.hv, svc.vms.hv_pool
-    stats: dict[str, Any] = {}
-    with trio.move_on_after(STATS_WAIT_S):
-        while "downtime" not in stats:
-            stats = await pool.run(libvirt_job.job_stats, hv, name, True)
-            if "downtime" not in stats:
-                await trio.sleep(STATS_POLL_S)
-    return stats
+    empty: dict[str, Any] = {}
+    return await poll_libvirt(
+        svc,
+        lambda stats: "downtime" in stats,
+        STATS_WAIT_S,
+        STATS_POLL_S,
+        empty,
+        libvirt_job.job_stats,
+        name,
+        True,
+    )
 
 
 async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> None:

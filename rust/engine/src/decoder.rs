@@ -16,12 +16,10 @@ use std::sync::Arc;
 use crate::error::{EngineError, Result};
 use crate::fasthash::FastMap;
 use crate::holdings::{Holdings, Undo};
+use crate::scan::{zero_hash, ZERO_PAGE};
 use crate::store::{PageStore, Pinned};
 use crate::wire::{Codec, Header, Kind, MAX_DELTA};
 use crate::{delta, hash_page, is_zero_page, varint, PAGE_SIZE};
-
-/// The all-zero page: every page the receiver never had, and every zero page.
-static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
 
 /// The receiver's state for one guest.
 pub struct Decoder {
@@ -31,7 +29,6 @@ pub struct Decoder {
     held: Holdings,
     zstd: zstd::bulk::Decompressor<'static>,
     pinned: Pinned,
-    zero_hash: u128,
     /// Batches applied.
     pub batches: u64,
     /// Pages written.
@@ -58,7 +55,6 @@ impl Decoder {
             zstd: zstd::bulk::Decompressor::new()
                 .map_err(|e| EngineError::invalid(format!("zstd: {e}")))?,
             pinned: Pinned::new(),
-            zero_hash: hash_page(&[0u8; PAGE_SIZE]),
             batches: 0,
             pages: 0,
         })
@@ -89,7 +85,7 @@ impl Decoder {
     #[must_use]
     pub fn page(&self, index: usize) -> &[u8] {
         match self.held.hash_of(index) {
-            Some(hash) if hash != self.zero_hash => &self.contents[&hash],
+            Some(hash) if hash != zero_hash() => &self.contents[&hash],
             _ => &ZERO_PAGE,
         }
     }
@@ -97,7 +93,7 @@ impl Decoder {
     /// The receiver's copy of page `index`, shared, unless it is zero.
     #[must_use]
     pub fn shared_page(&self, index: usize) -> Option<(u128, Arc<[u8]>)> {
-        let hash = self.held.hash_of(index).filter(|&h| h != self.zero_hash)?;
+        let hash = self.held.hash_of(index).filter(|&h| h != zero_hash())?;
         Some((hash, Arc::clone(&self.contents[&hash])))
     }
 
@@ -307,7 +303,7 @@ impl Decoder {
                 }
                 return Ok(());
             }
-            Op::Zero => self.zero_hash,
+            Op::Zero => zero_hash(),
             Op::Page(src) => self.keep_content(hash_page(src), || Arc::from(src), made),
             Op::Delta(d) => {
                 let mut page: Arc<[u8]> = Arc::from(self.page(index));
@@ -321,7 +317,7 @@ impl Decoder {
                             "dup reference to a page the receiver does not hold",
                         ));
                     };
-                    if hash != self.zero_hash && !self.contents.contains_key(&hash) {
+                    if hash != zero_hash() && !self.contents.contains_key(&hash) {
                         self.contents.insert(hash, Arc::clone(page));
                         made.push(hash);
                     }
@@ -330,7 +326,7 @@ impl Decoder {
             }
         };
         self.held.wrote_logged(index, hash, Some(journal));
-        if let Some(old) = old.filter(|&o| o != hash && o != self.zero_hash) {
+        if let Some(old) = old.filter(|&o| o != hash && o != zero_hash()) {
             replaced.push(old);
         }
         self.pages += 1;
@@ -345,7 +341,7 @@ impl Decoder {
         page: impl FnOnce() -> Arc<[u8]>,
         made: &mut Vec<u128>,
     ) -> u128 {
-        if hash == self.zero_hash || self.contents.contains_key(&hash) {
+        if hash == zero_hash() || self.contents.contains_key(&hash) {
             return hash;
         }
         let page = page();

@@ -16,8 +16,9 @@ use crate::cache::PageCache;
 use crate::error::{EngineError, Result};
 use crate::fasthash::{FastMap, FastSet};
 use crate::holdings::Holdings;
+use crate::scan::{identify, zero_hash, ZERO_PAGE};
 use crate::wire::{Codec, Header, Kind, MAX_DELTA, MAX_RECORDS};
-use crate::{delta, hash_page, is_zero_page, varint, PAGE_SIZE};
+use crate::{delta, varint, PAGE_SIZE};
 
 /// Longest delta the encoder sends; longer ones go compressed or raw.
 const DELTA_LIMIT: usize = MAX_DELTA / 4;
@@ -128,7 +129,6 @@ pub struct Encoder {
     held: Holdings,
     previous: PageCache,
     announced: FastSet<u128>,
-    zero_hash: u128,
     pool: Option<rayon::ThreadPool>,
     /// Running totals.
     pub stats: EncodeStats,
@@ -198,7 +198,6 @@ impl Encoder {
             held: Holdings::new(pages),
             previous: PageCache::new(config.delta_cache_pages),
             announced: FastSet::default(),
-            zero_hash: hash_page(&ZERO_PAGE),
             pool,
             stats: EncodeStats::default(),
         })
@@ -287,18 +286,8 @@ impl Encoder {
 
     fn encode_phases(&mut self, source: Source<'_>, indices: &[u64]) -> Result<Vec<Vec<u8>>> {
         let parallel = self.pool.is_some() || rayon::current_thread_index().is_some();
-        // phase 1: zero tests, and hashes of the pages that are not zero (a zero page's
-        // hash is known: the OR-fold stops at a non-zero page's first bytes, so
-        // testing first costs little and saves hashing every free page)
-        let zero_hash = self.zero_hash;
-        let scan = |(pos, &index): (usize, &u64)| {
-            let page = source.page(pos, index);
-            if is_zero_page(page) {
-                (zero_hash, true)
-            } else {
-                (hash_page(page), false)
-            }
-        };
+        // phase 1: zero tests and hashes
+        let scan = |(pos, &index): (usize, &u64)| identify(source.page(pos, index));
         let facts: Vec<(u128, bool)> = if parallel {
             indices.par_iter().enumerate().map(scan).collect()
         } else {
@@ -329,9 +318,8 @@ impl Encoder {
                 // the receiver's version of this page, if we still have its content
                 // (an index offered twice in one call: its version is the earlier
                 // occurrence's, usable only if that content was cached before)
-                let base = old.filter(|&old| {
-                    deltas && (old == self.zero_hash || self.previous.contains(old))
-                });
+                let base = old
+                    .filter(|&old| deltas && (old == zero_hash() || self.previous.contains(old)));
                 if let Some(base) = base {
                     *base_uses.entry(base).or_default() += 1;
                 }
@@ -365,7 +353,7 @@ impl Encoder {
             .collect();
         let cache = &self.previous;
         let build = |&(first, idx, plan): &(usize, &[u64], &[Plan])| {
-            encode_batch(config, source, first, (cache, zero_hash), idx, plan)
+            encode_batch(config, source, first, cache, idx, plan)
         };
         let batches: Vec<Result<Batch>> = if parallel {
             jobs.par_iter().map(build).collect()
@@ -408,9 +396,6 @@ impl Encoder {
     }
 }
 
-/// The all-zero page: the delta base of a page the receiver holds as zero.
-static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
-
 /// One encoded batch: its bytes, its counts, and its deltas to apply to cached bases
 /// in place (base hash, new hash, delta).
 struct Batch {
@@ -423,7 +408,7 @@ fn encode_batch(
     config: EncoderConfig,
     source: Source<'_>,
     first: usize,
-    (cache, zero_hash): (&PageCache, u128),
+    cache: &PageCache,
     indices: &[u64],
     plans: &[Plan],
 ) -> Result<Batch> {
@@ -453,7 +438,7 @@ fn encode_batch(
                 let old = base.and_then(|h| {
                     cache
                         .get(h)
-                        .or_else(|| (h == zero_hash).then_some(&ZERO_PAGE[..]))
+                        .or_else(|| (h == zero_hash()).then_some(&ZERO_PAGE[..]))
                 });
                 let delta = old.and_then(|old| delta::encode(old, page, DELTA_LIMIT));
                 if let Some(d) = delta {

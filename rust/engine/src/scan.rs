@@ -3,6 +3,8 @@
 //! Bitmaps are little-endian bit arrays: page `i` is bit `i % 8` of byte `i / 8`.
 //! Hashes are xxh3-128 digests stored as 16 little-endian bytes per page.
 
+use std::sync::LazyLock;
+
 use crate::error::{EngineError, Result};
 use xxhash_rust::xxh3::xxh3_128;
 
@@ -39,6 +41,27 @@ pub fn hash_page(page: &[u8]) -> u128 {
     xxh3_128(page)
 }
 
+/// The all-zero page.
+pub(crate) static ZERO_PAGE: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+
+static ZERO_HASH: LazyLock<u128> = LazyLock::new(|| hash_page(&ZERO_PAGE));
+
+/// The content hash of the all-zero page.
+pub(crate) fn zero_hash() -> u128 {
+    *ZERO_HASH
+}
+
+/// A page's content hash and whether it is zero. The zero test comes first: it stops
+/// at a non-zero page's first bytes, and a zero page's hash is known, so free pages
+/// are never hashed.
+pub(crate) fn identify(page: &[u8]) -> (u128, bool) {
+    if is_zero_page(page) {
+        (zero_hash(), true)
+    } else {
+        (hash_page(page), false)
+    }
+}
+
 /// The result of scanning a memory image page by page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageScan {
@@ -73,11 +96,12 @@ pub fn scan_pages(image: &[u8]) -> Result<PageScan> {
     let mut hashes = Vec::with_capacity(pages * HASH_LEN);
     let mut zero_pages = 0;
     for (index, page) in image.chunks_exact(PAGE_SIZE).enumerate() {
-        if is_zero_page(page) {
+        let (hash, zero) = identify(page);
+        if zero {
             zero_pages += 1;
             set_bit(&mut zero_bitmap, index);
         }
-        hashes.extend_from_slice(&hash_page(page).to_le_bytes());
+        hashes.extend_from_slice(&hash.to_le_bytes());
     }
     Ok(PageScan {
         pages,

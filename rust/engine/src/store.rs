@@ -8,7 +8,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::{hash_page, is_zero_page, PAGE_SIZE};
+use crate::scan::identify;
+use crate::{is_zero_page, PAGE_SIZE};
 
 /// A bounded, thread-safe store of pages by xxh3-128 hash, least recently added evicted first.
 #[derive(Clone)]
@@ -52,11 +53,10 @@ impl PageStore {
         let mut inner = self.lock();
         let mut added = 0;
         for page in image.chunks_exact(PAGE_SIZE) {
-            if is_zero_page(page) {
-                continue;
+            let (hash, zero) = identify(page);
+            if !zero {
+                added += usize::from(inner.add(hash, || Arc::from(page)));
             }
-            let hash = hash_page(page);
-            added += usize::from(inner.add(hash, || Arc::from(page)));
         }
         added
     }
