@@ -69,6 +69,8 @@ class Run:
     # NovaCron only: where each relay's time went (seconds: input, work, output, window)
     relay_stages_s: dict[str, float] | None = None
     destination_relay_stages_s: dict[str, float] | None = None
+    # NovaCron only: the page engine's record counts (zero, unchanged, dup, delta, ...)
+    records: dict[str, int] | None = None
 
 
 class CpuMeter:
@@ -254,7 +256,7 @@ class Bench:
                 logical = int(doc["result"]["bytes_logical"])
                 stages = {
                     key: doc["result"].get(key)
-                    for key in ("relay_stages_s", "destination_relay_stages_s")
+                    for key in ("relay_stages_s", "destination_relay_stages_s", "records")
                 }
             else:
                 src.host.migrate(name, dst.host, *NATIVE_FLAGS[option], timeout=3600)

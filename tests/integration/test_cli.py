@@ -51,6 +51,31 @@ def test_vm_workflow_with_tables_and_json(daemon: Daemon) -> None:
     assert json.loads(cli(daemon, "--json", "vm", "list").stdout) == []
 
 
+def test_a_scripts_json_command_loads_neither_rich_nor_cryptography(daemon: Daemon) -> None:
+    """A CLI command pays for every import at start; scripts (``--json``) need no tables
+    and no CA code (the bench times ``novacron vm migrate`` as a whole)."""
+    probe = (
+        "import sys; from novacron.cli.main import main; rc = main(sys.argv[1:]); "
+        "heavy = {'rich', 'cryptography', 'trio'} & {m.split('.')[0] for m in sys.modules}; "
+        "print(repr(sorted(heavy)), file=sys.stderr); sys.exit(rc)"
+    )
+    env = {**os.environ, "NOVACRON_SOCKET": str(daemon.socket)}
+    for args, loaded in (
+        (["--json", "vm", "list"], "[]"),
+        (["--json", "op", "list"], "[]"),
+        (["vm", "list"], "['rich']"),  # a table for people does load rich
+    ):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=True,
+        )
+        assert done.stderr.strip().splitlines()[-1] == loaded, (args, done.stderr)
+
+
 def test_errors_print_code_and_exit_nonzero(daemon: Daemon) -> None:
     done = cli(daemon, "vm", "get", "ghost", check=False)
     assert done.returncode == 1

@@ -146,6 +146,11 @@ async def test_a_stream_crosses_with_its_return_path() -> None:
     assert src.done and dst.done and src.pages == pages
     assert src.stream_bytes == len(stream) == dst.stream_bytes
     assert src.channel_bytes < len(stream)
+    # the engine's record counts add up to the pages it was offered
+    records = src.records
+    assert records["pages"] == pages
+    kinds = ("zero", "unchanged", "dup", "delta", "compressed", "raw")
+    assert sum(records[k] for k in kinds) == pages
 
 
 async def test_a_tampered_channel_never_reaches_qemu() -> None:
@@ -179,6 +184,9 @@ async def test_page_stores_make_the_next_migration_cheap() -> None:
     assert received == stream
     assert again.channel_bytes < first.channel_bytes / 3
     assert back.channel_bytes < first.channel_bytes / 3
+    # what made them cheap: references to pages the other side holds
+    assert first.records["dup"] == 0 < again.records["dup"]
+    assert back.records["dup"] > 0
 
 
 async def test_an_abandoned_migration_is_aborted_not_ended() -> None:

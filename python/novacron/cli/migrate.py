@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
 from novacron.cli import output
 from novacron.errors import from_wire
 from novacron.sync_client import SyncClient
@@ -98,13 +96,25 @@ def run_migrate(client: SyncClient, args: argparse.Namespace) -> Any:
 
 
 def _follow(events: Any, op_id: str, quiet: bool) -> dict[str, Any]:
+    """Waits for the operation's end, with a live progress bar unless ``quiet``."""
+    if quiet:  # a script's (--json): no bar, and no rich to import
+        for event in events:
+            if event.get("op") == op_id and event["topic"] == "op.finished":
+                return dict(event)
+        return {"state": "unknown"}
+    from rich.progress import (  # noqa: PLC0415 - see output's docstring
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
         console=output.console,
-        disable=quiet,
         transient=False,
     ) as bar:
         task = bar.add_task("preparing", total=None, detail="")

@@ -1,4 +1,7 @@
-"""Printing results: rich tables for people, JSON for scripts."""
+"""Printing results: rich tables for people, JSON for scripts.
+
+``console`` and ``errors`` (stdout and stderr) are made on first use: ``rich`` takes
+~40 ms to import, which a ``--json`` command (a script's) never needs."""
 
 from __future__ import annotations
 
@@ -6,13 +9,27 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
-console = Console()
-errors = Console(stderr=True)
+_consoles: dict[str, Console] = {}
+
+
+def _console(name: str = "console") -> Console:
+    if name not in _consoles:
+        from rich.console import Console  # noqa: PLC0415 - the reason is above
+
+        _consoles[name] = Console(stderr=name == "errors")
+    return _consoles[name]
+
+
+def __getattr__(name: str) -> Console:
+    """``output.console`` and ``output.errors`` (PEP 562)."""
+    if name not in ("console", "errors"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _console(name)
 
 
 def as_json(data: Any) -> None:
@@ -26,12 +43,14 @@ def when(stamp: float | None) -> str:
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
+    from rich.table import Table  # noqa: PLC0415 - see the module's docstring
+
     out = Table(show_edge=False, header_style="bold")
     for _, title in columns:
         out.add_column(title)
     for row in rows:
         out.add_row(*(_cell(key, row.get(key)) for key, _ in columns))
-    console.print(out)
+    _console().print(out)
 
 
 def _cell(key: str, value: Any) -> str:
@@ -49,4 +68,4 @@ def fields(doc: dict[str, Any], order: Sequence[str] | None = None) -> None:
         value = doc.get(key)
         if isinstance(value, dict | list):
             value = json.dumps(value, default=str)
-        console.print(f"[bold]{key:<{width}}[/bold]  {_cell(key, value)}", highlight=False)
+        _console().print(f"[bold]{key:<{width}}[/bold]  {_cell(key, value)}", highlight=False)

@@ -5,15 +5,28 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from novacron.cli import output
-from novacron.errors import InvalidParams
-from novacron.pki.ca import CaError, CertificateAuthority
 from novacron.pki.names import ROLES
 
 DEFAULT_CA_DIR = os.environ.get("NOVACRON_CA_DIR", "/etc/novacron/ca")
+
+Runner = Callable[[None, argparse.Namespace], Any]
+
+
+def _deferred(name: str) -> Runner:
+    """``pki_commands.<name>``, imported when the command runs: ``cryptography`` takes
+    ~40 ms to import, which every other command would pay at start-up."""
+
+    def run(client: None, args: argparse.Namespace) -> Any:
+        from novacron.cli import pki_commands  # noqa: PLC0415 - the reason is above
+
+        runner: Runner = getattr(pki_commands, name)
+        return runner(client, args)
+
+    return run
 
 
 def add_commands(groups: Any) -> None:
@@ -23,10 +36,10 @@ def add_commands(groups: Any) -> None:
     init.add_argument("--dir", type=Path, default=Path(DEFAULT_CA_DIR), dest="ca_dir")
     init.add_argument("--name", default="NovaCron CA", help="the CA's common name")
     init.add_argument("--days", type=int, default=3650)
-    init.set_defaults(run=run_init, local=True)
+    init.set_defaults(run=_deferred("run_init"), local=True)
     crl = ca_sub.add_parser("crl", help="re-sign the revocation list (it is valid 30 days)")
     crl.add_argument("--dir", type=Path, default=Path(DEFAULT_CA_DIR), dest="ca_dir")
-    crl.set_defaults(run=run_crl, local=True)
+    crl.set_defaults(run=_deferred("run_crl"), local=True)
 
     cert = groups.add_parser("cert", help="issue, revoke and list certificates")
     sub = cert.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -41,103 +54,13 @@ def add_commands(groups: Any) -> None:
     )
     issue.add_argument("--out", type=Path, default=Path("."), help="where to write NAME.crt/.key")
     issue.add_argument("--days", type=int, default=365)
-    issue.set_defaults(run=run_issue, local=True)
+    issue.set_defaults(run=_deferred("run_issue"), local=True)
     revoke = sub.add_parser("revoke", help="revoke a certificate (daemons: SIGHUP to reload)")
     revoke.add_argument("--ca-dir", type=Path, default=Path(DEFAULT_CA_DIR))
     which = revoke.add_mutually_exclusive_group(required=True)
     which.add_argument("--name")
     which.add_argument("--serial", type=lambda v: int(v, 0))
-    revoke.set_defaults(run=run_revoke, local=True)
+    revoke.set_defaults(run=_deferred("run_revoke"), local=True)
     lst = sub.add_parser("list", help="every certificate the CA issued")
     lst.add_argument("--ca-dir", type=Path, default=Path(DEFAULT_CA_DIR))
-    lst.set_defaults(run=run_list, local=True)
-
-
-def _ca(path: Path) -> CertificateAuthority:
-    try:
-        return CertificateAuthority(path)
-    except CaError as exc:
-        raise InvalidParams(str(exc)) from None
-
-
-def run_init(_client: None, args: argparse.Namespace) -> Any:
-    try:
-        ca = CertificateAuthority.init(args.ca_dir, args.name, args.days)
-    except CaError as exc:
-        raise InvalidParams(str(exc)) from None
-    doc = {
-        "ca_dir": str(ca.dir),
-        "certificate": str(ca.dir / "ca.crt"),
-        "crl": str(ca.dir / "crl.pem"),
-    }
-    if not args.json:
-        output.fields(doc)
-    return doc
-
-
-def run_crl(_client: None, args: argparse.Namespace) -> Any:
-    path = _ca(args.ca_dir).write_crl()
-    doc = {"crl": str(path)}
-    if not args.json:
-        output.fields(doc)
-    return doc
-
-
-def run_issue(_client: None, args: argparse.Namespace) -> Any:
-    if args.node and args.role != "node":
-        raise InvalidParams("--node certificates have role node")
-    try:
-        cert, key = _ca(args.ca_dir).issue(
-            args.name,
-            args.role,
-            args.out,
-            tenants=tuple(args.tenants),
-            node=args.node,
-            addresses=tuple(args.address),
-            days=args.days,
-        )
-    except CaError as exc:
-        raise InvalidParams(str(exc)) from None
-    doc = {"name": args.name, "role": args.role, "certificate": str(cert), "key": str(key)}
-    if not args.json:
-        output.fields(doc)
-    return doc
-
-
-def run_revoke(_client: None, args: argparse.Namespace) -> Any:
-    try:
-        serials = _ca(args.ca_dir).revoke(name=args.name, serial=args.serial)
-    except CaError as exc:
-        raise InvalidParams(str(exc)) from None
-    doc = {"revoked": [hex(s) for s in serials], "crl": str(args.ca_dir / "crl.pem")}
-    if not args.json:
-        output.fields(doc)
-        output.console.print("copy crl.pem to the daemons and send them SIGHUP", highlight=False)
-    return doc
-
-
-def run_list(_client: None, args: argparse.Namespace) -> Any:
-    rows = [
-        {
-            "serial": hex(e.serial),
-            "name": e.name,
-            "role": ",".join(e.roles),
-            "tenants": ",".join(e.tenants) or "-",
-            "not_after": e.not_after,
-            "revoked_at": e.revoked_at,
-        }
-        for e in _ca(args.ca_dir).index()
-    ]
-    if not args.json:
-        output.table(
-            rows,
-            [
-                ("name", "NAME"),
-                ("role", "ROLE"),
-                ("tenants", "TENANTS"),
-                ("not_after", "EXPIRES"),
-                ("revoked_at", "REVOKED"),
-                ("serial", "SERIAL"),
-            ],
-        )
-    return rows
+    lst.set_defaults(run=_deferred("run_list"), local=True)

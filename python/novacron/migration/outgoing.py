@@ -378,6 +378,7 @@ async def _forget(
         "rounds": (op.progress or {}).get("round", 0),
         "pages": stats.pages,
         "zero_pages": stats.zero_pages,
+        "records": stats.records,
         "bytes_logical": stats.stream_bytes,
         "bytes_wire": stats.channel_bytes,
         "reduction": progress.reduction(stats.stream_bytes, stats.channel_bytes),

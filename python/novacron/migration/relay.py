@@ -48,6 +48,8 @@ class RelayStats:
     done: bool = False
     error: str | None = None
     passthrough: str | None = field(default=None)
+    # the page engine's record counts (zero, unchanged, dup, delta, compressed, raw)
+    records: dict[str, int] = field(default_factory=dict)
     # where the relay's time went, in seconds: waiting for its input (QEMU's stream or
     # the channel), working (the engine), sending (to the channel or QEMU), waiting
     # for the destination to catch up (the window)
@@ -172,6 +174,7 @@ async def relay_source(
         split = sender.split_stats
         stats.pages, stats.zero_pages = split["pages"], split["zero_pages"]
         stats.passthrough = sender.passthrough_reason
+        stats.records = sender.engine_stats
 
     async def back() -> None:
         nonlocal acked

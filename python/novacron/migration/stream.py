@@ -107,6 +107,12 @@ class StreamSender:
         return self._core.split_stats
 
     @property
+    def engine_stats(self) -> dict[str, int]:
+        """The page engine's record counts (``Encoder.stats``'s keys; empty before the
+        first page)."""
+        return self._core.engine_stats
+
+    @property
     def passthrough_reason(self) -> str | None:
         return self._core.passthrough_reason
 

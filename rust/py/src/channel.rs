@@ -139,6 +139,16 @@ impl ChannelSender {
     fn split_stats(&self) -> std::collections::HashMap<&'static str, u64> {
         crate::stream::stats_map(self.inner.split_stats())
     }
+
+    /// The page engine's record counts so far (empty before the first page): the keys
+    /// of `Encoder.stats`.
+    #[getter]
+    fn engine_stats(&self) -> std::collections::HashMap<&'static str, u64> {
+        self.inner
+            .engine()
+            .map(crate::encode_stats_map)
+            .unwrap_or_default()
+    }
 }
 
 /// The destination's half: frames in, vouched-for stream bytes out.

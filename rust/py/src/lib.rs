@@ -147,6 +147,26 @@ fn dirty_bitmap<'py>(
     Ok(PyBytes::new(py, &bitmap))
 }
 
+/// An encoder's record counts, bytes and cached pages, as the Python API names them.
+pub(crate) fn encode_stats_map(
+    encoder: &engine::Encoder,
+) -> std::collections::HashMap<&'static str, u64> {
+    let s = encoder.stats;
+    [
+        ("pages", s.pages),
+        ("zero", s.zero),
+        ("unchanged", s.unchanged),
+        ("dup", s.dup),
+        ("delta", s.delta),
+        ("compressed", s.compressed),
+        ("raw", s.raw),
+        ("wire_bytes", s.wire_bytes),
+        ("cached_pages", encoder.cached_pages() as u64),
+    ]
+    .into_iter()
+    .collect()
+}
+
 pub(crate) fn codec_from_name(name: &str) -> PyResult<engine::Codec> {
     match name {
         "lz4" => Ok(engine::Codec::Lz4),
@@ -227,20 +247,7 @@ impl PageEncoder {
 
     /// Record counts and bytes so far.
     fn stats(&self) -> std::collections::HashMap<&'static str, u64> {
-        let s = self.inner.stats;
-        [
-            ("pages", s.pages),
-            ("zero", s.zero),
-            ("unchanged", s.unchanged),
-            ("dup", s.dup),
-            ("delta", s.delta),
-            ("compressed", s.compressed),
-            ("raw", s.raw),
-            ("wire_bytes", s.wire_bytes),
-            ("cached_pages", self.inner.cached_pages() as u64),
-        ]
-        .into_iter()
-        .collect()
+        encode_stats_map(&self.inner)
     }
 }
 
