@@ -14,12 +14,13 @@ Every frame is ``type: u8``, ``length: u32 big-endian``, ``payload``. Types:
   the frames before it. The receiver writes nothing to QEMU that a ``CHECK`` has not
   vouched for, so a corrupted stream never reaches the destination QEMU;
 * ``START`` (7) — ``total_pages: u64``, as soon as the source knows the guest's size;
-* ``ANNOUNCE`` (8) — the destination's answer to ``START``: 16-byte hashes of pages it
-  holds in its page store (kept from earlier migrations), which the source then sends
-  as references. The source sends no ``PAGES`` before it;
+* ``ANNOUNCE`` (8) — destination to source, once, as soon as the channel is open
+  (before or after ``START``): 16-byte hashes of pages it holds in its page store (kept
+  from earlier migrations), which the source then sends as references. The source
+  sends no ``PAGES`` before it;
 * ``ACK`` (9) — destination to source: ``length: u64``, the bytes of the stream written
   to the destination QEMU so far. The source reads no further from its QEMU while it is
-  more than a window (16 MiB of stream) ahead of that, so QEMU's bandwidth estimate —
+  more than a window (32 MiB of stream) ahead of that, so QEMU's bandwidth estimate —
   and with it the switch-over's downtime — reflects the whole path, not how fast the
   source absorbs pages that cost a few bytes on the wire (references).
 

@@ -29,7 +29,7 @@ from novacron.logs import kv
 from novacron.migration import libvirt_job
 from novacron.migration.channel import close_gently, connect_when_listening
 from novacron.migration.ops import Operation
-from novacron.migration.relay import RelayStats, relay_destination
+from novacron.migration.relay import RelayStats, announce, relay_destination, single_errors
 from novacron.migration.stream import StreamReceiver
 from novacron.vm import domain_xml
 from novacron.vm.spec import VmSpec
@@ -164,9 +164,14 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
         else:
             svc.ops.report(inc.op, "receiving")
             try:
-                qemu = await connect_when_listening("127.0.0.1", inc.stream_port, QEMU_CONNECT_S)
-                log.info("migration.qemu_listening", extra=kv(vm=inc.op.vm, op=inc.op.id))
                 receiver = StreamReceiver(svc.page_store)
+                with single_errors():  # the announcement crosses the link while QEMU
+                    async with trio.open_nursery() as n:  # starts here
+                        n.start_soon(announce, channel, receiver)
+                        qemu = await connect_when_listening(
+                            "127.0.0.1", inc.stream_port, QEMU_CONNECT_S
+                        )
+                log.info("migration.qemu_listening", extra=kv(vm=inc.op.vm, op=inc.op.id))
                 try:
                     await relay_destination(channel, qemu, receiver, inc.stats)
                     log.info(

@@ -70,7 +70,7 @@ class RelayStats:
 
 
 @contextlib.contextmanager
-def _single_errors() -> Iterator[None]:
+def single_errors() -> Iterator[None]:
     """A relay fails with one cause, not a group (its tasks are internal): the first
     failure; the other task usually failed because of it (same broken link)."""
     try:
@@ -206,11 +206,20 @@ async def relay_source(
                         f"unexpected frame type {frame.kind} from the destination"
                     )
 
-    with _single_errors():
+    with single_errors():
         async with trio.open_nursery() as n:
             n.start_soon(back)
             await forward()
     stats.done = True
+
+
+async def announce(channel: trio.abc.Stream, receiver: StreamReceiver) -> None:
+    """Sends the destination's ``ANNOUNCE`` (its page store's hashes) if it has not gone
+    yet: as soon as the channel is open, so it crosses the link while the destination
+    QEMU is still starting, and the source's first pages can already be references."""
+    replies = receiver.take_replies()
+    if replies:
+        await channel.send_all(b"".join(replies))
 
 
 async def relay_destination(
@@ -229,6 +238,7 @@ async def relay_destination(
 
     out = Channel(channel, stats)
     queue = _ByteQueue(QUEUE_LIMIT)
+    await announce(channel, receiver)  # if the caller did not already
 
     async def back() -> None:
         while data := await qemu.receive_some(READ_SIZE):
@@ -246,7 +256,7 @@ async def relay_destination(
             await out.send_frames([frames.encode_abort(str(exc))])
 
     decoder = frames.FrameDecoder()
-    with _single_errors():
+    with single_errors():
         async with trio.open_nursery() as n:
             n.start_soon(back)
             fed = trio.Event()
@@ -282,9 +292,6 @@ async def relay_destination(
                     for frame in received:
                         with stats.timed("work"):
                             rebuilt = receiver.apply(frame)
-                        replies = receiver.take_replies()  # ANNOUNCE, answering START
-                        if replies:
-                            await out.send_frames(replies)
                         if rebuilt:
                             with stats.timed("window"):
                                 await queue.put(rebuilt)

@@ -119,7 +119,8 @@ class StreamSender:
 
 class StreamReceiver:
     """``store``: a page store whose pages are announced to the source (and kept pinned
-    for this stream); :meth:`keep` adds the arrived guest memory to it afterwards."""
+    for this stream) from the start; :meth:`keep` adds the arrived guest memory to it
+    afterwards."""
 
     def __init__(self, store: PageStore | None = None, max_unchecked: int = MAX_UNCHECKED) -> None:
         self._core = ChannelReceiver(store, max_unchecked)
@@ -131,7 +132,8 @@ class StreamReceiver:
         return self._core.apply(frame.kind, frame.payload)
 
     def take_replies(self) -> list[bytes]:
-        """Frames for the source (the ``ANNOUNCE`` answering ``START``), once."""
+        """Frames for the source, once: the ``ANNOUNCE`` of the page store (pinned when
+        this receiver was made), to be sent as soon as the channel is open."""
         return _frames(self._core.take_reply())
 
     @property

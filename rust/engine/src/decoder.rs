@@ -21,6 +21,16 @@ use crate::store::{PageStore, Pinned};
 use crate::wire::{Codec, Header, Kind, MAX_DELTA};
 use crate::{delta, hash_page, is_zero_page, varint, PAGE_SIZE};
 
+/// The hashes of `pinned` as an announcement: 16 bytes each, little-endian.
+#[must_use]
+pub fn announcement(pinned: &Pinned) -> Vec<u8> {
+    let mut out = Vec::with_capacity(pinned.len() * 16);
+    for hash in pinned.keys() {
+        out.extend_from_slice(&hash.to_le_bytes());
+    }
+    out
+}
+
 /// The receiver's state for one guest.
 pub struct Decoder {
     /// every distinct non-zero content some page holds (and, within a batch, the
@@ -64,12 +74,15 @@ impl Decoder {
     /// each, little-endian) to announce to the sender: `dup-ref` records may then name
     /// them even though this guest never held them.
     pub fn announce(&mut self, store: &PageStore) -> Vec<u8> {
-        self.pinned = store.pin_all();
-        let mut out = Vec::with_capacity(self.pinned.len() * 16);
-        for hash in self.pinned.keys() {
-            out.extend_from_slice(&hash.to_le_bytes());
-        }
-        out
+        let pinned = store.pin_all();
+        let hashes = announcement(&pinned);
+        self.adopt(pinned);
+        hashes
+    }
+
+    /// Takes pages pinned (and announced) earlier: `dup-ref` records may name them.
+    pub fn adopt(&mut self, pinned: Pinned) {
+        self.pinned = pinned;
     }
 
     /// Pages of the guest.

@@ -8,8 +8,9 @@ use super::{
     parse_end, parse_start, put_frame, StreamDigest, ABORT, ANNOUNCE, CHECK, END, PAGES, START,
     VERBATIM,
 };
+use crate::decoder::announcement;
 use crate::error::{EngineError, Result};
-use crate::{Decoder, PageStore, PAGE_SIZE};
+use crate::{Decoder, PageStore, Pinned, PAGE_SIZE};
 
 /// Largest guest the receiver accepts (pages): 16 TiB.
 pub const MAX_GUEST_PAGES: u64 = 1 << 32;
@@ -24,15 +25,27 @@ pub struct StreamReceiver {
     max_unchecked: usize,
     /// `END` arrived and matched.
     pub ended: bool,
-    /// Frames for the sender (the `ANNOUNCE` answering `START`), not yet taken.
+    /// Frames for the sender (the `ANNOUNCE`, made at once), not yet taken.
     pub reply: Vec<u8>,
+    /// The store's pages pinned and announced at the start, until the decoder exists.
+    announced: Option<Pinned>,
 }
 
 impl StreamReceiver {
-    /// `store`: its pages are announced to the sender (and pinned for this stream).
+    /// `store`: its pages are pinned for this stream and announced to the sender at
+    /// once (the `ANNOUNCE` waits in `reply`; empty without a store), so the
+    /// announcement crosses the link while the source is still starting its QEMU.
     #[must_use]
     pub fn new(store: Option<PageStore>, max_unchecked: usize) -> Self {
+        let pinned = store.as_ref().map(PageStore::pin_all);
+        let mut reply = Vec::new();
+        put_frame(
+            &mut reply,
+            ANNOUNCE,
+            &pinned.as_ref().map(announcement).unwrap_or_default(),
+        );
         Self {
+            announced: pinned,
             store,
             decoder: None,
             total: 0,
@@ -40,7 +53,7 @@ impl StreamReceiver {
             unchecked: Vec::new(),
             max_unchecked,
             ended: false,
-            reply: Vec::new(),
+            reply,
         }
     }
 
@@ -91,11 +104,6 @@ impl StreamReceiver {
                     return Err(EngineError::channel("a second START"));
                 }
                 self.begin(parse_start(payload)?)?;
-                let hashes = match (&self.store, self.decoder.as_mut()) {
-                    (Some(store), Some(decoder)) => decoder.announce(store),
-                    _ => Vec::new(),
-                };
-                put_frame(&mut self.reply, ANNOUNCE, &hashes);
                 Ok(Vec::new())
             }
             PAGES => {
@@ -139,7 +147,11 @@ impl StreamReceiver {
             )));
         }
         let pages = usize::try_from(total).map_err(|_| EngineError::channel("guest too large"))?;
-        self.decoder = Some(Decoder::new(pages)?);
+        let mut decoder = Decoder::new(pages)?;
+        if let Some(pinned) = self.announced.take() {
+            decoder.adopt(pinned);
+        }
+        self.decoder = Some(decoder);
         self.total = total;
         Ok(())
     }

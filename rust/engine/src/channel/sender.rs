@@ -8,9 +8,9 @@
 use std::collections::HashSet;
 
 use super::{put_frame, put_header, StreamDigest, CHECK, END, PAGES, START, VERBATIM};
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::qemu_stream::{Piece, SplitStats, StreamSplitter};
-use crate::{Encoder, EncoderConfig, PageStore, PAGE_SIZE};
+use crate::{Encoder, EncoderConfig, PageStore, HASH_LEN, PAGE_SIZE};
 
 /// Verbatim bytes held before they go out on their own (when no batch waits).
 pub const MAX_VERBATIM: usize = 1024 * 1024;
@@ -46,6 +46,9 @@ pub struct StreamSender {
     config: SenderConfig,
     splitter: StreamSplitter,
     encoder: Option<Encoder>,
+    /// An announcement that came before the guest's size (so before the encoder).
+    early_announce: Option<Vec<u8>>,
+    announce_seen: bool,
     waiting: bool,
     started: bool,
     open: Batch,
@@ -70,6 +73,8 @@ impl StreamSender {
             config,
             splitter: StreamSplitter::new(),
             encoder: None,
+            early_announce: None,
+            announce_seen: false,
             waiting,
             started: false,
             open: Batch::default(),
@@ -138,11 +143,27 @@ impl StreamSender {
     }
 
     /// The destination's page-store hashes; returns the frames held back for them.
+    /// It may come at any time, also before the stream said the guest's size (the
+    /// destination announces as soon as the channel is open): then it is kept until
+    /// the page engine exists.
     ///
     /// # Errors
-    /// An announcement that is not whole 16-byte hashes.
+    /// An announcement that is not whole 16-byte hashes, or a second one.
     pub fn announce(&mut self, hashes: &[u8]) -> Result<Vec<u8>> {
-        self.announced = self.encoder()?.announce(hashes)?;
+        if hashes.len() % HASH_LEN != 0 {
+            return Err(EngineError::channel(
+                "an ANNOUNCE that is not whole 16-byte hashes",
+            ));
+        }
+        if self.announce_seen {
+            return Err(EngineError::channel("a second ANNOUNCE"));
+        }
+        self.announce_seen = true;
+        if self.splitter.total_pages() == 0 {
+            self.early_announce = Some(hashes.to_vec());
+        } else {
+            self.announced = self.encoder()?.announce(hashes)?;
+        }
         self.waiting = false;
         let mut out = Vec::new();
         self.flush_pages(&mut out)?;
@@ -203,7 +224,11 @@ impl StreamSender {
         if self.encoder.is_none() {
             let pages = usize::try_from(self.splitter.total_pages())
                 .map_err(|_| crate::EngineError::invalid("guest too large"))?;
-            self.encoder = Some(Encoder::new(pages, self.config.engine)?);
+            let mut encoder = Encoder::new(pages, self.config.engine)?;
+            if let Some(hashes) = self.early_announce.take() {
+                self.announced = encoder.announce(&hashes)?;
+            }
+            self.encoder = Some(encoder);
         }
         Ok(self.encoder.as_mut().expect("made above"))
     }

@@ -58,14 +58,33 @@ impl Link {
 
 /// Feeds `stream` in `chunk`-byte reads and rebuilds it; returns what was released
 /// (checked against a replay of the whole wire on a fresh receiver).
-fn carry(stream: &[u8], chunk: usize, mut cfg: SenderConfig) -> (Vec<u8>, Vec<u8>) {
+fn carry(stream: &[u8], chunk: usize, cfg: SenderConfig) -> (Vec<u8>, Vec<u8>) {
+    carry_into(stream, chunk, cfg, &crate::PageStore::new(1000), false).0
+}
+
+/// [`carry`] to a destination holding `store`; `early`: its `ANNOUNCE` reaches the
+/// sender before any of the stream (as when it crosses while QEMU starts), else
+/// after the receiver took the first frame. Also returns the sender.
+fn carry_into(
+    stream: &[u8],
+    chunk: usize,
+    mut cfg: SenderConfig,
+    store: &crate::PageStore,
+    early: bool,
+) -> ((Vec<u8>, Vec<u8>), StreamSender) {
     cfg.store = Some(crate::PageStore::new(1000));
     let mut link = Link {
         sender: StreamSender::new(cfg),
-        receiver: StreamReceiver::new(Some(crate::PageStore::new(1000)), 64 << 20),
+        receiver: StreamReceiver::new(Some(store.clone()), 64 << 20),
         wire: Vec::new(),
         released: Vec::new(),
     };
+    if early {
+        let reply = std::mem::take(&mut link.receiver.reply);
+        let (kind, hashes) = frames(&reply).remove(0);
+        assert_eq!(kind, ANNOUNCE);
+        assert!(link.sender.announce(&hashes).unwrap().is_empty());
+    }
     for part in stream.chunks(chunk.max(1)) {
         let out = link.sender.feed(part).unwrap();
         link.deliver(out);
@@ -79,14 +98,16 @@ fn carry(stream: &[u8], chunk: usize, mut cfg: SenderConfig) -> (Vec<u8>, Vec<u8
     let out = link.sender.finish().unwrap();
     link.deliver(out);
     assert!(link.receiver.ended);
-    let mut fresh = StreamReceiver::new(None, 64 << 20);
+    // the same wire again, on a receiver holding the same store
+    let mut fresh = StreamReceiver::new(Some(store.clone()), 64 << 20);
     let mut again = Vec::new();
     for (kind, payload) in frames(&link.wire) {
         again.extend(fresh.apply(kind, &payload).unwrap());
     }
     assert!(fresh.ended);
     assert_eq!(again, link.released);
-    (link.released, link.wire)
+    let _ = link.receiver.keep(0, u64::MAX); // the destination keeps what arrived
+    ((link.released, link.wire), link.sender)
 }
 
 #[test]
@@ -98,6 +119,48 @@ fn a_precopy_arrives_byte_exact_in_any_chunking() {
             assert_eq!(rebuilt, stream, "chunk {chunk} wait {wait} gated {gated}");
         }
     }
+}
+
+#[test]
+fn an_announcement_may_come_before_the_stream() {
+    let stream = migration().bytes;
+    let store = crate::PageStore::new(10_000);
+    // a first migration fills the destination's store ...
+    let ((rebuilt, _), first) = carry_into(&stream, 4096, config(true, false, 8), &store, true);
+    assert_eq!(rebuilt, stream);
+    assert_eq!(first.announced, 0);
+    assert!(!store.is_empty());
+    let mut receiver = StreamReceiver::new(Some(store.clone()), 1 << 20);
+    let (kind, hashes) = frames(&std::mem::take(&mut receiver.reply)).remove(0);
+    assert_eq!(
+        (kind, hashes.len()),
+        (ANNOUNCE, store.len() * 16),
+        "made at once"
+    );
+    receiver.apply(START, &4u64.to_be_bytes()).unwrap();
+    assert!(receiver.reply.is_empty(), "START is not answered again");
+    // ... so the same memory again costs references, whether the announcement came
+    // before the stream or after its first frame
+    for early in [true, false] {
+        let ((rebuilt, _), again) =
+            carry_into(&stream, 4096, config(true, false, 8), &store, early);
+        assert_eq!(rebuilt, stream, "early {early}");
+        assert!(again.announced > 0, "early {early}");
+        let stats = again.engine().unwrap().stats;
+        assert!(stats.dup > 0, "early {early}: {stats:?}");
+    }
+}
+
+#[test]
+fn announcements_are_whole_hashes_and_come_once() {
+    let mut sender = StreamSender::new(config(true, false, 8));
+    assert!(sender.announce(&[0; 15]).is_err());
+    sender.announce(&[7; 32]).unwrap();
+    assert!(sender
+        .announce(&[])
+        .unwrap_err()
+        .to_string()
+        .contains("a second ANNOUNCE"));
 }
 
 #[test]
