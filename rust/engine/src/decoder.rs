@@ -21,11 +21,11 @@ use crate::store::{PageStore, Pinned};
 use crate::wire::{Codec, Header, Kind, MAX_DELTA};
 use crate::{delta, hash_page, is_zero_page, varint, PAGE_SIZE};
 
-/// The hashes of `pinned` as an announcement: 16 bytes each, little-endian.
+/// `order` (announced hashes) as an announcement: 16 bytes each, little-endian.
 #[must_use]
-pub fn announcement(pinned: &Pinned) -> Vec<u8> {
-    let mut out = Vec::with_capacity(pinned.len() * 16);
-    for hash in pinned.keys() {
+pub fn announcement(order: &[u128]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(order.len() * 16);
+    for hash in order {
         out.extend_from_slice(&hash.to_le_bytes());
     }
     out
@@ -39,6 +39,8 @@ pub struct Decoder {
     held: Holdings,
     zstd: zstd::bulk::Decompressor<'static>,
     pinned: Pinned,
+    /// the announced hashes in announcement order (`announced-ref` positions)
+    announced: Vec<u128>,
     /// Batches applied.
     pub batches: u64,
     /// Pages written.
@@ -65,6 +67,7 @@ impl Decoder {
             zstd: zstd::bulk::Decompressor::new()
                 .map_err(|e| EngineError::invalid(format!("zstd: {e}")))?,
             pinned: Pinned::new(),
+            announced: Vec::new(),
             batches: 0,
             pages: 0,
         })
@@ -74,15 +77,17 @@ impl Decoder {
     /// each, little-endian) to announce to the sender: `dup-ref` records may then name
     /// them even though this guest never held them.
     pub fn announce(&mut self, store: &PageStore) -> Vec<u8> {
-        let pinned = store.pin_all();
-        let hashes = announcement(&pinned);
-        self.adopt(pinned);
+        let (pinned, order) = store.pin_in_order();
+        let hashes = announcement(&order);
+        self.adopt(pinned, order);
         hashes
     }
 
-    /// Takes pages pinned (and announced) earlier: `dup-ref` records may name them.
-    pub fn adopt(&mut self, pinned: Pinned) {
+    /// Takes pages pinned earlier and the order they were announced in: `dup-ref`
+    /// records may name them by hash, `announced-ref` records by position.
+    pub fn adopt(&mut self, pinned: Pinned, order: Vec<u128>) {
         self.pinned = pinned;
+        self.announced = order;
     }
 
     /// Pages of the guest.
@@ -184,6 +189,7 @@ impl Decoder {
         };
         // pages this batch writes before a later record of the same batch relies on them
         let mut written = std::collections::HashSet::new();
+        let mut position: i64 = 0; // the batch's last announced-ref position
         for _ in 0..header.records {
             let kind_byte = *input
                 .first()
@@ -215,6 +221,20 @@ impl Decoder {
                     h.copy_from_slice(&input[..16]);
                     input = &input[16..];
                     Op::Dup(u128::from_le_bytes(h))
+                }
+                Kind::AnnouncedRef => {
+                    position = position
+                        .checked_add(varint::get_signed(&mut input)?)
+                        .ok_or_else(|| EngineError::malformed("announced position overflows"))?;
+                    let hash = usize::try_from(position)
+                        .ok()
+                        .and_then(|p| self.announced.get(p))
+                        .ok_or_else(|| {
+                            EngineError::malformed(format!(
+                                "announced position {position} outside the announcement"
+                            ))
+                        })?;
+                    Op::Dup(*hash)
                 }
                 Kind::Delta => {
                     let len = usize::try_from(varint::get(&mut input)?)

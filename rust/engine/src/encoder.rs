@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::cache::PageCache;
 use crate::error::{EngineError, Result};
-use crate::fasthash::{FastMap, FastSet};
+use crate::fasthash::FastMap;
 use crate::holdings::Holdings;
 use crate::scan::{identify, zero_hash, ZERO_PAGE};
 use crate::wire::{Codec, Header, Kind, MAX_DELTA, MAX_RECORDS};
@@ -128,7 +128,10 @@ pub struct Encoder {
     config: EncoderConfig,
     held: Holdings,
     previous: PageCache,
-    announced: FastSet<u128>,
+    /// announced hashes and their positions in the announcement
+    announced: FastMap<u128, u32>,
+    /// hashes announced so far (the next announced hash's position)
+    announced_total: usize,
     pool: Option<rayon::ThreadPool>,
     /// Running totals.
     pub stats: EncodeStats,
@@ -197,7 +200,8 @@ impl Encoder {
             config,
             held: Holdings::new(pages),
             previous: PageCache::new(config.delta_cache_pages),
-            announced: FastSet::default(),
+            announced: FastMap::default(),
+            announced_total: 0,
             pool,
             stats: EncodeStats::default(),
         })
@@ -214,10 +218,16 @@ impl Encoder {
                 "announced hashes must be 16 bytes each",
             ));
         }
-        for chunk in hashes.chunks_exact(crate::HASH_LEN) {
+        let base = self.announced_total;
+        self.announced_total += hashes.len() / crate::HASH_LEN;
+        for (position, chunk) in hashes.chunks_exact(crate::HASH_LEN).enumerate() {
             let mut h = [0u8; 16];
             h.copy_from_slice(chunk);
-            self.announced.insert(u128::from_le_bytes(h));
+            let position = u32::try_from(base + position)
+                .map_err(|_| EngineError::invalid("more than 2^32 announced hashes"))?;
+            self.announced
+                .entry(u128::from_le_bytes(h))
+                .or_insert(position);
         }
         Ok(hashes.len() / crate::HASH_LEN)
     }
@@ -311,7 +321,7 @@ impl Encoder {
             } else if old == Some(hash) {
                 Plan::Unchanged
             } else if self.config.dedup
-                && (self.held.holder_of(hash).is_some() || self.announced.contains(&hash))
+                && (self.held.holder_of(hash).is_some() || self.announced.contains_key(&hash))
             {
                 Plan::Dup(hash)
             } else {
@@ -351,9 +361,9 @@ impl Encoder {
             .enumerate()
             .map(|(n, (idx, plan))| (n * config.batch_pages, idx, plan))
             .collect();
-        let cache = &self.previous;
+        let (cache, announced) = (&self.previous, &self.announced);
         let build = |&(first, idx, plan): &(usize, &[u64], &[Plan])| {
-            encode_batch(config, source, first, cache, idx, plan)
+            encode_batch(config, source, first, (cache, announced), idx, plan)
         };
         let batches: Vec<Result<Batch>> = if parallel {
             jobs.par_iter().map(build).collect()
@@ -404,14 +414,18 @@ struct Batch {
     in_place: Vec<(u128, u128, Vec<u8>)>,
 }
 
+/// `held`: the sender's delta cache, and the receiver's announced hashes with their
+/// positions.
 fn encode_batch(
     config: EncoderConfig,
     source: Source<'_>,
     first: usize,
-    cache: &PageCache,
+    held: (&PageCache, &FastMap<u128, u32>),
     indices: &[u64],
     plans: &[Plan],
 ) -> Result<Batch> {
+    let (cache, announced) = held;
+    let mut position: i64 = 0; // the batch's last announced-ref position
     let mut stats = EncodeStats::default();
     let mut in_place = Vec::new();
     let mut records = Vec::with_capacity(indices.len() * 4);
@@ -433,6 +447,7 @@ fn encode_batch(
         let kind = match plan {
             Plan::Zero => Kind::Zero,
             Plan::Unchanged => Kind::Unchanged,
+            Plan::Dup(hash) if announced.contains_key(hash) => Kind::AnnouncedRef,
             Plan::Dup(_) => Kind::DupRef,
             &Plan::Content { hash, base, reuse } => {
                 let old = base.and_then(|h| {
@@ -471,6 +486,12 @@ fn encode_batch(
             (Kind::Unchanged, _) => stats.unchanged += 1,
             (Kind::DupRef, Plan::Dup(hash)) => {
                 records.extend_from_slice(&hash.to_le_bytes());
+                stats.dup += 1;
+            }
+            (Kind::AnnouncedRef, Plan::Dup(hash)) => {
+                let at = i64::from(announced[hash]);
+                varint::put_signed(&mut records, at - position);
+                position = at;
                 stats.dup += 1;
             }
             (Kind::Raw, _) => stats.raw += 1,

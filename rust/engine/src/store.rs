@@ -75,10 +75,14 @@ impl PageStore {
         added
     }
 
-    /// Pins everything the store holds now (for announcing to a sender).
+    /// Pins everything the store holds now (for announcing to a sender), and lists the
+    /// hashes in the order they were added: a guest's pages, added in page order, stay
+    /// near each other in the announcement, so references to them by position
+    /// delta-code small.
     #[must_use]
-    pub fn pin_all(&self) -> Pinned {
-        self.lock().pages.clone()
+    pub fn pin_in_order(&self) -> (Pinned, Vec<u128>) {
+        let inner = self.lock();
+        (inner.pages.clone(), inner.order.iter().copied().collect())
     }
 
     /// Pages held.
@@ -127,7 +131,7 @@ mod tests {
         image[2 * PAGE_SIZE] = 1; // same content as page 1
         image[3 * PAGE_SIZE] = 2;
         assert_eq!(store.add_image(&image), 2);
-        let pinned = store.pin_all();
+        let (pinned, order) = store.pin_in_order();
         let mut more = vec![0u8; PAGE_SIZE];
         more[0] = 3;
         assert_eq!(store.add_image(&more), 1);
@@ -135,5 +139,11 @@ mod tests {
         // the pinned copy outlives the eviction of its entry
         assert_eq!(pinned.len(), 2);
         assert!(pinned.values().all(|p| p.len() == PAGE_SIZE));
+        // in the order added: page 1's content, then page 3's
+        let first = identify(&image[PAGE_SIZE..2 * PAGE_SIZE]).0;
+        let last = identify(&image[3 * PAGE_SIZE..]).0;
+        assert_eq!(order, vec![first, last]);
+        let (_, now) = store.pin_in_order();
+        assert_eq!(now[0], last, "the oldest was evicted");
     }
 }

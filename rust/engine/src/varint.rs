@@ -1,4 +1,5 @@
-//! LEB128 unsigned varints.
+//! LEB128 unsigned varints, and signed ones zigzag-coded (small magnitudes, either
+//! sign, take few bytes).
 
 use crate::error::{EngineError, Result};
 
@@ -31,6 +32,20 @@ pub fn get(input: &mut &[u8]) -> Result<u64> {
     Err(EngineError::malformed("truncated varint"))
 }
 
+/// Appends `value` zigzag-coded (0, -1, 1, -2, ... as 0, 1, 2, 3, ...) as LEB128.
+pub fn put_signed(out: &mut Vec<u8>, value: i64) {
+    put(out, ((value << 1) ^ (value >> 63)) as u64);
+}
+
+/// Reads one zigzag-coded LEB128 value from the front of `input`, advancing it.
+///
+/// # Errors
+/// As [`get`].
+pub fn get_signed(input: &mut &[u8]) -> Result<i64> {
+    let raw = get(input)?;
+    Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,6 +59,16 @@ mod tests {
             let mut input = &buf[..];
             prop_assert_eq!(get(&mut input).unwrap(), v);
             prop_assert!(input.is_empty());
+        }
+
+        #[test]
+        fn signed_round_trip(v in any::<i64>()) {
+            let mut buf = Vec::new();
+            put_signed(&mut buf, v);
+            let mut input = &buf[..];
+            prop_assert_eq!(get_signed(&mut input).unwrap(), v);
+            prop_assert!(input.is_empty());
+            prop_assert!(v.unsigned_abs() >= 64 || buf.len() == 1);
         }
     }
 }

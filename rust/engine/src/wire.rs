@@ -1,4 +1,4 @@
-//! The page stream's wire format, version 1 (see `docs/migration-wire.md`).
+//! The page stream's wire format, version 2 (see `docs/migration-wire.md`).
 //!
 //! A stream is a sequence of self-contained batches. Every batch starts with a fixed
 //! 40-byte little-endian header and ends with its body; the header's xxh3-64 checksum
@@ -10,7 +10,7 @@ use xxhash_rust::xxh3::Xxh3;
 /// First bytes of every batch.
 pub const MAGIC: [u8; 4] = *b"NCPB";
 /// Wire format version written and accepted.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Size of the batch header.
 pub const HEADER_LEN: usize = 40;
 /// Most records one batch may carry (bounds the decoder's work per batch).
@@ -36,6 +36,10 @@ pub enum Kind {
     Zstd = 5,
     /// The next 4096 bytes of the raw area.
     Raw = 6,
+    /// A page the receiver announced, named by its position in the announcement:
+    /// zigzag varint of the position minus the previous such record's in the batch
+    /// (0 for the batch's first).
+    AnnouncedRef = 7,
 }
 
 impl Kind {
@@ -52,6 +56,7 @@ impl Kind {
             4 => Self::Lz4,
             5 => Self::Zstd,
             6 => Self::Raw,
+            7 => Self::AnnouncedRef,
             other => {
                 return Err(EngineError::malformed(format!(
                     "unknown record kind {other}"

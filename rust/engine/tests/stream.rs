@@ -287,6 +287,42 @@ fn a_second_guest_from_the_same_image_sends_references_to_the_page_store() {
 }
 
 #[test]
+fn announced_pages_go_as_a_few_bytes_and_bad_positions_are_refused() {
+    use novacron_engine::PageStore;
+    let mut memory = vec![0u8; PAGES * PAGE_SIZE];
+    for p in 0..PAGES {
+        apply(&mut memory, &Change::Random(p, 7 + p as u64));
+    }
+    let all: Vec<u64> = (0..PAGES as u64).collect();
+    // the destination holds all of it, added in page order
+    let store = PageStore::new(PAGES);
+    store.add_image(&memory);
+    let mut dec = Decoder::new(PAGES).unwrap();
+    let hashes = dec.announce(&store);
+    let mut enc = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
+    enc.announce(&hashes).unwrap();
+    let wire = enc.encode(&memory, &all).unwrap();
+    assert_eq!(enc.stats.dup, PAGES as u64);
+    // positions follow the pages, so each reference is kind, index and a one-byte step
+    // (16-byte hashes would be over 18 bytes a page)
+    assert!(
+        wire.len() < PAGES * 6,
+        "{} bytes for {PAGES} references",
+        wire.len()
+    );
+    dec.decode(&wire).unwrap();
+    assert_eq!(dec.image(), &memory[..]);
+    // a receiver that announced less cannot resolve them: refused, nothing applied
+    let small = PageStore::new(PAGES / 2);
+    small.add_image(&memory[..PAGE_SIZE * PAGES / 2]);
+    let mut short = Decoder::new(PAGES).unwrap();
+    let _ = short.announce(&small);
+    let err = short.decode(&wire).unwrap_err().to_string();
+    assert!(err.contains("outside the announcement"), "{err}");
+    assert_eq!(short.pages, 0);
+}
+
+#[test]
 fn the_receiver_keeps_each_distinct_content_once() {
     let mut image = vec![0u8; PAGES * PAGE_SIZE];
     for p in 0..PAGES / 2 {

@@ -27,8 +27,9 @@ pub struct StreamReceiver {
     pub ended: bool,
     /// Frames for the sender (the `ANNOUNCE`, made at once), not yet taken.
     pub reply: Vec<u8>,
-    /// The store's pages pinned and announced at the start, until the decoder exists.
-    announced: Option<Pinned>,
+    /// The store's pages pinned and announced at the start (and their order), until
+    /// the decoder exists.
+    announced: Option<(Pinned, Vec<u128>)>,
 }
 
 impl StreamReceiver {
@@ -37,12 +38,15 @@ impl StreamReceiver {
     /// announcement crosses the link while the source is still starting its QEMU.
     #[must_use]
     pub fn new(store: Option<PageStore>, max_unchecked: usize) -> Self {
-        let pinned = store.as_ref().map(PageStore::pin_all);
+        let pinned = store.as_ref().map(PageStore::pin_in_order);
         let mut reply = Vec::new();
         put_frame(
             &mut reply,
             ANNOUNCE,
-            &pinned.as_ref().map(announcement).unwrap_or_default(),
+            &pinned
+                .as_ref()
+                .map(|(_, order)| announcement(order))
+                .unwrap_or_default(),
         );
         Self {
             announced: pinned,
@@ -148,8 +152,8 @@ impl StreamReceiver {
         }
         let pages = usize::try_from(total).map_err(|_| EngineError::channel("guest too large"))?;
         let mut decoder = Decoder::new(pages)?;
-        if let Some(pinned) = self.announced.take() {
-            decoder.adopt(pinned);
+        if let Some((pinned, order)) = self.announced.take() {
+            decoder.adopt(pinned, order);
         }
         self.decoder = Some(decoder);
         self.total = total;
