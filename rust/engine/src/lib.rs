@@ -3,7 +3,7 @@
 //! Plain Rust with no Python types: the pyo3 crate (`rust/py`) is a thin layer on top.
 //! * [`scan_pages`] / [`dirty_bitmap`]: zero detection with a word-wide OR-fold, xxh3-128
 //!   page hashes, dirty bitmaps of whole images.
-//! * [`Encoder`] / [`Decoder`]: the page stream (zero, unchanged, dup-ref, delta, lz4,
+//! * [`Encoder`] / [`Decoder`]: the page stream (zero, unchanged, dup-ref, announced-ref, delta, lz4,
 //!   zstd and raw records in checksummed batches; `docs/migration-wire.md`).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
