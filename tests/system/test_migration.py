@@ -140,7 +140,13 @@ def stays_on_source(vm: str, src: Node, dst: Node) -> None:
     """The failure left the guest running on the source only, both stores agreeing."""
     wait_until(lambda: src.domstate(vm) == "running", 120, f"{vm} running on {src.name}")
     wait_until(lambda: vm not in dst.domains(), 180, f"{vm} gone from {dst.name}")
-    wait_until(lambda: incoming_op(dst, vm)["state"] != "running", 120, f"{dst.name}'s incoming op")
+    try:
+        wait_until(
+            lambda: incoming_op(dst, vm)["state"] != "running", 120, f"{dst.name}'s incoming op"
+        )
+    except AssertionError as exc:  # say where the destination was (a rare CI failure)
+        lines = [line for line in dst.daemon.log_text().splitlines() if "migration" in line]
+        raise AssertionError(f"{exc}\n{incoming_op(dst, vm)}\n" + "\n".join(lines[-40:])) from None
     assert incoming_op(dst, vm)["state"] == "failed"
     only_on(vm, src, dst)
     intact_on(src, vm)
