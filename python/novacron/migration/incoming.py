@@ -165,12 +165,7 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
             svc.ops.report(inc.op, "receiving")
             try:
                 receiver = StreamReceiver(svc.page_store)
-                with single_errors():  # the announcement crosses the link while QEMU
-                    async with trio.open_nursery() as n:  # starts here
-                        n.start_soon(announce, channel, receiver)
-                        qemu = await connect_when_listening(
-                            "127.0.0.1", inc.stream_port, QEMU_CONNECT_S
-                        )
+                qemu = await _announce_and_connect(channel, receiver, inc.stream_port)
                 log.info("migration.qemu_listening", extra=kv(vm=inc.op.vm, op=inc.op.id))
                 try:
                     await relay_destination(channel, qemu, receiver, inc.stats)
@@ -195,6 +190,31 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
     if receiver is not None and not failure:
         for _ in receiver.keep():  # never in the downtime, nor in the operation's time
             await trio.lowlevel.checkpoint()
+
+
+async def _announce_and_connect(
+    channel: trio.abc.Stream, receiver: StreamReceiver, port: int
+) -> trio.SocketStream:
+    """Sends the page store's announcement while connecting to the destination QEMU
+    (the hashes cross the link while QEMU starts); the connection, once both are done.
+    On a failure of either, nothing is left open here."""
+    qemu: trio.SocketStream | None = None
+
+    async def connect() -> None:
+        nonlocal qemu
+        qemu = await connect_when_listening("127.0.0.1", port, QEMU_CONNECT_S)
+
+    try:
+        with single_errors():
+            async with trio.open_nursery() as n:
+                n.start_soon(announce, channel, receiver)
+                await connect()
+    except BaseException:
+        if qemu is not None:
+            await trio.aclose_forcefully(qemu)
+        raise
+    assert qemu is not None
+    return qemu
 
 
 async def poll_libvirt(
