@@ -130,8 +130,6 @@ pub struct Encoder {
     previous: PageCache,
     /// announced hashes and their positions in the announcement
     announced: FastMap<u128, u32>,
-    /// hashes announced so far (the next announced hash's position)
-    announced_total: usize,
     pool: Option<rayon::ThreadPool>,
     /// Running totals.
     pub stats: EncodeStats,
@@ -201,14 +199,15 @@ impl Encoder {
             held: Holdings::new(pages),
             previous: PageCache::new(config.delta_cache_pages),
             announced: FastMap::default(),
-            announced_total: 0,
             pool,
             stats: EncodeStats::default(),
         })
     }
 
     /// Takes the receiver's announcement (16-byte little-endian hashes of pages in its
-    /// page store, see `Decoder::announce`): pages with these contents go as references.
+    /// page store, see `Decoder::announce`): pages with these contents go as references,
+    /// by position in it. It replaces an earlier one, as the receiver's does (positions
+    /// are the receiver's latest announcement's).
     ///
     /// # Errors
     /// [`EngineError::InvalidArgument`] when `hashes` is not a whole number of hashes.
@@ -218,13 +217,13 @@ impl Encoder {
                 "announced hashes must be 16 bytes each",
             ));
         }
-        let base = self.announced_total;
-        self.announced_total += hashes.len() / crate::HASH_LEN;
-        for (position, chunk) in hashes.chunks_exact(crate::HASH_LEN).enumerate() {
+        if hashes.len() / crate::HASH_LEN > u32::MAX as usize {
+            return Err(EngineError::invalid("more than 2^32 announced hashes"));
+        }
+        self.announced.clear();
+        for (position, chunk) in (0u32..).zip(hashes.chunks_exact(crate::HASH_LEN)) {
             let mut h = [0u8; 16];
             h.copy_from_slice(chunk);
-            let position = u32::try_from(base + position)
-                .map_err(|_| EngineError::invalid("more than 2^32 announced hashes"))?;
             self.announced
                 .entry(u128::from_le_bytes(h))
                 .or_insert(position);
@@ -444,11 +443,18 @@ fn encode_batch(
     for (k, (&index, plan)) in indices.iter().zip(plans).enumerate() {
         let page = source.page(first + k, index);
         stats.pages += 1;
+        let mut announced_at = None;
         let kind = match plan {
             Plan::Zero => Kind::Zero,
             Plan::Unchanged => Kind::Unchanged,
-            Plan::Dup(hash) if announced.contains_key(hash) => Kind::AnnouncedRef,
-            Plan::Dup(_) => Kind::DupRef,
+            Plan::Dup(hash) => {
+                announced_at = announced.get(hash).copied();
+                if announced_at.is_some() {
+                    Kind::AnnouncedRef
+                } else {
+                    Kind::DupRef
+                }
+            }
             &Plan::Content { hash, base, reuse } => {
                 let old = base.and_then(|h| {
                     cache
@@ -488,8 +494,8 @@ fn encode_batch(
                 records.extend_from_slice(&hash.to_le_bytes());
                 stats.dup += 1;
             }
-            (Kind::AnnouncedRef, Plan::Dup(hash)) => {
-                let at = i64::from(announced[hash]);
+            (Kind::AnnouncedRef, _) => {
+                let at = i64::from(announced_at.expect("set with the kind"));
                 varint::put_signed(&mut records, at - position);
                 position = at;
                 stats.dup += 1;

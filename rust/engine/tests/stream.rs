@@ -320,6 +320,15 @@ fn announced_pages_go_as_a_few_bytes_and_bad_positions_are_refused() {
     let err = short.decode(&wire).unwrap_err().to_string();
     assert!(err.contains("outside the announcement"), "{err}");
     assert_eq!(short.pages, 0);
+    // a second announcement replaces the first on both ends: positions name the latest
+    let mut again = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
+    again.announce(&hashes).unwrap();
+    again.announce(&short.announce(&small)).unwrap();
+    let wire = again.encode(&memory, &all).unwrap();
+    let mut fresh = Decoder::new(PAGES).unwrap();
+    let _ = fresh.announce(&small);
+    fresh.decode(&wire).unwrap();
+    assert_eq!(fresh.image(), &memory[..]);
 }
 
 #[test]

@@ -46,8 +46,9 @@ pub struct StreamSender {
     config: SenderConfig,
     splitter: StreamSplitter,
     encoder: Option<Encoder>,
-    /// An announcement that came before the guest's size (so before the encoder).
-    early_announce: Option<Vec<u8>>,
+    /// The destination's announcement, until the page engine takes it (it may come
+    /// before the stream said the guest's size, so before the engine exists).
+    pending_announce: Option<Vec<u8>>,
     announce_seen: bool,
     waiting: bool,
     started: bool,
@@ -73,7 +74,7 @@ impl StreamSender {
             config,
             splitter: StreamSplitter::new(),
             encoder: None,
-            early_announce: None,
+            pending_announce: None,
             announce_seen: false,
             waiting,
             started: false,
@@ -159,10 +160,9 @@ impl StreamSender {
             return Err(EngineError::channel("a second ANNOUNCE"));
         }
         self.announce_seen = true;
-        if self.splitter.total_pages() == 0 {
-            self.early_announce = Some(hashes.to_vec());
-        } else {
-            self.announced = self.encoder()?.announce(hashes)?;
+        self.pending_announce = Some(hashes.to_vec());
+        if self.splitter.total_pages() > 0 {
+            self.encoder()?; // takes it now
         }
         self.waiting = false;
         let mut out = Vec::new();
@@ -224,13 +224,13 @@ impl StreamSender {
         if self.encoder.is_none() {
             let pages = usize::try_from(self.splitter.total_pages())
                 .map_err(|_| crate::EngineError::invalid("guest too large"))?;
-            let mut encoder = Encoder::new(pages, self.config.engine)?;
-            if let Some(hashes) = self.early_announce.take() {
-                self.announced = encoder.announce(&hashes)?;
-            }
-            self.encoder = Some(encoder);
+            self.encoder = Some(Encoder::new(pages, self.config.engine)?);
         }
-        Ok(self.encoder.as_mut().expect("made above"))
+        let encoder = self.encoder.as_mut().expect("made above");
+        if let Some(hashes) = self.pending_announce.take() {
+            self.announced = encoder.announce(&hashes)?;
+        }
+        Ok(encoder)
     }
 
     fn piece(&mut self, piece: Piece, group: &mut Vec<u8>) -> Result<()> {
