@@ -36,6 +36,7 @@ def test_pagebench_json_shape_on_a_small_synthetic_guest() -> None:
     for r in result["rounds"]:
         assert r["verified"] is True
         assert {"pages", "logical_bytes", "wire_bytes", "scan_s", "encode_s", "decode_s"} <= set(r)
+        assert r["encode_unscanned_s"] > 0
         assert set(r["baselines"]) >= {
             "memcpy_s",
             "lz4_bytes",

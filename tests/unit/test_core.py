@@ -56,6 +56,41 @@ def test_dirty_bitmap() -> None:
     assert [i for i in range(10) if bit(bitmap, i)] == [3, 9]
 
 
+def test_a_scan_gives_the_dirty_bitmap_of_its_image() -> None:
+    image = bytearray(os.urandom(PAGE * 10))
+    before = _core.scan_pages(bytes(image))
+    image[2 * PAGE] ^= 1
+    image[7 * PAGE + 4095] ^= 1
+    after = bytes(image)
+    bitmap = _core.scan_pages(after).dirty_since(before.hashes)
+    assert bitmap == _core.dirty_bitmap(before.hashes, after)
+    assert [i for i in range(10) if bit(bitmap, i)] == [2, 7]
+    with pytest.raises(EngineError, match="previous hashes describe"):
+        _core.scan_pages(after).dirty_since(before.hashes[:16])
+
+
+def test_the_encoder_takes_hashes_only_from_a_scan_of_the_same_bytes() -> None:
+    image = bytearray(GUEST * PAGE)
+    enc, plain = _core.PageEncoder(GUEST), _core.PageEncoder(GUEST)
+    dec = _core.PageDecoder(GUEST)
+    for n, change in enumerate([("text", 1, 0, 0), ("poke", 1, 0, 9), ("copy", 4, 1, 0)]):
+        touched = None if n == 0 else [mutate(image, change)]
+        if n == 0:
+            mutate(image, change)
+        frozen = bytes(image)
+        wire = enc.encode(frozen, touched, _core.scan_pages(frozen))
+        assert wire == plain.encode(frozen, touched)  # the same stream, fewer hashes
+        dec.decode(wire)
+        assert dec.image() == frozen
+    other = bytes(image)  # equal bytes, another object: the scan does not vouch for it
+    with pytest.raises(ValueError, match="this very bytes object"):
+        enc.encode(other, None, _core.scan_pages(bytes(image)))
+    mutable = bytearray(image)  # a mutable buffer could change after its scan
+    with pytest.raises(ValueError, match="this very bytes object"):
+        enc.encode(mutable, None, _core.scan_pages(mutable))
+    assert enc.stats()["pages"] == plain.stats()["pages"]  # the refusals encoded nothing
+
+
 def test_engine_errors_are_python_exceptions() -> None:
     with pytest.raises(EngineError, match="multiple of the page size"):
         _core.scan_pages(b"x" * 100)

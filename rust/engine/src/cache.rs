@@ -15,6 +15,9 @@ use std::collections::VecDeque;
 use crate::fasthash::FastMap;
 use crate::PAGE_SIZE;
 
+/// Fewer new contents than this are copied on the caller's thread.
+const PARALLEL_COPIES: usize = 64;
+
 /// Page contents by hash.
 pub struct PageCache {
     capacity: usize,
@@ -97,7 +100,8 @@ impl PageCache {
     }
 
     /// Stores pages as if put one by one: contents already cached are only marked
-    /// used, new ones are copied once into their slots (in parallel for big batches).
+    /// used, new ones are copied once into their slots (in parallel, when asked, in
+    /// equal shares of the copies).
     pub fn put_many(&mut self, pages: &[(u128, &[u8])], parallel: bool) {
         use rayon::prelude::*;
         if self.capacity == 0 || pages.is_empty() {
@@ -115,17 +119,28 @@ impl PageCache {
             };
             self.file(hash, slot);
         }
-        let slots = self.slab.len() / PAGE_SIZE;
-        if parallel && copies.len() * 4 >= slots {
-            // many copies: walk the slab in parallel chunks
-            self.slab
-                .par_chunks_mut(PAGE_SIZE)
-                .enumerate()
-                .for_each(|(slot, dst)| {
-                    if let Some(src) = copies.get(&slot) {
-                        dst.copy_from_slice(src);
-                    }
-                });
+        // a slot taken twice in one call (evicted again) keeps its last content
+        let mut copies: Vec<(usize, &[u8])> = copies.into_iter().collect();
+        copies.sort_unstable_by_key(|&(slot, _)| slot);
+        if parallel && copies.len() >= PARALLEL_COPIES {
+            // equal shares of the copies, each with the stretch of slab its slots lie in
+            let share = copies.len().div_ceil(rayon::current_num_threads() * 4);
+            let mut jobs = Vec::new();
+            let mut rest: &mut [u8] = &mut self.slab;
+            let mut base = 0;
+            for group in copies.chunks(share) {
+                let end = group[group.len() - 1].0 + 1;
+                let (stretch, tail) =
+                    std::mem::take(&mut rest).split_at_mut((end - base) * PAGE_SIZE);
+                jobs.push((base, stretch, group));
+                (rest, base) = (tail, end);
+            }
+            jobs.into_par_iter().for_each(|(base, stretch, group)| {
+                for &(slot, src) in group {
+                    let at = (slot - base) * PAGE_SIZE;
+                    stretch[at..at + PAGE_SIZE].copy_from_slice(src);
+                }
+            });
         } else {
             for (slot, src) in copies {
                 self.slab[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE].copy_from_slice(src);
@@ -223,6 +238,39 @@ mod tests {
             }
             assert_eq!(many.len(), 4);
         }
+    }
+
+    #[test]
+    fn parallel_copies_match_sequential_puts_with_evictions_and_reuse() {
+        let pages: Vec<Vec<u8>> = (0..=255u8).map(page).collect();
+        // 300 offers of 256 contents into 100 slots: slots are evicted and taken
+        // again within the call, and forgotten slots are reused first
+        let offer: Vec<(u128, &[u8])> = (0..300u32)
+            .map(|i| (i * 7 + i / 5) % 256)
+            .map(|v| (u128::from(v), pages[v as usize].as_slice()))
+            .collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let mut one = PageCache::new(100);
+        let mut many = PageCache::new(100);
+        for cache in [&mut one, &mut many] {
+            for v in 0..40u8 {
+                cache.put(u128::from(v), &page(v));
+            }
+            for v in (0..40u128).step_by(3) {
+                cache.forget(v);
+            }
+        }
+        for &(h, p) in &offer {
+            one.put(h, p);
+        }
+        pool.install(|| many.put_many(&offer, true));
+        for v in 0..256u128 {
+            assert_eq!(one.get(v), many.get(v), "content {v}");
+        }
+        assert_eq!(one.len(), many.len());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::cache::PageCache;
 use crate::error::{EngineError, Result};
 use crate::fasthash::FastMap;
 use crate::holdings::Holdings;
-use crate::scan::{identify, zero_hash, ZERO_PAGE};
+use crate::scan::{identify, zero_hash, PageScan, ZERO_PAGE};
 use crate::wire::{Codec, Header, Kind, MAX_DELTA, MAX_RECORDS};
 use crate::{delta, varint, PAGE_SIZE};
 
@@ -255,7 +255,35 @@ impl Encoder {
         if image.len() != self.held.pages() * PAGE_SIZE {
             return Err(EngineError::invalid("image size differs from the guest's"));
         }
-        self.run(Source::Image(image), indices)
+        self.run(Source::Image(image), indices, None)
+    }
+
+    /// [`Encoder::encode_batches`] for an image a [`PageScan`] already hashed: the
+    /// offered pages' hashes and zero tests are taken from the scan instead of being
+    /// computed again (a dirty scan followed by the encoding of the dirty pages reads
+    /// every page once, not twice).
+    ///
+    /// The caller vouches that `scan` is a scan of exactly these bytes: a scan of other
+    /// bytes makes the encoder describe pages wrongly (the pyo3 layer accepts only a
+    /// scan of the very same immutable `bytes` object).
+    ///
+    /// # Errors
+    /// As [`Encoder::encode`], and when the scan is of another number of pages.
+    pub fn encode_scanned(
+        &mut self,
+        image: &[u8],
+        indices: &[u64],
+        scan: &PageScan,
+    ) -> Result<Vec<Vec<u8>>> {
+        if image.len() != self.held.pages() * PAGE_SIZE {
+            return Err(EngineError::invalid("image size differs from the guest's"));
+        }
+        if scan.pages != self.held.pages() {
+            return Err(EngineError::invalid(
+                "the scan is of another number of pages",
+            ));
+        }
+        self.run(Source::Image(image), indices, Some(scan))
     }
 
     /// Encodes pages given one by one, as a migration stream delivers them: `pages`
@@ -271,10 +299,15 @@ impl Encoder {
                 "pages must hold exactly one page per index",
             ));
         }
-        self.run(Source::Packed(pages), indices)
+        self.run(Source::Packed(pages), indices, None)
     }
 
-    fn run(&mut self, source: Source<'_>, indices: &[u64]) -> Result<Vec<Vec<u8>>> {
+    fn run(
+        &mut self,
+        source: Source<'_>,
+        indices: &[u64],
+        scan: Option<&PageScan>,
+    ) -> Result<Vec<Vec<u8>>> {
         let pages = self.held.pages();
         for &index in indices {
             if usize::try_from(index).map_or(true, |i| i >= pages) {
@@ -285,22 +318,27 @@ impl Encoder {
         }
         match self.pool.take() {
             Some(pool) => {
-                let out = pool.install(|| self.encode_phases(source, indices));
+                let out = pool.install(|| self.encode_phases(source, indices, scan));
                 self.pool = Some(pool);
                 out
             }
-            None => self.encode_phases(source, indices),
+            None => self.encode_phases(source, indices, scan),
         }
     }
 
-    fn encode_phases(&mut self, source: Source<'_>, indices: &[u64]) -> Result<Vec<Vec<u8>>> {
+    fn encode_phases(
+        &mut self,
+        source: Source<'_>,
+        indices: &[u64],
+        scan: Option<&PageScan>,
+    ) -> Result<Vec<Vec<u8>>> {
         let parallel = self.pool.is_some() || rayon::current_thread_index().is_some();
-        // phase 1: zero tests and hashes
-        let scan = |(pos, &index): (usize, &u64)| identify(source.page(pos, index));
-        let facts: Vec<(u128, bool)> = if parallel {
-            indices.par_iter().enumerate().map(scan).collect()
-        } else {
-            indices.iter().enumerate().map(scan).collect()
+        // phase 1: zero tests and hashes (a scan's, when there is one)
+        let identified = |(pos, &index): (usize, &u64)| identify(source.page(pos, index));
+        let facts: Vec<(u128, bool)> = match scan {
+            Some(scan) => indices.iter().map(|&i| scan.page(i as usize)).collect(),
+            None if parallel => indices.par_iter().enumerate().map(identified).collect(),
+            None => indices.iter().enumerate().map(identified).collect(),
         };
         // phase 2: decisions against what the receiver holds, in order
         let mut plans = Vec::with_capacity(indices.len());
@@ -354,11 +392,20 @@ impl Encoder {
         }
         // phase 3: batches, each independent
         let config = self.config;
+        let size = if parallel {
+            balanced_batch(
+                indices.len(),
+                config.batch_pages,
+                rayon::current_num_threads(),
+            )
+        } else {
+            config.batch_pages
+        };
         let jobs: Vec<(usize, &[u64], &[Plan])> = indices
-            .chunks(config.batch_pages)
-            .zip(plans.chunks(config.batch_pages))
+            .chunks(size)
+            .zip(plans.chunks(size))
             .enumerate()
-            .map(|(n, (idx, plan))| (n * config.batch_pages, idx, plan))
+            .map(|(n, (idx, plan))| (n * size, idx, plan))
             .collect();
         let (cache, announced) = (&self.previous, &self.announced);
         let build = |&(first, idx, plan): &(usize, &[u64], &[Plan])| {
@@ -403,6 +450,17 @@ impl Encoder {
         }
         Ok(out)
     }
+}
+
+/// The batch size for `pages` pages on `threads` threads: at most `batch_pages`, in a
+/// number of batches that is a multiple of the thread count when there are few (three
+/// batches on two threads would leave one thread idle for a third of the time).
+fn balanced_batch(pages: usize, batch_pages: usize, threads: usize) -> usize {
+    let batches = pages.div_ceil(batch_pages);
+    if threads <= 1 || batches == 0 || batches >= 4 * threads {
+        return batch_pages;
+    }
+    pages.div_ceil(batches.next_multiple_of(threads))
 }
 
 /// One encoded batch: its bytes, its counts, and its deltas to apply to cached bases
@@ -526,4 +584,20 @@ fn encode_batch(
         stats,
         in_place,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::balanced_batch;
+
+    #[test]
+    fn few_batches_are_split_evenly_over_the_threads() {
+        assert_eq!(balanced_batch(2600, 1024, 2), 650); // 3 batches -> 4
+        assert_eq!(balanced_batch(2048, 1024, 2), 1024); // already even
+        assert_eq!(balanced_batch(100, 1024, 2), 50);
+        assert_eq!(balanced_batch(1, 1024, 2), 1);
+        assert_eq!(balanced_batch(65536, 1024, 2), 1024); // many batches: as configured
+        assert_eq!(balanced_batch(2600, 1024, 1), 1024);
+        assert_eq!(balanced_batch(0, 1024, 2), 1024);
+    }
 }

@@ -75,6 +75,55 @@ pub struct PageScan {
     pub hashes: Vec<u8>,
 }
 
+impl PageScan {
+    /// Page `index`'s hash and whether it is zero.
+    ///
+    /// # Panics
+    /// When `index` is not below `pages`.
+    #[must_use]
+    pub fn page(&self, index: usize) -> (u128, bool) {
+        let mut h = [0u8; HASH_LEN];
+        h.copy_from_slice(&self.hashes[index * HASH_LEN..(index + 1) * HASH_LEN]);
+        let zero = self.zero_bitmap[index / 8] & (1 << (index % 8)) != 0;
+        (u128::from_le_bytes(h), zero)
+    }
+
+    /// The dirty-page bitmap of the scanned image against `previous_hashes` (an
+    /// earlier scan's): what [`dirty_bitmap`] returns, from the hashes already taken.
+    ///
+    /// # Errors
+    /// When the hash table is not a whole number of hashes or describes another page
+    /// count.
+    pub fn dirty_since(&self, previous_hashes: &[u8]) -> Result<Vec<u8>> {
+        check_hash_table(previous_hashes, self.pages)?;
+        let mut bitmap = vec![0u8; self.pages.div_ceil(8)];
+        let pairs = self
+            .hashes
+            .chunks_exact(HASH_LEN)
+            .zip(previous_hashes.chunks_exact(HASH_LEN));
+        for (index, (now, old)) in pairs.enumerate() {
+            if now != old {
+                set_bit(&mut bitmap, index);
+            }
+        }
+        Ok(bitmap)
+    }
+}
+
+fn check_hash_table(hashes: &[u8], pages: usize) -> Result<()> {
+    if hashes.len() % HASH_LEN != 0 {
+        return Err(EngineError::BadHashTable { len: hashes.len() });
+    }
+    let count = hashes.len() / HASH_LEN;
+    if count != pages {
+        return Err(EngineError::PageCountMismatch {
+            hashes: count,
+            pages,
+        });
+    }
+    Ok(())
+}
+
 fn page_count(image: &[u8]) -> Result<usize> {
     if image.len() % PAGE_SIZE != 0 {
         return Err(EngineError::NotPageAligned { len: image.len() });
@@ -119,15 +168,7 @@ pub fn scan_pages(image: &[u8]) -> Result<PageScan> {
 /// hashes, or the two describe different page counts.
 pub fn dirty_bitmap(previous_hashes: &[u8], image: &[u8]) -> Result<Vec<u8>> {
     let pages = page_count(image)?;
-    if previous_hashes.len() % HASH_LEN != 0 {
-        return Err(EngineError::BadHashTable {
-            len: previous_hashes.len(),
-        });
-    }
-    let hashes = previous_hashes.len() / HASH_LEN;
-    if hashes != pages {
-        return Err(EngineError::PageCountMismatch { hashes, pages });
-    }
+    check_hash_table(previous_hashes, pages)?;
     let mut bitmap = vec![0u8; pages.div_ceil(8)];
     let pairs = image
         .chunks_exact(PAGE_SIZE)
@@ -226,6 +267,12 @@ mod tests {
                 }
             }
             let bitmap = dirty_bitmap(&old.hashes, &after).unwrap();
+            let scan = scan_pages(&after).unwrap();
+            prop_assert_eq!(&scan.dirty_since(&old.hashes).unwrap(), &bitmap);
+            for i in 0..pages {
+                let page = &after[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
+                prop_assert_eq!(scan.page(i), identify(page));
+            }
             for i in 0..pages {
                 let changed = before[i * PAGE_SIZE..(i + 1) * PAGE_SIZE] != after[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
                 prop_assert_eq!(bit(&bitmap, i), changed);

@@ -1,6 +1,6 @@
 //! Encoder -> decoder round trips over rounds of guest memory, and hostile input.
 
-use novacron_engine::{Codec, Decoder, Encoder, EncoderConfig, PAGE_SIZE};
+use novacron_engine::{scan_pages, Codec, Decoder, Encoder, EncoderConfig, PAGE_SIZE};
 use proptest::prelude::*;
 
 const PAGES: usize = 24;
@@ -75,6 +75,8 @@ proptest! {
     ) {
         let mut image = vec![0u8; PAGES * PAGE_SIZE];
         let mut enc = Encoder::new(PAGES, config(codec, dedup, delta, batch, threads)).unwrap();
+        // the same rounds through a scan of each image: exactly the same stream
+        let mut scanned = Encoder::new(PAGES, config(codec, dedup, delta, batch, threads)).unwrap();
         let mut dec = Decoder::new(PAGES).unwrap();
         let all: Vec<u64> = (0..PAGES as u64).collect();
         for (round, changes) in rounds.iter().enumerate() {
@@ -92,6 +94,9 @@ proptest! {
                 offered.extend(offered.clone());
             }
             let wire = enc.encode(&image, &offered).unwrap();
+            let scan = scan_pages(&image).unwrap();
+            let from_scan = scanned.encode_scanned(&image, &offered, &scan).unwrap().concat();
+            prop_assert!(from_scan == wire, "round {round}: the scan changed the stream");
             dec.decode(&wire).unwrap();
             prop_assert!(dec.image() == image, "round {round} differs");
         }
@@ -373,6 +378,20 @@ fn packed_pages_encode_exactly_like_pages_of_an_image() {
     let from_pages = b.encode_pages(&offer, &packed).unwrap().concat();
     assert_eq!(from_image, from_pages);
     assert!(b.encode_pages(&offer, &packed[..100]).is_err());
+}
+
+#[test]
+fn a_scan_of_another_guest_size_is_refused() {
+    let image = vec![0u8; PAGES * PAGE_SIZE];
+    let smaller = scan_pages(&image[..PAGE_SIZE * 2]).unwrap();
+    let mut enc = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
+    assert!(enc.encode_scanned(&image, &[0, 1], &smaller).is_err());
+    assert!(enc
+        .encode_scanned(&image[..PAGE_SIZE], &[0], &smaller)
+        .is_err());
+    let scan = scan_pages(&image).unwrap();
+    assert!(enc.encode_scanned(&image, &[PAGES as u64], &scan).is_err());
+    assert_eq!(enc.stats.pages, 0, "nothing was encoded");
 }
 
 /// Found by proptest in CI: a page whose content moves away and comes back as a

@@ -81,35 +81,55 @@ fn joined<'py>(py: Python<'py>, batches: &[Vec<u8>]) -> PyResult<Bound<'py, PyBy
     })
 }
 
-/// The result of `scan_pages`.
+/// The result of `scan_pages`. It remembers the `bytes` object it scanned (when it
+/// was one: immutable, so the hashes stay true of it), which lets an encoder take the
+/// hashes instead of computing them again.
 #[pyclass(frozen, module = "novacron._core")]
 struct PageScan {
-    #[pyo3(get)]
-    pages: usize,
-    #[pyo3(get)]
-    zero_pages: usize,
-    zero_bitmap: Vec<u8>,
-    hashes: Vec<u8>,
+    inner: engine::PageScan,
+    source: Option<Py<PyAny>>,
 }
 
 #[pymethods]
 impl PageScan {
+    #[getter]
+    fn pages(&self) -> usize {
+        self.inner.pages
+    }
+
+    #[getter]
+    fn zero_pages(&self) -> usize {
+        self.inner.zero_pages
+    }
+
     /// Bitmap of zero pages, bit `i % 8` of byte `i // 8` for page `i`.
     #[getter]
     fn zero_bitmap<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.zero_bitmap)
+        PyBytes::new(py, &self.inner.zero_bitmap)
     }
 
     /// xxh3-128 hash of each page, 16 little-endian bytes per page.
     #[getter]
     fn hashes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.hashes)
+        PyBytes::new(py, &self.inner.hashes)
+    }
+
+    /// Dirty-page bitmap of the scanned image against an earlier scan's hashes (what
+    /// `dirty_bitmap(previous_hashes, image)` returns, without hashing again).
+    fn dirty_since<'py>(
+        &self,
+        py: Python<'py>,
+        previous_hashes: PyBuffer<u8>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let old = ByteView::new(previous_hashes)?;
+        let bitmap = detached(py, || self.inner.dirty_since(old.as_slice()))?;
+        Ok(PyBytes::new(py, &bitmap))
     }
 
     fn __repr__(&self) -> String {
         format!(
             "PageScan(pages={}, zero_pages={})",
-            self.pages, self.zero_pages
+            self.inner.pages, self.inner.zero_pages
         )
     }
 }
@@ -123,15 +143,13 @@ fn is_zero_page(py: Python<'_>, page: PyBuffer<u8>) -> PyResult<bool> {
 
 /// Scans a memory image (a whole number of 4 KiB pages).
 #[pyfunction]
-fn scan_pages(py: Python<'_>, image: PyBuffer<u8>) -> PyResult<PageScan> {
-    let view = ByteView::new(image)?;
-    let scan = detached(py, || engine::scan_pages(view.as_slice()))?;
-    Ok(PageScan {
-        pages: scan.pages,
-        zero_pages: scan.zero_pages,
-        zero_bitmap: scan.zero_bitmap,
-        hashes: scan.hashes,
-    })
+fn scan_pages(py: Python<'_>, image: &Bound<'_, PyAny>) -> PyResult<PageScan> {
+    let view = ByteView::new(PyBuffer::get(image)?)?;
+    let inner = detached(py, || engine::scan_pages(view.as_slice()))?;
+    let source = image
+        .is_exact_instance_of::<PyBytes>()
+        .then(|| image.clone().unbind());
+    Ok(PageScan { inner, source })
 }
 
 /// Dirty-page bitmap of `image` against the hashes of an earlier scan.
@@ -210,18 +228,32 @@ impl PageEncoder {
     }
 
     /// Encodes the pages `indices` (default: all) of `image` (the whole guest memory).
-    #[pyo3(signature = (image, indices=None))]
+    /// `scan`: a `scan_pages` of this very `bytes` object, whose hashes are used instead
+    /// of hashing the offered pages again.
+    #[pyo3(signature = (image, indices=None, scan=None))]
     fn encode<'py>(
         &mut self,
         py: Python<'py>,
-        image: PyBuffer<u8>,
+        image: &Bound<'py, PyAny>,
         indices: Option<Vec<u64>>,
+        scan: Option<&Bound<'py, PageScan>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        let view = ByteView::new(image)?;
+        let scan = scan.map(Bound::get);
+        if let Some(scan) = scan {
+            if !scan.source.as_ref().is_some_and(|s| s.bind(py).is(image)) {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "scan must be a scan_pages() of this very bytes object",
+                ));
+            }
+        }
+        let view = ByteView::new(PyBuffer::get(image)?)?;
         let indices = indices
             .unwrap_or_else(|| (0..(view.as_slice().len() / engine::PAGE_SIZE) as u64).collect());
         let inner = &mut self.inner;
-        let batches = detached(py, || inner.encode_batches(view.as_slice(), &indices))?;
+        let batches = detached(py, || match scan {
+            Some(scan) => inner.encode_scanned(view.as_slice(), &indices, &scan.inner),
+            None => inner.encode_batches(view.as_slice(), &indices),
+        })?;
         joined(py, &batches)
     }
 
