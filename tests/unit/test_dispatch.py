@@ -114,3 +114,21 @@ async def test_a_vm_this_node_lacks_goes_to_the_forwarder_once() -> None:
         ("vm.start", {"name": "elsewhere"}, False),
         ("vm.start", {"name": "nowhere"}, False),
     ]
+
+
+def test_only_methods_registered_inline_run_inline() -> None:
+    reg = Registry()
+
+    @reg.method("session.hello", inline=True)
+    async def hello(ctx: CallContext, p: Params) -> Any:
+        """Hello."""
+        return "hi"
+
+    @reg.method("vm.get")
+    async def get(ctx: CallContext, p: Params) -> Any:
+        """Get."""
+        return None
+
+    assert reg.inline("session.hello")
+    assert not reg.inline("vm.get")
+    assert not reg.inline("no.such.method")

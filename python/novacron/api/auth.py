@@ -17,7 +17,7 @@ MAX_AUDIT_TAIL = 1000
 
 
 def register(registry: Registry, services: Services) -> None:
-    @registry.method("auth.whoami")
+    @registry.method("auth.whoami", inline=True)
     async def whoami(ctx: CallContext, p: Params) -> dict[str, Any]:
         """The caller's identity, roles, tenants and the permissions they give."""
         p.done()

@@ -26,7 +26,7 @@ TOPICS = frozenset(
 
 
 def register(registry: Registry, services: Services) -> None:
-    @registry.method("session.hello")
+    @registry.method("session.hello", inline=True)
     async def hello(ctx: CallContext, p: Params) -> dict[str, Any]:
         """Protocol and server versions, the node's name and the caller's identity."""
         p.opt_text("client", max_len=128)

@@ -89,6 +89,9 @@ class Method:
     name: str
     handler: Handler
     summary: str
+    # answers from memory and never waits (no I/O, lock, thread or sleep): the
+    # connection runs it on its reading task instead of spawning a task for it
+    inline: bool = False
 
 
 class Registry:
@@ -98,15 +101,23 @@ class Registry:
         self.limiter: RateLimiter | None = None
         self.forwarder: Forwarder | None = None
 
-    def method(self, name: str) -> Callable[[Handler], Handler]:
+    def method(self, name: str, *, inline: bool = False) -> Callable[[Handler], Handler]:
+        """Registers a handler. ``inline`` promises that it never waits (see
+        :attr:`Method.inline`); a handler that did would stall its connection."""
+
         def register(handler: Handler) -> Handler:
             if name in self.methods:
                 raise ValueError(f"method {name} registered twice")
             doc = (handler.__doc__ or "").strip().splitlines()
-            self.methods[name] = Method(name, handler, doc[0] if doc else "")
+            self.methods[name] = Method(name, handler, doc[0] if doc else "", inline)
             return handler
 
         return register
+
+    def inline(self, name: str) -> bool:
+        """Whether a call of ``name`` runs on its connection's task (unknown: no)."""
+        method = self.methods.get(name)
+        return method is not None and method.inline
 
     async def call(self, ctx: CallContext, request: Request) -> tuple[dict[str, Any] | None, Any]:
         """Runs one request; returns (error map or None, result).

@@ -4,6 +4,9 @@
   as soon as it is ready (responses carry the request's msgid, in any order).
 * At most ``max_inflight`` calls run at once per connection; past that the connection
   stops reading (backpressure), it is not refused.
+* Calls of methods registered ``inline`` (answered from memory, never waiting, such as
+  ``session.hello``) run on the reading task itself: no task to spawn and schedule,
+  which is most of such a call's cost.
 * Writes go through an :class:`~novacron.server.outbox.Outbox`: in order, coalesced
   under load, and without an extra task switch when the connection is idle.
 * Bytes that are not MessagePack-RPC, or a message over the limit: a ``protocol.error``
@@ -49,13 +52,19 @@ class Connection:
         self._inflight = trio.Semaphore(max_inflight)
         self._outbox = Outbox(stream)
         self._reader_scope = trio.CancelScope()
+        self._stopping = False
+        self._waiting = False  # the reading task waits for bytes or a call slot
         self._ctx = CallContext(identity, bus)
         self._ctx.on_subscribe = self._on_subscribe
         self._outer: trio.Nursery | None = None
 
     def stop_reading(self) -> None:
-        """Stop taking new requests (shutdown); calls in flight still get answers."""
-        self._reader_scope.cancel()
+        """Stop taking new requests (shutdown); calls in flight still get answers. The
+        reading task is cancelled only where it waits (for bytes or a call slot): an
+        inline answer it is writing is never cut in half."""
+        self._stopping = True
+        if self._waiting:
+            self._reader_scope.cancel()
 
     async def serve(self) -> None:
         try:
@@ -74,11 +83,14 @@ class Connection:
                 await self.stream.aclose()
 
     async def _read(self, calls: trio.Nursery) -> None:
-        while True:
+        while not self._stopping:
+            self._waiting = True
             try:
                 data = await self.stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
+            finally:
+                self._waiting = False
             if not data:
                 return
             try:
@@ -101,31 +113,56 @@ class Connection:
             await self._dispatch(messages, calls)
 
     async def _dispatch(self, messages: list[codec.Message], calls: trio.Nursery) -> None:
+        answers: list[bytes] = []  # inline answers, written together
         for message in messages:
-            if isinstance(message, codec.Request):
+            if not isinstance(message, codec.Request):
+                continue  # notifications and responses from a client have no method to reach
+            if self._registry.inline(message.method):
+                answers.append(await self._response(message))
+                continue
+            if answers:
+                await self._send(self._joined(answers))
+            if self._stopping:
+                return
+            try:
+                self._inflight.acquire_nowait()  # no scheduler pass when a slot is free
+            except trio.WouldBlock:
+                self._waiting = True
                 try:
-                    self._inflight.acquire_nowait()  # no scheduler pass when a slot is free
-                except trio.WouldBlock:
                     await self._inflight.acquire()
-                calls.start_soon(self._call, message)
-            # notifications and responses from a client have no method to reach
+                finally:
+                    self._waiting = False
+            calls.start_soon(self._call, message)
+        if answers:
+            await self._send(self._joined(answers))
+
+    @staticmethod
+    def _joined(answers: list[bytes]) -> bytes:
+        payload = b"".join(answers) if len(answers) > 1 else answers[0]
+        answers.clear()
+        return payload
 
     async def _call(self, request: codec.Request) -> None:
         try:
-            error, result = await self._registry.call(self._ctx, request)
-            try:
-                payload = codec.encode_response(request.msgid, error, result)
-            except (TypeError, ValueError, OverflowError):
-                log.exception("rpc.unencodable_result", extra=kv(method=request.method))
-                payload = codec.encode_response(
-                    request.msgid, {"code": "internal", "message": "unencodable result"}, None
-                )
-            try:
-                await self._outbox.send(payload)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                self.stop_reading()  # the peer went away: nothing more can be delivered
+            await self._send(await self._response(request))
         finally:
             self._inflight.release()
+
+    async def _response(self, request: codec.Request) -> bytes:
+        error, result = await self._registry.call(self._ctx, request)
+        try:
+            return codec.encode_response(request.msgid, error, result)
+        except (TypeError, ValueError, OverflowError):
+            log.exception("rpc.unencodable_result", extra=kv(method=request.method))
+            return codec.encode_response(
+                request.msgid, {"code": "internal", "message": "unencodable result"}, None
+            )
+
+    async def _send(self, payload: bytes) -> None:
+        try:
+            await self._outbox.send(payload)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            self.stop_reading()  # the peer went away: nothing more can be delivered
 
     def _on_subscribe(self, sub: Subscription) -> None:
         assert self._outer is not None
