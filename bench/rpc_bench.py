@@ -170,12 +170,14 @@ def define_libvirt_domains(conn: Any) -> list[Any]:
     return defined
 
 
-def run(calls: int, depth: int) -> dict[str, Any]:
+def run(calls: int, depth: int, with_libvirt: bool = True) -> dict[str, Any]:
     libvirt.registerErrorHandler(lambda *_: None, None)
+    conn = None
+    reason = "not asked for (--no-libvirt)"
     try:
-        conn = libvirt.open("qemu:///system")
+        if with_libvirt:
+            conn = libvirt.open("qemu:///system")
     except libvirt.libvirtError as exc:
-        conn = None
         reason = f"qemu:///system unavailable: {exc.get_error_message()}"
     with tempfile.TemporaryDirectory() as tmp_name:
         # 100 one-vCPU VMs of 16 MiB on the test driver's fake host (16 threads, 4 GiB):
@@ -231,6 +233,9 @@ def main() -> None:
     parser.add_argument(
         "--separate", action="store_true", help="measure each call in its own loop, not in turns"
     )
+    parser.add_argument(
+        "--no-libvirt", action="store_true", help="NovaCron's side only (no qemu:///system)"
+    )
     args = parser.parse_args()
     global SEPARATE  # noqa: PLW0603 - a command-line switch for this script
     SEPARATE = args.separate
@@ -243,7 +248,7 @@ def main() -> None:
         "calls": args.calls,
         "in_flight": args.pipelined,
         "latency_mode": "separate" if args.separate else "interleaved",
-        "figures": run(args.calls, args.pipelined),
+        "figures": run(args.calls, args.pipelined, not args.no_libvirt),
     }
     if args.json:
         print(json.dumps(result, indent=2))
