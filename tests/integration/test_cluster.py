@@ -72,7 +72,11 @@ def pair(tmp_path: Path, pki: Pki, etcd: EtcdCluster) -> Iterator[tuple[Daemon, 
         assert "Traceback" not in d.log_text(), d.log_text()
 
 
-def eventually(check: Callable[[], Any], what: str, timeout: float = 15) -> Any:
+def eventually(
+    check: Callable[[], Any], what: str, timeout: float = 15, logs: tuple[Daemon, ...] = ()
+) -> Any:
+    """``check()`` until truthy; on timeout the assertion carries the last answer and the
+    cluster lines of the ``logs`` daemons' logs."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -84,7 +88,11 @@ def eventually(check: Callable[[], Any], what: str, timeout: float = 15) -> Any:
             if last:
                 return last
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+    tails = ""
+    for d in logs:
+        lines = [line for line in d.log_text().splitlines() if "cluster." in line or "etcd" in line]
+        tails += f"\n--- {d.log} (cluster and etcd lines) ---\n" + "\n".join(lines[-40:])
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r}){tails}")
 
 
 def states(d: Daemon) -> dict[str, str]:
@@ -199,7 +207,9 @@ def test_etcd_losing_members(pair: tuple[Daemon, Daemon], etcd: EtcdCluster) -> 
     for m in etcd.members[:2]:
         etcd.restart(m)
     etcd.wait_healthy()
-    eventually(lambda: owners(two).get("default/during2") == "node1", "the deferred claim")
+    eventually(
+        lambda: owners(two).get("default/during2") == "node1", "the deferred claim", logs=(one, two)
+    )
     eventually(lambda: states(two) == {"node1": "up", "node2": "up"}, "both registered again")
 
 

@@ -3,6 +3,8 @@ their answers, and stopping."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -46,14 +48,20 @@ async def replies(stream: trio.abc.ReceiveStream, decoder: codec.Decoder, n: int
     return out
 
 
-async def test_inline_calls_answer_while_spawned_calls_wait() -> None:
-    slow = Slow()
+@asynccontextmanager
+async def serving(slow: Slow, max_inflight: int) -> AsyncIterator[tuple[Connection, Any]]:
+    """A connection serving ``slow``'s registry; the client's end of its stream."""
     client, server = trio.testing.memory_stream_pair()
-    # one call slot, which the slow call holds: spawned calls would wait for it
-    conn = Connection(server, ADMIN, slow.registry, EventBus(), 1 << 20, 1)
-    decoder = codec.Decoder()
+    conn = Connection(server, ADMIN, slow.registry, EventBus(), 1 << 20, max_inflight)
     async with trio.open_nursery() as n:
         n.start_soon(conn.serve)
+        yield conn, client
+
+
+async def test_inline_calls_answer_while_spawned_calls_wait() -> None:
+    slow, decoder = Slow(), codec.Decoder()
+    # one call slot, which the slow call holds: spawned calls would wait for it
+    async with serving(slow, max_inflight=1) as (_, client):
         await client.send_all(
             codec.encode_request(1, "vm.get", None)
             + codec.encode_request(2, "session.hello", None)
@@ -71,12 +79,8 @@ async def test_inline_calls_answer_while_spawned_calls_wait() -> None:
 
 
 async def test_stop_reading_lets_calls_in_flight_answer_and_takes_no_more() -> None:
-    slow = Slow()
-    client, server = trio.testing.memory_stream_pair()
-    conn = Connection(server, ADMIN, slow.registry, EventBus(), 1 << 20, 16)
-    decoder = codec.Decoder()
-    async with trio.open_nursery() as n:
-        n.start_soon(conn.serve)
+    slow, decoder = Slow(), codec.Decoder()
+    async with serving(slow, max_inflight=16) as (conn, client):
         await client.send_all(codec.encode_request(1, "vm.get", None))
         await trio.testing.wait_all_tasks_blocked()
         assert slow.started == 1
