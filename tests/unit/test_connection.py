@@ -15,7 +15,7 @@ from novacron.eventbus import EventBus
 from novacron.rpc import codec
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
-from novacron.server.connection import Connection
+from novacron.server.connection import INLINE_BATCH, Connection
 
 ADMIN = Identity(kind="unix", user="root", roles=frozenset({"admin"}))
 
@@ -92,3 +92,18 @@ async def test_stop_reading_lets_calls_in_flight_answer_and_takes_no_more() -> N
             answered = await replies(client, decoder, 1)
             assert [r.msgid for r in answered] == [1]
             assert await client.receive_some() == b""  # then the connection closes
+
+
+async def test_a_read_full_of_inline_calls_is_answered_in_several_writes() -> None:
+    slow, decoder = Slow(), codec.Decoder()
+    async with serving(slow, max_inflight=16) as (conn, client):
+        calls = 200  # one read: they never reach a checkpoint by themselves
+        await client.send_all(
+            b"".join(codec.encode_request(i, "session.hello", None) for i in range(calls))
+        )
+        with trio.fail_after(5):
+            answered = await replies(client, decoder, calls)
+        assert sorted(r.msgid for r in answered) == list(range(calls))
+        # every INLINE_BATCH answers a write (a checkpoint), not one write for all
+        assert conn._outbox.writes >= -(-calls // INLINE_BATCH)
+        await client.aclose()

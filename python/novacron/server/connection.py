@@ -32,6 +32,9 @@ from novacron.server.outbox import Outbox
 log = logging.getLogger("novacron.server")
 
 READ_SIZE = 256 * 1024
+# inline answers written at once: one read can hold thousands of inline calls, which
+# never reach a checkpoint by themselves; every write lets the other connections run
+INLINE_BATCH = 64
 
 
 class Connection:
@@ -119,6 +122,8 @@ class Connection:
                 continue  # notifications and responses from a client have no method to reach
             if self._registry.inline(message.method):
                 answers.append(await self._response(message))
+                if len(answers) >= INLINE_BATCH:  # the write is a checkpoint: others run
+                    await self._send(self._joined(answers))
                 continue
             if answers:
                 await self._send(self._joined(answers))
