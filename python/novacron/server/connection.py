@@ -123,10 +123,9 @@ class Connection:
             if self._registry.inline(message.method):
                 answers.append(await self._response(message))
                 if len(answers) >= INLINE_BATCH:  # the write is a checkpoint: others run
-                    await self._send(self._joined(answers))
+                    await self._flush(answers)
                 continue
-            if answers:
-                await self._send(self._joined(answers))
+            await self._flush(answers)
             if self._stopping:
                 return
             try:
@@ -138,14 +137,14 @@ class Connection:
                 finally:
                     self._waiting = False
             calls.start_soon(self._call, message)
-        if answers:
-            await self._send(self._joined(answers))
+        await self._flush(answers)
 
-    @staticmethod
-    def _joined(answers: list[bytes]) -> bytes:
-        payload = b"".join(answers) if len(answers) > 1 else answers[0]
-        answers.clear()
-        return payload
+    async def _flush(self, answers: list[bytes]) -> None:
+        """Writes the inline answers gathered so far, in one write, and forgets them."""
+        if answers:
+            payload = b"".join(answers)  # (one answer: the same object, no copy)
+            answers.clear()
+            await self._send(payload)
 
     async def _call(self, request: codec.Request) -> None:
         try:

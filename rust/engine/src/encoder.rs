@@ -252,10 +252,7 @@ impl Encoder {
     /// # Errors
     /// As [`Encoder::encode`].
     pub fn encode_batches(&mut self, image: &[u8], indices: &[u64]) -> Result<Vec<Vec<u8>>> {
-        if image.len() != self.held.pages() * PAGE_SIZE {
-            return Err(EngineError::invalid("image size differs from the guest's"));
-        }
-        self.run(Source::Image(image), indices, None)
+        self.encode_image(image, indices, None)
     }
 
     /// [`Encoder::encode_batches`] for an image a [`PageScan`] already hashed: the
@@ -275,15 +272,24 @@ impl Encoder {
         indices: &[u64],
         scan: &PageScan,
     ) -> Result<Vec<Vec<u8>>> {
+        self.encode_image(image, indices, Some(scan))
+    }
+
+    fn encode_image(
+        &mut self,
+        image: &[u8],
+        indices: &[u64],
+        scan: Option<&PageScan>,
+    ) -> Result<Vec<Vec<u8>>> {
         if image.len() != self.held.pages() * PAGE_SIZE {
             return Err(EngineError::invalid("image size differs from the guest's"));
         }
-        if scan.pages != self.held.pages() {
+        if scan.is_some_and(|scan| scan.pages != self.held.pages()) {
             return Err(EngineError::invalid(
                 "the scan is of another number of pages",
             ));
         }
-        self.run(Source::Image(image), indices, Some(scan))
+        self.run(Source::Image(image), indices, scan)
     }
 
     /// Encodes pages given one by one, as a migration stream delivers them: `pages`
