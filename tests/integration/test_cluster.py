@@ -123,6 +123,51 @@ def test_nodes_register_with_their_capacity(pair: tuple[Daemon, Daemon]) -> None
     eventually(lambda: vm_counts(two)["node1"] == 1, "the registration to show the new VM")
 
 
+def test_a_name_is_claimed_cluster_wide_from_the_first_call(
+    tmp_path: Path, pki: Pki, etcd: EtcdCluster
+) -> None:
+    """A call that comes in while the node's first registration is still under way
+    waits for it, and so still claims the name cluster-wide (etcd is held stopped for
+    a moment, so node2 is ready well before it is registered)."""
+    one = node_daemon(tmp_path, pki, etcd, "node1").start()
+    two = node_daemon(tmp_path, pki, etcd, "node2")
+    try:
+        with one.client() as c:
+            c.call("vm.create", name="early", memory_mib=64)
+        assert owners(one) == {"default/early": "node1"}
+        for m in etcd.members:
+            assert m.proc is not None
+            m.proc.send_signal(signal.SIGSTOP)
+        try:
+            two.start()
+            outcome: list[BaseException | None] = []
+
+            def create() -> None:
+                try:
+                    with two.client() as c:
+                        c.call("vm.create", name="early", memory_mib=64)
+                    outcome.append(None)
+                except errors.NovaCronError as exc:
+                    outcome.append(exc)
+
+            caller = threading.Thread(target=create)
+            caller.start()
+            time.sleep(0.3)  # the call is in, the registration is stuck
+        finally:
+            for m in etcd.members:
+                assert m.proc is not None
+                m.proc.send_signal(signal.SIGCONT)
+        caller.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], errors.AlreadyExists), outcome
+        assert owners(two) == {"default/early": "node1"}
+        with two.client() as c:
+            assert c.call("vm.list") == []
+    finally:
+        for d in (one, two):
+            d.stop()
+            assert "Traceback" not in d.log_text(), d.log_text()
+
+
 def test_a_name_is_claimed_once_cluster_wide(pair: tuple[Daemon, Daemon]) -> None:
     one, two = pair
     eventually(lambda: len(states(one)) == 2, "both nodes registered")

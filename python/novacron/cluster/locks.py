@@ -49,7 +49,7 @@ class MigrationLocks:
         """Locks ``name`` for a migration by this node (``conflict`` if it is locked or
         another node owns it; ``unavailable`` without etcd)."""
         c = self.cluster
-        if not c.connected:
+        if not await c.reachable():
             raise errors.Unavailable(
                 "etcd is unreachable: a migration needs the cluster-wide lock on the vm",
                 {"vm": name},

@@ -10,7 +10,10 @@ of the other nodes. All cluster state lives in etcd (``docs/cluster.md``).
 
 etcd being away never stops local work: a claim or release that cannot reach it is
 deferred, and when etcd answers again the node registers anew and re-claims what it
-holds (reporting any VM another node claimed meanwhile as a conflict).
+holds (reporting any VM another node claimed meanwhile as a conflict). A change of
+ownership asked for while the node is (re)joining waits for that attempt (bounded)
+rather than being deferred: the daemon serves before its first registration, and a
+name created then is still claimed cluster-wide.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ class ClusterService:
         self.files = TlsFiles(Path(config.tls_cert), Path(config.tls_key), Path(config.tls_ca))
         self.lease = 0
         self.connected = False
+        # set except while a (re)join attempt runs: grant, register, reclaim
+        self._joining = trio.Event()
+        self._join_wait_s = 3 * config.cluster_timeout_s
         self.registered_at = 0.0
         self.nodes: dict[str, dict[str, Any]] = {}  # up, as the watch saw them
         # per node: the registration's revision and the engine state rebuilt from it
@@ -100,6 +106,8 @@ class ClusterService:
         ttl = self.config.cluster_lease_ttl_s
         backoff = 0.5
         while True:
+            if not self.connected and self._joining.is_set():
+                self._joining = trio.Event()
             try:
                 self.lease = await self.etcd.grant(ttl)
                 published = await self._register()
@@ -108,6 +116,7 @@ class ClusterService:
                 if not self.connected:
                     log.info("cluster.registered", extra=kv(node=self.node, lease=self.lease))
                 self.connected, backoff = True, 0.5
+                self._joining.set()
                 while True:
                     with trio.move_on_after(ttl / 3):
                         await self._changed.wait()
@@ -125,15 +134,24 @@ class ClusterService:
                 if self.connected:
                     log.error("cluster.unreachable", extra=kv(error=exc.message))
                 self.connected = False
+                self._joining.set()
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    async def reachable(self) -> bool:
+        """Whether etcd takes changes now. While the node is (re)joining, waits for that
+        attempt to end, at most three cluster timeouts."""
+        if not self.connected:
+            with trio.move_on_after(self._join_wait_s):
+                await self._joining.wait()
+        return self.connected
 
     # -- ownership -----------------------------------------------------------------------
 
     async def claim(self, tenant: str, name: str) -> None:
         """Claims ``name`` for this node (``already_exists`` if another node owns it).
         With etcd away the claim is deferred to the next reconnect."""
-        if not self.connected:
+        if not await self.reachable():
             self._defer("claim", name)
             return
         try:
@@ -151,7 +169,7 @@ class ClusterService:
     async def release(self, tenant: str, name: str) -> None:
         """Gives ``name`` up if this node owns it (deferred when etcd is away)."""
         self.changed()
-        if not self.connected:
+        if not await self.reachable():
             self._defer("release", name)
             return
         try:
@@ -170,7 +188,7 @@ class ClusterService:
         source only; deferred to the next reconnect when etcd is away)."""
         self.changed()
         self._transfers[f"{tenant}/{name}"] = source
-        if not self.connected:
+        if not await self.reachable():
             self._defer("transfer", name)
             return
         key = vm_key(tenant, name)
@@ -195,11 +213,17 @@ class ClusterService:
         for key, rec in local.items():
             if key in mine or rec.name in self.vms.migrating:  # a switch-over may be under way
                 continue
+            if self.vms.busy(rec.name):  # being created or deleted: it claims or releases
+                self._deferred = True  # look again on the next round
+                continue
             held = await self.etcd.create(vm_key(rec.tenant, rec.name), self.node.encode())
             if held is not None and held.value != self.node.encode():
                 conflicts[key] = held.value.decode()
         for key in mine - set(local):
             tenant, _, name = key.partition("/")
+            if self.vms.busy(name):  # claimed, and its record not written yet
+                self._deferred = True
+                continue
             await self.etcd.delete_if(vm_key(tenant, name), self.node.encode())
         for key, other in conflicts.items():
             if key not in self.conflicts:
@@ -294,7 +318,7 @@ class ClusterService:
 
     async def best_node(self, spec: VmSpec) -> tuple[str, float]:
         """The up node that places ``spec`` with the most room left, and its score."""
-        if not self.connected:
+        if not await self.reachable():
             raise errors.Unavailable("etcd is unreachable: no cluster-wide placement")
         placers = self._free_placers()
         # the engine's work, without the GIL, off the trio thread when there is much of it

@@ -77,6 +77,11 @@ class VmService:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._locks.pop(name, None)
 
+    def busy(self, name: str) -> bool:
+        """Whether a lifecycle operation on ``name`` runs or waits (it may be changing
+        the name's cluster-wide ownership)."""
+        return name in self._locks
+
     def tenant_lock(self, tenant: str) -> trio.Lock:
         """Held while a tenant's quota is checked and a VM of it recorded."""
         return self._tenant_locks.setdefault(tenant, trio.Lock())
