@@ -146,3 +146,29 @@ async def test_reclaim_leaves_the_names_of_busy_vms_to_their_operation(
         await cluster.vms.delete(name, force=True, keep_disks=False)
         assert await owner_of(cluster, name) is None
         nursery.cancel_scope.cancel()
+
+
+async def test_after_the_first_join_a_claim_never_waits_for_etcd(
+    cluster: ClusterService, etcd: EtcdCluster
+) -> None:
+    """With etcd hanging (stopped, so every attempt to rejoin takes a whole timeout),
+    claims are deferred at once, whether or not an attempt is under way."""
+    procs = [m.proc for m in etcd.members if m.proc is not None]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cluster.run)
+        assert await cluster.reachable()
+        for p in procs:
+            p.send_signal(signal.SIGSTOP)
+        try:
+            with trio.fail_after(5 * cluster.config.cluster_lease_ttl_s):
+                while cluster.connected:  # noqa: ASYNC110 - the membership loop notices
+                    await trio.sleep(0.05)
+            for n in range(8):  # over several rejoin attempts and the pauses between
+                with trio.fail_after(0.3):
+                    await cluster.claim("default", f"offline{n}")
+                assert cluster._deferred
+                await trio.sleep(0.3)
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGCONT)
+        nursery.cancel_scope.cancel()

@@ -11,9 +11,9 @@ of the other nodes. All cluster state lives in etcd (``docs/cluster.md``).
 etcd being away never stops local work: a claim or release that cannot reach it is
 deferred, and when etcd answers again the node registers anew and re-claims what it
 holds (reporting any VM another node claimed meanwhile as a conflict). A change of
-ownership asked for while the node is (re)joining waits for that attempt (bounded)
-rather than being deferred: the daemon serves before its first registration, and a
-name created then is still claimed cluster-wide.
+ownership asked for during the node's first attempt to register waits for that attempt
+(bounded) rather than being deferred: the daemon serves before it has registered, and
+a name created then is still claimed cluster-wide.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class ClusterService:
         self.files = TlsFiles(Path(config.tls_cert), Path(config.tls_key), Path(config.tls_ca))
         self.lease = 0
         self.connected = False
-        # set except while a (re)join attempt runs: grant, register, reclaim
-        self._joining = trio.Event()
+        # set once the first attempt to join (grant, register, reclaim) has ended
+        self._joined_once = trio.Event()
         self._join_wait_s = 3 * config.cluster_timeout_s
         self.registered_at = 0.0
         self.nodes: dict[str, dict[str, Any]] = {}  # up, as the watch saw them
@@ -106,8 +106,6 @@ class ClusterService:
         ttl = self.config.cluster_lease_ttl_s
         backoff = 0.5
         while True:
-            if not self.connected and self._joining.is_set():
-                self._joining = trio.Event()
             try:
                 self.lease = await self.etcd.grant(ttl)
                 published = await self._register()
@@ -116,7 +114,7 @@ class ClusterService:
                 if not self.connected:
                     log.info("cluster.registered", extra=kv(node=self.node, lease=self.lease))
                 self.connected, backoff = True, 0.5
-                self._joining.set()
+                self._joined_once.set()
                 while True:
                     with trio.move_on_after(ttl / 3):
                         await self._changed.wait()
@@ -134,16 +132,17 @@ class ClusterService:
                 if self.connected:
                     log.error("cluster.unreachable", extra=kv(error=exc.message))
                 self.connected = False
-                self._joining.set()
+                self._joined_once.set()
                 await trio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
     async def reachable(self) -> bool:
-        """Whether etcd takes changes now. While the node is (re)joining, waits for that
-        attempt to end, at most three cluster timeouts."""
+        """Whether etcd takes changes now. During the node's first attempt to join, waits
+        for that attempt to end, at most three cluster timeouts (later, with etcd away,
+        it answers at once: changes are deferred, local work never waits)."""
         if not self.connected:
             with trio.move_on_after(self._join_wait_s):
-                await self._joining.wait()
+                await self._joined_once.wait()
         return self.connected
 
     # -- ownership -----------------------------------------------------------------------

@@ -431,3 +431,27 @@ fn dup_of_a_page_rewritten_in_the_same_round() {
         assert!(dec.image() == image, "round {round} differs");
     }
 }
+
+#[test]
+fn blocks_of_any_size_in_any_order_decode() {
+    // batches of 2,048 text pages (an 8 MiB block), then small and mid-sized ones
+    const GUEST: usize = 2100;
+    for codec in [Codec::Lz4, Codec::Zstd] {
+        let mut image = vec![0u8; GUEST * PAGE_SIZE];
+        let mut enc = Encoder::new(GUEST, config(codec, false, 0, 2048, 1)).unwrap();
+        let mut dec = Decoder::new(GUEST).unwrap();
+        for (round, pages) in [(0u8, GUEST), (1, 5), (2, 1500), (3, 3)] {
+            for p in 0..pages {
+                let at = p * PAGE_SIZE;
+                for (j, b) in image[at..at + PAGE_SIZE].iter_mut().enumerate() {
+                    *b = b"lorem ipsum dolor sit amet "[(j + p + round as usize) % 27];
+                }
+                image[at] = round; // distinct from every other page
+                image[at + 1..at + 3].copy_from_slice(&(p as u16).to_le_bytes());
+            }
+            let offered: Vec<u64> = (0..pages as u64).collect();
+            dec.decode(&enc.encode(&image, &offered).unwrap()).unwrap();
+            assert_eq!(dec.image(), image, "{codec:?} round {round}");
+        }
+    }
+}
