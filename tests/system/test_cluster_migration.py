@@ -130,8 +130,9 @@ def test_a_migration_that_lost_its_lock_is_not_switched_over(
     )
     assert status == 200 and '"deleted":"1"' in text, text
     doc = ended(a, op_id, timeout=300)
-    assert doc["state"] == "failed", doc
-    assert "lock was lost" in doc["error"]["message"], doc
+    # (it failed once in a dozen runs, cause unknown: the daemons' logs say what happened)
+    assert doc["state"] == "failed", (doc, logs(a, b))
+    assert "lock was lost" in doc["error"]["message"], (doc, logs(a, b))
     held = owner(b, "locked")
     assert held["node"] == "hosta" and "migration" not in held, held
     stays_on_source("locked", a, b)  # (and retires it)
