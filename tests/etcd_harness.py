@@ -11,9 +11,12 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,6 +208,19 @@ class EtcdCluster:
         if m.proc is not None and m.proc.poll() is None:
             m.proc.kill()
             m.proc.wait(10)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Every member stopped (SIGSTOP) for the block: connections open, nothing
+        answers, as with a hung cluster; resumed on the way out."""
+        running = [m.proc for m in self.members if m.proc is not None]
+        for proc in running:
+            proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for proc in running:
+                proc.send_signal(signal.SIGCONT)
 
     def restart(self, m: Member) -> None:
         self.kill(m)

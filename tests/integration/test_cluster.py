@@ -67,7 +67,12 @@ def pair(tmp_path: Path, pki: Pki, etcd: EtcdCluster) -> Iterator[tuple[Daemon, 
         one.stop()
         raise
     yield one, two
-    for d in (one, two):
+    stop_clean(one, two)
+
+
+def stop_clean(*daemons: Daemon) -> None:
+    """Stops the daemons; none may have logged a traceback."""
+    for d in daemons:
         d.stop()
         assert "Traceback" not in d.log_text(), d.log_text()
 
@@ -135,10 +140,7 @@ def test_a_name_is_claimed_cluster_wide_from_the_first_call(
         with one.client() as c:
             c.call("vm.create", name="early", memory_mib=64)
         assert owners(one) == {"default/early": "node1"}
-        for m in etcd.members:
-            assert m.proc is not None
-            m.proc.send_signal(signal.SIGSTOP)
-        try:
+        with etcd.paused():
             two.start()
             outcome: list[BaseException | None] = []
 
@@ -153,19 +155,13 @@ def test_a_name_is_claimed_cluster_wide_from_the_first_call(
             caller = threading.Thread(target=create)
             caller.start()
             time.sleep(0.3)  # the call is in, the registration is stuck
-        finally:
-            for m in etcd.members:
-                assert m.proc is not None
-                m.proc.send_signal(signal.SIGCONT)
         caller.join(30)
         assert len(outcome) == 1 and isinstance(outcome[0], errors.AlreadyExists), outcome
         assert owners(two) == {"default/early": "node1"}
         with two.client() as c:
             assert c.call("vm.list") == []
     finally:
-        for d in (one, two):
-            d.stop()
-            assert "Traceback" not in d.log_text(), d.log_text()
+        stop_clean(one, two)
 
 
 def test_a_name_is_claimed_once_cluster_wide(pair: tuple[Daemon, Daemon]) -> None:

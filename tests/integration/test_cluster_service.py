@@ -4,7 +4,6 @@ on libvirt's test driver: the ordering of ownership changes around (re)joining."
 from __future__ import annotations
 
 import gc
-import signal
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -74,19 +73,13 @@ async def cluster(tmp_path: Path, etcd: EtcdCluster) -> AsyncIterator[ClusterSer
 async def test_a_claim_made_while_joining_waits_for_the_join(
     cluster: ClusterService, etcd: EtcdCluster
 ) -> None:
-    procs = [m.proc for m in etcd.members if m.proc is not None]
-    for p in procs:
-        p.send_signal(signal.SIGSTOP)  # the first registration hangs
     async with trio.open_nursery() as nursery:
-        try:
+        with etcd.paused():  # the first registration hangs
             await nursery.start(cluster.run)
             assert not cluster.connected
             with trio.move_on_after(0.3) as waited:
                 await cluster.reachable()
             assert waited.cancelled_caught  # still joining: it waits
-        finally:
-            for p in procs:
-                p.send_signal(signal.SIGCONT)
         await cluster.claim("default", "early")
         assert cluster.connected
         held = await cluster.etcd.get(vm_key("default", "early"))
@@ -153,13 +146,10 @@ async def test_after_the_first_join_a_claim_never_waits_for_etcd(
 ) -> None:
     """With etcd hanging (stopped, so every attempt to rejoin takes a whole timeout),
     claims are deferred at once, whether or not an attempt is under way."""
-    procs = [m.proc for m in etcd.members if m.proc is not None]
     async with trio.open_nursery() as nursery:
         await nursery.start(cluster.run)
         assert await cluster.reachable()
-        for p in procs:
-            p.send_signal(signal.SIGSTOP)
-        try:
+        with etcd.paused():
             with trio.fail_after(5 * cluster.config.cluster_lease_ttl_s):
                 while cluster.connected:  # noqa: ASYNC110 - the membership loop notices
                     await trio.sleep(0.05)
@@ -168,7 +158,4 @@ async def test_after_the_first_join_a_claim_never_waits_for_etcd(
                     await cluster.claim("default", f"offline{n}")
                 assert cluster._deferred
                 await trio.sleep(0.3)
-        finally:
-            for p in procs:
-                p.send_signal(signal.SIGCONT)
         nursery.cancel_scope.cancel()

@@ -68,7 +68,6 @@ class ClusterService:
         self.connected = False
         # set once the first attempt to join (grant, register, reclaim) has ended
         self._joined_once = trio.Event()
-        self._join_wait_s = 3 * config.cluster_timeout_s
         self.registered_at = 0.0
         self.nodes: dict[str, dict[str, Any]] = {}  # up, as the watch saw them
         # per node: the registration's revision and the engine state rebuilt from it
@@ -141,7 +140,7 @@ class ClusterService:
         for that attempt to end, at most three cluster timeouts (later, with etcd away,
         it answers at once: changes are deferred, local work never waits)."""
         if not self.connected:
-            with trio.move_on_after(self._join_wait_s):
+            with trio.move_on_after(3 * self.config.cluster_timeout_s):
                 await self._joined_once.wait()
         return self.connected
 
