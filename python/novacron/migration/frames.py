@@ -102,7 +102,8 @@ class FrameDecoder:
             end = HEADER.size + length
             if len(self._buf) < end:
                 break
-            out.append(Frame(kind, bytes(self._buf[HEADER.size : end])))
+            with memoryview(self._buf) as view:  # one copy, not two
+                out.append(Frame(kind, bytes(view[HEADER.size : end])))
             del self._buf[:end]
         return out
 

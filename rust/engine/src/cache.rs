@@ -173,6 +173,12 @@ impl PageCache {
         unreachable!("a full cache has a current entry in its order")
     }
 
+    /// Contents the cache takes before it evicts.
+    #[must_use]
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.slots.len())
+    }
+
     /// Number of contents cached.
     #[must_use]
     pub fn len(&self) -> usize {

@@ -133,6 +133,8 @@ pub struct Encoder {
     pool: Option<rayon::ThreadPool>,
     /// Running totals.
     pub stats: EncodeStats,
+    /// Hash and zero test of each page of the last call.
+    identified: Vec<(u128, bool)>,
 }
 
 thread_local! {
@@ -201,6 +203,7 @@ impl Encoder {
             announced: FastMap::default(),
             pool,
             stats: EncodeStats::default(),
+            identified: Vec::new(),
         })
     }
 
@@ -229,6 +232,14 @@ impl Encoder {
                 .or_insert(position);
         }
         Ok(hashes.len() / crate::HASH_LEN)
+    }
+
+    /// The hash and zero test of each page of the last call that encoded pages, in
+    /// the order of its indices (so a caller that keeps the pages need not hash them
+    /// again).
+    #[must_use]
+    pub fn identified(&self) -> &[(u128, bool)] {
+        &self.identified
     }
 
     /// Pages held in the delta cache (4 KiB each).
@@ -353,9 +364,12 @@ impl Encoder {
         // holds them once the round is sent
         let mut replaced = Vec::new();
         let mut base_uses: FastMap<u128, u32> = FastMap::default();
+        // pages the receiver gets for the first time (a first pass over the memory)
+        let mut first = Vec::with_capacity(indices.len());
         for (&index, &(hash, zero)) in indices.iter().zip(&facts) {
             let i = index as usize;
             let old = self.held.hash_of(i);
+            first.push(old.is_none());
             if let Some(old) = old.filter(|&old| old != hash) {
                 replaced.push(old);
             }
@@ -435,7 +449,10 @@ impl Encoder {
         // that page's new version by applying the delta where it is cached (a few
         // bytes written instead of a page copied); bases no page holds now are
         // forgotten; then every content sent is remembered (once; zero pages need no
-        // copy, contents already cached are only marked used)
+        // copy, contents already cached are only marked used) — except that a page
+        // sent for the first time only takes free room: in a first pass over a memory
+        // larger than the cache, copying each page in would only evict the one before,
+        // while a page sent again is one that changes, the kind a delta serves
         if deltas {
             for (base, hash, delta) in in_place {
                 self.previous.replace_by_delta(base, hash, &delta);
@@ -445,15 +462,30 @@ impl Encoder {
                     self.previous.forget(old);
                 }
             }
+            let mut room = self.previous.room();
+            let cache = &self.previous;
             let sent: Vec<(u128, &[u8])> = indices
                 .iter()
                 .enumerate()
                 .zip(&facts)
-                .filter(|(_, &(_, zero))| !zero)
-                .map(|((pos, &index), &(hash, _))| (hash, source.page(pos, index)))
+                .zip(&first)
+                .filter(|&((_, &(hash, zero)), &first)| {
+                    if zero {
+                        false
+                    } else if !first || cache.contains(hash) {
+                        true
+                    } else if room > 0 {
+                        room -= 1;
+                        true
+                    } else {
+                        false
+                    }
+                })
+                .map(|(((pos, &index), &(hash, _)), _)| (hash, source.page(pos, index)))
                 .collect();
             self.previous.put_many(&sent, parallel);
         }
+        self.identified = facts;
         Ok(out)
     }
 }

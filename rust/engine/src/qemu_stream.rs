@@ -67,6 +67,81 @@ pub enum Piece {
     },
 }
 
+/// One piece of the stream as [`StreamSplitter::feed_with`] hands it out: borrowed,
+/// valid for the call of the sink only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PieceRef<'a> {
+    /// Bytes passed through as they are.
+    Verbatim(&'a [u8]),
+    /// The payload of a RAM page record: page `index` of the guest, 4 KiB.
+    Page {
+        /// Page index in the guest's page space.
+        index: u64,
+        /// The page.
+        data: &'a [u8],
+    },
+    /// The stream said the guest's size (its `MEM_SIZE` record, already handed out
+    /// verbatim): `pages` pages in all RAMBlocks. Carries no bytes.
+    RamSize {
+        /// [`StreamSplitter::total_pages`] from now on.
+        pages: u64,
+    },
+}
+
+/// Appends `piece` to `out` as an owned [`Piece`], joining verbatim runs.
+fn collect_piece(out: &mut Vec<Piece>, piece: PieceRef<'_>) {
+    match piece {
+        PieceRef::Verbatim(bytes) => match out.last_mut() {
+            Some(Piece::Verbatim(last)) => last.extend_from_slice(bytes),
+            _ => out.push(Piece::Verbatim(bytes.to_vec())),
+        },
+        PieceRef::Page { index, data } => out.push(Piece::Page {
+            index,
+            data: data.to_vec(),
+        }),
+        PieceRef::RamSize { .. } => {}
+    }
+}
+
+/// The sink of one [`StreamSplitter::feed_with`] call and its first error.
+struct Emit<'s, E> {
+    sink: &'s mut dyn FnMut(PieceRef<'_>) -> Result<(), E>,
+    error: Option<E>,
+}
+
+impl<E> Emit<'_, E> {
+    /// Hands `piece` out, unless the sink failed already.
+    fn send(&mut self, piece: PieceRef<'_>) {
+        if self.error.is_none() {
+            if let Err(e) = (self.sink)(piece) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    /// The end of a step that handed something out: stop if the sink failed.
+    fn done(&self) -> Result<(), Step> {
+        if self.error.is_some() {
+            Err(Step::Stopped)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What a RAM record was.
+enum Record {
+    /// A `PAGE` record: its page index, and where its payload starts.
+    Page { index: u64, at: usize },
+    /// The `MEM_SIZE` record (the RAMBlocks are known now).
+    Size,
+    /// Anything else (zero page, EOS, ...): verbatim.
+    Other,
+}
+
+/// Bytes a unit that straddles two calls grows by at least, per attempt.
+const STRADDLE_STEP: usize = 8 * 1024;
+
 /// One RAMBlock from the `MEM_SIZE` record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RamBlock {
@@ -114,6 +189,8 @@ enum Step {
     More,
     /// Cannot delimit what follows: pass the rest through.
     GiveUp(&'static str),
+    /// The sink failed: stop after this unit.
+    Stopped,
 }
 
 /// A bounds-checked reader over the buffered bytes.
@@ -216,62 +293,139 @@ impl StreamSplitter {
 
     /// Splits `data` (the next bytes of the stream); returns the pieces now complete.
     pub fn feed(&mut self, data: &[u8]) -> Vec<Piece> {
-        self.stats.bytes += data.len() as u64;
         let mut out = Vec::new();
-        if self.state == State::Passthrough {
-            self.verbatim(data);
-        } else {
-            // parse from a buffer taken out of `self`, so steps may update `self`
+        let collect = self.feed_with(data, &mut |piece| {
+            collect_piece(&mut out, piece);
+            Ok::<(), std::convert::Infallible>(())
+        });
+        match collect {
+            Ok(()) => out,
+        }
+    }
+
+    /// Splits `data` (the next bytes of the stream), handing each complete piece to
+    /// `sink` as it is found, in order, without copying pages: they are slices of
+    /// `data` (or, for a record that straddled the previous call, of a small buffer).
+    /// [`PieceRef::RamSize`] comes once the stream said the guest's size.
+    ///
+    /// # Errors
+    /// The first error `sink` returns; the splitter then stops where it was, and the
+    /// rest of `data` is not split (feed it no more).
+    pub fn feed_with<E>(
+        &mut self,
+        data: &[u8],
+        sink: &mut dyn FnMut(PieceRef<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        self.stats.bytes += data.len() as u64;
+        let mut emit = Emit { sink, error: None };
+        let mut rest = data;
+        if self.state != State::Passthrough && !self.buf.is_empty() {
+            // the unit the last call could not complete: grow its buffer from `data`
+            // (doubling, so a unit is copied at most about twice) until it is whole
             let mut buf = std::mem::take(&mut self.buf);
-            buf.extend_from_slice(data);
-            let mut at = 0;
-            while self.state != State::Passthrough {
-                let mut r = Reader { buf: &buf, at };
-                match self.step(&mut r, &mut out) {
-                    Ok(()) => at = r.at,
-                    Err(Step::More) => break,
-                    Err(Step::GiveUp(why)) => {
-                        self.gave_up = Some(why);
-                        self.state = State::Passthrough;
-                    }
+            loop {
+                let old = buf.len();
+                let take = rest.len().min(old.max(STRADDLE_STEP));
+                buf.extend_from_slice(&rest[..take]);
+                let at = self.parse(&buf, &mut emit);
+                if let Some(error) = emit.error.take() {
+                    return Err(error);
                 }
-            }
-            // consumed bytes were handed out by `step`; an incomplete record stays
-            // buffered, or goes verbatim once we gave up
-            buf.drain(..at);
-            if self.state == State::Passthrough {
-                self.verbatim(&buf);
-                buf.clear();
+                if self.state == State::Passthrough {
+                    self.verbatim_to(&buf[at..], &mut emit);
+                    buf.clear();
+                    rest = &rest[take..];
+                    break;
+                }
+                if at >= old {
+                    // the straddling unit (and maybe more) is whole: go on in `data`
+                    rest = &rest[at - old..];
+                    buf.clear();
+                    break;
+                }
+                buf.drain(..at);
+                rest = &rest[take..];
+                if rest.is_empty() {
+                    break;
+                }
             }
             self.buf = buf;
         }
-        self.flush(&mut out);
-        out
+        if self.state != State::Passthrough && self.buf.is_empty() {
+            let at = self.parse(rest, &mut emit);
+            if self.state != State::Passthrough {
+                self.buf.extend_from_slice(&rest[at..]); // an incomplete unit waits
+                rest = &[];
+            } else {
+                rest = &rest[at..];
+            }
+        }
+        if let Some(error) = emit.error.take() {
+            return Err(error);
+        }
+        if self.state == State::Passthrough {
+            self.verbatim_to(rest, &mut emit);
+        }
+        self.flush_to(&mut emit);
+        emit.error.map_or(Ok(()), Err)
     }
 
     /// The end of the stream: whatever is still buffered (an incomplete record) goes
     /// out verbatim.
     pub fn finish(&mut self) -> Vec<Piece> {
         let rest = std::mem::take(&mut self.buf);
-        self.verbatim(&rest);
+        self.stats.verbatim_bytes += rest.len() as u64;
+        self.pending.extend_from_slice(&rest);
         let mut out = Vec::new();
-        self.flush(&mut out);
-        out
-    }
-
-    fn verbatim(&mut self, bytes: &[u8]) {
-        self.stats.verbatim_bytes += bytes.len() as u64;
-        self.pending.extend_from_slice(bytes);
-    }
-
-    fn flush(&mut self, out: &mut Vec<Piece>) {
         if !self.pending.is_empty() {
             out.push(Piece::Verbatim(std::mem::take(&mut self.pending)));
         }
+        out
     }
 
-    /// Parses one unit at `r`; on success its bytes are handed out (verbatim and pages).
-    fn step(&mut self, r: &mut Reader<'_>, out: &mut Vec<Piece>) -> Result<(), Step> {
+    /// Parses whole units from the start of `buf` until one is incomplete, the stream
+    /// cannot be delimited (pass-through) or the sink failed; returns the bytes
+    /// consumed (handed out, or pending as verbatim).
+    fn parse<E>(&mut self, buf: &[u8], emit: &mut Emit<'_, E>) -> usize {
+        let mut at = 0;
+        while self.state != State::Passthrough {
+            let mut r = Reader { buf, at };
+            match self.step(&mut r, emit) {
+                Ok(()) => at = r.at,
+                Err(Step::More) => break,
+                Err(Step::Stopped) => {
+                    at = r.at;
+                    break;
+                }
+                Err(Step::GiveUp(why)) => {
+                    self.gave_up = Some(why);
+                    self.state = State::Passthrough;
+                }
+            }
+        }
+        at
+    }
+
+    /// Bytes that go out as they are: after what is pending, without a copy.
+    fn verbatim_to<E>(&mut self, bytes: &[u8], emit: &mut Emit<'_, E>) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.flush_to(emit);
+        self.stats.verbatim_bytes += bytes.len() as u64;
+        emit.send(PieceRef::Verbatim(bytes));
+    }
+
+    fn flush_to<E>(&mut self, emit: &mut Emit<'_, E>) {
+        if !self.pending.is_empty() {
+            emit.send(PieceRef::Verbatim(&self.pending));
+            self.pending.clear();
+        }
+    }
+
+    /// Parses one unit at `r`; on success its bytes are handed out (pages) or pending
+    /// (everything else, verbatim).
+    fn step<E>(&mut self, r: &mut Reader<'_>, emit: &mut Emit<'_, E>) -> Result<(), Step> {
         let start = r.at;
         match self.state {
             State::Header => {
@@ -285,16 +439,32 @@ impl StreamSplitter {
             }
             State::TopLevel => self.section(r)?,
             State::Ram { section, setup } => {
-                if let Some((index, data_at)) = self.ram_record(r, section, setup)? {
-                    // header verbatim, payload as a page
-                    self.verbatim(&r.buf[start..data_at]);
-                    self.flush(out);
-                    out.push(Piece::Page {
-                        index,
-                        data: r.buf[data_at..data_at + PAGE_SIZE].to_vec(),
+                let record = self.ram_record(r, section, setup)?;
+                if let Record::Size = record {
+                    self.pending.extend_from_slice(&r.buf[start..r.at]);
+                    self.stats.verbatim_bytes += (r.at - start) as u64;
+                    self.flush_to(emit);
+                    emit.send(PieceRef::RamSize {
+                        pages: self.total_pages(),
                     });
+                    return emit.done();
+                }
+                if let Record::Page { index, at: data_at } = record {
+                    // header verbatim, payload as a page
+                    let header = &r.buf[start..data_at];
+                    self.stats.verbatim_bytes += header.len() as u64;
                     self.stats.pages += 1;
-                    return Ok(());
+                    if self.pending.is_empty() {
+                        emit.send(PieceRef::Verbatim(header));
+                    } else {
+                        self.pending.extend_from_slice(header);
+                        self.flush_to(emit);
+                    }
+                    emit.send(PieceRef::Page {
+                        index,
+                        data: &r.buf[data_at..data_at + PAGE_SIZE],
+                    });
+                    return emit.done();
                 }
             }
             State::Footer { section } => {
@@ -308,7 +478,8 @@ impl StreamSplitter {
             }
             State::Passthrough => unreachable!("the loop stops in pass-through"),
         }
-        self.verbatim(&r.buf[start..r.at]);
+        self.stats.verbatim_bytes += (r.at - start) as u64;
+        self.pending.extend_from_slice(&r.buf[start..r.at]);
         Ok(())
     }
 
@@ -389,14 +560,14 @@ impl StreamSplitter {
         Ok(())
     }
 
-    /// One RAM record. Returns the page index and where its payload starts for a
-    /// `PAGE` record (the payload is buffered); `None` for other records.
+    /// One RAM record: for a `PAGE` record, the page index and where its payload
+    /// starts (the payload is buffered).
     fn ram_record(
         &mut self,
         r: &mut Reader<'_>,
         section: u32,
         setup: bool,
-    ) -> Result<Option<(u64, usize)>, Step> {
+    ) -> Result<Record, Step> {
         let word = r.be64()?;
         let flags = word & !PAGE_MASK;
         let addr = word & PAGE_MASK;
@@ -430,14 +601,14 @@ impl StreamSplitter {
                 return Err(Step::GiveUp("RAMBlocks do not add up to the RAM size"));
             }
             self.blocks = blocks;
-            return Ok(None);
+            return Ok(Record::Size);
         }
         if flags & FLAG_EOS != 0 {
             self.state = State::Footer { section };
-            return Ok(None);
+            return Ok(Record::Other);
         }
         if flags & FLAG_MULTIFD_FLUSH != 0 && flags & !FLAG_MULTIFD_FLUSH == 0 {
-            return Ok(None);
+            return Ok(Record::Other);
         }
         let block = if flags & FLAG_CONTINUE != 0 {
             self.current_block
@@ -459,23 +630,23 @@ impl StreamSplitter {
             FLAG_ZERO => {
                 r.u8()?;
                 self.stats.zero_pages += 1;
-                None
+                Record::Other
             }
             FLAG_PAGE => {
                 let at = r.at;
                 r.take(PAGE_SIZE)?;
-                Some((index, at))
+                Record::Page { index, at }
             }
             FLAG_XBZRLE => {
                 let _encoding = r.u8()?;
                 let len = r.be16()? as usize;
                 r.take(len)?;
-                None
+                Record::Other
             }
             FLAG_COMPRESS_PAGE => {
                 let len = r.be32()? as usize;
                 r.take(len)?;
-                None
+                Record::Other
             }
             _ => return Err(Step::GiveUp("a RAM record of no known kind")),
         };

@@ -50,10 +50,18 @@ impl PageStore {
     /// Adds every non-zero page of `image` (a whole number of pages); returns how many
     /// were new.
     pub fn add_image(&self, image: &[u8]) -> usize {
+        let facts: Vec<(u128, bool)> = image.chunks_exact(PAGE_SIZE).map(identify).collect();
+        self.add_identified(image, &facts)
+    }
+
+    /// Adds the non-zero pages of `pages` whose hash and zero test are known already
+    /// (`facts`, one per page, as [`identify`] gives them: e.g. the encoder's); returns
+    /// how many were new.
+    pub fn add_identified(&self, pages: &[u8], facts: &[(u128, bool)]) -> usize {
+        debug_assert_eq!(pages.len(), facts.len() * PAGE_SIZE);
         let mut inner = self.lock();
         let mut added = 0;
-        for page in image.chunks_exact(PAGE_SIZE) {
-            let (hash, zero) = identify(page);
+        for (page, &(hash, zero)) in pages.chunks_exact(PAGE_SIZE).zip(facts) {
             if !zero {
                 added += usize::from(inner.add(hash, || Arc::from(page)));
             }

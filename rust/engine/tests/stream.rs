@@ -455,3 +455,35 @@ fn blocks_of_any_size_in_any_order_decode() {
         }
     }
 }
+
+#[test]
+fn a_first_pass_fills_the_delta_cache_but_never_evicts_from_it() {
+    let mut image = vec![0u8; PAGES * PAGE_SIZE];
+    for p in 0..PAGES {
+        apply(&mut image, &Change::Random(p, 100 + 2 * p as u64)); // all distinct
+    }
+    let mut enc = Encoder::new(PAGES, config(Codec::Lz4, true, 4, 1024, 1)).unwrap();
+    let mut dec = Decoder::new(PAGES).unwrap();
+    let all: Vec<u64> = (0..PAGES as u64).collect();
+    let mut round = |enc: &mut Encoder, image: &[u8], pages: &[u64]| {
+        dec.decode(&enc.encode(image, pages).unwrap()).unwrap();
+        assert_eq!(dec.image(), image);
+    };
+    round(&mut enc, &image, &all);
+    assert_eq!(
+        enc.cached_pages(),
+        4,
+        "the first four pages took the free room"
+    );
+    // a page of the first pass after the room was gone: not cached, so no delta
+    image[10 * PAGE_SIZE + 5] ^= 0xff;
+    round(&mut enc, &image, &[10]);
+    assert_eq!(enc.stats.delta, 0);
+    // sent again, it is cached (evicting the least recently used): the next change
+    // goes as a delta, and so does one to a page the first pass cached
+    image[10 * PAGE_SIZE + 6] ^= 0xff;
+    image[3 * PAGE_SIZE + 6] ^= 0xff;
+    round(&mut enc, &image, &[10, 3]);
+    assert_eq!(enc.stats.delta, 2);
+    assert_eq!(enc.cached_pages(), 4);
+}

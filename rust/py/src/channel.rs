@@ -176,8 +176,8 @@ impl ChannelReceiver {
     ) -> PyResult<Bound<'py, PyBytes>> {
         let view = ByteView::new(payload)?;
         let inner = &mut self.inner;
-        let out = detached(py, || inner.apply(kind, view.as_slice()))?;
-        Ok(PyBytes::new(py, &out))
+        detached(py, || inner.apply(kind, view.as_slice()).map(<[u8]>::len))?;
+        Ok(PyBytes::new(py, self.inner.released()))
     }
 
     /// Frames for the source (the `ANNOUNCE` answering `START`), once.

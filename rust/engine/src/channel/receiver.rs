@@ -22,6 +22,9 @@ pub struct StreamReceiver {
     total: u64,
     digest: StreamDigest,
     unchecked: Vec<u8>,
+    /// `unchecked` was released by the last call (it is cleared, its room kept, at the
+    /// next).
+    released: bool,
     max_unchecked: usize,
     /// `END` arrived and matched.
     pub ended: bool,
@@ -55,9 +58,21 @@ impl StreamReceiver {
             total: 0,
             digest: StreamDigest::new(),
             unchecked: Vec::new(),
+            released: false,
             max_unchecked,
             ended: false,
             reply,
+        }
+    }
+
+    /// The stream bytes the last [`StreamReceiver::apply`] released (empty if it
+    /// released none), until the next call.
+    #[must_use]
+    pub fn released(&self) -> &[u8] {
+        if self.released {
+            &self.unchecked
+        } else {
+            &[]
         }
     }
 
@@ -94,25 +109,29 @@ impl StreamReceiver {
     /// too much stream without a `CHECK`; [`EngineError::DigestMismatch`] when the
     /// rebuilt stream differs from the source's; [`EngineError::Malformed`] for a bad
     /// page batch. Nothing unvouched is ever returned.
-    pub fn apply(&mut self, kind: u8, payload: &[u8]) -> Result<Vec<u8>> {
+    pub fn apply(&mut self, kind: u8, payload: &[u8]) -> Result<&[u8]> {
         if self.ended {
             return Err(EngineError::channel("frame after END"));
+        }
+        if self.released {
+            self.unchecked.clear();
+            self.released = false;
         }
         match kind {
             VERBATIM => {
                 self.hold(payload)?;
-                Ok(Vec::new())
+                Ok(&[])
             }
             START => {
                 if self.decoder.is_some() {
                     return Err(EngineError::channel("a second START"));
                 }
                 self.begin(parse_start(payload)?)?;
-                Ok(Vec::new())
+                Ok(&[])
             }
             PAGES => {
                 self.pages(payload)?;
-                Ok(Vec::new())
+                Ok(&[])
             }
             CHECK | END => {
                 let (length, digest) = parse_end(payload)?;
@@ -132,7 +151,8 @@ impl StreamReceiver {
                     });
                 }
                 self.ended = kind == END;
-                Ok(std::mem::take(&mut self.unchecked))
+                self.released = true;
+                Ok(&self.unchecked)
             }
             ABORT => Err(EngineError::channel(format!(
                 "source aborted: {}",

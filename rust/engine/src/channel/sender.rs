@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use super::{put_frame, put_header, StreamDigest, CHECK, END, PAGES, START, VERBATIM};
 use crate::error::{EngineError, Result};
-use crate::qemu_stream::{Piece, SplitStats, StreamSplitter};
+use crate::qemu_stream::{Piece, PieceRef, SplitStats, StreamSplitter};
 use crate::{Encoder, EncoderConfig, PageStore, HASH_LEN, PAGE_SIZE};
 
 /// Verbatim bytes held before they go out on their own (when no batch waits).
@@ -45,6 +45,8 @@ struct Batch {
 pub struct StreamSender {
     config: SenderConfig,
     splitter: StreamSplitter,
+    /// Pages of the guest (0 until the stream said).
+    total: u64,
     encoder: Option<Encoder>,
     /// The destination's announcement, until the page engine takes it (it may come
     /// before the stream said the guest's size, so before the engine exists).
@@ -73,6 +75,7 @@ impl StreamSender {
         Self {
             config,
             splitter: StreamSplitter::new(),
+            total: 0,
             encoder: None,
             pending_announce: None,
             announce_seen: false,
@@ -104,7 +107,7 @@ impl StreamSender {
     /// Pages of the guest (0 until the stream said).
     #[must_use]
     pub fn total_pages(&self) -> u64 {
-        self.splitter.total_pages()
+        self.total
     }
 
     /// The stream reached what the closed gate holds back.
@@ -126,16 +129,12 @@ impl StreamSender {
     pub fn feed(&mut self, data: &[u8]) -> Result<Vec<u8>> {
         self.length += data.len() as u64;
         let mut out = Vec::new();
-        let pieces = self.splitter.feed(data);
-        let total = self.splitter.total_pages();
-        if !self.started && total > 0 {
-            self.started = true;
-            put_frame(&mut out, START, &total.to_be_bytes());
-        }
         let mut group = Vec::new();
-        for piece in pieces {
-            self.piece(piece, &mut group)?;
-        }
+        // the pieces borrow `data`: each is taken as the splitter finds it
+        let mut splitter = std::mem::take(&mut self.splitter);
+        let split = splitter.feed_with(data, &mut |piece| self.piece(piece, &mut out, &mut group));
+        self.splitter = splitter;
+        split?;
         if self.prefix.len() >= MAX_VERBATIM && self.quiet() && !self.at_gate() {
             self.verbatim(&mut group);
         }
@@ -161,7 +160,7 @@ impl StreamSender {
         }
         self.announce_seen = true;
         self.pending_announce = Some(hashes.to_vec());
-        if self.splitter.total_pages() > 0 {
+        if self.total > 0 {
             self.encoder()?; // takes it now
         }
         self.waiting = false;
@@ -206,7 +205,14 @@ impl StreamSender {
         let mut out = Vec::new();
         let mut group = Vec::new();
         for piece in self.splitter.finish() {
-            self.piece(piece, &mut group)?;
+            let piece = match &piece {
+                Piece::Verbatim(bytes) => PieceRef::Verbatim(bytes),
+                Piece::Page { index, data } => PieceRef::Page {
+                    index: *index,
+                    data,
+                },
+            };
+            self.piece(piece, &mut out, &mut group)?;
         }
         self.checked(&mut out, group);
         out.extend(self.flush()?);
@@ -222,7 +228,7 @@ impl StreamSender {
 
     fn encoder(&mut self) -> Result<&mut Encoder> {
         if self.encoder.is_none() {
-            let pages = usize::try_from(self.splitter.total_pages())
+            let pages = usize::try_from(self.total)
                 .map_err(|_| crate::EngineError::invalid("guest too large"))?;
             self.encoder = Some(Encoder::new(pages, self.config.engine)?);
         }
@@ -233,10 +239,20 @@ impl StreamSender {
         Ok(encoder)
     }
 
-    fn piece(&mut self, piece: Piece, group: &mut Vec<u8>) -> Result<()> {
+    /// Takes one piece of the stream: `START` (into `out`) once the guest's size is
+    /// known, pages into batches (encoded ones into `group`), other bytes as the next
+    /// page's prefix.
+    fn piece(&mut self, piece: PieceRef<'_>, out: &mut Vec<u8>, group: &mut Vec<u8>) -> Result<()> {
         match piece {
-            Piece::Verbatim(bytes) => self.prefix.extend_from_slice(&bytes),
-            Piece::Page { index, data } => {
+            PieceRef::RamSize { pages } => {
+                self.total = pages;
+                if !self.started && pages > 0 {
+                    self.started = true;
+                    put_frame(out, START, &pages.to_be_bytes());
+                }
+            }
+            PieceRef::Verbatim(bytes) => self.prefix.extend_from_slice(bytes),
+            PieceRef::Page { index, data } => {
                 if self.in_batch.contains(&index)
                     || self.open.entries.len() >= self.config.batch_pages
                 {
@@ -244,7 +260,7 @@ impl StreamSender {
                 }
                 self.open.entries.push((self.prefix.len(), index));
                 self.open.prefixes.append(&mut self.prefix);
-                self.open.pages.extend_from_slice(&data);
+                self.open.pages.extend_from_slice(data);
                 self.in_batch.insert(index);
             }
         }
@@ -289,11 +305,11 @@ impl StreamSender {
     }
 
     fn encode(&mut self, batch: &Batch, group: &mut Vec<u8>) -> Result<()> {
-        let total = self.splitter.total_pages();
+        let total = self.total;
         let indices: Vec<u64> = batch.entries.iter().map(|&(_, i)| i).collect();
         let encoded = self.encoder()?.encode_pages(&indices, &batch.pages)?;
-        if let Some(store) = &self.config.store {
-            store.add_image(&batch.pages);
+        if let (Some(store), Some(encoder)) = (&self.config.store, &self.encoder) {
+            store.add_identified(&batch.pages, encoder.identified());
         }
         let body: usize = encoded.iter().map(Vec::len).sum();
         let head = 12 + batch.entries.len() * 12 + batch.prefixes.len();

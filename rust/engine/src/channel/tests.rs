@@ -100,7 +100,7 @@ fn carry_into(
     assert!(link.receiver.ended);
     // the same wire again, on a receiver holding the same store
     let mut fresh = StreamReceiver::new(Some(store.clone()), 64 << 20);
-    let mut again = Vec::new();
+    let mut again: Vec<u8> = Vec::new();
     for (kind, payload) in frames(&link.wire) {
         again.extend(fresh.apply(kind, &payload).unwrap());
     }
@@ -226,7 +226,7 @@ fn tampering_is_caught_before_anything_unvouched_is_released() {
                 let n = payload.len() - 20;
                 payload[n] ^= 1;
             }
-            receiver.apply(*kind, &payload)
+            receiver.apply(*kind, &payload).map(<[u8]>::to_vec)
         })
         .collect();
     assert!(result.is_err());
@@ -263,7 +263,7 @@ fn held_pages_go_one_checked_batch_at_a_time() {
     wire.extend(sender.finish().unwrap());
     // a receiver that accepts about two batches unvouched takes all of it
     let mut receiver = StreamReceiver::new(None, 2 * 8 * (4096 + 64));
-    let mut released = Vec::new();
+    let mut released: Vec<u8> = Vec::new();
     for (kind, payload) in frames(&wire) {
         released.extend(receiver.apply(kind, &payload).unwrap());
     }

@@ -249,3 +249,69 @@ fn a_truncated_stream_ends_verbatim() {
     let (pieces, _) = split(cut, &[1000]);
     assert_eq!(join(&pieces), cut);
 }
+
+/// Pages as (index, content).
+type Pages = Vec<(u64, Vec<u8>)>;
+
+/// What `feed_with` handed out over a whole stream: the bytes joined, the pages and
+/// the sizes announced.
+fn split_with(stream: &[u8], chunks: &[usize]) -> (Vec<u8>, Pages, Vec<u64>) {
+    let mut sp = StreamSplitter::new();
+    let (mut joined, mut pages, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
+    let mut sink = |piece: PieceRef<'_>| {
+        match piece {
+            PieceRef::Verbatim(b) => joined.extend_from_slice(b),
+            PieceRef::Page { index, data } => {
+                joined.extend_from_slice(data);
+                pages.push((index, data.to_vec()));
+            }
+            PieceRef::RamSize { pages } => sizes.push(pages),
+        }
+        Ok::<(), ()>(())
+    };
+    let mut at = 0;
+    for &c in chunks.iter().cycle() {
+        if at >= stream.len() {
+            break;
+        }
+        let end = (at + c.max(1)).min(stream.len());
+        sp.feed_with(&stream[at..end], &mut sink).unwrap();
+        at = end;
+    }
+    for piece in sp.finish() {
+        match piece {
+            Piece::Verbatim(b) => joined.extend_from_slice(&b),
+            Piece::Page { .. } => unreachable!("finish hands out no page"),
+        }
+    }
+    (joined, pages, sizes)
+}
+
+proptest! {
+    #[test]
+    fn borrowed_pieces_join_back_in_any_chunking(chunks in proptest::collection::vec(1usize..20000, 1..20)) {
+        let s = migration();
+        let (joined, pages, sizes) = split_with(&s.bytes, &chunks);
+        prop_assert_eq!(joined, s.bytes.clone());
+        prop_assert_eq!(pages, s.pages);
+        prop_assert_eq!(sizes, vec![72]);
+    }
+}
+
+#[test]
+fn a_failing_sink_stops_the_split_with_its_error() {
+    let s = migration();
+    let mut sp = StreamSplitter::new();
+    let mut seen = 0;
+    let result = sp.feed_with(&s.bytes, &mut |piece| {
+        if let PieceRef::Page { index, .. } = piece {
+            seen += 1;
+            if seen == 2 {
+                return Err(index);
+            }
+        }
+        Ok(())
+    });
+    assert_eq!(result, Err(s.pages[1].0), "the second page's error");
+    assert_eq!(seen, 2, "nothing was handed out after it");
+}
