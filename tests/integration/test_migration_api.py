@@ -45,8 +45,8 @@ def node(tmp_path: Path) -> Iterator[Node]:
     assert "Traceback" not in d.log_text(), d.log_text()
 
 
-def source_xml(name: str, tenant: str = "default", **spec: Any) -> str:
-    vm = VmSpec(name=name, vcpus=1, memory_mib=64, tenant=tenant, **spec)
+def source_xml(name: str, tenant: str = "default", memory_mib: int = 64, **spec: Any) -> str:
+    vm = VmSpec(name=name, vcpus=1, memory_mib=memory_mib, tenant=tenant, **spec)
     plan = domain_xml.DomainPlan(
         spec=vm,
         uuid="0b5c2b0e-4a8e-4c1e-9f53-7d1d1b7a6a10",
@@ -142,6 +142,19 @@ def test_prepare_refusals(node: Node) -> None:
         prepare(c, "y")
     with node.daemon.client() as c:
         assert [o for o in c.call("op.list") if o["state"] == "running"] == []
+
+
+def test_a_destination_without_the_memory_refuses_and_keeps_nothing(node: Node) -> None:
+    """The destination places the incoming VM before anything moves: a VM larger than its
+    free memory is refused (the source's VM never leaves), and nothing is left behind."""
+    with node.as_node() as peer:
+        with pytest.raises(errors.InsufficientResources):
+            prepare(peer, "big", source_xml("big", memory_mib=256 * 1024))
+        prepare(peer, "small")  # what fits is still taken
+    with node.daemon.client() as c:
+        assert "big" not in [v["name"] for v in c.call("vm.list")]
+        ops = [o for o in c.call("op.list") if o["vm"] == "big"]
+        assert all(o["state"] != "running" for o in ops), ops
 
 
 def test_op_cancel_of_an_ended_operation_conflicts(node: Node) -> None:
