@@ -3,7 +3,8 @@ single-threaded TCG guests running a memory-dirtying workload with an integrity 
 
 A migration passes only if the guest is alive and intact on the destination and gone
 from the source, and both daemons' stores agree. Every failure (cancel, either daemon
-killed, the link cut) must leave the guest running on the source only.
+killed, the link cut, the destination QEMU killed) must leave the guest running on the
+source only.
 """
 
 from __future__ import annotations
@@ -206,6 +207,19 @@ def test_link_cut_mid_way(nodes: TwoNodes, guest_images: guest.GuestImages) -> N
         a.host.sh(f"ip link set {a.host.veth} up")
     assert doc["state"] == "failed" and doc["error"]["code"] == "migration_failed", doc
     stays_on_source("m5", a, b)
+
+
+def test_destination_qemu_killed_mid_way(nodes: TwoNodes, guest_images: guest.GuestImages) -> None:
+    """What the kernel's OOM killer does to a destination QEMU that runs out of memory
+    while the stream arrives: the guest stays on the source, intact."""
+    a, b = nodes.a, nodes.b
+    boot(a, "m7", guest_images)
+    op_id = start_migration(a, b, "m7")
+    # the destination host's own libvirt names its QEMU (the hosts share one pid space)
+    b.host.sh("kill -KILL $(cat /run/libvirt/qemu/m7.pid)")
+    doc = ended(a, op_id)
+    assert doc["state"] == "failed" and doc["error"]["code"] == "migration_failed", doc
+    stays_on_source("m7", a, b)  # intact there, then retired
 
 
 def test_a_stalled_migration_is_cancelled_and_reported(
