@@ -88,6 +88,20 @@ pub enum PieceRef<'a> {
     },
 }
 
+impl Piece {
+    /// The piece borrowed, as [`StreamSplitter::feed_with`] hands pieces out.
+    #[must_use]
+    pub fn borrowed(&self) -> PieceRef<'_> {
+        match self {
+            Piece::Verbatim(bytes) => PieceRef::Verbatim(bytes),
+            Piece::Page { index, data } => PieceRef::Page {
+                index: *index,
+                data,
+            },
+        }
+    }
+}
+
 /// Appends `piece` to `out` as an owned [`Piece`], joining verbatim runs.
 fn collect_piece(out: &mut Vec<Piece>, piece: PieceRef<'_>) {
     match piece {
@@ -294,13 +308,11 @@ impl StreamSplitter {
     /// Splits `data` (the next bytes of the stream); returns the pieces now complete.
     pub fn feed(&mut self, data: &[u8]) -> Vec<Piece> {
         let mut out = Vec::new();
-        let collect = self.feed_with(data, &mut |piece| {
+        let Ok(()) = self.feed_with(data, &mut |piece| {
             collect_piece(&mut out, piece);
             Ok::<(), std::convert::Infallible>(())
         });
-        match collect {
-            Ok(()) => out,
-        }
+        out
     }
 
     /// Splits `data` (the next bytes of the stream), handing each complete piece to
@@ -374,8 +386,7 @@ impl StreamSplitter {
     /// out verbatim.
     pub fn finish(&mut self) -> Vec<Piece> {
         let rest = std::mem::take(&mut self.buf);
-        self.stats.verbatim_bytes += rest.len() as u64;
-        self.pending.extend_from_slice(&rest);
+        self.pend(&rest);
         let mut out = Vec::new();
         if !self.pending.is_empty() {
             out.push(Piece::Verbatim(std::mem::take(&mut self.pending)));
@@ -404,6 +415,12 @@ impl StreamSplitter {
             }
         }
         at
+    }
+
+    /// Verbatim bytes that wait (copied) for the next piece handed out.
+    fn pend(&mut self, bytes: &[u8]) {
+        self.stats.verbatim_bytes += bytes.len() as u64;
+        self.pending.extend_from_slice(bytes);
     }
 
     /// Bytes that go out as they are: after what is pending, without a copy.
@@ -438,35 +455,28 @@ impl StreamSplitter {
                 self.state = State::TopLevel;
             }
             State::TopLevel => self.section(r)?,
-            State::Ram { section, setup } => {
-                let record = self.ram_record(r, section, setup)?;
-                if let Record::Size = record {
-                    self.pending.extend_from_slice(&r.buf[start..r.at]);
-                    self.stats.verbatim_bytes += (r.at - start) as u64;
+            State::Ram { section, setup } => match self.ram_record(r, section, setup)? {
+                Record::Size => {
+                    self.pend(&r.buf[start..r.at]);
                     self.flush_to(emit);
                     emit.send(PieceRef::RamSize {
                         pages: self.total_pages(),
                     });
                     return emit.done();
                 }
-                if let Record::Page { index, at: data_at } = record {
+                Record::Page { index, at } => {
                     // header verbatim, payload as a page
-                    let header = &r.buf[start..data_at];
-                    self.stats.verbatim_bytes += header.len() as u64;
+                    self.pend(&r.buf[start..at]);
+                    self.flush_to(emit);
                     self.stats.pages += 1;
-                    if self.pending.is_empty() {
-                        emit.send(PieceRef::Verbatim(header));
-                    } else {
-                        self.pending.extend_from_slice(header);
-                        self.flush_to(emit);
-                    }
                     emit.send(PieceRef::Page {
                         index,
-                        data: &r.buf[data_at..data_at + PAGE_SIZE],
+                        data: &r.buf[at..at + PAGE_SIZE],
                     });
                     return emit.done();
                 }
-            }
+                Record::Other => {}
+            },
             State::Footer { section } => {
                 if r.peek()? == FOOTER {
                     r.u8()?;
@@ -478,8 +488,7 @@ impl StreamSplitter {
             }
             State::Passthrough => unreachable!("the loop stops in pass-through"),
         }
-        self.stats.verbatim_bytes += (r.at - start) as u64;
-        self.pending.extend_from_slice(&r.buf[start..r.at]);
+        self.pend(&r.buf[start..r.at]);
         Ok(())
     }
 

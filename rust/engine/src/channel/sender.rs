@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use super::{put_frame, put_header, StreamDigest, CHECK, END, PAGES, START, VERBATIM};
 use crate::error::{EngineError, Result};
-use crate::qemu_stream::{Piece, PieceRef, SplitStats, StreamSplitter};
+use crate::qemu_stream::{PieceRef, SplitStats, StreamSplitter};
 use crate::{Encoder, EncoderConfig, PageStore, HASH_LEN, PAGE_SIZE};
 
 /// Verbatim bytes held before they go out on their own (when no batch waits).
@@ -45,7 +45,8 @@ struct Batch {
 pub struct StreamSender {
     config: SenderConfig,
     splitter: StreamSplitter,
-    /// Pages of the guest (0 until the stream said).
+    /// Pages of the guest (0 until the stream said; from the splitter's `RamSize`
+    /// piece, since the splitter is taken out of `self` while it hands pieces over).
     total: u64,
     encoder: Option<Encoder>,
     /// The destination's announcement, until the page engine takes it (it may come
@@ -205,14 +206,7 @@ impl StreamSender {
         let mut out = Vec::new();
         let mut group = Vec::new();
         for piece in self.splitter.finish() {
-            let piece = match &piece {
-                Piece::Verbatim(bytes) => PieceRef::Verbatim(bytes),
-                Piece::Page { index, data } => PieceRef::Page {
-                    index: *index,
-                    data,
-                },
-            };
-            self.piece(piece, &mut out, &mut group)?;
+            self.piece(piece.borrowed(), &mut out, &mut group)?;
         }
         self.checked(&mut out, group);
         out.extend(self.flush()?);
