@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -177,6 +178,26 @@ def test_stream_sizes_and_stats() -> None:
         enc.encode(image, [99])
     with pytest.raises(ValueError, match="compression"):
         _core.PageEncoder(1, compression="gzip")
+
+
+def test_content_moved_to_another_page_goes_as_a_delta_from_it() -> None:
+    # page 1's content moves to page 3 with a few bytes changed while page 1 is
+    # rewritten: page 3's own old version is no base, what page 1 held is
+    rng = random.Random(7)
+    image = bytearray(rng.randbytes(4 * PAGE))
+    image[PAGE : 2 * PAGE] = bytes(range(256)) * 16
+    enc = _core.PageEncoder(4, compression="zstd")
+    dec = _core.PageDecoder(4)
+    dec.decode(enc.encode(bytes(image)))
+    moved = bytearray(image[PAGE : 2 * PAGE])
+    moved[100:104] = b"NEW!"
+    image[3 * PAGE : 4 * PAGE] = moved
+    image[PAGE : 2 * PAGE] = rng.randbytes(PAGE)
+    wire = enc.encode(bytes(image), [1, 3])
+    assert enc.stats()["delta_from"] == 1
+    assert len(wire) < PAGE + 200  # page 1's random bytes, and a few for page 3
+    dec.decode(wire)
+    assert dec.image() == bytes(image)
 
 
 @settings(max_examples=1500)

@@ -149,7 +149,7 @@ async def test_a_stream_crosses_with_its_return_path() -> None:
     # the engine's record counts add up to the pages it was offered
     records = src.records
     assert records["pages"] == pages
-    kinds = ("zero", "unchanged", "dup", "delta", "compressed", "raw")
+    kinds = ("zero", "unchanged", "dup", "delta", "delta_from", "compressed", "raw")
     assert sum(records[k] for k in kinds) == pages
 
 

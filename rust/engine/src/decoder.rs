@@ -52,7 +52,31 @@ enum Op<'a> {
     Unchanged,
     Dup(u128),
     Delta(&'a [u8]),
+    /// a delta against the content with this hash
+    DeltaFrom(u128, &'a [u8]),
     Page(&'a [u8]),
+}
+
+/// A copy of `base` with `delta` applied.
+fn patched(base: &[u8], delta: &[u8]) -> Result<Arc<[u8]>> {
+    let mut page: Arc<[u8]> = Arc::from(base);
+    delta::apply(Arc::get_mut(&mut page).expect("just made"), delta)?;
+    Ok(page)
+}
+
+/// The next delta of the batch: its length from the record, its bytes from the block.
+fn take_delta<'a>(input: &mut &[u8], block: &'a [u8], block_at: &mut usize) -> Result<&'a [u8]> {
+    let len = usize::try_from(varint::get(input)?)
+        .ok()
+        .filter(|&l| l <= MAX_DELTA)
+        .ok_or_else(|| EngineError::malformed("delta too long"))?;
+    let end = *block_at + len;
+    if end > block.len() {
+        return Err(EngineError::malformed("delta runs past the block"));
+    }
+    let d = &block[*block_at..end];
+    *block_at = end;
+    Ok(d)
 }
 
 impl Decoder {
@@ -164,15 +188,21 @@ impl Decoder {
         let block_wire = &body[records_len..records_len + block_len];
         let raw_area = &body[records_len + block_len..];
         let block_raw_len = header.block_raw_len as usize;
-        let block = match header.codec {
-            Codec::None if block_len == 0 && block_raw_len == 0 => Vec::new(),
-            Codec::None => return Err(EngineError::malformed("block without a codec")),
-            Codec::Lz4 => lz4_flex::decompress(block_wire, block_raw_len)
-                .map_err(|e| EngineError::malformed(format!("lz4: {e}")))?,
-            Codec::Zstd => self
-                .zstd
-                .decompress(block_wire, block_raw_len)
-                .map_err(|e| EngineError::malformed(format!("zstd: {e}")))?,
+        let decompressed;
+        let block: &[u8] = match header.codec {
+            Codec::None => block_wire,
+            Codec::Lz4 => {
+                decompressed = lz4_flex::decompress(block_wire, block_raw_len)
+                    .map_err(|e| EngineError::malformed(format!("lz4: {e}")))?;
+                &decompressed
+            }
+            Codec::Zstd => {
+                decompressed = self
+                    .zstd
+                    .decompress(block_wire, block_raw_len)
+                    .map_err(|e| EngineError::malformed(format!("zstd: {e}")))?;
+                &decompressed
+            }
         };
         if block.len() != block_raw_len {
             return Err(EngineError::malformed(
@@ -237,22 +267,27 @@ impl Decoder {
                     Op::Dup(*hash)
                 }
                 Kind::Delta => {
-                    let len = usize::try_from(varint::get(&mut input)?)
-                        .ok()
-                        .filter(|&l| l <= MAX_DELTA)
-                        .ok_or_else(|| EngineError::malformed("delta too long"))?;
-                    let end = raw_at + len;
-                    if end > raw_area.len() {
-                        return Err(EngineError::malformed("delta runs past the raw area"));
-                    }
                     if self.held.hash_of(index).is_none() {
                         return Err(EngineError::malformed(
                             "delta for a page the receiver never had",
                         ));
                     }
-                    let d = &raw_area[raw_at..end];
-                    raw_at = end;
-                    Op::Delta(d)
+                    Op::Delta(take_delta(&mut input, block, &mut block_at)?)
+                }
+                Kind::DeltaFrom => {
+                    let base = varint::get(&mut input)?;
+                    // resolved before anything of the batch is written: the content
+                    // the base page held when the batch began (kept until it ends)
+                    let base = usize::try_from(base)
+                        .ok()
+                        .filter(|&b| b < self.held.pages())
+                        .ok_or_else(|| {
+                            EngineError::malformed(format!("delta base {base} out of range"))
+                        })?;
+                    let base = self.held.hash_of(base).ok_or_else(|| {
+                        EngineError::malformed("delta from a page the receiver never had")
+                    })?;
+                    Op::DeltaFrom(base, take_delta(&mut input, block, &mut block_at)?)
                 }
                 Kind::Lz4 | Kind::Zstd => {
                     if Some(kind) != block_kind {
@@ -339,8 +374,18 @@ impl Decoder {
             Op::Zero => zero_hash(),
             Op::Page(src) => self.keep_content(hash_page(src), || Arc::from(src), made),
             Op::Delta(d) => {
-                let mut page: Arc<[u8]> = Arc::from(self.page(index));
-                delta::apply(Arc::get_mut(&mut page).expect("just made"), d)?;
+                let page = patched(self.page(index), d)?;
+                self.keep_content(hash_page(&page), || page, made)
+            }
+            Op::DeltaFrom(base, d) => {
+                let base = if base == zero_hash() {
+                    &ZERO_PAGE[..]
+                } else {
+                    self.contents
+                        .get(&base)
+                        .ok_or_else(|| EngineError::malformed("delta base not held"))?
+                };
+                let page = patched(base, d)?;
                 self.keep_content(hash_page(&page), || page, made)
             }
             Op::Dup(hash) => {

@@ -5,23 +5,19 @@
 //! 2. in order, on one thread: what the receiver holds decides `zero`, `unchanged`,
 //!    `dup-ref`, or "needs content" (cheap hash-table work, and it must be sequential
 //!    because every page changes what the receiver holds);
-//! 3. per batch, in parallel: deltas, the compressible/raw split, block compression and
-//!    framing.
-
-use std::cell::RefCell;
+//! 3. per batch, in parallel (`batch`): deltas, the compressible/raw split, block
+//!    compression and framing.
 
 use rayon::prelude::*;
 
+use crate::batch::{encode_batch, zstd_compress, Batch, Plan, Source};
 use crate::cache::PageCache;
 use crate::error::{EngineError, Result};
 use crate::fasthash::FastMap;
 use crate::holdings::Holdings;
-use crate::scan::{identify, zero_hash, PageScan, ZERO_PAGE};
-use crate::wire::{Codec, Header, Kind, MAX_DELTA, MAX_RECORDS};
-use crate::{delta, varint, PAGE_SIZE};
-
-/// Longest delta the encoder sends; longer ones go compressed or raw.
-const DELTA_LIMIT: usize = MAX_DELTA / 4;
+use crate::scan::{identify, zero_hash, PageScan};
+use crate::wire::{Codec, MAX_RECORDS};
+use crate::PAGE_SIZE;
 
 /// Encoder settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,8 +60,10 @@ pub struct EncodeStats {
     pub unchanged: u64,
     /// Duplicate references.
     pub dup: u64,
-    /// Deltas.
+    /// Deltas against the page's own previous version.
     pub delta: u64,
+    /// Deltas against another page's previous version.
+    pub delta_from: u64,
     /// Pages in compressed blocks.
     pub compressed: u64,
     /// Raw pages.
@@ -81,46 +79,11 @@ impl EncodeStats {
         self.unchanged += other.unchanged;
         self.dup += other.dup;
         self.delta += other.delta;
+        self.delta_from += other.delta_from;
         self.compressed += other.compressed;
         self.raw += other.raw;
         self.wire_bytes += other.wire_bytes;
     }
-}
-
-/// Where the offered pages are: a whole guest image (pages found by index), or the
-/// offered pages packed back to back in the order of `indices` (a stream's pages).
-#[derive(Clone, Copy)]
-enum Source<'a> {
-    Image(&'a [u8]),
-    Packed(&'a [u8]),
-}
-
-impl<'a> Source<'a> {
-    /// The page at position `pos` of the offer, whose guest index is `index`.
-    fn page(self, pos: usize, index: u64) -> &'a [u8] {
-        let at = match self {
-            Source::Image(_) => index as usize * PAGE_SIZE,
-            Source::Packed(_) => pos * PAGE_SIZE,
-        };
-        let (Source::Image(bytes) | Source::Packed(bytes)) = self;
-        &bytes[at..at + PAGE_SIZE]
-    }
-}
-
-/// Phase 2's verdict on one page.
-enum Plan {
-    Zero,
-    Unchanged,
-    Dup(u128),
-    /// Content `hash` must be sent; a delta against `base` (the hash of the
-    /// receiver's version, cached or zero) may be tried. `reuse`: this page is the
-    /// only one to use `base` this round and no page holds `base` afterwards, so a
-    /// delta may be applied to the cached base in place instead of copying the page.
-    Content {
-        hash: u128,
-        base: Option<u128>,
-        reuse: bool,
-    },
 }
 
 /// The sender's state for one guest.
@@ -135,38 +98,6 @@ pub struct Encoder {
     pub stats: EncodeStats,
     /// Hash and zero test of each page of the last call.
     identified: Vec<(u128, bool)>,
-}
-
-thread_local! {
-    /// One reused zstd context per thread (and level).
-    static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
-}
-
-fn zstd_compress(level: i32, data: &[u8]) -> Result<Vec<u8>> {
-    ZSTD.with(|slot| {
-        let mut slot = slot.borrow_mut();
-        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
-            let ctx = zstd::bulk::Compressor::new(level)
-                .map_err(|e| EngineError::invalid(format!("zstd: {e}")))?;
-            *slot = Some((level, ctx));
-        }
-        let (_, ctx) = slot.as_mut().expect("context just created");
-        ctx.compress(data)
-            .map_err(|e| EngineError::invalid(format!("zstd: {e}")))
-    })
-}
-
-/// Heuristic for pages not worth compressing: many distinct byte values in a sample.
-fn looks_incompressible(page: &[u8]) -> bool {
-    let mut seen = [false; 256];
-    let mut distinct = 0;
-    for &b in page.iter().step_by(8) {
-        if !seen[b as usize] {
-            seen[b as usize] = true;
-            distinct += 1;
-        }
-    }
-    distinct > 200
 }
 
 impl Encoder {
@@ -366,8 +297,12 @@ impl Encoder {
         let mut base_uses: FastMap<u128, u32> = FastMap::default();
         // pages the receiver gets for the first time (a first pass over the memory)
         let mut first = Vec::with_capacity(indices.len());
+        // pages this call already offered (a bit each)
+        let mut offered = vec![0u64; pages_words(self.held.pages())];
         for (&index, &(hash, zero)) in indices.iter().zip(&facts) {
             let i = index as usize;
+            let repeat = offered[i / 64] & (1 << (i % 64)) != 0;
+            offered[i / 64] |= 1 << (i % 64);
             let old = self.held.hash_of(i);
             first.push(old.is_none());
             if let Some(old) = old.filter(|&old| old != hash) {
@@ -394,6 +329,7 @@ impl Encoder {
                     hash,
                     base,
                     reuse: false,
+                    first: !repeat,
                 }
             };
             self.held.wrote(i, hash);
@@ -490,6 +426,11 @@ impl Encoder {
     }
 }
 
+/// Words of a bitmap of `pages` bits.
+fn pages_words(pages: usize) -> usize {
+    pages.div_ceil(64)
+}
+
 /// The batch size for `pages` pages on `threads` threads: at most `batch_pages`, in a
 /// number of batches that is a multiple of the thread count when there are few (three
 /// batches on two threads would leave one thread idle for a third of the time).
@@ -499,129 +440,6 @@ fn balanced_batch(pages: usize, batch_pages: usize, threads: usize) -> usize {
         return batch_pages;
     }
     pages.div_ceil(batches.next_multiple_of(threads))
-}
-
-/// One encoded batch: its bytes, its counts, and its deltas to apply to cached bases
-/// in place (base hash, new hash, delta).
-struct Batch {
-    bytes: Vec<u8>,
-    stats: EncodeStats,
-    in_place: Vec<(u128, u128, Vec<u8>)>,
-}
-
-/// `held`: the sender's delta cache, and the receiver's announced hashes with their
-/// positions.
-fn encode_batch(
-    config: EncoderConfig,
-    source: Source<'_>,
-    first: usize,
-    held: (&PageCache, &FastMap<u128, u32>),
-    indices: &[u64],
-    plans: &[Plan],
-) -> Result<Batch> {
-    let (cache, announced) = held;
-    let mut position: i64 = 0; // the batch's last announced-ref position
-    let mut stats = EncodeStats::default();
-    let mut in_place = Vec::new();
-    let mut records = Vec::with_capacity(indices.len() * 4);
-    // sized once for the worst case (address space only): no regrowth copies
-    let content = plans
-        .iter()
-        .filter(|p| matches!(p, Plan::Content { .. }))
-        .count();
-    let mut block = Vec::with_capacity(content * PAGE_SIZE);
-    let mut raw = Vec::with_capacity(content * PAGE_SIZE);
-    let block_kind = match config.codec {
-        Codec::Lz4 => Some(Kind::Lz4),
-        Codec::Zstd => Some(Kind::Zstd),
-        Codec::None => None,
-    };
-    for (k, (&index, plan)) in indices.iter().zip(plans).enumerate() {
-        let page = source.page(first + k, index);
-        stats.pages += 1;
-        let mut announced_at = None;
-        let kind = match plan {
-            Plan::Zero => Kind::Zero,
-            Plan::Unchanged => Kind::Unchanged,
-            Plan::Dup(hash) => {
-                announced_at = announced.get(hash).copied();
-                if announced_at.is_some() {
-                    Kind::AnnouncedRef
-                } else {
-                    Kind::DupRef
-                }
-            }
-            &Plan::Content { hash, base, reuse } => {
-                let old = base.and_then(|h| {
-                    cache
-                        .get(h)
-                        .or_else(|| (h == zero_hash()).then_some(&ZERO_PAGE[..]))
-                });
-                let delta = old.and_then(|old| delta::encode(old, page, DELTA_LIMIT));
-                if let Some(d) = delta {
-                    records.push(Kind::Delta as u8);
-                    varint::put(&mut records, index);
-                    varint::put(&mut records, d.len() as u64);
-                    raw.extend_from_slice(&d);
-                    stats.delta += 1;
-                    if let (true, Some(base)) = (reuse, base) {
-                        in_place.push((base, hash, d));
-                    }
-                    continue;
-                }
-                match block_kind {
-                    Some(kind) if !looks_incompressible(page) => {
-                        block.extend_from_slice(page);
-                        kind
-                    }
-                    _ => {
-                        raw.extend_from_slice(page);
-                        Kind::Raw
-                    }
-                }
-            }
-        };
-        records.push(kind as u8);
-        varint::put(&mut records, index);
-        match (kind, plan) {
-            (Kind::Zero, _) => stats.zero += 1,
-            (Kind::Unchanged, _) => stats.unchanged += 1,
-            (Kind::DupRef, Plan::Dup(hash)) => {
-                records.extend_from_slice(&hash.to_le_bytes());
-                stats.dup += 1;
-            }
-            (Kind::AnnouncedRef, _) => {
-                let at = i64::from(announced_at.expect("set with the kind"));
-                varint::put_signed(&mut records, at - position);
-                position = at;
-                stats.dup += 1;
-            }
-            (Kind::Raw, _) => stats.raw += 1,
-            _ => stats.compressed += 1,
-        }
-    }
-    let (codec, compressed) = if block.is_empty() {
-        (Codec::None, Vec::new())
-    } else {
-        match config.codec {
-            Codec::Lz4 => (Codec::Lz4, lz4_flex::compress(&block)),
-            Codec::Zstd => (Codec::Zstd, zstd_compress(config.zstd_level, &block)?),
-            Codec::None => unreachable!("no block without a codec"),
-        }
-    };
-    let header = Header {
-        codec,
-        records: u32::try_from(indices.len()).expect("batch size bounded"),
-        records_len: u32::try_from(records.len()).expect("records bounded"),
-        block_raw_len: u32::try_from(block.len()).expect("block bounded"),
-        block_len: u32::try_from(compressed.len()).expect("block bounded"),
-        raw_len: u32::try_from(raw.len()).expect("raw bounded"),
-    };
-    Ok(Batch {
-        bytes: header.frame_parts(&[&records, &compressed, &raw]),
-        stats,
-        in_place,
-    })
 }
 
 #[cfg(test)]

@@ -3,11 +3,12 @@
 //! Plain Rust with no Python types: the pyo3 crate (`rust/py`) is a thin layer on top.
 //! * [`scan_pages`] / [`dirty_bitmap`]: zero detection with a word-wide OR-fold, xxh3-128
 //!   page hashes, dirty bitmaps of whole images.
-//! * [`Encoder`] / [`Decoder`]: the page stream (zero, unchanged, dup-ref, announced-ref, delta, lz4,
-//!   zstd and raw records in checksummed batches; `docs/migration-wire.md`).
+//! * [`Encoder`] / [`Decoder`]: the page stream (zero, unchanged, dup-ref, announced-ref, delta,
+//!   delta-from, lz4, zstd and raw records in checksummed batches; `docs/migration-wire.md`).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod batch;
 mod cache;
 pub mod channel;
 mod decoder;
@@ -18,6 +19,7 @@ mod fasthash;
 mod holdings;
 mod mem;
 pub mod qemu_stream;
+mod resemblance;
 mod scan;
 mod store;
 mod varint;

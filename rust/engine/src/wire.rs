@@ -1,4 +1,4 @@
-//! The page stream's wire format, version 2 (see `docs/migration-wire.md`).
+//! The page stream's wire format, version 3 (see `docs/migration-wire.md`).
 //!
 //! A stream is a sequence of self-contained batches. Every batch starts with a fixed
 //! 40-byte little-endian header and ends with its body; the header's xxh3-64 checksum
@@ -10,7 +10,7 @@ use xxhash_rust::xxh3::Xxh3;
 /// First bytes of every batch.
 pub const MAGIC: [u8; 4] = *b"NCPB";
 /// Wire format version written and accepted.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Size of the batch header.
 pub const HEADER_LEN: usize = 40;
 /// Most records one batch may carry (bounds the decoder's work per batch).
@@ -28,7 +28,8 @@ pub enum Kind {
     Unchanged = 1,
     /// A page the receiver holds elsewhere, named by its 16-byte hash.
     DupRef = 2,
-    /// An XBZRLE-style delta against the receiver's copy of this page.
+    /// An XBZRLE-style delta against the receiver's copy of this page (its bytes are
+    /// the block's next).
     Delta = 3,
     /// The next page of the batch's lz4 block.
     Lz4 = 4,
@@ -40,6 +41,9 @@ pub enum Kind {
     /// zigzag varint of the position minus the previous such record's in the batch
     /// (0 for the batch's first).
     AnnouncedRef = 7,
+    /// An XBZRLE-style delta against the content another page (or this one) held when
+    /// the batch began, named by its index (its bytes are the block's next).
+    DeltaFrom = 8,
 }
 
 impl Kind {
@@ -57,6 +61,7 @@ impl Kind {
             5 => Self::Zstd,
             6 => Self::Raw,
             7 => Self::AnnouncedRef,
+            8 => Self::DeltaFrom,
             other => {
                 return Err(EngineError::malformed(format!(
                     "unknown record kind {other}"
@@ -70,7 +75,7 @@ impl Kind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Codec {
-    /// No compressed block.
+    /// The block is stored as it is.
     None = 0,
     /// lz4 block format.
     Lz4 = 1,
@@ -98,11 +103,12 @@ pub struct Header {
     pub records: u32,
     /// Length of the record section.
     pub records_len: u32,
-    /// Decompressed length of the block (4096 x compressed records).
+    /// Decompressed length of the block (4096 per lz4/zstd record plus the delta
+    /// payloads).
     pub block_raw_len: u32,
     /// Length of the block on the wire.
     pub block_len: u32,
-    /// Length of the raw area (raw pages and delta payloads).
+    /// Length of the raw area (4096 per raw record).
     pub raw_len: u32,
 }
 
@@ -189,7 +195,8 @@ impl Header {
         }
         let max_block = header.records as usize * crate::PAGE_SIZE;
         if header.block_raw_len as usize > max_block
-            || header.raw_len as usize > max_block + header.records as usize * MAX_DELTA
+            || header.raw_len as usize > max_block
+            || (codec == Codec::None && header.block_len != header.block_raw_len)
         {
             return Err(EngineError::malformed(
                 "batch areas larger than its records allow",

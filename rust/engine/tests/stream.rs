@@ -12,6 +12,9 @@ enum Change {
     CopyFrom(usize, usize),
     Poke(usize, usize, u8),
     Text(usize, u8),
+    /// page `.0` takes page `.1`'s content with byte `.2` changed, and page `.1` is
+    /// rewritten: a content moved to another page (a `delta-from` of the first)
+    Move(usize, usize, usize),
 }
 
 fn apply(image: &mut [u8], change: &Change) {
@@ -37,6 +40,23 @@ fn apply(image: &mut [u8], change: &Change) {
                 *b = b"the quick brown fox "[(j + seed as usize) % 20];
             }
         }
+        Change::Move(dst, src, at) => {
+            apply(image, &Change::CopyFrom(dst, src));
+            image[page(dst).start + at % PAGE_SIZE] ^= 0x55;
+            apply(image, &Change::Random(src, at as u64));
+        }
+    }
+}
+
+/// The pages a change writes.
+fn touched(change: &Change) -> Vec<u64> {
+    match *change {
+        Change::Zero(i)
+        | Change::Random(i, _)
+        | Change::CopyFrom(i, _)
+        | Change::Poke(i, _, _)
+        | Change::Text(i, _) => vec![(i % PAGES) as u64],
+        Change::Move(dst, src, _) => vec![(dst % PAGES) as u64, (src % PAGES) as u64],
     }
 }
 
@@ -47,6 +67,7 @@ fn change() -> impl Strategy<Value = Change> {
         (0..PAGES, 0..PAGES).prop_map(|(a, b)| Change::CopyFrom(a, b)),
         (0..PAGES, 0..PAGE_SIZE, any::<u8>()).prop_map(|(i, a, v)| Change::Poke(i, a, v)),
         (0..PAGES, any::<u8>()).prop_map(|(i, s)| Change::Text(i, s)),
+        (0..PAGES, 0..PAGES, 0..PAGE_SIZE).prop_map(|(a, b, at)| Change::Move(a, b, at)),
     ]
 }
 
@@ -84,9 +105,7 @@ proptest! {
             // round 0 offers every page; later rounds offer every page too (unchanged
             // pages must cost a few bytes) or only the changed ones
             let offered: Vec<u64> = if round % 2 == 0 { all.clone() } else {
-                changes.iter().map(|c| match c {
-                    Change::Zero(i) | Change::Random(i, _) | Change::CopyFrom(i, _) | Change::Poke(i, _, _) | Change::Text(i, _) => (*i % PAGES) as u64,
-                }).collect()
+                changes.iter().flat_map(touched).collect()
             };
             let mut offered = if round == 0 { all.clone() } else { offered };
             if repeat {
@@ -417,14 +436,7 @@ fn dup_of_a_page_rewritten_in_the_same_round() {
         let offered: Vec<u64> = if round % 2 == 0 {
             all.clone()
         } else {
-            changes
-                .iter()
-                .map(|c| match c {
-                    Zero(i) | Random(i, _) | CopyFrom(i, _) | Poke(i, _, _) | Text(i, _) => {
-                        (*i % PAGES) as u64
-                    }
-                })
-                .collect()
+            changes.iter().flat_map(touched).collect()
         };
         let wire = enc.encode(&image, &offered).unwrap();
         dec.decode(&wire).unwrap();
@@ -486,4 +498,46 @@ fn a_first_pass_fills_the_delta_cache_but_never_evicts_from_it() {
     round(&mut enc, &image, &[10, 3]);
     assert_eq!(enc.stats.delta, 2);
     assert_eq!(enc.cached_pages(), 4);
+}
+
+#[test]
+fn a_moved_content_goes_as_a_delta_from_its_old_page_and_bad_bases_are_refused() {
+    use novacron_engine::wire::{Header, Kind};
+    let mut image = vec![0u8; PAGES * PAGE_SIZE];
+    for p in 0..PAGES {
+        apply(&mut image, &Change::Text(p, p as u8));
+    }
+    let mut enc = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
+    let mut dec = Decoder::new(PAGES).unwrap();
+    let all: Vec<u64> = (0..PAGES as u64).collect();
+    dec.decode(&enc.encode(&image, &all).unwrap()).unwrap();
+    // in both directions: a lower page takes a higher one's content and the reverse
+    for (dst, src, at) in [(2, 9, 77), (20, 5, 78)] {
+        apply(&mut image, &Change::Move(dst, src, at));
+        let before = enc.stats.delta_from;
+        let wire = enc.encode(&image, &[2, 5, 9, 20]).unwrap();
+        dec.decode(&wire).unwrap();
+        assert_eq!(dec.image(), image);
+        assert_eq!(enc.stats.delta_from, before + 1, "{dst} from {src}");
+    }
+    // a base outside the guest, or one the receiver never had, is refused, changing nothing
+    let mut fresh = Decoder::new(4).unwrap();
+    for (base, why) in [(7u8, "out of range"), (2, "never had")] {
+        let delta = [0u8, 1, 0xAB]; // skip 0, copy 1 byte
+        let records = [Kind::Raw as u8, 1, Kind::DeltaFrom as u8, 3, base, 3];
+        let mut body = records.to_vec();
+        body.extend_from_slice(&delta);
+        body.extend_from_slice(&[7u8; PAGE_SIZE]);
+        let header = Header {
+            codec: Codec::None,
+            records: 2,
+            records_len: records.len() as u32,
+            block_raw_len: delta.len() as u32,
+            block_len: delta.len() as u32,
+            raw_len: PAGE_SIZE as u32,
+        };
+        let err = fresh.decode(&header.frame(&body)).unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+        assert!(fresh.image().iter().all(|&b| b == 0), "nothing applied");
+    }
 }

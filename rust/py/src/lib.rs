@@ -176,6 +176,7 @@ pub(crate) fn encode_stats_map(
         ("unchanged", s.unchanged),
         ("dup", s.dup),
         ("delta", s.delta),
+        ("delta_from", s.delta_from),
         ("compressed", s.compressed),
         ("raw", s.raw),
         ("wire_bytes", s.wire_bytes),

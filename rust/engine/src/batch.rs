@@ -1,0 +1,359 @@
+//! One batch of the page stream: phase 3 of the encoder (see `encoder`).
+//!
+//! Per page of the batch, in order: the record phase 2 decided, or for a page whose
+//! content must be sent, the smallest of a delta against its own previous version,
+//! a page of the compressed block, or a raw page; then, for pages where that is no
+//! good, a delta against a content another page of the batch held when it began
+//! (`resemblance`). Records, the block (pages and delta payloads) and the raw area are
+//! laid out as they are decided; a page turned into a `delta-from` lays the batch out
+//! again.
+
+use std::cell::RefCell;
+
+use crate::cache::PageCache;
+use crate::encoder::{EncodeStats, EncoderConfig};
+use crate::error::{EngineError, Result};
+use crate::fasthash::FastMap;
+use crate::resemblance::Resemblance;
+use crate::scan::{zero_hash, ZERO_PAGE};
+use crate::wire::{Codec, Header, Kind, MAX_DELTA};
+use crate::{delta, varint, PAGE_SIZE};
+
+/// Longest delta the encoder sends; longer ones go compressed or raw.
+const DELTA_LIMIT: usize = MAX_DELTA / 4;
+/// A page whose delta against its own version is longer than this also tries the
+/// contents other pages of its batch held (see `resemblance`).
+const SEEK_SHORTER: usize = 128;
+
+/// Where the offered pages are: a whole guest image (pages found by index), or the
+/// offered pages packed back to back in the order of `indices` (a stream's pages).
+#[derive(Clone, Copy)]
+pub(crate) enum Source<'a> {
+    Image(&'a [u8]),
+    Packed(&'a [u8]),
+}
+
+impl<'a> Source<'a> {
+    /// The page at position `pos` of the offer, whose guest index is `index`.
+    pub(crate) fn page(self, pos: usize, index: u64) -> &'a [u8] {
+        let at = match self {
+            Source::Image(_) => index as usize * PAGE_SIZE,
+            Source::Packed(_) => pos * PAGE_SIZE,
+        };
+        let (Source::Image(bytes) | Source::Packed(bytes)) = self;
+        &bytes[at..at + PAGE_SIZE]
+    }
+}
+
+/// Phase 2's verdict on one page.
+pub(crate) enum Plan {
+    Zero,
+    Unchanged,
+    Dup(u128),
+    /// Content `hash` must be sent; a delta against `base` (the hash of the
+    /// receiver's version, cached or zero) may be tried. `reuse`: this page is the
+    /// only one to use `base` this round and no page holds `base` afterwards, so a
+    /// delta may be applied to the cached base in place instead of copying the page.
+    /// `first`: the call's first record for this page, so `base` is what the page
+    /// held when the batch began (a base other pages may take a delta from).
+    Content {
+        hash: u128,
+        base: Option<u128>,
+        reuse: bool,
+        first: bool,
+    },
+}
+
+thread_local! {
+    /// One reused zstd context per thread (and level).
+    static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+}
+
+pub(crate) fn zstd_compress(level: i32, data: &[u8]) -> Result<Vec<u8>> {
+    ZSTD.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
+            let ctx = zstd::bulk::Compressor::new(level)
+                .map_err(|e| EngineError::invalid(format!("zstd: {e}")))?;
+            *slot = Some((level, ctx));
+        }
+        let (_, ctx) = slot.as_mut().expect("context just created");
+        ctx.compress(data)
+            .map_err(|e| EngineError::invalid(format!("zstd: {e}")))
+    })
+}
+
+/// Heuristic for pages not worth compressing: many distinct byte values in a sample.
+fn looks_incompressible(page: &[u8]) -> bool {
+    let mut seen = [false; 256];
+    let mut distinct = 0;
+    for &b in page.iter().step_by(8) {
+        if !seen[b as usize] {
+            seen[b as usize] = true;
+            distinct += 1;
+        }
+    }
+    distinct > 200
+}
+
+/// One encoded batch: its bytes, its counts, and its deltas to apply to cached bases
+/// in place (base hash, new hash, delta).
+pub(crate) struct Batch {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) stats: EncodeStats,
+    pub(crate) in_place: Vec<(u128, u128, Vec<u8>)>,
+}
+
+/// What one record of a batch carries.
+enum Choice<'a> {
+    Zero,
+    Unchanged,
+    Dup(u128),
+    Announced(u32),
+    Delta(Vec<u8>),
+    /// a delta against what page `.0` held when the batch began
+    DeltaFrom(u64, Vec<u8>),
+    Block(&'a [u8]),
+    Raw(&'a [u8]),
+}
+
+/// `held`: the sender's delta cache, and the receiver's announced hashes with their
+/// positions.
+pub(crate) fn encode_batch(
+    config: EncoderConfig,
+    source: Source<'_>,
+    first: usize,
+    held: (&PageCache, &FastMap<u128, u32>),
+    indices: &[u64],
+    plans: &[Plan],
+) -> Result<Batch> {
+    let (cache, announced) = held;
+    let mut in_place = Vec::new();
+    // contents this batch replaces, as bases for pages their own version is no good for
+    let mut similar = Resemblance::default();
+    // pages that may find a shorter delta there, with the length to beat
+    let mut pending = Vec::new();
+    let mut choices = Vec::with_capacity(indices.len());
+    let mut layout = Layout::new(config, plans);
+    for (k, (&index, plan)) in indices.iter().zip(plans).enumerate() {
+        let page = source.page(first + k, index);
+        let choice = match plan {
+            Plan::Zero => Choice::Zero,
+            Plan::Unchanged => Choice::Unchanged,
+            Plan::Dup(hash) => match announced.get(hash) {
+                Some(&at) => Choice::Announced(at),
+                None => Choice::Dup(*hash),
+            },
+            &Plan::Content {
+                hash,
+                base,
+                reuse,
+                first,
+            } => {
+                let cached = base.and_then(|h| cache.get(h));
+                let old = cached.or_else(|| (base == Some(zero_hash())).then_some(&ZERO_PAGE[..]));
+                let delta = old.and_then(|old| delta::encode(old, page, DELTA_LIMIT));
+                // a version that became a page nearly like it is of no use elsewhere: the
+                // contents that move or are rebuilt are those their own page rewrote
+                let rewritten = delta.as_ref().is_none_or(|d| d.len() > SEEK_SHORTER);
+                if let (true, true, Some(content), Some(base)) = (first, rewritten, cached, base) {
+                    similar.add(index, base, content);
+                }
+                match delta {
+                    Some(d) => {
+                        if let (true, Some(base)) = (reuse, base) {
+                            in_place.push((base, hash, d.clone()));
+                        }
+                        if d.len() > SEEK_SHORTER {
+                            pending.push((k, d.len(), layout.mark()));
+                        }
+                        Choice::Delta(d)
+                    }
+                    None if config.codec != Codec::None && looks_incompressible(page) => {
+                        Choice::Raw(page)
+                    }
+                    None => {
+                        pending.push((k, DELTA_LIMIT + 1, layout.mark()));
+                        if config.codec == Codec::None {
+                            Choice::Raw(page)
+                        } else {
+                            Choice::Block(page)
+                        }
+                    }
+                }
+            }
+        };
+        layout.push(index, &choice);
+        choices.push(choice);
+    }
+    if !similar.is_empty() {
+        // the layout from the first page that changes on is done again
+        let mut redo = None;
+        for (k, mut shortest, mark) in pending {
+            let page = source.page(first + k, indices[k]);
+            for (base_index, base) in similar.candidates(page) {
+                if shortest == 0 {
+                    break; // nothing beats an empty delta
+                }
+                // a page's own version was tried above
+                let Some(content) = cache.get(base).filter(|_| base_index != indices[k]) else {
+                    continue;
+                };
+                if let Some(d) = delta::encode(content, page, shortest - 1) {
+                    shortest = d.len();
+                    choices[k] = Choice::DeltaFrom(base_index, d);
+                    redo = redo.or(Some((k, mark)));
+                }
+            }
+        }
+        if let Some((from, mark)) = redo {
+            layout.truncate(mark);
+            for (&index, choice) in indices[from..].iter().zip(&choices[from..]) {
+                layout.push(index, choice);
+            }
+        }
+    }
+    Ok(Batch {
+        bytes: layout.finish(config)?,
+        stats: layout.stats,
+        in_place,
+    })
+}
+
+/// How far a [`Layout`] was, to go back to.
+#[derive(Clone, Copy)]
+struct Mark {
+    records: usize,
+    block: usize,
+    raw: usize,
+    stats: EncodeStats,
+    position: i64,
+}
+
+/// A batch's record section, block (before compression) and raw area, and counts.
+struct Layout {
+    records: Vec<u8>,
+    block: Vec<u8>,
+    raw: Vec<u8>,
+    stats: EncodeStats,
+    /// the batch's last announced-ref position
+    position: i64,
+    block_kind: Kind,
+}
+
+impl Layout {
+    fn new(config: EncoderConfig, plans: &[Plan]) -> Self {
+        // sized once for the worst case (address space only): no regrowth copies
+        let content = plans
+            .iter()
+            .filter(|p| matches!(p, Plan::Content { .. }))
+            .count();
+        Self {
+            records: Vec::with_capacity(plans.len() * 4),
+            block: Vec::with_capacity(content * PAGE_SIZE),
+            raw: Vec::with_capacity(content * PAGE_SIZE),
+            stats: EncodeStats::default(),
+            position: 0,
+            block_kind: if config.codec == Codec::Zstd {
+                Kind::Zstd
+            } else {
+                Kind::Lz4
+            },
+        }
+    }
+
+    fn mark(&self) -> Mark {
+        Mark {
+            records: self.records.len(),
+            block: self.block.len(),
+            raw: self.raw.len(),
+            stats: self.stats,
+            position: self.position,
+        }
+    }
+
+    /// Takes back everything pushed since `mark`.
+    fn truncate(&mut self, mark: Mark) {
+        self.records.truncate(mark.records);
+        self.block.truncate(mark.block);
+        self.raw.truncate(mark.raw);
+        self.stats = mark.stats;
+        self.position = mark.position;
+    }
+
+    fn push(&mut self, index: u64, choice: &Choice<'_>) {
+        let stats = &mut self.stats;
+        stats.pages += 1;
+        let kind = match choice {
+            Choice::Zero => Kind::Zero,
+            Choice::Unchanged => Kind::Unchanged,
+            Choice::Dup(_) => Kind::DupRef,
+            Choice::Announced(_) => Kind::AnnouncedRef,
+            Choice::Delta(_) => Kind::Delta,
+            Choice::DeltaFrom(..) => Kind::DeltaFrom,
+            Choice::Block(_) => self.block_kind,
+            Choice::Raw(_) => Kind::Raw,
+        };
+        self.records.push(kind as u8);
+        varint::put(&mut self.records, index);
+        match *choice {
+            Choice::Zero => stats.zero += 1,
+            Choice::Unchanged => stats.unchanged += 1,
+            Choice::Dup(hash) => {
+                self.records.extend_from_slice(&hash.to_le_bytes());
+                stats.dup += 1;
+            }
+            Choice::Announced(at) => {
+                varint::put_signed(&mut self.records, i64::from(at) - self.position);
+                self.position = i64::from(at);
+                stats.dup += 1;
+            }
+            Choice::Delta(ref d) => {
+                varint::put(&mut self.records, d.len() as u64);
+                self.block.extend_from_slice(d);
+                stats.delta += 1;
+            }
+            Choice::DeltaFrom(base, ref d) => {
+                varint::put(&mut self.records, base);
+                varint::put(&mut self.records, d.len() as u64);
+                self.block.extend_from_slice(d);
+                stats.delta_from += 1;
+            }
+            Choice::Block(page) => {
+                self.block.extend_from_slice(page);
+                stats.compressed += 1;
+            }
+            Choice::Raw(page) => {
+                self.raw.extend_from_slice(page);
+                stats.raw += 1;
+            }
+        }
+    }
+
+    /// The batch on the wire: header, records, the block compressed, the raw area.
+    fn finish(&self, config: EncoderConfig) -> Result<Vec<u8>> {
+        let block = &self.block;
+        let stored;
+        let (codec, wire_block): (Codec, &[u8]) = match config.codec {
+            _ if block.is_empty() => (Codec::None, &[]),
+            Codec::None => (Codec::None, block),
+            Codec::Lz4 => {
+                stored = lz4_flex::compress(block);
+                (Codec::Lz4, &stored)
+            }
+            Codec::Zstd => {
+                stored = zstd_compress(config.zstd_level, block)?;
+                (Codec::Zstd, &stored)
+            }
+        };
+        let header = Header {
+            codec,
+            records: u32::try_from(self.stats.pages).expect("batch size bounded"),
+            records_len: u32::try_from(self.records.len()).expect("records bounded"),
+            block_raw_len: u32::try_from(block.len()).expect("block bounded"),
+            block_len: u32::try_from(wire_block.len()).expect("block bounded"),
+            raw_len: u32::try_from(self.raw.len()).expect("raw bounded"),
+        };
+        Ok(header.frame_parts(&[&self.records, wire_block, &self.raw]))
+    }
+}
