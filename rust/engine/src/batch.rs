@@ -227,6 +227,7 @@ struct Mark {
     raw: usize,
     stats: EncodeStats,
     position: i64,
+    previous: i64,
 }
 
 /// A batch's record section, block (before compression) and raw area, and counts.
@@ -237,6 +238,8 @@ struct Layout {
     stats: EncodeStats,
     /// the batch's last announced-ref position
     position: i64,
+    /// the last record's page index (-1 before the first)
+    previous: i64,
     block_kind: Kind,
 }
 
@@ -253,6 +256,7 @@ impl Layout {
             raw: Vec::with_capacity(content * PAGE_SIZE),
             stats: EncodeStats::default(),
             position: 0,
+            previous: -1,
             block_kind: if config.codec == Codec::Zstd {
                 Kind::Zstd
             } else {
@@ -268,6 +272,7 @@ impl Layout {
             raw: self.raw.len(),
             stats: self.stats,
             position: self.position,
+            previous: self.previous,
         }
     }
 
@@ -278,6 +283,7 @@ impl Layout {
         self.raw.truncate(mark.raw);
         self.stats = mark.stats;
         self.position = mark.position;
+        self.previous = mark.previous;
     }
 
     fn push(&mut self, index: u64, choice: &Choice<'_>) {
@@ -294,7 +300,10 @@ impl Layout {
             Choice::Raw(_) => Kind::Raw,
         };
         self.records.push(kind as u8);
-        varint::put(&mut self.records, index);
+        // page indices of a batch mostly ascend: a step from the last one is a byte
+        let index = i64::try_from(index).expect("indices are checked against the guest");
+        varint::put_signed(&mut self.records, index - self.previous - 1);
+        self.previous = index;
         match *choice {
             Choice::Zero => stats.zero += 1,
             Choice::Unchanged => stats.unchanged += 1,

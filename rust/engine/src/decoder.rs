@@ -220,13 +220,20 @@ impl Decoder {
         // pages this batch writes before a later record of the same batch relies on them
         let mut written = std::collections::HashSet::new();
         let mut position: i64 = 0; // the batch's last announced-ref position
+        let mut previous: i64 = -1; // the last record's page index
         for _ in 0..header.records {
             let kind_byte = *input
                 .first()
                 .ok_or_else(|| EngineError::malformed("truncated record"))?;
             input = &input[1..];
             let kind = Kind::from_byte(kind_byte)?;
-            let index = varint::get(&mut input)?;
+            // the index as a step from the previous record's index + 1
+            let step = varint::get_signed(&mut input)?;
+            let index = previous
+                .checked_add(1)
+                .and_then(|next| next.checked_add(step))
+                .ok_or_else(|| EngineError::malformed("page index overflows"))?;
+            previous = index;
             let index = usize::try_from(index)
                 .ok()
                 .filter(|&i| i < self.held.pages())

@@ -188,7 +188,8 @@ fn repeated_and_unchanged_pages_are_cheap() {
 fn a_batch_failing_midway_is_undone() {
     use novacron_engine::wire::{Header, Kind};
     // page 1 written raw, then a dup reference nobody holds: checksum valid, content bad
-    let mut records = vec![Kind::Raw as u8, 1, Kind::DupRef as u8, 2];
+    // (indices as steps: page 1 is 1 after -1 + 1, zigzag 2; page 2 is 0 after it)
+    let mut records = vec![Kind::Raw as u8, 2, Kind::DupRef as u8, 0];
     records.extend_from_slice(&[0xAB; 16]);
     let mut body = records.clone();
     body.extend_from_slice(&[7u8; PAGE_SIZE]);
@@ -208,7 +209,7 @@ fn a_batch_failing_midway_is_undone() {
         "the raw page was taken back"
     );
     // and the receiver's view was taken back too: an unchanged record for page 1 fails
-    let unchanged = [Kind::Unchanged as u8, 1];
+    let unchanged = [Kind::Unchanged as u8, 2];
     let header = Header {
         codec: Codec::None,
         records: 1,
@@ -524,7 +525,8 @@ fn a_moved_content_goes_as_a_delta_from_its_old_page_and_bad_bases_are_refused()
     let mut fresh = Decoder::new(4).unwrap();
     for (base, why) in [(7u8, "out of range"), (2, "never had")] {
         let delta = [0u8, 1, 0xAB]; // skip 0, copy 1 byte
-        let records = [Kind::Raw as u8, 1, Kind::DeltaFrom as u8, 3, base, 3];
+                                    // page 1 raw, then page 3 (a step of 1 after page 1 + 1: zigzag 2) from `base`
+        let records = [Kind::Raw as u8, 2, Kind::DeltaFrom as u8, 2, base, 3];
         let mut body = records.to_vec();
         body.extend_from_slice(&delta);
         body.extend_from_slice(&[7u8; PAGE_SIZE]);
