@@ -234,12 +234,7 @@ impl Decoder {
                 .and_then(|next| next.checked_add(step))
                 .ok_or_else(|| EngineError::malformed("page index overflows"))?;
             previous = index;
-            let index = usize::try_from(index)
-                .ok()
-                .filter(|&i| i < self.held.pages())
-                .ok_or_else(|| {
-                    EngineError::malformed(format!("page index {index} out of range"))
-                })?;
+            let index = self.page_index(index, "page index")?;
             let op = match kind {
                 Kind::Zero => Op::Zero,
                 Kind::Unchanged => {
@@ -282,15 +277,9 @@ impl Decoder {
                     Op::Delta(take_delta(&mut input, block, &mut block_at)?)
                 }
                 Kind::DeltaFrom => {
-                    let base = varint::get(&mut input)?;
                     // resolved before anything of the batch is written: the content
                     // the base page held when the batch began (kept until it ends)
-                    let base = usize::try_from(base)
-                        .ok()
-                        .filter(|&b| b < self.held.pages())
-                        .ok_or_else(|| {
-                            EngineError::malformed(format!("delta base {base} out of range"))
-                        })?;
+                    let base = self.page_index(varint::get(&mut input)?, "delta base")?;
                     let base = self.held.hash_of(base).ok_or_else(|| {
                         EngineError::malformed("delta from a page the receiver never had")
                     })?;
@@ -330,6 +319,18 @@ impl Decoder {
             return Err(EngineError::malformed("batch areas have unused bytes"));
         }
         self.write_all(ops)
+    }
+
+    /// `value` as a page of the guest (`what` names it in the error).
+    fn page_index<T>(&self, value: T, what: &str) -> Result<usize>
+    where
+        T: TryInto<usize> + std::fmt::Display + Copy,
+    {
+        value
+            .try_into()
+            .ok()
+            .filter(|&i| i < self.held.pages())
+            .ok_or_else(|| EngineError::malformed(format!("{what} {value} out of range")))
     }
 
     fn write_all(&mut self, ops: Vec<(usize, Op<'_>)>) -> Result<()> {
