@@ -57,6 +57,38 @@ enum Op<'a> {
     Page(&'a [u8]),
 }
 
+/// The pages a batch has written so far: a list, turned into a bitmap over the guest the
+/// first time it is asked about a page (pushing to a list costs less than hashing; a
+/// bitmap is immune to crafted indices, where a hash set of untrusted keys needs a
+/// keyed hash).
+#[derive(Default)]
+struct Written {
+    list: Vec<usize>,
+    bits: Option<Vec<u64>>,
+}
+
+impl Written {
+    fn insert(&mut self, index: usize) {
+        match &mut self.bits {
+            Some(bits) => bits[index / 64] |= 1 << (index % 64),
+            None => self.list.push(index),
+        }
+    }
+
+    /// Whether `index` was written (`pages`: the guest's size, every index below it).
+    fn contains(&mut self, index: usize, pages: usize) -> bool {
+        let list = &self.list;
+        let bits = self.bits.get_or_insert_with(|| {
+            let mut bits = vec![0u64; pages.div_ceil(64)];
+            for &i in list {
+                bits[i / 64] |= 1 << (i % 64);
+            }
+            bits
+        });
+        bits[index / 64] & (1 << (index % 64)) != 0
+    }
+}
+
 /// A copy of `base` with `delta` applied.
 fn patched(base: &[u8], delta: &[u8]) -> Result<Arc<[u8]>> {
     let mut page: Arc<[u8]> = Arc::from(base);
@@ -218,7 +250,8 @@ impl Decoder {
             Codec::None => None,
         };
         // pages this batch writes before a later record of the same batch relies on them
-        let mut written = std::collections::HashSet::new();
+        // (a list, made a bitmap over the guest only when an `unchanged` record needs it)
+        let mut written = Written::default();
         let mut position: i64 = 0; // the batch's last announced-ref position
         let mut previous: i64 = -1; // the last record's page index
         for _ in 0..header.records {
@@ -238,7 +271,9 @@ impl Decoder {
             let op = match kind {
                 Kind::Zero => Op::Zero,
                 Kind::Unchanged => {
-                    if self.held.hash_of(index).is_none() && !written.contains(&index) {
+                    if self.held.hash_of(index).is_none()
+                        && !written.contains(index, self.held.pages())
+                    {
                         return Err(EngineError::malformed(
                             "unchanged page the receiver never had",
                         ));
@@ -435,5 +470,22 @@ impl Decoder {
         self.contents.insert(hash, page);
         made.push(hash);
         hash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Written;
+
+    #[test]
+    fn written_pages_are_known_before_and_after_the_bitmap_is_made() {
+        let mut written = Written::default();
+        written.insert(3);
+        written.insert(130);
+        assert!(written.bits.is_none(), "no bitmap until asked");
+        assert!(written.contains(130, 200) && written.contains(3, 200));
+        assert!(!written.contains(4, 200));
+        written.insert(199);
+        assert!(written.contains(199, 200) && !written.contains(198, 200));
     }
 }
