@@ -54,13 +54,13 @@ pub(crate) enum Plan {
     /// receiver's version, cached or zero) may be tried. `reuse`: this page is the
     /// only one to use `base` this round and no page holds `base` afterwards, so a
     /// delta may be applied to the cached base in place instead of copying the page.
-    /// `first`: the call's first record for this page, so `base` is what the page
-    /// held when the batch began (a base other pages may take a delta from).
+    /// `first_offer`: the call's first record for this page, so `base` is what the
+    /// page held when the batch began (a base other pages may take a delta from).
     Content {
         hash: u128,
         base: Option<u128>,
         reuse: bool,
-        first: bool,
+        first_offer: bool,
     },
 }
 
@@ -147,7 +147,7 @@ pub(crate) fn encode_batch(
                 hash,
                 base,
                 reuse,
-                first,
+                first_offer,
             } => {
                 let cached = base.and_then(|h| cache.get(h));
                 let old = cached.or_else(|| (base == Some(zero_hash())).then_some(&ZERO_PAGE[..]));
@@ -155,7 +155,9 @@ pub(crate) fn encode_batch(
                 // a version that became a page nearly like it is of no use elsewhere: the
                 // contents that move or are rebuilt are those their own page rewrote
                 let rewritten = delta.as_ref().is_none_or(|d| d.len() > SEEK_SHORTER);
-                if let (true, true, Some(content), Some(base)) = (first, rewritten, cached, base) {
+                if let (true, true, Some(content), Some(base)) =
+                    (first_offer, rewritten, cached, base)
+                {
                     similar.add(index, base, content);
                 }
                 match delta {

@@ -57,38 +57,6 @@ enum Op<'a> {
     Page(&'a [u8]),
 }
 
-/// The pages a batch has written so far: a list, turned into a bitmap over the guest the
-/// first time it is asked about a page (pushing to a list costs less than hashing; a
-/// bitmap is immune to crafted indices, where a hash set of untrusted keys needs a
-/// keyed hash).
-#[derive(Default)]
-struct Written {
-    list: Vec<usize>,
-    bits: Option<Vec<u64>>,
-}
-
-impl Written {
-    fn insert(&mut self, index: usize) {
-        match &mut self.bits {
-            Some(bits) => bits[index / 64] |= 1 << (index % 64),
-            None => self.list.push(index),
-        }
-    }
-
-    /// Whether `index` was written (`pages`: the guest's size, every index below it).
-    fn contains(&mut self, index: usize, pages: usize) -> bool {
-        let list = &self.list;
-        let bits = self.bits.get_or_insert_with(|| {
-            let mut bits = vec![0u64; pages.div_ceil(64)];
-            for &i in list {
-                bits[i / 64] |= 1 << (i % 64);
-            }
-            bits
-        });
-        bits[index / 64] & (1 << (index % 64)) != 0
-    }
-}
-
 /// A copy of `base` with `delta` applied.
 fn patched(base: &[u8], delta: &[u8]) -> Result<Arc<[u8]>> {
     let mut page: Arc<[u8]> = Arc::from(base);
@@ -158,9 +126,17 @@ impl Decoder {
     /// When `index` is not a page of the guest.
     #[must_use]
     pub fn page(&self, index: usize) -> &[u8] {
-        match self.held.hash_of(index) {
-            Some(hash) if hash != zero_hash() => &self.contents[&hash],
-            _ => &ZERO_PAGE,
+        self.held.hash_of(index).map_or(&ZERO_PAGE, |hash| {
+            self.content(hash).expect("held contents are kept")
+        })
+    }
+
+    /// The content with hash `hash`, if the receiver keeps it (zero always).
+    fn content(&self, hash: u128) -> Option<&[u8]> {
+        if hash == zero_hash() {
+            Some(&ZERO_PAGE)
+        } else {
+            self.contents.get(&hash).map(|page| &page[..])
         }
     }
 
@@ -249,9 +225,6 @@ impl Decoder {
             Codec::Zstd => Some(Kind::Zstd),
             Codec::None => None,
         };
-        // pages this batch writes before a later record of the same batch relies on them
-        // (a list, made a bitmap over the guest only when an `unchanged` record needs it)
-        let mut written = Written::default();
         let mut position: i64 = 0; // the batch's last announced-ref position
         let mut previous: i64 = -1; // the last record's page index
         for _ in 0..header.records {
@@ -270,16 +243,9 @@ impl Decoder {
             let index = self.page_index(index, "page index")?;
             let op = match kind {
                 Kind::Zero => Op::Zero,
-                Kind::Unchanged => {
-                    if self.held.hash_of(index).is_none()
-                        && !written.contains(index, self.held.pages())
-                    {
-                        return Err(EngineError::malformed(
-                            "unchanged page the receiver never had",
-                        ));
-                    }
-                    Op::Unchanged
-                }
+                // (whether the receiver has the page, or an earlier record of the batch
+                // wrote it, is known when the batch is applied, in order)
+                Kind::Unchanged => Op::Unchanged,
                 Kind::DupRef => {
                     if input.len() < 16 {
                         return Err(EngineError::malformed("truncated dup reference"));
@@ -345,9 +311,6 @@ impl Decoder {
                     Op::Page(page)
                 }
             };
-            if !matches!(op, Op::Unchanged) {
-                written.insert(index);
-            }
             ops.push((index, op));
         }
         if !input.is_empty() || block_at != block.len() || raw_at != raw_area.len() {
@@ -369,9 +332,9 @@ impl Decoder {
     }
 
     fn write_all(&mut self, ops: Vec<(usize, Op<'_>)>) -> Result<()> {
-        // A dup reference or a delta can only be found bad while applying (they depend
-        // on earlier writes of the same batch): journal the holdings, note the contents
-        // this batch made, and drop replaced contents only once the batch succeeded.
+        // A dup reference, a delta or an unchanged record can only be found bad while
+        // applying (they depend on earlier writes of the same batch): journal the holdings,
+        // note the contents this batch made, and drop replaced contents once it succeeded.
         let mut journal = Vec::new();
         let mut made = Vec::new();
         let mut replaced = Vec::new();
@@ -409,9 +372,10 @@ impl Decoder {
                 // the sender re-files an unchanged page in its content index (it may
                 // have lost its entry when another holder of that content changed);
                 // mirror that, or a later dup reference finds no holder here
-                if let Some(hash) = old {
-                    self.held.wrote_logged(index, hash, Some(journal));
-                }
+                let hash = old.ok_or_else(|| {
+                    EngineError::malformed("unchanged page the receiver never had")
+                })?;
+                self.held.wrote_logged(index, hash, Some(journal));
                 return Ok(());
             }
             Op::Zero => zero_hash(),
@@ -421,13 +385,9 @@ impl Decoder {
                 self.keep_content(hash_page(&page), || page, made)
             }
             Op::DeltaFrom(base, d) => {
-                let base = if base == zero_hash() {
-                    &ZERO_PAGE[..]
-                } else {
-                    self.contents
-                        .get(&base)
-                        .ok_or_else(|| EngineError::malformed("delta base not held"))?
-                };
+                let base = self
+                    .content(base)
+                    .ok_or_else(|| EngineError::malformed("delta base not held"))?;
                 let page = patched(base, d)?;
                 self.keep_content(hash_page(&page), || page, made)
             }
@@ -470,22 +430,5 @@ impl Decoder {
         self.contents.insert(hash, page);
         made.push(hash);
         hash
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Written;
-
-    #[test]
-    fn written_pages_are_known_before_and_after_the_bitmap_is_made() {
-        let mut written = Written::default();
-        written.insert(3);
-        written.insert(130);
-        assert!(written.bits.is_none(), "no bitmap until asked");
-        assert!(written.contains(130, 200) && written.contains(3, 200));
-        assert!(!written.contains(4, 200));
-        written.insert(199);
-        assert!(written.contains(199, 200) && !written.contains(198, 200));
     }
 }

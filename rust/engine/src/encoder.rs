@@ -13,7 +13,7 @@ use rayon::prelude::*;
 use crate::batch::{encode_batch, zstd_compress, Batch, Plan, Source};
 use crate::cache::PageCache;
 use crate::error::{EngineError, Result};
-use crate::fasthash::FastMap;
+use crate::fasthash::{FastMap, FastSet};
 use crate::holdings::Holdings;
 use crate::scan::{identify, zero_hash, PageScan};
 use crate::wire::{Codec, MAX_RECORDS};
@@ -297,12 +297,12 @@ impl Encoder {
         let mut base_uses: FastMap<u128, u32> = FastMap::default();
         // pages the receiver gets for the first time (a first pass over the memory)
         let mut first = Vec::with_capacity(indices.len());
-        // pages this call already offered (a bit each)
-        let mut offered = vec![0u64; pages_words(self.held.pages())];
+        // pages this call offered so far (as many as the call has, whatever the guest's size)
+        let mut offered: FastSet<u64> =
+            FastSet::with_capacity_and_hasher(indices.len(), Default::default());
         for (&index, &(hash, zero)) in indices.iter().zip(&facts) {
             let i = index as usize;
-            let repeat = offered[i / 64] & (1 << (i % 64)) != 0;
-            offered[i / 64] |= 1 << (i % 64);
+            let first_offer = offered.insert(index);
             let old = self.held.hash_of(i);
             first.push(old.is_none());
             if let Some(old) = old.filter(|&old| old != hash) {
@@ -329,7 +329,7 @@ impl Encoder {
                     hash,
                     base,
                     reuse: false,
-                    first: !repeat,
+                    first_offer,
                 }
             };
             self.held.wrote(i, hash);
@@ -424,11 +424,6 @@ impl Encoder {
         self.identified = facts;
         Ok(out)
     }
-}
-
-/// Words of a bitmap of `pages` bits.
-fn pages_words(pages: usize) -> usize {
-    pages.div_ceil(64)
 }
 
 /// The batch size for `pages` pages on `threads` threads: at most `batch_pages`, in a

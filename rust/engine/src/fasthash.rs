@@ -6,7 +6,7 @@
 //! them. Keys never come from an untrusted party unhashed: a peer can only make us
 //! store pages, whose keys are our own hash of their content.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// A hasher for `u128` content hashes and `u64`/`usize` indices.
@@ -45,6 +45,8 @@ impl Hasher for KeyHasher {
 
 /// A map with [`KeyHasher`].
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<KeyHasher>>;
+/// A set with [`KeyHasher`].
+pub type FastSet<K> = HashSet<K, BuildHasherDefault<KeyHasher>>;
 
 #[cfg(test)]
 mod tests {

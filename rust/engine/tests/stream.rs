@@ -524,8 +524,9 @@ fn a_moved_content_goes_as_a_delta_from_its_old_page_and_bad_bases_are_refused()
     // a base outside the guest, or one the receiver never had, is refused, changing nothing
     let mut fresh = Decoder::new(4).unwrap();
     for (base, why) in [(7u8, "out of range"), (2, "never had")] {
-        let delta = [0u8, 1, 0xAB]; // skip 0, copy 1 byte
-                                    // page 1 raw, then page 3 (a step of 1 after page 1 + 1: zigzag 2) from `base`
+        // skip 0, copy 1 byte
+        let delta = [0u8, 1, 0xAB];
+        // page 1 raw, then page 3 (a step of 1 after page 1 + 1: zigzag 2) from `base`
         let records = [Kind::Raw as u8, 2, Kind::DeltaFrom as u8, 2, base, 3];
         let mut body = records.to_vec();
         body.extend_from_slice(&delta);
