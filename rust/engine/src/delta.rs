@@ -62,6 +62,53 @@ fn mostly_different(a: &[u8], b: &[u8]) -> bool {
     differ * 4 > sampled * 3
 }
 
+/// Where a literal run that began before `from` ends: the first position at or after
+/// `from` that starts a stretch of >= 3 equal bytes, or from which every byte to the
+/// end is equal (shorter matches cost more as a new pair than as literals); the page's
+/// end if there is none. `None` once `over(position)` says a literal reaching that far
+/// is too long (it is asked of positions the literal reaches, not of every one: the
+/// caller still checks the length it gets). Steps six bytes at a time through a word of equal-byte flags,
+/// the last few bytes one at a time.
+fn literal_end(old: &[u8], new: &[u8], from: usize, over: impl Fn(usize) -> bool) -> Option<usize> {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    /// the high bit of each of the first six bytes (a stretch of three starting there
+    /// lies within the word)
+    const STARTS: u64 = 0x0000_8080_8080_8080;
+    let len = new.len();
+    let mut pos = from;
+    while pos + 8 <= len {
+        if over(pos) {
+            return None;
+        }
+        let x = word(old, pos) ^ word(new, pos);
+        // high bit set in exactly the bytes where x is zero (no carry crosses bytes)
+        let equal = !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7);
+        let three = equal & (equal >> 8) & (equal >> 16) & STARTS;
+        if three != 0 {
+            return Some(pos + (three.trailing_zeros() / 8) as usize);
+        }
+        pos += 6;
+    }
+    while pos < len {
+        if over(pos) {
+            return None;
+        }
+        if old[pos] == new[pos] {
+            let mut run = 1;
+            while pos + run < len && run < 3 && old[pos + run] == new[pos + run] {
+                run += 1;
+            }
+            if run >= 3 || pos + run == len {
+                break;
+            }
+            pos += run;
+        } else {
+            pos += 1;
+        }
+    }
+    Some(pos)
+}
+
 /// Encodes `new` against `old` (same length); `None` when the delta would exceed `limit` bytes.
 #[must_use]
 pub fn encode(old: &[u8], new: &[u8], limit: usize) -> Option<Vec<u8>> {
@@ -80,25 +127,7 @@ pub fn encode(old: &[u8], new: &[u8], limit: usize) -> Option<Vec<u8>> {
         }
         let skip = pos - start;
         let lit_start = pos;
-        // a literal run ends at the first stretch of >= 3 equal bytes (shorter matches
-        // cost more as a new pair than as literals)
-        while pos < len {
-            if out.len() + (pos - lit_start) > limit {
-                return None; // no need to find where this literal ends
-            }
-            if old[pos] == new[pos] {
-                let mut run = 1;
-                while pos + run < len && run < 3 && old[pos + run] == new[pos + run] {
-                    run += 1;
-                }
-                if run >= 3 || pos + run == len {
-                    break;
-                }
-                pos += run;
-            } else {
-                pos += 1;
-            }
-        }
+        pos = literal_end(old, new, pos + 1, |at| out.len() + (at - lit_start) > limit)?;
         varint::put(&mut out, skip as u64);
         varint::put(&mut out, (pos - lit_start) as u64);
         out.extend_from_slice(&new[lit_start..pos]);
@@ -160,6 +189,42 @@ mod tests {
         fn apply_never_panics(delta in proptest::collection::vec(any::<u8>(), 0..64)) {
             let mut page = vec![0u8; 4096];
             let _ = apply(&mut page, &delta);
+        }
+    }
+
+    /// [`literal_end`]'s rule, a byte at a time.
+    fn literal_end_bytewise(old: &[u8], new: &[u8], from: usize) -> usize {
+        let len = new.len();
+        (from..len)
+            .find(|&p| {
+                old[p] == new[p]
+                    && ((p + 3 <= len && old[p..p + 3] == new[p..p + 3]) || old[p..] == new[p..])
+            })
+            .unwrap_or(len)
+    }
+
+    proptest! {
+        #[test]
+        fn literal_end_matches_its_rule(
+            old in proptest::collection::vec(0u8..3, 1..80),
+            new in proptest::collection::vec(0u8..3, 80),
+            from in 0usize..80,
+        ) {
+            // bytes from {0, 1, 2}: equal and unequal stretches of every length
+            let new = &new[..old.len()];
+            let from = from.min(old.len());
+            prop_assert_eq!(
+                literal_end(&old, new, from, |_| false),
+                Some(literal_end_bytewise(&old, new, from))
+            );
+            // a limit stops it only when the literal really reaches past it, and
+            // changes nothing otherwise
+            let end = literal_end_bytewise(&old, new, from);
+            let stop = from + 5;
+            match literal_end(&old, new, from, |at| at > stop) {
+                None => prop_assert!(end > stop, "end {} stop {}", end, stop),
+                Some(found) => prop_assert_eq!(found, end),
+            }
         }
     }
 

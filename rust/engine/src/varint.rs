@@ -16,7 +16,19 @@ pub fn put(out: &mut Vec<u8>, mut value: u64) {
 ///
 /// # Errors
 /// [`EngineError::Malformed`] when truncated or longer than ten bytes.
+#[inline]
 pub fn get(input: &mut &[u8]) -> Result<u64> {
+    // most values on the wire (delta runs, index steps) fit one byte
+    match input.first() {
+        Some(&byte) if byte < 0x80 => {
+            *input = &input[1..];
+            Ok(u64::from(byte))
+        }
+        _ => get_long(input),
+    }
+}
+
+fn get_long(input: &mut &[u8]) -> Result<u64> {
     let mut value = 0u64;
     for (i, &byte) in input.iter().enumerate().take(10) {
         let bits = u64::from(byte & 0x7f);
