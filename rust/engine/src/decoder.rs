@@ -198,7 +198,9 @@ impl Decoder {
         let block_raw_len = header.block_raw_len as usize;
         let decompressed;
         let block: &[u8] = match header.codec {
+            // nothing in the block: an empty one is read as such whatever the codec
             Codec::None => block_wire,
+            _ if block_raw_len == 0 && block_wire.is_empty() => &[],
             Codec::Lz4 => {
                 decompressed = lz4_flex::decompress(block_wire, block_raw_len)
                     .map_err(|e| EngineError::malformed(format!("lz4: {e}")))?;
@@ -269,14 +271,8 @@ impl Decoder {
                         })?;
                     Op::Dup(*hash)
                 }
-                Kind::Delta => {
-                    if self.held.hash_of(index).is_none() {
-                        return Err(EngineError::malformed(
-                            "delta for a page the receiver never had",
-                        ));
-                    }
-                    Op::Delta(take_delta(&mut input, block, &mut block_at)?)
-                }
+                // (as for unchanged: an earlier record of the batch may write the page)
+                Kind::Delta => Op::Delta(take_delta(&mut input, block, &mut block_at)?),
                 Kind::DeltaFrom => {
                     // resolved before anything of the batch is written: the content
                     // the base page held when the batch began (kept until it ends)
@@ -381,6 +377,11 @@ impl Decoder {
             Op::Zero => zero_hash(),
             Op::Page(src) => self.keep_content(hash_page(src), || Arc::from(src), made),
             Op::Delta(d) => {
+                if old.is_none() {
+                    return Err(EngineError::malformed(
+                        "delta for a page the receiver never had",
+                    ));
+                }
                 let page = patched(self.page(index), d)?;
                 self.keep_content(hash_page(&page), || page, made)
             }

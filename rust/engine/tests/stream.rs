@@ -544,3 +544,56 @@ fn a_moved_content_goes_as_a_delta_from_its_old_page_and_bad_bases_are_refused()
         assert!(fresh.image().iter().all(|&b| b == 0), "nothing applied");
     }
 }
+
+#[test]
+fn a_delta_may_change_what_an_earlier_record_of_its_batch_wrote() {
+    use novacron_engine::wire::{Header, Kind};
+    // page 1 never had a version: raw, then a delta on it (skip 3, copy 2 bytes);
+    // page 2 the same but with no record before the delta, refused
+    for (records, applied) in [
+        (vec![Kind::Raw as u8, 2, Kind::Delta as u8, 1, 4], true),
+        (vec![Kind::Raw as u8, 2, Kind::Delta as u8, 0, 4], false),
+    ] {
+        let delta = [3u8, 2, 0xAB, 0xCD];
+        let mut body = records.clone();
+        body.extend_from_slice(&delta);
+        body.extend_from_slice(&[7u8; PAGE_SIZE]);
+        let header = Header {
+            codec: Codec::None,
+            records: 2,
+            records_len: records.len() as u32,
+            block_raw_len: delta.len() as u32,
+            block_len: delta.len() as u32,
+            raw_len: PAGE_SIZE as u32,
+        };
+        let mut dec = Decoder::new(4).unwrap();
+        let result = dec.decode(&header.frame(&body));
+        let image = dec.image();
+        if applied {
+            result.unwrap();
+            assert_eq!(&image[PAGE_SIZE..PAGE_SIZE + 6], &[7, 7, 7, 0xAB, 0xCD, 7]);
+        } else {
+            let err = result.unwrap_err();
+            assert!(err.to_string().contains("never had"), "{err}");
+            assert!(image.iter().all(|&b| b == 0), "nothing applied");
+        }
+    }
+}
+
+#[test]
+fn an_empty_block_may_be_absent_whatever_the_codec() {
+    use novacron_engine::wire::{Header, Kind};
+    for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
+        let records = [Kind::Zero as u8, 0];
+        let header = Header {
+            codec,
+            records: 1,
+            records_len: 2,
+            block_raw_len: 0,
+            block_len: 0,
+            raw_len: 0,
+        };
+        let mut dec = Decoder::new(1).unwrap();
+        assert_eq!(dec.decode(&header.frame(&records)).unwrap(), 1, "{codec:?}");
+    }
+}

@@ -1,0 +1,345 @@
+"""The page stream (version 3) written again from `docs/migration-wire.md` alone, as a third
+party would: a reader, and a writer that makes every choice the format allows (at random)
+where NovaCron's encoder makes one. Slow and plain on purpose; for tests only."""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import lz4.block
+import xxhash
+import zstandard
+
+PAGE = 4096
+ZERO = bytes(PAGE)
+HEADER = struct.Struct("<4sBBH6I")  # up to the checksum
+MAGIC, VERSION = b"NCPB", 3
+ZERO_K, UNCHANGED, DUP, DELTA, LZ4, ZSTD, RAW, ANNOUNCED, DELTA_FROM = range(9)
+CODEC_NONE, CODEC_LZ4, CODEC_ZSTD = 0, 1, 2
+
+
+class Malformed(Exception):
+    """The stream breaks the spec."""
+
+
+def content_hash(page: bytes) -> int:
+    return xxhash.xxh3_128_intdigest(page)
+
+
+def put_varint(out: bytearray, value: int) -> None:
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def put_zigzag(out: bytearray, value: int) -> None:
+    put_varint(out, (value << 1) ^ (value >> 63))
+
+
+class Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def take(self, n: int) -> bytes:
+        if self.at + n > len(self.data):
+            raise Malformed("truncated")
+        self.at += n
+        return self.data[self.at - n : self.at]
+
+    def varint(self) -> int:
+        value = shift = 0
+        while True:
+            byte = self.take(1)[0]
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+            if shift > 63:
+                raise Malformed("varint too long")
+
+    def zigzag(self) -> int:
+        raw = self.varint()
+        return (raw >> 1) ^ -(raw & 1)
+
+
+def delta(old: bytes, new: bytes) -> bytes:
+    """An XBZRLE-style delta: (skip, copy) pairs, one per run of differing bytes."""
+    out, pos = bytearray(), 0
+    while pos < PAGE:
+        start = pos
+        while pos < PAGE and old[pos] == new[pos]:
+            pos += 1
+        if pos == PAGE:
+            break
+        lit = pos
+        while pos < PAGE and old[pos] != new[pos]:
+            pos += 1
+        put_varint(out, lit - start)
+        put_varint(out, pos - lit)
+        out += new[lit:pos]
+    return bytes(out)
+
+
+def apply_delta(page: bytes, data: bytes) -> bytes:
+    out, reader, pos = bytearray(page), Reader(data), 0
+    while reader.at < len(data):
+        skip, copy = reader.varint(), reader.varint()
+        pos += skip
+        if pos + copy > PAGE:
+            raise Malformed("delta runs past the page")
+        out[pos : pos + copy] = reader.take(copy)
+        pos += copy
+    return bytes(out)
+
+
+@dataclass
+class Receiver:
+    """What the receiver holds, kept as the spec's "Receiver state" says."""
+
+    pages: int
+    held: dict[int, bytes] = field(default_factory=dict)
+    hashes: dict[int, int] = field(default_factory=dict)
+    filed: dict[int, int] = field(default_factory=dict)  # content hash -> page index
+    announced: list[int] = field(default_factory=list)
+    pinned: dict[int, bytes] = field(default_factory=dict)
+
+    def announce(self, pages: Sequence[bytes]) -> bytes:
+        self.announced = [content_hash(p) for p in pages]
+        self.pinned = {content_hash(p): p for p in pages}
+        return b"".join(h.to_bytes(16, "little") for h in self.announced)
+
+    def copy(self) -> Receiver:
+        return Receiver(
+            self.pages,
+            dict(self.held),
+            dict(self.hashes),
+            dict(self.filed),
+            self.announced,
+            self.pinned,
+        )
+
+    def resolve(self, h: int) -> bytes:
+        if h in self.filed:
+            return self.held[self.filed[h]]
+        if h in self.pinned:
+            return self.pinned[h]
+        raise Malformed("dup-ref to content the receiver does not hold")
+
+    def write(self, index: int, page: bytes) -> None:
+        h, old = content_hash(page), self.hashes.get(index)
+        if old is not None and old != h and self.filed.get(old) == index:
+            del self.filed[old]
+        self.held[index], self.hashes[index] = page, h
+        self.filed.setdefault(h, index)
+
+    def image(self) -> bytes:
+        return b"".join(self.held.get(i, ZERO) for i in range(self.pages))
+
+    def decode(self, stream: bytes) -> int:
+        """Applies every batch; a bad one raises and changes nothing."""
+        count = 0
+        while stream:
+            stream = self.batch(stream)
+            count += 1
+        return count
+
+    def batch(self, stream: bytes) -> bytes:
+        if len(stream) < 40:
+            raise Malformed("truncated header")
+        magic, version, codec, r0, records, records_len, raw_len_b, block_len, raw_len, r1 = (
+            HEADER.unpack_from(stream)
+        )
+        if magic != MAGIC or version != VERSION or codec > 2 or r0 or r1 or records > 65536:
+            raise Malformed("bad header")
+        block_raw_len = raw_len_b
+        if block_raw_len > PAGE * records or raw_len > PAGE * records:
+            raise Malformed("sizes")
+        if codec == CODEC_NONE and block_len != block_raw_len:
+            raise Malformed("stored block size")
+        end = 40 + records_len + block_len + raw_len
+        if len(stream) < end:
+            raise Malformed("truncated body")
+        digest = xxhash.xxh3_64_intdigest(stream[:32] + stream[40:end])
+        if digest != struct.unpack_from("<Q", stream, 32)[0]:
+            raise Malformed("checksum")
+        body = stream[40:end]
+        records_area = Reader(body[:records_len])
+        block_wire = body[records_len : records_len + block_len]
+        raw = Reader(body[records_len + block_len :])
+        block = Reader(self.decompress(codec, block_wire, block_raw_len))
+        start = {i: self.held[i] for i in self.held}  # delta-from bases: the batch's start
+        state = self.copy()
+        index, position = -1, 0
+        for _ in range(records):
+            kind = records_area.take(1)[0]
+            index += 1 + records_area.zigzag()
+            if not 0 <= index < self.pages:
+                raise Malformed("index")
+            if kind == ZERO_K:
+                page = ZERO
+            elif kind == UNCHANGED:
+                if index not in state.held:
+                    raise Malformed("unchanged page never had")
+                page = state.held[index]
+            elif kind == DUP:
+                page = state.resolve(int.from_bytes(records_area.take(16), "little"))
+            elif kind == ANNOUNCED:
+                position += records_area.zigzag()
+                if not 0 <= position < len(self.announced):
+                    raise Malformed("announced position")
+                page = self.pinned[self.announced[position]]
+            elif kind == DELTA:
+                size = records_area.varint()
+                if size > PAGE or index not in state.held:
+                    raise Malformed("delta")
+                page = apply_delta(state.held[index], block.take(size))
+            elif kind == DELTA_FROM:
+                base, size = records_area.varint(), records_area.varint()
+                if base >= self.pages or base not in start or size > PAGE:
+                    raise Malformed("delta-from")
+                page = apply_delta(start[base], block.take(size))
+            elif kind in (LZ4, ZSTD):
+                if (kind, codec) not in ((LZ4, CODEC_LZ4), (ZSTD, CODEC_ZSTD)):
+                    raise Malformed("record kind against the codec")
+                page = block.take(PAGE)
+            elif kind == RAW:
+                page = raw.take(PAGE)
+            else:
+                raise Malformed(f"kind {kind}")
+            state.write(index, page)
+        if (records_area.at, block.at, raw.at) != (records_len, block_raw_len, raw_len):
+            raise Malformed("left-over bytes")
+        self.held, self.hashes, self.filed = state.held, state.hashes, state.filed
+        return stream[end:]
+
+    @staticmethod
+    def decompress(codec: int, wire: bytes, size: int) -> bytes:
+        try:
+            if codec == CODEC_LZ4:
+                out = lz4.block.decompress(wire, uncompressed_size=size) if wire else b""
+            elif codec == CODEC_ZSTD and wire:
+                out = zstandard.ZstdDecompressor().decompress(wire, max_output_size=size)
+            else:
+                out = wire
+        except (lz4.block.LZ4BlockError, zstandard.ZstdError) as e:
+            raise Malformed(str(e)) from e
+        if len(out) != size:
+            raise Malformed("block size")
+        return out
+
+
+class Writer:
+    """Encodes rounds with every kind of record the spec allows, chosen at random: page
+    indices in any order, a page written twice in a batch, dup-refs to content the
+    same batch wrote, delta-from any page's content at the batch's start (itself
+    included), all three codecs, empty batches. Tracks the receiver with [`Receiver`]."""
+
+    def __init__(self, pages: int, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.receiver = Receiver(pages)
+
+    def announce(self, hashes: bytes) -> None:
+        self.receiver.announced = [
+            int.from_bytes(hashes[i : i + 16], "little") for i in range(0, len(hashes), 16)
+        ]
+
+    def round(self, image: bytes, indices: Iterable[int]) -> bytes:
+        order = list(indices)
+        self.rng.shuffle(order)
+        out = bytearray()
+        while order or self.rng.random() < 0.2:
+            size = self.rng.randint(0, min(len(order), 40))
+            out += self.batch([(i, image[i * PAGE : (i + 1) * PAGE]) for i in order[:size]])
+            order = order[size:]
+        return bytes(out)
+
+    def batch(self, writes: list[tuple[int, bytes]]) -> bytes:
+        rng, receiver = self.rng, self.receiver
+        if writes and rng.random() < 0.3:  # an intermediate version first
+            index, _ = rng.choice(writes)
+            writes.insert(0, (index, rng.randbytes(PAGE)))
+        codec = rng.choice((CODEC_NONE, CODEC_LZ4, CODEC_ZSTD))
+        start = dict(receiver.held)
+        announced = set(receiver.announced)
+        records, block, raw = bytearray(), bytearray(), bytearray()
+        previous, position = -1, 0
+        for index, page in writes:
+            h = content_hash(page)
+            options = ["raw"] + (["block"] if codec != CODEC_NONE else [])
+            if page == ZERO:
+                options.append("zero")
+            if receiver.hashes.get(index) == h:
+                options.append("unchanged")
+            if h in receiver.filed or h in announced:
+                options.append("dup")
+            if h in announced:
+                options.append("announced")
+            # a few pages' contents at the batch's start as bases (the page itself first)
+            tried = ([index] if index in start else []) + rng.sample(
+                sorted(start), min(3, len(start))
+            )
+            bases = [b for b in tried if len(delta(start[b], page)) <= PAGE]
+            if bases:
+                options.append("delta_from")
+            if index in receiver.held and len(delta(receiver.held[index], page)) <= PAGE:
+                options.append("delta")
+            choice = rng.choice(options)
+            kind = {
+                "raw": RAW,
+                "block": LZ4 if codec == CODEC_LZ4 else ZSTD,
+                "zero": ZERO_K,
+                "unchanged": UNCHANGED,
+                "dup": DUP,
+                "announced": ANNOUNCED,
+                "delta_from": DELTA_FROM,
+                "delta": DELTA,
+            }[choice]
+            records.append(kind)
+            put_zigzag(records, index - previous - 1)
+            previous = index
+            if kind == DUP:
+                records += h.to_bytes(16, "little")
+            elif kind == ANNOUNCED:
+                at = receiver.announced.index(h)
+                put_zigzag(records, at - position)
+                position = at
+            elif kind == DELTA:
+                d = delta(receiver.held[index], page)
+                put_varint(records, len(d))
+                block += d
+            elif kind == DELTA_FROM:
+                base = rng.choice(bases)
+                d = delta(start[base], page)
+                put_varint(records, base)
+                put_varint(records, len(d))
+                block += d
+            elif kind in (LZ4, ZSTD):
+                block += page
+            elif kind == RAW:
+                raw += page
+            receiver.write(index, page)
+        return frame(codec, len(writes), bytes(records), bytes(block), bytes(raw))
+
+
+def frame(
+    codec: int, records: int, record_area: bytes, block: bytes, raw: bytes, compress: bool = True
+) -> bytes:
+    """A batch; with `compress` false, `block` goes on the wire as it is whatever `codec`
+    says (for an empty block, or a broken one)."""
+    if not compress:
+        wire = block
+    elif codec == CODEC_LZ4:
+        wire = lz4.block.compress(block, store_size=False)
+    elif codec == CODEC_ZSTD:
+        wire = zstandard.ZstdCompressor(level=3).compress(block)
+    else:
+        wire = block
+    head = HEADER.pack(
+        MAGIC, VERSION, codec, 0, records, len(record_area), len(block), len(wire), len(raw), 0
+    )
+    body = record_area + wire + raw
+    return head + struct.pack("<Q", xxhash.xxh3_64_intdigest(head + body)) + body
