@@ -501,9 +501,26 @@ fn a_first_pass_fills_the_delta_cache_but_never_evicts_from_it() {
     assert_eq!(enc.cached_pages(), 4);
 }
 
+/// A stored batch of two records (`records`): a raw page of 7s, then one whose payload
+/// is `delta`.
+fn raw_and_delta(records: &[u8], delta: &[u8]) -> Vec<u8> {
+    let mut body = records.to_vec();
+    body.extend_from_slice(delta);
+    body.extend_from_slice(&[7u8; PAGE_SIZE]);
+    let header = novacron_engine::wire::Header {
+        codec: Codec::None,
+        records: 2,
+        records_len: records.len() as u32,
+        block_raw_len: delta.len() as u32,
+        block_len: delta.len() as u32,
+        raw_len: PAGE_SIZE as u32,
+    };
+    header.frame(&body)
+}
+
 #[test]
 fn a_moved_content_goes_as_a_delta_from_its_old_page_and_bad_bases_are_refused() {
-    use novacron_engine::wire::{Header, Kind};
+    use novacron_engine::wire::Kind;
     let mut image = vec![0u8; PAGES * PAGE_SIZE];
     for p in 0..PAGES {
         apply(&mut image, &Change::Text(p, p as u8));
@@ -528,18 +545,7 @@ fn a_moved_content_goes_as_a_delta_from_its_old_page_and_bad_bases_are_refused()
         let delta = [0u8, 1, 0xAB];
         // page 1 raw, then page 3 (a step of 1 after page 1 + 1: zigzag 2) from `base`
         let records = [Kind::Raw as u8, 2, Kind::DeltaFrom as u8, 2, base, 3];
-        let mut body = records.to_vec();
-        body.extend_from_slice(&delta);
-        body.extend_from_slice(&[7u8; PAGE_SIZE]);
-        let header = Header {
-            codec: Codec::None,
-            records: 2,
-            records_len: records.len() as u32,
-            block_raw_len: delta.len() as u32,
-            block_len: delta.len() as u32,
-            raw_len: PAGE_SIZE as u32,
-        };
-        let err = fresh.decode(&header.frame(&body)).unwrap_err();
+        let err = fresh.decode(&raw_and_delta(&records, &delta)).unwrap_err();
         assert!(err.to_string().contains(why), "{err}");
         assert!(fresh.image().iter().all(|&b| b == 0), "nothing applied");
     }
@@ -547,27 +553,15 @@ fn a_moved_content_goes_as_a_delta_from_its_old_page_and_bad_bases_are_refused()
 
 #[test]
 fn a_delta_may_change_what_an_earlier_record_of_its_batch_wrote() {
-    use novacron_engine::wire::{Header, Kind};
+    use novacron_engine::wire::Kind;
     // page 1 never had a version: raw, then a delta on it (skip 3, copy 2 bytes);
     // page 2 the same but with no record before the delta, refused
     for (records, applied) in [
         (vec![Kind::Raw as u8, 2, Kind::Delta as u8, 1, 4], true),
         (vec![Kind::Raw as u8, 2, Kind::Delta as u8, 0, 4], false),
     ] {
-        let delta = [3u8, 2, 0xAB, 0xCD];
-        let mut body = records.clone();
-        body.extend_from_slice(&delta);
-        body.extend_from_slice(&[7u8; PAGE_SIZE]);
-        let header = Header {
-            codec: Codec::None,
-            records: 2,
-            records_len: records.len() as u32,
-            block_raw_len: delta.len() as u32,
-            block_len: delta.len() as u32,
-            raw_len: PAGE_SIZE as u32,
-        };
         let mut dec = Decoder::new(4).unwrap();
-        let result = dec.decode(&header.frame(&body));
+        let result = dec.decode(&raw_and_delta(&records, &[3u8, 2, 0xAB, 0xCD]));
         let image = dec.image();
         if applied {
             result.unwrap();
