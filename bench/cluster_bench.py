@@ -28,12 +28,17 @@ import json
 import platform
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, cast
 
 import trio
+
+if not __package__:  # run as `python bench/cluster_bench.py`: the repository's packages first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from tests.daemon_harness import Daemon
 from tests.etcd_harness import EtcdCluster
 from tests.pki_harness import Pki, free_port, migration_listen

@@ -38,6 +38,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+if not __package__:  # run as `python bench/migration_bench.py`: the repository's packages first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from tests.system import guest
 from tests.system.libvirt_host import LibvirtHost
 from tests.system.nodes import Node, TwoNodes, wait_until

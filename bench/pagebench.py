@@ -2,6 +2,7 @@
 
     python -m bench.pagebench IMAGE [IMAGE ...] [--json]
     python -m bench.pagebench --synthetic [--mib 256] [--rounds 4] [--json]
+    python bench/pagebench.py ...   (the same, as a script, from any directory)
 
 IMAGEs are raw memory images of one guest in order (``bench/synth.py`` makes synthetic
 ones; ``bench/guest_images.py`` takes them from a running guest). Round 0 offers every
@@ -20,12 +21,16 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import lz4.block
 import zstandard
+
+if not __package__:  # run as `python bench/pagebench.py`: the repository's packages first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.synth import generate
 from novacron import _core

@@ -27,8 +27,13 @@ import json
 import platform
 import random
 import statistics
+import sys
 import time
+from pathlib import Path
 from typing import Any
+
+if not __package__:  # run as `python bench/placebench.py`: the repository's packages first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.placement_py import NoFit, PyPlacer
 from novacron import errors

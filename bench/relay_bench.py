@@ -18,8 +18,13 @@ import argparse
 import json
 import platform
 import random
+import sys
 import time
+from pathlib import Path
 from typing import Any
+
+if not __package__:  # run as `python bench/relay_bench.py`: the repository's packages first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.qemu_stream_builder import PAGE, StreamBuilder
 

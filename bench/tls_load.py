@@ -20,12 +20,17 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import trio
+
+if not __package__:  # run as `python bench/tls_load.py`: the repository's packages first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from tests.pki_harness import migration_listen
 
 from bench import rpc_bench
