@@ -168,6 +168,22 @@ def ratios(rounds: list[dict[str, Any]]) -> list[dict[str, float]]:
     return out
 
 
+def read_images(parser: argparse.ArgumentParser, paths: list[Path]) -> list[bytes]:
+    """The images' bytes; a clear error (exit 2) for an unreadable, empty or ragged one."""
+    images = []
+    for path in paths:
+        try:
+            image = path.read_bytes()
+        except OSError as e:
+            parser.error(f"{path}: {e.strerror}")
+        if not image or len(image) % PAGE:
+            parser.error(f"{path}: {len(image)} bytes is not a whole number (> 0) of 4 KiB pages")
+        if images and len(image) != len(images[0]):
+            parser.error(f"{path}: {len(image)} bytes, but {paths[0]} has {len(images[0])}")
+        images.append(image)
+    return images
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="*", type=Path)
@@ -192,7 +208,7 @@ def main() -> None:
     if args.synthetic:
         images = generate(args.mib, args.rounds, seed=1)
     elif args.images:
-        images = [p.read_bytes() for p in args.images]
+        images = read_images(parser, args.images)
     else:
         parser.error("give IMAGEs or --synthetic")
     cores = os.cpu_count() or 1

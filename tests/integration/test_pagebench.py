@@ -55,3 +55,33 @@ def test_pagebench_json_shape_on_a_small_synthetic_guest(form: str, tmp_path: Pa
     assert 0 < result["rounds"][1]["pages"] < 8 * 256  # later rounds only the dirty ones
     assert result["all_cores"]["threads"] >= 1
     assert all(r["verified"] for r in result["all_cores"]["rounds"])
+
+
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ([4097], "4097 bytes is not a whole number"),
+        ([0], "0 bytes is not a whole number"),
+        ([4096, 8192], "8192 bytes, but"),
+        ([None], "No such file"),
+    ],
+)
+def test_pagebench_refuses_bad_images_clearly(
+    sizes: list[int | None], message: str, tmp_path: Path
+) -> None:
+    paths = []
+    for n, size in enumerate(sizes):
+        path = tmp_path / f"image.{n}.raw"
+        if size is not None:
+            path.write_bytes(bytes(size))
+        paths.append(str(path))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench/pagebench.py"), *paths, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
