@@ -55,6 +55,8 @@ class Reader:
         while True:
             byte = self.take(1)[0]
             value |= (byte & 0x7F) << shift
+            if value >> 64:
+                raise Malformed("varint over 64 bits")
             if byte < 0x80:
                 return value
             shift += 7
@@ -238,9 +240,12 @@ class Writer:
     same batch wrote, delta-from any page's content at the batch's start (itself
     included), all three codecs, empty batches. Tracks the receiver with [`Receiver`]."""
 
-    def __init__(self, pages: int, seed: int) -> None:
+    def __init__(
+        self, pages: int, seed: int, codecs: Sequence[int] = (CODEC_NONE, CODEC_LZ4, CODEC_ZSTD)
+    ) -> None:
         self.rng = random.Random(seed)
         self.receiver = Receiver(pages)
+        self.codecs = codecs
 
     def announce(self, hashes: bytes) -> None:
         self.receiver.announced = [
@@ -262,7 +267,7 @@ class Writer:
         if writes and rng.random() < 0.3:  # an intermediate version first
             index, _ = rng.choice(writes)
             writes.insert(0, (index, rng.randbytes(PAGE)))
-        codec = rng.choice((CODEC_NONE, CODEC_LZ4, CODEC_ZSTD))
+        codec = rng.choice(self.codecs)
         start = dict(receiver.held)
         announced = set(receiver.announced)
         records, block, raw = bytearray(), bytearray(), bytearray()
@@ -323,6 +328,17 @@ class Writer:
                 raw += page
             receiver.write(index, page)
         return frame(codec, len(writes), bytes(records), bytes(block), bytes(raw))
+
+
+def batches(stream: bytes) -> list[bytes]:
+    """The stream cut into its batches (sizes from the headers, nothing verified)."""
+    out = []
+    while stream:
+        _, _, _, _, _, records_len, _, block_len, raw_len, _ = HEADER.unpack_from(stream)
+        end = 40 + records_len + block_len + raw_len
+        out.append(stream[:end])
+        stream = stream[end:]
+    return out
 
 
 def frame(
