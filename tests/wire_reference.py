@@ -105,7 +105,6 @@ class Receiver:
     pages: int
     held: dict[int, bytes] = field(default_factory=dict)
     hashes: dict[int, int] = field(default_factory=dict)
-    filed: dict[int, int] = field(default_factory=dict)  # content hash -> page index
     announced: list[int] = field(default_factory=list)
     pinned: dict[int, bytes] = field(default_factory=dict)
 
@@ -119,24 +118,21 @@ class Receiver:
             self.pages,
             dict(self.held),
             dict(self.hashes),
-            dict(self.filed),
             self.announced,
             self.pinned,
         )
 
     def resolve(self, h: int) -> bytes:
-        if h in self.filed:
-            return self.held[self.filed[h]]
+        """Any page holding content `h` now, else an announced one."""
+        for index, held in self.hashes.items():
+            if held == h:
+                return self.held[index]
         if h in self.pinned:
             return self.pinned[h]
         raise Malformed("dup-ref to content the receiver does not hold")
 
     def write(self, index: int, page: bytes) -> None:
-        h, old = content_hash(page), self.hashes.get(index)
-        if old is not None and old != h and self.filed.get(old) == index:
-            del self.filed[old]
-        self.held[index], self.hashes[index] = page, h
-        self.filed.setdefault(h, index)
+        self.held[index], self.hashes[index] = page, content_hash(page)
 
     def image(self) -> bytes:
         return b"".join(self.held.get(i, ZERO) for i in range(self.pages))
@@ -215,7 +211,7 @@ class Receiver:
             state.write(index, page)
         if (records_area.at, block.at, raw.at) != (records_len, block_raw_len, raw_len):
             raise Malformed("left-over bytes")
-        self.held, self.hashes, self.filed = state.held, state.hashes, state.filed
+        self.held, self.hashes = state.held, state.hashes
         return stream[end:]
 
     @staticmethod
@@ -279,7 +275,7 @@ class Writer:
                 options.append("zero")
             if receiver.hashes.get(index) == h:
                 options.append("unchanged")
-            if h in receiver.filed or h in announced:
+            if h in receiver.hashes.values() or h in announced:
                 options.append("dup")
             if h in announced:
                 options.append("announced")

@@ -393,7 +393,9 @@ impl Decoder {
                 self.keep_content(hash_page(&page), || page, made)
             }
             Op::Dup(hash) => {
-                if self.held.holder_of(hash).is_none() {
+                // any page holding that content will do (the sender names only the one it
+                // registered, but a decoder need not know which)
+                if self.held.holders(hash) == 0 {
                     let Some(page) = self.pinned.get(&hash) else {
                         return Err(EngineError::malformed(
                             "dup reference to a page the receiver does not hold",

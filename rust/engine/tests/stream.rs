@@ -591,3 +591,42 @@ fn an_empty_block_may_be_absent_whatever_the_codec() {
         assert_eq!(dec.decode(&header.frame(&records)).unwrap(), 1, "{codec:?}");
     }
 }
+
+#[test]
+fn a_dup_ref_may_name_content_any_page_holds() {
+    use novacron_engine::wire::{Header, Kind};
+    // page 0 gets X, page 1 a reference to it, page 0 then Y: X is still held (by page
+    // 1), so page 2 may name it, though the sender's index no longer has a page for it
+    let (x, y) = ([1u8; PAGE_SIZE], [2u8; PAGE_SIZE]);
+    let hash = novacron_engine::hash_page(&x).to_le_bytes();
+    for holds in [true, false] {
+        let mut records = vec![Kind::Raw as u8, 0, Kind::DupRef as u8, 0];
+        records.extend_from_slice(&hash);
+        // page 0 again (a step of -2: zigzag 3); then page 2 (step 1) refers to X, or page
+        // 1 becomes zero first (step 0) so that nothing holds X, and page 2 (step 0) is refused
+        records.extend_from_slice(&[Kind::Raw as u8, 3]);
+        if !holds {
+            records.extend_from_slice(&[Kind::Zero as u8, 0]);
+        }
+        records.extend_from_slice(&[Kind::DupRef as u8, if holds { 2 } else { 0 }]);
+        records.extend_from_slice(&hash);
+        let mut body = records.clone();
+        body.extend_from_slice(&x);
+        body.extend_from_slice(&y);
+        let header = Header {
+            codec: Codec::None,
+            records: if holds { 4 } else { 5 },
+            records_len: records.len() as u32,
+            block_raw_len: 0,
+            block_len: 0,
+            raw_len: 2 * PAGE_SIZE as u32,
+        };
+        let mut dec = Decoder::new(4).unwrap();
+        let result = dec.decode(&header.frame(&body));
+        assert_eq!(result.is_ok(), holds, "{result:?}");
+        if holds {
+            assert_eq!(&dec.image()[2 * PAGE_SIZE..3 * PAGE_SIZE], &x[..]);
+            assert_eq!(&dec.image()[..PAGE_SIZE], &y[..]);
+        }
+    }
+}
