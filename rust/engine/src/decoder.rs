@@ -41,6 +41,9 @@ pub struct Decoder {
     pinned: Pinned,
     /// the announced hashes in announcement order (`announced-ref` positions)
     announced: Vec<u128>,
+    /// page buffers of dropped contents no one else held, for the next new contents
+    /// (the allocator's own reuse walks cold free lists on every page)
+    spare: Vec<Arc<[u8]>>,
     /// Batches applied.
     pub batches: u64,
     /// Pages written.
@@ -57,9 +60,25 @@ enum Op<'a> {
     Page(&'a [u8]),
 }
 
-/// A copy of `base` with `delta` applied.
-fn patched(base: &[u8], delta: &[u8]) -> Result<Arc<[u8]>> {
-    let mut page: Arc<[u8]> = Arc::from(base);
+/// Page buffers kept for reuse: at most this many (4 MiB).
+const SPARE_PAGES: usize = 1024;
+
+/// A copy of `src`, in `spare` (a page buffer no one else holds) when there is one.
+fn filled(spare: Option<Arc<[u8]>>, src: &[u8]) -> Arc<[u8]> {
+    match spare {
+        Some(mut page) => {
+            Arc::get_mut(&mut page)
+                .expect("spare pages are unshared")
+                .copy_from_slice(src);
+            page
+        }
+        None => Arc::from(src),
+    }
+}
+
+/// A copy of `base` (in `spare`, if any) with `delta` applied.
+fn patched(base: &[u8], delta: &[u8], spare: Option<Arc<[u8]>>) -> Result<Arc<[u8]>> {
+    let mut page = filled(spare, base);
     delta::apply(Arc::get_mut(&mut page).expect("just made"), delta)?;
     Ok(page)
 }
@@ -92,6 +111,7 @@ impl Decoder {
                 .map_err(|e| EngineError::invalid(format!("zstd: {e}")))?,
             pinned: Pinned::new(),
             announced: Vec::new(),
+            spare: Vec::new(),
             batches: 0,
             pages: 0,
         })
@@ -349,7 +369,11 @@ impl Decoder {
     fn drop_unheld(&mut self, hashes: Vec<u128>) {
         for hash in hashes {
             if self.held.holders(hash) == 0 {
-                self.contents.remove(&hash);
+                if let Some(mut page) = self.contents.remove(&hash) {
+                    if self.spare.len() < SPARE_PAGES && Arc::get_mut(&mut page).is_some() {
+                        self.spare.push(page);
+                    }
+                }
             }
         }
     }
@@ -365,32 +389,38 @@ impl Decoder {
         let old = self.held.hash_of(index);
         let hash = match op {
             Op::Unchanged => {
-                // the sender re-files an unchanged page in its content index (it may
-                // have lost its entry when another holder of that content changed);
-                // mirror that, or a later dup reference finds no holder here
-                let hash = old.ok_or_else(|| {
+                // (the sender re-registers the page in its content index; a receiver
+                // resolves references by any holder and has nothing to do)
+                return old.map(|_| ()).ok_or_else(|| {
                     EngineError::malformed("unchanged page the receiver never had")
-                })?;
-                self.held.wrote_logged(index, hash, Some(journal));
-                return Ok(());
+                });
             }
             Op::Zero => zero_hash(),
-            Op::Page(src) => self.keep_content(hash_page(src), || Arc::from(src), made),
+            Op::Page(src) => {
+                let hash = hash_page(src);
+                if self.is_new(hash) {
+                    let page = filled(self.spare.pop(), src);
+                    self.keep(hash, page, made);
+                }
+                hash
+            }
             Op::Delta(d) => {
                 if old.is_none() {
                     return Err(EngineError::malformed(
                         "delta for a page the receiver never had",
                     ));
                 }
-                let page = patched(self.page(index), d)?;
-                self.keep_content(hash_page(&page), || page, made)
+                let spare = self.spare.pop();
+                let page = patched(self.page(index), d, spare)?;
+                self.keep_made(page, made)
             }
             Op::DeltaFrom(base, d) => {
+                let spare = self.spare.pop();
                 let base = self
                     .content(base)
                     .ok_or_else(|| EngineError::malformed("delta base not held"))?;
-                let page = patched(base, d)?;
-                self.keep_content(hash_page(&page), || page, made)
+                let page = patched(base, d, spare)?;
+                self.keep_made(page, made)
             }
             Op::Dup(hash) => {
                 // any page holding that content will do (the sender names only the one it
@@ -417,21 +447,27 @@ impl Decoder {
         Ok(())
     }
 
-    /// Keeps the content `hash` (made by `page` only when it is new) unless it is zero
-    /// or already kept; returns `hash`.
-    fn keep_content(
-        &mut self,
-        hash: u128,
-        page: impl FnOnce() -> Arc<[u8]>,
-        made: &mut Vec<u128>,
-    ) -> u128 {
-        if hash == zero_hash() || self.contents.contains_key(&hash) {
-            return hash;
-        }
-        let page = page();
+    /// True unless content `hash` is zero or already kept.
+    fn is_new(&self, hash: u128) -> bool {
+        hash != zero_hash() && !self.contents.contains_key(&hash)
+    }
+
+    /// Keeps new content `hash`, `page`, noting it in `made`.
+    fn keep(&mut self, hash: u128, page: Arc<[u8]>, made: &mut Vec<u128>) {
         debug_assert!(!is_zero_page(&page));
         self.contents.insert(hash, page);
         made.push(hash);
+    }
+
+    /// Keeps `page`, just made, unless its content is zero or already kept (its buffer
+    /// then goes back to the spares); returns its hash.
+    fn keep_made(&mut self, page: Arc<[u8]>, made: &mut Vec<u128>) -> u128 {
+        let hash = hash_page(&page);
+        if self.is_new(hash) {
+            self.keep(hash, page, made);
+        } else if self.spare.len() < SPARE_PAGES {
+            self.spare.push(page);
+        }
         hash
     }
 }

@@ -630,3 +630,28 @@ fn a_dup_ref_may_name_content_any_page_holds() {
         }
     }
 }
+
+#[test]
+fn a_page_handed_out_keeps_its_bytes_while_the_receiver_reuses_buffers() {
+    // the receiver reuses the buffers of contents it dropped; one a caller still holds
+    // (the page store keeps arrived pages this way) must never be one of them
+    let mut image = vec![0u8; PAGES * PAGE_SIZE];
+    for p in 0..PAGES {
+        apply(&mut image, &Change::Random(p, p as u64));
+    }
+    let mut enc = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
+    let mut dec = Decoder::new(PAGES).unwrap();
+    let all: Vec<u64> = (0..PAGES as u64).collect();
+    dec.decode(&enc.encode(&image, &all).unwrap()).unwrap();
+    let (_, kept) = dec.shared_page(0).unwrap();
+    let original = image[..PAGE_SIZE].to_vec();
+    for round in 1..5u64 {
+        // every page rewritten: their old buffers become spares and are refilled
+        for p in 0..PAGES {
+            apply(&mut image, &Change::Random(p, round * 1000 + p as u64));
+        }
+        dec.decode(&enc.encode(&image, &all).unwrap()).unwrap();
+        assert_eq!(dec.image(), image);
+        assert_eq!(&kept[..], &original[..], "round {round}");
+    }
+}
