@@ -12,7 +12,10 @@ through an encoder that hashes the pages itself). Each round is encoded, decoded
 fresh receiver that has seen the earlier rounds, and verified byte for byte. Baselines
 on the same offered bytes: memcpy, lz4 alone, zstd-1 alone (each over the offered pages
 as one stream), and QEMU precopy (zero pages as 9-byte records, others as 4096 bytes +
-an 8-byte header). One discarded warm-up pass runs first (see ``main``).
+an 8-byte header). One discarded warm-up pass runs first (see ``main``). IMAGE files are
+read when their round comes, one at a time, so a large guest's images need not fit in
+memory together (peak: about 5x the guest's size, mostly the two encoders' delta caches
+and the receiver).
 """
 
 from __future__ import annotations
@@ -76,15 +79,21 @@ def baselines(data: bytes) -> dict[str, Any]:
     }
 
 
+Image = bytes | Path  # a file is read when its round comes (one image in memory at a time)
+
+
+def load(image: Image) -> bytes:
+    return image if isinstance(image, bytes) else image.read_bytes()
+
+
 def run(
-    images: list[bytes], threads: int, compression: str, cache_pages: int
+    images: list[Image], threads: int, compression: str, cache_pages: int, pages: int
 ) -> list[dict[str, Any]]:
     """One pass over the rounds. Round k's dirty pages come from the engine's scan of
     image k (its hashes against image k-1's), and the encoder takes the offered pages'
     hashes from that scan. A second encoder fed the same rounds without the scan
     (hashing the pages itself, as a migration stream's encoder must) gives
     ``encode_unscanned_s``; its bytes must be the same."""
-    pages = len(images[0]) // PAGE
 
     def encoder() -> _core.PageEncoder:
         return _core.PageEncoder(
@@ -95,9 +104,10 @@ def run(
     dec = _core.PageDecoder(pages)
     rounds = []
     previous: bytes | None = None
-    for n, image in enumerate(images):
+    for n, source in enumerate(images):
+        image = load(source)
         if len(image) != pages * PAGE:
-            raise SystemExit("all images must have the same size")
+            raise SystemExit(f"round {n}: the image changed size while the bench ran")
         start = time.perf_counter()
         scan = _core.scan_pages(image)
         bitmap = None if previous is None else scan.dirty_since(previous)
@@ -113,7 +123,7 @@ def run(
         _, decode_s = timed(dec.decode, wire)
         verified = dec.image() == image
         offered = list(range(pages)) if indices is None else indices
-        data = offered_bytes(image, offered)
+        data = image if indices is None else offered_bytes(image, offered)
         rounds.append(
             {
                 "pages": len(offered),
@@ -128,6 +138,7 @@ def run(
                 "baselines": baselines(data),
             }
         )
+        del image, data  # before the next round's image is read
     return rounds
 
 
@@ -168,20 +179,23 @@ def ratios(rounds: list[dict[str, Any]]) -> list[dict[str, float]]:
     return out
 
 
-def read_images(parser: argparse.ArgumentParser, paths: list[Path]) -> list[bytes]:
-    """The images' bytes; a clear error (exit 2) for an unreadable, empty or ragged one."""
-    images = []
+def check_images(parser: argparse.ArgumentParser, paths: list[Path]) -> int:
+    """The images' common size in bytes; a clear error (exit 2) for an unreadable, empty
+    or ragged one. They are read later, one round at a time, so that images of a large
+    guest need not all fit in memory together."""
+    sizes: list[int] = []
     for path in paths:
         try:
-            image = path.read_bytes()
+            with path.open("rb") as f:
+                size = os.fstat(f.fileno()).st_size
         except OSError as e:
             parser.error(f"{path}: {e.strerror}")
-        if not image or len(image) % PAGE:
-            parser.error(f"{path}: {len(image)} bytes is not a whole number (> 0) of 4 KiB pages")
-        if images and len(image) != len(images[0]):
-            parser.error(f"{path}: {len(image)} bytes, but {paths[0]} has {len(images[0])}")
-        images.append(image)
-    return images
+        if not size or size % PAGE:
+            parser.error(f"{path}: {size} bytes is not a whole number (> 0) of 4 KiB pages")
+        if sizes and size != sizes[0]:
+            parser.error(f"{path}: {size} bytes, but {paths[0]} has {sizes[0]}")
+        sizes.append(size)
+    return sizes[0]
 
 
 def main() -> None:
@@ -205,22 +219,29 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    images: list[Image]
     if args.synthetic:
-        images = generate(args.mib, args.rounds, seed=1)
+        generated = generate(args.mib, args.rounds, seed=1)
+        images, size = list(generated), len(generated[0])
     elif args.images:
-        images = read_images(parser, args.images)
+        images = list(args.images)
+        size = check_images(parser, args.images)
     else:
         parser.error("give IMAGEs or --synthetic")
     cores = os.cpu_count() or 1
-    guest_pages = len(images[0]) // PAGE
+    guest_pages = size // PAGE
     cache_pages = guest_pages if args.delta_cache_mib is None else args.delta_cache_mib * 256
     # Warm-up, discarded: on these VMs the first touch of memory the guest kernel never
     # handed out before costs about 2.7 ms/MiB (the hypervisor backs it lazily); one
     # full pass brings the process's working memory in for every contender alike.
-    run(images, 1, args.compression, cache_pages)
+    run(images, 1, args.compression, cache_pages, guest_pages)
     passes = max(1, args.passes)
-    single = median_of([run(images, 1, args.compression, cache_pages) for _ in range(passes)])
-    multi = median_of([run(images, cores, args.compression, cache_pages) for _ in range(passes)])
+    single = median_of(
+        [run(images, 1, args.compression, cache_pages, guest_pages) for _ in range(passes)]
+    )
+    multi = median_of(
+        [run(images, cores, args.compression, cache_pages, guest_pages) for _ in range(passes)]
+    )
     result = {
         "page_size": PAGE,
         "threads": 1,
