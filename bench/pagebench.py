@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,26 +88,32 @@ def load(image: Image) -> bytes:
 
 
 def run(
-    images: list[Image], threads: int, compression: str, cache_pages: int, pages: int
+    images: Sequence[Image],
+    threads: int,
+    compression: str,
+    cache_pages: int,
+    pages: int | None = None,
 ) -> list[dict[str, Any]]:
     """One pass over the rounds. Round k's dirty pages come from the engine's scan of
     image k (its hashes against image k-1's), and the encoder takes the offered pages'
     hashes from that scan. A second encoder fed the same rounds without the scan
     (hashing the pages itself, as a migration stream's encoder must) gives
-    ``encode_unscanned_s``; its bytes must be the same."""
+    ``encode_unscanned_s``; its bytes must be the same. ``pages``: the guest's size in
+    pages (read from the first image when not given)."""
+    guest = len(load(images[0])) // PAGE if pages is None else pages
 
     def encoder() -> _core.PageEncoder:
         return _core.PageEncoder(
-            pages, compression=compression, threads=threads, delta_cache_pages=cache_pages
+            guest, compression=compression, threads=threads, delta_cache_pages=cache_pages
         )
 
     enc, unscanned = encoder(), encoder()
-    dec = _core.PageDecoder(pages)
+    dec = _core.PageDecoder(guest)
     rounds = []
     previous: bytes | None = None
     for n, source in enumerate(images):
         image = load(source)
-        if len(image) != pages * PAGE:
+        if len(image) != guest * PAGE:
             raise SystemExit(f"round {n}: the image changed size while the bench ran")
         start = time.perf_counter()
         scan = _core.scan_pages(image)
@@ -114,7 +121,7 @@ def run(
         scan_s = time.perf_counter() - start
         indices = None  # round 0: every page
         if bitmap is not None:
-            indices = [i for i in range(pages) if bitmap[i >> 3] >> (i & 7) & 1]
+            indices = [i for i in range(guest) if bitmap[i >> 3] >> (i & 7) & 1]
         previous = scan.hashes
         wire, encode_s = timed(enc.encode, image, indices, scan)
         again, encode_unscanned_s = timed(unscanned.encode, image, indices)
@@ -122,7 +129,7 @@ def run(
             raise SystemExit(f"round {n}: the scan changed the encoder's output")
         _, decode_s = timed(dec.decode, wire)
         verified = dec.image() == image
-        offered = list(range(pages)) if indices is None else indices
+        offered = list(range(guest)) if indices is None else indices
         data = image if indices is None else offered_bytes(image, offered)
         rounds.append(
             {
