@@ -266,6 +266,9 @@ async def _migrate(
             log.warning("migration.relay_failed", extra=kv(vm=op.vm, error=str(exc)))
             if qemu is not None:
                 await trio.aclose_forcefully(qemu)  # QEMU fails the migration at once
+            # the destination learns now, not after libvirt's abort (which can wait on
+            # libvirt's own job, or on the pool, for minutes)
+            await trio.aclose_forcefully(channel)
             if run.migrating:
                 await run.abort("relay")
         finally:
