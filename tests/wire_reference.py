@@ -169,7 +169,7 @@ class Receiver:
         block_wire = body[records_len : records_len + block_len]
         raw = Reader(body[records_len + block_len :])
         block = Reader(self.decompress(codec, block_wire, block_raw_len))
-        start = {i: self.held[i] for i in self.held}  # delta-from bases: the batch's start
+        start = self.held  # delta-from bases: the batch's start (writes go to `state`)
         state = self.copy()
         index, position = -1, 0
         for _ in range(records):
@@ -283,10 +283,11 @@ class Writer:
             tried = ([index] if index in start else []) + rng.sample(
                 sorted(start), min(3, len(start))
             )
-            bases = [b for b in tried if len(delta(start[b], page)) <= PAGE]
+            bases = {b: d for b in tried if len(d := delta(start[b], page)) <= PAGE}
             if bases:
                 options.append("delta_from")
-            if index in receiver.held and len(delta(receiver.held[index], page)) <= PAGE:
+            own = delta(receiver.held[index], page) if index in receiver.held else None
+            if own is not None and len(own) <= PAGE:
                 options.append("delta")
             choice = rng.choice(options)
             kind = {
@@ -309,12 +310,12 @@ class Writer:
                 put_zigzag(records, at - position)
                 position = at
             elif kind == DELTA:
-                d = delta(receiver.held[index], page)
-                put_varint(records, len(d))
-                block += d
+                assert own is not None  # offered only then
+                put_varint(records, len(own))
+                block += own
             elif kind == DELTA_FROM:
-                base = rng.choice(bases)
-                d = delta(start[base], page)
+                base = rng.choice(list(bases))
+                d = bases[base]
                 put_varint(records, base)
                 put_varint(records, len(d))
                 block += d

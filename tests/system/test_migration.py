@@ -146,14 +146,7 @@ def stays_on_source(vm: str, src: Node, dst: Node) -> None:
             lambda: incoming_op(dst, vm)["state"] != "running", 120, f"{dst.name}'s incoming op"
         )
     except AssertionError as exc:  # say where both ends were (a rare CI failure)
-        said = [
-            f"-- {node.name}:\n"
-            + "\n".join(
-                [line for line in node.daemon.log_text().splitlines() if "migration" in line][-40:]
-            )
-            for node in (dst, src)
-        ]
-        raise AssertionError(f"{exc}\n{incoming_op(dst, vm)}\n" + "\n".join(said)) from None
+        raise AssertionError(f"{exc}\n{incoming_op(dst, vm)}\n{logs(dst, src)}") from None
     assert incoming_op(dst, vm)["state"] == "failed"
     only_on(vm, src, dst)
     intact_on(src, vm)

@@ -46,6 +46,11 @@ def changed(image: bytearray, page: int, what: int, at: int, rng: random.Random)
     return {page}
 
 
+def half_random(rng: random.Random) -> bytearray:
+    """A guest whose first half is random pages, the rest zero."""
+    return bytearray(rng.randbytes(GUEST * PAGE // 2) + bytes(GUEST * PAGE // 2))
+
+
 def store_of(pages: list[bytes]) -> _core.PageStore:
     store = _core.PageStore(64)
     store.add_image(b"".join(pages))
@@ -58,7 +63,7 @@ def test_the_spec_reads_every_stream_the_encoder_writes(
     plan: list[list[tuple[int, int, int]]], compression: str, cache: int, seed: int
 ) -> None:
     rng = random.Random(seed)
-    image = bytearray(rng.randbytes(GUEST * PAGE // 2) + bytes(GUEST * PAGE // 2))
+    image = half_random(rng)
     known = [bytes(image[:PAGE]), (b"text 0 of page 3 " * 300)[:PAGE]]
     enc = _core.PageEncoder(GUEST, compression=compression, delta_cache_pages=cache, batch_pages=5)
     receiver = ref.Receiver(GUEST)
@@ -77,7 +82,7 @@ def test_the_decoder_reads_every_choice_the_spec_allows(
     plan: list[list[tuple[int, int, int]]], seed: int, announce: bool
 ) -> None:
     rng = random.Random(seed)
-    image = bytearray(rng.randbytes(GUEST * PAGE // 2) + bytes(GUEST * PAGE // 2))
+    image = half_random(rng)
     writer, dec, check = ref.Writer(GUEST, seed), _core.PageDecoder(GUEST), ref.Receiver(GUEST)
     if announce:
         known = [bytes(image[:PAGE]), bytes(image[PAGE : 2 * PAGE]), bytes(PAGE)]
@@ -177,7 +182,7 @@ def test_the_decoder_and_the_spec_agree_on_hostile_batches(
     its checksum made right again (its record count off by one, sometimes): the engine
     and the spec accept or refuse it alike, and hold the same pages after it."""
     rng = random.Random(seed)
-    image = bytearray(rng.randbytes(GUEST * PAGE // 2) + bytes(GUEST * PAGE // 2))
+    image = half_random(rng)
     writer = ref.Writer(GUEST, seed, codecs=(ref.CODEC_NONE,))
     first = writer.round(bytes(image), range(GUEST))
     for page in rng.sample(range(GUEST), 4):
@@ -194,9 +199,9 @@ def test_the_decoder_and_the_spec_agree_on_hostile_batches(
     for area, at, value in edits:
         if areas[area]:
             areas[area][at % len(areas[area])] = value
-    mutated = ref.frame(
-        ref.CODEC_NONE, max(0, records + records_delta), *map(bytes, areas), compress=False
-    )
+    record_area, block, raw = map(bytes, areas)
+    count = max(0, records + records_delta)
+    mutated = ref.frame(ref.CODEC_NONE, count, record_area, block, raw, compress=False)
     dec, spec = _core.PageDecoder(GUEST), ref.Receiver(GUEST)
     for reader in (dec, spec):
         reader.decode(first + b"".join(batches[:victim]))

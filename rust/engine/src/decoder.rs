@@ -369,10 +369,8 @@ impl Decoder {
     fn drop_unheld(&mut self, hashes: Vec<u128>) {
         for hash in hashes {
             if self.held.holders(hash) == 0 {
-                if let Some(mut page) = self.contents.remove(&hash) {
-                    if self.spare.len() < SPARE_PAGES && Arc::get_mut(&mut page).is_some() {
-                        self.spare.push(page);
-                    }
+                if let Some(page) = self.contents.remove(&hash) {
+                    self.recycle(page);
                 }
             }
         }
@@ -465,9 +463,17 @@ impl Decoder {
         let hash = hash_page(&page);
         if self.is_new(hash) {
             self.keep(hash, page, made);
-        } else if self.spare.len() < SPARE_PAGES {
-            self.spare.push(page);
+        } else {
+            self.recycle(page);
         }
         hash
+    }
+
+    /// Keeps `page`'s buffer for a later new content, if no one else holds it and
+    /// there is room among the spares.
+    fn recycle(&mut self, mut page: Arc<[u8]>) {
+        if self.spare.len() < SPARE_PAGES && Arc::get_mut(&mut page).is_some() {
+            self.spare.push(page);
+        }
     }
 }

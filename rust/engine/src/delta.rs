@@ -67,8 +67,8 @@ fn mostly_different(a: &[u8], b: &[u8]) -> bool {
 /// end is equal (shorter matches cost more as a new pair than as literals); the page's
 /// end if there is none. `None` once `over(position)` says a literal reaching that far
 /// is too long (it is asked of positions the literal reaches, not of every one: the
-/// caller still checks the length it gets). Steps six bytes at a time through a word of equal-byte flags,
-/// the last few bytes one at a time.
+/// caller still checks the length it gets). Steps six bytes at a time through a word of
+/// equal-byte flags, the last few bytes one at a time.
 fn literal_end(old: &[u8], new: &[u8], from: usize, over: impl Fn(usize) -> bool) -> Option<usize> {
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     /// the high bit of each of the first six bytes (a stretch of three starting there
