@@ -501,21 +501,34 @@ fn a_first_pass_fills_the_delta_cache_but_never_evicts_from_it() {
     assert_eq!(enc.cached_pages(), 4);
 }
 
+/// A batch of `count` records (`records`) with `block` on the wire as it is (stored, or
+/// empty with any codec) and `raw` as its raw area.
+fn hand_made(codec: Codec, count: u32, records: &[u8], block: &[u8], raw: &[u8]) -> Vec<u8> {
+    let header = novacron_engine::wire::Header {
+        codec,
+        records: count,
+        records_len: records.len() as u32,
+        block_raw_len: block.len() as u32,
+        block_len: block.len() as u32,
+        raw_len: raw.len() as u32,
+    };
+    header.frame_parts(&[records, block, raw])
+}
+
+/// An encoder and a receiver that `image` went between whole (default settings), and
+/// every page index.
+fn sent_whole(image: &[u8]) -> (Encoder, Decoder, Vec<u64>) {
+    let mut enc = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
+    let mut dec = Decoder::new(PAGES).unwrap();
+    let all: Vec<u64> = (0..PAGES as u64).collect();
+    dec.decode(&enc.encode(image, &all).unwrap()).unwrap();
+    (enc, dec, all)
+}
+
 /// A stored batch of two records (`records`): a raw page of 7s, then one whose payload
 /// is `delta`.
 fn raw_and_delta(records: &[u8], delta: &[u8]) -> Vec<u8> {
-    let mut body = records.to_vec();
-    body.extend_from_slice(delta);
-    body.extend_from_slice(&[7u8; PAGE_SIZE]);
-    let header = novacron_engine::wire::Header {
-        codec: Codec::None,
-        records: 2,
-        records_len: records.len() as u32,
-        block_raw_len: delta.len() as u32,
-        block_len: delta.len() as u32,
-        raw_len: PAGE_SIZE as u32,
-    };
-    header.frame(&body)
+    hand_made(Codec::None, 2, records, delta, &[7u8; PAGE_SIZE])
 }
 
 #[test]
@@ -525,10 +538,7 @@ fn a_moved_content_goes_as_a_delta_from_its_old_page_and_bad_bases_are_refused()
     for p in 0..PAGES {
         apply(&mut image, &Change::Text(p, p as u8));
     }
-    let mut enc = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
-    let mut dec = Decoder::new(PAGES).unwrap();
-    let all: Vec<u64> = (0..PAGES as u64).collect();
-    dec.decode(&enc.encode(&image, &all).unwrap()).unwrap();
+    let (mut enc, mut dec, _) = sent_whole(&image);
     // in both directions: a lower page takes a higher one's content and the reverse
     for (dst, src, at) in [(2, 9, 77), (20, 5, 78)] {
         apply(&mut image, &Change::Move(dst, src, at));
@@ -576,25 +586,17 @@ fn a_delta_may_change_what_an_earlier_record_of_its_batch_wrote() {
 
 #[test]
 fn an_empty_block_may_be_absent_whatever_the_codec() {
-    use novacron_engine::wire::{Header, Kind};
+    use novacron_engine::wire::Kind;
     for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
-        let records = [Kind::Zero as u8, 0];
-        let header = Header {
-            codec,
-            records: 1,
-            records_len: 2,
-            block_raw_len: 0,
-            block_len: 0,
-            raw_len: 0,
-        };
+        let batch = hand_made(codec, 1, &[Kind::Zero as u8, 0], &[], &[]);
         let mut dec = Decoder::new(1).unwrap();
-        assert_eq!(dec.decode(&header.frame(&records)).unwrap(), 1, "{codec:?}");
+        assert_eq!(dec.decode(&batch).unwrap(), 1, "{codec:?}");
     }
 }
 
 #[test]
 fn a_dup_ref_may_name_content_any_page_holds() {
-    use novacron_engine::wire::{Header, Kind};
+    use novacron_engine::wire::Kind;
     // page 0 gets X, page 1 a reference to it, page 0 then Y: X is still held (by page
     // 1), so page 2 may name it, though the sender's index no longer has a page for it
     let (x, y) = ([1u8; PAGE_SIZE], [2u8; PAGE_SIZE]);
@@ -610,19 +612,10 @@ fn a_dup_ref_may_name_content_any_page_holds() {
         }
         records.extend_from_slice(&[Kind::DupRef as u8, if holds { 2 } else { 0 }]);
         records.extend_from_slice(&hash);
-        let mut body = records.clone();
-        body.extend_from_slice(&x);
-        body.extend_from_slice(&y);
-        let header = Header {
-            codec: Codec::None,
-            records: if holds { 4 } else { 5 },
-            records_len: records.len() as u32,
-            block_raw_len: 0,
-            block_len: 0,
-            raw_len: 2 * PAGE_SIZE as u32,
-        };
+        let raw = [x, y].concat();
+        let batch = hand_made(Codec::None, if holds { 4 } else { 5 }, &records, &[], &raw);
         let mut dec = Decoder::new(4).unwrap();
-        let result = dec.decode(&header.frame(&body));
+        let result = dec.decode(&batch);
         assert_eq!(result.is_ok(), holds, "{result:?}");
         if holds {
             assert_eq!(&dec.image()[2 * PAGE_SIZE..3 * PAGE_SIZE], &x[..]);
@@ -639,10 +632,7 @@ fn a_page_handed_out_keeps_its_bytes_while_the_receiver_reuses_buffers() {
     for p in 0..PAGES {
         apply(&mut image, &Change::Random(p, p as u64));
     }
-    let mut enc = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
-    let mut dec = Decoder::new(PAGES).unwrap();
-    let all: Vec<u64> = (0..PAGES as u64).collect();
-    dec.decode(&enc.encode(&image, &all).unwrap()).unwrap();
+    let (mut enc, mut dec, all) = sent_whole(&image);
     let (_, kept) = dec.shared_page(0).unwrap();
     let original = image[..PAGE_SIZE].to_vec();
     for round in 1..5u64 {
