@@ -69,7 +69,17 @@ thread_local! {
     static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
 }
 
-pub(crate) fn zstd_compress(level: i32, data: &[u8]) -> Result<Vec<u8>> {
+/// `buf` as a slice of at least `len` bytes (it grows, zeroed, only when shorter).
+fn at_least(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    &mut buf[..]
+}
+
+/// Compresses `data` into `out` (at least `compress_bound` long) with this thread's
+/// context; returns the compressed length.
+pub(crate) fn zstd_compress_into(level: i32, data: &[u8], out: &mut [u8]) -> Result<usize> {
     ZSTD.with(|slot| {
         let mut slot = slot.borrow_mut();
         if slot.as_ref().map(|(l, _)| *l) != Some(level) {
@@ -78,7 +88,7 @@ pub(crate) fn zstd_compress(level: i32, data: &[u8]) -> Result<Vec<u8>> {
             *slot = Some((level, ctx));
         }
         let (_, ctx) = slot.as_mut().expect("context just created");
-        ctx.compress(data)
+        ctx.compress_to_buffer(data, out)
             .map_err(|e| EngineError::invalid(format!("zstd: {e}")))
     })
 }
@@ -97,6 +107,19 @@ fn looks_incompressible(page: &[u8]) -> bool {
 
 /// One encoded batch: its bytes, its counts, and its deltas to apply to cached bases
 /// in place (base hash, new hash, delta).
+/// The buffers a batch is laid out and compressed in, kept from batch to batch: a
+/// fresh buffer of a few MiB is a fresh mapping whose every page faults (and is
+/// cleared by the kernel) when first written, which cost round 0 about as much as
+/// its copies.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    records: Vec<u8>,
+    block: Vec<u8>,
+    raw: Vec<u8>,
+    /// the compressed block (its length only grows, so it is zeroed once)
+    packed: Vec<u8>,
+}
+
 pub(crate) struct Batch {
     pub(crate) bytes: Vec<u8>,
     pub(crate) stats: EncodeStats,
@@ -125,6 +148,7 @@ pub(crate) fn encode_batch(
     held: (&PageCache, &FastMap<u128, u32>),
     indices: &[u64],
     plans: &[Plan],
+    scratch: &mut Scratch,
 ) -> Result<Batch> {
     let (cache, announced) = held;
     let mut in_place = Vec::new();
@@ -133,7 +157,7 @@ pub(crate) fn encode_batch(
     // pages that may find a shorter delta there, with the length to beat
     let mut pending = Vec::new();
     let mut choices = Vec::with_capacity(indices.len());
-    let mut layout = Layout::new(config, plans);
+    let mut layout = Layout::new(config, plans, scratch);
     for (k, (&index, plan)) in indices.iter().zip(plans).enumerate() {
         let page = source.page(first + k, index);
         let choice = match plan {
@@ -214,9 +238,12 @@ pub(crate) fn encode_batch(
             }
         }
     }
+    let bytes = layout.finish(config, &mut scratch.packed);
+    let stats = layout.stats;
+    layout.give_back(scratch);
     Ok(Batch {
-        bytes: layout.finish(config)?,
-        stats: layout.stats,
+        bytes: bytes?,
+        stats,
         in_place,
     })
 }
@@ -246,16 +273,23 @@ struct Layout {
 }
 
 impl Layout {
-    fn new(config: EncoderConfig, plans: &[Plan]) -> Self {
+    /// A layout in `scratch`'s buffers (given back by [`Layout::give_back`]).
+    fn new(config: EncoderConfig, plans: &[Plan], scratch: &mut Scratch) -> Self {
         // sized once for the worst case (address space only): no regrowth copies
         let content = plans
             .iter()
             .filter(|p| matches!(p, Plan::Content { .. }))
             .count();
+        let take = |buf: &mut Vec<u8>, room: usize| {
+            let mut buf = std::mem::take(buf);
+            buf.clear();
+            buf.reserve(room);
+            buf
+        };
         Self {
-            records: Vec::with_capacity(plans.len() * 4),
-            block: Vec::with_capacity(content * PAGE_SIZE),
-            raw: Vec::with_capacity(content * PAGE_SIZE),
+            records: take(&mut scratch.records, plans.len() * 4),
+            block: take(&mut scratch.block, content * PAGE_SIZE),
+            raw: take(&mut scratch.raw, content * PAGE_SIZE),
             stats: EncodeStats::default(),
             position: 0,
             previous: -1,
@@ -340,20 +374,32 @@ impl Layout {
         }
     }
 
-    /// The batch on the wire: header, records, the block compressed, the raw area.
-    fn finish(&self, config: EncoderConfig) -> Result<Vec<u8>> {
+    fn give_back(self, scratch: &mut Scratch) {
+        scratch.records = self.records;
+        scratch.block = self.block;
+        scratch.raw = self.raw;
+    }
+
+    /// The batch on the wire: header, records, the block compressed (in `packed`), the
+    /// raw area.
+    fn finish(&self, config: EncoderConfig, packed: &mut Vec<u8>) -> Result<Vec<u8>> {
         let block = &self.block;
-        let stored;
         let (codec, wire_block): (Codec, &[u8]) = match config.codec {
             _ if block.is_empty() => (Codec::None, &[]),
             Codec::None => (Codec::None, block),
             Codec::Lz4 => {
-                stored = lz4_flex::compress(block);
-                (Codec::Lz4, &stored)
+                let out = at_least(
+                    packed,
+                    lz4_flex::block::get_maximum_output_size(block.len()),
+                );
+                let n = lz4_flex::block::compress_into(block, out)
+                    .map_err(|e| EngineError::invalid(format!("lz4: {e}")))?;
+                (Codec::Lz4, &out[..n])
             }
             Codec::Zstd => {
-                stored = zstd_compress(config.zstd_level, block)?;
-                (Codec::Zstd, &stored)
+                let out = at_least(packed, zstd::zstd_safe::compress_bound(block.len()));
+                let n = zstd_compress_into(config.zstd_level, block, out)?;
+                (Codec::Zstd, &out[..n])
             }
         };
         let header = Header {

@@ -3,11 +3,11 @@
 //! Keyed by content hash (xxh3-128), not by page index: a content held by many pages
 //! (duplicates) is kept once, and zero pages are never kept (their base is the zero
 //! page itself). A page's delta base is the cached content whose hash is the
-//! receiver's version of that page. One slab of `capacity` page slots, grown on demand
-//! (no memory is touched for slots never used). Contents no page holds any more are
-//! forgotten and their slots reused first, so the slab stays at the receiver's live
-//! distinct contents (growing it means page faults on fresh memory, which cost more
-//! than the copy); past `capacity` the least recently used content is evicted.
+//! receiver's version of that page. One slab of `capacity` page slots, handed out in
+//! order (no memory is touched for slots never used). Contents no page holds any more are
+//! forgotten and their slots reused first, so the slots in use stay at the receiver's
+//! live distinct contents (a fresh slot means page faults on fresh memory, which cost
+//! more than the copy); past `capacity` the least recently used content is evicted.
 //! Memory: 4 KiB per slot plus about 60 bytes of bookkeeping.
 
 use std::collections::VecDeque;
@@ -21,7 +21,10 @@ const PARALLEL_COPIES: usize = 64;
 /// Page contents by hash.
 pub struct PageCache {
     capacity: usize,
+    /// `capacity` slots, zero until first used
     slab: Vec<u8>,
+    /// slots handed out so far (the rest of the slab was never touched)
+    grown: usize,
     /// hash -> (slot, stamp of its last use)
     slots: FastMap<u128, (usize, u64)>,
     /// (hash, stamp) in order of use; entries whose stamp is stale are skipped
@@ -37,7 +40,8 @@ impl PageCache {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            slab: crate::mem::with_capacity(capacity.saturating_mul(PAGE_SIZE)),
+            slab: crate::mem::zeroed(capacity.saturating_mul(PAGE_SIZE)),
+            grown: 0,
             slots: FastMap::default(),
             order: VecDeque::new(),
             free: Vec::new(),
@@ -157,10 +161,9 @@ impl PageCache {
         if let Some(slot) = self.free.pop() {
             return slot;
         }
-        if self.slots.len() < self.capacity {
-            let slot = self.slab.len() / PAGE_SIZE;
-            self.slab.resize(self.slab.len() + PAGE_SIZE, 0);
-            return slot;
+        if self.grown < self.capacity {
+            self.grown += 1;
+            return self.grown - 1;
         }
         while let Some((hash, stamp)) = self.order.pop_front() {
             if let Some(&(slot, current)) = self.slots.get(&hash) {
@@ -288,7 +291,7 @@ mod tests {
         cache.forget(5); // not cached: nothing happens
         assert!(cache.get(1).is_none());
         cache.put(3, &page(3));
-        assert_eq!(cache.slab.len(), 2 * PAGE_SIZE);
+        assert_eq!(cache.grown, 2);
         assert_eq!(cache.get(3).unwrap()[0], 3);
         assert_eq!(cache.get(2).unwrap()[0], 2);
         assert_eq!(cache.len(), 2);
@@ -305,7 +308,7 @@ mod tests {
         cache.replace_by_delta(1, 7, &delta);
         assert!(cache.get(1).is_none());
         assert_eq!(cache.get(7).unwrap(), &new[..]);
-        assert_eq!(cache.slab.len(), 2 * PAGE_SIZE, "no slot taken");
+        assert_eq!(cache.grown, 2, "no slot taken");
         // a content already cached is not made twice; a base not cached is ignored
         cache.replace_by_delta(2, 7, &delta);
         assert_eq!(cache.get(2).unwrap()[0], 2);
@@ -315,7 +318,7 @@ mod tests {
         cache.replace_by_delta(2, 9, &[0xff, 0xff, 0xff, 0xff, 0x0f, 1]);
         assert!(cache.get(2).is_none() && cache.get(9).is_none());
         cache.put(3, &page(3));
-        assert_eq!(cache.slab.len(), 2 * PAGE_SIZE);
+        assert_eq!(cache.grown, 2);
     }
 
     #[test]

@@ -8,9 +8,11 @@
 //! 3. per batch, in parallel (`batch`): deltas, the compressible/raw split, block
 //!    compression and framing.
 
+use std::sync::Mutex;
+
 use rayon::prelude::*;
 
-use crate::batch::{encode_batch, zstd_compress, Batch, Plan, Source};
+use crate::batch::{encode_batch, zstd_compress_into, Batch, Plan, Scratch, Source};
 use crate::cache::PageCache;
 use crate::error::{EngineError, Result};
 use crate::fasthash::{FastMap, FastSet};
@@ -98,6 +100,8 @@ pub struct Encoder {
     pub stats: EncodeStats,
     /// Hash and zero test of each page of the last call.
     identified: Vec<(u128, bool)>,
+    /// batch buffers, one set per batch being built at once (at most one per thread)
+    scratch: Mutex<Vec<Scratch>>,
 }
 
 impl Encoder {
@@ -114,7 +118,7 @@ impl Encoder {
             return Err(EngineError::invalid("threads must be 1..=1024"));
         }
         if config.codec == Codec::Zstd {
-            zstd_compress(config.zstd_level, &[0u8; 16])?;
+            zstd_compress_into(config.zstd_level, &[0u8; 16], &mut [0u8; 128])?;
         }
         let pool = if config.threads > 1 {
             Some(
@@ -135,6 +139,7 @@ impl Encoder {
             pool,
             stats: EncodeStats::default(),
             identified: Vec::new(),
+            scratch: Mutex::default(),
         })
     }
 
@@ -364,8 +369,25 @@ impl Encoder {
             .map(|(n, (idx, plan))| (n * size, idx, plan))
             .collect();
         let (cache, announced) = (&self.previous, &self.announced);
+        let scratch = &self.scratch;
         let build = |&(first, idx, plan): &(usize, &[u64], &[Plan])| {
-            encode_batch(config, source, first, (cache, announced), idx, plan)
+            let mut buffers = scratch
+                .lock()
+                .map_or(None, |mut s| s.pop())
+                .unwrap_or_default();
+            let batch = encode_batch(
+                config,
+                source,
+                first,
+                (cache, announced),
+                idx,
+                plan,
+                &mut buffers,
+            );
+            if let Ok(mut s) = scratch.lock() {
+                s.push(buffers);
+            }
+            batch
         };
         let batches: Vec<Result<Batch>> = if parallel {
             jobs.par_iter().map(build).collect()

@@ -4,11 +4,14 @@
 //! that is one page fault per 4 KiB. `MADV_HUGEPAGE` lets the kernel back it with
 //! 2 MiB pages (THP in `madvise` mode).
 
-/// An empty buffer with room for `capacity` bytes, advised for huge pages.
+/// A buffer of `len` zero bytes, advised for huge pages. A large one is fresh memory
+/// from the kernel (`calloc` neither clears nor touches it), so nothing is written and
+/// no page faults until a page of it is first used, and that first use (a copy,
+/// perhaps on another thread) is the only write.
 #[must_use]
-pub fn with_capacity(capacity: usize) -> Vec<u8> {
-    let buf = Vec::with_capacity(capacity);
-    advise(buf.as_ptr(), buf.capacity());
+pub fn zeroed(len: usize) -> Vec<u8> {
+    let buf = vec![0u8; len];
+    advise(buf.as_ptr(), buf.len());
     buf
 }
 

@@ -72,11 +72,15 @@ where
 fn joined<'py>(py: Python<'py>, batches: &[Vec<u8>]) -> PyResult<Bound<'py, PyBytes>> {
     let total = batches.iter().map(Vec::len).sum();
     PyBytes::new_with(py, total, |out| {
-        let mut at = 0;
-        for batch in batches {
-            out[at..at + batch.len()].copy_from_slice(batch);
-            at += batch.len();
-        }
+        // the new object is not visible to any other thread yet: the copy (tens of MB
+        // for a first round) need not hold up the others
+        py.detach(|| {
+            let mut at = 0;
+            for batch in batches {
+                out[at..at + batch.len()].copy_from_slice(batch);
+                at += batch.len();
+            }
+        });
         Ok(())
     })
 }
