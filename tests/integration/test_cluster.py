@@ -238,9 +238,7 @@ def test_etcd_losing_members(pair: tuple[Daemon, Daemon], etcd: EtcdCluster) -> 
     eventually(lambda: states(one) == {"node1": "up", "node2": "up"}, "one member down: fine")
     with one.client() as c:
         c.call("vm.create", name="during1", memory_mib=64)
-    eventually(
-        lambda: owners(two).get("default/during1") == "node1", "the claim", logs=(one, two)
-    )
+    eventually(lambda: owners(two).get("default/during1") == "node1", "the claim", logs=(one, two))
 
     etcd.kill(etcd.members[1])  # no quorum
     with one.client() as c:
