@@ -19,6 +19,7 @@ use crate::fasthash::{FastMap, FastSet};
 use crate::holdings::Holdings;
 use crate::scan::{identify, zero_hash, PageScan};
 use crate::wire::{Codec, MAX_RECORDS};
+use crate::workers::Workers;
 use crate::PAGE_SIZE;
 
 /// Encoder settings.
@@ -269,14 +270,10 @@ impl Encoder {
                 )));
             }
         }
-        match self.pool.take() {
-            Some(pool) => {
-                let out = pool.install(|| self.encode_phases(source, indices, scan));
-                self.pool = Some(pool);
-                out
-            }
-            None => self.encode_phases(source, indices, scan),
-        }
+        let pool = self.pool.take();
+        let out = self.encode_phases(source, indices, scan, Workers::start(pool.as_ref()));
+        self.pool = pool;
+        out
     }
 
     fn encode_phases(
@@ -284,13 +281,16 @@ impl Encoder {
         source: Source<'_>,
         indices: &[u64],
         scan: Option<&PageScan>,
+        mut workers: Workers<'_>,
     ) -> Result<Vec<Vec<u8>>> {
-        let parallel = self.pool.is_some() || rayon::current_thread_index().is_some();
+        let parallel = workers.parallel();
         // phase 1: zero tests and hashes (a scan's, when there is one)
         let identified = |(pos, &index): (usize, &u64)| identify(source.page(pos, index));
         let facts: Vec<(u128, bool)> = match scan {
             Some(scan) => indices.iter().map(|&i| scan.page(i as usize)).collect(),
-            None if parallel => indices.par_iter().enumerate().map(identified).collect(),
+            None if parallel => {
+                workers.run(|| indices.par_iter().enumerate().map(identified).collect())
+            }
             None => indices.iter().enumerate().map(identified).collect(),
         };
         // phase 2: decisions against what the receiver holds, in order
@@ -354,11 +354,7 @@ impl Encoder {
         // phase 3: batches, each independent
         let config = self.config;
         let size = if parallel {
-            balanced_batch(
-                indices.len(),
-                config.batch_pages,
-                rayon::current_num_threads(),
-            )
+            balanced_batch(indices.len(), config.batch_pages, workers.threads())
         } else {
             config.batch_pages
         };
@@ -390,7 +386,7 @@ impl Encoder {
             batch
         };
         let batches: Vec<Result<Batch>> = if parallel {
-            jobs.par_iter().map(build).collect()
+            workers.run(|| jobs.par_iter().map(build).collect())
         } else {
             jobs.iter().map(build).collect()
         };
@@ -441,7 +437,8 @@ impl Encoder {
                 })
                 .map(|(((pos, &index), &(hash, _)), _)| (hash, source.page(pos, index)))
                 .collect();
-            self.previous.put_many(&sent, parallel);
+            let cache = &mut self.previous;
+            workers.run(|| cache.put_many(&sent, parallel));
         }
         self.identified = facts;
         Ok(out)

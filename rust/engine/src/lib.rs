@@ -24,6 +24,7 @@ mod scan;
 mod store;
 mod varint;
 pub mod wire;
+mod workers;
 
 pub use decoder::Decoder;
 pub use encoder::{EncodeStats, Encoder, EncoderConfig};
