@@ -13,10 +13,13 @@
 use std::collections::VecDeque;
 
 use crate::fasthash::FastMap;
+use crate::workers::Workers;
 use crate::PAGE_SIZE;
 
-/// Fewer new contents than this are copied on the caller's thread.
-const PARALLEL_COPIES: usize = 64;
+/// Fewer new contents than this are copied on the caller's thread alone: 1,024 copies
+/// take a few hundred µs, about what it takes to wake a sleeping helper here. (Tests
+/// take the parallel path with fewer.)
+const PARALLEL_COPIES: usize = if cfg!(test) { 16 } else { 1024 };
 
 /// Page contents by hash.
 pub struct PageCache {
@@ -100,14 +103,13 @@ impl PageCache {
     /// Stores one page (the sequential reference for [`PageCache::put_many`]).
     #[cfg(test)]
     pub fn put(&mut self, hash: u128, page: &[u8]) {
-        self.put_many(&[(hash, page)], false);
+        self.put_many(&[(hash, page)], &mut Workers::start(None));
     }
 
     /// Stores pages as if put one by one: contents already cached are only marked
-    /// used, new ones are copied once into their slots (in parallel, when asked, in
-    /// equal shares of the copies).
-    pub fn put_many(&mut self, pages: &[(u128, &[u8])], parallel: bool) {
-        use rayon::prelude::*;
+    /// used, new ones are copied once into their slots (by `workers`, when there are
+    /// many, in equal shares of the copies).
+    pub(crate) fn put_many(&mut self, pages: &[(u128, &[u8])], workers: &mut Workers<'_>) {
         if self.capacity == 0 || pages.is_empty() {
             return;
         }
@@ -126,9 +128,9 @@ impl PageCache {
         // a slot taken twice in one call (evicted again) keeps its last content
         let mut copies: Vec<(usize, &[u8])> = copies.into_iter().collect();
         copies.sort_unstable_by_key(|&(slot, _)| slot);
-        if parallel && copies.len() >= PARALLEL_COPIES {
+        if workers.threads() > 1 && copies.len() >= PARALLEL_COPIES {
             // equal shares of the copies, each with the stretch of slab its slots lie in
-            let share = copies.len().div_ceil(rayon::current_num_threads() * 4);
+            let share = copies.len().div_ceil(workers.threads() * 4);
             let mut jobs = Vec::new();
             let mut rest: &mut [u8] = &mut self.slab;
             let mut base = 0;
@@ -139,7 +141,7 @@ impl PageCache {
                 jobs.push((base, stretch, group));
                 (rest, base) = (tail, end);
             }
-            jobs.into_par_iter().for_each(|(base, stretch, group)| {
+            workers.each(jobs, |(base, stretch, group)| {
                 for &(slot, src) in group {
                     let at = (slot - base) * PAGE_SIZE;
                     stretch[at..at + PAGE_SIZE].copy_from_slice(src);
@@ -235,13 +237,17 @@ mod tests {
             .iter()
             .map(|&v| (u128::from(v), pages[v as usize].as_slice()))
             .collect();
-        for parallel in [false, true] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        for helpers in [None, Some(&pool)] {
             let mut one = PageCache::new(4);
             let mut many = PageCache::new(4);
             for &(h, p) in &offer {
                 one.put(h, p);
             }
-            many.put_many(&offer, parallel);
+            many.put_many(&offer, &mut Workers::start(helpers));
             for v in 0..10u128 {
                 assert_eq!(one.get(v), many.get(v), "content {v}");
             }
@@ -275,7 +281,7 @@ mod tests {
         for &(h, p) in &offer {
             one.put(h, p);
         }
-        pool.install(|| many.put_many(&offer, true));
+        many.put_many(&offer, &mut Workers::start(Some(&pool)));
         for v in 0..256u128 {
             assert_eq!(one.get(v), many.get(v), "content {v}");
         }

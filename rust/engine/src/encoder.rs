@@ -10,8 +10,6 @@
 
 use std::sync::Mutex;
 
-use rayon::prelude::*;
-
 use crate::batch::{encode_batch, zstd_compress_into, Batch, Plan, Scratch, Source};
 use crate::cache::PageCache;
 use crate::error::{EngineError, Result};
@@ -35,7 +33,8 @@ pub struct EncoderConfig {
     pub delta_cache_pages: usize,
     /// Pages per batch.
     pub batch_pages: usize,
-    /// Worker threads (1 = encode on the caller's thread).
+    /// Threads that encode, the caller's included (1 = the caller's thread alone; n:
+    /// the caller and a pool of n - 1 helpers).
     pub threads: usize,
 }
 
@@ -121,10 +120,11 @@ impl Encoder {
         if config.codec == Codec::Zstd {
             zstd_compress_into(config.zstd_level, &[0u8; 16], &mut [0u8; 128])?;
         }
+        // the caller's thread is one of the `threads`: the pool holds the others
         let pool = if config.threads > 1 {
             Some(
                 rayon::ThreadPoolBuilder::new()
-                    .num_threads(config.threads)
+                    .num_threads(config.threads - 1)
                     .thread_name(|i| format!("novacron-enc-{i}"))
                     .build()
                     .map_err(|e| EngineError::invalid(format!("thread pool: {e}")))?,
@@ -283,15 +283,21 @@ impl Encoder {
         scan: Option<&PageScan>,
         mut workers: Workers<'_>,
     ) -> Result<Vec<Vec<u8>>> {
-        let parallel = workers.parallel();
+        let parallel = workers.threads() > 1;
         // phase 1: zero tests and hashes (a scan's, when there is one)
-        let identified = |(pos, &index): (usize, &u64)| identify(source.page(pos, index));
         let facts: Vec<(u128, bool)> = match scan {
             Some(scan) => indices.iter().map(|&i| scan.page(i as usize)).collect(),
-            None if parallel => {
-                workers.run(|| indices.par_iter().enumerate().map(identified).collect())
+            None => {
+                let jobs = indices.chunks(IDENTIFY_PAGES).enumerate().collect();
+                let identified = |(n, chunk): (usize, &[u64])| -> Vec<(u128, bool)> {
+                    let first = n * IDENTIFY_PAGES;
+                    let pages = chunk.iter().enumerate();
+                    pages
+                        .map(|(k, &index)| identify(source.page(first + k, index)))
+                        .collect()
+                };
+                workers.each(jobs, identified).concat()
             }
-            None => indices.iter().enumerate().map(identified).collect(),
         };
         // phase 2: decisions against what the receiver holds, in order
         let mut plans = Vec::with_capacity(indices.len());
@@ -385,11 +391,7 @@ impl Encoder {
             }
             batch
         };
-        let batches: Vec<Result<Batch>> = if parallel {
-            workers.run(|| jobs.par_iter().map(build).collect())
-        } else {
-            jobs.iter().map(build).collect()
-        };
+        let batches: Vec<Result<Batch>> = workers.each(jobs, |job| build(&job));
         let mut out = Vec::with_capacity(batches.len());
         let mut in_place = Vec::new();
         for batch in batches {
@@ -437,13 +439,15 @@ impl Encoder {
                 })
                 .map(|(((pos, &index), &(hash, _)), _)| (hash, source.page(pos, index)))
                 .collect();
-            let cache = &mut self.previous;
-            workers.run(|| cache.put_many(&sent, parallel));
+            self.previous.put_many(&sent, &mut workers);
         }
         self.identified = facts;
         Ok(out)
     }
 }
+
+/// Pages hashed per job when the encoder hashes them itself.
+const IDENTIFY_PAGES: usize = 4096;
 
 /// The batch size for `pages` pages on `threads` threads: at most `batch_pages`, in a
 /// number of batches that is a multiple of the thread count when there are few (three

@@ -1,30 +1,34 @@
-//! The encoder's threads for one call, woken as the call starts.
+//! The encoder's threads for one call: the caller's own thread plus a pool of
+//! `threads - 1` helpers, woken as the call starts.
 //!
 //! A pool's idle threads sleep; waking one is a futex wake and, on a virtual machine,
-//! the host scheduling an idle vCPU back in: hundreds of microseconds here, as much
-//! as the parallel part of a small later round. [`Workers::start`] sends the threads a
-//! task that spins (at most [`SPIN`]) while the call does its sequential work, so the
-//! wake-up overlaps that work; the first parallel part ends the spin and finds the
-//! threads awake.
+//! the host scheduling an idle vCPU back in: hundreds of microseconds here, as long
+//! as the parallel part of a small later round. So:
+//! - [`Workers::start`] sends the helpers a task that spins (at most [`SPIN`]) while
+//!   the caller does the call's sequential work: their wake-up overlaps that work.
+//! - [`Workers::each`] runs jobs from one queue on the caller and the helpers alike.
+//!   The caller never hands the work off and waits: a helper that is late only takes
+//!   fewer jobs (the caller waits at the end only for jobs a helper has begun, and
+//!   for a helper that never woke to find the queue empty).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Longest a woken thread waits for the parallel part before going back to sleep.
+/// Longest a woken helper waits for the parallel part before going back to sleep.
 const SPIN: Duration = Duration::from_millis(1);
 
-/// Runs a call's parallel parts in the encoder's pool (or the current one).
+/// Runs a call's parallel parts on the caller and the encoder's helper threads.
 pub(crate) struct Workers<'p> {
-    pool: Option<&'p rayon::ThreadPool>,
-    /// set when the spinning threads are to stop
+    helpers: Option<&'p rayon::ThreadPool>,
+    /// set when the spinning helpers are to stop
     go: Option<Arc<AtomicBool>>,
 }
 
 impl<'p> Workers<'p> {
-    /// Wakes `pool`'s threads (no pool: the caller's context, nothing to wake).
-    pub(crate) fn start(pool: Option<&'p rayon::ThreadPool>) -> Self {
-        let go = pool.map(|pool| {
+    /// Wakes `helpers`' threads (none: every part runs on the caller alone).
+    pub(crate) fn start(helpers: Option<&'p rayon::ThreadPool>) -> Self {
+        let go = helpers.map(|pool| {
             let go = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&go);
             pool.spawn_broadcast(move |_| {
@@ -35,30 +39,50 @@ impl<'p> Workers<'p> {
             });
             go
         });
-        Self { pool, go }
+        Self { helpers, go }
     }
 
-    /// Whether parallel parts run on more than the caller's thread: a pool of the
-    /// encoder's, or a rayon pool the caller runs in.
-    pub(crate) fn parallel(&self) -> bool {
-        self.pool.is_some() || rayon::current_thread_index().is_some()
-    }
-
-    /// How many threads the parallel parts run on.
+    /// How many threads the parallel parts run on (the caller's included).
     pub(crate) fn threads(&self) -> usize {
-        self.pool.map_or_else(
-            rayon::current_num_threads,
-            rayon::ThreadPool::current_num_threads,
-        )
+        1 + self
+            .helpers
+            .map_or(0, rayon::ThreadPool::current_num_threads)
     }
 
-    /// Runs `work` (which may use rayon's parallel iterators) in the pool.
-    pub(crate) fn run<R: Send>(&mut self, work: impl FnOnce() -> R + Send) -> R {
+    /// `work` applied to every job, on the caller and the helpers; the results in the
+    /// jobs' order.
+    pub(crate) fn each<J: Send, R: Send>(
+        &mut self,
+        jobs: Vec<J>,
+        work: impl Fn(J) -> R + Sync,
+    ) -> Vec<R> {
         self.stop_spinning();
-        match self.pool {
-            Some(pool) => pool.install(work),
-            None => work(),
-        }
+        let n = jobs.len();
+        let Some(pool) = self.helpers.filter(|_| n > 1) else {
+            return jobs.into_iter().map(work).collect();
+        };
+        let helpers = pool.current_num_threads().min(n - 1);
+        let queue = Mutex::new(jobs.into_iter().enumerate());
+        let done = Mutex::new(Vec::with_capacity(n));
+        let drain = || loop {
+            // (a job that panics poisons nothing: no lock is held while it runs, and
+            // the scope passes the panic on to the caller)
+            let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
+            let Some((i, job)) = next else { break };
+            let result = work(job);
+            done.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((i, result));
+        };
+        pool.in_place_scope(|scope| {
+            for _ in 0..helpers {
+                scope.spawn(|_| drain());
+            }
+            drain();
+        });
+        let mut done = done.into_inner().unwrap_or_else(PoisonError::into_inner);
+        done.sort_unstable_by_key(|&(i, _)| i);
+        done.into_iter().map(|(_, result)| result).collect()
     }
 
     fn stop_spinning(&mut self) {
@@ -77,29 +101,55 @@ impl Drop for Workers<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rayon::prelude::*;
 
     #[test]
-    fn parts_run_in_the_pool_and_a_call_without_parallel_parts_ends() {
+    fn jobs_run_on_the_caller_and_the_helpers_and_keep_their_order() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let mut workers = Workers::start(Some(&pool));
+        assert_eq!(workers.threads(), 2);
+        let out = workers.each((0..1000u64).collect(), |j| {
+            std::thread::sleep(Duration::from_micros(j % 3));
+            (j * j, rayon::current_thread_index())
+        });
+        assert_eq!(
+            out.iter().map(|&(sq, _)| sq).collect::<Vec<_>>(),
+            (0..1000u64).map(|j| j * j).collect::<Vec<_>>()
+        );
+        // the caller took jobs (it is no pool thread)
+        assert!(out.iter().any(|&(_, thread)| thread.is_none()));
+        assert!(workers.each(Vec::<u8>::new(), |j| j).is_empty());
+    }
+
+    #[test]
+    fn helpers_woken_for_nothing_go_back_and_the_pool_still_works() {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
-        let mut workers = Workers::start(Some(&pool));
-        assert!(workers.parallel());
-        let sum: u64 = workers.run(|| (0..1000u64).into_par_iter().sum());
-        assert_eq!(sum, 499_500);
-        assert!(workers.run(rayon::current_thread_index).is_some());
-        drop(workers);
-        // woken and never used: the spinning tasks end and the pool still works
         drop(Workers::start(Some(&pool)));
-        assert_eq!(pool.install(|| (0..10u64).into_par_iter().sum::<u64>()), 45);
+        let mut workers = Workers::start(Some(&pool));
+        assert_eq!(workers.each(vec![1, 2, 3], |j| j + 1), vec![2, 3, 4]);
     }
 
     #[test]
-    fn without_a_pool_parts_run_on_the_caller() {
+    fn without_helpers_every_job_runs_on_the_caller() {
         let mut workers = Workers::start(None);
-        assert!(!workers.parallel());
-        assert_eq!(workers.run(rayon::current_thread_index), None);
+        assert_eq!(workers.threads(), 1);
+        let out = workers.each(vec![1, 2], |j| (j, rayon::current_thread_index()));
+        assert_eq!(out, vec![(1, None), (2, None)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "job 7")]
+    fn a_panicking_job_reaches_the_caller() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let mut workers = Workers::start(Some(&pool));
+        workers.each((0..20).collect(), |j: i32| assert!(j != 7, "job 7"));
     }
 }
