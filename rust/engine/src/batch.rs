@@ -105,8 +105,6 @@ fn looks_incompressible(page: &[u8]) -> bool {
     seen.iter().map(|w| w.count_ones()).sum::<u32>() > 200
 }
 
-/// One encoded batch: its bytes, its counts, and its deltas to apply to cached bases
-/// in place (base hash, new hash, delta).
 /// The buffers a batch is laid out and compressed in, kept from batch to batch: a
 /// fresh buffer of a few MiB is a fresh mapping whose every page faults (and is
 /// cleared by the kernel) when first written, which cost round 0 about as much as
@@ -120,6 +118,8 @@ pub(crate) struct Scratch {
     packed: Vec<u8>,
 }
 
+/// One encoded batch: its bytes, its counts, and its deltas to apply to cached bases
+/// in place (base hash, new hash, delta).
 pub(crate) struct Batch {
     pub(crate) bytes: Vec<u8>,
     pub(crate) stats: EncodeStats,

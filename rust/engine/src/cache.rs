@@ -128,30 +128,29 @@ impl PageCache {
         // a slot taken twice in one call (evicted again) keeps its last content
         let mut copies: Vec<(usize, &[u8])> = copies.into_iter().collect();
         copies.sort_unstable_by_key(|&(slot, _)| slot);
-        if workers.threads() > 1 && copies.len() >= PARALLEL_COPIES {
-            // equal shares of the copies, each with the stretch of slab its slots lie in
-            let share = copies.len().div_ceil(workers.threads() * 4);
-            let mut jobs = Vec::new();
-            let mut rest: &mut [u8] = &mut self.slab;
-            let mut base = 0;
-            for group in copies.chunks(share) {
-                let end = group[group.len() - 1].0 + 1;
-                let (stretch, tail) =
-                    std::mem::take(&mut rest).split_at_mut((end - base) * PAGE_SIZE);
-                jobs.push((base, stretch, group));
-                (rest, base) = (tail, end);
-            }
-            workers.each(jobs, |(base, stretch, group)| {
-                for &(slot, src) in group {
-                    let at = (slot - base) * PAGE_SIZE;
-                    stretch[at..at + PAGE_SIZE].copy_from_slice(src);
-                }
-            });
+        // equal shares of the copies, each with the stretch of slab its slots lie in (few
+        // copies: one share, copied on the caller's thread)
+        let shares = if copies.len() >= PARALLEL_COPIES {
+            workers.threads() * 4
         } else {
-            for (slot, src) in copies {
-                self.slab[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE].copy_from_slice(src);
-            }
+            1
+        };
+        let share = copies.len().div_ceil(shares).max(1);
+        let mut jobs = Vec::new();
+        let mut rest: &mut [u8] = &mut self.slab;
+        let mut base = 0;
+        for group in copies.chunks(share) {
+            let end = group[group.len() - 1].0 + 1;
+            let (stretch, tail) = std::mem::take(&mut rest).split_at_mut((end - base) * PAGE_SIZE);
+            jobs.push((base, stretch, group));
+            (rest, base) = (tail, end);
         }
+        workers.each(jobs, |(base, stretch, group)| {
+            for &(slot, src) in group {
+                let at = (slot - base) * PAGE_SIZE;
+                stretch[at..at + PAGE_SIZE].copy_from_slice(src);
+            }
+        });
         if self.order.len() > 2 * self.capacity + 64 {
             let slots = &self.slots;
             self.order

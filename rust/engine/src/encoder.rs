@@ -283,7 +283,6 @@ impl Encoder {
         scan: Option<&PageScan>,
         mut workers: Workers<'_>,
     ) -> Result<Vec<Vec<u8>>> {
-        let parallel = workers.threads() > 1;
         // phase 1: zero tests and hashes (a scan's, when there is one)
         let facts: Vec<(u128, bool)> = match scan {
             Some(scan) => indices.iter().map(|&i| scan.page(i as usize)).collect(),
@@ -359,11 +358,7 @@ impl Encoder {
         }
         // phase 3: batches, each independent
         let config = self.config;
-        let size = if parallel {
-            balanced_batch(indices.len(), config.batch_pages, workers.threads())
-        } else {
-            config.batch_pages
-        };
+        let size = balanced_batch(indices.len(), config.batch_pages, workers.threads());
         let jobs: Vec<(usize, &[u64], &[Plan])> = indices
             .chunks(size)
             .zip(plans.chunks(size))
@@ -372,11 +367,9 @@ impl Encoder {
             .collect();
         let (cache, announced) = (&self.previous, &self.announced);
         let scratch = &self.scratch;
-        let build = |&(first, idx, plan): &(usize, &[u64], &[Plan])| {
-            let mut buffers = scratch
-                .lock()
-                .map_or(None, |mut s| s.pop())
-                .unwrap_or_default();
+        let build = |(first, idx, plan): (usize, &[u64], &[Plan])| {
+            let taken = scratch.lock().ok().and_then(|mut s| s.pop());
+            let mut buffers = taken.unwrap_or_default();
             let batch = encode_batch(
                 config,
                 source,
@@ -391,7 +384,7 @@ impl Encoder {
             }
             batch
         };
-        let batches: Vec<Result<Batch>> = workers.each(jobs, |job| build(&job));
+        let batches: Vec<Result<Batch>> = workers.each(jobs, build);
         let mut out = Vec::with_capacity(batches.len());
         let mut in_place = Vec::new();
         for batch in batches {

@@ -102,12 +102,16 @@ impl Drop for Workers<'_> {
 mod tests {
     use super::*;
 
+    fn helpers(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn jobs_run_on_the_caller_and_the_helpers_and_keep_their_order() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
+        let pool = helpers(1);
         let mut workers = Workers::start(Some(&pool));
         assert_eq!(workers.threads(), 2);
         let out = workers.each((0..1000u64).collect(), |j| {
@@ -125,10 +129,7 @@ mod tests {
 
     #[test]
     fn helpers_woken_for_nothing_go_back_and_the_pool_still_works() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .build()
-            .unwrap();
+        let pool = helpers(2);
         drop(Workers::start(Some(&pool)));
         let mut workers = Workers::start(Some(&pool));
         assert_eq!(workers.each(vec![1, 2, 3], |j| j + 1), vec![2, 3, 4]);
@@ -145,10 +146,7 @@ mod tests {
     #[test]
     #[should_panic(expected = "job 7")]
     fn a_panicking_job_reaches_the_caller() {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
+        let pool = helpers(1);
         let mut workers = Workers::start(Some(&pool));
         workers.each((0..20).collect(), |j: i32| assert!(j != 7, "job 7"));
     }
