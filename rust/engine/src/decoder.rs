@@ -11,11 +11,13 @@
 //! claims: every length is checked against the header and the guest before use, and a
 //! batch is verified (checksum, sizes, indices) before any page of it is written.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
 use crate::fasthash::FastMap;
 use crate::holdings::{Holdings, Undo};
+use crate::mem::write_slice;
 use crate::scan::{zero_hash, ZERO_PAGE};
 use crate::store::{PageStore, Pinned};
 use crate::wire::{Codec, Header, Kind, MAX_DELTA};
@@ -170,19 +172,23 @@ impl Decoder {
     /// A copy of the receiver's whole guest memory.
     #[must_use]
     pub fn image(&self) -> Vec<u8> {
-        let mut out = vec![0u8; self.pages() * PAGE_SIZE];
-        self.copy_image(&mut out);
+        let len = self.pages() * PAGE_SIZE;
+        let mut out = Vec::with_capacity(len);
+        self.copy_image(&mut out.spare_capacity_mut()[..len]);
+        // SAFETY: copy_image wrote every byte of the first `len`
+        unsafe { out.set_len(len) };
         out
     }
 
-    /// Copies the receiver's whole guest memory into `out` (`pages()` pages long).
+    /// Copies the receiver's whole guest memory into `out` (`pages()` pages long; its
+    /// bytes need not be initialised: every one is written).
     ///
     /// # Panics
     /// When `out` is not exactly the guest's size.
-    pub fn copy_image(&self, out: &mut [u8]) {
+    pub fn copy_image(&self, out: &mut [MaybeUninit<u8>]) {
         assert_eq!(out.len(), self.pages() * PAGE_SIZE, "one guest's worth");
         for (index, page) in out.chunks_exact_mut(PAGE_SIZE).enumerate() {
-            page.copy_from_slice(self.page(index));
+            write_slice(page, self.page(index));
         }
     }
 

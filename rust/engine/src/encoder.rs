@@ -8,6 +8,7 @@
 //! 3. per batch, in parallel (`batch`): deltas, the compressible/raw split, block
 //!    compression and framing.
 
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use crate::batch::{encode_batch, zstd_compress_into, Batch, Plan, Scratch, Source};
@@ -254,6 +255,23 @@ impl Encoder {
             ));
         }
         self.run(Source::Packed(pages), indices, None)
+    }
+
+    /// Batches this encoder returned, copied back to back into `out` (exactly as long
+    /// as they are together; its bytes need not be initialised) on the encoder's
+    /// threads: a first round's tens of MB into fresh memory (each new page a fault)
+    /// take long enough for a copy on one thread to hold up the call.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidArgument`] when `out` is not as long as the batches.
+    pub fn join_into(&mut self, batches: &[Vec<u8>], out: &mut [MaybeUninit<u8>]) -> Result<()> {
+        if out.len() != batches.iter().map(Vec::len).sum::<usize>() {
+            return Err(EngineError::invalid(
+                "the output must be exactly as long as the batches",
+            ));
+        }
+        Workers::start(self.pool.as_ref()).join_into(batches, out);
+        Ok(())
     }
 
     fn run(

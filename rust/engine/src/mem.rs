@@ -1,8 +1,11 @@
-//! Large buffers backed by transparent huge pages where the kernel offers them.
+//! Large buffers backed by transparent huge pages where the kernel offers them, and
+//! copies into memory not yet initialised.
 //!
 //! The sender's delta cache is hundreds of MiB touched page by page; with 4 KiB pages
 //! that is one page fault per 4 KiB. `MADV_HUGEPAGE` lets the kernel back it with
 //! 2 MiB pages (THP in `madvise` mode).
+
+use std::mem::MaybeUninit;
 
 /// A buffer of `len` zero bytes, advised for huge pages. A large one is fresh memory
 /// from the kernel (`calloc` neither clears nor touches it), so nothing is written and
@@ -31,5 +34,20 @@ fn advise(ptr: *const u8, len: usize) {
     // disabled) is harmless, so the result is ignored.
     unsafe {
         libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+    }
+}
+
+/// `from` copied into `to` (as long), initialising it: a buffer that is only ever
+/// written whole need not be cleared first (for a fresh one, clearing means faulting
+/// every page in and writing it once more).
+///
+/// # Panics
+/// When the two differ in length.
+pub fn write_slice(to: &mut [MaybeUninit<u8>], from: &[u8]) {
+    assert_eq!(to.len(), from.len());
+    // SAFETY: both are valid for `from.len()` bytes (checked), `to` is writable and a
+    // distinct borrow from `from` (no overlap), and `MaybeUninit<u8>` has the layout of `u8`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(from.as_ptr(), to.as_mut_ptr().cast::<u8>(), from.len());
     }
 }

@@ -11,12 +11,19 @@
 //!   fewer jobs (the caller waits at the end only for jobs a helper has begun, and
 //!   for a helper that never woke to find the queue empty).
 
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::mem::write_slice;
+
 /// Longest a woken helper waits for the parallel part before going back to sleep.
 const SPIN: Duration = Duration::from_millis(1);
+
+/// Output below this many bytes is joined on the caller alone: copying it takes
+/// less than waking a helper (a few hundred microseconds here).
+const PARALLEL_JOIN: usize = if cfg!(test) { 64 } else { 1 << 20 };
 
 /// Runs a call's parallel parts on the caller and the encoder's helper threads.
 pub(crate) struct Workers<'p> {
@@ -85,6 +92,32 @@ impl<'p> Workers<'p> {
         done.into_iter().map(|(_, result)| result).collect()
     }
 
+    /// `pieces` copied back to back into `out` (exactly as long as they are together;
+    /// every byte of it is written), one piece per job when there are enough bytes for
+    /// the helpers to be worth it.
+    ///
+    /// # Panics
+    /// When `out` is not exactly as long as the pieces together.
+    pub(crate) fn join_into(&mut self, pieces: &[Vec<u8>], out: &mut [MaybeUninit<u8>]) {
+        let total = pieces.iter().map(Vec::len).sum::<usize>();
+        assert_eq!(out.len(), total);
+        let mut rest = out;
+        let mut jobs = Vec::with_capacity(pieces.len());
+        for piece in pieces {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(piece.len());
+            jobs.push((piece.as_slice(), head));
+            rest = tail;
+        }
+        if total < PARALLEL_JOIN {
+            self.stop_spinning();
+            for (piece, to) in jobs {
+                write_slice(to, piece);
+            }
+            return;
+        }
+        self.each(jobs, |(piece, to)| write_slice(to, piece));
+    }
+
     fn stop_spinning(&mut self) {
         if let Some(go) = self.go.take() {
             go.store(true, Ordering::Release);
@@ -133,6 +166,34 @@ mod tests {
         drop(Workers::start(Some(&pool)));
         let mut workers = Workers::start(Some(&pool));
         assert_eq!(workers.each(vec![1, 2, 3], |j| j + 1), vec![2, 3, 4]);
+    }
+
+    #[test]
+    fn pieces_are_joined_in_order_with_and_without_helpers() {
+        let pool = helpers(1);
+        let pieces: Vec<Vec<u8>> = (0..40u8).map(|n| vec![n; usize::from(n) * 3]).collect();
+        let want = pieces.concat();
+        for few in [&pieces[..3], &pieces[..]] {
+            for pool in [None, Some(&pool)] {
+                let mut out = vec![MaybeUninit::new(0xEE); few.iter().map(Vec::len).sum()];
+                Workers::start(pool).join_into(few, &mut out);
+                assert_eq!(init(&out), few.concat());
+            }
+        }
+        let mut out = vec![MaybeUninit::uninit(); want.len()];
+        Workers::start(Some(&pool)).join_into(&pieces, &mut out);
+        assert_eq!(init(&out), want);
+    }
+
+    fn init(bytes: &[MaybeUninit<u8>]) -> Vec<u8> {
+        // SAFETY: only called on buffers `join_into` wrote whole
+        bytes.iter().map(|b| unsafe { b.assume_init() }).collect()
+    }
+
+    #[test]
+    #[should_panic(expected = "assertion")]
+    fn joining_into_a_buffer_of_another_length_panics() {
+        Workers::start(None).join_into(&[vec![1, 2]], &mut [MaybeUninit::new(0); 3]);
     }
 
     #[test]

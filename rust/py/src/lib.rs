@@ -11,7 +11,10 @@ mod placement;
 mod stream;
 
 use novacron_engine as engine;
+use std::mem::MaybeUninit;
+
 use pyo3::buffer::PyBuffer;
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -68,20 +71,47 @@ where
     py.detach(work).map_err(to_py_err)
 }
 
-/// Batches joined into one `bytes`, copied once, straight into the bytes object.
-fn joined<'py>(py: Python<'py>, batches: &[Vec<u8>]) -> PyResult<Bound<'py, PyBytes>> {
+/// A new `bytes` of `len` bytes that `fill` writes whole. Unlike `PyBytes::new_with`,
+/// the buffer is not cleared first: for a large one that is fresh memory, clearing
+/// faults every page in (with the GIL held) only for `fill` to write it again.
+fn filled_bytes<'py>(
+    py: Python<'py>,
+    len: usize,
+    fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> PyResult<()>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let size = ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| pyo3::exceptions::PyOverflowError::new_err("output too large"))?;
+    // SAFETY: a null source asks CPython for a new bytes object of `size` bytes whose
+    // contents are not initialised; the result is a new reference or null with an
+    // exception set, which `from_owned_ptr_or_err` turns into an error.
+    let object = unsafe {
+        Bound::from_owned_ptr_or_err(py, ffi::PyBytes_FromStringAndSize(std::ptr::null(), size))?
+    };
+    // SAFETY: `object` is the bytes object just created (the cast cannot be wrong), so
+    // `PyBytes_AsString` returns its buffer of exactly `len` bytes. No other code has
+    // seen the object, so the slice is the only access to the buffer until `fill`
+    // returns, and `MaybeUninit` admits the uninitialised contents.
+    let (bytes, buffer) = unsafe {
+        let bytes = object.cast_into_unchecked::<PyBytes>();
+        let data = ffi::PyBytes_AsString(bytes.as_ptr()).cast::<MaybeUninit<u8>>();
+        (bytes, std::slice::from_raw_parts_mut(data, len))
+    };
+    fill(buffer)?;
+    Ok(bytes)
+}
+
+/// Batches joined into one `bytes`, copied once, straight into the bytes object, on
+/// the encoder's threads.
+fn joined<'py>(
+    py: Python<'py>,
+    encoder: &mut engine::Encoder,
+    batches: &[Vec<u8>],
+) -> PyResult<Bound<'py, PyBytes>> {
     let total = batches.iter().map(Vec::len).sum();
-    PyBytes::new_with(py, total, |out| {
-        // the new object is not visible to any other thread yet: the copy (tens of MB
-        // for a first round) need not hold up the others
-        py.detach(|| {
-            let mut at = 0;
-            for batch in batches {
-                out[at..at + batch.len()].copy_from_slice(batch);
-                at += batch.len();
-            }
-        });
-        Ok(())
+    // the new object is not visible to any other thread yet: the copy (tens of MB for
+    // a first round) need not hold up the others
+    filled_bytes(py, total, |out| {
+        detached(py, || encoder.join_into(batches, out))
     })
 }
 
@@ -259,7 +289,7 @@ impl PageEncoder {
             Some(scan) => inner.encode_scanned(view.as_slice(), &indices, &scan.inner),
             None => inner.encode_batches(view.as_slice(), &indices),
         })?;
-        joined(py, &batches)
+        joined(py, &mut self.inner, &batches)
     }
 
     /// Encodes pages delivered one by one (a migration stream's): `pages` holds one page
@@ -273,7 +303,7 @@ impl PageEncoder {
         let view = ByteView::new(pages)?;
         let inner = &mut self.inner;
         let batches = detached(py, || inner.encode_pages(&indices, view.as_slice()))?;
-        joined(py, &batches)
+        joined(py, inner, &batches)
     }
 
     /// Takes the receiver's announced hashes; returns how many.
@@ -351,8 +381,8 @@ impl PageDecoder {
     /// A copy of the receiver's guest memory.
     fn image<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let inner = &self.inner;
-        PyBytes::new_with(py, inner.pages() * engine::PAGE_SIZE, |out| {
-            inner.copy_image(out);
+        filled_bytes(py, inner.pages() * engine::PAGE_SIZE, |out| {
+            py.detach(|| inner.copy_image(out));
             Ok(())
         })
     }
@@ -367,9 +397,9 @@ impl PageDecoder {
                 "page index {bad} out of range"
             ))));
         }
-        PyBytes::new_with(py, indices.len() * engine::PAGE_SIZE, |out| {
+        filled_bytes(py, indices.len() * engine::PAGE_SIZE, |out| {
             for (chunk, &i) in out.chunks_mut(engine::PAGE_SIZE).zip(&indices) {
-                chunk.copy_from_slice(inner.page(i as usize));
+                engine::write_slice(chunk, inner.page(i as usize));
             }
             Ok(())
         })
