@@ -200,6 +200,26 @@ def test_content_moved_to_another_page_goes_as_a_delta_from_it() -> None:
     assert dec.image() == bytes(image)
 
 
+def test_a_large_round_on_two_threads_decodes_to_the_image_and_pages_read_back() -> None:
+    # over 1 MiB of output: the encoder copies its batches into the bytes object on
+    # both threads; the decoder's image and pages are written into new bytes whole
+    rng = random.Random(11)
+    pages = 600
+    image = bytearray(rng.randbytes(pages * PAGE))
+    image[: 50 * PAGE] = bytes(50 * PAGE)
+    enc = _core.PageEncoder(pages, threads=2, batch_pages=64)
+    dec = _core.PageDecoder(pages)
+    wire = enc.encode(bytes(image))
+    assert len(wire) > 1 << 20
+    assert dec.decode(wire) == 10  # 600 pages in batches of 64
+    assert dec.image() == bytes(image)
+    want = [599, 0, 77, 77, 10]
+    assert dec.pages(want) == b"".join(image[i * PAGE : (i + 1) * PAGE] for i in want)
+    assert dec.pages([]) == b""
+    with pytest.raises(EngineError, match="out of range"):
+        dec.pages([1, 600])
+
+
 @settings(max_examples=1500)
 @given(st.binary(max_size=4096))
 def test_decoder_fuzz_garbage_is_rejected_cleanly(data: bytes) -> None:
