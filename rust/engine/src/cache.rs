@@ -113,21 +113,29 @@ impl PageCache {
         if self.capacity == 0 || pages.is_empty() {
             return;
         }
-        let mut copies: FastMap<usize, &[u8]> = FastMap::default();
+        let mut copies: Vec<(usize, &[u8])> = Vec::new();
         for &(hash, page) in pages {
             let slot = match self.slots.get(&hash) {
                 Some(&(slot, _)) => slot, // same content: nothing to copy
                 None => {
                     let slot = self.take_slot();
-                    copies.insert(slot, page);
+                    copies.push((slot, page));
                     slot
                 }
             };
             self.file(hash, slot);
         }
-        // a slot taken twice in one call (evicted again) keeps its last content
-        let mut copies: Vec<(usize, &[u8])> = copies.into_iter().collect();
-        copies.sort_unstable_by_key(|&(slot, _)| slot);
+        // in slot order (a stable sort: slots taken from fresh room come in order, so
+        // this is one pass); a slot taken twice in one call (evicted again) keeps its
+        // last content
+        copies.sort_by_key(|&(slot, _)| slot);
+        copies.dedup_by(|later, earlier| {
+            let same = later.0 == earlier.0;
+            if same {
+                earlier.1 = later.1;
+            }
+            same
+        });
         // equal shares of the copies, each with the stretch of slab its slots lie in (few
         // copies: one share, copied on the caller's thread)
         let shares = if copies.len() >= PARALLEL_COPIES {

@@ -325,12 +325,14 @@ impl Encoder {
         let mut base_uses: FastMap<u128, u32> = FastMap::default();
         // pages the receiver gets for the first time (a first pass over the memory)
         let mut first = Vec::with_capacity(indices.len());
-        // pages this call offered so far (as many as the call has, whatever the guest's size)
-        let mut offered: FastSet<u64> =
-            FastSet::with_capacity_and_hasher(indices.len(), Default::default());
+        // pages this call offered so far (as many as the call has, whatever the guest's
+        // size), kept only when an index may come twice (indices not strictly ascending,
+        // as a dirty bitmap's and a first pass's are)
+        let mut offered: Option<FastSet<u64>> = (!indices.windows(2).all(|w| w[0] < w[1]))
+            .then(|| FastSet::with_capacity_and_hasher(indices.len(), Default::default()));
         for (&index, &(hash, zero)) in indices.iter().zip(&facts) {
             let i = index as usize;
-            let first_offer = offered.insert(index);
+            let first_offer = offered.as_mut().is_none_or(|seen| seen.insert(index));
             let old = self.held.hash_of(i);
             first.push(old.is_none());
             if let Some(old) = old.filter(|&old| old != hash) {
