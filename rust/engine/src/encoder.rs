@@ -18,7 +18,7 @@ use crate::fasthash::{FastMap, FastSet};
 use crate::holdings::Holdings;
 use crate::scan::{identify, zero_hash, PageScan};
 use crate::wire::{Codec, MAX_RECORDS};
-use crate::workers::Workers;
+use crate::workers::{Workers, PARALLEL_JOIN};
 use crate::PAGE_SIZE;
 
 /// Encoder settings.
@@ -265,12 +265,15 @@ impl Encoder {
     /// # Errors
     /// [`EngineError::InvalidArgument`] when `out` is not as long as the batches.
     pub fn join_into(&mut self, batches: &[Vec<u8>], out: &mut [MaybeUninit<u8>]) -> Result<()> {
-        if out.len() != batches.iter().map(Vec::len).sum::<usize>() {
+        let total = batches.iter().map(Vec::len).sum::<usize>();
+        if out.len() != total {
             return Err(EngineError::invalid(
                 "the output must be exactly as long as the batches",
             ));
         }
-        Workers::start(self.pool.as_ref()).join_into(batches, out);
+        // (a small output is copied on the caller: no helper is woken for it)
+        let helpers = self.pool.as_ref().filter(|_| total >= PARALLEL_JOIN);
+        Workers::start(helpers).join_into(batches, out);
         Ok(())
     }
 

@@ -23,7 +23,7 @@ const SPIN: Duration = Duration::from_millis(1);
 
 /// Output below this many bytes is joined on the caller alone: copying it takes
 /// less than waking a helper (a few hundred microseconds here).
-const PARALLEL_JOIN: usize = if cfg!(test) { 64 } else { 1 << 20 };
+pub(crate) const PARALLEL_JOIN: usize = if cfg!(test) { 64 } else { 1 << 20 };
 
 /// Runs a call's parallel parts on the caller and the encoder's helper threads.
 pub(crate) struct Workers<'p> {
