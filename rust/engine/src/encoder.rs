@@ -18,7 +18,7 @@ use crate::fasthash::{FastMap, FastSet};
 use crate::holdings::Holdings;
 use crate::scan::{identify, zero_hash, PageScan};
 use crate::wire::{Codec, MAX_RECORDS};
-use crate::workers::{Workers, PARALLEL_JOIN};
+use crate::workers::Workers;
 use crate::PAGE_SIZE;
 
 /// Encoder settings.
@@ -264,14 +264,14 @@ impl Encoder {
     ///
     /// # Errors
     /// [`EngineError::InvalidArgument`] when `out` is not as long as the batches.
-    pub fn join_into(&mut self, batches: &[Vec<u8>], out: &mut [MaybeUninit<u8>]) -> Result<()> {
+    pub fn join_into(&self, batches: &[Vec<u8>], out: &mut [MaybeUninit<u8>]) -> Result<()> {
         let total = batches.iter().map(Vec::len).sum::<usize>();
         if out.len() != total {
             return Err(EngineError::invalid(
                 "the output must be exactly as long as the batches",
             ));
         }
-        // (a small output is copied on the caller: no helper is woken for it)
+        // (a small output is copied on the caller alone: no helper is woken for it)
         let helpers = self.pool.as_ref().filter(|_| total >= PARALLEL_JOIN);
         Workers::start(helpers).join_into(batches, out);
         Ok(())
@@ -461,6 +461,10 @@ impl Encoder {
         Ok(out)
     }
 }
+
+/// Output below this many bytes is joined on the caller alone: copying it takes less
+/// than waking a helper (a few hundred microseconds here).
+const PARALLEL_JOIN: usize = 1 << 20;
 
 /// Pages hashed per job when the encoder hashes them itself.
 const IDENTIFY_PAGES: usize = 4096;

@@ -21,10 +21,6 @@ use crate::mem::write_slice;
 /// Longest a woken helper waits for the parallel part before going back to sleep.
 const SPIN: Duration = Duration::from_millis(1);
 
-/// Output below this many bytes is joined on the caller alone: copying it takes
-/// less than waking a helper (a few hundred microseconds here).
-pub(crate) const PARALLEL_JOIN: usize = if cfg!(test) { 64 } else { 1 << 20 };
-
 /// Runs a call's parallel parts on the caller and the encoder's helper threads.
 pub(crate) struct Workers<'p> {
     helpers: Option<&'p rayon::ThreadPool>,
@@ -93,8 +89,7 @@ impl<'p> Workers<'p> {
     }
 
     /// `pieces` copied back to back into `out` (exactly as long as they are together;
-    /// every byte of it is written), one piece per job when there are enough bytes for
-    /// the helpers to be worth it.
+    /// every byte of it is written), one piece per job.
     ///
     /// # Panics
     /// When `out` is not exactly as long as the pieces together.
@@ -107,13 +102,6 @@ impl<'p> Workers<'p> {
             let (head, tail) = std::mem::take(&mut rest).split_at_mut(piece.len());
             jobs.push((piece.as_slice(), head));
             rest = tail;
-        }
-        if total < PARALLEL_JOIN {
-            self.stop_spinning();
-            for (piece, to) in jobs {
-                write_slice(to, piece);
-            }
-            return;
         }
         self.each(jobs, |(piece, to)| write_slice(to, piece));
     }

@@ -104,7 +104,7 @@ fn filled_bytes<'py>(
 /// the encoder's threads.
 fn joined<'py>(
     py: Python<'py>,
-    encoder: &mut engine::Encoder,
+    encoder: &engine::Encoder,
     batches: &[Vec<u8>],
 ) -> PyResult<Bound<'py, PyBytes>> {
     let total = batches.iter().map(Vec::len).sum();
@@ -289,7 +289,7 @@ impl PageEncoder {
             Some(scan) => inner.encode_scanned(view.as_slice(), &indices, &scan.inner),
             None => inner.encode_batches(view.as_slice(), &indices),
         })?;
-        joined(py, &mut self.inner, &batches)
+        joined(py, &self.inner, &batches)
     }
 
     /// Encodes pages delivered one by one (a migration stream's): `pages` holds one page
