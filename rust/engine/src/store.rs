@@ -55,8 +55,8 @@ impl PageStore {
     }
 
     /// Adds the non-zero pages of `pages` whose hash and zero test are known already
-    /// (`facts`, one per page, as [`identify`] gives them: e.g. the encoder's); returns
-    /// how many were new.
+    /// (`facts`, one per page, as the scan's `identify` gives them: e.g. the
+    /// encoder's); returns how many were new.
     pub fn add_identified(&self, pages: &[u8], facts: &[(u128, bool)]) -> usize {
         debug_assert_eq!(pages.len(), facts.len() * PAGE_SIZE);
         let mut inner = self.lock();
