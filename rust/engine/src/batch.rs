@@ -51,15 +51,12 @@ pub(crate) enum Plan {
     Unchanged,
     Dup(u128),
     /// Content `hash` must be sent; a delta against `base` (the hash of the
-    /// receiver's version, cached or zero) may be tried. `reuse`: this page is the
-    /// only one to use `base` this round and no page holds `base` afterwards, so a
-    /// delta may be applied to the cached base in place instead of copying the page.
+    /// receiver's version, cached or zero) may be tried.
     /// `first_offer`: the call's first record for this page, so `base` is what the
     /// page held when the batch began (a base other pages may take a delta from).
     Content {
         hash: u128,
         base: Option<u128>,
-        reuse: bool,
         first_offer: bool,
     },
 }
@@ -118,8 +115,9 @@ pub(crate) struct Scratch {
     packed: Vec<u8>,
 }
 
-/// One encoded batch: its bytes, its counts, and its deltas to apply to cached bases
-/// in place (base hash, new hash, delta).
+/// One encoded batch: its bytes, its counts, and its deltas against a page's own
+/// cached version (base hash, new hash, delta): the encoder applies to the cached base
+/// in place those whose base no other page uses or holds.
 pub(crate) struct Batch {
     pub(crate) bytes: Vec<u8>,
     pub(crate) stats: EncodeStats,
@@ -151,7 +149,10 @@ pub(crate) fn encode_batch(
     scratch: &mut Scratch,
 ) -> Result<Batch> {
     let (cache, announced) = held;
-    let mut in_place = Vec::new();
+    // pages whose delta is against their own cached version: (base, hash, page)
+    let mut own = Vec::new();
+    // those deltas where a delta from another page replaced them: (page, delta)
+    let mut displaced = Vec::new();
     // contents this batch replaces, as bases for pages their own version is no good for
     let mut similar = Resemblance::default();
     // pages that may find a shorter delta there, with the length to beat
@@ -170,7 +171,6 @@ pub(crate) fn encode_batch(
             &Plan::Content {
                 hash,
                 base,
-                reuse,
                 first_offer,
             } => {
                 let cached = base.and_then(|h| cache.get(h));
@@ -186,8 +186,9 @@ pub(crate) fn encode_batch(
                 }
                 match delta {
                     Some(d) => {
-                        if let (true, Some(base)) = (reuse, base) {
-                            in_place.push((base, hash, d.clone()));
+                        // (the zero page is never cached: no delta applies to it)
+                        if let Some(base) = base.filter(|&b| b != zero_hash()) {
+                            own.push((base, hash, k));
                         }
                         if d.len() > SEEK_SHORTER {
                             pending.push((k, d.len(), layout.mark()));
@@ -226,7 +227,11 @@ pub(crate) fn encode_batch(
                 };
                 if let Some(d) = delta::encode(content, page, shortest - 1) {
                     shortest = d.len();
-                    choices[k] = Choice::DeltaFrom(base_index, d);
+                    if let Choice::Delta(d) =
+                        std::mem::replace(&mut choices[k], Choice::DeltaFrom(base_index, d))
+                    {
+                        displaced.push((k, d));
+                    }
                     redo = redo.or(Some((k, mark)));
                 }
             }
@@ -241,6 +246,18 @@ pub(crate) fn encode_batch(
     let bytes = layout.finish(config, &mut scratch.packed);
     let stats = layout.stats;
     layout.give_back(scratch);
+    // (both lists are in page order)
+    let mut displaced = displaced.into_iter();
+    let in_place = own
+        .into_iter()
+        .filter_map(|(base, hash, k)| {
+            let delta = match &mut choices[k] {
+                Choice::Delta(d) => std::mem::take(d),
+                _ => displaced.find(|&(at, _)| at == k)?.1,
+            };
+            Some((base, hash, delta))
+        })
+        .collect();
     Ok(Batch {
         bytes: bytes?,
         stats,

@@ -21,6 +21,44 @@ use crate::PAGE_SIZE;
 /// take the parallel path with fewer.)
 const PARALLEL_COPIES: usize = if cfg!(test) { 16 } else { 1024 };
 
+/// As [`PARALLEL_COPIES`], when the helpers are awake already (no wake-up to pay).
+const PARALLEL_COPIES_AWAKE: usize = if cfg!(test) { 16 } else { 64 };
+
+fn parallel_from(workers: &Workers<'_>) -> usize {
+    if workers.awake() {
+        PARALLEL_COPIES_AWAKE
+    } else {
+        PARALLEL_COPIES
+    }
+}
+
+/// Work on slots (`items` in slot order) split for `workers`: equal shares of the
+/// items (one share when they are few: done on the caller's thread), each with the
+/// first slot and the stretch of `slab` its slots lie in.
+#[allow(clippy::type_complexity)]
+fn shares<'a, T>(
+    slab: &'a mut [u8],
+    items: &'a [(usize, T)],
+    workers: &Workers<'_>,
+) -> Vec<(usize, &'a mut [u8], &'a [(usize, T)])> {
+    let shares = if items.len() >= parallel_from(workers) {
+        workers.threads() * 4
+    } else {
+        1
+    };
+    let share = items.len().div_ceil(shares).max(1);
+    let mut jobs = Vec::new();
+    let mut rest = slab;
+    let mut base = 0;
+    for group in items.chunks(share) {
+        let end = group[group.len() - 1].0 + 1;
+        let (stretch, tail) = std::mem::take(&mut rest).split_at_mut((end - base) * PAGE_SIZE);
+        jobs.push((base, stretch, group));
+        (rest, base) = (tail, end);
+    }
+    jobs
+}
+
 /// Page contents by hash.
 pub struct PageCache {
     capacity: usize,
@@ -74,23 +112,46 @@ impl PageCache {
         }
     }
 
-    /// Turns the cached content `base` into the content `hash` by applying `delta`
-    /// (made against `base`) to it where it lies: no page copy. The caller knows no
-    /// page holds `base` any more. Nothing happens unless `base` is cached and `hash`
-    /// is not; a delta that does not apply drops `base`.
-    pub fn replace_by_delta(&mut self, base: u128, hash: u128, delta: &[u8]) {
-        if self.slots.contains_key(&hash) {
-            return;
+    /// Turns the cached contents `base` into the contents `hash` by applying `delta`
+    /// (made against `base`) to them where they lie, for each `(base, hash, delta)` of
+    /// `deltas` in order: no page copy. The caller knows no page holds a `base` any
+    /// more. Nothing happens to a `base` that is not cached or whose `hash` is; a delta
+    /// that does not apply drops its content (its slot is reused, as after
+    /// [`PageCache::forget`]). The bookkeeping runs on the caller, the deltas are
+    /// applied by `workers` when they are many.
+    pub(crate) fn replace_by_deltas(
+        &mut self,
+        deltas: &[(u128, u128, Vec<u8>)],
+        workers: &mut Workers<'_>,
+    ) {
+        let mut edits: Vec<(usize, (u128, &[u8]))> = Vec::with_capacity(deltas.len());
+        for (base, hash, delta) in deltas {
+            if self.slots.contains_key(hash) {
+                continue;
+            }
+            let Some((slot, _)) = self.slots.remove(base) else {
+                continue;
+            };
+            self.file(*hash, slot);
+            edits.push((slot, (*hash, delta)));
         }
-        let Some((slot, _)) = self.slots.remove(&base) else {
-            return;
-        };
-        let page = &mut self.slab[slot * PAGE_SIZE..(slot + 1) * PAGE_SIZE];
-        if crate::delta::apply(page, delta).is_err() {
-            self.free.push(slot);
-            return;
+        // (a slot edited twice keeps its edits' order: the sort is stable and a slot's
+        // edits fall in one share)
+        edits.sort_by_key(|&(slot, _)| slot);
+        let jobs = shares(&mut self.slab, &edits, workers);
+        let failed = workers.each(jobs, |(base, stretch, group)| {
+            let mut failed = Vec::new();
+            for &(slot, (hash, delta)) in group {
+                let at = (slot - base) * PAGE_SIZE;
+                if crate::delta::apply(&mut stretch[at..at + PAGE_SIZE], delta).is_err() {
+                    failed.push(hash);
+                }
+            }
+            failed
+        });
+        for hash in failed.into_iter().flatten() {
+            self.forget(hash);
         }
-        self.file(hash, slot);
     }
 
     /// Files `hash` in `slot` as the most recently used content.
@@ -98,6 +159,12 @@ impl PageCache {
         self.clock += 1;
         self.slots.insert(hash, (slot, self.clock));
         self.order.push_back((hash, self.clock));
+    }
+
+    /// One delta in place (see [`PageCache::replace_by_deltas`]).
+    #[cfg(test)]
+    pub fn replace_by_delta(&mut self, base: u128, hash: u128, delta: &[u8]) {
+        self.replace_by_deltas(&[(base, hash, delta.to_vec())], &mut Workers::start(None));
     }
 
     /// Stores one page (the sequential reference for [`PageCache::put_many`]).
@@ -136,23 +203,7 @@ impl PageCache {
             }
             same
         });
-        // equal shares of the copies, each with the stretch of slab its slots lie in (few
-        // copies: one share, copied on the caller's thread)
-        let shares = if copies.len() >= PARALLEL_COPIES {
-            workers.threads() * 4
-        } else {
-            1
-        };
-        let share = copies.len().div_ceil(shares).max(1);
-        let mut jobs = Vec::new();
-        let mut rest: &mut [u8] = &mut self.slab;
-        let mut base = 0;
-        for group in copies.chunks(share) {
-            let end = group[group.len() - 1].0 + 1;
-            let (stretch, tail) = std::mem::take(&mut rest).split_at_mut((end - base) * PAGE_SIZE);
-            jobs.push((base, stretch, group));
-            (rest, base) = (tail, end);
-        }
+        let jobs = shares(&mut self.slab, &copies, workers);
         workers.each(jobs, |(base, stretch, group)| {
             for &(slot, src) in group {
                 let at = (slot - base) * PAGE_SIZE;
@@ -339,5 +390,70 @@ mod tests {
         let mut cache = PageCache::new(0);
         cache.put(1, &page(1));
         assert!(cache.get(1).is_none() && cache.is_empty());
+    }
+
+    #[test]
+    fn many_deltas_in_place_match_applying_them_one_by_one() {
+        // 200 cached contents; 150 deltas turn some into new contents in place, some
+        // name a base not cached or a content cached already (nothing happens), one
+        // does not apply (its content is dropped)
+        let mut rng = 7u64;
+        let mut next = || {
+            rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            rng >> 33
+        };
+        let old: Vec<Vec<u8>> = (0..200u8).map(page).collect();
+        let mut deltas = Vec::new();
+        let mut want: Vec<(u128, Option<Vec<u8>>)> = Vec::new();
+        for k in 0..150u128 {
+            let base = k + 20 * (k % 2); // bases 0..=169, each once
+            let mut new = old[base as usize].clone();
+            new[(next() % 4096) as usize] ^= 0x5a;
+            let hash = 1000 + k;
+            deltas.push((
+                base,
+                hash,
+                crate::delta::encode(&old[base as usize], &new, 4096).unwrap(),
+            ));
+            want.push((hash, Some(new)));
+        }
+        deltas.push((500, 2000, vec![0])); // base not cached
+        deltas.push((0, 2002, vec![0])); // base taken already: no longer cached
+        deltas.push((190, 199, vec![0])); // content cached already
+        deltas.push((191, 2001, vec![0xff, 0xff, 0xff, 0xff, 0x0f, 1])); // does not apply
+        want.push((2000, None));
+        want.push((2001, None));
+        want.push((2002, None));
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let mut one = PageCache::new(256);
+        let mut many = PageCache::new(256);
+        for cache in [&mut one, &mut many] {
+            for (v, p) in old.iter().enumerate() {
+                cache.put(v as u128, p);
+            }
+        }
+        for (base, hash, delta) in &deltas {
+            one.replace_by_delta(*base, *hash, delta);
+        }
+        many.replace_by_deltas(&deltas, &mut Workers::start(Some(&pool)));
+        for (hash, content) in &want {
+            assert_eq!(many.get(*hash), content.as_deref(), "content {hash}");
+        }
+        for v in 0..3000u128 {
+            assert_eq!(one.get(v), many.get(v), "content {v}");
+        }
+        assert_eq!(one.len(), many.len());
+        assert_eq!(
+            many.grown, 200,
+            "no slot taken: the deltas went where the bases were"
+        );
+        assert_eq!(
+            many.free.len(),
+            1,
+            "the slot of the delta that did not apply"
+        );
     }
 }

@@ -1,12 +1,16 @@
 //! The sender: turns rounds of offered pages into batches of the wire format.
 //!
-//! Encoding runs in three phases so that all cores can work:
-//! 1. per page, in parallel: hash and zero test;
-//! 2. in order, on one thread: what the receiver holds decides `zero`, `unchanged`,
-//!    `dup-ref`, or "needs content" (cheap hash-table work, and it must be sequential
-//!    because every page changes what the receiver holds);
+//! Encoding runs in phases so that all cores can work:
+//! 1. per page, in parallel: hash and zero test (or a scan's);
+//! 2. in order, on the caller's thread, batch by batch ([`Round::decide`]): what the
+//!    receiver holds decides `zero`, `unchanged`, `dup-ref`, or "needs content"
+//!    (cheap hash-table work, and it must be sequential because every page changes
+//!    what the receiver holds);
 //! 3. per batch, in parallel (`batch`): deltas, the compressible/raw split, block
-//!    compression and framing.
+//!    compression and framing. A batch is built as soon as its decisions are made,
+//!    while the caller decides the next ones;
+//! 4. the delta cache is brought up to what the receiver now holds: deltas applied to
+//!    cached bases in place and new contents copied in (both in parallel when many).
 
 use std::mem::MaybeUninit;
 use std::sync::Mutex;
@@ -304,9 +308,10 @@ impl Encoder {
         scan: Option<&PageScan>,
         mut workers: Workers<'_>,
     ) -> Result<Vec<Vec<u8>>> {
-        // phase 1: zero tests and hashes (a scan's, when there is one)
-        let facts: Vec<(u128, bool)> = match scan {
-            Some(scan) => indices.iter().map(|&i| scan.page(i as usize)).collect(),
+        // phase 1: zero tests and hashes (a scan's, when there is one, are taken batch
+        // by batch as the decisions come to them)
+        let mut facts: Vec<(u128, bool)> = match scan {
+            Some(_) => Vec::with_capacity(indices.len()),
             None => {
                 let jobs = indices.chunks(IDENTIFY_PAGES).enumerate().collect();
                 let identified = |(n, chunk): (usize, &[u64])| -> Vec<(u128, bool)> {
@@ -319,78 +324,40 @@ impl Encoder {
                 workers.each(jobs, identified).concat()
             }
         };
-        // phase 2: decisions against what the receiver holds, in order
-        let mut plans = Vec::with_capacity(indices.len());
-        let deltas = self.config.delta_cache_pages > 0;
-        // receiver's versions this round overwrote: delta bases to drop if no page
-        // holds them once the round is sent
-        let mut replaced = Vec::new();
-        let mut base_uses: FastMap<u128, u32> = FastMap::default();
-        // pages the receiver gets for the first time (a first pass over the memory)
-        let mut first = Vec::with_capacity(indices.len());
-        // pages this call offered so far (as many as the call has, whatever the guest's
-        // size), kept only when an index may come twice (indices not strictly ascending,
-        // as a dirty bitmap's and a first pass's are)
-        let mut offered: Option<FastSet<u64>> = (!indices.windows(2).all(|w| w[0] < w[1]))
-            .then(|| FastSet::with_capacity_and_hasher(indices.len(), Default::default()));
-        for (&index, &(hash, zero)) in indices.iter().zip(&facts) {
-            let i = index as usize;
-            let first_offer = offered.as_mut().is_none_or(|seen| seen.insert(index));
-            let old = self.held.hash_of(i);
-            first.push(old.is_none());
-            if let Some(old) = old.filter(|&old| old != hash) {
-                replaced.push(old);
-            }
-            let plan = if zero {
-                Plan::Zero
-            } else if old == Some(hash) {
-                Plan::Unchanged
-            } else if self.config.dedup
-                && (self.held.holder_of(hash).is_some() || self.announced.contains_key(&hash))
-            {
-                Plan::Dup(hash)
-            } else {
-                // the receiver's version of this page, if we still have its content
-                // (an index offered twice in one call: its version is the earlier
-                // occurrence's, usable only if that content was cached before)
-                let base = old
-                    .filter(|&old| deltas && (old == zero_hash() || self.previous.contains(old)));
-                if let Some(base) = base {
-                    *base_uses.entry(base).or_default() += 1;
-                }
-                Plan::Content {
-                    hash,
-                    base,
-                    reuse: false,
-                    first_offer,
-                }
-            };
-            self.held.wrote(i, hash);
-            plans.push(plan);
-        }
-        // (whether the base is cached and the new content is not, the cache checks)
-        for plan in &mut plans {
-            if let Plan::Content {
-                base: Some(base),
-                reuse,
-                ..
-            } = plan
-            {
-                *reuse = base_uses.get(base) == Some(&1) && self.held.holders(*base) == 0;
-            }
-        }
-        // phase 3: batches, each independent
+        // phases 2 and 3, overlapped: the caller decides batch after batch in order,
+        // and each batch is built (by a helper, or by the caller once every batch is
+        // decided) as soon as its decisions are made
         let config = self.config;
+        let deltas = config.delta_cache_pages > 0;
+        let Self {
+            held,
+            previous,
+            announced,
+            scratch,
+            ..
+        } = self;
+        let (cache, announced, scratch) = (&*previous, &*announced, &*scratch);
+        let mut round = Round::new(indices);
         let size = balanced_batch(indices.len(), config.batch_pages, workers.threads());
-        let jobs: Vec<(usize, &[u64], &[Plan])> = indices
-            .chunks(size)
-            .zip(plans.chunks(size))
-            .enumerate()
-            .map(|(n, (idx, plan))| (n * size, idx, plan))
-            .collect();
-        let (cache, announced) = (&self.previous, &self.announced);
-        let scratch = &self.scratch;
-        let build = |(first, idx, plan): (usize, &[u64], &[Plan])| {
+        let mut chunks = indices.chunks(size).enumerate();
+        let decide = || {
+            let (n, idx) = chunks.next()?;
+            if let Some(scan) = scan {
+                facts.extend(idx.iter().map(|&i| scan.page(i as usize)));
+            }
+            let facts = &facts[n * size..n * size + idx.len()];
+            let receiver = Receiver {
+                held: &mut *held,
+                announced,
+                cache: deltas.then_some(cache),
+            };
+            Some((
+                n * size,
+                idx,
+                round.decide(config.dedup, receiver, idx, facts),
+            ))
+        };
+        let build = |(first, idx, plans): (usize, &[u64], Vec<Plan>)| {
             let taken = scratch.lock().ok().and_then(|mut s| s.pop());
             let mut buffers = taken.unwrap_or_default();
             let batch = encode_batch(
@@ -399,7 +366,7 @@ impl Encoder {
                 first,
                 (cache, announced),
                 idx,
-                plan,
+                &plans,
                 &mut buffers,
             );
             if let Ok(mut s) = scratch.lock() {
@@ -407,7 +374,8 @@ impl Encoder {
             }
             batch
         };
-        let batches: Vec<Result<Batch>> = workers.each(jobs, build);
+        let batches: Vec<Result<Batch>> =
+            workers.each_made(indices.len().div_ceil(size), decide, build);
         let mut out = Vec::with_capacity(batches.len());
         let mut in_place = Vec::new();
         for batch in batches {
@@ -415,7 +383,11 @@ impl Encoder {
             self.stats.add(&batch.stats);
             self.stats.wire_bytes += batch.bytes.len() as u64;
             out.push(batch.bytes);
-            in_place.extend(batch.in_place);
+            // a delta goes into its cached base in place only when its page was the one
+            // page of the round to use that base and no page holds the base now
+            in_place.extend(batch.in_place.into_iter().filter(|(base, _, _)| {
+                round.base_uses.get(base) == Some(&1) && self.held.holders(*base) == 0
+            }));
         }
         // delta bases are the receiver's copies: a base only its own page used becomes
         // that page's new version by applying the delta where it is cached (a few
@@ -426,10 +398,8 @@ impl Encoder {
         // larger than the cache, copying each page in would only evict the one before,
         // while a page sent again is one that changes, the kind a delta serves
         if deltas {
-            for (base, hash, delta) in in_place {
-                self.previous.replace_by_delta(base, hash, &delta);
-            }
-            for old in replaced {
+            self.previous.replace_by_deltas(&in_place, &mut workers);
+            for old in round.replaced {
                 if self.held.holders(old) == 0 {
                     self.previous.forget(old);
                 }
@@ -440,7 +410,7 @@ impl Encoder {
                 .iter()
                 .enumerate()
                 .zip(&facts)
-                .zip(&first)
+                .zip(&round.first)
                 .filter(|&((_, &(hash, zero)), &first)| {
                     if zero {
                         false
@@ -459,6 +429,95 @@ impl Encoder {
         }
         self.identified = facts;
         Ok(out)
+    }
+}
+
+/// What the receiver holds, as the decisions read it.
+struct Receiver<'a> {
+    held: &'a mut Holdings,
+    announced: &'a FastMap<u128, u32>,
+    /// the delta cache (none: no deltas)
+    cache: Option<&'a PageCache>,
+}
+
+/// One call's decisions (phase 2), made batch by batch in order, and what they leave
+/// for the work after the batches.
+struct Round {
+    /// receiver's versions this round overwrote: delta bases to drop if no page holds
+    /// them once the round is sent
+    replaced: Vec<u128>,
+    /// how many pages of the round take a delta against each base
+    base_uses: FastMap<u128, u32>,
+    /// per page, whether the receiver gets it for the first time (a first pass)
+    first: Vec<bool>,
+    /// pages this call offered so far (as many as the call has, whatever the guest's
+    /// size), kept only when an index may come twice (indices not strictly ascending,
+    /// as a dirty bitmap's and a first pass's are)
+    offered: Option<FastSet<u64>>,
+}
+
+impl Round {
+    fn new(indices: &[u64]) -> Self {
+        let twice = !indices.windows(2).all(|w| w[0] < w[1]);
+        Self {
+            replaced: Vec::new(),
+            base_uses: FastMap::default(),
+            first: Vec::with_capacity(indices.len()),
+            offered: twice
+                .then(|| FastSet::with_capacity_and_hasher(indices.len(), Default::default())),
+        }
+    }
+
+    /// The plans of the next pages `indices` (hashes and zero tests `facts`): what the
+    /// receiver holds decides `zero`, `unchanged`, `dup-ref` or "needs content", and
+    /// each page then holds its new content.
+    fn decide(
+        &mut self,
+        dedup: bool,
+        receiver: Receiver<'_>,
+        indices: &[u64],
+        facts: &[(u128, bool)],
+    ) -> Vec<Plan> {
+        let Receiver {
+            held,
+            announced,
+            cache,
+        } = receiver;
+        let mut plans = Vec::with_capacity(indices.len());
+        for (&index, &(hash, zero)) in indices.iter().zip(facts) {
+            let i = index as usize;
+            let first_offer = self.offered.as_mut().is_none_or(|seen| seen.insert(index));
+            let old = held.hash_of(i);
+            self.first.push(old.is_none());
+            if let Some(old) = old.filter(|&old| old != hash) {
+                self.replaced.push(old);
+            }
+            let plan = if zero {
+                Plan::Zero
+            } else if old == Some(hash) {
+                Plan::Unchanged
+            } else if dedup && (held.holder_of(hash).is_some() || announced.contains_key(&hash)) {
+                Plan::Dup(hash)
+            } else {
+                // the receiver's version of this page, if we still have its content
+                // (an index offered twice in one call: its version is the earlier
+                // occurrence's, usable only if that content was cached before)
+                let base = old.filter(|&old| {
+                    cache.is_some_and(|cache| old == zero_hash() || cache.contains(old))
+                });
+                if let Some(base) = base {
+                    *self.base_uses.entry(base).or_default() += 1;
+                }
+                Plan::Content {
+                    hash,
+                    base,
+                    first_offer,
+                }
+            };
+            held.wrote(i, hash);
+            plans.push(plan);
+        }
+        plans
     }
 }
 

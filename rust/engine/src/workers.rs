@@ -11,6 +11,7 @@
 //!   fewer jobs (the caller waits at the end only for jobs a helper has begun, and
 //!   for a helper that never woke to find the queue empty).
 
+use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -34,15 +35,16 @@ impl<'p> Workers<'p> {
         let go = helpers.map(|pool| {
             let go = Arc::new(AtomicBool::new(false));
             let flag = Arc::clone(&go);
-            pool.spawn_broadcast(move |_| {
-                let until = Instant::now() + SPIN;
-                while !flag.load(Ordering::Acquire) && Instant::now() < until {
-                    std::hint::spin_loop();
-                }
-            });
+            pool.spawn_broadcast(move |_| spin(&flag));
             go
         });
         Self { helpers, go }
+    }
+
+    /// True while the helpers are kept awake (woken at the start, or spinning since
+    /// the last parallel part): a parallel part then costs no wake-up.
+    pub(crate) fn awake(&self) -> bool {
+        self.go.is_some()
     }
 
     /// How many threads the parallel parts run on (the caller's included).
@@ -59,11 +61,11 @@ impl<'p> Workers<'p> {
         jobs: Vec<J>,
         work: impl Fn(J) -> R + Sync,
     ) -> Vec<R> {
-        self.stop_spinning();
         let n = jobs.len();
         let Some(pool) = self.helpers.filter(|_| n > 1) else {
             return jobs.into_iter().map(work).collect();
         };
+        self.stop_spinning();
         let helpers = pool.current_num_threads().min(n - 1);
         let queue = Mutex::new(jobs.into_iter().enumerate());
         let done = Mutex::new(Vec::with_capacity(n));
@@ -77,12 +79,87 @@ impl<'p> Workers<'p> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .push((i, result));
         };
+        let again = Arc::new(AtomicBool::new(false));
         pool.in_place_scope(|scope| {
             for _ in 0..helpers {
-                scope.spawn(|_| drain());
+                scope.spawn(|_| {
+                    drain();
+                    keep_awake(pool, &again);
+                });
             }
             drain();
         });
+        self.go = Some(again);
+        let mut done = done.into_inner().unwrap_or_else(PoisonError::into_inner);
+        done.sort_unstable_by_key(|&(i, _)| i);
+        done.into_iter().map(|(_, result)| result).collect()
+    }
+
+    /// `work` applied to every job `make` gives (until it gives `None`), the results in
+    /// the jobs' order. The caller makes the jobs one after another while the helpers
+    /// already work on the first ones (a sequential step that yields the jobs in order
+    /// then overlaps the parallel part instead of preceding it), and works through the
+    /// rest itself once `make` is done. `expected`: how many jobs `make` will give (it
+    /// decides how many helpers are used).
+    pub(crate) fn each_made<J: Send, R: Send>(
+        &mut self,
+        expected: usize,
+        mut make: impl FnMut() -> Option<J>,
+        work: impl Fn(J) -> R + Sync,
+    ) -> Vec<R> {
+        let Some(pool) = self.helpers.filter(|_| expected > 1) else {
+            let mut out = Vec::with_capacity(expected);
+            while let Some(job) = make() {
+                out.push(work(job));
+            }
+            return out;
+        };
+        self.stop_spinning();
+        let helpers = pool.current_num_threads().min(expected - 1);
+        let feed = Mutex::new(Feed {
+            jobs: VecDeque::with_capacity(expected),
+            closed: false,
+        });
+        let done = Mutex::new(Vec::with_capacity(expected));
+        let drain = || loop {
+            let next = {
+                let mut feed = feed.lock().unwrap_or_else(PoisonError::into_inner);
+                match feed.jobs.pop_front() {
+                    Some(next) => Some(next),
+                    None if feed.closed => break,
+                    None => None,
+                }
+            };
+            // (no job yet: the caller is making it, a short wait on a woken thread)
+            let Some((i, job)) = next else {
+                std::hint::spin_loop();
+                continue;
+            };
+            let result = work(job);
+            done.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((i, result));
+        };
+        let again = Arc::new(AtomicBool::new(false));
+        pool.in_place_scope(|scope| {
+            for _ in 0..helpers {
+                scope.spawn(|_| {
+                    drain();
+                    keep_awake(pool, &again);
+                });
+            }
+            // (the feed is closed even if `make` panics: helpers never wait forever)
+            let close = Close(&feed);
+            let mut made = 0usize;
+            while let Some(job) = make() {
+                let mut feed = feed.lock().unwrap_or_else(PoisonError::into_inner);
+                feed.jobs.push_back((made, job));
+                made += 1;
+            }
+            drop(close);
+            drain();
+        });
+        self.go = Some(again);
         let mut done = done.into_inner().unwrap_or_else(PoisonError::into_inner);
         done.sort_unstable_by_key(|&(i, _)| i);
         done.into_iter().map(|(_, result)| result).collect()
@@ -110,6 +187,38 @@ impl<'p> Workers<'p> {
         if let Some(go) = self.go.take() {
             go.store(true, Ordering::Release);
         }
+    }
+}
+
+/// Jobs made so far and not yet taken, and whether more will come.
+struct Feed<J> {
+    jobs: VecDeque<(usize, J)>,
+    closed: bool,
+}
+
+/// Closes a feed when dropped.
+struct Close<'a, J>(&'a Mutex<Feed<J>>);
+
+impl<J> Drop for Close<'_, J> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
+    }
+}
+
+/// Keeps the helper this runs on awake after its part: it spins (see [`spin`]) until
+/// `go` is set, as the next part or the end of the call sets it. (Spawned from the
+/// helper's own thread, the task is the next it runs.)
+fn keep_awake(pool: &rayon::ThreadPool, go: &Arc<AtomicBool>) {
+    let go = Arc::clone(go);
+    pool.spawn(move || spin(&go));
+}
+
+/// What a woken helper does until the call's next parallel part (or its end): spin,
+/// at most [`SPIN`], so that part needs no wake-up.
+fn spin(go: &AtomicBool) {
+    let until = Instant::now() + SPIN;
+    while !go.load(Ordering::Acquire) && Instant::now() < until {
+        std::hint::spin_loop();
     }
 }
 
@@ -198,5 +307,78 @@ mod tests {
         let pool = helpers(1);
         let mut workers = Workers::start(Some(&pool));
         workers.each((0..20).collect(), |j: i32| assert!(j != 7, "job 7"));
+    }
+
+    #[test]
+    fn jobs_made_one_by_one_run_while_the_rest_are_made_and_keep_their_order() {
+        let pool = helpers(1);
+        for pool in [None, Some(&pool)] {
+            let mut workers = Workers::start(pool);
+            let mut next = 0u64;
+            let make = || {
+                next += 1;
+                (next <= 300).then_some(next)
+            };
+            let out = workers.each_made(300, make, |j| {
+                std::thread::sleep(Duration::from_micros(j % 3));
+                (j * j, rayon::current_thread_index())
+            });
+            let squares: Vec<u64> = out.iter().map(|&(sq, _)| sq).collect();
+            assert_eq!(squares, (1..=300u64).map(|j| j * j).collect::<Vec<_>>());
+            // the caller works too; with helpers, they do part of it
+            assert!(out.iter().any(|&(_, thread)| thread.is_none()));
+            // fewer jobs than expected, and none at all
+            let mut few = vec![1, 2].into_iter();
+            assert_eq!(
+                workers.each_made(5, || few.next(), |j| j * 10),
+                vec![10, 20]
+            );
+            assert!(workers.each_made(0, || None::<u8>, |j| j).is_empty());
+        }
+    }
+
+    #[test]
+    fn helpers_stay_awake_between_parts_until_the_workers_go() {
+        let pool = helpers(1);
+        let mut workers = Workers::start(Some(&pool));
+        assert!(workers.awake());
+        // a part done on the caller alone leaves them spinning
+        assert_eq!(workers.each(vec![1], |j| j), vec![1]);
+        assert!(workers.awake());
+        assert_eq!(workers.each(vec![1, 2, 3], |j| j * 2), vec![2, 4, 6]);
+        assert!(workers.awake(), "kept awake after a parallel part");
+        let mut n = 0;
+        let made = workers.each_made(
+            4,
+            || {
+                n += 1;
+                (n <= 4).then_some(n)
+            },
+            |j| j,
+        );
+        assert_eq!(made, vec![1, 2, 3, 4]);
+        assert!(workers.awake());
+        drop(workers);
+        // the helper went back to the pool, which still works
+        let mut again = Workers::start(Some(&pool));
+        assert_eq!(again.each(vec![5, 6], |j| j + 1), vec![6, 7]);
+        assert!(!Workers::start(None).awake());
+    }
+
+    #[test]
+    #[should_panic(expected = "made 5")]
+    fn a_panic_while_making_jobs_reaches_the_caller_and_stops_the_helpers() {
+        let pool = helpers(2);
+        let mut workers = Workers::start(Some(&pool));
+        let mut n = 0;
+        workers.each_made(
+            10,
+            || {
+                n += 1;
+                assert!(n != 5, "made 5");
+                Some(n)
+            },
+            |j| j,
+        );
     }
 }
