@@ -62,37 +62,8 @@ impl<'p> Workers<'p> {
         work: impl Fn(J) -> R + Sync,
     ) -> Vec<R> {
         let n = jobs.len();
-        let Some(pool) = self.helpers.filter(|_| n > 1) else {
-            return jobs.into_iter().map(work).collect();
-        };
-        self.stop_spinning();
-        let helpers = pool.current_num_threads().min(n - 1);
-        let queue = Mutex::new(jobs.into_iter().enumerate());
-        let done = Mutex::new(Vec::with_capacity(n));
-        let drain = || loop {
-            // (a job that panics poisons nothing: no lock is held while it runs, and
-            // the scope passes the panic on to the caller)
-            let next = queue.lock().unwrap_or_else(PoisonError::into_inner).next();
-            let Some((i, job)) = next else { break };
-            let result = work(job);
-            done.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push((i, result));
-        };
-        let again = Arc::new(AtomicBool::new(false));
-        pool.in_place_scope(|scope| {
-            for _ in 0..helpers {
-                scope.spawn(|_| {
-                    drain();
-                    keep_awake(pool, &again);
-                });
-            }
-            drain();
-        });
-        self.go = Some(again);
-        let mut done = done.into_inner().unwrap_or_else(PoisonError::into_inner);
-        done.sort_unstable_by_key(|&(i, _)| i);
-        done.into_iter().map(|(_, result)| result).collect()
+        let mut jobs = jobs.into_iter();
+        self.each_made(n, || jobs.next(), work)
     }
 
     /// `work` applied to every job `make` gives (until it gives `None`), the results in
@@ -130,7 +101,9 @@ impl<'p> Workers<'p> {
                     None => None,
                 }
             };
-            // (no job yet: the caller is making it, a short wait on a woken thread)
+            // (no job yet: the caller is making it, a short wait on a woken thread; a
+            // job that panics poisons nothing: no lock is held while it runs, and the
+            // scope passes the panic on to the caller)
             let Some((i, job)) = next else {
                 std::hint::spin_loop();
                 continue;
