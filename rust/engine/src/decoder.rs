@@ -228,8 +228,7 @@ impl Decoder {
             Codec::None => block_wire,
             _ if block_raw_len == 0 && block_wire.is_empty() => &[],
             Codec::Lz4 => {
-                decompressed = lz4_flex::decompress(block_wire, block_raw_len)
-                    .map_err(|e| EngineError::malformed(format!("lz4: {e}")))?;
+                decompressed = crate::lz4_block::decompress(block_wire, block_raw_len)?;
                 &decompressed
             }
             Codec::Zstd => {

@@ -17,6 +17,7 @@ mod encoder;
 mod error;
 mod fasthash;
 mod holdings;
+mod lz4_block;
 mod mem;
 pub mod qemu_stream;
 mod resemblance;
