@@ -16,7 +16,7 @@ pub fn put(out: &mut Vec<u8>, mut value: u64) {
 ///
 /// # Errors
 /// [`EngineError::Malformed`] when truncated or longer than ten bytes.
-#[inline]
+#[inline(always)]
 pub fn get(input: &mut &[u8]) -> Result<u64> {
     // most values on the wire (delta runs, index steps) fit one byte
     match input.first() {
@@ -28,6 +28,8 @@ pub fn get(input: &mut &[u8]) -> Result<u64> {
     }
 }
 
+// (kept out of line: the one-byte path inlined where deltas are applied stays small)
+#[inline(never)]
 fn get_long(input: &mut &[u8]) -> Result<u64> {
     let mut value = 0u64;
     for (i, &byte) in input.iter().enumerate().take(10) {
