@@ -16,21 +16,11 @@ use crate::fasthash::FastMap;
 use crate::workers::Workers;
 use crate::PAGE_SIZE;
 
-/// Fewer new contents than this are copied on the caller's thread alone: 1,024 copies
-/// take a few hundred µs, about what it takes to wake a sleeping helper here. (Tests
-/// take the parallel path with fewer.)
-const PARALLEL_COPIES: usize = if cfg!(test) { 16 } else { 1024 };
-
-/// As [`PARALLEL_COPIES`], when the helpers are awake already (no wake-up to pay).
-const PARALLEL_COPIES_AWAKE: usize = if cfg!(test) { 16 } else { 64 };
-
-fn parallel_from(workers: &Workers<'_>) -> usize {
-    if workers.awake() {
-        PARALLEL_COPIES_AWAKE
-    } else {
-        PARALLEL_COPIES
-    }
-}
+/// Fewer slots than this are worked on by the caller's thread alone. A call's
+/// `Workers` keep their helpers awake from its start to its end (see `workers`), so a
+/// parallel part pays no wake-up, only the hand-over. (Tests take the parallel path
+/// with fewer.)
+const PARALLEL_COPIES: usize = if cfg!(test) { 16 } else { 64 };
 
 /// Work on slots (`items` in slot order) split for `workers`: equal shares of the
 /// items (one share when they are few: done on the caller's thread), each with the
@@ -41,7 +31,7 @@ fn shares<'a, T>(
     items: &'a [(usize, T)],
     workers: &Workers<'_>,
 ) -> Vec<(usize, &'a mut [u8], &'a [(usize, T)])> {
-    let shares = if items.len() >= parallel_from(workers) {
+    let shares = if items.len() >= PARALLEL_COPIES {
         workers.threads() * 4
     } else {
         1
@@ -264,6 +254,13 @@ mod tests {
         vec![v; PAGE_SIZE]
     }
 
+    fn helpers(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
+
     #[test]
     fn evicts_least_recently_used() {
         let mut cache = PageCache::new(2);
@@ -295,10 +292,7 @@ mod tests {
             .iter()
             .map(|&v| (u128::from(v), pages[v as usize].as_slice()))
             .collect();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .unwrap();
+        let pool = helpers(1);
         for helpers in [None, Some(&pool)] {
             let mut one = PageCache::new(4);
             let mut many = PageCache::new(4);
@@ -322,10 +316,7 @@ mod tests {
             .map(|i| (i * 7 + i / 5) % 256)
             .map(|v| (u128::from(v), pages[v as usize].as_slice()))
             .collect();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
+        let pool = helpers(3);
         let mut one = PageCache::new(100);
         let mut many = PageCache::new(100);
         for cache in [&mut one, &mut many] {
@@ -424,10 +415,7 @@ mod tests {
         want.push((2000, None));
         want.push((2001, None));
         want.push((2002, None));
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .unwrap();
+        let pool = helpers(3);
         let mut one = PageCache::new(256);
         let mut many = PageCache::new(256);
         for cache in [&mut one, &mut many] {

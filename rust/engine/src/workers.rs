@@ -42,8 +42,9 @@ impl<'p> Workers<'p> {
     }
 
     /// True while the helpers are kept awake (woken at the start, or spinning since
-    /// the last parallel part): a parallel part then costs no wake-up.
-    pub(crate) fn awake(&self) -> bool {
+    /// the last parallel part): with helpers, always, until the workers go.
+    #[cfg(test)]
+    fn awake(&self) -> bool {
         self.go.is_some()
     }
 
