@@ -138,15 +138,21 @@ def mutate(image: bytearray, change: tuple[str, int, int, int]) -> int:
     st.sampled_from(["lz4", "zstd", "none"]),
     st.booleans(),
     st.sampled_from([0, 8]),
+    st.sampled_from([1, 2]),
 )
 def test_stream_round_trip_reproduces_every_round(
-    rounds: list[list[tuple[str, int, int, int]]], compression: str, dedup: bool, delta: int
+    rounds: list[list[tuple[str, int, int, int]]],
+    compression: str,
+    dedup: bool,
+    delta: int,
+    threads: int,
 ) -> None:
     image = bytearray(GUEST * PAGE)
     enc = _core.PageEncoder(
         GUEST, compression=compression, dedup=dedup, delta_cache_pages=delta, batch_pages=5
     )
-    dec = _core.PageDecoder(GUEST)
+    # batches of 5 pages: a decoder with a helper reads some ahead of the one applied
+    dec = _core.PageDecoder(GUEST, threads=threads)
     for n, changes in enumerate(rounds):
         touched = sorted({mutate(image, c) for c in changes})
         wire = enc.encode(image, None if n == 0 else touched)
@@ -163,6 +169,12 @@ def test_stream_bit_flips_are_rejected(position: int, bit: int) -> None:
     with pytest.raises(EngineError, match="malformed"):
         dec.decode(wire)
     assert dec.image() == bytes(4 * PAGE)
+
+
+def test_a_decoder_takes_1_to_1024_threads() -> None:
+    for bad in (0, 1025):
+        with pytest.raises(EngineError, match="threads"):
+            _core.PageDecoder(4, threads=bad)
 
 
 def test_stream_sizes_and_stats() -> None:

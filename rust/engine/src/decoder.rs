@@ -20,8 +20,10 @@ use crate::holdings::{Holdings, Undo};
 use crate::mem::write_slice;
 use crate::scan::{zero_hash, ZERO_PAGE};
 use crate::store::{PageStore, Pinned};
-use crate::wire::{Codec, Header, Kind, MAX_DELTA};
-use crate::{delta, hash_page, is_zero_page, varint, PAGE_SIZE};
+use crate::unpack::{Reader, Record, Unpacked};
+use crate::wire::Header;
+use crate::workers::{helper_pool, Workers};
+use crate::{delta, hash_page, is_zero_page, PAGE_SIZE};
 
 /// `order` (announced hashes) as an announcement: 16 bytes each, little-endian.
 #[must_use]
@@ -35,21 +37,26 @@ pub fn announcement(order: &[u128]) -> Vec<u8> {
 
 /// The receiver's state for one guest.
 pub struct Decoder {
+    memory: Memory,
+    reader: Reader,
+    /// the helpers reading batches ahead of the one applied (threads - 1 of them)
+    pool: Option<rayon::ThreadPool>,
+    /// Batches applied.
+    pub batches: u64,
+    /// Pages written (by the batches applied).
+    pub pages: u64,
+}
+
+/// The receiver's copy of the guest, which batches are applied to (one at a time).
+struct Memory {
     /// every distinct non-zero content some page holds (and, within a batch, the
     /// contents that batch made)
     contents: FastMap<u128, Arc<[u8]>>,
     held: Holdings,
-    zstd: zstd::bulk::Decompressor<'static>,
     pinned: Pinned,
-    /// the announced hashes in announcement order (`announced-ref` positions)
-    announced: Vec<u128>,
     /// page buffers of dropped contents no one else held, for the next new contents
     /// (the allocator's own reuse walks cold free lists on every page)
     spare: Vec<Arc<[u8]>>,
-    /// Batches applied.
-    pub batches: u64,
-    /// Pages written.
-    pub pages: u64,
 }
 
 enum Op<'a> {
@@ -59,8 +66,13 @@ enum Op<'a> {
     Delta(&'a [u8]),
     /// a delta against the content with this hash
     DeltaFrom(u128, &'a [u8]),
-    Page(&'a [u8]),
+    /// a page and its hash
+    Page(&'a [u8], u128),
 }
+
+/// Decompressed batches read ahead of the one applied may hold this much together
+/// (the next one to apply is always read, however large).
+const READ_AHEAD: usize = 64 << 20;
 
 /// Page buffers kept for reuse: at most this many (4 MiB).
 const SPARE_PAGES: usize = 1024;
@@ -85,35 +97,49 @@ fn patched(base: &[u8], delta: &[u8], spare: Option<Arc<[u8]>>) -> Result<Arc<[u
     Ok(page)
 }
 
-/// The next delta of the batch: its length from the record, its bytes from the block.
-fn take_delta<'a>(input: &mut &[u8], block: &'a [u8], block_at: &mut usize) -> Result<&'a [u8]> {
-    let len = usize::try_from(varint::get(input)?)
-        .ok()
-        .filter(|&l| l <= MAX_DELTA)
-        .ok_or_else(|| EngineError::malformed("delta too long"))?;
-    let end = *block_at + len;
-    if end > block.len() {
-        return Err(EngineError::malformed("delta runs past the block"));
+/// `input` cut into batches (headers checked, checksums not yet), each with the size
+/// of its decompressed block; and the error that stopped the cutting, if any.
+fn batches_of(mut input: &[u8]) -> (Vec<(usize, &[u8])>, Option<EngineError>) {
+    let mut out = Vec::new();
+    while !input.is_empty() {
+        match Header::read(input) {
+            Ok((header, len)) => {
+                out.push((header.block_raw_len as usize, &input[..len]));
+                input = &input[len..];
+            }
+            Err(e) => return (out, Some(e)),
+        }
     }
-    let d = &block[*block_at..end];
-    *block_at = end;
-    Ok(d)
+    (out, None)
 }
 
 impl Decoder {
-    /// A receiver for a guest of `pages` pages, all zero initially.
+    /// A receiver for a guest of `pages` pages, all zero initially, reading batches on
+    /// the caller's thread alone.
     ///
     /// # Errors
     /// [`EngineError::InvalidArgument`] if the zstd context cannot be created.
     pub fn new(pages: usize) -> Result<Self> {
+        Self::with_threads(pages, 1)
+    }
+
+    /// A receiver for a guest of `pages` pages that reads the batches of one
+    /// [`decode`](Self::decode) call on `threads` threads (the caller's and a pool of
+    /// `threads - 1`) while it applies them in order on the caller's.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidArgument`] for a thread count outside 1..=1024, or if the
+    /// zstd context or the thread pool cannot be created.
+    pub fn with_threads(pages: usize, threads: usize) -> Result<Self> {
         Ok(Self {
-            contents: FastMap::default(),
-            held: Holdings::new(pages),
-            zstd: zstd::bulk::Decompressor::new()
-                .map_err(|e| EngineError::invalid(format!("zstd: {e}")))?,
-            pinned: Pinned::new(),
-            announced: Vec::new(),
-            spare: Vec::new(),
+            memory: Memory {
+                contents: FastMap::default(),
+                held: Holdings::new(pages),
+                pinned: Pinned::new(),
+                spare: Vec::new(),
+            },
+            reader: Reader::new(pages)?,
+            pool: helper_pool(threads, "novacron-dec")?,
             batches: 0,
             pages: 0,
         })
@@ -132,14 +158,14 @@ impl Decoder {
     /// Takes pages pinned earlier and the order they were announced in: `dup-ref`
     /// records may name them by hash, `announced-ref` records by position.
     pub fn adopt(&mut self, pinned: Pinned, order: Vec<u128>) {
-        self.pinned = pinned;
-        self.announced = order;
+        self.memory.pinned = pinned;
+        self.reader.announced = order;
     }
 
     /// Pages of the guest.
     #[must_use]
     pub fn pages(&self) -> usize {
-        self.held.pages()
+        self.reader.pages()
     }
 
     /// The receiver's copy of page `index` (zero if it never had one).
@@ -148,25 +174,15 @@ impl Decoder {
     /// When `index` is not a page of the guest.
     #[must_use]
     pub fn page(&self, index: usize) -> &[u8] {
-        self.held.hash_of(index).map_or(&ZERO_PAGE, |hash| {
-            self.content(hash).expect("held contents are kept")
-        })
-    }
-
-    /// The content with hash `hash`, if the receiver keeps it (zero always).
-    fn content(&self, hash: u128) -> Option<&[u8]> {
-        if hash == zero_hash() {
-            Some(&ZERO_PAGE)
-        } else {
-            self.contents.get(&hash).map(|page| &page[..])
-        }
+        self.memory.page(index)
     }
 
     /// The receiver's copy of page `index`, shared, unless it is zero.
     #[must_use]
     pub fn shared_page(&self, index: usize) -> Option<(u128, Arc<[u8]>)> {
-        let hash = self.held.hash_of(index).filter(|&h| h != zero_hash())?;
-        Some((hash, Arc::clone(&self.contents[&hash])))
+        let memory = &self.memory;
+        let hash = memory.held.hash_of(index).filter(|&h| h != zero_hash())?;
+        Some((hash, Arc::clone(&memory.contents[&hash])))
     }
 
     /// A copy of the receiver's whole guest memory.
@@ -195,179 +211,105 @@ impl Decoder {
     /// Distinct non-zero contents held (4 KiB each).
     #[must_use]
     pub fn distinct_contents(&self) -> usize {
-        self.contents.len()
+        self.memory.contents.len()
     }
 
     /// Decodes and applies every batch in `input`; returns the number of batches.
+    /// With helper threads, later batches are verified, decompressed and read while
+    /// earlier ones are applied (at most [`READ_AHEAD`] bytes of blocks ahead).
     ///
     /// # Errors
     /// [`EngineError::Malformed`] for anything that is not a valid stream for this guest.
     /// Batches before the bad one stay applied; the bad one changes nothing.
-    pub fn decode(&mut self, mut input: &[u8]) -> Result<u64> {
-        let mut count = 0;
-        while !input.is_empty() {
-            let (header, body, rest) = Header::parse(input)?;
-            self.apply(&header, body)?;
-            input = rest;
-            count += 1;
-        }
-        self.batches += count;
-        Ok(count)
+    pub fn decode(&mut self, input: &[u8]) -> Result<u64> {
+        let (batches, cut_short) = batches_of(input);
+        let Self {
+            memory,
+            reader,
+            pool,
+            ..
+        } = self;
+        let (mut applied, mut written) = (0u64, 0u64);
+        let helpers = pool.as_ref().filter(|_| batches.len() > 1);
+        let outcome = Workers::start(helpers).in_order(
+            batches,
+            READ_AHEAD,
+            |frame| reader.unpack(frame),
+            |unpacked| {
+                let unpacked = unpacked?;
+                written += memory.apply(&unpacked)?;
+                reader.recycle(unpacked);
+                applied += 1;
+                Ok(())
+            },
+        );
+        self.batches += applied;
+        self.pages += written;
+        outcome?;
+        cut_short.map_or(Ok(applied), Err)
+    }
+}
+
+impl Memory {
+    /// The copy of page `index` (zero if it never had one).
+    fn page(&self, index: usize) -> &[u8] {
+        self.held.hash_of(index).map_or(&ZERO_PAGE, |hash| {
+            self.content(hash).expect("held contents are kept")
+        })
     }
 
-    fn apply(&mut self, header: &Header, body: &[u8]) -> Result<()> {
-        let records_len = header.records_len as usize;
-        let block_len = header.block_len as usize;
-        let records_area = &body[..records_len];
-        let block_wire = &body[records_len..records_len + block_len];
-        let raw_area = &body[records_len + block_len..];
-        let block_raw_len = header.block_raw_len as usize;
-        let decompressed;
-        let block: &[u8] = match header.codec {
-            // nothing in the block: an empty one is read as such whatever the codec
-            Codec::None => block_wire,
-            _ if block_raw_len == 0 && block_wire.is_empty() => &[],
-            Codec::Lz4 => {
-                decompressed = crate::lz4_block::decompress(block_wire, block_raw_len)?;
-                &decompressed
-            }
-            Codec::Zstd => {
-                decompressed = self
-                    .zstd
-                    .decompress(block_wire, block_raw_len)
-                    .map_err(|e| EngineError::malformed(format!("zstd: {e}")))?;
-                &decompressed
-            }
-        };
-        if block.len() != block_raw_len {
-            return Err(EngineError::malformed(
-                "block decompressed to the wrong size",
-            ));
+    /// The content with hash `hash`, if the receiver keeps it (zero always).
+    fn content(&self, hash: u128) -> Option<&[u8]> {
+        if hash == zero_hash() {
+            Some(&ZERO_PAGE)
+        } else {
+            self.contents.get(&hash).map(|page| &page[..])
         }
-        // parse and check everything first: a bad batch changes nothing
-        let mut ops = Vec::with_capacity(header.records as usize);
-        let (mut input, mut block_at, mut raw_at) = (records_area, 0usize, 0usize);
-        let block_kind = match header.codec {
-            Codec::Lz4 => Some(Kind::Lz4),
-            Codec::Zstd => Some(Kind::Zstd),
-            Codec::None => None,
-        };
-        let mut position: i64 = 0; // the batch's last announced-ref position
-        let mut previous: i64 = -1; // the last record's page index
-        for _ in 0..header.records {
-            let kind_byte = *input
-                .first()
-                .ok_or_else(|| EngineError::malformed("truncated record"))?;
-            input = &input[1..];
-            let kind = Kind::from_byte(kind_byte)?;
-            // the index as a step from the previous record's index + 1
-            let step = varint::get_signed(&mut input)?;
-            let index = previous
-                .checked_add(1)
-                .and_then(|next| next.checked_add(step))
-                .ok_or_else(|| EngineError::malformed("page index overflows"))?;
-            previous = index;
-            let index = self.page_index(index, "page index")?;
-            let op = match kind {
-                Kind::Zero => Op::Zero,
-                // (whether the receiver has the page, or an earlier record of the batch
-                // wrote it, is known when the batch is applied, in order)
-                Kind::Unchanged => Op::Unchanged,
-                Kind::DupRef => {
-                    if input.len() < 16 {
-                        return Err(EngineError::malformed("truncated dup reference"));
-                    }
-                    let mut h = [0u8; 16];
-                    h.copy_from_slice(&input[..16]);
-                    input = &input[16..];
-                    Op::Dup(u128::from_le_bytes(h))
-                }
-                Kind::AnnouncedRef => {
-                    position = position
-                        .checked_add(varint::get_signed(&mut input)?)
-                        .ok_or_else(|| EngineError::malformed("announced position overflows"))?;
-                    let hash = usize::try_from(position)
-                        .ok()
-                        .and_then(|p| self.announced.get(p))
-                        .ok_or_else(|| {
-                            EngineError::malformed(format!(
-                                "announced position {position} outside the announcement"
-                            ))
-                        })?;
-                    Op::Dup(*hash)
-                }
-                // (as for unchanged: an earlier record of the batch may write the page)
-                Kind::Delta => Op::Delta(take_delta(&mut input, block, &mut block_at)?),
-                Kind::DeltaFrom => {
-                    // resolved before anything of the batch is written: the content
-                    // the base page held when the batch began (kept until it ends)
-                    let base = self.page_index(varint::get(&mut input)?, "delta base")?;
-                    let base = self.held.hash_of(base).ok_or_else(|| {
+    }
+
+    /// Applies a batch read by [`Reader::unpack`]; returns how many pages it wrote.
+    fn apply(&mut self, batch: &Unpacked<'_>) -> Result<u64> {
+        // the bases of delta-from records: the contents they held as the batch began
+        let mut ops = Vec::with_capacity(batch.records.len());
+        for (index, record) in &batch.records {
+            let op = match record {
+                Record::Zero => Op::Zero,
+                Record::Unchanged => Op::Unchanged,
+                Record::Dup(hash) => Op::Dup(*hash),
+                Record::Delta(range) => Op::Delta(batch.block(range.clone())),
+                Record::DeltaFrom(base, range) => {
+                    let base = self.held.hash_of(*base).ok_or_else(|| {
                         EngineError::malformed("delta from a page the receiver never had")
                     })?;
-                    Op::DeltaFrom(base, take_delta(&mut input, block, &mut block_at)?)
+                    Op::DeltaFrom(base, batch.block(range.clone()))
                 }
-                Kind::Lz4 | Kind::Zstd => {
-                    if Some(kind) != block_kind {
-                        return Err(EngineError::malformed(
-                            "record kind does not match the batch codec",
-                        ));
-                    }
-                    let end = block_at + PAGE_SIZE;
-                    if end > block.len() {
-                        return Err(EngineError::malformed(
-                            "compressed pages run past the block",
-                        ));
-                    }
-                    block_at = end;
-                    Op::Page(&block[end - PAGE_SIZE..end])
-                }
-                Kind::Raw => {
-                    let end = raw_at + PAGE_SIZE;
-                    if end > raw_area.len() {
-                        return Err(EngineError::malformed("raw page runs past the raw area"));
-                    }
-                    let page = &raw_area[raw_at..end];
-                    raw_at = end;
-                    Op::Page(page)
-                }
+                Record::Page { hash, raw, at } => Op::Page(batch.page(*raw, *at), *hash),
             };
-            ops.push((index, op));
-        }
-        if !input.is_empty() || block_at != block.len() || raw_at != raw_area.len() {
-            return Err(EngineError::malformed("batch areas have unused bytes"));
+            ops.push((*index, op));
         }
         self.write_all(ops)
     }
 
-    /// `value` as a page of the guest (`what` names it in the error).
-    fn page_index<T>(&self, value: T, what: &str) -> Result<usize>
-    where
-        T: TryInto<usize> + std::fmt::Display + Copy,
-    {
-        value
-            .try_into()
-            .ok()
-            .filter(|&i| i < self.held.pages())
-            .ok_or_else(|| EngineError::malformed(format!("{what} {value} out of range")))
-    }
-
-    fn write_all(&mut self, ops: Vec<(usize, Op<'_>)>) -> Result<()> {
+    fn write_all(&mut self, ops: Vec<(usize, Op<'_>)>) -> Result<u64> {
         // A dup reference, a delta or an unchanged record can only be found bad while
         // applying (they depend on earlier writes of the same batch): journal the holdings,
         // note the contents this batch made, and drop replaced contents once it succeeded.
         let mut journal = Vec::new();
         let mut made = Vec::new();
         let mut replaced = Vec::new();
+        let mut written = 0;
         for (index, op) in ops {
-            if let Err(err) = self.write(index, op, &mut journal, &mut made, &mut replaced) {
-                self.held.undo(journal);
-                self.drop_unheld(made);
-                return Err(err);
+            match self.write(index, op, &mut journal, &mut made, &mut replaced) {
+                Ok(wrote) => written += u64::from(wrote),
+                Err(err) => {
+                    self.held.undo(journal);
+                    self.drop_unheld(made);
+                    return Err(err);
+                }
             }
         }
         self.drop_unheld(replaced);
-        Ok(())
+        Ok(written)
     }
 
     /// Forgets those of `hashes` no page holds.
@@ -381,6 +323,7 @@ impl Decoder {
         }
     }
 
+    /// Applies one record; returns whether it wrote the page.
     fn write(
         &mut self,
         index: usize,
@@ -388,19 +331,18 @@ impl Decoder {
         journal: &mut Vec<Undo>,
         made: &mut Vec<u128>,
         replaced: &mut Vec<u128>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let old = self.held.hash_of(index);
         let hash = match op {
             Op::Unchanged => {
                 // (the sender re-registers the page in its content index; a receiver
                 // resolves references by any holder and has nothing to do)
-                return old.map(|_| ()).ok_or_else(|| {
+                return old.map(|_| false).ok_or_else(|| {
                     EngineError::malformed("unchanged page the receiver never had")
                 });
             }
             Op::Zero => zero_hash(),
-            Op::Page(src) => {
-                let hash = hash_page(src);
+            Op::Page(src, hash) => {
                 if self.is_new(hash) {
                     let page = filled(self.spare.pop(), src);
                     self.keep(hash, page, made);
@@ -446,8 +388,7 @@ impl Decoder {
         if let Some(old) = old.filter(|&o| o != hash && o != zero_hash()) {
             replaced.push(old);
         }
-        self.pages += 1;
-        Ok(())
+        Ok(true)
     }
 
     /// True unless content `hash` is zero or already kept.

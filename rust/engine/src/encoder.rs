@@ -22,7 +22,7 @@ use crate::fasthash::{FastMap, FastSet};
 use crate::holdings::Holdings;
 use crate::scan::{identify, zero_hash, PageScan};
 use crate::wire::{Codec, MAX_RECORDS};
-use crate::workers::Workers;
+use crate::workers::{helper_pool, Workers};
 use crate::PAGE_SIZE;
 
 /// Encoder settings.
@@ -119,24 +119,11 @@ impl Encoder {
         if config.batch_pages == 0 || config.batch_pages > MAX_RECORDS as usize {
             return Err(EngineError::invalid("batch_pages must be 1..=65536"));
         }
-        if config.threads == 0 || config.threads > 1024 {
-            return Err(EngineError::invalid("threads must be 1..=1024"));
-        }
         if config.codec == Codec::Zstd {
             zstd_compress_into(config.zstd_level, &[0u8; 16], &mut [0u8; 128])?;
         }
         // the caller's thread is one of the `threads`: the pool holds the others
-        let pool = if config.threads > 1 {
-            Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(config.threads - 1)
-                    .thread_name(|i| format!("novacron-enc-{i}"))
-                    .build()
-                    .map_err(|e| EngineError::invalid(format!("thread pool: {e}")))?,
-            )
-        } else {
-            None
-        };
+        let pool = helper_pool(config.threads, "novacron-enc")?;
         Ok(Self {
             config,
             held: Holdings::new(pages),

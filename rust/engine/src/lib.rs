@@ -23,6 +23,7 @@ pub mod qemu_stream;
 mod resemblance;
 mod scan;
 mod store;
+mod unpack;
 mod varint;
 pub mod wire;
 mod workers;

@@ -35,8 +35,21 @@ const WILD: usize = 16;
 /// [`EngineError::Malformed`] for a truncated block, literals or a match past the
 /// output's `size`, a match offset of zero or before the output's start, or a block
 /// that ends short of `size`.
+#[cfg(test)]
 pub(crate) fn decompress(input: &[u8], size: usize) -> Result<Vec<u8>> {
-    let mut out = vec![0u8; size];
+    let mut out = Vec::new();
+    decompress_into(input, size, &mut out)?;
+    Ok(out)
+}
+
+/// As [`decompress`], into `out` (any buffer: it is made `size` long, and its old
+/// bytes, not zeroed first, are all overwritten on success).
+///
+/// # Errors
+/// As [`decompress`].
+pub(crate) fn decompress_into(input: &[u8], size: usize, out: &mut Vec<u8>) -> Result<()> {
+    out.resize(size, 0);
+    let out = &mut out[..];
     let (mut i, mut o) = (0usize, 0usize);
     loop {
         let Some(&token) = input.get(i) else {
@@ -119,7 +132,7 @@ pub(crate) fn decompress(input: &[u8], size: usize) -> Result<Vec<u8>> {
                 "lz4: more bytes than the block holds",
             ));
         }
-        copy_match(&mut out, o, offset, length);
+        copy_match(out, o, offset, length);
         o += length;
     }
     if o != size {
@@ -127,7 +140,7 @@ pub(crate) fn decompress(input: &[u8], size: usize) -> Result<Vec<u8>> {
             "lz4: block decompressed to the wrong size",
         ));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The bytes that extend a length of 15: each adds its value, and a 255 means another
@@ -214,9 +227,13 @@ mod tests {
 
     proptest! {
         #[test]
-        fn reads_what_lz4_flex_writes(data in patterned()) {
+        fn reads_what_lz4_flex_writes(data in patterned(), stale in 0usize..20_000) {
             let block = lz4_flex::block::compress(&data);
-            prop_assert_eq!(decompress(&block, data.len()).unwrap(), data);
+            prop_assert_eq!(&decompress(&block, data.len()).unwrap(), &data);
+            // into a buffer an earlier block left longer or shorter: the same bytes
+            let mut reused = vec![0xA5; stale];
+            decompress_into(&block, data.len(), &mut reused).unwrap();
+            prop_assert_eq!(reused, data);
         }
 
         #[test]

@@ -163,6 +163,24 @@ impl Header {
     /// [`EngineError::Malformed`] for a bad magic, version, codec, size or checksum,
     /// or a batch longer than `input`.
     pub fn parse(input: &[u8]) -> Result<(Self, &[u8], &[u8])> {
+        let (header, end) = Self::read(input)?;
+        let mut stored = [0u8; 8];
+        stored.copy_from_slice(&input[32..40]);
+        let body = &input[HEADER_LEN..end];
+        if checksum(&input[..32], body) != u64::from_le_bytes(stored) {
+            return Err(EngineError::malformed("batch checksum mismatch"));
+        }
+        Ok((header, body, &input[end..]))
+    }
+
+    /// Parses the header of the batch at the start of `input` and checks everything
+    /// but the checksum (see [`Header::parse`]). Returns the header and the batch's
+    /// whole length (`input` holds at least that much): a stream is cut into batches
+    /// this way, and each batch then verified on its own.
+    ///
+    /// # Errors
+    /// As [`Header::parse`], but for the checksum.
+    pub fn read(input: &[u8]) -> Result<(Self, usize)> {
         if input.len() < HEADER_LEN {
             return Err(EngineError::malformed("truncated batch header"));
         }
@@ -206,13 +224,7 @@ impl Header {
         if input.len() < end {
             return Err(EngineError::malformed("truncated batch body"));
         }
-        let mut stored = [0u8; 8];
-        stored.copy_from_slice(&input[32..40]);
-        let body = &input[HEADER_LEN..end];
-        if checksum(&input[..32], body) != u64::from_le_bytes(stored) {
-            return Err(EngineError::malformed("batch checksum mismatch"));
-        }
-        Ok((header, body, &input[end..]))
+        Ok((header, end))
     }
 }
 

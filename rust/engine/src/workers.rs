@@ -17,10 +17,31 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::error::{EngineError, Result};
 use crate::mem::write_slice;
 
 /// Longest a woken helper waits for the parallel part before going back to sleep.
 const SPIN: Duration = Duration::from_millis(1);
+
+/// A pool of `threads - 1` helpers named `name-N` (none for one thread).
+///
+/// # Errors
+/// [`EngineError::InvalidArgument`] for a thread count outside 1..=1024, or if the
+/// pool cannot be made.
+pub(crate) fn helper_pool(threads: usize, name: &'static str) -> Result<Option<rayon::ThreadPool>> {
+    if threads == 0 || threads > 1024 {
+        return Err(EngineError::invalid("threads must be 1..=1024"));
+    }
+    if threads == 1 {
+        return Ok(None);
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads - 1)
+        .thread_name(move |i| format!("{name}-{i}"))
+        .build()
+        .map(Some)
+        .map_err(|e| EngineError::invalid(format!("thread pool: {e}")))
+}
 
 /// Runs a call's parallel parts on the caller and the encoder's helper threads.
 pub(crate) struct Workers<'p> {
@@ -139,6 +160,100 @@ impl<'p> Workers<'p> {
         done.into_iter().map(|(_, result)| result).collect()
     }
 
+    /// `work` applied to every job, on the caller and the helpers, and `consume` to
+    /// the results in the jobs' order, on the caller, each as soon as it is ready (while
+    /// the helpers work on later jobs). Each job comes with a weight (the memory its
+    /// result holds): a job starts only while the jobs started and not yet consumed
+    /// weigh at most `budget` together, but the next one to consume always may. Stops
+    /// at the first error of `consume` and returns it (later jobs not begun never run).
+    pub(crate) fn in_order<J: Send, R: Send>(
+        &mut self,
+        jobs: Vec<(usize, J)>,
+        budget: usize,
+        work: impl Fn(J) -> R + Sync,
+        mut consume: impl FnMut(R) -> Result<()>,
+    ) -> Result<()> {
+        let Some(pool) = self.helpers.filter(|_| jobs.len() > 1) else {
+            for (_, job) in jobs {
+                consume(work(job))?;
+            }
+            return Ok(());
+        };
+        self.stop_spinning();
+        let n = jobs.len();
+        let helpers = pool.current_num_threads().min(n - 1);
+        let weights: Vec<usize> = jobs.iter().map(|&(w, _)| w).collect();
+        let line = Mutex::new(Line {
+            jobs: jobs.into_iter().enumerate().collect(),
+            ready: (0..n).map(|_| None).collect(),
+            next: 0,
+            weight: 0,
+            stop: false,
+            broken: false,
+        });
+        let lock = || line.lock().unwrap_or_else(PoisonError::into_inner);
+        let run = |(i, job): (usize, J)| {
+            // (a panic in `work` marks the line broken: the caller stops waiting, and
+            // the scope passes the panic on)
+            let broken = Broken(&line);
+            let result = work(job);
+            std::mem::forget(broken);
+            lock().ready[i] = Some(result);
+        };
+        let helper = || loop {
+            let taken = {
+                let mut line = lock();
+                if line.stop {
+                    break;
+                }
+                match line.take(budget) {
+                    Take::Job(job) => Some(job),
+                    Take::None => break,
+                    Take::Wait => None,
+                }
+            };
+            match taken {
+                Some(job) => run(job),
+                None => std::hint::spin_loop(),
+            }
+        };
+        let again = Arc::new(AtomicBool::new(false));
+        let outcome = pool.in_place_scope(|scope| {
+            for _ in 0..helpers {
+                scope.spawn(|_| {
+                    helper();
+                    keep_awake(pool, &again);
+                });
+            }
+            // (the helpers stop at the end, on an error and if the caller panics)
+            let _stop = Stop(&line);
+            for (i, &weight) in weights.iter().enumerate() {
+                let result = loop {
+                    let taken = {
+                        let mut line = lock();
+                        if let Some(result) = line.ready[i].take() {
+                            line.next = i + 1;
+                            line.weight -= weight;
+                            break result;
+                        }
+                        if line.broken {
+                            return Ok(()); // the scope panics with the helper's panic
+                        }
+                        line.take(budget)
+                    };
+                    match taken {
+                        Take::Job(job) => run(job),
+                        Take::None | Take::Wait => std::hint::spin_loop(),
+                    }
+                };
+                consume(result)?;
+            }
+            Ok(())
+        });
+        self.go = Some(again);
+        outcome
+    }
+
     /// `pieces` copied back to back into `out` (exactly as long as they are together;
     /// every byte of it is written), one piece per job.
     ///
@@ -176,6 +291,60 @@ struct Close<'a, J>(&'a Mutex<Feed<J>>);
 impl<J> Drop for Close<'_, J> {
     fn drop(&mut self) {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
+    }
+}
+
+/// Jobs not yet begun (with their index and weight), results not yet consumed.
+struct Line<J, R> {
+    jobs: VecDeque<(usize, (usize, J))>,
+    ready: Vec<Option<R>>,
+    /// the index of the next result to consume
+    next: usize,
+    /// the weight of the jobs begun and not yet consumed
+    weight: usize,
+    stop: bool,
+    /// a job panicked
+    broken: bool,
+}
+
+enum Take<J> {
+    Job((usize, J)),
+    /// none left
+    None,
+    /// the next may not begin yet (the budget is spent)
+    Wait,
+}
+
+impl<J, R> Line<J, R> {
+    /// The next job, if it may begin.
+    fn take(&mut self, budget: usize) -> Take<J> {
+        let Some(&(i, (w, _))) = self.jobs.front() else {
+            return Take::None;
+        };
+        if i != self.next && self.weight + w > budget {
+            return Take::Wait;
+        }
+        let (i, (w, job)) = self.jobs.pop_front().expect("just seen");
+        self.weight += w;
+        Take::Job((i, job))
+    }
+}
+
+/// Stops a line's helpers when dropped.
+struct Stop<'a, J, R>(&'a Mutex<Line<J, R>>);
+
+impl<J, R> Drop for Stop<'_, J, R> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).stop = true;
+    }
+}
+
+/// Marks a line broken when dropped (forgotten when its job returns).
+struct Broken<'a, J, R>(&'a Mutex<Line<J, R>>);
+
+impl<J, R> Drop for Broken<'_, J, R> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).broken = true;
     }
 }
 
@@ -337,6 +506,103 @@ mod tests {
         let mut again = Workers::start(Some(&pool));
         assert_eq!(again.each(vec![5, 6], |j| j + 1), vec![6, 7]);
         assert!(!Workers::start(None).awake());
+    }
+
+    #[test]
+    fn results_are_consumed_in_order_as_they_come_within_the_budget() {
+        let pool = helpers(2);
+        for pool in [None, Some(&pool)] {
+            let mut workers = Workers::start(pool);
+            // weights 3 with a budget of 7: at most two jobs ahead of the one consumed
+            let begun = std::sync::atomic::AtomicUsize::new(0);
+            let done = std::sync::atomic::AtomicUsize::new(0);
+            let most_ahead = std::sync::atomic::AtomicUsize::new(0);
+            let jobs: Vec<(usize, u64)> = (0..200u64).map(|j| (3, j)).collect();
+            let mut seen = Vec::new();
+            let mut by_helpers = 0;
+            workers
+                .in_order(
+                    jobs,
+                    7,
+                    |j| {
+                        let ahead =
+                            begun.fetch_add(1, Ordering::SeqCst) + 1 - done.load(Ordering::SeqCst);
+                        most_ahead.fetch_max(ahead, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_micros(j % 4 * 20));
+                        (j * j, rayon::current_thread_index())
+                    },
+                    |(square, thread)| {
+                        done.fetch_add(1, Ordering::SeqCst);
+                        seen.push(square);
+                        by_helpers += usize::from(thread.is_some());
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            assert_eq!(seen, (0..200u64).map(|j| j * j).collect::<Vec<_>>());
+            assert!(most_ahead.load(Ordering::SeqCst) <= 3, "the budget held");
+            assert_eq!(by_helpers > 0, pool.is_some());
+            // one heavier than the budget still runs (it is the next to consume)
+            let mut got = Vec::new();
+            workers
+                .in_order(
+                    vec![(100, 1), (100, 2)],
+                    7,
+                    |j| j,
+                    |r| {
+                        got.push(r);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            assert_eq!(got, vec![1, 2]);
+        }
+    }
+
+    #[test]
+    fn consuming_stops_at_the_first_error_and_later_jobs_do_not_run() {
+        let pool = helpers(1);
+        for pool in [None, Some(&pool)] {
+            let ran = std::sync::atomic::AtomicUsize::new(0);
+            let mut consumed = Vec::new();
+            let err = Workers::start(pool)
+                .in_order(
+                    (0..100usize).map(|j| (1, j)).collect(),
+                    4,
+                    |j| {
+                        ran.fetch_add(1, Ordering::SeqCst);
+                        j
+                    },
+                    |j| {
+                        if j == 10 {
+                            return Err(EngineError::malformed("job 10"));
+                        }
+                        consumed.push(j);
+                        Ok(())
+                    },
+                )
+                .unwrap_err();
+            assert!(err.to_string().contains("job 10"));
+            assert_eq!(consumed, (0..10).collect::<Vec<_>>());
+            // no more than the budget's worth beyond the failing one was begun
+            assert!(ran.load(Ordering::SeqCst) <= 10 + 1 + 4);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "job 13")]
+    fn a_job_panicking_on_a_helper_reaches_the_caller() {
+        let pool = helpers(2);
+        let _ = Workers::start(Some(&pool)).in_order(
+            (0..40).map(|j| (1, j)).collect(),
+            8,
+            |j: i32| {
+                // (the caller takes job 0 first; 13 is likely a helper's)
+                assert!(j != 13, "job 13");
+                std::thread::sleep(Duration::from_micros(50));
+            },
+            |()| Ok(()),
+        );
     }
 
     #[test]

@@ -98,7 +98,8 @@ proptest! {
         let mut enc = Encoder::new(PAGES, config(codec, dedup, delta, batch, threads)).unwrap();
         // the same rounds through a scan of each image: exactly the same stream
         let mut scanned = Encoder::new(PAGES, config(codec, dedup, delta, batch, threads)).unwrap();
-        let mut dec = Decoder::new(PAGES).unwrap();
+        // (several batches per round: read ahead on helpers when there are any)
+        let mut dec = Decoder::with_threads(PAGES, threads).unwrap();
         let all: Vec<u64> = (0..PAGES as u64).collect();
         for (round, changes) in rounds.iter().enumerate() {
             for c in changes { apply(&mut image, c); }
@@ -140,6 +141,70 @@ proptest! {
         let mut dec = Decoder::new(4).unwrap();
         let _ = dec.decode(&data);
     }
+}
+
+#[test]
+fn batches_read_ahead_apply_in_order_and_a_bad_one_stops_the_rest() {
+    use novacron_engine::wire::Header;
+    // distinct compressible pages (words of a small alphabet)
+    let mut image = vec![0u8; PAGES * PAGE_SIZE];
+    let mut x = 88_172_645_463_325_252u64;
+    for b in &mut image {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = b"etaoin shrdlu"[(x % 13) as usize];
+    }
+    let all: Vec<u64> = (0..PAGES as u64).collect();
+    for threads in [1, 2, 3] {
+        // batches of 3 pages: 8 per round
+        let mut enc = Encoder::new(PAGES, config(Codec::Lz4, true, 64, 3, 1)).unwrap();
+        let mut dec = Decoder::with_threads(PAGES, threads).unwrap();
+        assert_eq!(dec.decode(&enc.encode(&image, &all).unwrap()).unwrap(), 8);
+        let old = image.clone();
+        // every page moves one place on with a byte changed: delta-from records whose
+        // bases are pages of other batches, as they were when the round began
+        let mut new = image.clone();
+        for p in 0..PAGES {
+            let src = &old[(p + PAGES - 1) % PAGES * PAGE_SIZE..][..PAGE_SIZE];
+            new[p * PAGE_SIZE..][..PAGE_SIZE].copy_from_slice(src);
+            new[p * PAGE_SIZE + p] ^= 0x33;
+        }
+        let wire = enc.encode(&new, &all).unwrap();
+        assert!(enc.stats.delta_from > 0, "{:?}", enc.stats);
+        // batch 5's checksum broken
+        let mut at = 0;
+        for _ in 0..5 {
+            at += Header::read(&wire[at..]).unwrap().1;
+        }
+        let mut bad = wire.clone();
+        bad[at + 45] ^= 1;
+        let before = (dec.batches, dec.pages);
+        let err = dec.decode(&bad).unwrap_err();
+        assert!(err.to_string().contains("checksum"), "{err}");
+        assert_eq!(dec.batches - before.0, 5, "{threads} threads");
+        assert_eq!(dec.pages - before.1, 15);
+        let got = dec.image();
+        assert_eq!(got[..15 * PAGE_SIZE], new[..15 * PAGE_SIZE]);
+        assert_eq!(got[15 * PAGE_SIZE..], old[15 * PAGE_SIZE..]);
+        // a cut in batch 6's header: batches 5 and on were not applied, the good 5 is
+        let mut cut_at = at;
+        cut_at += Header::read(&wire[cut_at..]).unwrap().1;
+        assert_eq!(
+            dec.decode(&wire[at..cut_at + 10]).unwrap_err().to_string(),
+            "malformed page stream: truncated batch header"
+        );
+        assert_eq!(dec.image()[..18 * PAGE_SIZE], new[..18 * PAGE_SIZE]);
+        assert_eq!(dec.decode(&wire[cut_at..]).unwrap(), 2);
+        assert_eq!(dec.image(), new);
+    }
+}
+
+#[test]
+fn a_decoder_takes_1_to_1024_threads() {
+    assert!(Decoder::with_threads(4, 0).is_err());
+    assert!(Decoder::with_threads(4, 1025).is_err());
+    assert_eq!(Decoder::with_threads(4, 2).unwrap().pages(), 4);
 }
 
 #[test]

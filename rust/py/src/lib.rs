@@ -359,9 +359,10 @@ struct PageDecoder {
 #[pymethods]
 impl PageDecoder {
     #[new]
-    fn new(pages: usize) -> PyResult<Self> {
+    #[pyo3(signature = (pages, threads=1))]
+    fn new(pages: usize, threads: usize) -> PyResult<Self> {
         Ok(Self {
-            inner: engine::Decoder::new(pages).map_err(to_py_err)?,
+            inner: engine::Decoder::with_threads(pages, threads).map_err(to_py_err)?,
         })
     }
 

@@ -1,0 +1,305 @@
+//! Reading one batch: everything the receiver does before it touches its copy of the
+//! guest. The checksum, the block's decompression, every record parsed and checked,
+//! and the hash of every page sent whole: none of it depends on what the receiver
+//! holds, so the batches of one stream are read in parallel and applied in order
+//! ([`crate::Decoder::decode`]).
+
+use std::borrow::Cow;
+use std::ops::Range;
+use std::sync::{Mutex, PoisonError};
+
+use crate::error::{EngineError, Result};
+use crate::wire::{Codec, Header, Kind, MAX_DELTA};
+use crate::{hash_page, varint, PAGE_SIZE};
+
+/// What reading a batch needs of the receiver: nothing a batch changes.
+pub(crate) struct Reader {
+    /// pages of the guest
+    pages: usize,
+    /// the announced hashes in announcement order (`announced-ref` positions)
+    pub(crate) announced: Vec<u128>,
+    /// zstd contexts not in use (one per thread reading a zstd batch at once)
+    zstd: Mutex<Vec<zstd::bulk::Decompressor<'static>>>,
+    /// block buffers of batches applied, for the next ones (new memory costs more
+    /// than decompressing into it)
+    buffers: Mutex<Vec<Vec<u8>>>,
+}
+
+/// Block buffers kept for reuse: at most this many, ...
+const BUFFERS: usize = 8;
+/// ... of at most this size each.
+const BUFFER_MAX: usize = 16 << 20;
+
+/// A batch read and checked, to be applied.
+pub(crate) struct Unpacked<'a> {
+    /// the decompressed block (the batch's own bytes when it is not compressed)
+    block: Cow<'a, [u8]>,
+    raw: &'a [u8],
+    /// each record's page index and what it writes there
+    pub(crate) records: Vec<(usize, Record)>,
+}
+
+/// One record, its bytes named by where they are in the batch.
+pub(crate) enum Record {
+    Zero,
+    Unchanged,
+    /// a content named by hash (`dup-ref`, or `announced-ref` resolved)
+    Dup(u128),
+    /// a delta (its bytes in the block) against the page's own content
+    Delta(Range<usize>),
+    /// a delta against the content page `base` held when the batch began
+    DeltaFrom(usize, Range<usize>),
+    /// a whole page: its hash, and where it is (in the raw area or the block)
+    Page {
+        hash: u128,
+        raw: bool,
+        at: usize,
+    },
+}
+
+impl Unpacked<'_> {
+    /// Bytes of the block.
+    pub(crate) fn block(&self, range: Range<usize>) -> &[u8] {
+        &self.block[range]
+    }
+
+    /// A whole page of the block or the raw area.
+    pub(crate) fn page(&self, raw: bool, at: usize) -> &[u8] {
+        let area: &[u8] = if raw { self.raw } else { &self.block };
+        &area[at..at + PAGE_SIZE]
+    }
+}
+
+impl Reader {
+    /// A reader for a guest of `pages` pages.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidArgument`] if a zstd context cannot be created.
+    pub(crate) fn new(pages: usize) -> Result<Self> {
+        Ok(Self {
+            pages,
+            announced: Vec::new(),
+            zstd: Mutex::new(vec![new_zstd()?]),
+            buffers: Mutex::default(),
+        })
+    }
+
+    /// Pages of the guest.
+    pub(crate) fn pages(&self) -> usize {
+        self.pages
+    }
+
+    /// Verifies the batch `frame` (exactly one batch, header included), decompresses
+    /// its block and reads its records.
+    ///
+    /// # Errors
+    /// [`EngineError::Malformed`] for anything that is not a valid batch for this guest
+    /// (whatever depends on what the receiver holds is checked as the batch is applied).
+    pub(crate) fn unpack<'a>(&self, frame: &'a [u8]) -> Result<Unpacked<'a>> {
+        let (header, body, rest) = Header::parse(frame)?;
+        debug_assert!(rest.is_empty(), "one batch");
+        let records_len = header.records_len as usize;
+        let block_len = header.block_len as usize;
+        let records_area = &body[..records_len];
+        let block_wire = &body[records_len..records_len + block_len];
+        let raw = &body[records_len + block_len..];
+        let block_raw_len = header.block_raw_len as usize;
+        let block: Cow<'a, [u8]> = match header.codec {
+            // nothing in the block: an empty one is read as such whatever the codec
+            Codec::None => Cow::Borrowed(block_wire),
+            _ if block_raw_len == 0 && block_wire.is_empty() => Cow::Borrowed(&[]),
+            Codec::Lz4 => {
+                let mut out = self.buffer();
+                crate::lz4_block::decompress_into(block_wire, block_raw_len, &mut out)?;
+                Cow::Owned(out)
+            }
+            Codec::Zstd => Cow::Owned(self.zstd_decompress(block_wire, block_raw_len)?),
+        };
+        if block.len() != block_raw_len {
+            return Err(EngineError::malformed(
+                "block decompressed to the wrong size",
+            ));
+        }
+        let records = self.records(&header, records_area, &block, raw)?;
+        Ok(Unpacked {
+            block,
+            raw,
+            records,
+        })
+    }
+
+    /// Takes `batch`'s block buffer back for later batches.
+    pub(crate) fn recycle(&self, batch: Unpacked<'_>) {
+        if let Cow::Owned(buffer) = batch.block {
+            let mut buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+            if buffers.len() < BUFFERS && buffer.capacity() <= BUFFER_MAX {
+                buffers.push(buffer);
+            }
+        }
+    }
+
+    /// A buffer for a block (one of an earlier batch when there is one).
+    fn buffer(&self) -> Vec<u8> {
+        let kept = self
+            .buffers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        kept.unwrap_or_default()
+    }
+
+    fn zstd_decompress(&self, wire: &[u8], len: usize) -> Result<Vec<u8>> {
+        let contexts = || self.zstd.lock().unwrap_or_else(PoisonError::into_inner);
+        let taken = contexts().pop();
+        let mut context = match taken {
+            Some(context) => context,
+            None => new_zstd()?,
+        };
+        let mut out = self.buffer();
+        out.clear();
+        out.reserve_exact(len);
+        let done = context.decompress_to_buffer(wire, &mut out);
+        contexts().push(context);
+        done.map_err(|e| EngineError::malformed(format!("zstd: {e}")))?;
+        Ok(out)
+    }
+
+    /// The batch's records, checked against its areas and the guest.
+    fn records(
+        &self,
+        header: &Header,
+        mut input: &[u8],
+        block: &[u8],
+        raw: &[u8],
+    ) -> Result<Vec<(usize, Record)>> {
+        let mut records = Vec::with_capacity(header.records as usize);
+        let (mut block_at, mut raw_at) = (0usize, 0usize);
+        let block_kind = match header.codec {
+            Codec::Lz4 => Some(Kind::Lz4),
+            Codec::Zstd => Some(Kind::Zstd),
+            Codec::None => None,
+        };
+        let mut position: i64 = 0; // the batch's last announced-ref position
+        let mut previous: i64 = -1; // the last record's page index
+        for _ in 0..header.records {
+            let kind_byte = *input
+                .first()
+                .ok_or_else(|| EngineError::malformed("truncated record"))?;
+            input = &input[1..];
+            let kind = Kind::from_byte(kind_byte)?;
+            // the index as a step from the previous record's index + 1
+            let step = varint::get_signed(&mut input)?;
+            let index = previous
+                .checked_add(1)
+                .and_then(|next| next.checked_add(step))
+                .ok_or_else(|| EngineError::malformed("page index overflows"))?;
+            previous = index;
+            let index = self.page_index(index, "page index")?;
+            let record = match kind {
+                Kind::Zero => Record::Zero,
+                // (whether the receiver has the page, or an earlier record of the batch
+                // wrote it, is known when the batch is applied, in order)
+                Kind::Unchanged => Record::Unchanged,
+                Kind::DupRef => {
+                    if input.len() < 16 {
+                        return Err(EngineError::malformed("truncated dup reference"));
+                    }
+                    let mut h = [0u8; 16];
+                    h.copy_from_slice(&input[..16]);
+                    input = &input[16..];
+                    Record::Dup(u128::from_le_bytes(h))
+                }
+                Kind::AnnouncedRef => {
+                    position = position
+                        .checked_add(varint::get_signed(&mut input)?)
+                        .ok_or_else(|| EngineError::malformed("announced position overflows"))?;
+                    let hash = usize::try_from(position)
+                        .ok()
+                        .and_then(|p| self.announced.get(p))
+                        .ok_or_else(|| {
+                            EngineError::malformed(format!(
+                                "announced position {position} outside the announcement"
+                            ))
+                        })?;
+                    Record::Dup(*hash)
+                }
+                // (as for unchanged: an earlier record of the batch may write the page)
+                Kind::Delta => Record::Delta(take_delta(&mut input, block.len(), &mut block_at)?),
+                Kind::DeltaFrom => {
+                    // (the content the base held when the batch began: looked up as it
+                    // is applied, before anything of it is written)
+                    let base = self.page_index(varint::get(&mut input)?, "delta base")?;
+                    Record::DeltaFrom(base, take_delta(&mut input, block.len(), &mut block_at)?)
+                }
+                Kind::Lz4 | Kind::Zstd => {
+                    if Some(kind) != block_kind {
+                        return Err(EngineError::malformed(
+                            "record kind does not match the batch codec",
+                        ));
+                    }
+                    let at = block_at;
+                    block_at += PAGE_SIZE;
+                    if block_at > block.len() {
+                        return Err(EngineError::malformed(
+                            "compressed pages run past the block",
+                        ));
+                    }
+                    Record::Page {
+                        hash: hash_page(&block[at..block_at]),
+                        raw: false,
+                        at,
+                    }
+                }
+                Kind::Raw => {
+                    let at = raw_at;
+                    raw_at += PAGE_SIZE;
+                    if raw_at > raw.len() {
+                        return Err(EngineError::malformed("raw page runs past the raw area"));
+                    }
+                    Record::Page {
+                        hash: hash_page(&raw[at..raw_at]),
+                        raw: true,
+                        at,
+                    }
+                }
+            };
+            records.push((index, record));
+        }
+        if !input.is_empty() || block_at != block.len() || raw_at != raw.len() {
+            return Err(EngineError::malformed("batch areas have unused bytes"));
+        }
+        Ok(records)
+    }
+
+    /// `value` as a page of the guest (`what` names it in the error).
+    fn page_index<T>(&self, value: T, what: &str) -> Result<usize>
+    where
+        T: TryInto<usize> + std::fmt::Display + Copy,
+    {
+        value
+            .try_into()
+            .ok()
+            .filter(|&i| i < self.pages)
+            .ok_or_else(|| EngineError::malformed(format!("{what} {value} out of range")))
+    }
+}
+
+fn new_zstd() -> Result<zstd::bulk::Decompressor<'static>> {
+    zstd::bulk::Decompressor::new().map_err(|e| EngineError::invalid(format!("zstd: {e}")))
+}
+
+/// The next delta of the batch: its length from the record, its place in the block
+/// (`block_len` long).
+fn take_delta(input: &mut &[u8], block_len: usize, block_at: &mut usize) -> Result<Range<usize>> {
+    let len = usize::try_from(varint::get(input)?)
+        .ok()
+        .filter(|&l| l <= MAX_DELTA)
+        .ok_or_else(|| EngineError::malformed("delta too long"))?;
+    let start = *block_at;
+    let end = start + len;
+    if end > block_len {
+        return Err(EngineError::malformed("delta runs past the block"));
+    }
+    *block_at = end;
+    Ok(start..end)
+}
