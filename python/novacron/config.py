@@ -59,6 +59,7 @@ class Config:
     migration_link_timeout_s: float = 30.0
     migration_page_store_mib: int = 1024
     migration_max_concurrent: int = 2
+    migration_engine_threads: int = 1
     network_reconcile_interval_s: float = 30.0
     cluster_etcd_endpoints: str = ""
     cluster_lease_ttl_s: int = 10
@@ -137,6 +138,7 @@ FIELDS: dict[str, str] = {
     "migration_link_timeout_s": "migration",
     "migration_page_store_mib": "migration",
     "migration_max_concurrent": "migration",
+    "migration_engine_threads": "migration",
     "network_reconcile_interval_s": "network",
     "cluster_etcd_endpoints": "cluster",
     "cluster_lease_ttl_s": "cluster",
@@ -158,6 +160,7 @@ _TOML_KEY = {
     "migration_link_timeout_s": "link_timeout_s",
     "migration_page_store_mib": "page_store_mib",
     "migration_max_concurrent": "max_concurrent",
+    "migration_engine_threads": "engine_threads",
     "network_reconcile_interval_s": "reconcile_interval_s",
     "cluster_etcd_endpoints": "etcd_endpoints",
     "cluster_lease_ttl_s": "lease_ttl_s",
@@ -194,6 +197,8 @@ def _coerce(name: str, value: Any) -> Any:
                 raise TypeError
             number = int(value)
             if number < 0 or (number == 0 and name not in _ZERO_OK):
+                raise ValueError
+            if name == "migration_engine_threads" and number > 64:
                 raise ValueError
             return number
         if kind == "float":

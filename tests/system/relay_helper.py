@@ -2,8 +2,11 @@
 two-host tests (run inside a host's namespaces). The daemon will run the same loops
 (``novacron.migration.relay``); this wires them to sockets and TLS by hand.
 
-    python -m tests.system.relay_helper source HOST:PORT PEER:PORT CERT KEY CA STATS
-    python -m tests.system.relay_helper destination LISTEN:PORT QEMU:PORT CERT KEY CA STATS
+    python -m tests.system.relay_helper source HOST:PORT PEER:PORT CERT KEY CA STATS [THREADS]
+    python -m tests.system.relay_helper destination LISTEN:PORT QEMU:PORT CERT KEY CA STATS \
+        [THREADS]
+
+THREADS: the page engine's (``[migration] engine_threads``), 1 by default.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from novacron.migration.stream import StreamReceiver, StreamSender
 from novacron.server.tls import server_context
 
 
-async def source(qemu_at: str, peer: str, cert: Path, key: Path, ca: Path, out: Path) -> None:
+async def source(
+    qemu_at: str, peer: str, cert: Path, key: Path, ca: Path, out: Path, threads: int
+) -> None:
     host, port = split_address(qemu_at)
     listeners = await trio.open_tcp_listeners(port, host=host)
     print("READY", flush=True)
@@ -34,7 +39,7 @@ async def source(qemu_at: str, peer: str, cert: Path, key: Path, ca: Path, out: 
     await channel.do_handshake()
     stats = RelayStats()
     try:
-        await relay_source(qemu, channel, StreamSender(), stats)
+        await relay_source(qemu, channel, StreamSender(threads=threads), stats)
     finally:
         await trio.to_thread.run_sync(out.write_text, json.dumps(asdict(stats)))
         await channel.aclose()
@@ -42,7 +47,7 @@ async def source(qemu_at: str, peer: str, cert: Path, key: Path, ca: Path, out: 
 
 
 async def destination(
-    listen: str, qemu_at: str, cert: Path, key: Path, ca: Path, out: Path
+    listen: str, qemu_at: str, cert: Path, key: Path, ca: Path, out: Path, threads: int
 ) -> None:
     host, port = split_address(listen)
     listeners = await trio.open_tcp_listeners(port, host=host)
@@ -54,7 +59,7 @@ async def destination(
     qemu = await connect_when_listening(qhost, qport, 60)
     stats = RelayStats()
     try:
-        await relay_destination(channel, qemu, StreamReceiver(), stats)
+        await relay_destination(channel, qemu, StreamReceiver(threads=threads), stats)
     finally:
         await trio.to_thread.run_sync(out.write_text, json.dumps(asdict(stats)))
         await channel.aclose()
@@ -63,8 +68,9 @@ async def destination(
 
 def main() -> None:
     role, a, b, cert, key, ca, out = sys.argv[1:8]
+    threads = int(sys.argv[8]) if len(sys.argv) > 8 else 1
     fn = source if role == "source" else destination
-    trio.run(fn, a, b, Path(cert), Path(key), Path(ca), Path(out))
+    trio.run(fn, a, b, Path(cert), Path(key), Path(ca), Path(out), threads)
 
 
 if __name__ == "__main__":

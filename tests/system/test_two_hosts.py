@@ -85,12 +85,14 @@ def test_libvirt_live_migration_between_the_two_hosts(
     wait_for(console, f"{guest.TICK} {ticks + 3}", timeout=120)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
 def test_live_migration_through_the_novacron_data_path(
-    hosts: TwoHosts, guest_images: guest.GuestImages, tmp_path: Path
+    hosts: TwoHosts, guest_images: guest.GuestImages, tmp_path: Path, threads: int
 ) -> None:
     """libvirt drives the migration; QEMU's stream goes source QEMU -> NovaCron's
     source relay -> mutual TLS over the veth -> destination relay -> destination QEMU,
-    its RAM pages through the page engine, every byte checked before it is delivered."""
+    its RAM pages through the page engine, every byte checked before it is delivered.
+    ``threads``: the page engine's at both ends (``[migration] engine_threads``)."""
     a, b = hosts.a, hosts.b
     authority = CertificateAuthority.init(tmp_path / "ca")
     certs = tmp_path / "certs"
@@ -110,6 +112,7 @@ def test_live_migration_through_the_novacron_data_path(
             [
                 *(sys.executable, "-m", "tests.system.relay_helper", role, *args),
                 *(f"{node}.crt", f"{node}.key", str(ca), str(tmp_path / f"{role}.json")),
+                str(threads),
             ],
             cwd=root,
             env={**os.environ, "PYTHONPATH": str(root)},  # nsenter resets the cwd

@@ -39,6 +39,7 @@ def test_toml_then_flags(tmp_path: Path) -> None:
     f.write_text(
         '[daemon]\nnode_name = "h1"\nlog_level = "DEBUG"\n'
         '[hypervisor]\nuri = "qemu:///session"\nthreads = 3\n[rpc]\nmax_message_bytes = 4096\n'
+        "[migration]\nengine_threads = 2\n"
     )
     c = parse("--config", str(f), "--hypervisor-uri", "test:///default", "--node-name", "h2")
     assert c.hypervisor_uri == "test:///default"  # flag beats file
@@ -46,6 +47,7 @@ def test_toml_then_flags(tmp_path: Path) -> None:
     assert c.log_level == "debug"
     assert c.hypervisor_threads == 3
     assert c.max_message_bytes == 4096
+    assert c.migration_engine_threads == 2
 
 
 @pytest.mark.parametrize(
@@ -66,6 +68,8 @@ def test_toml_then_flags(tmp_path: Path) -> None:
         ("[cluster]\nlabels = 'zone'\n", "labels"),
         ("[cluster]\nlease_ttl_s = 0\n", "lease_ttl_s"),
         ("[network]\nreconcile_interval_s = -1\n", "reconcile_interval_s"),
+        ("[migration]\nengine_threads = 0\n", "engine_threads"),
+        ("[migration]\nengine_threads = 65\n", "engine_threads"),
     ],
 )
 def test_bad_config_is_refused_with_the_key(tmp_path: Path, text: str, needle: str) -> None:

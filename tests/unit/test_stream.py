@@ -41,8 +41,11 @@ def iterations(rounds: int, seed: int, incompressible: bool = False) -> tuple[by
     return bytes(b.out), pages
 
 
-def carry(stream: bytes, chunk: int, batch_pages: int = 8) -> tuple[bytes, StreamSender]:
-    sender, receiver = StreamSender(batch_pages=batch_pages), StreamReceiver()
+def carry(
+    stream: bytes, chunk: int, batch_pages: int = 8, threads: int = 1
+) -> tuple[bytes, StreamSender]:
+    sender = StreamSender(batch_pages=batch_pages, threads=threads)
+    receiver = StreamReceiver(threads=threads)
     decoder = frames.FrameDecoder()
     out = bytearray()
     wire = []
@@ -62,6 +65,24 @@ def test_any_precopy_arrives_byte_exact(rounds: int, seed: int, chunk: int) -> N
     assert rebuilt == stream
     assert sender.split_stats["pages"] == pages
     assert sender.length == len(stream)
+
+
+@given(st.integers(1, 6), st.integers(0, 1000))
+def test_a_precopy_through_engines_on_two_threads_arrives_byte_exact(
+    rounds: int, seed: int
+) -> None:
+    # a frame's batch is encoded as one per thread, and its batches read on both
+    stream, pages = iterations(rounds, seed)
+    rebuilt, sender = carry(stream, 4096, batch_pages=32, threads=2)
+    assert rebuilt == stream
+    assert sender.split_stats["pages"] == pages
+
+
+def test_engine_threads_outside_1_to_1024_are_refused() -> None:
+    with pytest.raises(EngineError, match="threads"):
+        StreamReceiver(threads=0)
+    with pytest.raises(EngineError, match="threads"):
+        StreamSender(threads=1025)
 
 
 def test_pages_cost_less_than_their_bytes() -> None:

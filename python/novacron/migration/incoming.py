@@ -164,7 +164,9 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
         else:
             svc.ops.report(inc.op, "receiving")
             try:
-                receiver = StreamReceiver(svc.page_store)
+                receiver = StreamReceiver(
+                    svc.page_store, threads=svc.config.migration_engine_threads
+                )
                 qemu = await _announce_and_connect(channel, receiver, inc.stream_port)
                 log.info("migration.qemu_listening", extra=kv(vm=inc.op.vm, op=inc.op.id))
                 try:

@@ -246,6 +246,7 @@ async def _migrate(
         wait_for_announce=True,
         store=svc.page_store,
         gated=commit is not None,
+        threads=svc.config.migration_engine_threads,
         **run.options.engine(),
     )
 

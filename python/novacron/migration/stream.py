@@ -120,10 +120,13 @@ class StreamSender:
 class StreamReceiver:
     """``store``: a page store whose pages are announced to the source (and kept pinned
     for this stream) from the start; :meth:`keep` adds the arrived guest memory to it
-    afterwards."""
+    afterwards. ``threads``: the decoder's (the batches of one frame are read on all of
+    them, applied in order on the caller's)."""
 
-    def __init__(self, store: PageStore | None = None, max_unchecked: int = MAX_UNCHECKED) -> None:
-        self._core = ChannelReceiver(store, max_unchecked)
+    def __init__(
+        self, store: PageStore | None = None, max_unchecked: int = MAX_UNCHECKED, threads: int = 1
+    ) -> None:
+        self._core = ChannelReceiver(store, max_unchecked, threads)
 
     def apply(self, frame: frames.Frame) -> bytes:
         """The stream bytes now vouched for (released at ``CHECK`` and ``END``); raises

@@ -160,11 +160,16 @@ pub struct ChannelReceiver {
 #[pymethods]
 impl ChannelReceiver {
     #[new]
-    #[pyo3(signature = (store=None, max_unchecked=67_108_864))]
-    fn new(store: Option<PyRef<'_, PageStore>>, max_unchecked: usize) -> Self {
-        Self {
-            inner: StreamReceiver::new(store.map(|s| s.inner.clone()), max_unchecked),
-        }
+    #[pyo3(signature = (store=None, max_unchecked=67_108_864, threads=1))]
+    fn new(
+        store: Option<PyRef<'_, PageStore>>,
+        max_unchecked: usize,
+        threads: usize,
+    ) -> PyResult<Self> {
+        let inner = StreamReceiver::new(store.map(|s| s.inner.clone()), max_unchecked)
+            .decode_threads(threads)
+            .map_err(crate::to_py_err)?;
+        Ok(Self { inner })
     }
 
     /// Applies one frame; returns the stream bytes now vouched for.

@@ -26,6 +26,8 @@ pub struct StreamReceiver {
     /// next).
     released: bool,
     max_unchecked: usize,
+    /// the decoder's threads
+    threads: usize,
     /// `END` arrived and matched.
     pub ended: bool,
     /// Frames for the sender (the `ANNOUNCE`, made at once), not yet taken.
@@ -60,9 +62,23 @@ impl StreamReceiver {
             unchecked: Vec::new(),
             released: false,
             max_unchecked,
+            threads: 1,
             ended: false,
             reply,
         }
+    }
+
+    /// Decodes on `threads` threads: the caller's and `threads - 1` helpers, which read
+    /// the batches of a frame ahead of the one applied ([`Decoder::with_threads`]).
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidArgument`] for a count outside 1..=1024.
+    pub fn decode_threads(mut self, threads: usize) -> Result<Self> {
+        if !(1..=1024).contains(&threads) {
+            return Err(EngineError::invalid("threads must be 1..=1024"));
+        }
+        self.threads = threads;
+        Ok(self)
     }
 
     /// The stream bytes the last [`StreamReceiver::apply`] released (empty if it
@@ -171,7 +187,7 @@ impl StreamReceiver {
             )));
         }
         let pages = usize::try_from(total).map_err(|_| EngineError::channel("guest too large"))?;
-        let mut decoder = Decoder::new(pages)?;
+        let mut decoder = Decoder::with_threads(pages, self.threads)?;
         if let Some((pinned, order)) = self.announced.take() {
             decoder.adopt(pinned, order);
         }
