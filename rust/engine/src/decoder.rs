@@ -231,10 +231,11 @@ impl Decoder {
         } = self;
         let (mut applied, mut written) = (0u64, 0u64);
         let helpers = pool.as_ref().filter(|_| batches.len() > 1);
+        let ahead = helpers.is_some();
         let outcome = Workers::start(helpers).in_order(
             batches,
             READ_AHEAD,
-            |frame| reader.unpack(frame),
+            |frame| reader.unpack(frame, ahead),
             |unpacked| {
                 let unpacked = unpacked?;
                 written += memory.apply(&unpacked)?;
@@ -270,27 +271,36 @@ impl Memory {
     /// Applies a batch read by [`Reader::unpack`]; returns how many pages it wrote.
     fn apply(&mut self, batch: &Unpacked<'_>) -> Result<u64> {
         // the bases of delta-from records: the contents they held as the batch began
-        let mut ops = Vec::with_capacity(batch.records.len());
-        for (index, record) in &batch.records {
+        let mut bases = Vec::new();
+        for (_, record) in &batch.records {
+            if let Record::DeltaFrom(base, _) = record {
+                bases.push(self.held.hash_of(*base).ok_or_else(|| {
+                    EngineError::malformed("delta from a page the receiver never had")
+                })?);
+            }
+        }
+        let mut bases = bases.into_iter();
+        let ops = batch.records.iter().map(|(index, record)| {
             let op = match record {
                 Record::Zero => Op::Zero,
                 Record::Unchanged => Op::Unchanged,
                 Record::Dup(hash) => Op::Dup(*hash),
                 Record::Delta(range) => Op::Delta(batch.block(range.clone())),
-                Record::DeltaFrom(base, range) => {
-                    let base = self.held.hash_of(*base).ok_or_else(|| {
-                        EngineError::malformed("delta from a page the receiver never had")
-                    })?;
-                    Op::DeltaFrom(base, batch.block(range.clone()))
+                Record::DeltaFrom(_, range) => Op::DeltaFrom(
+                    bases.next().expect("one base per delta-from"),
+                    batch.block(range.clone()),
+                ),
+                Record::Page { hash, raw, at } => {
+                    let page = batch.page(*raw, *at);
+                    Op::Page(page, hash.unwrap_or_else(|| hash_page(page)))
                 }
-                Record::Page { hash, raw, at } => Op::Page(batch.page(*raw, *at), *hash),
             };
-            ops.push((*index, op));
-        }
+            (*index, op)
+        });
         self.write_all(ops)
     }
 
-    fn write_all(&mut self, ops: Vec<(usize, Op<'_>)>) -> Result<u64> {
+    fn write_all<'a>(&mut self, ops: impl Iterator<Item = (usize, Op<'a>)>) -> Result<u64> {
         // A dup reference, a delta or an unchanged record can only be found bad while
         // applying (they depend on earlier writes of the same batch): journal the holdings,
         // note the contents this batch made, and drop replaced contents once it succeeded.

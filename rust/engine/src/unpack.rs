@@ -49,9 +49,10 @@ pub(crate) enum Record {
     Delta(Range<usize>),
     /// a delta against the content page `base` held when the batch began
     DeltaFrom(usize, Range<usize>),
-    /// a whole page: its hash, and where it is (in the raw area or the block)
+    /// a whole page: its hash (if the batch was read with them), and where it is (in
+    /// the raw area or the block)
     Page {
-        hash: u128,
+        hash: Option<u128>,
         raw: bool,
         at: usize,
     },
@@ -90,12 +91,14 @@ impl Reader {
     }
 
     /// Verifies the batch `frame` (exactly one batch, header included), decompresses
-    /// its block and reads its records.
+    /// its block and reads its records; `hashes`: hashes the pages sent whole too (on
+    /// a helper thread; a caller that reads and applies the batch itself hashes each
+    /// page as it copies it, while it is in cache).
     ///
     /// # Errors
     /// [`EngineError::Malformed`] for anything that is not a valid batch for this guest
     /// (whatever depends on what the receiver holds is checked as the batch is applied).
-    pub(crate) fn unpack<'a>(&self, frame: &'a [u8]) -> Result<Unpacked<'a>> {
+    pub(crate) fn unpack<'a>(&self, frame: &'a [u8], hashes: bool) -> Result<Unpacked<'a>> {
         let (header, body, rest) = Header::parse(frame)?;
         debug_assert!(rest.is_empty(), "one batch");
         let records_len = header.records_len as usize;
@@ -120,7 +123,7 @@ impl Reader {
                 "block decompressed to the wrong size",
             ));
         }
-        let records = self.records(&header, records_area, &block, raw)?;
+        let records = self.records(&header, records_area, &block, raw, hashes)?;
         Ok(Unpacked {
             block,
             raw,
@@ -171,7 +174,9 @@ impl Reader {
         mut input: &[u8],
         block: &[u8],
         raw: &[u8],
+        hashes: bool,
     ) -> Result<Vec<(usize, Record)>> {
+        let hash = |page: &[u8]| hashes.then(|| hash_page(page));
         let mut records = Vec::with_capacity(header.records as usize);
         let (mut block_at, mut raw_at) = (0usize, 0usize);
         let block_kind = match header.codec {
@@ -245,7 +250,7 @@ impl Reader {
                         ));
                     }
                     Record::Page {
-                        hash: hash_page(&block[at..block_at]),
+                        hash: hash(&block[at..block_at]),
                         raw: false,
                         at,
                     }
@@ -257,7 +262,7 @@ impl Reader {
                         return Err(EngineError::malformed("raw page runs past the raw area"));
                     }
                     Record::Page {
-                        hash: hash_page(&raw[at..raw_at]),
+                        hash: hash(&raw[at..raw_at]),
                         raw: true,
                         at,
                     }
