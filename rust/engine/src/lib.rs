@@ -19,6 +19,7 @@ mod fasthash;
 mod holdings;
 mod lz4_block;
 mod mem;
+mod page_hash;
 pub mod qemu_stream;
 mod resemblance;
 mod scan;

@@ -38,7 +38,10 @@ pub fn is_zero_page(page: &[u8]) -> bool {
 /// The xxh3-128 content hash of one page.
 #[must_use]
 pub fn hash_page(page: &[u8]) -> u128 {
-    xxh3_128(page)
+    match page.try_into() {
+        Ok(page) => crate::page_hash::hash(page),
+        Err(_) => xxh3_128(page),
+    }
 }
 
 /// The all-zero page.
