@@ -26,9 +26,10 @@ pub(crate) struct Reader {
 }
 
 /// Block buffers kept for reuse: at most this many, ...
-const BUFFERS: usize = 8;
-/// ... of at most this size each.
-const BUFFER_MAX: usize = 16 << 20;
+const BUFFERS: usize = 4;
+/// ... of at most this size each (a block of 1,024 pages, the encoder's default
+/// batch, is 4 MiB at most).
+const BUFFER_MAX: usize = 8 << 20;
 
 /// A batch read and checked, to be applied.
 pub(crate) struct Unpacked<'a> {
