@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import struct
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +12,7 @@ from hypothesis import strategies as st
 
 from novacron import _core
 from novacron.errors import EngineError
+from tests import wire_reference as ref
 
 PAGE = _core.PAGE_SIZE
 
@@ -242,18 +242,6 @@ def test_decoder_fuzz_garbage_is_rejected_cleanly(data: bytes) -> None:
     assert len(dec.image()) == 4 * PAGE
 
 
-def batches_of(wire: bytes) -> list[bytes]:
-    """A stream cut into its batches (by the header's area lengths, see
-    docs/migration-wire.md)."""
-    out, at = [], 0
-    while at < len(wire):
-        records_len, _raw_len, block_len, raw_len = struct.unpack_from("<4I", wire, at + 12)
-        end = at + 40 + records_len + block_len + raw_len
-        out.append(wire[at:end])
-        at = end
-    return out
-
-
 @settings(max_examples=120, deadline=None)
 @given(st.integers(0, 2**32), st.lists(st.integers(0, 40), max_size=16), st.integers(-1, 1 << 20))
 def test_one_and_two_threads_decode_any_splice_of_batches_alike(
@@ -269,7 +257,7 @@ def test_one_and_two_threads_decode_any_splice_of_batches_alike(
         b"".join(rng.choice([bytes(PAGE), rng.randbytes(PAGE)]) for _ in range(pages))
     )
     enc = _core.PageEncoder(pages, batch_pages=3, delta_cache_pages=pages)
-    batches = batches_of(enc.encode(bytes(image)))
+    batches = ref.batches(enc.encode(bytes(image)))
     for _ in range(2):
         touched = sorted(rng.sample(range(pages), 8))
         for i in touched:
@@ -277,7 +265,7 @@ def test_one_and_two_threads_decode_any_splice_of_batches_alike(
             page = bytearray(image[source * PAGE : (source + 1) * PAGE])
             page[rng.randrange(PAGE)] ^= 0xFF
             image[i * PAGE : (i + 1) * PAGE] = page
-        batches += batches_of(enc.encode(bytes(image), touched))
+        batches += ref.batches(enc.encode(bytes(image), touched))
     stream = bytearray(b"".join(batches[p % len(batches)] for p in picks))
     if stream and flip >= 0:
         stream[flip % len(stream)] ^= 1 << (flip % 8)

@@ -1,5 +1,5 @@
-//! The encoder's threads for one call: the caller's own thread plus a pool of
-//! `threads - 1` helpers, woken as the call starts.
+//! An encoder's or a decoder's threads for one call: the caller's own thread plus a
+//! pool of `threads - 1` helpers, woken as the call starts.
 //!
 //! A pool's idle threads sleep; waking one is a futex wake and, on a virtual machine,
 //! the host scheduling an idle vCPU back in: hundreds of microseconds here, as long
@@ -23,16 +23,25 @@ use crate::mem::write_slice;
 /// Longest a woken helper waits for the parallel part before going back to sleep.
 const SPIN: Duration = Duration::from_millis(1);
 
+/// `threads` if it is a thread count an encoder or a decoder takes.
+///
+/// # Errors
+/// [`EngineError::InvalidArgument`] outside 1..=1024.
+pub(crate) fn check_threads(threads: usize) -> Result<usize> {
+    if (1..=1024).contains(&threads) {
+        Ok(threads)
+    } else {
+        Err(EngineError::invalid("threads must be 1..=1024"))
+    }
+}
+
 /// A pool of `threads - 1` helpers named `name-N` (none for one thread).
 ///
 /// # Errors
 /// [`EngineError::InvalidArgument`] for a thread count outside 1..=1024, or if the
 /// pool cannot be made.
 pub(crate) fn helper_pool(threads: usize, name: &'static str) -> Result<Option<rayon::ThreadPool>> {
-    if threads == 0 || threads > 1024 {
-        return Err(EngineError::invalid("threads must be 1..=1024"));
-    }
-    if threads == 1 {
+    if check_threads(threads)? == 1 {
         return Ok(None);
     }
     rayon::ThreadPoolBuilder::new()
@@ -43,7 +52,7 @@ pub(crate) fn helper_pool(threads: usize, name: &'static str) -> Result<Option<r
         .map_err(|e| EngineError::invalid(format!("thread pool: {e}")))
 }
 
-/// Runs a call's parallel parts on the caller and the encoder's helper threads.
+/// Runs a call's parallel parts on the caller and the helper threads.
 pub(crate) struct Workers<'p> {
     helpers: Option<&'p rayon::ThreadPool>,
     /// set when the spinning helpers are to stop

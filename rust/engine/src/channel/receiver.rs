@@ -10,6 +10,7 @@ use super::{
 };
 use crate::decoder::announcement;
 use crate::error::{EngineError, Result};
+use crate::workers::check_threads;
 use crate::{Decoder, PageStore, Pinned, PAGE_SIZE};
 
 /// Largest guest the receiver accepts (pages): 16 TiB.
@@ -74,10 +75,7 @@ impl StreamReceiver {
     /// # Errors
     /// [`EngineError::InvalidArgument`] for a count outside 1..=1024.
     pub fn decode_threads(mut self, threads: usize) -> Result<Self> {
-        if !(1..=1024).contains(&threads) {
-            return Err(EngineError::invalid("threads must be 1..=1024"));
-        }
-        self.threads = threads;
+        self.threads = check_threads(threads)?;
         Ok(self)
     }
 
