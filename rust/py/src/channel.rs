@@ -1,7 +1,8 @@
 //! `novacron._core.ChannelSender` / `ChannelReceiver`: both halves of the migration
-//! channel (`novacron_engine::channel`), one call per read, the GIL released around it.
+//! channel (`novacron_engine::channel`), one call per read, the GIL released around it
+//! and around copying a long output into its `bytes`.
 
-use crate::{codec_from_name, detached, ByteView, PageStore};
+use crate::{codec_from_name, copied_bytes, detached, ByteView, PageStore};
 use novacron_engine as engine;
 use novacron_engine::channel::{SenderConfig, StreamReceiver, StreamSender};
 use pyo3::buffer::PyBuffer;
@@ -62,7 +63,7 @@ impl ChannelSender {
         let view = ByteView::new(data)?;
         let inner = &mut self.inner;
         let out = detached(py, || inner.feed(view.as_slice()))?;
-        Ok(PyBytes::new(py, &out))
+        copied_bytes(py, &out)
     }
 
     /// The destination's page-store hashes; returns the frames held back for them.
@@ -74,28 +75,28 @@ impl ChannelSender {
         let view = ByteView::new(hashes)?;
         let inner = &mut self.inner;
         let out = detached(py, || inner.announce(view.as_slice()))?;
-        Ok(PyBytes::new(py, &out))
+        copied_bytes(py, &out)
     }
 
     /// Everything held back that may go now.
     fn flush<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let inner = &mut self.inner;
         let out = detached(py, || inner.flush())?;
-        Ok(PyBytes::new(py, &out))
+        copied_bytes(py, &out)
     }
 
     /// Lets what the gate held go.
     fn open_gate<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let inner = &mut self.inner;
         let out = detached(py, || inner.open_gate())?;
-        Ok(PyBytes::new(py, &out))
+        copied_bytes(py, &out)
     }
 
     /// The end of the stream: the rest, then `END`.
     fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let inner = &mut self.inner;
         let out = detached(py, || inner.finish())?;
-        Ok(PyBytes::new(py, &out))
+        copied_bytes(py, &out)
     }
 
     /// The stream reached what the closed gate holds back.
@@ -182,13 +183,13 @@ impl ChannelReceiver {
         let view = ByteView::new(payload)?;
         let inner = &mut self.inner;
         detached(py, || inner.apply(kind, view.as_slice()).map(<[u8]>::len))?;
-        Ok(PyBytes::new(py, self.inner.released()))
+        copied_bytes(py, self.inner.released())
     }
 
     /// Frames for the source (the `ANNOUNCE` answering `START`), once.
-    fn take_reply<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
+    fn take_reply<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         let reply = std::mem::take(&mut self.inner.reply);
-        PyBytes::new(py, &reply)
+        copied_bytes(py, &reply)
     }
 
     /// Adds up to `count` pages of the arrived memory from page `start` on to the page

@@ -100,6 +100,22 @@ fn filled_bytes<'py>(
     Ok(bytes)
 }
 
+/// Outputs at least this long are copied into their `bytes` with the GIL released.
+const DETACHED_COPY: usize = 64 * 1024;
+
+/// `data` copied into a new `bytes`. A long one (a channel's frames, a rebuilt
+/// stream: megabytes) is copied with the GIL released: the new object is not visible
+/// to any other thread yet, so the copy need not hold up the others.
+pub(crate) fn copied_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+    if data.len() < DETACHED_COPY {
+        return Ok(PyBytes::new(py, data));
+    }
+    filled_bytes(py, data.len(), |out| {
+        py.detach(|| engine::write_slice(out, data));
+        Ok(())
+    })
+}
+
 /// Batches joined into one `bytes`, copied once, straight into the bytes object, on
 /// the encoder's threads.
 fn joined<'py>(
