@@ -1,11 +1,13 @@
 //! The receiver: verifies batches and applies them to its copy of the guest's memory.
 //!
 //! The copy is content-addressed: each page index names the hash of its content
-//! ([`Holdings`]) and each distinct non-zero content is kept once, shared (`Arc`) with
-//! the page store it may have come from or go to. Zero pages take no memory, a page
-//! repeated a thousand times takes one page, and a `dup-ref` to an announced page costs
-//! no copy at all; only memory actually distinct is touched (fresh memory is the
-//! largest cost of receiving on these machines).
+//! ([`Holdings`]) and each distinct non-zero content is kept once. Zero pages take no
+//! memory, a page repeated a thousand times takes one page, and a `dup-ref` to an
+//! announced page costs no copy at all (the page store's pages are shared, `Arc`);
+//! only memory actually distinct is touched. Fresh memory is the largest cost of
+//! receiving on these machines: the contents the receiver makes are carved from
+//! 8 MiB buffers advised for huge pages ([`page_slab`](crate::page_slab)), which
+//! fault in 2 MiB at a time, and a dropped content's buffer is reused.
 //!
 //! Memory is bounded by the guest size given at construction, whatever the input
 //! claims: every length is checked against the header and the guest before use, and a
@@ -18,6 +20,7 @@ use crate::error::{EngineError, Result};
 use crate::fasthash::FastMap;
 use crate::holdings::{Holdings, Undo};
 use crate::mem::write_slice;
+use crate::page_slab::{SlabPage, Slabs};
 use crate::scan::{zero_hash, ZERO_PAGE};
 use crate::store::{PageStore, Pinned};
 use crate::unpack::{Reader, Record, Unpacked};
@@ -51,12 +54,29 @@ pub struct Decoder {
 struct Memory {
     /// every distinct non-zero content some page holds (and, within a batch, the
     /// contents that batch made)
-    contents: FastMap<u128, Arc<[u8]>>,
+    contents: FastMap<u128, Content>,
     held: Holdings,
     pinned: Pinned,
-    /// page buffers of dropped contents no one else held, for the next new contents
-    /// (the allocator's own reuse walks cold free lists on every page)
-    spare: Vec<Arc<[u8]>>,
+    /// the buffers of the contents the receiver makes, and of dropped ones, for the
+    /// next (the allocator's own reuse walks cold free lists on every page)
+    slabs: Slabs,
+}
+
+/// A content the receiver keeps: a page it made, or one of the page store's.
+enum Content {
+    Own(SlabPage),
+    Shared(Arc<[u8]>),
+}
+
+impl std::ops::Deref for Content {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Self::Own(page) => &page[..],
+            Self::Shared(page) => page,
+        }
+    }
 }
 
 enum Op<'a> {
@@ -74,27 +94,25 @@ enum Op<'a> {
 /// (the next one to apply is always read, however large).
 const READ_AHEAD: usize = 64 << 20;
 
-/// Page buffers kept for reuse: at most this many (4 MiB).
-const SPARE_PAGES: usize = 1024;
-
-/// A copy of `src`, in `spare` (a page buffer no one else holds) when there is one.
-fn filled(spare: Option<Arc<[u8]>>, src: &[u8]) -> Arc<[u8]> {
-    match spare {
-        Some(mut page) => {
-            Arc::get_mut(&mut page)
-                .expect("spare pages are unshared")
-                .copy_from_slice(src);
-            page
+/// A copy of `base` with `delta` applied.
+fn patched(slabs: &mut Slabs, base: &[u8], delta: &[u8]) -> Result<Content> {
+    let mut page = slabs.filled(base);
+    match delta::apply(&mut page[..], delta) {
+        Ok(()) => Ok(Content::Own(page)),
+        Err(err) => {
+            slabs.give_back(page);
+            Err(err)
         }
-        None => Arc::from(src),
     }
 }
 
-/// A copy of `base` (in `spare`, if any) with `delta` applied.
-fn patched(base: &[u8], delta: &[u8], spare: Option<Arc<[u8]>>) -> Result<Arc<[u8]>> {
-    let mut page = filled(spare, base);
-    delta::apply(Arc::get_mut(&mut page).expect("just made"), delta)?;
-    Ok(page)
+/// The content with hash `hash`, if the receiver keeps it (zero always).
+fn content_in(contents: &FastMap<u128, Content>, hash: u128) -> Option<&[u8]> {
+    if hash == zero_hash() {
+        Some(&ZERO_PAGE)
+    } else {
+        contents.get(&hash).map(|page| &page[..])
+    }
 }
 
 /// `input` cut into batches (headers checked, checksums not yet), each with the size
@@ -136,7 +154,7 @@ impl Decoder {
                 contents: FastMap::default(),
                 held: Holdings::new(pages),
                 pinned: Pinned::new(),
-                spare: Vec::new(),
+                slabs: Slabs::default(),
             },
             reader: Reader::new(pages)?,
             pool: helper_pool(threads, "novacron-dec")?,
@@ -177,12 +195,24 @@ impl Decoder {
         self.memory.page(index)
     }
 
-    /// The receiver's copy of page `index`, shared, unless it is zero.
+    /// The receiver's copy of page `index`, unless it is zero: shared when it came
+    /// from the page store, else a copy (the receiver's own pages are carved from
+    /// its large buffers, which a page kept elsewhere must not hold on to).
     #[must_use]
     pub fn shared_page(&self, index: usize) -> Option<(u128, Arc<[u8]>)> {
+        self.held_page(index).map(|(hash, page)| (hash, page()))
+    }
+
+    /// The hash of page `index`, unless it is zero, and what makes it a shared page
+    /// (as [`shared_page`](Self::shared_page)), for a taker that may not need it.
+    pub fn held_page(&self, index: usize) -> Option<(u128, impl FnOnce() -> Arc<[u8]> + '_)> {
         let memory = &self.memory;
         let hash = memory.held.hash_of(index).filter(|&h| h != zero_hash())?;
-        Some((hash, Arc::clone(&memory.contents[&hash])))
+        let content = &memory.contents[&hash];
+        Some((hash, move || match content {
+            Content::Own(page) => Arc::from(&page[..]),
+            Content::Shared(page) => Arc::clone(page),
+        }))
     }
 
     /// A copy of the receiver's whole guest memory.
@@ -261,11 +291,7 @@ impl Memory {
 
     /// The content with hash `hash`, if the receiver keeps it (zero always).
     fn content(&self, hash: u128) -> Option<&[u8]> {
-        if hash == zero_hash() {
-            Some(&ZERO_PAGE)
-        } else {
-            self.contents.get(&hash).map(|page| &page[..])
-        }
+        content_in(&self.contents, hash)
     }
 
     /// Applies a batch read by [`Reader::unpack`]; returns how many pages it wrote.
@@ -354,7 +380,7 @@ impl Memory {
             Op::Zero => zero_hash(),
             Op::Page(src, hash) => {
                 if self.is_new(hash) {
-                    let page = filled(self.spare.pop(), src);
+                    let page = Content::Own(self.slabs.filled(src));
                     self.keep(hash, page, made);
                 }
                 hash
@@ -365,16 +391,15 @@ impl Memory {
                         "delta for a page the receiver never had",
                     ));
                 }
-                let spare = self.spare.pop();
-                let page = patched(self.page(index), d, spare)?;
+                let base = old.and_then(|h| content_in(&self.contents, h));
+                let base = base.expect("held contents are kept");
+                let page = patched(&mut self.slabs, base, d)?;
                 self.keep_made(page, made)
             }
             Op::DeltaFrom(base, d) => {
-                let spare = self.spare.pop();
-                let base = self
-                    .content(base)
+                let base = content_in(&self.contents, base)
                     .ok_or_else(|| EngineError::malformed("delta base not held"))?;
-                let page = patched(base, d, spare)?;
+                let page = patched(&mut self.slabs, base, d)?;
                 self.keep_made(page, made)
             }
             Op::Dup(hash) => {
@@ -387,7 +412,8 @@ impl Memory {
                         ));
                     };
                     if hash != zero_hash() && !self.contents.contains_key(&hash) {
-                        self.contents.insert(hash, Arc::clone(page));
+                        self.contents
+                            .insert(hash, Content::Shared(Arc::clone(page)));
                         made.push(hash);
                     }
                 }
@@ -407,7 +433,7 @@ impl Memory {
     }
 
     /// Keeps new content `hash`, `page`, noting it in `made`.
-    fn keep(&mut self, hash: u128, page: Arc<[u8]>, made: &mut Vec<u128>) {
+    fn keep(&mut self, hash: u128, page: Content, made: &mut Vec<u128>) {
         debug_assert!(!is_zero_page(&page));
         self.contents.insert(hash, page);
         made.push(hash);
@@ -415,7 +441,7 @@ impl Memory {
 
     /// Keeps `page`, just made, unless its content is zero or already kept (its buffer
     /// then goes back to the spares); returns its hash.
-    fn keep_made(&mut self, page: Arc<[u8]>, made: &mut Vec<u128>) -> u128 {
+    fn keep_made(&mut self, page: Content, made: &mut Vec<u128>) -> u128 {
         let hash = hash_page(&page);
         if self.is_new(hash) {
             self.keep(hash, page, made);
@@ -425,11 +451,10 @@ impl Memory {
         hash
     }
 
-    /// Keeps `page`'s buffer for a later new content, if no one else holds it and
-    /// there is room among the spares.
-    fn recycle(&mut self, mut page: Arc<[u8]>) {
-        if self.spare.len() < SPARE_PAGES && Arc::get_mut(&mut page).is_some() {
-            self.spare.push(page);
+    /// Keeps `page`'s buffer for a later new content, if it is the receiver's own.
+    fn recycle(&mut self, page: Content) {
+        if let Content::Own(page) = page {
+            self.slabs.give_back(page);
         }
     }
 }

@@ -20,6 +20,7 @@ mod holdings;
 mod lz4_block;
 mod mem;
 mod page_hash;
+mod page_slab;
 pub mod qemu_stream;
 mod resemblance;
 mod scan;

@@ -18,7 +18,9 @@ pub fn zeroed(len: usize) -> Vec<u8> {
     buf
 }
 
-fn advise(ptr: *const u8, len: usize) {
+/// Advises the whole pages of `len` bytes at `ptr` (one live allocation) for huge
+/// pages; a buffer under 4 MiB is left alone.
+pub(crate) fn advise(ptr: *const u8, len: usize) {
     const PAGE: usize = 4096;
     if len < 4 * 1024 * 1024 {
         return; // small buffers gain nothing

@@ -8,8 +8,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use crate::scan::identify;
-use crate::{is_zero_page, PAGE_SIZE};
+use crate::scan::{identify, zero_hash};
+use crate::PAGE_SIZE;
 
 /// A bounded, thread-safe store of pages by xxh3-128 hash, least recently added evicted first.
 #[derive(Clone)]
@@ -69,15 +69,18 @@ impl PageStore {
         added
     }
 
-    /// Adds pages that are already shared (hash, content), e.g. a receiver's arrived
-    /// contents, without copying them; zero pages and known hashes are skipped.
-    /// Returns how many were new.
-    pub fn add_shared(&self, pages: impl IntoIterator<Item = (u128, Arc<[u8]>)>) -> usize {
+    /// Adds pages given as (hash, what makes the shared page), e.g. a receiver's
+    /// arrived contents ([`Decoder::held_page`](crate::Decoder::held_page)); a page is
+    /// made only when its hash is new. Zero pages are skipped. Returns how many were new.
+    pub fn add_shared<F>(&self, pages: impl IntoIterator<Item = (u128, F)>) -> usize
+    where
+        F: FnOnce() -> Arc<[u8]>,
+    {
         let mut inner = self.lock();
         let mut added = 0;
         for (hash, page) in pages {
-            if !is_zero_page(&page) {
-                added += usize::from(inner.add(hash, || page));
+            if hash != zero_hash() {
+                added += usize::from(inner.add(hash, page));
             }
         }
         added
@@ -130,6 +133,21 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_pages_are_made_only_when_new() {
+        let store = PageStore::new(8);
+        let page: Arc<[u8]> = Arc::from(&[5u8; PAGE_SIZE][..]);
+        let hash = identify(&page).0;
+        let given = Arc::clone(&page);
+        assert_eq!(store.add_shared([(hash, move || given)]), 1);
+        // a known hash, and the zero page: neither is made
+        let never = || -> Arc<[u8]> { panic!("made a page the store did not need") };
+        assert_eq!(store.add_shared([(hash, never), (zero_hash(), never)]), 0);
+        let (pinned, order) = store.pin_in_order();
+        assert_eq!(order, vec![hash]);
+        assert!(Arc::ptr_eq(&pinned[&hash], &page), "shared, not copied");
+    }
 
     #[test]
     fn dedups_skips_zero_and_evicts_oldest() {

@@ -104,7 +104,8 @@ impl StreamReceiver {
 
     /// Adds up to `count` pages of the arrived memory, from page `start` on, to the
     /// page store (after the stream: for the next migration); returns how many were new.
-    /// The store shares the arrived contents: nothing is copied.
+    /// The store shares the contents that came from it; the others are copied, only
+    /// those it does not hold yet.
     #[must_use]
     pub fn keep(&self, start: u64, count: u64) -> usize {
         let (Some(store), Some(decoder)) = (&self.store, &self.decoder) else {
@@ -112,7 +113,7 @@ impl StreamReceiver {
         };
         let pages = decoder.pages() as u64;
         let (from, to) = (start.min(pages), start.saturating_add(count).min(pages));
-        store.add_shared((from..to).filter_map(|i| decoder.shared_page(i as usize)))
+        store.add_shared((from..to).filter_map(|i| decoder.held_page(i as usize)))
     }
 
     /// Applies one frame; returns the stream bytes now vouched for (empty unless the
