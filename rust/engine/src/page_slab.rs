@@ -10,13 +10,16 @@
 //!
 //! A [`SlabPage`] owns its 4 KiB alone (like a `Box`) and keeps its allocation alive;
 //! [`Slabs`] hands out pages and takes back the ones given up, for the next content.
-//! The memory goes back to the system when the slabs and every page carved from them
-//! are gone; until then a page given back is reused, never returned.
+//! When the slabs and every page carved from one allocation are gone, the allocation
+//! waits in a process-wide pool (at most [`POOL_CHUNKS`]) for the next receiver,
+//! marked `MADV_FREE`: the kernel may take its memory back under pressure, and until it
+//! does, the next receiver writes it with no page fault and no clearing. Past the
+//! pool's size it goes back to the system.
 
 use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::PAGE_SIZE;
 
@@ -25,9 +28,39 @@ const CHUNK: usize = 8 << 20;
 /// A huge page: chunks start on one, so each holds whole huge pages.
 const HUGE: usize = 2 << 20;
 
+/// Allocations no receiver uses, kept for the next one: at most this many (256 MiB).
+pub(crate) const POOL_CHUNKS: usize = 32;
+
+/// Allocations waiting for a receiver (each from `alloc` with [`Chunk::layout`],
+/// advised, and owned by the pool alone).
+pub(crate) struct Pool(Mutex<Vec<Pooled>>);
+
+/// The process's pool.
+static POOL: Pool = Pool::new();
+
+impl Pool {
+    const fn new() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// An allocation in the pool.
+struct Pooled(NonNull<u8>);
+
+// SAFETY: plain memory with no thread affinity, reached only through the pool's lock
+unsafe impl Send for Pooled {}
+
 /// One allocation pages are carved from.
 struct Chunk {
     ptr: NonNull<u8>,
+    /// where it goes when no page uses it
+    pool: &'static Pool,
 }
 
 // SAFETY: a chunk is plain memory with no thread affinity; the pages carved from it
@@ -41,7 +74,11 @@ impl Chunk {
         Layout::from_size_align(CHUNK, HUGE).expect("a valid layout")
     }
 
-    fn new() -> Self {
+    /// One from `pool`, or a new allocation.
+    fn get(pool: &'static Pool) -> Self {
+        if let Some(Pooled(ptr)) = pool.lock().pop() {
+            return Self { ptr, pool };
+        }
         let layout = Self::layout();
         // SAFETY: the layout's size is not zero
         let ptr = unsafe { alloc(layout) };
@@ -49,14 +86,28 @@ impl Chunk {
             handle_alloc_error(layout)
         };
         crate::mem::advise(ptr.as_ptr(), CHUNK);
-        Self { ptr }
+        Self { ptr, pool }
     }
 }
 
 impl Drop for Chunk {
+    /// No page uses the chunk any more: into the pool if there is room, else freed.
     fn drop(&mut self) {
-        // SAFETY: `ptr` came from `alloc` with this very layout and is freed once, here
-        unsafe { dealloc(self.ptr.as_ptr(), Self::layout()) };
+        let mut pool = self.pool.lock();
+        if pool.len() < POOL_CHUNKS {
+            // SAFETY: the chunk is one live allocation of CHUNK bytes that nothing reads
+            // or writes now. MADV_FREE only lets the kernel drop its contents (a page
+            // taken back reads as zero, a later write keeps it), which no one relies
+            // on: every page is written whole before it is read. Failure is harmless.
+            unsafe {
+                libc::madvise(self.ptr.as_ptr().cast(), CHUNK, libc::MADV_FREE);
+            }
+            pool.push(Pooled(self.ptr));
+        } else {
+            // SAFETY: `ptr` came from `alloc` with this very layout, and only this
+            // chunk holds it
+            unsafe { dealloc(self.ptr.as_ptr(), Self::layout()) };
+        }
     }
 }
 
@@ -92,15 +143,31 @@ impl DerefMut for SlabPage {
 }
 
 /// Hands out pages carved from chunks, and reuses the ones given back.
-#[derive(Default)]
 pub(crate) struct Slabs {
+    /// where chunks come from and go back to
+    pool: &'static Pool,
     /// the chunk pages are being carved from, and how many it has handed out
     current: Option<(Arc<Chunk>, usize)>,
     /// pages given back
     free: Vec<SlabPage>,
 }
 
+impl Default for Slabs {
+    fn default() -> Self {
+        Self::with_pool(&POOL)
+    }
+}
+
 impl Slabs {
+    /// Slabs whose chunks come from and go back to `pool` (the process's by default).
+    pub(crate) fn with_pool(pool: &'static Pool) -> Self {
+        Self {
+            pool,
+            current: None,
+            free: Vec::new(),
+        }
+    }
+
     /// A page holding a copy of `src` (4 KiB).
     pub(crate) fn filled(&mut self, src: &[u8]) -> SlabPage {
         let mut page = self.take();
@@ -128,7 +195,7 @@ impl Slabs {
         let (chunk, used) = match &mut self.current {
             Some((chunk, used)) if *used < CHUNK / PAGE_SIZE => (chunk, used),
             current => {
-                let (chunk, used) = current.insert((Arc::new(Chunk::new()), 0));
+                let (chunk, used) = current.insert((Arc::new(Chunk::get(self.pool)), 0));
                 (chunk, used)
             }
         };
@@ -149,7 +216,8 @@ mod tests {
 
     #[test]
     fn pages_are_distinct_keep_their_bytes_and_are_reused() {
-        let mut slabs = Slabs::default();
+        static OWN: Pool = Pool::new();
+        let mut slabs = Slabs::with_pool(&OWN);
         let pages: Vec<SlabPage> = (0..CHUNK / PAGE_SIZE + 3)
             .map(|i| slabs.filled(&[(i % 251) as u8; PAGE_SIZE]))
             .collect();
@@ -172,13 +240,49 @@ mod tests {
 
     #[test]
     fn pages_outlive_the_slabs_they_came_from() {
-        let mut slabs = Slabs::default();
+        static OWN: Pool = Pool::new();
+        let mut slabs = Slabs::with_pool(&OWN);
         let page = slabs.filled(&[9; PAGE_SIZE]);
         drop(slabs);
+        assert!(OWN.lock().is_empty(), "a page still uses the chunk");
         assert!(page.iter().all(|&b| b == 9));
         let moved = std::thread::spawn(move || page.iter().map(|&b| u64::from(b)).sum::<u64>())
             .join()
             .unwrap();
         assert_eq!(moved, 9 * PAGE_SIZE as u64);
+        assert_eq!(
+            OWN.lock().len(),
+            1,
+            "the chunk went to the pool with its last page"
+        );
+    }
+
+    #[test]
+    fn chunks_go_to_the_pool_up_to_its_size_and_are_taken_again() {
+        static OWN: Pool = Pool::new();
+        let pages_per_chunk = CHUNK / PAGE_SIZE;
+        let mut slabs = Slabs::with_pool(&OWN);
+        let pages: Vec<SlabPage> = (0..pages_per_chunk * (POOL_CHUNKS + 2))
+            .map(|_| slabs.filled(&[1; PAGE_SIZE]))
+            .collect();
+        let starts: Vec<usize> = pages
+            .iter()
+            .step_by(pages_per_chunk)
+            .map(|p| p.as_ptr() as usize)
+            .collect();
+        drop((pages, slabs));
+        let pooled: Vec<usize> = OWN.lock().iter().map(|p| p.0.as_ptr() as usize).collect();
+        assert_eq!(
+            pooled.len(),
+            POOL_CHUNKS,
+            "the rest went back to the system"
+        );
+        assert!(pooled.iter().all(|p| starts.contains(p)));
+        // the next slabs carve the pooled chunks first, and write them before reading
+        let mut next = Slabs::with_pool(&OWN);
+        let page = next.filled(&[2; PAGE_SIZE]);
+        assert!(pooled.contains(&(page.as_ptr() as usize)));
+        assert!(page.iter().all(|&b| b == 2));
+        assert_eq!(OWN.lock().len(), POOL_CHUNKS - 1);
     }
 }
