@@ -8,6 +8,7 @@ Unknown keys and values of the wrong type are refused with :class:`ConfigError`.
 from __future__ import annotations
 
 import argparse
+import math
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -183,6 +184,16 @@ _EMPTY_OK = _CPUSETS | {
     "cluster_labels",
 }
 _ZERO_OK = {"reserved_memory_mib", "migration_page_store_mib"}
+# numbers with bounds beyond "not negative" (and, for ints not in _ZERO_OK, "not zero")
+_RANGES: dict[str, tuple[float, float]] = {
+    "migration_engine_threads": (1, 64),
+    "shared_overcommit": (1, 64),
+}
+
+
+def _in_range(name: str, number: float) -> bool:
+    low, high = _RANGES.get(name, (-math.inf, math.inf))
+    return low <= number <= high
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -196,16 +207,14 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             number = int(value)
-            if number < 0 or (number == 0 and name not in _ZERO_OK):
-                raise ValueError
-            if name == "migration_engine_threads" and number > 64:
+            if number < 0 or (number == 0 and name not in _ZERO_OK) or not _in_range(name, number):
                 raise ValueError
             return number
         if kind == "float":
             if isinstance(value, bool):
                 raise TypeError
             real = float(value)
-            if real < 0 or (name == "shared_overcommit" and not 1 <= real <= 64):
+            if real < 0 or not _in_range(name, real):
                 raise ValueError
             return real
         if not isinstance(value, str) or (not value and name not in _EMPTY_OK):

@@ -115,14 +115,17 @@ fn content_in(contents: &FastMap<u128, Content>, hash: u128) -> Option<&[u8]> {
     }
 }
 
-/// `input` cut into batches (headers checked, checksums not yet), each with the size
-/// of its decompressed block; and the error that stopped the cutting, if any.
-fn batches_of(mut input: &[u8]) -> (Vec<(usize, &[u8])>, Option<EngineError>) {
+/// A batch: its header (checked but for the checksum) and its bytes, header included.
+type Batch<'a> = (Header, &'a [u8]);
+
+/// `input` cut into batches, each with the size of its decompressed block; and the
+/// error that stopped the cutting, if any.
+fn batches_of(mut input: &[u8]) -> (Vec<(usize, Batch<'_>)>, Option<EngineError>) {
     let mut out = Vec::new();
     while !input.is_empty() {
         match Header::read(input) {
             Ok((header, len)) => {
-                out.push((header.block_raw_len as usize, &input[..len]));
+                out.push((header.block_raw_len as usize, (header, &input[..len])));
                 input = &input[len..];
             }
             Err(e) => return (out, Some(e)),
@@ -265,7 +268,7 @@ impl Decoder {
         let outcome = Workers::start(helpers).in_order(
             batches,
             READ_AHEAD,
-            |frame| reader.unpack(frame, ahead),
+            |(header, frame)| reader.unpack(header, frame, ahead),
             |unpacked| {
                 let unpacked = unpacked?;
                 written += memory.apply(&unpacked)?;
@@ -285,13 +288,8 @@ impl Memory {
     /// The copy of page `index` (zero if it never had one).
     fn page(&self, index: usize) -> &[u8] {
         self.held.hash_of(index).map_or(&ZERO_PAGE, |hash| {
-            self.content(hash).expect("held contents are kept")
+            content_in(&self.contents, hash).expect("held contents are kept")
         })
-    }
-
-    /// The content with hash `hash`, if the receiver keeps it (zero always).
-    fn content(&self, hash: u128) -> Option<&[u8]> {
-        content_in(&self.contents, hash)
     }
 
     /// Applies a batch read by [`Reader::unpack`]; returns how many pages it wrote.
@@ -386,13 +384,10 @@ impl Memory {
                 hash
             }
             Op::Delta(d) => {
-                if old.is_none() {
-                    return Err(EngineError::malformed(
-                        "delta for a page the receiver never had",
-                    ));
-                }
                 let base = old.and_then(|h| content_in(&self.contents, h));
-                let base = base.expect("held contents are kept");
+                let base = base.ok_or_else(|| {
+                    EngineError::malformed("delta for a page the receiver never had")
+                })?;
                 let page = patched(&mut self.slabs, base, d)?;
                 self.keep_made(page, made)
             }

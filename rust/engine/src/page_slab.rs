@@ -23,8 +23,10 @@ use std::sync::{Arc, Mutex};
 
 use crate::PAGE_SIZE;
 
-/// Bytes of one allocation pages are carved from (2,048 pages).
+/// Bytes of one allocation pages are carved from.
 const CHUNK: usize = 8 << 20;
+/// Pages in one allocation (2,048).
+const CHUNK_PAGES: usize = CHUNK / PAGE_SIZE;
 /// A huge page: chunks start on one, so each holds whole huge pages.
 const HUGE: usize = 2 << 20;
 
@@ -193,13 +195,13 @@ impl Slabs {
             return page;
         }
         let (chunk, used) = match &mut self.current {
-            Some((chunk, used)) if *used < CHUNK / PAGE_SIZE => (chunk, used),
+            Some((chunk, used)) if *used < CHUNK_PAGES => (chunk, used),
             current => {
                 let (chunk, used) = current.insert((Arc::new(Chunk::get(self.pool)), 0));
                 (chunk, used)
             }
         };
-        // SAFETY: `used < CHUNK / PAGE_SIZE`, so the page lies inside the chunk; each
+        // SAFETY: `used < CHUNK_PAGES`, so the page lies inside the chunk; each
         // index is handed out once, so pages never overlap
         let start = unsafe { chunk.ptr.as_ptr().add(*used * PAGE_SIZE) };
         *used += 1;
@@ -218,7 +220,7 @@ mod tests {
     fn pages_are_distinct_keep_their_bytes_and_are_reused() {
         static OWN: Pool = Pool::new();
         let mut slabs = Slabs::with_pool(&OWN);
-        let pages: Vec<SlabPage> = (0..CHUNK / PAGE_SIZE + 3)
+        let pages: Vec<SlabPage> = (0..CHUNK_PAGES + 3)
             .map(|i| slabs.filled(&[(i % 251) as u8; PAGE_SIZE]))
             .collect();
         for (i, page) in pages.iter().enumerate() {
@@ -260,14 +262,13 @@ mod tests {
     #[test]
     fn chunks_go_to_the_pool_up_to_its_size_and_are_taken_again() {
         static OWN: Pool = Pool::new();
-        let pages_per_chunk = CHUNK / PAGE_SIZE;
         let mut slabs = Slabs::with_pool(&OWN);
-        let pages: Vec<SlabPage> = (0..pages_per_chunk * (POOL_CHUNKS + 2))
+        let pages: Vec<SlabPage> = (0..CHUNK_PAGES * (POOL_CHUNKS + 2))
             .map(|_| slabs.filled(&[1; PAGE_SIZE]))
             .collect();
         let starts: Vec<usize> = pages
             .iter()
-            .step_by(pages_per_chunk)
+            .step_by(CHUNK_PAGES)
             .map(|p| p.as_ptr() as usize)
             .collect();
         drop((pages, slabs));

@@ -91,7 +91,8 @@ impl Reader {
         self.pages
     }
 
-    /// Verifies the batch `frame` (exactly one batch, header included), decompresses
+    /// Verifies the batch `frame` (exactly one batch, header included, `header` read
+    /// from it by [`Header::read`]: checked but for the checksum), decompresses
     /// its block and reads its records; `hashes`: hashes the pages sent whole too (on
     /// a helper thread; a caller that reads and applies the batch itself hashes each
     /// page as it copies it, while it is in cache).
@@ -99,9 +100,13 @@ impl Reader {
     /// # Errors
     /// [`EngineError::Malformed`] for anything that is not a valid batch for this guest
     /// (whatever depends on what the receiver holds is checked as the batch is applied).
-    pub(crate) fn unpack<'a>(&self, frame: &'a [u8], hashes: bool) -> Result<Unpacked<'a>> {
-        let (header, body, rest) = Header::parse(frame)?;
-        debug_assert!(rest.is_empty(), "one batch");
+    pub(crate) fn unpack<'a>(
+        &self,
+        header: Header,
+        frame: &'a [u8],
+        hashes: bool,
+    ) -> Result<Unpacked<'a>> {
+        let body = header.verified_body(frame)?;
         let records_len = header.records_len as usize;
         let block_len = header.block_len as usize;
         let records_area = &body[..records_len];

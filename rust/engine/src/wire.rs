@@ -164,13 +164,29 @@ impl Header {
     /// or a batch longer than `input`.
     pub fn parse(input: &[u8]) -> Result<(Self, &[u8], &[u8])> {
         let (header, end) = Self::read(input)?;
+        let body = header.verified_body(&input[..end])?;
+        Ok((header, body, &input[end..]))
+    }
+
+    /// The body of `batch`, this header's whole batch (as [`Header::read`] found it),
+    /// once its checksum matches.
+    ///
+    /// # Errors
+    /// [`EngineError::Malformed`] for a checksum mismatch, or a batch not as long as
+    /// the header says.
+    pub(crate) fn verified_body(self, batch: &[u8]) -> Result<&[u8]> {
+        if batch.len() != HEADER_LEN + self.body_len() {
+            return Err(EngineError::malformed(
+                "batch not as long as its header says",
+            ));
+        }
         let mut stored = [0u8; 8];
-        stored.copy_from_slice(&input[32..40]);
-        let body = &input[HEADER_LEN..end];
-        if checksum(&input[..32], body) != u64::from_le_bytes(stored) {
+        stored.copy_from_slice(&batch[32..40]);
+        let body = &batch[HEADER_LEN..];
+        if checksum(&batch[..32], body) != u64::from_le_bytes(stored) {
             return Err(EngineError::malformed("batch checksum mismatch"));
         }
-        Ok((header, body, &input[end..]))
+        Ok(body)
     }
 
     /// Parses the header of the batch at the start of `input` and checks everything
