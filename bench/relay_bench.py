@@ -10,6 +10,12 @@ and :class:`~novacron.migration.stream.StreamReceiver` rebuilding the stream fro
 frames. Figures: MB/s of QEMU's (logical) stream on one core for each end, wire bytes
 per logical byte, and the best of ``--repeat`` runs. The live-migration benchmark
 (``bench/migration_bench.py``) is bounded by these rates on 2-core machines.
+
+``--relayed`` also runs the daemons' two relay loops (``relay_source`` and
+``relay_destination``) on one trio event loop, joined by loopback TCP connections,
+with stand-ins for the two QEMUs, and reports the wall-clock rate and how long the
+event loop went without running its other tasks (a task asking to wake every 0.5 ms:
+its largest and 99th-percentile lateness). A daemon's other clients wait that long.
 """
 
 from __future__ import annotations
@@ -18,10 +24,14 @@ import argparse
 import json
 import platform
 import random
+import socket
+import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import trio
 
 if not __package__:  # run as `python bench/relay_bench.py`: the repository's packages first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,6 +41,8 @@ from tests.qemu_stream_builder import PAGE, StreamBuilder
 from bench.synth import generate
 from novacron._core import PageStore
 from novacron.migration import frames
+from novacron.migration.channel import CHANNEL_SNDBUF, QEMU_RCVBUF
+from novacron.migration.relay import RelayStats, relay_destination, relay_source
 from novacron.migration.stream import StreamReceiver, StreamSender
 
 READ = 256 * 1024
@@ -85,6 +97,87 @@ def receive(wire: list[bytes], length: int) -> float:
     return took
 
 
+TICK_S = 0.0005
+
+
+async def _tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """Two ends of a loopback TCP connection, as between QEMU and a daemon (the
+    kernel's buffers bound what a writer can put ahead of its reader)."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    client = trio.socket.socket()
+    await client.connect(listener.getsockname())
+    server, _ = await listener.accept()
+    listener.close()
+    return trio.SocketStream(client), trio.SocketStream(server)
+
+
+async def _relayed(stream: bytes) -> dict[str, Any]:
+    """Both relay loops on this event loop; the loop's lateness meanwhile."""
+    src_qemu, src_side = await _tcp_pair()
+    dst_side, dst_qemu = await _tcp_pair()
+    chan_src, chan_dst = await _tcp_pair()
+    # the daemon's buffer sizes (``migration.channel``)
+    src_side.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, QEMU_RCVBUF)
+    chan_src.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_SNDBUF)
+    received = 0
+    lateness: list[float] = []
+    shut = b"\x00\x01\x00\x04\x00\x00\x00\x00"  # the destination QEMU's SHUT
+
+    async def source_qemu() -> None:
+        for at in range(0, len(stream), READ):
+            await src_qemu.send_all(stream[at : at + READ])
+        await src_qemu.receive_some(len(shut))  # QEMU waits for SHUT before closing
+        await src_qemu.aclose()
+
+    async def destination_qemu() -> None:
+        nonlocal received
+        while received < len(stream):
+            data = await dst_qemu.receive_some(READ)
+            if not data:
+                raise SystemExit(f"the destination QEMU got {received} of {len(stream)} bytes")
+            received += len(data)
+        await dst_qemu.send_all(shut)
+        await dst_qemu.aclose()
+
+    async def source() -> None:
+        sender = StreamSender(store=PageStore(1 << 20), compression="lz4")
+        await relay_source(src_side, chan_src, sender, RelayStats())
+        await chan_src.aclose()
+
+    async def destination() -> None:
+        receiver = StreamReceiver(PageStore(1 << 20))
+        await relay_destination(chan_dst, dst_side, receiver, RelayStats())
+        await chan_dst.aclose()
+
+    async def ticker() -> None:
+        while True:
+            asked = trio.current_time()
+            await trio.sleep(TICK_S)
+            lateness.append(trio.current_time() - asked - TICK_S)
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as outer:
+        outer.start_soon(ticker)
+        async with trio.open_nursery() as n:
+            for job in (source_qemu, destination_qemu, source, destination):
+                n.start_soon(job)
+        took = time.perf_counter() - started
+        outer.cancel_scope.cancel()
+    lateness.sort()
+    return {
+        "wall_s": took,
+        "loop_late_max_ms": lateness[-1] * 1e3,
+        "loop_late_p99_ms": lateness[int(len(lateness) * 0.99)] * 1e3,
+        "loop_late_median_ms": statistics.median(lateness) * 1e3,
+    }
+
+
+def relayed(stream: bytes) -> dict[str, Any]:
+    return trio.run(_relayed, stream)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=256)
@@ -92,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--relayed", action="store_true", help="also time the relay loops")
     args = parser.parse_args(argv)
     random.seed(args.seed)
     stream = precopy(args.mib, args.rounds, args.seed)
@@ -103,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     best_send = min(r["send_s"] for r in runs)
     best_receive = min(r["receive_s"] for r in runs)
     mb = len(stream) / 1e6
-    result = {
+    loops = [relayed(stream) for _ in range(args.repeat)] if args.relayed else []
+    result: dict[str, Any] = {
         "logical_mb": round(mb, 1),
         "wire_per_logical": round(runs[0]["wire"] / len(stream), 4),
         "send_mb_s": round(mb / best_send, 1),
@@ -111,6 +206,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "runs": runs,
         "machine": platform.platform(),
     }
+    if loops:
+        result["relayed"] = {
+            "wall_mb_s": round(mb / min(r["wall_s"] for r in loops), 1),
+            "loop_late_max_ms": [round(r["loop_late_max_ms"], 2) for r in loops],
+            "loop_late_p99_ms": [round(r["loop_late_p99_ms"], 2) for r in loops],
+            "loop_late_median_ms": [round(r["loop_late_median_ms"], 3) for r in loops],
+        }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -120,6 +222,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"  source (split, engine, frames, digest):  {result['send_mb_s']:.0f} MB/s per core\n"
             f"  destination (decode, rebuild, digest):   {result['receive_mb_s']:.0f} MB/s per core"
         )
+        if loops:
+            r = result["relayed"]
+            print(
+                f"  both relay loops on one event loop:      {r['wall_mb_s']:.0f} MB/s wall clock; "
+                f"the loop late by at most {r['loop_late_max_ms']} ms "
+                f"(p99 {r['loop_late_p99_ms']}, median {r['loop_late_median_ms']})"
+            )
     return result
 
 

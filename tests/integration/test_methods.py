@@ -27,6 +27,10 @@ def test_node_info(daemon: Daemon) -> None:
     assert info["memory_mib"] > 0
     assert info["numa_nodes"] >= 1
     assert info["daemon"]["managed_vms"] == 0
+    # every thread pool with its size (the migration engine's: 2 per concurrent migration)
+    pools = {p["name"]: p for p in info["daemon"]["pools"]}
+    assert {"libvirt", "sqlite", "migration-engine"} <= pools.keys()
+    assert pools["migration-engine"]["threads"] == 4 and pools["migration-engine"]["busy"] == 0
 
 
 def test_full_lifecycle(daemon: Daemon) -> None:

@@ -4,7 +4,9 @@ relay -> QEMU, with the return path, and a tampering channel in the middle."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import trio
@@ -153,6 +155,33 @@ async def test_a_stream_crosses_with_its_return_path() -> None:
     assert sum(records[k] for k in kinds) == pages
 
 
+async def test_the_page_engine_never_runs_on_the_trio_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every call into the engine objects (milliseconds each in a real migration) runs
+    on a worker thread: the daemon's event loop keeps serving its other connections."""
+    callers: dict[str, set[int]] = {}
+
+    def recorded(cls: type, name: str) -> None:
+        original = getattr(cls, name)
+
+        def call(self: object, *args: Any) -> Any:
+            callers.setdefault(name, set()).add(threading.get_ident())
+            return original(self, *args)
+
+        monkeypatch.setattr(cls, name, call)
+
+    for name in ("feed", "announce", "flush", "finish"):
+        recorded(StreamSender, name)
+    recorded(StreamReceiver, "apply")
+    stream, _ = iterations(5, 3)
+    received, returned, src, dst = await migrate(stream, src_stats=RelayStats())
+    assert received == stream and returned == SHUT and src.done and dst.done
+    assert {"feed", "announce", "finish", "apply"} <= callers.keys()
+    trio_thread = threading.get_ident()
+    assert all(trio_thread not in threads for threads in callers.values()), callers
+
+
 async def test_a_tampered_channel_never_reaches_qemu() -> None:
     stream, _ = iterations(6, 9)
     received = bytearray()
@@ -250,6 +279,7 @@ async def test_the_source_stays_within_a_window_of_the_destination_qemu(
     the whole path's, and so is the downtime it plans for."""
     monkeypatch.setattr(relay, "WINDOW", 256 * 1024)
     monkeypatch.setattr(relay, "ACK_EVERY", 32 * 1024)
+    monkeypatch.setattr(relay, "READ_SIZE", 128 * 1024)  # scaled down with the window
     stream, _ = iterations(60, 4, incompressible=True)
     assert len(stream) > 4 * 1024 * 1024
     received = bytearray()

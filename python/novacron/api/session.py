@@ -49,7 +49,8 @@ def register(registry: Registry, services: Services) -> None:
             "uptime_s": round(time.time() - services.started_at, 3),
             "managed_vms": len(vms.managed),
             "reconcile": services.reconcile_findings,
-            "pools": [vms.hv_pool.statistics(), vms.db_pool.statistics()],
+            "pools": [vms.hv_pool.statistics(), vms.db_pool.statistics()]
+            + ([services.migrations.engine_pool.statistics()] if services.migrations else []),
             "events": services.bus.statistics(),
             "hypervisor_ready": services.hypervisor_ready,
         }

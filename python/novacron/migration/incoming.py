@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
-import trio.lowlevel
 
 from novacron import errors
 from novacron.logs import kv
@@ -170,7 +169,9 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
                 qemu = await _announce_and_connect(channel, receiver, inc.stream_port)
                 log.info("migration.qemu_listening", extra=kv(vm=inc.op.vm, op=inc.op.id))
                 try:
-                    await relay_destination(channel, qemu, receiver, inc.stats)
+                    await relay_destination(
+                        channel, qemu, receiver, inc.stats, engine=svc.engine_pool
+                    )
                     log.info(
                         "migration.stream_arrived",
                         extra=kv(vm=inc.op.vm, op=inc.op.id, stages=inc.stats.stage_summary()),
@@ -190,8 +191,11 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
         log.warning("migration.incoming_relay_failed", extra=kv(vm=inc.op.vm, why=failure))
     await settle(svc, inc, failure)
     if receiver is not None and not failure:
-        for _ in receiver.keep():  # never in the downtime, nor in the operation's time
-            await trio.lowlevel.checkpoint()
+        # never in the downtime, nor in the operation's time; a step (32 MiB hashed
+        # into the store) at a time on an engine thread
+        steps = receiver.keep()
+        while await svc.engine_pool.run(next, steps, None) is not None:
+            pass
 
 
 async def _announce_and_connect(

@@ -257,7 +257,15 @@ async def _migrate(
                 qemu = await listener.accept()
             log.info("migration.stream_started", extra=kv(vm=op.vm, op=op.id))
             qemu.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, QEMU_RCVBUF)
-            await relay_source(qemu, channel, sender, run.stats, lambda: run.aborted_for, commit)
+            await relay_source(
+                qemu,
+                channel,
+                sender,
+                run.stats,
+                lambda: run.aborted_for,
+                commit,
+                engine=svc.engine_pool,
+            )
             log.info(
                 "migration.stream_ended",
                 extra=kv(vm=op.vm, op=op.id, stages=run.stats.stage_summary()),

@@ -11,6 +11,13 @@ rebuilds the stream for the destination QEMU and sends QEMU's replies back as
 The destination writes only bytes a ``CHECK`` frame vouched for (length and xxh3-128
 of the stream so far): a corrupted stream is refused before the destination QEMU sees
 it, the destination QEMU then fails to load, and the VM stays on the source.
+
+The page engine's calls (milliseconds each: a batch of pages encoded or decoded) run on
+worker threads of an ``engine`` :class:`~novacron.blocking.Pool`, never on the trio
+thread, so the daemon's other connections and tasks are not held up by a migration.
+The engine releases the GIL for its work. Each end's engine object is used by one
+thread at a time: on the source every use is under the channel's lock (the reading of
+``at_gate`` and of the final counts too), on the destination one task makes them all.
 """
 
 from __future__ import annotations
@@ -25,17 +32,24 @@ from functools import partial
 
 import trio
 
+from novacron.blocking import Pool
 from novacron.logs import kv
 from novacron.migration import frames
 from novacron.migration.stream import StreamReceiver, StreamSender
 
 log = logging.getLogger("novacron.migration")
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 1024 * 1024
 IDLE_FLUSH_S = 0.005
 WINDOW = 32 * 1024 * 1024  # stream bytes the source may be ahead of the destination QEMU
 ACK_EVERY = 1024 * 1024  # the destination acknowledges this much stream at a time
 QUEUE_LIMIT = 2 * WINDOW  # destination: vouched stream waiting for QEMU, at most
+ENGINE_THREADS = 2  # a relay's engine calls at once when the caller gives no pool
+
+
+def engine_pool() -> Pool:
+    """A pool for one relay's engine calls (the daemon shares one among its migrations)."""
+    return Pool("migration-engine", ENGINE_THREADS)
 
 
 @dataclass
@@ -84,28 +98,35 @@ def single_errors() -> Iterator[None]:
 
 class Channel:
     """The channel stream with one writer at a time: frames are produced and sent under
-    one lock, so two tasks never interleave or reorder them."""
+    one lock, so two tasks never interleave or reorder them (nor use the engine object
+    that produces them at once)."""
 
-    def __init__(self, stream: trio.abc.Stream, stats: RelayStats) -> None:
+    def __init__(self, stream: trio.abc.Stream, stats: RelayStats, engine: Pool) -> None:
         self.stream = stream
         self.stats = stats
+        self.engine = engine
         self.lock = trio.Lock()
         self.sent = 0
 
     async def send(self, produce: Callable[[], list[bytes]]) -> int:
+        """Frames from ``produce`` (engine work: run on a worker thread), sent."""
         async with self.lock:
             with self.stats.timed("work"):
-                data = produce()  # synchronous: nothing else runs between this and the send
-            if not data:
-                return 0
-            blob = b"".join(data)
-            with self.stats.timed("output"):
-                await self.stream.send_all(blob)
-            self.sent += len(blob)
-            return len(blob)
+                data = await self.engine.run(produce)
+            return await self._send(data)
 
     async def send_frames(self, ready: list[bytes]) -> int:
-        return await self.send(lambda: ready)
+        async with self.lock:
+            return await self._send(ready)
+
+    async def _send(self, data: list[bytes]) -> int:
+        if not data:
+            return 0
+        blob = data[0] if len(data) == 1 else b"".join(data)
+        with self.stats.timed("output"):
+            await self.stream.send_all(blob)
+        self.sent += len(blob)
+        return len(blob)
 
 
 async def relay_source(
@@ -115,6 +136,7 @@ async def relay_source(
     stats: RelayStats,
     abandoned: Callable[[], str | None] = lambda: None,
     commit: Callable[[], Awaitable[None]] | None = None,
+    engine: Pool | None = None,
 ) -> None:
     """QEMU's stream to the channel; ``RETURN`` frames back to QEMU. Returns when the
     destination acknowledged the end (closed its side after ``END``).
@@ -123,13 +145,29 @@ async def relay_source(
     source QEMU then closes its stream early, and the destination gets ``ABORT``
     instead of ``END`` for it. ``commit`` (with a sender made ``gated``): awaited when
     the stream reaches the gate (the device state), before any of it goes; an error
-    from it fails the relay, and the destination never completes."""
+    from it fails the relay, and the destination never completes. ``engine``: the
+    threads the page engine runs on (:func:`engine_pool` when not given)."""
 
-    out = Channel(channel, stats)
+    out = Channel(channel, stats, engine or engine_pool())
     ended = False
     committed = commit is None
+    at_gate = False
     acked = 0
     ack_arrived = trio.Event()
+
+    def feed(data: bytes) -> list[bytes]:
+        nonlocal at_gate
+        ready = sender.feed(data)
+        at_gate = sender.at_gate  # read here: under the channel's lock, on this thread
+        return ready
+
+    def finish() -> list[bytes]:
+        ready = sender.finish()
+        split = sender.split_stats
+        stats.pages, stats.zero_pages = split["pages"], split["zero_pages"]
+        stats.passthrough = sender.passthrough_reason
+        stats.records = sender.engine_stats
+        return ready
 
     async def switch_over() -> None:
         nonlocal committed
@@ -158,9 +196,9 @@ async def relay_source(
                 if not data:
                     break
             stats.stream_bytes += len(data)
-            await out.send(partial(sender.feed, bytes(data)))
+            await out.send(partial(feed, bytes(data)))
             stats.channel_bytes = out.sent
-            if not committed and sender.at_gate:
+            if not committed and at_gate:
                 await switch_over()
         why = abandoned()
         if why is not None:
@@ -168,13 +206,9 @@ async def relay_source(
             raise frames.FrameError(f"the migration was abandoned ({why})")
         if not committed:  # a stream that never reached the gate: its end waits instead
             await switch_over()
-        await out.send(sender.finish)
+        await out.send(finish)
         ended = True
         stats.channel_bytes = out.sent  # both tasks send: count in one place
-        split = sender.split_stats
-        stats.pages, stats.zero_pages = split["pages"], split["zero_pages"]
-        stats.passthrough = sender.passthrough_reason
-        stats.records = sender.engine_stats
 
     async def back() -> None:
         nonlocal acked
@@ -227,6 +261,7 @@ async def relay_destination(
     qemu: trio.abc.Stream,
     receiver: StreamReceiver,
     stats: RelayStats,
+    engine: Pool | None = None,
 ) -> None:
     """Frames from the channel to the destination QEMU (only bytes a ``CHECK`` vouched
     for), QEMU's replies back as ``RETURN``. On a bad stream: ``ABORT`` to the source,
@@ -234,9 +269,11 @@ async def relay_destination(
 
     Reading the channel and feeding QEMU are separate tasks joined by a queue bounded in
     bytes (the source's window bounds it already; ``QUEUE_LIMIT`` guards against a
-    source that ignores it): while QEMU takes a burst, the link keeps flowing."""
+    source that ignores it): while QEMU takes a burst, the link keeps flowing. The
+    reading task alone uses ``receiver``, its calls on ``engine``'s threads."""
 
-    out = Channel(channel, stats)
+    engine = engine or engine_pool()
+    out = Channel(channel, stats, engine)
     queue = _ByteQueue(QUEUE_LIMIT)
     await announce(channel, receiver)  # if the caller did not already
 
@@ -291,7 +328,7 @@ async def relay_destination(
                         received = decoder.feed(bytes(data))
                     for frame in received:
                         with stats.timed("work"):
-                            rebuilt = receiver.apply(frame)
+                            rebuilt = await engine.run(receiver.apply, frame)
                         if rebuilt:
                             with stats.timed("window"):
                                 await queue.put(rebuilt)

@@ -19,6 +19,7 @@ import trio
 
 from novacron import errors
 from novacron._core import PAGE_SIZE, PageStore
+from novacron.blocking import Pool
 from novacron.client import TlsFiles
 from novacron.cluster.locks import MigrationLocks
 from novacron.config import Config
@@ -48,6 +49,10 @@ class MigrationService:
         self.ops = Operations(vms.store, vms.db_pool, bus)
         self.page_store = PageStore(config.migration_page_store_mib * (1 << 20) // PAGE_SIZE)
         self.migration_limiter = trio.CapacityLimiter(config.migration_max_concurrent)
+        # the page engine's calls of every migration, off the trio thread: at most one
+        # at a time per migration and side, and a node may be both source and
+        # destination of as many migrations as it allows
+        self.engine_pool = Pool("migration-engine", 2 * config.migration_max_concurrent)
         self.incoming: dict[bytes, incoming.Incoming] = {}
         self._tls_context = tls_context
         self._nursery: trio.Nursery | None = None
