@@ -85,6 +85,32 @@ def test_engine_threads_outside_1_to_1024_are_refused() -> None:
         StreamSender(threads=1025)
 
 
+@given(st.integers(1, 20_000), st.integers(1, 16), st.integers(0, 2**32))
+def test_a_feed_said_not_to_encode_never_encodes(chunk: int, batch_pages: int, seed: int) -> None:
+    """``may_encode`` is what the relay asks before it hands a read to a worker thread:
+    a read it says no to encodes nothing (while no page index repeats), so running it
+    on the event loop costs only the split."""
+    rng = random.Random(seed)
+    b = StreamBuilder().header().ram_setup([(b"pc.ram", 64 * PAGE)])
+    b.part()
+    for n in range(64):  # every index once: no batch closes early
+        b.page(b"pc.ram", n, bytes([rng.randrange(256)]) * PAGE)
+    b.eos()
+    stream = bytes(b.out)
+    sender = StreamSender(batch_pages=batch_pages)
+    decoder = frames.FrameDecoder()
+    said = []
+    for at in range(0, len(stream), chunk):
+        data = stream[at : at + chunk]
+        may = sender.may_encode(len(data))
+        kinds = {f.kind for f in decoder.feed(b"".join(sender.feed(data)))}
+        said.append(may)
+        if not may:
+            assert frames.PAGES not in kinds
+    if len(stream) >= (batch_pages + 1) * (PAGE + 64):
+        assert any(said)  # a full batch was fed at some point
+
+
 def test_pages_cost_less_than_their_bytes() -> None:
     stream, _pages = iterations(6, 7)
     _, sender = carry(stream, 65536, batch_pages=1024)

@@ -12,12 +12,15 @@ The destination writes only bytes a ``CHECK`` frame vouched for (length and xxh3
 of the stream so far): a corrupted stream is refused before the destination QEMU sees
 it, the destination QEMU then fails to load, and the VM stays on the source.
 
-The page engine's calls (milliseconds each: a batch of pages encoded or decoded) run on
-worker threads of an ``engine`` :class:`~novacron.blocking.Pool`, never on the trio
-thread, so the daemon's other connections and tasks are not held up by a migration.
-The engine releases the GIL for its work. Each end's engine object is used by one
-thread at a time: on the source every use is under the channel's lock (the reading of
-``at_gate`` and of the final counts too), on the destination one task makes them all.
+The page engine's calls that may encode or decode a batch of pages (milliseconds each)
+run on worker threads of an ``engine`` :class:`~novacron.blocking.Pool`, not on the
+trio thread, so the daemon's other connections and tasks are not held up by a
+migration; the engine releases the GIL for its work. Calls that cannot (a read of
+QEMU's stream too short to fill the open batch: splitting and copying it; a frame
+other than ``PAGES`` under 256 KiB) run inline, as a thread hand-off would cost more
+than they do. Each end's engine object is used by one thread at a time: on the
+source every use is under the channel's lock (the reading of ``at_gate`` and of the
+final counts too), on the destination one task makes them all.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ WINDOW = 32 * 1024 * 1024  # stream bytes the source may be ahead of the destina
 ACK_EVERY = 1024 * 1024  # the destination acknowledges this much stream at a time
 QUEUE_LIMIT = 2 * WINDOW  # destination: vouched stream waiting for QEMU, at most
 ENGINE_THREADS = 2  # a relay's engine calls at once when the caller gives no pool
+INLINE_FRAME = 256 * 1024  # destination: smaller frames other than PAGES apply inline
 
 
 def engine_pool() -> Pool:
@@ -108,11 +112,17 @@ class Channel:
         self.lock = trio.Lock()
         self.sent = 0
 
-    async def send(self, produce: Callable[[], list[bytes]]) -> int:
-        """Frames from ``produce`` (engine work: run on a worker thread), sent."""
+    async def send(
+        self, produce: Callable[[], list[bytes]], offload: Callable[[], bool] = lambda: True
+    ) -> int:
+        """Frames from ``produce``, sent. It runs on a worker thread (engine work)
+        unless ``offload``, asked under the lock, says it is cheap."""
         async with self.lock:
             with self.stats.timed("work"):
-                data = await self.engine.run(produce)
+                if offload():
+                    data = await self.engine.run(produce)
+                else:
+                    data = produce()
             return await self._send(data)
 
     async def send_frames(self, ready: list[bytes]) -> int:
@@ -196,7 +206,7 @@ async def relay_source(
                 if not data:
                     break
             stats.stream_bytes += len(data)
-            await out.send(partial(feed, bytes(data)))
+            await out.send(partial(feed, bytes(data)), partial(sender.may_encode, len(data)))
             stats.channel_bytes = out.sent
             if not committed and at_gate:
                 await switch_over()
@@ -328,7 +338,10 @@ async def relay_destination(
                         received = decoder.feed(bytes(data))
                     for frame in received:
                         with stats.timed("work"):
-                            rebuilt = await engine.run(receiver.apply, frame)
+                            if frame.kind == frames.PAGES or len(frame.payload) >= INLINE_FRAME:
+                                rebuilt = await engine.run(receiver.apply, frame)
+                            else:
+                                rebuilt = receiver.apply(frame)
                         if rebuilt:
                             with stats.timed("window"):
                                 await queue.put(rebuilt)

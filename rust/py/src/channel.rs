@@ -105,6 +105,18 @@ impl ChannelSender {
         self.inner.at_gate()
     }
 
+    /// Pages in the batch being filled (encoded when it holds `batch_pages`).
+    #[getter]
+    fn open_pages(&self) -> usize {
+        self.inner.open_pages()
+    }
+
+    /// Pages per batch.
+    #[getter]
+    fn batch_pages(&self) -> usize {
+        self.inner.batch_pages()
+    }
+
     /// Bytes of QEMU's stream taken in.
     #[getter]
     fn length(&self) -> u64 {

@@ -111,6 +111,20 @@ impl StreamSender {
         self.total
     }
 
+    /// Pages in the batch being filled: it is encoded once it holds `batch_pages`
+    /// (or at a flush, or when a page index repeats), so a `feed` of fewer bytes than
+    /// `(batch_pages - open_pages) × 4096` encodes nothing unless an index repeats.
+    #[must_use]
+    pub fn open_pages(&self) -> usize {
+        self.open.entries.len()
+    }
+
+    /// Pages per batch.
+    #[must_use]
+    pub fn batch_pages(&self) -> usize {
+        self.config.batch_pages
+    }
+
     /// The stream reached what the closed gate holds back.
     #[must_use]
     pub fn at_gate(&self) -> bool {
