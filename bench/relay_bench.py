@@ -158,13 +158,17 @@ async def _relayed(stream: bytes) -> dict[str, Any]:
             lateness.append(trio.current_time() - asked - TICK_S)
 
     started = time.perf_counter()
-    async with trio.open_nursery() as outer:
-        outer.start_soon(ticker)
-        async with trio.open_nursery() as n:
-            for job in (source_qemu, destination_qemu, source, destination):
-                n.start_soon(job)
-        took = time.perf_counter() - started
-        outer.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(ticker)
+            async with trio.open_nursery() as n:
+                for job in (source_qemu, destination_qemu, source, destination):
+                    n.start_soon(job)
+            took = time.perf_counter() - started
+            outer.cancel_scope.cancel()
+    finally:
+        for stream in (src_qemu, src_side, dst_side, dst_qemu, chan_src, chan_dst):
+            await trio.aclose_forcefully(stream)
     lateness.sort()
     return {
         "wall_s": took,
