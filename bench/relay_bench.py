@@ -36,7 +36,7 @@ import trio
 if not __package__:  # run as `python bench/relay_bench.py`: the repository's packages first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.qemu_stream_builder import PAGE, StreamBuilder
+from tests.qemu_stream_builder import PAGE, SHUT, StreamBuilder
 
 from bench.synth import generate
 from novacron._core import PageStore
@@ -123,12 +123,11 @@ async def _relayed(stream: bytes) -> dict[str, Any]:
     chan_src.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_SNDBUF)
     received = 0
     lateness: list[float] = []
-    shut = b"\x00\x01\x00\x04\x00\x00\x00\x00"  # the destination QEMU's SHUT
 
     async def source_qemu() -> None:
         for at in range(0, len(stream), READ):
             await src_qemu.send_all(stream[at : at + READ])
-        await src_qemu.receive_some(len(shut))  # QEMU waits for SHUT before closing
+        await src_qemu.receive_some(len(SHUT))  # QEMU waits for SHUT before closing
         await src_qemu.aclose()
 
     async def destination_qemu() -> None:
@@ -138,7 +137,7 @@ async def _relayed(stream: bytes) -> dict[str, Any]:
             if not data:
                 raise SystemExit(f"the destination QEMU got {received} of {len(stream)} bytes")
             received += len(data)
-        await dst_qemu.send_all(shut)
+        await dst_qemu.send_all(SHUT)
         await dst_qemu.aclose()
 
     async def source() -> None:

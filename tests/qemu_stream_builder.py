@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 PAGE = 4096
+# the destination QEMU's last message on the return path (MIG_RP_MSG_SHUT, status 0)
+SHUT = b"\x00\x01\x00\x04\x00\x00\x00\x00"
 FLAG_ZERO, FLAG_MEM_SIZE, FLAG_PAGE, FLAG_EOS, FLAG_CONTINUE = 0x02, 0x04, 0x08, 0x10, 0x20
 
 

@@ -18,9 +18,8 @@ from novacron.errors import EngineError
 from novacron.migration import frames, relay
 from novacron.migration.relay import RelayStats, relay_destination, relay_source
 from novacron.migration.stream import DigestMismatch, StreamReceiver, StreamSender
+from tests.qemu_stream_builder import SHUT
 from tests.unit.test_stream import iterations
-
-SHUT = b"\x00\x01\x00\x04\x00\x00\x00\x00"
 
 
 async def migrate(

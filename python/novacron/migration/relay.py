@@ -132,7 +132,7 @@ class Channel:
     async def _send(self, data: list[bytes]) -> int:
         if not data:
             return 0
-        blob = data[0] if len(data) == 1 else b"".join(data)
+        blob = b"".join(data)  # (one buffer: that very object, no copy)
         with self.stats.timed("output"):
             await self.stream.send_all(blob)
         self.sent += len(blob)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from novacron._core import PAGE_SIZE, ChannelReceiver, ChannelSender, PageStore
+from novacron._core import ChannelReceiver, ChannelSender, PageStore
 from novacron.migration import frames
 from novacron.migration.frames import DigestMismatch
 
@@ -93,8 +93,7 @@ class StreamSender:
         """Whether feeding that many bytes may encode a batch (milliseconds of work):
         the batch being filled could reach its size. (A page index that repeats also
         closes a batch early; that batch is smaller.)"""
-        room = self._core.batch_pages - self._core.open_pages
-        return data_bytes >= room * PAGE_SIZE
+        return self._core.may_encode(data_bytes)
 
     @property
     def length(self) -> int:

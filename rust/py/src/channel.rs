@@ -105,16 +105,9 @@ impl ChannelSender {
         self.inner.at_gate()
     }
 
-    /// Pages in the batch being filled (encoded when it holds `batch_pages`).
-    #[getter]
-    fn open_pages(&self) -> usize {
-        self.inner.open_pages()
-    }
-
-    /// Pages per batch.
-    #[getter]
-    fn batch_pages(&self) -> usize {
-        self.inner.batch_pages()
+    /// Whether feeding `len` bytes may encode a batch.
+    fn may_encode(&self, len: usize) -> bool {
+        self.inner.may_encode(len)
     }
 
     /// Bytes of QEMU's stream taken in.

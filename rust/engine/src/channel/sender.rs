@@ -111,18 +111,17 @@ impl StreamSender {
         self.total
     }
 
-    /// Pages in the batch being filled: it is encoded once it holds `batch_pages`
-    /// (or at a flush, or when a page index repeats), so a `feed` of fewer bytes than
-    /// `(batch_pages - open_pages) × 4096` encodes nothing unless an index repeats.
+    /// Whether a `feed` of `len` bytes may encode a batch: the batch being filled is
+    /// encoded once it holds `batch_pages` (or at a flush), and `len` bytes hold at most
+    /// `len / 4096` pages. (A page index that repeats also closes the open batch early:
+    /// that smaller batch is encoded whatever this says.)
     #[must_use]
-    pub fn open_pages(&self) -> usize {
-        self.open.entries.len()
-    }
-
-    /// Pages per batch.
-    #[must_use]
-    pub fn batch_pages(&self) -> usize {
-        self.config.batch_pages
+    pub fn may_encode(&self, len: usize) -> bool {
+        let room = self
+            .config
+            .batch_pages
+            .saturating_sub(self.open.entries.len());
+        len >= room * PAGE_SIZE
     }
 
     /// The stream reached what the closed gate holds back.
