@@ -13,6 +13,7 @@
 //! claims: every length is checked against the header and the guest before use, and a
 //! batch is verified (checksum, sizes, indices) before any page of it is written.
 
+use std::collections::hash_map::Entry;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 
@@ -377,9 +378,12 @@ impl Memory {
             }
             Op::Zero => zero_hash(),
             Op::Page(src, hash) => {
-                if self.is_new(hash) {
-                    let page = Content::Own(self.slabs.filled(src));
-                    self.keep(hash, page, made);
+                if hash != zero_hash() {
+                    // one probe of the map: a lookup and then an insert would take two
+                    if let Entry::Vacant(slot) = self.contents.entry(hash) {
+                        slot.insert(Content::Own(self.slabs.filled(src)));
+                        made.push(hash);
+                    }
                 }
                 hash
             }
@@ -422,26 +426,21 @@ impl Memory {
         Ok(true)
     }
 
-    /// True unless content `hash` is zero or already kept.
-    fn is_new(&self, hash: u128) -> bool {
-        hash != zero_hash() && !self.contents.contains_key(&hash)
-    }
-
-    /// Keeps new content `hash`, `page`, noting it in `made`.
-    fn keep(&mut self, hash: u128, page: Content, made: &mut Vec<u128>) {
-        debug_assert!(!is_zero_page(&page));
-        self.contents.insert(hash, page);
-        made.push(hash);
-    }
-
     /// Keeps `page`, just made, unless its content is zero or already kept (its buffer
     /// then goes back to the spares); returns its hash.
     fn keep_made(&mut self, page: Content, made: &mut Vec<u128>) -> u128 {
         let hash = hash_page(&page);
-        if self.is_new(hash) {
-            self.keep(hash, page, made);
-        } else {
+        if hash == zero_hash() {
             self.recycle(page);
+            return hash;
+        }
+        match self.contents.entry(hash) {
+            Entry::Vacant(slot) => {
+                debug_assert!(!is_zero_page(&page));
+                slot.insert(page);
+                made.push(hash);
+            }
+            Entry::Occupied(_) => self.recycle(page),
         }
         hash
     }

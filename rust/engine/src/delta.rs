@@ -116,7 +116,9 @@ pub fn encode(old: &[u8], new: &[u8], limit: usize) -> Option<Vec<u8>> {
     if mostly_different(old, new) {
         return None;
     }
-    let mut out = Vec::with_capacity(64);
+    // room for the longest delta there can be, so it never grows (a growth is a copy):
+    // it is given up past `limit` plus one run's two varints (of a page's 2 bytes each)
+    let mut out = Vec::with_capacity(limit.min(new.len()) + 8);
     let mut pos = 0;
     let len = new.len();
     while pos < len {
