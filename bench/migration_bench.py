@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ NATIVE_FLAGS = {
 # both hosts (ignored unless a migration uses multifd)
 QEMU_ARGS = "-global migration.multifd-compression=zstd"
 TICKS = 100  # /proc stat clock ticks per second
+VCPU_THREADS = ("/TCG", "/KVM")  # how QEMU names its vCPU threads' ends
 
 
 @dataclass
@@ -68,6 +70,8 @@ class Run:
     wire_bytes: int
     cpu_s: float
     intact: bool
+    # CPU seconds by role and thread name (qemu-source/live_migration, daemon-source/...)
+    cpu_by_thread_s: dict[str, float] | None = None
     logical_bytes: int | None = None
     # NovaCron only: where each relay's time went (seconds: input, work, output, window)
     relay_stages_s: dict[str, float] | None = None
@@ -78,12 +82,17 @@ class Run:
 
 class CpuMeter:
     """Samples every thread of some processes; counts what they spent while sampled.
-    Threads named ``CPU n/TCG`` (the guest's vCPUs) are left out."""
+    The guest's vCPU threads (``CPU n/TCG``, ``CPU n/KVM``, and ``ALL CPUs/TCG`` where
+    TCG runs every vCPU on one thread) are left out. ``pids`` gives each
+    process's role; a ``qemu`` already running at the first sample is the source's, one
+    that appears later the destination's."""
 
-    def __init__(self, pids: Any) -> None:
+    def __init__(self, pids: Callable[[], dict[int, str]]) -> None:
         self._pids = pids
         self._first: dict[tuple[int, int], int] = {}
         self._last: dict[tuple[int, int], int] = {}
+        self._names: dict[tuple[int, int], str] = {}
+        self._at_start: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -101,25 +110,41 @@ class CpuMeter:
     def seconds(self) -> float:
         return sum(v - self._first.get(k, 0) for k, v in self._last.items()) / TICKS
 
+    def breakdown(self) -> dict[str, float]:
+        """CPU seconds by ``role/thread name`` (threads of one name summed), largest
+        first, those under 0.01 s left out."""
+        spent: dict[str, float] = {}
+        for key, used in self._last.items():
+            name = self._names[key]
+            spent[name] = spent.get(name, 0.0) + (used - self._first.get(key, 0)) / TICKS
+        ranked = sorted(spent.items(), key=lambda kv: -kv[1])
+        return {name: round(s, 2) for name, s in ranked if s >= 0.01}
+
     def _loop(self) -> None:
         while not self._stop.wait(0.1):
             self._sample()
 
     def _sample(self, first: bool = False) -> None:
-        for pid in self._pids():
+        for pid, given in self._pids().items():
+            if first:
+                self._at_start.add(pid)
+            role = given
+            if given == "qemu":
+                role = "qemu-source" if pid in self._at_start else "qemu-destination"
             for task in Path(f"/proc/{pid}/task").glob("*"):
                 try:
                     stat = (task / "stat").read_text()
                 except OSError:
                     continue
                 comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-                if comm.startswith("CPU "):
+                if comm.endswith(VCPU_THREADS):
                     continue
                 fields = stat[stat.rindex(")") + 2 :].split()
                 used = int(fields[11]) + int(fields[12])
                 key = (pid, int(task.name))
                 if first:
                     self._first[key] = used
+                self._names[key] = f"{role}/{comm}"
                 self._last[key] = max(used, self._last.get(key, 0))
 
 
@@ -244,12 +269,14 @@ class Bench:
         before = link_bytes(src.host)
         console_src = self.console(option, name, src)
         since = len(console_src.read_text(errors="replace")) if option != "novacron" else 0
-        daemons = (
-            [n.daemon.proc.pid for n in (src, dst) if n.daemon.proc] if option == "novacron" else []
-        )
+        daemons = {}
+        if option == "novacron":
+            for role, node in (("daemon-source", src), ("daemon-destination", dst)):
+                if node.daemon.proc:
+                    daemons[node.daemon.proc.pid] = role
         logical = None
         stages: dict[str, Any] = {}
-        with CpuMeter(lambda: qemu_pids(name) + daemons) as cpu:
+        with CpuMeter(lambda: {**dict.fromkeys(qemu_pids(name), "qemu"), **daemons}) as cpu:
             began = time.monotonic()
             if option == "novacron":
                 doc = self.novacron_migrate(name, src, dst)
@@ -277,6 +304,7 @@ class Bench:
             downtime_ms=downtime,
             wire_bytes=wire,
             cpu_s=round(cpu.seconds, 2),
+            cpu_by_thread_s=cpu.breakdown(),
             intact=self.intact(console_dst, since if console_dst == console_src else 0),
             logical_bytes=logical,
             **stages,
