@@ -111,6 +111,31 @@ def test_a_feed_said_not_to_encode_never_encodes(chunk: int, batch_pages: int, s
         assert any(said)  # a full batch was fed at some point
 
 
+@given(st.integers(1, 6), st.integers(0, 1000))
+def test_released_bytes_are_lent_read_only_and_never_reused_while_held(
+    rounds: int, seed: int
+) -> None:
+    """The receiver lends what it releases without a copy, and rebuilds later releases
+    in buffers earlier ones gave back: a release still held must keep its bytes."""
+    stream, _ = iterations(rounds, seed)
+    sender = StreamSender(batch_pages=8)
+    receiver = StreamReceiver()
+    wire = []
+    for at in range(0, len(stream), 4096):
+        wire += sender.feed(stream[at : at + 4096])
+    wire += sender.finish()
+    held = []
+    for f in frames.FrameDecoder().feed(b"".join(wire)):
+        released = receiver.apply(f)
+        assert isinstance(released, memoryview) and released.readonly
+        held.append(released)
+        if len(held) % 3 == 0:
+            held[-1] = bytes(held[-1])  # some let go at once: their buffers get reused
+    assert receiver.ended and b"".join(held) == stream
+    with pytest.raises(TypeError):
+        next(v for v in held if isinstance(v, memoryview) and len(v))[0] = 0
+
+
 def test_pages_cost_less_than_their_bytes() -> None:
     stream, _pages = iterations(6, 7)
     _, sender = carry(stream, 65536, batch_pages=1024)

@@ -362,7 +362,7 @@ class _ByteQueue:
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[memoryview] = deque()
         self._queued = 0
         self._closed = False
         self._changed = trio.Event()
@@ -371,7 +371,7 @@ class _ByteQueue:
         self._changed.set()
         self._changed = trio.Event()
 
-    async def put(self, chunk: bytes) -> None:
+    async def put(self, chunk: memoryview) -> None:
         while self._queued and self._queued + len(chunk) > self._limit:
             await self._changed.wait()
         self._chunks.append(chunk)
@@ -382,7 +382,7 @@ class _ByteQueue:
         self._closed = True
         self._notify()
 
-    async def get(self) -> bytes | None:
+    async def get(self) -> memoryview | None:
         """The next chunk, or None once closed and empty. The chunk's bytes count as
         waiting until :meth:`taken`."""
         while not self._chunks:

@@ -134,8 +134,9 @@ class StreamReceiver:
     ) -> None:
         self._core = ChannelReceiver(store, max_unchecked, threads)
 
-    def apply(self, frame: frames.Frame) -> bytes:
-        """The stream bytes now vouched for (released at ``CHECK`` and ``END``); raises
+    def apply(self, frame: frames.Frame) -> memoryview:
+        """The stream bytes now vouched for (released at ``CHECK`` and ``END``), lent
+        without a copy as a read-only view (empty when none); raises
         :class:`~novacron.migration.frames.FrameError`, :class:`DigestMismatch` or
         :class:`~novacron.errors.EngineError` for a bad stream."""
         return self._core.apply(frame.kind, frame.payload)

@@ -1,13 +1,15 @@
 //! `novacron._core.ChannelSender` / `ChannelReceiver`: both halves of the migration
 //! channel (`novacron_engine::channel`), one call per read, the GIL released around it
-//! and around copying a long output into its `bytes`.
+//! and around copying a long output into its `bytes`; the stream a receiver releases is
+//! lent without a copy (`lent`).
 
+use crate::lent::{lent, spare};
 use crate::{codec_from_name, copied_bytes, detached, ByteView, PageStore};
 use novacron_engine as engine;
 use novacron_engine::channel::{SenderConfig, StreamReceiver, StreamSender};
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyMemoryView};
 
 /// The source's half: QEMU's stream in, frames out.
 #[pyclass(module = "novacron._core")]
@@ -178,17 +180,22 @@ impl ChannelReceiver {
         Ok(Self { inner })
     }
 
-    /// Applies one frame; returns the stream bytes now vouched for.
+    /// Applies one frame; returns the stream bytes now vouched for, lent without a
+    /// copy (a read-only `memoryview`; empty when the frame vouched for none).
     fn apply<'py>(
         &mut self,
         py: Python<'py>,
         kind: u8,
         payload: PyBuffer<u8>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+    ) -> PyResult<Bound<'py, PyMemoryView>> {
         let view = ByteView::new(payload)?;
         let inner = &mut self.inner;
         detached(py, || inner.apply(kind, view.as_slice()).map(<[u8]>::len))?;
-        copied_bytes(py, self.inner.released())
+        if self.inner.released().is_empty() {
+            return lent(py, Vec::new());
+        }
+        // the next bytes are rebuilt in a buffer an earlier release gave back
+        lent(py, self.inner.take_released(spare()))
     }
 
     /// Frames for the source (the `ANNOUNCE` answering `START`), once.

@@ -7,6 +7,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod channel;
+mod lent;
 mod placement;
 mod stream;
 

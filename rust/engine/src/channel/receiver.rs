@@ -90,6 +90,18 @@ impl StreamReceiver {
         }
     }
 
+    /// Takes the bytes the last [`StreamReceiver::apply`] released (empty if it released
+    /// none), leaving `spare` (emptied; its room is kept) to rebuild the next ones in:
+    /// a caller that lends the released bytes out need not copy them.
+    pub fn take_released(&mut self, mut spare: Vec<u8>) -> Vec<u8> {
+        if !self.released {
+            return Vec::new();
+        }
+        spare.clear();
+        self.released = false;
+        std::mem::replace(&mut self.unchecked, spare)
+    }
+
     /// Bytes of the stream rebuilt so far (released or not).
     #[must_use]
     pub fn length(&self) -> u64 {

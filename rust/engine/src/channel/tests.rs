@@ -106,6 +106,19 @@ fn carry_into(
     }
     assert!(fresh.ended);
     assert_eq!(again, link.released);
+    // and again, each release taken out whole, the next rebuilt in a used buffer
+    let mut taker = StreamReceiver::new(Some(store.clone()), 64 << 20);
+    let mut taken: Vec<u8> = Vec::new();
+    let mut spare = vec![0xAB; 100];
+    for (kind, payload) in frames(&link.wire) {
+        let len = taker.apply(kind, &payload).unwrap().len();
+        let out = taker.take_released(std::mem::take(&mut spare));
+        assert_eq!(out.len(), len);
+        assert!(taker.released().is_empty());
+        taken.extend_from_slice(&out);
+        spare = if out.is_empty() { vec![0xCD; 7] } else { out };
+    }
+    assert_eq!(taken, link.released);
     let _ = link.receiver.keep(0, u64::MAX); // the destination keeps what arrived
     ((link.released, link.wire), link.sender)
 }
