@@ -41,18 +41,25 @@ def iterations(rounds: int, seed: int, incompressible: bool = False) -> tuple[by
     return bytes(b.out), pages
 
 
-def carry(
+def sent(
     stream: bytes, chunk: int, batch_pages: int = 8, threads: int = 1
-) -> tuple[bytes, StreamSender]:
+) -> tuple[list[frames.Frame], StreamSender]:
+    """The frames a sender makes of ``stream`` fed ``chunk`` bytes at a time."""
     sender = StreamSender(batch_pages=batch_pages, threads=threads)
-    receiver = StreamReceiver(threads=threads)
-    decoder = frames.FrameDecoder()
-    out = bytearray()
     wire = []
     for at in range(0, len(stream), chunk):
         wire += sender.feed(stream[at : at + chunk])
     wire += sender.finish()
-    for f in decoder.feed(b"".join(wire)):
+    return list(frames.FrameDecoder().feed(b"".join(wire))), sender
+
+
+def carry(
+    stream: bytes, chunk: int, batch_pages: int = 8, threads: int = 1
+) -> tuple[bytes, StreamSender]:
+    wire, sender = sent(stream, chunk, batch_pages, threads)
+    receiver = StreamReceiver(threads=threads)
+    out = bytearray()
+    for f in wire:
         out += receiver.apply(f)
     assert receiver.ended
     return bytes(out), sender
@@ -118,14 +125,10 @@ def test_released_bytes_are_lent_read_only_and_never_reused_while_held(
     """The receiver lends what it releases without a copy, and rebuilds later releases
     in buffers earlier ones gave back: a release still held must keep its bytes."""
     stream, _ = iterations(rounds, seed)
-    sender = StreamSender(batch_pages=8)
+    wire, _ = sent(stream, 4096)
     receiver = StreamReceiver()
-    wire = []
-    for at in range(0, len(stream), 4096):
-        wire += sender.feed(stream[at : at + 4096])
-    wire += sender.finish()
     held = []
-    for f in frames.FrameDecoder().feed(b"".join(wire)):
+    for f in wire:
         released = receiver.apply(f)
         assert isinstance(released, memoryview) and released.readonly
         held.append(released)

@@ -13,7 +13,7 @@
 //! claims: every length is checked against the header and the guest before use, and a
 //! batch is verified (checksum, sizes, indices) before any page of it is written.
 
-use std::collections::hash_map::Entry;
+use std::collections::hash_map::{Entry, VacantEntry};
 use std::mem::MaybeUninit;
 use std::sync::Arc;
 
@@ -113,6 +113,21 @@ fn content_in(contents: &FastMap<u128, Content>, hash: u128) -> Option<&[u8]> {
         Some(&ZERO_PAGE)
     } else {
         contents.get(&hash).map(|page| &page[..])
+    }
+}
+
+/// The map's empty slot for content `hash`, unless the content is zero (never kept) or
+/// kept already: one probe of the map, where a lookup and then an insert take two.
+fn new_slot(
+    contents: &mut FastMap<u128, Content>,
+    hash: u128,
+) -> Option<VacantEntry<'_, u128, Content>> {
+    if hash == zero_hash() {
+        return None;
+    }
+    match contents.entry(hash) {
+        Entry::Vacant(slot) => Some(slot),
+        Entry::Occupied(_) => None,
     }
 }
 
@@ -378,12 +393,9 @@ impl Memory {
             }
             Op::Zero => zero_hash(),
             Op::Page(src, hash) => {
-                if hash != zero_hash() {
-                    // one probe of the map: a lookup and then an insert would take two
-                    if let Entry::Vacant(slot) = self.contents.entry(hash) {
-                        slot.insert(Content::Own(self.slabs.filled(src)));
-                        made.push(hash);
-                    }
+                if let Some(slot) = new_slot(&mut self.contents, hash) {
+                    slot.insert(Content::Own(self.slabs.filled(src)));
+                    made.push(hash);
                 }
                 hash
             }
@@ -430,17 +442,13 @@ impl Memory {
     /// then goes back to the spares); returns its hash.
     fn keep_made(&mut self, page: Content, made: &mut Vec<u128>) -> u128 {
         let hash = hash_page(&page);
-        if hash == zero_hash() {
-            self.recycle(page);
-            return hash;
-        }
-        match self.contents.entry(hash) {
-            Entry::Vacant(slot) => {
+        match new_slot(&mut self.contents, hash) {
+            Some(slot) => {
                 debug_assert!(!is_zero_page(&page));
                 slot.insert(page);
                 made.push(hash);
             }
-            Entry::Occupied(_) => self.recycle(page),
+            None => self.recycle(page),
         }
         hash
     }

@@ -191,11 +191,8 @@ impl ChannelReceiver {
         let view = ByteView::new(payload)?;
         let inner = &mut self.inner;
         detached(py, || inner.apply(kind, view.as_slice()).map(<[u8]>::len))?;
-        if self.inner.released().is_empty() {
-            return lent(py, Vec::new());
-        }
         // the next bytes are rebuilt in a buffer an earlier release gave back
-        lent(py, self.inner.take_released(spare()))
+        lent(py, self.inner.take_released(spare))
     }
 
     /// Frames for the source (the `ANNOUNCE` answering `START`), once.

@@ -57,13 +57,11 @@ impl Lent {
         view: *mut ffi::Py_buffer,
         flags: c_int,
     ) -> PyResult<()> {
-        if view.is_null() {
-            return Err(PyBufferError::new_err("no view to fill"));
-        }
         let data = &slf.get().data;
         let len = ffi::Py_ssize_t::try_from(data.len())
             .map_err(|_| PyBufferError::new_err("buffer too large"))?;
-        // SAFETY: `view` is the non-null `Py_buffer` Python asked this object to fill.
+        // SAFETY: `view` is the `Py_buffer` Python asked this object to fill (a null one
+        // PyBuffer_FillInfo refuses with BufferError).
         // The bytes are `data`, which never changes (the class is frozen and nothing
         // mutates it) and lives as long as this object; PyBuffer_FillInfo makes the
         // view hold a reference to the object. Read-only (1): a request for a writable

@@ -91,12 +91,14 @@ impl StreamReceiver {
     }
 
     /// Takes the bytes the last [`StreamReceiver::apply`] released (empty if it released
-    /// none), leaving `spare` (emptied; its room is kept) to rebuild the next ones in:
-    /// a caller that lends the released bytes out need not copy them.
-    pub fn take_released(&mut self, mut spare: Vec<u8>) -> Vec<u8> {
-        if !self.released {
+    /// none), leaving a buffer from `spare` (emptied; its room is kept) to rebuild the
+    /// next ones in; `spare` is only asked when there are bytes to take. A caller that
+    /// lends the released bytes out need not copy them.
+    pub fn take_released(&mut self, spare: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
+        if !self.released || self.unchecked.is_empty() {
             return Vec::new();
         }
+        let mut spare = spare();
         spare.clear();
         self.released = false;
         std::mem::replace(&mut self.unchecked, spare)

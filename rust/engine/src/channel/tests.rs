@@ -112,7 +112,7 @@ fn carry_into(
     let mut spare = vec![0xAB; 100];
     for (kind, payload) in frames(&link.wire) {
         let len = taker.apply(kind, &payload).unwrap().len();
-        let out = taker.take_released(std::mem::take(&mut spare));
+        let out = taker.take_released(|| std::mem::take(&mut spare));
         assert_eq!(out.len(), len);
         assert!(taker.released().is_empty());
         taken.extend_from_slice(&out);
