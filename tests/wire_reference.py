@@ -8,10 +8,14 @@ import random
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import lz4.block
 import xxhash
 import zstandard
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 PAGE = 4096
 ZERO = bytes(PAGE)
@@ -137,8 +141,9 @@ class Receiver:
     def image(self) -> bytes:
         return b"".join(self.held.get(i, ZERO) for i in range(self.pages))
 
-    def decode(self, stream: bytes) -> int:
+    def decode(self, stream: Buffer) -> int:
         """Applies every batch; a bad one raises and changes nothing."""
+        stream = bytes(stream)
         count = 0
         while stream:
             stream = self.batch(stream)
@@ -327,8 +332,9 @@ class Writer:
         return frame(codec, len(writes), bytes(records), bytes(block), bytes(raw))
 
 
-def batches(stream: bytes) -> list[bytes]:
+def batches(stream: Buffer) -> list[bytes]:
     """The stream cut into its batches (sizes from the headers, nothing verified)."""
+    stream = bytes(stream)
     out = []
     while stream:
         _, _, _, _, _, records_len, _, block_len, raw_len, _ = HEADER.unpack_from(stream)

@@ -115,11 +115,10 @@ pub(crate) struct Scratch {
     packed: Vec<u8>,
 }
 
-/// One encoded batch: its bytes, its counts, and its deltas against a page's own
-/// cached version (base hash, new hash, delta): the encoder applies to the cached base
-/// in place those whose base no other page uses or holds.
+/// One encoded batch (its bytes written to the caller's frame): its counts, and its
+/// deltas against a page's own cached version (base hash, new hash, delta): the encoder
+/// applies to the cached base in place those whose base no other page uses or holds.
 pub(crate) struct Batch {
-    pub(crate) bytes: Vec<u8>,
     pub(crate) stats: EncodeStats,
     pub(crate) in_place: Vec<(u128, u128, Vec<u8>)>,
 }
@@ -138,7 +137,8 @@ enum Choice<'a> {
 }
 
 /// `held`: the sender's delta cache, and the receiver's announced hashes with their
-/// positions.
+/// positions. The batch's bytes are appended to `frame`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_batch(
     config: EncoderConfig,
     source: Source<'_>,
@@ -147,6 +147,7 @@ pub(crate) fn encode_batch(
     indices: &[u64],
     plans: &[Plan],
     scratch: &mut Scratch,
+    frame: &mut Vec<u8>,
 ) -> Result<Batch> {
     let (cache, announced) = held;
     // pages whose delta is against their own cached version: (base, hash, page)
@@ -243,7 +244,7 @@ pub(crate) fn encode_batch(
             }
         }
     }
-    let bytes = layout.finish(config, &mut scratch.packed);
+    let finished = layout.finish(config, &mut scratch.packed, frame);
     let stats = layout.stats;
     layout.give_back(scratch);
     // (both lists are in page order)
@@ -258,11 +259,8 @@ pub(crate) fn encode_batch(
             Some((base, hash, delta))
         })
         .collect();
-    Ok(Batch {
-        bytes: bytes?,
-        stats,
-        in_place,
-    })
+    finished?;
+    Ok(Batch { stats, in_place })
 }
 
 /// How far a [`Layout`] was, to go back to.
@@ -397,9 +395,14 @@ impl Layout {
         scratch.raw = self.raw;
     }
 
-    /// The batch on the wire: header, records, the block compressed (in `packed`), the
-    /// raw area.
-    fn finish(&self, config: EncoderConfig, packed: &mut Vec<u8>) -> Result<Vec<u8>> {
+    /// The batch on the wire, appended to `frame`: header, records, the block
+    /// compressed (in `packed`), the raw area.
+    fn finish(
+        &self,
+        config: EncoderConfig,
+        packed: &mut Vec<u8>,
+        frame: &mut Vec<u8>,
+    ) -> Result<()> {
         let block = &self.block;
         let (codec, wire_block): (Codec, &[u8]) = match config.codec {
             _ if block.is_empty() => (Codec::None, &[]),
@@ -427,7 +430,8 @@ impl Layout {
             block_len: u32::try_from(wire_block.len()).expect("block bounded"),
             raw_len: u32::try_from(self.raw.len()).expect("raw bounded"),
         };
-        Ok(header.frame_parts(&[&self.records, wire_block, &self.raw]))
+        header.frame_into(&[&self.records, wire_block, &self.raw], frame);
+        Ok(())
     }
 }
 

@@ -8,14 +8,14 @@
 //!    what the receiver holds);
 //! 3. per batch, in parallel (`batch`): deltas, the compressible/raw split, block
 //!    compression and framing. A batch is built as soon as its decisions are made,
-//!    while the caller decides the next ones;
+//!    while the caller decides the next ones, and copied to the call's output as soon as
+//!    it and those before it are done;
 //! 4. the delta cache is brought up to what the receiver now holds: deltas applied to
 //!    cached bases in place and new contents copied in (both in parallel when many).
 
-use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
-use crate::batch::{encode_batch, zstd_compress_into, Batch, Plan, Scratch, Source};
+use crate::batch::{encode_batch, zstd_compress_into, Plan, Scratch, Source};
 use crate::cache::PageCache;
 use crate::error::{EngineError, Result};
 use crate::fasthash::{FastMap, FastSet};
@@ -107,6 +107,9 @@ pub struct Encoder {
     identified: Vec<(u128, bool)>,
     /// batch buffers, one set per batch being built at once (at most one per thread)
     scratch: Mutex<Vec<Scratch>>,
+    /// buffers batches are framed in before they are copied out in order (a few: one
+    /// per batch built or waiting for those before it)
+    frames: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Encoder {
@@ -133,6 +136,7 @@ impl Encoder {
             stats: EncodeStats::default(),
             identified: Vec::new(),
             scratch: Mutex::default(),
+            frames: Mutex::default(),
         })
     }
 
@@ -177,28 +181,22 @@ impl Encoder {
         self.previous.len()
     }
 
-    /// Encodes the pages `indices` of `image` (a whole guest image) into batches.
+    /// Encodes the pages `indices` of `image` (a whole guest image): the call's batches,
+    /// back to back.
     ///
     /// # Errors
     /// [`EngineError::InvalidArgument`] when the image does not match the guest size or
     /// an index is out of range.
     pub fn encode(&mut self, image: &[u8], indices: &[u64]) -> Result<Vec<u8>> {
-        Ok(self.encode_batches(image, indices)?.concat())
+        let mut out = Vec::new();
+        self.encode_into(image, indices, None, &mut out)?;
+        Ok(out)
     }
 
-    /// [`Encoder::encode`], one buffer per batch (saves a copy for callers that write
-    /// the batches out themselves).
-    ///
-    /// # Errors
-    /// As [`Encoder::encode`].
-    pub fn encode_batches(&mut self, image: &[u8], indices: &[u64]) -> Result<Vec<Vec<u8>>> {
-        self.encode_image(image, indices, None)
-    }
-
-    /// [`Encoder::encode_batches`] for an image a [`PageScan`] already hashed: the
-    /// offered pages' hashes and zero tests are taken from the scan instead of being
-    /// computed again (a dirty scan followed by the encoding of the dirty pages reads
-    /// every page once, not twice).
+    /// [`Encoder::encode`] for an image a [`PageScan`] already hashed: the offered
+    /// pages' hashes and zero tests are taken from the scan instead of being computed
+    /// again (a dirty scan followed by the encoding of the dirty pages reads every page
+    /// once, not twice).
     ///
     /// The caller vouches that `scan` is a scan of exactly these bytes: a scan of other
     /// bytes makes the encoder describe pages wrongly (the pyo3 layer accepts only a
@@ -211,16 +209,26 @@ impl Encoder {
         image: &[u8],
         indices: &[u64],
         scan: &PageScan,
-    ) -> Result<Vec<Vec<u8>>> {
-        self.encode_image(image, indices, Some(scan))
+    ) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.encode_into(image, indices, Some(scan), &mut out)?;
+        Ok(out)
     }
 
-    fn encode_image(
+    /// [`Encoder::encode`] (or, with a scan, [`Encoder::encode_scanned`]) appending the
+    /// batches to `out` as each is done, in order: no buffer of the whole call's
+    /// batches is made besides `out`. On an error `out` may hold part of the call's
+    /// batches, which the caller drops.
+    ///
+    /// # Errors
+    /// As [`Encoder::encode_scanned`].
+    pub fn encode_into(
         &mut self,
         image: &[u8],
         indices: &[u64],
         scan: Option<&PageScan>,
-    ) -> Result<Vec<Vec<u8>>> {
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         if image.len() != self.held.pages() * PAGE_SIZE {
             return Err(EngineError::invalid("image size differs from the guest's"));
         }
@@ -229,7 +237,7 @@ impl Encoder {
                 "the scan is of another number of pages",
             ));
         }
-        self.run(Source::Image(image), indices, scan)
+        self.run(Source::Image(image), indices, scan, out)
     }
 
     /// Encodes pages given one by one, as a migration stream delivers them: `pages`
@@ -239,33 +247,29 @@ impl Encoder {
     /// # Errors
     /// [`EngineError::InvalidArgument`] when `pages` does not hold exactly one page per
     /// index, or an index is out of range.
-    pub fn encode_pages(&mut self, indices: &[u64], pages: &[u8]) -> Result<Vec<Vec<u8>>> {
+    pub fn encode_pages(&mut self, indices: &[u64], pages: &[u8]) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.encode_pages_into(indices, pages, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Encoder::encode_pages`] appending the batches to `out`, as
+    /// [`Encoder::encode_into`] does.
+    ///
+    /// # Errors
+    /// As [`Encoder::encode_pages`].
+    pub fn encode_pages_into(
+        &mut self,
+        indices: &[u64],
+        pages: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         if pages.len() != indices.len() * PAGE_SIZE {
             return Err(EngineError::invalid(
                 "pages must hold exactly one page per index",
             ));
         }
-        self.run(Source::Packed(pages), indices, None)
-    }
-
-    /// Batches this encoder returned, copied back to back into `out` (exactly as long
-    /// as they are together; its bytes need not be initialised) on the encoder's
-    /// threads: a first round's tens of MB into fresh memory (each new page a fault)
-    /// take long enough for a copy on one thread to hold up the call.
-    ///
-    /// # Errors
-    /// [`EngineError::InvalidArgument`] when `out` is not as long as the batches.
-    pub fn join_into(&self, batches: &[Vec<u8>], out: &mut [MaybeUninit<u8>]) -> Result<()> {
-        let total = batches.iter().map(Vec::len).sum::<usize>();
-        if out.len() != total {
-            return Err(EngineError::invalid(
-                "the output must be exactly as long as the batches",
-            ));
-        }
-        // (a small output is copied on the caller alone: no helper is woken for it)
-        let helpers = self.pool.as_ref().filter(|_| total >= PARALLEL_JOIN);
-        Workers::start(helpers).join_into(batches, out);
-        Ok(())
+        self.run(Source::Packed(pages), indices, None, out)
     }
 
     fn run(
@@ -273,7 +277,8 @@ impl Encoder {
         source: Source<'_>,
         indices: &[u64],
         scan: Option<&PageScan>,
-    ) -> Result<Vec<Vec<u8>>> {
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         let pages = self.held.pages();
         for &index in indices {
             if usize::try_from(index).map_or(true, |i| i >= pages) {
@@ -283,9 +288,9 @@ impl Encoder {
             }
         }
         let pool = self.pool.take();
-        let out = self.encode_phases(source, indices, scan, Workers::start(pool.as_ref()));
+        let done = self.encode_phases(source, indices, scan, Workers::start(pool.as_ref()), out);
         self.pool = pool;
-        out
+        done
     }
 
     fn encode_phases(
@@ -294,7 +299,8 @@ impl Encoder {
         indices: &[u64],
         scan: Option<&PageScan>,
         mut workers: Workers<'_>,
-    ) -> Result<Vec<Vec<u8>>> {
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         // phase 1: zero tests and hashes (a scan's, when there is one, are taken batch
         // by batch as the decisions come to them)
         let mut facts: Vec<(u128, bool)> = match scan {
@@ -321,9 +327,10 @@ impl Encoder {
             previous,
             announced,
             scratch,
+            frames,
             ..
         } = self;
-        let (cache, announced, scratch) = (&*previous, &*announced, &*scratch);
+        let (cache, announced, scratch, frames) = (&*previous, &*announced, &*scratch, &*frames);
         let mut round = Round::new(indices);
         let size = balanced_batch(indices.len(), config.batch_pages, workers.threads());
         let mut chunks = indices.chunks(size).enumerate();
@@ -344,9 +351,18 @@ impl Encoder {
                 round.decide(config.dedup, receiver, idx, facts),
             ))
         };
+        // each batch is framed in a buffer from `frames` and copied to `out` in order
+        // as soon as it and those before it are done (the buffers go back for the next
+        // batches: memory already touched, not a fresh allocation per batch)
         let build = |(first, idx, plans): (usize, &[u64], Vec<Plan>)| {
             let taken = scratch.lock().ok().and_then(|mut s| s.pop());
             let mut buffers = taken.unwrap_or_default();
+            let mut frame = frames
+                .lock()
+                .ok()
+                .and_then(|mut f| f.pop())
+                .unwrap_or_default();
+            frame.clear();
             let batch = encode_batch(
                 config,
                 source,
@@ -355,27 +371,50 @@ impl Encoder {
                 idx,
                 &plans,
                 &mut buffers,
+                &mut frame,
             );
             if let Ok(mut s) = scratch.lock() {
                 s.push(buffers);
             }
-            batch
+            (batch, frame)
         };
-        let batches: Vec<Result<Batch>> =
-            workers.each_made(indices.len().div_ceil(size), decide, build);
-        let mut out = Vec::with_capacity(batches.len());
+        let mut stats = EncodeStats::default();
         let mut in_place = Vec::new();
-        for batch in batches {
-            let batch = batch?;
-            self.stats.add(&batch.stats);
-            self.stats.wire_bytes += batch.bytes.len() as u64;
-            out.push(batch.bytes);
-            // a delta goes into its cached base in place only when its page was the one
-            // page of the round to use that base and no page holds the base now
-            in_place.extend(batch.in_place.into_iter().filter(|(base, _, _)| {
-                round.base_uses.get(base) == Some(&1) && self.held.holders(*base) == 0
-            }));
+        let mut failed = None;
+        let keep = workers.threads() + 1;
+        workers.each_made_in_order(
+            indices.len().div_ceil(size),
+            decide,
+            build,
+            |(batch, frame)| {
+                match batch {
+                    Ok(batch) if failed.is_none() => {
+                        stats.add(&batch.stats);
+                        stats.wire_bytes += frame.len() as u64;
+                        out.extend_from_slice(&frame);
+                        in_place.extend(batch.in_place);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed.get_or_insert(e);
+                    }
+                }
+                if let Ok(mut f) = frames.lock() {
+                    if f.len() < keep {
+                        f.push(frame);
+                    }
+                }
+            },
+        );
+        if let Some(e) = failed {
+            return Err(e);
         }
+        self.stats.add(&stats);
+        // a delta goes into its cached base in place only when its page was the one
+        // page of the round to use that base and no page holds the base now
+        in_place.retain(|(base, _, _)| {
+            round.base_uses.get(base) == Some(&1) && self.held.holders(*base) == 0
+        });
         // delta bases are the receiver's copies: a base only its own page used becomes
         // that page's new version by applying the delta where it is cached (a few
         // bytes written instead of a page copied); bases no page holds now are
@@ -415,7 +454,7 @@ impl Encoder {
             self.previous.put_many(&sent, &mut workers);
         }
         self.identified = facts;
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -507,10 +546,6 @@ impl Round {
         plans
     }
 }
-
-/// Output below this many bytes is joined on the caller alone: copying it takes less
-/// than waking a helper (a few hundred microseconds here).
-const PARALLEL_JOIN: usize = 1 << 20;
 
 /// Pages hashed per job when the encoder hashes them itself.
 const IDENTIFY_PAGES: usize = 4096;

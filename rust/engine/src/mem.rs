@@ -18,6 +18,15 @@ pub fn zeroed(len: usize) -> Vec<u8> {
     buf
 }
 
+/// An empty buffer with room for `len` bytes, the room advised for huge pages (a large
+/// one is fresh memory, faulted in 2 MiB at a time as it is written).
+#[must_use]
+pub fn with_room(len: usize) -> Vec<u8> {
+    let buf = Vec::with_capacity(len);
+    advise(buf.as_ptr(), buf.capacity());
+    buf
+}
+
 /// Advises the whole pages of `len` bytes at `ptr` (one live allocation) for huge
 /// pages; a buffer under 4 MiB is left alone.
 pub(crate) fn advise(ptr: *const u8, len: usize) {

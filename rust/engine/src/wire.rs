@@ -128,8 +128,16 @@ impl Header {
     /// Writes the header followed by `parts` (the body in pieces), in one allocation.
     #[must_use]
     pub fn frame_parts(&self, parts: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.frame_into(parts, &mut out);
+        out
+    }
+
+    /// Appends the header and `parts` (the body in pieces) to `out`.
+    pub fn frame_into(&self, parts: &[&[u8]], out: &mut Vec<u8>) {
         let body_len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut out = Vec::with_capacity(HEADER_LEN + body_len);
+        out.reserve(HEADER_LEN + body_len);
+        let start = out.len();
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
         out.push(self.codec as u8);
@@ -145,7 +153,7 @@ impl Header {
             out.extend_from_slice(&v.to_le_bytes());
         }
         let mut hasher = Xxh3::new();
-        hasher.update(&out);
+        hasher.update(&out[start..]);
         for part in parts {
             hasher.update(part);
         }
@@ -153,7 +161,6 @@ impl Header {
         for part in parts {
             out.extend_from_slice(part);
         }
-        out
     }
 
     /// Parses and verifies one batch at the start of `input`.

@@ -12,13 +12,11 @@
 //!   for a helper that never woke to find the queue empty).
 
 use std::collections::VecDeque;
-use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::error::{EngineError, Result};
-use crate::mem::write_slice;
 
 /// Longest a woken helper waits for the parallel part before going back to sleep.
 const SPIN: Duration = Duration::from_millis(1);
@@ -106,15 +104,31 @@ impl<'p> Workers<'p> {
     pub(crate) fn each_made<J: Send, R: Send>(
         &mut self,
         expected: usize,
-        mut make: impl FnMut() -> Option<J>,
+        make: impl FnMut() -> Option<J>,
         work: impl Fn(J) -> R + Sync,
     ) -> Vec<R> {
+        let mut out = Vec::with_capacity(expected);
+        self.each_made_in_order(expected, make, work, |result| out.push(result));
+        out
+    }
+
+    /// As [`Workers::each_made`], but each result goes to `consume` in the jobs' order as
+    /// soon as it and every one before it are done, on the thread that finished the
+    /// last of them (one at a time): results wait only for those before them, not for
+    /// the whole call, and the consuming is spread over the threads.
+    pub(crate) fn each_made_in_order<J: Send, R: Send>(
+        &mut self,
+        expected: usize,
+        mut make: impl FnMut() -> Option<J>,
+        work: impl Fn(J) -> R + Sync,
+        consume: impl FnMut(R) + Send,
+    ) {
         let Some(pool) = self.helpers.filter(|_| expected > 1) else {
-            let mut out = Vec::with_capacity(expected);
+            let mut consume = consume;
             while let Some(job) = make() {
-                out.push(work(job));
+                consume(work(job));
             }
-            return out;
+            return;
         };
         self.stop_spinning();
         let helpers = pool.current_num_threads().min(expected - 1);
@@ -122,13 +136,45 @@ impl<'p> Workers<'p> {
             jobs: VecDeque::with_capacity(expected),
             closed: false,
         });
-        let done = Mutex::new(Vec::with_capacity(expected));
-        let drain = || loop {
+        let mut delivery = Mutex::new(Delivery {
+            ready: std::collections::BTreeMap::new(),
+            next: 0,
+            consume,
+        });
+        // results not yet taken in by the delivering thread (held only to add or take)
+        let incoming = Mutex::new(Vec::new());
+        let take_in =
+            || std::mem::take(&mut *incoming.lock().unwrap_or_else(PoisonError::into_inner));
+        // delivers what is ready unless another thread is at it: that one takes in
+        // what arrived meanwhile before it stops (a thread never sleeps on the lock:
+        // a wake-up costs more than the copy it waited for)
+        let deliver = || loop {
+            let Ok(mut guard) = delivery.try_lock() else {
+                return;
+            };
+            let d = &mut *guard;
+            d.ready.extend(take_in());
+            while let Some(result) = d.ready.remove(&d.next) {
+                (d.consume)(result);
+                d.next += 1;
+            }
+            drop(guard);
+            if incoming
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+            {
+                return;
+            }
+        };
+        // one job run and its result delivered (with any it was the last missing
+        // one for); false once the feed is closed and empty
+        let one = || loop {
             let next = {
                 let mut feed = feed.lock().unwrap_or_else(PoisonError::into_inner);
                 match feed.jobs.pop_front() {
                     Some(next) => Some(next),
-                    None if feed.closed => break,
+                    None if feed.closed => return false,
                     None => None,
                 }
             };
@@ -140,15 +186,18 @@ impl<'p> Workers<'p> {
                 continue;
             };
             let result = work(job);
-            done.lock()
+            incoming
+                .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push((i, result));
+            deliver();
+            return true;
         };
         let again = Arc::new(AtomicBool::new(false));
         pool.in_place_scope(|scope| {
             for _ in 0..helpers {
                 scope.spawn(|_| {
-                    drain();
+                    while one() {}
                     keep_awake(pool, &again);
                 });
             }
@@ -156,17 +205,23 @@ impl<'p> Workers<'p> {
             let close = Close(&feed);
             let mut made = 0usize;
             while let Some(job) = make() {
-                let mut feed = feed.lock().unwrap_or_else(PoisonError::into_inner);
-                feed.jobs.push_back((made, job));
+                feed.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .jobs
+                    .push_back((made, job));
                 made += 1;
             }
             drop(close);
-            drain();
+            while one() {}
         });
         self.go = Some(again);
-        let mut done = done.into_inner().unwrap_or_else(PoisonError::into_inner);
-        done.sort_unstable_by_key(|&(i, _)| i);
-        done.into_iter().map(|(_, result)| result).collect()
+        // (every thread is done: whatever is left is delivered here)
+        let d = delivery.get_mut().unwrap_or_else(PoisonError::into_inner);
+        d.ready.extend(take_in());
+        while let Some(result) = d.ready.remove(&d.next) {
+            (d.consume)(result);
+            d.next += 1;
+        }
     }
 
     /// `work` applied to every job, on the caller and the helpers, and `consume` to
@@ -263,29 +318,19 @@ impl<'p> Workers<'p> {
         outcome
     }
 
-    /// `pieces` copied back to back into `out` (exactly as long as they are together;
-    /// every byte of it is written), one piece per job.
-    ///
-    /// # Panics
-    /// When `out` is not exactly as long as the pieces together.
-    pub(crate) fn join_into(&mut self, pieces: &[Vec<u8>], out: &mut [MaybeUninit<u8>]) {
-        let total = pieces.iter().map(Vec::len).sum::<usize>();
-        assert_eq!(out.len(), total);
-        let mut rest = out;
-        let mut jobs = Vec::with_capacity(pieces.len());
-        for piece in pieces {
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(piece.len());
-            jobs.push((piece.as_slice(), head));
-            rest = tail;
-        }
-        self.each(jobs, |(piece, to)| write_slice(to, piece));
-    }
-
     fn stop_spinning(&mut self) {
         if let Some(go) = self.go.take() {
             go.store(true, Ordering::Release);
         }
     }
+}
+
+/// Results done but not consumed (by job number), the next to consume, and what
+/// consumes them.
+struct Delivery<R, C> {
+    ready: std::collections::BTreeMap<usize, R>,
+    next: usize,
+    consume: C,
 }
 
 /// Jobs made so far and not yet taken, and whether more will come.
@@ -418,31 +463,43 @@ mod tests {
     }
 
     #[test]
-    fn pieces_are_joined_in_order_with_and_without_helpers() {
+    fn results_are_consumed_in_order_as_they_come() {
         let pool = helpers(1);
-        let pieces: Vec<Vec<u8>> = (0..40u8).map(|n| vec![n; usize::from(n) * 3]).collect();
-        let want = pieces.concat();
-        for few in [&pieces[..3], &pieces[..]] {
-            for pool in [None, Some(&pool)] {
-                let mut out = vec![MaybeUninit::new(0xEE); few.iter().map(Vec::len).sum()];
-                Workers::start(pool).join_into(few, &mut out);
-                assert_eq!(init(&out), few.concat());
+        for pool in [None, Some(&pool)] {
+            let mut workers = Workers::start(pool);
+            let consumed = std::sync::atomic::AtomicU64::new(0);
+            let mut made = 0u64;
+            // (without helpers each result is consumed before the next job is made)
+            let mut behind = Vec::new();
+            let make = || {
+                behind.push(made - consumed.load(Ordering::Relaxed));
+                made += 1;
+                (made <= 200).then_some(made)
+            };
+            let mut got = Vec::new();
+            workers.each_made_in_order(
+                200,
+                make,
+                |j| {
+                    std::thread::sleep(Duration::from_micros(j % 7 * 20));
+                    j * 3
+                },
+                |r| {
+                    got.push(r);
+                    consumed.fetch_add(1, Ordering::Relaxed);
+                },
+            );
+            assert_eq!(got, (1..=200u64).map(|j| j * 3).collect::<Vec<_>>());
+            if pool.is_none() {
+                assert!(behind.iter().all(|&b| b == 0), "{behind:?}");
             }
+            // fewer jobs than expected, and none at all
+            let mut few = vec![1, 2].into_iter();
+            let mut got = Vec::new();
+            workers.each_made_in_order(5, || few.next(), |j| j * 10, |r| got.push(r));
+            assert_eq!(got, vec![10, 20]);
+            workers.each_made_in_order(0, || None::<u8>, |j| j, |_| panic!("no job"));
         }
-        let mut out = vec![MaybeUninit::uninit(); want.len()];
-        Workers::start(Some(&pool)).join_into(&pieces, &mut out);
-        assert_eq!(init(&out), want);
-    }
-
-    fn init(bytes: &[MaybeUninit<u8>]) -> Vec<u8> {
-        // SAFETY: only called on buffers `join_into` wrote whole
-        bytes.iter().map(|b| unsafe { b.assume_init() }).collect()
-    }
-
-    #[test]
-    #[should_panic(expected = "assertion")]
-    fn joining_into_a_buffer_of_another_length_panics() {
-        Workers::start(None).join_into(&[vec![1, 2]], &mut [MaybeUninit::new(0); 3]);
     }
 
     #[test]

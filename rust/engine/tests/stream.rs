@@ -115,7 +115,7 @@ proptest! {
             }
             let wire = enc.encode(&image, &offered).unwrap();
             let scan = scan_pages(&image).unwrap();
-            let from_scan = scanned.encode_scanned(&image, &offered, &scan).unwrap().concat();
+            let from_scan = scanned.encode_scanned(&image, &offered, &scan).unwrap();
             prop_assert!(from_scan == wire, "round {round}: the scan changed the stream");
             dec.decode(&wire).unwrap();
             prop_assert!(dec.image() == image, "round {round} differs");
@@ -460,7 +460,7 @@ fn packed_pages_encode_exactly_like_pages_of_an_image() {
     let mut a = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
     let mut b = Encoder::new(PAGES, EncoderConfig::default()).unwrap();
     let from_image = a.encode(&image, &offer).unwrap();
-    let from_pages = b.encode_pages(&offer, &packed).unwrap().concat();
+    let from_pages = b.encode_pages(&offer, &packed).unwrap();
     assert_eq!(from_image, from_pages);
     assert!(b.encode_pages(&offer, &packed[..100]).is_err());
 }

@@ -47,6 +47,9 @@ fn give_back(mut buffer: Vec<u8>) {
 #[pyclass(frozen, module = "novacron._core")]
 pub(crate) struct Lent {
     data: Vec<u8>,
+    /// whether `data` goes back to the pool (a buffer made for one call's output
+    /// need not: nothing rebuilds into it)
+    pooled: bool,
 }
 
 #[pymethods]
@@ -85,12 +88,25 @@ impl Lent {
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        give_back(std::mem::take(&mut self.data));
+        if self.pooled {
+            give_back(std::mem::take(&mut self.data));
+        }
     }
 }
 
-/// `data` as a read-only `memoryview`, without copying it.
+/// `data` as a read-only `memoryview`, without copying it; its memory goes to the
+/// pool once Python lets go of it.
 pub(crate) fn lent(py: Python<'_>, data: Vec<u8>) -> PyResult<Bound<'_, PyMemoryView>> {
-    let owner = Bound::new(py, Lent { data })?;
+    viewed(py, data, true)
+}
+
+/// `data` as a read-only `memoryview`, without copying it; its memory is freed once
+/// Python lets go of it.
+pub(crate) fn handed_over(py: Python<'_>, data: Vec<u8>) -> PyResult<Bound<'_, PyMemoryView>> {
+    viewed(py, data, false)
+}
+
+fn viewed(py: Python<'_>, data: Vec<u8>, pooled: bool) -> PyResult<Bound<'_, PyMemoryView>> {
+    let owner = Bound::new(py, Lent { data, pooled })?;
     PyMemoryView::from(owner.as_any())
 }

@@ -17,7 +17,7 @@ use std::mem::MaybeUninit;
 use pyo3::buffer::PyBuffer;
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyMemoryView};
 
 pyo3::import_exception!(novacron.errors, EngineError);
 pyo3::import_exception!(novacron.migration.frames, FrameError);
@@ -117,19 +117,12 @@ pub(crate) fn copied_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<
     })
 }
 
-/// Batches joined into one `bytes`, copied once, straight into the bytes object, on
-/// the encoder's threads.
-fn joined<'py>(
-    py: Python<'py>,
-    encoder: &engine::Encoder,
-    batches: &[Vec<u8>],
-) -> PyResult<Bound<'py, PyBytes>> {
-    let total = batches.iter().map(Vec::len).sum();
-    // the new object is not visible to any other thread yet: the copy (tens of MB for
-    // a first round) need not hold up the others
-    filled_bytes(py, total, |out| {
-        detached(py, || encoder.join_into(batches, out))
-    })
+/// Room reserved for an encoder's output of `pages` pages: enough for any (a page
+/// and its record, every batch's header), up to 256 MiB. Address space only: memory
+/// is used as the batches are written, and a larger output grows without a copy (a
+/// buffer this large is its own mapping, which the kernel moves).
+fn output_room(pages: usize) -> usize {
+    pages.saturating_mul(engine::PAGE_SIZE + 64).min(256 << 20)
 }
 
 /// The result of `scan_pages`. It remembers the `bytes` object it scanned (when it
@@ -289,7 +282,7 @@ impl PageEncoder {
         image: &Bound<'py, PyAny>,
         indices: Option<Vec<u64>>,
         scan: Option<&Bound<'py, PageScan>>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+    ) -> PyResult<Bound<'py, PyMemoryView>> {
         let scan = scan.map(Bound::get);
         if let Some(scan) = scan {
             if !scan.source.as_ref().is_some_and(|s| s.bind(py).is(image)) {
@@ -302,11 +295,14 @@ impl PageEncoder {
         let indices = indices
             .unwrap_or_else(|| (0..(view.as_slice().len() / engine::PAGE_SIZE) as u64).collect());
         let inner = &mut self.inner;
-        let batches = detached(py, || match scan {
-            Some(scan) => inner.encode_scanned(view.as_slice(), &indices, &scan.inner),
-            None => inner.encode_batches(view.as_slice(), &indices),
+        let out = detached(py, || {
+            let mut out = engine::with_room(output_room(indices.len()));
+            let scan = scan.map(|s| &s.inner);
+            inner.encode_into(view.as_slice(), &indices, scan, &mut out)?;
+            out.shrink_to_fit();
+            Ok(out)
         })?;
-        joined(py, &self.inner, &batches)
+        lent::handed_over(py, out)
     }
 
     /// Encodes pages delivered one by one (a migration stream's): `pages` holds one page
@@ -316,11 +312,11 @@ impl PageEncoder {
         py: Python<'py>,
         indices: Vec<u64>,
         pages: PyBuffer<u8>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
+    ) -> PyResult<Bound<'py, PyMemoryView>> {
         let view = ByteView::new(pages)?;
         let inner = &mut self.inner;
-        let batches = detached(py, || inner.encode_pages(&indices, view.as_slice()))?;
-        joined(py, inner, &batches)
+        let out = detached(py, || inner.encode_pages(&indices, view.as_slice()))?;
+        lent::handed_over(py, out)
     }
 
     /// Takes the receiver's announced hashes; returns how many.

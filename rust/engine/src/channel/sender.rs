@@ -312,32 +312,43 @@ impl StreamSender {
     }
 
     fn encode(&mut self, batch: &Batch, group: &mut Vec<u8>) -> Result<()> {
-        let total = self.total;
+        let start = group.len();
+        let head = 12 + batch.entries.len() * 12 + batch.prefixes.len();
+        // the frame's length is known once the pages are encoded (straight into
+        // `group`): written as 0 here, set below
+        put_header(group, PAGES, 0);
+        group.extend_from_slice(&self.total.to_be_bytes());
+        group.extend_from_slice(&(batch.entries.len() as u32).to_be_bytes());
+        let mut at = 0;
+        for &(len, index) in &batch.entries {
+            group.extend_from_slice(&(len as u32).to_be_bytes());
+            group.extend_from_slice(&batch.prefixes[at..at + len]);
+            group.extend_from_slice(&index.to_be_bytes());
+            at += len;
+        }
+        debug_assert_eq!(group.len() - start, super::HEADER_LEN + head);
         let indices: Vec<u64> = batch.entries.iter().map(|&(_, i)| i).collect();
-        let encoded = self.encoder()?.encode_pages(&indices, &batch.pages)?;
+        let encoded = self
+            .encoder()
+            .and_then(|encoder| encoder.encode_pages_into(&indices, &batch.pages, group));
+        if let Err(e) = encoded {
+            group.truncate(start);
+            return Err(e);
+        }
+        let len = group.len() - start - super::HEADER_LEN;
+        // a frame is at most a batch of pages with their prefixes: far below 4 GiB
+        let len = u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes();
+        group[start + 1..start + super::HEADER_LEN].copy_from_slice(&len);
         if let (Some(store), Some(encoder)) = (&self.config.store, &self.encoder) {
             store.add_identified(&batch.pages, encoder.identified());
         }
-        let body: usize = encoded.iter().map(Vec::len).sum();
-        let head = 12 + batch.entries.len() * 12 + batch.prefixes.len();
-        group.reserve(super::HEADER_LEN + head + body);
-        put_header(group, PAGES, head + body);
-        group.extend_from_slice(&total.to_be_bytes());
-        group.extend_from_slice(&(batch.entries.len() as u32).to_be_bytes());
         let mut at = 0;
-        for (k, &(len, index)) in batch.entries.iter().enumerate() {
-            let prefix = &batch.prefixes[at..at + len];
-            at += len;
-            group.extend_from_slice(&(len as u32).to_be_bytes());
-            group.extend_from_slice(prefix);
-            group.extend_from_slice(&index.to_be_bytes());
+        for (k, &(len, _)) in batch.entries.iter().enumerate() {
             // the stream span this page stands for: its prefix, then the page
-            self.sent.update(prefix);
+            self.sent.update(&batch.prefixes[at..at + len]);
             self.sent
                 .update(&batch.pages[k * PAGE_SIZE..(k + 1) * PAGE_SIZE]);
-        }
-        for part in &encoded {
-            group.extend_from_slice(part);
+            at += len;
         }
         Ok(())
     }
