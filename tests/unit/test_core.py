@@ -193,6 +193,25 @@ def test_stream_sizes_and_stats() -> None:
         _core.PageEncoder(1, compression="gzip")
 
 
+def test_the_encoders_output_is_a_read_only_view_that_outlives_the_encoder() -> None:
+    rng = random.Random(5)
+    image = bytearray(rng.randbytes(PAGE * 40))
+    enc = _core.PageEncoder(40, threads=2, batch_pages=4)  # ten batches, in order
+    first = enc.encode(bytes(image))
+    assert isinstance(first, memoryview) and first.readonly
+    kept = bytes(first)
+    with pytest.raises(TypeError):
+        first[0] = 0  # type: ignore[index]
+    image[5 * PAGE] ^= 1
+    again = enc.encode(bytes(image), [5])
+    del enc
+    assert bytes(first) == kept  # later calls, and the encoder gone, change nothing
+    dec = _core.PageDecoder(40)
+    dec.decode(first)
+    dec.decode(again)
+    assert dec.image() == bytes(image)
+
+
 def test_content_moved_to_another_page_goes_as_a_delta_from_it() -> None:
     # page 1's content moves to page 3 with a few bytes changed while page 1 is
     # rewritten: page 3's own old version is no base, what page 1 held is
