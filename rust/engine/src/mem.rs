@@ -19,11 +19,14 @@ pub fn zeroed(len: usize) -> Vec<u8> {
 }
 
 /// An empty buffer with room for `len` bytes, the room advised for huge pages (a large
-/// one is fresh memory, faulted in 2 MiB at a time as it is written).
+/// one is fresh memory, faulted in 2 MiB at a time as it is written). Room the system
+/// refuses (strict overcommit) is not an error: the buffer then grows as it is filled.
 #[must_use]
 pub fn with_room(len: usize) -> Vec<u8> {
-    let buf = Vec::with_capacity(len);
-    advise(buf.as_ptr(), buf.capacity());
+    let mut buf = Vec::new();
+    if buf.try_reserve_exact(len).is_ok() {
+        advise(buf.as_ptr(), buf.capacity());
+    }
     buf
 }
 
@@ -60,5 +63,21 @@ pub fn write_slice(to: &mut [MaybeUninit<u8>], from: &[u8]) {
     // distinct borrow from `from` (no overlap), and `MaybeUninit<u8>` has the layout of `u8`.
     unsafe {
         std::ptr::copy_nonoverlapping(from.as_ptr(), to.as_mut_ptr().cast::<u8>(), from.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_room;
+
+    #[test]
+    fn room_is_reserved_or_left_to_growth() {
+        let buf = with_room(5 << 20);
+        assert!(buf.is_empty() && buf.capacity() >= 5 << 20);
+        // room no allocator gives: an empty buffer that grows as it is filled
+        let mut buf = with_room(usize::MAX);
+        assert_eq!(buf.capacity(), 0);
+        buf.extend_from_slice(b"grows");
+        assert_eq!(buf, b"grows");
     }
 }
