@@ -106,10 +106,35 @@ pub struct Encoder {
     /// Hash and zero test of each page of the last call.
     identified: Vec<(u128, bool)>,
     /// batch buffers, one set per batch being built at once (at most one per thread)
-    scratch: Mutex<Vec<Scratch>>,
+    scratch: Spares<Scratch>,
     /// buffers batches are framed in before they are copied out in order (a few: one
     /// per batch built or waiting for those before it)
-    frames: Mutex<Vec<Vec<u8>>>,
+    frames: Spares<Vec<u8>>,
+}
+
+/// Buffers kept from one batch to the next (memory already touched, not a fresh
+/// allocation per batch).
+#[derive(Default)]
+struct Spares<T>(Mutex<Vec<T>>);
+
+impl<T: Default> Spares<T> {
+    /// A kept one, or a new one.
+    fn take(&self) -> T {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut kept| kept.pop())
+            .unwrap_or_default()
+    }
+
+    /// Keeps `spare` unless `keep` are kept already.
+    fn give(&self, spare: T, keep: usize) {
+        if let Ok(mut kept) = self.0.lock() {
+            if kept.len() < keep {
+                kept.push(spare);
+            }
+        }
+    }
 }
 
 impl Encoder {
@@ -135,8 +160,8 @@ impl Encoder {
             pool,
             stats: EncodeStats::default(),
             identified: Vec::new(),
-            scratch: Mutex::default(),
-            frames: Mutex::default(),
+            scratch: Spares::default(),
+            frames: Spares::default(),
         })
     }
 
@@ -354,14 +379,10 @@ impl Encoder {
         // each batch is framed in a buffer from `frames` and copied to `out` in order
         // as soon as it and those before it are done (the buffers go back for the next
         // batches: memory already touched, not a fresh allocation per batch)
+        let threads = workers.threads();
         let build = |(first, idx, plans): (usize, &[u64], Vec<Plan>)| {
-            let taken = scratch.lock().ok().and_then(|mut s| s.pop());
-            let mut buffers = taken.unwrap_or_default();
-            let mut frame = frames
-                .lock()
-                .ok()
-                .and_then(|mut f| f.pop())
-                .unwrap_or_default();
+            let mut buffers = scratch.take();
+            let mut frame = frames.take();
             frame.clear();
             let batch = encode_batch(
                 config,
@@ -373,15 +394,12 @@ impl Encoder {
                 &mut buffers,
                 &mut frame,
             );
-            if let Ok(mut s) = scratch.lock() {
-                s.push(buffers);
-            }
+            scratch.give(buffers, threads);
             (batch, frame)
         };
         let mut stats = EncodeStats::default();
         let mut in_place = Vec::new();
         let mut failed = None;
-        let keep = workers.threads() + 1;
         workers.each_made_in_order(
             indices.len().div_ceil(size),
             decide,
@@ -399,11 +417,7 @@ impl Encoder {
                         failed.get_or_insert(e);
                     }
                 }
-                if let Ok(mut f) = frames.lock() {
-                    if f.len() < keep {
-                        f.push(frame);
-                    }
-                }
+                frames.give(frame, threads + 1);
             },
         );
         if let Some(e) = failed {

@@ -152,12 +152,7 @@ impl<'p> Workers<'p> {
             let Ok(mut guard) = delivery.try_lock() else {
                 return;
             };
-            let d = &mut *guard;
-            d.ready.extend(take_in());
-            while let Some(result) = d.ready.remove(&d.next) {
-                (d.consume)(result);
-                d.next += 1;
-            }
+            guard.deliver(take_in());
             drop(guard);
             if incoming
                 .lock()
@@ -216,12 +211,11 @@ impl<'p> Workers<'p> {
         });
         self.go = Some(again);
         // (every thread is done: whatever is left is delivered here)
-        let d = delivery.get_mut().unwrap_or_else(PoisonError::into_inner);
-        d.ready.extend(take_in());
-        while let Some(result) = d.ready.remove(&d.next) {
-            (d.consume)(result);
-            d.next += 1;
-        }
+        let left = take_in();
+        delivery
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .deliver(left);
     }
 
     /// `work` applied to every job, on the caller and the helpers, and `consume` to
@@ -331,6 +325,17 @@ struct Delivery<R, C> {
     ready: std::collections::BTreeMap<usize, R>,
     next: usize,
     consume: C,
+}
+
+impl<R, C: FnMut(R)> Delivery<R, C> {
+    /// Files `arrived` and consumes, in order, every result the next one waited for.
+    fn deliver(&mut self, arrived: Vec<(usize, R)>) {
+        self.ready.extend(arrived);
+        while let Some(result) = self.ready.remove(&self.next) {
+            (self.consume)(result);
+            self.next += 1;
+        }
+    }
 }
 
 /// Jobs made so far and not yet taken, and whether more will come.

@@ -125,6 +125,22 @@ fn output_room(pages: usize) -> usize {
     pages.saturating_mul(engine::PAGE_SIZE + 64).min(256 << 20)
 }
 
+/// An encoder's output for `pages` pages, which `encode` appends to a buffer with room
+/// for it, handed to Python without a copy (the encoding with the GIL released).
+fn encoded<'py>(
+    py: Python<'py>,
+    pages: usize,
+    encode: impl Send + FnOnce(&mut Vec<u8>) -> engine::Result<()>,
+) -> PyResult<Bound<'py, PyMemoryView>> {
+    let out = detached(py, || {
+        let mut out = engine::with_room(output_room(pages));
+        encode(&mut out)?;
+        out.shrink_to_fit();
+        Ok(out)
+    })?;
+    lent::handed_over(py, out)
+}
+
 /// The result of `scan_pages`. It remembers the `bytes` object it scanned (when it
 /// was one: immutable, so the hashes stay true of it), which lets an encoder take the
 /// hashes instead of computing them again.
@@ -295,14 +311,10 @@ impl PageEncoder {
         let indices = indices
             .unwrap_or_else(|| (0..(view.as_slice().len() / engine::PAGE_SIZE) as u64).collect());
         let inner = &mut self.inner;
-        let out = detached(py, || {
-            let mut out = engine::with_room(output_room(indices.len()));
-            let scan = scan.map(|s| &s.inner);
-            inner.encode_into(view.as_slice(), &indices, scan, &mut out)?;
-            out.shrink_to_fit();
-            Ok(out)
-        })?;
-        lent::handed_over(py, out)
+        let scan = scan.map(|s| &s.inner);
+        encoded(py, indices.len(), |out| {
+            inner.encode_into(view.as_slice(), &indices, scan, out)
+        })
     }
 
     /// Encodes pages delivered one by one (a migration stream's): `pages` holds one page
@@ -315,8 +327,9 @@ impl PageEncoder {
     ) -> PyResult<Bound<'py, PyMemoryView>> {
         let view = ByteView::new(pages)?;
         let inner = &mut self.inner;
-        let out = detached(py, || inner.encode_pages(&indices, view.as_slice()))?;
-        lent::handed_over(py, out)
+        encoded(py, indices.len(), |out| {
+            inner.encode_pages_into(&indices, view.as_slice(), out)
+        })
     }
 
     /// Takes the receiver's announced hashes; returns how many.
