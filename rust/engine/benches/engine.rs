@@ -5,7 +5,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use novacron_engine::{
-    dirty_bitmap, scan_pages, Codec, Decoder, Encoder, EncoderConfig, PAGE_SIZE,
+    dirty_bitmap, scan_pages, wire::Header, Codec, Decoder, Encoder, EncoderConfig, PAGE_SIZE,
 };
 use std::hint::black_box;
 
@@ -83,6 +83,15 @@ fn benches(c: &mut Criterion) {
             .unwrap()
             .encode(&img, &all)
             .unwrap();
+        // every batch's header read and checksum verified (the checksum's cost)
+        group.bench_function(format!("verify_round0_{codec:?}"), |b| {
+            b.iter(|| {
+                let mut rest = black_box(&wire[..]);
+                while !rest.is_empty() {
+                    rest = Header::parse(rest).unwrap().2;
+                }
+            });
+        });
         group.bench_function(format!("decode_round0_{codec:?}"), |b| {
             b.iter(|| {
                 Decoder::new(PAGES)

@@ -19,7 +19,6 @@ mod fasthash;
 mod holdings;
 mod lz4_block;
 mod mem;
-mod page_hash;
 mod page_slab;
 pub mod qemu_stream;
 mod resemblance;
@@ -29,6 +28,7 @@ mod unpack;
 mod varint;
 pub mod wire;
 mod workers;
+mod xxh3;
 
 pub use decoder::Decoder;
 pub use encoder::{EncodeStats, Encoder, EncoderConfig};

@@ -39,7 +39,7 @@ pub fn is_zero_page(page: &[u8]) -> bool {
 #[must_use]
 pub fn hash_page(page: &[u8]) -> u128 {
     match page.try_into() {
-        Ok(page) => crate::page_hash::hash(page),
+        Ok(page) => crate::xxh3::hash_page(page),
         Err(_) => xxh3_128(page),
     }
 }

@@ -5,7 +5,6 @@
 //! covers the first 32 header bytes and the whole body.
 
 use crate::error::{EngineError, Result};
-use xxhash_rust::xxh3::Xxh3;
 
 /// First bytes of every batch.
 pub const MAGIC: [u8; 4] = *b"NCPB";
@@ -152,12 +151,11 @@ impl Header {
         ] {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        let mut hasher = Xxh3::new();
-        hasher.update(&out[start..]);
-        for part in parts {
-            hasher.update(part);
-        }
-        out.extend_from_slice(&hasher.digest().to_le_bytes());
+        let head: [u8; 32] = out[start..].try_into().expect("32 header bytes");
+        let mut pieces = Vec::with_capacity(parts.len() + 1);
+        pieces.push(&head[..]);
+        pieces.extend_from_slice(parts);
+        out.extend_from_slice(&crate::xxh3::hash64(&pieces).to_le_bytes());
         for part in parts {
             out.extend_from_slice(part);
         }
@@ -252,8 +250,5 @@ impl Header {
 }
 
 fn checksum(head: &[u8], body: &[u8]) -> u64 {
-    let mut hasher = Xxh3::new();
-    hasher.update(&head[..32]);
-    hasher.update(body);
-    hasher.digest()
+    crate::xxh3::hash64(&[&head[..32], body])
 }
