@@ -4,7 +4,8 @@
 //! (duplicates) is kept once, and zero pages are never kept (their base is the zero
 //! page itself). A page's delta base is the cached content whose hash is the
 //! receiver's version of that page. One slab of `capacity` page slots, handed out in
-//! order (no memory is touched for slots never used). Contents no page holds any more are
+//! order (no memory is touched for slots never used; the slab is one an earlier
+//! encoder left when one fits, see `mem::Reusable`). Contents no page holds any more are
 //! forgotten and their slots reused first, so the slots in use stay at the receiver's
 //! live distinct contents (a fresh slot means page faults on fresh memory, which cost
 //! more than the copy); past `capacity` the least recently used content is evicted.
@@ -52,8 +53,9 @@ fn shares<'a, T>(
 /// Page contents by hash.
 pub struct PageCache {
     capacity: usize,
-    /// `capacity` slots, zero until first used
-    slab: Vec<u8>,
+    /// `capacity` slots, each written before it is read (a reused buffer: unspecified
+    /// until then)
+    slab: crate::mem::Reusable,
     /// slots handed out so far (the rest of the slab was never touched)
     grown: usize,
     /// hash -> (slot, stamp of its last use)
@@ -71,7 +73,7 @@ impl PageCache {
     pub fn new(capacity: usize) -> Self {
         Self {
             capacity,
-            slab: crate::mem::zeroed(capacity.saturating_mul(PAGE_SIZE)),
+            slab: crate::mem::Reusable::new(capacity.saturating_mul(PAGE_SIZE)),
             grown: 0,
             slots: FastMap::default(),
             order: VecDeque::new(),

@@ -1,11 +1,20 @@
-//! Large buffers backed by transparent huge pages where the kernel offers them, and
-//! copies into memory not yet initialised.
+//! Large buffers backed by transparent huge pages where the kernel offers them, kept
+//! for reuse, and copies into memory not yet initialised.
 //!
 //! The sender's delta cache is hundreds of MiB touched page by page; with 4 KiB pages
 //! that is one page fault per 4 KiB. `MADV_HUGEPAGE` lets the kernel back it with
 //! 2 MiB pages (THP in `madvise` mode).
+//!
+//! Memory a process gives back and later takes again costs more than the faults: the
+//! kernel clears every page, and on a virtual machine whose balloon reports free pages
+//! (these machines') the host has discarded them, so each first touch is a host fault
+//! too. A delta cache ([`Reusable`]) therefore goes, when its encoder is done, to a
+//! process-wide pool for the next encoder (a daemon migrates again and again), marked
+//! `MADV_FREE`: the kernel may still take it back under memory pressure.
 
 use std::mem::MaybeUninit;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Mutex, PoisonError};
 
 /// A buffer of `len` zero bytes, advised for huge pages. A large one is fresh memory
 /// from the kernel (`calloc` neither clears nor touches it), so nothing is written and
@@ -51,6 +60,110 @@ pub(crate) fn advise(ptr: *const u8, len: usize) {
     }
 }
 
+/// Buffers kept for the next [`Reusable`]: at most this many ...
+const KEPT: usize = 4;
+/// ... of at most this many bytes together (what an idle daemon keeps, most of it
+/// never touched: a buffer is as long as its cache may grow).
+const KEPT_BYTES: usize = 1 << 30;
+
+/// Buffers kept for reuse.
+pub(crate) struct Kept(Mutex<Vec<Vec<u8>>>);
+
+/// The process's kept buffers.
+static KEPT_BUFFERS: Kept = Kept::new();
+
+impl Kept {
+    const fn new() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The shortest kept buffer at least `len` long.
+    fn take(&self, len: usize) -> Option<Vec<u8>> {
+        let mut kept = self.lock();
+        let fits = (0..kept.len())
+            .filter(|&i| kept[i].len() >= len)
+            .min_by_key(|&i| kept[i].len());
+        fits.map(|i| kept.swap_remove(i))
+    }
+
+    /// Keeps `buf` if it is large and there is room.
+    fn keep(&self, buf: Vec<u8>) {
+        if buf.len() < 4 * 1024 * 1024 {
+            return; // small ones are the allocator's to reuse
+        }
+        let mut kept = self.lock();
+        let held: usize = kept.iter().map(Vec::len).sum();
+        if kept.len() < KEPT && held + buf.len() <= KEPT_BYTES {
+            lazily_free(buf.as_ptr(), buf.len());
+            kept.push(buf);
+        }
+    }
+}
+
+/// A large buffer whose contents are unspecified until written (a kept one holds what
+/// its last user wrote, or zeros where the kernel took pages back), advised for huge
+/// pages; when dropped it is kept for the next one, if there is room.
+pub(crate) struct Reusable {
+    buf: Vec<u8>,
+    len: usize,
+    pool: &'static Kept,
+}
+
+impl Reusable {
+    /// `len` bytes: the shortest kept buffer that is long enough, or a new one.
+    #[must_use]
+    pub(crate) fn new(len: usize) -> Self {
+        Self::from_pool(len, &KEPT_BUFFERS)
+    }
+
+    fn from_pool(len: usize, pool: &'static Kept) -> Self {
+        let buf = pool.take(len).unwrap_or_else(|| zeroed(len));
+        Self { buf, len, pool }
+    }
+}
+
+impl Deref for Reusable {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl DerefMut for Reusable {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[..self.len]
+    }
+}
+
+impl Drop for Reusable {
+    fn drop(&mut self) {
+        self.pool.keep(std::mem::take(&mut self.buf));
+    }
+}
+
+/// Lets the kernel take back the whole pages of `len` bytes at `ptr` (one live
+/// allocation nothing will read before writing it again) when it runs short.
+fn lazily_free(ptr: *const u8, len: usize) {
+    const PAGE: usize = 4096;
+    let start = (ptr as usize).div_ceil(PAGE) * PAGE;
+    let end = (ptr as usize + len) / PAGE * PAGE;
+    if end <= start {
+        return;
+    }
+    // SAFETY: [start, end) lies inside one live allocation (rounded inwards to page
+    // boundaries). MADV_FREE only lets the kernel drop the range's contents (a page
+    // taken back reads as zero, a later write keeps it); a `Reusable`'s contents are
+    // unspecified until written, so no one relies on them. Failure is harmless.
+    unsafe {
+        libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_FREE);
+    }
+}
+
 /// `from` copied into `to` (as long), initialising it: a buffer that is only ever
 /// written whole need not be cleared first (for a fresh one, clearing means faulting
 /// every page in and writing it once more).
@@ -68,7 +181,7 @@ pub fn write_slice(to: &mut [MaybeUninit<u8>], from: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::with_room;
+    use super::{with_room, Kept, Reusable, KEPT, KEPT_BYTES};
 
     #[test]
     fn room_is_reserved_or_left_to_growth() {
@@ -79,5 +192,39 @@ mod tests {
         assert_eq!(buf.capacity(), 0);
         buf.extend_from_slice(b"grows");
         assert_eq!(buf, b"grows");
+    }
+
+    #[test]
+    fn dropped_buffers_serve_the_next_ones_that_fit_up_to_a_bound() {
+        static POOL: Kept = Kept::new();
+        let mib = 1 << 20;
+        let mut first = Reusable::from_pool(8 * mib, &POOL);
+        assert_eq!(first.len(), 8 * mib);
+        first[8 * mib - 1] = 7;
+        let at = first.buf.as_ptr();
+        drop(first);
+        assert_eq!(POOL.lock().len(), 1, "a large buffer is kept");
+        // a shorter one is served from it (its own length); a longer one is new
+        let shorter = Reusable::from_pool(6 * mib, &POOL);
+        assert_eq!((shorter.buf.as_ptr(), shorter.len()), (at, 6 * mib));
+        let longer = Reusable::from_pool(9 * mib, &POOL);
+        assert_ne!(longer.buf.as_ptr(), at);
+        drop((shorter, longer));
+        assert_eq!(POOL.lock().len(), 2);
+        // the shortest that fits is taken
+        let fits = Reusable::from_pool(5 * mib, &POOL);
+        assert_eq!(fits.buf.as_ptr(), at);
+        drop(fits);
+        // small buffers are not kept, nor more than KEPT, nor past KEPT_BYTES
+        drop(Reusable::from_pool(4096, &POOL));
+        assert_eq!(POOL.lock().len(), 2);
+        let many: Vec<Reusable> = (0..KEPT + 1)
+            .map(|_| Reusable::from_pool(4 * mib, &POOL))
+            .collect();
+        drop(many);
+        assert_eq!(POOL.lock().len(), KEPT);
+        let huge = Reusable::from_pool(KEPT_BYTES, &POOL);
+        drop(huge);
+        assert!(POOL.lock().iter().all(|b| b.len() < KEPT_BYTES));
     }
 }
