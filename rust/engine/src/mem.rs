@@ -42,15 +42,12 @@ pub fn with_room(len: usize) -> Vec<u8> {
 /// Advises the whole pages of `len` bytes at `ptr` (one live allocation) for huge
 /// pages; a buffer under 4 MiB is left alone.
 pub(crate) fn advise(ptr: *const u8, len: usize) {
-    const PAGE: usize = 4096;
     if len < 4 * 1024 * 1024 {
         return; // small buffers gain nothing
     }
-    let start = (ptr as usize).div_ceil(PAGE) * PAGE;
-    let end = (ptr as usize + len) / PAGE * PAGE;
-    if end <= start {
+    let Some((start, end)) = whole_pages(ptr, len) else {
         return;
-    }
+    };
     // SAFETY: [start, end) lies inside one live allocation of `len` bytes at `ptr`
     // (rounded inwards to page boundaries). MADV_HUGEPAGE is only advice about how to
     // back the range: it never changes its contents or validity, and failure (e.g. THP
@@ -149,12 +146,9 @@ impl Drop for Reusable {
 /// Lets the kernel take back the whole pages of `len` bytes at `ptr` (one live
 /// allocation nothing will read before writing it again) when it runs short.
 fn lazily_free(ptr: *const u8, len: usize) {
-    const PAGE: usize = 4096;
-    let start = (ptr as usize).div_ceil(PAGE) * PAGE;
-    let end = (ptr as usize + len) / PAGE * PAGE;
-    if end <= start {
+    let Some((start, end)) = whole_pages(ptr, len) else {
         return;
-    }
+    };
     // SAFETY: [start, end) lies inside one live allocation (rounded inwards to page
     // boundaries). MADV_FREE only lets the kernel drop the range's contents (a page
     // taken back reads as zero, a later write keeps it); a `Reusable`'s contents are
@@ -162,6 +156,15 @@ fn lazily_free(ptr: *const u8, len: usize) {
     unsafe {
         libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_FREE);
     }
+}
+
+/// The whole 4 KiB pages of the `len` bytes at `ptr`: their first and end addresses
+/// (none when no whole page lies within).
+fn whole_pages(ptr: *const u8, len: usize) -> Option<(usize, usize)> {
+    const PAGE: usize = 4096;
+    let start = (ptr as usize).div_ceil(PAGE) * PAGE;
+    let end = (ptr as usize + len) / PAGE * PAGE;
+    (end > start).then_some((start, end))
 }
 
 /// `from` copied into `to` (as long), initialising it: a buffer that is only ever
