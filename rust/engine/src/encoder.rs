@@ -13,13 +13,12 @@
 //! 4. the delta cache is brought up to what the receiver now holds: deltas applied to
 //!    cached bases in place and new contents copied in (both in parallel when many).
 
-use std::sync::Mutex;
-
 use crate::batch::{encode_batch, zstd_compress_into, Plan, Scratch, Source};
 use crate::cache::PageCache;
 use crate::error::{EngineError, Result};
 use crate::fasthash::{FastMap, FastSet};
 use crate::holdings::Holdings;
+use crate::mem::Spares;
 use crate::scan::{identify, zero_hash, PageScan};
 use crate::wire::{Codec, MAX_RECORDS};
 use crate::workers::{helper_pool, Workers};
@@ -110,31 +109,6 @@ pub struct Encoder {
     /// buffers batches are framed in before they are copied out in order (a few: one
     /// per batch built or waiting for those before it)
     frames: Spares<Vec<u8>>,
-}
-
-/// Buffers kept from one batch to the next (memory already touched, not a fresh
-/// allocation per batch).
-#[derive(Default)]
-struct Spares<T>(Mutex<Vec<T>>);
-
-impl<T: Default> Spares<T> {
-    /// A kept one, or a new one.
-    fn take(&self) -> T {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|mut kept| kept.pop())
-            .unwrap_or_default()
-    }
-
-    /// Keeps `spare` unless `keep` are kept already.
-    fn give(&self, spare: T, keep: usize) {
-        if let Ok(mut kept) = self.0.lock() {
-            if kept.len() < keep {
-                kept.push(spare);
-            }
-        }
-    }
 }
 
 impl Encoder {

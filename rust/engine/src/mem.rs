@@ -10,7 +10,9 @@
 //! (these machines') the host has discarded them, so each first touch is a host fault
 //! too. A delta cache ([`Reusable`]) therefore goes, when its encoder is done, to a
 //! process-wide pool for the next encoder (a daemon migrates again and again), marked
-//! `MADV_FREE`: the kernel may still take it back under memory pressure.
+//! `MADV_FREE`: the kernel may still take it back under memory pressure. Smaller
+//! buffers an object reuses from call to call (an encoder's batch buffers, a decoder's
+//! block buffers) are kept in its own [`Spares`].
 
 use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
@@ -143,16 +145,18 @@ impl Drop for Reusable {
     }
 }
 
-/// Lets the kernel take back the whole pages of `len` bytes at `ptr` (one live
-/// allocation nothing will read before writing it again) when it runs short.
-fn lazily_free(ptr: *const u8, len: usize) {
+/// Lets the kernel take back the whole pages of `len` bytes at `ptr` when it runs
+/// short. The caller vouches that they are one live allocation whose contents no one
+/// reads before writing them again (a page taken back reads as zero).
+pub(crate) fn lazily_free(ptr: *const u8, len: usize) {
     let Some((start, end)) = whole_pages(ptr, len) else {
         return;
     };
     // SAFETY: [start, end) lies inside one live allocation (rounded inwards to page
     // boundaries). MADV_FREE only lets the kernel drop the range's contents (a page
-    // taken back reads as zero, a later write keeps it); a `Reusable`'s contents are
-    // unspecified until written, so no one relies on them. Failure is harmless.
+    // taken back reads as zero, a later write keeps it), which the caller does not rely
+    // on (a `Reusable`'s contents are unspecified until written; a slab page is written
+    // whole before it is read). Failure is harmless.
     unsafe {
         libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_FREE);
     }
@@ -165,6 +169,38 @@ fn whole_pages(ptr: *const u8, len: usize) -> Option<(usize, usize)> {
     let start = (ptr as usize).div_ceil(PAGE) * PAGE;
     let end = (ptr as usize + len) / PAGE * PAGE;
     (end > start).then_some((start, end))
+}
+
+/// Buffers (or other state) kept from one use to the next, at most a given number:
+/// memory already touched instead of a fresh allocation each time.
+pub(crate) struct Spares<T>(Mutex<Vec<T>>);
+
+impl<T> Default for Spares<T> {
+    fn default() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+}
+
+impl<T> Spares<T> {
+    /// A kept one, if any.
+    pub(crate) fn kept(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).pop()
+    }
+
+    /// Keeps `spare` unless `keep` are kept already.
+    pub(crate) fn give(&self, spare: T, keep: usize) {
+        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.len() < keep {
+            kept.push(spare);
+        }
+    }
+}
+
+impl<T: Default> Spares<T> {
+    /// A kept one, or a new one.
+    pub(crate) fn take(&self) -> T {
+        self.kept().unwrap_or_default()
+    }
 }
 
 /// `from` copied into `to` (as long), initialising it: a buffer that is only ever

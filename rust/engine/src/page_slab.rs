@@ -97,13 +97,9 @@ impl Drop for Chunk {
     fn drop(&mut self) {
         let mut pool = self.pool.lock();
         if pool.len() < POOL_CHUNKS {
-            // SAFETY: the chunk is one live allocation of CHUNK bytes that nothing reads
-            // or writes now. MADV_FREE only lets the kernel drop its contents (a page
-            // taken back reads as zero, a later write keeps it), which no one relies
-            // on: every page is written whole before it is read. Failure is harmless.
-            unsafe {
-                libc::madvise(self.ptr.as_ptr().cast(), CHUNK, libc::MADV_FREE);
-            }
+            // nothing reads or writes the chunk now, and every page is written whole
+            // before it is read again
+            crate::mem::lazily_free(self.ptr.as_ptr(), CHUNK);
             pool.push(Pooled(self.ptr));
         } else {
             // SAFETY: `ptr` came from `alloc` with this very layout, and only this

@@ -6,9 +6,9 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
-use std::sync::{Mutex, PoisonError};
 
 use crate::error::{EngineError, Result};
+use crate::mem::Spares;
 use crate::wire::{Codec, Header, Kind, MAX_DELTA};
 use crate::{hash_page, varint, PAGE_SIZE};
 
@@ -19,10 +19,10 @@ pub(crate) struct Reader {
     /// the announced hashes in announcement order (`announced-ref` positions)
     pub(crate) announced: Vec<u128>,
     /// zstd contexts not in use (one per thread reading a zstd batch at once)
-    zstd: Mutex<Vec<zstd::bulk::Decompressor<'static>>>,
+    zstd: Spares<zstd::bulk::Decompressor<'static>>,
     /// block buffers of batches applied, for the next ones (new memory costs more
     /// than decompressing into it)
-    buffers: Mutex<Vec<Vec<u8>>>,
+    buffers: Spares<Vec<u8>>,
 }
 
 /// Block buffers kept for reuse: at most this many, ...
@@ -81,8 +81,12 @@ impl Reader {
         Ok(Self {
             pages,
             announced: Vec::new(),
-            zstd: Mutex::new(vec![new_zstd()?]),
-            buffers: Mutex::default(),
+            zstd: {
+                let contexts = Spares::default();
+                contexts.give(new_zstd()?, 1);
+                contexts
+            },
+            buffers: Spares::default(),
         })
     }
 
@@ -118,7 +122,7 @@ impl Reader {
             Codec::None => Cow::Borrowed(block_wire),
             _ if block_raw_len == 0 && block_wire.is_empty() => Cow::Borrowed(&[]),
             Codec::Lz4 => {
-                let mut out = self.buffer();
+                let mut out = self.buffers.take();
                 crate::lz4_block::decompress_into(block_wire, block_raw_len, &mut out)?;
                 Cow::Owned(out)
             }
@@ -140,35 +144,23 @@ impl Reader {
     /// Takes `batch`'s block buffer back for later batches.
     pub(crate) fn recycle(&self, batch: Unpacked<'_>) {
         if let Cow::Owned(buffer) = batch.block {
-            let mut buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
-            if buffers.len() < BUFFERS && buffer.capacity() <= BUFFER_MAX {
-                buffers.push(buffer);
+            if buffer.capacity() <= BUFFER_MAX {
+                self.buffers.give(buffer, BUFFERS);
             }
         }
     }
 
-    /// A buffer for a block (one of an earlier batch when there is one).
-    fn buffer(&self) -> Vec<u8> {
-        let kept = self
-            .buffers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        kept.unwrap_or_default()
-    }
-
     fn zstd_decompress(&self, wire: &[u8], len: usize) -> Result<Vec<u8>> {
-        let contexts = || self.zstd.lock().unwrap_or_else(PoisonError::into_inner);
-        let taken = contexts().pop();
-        let mut context = match taken {
+        let mut context = match self.zstd.kept() {
             Some(context) => context,
             None => new_zstd()?,
         };
-        let mut out = self.buffer();
+        let mut out = self.buffers.take();
         out.clear();
         out.reserve_exact(len);
         let done = context.decompress_to_buffer(wire, &mut out);
-        contexts().push(context);
+        // (as many as read zstd batches at once: one per thread)
+        self.zstd.give(context, usize::MAX);
         done.map_err(|e| EngineError::malformed(format!("zstd: {e}")))?;
         Ok(out)
     }

@@ -152,10 +152,7 @@ impl Header {
             out.extend_from_slice(&v.to_le_bytes());
         }
         let head: [u8; 32] = out[start..].try_into().expect("32 header bytes");
-        let mut pieces = Vec::with_capacity(parts.len() + 1);
-        pieces.push(&head[..]);
-        pieces.extend_from_slice(parts);
-        out.extend_from_slice(&crate::xxh3::hash64(&pieces).to_le_bytes());
+        out.extend_from_slice(&checksum(&head, parts).to_le_bytes());
         for part in parts {
             out.extend_from_slice(part);
         }
@@ -188,7 +185,7 @@ impl Header {
         let mut stored = [0u8; 8];
         stored.copy_from_slice(&batch[32..40]);
         let body = &batch[HEADER_LEN..];
-        if checksum(&batch[..32], body) != u64::from_le_bytes(stored) {
+        if checksum(&batch[..32], &[body]) != u64::from_le_bytes(stored) {
             return Err(EngineError::malformed("batch checksum mismatch"));
         }
         Ok(body)
@@ -249,6 +246,11 @@ impl Header {
     }
 }
 
-fn checksum(head: &[u8], body: &[u8]) -> u64 {
-    crate::xxh3::hash64(&[&head[..32], body])
+/// A batch's checksum: xxh3-64 of its header's first 32 bytes `head`, then its body
+/// (in pieces).
+fn checksum(head: &[u8], body: &[&[u8]]) -> u64 {
+    let mut pieces = Vec::with_capacity(body.len() + 1);
+    pieces.push(head);
+    pieces.extend_from_slice(body);
+    crate::xxh3::hash64(&pieces)
 }

@@ -121,10 +121,9 @@ impl<'p> Workers<'p> {
         expected: usize,
         mut make: impl FnMut() -> Option<J>,
         work: impl Fn(J) -> R + Sync,
-        consume: impl FnMut(R) + Send,
+        mut consume: impl FnMut(R) + Send,
     ) {
         let Some(pool) = self.helpers.filter(|_| expected > 1) else {
-            let mut consume = consume;
             while let Some(job) = make() {
                 consume(work(job));
             }
