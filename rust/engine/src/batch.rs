@@ -69,7 +69,9 @@ thread_local! {
 /// `buf` as a slice of at least `len` bytes (it grows, zeroed, only when shorter).
 fn at_least(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
     if buf.len() < len {
-        buf.resize(len, 0);
+        // a new zeroed buffer, not the old one grown: no copy of what it held
+        *buf = Vec::new();
+        *buf = vec![0; len];
     }
     &mut buf[..]
 }
@@ -113,6 +115,19 @@ pub(crate) struct Scratch {
     raw: Vec<u8>,
     /// the compressed block (its length only grows, so it is zeroed once)
     packed: Vec<u8>,
+}
+
+impl crate::mem::Buffers for Scratch {
+    fn room(&self) -> usize {
+        let buffers = [&self.records, &self.block, &self.raw, &self.packed];
+        buffers.iter().map(|b| b.capacity()).sum()
+    }
+
+    fn lazily_free(&self) {
+        for buffer in [&self.records, &self.block, &self.raw, &self.packed] {
+            buffer.lazily_free();
+        }
+    }
 }
 
 /// One encoded batch (its bytes written to the caller's frame): its counts, and its
@@ -290,21 +305,19 @@ struct Layout {
 impl Layout {
     /// A layout in `scratch`'s buffers (given back by [`Layout::give_back`]).
     fn new(config: EncoderConfig, plans: &[Plan], scratch: &mut Scratch) -> Self {
-        // sized once for the worst case (address space only): no regrowth copies
-        let content = plans
-            .iter()
-            .filter(|p| matches!(p, Plan::Content { .. }))
-            .count();
+        // sized for any batch of this encoder (address space only: a page of it is
+        // used when first written), so that a set of buffers never grows
+        let room = config.batch_pages * PAGE_SIZE;
         let take = |buf: &mut Vec<u8>, room: usize| {
             let mut buf = std::mem::take(buf);
             buf.clear();
-            buf.reserve(room);
+            crate::mem::reserve(&mut buf, room);
             buf
         };
         Self {
             records: take(&mut scratch.records, plans.len() * 4),
-            block: take(&mut scratch.block, content * PAGE_SIZE),
-            raw: take(&mut scratch.raw, content * PAGE_SIZE),
+            block: take(&mut scratch.block, room),
+            raw: take(&mut scratch.raw, room),
             stats: EncodeStats::default(),
             position: 0,
             previous: -1,
@@ -404,20 +417,19 @@ impl Layout {
         frame: &mut Vec<u8>,
     ) -> Result<()> {
         let block = &self.block;
+        // the compressed block's room, for any batch of this encoder (zeroed once)
+        let room = config.batch_pages * PAGE_SIZE;
         let (codec, wire_block): (Codec, &[u8]) = match config.codec {
             _ if block.is_empty() => (Codec::None, &[]),
             Codec::None => (Codec::None, block),
             Codec::Lz4 => {
-                let out = at_least(
-                    packed,
-                    lz4_flex::block::get_maximum_output_size(block.len()),
-                );
+                let out = at_least(packed, lz4_flex::block::get_maximum_output_size(room));
                 let n = lz4_flex::block::compress_into(block, out)
                     .map_err(|e| EngineError::invalid(format!("lz4: {e}")))?;
                 (Codec::Lz4, &out[..n])
             }
             Codec::Zstd => {
-                let out = at_least(packed, zstd::zstd_safe::compress_bound(block.len()));
+                let out = at_least(packed, zstd::zstd_safe::compress_bound(room));
                 let n = zstd_compress_into(config.zstd_level, block, out)?;
                 (Codec::Zstd, &out[..n])
             }

@@ -18,11 +18,12 @@ use crate::cache::PageCache;
 use crate::error::{EngineError, Result};
 use crate::fasthash::{FastMap, FastSet};
 use crate::holdings::Holdings;
-use crate::mem::Spares;
+use crate::mem::{Shelf, Spares};
 use crate::scan::{identify, zero_hash, PageScan};
 use crate::wire::{Codec, MAX_RECORDS};
 use crate::workers::{helper_pool, Workers};
 use crate::PAGE_SIZE;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Encoder settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +110,20 @@ pub struct Encoder {
     /// buffers batches are framed in before they are copied out in order (a few: one
     /// per batch built or waiting for those before it)
     frames: Spares<Vec<u8>>,
+}
+
+/// Batch buffers left by encoders that were dropped, for the next ones: a few sets,
+/// as many as a few threads use (a set holds about 4 MiB per 1,024 pages of a batch,
+/// in its four buffers).
+static SCRATCH_SHELF: Shelf<Scratch> = Shelf::new(8, 160 << 20);
+/// Frame buffers likewise (one holds a batch's output).
+static FRAME_SHELF: Shelf<Vec<u8>> = Shelf::new(8, 48 << 20);
+
+impl Drop for Encoder {
+    fn drop(&mut self) {
+        self.scratch.shelve(&SCRATCH_SHELF);
+        self.frames.shelve(&FRAME_SHELF);
+    }
 }
 
 impl Encoder {
@@ -354,10 +369,19 @@ impl Encoder {
         // as soon as it and those before it are done (the buffers go back for the next
         // batches: memory already touched, not a fresh allocation per batch)
         let threads = workers.threads();
+        // where `out` will end once every batch built so far is copied in (in any order:
+        // their lengths add up the same): a builder faults in its batch's share of
+        // `out` there, so that the copies in order (on one thread at a time) write to
+        // memory already there instead of each faulting it in
+        let frontier = AtomicUsize::new(out.len());
+        let room = (out.as_ptr() as usize, out.capacity());
         let build = |(first, idx, plans): (usize, &[u64], Vec<Plan>)| {
-            let mut buffers = scratch.take();
-            let mut frame = frames.take();
+            let mut buffers = scratch.take_or_shelved(&SCRATCH_SHELF);
+            let mut frame = frames.take_or_shelved(&FRAME_SHELF);
             frame.clear();
+            // room for any batch of this encoder (address space only), so that a
+            // frame is not made again for a batch longer than the last it held
+            crate::mem::reserve(&mut frame, config.batch_pages * (PAGE_SIZE + 64));
             let batch = encode_batch(
                 config,
                 source,
@@ -369,6 +393,10 @@ impl Encoder {
                 &mut frame,
             );
             scratch.give(buffers, threads);
+            let at = frontier.fetch_add(frame.len(), Ordering::Relaxed);
+            if at + frame.len() <= room.1 {
+                crate::mem::populate(room.0 + at, frame.len());
+            }
             (batch, frame)
         };
         let mut stats = EncodeStats::default();

@@ -59,6 +59,20 @@ pub(crate) fn advise(ptr: *const u8, len: usize) {
     }
 }
 
+/// Makes room in `buf` for `extra` more bytes. An empty buffer too short is replaced,
+/// not grown: growing copies its old allocation whole (the allocator does not know
+/// that none of it is in use), and the copy faults in fresh memory for bytes that
+/// are about to be overwritten.
+pub(crate) fn reserve(buf: &mut Vec<u8>, extra: usize) {
+    if buf.capacity() - buf.len() >= extra {
+        return;
+    }
+    if buf.is_empty() {
+        *buf = Vec::new(); // the old allocation goes first, for the allocator to reuse
+    }
+    buf.reserve(extra);
+}
+
 /// Buffers kept for the next [`Reusable`]: at most this many ...
 const KEPT: usize = 4;
 /// ... of at most this many bytes together (what an idle daemon keeps, most of it
@@ -162,6 +176,35 @@ pub(crate) fn lazily_free(ptr: *const u8, len: usize) {
     }
 }
 
+/// Faults in (writable) the pages of the `len` bytes at address `at`, in the spare
+/// room of a live buffer, without writing to them: a page already there is left as it
+/// is, so another thread may be writing to the same pages meanwhile. Spreads the first
+/// touch of a large output (the kernel clearing each page, and on a VM whose balloon
+/// reports free pages the host backing it again) over the threads that produce it.
+/// Kernels without `MADV_POPULATE_WRITE` (before 5.14) refuse it; the pages are
+/// then faulted in when written, as they would have been.
+pub(crate) fn populate(at: usize, len: usize) {
+    const PAGE: usize = 4096;
+    if len == 0 {
+        return;
+    }
+    let start = at / PAGE * PAGE;
+    let end = (at + len).div_ceil(PAGE) * PAGE;
+    // SAFETY: the caller vouches that [at, at + len) lies in one live allocation; the
+    // rounding outwards stays in the same mappings (allocations are page-granular at
+    // the kernel's level: a page holding part of a live allocation is mapped).
+    // MADV_POPULATE_WRITE only faults pages in as a write would, before any byte is
+    // written, and leaves present pages and every byte as they are; failure is
+    // harmless.
+    unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            end - start,
+            libc::MADV_POPULATE_WRITE,
+        );
+    }
+}
+
 /// The whole 4 KiB pages of the `len` bytes at `ptr`: their first and end addresses
 /// (none when no whole page lies within).
 fn whole_pages(ptr: *const u8, len: usize) -> Option<(usize, usize)> {
@@ -177,11 +220,15 @@ pub(crate) struct Spares<T>(Mutex<Vec<T>>);
 
 impl<T> Default for Spares<T> {
     fn default() -> Self {
-        Self(Mutex::new(Vec::new()))
+        Self::new()
     }
 }
 
 impl<T> Spares<T> {
+    pub(crate) const fn new() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+
     /// A kept one, if any.
     pub(crate) fn kept(&self) -> Option<T> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).pop()
@@ -203,6 +250,74 @@ impl<T: Default> Spares<T> {
     }
 }
 
+impl<T: Buffers + Default> Spares<T> {
+    /// A kept one, or one from `shelf` (what earlier owners left), or a new one.
+    pub(crate) fn take_or_shelved(&self, shelf: &Shelf<T>) -> T {
+        self.kept().or_else(|| shelf.take()).unwrap_or_default()
+    }
+
+    /// Every kept one put on `shelf` (for the next owner), as far as it has room.
+    pub(crate) fn shelve(&self, shelf: &Shelf<T>) {
+        let kept = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        for spare in kept {
+            shelf.put(spare);
+        }
+    }
+}
+
+/// Memory a value holds in large buffers.
+pub(crate) trait Buffers {
+    /// The room of its buffers, in bytes.
+    fn room(&self) -> usize;
+    /// Lets the kernel take back its buffers' pages (their contents are unspecified
+    /// until written again: see [`lazily_free`]).
+    fn lazily_free(&self);
+}
+
+impl Buffers for Vec<u8> {
+    fn room(&self) -> usize {
+        self.capacity()
+    }
+
+    fn lazily_free(&self) {
+        lazily_free(self.as_ptr(), self.capacity());
+    }
+}
+
+/// Buffers left by owners that are done (an encoder's batch buffers, when it is
+/// dropped), for the next owner: a process migrates again and again, and buffers
+/// already touched spare it the page faults (and the clearing) of fresh ones. At most
+/// `count` values of `bytes` together; marked `MADV_FREE` as they are put here, so
+/// the kernel can still take the memory back while it waits.
+pub(crate) struct Shelf<T> {
+    kept: Spares<T>,
+    count: usize,
+    bytes: usize,
+}
+
+impl<T: Buffers> Shelf<T> {
+    pub(crate) const fn new(count: usize, bytes: usize) -> Self {
+        Self {
+            kept: Spares::new(),
+            count,
+            bytes,
+        }
+    }
+
+    fn take(&self) -> Option<T> {
+        self.kept.kept()
+    }
+
+    fn put(&self, spare: T) {
+        let mut kept = self.kept.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let held: usize = kept.iter().map(Buffers::room).sum();
+        if kept.len() < self.count && held + spare.room() <= self.bytes {
+            spare.lazily_free();
+            kept.push(spare);
+        }
+    }
+}
+
 /// `from` copied into `to` (as long), initialising it: a buffer that is only ever
 /// written whole need not be cleared first (for a fresh one, clearing means faulting
 /// every page in and writing it once more).
@@ -220,7 +335,7 @@ pub fn write_slice(to: &mut [MaybeUninit<u8>], from: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::{with_room, Kept, Reusable, KEPT, KEPT_BYTES};
+    use super::{populate, reserve, with_room, Kept, Reusable, Shelf, Spares, KEPT, KEPT_BYTES};
 
     #[test]
     fn room_is_reserved_or_left_to_growth() {
@@ -265,5 +380,69 @@ mod tests {
         let huge = Reusable::from_pool(KEPT_BYTES, &POOL);
         drop(huge);
         assert!(POOL.lock().iter().all(|b| b.len() < KEPT_BYTES));
+    }
+
+    #[test]
+    fn an_empty_buffer_is_replaced_and_a_filled_one_grown() {
+        let mut empty = Vec::with_capacity(16);
+        reserve(&mut empty, 1 << 20);
+        assert!(empty.is_empty() && empty.capacity() >= 1 << 20);
+        let mut filled = b"kept".to_vec();
+        reserve(&mut filled, 1 << 20);
+        assert!(filled.capacity() >= 4 + (1 << 20));
+        assert_eq!(filled, b"kept");
+        // room enough already: the same allocation
+        let at = filled.as_ptr();
+        reserve(&mut filled, 10);
+        assert_eq!(filled.as_ptr(), at);
+    }
+
+    #[test]
+    fn populating_leaves_every_byte_as_it_was() {
+        let mut buf = with_room(8 << 20);
+        buf.extend((0..3 * 4096 + 100).map(|i| (i % 251) as u8));
+        let before = buf.clone();
+        // over written bytes, a page boundary and the untouched room beyond
+        populate(buf.as_ptr() as usize + 5, 6 << 20);
+        assert_eq!(buf, before);
+        let len = buf.len();
+        buf.resize(len + (5 << 20), 9);
+        assert!(buf[len..].iter().all(|&b| b == 9));
+        populate(buf.as_ptr() as usize, 0); // nothing: no page
+    }
+
+    #[test]
+    fn shelved_buffers_serve_later_owners_up_to_a_bound() {
+        static SHELF: Shelf<Vec<u8>> = Shelf::new(2, 3 << 20);
+        let owner: Spares<Vec<u8>> = Spares::new();
+        let mut first = owner.take_or_shelved(&SHELF);
+        assert_eq!(first.capacity(), 0, "nothing shelved yet: a new one");
+        first.reserve_exact(1 << 20);
+        let at = first.as_ptr();
+        owner.give(first, 4);
+        owner.give(Vec::with_capacity(1 << 20), 4);
+        owner.give(Vec::with_capacity(1 << 20), 4);
+        // the owner is done: two of its three go on the shelf (its count)
+        owner.shelve(&SHELF);
+        assert!(owner.kept().is_none());
+        let later: Spares<Vec<u8>> = Spares::new();
+        let a = later.take_or_shelved(&SHELF);
+        let b = later.take_or_shelved(&SHELF);
+        assert!(a.capacity() >= 1 << 20 && b.capacity() >= 1 << 20);
+        assert!(a.as_ptr() == at || b.as_ptr() == at);
+        assert_eq!(
+            later.take_or_shelved(&SHELF).capacity(),
+            0,
+            "the shelf is empty"
+        );
+        // what would pass the bytes bound stays off the shelf
+        later.give(Vec::with_capacity(4 << 20), 1);
+        later.shelve(&SHELF);
+        assert_eq!(later.take_or_shelved(&SHELF).capacity(), 0);
+        // a shelved buffer is written as any (its old contents unspecified)
+        let mut a = a;
+        a.clear();
+        a.extend_from_slice(b"again");
+        assert_eq!(a, b"again");
     }
 }

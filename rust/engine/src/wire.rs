@@ -135,7 +135,7 @@ impl Header {
     /// Appends the header and `parts` (the body in pieces) to `out`.
     pub fn frame_into(&self, parts: &[&[u8]], out: &mut Vec<u8>) {
         let body_len: usize = parts.iter().map(|p| p.len()).sum();
-        out.reserve(HEADER_LEN + body_len);
+        crate::mem::reserve(out, HEADER_LEN + body_len);
         let start = out.len();
         out.extend_from_slice(&MAGIC);
         out.push(VERSION);
