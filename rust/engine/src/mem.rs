@@ -243,13 +243,6 @@ impl<T> Spares<T> {
     }
 }
 
-impl<T: Default> Spares<T> {
-    /// A kept one, or a new one.
-    pub(crate) fn take(&self) -> T {
-        self.kept().unwrap_or_default()
-    }
-}
-
 impl<T: Buffers + Default> Spares<T> {
     /// A kept one, or one from `shelf` (what earlier owners left), or a new one.
     pub(crate) fn take_or_shelved(&self, shelf: &Shelf<T>) -> T {

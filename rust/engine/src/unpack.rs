@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::ops::Range;
 
 use crate::error::{EngineError, Result};
-use crate::mem::Spares;
+use crate::mem::{Shelf, Spares};
 use crate::wire::{Codec, Header, Kind, MAX_DELTA};
 use crate::{hash_page, varint, PAGE_SIZE};
 
@@ -25,11 +25,23 @@ pub(crate) struct Reader {
     buffers: Spares<Vec<u8>>,
 }
 
-/// Block buffers kept for reuse: at most this many, ...
-const BUFFERS: usize = 4;
+/// Block buffers kept for reuse: at most this many (as many as the decoder's read-ahead,
+/// 64 MiB, holds in blocks of 1,024 pages, the encoder's default batch: reading ahead
+/// into fresh memory costs the faults and clearing of every page), ...
+const BUFFERS: usize = 16;
 /// ... of at most this size each (a block of 1,024 pages, the encoder's default
 /// batch, is 4 MiB at most).
 const BUFFER_MAX: usize = 8 << 20;
+
+/// Block buffers of readers that were dropped, for the next ones (marked
+/// `MADV_FREE` while they wait).
+static BLOCK_SHELF: Shelf<Vec<u8>> = Shelf::new(BUFFERS, 96 << 20);
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.buffers.shelve(&BLOCK_SHELF);
+    }
+}
 
 /// A batch read and checked, to be applied.
 pub(crate) struct Unpacked<'a> {
@@ -122,7 +134,7 @@ impl Reader {
             Codec::None => Cow::Borrowed(block_wire),
             _ if block_raw_len == 0 && block_wire.is_empty() => Cow::Borrowed(&[]),
             Codec::Lz4 => {
-                let mut out = self.buffers.take();
+                let mut out = self.buffers.take_or_shelved(&BLOCK_SHELF);
                 crate::lz4_block::decompress_into(block_wire, block_raw_len, &mut out)?;
                 Cow::Owned(out)
             }
@@ -155,9 +167,9 @@ impl Reader {
             Some(context) => context,
             None => new_zstd()?,
         };
-        let mut out = self.buffers.take();
+        let mut out = self.buffers.take_or_shelved(&BLOCK_SHELF);
         out.clear();
-        out.reserve_exact(len);
+        crate::mem::reserve(&mut out, len);
         let done = context.decompress_to_buffer(wire, &mut out);
         // (as many as read zstd batches at once: one per thread)
         self.zstd.give(context, usize::MAX);

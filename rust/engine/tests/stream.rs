@@ -712,8 +712,9 @@ fn a_page_handed_out_keeps_its_bytes_while_the_receiver_reuses_buffers() {
 }
 
 #[test]
-fn an_encoder_writes_the_same_bytes_in_buffers_earlier_encoders_left() {
-    // encoders leave their batch buffers (holding their last batches) for the next
+fn encoders_and_decoders_work_alike_in_buffers_earlier_ones_left() {
+    // encoders leave their batch buffers (holding their last batches) for the next,
+    // decoders their block buffers
     let mut image = vec![0u8; PAGES * PAGE_SIZE];
     for p in 0..PAGES {
         apply(&mut image, &Change::Text(p, p as u8));
@@ -722,27 +723,32 @@ fn an_encoder_writes_the_same_bytes_in_buffers_earlier_encoders_left() {
     let all: Vec<u64> = (0..PAGES as u64).collect();
     for codec in [Codec::Lz4, Codec::Zstd] {
         let settings = config(codec, true, 64, 8, 2);
-        let first = Encoder::new(PAGES, settings)
-            .unwrap()
-            .encode(&image, &all)
-            .unwrap();
-        for seed in 0..4 {
+        let encoded = |image: &[u8]| {
+            let mut encoder = Encoder::new(PAGES, settings).unwrap();
+            encoder.encode(image, &all).unwrap()
+        };
+        let decoded = |wire: &[u8]| {
+            let mut decoder = Decoder::with_threads(PAGES, 2).unwrap();
+            decoder.decode(wire).unwrap();
+            decoder.image()
+        };
+        let first = encoded(&image);
+        for seed in 1..5u8 {
             let mut other = vec![0u8; PAGES * PAGE_SIZE];
             for p in 0..PAGES {
-                apply(&mut other, &Change::Random(p, seed * 100 + p as u64));
+                apply(
+                    &mut other,
+                    &Change::Text(p, seed.wrapping_mul(37) ^ p as u8),
+                );
+                apply(
+                    &mut other,
+                    &Change::Poke(p, p * 131 + usize::from(seed), seed),
+                );
             }
-            Encoder::new(PAGES, settings)
-                .unwrap()
-                .encode(&other, &all)
-                .unwrap();
+            assert_eq!(decoded(&encoded(&other)), other);
         }
-        let again = Encoder::new(PAGES, settings)
-            .unwrap()
-            .encode(&image, &all)
-            .unwrap();
+        let again = encoded(&image);
         assert_eq!(first, again);
-        let mut dec = Decoder::new(PAGES).unwrap();
-        dec.decode(&again).unwrap();
-        assert_eq!(dec.image(), image);
+        assert_eq!(decoded(&again), image);
     }
 }
