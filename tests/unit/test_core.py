@@ -212,6 +212,28 @@ def test_the_encoders_output_is_a_read_only_view_that_outlives_the_encoder() -> 
     assert dec.image() == bytes(image)
 
 
+def test_an_output_let_go_of_is_written_again_only_by_a_later_encode() -> None:
+    # outputs Python lets go of are kept for later encodes: one still held never is
+    rng = random.Random(6)
+    pages = 64
+    images = [rng.randbytes(PAGE * 8) * (pages // 8) for _ in range(3)]
+    held = _core.PageEncoder(pages, threads=2, batch_pages=8).encode(images[0])
+    kept = bytes(held)
+    expected = []
+    for image in images[1:]:
+        out = _core.PageEncoder(pages, threads=2, batch_pages=8).encode(image)
+        expected.append(bytes(out))
+        del out  # to the shelf: the next encode writes into it
+    for image, wire in zip(images[1:], expected, strict=True):
+        again = _core.PageEncoder(pages, threads=2, batch_pages=8).encode(image)
+        assert bytes(again) == wire
+        dec = _core.PageDecoder(pages)
+        dec.decode(again)
+        assert dec.image() == image
+        del again
+    assert bytes(held) == kept
+
+
 def test_content_moved_to_another_page_goes_as_a_delta_from_it() -> None:
     # page 1's content moves to page 3 with a few bytes changed while page 1 is
     # rewritten: page 3's own old version is no base, what page 1 held is

@@ -259,7 +259,7 @@ impl<T: Buffers + Default> Spares<T> {
 }
 
 /// Memory a value holds in large buffers.
-pub(crate) trait Buffers {
+pub trait Buffers {
     /// The room of its buffers, in bytes.
     fn room(&self) -> usize;
     /// Lets the kernel take back its buffers' pages (their contents are unspecified
@@ -282,14 +282,16 @@ impl Buffers for Vec<u8> {
 /// already touched spare it the page faults (and the clearing) of fresh ones. At most
 /// `count` values of `bytes` together; marked `MADV_FREE` as they are put here, so
 /// the kernel can still take the memory back while it waits.
-pub(crate) struct Shelf<T> {
+pub struct Shelf<T> {
     kept: Spares<T>,
     count: usize,
     bytes: usize,
 }
 
 impl<T: Buffers> Shelf<T> {
-    pub(crate) const fn new(count: usize, bytes: usize) -> Self {
+    /// A shelf for at most `count` values of `bytes` of room together.
+    #[must_use]
+    pub const fn new(count: usize, bytes: usize) -> Self {
         Self {
             kept: Spares::new(),
             count,
@@ -301,7 +303,15 @@ impl<T: Buffers> Shelf<T> {
         self.kept.kept()
     }
 
-    fn put(&self, spare: T) {
+    /// A shelved value that `fits`, if any.
+    pub fn take_if(&self, fits: impl Fn(&T) -> bool) -> Option<T> {
+        let mut kept = self.kept.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = kept.iter().position(fits)?;
+        Some(kept.swap_remove(at))
+    }
+
+    /// Shelves `spare` (marked `MADV_FREE`) if there is room, else drops it.
+    pub fn put(&self, spare: T) {
         let mut kept = self.kept.0.lock().unwrap_or_else(PoisonError::into_inner);
         let held: usize = kept.iter().map(Buffers::room).sum();
         if kept.len() < self.count && held + spare.room() <= self.bytes {

@@ -14,6 +14,8 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyMemoryView;
 
+use novacron_engine as engine;
+
 /// Buffers kept for reuse: at most this many ...
 const SPARES: usize = 8;
 /// ... of this much room together (a release is a few MiB; at most 64 MiB awaits a
@@ -43,13 +45,39 @@ fn give_back(mut buffer: Vec<u8>) {
     }
 }
 
+/// Encoders' outputs Python let go of, for the next encode: a round 0's output is tens
+/// of MiB, and a fresh one has every page faulted in and cleared by the kernel as it
+/// is written. At most two (an encoder and a second one over the same rounds), of
+/// 512 MiB of room together (mostly untouched: an output's room is what any encode of
+/// its guest could need), marked `MADV_FREE` while they wait.
+static OUTPUTS: engine::Shelf<Vec<u8>> = engine::Shelf::new(2, 512 << 20);
+
+/// An empty buffer with at least `room` bytes of room for an encoder's output: one an
+/// earlier output gave back, or a new one.
+pub(crate) fn output_buffer(room: usize) -> Vec<u8> {
+    OUTPUTS
+        .take_if(|b| b.capacity() >= room)
+        .map(|mut b| {
+            b.clear();
+            b
+        })
+        .unwrap_or_else(|| engine::with_room(room))
+}
+
+/// Where the bytes of a [`Lent`] go when Python lets go of them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Home {
+    /// to the pool of released pieces (a receiver rebuilds the next into them)
+    Spares,
+    /// to the shelf of encoders' outputs
+    Outputs,
+}
+
 /// What a `memoryview` from [`lent`] reads: immutable while Python can reach it.
 #[pyclass(frozen, module = "novacron._core")]
 pub(crate) struct Lent {
     data: Vec<u8>,
-    /// whether `data` goes back to the pool (a buffer made for one call's output
-    /// need not: nothing rebuilds into it)
-    pooled: bool,
+    home: Home,
 }
 
 #[pymethods]
@@ -88,8 +116,10 @@ impl Lent {
 
 impl Drop for Lent {
     fn drop(&mut self) {
-        if self.pooled {
-            give_back(std::mem::take(&mut self.data));
+        let data = std::mem::take(&mut self.data);
+        match self.home {
+            Home::Spares => give_back(data),
+            Home::Outputs => OUTPUTS.put(data),
         }
     }
 }
@@ -97,16 +127,16 @@ impl Drop for Lent {
 /// `data` as a read-only `memoryview`, without copying it; its memory goes to the
 /// pool once Python lets go of it.
 pub(crate) fn lent(py: Python<'_>, data: Vec<u8>) -> PyResult<Bound<'_, PyMemoryView>> {
-    viewed(py, data, true)
+    viewed(py, data, Home::Spares)
 }
 
-/// `data` as a read-only `memoryview`, without copying it; its memory is freed once
-/// Python lets go of it.
-pub(crate) fn handed_over(py: Python<'_>, data: Vec<u8>) -> PyResult<Bound<'_, PyMemoryView>> {
-    viewed(py, data, false)
+/// An encoder's output (from [`output_buffer`]) as a read-only `memoryview`, without
+/// copying it; its memory goes to the outputs' shelf once Python lets go of it.
+pub(crate) fn output(py: Python<'_>, data: Vec<u8>) -> PyResult<Bound<'_, PyMemoryView>> {
+    viewed(py, data, Home::Outputs)
 }
 
-fn viewed(py: Python<'_>, data: Vec<u8>, pooled: bool) -> PyResult<Bound<'_, PyMemoryView>> {
-    let owner = Bound::new(py, Lent { data, pooled })?;
+fn viewed(py: Python<'_>, data: Vec<u8>, home: Home) -> PyResult<Bound<'_, PyMemoryView>> {
+    let owner = Bound::new(py, Lent { data, home })?;
     PyMemoryView::from(owner.as_any())
 }

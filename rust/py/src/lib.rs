@@ -133,12 +133,11 @@ fn encoded<'py>(
     encode: impl Send + FnOnce(&mut Vec<u8>) -> engine::Result<()>,
 ) -> PyResult<Bound<'py, PyMemoryView>> {
     let out = detached(py, || {
-        let mut out = engine::with_room(output_room(pages));
+        let mut out = lent::output_buffer(output_room(pages));
         encode(&mut out)?;
-        out.shrink_to_fit();
         Ok(out)
     })?;
-    lent::handed_over(py, out)
+    lent::output(py, out)
 }
 
 /// The result of `scan_pages`. It remembers the `bytes` object it scanned (when it
