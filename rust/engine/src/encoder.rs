@@ -112,6 +112,11 @@ pub struct Encoder {
     frames: Spares<Vec<u8>>,
 }
 
+/// No encoder output is longer than this per page offered: a page (raw, or compressed
+/// and grown by at most lz4's or zstd's bound, well under 128 bytes for one page), its
+/// record (at most 37 bytes) and, for a batch of one page, the batch's header (40).
+pub const MAX_WIRE_PER_PAGE: usize = PAGE_SIZE + 256;
+
 /// Batch buffers left by encoders that were dropped, for the next ones: a few sets,
 /// as many as a few threads use (a set holds about 4 MiB per 1,024 pages of a batch,
 /// in its four buffers).
@@ -373,8 +378,12 @@ impl Encoder {
         // their lengths add up the same): a builder faults in its batch's share of
         // `out` there, so that the copies in order (on one thread at a time) write to
         // memory already there instead of each faulting it in
+        // (only when `out` has room for any output of this call, so that it cannot move
+        // while a builder faults its pages in)
         let frontier = AtomicUsize::new(out.len());
-        let room = (out.as_ptr() as usize, out.capacity());
+        let bound = indices.len().saturating_mul(MAX_WIRE_PER_PAGE);
+        let room =
+            (out.capacity() - out.len() >= bound).then(|| (out.as_ptr() as usize, out.capacity()));
         let build = |(first, idx, plans): (usize, &[u64], Vec<Plan>)| {
             let mut buffers = scratch.take_or_shelved(&SCRATCH_SHELF);
             let mut frame = frames.take_or_shelved(&FRAME_SHELF);
@@ -394,8 +403,10 @@ impl Encoder {
             );
             scratch.give(buffers, threads);
             let at = frontier.fetch_add(frame.len(), Ordering::Relaxed);
-            if at + frame.len() <= room.1 {
-                crate::mem::populate(room.0 + at, frame.len());
+            if let Some((base, capacity)) = room {
+                if at + frame.len() <= capacity {
+                    crate::mem::populate(base + at, frame.len());
+                }
             }
             (batch, frame)
         };

@@ -31,7 +31,7 @@ mod workers;
 mod xxh3;
 
 pub use decoder::Decoder;
-pub use encoder::{EncodeStats, Encoder, EncoderConfig};
+pub use encoder::{EncodeStats, Encoder, EncoderConfig, MAX_WIRE_PER_PAGE};
 pub use error::{EngineError, Result};
 pub use mem::{with_room, write_slice, Buffers, Shelf};
 pub use scan::{dirty_bitmap, hash_page, is_zero_page, scan_pages, PageScan, HASH_LEN, PAGE_SIZE};

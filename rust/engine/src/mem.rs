@@ -177,12 +177,13 @@ pub(crate) fn lazily_free(ptr: *const u8, len: usize) {
 }
 
 /// Faults in (writable) the pages of the `len` bytes at address `at`, in the spare
-/// room of a live buffer, without writing to them: a page already there is left as it
-/// is, so another thread may be writing to the same pages meanwhile. Spreads the first
-/// touch of a large output (the kernel clearing each page, and on a VM whose balloon
-/// reports free pages the host backing it again) over the threads that produce it.
-/// Kernels without `MADV_POPULATE_WRITE` (before 5.14) refuse it; the pages are
-/// then faulted in when written, as they would have been.
+/// room of a buffer that does not move while this runs, without writing to them: a
+/// page already there is left as it is, so another thread may be writing to the same
+/// pages meanwhile. Spreads the first touch of a large output (the kernel clearing
+/// each page, and on a VM whose balloon reports free pages the host backing it again)
+/// over the threads that produce it. Kernels without `MADV_POPULATE_WRITE` (before
+/// 5.14) refuse it; the pages are then faulted in when written, as they would have
+/// been.
 pub(crate) fn populate(at: usize, len: usize) {
     const PAGE: usize = 4096;
     if len == 0 {
@@ -190,12 +191,11 @@ pub(crate) fn populate(at: usize, len: usize) {
     }
     let start = at / PAGE * PAGE;
     let end = (at + len).div_ceil(PAGE) * PAGE;
-    // SAFETY: the caller vouches that [at, at + len) lies in one live allocation; the
-    // rounding outwards stays in the same mappings (allocations are page-granular at
-    // the kernel's level: a page holding part of a live allocation is mapped).
-    // MADV_POPULATE_WRITE only faults pages in as a write would, before any byte is
-    // written, and leaves present pages and every byte as they are; failure is
-    // harmless.
+    // SAFETY: MADV_POPULATE_WRITE reads and writes no byte: it faults pages in as a
+    // write would before the write, leaves present pages and every byte as they are,
+    // and fails (harmlessly: the result is ignored) on a range that is not mapped
+    // writable. The caller's range lies in one live anonymous buffer that does not
+    // move meanwhile (the rounding outwards reaches only pages mapped with it).
     unsafe {
         libc::madvise(
             start as *mut libc::c_void,

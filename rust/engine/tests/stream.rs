@@ -1,6 +1,8 @@
 //! Encoder -> decoder round trips over rounds of guest memory, and hostile input.
 
-use novacron_engine::{scan_pages, Codec, Decoder, Encoder, EncoderConfig, PAGE_SIZE};
+use novacron_engine::{
+    scan_pages, Codec, Decoder, Encoder, EncoderConfig, MAX_WIRE_PER_PAGE, PAGE_SIZE,
+};
 use proptest::prelude::*;
 
 const PAGES: usize = 24;
@@ -114,6 +116,7 @@ proptest! {
                 offered.extend(offered.clone());
             }
             let wire = enc.encode(&image, &offered).unwrap();
+            prop_assert!(wire.len() <= offered.len() * MAX_WIRE_PER_PAGE);
             let scan = scan_pages(&image).unwrap();
             let from_scan = scanned.encode_scanned(&image, &offered, &scan).unwrap();
             prop_assert!(from_scan == wire, "round {round}: the scan changed the stream");
@@ -750,5 +753,29 @@ fn encoders_and_decoders_work_alike_in_buffers_earlier_ones_left() {
         let again = encoded(&image);
         assert_eq!(first, again);
         assert_eq!(decoded(&again), image);
+    }
+}
+
+#[test]
+fn no_output_is_longer_than_its_bound_even_in_batches_of_one_page() {
+    // incompressible pages and pages that only look compressible, one per batch: the
+    // most a batch's header and a codec's growth add per page
+    let mut image = vec![0u8; PAGES * PAGE_SIZE];
+    for p in 0..PAGES {
+        apply(&mut image, &Change::Random(p, p as u64 + 1));
+        if p % 2 == 0 {
+            image[p * PAGE_SIZE..p * PAGE_SIZE + 2048].fill(b'a');
+        }
+    }
+    let all: Vec<u64> = (0..PAGES as u64).collect();
+    for codec in [Codec::Lz4, Codec::Zstd, Codec::None] {
+        let mut enc = Encoder::new(PAGES, config(codec, false, 0, 1, 1)).unwrap();
+        let wire = enc.encode(&image, &all).unwrap();
+        assert!(
+            wire.len() <= PAGES * MAX_WIRE_PER_PAGE,
+            "{codec:?}: {}",
+            wire.len()
+        );
+        assert!(wire.len() > PAGES * PAGE_SIZE / 2);
     }
 }

@@ -48,9 +48,9 @@ fn give_back(mut buffer: Vec<u8>) {
 /// Encoders' outputs Python let go of, for the next encode: a round 0's output is tens
 /// of MiB, and a fresh one has every page faulted in and cleared by the kernel as it
 /// is written. At most two (an encoder and a second one over the same rounds), of
-/// 512 MiB of room together (mostly untouched: an output's room is what any encode of
-/// its guest could need), marked `MADV_FREE` while they wait.
-static OUTPUTS: engine::Shelf<Vec<u8>> = engine::Shelf::new(2, 512 << 20);
+/// 2 GiB of room together (mostly untouched: an output's room is what any encode of
+/// its guest could need, at most 1 GiB), marked `MADV_FREE` while they wait.
+static OUTPUTS: engine::Shelf<Vec<u8>> = engine::Shelf::new(2, 2 << 30);
 
 /// An empty buffer with at least `room` bytes of room for an encoder's output: one an
 /// earlier output gave back, or a new one.

@@ -117,12 +117,12 @@ pub(crate) fn copied_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<
     })
 }
 
-/// Room reserved for an encoder's output of `pages` pages: enough for any (a page
-/// and its record, every batch's header), up to 256 MiB. Address space only: memory
-/// is used as the batches are written, and a larger output grows without a copy (a
-/// buffer this large is its own mapping, which the kernel moves).
+/// Room reserved for an encoder's output of `pages` pages: enough for any, up to 1 GiB.
+/// Address space only: memory is used as the batches are written, and a larger output
+/// grows without a copy (a buffer this large is its own mapping, which the kernel
+/// moves).
 fn output_room(pages: usize) -> usize {
-    pages.saturating_mul(engine::PAGE_SIZE + 64).min(256 << 20)
+    pages.saturating_mul(engine::MAX_WIRE_PER_PAGE).min(1 << 30)
 }
 
 /// An encoder's output for `pages` pages, which `encode` appends to a buffer with room
