@@ -66,6 +66,13 @@ thread_local! {
     static ZSTD: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
 }
 
+/// The room of a batch's block (before and after compression) and raw area: enough for
+/// any batch of an encoder with this `config` (address space only: a page of it is used
+/// when first written), so that a set of batch buffers never grows.
+pub(crate) fn batch_room(config: EncoderConfig) -> usize {
+    config.batch_pages * PAGE_SIZE
+}
+
 /// `buf` as a slice of at least `len` bytes (it grows, zeroed, only when shorter).
 fn at_least(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
     if buf.len() < len {
@@ -117,14 +124,19 @@ pub(crate) struct Scratch {
     packed: Vec<u8>,
 }
 
+impl Scratch {
+    fn buffers(&self) -> [&Vec<u8>; 4] {
+        [&self.records, &self.block, &self.raw, &self.packed]
+    }
+}
+
 impl crate::mem::Buffers for Scratch {
     fn room(&self) -> usize {
-        let buffers = [&self.records, &self.block, &self.raw, &self.packed];
-        buffers.iter().map(|b| b.capacity()).sum()
+        self.buffers().iter().map(|b| b.capacity()).sum()
     }
 
     fn lazily_free(&self) {
-        for buffer in [&self.records, &self.block, &self.raw, &self.packed] {
+        for buffer in self.buffers() {
             buffer.lazily_free();
         }
     }
@@ -305,9 +317,7 @@ struct Layout {
 impl Layout {
     /// A layout in `scratch`'s buffers (given back by [`Layout::give_back`]).
     fn new(config: EncoderConfig, plans: &[Plan], scratch: &mut Scratch) -> Self {
-        // sized for any batch of this encoder (address space only: a page of it is
-        // used when first written), so that a set of buffers never grows
-        let room = config.batch_pages * PAGE_SIZE;
+        let room = batch_room(config);
         let take = |buf: &mut Vec<u8>, room: usize| {
             let mut buf = std::mem::take(buf);
             buf.clear();
@@ -417,8 +427,8 @@ impl Layout {
         frame: &mut Vec<u8>,
     ) -> Result<()> {
         let block = &self.block;
-        // the compressed block's room, for any batch of this encoder (zeroed once)
-        let room = config.batch_pages * PAGE_SIZE;
+        // (the compressed block's buffer is zeroed once, at that room)
+        let room = batch_room(config);
         let (codec, wire_block): (Codec, &[u8]) = match config.codec {
             _ if block.is_empty() => (Codec::None, &[]),
             Codec::None => (Codec::None, block),

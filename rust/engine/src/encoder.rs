@@ -377,9 +377,8 @@ impl Encoder {
         // where `out` will end once every batch built so far is copied in (in any order:
         // their lengths add up the same): a builder faults in its batch's share of
         // `out` there, so that the copies in order (on one thread at a time) write to
-        // memory already there instead of each faulting it in
-        // (only when `out` has room for any output of this call, so that it cannot move
-        // while a builder faults its pages in)
+        // memory already there instead of each faulting it in; only when `out` has room
+        // for any output of this call, so that it cannot move meanwhile
         let frontier = AtomicUsize::new(out.len());
         let bound = indices.len().saturating_mul(MAX_WIRE_PER_PAGE);
         let room =
@@ -390,7 +389,7 @@ impl Encoder {
             frame.clear();
             // room for any batch of this encoder (address space only), so that a
             // frame is not made again for a batch longer than the last it held
-            crate::mem::reserve(&mut frame, config.batch_pages * (PAGE_SIZE + 64));
+            crate::mem::reserve(&mut frame, config.batch_pages * MAX_WIRE_PER_PAGE);
             let batch = encode_batch(
                 config,
                 source,
@@ -403,10 +402,8 @@ impl Encoder {
             );
             scratch.give(buffers, threads);
             let at = frontier.fetch_add(frame.len(), Ordering::Relaxed);
-            if let Some((base, capacity)) = room {
-                if at + frame.len() <= capacity {
-                    crate::mem::populate(base + at, frame.len());
-                }
+            if let Some((base, _)) = room.filter(|&(_, capacity)| at + frame.len() <= capacity) {
+                crate::mem::populate(base + at, frame.len());
             }
             (batch, frame)
         };

@@ -16,7 +16,10 @@
 
 use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// The kernel's page size the advice below rounds to.
+const PAGE: usize = 4096;
 
 /// A buffer of `len` zero bytes, advised for huge pages. A large one is fresh memory
 /// from the kernel (`calloc` neither clears nor touches it), so nothing is written and
@@ -78,44 +81,11 @@ const KEPT: usize = 4;
 /// ... of at most this many bytes together (what an idle daemon keeps, most of it
 /// never touched: a buffer is as long as its cache may grow).
 const KEPT_BYTES: usize = 1 << 30;
-
-/// Buffers kept for reuse.
-pub(crate) struct Kept(Mutex<Vec<Vec<u8>>>);
+/// Smaller buffers are the allocator's to reuse.
+const KEPT_MIN: usize = 4 * 1024 * 1024;
 
 /// The process's kept buffers.
-static KEPT_BUFFERS: Kept = Kept::new();
-
-impl Kept {
-    const fn new() -> Self {
-        Self(Mutex::new(Vec::new()))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The shortest kept buffer at least `len` long.
-    fn take(&self, len: usize) -> Option<Vec<u8>> {
-        let mut kept = self.lock();
-        let fits = (0..kept.len())
-            .filter(|&i| kept[i].len() >= len)
-            .min_by_key(|&i| kept[i].len());
-        fits.map(|i| kept.swap_remove(i))
-    }
-
-    /// Keeps `buf` if it is large and there is room.
-    fn keep(&self, buf: Vec<u8>) {
-        if buf.len() < 4 * 1024 * 1024 {
-            return; // small ones are the allocator's to reuse
-        }
-        let mut kept = self.lock();
-        let held: usize = kept.iter().map(Vec::len).sum();
-        if kept.len() < KEPT && held + buf.len() <= KEPT_BYTES {
-            lazily_free(buf.as_ptr(), buf.len());
-            kept.push(buf);
-        }
-    }
-}
+static KEPT_BUFFERS: Shelf<Vec<u8>> = Shelf::new(KEPT, KEPT_BYTES);
 
 /// A large buffer whose contents are unspecified until written (a kept one holds what
 /// its last user wrote, or zeros where the kernel took pages back), advised for huge
@@ -123,7 +93,7 @@ impl Kept {
 pub(crate) struct Reusable {
     buf: Vec<u8>,
     len: usize,
-    pool: &'static Kept,
+    pool: &'static Shelf<Vec<u8>>,
 }
 
 impl Reusable {
@@ -133,8 +103,10 @@ impl Reusable {
         Self::from_pool(len, &KEPT_BUFFERS)
     }
 
-    fn from_pool(len: usize, pool: &'static Kept) -> Self {
-        let buf = pool.take(len).unwrap_or_else(|| zeroed(len));
+    fn from_pool(len: usize, pool: &'static Shelf<Vec<u8>>) -> Self {
+        let buf = pool
+            .take_if(|kept| kept.len() >= len)
+            .unwrap_or_else(|| zeroed(len));
         Self { buf, len, pool }
     }
 }
@@ -155,7 +127,9 @@ impl DerefMut for Reusable {
 
 impl Drop for Reusable {
     fn drop(&mut self) {
-        self.pool.keep(std::mem::take(&mut self.buf));
+        if self.buf.len() >= KEPT_MIN {
+            self.pool.put(std::mem::take(&mut self.buf));
+        }
     }
 }
 
@@ -185,7 +159,6 @@ pub(crate) fn lazily_free(ptr: *const u8, len: usize) {
 /// 5.14) refuse it; the pages are then faulted in when written, as they would have
 /// been.
 pub(crate) fn populate(at: usize, len: usize) {
-    const PAGE: usize = 4096;
     if len == 0 {
         return;
     }
@@ -208,7 +181,6 @@ pub(crate) fn populate(at: usize, len: usize) {
 /// The whole 4 KiB pages of the `len` bytes at `ptr`: their first and end addresses
 /// (none when no whole page lies within).
 fn whole_pages(ptr: *const u8, len: usize) -> Option<(usize, usize)> {
-    const PAGE: usize = 4096;
     let start = (ptr as usize).div_ceil(PAGE) * PAGE;
     let end = (ptr as usize + len) / PAGE * PAGE;
     (end > start).then_some((start, end))
@@ -229,14 +201,18 @@ impl<T> Spares<T> {
         Self(Mutex::new(Vec::new()))
     }
 
+    fn lock(&self) -> MutexGuard<'_, Vec<T>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A kept one, if any.
     pub(crate) fn kept(&self) -> Option<T> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).pop()
+        self.lock().pop()
     }
 
     /// Keeps `spare` unless `keep` are kept already.
     pub(crate) fn give(&self, spare: T, keep: usize) {
-        let mut kept = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = self.lock();
         if kept.len() < keep {
             kept.push(spare);
         }
@@ -251,7 +227,7 @@ impl<T: Buffers + Default> Spares<T> {
 
     /// Every kept one put on `shelf` (for the next owner), as far as it has room.
     pub(crate) fn shelve(&self, shelf: &Shelf<T>) {
-        let kept = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        let kept = std::mem::take(&mut *self.lock());
         for spare in kept {
             shelf.put(spare);
         }
@@ -303,16 +279,18 @@ impl<T: Buffers> Shelf<T> {
         self.kept.kept()
     }
 
-    /// A shelved value that `fits`, if any.
+    /// The shelved value with the least room of those that `fit`, if any.
     pub fn take_if(&self, fits: impl Fn(&T) -> bool) -> Option<T> {
-        let mut kept = self.kept.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let at = kept.iter().position(fits)?;
+        let mut kept = self.kept.lock();
+        let at = (0..kept.len())
+            .filter(|&i| fits(&kept[i]))
+            .min_by_key(|&i| kept[i].room())?;
         Some(kept.swap_remove(at))
     }
 
     /// Shelves `spare` (marked `MADV_FREE`) if there is room, else drops it.
     pub fn put(&self, spare: T) {
-        let mut kept = self.kept.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut kept = self.kept.lock();
         let held: usize = kept.iter().map(Buffers::room).sum();
         if kept.len() < self.count && held + spare.room() <= self.bytes {
             spare.lazily_free();
@@ -338,7 +316,7 @@ pub fn write_slice(to: &mut [MaybeUninit<u8>], from: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::{populate, reserve, with_room, Kept, Reusable, Shelf, Spares, KEPT, KEPT_BYTES};
+    use super::{populate, reserve, with_room, Reusable, Shelf, Spares, KEPT, KEPT_BYTES};
 
     #[test]
     fn room_is_reserved_or_left_to_growth() {
@@ -353,36 +331,36 @@ mod tests {
 
     #[test]
     fn dropped_buffers_serve_the_next_ones_that_fit_up_to_a_bound() {
-        static POOL: Kept = Kept::new();
+        static POOL: Shelf<Vec<u8>> = Shelf::new(KEPT, KEPT_BYTES);
         let mib = 1 << 20;
         let mut first = Reusable::from_pool(8 * mib, &POOL);
         assert_eq!(first.len(), 8 * mib);
         first[8 * mib - 1] = 7;
         let at = first.buf.as_ptr();
         drop(first);
-        assert_eq!(POOL.lock().len(), 1, "a large buffer is kept");
+        assert_eq!(POOL.kept.lock().len(), 1, "a large buffer is kept");
         // a shorter one is served from it (its own length); a longer one is new
         let shorter = Reusable::from_pool(6 * mib, &POOL);
         assert_eq!((shorter.buf.as_ptr(), shorter.len()), (at, 6 * mib));
         let longer = Reusable::from_pool(9 * mib, &POOL);
         assert_ne!(longer.buf.as_ptr(), at);
         drop((shorter, longer));
-        assert_eq!(POOL.lock().len(), 2);
+        assert_eq!(POOL.kept.lock().len(), 2);
         // the shortest that fits is taken
         let fits = Reusable::from_pool(5 * mib, &POOL);
         assert_eq!(fits.buf.as_ptr(), at);
         drop(fits);
         // small buffers are not kept, nor more than KEPT, nor past KEPT_BYTES
         drop(Reusable::from_pool(4096, &POOL));
-        assert_eq!(POOL.lock().len(), 2);
+        assert_eq!(POOL.kept.lock().len(), 2);
         let many: Vec<Reusable> = (0..KEPT + 1)
             .map(|_| Reusable::from_pool(4 * mib, &POOL))
             .collect();
         drop(many);
-        assert_eq!(POOL.lock().len(), KEPT);
+        assert_eq!(POOL.kept.lock().len(), KEPT);
         let huge = Reusable::from_pool(KEPT_BYTES, &POOL);
         drop(huge);
-        assert!(POOL.lock().iter().all(|b| b.len() < KEPT_BYTES));
+        assert!(POOL.kept.lock().iter().all(|b| b.len() < KEPT_BYTES));
     }
 
     #[test]

@@ -247,10 +247,9 @@ impl Header {
 }
 
 /// A batch's checksum: xxh3-64 of its header's first 32 bytes `head`, then its body
-/// (in pieces).
+/// (in at most three pieces: records, block, raw area), gathered on the stack.
 fn checksum(head: &[u8], body: &[&[u8]]) -> u64 {
-    let mut pieces = Vec::with_capacity(body.len() + 1);
-    pieces.push(head);
-    pieces.extend_from_slice(body);
-    crate::xxh3::hash64(&pieces)
+    let mut pieces: [&[u8]; 4] = [head, &[], &[], &[]];
+    pieces[1..=body.len()].copy_from_slice(body);
+    crate::xxh3::hash64(&pieces[..=body.len()])
 }

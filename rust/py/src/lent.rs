@@ -65,7 +65,7 @@ pub(crate) fn output_buffer(room: usize) -> Vec<u8> {
 }
 
 /// Where the bytes of a [`Lent`] go when Python lets go of them.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Home {
     /// to the pool of released pieces (a receiver rebuilds the next into them)
     Spares,
