@@ -201,7 +201,11 @@ class ChannelReceiver:
     """The destination's half: frames in, vouched-for stream bytes out."""
 
     def __new__(
-        cls, store: PageStore | None = None, max_unchecked: int = 67108864, threads: int = 1
+        cls,
+        store: PageStore | None = None,
+        max_unchecked: int = 67108864,
+        threads: int = 1,
+        max_pages: int | None = None,
     ) -> ChannelReceiver: ...
     def apply(self, kind: int, payload: Buffer) -> memoryview: ...
     def take_reply(self) -> bytes: ...

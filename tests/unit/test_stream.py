@@ -10,7 +10,12 @@ from hypothesis import strategies as st
 
 from novacron.errors import EngineError
 from novacron.migration import frames
-from novacron.migration.stream import DigestMismatch, StreamReceiver, StreamSender
+from novacron.migration.stream import (
+    DigestMismatch,
+    StreamReceiver,
+    StreamSender,
+    guest_page_limit,
+)
 from tests.qemu_stream_builder import PAGE, StreamBuilder
 
 
@@ -195,3 +200,39 @@ def test_pages_held_for_announce_are_released_one_checked_batch_at_a_time() -> N
     for f in frames_seen:
         out += receiver.apply(f)
     assert receiver.ended and bytes(out) == stream
+
+
+def test_a_stream_claiming_a_larger_guest_than_allowed_is_refused() -> None:
+    """A START's guest size sets up per-page state: the destination bounds it by the
+    guest it expects (a fuzzer found a START of 2.5 G pages asking for 40 GB at once)."""
+    stream, _ = iterations(2, 5)  # 64 + 4 pages of RAM blocks
+    wire = list(
+        frames.FrameDecoder().feed(b"".join((s := StreamSender()).feed(stream) + s.finish()))
+    )
+    for limit, taken in [(68, True), (67, False)]:
+        receiver = StreamReceiver(max_pages=limit)
+        out = bytearray()
+        if taken:
+            for f in wire:
+                out += receiver.apply(f)
+            assert receiver.ended and bytes(out) == stream
+        else:
+            with pytest.raises(frames.FrameError, match="68 pages is not accepted here"):
+                for f in wire:
+                    out += receiver.apply(f)
+            assert bytes(out) == b"", "nothing was released"
+    huge = frames.Frame(frames.START, (0x9898_9898).to_bytes(8, "big"))
+    with pytest.raises(frames.FrameError, match="not accepted here"):
+        StreamReceiver().apply(huge)  # by default: more than this host's memory
+    with pytest.raises(EngineError, match="max_pages"):
+        StreamReceiver(max_pages=0)
+
+
+@pytest.mark.parametrize(
+    ("memory_mib", "pages"),
+    [(16, (16 + 1024) * 256), (4096, (4096 + 1024) * 256), (65536, (65536 + 16384) * 256)],
+)
+def test_the_guest_page_limit_leaves_room_for_qemus_other_ram_blocks(
+    memory_mib: int, pages: int
+) -> None:
+    assert guest_page_limit(memory_mib) == pages

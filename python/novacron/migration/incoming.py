@@ -29,7 +29,7 @@ from novacron.migration import libvirt_job
 from novacron.migration.channel import close_gently, connect_when_listening
 from novacron.migration.ops import Operation
 from novacron.migration.relay import RelayStats, announce, relay_destination, single_errors
-from novacron.migration.stream import StreamReceiver
+from novacron.migration.stream import StreamReceiver, guest_page_limit
 from novacron.vm import domain_xml
 from novacron.vm.spec import VmSpec
 
@@ -164,7 +164,9 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
             svc.ops.report(inc.op, "receiving")
             try:
                 receiver = StreamReceiver(
-                    svc.page_store, threads=svc.config.migration_engine_threads
+                    svc.page_store,
+                    threads=svc.config.migration_engine_threads,
+                    max_pages=guest_page_limit(inc.spec.memory_mib),
                 )
                 qemu = await _announce_and_connect(channel, receiver, inc.stream_port)
                 log.info("migration.qemu_listening", extra=kv(vm=inc.op.vm, op=inc.op.id))

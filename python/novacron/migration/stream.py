@@ -29,6 +29,18 @@ __all__ = ["DigestMismatch", "StreamReceiver", "StreamSender"]
 DEFAULT_BATCH_PAGES = 1024
 KEEP_CHUNK_PAGES = 8192  # 32 MiB of arrived memory added to the page store per step
 MAX_UNCHECKED = 64 * 1024 * 1024  # receiver: bytes awaiting a CHECK (the sender checks far sooner)
+PAGE = 4096
+# QEMU migrates RAM blocks besides the guest's memory (video memory, ROMs, ACPI tables):
+# a stream may claim this much more than the guest has, and no more
+EXTRA_RAM_MIB = 1024
+
+
+def guest_page_limit(memory_mib: int) -> int:
+    """The most pages a migration stream of a guest with ``memory_mib`` of memory may
+    claim (all of QEMU's RAM blocks): its memory, plus a quarter of it or
+    ``EXTRA_RAM_MIB``, whichever is more, for the blocks that are not guest memory."""
+    extra = max(EXTRA_RAM_MIB, memory_mib // 4)
+    return (memory_mib + extra) * (1024 * 1024 // PAGE)
 
 
 def _frames(blob: bytes) -> list[bytes]:
@@ -127,12 +139,18 @@ class StreamReceiver:
     """``store``: a page store whose pages are announced to the source (and kept pinned
     for this stream) from the start; :meth:`keep` adds the arrived guest memory to it
     afterwards. ``threads``: the decoder's (the batches of one frame are read on all of
-    them, applied in order on the caller's)."""
+    them, applied in order on the caller's). ``max_pages``: the largest guest (in 4 KiB
+    pages, all of QEMU's RAM blocks) the stream may claim; by default this host's
+    physical memory."""
 
     def __init__(
-        self, store: PageStore | None = None, max_unchecked: int = MAX_UNCHECKED, threads: int = 1
+        self,
+        store: PageStore | None = None,
+        max_unchecked: int = MAX_UNCHECKED,
+        threads: int = 1,
+        max_pages: int | None = None,
     ) -> None:
-        self._core = ChannelReceiver(store, max_unchecked, threads)
+        self._core = ChannelReceiver(store, max_unchecked, threads, max_pages)
 
     def apply(self, frame: frames.Frame) -> memoryview:
         """The stream bytes now vouched for (released at ``CHECK`` and ``END``), lent

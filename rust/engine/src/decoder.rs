@@ -155,7 +155,8 @@ impl Decoder {
     /// the caller's thread alone.
     ///
     /// # Errors
-    /// [`EngineError::InvalidArgument`] if the zstd context cannot be created.
+    /// [`EngineError::InvalidArgument`] if the zstd context cannot be created, or the
+    /// system refuses the memory for the guest's page state.
     pub fn new(pages: usize) -> Result<Self> {
         Self::with_threads(pages, 1)
     }
@@ -166,12 +167,13 @@ impl Decoder {
     ///
     /// # Errors
     /// [`EngineError::InvalidArgument`] for a thread count outside 1..=1024, or if the
-    /// zstd context or the thread pool cannot be created.
+    /// zstd context or the thread pool cannot be created, or the system refuses the
+    /// memory for the guest's page state.
     pub fn with_threads(pages: usize, threads: usize) -> Result<Self> {
         Ok(Self {
             memory: Memory {
                 contents: FastMap::default(),
-                held: Holdings::new(pages),
+                held: Holdings::new(pages)?,
                 pinned: Pinned::new(),
                 slabs: Slabs::default(),
             },

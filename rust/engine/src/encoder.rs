@@ -135,8 +135,9 @@ impl Encoder {
     /// A new encoder for a guest of `pages` pages.
     ///
     /// # Errors
-    /// [`EngineError::InvalidArgument`] for a bad batch size or thread count, or a
-    /// zstd level the library refuses.
+    /// [`EngineError::InvalidArgument`] for a bad batch size or thread count, a zstd
+    /// level the library refuses, or memory the system refuses for the guest's page
+    /// state.
     pub fn new(pages: usize, config: EncoderConfig) -> Result<Self> {
         if config.batch_pages == 0 || config.batch_pages > MAX_RECORDS as usize {
             return Err(EngineError::invalid("batch_pages must be 1..=65536"));
@@ -148,7 +149,7 @@ impl Encoder {
         let pool = helper_pool(config.threads, "novacron-enc")?;
         Ok(Self {
             config,
-            held: Holdings::new(pages),
+            held: Holdings::new(pages)?,
             previous: PageCache::new(config.delta_cache_pages),
             announced: FastMap::default(),
             pool,

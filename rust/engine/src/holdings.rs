@@ -7,6 +7,7 @@
 //! `DupRef`. Both sides apply exactly [`Holdings::wrote`] for every page the receiver
 //! writes or is told is unchanged, so the two views never diverge.
 
+use crate::error::{EngineError, Result};
 use crate::fasthash::FastMap;
 
 /// No registered holder (the registered one was overwritten; others may hold it).
@@ -28,14 +29,22 @@ pub struct Holdings {
 }
 
 impl Holdings {
-    /// An empty view of a guest of `pages` pages.
-    #[must_use]
-    pub fn new(pages: usize) -> Self {
-        Self {
-            hashes: vec![0; pages],
-            present: vec![false; pages],
+    /// An empty view of a guest of `pages` pages (17 bytes a page, touched as pages
+    /// are written).
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidArgument`] when the system refuses the memory.
+    pub fn new(pages: usize) -> Result<Self> {
+        let refused = || {
+            EngineError::invalid(format!(
+                "no memory for the state of a guest of {pages} pages"
+            ))
+        };
+        Ok(Self {
+            hashes: crate::mem::try_zeroed(pages).ok_or_else(refused)?,
+            present: crate::mem::try_zeroed(pages).ok_or_else(refused)?,
             by_hash: FastMap::default(),
-        }
+        })
     }
 
     /// Number of pages of the guest.
@@ -171,7 +180,7 @@ mod tests {
             before in prop::collection::vec((0usize..8, 0u128..4), 0..24),
             logged in prop::collection::vec((0usize..8, 0u128..4), 0..24),
         ) {
-            let mut h = Holdings::new(8);
+            let mut h = Holdings::new(8).unwrap();
             for (i, hash) in before {
                 h.wrote(i, hash);
                 check(&h);
@@ -191,7 +200,7 @@ mod tests {
 
     #[test]
     fn an_overwritten_holder_is_not_named_while_others_still_count() {
-        let mut h = Holdings::new(4);
+        let mut h = Holdings::new(4).unwrap();
         h.wrote(0, 7);
         h.wrote(1, 7);
         assert_eq!((h.holder_of(7), h.holders(7)), (Some(0), 2));

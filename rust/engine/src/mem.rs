@@ -178,6 +178,36 @@ pub(crate) fn populate(at: usize, len: usize) {
     }
 }
 
+/// Types for which all-zero bytes are a valid value (`false`, `0`).
+///
+/// # Safety
+/// Only for types whose every value is valid as all-zero bytes.
+pub(crate) unsafe trait ZeroBits: Copy {}
+// SAFETY: 0 is a valid u128.
+unsafe impl ZeroBits for u128 {}
+// SAFETY: false is a zero byte.
+unsafe impl ZeroBits for bool {}
+
+/// `len` zero values, or `None` when the system refuses the memory: per-page state of
+/// a guest whose size a peer claimed must not abort the process when it is too large.
+/// Zeroed by the allocator (`calloc`: fresh pages from the kernel are not written), so
+/// only what is used is ever touched.
+pub(crate) fn try_zeroed<T: ZeroBits>(len: usize) -> Option<Vec<T>> {
+    let layout = std::alloc::Layout::array::<T>(len).ok()?;
+    if layout.size() == 0 {
+        return Some(Vec::new());
+    }
+    // SAFETY: `layout` has a non-zero size (checked).
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<T>();
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with `T`'s alignment and room
+    // for exactly `len` values (`layout`), all of them initialised as zero bytes, which
+    // is a valid `T` (`ZeroBits`).
+    Some(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}
+
 /// The whole 4 KiB pages of the `len` bytes at `ptr`: their first and end addresses
 /// (none when no whole page lies within).
 fn whole_pages(ptr: *const u8, len: usize) -> Option<(usize, usize)> {
@@ -316,7 +346,21 @@ pub fn write_slice(to: &mut [MaybeUninit<u8>], from: &[u8]) {
 
 #[cfg(test)]
 mod tests {
-    use super::{populate, reserve, with_room, Reusable, Shelf, Spares, KEPT, KEPT_BYTES};
+    use super::{
+        populate, reserve, try_zeroed, with_room, Reusable, Shelf, Spares, KEPT, KEPT_BYTES,
+    };
+
+    #[test]
+    fn zeroed_state_is_zero_or_refused() {
+        let v = try_zeroed::<u128>(1000).unwrap();
+        assert_eq!(v.len(), 1000);
+        assert!(v.iter().all(|&x| x == 0));
+        assert!(try_zeroed::<bool>(3).unwrap().iter().all(|&b| !b));
+        assert!(try_zeroed::<u128>(0).unwrap().is_empty());
+        // more than any address space: refused, not an abort
+        assert!(try_zeroed::<u128>(usize::MAX / 8).is_none());
+        assert!(try_zeroed::<u128>(1 << 58).is_none());
+    }
 
     #[test]
     fn room_is_reserved_or_left_to_growth() {

@@ -168,15 +168,19 @@ pub struct ChannelReceiver {
 #[pymethods]
 impl ChannelReceiver {
     #[new]
-    #[pyo3(signature = (store=None, max_unchecked=67_108_864, threads=1))]
+    #[pyo3(signature = (store=None, max_unchecked=67_108_864, threads=1, max_pages=None))]
     fn new(
         store: Option<PyRef<'_, PageStore>>,
         max_unchecked: usize,
         threads: usize,
+        max_pages: Option<u64>,
     ) -> PyResult<Self> {
-        let inner = StreamReceiver::new(store.map(|s| s.inner.clone()), max_unchecked)
+        let mut inner = StreamReceiver::new(store.map(|s| s.inner.clone()), max_unchecked)
             .decode_threads(threads)
             .map_err(crate::to_py_err)?;
+        if let Some(pages) = max_pages {
+            inner = inner.max_pages(pages).map_err(crate::to_py_err)?;
+        }
         Ok(Self { inner })
     }
 

@@ -1,8 +1,9 @@
 //! The destination's half: channel frames in, QEMU's stream out — only bytes a `CHECK`
 //! (or `END`) vouched for, so a corrupted stream never reaches the destination QEMU.
 //!
-//! Memory is bounded: the guest's distinct contents (at most its size, from `START`),
-//! and at most `max_unchecked` bytes of stream awaiting a `CHECK`.
+//! Memory is bounded: the guest's distinct contents (at most its size, from `START`,
+//! which must not exceed [`StreamReceiver::max_pages`]: by default this host's
+//! physical memory), and at most `max_unchecked` bytes of stream awaiting a `CHECK`.
 
 use super::{
     parse_end, parse_start, put_frame, StreamDigest, ABORT, ANNOUNCE, CHECK, END, PAGES, START,
@@ -15,6 +16,24 @@ use crate::{Decoder, PageStore, Pinned, PAGE_SIZE};
 
 /// Largest guest the receiver accepts (pages): 16 TiB.
 pub const MAX_GUEST_PAGES: u64 = 1 << 32;
+
+/// This host's physical memory in pages (a guest that claims more cannot run here),
+/// or [`MAX_GUEST_PAGES`] when the system does not say.
+fn host_pages() -> u64 {
+    // SAFETY: sysconf reads a system setting; it has no memory effects.
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    match (u64::try_from(pages), u64::try_from(size)) {
+        (Ok(pages), Ok(size)) if pages > 0 && size > 0 => {
+            (pages.saturating_mul(size) / PAGE_SIZE as u64).min(MAX_GUEST_PAGES)
+        }
+        _ => MAX_GUEST_PAGES,
+    }
+}
 
 /// The receiver's state for one migration.
 pub struct StreamReceiver {
@@ -29,6 +48,8 @@ pub struct StreamReceiver {
     max_unchecked: usize,
     /// the decoder's threads
     threads: usize,
+    /// the largest guest (pages) a `START` may claim
+    max_pages: u64,
     /// `END` arrived and matched.
     pub ended: bool,
     /// Frames for the sender (the `ANNOUNCE`, made at once), not yet taken.
@@ -64,6 +85,7 @@ impl StreamReceiver {
             released: false,
             max_unchecked,
             threads: 1,
+            max_pages: host_pages(),
             ended: false,
             reply,
         }
@@ -76,6 +98,21 @@ impl StreamReceiver {
     /// [`EngineError::InvalidArgument`] for a count outside 1..=1024.
     pub fn decode_threads(mut self, threads: usize) -> Result<Self> {
         self.threads = check_threads(threads)?;
+        Ok(self)
+    }
+
+    /// Refuses a stream whose guest (its `START`, or its first `PAGES`) has more than
+    /// `pages` pages: the destination knows the guest's size, and the per-page state a
+    /// claim sets up is not the source's to choose. Without it, this host's physical
+    /// memory.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidArgument`] for 0 pages.
+    pub fn max_pages(mut self, pages: u64) -> Result<Self> {
+        if pages == 0 {
+            return Err(EngineError::invalid("max_pages must be at least 1"));
+        }
+        self.max_pages = pages.min(MAX_GUEST_PAGES);
         Ok(self)
     }
 
@@ -194,9 +231,10 @@ impl StreamReceiver {
     }
 
     fn begin(&mut self, total: u64) -> Result<()> {
-        if total == 0 || total > MAX_GUEST_PAGES {
+        if total == 0 || total > self.max_pages {
             return Err(EngineError::channel(format!(
-                "a guest of {total} pages is not accepted"
+                "a guest of {total} pages is not accepted here (at most {})",
+                self.max_pages
             )));
         }
         let pages = usize::try_from(total).map_err(|_| EngineError::channel("guest too large"))?;

@@ -359,3 +359,32 @@ proptest! {
         prop_assert_eq!(rebuilt, stream);
     }
 }
+
+#[test]
+fn a_guest_larger_than_the_limit_is_refused_before_any_state() {
+    // the fuzzer's find: a START of 2.5 G pages made the decoder ask for 40 GB at once
+    let claim = |limit: Option<u64>, kind: u8, pages: u64| {
+        let mut r = StreamReceiver::new(None, 1 << 20);
+        if let Some(limit) = limit {
+            r = r.max_pages(limit).unwrap();
+        }
+        let mut payload = pages.to_be_bytes().to_vec();
+        if kind == PAGES {
+            payload.extend(0u32.to_be_bytes()); // no pages
+        }
+        r.apply(kind, &payload)?;
+        Ok::<u64, crate::EngineError>(r.total_pages())
+    };
+    for kind in [START, PAGES] {
+        assert_eq!(claim(Some(1000), kind, 1000).unwrap(), 1000);
+        let refused = claim(Some(1000), kind, 1001).unwrap_err().to_string();
+        assert!(
+            refused.contains("1001 pages is not accepted here (at most 1000)"),
+            "{refused}"
+        );
+        // by default, this host's physical memory
+        let refused = claim(None, kind, 0x9898_9898).unwrap_err().to_string();
+        assert!(refused.contains("not accepted here"), "{refused}");
+    }
+    assert!(StreamReceiver::new(None, 1).max_pages(0).is_err());
+}
