@@ -6,7 +6,7 @@
 //! Batches are written from `docs/migration-wire.md` (the header's fields, the
 //! record kinds, the varints), not from the engine's own writer.
 
-use novacron_engine::{hash_page, Decoder, Encoder, EncoderConfig, PAGE_SIZE};
+use novacron_engine::{hash_page, Decoder, Encoder, EncoderConfig, PageStore, PAGE_SIZE};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::input::Input;
@@ -101,7 +101,7 @@ fn records(
             }
             4 | 5 => block.extend_from_slice(&input.page(None)),
             6 => raw.extend_from_slice(&input.page(None)),
-            7 => put_signed(&mut out, i64::from(input.byte() % 8) - 4),
+            7 => put_signed(&mut out, i64::from(input.byte() % 8) - 2),
             _ => {}
         }
     }
@@ -211,8 +211,18 @@ pub fn decode(data: &[u8]) {
     decoder
         .decode(&encoder.encode(&image, &all).expect("encodes"))
         .expect("the engine's own round decodes");
+    // pages of a page store, announced: `announced-ref` records may name them
+    let mut stored = Vec::new();
+    for _ in 0..input.below(4) {
+        stored.extend_from_slice(&input.page(image.get(..PAGE_SIZE)));
+    }
+    let store = PageStore::new(8);
+    store.add_image(&stored);
+    decoder.announce(&store);
+    let stored: Vec<u128> = stored.chunks_exact(PAGE_SIZE).map(hash_page).collect();
     while !input.is_empty() {
-        let known: Vec<u128> = (0..pages).map(|i| hash_page(decoder.page(i))).collect();
+        let mut known: Vec<u128> = (0..pages).map(|i| hash_page(decoder.page(i))).collect();
+        known.extend_from_slice(&stored);
         let before = decoder.image();
         let batch = batch(&mut input, pages, &known);
         let taken = decoder.decode(&batch).is_ok();
