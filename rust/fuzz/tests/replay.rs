@@ -6,6 +6,39 @@ use std::path::Path;
 
 use novacron_fuzz::TARGETS;
 
+/// The inputs of a pack (`examples/pack.rs`): a 4-byte little-endian length, the bytes.
+fn unpack(mut packed: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    while !packed.is_empty() {
+        let (len, rest) = packed.split_at(4);
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        let (input, rest) = rest.split_at(len);
+        out.push(input);
+        packed = rest;
+    }
+    out
+}
+
+/// A fuzzer's minimised corpus (`corpus/<target>.pack`), where there is one.
+#[test]
+fn the_minimised_corpora_pass() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+    let mut packs = 0;
+    for (name, target) in TARGETS {
+        let Ok(packed) = std::fs::read(root.join(format!("{name}.pack"))) else {
+            continue;
+        };
+        let inputs = unpack(&packed);
+        assert!(!inputs.is_empty(), "{name}: an empty pack");
+        packs += 1;
+        for (k, input) in inputs.into_iter().enumerate() {
+            eprintln!("{name}: packed input {k}");
+            target(input);
+        }
+    }
+    assert!(packs >= 2, "the decode and round_trip packs are missing");
+}
+
 #[test]
 fn the_corpus_passes() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
