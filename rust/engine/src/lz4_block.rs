@@ -21,6 +21,11 @@ const WILD_MATCH: usize = 18;
 /// Overlapping matches up to this long are copied a byte at a time.
 const SHORT_OVERLAP: usize = 32;
 
+/// The most bytes one byte of an LZ4 block decompresses to: a sequence of a token, a
+/// 2-byte offset and `k` length bytes gives at most 19 + 255·k bytes (≤ 255 × its
+/// 3 + k bytes); literals give one byte each.
+const MAX_EXPANSION: usize = 255;
+
 /// Matches are at least this long (the token's match length counts from it).
 const MIN_MATCH: usize = 4;
 
@@ -48,6 +53,14 @@ pub(crate) fn decompress(input: &[u8], size: usize) -> Result<Vec<u8>> {
 /// # Errors
 /// As [`decompress`].
 pub(crate) fn decompress_into(input: &[u8], size: usize, out: &mut Vec<u8>) -> Result<()> {
+    if size > input.len().saturating_mul(MAX_EXPANSION) {
+        // refused before `out` grows: a claimed size is not written until a block
+        // that could fill it has arrived
+        return Err(EngineError::malformed(format!(
+            "lz4: a block of {} bytes cannot decompress to {size}",
+            input.len()
+        )));
+    }
     out.resize(size, 0);
     let out = &mut out[..];
     let (mut i, mut o) = (0usize, 0usize);
@@ -223,6 +236,29 @@ mod tests {
                 out
             },
         )
+    }
+
+    #[test]
+    fn a_size_no_block_that_short_can_fill_is_refused_before_the_output_grows() {
+        let mut out = Vec::new();
+        let err = decompress_into(&[0x1F, 1, 0, 0xFF, 0x10], 1 << 20, &mut out).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("5 bytes cannot decompress to 1048576"),
+            "{err}"
+        );
+        assert_eq!(out.capacity(), 0, "nothing was allocated for the claim");
+        // the bound holds for the most an LZ4 block expands: one long match of zeros
+        for len in [19, 4096, 1 << 20] {
+            let data = vec![0u8; len];
+            let block = lz4_flex::block::compress(&data);
+            assert!(
+                data.len() <= block.len() * MAX_EXPANSION,
+                "{len}: {}",
+                block.len()
+            );
+            assert_eq!(decompress(&block, len).unwrap(), data);
+        }
     }
 
     proptest! {
