@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from novacron._core import ChannelReceiver, ChannelSender, PageStore
+from novacron._core import PAGE_SIZE, ChannelReceiver, ChannelSender, PageStore
 from novacron.migration import frames
 from novacron.migration.frames import DigestMismatch
 
@@ -29,7 +29,6 @@ __all__ = ["DigestMismatch", "StreamReceiver", "StreamSender"]
 DEFAULT_BATCH_PAGES = 1024
 KEEP_CHUNK_PAGES = 8192  # 32 MiB of arrived memory added to the page store per step
 MAX_UNCHECKED = 64 * 1024 * 1024  # receiver: bytes awaiting a CHECK (the sender checks far sooner)
-PAGE = 4096
 # QEMU migrates RAM blocks besides the guest's memory (video memory, ROMs, ACPI tables):
 # a stream may claim this much more than the guest has, and no more
 EXTRA_RAM_MIB = 1024
@@ -40,7 +39,7 @@ def guest_page_limit(memory_mib: int) -> int:
     claim (all of QEMU's RAM blocks): its memory, plus a quarter of it or
     ``EXTRA_RAM_MIB``, whichever is more, for the blocks that are not guest memory."""
     extra = max(EXTRA_RAM_MIB, memory_mib // 4)
-    return (memory_mib + extra) * (1024 * 1024 // PAGE)
+    return (memory_mib + extra) * (1024 * 1024 // PAGE_SIZE)
 
 
 def _frames(blob: bytes) -> list[bytes]:

@@ -30,8 +30,8 @@ struct Link {
 impl Link {
     /// Carries `wire` to the receiver; its `ANNOUNCE` goes back to the sender, and
     /// what that lets go follows.
-    fn deliver(&mut self, wire: &[u8]) {
-        let mut queue = vec![wire.to_vec()];
+    fn deliver(&mut self, wire: Vec<u8>) {
+        let mut queue = vec![wire];
         while let Some(part) = queue.pop() {
             for (kind, payload) in frames(&part) {
                 let out = self
@@ -104,20 +104,20 @@ pub fn channel(data: &[u8]) {
         let reply = std::mem::take(&mut link.receiver.reply);
         let (_, hashes) = frames(&reply)[0];
         let out = link.sender.announce(hashes).expect("an announcement");
-        link.deliver(&out);
+        link.deliver(out);
     }
     for read in reads(stream, &sizes) {
         let out = link.sender.feed(read).expect("the sender takes any bytes");
-        link.deliver(&out);
+        link.deliver(out);
         if link.sender.at_gate() {
             let out = link.sender.flush().expect("flush");
-            link.deliver(&out);
+            link.deliver(out);
             let out = link.sender.open_gate().expect("the gate opens");
-            link.deliver(&out);
+            link.deliver(out);
         }
     }
     let out = link.sender.finish().expect("finish");
-    link.deliver(&out);
+    link.deliver(out);
     assert!(link.receiver.ended, "no END arrived");
     assert!(
         link.released == stream,

@@ -6,6 +6,8 @@
 //! Batches are written from `docs/migration-wire.md` (the header's fields, the
 //! record kinds, the varints), not from the engine's own writer.
 
+use std::borrow::Cow;
+
 use novacron_engine::{hash_page, Decoder, Encoder, EncoderConfig, PageStore, PAGE_SIZE};
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -108,10 +110,15 @@ fn records(
     (count as u32, out, block, raw)
 }
 
-/// One hostile batch.
-fn batch(input: &mut Input<'_>, pages: usize, known: &[u128]) -> Vec<u8> {
+/// One hostile batch; for a batch of lz4 records at pages 0, 1, ... (see
+/// [`lz4_agrees`]), also their count and the block.
+fn batch<'a>(
+    input: &mut Input<'a>,
+    pages: usize,
+    known: &[u128],
+) -> (Vec<u8>, Option<(usize, &'a [u8])>) {
     match input.byte() % 8 {
-        0 => input.chunk().to_vec(), // any bytes (mostly a wrong checksum)
+        0 => (input.chunk().to_vec(), None), // any bytes (mostly a wrong checksum)
         1 => {
             // pages of an lz4 block the input writes (see `lz4_agrees`)
             let count = 1 + input.below(pages.min(4));
@@ -120,12 +127,9 @@ fn batch(input: &mut Input<'_>, pages: usize, known: &[u128]) -> Vec<u8> {
                 out.extend_from_slice(&[LZ4, 0]); // pages 0, 1, ...: steps of 0
             }
             let block = input.chunk();
-            frame(
-                1,
-                count as u32,
-                [&out, block, &[]],
-                (count * PAGE_SIZE) as u32,
-            )
+            let raw_len = (count * PAGE_SIZE) as u32;
+            let batch = frame(1, count as u32, [&out, block, &[]], raw_len);
+            (batch, Some((count, block)))
         }
         _ => {
             let (count, mut out, block, raw) = records(input, pages, known);
@@ -134,16 +138,16 @@ fn batch(input: &mut Input<'_>, pages: usize, known: &[u128]) -> Vec<u8> {
             }
             let codec = input.byte() % 4; // 3: no such codec
             let wire = match codec {
-                1 => lz4_flex::block::compress(&block),
-                2 => zstd_frame(&block),
-                _ => block.clone(),
+                1 => Cow::Owned(lz4_flex::block::compress(&block)),
+                2 => Cow::Owned(zstd_frame(&block)),
+                _ => Cow::Borrowed(&block[..]),
             };
             let raw_len = match input.byte() {
                 0..4 => input.u32(),
                 _ => block.len() as u32,
             };
             let count = if input.byte() < 8 { input.u32() } else { count };
-            frame(codec, count, [&out, &wire, &raw], raw_len)
+            (frame(codec, count, [&out, &wire, &raw], raw_len), None)
         }
     }
 }
@@ -224,7 +228,7 @@ pub fn decode(data: &[u8]) {
         let mut known: Vec<u128> = (0..pages).map(|i| hash_page(decoder.page(i))).collect();
         known.extend_from_slice(&stored);
         let before = decoder.image();
-        let batch = batch(&mut input, pages, &known);
+        let (batch, lz4) = batch(&mut input, pages, &known);
         let taken = decoder.decode(&batch).is_ok();
         if !taken {
             assert!(
@@ -241,15 +245,8 @@ pub fn decode(data: &[u8]) {
                 );
             }
         }
-        if taken && batch.len() > 40 && batch[5] == 1 && batch[40] == LZ4 {
-            let records = u32::from_le_bytes(batch[8..12].try_into().unwrap()) as usize;
-            let records_len = u32::from_le_bytes(batch[12..16].try_into().unwrap()) as usize;
-            let block_len = u32::from_le_bytes(batch[20..24].try_into().unwrap()) as usize;
-            let record_bytes = &batch[40..40 + records_len];
-            if record_bytes.len() == 2 * records && record_bytes.chunks(2).all(|r| r == [LZ4, 0]) {
-                let block = &batch[40 + records_len..40 + records_len + block_len];
-                lz4_agrees(&decoder, records, block);
-            }
+        if let (true, Some((count, block))) = (taken, lz4) {
+            lz4_agrees(&decoder, count, block);
         }
     }
 }

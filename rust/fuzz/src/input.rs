@@ -114,17 +114,19 @@ impl<'a> Input<'a> {
                     at += n;
                 }
             }
-            _ => {
-                let mut state = self.u64() | 1;
-                for chunk in page.chunks_exact_mut(8) {
-                    // xorshift64: reproducible bytes that no codec shrinks
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    chunk.copy_from_slice(&state.to_le_bytes());
-                }
-            }
+            _ => noise(&mut (self.u64() | 1), &mut page),
         }
         page
+    }
+}
+
+/// Fills `out` with xorshift64 words from `state` (not zero), which it advances:
+/// reproducible bytes that no codec shrinks.
+pub fn noise(state: &mut u64, out: &mut [u8]) {
+    for chunk in out.chunks_mut(8) {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
     }
 }

@@ -14,7 +14,7 @@ mod split;
 
 pub use channel::channel;
 pub use decode::decode;
-pub use input::Input;
+pub use input::{noise, Input};
 pub use round_trip::round_trip;
 pub use split::split;
 

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use novacron_fuzz::TARGETS;
+use novacron_fuzz::{noise, TARGETS};
 
 /// The inputs of a pack (`examples/pack.rs`): a 4-byte little-endian length, the bytes.
 fn unpack(mut packed: &[u8]) -> Vec<&[u8]> {
@@ -61,25 +61,14 @@ fn the_corpus_passes() {
     assert!(ran >= TARGETS.len());
 }
 
-/// xorshift64* bytes.
-fn noise(state: &mut u64, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|_| {
-            *state ^= *state >> 12;
-            *state ^= *state << 25;
-            *state ^= *state >> 27;
-            (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
-        })
-        .collect()
-}
-
 #[test]
 fn random_inputs_pass() {
     let mut state = 0x9E37_79B9_7F4A_7C15;
     for (name, target) in TARGETS {
         for case in 0..300 {
             let len = [16, 64, 300, 2000][case % 4];
-            let data = noise(&mut state, len);
+            let mut data = vec![0; len];
+            noise(&mut state, &mut data);
             eprintln!("{name}: case {case}");
             target(&data);
         }
