@@ -104,6 +104,7 @@ run_tests() {
   log "cargo fmt --check"; cargo fmt --all -- --check
   log "cargo clippy"; cargo clippy --workspace --all-targets -q -- -D warnings
   log "cargo test"; cargo test --workspace -q
+  log "fuzz the page engine briefly"; rust/fuzz/fuzz-briefly.sh
   log "ruff"; ruff check python tests bench; ruff format --check python tests bench
   log "mypy --strict"; mypy
   log "stubtest novacron._core"; python -m mypy.stubtest novacron._core
