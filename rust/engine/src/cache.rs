@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 
+use crate::error::{EngineError, Result};
 use crate::fasthash::FastMap;
 use crate::workers::Workers;
 use crate::PAGE_SIZE;
@@ -69,17 +70,26 @@ pub struct PageCache {
 
 impl PageCache {
     /// A cache of at most `capacity` pages (0 disables it).
-    #[must_use]
-    pub fn new(capacity: usize) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidArgument`] if the system refuses the address space for
+    /// `capacity` pages (the memory itself is only taken as slots are used).
+    pub fn new(capacity: usize) -> Result<Self> {
+        let slab = capacity
+            .checked_mul(PAGE_SIZE)
+            .and_then(crate::mem::Reusable::new)
+            .ok_or_else(|| {
+                EngineError::invalid(format!("no memory for a delta cache of {capacity} pages"))
+            })?;
+        Ok(Self {
             capacity,
-            slab: crate::mem::Reusable::new(capacity.saturating_mul(PAGE_SIZE)),
+            slab,
             grown: 0,
             slots: FastMap::default(),
             order: VecDeque::new(),
             free: Vec::new(),
             clock: 0,
-        }
+        })
     }
 
     /// The content with `hash`, if cached.
@@ -264,8 +274,19 @@ mod tests {
     }
 
     #[test]
+    fn a_cache_the_system_cannot_hold_is_refused() {
+        for capacity in [usize::MAX, 1 << 50] {
+            let err = PageCache::new(capacity).err().expect("refused");
+            assert!(
+                err.to_string().contains("no memory for a delta cache"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn evicts_least_recently_used() {
-        let mut cache = PageCache::new(2);
+        let mut cache = PageCache::new(2).unwrap();
         cache.put(1, &page(1));
         cache.put(2, &page(2));
         cache.put(1, &page(1)); // used again: now 2 is the oldest
@@ -278,7 +299,7 @@ mod tests {
 
     #[test]
     fn many_refreshes_stay_bounded() {
-        let mut cache = PageCache::new(4);
+        let mut cache = PageCache::new(4).unwrap();
         for i in 0..10_000u64 {
             cache.put(u128::from(i % 3), &page((i % 3) as u8));
         }
@@ -296,8 +317,8 @@ mod tests {
             .collect();
         let pool = helpers(1);
         for helpers in [None, Some(&pool)] {
-            let mut one = PageCache::new(4);
-            let mut many = PageCache::new(4);
+            let mut one = PageCache::new(4).unwrap();
+            let mut many = PageCache::new(4).unwrap();
             for &(h, p) in &offer {
                 one.put(h, p);
             }
@@ -319,8 +340,8 @@ mod tests {
             .map(|v| (u128::from(v), pages[v as usize].as_slice()))
             .collect();
         let pool = helpers(3);
-        let mut one = PageCache::new(100);
-        let mut many = PageCache::new(100);
+        let mut one = PageCache::new(100).unwrap();
+        let mut many = PageCache::new(100).unwrap();
         for cache in [&mut one, &mut many] {
             for v in 0..40u8 {
                 cache.put(u128::from(v), &page(v));
@@ -341,7 +362,7 @@ mod tests {
 
     #[test]
     fn forgotten_slots_are_reused_before_the_slab_grows() {
-        let mut cache = PageCache::new(8);
+        let mut cache = PageCache::new(8).unwrap();
         cache.put(1, &page(1));
         cache.put(2, &page(2));
         cache.forget(1);
@@ -356,7 +377,7 @@ mod tests {
 
     #[test]
     fn a_delta_turns_a_cached_base_into_the_new_content_in_place() {
-        let mut cache = PageCache::new(8);
+        let mut cache = PageCache::new(8).unwrap();
         cache.put(1, &page(1));
         cache.put(2, &page(2));
         let mut new = page(1);
@@ -380,7 +401,7 @@ mod tests {
 
     #[test]
     fn zero_capacity_keeps_nothing() {
-        let mut cache = PageCache::new(0);
+        let mut cache = PageCache::new(0).unwrap();
         cache.put(1, &page(1));
         assert!(cache.get(1).is_none() && cache.is_empty());
     }
@@ -418,8 +439,8 @@ mod tests {
         want.push((2001, None));
         want.push((2002, None));
         let pool = helpers(3);
-        let mut one = PageCache::new(256);
-        let mut many = PageCache::new(256);
+        let mut one = PageCache::new(256).unwrap();
+        let mut many = PageCache::new(256).unwrap();
         for cache in [&mut one, &mut many] {
             for (v, p) in old.iter().enumerate() {
                 cache.put(v as u128, p);

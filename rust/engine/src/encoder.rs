@@ -137,8 +137,11 @@ impl Encoder {
     /// # Errors
     /// [`EngineError::InvalidArgument`] for a bad batch size or thread count, a zstd
     /// level the library refuses, or memory the system refuses for the guest's page
-    /// state.
-    pub fn new(pages: usize, config: EncoderConfig) -> Result<Self> {
+    /// state or the delta cache. The cache holds at most one base per page of the
+    /// guest (contents no page holds are dropped from it), so a larger
+    /// `delta_cache_pages` is taken as `pages`.
+    pub fn new(pages: usize, mut config: EncoderConfig) -> Result<Self> {
+        config.delta_cache_pages = config.delta_cache_pages.min(pages);
         if config.batch_pages == 0 || config.batch_pages > MAX_RECORDS as usize {
             return Err(EngineError::invalid("batch_pages must be 1..=65536"));
         }
@@ -150,7 +153,7 @@ impl Encoder {
         Ok(Self {
             config,
             held: Holdings::new(pages)?,
-            previous: PageCache::new(config.delta_cache_pages),
+            previous: PageCache::new(config.delta_cache_pages)?,
             announced: FastMap::default(),
             pool,
             stats: EncodeStats::default(),

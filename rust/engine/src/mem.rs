@@ -21,15 +21,15 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 /// The kernel's page size the advice below rounds to.
 const PAGE: usize = 4096;
 
-/// A buffer of `len` zero bytes, advised for huge pages. A large one is fresh memory
-/// from the kernel (`calloc` neither clears nor touches it), so nothing is written and
-/// no page faults until a page of it is first used, and that first use (a copy,
-/// perhaps on another thread) is the only write.
-#[must_use]
-pub fn zeroed(len: usize) -> Vec<u8> {
-    let buf = vec![0u8; len];
+/// A buffer of `len` zero bytes, advised for huge pages, or `None` when the system
+/// refuses the memory. A large one is fresh memory from the kernel (`calloc` neither
+/// clears nor touches it), so nothing is written and no page faults until a page of it
+/// is first used, and that first use (a copy, perhaps on another thread) is the only
+/// write.
+fn zeroed(len: usize) -> Option<Vec<u8>> {
+    let buf = try_zeroed::<u8>(len)?;
     advise(buf.as_ptr(), buf.len());
-    buf
+    Some(buf)
 }
 
 /// An empty buffer with room for `len` bytes, the room advised for huge pages (a large
@@ -97,17 +97,19 @@ pub(crate) struct Reusable {
 }
 
 impl Reusable {
-    /// `len` bytes: the shortest kept buffer that is long enough, or a new one.
+    /// `len` bytes: the shortest kept buffer that is long enough, or a new one; `None`
+    /// when the system refuses the memory.
     #[must_use]
-    pub(crate) fn new(len: usize) -> Self {
+    pub(crate) fn new(len: usize) -> Option<Self> {
         Self::from_pool(len, &KEPT_BUFFERS)
     }
 
-    fn from_pool(len: usize, pool: &'static Shelf<Vec<u8>>) -> Self {
-        let buf = pool
-            .take_if(|kept| kept.len() >= len)
-            .unwrap_or_else(|| zeroed(len));
-        Self { buf, len, pool }
+    fn from_pool(len: usize, pool: &'static Shelf<Vec<u8>>) -> Option<Self> {
+        let buf = match pool.take_if(|kept| kept.len() >= len) {
+            Some(kept) => kept,
+            None => zeroed(len)?,
+        };
+        Some(Self { buf, len, pool })
     }
 }
 
@@ -187,6 +189,8 @@ pub(crate) unsafe trait ZeroBits: Copy {}
 unsafe impl ZeroBits for u128 {}
 // SAFETY: false is a zero byte.
 unsafe impl ZeroBits for bool {}
+// SAFETY: any byte is a valid u8.
+unsafe impl ZeroBits for u8 {}
 
 /// `len` zero values, or `None` when the system refuses the memory: per-page state of
 /// a guest whose size a peer claimed must not abort the process when it is too large.
@@ -377,32 +381,32 @@ mod tests {
     fn dropped_buffers_serve_the_next_ones_that_fit_up_to_a_bound() {
         static POOL: Shelf<Vec<u8>> = Shelf::new(KEPT, KEPT_BYTES);
         let mib = 1 << 20;
-        let mut first = Reusable::from_pool(8 * mib, &POOL);
+        let mut first = Reusable::from_pool(8 * mib, &POOL).unwrap();
         assert_eq!(first.len(), 8 * mib);
         first[8 * mib - 1] = 7;
         let at = first.buf.as_ptr();
         drop(first);
         assert_eq!(POOL.kept.lock().len(), 1, "a large buffer is kept");
         // a shorter one is served from it (its own length); a longer one is new
-        let shorter = Reusable::from_pool(6 * mib, &POOL);
+        let shorter = Reusable::from_pool(6 * mib, &POOL).unwrap();
         assert_eq!((shorter.buf.as_ptr(), shorter.len()), (at, 6 * mib));
-        let longer = Reusable::from_pool(9 * mib, &POOL);
+        let longer = Reusable::from_pool(9 * mib, &POOL).unwrap();
         assert_ne!(longer.buf.as_ptr(), at);
         drop((shorter, longer));
         assert_eq!(POOL.kept.lock().len(), 2);
         // the shortest that fits is taken
-        let fits = Reusable::from_pool(5 * mib, &POOL);
+        let fits = Reusable::from_pool(5 * mib, &POOL).unwrap();
         assert_eq!(fits.buf.as_ptr(), at);
         drop(fits);
         // small buffers are not kept, nor more than KEPT, nor past KEPT_BYTES
-        drop(Reusable::from_pool(4096, &POOL));
+        drop(Reusable::from_pool(4096, &POOL).unwrap());
         assert_eq!(POOL.kept.lock().len(), 2);
         let many: Vec<Reusable> = (0..KEPT + 1)
-            .map(|_| Reusable::from_pool(4 * mib, &POOL))
+            .map(|_| Reusable::from_pool(4 * mib, &POOL).unwrap())
             .collect();
         drop(many);
         assert_eq!(POOL.kept.lock().len(), KEPT);
-        let huge = Reusable::from_pool(KEPT_BYTES, &POOL);
+        let huge = Reusable::from_pool(KEPT_BYTES, &POOL).unwrap();
         drop(huge);
         assert!(POOL.kept.lock().iter().all(|b| b.len() < KEPT_BYTES));
     }
