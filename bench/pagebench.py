@@ -4,12 +4,13 @@
     python -m bench.pagebench --synthetic [--mib 256] [--rounds 4] [--json]
     python bench/pagebench.py ...   (the same, as a script, from any directory)
 
-IMAGEs are raw memory images of one guest in order (``bench/synth.py`` makes synthetic
-ones; ``bench/guest_images.py`` takes them from a running guest). Round 0 offers every
-page; round k offers the pages whose hash differs from image k-1, found by the engine's
-own scan, whose hashes the encoder takes (``encode_unscanned_s``: the same rounds
-through an encoder that hashes the pages itself). Each round is encoded, decoded on a
-fresh receiver that has seen the earlier rounds, and verified byte for byte. Baselines
+IMAGEs are memory images of one guest in order: raw (``bench/synth.py`` makes synthetic
+ones; ``bench/guest_images.py`` takes them from a running guest) or ELF core dumps of
+its memory (``virsh dump --memory-only DOMAIN FILE``; ``bench/memory_image.py``).
+Round 0 offers every page; round k offers the pages whose hash differs from image k-1,
+found by the engine's own scan, whose hashes the encoder takes (``encode_unscanned_s``:
+the same rounds through an encoder that hashes the pages itself). Each round is encoded,
+decoded on a fresh receiver that has seen the earlier rounds, and verified byte for byte. Baselines
 on the same offered bytes: memcpy, lz4 alone, zstd-1 alone (each over the offered pages
 as one stream), and QEMU precopy (zero pages as 9-byte records, others as 4096 bytes +
 an 8-byte header). The figures are for one thread; the run on all cores (``all_cores``)
@@ -39,6 +40,7 @@ import zstandard
 if not __package__:  # run as `python bench/pagebench.py`: the repository's packages first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench import memory_image
 from bench.synth import generate
 from novacron import _core
 
@@ -90,7 +92,8 @@ Image = bytes | Path  # a file is read when its round comes (one image in memory
 
 
 def load(image: Image) -> bytes:
-    return image if isinstance(image, bytes) else image.read_bytes()
+    """The image's bytes (a file: raw, or an ELF dump's RAM: ``bench.memory_image``)."""
+    return image if isinstance(image, bytes) else memory_image.load(image)
 
 
 def run(
@@ -199,10 +202,9 @@ def check_images(parser: argparse.ArgumentParser, paths: list[Path]) -> int:
     sizes: list[int] = []
     for path in paths:
         try:
-            with path.open("rb") as f:
-                size = os.fstat(f.fileno()).st_size
-        except OSError as e:
-            parser.error(f"{path}: {e.strerror}")
+            size = memory_image.image_size(path)
+        except memory_image.ImageError as e:
+            parser.error(str(e))
         if not size or size % PAGE:
             parser.error(f"{path}: {size} bytes is not a whole number (> 0) of 4 KiB pages")
         if sizes and size != sizes[0]:

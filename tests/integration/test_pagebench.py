@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,41 @@ def test_the_memcpy_baseline_copies_once_into_its_own_buffer() -> None:
         tracemalloc.stop()
     assert seconds > 0
     assert len(data) <= peak < len(data) * 5 // 4
+
+
+def test_pagebench_takes_elf_dumps_and_refuses_kdump_ones(tmp_path: Path) -> None:
+    from tests.unit.test_memory_image import Load, core_dump, expected
+
+    rng = random.Random(5)
+    ram = [rng.randbytes(64 * 4096), rng.randbytes(4096) * 32]
+    second = bytearray(ram[0])
+    second[4096 * 7 : 4096 * 7 + 10] = b"0123456789"  # one page dirtied
+    paths = []
+    for n, low in enumerate([ram[0], bytes(second)]):
+        loads = [Load(0, low, len(low)), Load(1 << 20, ram[1], len(ram[1]))]
+        path = tmp_path / f"dump.{n}"
+        path.write_bytes(core_dump(loads))
+        paths.append(str(path))
+        assert len(expected(loads)) == 96 * 4096
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench/pagebench.py"), *paths, "--passes", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    rounds = json.loads(done.stdout)["rounds"]
+    assert [r["pages"] for r in rounds] == [96, 1]
+    assert all(r["verified"] for r in rounds)
+    kdump = tmp_path / "kdump"
+    kdump.write_bytes(b"KDUMP   " + bytes(8192))
+    refused = subprocess.run(
+        [sys.executable, str(ROOT / "bench/pagebench.py"), str(kdump)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert "kdump-compressed" in refused.stderr
+    assert "Traceback" not in refused.stderr
