@@ -7,6 +7,11 @@ Reads the guest's physical memory through libvirt's ``virDomainMemoryPeek``
 (``VIR_MEMORY_PHYSICAL``, 64 KiB per call, the API's limit) and writes
 ``OUT_PREFIX.0.raw`` ... one image per ``interval`` seconds while the guest runs. The
 guest is paused while each image is read, so every image is one consistent moment.
+
+Physical addresses 0 to the guest's memory size are RAM only on a small guest: on a PC
+machine with more than about 3 GiB, part of it lies above 4 GiB, past the PCI hole. For
+such a guest take ELF dumps instead, one per round (``virsh dump --memory-only DOMAIN
+FILE``), which ``bench/pagebench.py`` reads as images (``bench/memory_image.py``).
 """
 
 from __future__ import annotations
