@@ -92,6 +92,9 @@ def _layout(ident: bytes, path: Path) -> _Layout:
 
 
 def _read_at(f: BinaryIO, offset: int, size: int, path: Path, what: str) -> bytes:
+    # (checked before reading: a count the file claims is not memory to allocate)
+    if offset + size > os.fstat(f.fileno()).st_size:
+        raise ImageError(f"{path}: truncated ({what} at byte {offset} runs past the end)")
     f.seek(offset)
     data = f.read(size)
     if len(data) != size:
@@ -169,7 +172,11 @@ def load(path: Path) -> bytes:
             if found is None:
                 f.seek(0)
                 return f.read()
-            out = bytearray(sum(s.padded for s in found))
+            size = sum(s.padded for s in found)
+            try:
+                out = bytearray(size)
+            except MemoryError:
+                raise ImageError(f"{path}: no memory for its {size}-byte image") from None
             view, at = memoryview(out), 0
             for s in found:
                 f.seek(s.offset)

@@ -93,7 +93,12 @@ Image = bytes | Path  # a file is read when its round comes (one image in memory
 
 def load(image: Image) -> bytes:
     """The image's bytes (a file: raw, or an ELF dump's RAM: ``bench.memory_image``)."""
-    return image if isinstance(image, bytes) else memory_image.load(image)
+    if isinstance(image, bytes):
+        return image
+    try:
+        return memory_image.load(image)
+    except memory_image.ImageError as e:
+        raise SystemExit(f"pagebench: {e}") from None
 
 
 def run(

@@ -171,6 +171,24 @@ def test_dumps_that_are_not_ram_images_are_refused_clearly(tmp_path: Path) -> No
     assert "byte order" in bad(tmp_path, whole[:5] + b"\x07" + whole[6:])
 
 
+def test_a_huge_program_header_count_is_refused_without_reading_it(tmp_path: Path) -> None:
+    dump = bytearray(core_dump([Load(0, b"z" * PAGE, PAGE)], xnum=True))
+    # section header 0's sh_info (the count under PN_XNUM): 2**32 - 1 headers of 56 bytes
+    shoff = struct.unpack_from("<Q", dump, 40)[0]
+    struct.pack_into("<I", dump, shoff + 44, 2**32 - 1)
+    assert "truncated (the program headers" in bad(tmp_path, bytes(dump))
+
+
+def test_a_segment_claiming_more_memory_than_there_is_is_refused_on_loading(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "core"
+    path.write_bytes(core_dump([Load(0, b"z" * PAGE, 2**62)]))
+    assert image_size(path) == 2**62
+    with pytest.raises(ImageError, match="no memory for its"):
+        load(path)
+
+
 def test_a_segment_claiming_more_file_bytes_than_it_covers_is_refused(tmp_path: Path) -> None:
     dump = bytearray(core_dump([Load(0, b"z" * PAGE, PAGE)]))
     # the PT_LOAD's p_memsz (after the PT_NOTE header): 1 byte, under its p_filesz
