@@ -43,6 +43,7 @@ if not __package__:  # run as `python bench/pagebench.py`: the repository's pack
 from bench import memory_image
 from bench.synth import generate
 from novacron import _core
+from novacron.errors import EngineError
 
 PAGE = _core.PAGE_SIZE
 
@@ -254,7 +255,10 @@ def main() -> None:
     # Warm-up, discarded: on these VMs the first touch of memory the guest kernel never
     # handed out before costs about 2.7 ms/MiB (the hypervisor backs it lazily); one
     # full pass brings the process's working memory in for every contender alike.
-    run(images, 1, args.compression, cache_pages, guest_pages)
+    try:
+        run(images, 1, args.compression, cache_pages, guest_pages)
+    except EngineError as e:  # (later passes make the same objects)
+        raise SystemExit(f"pagebench: {e}") from None
     passes = max(1, args.passes)
     single = median_of(
         [run(images, 1, args.compression, cache_pages, guest_pages) for _ in range(passes)]

@@ -142,3 +142,21 @@ def test_pagebench_takes_elf_dumps_and_refuses_kdump_ones(tmp_path: Path) -> Non
     assert refused.returncode == 2
     assert "kdump-compressed" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_pagebench_refuses_a_dump_claiming_more_memory_than_there_is(tmp_path: Path) -> None:
+    from tests.unit.test_memory_image import Load, core_dump
+
+    path = tmp_path / "core"
+    path.write_bytes(core_dump([Load(0, bytes(4096), 2**62)]))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench/pagebench.py"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("pagebench: ")
+    assert "no memory" in done.stderr
+    assert "Traceback" not in done.stderr
