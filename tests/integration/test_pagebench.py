@@ -13,6 +13,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def pagebench(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """`python bench/pagebench.py ARGS` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench/pagebench.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=check,
+    )
+
+
 @pytest.mark.parametrize("form", ["module", "script"])
 def test_pagebench_json_shape_on_a_small_synthetic_guest(form: str, tmp_path: Path) -> None:
     # `python -m bench.pagebench` from the repository, or `python bench/pagebench.py` (as
@@ -76,13 +87,7 @@ def test_pagebench_refuses_bad_images_clearly(
         if size is not None:
             path.write_bytes(bytes(size))
         paths.append(str(path))
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench/pagebench.py"), *paths, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = pagebench(*paths, "--json")
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
@@ -120,25 +125,13 @@ def test_pagebench_takes_elf_dumps_and_refuses_kdump_ones(tmp_path: Path) -> Non
         path.write_bytes(core_dump(loads))
         paths.append(str(path))
         assert len(expected(loads)) == 96 * 4096
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench/pagebench.py"), *paths, "--passes", "1", "--json"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
+    done = pagebench(*paths, "--passes", "1", "--json", check=True)
     rounds = json.loads(done.stdout)["rounds"]
     assert [r["pages"] for r in rounds] == [96, 1]
     assert all(r["verified"] for r in rounds)
     kdump = tmp_path / "kdump"
     kdump.write_bytes(b"KDUMP   " + bytes(8192))
-    refused = subprocess.run(
-        [sys.executable, str(ROOT / "bench/pagebench.py"), str(kdump)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    refused = pagebench(str(kdump))
     assert refused.returncode == 2
     assert "kdump-compressed" in refused.stderr
     assert "Traceback" not in refused.stderr
@@ -149,13 +142,7 @@ def test_pagebench_refuses_a_dump_claiming_more_memory_than_there_is(tmp_path: P
 
     path = tmp_path / "core"
     path.write_bytes(core_dump([Load(0, bytes(4096), 2**62)]))
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench/pagebench.py"), str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = pagebench(str(path))
     assert done.returncode == 1
     assert done.stderr.startswith("pagebench: ")
     assert "no memory" in done.stderr
