@@ -26,8 +26,10 @@ CHUNK = 64 * 1024  # virDomainMemoryPeek refuses more per call
 
 
 def memory_bytes(dom: libvirt.virDomain) -> int:
-    """The guest's memory size in bytes (libvirt reports KiB)."""
-    return int(dom.info()[2]) * 1024
+    """The guest's memory size in bytes: its RAM as the machine was given it (libvirt's
+    ``<memory>``, in KiB), not what a balloon leaves the guest (``<currentMemory>``):
+    a balloon takes pages from the guest, not addresses from the machine."""
+    return int(dom.maxMemory()) * 1024
 
 
 def read_image(dom: libvirt.virDomain, size: int) -> bytes:
