@@ -1,0 +1,120 @@
+//! Batches written by hand from `docs/migration-wire.md`: what a decoder must accept that
+//! NovaCron's own encoder never writes, and the references it must refuse.
+
+mod common;
+
+use common::{apply, sent_whole, Change, PAGES};
+use novacron_engine::{Codec, Decoder, PAGE_SIZE};
+
+/// A batch of `count` records (`records`) with `block` on the wire as it is (stored, or
+/// empty with any codec) and `raw` as its raw area.
+fn hand_made(codec: Codec, count: u32, records: &[u8], block: &[u8], raw: &[u8]) -> Vec<u8> {
+    let header = novacron_engine::wire::Header {
+        codec,
+        records: count,
+        records_len: records.len() as u32,
+        block_raw_len: block.len() as u32,
+        block_len: block.len() as u32,
+        raw_len: raw.len() as u32,
+    };
+    header.frame_parts(&[records, block, raw])
+}
+
+/// A stored batch of two records (`records`): a raw page of 7s, then one whose payload
+/// is `delta`.
+fn raw_and_delta(records: &[u8], delta: &[u8]) -> Vec<u8> {
+    hand_made(Codec::None, 2, records, delta, &[7u8; PAGE_SIZE])
+}
+
+#[test]
+fn a_moved_content_goes_as_a_delta_from_its_old_page_and_bad_bases_are_refused() {
+    use novacron_engine::wire::Kind;
+    let mut image = vec![0u8; PAGES * PAGE_SIZE];
+    for p in 0..PAGES {
+        apply(&mut image, &Change::Text(p, p as u8));
+    }
+    let (mut enc, mut dec, _) = sent_whole(&image);
+    // in both directions: a lower page takes a higher one's content and the reverse
+    for (dst, src, at) in [(2, 9, 77), (20, 5, 78)] {
+        apply(&mut image, &Change::Move(dst, src, at));
+        let before = enc.stats.delta_from;
+        let wire = enc.encode(&image, &[2, 5, 9, 20]).unwrap();
+        dec.decode(&wire).unwrap();
+        assert_eq!(dec.image(), image);
+        assert_eq!(enc.stats.delta_from, before + 1, "{dst} from {src}");
+    }
+    // a base outside the guest, or one the receiver never had, is refused, changing nothing
+    let mut fresh = Decoder::new(4).unwrap();
+    for (base, why) in [(7u8, "out of range"), (2, "never had")] {
+        // skip 0, copy 1 byte
+        let delta = [0u8, 1, 0xAB];
+        // page 1 raw, then page 3 (a step of 1 after page 1 + 1: zigzag 2) from `base`
+        let records = [Kind::Raw as u8, 2, Kind::DeltaFrom as u8, 2, base, 3];
+        let err = fresh.decode(&raw_and_delta(&records, &delta)).unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+        assert!(fresh.image().iter().all(|&b| b == 0), "nothing applied");
+    }
+}
+
+#[test]
+fn a_delta_may_change_what_an_earlier_record_of_its_batch_wrote() {
+    use novacron_engine::wire::Kind;
+    // page 1 never had a version: raw, then a delta on it (skip 3, copy 2 bytes);
+    // page 2 the same but with no record before the delta, refused
+    for (records, applied) in [
+        (vec![Kind::Raw as u8, 2, Kind::Delta as u8, 1, 4], true),
+        (vec![Kind::Raw as u8, 2, Kind::Delta as u8, 0, 4], false),
+    ] {
+        let mut dec = Decoder::new(4).unwrap();
+        let result = dec.decode(&raw_and_delta(&records, &[3u8, 2, 0xAB, 0xCD]));
+        let image = dec.image();
+        if applied {
+            result.unwrap();
+            assert_eq!(&image[PAGE_SIZE..PAGE_SIZE + 6], &[7, 7, 7, 0xAB, 0xCD, 7]);
+        } else {
+            let err = result.unwrap_err();
+            assert!(err.to_string().contains("never had"), "{err}");
+            assert!(image.iter().all(|&b| b == 0), "nothing applied");
+        }
+    }
+}
+
+#[test]
+fn an_empty_block_may_be_absent_whatever_the_codec() {
+    use novacron_engine::wire::Kind;
+    for codec in [Codec::None, Codec::Lz4, Codec::Zstd] {
+        let batch = hand_made(codec, 1, &[Kind::Zero as u8, 0], &[], &[]);
+        let mut dec = Decoder::new(1).unwrap();
+        assert_eq!(dec.decode(&batch).unwrap(), 1, "{codec:?}");
+    }
+}
+
+#[test]
+fn a_dup_ref_may_name_content_any_page_holds() {
+    use novacron_engine::wire::Kind;
+    // page 0 gets X, page 1 a reference to it, page 0 then Y: X is still held (by page
+    // 1), so page 2 may name it, though the sender's index no longer has a page for it
+    let (x, y) = ([1u8; PAGE_SIZE], [2u8; PAGE_SIZE]);
+    let hash = novacron_engine::hash_page(&x).to_le_bytes();
+    for holds in [true, false] {
+        let mut records = vec![Kind::Raw as u8, 0, Kind::DupRef as u8, 0];
+        records.extend_from_slice(&hash);
+        // page 0 again (a step of -2: zigzag 3); then page 2 (step 1) refers to X, or page
+        // 1 becomes zero first (step 0) so that nothing holds X, and page 2 (step 0) is refused
+        records.extend_from_slice(&[Kind::Raw as u8, 3]);
+        if !holds {
+            records.extend_from_slice(&[Kind::Zero as u8, 0]);
+        }
+        records.extend_from_slice(&[Kind::DupRef as u8, if holds { 2 } else { 0 }]);
+        records.extend_from_slice(&hash);
+        let raw = [x, y].concat();
+        let batch = hand_made(Codec::None, if holds { 4 } else { 5 }, &records, &[], &raw);
+        let mut dec = Decoder::new(4).unwrap();
+        let result = dec.decode(&batch);
+        assert_eq!(result.is_ok(), holds, "{result:?}");
+        if holds {
+            assert_eq!(&dec.image()[2 * PAGE_SIZE..3 * PAGE_SIZE], &x[..]);
+            assert_eq!(&dec.image()[..PAGE_SIZE], &y[..]);
+        }
+    }
+}
