@@ -91,9 +91,13 @@ def _layout(ident: bytes, path: Path) -> _Layout:
     raise ImageError(f"{path}: ELF class {elf_class} is neither ELF32 nor ELF64")
 
 
+def _file_size(f: BinaryIO) -> int:
+    return os.fstat(f.fileno()).st_size
+
+
 def _read_at(f: BinaryIO, offset: int, size: int, path: Path, what: str) -> bytes:
     # (checked before reading: a count the file claims is not memory to allocate)
-    if offset + size > os.fstat(f.fileno()).st_size:
+    if offset + size > _file_size(f):
         raise ImageError(f"{path}: truncated ({what} at byte {offset} runs past the end)")
     f.seek(offset)
     data = f.read(size)
@@ -131,7 +135,7 @@ def segments(f: BinaryIO, path: Path) -> list[Segment] | None:
     if phentsize < layout.phdr.size:
         raise ImageError(f"{path}: program headers of {phentsize} bytes are too short")
     table = _read_at(f, phoff, phentsize * phnum, path, "the program headers")
-    size = os.fstat(f.fileno()).st_size
+    size = _file_size(f)
     found = []
     for i in range(phnum):
         p_type, offset, paddr, filesz, memsz = layout.phdr.unpack_from(table, i * phentsize)
@@ -154,12 +158,17 @@ def segments(f: BinaryIO, path: Path) -> list[Segment] | None:
     return found
 
 
+def ram_size(found: list[Segment]) -> int:
+    """Bytes of the image a dump's segments make (each padded to whole pages)."""
+    return sum(s.padded for s in found)
+
+
 def image_size(path: Path) -> int:
     """Bytes of the image ``path`` gives (a raw file's size; an ELF dump's RAM)."""
     try:
         with path.open("rb") as f:
             found = segments(f, path)
-            return os.fstat(f.fileno()).st_size if found is None else sum(s.padded for s in found)
+            return _file_size(f) if found is None else ram_size(found)
     except OSError as e:
         raise ImageError(f"{path}: {e.strerror}") from e
 
@@ -172,7 +181,7 @@ def load(path: Path) -> bytes:
             if found is None:
                 f.seek(0)
                 return f.read()
-            size = sum(s.padded for s in found)
+            size = ram_size(found)
             try:
                 out = bytearray(size)
             except MemoryError:
