@@ -41,7 +41,7 @@ from tests.qemu_stream_builder import PAGE, SHUT, StreamBuilder
 from bench.synth import generate
 from novacron._core import PageStore
 from novacron.migration import frames
-from novacron.migration.channel import CHANNEL_SNDBUF, QEMU_RCVBUF
+from novacron.migration.channel import CHANNEL_SNDBUF
 from novacron.migration.relay import RelayStats, relay_destination, relay_source
 from novacron.migration.stream import StreamReceiver, StreamSender
 
@@ -101,8 +101,8 @@ TICK_S = 0.0005
 
 
 async def _tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
-    """Two ends of a loopback TCP connection, as between QEMU and a daemon (the
-    kernel's buffers bound what a writer can put ahead of its reader)."""
+    """Two ends of a loopback TCP connection, as between the daemons (the kernel's
+    buffers bound what a writer can put ahead of its reader)."""
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -113,13 +113,19 @@ async def _tcp_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
     return trio.SocketStream(client), trio.SocketStream(server)
 
 
+def _unix_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+    """Two ends of a Unix stream socket, as between QEMU and a daemon
+    (``migration.qemu_socket``)."""
+    a, b = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return trio.SocketStream(a), trio.SocketStream(b)
+
+
 async def _relayed(stream: bytes) -> dict[str, Any]:
     """Both relay loops on this event loop; the loop's lateness meanwhile."""
-    src_qemu, src_side = await _tcp_pair()
-    dst_side, dst_qemu = await _tcp_pair()
+    src_qemu, src_side = _unix_pair()
+    dst_side, dst_qemu = _unix_pair()
     chan_src, chan_dst = await _tcp_pair()
-    # the daemon's buffer sizes (``migration.channel``)
-    src_side.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, QEMU_RCVBUF)
+    # the daemon's buffer size on the link (``migration.channel``)
     chan_src.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_SNDBUF)
     received = 0
     lateness: list[float] = []

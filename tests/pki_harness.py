@@ -78,12 +78,12 @@ class Pki:
         ]
 
 
-def tls_daemon(tmp_path: Path, pki: Pki, port: int) -> Daemon:
+def tls_daemon(tmp_path: Path, pki: Pki, port: int, *extra: str) -> Daemon:
     return Daemon(
         socket=tmp_path / "run" / "novacrond.sock",
         state_dir=tmp_path / "state",
         log=tmp_path / "novacrond.log",
-        extra=pki.daemon_args(port),
+        extra=[*pki.daemon_args(port), *extra],
     )
 
 

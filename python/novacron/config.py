@@ -61,6 +61,7 @@ class Config:
     migration_page_store_mib: int = 1024
     migration_max_concurrent: int = 2
     migration_engine_threads: int = 1
+    migration_stream_dir: Path = paths.SYSTEM_MIGRATION_STREAMS
     network_reconcile_interval_s: float = 30.0
     cluster_etcd_endpoints: str = ""
     cluster_lease_ttl_s: int = 10
@@ -140,6 +141,7 @@ FIELDS: dict[str, str] = {
     "migration_page_store_mib": "migration",
     "migration_max_concurrent": "migration",
     "migration_engine_threads": "migration",
+    "migration_stream_dir": "migration",
     "network_reconcile_interval_s": "network",
     "cluster_etcd_endpoints": "cluster",
     "cluster_lease_ttl_s": "cluster",
@@ -162,6 +164,7 @@ _TOML_KEY = {
     "migration_page_store_mib": "page_store_mib",
     "migration_max_concurrent": "max_concurrent",
     "migration_engine_threads": "engine_threads",
+    "migration_stream_dir": "stream_dir",
     "network_reconcile_interval_s": "reconcile_interval_s",
     "cluster_etcd_endpoints": "etcd_endpoints",
     "cluster_lease_ttl_s": "lease_ttl_s",
@@ -239,6 +242,7 @@ def dev_defaults() -> Config:
     return Config(
         socket=paths.dev_socket(),
         state_dir=paths.dev_state_dir(),
+        migration_stream_dir=paths.dev_migration_streams(),
         hypervisor_uri="test:///default",
         dev=True,
     )
@@ -315,6 +319,13 @@ def check(config: Config) -> Config:
         bad = [e for e in config.etcd_endpoints if not e.startswith("https://")]
         if bad:
             raise ConfigError(f"[cluster] etcd_endpoints must be https:// URLs: {', '.join(bad)}")
+    streams = config.migration_stream_dir
+    if not streams.is_absolute() or len(str(streams).encode()) > paths.MAX_MIGRATION_STREAM_DIR:
+        most = paths.MAX_MIGRATION_STREAM_DIR
+        raise ConfigError(
+            f"[migration] stream_dir must be an absolute path of at most {most} bytes"
+            " (a Unix socket's path inside it must fit in 107)"
+        )
     if any("=" not in item for item in config.cluster_labels.split(",") if item.strip()):
         raise ConfigError('[cluster] labels must look like "zone=a,rack=12"')
     return config

@@ -8,6 +8,10 @@ from pathlib import Path
 SYSTEM_SOCKET = Path("/run/novacron/novacrond.sock")
 SYSTEM_STATE_DIR = Path("/var/lib/novacron")
 SYSTEM_CONFIG = Path("/etc/novacron/novacrond.toml")
+SYSTEM_MIGRATION_STREAMS = Path("/run/novacron/migration")
+# a migration's socket is <stream dir>/<16 hex digits>/qemu.sock (27 bytes more), and a
+# Unix socket's path holds at most 107 bytes
+MAX_MIGRATION_STREAM_DIR = 107 - 27
 
 
 def dev_runtime_dir() -> Path:
@@ -20,6 +24,15 @@ def dev_runtime_dir() -> Path:
 
 def dev_socket() -> Path:
     return dev_runtime_dir() / "novacrond.sock"
+
+
+def dev_migration_streams() -> Path:
+    """``<dev runtime dir>/migration``, or ``/tmp/novacron-<uid>/migration`` when that is
+    too long for the sockets inside it."""
+    streams = dev_runtime_dir() / "migration"
+    if len(str(streams).encode()) <= MAX_MIGRATION_STREAM_DIR:
+        return streams
+    return Path(f"/tmp/novacron-{os.getuid()}/migration")  # noqa: S108 - per-user
 
 
 def dev_state_dir() -> Path:

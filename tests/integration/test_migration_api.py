@@ -5,7 +5,10 @@ hosts are in ``tests/system/test_migration.py``."""
 
 from __future__ import annotations
 
-import socket
+import os
+import secrets
+import shutil
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,15 +37,25 @@ class Node:
         return client(self.port, self.issued[name])
 
 
+# where the daemon makes the directories the destination QEMU listens in (short: a
+# socket's path must fit in 107 bytes)
+STREAMS = Path(f"/tmp/nc-{os.getpid()}/migration")
+
+
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
     pki = Pki.create(tmp_path / "pki")
     port = free_port()
-    d = tls_daemon(tmp_path, pki, port)
+    d = tls_daemon(tmp_path, pki, port, "--migration-stream-dir", str(STREAMS))
     d.start()
     yield Node(d, pki, port)
     d.stop()
+    shutil.rmtree(STREAMS.parent, ignore_errors=True)
     assert "Traceback" not in d.log_text(), d.log_text()
+
+
+def stream_socket(name: str | None = None) -> str:
+    return str(STREAMS / (name or secrets.token_hex(8)) / "qemu.sock")
 
 
 def source_xml(name: str, tenant: str = "default", memory_mib: int = 64, **spec: Any) -> str:
@@ -57,12 +70,12 @@ def source_xml(name: str, tenant: str = "default", memory_mib: int = 64, **spec:
     return domain_xml.build(plan)
 
 
-def prepare(c: SyncClient, name: str, xml: str | None = None, port: int | None = None) -> Any:
+def prepare(c: SyncClient, name: str, xml: str | None = None, stream: str | None = None) -> Any:
     return c.call(
         "migration.prepare",
         vm=name,
         xml=xml if xml is not None else source_xml(name),
-        stream_port=port or free_port(),
+        stream_socket=stream or stream_socket(),
         options={"compression": "lz4"},
     )
 
@@ -85,7 +98,14 @@ def test_vm_migrate_refusals(node: Node) -> None:
 
 def test_prepare_places_answers_and_cleans_up_on_abort(node: Node) -> None:
     with node.as_node() as peer:
-        answer = prepare(peer, "arrival")
+        qemu_at = Path(stream_socket())
+        answer = prepare(peer, "arrival", stream=str(qemu_at))
+        # the destination QEMU's directory: private to the user QEMU runs as (libvirt's
+        # test driver has no DAC model: the daemon's own user)
+        made = qemu_at.parent.stat()
+        assert stat.S_IMODE(made.st_mode) == 0o700 and made.st_uid == os.getuid()
+        assert stat.S_IMODE(STREAMS.stat().st_mode) == 0o711
+        assert not qemu_at.exists()  # QEMU makes the socket, not the daemon
         assert len(answer["token"]) == 32 and answer["channel_port"] > 0
         assert answer["libvirt_uri"].endswith("/system") and answer["node"]
         managed = domain_xml.parse_managed(answer["dest_xml"])
@@ -98,6 +118,7 @@ def test_prepare_places_answers_and_cleans_up_on_abort(node: Node) -> None:
         assert peer.call("migration.abort", op=answer["op"])["aborting"]
         ended = peer.call("migration.result", op=answer["op"])
     assert ended["state"] == "failed" and ended["error"]["code"] == "migration_failed"
+    assert not qemu_at.parent.exists()  # gone with the migration
     with node.daemon.client() as c:
         op = c.call("op.get", op=answer["op"])
         assert op["kind"] == "migrate_in" and op["peer"] == "node2" and op["state"] == "failed"
@@ -129,12 +150,23 @@ def test_prepare_refusals(node: Node) -> None:
             prepare(peer, "e", missing)
         with pytest.raises(errors.QuotaExceeded):
             prepare(peer, "q", source_xml("q", tenant="tiny"))
-        busy = free_port()
-        with socket.socket() as holder:
-            holder.bind(("127.0.0.1", busy))
-            holder.listen(1)
-            with pytest.raises(errors.Conflict, match="busy"):
-                prepare(peer, "p", port=busy)
+        # only <stream_dir>/<16 hex digits>/qemu.sock: no other path is made or chowned
+        for elsewhere in (
+            "/tmp/x/0123456789abcdef/qemu.sock",
+            f"{STREAMS}/0123456789abcdef/other.sock",
+            f"{STREAMS}/../0123456789abcdef/qemu.sock",
+            f"{STREAMS}/0123456789ABCDEF/qemu.sock",
+            f"{STREAMS}/0123456789abcdef/../qemu.sock",
+            f"{STREAMS}/a/0123456789abcdef/qemu.sock",
+            "qemu.sock",
+        ):
+            with pytest.raises(errors.InvalidParams, match="stream_dir"):
+                prepare(peer, "p", stream=elsewhere)
+        taken = Path(stream_socket())
+        taken.parent.mkdir(parents=True)
+        with pytest.raises(errors.Conflict, match="already here"):
+            prepare(peer, "p", stream=str(taken))
+        assert [p.name for p in STREAMS.iterdir()] == [taken.parent.name]
         with pytest.raises(errors.InvalidParams):
             peer.call("migration.prepare", vm="z", xml=source_xml("z"), stream_port=80)
     operator = node.pki.issue("op1", "operator", ("default",))

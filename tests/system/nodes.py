@@ -20,7 +20,7 @@ from novacron.client import SyncClient
 from novacron.pki.ca import CertificateAuthority
 from tests.daemon_harness import Daemon
 from tests.etcd_harness import EtcdCluster
-from tests.system.twohosts import Host, TwoHosts
+from tests.system.twohosts import STREAMS, Host, TwoHosts
 
 TLS_PORT = 7443
 
@@ -83,6 +83,7 @@ def node_daemon(hosts: TwoHosts, host: Host, certs: Path, ca: Path, *extra: str)
             *("--tls-ca", str(ca)),
             *("--migration-libvirt-uri", host.libvirt_uri),
             *("--migration-link-timeout-s", "10"),
+            *("--migration-stream-dir", str(STREAMS)),
             *extra,
         ],
     )

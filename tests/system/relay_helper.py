@@ -19,10 +19,20 @@ from pathlib import Path
 import trio
 
 from novacron.client import TlsFiles, split_address
-from novacron.migration.channel import connect_when_listening
 from novacron.migration.relay import RelayStats, relay_destination, relay_source
 from novacron.migration.stream import StreamReceiver, StreamSender
 from novacron.server.tls import server_context
+
+
+async def connect_when_listening(host: str, port: int, timeout_s: float) -> trio.SocketStream:
+    """Connects to ``host:port``, retrying until something listens there (QEMU's
+    incoming socket appears only once libvirt started the destination QEMU)."""
+    with trio.fail_after(timeout_s):
+        while True:
+            try:
+                return await trio.open_tcp_stream(host, port)
+            except OSError:
+                await trio.sleep(0.05)
 
 
 async def source(

@@ -16,6 +16,7 @@ from novacron.auth import policy
 from tests.daemon_harness import Daemon
 from tests.system.libvirt_host import URI
 
+QEMU_AT = "/run/novacron/migration/0123456789abcdef/qemu.sock"
 PAYLOADS = {
     "sql": "x'; DROP TABLE vms; --",
     "sql2": '" OR 1=1 --',
@@ -64,8 +65,8 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("vm.migrate", {"name": "ghost", "destination": "n2"}, "stall_action"),
     ("op.get", {}, "op"),
     ("op.cancel", {}, "op"),
-    ("migration.prepare", {"xml": "<domain/>", "stream_port": 40000}, "vm"),
-    ("migration.prepare", {"vm": "inj", "stream_port": 40000}, "xml"),
+    ("migration.prepare", {"xml": "<domain/>", "stream_socket": QEMU_AT}, "vm"),
+    ("migration.prepare", {"vm": "inj", "stream_socket": QEMU_AT}, "xml"),
     ("migration.result", {}, "op"),
     ("migration.abort", {}, "op"),
     ("net.create", {}, "name"),

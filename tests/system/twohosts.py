@@ -2,7 +2,8 @@
 libvirtd and virtlogd, joined by a veth pair (see ../shared/notes/libvirt-qemu-here.md).
 
 Each host is a long-lived ``unshare --mount --net --uts --fork`` process; commands
-join it with ``nsenter``. Inside: its hostname, private ``/run/libvirt`` (tmpfs), bind
+join it with ``nsenter``. Inside: its hostname, private ``/run/libvirt`` and
+``/run/novacron`` (tmpfs), bind
 mounts of per-host ``/var/lib/libvirt``, ``/var/log/libvirt``, ``/var/cache/libvirt``,
 ``/etc/libvirt`` (a copy with this host's ``libvirtd.conf``/``qemu.conf``) and
 ``/etc/hosts``, loopback up, and one end of the veth with an address that exists only
@@ -27,6 +28,9 @@ from tests.system import subreaper
 BASE = Path("/var/tmp/novacron-hosts")
 SLEEP = ("sleep", "infinity")
 NET = "10.77.0"
+# where the daemons of both hosts meet QEMU's migration stream: the same path on both,
+# each host's own directory (a tmpfs over /run/novacron in its mount namespace)
+STREAMS = Path("/run/novacron/migration")
 
 QEMU_WRAPPER = """#!/bin/sh
 # single-threaded TCG: multi-threaded TCG sometimes corrupts a guest across migration
@@ -120,6 +124,8 @@ class Host:
             mount --make-rprivate /
             mkdir -p /run/libvirt
             mount -t tmpfs -o mode=0755 tmpfs /run/libvirt
+            mkdir -p {STREAMS.parent}
+            mount -t tmpfs -o mode=0755 tmpfs {STREAMS.parent}
             mount --bind {r}/lib /var/lib/libvirt
             mount --bind {r}/log /var/log/libvirt
             mount --bind {r}/cache /var/cache/libvirt

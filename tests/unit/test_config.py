@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,20 @@ def test_dev_mode_uses_test_driver_and_user_dirs(
     assert c.socket == tmp_path / "run" / "novacron" / "novacrond.sock"
     assert c.state_dir.is_relative_to(tmp_path / "state")
     assert c.dev
+    # a runtime dir too long for a socket path inside it: a short per-user one instead
+    assert len(str(tmp_path / "run" / "novacron" / "migration")) > 80
+    assert c.migration_stream_dir == Path(f"/tmp/novacron-{os.getuid()}/migration")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert parse("--dev").migration_stream_dir == Path("/run/user/1000/novacron/migration")
+
+
+def test_migration_stream_dir_must_hold_socket_paths() -> None:
+    assert parse("--dev").migration_stream_dir.is_absolute()
+    assert config.Config().migration_stream_dir == Path("/run/novacron/migration")
+    assert parse("--dev", "--migration-stream-dir", "/" + "d" * 79).migration_stream_dir
+    for bad in ("/" + "d" * 80, "relative/dir"):
+        with pytest.raises(config.ConfigError, match="stream_dir"):
+            parse("--dev", "--migration-stream-dir", bad)
 
 
 def test_toml_then_flags(tmp_path: Path) -> None:

@@ -25,8 +25,7 @@ def call(**kw: object) -> MigrationCall:
     base: dict[str, object] = {
         "name": "vm",
         "dest_uri": "qemu+tls://node2/system",
-        "migrate_uri": "tcp://127.0.0.1:49200",
-        "listen_address": "127.0.0.1",
+        "migrate_uri": "unix:///run/novacron/migration/0123456789abcdef/qemu.sock",
         "dest_xml": "<domain/>",
         "bandwidth_mib_s": 0,
         "auto_converge": False,
@@ -34,10 +33,12 @@ def call(**kw: object) -> MigrationCall:
     return MigrationCall(**{**base, **kw})  # type: ignore[arg-type]
 
 
-def test_params_point_qemu_at_the_loopback_relay() -> None:
+def test_params_point_qemu_at_the_relay_socket() -> None:
     params = call().params()
-    assert params[libvirt.VIR_MIGRATE_PARAM_URI] == "tcp://127.0.0.1:49200"
-    assert params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] == "127.0.0.1"
+    uri = "unix:///run/novacron/migration/0123456789abcdef/qemu.sock"
+    assert params[libvirt.VIR_MIGRATE_PARAM_URI] == uri
+    # libvirt refuses a listen address with the UNIX transport (both ends use the path)
+    assert libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS not in params
     assert params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] == "<domain/>"
     assert params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] == "<domain/>"
     assert libvirt.VIR_MIGRATE_PARAM_BANDWIDTH not in params

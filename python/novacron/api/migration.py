@@ -22,6 +22,7 @@ from novacron.rpc.params import Params
 
 MAX_XML = 1 << 20
 OP_ID_LEN = 64
+STREAM_SOCKET_LEN = 107  # a Unix socket path (`migration.qemu_socket`)
 
 
 def register(registry: Registry, services: Services) -> None:
@@ -75,10 +76,10 @@ def register(registry: Registry, services: Services) -> None:
         """(node) Get ready to receive a VM: placement, token, channel and libvirt URI."""
         name = p.name("vm")
         xml = p.text("xml", max_len=MAX_XML, multiline=True)
-        port = p.integer("stream_port", 1024, 65535)
+        stream_socket = p.text("stream_socket", max_len=STREAM_SOCKET_LEN)
         options = p.mapping("options")
         p.done()
-        return await migrations().prepare(ctx.identity.user, name, xml, port, options)
+        return await migrations().prepare(ctx.identity.user, name, xml, stream_socket, options)
 
     @registry.method("migration.result")
     async def result(ctx: CallContext, p: Params) -> dict[str, Any]:

@@ -34,9 +34,9 @@ HANDSHAKE_TIMEOUT_S = 10.0
 # Small kernel buffers on the data path: what sits in them when QEMU stops the guest
 # must cross the link before the guest can resume (downtime), and big buffers also make
 # QEMU believe the link is faster than it is (it estimates downtime from how fast its
-# socket drains). The kernel doubles these values.
+# socket drains). The kernel doubles this value. (QEMU's own Unix socket is bounded by
+# its writer's send buffer, the kernel's default.)
 CHANNEL_SNDBUF = 256 * 1024
-QEMU_RCVBUF = 256 * 1024
 
 
 def tune(sock: trio.socket.SocketType | socket.socket, link_timeout_s: float) -> None:
@@ -48,17 +48,6 @@ def tune(sock: trio.socket.SocketType | socket.socket, link_timeout_s: float) ->
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 2))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(link_timeout_s * 1000))
-
-
-async def connect_when_listening(host: str, port: int, timeout_s: float) -> trio.SocketStream:
-    """Connects to ``host:port``, retrying until something listens there (QEMU's
-    incoming socket appears only once libvirt started the destination QEMU)."""
-    with trio.fail_after(timeout_s):
-        while True:
-            try:
-                return await trio.open_tcp_stream(host, port)
-            except OSError:
-                await trio.sleep(0.05)
 
 
 async def open_channel(

@@ -3,9 +3,10 @@
 ``migration.prepare`` (called by the source daemon with its node certificate) checks
 that the VM can come here, places it on this host's topology, and answers with a
 one-time token, the channel port, how this node's libvirtd is reached, and the domain
-XML retargeted to this host. A task then waits for the source's channel, connects to
-the destination QEMU (which libvirt started listening on loopback), and rebuilds the
-stream (:func:`~novacron.migration.relay.relay_destination`).
+XML retargeted to this host; it makes the directory the destination QEMU will listen
+in (:mod:`~novacron.migration.qemu_socket`). A task then waits for the source's
+channel, connects to the destination QEMU's socket once libvirt started it, and
+rebuilds the stream (:func:`~novacron.migration.relay.relay_destination`).
 
 Whatever the relay did, the outcome is libvirt's: the migration succeeded when the
 domain is persistent and running here, failed when it is gone. Only then is the VM
@@ -16,17 +17,18 @@ from __future__ import annotations
 
 import logging
 import secrets
-import socket
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
 from novacron import errors
 from novacron.logs import kv
-from novacron.migration import libvirt_job
-from novacron.migration.channel import close_gently, connect_when_listening
+from novacron.migration import libvirt_job, qemu_socket
+from novacron.migration.channel import close_gently
 from novacron.migration.ops import Operation
 from novacron.migration.relay import RelayStats, announce, relay_destination, single_errors
 from novacron.migration.stream import StreamReceiver, guest_page_limit
@@ -35,6 +37,7 @@ from novacron.vm.spec import VmSpec
 
 if TYPE_CHECKING:
     from novacron.migration.service import MigrationService
+    from novacron.vm.driver import Hypervisor
 
 log = logging.getLogger("novacron.migration")
 
@@ -55,7 +58,8 @@ class Incoming:
     spec: VmSpec
     uuid: str
     placement: dict[str, Any] | None
-    stream_port: int
+    stream_name: str  # the QEMU socket's directory (``qemu_socket``)
+    qemu_owner: tuple[int, int]  # who QEMU runs as here: (uid, gid)
     source: str  # the source's certificate name
     stats: RelayStats = field(default_factory=RelayStats)
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -64,24 +68,17 @@ class Incoming:
         self.send, self.recv = trio.open_memory_channel[trio.SSLStream[trio.SocketStream]](1)
 
 
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 async def prepare(
     svc: MigrationService,
     source: str,
     name: str,
     xml: str,
-    stream_port: int,
+    stream_socket: str,
     options: dict[str, Any],
 ) -> dict[str, Any]:
     vms = svc.vms
+    streams = svc.config.migration_stream_dir
+    stream_name = qemu_socket.name_of(streams, stream_socket)
     try:
         managed = domain_xml.parse_managed(xml)
     except Exception:  # any malformed XML is the caller's error
@@ -107,8 +104,6 @@ async def prepare(
                 f"disk {disk.path} of vm {name!r} is not reachable on {svc.config.node_name}",
                 {"vm": name, "path": disk.path},
             )
-    if not port_free(stream_port):
-        raise errors.Conflict(f"port {stream_port} is busy here", {"port": stream_port})
     async with vms.tenant_lock(spec.tenant), vms.locked(name):
         if await vms.records.get(name) is not None or svc.ops.active_for(name) is not None:
             raise errors.AlreadyExists(f"vm {name!r} already exists here", {"vm": name})
@@ -122,7 +117,13 @@ async def prepare(
             dest_xml = domain_xml.retarget(
                 xml, placement, vms.console_log(name), svc.config.emulator or None
             )
-            op = await svc.ops.start("migrate_in", name, spec.tenant, source, options)
+            owner = await vms.hv_pool.run(_qemu_owner, vms.hv, dest_xml)
+            await trio.to_thread.run_sync(qemu_socket.make_dir, streams, stream_name, owner)
+            try:
+                op = await svc.ops.start("migrate_in", name, spec.tenant, source, options)
+            except BaseException:
+                await trio.to_thread.run_sync(qemu_socket.remove_dir, streams, stream_name)
+                raise
         except BaseException:
             vms.placement.release(name)
             raise
@@ -132,7 +133,8 @@ async def prepare(
         spec=spec,
         uuid=managed.uuid,
         placement=placement,
-        stream_port=stream_port,
+        stream_name=stream_name,
+        qemu_owner=owner,
         source=source,
     )
     op.on_cancel = inc.cancel.cancel
@@ -168,7 +170,8 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
                     threads=svc.config.migration_engine_threads,
                     max_pages=guest_page_limit(inc.spec.memory_mib),
                 )
-                qemu = await _announce_and_connect(channel, receiver, inc.stream_port)
+                qemu_at = qemu_socket.socket_path(svc.config.migration_stream_dir, inc.stream_name)
+                qemu = await _announce_and_connect(channel, receiver, qemu_at, inc.qemu_owner[0])
                 log.info("migration.qemu_listening", extra=kv(vm=inc.op.vm, op=inc.op.id))
                 try:
                     await relay_destination(
@@ -192,6 +195,10 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
     if failure:
         log.warning("migration.incoming_relay_failed", extra=kv(vm=inc.op.vm, why=failure))
     await settle(svc, inc, failure)
+    with trio.CancelScope(shield=True):
+        await trio.to_thread.run_sync(
+            qemu_socket.remove_dir, svc.config.migration_stream_dir, inc.stream_name
+        )
     if receiver is not None and not failure:
         # never in the downtime, nor in the operation's time; a step (32 MiB hashed
         # into the store) at a time on an engine thread
@@ -200,8 +207,15 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
             pass
 
 
+def _qemu_owner(hv: Hypervisor, dest_xml: str) -> tuple[int, int]:
+    """Who libvirt will run the incoming domain's QEMU as (blocking: capabilities)."""
+    root = ET.fromstring(dest_xml)  # noqa: S314 - retarget's output, parsed there already
+    kind = root.get("type") or hv.domain_type()
+    return qemu_socket.qemu_owner(hv.capabilities(), kind)
+
+
 async def _announce_and_connect(
-    channel: trio.abc.Stream, receiver: StreamReceiver, port: int
+    channel: trio.abc.Stream, receiver: StreamReceiver, qemu_at: Path, uid: int
 ) -> trio.SocketStream:
     """Sends the page store's announcement while connecting to the destination QEMU
     (the hashes cross the link while QEMU starts); the connection, once both are done.
@@ -210,7 +224,8 @@ async def _announce_and_connect(
 
     async def connect() -> None:
         nonlocal qemu
-        qemu = await connect_when_listening("127.0.0.1", port, QEMU_CONNECT_S)
+        with trio.fail_after(QEMU_CONNECT_S):
+            qemu = await qemu_socket.connect_when_bound(qemu_at, uid)
 
     try:
         with single_errors():

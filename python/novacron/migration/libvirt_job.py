@@ -2,8 +2,9 @@
 
 libvirt drives the migration peer to peer: the source libvirtd talks to the
 destination's (``dest_uri``) to define, start and finish the incoming domain, while
-QEMU's stream goes where ``migrate_uri`` points (the source daemon's loopback relay);
-the destination QEMU listens on ``listen_address`` and the same port.
+QEMU's stream goes where ``migrate_uri`` points (``unix://PATH``: the source daemon
+listens there, libvirtd connects); the destination QEMU listens at the same PATH on
+its host (:mod:`~novacron.migration.qemu_socket`).
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ FLAGS = (
 class MigrationCall:
     name: str
     dest_uri: str  # the destination libvirtd
-    migrate_uri: str  # tcp://127.0.0.1:PORT
-    listen_address: str
+    migrate_uri: str  # unix:///run/novacron/migration/<name>/qemu.sock
     dest_xml: str
     bandwidth_mib_s: int
     auto_converge: bool
@@ -37,7 +37,6 @@ class MigrationCall:
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {
             libvirt.VIR_MIGRATE_PARAM_URI: self.migrate_uri,
-            libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: self.listen_address,
             libvirt.VIR_MIGRATE_PARAM_DEST_XML: self.dest_xml,
             libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: self.dest_xml,
         }

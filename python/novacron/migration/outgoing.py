@@ -2,10 +2,12 @@
 
 1. ``migration.prepare`` on the destination over node mutual TLS: it places the VM and
    answers with a token, its channel port, its libvirt URI and the domain XML for it.
-2. The migration channel is opened (token first); a loopback listener waits for QEMU.
+2. The migration channel is opened (token first); a Unix socket only root can reach
+   waits for QEMU's stream (:mod:`~novacron.migration.qemu_socket`).
 3. ``migrateToURI3`` runs on a worker thread (libvirt peer to peer, the stream to
-   ``tcp://127.0.0.1:PORT``); QEMU's stream is relayed through the page engine; job
-   statistics are sampled each second for ``op.progress`` and stall handling.
+   ``unix://PATH``: libvirtd connects and hands the connection to QEMU); QEMU's stream
+   is relayed through the page engine; job statistics are sampled each second for
+   ``op.progress`` and stall handling.
 4. libvirt's answer decides: success means the VM runs on the destination (the source
    forgets it once the destination says it recorded it); any failure — relay,
    channel, link, cancel, stall, timeout — ends with libvirt aborting and the VM
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -27,8 +28,8 @@ from novacron import errors
 from novacron.client import connect_tls, split_address
 from novacron.cluster.locks import MigrationLock
 from novacron.logs import kv
-from novacron.migration import libvirt_job, progress
-from novacron.migration.channel import QEMU_RCVBUF, open_channel
+from novacron.migration import libvirt_job, progress, qemu_socket
+from novacron.migration.channel import open_channel
 from novacron.migration.libvirt_job import MigrationCall
 from novacron.migration.ops import Operation
 from novacron.migration.options import MigrateOptions
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("novacron.migration")
 
-QEMU_ACCEPT_S = 120.0  # from migrateToURI3 to the source QEMU connecting
+QEMU_ACCEPT_S = 120.0  # from migrateToURI3 to libvirtd connecting for the source QEMU
 SAMPLE_S = 1.0
 RESULT_WAIT_S = 120.0
 TAIL_S = 30.0  # after libvirt's success: the relay's last bytes (QEMU's SHUT)
@@ -158,8 +159,14 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
     moved = False
     answer: dict[str, Any] = {}
     dest: dict[str, Any] = {}
-    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-    port = listener.socket.getsockname()[1]
+    streams = svc.config.migration_stream_dir
+    name = qemu_socket.new_name()
+    path = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, name)
+    try:
+        listener = await qemu_socket.listen(path)
+    except BaseException:
+        await trio.to_thread.run_sync(qemu_socket.remove_dir, streams, name)
+        raise
     try:
         async with connect_tls(address, files, server_name=host) as peer:
             try:
@@ -169,7 +176,7 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                         "migration.prepare",
                         vm=op.vm,
                         xml=xml,
-                        stream_port=port,
+                        stream_socket=str(path),
                         options=run.options.to_dict(),
                     )
                     if run.lock is not None:  # where ownership goes (and a restart undoes)
@@ -192,8 +199,7 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
             call = MigrationCall(
                 name=op.vm,
                 dest_uri=str(answer["libvirt_uri"]),
-                migrate_uri=f"tcp://127.0.0.1:{port}",
-                listen_address="127.0.0.1",
+                migrate_uri=f"unix://{path}",
                 dest_xml=str(answer["dest_xml"]),
                 bandwidth_mib_s=run.options.bandwidth_mib_s(),
                 auto_converge=run.options.auto_converge,
@@ -209,6 +215,7 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
         run.fail(errors.MigrationFailed(f"connection to {address} failed: {exc}"))
     finally:
         await listener.aclose()
+        await trio.to_thread.run_sync(qemu_socket.remove_dir, streams, name)
     if moved:
         result = await _forget(run, answer, dest, began)
         result["relay_error"] = run.failure.message if run.failure else None
@@ -254,9 +261,8 @@ async def _migrate(
         qemu: trio.SocketStream | None = None
         try:
             with trio.fail_after(QEMU_ACCEPT_S):
-                qemu = await listener.accept()
+                qemu = await qemu_socket.accept_from(listener)
             log.info("migration.stream_started", extra=kv(vm=op.vm, op=op.id))
-            qemu.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, QEMU_RCVBUF)
             await relay_source(
                 qemu,
                 channel,

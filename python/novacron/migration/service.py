@@ -120,9 +120,9 @@ class MigrationService:
     # -- the destination's calls (node role) -------------------------------------------
 
     async def prepare(
-        self, source: str, name: str, xml: str, stream_port: int, options: dict[str, Any]
+        self, source: str, name: str, xml: str, stream_socket: str, options: dict[str, Any]
     ) -> dict[str, Any]:
-        return await incoming.prepare(self, source, name, xml, stream_port, options)
+        return await incoming.prepare(self, source, name, xml, stream_socket, options)
 
     def _deliver(self, token: bytes, peer: str, stream: trio.SSLStream[trio.SocketStream]) -> bool:
         for known, inc in self.incoming.items():

@@ -1,0 +1,183 @@
+"""Where QEMU's migration stream meets the daemon on each host: a Unix socket.
+
+libvirt's UNIX migration transport (``migrateuri = unix://PATH``) uses one path on both
+hosts. On the source, libvirtd connects to PATH (the source daemon listens there) and
+hands the connection to QEMU; on the destination, QEMU itself listens at PATH and the
+destination daemon connects to it. PATH is ``<stream_dir>/<name>/qemu.sock`` with a
+fresh ``<name>`` (16 hex digits) per migration; ``[migration] stream_dir`` must
+therefore be the same on every node (the destination refuses any other path).
+
+Who can reach the stream (no loopback port any local process could take first):
+
+* ``stream_dir``: root's, mode 0711 (QEMU's user may pass through it, not list it);
+* the source's ``<name>/``: root's, 0700. Only root can connect, and a connection whose
+  peer is not root (libvirtd) is refused;
+* the destination's ``<name>/``: owned by the user libvirt runs QEMU as (its DAC base
+  label), 0700, so only that user and root can create the socket; the daemon connects
+  only to a socket that user owns, and checks the peer's uid once connected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import secrets
+import socket
+import stat
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import trio
+
+from novacron import errors
+from novacron.logs import kv
+
+log = logging.getLogger("novacron.migration")
+
+SOCKET_NAME = "qemu.sock"
+NAME = re.compile(r"[0-9a-f]{16}")
+CONNECT_POLL_S = 0.05
+
+
+def new_name() -> str:
+    return secrets.token_hex(8)
+
+
+def socket_path(stream_dir: Path, name: str) -> Path:
+    return stream_dir / name / SOCKET_NAME
+
+
+def name_of(stream_dir: Path, path: str) -> str:
+    """The migration's name in a path a source sent; ``invalid_params`` unless the path is
+    exactly ``<this node's stream_dir>/<name>/qemu.sock``."""
+    candidate = Path(path)
+    if (
+        candidate.name != SOCKET_NAME
+        or candidate.parent.parent != stream_dir
+        or not NAME.fullmatch(candidate.parent.name)
+    ):
+        raise errors.InvalidParams(
+            f"stream_socket {path!r} is not {stream_dir}/<16 hex digits>/{SOCKET_NAME}: "
+            "[migration] stream_dir must be the same on both nodes",
+            {"stream_dir": str(stream_dir)},
+        )
+    return candidate.parent.name
+
+
+def qemu_owner(capabilities: ET.Element, domain_type: str) -> tuple[int, int]:
+    """The uid and gid libvirt runs QEMU as: the DAC security model's base label for the
+    domain type (``+999:+994``); this process's own when libvirt has no DAC model (the
+    test driver, or QEMU run as the caller)."""
+    labels = {}
+    for model in capabilities.iterfind("host/secmodel"):
+        if model.findtext("model") == "dac":
+            for label in model.iterfind("baselabel"):
+                labels[label.get("type", "")] = (label.text or "").strip()
+    text = labels.get(domain_type) or next(iter(labels.values()), "")
+    found = re.fullmatch(r"\+?(\d+):\+?(\d+)", text)
+    if found is None:
+        return os.getuid(), os.getgid()
+    return int(found[1]), int(found[2])
+
+
+def make_dir(stream_dir: Path, name: str, owner: tuple[int, int] | None = None) -> Path:
+    """Creates ``<stream_dir>/<name>/`` (mode 0700, given to ``owner``: QEMU's user on
+    the destination, root on the source) and ``stream_dir`` if needed (0711). Returns
+    the socket's path. ``conflict`` if the name is taken here."""
+    stream_dir.mkdir(parents=True, exist_ok=True)
+    info = stream_dir.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise errors.Unavailable(
+            f"[migration] stream_dir {stream_dir} is not a directory of this daemon's user",
+            {"stream_dir": str(stream_dir)},
+        )
+    if stat.S_IMODE(info.st_mode) != 0o711:
+        stream_dir.chmod(0o711)
+    directory = stream_dir / name
+    try:
+        directory.mkdir(mode=0o700)
+    except FileExistsError:
+        raise errors.Conflict(f"migration stream {name} is already here", {"name": name}) from None
+    try:
+        directory.chmod(0o700)  # whatever the umask
+        if owner is not None and owner != (os.getuid(), os.getgid()):
+            os.chown(directory, *owner)
+    except BaseException:
+        remove_dir(stream_dir, name)
+        raise
+    return directory / SOCKET_NAME
+
+
+def remove_dir(stream_dir: Path, name: str) -> None:
+    """Removes a migration's directory and its socket, if they are still there."""
+    directory = stream_dir / name
+    with contextlib.suppress(FileNotFoundError):
+        (directory / SOCKET_NAME).unlink()
+    try:
+        directory.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # something else was put there: left for the operator
+        log.warning("migration.stream_dir_left", extra=kv(path=str(directory), error=str(exc)))
+
+
+def peer_uid(sock: trio.socket.SocketType) -> int:
+    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    del pid, gid
+    return int(uid)
+
+
+async def listen(path: Path) -> trio.SocketListener:
+    """The source's listener at ``path`` (in a directory :func:`make_dir` made)."""
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(str(path))
+        sock.listen(1)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+async def accept_from(listener: trio.SocketListener, uid: int = 0) -> trio.SocketStream:
+    """The first connection whose peer runs as ``uid`` (libvirtd: root); any other is
+    closed and logged, and the wait goes on."""
+    while True:
+        stream = await listener.accept()
+        got = peer_uid(stream.socket)
+        if got == uid:
+            return stream
+        log.warning("migration.stream_peer_refused", extra=kv(uid=got, expected=uid))
+        await trio.aclose_forcefully(stream)
+
+
+async def connect_when_bound(path: Path, uid: int) -> trio.SocketStream:
+    """Connects to the socket QEMU (running as ``uid``) binds at ``path``, retrying until
+    it is there. A socket owned by anyone else is never connected to; a peer that turns
+    out not to be ``uid`` is refused (``migration_failed``). Bound it with ``fail_after``."""
+    while True:
+        try:
+            info = await trio.Path(path).lstat()
+        except FileNotFoundError:
+            await trio.sleep(CONNECT_POLL_S)
+            continue
+        if not stat.S_ISSOCK(info.st_mode) or info.st_uid != uid:
+            raise errors.MigrationFailed(
+                f"{path} is not QEMU's socket (owner uid {info.st_uid}, expected {uid})"
+            )
+        try:
+            stream = await trio.open_unix_socket(str(path))
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                raise
+            await trio.sleep(CONNECT_POLL_S)  # bound, not yet listening
+            continue
+        got = peer_uid(stream.socket)
+        if got != uid:
+            await trio.aclose_forcefully(stream)
+            raise errors.MigrationFailed(f"the peer at {path} runs as uid {got}, not {uid}")
+        return stream

@@ -1,0 +1,263 @@
+"""The Unix sockets QEMU's migration stream crosses on each host: paths, directories,
+ownership and the peer checks, with real sockets (and a real other user where root
+can run one)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from novacron import errors, logs
+from novacron.migration import qemu_socket
+from novacron.vm.driver import Hypervisor
+
+NOBODY = 65534
+as_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+STREAMS = Path("/run/novacron/migration")
+
+
+def test_new_names_are_fresh_16_hex_digits() -> None:
+    names = {qemu_socket.new_name() for _ in range(100)}
+    assert len(names) == 100
+    assert all(qemu_socket.NAME.fullmatch(n) for n in names)
+
+
+def test_name_of_accepts_only_this_nodes_socket_paths() -> None:
+    good = "/run/novacron/migration/0123456789abcdef/qemu.sock"
+    assert qemu_socket.name_of(STREAMS, good) == "0123456789abcdef"
+    for bad in (
+        "/run/novacron/other/0123456789abcdef/qemu.sock",
+        "/run/novacron/migration/0123456789abcdef/x.sock",
+        "/run/novacron/migration/0123456789abcde/qemu.sock",
+        "/run/novacron/migration/0123456789abcdeg/qemu.sock",
+        "/run/novacron/migration/../migration/0123456789abcdef/qemu.sock",
+        "/run/novacron/migration/0123456789abcdef/../0123456789abcdef/qemu.sock",
+        "run/novacron/migration/0123456789abcdef/qemu.sock",
+        "",
+    ):
+        with pytest.raises(errors.InvalidParams, match="stream_dir"):
+            qemu_socket.name_of(STREAMS, bad)
+
+
+@given(st.text(alphabet="/.abcdef0123456789qemu.sockrnvitg", max_size=80))
+def test_name_of_never_names_a_path_outside_the_stream_dir(text: str) -> None:
+    try:
+        name = qemu_socket.name_of(STREAMS, text)
+    except errors.InvalidParams:
+        return
+    assert qemu_socket.NAME.fullmatch(name)
+    assert qemu_socket.socket_path(STREAMS, name) == Path(text)
+    assert ".." not in Path(text).parts
+
+
+CAPS = """<capabilities><host>
+  <secmodel><model>apparmor</model><doi>0</doi></secmodel>
+  <secmodel><model>dac</model><doi>0</doi>
+    <baselabel type='kvm'>+64055:+994</baselabel>
+    <baselabel type='qemu'>+999:+995</baselabel>
+  </secmodel>
+</host></capabilities>"""
+
+
+def test_qemu_owner_is_libvirts_dac_base_label_for_the_domain_type() -> None:
+    caps = ET.fromstring(CAPS)
+    assert qemu_socket.qemu_owner(caps, "kvm") == (64055, 994)
+    assert qemu_socket.qemu_owner(caps, "qemu") == (999, 995)
+    assert qemu_socket.qemu_owner(caps, "hvf") == (64055, 994)  # the first there is
+    no_dac = ET.fromstring(
+        "<capabilities><host><secmodel><model>none</model></secmodel></host></capabilities>"
+    )
+    assert qemu_socket.qemu_owner(no_dac, "kvm") == (os.getuid(), os.getgid())
+
+
+def test_qemu_owner_on_libvirts_test_driver_is_this_process() -> None:
+    hv = Hypervisor("test:///default")
+    try:
+        assert qemu_socket.qemu_owner(hv.capabilities(), "test") == (os.getuid(), os.getgid())
+    finally:
+        hv.close()
+
+
+def test_make_dir_is_private_and_remove_dir_cleans_up(tmp_path: Path) -> None:
+    streams = tmp_path / "streams"
+    path = qemu_socket.make_dir(streams, "0123456789abcdef")
+    assert path == streams / "0123456789abcdef" / "qemu.sock"
+    assert stat.S_IMODE(streams.stat().st_mode) == 0o711
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert path.parent.stat().st_uid == os.getuid()
+    with pytest.raises(errors.Conflict, match="already here"):
+        qemu_socket.make_dir(streams, "0123456789abcdef")
+    path.write_bytes(b"")  # what QEMU's socket would leave
+    qemu_socket.remove_dir(streams, "0123456789abcdef")
+    assert not path.parent.exists()
+    qemu_socket.remove_dir(streams, "0123456789abcdef")  # nothing left: nothing done
+
+
+def test_remove_dir_leaves_a_directory_someone_else_filled(tmp_path: Path) -> None:
+    path = qemu_socket.make_dir(tmp_path, "0123456789abcdef")
+    (path.parent / "other").write_text("x")
+    qemu_socket.remove_dir(tmp_path, "0123456789abcdef")
+    assert (path.parent / "other").exists()
+
+
+def test_make_dir_refuses_a_stream_dir_that_is_not_the_daemons_own(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(errors.Unavailable, match="not a directory of this daemon's user"):
+        qemu_socket.make_dir(tmp_path / "link", "0123456789abcdef")
+    assert list((tmp_path / "real").iterdir()) == []
+
+
+@as_root
+def test_make_dir_refuses_a_stream_dir_another_user_owns(tmp_path: Path) -> None:
+    streams = tmp_path / "streams"
+    streams.mkdir()
+    os.chown(streams, NOBODY, NOBODY)
+    with pytest.raises(errors.Unavailable, match="stream_dir"):
+        qemu_socket.make_dir(streams, "0123456789abcdef")
+    assert list(streams.iterdir()) == []
+
+
+@as_root
+def test_make_dir_gives_the_directory_to_qemus_user(tmp_path: Path) -> None:
+    path = qemu_socket.make_dir(tmp_path, "0123456789abcdef", (NOBODY, NOBODY))
+    info = path.parent.stat()
+    assert (info.st_uid, info.st_gid) == (NOBODY, NOBODY)
+    assert stat.S_IMODE(info.st_mode) == 0o700
+
+
+def refused(caplog: pytest.LogCaptureFixture) -> bool:
+    return any(
+        r.getMessage() == "migration.stream_peer_refused"
+        and getattr(r, logs._RESERVED) == {"uid": NOBODY, "expected": 0}
+        for r in caplog.records
+    )
+
+
+def connect_as(path: Path, uid: int) -> int:
+    """A child process running as ``uid`` that connects to ``path`` (once it may) and
+    holds on; its pid."""
+    pid = os.fork()
+    if pid == 0:  # the child: system calls only, then out
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            for _ in range(500):  # until the socket is there, and open to it
+                try:
+                    s = socket.socket(socket.AF_UNIX)
+                    s.connect(str(path))
+                    break
+                except OSError:
+                    s.close()
+                    time.sleep(0.01)
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    return pid
+
+
+@as_root
+def test_the_source_accepts_root_only(caplog: pytest.LogCaptureFixture) -> None:
+    # a directory the other user can reach (pytest's tmp_path is root's alone)
+    here = Path(tempfile.mkdtemp(prefix="nc-"))
+    here.chmod(0o755)
+    path = here / "qemu.sock"
+
+    async def main() -> None:
+        listener = await qemu_socket.listen(path)
+        path.chmod(0o777)  # so that another user may try
+        try:
+            async with trio.open_nursery() as n:
+                accepted: list[trio.SocketStream] = []
+
+                async def accept() -> None:
+                    accepted.append(await qemu_socket.accept_from(listener))
+
+                n.start_soon(accept)
+                with trio.fail_after(10):
+                    while not refused(caplog):  # noqa: ASYNC110 - a log record, no event
+                        await trio.sleep(0.01)
+                assert not accepted  # the other user's connection was refused
+                libvirtd = await trio.open_unix_socket(str(path))
+                await libvirtd.send_all(b"stream")
+            stream = accepted[0]
+            assert await stream.receive_some(6) == b"stream"
+            await stream.aclose()
+            await libvirtd.aclose()
+        finally:
+            await listener.aclose()
+
+    intruder = connect_as(path, NOBODY)
+    try:
+        trio.run(main)
+    finally:
+        os.kill(intruder, signal.SIGKILL)
+        os.waitpid(intruder, 0)
+        shutil.rmtree(here)
+
+
+def test_the_destination_connects_once_qemu_listens(tmp_path: Path) -> None:
+    path = tmp_path / "qemu.sock"
+
+    async def main() -> None:
+        async def qemu() -> None:
+            await trio.sleep(0.3)  # libvirt starts QEMU a while after prepare
+            listener = await qemu_socket.listen(path)
+            stream = await listener.accept()
+            await stream.send_all(b"QEVM")
+            await stream.aclose()
+            await listener.aclose()
+
+        async with trio.open_nursery() as n:
+            n.start_soon(qemu)
+            with trio.fail_after(10):
+                stream = await qemu_socket.connect_when_bound(path, os.getuid())
+            assert await stream.receive_some(4) == b"QEVM"
+            await stream.aclose()
+
+    trio.run(main)
+
+
+def test_the_destination_never_connects_to_what_is_not_qemus_socket(tmp_path: Path) -> None:
+    plain = tmp_path / "file.sock"
+    plain.write_text("")
+
+    async def main() -> None:
+        with pytest.raises(errors.MigrationFailed, match="not QEMU's socket"):
+            await qemu_socket.connect_when_bound(plain, os.getuid())
+
+    trio.run(main)
+
+
+@as_root
+def test_the_destination_checks_who_owns_and_who_serves_the_socket(tmp_path: Path) -> None:
+    path = tmp_path / "qemu.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(1)
+
+    async def main() -> None:
+        # owned by root, QEMU runs as nobody: not QEMU's
+        with pytest.raises(errors.MigrationFailed, match="owner uid 0"):
+            await qemu_socket.connect_when_bound(path, NOBODY)
+        # owned by nobody, but the process listening is root's: refused once connected
+        os.chown(path, NOBODY, NOBODY)
+        with pytest.raises(errors.MigrationFailed, match="runs as uid 0"):
+            await qemu_socket.connect_when_bound(path, NOBODY)
+
+    try:
+        trio.run(main)
+    finally:
+        server.close()
