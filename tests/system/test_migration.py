@@ -14,6 +14,7 @@ from typing import Any
 
 from tests.system import guest
 from tests.system.nodes import Node, TwoNodes, cli, logs, migrate, wait_until
+from tests.system.twohosts import STREAMS
 
 MEMORY_MIB = 128
 
@@ -98,6 +99,9 @@ def test_migrate_there_and_back_again(nodes: TwoNodes, guest_images: guest.Guest
     incoming = [o for o in ops if o["kind"] == "migrate_in" and o["vm"] == "m1"]
     assert [o["state"] for o in outgoing] == ["succeeded", "succeeded"]
     assert [o["state"] for o in incoming] == ["succeeded"]
+    # every migration's socket directory is gone from both hosts
+    for node in (a, b):
+        assert node.host.sh(f"ls -A {STREAMS}").split() == [], node.name
     retire(b, "m1")
     retire(b, "m1b")
 
@@ -239,3 +243,25 @@ def test_a_stalled_migration_is_cancelled_and_reported(
         op = next(o for o in c.call("op.list") if o["vm"] == "m6")
     assert op["state"] == "failed" and op["error"]["details"]["stalled"] is True, op
     stays_on_source("m6", a, b)
+
+
+def test_an_unusable_stream_dir_fails_the_migration_before_anything_moves(
+    nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    """Where QEMU's stream would meet the daemon (``[migration] stream_dir``) cannot be
+    made, first on the source, then on the destination: a clear failure, and the guest
+    runs on the source, intact."""
+    a, b = nodes.a, nodes.b
+    boot(a, "m8", guest_images)
+    for node in (a, b):
+        node.host.sh(f"rm -rf {STREAMS} && touch {STREAMS}")  # a file where the dir goes
+        try:
+            done = cli(a, "--json", "vm", "migrate", "m8", "--to", b.address)
+        finally:
+            node.host.sh(f"rm -f {STREAMS}")
+        assert done.returncode == 1, done.stdout
+        assert "migration_failed" in done.stderr and "cannot make" in done.stderr, done.stderr
+        assert str(STREAMS) in done.stderr, done.stderr
+        only_on("m8", a, b)
+    intact_on(a, "m8")
+    retire(a, "m8")

@@ -120,6 +120,21 @@ def test_make_dir_refuses_a_stream_dir_that_is_not_the_daemons_own(tmp_path: Pat
     assert list((tmp_path / "real").iterdir()) == []
 
 
+def test_make_dir_and_listen_failures_are_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(errors.Unavailable, match="cannot make"):
+        qemu_socket.make_dir(tmp_path / "file" / "streams", "0123456789abcdef")
+    qemu_socket.remove_dir(tmp_path / "file" / "streams", "0123456789abcdef")  # nothing there
+    with pytest.raises(errors.Unavailable, match="cannot make .*File exists"):
+        qemu_socket.make_dir(tmp_path / "file", "0123456789abcdef")  # a file where it goes
+
+    async def main() -> None:
+        with pytest.raises(errors.Unavailable, match="cannot listen at"):
+            await qemu_socket.listen(tmp_path / "missing" / "qemu.sock")
+
+    trio.run(main)
+
+
 @as_root
 def test_make_dir_refuses_a_stream_dir_another_user_owns(tmp_path: Path) -> None:
     streams = tmp_path / "streams"

@@ -161,13 +161,10 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
     dest: dict[str, Any] = {}
     streams = svc.config.migration_stream_dir
     name = qemu_socket.new_name()
-    path = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, name)
+    listener: trio.SocketListener | None = None
     try:
+        path = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, name)
         listener = await qemu_socket.listen(path)
-    except BaseException:
-        await trio.to_thread.run_sync(qemu_socket.remove_dir, streams, name)
-        raise
-    try:
         async with connect_tls(address, files, server_name=host) as peer:
             try:
                 with run.prep:
@@ -214,7 +211,8 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         run.fail(errors.MigrationFailed(f"connection to {address} failed: {exc}"))
     finally:
-        await listener.aclose()
+        if listener is not None:
+            await listener.aclose()
         await trio.to_thread.run_sync(qemu_socket.remove_dir, streams, name)
     if moved:
         result = await _forget(run, answer, dest, began)

@@ -87,39 +87,49 @@ def qemu_owner(capabilities: ET.Element, domain_type: str) -> tuple[int, int]:
 def make_dir(stream_dir: Path, name: str, owner: tuple[int, int] | None = None) -> Path:
     """Creates ``<stream_dir>/<name>/`` (mode 0700, given to ``owner``: QEMU's user on
     the destination, root on the source) and ``stream_dir`` if needed (0711). Returns
-    the socket's path. ``conflict`` if the name is taken here."""
-    stream_dir.mkdir(parents=True, exist_ok=True)
-    info = stream_dir.lstat()
+    the socket's path. ``conflict`` if the name is taken here, ``unavailable`` when the
+    directory cannot be made."""
+    directory = stream_dir / name
+    try:
+        stream_dir.mkdir(parents=True, exist_ok=True)
+        info = stream_dir.lstat()
+    except OSError as exc:
+        raise _unavailable(f"cannot make {directory}", exc) from None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise errors.Unavailable(
             f"[migration] stream_dir {stream_dir} is not a directory of this daemon's user",
             {"stream_dir": str(stream_dir)},
         )
-    if stat.S_IMODE(info.st_mode) != 0o711:
-        stream_dir.chmod(0o711)
-    directory = stream_dir / name
     try:
+        if stat.S_IMODE(info.st_mode) != 0o711:
+            stream_dir.chmod(0o711)
         directory.mkdir(mode=0o700)
     except FileExistsError:
         raise errors.Conflict(f"migration stream {name} is already here", {"name": name}) from None
+    except OSError as exc:
+        raise _unavailable(f"cannot make {directory}", exc) from None
     try:
         directory.chmod(0o700)  # whatever the umask
         if owner is not None and owner != (os.getuid(), os.getgid()):
             os.chown(directory, *owner)
-    except BaseException:
+    except OSError as exc:
         remove_dir(stream_dir, name)
-        raise
+        raise _unavailable(f"cannot give {directory} to uid {owner}", exc) from None
     return directory / SOCKET_NAME
+
+
+def _unavailable(what: str, exc: OSError) -> errors.Unavailable:
+    return errors.Unavailable(f"{what}: {exc.strerror or exc}", {"path": str(exc.filename)})
 
 
 def remove_dir(stream_dir: Path, name: str) -> None:
     """Removes a migration's directory and its socket, if they are still there."""
     directory = stream_dir / name
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         (directory / SOCKET_NAME).unlink()
     try:
         directory.rmdir()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         pass
     except OSError as exc:  # something else was put there: left for the operator
         log.warning("migration.stream_dir_left", extra=kv(path=str(directory), error=str(exc)))
@@ -137,6 +147,9 @@ async def listen(path: Path) -> trio.SocketListener:
     try:
         await sock.bind(str(path))
         sock.listen(1)
+    except OSError as exc:
+        sock.close()
+        raise _unavailable(f"cannot listen at {path}", exc) from None
     except BaseException:
         sock.close()
         raise
