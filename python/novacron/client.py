@@ -129,14 +129,22 @@ class Client:
 
 @asynccontextmanager
 async def _serving(stream: trio.abc.Stream, max_message: int) -> AsyncIterator[Client]:
-    """A client on a connected stream, its reader running until the block ends."""
-    async with stream, trio.open_nursery() as nursery:
-        client = Client(stream, max_message)
-        nursery.start_soon(client._reader)
+    """A client on a connected stream, its reader running until the block ends. What
+    the block raises comes out as it is, not in an exception group (the reader task is
+    the client's own business)."""
+    async with stream:
         try:
-            yield client
-        finally:
-            nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:
+                client = Client(stream, max_message)
+                nursery.start_soon(client._reader)
+                try:
+                    yield client
+                finally:
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) != 1:
+                raise
+            raise group.exceptions[0] from None
 
 
 @asynccontextmanager

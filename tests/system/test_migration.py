@@ -245,12 +245,12 @@ def test_a_stalled_migration_is_cancelled_and_reported(
     stays_on_source("m6", a, b)
 
 
-def test_an_unusable_stream_dir_fails_the_migration_before_anything_moves(
+def test_failures_before_anything_moves_are_clear_and_leave_the_vm_home(
     nodes: TwoNodes, guest_images: guest.GuestImages
 ) -> None:
     """Where QEMU's stream would meet the daemon (``[migration] stream_dir``) cannot be
-    made, first on the source, then on the destination: a clear failure, and the guest
-    runs on the source, intact."""
+    made, first on the source, then on the destination; then the destination refuses
+    the VM: each time a clear failure, and the guest runs on the source, intact."""
     a, b = nodes.a, nodes.b
     boot(a, "m8", guest_images)
     for node in (a, b):
@@ -260,8 +260,16 @@ def test_an_unusable_stream_dir_fails_the_migration_before_anything_moves(
         finally:
             node.host.sh(f"rm -f {STREAMS}")
         assert done.returncode == 1, done.stdout
-        assert "migration_failed" in done.stderr and "cannot make" in done.stderr, done.stderr
+        assert "migration_failed" in done.stderr and "cannot make" in done.stderr, logs(a, b)
         assert str(STREAMS) in done.stderr, done.stderr
         only_on("m8", a, b)
+    # a refusal of the destination's own (the name is taken there) reads as one too
+    with b.client() as c:
+        c.call("vm.create", name="m8", memory_mib=64)  # defined, not started
+    done = cli(a, "--json", "vm", "migrate", "m8", "--to", b.address)
+    assert done.returncode == 1, done.stdout
+    assert "migration_failed" in done.stderr and "already exists" in done.stderr, logs(a, b)
+    assert a.domstate("m8") == "running" and b.domstate("m8") == "shut off"
+    retire(b, "m8")
     intact_on(a, "m8")
     retire(a, "m8")

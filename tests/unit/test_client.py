@@ -76,6 +76,21 @@ async def test_errors_map_to_exceptions(server: Path) -> None:
         assert (await c.call("session.hello"))["protocol"] == 1
 
 
+async def test_an_error_leaving_the_block_is_itself_not_a_group(server: Path) -> None:
+    """What a caller's ``except errors.NotFound`` around ``async with connect()`` catches
+    (the client's reader task must not wrap it)."""
+    with pytest.raises(errors.NotFound):
+        async with connect(server) as c:
+            await c.call("vm.get", name="ghost")
+    with pytest.raises(KeyError, match="mine"):
+        async with connect(server) as c:
+            raise KeyError("mine")
+    with trio.move_on_after(0.05) as scope:  # a cancellation passes through too
+        async with connect(server) as c:
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+
+
 async def test_unreachable_socket_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(errors.Unavailable):
         async with connect(tmp_path / "none.sock"):

@@ -125,7 +125,7 @@ def test_make_dir_and_listen_failures_are_unavailable(tmp_path: Path) -> None:
     with pytest.raises(errors.Unavailable, match="cannot make"):
         qemu_socket.make_dir(tmp_path / "file" / "streams", "0123456789abcdef")
     qemu_socket.remove_dir(tmp_path / "file" / "streams", "0123456789abcdef")  # nothing there
-    with pytest.raises(errors.Unavailable, match="cannot make .*File exists"):
+    with pytest.raises(errors.Unavailable, match=r"cannot make .*File exists"):
         qemu_socket.make_dir(tmp_path / "file", "0123456789abcdef")  # a file where it goes
 
     async def main() -> None:
