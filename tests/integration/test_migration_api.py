@@ -167,8 +167,10 @@ def test_prepare_refusals(node: Node) -> None:
         with pytest.raises(errors.Conflict, match="already here"):
             prepare(peer, "p", stream=str(taken))
         assert [p.name for p in STREAMS.iterdir()] == [taken.parent.name]
-        with pytest.raises(errors.InvalidParams):
-            peer.call("migration.prepare", vm="z", xml=source_xml("z"), stream_port=80)
+        with pytest.raises(errors.InvalidParams, match="same NovaCron release"):
+            peer.call(
+                "migration.prepare", vm="z", xml=source_xml("z"), stream_port=49152, options={}
+            )
     operator = node.pki.issue("op1", "operator", ("default",))
     with client(node.port, operator) as c, pytest.raises(errors.PermissionDenied):
         prepare(c, "y")

@@ -76,6 +76,12 @@ def register(registry: Registry, services: Services) -> None:
         """(node) Get ready to receive a VM: placement, token, channel and libvirt URI."""
         name = p.name("vm")
         xml = p.text("xml", max_len=MAX_XML, multiline=True)
+        if p.given("stream_port"):  # a source of an earlier release (loopback TCP)
+            raise errors.InvalidParams(
+                "stream_port is no longer taken: QEMU's stream crosses a Unix socket "
+                "(stream_socket); both nodes must run the same NovaCron release",
+                {"param": "stream_port"},
+            )
         stream_socket = p.text("stream_socket", max_len=STREAM_SOCKET_LEN)
         options = p.mapping("options")
         p.done()
