@@ -324,7 +324,7 @@ def check(config: Config) -> Config:
         most = paths.MAX_MIGRATION_STREAM_DIR
         raise ConfigError(
             f"[migration] stream_dir must be an absolute path of at most {most} bytes"
-            " (a Unix socket's path inside it must fit in 107)"
+            f" (a Unix socket's path inside it must fit in {paths.MAX_SOCKET_PATH})"
         )
     if any("=" not in item for item in config.cluster_labels.split(",") if item.strip()):
         raise ConfigError('[cluster] labels must look like "zone=a,rack=12"')

@@ -9,9 +9,9 @@ SYSTEM_SOCKET = Path("/run/novacron/novacrond.sock")
 SYSTEM_STATE_DIR = Path("/var/lib/novacron")
 SYSTEM_CONFIG = Path("/etc/novacron/novacrond.toml")
 SYSTEM_MIGRATION_STREAMS = Path("/run/novacron/migration")
-# a migration's socket is <stream dir>/<16 hex digits>/qemu.sock (27 bytes more), and a
-# Unix socket's path holds at most 107 bytes
-MAX_MIGRATION_STREAM_DIR = 107 - 27
+MAX_SOCKET_PATH = 107  # bytes of a Unix socket's path (sun_path holds 108, NUL included)
+# a migration's socket is <stream dir>/<16 hex digits>/qemu.sock: 27 bytes more
+MAX_MIGRATION_STREAM_DIR = MAX_SOCKET_PATH - 27
 
 
 def dev_runtime_dir() -> Path:

@@ -100,15 +100,15 @@ def test_make_dir_is_private_and_remove_dir_cleans_up(tmp_path: Path) -> None:
     with pytest.raises(errors.Conflict, match="already here"):
         qemu_socket.make_dir(streams, "0123456789abcdef")
     path.write_bytes(b"")  # what QEMU's socket would leave
-    qemu_socket.remove_dir(streams, "0123456789abcdef")
+    qemu_socket.remove_dir(path)
     assert not path.parent.exists()
-    qemu_socket.remove_dir(streams, "0123456789abcdef")  # nothing left: nothing done
+    qemu_socket.remove_dir(path)  # nothing left: nothing done
 
 
 def test_remove_dir_leaves_a_directory_someone_else_filled(tmp_path: Path) -> None:
     path = qemu_socket.make_dir(tmp_path, "0123456789abcdef")
     (path.parent / "other").write_text("x")
-    qemu_socket.remove_dir(tmp_path, "0123456789abcdef")
+    qemu_socket.remove_dir(path)
     assert (path.parent / "other").exists()
 
 
@@ -124,7 +124,8 @@ def test_make_dir_and_listen_failures_are_unavailable(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(errors.Unavailable, match="cannot make"):
         qemu_socket.make_dir(tmp_path / "file" / "streams", "0123456789abcdef")
-    qemu_socket.remove_dir(tmp_path / "file" / "streams", "0123456789abcdef")  # nothing there
+    nothing = qemu_socket.socket_path(tmp_path / "file" / "streams", "0123456789abcdef")
+    qemu_socket.remove_dir(nothing)  # nothing there
     with pytest.raises(errors.Unavailable, match=r"cannot make .*File exists"):
         qemu_socket.make_dir(tmp_path / "file", "0123456789abcdef")  # a file where it goes
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from novacron import errors
+from novacron import errors, paths
 from novacron.api.services import Services
 from novacron.api.vm import visible_vm
 from novacron.auth.policy import check_tenant
@@ -22,7 +22,6 @@ from novacron.rpc.params import Params
 
 MAX_XML = 1 << 20
 OP_ID_LEN = 64
-STREAM_SOCKET_LEN = 107  # a Unix socket path (`migration.qemu_socket`)
 
 
 def register(registry: Registry, services: Services) -> None:
@@ -82,7 +81,7 @@ def register(registry: Registry, services: Services) -> None:
                 "(stream_socket); both nodes must run the same NovaCron release",
                 {"param": "stream_port"},
             )
-        stream_socket = p.text("stream_socket", max_len=STREAM_SOCKET_LEN)
+        stream_socket = p.text("stream_socket", max_len=paths.MAX_SOCKET_PATH)
         options = p.mapping("options")
         p.done()
         return await migrations().prepare(ctx.identity.user, name, xml, stream_socket, options)

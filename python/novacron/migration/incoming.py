@@ -58,8 +58,8 @@ class Incoming:
     spec: VmSpec
     uuid: str
     placement: dict[str, Any] | None
-    stream_name: str  # the QEMU socket's directory (``qemu_socket``)
-    qemu_owner: tuple[int, int]  # who QEMU runs as here: (uid, gid)
+    qemu_at: Path  # where the destination QEMU will listen (``qemu_socket``)
+    qemu_uid: int  # who QEMU runs as here
     source: str  # the source's certificate name
     stats: RelayStats = field(default_factory=RelayStats)
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -118,11 +118,13 @@ async def prepare(
                 xml, placement, vms.console_log(name), svc.config.emulator or None
             )
             owner = await vms.hv_pool.run(_qemu_owner, vms.hv, dest_xml)
-            await trio.to_thread.run_sync(qemu_socket.make_dir, streams, stream_name, owner)
+            qemu_at = await trio.to_thread.run_sync(
+                qemu_socket.make_dir, streams, stream_name, owner
+            )
             try:
                 op = await svc.ops.start("migrate_in", name, spec.tenant, source, options)
             except BaseException:
-                await trio.to_thread.run_sync(qemu_socket.remove_dir, streams, stream_name)
+                await trio.to_thread.run_sync(qemu_socket.remove_dir, qemu_at)
                 raise
         except BaseException:
             vms.placement.release(name)
@@ -133,8 +135,8 @@ async def prepare(
         spec=spec,
         uuid=managed.uuid,
         placement=placement,
-        stream_name=stream_name,
-        qemu_owner=owner,
+        qemu_at=qemu_at,
+        qemu_uid=owner[0],
         source=source,
     )
     op.on_cancel = inc.cancel.cancel
@@ -170,8 +172,7 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
                     threads=svc.config.migration_engine_threads,
                     max_pages=guest_page_limit(inc.spec.memory_mib),
                 )
-                qemu_at = qemu_socket.socket_path(svc.config.migration_stream_dir, inc.stream_name)
-                qemu = await _announce_and_connect(channel, receiver, qemu_at, inc.qemu_owner[0])
+                qemu = await _announce_and_connect(channel, receiver, inc.qemu_at, inc.qemu_uid)
                 log.info("migration.qemu_listening", extra=kv(vm=inc.op.vm, op=inc.op.id))
                 try:
                     await relay_destination(
@@ -196,9 +197,7 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
         log.warning("migration.incoming_relay_failed", extra=kv(vm=inc.op.vm, why=failure))
     await settle(svc, inc, failure)
     with trio.CancelScope(shield=True):
-        await trio.to_thread.run_sync(
-            qemu_socket.remove_dir, svc.config.migration_stream_dir, inc.stream_name
-        )
+        await trio.to_thread.run_sync(qemu_socket.remove_dir, inc.qemu_at)
     if receiver is not None and not failure:
         # never in the downtime, nor in the operation's time; a step (32 MiB hashed
         # into the store) at a time on an engine thread

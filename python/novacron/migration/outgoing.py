@@ -20,6 +20,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -159,8 +160,8 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
     moved = False
     answer: dict[str, Any] = {}
     dest: dict[str, Any] = {}
-    streams = svc.config.migration_stream_dir
-    name = qemu_socket.new_name()
+    streams, name = svc.config.migration_stream_dir, qemu_socket.new_name()
+    path: Path | None = None  # QEMU's socket, once its directory is made
     listener: trio.SocketListener | None = None
     try:
         path = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, name)
@@ -213,7 +214,8 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
     finally:
         if listener is not None:
             await listener.aclose()
-        await trio.to_thread.run_sync(qemu_socket.remove_dir, streams, name)
+        if path is not None:
+            await trio.to_thread.run_sync(qemu_socket.remove_dir, path)
     if moved:
         result = await _forget(run, answer, dest, began)
         result["relay_error"] = run.failure.message if run.failure else None

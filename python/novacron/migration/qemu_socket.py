@@ -108,25 +108,26 @@ def make_dir(stream_dir: Path, name: str, owner: tuple[int, int] | None = None) 
         raise errors.Conflict(f"migration stream {name} is already here", {"name": name}) from None
     except OSError as exc:
         raise _unavailable(f"cannot make {directory}", exc) from None
+    path = socket_path(stream_dir, name)
     try:
         directory.chmod(0o700)  # whatever the umask
         if owner is not None and owner != (os.getuid(), os.getgid()):
             os.chown(directory, *owner)
     except OSError as exc:
-        remove_dir(stream_dir, name)
+        remove_dir(path)
         raise _unavailable(f"cannot give {directory} to uid {owner}", exc) from None
-    return directory / SOCKET_NAME
+    return path
 
 
 def _unavailable(what: str, exc: OSError) -> errors.Unavailable:
     return errors.Unavailable(f"{what}: {exc.strerror or exc}", {"path": str(exc.filename)})
 
 
-def remove_dir(stream_dir: Path, name: str) -> None:
-    """Removes a migration's directory and its socket, if they are still there."""
-    directory = stream_dir / name
+def remove_dir(path: Path) -> None:
+    """Removes a migration's socket (``path``) and its directory, if they are still there."""
+    directory = path.parent
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        (directory / SOCKET_NAME).unlink()
+        path.unlink()
     try:
         directory.rmdir()
     except (FileNotFoundError, NotADirectoryError):
@@ -136,8 +137,7 @@ def remove_dir(stream_dir: Path, name: str) -> None:
 
 
 def peer_uid(sock: trio.socket.SocketType) -> int:
-    pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    del pid, gid
+    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     return int(uid)
 
 
@@ -147,11 +147,10 @@ async def listen(path: Path) -> trio.SocketListener:
     try:
         await sock.bind(str(path))
         sock.listen(1)
-    except OSError as exc:
+    except BaseException as exc:
         sock.close()
-        raise _unavailable(f"cannot listen at {path}", exc) from None
-    except BaseException:
-        sock.close()
+        if isinstance(exc, OSError):
+            raise _unavailable(f"cannot listen at {path}", exc) from None
         raise
     return trio.SocketListener(sock)
 
