@@ -195,9 +195,11 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
     svc.incoming.pop(inc.token, None)
     if failure:
         log.warning("migration.incoming_relay_failed", extra=kv(vm=inc.op.vm, why=failure))
-    await settle(svc, inc, failure)
+    # before the operation ends (settle): whoever asks how it ended finds nothing left.
+    # QEMU no longer needs the path: it was connected to, or it never will be.
     with trio.CancelScope(shield=True):
         await trio.to_thread.run_sync(qemu_socket.remove_dir, inc.qemu_at)
+    await settle(svc, inc, failure)
     if receiver is not None and not failure:
         # never in the downtime, nor in the operation's time; a step (32 MiB hashed
         # into the store) at a time on an engine thread
