@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import socket
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -198,3 +199,37 @@ def test_op_cancel_of_an_ended_operation_conflicts(node: Node) -> None:
         peer.call("migration.result", op=answer["op"])
     with node.daemon.client() as c, pytest.raises(errors.Conflict, match="already ended"):
         c.call("op.cancel", op=answer["op"])
+
+
+def test_what_a_killed_daemons_migration_left_is_swept_at_the_next_start(
+    node: Node, tmp_path: Path
+) -> None:
+    """A daemon that stops in the middle of a migration leaves its stream directory; the
+    next daemon to start on that stream_dir removes it, and never one a running
+    migration (here: another daemon's) holds."""
+    with node.as_node() as peer:
+        answer = prepare(peer, "arrival")
+        ours = next(STREAMS.iterdir())
+    left = STREAMS / "0123456789abcdef"  # a daemon before this one, killed mid-migration
+    left.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(left / "qemu.sock"))
+
+    other = tls_daemon(
+        tmp_path / "other", node.pki, free_port(), "--migration-stream-dir", str(STREAMS)
+    )
+    other.start()
+    try:
+        assert not left.exists()
+        assert ours.is_dir()  # node's migration still runs
+        assert "migration.stream_dirs_swept" in other.log_text()
+    finally:
+        other.stop()
+
+    node.daemon.kill()  # in the middle of "arrival"
+    assert ours.is_dir()
+    node.daemon.start()
+    assert not ours.exists()
+    with node.daemon.client() as c:
+        op = c.call("op.get", op=answer["op"])
+    assert op["state"] == "failed" and "interrupted" in op["error"]["message"]

@@ -90,9 +90,10 @@ def test_qemu_owner_on_libvirts_test_driver_is_this_process() -> None:
         hv.close()
 
 
-def test_make_dir_is_private_and_remove_dir_cleans_up(tmp_path: Path) -> None:
+def test_make_dir_is_private_and_remove_cleans_up(tmp_path: Path) -> None:
     streams = tmp_path / "streams"
-    path = qemu_socket.make_dir(streams, "0123456789abcdef")
+    made = qemu_socket.make_dir(streams, "0123456789abcdef")
+    path = made.path
     assert path == streams / "0123456789abcdef" / "qemu.sock"
     assert stat.S_IMODE(streams.stat().st_mode) == 0o711
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
@@ -100,16 +101,77 @@ def test_make_dir_is_private_and_remove_dir_cleans_up(tmp_path: Path) -> None:
     with pytest.raises(errors.Conflict, match="already here"):
         qemu_socket.make_dir(streams, "0123456789abcdef")
     path.write_bytes(b"")  # what QEMU's socket would leave
-    qemu_socket.remove_dir(path)
+    made.remove()
     assert not path.parent.exists()
-    qemu_socket.remove_dir(path)  # nothing left: nothing done
+    made.remove()  # nothing left: nothing done
+    assert qemu_socket.remove_dir(path)
 
 
-def test_remove_dir_leaves_a_directory_someone_else_filled(tmp_path: Path) -> None:
-    path = qemu_socket.make_dir(tmp_path, "0123456789abcdef")
-    (path.parent / "other").write_text("x")
-    qemu_socket.remove_dir(path)
-    assert (path.parent / "other").exists()
+def test_remove_leaves_a_directory_someone_else_filled(tmp_path: Path) -> None:
+    made = qemu_socket.make_dir(tmp_path, "0123456789abcdef")
+    (made.path.parent / "other").write_text("x")
+    made.remove()
+    assert (made.path.parent / "other").exists()
+    (made.path.parent / "other").unlink()
+    (made.path.parent / "qemu.sock").mkdir()  # not a socket: left too
+    assert not qemu_socket.remove_dir(made.path)
+    assert made.path.is_dir()
+
+
+def left_behind(streams: Path, name: str) -> Path:
+    """What a daemon that stopped in the middle of a migration leaves: the directory
+    (no process holds it) and QEMU's socket, bound by nobody any more."""
+    directory = streams / name
+    directory.mkdir(mode=0o700, parents=True)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(directory / "qemu.sock"))
+    return directory
+
+
+def test_sweep_removes_what_stopped_migrations_left_and_nothing_else(tmp_path: Path) -> None:
+    streams = tmp_path / "streams"
+    assert qemu_socket.sweep(streams) == []  # none yet
+    running = qemu_socket.make_dir(streams, "0123456789abcdef")
+    stale = [left_behind(streams, n) for n in ("aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb")]
+    (streams / "cccccccccccccccc").mkdir()  # empty: a stop before QEMU bound
+    filled = left_behind(streams, "dddddddddddddddd")
+    (filled / "notes").write_text("an operator's")
+    other = streams / "not-a-migration"
+    other.mkdir()
+    (streams / "eeeeeeeeeeeeeeee").symlink_to(other)
+    (streams / "ffffffffffffffff").write_text("")
+
+    swept = qemu_socket.sweep(streams)
+
+    assert swept == ["aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb", "cccccccccccccccc"]
+    assert not any(d.exists() for d in stale)
+    assert running.path.parent.is_dir()  # a running migration's: locked
+    assert (filled / "notes").exists() and not (filled / "qemu.sock").exists()
+    assert other.is_dir() and (streams / "eeeeeeeeeeeeeeee").is_symlink()
+    assert (streams / "ffffffffffffffff").is_file()
+    running.remove()
+    assert qemu_socket.sweep(streams) == []
+
+
+def test_a_migration_in_another_process_is_not_swept(tmp_path: Path) -> None:
+    made = qemu_socket.make_dir(tmp_path, "0123456789abcdef")
+    pid = os.fork()
+    if pid == 0:  # the child: another daemon starting on the same stream_dir
+        os._exit(len(qemu_socket.sweep(tmp_path)))
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert made.path.parent.is_dir()
+    # once the process that made it is gone (here: it let go), the next sweep takes it
+    os.close(made.fd)
+    made.fd = -1
+    assert qemu_socket.sweep(tmp_path) == ["0123456789abcdef"]
+
+
+def test_sweep_leaves_a_stream_dir_that_is_not_the_daemons_own(tmp_path: Path) -> None:
+    left_behind(tmp_path / "real", "0123456789abcdef")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    assert qemu_socket.sweep(tmp_path / "link") == []
+    assert (tmp_path / "real" / "0123456789abcdef").is_dir()
 
 
 def test_make_dir_refuses_a_stream_dir_that_is_not_the_daemons_own(tmp_path: Path) -> None:
@@ -125,7 +187,7 @@ def test_make_dir_and_listen_failures_are_unavailable(tmp_path: Path) -> None:
     with pytest.raises(errors.Unavailable, match="cannot make"):
         qemu_socket.make_dir(tmp_path / "file" / "streams", "0123456789abcdef")
     nothing = qemu_socket.socket_path(tmp_path / "file" / "streams", "0123456789abcdef")
-    qemu_socket.remove_dir(nothing)  # nothing there
+    assert qemu_socket.remove_dir(nothing)  # nothing there
     with pytest.raises(errors.Unavailable, match=r"cannot make .*File exists"):
         qemu_socket.make_dir(tmp_path / "file", "0123456789abcdef")  # a file where it goes
 
@@ -144,14 +206,18 @@ def test_make_dir_refuses_a_stream_dir_another_user_owns(tmp_path: Path) -> None
     with pytest.raises(errors.Unavailable, match="stream_dir"):
         qemu_socket.make_dir(streams, "0123456789abcdef")
     assert list(streams.iterdir()) == []
+    (streams / "0123456789abcdef").mkdir()
+    assert qemu_socket.sweep(streams) == []  # nor sweeps it
 
 
 @as_root
 def test_make_dir_gives_the_directory_to_qemus_user(tmp_path: Path) -> None:
-    path = qemu_socket.make_dir(tmp_path, "0123456789abcdef", (NOBODY, NOBODY))
-    info = path.parent.stat()
+    made = qemu_socket.make_dir(tmp_path, "0123456789abcdef", (NOBODY, NOBODY))
+    info = made.path.parent.stat()
     assert (info.st_uid, info.st_gid) == (NOBODY, NOBODY)
     assert stat.S_IMODE(info.st_mode) == 0o700
+    made.remove()
+    assert not made.path.parent.exists()
 
 
 def refused(caplog: pytest.LogCaptureFixture) -> bool:

@@ -58,7 +58,7 @@ class Incoming:
     spec: VmSpec
     uuid: str
     placement: dict[str, Any] | None
-    qemu_at: Path  # where the destination QEMU will listen (``qemu_socket``)
+    qemu_dir: qemu_socket.StreamDir  # where the destination QEMU will listen
     qemu_uid: int  # who QEMU runs as here
     source: str  # the source's certificate name
     stats: RelayStats = field(default_factory=RelayStats)
@@ -118,13 +118,13 @@ async def prepare(
                 xml, placement, vms.console_log(name), svc.config.emulator or None
             )
             owner = await vms.hv_pool.run(_qemu_owner, vms.hv, dest_xml)
-            qemu_at = await trio.to_thread.run_sync(
+            qemu_dir = await trio.to_thread.run_sync(
                 qemu_socket.make_dir, streams, stream_name, owner
             )
             try:
                 op = await svc.ops.start("migrate_in", name, spec.tenant, source, options)
             except BaseException:
-                await trio.to_thread.run_sync(qemu_socket.remove_dir, qemu_at)
+                await trio.to_thread.run_sync(qemu_dir.remove)
                 raise
         except BaseException:
             vms.placement.release(name)
@@ -135,7 +135,7 @@ async def prepare(
         spec=spec,
         uuid=managed.uuid,
         placement=placement,
-        qemu_at=qemu_at,
+        qemu_dir=qemu_dir,
         qemu_uid=owner[0],
         source=source,
     )
@@ -172,7 +172,9 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
                     threads=svc.config.migration_engine_threads,
                     max_pages=guest_page_limit(inc.spec.memory_mib),
                 )
-                qemu = await _announce_and_connect(channel, receiver, inc.qemu_at, inc.qemu_uid)
+                qemu = await _announce_and_connect(
+                    channel, receiver, inc.qemu_dir.path, inc.qemu_uid
+                )
                 log.info("migration.qemu_listening", extra=kv(vm=inc.op.vm, op=inc.op.id))
                 try:
                     await relay_destination(
@@ -198,7 +200,7 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
     # before the operation ends (settle): whoever asks how it ended finds nothing left.
     # QEMU no longer needs the path: it was connected to, or it never will be.
     with trio.CancelScope(shield=True):
-        await trio.to_thread.run_sync(qemu_socket.remove_dir, inc.qemu_at)
+        await trio.to_thread.run_sync(inc.qemu_dir.remove)
     await settle(svc, inc, failure)
     if receiver is not None and not failure:
         # never in the downtime, nor in the operation's time; a step (32 MiB hashed

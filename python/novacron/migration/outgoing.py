@@ -20,7 +20,6 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -161,10 +160,11 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
     answer: dict[str, Any] = {}
     dest: dict[str, Any] = {}
     streams, name = svc.config.migration_stream_dir, qemu_socket.new_name()
-    path: Path | None = None  # QEMU's socket, once its directory is made
+    made: qemu_socket.StreamDir | None = None  # QEMU's socket's directory
     listener: trio.SocketListener | None = None
     try:
-        path = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, name)
+        made = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, name)
+        path = made.path
         listener = await qemu_socket.listen(path)
         async with connect_tls(address, files, server_name=host) as peer:
             try:
@@ -214,8 +214,8 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
     finally:
         if listener is not None:
             await listener.aclose()
-        if path is not None:
-            await trio.to_thread.run_sync(qemu_socket.remove_dir, path)
+        if made is not None:
+            await trio.to_thread.run_sync(made.remove)
     if moved:
         result = await _forget(run, answer, dest, began)
         result["relay_error"] = run.failure.message if run.failure else None

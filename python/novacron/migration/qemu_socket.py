@@ -15,12 +15,16 @@ Who can reach the stream (no loopback port any local process could take first):
 * the destination's ``<name>/``: owned by the user libvirt runs QEMU as (its DAC base
   label), 0700, so only that user and root can create the socket; the daemon connects
   only to a socket that user owns, and checks the peer's uid once connected.
+
+Each ``<name>/`` is locked (``flock``) by the daemon whose migration it is, for as long
+as the migration runs; at start a daemon sweeps away the unlocked ones, which a daemon
+that stopped in the middle of a migration left behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
+import fcntl
 import logging
 import os
 import re
@@ -29,6 +33,7 @@ import socket
 import stat
 import struct
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -41,6 +46,7 @@ log = logging.getLogger("novacron.migration")
 SOCKET_NAME = "qemu.sock"
 NAME = re.compile(r"[0-9a-f]{16}")
 CONNECT_POLL_S = 0.05
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def new_name() -> str:
@@ -84,11 +90,31 @@ def qemu_owner(capabilities: ET.Element, domain_type: str) -> tuple[int, int]:
     return int(found[1]), int(found[2])
 
 
-def make_dir(stream_dir: Path, name: str, owner: tuple[int, int] | None = None) -> Path:
+@dataclass
+class StreamDir:
+    """A migration's ``<stream_dir>/<name>/``, locked (``flock``) for as long as the
+    migration may use it: :func:`sweep` leaves a locked directory alone, and the lock
+    goes with the process that holds it, however that process ends."""
+
+    path: Path  # the socket's path in it
+    fd: int  # the directory, open and locked
+
+    def remove(self) -> None:
+        """Removes the socket and the directory (what is left of them), then lets go."""
+        if self.fd < 0:
+            return
+        try:
+            remove_dir(self.path)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def make_dir(stream_dir: Path, name: str, owner: tuple[int, int] | None = None) -> StreamDir:
     """Creates ``<stream_dir>/<name>/`` (mode 0700, given to ``owner``: QEMU's user on
-    the destination, root on the source) and ``stream_dir`` if needed (0711). Returns
-    the socket's path. ``conflict`` if the name is taken here, ``unavailable`` when the
-    directory cannot be made."""
+    the destination, root on the source) and ``stream_dir`` if needed (0711), locked
+    until :meth:`StreamDir.remove`. ``conflict`` if the name is taken here,
+    ``unavailable`` when the directory cannot be made."""
     directory = stream_dir / name
     try:
         stream_dir.mkdir(parents=True, exist_ok=True)
@@ -109,31 +135,88 @@ def make_dir(stream_dir: Path, name: str, owner: tuple[int, int] | None = None) 
     except OSError as exc:
         raise _unavailable(f"cannot make {directory}", exc) from None
     path = socket_path(stream_dir, name)
+    fd = -1
     try:
-        directory.chmod(0o700)  # whatever the umask
+        fd = os.open(directory, DIR_FLAGS)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # (only a sweep could hold it)
+        os.fchmod(fd, 0o700)  # whatever the umask
         if owner is not None and owner != (os.getuid(), os.getgid()):
-            os.chown(directory, *owner)
+            os.fchown(fd, *owner)
     except OSError as exc:
         remove_dir(path)
-        raise _unavailable(f"cannot give {directory} to uid {owner}", exc) from None
-    return path
+        if fd >= 0:
+            os.close(fd)
+        raise _unavailable(f"cannot make {directory} and give it to uid {owner}", exc) from None
+    return StreamDir(path, fd)
 
 
 def _unavailable(what: str, exc: OSError) -> errors.Unavailable:
     return errors.Unavailable(f"{what}: {exc.strerror or exc}", {"path": str(exc.filename)})
 
 
-def remove_dir(path: Path) -> None:
-    """Removes a migration's socket (``path``) and its directory, if they are still there."""
+def remove_dir(path: Path) -> bool:
+    """Removes a migration's socket (``path``) and its directory, if they are still
+    there; whether the directory is gone (something else put there is left, and logged)."""
     directory = path.parent
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        path.unlink()
     try:
+        path.unlink()
         directory.rmdir()
     except (FileNotFoundError, NotADirectoryError):
-        pass
-    except OSError as exc:  # something else was put there: left for the operator
-        log.warning("migration.stream_dir_left", extra=kv(path=str(directory), error=str(exc)))
+        try:
+            directory.rmdir()
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except OSError as exc:
+            return _left(directory, exc)
+    except OSError as exc:
+        return _left(directory, exc)
+    return True
+
+
+def _left(directory: Path, exc: OSError) -> bool:
+    log.warning("migration.stream_dir_left", extra=kv(path=str(directory), error=str(exc)))
+    return False
+
+
+def sweep(stream_dir: Path) -> list[str]:
+    """Removes the directories of migrations no process runs any more (a daemon stopped
+    in the middle of one left its directory behind): every ``<name>/`` in
+    ``stream_dir`` that nobody holds locked. Returns their names. Run at start; a
+    directory being made at that very moment may be taken (its migration then fails as
+    ``unavailable``), one a migration holds never is."""
+    try:
+        info = stream_dir.lstat()
+    except FileNotFoundError:
+        return []
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        return []  # not ours: make_dir says so when a migration needs it
+    swept = []
+    try:
+        with os.scandir(stream_dir) as entries:
+            names = [
+                e.name
+                for e in entries
+                if NAME.fullmatch(e.name) and e.is_dir(follow_symlinks=False)
+            ]
+    except OSError as exc:
+        log.warning(
+            "migration.stream_dir_unreadable", extra=kv(path=str(stream_dir), error=str(exc))
+        )
+        return []
+    for name in names:
+        try:
+            fd = os.open(stream_dir / name, DIR_FLAGS)
+        except OSError:
+            continue  # gone meanwhile, or replaced by a symlink
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if remove_dir(socket_path(stream_dir, name)):
+                swept.append(name)
+        except BlockingIOError:
+            pass  # a running migration's
+        finally:
+            os.close(fd)
+    return sorted(swept)
 
 
 def peer_uid(sock: trio.socket.SocketType) -> int:

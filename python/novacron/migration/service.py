@@ -2,7 +2,8 @@
 listener and the page store kept across migrations.
 
 Started by the daemon after the hypervisor is attached (``await nursery.start(svc.run)``):
-it closes or resumes operations a restart interrupted, listens for migration channels
+it closes or resumes operations a restart interrupted, sweeps away the stream directories
+of migrations that no longer run (``qemu_socket.sweep``), listens for migration channels
 (when the node has a TLS listener) and runs every migration as a task of its own
 nursery.
 """
@@ -25,7 +26,7 @@ from novacron.cluster.locks import MigrationLocks
 from novacron.config import Config
 from novacron.eventbus import EventBus
 from novacron.logs import kv
-from novacron.migration import incoming, outgoing
+from novacron.migration import incoming, outgoing, qemu_socket
 from novacron.migration.channel import ChannelListener, same_token
 from novacron.migration.ops import Operation, Operations
 from novacron.migration.options import MigrateOptions
@@ -94,6 +95,12 @@ class MigrationService:
         return frozenset(r["vm"] for r in self.interrupted if r["kind"] == "migrate_out")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        streams = self.config.migration_stream_dir
+        swept = await trio.to_thread.run_sync(qemu_socket.sweep, streams)
+        if swept:
+            log.warning(
+                "migration.stream_dirs_swept", extra=kv(stream_dir=str(streams), names=swept)
+            )
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for row in self.interrupted:
