@@ -18,13 +18,15 @@ gives the encoder and the decoder every core each (the decoder reads batches ahe
 the one it applies, so a round of one batch decodes no faster). One discarded warm-up
 pass runs first (see ``main``). IMAGE files are
 read when their round comes, one at a time, so a large guest's images need not fit in
-memory together (peak: about 5x the guest's size, mostly the two encoders' delta caches
-and the receiver).
+memory together (peak: about 4x the guest's size: the round's image, the encoder's delta
+cache, the receiver, and the memcpy baseline's copy; a run that would not fit in the
+memory available is refused before it starts).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -46,9 +48,12 @@ from novacron import _core
 from novacron.errors import EngineError
 
 PAGE = _core.PAGE_SIZE
+Buffer = bytes | bytearray
+Image = bytes | Path  # a file is read when its round comes (one image in memory at a time)
+VERIFY_PAGES = 16384  # the receiver's pages compared a slice (64 MiB) at a time
 
 
-def offered_bytes(image: bytes, indices: list[int]) -> bytes:
+def offered_bytes(image: Buffer, indices: list[int]) -> bytes:
     view = memoryview(image)
     return b"".join(view[i * PAGE : (i + 1) * PAGE] for i in indices)
 
@@ -59,7 +64,7 @@ def timed(fn: Any, *args: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def memcpy_time(data: bytes) -> float:
+def memcpy_time(data: Buffer) -> float:
     """Seconds to copy ``data`` into an already-touched buffer (no page faults).
 
     Through a memoryview: ``bytearray[:] = bytes`` first copies the bytes into a new
@@ -71,35 +76,54 @@ def memcpy_time(data: bytes) -> float:
     return time.perf_counter() - start
 
 
-def baselines(data: bytes) -> dict[str, Any]:
+def baselines(data: Buffer) -> dict[str, Any]:
     memcpy_s = memcpy_time(data)
     lz4_out, lz4_s = timed(lz4.block.compress, data)
+    lz4_bytes = len(lz4_out)
+    del lz4_out  # (a large guest's round 0: not two compressed copies at once)
     zstd = zstandard.ZstdCompressor(level=1)
     zstd_out, zstd_s = timed(zstd.compress, data)
+    zstd1_bytes = len(zstd_out)
+    del zstd_out
     pages = len(data) // PAGE
     scan = _core.scan_pages(data)
     qemu = scan.zero_pages * 9 + (pages - scan.zero_pages) * (PAGE + 8)
     return {
         "memcpy_s": memcpy_s,
-        "lz4_bytes": len(lz4_out),
+        "lz4_bytes": lz4_bytes,
         "lz4_s": lz4_s,
-        "zstd1_bytes": len(zstd_out),
+        "zstd1_bytes": zstd1_bytes,
         "zstd1_s": zstd_s,
         "qemu_bytes": qemu,
     }
 
 
-Image = bytes | Path  # a file is read when its round comes (one image in memory at a time)
-
-
 def load(image: Image) -> bytes:
-    """The image's bytes (a file: raw, or an ELF dump's RAM: ``bench.memory_image``)."""
+    """The image's bytes (a file: raw, or an ELF dump's RAM: ``bench.memory_image``).
+    ``bytes``, never a mutable buffer: the encoder takes a scan's hashes for an
+    immutable object only."""
     if isinstance(image, bytes):
         return image
     try:
         return memory_image.load(image)
     except memory_image.ImageError as e:
         raise SystemExit(f"pagebench: {e}") from None
+
+
+def matches(dec: _core.PageDecoder, image: Buffer) -> bool:
+    """Whether the receiver holds ``image``, compared a slice at a time (no copy of the
+    whole guest next to it)."""
+    view = memoryview(image)
+    pages = len(image) // PAGE
+    for first in range(0, pages, VERIFY_PAGES):
+        last = min(pages, first + VERIFY_PAGES)
+        if dec.pages(range(first, last)) != bytes(view[first * PAGE : last * PAGE]):
+            return False
+    return True
+
+
+def digest(wire: Buffer | memoryview) -> bytes:
+    return hashlib.blake2b(wire, digest_size=16).digest()
 
 
 def run(
@@ -111,10 +135,11 @@ def run(
 ) -> list[dict[str, Any]]:
     """One pass over the rounds. Round k's dirty pages come from the engine's scan of
     image k (its hashes against image k-1's), and the encoder takes the offered pages'
-    hashes from that scan. A second encoder fed the same rounds without the scan
-    (hashing the pages itself, as a migration stream's encoder must) gives
-    ``encode_unscanned_s``; its bytes must be the same. ``pages``: the guest's size in
-    pages (read from the first image when not given)."""
+    hashes from that scan. Then a second encoder is fed the same rounds without the scan
+    (hashing the pages itself, as a migration stream's encoder must), which gives
+    ``encode_unscanned_s``; its bytes must be the same. It runs after the first encoder
+    and the receiver are gone: each holds up to a guest's size. ``pages``: the guest's
+    size in pages (read from the first image when not given)."""
     guest = len(load(images[0])) // PAGE if pages is None else pages
 
     def encoder() -> _core.PageEncoder:
@@ -122,9 +147,11 @@ def run(
             guest, compression=compression, threads=threads, delta_cache_pages=cache_pages
         )
 
-    enc, unscanned = encoder(), encoder()
+    enc = encoder()
     dec = _core.PageDecoder(guest, threads=threads)
     rounds = []
+    offers: list[list[int] | None] = []  # round 0: every page
+    wires: list[bytes] = []  # each round's output, as a digest
     previous: bytes | None = None
     for n, source in enumerate(images):
         image = load(source)
@@ -134,16 +161,12 @@ def run(
         scan = _core.scan_pages(image)
         bitmap = None if previous is None else scan.dirty_since(previous)
         scan_s = time.perf_counter() - start
-        indices = None  # round 0: every page
+        indices = None
         if bitmap is not None:
             indices = [i for i in range(guest) if bitmap[i >> 3] >> (i & 7) & 1]
         previous = scan.hashes
         wire, encode_s = timed(enc.encode, image, indices, scan)
-        again, encode_unscanned_s = timed(unscanned.encode, image, indices)
-        if again != wire:
-            raise SystemExit(f"round {n}: the scan changed the encoder's output")
         _, decode_s = timed(dec.decode, wire)
-        verified = dec.image() == image
         offered = list(range(guest)) if indices is None else indices
         data = image if indices is None else offered_bytes(image, offered)
         rounds.append(
@@ -153,15 +176,42 @@ def run(
                 "wire_bytes": len(wire),
                 "scan_s": scan_s,
                 "encode_s": encode_s,
-                "encode_unscanned_s": encode_unscanned_s,
                 "decode_s": decode_s,
-                "verified": verified,
+                "verified": matches(dec, image),
                 "image_memcpy_s": memcpy_time(image),
                 "baselines": baselines(data),
             }
         )
-        del image, data  # before the next round's image is read
+        offers.append(indices)
+        wires.append(digest(wire))
+        del image, data, wire, scan  # before the next round's image is read
+    del enc, dec
+    unscanned = encoder()
+    for n, (source, indices) in enumerate(zip(images, offers, strict=True)):
+        image = load(source)
+        again, rounds[n]["encode_unscanned_s"] = timed(unscanned.encode, image, indices)
+        if digest(again) != wires[n]:
+            raise SystemExit(f"round {n}: the scan changed the encoder's output")
+        del image, again
     return rounds
+
+
+def peak_memory(guest_bytes: int, cache_pages: int) -> int:
+    """About the most memory a pass takes: the round's image, the encoder's delta cache,
+    the receiver and, in turn, the memcpy baseline's copy or the compressors' outputs."""
+    return 3 * guest_bytes + min(cache_pages * PAGE, guest_bytes) + (256 << 20)
+
+
+def available_memory() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (``None`` where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 TIMES = ("scan_s", "encode_s", "encode_unscanned_s", "decode_s", "image_memcpy_s")
@@ -252,6 +302,12 @@ def main() -> None:
     cores = os.cpu_count() or 1
     guest_pages = size // PAGE
     cache_pages = guest_pages if args.delta_cache_mib is None else args.delta_cache_mib * 256
+    needed, free = peak_memory(size, cache_pages), available_memory()
+    if free is not None and needed > free:
+        parser.error(
+            f"a {size >> 20} MiB guest takes about {needed >> 20} MiB here, and "
+            f"{free >> 20} MiB is available (a smaller --delta-cache-mib takes less)"
+        )
     # Warm-up, discarded: on these VMs the first touch of memory the guest kernel never
     # handed out before costs about 2.7 ms/MiB (the hypervisor backs it lazily); one
     # full pass brings the process's working memory in for every contender alike.

@@ -143,7 +143,34 @@ def test_pagebench_refuses_a_dump_claiming_more_memory_than_there_is(tmp_path: P
     path = tmp_path / "core"
     path.write_bytes(core_dump([Load(0, bytes(4096), 2**62)]))
     done = pagebench(str(path))
-    assert done.returncode == 1
-    assert done.stderr.startswith("pagebench: ")
-    assert "no memory" in done.stderr
+    assert done.returncode == 2  # before anything is read
+    assert "takes about" in done.stderr and "MiB is available" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_verification_compares_every_slice_of_the_receivers_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench import pagebench
+
+    from novacron import _core
+
+    monkeypatch.setattr(pagebench, "VERIFY_PAGES", 4)  # 11 pages: slices of 4, 4 and 3
+    image = random.Random(7).randbytes(11 * 4096)
+    dec = _core.PageDecoder(11)
+    dec.decode(_core.PageEncoder(11).encode(image))
+    assert pagebench.matches(dec, image)
+    for page in (0, 5, 10):
+        other = bytearray(image)
+        other[page * 4096 + 99] ^= 1
+        assert not pagebench.matches(dec, bytes(other))
+
+
+def test_the_memory_estimate_counts_the_image_cache_receiver_and_a_copy() -> None:
+    from bench import pagebench
+
+    gib = 1 << 30
+    assert pagebench.peak_memory(gib, gib // 4096) == 4 * gib + (256 << 20)
+    assert pagebench.peak_memory(gib, 1024) == 3 * gib + 4 * 2**20 + (256 << 20)
+    free = pagebench.available_memory()
+    assert free is not None and 0 < free < 2**50
