@@ -140,3 +140,12 @@ def test_client_notifications_are_ignored(daemon: Daemon) -> None:
         sock.sendall(codec.encode_request(1, "session.hello"))
         (reply,) = read_messages(sock, 1)
     assert reply.msgid == 1 and reply.error is None
+
+
+def test_client_responses_answer_nothing_and_are_ignored(daemon: Daemon) -> None:
+    with daemon.raw() as sock:
+        sock.sendall(codec.encode_response(7, None, {"x": 1}))
+        sock.sendall(codec.encode_response(8, {"code": "internal", "message": "?"}, None))
+        sock.sendall(codec.encode_request(1, "session.hello"))
+        (reply,) = read_messages(sock, 1)
+    assert reply.msgid == 1 and reply.error is None
