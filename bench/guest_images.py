@@ -5,7 +5,7 @@
 
 Reads the guest's physical memory through libvirt's ``virDomainMemoryPeek``
 (``VIR_MEMORY_PHYSICAL``, 64 KiB per call, the API's limit) and writes
-``OUT_PREFIX.0.raw`` ... one image per ``interval`` seconds while the guest runs. The
+``OUT_PREFIX.0.raw`` ...; the guest runs ``interval`` seconds between two images. The
 guest is paused while each image is read, so every image is one consistent moment.
 
 Physical addresses 0 to the guest's memory size are RAM only on a small guest: on a PC
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
@@ -40,18 +41,22 @@ def read_image(dom: libvirt.virDomain, size: int) -> bytes:
     return bytes(out)
 
 
-def capture(dom: libvirt.virDomain, count: int, interval: float) -> list[bytes]:
+def capture(dom: libvirt.virDomain, count: int, interval: float) -> Iterator[bytes]:
+    """``count`` images; the guest runs ``interval`` seconds between two (or as long as
+    the caller takes with an image, if longer). Each is given as soon as it is read: a
+    large guest's images need not all be in memory at once."""
     size = memory_bytes(dom)
-    images = []
-    for n in range(count):
-        if n:
-            time.sleep(interval)
+    resumed: float | None = None
+    for _ in range(count):
+        if resumed is not None:
+            time.sleep(max(0.0, resumed + interval - time.monotonic()))
         dom.suspend()
         try:
-            images.append(read_image(dom, size))
+            image = read_image(dom, size)
         finally:
             dom.resume()
-    return images
+            resumed = time.monotonic()
+        yield image
 
 
 def main() -> None:
@@ -65,10 +70,11 @@ def main() -> None:
     conn = libvirt.open(args.uri)
     try:
         images = capture(conn.lookupByName(args.domain), args.count, args.interval)
+        for n, image in enumerate(images):  # written while the guest runs on
+            Path(f"{args.prefix}.{n}.raw").write_bytes(image)
+            del image
     finally:
         conn.close()
-    for n, image in enumerate(images):
-        Path(f"{args.prefix}.{n}.raw").write_bytes(image)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ def test_rounds_of_a_running_guest_round_trip(
         wait_console(c, "pagebench", guest.WORKLOAD_MARKER, timeout=180)
         conn = libvirt.open(URI)
         try:
-            images = capture(conn.lookupByName("pagebench"), count=3, interval=1.0)
+            images = list(capture(conn.lookupByName("pagebench"), count=3, interval=1.0))
         finally:
             conn.close()
         c.call("vm.delete", name="pagebench", force=True)
