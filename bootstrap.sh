@@ -109,7 +109,7 @@ run_tests() {
   log "mypy --strict"; mypy
   log "stubtest novacron._core"; python -m mypy.stubtest novacron._core
   log "pytest (unit, integration, system)"
-  python -m pytest -q "$@"
+  python -m pytest -q --durations=15 "$@"  # the slowest tests: the suite has a ~20 min budget
 }
 
 case "${1:-}" in
