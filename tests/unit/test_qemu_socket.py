@@ -172,6 +172,9 @@ def test_sweep_leaves_a_stream_dir_that_is_not_the_daemons_own(tmp_path: Path) -
     (tmp_path / "link").symlink_to(tmp_path / "real")
     assert qemu_socket.sweep(tmp_path / "link") == []
     assert (tmp_path / "real" / "0123456789abcdef").is_dir()
+    (tmp_path / "file").write_text("")
+    assert qemu_socket.sweep(tmp_path / "file") == []
+    assert qemu_socket.sweep(tmp_path / "file" / "streams") == []  # ENOTDIR: nothing to do
 
 
 def test_make_dir_refuses_a_stream_dir_that_is_not_the_daemons_own(tmp_path: Path) -> None:

@@ -186,10 +186,10 @@ def sweep(stream_dir: Path) -> list[str]:
     ``unavailable``), one a migration holds never is."""
     try:
         info = stream_dir.lstat()
-    except FileNotFoundError:
+    except OSError:  # none yet (or unreachable: make_dir says so when a migration needs it)
         return []
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-        return []  # not ours: make_dir says so when a migration needs it
+        return []  # not ours: make_dir says so too
     swept = []
     try:
         with os.scandir(stream_dir) as entries:
