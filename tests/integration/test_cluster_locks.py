@@ -15,7 +15,7 @@ import trio
 from novacron import errors
 from novacron.client import TlsFiles
 from novacron.cluster.etcd import EtcdClient, WatchCompacted, b64
-from novacron.cluster.locks import MigrationLocks
+from novacron.cluster.locks import MigrationLock, MigrationLocks
 from novacron.cluster.service import NODES, ClusterService, lock_key, vm_key
 from novacron.config import Config
 from novacron.eventbus import EventBus
@@ -126,7 +126,9 @@ async def test_a_lost_lock_refuses_the_switch_over(three: list[ClusterService]) 
     locks = MigrationLocks(one)
     lock = await locks.acquire("acme", "app", "op-1", "node2:7443")
     lock.destination = "node2"
+    assert await locks.held(lock)
     await one.etcd.call("/v3/kv/deleterange", {"key": b64(lock_key("acme", "app"))})
+    assert not await locks.held(lock)  # what a running migration checks
     with pytest.raises(errors.MigrationFailed, match="lock was lost"):
         await locks.commit(lock)
     assert await owner(one, "app") == "node1"
@@ -135,6 +137,13 @@ async def test_a_lost_lock_refuses_the_switch_over(three: list[ClusterService]) 
     # a lock taken again, but the destination is not in the cluster
     lock = await locks.acquire("acme", "app", "op-2", "node9:7443")
     lock.destination = "node9"
+    stale = MigrationLock("acme", "app", b'{"op": "op-1"}')  # an earlier migration's
+    assert await locks.held(lock) and not await locks.held(stale)
+    endpoints, one.etcd.endpoints = one.etcd.endpoints, ["https://127.0.0.1:9"]  # etcd away
+    try:
+        assert await locks.held(lock)
+    finally:
+        one.etcd.endpoints = endpoints
     with pytest.raises(errors.MigrationFailed, match="'node9' is not registered"):
         await locks.commit(lock)
     await locks.end(lock, moved=False)

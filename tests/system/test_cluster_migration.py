@@ -124,7 +124,8 @@ def test_a_migration_that_lost_its_lock_is_not_switched_over(
     assert held["migration"]["op"] == op_id and held["migration"]["node"] == "hosta", held
     shown = cli(b, "cluster", "vms")  # as an operator sees it
     assert shown.returncode == 0 and f"{op_id} to {b.address}" in shown.stdout, shown
-    # the lock vanishes (as when the source's lease expires): no switch-over
+    # the lock vanishes (as when the source's lease expires): the migration is aborted
+    # then, not run on to a switch-over that would be refused
     status, text = cluster_nodes.etcd.gateway(
         "/v3/kv/deleterange", {"key": b64(b"/novacron/v1/locks/default/locked")}
     )
@@ -133,6 +134,7 @@ def test_a_migration_that_lost_its_lock_is_not_switched_over(
     # (it failed once in a dozen runs, cause unknown: the daemons' logs say what happened)
     assert doc["state"] == "failed", (doc, logs(a, b))
     assert "lock was lost" in doc["error"]["message"], (doc, logs(a, b))
+    assert "aborted before the switch-over" in doc["error"]["message"], (doc, logs(a, b))
     held = owner(b, "locked")
     assert held["node"] == "hosta" and "migration" not in held, held
     stays_on_source("locked", a, b)  # (and retires it)

@@ -11,6 +11,10 @@ the same etcd transaction that lets the switch-over happen.
   one transaction — *lock still ours, VM still ours, destination registered* → owner
   becomes the destination and the lock goes. Refused or unanswered: the migration is
   aborted and the VM stays on the source.
+* While the migration runs the source checks that the lock is still there
+  (:meth:`MigrationLocks.held`, every ``LOCK_CHECK_S``): a lock that is gone (its lease
+  expired, or someone removed it) aborts the migration at once, instead of at a
+  switch-over that would be refused.
 * :meth:`MigrationLocks.end` after the outcome: a failed migration gives the lock back
   and, when a commit may have been made, moves the ownership back to the source
   (deferred to the next reconnect while etcd is away).
@@ -111,6 +115,15 @@ class MigrationLocks:
         else:
             why = f"the destination {lock.destination!r} is not registered in the cluster"
         raise errors.MigrationFailed(f"switch-over refused: {why}", {"vm": lock.name})
+
+    async def held(self, lock: MigrationLock) -> bool:
+        """Whether etcd still holds ``lock`` as this migration's. ``True`` when etcd does
+        not answer: the switch-over's transaction decides then."""
+        try:
+            kv = await self.cluster.etcd.get(lock_key(lock.tenant, lock.name))
+        except errors.Unavailable:
+            return True
+        return kv is not None and kv.value == lock.value
 
     async def end(self, lock: MigrationLock, moved: bool) -> None:
         """After the outcome. Moved: the commit made the change (the destination also

@@ -26,7 +26,7 @@ import trio
 
 from novacron import errors
 from novacron.client import connect_tls, split_address
-from novacron.cluster.locks import MigrationLock
+from novacron.cluster.locks import MigrationLock, MigrationLocks
 from novacron.logs import kv
 from novacron.migration import libvirt_job, progress, qemu_socket
 from novacron.migration.channel import open_channel
@@ -45,6 +45,7 @@ QEMU_ACCEPT_S = 120.0  # from migrateToURI3 to libvirtd connecting for the sourc
 SAMPLE_S = 1.0
 RESULT_WAIT_S = 120.0
 TAIL_S = 30.0  # after libvirt's success: the relay's last bytes (QEMU's SHUT)
+LOCK_CHECK_S = 2.0  # how often a migration checks that its cluster-wide lock is still there
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Run:
     stats: RelayStats = field(default_factory=RelayStats)
     failure: errors.NovaCronError | None = None
     migrating: bool = False
-    aborted_for: str | None = None  # "cancel", "stall", "timeout"
+    aborted_for: str | None = None  # "cancel", "stall", "timeout", "lock"
     lock: MigrationLock | None = None  # the cluster-wide lock (in a cluster)
     prep: trio.CancelScope = field(default_factory=trio.CancelScope)
     watch: progress.StallWatch = field(init=False)
@@ -343,6 +344,25 @@ async def _migrate(
         )
         await run.abort("timeout")
 
+    async def lock_kept(lock: MigrationLock, locks: MigrationLocks) -> None:
+        # a lock that is gone would refuse the switch-over: the migration ends now
+        while True:
+            await trio.sleep(LOCK_CHECK_S)
+            if lock.committing:
+                return  # the switch-over's transaction takes the lock
+            if await locks.held(lock) or lock.committing:
+                continue
+            log.warning("migration.lock_lost", extra=kv(vm=op.vm, op=op.id))
+            run.fail(
+                errors.MigrationFailed(
+                    "the migration lock was lost (this node's lease expired or it was "
+                    "removed): aborted before the switch-over",
+                    {"vm": op.vm},
+                )
+            )
+            await run.abort("lock")
+            return
+
     svc.ops.report(op, "migrating")
     watchers = trio.CancelScope()
 
@@ -352,6 +372,8 @@ async def _migrate(
                 inner.start_soon(monitor)
                 if run.options.timeout_s:
                     inner.start_soon(deadline)
+                if run.lock is not None and svc.locks is not None:
+                    inner.start_soon(lock_kept, run.lock, svc.locks)
 
     moved = False
     async with trio.open_nursery() as tasks:
