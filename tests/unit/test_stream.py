@@ -103,9 +103,10 @@ def test_a_feed_said_not_to_encode_never_encodes(chunk: int, batch_pages: int, s
     a read it says no to encodes nothing (while no page index repeats), so running it
     on the event loop costs only the split."""
     rng = random.Random(seed)
-    b = StreamBuilder().header().ram_setup([(b"pc.ram", 64 * PAGE)])
+    pages = 2 * batch_pages + 1  # more than a batch (and small: tiny chunks feed long)
+    b = StreamBuilder().header().ram_setup([(b"pc.ram", pages * PAGE)])
     b.part()
-    for n in range(64):  # every index once: no batch closes early
+    for n in range(pages):  # every index once: no batch closes early
         b.page(b"pc.ram", n, bytes([rng.randrange(256)]) * PAGE)
     b.eos()
     stream = bytes(b.out)
