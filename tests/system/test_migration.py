@@ -99,9 +99,12 @@ def test_migrate_there_and_back_again(nodes: TwoNodes, guest_images: guest.Guest
     incoming = [o for o in ops if o["kind"] == "migrate_in" and o["vm"] == "m1"]
     assert [o["state"] for o in outgoing] == ["succeeded", "succeeded"]
     assert [o["state"] for o in incoming] == ["succeeded"]
-    # every migration's socket directory is gone from both hosts
+    # every migration's socket directory is gone from both hosts, and each destination
+    # checked that the socket's listener was the incoming domain's QEMU (libvirt's pid)
     for node in (a, b):
         assert node.host.sh(f"ls -A {STREAMS}").split() == [], node.name
+        assert "migration.qemu_checked" in node.daemon.log_text(), node.name
+        assert "migration.qemu_pid_unknown" not in node.daemon.log_text(), node.name
     retire(b, "m1")
     retire(b, "m1b")
 

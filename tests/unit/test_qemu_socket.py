@@ -4,6 +4,7 @@ can run one)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -313,6 +314,37 @@ def test_the_destination_connects_once_qemu_listens(tmp_path: Path) -> None:
             await stream.aclose()
 
     trio.run(main)
+
+
+def test_the_destination_connects_only_to_the_incoming_domains_qemu(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The listener here is this process: named as libvirt's QEMU, it is connected to;
+    named otherwise (another process of QEMU's user put its socket there), it is
+    refused; when libvirt cannot say, the uid check stands alone."""
+    caplog.set_level(logging.INFO, logger="novacron.migration")
+    path = tmp_path / "qemu.sock"
+
+    async def named(pid: int | None) -> None:
+        async def qemu_pid() -> int | None:
+            return pid
+
+        listener = await qemu_socket.listen(path)
+        try:
+            with trio.fail_after(10):
+                stream = await qemu_socket.connect_when_bound(path, os.getuid(), qemu_pid)
+            await stream.aclose()
+        finally:
+            await listener.aclose()
+            path.unlink()
+
+    trio.run(named, os.getpid())
+    assert "migration.qemu_checked" in caplog.messages
+    with pytest.raises(errors.MigrationFailed, match=r"is process \d+, not the incoming"):
+        trio.run(named, os.getpid() + 1)
+    assert "migration.stream_peer_refused" in caplog.messages
+    trio.run(named, None)
+    assert "migration.qemu_pid_unknown" in caplog.messages
 
 
 def test_the_destination_never_connects_to_what_is_not_qemus_socket(tmp_path: Path) -> None:

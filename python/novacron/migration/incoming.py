@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import secrets
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -172,8 +173,9 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
                     threads=svc.config.migration_engine_threads,
                     max_pages=guest_page_limit(inc.spec.memory_mib),
                 )
+                qemu_pid = partial(svc.vms.hv_pool.run, svc.vms.hv.qemu_pid, inc.op.vm)
                 qemu = await _announce_and_connect(
-                    channel, receiver, inc.qemu_dir.path, inc.qemu_uid
+                    channel, receiver, inc.qemu_dir.path, inc.qemu_uid, qemu_pid
                 )
                 log.info("migration.qemu_listening", extra=kv(vm=inc.op.vm, op=inc.op.id))
                 try:
@@ -218,7 +220,11 @@ def _qemu_owner(hv: Hypervisor, dest_xml: str) -> tuple[int, int]:
 
 
 async def _announce_and_connect(
-    channel: trio.abc.Stream, receiver: StreamReceiver, qemu_at: Path, uid: int
+    channel: trio.abc.Stream,
+    receiver: StreamReceiver,
+    qemu_at: Path,
+    uid: int,
+    qemu_pid: Callable[[], Awaitable[int | None]],
 ) -> trio.SocketStream:
     """Sends the page store's announcement while connecting to the destination QEMU
     (the hashes cross the link while QEMU starts); the connection, once both are done.
@@ -228,7 +234,7 @@ async def _announce_and_connect(
     async def connect() -> None:
         nonlocal qemu
         with trio.fail_after(QEMU_CONNECT_S):
-            qemu = await qemu_socket.connect_when_bound(qemu_at, uid)
+            qemu = await qemu_socket.connect_when_bound(qemu_at, uid, qemu_pid)
 
     try:
         with single_errors():

@@ -33,6 +33,7 @@ import socket
 import stat
 import struct
 import xml.etree.ElementTree as ET
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,9 +220,14 @@ def sweep(stream_dir: Path) -> list[str]:
     return sorted(swept)
 
 
+def peer(sock: trio.socket.SocketType) -> tuple[int, int]:
+    """The peer's pid and uid (``SO_PEERCRED``: the process that listened, or connected)."""
+    pid, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    return int(pid), int(uid)
+
+
 def peer_uid(sock: trio.socket.SocketType) -> int:
-    _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    return int(uid)
+    return peer(sock)[1]
 
 
 async def listen(path: Path) -> trio.SocketListener:
@@ -250,10 +256,16 @@ async def accept_from(listener: trio.SocketListener, uid: int = 0) -> trio.Socke
         await trio.aclose_forcefully(stream)
 
 
-async def connect_when_bound(path: Path, uid: int) -> trio.SocketStream:
+async def connect_when_bound(
+    path: Path, uid: int, qemu_pid: Callable[[], Awaitable[int | None]] | None = None
+) -> trio.SocketStream:
     """Connects to the socket QEMU (running as ``uid``) binds at ``path``, retrying until
     it is there. A socket owned by anyone else is never connected to; a peer that turns
-    out not to be ``uid`` is refused (``migration_failed``). Bound it with ``fail_after``."""
+    out not to be ``uid`` is refused (``migration_failed``), and so is a peer that is not
+    the process ``qemu_pid`` names (the incoming domain's QEMU, as libvirt records it:
+    another process of QEMU's user could have put its own socket there). When
+    ``qemu_pid`` cannot tell, the uid check stands alone (logged). Bound it with
+    ``fail_after``."""
     while True:
         try:
             info = await trio.Path(path).lstat()
@@ -271,8 +283,24 @@ async def connect_when_bound(path: Path, uid: int) -> trio.SocketStream:
                 raise
             await trio.sleep(CONNECT_POLL_S)  # bound, not yet listening
             continue
-        got = peer_uid(stream.socket)
+        pid, got = peer(stream.socket)
         if got != uid:
             await trio.aclose_forcefully(stream)
             raise errors.MigrationFailed(f"the peer at {path} runs as uid {got}, not {uid}")
+        if qemu_pid is not None:
+            try:
+                want = await qemu_pid()
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            if want is None:
+                log.warning("migration.qemu_pid_unknown", extra=kv(path=str(path), pid=pid))
+            elif pid != want:
+                await trio.aclose_forcefully(stream)
+                log.warning("migration.stream_peer_refused", extra=kv(pid=pid, expected=want))
+                raise errors.MigrationFailed(
+                    f"the peer at {path} is process {pid}, not the incoming domain's QEMU ({want})"
+                )
+            else:
+                log.info("migration.qemu_checked", extra=kv(path=str(path), pid=pid))
         return stream

@@ -77,6 +77,21 @@ class RuntimeState:
     reason: str
 
 
+# where the system QEMU driver (libvirtd or virtqemud) keeps a running domain's status
+QEMU_STATUS_DIR = Path("/run/libvirt/qemu")
+
+
+def status_pid(path: Path) -> int | None:
+    """The ``pid`` of a libvirt status file (``<domstatus ... pid='N'>``); ``None`` if
+    the file is not there or says no pid."""
+    try:
+        root = ET.fromstring(path.read_bytes())  # noqa: S314 - libvirtd's, root-only
+    except (OSError, ET.ParseError):
+        return None
+    pid = root.get("pid", "") if root.tag == "domstatus" else ""
+    return int(pid) if pid.isdigit() and int(pid) > 0 else None
+
+
 class Hypervisor:
     """One libvirt connection, reopened when it drops."""
 
@@ -123,6 +138,15 @@ class Hypervisor:
     def is_local(self) -> bool:
         """True when libvirt manages this machine (no host in the URI)."""
         return urlsplit(self.uri).netloc == ""
+
+    def qemu_pid(self, name: str) -> int | None:
+        """The pid of the QEMU process that runs domain ``name``, from libvirt's own record
+        of it (the QEMU driver's status file, root's alone); ``None`` where there is none
+        to read: not the local system QEMU driver, or the domain is not running."""
+        parts = urlsplit(self.uri)
+        if not parts.scheme.startswith("qemu") or parts.netloc or parts.path != "/system":
+            return None
+        return status_pid(QEMU_STATUS_DIR / f"{name}.xml")
 
     def capabilities(self) -> ET.Element:
         """libvirt's host capabilities, fetched once (the call takes seconds on QEMU)."""

@@ -1,0 +1,45 @@
+"""``novacron.vm.driver`` beyond the libvirt calls the service tests exercise: the QEMU
+process libvirt records for a domain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from novacron.vm import driver
+from novacron.vm.driver import Hypervisor, status_pid
+
+STATUS = """<!--
+WARNING: THIS IS AN AUTO-GENERATED FILE.
+-->
+<domstatus state='paused' reason='migration' pid='{pid}'>
+  <monitor path='/var/lib/libvirt/qemu/domain-3-m1/monitor.sock' type='unix'/>
+  <domain type='qemu' id='3'><name>m1</name></domain>
+</domstatus>
+"""
+
+
+def test_status_pid_reads_libvirts_status_file(tmp_path: Path) -> None:
+    path = tmp_path / "m1.xml"
+    path.write_text(STATUS.format(pid=3509))
+    assert status_pid(path) == 3509
+    for bad in ("0", "-1", "", "12a", " 7"):
+        path.write_text(STATUS.format(pid=bad))
+        assert status_pid(path) is None, bad
+    path.write_text("<domain><name>m1</name></domain>")  # a definition, not a status
+    assert status_pid(path) is None
+    path.write_text("<domstatus pid='12'")  # cut short
+    assert status_pid(path) is None
+    assert status_pid(tmp_path / "missing.xml") is None
+
+
+def test_qemu_pid_only_from_the_local_system_qemu_driver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(driver, "QEMU_STATUS_DIR", tmp_path)
+    (tmp_path / "m1.xml").write_text(STATUS.format(pid=42))
+    assert Hypervisor("qemu:///system").qemu_pid("m1") == 42
+    assert Hypervisor("qemu:///system").qemu_pid("m2") is None  # not running
+    for uri in ("qemu:///session", "qemu+ssh://host/system", "test:///default"):
+        assert Hypervisor(uri).qemu_pid("m1") is None, uri
