@@ -48,12 +48,11 @@ from novacron import _core
 from novacron.errors import EngineError
 
 PAGE = _core.PAGE_SIZE
-Buffer = bytes | bytearray
 Image = bytes | Path  # a file is read when its round comes (one image in memory at a time)
 VERIFY_PAGES = 16384  # the receiver's pages compared a slice (64 MiB) at a time
 
 
-def offered_bytes(image: Buffer, indices: list[int]) -> bytes:
+def offered_bytes(image: bytes, indices: list[int]) -> bytes:
     view = memoryview(image)
     return b"".join(view[i * PAGE : (i + 1) * PAGE] for i in indices)
 
@@ -64,7 +63,7 @@ def timed(fn: Any, *args: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def memcpy_time(data: Buffer) -> float:
+def memcpy_time(data: bytes) -> float:
     """Seconds to copy ``data`` into an already-touched buffer (no page faults).
 
     Through a memoryview: ``bytearray[:] = bytes`` first copies the bytes into a new
@@ -76,7 +75,7 @@ def memcpy_time(data: Buffer) -> float:
     return time.perf_counter() - start
 
 
-def baselines(data: Buffer) -> dict[str, Any]:
+def baselines(data: bytes) -> dict[str, Any]:
     memcpy_s = memcpy_time(data)
     lz4_out, lz4_s = timed(lz4.block.compress, data)
     lz4_bytes = len(lz4_out)
@@ -110,7 +109,7 @@ def load(image: Image) -> bytes:
         raise SystemExit(f"pagebench: {e}") from None
 
 
-def matches(dec: _core.PageDecoder, image: Buffer) -> bool:
+def matches(dec: _core.PageDecoder, image: bytes) -> bool:
     """Whether the receiver holds ``image``, compared a slice at a time (no copy of the
     whole guest next to it)."""
     view = memoryview(image)
@@ -122,7 +121,7 @@ def matches(dec: _core.PageDecoder, image: Buffer) -> bool:
     return True
 
 
-def digest(wire: Buffer | memoryview) -> bytes:
+def digest(wire: bytes | memoryview) -> bytes:
     return hashlib.blake2b(wire, digest_size=16).digest()
 
 

@@ -35,6 +35,8 @@ from novacron.logs import kv
 
 log = logging.getLogger("novacron.cluster")
 
+LOCK_LOST = "the migration lock was lost (this node's lease expired or it was removed)"
+
 
 @dataclass
 class MigrationLock:
@@ -109,7 +111,7 @@ class MigrationLocks:
         lock.committing = False  # refused: nothing was written
         held, owned = found(responses, 0), found(responses, 1)
         if held is None or held.value != lock.value:
-            why = "the migration lock was lost (this node's lease expired or it was removed)"
+            why = LOCK_LOST
         elif owned is None or owned.value != c.node.encode():
             why = "this node no longer owns the vm in the cluster"
         else:

@@ -26,7 +26,7 @@ import trio
 
 from novacron import errors
 from novacron.client import connect_tls, split_address
-from novacron.cluster.locks import MigrationLock, MigrationLocks
+from novacron.cluster.locks import LOCK_LOST, MigrationLock, MigrationLocks
 from novacron.logs import kv
 from novacron.migration import libvirt_job, progress, qemu_socket
 from novacron.migration.channel import open_channel
@@ -346,22 +346,19 @@ async def _migrate(
 
     async def lock_kept(lock: MigrationLock, locks: MigrationLocks) -> None:
         # a lock that is gone would refuse the switch-over: the migration ends now
-        while True:
+        held = True
+        while held:
             await trio.sleep(LOCK_CHECK_S)
             if lock.committing:
                 return  # the switch-over's transaction takes the lock
-            if await locks.held(lock) or lock.committing:
-                continue
-            log.warning("migration.lock_lost", extra=kv(vm=op.vm, op=op.id))
-            run.fail(
-                errors.MigrationFailed(
-                    "the migration lock was lost (this node's lease expired or it was "
-                    "removed): aborted before the switch-over",
-                    {"vm": op.vm},
-                )
-            )
-            await run.abort("lock")
-            return
+            held = await locks.held(lock)
+        if lock.committing:
+            return  # (it took it while we read)
+        log.warning("migration.lock_lost", extra=kv(vm=op.vm, op=op.id))
+        run.fail(
+            errors.MigrationFailed(f"{LOCK_LOST}: aborted before the switch-over", {"vm": op.vm})
+        )
+        await run.abort("lock")
 
     svc.ops.report(op, "migrating")
     watchers = trio.CancelScope()

@@ -23,6 +23,7 @@ that stopped in the middle of a migration left behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -122,7 +123,7 @@ def make_dir(stream_dir: Path, name: str, owner: tuple[int, int] | None = None) 
         info = stream_dir.lstat()
     except OSError as exc:
         raise _unavailable(f"cannot make {directory}", exc) from None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+    if not _own_dir(info):
         raise errors.Unavailable(
             f"[migration] stream_dir {stream_dir} is not a directory of this daemon's user",
             {"stream_dir": str(stream_dir)},
@@ -160,23 +161,19 @@ def remove_dir(path: Path) -> bool:
     there; whether the directory is gone (something else put there is left, and logged)."""
     directory = path.parent
     try:
-        path.unlink()
-        directory.rmdir()
-    except (FileNotFoundError, NotADirectoryError):
-        try:
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            path.unlink()
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             directory.rmdir()
-        except (FileNotFoundError, NotADirectoryError):
-            pass
-        except OSError as exc:
-            return _left(directory, exc)
     except OSError as exc:
-        return _left(directory, exc)
+        log.warning("migration.stream_dir_left", extra=kv(path=str(directory), error=str(exc)))
+        return False
     return True
 
 
-def _left(directory: Path, exc: OSError) -> bool:
-    log.warning("migration.stream_dir_left", extra=kv(path=str(directory), error=str(exc)))
-    return False
+def _own_dir(info: os.stat_result) -> bool:
+    """Whether ``lstat`` found a directory (not a symlink) of this daemon's user."""
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
 
 
 def sweep(stream_dir: Path) -> list[str]:
@@ -189,7 +186,7 @@ def sweep(stream_dir: Path) -> list[str]:
         info = stream_dir.lstat()
     except OSError:  # none yet (or unreachable: make_dir says so when a migration needs it)
         return []
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+    if not _own_dir(info):
         return []  # not ours: make_dir says so too
     swept = []
     try:
@@ -226,10 +223,6 @@ def peer(sock: trio.socket.SocketType) -> tuple[int, int]:
     return int(pid), int(uid)
 
 
-def peer_uid(sock: trio.socket.SocketType) -> int:
-    return peer(sock)[1]
-
-
 async def listen(path: Path) -> trio.SocketListener:
     """The source's listener at ``path`` (in a directory :func:`make_dir` made)."""
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -249,7 +242,7 @@ async def accept_from(listener: trio.SocketListener, uid: int = 0) -> trio.Socke
     closed and logged, and the wait goes on."""
     while True:
         stream = await listener.accept()
-        got = peer_uid(stream.socket)
+        _, got = peer(stream.socket)
         if got == uid:
             return stream
         log.warning("migration.stream_peer_refused", extra=kv(uid=got, expected=uid))

@@ -144,7 +144,7 @@ class Hypervisor:
         of it (the QEMU driver's status file, root's alone); ``None`` where there is none
         to read: not the local system QEMU driver, or the domain is not running."""
         parts = urlsplit(self.uri)
-        if not parts.scheme.startswith("qemu") or parts.netloc or parts.path != "/system":
+        if not (self.is_local and parts.scheme.startswith("qemu") and parts.path == "/system"):
             return None
         return status_pid(QEMU_STATUS_DIR / f"{name}.xml")
 
