@@ -62,6 +62,7 @@ class Config:
     migration_max_concurrent: int = 2
     migration_engine_threads: int = 1
     migration_stream_dir: Path = paths.SYSTEM_MIGRATION_STREAMS
+    migration_shared_storage: str = ""
     network_reconcile_interval_s: float = 30.0
     cluster_etcd_endpoints: str = ""
     cluster_lease_ttl_s: int = 10
@@ -94,6 +95,11 @@ class Config:
     @property
     def etcd_endpoints(self) -> list[str]:
         return [e.strip() for e in self.cluster_etcd_endpoints.split(",") if e.strip()]
+
+    @property
+    def shared_storage_dirs(self) -> tuple[str, ...]:
+        """``[migration] shared_storage``: directories every node sees as the same storage."""
+        return tuple(d.strip() for d in self.migration_shared_storage.split(",") if d.strip())
 
     @property
     def labels(self) -> dict[str, str]:
@@ -142,6 +148,7 @@ FIELDS: dict[str, str] = {
     "migration_max_concurrent": "migration",
     "migration_engine_threads": "migration",
     "migration_stream_dir": "migration",
+    "migration_shared_storage": "migration",
     "network_reconcile_interval_s": "network",
     "cluster_etcd_endpoints": "cluster",
     "cluster_lease_ttl_s": "cluster",
@@ -165,6 +172,7 @@ _TOML_KEY = {
     "migration_max_concurrent": "max_concurrent",
     "migration_engine_threads": "engine_threads",
     "migration_stream_dir": "stream_dir",
+    "migration_shared_storage": "shared_storage",
     "network_reconcile_interval_s": "reconcile_interval_s",
     "cluster_etcd_endpoints": "etcd_endpoints",
     "cluster_lease_ttl_s": "lease_ttl_s",
@@ -183,6 +191,7 @@ _EMPTY_OK = _CPUSETS | {
     "tls_crl",
     "migration_listen",
     "migration_libvirt_uri",
+    "migration_shared_storage",
     "cluster_etcd_endpoints",
     "cluster_labels",
 }
@@ -325,6 +334,10 @@ def check(config: Config) -> Config:
         raise ConfigError(
             f"[migration] stream_dir must be an absolute path of at most {most} bytes"
             f" (a Unix socket's path inside it must fit in {paths.MAX_SOCKET_PATH})"
+        )
+    if not all(d.startswith("/") for d in config.shared_storage_dirs):
+        raise ConfigError(
+            "[migration] shared_storage must be absolute directories, comma-separated"
         )
     if any("=" not in item for item in config.cluster_labels.split(",") if item.strip()):
         raise ConfigError('[cluster] labels must look like "zone=a,rack=12"')

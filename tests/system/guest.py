@@ -30,6 +30,11 @@ PING_OK = "NOVACRON-PING-OK"
 PING_FAIL = "NOVACRON-PING-FAIL"
 INTACT = "NOVACRON-INTACT"
 CORRUPT = "NOVACRON-CORRUPT"
+DISK_READY = "NOVACRON-DISK-READY"
+DISK_OK = "NOVACRON-DISK-OK"
+DISK_BAD = "NOVACRON-DISK-BAD"
+# where the guest's disk option writes its counter (bytes into /dev/vda, one 512-byte block)
+DISK_COUNTER_AT = 1 << 20
 
 # virtio-net and what it needs, in load order (modules in Debian's cloud kernel)
 NET_MODULES = (
@@ -42,6 +47,7 @@ NET_MODULES = (
     "net_failover",
     "virtio_net",
 )
+DISK_MODULES = (*NET_MODULES[:5], "virtio_blk")
 MODULE_PATHS = {
     "evdev": "drivers/input/evdev.ko",
     "button": "drivers/acpi/button.ko",
@@ -53,6 +59,7 @@ MODULE_PATHS = {
     "failover": "net/core/failover.ko",
     "net_failover": "drivers/net/net_failover.ko",
     "virtio_net": "drivers/net/virtio_net.ko",
+    "virtio_blk": "drivers/block/virtio_blk.ko",
 }
 
 INIT = f"""#!/bin/busybox sh
@@ -87,6 +94,26 @@ if grep -q novacron.net= /proc/cmdline; then
        sleep 1
      done) &
   done
+fi
+if grep -q novacron.disk /proc/cmdline; then
+  # the first virtio disk: 1 MiB of random data written at boot and read back from the
+  # disk itself (O_DIRECT) every 3 s; a counter written at {DISK_COUNTER_AT} every second
+  for m in {" ".join(DISK_MODULES)}; do [ -d /sys/module/$m ] || insmod /lib/$m.ko; done
+  while [ ! -b /dev/vda ]; do sleep 0.5; done
+  dd if=/dev/urandom of=/tmp/disk-pattern bs=64k count=16 2>/dev/null
+  dd if=/tmp/disk-pattern of=/dev/vda bs=64k oflag=direct conv=fsync 2>/dev/null
+  disksum=$(md5sum < /tmp/disk-pattern)
+  echo {DISK_READY}
+  (k=0; while true; do
+     k=$((k+1))
+     echo "counter $k" | dd of=/dev/vda bs=512 seek={DISK_COUNTER_AT // 512} conv=sync,notrunc \\
+       oflag=direct 2>/dev/null
+     if [ $((k % 3)) = 0 ]; then
+       got=$(dd if=/dev/vda bs=64k count=16 iflag=direct 2>/dev/null | md5sum)
+       if [ "$got" = "$disksum" ]; then echo {DISK_OK}; else echo {DISK_BAD}; fi
+     fi
+     sleep 1
+   done) &
 fi
 if grep -q novacron.bench /proc/cmdline; then
   # the migration benchmark's guest (see bench/migration_bench.py): 150 copies of one

@@ -111,6 +111,10 @@ class TwoNodes:
                 scratch / "etcd", authority, host=hosts.a.address, prefix=tuple(hosts.a.enter())
             )
             flags = ["--cluster-etcd-endpoints", etcd.endpoints, "--cluster-lease-ttl-s", "5"]
+        # storage both hosts see (one filesystem), declared shared on both nodes
+        shared = shared_storage(hosts)
+        shared.mkdir(mode=0o755, exist_ok=True)
+        flags += ["--migration-shared-storage", str(shared)]
         a = Node(hosts.a, node_daemon(hosts, hosts.a, certs, ca, *flags))
         b = Node(hosts.b, node_daemon(hosts, hosts.b, certs, ca, *flags))
         pair = cls(hosts, a, b, etcd)
@@ -122,6 +126,11 @@ class TwoNodes:
             raise
         return pair
 
+    @property
+    def shared(self) -> Path:
+        """The directory both nodes declare as shared storage (``[migration] shared_storage``)."""
+        return shared_storage(self.hosts)
+
     def stop(self) -> None:
         for node in (self.a, self.b):
             node.daemon.stop()
@@ -129,6 +138,10 @@ class TwoNodes:
                 print(f"--- {node.name} ---\n{node.daemon.log_text()[-20000:]}")
         if self.etcd is not None:
             self.etcd.stop()
+
+
+def shared_storage(hosts: TwoHosts) -> Path:
+    return hosts.a.root.parent / "shared"  # removed with the hosts
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float = 0.25) -> None:

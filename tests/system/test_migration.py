@@ -10,6 +10,9 @@ source only.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from tests.system import guest
@@ -19,9 +22,9 @@ from tests.system.twohosts import STREAMS
 MEMORY_MIB = 128
 
 
-def boot(node: Node, name: str, images: guest.GuestImages, extra: str = "") -> None:
+def boot(node: Node, name: str, images: guest.GuestImages, extra: str = "", **params: Any) -> None:
     with node.client() as c:
-        c.call("vm.create", **images.vm(name, MEMORY_MIB, f"novacron.workload {extra}"))
+        c.call("vm.create", **images.vm(name, MEMORY_MIB, f"novacron.workload {extra}", **params))
     wait_until(lambda: _has(node, name, guest.INTACT), 240, f"{name} workload on {node.name}")
 
 
@@ -107,6 +110,82 @@ def test_migrate_there_and_back_again(nodes: TwoNodes, guest_images: guest.Guest
         assert "migration.qemu_pid_unknown" not in node.daemon.log_text(), node.name
     retire(b, "m1")
     retire(b, "m1b")
+
+
+def disk_counter(disk: Path) -> int:
+    """The counter the guest last wrote to its disk (``novacron.disk``), read on the host."""
+    with disk.open("rb") as f:
+        f.seek(guest.DISK_COUNTER_AT)
+        words = f.read(512).split(b"\0", 1)[0].split()
+    return int(words[1]) if len(words) == 2 and words[0] == b"counter" else 0
+
+
+def disk_in_use(node: Node, vm: str, disk: Path) -> None:
+    """The guest on ``node`` reads its disk intact and keeps writing to it."""
+    console = node.console(vm)
+    size = console.stat().st_size
+    start = disk_counter(disk)
+    wait_until(
+        lambda: console.read_text(errors="replace")[size:].count(guest.DISK_OK) >= 2,
+        120,
+        f"{vm} reading its disk on {node.name}",
+    )
+    assert guest.DISK_BAD not in console.read_text(errors="replace")
+    wait_until(lambda: disk_counter(disk) > start + 2, 60, f"{vm} writing its disk")
+
+
+def test_a_guest_with_two_vcpus_a_disk_and_a_nic_migrates_there_and_back(
+    nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    """Not only the bare guest: two vCPUs, a raw disk on storage both nodes declare shared
+    (the guest keeps writing it and reads it back from the disk), an e1000 NIC on a
+    bridge network of the same name on both nodes."""
+    a, b = nodes.a, nodes.b
+    disk = nodes.shared / "m9.raw"
+    with disk.open("wb") as f:
+        f.truncate(16 << 20)
+    try:
+        for node in (a, b):
+            with node.client() as c:
+                c.call("net.create", name="mignet")
+        with a.client() as c:
+            c.call(
+                "vm.create",
+                **guest_images.vm(
+                    "m9",
+                    MEMORY_MIB,
+                    "novacron.workload novacron.disk",
+                    vcpus=2,
+                    disks=[{"path": str(disk), "format": "raw"}],
+                    nics=[{"network": "mignet", "model": "e1000"}],
+                ),
+            )
+        wait_until(lambda: _has(a, "m9", guest.INTACT), 240, "m9's workload on hosta")
+        wait_until(lambda: _has(a, "m9", guest.DISK_READY), 60, "m9's disk on hosta")
+        disk_in_use(a, "m9", disk)
+
+        for src, dst in ((a, b), (b, a)):
+            result = migrate(src, dst, "m9")["result"]
+            only_on("m9", dst, src)
+            intact_on(dst, "m9")
+            disk_in_use(dst, "m9", disk)
+            assert result["bytes_wire"] < result["bytes_logical"], result
+            with dst.client() as c:
+                vm = c.call("vm.get", name="m9")
+            assert vm["vcpus"] == 2 and [d["path"] for d in vm["disks"]] == [str(disk)], vm
+            assert [(n["network"], n["model"]) for n in vm["nics"]] == [("mignet", "e1000")], vm
+            xml = dst.host.virsh("dumpxml", "m9")
+            assert str(disk) in xml and "e1000" in xml and "<vcpu" in xml, xml
+        retire(a, "m9")
+        assert disk.exists()  # an image the VM was given is not the daemon's to delete
+    finally:
+        for node in (a, b):
+            with node.client() as c:
+                if "m9" in node.records():
+                    c.call("vm.delete", name="m9", force=True)
+                if any(n["name"] == "mignet" for n in c.call("net.list")):
+                    c.call("net.delete", name="mignet")
+        disk.unlink(missing_ok=True)
 
 
 SLOW = ("--bandwidth-mbps", "16")  # ~2 MiB/s of QEMU stream: long enough to interrupt
@@ -253,9 +332,22 @@ def test_failures_before_anything_moves_are_clear_and_leave_the_vm_home(
 ) -> None:
     """Where QEMU's stream would meet the daemon (``[migration] stream_dir``) cannot be
     made, first on the source, then on the destination; then the destination refuses
-    the VM: each time a clear failure, and the guest runs on the source, intact."""
+    the VM; then libvirt refuses its disk, on storage no node declared shared: each time
+    a clear failure, and the guest runs on the source, intact."""
+    local = Path(tempfile.mkdtemp(prefix="novacron-local-", dir="/var/tmp"))
+    try:
+        local.chmod(0o755)  # QEMU's user opens the disk
+        disk = local / "m8.raw"
+        with disk.open("wb") as f:
+            f.truncate(1 << 20)
+        refused_everywhere(nodes, guest_images, disk)
+    finally:
+        shutil.rmtree(local)
+
+
+def refused_everywhere(nodes: TwoNodes, guest_images: guest.GuestImages, disk: Path) -> None:
     a, b = nodes.a, nodes.b
-    boot(a, "m8", guest_images)
+    boot(a, "m8", guest_images, disks=[{"path": str(disk), "format": "raw"}])
     for node in (a, b):
         node.host.sh(f"rm -rf {STREAMS} && touch {STREAMS}")  # a file where the dir goes
         try:
@@ -274,5 +366,10 @@ def test_failures_before_anything_moves_are_clear_and_leave_the_vm_home(
     assert "migration_failed" in done.stderr and "already exists" in done.stderr, logs(a, b)
     assert a.domstate("m8") == "running" and b.domstate("m8") == "shut off"
     retire(b, "m8")
-    intact_on(a, "m8")
-    retire(a, "m8")
+    # the disk: libvirt sees a local filesystem, and no node declared it shared storage
+    done = cli(a, "--json", "vm", "migrate", "m8", "--to", b.address)
+    assert done.returncode == 1, done.stdout
+    assert "migration_failed" in done.stderr and "shared storage" in done.stderr, logs(a, b)
+    assert "[migration] shared_storage" in done.stderr, done.stderr
+    stays_on_source("m8", a, b)  # intact there, then retired
+    assert disk.exists()

@@ -85,6 +85,8 @@ def test_toml_then_flags(tmp_path: Path) -> None:
         ("[network]\nreconcile_interval_s = -1\n", "reconcile_interval_s"),
         ("[migration]\nengine_threads = 0\n", "engine_threads"),
         ("[migration]\nengine_threads = 65\n", "engine_threads"),
+        ("[migration]\nshared_storage = 'srv/vms'\n", "shared_storage"),
+        ("[migration]\nshared_storage = ['/srv/vms']\n", "shared_storage"),
     ],
 )
 def test_bad_config_is_refused_with_the_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -109,6 +111,15 @@ def test_cluster_keys(tmp_path: Path) -> None:
         parse("--config", str(f), "--cluster-etcd-endpoints", "http://10.0.0.1:2379")
     dev = parse("--dev")
     assert dev.etcd_endpoints == [] and dev.labels == {}
+
+
+def test_shared_storage_is_a_list_of_directories(tmp_path: Path) -> None:
+    assert parse("--dev").shared_storage_dirs == ()
+    f = tmp_path / "n.toml"
+    f.write_text("[migration]\nshared_storage = '/srv/vms, /mnt/cluster/images'\n")
+    assert parse("--config", str(f)).shared_storage_dirs == ("/srv/vms", "/mnt/cluster/images")
+    flagged = parse("--dev", "--migration-shared-storage", "/nfs")
+    assert flagged.shared_storage_dirs == ("/nfs",)
 
 
 def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 
 import libvirt
 
+from novacron import errors
+from novacron.migration.shared_storage import UNSAFE_HINT
 from novacron.vm.driver import Hypervisor, libvirt_errors
 
 FLAGS = (
@@ -33,6 +35,7 @@ class MigrationCall:
     dest_xml: str
     bandwidth_mib_s: int
     auto_converge: bool
+    shared_storage: bool = False  # every disk on declared shared storage: skip libvirt's check
 
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -46,6 +49,8 @@ class MigrationCall:
 
     def flags(self) -> int:
         extra: int = libvirt.VIR_MIGRATE_AUTO_CONVERGE if self.auto_converge else 0
+        if self.shared_storage:
+            extra |= libvirt.VIR_MIGRATE_UNSAFE
         return int(FLAGS | extra)
 
 
@@ -59,8 +64,13 @@ def migrate(hv: Hypervisor, call: MigrationCall) -> None:
     """Runs the whole migration; returns when libvirt reports success (the VM runs on
     the destination and is undefined here), raises otherwise (it runs here)."""
     dom = hv.domain(call.name)
-    with libvirt_errors():
-        dom.migrateToURI3(call.dest_uri, call.params(), call.flags())
+    try:
+        with libvirt_errors():
+            dom.migrateToURI3(call.dest_uri, call.params(), call.flags())
+    except errors.NovaCronError as exc:
+        if exc.details.get("libvirt_code") != libvirt.VIR_ERR_MIGRATE_UNSAFE:
+            raise
+        raise type(exc)(exc.message + UNSAFE_HINT, exc.details) from None
 
 
 def job_stats(hv: Hypervisor, name: str, completed: bool = False) -> dict[str, Any]:

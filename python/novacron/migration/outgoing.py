@@ -28,13 +28,14 @@ from novacron import errors
 from novacron.client import connect_tls, split_address
 from novacron.cluster.locks import LOCK_LOST, MigrationLock, MigrationLocks
 from novacron.logs import kv
-from novacron.migration import libvirt_job, progress, qemu_socket
+from novacron.migration import libvirt_job, progress, qemu_socket, shared_storage
 from novacron.migration.channel import open_channel
 from novacron.migration.libvirt_job import MigrationCall
 from novacron.migration.ops import Operation
 from novacron.migration.options import MigrateOptions
 from novacron.migration.relay import RelayStats, relay_source
 from novacron.migration.stream import StreamSender
+from novacron.vm import domain_xml
 
 if TYPE_CHECKING:
     from novacron.migration.service import MigrationService
@@ -195,6 +196,15 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                 if answer:
                     await _tell_abort(peer, answer)
                 raise
+            disks = domain_xml.parse_disk_paths(xml)
+            declared = await trio.to_thread.run_sync(
+                shared_storage.all_declared, disks, svc.config.shared_storage_dirs
+            )
+            if declared:
+                log.info(
+                    "migration.storage_declared_shared",
+                    extra=kv(vm=op.vm, op=op.id, disks=",".join(disks)),
+                )
             call = MigrationCall(
                 name=op.vm,
                 dest_uri=str(answer["libvirt_uri"]),
@@ -202,6 +212,7 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                 dest_xml=str(answer["dest_xml"]),
                 bandwidth_mib_s=run.options.bandwidth_mib_s(),
                 auto_converge=run.options.auto_converge,
+                shared_storage=declared,
             )
             moved = await _migrate(run, call, listener, channel)
             if moved:  # libvirt's word is final: the VM runs there, whatever the relay said
