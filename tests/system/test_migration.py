@@ -371,5 +371,8 @@ def refused_everywhere(nodes: TwoNodes, guest_images: guest.GuestImages, disk: P
     assert done.returncode == 1, done.stdout
     assert "migration_failed" in done.stderr and "shared storage" in done.stderr, logs(a, b)
     assert "[migration] shared_storage" in done.stderr, done.stderr
+    # the source told the destination at once (it does not wait out a QEMU that never comes)
+    wait_until(lambda: incoming_op(b, "m8")["state"] != "running", 30, "hostb's incoming op")
+    assert incoming_op(b, "m8")["error"]["message"] == "cancelled by the source"
     stays_on_source("m8", a, b)  # intact there, then retired
     assert disk.exists()

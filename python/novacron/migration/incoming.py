@@ -189,7 +189,9 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
                 finally:
                     await trio.aclose_forcefully(qemu)
             except (trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
-                failure = f"relay failed: {exc or 'the connection broke'}"
+                slow = isinstance(exc, trio.TooSlowError)
+                why = str(exc) or ("timed out" if slow else "the connection broke")
+                failure = f"relay failed: {why}"
             except Exception as exc:  # frame, digest and engine errors
                 failure = f"stream rejected: {exc}"
             finally:
@@ -233,8 +235,10 @@ async def _announce_and_connect(
 
     async def connect() -> None:
         nonlocal qemu
-        with trio.fail_after(QEMU_CONNECT_S):
+        with trio.move_on_after(QEMU_CONNECT_S):
             qemu = await qemu_socket.connect_when_bound(qemu_at, uid, qemu_pid)
+        if qemu is None:
+            raise TimeoutError(f"no QEMU listened at {qemu_at} within {QEMU_CONNECT_S:g} s")
 
     try:
         with single_errors():

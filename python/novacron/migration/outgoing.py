@@ -219,6 +219,8 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                 with trio.move_on_after(RESULT_WAIT_S):
                     got = await peer.call("migration.result", op=answer["op"])
                     dest = got if isinstance(got, dict) else {}
+            else:  # (libvirt may have refused before the destination QEMU ever started)
+                await _tell_abort(peer, answer)
     except errors.NovaCronError as exc:
         run.fail(exc)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -244,9 +246,12 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
 
 
 async def _tell_abort(peer: Any, answer: dict[str, Any]) -> None:
-    """Best effort: the destination stops waiting for a channel that will not come."""
+    """Best effort: the destination stops waiting for a channel, or a QEMU, that will
+    not come."""
     with trio.move_on_after(5):
-        with contextlib.suppress(errors.NovaCronError):
+        with contextlib.suppress(
+            errors.NovaCronError, trio.BrokenResourceError, trio.ClosedResourceError, OSError
+        ):
             await peer.call("migration.abort", op=answer["op"])
 
 
