@@ -188,6 +188,27 @@ def test_a_guest_with_two_vcpus_a_disk_and_a_nic_migrates_there_and_back(
         disk.unlink(missing_ok=True)
 
 
+def test_a_paused_vm_migrates_and_stays_paused(
+    nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    """libvirt keeps a guest paused on the destination when it was paused on the source;
+    the destination records it as it is (paused, and paused is what the operator asked)."""
+    a, b = nodes.a, nodes.b
+    boot(a, "m10", guest_images)
+    with a.client() as c:
+        c.call("vm.pause", name="m10")
+    result = migrate(a, b, "m10")["result"]
+    assert result["destination_state"] == "succeeded", result
+    assert b.domstate("m10") == "paused" and "m10" not in a.domains()
+    assert "m10" in b.records() and "m10" not in a.records()
+    with b.client() as c:
+        vm = c.call("vm.get", name="m10")
+        assert (vm["state"], vm["desired_state"]) == ("paused", "paused"), vm
+        c.call("vm.resume", name="m10")
+    intact_on(b, "m10")
+    retire(b, "m10")
+
+
 SLOW = ("--bandwidth-mbps", "16")  # ~2 MiB/s of QEMU stream: long enough to interrupt
 
 

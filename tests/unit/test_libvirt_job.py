@@ -57,6 +57,10 @@ def test_flags() -> None:
     assert not flags & libvirt.VIR_MIGRATE_AUTO_CONVERGE
     assert call(auto_converge=True).flags() & libvirt.VIR_MIGRATE_AUTO_CONVERGE
     assert not flags & libvirt.VIR_MIGRATE_PARALLEL  # multifd is refused, never asked for
+    # libvirt's shared-storage check is skipped only for storage the operator declared
+    assert not flags & libvirt.VIR_MIGRATE_UNSAFE
+    declared = call(shared_storage=True).flags()
+    assert declared & libvirt.VIR_MIGRATE_UNSAFE and declared & ~libvirt.VIR_MIGRATE_UNSAFE == flags
 
 
 def test_calls_on_the_test_driver(hv: Hypervisor) -> None:
@@ -80,3 +84,15 @@ def test_a_transient_domain_is_still_arriving(hv: Hypervisor) -> None:
     finally:
         dom.destroy()
     assert libvirt_job.incoming_state(hv, "t2") == "absent"
+
+
+def test_a_persistent_domain_paused_by_the_user_has_arrived_paused(hv: Hypervisor) -> None:
+    """What libvirt leaves on the destination when the guest was paused on the source."""
+    dom = hv.domain("test")
+    dom.suspend()
+    try:
+        assert dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER]
+        assert libvirt_job.incoming_state(hv, "test") == "paused"
+    finally:
+        dom.resume()
+    assert libvirt_job.incoming_state(hv, "test") == "running"

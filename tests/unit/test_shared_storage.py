@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import libvirt
-
 from novacron.migration import shared_storage
-from novacron.migration.libvirt_job import MigrationCall
 
 
 def test_disks_inside_a_declared_directory_are_declared(tmp_path: Path) -> None:
@@ -59,10 +56,5 @@ def test_all_declared_needs_disks(tmp_path: Path) -> None:
     )
 
 
-def test_declared_storage_asks_libvirt_to_skip_its_check() -> None:
-    call = MigrationCall("vm", "qemu+tls://b/system", "unix:///s", "<domain/>", 0, False)
-    assert not call.flags() & libvirt.VIR_MIGRATE_UNSAFE
-    declared = MigrationCall("vm", "qemu+tls://b/system", "unix:///s", "<domain/>", 0, False, True)
-    assert declared.flags() & libvirt.VIR_MIGRATE_UNSAFE
-    assert declared.flags() & ~libvirt.VIR_MIGRATE_UNSAFE == call.flags()
+def test_the_hint_names_the_setting() -> None:
     assert "[migration] shared_storage" in shared_storage.UNSAFE_HINT

@@ -48,6 +48,8 @@ OUTCOME_WAIT_S = 600.0  # from the end of the stream to libvirt finishing (or cl
 POLL_S = 0.25
 STATS_WAIT_S = 5.0  # from the guest running here to libvirt filing the job's statistics
 STATS_POLL_S = 0.05
+# libvirt finished the migration: the guest runs here, or stays paused as it was
+ARRIVED = ("running", "paused")
 
 T = TypeVar("T")
 
@@ -276,7 +278,8 @@ async def poll_libvirt(
 
 
 async def wait_outcome(svc: MigrationService, name: str) -> str:
-    """``running`` or ``absent`` once libvirt decided; ``arriving`` after the wait."""
+    """``running``, ``paused`` (:data:`ARRIVED`) or ``absent`` once libvirt decided;
+    ``arriving`` after the wait."""
     return await poll_libvirt(
         svc,
         lambda state: state != "arriving",
@@ -310,12 +313,12 @@ async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> N
     vms, op = svc.vms, inc.op
     state = await wait_outcome(svc, op.vm)
     with trio.CancelScope(shield=True):
-        if state == "running":
+        if state in ARRIVED:
             async with vms.locked(op.vm):
                 await vms.records.insert(
                     op.vm, inc.uuid, op.tenant, inc.spec.to_dict(), inc.placement
                 )
-                await vms.arrived(op.vm, op.tenant, inc.source)
+                await vms.arrived(op.vm, op.tenant, inc.source, desired=state)
             completed = await completed_stats(svc, op.vm)
             downtime = completed.get("downtime")
             result = {

@@ -106,14 +106,21 @@ def set_max_downtime(hv: Hypervisor, name: str, downtime_ms: int) -> None:
 
 
 def incoming_state(hv: Hypervisor, name: str) -> str:
-    """``absent``, ``arriving`` (transient or not yet running) or ``running`` (persistent
-    and running: libvirt finished the migration)."""
+    """``absent``, ``arriving`` (transient, or not yet running), ``running`` (persistent
+    and running: libvirt finished the migration) or ``paused`` (persistent and paused
+    by the user's word: finished, and kept paused as it was on the source)."""
     dom = hv.lookup(name)
     if dom is None:
         return "absent"
     try:
         persistent = dom.isPersistent() == 1
-        state, _ = dom.state()
+        state, reason = dom.state()
     except libvirt.libvirtError:
         return "absent"  # vanished between the lookup and the question
-    return "running" if persistent and state == libvirt.VIR_DOMAIN_RUNNING else "arriving"
+    if not persistent:
+        return "arriving"
+    if state == libvirt.VIR_DOMAIN_RUNNING:
+        return "running"
+    if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_USER:
+        return "paused"
+    return "arriving"  # (paused for the migration itself: libvirt is not done)

@@ -170,16 +170,18 @@ class MigrationService:
         at start; a VM that arrives after all is adopted and reported)."""
         name = row["vm"]
         if await self.vms.records.get(name) is None:  # else reconciliation adopted it
-            if await incoming.wait_outcome(self, name) != "running":
+            state = await incoming.wait_outcome(self, name)
+            if state not in incoming.ARRIVED:
                 return
             async with self.vms.locked(name):
                 if await self.vms.records.get(name) is None:
-                    await self._adopt(name, str(row["peer"]))
+                    await self._adopt(name, str(row["peer"]), state)
         log.warning("migration.arrived_across_restart", extra=kv(vm=name, op=row["id"]))
         await self.ops.amend(row, "succeeded", {"node": self.config.node_name, "restarted": True})
 
-    async def _adopt(self, name: str, source: str) -> None:
-        """Records a VM that arrived while this daemon was down, from its metadata."""
+    async def _adopt(self, name: str, source: str, desired: str) -> None:
+        """Records a VM that arrived while this daemon was down, from its metadata
+        (``desired``: ``running``, or ``paused`` as it arrived)."""
         vms = self.vms
         managed = domain_xml.parse_managed(await vms.hv_pool.run(vms.hv.xml, name))
         if managed is None:
@@ -190,7 +192,7 @@ class MigrationService:
             except errors.NovaCronError as exc:
                 log.warning("migration.placement_conflict", extra=kv(vm=name, error=exc.message))
         await vms.adopt(managed)
-        await vms.arrived(name, managed.tenant, source)
+        await vms.arrived(name, managed.tenant, source, desired)
 
     async def settle_outgoing(self, findings: list[dict[str, Any]]) -> None:
         """Outgoing migrations a restart interrupted whose VM libvirt moved after all

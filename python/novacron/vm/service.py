@@ -325,10 +325,11 @@ class VmService:
         self.placement.release(name)
         self.managed.discard(name)
 
-    async def arrived(self, name: str, tenant: str, source: str) -> None:
-        """A VM that migrated here from ``source`` and is recorded: it runs, its events
-        are forwarded, and (in a cluster) its name moves to this node."""
-        await self.records.set_desired_state(name, "running")
+    async def arrived(self, name: str, tenant: str, source: str, desired: str = "running") -> None:
+        """A VM that migrated here from ``source`` and is recorded: it runs (or stays
+        paused, ``desired``, as it was on the source), its events are forwarded, and (in
+        a cluster) its name moves to this node."""
+        await self.records.set_desired_state(name, desired)
         self.managed.add(name)
         if self.ownership is not None:
             await self.ownership.arrived(tenant, name, source)
