@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -134,16 +135,19 @@ def disk_in_use(node: Node, vm: str, disk: Path) -> None:
     wait_until(lambda: disk_counter(disk) > start + 2, 60, f"{vm} writing its disk")
 
 
-def test_a_guest_with_two_vcpus_a_disk_and_a_nic_migrates_there_and_back(
+def test_a_guest_with_two_vcpus_disks_and_a_nic_migrates_there_and_back(
     nodes: TwoNodes, guest_images: guest.GuestImages
 ) -> None:
     """Not only the bare guest: two vCPUs, a raw disk on storage both nodes declare shared
-    (the guest keeps writing it and reads it back from the disk), an e1000 NIC on a
-    bridge network of the same name on both nodes."""
+    (the guest keeps writing it and reads it back from the disk) and a qcow2 one (QEMU's
+    image lock passes from one QEMU to the other), an e1000 NIC on a bridge network of
+    the same name on both nodes."""
     a, b = nodes.a, nodes.b
-    disk = nodes.shared / "m9.raw"
+    disk, qcow2 = nodes.shared / "m9.raw", nodes.shared / "m9.qcow2"
     with disk.open("wb") as f:
         f.truncate(16 << 20)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "64M"], check=True)
+    paths = [str(disk), str(qcow2)]
     try:
         for node in (a, b):
             with node.client() as c:
@@ -156,7 +160,7 @@ def test_a_guest_with_two_vcpus_a_disk_and_a_nic_migrates_there_and_back(
                     MEMORY_MIB,
                     "novacron.workload novacron.disk",
                     vcpus=2,
-                    disks=[{"path": str(disk), "format": "raw"}],
+                    disks=[{"path": str(disk), "format": "raw"}, {"path": str(qcow2)}],
                     nics=[{"network": "mignet", "model": "e1000"}],
                 ),
             )
@@ -172,12 +176,12 @@ def test_a_guest_with_two_vcpus_a_disk_and_a_nic_migrates_there_and_back(
             assert result["bytes_wire"] < result["bytes_logical"], result
             with dst.client() as c:
                 vm = c.call("vm.get", name="m9")
-            assert vm["vcpus"] == 2 and [d["path"] for d in vm["disks"]] == [str(disk)], vm
+            assert vm["vcpus"] == 2 and [d["path"] for d in vm["disks"]] == paths, vm
             assert [(n["network"], n["model"]) for n in vm["nics"]] == [("mignet", "e1000")], vm
             xml = dst.host.virsh("dumpxml", "m9")
-            assert str(disk) in xml and "e1000" in xml and "<vcpu" in xml, xml
+            assert all(p in xml for p in paths) and "e1000" in xml, xml
         retire(a, "m9")
-        assert disk.exists()  # an image the VM was given is not the daemon's to delete
+        assert disk.exists() and qcow2.exists()  # images the VM was given stay
     finally:
         for node in (a, b):
             with node.client() as c:
@@ -186,6 +190,7 @@ def test_a_guest_with_two_vcpus_a_disk_and_a_nic_migrates_there_and_back(
                 if any(n["name"] == "mignet" for n in c.call("net.list")):
                     c.call("net.delete", name="mignet")
         disk.unlink(missing_ok=True)
+        qcow2.unlink(missing_ok=True)
 
 
 def test_a_paused_vm_migrates_and_stays_paused(
