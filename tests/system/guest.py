@@ -36,18 +36,16 @@ DISK_BAD = "NOVACRON-DISK-BAD"
 # where the guest's disk option writes its counter (bytes into /dev/vda, one 512-byte block)
 DISK_COUNTER_AT = 1 << 20
 
-# virtio-net and what it needs, in load order (modules in Debian's cloud kernel)
-NET_MODULES = (
+# virtio devices' drivers, in load order (modules in Debian's cloud kernel)
+VIRTIO_MODULES = (
     "virtio_ring",
     "virtio",
     "virtio_pci_modern_dev",
     "virtio_pci_legacy_dev",
     "virtio_pci",
-    "failover",
-    "net_failover",
-    "virtio_net",
 )
-DISK_MODULES = (*NET_MODULES[:5], "virtio_blk")
+NET_MODULES = (*VIRTIO_MODULES, "failover", "net_failover", "virtio_net")
+DISK_MODULES = (*VIRTIO_MODULES, "virtio_blk")
 MODULE_PATHS = {
     "evdev": "drivers/input/evdev.ko",
     "button": "drivers/acpi/button.ko",

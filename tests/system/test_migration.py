@@ -113,6 +113,12 @@ def test_migrate_there_and_back_again(nodes: TwoNodes, guest_images: guest.Guest
     retire(b, "m1b")
 
 
+def sparse_file(path: Path, size: int) -> None:
+    """A raw disk image of ``size`` bytes (zeros, sparse)."""
+    with path.open("wb") as f:
+        f.truncate(size)
+
+
 def disk_counter(disk: Path) -> int:
     """The counter the guest last wrote to its disk (``novacron.disk``), read on the host."""
     with disk.open("rb") as f:
@@ -144,27 +150,22 @@ def test_a_guest_with_two_vcpus_disks_and_a_nic_migrates_there_and_back(
     the same name on both nodes."""
     a, b = nodes.a, nodes.b
     disk, qcow2 = nodes.shared / "m9.raw", nodes.shared / "m9.qcow2"
-    with disk.open("wb") as f:
-        f.truncate(16 << 20)
+    sparse_file(disk, 16 << 20)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "64M"], check=True)
     paths = [str(disk), str(qcow2)]
     try:
         for node in (a, b):
             with node.client() as c:
                 c.call("net.create", name="mignet")
-        with a.client() as c:
-            c.call(
-                "vm.create",
-                **guest_images.vm(
-                    "m9",
-                    MEMORY_MIB,
-                    "novacron.workload novacron.disk",
-                    vcpus=2,
-                    disks=[{"path": str(disk), "format": "raw"}, {"path": str(qcow2)}],
-                    nics=[{"network": "mignet", "model": "e1000"}],
-                ),
-            )
-        wait_until(lambda: _has(a, "m9", guest.INTACT), 240, "m9's workload on hosta")
+        boot(
+            a,
+            "m9",
+            guest_images,
+            "novacron.disk",
+            vcpus=2,
+            disks=[{"path": str(disk), "format": "raw"}, {"path": str(qcow2)}],
+            nics=[{"network": "mignet", "model": "e1000"}],
+        )
         wait_until(lambda: _has(a, "m9", guest.DISK_READY), 60, "m9's disk on hosta")
         disk_in_use(a, "m9", disk)
 
@@ -364,8 +365,7 @@ def test_failures_before_anything_moves_are_clear_and_leave_the_vm_home(
     try:
         local.chmod(0o755)  # QEMU's user opens the disk
         disk = local / "m8.raw"
-        with disk.open("wb") as f:
-            f.truncate(1 << 20)
+        sparse_file(disk, 1 << 20)
         refused_everywhere(nodes, guest_images, disk)
     finally:
         shutil.rmtree(local)
