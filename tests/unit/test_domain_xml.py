@@ -233,3 +233,52 @@ def test_retarget_refuses_a_domain_that_is_not_novacrons() -> None:
 
     with pytest.raises(ValueError, match="metadata"):
         domain_xml.retarget("<domain><name>x</name><vcpu>1</vcpu></domain>", None, None)
+
+
+DISKS_XML = """
+<domain type='test'>
+  <name>disks</name><memory unit='MiB'>64</memory><os><type>hvm</type></os>
+  <devices>
+    <disk type='file' device='disk'>
+      <source file='/shared/top.qcow2'/>
+      <backingStore type='file'><format type='qcow2'/><source file='/local/base.qcow2'/>
+        <backingStore/></backingStore>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'><target dev='sda' bus='sata'/><readonly/></disk>
+    <disk type='file' device='cdrom'>
+      <source file='/isos/install.iso'/><target dev='sdb' bus='sata'/><readonly/>
+    </disk>
+    <disk type='block' device='disk'><source dev='/dev/vg/lv'/><target dev='vdb'/></disk>
+    <disk type='network' device='disk'>
+      <source protocol='rbd' name='pool/image'><host name='mon1' port='6789'/></source>
+      <target dev='vdc'/>
+    </disk>
+    <disk type='volume' device='disk'>
+      <source pool='default' volume='v.raw'/><target dev='vdd'/>
+    </disk>
+  </devices>
+</domain>
+"""
+
+
+def test_parse_disks_reads_libvirts_description_of_every_disk_type() -> None:
+    conn = libvirt.open("test:///default")
+    try:
+        dom = conn.defineXML(DISKS_XML)
+        try:
+            xml = dom.XMLDesc(0)  # as libvirt gives it back, not as written
+        finally:
+            dom.undefine()
+    finally:
+        conn.close()
+    disks = domain_xml.parse_disks(xml)
+    assert [(d.target, d.kind, d.path, d.readonly, d.empty) for d in disks] == [
+        ("vda", "file", "/shared/top.qcow2", False, False),  # its backing image is not a disk
+        ("sda", "file", None, True, True),
+        ("sdb", "file", "/isos/install.iso", True, False),
+        ("vdb", "block", "/dev/vg/lv", False, False),
+        ("vdc", "network", None, False, False),
+        ("vdd", "volume", None, False, False),
+    ]
+    assert domain_xml.parse_disk_paths(xml) == ["/shared/top.qcow2", "/isos/install.iso"]

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from novacron.migration import shared_storage
+from novacron.vm.domain_xml import DiskSource
 
 
 def test_disks_inside_a_declared_directory_are_declared(tmp_path: Path) -> None:
@@ -48,12 +52,74 @@ def test_links_and_dot_dots_are_resolved_on_both_sides(tmp_path: Path) -> None:
     assert shared_storage.undeclared([str(shared / "e.raw")], [str(tmp_path / "mnt")]) == []
 
 
-def test_all_declared_needs_disks(tmp_path: Path) -> None:
-    assert not shared_storage.all_declared([], [str(tmp_path)])
-    assert shared_storage.all_declared([str(tmp_path / "d.raw")], [str(tmp_path)])
-    assert not shared_storage.all_declared(
-        [str(tmp_path / "d.raw"), "/elsewhere/e.raw"], [str(tmp_path)]
+def disk(kind: str, path: str | None, readonly: bool = False, empty: bool = False) -> DiskSource:
+    return DiskSource(target="vdx", kind=kind, path=path, readonly=readonly, empty=empty)
+
+
+def test_all_declared_needs_file_disks_all_inside(tmp_path: Path) -> None:
+    inside, outside = str(tmp_path / "d.raw"), "/elsewhere/e.raw"
+    dirs = [str(tmp_path)]
+    assert shared_storage.all_declared([], dirs) == []
+    assert shared_storage.all_declared([disk("file", inside)], dirs) == [inside]
+    assert shared_storage.all_declared([disk("file", inside), disk("file", outside)], dirs) == []
+    # disks libvirt migrates without a look do not need declaring, but are no file disk
+    assert shared_storage.all_declared([disk("block", "/dev/vg/lv")], dirs) == []
+    assert shared_storage.all_declared(
+        [disk("file", inside), disk("block", "/dev/vg/lv"), disk("network", None)], dirs
+    ) == [inside]
+
+
+def test_disks_libvirt_does_not_check_are_left_out_as_it_leaves_them_out(tmp_path: Path) -> None:
+    inside = str(tmp_path / "d.raw")
+    dirs = [str(tmp_path)]
+    iso = disk("file", "/var/lib/isos/install.iso", readonly=True)
+    no_medium = disk("file", None, readonly=True, empty=True)
+    assert shared_storage.all_declared([disk("file", inside), iso, no_medium], dirs) == [inside]
+    # a read-write local disk is not left out
+    assert shared_storage.all_declared([disk("file", inside), disk("file", "/var/x")], dirs) == []
+
+
+def test_a_disk_whose_check_must_not_be_skipped_keeps_it(tmp_path: Path) -> None:
+    inside = str(tmp_path / "d.raw")
+    dirs = [str(tmp_path)]
+    for kind in ("nvme", "volume", "some-future-type"):
+        assert shared_storage.all_declared([disk("file", inside), disk(kind, None)], dirs) == []
+    # a read-only one of them is left out as libvirt leaves it
+    assert shared_storage.all_declared(
+        [disk("file", inside), disk("volume", None, readonly=True)], dirs
+    ) == [inside]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["file", "block", "network", "nvme", "volume", "dir", "other"]),
+            st.booleans(),  # inside the declared directory (file disks)
+            st.booleans(),  # read-only
+            st.booleans(),  # empty
+        ),
+        max_size=6,
     )
+)
+def test_declared_only_when_every_checked_disk_is_safe_to_skip(
+    spec: list[tuple[str, bool, bool, bool]],
+) -> None:
+    root = "/nonexistent-novacron-test/shared"
+    disks = [
+        disk(kind, f"{root if inside else '/local'}/{i}.img", readonly, empty)
+        for i, (kind, inside, readonly, empty) in enumerate(spec)
+    ]
+    checked = [d for d in disks if not d.readonly and not d.empty]
+    safe = bool(checked) and any(d.kind == "file" for d in checked)
+    for d in checked:
+        if d.kind == "file":
+            safe &= d.path is not None and d.path.startswith(root + "/")
+        else:
+            safe &= d.kind in {"block", "network", "dir"}
+    got = shared_storage.all_declared(disks, [root])
+    assert bool(got) == safe
+    assert got == ([d.path for d in checked if d.kind == "file"] if safe else [])
 
 
 def test_the_hint_names_the_setting() -> None:

@@ -196,14 +196,15 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                 if answer:
                     await _tell_abort(peer, answer)
                 raise
-            disks = domain_xml.parse_disk_paths(xml)
             declared = await trio.to_thread.run_sync(
-                shared_storage.all_declared, disks, svc.config.shared_storage_dirs
+                shared_storage.all_declared,
+                domain_xml.parse_disks(xml),
+                svc.config.shared_storage_dirs,
             )
             if declared:
                 log.info(
                     "migration.storage_declared_shared",
-                    extra=kv(vm=op.vm, op=op.id, disks=",".join(disks)),
+                    extra=kv(vm=op.vm, op=op.id, disks=",".join(declared)),
                 )
             call = MigrationCall(
                 name=op.vm,
@@ -212,7 +213,7 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                 dest_xml=str(answer["dest_xml"]),
                 bandwidth_mib_s=run.options.bandwidth_mib_s(),
                 auto_converge=run.options.auto_converge,
-                shared_storage=declared,
+                shared_storage=bool(declared),
             )
             moved = await _migrate(run, call, listener, channel)
             if moved:  # libvirt's word is final: the VM runs there, whatever the relay said

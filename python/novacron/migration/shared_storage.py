@@ -12,8 +12,16 @@ file at the same path is the same file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from novacron.vm.domain_xml import DiskSource
+
+# disk types libvirt lets migrate without looking at where they are (block devices,
+# network disks, ...): the flag skips no check of theirs. A file disk is judged by its
+# path; any other type (an NVMe disk, which libvirt always refuses; a pool volume, whose
+# file the domain XML does not show; a type this list does not know) is never declared.
+PASSED_BY_LIBVIRT = frozenset({"block", "network", "dir", "vhostuser", "vhostvdpa"})
 
 # what a refusal of libvirt's says next (libvirt's message names no setting)
 UNSAFE_HINT = (
@@ -33,6 +41,26 @@ def undeclared(disks: Iterable[str], dirs: Iterable[str]) -> list[str]:
     ]
 
 
-def all_declared(disks: list[str], dirs: Iterable[str]) -> bool:
-    """Whether the VM has file disks and every one is on declared shared storage."""
-    return bool(disks) and not undeclared(disks, dirs)
+def checked_files(disks: Sequence[DiskSource]) -> list[str] | None:
+    """The file disks libvirt's shared-storage check looks at (it leaves out read-only
+    disks, empty drives and backing images, and so does this), or None when the VM has a
+    disk whose check the flag must not skip (see :data:`PASSED_BY_LIBVIRT`)."""
+    files = []
+    for disk in disks:
+        if disk.readonly or disk.empty:
+            continue
+        if disk.kind == "file" and disk.path:
+            files.append(disk.path)
+        elif disk.kind not in PASSED_BY_LIBVIRT:
+            return None
+    return files
+
+
+def all_declared(disks: Sequence[DiskSource], dirs: Iterable[str]) -> list[str]:
+    """The file disks checked when every one lies on declared shared storage (the
+    migration may skip libvirt's check); empty when it may not (no such disk, one
+    undeclared, or a disk libvirt's check must see). Blocking (it reads links)."""
+    files = checked_files(disks)
+    if not files or undeclared(files, dirs):
+        return []
+    return files

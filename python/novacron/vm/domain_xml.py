@@ -242,8 +242,40 @@ def parse_managed(xml: str) -> ManagedDomain | None:
     return ManagedDomain(name=name, uuid=uuid, tenant=tenant, spec=spec, placement=placement)
 
 
-def parse_disk_paths(xml: str) -> list[str]:
+@dataclass(frozen=True)
+class DiskSource:
+    """A disk of a domain as libvirt describes it."""
+
+    target: str  # the guest's name for it (``vda``); "" if the XML names none
+    kind: str  # libvirt's disk type: file, block, network, volume, nvme, dir, ...
+    path: str | None  # the file or block device (None: the source has no local path)
+    readonly: bool
+    empty: bool  # no source at all (a CD-ROM drive without a medium)
+
+
+def parse_disks(xml: str) -> list[DiskSource]:
+    """Every ``<disk>`` of the domain, in order (backing images are not listed: they
+    belong to the disk whose chain they are in)."""
     root = ET.fromstring(xml)  # noqa: S314 - XML produced by libvirtd
-    return [
-        src.attrib["file"] for src in root.findall("devices/disk/source") if "file" in src.attrib
-    ]
+    disks = []
+    for disk in root.findall("devices/disk"):
+        src = disk.find("source")
+        target = disk.find("target")
+        path = None
+        if src is not None:
+            path = src.get("file") if disk.get("type", "file") == "file" else src.get("dev")
+        disks.append(
+            DiskSource(
+                target="" if target is None else target.get("dev", ""),
+                kind=disk.get("type", "file"),
+                path=path,
+                readonly=disk.find("readonly") is not None,
+                empty=src is None or not src.attrib,
+            )
+        )
+    return disks
+
+
+def parse_disk_paths(xml: str) -> list[str]:
+    """The domain's file disks (top images)."""
+    return [d.path for d in parse_disks(xml) if d.kind == "file" and d.path]

@@ -195,10 +195,11 @@ class VmService:
         disks = []
         if runtime is not None:
             xml = await self.hv_pool.run(self.hv.xml, name)
-            for i, path in enumerate(domain_xml.parse_disk_paths(xml)):
-                disks.append(
-                    {"target": domain_xml.disk_target(i), "path": path, "managed": path in managed}
-                )
+            for disk in domain_xml.parse_disks(xml):
+                if disk.path is not None:
+                    disks.append(
+                        {"target": disk.target, "path": disk.path, "managed": disk.path in managed}
+                    )
         doc.update(
             cpu_policy=spec.cpu_policy,
             memory_policy=spec.memory_policy,
