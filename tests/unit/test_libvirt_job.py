@@ -96,3 +96,37 @@ def test_a_persistent_domain_paused_by_the_user_has_arrived_paused(hv: Hyperviso
     finally:
         dom.resume()
     assert libvirt_job.incoming_state(hv, "test") == "running"
+
+
+PAUSED_REASONS = [
+    getattr(libvirt, n)
+    for n in dir(libvirt)
+    if n.startswith("VIR_DOMAIN_PAUSED_") and n[-5:] != "_LAST"
+]
+
+
+def test_arrival_by_libvirt_state() -> None:
+    """When libvirt is done with an incoming domain, and the desired state it arrived with."""
+    running, paused = libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED
+    for reason in (libvirt.VIR_DOMAIN_RUNNING_MIGRATED, libvirt.VIR_DOMAIN_RUNNING_UNPAUSED):
+        assert libvirt_job.arrival(True, running, reason) == "running"
+        assert libvirt_job.arrival(False, running, reason) == "arriving"  # still transient
+    assert libvirt_job.arrival(True, paused, libvirt.VIR_DOMAIN_PAUSED_USER) == "paused"
+    # persistent but still being received: made persistent before QEMU has the whole stream
+    assert libvirt_job.arrival(True, paused, libvirt.VIR_DOMAIN_PAUSED_MIGRATION) == "arriving"
+    # arrived, then paused by the guest's trouble: it is meant to run
+    for reason in (
+        libvirt.VIR_DOMAIN_PAUSED_IOERROR,
+        libvirt.VIR_DOMAIN_PAUSED_WATCHDOG,
+        libvirt.VIR_DOMAIN_PAUSED_CRASHED,
+    ):
+        assert libvirt_job.arrival(True, paused, reason) == "running"
+    for reason in PAUSED_REASONS:  # never before libvirt made it persistent
+        assert libvirt_job.arrival(False, paused, reason) == "arriving"
+    # not running at all: a failed Finish leaves one so while the VM runs on at the source
+    for state in (
+        libvirt.VIR_DOMAIN_SHUTOFF,
+        libvirt.VIR_DOMAIN_CRASHED,
+        libvirt.VIR_DOMAIN_NOSTATE,
+    ):
+        assert libvirt_job.arrival(True, state, 0) == "arriving"

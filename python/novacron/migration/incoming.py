@@ -48,7 +48,7 @@ OUTCOME_WAIT_S = 600.0  # from the end of the stream to libvirt finishing (or cl
 POLL_S = 0.25
 STATS_WAIT_S = 5.0  # from the guest running here to libvirt filing the job's statistics
 STATS_POLL_S = 0.05
-# libvirt finished the migration: the guest runs here, or stays paused as it was
+# libvirt finished the migration (libvirt_job.arrival): the desired state it is recorded with
 ARRIVED = ("running", "paused")
 
 T = TypeVar("T")

@@ -105,10 +105,44 @@ def set_max_downtime(hv: Hypervisor, name: str, downtime_ms: int) -> None:
         hv.domain(name).migrateSetMaxDowntime(downtime_ms, 0)
 
 
+# a persistent domain paused for one of these reasons is not received yet: libvirt makes
+# the incoming domain persistent in its Finish step before QEMU has read the whole
+# stream and before it starts the guest's CPUs (UNKNOWN: nothing to go by)
+STILL_ARRIVING = frozenset(
+    {
+        libvirt.VIR_DOMAIN_PAUSED_UNKNOWN,
+        libvirt.VIR_DOMAIN_PAUSED_MIGRATION,
+        libvirt.VIR_DOMAIN_PAUSED_STARTING_UP,
+        libvirt.VIR_DOMAIN_PAUSED_POSTCOPY,
+        libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED,
+    }
+)
+
+
+def arrival(persistent: bool, state: int, reason: int) -> str:
+    """What an incoming domain's libvirt state says of its migration: ``arriving`` (not
+    finished: transient, or paused while libvirt finishes), else the desired state it
+    is recorded with: ``paused`` (libvirt finished and kept it paused, as it was on the
+    source: paused by the user's word) or ``running`` (it runs; or it ran here and
+    something paused it since: an I/O error, a watchdog, a guest panic; the record then
+    shows the drift). A persistent domain that is not running at all stays ``arriving``:
+    libvirt leaves one so when its Finish step fails after making it persistent, and
+    the VM then runs on at the source."""
+    if not persistent:
+        return "arriving"
+    if state == libvirt.VIR_DOMAIN_RUNNING:
+        return "running"
+    if state == libvirt.VIR_DOMAIN_PAUSED:
+        if reason == libvirt.VIR_DOMAIN_PAUSED_USER:
+            return "paused"
+        if reason not in STILL_ARRIVING:
+            return "running"
+    return "arriving"
+
+
 def incoming_state(hv: Hypervisor, name: str) -> str:
-    """``absent``, ``arriving`` (transient, or not yet running), ``running`` (persistent
-    and running: libvirt finished the migration) or ``paused`` (persistent and paused
-    by the user's word: finished, and kept paused as it was on the source)."""
+    """``absent``, or :func:`arrival`'s word on the domain libvirt has there:
+    ``arriving``, or ``running``/``paused`` once it has arrived."""
     dom = hv.lookup(name)
     if dom is None:
         return "absent"
@@ -117,10 +151,4 @@ def incoming_state(hv: Hypervisor, name: str) -> str:
         state, reason = dom.state()
     except libvirt.libvirtError:
         return "absent"  # vanished between the lookup and the question
-    if not persistent:
-        return "arriving"
-    if state == libvirt.VIR_DOMAIN_RUNNING:
-        return "running"
-    if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_USER:
-        return "paused"
-    return "arriving"  # (paused for the migration itself: libvirt is not done)
+    return arrival(persistent, state, reason)
