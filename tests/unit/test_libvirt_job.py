@@ -130,3 +130,22 @@ def test_arrival_by_libvirt_state() -> None:
         libvirt.VIR_DOMAIN_NOSTATE,
     ):
         assert libvirt_job.arrival(True, state, 0) == "arriving"
+
+
+def test_only_a_refusal_over_shared_storage_is_one_declaring_storage_helps() -> None:
+    unsafe = {"libvirt_code": libvirt.VIR_ERR_MIGRATE_UNSAFE}
+    storage = errors.MigrationFailed(
+        "libvirt: Unsafe migration: Migration without shared storage is unsafe", unsafe
+    )
+    cache = errors.MigrationFailed(
+        "libvirt: Unsafe migration: Migration may lead to data corruption if disks use cache "
+        "other than none or directsync",
+        unsafe,
+    )
+    other = errors.MigrationFailed(
+        "libvirt: operation failed: migration out job: unexpectedly failed",
+        {"libvirt_code": libvirt.VIR_ERR_OPERATION_FAILED},
+    )
+    assert libvirt_job.storage_refusal(storage)
+    assert not libvirt_job.storage_refusal(cache)
+    assert not libvirt_job.storage_refusal(other)

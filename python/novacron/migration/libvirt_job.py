@@ -68,9 +68,18 @@ def migrate(hv: Hypervisor, call: MigrationCall) -> None:
         with libvirt_errors():
             dom.migrateToURI3(call.dest_uri, call.params(), call.flags())
     except errors.NovaCronError as exc:
-        if exc.details.get("libvirt_code") != libvirt.VIR_ERR_MIGRATE_UNSAFE:
+        if not storage_refusal(exc):
             raise
         raise type(exc)(exc.message + UNSAFE_HINT, exc.details) from None
+
+
+def storage_refusal(exc: errors.NovaCronError) -> bool:
+    """Whether libvirt refused because it does not see the disks' storage as shared (its
+    other "unsafe" refusal, of a disk cache mode, is not helped by declaring storage)."""
+    return (
+        exc.details.get("libvirt_code") == libvirt.VIR_ERR_MIGRATE_UNSAFE
+        and "shared storage" in exc.message
+    )
 
 
 def job_stats(hv: Hypervisor, name: str, completed: bool = False) -> dict[str, Any]:
