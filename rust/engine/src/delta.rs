@@ -6,136 +6,81 @@
 //! unchanged run is implied).
 
 use crate::error::{EngineError, Result};
-use crate::varint;
+use crate::{equal_bits, varint};
 
-fn word(bytes: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
-}
-
-/// The first position at or after `from` where `a` and `b` differ (`a.len()` if none),
-/// skipping equal 32-byte stretches as four words folded together (which the compiler
-/// vectorises), then eight bytes at a time.
-fn first_difference(a: &[u8], b: &[u8], from: usize) -> usize {
-    let mut pos = from;
-    while pos + 32 <= a.len() {
-        let mut diff = 0;
-        for k in 0..4 {
-            diff |= word(a, pos + 8 * k) ^ word(b, pos + 8 * k);
-        }
-        if diff != 0 {
-            break;
-        }
-        pos += 32;
-    }
-    while pos + 8 <= a.len() {
-        let diff = word(a, pos) ^ word(b, pos);
-        if diff != 0 {
-            return pos + (diff.trailing_zeros() / 8) as usize;
-        }
-        pos += 8;
-    }
-    while pos < a.len() && a[pos] == b[pos] {
-        pos += 1;
-    }
-    pos
-}
-
-/// Words compared by [`mostly_different`]: one in every 64 bytes (every cache line of a
-/// 4 KiB page is touched once), at an offset within the line that turns with each line.
-/// A fixed offset would see only one field of an array of 64-byte structures (the
-/// kernel's `struct page` array is one): a page where that field changed everywhere
-/// and nothing else did looked rewritten, though its delta is a few hundred bytes.
+/// Words compared by the rewritten-page test: one in every 64 bytes (every cache line of
+/// a 4 KiB page is looked at once), at an offset within the line that turns with each
+/// line. A fixed offset would see only one field of an array of 64-byte structures (the
+/// kernel's `struct page` array is one): a page where that field changed everywhere and
+/// nothing else did looked rewritten, though its delta is a few hundred bytes.
 const SAMPLE_STRIDE: usize = 64;
 
 /// True when most sampled words differ: a rewritten page, whose delta could not be
-/// small. Saves walking it byte by byte only to give up at the limit.
+/// small. Saves comparing it whole only to give up at the limit.
 fn mostly_different(a: &[u8], b: &[u8]) -> bool {
-    let mut sampled = 0;
-    let mut differ = 0;
-    let mut line = 0;
-    while line + SAMPLE_STRIDE <= a.len() {
-        let pos = line + (sampled % (SAMPLE_STRIDE / 8)) * 8;
-        sampled += 1;
-        differ += usize::from(a[pos..pos + 8] != b[pos..pos + 8]);
-        line += SAMPLE_STRIDE;
-    }
-    differ * 4 > sampled * 3
+    let lines = a.len() / SAMPLE_STRIDE;
+    let differ = (0..lines)
+        .filter(|&line| {
+            let at = line * SAMPLE_STRIDE + (line % 8) * 8;
+            a[at..at + 8] != b[at..at + 8]
+        })
+        .count();
+    differ * 4 > lines * 3
 }
 
-/// Where a literal run that began before `from` ends: the first position at or after
-/// `from` that starts a stretch of >= 3 equal bytes, or from which every byte to the
-/// end is equal (shorter matches cost more as a new pair than as literals); the page's
-/// end if there is none. `None` once `over(position)` says a literal reaching that far
-/// is too long (it is asked of positions the literal reaches, not of every one: the
-/// caller still checks the length it gets). Steps six bytes at a time through a word of
-/// equal-byte flags, the last few bytes one at a time.
-fn literal_end(old: &[u8], new: &[u8], from: usize, over: impl Fn(usize) -> bool) -> Option<usize> {
-    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    /// the high bit of each of the first six bytes (a stretch of three starting there
-    /// lies within the word)
-    const STARTS: u64 = 0x0000_8080_8080_8080;
-    let len = new.len();
-    let mut pos = from;
-    while pos + 8 <= len {
-        if over(pos) {
-            return None;
-        }
-        let x = word(old, pos) ^ word(new, pos);
-        // high bit set in exactly the bytes where x is zero (no carry crosses bytes)
-        let equal = !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7);
-        let three = equal & (equal >> 8) & (equal >> 16) & STARTS;
-        if three != 0 {
-            return Some(pos + (three.trailing_zeros() / 8) as usize);
-        }
-        pos += 6;
-    }
-    while pos < len {
-        if over(pos) {
-            return None;
-        }
-        if old[pos] == new[pos] {
-            let mut run = 1;
-            while pos + run < len && run < 3 && old[pos + run] == new[pos + run] {
-                run += 1;
-            }
-            if run >= 3 || pos + run == len {
-                break;
-            }
-            pos += run;
-        } else {
-            pos += 1;
-        }
-    }
-    Some(pos)
-}
+/// Longest page whose bitmaps [`encode`] keeps on the stack.
+const STACK_BYTES: usize = crate::PAGE_SIZE;
 
 /// Encodes `new` against `old` (same length); `None` when the delta would exceed `limit` bytes.
+///
+/// A run of changed bytes (a literal) ends where a stretch of at least three unchanged
+/// bytes starts, or where every byte to the end is unchanged: a shorter unchanged
+/// stretch costs more as a new pair than as literal bytes. Both are read from the
+/// pages' equality bitmap ([`equal_bits`]), a word of 64 bytes at a time.
 #[must_use]
 pub fn encode(old: &[u8], new: &[u8], limit: usize) -> Option<Vec<u8>> {
-    debug_assert_eq!(old.len(), new.len());
+    assert_eq!(old.len(), new.len(), "pages of one length");
+    let words = equal_bits::words_for(new.len());
+    if new.len() <= STACK_BYTES {
+        let mut equal = [0u64; equal_bits::words_for(STACK_BYTES)];
+        let mut starts = [0u64; equal_bits::words_for(STACK_BYTES)];
+        encode_with(old, new, limit, &mut equal[..words], &mut starts[..words])
+    } else {
+        encode_with(old, new, limit, &mut vec![0; words], &mut vec![0; words])
+    }
+}
+
+fn encode_with(
+    old: &[u8],
+    new: &[u8],
+    limit: usize,
+    equal: &mut [u64],
+    starts: &mut [u64],
+) -> Option<Vec<u8>> {
+    let len = new.len();
     if mostly_different(old, new) {
         return None;
     }
+    equal_bits::fill(old, new, equal);
+    // where a literal may end: three unchanged bytes start there (or fewer, to the end:
+    // the bits past the end are set)
+    equal_bits::runs_of_three(equal, starts);
     // room for the longest delta there can be, so it never grows (a growth is a copy):
     // it is given up past `limit` plus one run's two varints (of a page's 2 bytes each)
-    let mut out = Vec::with_capacity(limit.min(new.len()) + 8);
+    let mut out = Vec::with_capacity(limit.min(len) + 8);
     let mut pos = 0;
-    let len = new.len();
-    while pos < len {
-        let start = pos;
-        pos = first_difference(old, new, pos);
-        if pos == len {
-            break;
+    while let Some(changed) = equal_bits::next_clear(equal, pos).filter(|&at| at < len) {
+        let end = equal_bits::next_set(starts, changed + 1).map_or(len, |at| at.min(len));
+        if out.len() + (end - changed) > limit {
+            return None;
         }
-        let skip = pos - start;
-        let lit_start = pos;
-        pos = literal_end(old, new, pos + 1, |at| out.len() + (at - lit_start) > limit)?;
-        varint::put(&mut out, skip as u64);
-        varint::put(&mut out, (pos - lit_start) as u64);
-        out.extend_from_slice(&new[lit_start..pos]);
+        varint::put(&mut out, (changed - pos) as u64);
+        varint::put(&mut out, (end - changed) as u64);
+        out.extend_from_slice(&new[changed..end]);
         if out.len() > limit {
             return None;
         }
+        pos = end;
     }
     Some(out)
 }
@@ -194,53 +139,79 @@ mod tests {
         }
     }
 
-    /// [`literal_end`]'s rule, a byte at a time.
-    fn literal_end_bytewise(old: &[u8], new: &[u8], from: usize) -> usize {
+    /// The encoding's rule, a byte at a time: the reference [`encode`] must agree with.
+    fn encode_bytewise(old: &[u8], new: &[u8], limit: usize) -> Option<Vec<u8>> {
         let len = new.len();
-        (from..len)
-            .find(|&p| {
-                old[p] == new[p]
-                    && ((p + 3 <= len && old[p..p + 3] == new[p..p + 3]) || old[p..] == new[p..])
+        let lines = len / SAMPLE_STRIDE;
+        let differ = (0..lines)
+            .filter(|&line| {
+                let at = line * SAMPLE_STRIDE + (line % 8) * 8;
+                old[at..at + 8] != new[at..at + 8]
             })
-            .unwrap_or(len)
+            .count();
+        if differ * 4 > lines * 3 {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while let Some(changed) = (pos..len).find(|&p| old[p] != new[p]) {
+            let end = (changed + 1..len)
+                .find(|&p| {
+                    old[p] == new[p]
+                        && ((p + 3 <= len && old[p..p + 3] == new[p..p + 3])
+                            || old[p..] == new[p..])
+                })
+                .unwrap_or(len);
+            varint::put(&mut out, (changed - pos) as u64);
+            varint::put(&mut out, (end - changed) as u64);
+            out.extend_from_slice(&new[changed..end]);
+            pos = end;
+        }
+        (out.len() <= limit).then_some(out)
+    }
+
+    /// A page and a changed copy: bytes from a small alphabet (unchanged stretches of
+    /// every length), changes in clusters of every length, some everywhere.
+    fn pages(len: std::ops::Range<usize>) -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
+        (
+            proptest::collection::vec(0u8..3, len),
+            proptest::collection::vec((any::<usize>(), 0usize..80, 0u8..3), 0..40),
+        )
+            .prop_map(|(old, clusters)| {
+                let mut new = old.clone();
+                let n = new.len();
+                for (at, span, value) in clusters {
+                    if n > 0 {
+                        let at = at % n;
+                        for byte in &mut new[at..(at + span).min(n)] {
+                            *byte = value;
+                        }
+                    }
+                }
+                (old, new)
+            })
     }
 
     proptest! {
         #[test]
-        fn literal_end_matches_its_rule(
-            old in proptest::collection::vec(0u8..3, 1..80),
-            new in proptest::collection::vec(0u8..3, 80),
-            from in 0usize..80,
-        ) {
-            // bytes from {0, 1, 2}: equal and unequal stretches of every length
-            let new = &new[..old.len()];
-            let from = from.min(old.len());
-            prop_assert_eq!(
-                literal_end(&old, new, from, |_| false),
-                Some(literal_end_bytewise(&old, new, from))
-            );
-            // a limit stops it only when the literal really reaches past it, and
-            // changes nothing otherwise
-            let end = literal_end_bytewise(&old, new, from);
-            let stop = from + 5;
-            match literal_end(&old, new, from, |at| at > stop) {
-                None => prop_assert!(end > stop, "end {} stop {}", end, stop),
-                Some(found) => prop_assert_eq!(found, end),
-            }
+        fn encode_follows_its_rule_on_pages((old, new) in pages(4096..4097), limit in 0usize..5000) {
+            prop_assert_eq!(encode(&old, &new, limit), encode_bytewise(&old, &new, limit));
+        }
+
+        #[test]
+        fn encode_follows_its_rule_at_any_length((old, new) in pages(0..700), limit in 0usize..800) {
+            prop_assert_eq!(encode(&old, &new, limit), encode_bytewise(&old, &new, limit));
         }
     }
 
     #[test]
-    fn first_difference_finds_every_position() {
-        let a = vec![5u8; 200];
-        for from in [0, 1, 31, 32, 33, 150] {
-            for at in from..200 {
-                let mut b = a.clone();
-                b[at] = 6;
-                assert_eq!(first_difference(&a, &b, from), at, "from {from} at {at}");
-            }
-            assert_eq!(first_difference(&a, &a, from), 200);
-        }
+    fn a_page_longer_than_the_stack_bitmaps_is_encoded_too() {
+        let old: Vec<u8> = (0..10_000).map(|i| (i % 7) as u8).collect();
+        let mut new = old.clone();
+        new[9_000] ^= 1;
+        new[5] ^= 1;
+        assert_eq!(encode(&old, &new, 100), encode_bytewise(&old, &new, 100));
+        assert!(encode(&old, &new, 100).is_some());
     }
 
     #[test]

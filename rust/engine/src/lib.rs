@@ -14,6 +14,7 @@ pub mod channel;
 mod decoder;
 mod delta;
 mod encoder;
+mod equal_bits;
 mod error;
 mod fasthash;
 mod holdings;
