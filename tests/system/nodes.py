@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,9 +97,16 @@ class TwoNodes:
     etcd: EtcdCluster | None = None
 
     @classmethod
-    def start(cls, hosts: TwoHosts, scratch: Path, cluster: bool = False) -> TwoNodes:
+    def start(
+        cls,
+        hosts: TwoHosts,
+        scratch: Path,
+        cluster: bool = False,
+        extra: tuple[Sequence[str], Sequence[str]] = ((), ()),
+    ) -> TwoNodes:
         """``cluster``: a three-member etcd cluster runs in host A's namespaces (on its
-        veth address, so host B reaches it too) and both daemons join it."""
+        veth address, so host B reaches it too) and both daemons join it. ``extra``:
+        more flags for host A's daemon and for host B's."""
         authority = CertificateAuthority.init(scratch / "ca")
         certs = scratch / "certs"
         for host in (hosts.a, hosts.b):
@@ -115,8 +122,8 @@ class TwoNodes:
         shared = shared_storage(hosts)
         shared.mkdir(mode=0o755, exist_ok=True)
         flags += ["--migration-shared-storage", str(shared)]
-        a = Node(hosts.a, node_daemon(hosts, hosts.a, certs, ca, *flags))
-        b = Node(hosts.b, node_daemon(hosts, hosts.b, certs, ca, *flags))
+        a = Node(hosts.a, node_daemon(hosts, hosts.a, certs, ca, *flags, *extra[0]))
+        b = Node(hosts.b, node_daemon(hosts, hosts.b, certs, ca, *flags, *extra[1]))
         pair = cls(hosts, a, b, etcd)
         try:
             a.daemon.start(timeout=90)
