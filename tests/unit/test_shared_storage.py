@@ -3,13 +3,16 @@ libvirt flag that follows."""
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from novacron.migration import shared_storage
+from novacron.vm import domain_xml
 from novacron.vm.domain_xml import DiskSource
+from novacron.vm.driver import Hypervisor
 
 
 def test_disks_inside_a_declared_directory_are_declared(tmp_path: Path) -> None:
@@ -124,3 +127,44 @@ def test_declared_only_when_every_checked_disk_is_safe_to_skip(
 
 def test_the_hint_names_the_setting() -> None:
     assert "[migration] shared_storage" in shared_storage.UNSAFE_HINT
+
+
+def test_pool_volumes_are_judged_as_what_they_are() -> None:
+    """A storage-pool volume is looked up as libvirt does (here in the test driver's
+    ``default-pool``, a directory pool at ``/default-pool``): a file volume is a file
+    disk at its path; one that cannot be looked up stays a volume, never declared."""
+    name = f"novacron-{secrets.token_hex(4)}.img"  # (the test driver's state is per process)
+    hv = Hypervisor("test:///default")
+    try:
+        pool = hv.conn.storagePoolLookupByName("default-pool")
+        vol = pool.createXML(
+            f"<volume><name>{name}</name><capacity>1048576</capacity>"
+            "<target><format type='raw'/></target></volume>",
+            0,
+        )
+        try:
+            found = DiskSource("vda", "volume", None, False, False, "default-pool", name)
+            lost = DiskSource("vdb", "volume", None, False, False, "default-pool", "gone.img")
+            block = disk("block", "/dev/vg/lv")
+            resolved = shared_storage.resolve_volumes(hv, [found, lost, block])
+        finally:
+            vol.delete(0)
+    finally:
+        hv.close()
+    assert [(d.kind, d.path) for d in resolved] == [
+        ("file", f"/default-pool/{name}"),
+        ("volume", None),
+        ("block", "/dev/vg/lv"),
+    ]
+    assert resolved[0].target == "vda"
+    assert shared_storage.all_declared(resolved[:1], ["/default-pool"]) == [f"/default-pool/{name}"]
+    assert shared_storage.all_declared(resolved[:1], ["/elsewhere"]) == []
+    assert shared_storage.all_declared(resolved, ["/default-pool"]) == []  # the lost one
+
+
+def test_parse_disks_names_a_volumes_pool() -> None:
+    xml = """<domain><devices>
+      <disk type='volume' device='disk'><source pool='p' volume='v'/><target dev='vda'/></disk>
+    </devices></domain>"""
+    (only,) = domain_xml.parse_disks(xml)
+    assert (only.kind, only.pool, only.volume, only.path) == ("volume", "p", "v", None)

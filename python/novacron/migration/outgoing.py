@@ -196,10 +196,11 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                 if answer:
                     await _tell_abort(peer, answer)
                 raise
+            disks = await svc.vms.hv_pool.run(
+                shared_storage.resolve_volumes, svc.vms.hv, domain_xml.parse_disks(xml)
+            )
             declared = await trio.to_thread.run_sync(
-                shared_storage.all_declared,
-                domain_xml.parse_disks(xml),
-                svc.config.shared_storage_dirs,
+                shared_storage.all_declared, disks, svc.config.shared_storage_dirs
             )
             if declared:
                 log.info(

@@ -13,15 +13,50 @@ file at the same path is the same file.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
+import libvirt
+
 from novacron.vm.domain_xml import DiskSource
+from novacron.vm.driver import Hypervisor
 
 # disk types libvirt lets migrate without looking at where they are (block devices,
 # network disks, ...): the flag skips no check of theirs. A file disk is judged by its
-# path; any other type (an NVMe disk, which libvirt always refuses; a pool volume, whose
-# file the domain XML does not show; a type this list does not know) is never declared.
+# path; any other type (an NVMe disk, which libvirt always refuses; a pool volume
+# :func:`resolve_volumes` could not look up; a type this list does not know) is never
+# declared.
 PASSED_BY_LIBVIRT = frozenset({"block", "network", "dir", "vhostuser", "vhostvdpa"})
+
+# what a storage volume is, as the disk type libvirt judges it by (its "actual type")
+VOLUME_KINDS = {
+    libvirt.VIR_STORAGE_VOL_FILE: "file",
+    libvirt.VIR_STORAGE_VOL_BLOCK: "block",
+    libvirt.VIR_STORAGE_VOL_DIR: "dir",
+    libvirt.VIR_STORAGE_VOL_NETWORK: "network",
+    libvirt.VIR_STORAGE_VOL_NETDIR: "network",
+}
+
+
+def resolve_volumes(hv: Hypervisor, disks: Sequence[DiskSource]) -> list[DiskSource]:
+    """``disks`` with each storage-pool volume replaced by what it is (a file at its
+    path, a block device, ...), looked up in libvirt's storage pools as libvirt does
+    when it judges the volume; a volume that cannot be looked up is left as it is (and
+    so never declared). Blocking (libvirt calls)."""
+    return [_resolved(hv, disk) for disk in disks]
+
+
+def _resolved(hv: Hypervisor, disk: DiskSource) -> DiskSource:
+    if disk.kind != "volume" or not (disk.pool and disk.volume):
+        return disk
+    try:
+        vol = hv.conn.storagePoolLookupByName(disk.pool).storageVolLookupByName(disk.volume)
+        kind = VOLUME_KINDS.get(vol.info()[0])
+        path = vol.path()
+    except libvirt.libvirtError:
+        return disk
+    return disk if kind is None else replace(disk, kind=kind, path=path)
+
 
 # what a refusal of libvirt's says next (libvirt's message names no setting)
 UNSAFE_HINT = (

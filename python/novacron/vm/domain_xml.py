@@ -251,6 +251,8 @@ class DiskSource:
     path: str | None  # the file or block device (None: the source has no local path)
     readonly: bool
     empty: bool  # no source at all (a CD-ROM drive without a medium)
+    pool: str | None = None  # a storage-pool volume's pool and name (type ``volume``)
+    volume: str | None = None
 
 
 def parse_disks(xml: str) -> list[DiskSource]:
@@ -271,6 +273,8 @@ def parse_disks(xml: str) -> list[DiskSource]:
                 path=path,
                 readonly=disk.find("readonly") is not None,
                 empty=src is None or not src.attrib,
+                pool=None if src is None else src.get("pool"),
+                volume=None if src is None else src.get("volume"),
             )
         )
     return disks
