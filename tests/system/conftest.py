@@ -13,8 +13,7 @@ import pytest
 from tests.daemon_harness import Daemon
 from tests.system import guest
 from tests.system.libvirt_host import URI, LibvirtHost
-from tests.system.nodes import TwoNodes
-from tests.system.twohosts import TwoHosts
+from tests.system.nodes import TwoNodes, running_nodes
 
 
 @pytest.fixture(scope="session")
@@ -29,15 +28,8 @@ def nodes(
     libvirt_host: LibvirtHost, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TwoNodes]:
     """Two namespaced hosts, each with its libvirtd and a novacrond (per test module)."""
-    hosts = TwoHosts.start(secrets.token_hex(3))
-    try:
-        pair = TwoNodes.start(hosts, tmp_path_factory.mktemp("nodes"))
-        try:
-            yield pair
-        finally:
-            pair.stop()
-    finally:
-        hosts.stop()
+    with running_nodes(tmp_path_factory.mktemp("nodes")) as pair:
+        yield pair
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,6 +147,23 @@ class TwoNodes:
                 print(f"--- {node.name} ---\n{node.daemon.log_text()[-20000:]}")
         if self.etcd is not None:
             self.etcd.stop()
+
+
+@contextmanager
+def running_nodes(
+    scratch: Path, cluster: bool = False, extra: tuple[Sequence[str], Sequence[str]] = ((), ())
+) -> Iterator[TwoNodes]:
+    """Two namespaced hosts and their daemons (:meth:`TwoNodes.start`), stopped and
+    removed afterwards."""
+    hosts = TwoHosts.start(secrets.token_hex(3))
+    try:
+        pair = TwoNodes.start(hosts, scratch, cluster, extra)
+        try:
+            yield pair
+        finally:
+            pair.stop()
+    finally:
+        hosts.stop()
 
 
 def shared_storage(hosts: TwoHosts) -> Path:

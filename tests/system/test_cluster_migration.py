@@ -10,7 +10,6 @@ switched over, and the VM stays on its source.
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ from novacron.cluster.etcd import b64
 from novacron.state.db import StateStore
 from tests.system import guest
 from tests.system.libvirt_host import LibvirtHost
-from tests.system.nodes import Node, TwoNodes, cli, logs, wait_until
+from tests.system.nodes import Node, TwoNodes, cli, logs, running_nodes, wait_until
 from tests.system.test_migration import (
     boot,
     ended,
@@ -33,7 +32,6 @@ from tests.system.test_migration import (
     start_migration,
     stays_on_source,
 )
-from tests.system.twohosts import TwoHosts
 
 ROUNDS = 4
 
@@ -42,17 +40,10 @@ ROUNDS = 4
 def cluster_nodes(
     libvirt_host: LibvirtHost, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[TwoNodes]:
-    hosts = TwoHosts.start(secrets.token_hex(3))
-    try:
-        pair = TwoNodes.start(hosts, tmp_path_factory.mktemp("cluster"), cluster=True)
-        try:
-            for node in (pair.a, pair.b):
-                wait_until(lambda n=node: len(members(n)) == 2, 60, "both nodes registered")
-            yield pair
-        finally:
-            pair.stop()
-    finally:
-        hosts.stop()
+    with running_nodes(tmp_path_factory.mktemp("cluster"), cluster=True) as pair:
+        for node in (pair.a, pair.b):
+            wait_until(lambda n=node: len(members(n)) == 2, 60, "both nodes registered")
+        yield pair
 
 
 def members(node: Node) -> list[str]:

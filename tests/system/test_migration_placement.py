@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,9 +16,8 @@ import pytest
 
 from tests.system import guest
 from tests.system.libvirt_host import LibvirtHost
-from tests.system.nodes import Node, TwoNodes, migrate
+from tests.system.nodes import Node, TwoNodes, migrate, running_nodes
 from tests.system.test_migration import boot, intact_on, only_on, retire
-from tests.system.twohosts import TwoHosts
 
 HUGEPAGES = Path("/proc/sys/vm/nr_hugepages")
 # both QEMUs hold the guest's 128 MiB while it moves: 2 x 64 pages, and room to spare
@@ -44,18 +42,10 @@ def placing_nodes(
             *("--reserved-memory-mib", "256"),
         ]
 
+    scratch = tmp_path_factory.mktemp("placing")
     try:
-        hosts = TwoHosts.start(secrets.token_hex(3))
-        try:
-            pair = TwoNodes.start(
-                hosts, tmp_path_factory.mktemp("placing"), extra=(flags(cpus[-1]), flags(cpus[0]))
-            )
-            try:
-                yield pair
-            finally:
-                pair.stop()
-        finally:
-            hosts.stop()
+        with running_nodes(scratch, extra=(flags(cpus[-1]), flags(cpus[0]))) as pair:
+            yield pair
     finally:
         HUGEPAGES.write_text(old_pages + "\n")
 
