@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -216,13 +217,11 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                 auto_converge=run.options.auto_converge,
                 shared_storage=bool(declared),
             )
-            moved = await _migrate(run, call, listener, channel)
+            moved = await _migrate(run, call, listener, channel, partial(_tell_abort, peer, answer))
             if moved:  # libvirt's word is final: the VM runs there, whatever the relay said
                 with trio.move_on_after(RESULT_WAIT_S):
                     got = await peer.call("migration.result", op=answer["op"])
                     dest = got if isinstance(got, dict) else {}
-            else:  # (libvirt may have refused before the destination QEMU ever started)
-                await _tell_abort(peer, answer)
     except errors.NovaCronError as exc:
         run.fail(exc)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -262,8 +261,12 @@ async def _migrate(
     call: MigrationCall,
     listener: trio.SocketListener,
     channel: trio.SSLStream[trio.SocketStream],
+    tell_abort: Callable[[], Awaitable[None]],
 ) -> bool:
-    """True when libvirt moved the VM (it runs on the destination now)."""
+    """True when libvirt moved the VM (it runs on the destination now). When libvirt
+    failed, ``tell_abort`` tells the destination before the channel closes (libvirt may
+    have refused before the destination QEMU ever started): the destination's operation
+    then ends as cancelled by the source, not as a channel that broke under it."""
     svc, op, vms = run.svc, run.op, run.svc.vms
     commit = None
     if run.lock is not None and svc.locks is not None:
@@ -403,6 +406,7 @@ async def _migrate(
             log.info("migration.libvirt_done", extra=kv(vm=op.vm, op=op.id))
         except errors.NovaCronError as exc:
             run.fail(errors.MigrationFailed(exc.message, {"vm": op.vm, "cause": exc.code}))
+            await tell_abort()
             tasks.cancel_scope.cancel()
         else:
             moved = True
