@@ -94,17 +94,17 @@ class Config:
 
     @property
     def etcd_endpoints(self) -> list[str]:
-        return [e.strip() for e in self.cluster_etcd_endpoints.split(",") if e.strip()]
+        return _items(self.cluster_etcd_endpoints)
 
     @property
     def shared_storage_dirs(self) -> tuple[str, ...]:
         """``[migration] shared_storage``: directories every node sees as the same storage."""
-        return tuple(d.strip() for d in self.migration_shared_storage.split(",") if d.strip())
+        return tuple(_items(self.migration_shared_storage))
 
     @property
     def labels(self) -> dict[str, str]:
         """``[cluster] labels = "zone=a,rack=12"`` as a map."""
-        pairs = (item.partition("=") for item in self.cluster_labels.split(",") if item.strip())
+        pairs = (item.partition("=") for item in _items(self.cluster_labels))
         return {k.strip(): v.strip() for k, _, v in pairs}
 
     @property
@@ -201,6 +201,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     "migration_engine_threads": (1, 64),
     "shared_overcommit": (1, 64),
 }
+
+
+def _items(text: str) -> list[str]:
+    """A comma-separated setting's items, stripped, empty ones left out."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _in_range(name: str, number: float) -> bool:
@@ -339,6 +344,6 @@ def check(config: Config) -> Config:
         raise ConfigError(
             "[migration] shared_storage must be absolute directories, comma-separated"
         )
-    if any("=" not in item for item in config.cluster_labels.split(",") if item.strip()):
+    if any("=" not in item for item in _items(config.cluster_labels)):
         raise ConfigError('[cluster] labels must look like "zone=a,rack=12"')
     return config

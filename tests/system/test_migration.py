@@ -113,6 +113,14 @@ def test_migrate_there_and_back_again(nodes: TwoNodes, guest_images: guest.Guest
     retire(b, "m1b")
 
 
+def local_dir() -> Path:
+    """A new directory on this machine's own filesystem (no node declares it shared
+    storage), which QEMU's user may open files in; the caller removes it."""
+    local = Path(tempfile.mkdtemp(prefix="novacron-local-", dir="/var/tmp"))
+    local.chmod(0o755)
+    return local
+
+
 def sparse_file(path: Path, size: int) -> None:
     """A raw disk image of ``size`` bytes (zeros, sparse)."""
     with path.open("wb") as f:
@@ -154,8 +162,7 @@ def test_a_guest_with_two_vcpus_disks_and_a_nic_migrates_there_and_back(
     disk, qcow2 = nodes.shared / "m9.raw", nodes.shared / "m9.qcow2"
     sparse_file(disk, 16 << 20)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "64M"], check=True)
-    local = Path(tempfile.mkdtemp(prefix="novacron-local-", dir="/var/tmp"))
-    local.chmod(0o755)  # QEMU's user opens the disk
+    local = local_dir()
     readonly = local / "m9-ro.raw"
     sparse_file(readonly, 1 << 20)
     paths = [str(disk), str(qcow2), str(readonly)]
@@ -369,9 +376,8 @@ def test_failures_before_anything_moves_are_clear_and_leave_the_vm_home(
     made, first on the source, then on the destination; then the destination refuses
     the VM; then libvirt refuses its disk, on storage no node declared shared: each time
     a clear failure, and the guest runs on the source, intact."""
-    local = Path(tempfile.mkdtemp(prefix="novacron-local-", dir="/var/tmp"))
+    local = local_dir()
     try:
-        local.chmod(0o755)  # QEMU's user opens the disk
         disk = local / "m8.raw"
         sparse_file(disk, 1 << 20)
         refused_everywhere(nodes, guest_images, disk)

@@ -18,6 +18,7 @@ from tests.system import guest
 from tests.system.libvirt_host import LibvirtHost
 from tests.system.nodes import Node, TwoNodes, migrate, running_nodes
 from tests.system.test_migration import boot, intact_on, only_on, retire
+from tests.system.test_placement_guest import parse_vcpupin
 
 HUGEPAGES = Path("/proc/sys/vm/nr_hugepages")
 # both QEMUs hold the guest's 128 MiB while it moves: 2 x 64 pages, and room to spare
@@ -52,12 +53,7 @@ def placing_nodes(
 
 def pins(node: Node, vm: str) -> dict[int, str]:
     """``virsh vcpupin VM`` on ``node``'s libvirtd, as {vcpu: cpu list}."""
-    out = {}
-    for line in node.host.virsh("vcpupin", vm).splitlines():
-        parts = line.replace(":", " ").split()
-        if len(parts) == 2 and parts[0].isdigit():
-            out[int(parts[0])] = parts[1]
-    return out
+    return parse_vcpupin(node.host.virsh("vcpupin", vm))
 
 
 def topology(node: Node) -> dict[str, Any]:

@@ -59,8 +59,13 @@ def pinning_daemon(libvirt_host: LibvirtHost, tmp_path: Path) -> Iterator[Daemon
 
 def pins(name: str) -> dict[int, str]:
     """``virsh vcpupin NAME`` as {vcpu: cpu list}."""
+    return parse_vcpupin(virsh("vcpupin", name))
+
+
+def parse_vcpupin(text: str) -> dict[int, str]:
+    """``virsh vcpupin``'s table as {vcpu: cpu list}."""
     out = {}
-    for line in virsh("vcpupin", name).splitlines():
+    for line in text.splitlines():
         parts = line.replace(":", " ").split()
         if len(parts) == 2 and parts[0].isdigit():
             out[int(parts[0])] = parts[1]

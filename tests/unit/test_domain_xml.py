@@ -83,11 +83,15 @@ def test_metadata_round_trip() -> None:
     assert domain_xml.parse_managed("<domain><name>x</name></domain>") is None
 
 
+def file_disks(xml: str) -> list[str | None]:
+    return [d.path for d in domain_xml.parse_disks(xml) if d.kind == "file" and d.path]
+
+
 def test_parse_disk_paths() -> None:
     spec = VmSpec(
         name="g", vcpus=1, memory_mib=64, disks=(DiskSpec(size_gib=1), DiskSpec(path="/b"))
     )
-    assert domain_xml.parse_disk_paths(domain_xml.build(plan(spec))) == [
+    assert file_disks(domain_xml.build(plan(spec))) == [
         "/img/0.qcow2",
         "/img/1.qcow2",
     ]
@@ -281,4 +285,4 @@ def test_parse_disks_reads_libvirts_description_of_every_disk_type() -> None:
         ("vdc", "network", None, False, False),
         ("vdd", "volume", None, False, False),
     ]
-    assert domain_xml.parse_disk_paths(xml) == ["/shared/top.qcow2", "/isos/install.iso"]
+    assert file_disks(xml) == ["/shared/top.qcow2", "/isos/install.iso"]

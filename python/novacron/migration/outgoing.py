@@ -36,7 +36,6 @@ from novacron.migration.ops import Operation
 from novacron.migration.options import MigrateOptions
 from novacron.migration.relay import RelayStats, relay_source
 from novacron.migration.stream import StreamSender
-from novacron.vm import domain_xml
 
 if TYPE_CHECKING:
     from novacron.migration.service import MigrationService
@@ -197,11 +196,8 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                 if answer:
                     await _tell_abort(peer, answer)
                 raise
-            disks = await svc.vms.hv_pool.run(
-                shared_storage.resolve_volumes, svc.vms.hv, domain_xml.parse_disks(xml)
-            )
-            declared = await trio.to_thread.run_sync(
-                shared_storage.all_declared, disks, svc.config.shared_storage_dirs
+            declared = await svc.vms.hv_pool.run(
+                shared_storage.declared_disks, svc.vms.hv, xml, svc.config.shared_storage_dirs
             )
             if declared:
                 log.info(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import libvirt
 
-from novacron.vm.domain_xml import DiskSource
+from novacron.vm.domain_xml import DiskSource, parse_disks
 from novacron.vm.driver import Hypervisor
 
 # disk types libvirt lets migrate without looking at where they are (block devices,
@@ -99,3 +99,12 @@ def all_declared(disks: Sequence[DiskSource], dirs: Iterable[str]) -> list[str]:
     if not files or undeclared(files, dirs):
         return []
     return files
+
+
+def declared_disks(hv: Hypervisor, xml: str, dirs: Sequence[str]) -> list[str]:
+    """:func:`all_declared` for the domain described by ``xml`` (its volumes looked up
+    first); nothing to look at when no storage is declared. Blocking (libvirt calls,
+    links read)."""
+    if not dirs:
+        return []
+    return all_declared(resolve_volumes(hv, parse_disks(xml)), dirs)

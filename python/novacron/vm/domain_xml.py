@@ -278,8 +278,3 @@ def parse_disks(xml: str) -> list[DiskSource]:
             )
         )
     return disks
-
-
-def parse_disk_paths(xml: str) -> list[str]:
-    """The domain's file disks (top images)."""
-    return [d.path for d in parse_disks(xml) if d.kind == "file" and d.path]

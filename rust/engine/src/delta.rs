@@ -40,6 +40,9 @@ const STACK_BYTES: usize = crate::PAGE_SIZE;
 #[must_use]
 pub fn encode(old: &[u8], new: &[u8], limit: usize) -> Option<Vec<u8>> {
     assert_eq!(old.len(), new.len(), "pages of one length");
+    if mostly_different(old, new) {
+        return None;
+    }
     let words = equal_bits::words_for(new.len());
     if new.len() <= STACK_BYTES {
         let mut equal = [0u64; equal_bits::words_for(STACK_BYTES)];
@@ -58,9 +61,6 @@ fn encode_with(
     starts: &mut [u64],
 ) -> Option<Vec<u8>> {
     let len = new.len();
-    if mostly_different(old, new) {
-        return None;
-    }
     equal_bits::fill(old, new, equal);
     // where a literal may end: three unchanged bytes start there (or fewer, to the end:
     // the bits past the end are set)
