@@ -15,11 +15,12 @@ on the same offered bytes: memcpy, lz4 alone, zstd-1 alone (each over the offere
 as one stream), and QEMU precopy (zero pages as 9-byte records, others as 4096 bytes +
 an 8-byte header). For later rounds, also zstd-1 starting where the encoder starts:
 from the image in memory after the scan (``zstd1_from_image_s``: gathering the offered
-pages, then compressing them; ``zstd1_s`` compresses a copy still in the caches). The figures are for one thread; the run on all cores (``all_cores``)
-gives the encoder and the decoder every core each (the decoder reads batches ahead of
-the one it applies, so a round of one batch decodes no faster). One discarded warm-up
-pass runs first (see ``main``). IMAGE files are
-read when their round comes, one at a time, so a large guest's images need not fit in
+pages, then compressing them; ``zstd1_s`` compresses a copy still in the caches). The
+figures are for one thread; the run on all cores (``all_cores``) gives the encoder and
+the decoder every core each (the decoder reads batches ahead of the one it applies, so a
+round of one batch decodes no faster). One discarded warm-up pass runs first (see
+``main``). IMAGE files are read when their round comes, one at a time, so a large
+guest's images need not fit in
 memory together (peak: about 4x the guest's size: the round's image, the encoder's delta
 cache, the receiver, and the memcpy baseline's copy; a run that would not fit in the
 memory available is refused before it starts).
