@@ -123,13 +123,42 @@ def test_arrival_by_libvirt_state() -> None:
         assert libvirt_job.arrival(True, paused, reason) == "running"
     for reason in PAUSED_REASONS:  # never before libvirt made it persistent
         assert libvirt_job.arrival(False, paused, reason) == "arriving"
-    # not running at all: a failed Finish leaves one so while the VM runs on at the source
+    # shut off because it failed: what a failed Finish leaves (the VM runs on at the source)
+    failed = libvirt.VIR_DOMAIN_SHUTOFF_FAILED
+    assert libvirt_job.arrival(True, libvirt.VIR_DOMAIN_SHUTOFF, failed) == "failed"
+    assert libvirt_job.arrival(False, libvirt.VIR_DOMAIN_SHUTOFF, failed) == "arriving"
+    # not running for any other reason: not libvirt's verdict on the migration
     for state in (
         libvirt.VIR_DOMAIN_SHUTOFF,
         libvirt.VIR_DOMAIN_CRASHED,
         libvirt.VIR_DOMAIN_NOSTATE,
     ):
         assert libvirt_job.arrival(True, state, 0) == "arriving"
+    for reason in (
+        libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN,
+        libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED,
+        libvirt.VIR_DOMAIN_SHUTOFF_CRASHED,
+        libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED,
+    ):
+        assert libvirt_job.arrival(True, libvirt.VIR_DOMAIN_SHUTOFF, reason) == "arriving"
+
+
+def test_only_a_failed_arrival_of_this_migration_is_removed(hv: Hypervisor) -> None:
+    """Never a domain that runs, one shut off otherwise, or another VM's (libvirt's
+    test driver cannot fail a start; the removal itself: tests/system/test_incoming_failure.py)."""
+    dom = hv.domain("test")
+    uuid = dom.UUIDString()
+    assert libvirt_job.remove_failed_arrival(hv, "missing", uuid) is False
+    assert libvirt_job.remove_failed_arrival(hv, "test", uuid) is False  # running
+    dom.destroy()
+    try:
+        assert dom.state()[1] == libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED
+        assert libvirt_job.remove_failed_arrival(hv, "test", uuid) is False
+        other = "00000000-0000-4000-8000-000000000001"
+        assert libvirt_job.remove_failed_arrival(hv, "test", other) is False
+        assert hv.lookup("test") is not None
+    finally:
+        dom.create()
 
 
 def test_only_a_refusal_over_shared_storage_is_one_declaring_storage_helps() -> None:

@@ -125,7 +125,9 @@ async def prepare(
                 qemu_socket.make_dir, streams, stream_name, owner
             )
             try:
-                op = await svc.ops.start("migrate_in", name, spec.tenant, source, options)
+                # (the domain's UUID kept for after a restart: see _resume_incoming)
+                params = {**options, "uuid": managed.uuid}
+                op = await svc.ops.start("migrate_in", name, spec.tenant, source, params)
             except BaseException:
                 await trio.to_thread.run_sync(qemu_dir.remove)
                 raise
@@ -216,6 +218,19 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
             pass
 
 
+async def remove_failed_arrival(svc: MigrationService, name: str, uuid: str) -> tuple[bool, str]:
+    """Removes the definition a failed libvirt Finish left here: the VM runs on at the
+    source, and a definition here too would be the VM on two nodes (adopted at the
+    next start) and would refuse its next migration here. Whether it was removed, and
+    what happened in words."""
+    vms = svc.vms
+    removed = await vms.hv_pool.run(libvirt_job.remove_failed_arrival, vms.hv, name, uuid)
+    log.warning("migration.finish_failed", extra=kv(vm=name, removed=removed))
+    if removed:
+        return True, "libvirt's Finish step failed here; the definition it left was removed"
+    return False, "libvirt's Finish step failed here; the domain it left changed meanwhile: kept"
+
+
 def _qemu_owner(hv: Hypervisor, dest_xml: str) -> tuple[int, int]:
     """Who libvirt will run the incoming domain's QEMU as (blocking: capabilities)."""
     root = ET.fromstring(dest_xml)  # noqa: S314 - retarget's output, parsed there already
@@ -278,8 +293,9 @@ async def poll_libvirt(
 
 
 async def wait_outcome(svc: MigrationService, name: str) -> str:
-    """``running``, ``paused`` (:data:`ARRIVED`) or ``absent`` once libvirt decided;
-    ``arriving`` after the wait."""
+    """``running``, ``paused`` (:data:`ARRIVED`), ``absent`` or ``failed`` (its Finish
+    step failed, see :func:`~novacron.migration.libvirt_job.arrival`) once libvirt
+    decided; ``arriving`` after the wait."""
     return await poll_libvirt(
         svc,
         lambda state: state != "arriving",
@@ -332,6 +348,11 @@ async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> N
             }
             await svc.ops.finish(op, "succeeded", result)
             return
+        if state == "failed":
+            removed, why = await remove_failed_arrival(svc, op.vm, inc.uuid)
+            failure = f"{failure}; {why}" if failure else why
+            if removed:  # (else its placement stays: the domain is not what it was)
+                state = "absent"
         if state == "absent":
             vms.placement.release(op.vm)
         why = failure or "the incoming domain did not start"

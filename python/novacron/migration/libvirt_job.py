@@ -130,13 +130,17 @@ STILL_ARRIVING = frozenset(
 
 def arrival(persistent: bool, state: int, reason: int) -> str:
     """What an incoming domain's libvirt state says of its migration: ``arriving`` (not
-    finished: transient, or paused while libvirt finishes), else the desired state it
-    is recorded with: ``paused`` (libvirt finished and kept it paused, as it was on the
-    source: paused by the user's word) or ``running`` (it runs; or it ran here and
-    something paused it since: an I/O error, a watchdog, a guest panic; the record then
-    shows the drift). A persistent domain that is not running at all stays ``arriving``:
-    libvirt leaves one so when its Finish step fails after making it persistent, and
-    the VM then runs on at the source."""
+    finished: transient, or paused while libvirt finishes), ``failed``, or else the
+    desired state it is recorded with: ``paused`` (libvirt finished and kept it paused,
+    as it was on the source: paused by the user's word) or ``running`` (it runs; or it
+    ran here and something paused it since: an I/O error, a watchdog, a guest panic; the
+    record then shows the drift).
+
+    ``failed``: persistent and shut off because it failed (``SHUTOFF_FAILED``). That is
+    what libvirt leaves when its Finish step fails after making the domain persistent
+    (waiting for QEMU, refreshing devices, or starting the CPUs): it stops QEMU and
+    keeps the definition, and the source, told of the failure, resumes the VM there.
+    Any other persistent domain that is not running stays ``arriving``."""
     if not persistent:
         return "arriving"
     if state == libvirt.VIR_DOMAIN_RUNNING:
@@ -146,12 +150,34 @@ def arrival(persistent: bool, state: int, reason: int) -> str:
             return "paused"
         if reason not in STILL_ARRIVING:
             return "running"
+    if state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_FAILED:
+        return "failed"
     return "arriving"
+
+
+def remove_failed_arrival(hv: Hypervisor, name: str, uuid: str) -> bool:
+    """Undefines what a failed Finish left here (:func:`arrival`'s ``failed``): the
+    domain ``name`` if it is the migration's (its UUID is ``uuid``) and libvirt still
+    says ``failed`` of it (never a domain that runs, or was started again since).
+    True when it was removed."""
+    dom = hv.lookup(name)
+    if dom is None:
+        return False
+    try:
+        if dom.UUIDString() != uuid:
+            return False
+        state, reason = dom.state()
+        if arrival(dom.isPersistent() == 1, state, reason) != "failed":
+            return False
+        dom.undefine()
+    except libvirt.libvirtError:
+        return False  # changed or vanished meanwhile: left as it is
+    return True
 
 
 def incoming_state(hv: Hypervisor, name: str) -> str:
     """``absent``, or :func:`arrival`'s word on the domain libvirt has there:
-    ``arriving``, or ``running``/``paused`` once it has arrived."""
+    ``arriving``, ``failed``, or ``running``/``paused`` once it has arrived."""
     dom = hv.lookup(name)
     if dom is None:
         return "absent"

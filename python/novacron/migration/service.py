@@ -94,6 +94,12 @@ class MigrationService:
         self.interrupted = await self.ops.recover()
         return frozenset(r["vm"] for r in self.interrupted if r["kind"] == "migrate_out")
 
+    def arriving(self) -> frozenset[str]:
+        """The VMs that were coming to this node when a restart interrupted it (after
+        :meth:`load_interrupted`): reconciliation does not adopt their domains, whose
+        outcome :meth:`_resume_incoming` waits for."""
+        return frozenset(r["vm"] for r in self.interrupted if r["kind"] == "migrate_in")
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         streams = self.config.migration_stream_dir
         swept = await trio.to_thread.run_sync(qemu_socket.sweep, streams)
@@ -167,10 +173,14 @@ class MigrationService:
     async def _resume_incoming(self, row: dict[str, Any]) -> None:
         """An incoming migration this daemon was receiving when it stopped: libvirt
         finishes or cleans it up; the store follows (its operation was closed as failed
-        at start; a VM that arrives after all is adopted and reported)."""
+        at start; a VM that arrives after all is adopted and reported; what a failed
+        Finish left is removed). Reconciliation leaves the domain to this (see
+        :meth:`arriving`): a domain still arriving may yet fail."""
         name = row["vm"]
-        if await self.vms.records.get(name) is None:  # else reconciliation adopted it
+        if await self.vms.records.get(name) is None:
             state = await incoming.wait_outcome(self, name)
+            if state == "failed" and isinstance(uuid := row["params"].get("uuid"), str):
+                await incoming.remove_failed_arrival(self, name, uuid)
             if state not in incoming.ARRIVED:
                 return
             async with self.vms.locked(name):

@@ -1,0 +1,190 @@
+"""What a destination does with what libvirt leaves of an incoming migration that did
+not arrive, on a real libvirtd.
+
+When libvirt's Finish step fails after it made the incoming domain persistent (waiting
+for QEMU, refreshing devices, starting the CPUs), it stops QEMU and keeps the
+definition: persistent, shut off, reason ``failed``. The source resumes the VM. The
+destination must then end its operation at once, remove that definition (else the VM
+is defined on two nodes, the next start adopts it, and its next migration here is
+refused), and never adopt it. libvirt cannot be made to fail its Finish step on
+demand, so these tests leave on the real libvirtd exactly that state (the migration's
+own domain, persistent, shut off as ``failed``) and let the daemon's incoming migration
+find it. A daemon acts as the destination; the test is its source (a node certificate
+from the same CA), as in ``tests/integration/test_migration_api.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from novacron.client import SyncClient, TlsFiles
+from novacron.vm import domain_xml
+from novacron.vm.spec import VmSpec
+from tests.daemon_harness import Daemon
+from tests.pki_harness import Pki, client, free_port
+from tests.system.conftest import daemon_on_system
+from tests.system.libvirt_host import URI, LibvirtHost
+
+# where the daemon makes the directories the destination QEMU would listen in (short:
+# a socket's path must fit in 107 bytes)
+STREAMS = Path(f"/tmp/nc-{os.getpid()}-inc/migration")
+
+
+@dataclass
+class Destination:
+    daemon: Daemon
+    pki: Pki
+    port: int
+
+    def as_source(self) -> SyncClient:
+        if not (self.pki.root / "certs" / "node2.crt").exists():
+            self.pki.issue("node2", "node", addresses=("127.0.0.1",))
+        certs = self.pki.root / "certs"
+        files = TlsFiles(certs / "node2.crt", certs / "node2.key", self.pki.ca.dir / "ca.crt")
+        return client(self.port, files, timeout=120)
+
+
+@pytest.fixture
+def dest(libvirt_host: LibvirtHost, tmp_path: Path) -> Iterator[Destination]:
+    pki = Pki.create(tmp_path / "pki")
+    port = free_port()
+    flags = (*pki.daemon_args(port), "--migration-stream-dir", str(STREAMS))
+    with daemon_on_system(tmp_path, *flags) as d:
+        yield Destination(d, pki, port)
+    shutil.rmtree(STREAMS.parent, ignore_errors=True)
+
+
+def prepare(source: SyncClient, name: str) -> dict[str, Any]:
+    """The source's ``migration.prepare`` of a 64 MiB VM ``name``."""
+    spec = VmSpec(name=name, vcpus=1, memory_mib=64)
+    plan = domain_xml.DomainPlan(
+        spec=spec,
+        uuid=_uuid(),
+        domain_type="qemu",
+        disks=(),
+        console_log="/var/lib/novacron/consoles/x.log",
+    )
+    answer: dict[str, Any] = source.call(
+        "migration.prepare",
+        vm=name,
+        xml=domain_xml.build(plan),
+        stream_socket=str(STREAMS / secrets.token_hex(8) / "qemu.sock"),
+        options={"compression": "lz4"},
+    )
+    return answer
+
+
+def _uuid() -> str:
+    raw = secrets.token_hex(16)
+    return f"{raw[:8]}-{raw[8:12]}-4{raw[13:16]}-8{raw[17:20]}-{raw[20:]}"
+
+
+def leave_failed_arrival(dest_xml: str) -> libvirt.virDomain:
+    """What a failed Finish leaves: the domain, persistent, shut off as ``failed``.
+    Made by defining it and starting it from a kernel that is not there (libvirt then
+    stops it as a failed start, the same state as its failed Finish)."""
+    missing = f"/var/tmp/novacron-no-such-kernel-{secrets.token_hex(4)}"
+    xml = dest_xml.replace("<os>", f"<os><kernel>{missing}</kernel>", 1)
+    assert missing in xml
+    conn = libvirt.open(URI)
+    try:
+        dom = conn.defineXML(xml)
+        with pytest.raises(libvirt.libvirtError):
+            dom.create()
+        assert dom.isPersistent() == 1
+        assert dom.state() == [libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_FAILED]
+        return dom
+    finally:
+        conn.close()
+
+
+def domain_exists(name: str) -> bool:
+    conn = libvirt.open(URI)
+    try:
+        return name in [d.name() for d in conn.listAllDomains(0)]
+    finally:
+        conn.close()
+
+
+def records(d: Daemon) -> list[str]:
+    with d.client() as c:
+        return [vm["name"] for vm in c.call("vm.list")]
+
+
+def test_a_failed_finish_ends_the_incoming_migration_and_leaves_no_definition(
+    dest: Destination,
+) -> None:
+    name = "arrival-" + secrets.token_hex(3)
+    with dest.as_source() as source:
+        answer = prepare(source, name)
+        leave_failed_arrival(answer["dest_xml"])
+        # the source's libvirt call failed: it tells the destination
+        source.call("migration.abort", op=answer["op"])
+        start = time.monotonic()
+        ended = source.call("migration.result", op=answer["op"])
+        waited = time.monotonic() - start
+    assert ended["state"] == "failed" and ended["error"]["code"] == "migration_failed"
+    message = ended["error"]["message"]
+    assert "Finish step failed" in message and "removed" in message, message
+    assert waited < 30, f"waited {waited:.0f} s for libvirt's verdict, which was there"
+    assert not domain_exists(name)
+    assert name not in records(dest.daemon)
+    # nothing is left that refuses the VM's next migration here (domain, placement)
+    with dest.as_source() as source:
+        again = prepare(source, name)
+        source.call("migration.abort", op=again["op"])
+        assert source.call("migration.result", op=again["op"])["state"] == "failed"
+
+
+def test_after_a_restart_a_failed_arrival_is_removed_not_adopted(dest: Destination) -> None:
+    name = "arrival-" + secrets.token_hex(3)
+    with dest.as_source() as source:
+        answer = prepare(source, name)
+    dest.daemon.kill()  # in the middle of the incoming migration
+    leave_failed_arrival(answer["dest_xml"])
+    dest.daemon.start(timeout=60)
+    deadline = time.monotonic() + 30
+    while domain_exists(name) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    assert not domain_exists(name), "the definition a failed Finish left is still there"
+    assert name not in records(dest.daemon)
+    with dest.daemon.client() as c:
+        op = c.call("op.get", op=answer["op"])
+        findings = c.call("node.info")["daemon"]["reconcile"]
+    assert op["state"] == "failed"
+    assert name not in [f["vm"] for f in findings]
+
+
+def test_after_a_restart_a_domain_still_arriving_is_not_adopted(dest: Destination) -> None:
+    """Transient and running: libvirt has not decided yet (here it never will: the
+    domain is destroyed, as libvirt removes one whose migration failed). Reconciliation
+    never listed transient domains; what this guards is the restart path as a whole. A
+    persistent domain still arriving (paused for the migration, after Finish made it
+    persistent), which reconciliation used to adopt, cannot be staged on libvirt."""
+    name = "arrival-" + secrets.token_hex(3)
+    with dest.as_source() as source:
+        answer = prepare(source, name)
+    dest.daemon.kill()
+    conn = libvirt.open(URI)
+    try:
+        dom = conn.createXML(answer["dest_xml"], 0)  # transient, running
+        try:
+            dest.daemon.start(timeout=60)
+            assert name not in records(dest.daemon)
+        finally:
+            dom.destroy()
+    finally:
+        conn.close()
+    assert name not in records(dest.daemon)
+    with dest.daemon.client() as c:
+        assert c.call("op.get", op=answer["op"])["state"] == "failed"
