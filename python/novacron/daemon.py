@@ -111,7 +111,8 @@ async def attach_hypervisor(
             vms.placement.load(await vms.hv_pool.run(vms.hv.numa_nodes))
             migrations = services.migrations
             leaving = await migrations.load_interrupted() if migrations else frozenset[str]()
-            services.reconcile_findings = await reconcile(vms, leaving)
+            arriving = migrations.arriving() if migrations else frozenset[str]()
+            services.reconcile_findings = await reconcile(vms, leaving, arriving)
             if migrations is not None:
                 await migrations.settle_outgoing(services.reconcile_findings)
         except errors.Unavailable as exc:

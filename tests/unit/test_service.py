@@ -98,3 +98,22 @@ async def test_reconcile_adopts_redefines_and_finishes_deletes(svc: VmService) -
     assert not again & {"adopted", "redefined", "deleted", "failed"}
     for name in (adopt, redefine):
         await svc.delete(name, force=True, keep_disks=False)
+
+
+async def test_reconcile_leaves_an_interrupted_arrivals_domain_to_the_migration(
+    svc: VmService,
+) -> None:
+    """The domain of an incoming migration a restart interrupted may still be arriving
+    (and fail) or be what a failed Finish left: it is not adopted (the migration
+    service records it once libvirt says it arrived)."""
+    arriving = unique("arriving")
+    await svc.create(VmSpec(name=arriving, vcpus=1, memory_mib=64), start=False)
+    await svc.db_pool.run(svc.store.delete_vm, arriving)  # a domain with no record
+    found = await reconcile(svc, migrating_in=frozenset({arriving}))
+    assert arriving not in {f["vm"] for f in found}
+    with pytest.raises(errors.NotFound):
+        await svc.get(arriving)
+    # once no migration claims it, it is adopted as any other
+    found = await reconcile(svc)
+    assert (arriving, "adopted") in {(f["vm"], f["finding"]) for f in found}
+    await svc.delete(arriving, force=True, keep_disks=False)

@@ -4,7 +4,8 @@ Findings, each logged and returned so ``node.info`` can report them:
 
 * ``redefined`` — a record whose domain vanished: defined again from the stored spec.
 * ``adopted`` — a domain carrying NovaCron metadata but no record (a crash between
-  define and commit): its record is restored from the metadata.
+  define and commit): its record is restored from the metadata. Not the domain of an
+  incoming migration a restart interrupted: that one is the migration service's.
 * ``deleted`` — a record marked ``deleting`` (a crash mid-delete): the delete is finished.
 * ``uuid_changed`` — the domain's UUID differs from the record: the record follows libvirt.
 * ``state_drift`` — the VM is not in the state the operator last asked for (reported only).
@@ -40,7 +41,15 @@ async def _redefine(
     await svc.hv_pool.run(svc.hv.define, xml)
 
 
-async def reconcile(svc: VmService, migrating_out: frozenset[str] = frozenset()) -> list[Finding]:
+async def reconcile(
+    svc: VmService,
+    migrating_out: frozenset[str] = frozenset(),
+    migrating_in: frozenset[str] = frozenset(),
+) -> list[Finding]:
+    """``migrating_out``/``migrating_in``: VMs whose outgoing or incoming migration a
+    restart interrupted. The domain of one coming in is not adopted: it may still be
+    arriving (and fail), or be what a failed migration left; the migration service
+    records it once libvirt says it arrived."""
     findings: list[Finding] = []
 
     def note(vm: str, finding: str, detail: str) -> None:
@@ -54,7 +63,7 @@ async def reconcile(svc: VmService, migrating_out: frozenset[str] = frozenset())
 
     for name, xml in sorted(domains.items()):
         managed = domain_xml.parse_managed(xml)
-        if managed is None or name in records:
+        if managed is None or name in records or name in migrating_in:
             continue
         try:
             rec = await svc.adopt(managed)
