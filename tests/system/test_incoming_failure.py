@@ -188,3 +188,35 @@ def test_after_a_restart_a_domain_still_arriving_is_not_adopted(dest: Destinatio
     assert name not in records(dest.daemon)
     with dest.daemon.client() as c:
         assert c.call("op.get", op=answer["op"])["state"] == "failed"
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_after_a_restart_a_vm_that_arrived_is_recorded_as_it_arrived(
+    dest: Destination, paused: bool
+) -> None:
+    """The daemon died after libvirt's switch-over: at its start the domain is
+    persistent and running (or paused by the user's word, as a VM paused on the source
+    arrives); the migration service records it so and amends the operation."""
+    name = "arrival-" + secrets.token_hex(3)
+    with dest.as_source() as source:
+        answer = prepare(source, name)
+    dest.daemon.kill()
+    conn = libvirt.open(URI)
+    try:
+        dom = conn.defineXML(answer["dest_xml"])
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
+        if paused:
+            assert dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER]
+    finally:
+        conn.close()
+    dest.daemon.start(timeout=60)
+    deadline = time.monotonic() + 30
+    while name not in records(dest.daemon) and time.monotonic() < deadline:
+        time.sleep(0.25)
+    with dest.daemon.client() as c:
+        vm = c.call("vm.get", name=name)
+        op = c.call("op.get", op=answer["op"])
+        assert vm["desired_state"] == ("paused" if paused else "running")
+        assert vm["state"] == ("paused" if paused else "running")
+        assert op["state"] == "succeeded" and op["result"]["restarted"] is True
+        c.call("vm.delete", name=name, force=True)

@@ -179,8 +179,12 @@ class MigrationService:
         name = row["vm"]
         if await self.vms.records.get(name) is None:
             state = await incoming.wait_outcome(self, name)
-            if state == "failed" and isinstance(uuid := row["params"].get("uuid"), str):
-                await incoming.remove_failed_arrival(self, name, uuid)
+            if state == "failed":
+                uuid = row["params"].get("uuid")
+                if isinstance(uuid, str):
+                    await incoming.remove_failed_arrival(self, name, uuid)
+                else:  # an operation stored before its UUID was: which domain is unknown
+                    log.warning("migration.finish_failed", extra=kv(vm=name, removed=False))
             if state not in incoming.ARRIVED:
                 return
             async with self.vms.locked(name):
