@@ -20,6 +20,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,25 @@ def _uuid() -> str:
     return f"{raw[:8]}-{raw[8:12]}-4{raw[13:16]}-8{raw[17:20]}-{raw[20:]}"
 
 
+@contextmanager
+def connection() -> Iterator[libvirt.virConnect]:
+    conn = libvirt.open(URI)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def interrupted(dest: Destination) -> tuple[str, dict[str, Any]]:
+    """A VM prepared to come here, and the destination daemon killed in the middle of
+    its incoming migration: the VM's name and the prepare step's answer."""
+    name = "arrival-" + secrets.token_hex(3)
+    with dest.as_source() as source:
+        answer = prepare(source, name)
+    dest.daemon.kill()
+    return name, answer
+
+
 def leave_failed_arrival(dest_xml: str) -> libvirt.virDomain:
     """What a failed Finish leaves: the domain, persistent, shut off as ``failed``.
     Made by defining it and starting it from a kernel that is not there (libvirt then
@@ -96,24 +116,18 @@ def leave_failed_arrival(dest_xml: str) -> libvirt.virDomain:
     missing = f"/var/tmp/novacron-no-such-kernel-{secrets.token_hex(4)}"
     xml = dest_xml.replace("<os>", f"<os><kernel>{missing}</kernel>", 1)
     assert missing in xml
-    conn = libvirt.open(URI)
-    try:
+    with connection() as conn:
         dom = conn.defineXML(xml)
         with pytest.raises(libvirt.libvirtError):
             dom.create()
         assert dom.isPersistent() == 1
         assert dom.state() == [libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_FAILED]
         return dom
-    finally:
-        conn.close()
 
 
 def domain_exists(name: str) -> bool:
-    conn = libvirt.open(URI)
-    try:
+    with connection() as conn:
         return name in [d.name() for d in conn.listAllDomains(0)]
-    finally:
-        conn.close()
 
 
 def records(d: Daemon) -> list[str]:
@@ -147,10 +161,7 @@ def test_a_failed_finish_ends_the_incoming_migration_and_leaves_no_definition(
 
 
 def test_after_a_restart_a_failed_arrival_is_removed_not_adopted(dest: Destination) -> None:
-    name = "arrival-" + secrets.token_hex(3)
-    with dest.as_source() as source:
-        answer = prepare(source, name)
-    dest.daemon.kill()  # in the middle of the incoming migration
+    name, answer = interrupted(dest)
     leave_failed_arrival(answer["dest_xml"])
     dest.daemon.start(timeout=60)
     deadline = time.monotonic() + 30
@@ -171,20 +182,14 @@ def test_after_a_restart_a_domain_still_arriving_is_not_adopted(dest: Destinatio
     never listed transient domains; what this guards is the restart path as a whole. A
     persistent domain still arriving (paused for the migration, after Finish made it
     persistent), which reconciliation used to adopt, cannot be staged on libvirt."""
-    name = "arrival-" + secrets.token_hex(3)
-    with dest.as_source() as source:
-        answer = prepare(source, name)
-    dest.daemon.kill()
-    conn = libvirt.open(URI)
-    try:
+    name, answer = interrupted(dest)
+    with connection() as conn:
         dom = conn.createXML(answer["dest_xml"], 0)  # transient, running
         try:
             dest.daemon.start(timeout=60)
             assert name not in records(dest.daemon)
         finally:
             dom.destroy()
-    finally:
-        conn.close()
     assert name not in records(dest.daemon)
     with dest.daemon.client() as c:
         assert c.call("op.get", op=answer["op"])["state"] == "failed"
@@ -197,18 +202,12 @@ def test_after_a_restart_a_vm_that_arrived_is_recorded_as_it_arrived(
     """The daemon died after libvirt's switch-over: at its start the domain is
     persistent and running (or paused by the user's word, as a VM paused on the source
     arrives); the migration service records it so and amends the operation."""
-    name = "arrival-" + secrets.token_hex(3)
-    with dest.as_source() as source:
-        answer = prepare(source, name)
-    dest.daemon.kill()
-    conn = libvirt.open(URI)
-    try:
+    name, answer = interrupted(dest)
+    with connection() as conn:
         dom = conn.defineXML(answer["dest_xml"])
         dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED if paused else 0)
         if paused:
             assert dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER]
-    finally:
-        conn.close()
     dest.daemon.start(timeout=60)
     deadline = time.monotonic() + 30
     while name not in records(dest.daemon) and time.monotonic() < deadline:
