@@ -11,32 +11,17 @@ import shutil
 import socket
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from novacron import errors
-from novacron.client import SyncClient, TlsFiles
+from novacron.client import SyncClient
 from novacron.vm import domain_xml
-from novacron.vm.spec import DiskSpec, VmSpec
-from tests.daemon_harness import Daemon
+from novacron.vm.spec import DiskSpec
+from tests.migration_harness import Node, source_xml
 from tests.pki_harness import Pki, client, free_port, tls_daemon
-
-
-@dataclass
-class Node:
-    daemon: Daemon
-    pki: Pki
-    port: int
-    issued: dict[str, TlsFiles] = field(default_factory=dict)
-
-    def as_node(self, name: str = "node2") -> SyncClient:
-        if name not in self.issued:
-            self.issued[name] = self.pki.issue(name, "node", addresses=("127.0.0.1",))
-        return client(self.port, self.issued[name])
-
 
 # where the daemon makes the directories the destination QEMU listens in (short: a
 # socket's path must fit in 107 bytes)
@@ -57,18 +42,6 @@ def node(tmp_path: Path) -> Iterator[Node]:
 
 def stream_socket(name: str | None = None) -> str:
     return str(STREAMS / (name or secrets.token_hex(8)) / "qemu.sock")
-
-
-def source_xml(name: str, tenant: str = "default", memory_mib: int = 64, **spec: Any) -> str:
-    vm = VmSpec(name=name, vcpus=1, memory_mib=memory_mib, tenant=tenant, **spec)
-    plan = domain_xml.DomainPlan(
-        spec=vm,
-        uuid="0b5c2b0e-4a8e-4c1e-9f53-7d1d1b7a6a10",
-        domain_type="qemu",
-        disks=(),
-        console_log="/var/lib/novacron/consoles/x.log",
-    )
-    return domain_xml.build(plan)
 
 
 def prepare(c: SyncClient, name: str, xml: str | None = None, stream: str | None = None) -> Any:

@@ -10,7 +10,7 @@ refused), and never adopt it. libvirt cannot be made to fail its Finish step on
 demand, so these tests leave on the real libvirtd exactly that state (the migration's
 own domain, persistent, shut off as ``failed``) and let the daemon's incoming migration
 find it. A daemon acts as the destination; the test is its source (a node certificate
-from the same CA), as in ``tests/integration/test_migration_api.py``.
+from the same CA: ``tests/migration_harness.py``).
 """
 
 from __future__ import annotations
@@ -19,20 +19,19 @@ import os
 import secrets
 import shutil
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import libvirt
 import pytest
 
-from novacron.client import SyncClient, TlsFiles
-from novacron.vm import domain_xml
-from novacron.vm.spec import VmSpec
+from novacron.client import SyncClient
 from tests.daemon_harness import Daemon
-from tests.pki_harness import Pki, client, free_port
+from tests.migration_harness import Node, source_xml
+from tests.pki_harness import Pki, free_port
 from tests.system.conftest import daemon_on_system
 from tests.system.libvirt_host import URI, LibvirtHost
 
@@ -41,53 +40,26 @@ from tests.system.libvirt_host import URI, LibvirtHost
 STREAMS = Path(f"/tmp/nc-{os.getpid()}-inc/migration")
 
 
-@dataclass
-class Destination:
-    daemon: Daemon
-    pki: Pki
-    port: int
-
-    def as_source(self) -> SyncClient:
-        if not (self.pki.root / "certs" / "node2.crt").exists():
-            self.pki.issue("node2", "node", addresses=("127.0.0.1",))
-        certs = self.pki.root / "certs"
-        files = TlsFiles(certs / "node2.crt", certs / "node2.key", self.pki.ca.dir / "ca.crt")
-        return client(self.port, files, timeout=120)
-
-
 @pytest.fixture
-def dest(libvirt_host: LibvirtHost, tmp_path: Path) -> Iterator[Destination]:
+def dest(libvirt_host: LibvirtHost, tmp_path: Path) -> Iterator[Node]:
     pki = Pki.create(tmp_path / "pki")
     port = free_port()
     flags = (*pki.daemon_args(port), "--migration-stream-dir", str(STREAMS))
     with daemon_on_system(tmp_path, *flags) as d:
-        yield Destination(d, pki, port)
+        yield Node(d, pki, port)
     shutil.rmtree(STREAMS.parent, ignore_errors=True)
 
 
 def prepare(source: SyncClient, name: str) -> dict[str, Any]:
     """The source's ``migration.prepare`` of a 64 MiB VM ``name``."""
-    spec = VmSpec(name=name, vcpus=1, memory_mib=64)
-    plan = domain_xml.DomainPlan(
-        spec=spec,
-        uuid=_uuid(),
-        domain_type="qemu",
-        disks=(),
-        console_log="/var/lib/novacron/consoles/x.log",
-    )
     answer: dict[str, Any] = source.call(
         "migration.prepare",
         vm=name,
-        xml=domain_xml.build(plan),
+        xml=source_xml(name, uuid=str(uuid.uuid4())),
         stream_socket=str(STREAMS / secrets.token_hex(8) / "qemu.sock"),
         options={"compression": "lz4"},
     )
     return answer
-
-
-def _uuid() -> str:
-    raw = secrets.token_hex(16)
-    return f"{raw[:8]}-{raw[8:12]}-4{raw[13:16]}-8{raw[17:20]}-{raw[20:]}"
 
 
 @contextmanager
@@ -99,11 +71,11 @@ def connection() -> Iterator[libvirt.virConnect]:
         conn.close()
 
 
-def interrupted(dest: Destination) -> tuple[str, dict[str, Any]]:
+def interrupted(dest: Node) -> tuple[str, dict[str, Any]]:
     """A VM prepared to come here, and the destination daemon killed in the middle of
     its incoming migration: the VM's name and the prepare step's answer."""
     name = "arrival-" + secrets.token_hex(3)
-    with dest.as_source() as source:
+    with dest.as_node(timeout=120) as source:
         answer = prepare(source, name)
     dest.daemon.kill()
     return name, answer
@@ -136,10 +108,10 @@ def records(d: Daemon) -> list[str]:
 
 
 def test_a_failed_finish_ends_the_incoming_migration_and_leaves_no_definition(
-    dest: Destination,
+    dest: Node,
 ) -> None:
     name = "arrival-" + secrets.token_hex(3)
-    with dest.as_source() as source:
+    with dest.as_node(timeout=120) as source:
         answer = prepare(source, name)
         leave_failed_arrival(answer["dest_xml"])
         # the source's libvirt call failed: it tells the destination
@@ -154,13 +126,13 @@ def test_a_failed_finish_ends_the_incoming_migration_and_leaves_no_definition(
     assert not domain_exists(name)
     assert name not in records(dest.daemon)
     # nothing is left that refuses the VM's next migration here (domain, placement)
-    with dest.as_source() as source:
+    with dest.as_node(timeout=120) as source:
         again = prepare(source, name)
         source.call("migration.abort", op=again["op"])
         assert source.call("migration.result", op=again["op"])["state"] == "failed"
 
 
-def test_after_a_restart_a_failed_arrival_is_removed_not_adopted(dest: Destination) -> None:
+def test_after_a_restart_a_failed_arrival_is_removed_not_adopted(dest: Node) -> None:
     name, answer = interrupted(dest)
     leave_failed_arrival(answer["dest_xml"])
     dest.daemon.start(timeout=60)
@@ -176,7 +148,7 @@ def test_after_a_restart_a_failed_arrival_is_removed_not_adopted(dest: Destinati
     assert name not in [f["vm"] for f in findings]
 
 
-def test_after_a_restart_a_domain_still_arriving_is_not_adopted(dest: Destination) -> None:
+def test_after_a_restart_a_domain_still_arriving_is_not_adopted(dest: Node) -> None:
     """Transient and running: libvirt has not decided yet (here it never will: the
     domain is destroyed, as libvirt removes one whose migration failed). Reconciliation
     never listed transient domains; what this guards is the restart path as a whole. A
@@ -197,7 +169,7 @@ def test_after_a_restart_a_domain_still_arriving_is_not_adopted(dest: Destinatio
 
 @pytest.mark.parametrize("paused", [False, True])
 def test_after_a_restart_a_vm_that_arrived_is_recorded_as_it_arrived(
-    dest: Destination, paused: bool
+    dest: Node, paused: bool
 ) -> None:
     """The daemon died after libvirt's switch-over: at its start the domain is
     persistent and running (or paused by the user's word, as a VM paused on the source

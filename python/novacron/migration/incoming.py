@@ -218,13 +218,18 @@ async def receive(svc: MigrationService, inc: Incoming) -> None:
             pass
 
 
-async def remove_failed_arrival(svc: MigrationService, name: str, uuid: str) -> tuple[bool, str]:
+async def remove_failed_arrival(
+    svc: MigrationService, name: str, uuid: str | None
+) -> tuple[bool, str]:
     """Removes the definition a failed libvirt Finish left here: the VM runs on at the
     source, and a definition here too would be the VM on two nodes (adopted at the
-    next start) and would refuse its next migration here. Whether it was removed, and
-    what happened in words."""
+    next start) and would refuse its next migration here. ``uuid``: the migration's
+    domain (None: not known, as for an operation stored before it was kept: nothing is
+    removed). Whether it was removed, and what happened in words."""
     vms = svc.vms
-    removed = await vms.hv_pool.run(libvirt_job.remove_failed_arrival, vms.hv, name, uuid)
+    removed = uuid is not None and await vms.hv_pool.run(
+        libvirt_job.remove_failed_arrival, vms.hv, name, uuid
+    )
     log.warning("migration.finish_failed", extra=kv(vm=name, removed=removed))
     if removed:
         return True, "libvirt's Finish step failed here; the definition it left was removed"

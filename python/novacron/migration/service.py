@@ -92,13 +92,16 @@ class MigrationService:
         """Reads the operations a restart interrupted (before reconciliation, which
         needs them); returns the VMs that were leaving this node."""
         self.interrupted = await self.ops.recover()
-        return frozenset(r["vm"] for r in self.interrupted if r["kind"] == "migrate_out")
+        return self._interrupted_vms("migrate_out")
 
     def arriving(self) -> frozenset[str]:
         """The VMs that were coming to this node when a restart interrupted it (after
         :meth:`load_interrupted`): reconciliation does not adopt their domains, whose
         outcome :meth:`_resume_incoming` waits for."""
-        return frozenset(r["vm"] for r in self.interrupted if r["kind"] == "migrate_in")
+        return self._interrupted_vms("migrate_in")
+
+    def _interrupted_vms(self, kind: str) -> frozenset[str]:
+        return frozenset(r["vm"] for r in self.interrupted if r["kind"] == kind)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         streams = self.config.migration_stream_dir
@@ -177,14 +180,15 @@ class MigrationService:
         Finish left is removed). Reconciliation leaves the domain to this (see
         :meth:`arriving`): a domain still arriving may yet fail."""
         name = row["vm"]
+        # (a record already: the daemon stopped after recording the arrival, before it
+        # closed the operation)
         if await self.vms.records.get(name) is None:
             state = await incoming.wait_outcome(self, name)
             if state == "failed":
                 uuid = row["params"].get("uuid")
-                if isinstance(uuid, str):
-                    await incoming.remove_failed_arrival(self, name, uuid)
-                else:  # an operation stored before its UUID was: which domain is unknown
-                    log.warning("migration.finish_failed", extra=kv(vm=name, removed=False))
+                await incoming.remove_failed_arrival(
+                    self, name, uuid if isinstance(uuid, str) else None
+                )
             if state not in incoming.ARRIVED:
                 return
             async with self.vms.locked(name):
