@@ -10,20 +10,17 @@ its memory (``virsh dump --memory-only DOMAIN FILE``; ``bench/memory_image.py``)
 Round 0 offers every page; round k offers the pages whose hash differs from image k-1,
 found by the engine's own scan, whose hashes the encoder takes (``encode_unscanned_s``:
 the same rounds through an encoder that hashes the pages itself). Each round is encoded,
-decoded on a fresh receiver that has seen the earlier rounds, and verified byte for byte. Baselines
-on the same offered bytes: memcpy, lz4 alone, zstd-1 alone (each over the offered pages
-as one stream), and QEMU precopy (zero pages as 9-byte records, others as 4096 bytes +
-an 8-byte header). For later rounds, also zstd-1 starting where the encoder starts:
-from the image in memory after the scan (``zstd1_from_image_s``: gathering the offered
-pages, then compressing them; ``zstd1_s`` compresses a copy still in the caches). The
-figures are for one thread; the run on all cores (``all_cores``) gives the encoder and
-the decoder every core each (the decoder reads batches ahead of the one it applies, so a
-round of one batch decodes no faster). One discarded warm-up pass runs first (see
-``main``). IMAGE files are read when their round comes, one at a time, so a large
-guest's images need not fit in
-memory together (peak: about 4x the guest's size: the round's image, the encoder's delta
-cache, the receiver, and the memcpy baseline's copy; a run that would not fit in the
-memory available is refused before it starts).
+decoded on a fresh receiver that has seen the earlier rounds, and verified byte for
+byte. Baselines on the same offered bytes: memcpy, lz4 alone, zstd-1 alone (each over the
+offered pages as one stream), and QEMU precopy (zero pages as 9-byte records, others as
+4096 bytes + an 8-byte header). The figures are for one thread; the run on all cores
+(``all_cores``) gives the encoder and the decoder every core each (the decoder reads
+batches ahead of the one it applies, so a round of one batch decodes no faster). One
+discarded warm-up pass runs first (see ``main``). IMAGE files are read when their round
+comes, one at a time, so a large guest's images need not fit in memory together (peak:
+about 4x the guest's size: the round's image, the encoder's delta cache, the receiver,
+and the memcpy baseline's copy; a run that would not fit in the memory available is
+refused before it starts).
 """
 
 from __future__ import annotations
@@ -100,20 +97,6 @@ def baselines(data: bytes) -> dict[str, Any]:
     }
 
 
-def zstd1_from_image(image: bytes, indices: list[int]) -> float:
-    """Seconds for zstd-1 to compress a later round's offered pages starting, as the
-    encoder does, from the image in memory right after the dirty scan read all of it:
-    the pages gathered out of the image, then compressed. (``zstd1_s`` compresses a
-    copy of them made just before, which the caches still hold; a later round's
-    offered pages are a megabyte or so, round 0's the whole image, which no cache
-    holds either way.)"""
-    _core.scan_pages(image)  # the scan's memory traffic, as before the encoder's call
-    zstd = zstandard.ZstdCompressor(level=1)
-    start = time.perf_counter()
-    zstd.compress(offered_bytes(image, indices))
-    return time.perf_counter() - start
-
-
 def load(image: Image) -> bytes:
     """The image's bytes (a file: raw, or an ELF dump's RAM: ``bench.memory_image``).
     ``bytes``, never a mutable buffer: the encoder takes a scan's hashes for an
@@ -185,8 +168,6 @@ def run(
         _, decode_s = timed(dec.decode, wire)
         offered = list(range(guest)) if indices is None else indices
         data = image if indices is None else offered_bytes(image, offered)
-        base = baselines(data)
-        base["zstd1_from_image_s"] = None if indices is None else zstd1_from_image(image, indices)
         rounds.append(
             {
                 "pages": len(offered),
@@ -197,7 +178,7 @@ def run(
                 "decode_s": decode_s,
                 "verified": matches(dec, image),
                 "image_memcpy_s": memcpy_time(image),
-                "baselines": base,
+                "baselines": baselines(data),
             }
         )
         offers.append(indices)
@@ -233,8 +214,7 @@ def available_memory() -> int | None:
 
 
 TIMES = ("scan_s", "encode_s", "encode_unscanned_s", "decode_s", "image_memcpy_s")
-# (zstd1_from_image_s: None in round 0)
-BASELINE_TIMES = ("memcpy_s", "lz4_s", "zstd1_s", "zstd1_from_image_s")
+BASELINE_TIMES = ("memcpy_s", "lz4_s", "zstd1_s")
 
 
 def median_of(passes: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -247,9 +227,7 @@ def median_of(passes: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             first[key] = statistics.median(r[key] for r in same_round)
         first["baselines"] = dict(first["baselines"])
         for key in BASELINE_TIMES:
-            if first["baselines"][key] is not None:
-                times = (r["baselines"][key] for r in same_round)
-                first["baselines"][key] = statistics.median(times)
+            first["baselines"][key] = statistics.median(r["baselines"][key] for r in same_round)
         first["verified"] = all(r["verified"] for r in same_round)
         out.append(first)
     return out
@@ -259,8 +237,6 @@ def ratios(rounds: list[dict[str, Any]]) -> list[dict[str, float]]:
     out = []
     for r in rounds:
         b = r["baselines"]
-        cold = b["zstd1_from_image_s"]
-        extra = {} if cold is None else {"encode_vs_zstd1_from_image_time": r["encode_s"] / cold}
         out.append(
             {
                 "wire_vs_zstd1": r["wire_bytes"] / max(1, b["zstd1_bytes"]),
@@ -269,7 +245,6 @@ def ratios(rounds: list[dict[str, Any]]) -> list[dict[str, float]]:
                 "encode_unscanned_vs_zstd1_time": r["encode_unscanned_s"] / max(1e-9, b["zstd1_s"]),
                 "scan_vs_image_memcpy_time": r["scan_s"] / max(1e-9, r["image_memcpy_s"]),
                 "decode_speedup_vs_encode": r["encode_s"] / max(1e-9, r["decode_s"]),
-                **extra,
             }
         )
     return out

@@ -63,13 +63,6 @@ def test_pagebench_json_shape_on_a_small_synthetic_guest(form: str, tmp_path: Pa
             "qemu_bytes",
         }
         assert r["wire_bytes"] < r["baselines"]["qemu_bytes"]
-    # zstd-1 from the image in memory: for later rounds (round 0's reads the image)
-    assert result["rounds"][0]["baselines"]["zstd1_from_image_s"] is None
-    assert "encode_vs_zstd1_from_image_time" not in result["ratios"][0]
-    for r, q in zip(result["rounds"][1:], result["ratios"][1:], strict=True):
-        assert r["baselines"]["zstd1_from_image_s"] > 0
-        cold = r["encode_s"] / r["baselines"]["zstd1_from_image_s"]
-        assert q["encode_vs_zstd1_from_image_time"] == pytest.approx(cold)
     assert result["rounds"][0]["pages"] == 8 * 256  # round 0 offers every page
     assert 0 < result["rounds"][1]["pages"] < 8 * 256  # later rounds only the dirty ones
     assert result["all_cores"]["threads"] >= 1
