@@ -34,6 +34,7 @@ from tests.migration_harness import Node, source_xml
 from tests.pki_harness import Pki, free_port
 from tests.system.conftest import daemon_on_system
 from tests.system.libvirt_host import URI, LibvirtHost
+from tests.system.nodes import wait_until
 
 # where the daemon makes the directories the destination QEMU would listen in (short:
 # a socket's path must fit in 107 bytes)
@@ -136,9 +137,7 @@ def test_after_a_restart_a_failed_arrival_is_removed_not_adopted(dest: Node) -> 
     name, answer = interrupted(dest)
     leave_failed_arrival(answer["dest_xml"])
     dest.daemon.start(timeout=60)
-    deadline = time.monotonic() + 30
-    while domain_exists(name) and time.monotonic() < deadline:
-        time.sleep(0.25)
+    wait_until(lambda: not domain_exists(name), 30, "the failed arrival's definition to go")
     assert not domain_exists(name), "the definition a failed Finish left is still there"
     assert name not in records(dest.daemon)
     with dest.daemon.client() as c:
@@ -181,9 +180,7 @@ def test_after_a_restart_a_vm_that_arrived_is_recorded_as_it_arrived(
         if paused:
             assert dom.state() == [libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER]
     dest.daemon.start(timeout=60)
-    deadline = time.monotonic() + 30
-    while name not in records(dest.daemon) and time.monotonic() < deadline:
-        time.sleep(0.25)
+    wait_until(lambda: name in records(dest.daemon), 30, f"a record of {name}")
     with dest.daemon.client() as c:
         vm = c.call("vm.get", name=name)
         op = c.call("op.get", op=answer["op"])
