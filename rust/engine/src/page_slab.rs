@@ -11,7 +11,8 @@
 //! A [`SlabPage`] owns its 4 KiB alone (like a `Box`) and keeps its allocation alive;
 //! [`Slabs`] hands out pages and takes back the ones given up, for the next content.
 //! When the slabs and every page carved from one allocation are gone, the allocation
-//! waits in a process-wide pool (at most [`POOL_CHUNKS`]) for the next receiver,
+//! waits in a process-wide pool (at most [`POOL_CHUNKS`], 1 GiB: as much as the
+//! sender's delta caches keep, `mem::Reusable`) for the next receiver,
 //! marked `MADV_FREE`: the kernel may take its memory back under pressure, and until it
 //! does, the next receiver writes it with no page fault and no clearing. Past the
 //! pool's size it goes back to the system.
@@ -30,23 +31,30 @@ const CHUNK_PAGES: usize = CHUNK / PAGE_SIZE;
 /// A huge page: chunks start on one, so each holds whole huge pages.
 const HUGE: usize = 2 << 20;
 
-/// Allocations no receiver uses, kept for the next one: at most this many (256 MiB).
-pub(crate) const POOL_CHUNKS: usize = 32;
+/// Allocations no receiver uses, kept for the next one: at most this many (1 GiB, so
+/// that a receiver of a guest of up to 1 GiB after another writes no fresh memory).
+pub(crate) const POOL_CHUNKS: usize = 128;
 
 /// Allocations waiting for a receiver (each from `alloc` with [`Chunk::layout`],
-/// advised, and owned by the pool alone).
-pub(crate) struct Pool(Mutex<Vec<Pooled>>);
+/// advised, and owned by the pool alone), and how many it keeps at most.
+pub(crate) struct Pool {
+    chunks: Mutex<Vec<Pooled>>,
+    max: usize,
+}
 
 /// The process's pool.
-static POOL: Pool = Pool::new();
+static POOL: Pool = Pool::new(POOL_CHUNKS);
 
 impl Pool {
-    const fn new() -> Self {
-        Self(Mutex::new(Vec::new()))
+    const fn new(max: usize) -> Self {
+        Self {
+            chunks: Mutex::new(Vec::new()),
+            max,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pooled>> {
-        self.0
+        self.chunks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -96,7 +104,7 @@ impl Drop for Chunk {
     /// No page uses the chunk any more: into the pool if there is room, else freed.
     fn drop(&mut self) {
         let mut pool = self.pool.lock();
-        if pool.len() < POOL_CHUNKS {
+        if pool.len() < self.pool.max {
             // nothing reads or writes the chunk now, and every page is written whole
             // before it is read again
             crate::mem::lazily_free(self.ptr.as_ptr(), CHUNK);
@@ -214,7 +222,7 @@ mod tests {
 
     #[test]
     fn pages_are_distinct_keep_their_bytes_and_are_reused() {
-        static OWN: Pool = Pool::new();
+        static OWN: Pool = Pool::new(4);
         let mut slabs = Slabs::with_pool(&OWN);
         let pages: Vec<SlabPage> = (0..CHUNK_PAGES + 3)
             .map(|i| slabs.filled(&[(i % 251) as u8; PAGE_SIZE]))
@@ -238,7 +246,7 @@ mod tests {
 
     #[test]
     fn pages_outlive_the_slabs_they_came_from() {
-        static OWN: Pool = Pool::new();
+        static OWN: Pool = Pool::new(4);
         let mut slabs = Slabs::with_pool(&OWN);
         let page = slabs.filled(&[9; PAGE_SIZE]);
         drop(slabs);
@@ -257,9 +265,9 @@ mod tests {
 
     #[test]
     fn chunks_go_to_the_pool_up_to_its_size_and_are_taken_again() {
-        static OWN: Pool = Pool::new();
+        static OWN: Pool = Pool::new(4);
         let mut slabs = Slabs::with_pool(&OWN);
-        let pages: Vec<SlabPage> = (0..CHUNK_PAGES * (POOL_CHUNKS + 2))
+        let pages: Vec<SlabPage> = (0..CHUNK_PAGES * (OWN.max + 2))
             .map(|_| slabs.filled(&[1; PAGE_SIZE]))
             .collect();
         let starts: Vec<usize> = pages
@@ -269,17 +277,13 @@ mod tests {
             .collect();
         drop((pages, slabs));
         let pooled: Vec<usize> = OWN.lock().iter().map(|p| p.0.as_ptr() as usize).collect();
-        assert_eq!(
-            pooled.len(),
-            POOL_CHUNKS,
-            "the rest went back to the system"
-        );
+        assert_eq!(pooled.len(), OWN.max, "the rest went back to the system");
         assert!(pooled.iter().all(|p| starts.contains(p)));
         // the next slabs carve the pooled chunks first, and write them before reading
         let mut next = Slabs::with_pool(&OWN);
         let page = next.filled(&[2; PAGE_SIZE]);
         assert!(pooled.contains(&(page.as_ptr() as usize)));
         assert!(page.iter().all(|&b| b == 2));
-        assert_eq!(OWN.lock().len(), POOL_CHUNKS - 1);
+        assert_eq!(OWN.lock().len(), OWN.max - 1);
     }
 }
