@@ -2,11 +2,21 @@
 
     python -m bench.guest_images DOMAIN OUT_PREFIX [--count 4] [--interval 1.0]
         [--uri qemu:///system]
+    python -m bench.guest_images --boot MIB OUT_PREFIX [--settle 10] [...]
 
 Reads the guest's physical memory through libvirt's ``virDomainMemoryPeek``
 (``VIR_MEMORY_PHYSICAL``, 64 KiB per call, the API's limit) and writes
 ``OUT_PREFIX.0.raw`` ...; the guest runs ``interval`` seconds between two images. The
 guest is paused while each image is read, so every image is one consistent moment.
+
+``--boot MIB`` takes the images of the test suite's own guest instead of a running
+domain: Debian's cloud kernel and the suite's busybox initramfs (built on first use,
+``tests/system/guest.py``) running ``novacron.workload`` (copies of one binary, text,
+random data, then a little of each rewritten every 0.2 s), MIB of memory, one vCPU, TCG.
+It is started as a transient domain (on the local ``libvirtd``, which is started first,
+as the system tests do, when it does not answer), imaged ``--settle`` seconds after its
+workload is ready, and destroyed afterwards. The images of
+``docs/benchmarks-page-engine.md`` were taken so.
 
 Physical addresses 0 to the guest's memory size are RAM only on a small guest: on a PC
 machine with more than about 3 GiB, part of it lies above 4 GiB, past the PCI hole. For
@@ -17,11 +27,23 @@ FILE``), which ``bench/pagebench.py`` reads as images (``bench/memory_image.py``
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
+import sys
+import tempfile
 import time
-from collections.abc import Iterator
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import libvirt
+
+if not __package__:  # run as `python bench/guest_images.py`: the repository's packages first
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.system import guest
+from tests.system.libvirt_host import LibvirtHost
 
 CHUNK = 64 * 1024  # virDomainMemoryPeek refuses more per call
 
@@ -59,22 +81,113 @@ def capture(dom: libvirt.virDomain, count: int, interval: float) -> Iterator[byt
         yield image
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("domain")
-    parser.add_argument("prefix", type=Path)
+def workload_domain_xml(
+    images: guest.GuestImages, name: str, memory_mib: int, console: Path, emulator: str
+) -> str:
+    """A one-vCPU TCG PC booting ``images`` with the workload, its serial console
+    appended to ``console`` (no balloon: the guest keeps all its memory)."""
+    dom = ET.Element("domain", type="qemu")
+    ET.SubElement(dom, "name").text = name
+    ET.SubElement(dom, "memory", unit="MiB").text = str(memory_mib)
+    ET.SubElement(dom, "vcpu").text = "1"
+    os_el = ET.SubElement(dom, "os")
+    # (the PC machine: RAM up to 3.5 GiB lies at 0..size, where `capture` reads it)
+    ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
+    ET.SubElement(os_el, "kernel").text = str(images.kernel)
+    ET.SubElement(os_el, "initrd").text = str(images.initrd)
+    ET.SubElement(os_el, "cmdline").text = f"{images.cmdline} novacron.workload"
+    devices = ET.SubElement(dom, "devices")
+    ET.SubElement(devices, "emulator").text = emulator
+    serial = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(serial, "source", path=str(console), append="on")
+    ET.SubElement(devices, "memballoon", model="none")
+    return ET.tostring(dom, encoding="unicode")
+
+
+@contextmanager
+def workload_guest(
+    conn: libvirt.virConnect,
+    memory_mib: int,
+    settle: float,
+    name: str = "novacron-pagebench",
+    timeout: float = 300.0,
+) -> Iterator[libvirt.virDomain]:
+    """The suite's guest running its workload (see the module's text), ``settle``
+    seconds after the workload said it is ready; destroyed when the block ends."""
+    images = guest.build()
+    emulator = shutil.which("qemu-system-x86_64")
+    if emulator is None:
+        raise SystemExit("qemu-system-x86_64 is not installed (run ./bootstrap.sh test)")
+    with tempfile.TemporaryDirectory(prefix="novacron-pagebench-") as tmp:
+        Path(tmp).chmod(0o755)  # (QEMU may run as another user)
+        console = Path(tmp) / "console.log"
+        xml = workload_domain_xml(images, name, memory_mib, console, emulator)
+        dom = conn.createXML(xml, 0)
+        try:
+            deadline = time.monotonic() + timeout
+            while guest.WORKLOAD_MARKER not in _text(console):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"the guest's workload did not start: {_text(console)[-800:]}")
+                time.sleep(0.5)
+            time.sleep(settle)
+            yield dom
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):  # (already gone)
+                dom.destroy()
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        usage="python -m bench.guest_images (DOMAIN | --boot MIB) OUT_PREFIX [options]",
+    )
+    parser.add_argument("target", nargs="+", metavar="ARG", help="[DOMAIN] OUT_PREFIX")
+    parser.add_argument("--boot", type=int, metavar="MIB", help="image the suite's guest")
+    parser.add_argument("--settle", type=float, default=10.0, help="with --boot (seconds)")
     parser.add_argument("--count", type=int, default=4)
     parser.add_argument("--interval", type=float, default=1.0)
     parser.add_argument("--uri", default="qemu:///system")
-    args = parser.parse_args()
-    conn = libvirt.open(args.uri)
+    args = parser.parse_args(argv)
+    if len(args.target) != (1 if args.boot is not None else 2):
+        parser.error("give DOMAIN OUT_PREFIX, or --boot MIB OUT_PREFIX")
+    if args.boot is not None and not 128 <= args.boot <= 3072:
+        # (the workload's files live in RAM; above 3 GiB a PC's RAM is not all at 0..size)
+        parser.error("--boot takes 128 to 3072 MiB")
+    if args.count < 1 or args.interval < 0 or args.settle < 0:
+        parser.error("--count must be at least 1, --interval and --settle not negative")
+    args.domain = None if args.boot is not None else args.target[0]
+    args.prefix = Path(args.target[-1])
+    return args
+
+
+def write_images(dom: libvirt.virDomain, prefix: Path, count: int, interval: float) -> None:
+    for n, image in enumerate(capture(dom, count, interval)):  # written while the guest runs on
+        Path(f"{prefix}.{n}.raw").write_bytes(image)
+        del image
+
+
+def main() -> None:
+    args = parse_args()
+    host = None
+    if args.boot is not None and args.uri == "qemu:///system":
+        host = LibvirtHost().start()  # (nothing started when libvirtd answers)
     try:
-        images = capture(conn.lookupByName(args.domain), args.count, args.interval)
-        for n, image in enumerate(images):  # written while the guest runs on
-            Path(f"{args.prefix}.{n}.raw").write_bytes(image)
-            del image
+        conn = libvirt.open(args.uri)
+        try:
+            if args.boot is None:
+                write_images(conn.lookupByName(args.domain), args.prefix, args.count, args.interval)
+            else:
+                with workload_guest(conn, args.boot, args.settle) as dom:
+                    write_images(dom, args.prefix, args.count, args.interval)
+        finally:
+            conn.close()
     finally:
-        conn.close()
+        if host is not None:
+            host.stop()
 
 
 if __name__ == "__main__":

@@ -8,28 +8,27 @@ import time
 from pathlib import Path
 
 import libvirt
+import pytest
 from bench import memory_image
-from bench.guest_images import capture, memory_bytes, read_image
+from bench.guest_images import capture, memory_bytes, read_image, workload_guest
 from bench.pagebench import run
 
 from tests.daemon_harness import Daemon
 from tests.system import guest
-from tests.system.libvirt_host import URI
+from tests.system.libvirt_host import URI, LibvirtHost
 from tests.system.test_guest_lifecycle import wait_console
 
 
-def test_rounds_of_a_running_guest_round_trip(
-    system_daemon: Daemon, guest_images: guest.GuestImages
-) -> None:
-    with system_daemon.client(timeout=300) as c:
-        c.call("vm.create", **guest_images.vm("pagebench", options="novacron.workload"))
-        wait_console(c, "pagebench", guest.WORKLOAD_MARKER, timeout=180)
-        conn = libvirt.open(URI)
-        try:
-            images = list(capture(conn.lookupByName("pagebench"), count=3, interval=1.0))
-        finally:
-            conn.close()
-        c.call("vm.delete", name="pagebench", force=True)
+def test_rounds_of_a_running_guest_round_trip(libvirt_host: LibvirtHost) -> None:
+    # the suite's guest as `python -m bench.guest_images --boot 128 ...` boots it
+    conn = libvirt.open(URI)
+    try:
+        with workload_guest(conn, 128, settle=1.0, name="pagebench") as dom:
+            images = list(capture(dom, count=3, interval=1.0))
+        with pytest.raises(libvirt.libvirtError):
+            conn.lookupByName("pagebench")  # destroyed, and transient: gone
+    finally:
+        conn.close()
     assert len(images[0]) == 128 * 1024 * 1024
     rounds = run(images, threads=1, compression="lz4", cache_pages=len(images[0]) // 4096)
     assert all(r["verified"] for r in rounds)
