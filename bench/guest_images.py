@@ -15,8 +15,8 @@ domain: Debian's cloud kernel and the suite's busybox initramfs (built on first 
 random data, then a little of each rewritten every 0.2 s), MIB of memory, one vCPU, TCG.
 It is started as a transient domain (on the local ``libvirtd``, which is started first,
 as the system tests do, when it does not answer), imaged ``--settle`` seconds after its
-workload is ready, and destroyed afterwards. The images of
-``docs/benchmarks-page-engine.md`` were taken so.
+workload is ready, and destroyed afterwards (session 32's images in
+``docs/benchmarks-page-engine.md`` were taken so).
 
 Physical addresses 0 to the guest's memory size are RAM only on a small guest: on a PC
 machine with more than about 3 GiB, part of it lies above 4 GiB, past the PCI hole. For
@@ -32,7 +32,6 @@ import shutil
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,29 +80,6 @@ def capture(dom: libvirt.virDomain, count: int, interval: float) -> Iterator[byt
         yield image
 
 
-def workload_domain_xml(
-    images: guest.GuestImages, name: str, memory_mib: int, console: Path, emulator: str
-) -> str:
-    """A one-vCPU TCG PC booting ``images`` with the workload, its serial console
-    appended to ``console`` (no balloon: the guest keeps all its memory)."""
-    dom = ET.Element("domain", type="qemu")
-    ET.SubElement(dom, "name").text = name
-    ET.SubElement(dom, "memory", unit="MiB").text = str(memory_mib)
-    ET.SubElement(dom, "vcpu").text = "1"
-    os_el = ET.SubElement(dom, "os")
-    # (the PC machine: RAM up to 3.5 GiB lies at 0..size, where `capture` reads it)
-    ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
-    ET.SubElement(os_el, "kernel").text = str(images.kernel)
-    ET.SubElement(os_el, "initrd").text = str(images.initrd)
-    ET.SubElement(os_el, "cmdline").text = f"{images.cmdline} novacron.workload"
-    devices = ET.SubElement(dom, "devices")
-    ET.SubElement(devices, "emulator").text = emulator
-    serial = ET.SubElement(devices, "serial", type="file")
-    ET.SubElement(serial, "source", path=str(console), append="on")
-    ET.SubElement(devices, "memballoon", model="none")
-    return ET.tostring(dom, encoding="unicode")
-
-
 @contextmanager
 def workload_guest(
     conn: libvirt.virConnect,
@@ -121,7 +97,7 @@ def workload_guest(
     with tempfile.TemporaryDirectory(prefix="novacron-pagebench-") as tmp:
         Path(tmp).chmod(0o755)  # (QEMU may run as another user)
         console = Path(tmp) / "console.log"
-        xml = workload_domain_xml(images, name, memory_mib, console, emulator)
+        xml = images.domain_xml(name, memory_mib, console, emulator)
         dom = conn.createXML(xml, 0)
         try:
             deadline = time.monotonic() + timeout

@@ -33,7 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -171,21 +170,8 @@ def shape(hosts: TwoHosts, mbit: int) -> None:
 
 
 def guest_xml(name: str, memory_mib: int, images: guest.GuestImages, hosts: TwoHosts) -> str:
-    dom = ET.Element("domain", type="qemu")
-    ET.SubElement(dom, "name").text = name
-    ET.SubElement(dom, "memory", unit="MiB").text = str(memory_mib)
-    ET.SubElement(dom, "vcpu").text = "1"
-    os_el = ET.SubElement(dom, "os")
-    ET.SubElement(os_el, "type", arch="x86_64").text = "hvm"
-    ET.SubElement(os_el, "kernel").text = str(images.kernel)
-    ET.SubElement(os_el, "initrd").text = str(images.initrd)
-    ET.SubElement(os_el, "cmdline").text = f"{images.cmdline} {CMDLINE}"
-    devices = ET.SubElement(dom, "devices")
-    ET.SubElement(devices, "emulator").text = str(hosts.qemu_wrapper)
-    serial = ET.SubElement(devices, "serial", type="file")
-    ET.SubElement(serial, "source", path=str(native_console(hosts, name)), append="on")
-    ET.SubElement(devices, "memballoon", model="none")
-    return ET.tostring(dom, encoding="unicode")
+    console = native_console(hosts, name)
+    return images.domain_xml(name, memory_mib, console, hosts.qemu_wrapper, CMDLINE)
 
 
 CMDLINE = "novacron.workload novacron.bench"

@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,34 @@ class GuestImages:
             "start": True,
             **extra,
         }
+
+    def domain_xml(
+        self,
+        name: str,
+        memory_mib: int,
+        console: Path,
+        emulator: str | Path,
+        options: str = "novacron.workload",
+    ) -> str:
+        """The domain XML of a one-vCPU TCG PC booting these images, for libvirt directly
+        (no daemon): ``options`` on the kernel command line, the serial console appended
+        to ``console``, no balloon (the guest keeps all its memory). On the PC machine a
+        guest's RAM up to 3.5 GiB lies at physical addresses 0..size."""
+        dom = ET.Element("domain", type="qemu")
+        ET.SubElement(dom, "name").text = name
+        ET.SubElement(dom, "memory", unit="MiB").text = str(memory_mib)
+        ET.SubElement(dom, "vcpu").text = "1"
+        os_el = ET.SubElement(dom, "os")
+        ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
+        ET.SubElement(os_el, "kernel").text = str(self.kernel)
+        ET.SubElement(os_el, "initrd").text = str(self.initrd)
+        ET.SubElement(os_el, "cmdline").text = f"{self.cmdline} {options}".rstrip()
+        devices = ET.SubElement(dom, "devices")
+        ET.SubElement(devices, "emulator").text = str(emulator)
+        serial = ET.SubElement(devices, "serial", type="file")
+        ET.SubElement(serial, "source", path=str(console), append="on")
+        ET.SubElement(devices, "memballoon", model="none")
+        return ET.tostring(dom, encoding="unicode")
 
 
 def _run(*argv: str, cwd: Path | None = None) -> str:

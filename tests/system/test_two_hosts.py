@@ -10,7 +10,6 @@ import secrets
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,24 +30,6 @@ def hosts(libvirt_host: LibvirtHost) -> Iterator[TwoHosts]:
         pair.stop()
 
 
-def guest_xml(name: str, images: guest.GuestImages, emulator: Path, console: Path) -> str:
-    dom = ET.Element("domain", type="qemu")
-    ET.SubElement(dom, "name").text = name
-    ET.SubElement(dom, "memory", unit="MiB").text = "128"
-    ET.SubElement(dom, "vcpu").text = "1"
-    os_el = ET.SubElement(dom, "os")
-    ET.SubElement(os_el, "type", arch="x86_64").text = "hvm"
-    ET.SubElement(os_el, "kernel").text = str(images.kernel)
-    ET.SubElement(os_el, "initrd").text = str(images.initrd)
-    ET.SubElement(os_el, "cmdline").text = images.cmdline + " novacron.workload"
-    devices = ET.SubElement(dom, "devices")
-    ET.SubElement(devices, "emulator").text = str(emulator)
-    serial = ET.SubElement(devices, "serial", type="file")
-    ET.SubElement(serial, "source", path=str(console), append="on")
-    ET.SubElement(devices, "memballoon", model="none")
-    return ET.tostring(dom, encoding="unicode")
-
-
 def wait_for(path: Path, needle: str, timeout: float = 180, after: int = 0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -63,7 +44,7 @@ def boot(hosts: TwoHosts, name: str, images: guest.GuestImages) -> tuple[Path, i
     """Defines and starts a workload guest on hosta; its console and tick count so far."""
     console = hosts.a.root.parent / f"{name}.console"
     xml_path = hosts.a.root.parent / f"{name}.xml"
-    xml_path.write_text(guest_xml(name, images, hosts.qemu_wrapper, console))
+    xml_path.write_text(images.domain_xml(name, 128, console, hosts.qemu_wrapper))
     hosts.a.virsh("define", str(xml_path))
     hosts.a.virsh("start", name)
     wait_for(console, guest.WORKLOAD_MARKER)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from bench.guest_images import memory_bytes, parse_args, workload_domain_xml
+from bench.guest_images import memory_bytes, parse_args
 
 from tests.system.guest import GuestImages
 
@@ -62,9 +62,10 @@ def test_what_cannot_be_imaged_is_refused_before_anything_starts(
     assert "error:" in capsys.readouterr().err
 
 
-def test_the_suites_guest_is_a_tcg_domain_running_the_workload_with_all_its_memory() -> None:
+def test_the_suites_guest_is_a_tcg_pc_running_the_workload_with_all_its_memory() -> None:
+    # (what --boot starts: tests.system.guest.GuestImages.domain_xml)
     images = GuestImages(kernel=Path("/cache/vmlinuz"), initrd=Path("/cache/initrd.cpio"))
-    xml = workload_domain_xml(images, "pb", 1024, Path("/tmp/x/console.log"), "/usr/bin/qemu")
+    xml = images.domain_xml("pb", 1024, Path("/tmp/x/console.log"), "/usr/bin/qemu")
     dom = ET.fromstring(xml)
     assert dom.get("type") == "qemu"
     assert dom.find("os/type").get("machine") == "pc"  # type: ignore[union-attr]
