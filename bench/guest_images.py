@@ -42,7 +42,8 @@ if not __package__:  # run as `python bench/guest_images.py`: the repository's p
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.system import guest
-from tests.system.libvirt_host import LibvirtHost
+from tests.system.libvirt_host import URI, LibvirtHost
+from tests.system.nodes import wait_until
 
 CHUNK = 64 * 1024  # virDomainMemoryPeek refuses more per call
 
@@ -100,11 +101,10 @@ def workload_guest(
         xml = images.domain_xml(name, memory_mib, console, emulator)
         dom = conn.createXML(xml, 0)
         try:
-            deadline = time.monotonic() + timeout
-            while guest.WORKLOAD_MARKER not in _text(console):
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"the guest's workload did not start: {_text(console)[-800:]}")
-                time.sleep(0.5)
+            try:
+                wait_until(lambda: guest.WORKLOAD_MARKER in _text(console), timeout, "its workload")
+            except AssertionError as timed_out:
+                raise SystemExit(f"{timed_out}: {_text(console)[-800:]}") from None
             time.sleep(settle)
             yield dom
         finally:
@@ -126,7 +126,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=10.0, help="with --boot (seconds)")
     parser.add_argument("--count", type=int, default=4)
     parser.add_argument("--interval", type=float, default=1.0)
-    parser.add_argument("--uri", default="qemu:///system")
+    parser.add_argument("--uri", default=URI)
     args = parser.parse_args(argv)
     if len(args.target) != (1 if args.boot is not None else 2):
         parser.error("give DOMAIN OUT_PREFIX, or --boot MIB OUT_PREFIX")
@@ -149,7 +149,7 @@ def write_images(dom: libvirt.virDomain, prefix: Path, count: int, interval: flo
 def main() -> None:
     args = parse_args()
     host = None
-    if args.boot is not None and args.uri == "qemu:///system":
+    if args.boot is not None and args.uri == URI:
         host = LibvirtHost().start()  # (nothing started when libvirtd answers)
     try:
         conn = libvirt.open(args.uri)
