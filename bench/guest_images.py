@@ -102,18 +102,18 @@ def workload_guest(
         dom = conn.createXML(xml, 0)
         try:
             try:
-                wait_until(lambda: guest.WORKLOAD_MARKER in _text(console), timeout, "its workload")
+                wait_until(
+                    lambda: guest.WORKLOAD_MARKER in guest.console_text(console),
+                    timeout,
+                    "its workload",
+                )
             except AssertionError as timed_out:
-                raise SystemExit(f"{timed_out}: {_text(console)[-800:]}") from None
+                raise SystemExit(f"{timed_out}: {guest.console_text(console)[-800:]}") from None
             time.sleep(settle)
             yield dom
         finally:
             with contextlib.suppress(libvirt.libvirtError):  # (already gone)
                 dom.destroy()
-
-
-def _text(path: Path) -> str:
-    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -217,6 +217,11 @@ class GuestImages:
         return ET.tostring(dom, encoding="unicode")
 
 
+def console_text(path: Path) -> str:
+    """What a guest's console log holds so far ("" before QEMU creates it)."""
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
 def _run(*argv: str, cwd: Path | None = None) -> str:
     done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
     if done.returncode != 0:

@@ -17,8 +17,7 @@ from tests.system.libvirt_host import URI
 
 
 def console(vm: dict) -> str:
-    path = Path(vm["console_log"])
-    return path.read_text(errors="replace") if path.exists() else ""
+    return guest.console_text(Path(vm["console_log"]))
 
 
 def wait_console(

@@ -21,8 +21,7 @@ MEMORY_MIB = 128
 
 
 def console(node: Node, vm: str) -> str:
-    path = node.console(vm)
-    return path.read_text(errors="replace") if path.exists() else ""
+    return guest.console_text(node.console(vm))
 
 
 def links(node: Node) -> dict[str, dict[str, Any]]:

@@ -33,10 +33,10 @@ def hosts(libvirt_host: LibvirtHost) -> Iterator[TwoHosts]:
 def wait_for(path: Path, needle: str, timeout: float = 180, after: int = 0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if path.exists() and needle in path.read_text(errors="replace")[after:]:
+        if needle in guest.console_text(path)[after:]:
             return
         time.sleep(0.25)
-    text = path.read_text(errors="replace") if path.exists() else ""
+    text = guest.console_text(path)
     raise AssertionError(f"{needle!r} not in {path}: {text[-1500:]}")
 
 
