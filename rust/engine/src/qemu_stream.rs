@@ -587,6 +587,11 @@ impl StreamSplitter {
             if !setup {
                 return Err(Step::GiveUp("RAM size record outside setup"));
             }
+            if !self.blocks.is_empty() {
+                // (QEMU announces its RAMBlocks once a stream; pages already split
+                // name blocks of the first list)
+                return Err(Step::GiveUp("a second RAM size record"));
+            }
             let mut blocks = Vec::new();
             let mut seen = 0u64;
             let mut first_page = 0u64;
@@ -610,6 +615,7 @@ impl StreamSplitter {
                 return Err(Step::GiveUp("RAMBlocks do not add up to the RAM size"));
             }
             self.blocks = blocks;
+            self.current_block = None;
             return Ok(Record::Size);
         }
         if flags & FLAG_EOS != 0 {
@@ -629,7 +635,10 @@ impl StreamSplitter {
                 .position(|b| b.name == name)
                 .ok_or(Step::GiveUp("a RAMBlock the stream did not announce"))?
         };
-        let info = &self.blocks[block];
+        let info = self
+            .blocks
+            .get(block)
+            .ok_or(Step::GiveUp("a RAMBlock the stream did not announce"))?;
         if addr >= info.length {
             return Err(Step::GiveUp("a page beyond its RAMBlock"));
         }

@@ -243,6 +243,31 @@ fn other_streams_and_unknown_records_pass_through() {
 }
 
 #[test]
+fn a_second_ram_size_record_passes_the_rest_through() {
+    // (found by the `split` fuzz target: a second list, empty, then a CONTINUE page
+    // naming the block of the first list indexed past the end of the second)
+    for second in [&[][..], &[(&b"pc.ram"[..], 4096u64)][..]] {
+        let mut s = Stream::default();
+        s.header();
+        s.section_start(SECTION_START, 2, b"ram")
+            .ram_setup(&[(b"pc.ram", 8192)])
+            .page(b"pc.ram", false, 0, 1)
+            .eos()
+            .footer(2);
+        s.section_start(SECTION_START, 3, b"ram");
+        let mut tail = Stream::default();
+        tail.ram_setup(second);
+        s.put(&tail.bytes);
+        s.put(&(4096 | FLAG_PAGE | FLAG_CONTINUE).to_be_bytes());
+        s.put(&[5u8; PAGE_SIZE]);
+        let (pieces, sp) = split(&s.bytes, &[1000]);
+        assert_eq!(join(&pieces), s.bytes);
+        assert_eq!(pages(&pieces).len(), 1, "the page before it still splits");
+        assert_eq!(sp.passthrough_reason(), Some("a second RAM size record"));
+    }
+}
+
+#[test]
 fn a_truncated_stream_ends_verbatim() {
     let s = migration();
     let cut = &s.bytes[..s.bytes.len() / 2];
