@@ -43,7 +43,6 @@ if not __package__:  # run as `python bench/guest_images.py`: the repository's p
 
 from tests.system import guest
 from tests.system.libvirt_host import URI, LibvirtHost
-from tests.system.nodes import wait_until
 
 CHUNK = 64 * 1024  # virDomainMemoryPeek refuses more per call
 
@@ -102,13 +101,9 @@ def workload_guest(
         dom = conn.createXML(xml, 0)
         try:
             try:
-                wait_until(
-                    lambda: guest.WORKLOAD_MARKER in guest.console_text(console),
-                    timeout,
-                    "its workload",
-                )
+                guest.wait_for_console(console, guest.WORKLOAD_MARKER, timeout)
             except AssertionError as timed_out:
-                raise SystemExit(f"{timed_out}: {guest.console_text(console)[-800:]}") from None
+                raise SystemExit(f"the guest's workload did not start: {timed_out}") from None
             time.sleep(settle)
             yield dom
         finally:

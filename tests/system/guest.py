@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,17 @@ class GuestImages:
 def console_text(path: Path) -> str:
     """What a guest's console log holds so far ("" before QEMU creates it)."""
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def wait_for_console(path: Path, needle: str, timeout: float = 180, after: int = 0) -> None:
+    """Returns once ``needle`` is in the console log past its first ``after`` characters;
+    AssertionError with the log's tail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in console_text(path)[after:]:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"{needle!r} not in {path}: {console_text(path)[-1500:]}")
 
 
 def _run(*argv: str, cwd: Path | None = None) -> str:

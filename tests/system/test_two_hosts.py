@@ -9,7 +9,6 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,16 +29,6 @@ def hosts(libvirt_host: LibvirtHost) -> Iterator[TwoHosts]:
         pair.stop()
 
 
-def wait_for(path: Path, needle: str, timeout: float = 180, after: int = 0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if needle in guest.console_text(path)[after:]:
-            return
-        time.sleep(0.25)
-    text = guest.console_text(path)
-    raise AssertionError(f"{needle!r} not in {path}: {text[-1500:]}")
-
-
 def boot(hosts: TwoHosts, name: str, images: guest.GuestImages) -> tuple[Path, int]:
     """Defines and starts a workload guest on hosta; its console and tick count so far."""
     console = hosts.a.root.parent / f"{name}.console"
@@ -47,7 +36,7 @@ def boot(hosts: TwoHosts, name: str, images: guest.GuestImages) -> tuple[Path, i
     xml_path.write_text(images.domain_xml(name, 128, console, hosts.qemu_wrapper))
     hosts.a.virsh("define", str(xml_path))
     hosts.a.virsh("start", name)
-    wait_for(console, guest.WORKLOAD_MARKER)
+    guest.wait_for_console(console, guest.WORKLOAD_MARKER)
     return console, console.read_text(errors="replace").count(guest.TICK)
 
 
@@ -63,7 +52,7 @@ def test_libvirt_live_migration_between_the_two_hosts(
     assert "running" in b.virsh("domstate", "g1")
     assert "g1" not in a.virsh("list", "--all", "--name")
     # the guest goes on ticking on hostb, with its memory intact (the workload checks it)
-    wait_for(console, f"{guest.TICK} {ticks + 3}", timeout=120)
+    guest.wait_for_console(console, f"{guest.TICK} {ticks + 3}", timeout=120)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -125,7 +114,7 @@ def test_live_migration_through_the_novacron_data_path(
             f.close()
     assert "running" in b.virsh("domstate", "g2")
     assert "g2" not in a.virsh("list", "--all", "--name")
-    wait_for(console, f"{guest.TICK} {ticks + 3}", timeout=120)
+    guest.wait_for_console(console, f"{guest.TICK} {ticks + 3}", timeout=120)
     s, d = json.loads(src_stats.read_text()), json.loads(dest_stats.read_text())
     assert s["done"] and d["done"] and d["error"] is None
     assert s["stream_bytes"] == d["stream_bytes"] > 0

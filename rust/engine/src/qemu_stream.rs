@@ -615,7 +615,6 @@ impl StreamSplitter {
                 return Err(Step::GiveUp("RAMBlocks do not add up to the RAM size"));
             }
             self.blocks = blocks;
-            self.current_block = None;
             return Ok(Record::Size);
         }
         if flags & FLAG_EOS != 0 {
