@@ -28,6 +28,13 @@ fn mostly_different(a: &[u8], b: &[u8]) -> bool {
     differ * 4 > lines * 3
 }
 
+/// Longest LEB128 varint (a `u64`).
+const MAX_VARINT: usize = 10;
+
+/// Literals this short are copied as this many bytes at once (the bytes past them are
+/// overwritten by the next run or cut off at the end).
+const OVERCOPY: usize = 16;
+
 /// Longest page whose bitmaps [`encode`] keeps on the stack.
 const STACK_BYTES: usize = crate::PAGE_SIZE;
 
@@ -61,27 +68,66 @@ fn encode_with(
     starts: &mut [u64],
 ) -> Option<Vec<u8>> {
     let len = new.len();
+    // no delta is longer than this (a run's two varints for every four bytes and one
+    // more, on top of the page), so a larger limit does not change the result; the room
+    // below is bounded by it
+    let limit = limit.min(6 * len + 2 * MAX_VARINT);
     equal_bits::fill(old, new, equal);
+    let Some(first) = equal_bits::next_clear(equal, 0).filter(|&c| c < len) else {
+        return Some(Vec::new());
+    };
     // where a literal may end: three unchanged bytes start there (or fewer, to the end:
     // the bits past the end are set)
     equal_bits::runs_of_three(equal, starts);
-    // room for the longest delta there can be, so it never grows (a growth is a copy):
-    // it is given up past `limit` plus one run's two varints (of a page's 2 bytes each)
-    let mut out = Vec::with_capacity(limit.min(len) + 8);
+    // Room for the longest delta there can be, so it never grows: it is given up past
+    // `limit` plus one run's two varints, and a literal is copied as a whole
+    // `OVERCOPY` bytes when it is shorter (one move, not a call to copy a few bytes).
+    let mut out = vec![0u8; limit + 2 * MAX_VARINT + OVERCOPY];
+    let mut at = 0;
+    // end of the last literal, and start of the open one
     let mut pos = 0;
-    while let Some(changed) = equal_bits::next_clear(equal, pos).filter(|&at| at < len) {
-        let end = equal_bits::next_set(starts, changed + 1).map_or(len, |at| at.min(len));
-        if out.len() + (end - changed) > limit {
-            return None;
+    let mut open = None;
+    // The literals, from the first changed byte on, are the bytes that no stretch of three
+    // unchanged bytes covers; their edges are found a word at a time, so that finding
+    // one does not wait on finding the last.
+    let mut below = 0u64; // the previous word's literal bits
+    for (w, &here) in starts.iter().enumerate().skip(first / 64) {
+        let before = if w == first / 64 { 0 } else { starts[w - 1] };
+        let covered = here | (here << 1) | (before >> 63) | (here << 2) | (before >> 62);
+        let mut literal = !covered;
+        if w == first / 64 {
+            literal &= !0u64 << (first % 64);
         }
-        varint::put(&mut out, (changed - pos) as u64);
-        varint::put(&mut out, (end - changed) as u64);
-        out.extend_from_slice(&new[changed..end]);
-        if out.len() > limit {
-            return None;
+        let mut edges = literal ^ ((literal << 1) | (below >> 63));
+        below = literal;
+        while edges != 0 {
+            let edge = w * 64 + edges.trailing_zeros() as usize;
+            edges &= edges - 1;
+            let Some(changed) = open.take() else {
+                open = Some(edge);
+                continue;
+            };
+            let (end, copy) = (edge, edge - changed);
+            // (`at <= limit` here: checked below)
+            if at + copy > limit {
+                return None;
+            }
+            at = varint::put_at(&mut out, at, (changed - pos) as u64);
+            at = varint::put_at(&mut out, at, copy as u64);
+            if copy <= OVERCOPY && changed + OVERCOPY <= len {
+                out[at..at + OVERCOPY].copy_from_slice(&new[changed..changed + OVERCOPY]);
+            } else {
+                out[at..at + copy].copy_from_slice(&new[changed..end]);
+            }
+            at += copy;
+            if at > limit {
+                return None;
+            }
+            pos = end;
         }
-        pos = end;
     }
+    debug_assert!(open.is_none(), "the bits past the end close every literal");
+    out.truncate(at);
     Some(out)
 }
 

@@ -12,6 +12,21 @@ pub fn put(out: &mut Vec<u8>, mut value: u64) {
     out.push(value as u8);
 }
 
+/// Writes `value` as LEB128 into `out` at `at`, returning the position after it.
+///
+/// # Panics
+/// When `out` has no room for it (up to ten bytes).
+#[inline(always)]
+pub fn put_at(out: &mut [u8], mut at: usize, mut value: u64) -> usize {
+    while value >= 0x80 {
+        out[at] = (value as u8) | 0x80;
+        value >>= 7;
+        at += 1;
+    }
+    out[at] = value as u8;
+    at + 1
+}
+
 /// Reads one LEB128 value from the front of `input`, advancing it.
 ///
 /// # Errors
@@ -73,6 +88,16 @@ mod tests {
             let mut input = &buf[..];
             prop_assert_eq!(get(&mut input).unwrap(), v);
             prop_assert!(input.is_empty());
+        }
+
+        #[test]
+        fn put_at_writes_what_put_appends(v in any::<u64>(), at in 0usize..4) {
+            let mut appended = Vec::new();
+            put(&mut appended, v);
+            let mut buf = [0xaau8; 16];
+            let end = put_at(&mut buf, at, v);
+            prop_assert_eq!(&buf[at..end], &appended[..]);
+            prop_assert!(buf[..at].iter().chain(&buf[end..]).all(|&b| b == 0xaa));
         }
 
         #[test]
