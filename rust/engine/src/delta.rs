@@ -5,6 +5,8 @@
 //! then `copy` bytes are replaced. The pairs must cover the page exactly (a trailing
 //! unchanged run is implied).
 
+use std::cell::RefCell;
+
 use crate::error::{EngineError, Result};
 use crate::{equal_bits, varint};
 
@@ -53,20 +55,13 @@ pub fn encode(old: &[u8], new: &[u8], limit: usize) -> Option<Vec<u8>> {
     let words = equal_bits::words_for(new.len());
     if new.len() <= STACK_BYTES {
         let mut equal = [0u64; equal_bits::words_for(STACK_BYTES)];
-        let mut starts = [0u64; equal_bits::words_for(STACK_BYTES)];
-        encode_with(old, new, limit, &mut equal[..words], &mut starts[..words])
+        encode_with(old, new, limit, &mut equal[..words])
     } else {
-        encode_with(old, new, limit, &mut vec![0; words], &mut vec![0; words])
+        encode_with(old, new, limit, &mut vec![0; words])
     }
 }
 
-fn encode_with(
-    old: &[u8],
-    new: &[u8],
-    limit: usize,
-    equal: &mut [u64],
-    starts: &mut [u64],
-) -> Option<Vec<u8>> {
+fn encode_with(old: &[u8], new: &[u8], limit: usize, equal: &mut [u64]) -> Option<Vec<u8>> {
     let len = new.len();
     // no delta is longer than this (a run's two varints for every four bytes and one
     // more, on top of the page), so a larger limit does not change the result; the room
@@ -76,13 +71,36 @@ fn encode_with(
     let Some(first) = equal_bits::next_clear(equal, 0).filter(|&c| c < len) else {
         return Some(Vec::new());
     };
-    // where a literal may end: three unchanged bytes start there (or fewer, to the end:
-    // the bits past the end are set)
-    equal_bits::runs_of_three(equal, starts);
-    // Room for the longest delta there can be, so it never grows: it is given up past
-    // `limit` plus one run's two varints, and a literal is copied as a whole
-    // `OVERCOPY` bytes when it is shorter (one move, not a call to copy a few bytes).
-    let mut out = vec![0u8; limit + 2 * MAX_VARINT + OVERCOPY];
+    // Room for the longest delta there can be: it is given up past `limit` plus one
+    // run's two varints, and a literal is copied as a whole `OVERCOPY` bytes when it is
+    // shorter (one move, not a call to copy a few bytes).
+    let room = limit + 2 * MAX_VARINT + OVERCOPY;
+    SCRATCH.with_borrow_mut(|out| {
+        if out.len() < room {
+            out.resize(room, 0);
+        }
+        let at = write_runs(new, limit, first, equal, &mut out[..room])?;
+        Some(out[..at].to_vec())
+    })
+}
+
+thread_local! {
+    /// Where a delta is written before it is copied out at its length: room for the
+    /// longest, zeroed once a thread rather than once a page.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Writes the delta's runs into `out` (room for `limit` bytes, one more run's varints and
+/// `OVERCOPY` bytes), from the first changed byte `first` on; returns its length, or
+/// `None` past `limit`. `equal`: the pages' equality bitmap.
+fn write_runs(
+    new: &[u8],
+    limit: usize,
+    first: usize,
+    equal: &[u64],
+    out: &mut [u8],
+) -> Option<usize> {
+    let len = new.len();
     let mut at = 0;
     // end of the last literal, and start of the open one
     let mut pos = 0;
@@ -91,8 +109,26 @@ fn encode_with(
     // unchanged bytes covers; their edges are found a word at a time, so that finding
     // one does not wait on finding the last.
     let mut below = 0u64; // the previous word's literal bits
-    for (w, &here) in starts.iter().enumerate().skip(first / 64) {
-        let before = if w == first / 64 { 0 } else { starts[w - 1] };
+    let mut w = first / 64;
+    while w < equal.len() {
+        if below >> 63 == 0 {
+            // no literal open: words with every byte unchanged neither start nor end one
+            let Some(skip) = equal[w..].iter().position(|&e| e != !0) else {
+                break;
+            };
+            if skip > 0 {
+                w += skip;
+                below = 0;
+            }
+        }
+        // where a literal may end: three unchanged bytes start there (or fewer, to the
+        // end: the bits past the end are set)
+        let here = equal_bits::run_of_three(equal, w);
+        let before = if w == first / 64 {
+            0
+        } else {
+            equal_bits::run_of_three(equal, w - 1)
+        };
         let covered = here | (here << 1) | (before >> 63) | (here << 2) | (before >> 62);
         let mut literal = !covered;
         if w == first / 64 {
@@ -112,8 +148,8 @@ fn encode_with(
             if at + copy > limit {
                 return None;
             }
-            at = varint::put_at(&mut out, at, (changed - pos) as u64);
-            at = varint::put_at(&mut out, at, copy as u64);
+            at = varint::put_at(out, at, (changed - pos) as u64);
+            at = varint::put_at(out, at, copy as u64);
             if copy <= OVERCOPY && changed + OVERCOPY <= len {
                 out[at..at + OVERCOPY].copy_from_slice(&new[changed..changed + OVERCOPY]);
             } else {
@@ -125,10 +161,10 @@ fn encode_with(
             }
             pos = end;
         }
+        w += 1;
     }
     debug_assert!(open.is_none(), "the bits past the end close every literal");
-    out.truncate(at);
-    Some(out)
+    Some(at)
 }
 
 /// Applies `delta` to `page` in place.

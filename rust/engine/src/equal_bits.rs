@@ -135,16 +135,15 @@ pub(crate) fn next_clear(bits: &[u64], from: usize) -> Option<usize> {
     }
 }
 
-/// Bit `i` set when bits `i`, `i + 1` and `i + 2` of `bits` all are (the last word's
-/// missing neighbours taken as set), into `out` (as long as `bits`).
-pub(crate) fn runs_of_three(bits: &[u64], out: &mut [u64]) {
-    for (w, slot) in out.iter_mut().enumerate().take(bits.len()) {
-        let here = bits[w];
-        let next = bits.get(w + 1).copied().unwrap_or(!0);
-        let one = (here >> 1) | (next << 63);
-        let two = (here >> 2) | (next << 62);
-        *slot = here & one & two;
-    }
+/// Word `w` of the bitmap whose bit `i` is set when bits `i`, `i + 1` and `i + 2` of
+/// `bits` all are (the last word's missing neighbours taken as set).
+#[inline]
+pub(crate) fn run_of_three(bits: &[u64], w: usize) -> u64 {
+    let here = bits[w];
+    let next = bits.get(w + 1).copied().unwrap_or(!0);
+    let one = (here >> 1) | (next << 63);
+    let two = (here >> 2) | (next << 62);
+    here & one & two
 }
 
 #[cfg(test)]
@@ -199,13 +198,11 @@ mod tests {
         }
 
         #[test]
-        fn runs_of_three_by_its_rule(words in proptest::collection::vec(any::<u64>(), 1..6)) {
+        fn run_of_three_by_its_rule(words in proptest::collection::vec(any::<u64>(), 1..6)) {
             let bit = |i: usize| words.get(i / 64).is_none_or(|w| w >> (i % 64) & 1 == 1);
-            let mut out = vec![0u64; words.len()];
-            runs_of_three(&words, &mut out);
             for i in 0..words.len() * 64 {
                 let want = bit(i) && bit(i + 1) && bit(i + 2);
-                prop_assert_eq!(out[i / 64] >> (i % 64) & 1 == 1, want, "bit {}", i);
+                prop_assert_eq!(run_of_three(&words, i / 64) >> (i % 64) & 1 == 1, want, "bit {}", i);
             }
         }
     }
