@@ -10,6 +10,7 @@ import secrets
 import shutil
 import socket
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,7 @@ def test_prepare_places_answers_and_cleans_up_on_abort(node: Node) -> None:
         peer.call("migration.abort", op=again["op"])
 
 
-def test_prepare_refusals(node: Node) -> None:
+def test_prepare_refusals(node: Node, tmp_path: Path) -> None:
     with node.daemon.client() as c:
         c.call("vm.create", name="taken", memory_mib=64)
         c.call("quota.set", tenant="tiny", max_vms=0)
@@ -122,6 +123,13 @@ def test_prepare_refusals(node: Node) -> None:
         missing = source_xml("e", disks=(DiskSpec(path="/nonexistent/e.qcow2"),))
         with pytest.raises(errors.NotFound, match="not reachable"):
             prepare(peer, "e", missing)
+        # an overlay that is here, over a base image that is not (left on the source)
+        overlay = tmp_path / "overlay.qcow2"
+        create = ["qemu-img", "create", "-f", "qcow2", "-u", "-b", "base.qcow2", "-F", "qcow2"]
+        subprocess.run([*create, str(overlay), "1M"], check=True, capture_output=True)
+        no_base = source_xml("b", disks=(DiskSpec(path=str(overlay)),))
+        with pytest.raises(errors.NotFound, match=r"backing file .*/base\.qcow2 of disk"):
+            prepare(peer, "b", no_base)
         with pytest.raises(errors.QuotaExceeded):
             prepare(peer, "q", source_xml("q", tenant="tiny"))
         # only <stream_dir>/<16 hex digits>/qemu.sock: no other path is made or chowned

@@ -33,7 +33,7 @@ from novacron.migration.channel import close_gently
 from novacron.migration.ops import Operation
 from novacron.migration.relay import RelayStats, announce, relay_destination, single_errors
 from novacron.migration.stream import StreamReceiver, guest_page_limit
-from novacron.vm import domain_xml
+from novacron.vm import domain_xml, qcow2
 from novacron.vm.spec import VmSpec
 
 if TYPE_CHECKING:
@@ -96,17 +96,7 @@ async def prepare(
         raise errors.InvalidParams("the domain's spec names another vm", {"vm": name})
     if not svc.channel_port:
         raise errors.Unavailable("this node does not accept migrations (no TLS listener)")
-    for disk in spec.disks:
-        if disk.managed:
-            raise errors.InvalidParams(
-                f"vm {name!r} has disks in its node's pool; storage migration is not supported",
-                {"vm": name},
-            )
-        if disk.path is not None and not await trio.Path(disk.path).exists():
-            raise errors.NotFound(
-                f"disk {disk.path} of vm {name!r} is not reachable on {svc.config.node_name}",
-                {"vm": name, "path": disk.path},
-            )
+    await check_disks(svc.config.node_name, spec)
     async with vms.tenant_lock(spec.tenant), vms.locked(name):
         if await vms.records.get(name) is not None or svc.ops.active_for(name) is not None:
             raise errors.AlreadyExists(f"vm {name!r} already exists here", {"vm": name})
@@ -155,6 +145,34 @@ async def prepare(
         "dest_xml": dest_xml,
         "node": svc.config.node_name,
     }
+
+
+async def check_disks(node: str, spec: VmSpec) -> None:
+    """Refuses a VM whose disks this node cannot open: in its node's pool (storage
+    migration is not supported), missing, or a qcow2 overlay whose backing chain names a
+    file that is missing here (a base image left on the source's local disk)."""
+    name = spec.name
+    for disk in spec.disks:
+        if disk.managed:
+            raise errors.InvalidParams(
+                f"vm {name!r} has disks in its node's pool; storage migration is not supported",
+                {"vm": name},
+            )
+        if disk.path is None:
+            continue
+        if not await trio.Path(disk.path).exists():
+            raise errors.NotFound(
+                f"disk {disk.path} of vm {name!r} is not reachable on {node}",
+                {"vm": name, "path": disk.path},
+            )
+        if disk.format == "qcow2":
+            gone = await trio.to_thread.run_sync(qcow2.first_missing, disk.path)
+            if gone is not None:
+                raise errors.NotFound(
+                    f"backing file {gone} of disk {disk.path} of vm {name!r} is not "
+                    f"reachable on {node}",
+                    {"vm": name, "path": disk.path, "backing": gone},
+                )
 
 
 async def receive(svc: MigrationService, inc: Incoming) -> None:

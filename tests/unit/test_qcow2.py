@@ -1,0 +1,117 @@
+"""Backing chains read from qcow2 headers: images made by QEMU's own ``qemu-img``, and
+headers of any bytes."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from novacron.vm import qcow2
+
+
+def qemu_img(*args: str | Path) -> None:
+    subprocess.run(["qemu-img", *map(str, args)], check=True, capture_output=True)
+
+
+def overlay(path: Path, backing: str, backing_format: str = "qcow2") -> Path:
+    """A qcow2 image over ``backing`` (as written: relative names stay relative); the
+    backing file need not exist (``-u``)."""
+    qemu_img("create", "-f", "qcow2", "-u", "-b", backing, "-F", backing_format, path, "1M")
+    return path
+
+
+def test_a_chain_is_followed_through_relative_and_absolute_names(tmp_path: Path) -> None:
+    (tmp_path / "base").mkdir()
+    base = tmp_path / "base" / "base.raw"
+    qemu_img("create", "-f", "raw", base, "1M")
+    middle = overlay(tmp_path / "base" / "middle.qcow2", "base.raw", "raw")
+    top = overlay(tmp_path / "top.qcow2", str(middle))
+    assert qcow2.backing_name(str(top)) == str(middle)
+    assert qcow2.backing_name(str(middle)) == "base.raw"  # relative to middle's directory
+    assert qcow2.backing_name(str(base)) is None  # raw: no header
+    assert qcow2.first_missing(str(top)) is None
+    base.unlink()
+    assert qcow2.first_missing(str(top)) == str(tmp_path / "base" / "base.raw")
+    assert qcow2.first_missing(str(middle)) == str(tmp_path / "base" / "base.raw")
+
+
+def test_an_image_without_a_backing_file_needs_nothing(tmp_path: Path) -> None:
+    alone = tmp_path / "alone.qcow2"
+    qemu_img("create", "-f", "qcow2", alone, "1M")
+    assert qcow2.backing_name(str(alone)) is None
+    assert qcow2.first_missing(str(alone)) is None
+    # a relative name is looked for beside the image that names it, not in the cwd
+    named = overlay(tmp_path / "named.qcow2", "elsewhere.qcow2")
+    assert qcow2.first_missing(str(named)) == str(tmp_path / "elsewhere.qcow2")
+
+
+def test_protocols_loops_and_unreadable_headers_are_left_to_qemu(tmp_path: Path) -> None:
+    nbd = overlay(tmp_path / "nbd.qcow2", "nbd://127.0.0.1:10809/export", "raw")
+    assert qcow2.first_missing(str(nbd)) is None
+    a = tmp_path / "a.qcow2"
+    qemu_img("create", "-f", "qcow2", a, "1M")
+    b = overlay(tmp_path / "b.qcow2", "a.qcow2")
+    qemu_img("rebase", "-u", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", a)
+    assert qcow2.backing_name(str(a)) == "b.qcow2"
+    assert qcow2.first_missing(str(b)) is None  # a loop: not followed forever
+    # a header whose name runs past the image's end
+    cut = tmp_path / "cut.qcow2"
+    cut.write_bytes(struct.pack(">4sIQI", b"QFI\xfb", 3, 4096, 20))
+    with pytest.raises(qcow2.UnreadableImage, match="past the image's end"):
+        qcow2.backing_name(str(cut))
+    assert qcow2.first_missing(str(cut)) is None
+    assert qcow2.first_missing(str(tmp_path / "no-such-image")) is None
+
+
+def test_a_name_that_is_not_utf8_is_unreadable(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.qcow2"
+    bad.write_bytes(struct.pack(">4sIQI", b"QFI\xfb", 2, 20, 2) + b"\xff\xfe")
+    with pytest.raises(qcow2.UnreadableImage, match="UTF-8"):
+        qcow2.backing_name(str(bad))
+
+
+@pytest.mark.parametrize(
+    ("name", "protocol"),
+    [
+        ("nbd:localhost:10809", True),
+        ('json:{"driver": "raw"}', True),
+        ("rbd:pool/image", True),
+        ("/images/a:b.qcow2", False),
+        ("base.qcow2", False),
+        ("dir/with:colon", False),
+        (":leading", False),
+    ],
+)
+def test_what_qemu_reads_as_a_protocol(name: str, protocol: bool) -> None:
+    assert qcow2.is_protocol(name) is protocol
+
+
+@given(st.binary(max_size=40))
+def test_any_header_is_read_or_refused_with_a_clear_error(head: bytes) -> None:
+    try:
+        field = qcow2.backing_field(head)
+    except qcow2.UnreadableImage:
+        assert head.startswith(qcow2.MAGIC)
+        return
+    if field is not None:
+        offset, length = field
+        assert head.startswith(qcow2.MAGIC)
+        assert offset >= qcow2.HEADER.size and 0 < length <= qcow2.MAX_NAME
+
+
+@given(
+    st.sampled_from([2, 3]),
+    st.integers(min_value=24, max_value=1 << 40),
+    st.integers(min_value=1, max_value=qcow2.MAX_NAME),
+)
+def test_a_valid_header_gives_its_field(version: int, offset: int, length: int) -> None:
+    head = struct.pack(">4sIQI", qcow2.MAGIC, version, offset, length) + os.urandom(8)
+    assert qcow2.backing_field(head) == (offset, length)
+    no_backing = struct.pack(">4sIQI", qcow2.MAGIC, version, 0, 0)
+    assert qcow2.backing_field(no_backing) is None
