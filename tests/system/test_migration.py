@@ -153,15 +153,21 @@ def test_a_guest_with_two_vcpus_disks_and_a_nic_migrates_there_and_back(
     nodes: TwoNodes, guest_images: guest.GuestImages
 ) -> None:
     """Not only the bare guest: two vCPUs, a raw disk on storage both nodes declare shared
-    (the guest keeps writing it and reads it back from the disk) and a qcow2 one (QEMU's
-    image lock passes from one QEMU to the other), an e1000 NIC on a bridge network of
+    (the guest keeps writing it and reads it back from the disk) and a qcow2 overlay over a
+    base image there (the destination finds the whole chain; QEMU's image lock passes from
+    one QEMU to the other), an e1000 NIC on a bridge network of
     the same name on both nodes. A read-only disk outside the declared storage, plugged in
     with virsh, does not stand in the way (libvirt's check leaves read-only disks out,
     and so does the declaration)."""
     a, b = nodes.a, nodes.b
     disk, qcow2 = nodes.shared / "m9.raw", nodes.shared / "m9.qcow2"
     sparse_file(disk, 16 << 20)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "64M"], check=True)
+    base = nodes.shared / "m9-base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", base.name, "-F", "qcow2", str(qcow2)],
+        check=True,
+    )
     local = local_dir()
     readonly = local / "m9-ro.raw"
     sparse_file(readonly, 1 << 20)
@@ -206,6 +212,7 @@ def test_a_guest_with_two_vcpus_disks_and_a_nic_migrates_there_and_back(
                     c.call("net.delete", name="mignet")
         disk.unlink(missing_ok=True)
         qcow2.unlink(missing_ok=True)
+        base.unlink(missing_ok=True)
         shutil.rmtree(local, ignore_errors=True)
 
 
