@@ -109,6 +109,10 @@ fn write_runs(
     // unchanged bytes covers; their edges are found a word at a time, so that finding
     // one does not wait on finding the last.
     let mut below = 0u64; // the previous word's literal bits
+                          // where a literal may end: three unchanged bytes start there (or fewer, to the end:
+                          // the bits past the end are set), for the previous word (none before the first
+                          // change's word: they would cover only bytes before the first change)
+    let mut three_below = 0u64;
     let mut w = first / 64;
     while w < equal.len() {
         if below >> 63 == 0 {
@@ -119,17 +123,12 @@ fn write_runs(
             if skip > 0 {
                 w += skip;
                 below = 0;
+                three_below = equal_bits::run_of_three(equal, w - 1);
             }
         }
-        // where a literal may end: three unchanged bytes start there (or fewer, to the
-        // end: the bits past the end are set)
         let here = equal_bits::run_of_three(equal, w);
-        let before = if w == first / 64 {
-            0
-        } else {
-            equal_bits::run_of_three(equal, w - 1)
-        };
-        let covered = here | (here << 1) | (before >> 63) | (here << 2) | (before >> 62);
+        let covered = here | (here << 1) | (three_below >> 63) | (here << 2) | (three_below >> 62);
+        three_below = here;
         let mut literal = !covered;
         if w == first / 64 {
             literal &= !0u64 << (first % 64);
