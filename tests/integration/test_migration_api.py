@@ -130,6 +130,16 @@ def test_prepare_refusals(node: Node, tmp_path: Path) -> None:
         no_base = source_xml("b", disks=(DiskSpec(path=str(overlay)),))
         with pytest.raises(errors.NotFound, match=r"backing file .*/base\.qcow2 of disk"):
             prepare(peer, "b", no_base)
+        # an image whose external data file is not here
+        own = tmp_path / "own.qcow2"
+        data = tmp_path / "own.raw"
+        make = ["qemu-img", "create", "-f", "qcow2", "-o", f"data_file={data}", str(own), "1M"]
+        subprocess.run(make, check=True, capture_output=True)
+        data.unlink()
+        no_data = source_xml("f", disks=(DiskSpec(path=str(own)),))
+        with pytest.raises(errors.NotFound, match=r"data file .*/own\.raw of disk") as caught:
+            prepare(peer, "f", no_data)
+        assert caught.value.details["data_file"] == str(data)
         with pytest.raises(errors.QuotaExceeded):
             prepare(peer, "q", source_xml("q", tenant="tiny"))
         # only <stream_dir>/<16 hex digits>/qemu.sock: no other path is made or chowned

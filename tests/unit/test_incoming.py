@@ -57,6 +57,15 @@ async def test_disks_the_destination_cannot_open_are_refused(tmp_path: Path) -> 
     assert caught.value.details == {"vm": "v", "path": str(top), "backing": str(base)}
     # a disk given as raw is opened as raw: its bytes name no backing file
     await incoming.check_disks("here", raw_named)
+    data = tmp_path / "data.raw"
+    own = tmp_path / "own.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", f"data_file={data}", str(own), "1M")
+    with_data = VmSpec("d", 1, 64, disks=(DiskSpec(path=str(own)),))
+    await incoming.check_disks("here", with_data)
+    data.unlink()
+    with pytest.raises(errors.NotFound, match=r"data file .*data\.raw of disk") as caught:
+        await incoming.check_disks("here", with_data)
+    assert caught.value.details == {"vm": "d", "path": str(own), "data_file": str(data)}
     with pytest.raises(errors.NotFound, match=r"disk /nonexistent/x\.qcow2 of vm 'x'"):
         await incoming.check_disks(
             "here", VmSpec("x", 1, 64, disks=(DiskSpec(path="/nonexistent/x.qcow2"),))

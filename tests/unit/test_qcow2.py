@@ -37,8 +37,9 @@ def test_a_chain_is_followed_through_relative_and_absolute_names(tmp_path: Path)
     assert qcow2.backing_name(str(base)) is None  # raw: no header
     assert qcow2.first_missing(str(top)) is None
     base.unlink()
-    assert qcow2.first_missing(str(top)) == str(tmp_path / "base" / "base.raw")
-    assert qcow2.first_missing(str(middle)) == str(tmp_path / "base" / "base.raw")
+    gone = qcow2.Missing(str(tmp_path / "base" / "base.raw"), "backing")
+    assert qcow2.first_missing(str(top)) == gone
+    assert qcow2.first_missing(str(middle)) == gone
 
 
 def test_an_image_without_a_backing_file_needs_nothing(tmp_path: Path) -> None:
@@ -48,7 +49,9 @@ def test_an_image_without_a_backing_file_needs_nothing(tmp_path: Path) -> None:
     assert qcow2.first_missing(str(alone)) is None
     # a relative name is looked for beside the image that names it, not in the cwd
     named = overlay(tmp_path / "named.qcow2", "elsewhere.qcow2")
-    assert qcow2.first_missing(str(named)) == str(tmp_path / "elsewhere.qcow2")
+    assert qcow2.first_missing(str(named)) == qcow2.Missing(
+        str(tmp_path / "elsewhere.qcow2"), "backing"
+    )
 
 
 def test_protocols_loops_and_unreadable_headers_are_left_to_qemu(tmp_path: Path) -> None:
@@ -67,6 +70,76 @@ def test_protocols_loops_and_unreadable_headers_are_left_to_qemu(tmp_path: Path)
         qcow2.backing_name(str(cut))
     assert qcow2.first_missing(str(cut)) is None
     assert qcow2.first_missing(str(tmp_path / "no-such-image")) is None
+
+
+def test_an_external_data_file_is_needed_where_its_absolute_name_says(tmp_path: Path) -> None:
+    data = tmp_path / "data.raw"
+    base = tmp_path / "base.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", f"data_file={data}", base, "1M")
+    top = overlay(tmp_path / "top.qcow2", "base.qcow2")
+    assert qcow2.data_file_name(str(base)) == str(data)
+    assert qcow2.data_file_name(str(top)) is None
+    assert qcow2.first_missing(str(top)) is None
+    data.unlink()
+    # the base's data file, found through the chain
+    assert qcow2.first_missing(str(top)) == qcow2.Missing(str(data), "data_file")
+    assert qcow2.first_missing(str(base)) == qcow2.Missing(str(data), "data_file")
+    # an image's own data file comes before its backing file
+    both = tmp_path / "both.qcow2"
+    qemu_img(
+        "create", "-f", "qcow2", "-u", "-b", "gone.qcow2", "-F", "qcow2",
+        "-o", f"data_file={tmp_path / 'both.raw'}", both, "1M",
+    )  # fmt: skip
+    (tmp_path / "both.raw").unlink()
+    assert qcow2.first_missing(str(both)) == qcow2.Missing(str(tmp_path / "both.raw"), "data_file")
+
+
+def test_a_relative_data_file_name_is_left_to_qemu(tmp_path: Path) -> None:
+    # QEMU opens it from its own working directory, not the image's
+    image = tmp_path / "rel.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-f", "qcow2", "-o", "data_file=rel.raw", str(image), "1M"],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
+    assert qcow2.data_file_name(str(image)) == "rel.raw"
+    (tmp_path / "rel.raw").unlink()
+    assert qcow2.first_missing(str(image)) is None
+
+
+def v3_header(incompatible: int, extensions: list[tuple[int, bytes]], length: int = 112) -> bytes:
+    """A version 3 header with no backing file and these extensions (then the end)."""
+    fields = (qcow2.MAGIC, 3, 0, 0, 16, 1 << 20, 0, 0, 0, 0, 0, 0, 0)  # up to byte 72
+    head = struct.pack(">4sIQIIQIIQQIIQQQQII", *fields, incompatible, 0, 0, 4, length)
+    head = head.ljust(length, b"\0")
+    for kind, data in [*extensions, (0, b"")]:
+        head += struct.pack(">II", kind, len(data)) + data.ljust((len(data) + 7) // 8 * 8, b"\0")
+    return head
+
+
+def test_a_data_file_is_named_by_its_header_extension() -> None:
+    table = (0x6803F857, b"\0" * 48)
+    name = (qcow2.DATA_FILE, b"/images/d.raw")
+    assert qcow2.data_file_field(v3_header(qcow2.EXTERNAL_DATA, [table, name])) == "/images/d.raw"
+    # without the feature bit an extension names nothing QEMU opens
+    assert qcow2.data_file_field(v3_header(0, [name])) is None
+    with pytest.raises(qcow2.UnreadableImage, match="do not name"):
+        qcow2.data_file_field(v3_header(qcow2.EXTERNAL_DATA, [table]))
+    with pytest.raises(qcow2.UnreadableImage, match="header length"):
+        qcow2.data_file_field(v3_header(qcow2.EXTERNAL_DATA, [name], length=100))
+    with pytest.raises(qcow2.UnreadableImage, match="UTF-8"):
+        qcow2.data_file_field(v3_header(qcow2.EXTERNAL_DATA, [(qcow2.DATA_FILE, b"\xff")]))
+
+
+@given(st.binary(max_size=300), st.integers(min_value=0, max_value=200))
+def test_any_extensions_are_read_or_refused_with_a_clear_error(tail: bytes, cut: int) -> None:
+    head = v3_header(qcow2.EXTERNAL_DATA, [])[:112] + tail
+    try:
+        name = qcow2.data_file_field(head[: len(head) - cut])
+    except qcow2.UnreadableImage:
+        return
+    assert name is None or 0 < len(name.encode()) <= qcow2.MAX_NAME
 
 
 def test_a_name_that_is_not_utf8_is_unreadable(tmp_path: Path) -> None:

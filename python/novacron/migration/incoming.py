@@ -149,8 +149,8 @@ async def prepare(
 
 async def check_disks(node: str, spec: VmSpec) -> None:
     """Refuses a VM whose disks this node cannot open: in its node's pool (storage
-    migration is not supported), missing, or a qcow2 overlay whose backing chain names a
-    file that is missing here (a base image left on the source's local disk)."""
+    migration is not supported), missing, or a qcow2 image that needs a file missing
+    here (a base image, or an external data file, left on the source's local disk)."""
     name = spec.name
     for disk in spec.disks:
         if disk.managed:
@@ -168,10 +168,11 @@ async def check_disks(node: str, spec: VmSpec) -> None:
         if disk.format == "qcow2":
             gone = await trio.to_thread.run_sync(qcow2.first_missing, disk.path)
             if gone is not None:
+                what = "backing file" if gone.role == "backing" else "data file"
                 raise errors.NotFound(
-                    f"backing file {gone} of disk {disk.path} of vm {name!r} is not "
+                    f"{what} {gone.path} of disk {disk.path} of vm {name!r} is not "
                     f"reachable on {node}",
-                    {"vm": name, "path": disk.path, "backing": gone},
+                    {"vm": name, "path": disk.path, gone.role: gone.path},
                 )
 
 

@@ -1,15 +1,23 @@
-"""The backing chain of a qcow2 image, read from the images' headers.
+"""The files a qcow2 image needs, read from the images' headers: its backing chain and
+each image's external data file.
 
-A destination checks, before a migration starts, that every image a disk needs is
-reachable there: the overlay on shared storage is not enough when its backing file lies
-on the source's local disk. QEMU would find out only when the destination's QEMU opens
-the disk, with the migration under way.
+A destination checks, before a migration starts, that every file a disk needs is
+reachable there: the overlay on shared storage is not enough when its backing file (or
+its data file) lies on the source's local disk. QEMU would find out only when the
+destination's QEMU opens the disk, with the migration under way.
 
 The header (QEMU's ``docs/interop/qcow2.txt``), big-endian: the magic ``QFI\\xfb`` at 0,
 the version (2 or 3) at 4, the backing file name's offset (8 bytes) at 8 and its length
 (4 bytes) at 16; no backing file when the offset is 0. QEMU refuses names over 1,023
 bytes. A relative name is relative to the directory of the image that names it. A name
 with a colon before any slash is a protocol (``nbd:``, ``json:``, ...), not a local file.
+
+A version 3 image whose incompatible features (8 bytes at 72) have bit 2 set keeps its
+data in an external data file, named by the header extension of type ``0x44415441``.
+Header extensions start at the header's length (4 bytes at 100), each a type and a
+length (4 bytes each) and the data, padded to 8 bytes; type 0 ends them. QEMU opens a
+relative data file name from its own working directory, not the image's: only absolute
+names are checked here.
 
 Only a chain that certainly names a missing local file is reported: a header this module
 cannot read is left to QEMU, which reads the image either way.
@@ -19,12 +27,21 @@ from __future__ import annotations
 
 import os
 import struct
+from dataclasses import dataclass
 
 MAGIC = b"QFI\xfb"
 HEADER = struct.Struct(">4sIQI")  # magic, version, backing file offset, its length
 MAX_NAME = 1023
 # a chain longer than this is not followed further (a loop, or a chain no one keeps)
 MAX_DEPTH = 1000
+V3_FIELDS = struct.Struct(">QQQII")  # features: incompatible, compatible, autoclear; ...
+V3_AT = 72  # ... refcount order, header length
+EXTENSION = struct.Struct(">II")  # type, length
+DATA_FILE = 0x44415441
+EXTERNAL_DATA = 1 << 2  # the incompatible feature bit
+# the most of an image's start read for its header extensions (QEMU keeps them in the
+# first cluster, which is at most 2 MiB)
+EXTENSIONS_READ = 2 << 20
 
 
 class UnreadableImage(ValueError):
@@ -68,6 +85,56 @@ def backing_name(path: str) -> str | None:
         raise UnreadableImage("a backing file name that is not UTF-8") from None
 
 
+def data_file_field(head: bytes) -> str | None:
+    """The external data file name held by an image whose first bytes are ``head``
+    (its first cluster, or as much of it as the image has); None when it is not a
+    qcow2 image of version 3 with an external data file.
+
+    Raises :class:`UnreadableImage` for header extensions it cannot use."""
+    if len(head) < V3_AT + V3_FIELDS.size or not head.startswith(MAGIC):
+        return None
+    if HEADER.unpack_from(head)[1] != 3:
+        return None
+    incompatible, _, _, _, length = V3_FIELDS.unpack_from(head, V3_AT)
+    if not incompatible & EXTERNAL_DATA:
+        return None
+    at = length
+    if at < V3_AT + V3_FIELDS.size:
+        raise UnreadableImage(f"a header length of {length} bytes")
+    while at + EXTENSION.size <= len(head):
+        kind, size = EXTENSION.unpack_from(head, at)
+        if kind == 0:
+            break
+        start = at + EXTENSION.size
+        if start + size > len(head):
+            break
+        if kind == DATA_FILE:
+            if not 0 < size <= MAX_NAME:
+                raise UnreadableImage(f"a data file name of {size} bytes")
+            try:
+                return head[start : start + size].decode()
+            except UnicodeDecodeError:
+                raise UnreadableImage("a data file name that is not UTF-8") from None
+        at = start + (size + 7) // 8 * 8
+    raise UnreadableImage("an external data file the header extensions do not name")
+
+
+def data_file_name(path: str) -> str | None:
+    """The external data file name the image at ``path`` holds, as written; None when it
+    has none (or is not qcow2). Blocking (reads the file).
+
+    Raises :class:`UnreadableImage` (and ``OSError`` when the file cannot be read)."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+        if len(head) >= 24 and head.startswith(MAGIC):
+            # the extensions lie within the first cluster (cluster bits: 4 bytes at 20)
+            (bits,) = struct.unpack_from(">I", head, 20)
+            more = min(1 << min(bits, 32), EXTENSIONS_READ) - len(head)
+            if more > 0:
+                head += f.read(more)
+        return data_file_field(head)
+
+
 def is_protocol(name: str) -> bool:
     """True when QEMU reads ``name`` as a protocol (``nbd:...``, ``json:{...}``): a colon
     before any slash."""
@@ -76,22 +143,34 @@ def is_protocol(name: str) -> bool:
     return colon > 0 and (slash < 0 or colon < slash)
 
 
-def first_missing(path: str) -> str | None:
-    """The first local file of ``path``'s backing chain that does not exist, as QEMU
-    would look for it; None when every one does (or the chain leaves local files, or a
-    header cannot be read: QEMU judges those). Blocking (reads the images)."""
+@dataclass(frozen=True)
+class Missing:
+    """A file a disk needs that is not there: ``role`` is ``"backing"`` or ``"data_file"``."""
+
+    path: str
+    role: str
+
+
+def first_missing(path: str) -> Missing | None:
+    """The first file ``path`` needs that does not exist, as QEMU would look for it: each
+    image's external data file (absolute names only), then its backing file; None when
+    every one does (or the chain leaves local files, or a header cannot be read: QEMU
+    judges those). Blocking (reads the images)."""
     seen = {os.path.realpath(path)}
     current = path
     for _ in range(MAX_DEPTH):
         try:
+            data = data_file_name(current)
             name = backing_name(current)
         except (OSError, UnreadableImage):
             return None
+        if data is not None and os.path.isabs(data) and not os.path.exists(data):
+            return Missing(data, "data_file")
         if name is None or is_protocol(name):
             return None
         found = os.path.join(os.path.dirname(current), name)
         if not os.path.exists(found):
-            return found
+            return Missing(found, "backing")
         real = os.path.realpath(found)
         if real in seen:
             return None  # a loop: QEMU refuses it with its own message
