@@ -1,6 +1,7 @@
 //! The migration channel: any stream, fed to the source's sender in any reads, with
-//! any settings, arrives at the destination byte for byte; and any frames at all
-//! leave a receiver refusing or releasing, never failing otherwise.
+//! any settings, arrives at the destination byte for byte, or is refused there only
+//! for a guest larger than the destination takes; and any frames at all leave a
+//! receiver refusing or releasing, never failing otherwise.
 
 use novacron_engine::channel::{SenderConfig, StreamReceiver, StreamSender, ANNOUNCE, HEADER_LEN};
 use novacron_engine::{Codec, EncoderConfig, PageStore};
@@ -20,25 +21,40 @@ fn frames(wire: &[u8]) -> Vec<(u8, &[u8])> {
     out
 }
 
+/// The largest guest the destination takes (a fixed figure, so that the target behaves
+/// the same on any machine; by default a receiver takes what its host's memory holds).
+const DEST_MAX_PAGES: u64 = 1 << 22;
+
 /// Both ends, joined in order.
 struct Link {
     sender: StreamSender,
     receiver: StreamReceiver,
     released: Vec<u8>,
+    /// the destination refused the guest's size (and the channel is dropped)
+    too_large: bool,
 }
 
 impl Link {
     /// Carries `wire` to the receiver; its `ANNOUNCE` goes back to the sender, and
     /// what that lets go follows.
     fn deliver(&mut self, wire: Vec<u8>) {
+        if self.too_large {
+            return;
+        }
         let mut queue = vec![wire];
         while let Some(part) = queue.pop() {
             for (kind, payload) in frames(&part) {
-                let out = self
-                    .receiver
-                    .apply(kind, payload)
-                    .expect("the sender's frames apply");
-                self.released.extend_from_slice(out);
+                match self.receiver.apply(kind, payload) {
+                    Ok(out) => self.released.extend_from_slice(out),
+                    Err(err) => {
+                        assert!(
+                            self.sender.total_pages() > DEST_MAX_PAGES,
+                            "the sender's frames apply: {err:?}"
+                        );
+                        self.too_large = true;
+                        return;
+                    }
+                }
                 if !self.receiver.reply.is_empty() {
                     let reply = std::mem::take(&mut self.receiver.reply);
                     let (kind, hashes) = frames(&reply)[0];
@@ -97,8 +113,11 @@ pub fn channel(data: &[u8]) {
     let stream = input.rest();
     let mut link = Link {
         sender: StreamSender::new(config),
-        receiver: StreamReceiver::new(Some(store), 64 << 20),
+        receiver: StreamReceiver::new(Some(store), 64 << 20)
+            .max_pages(DEST_MAX_PAGES)
+            .expect("a limit"),
         released: Vec::new(),
+        too_large: false,
     };
     if early {
         let reply = std::mem::take(&mut link.receiver.reply);
@@ -115,9 +134,15 @@ pub fn channel(data: &[u8]) {
             let out = link.sender.open_gate().expect("the gate opens");
             link.deliver(out);
         }
+        if link.too_large {
+            return; // the migration fails; the VM stays on the source
+        }
     }
     let out = link.sender.finish().expect("finish");
     link.deliver(out);
+    if link.too_large {
+        return;
+    }
     assert!(link.receiver.ended, "no END arrived");
     assert!(
         link.released == stream,
