@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
+from typing import BinaryIO
 
 MAGIC = b"QFI\xfb"
 HEADER = struct.Struct(">4sIQI")  # magic, version, backing file offset, its length
@@ -39,6 +40,9 @@ V3_AT = 72  # ... refcount order, header length
 EXTENSION = struct.Struct(">II")  # type, length
 DATA_FILE = 0x44415441
 EXTERNAL_DATA = 1 << 2  # the incompatible feature bit
+# an image's first bytes, read once for both names (the header, its extensions and,
+# as qemu-img writes images, the backing file name)
+HEAD_READ = 4096
 # the most of an image's start read for its header extensions (QEMU keeps them in the
 # first cluster, which is at most 2 MiB)
 EXTENSIONS_READ = 2 << 20
@@ -71,10 +75,19 @@ def backing_name(path: str) -> str | None:
 
     Raises :class:`UnreadableImage` (and ``OSError`` when the file cannot be read)."""
     with open(path, "rb") as f:
-        field = backing_field(f.read(HEADER.size))
-        if field is None:
-            return None
-        offset, length = field
+        return _backing_name(f, f.read(HEAD_READ))
+
+
+def _backing_name(f: BinaryIO, head: bytes) -> str | None:
+    """:func:`backing_name` of the open image ``f`` whose first bytes are ``head`` (the
+    name is read from ``head`` when it lies there)."""
+    field = backing_field(head)
+    if field is None:
+        return None
+    offset, length = field
+    if offset + length <= len(head):
+        raw = head[offset : offset + length]
+    else:
         f.seek(offset)
         raw = f.read(length)
     if len(raw) != length:
@@ -85,20 +98,24 @@ def backing_name(path: str) -> str | None:
         raise UnreadableImage("a backing file name that is not UTF-8") from None
 
 
+def _has_data_file(head: bytes) -> bool:
+    """Whether ``head`` begins a version 3 qcow2 image with an external data file."""
+    if len(head) < V3_AT + V3_FIELDS.size or not head.startswith(MAGIC):
+        return False
+    if HEADER.unpack_from(head)[1] != 3:
+        return False
+    return bool(V3_FIELDS.unpack_from(head, V3_AT)[0] & EXTERNAL_DATA)
+
+
 def data_file_field(head: bytes) -> str | None:
     """The external data file name held by an image whose first bytes are ``head``
     (its first cluster, or as much of it as the image has); None when it is not a
     qcow2 image of version 3 with an external data file.
 
     Raises :class:`UnreadableImage` for header extensions it cannot use."""
-    if len(head) < V3_AT + V3_FIELDS.size or not head.startswith(MAGIC):
+    if not _has_data_file(head):
         return None
-    if HEADER.unpack_from(head)[1] != 3:
-        return None
-    incompatible, _, _, _, length = V3_FIELDS.unpack_from(head, V3_AT)
-    if not incompatible & EXTERNAL_DATA:
-        return None
-    at = length
+    at = length = V3_FIELDS.unpack_from(head, V3_AT)[4]
     if at < V3_AT + V3_FIELDS.size:
         raise UnreadableImage(f"a header length of {length} bytes")
     while at + EXTENSION.size <= len(head):
@@ -125,14 +142,21 @@ def data_file_name(path: str) -> str | None:
 
     Raises :class:`UnreadableImage` (and ``OSError`` when the file cannot be read)."""
     with open(path, "rb") as f:
-        head = f.read(4096)
-        if len(head) >= 24 and head.startswith(MAGIC):
-            # the extensions lie within the first cluster (cluster bits: 4 bytes at 20)
-            (bits,) = struct.unpack_from(">I", head, 20)
-            more = min(1 << min(bits, 32), EXTENSIONS_READ) - len(head)
-            if more > 0:
-                head += f.read(more)
-        return data_file_field(head)
+        return _data_file_name(f, f.read(HEAD_READ))
+
+
+def _data_file_name(f: BinaryIO, head: bytes) -> str | None:
+    """:func:`data_file_name` of the open image ``f`` whose first bytes are ``head``:
+    the rest of its first cluster is read only when it has a data file."""
+    if not _has_data_file(head):
+        return None
+    # the extensions lie within the first cluster (cluster bits: 4 bytes at 20)
+    (bits,) = struct.unpack_from(">I", head, 20)
+    more = min(1 << min(bits, 32), EXTENSIONS_READ) - len(head)
+    if more > 0 and len(head) == HEAD_READ:
+        f.seek(len(head))
+        head += f.read(more)
+    return data_file_field(head)
 
 
 def is_protocol(name: str) -> bool:
@@ -160,8 +184,10 @@ def first_missing(path: str) -> Missing | None:
     current = path
     for _ in range(MAX_DEPTH):
         try:
-            data = data_file_name(current)
-            name = backing_name(current)
+            with open(current, "rb") as f:
+                head = f.read(HEAD_READ)
+                data = _data_file_name(f, head)
+                name = _backing_name(f, head)
         except (OSError, UnreadableImage):
             return None
         if data is not None and os.path.isabs(data) and not os.path.exists(data):

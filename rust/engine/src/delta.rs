@@ -30,9 +30,6 @@ fn mostly_different(a: &[u8], b: &[u8]) -> bool {
     differ * 4 > lines * 3
 }
 
-/// Longest LEB128 varint (a `u64`).
-const MAX_VARINT: usize = 10;
-
 /// Literals this short are copied as this many bytes at once (the bytes past them are
 /// overwritten by the next run or cut off at the end).
 const OVERCOPY: usize = 16;
@@ -66,7 +63,7 @@ fn encode_with(old: &[u8], new: &[u8], limit: usize, equal: &mut [u64]) -> Optio
     // no delta is longer than this (a run's two varints for every four bytes and one
     // more, on top of the page), so a larger limit does not change the result; the room
     // below is bounded by it
-    let limit = limit.min(6 * len + 2 * MAX_VARINT);
+    let limit = limit.min(6 * len + 2 * varint::MAX_LEN);
     equal_bits::fill(old, new, equal);
     let Some(first) = equal_bits::next_clear(equal, 0).filter(|&c| c < len) else {
         return Some(Vec::new());
@@ -74,7 +71,7 @@ fn encode_with(old: &[u8], new: &[u8], limit: usize, equal: &mut [u64]) -> Optio
     // Room for the longest delta there can be: it is given up past `limit` plus one
     // run's two varints, and a literal is copied as a whole `OVERCOPY` bytes when it is
     // shorter (one move, not a call to copy a few bytes).
-    let room = limit + 2 * MAX_VARINT + OVERCOPY;
+    let room = limit + 2 * varint::MAX_LEN + OVERCOPY;
     SCRATCH.with_borrow_mut(|out| {
         if out.len() < room {
             out.resize(room, 0);
@@ -108,10 +105,11 @@ fn write_runs(
     // The literals, from the first changed byte on, are the bytes that no stretch of three
     // unchanged bytes covers; their edges are found a word at a time, so that finding
     // one does not wait on finding the last.
-    let mut below = 0u64; // the previous word's literal bits
-                          // where a literal may end: three unchanged bytes start there (or fewer, to the end:
-                          // the bits past the end are set), for the previous word (none before the first
-                          // change's word: they would cover only bytes before the first change)
+    // the previous word's literal bits
+    let mut below = 0u64;
+    // the previous word's bits where a literal may end: three unchanged bytes start
+    // there (or fewer, to the end: the bits past the end are set); none before the first
+    // change's word (they would cover only bytes before the first change)
     let mut three_below = 0u64;
     let mut w = first / 64;
     while w < equal.len() {
@@ -143,21 +141,18 @@ fn write_runs(
                 continue;
             };
             let (end, copy) = (edge, edge - changed);
-            // (`at <= limit` here: checked below)
+            // `at <= limit` here, so the two varints fit in the room past `limit`
+            at = varint::put_at(out, at, (changed - pos) as u64);
+            at = varint::put_at(out, at, copy as u64);
             if at + copy > limit {
                 return None;
             }
-            at = varint::put_at(out, at, (changed - pos) as u64);
-            at = varint::put_at(out, at, copy as u64);
             if copy <= OVERCOPY && changed + OVERCOPY <= len {
                 out[at..at + OVERCOPY].copy_from_slice(&new[changed..changed + OVERCOPY]);
             } else {
                 out[at..at + copy].copy_from_slice(&new[changed..end]);
             }
             at += copy;
-            if at > limit {
-                return None;
-            }
             pos = end;
         }
         w += 1;

@@ -3,19 +3,20 @@
 
 use crate::error::{EngineError, Result};
 
+/// Longest LEB128 varint (a `u64`).
+pub const MAX_LEN: usize = 10;
+
 /// Appends `value` as LEB128.
-pub fn put(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
+pub fn put(out: &mut Vec<u8>, value: u64) {
+    let mut buf = [0u8; MAX_LEN];
+    let len = put_at(&mut buf, 0, value);
+    out.extend_from_slice(&buf[..len]);
 }
 
 /// Writes `value` as LEB128 into `out` at `at`, returning the position after it.
 ///
 /// # Panics
-/// When `out` has no room for it (up to ten bytes).
+/// When `out` has no room for it (up to [`MAX_LEN`] bytes).
 #[inline(always)]
 pub fn put_at(out: &mut [u8], mut at: usize, mut value: u64) -> usize {
     while value >= 0x80 {

@@ -134,14 +134,11 @@ pub fn channel(data: &[u8]) {
             let out = link.sender.open_gate().expect("the gate opens");
             link.deliver(out);
         }
-        if link.too_large {
-            return; // the migration fails; the VM stays on the source
-        }
     }
     let out = link.sender.finish().expect("finish");
     link.deliver(out);
     if link.too_large {
-        return;
+        return; // the migration fails; the VM stays on the source
     }
     assert!(link.receiver.ended, "no END arrived");
     assert!(
