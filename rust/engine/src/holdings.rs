@@ -1,14 +1,17 @@
-//! What the receiver holds, tracked identically on both ends of a stream.
+//! What the receiver holds, as the sender tracks it.
 //!
 //! For every page index: the xxh3-128 of the receiver's copy (if it has one), and a
 //! content index from hash to one page index holding that content plus the number of
 //! pages holding it. The sender uses it to choose `Unchanged` and `DupRef` and to drop
-//! delta bases no page holds any more; the receiver uses the same updates to resolve
-//! `DupRef`. Both sides apply exactly [`Holdings::wrote`] for every page the receiver
-//! writes or is told is unchanged, so the two views never diverge.
+//! delta bases no page holds any more. The receiver counts the holders of each content
+//! the same way beside the content itself ([`GuestCopy`](crate::guest_copy::GuestCopy)),
+//! which resolves a `DupRef` by any holder: the sender applies [`Holdings::wrote`] for
+//! every page the receiver writes or is told is unchanged, so the two views never
+//! diverge.
 
 use crate::error::{EngineError, Result};
 use crate::fasthash::FastMap;
+use crate::mem::PageBits;
 
 /// No registered holder (the registered one was overwritten; others may hold it).
 const NO_HOLDER: u64 = u64::MAX;
@@ -24,12 +27,12 @@ struct Content {
 #[derive(Debug, Clone)]
 pub struct Holdings {
     hashes: Vec<u128>,
-    present: Vec<bool>,
+    present: PageBits,
     by_hash: FastMap<u128, Content>,
 }
 
 impl Holdings {
-    /// An empty view of a guest of `pages` pages (17 bytes a page, touched as pages
+    /// An empty view of a guest of `pages` pages (16 bytes and a bit a page, touched as pages
     /// are written).
     ///
     /// # Errors
@@ -42,7 +45,7 @@ impl Holdings {
         };
         Ok(Self {
             hashes: crate::mem::try_zeroed(pages).ok_or_else(refused)?,
-            present: crate::mem::try_zeroed(pages).ok_or_else(refused)?,
+            present: PageBits::try_new(pages).ok_or_else(refused)?,
             by_hash: FastMap::default(),
         })
     }
@@ -56,7 +59,7 @@ impl Holdings {
     /// The hash of the receiver's copy of `index`, if it has one.
     #[must_use]
     pub fn hash_of(&self, index: usize) -> Option<u128> {
-        self.present[index].then(|| self.hashes[index])
+        self.present.get(index).then(|| self.hashes[index])
     }
 
     /// The registered page index whose content has `hash`, if there is one. A content
@@ -79,24 +82,12 @@ impl Holdings {
 
     /// Records that the receiver's page `index` now has content `hash`.
     pub fn wrote(&mut self, index: usize, hash: u128) {
-        self.wrote_logged(index, hash, None);
-    }
-
-    /// [`Holdings::wrote`], noting in `journal` how to take it back.
-    pub fn wrote_logged(&mut self, index: usize, hash: u128, journal: Option<&mut Vec<Undo>>) {
         let old = self.hash_of(index);
-        let mut undo = Undo {
-            index,
-            hash: self.hashes[index],
-            present: self.present[index],
-            entries: [None, None],
-        };
         if let Some(old) = old.filter(|&old| old != hash) {
             let entry = self
                 .by_hash
                 .get_mut(&old)
                 .expect("a held content is counted");
-            undo.entries[0] = Some((old, Some(*entry)));
             entry.count -= 1;
             if entry.count == 0 {
                 self.by_hash.remove(&old);
@@ -104,51 +95,19 @@ impl Holdings {
                 entry.holder = NO_HOLDER;
             }
         }
-        let fresh = old != Some(hash);
         let entry = self.by_hash.entry(hash).or_insert(Content {
             holder: NO_HOLDER,
             count: 0,
         });
-        let before = *entry;
-        if fresh {
+        if old != Some(hash) {
             entry.count += 1;
         }
         if entry.holder == NO_HOLDER {
             entry.holder = index as u64;
         }
-        if *entry != before {
-            undo.entries[1] = Some((hash, (before.count > 0).then_some(before)));
-        }
         self.hashes[index] = hash;
-        self.present[index] = true;
-        if let Some(journal) = journal {
-            journal.push(undo);
-        }
+        self.present.set(index, true);
     }
-
-    /// Takes back the writes of `journal`, newest first.
-    pub fn undo(&mut self, journal: Vec<Undo>) {
-        for u in journal.into_iter().rev() {
-            for (hash, entry) in u.entries.into_iter().rev().flatten() {
-                match entry {
-                    Some(entry) => self.by_hash.insert(hash, entry),
-                    None => self.by_hash.remove(&hash),
-                };
-            }
-            self.hashes[u.index] = u.hash;
-            self.present[u.index] = u.present;
-        }
-    }
-}
-
-/// How to take back one [`Holdings::wrote_logged`]: the page's previous version and
-/// the content entries it changed (old content, new content) as they were before.
-#[derive(Debug, Clone, Copy)]
-pub struct Undo {
-    index: usize,
-    hash: u128,
-    present: bool,
-    entries: [Option<(u128, Option<Content>)>; 2],
 }
 
 #[cfg(test)]
@@ -176,25 +135,15 @@ mod tests {
 
     proptest! {
         #[test]
-        fn counts_follow_writes_and_undo_restores(
-            before in prop::collection::vec((0usize..8, 0u128..4), 0..24),
-            logged in prop::collection::vec((0usize..8, 0u128..4), 0..24),
+        fn counts_and_registrations_follow_writes(
+            writes in prop::collection::vec((0usize..8, 0u128..4), 0..48),
         ) {
             let mut h = Holdings::new(8).unwrap();
-            for (i, hash) in before {
+            for (i, hash) in writes {
                 h.wrote(i, hash);
                 check(&h);
+                prop_assert_eq!(h.hash_of(i), Some(hash));
             }
-            let saved = h.clone();
-            let mut journal = Vec::new();
-            for (i, hash) in logged {
-                h.wrote_logged(i, hash, Some(&mut journal));
-                check(&h);
-            }
-            h.undo(journal);
-            prop_assert_eq!(&h.hashes, &saved.hashes);
-            prop_assert_eq!(&h.present, &saved.present);
-            prop_assert_eq!(&h.by_hash, &saved.by_hash);
         }
     }
 

@@ -17,6 +17,7 @@ mod encoder;
 mod equal_bits;
 mod error;
 mod fasthash;
+mod guest_copy;
 mod holdings;
 mod lz4_block;
 mod mem;

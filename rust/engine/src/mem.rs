@@ -191,6 +191,36 @@ unsafe impl ZeroBits for u128 {}
 unsafe impl ZeroBits for bool {}
 // SAFETY: any byte is a valid u8.
 unsafe impl ZeroBits for u8 {}
+// SAFETY: 0 is a valid u64.
+unsafe impl ZeroBits for u64 {}
+
+/// One bit per page, all clear at first: which pages have a version (an eighth of the
+/// memory of a `bool` a page, which keeps it in the caches of a guest's per-page reads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PageBits(Vec<u64>);
+
+impl PageBits {
+    /// `len` clear bits, or `None` when the system refuses the memory.
+    pub(crate) fn try_new(len: usize) -> Option<Self> {
+        try_zeroed(len.div_ceil(64)).map(Self)
+    }
+
+    /// Whether bit `index` is set.
+    pub(crate) fn get(&self, index: usize) -> bool {
+        self.0[index / 64] >> (index % 64) & 1 == 1
+    }
+
+    /// Sets bit `index` to `on`.
+    pub(crate) fn set(&mut self, index: usize, on: bool) {
+        let word = &mut self.0[index / 64];
+        let bit = 1u64 << (index % 64);
+        if on {
+            *word |= bit;
+        } else {
+            *word &= !bit;
+        }
+    }
+}
 
 /// `len` zero values, or `None` when the system refuses the memory: per-page state of
 /// a guest whose size a peer claimed must not abort the process when it is too large.
@@ -351,8 +381,30 @@ pub fn write_slice(to: &mut [MaybeUninit<u8>], from: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::{
-        populate, reserve, try_zeroed, with_room, Reusable, Shelf, Spares, KEPT, KEPT_BYTES,
+        populate, reserve, try_zeroed, with_room, PageBits, Reusable, Shelf, Spares, KEPT,
+        KEPT_BYTES,
     };
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Page bits read back as a `bool` a page would, set and cleared in any order.
+        #[test]
+        fn page_bits_follow_a_bool_a_page(
+            len in 1usize..300,
+            sets in prop::collection::vec((0usize..300, any::<bool>()), 0..100),
+        ) {
+            let mut bits = PageBits::try_new(len).unwrap();
+            let mut model = vec![false; len];
+            for (i, on) in sets {
+                let i = i % len;
+                bits.set(i, on);
+                model[i] = on;
+                for (j, &want) in model.iter().enumerate() {
+                    prop_assert_eq!(bits.get(j), want);
+                }
+            }
+        }
+    }
 
     #[test]
     fn zeroed_state_is_zero_or_refused() {
