@@ -44,6 +44,14 @@ def test_crud(store: StateStore) -> None:
     assert store.get_vm("v1") is None
 
 
+def test_a_record_is_written_with_its_desired_state(store: StateStore) -> None:
+    """A VM that arrives running is recorded so in one write: no reader (or restart)
+    ever finds it meant to be stopped."""
+    rec = store.insert_vm("v1", "u1", "t", {}, None, "paused")
+    assert rec.desired_state == "paused"
+    assert store.get_vm("v1") == rec
+
+
 def test_duplicate_name_is_refused_and_changes_nothing(store: StateStore) -> None:
     store.insert_vm("v1", "u1", "t", {})
     with pytest.raises(sqlite3.IntegrityError):

@@ -20,6 +20,8 @@ async def test_reads_match_the_database_after_every_write(store: StateStore) -> 
     records = Records(store, Pool("sqlite", 1))
     await records.insert("b", "u1", "t", {"vcpus": 1})
     await records.insert("a", "u2", "t", {"vcpus": 2})
+    await records.insert("c", "u3", "t", {}, desired_state="running")
+    assert (await records.get("c")).desired_state == "running"
     await records.set_desired_state("a", "running")
     await records.set_uuid("b", "u9")
     assert await records.all() == store.list_vms()

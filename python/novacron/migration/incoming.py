@@ -356,9 +356,9 @@ async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> N
         if state in ARRIVED:
             async with vms.locked(op.vm):
                 await vms.records.insert(
-                    op.vm, inc.uuid, op.tenant, inc.spec.to_dict(), inc.placement
+                    op.vm, inc.uuid, op.tenant, inc.spec.to_dict(), inc.placement, state
                 )
-                await vms.arrived(op.vm, op.tenant, inc.source, desired=state)
+                await vms.arrived(op.vm, op.tenant, inc.source)
             completed = await completed_stats(svc, op.vm)
             downtime = completed.get("downtime")
             result = {

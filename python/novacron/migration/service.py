@@ -209,8 +209,8 @@ class MigrationService:
                 vms.placement.restore(name, managed.placement)
             except errors.NovaCronError as exc:
                 log.warning("migration.placement_conflict", extra=kv(vm=name, error=exc.message))
-        await vms.adopt(managed)
-        await vms.arrived(name, managed.tenant, source, desired)
+        await vms.adopt(managed, desired)
+        await vms.arrived(name, managed.tenant, source)
 
     async def settle_outgoing(self, findings: list[dict[str, Any]]) -> None:
         """Outgoing migrations a restart interrupted whose VM libvirt moved after all

@@ -146,16 +146,28 @@ class StateStore:
         tenant: str,
         spec: dict[str, Any],
         placement: dict[str, Any] | None = None,
+        desired_state: str = "stopped",
     ) -> VmRecord:
+        """A new VM's record; ``desired_state`` is written with it (a VM that arrives
+        running is never recorded as meant to be stopped, not even for a moment)."""
         now = time.time()
         placed = json.dumps(placement, sort_keys=True) if placement is not None else None
         with self._tx() as db:
             db.execute(
                 "INSERT INTO vms (name, uuid, tenant, spec, desired_state, created_at,"
-                " updated_at, placement) VALUES (?, ?, ?, ?, 'stopped', ?, ?, ?)",
-                (name, uuid, tenant, json.dumps(spec, sort_keys=True), now, now, placed),
+                " updated_at, placement) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    name,
+                    uuid,
+                    tenant,
+                    json.dumps(spec, sort_keys=True),
+                    desired_state,
+                    now,
+                    now,
+                    placed,
+                ),
             )
-        return VmRecord(name, uuid, tenant, spec, "stopped", now, now, placement)
+        return VmRecord(name, uuid, tenant, spec, desired_state, now, now, placement)
 
     def get_vm(self, name: str) -> VmRecord | None:
         row = self._db.execute("SELECT * FROM vms WHERE name = ?", (name,)).fetchone()

@@ -47,9 +47,12 @@ class Records:
         tenant: str,
         spec: dict[str, Any],
         placement: dict[str, Any] | None = None,
+        desired_state: str = "stopped",
     ) -> VmRecord:
         by_name = await self._all()
-        rec = await self._pool.run(self._store.insert_vm, name, uuid, tenant, spec, placement)
+        rec = await self._pool.run(
+            self._store.insert_vm, name, uuid, tenant, spec, placement, desired_state
+        )
         by_name[name] = rec
         return rec
 

@@ -326,20 +326,25 @@ class VmService:
         self.placement.release(name)
         self.managed.discard(name)
 
-    async def arrived(self, name: str, tenant: str, source: str, desired: str = "running") -> None:
-        """A VM that migrated here from ``source`` and is recorded: it runs (or stays
-        paused, ``desired``, as it was on the source), its events are forwarded, and (in
-        a cluster) its name moves to this node."""
-        await self.records.set_desired_state(name, desired)
+    async def arrived(self, name: str, tenant: str, source: str) -> None:
+        """A VM that migrated here from ``source`` and is recorded (with the state it
+        arrived in as its desired state): its events are forwarded, and (in a cluster)
+        its name moves to this node."""
         self.managed.add(name)
         if self.ownership is not None:
             await self.ownership.arrived(tenant, name, source)
 
-    async def adopt(self, managed: ManagedDomain) -> VmRecord:
-        """Records a domain that carries NovaCron's metadata but has no record."""
+    async def adopt(self, managed: ManagedDomain, desired: str = "stopped") -> VmRecord:
+        """Records a domain that carries NovaCron's metadata but has no record, meant to
+        be in state ``desired``."""
         spec = VmSpec.from_dict(managed.spec)
         return await self.records.insert(
-            managed.name, managed.uuid, managed.tenant, spec.to_dict(), managed.placement
+            managed.name,
+            managed.uuid,
+            managed.tenant,
+            spec.to_dict(),
+            managed.placement,
+            desired,
         )
 
     # -- lifecycle ---------------------------------------------------------------------
