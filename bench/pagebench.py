@@ -15,8 +15,9 @@ byte. Baselines on the same offered bytes: memcpy, lz4 alone, zstd-1 alone (each
 offered pages as one stream), and QEMU precopy (zero pages as 9-byte records, others as
 4096 bytes + an 8-byte header). The figures are for one thread; the run on all cores
 (``all_cores``) gives the encoder and the decoder every core each (the decoder reads
-batches ahead of the one it applies, so a round of one batch decodes no faster). One
-discarded warm-up pass runs first (see ``main``). IMAGE files are read when their round
+batches ahead of the one it applies, so a round of one batch decodes no faster).
+Discarded warm-up passes, one on one thread and one on all cores, run first (see
+``main``). IMAGE files are read when their round
 comes, one at a time, so a large guest's images need not fit in memory together (peak:
 about 4x the guest's size: the round's image, the encoder's delta cache, the receiver,
 and the memcpy baseline's copy; a run that would not fit in the memory available is
@@ -309,9 +310,14 @@ def main() -> None:
         )
     # Warm-up, discarded: on these VMs the first touch of memory the guest kernel never
     # handed out before costs about 2.7 ms/MiB (the hypervisor backs it lazily); one
-    # full pass brings the process's working memory in for every contender alike.
+    # full pass on one thread and one on all cores bring the process's working memory
+    # in for every contender alike (all cores hold more at once: the decoder's batches
+    # read ahead, up to 16 block buffers, and the encoder's per-thread buffers, which
+    # the engine keeps for the next encoder and decoder).
     try:
         run(images, 1, args.compression, cache_pages, guest_pages)
+        if cores > 1:
+            run(images, cores, args.compression, cache_pages, guest_pages)
     except EngineError as e:  # (later passes make the same objects)
         raise SystemExit(f"pagebench: {e}") from None
     passes = max(1, args.passes)

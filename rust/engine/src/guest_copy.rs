@@ -239,6 +239,10 @@ impl GuestCopy {
     /// Applies one record; returns whether it wrote the page.
     fn write(&mut self, index: usize, op: Op<'_>, journal: &mut Journal) -> Result<bool> {
         let old = self.hash_of(index);
+        // one more holder of the content written, unless the page held it already;
+        // counted where the arm finds the content's entry (`counted`), else below
+        let up = |hash: u128| u64::from(old != Some(hash));
+        let mut counted = false;
         let hash = match op {
             Op::Unchanged => {
                 // (the sender re-registers the page in its content index; a receiver
@@ -250,13 +254,17 @@ impl GuestCopy {
             Op::Zero => zero_hash(),
             Op::Page(src, hash) => {
                 if hash != zero_hash() {
-                    if let Entry::Vacant(slot) = self.contents.entry(hash) {
-                        slot.insert(Kept {
-                            content: Content::Own(self.slabs.filled(src)),
-                            holders: 0,
-                        });
-                        journal.made.push(hash);
+                    match self.contents.entry(hash) {
+                        Entry::Vacant(slot) => {
+                            slot.insert(Kept {
+                                content: Content::Own(self.slabs.filled(src)),
+                                holders: up(hash),
+                            });
+                            journal.made.push(hash);
+                        }
+                        Entry::Occupied(mut kept) => kept.get_mut().holders += up(hash),
                     }
+                    counted = true;
                 }
                 hash
             }
@@ -266,13 +274,15 @@ impl GuestCopy {
                     EngineError::malformed("delta for a page the receiver never had")
                 })?;
                 let page = patched(&mut self.slabs, base, d)?;
-                self.keep_made(page, journal)
+                counted = true;
+                self.keep_made(page, old, journal)
             }
             Op::DeltaFrom(base, d) => {
                 let base = content_in(&self.contents, base)
                     .ok_or_else(|| EngineError::malformed("delta base not held"))?;
                 let page = patched(&mut self.slabs, base, d)?;
-                self.keep_made(page, journal)
+                counted = true;
+                self.keep_made(page, old, journal)
             }
             Op::Dup(hash) => {
                 // any page holding that content will do (the sender names only the one it
@@ -304,18 +314,23 @@ impl GuestCopy {
                     journal.replaced.push(old);
                 }
             }
-            self.count(hash, true);
+            if !counted {
+                self.count(hash, true);
+            }
             self.set(index, hash);
         }
         Ok(true)
     }
 
-    /// Keeps `page`, just made, unless its content is zero or already kept (its buffer
-    /// then goes back to the spares); returns its hash.
-    fn keep_made(&mut self, page: SlabPage, journal: &mut Journal) -> u128 {
+    /// Keeps `page`, just made for a page that held `old`, unless its content is zero
+    /// or already kept (its buffer then goes back to the spares), and counts the page
+    /// as one more holder of it (unless it held it already); returns its hash.
+    fn keep_made(&mut self, page: SlabPage, old: Option<u128>, journal: &mut Journal) -> u128 {
         let hash = hash_page(&page[..]);
+        let up = u64::from(old != Some(hash));
         if hash == zero_hash() {
             self.slabs.give_back(page);
+            self.zero_holders += up;
             return hash;
         }
         match self.contents.entry(hash) {
@@ -323,11 +338,14 @@ impl GuestCopy {
                 debug_assert!(!is_zero_page(&page[..]));
                 slot.insert(Kept {
                     content: Content::Own(page),
-                    holders: 0,
+                    holders: up,
                 });
                 journal.made.push(hash);
             }
-            Entry::Occupied(_) => self.slabs.give_back(page),
+            Entry::Occupied(mut kept) => {
+                kept.get_mut().holders += up;
+                self.slabs.give_back(page);
+            }
         }
         hash
     }
