@@ -67,7 +67,7 @@ pub(crate) enum Op<'a> {
 /// What a batch did so far, to take back if it fails or to finish if it succeeds.
 #[derive(Default)]
 pub(crate) struct Journal {
-    /// each page written and the content it held before (newest last)
+    /// each page the batch changed and the content it held before (newest last)
     writes: Vec<(usize, Option<u128>)>,
     /// contents the batch made (kept by no page before it)
     made: Vec<u128>,
@@ -206,17 +206,15 @@ impl GuestCopy {
     fn undo(&mut self, journal: Journal) {
         for (index, before) in journal.writes.into_iter().rev() {
             let now = self.hash_of(index).expect("a written page has a content");
-            if before != Some(now) {
-                self.count(now, false);
-                match before {
-                    Some(hash) => {
-                        self.count(hash, true);
-                        self.set(index, hash);
-                    }
-                    None => {
-                        self.hashes[index] = 0;
-                        self.present.set(index, false);
-                    }
+            self.count(now, false);
+            match before {
+                Some(hash) => {
+                    self.count(hash, true);
+                    self.set(index, hash);
+                }
+                None => {
+                    self.hashes[index] = 0;
+                    self.present.set(index, false);
                 }
             }
         }
@@ -239,11 +237,7 @@ impl GuestCopy {
     /// Applies one record; returns whether it wrote the page.
     fn write(&mut self, index: usize, op: Op<'_>, journal: &mut Journal) -> Result<bool> {
         let old = self.hash_of(index);
-        // one more holder of the content written, unless the page held it already;
-        // counted where the arm finds the content's entry (`counted`), else below
-        let up = |hash: u128| u64::from(old != Some(hash));
-        let mut counted = false;
-        let hash = match op {
+        let (hash, new) = match op {
             Op::Unchanged => {
                 // (the sender re-registers the page in its content index; a receiver
                 // resolves references by any holder and has nothing to do)
@@ -251,104 +245,96 @@ impl GuestCopy {
                     EngineError::malformed("unchanged page the receiver never had")
                 });
             }
-            Op::Zero => zero_hash(),
-            Op::Page(src, hash) => {
-                if hash != zero_hash() {
-                    match self.contents.entry(hash) {
-                        Entry::Vacant(slot) => {
-                            slot.insert(Kept {
-                                content: Content::Own(self.slabs.filled(src)),
-                                holders: up(hash),
-                            });
-                            journal.made.push(hash);
-                        }
-                        Entry::Occupied(mut kept) => kept.get_mut().holders += up(hash),
-                    }
-                    counted = true;
-                }
-                hash
-            }
+            Op::Zero => (zero_hash(), None),
+            Op::Page(src, hash) => (hash, Some(New::Copy(src))),
             Op::Delta(d) => {
                 let base = old.and_then(|h| content_in(&self.contents, h));
                 let base = base.ok_or_else(|| {
                     EngineError::malformed("delta for a page the receiver never had")
                 })?;
                 let page = patched(&mut self.slabs, base, d)?;
-                counted = true;
-                self.keep_made(page, old, journal)
+                (hash_page(&page[..]), Some(New::Made(page)))
             }
             Op::DeltaFrom(base, d) => {
                 let base = content_in(&self.contents, base)
                     .ok_or_else(|| EngineError::malformed("delta base not held"))?;
                 let page = patched(&mut self.slabs, base, d)?;
-                counted = true;
-                self.keep_made(page, old, journal)
+                (hash_page(&page[..]), Some(New::Made(page)))
             }
             Op::Dup(hash) => {
                 // any page holding that content will do (the sender names only the one it
                 // registered, but a decoder need not know which)
-                if self.holders(hash) == 0 {
+                if self.holders(hash) > 0 {
+                    (hash, None)
+                } else {
                     let Some(page) = self.pinned.get(&hash) else {
                         return Err(EngineError::malformed(
                             "dup reference to a page the receiver does not hold",
                         ));
                     };
-                    if hash != zero_hash() {
-                        if let Entry::Vacant(slot) = self.contents.entry(hash) {
-                            slot.insert(Kept {
-                                content: Content::Shared(Arc::clone(page)),
-                                holders: 0,
-                            });
-                            journal.made.push(hash);
-                        }
-                    }
+                    (hash, Some(New::Shared(Arc::clone(page))))
                 }
-                hash
             }
         };
-        journal.writes.push((index, old));
+        // (counted where the content's entry is found or made: one lookup)
+        self.hold(hash, u64::from(old != Some(hash)), new, journal);
         if old != Some(hash) {
+            journal.writes.push((index, old));
             if let Some(old) = old {
                 self.count(old, false);
                 if old != zero_hash() {
                     journal.replaced.push(old);
                 }
             }
-            if !counted {
-                self.count(hash, true);
-            }
             self.set(index, hash);
         }
         Ok(true)
     }
 
-    /// Keeps `page`, just made for a page that held `old`, unless its content is zero
-    /// or already kept (its buffer then goes back to the spares), and counts the page
-    /// as one more holder of it (unless it held it already); returns its hash.
-    fn keep_made(&mut self, page: SlabPage, old: Option<u128>, journal: &mut Journal) -> u128 {
-        let hash = hash_page(&page[..]);
-        let up = u64::from(old != Some(hash));
+    /// Counts `up` more pages holding content `hash` (zero, or kept: found, or made of
+    /// `new`, whose buffer goes back to the spares when the content is kept already).
+    fn hold(&mut self, hash: u128, up: u64, new: Option<New<'_>>, journal: &mut Journal) {
         if hash == zero_hash() {
-            self.slabs.give_back(page);
             self.zero_holders += up;
-            return hash;
+            if let Some(New::Made(page)) = new {
+                self.slabs.give_back(page);
+            }
+            return;
         }
         match self.contents.entry(hash) {
+            Entry::Occupied(mut kept) => {
+                kept.get_mut().holders += up;
+                if let Some(New::Made(page)) = new {
+                    self.slabs.give_back(page);
+                }
+            }
             Entry::Vacant(slot) => {
-                debug_assert!(!is_zero_page(&page[..]));
+                let content = match new.expect("a content no page holds comes with the record") {
+                    New::Copy(src) => Content::Own(self.slabs.filled(src)),
+                    New::Made(page) => {
+                        debug_assert!(!is_zero_page(&page[..]));
+                        Content::Own(page)
+                    }
+                    New::Shared(page) => Content::Shared(page),
+                };
                 slot.insert(Kept {
-                    content: Content::Own(page),
+                    content,
                     holders: up,
                 });
                 journal.made.push(hash);
             }
-            Entry::Occupied(mut kept) => {
-                kept.get_mut().holders += up;
-                self.slabs.give_back(page);
-            }
         }
-        hash
     }
+}
+
+/// Where a content a record writes comes from, if no page keeps it yet.
+enum New<'a> {
+    /// the record's page, to copy
+    Copy(&'a [u8]),
+    /// a page the receiver just made (a delta applied)
+    Made(SlabPage),
+    /// a page of the page store
+    Shared(Arc<[u8]>),
 }
 
 /// The content with hash `hash`, if the receiver keeps it (zero always).
