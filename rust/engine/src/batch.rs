@@ -9,6 +9,7 @@
 //! again.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use crate::cache::PageCache;
 use crate::encoder::{EncodeStats, EncoderConfig};
@@ -24,6 +25,9 @@ const DELTA_LIMIT: usize = MAX_DELTA / 4;
 /// A page whose delta against its own version is longer than this also tries the
 /// contents other pages of its batch held (see `resemblance`).
 const SEEK_SHORTER: usize = 128;
+/// Bytes of deltas a batch makes room for at first (a later round's batch of a real
+/// guest makes ~20 KB).
+const DELTAS_ROOM: usize = 32 << 10;
 
 /// Where the offered pages are: a whole guest image (pages found by index), or the
 /// offered pages packed back to back in the order of `indices` (a stream's pages).
@@ -143,11 +147,14 @@ impl crate::mem::Buffers for Scratch {
 }
 
 /// One encoded batch (its bytes written to the caller's frame): its counts, and its
-/// deltas against a page's own cached version (base hash, new hash, delta): the encoder
-/// applies to the cached base in place those whose base no other page uses or holds.
+/// deltas against a page's own cached version (base hash, new hash, the delta's bytes
+/// in `deltas`): the encoder applies to the cached base in place those whose base no
+/// other page uses or holds.
 pub(crate) struct Batch {
     pub(crate) stats: EncodeStats,
-    pub(crate) in_place: Vec<(u128, u128, Vec<u8>)>,
+    /// every delta the batch made, back to back (one buffer, not one allocation each)
+    pub(crate) deltas: Vec<u8>,
+    pub(crate) in_place: Vec<(u128, u128, Range<usize>)>,
 }
 
 /// What one record of a batch carries.
@@ -156,9 +163,10 @@ enum Choice<'a> {
     Unchanged,
     Dup(u128),
     Announced(u32),
-    Delta(Vec<u8>),
+    /// a delta (where it is in the batch's deltas)
+    Delta(Range<usize>),
     /// a delta against what page `.0` held when the batch began
-    DeltaFrom(u64, Vec<u8>),
+    DeltaFrom(u64, Range<usize>),
     Block(&'a [u8]),
     Raw(&'a [u8]),
 }
@@ -186,6 +194,7 @@ pub(crate) fn encode_batch(
     // pages that may find a shorter delta there, with the length to beat
     let mut pending = Vec::new();
     let mut choices = Vec::with_capacity(indices.len());
+    let mut deltas = Vec::with_capacity(DELTAS_ROOM);
     let mut layout = Layout::new(config, plans, scratch);
     for (k, (&index, plan)) in indices.iter().zip(plans).enumerate() {
         let page = source.page(first + k, index);
@@ -203,7 +212,11 @@ pub(crate) fn encode_batch(
             } => {
                 let cached = base.and_then(|h| cache.get(h));
                 let old = cached.or_else(|| (base == Some(zero_hash())).then_some(&ZERO_PAGE[..]));
-                let delta = old.and_then(|old| delta::encode(old, page, DELTA_LIMIT));
+                let delta = old.and_then(|old| {
+                    let at = deltas.len();
+                    let made = delta::encode_into(old, page, DELTA_LIMIT, &mut deltas);
+                    made.then_some(at..deltas.len())
+                });
                 // a version that became a page nearly like it is of no use elsewhere: the
                 // contents that move or are rebuilt are those their own page rewrote
                 let rewritten = delta.as_ref().is_none_or(|d| d.len() > SEEK_SHORTER);
@@ -237,7 +250,7 @@ pub(crate) fn encode_batch(
                 }
             }
         };
-        layout.push(index, &choice);
+        layout.push(index, &choice, &deltas);
         choices.push(choice);
     }
     if !similar.is_empty() {
@@ -253,7 +266,9 @@ pub(crate) fn encode_batch(
                 let Some(content) = cache.get(base).filter(|_| base_index != indices[k]) else {
                     continue;
                 };
-                if let Some(d) = delta::encode(content, page, shortest - 1) {
+                let at = deltas.len();
+                if delta::encode_into(content, page, shortest - 1, &mut deltas) {
+                    let d = at..deltas.len();
                     shortest = d.len();
                     if let Choice::Delta(d) =
                         std::mem::replace(&mut choices[k], Choice::DeltaFrom(base_index, d))
@@ -267,7 +282,7 @@ pub(crate) fn encode_batch(
         if let Some((from, mark)) = redo {
             layout.truncate(mark);
             for (&index, choice) in indices[from..].iter().zip(&choices[from..]) {
-                layout.push(index, choice);
+                layout.push(index, choice, &deltas);
             }
         }
     }
@@ -279,15 +294,19 @@ pub(crate) fn encode_batch(
     let in_place = own
         .into_iter()
         .filter_map(|(base, hash, k)| {
-            let delta = match &mut choices[k] {
-                Choice::Delta(d) => std::mem::take(d),
-                _ => displaced.find(|&(at, _)| at == k)?.1,
+            let delta = match &choices[k] {
+                Choice::Delta(d) => d.clone(),
+                _ => displaced.find(|(at, _)| *at == k)?.1,
             };
             Some((base, hash, delta))
         })
         .collect();
     finished?;
-    Ok(Batch { stats, in_place })
+    Ok(Batch {
+        stats,
+        deltas,
+        in_place,
+    })
 }
 
 /// How far a [`Layout`] was, to go back to.
@@ -360,7 +379,8 @@ impl Layout {
         self.previous = mark.previous;
     }
 
-    fn push(&mut self, index: u64, choice: &Choice<'_>) {
+    /// Lays out one record; `deltas`: the batch's deltas, which delta records name.
+    fn push(&mut self, index: u64, choice: &Choice<'_>, deltas: &[u8]) {
         let stats = &mut self.stats;
         stats.pages += 1;
         let kind = match choice {
@@ -392,13 +412,13 @@ impl Layout {
             }
             Choice::Delta(ref d) => {
                 varint::put(&mut self.records, d.len() as u64);
-                self.block.extend_from_slice(d);
+                self.block.extend_from_slice(&deltas[d.clone()]);
                 stats.delta += 1;
             }
             Choice::DeltaFrom(base, ref d) => {
                 varint::put(&mut self.records, base);
                 varint::put(&mut self.records, d.len() as u64);
-                self.block.extend_from_slice(d);
+                self.block.extend_from_slice(&deltas[d.clone()]);
                 stats.delta_from += 1;
             }
             Choice::Block(page) => {

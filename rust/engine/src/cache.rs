@@ -123,7 +123,7 @@ impl PageCache {
     /// applied by `workers` when they are many.
     pub(crate) fn replace_by_deltas(
         &mut self,
-        deltas: &[(u128, u128, Vec<u8>)],
+        deltas: &[(u128, u128, &[u8])],
         workers: &mut Workers<'_>,
     ) {
         let mut edits: Vec<(usize, (u128, &[u8]))> = Vec::with_capacity(deltas.len());
@@ -166,7 +166,7 @@ impl PageCache {
     /// One delta in place (see [`PageCache::replace_by_deltas`]).
     #[cfg(test)]
     pub fn replace_by_delta(&mut self, base: u128, hash: u128, delta: &[u8]) {
-        self.replace_by_deltas(&[(base, hash, delta.to_vec())], &mut Workers::start(None));
+        self.replace_by_deltas(&[(base, hash, delta)], &mut Workers::start(None));
     }
 
     /// Stores one page (the sequential reference for [`PageCache::put_many`]).
@@ -449,7 +449,9 @@ mod tests {
         for (base, hash, delta) in &deltas {
             one.replace_by_delta(*base, *hash, delta);
         }
-        many.replace_by_deltas(&deltas, &mut Workers::start(Some(&pool)));
+        let lent: Vec<(u128, u128, &[u8])> =
+            deltas.iter().map(|(b, h, d)| (*b, *h, &d[..])).collect();
+        many.replace_by_deltas(&lent, &mut Workers::start(Some(&pool)));
         for (hash, content) in &want {
             assert_eq!(many.get(*hash), content.as_deref(), "content {hash}");
         }

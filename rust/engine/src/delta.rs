@@ -34,31 +34,40 @@ fn mostly_different(a: &[u8], b: &[u8]) -> bool {
 /// overwritten by the next run or cut off at the end).
 const OVERCOPY: usize = 16;
 
-/// Longest page whose bitmaps [`encode`] keeps on the stack.
+/// Longest page whose bitmaps [`encode_into`] keeps on the stack.
 const STACK_BYTES: usize = crate::PAGE_SIZE;
 
-/// Encodes `new` against `old` (same length); `None` when the delta would exceed `limit` bytes.
+/// [`encode_into`] into a buffer of its own (tests).
+#[cfg(test)]
+#[must_use]
+pub fn encode(old: &[u8], new: &[u8], limit: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    encode_into(old, new, limit, &mut out).then_some(out)
+}
+
+/// Encodes `new` against `old` (same length), appending the delta to `out` (a batch's
+/// deltas share one buffer, not an allocation each); false, and `out` as it was, when
+/// the delta would exceed `limit` bytes.
 ///
 /// A run of changed bytes (a literal) ends where a stretch of at least three unchanged
 /// bytes starts, or where every byte to the end is unchanged: a shorter unchanged
 /// stretch costs more as a new pair than as literal bytes. Both are read from the
 /// pages' equality bitmap ([`equal_bits`]), a word of 64 bytes at a time.
-#[must_use]
-pub fn encode(old: &[u8], new: &[u8], limit: usize) -> Option<Vec<u8>> {
+pub fn encode_into(old: &[u8], new: &[u8], limit: usize, out: &mut Vec<u8>) -> bool {
     assert_eq!(old.len(), new.len(), "pages of one length");
     if mostly_different(old, new) {
-        return None;
+        return false;
     }
     let words = equal_bits::words_for(new.len());
     if new.len() <= STACK_BYTES {
         let mut equal = [0u64; equal_bits::words_for(STACK_BYTES)];
-        encode_with(old, new, limit, &mut equal[..words])
+        encode_with(old, new, limit, &mut equal[..words], out)
     } else {
-        encode_with(old, new, limit, &mut vec![0; words])
+        encode_with(old, new, limit, &mut vec![0; words], out)
     }
 }
 
-fn encode_with(old: &[u8], new: &[u8], limit: usize, equal: &mut [u64]) -> Option<Vec<u8>> {
+fn encode_with(old: &[u8], new: &[u8], limit: usize, equal: &mut [u64], out: &mut Vec<u8>) -> bool {
     let len = new.len();
     // no delta is longer than this (a run's two varints for every four bytes and one
     // more, on top of the page), so a larger limit does not change the result; the room
@@ -66,18 +75,21 @@ fn encode_with(old: &[u8], new: &[u8], limit: usize, equal: &mut [u64]) -> Optio
     let limit = limit.min(6 * len + 2 * varint::MAX_LEN);
     equal_bits::fill(old, new, equal);
     let Some(first) = equal_bits::next_clear(equal, 0).filter(|&c| c < len) else {
-        return Some(Vec::new());
+        return true;
     };
     // Room for the longest delta there can be: it is given up past `limit` plus one
     // run's two varints, and a literal is copied as a whole `OVERCOPY` bytes when it is
     // shorter (one move, not a call to copy a few bytes).
     let room = limit + 2 * varint::MAX_LEN + OVERCOPY;
-    SCRATCH.with_borrow_mut(|out| {
-        if out.len() < room {
-            out.resize(room, 0);
+    SCRATCH.with_borrow_mut(|scratch| {
+        if scratch.len() < room {
+            scratch.resize(room, 0);
         }
-        let at = write_runs(new, limit, first, equal, &mut out[..room])?;
-        Some(out[..at].to_vec())
+        let Some(at) = write_runs(new, limit, first, equal, &mut scratch[..room]) else {
+            return false;
+        };
+        out.extend_from_slice(&scratch[..at]);
+        true
     })
 }
 
@@ -277,6 +289,27 @@ mod tests {
         #[test]
         fn encode_follows_its_rule_at_any_length((old, new) in pages(0..700), limit in 0usize..800) {
             prop_assert_eq!(encode(&old, &new, limit), encode_bytewise(&old, &new, limit));
+        }
+
+        #[test]
+        fn encode_into_appends_the_delta_or_nothing(
+            (old, new) in pages(4096..4097),
+            limit in 0usize..1500,
+            before in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut out = before.clone();
+            let made = encode_into(&old, &new, limit, &mut out);
+            match encode_bytewise(&old, &new, limit) {
+                Some(delta) => {
+                    prop_assert!(made);
+                    prop_assert_eq!(&out[..before.len()], &before[..]);
+                    prop_assert_eq!(&out[before.len()..], &delta[..]);
+                }
+                None => {
+                    prop_assert!(!made);
+                    prop_assert_eq!(out, before);
+                }
+            }
         }
     }
 
