@@ -185,10 +185,9 @@ pub(crate) fn encode_batch(
     frame: &mut Vec<u8>,
 ) -> Result<Batch> {
     let (cache, announced) = held;
-    // pages whose delta is against their own cached version: (base, hash, page)
+    // deltas against a page's own cached version, in page order: (base, hash, delta);
+    // one a later delta-from replaced stays here (its bytes stay in `deltas`)
     let mut own = Vec::new();
-    // those deltas where a delta from another page replaced them: (page, delta)
-    let mut displaced = Vec::new();
     // contents this batch replaces, as bases for pages their own version is no good for
     let mut similar = Resemblance::default();
     // pages that may find a shorter delta there, with the length to beat
@@ -229,7 +228,7 @@ pub(crate) fn encode_batch(
                     Some(d) => {
                         // (the zero page is never cached: no delta applies to it)
                         if let Some(base) = base.filter(|&b| b != zero_hash()) {
-                            own.push((base, hash, k));
+                            own.push((base, hash, d.clone()));
                         }
                         if d.len() > SEEK_SHORTER {
                             pending.push((k, d.len(), layout.mark()));
@@ -270,11 +269,7 @@ pub(crate) fn encode_batch(
                 if delta::encode_into(content, page, shortest - 1, &mut deltas) {
                     let d = at..deltas.len();
                     shortest = d.len();
-                    if let Choice::Delta(d) =
-                        std::mem::replace(&mut choices[k], Choice::DeltaFrom(base_index, d))
-                    {
-                        displaced.push((k, d));
-                    }
+                    choices[k] = Choice::DeltaFrom(base_index, d);
                     redo = redo.or(Some((k, mark)));
                 }
             }
@@ -289,23 +284,11 @@ pub(crate) fn encode_batch(
     let finished = layout.finish(config, &mut scratch.packed, frame);
     let stats = layout.stats;
     layout.give_back(scratch);
-    // (both lists are in page order)
-    let mut displaced = displaced.into_iter();
-    let in_place = own
-        .into_iter()
-        .filter_map(|(base, hash, k)| {
-            let delta = match &choices[k] {
-                Choice::Delta(d) => d.clone(),
-                _ => displaced.find(|(at, _)| *at == k)?.1,
-            };
-            Some((base, hash, delta))
-        })
-        .collect();
     finished?;
     Ok(Batch {
         stats,
         deltas,
-        in_place,
+        in_place: own,
     })
 }
 

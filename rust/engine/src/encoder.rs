@@ -412,10 +412,8 @@ impl Encoder {
             (batch, frame)
         };
         let mut stats = EncodeStats::default();
-        // the batches' deltas, and those that may go into their cached bases in place:
-        // (base, hash, which batch's deltas, where)
-        let mut deltas_of = Vec::new();
-        let mut in_place = Vec::new();
+        // (kept for their deltas, which may go into their cached bases in place)
+        let mut batches = Vec::new();
         let mut failed = None;
         workers.each_made_in_order(
             indices.len().div_ceil(size),
@@ -427,9 +425,7 @@ impl Encoder {
                         stats.add(&batch.stats);
                         stats.wire_bytes += frame.len() as u64;
                         out.extend_from_slice(&frame);
-                        let n = deltas_of.len();
-                        in_place.extend(batch.in_place.into_iter().map(|(b, h, d)| (b, h, n, d)));
-                        deltas_of.push(batch.deltas);
+                        batches.push(batch);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -445,12 +441,18 @@ impl Encoder {
         self.stats.add(&stats);
         // a delta goes into its cached base in place only when its page was the one
         // page of the round to use that base and no page holds the base now
-        let in_place: Vec<(u128, u128, &[u8])> = in_place
-            .into_iter()
+        let in_place: Vec<(u128, u128, &[u8])> = batches
+            .iter()
+            .flat_map(|batch| {
+                let deltas = &batch.deltas;
+                batch
+                    .in_place
+                    .iter()
+                    .map(move |(base, hash, d)| (*base, *hash, &deltas[d.clone()]))
+            })
             .filter(|(base, ..)| {
                 round.base_uses.get(base) == Some(&1) && self.held.holders(*base) == 0
             })
-            .map(|(base, hash, n, d)| (base, hash, &deltas_of[n][d]))
             .collect();
         // delta bases are the receiver's copies: a base only its own page used becomes
         // that page's new version by applying the delta where it is cached (a few
