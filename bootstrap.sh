@@ -48,9 +48,10 @@ python_setup() {
     log "creating $VENV"
     python3 -m venv "$VENV"
   fi
-  log "pip install -e .[test] (builds the Rust extension novacron._core)"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -e ".[test]"
+  # the versions the suite last passed with (constraints.txt), build dependencies included
+  log "pip install -e .[test] -c constraints.txt (builds the Rust extension novacron._core)"
+  "$VENV/bin/pip" install -q --upgrade -c constraints.txt pip
+  "$VENV/bin/pip" install -q -c constraints.txt --build-constraint constraints.txt -e ".[test]"
 }
 
 setup() {
