@@ -103,8 +103,9 @@ run_tests() {
   setup "${DEV_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
   export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"
   log "cargo fmt --check"; cargo fmt --all -- --check
-  log "cargo clippy"; cargo clippy --workspace --all-targets -q -- -D warnings
-  log "cargo test"; cargo test --workspace -q
+  # --locked: the crates at Cargo.lock's versions, as the extension's build (pyproject.toml)
+  log "cargo clippy"; cargo clippy --locked --workspace --all-targets -q -- -D warnings
+  log "cargo test"; cargo test --locked --workspace -q
   log "fuzz the page engine briefly"; rust/fuzz/fuzz-briefly.sh
   log "ruff"; ruff check python tests bench; ruff format --check python tests bench
   log "mypy --strict"; mypy
