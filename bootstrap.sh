@@ -50,7 +50,7 @@ python_setup() {
   fi
   # the versions the suite last passed with (constraints.txt), build dependencies included
   log "pip install -e .[test] -c constraints.txt (builds the Rust extension novacron._core)"
-  "$VENV/bin/pip" install -q --upgrade -c constraints.txt pip
+  "$VENV/bin/pip" install -q --upgrade -c constraints.txt pip setuptools
   "$VENV/bin/pip" install -q -c constraints.txt --build-constraint constraints.txt -e ".[test]"
 }
 
