@@ -153,8 +153,25 @@ impl crate::mem::Buffers for Scratch {
 pub(crate) struct Batch {
     pub(crate) stats: EncodeStats,
     /// every delta the batch made, back to back (one buffer, not one allocation each)
-    pub(crate) deltas: Vec<u8>,
-    pub(crate) in_place: Vec<(u128, u128, Range<usize>)>,
+    deltas: Vec<u8>,
+    in_place: Vec<(u128, u128, Range<usize>)>,
+}
+
+impl Batch {
+    /// Appends its in-place deltas to `bytes` and lists them in `into` (base hash, new
+    /// hash, where the delta is in `bytes`), so that the batch itself can go: its delta
+    /// buffer holds every delta it made, and a call's batches span a whole guest.
+    pub(crate) fn keep_in_place(
+        self,
+        bytes: &mut Vec<u8>,
+        into: &mut Vec<(u128, u128, Range<usize>)>,
+    ) {
+        for (base, hash, delta) in self.in_place {
+            let at = bytes.len();
+            bytes.extend_from_slice(&self.deltas[delta]);
+            into.push((base, hash, at..bytes.len()));
+        }
+    }
 }
 
 /// What one record of a batch carries.

@@ -412,8 +412,9 @@ impl Encoder {
             (batch, frame)
         };
         let mut stats = EncodeStats::default();
-        // (kept for their deltas, which may go into their cached bases in place)
-        let mut batches = Vec::new();
+        // the batches' deltas that may go into their cached bases in place, copied out
+        // of them (`own`: base hash, new hash, where the delta is in `own_bytes`)
+        let (mut own_bytes, mut own) = (Vec::new(), Vec::new());
         let mut failed = None;
         workers.each_made_in_order(
             indices.len().div_ceil(size),
@@ -425,7 +426,7 @@ impl Encoder {
                         stats.add(&batch.stats);
                         stats.wire_bytes += frame.len() as u64;
                         out.extend_from_slice(&frame);
-                        batches.push(batch);
+                        batch.keep_in_place(&mut own_bytes, &mut own);
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -441,18 +442,12 @@ impl Encoder {
         self.stats.add(&stats);
         // a delta goes into its cached base in place only when its page was the one
         // page of the round to use that base and no page holds the base now
-        let in_place: Vec<(u128, u128, &[u8])> = batches
+        let in_place: Vec<(u128, u128, &[u8])> = own
             .iter()
-            .flat_map(|batch| {
-                let deltas = &batch.deltas;
-                batch
-                    .in_place
-                    .iter()
-                    .map(move |(base, hash, d)| (*base, *hash, &deltas[d.clone()]))
-            })
             .filter(|(base, ..)| {
                 round.base_uses.get(base) == Some(&1) && self.held.holders(*base) == 0
             })
+            .map(|(base, hash, d)| (*base, *hash, &own_bytes[d.clone()]))
             .collect();
         // delta bases are the receiver's copies: a base only its own page used becomes
         // that page's new version by applying the delta where it is cached (a few
