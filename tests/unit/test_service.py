@@ -100,6 +100,29 @@ async def test_reconcile_adopts_redefines_and_finishes_deletes(svc: VmService) -
         await svc.delete(name, force=True, keep_disks=False)
 
 
+async def test_reconcile_adopts_a_domain_with_the_state_it_is_in(svc: VmService) -> None:
+    """A record lost while its VM ran (a state store lost or restored from an older
+    backup): the adopted record wants the state the domain is in, so no drift is
+    reported for it, now or at the next start."""
+    running, paused = unique("running"), unique("paused")
+    for name in (running, paused):
+        await svc.create(VmSpec(name=name, vcpus=1, memory_mib=64), start=True)
+    await svc.pause(paused)
+    for name in (running, paused):
+        await svc.db_pool.run(svc.store.delete_vm, name)
+    # (the placements these VMs still hold in this process are reported as conflicts:
+    # a restarted daemon's are empty; only the state findings matter here)
+    found = {(f["vm"], f["finding"]) for f in await reconcile(svc)}
+    assert {(running, "adopted"), (paused, "adopted")} <= found
+    assert not {(running, "state_drift"), (paused, "state_drift")} & found
+    assert (await svc.get(running))["desired_state"] == "running"
+    assert (await svc.get(paused))["desired_state"] == "paused"
+    again = {(f["vm"], f["finding"]) for f in await reconcile(svc)}
+    assert not {(n, k) for n in (running, paused) for k in ("adopted", "state_drift")} & again
+    for name in (running, paused):
+        await svc.delete(name, force=True, keep_disks=False)
+
+
 async def test_reconcile_leaves_an_interrupted_arrivals_domain_to_the_migration(
     svc: VmService,
 ) -> None:

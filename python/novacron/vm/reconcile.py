@@ -4,8 +4,10 @@ Findings, each logged and returned so ``node.info`` can report them:
 
 * ``redefined`` — a record whose domain vanished: defined again from the stored spec.
 * ``adopted`` — a domain carrying NovaCron metadata but no record (a crash between
-  define and commit): its record is restored from the metadata. Not the domain of an
-  incoming migration a restart interrupted: that one is the migration service's.
+  define and commit, or a state store lost or restored from an older backup): its
+  record is restored from the metadata, its desired state the one it is in (running
+  or paused; stopped otherwise). Not the domain of an incoming migration a restart
+  interrupted: that one is the migration service's.
 * ``deleted`` — a record marked ``deleting`` (a crash mid-delete): the delete is finished.
 * ``uuid_changed`` — the domain's UUID differs from the record: the record follows libvirt.
 * ``state_drift`` — the VM is not in the state the operator last asked for (reported only).
@@ -65,13 +67,17 @@ async def reconcile(
         managed = domain_xml.parse_managed(xml)
         if managed is None or name in records or name in migrating_in:
             continue
+        runtime = runtimes.get(name)
+        # the domain's own state is the only evidence of what was asked of it
+        found = runtime.state if runtime is not None else "stopped"
+        desired = found if found in ("running", "paused") else "stopped"
         try:
-            rec = await svc.adopt(managed)
+            rec = await svc.adopt(managed, desired)
         except (TypeError, ValueError, errors.NovaCronError) as exc:
             note(name, "failed", f"cannot adopt domain: {exc}")
             continue
         records[name] = rec
-        note(name, "adopted", "domain with NovaCron metadata had no record")
+        note(name, "adopted", f"domain with NovaCron metadata had no record; desired {desired}")
 
     for name, rec in sorted(records.items()):
         if rec.desired_state == "deleting":
