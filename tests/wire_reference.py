@@ -1,4 +1,4 @@
-"""The page stream (version 3) written again from `docs/migration-wire.md` alone, as a third
+"""The page stream (version 4) written again from `docs/migration-wire.md` alone, as a third
 party would: a reader, and a writer that makes every choice the format allows (at random)
 where NovaCron's encoder makes one. Slow and plain on purpose; for tests only."""
 
@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -20,8 +21,10 @@ if TYPE_CHECKING:
 PAGE = 4096
 ZERO = bytes(PAGE)
 HEADER = struct.Struct("<4sBBH6I")  # up to the checksum
-MAGIC, VERSION = b"NCPB", 3
-ZERO_K, UNCHANGED, DUP, DELTA, LZ4, ZSTD, RAW, ANNOUNCED, DELTA_FROM = range(9)
+MAGIC, VERSION = b"NCPB", 4
+(ZERO_K, UNCHANGED, DUP, DELTA, LZ4, ZSTD, RAW, ANNOUNCED, DELTA_FROM, ZERO_RUN, UNCHANGED_RUN) = (
+    range(11)
+)
 CODEC_NONE, CODEC_LZ4, CODEC_ZSTD = 0, 1, 2
 
 
@@ -111,6 +114,8 @@ class Receiver:
     hashes: dict[int, int] = field(default_factory=dict)
     announced: list[int] = field(default_factory=list)
     pinned: dict[int, bytes] = field(default_factory=dict)
+    # records read, by kind (of refused batches too)
+    kinds: Counter[int] = field(default_factory=Counter)
 
     def announce(self, pages: Sequence[bytes]) -> bytes:
         self.announced = [content_hash(p) for p in pages]
@@ -177,11 +182,25 @@ class Receiver:
         start = self.held  # delta-from bases: the batch's start (writes go to `state`)
         state = self.copy()
         index, position = -1, 0
-        for _ in range(records):
+        named = 0  # pages the records named so far (a run names several)
+        while named < records:
+            named += 1
             kind = records_area.take(1)[0]
+            self.kinds[kind] += 1
             index += 1 + records_area.zigzag()
             if not 0 <= index < self.pages:
                 raise Malformed("index")
+            if kind in (ZERO_RUN, UNCHANGED_RUN):
+                more = records_area.varint()
+                if more > records - named or index + more >= self.pages:
+                    raise Malformed("run")
+                named += more
+                for at in range(index, index + more + 1):
+                    if kind == UNCHANGED_RUN and at not in state.held:
+                        raise Malformed("unchanged page never had")
+                    state.write(at, ZERO if kind == ZERO_RUN else state.held[at])
+                index += more
+                continue
             if kind == ZERO_K:
                 page = ZERO
             elif kind == UNCHANGED:
@@ -255,7 +274,8 @@ class Writer:
 
     def round(self, image: bytes, indices: Iterable[int]) -> bytes:
         order = list(indices)
-        self.rng.shuffle(order)
+        if self.rng.random() < 0.5:  # else in order: runs of consecutive pages
+            self.rng.shuffle(order)
         out = bytearray()
         while order or self.rng.random() < 0.2:
             size = self.rng.randint(0, min(len(order), 40))
@@ -273,6 +293,9 @@ class Writer:
         announced = set(receiver.announced)
         records, block, raw = bytearray(), bytearray(), bytearray()
         previous, position = -1, 0
+        # the last record, while later pages may join it as a run: its kind, where its
+        # kind byte is, where its `more` varint goes, and its pages after the first
+        run: tuple[int, int, int, int] | None = None
         for index, page in writes:
             h = content_hash(page)
             options = ["raw"] + (["block"] if codec != CODEC_NONE else [])
@@ -305,9 +328,24 @@ class Writer:
                 "delta_from": DELTA_FROM,
                 "delta": DELTA,
             }[choice]
+            if run and run[0] == kind and index == previous + 1 and rng.random() < 0.8:
+                of, kind_at, more_at, more = run
+                records[kind_at] = ZERO_RUN if of == ZERO_K else UNCHANGED_RUN
+                del records[more_at:]
+                put_varint(records, more + 1)
+                run = (of, kind_at, more_at, more + 1)
+                previous = index
+                receiver.write(index, page)
+                continue
+            run, kind_at = None, len(records)
             records.append(kind)
             put_zigzag(records, index - previous - 1)
             previous = index
+            if kind in (ZERO_K, UNCHANGED):
+                run = (kind, kind_at, len(records), 0)
+                if rng.random() < 0.1:  # a run record naming one page (`more` 0)
+                    records[kind_at] = ZERO_RUN if kind == ZERO_K else UNCHANGED_RUN
+                    records.append(0)
             if kind == DUP:
                 records += h.to_bytes(16, "little")
             elif kind == ANNOUNCED:

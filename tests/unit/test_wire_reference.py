@@ -1,4 +1,4 @@
-"""The page stream against its spec: `tests/wire_reference.py` is version 3 written again
+"""The page stream against its spec: `tests/wire_reference.py` is version 4 written again
 from `docs/migration-wire.md` alone. It must read every stream NovaCron's encoder writes,
 and NovaCron's decoder every stream it writes, with every choice the spec allows."""
 
@@ -115,9 +115,14 @@ def test_the_spec_reads_the_encoders_delta_from_records(compression: str) -> Non
 
 
 def batch(
-    codec: int, records: list[tuple[int, int, bytes]], block: bytes = b"", compress: bool = True
+    codec: int,
+    records: list[tuple[int, int, bytes]],
+    block: bytes = b"",
+    compress: bool = True,
+    pages: int | None = None,
 ) -> bytes:
-    """A batch of `(kind, index step, extra record bytes)`, the raw area from the pages."""
+    """A batch of `(kind, index step, extra record bytes)`, the raw area from the pages;
+    `pages`: the header's count of pages named (default: one per record)."""
     area, raw = bytearray(), bytearray()
     for kind, step, extra in records:
         area.append(kind)
@@ -125,7 +130,8 @@ def batch(
         area += extra
         if kind == ref.RAW:
             raw += os.urandom(PAGE)
-    return ref.frame(codec, len(records), bytes(area), block, bytes(raw), compress)
+    count = len(records) if pages is None else pages
+    return ref.frame(codec, count, bytes(area), block, bytes(raw), compress)
 
 
 def varints(*values: int) -> bytes:
@@ -216,3 +222,45 @@ def test_the_decoder_and_the_spec_agree_on_hostile_batches(
         spec_error = e
     assert (engine_error is None) == (spec_error is None), (engine_error, spec_error)
     assert dec.image() == spec.image()
+
+
+def test_run_records_are_read_alike_and_may_not_name_more_pages_than_the_batch_or_guest() -> None:
+    six_raw = batch(ref.CODEC_NONE, [(ref.RAW, 0, b"")] * 6)
+    # pages 1..=3 zero (page 1: a step of 1; 2 more), pages 4..=5 unchanged (1 more)
+    runs = batch(
+        ref.CODEC_NONE,
+        [(ref.ZERO_RUN, 1, varints(2)), (ref.UNCHANGED_RUN, 0, varints(1))],
+        pages=5,
+    )
+    spec, dec = ref.Receiver(6), _core.PageDecoder(6)
+    for reader in (spec, dec):
+        reader.decode(six_raw + runs)
+    image = dec.image()
+    assert image == spec.image()
+    assert image[PAGE : 4 * PAGE] == bytes(3 * PAGE)
+    assert image[:PAGE] != bytes(PAGE) and image[4 * PAGE :].count(0) < PAGE
+    for bad, why in [
+        (batch(ref.CODEC_NONE, [(ref.ZERO_RUN, 0, varints(2))], pages=2), "run longer"),
+        (batch(ref.CODEC_NONE, [(ref.ZERO_RUN, 4, varints(2))], pages=3), "out of range"),
+        (batch(ref.CODEC_NONE, [(ref.UNCHANGED_RUN, 0, varints(1))], pages=2), "never had"),
+    ]:
+        spec, dec = ref.Receiver(6), _core.PageDecoder(6)
+        with pytest.raises(ref.Malformed):
+            spec.decode(bad)
+        with pytest.raises(EngineError, match=why):
+            dec.decode(bad)
+        assert dec.image() == bytes(6 * PAGE)
+
+
+def test_the_reference_writer_writes_runs() -> None:
+    """(So that the round-trip property above reads them: pages in order, some zero.)"""
+    image = bytes(half_random(random.Random(1)))
+    spec = ref.Receiver(GUEST)
+    for seed in range(10):
+        writer, dec = ref.Writer(GUEST, seed), _core.PageDecoder(GUEST)
+        for _ in range(3):
+            wire = writer.round(image, range(GUEST))
+            dec.decode(wire)
+            spec.decode(wire)
+        assert dec.image() == image == spec.image()
+    assert spec.kinds[ref.ZERO_RUN] > 0 and spec.kinds[ref.UNCHANGED_RUN] > 0, spec.kinds

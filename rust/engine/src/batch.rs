@@ -318,6 +318,22 @@ struct Mark {
     stats: EncodeStats,
     position: i64,
     previous: i64,
+    run: Option<Run>,
+}
+
+/// A zero or unchanged record that later pages of its kind may join, while it is the
+/// record section's last: a single record until a second page joins, then a run
+/// ([`Kind::ZeroRun`], [`Kind::UnchangedRun`]).
+#[derive(Clone, Copy)]
+struct Run {
+    /// the single record's kind
+    of: Kind,
+    /// where its kind byte is in the record section
+    kind_at: usize,
+    /// where its `more` varint starts (the end of the single record)
+    more_at: usize,
+    /// pages after its first
+    more: u64,
 }
 
 /// A batch's record section, block (before compression) and raw area, and counts.
@@ -330,6 +346,8 @@ struct Layout {
     position: i64,
     /// the last record's page index (-1 before the first)
     previous: i64,
+    /// the last record, if later zero or unchanged pages may join it
+    run: Option<Run>,
     block_kind: Kind,
 }
 
@@ -350,6 +368,7 @@ impl Layout {
             stats: EncodeStats::default(),
             position: 0,
             previous: -1,
+            run: None,
             block_kind: if config.codec == Codec::Zstd {
                 Kind::Zstd
             } else {
@@ -366,17 +385,29 @@ impl Layout {
             stats: self.stats,
             position: self.position,
             previous: self.previous,
+            run: self.run,
         }
     }
 
     /// Takes back everything pushed since `mark`.
     fn truncate(&mut self, mark: Mark) {
         self.records.truncate(mark.records);
+        if let Some(run) = mark.run {
+            // a run grown since has its kind byte and `more` rewritten: as they were
+            self.records.truncate(run.more_at);
+            if run.more == 0 {
+                self.records[run.kind_at] = run.of as u8;
+            } else {
+                varint::put(&mut self.records, run.more);
+            }
+            debug_assert_eq!(self.records.len(), mark.records);
+        }
         self.block.truncate(mark.block);
         self.raw.truncate(mark.raw);
         self.stats = mark.stats;
         self.position = mark.position;
         self.previous = mark.previous;
+        self.run = mark.run;
     }
 
     /// Lays out one record; `deltas`: the batch's deltas, which delta records name.
@@ -393,14 +424,47 @@ impl Layout {
             Choice::Block(_) => self.block_kind,
             Choice::Raw(_) => Kind::Raw,
         };
+        let index = i64::try_from(index).expect("indices are checked against the guest");
+        if let Some(run) = self.run.as_mut() {
+            if run.of == kind && index == self.previous + 1 {
+                // the next page of a zero or unchanged run: its `more` grows
+                if run.more == 0 {
+                    self.records[run.kind_at] = if kind == Kind::Zero {
+                        Kind::ZeroRun
+                    } else {
+                        Kind::UnchangedRun
+                    } as u8;
+                }
+                run.more += 1;
+                self.records.truncate(run.more_at);
+                varint::put(&mut self.records, run.more);
+                self.previous = index;
+                match kind {
+                    Kind::Zero => stats.zero += 1,
+                    _ => stats.unchanged += 1,
+                }
+                return;
+            }
+        }
+        self.run = None;
+        let kind_at = self.records.len();
         self.records.push(kind as u8);
         // page indices of a batch mostly ascend: a step from the last one is a byte
-        let index = i64::try_from(index).expect("indices are checked against the guest");
         varint::put_signed(&mut self.records, index - self.previous - 1);
         self.previous = index;
         match *choice {
-            Choice::Zero => stats.zero += 1,
-            Choice::Unchanged => stats.unchanged += 1,
+            Choice::Zero | Choice::Unchanged => {
+                self.run = Some(Run {
+                    of: kind,
+                    kind_at,
+                    more_at: self.records.len(),
+                    more: 0,
+                });
+                match kind {
+                    Kind::Zero => stats.zero += 1,
+                    _ => stats.unchanged += 1,
+                }
+            }
             Choice::Dup(hash) => {
                 self.records.extend_from_slice(&hash.to_le_bytes());
                 stats.dup += 1;
@@ -479,8 +543,105 @@ impl Layout {
 
 #[cfg(test)]
 mod tests {
-    use super::looks_incompressible;
+    use super::{looks_incompressible, Choice, Layout, Scratch};
+    use crate::encoder::EncoderConfig;
+    use crate::wire::Kind;
     use crate::PAGE_SIZE;
+    use proptest::prelude::*;
+
+    static PAGE: [u8; PAGE_SIZE] = [7; PAGE_SIZE];
+
+    /// A choice of each kind a run may or may not join: 0 zero, 1 unchanged, 2 dup, 3 raw.
+    fn choice(kind: u8) -> Choice<'static> {
+        match kind {
+            0 => Choice::Zero,
+            1 => Choice::Unchanged,
+            2 => Choice::Dup(u128::from(kind) << 64 | 5),
+            _ => Choice::Raw(&PAGE),
+        }
+    }
+
+    /// `pages` laid out (index, kind) in a fresh layout, or, with `redo: Some(m)`, laid
+    /// out, taken back to a mark before page `m` and the rest laid out again; its record
+    /// section, raw area and counts.
+    fn laid_out(pages: &[(u64, u8)], redo: Option<usize>) -> (Vec<u8>, Vec<u8>, [u64; 4]) {
+        let mut scratch = Scratch::default();
+        let config = EncoderConfig::default();
+        let mut layout = Layout::new(
+            config,
+            &pages.iter().map(|_| super::Plan::Zero).collect::<Vec<_>>(),
+            &mut scratch,
+        );
+        let mut mark = None;
+        for (k, &(index, kind)) in pages.iter().enumerate() {
+            if redo == Some(k) {
+                mark = Some(layout.mark());
+            }
+            layout.push(index, &choice(kind), &[]);
+        }
+        if let (Some(m), Some(mark)) = (redo, mark) {
+            layout.truncate(mark);
+            for &(index, kind) in &pages[m..] {
+                layout.push(index, &choice(kind), &[]);
+            }
+        }
+        let s = layout.stats;
+        (
+            layout.records.clone(),
+            layout.raw.clone(),
+            [s.pages, s.zero, s.unchanged, s.raw],
+        )
+    }
+
+    #[test]
+    fn consecutive_zero_or_unchanged_pages_go_as_one_run_record() {
+        let pages: Vec<(u64, u8)> = (0..5)
+            .map(|i| (i, 0))
+            .chain((5..8).map(|i| (i, 1)))
+            .collect();
+        let (records, _, counts) = laid_out(&pages, None);
+        // zero pages 0..=4 (a step of 0, 4 more), unchanged pages 5..=7 (2 more)
+        let expected = [Kind::ZeroRun as u8, 0, 4, Kind::UnchangedRun as u8, 0, 2];
+        assert_eq!(records, expected);
+        assert_eq!(counts, [8, 5, 3, 0]);
+        // a gap, a step back or another record between them ends a run
+        let pages = [(0, 0), (2, 0), (1, 0), (3, 2), (4, 0), (5, 0)];
+        let (records, _, _) = laid_out(&pages, None);
+        assert_eq!(
+            records[..6],
+            [
+                Kind::Zero as u8,
+                0,
+                Kind::Zero as u8,
+                2,
+                Kind::Zero as u8,
+                3
+            ]
+        );
+        assert_eq!(records[6..8], [Kind::DupRef as u8, 2]);
+        assert_eq!(records[24..], [Kind::ZeroRun as u8, 0, 1]);
+    }
+
+    proptest! {
+        #[test]
+        fn a_layout_taken_back_to_a_mark_and_redone_is_as_if_laid_out_once(
+            steps in proptest::collection::vec((0u64..3, 0u8..4), 1..300),
+            at in any::<prop::sample::Index>(),
+        ) {
+            // mostly ascending pages, often consecutive: long runs, broken at random
+            let mut index = 0;
+            let pages: Vec<(u64, u8)> = steps
+                .iter()
+                .map(|&(step, kind)| {
+                    index += step;
+                    (index, if step == 2 { kind } else { kind % 2 })
+                })
+                .collect();
+            let once = laid_out(&pages, None);
+            let redone = laid_out(&pages, Some(at.index(pages.len())));
+            prop_assert_eq!(once, redone);
+        }
+    }
 
     /// A page whose sampled bytes (every eighth) take `distinct` values.
     fn sampled_values(distinct: usize) -> Vec<u8> {

@@ -61,9 +61,9 @@ impl Default for EncoderConfig {
 pub struct EncodeStats {
     /// Pages offered.
     pub pages: u64,
-    /// Zero records.
+    /// Zero pages (alone or in runs).
     pub zero: u64,
-    /// Unchanged records.
+    /// Unchanged pages (alone or in runs).
     pub unchanged: u64,
     /// Duplicate references.
     pub dup: u64,

@@ -196,7 +196,10 @@ impl Reader {
         };
         let mut position: i64 = 0; // the batch's last announced-ref position
         let mut previous: i64 = -1; // the last record's page index
-        for _ in 0..header.records {
+                                    // pages the records named so far (`header.records` in all: a run names several)
+        let mut named: u32 = 0;
+        while named < header.records {
+            named += 1;
             let kind_byte = *input
                 .first()
                 .ok_or_else(|| EngineError::malformed("truncated record"))?;
@@ -211,6 +214,30 @@ impl Reader {
             previous = index;
             let index = self.page_index(index, "page index")?;
             let record = match kind {
+                Kind::ZeroRun | Kind::UnchangedRun => {
+                    let more = varint::get(&mut input)?;
+                    let last = u32::try_from(more)
+                        .ok()
+                        .filter(|&more| more <= header.records - named)
+                        .ok_or_else(|| {
+                            EngineError::malformed("run longer than the batch's pages")
+                        })?;
+                    let last =
+                        self.page_index(index as u64 + u64::from(last), "run's last page")?;
+                    named += (last - index) as u32;
+                    previous = last as i64;
+                    for page in index..=last {
+                        records.push((
+                            page,
+                            if kind == Kind::ZeroRun {
+                                Record::Zero
+                            } else {
+                                Record::Unchanged
+                            },
+                        ));
+                    }
+                    continue;
+                }
                 Kind::Zero => Record::Zero,
                 // (whether the receiver has the page, or an earlier record of the batch
                 // wrote it, is known when the batch is applied, in order)

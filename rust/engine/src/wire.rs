@@ -1,4 +1,4 @@
-//! The page stream's wire format, version 3 (see `docs/migration-wire.md`).
+//! The page stream's wire format, version 4 (see `docs/migration-wire.md`).
 //!
 //! A stream is a sequence of self-contained batches. Every batch starts with a fixed
 //! 40-byte little-endian header and ends with its body; the header's xxh3-64 checksum
@@ -9,10 +9,10 @@ use crate::error::{EngineError, Result};
 /// First bytes of every batch.
 pub const MAGIC: [u8; 4] = *b"NCPB";
 /// Wire format version written and accepted.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// Size of the batch header.
 pub const HEADER_LEN: usize = 40;
-/// Most records one batch may carry (bounds the decoder's work per batch).
+/// Most pages one batch's records may name (bounds the decoder's work per batch).
 pub const MAX_RECORDS: u32 = 1 << 16;
 /// Longest delta accepted for one page.
 pub const MAX_DELTA: usize = crate::PAGE_SIZE;
@@ -43,6 +43,12 @@ pub enum Kind {
     /// An XBZRLE-style delta against the content another page (or this one) held when
     /// the batch began, named by its index (its bytes are the block's next).
     DeltaFrom = 8,
+    /// All-zero pages: this record's page and the next `more` (a varint after the
+    /// index step), in ascending order.
+    ZeroRun = 9,
+    /// Pages whose receiver's copies are current: this record's page and the next
+    /// `more`, as [`Kind::ZeroRun`].
+    UnchangedRun = 10,
 }
 
 impl Kind {
@@ -61,6 +67,8 @@ impl Kind {
             6 => Self::Raw,
             7 => Self::AnnouncedRef,
             8 => Self::DeltaFrom,
+            9 => Self::ZeroRun,
+            10 => Self::UnchangedRun,
             other => {
                 return Err(EngineError::malformed(format!(
                     "unknown record kind {other}"
@@ -98,7 +106,7 @@ impl Codec {
 pub struct Header {
     /// Block compression.
     pub codec: Codec,
-    /// Number of records.
+    /// Number of pages the records name (a run record names several).
     pub records: u32,
     /// Length of the record section.
     pub records_len: u32,
@@ -227,7 +235,7 @@ impl Header {
             raw_len: u32_at(24),
         };
         if header.records > MAX_RECORDS {
-            return Err(EngineError::malformed("too many records in one batch"));
+            return Err(EngineError::malformed("too many pages in one batch"));
         }
         let max_block = header.records as usize * crate::PAGE_SIZE;
         if header.block_raw_len as usize > max_block

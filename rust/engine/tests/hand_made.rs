@@ -118,3 +118,79 @@ fn a_dup_ref_may_name_content_any_page_holds() {
         }
     }
 }
+
+#[test]
+fn runs_name_consecutive_pages_and_may_not_reach_past_the_batch_or_the_guest() {
+    use novacron_engine::wire::Kind;
+    let page = |image: &[u8], p: usize| image[p * PAGE_SIZE..(p + 1) * PAGE_SIZE].to_vec();
+    // pages 0..=5 raw (a run of 1 raw + unchanged could not stand first: nothing held)
+    let mut records = Vec::new();
+    for _ in 0..6 {
+        records.extend_from_slice(&[Kind::Raw as u8, 0]);
+    }
+    let raw: Vec<u8> = (1..=6u8).flat_map(|v| [v; PAGE_SIZE]).collect();
+    let mut dec = Decoder::new(8).unwrap();
+    dec.decode(&hand_made(Codec::None, 6, &records, &[], &raw))
+        .unwrap();
+    // pages 1..=3 zero (page 1: a step of 1, zigzag 2; 2 more), pages 4..=5 unchanged
+    // (1 more), page 6 zero alone as a run of 1 (0 more)
+    let records = [
+        Kind::ZeroRun as u8,
+        2,
+        2,
+        Kind::UnchangedRun as u8,
+        0,
+        1,
+        Kind::ZeroRun as u8,
+        0,
+        0,
+    ];
+    assert_eq!(
+        dec.decode(&hand_made(Codec::None, 6, &records, &[], &[]))
+            .unwrap(),
+        1
+    );
+    let image = dec.image();
+    assert_eq!(page(&image, 0), [1u8; PAGE_SIZE]);
+    for p in [1, 2, 3, 6, 7] {
+        assert!(page(&image, p).iter().all(|&b| b == 0), "page {p}");
+    }
+    assert_eq!(page(&image, 5), [6u8; PAGE_SIZE]);
+    // the pages a batch names are its header's count: a run may not name more, nor may
+    // the batch end before its count; a run may not pass the guest's last page; an
+    // unchanged run may not name a page never held
+    for (count, records, why) in [
+        (
+            2,
+            vec![Kind::ZeroRun as u8, 0, 2],
+            "run longer than the batch's pages",
+        ),
+        (4, vec![Kind::ZeroRun as u8, 0, 2], "truncated record"),
+        (3, vec![Kind::ZeroRun as u8, 12, 2], "out of range"),
+        (
+            1,
+            vec![Kind::ZeroRun as u8, 0, 0xff, 0xff, 0xff, 0xff, 0x1f],
+            "longer",
+        ),
+        (3, vec![Kind::UnchangedRun as u8, 10, 2], "never had"),
+    ] {
+        let mut fresh = Decoder::new(8).unwrap();
+        let mut held = Decoder::new(8).unwrap();
+        held.decode(&hand_made(
+            Codec::None,
+            1,
+            &[Kind::Raw as u8, 0],
+            &[],
+            &[9; PAGE_SIZE],
+        ))
+        .unwrap();
+        for dec in [&mut fresh, &mut held] {
+            let before = dec.image();
+            let err = dec
+                .decode(&hand_made(Codec::None, count, &records, &[], &[]))
+                .unwrap_err();
+            assert!(err.to_string().contains(why), "{why}: {err}");
+            assert_eq!(dec.image(), before, "nothing applied");
+        }
+    }
+}

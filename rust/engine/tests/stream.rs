@@ -636,3 +636,33 @@ fn no_output_is_longer_than_its_bound_even_in_batches_of_one_page() {
         assert!(wire.len() > PAGES * PAGE_SIZE / 2);
     }
 }
+
+#[test]
+fn zero_and_unchanged_pages_go_in_runs_of_a_few_bytes() {
+    // 16 MiB: zero pages, then pages of text each marked with its index; then the same
+    // again, whose text pages are unchanged
+    let pages = 4096;
+    let mut image = vec![0u8; pages * PAGE_SIZE];
+    for p in pages / 2..pages {
+        let page = &mut image[p * PAGE_SIZE..(p + 1) * PAGE_SIZE];
+        page.fill(b'x');
+        page[..8].copy_from_slice(&(p as u64).to_le_bytes());
+    }
+    let all: Vec<u64> = (0..pages as u64).collect();
+    for threads in [1, 2] {
+        let config = config(Codec::Lz4, true, 64, 1024, threads);
+        let mut enc = Encoder::new(pages, config).unwrap();
+        let mut dec = Decoder::new(pages).unwrap();
+        let mut wire_len = Vec::new();
+        for _ in 0..2 {
+            let wire = enc.encode(&image, &all).unwrap();
+            wire_len.push(wire.len());
+            dec.decode(&wire).unwrap();
+            assert_eq!(dec.image(), image);
+        }
+        // four batches: a header and a run record each
+        assert!(wire_len[1] < 4 * 50, "{wire_len:?}");
+        assert_eq!(enc.stats.zero, pages as u64);
+        assert_eq!(enc.stats.unchanged, pages as u64 / 2);
+    }
+}

@@ -13,7 +13,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::input::Input;
 
-const KINDS: u8 = 9;
+const KINDS: u8 = 11;
 const LZ4: u8 = 4;
 
 fn put_varint(out: &mut Vec<u8>, mut value: u64) {
@@ -34,7 +34,7 @@ fn frame(codec: u8, records: u32, parts: [&[u8]; 3], block_raw_len: u32) -> Vec<
     let [record_bytes, block, raw] = parts;
     let mut batch = Vec::with_capacity(40 + parts.iter().map(|p| p.len()).sum::<usize>());
     batch.extend_from_slice(b"NCPB");
-    batch.extend_from_slice(&[3, codec, 0, 0]);
+    batch.extend_from_slice(&[4, codec, 0, 0]);
     for field in [
         records,
         record_bytes.len() as u32,
@@ -75,6 +75,8 @@ fn records(
 ) -> (u32, Vec<u8>, Vec<u8>, Vec<u8>) {
     let count = input.below(12);
     let (mut out, mut block, mut raw) = (Vec::new(), Vec::new(), Vec::new());
+    // pages the records name (a run names 1 + `more`)
+    let mut named = count as u64;
     for _ in 0..count {
         let kind = input.byte() % (KINDS + 1); // one past the last kind: unknown
         out.push(kind);
@@ -104,10 +106,19 @@ fn records(
             4 | 5 => block.extend_from_slice(&input.page(None)),
             6 => raw.extend_from_slice(&input.page(None)),
             7 => put_signed(&mut out, i64::from(input.byte() % 8) - 2),
+            9 | 10 => {
+                // mostly inside the guest, sometimes past it, sometimes huge
+                let more = match input.byte() {
+                    0..8 => input.u64() >> input.below(64),
+                    _ => input.below(pages + 1) as u64,
+                };
+                put_varint(&mut out, more);
+                named = named.saturating_add(more);
+            }
             _ => {}
         }
     }
-    (count as u32, out, block, raw)
+    (u32::try_from(named).unwrap_or(u32::MAX), out, block, raw)
 }
 
 /// One hostile batch; for a batch of lz4 records at pages 0, 1, ... (see
