@@ -196,7 +196,8 @@ impl Reader {
         };
         let mut position: i64 = 0; // the batch's last announced-ref position
         let mut previous: i64 = -1; // the last record's page index
-                                    // pages the records named so far (`header.records` in all: a run names several)
+
+        // pages the records named so far (`header.records` in all; a run names several)
         let mut named: u32 = 0;
         while named < header.records {
             named += 1;
@@ -215,16 +216,15 @@ impl Reader {
             let index = self.page_index(index, "page index")?;
             let record = match kind {
                 Kind::ZeroRun | Kind::UnchangedRun => {
-                    let more = varint::get(&mut input)?;
-                    let last = u32::try_from(more)
+                    let more = u32::try_from(varint::get(&mut input)?)
                         .ok()
                         .filter(|&more| more <= header.records - named)
                         .ok_or_else(|| {
                             EngineError::malformed("run longer than the batch's pages")
                         })?;
                     let last =
-                        self.page_index(index as u64 + u64::from(last), "run's last page")?;
-                    named += (last - index) as u32;
+                        self.page_index(index as u64 + u64::from(more), "run's last page")?;
+                    named += more;
                     previous = last as i64;
                     for page in index..=last {
                         records.push((
