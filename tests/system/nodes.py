@@ -198,4 +198,14 @@ def migrate(src: Node, dst: Node, vm: str, *options: str) -> dict[str, Any]:
 
 
 def logs(*nodes: Node) -> str:
-    return "\n".join(f"--- {n.name} ---\n{n.daemon.log_text()[-6000:]}" for n in nodes)
+    """The daemons' logs, then each host's libvirtd warnings and QEMU logs (tails)."""
+    parts = [f"--- {n.name} ---\n{n.daemon.log_text()[-6000:]}" for n in nodes]
+    for n in nodes:
+        log_dir = n.host.root / "log"
+        for path in [log_dir / "libvirtd.log", *sorted((log_dir / "qemu").glob("*.log"))]:
+            if path.is_file():
+                lines = path.read_text(errors="replace").splitlines(keepends=True)
+                # libvirtd's node-device scan logs an ethtool error per foreign interface
+                text = "".join(x for x in lines if "EthtoolIoctl" not in x)[-3000:]
+                parts.append(f"--- {n.name}: {path.relative_to(log_dir)} ---\n{text}")
+    return "\n".join(parts)

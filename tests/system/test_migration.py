@@ -353,6 +353,9 @@ def test_destination_qemu_killed_mid_way(nodes: TwoNodes, guest_images: guest.Gu
     b.host.sh("kill -KILL $(cat /run/libvirt/qemu/m7.pid)")
     doc = ended(a, op_id)
     assert doc["state"] == "failed" and doc["error"]["code"] == "migration_failed", doc
+    # the relay's failure is the op's error; libvirt's own cause is logged beside it
+    said = [line for line in a.daemon.log_text().splitlines() if "migration.libvirt_failed" in line]
+    assert len(said) == 1 and "qemu" in said[0].lower(), said
     stays_on_source("m7", a, b)  # intact there, then retired
 
 

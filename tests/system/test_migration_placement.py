@@ -23,6 +23,8 @@ from tests.system.test_placement_guest import parse_vcpupin
 HUGEPAGES = Path("/proc/sys/vm/nr_hugepages")
 # both QEMUs hold the guest's 128 MiB while it moves: 2 x 64 pages, and room to spare
 POOL_PAGES = 192
+FREE_2M = Path("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+COMPACT = Path("/proc/sys/vm/compact_memory")
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +36,13 @@ def placing_nodes(
         pytest.fail("this test needs a host with at least 2 threads")
     old_pages = HUGEPAGES.read_text().strip()
     HUGEPAGES.write_text(f"{POOL_PAGES}\n")  # read by the daemons as they start
+    if int(FREE_2M.read_text()) < POOL_PAGES:  # the kernel found too few free 2 MiB runs
+        COMPACT.write_text("1\n")
+        HUGEPAGES.write_text(f"{POOL_PAGES}\n")
+    free = int(FREE_2M.read_text())
+    if free < POOL_PAGES:
+        HUGEPAGES.write_text(old_pages + "\n")
+        pytest.fail(f"the kernel gave {free} free 2 MiB pages of the {POOL_PAGES} asked for")
 
     def flags(dedicated: int) -> list[str]:
         shared = [cpu for cpu in cpus if cpu != dedicated]

@@ -97,6 +97,8 @@ class Host:
         (self.root / "etc" / "libvirtd.conf").write_text(
             f'listen_tls = 0\nlisten_tcp = 1\nlisten_addr = "{self.address}"\n'
             f'auth_tcp = "none"\nhost_uuid = "{uuid.uuid4()}"\n'
+            # warnings and errors, read back by a failed test (diagnostics)
+            'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
         )
         (self.root / "etc" / "qemu.conf").write_text(
             f'cgroup_controllers = [ ]\nmigration_host = "{self.address}"\n'

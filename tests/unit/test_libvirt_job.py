@@ -70,9 +70,12 @@ def test_calls_on_the_test_driver(hv: Hypervisor) -> None:
     assert libvirt_job.incoming_state(hv, "test") == "running"  # persistent and running
     assert libvirt_job.incoming_state(hv, "missing") == "absent"
     assert "<name>test</name>" in libvirt_job.migratable_xml(hv, "test")
-    with pytest.raises(errors.NovaCronError):
+    with pytest.raises(errors.NovaCronError) as refused:
         libvirt_job.migrate(hv, call(name="test", dest_uri="test:///default"))
     assert libvirt_job.incoming_state(hv, "test") == "running"  # a failed call leaves it
+    # no job ever ran: nothing kept to add to libvirt's own message
+    assert libvirt_job.failed_job_message(hv.domain("test")) == ""
+    assert "migration job" not in refused.value.message
 
 
 def test_a_transient_domain_is_still_arriving(hv: Hypervisor) -> None:

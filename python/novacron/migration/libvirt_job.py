@@ -68,9 +68,22 @@ def migrate(hv: Hypervisor, call: MigrationCall) -> None:
         with libvirt_errors():
             dom.migrateToURI3(call.dest_uri, call.params(), call.flags())
     except errors.NovaCronError as exc:
-        if not storage_refusal(exc):
+        if storage_refusal(exc):
+            raise type(exc)(exc.message + UNSAFE_HINT, exc.details) from None
+        why = failed_job_message(dom)
+        if not why or why in exc.message:
             raise
-        raise type(exc)(exc.message + UNSAFE_HINT, exc.details) from None
+        raise type(exc)(f"{exc.message}; the migration job: {why}", exc.details) from None
+
+
+def failed_job_message(dom: libvirt.virDomain) -> str:
+    """What libvirt kept of the last job's failure (QEMU's own reason, when it had one):
+    some failures of a peer-to-peer migration reach the caller without a cause."""
+    try:
+        stats: dict[str, Any] = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    except libvirt.libvirtError:
+        return ""
+    return str(stats.get(libvirt.VIR_DOMAIN_JOB_ERRMSG) or "")
 
 
 def storage_refusal(exc: errors.NovaCronError) -> bool:

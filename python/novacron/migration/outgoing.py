@@ -401,6 +401,7 @@ async def _migrate(
             await trio.to_thread.run_sync(libvirt_job.migrate, vms.hv, call)
             log.info("migration.libvirt_done", extra=kv(vm=op.vm, op=op.id))
         except errors.NovaCronError as exc:
+            log.warning("migration.libvirt_failed", extra=kv(vm=op.vm, op=op.id, error=exc.message))
             run.fail(errors.MigrationFailed(exc.message, {"vm": op.vm, "cause": exc.code}))
             await tell_abort()
             tasks.cancel_scope.cancel()
