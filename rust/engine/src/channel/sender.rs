@@ -252,6 +252,12 @@ impl StreamSender {
     fn piece(&mut self, piece: PieceRef<'_>, out: &mut Vec<u8>, group: &mut Vec<u8>) -> Result<()> {
         match piece {
             PieceRef::RamSize { pages } => {
+                // what any receiver refuses is refused here, before a frame goes
+                if pages > super::receiver::MAX_GUEST_PAGES {
+                    return Err(crate::EngineError::invalid(format!(
+                        "a guest of {pages} pages: a migration channel carries at most 2^32"
+                    )));
+                }
                 self.total = pages;
                 if !self.started && pages > 0 {
                     self.started = true;

@@ -388,3 +388,23 @@ fn a_guest_larger_than_the_limit_is_refused_before_any_state() {
     }
     assert!(StreamReceiver::new(None, 1).max_pages(0).is_err());
 }
+
+#[test]
+fn the_sender_refuses_a_guest_no_receiver_takes() {
+    let at_most = |blocks: &[(&[u8], u64)]| {
+        let mut s = Stream::default();
+        s.header().configuration(&[b"events"]);
+        // QEMU's section start (0x01) of its RAM section, then the block list
+        s.section_start(0x01, 2, b"ram")
+            .ram_setup(blocks)
+            .eos()
+            .footer(2);
+        StreamSender::new(config(false, false, 2)).feed(&s.bytes)
+    };
+    let limit = super::receiver::MAX_GUEST_PAGES * crate::PAGE_SIZE as u64;
+    let started = at_most(&[(b"pc.ram", limit)]).unwrap();
+    assert_eq!(frames(&started)[0].0, START);
+    // one page more, in a second block: refused before any frame
+    let refused = at_most(&[(b"pc.ram", limit), (b"vga.vram", 4096)]).unwrap_err();
+    assert!(refused.to_string().contains("at most 2^32"), "{refused}");
+}
