@@ -354,7 +354,11 @@ def test_destination_qemu_killed_mid_way(nodes: TwoNodes, guest_images: guest.Gu
     doc = ended(a, op_id)
     assert doc["state"] == "failed" and doc["error"]["code"] == "migration_failed", doc
     # the relay's failure is the op's error; libvirt's own cause is logged beside it
-    said = [line for line in a.daemon.log_text().splitlines() if "migration.libvirt_failed" in line]
+    said = [
+        line
+        for line in a.daemon.log_text().splitlines()
+        if "migration.libvirt_failed" in line and " vm=m7 " in line
+    ]
     # (QEMU's death, or the abort that followed the relay's, whichever libvirt saw first)
     assert len(said) == 1 and 'error="libvirt: ' in said[0], said
     stays_on_source("m7", a, b)  # intact there, then retired
