@@ -1,7 +1,8 @@
 //! The migration channel: any stream, fed to the source's sender in any reads, with
-//! any settings, arrives at the destination byte for byte, or is refused there only
-//! for a guest larger than the destination takes; and any frames at all leave a
-//! receiver refusing or releasing, never failing otherwise.
+//! any settings, arrives at the destination byte for byte, or is refused only for a
+//! guest larger than the destination takes (by the sender itself for one over 2^32
+//! pages); and any frames at all leave a receiver refusing or releasing, never
+//! failing otherwise.
 
 use novacron_engine::channel::{SenderConfig, StreamReceiver, StreamSender, ANNOUNCE, HEADER_LEN};
 use novacron_engine::{Codec, EncoderConfig, PageStore};
@@ -126,7 +127,15 @@ pub fn channel(data: &[u8]) {
         link.deliver(out);
     }
     for read in reads(stream, &sizes) {
-        let out = link.sender.feed(read).expect("the sender takes any bytes");
+        let out = match link.sender.feed(read) {
+            Ok(out) => out,
+            Err(err) => {
+                // the one stream a sender refuses: a guest no receiver would take
+                let why = err.to_string();
+                assert!(why.contains("at most 2^32"), "the sender refused: {why}");
+                return; // the migration fails; the VM stays on the source
+            }
+        };
         link.deliver(out);
         if link.sender.at_gate() {
             let out = link.sender.flush().expect("flush");
