@@ -26,6 +26,7 @@ MAGIC, VERSION = b"NCPB", 4
     range(11)
 )
 CODEC_NONE, CODEC_LZ4, CODEC_ZSTD = 0, 1, 2
+RUN_OF = {ZERO_K: ZERO_RUN, UNCHANGED: UNCHANGED_RUN}  # the run record of a single's kind
 
 
 class Malformed(Exception):
@@ -330,7 +331,7 @@ class Writer:
             }[choice]
             if run and run[0] == kind and index == previous + 1 and rng.random() < 0.8:
                 of, kind_at, more_at, more = run
-                records[kind_at] = ZERO_RUN if of == ZERO_K else UNCHANGED_RUN
+                records[kind_at] = RUN_OF[of]
                 del records[more_at:]
                 put_varint(records, more + 1)
                 run = (of, kind_at, more_at, more + 1)
@@ -341,10 +342,10 @@ class Writer:
             records.append(kind)
             put_zigzag(records, index - previous - 1)
             previous = index
-            if kind in (ZERO_K, UNCHANGED):
+            if kind in RUN_OF:
                 run = (kind, kind_at, len(records), 0)
                 if rng.random() < 0.1:  # a run record naming one page (`more` 0)
-                    records[kind_at] = ZERO_RUN if kind == ZERO_K else UNCHANGED_RUN
+                    records[kind_at] = RUN_OF[kind]
                     records.append(0)
             if kind == DUP:
                 records += h.to_bytes(16, "little")

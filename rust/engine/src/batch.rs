@@ -336,6 +336,15 @@ struct Run {
     more: u64,
 }
 
+/// The run record naming pages of a zero or unchanged record's kind.
+fn run_kind(of: Kind) -> Kind {
+    if of == Kind::Zero {
+        Kind::ZeroRun
+    } else {
+        Kind::UnchangedRun
+    }
+}
+
 /// A batch's record section, block (before compression) and raw area, and counts.
 struct Layout {
     records: Vec<u8>,
@@ -425,24 +434,21 @@ impl Layout {
             Choice::Raw(_) => Kind::Raw,
         };
         let index = i64::try_from(index).expect("indices are checked against the guest");
+        match choice {
+            Choice::Zero => stats.zero += 1,
+            Choice::Unchanged => stats.unchanged += 1,
+            _ => {}
+        }
         if let Some(run) = self.run.as_mut() {
             if run.of == kind && index == self.previous + 1 {
                 // the next page of a zero or unchanged run: its `more` grows
                 if run.more == 0 {
-                    self.records[run.kind_at] = if kind == Kind::Zero {
-                        Kind::ZeroRun
-                    } else {
-                        Kind::UnchangedRun
-                    } as u8;
+                    self.records[run.kind_at] = run_kind(kind) as u8;
                 }
                 run.more += 1;
                 self.records.truncate(run.more_at);
                 varint::put(&mut self.records, run.more);
                 self.previous = index;
-                match kind {
-                    Kind::Zero => stats.zero += 1,
-                    _ => stats.unchanged += 1,
-                }
                 return;
             }
         }
@@ -460,10 +466,6 @@ impl Layout {
                     more_at: self.records.len(),
                     more: 0,
                 });
-                match kind {
-                    Kind::Zero => stats.zero += 1,
-                    _ => stats.unchanged += 1,
-                }
             }
             Choice::Dup(hash) => {
                 self.records.extend_from_slice(&hash.to_le_bytes());
