@@ -181,3 +181,18 @@ def test_only_a_refusal_over_shared_storage_is_one_declaring_storage_helps() -> 
     assert libvirt_job.storage_refusal(storage)
     assert not libvirt_job.storage_refusal(cache)
     assert not libvirt_job.storage_refusal(other)
+
+
+def test_a_kept_job_reason_is_added_only_where_libvirt_gave_no_cause() -> None:
+    internal = {"libvirt_code": libvirt.VIR_ERR_INTERNAL_ERROR}
+    unknown = errors.MigrationFailed(f"libvirt: {libvirt_job.CAUSE_UNKNOWN}", internal)
+    named = errors.MigrationFailed(
+        "libvirt: internal error: qemu unexpectedly closed the monitor", internal
+    )
+    aborted = errors.MigrationFailed(
+        f"libvirt: operation aborted: {libvirt_job.CAUSE_UNKNOWN}",
+        {"libvirt_code": libvirt.VIR_ERR_OPERATION_ABORTED},
+    )
+    assert libvirt_job.cause_unknown(unknown)
+    assert not libvirt_job.cause_unknown(named)
+    assert not libvirt_job.cause_unknown(aborted)

@@ -70,10 +70,21 @@ def migrate(hv: Hypervisor, call: MigrationCall) -> None:
     except errors.NovaCronError as exc:
         if storage_refusal(exc):
             raise type(exc)(exc.message + UNSAFE_HINT, exc.details) from None
-        why = failed_job_message(dom)
-        if not why or why in exc.message:
+        why = failed_job_message(dom) if cause_unknown(exc) else ""
+        if not why:
             raise
         raise type(exc)(f"{exc.message}; the migration job: {why}", exc.details) from None
+
+
+# what libvirt reports when a call failed without saying why (virErrorGenericFailure)
+CAUSE_UNKNOWN = "An error occurred, but the cause is unknown"
+
+
+def cause_unknown(exc: errors.NovaCronError) -> bool:
+    """libvirt's own "no cause" failure: the one a kept job reason is added to (another
+    message names its cause, and the kept reason may be an earlier job's)."""
+    internal = exc.details.get("libvirt_code") == libvirt.VIR_ERR_INTERNAL_ERROR
+    return internal and exc.message.endswith(CAUSE_UNKNOWN)
 
 
 def failed_job_message(dom: libvirt.virDomain) -> str:
