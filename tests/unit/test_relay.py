@@ -160,7 +160,7 @@ async def test_the_page_engine_encodes_and_decodes_off_the_trio_thread(
     """Every engine call that encodes or decodes pages (milliseconds each in a real
     migration) runs on a worker thread, so the daemon's event loop keeps serving its
     other connections; only calls that cannot (reads too short to fill a batch, small
-    frames other than PAGES) run inline."""
+    frames other than page frames) run inline."""
     trio_thread = threading.get_ident()
     on_trio: list[str] = []
     off_trio: list[str] = []
@@ -177,11 +177,12 @@ async def test_the_page_engine_encodes_and_decodes_off_the_trio_thread(
         monkeypatch.setattr(cls, name, call)
 
     def framed_pages(args: Any, result: Any) -> bool:
-        return frames.PAGES in {f.kind for f in frames.FrameDecoder().feed(b"".join(result))}
+        kinds = {f.kind for f in frames.FrameDecoder().feed(b"".join(result))}
+        return bool(kinds & frames.PAGE_FRAMES)
 
     for name in ("feed", "announce", "flush", "finish"):
         recorded(StreamSender, name, framed_pages)
-    recorded(StreamReceiver, "apply", lambda args, _: args[0].kind == frames.PAGES)
+    recorded(StreamReceiver, "apply", lambda args, _: args[0].kind in frames.PAGE_FRAMES)
     stream, _ = iterations(5, 3)
     received, returned, src, dst = await migrate(stream, src_stats=RelayStats())
     assert received == stream and returned == SHUT and src.done and dst.done

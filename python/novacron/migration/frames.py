@@ -22,12 +22,16 @@ Every frame is ``type: u8``, ``length: u32 big-endian``, ``payload``. Types:
   to the destination QEMU so far. The source reads no further from its QEMU while it is
   more than a window (32 MiB of stream) ahead of that, so QEMU's bandwidth estimate —
   and with it the switch-over's downtime — reflects the whole path, not how fast the
-  source absorbs pages that cost a few bytes on the wire (references).
+  source absorbs pages that cost a few bytes on the wire (references);
+* ``PACKED_PAGES`` (10) — a ``PAGES`` frame whose per-page entries are zstd-compressed:
+  ``total_pages: u64``, ``count: u32``, ``head_len: u32``, ``packed_len: u32``, then
+  ``packed_len`` bytes of zstd that unpack to exactly ``head_len`` bytes of entries (as in
+  ``PAGES``), then the batch. The source sends it instead of ``PAGES`` when it is smaller.
 
 A frame over ``max_frame`` bytes, an unknown type or a malformed payload is a
 :class:`FrameError`; the channel is then closed (the migration fails on this side).
-The payloads of ``PAGES``, ``CHECK``, ``END`` and ``START`` are made and checked by the
-Rust halves of the channel (``novacron._core.ChannelSender`` / ``ChannelReceiver``);
+The payloads of ``PAGES``, ``PACKED_PAGES``, ``CHECK``, ``END`` and ``START`` are made and
+checked by the Rust halves of the channel (``novacron._core.ChannelSender`` / ``ChannelReceiver``);
 this module frames, and splits frames, for the relays.
 """
 
@@ -37,7 +41,9 @@ import struct
 from dataclasses import dataclass
 
 VERBATIM, PAGES, RETURN, END, ABORT, CHECK, START, ANNOUNCE, ACK = 1, 2, 3, 4, 5, 6, 7, 8, 9
-TYPES = frozenset({VERBATIM, PAGES, RETURN, END, ABORT, CHECK, START, ANNOUNCE, ACK})
+PACKED_PAGES = 10
+TYPES = frozenset({VERBATIM, PAGES, RETURN, END, ABORT, CHECK, START, ANNOUNCE, ACK, PACKED_PAGES})
+PAGE_FRAMES = frozenset({PAGES, PACKED_PAGES})  # the frames that carry pages
 HEADER = struct.Struct(">BI")
 _LENGTH = struct.Struct(">Q")
 MAX_FRAME = 64 * 1024 * 1024

@@ -17,7 +17,7 @@ run on worker threads of an ``engine`` :class:`~novacron.blocking.Pool`, not on 
 trio thread, so the daemon's other connections and tasks are not held up by a
 migration; the engine releases the GIL for its work. Calls that cannot (a read of
 QEMU's stream too short to fill the open batch: splitting and copying it; a frame
-other than ``PAGES`` under 256 KiB) run inline, as a thread hand-off would cost more
+other than page frames under 256 KiB) run inline, as a thread hand-off would cost more
 than they do. Each end's engine object is used by one thread at a time: on the
 source every use is under the channel's lock (the reading of ``at_gate`` and of the
 final counts too), on the destination one task makes them all.
@@ -48,7 +48,7 @@ WINDOW = 32 * 1024 * 1024  # stream bytes the source may be ahead of the destina
 ACK_EVERY = 1024 * 1024  # the destination acknowledges this much stream at a time
 QUEUE_LIMIT = 2 * WINDOW  # destination: vouched stream waiting for QEMU, at most
 ENGINE_THREADS = 2  # a relay's engine calls at once when the caller gives no pool
-INLINE_FRAME = 256 * 1024  # destination: smaller frames other than PAGES apply inline
+INLINE_FRAME = 256 * 1024  # destination: smaller frames other than page frames apply inline
 
 
 def engine_pool() -> Pool:
@@ -338,7 +338,8 @@ async def relay_destination(
                         received = decoder.feed(bytes(data))
                     for frame in received:
                         with stats.timed("work"):
-                            if frame.kind == frames.PAGES or len(frame.payload) >= INLINE_FRAME:
+                            big = len(frame.payload) >= INLINE_FRAME
+                            if frame.kind in frames.PAGE_FRAMES or big:
                                 rebuilt = await engine.run(receiver.apply, frame)
                             else:
                                 rebuilt = receiver.apply(frame)

@@ -88,7 +88,7 @@ fn hostile(input: &mut Input<'_>) {
     let store = input.flag().then(|| PageStore::new(16));
     let mut receiver = StreamReceiver::new(store, 1 << (10 + input.below(12)));
     while !input.is_empty() {
-        let kind = input.byte() % 10;
+        let kind = input.byte() % 11;
         let payload = input.chunk();
         if receiver.apply(kind, payload).is_err() {
             break;

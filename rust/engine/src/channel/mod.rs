@@ -11,7 +11,9 @@
 //! "channel frames"): `VERBATIM` (1), `PAGES` (2: `total_pages u64`, `count u32`, per
 //! page `prefix_len u32`, prefix, `index u64`, then one engine batch), `RETURN` (3),
 //! `END` (4: `length u64`, `xxh3-128` as 16 bytes big-endian), `ABORT` (5), `CHECK` (6,
-//! as `END`), `START` (7: `total_pages u64`), `ANNOUNCE` (8: 16-byte page hashes).
+//! as `END`), `START` (7: `total_pages u64`), `ANNOUNCE` (8: 16-byte page hashes),
+//! `PACKED_PAGES` (10: `PAGES` with its per-page entries compressed: `total_pages u64`,
+//! `count u32`, `head_len u32`, `packed_len u32`, the entries as zstd, then the batch).
 
 mod receiver;
 mod sender;
@@ -40,6 +42,8 @@ pub const CHECK: u8 = 6;
 pub const START: u8 = 7;
 /// The receiver's page-store hashes.
 pub const ANNOUNCE: u8 = 8;
+/// `PAGES` whose per-page entries (prefixes and indices) are zstd-compressed.
+pub const PACKED_PAGES: u8 = 10;
 
 /// Frame header: type and payload length.
 pub const HEADER_LEN: usize = 5;

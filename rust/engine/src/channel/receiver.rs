@@ -6,8 +6,8 @@
 //! physical memory), and at most `max_unchecked` bytes of stream awaiting a `CHECK`.
 
 use super::{
-    parse_end, parse_start, put_frame, StreamDigest, ABORT, ANNOUNCE, CHECK, END, PAGES, START,
-    VERBATIM,
+    parse_end, parse_start, put_frame, StreamDigest, ABORT, ANNOUNCE, CHECK, END, PACKED_PAGES,
+    PAGES, START, VERBATIM,
 };
 use crate::decoder::announcement;
 use crate::error::{EngineError, Result};
@@ -57,6 +57,10 @@ pub struct StreamReceiver {
     /// The store's pages pinned and announced at the start (and their order), until
     /// the decoder exists.
     announced: Option<(Pinned, Vec<u128>)>,
+    /// a `PACKED_PAGES` frame's entries, unpacked (kept from frame to frame), and the
+    /// zstd context that unpacks them
+    head: Vec<u8>,
+    unzstd: Option<zstd::bulk::Decompressor<'static>>,
 }
 
 impl StreamReceiver {
@@ -88,6 +92,8 @@ impl StreamReceiver {
             max_pages: host_pages(),
             ended: false,
             reply,
+            head: Vec::new(),
+            unzstd: None,
         }
     }
 
@@ -195,8 +201,8 @@ impl StreamReceiver {
                 self.begin(parse_start(payload)?)?;
                 Ok(&[])
             }
-            PAGES => {
-                self.pages(payload)?;
+            PAGES | PACKED_PAGES => {
+                self.pages(payload, kind == PACKED_PAGES)?;
                 Ok(&[])
             }
             CHECK | END => {
@@ -247,9 +253,10 @@ impl StreamReceiver {
         Ok(())
     }
 
-    /// A `PAGES` frame: its batch applied, then its span of the stream (each page's
-    /// prefix and the page's content after the whole batch) held for the next `CHECK`.
-    fn pages(&mut self, payload: &[u8]) -> Result<()> {
+    /// A `PAGES` (`PACKED_PAGES`) frame: its batch applied, then its span of the stream
+    /// (each page's prefix and the page's content after the whole batch) held for the
+    /// next `CHECK`.
+    fn pages(&mut self, payload: &[u8], packed: bool) -> Result<()> {
         let mut r = payload;
         let total = take_u64(&mut r)?;
         let count = take_u32(&mut r)? as usize;
@@ -260,23 +267,33 @@ impl StreamReceiver {
                 "PAGES frame for a guest of another size",
             ));
         }
-        // the entries, checked before anything is applied; at most one per 12 bytes
-        let mut entries = Vec::with_capacity(count.min(r.len() / 12));
-        for _ in 0..count {
-            let len = take_u32(&mut r)? as usize;
-            if len > r.len() {
-                return Err(EngineError::channel("page prefix runs past the frame"));
+        let mut head = std::mem::take(&mut self.head);
+        // the entries, checked before anything is applied
+        let entries = if packed {
+            let head_len = take_u32(&mut r)? as usize;
+            let packed_len = take_u32(&mut r)? as usize;
+            if packed_len > r.len() {
+                return Err(EngineError::channel(
+                    "packed PAGES head runs past the frame",
+                ));
             }
-            let (prefix, rest) = r.split_at(len);
+            // a head's span of the stream is longer than the head (a page's 4 KiB
+            // against its entry's 12 bytes): refused before it is unpacked
+            self.check_room(head_len)?;
+            let (zstd, rest) = r.split_at(packed_len);
             r = rest;
-            let index = take_u64(&mut r)?;
-            if index >= total {
-                return Err(EngineError::channel(format!(
-                    "page index {index} outside the guest's {total} pages"
-                )));
+            self.unpack_head(zstd, head_len, &mut head)?;
+            let mut h = &head[..];
+            let entries = take_entries(&mut h, count, total)?;
+            if !h.is_empty() {
+                return Err(EngineError::channel(
+                    "packed PAGES head longer than its entries",
+                ));
             }
-            entries.push((prefix, index));
-        }
+            entries
+        } else {
+            take_entries(&mut r, count, total)?
+        };
         let span: usize = entries.iter().map(|(p, _)| p.len() + PAGE_SIZE).sum();
         self.check_room(span)?;
         let decoder = self.decoder.as_mut().expect("made above");
@@ -289,6 +306,30 @@ impl StreamReceiver {
                 .extend_from_slice(decoder.page(usize::try_from(index).expect("checked")));
         }
         self.digest.update(&self.unchecked[start..]);
+        self.head = head;
+        Ok(())
+    }
+
+    /// `zstd` into `head`: exactly `len` bytes, or an error.
+    fn unpack_head(&mut self, zstd: &[u8], len: usize, head: &mut Vec<u8>) -> Result<()> {
+        if self.unzstd.is_none() {
+            self.unzstd = Some(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| EngineError::invalid(format!("zstd: {e}")))?,
+            );
+        }
+        let unzstd = self.unzstd.as_mut().expect("made above");
+        head.clear();
+        crate::mem::reserve(head, len);
+        // writes at most the room reserved, however much the input claims
+        let got = unzstd
+            .decompress_to_buffer(zstd, head)
+            .map_err(|e| EngineError::channel(format!("packed PAGES head: zstd: {e}")))?;
+        if got != len {
+            return Err(EngineError::channel(format!(
+                "packed PAGES head of {got} bytes where the frame says {len}"
+            )));
+        }
         Ok(())
     }
 
@@ -307,6 +348,28 @@ impl StreamReceiver {
         }
         Ok(())
     }
+}
+
+/// `count` entries (`prefix_len u32`, prefix, `index u64` below `total`) from `r`.
+fn take_entries<'a>(r: &mut &'a [u8], count: usize, total: u64) -> Result<Vec<(&'a [u8], u64)>> {
+    // at most one entry per 12 bytes
+    let mut entries = Vec::with_capacity(count.min(r.len() / 12));
+    for _ in 0..count {
+        let len = take_u32(r)? as usize;
+        if len > r.len() {
+            return Err(EngineError::channel("page prefix runs past the frame"));
+        }
+        let (prefix, rest) = r.split_at(len);
+        *r = rest;
+        let index = take_u64(r)?;
+        if index >= total {
+            return Err(EngineError::channel(format!(
+                "page index {index} outside the guest's {total} pages"
+            )));
+        }
+        entries.push((prefix, index));
+    }
+    Ok(entries)
 }
 
 fn take_u32(r: &mut &[u8]) -> Result<u32> {

@@ -7,13 +7,22 @@
 
 use std::collections::HashSet;
 
-use super::{put_frame, put_header, StreamDigest, CHECK, END, PAGES, START, VERBATIM};
+use super::{
+    put_frame, put_header, StreamDigest, CHECK, END, PACKED_PAGES, PAGES, START, VERBATIM,
+};
+use crate::batch::zstd_compress_into;
 use crate::error::{EngineError, Result};
 use crate::qemu_stream::{PieceRef, SplitStats, StreamSplitter};
 use crate::{Encoder, EncoderConfig, PageStore, HASH_LEN, PAGE_SIZE};
 
 /// Verbatim bytes held before they go out on their own (when no batch waits).
 pub const MAX_VERBATIM: usize = 1024 * 1024;
+
+/// zstd level of a packed `PAGES` head (its prefixes are QEMU's record headers:
+/// level 1 takes a 1,024-page head of ~20 KB to a few KB).
+const HEAD_LEVEL: i32 = 1;
+/// Heads shorter than this go unpacked (one page's entry is 20 bytes).
+const MIN_PACKED_HEAD: usize = 64;
 
 /// How a [`StreamSender`] works.
 #[derive(Clone)]
@@ -59,6 +68,9 @@ pub struct StreamSender {
     in_batch: HashSet<u64>,
     held: Vec<Batch>,
     prefix: Vec<u8>,
+    /// a batch's entries, and them packed (kept from batch to batch)
+    head: Vec<u8>,
+    packed: Vec<u8>,
     sent: StreamDigest,
     /// Bytes of QEMU's stream taken in.
     pub length: u64,
@@ -86,6 +98,8 @@ impl StreamSender {
             in_batch: HashSet::new(),
             held: Vec::new(),
             prefix: Vec::new(),
+            head: Vec::new(),
+            packed: Vec::new(),
             sent: StreamDigest::new(),
             length: 0,
             wire_bytes: 0,
@@ -319,20 +333,31 @@ impl StreamSender {
 
     fn encode(&mut self, batch: &Batch, group: &mut Vec<u8>) -> Result<()> {
         let start = group.len();
-        let head = 12 + batch.entries.len() * 12 + batch.prefixes.len();
-        // the frame's length is known once the pages are encoded (straight into
-        // `group`): written as 0 here, set below
-        put_header(group, PAGES, 0);
-        group.extend_from_slice(&self.total.to_be_bytes());
-        group.extend_from_slice(&(batch.entries.len() as u32).to_be_bytes());
+        // the entries (per page: prefix length, prefix, index), sent as they are or,
+        // when that is smaller, zstd-compressed (`PACKED_PAGES`)
+        self.head.clear();
         let mut at = 0;
         for &(len, index) in &batch.entries {
-            group.extend_from_slice(&(len as u32).to_be_bytes());
-            group.extend_from_slice(&batch.prefixes[at..at + len]);
-            group.extend_from_slice(&index.to_be_bytes());
+            self.head.extend_from_slice(&(len as u32).to_be_bytes());
+            self.head.extend_from_slice(&batch.prefixes[at..at + len]);
+            self.head.extend_from_slice(&index.to_be_bytes());
             at += len;
         }
-        debug_assert_eq!(group.len() - start, super::HEADER_LEN + head);
+        let packed = self.pack_head()?;
+        // the frame's length is known once the pages are encoded (straight into
+        // `group`): written as 0 here, set below
+        put_header(group, if packed { PACKED_PAGES } else { PAGES }, 0);
+        group.extend_from_slice(&self.total.to_be_bytes());
+        group.extend_from_slice(&(batch.entries.len() as u32).to_be_bytes());
+        if packed {
+            // both fit: the head is a batch's entries (far below 4 GiB), the packed
+            // head is smaller
+            group.extend_from_slice(&(self.head.len() as u32).to_be_bytes());
+            group.extend_from_slice(&(self.packed.len() as u32).to_be_bytes());
+            group.extend_from_slice(&self.packed);
+        } else {
+            group.extend_from_slice(&self.head);
+        }
         let indices: Vec<u64> = batch.entries.iter().map(|&(_, i)| i).collect();
         let encoded = self
             .encoder()
@@ -357,6 +382,21 @@ impl StreamSender {
             at += len;
         }
         Ok(())
+    }
+
+    /// Compresses `head` into `packed`; true when that saves bytes (the packed form
+    /// adds two lengths).
+    fn pack_head(&mut self) -> Result<bool> {
+        if self.head.len() < MIN_PACKED_HEAD {
+            return Ok(false);
+        }
+        let bound = zstd::zstd_safe::compress_bound(self.head.len());
+        if self.packed.len() < bound {
+            self.packed.resize(bound, 0);
+        }
+        let len = zstd_compress_into(HEAD_LEVEL, &self.head, &mut self.packed[..bound])?;
+        self.packed.truncate(len);
+        Ok(len + 8 < self.head.len())
     }
 
     fn verbatim(&mut self, group: &mut Vec<u8>) {

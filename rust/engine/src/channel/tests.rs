@@ -235,7 +235,7 @@ fn tampering_is_caught_before_anything_unvouched_is_released() {
         .iter()
         .map(|(kind, payload)| {
             let mut payload = payload.clone();
-            if *kind == PAGES {
+            if *kind == PAGES || *kind == PACKED_PAGES {
                 let n = payload.len() - 20;
                 payload[n] ^= 1;
             }
@@ -268,7 +268,9 @@ fn held_pages_go_one_checked_batch_at_a_time() {
     let mut sender = StreamSender::new(config(true, false, 8));
     let held = sender.feed(&stream).unwrap();
     assert!(
-        frames(&held).iter().all(|(k, _)| *k != PAGES),
+        frames(&held)
+            .iter()
+            .all(|(k, _)| *k != PAGES && *k != PACKED_PAGES),
         "pages wait for ANNOUNCE"
     );
     let mut wire = held;
@@ -327,6 +329,137 @@ fn hostile_frames_are_refused() {
         .unwrap_err()
         .to_string()
         .contains("after END"));
+}
+
+/// A stream of `pages` pages, every third one zero (QEMU's 9-byte `ZERO` records then
+/// stand in the next page's prefix), the others each of its own fill.
+fn mostly_headers(pages: u64) -> Vec<u8> {
+    let mut s = Stream::default();
+    s.header();
+    s.section_start(0x01, 2, b"ram")
+        .ram_setup(&[(b"pc.ram", pages * 4096)])
+        .eos();
+    s.put(&[0x02]).put(&2u32.to_be_bytes());
+    for page in 0..pages {
+        if page % 3 == 0 {
+            s.zero(b"pc.ram", page * 4096);
+        } else {
+            s.page(b"pc.ram", page > 1, page * 4096, page as u8);
+        }
+    }
+    s.eos();
+    s.bytes.clone()
+}
+
+#[test]
+fn a_batch_head_goes_packed_when_that_is_smaller() {
+    let stream = mostly_headers(600);
+    let (rebuilt, wire) = carry(&stream, 1 << 20, config(false, false, 256));
+    assert_eq!(rebuilt, stream);
+    let all = frames(&wire);
+    let packed: Vec<&Vec<u8>> = all
+        .iter()
+        .filter(|(k, _)| *k == PACKED_PAGES)
+        .map(|(_, p)| p)
+        .collect();
+    assert!(all.iter().all(|(k, _)| *k != PAGES), "every head packed");
+    let mut pages = 0;
+    for payload in packed {
+        let count = u32::from_be_bytes(payload[8..12].try_into().unwrap()) as usize;
+        let head_len = u32::from_be_bytes(payload[12..16].try_into().unwrap()) as usize;
+        let packed_len = u32::from_be_bytes(payload[16..20].try_into().unwrap()) as usize;
+        // per page 12 bytes and its 8-byte record header, and a ZERO record for
+        // every other page
+        assert!(head_len > count * 20, "{head_len}");
+        if count == 256 {
+            assert!(packed_len * 4 < head_len, "{packed_len} of {head_len}");
+        }
+        pages += count;
+    }
+    assert_eq!(pages, 400);
+    // a batch of one page: its head is not worth packing ...
+    let (rebuilt, wire) = carry(&stream, 1 << 20, config(false, false, 1));
+    assert_eq!(rebuilt, stream);
+    let kinds: Vec<u8> = frames(&wire).iter().map(|(k, _)| *k).collect();
+    // (but the first's, whose prefix holds the stream's header and RAM setup)
+    assert_eq!(kinds.iter().filter(|k| **k == PACKED_PAGES).count(), 1);
+    assert_eq!(kinds.iter().filter(|k| **k == PAGES).count(), 399);
+}
+
+/// A `PACKED_PAGES` payload for a 4-page guest: `head` packed as `zstd`, `head_len`
+/// as claimed.
+fn packed_frame(count: u32, head_len: u32, zstd: &[u8], packed_len: u32) -> Vec<u8> {
+    let mut out = 4u64.to_be_bytes().to_vec();
+    out.extend(count.to_be_bytes());
+    out.extend(head_len.to_be_bytes());
+    out.extend(packed_len.to_be_bytes());
+    out.extend_from_slice(zstd);
+    out
+}
+
+#[test]
+fn hostile_packed_heads_are_refused() {
+    let check = |payload: &[u8], room: usize| {
+        let mut r = StreamReceiver::new(None, room);
+        r.apply(PACKED_PAGES, payload).unwrap_err().to_string()
+    };
+    let mut head = 0u32.to_be_bytes().to_vec();
+    head.extend(1u64.to_be_bytes()); // page 1, no prefix
+    let zstd = zstd::bulk::compress(&head, 1).unwrap();
+    let n = zstd.len() as u32;
+    assert!(check(&packed_frame(1, 12, &zstd, n + 1), 1 << 20).contains("runs past"));
+    assert!(check(&packed_frame(1, 12, &zstd, n)[..14], 1 << 20).contains("truncated"));
+    // a head longer than the room for its stream: refused before it is unpacked
+    assert!(check(&packed_frame(1, 1 << 30, &zstd, n), 1 << 20).contains("without a CHECK"));
+    assert!(check(&packed_frame(1, 11, &zstd, n), 1 << 20).contains("zstd"));
+    assert!(check(&packed_frame(1, 13, &zstd, n), 1 << 20).contains("where the frame says 13"));
+    assert!(check(&packed_frame(1, 12, b"not zstd", 8), 1 << 20).contains("zstd"));
+    // entries that end before the head does, or a page outside the guest
+    assert!(check(&packed_frame(0, 12, &zstd, n), 1 << 20).contains("longer than its entries"));
+    let mut outside = 0u32.to_be_bytes().to_vec();
+    outside.extend(4u64.to_be_bytes());
+    let zstd = zstd::bulk::compress(&outside, 1).unwrap();
+    let payload = packed_frame(1, 12, &zstd, zstd.len() as u32);
+    assert!(check(&payload, 1 << 20).contains("outside the guest"));
+    // a bomb: 64 MiB of zeros in a few KB, claimed as such, refused for its size
+    let bomb = zstd::bulk::compress(&vec![0; 64 << 20], 19).unwrap();
+    assert!(bomb.len() < 1 << 20);
+    let payload = packed_frame(1, 64 << 20, &bomb, bomb.len() as u32);
+    assert!(check(&payload, 1 << 20).contains("without a CHECK"));
+    // and claimed smaller than it is: unpacking stops at the claim
+    let payload = packed_frame(1, 100, &bomb, bomb.len() as u32);
+    assert!(check(&payload, 1 << 20).contains("zstd"));
+}
+
+#[test]
+fn a_damaged_packed_head_releases_nothing_unvouched() {
+    let stream = mostly_headers(300);
+    let mut sender = StreamSender::new(config(false, false, 256));
+    let mut wire = sender.feed(&stream).unwrap();
+    wire.extend(sender.finish().unwrap());
+    let all = frames(&wire);
+    let at = all.iter().position(|(k, _)| *k == PACKED_PAGES).unwrap();
+    let packed_len = u32::from_be_bytes(all[at].1[16..20].try_into().unwrap()) as usize;
+    for byte in (20..20 + packed_len).step_by(7) {
+        let mut receiver = StreamReceiver::new(None, 64 << 20);
+        let mut released: Vec<u8> = Vec::new();
+        let mut refused = false;
+        for (n, (kind, payload)) in all.iter().enumerate() {
+            let mut payload = payload.clone();
+            if n == at {
+                payload[byte] ^= 0x10;
+            }
+            match receiver.apply(*kind, &payload) {
+                Ok(out) => released.extend(out),
+                Err(_) => {
+                    refused = true;
+                    break;
+                }
+            }
+        }
+        assert!(refused, "a flipped bit at byte {byte} went through");
+        assert!(stream.starts_with(&released), "byte {byte}");
+    }
 }
 
 proptest! {
