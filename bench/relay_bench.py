@@ -1,15 +1,18 @@
 """Throughput of the migration data path's two ends, without QEMU or a network.
 
-    python -m bench.relay_bench [--mib 256] [--rounds 3] [--repeat 3] [--json]
+    python -m bench.relay_bench [--mib 256] [--rounds 3] [--repeat 3] [--json] [IMAGE ...]
 
 Builds a QEMU 7.2 precopy stream (the layout of ``migration/ram.c``) of a synthetic
 guest (``bench/synth.py``: zero, duplicate, text-like and random pages; each later
-round dirties 5 %), then times :class:`~novacron.migration.stream.StreamSender` fed in
-256 KiB reads, as the source relay does (with a page store, as the daemon keeps one),
-and :class:`~novacron.migration.stream.StreamReceiver` rebuilding the stream from the
+round dirties 5 %) or of the memory images given (raw or ELF dumps, in order, as
+``bench/pagebench.py`` takes them: image 1 is round 0), then times
+:class:`~novacron.migration.stream.StreamSender` fed in 256 KiB reads, as the source
+relay does (with a page store, as the daemon keeps one), and
+:class:`~novacron.migration.stream.StreamReceiver` rebuilding the stream from the
 frames. Figures: MB/s of QEMU's (logical) stream on one core for each end, wire bytes
-per logical byte, and the best of ``--repeat`` runs. The live-migration benchmark
-(``bench/migration_bench.py``) is bounded by these rates on 2-core machines.
+per logical byte and by frame type, and the best of ``--repeat`` runs. The
+live-migration benchmark (``bench/migration_bench.py``) is bounded by these rates on
+2-core machines.
 
 ``--relayed`` also runs the daemons' two relay loops (``relay_source`` and
 ``relay_destination``) on one trio event loop, joined by loopback TCP connections,
@@ -38,6 +41,7 @@ if not __package__:  # run as `python bench/relay_bench.py`: the repository's pa
 
 from tests.qemu_stream_builder import PAGE, SHUT, StreamBuilder
 
+from bench import pagebench
 from bench.synth import generate
 from novacron._core import PageStore
 from novacron.migration import frames
@@ -48,28 +52,60 @@ from novacron.migration.stream import StreamReceiver, StreamSender
 READ = 256 * 1024
 
 
-def precopy(mib: int, rounds: int, seed: int) -> bytes:
+def precopy(images: list[bytes]) -> bytes:
     """Round 0 sends every page (zero pages as ZERO records), each later round the
-    pages that changed, then the device state and EOF."""
-    images = generate(mib, rounds, seed)
+    pages that changed, then the device state and EOF. Record headers as QEMU writes
+    them: the block's name on a section's first record, ``CONTINUE`` after it."""
     pages = len(images[0]) // PAGE
     b = StreamBuilder().header().ram_setup([(b"pc.ram", pages * PAGE)])
     zero = bytes(PAGE)
     previous: bytes | None = None
     for image in images:
         b.part()
+        cont = False
         for n in range(pages):
             page = image[n * PAGE : (n + 1) * PAGE]
             if previous is not None and previous[n * PAGE : (n + 1) * PAGE] == page:
                 continue
             if page == zero:
-                b.zero(b"pc.ram", n)
+                b.zero(b"pc.ram", n, cont)
             else:
-                b.page(b"pc.ram", n, page)
+                b.page(b"pc.ram", n, page, cont)
+            cont = True
         b.eos()
         previous = image
     b.device_and_eof()
     return bytes(b.out)
+
+
+FRAME_NAMES = {
+    frames.VERBATIM: "verbatim",
+    frames.PAGES: "pages",
+    frames.PACKED_PAGES: "packed_pages",
+    frames.CHECK: "check",
+    frames.START: "start",
+    frames.END: "end",
+}
+
+
+def by_frame(wire: list[bytes]) -> dict[str, int]:
+    """Channel bytes by frame type (headers included); for page frames, also the bytes
+    of their entries (``pages_head``) as they went: raw in ``PAGES``, packed in
+    ``PACKED_PAGES`` (with its two lengths)."""
+    out: dict[str, int] = {}
+    for f in frames.FrameDecoder().feed(b"".join(wire)):
+        name = FRAME_NAMES.get(f.kind, str(f.kind))
+        out[name] = out.get(name, 0) + frames.HEADER.size + len(f.payload)
+        head = 0
+        if f.kind == frames.PACKED_PAGES:
+            head = 8 + int.from_bytes(f.payload[16:20], "big")
+        elif f.kind == frames.PAGES:
+            count, at = int.from_bytes(f.payload[8:12], "big"), 12
+            for _ in range(count):
+                at += 12 + int.from_bytes(f.payload[at : at + 4], "big")
+            head = at - 12
+        out["pages_head"] = out.get("pages_head", 0) + head
+    return out
 
 
 def send(stream: bytes) -> tuple[float, list[bytes]]:
@@ -195,9 +231,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--relayed", action="store_true", help="also time the relay loops")
+    parser.add_argument("images", nargs="*", type=Path, help="memory images (else synthetic)")
     args = parser.parse_args(argv)
     random.seed(args.seed)
-    stream = precopy(args.mib, args.rounds, args.seed)
+    if args.images:
+        stream = precopy([pagebench.load(path) for path in args.images])
+    else:
+        stream = precopy(generate(args.mib, args.rounds, args.seed))
     runs = []
     for _ in range(args.repeat):
         send_s, wire = send(stream)
@@ -210,6 +250,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result: dict[str, Any] = {
         "logical_mb": round(mb, 1),
         "wire_per_logical": round(runs[0]["wire"] / len(stream), 4),
+        "wire_by_frame": by_frame(wire),
         "send_mb_s": round(mb / best_send, 1),
         "receive_mb_s": round(mb / best_receive, 1),
         "runs": runs,

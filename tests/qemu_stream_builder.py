@@ -39,12 +39,18 @@ class StreamBuilder:
     def part(self, section: int = 2) -> StreamBuilder:
         return self.put(b"\x02" + struct.pack(">I", section))
 
-    def page(self, block: bytes, number: int, data: bytes) -> StreamBuilder:
-        self.put(struct.pack(">Q", number * PAGE | FLAG_PAGE)).name(block)
-        return self.put(data)
+    def record(self, block: bytes, number: int, flags: int, cont: bool) -> StreamBuilder:
+        """A RAM record's header; ``cont``: with ``CONTINUE`` and no block name, as QEMU
+        writes every record after the first of a block."""
+        if cont:
+            return self.put(struct.pack(">Q", number * PAGE | flags | FLAG_CONTINUE))
+        return self.put(struct.pack(">Q", number * PAGE | flags)).name(block)
 
-    def zero(self, block: bytes, number: int) -> StreamBuilder:
-        return self.put(struct.pack(">Q", number * PAGE | FLAG_ZERO)).name(block).put(b"\x00")
+    def page(self, block: bytes, number: int, data: bytes, cont: bool = False) -> StreamBuilder:
+        return self.record(block, number, FLAG_PAGE, cont).put(data)
+
+    def zero(self, block: bytes, number: int, cont: bool = False) -> StreamBuilder:
+        return self.record(block, number, FLAG_ZERO, cont).put(b"\x00")
 
     def eos(self, section: int = 2) -> StreamBuilder:
         return self.put(struct.pack(">Q", FLAG_EOS) + b"\x7e" + struct.pack(">I", section))
