@@ -8,6 +8,7 @@ from typing_extensions import Buffer
 __all__ = [
     "HASH_LEN",
     "PAGE_SIZE",
+    "WIRE_VERSION",
     "ChannelReceiver",
     "ChannelSender",
     "PageDecoder",
@@ -26,6 +27,7 @@ __all__ = [
 
 PAGE_SIZE: Final[int]
 HASH_LEN: Final[int]
+WIRE_VERSION: Final[int]  # the page engine's record stream version (docs/migration-wire.md)
 
 @final
 class PageScan:
@@ -167,6 +169,7 @@ class ChannelSender:
         wait_for_announce: bool = False,
         store: PageStore | None = None,
         gated: bool = False,
+        packed_heads: bool = True,
         compression: str = "lz4",
         zstd_level: int = 1,
         dedup: bool = True,

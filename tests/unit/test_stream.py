@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import struct
+from typing import Any
 
 import pytest
 import xxhash
@@ -51,10 +52,10 @@ def iterations(rounds: int, seed: int, incompressible: bool = False) -> tuple[by
 
 
 def sent(
-    stream: bytes, chunk: int, batch_pages: int = 8, threads: int = 1
+    stream: bytes, chunk: int, batch_pages: int = 8, threads: int = 1, **sender_args: Any
 ) -> tuple[list[frames.Frame], StreamSender]:
     """The frames a sender makes of ``stream`` fed ``chunk`` bytes at a time."""
-    sender = StreamSender(batch_pages=batch_pages, threads=threads)
+    sender = StreamSender(batch_pages=batch_pages, threads=threads, **sender_args)
     wire = []
     for at in range(0, len(stream), chunk):
         wire += sender.feed(stream[at : at + chunk])
@@ -312,3 +313,12 @@ def test_a_page_frame_head_goes_packed_where_that_is_smaller() -> None:
         f.kind == frames.PACKED_PAGES for f in wire
     )
     assert read_as_the_spec_says(wire)[0] == stream
+
+
+def test_a_sender_for_a_destination_without_packed_pages_sends_none() -> None:
+    # (a destination from before PACKED_PAGES refuses type 10: migration.terms)
+    stream, _ = iterations(8, 11)
+    wire, _ = sent(stream, 65536, batch_pages=64, packed_heads=False)
+    kinds = {f.kind for f in wire}
+    assert frames.PAGES in kinds and frames.PACKED_PAGES not in kinds
+    assert read_as_the_spec_says(wire) == (stream, kinds)

@@ -74,6 +74,7 @@ fn config(input: &mut Input<'_>) -> SenderConfig {
         wait_for_announce: input.flag(),
         store: input.flag().then(|| PageStore::new(input.below(64))),
         gated: input.flag(),
+        packed_heads: input.flag(),
         engine: EncoderConfig {
             codec: [Codec::None, Codec::Lz4, Codec::Zstd][input.below(3)],
             delta_cache_pages: input.below(64),

@@ -20,13 +20,14 @@ pub struct ChannelSender {
 #[pymethods]
 impl ChannelSender {
     #[new]
-    #[pyo3(signature = (batch_pages=1024, wait_for_announce=false, store=None, gated=false, compression="lz4", zstd_level=1, dedup=true, delta_cache_pages=8192, threads=1))]
+    #[pyo3(signature = (batch_pages=1024, wait_for_announce=false, store=None, gated=false, packed_heads=true, compression="lz4", zstd_level=1, dedup=true, delta_cache_pages=8192, threads=1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         batch_pages: usize,
         wait_for_announce: bool,
         store: Option<PyRef<'_, PageStore>>,
         gated: bool,
+        packed_heads: bool,
         compression: &str,
         zstd_level: i32,
         dedup: bool,
@@ -53,6 +54,7 @@ impl ChannelSender {
             wait_for_announce,
             store: store.map(|s| s.inner.clone()),
             gated,
+            packed_heads,
             engine,
         };
         Ok(Self {

@@ -443,6 +443,7 @@ impl PageDecoder {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PAGE_SIZE", engine::PAGE_SIZE)?;
     m.add("HASH_LEN", engine::HASH_LEN)?;
+    m.add("WIRE_VERSION", engine::wire::VERSION)?;
     m.add_class::<PageScan>()?;
     m.add_class::<PageEncoder>()?;
     m.add_class::<PageDecoder>()?;

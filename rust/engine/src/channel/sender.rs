@@ -38,6 +38,9 @@ pub struct SenderConfig {
     /// state after the last RAM) and everything after them until
     /// [`StreamSender::open_gate`].
     pub gated: bool,
+    /// Send a batch's entries packed (`PACKED_PAGES`) where that is smaller; off for a
+    /// destination that does not take them (one from before they existed).
+    pub packed_heads: bool,
     /// The page engine's settings.
     pub engine: EncoderConfig,
 }
@@ -387,7 +390,7 @@ impl StreamSender {
     /// Compresses `head` into `packed`; true when that saves bytes (the packed form
     /// adds two lengths).
     fn pack_head(&mut self) -> Result<bool> {
-        if self.head.len() < MIN_PACKED_HEAD {
+        if !self.config.packed_heads || self.head.len() < MIN_PACKED_HEAD {
             return Ok(false);
         }
         let bound = zstd::zstd_safe::compress_bound(self.head.len());

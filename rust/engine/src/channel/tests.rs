@@ -11,6 +11,7 @@ fn config(wait_for_announce: bool, gated: bool, batch_pages: usize) -> SenderCon
         wait_for_announce,
         store: None,
         gated,
+        packed_heads: true,
         engine: EncoderConfig::default(),
     }
 }
@@ -384,6 +385,22 @@ fn a_batch_head_goes_packed_when_that_is_smaller() {
     // (but the first's, whose prefix holds the stream's header and RAM setup)
     assert_eq!(kinds.iter().filter(|k| **k == PACKED_PAGES).count(), 1);
     assert_eq!(kinds.iter().filter(|k| **k == PAGES).count(), 399);
+}
+
+#[test]
+fn a_sender_told_not_to_pack_heads_sends_pages_frames_only() {
+    // a destination from before `PACKED_PAGES` refuses them: the source's sender is
+    // then made with `packed_heads: false`
+    let stream = mostly_headers(600);
+    let cfg = SenderConfig {
+        packed_heads: false,
+        ..config(false, false, 256)
+    };
+    let (rebuilt, wire) = carry(&stream, 1 << 20, cfg);
+    assert_eq!(rebuilt, stream);
+    let kinds: Vec<u8> = frames(&wire).iter().map(|(k, _)| *k).collect();
+    assert!(!kinds.contains(&PACKED_PAGES), "{kinds:?}");
+    assert_eq!(kinds.iter().filter(|k| **k == PAGES).count(), 2);
 }
 
 /// A `PACKED_PAGES` payload for a 4-page guest: `head` packed as `zstd`, `head_len`
