@@ -64,6 +64,7 @@ def test_migrate_there_and_back_again(nodes: TwoNodes, guest_images: guest.Guest
     assert first["destination"] == "hostb" and first["destination_state"] == "succeeded"
     assert first["pages"] > 1000 and first["bytes_wire"] < first["bytes_logical"]
     assert first["downtime_ms"] > 0  # QEMU's own figure, from the destination's libvirt
+    assert first["channel_features"] == ["packed-pages"]  # both ends of this release
 
     back = migrate(b, a, "m1")["result"]
     only_on("m1", a, b)

@@ -28,7 +28,7 @@ import trio
 
 from novacron import errors
 from novacron.logs import kv
-from novacron.migration import libvirt_job, qemu_socket
+from novacron.migration import libvirt_job, qemu_socket, terms
 from novacron.migration.channel import close_gently
 from novacron.migration.ops import Operation
 from novacron.migration.relay import RelayStats, announce, relay_destination, single_errors
@@ -144,6 +144,7 @@ async def prepare(
         "libvirt_uri": svc.config.libvirt_peer_uri,
         "dest_xml": dest_xml,
         "node": svc.config.node_name,
+        "channel": terms.offered(),
     }
 
 

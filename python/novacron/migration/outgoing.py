@@ -29,7 +29,7 @@ from novacron import errors
 from novacron.client import connect_tls, split_address
 from novacron.cluster.locks import LOCK_LOST, MigrationLock, MigrationLocks
 from novacron.logs import kv
-from novacron.migration import libvirt_job, progress, qemu_socket, shared_storage
+from novacron.migration import libvirt_job, progress, qemu_socket, shared_storage, terms
 from novacron.migration.channel import open_channel
 from novacron.migration.libvirt_job import MigrationCall
 from novacron.migration.ops import Operation
@@ -61,6 +61,7 @@ class Run:
     migrating: bool = False
     aborted_for: str | None = None  # "cancel", "stall", "timeout", "lock"
     lock: MigrationLock | None = None  # the cluster-wide lock (in a cluster)
+    terms: terms.Terms | None = None  # what the destination's channel takes
     prep: trio.CancelScope = field(default_factory=trio.CancelScope)
     watch: progress.StallWatch = field(init=False)
 
@@ -182,6 +183,7 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                     if run.lock is not None:  # where ownership goes (and a restart undoes)
                         run.lock.destination = str(answer["node"])
                         await svc.ops.note(op, destination_node=run.lock.destination)
+                    agreed = run.terms = _terms(answer, op.vm)
                     svc.ops.report(op, "connecting")
                     channel = await open_channel(
                         f"{host}:{answer['channel_port']}",
@@ -213,7 +215,9 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                 auto_converge=run.options.auto_converge,
                 shared_storage=bool(declared),
             )
-            moved = await _migrate(run, call, listener, channel, partial(_tell_abort, peer, answer))
+            moved = await _migrate(
+                run, call, listener, channel, agreed, partial(_tell_abort, peer, answer)
+            )
             if moved:  # libvirt's word is final: the VM runs there, whatever the relay said
                 with trio.move_on_after(RESULT_WAIT_S):
                     got = await peer.call("migration.result", op=answer["op"])
@@ -242,6 +246,15 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
     return False
 
 
+def _terms(answer: dict[str, Any], vm: str) -> terms.Terms:
+    try:
+        return terms.of_answer(answer)
+    except terms.Incompatible as exc:
+        raise errors.MigrationFailed(
+            str(exc), {"vm": vm, "node": str(answer.get("node"))}
+        ) from None
+
+
 async def _tell_abort(peer: Any, answer: dict[str, Any]) -> None:
     """Best effort: the destination stops waiting for a channel, or a QEMU, that will
     not come."""
@@ -257,6 +270,7 @@ async def _migrate(
     call: MigrationCall,
     listener: trio.SocketListener,
     channel: trio.SSLStream[trio.SocketStream],
+    agreed: terms.Terms,
     tell_abort: Callable[[], Awaitable[None]],
 ) -> bool:
     """True when libvirt moved the VM (it runs on the destination now). When libvirt
@@ -271,6 +285,7 @@ async def _migrate(
         wait_for_announce=True,
         store=svc.page_store,
         gated=commit is not None,
+        packed_heads=agreed.packed_heads,
         threads=svc.config.migration_engine_threads,
         **run.options.engine(),
     )
@@ -437,6 +452,7 @@ async def _forget(
         "records": stats.records,
         "bytes_logical": stats.stream_bytes,
         "bytes_wire": stats.channel_bytes,
+        "channel_features": run.terms.features() if run.terms is not None else [],
         "reduction": progress.reduction(stats.stream_bytes, stats.channel_bytes),
         "relay_stages_s": stats.stage_summary(),
         "destination_relay_stages_s": dest_result.get("relay_stages_s"),
