@@ -11,7 +11,9 @@ itself::
     PYTHONPATH=/tmp/old/python python -m tests.compat_streams tests/data/releases/COMMIT COMMIT
 
 (``novacron`` is imported from ``PYTHONPATH``, the inputs from this checkout).
-``tests/unit/test_earlier_releases.py`` reads every release kept there.
+``tests/unit/test_earlier_releases.py`` reads every release kept there. The inputs are
+made here, not by the suite's other stream and image helpers, so that changing those never
+changes what the kept streams must rebuild.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 from tests.qemu_stream_builder import PAGE, StreamBuilder
 
+QEMU_PAGES = 64
 CHANNEL_BATCH_PAGES = 8
 ENGINE_PAGES = 64
 ENGINE_BATCH_PAGES = 32
@@ -38,6 +41,10 @@ def _text(rng: random.Random) -> bytes:
     while len(out) < PAGE:
         out += rng.choice(words) + (b"\n" if rng.random() < 0.1 else b" ")
     return bytes(out[:PAGE])
+
+
+def _page(image: bytes, n: int) -> bytes:
+    return image[n * PAGE : (n + 1) * PAGE]
 
 
 def _changed(rng: random.Random, page: bytes) -> bytes:
@@ -85,17 +92,21 @@ def memory(seed: int, pages: int, rounds: int) -> list[bytes]:
 
 
 def qemu_stream() -> bytes:
-    """A QEMU precopy of a 64-page guest (and a 4-page video RAM): every page once,
+    """A QEMU precopy of a guest of ``QEMU_PAGES`` pages (and a 4-page video RAM): every page once,
     then three iterations resending the pages that changed, then the device state."""
-    images = memory(seed=11, pages=64, rounds=4)
-    b = StreamBuilder().header().ram_setup([(b"pc.ram", 64 * PAGE), (b"vga.vram", 4 * PAGE)])
+    images = memory(seed=11, pages=QEMU_PAGES, rounds=4)
+    b = (
+        StreamBuilder()
+        .header()
+        .ram_setup([(b"pc.ram", QEMU_PAGES * PAGE), (b"vga.vram", 4 * PAGE)])
+    )
     previous: bytes | None = None
     for image in images:
         b.part()
         first = True
-        for n in range(64):
-            page = image[n * PAGE : (n + 1) * PAGE]
-            if previous is not None and previous[n * PAGE : (n + 1) * PAGE] == page:
+        for n in range(QEMU_PAGES):
+            page = _page(image, n)
+            if previous is not None and _page(previous, n) == page:
                 continue
             if page == bytes(PAGE):
                 b.zero(b"pc.ram", n, cont=not first)
@@ -116,9 +127,7 @@ def engine_rounds() -> list[tuple[bytes, list[int] | None]]:
     rounds: list[tuple[bytes, list[int] | None]] = [(images[0], None)]
     for before, image in itertools.pairwise(images):
         offer = [
-            n
-            for n in range(ENGINE_PAGES)
-            if n % 5 == 0 or before[n * PAGE : (n + 1) * PAGE] != image[n * PAGE : (n + 1) * PAGE]
+            n for n in range(ENGINE_PAGES) if n % 5 == 0 or _page(before, n) != _page(image, n)
         ]
         rounds.append((image, offer))
     return rounds
@@ -140,7 +149,6 @@ def inputs_digest() -> dict[str, str]:
 def record(out: Path, commit: str) -> None:
     """What the ``novacron`` on ``sys.path`` writes of the inputs, into ``out``."""
     from novacron import _core
-    from novacron._core import PageEncoder
     from novacron.migration.stream import StreamSender
 
     print(f"recording with {_core.__file__}", file=sys.stderr)
@@ -157,7 +165,7 @@ def record(out: Path, commit: str) -> None:
         "engine": {"pages": ENGINE_PAGES, "batch_pages": ENGINE_BATCH_PAGES},
     }
     for codec in ENGINE_CODECS:
-        enc = PageEncoder(ENGINE_PAGES, compression=codec, batch_pages=ENGINE_BATCH_PAGES)
+        enc = _core.PageEncoder(ENGINE_PAGES, compression=codec, batch_pages=ENGINE_BATCH_PAGES)
         lengths = []
         with (out / f"engine-{codec}.stream").open("wb") as f:
             for image, offer in engine_rounds():
