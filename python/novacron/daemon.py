@@ -176,7 +176,7 @@ async def serve(config: Config) -> None:
                 await root.start(services.networks.run)
                 if services.cluster is not None:
                     await root.start(services.cluster.run)
-                events = LibvirtEvents(hv, bus, vms.managed.__contains__, vms.records.tenant_of)
+                events = LibvirtEvents(hv, bus, vms.managed.event_tenant)
                 await root.start(events.run)
                 server = UnixServer(
                     sock,

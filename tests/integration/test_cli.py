@@ -37,11 +37,14 @@ def test_vm_workflow_with_tables_and_json(daemon: Daemon) -> None:
     assert listed[0]["name"] == "cli1" and listed[0]["state"] == "running"
     cli(daemon, "vm", "pause", "cli1")
     cli(daemon, "vm", "resume", "cli1")
-    cli(daemon, "vm", "snapshot", "create", "cli1", "snap1", "--description", "before")
+    made = cli(daemon, "vm", "snapshot", "create", "cli1", "snap1", "--description", "before")
+    assert made.stdout.strip() == "cli1: snapshot snap1 created"
     snaps = json.loads(cli(daemon, "--json", "vm", "snapshot", "list", "cli1").stdout)
     assert snaps[0]["name"] == "snap1" and snaps[0]["description"] == "before"
-    cli(daemon, "vm", "snapshot", "revert", "cli1", "snap1")
-    cli(daemon, "vm", "snapshot", "delete", "cli1", "snap1")
+    back = cli(daemon, "vm", "snapshot", "revert", "cli1", "snap1")
+    assert back.stdout.strip() == "cli1: snapshot snap1 reverted"
+    gone = cli(daemon, "vm", "snapshot", "delete", "cli1", "snap1")
+    assert gone.stdout.strip() == "cli1: snapshot snap1 deleted"
     cli(daemon, "vm", "reboot", "cli1")
     down = json.loads(cli(daemon, "--json", "vm", "shutdown", "cli1", "--timeout", "5").stdout)
     assert down["state"] == "stopped"

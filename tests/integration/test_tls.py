@@ -93,6 +93,35 @@ def test_admin_and_tenant_roles_over_tls(tls: tuple[Daemon, int], pki: Pki) -> N
     ]
 
 
+def test_a_tenant_sees_every_state_event_of_its_vms_and_none_of_others(
+    tls: tuple[Daemon, int], pki: Pki
+) -> None:
+    _, port = tls
+    with (
+        client(port, pki.issue("root-ops", "admin")) as admin,
+        client(port, pki.issue("victor", "viewer", ("acme",)), timeout=15) as victor,
+    ):
+        stream = victor.events(["vm.state"])
+        admin.call("vm.create", name="g1", tenant="globex", memory_mib=64)
+        admin.call("vm.start", name="g1")
+        admin.call("vm.create", name="a1", tenant="acme", memory_mib=64)
+        admin.call("vm.start", name="a1")
+        admin.call("vm.delete", name="a1", force=True)
+        admin.call("vm.delete", name="g1", force=True)
+        seen = []
+        for event in stream:
+            seen.append((event["vm"], event["tenant"], event["state"], event["reason"]))
+            if event["state"] == "undefined":
+                break
+    # from its definition (before the VM's record is written) to its removal
+    assert seen == [
+        ("a1", "acme", "defined", "added"),
+        ("a1", "acme", "running", "booted"),
+        ("a1", "acme", "stopped", "destroyed"),
+        ("a1", "acme", "undefined", "removed"),
+    ]
+
+
 def test_wrong_ca_expired_no_cert_and_tls12_are_refused(
     tls: tuple[Daemon, int], pki: Pki, tmp_path: Path
 ) -> None:

@@ -221,14 +221,21 @@ def run_delete(client: SyncClient, args: argparse.Namespace) -> Any:
     return doc
 
 
+SNAPSHOT_DONE = {
+    "vm.snapshot.create": "created",
+    "vm.snapshot.revert": "reverted",
+    "vm.snapshot.delete": "deleted",
+}
+
+
 def run_snapshot(client: SyncClient, args: argparse.Namespace) -> Any:
     params: dict[str, Any] = {"vm": args.vm, "name": args.snapshot}
     if args.method == "vm.snapshot.create":
         params["description"] = args.description
     doc = client.call(args.method, **params)
     if not args.json:
-        verb = args.method.rsplit(".", 1)[-1]
-        output.console.print(f"{args.vm}: snapshot {args.snapshot} {verb}d", highlight=False)
+        done = SNAPSHOT_DONE[args.method]
+        output.console.print(f"{args.vm}: snapshot {args.snapshot} {done}", highlight=False)
     return doc
 
 

@@ -62,12 +62,12 @@ class LibvirtEvents:
         self,
         hv: Hypervisor,
         bus: EventBus,
-        is_managed: Callable[[str], bool],
-        tenant_of: Callable[[str], str | None] = lambda _name: None,
+        tenant_of: Callable[[str], str | None],
     ) -> None:
+        """``tenant_of``: the tenant of a NovaCron VM's domain, None for any other domain
+        (whose events are not forwarded)."""
         self._hv = hv
         self._bus = bus
-        self._is_managed = is_managed
         self._tenant_of = tenant_of
         self.received = 0
         self.dropped = 0
@@ -124,14 +124,15 @@ class LibvirtEvents:
     async def _forward(self, recv: trio.MemoryReceiveChannel[tuple[str, int, int]]) -> None:
         async for name, event, detail in recv:
             self.received += 1
-            if not self._is_managed(name):
+            tenant = self._tenant_of(name)
+            if tenant is None:
                 continue
             state, reason = states.event_names(event, detail)
             self._bus.publish(
                 {
                     "topic": "vm.state",
                     "vm": name,
-                    "tenant": self._tenant_of(name),
+                    "tenant": tenant,
                     "state": state,
                     "reason": reason,
                 }

@@ -88,7 +88,7 @@ async def reconcile(
             await svc.forget(name)
             note(name, "migrated_away", "an interrupted outgoing migration finished: not here")
             continue
-        svc.managed.add(name)
+        svc.managed.add(name, rec.tenant)
         if rec.placement is not None:
             try:
                 svc.placement.restore(name, rec.placement)

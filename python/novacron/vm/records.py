@@ -28,11 +28,6 @@ class Records:
     async def _all(self) -> dict[str, VmRecord]:
         return self._by_name if self._by_name is not None else await self.reload()
 
-    def tenant_of(self, name: str) -> str | None:
-        """The tenant of a VM from the copy (None before the first load or if unknown)."""
-        rec = self._by_name.get(name) if self._by_name is not None else None
-        return rec.tenant if rec is not None else None
-
     async def get(self, name: str) -> VmRecord | None:
         return (await self._all()).get(name)
 

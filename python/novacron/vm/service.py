@@ -27,6 +27,7 @@ from novacron.state.db import StateStore, VmRecord
 from novacron.vm import domain_xml
 from novacron.vm.domain_xml import ManagedDomain
 from novacron.vm.driver import Hypervisor, RuntimeState
+from novacron.vm.managed import ManagedVms
 from novacron.vm.quotas import Quotas
 from novacron.vm.records import Records
 from novacron.vm.spec import VmSpec
@@ -58,7 +59,7 @@ class VmService:
         self.quotas = Quotas(store, self.db_pool)
         self._tenant_locks: dict[str, trio.Lock] = {}
         self._locks: dict[str, trio.Lock] = {}
-        self.managed: set[str] = set()
+        self.managed = ManagedVms()  # names and tenants, for the event forwarder
         self.migrating: set[str] = set()  # VMs leaving this node (set by the migration service)
         # refuses NICs on networks the VM's tenant does not have (set by the network service)
         self.nic_check: Callable[[str, tuple[NicSpec, ...]], Awaitable[None]] | None = None
@@ -273,7 +274,7 @@ class VmService:
             xml = await self.domain_xml(spec, vm_uuid, paths, placement)
             # define first, then commit the record: a crash in between leaves a domain
             # carrying our metadata, which reconcile adopts
-            self.managed.add(spec.name)  # before define, so its events are forwarded
+            self.managed.add(spec.name, spec.tenant)  # before define: its events are forwarded
             try:
                 await self.hv_pool.run(self.hv.define, xml)
                 try:
@@ -330,7 +331,7 @@ class VmService:
         """A VM that migrated here from ``source`` and is recorded (with the state it
         arrived in as its desired state): its events are forwarded, and (in a cluster)
         its name moves to this node."""
-        self.managed.add(name)
+        self.managed.add(name, tenant)
         if self.ownership is not None:
             await self.ownership.arrived(tenant, name, source)
 
