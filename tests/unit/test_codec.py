@@ -112,6 +112,37 @@ def test_message_over_the_limit_is_too_large_even_in_small_chunks() -> None:
     assert info.value.code == "too_large"
 
 
+@pytest.mark.parametrize("chunk", [1, 7, 4096, 1 << 20])
+def test_a_message_of_many_small_items_over_the_limit_is_too_large(chunk: int) -> None:
+    """The unpacker parses arrays and maps as they come and keeps their items as objects
+    (an empty map is one byte, and some 70 bytes of memory): the limit must still hold
+    for the message's bytes, however it is cut."""
+    decoder = codec.Decoder(max_message_size=4096)
+    params = [[{}] * 3000, [{}] * 3000]  # 6,000-odd bytes, each array under the limit
+    data = msgpack.packb([0, 1, "m", params])
+    with pytest.raises(ProtocolError) as info:
+        for i in range(0, len(data), chunk):
+            decoder.feed(data[i : i + chunk])
+    assert info.value.code == "too_large"
+
+
+@given(st.lists(messages, max_size=10), st.lists(st.integers(min_value=0), max_size=20))
+def test_pending_counts_the_bytes_of_the_message_begun(
+    msgs: list[codec.Message], cuts: list[int]
+) -> None:
+    encoded = [codec.encode(m) for m in msgs]
+    ends, total = [], 0
+    for e in encoded:
+        total += len(e)
+        ends.append(total)
+    decoder, fed = codec.Decoder(), 0
+    for chunk in split(b"".join(encoded), cuts):
+        decoder.feed(chunk)
+        fed += len(chunk)
+        begun = max((end for end in ends if end <= fed), default=0)
+        assert decoder.pending == fed - begun
+
+
 def test_message_exactly_at_the_limit_passes_and_many_small_ones_in_one_chunk() -> None:
     one = codec.encode_request(1, "m", {"blob": b"x" * 900})
     decoder = codec.Decoder(max_message_size=len(one))

@@ -119,7 +119,13 @@ class Decoder:
             max_buffer_size=max_message_size,
         )
         self._failed = False
-        self._fed = 0
+        self._fed = 0  # bytes fed in all
+        self._begun = 0  # where the message not yet complete began
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a message begun but not yet complete."""
+        return self._fed - self._begun
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Feeds bytes; returns every message they complete, in order.
@@ -131,12 +137,14 @@ class Decoder:
             raise ProtocolError("decoder already failed")
         messages: list[Message] = []
         try:
-            # Feed only what fits beside the partial message already buffered and drain
-            # in between, so the buffer only ever holds one partial message: a full
-            # buffer then means exactly "one message exceeds the limit".
+            # Feed only what fits beside the message begun and drain in between: more
+            # bytes than that without the message ending means it exceeds the limit.
+            # (Where it began is counted here: the unpacker's own position moves on
+            # through a message as it parses its arrays and maps, whose items it
+            # keeps as objects, not bytes.)
             pos, size = 0, len(data)
             while pos < size:
-                free = self.max_message_size - (self._fed - self._unpacker.tell())
+                free = self.max_message_size - (self._fed - self._begun)
                 if free <= 0:
                     raise msgpack.BufferFull
                 # the usual case, a whole chunk that fits, is fed without slicing
@@ -145,6 +153,7 @@ class Decoder:
                 self._fed += len(chunk)
                 pos += len(chunk)
                 for obj in self._unpacker:
+                    self._begun = self._unpacker.tell()  # the end of this message
                     messages.append(parse_message(obj))
         except ProtocolError as exc:
             raise self._fail(exc, messages) from None
