@@ -50,6 +50,9 @@ def start_daemon(root: Path, port: int, ca: CertificateAuthority) -> subprocess.
     proc, sock = rpc_bench.start_daemon(
         root,
         *("--tls-listen", f"127.0.0.1:{port}", "--rate-limit-per-s", "0"),
+        # one certificate stands for all the clients: neither its call rate nor its
+        # connections may be capped as one identity's would be
+        *("--max-connections-per-identity", "0"),
         *migration_listen(),
         *("--tls-cert", str(certs / "node1.crt"), "--tls-key", str(certs / "node1.key")),
         *("--tls-ca", str(ca.dir / "ca.crt"), "--tls-crl", str(ca.dir / "crl.pem")),

@@ -43,6 +43,9 @@ class Config:
     emulator: str = ""
     max_message_bytes: int = 8 * 1024 * 1024
     max_inflight_per_connection: int = 128
+    max_connections: int = 4096
+    max_connections_per_identity: int = 128
+    message_timeout_s: float = 60.0
     dedicated_cpus: str = ""
     shared_cpus: str = ""
     reserved_memory_mib: int = 512
@@ -129,6 +132,9 @@ FIELDS: dict[str, str] = {
     "emulator": "hypervisor",
     "max_message_bytes": "rpc",
     "max_inflight_per_connection": "rpc",
+    "max_connections": "rpc",
+    "max_connections_per_identity": "rpc",
+    "message_timeout_s": "rpc",
     "dedicated_cpus": "placement",
     "shared_cpus": "placement",
     "reserved_memory_mib": "placement",
@@ -195,7 +201,12 @@ _EMPTY_OK = _CPUSETS | {
     "cluster_etcd_endpoints",
     "cluster_labels",
 }
-_ZERO_OK = {"reserved_memory_mib", "migration_page_store_mib"}
+_ZERO_OK = {
+    "reserved_memory_mib",
+    "migration_page_store_mib",
+    "max_connections",
+    "max_connections_per_identity",
+}
 # numbers with bounds beyond "not negative" (and, for ints not in _ZERO_OK, "not zero")
 _RANGES: dict[str, tuple[float, float]] = {
     "migration_engine_threads": (1, 64),
@@ -221,7 +232,7 @@ def _coerce(name: str, value: Any) -> Any:
                 raise TypeError
             return Path(value)
         if kind == "int":
-            if isinstance(value, bool):
+            if isinstance(value, bool | float):  # (TOML's 1.5 is no count of anything)
                 raise TypeError
             number = int(value)
             if number < 0 or (number == 0 and name not in _ZERO_OK) or not _in_range(name, number):

@@ -34,6 +34,7 @@ from novacron.eventbus import EventBus
 from novacron.logs import kv
 from novacron.migration.service import MigrationService
 from novacron.net.service import NetworkService
+from novacron.server.limits import ConnectionLimits, ConnectionSettings
 from novacron.server.tls import TlsConfigError, TlsServer, bind_tcp
 from novacron.server.unix import SocketInUse, UnixServer, bind_unix
 from novacron.state.db import StateStore
@@ -142,6 +143,15 @@ async def serve(config: Config) -> None:
     try:
         await bindings.load()
         registry = build_registry(services)
+        settings = ConnectionSettings(
+            config.max_message_bytes,
+            config.max_inflight_per_connection,
+            config.message_timeout_s,
+        )
+        # one count for both listeners: a caller may use either
+        services.connections = ConnectionLimits(
+            config.max_connections, config.max_connections_per_identity
+        )
         tls = None
         if config.tls_listen:
             tls = TlsServer(
@@ -150,8 +160,8 @@ async def serve(config: Config) -> None:
                 bus,
                 tls_material(config),
                 config.tls_handshake_timeout_s,
-                config.max_message_bytes,
-                config.max_inflight_per_connection,
+                settings,
+                services.connections,
             )
             services.tls = tls
         services.migrations = MigrationService(
@@ -183,9 +193,9 @@ async def serve(config: Config) -> None:
                     registry,
                     bus,
                     config.socket_group,
-                    config.max_message_bytes,
-                    config.max_inflight_per_connection,
+                    settings,
                     bindings,
+                    services.connections,
                 )
                 await root.start(server.run)
                 if tls is not None:

@@ -113,7 +113,8 @@ class Internal(NovaCronError):
 class ProtocolError(NovaCronError):
     """Bytes on a connection that are not valid MessagePack-RPC (the codec's own error).
 
-    Its ``code`` is ``invalid_request`` or ``too_large``; the server answers it with a
+    Its ``code`` is ``invalid_request``, ``too_large``, ``timeout`` (a message begun and
+    not finished in time) or ``too_many_connections``; the server answers it with a
     ``protocol.error`` notification and closes the connection.
     """
 

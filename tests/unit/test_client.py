@@ -15,6 +15,7 @@ from novacron.client import SyncClient, connect
 from novacron.eventbus import EventBus
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
+from novacron.server.limits import ConnectionSettings
 from novacron.server.unix import UnixServer, bind_unix
 
 
@@ -45,7 +46,8 @@ def make_registry() -> Registry:
 async def server(tmp_path: Path) -> AsyncIterator[Path]:
     path = tmp_path / "s.sock"
     sock = bind_unix(path, "no-such-group")
-    srv = UnixServer(sock, make_registry(), EventBus(), "no-such-group", 1 << 20, 16)
+    settings = ConnectionSettings(1 << 20, 16)
+    srv = UnixServer(sock, make_registry(), EventBus(), "no-such-group", settings)
     async with trio.open_nursery() as nursery:
         await nursery.start(srv.run)
         yield path

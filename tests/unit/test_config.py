@@ -87,6 +87,9 @@ def test_toml_then_flags(tmp_path: Path) -> None:
         ("[migration]\nengine_threads = 65\n", "engine_threads"),
         ("[migration]\nshared_storage = 'srv/vms'\n", "shared_storage"),
         ("[migration]\nshared_storage = ['/srv/vms']\n", "shared_storage"),
+        ("[rpc]\nmax_connections = -1\n", "max_connections"),
+        ("[rpc]\nmax_connections_per_identity = 1.5\n", "max_connections_per_identity"),
+        ("[rpc]\nmessage_timeout_s = -1\n", "message_timeout_s"),
     ],
 )
 def test_bad_config_is_refused_with_the_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -163,3 +166,13 @@ def test_tls_listen_needs_its_files(tmp_path: Path) -> None:
     f.write_text("[auth]\nrate_limit_per_s = 0\n[tls]\nhandshake_timeout_s = 2\n")
     c = parse("--config", str(f))
     assert (c.rate_limit_per_s, c.tls_handshake_timeout_s) == (0.0, 2.0)
+
+
+def test_connection_limits(tmp_path: Path) -> None:
+    c = config.Config()
+    limits = (c.max_connections, c.max_connections_per_identity, c.message_timeout_s)
+    assert limits == (4096, 128, 60)
+    f = tmp_path / "n.toml"
+    f.write_text("[rpc]\nmax_connections = 0\nmax_connections_per_identity = 8\n")
+    c = parse("--config", str(f), "--message-timeout-s", "0")
+    assert (c.max_connections, c.max_connections_per_identity, c.message_timeout_s) == (0, 8, 0)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -49,10 +50,14 @@ async def replies(stream: trio.abc.ReceiveStream, decoder: codec.Decoder, n: int
 
 
 @asynccontextmanager
-async def serving(slow: Slow, max_inflight: int) -> AsyncIterator[tuple[Connection, Any]]:
+async def serving(
+    slow: Slow, max_inflight: int, message_timeout_s: float = 0.0
+) -> AsyncIterator[tuple[Connection, Any]]:
     """A connection serving ``slow``'s registry; the client's end of its stream."""
     client, server = trio.testing.memory_stream_pair()
-    conn = Connection(server, ADMIN, slow.registry, EventBus(), 1 << 20, max_inflight)
+    conn = Connection(
+        server, ADMIN, slow.registry, EventBus(), 1 << 20, max_inflight, message_timeout_s
+    )
     async with trio.open_nursery() as n:
         n.start_soon(conn.serve)
         yield conn, client
@@ -106,4 +111,57 @@ async def test_a_read_full_of_inline_calls_is_answered_in_several_writes() -> No
         assert sorted(r.msgid for r in answered) == list(range(calls))
         # every INLINE_BATCH answers a write (a checkpoint), not one write for all
         assert conn._outbox.writes >= -(-calls // INLINE_BATCH)
+        await client.aclose()
+
+
+async def test_a_message_not_complete_in_time_closes_the_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    slow, decoder = Slow(), codec.Decoder()
+    request = codec.encode_request(1, "session.hello", None)
+    async with serving(slow, max_inflight=16, message_timeout_s=10) as (_, client):
+        await client.send_all(request[:3])
+        began = trio.current_time()
+        with trio.fail_after(30):  # (on the test's clock, which jumps when all wait)
+            (notice,) = await replies(client, decoder, 1)
+        assert trio.current_time() - began == pytest.approx(10)
+        assert notice == codec.Notification(
+            "protocol.error",
+            [{"code": "timeout", "message": "a message was not complete 10 s after it began"}],
+        )
+        assert await client.receive_some() == b""
+
+
+async def test_a_connection_may_stay_idle_between_messages(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    slow, decoder = Slow(), codec.Decoder()
+    async with serving(slow, max_inflight=16, message_timeout_s=10) as (_, client):
+        for msgid in range(3):
+            await client.send_all(codec.encode_request(msgid, "session.hello", None))
+            (answer,) = await replies(client, decoder, 1)
+            assert answer.msgid == msgid
+            await trio.sleep(100)
+        await client.aclose()
+
+
+async def test_messages_that_keep_coming_in_pieces_are_not_cut(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Every read ends inside a message, but each completes one: that is progress."""
+    slow, decoder = Slow(), codec.Decoder()
+    stream = b"".join(codec.encode_request(i, "session.hello", None) for i in range(13))
+    size = len(codec.encode_request(0, "session.hello", None))
+    async with serving(slow, max_inflight=16, message_timeout_s=10) as (_, client):
+        await client.send_all(stream[: size // 2])
+        for i in range(12):  # 12 reads 6 s apart: 72 s in all, never a whole message
+            await trio.sleep(6)
+            await client.send_all(stream[size // 2 + i * size : size // 2 + (i + 1) * size])
+        with trio.fail_after(1):
+            (*answered,) = await replies(client, decoder, 12)
+        assert sorted(r.msgid for r in answered) == list(range(12))
+        await trio.sleep(6)
+        await client.send_all(stream[size // 2 + 12 * size :])
+        (last,) = await replies(client, decoder, 1)
+        assert last.msgid == 12
         await client.aclose()

@@ -52,6 +52,9 @@ def register(registry: Registry, services: Services) -> None:
             "pools": [vms.hv_pool.statistics(), vms.db_pool.statistics()]
             + ([services.migrations.engine_pool.statistics()] if services.migrations else []),
             "events": services.bus.statistics(),
+            "connections": (
+                services.connections.statistics() if services.connections is not None else None
+            ),
             "hypervisor_ready": services.hypervisor_ready,
         }
         try:

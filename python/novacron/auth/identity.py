@@ -44,6 +44,12 @@ class Identity:
         """A stable name for logs, audit and rate limits: ``unix:alice``, ``tls:web-ci``."""
         return f"{self.kind}:{self.user}"
 
+    @property
+    def local_admin(self) -> bool:
+        """A local caller who sees every tenant (root, the daemon's user, the socket group):
+        the operator, whom rate and connection limits never refuse."""
+        return self.kind == "unix" and self.tenants is None
+
     def sees(self, tenant: str) -> bool:
         return self.tenants is None or tenant in self.tenants
 

@@ -30,7 +30,7 @@ class RateLimiter:
 
     @staticmethod
     def exempt(identity: Identity) -> bool:
-        return identity.kind == "unix" and identity.tenants is None
+        return identity.local_admin
 
     def check(self, identity: Identity) -> None:
         """Takes a token for ``identity`` or raises :class:`RateLimited`."""

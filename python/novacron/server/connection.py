@@ -9,14 +9,16 @@
   which is most of such a call's cost.
 * Writes go through an :class:`~novacron.server.outbox.Outbox`: in order, coalesced
   under load, and without an extra task switch when the connection is idle.
-* Bytes that are not MessagePack-RPC, or a message over the limit: a ``protocol.error``
-  notification is queued, reading stops, in-flight calls finish, the connection closes.
+* Bytes that are not MessagePack-RPC, a message over the limit, or one not complete
+  ``message_timeout_s`` after it began: a ``protocol.error`` notification is queued,
+  reading stops, in-flight calls finish, the connection closes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from typing import Any
 
 import trio
@@ -46,13 +48,17 @@ class Connection:
         bus: EventBus,
         max_message: int,
         max_inflight: int,
+        message_timeout_s: float = 0.0,
     ) -> None:
+        """``message_timeout_s``: how long a message may take to arrive once begun (0: no
+        limit); between messages a connection may stay idle."""
         self.stream = stream
         self.identity = identity
         self._registry = registry
         self._bus = bus
         self._decoder = codec.Decoder(max_message)
         self._inflight = trio.Semaphore(max_inflight)
+        self._message_timeout = message_timeout_s
         self._outbox = Outbox(stream)
         self._reader_scope = trio.CancelScope()
         self._stopping = False
@@ -86,34 +92,48 @@ class Connection:
                 await self.stream.aclose()
 
     async def _read(self, calls: trio.Nursery) -> None:
+        deadline = math.inf  # for the message begun and not complete, if any
         while not self._stopping:
             self._waiting = True
             try:
-                data = await self.stream.receive_some(READ_SIZE)
+                with trio.move_on_at(deadline) as waiting:
+                    data = await self.stream.receive_some(READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             finally:
                 self._waiting = False
+            if waiting.cancelled_caught:
+                late = f"a message was not complete {self._message_timeout:g} s after it began"
+                await self._refuse(ProtocolError(late, code="timeout"))
+                return
             if not data:
                 return
             try:
                 messages = self._decoder.feed(data)
             except ProtocolError as exc:
                 await self._dispatch(exc.decoded, calls)
-                log.info(
-                    "rpc.protocol_error",
-                    extra=kv(user=self.identity.user, code=exc.code, detail=exc.message),
-                )
-                notice = codec.encode_notification(
-                    "protocol.error", {"code": exc.code, "message": exc.message}
-                )
-                with (
-                    trio.move_on_after(5),  # a peer that never reads must not pin us
-                    contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError),
-                ):
-                    await self._outbox.send(notice)
+                await self._refuse(exc)
                 return
+            if not self._decoder.pending or not self._message_timeout:
+                deadline = math.inf
+            elif messages or deadline == math.inf:  # a message began since the last read
+                deadline = trio.current_time() + self._message_timeout
             await self._dispatch(messages, calls)
+
+    async def _refuse(self, exc: ProtocolError) -> None:
+        """Tells the peer why its connection ends (``protocol.error``), as far as it reads."""
+        log.info(
+            "rpc.protocol_error",
+            extra=kv(user=self.identity.user, code=exc.code, detail=exc.message),
+        )
+        notice = codec.encode_notification(
+            "protocol.error", {"code": exc.code, "message": exc.message}
+        )
+        with (
+            trio.move_on_after(5),  # a peer that never reads must not pin us
+            contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError),
+        ):
+            await self._outbox.send(notice)
 
     async def _dispatch(self, messages: list[codec.Message], calls: trio.Nursery) -> None:
         answers: list[bytes] = []  # inline answers, written together

@@ -1,11 +1,14 @@
-"""What every listener does: accept, identify, serve connections, drain on shutdown.
+"""What every listener does: accept, identify, admit, serve connections, drain on shutdown.
 
 Subclasses say how a fresh socket becomes a stream and an identity (:meth:`Listener.open`):
 peer credentials on the Unix socket, a TLS handshake and a client certificate on TCP.
+Listeners may share one :class:`~novacron.server.limits.ConnectionLimits`, which admits
+each identified connection or has it told why not and closed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 
@@ -14,8 +17,10 @@ import trio
 from novacron.auth.identity import Identity
 from novacron.eventbus import EventBus
 from novacron.logs import kv
+from novacron.rpc import codec
 from novacron.rpc.dispatch import Registry
 from novacron.server.connection import Connection
+from novacron.server.limits import ConnectionLimits, ConnectionSettings
 
 log = logging.getLogger("novacron.server")
 
@@ -26,14 +31,14 @@ class Listener:
         sock: trio.socket.SocketType,
         registry: Registry,
         bus: EventBus,
-        max_message: int,
-        max_inflight: int,
+        settings: ConnectionSettings,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self._sock = sock
         self._registry = registry
         self._bus = bus
-        self._max_message = max_message
-        self._max_inflight = max_inflight
+        self._settings = settings
+        self._limits = limits
         self._connections: set[Connection] = set()
         self._accept_scope = trio.CancelScope()
         self._conn_scope: trio.CancelScope | None = None
@@ -80,21 +85,44 @@ class Listener:
             raw.close()
             return
         stream, identity = opened
-        conn = Connection(
-            stream,
-            identity,
-            self._registry,
-            self._bus,
-            self._max_message,
-            self._max_inflight,
-        )
-        self._connections.add(conn)
-        if self._accept_scope.cancel_called:
-            conn.stop_reading()  # accepted just before shutdown began
+        why = self._limits.admit(identity) if self._limits is not None else None
+        if why is not None:
+            await self._turn_away(stream, identity, why)
+            return
         try:
-            await conn.serve()
+            conn = Connection(
+                stream,
+                identity,
+                self._registry,
+                self._bus,
+                self._settings.max_message,
+                self._settings.max_inflight,
+                self._settings.message_timeout_s,
+            )
+            self._connections.add(conn)
+            if self._accept_scope.cancel_called:
+                conn.stop_reading()  # accepted just before shutdown began
+            try:
+                await conn.serve()
+            finally:
+                self._connections.discard(conn)
         finally:
-            self._connections.discard(conn)
+            if self._limits is not None:
+                self._limits.release(identity)
+
+    @staticmethod
+    async def _turn_away(stream: trio.abc.Stream, identity: Identity, why: str) -> None:
+        """Tells a connection over the limits why (``too_many_connections``), closes it."""
+        log.warning("connection.refused", extra=kv(principal=identity.principal, why=why))
+        notice = codec.encode_notification(
+            "protocol.error", {"code": "too_many_connections", "message": why}
+        )
+        with (
+            trio.move_on_after(5),  # a peer that never reads must not pin us
+            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        ):
+            await stream.send_all(notice)
+        await trio.aclose_forcefully(stream)
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop accepting, let in-flight calls finish within ``grace_s``, then cut the rest."""

@@ -25,6 +25,7 @@ from novacron.eventbus import EventBus
 from novacron.logs import kv
 from novacron.pki.names import from_peercert
 from novacron.rpc.dispatch import Registry
+from novacron.server.limits import ConnectionLimits, ConnectionSettings
 from novacron.server.listener import Listener
 
 log = logging.getLogger("novacron.tls")
@@ -95,12 +96,10 @@ class TlsServer(Listener):
         bus: EventBus,
         material: tuple[Path, Path, Path, Path | None],
         handshake_timeout_s: float,
-        max_message: int,
-        max_inflight: int,
+        settings: ConnectionSettings,
+        limits: ConnectionLimits | None = None,
     ) -> None:
-        super().__init__(
-            trio.socket.from_stdlib_socket(sock), registry, bus, max_message, max_inflight
-        )
+        super().__init__(trio.socket.from_stdlib_socket(sock), registry, bus, settings, limits)
         self._material = material
         self._ctx = server_context(*material)
         self._handshake_timeout = handshake_timeout_s

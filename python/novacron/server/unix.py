@@ -19,6 +19,7 @@ from novacron.auth.identity import Identity, peer_credentials, unix_identity
 from novacron.eventbus import EventBus
 from novacron.logs import kv
 from novacron.rpc.dispatch import Registry
+from novacron.server.limits import ConnectionLimits, ConnectionSettings
 from novacron.server.listener import Listener
 
 log = logging.getLogger("novacron.server")
@@ -73,13 +74,11 @@ class UnixServer(Listener):
         registry: Registry,
         bus: EventBus,
         admin_group: str,
-        max_message: int,
-        max_inflight: int,
+        settings: ConnectionSettings,
         bindings: Bindings | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
-        super().__init__(
-            trio.socket.from_stdlib_socket(sock), registry, bus, max_message, max_inflight
-        )
+        super().__init__(trio.socket.from_stdlib_socket(sock), registry, bus, settings, limits)
         self._admin_group = admin_group
         self._bindings = bindings
 

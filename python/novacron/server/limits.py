@@ -1,0 +1,93 @@
+"""What one connection may hold, and how many connections the daemon keeps open.
+
+Each open connection costs a task, socket buffers and up to ``max_message`` bytes of a
+message not yet complete. Without a cap, one identity could open connections until the
+daemon runs out of memory or descriptors and everyone else is locked out. So:
+
+* an identity (``tls:alice``, ``unix:bob``) holds at most ``per_identity`` connections at
+  once (every listener counted together), and all identities together ``total``;
+* a local admin (root, the daemon's user, the socket group) is counted but never refused:
+  the operator can always get in to see what is going on;
+* a message once begun must be complete within ``message_timeout_s``, so a peer cannot
+  keep a partial message's buffer forever (between messages a connection may stay idle
+  as long as it likes: event subscribers do).
+
+A refused connection is told why (``protocol.error`` with code ``too_many_connections``)
+and closed; the limits are counted again as connections end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from novacron.auth.identity import Identity
+from novacron.rpc.codec import DEFAULT_MAX_MESSAGE
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """How every connection of a listener is served."""
+
+    max_message: int = DEFAULT_MAX_MESSAGE
+    max_inflight: int = 128
+    message_timeout_s: float = 60.0  # 0: no limit
+
+
+class ConnectionLimits:
+    """Counts open connections by identity; decides whether another may open.
+
+    ``total`` or ``per_identity`` of 0 means no limit of that kind.
+    """
+
+    def __init__(self, total: int, per_identity: int) -> None:
+        if total < 0 or per_identity < 0:
+            raise ValueError("connection limits cannot be negative")
+        self.total = total
+        self.per_identity = per_identity
+        self._open: dict[str, int] = {}
+        self._count = 0
+        self.refused = 0
+
+    def admit(self, identity: Identity) -> str | None:
+        """Counts a new connection of ``identity`` and returns None, or returns why it
+        is refused (and counts nothing)."""
+        held = self._open.get(identity.principal, 0)
+        if not identity.local_admin:
+            why = None
+            if self.per_identity and held >= self.per_identity:
+                why = (
+                    f"{identity.principal} has {held} connections open, "
+                    f"at most {self.per_identity} per identity"
+                )
+            elif self.total and self._count >= self.total:
+                why = f"the daemon has {self._count} connections open, at most {self.total}"
+            if why is not None:
+                self.refused += 1
+                return why
+        self._open[identity.principal] = held + 1
+        self._count += 1
+        return None
+
+    def release(self, identity: Identity) -> None:
+        """A connection ``admit`` counted has ended."""
+        held = self._open.get(identity.principal, 0)
+        if held <= 0:
+            raise ValueError(f"{identity.principal} has no connection to release")
+        if held == 1:
+            del self._open[identity.principal]
+        else:
+            self._open[identity.principal] = held - 1
+        self._count -= 1
+
+    def held(self, identity: Identity) -> int:
+        return self._open.get(identity.principal, 0)
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "open": self._count,
+            "identities": len(self._open),
+            "refused": self.refused,
+            "max": self.total,
+            "max_per_identity": self.per_identity,
+        }
