@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import tracemalloc
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -194,3 +196,66 @@ def test_messages_before_garbage_ride_on_the_error() -> None:
     with pytest.raises(ProtocolError) as info:
         decoder.feed(data)
     assert [m.msgid for m in info.value.decoded] == [1, 2]
+
+
+def server_decoder() -> codec.Decoder:
+    return codec.Decoder(1 << 20, codec.REQUEST_MAX_ITEMS, codec.REQUEST_MAX_CONTAINERS)
+
+
+@given(st.lists(messages, max_size=10), st.lists(st.integers(min_value=0), max_size=20))
+def test_a_servers_limits_change_nothing_for_messages_within_them(
+    msgs: list[codec.Message], cuts: list[int]
+) -> None:
+    decoder, decoded = server_decoder(), []
+    for chunk in split(b"".join(codec.encode(m) for m in msgs), cuts):
+        decoded.extend(decoder.feed(chunk))
+    assert decoded == msgs
+
+
+def test_a_request_at_the_servers_limits_is_taken() -> None:
+    tenants = [f"t{i}" for i in range(codec.REQUEST_MAX_ITEMS)]
+    options = {f"k{i}": i for i in range(codec.REQUEST_MAX_ITEMS)}
+    # the message, its params, the named map, tenants, options and maps' list are six
+    maps = [{} for _ in range(codec.REQUEST_MAX_CONTAINERS - 6)]
+    data = codec.encode_request(1, "m", {"tenants": tenants, "options": options, "maps": maps})
+    (request,) = server_decoder().feed(data)
+    assert request.params == [{"tenants": tenants, "options": options, "maps": maps}]
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"a": list(range(257))}, "an array or map is too long: 257 exceeds max_array_len(256)"),
+        ({"m": {str(i): i for i in range(257)}}, "an array or map is too long: 257 exceeds"),
+        ({"a": [[]] * 200, "b": [{}] * 100}, "a message holds more than 256 arrays and maps"),
+        ({"deep": [[[[[{}]]]]] * 60}, "a message holds more than 256 arrays and maps"),
+    ],
+)
+def test_a_request_past_the_servers_limits_is_too_large(params: dict, message: str) -> None:
+    data = codec.encode_request(1, "m", params)
+    decoder = server_decoder()
+    with pytest.raises(ProtocolError) as info:
+        for i in range(0, len(data), 100):
+            decoder.feed(data[i : i + 100])
+    assert info.value.code == "too_large"
+    assert info.value.message.startswith(message)
+    # a client reads answers of any shape within the size limit
+    assert codec.Decoder(1 << 20).feed(data)[0].params == [params]
+
+
+def test_one_message_within_the_limits_cannot_take_much_memory() -> None:
+    """Arrays as long as allowed, nested as deep as msgpack goes (1,024 levels), each
+    holding short strings but for the next level: about the most objects a message within
+    the limits keeps (the arrays are never complete, so none is counted)."""
+    items = codec.REQUEST_MAX_ITEMS
+    level = b"\xdd" + items.to_bytes(4, "big") + b"\xa2ab" * (items - 1)
+    data = (b"\x94\x00\x01\xa1m\x91" + level * 1020)[: codec.DEFAULT_MAX_MESSAGE]
+    decoder = codec.Decoder(codec.DEFAULT_MAX_MESSAGE, items, codec.REQUEST_MAX_CONTAINERS)
+    tracemalloc.start()
+    try:
+        assert decoder.feed(data) == []  # not complete: every array still open
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # (without the item limit, 8 MiB of short strings in arrays would keep ~160 MB)
+    assert peak < 32 << 20

@@ -28,6 +28,12 @@ NOTIFICATION: Final = 2
 
 DEFAULT_MAX_MESSAGE: Final = 8 * 1024 * 1024
 MAX_MSGID: Final = 2**32 - 1
+# What a server takes in one request: the decoder keeps every array, map and item as a
+# Python object, some 60-70 bytes for a one-byte empty map, so bytes alone do not bound
+# a message's memory. No method takes more than 256 items in an array or map, or needs
+# more than a few dozen of them.
+REQUEST_MAX_ITEMS: Final = 256
+REQUEST_MAX_CONTAINERS: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,17 +112,35 @@ def parse_message(obj: Any) -> Message:
 
 
 class Decoder:
-    """Incremental decoder for one connection's byte stream."""
+    """Incremental decoder for one connection's byte stream.
 
-    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE) -> None:
+    ``max_items`` bounds each array's and map's items, ``max_containers`` the arrays and
+    maps of one message (a server's decoder takes the ``REQUEST_`` limits; a client's
+    reads answers of any shape up to the size limit).
+    """
+
+    def __init__(
+        self,
+        max_message_size: int = DEFAULT_MAX_MESSAGE,
+        max_items: int | None = None,
+        max_containers: int | None = None,
+    ) -> None:
         if max_message_size < 16:
             raise ValueError("max_message_size is too small")
         self.max_message_size = max_message_size
+        self._max_containers = max_containers
+        self._containers = 0  # completed arrays and maps of the message begun
+        counted: dict[str, Any] = {}
+        if max_items is not None:
+            counted.update(max_array_len=max_items, max_map_len=max_items)
+        if max_containers is not None:
+            counted.update(list_hook=self._count, object_hook=self._count)
         self._unpacker = msgpack.Unpacker(
             raw=False,
             use_list=True,
             strict_map_key=True,
             max_buffer_size=max_message_size,
+            **counted,
         )
         self._failed = False
         self._fed = 0  # bytes fed in all
@@ -154,14 +178,32 @@ class Decoder:
                 pos += len(chunk)
                 for obj in self._unpacker:
                     self._begun = self._unpacker.tell()  # the end of this message
+                    self._containers = 0
                     messages.append(parse_message(obj))
         except ProtocolError as exc:
             raise self._fail(exc, messages) from None
         except msgpack.BufferFull:
             raise self._fail(self._too_large(), messages) from None
+        except ValueError as exc:
+            # msgpack's own limits: "300 exceeds max_array_len(256)" (and _map_)
+            if "exceeds max_" in str(exc):
+                raise self._fail(
+                    ProtocolError(f"an array or map is too long: {exc}", code="too_large"), messages
+                ) from None
+            raise self._fail(self._malformed(exc), messages) from None
         except Exception as exc:  # msgpack signals malformed data with many types
             raise self._fail(self._malformed(exc), messages) from None
         return messages
+
+    def _count(self, container: Any) -> Any:
+        """Counts an array or map the unpacker has just completed (its hooks)."""
+        self._containers += 1
+        if self._max_containers is not None and self._containers > self._max_containers:
+            raise ProtocolError(
+                f"a message holds more than {self._max_containers} arrays and maps",
+                code="too_large",
+            )
+        return container
 
     def _too_large(self) -> ProtocolError:
         return ProtocolError(

@@ -56,7 +56,9 @@ class Connection:
         self.identity = identity
         self._registry = registry
         self._bus = bus
-        self._decoder = codec.Decoder(max_message)
+        self._decoder = codec.Decoder(
+            max_message, codec.REQUEST_MAX_ITEMS, codec.REQUEST_MAX_CONTAINERS
+        )
         self._inflight = trio.Semaphore(max_inflight)
         self._message_timeout = message_timeout_s
         self._outbox = Outbox(stream)
