@@ -26,6 +26,7 @@ from novacron import errors
 from novacron.client import split_address
 from novacron.logs import kv
 from novacron.pki.names import from_peercert
+from novacron.server.listener import accept
 
 log = logging.getLogger("novacron.migration")
 
@@ -113,8 +114,7 @@ class ChannelListener:
             async with trio.open_nursery() as conns:
                 task_status.started()
                 while True:
-                    raw, _ = await self._sock.accept()
-                    conns.start_soon(self._handle, raw)
+                    conns.start_soon(self._handle, await accept(self._sock))
         finally:
             self._sock.close()
 

@@ -24,6 +24,22 @@ from novacron.server.limits import ConnectionLimits, ConnectionSettings
 
 log = logging.getLogger("novacron.server")
 
+# out of descriptors or memory: the listening socket itself is fine, so wait and retry
+RETRIED_ACCEPT_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+async def accept(sock: trio.socket.SocketType) -> trio.socket.SocketType:
+    """The next connection; waits out a shortage of descriptors or memory (logged)."""
+    while True:
+        try:
+            raw, _ = await sock.accept()
+            return raw
+        except OSError as exc:
+            if exc.errno not in RETRIED_ACCEPT_ERRORS:
+                raise
+            log.error("socket.accept_failed", extra=kv(error=exc.strerror))
+            await trio.sleep(0.1)
+
 
 class Listener:
     def __init__(
@@ -61,15 +77,7 @@ class Listener:
 
     async def _accept_loop(self, conns: trio.Nursery) -> None:
         while True:
-            try:
-                raw, _ = await self._sock.accept()
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("socket.accept_failed", extra=kv(error=exc.strerror))
-                    await trio.sleep(0.1)
-                    continue
-                raise
-            conns.start_soon(self._handle, raw)
+            conns.start_soon(self._handle, await accept(self._sock))
 
     async def _handle(self, raw: trio.socket.SocketType) -> None:
         try:
