@@ -165,3 +165,27 @@ async def test_messages_that_keep_coming_in_pieces_are_not_cut(
         (last,) = await replies(client, decoder, 1)
         assert last.msgid == 12
         await client.aclose()
+
+
+async def test_time_spent_waiting_for_a_call_slot_is_not_the_peers(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    slow, decoder = Slow(), codec.Decoder()
+    hello = codec.encode_request(3, "session.hello", None)
+    async with serving(slow, max_inflight=1, message_timeout_s=10) as (_, client):
+        # the second call waits for the first's slot, a message begun behind it
+        await client.send_all(
+            codec.encode_request(1, "vm.get", None)
+            + codec.encode_request(2, "vm.get", None)
+            + hello[:3]
+        )
+        await trio.sleep(100)  # the server does not read meanwhile
+        slow.release.set()
+        with trio.fail_after(1):
+            first = await replies(client, decoder, 2)
+        assert sorted(r.msgid for r in first) == [1, 2]
+        await client.send_all(hello[3:])
+        with trio.fail_after(1):
+            (last,) = await replies(client, decoder, 1)
+        assert (last.msgid, last.result) == (3, "hi")
+        await client.aclose()

@@ -116,11 +116,13 @@ class Connection:
                 await self._dispatch(exc.decoded, calls)
                 await self._refuse(exc)
                 return
+            await self._dispatch(messages, calls)
+            # set after dispatching, which may wait for a call slot: time spent not
+            # reading is not the peer's
             if not self._decoder.pending or not self._message_timeout:
                 deadline = math.inf
             elif messages or deadline == math.inf:  # a message began since the last read
                 deadline = trio.current_time() + self._message_timeout
-            await self._dispatch(messages, calls)
 
     async def _refuse(self, exc: ProtocolError) -> None:
         """Tells the peer why its connection ends (``protocol.error``), as far as it reads."""
