@@ -56,6 +56,7 @@ class Config:
     tls_ca: str = ""
     tls_crl: str = ""
     tls_handshake_timeout_s: float = 5.0
+    tls_max_handshakes: int = 256
     rate_limit_per_s: float = 200.0
     rate_limit_burst: float = 400.0
     migration_listen: str = ""
@@ -145,6 +146,7 @@ FIELDS: dict[str, str] = {
     "tls_ca": "tls",
     "tls_crl": "tls",
     "tls_handshake_timeout_s": "tls",
+    "tls_max_handshakes": "tls",
     "rate_limit_per_s": "auth",
     "rate_limit_burst": "auth",
     "migration_listen": "migration",
@@ -171,6 +173,7 @@ _TOML_KEY = {
     "tls_ca": "ca",
     "tls_crl": "crl",
     "tls_handshake_timeout_s": "handshake_timeout_s",
+    "tls_max_handshakes": "max_handshakes",
     "migration_listen": "listen",
     "migration_libvirt_uri": "libvirt_uri",
     "migration_link_timeout_s": "link_timeout_s",
@@ -206,6 +209,7 @@ _ZERO_OK = {
     "migration_page_store_mib",
     "max_connections",
     "max_connections_per_identity",
+    "tls_max_handshakes",
 }
 # numbers with bounds beyond "not negative" (and, for ints not in _ZERO_OK, "not zero")
 _RANGES: dict[str, tuple[float, float]] = {

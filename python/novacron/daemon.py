@@ -162,6 +162,7 @@ async def serve(config: Config) -> None:
                 config.tls_handshake_timeout_s,
                 settings,
                 services.connections,
+                config.tls_max_handshakes,
             )
             services.tls = tls
         services.migrations = MigrationService(

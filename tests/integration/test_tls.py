@@ -198,6 +198,33 @@ def test_a_silent_client_is_cut_at_the_handshake_deadline(
     assert "handshake timed out" in d.log_text()
 
 
+def test_connections_past_the_handshakes_in_progress_are_closed_at_once(
+    tmp_path: Path, pki: Pki
+) -> None:
+    port = free_port()
+    d = tls_daemon(tmp_path, pki, port, "--tls-max-handshakes", "3").start()
+    files = pki.issue("busy", "viewer", ("acme",))
+    silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    try:
+        deadline = time.monotonic() + 10
+        while "handshakes in progress" not in d.log_text():
+            assert time.monotonic() < deadline, "a fourth connection was never refused"
+            extra = socket.create_connection(("127.0.0.1", port))
+            extra.settimeout(5)
+            assert extra.recv(1) == b""  # closed, not kept waiting for a handshake
+            extra.close()
+        assert "3 handshakes in progress, at most 3" in d.log_text()
+        time.sleep(2.5)  # the silent ones are cut at the 2 s handshake deadline
+        with client(port, files) as c:
+            assert c.call("vm.list") == []
+    finally:
+        for s in silent:
+            s.close()
+        rc = d.stop()
+        assert rc in (0, None), d.log_text()
+        assert "Traceback" not in d.log_text(), d.log_text()
+
+
 def test_a_group_readable_key_stops_the_daemon(tmp_path: Path, pki: Pki) -> None:
     os.chmod(pki.root / "certs" / "node1.key", 0o640)
     d = tls_daemon(tmp_path, pki, free_port())

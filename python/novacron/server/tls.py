@@ -98,11 +98,16 @@ class TlsServer(Listener):
         handshake_timeout_s: float,
         settings: ConnectionSettings,
         limits: ConnectionLimits | None = None,
+        max_handshakes: int = 0,
     ) -> None:
+        """``max_handshakes``: handshakes in progress at once (0: no limit); a connection
+        past them is closed at once, before any TLS work."""
         super().__init__(trio.socket.from_stdlib_socket(sock), registry, bus, settings, limits)
         self._material = material
         self._ctx = server_context(*material)
         self._handshake_timeout = handshake_timeout_s
+        self._max_handshakes = max_handshakes
+        self._handshaking = 0
         self.address = sock.getsockname()
         self.refused = 0
 
@@ -123,8 +128,16 @@ class TlsServer(Listener):
     async def open(self, raw: trio.socket.SocketType) -> tuple[trio.abc.Stream, Identity] | None:
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = raw.getpeername()
+        if self._max_handshakes and self._handshaking >= self._max_handshakes:
+            # unauthenticated peers cannot hold more than this many descriptors
+            self.refused += 1
+            busy = f"{self._handshaking} handshakes in progress, at most {self._max_handshakes}"
+            log.info("tls.refused", extra=kv(peer=f"{peer[0]}:{peer[1]}", why=busy))
+            raw.close()
+            return None
         stream = trio.SSLStream(trio.SocketStream(raw), self._ctx, server_side=True)
         why = None
+        self._handshaking += 1
         try:
             with trio.fail_after(self._handshake_timeout):
                 await stream.do_handshake()
@@ -134,6 +147,8 @@ class TlsServer(Listener):
             cause = exc.__cause__ or exc
             why = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
             why = str(why or cause)
+        finally:
+            self._handshaking -= 1
         identity = None
         if why is None:
             found = from_peercert(stream.getpeercert())
