@@ -46,7 +46,7 @@ def make_registry() -> Registry:
 async def server(tmp_path: Path) -> AsyncIterator[Path]:
     path = tmp_path / "s.sock"
     sock = bind_unix(path, "no-such-group")
-    settings = ConnectionSettings(1 << 20, 16)
+    settings = ConnectionSettings(1 << 20, 16, 60.0)
     srv = UnixServer(sock, make_registry(), EventBus(), "no-such-group", settings)
     async with trio.open_nursery() as nursery:
         await nursery.start(srv.run)

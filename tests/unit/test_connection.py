@@ -17,6 +17,7 @@ from novacron.rpc import codec
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
 from novacron.server.connection import INLINE_BATCH, Connection
+from novacron.server.limits import ConnectionSettings
 
 ADMIN = Identity(kind="unix", user="root", roles=frozenset({"admin"}))
 
@@ -55,9 +56,8 @@ async def serving(
 ) -> AsyncIterator[tuple[Connection, Any]]:
     """A connection serving ``slow``'s registry; the client's end of its stream."""
     client, server = trio.testing.memory_stream_pair()
-    conn = Connection(
-        server, ADMIN, slow.registry, EventBus(), 1 << 20, max_inflight, message_timeout_s
-    )
+    settings = ConnectionSettings(1 << 20, max_inflight, message_timeout_s)
+    conn = Connection(server, ADMIN, slow.registry, EventBus(), settings)
     async with trio.open_nursery() as n:
         n.start_soon(conn.serve)
         yield conn, client

@@ -128,7 +128,7 @@ class Decoder:
         if max_message_size < 16:
             raise ValueError("max_message_size is too small")
         self.max_message_size = max_message_size
-        self._max_containers = max_containers
+        self._max_containers = max_containers or 0  # (counted only when given)
         self._containers = 0  # completed arrays and maps of the message begun
         counted: dict[str, Any] = {}
         if max_items is not None:
@@ -198,7 +198,7 @@ class Decoder:
     def _count(self, container: Any) -> Any:
         """Counts an array or map the unpacker has just completed (its hooks)."""
         self._containers += 1
-        if self._max_containers is not None and self._containers > self._max_containers:
+        if self._containers > self._max_containers:
             raise ProtocolError(
                 f"a message holds more than {self._max_containers} arrays and maps",
                 code="too_large",

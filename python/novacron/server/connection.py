@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -29,6 +30,7 @@ from novacron.eventbus import EventBus, Subscription
 from novacron.logs import kv
 from novacron.rpc import codec
 from novacron.rpc.dispatch import CallContext, Registry
+from novacron.server.limits import ConnectionSettings
 from novacron.server.outbox import Outbox
 
 log = logging.getLogger("novacron.server")
@@ -39,6 +41,19 @@ READ_SIZE = 256 * 1024
 INLINE_BATCH = 64
 
 
+async def send_protocol_error(
+    send: Callable[[bytes], Awaitable[None]], code: str, message: str
+) -> None:
+    """Sends the ``protocol.error`` notification that ends a connection, as far as the
+    peer reads it: at most 5 s, and a peer already gone is no error."""
+    notice = codec.encode_notification("protocol.error", {"code": code, "message": message})
+    with (
+        trio.move_on_after(5),  # a peer that never reads must not pin us
+        contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError),
+    ):
+        await send(notice)
+
+
 class Connection:
     def __init__(
         self,
@@ -46,21 +61,17 @@ class Connection:
         identity: Identity,
         registry: Registry,
         bus: EventBus,
-        max_message: int,
-        max_inflight: int,
-        message_timeout_s: float = 0.0,
+        settings: ConnectionSettings,
     ) -> None:
-        """``message_timeout_s``: how long a message may take to arrive once begun (0: no
-        limit); between messages a connection may stay idle."""
         self.stream = stream
         self.identity = identity
         self._registry = registry
         self._bus = bus
         self._decoder = codec.Decoder(
-            max_message, codec.REQUEST_MAX_ITEMS, codec.REQUEST_MAX_CONTAINERS
+            settings.max_message, codec.REQUEST_MAX_ITEMS, codec.REQUEST_MAX_CONTAINERS
         )
-        self._inflight = trio.Semaphore(max_inflight)
-        self._message_timeout = message_timeout_s
+        self._inflight = trio.Semaphore(settings.max_inflight)
+        self._message_timeout = settings.message_timeout_s
         self._outbox = Outbox(stream)
         self._reader_scope = trio.CancelScope()
         self._stopping = False
@@ -98,13 +109,12 @@ class Connection:
         while not self._stopping:
             self._waiting = True
             try:
-                with trio.move_on_at(deadline) as waiting:
-                    data = await self.stream.receive_some(READ_SIZE)
+                data = await self._receive(deadline)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             finally:
                 self._waiting = False
-            if waiting.cancelled_caught:
+            if data is None:
                 late = f"a message was not complete {self._message_timeout:g} s after it began"
                 await self._refuse(ProtocolError(late, code="timeout"))
                 return
@@ -124,20 +134,22 @@ class Connection:
             elif messages or deadline == math.inf:  # a message began since the last read
                 deadline = trio.current_time() + self._message_timeout
 
+    async def _receive(self, deadline: float) -> bytes | bytearray | None:
+        """The next bytes (b"" at the end), or None when ``deadline`` passes first. A
+        cancel scope only when there is a deadline: most reads end between messages."""
+        if deadline == math.inf:
+            return await self.stream.receive_some(READ_SIZE)
+        with trio.move_on_at(deadline):
+            return await self.stream.receive_some(READ_SIZE)
+        return None
+
     async def _refuse(self, exc: ProtocolError) -> None:
         """Tells the peer why its connection ends (``protocol.error``), as far as it reads."""
         log.info(
             "rpc.protocol_error",
             extra=kv(user=self.identity.user, code=exc.code, detail=exc.message),
         )
-        notice = codec.encode_notification(
-            "protocol.error", {"code": exc.code, "message": exc.message}
-        )
-        with (
-            trio.move_on_after(5),  # a peer that never reads must not pin us
-            contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError),
-        ):
-            await self._outbox.send(notice)
+        await send_protocol_error(self._outbox.send, exc.code, exc.message)
 
     async def _dispatch(self, messages: list[codec.Message], calls: trio.Nursery) -> None:
         answers: list[bytes] = []  # inline answers, written together

@@ -22,16 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from novacron.auth.identity import Identity
-from novacron.rpc.codec import DEFAULT_MAX_MESSAGE
 
 
 @dataclass(frozen=True)
 class ConnectionSettings:
-    """How every connection of a listener is served."""
+    """How every connection of a listener is served (``[rpc]`` of the configuration)."""
 
-    max_message: int = DEFAULT_MAX_MESSAGE
-    max_inflight: int = 128
-    message_timeout_s: float = 60.0  # 0: no limit
+    max_message: int
+    max_inflight: int
+    message_timeout_s: float  # 0: no limit; between messages a connection may stay idle
 
 
 class ConnectionLimits:

@@ -8,7 +8,6 @@ each identified connection or has it told why not and closed.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 
@@ -17,9 +16,8 @@ import trio
 from novacron.auth.identity import Identity
 from novacron.eventbus import EventBus
 from novacron.logs import kv
-from novacron.rpc import codec
 from novacron.rpc.dispatch import Registry
-from novacron.server.connection import Connection
+from novacron.server.connection import Connection, send_protocol_error
 from novacron.server.limits import ConnectionLimits, ConnectionSettings
 
 log = logging.getLogger("novacron.server")
@@ -98,15 +96,7 @@ class Listener:
             await self._turn_away(stream, identity, why)
             return
         try:
-            conn = Connection(
-                stream,
-                identity,
-                self._registry,
-                self._bus,
-                self._settings.max_message,
-                self._settings.max_inflight,
-                self._settings.message_timeout_s,
-            )
+            conn = Connection(stream, identity, self._registry, self._bus, self._settings)
             self._connections.add(conn)
             if self._accept_scope.cancel_called:
                 conn.stop_reading()  # accepted just before shutdown began
@@ -122,14 +112,7 @@ class Listener:
     async def _turn_away(stream: trio.abc.Stream, identity: Identity, why: str) -> None:
         """Tells a connection over the limits why (``too_many_connections``), closes it."""
         log.warning("connection.refused", extra=kv(principal=identity.principal, why=why))
-        notice = codec.encode_notification(
-            "protocol.error", {"code": "too_many_connections", "message": why}
-        )
-        with (
-            trio.move_on_after(5),  # a peer that never reads must not pin us
-            contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-        ):
-            await stream.send_all(notice)
+        await send_protocol_error(stream.send_all, "too_many_connections", why)
         await trio.aclose_forcefully(stream)
 
     async def shutdown(self, grace_s: float) -> None:

@@ -129,11 +129,11 @@ class TlsServer(Listener):
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = raw.getpeername()
         if self._max_handshakes and self._handshaking >= self._max_handshakes:
-            # unauthenticated peers cannot hold more than this many descriptors
-            self.refused += 1
-            busy = f"{self._handshaking} handshakes in progress, at most {self._max_handshakes}"
-            log.info("tls.refused", extra=kv(peer=f"{peer[0]}:{peer[1]}", why=busy))
-            raw.close()
+            # unauthenticated peers cannot hold more than this many descriptors (the
+            # listener closes the socket)
+            self._refused(
+                peer, f"{self._handshaking} handshakes in progress, at most {self._max_handshakes}"
+            )
             return None
         stream = trio.SSLStream(trio.SocketStream(raw), self._ctx, server_side=True)
         why = None
@@ -157,8 +157,11 @@ class TlsServer(Listener):
             else:
                 identity = tls_identity(found)
         if identity is None:
-            self.refused += 1
-            log.info("tls.refused", extra=kv(peer=f"{peer[0]}:{peer[1]}", why=why))
+            self._refused(peer, why)
             await trio.aclose_forcefully(stream)
             return None
         return stream, identity
+
+    def _refused(self, peer: Any, why: str | None) -> None:
+        self.refused += 1
+        log.info("tls.refused", extra=kv(peer=f"{peer[0]}:{peer[1]}", why=why))
