@@ -32,6 +32,7 @@ from tests.system.test_migration import (
     start_migration,
     stays_on_source,
 )
+from tests.system.twohosts import REFUSE_FLAG
 
 ROUNDS = 4
 
@@ -170,3 +171,40 @@ def test_a_restart_after_an_interrupted_switch_over_takes_the_vm_back(
         assert c.call("op.get", op="op-interrupted")["state"] == "failed"
     assert a.domstate("back") == "running"
     retire(a, "back")
+
+
+def test_a_stopped_vm_moves_offline_with_its_ownership(
+    cluster_nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    """A stopped VM's offline move takes the lock and moves the name's ownership, asked
+    through the node that does not own it; a move libvirt refuses keeps both at home."""
+    a, b = cluster_nodes.a, cluster_nodes.b
+    with a.client() as c:
+        c.call("vm.create", **guest_images.vm("cold", 64, "", start=False))
+    wait_until(lambda: owner(b, "cold")["node"] == "hosta", 30, "hosta to own cold")
+    b.host.sh(f"touch {REFUSE_FLAG}")  # hostb's libvirt refuses (its QEMU hook)
+    try:
+        with b.client() as c:  # forwarded to the owner
+            op_id = c.call("vm.migrate", name="cold", destination="hostb")["op"]
+        doc = ended(a, op_id)
+    finally:
+        b.host.sh(f"rm -f {REFUSE_FLAG}")
+    assert doc["state"] == "failed" and "hook refuses" in doc["error"]["message"], doc
+    for node in (a, b):
+        held = owner(node, "cold")
+        assert held["node"] == "hosta" and "migration" not in held, held
+    assert a.domstate("cold") == "shut off" and "cold" not in b.domains()
+
+    with b.client() as c:
+        op_id = c.call("vm.migrate", name="cold", destination="hostb")["op"]
+    doc = ended(a, op_id)
+    assert doc["state"] == "succeeded" and doc["result"]["offline"] is True, (doc, logs(a, b))
+    for node in (a, b):
+        held = owner(node, "cold")
+        assert held["node"] == "hostb" and "migration" not in held, held
+    assert b.domstate("cold") == "shut off" and "cold" not in a.domains()
+    assert "cold" in b.records() and "cold" not in a.records()
+    with a.client() as c:  # answered by its owner now
+        assert c.call("vm.get", name="cold")["state"] == "stopped"
+        assert c.call("cluster.status")["conflicts"] == []
+    retire(b, "cold")

@@ -28,6 +28,7 @@ from typing import Any
 import libvirt
 import pytest
 
+from novacron import errors
 from novacron.client import SyncClient
 from tests.daemon_harness import Daemon
 from tests.migration_harness import Node, source_xml
@@ -188,3 +189,77 @@ def test_after_a_restart_a_vm_that_arrived_is_recorded_as_it_arrived(
         assert vm["state"] == ("paused" if paused else "running")
         assert op["state"] == "succeeded" and op["result"]["restarted"] is True
         c.call("vm.delete", name=name, force=True)
+
+
+def prepare_offline(source: SyncClient, name: str) -> dict[str, Any]:
+    """The source's ``migration.prepare`` of a stopped 64 MiB VM ``name``."""
+    answer: dict[str, Any] = source.call(
+        "migration.prepare",
+        vm=name,
+        xml=source_xml(name, uuid=str(uuid.uuid4())),
+        offline=True,
+    )
+    assert answer["offline"] is True and "token" not in answer, answer
+    return answer
+
+
+def test_an_offline_arrival_is_recorded_stopped_once_libvirt_defined_it(dest: Node) -> None:
+    """What libvirt's offline migration leaves here: the VM defined, shut off. The
+    destination records it, stopped, without being told (the source may have died)."""
+    name = "cold-" + secrets.token_hex(3)
+    with dest.as_node(timeout=120) as source:
+        answer = prepare_offline(source, name)
+        with connection() as conn:
+            conn.defineXML(answer["dest_xml"])
+        ended = source.call("migration.result", op=answer["op"])
+    assert ended["state"] == "succeeded" and ended["result"]["state"] == "stopped", ended
+    with dest.daemon.client() as c:
+        vm = c.call("vm.get", name=name)
+        assert (vm["state"], vm["desired_state"]) == ("stopped", "stopped"), vm
+        c.call("vm.delete", name=name)
+    assert not domain_exists(name)
+
+
+def test_an_offline_arrival_the_source_gave_up_leaves_nothing(dest: Node) -> None:
+    """libvirt refused the move: the source's word ends the destination's side at once,
+    nothing stays here, and the VM may be prepared here again. Once the VM arrived,
+    a late word changes nothing (the source, whose libvirt defined the VM here but failed
+    to undefine it there, asks how this side ended and removes its own copy)."""
+    name = "cold-" + secrets.token_hex(3)
+    with dest.as_node(timeout=120) as source:
+        answer = prepare_offline(source, name)
+        source.call("migration.abort", op=answer["op"])
+        ended = source.call("migration.result", op=answer["op"])
+        assert ended["state"] == "failed", ended
+        assert ended["error"]["message"] == "cancelled by the source", ended
+        assert not domain_exists(name) and name not in records(dest.daemon)
+
+        again = prepare_offline(source, name)  # (the placement was released)
+        with connection() as conn:
+            conn.defineXML(again["dest_xml"])
+        assert source.call("migration.result", op=again["op"])["state"] == "succeeded"
+        with pytest.raises(errors.NotFound):
+            source.call("migration.abort", op=again["op"])
+        assert source.call("migration.result", op=again["op"])["state"] == "succeeded"
+    assert domain_exists(name) and name in records(dest.daemon)
+    with dest.daemon.client() as c:
+        c.call("vm.delete", name=name)
+
+
+def test_after_a_restart_an_offline_arrival_is_recorded_stopped(dest: Node) -> None:
+    """The daemon died while a stopped VM was moving here; libvirt defined it meanwhile:
+    at its start the daemon records it, stopped, and amends the operation."""
+    name = "cold-" + secrets.token_hex(3)
+    with dest.as_node(timeout=120) as source:
+        answer = prepare_offline(source, name)
+    dest.daemon.kill()
+    with connection() as conn:
+        conn.defineXML(answer["dest_xml"])
+    dest.daemon.start(timeout=60)
+    wait_until(lambda: name in records(dest.daemon), 30, f"a record of {name}")
+    with dest.daemon.client() as c:
+        vm = c.call("vm.get", name=name)
+        op = c.call("op.get", op=answer["op"])
+        assert (vm["state"], vm["desired_state"]) == ("stopped", "stopped"), vm
+        assert op["state"] == "succeeded" and op["result"]["restarted"] is True, op
+        c.call("vm.delete", name=name)

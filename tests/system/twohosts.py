@@ -5,7 +5,8 @@ Each host is a long-lived ``unshare --mount --net --uts --fork`` process; comman
 join it with ``nsenter``. Inside: its hostname, private ``/run/libvirt`` and
 ``/run/novacron`` (tmpfs), bind
 mounts of per-host ``/var/lib/libvirt``, ``/var/log/libvirt``, ``/var/cache/libvirt``,
-``/etc/libvirt`` (a copy with this host's ``libvirtd.conf``/``qemu.conf``) and
+``/etc/libvirt`` (a copy with this host's ``libvirtd.conf``/``qemu.conf`` and a QEMU
+hook that refuses incoming migrations while :data:`REFUSE_FLAG` exists) and
 ``/etc/hosts``, loopback up, and one end of the veth with an address that exists only
 inside the namespace. libvirtd listens on that address over plain TCP without
 authentication — test scaffolding only, never reachable from outside the namespaces.
@@ -44,6 +45,17 @@ for a; do
 done
 exec /usr/bin/qemu-system-x86_64 "$@" {extra}
 """
+
+
+REFUSING_HOOK = """#!/bin/sh
+cat > /dev/null
+if [ "$2" = migrate ] && [ -e /etc/libvirt/refuse-migrations ]; then
+    echo "this host's libvirt hook refuses migrations" >&2
+    exit 1
+fi
+exit 0
+"""
+REFUSE_FLAG = "/etc/libvirt/refuse-migrations"
 
 
 def _run(argv: list[str], check: bool = True, timeout: float = 60) -> str:
@@ -103,6 +115,14 @@ class Host:
         (self.root / "etc" / "qemu.conf").write_text(
             f'cgroup_controllers = [ ]\nmigration_host = "{self.address}"\n'
         )
+        # libvirt's QEMU hook, as operators install one: refuses incoming migrations
+        # while /etc/libvirt/refuse-migrations exists (a test's way to make libvirt
+        # fail a migration after both daemons got ready). libvirt looks for hooks only
+        # when it starts.
+        hooks = self.root / "etc" / "hooks"
+        hooks.mkdir(exist_ok=True)
+        (hooks / "qemu").write_text(REFUSING_HOOK)
+        (hooks / "qemu").chmod(0o755)
         hosts = "127.0.0.1 localhost\n" + "".join(f"{a} {n}\n" for n, a in peer_names.items())
         (self.root / "hosts").write_text(hosts)
         # --kill-child: the namespaced child dies with the holder; no inherited pipes

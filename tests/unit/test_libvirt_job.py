@@ -3,6 +3,7 @@ libvirt's test driver (which cannot migrate; real migrations are system tests)."
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import libvirt
@@ -196,3 +197,59 @@ def test_a_kept_job_reason_is_added_only_where_libvirt_gave_no_cause() -> None:
     assert libvirt_job.cause_unknown(unknown)
     assert not libvirt_job.cause_unknown(named)
     assert not libvirt_job.cause_unknown(aborted)
+
+
+def test_offline_flags_move_a_definition_and_never_a_guest() -> None:
+    flags = libvirt_job.OFFLINE_FLAGS
+    for flag in (
+        libvirt.VIR_MIGRATE_OFFLINE,
+        libvirt.VIR_MIGRATE_PEER2PEER,
+        libvirt.VIR_MIGRATE_PERSIST_DEST,  # libvirt refuses OFFLINE without it
+        libvirt.VIR_MIGRATE_UNDEFINE_SOURCE,
+    ):
+        assert flags & flag
+    assert not flags & libvirt.VIR_MIGRATE_LIVE
+    assert not flags & libvirt.VIR_MIGRATE_UNSAFE  # no QEMU opens the disks: nothing to check
+
+
+def test_an_offline_arrival_by_what_libvirt_holds(hv: Hypervisor) -> None:
+    """Absent (or another VM's), a transient placeholder, defined and stopped, or
+    started here since; and only the migration's stopped definition is ever removed."""
+    xml = libvirt_job.migratable_xml(hv, "test").replace("<name>test</name>", "<name>o1</name>")
+    xml = "\n".join(line for line in xml.splitlines() if "<uuid>" not in line)
+    uuid = "00000000-0000-4000-8000-00000000000a"
+    other = "00000000-0000-4000-8000-00000000000b"
+    xml = xml.replace("<name>o1</name>", f"<name>o1</name><uuid>{uuid}</uuid>")
+    assert libvirt_job.offline_arrival(hv, "o1", uuid) == "absent"
+    transient = hv.conn.createXML(xml, 0)  # what libvirt holds while it prepares
+    assert libvirt_job.offline_arrival(hv, "o1", uuid) == "arriving"
+    assert libvirt_job.remove_offline_arrival(hv, "o1", uuid) is False  # it runs
+    transient.destroy()
+    dom = hv.conn.defineXML(xml)  # what libvirt's Finish leaves: persistent, shut off
+    try:
+        assert libvirt_job.offline_arrival(hv, "o1", uuid) == "stopped"
+        assert libvirt_job.offline_arrival(hv, "o1", other) == "absent"  # not this migration's
+        assert libvirt_job.remove_offline_arrival(hv, "o1", other) is False
+        dom.create()
+        assert libvirt_job.offline_arrival(hv, "o1", uuid) == "running"
+        assert libvirt_job.remove_offline_arrival(hv, "o1", uuid) is False  # never a running one
+        dom.destroy()
+        assert libvirt_job.remove_offline_arrival(hv, "o1", uuid) is True
+        assert hv.lookup("o1") is None
+    finally:
+        if hv.lookup("o1") is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+            dom.undefine()
+
+
+def test_an_offline_migration_the_test_driver_refuses_leaves_the_vm(hv: Hypervisor) -> None:
+    dom = hv.domain("test")
+    dom.destroy()
+    try:
+        xml = libvirt_job.migratable_xml(hv, "test")
+        with pytest.raises(errors.NovaCronError):
+            libvirt_job.migrate_offline(hv, "test", "test:///default", xml)
+        assert libvirt_job.offline_arrival(hv, "test", dom.UUIDString()) == "stopped"
+    finally:
+        dom.create()

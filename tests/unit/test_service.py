@@ -2,40 +2,20 @@
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
-from dataclasses import replace
-from pathlib import Path
-
 import libvirt
 import pytest
 import trio
 
 from novacron import errors
-from novacron.config import dev_defaults
-from novacron.state.db import StateStore
-from novacron.vm.driver import Hypervisor
 from novacron.vm.reconcile import reconcile
 from novacron.vm.service import VmService
 from novacron.vm.spec import DiskSpec, VmSpec
-
-_names = itertools.count()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{next(_names)}-{id(_names) % 1000}"
+from tests.unit.conftest import unique
 
 
 @pytest.fixture
-def svc(tmp_path: Path) -> Iterator[VmService]:
-    config = replace(dev_defaults(), state_dir=tmp_path, storage_pool=unique("pool"))
-    store = StateStore(tmp_path / "state.db")
-    hv = Hypervisor(config.hypervisor_uri)
-    hv.ensure_pool(config.storage_pool, config.images_dir)
-    svc = VmService(config, hv, store)
-    svc.placement.load(hv.numa_nodes())
-    yield svc
-    store.close()
+def svc(vm_service: VmService) -> VmService:
+    return vm_service
 
 
 async def test_create_start_pause_and_state_machine(svc: VmService) -> None:

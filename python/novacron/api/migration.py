@@ -32,7 +32,8 @@ def register(registry: Registry, services: Services) -> None:
 
     @registry.method("vm.migrate")
     async def migrate(ctx: CallContext, p: Params) -> dict[str, Any]:
-        """Live-migrate a running VM to another node; returns ``{"op": id}`` at once."""
+        """Live-migrate a running or paused VM to another node, or move a stopped one;
+        returns ``{"op": id}`` at once."""
         name, destination, options = parse_migrate(p)
         await visible_vm(services.vms, ctx, name)
         return await migrations().migrate(name, destination, options)
@@ -67,12 +68,13 @@ def register(registry: Registry, services: Services) -> None:
         op = migrations().ops.running(op_id)
         if op is None:
             raise errors.Conflict(f"operation {op_id} already ended ({doc['state']})")
-        migrations().ops.cancel(op)
+        migrations().cancel(op)
         return {"op": op_id, "cancelling": True}
 
     @registry.method("migration.prepare")
     async def prepare(ctx: CallContext, p: Params) -> dict[str, Any]:
-        """(node) Get ready to receive a VM: placement, token, channel and libvirt URI."""
+        """(node) Get ready to receive a VM: placement, token, channel and libvirt URI
+        (``offline``: a stopped VM, placement and libvirt URI only)."""
         name = p.name("vm")
         xml = p.text("xml", max_len=MAX_XML, multiline=True)
         if p.given("stream_port"):  # a source of an earlier release (loopback TCP)
@@ -81,10 +83,13 @@ def register(registry: Registry, services: Services) -> None:
                 "(stream_socket); both nodes must run the same NovaCron release",
                 {"param": "stream_port"},
             )
-        stream_socket = p.text("stream_socket", max_len=paths.MAX_SOCKET_PATH)
+        offline = p.flag("offline")  # a stopped VM: its definition moves, no stream
+        stream_socket = p.opt_text("stream_socket", max_len=paths.MAX_SOCKET_PATH)
         options = p.mapping("options")
         p.done()
-        return await migrations().prepare(ctx.identity.user, name, xml, stream_socket, options)
+        return await migrations().prepare(
+            ctx.identity.user, name, xml, stream_socket, options, offline
+        )
 
     @registry.method("migration.result")
     async def result(ctx: CallContext, p: Params) -> dict[str, Any]:

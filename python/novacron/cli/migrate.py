@@ -20,6 +20,7 @@ OP_COLUMNS = [
 ]
 SUMMARY = [
     "destination",
+    "offline",
     "total_s",
     "downtime_ms",
     "rounds",
@@ -33,7 +34,9 @@ SUMMARY = [
 
 
 def add_vm_command(sub: Any) -> None:
-    mig = sub.add_parser("migrate", help="live-migrate a running VM to another node")
+    mig = sub.add_parser(
+        "migrate", help="live-migrate a running VM to another node (a stopped one moves offline)"
+    )
     mig.add_argument("name")
     mig.add_argument("--to", required=True, dest="destination", help="NODE or NODE:PORT")
     mig.add_argument("--max-downtime-ms", type=int)

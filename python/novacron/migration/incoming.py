@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import secrets
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -34,6 +35,7 @@ from novacron.migration.ops import Operation
 from novacron.migration.relay import RelayStats, announce, relay_destination, single_errors
 from novacron.migration.stream import StreamReceiver, guest_page_limit
 from novacron.vm import domain_xml, qcow2
+from novacron.vm.domain_xml import ManagedDomain
 from novacron.vm.spec import VmSpec
 
 if TYPE_CHECKING:
@@ -71,17 +73,9 @@ class Incoming:
         self.send, self.recv = trio.open_memory_channel[trio.SSLStream[trio.SocketStream]](1)
 
 
-async def prepare(
-    svc: MigrationService,
-    source: str,
-    name: str,
-    xml: str,
-    stream_socket: str,
-    options: dict[str, Any],
-) -> dict[str, Any]:
-    vms = svc.vms
-    streams = svc.config.migration_stream_dir
-    stream_name = qemu_socket.name_of(streams, stream_socket)
+async def admit(svc: MigrationService, name: str, xml: str) -> tuple[ManagedDomain, VmSpec]:
+    """The source's domain XML of ``name``, checked: NovaCron's domain of that VM, with
+    a usable spec, whose disks this node reaches."""
     try:
         managed = domain_xml.parse_managed(xml)
     except Exception:  # any malformed XML is the caller's error
@@ -94,9 +88,19 @@ async def prepare(
         raise errors.InvalidParams(f"the domain's spec is unusable: {exc}") from None
     if spec.name != name:
         raise errors.InvalidParams("the domain's spec names another vm", {"vm": name})
-    if not svc.channel_port:
-        raise errors.Unavailable("this node does not accept migrations (no TLS listener)")
     await check_disks(svc.config.node_name, spec)
+    return managed, spec
+
+
+@asynccontextmanager
+async def placing(
+    svc: MigrationService, spec: VmSpec, xml: str
+) -> AsyncIterator[tuple[dict[str, Any] | None, str]]:
+    """Under the tenant's and the VM's locks: refuses a VM this node has (or is
+    receiving) already, or that its tenant's quota or networks here do not allow; places
+    it and yields the placement and the domain XML retargeted to this host. A failure
+    inside releases the placement."""
+    vms, name = svc.vms, spec.name
     async with vms.tenant_lock(spec.tenant), vms.locked(name):
         if await vms.records.get(name) is not None or svc.ops.active_for(name) is not None:
             raise errors.AlreadyExists(f"vm {name!r} already exists here", {"vm": name})
@@ -110,19 +114,34 @@ async def prepare(
             dest_xml = domain_xml.retarget(
                 xml, placement, vms.console_log(name), svc.config.emulator or None
             )
-            owner = await vms.hv_pool.run(_qemu_owner, vms.hv, dest_xml)
-            qemu_dir = await trio.to_thread.run_sync(
-                qemu_socket.make_dir, streams, stream_name, owner
-            )
-            try:
-                # (the domain's UUID kept for after a restart: see _resume_incoming)
-                params = {**options, "uuid": managed.uuid}
-                op = await svc.ops.start("migrate_in", name, spec.tenant, source, params)
-            except BaseException:
-                await trio.to_thread.run_sync(qemu_dir.remove)
-                raise
+            yield placement, dest_xml
         except BaseException:
             vms.placement.release(name)
+            raise
+
+
+async def prepare(
+    svc: MigrationService,
+    source: str,
+    name: str,
+    xml: str,
+    stream_socket: str,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    streams = svc.config.migration_stream_dir
+    stream_name = qemu_socket.name_of(streams, stream_socket)
+    if not svc.channel_port:
+        raise errors.Unavailable("this node does not accept migrations (no TLS listener)")
+    managed, spec = await admit(svc, name, xml)
+    async with placing(svc, spec, xml) as (placement, dest_xml):
+        owner = await svc.vms.hv_pool.run(_qemu_owner, svc.vms.hv, dest_xml)
+        qemu_dir = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, stream_name, owner)
+        try:
+            # (the domain's UUID kept for after a restart: see _resume_incoming)
+            params = {**options, "uuid": managed.uuid}
+            op = await svc.ops.start("migrate_in", name, spec.tenant, source, params)
+        except BaseException:
+            await trio.to_thread.run_sync(qemu_dir.remove)
             raise
     inc = Incoming(
         token=secrets.token_bytes(32),

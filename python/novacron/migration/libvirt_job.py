@@ -1,10 +1,11 @@
-"""The libvirt calls of a live migration (blocking; run on worker threads).
+"""The libvirt calls of a migration (blocking; run on worker threads).
 
 libvirt drives the migration peer to peer: the source libvirtd talks to the
 destination's (``dest_uri``) to define, start and finish the incoming domain, while
 QEMU's stream goes where ``migrate_uri`` points (``unix://PATH``: the source daemon
 listens there, libvirtd connects); the destination QEMU listens at the same PATH on
-its host (:mod:`~novacron.migration.qemu_socket`).
+its host (:mod:`~novacron.migration.qemu_socket`). A stopped VM moves offline: libvirt
+defines it on the destination and undefines it here, and no QEMU runs on either side.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import libvirt
 
 from novacron import errors
 from novacron.migration.shared_storage import UNSAFE_HINT
-from novacron.vm.driver import Hypervisor, libvirt_errors
+from novacron.vm.driver import UNDEFINE_FLAGS, Hypervisor, libvirt_errors
 
 FLAGS = (
     libvirt.VIR_MIGRATE_LIVE
@@ -24,6 +25,14 @@ FLAGS = (
     | libvirt.VIR_MIGRATE_PERSIST_DEST
     | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
     | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
+)
+
+# a stopped VM: its definition moves (the disks are on storage both nodes reach)
+OFFLINE_FLAGS = (
+    libvirt.VIR_MIGRATE_OFFLINE
+    | libvirt.VIR_MIGRATE_PEER2PEER
+    | libvirt.VIR_MIGRATE_PERSIST_DEST
+    | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
 )
 
 
@@ -74,6 +83,19 @@ def migrate(hv: Hypervisor, call: MigrationCall) -> None:
         if not why:
             raise
         raise type(exc)(f"{exc.message}; the migration job: {why}", exc.details) from None
+
+
+def migrate_offline(hv: Hypervisor, name: str, dest_uri: str, dest_xml: str) -> None:
+    """Moves a stopped VM's definition to the destination's libvirtd (``dest_xml``, the
+    destination's retargeted XML, becomes its persistent definition there) and undefines
+    it here; raises when libvirt did not (then it is still defined here, and maybe, when
+    only the last step failed, there too: the caller asks the destination)."""
+    params = {
+        libvirt.VIR_MIGRATE_PARAM_DEST_XML: dest_xml,
+        libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: dest_xml,
+    }
+    with libvirt_errors():
+        hv.domain(name).migrateToURI3(dest_uri, params, OFFLINE_FLAGS)
 
 
 # what libvirt reports when a call failed without saying why (virErrorGenericFailure)
@@ -196,6 +218,43 @@ def remove_failed_arrival(hv: Hypervisor, name: str, uuid: str) -> bool:
         dom.undefine()
     except libvirt.libvirtError:
         return False  # changed or vanished meanwhile: left as it is
+    return True
+
+
+def offline_arrival(hv: Hypervisor, name: str, uuid: str) -> str:
+    """What libvirt has here of a stopped VM moving in offline: ``absent`` (nothing, or
+    a domain of that name that is not the migration's), ``arriving`` (libvirt's
+    transient placeholder while it prepares), ``stopped`` once it is defined here, or
+    what :func:`arrival` says of it when it has been started here since."""
+    dom = hv.lookup(name)
+    if dom is None:
+        return "absent"
+    try:
+        if dom.UUIDString() != uuid:
+            return "absent"
+        persistent = dom.isPersistent() == 1
+        active = dom.isActive() == 1
+        state, reason = dom.state()
+    except libvirt.libvirtError:
+        return "absent"  # vanished between the lookup and the questions
+    if not persistent:
+        return "arriving"
+    return arrival(persistent, state, reason) if active else "stopped"
+
+
+def remove_offline_arrival(hv: Hypervisor, name: str, uuid: str) -> bool:
+    """Undefines the stopped VM an offline migration that failed left here (libvirt
+    defined it, then failed to undefine it on the source): only the migration's domain
+    (``uuid``), and only while it is not running. True when it was removed."""
+    dom = hv.lookup(name)
+    if dom is None:
+        return False
+    try:
+        if dom.UUIDString() != uuid or dom.isActive() == 1:
+            return False
+        dom.undefineFlags(UNDEFINE_FLAGS)
+    except libvirt.libvirtError:
+        return False
     return True
 
 

@@ -1,4 +1,5 @@
-"""The source's side of a live migration (``vm.migrate``).
+"""The source's side of a live migration (``vm.migrate``; a stopped VM moves offline,
+:mod:`~novacron.migration.offline`).
 
 1. ``migration.prepare`` on the destination over node mutual TLS: it places the VM and
    answers with a token, its channel port, its libvirt URI and the domain XML for it.
@@ -16,10 +17,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -29,12 +28,12 @@ from novacron import errors
 from novacron.client import connect_tls, split_address
 from novacron.cluster.locks import LOCK_LOST, MigrationLock, MigrationLocks
 from novacron.logs import kv
-from novacron.migration import libvirt_job, progress, qemu_socket, shared_storage, terms
+from novacron.migration import libvirt_job, offline, progress, qemu_socket, shared_storage, terms
 from novacron.migration.channel import open_channel
 from novacron.migration.libvirt_job import MigrationCall
-from novacron.migration.ops import Operation
 from novacron.migration.options import MigrateOptions
-from novacron.migration.relay import RelayStats, relay_source
+from novacron.migration.relay import relay_source
+from novacron.migration.source_run import Run, conclude, tell_abort
 from novacron.migration.stream import StreamSender
 
 if TYPE_CHECKING:
@@ -47,38 +46,6 @@ SAMPLE_S = 1.0
 RESULT_WAIT_S = 120.0
 TAIL_S = 30.0  # after libvirt's success: the relay's last bytes (QEMU's SHUT)
 LOCK_CHECK_S = 2.0  # how often a migration checks that its cluster-wide lock is still there
-
-
-@dataclass
-class Run:
-    """What one outgoing migration's tasks share."""
-
-    svc: MigrationService
-    op: Operation
-    options: MigrateOptions
-    stats: RelayStats = field(default_factory=RelayStats)
-    failure: errors.NovaCronError | None = None
-    migrating: bool = False
-    aborted_for: str | None = None  # "cancel", "stall", "timeout", "lock"
-    lock: MigrationLock | None = None  # the cluster-wide lock (in a cluster)
-    terms: terms.Terms | None = None  # what the destination's channel takes
-    prep: trio.CancelScope = field(default_factory=trio.CancelScope)
-    watch: progress.StallWatch = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.watch = progress.StallWatch(self.options)
-
-    def fail(self, exc: errors.NovaCronError) -> None:
-        if self.failure is None:
-            self.failure = exc
-
-    async def abort(self, why: str) -> None:
-        if self.aborted_for is None:
-            self.aborted_for = why
-        self.prep.cancel()
-        if self.migrating:
-            vms = self.svc.vms
-            await vms.hv_pool.run(libvirt_job.abort, vms.hv, self.op.vm)
 
 
 def destination_address(destination: str, default_port: int) -> str:
@@ -104,12 +71,6 @@ async def start(
         )
     if vms.hv.is_test_driver:
         raise errors.Conflict("libvirt's test driver cannot migrate VMs", {"vm": name})
-    runtime = await vms.hv_pool.run(vms.hv.state, name)
-    if runtime.state not in ("running", "paused"):
-        raise errors.Conflict(
-            f"vm {name!r} is {runtime.state}; only a running or paused vm migrates live",
-            {"vm": name, "state": runtime.state},
-        )
     if any(d.get("managed") for d in rec.spec.get("disks", [])):
         raise errors.InvalidParams(
             f"vm {name!r} has disks in this node's pool; storage migration is not supported",
@@ -121,21 +82,29 @@ async def start(
             destination = str(known["address"])
     address = destination_address(destination, svc.config.tls_port)
     lock = None
-    async with vms.changing(name):
+    async with vms.changing(name):  # (no start or stop from here on)
+        runtime = await vms.hv_pool.run(vms.hv.state, name)
+        if runtime.state not in ("running", "paused", "stopped"):
+            raise errors.Conflict(
+                f"vm {name!r} is {runtime.state}; a running or paused vm migrates live, "
+                "a stopped one offline",
+                {"vm": name, "state": runtime.state},
+            )
+        params = options.to_dict()
+        if runtime.state == "stopped":
+            params["offline"] = True
         op_id = svc.ops.new_id()
         if svc.locks is not None:  # exactly one migration of the vm, cluster-wide
             lock = await svc.locks.acquire(rec.tenant, name, op_id, address)
         try:
-            op = await svc.ops.start(
-                "migrate_out", name, rec.tenant, address, options.to_dict(), op_id
-            )
+            op = await svc.ops.start("migrate_out", name, rec.tenant, address, params, op_id)
         except BaseException:
             if svc.locks is not None and lock is not None:
                 with trio.CancelScope(shield=True):
                     await svc.locks.end(lock, moved=False)
             raise
         vms.migrating.add(name)
-    run = Run(svc, op, options, lock=lock)
+    run = Run(svc, op, options, lock=lock, offline=runtime.state == "stopped")
     op.on_cancel = lambda: svc.spawn(run.abort, "cancel")
     svc.spawn(_run, run, address, op=op)
     return {"op": op.id, "vm": name, "destination": address}
@@ -145,7 +114,10 @@ async def _run(run: Run, address: str) -> None:
     moved = False
     try:
         async with run.svc.migration_limiter:  # at most max_concurrent at once
-            moved = await _migrate_and_settle(run, address)
+            if run.offline:
+                moved = await offline.move(run, address)
+            else:
+                moved = await _migrate_and_settle(run, address)
     finally:
         if run.lock is not None and run.svc.locks is not None:
             with trio.CancelScope(shield=True):
@@ -196,7 +168,7 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                     raise errors.Cancelled("cancelled before the migration started")
             except errors.NovaCronError:
                 if answer:
-                    await _tell_abort(peer, answer)
+                    await tell_abort(peer, answer)
                 raise
             declared = await svc.vms.hv_pool.run(
                 shared_storage.declared_disks, svc.vms.hv, xml, svc.config.shared_storage_dirs
@@ -216,7 +188,7 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                 shared_storage=bool(declared),
             )
             moved = await _migrate(
-                run, call, listener, channel, agreed, partial(_tell_abort, peer, answer)
+                run, call, listener, channel, agreed, partial(tell_abort, peer, answer)
             )
             if moved:  # libvirt's word is final: the VM runs there, whatever the relay said
                 with trio.move_on_after(RESULT_WAIT_S):
@@ -231,19 +203,7 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
             await listener.aclose()
         if made is not None:
             await trio.to_thread.run_sync(made.remove)
-    if moved:
-        result = await _forget(run, answer, dest, began)
-        result["relay_error"] = run.failure.message if run.failure else None
-        await svc.ops.finish(op, "succeeded", result)
-        return True
-    failure = run.failure or errors.MigrationFailed("the migration did not complete")
-    if run.aborted_for == "cancel":
-        await svc.ops.finish(op, "cancelled", None, errors.Cancelled("cancelled on request"))
-        return False
-    if not isinstance(failure, errors.MigrationFailed):
-        failure = errors.MigrationFailed(failure.message, {"cause": failure.code, "vm": op.vm})
-    await svc.ops.finish(op, "failed", None, failure)
-    return False
+    return await conclude(run, moved, answer, dest, began)
 
 
 def _terms(answer: dict[str, Any], vm: str) -> terms.Terms:
@@ -253,16 +213,6 @@ def _terms(answer: dict[str, Any], vm: str) -> terms.Terms:
         raise errors.MigrationFailed(
             str(exc), {"vm": vm, "node": str(answer.get("node"))}
         ) from None
-
-
-async def _tell_abort(peer: Any, answer: dict[str, Any]) -> None:
-    """Best effort: the destination stops waiting for a channel, or a QEMU, that will
-    not come."""
-    with trio.move_on_after(5):
-        with contextlib.suppress(
-            errors.NovaCronError, trio.BrokenResourceError, trio.ClosedResourceError, OSError
-        ):
-            await peer.call("migration.abort", op=answer["op"])
 
 
 async def _migrate(
@@ -427,39 +377,3 @@ async def _migrate(
             run.migrating = False
             watchers.cancel()
     return moved
-
-
-async def _forget(
-    run: Run, answer: dict[str, Any], dest: dict[str, Any], began: float
-) -> dict[str, Any]:
-    """libvirt moved the VM: drop it here and summarise."""
-    op, vms = run.op, run.svc.vms
-    with trio.CancelScope(shield=True):
-        async with vms.locked(op.vm):
-            await vms.forget(op.vm)
-    dest_result = dest.get("result") or {}
-    stats = run.stats
-    summary = {
-        "destination": answer.get("node"),
-        "destination_op": answer.get("op"),
-        "destination_state": dest.get("state", "unknown"),
-        "total_s": round(trio.current_time() - began, 3),
-        "downtime_ms": dest_result.get("downtime_ms"),
-        "migration_ms": dest_result.get("time_ms"),
-        "rounds": (op.progress or {}).get("round", 0),
-        "pages": stats.pages,
-        "zero_pages": stats.zero_pages,
-        "records": stats.records,
-        "bytes_logical": stats.stream_bytes,
-        "bytes_wire": stats.channel_bytes,
-        "channel_features": run.terms.features() if run.terms is not None else [],
-        "reduction": progress.reduction(stats.stream_bytes, stats.channel_bytes),
-        "relay_stages_s": stats.stage_summary(),
-        "destination_relay_stages_s": dest_result.get("relay_stages_s"),
-        "stall_actions": [d.action for d in run.watch.decisions],
-    }
-    log.info(
-        "migration.done",
-        extra=kv(vm=op.vm, total_s=summary["total_s"], bytes_wire=stats.channel_bytes),
-    )
-    return summary

@@ -26,7 +26,7 @@ from novacron.cluster.locks import MigrationLocks
 from novacron.config import Config
 from novacron.eventbus import EventBus
 from novacron.logs import kv
-from novacron.migration import incoming, outgoing, qemu_socket
+from novacron.migration import incoming, offline, outgoing, qemu_socket
 from novacron.migration.channel import ChannelListener, same_token
 from novacron.migration.ops import Operation, Operations
 from novacron.migration.options import MigrateOptions
@@ -55,6 +55,7 @@ class MigrationService:
         # destination of as many migrations as it allows
         self.engine_pool = Pool("migration-engine", 2 * config.migration_max_concurrent)
         self.incoming: dict[bytes, incoming.Incoming] = {}
+        self.arrivals: dict[str, offline.Arrival] = {}  # stopped VMs coming, by operation
         self._tls_context = tls_context
         self._nursery: trio.Nursery | None = None
         self.channel_port = 0
@@ -127,17 +128,40 @@ class MigrationService:
                 await nursery.start(listener.run)
                 log.info("migration.listening", extra=kv(address=address))
             task_status.started()
+            await trio.sleep_forever()  # migrations run here for as long as the service
 
     # -- the source's calls ------------------------------------------------------------
 
     async def migrate(self, name: str, destination: str, options: MigrateOptions) -> dict[str, Any]:
         return await outgoing.start(self, name, destination, options)
 
+    def cancel(self, op: Operation) -> None:
+        """An operator's ``op.cancel``. A stopped VM's move is cancelled on its source
+        only: this side cannot stop the source's libvirt, which may define the VM here
+        a moment later."""
+        if op.id in self.arrivals:
+            raise errors.Conflict(
+                f"{op.id} moves stopped vm {op.vm!r} here: cancel it on its source node "
+                f"({op.peer})",
+                {"op": op.id, "vm": op.vm},
+            )
+        self.ops.cancel(op)
+
     # -- the destination's calls (node role) -------------------------------------------
 
     async def prepare(
-        self, source: str, name: str, xml: str, stream_socket: str, options: dict[str, Any]
+        self,
+        source: str,
+        name: str,
+        xml: str,
+        stream_socket: str | None,
+        options: dict[str, Any],
+        offline_move: bool = False,
     ) -> dict[str, Any]:
+        if offline_move:
+            return await offline.prepare(self, source, name, xml, options)
+        if stream_socket is None:
+            raise errors.InvalidParams("a live migration needs stream_socket")
         return await incoming.prepare(self, source, name, xml, stream_socket, options)
 
     def _deliver(self, token: bytes, peer: str, stream: trio.SSLStream[trio.SocketStream]) -> bool:
@@ -168,7 +192,11 @@ class MigrationService:
         return {"state": doc["state"], "result": doc["result"], "error": doc["error"]}
 
     async def abort_incoming(self, source: str, op_id: str) -> dict[str, Any]:
-        self.ops.cancel(self._incoming_op(op_id, source))
+        op = self._incoming_op(op_id, source)
+        arrival = self.arrivals.get(op_id)
+        if arrival is not None:
+            arrival.given_up = True
+        self.ops.cancel(op)
         return {"op": op_id, "aborting": True}
 
     # -- after a restart ---------------------------------------------------------------
@@ -183,19 +211,38 @@ class MigrationService:
         # (a record already: the daemon stopped after recording the arrival, before it
         # closed the operation)
         if await self.vms.records.get(name) is None:
-            state = await incoming.wait_outcome(self, name)
-            if state == "failed":
-                uuid = row["params"].get("uuid")
-                await incoming.remove_failed_arrival(
-                    self, name, uuid if isinstance(uuid, str) else None
-                )
-            if state not in incoming.ARRIVED:
+            if (row.get("params") or {}).get("offline"):
+                state = await self._offline_outcome(row)
+            else:
+                state = await self._live_outcome(row)
+            if state is None:
                 return
             async with self.vms.locked(name):
                 if await self.vms.records.get(name) is None:
                     await self._adopt(name, str(row["peer"]), state)
         log.warning("migration.arrived_across_restart", extra=kv(vm=name, op=row["id"]))
         await self.ops.amend(row, "succeeded", {"node": self.config.node_name, "restarted": True})
+
+    async def _live_outcome(self, row: dict[str, Any]) -> str | None:
+        """libvirt's verdict on a live migration's domain here: the state it arrived in,
+        or None (it did not arrive; what a failed Finish left is removed)."""
+        name = row["vm"]
+        state = await incoming.wait_outcome(self, name)
+        if state == "failed":
+            uuid = row["params"].get("uuid")
+            await incoming.remove_failed_arrival(
+                self, name, uuid if isinstance(uuid, str) else None
+            )
+        return state if state in incoming.ARRIVED else None
+
+    async def _offline_outcome(self, row: dict[str, Any]) -> str | None:
+        """A stopped VM's move: libvirt defined it here, or will shortly, or never will
+        (the source, which outlives this restart, then keeps it): its state, or None."""
+        uuid = row["params"].get("uuid")
+        if not isinstance(uuid, str):
+            return None
+        state = await offline.wait_defined(self, row["vm"], uuid, offline.ARRIVAL_WAIT_S)
+        return state if offline.arrived(state) else None
 
     async def _adopt(self, name: str, source: str, desired: str) -> None:
         """Records a VM that arrived while this daemon was down, from its metadata

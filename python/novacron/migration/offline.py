@@ -1,0 +1,232 @@
+"""Moving a stopped VM to another node (``vm.migrate`` of a VM that is not running).
+
+No memory moves and no QEMU runs: libvirt moves the definition peer to peer
+(:func:`~novacron.migration.libvirt_job.migrate_offline`) and the daemons move the
+record, the placement and, in a cluster, the name's ownership. The disks must be on
+storage both nodes reach, as for a live migration (the destination checks that it
+finds every disk and every file a qcow2 image needs before anything moves).
+
+1. The source calls ``migration.prepare`` with ``offline: true``: the destination runs
+   the same checks as for a live migration (quota, networks, disks), places the VM and
+   answers with the domain XML retargeted to it; it then waits for libvirt to define
+   the VM there.
+2. In a cluster the source commits the name's ownership to the destination (the
+   switch-over's transaction of a live migration), then lets libvirt move the VM.
+3. The destination records the VM, stopped, once libvirt defined it there; the source
+   forgets it once libvirt undefined it here.
+
+Failures leave the VM defined on exactly one node. libvirt refusing before it defined
+the VM on the destination: the source tells the destination, which releases the
+placement. libvirt defining it there but failing to undefine it here (its last step):
+the source asks how the destination ended; if it recorded the VM, the source
+undefines its own copy, else the destination has removed the copy libvirt left there
+(:func:`~novacron.migration.libvirt_job.remove_offline_arrival`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from novacron import errors
+from novacron.client import connect_tls, split_address
+from novacron.logs import kv
+from novacron.migration import incoming, libvirt_job
+from novacron.migration.ops import Operation
+from novacron.migration.source_run import Run, conclude, tell_abort
+from novacron.vm.spec import VmSpec
+
+if TYPE_CHECKING:
+    from novacron.migration.service import MigrationService
+
+log = logging.getLogger("novacron.migration")
+
+ARRIVAL_WAIT_S = 300.0  # from prepare to libvirt defining the VM here (or the source's word)
+RESULT_WAIT_S = 60.0  # for the destination's word on how its side ended
+
+
+@dataclass
+class Arrival:
+    """A stopped VM on its way here."""
+
+    op: Operation
+    spec: VmSpec
+    uuid: str
+    placement: dict[str, Any] | None
+    source: str  # the source's certificate name
+    cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    given_up: bool = False  # the source's word (migration.abort): it still holds the VM
+
+
+async def prepare(
+    svc: MigrationService, source: str, name: str, xml: str, options: dict[str, Any]
+) -> dict[str, Any]:
+    """The destination's ``migration.prepare`` of a stopped VM."""
+    managed, spec = await incoming.admit(svc, name, xml)
+    async with incoming.placing(svc, spec, xml) as (placement, dest_xml):
+        params = {**options, "uuid": managed.uuid, "offline": True}
+        op = await svc.ops.start("migrate_in", name, spec.tenant, source, params)
+    arrival = Arrival(op=op, spec=spec, uuid=managed.uuid, placement=placement, source=source)
+    op.on_cancel = arrival.cancel.cancel
+    svc.arrivals[op.id] = arrival
+    svc.spawn(receive, svc, arrival, op=op)
+    return {
+        "op": op.id,
+        "libvirt_uri": svc.config.libvirt_peer_uri,
+        "dest_xml": dest_xml,
+        "node": svc.config.node_name,
+        "offline": True,
+    }
+
+
+def arrived(state: str) -> bool:
+    return state not in ("arriving", "absent")
+
+
+async def wait_defined(svc: MigrationService, name: str, uuid: str, wait_s: float) -> str:
+    """:func:`~novacron.migration.libvirt_job.offline_arrival`'s word once the VM is
+    defined here, or its last word after ``wait_s``."""
+    return await incoming.poll_libvirt(
+        svc,
+        arrived,
+        wait_s,
+        incoming.POLL_S,
+        "absent",
+        libvirt_job.offline_arrival,
+        name,
+        uuid,
+    )
+
+
+async def receive(svc: MigrationService, arrival: Arrival) -> None:
+    """Waits for libvirt to define the VM here, or for the source to give up; then
+    records the VM, or releases its placement. Only the source's word ends the wait
+    early (an operator cancels the move on its source:
+    :meth:`~novacron.migration.service.MigrationService.cancel`), and only the source's
+    word removes a definition libvirt made here: the source gives up only while it still
+    holds the VM (libvirt failed before defining it here, or failed to undefine it
+    there)."""
+    vms, op = svc.vms, arrival.op
+    with arrival.cancel:
+        await wait_defined(svc, op.vm, arrival.uuid, ARRIVAL_WAIT_S)
+    svc.arrivals.pop(op.id, None)
+    with trio.CancelScope(shield=True):
+        state = await vms.hv_pool.run(libvirt_job.offline_arrival, vms.hv, op.vm, arrival.uuid)
+        if arrived(state) and not arrival.given_up:
+            async with vms.locked(op.vm):
+                await vms.records.insert(
+                    op.vm, arrival.uuid, op.tenant, arrival.spec.to_dict(), arrival.placement, state
+                )
+                await vms.arrived(op.vm, op.tenant, arrival.source)
+            log.info("migration.offline_arrived", extra=kv(vm=op.vm, op=op.id, state=state))
+            await svc.ops.finish(op, "succeeded", {"node": svc.config.node_name, "state": state})
+            return
+        if arrival.given_up:
+            why = "cancelled by the source"
+        else:
+            why = f"libvirt did not define the vm here within {ARRIVAL_WAIT_S:g} s"
+        if arrival.given_up and arrived(state):
+            removed = await vms.hv_pool.run(
+                libvirt_job.remove_offline_arrival, vms.hv, op.vm, arrival.uuid
+            )
+            if removed:
+                why += "; the definition libvirt left here was removed"
+                state = "absent"
+        if state == "absent":  # (what libvirt defines here later, reconciliation adopts)
+            vms.placement.release(op.vm)
+        log.warning("migration.offline_not_arrived", extra=kv(vm=op.vm, op=op.id, why=why))
+        await svc.ops.finish(op, "failed", None, errors.MigrationFailed(why, {"vm": op.vm}))
+
+
+# -- the source ----------------------------------------------------------------------
+
+
+async def move(run: Run, address: str) -> bool:
+    """The source's side: prepare there, switch the ownership over (in a cluster), let
+    libvirt move the definition, settle. True when the VM moved."""
+    svc, op, vms = run.svc, run.op, run.svc.vms
+    files = svc.tls_files()
+    assert files is not None
+    host, _ = split_address(address)
+    began = trio.current_time()
+    moved = False
+    answer: dict[str, Any] = {}
+    dest: dict[str, Any] = {}
+    try:
+        async with connect_tls(address, files, server_name=host) as peer:
+            try:
+                with run.prep:
+                    xml = await vms.hv_pool.run(libvirt_job.migratable_xml, vms.hv, op.vm)
+                    answer = await peer.call(
+                        "migration.prepare",
+                        vm=op.vm,
+                        xml=xml,
+                        offline=True,
+                        options=run.options.to_dict(),
+                    )
+                    if run.lock is not None and svc.locks is not None:
+                        run.lock.destination = str(answer["node"])
+                        await svc.ops.note(op, destination_node=run.lock.destination)
+                        svc.ops.report(op, "switching")
+                        await svc.locks.commit(run.lock)
+                if run.prep.cancelled_caught:
+                    raise errors.Cancelled("cancelled before the migration started")
+            except errors.NovaCronError:
+                if answer:
+                    await tell_abort(peer, answer)
+                raise
+            svc.ops.report(op, "moving")
+            moved = await _libvirt_move(run, peer, answer)
+            if moved:
+                dest = await _result(peer, answer)
+    except errors.NovaCronError as exc:
+        run.fail(exc)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        run.fail(errors.MigrationFailed(f"connection to {address} failed: {exc}"))
+    return await conclude(run, moved, answer, dest, began)
+
+
+async def _result(peer: Any, answer: dict[str, Any]) -> dict[str, Any]:
+    """How the destination's side ended (empty when it does not say in time)."""
+    with trio.move_on_after(RESULT_WAIT_S):
+        try:
+            got = await peer.call("migration.result", op=answer["op"])
+        except (errors.NovaCronError, trio.BrokenResourceError, OSError) as exc:
+            log.warning("migration.offline_result_unknown", extra=kv(error=str(exc)))
+            return {}
+        return got if isinstance(got, dict) else {}
+    return {}
+
+
+async def _libvirt_move(run: Run, peer: Any, answer: dict[str, Any]) -> bool:
+    """libvirt moves the definition. When it fails, the VM moved anyway if libvirt
+    undefined it here, or if the destination recorded it (libvirt failed only to
+    undefine it here: that copy goes now). Otherwise the destination is told, and
+    removes whatever libvirt left there."""
+    op, vms = run.op, run.svc.vms
+    try:
+        log.info("migration.offline_started", extra=kv(vm=op.vm, op=op.id))
+        await vms.hv_pool.run(
+            libvirt_job.migrate_offline,
+            vms.hv,
+            op.vm,
+            str(answer["libvirt_uri"]),
+            str(answer["dest_xml"]),
+        )
+        return True
+    except errors.NovaCronError as exc:
+        log.warning("migration.libvirt_failed", extra=kv(vm=op.vm, op=op.id, error=exc.message))
+        run.fail(errors.MigrationFailed(exc.message, {"vm": op.vm, "cause": exc.code}))
+    rec = await vms.record(op.vm)
+    if await vms.hv_pool.run(libvirt_job.offline_arrival, vms.hv, op.vm, rec.uuid) == "absent":
+        return True  # libvirt undefined it here: its last step was done
+    await tell_abort(peer, answer)
+    dest = await _result(peer, answer)
+    if dest.get("state") != "succeeded":
+        return False
+    removed = await vms.hv_pool.run(libvirt_job.remove_offline_arrival, vms.hv, op.vm, rec.uuid)
+    log.warning("migration.offline_source_removed", extra=kv(vm=op.vm, removed=removed))
+    return removed

@@ -1,0 +1,125 @@
+"""What the tasks of one outgoing migration (live or offline) share, and how it ends:
+the operation's result, and the source forgetting a VM that moved."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from novacron import errors
+from novacron.cluster.locks import MigrationLock
+from novacron.logs import kv
+from novacron.migration import libvirt_job, progress, terms
+from novacron.migration.ops import Operation
+from novacron.migration.options import MigrateOptions
+from novacron.migration.relay import RelayStats
+
+if TYPE_CHECKING:
+    from novacron.migration.service import MigrationService
+
+log = logging.getLogger("novacron.migration")
+
+
+@dataclass
+class Run:
+    """What one outgoing migration's tasks share."""
+
+    svc: MigrationService
+    op: Operation
+    options: MigrateOptions
+    stats: RelayStats = field(default_factory=RelayStats)
+    failure: errors.NovaCronError | None = None
+    migrating: bool = False
+    aborted_for: str | None = None  # "cancel", "stall", "timeout", "lock"
+    lock: MigrationLock | None = None  # the cluster-wide lock (in a cluster)
+    terms: terms.Terms | None = None  # what the destination's channel takes
+    prep: trio.CancelScope = field(default_factory=trio.CancelScope)
+    watch: progress.StallWatch = field(init=False)
+    offline: bool = False  # a stopped VM: its definition moves (migration.offline)
+
+    def __post_init__(self) -> None:
+        self.watch = progress.StallWatch(self.options)
+
+    def fail(self, exc: errors.NovaCronError) -> None:
+        if self.failure is None:
+            self.failure = exc
+
+    async def abort(self, why: str) -> None:
+        if self.aborted_for is None:
+            self.aborted_for = why
+        self.prep.cancel()
+        if self.migrating:
+            vms = self.svc.vms
+            await vms.hv_pool.run(libvirt_job.abort, vms.hv, self.op.vm)
+
+
+async def tell_abort(peer: Any, answer: dict[str, Any]) -> None:
+    """Best effort: the destination stops waiting for a channel, or a QEMU, that will
+    not come."""
+    with trio.move_on_after(5):
+        with contextlib.suppress(
+            errors.NovaCronError, trio.BrokenResourceError, trio.ClosedResourceError, OSError
+        ):
+            await peer.call("migration.abort", op=answer["op"])
+
+
+async def forget(
+    run: Run, answer: dict[str, Any], dest: dict[str, Any], began: float
+) -> dict[str, Any]:
+    """libvirt moved the VM: drop it here and summarise."""
+    op, vms = run.op, run.svc.vms
+    with trio.CancelScope(shield=True):
+        async with vms.locked(op.vm):
+            await vms.forget(op.vm)
+    dest_result = dest.get("result") or {}
+    stats = run.stats
+    summary = {
+        "destination": answer.get("node"),
+        "destination_op": answer.get("op"),
+        "destination_state": dest.get("state", "unknown"),
+        "total_s": round(trio.current_time() - began, 3),
+        "downtime_ms": dest_result.get("downtime_ms"),
+        "migration_ms": dest_result.get("time_ms"),
+        "rounds": (op.progress or {}).get("round", 0),
+        "pages": stats.pages,
+        "zero_pages": stats.zero_pages,
+        "records": stats.records,
+        "bytes_logical": stats.stream_bytes,
+        "bytes_wire": stats.channel_bytes,
+        "channel_features": run.terms.features() if run.terms is not None else [],
+        "reduction": progress.reduction(stats.stream_bytes, stats.channel_bytes),
+        "relay_stages_s": stats.stage_summary(),
+        "destination_relay_stages_s": dest_result.get("relay_stages_s"),
+        "stall_actions": [d.action for d in run.watch.decisions],
+        "offline": run.offline,
+    }
+    log.info(
+        "migration.done",
+        extra=kv(vm=op.vm, total_s=summary["total_s"], bytes_wire=stats.channel_bytes),
+    )
+    return summary
+
+
+async def conclude(
+    run: Run, moved: bool, answer: dict[str, Any], dest: dict[str, Any], began: float
+) -> bool:
+    """Ends the operation: succeeded (the VM is forgotten here) when it ``moved``,
+    else cancelled or failed. Returns ``moved``."""
+    svc, op = run.svc, run.op
+    if moved:
+        result = await forget(run, answer, dest, began)
+        result["relay_error"] = run.failure.message if run.failure else None
+        await svc.ops.finish(op, "succeeded", result)
+        return True
+    failure = run.failure or errors.MigrationFailed("the migration did not complete")
+    if run.aborted_for == "cancel":
+        await svc.ops.finish(op, "cancelled", None, errors.Cancelled("cancelled on request"))
+        return False
+    if not isinstance(failure, errors.MigrationFailed):
+        failure = errors.MigrationFailed(failure.message, {"cause": failure.code, "vm": op.vm})
+    await svc.ops.finish(op, "failed", None, failure)
+    return False
