@@ -46,6 +46,7 @@ class Config:
     max_connections: int = 4096
     max_connections_per_identity: int = 128
     message_timeout_s: float = 60.0
+    max_pending_bytes: int = 256 * 1024 * 1024
     dedicated_cpus: str = ""
     shared_cpus: str = ""
     reserved_memory_mib: int = 512
@@ -136,6 +137,7 @@ FIELDS: dict[str, str] = {
     "max_connections": "rpc",
     "max_connections_per_identity": "rpc",
     "message_timeout_s": "rpc",
+    "max_pending_bytes": "rpc",
     "dedicated_cpus": "placement",
     "shared_cpus": "placement",
     "reserved_memory_mib": "placement",
@@ -209,6 +211,7 @@ _ZERO_OK = {
     "migration_page_store_mib",
     "max_connections",
     "max_connections_per_identity",
+    "max_pending_bytes",
     "tls_max_handshakes",
 }
 # numbers with bounds beyond "not negative" (and, for ints not in _ZERO_OK, "not zero")

@@ -34,7 +34,7 @@ from novacron.eventbus import EventBus
 from novacron.logs import kv
 from novacron.migration.service import MigrationService
 from novacron.net.service import NetworkService
-from novacron.server.limits import ConnectionLimits, ConnectionSettings
+from novacron.server.limits import ConnectionLimits, ConnectionSettings, PendingBudget
 from novacron.server.tls import TlsConfigError, TlsServer, bind_tcp
 from novacron.server.unix import SocketInUse, UnixServer, bind_unix
 from novacron.state.db import StateStore
@@ -147,7 +147,9 @@ async def serve(config: Config) -> None:
             config.max_message_bytes,
             config.max_inflight_per_connection,
             config.message_timeout_s,
+            PendingBudget(config.max_pending_bytes),
         )
+        services.pending = settings.pending
         # one count for both listeners: a caller may use either
         services.connections = ConnectionLimits(
             config.max_connections, config.max_connections_per_identity

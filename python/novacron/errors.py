@@ -114,7 +114,8 @@ class ProtocolError(NovaCronError):
     """Bytes on a connection that are not valid MessagePack-RPC (the codec's own error).
 
     Its ``code`` is ``invalid_request``, ``too_large``, ``timeout`` (a message begun and
-    not finished in time) or ``too_many_connections``; the server answers it with a
+    not finished in time), ``overloaded`` (the daemon's budget of requests being received
+    is used up) or ``too_many_connections``; the server answers it with a
     ``protocol.error`` notification and closes the connection.
     """
 

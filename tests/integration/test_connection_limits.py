@@ -4,6 +4,7 @@ clients and the real Unix socket; and the deadline of a message begun."""
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from novacron import errors
 from novacron.client import TlsFiles
 from novacron.rpc import codec
+from novacron.server.limits import FREE_PENDING
 from tests.daemon_harness import Daemon
 from tests.pki_harness import Pki, client, free_port, tls_daemon
 
@@ -109,3 +111,63 @@ def served_after(daemon: Daemon) -> None:
         ]
         assert 1.5 <= took < 20, took
         assert idle.call("session.hello")["server"] == "novacrond"
+
+
+def tls_socket(port: int, files: TlsFiles) -> ssl.SSLSocket:
+    """A raw TLS connection to the daemon with ``files``' certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_cert_chain(files.cert, files.key)
+    ctx.load_verify_locations(cafile=str(files.ca))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    return ctx.wrap_socket(raw, server_hostname="node1")
+
+
+def test_requests_being_received_share_the_daemons_budget(tmp_path: Path) -> None:
+    """Two identities each begin a large request; the second does not fit in what is
+    left of ``max_pending_bytes`` and is told ``overloaded``; the first, which fits,
+    completes and is answered, and the budget is free again after."""
+    pki = Pki.create(tmp_path / "pki")
+    port = free_port()
+    d = tls_daemon(tmp_path, pki, port, "--max-pending-bytes", "100000").start()
+    alice = pki.issue("alice", "operator", ("acme",))
+    bob = pki.issue("bob", "viewer", ("acme",))
+    big = codec.encode_request(1, "session.hello", {"client": "x" * (FREE_PENDING + 90_000)})
+    part = big[: FREE_PENDING + 60_000]
+    try:
+        with tls_socket(port, alice) as first, tls_socket(port, bob) as second:
+            first.sendall(part)
+            with d.client() as admin:  # once the daemon read it, it holds it
+                deadline = time.monotonic() + 10
+                while admin.call("node.info")["daemon"]["pending"]["bytes"] < 60_000:
+                    assert time.monotonic() < deadline, "the first part never arrived"
+                    time.sleep(0.05)
+            second.sendall(part)
+            received = b""
+            while chunk := second.recv(65536):
+                received += chunk
+            assert msgpack.unpackb(received) == [
+                2,
+                "protocol.error",
+                [
+                    {
+                        "code": "overloaded",
+                        "message": "the daemon holds its limit of requests being received; "
+                        "retry later",
+                    }
+                ],
+            ]
+            first.sendall(big[len(part) :])
+            answer = codec.Decoder().feed(first.recv(65536))
+            assert isinstance(answer[0], codec.Response) and answer[0].error is not None
+            assert answer[0].error["code"] == "invalid_params"  # (answered: read whole)
+        with d.client() as admin:
+            deadline = time.monotonic() + 10
+            while (pending := admin.call("node.info")["daemon"]["pending"])["bytes"]:
+                assert time.monotonic() < deadline, pending
+                time.sleep(0.05)
+        assert (pending["max_bytes"], pending["refused"]) == (100_000, 1), pending
+        assert 60_000 <= pending["peak_bytes"] <= 100_000, pending
+    finally:
+        rc = d.stop()
+        assert rc in (0, None), d.log_text()
+        assert "Traceback" not in d.log_text(), d.log_text()

@@ -51,6 +51,7 @@ def test_a_stopped_vm_moves_offline_there_and_back_and_starts_where_it_went(
 
         doc = migrate(a, b, "o1")
         result = doc["result"]
+        print("offline a->b", json.dumps(result, sort_keys=True))
         assert result["offline"] is True and result["destination"] == "hostb", result
         assert result["destination_state"] == "succeeded", result
         assert result["bytes_wire"] == 0 and result["pages"] == 0, result  # nothing streamed

@@ -172,8 +172,12 @@ def test_connection_limits(tmp_path: Path) -> None:
     c = config.Config()
     limits = (c.max_connections, c.max_connections_per_identity, c.message_timeout_s)
     assert limits == (4096, 128, 60) and c.tls_max_handshakes == 256
+    assert c.max_pending_bytes == 256 << 20
     f = tmp_path / "n.toml"
-    f.write_text("[rpc]\nmax_connections = 0\nmax_connections_per_identity = 8\n")
+    f.write_text(
+        "[rpc]\nmax_connections = 0\nmax_connections_per_identity = 8\nmax_pending_bytes = 0\n"
+    )
     c = parse("--config", str(f), "--message-timeout-s", "0", "--tls-max-handshakes", "0")
     assert (c.max_connections, c.max_connections_per_identity, c.message_timeout_s) == (0, 8, 0)
-    assert c.tls_max_handshakes == 0
+    assert c.tls_max_handshakes == 0 and c.max_pending_bytes == 0
+    assert parse("--max-pending-bytes", "1048576").max_pending_bytes == 1 << 20

@@ -17,9 +17,10 @@ from novacron.rpc import codec
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
 from novacron.server.connection import INLINE_BATCH, Connection
-from novacron.server.limits import ConnectionSettings
+from novacron.server.limits import FREE_PENDING, ConnectionSettings, PendingBudget
 
-ADMIN = Identity(kind="unix", user="root", roles=frozenset({"admin"}))
+ADMIN = Identity(kind="unix", user="root", uid=0, roles=frozenset({"admin"}), tenants=None)
+ALICE = Identity(kind="tls", user="alice", roles=frozenset({"operator"}), tenants=frozenset({"a"}))
 
 
 class Slow:
@@ -52,12 +53,16 @@ async def replies(stream: trio.abc.ReceiveStream, decoder: codec.Decoder, n: int
 
 @asynccontextmanager
 async def serving(
-    slow: Slow, max_inflight: int, message_timeout_s: float = 0.0
+    slow: Slow,
+    max_inflight: int,
+    message_timeout_s: float = 0.0,
+    pending: PendingBudget | None = None,
+    identity: Identity = ADMIN,
 ) -> AsyncIterator[tuple[Connection, Any]]:
     """A connection serving ``slow``'s registry; the client's end of its stream."""
     client, server = trio.testing.memory_stream_pair()
-    settings = ConnectionSettings(1 << 20, max_inflight, message_timeout_s)
-    conn = Connection(server, ADMIN, slow.registry, EventBus(), settings)
+    settings = ConnectionSettings(1 << 20, max_inflight, message_timeout_s, pending)
+    conn = Connection(server, identity, slow.registry, EventBus(), settings)
     async with trio.open_nursery() as n:
         n.start_soon(conn.serve)
         yield conn, client
@@ -189,3 +194,46 @@ async def test_time_spent_waiting_for_a_call_slot_is_not_the_peers(
             (last,) = await replies(client, decoder, 1)
         assert (last.msgid, last.result) == (3, "hi")
         await client.aclose()
+
+
+async def test_messages_being_received_share_one_budget() -> None:
+    """Two connections each begin a large request; the second does not fit in what the
+    daemon's budget has left and is closed (``overloaded``); a local admin's is taken
+    all the same; what a connection drew is back once its message completed or it
+    closed."""
+    slow, decoder = Slow(), codec.Decoder()
+    budget = PendingBudget(100_000)
+    big = codec.encode_request(1, "session.hello", {"pad": "x" * (FREE_PENDING + 80_000)})
+    part = big[: FREE_PENDING + 60_000]
+    async with (
+        serving(slow, 16, pending=budget, identity=ALICE) as (_, first),
+        serving(slow, 16, pending=budget, identity=ALICE) as (_, second),
+        serving(slow, 16, pending=budget) as (_, admin),
+    ):
+        await first.send_all(part)
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.used == 60_000
+        await second.send_all(part)
+        with trio.fail_after(5):
+            (notice,) = await replies(second, decoder, 1)
+            assert await second.receive_some() == b""
+        assert notice == codec.Notification(
+            "protocol.error",
+            [
+                {
+                    "code": "overloaded",
+                    "message": "the daemon holds its limit of requests being received; retry later",
+                }
+            ],
+        )
+        await admin.send_all(part)  # (the operator is never locked out)
+        await trio.testing.wait_all_tasks_blocked()
+        assert (budget.used, budget.refused) == (120_000, 1)
+        await first.send_all(big[len(part) :])  # completes: answered, its draw returned
+        with trio.fail_after(5):
+            (answer,) = await replies(first, codec.Decoder(), 1)
+        assert answer.result == "hi" and budget.used == 60_000
+        await admin.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert budget.used == 0
+        await first.aclose()

@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from novacron.auth.identity import Identity
-from novacron.server.limits import ConnectionLimits
+from novacron.server.limits import FREE_PENDING, ConnectionLimits, PendingBudget
 
 ALICE = Identity(kind="tls", user="alice", roles=frozenset({"operator"}), tenants=frozenset({"a"}))
 BOB = Identity(kind="unix", user="bob", uid=1001, roles=frozenset({"viewer"}))
@@ -88,3 +88,54 @@ def test_admission_matches_the_rules_for_any_sequence(
         # nobody but a local admin is ever past a limit because of an admission
         if not who.local_admin:
             assert not per_identity or held[i] <= per_identity
+
+
+def test_the_pending_budget_takes_what_fits_beyond_each_connections_free_share() -> None:
+    budget = PendingBudget(100_000)
+    assert budget.settle(0, FREE_PENDING) == 0  # a connection's own share draws nothing
+    a = budget.settle(0, FREE_PENDING + 60_000)
+    assert a == 60_000 and budget.used == 60_000
+    assert budget.settle(0, FREE_PENDING + 50_000) is None  # does not fit beside a
+    assert budget.used == 60_000 and budget.refused == 1  # a refusal changes nothing
+    # a local admin draws but is never refused
+    admin = budget.settle(0, FREE_PENDING + 50_000, exempt=True)
+    assert admin == 50_000 and budget.used == 110_000
+    assert budget.settle(a, 10) == 0  # a's message completed: what it drew is back
+    assert budget.settle(admin, 0, exempt=True) == 0
+    assert budget.statistics() == {
+        "bytes": 0,
+        "peak_bytes": 110_000,
+        "max_bytes": 100_000,
+        "refused": 1,
+    }
+    unlimited = PendingBudget(0)
+    assert unlimited.settle(0, 1 << 30) == (1 << 30) - FREE_PENDING  # counted, never refused
+    with pytest.raises(ValueError, match="cannot be negative"):
+        PendingBudget(-1)
+
+
+@given(
+    total=st.integers(0, 4 * FREE_PENDING),
+    steps=st.lists(
+        st.tuples(st.integers(0, 3), st.integers(0, 3 * FREE_PENDING), st.booleans()),
+        max_size=60,
+    ),
+)
+def test_the_pending_budget_matches_the_rules_for_any_sequence(
+    total: int, steps: list[tuple[int, int, bool]]
+) -> None:
+    budget = PendingBudget(total)
+    drawn = [0, 0, 0, 0]
+    for conn, pending, exempt in steps:
+        wanted = max(0, pending - FREE_PENDING)
+        fits = not total or exempt or budget.used - drawn[conn] + wanted <= total
+        before = drawn[conn]
+        got = budget.settle(before, pending, exempt)
+        # a connection that shrinks or stays is never refused
+        assert (got is not None) == (fits or wanted <= before)
+        if got is not None:
+            assert got == wanted
+            drawn[conn] = got
+        assert budget.used == sum(drawn)
+        if total and not exempt and got is not None and got > before:
+            assert budget.used <= total  # only a local admin ever takes it past the budget

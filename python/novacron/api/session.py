@@ -55,6 +55,7 @@ def register(registry: Registry, services: Services) -> None:
             "connections": (
                 services.connections.statistics() if services.connections is not None else None
             ),
+            "pending": services.pending.statistics() if services.pending is not None else None,
             "hypervisor_ready": services.hypervisor_ready,
         }
         try:

@@ -9,9 +9,11 @@
   which is most of such a call's cost.
 * Writes go through an :class:`~novacron.server.outbox.Outbox`: in order, coalesced
   under load, and without an extra task switch when the connection is idle.
-* Bytes that are not MessagePack-RPC, a message over the limit, or one not complete
-  ``message_timeout_s`` after it began: a ``protocol.error`` notification is queued,
-  reading stops, in-flight calls finish, the connection closes.
+* Bytes that are not MessagePack-RPC, a message over the limit, one not complete
+  ``message_timeout_s`` after it began, or one the daemon's budget of bytes being
+  received cannot take (:class:`~novacron.server.limits.PendingBudget`): a
+  ``protocol.error`` notification is queued, reading stops, in-flight calls finish, the
+  connection closes.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from novacron.eventbus import EventBus, Subscription
 from novacron.logs import kv
 from novacron.rpc import codec
 from novacron.rpc.dispatch import CallContext, Registry
-from novacron.server.limits import ConnectionSettings
+from novacron.server.limits import FREE_PENDING, ConnectionSettings
 from novacron.server.outbox import Outbox
 
 log = logging.getLogger("novacron.server")
@@ -72,6 +74,8 @@ class Connection:
         )
         self._inflight = trio.Semaphore(settings.max_inflight)
         self._message_timeout = settings.message_timeout_s
+        self._pending = settings.pending
+        self._drawn = 0  # what this connection draws on the pending budget
         self._outbox = Outbox(stream)
         self._reader_scope = trio.CancelScope()
         self._stopping = False
@@ -101,6 +105,8 @@ class Connection:
                         self._ctx.subscription.close()
                     outer.cancel_scope.cancel()  # event pumps: nobody to deliver to
         finally:
+            if self._pending is not None:
+                self._drawn = self._pending.settle(self._drawn, 0, exempt=True) or 0
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()
 
@@ -126,6 +132,11 @@ class Connection:
                 await self._dispatch(exc.decoded, calls)
                 await self._refuse(exc)
                 return
+            if not self._draw():
+                await self._dispatch(messages, calls)  # (the complete ones are answered)
+                over = "the daemon holds its limit of requests being received; retry later"
+                await self._refuse(ProtocolError(over, code="overloaded"))
+                return
             await self._dispatch(messages, calls)
             # set after dispatching, which may wait for a call slot: time spent not
             # reading is not the peer's
@@ -133,6 +144,19 @@ class Connection:
                 deadline = math.inf
             elif messages or deadline == math.inf:  # a message began since the last read
                 deadline = trio.current_time() + self._message_timeout
+
+    def _draw(self) -> bool:
+        """Settles what the message begun draws on the daemon's budget; False when the
+        budget cannot take it."""
+        if self._pending is None or (not self._drawn and self._decoder.pending <= FREE_PENDING):
+            return True  # (nearly every read: nothing drawn, nothing to draw)
+        drawn = self._pending.settle(
+            self._drawn, self._decoder.pending, exempt=self.identity.local_admin
+        )
+        if drawn is None:
+            return False
+        self._drawn = drawn
+        return True
 
     async def _receive(self, deadline: float) -> bytes | bytearray | None:
         """The next bytes (b"" at the end), or None when ``deadline`` passes first. A

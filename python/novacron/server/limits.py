@@ -10,10 +10,16 @@ daemon runs out of memory or descriptors and everyone else is locked out. So:
   the operator can always get in to see what is going on;
 * a message once begun must be complete within ``message_timeout_s``, so a peer cannot
   keep a partial message's buffer forever (between messages a connection may stay idle
-  as long as it likes: event subscribers do).
+  as long as it likes: event subscribers do);
+* the bytes of messages begun and not yet complete, all connections together, stay
+  within ``[rpc] max_pending_bytes`` (:class:`PendingBudget`): each connection holds
+  its first :data:`FREE_PENDING` bytes on its own (most requests are far smaller), and
+  beyond them draws on that one budget. Without it the connection caps alone would let
+  4096 connections keep 8 MiB each.
 
-A refused connection is told why (``protocol.error`` with code ``too_many_connections``)
-and closed; the limits are counted again as connections end.
+A refused connection is told why (``protocol.error`` with code ``too_many_connections``,
+or ``overloaded`` for a message the budget cannot take) and closed; the limits are
+counted again as connections end.
 """
 
 from __future__ import annotations
@@ -23,6 +29,45 @@ from typing import Any
 
 from novacron.auth.identity import Identity
 
+# what any connection may hold of a message begun without drawing on the daemon's budget
+FREE_PENDING = 64 * 1024
+
+
+class PendingBudget:
+    """Bytes of requests begun and not yet complete beyond each connection's
+    :data:`FREE_PENDING`, held by every connection together (``total`` 0: no limit,
+    still counted)."""
+
+    def __init__(self, total: int) -> None:
+        if total < 0:
+            raise ValueError("the pending budget cannot be negative")
+        self.total = total
+        self.used = 0
+        self.peak = 0
+        self.refused = 0
+
+    def settle(self, drawn: int, pending: int, exempt: bool = False) -> int | None:
+        """A connection that draws ``drawn`` bytes holds ``pending`` bytes of a message
+        begun now: returns what it draws from now on, or None when that does not fit
+        (then nothing changed; the connection is closed). ``exempt`` (a local admin)
+        draws but is never refused."""
+        wanted = max(0, pending - FREE_PENDING)
+        grow = wanted - drawn
+        if grow > 0 and self.total and not exempt and self.used + grow > self.total:
+            self.refused += 1
+            return None
+        self.used += grow
+        self.peak = max(self.peak, self.used)
+        return wanted
+
+    def statistics(self) -> dict[str, Any]:
+        return {
+            "bytes": self.used,
+            "peak_bytes": self.peak,
+            "max_bytes": self.total,
+            "refused": self.refused,
+        }
+
 
 @dataclass(frozen=True)
 class ConnectionSettings:
@@ -31,6 +76,7 @@ class ConnectionSettings:
     max_message: int
     max_inflight: int
     message_timeout_s: float  # 0: no limit; between messages a connection may stay idle
+    pending: PendingBudget | None = None  # the daemon's, shared by every connection
 
 
 class ConnectionLimits:
