@@ -32,11 +32,18 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from novacron import errors
-from novacron.client import connect_tls, split_address
+from novacron.client import connect_tls
 from novacron.logs import kv
 from novacron.migration import incoming, libvirt_job
 from novacron.migration.ops import Operation
-from novacron.migration.source_run import Run, conclude, tell_abort
+from novacron.migration.source_run import (
+    Run,
+    conclude,
+    failures,
+    peer_of,
+    prepare_there,
+    tell_abort,
+)
 from novacron.vm.spec import VmSpec
 
 if TYPE_CHECKING:
@@ -147,29 +154,18 @@ async def receive(svc: MigrationService, arrival: Arrival) -> None:
 async def move(run: Run, address: str) -> bool:
     """The source's side: prepare there, switch the ownership over (in a cluster), let
     libvirt move the definition, settle. True when the VM moved."""
-    svc, op, vms = run.svc, run.op, run.svc.vms
-    files = svc.tls_files()
-    assert files is not None
-    host, _ = split_address(address)
+    svc, op = run.svc, run.op
+    files, host = peer_of(run, address)
     began = trio.current_time()
     moved = False
     answer: dict[str, Any] = {}
     dest: dict[str, Any] = {}
-    try:
+    with failures(run, address):
         async with connect_tls(address, files, server_name=host) as peer:
             try:
                 with run.prep:
-                    xml = await vms.hv_pool.run(libvirt_job.migratable_xml, vms.hv, op.vm)
-                    answer = await peer.call(
-                        "migration.prepare",
-                        vm=op.vm,
-                        xml=xml,
-                        offline=True,
-                        options=run.options.to_dict(),
-                    )
+                    _, answer = await prepare_there(run, peer, offline=True)
                     if run.lock is not None and svc.locks is not None:
-                        run.lock.destination = str(answer["node"])
-                        await svc.ops.note(op, destination_node=run.lock.destination)
                         svc.ops.report(op, "switching")
                         await svc.locks.commit(run.lock)
                 if run.prep.cancelled_caught:
@@ -182,10 +178,6 @@ async def move(run: Run, address: str) -> bool:
             moved = await _libvirt_move(run, peer, answer)
             if moved:
                 dest = await _result(peer, answer)
-    except errors.NovaCronError as exc:
-        run.fail(exc)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        run.fail(errors.MigrationFailed(f"connection to {address} failed: {exc}"))
     return await conclude(run, moved, answer, dest, began)
 
 

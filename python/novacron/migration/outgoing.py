@@ -33,7 +33,14 @@ from novacron.migration.channel import open_channel
 from novacron.migration.libvirt_job import MigrationCall
 from novacron.migration.options import MigrateOptions
 from novacron.migration.relay import relay_source
-from novacron.migration.source_run import Run, conclude, tell_abort
+from novacron.migration.source_run import (
+    Run,
+    conclude,
+    failures,
+    peer_of,
+    prepare_there,
+    tell_abort,
+)
 from novacron.migration.stream import StreamSender
 
 if TYPE_CHECKING:
@@ -126,10 +133,8 @@ async def _run(run: Run, address: str) -> None:
 
 
 async def _migrate_and_settle(run: Run, address: str) -> bool:
-    svc, op, vms = run.svc, run.op, run.svc.vms
-    files = svc.tls_files()
-    assert files is not None
-    host, _ = split_address(address)
+    svc, op = run.svc, run.op
+    files, host = peer_of(run, address)
     began = trio.current_time()
     moved = False
     answer: dict[str, Any] = {}
@@ -138,66 +143,53 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
     made: qemu_socket.StreamDir | None = None  # QEMU's socket's directory
     listener: trio.SocketListener | None = None
     try:
-        made = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, name)
-        path = made.path
-        listener = await qemu_socket.listen(path)
-        async with connect_tls(address, files, server_name=host) as peer:
-            try:
-                with run.prep:
-                    xml = await vms.hv_pool.run(libvirt_job.migratable_xml, vms.hv, op.vm)
-                    answer = await peer.call(
-                        "migration.prepare",
-                        vm=op.vm,
-                        xml=xml,
-                        stream_socket=str(path),
-                        options=run.options.to_dict(),
-                    )
-                    if run.lock is not None:  # where ownership goes (and a restart undoes)
-                        run.lock.destination = str(answer["node"])
-                        await svc.ops.note(op, destination_node=run.lock.destination)
-                    agreed = run.terms = _terms(answer, op.vm)
-                    svc.ops.report(op, "connecting")
-                    channel = await open_channel(
-                        f"{host}:{answer['channel_port']}",
-                        files.context(),
-                        host,
-                        bytes(answer["token"]),
-                        svc.config.migration_link_timeout_s,
-                    )
-                if run.prep.cancelled_caught:
-                    raise errors.Cancelled("cancelled before the migration started")
-            except errors.NovaCronError:
-                if answer:
-                    await tell_abort(peer, answer)
-                raise
-            declared = await svc.vms.hv_pool.run(
-                shared_storage.declared_disks, svc.vms.hv, xml, svc.config.shared_storage_dirs
-            )
-            if declared:
-                log.info(
-                    "migration.storage_declared_shared",
-                    extra=kv(vm=op.vm, op=op.id, disks=",".join(declared)),
+        with failures(run, address):
+            made = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, name)
+            path = made.path
+            listener = await qemu_socket.listen(path)
+            async with connect_tls(address, files, server_name=host) as peer:
+                try:
+                    with run.prep:
+                        xml, answer = await prepare_there(run, peer, stream_socket=str(path))
+                        agreed = run.terms = _terms(answer, op.vm)
+                        svc.ops.report(op, "connecting")
+                        channel = await open_channel(
+                            f"{host}:{answer['channel_port']}",
+                            files.context(),
+                            host,
+                            bytes(answer["token"]),
+                            svc.config.migration_link_timeout_s,
+                        )
+                    if run.prep.cancelled_caught:
+                        raise errors.Cancelled("cancelled before the migration started")
+                except errors.NovaCronError:
+                    if answer:
+                        await tell_abort(peer, answer)
+                    raise
+                declared = await svc.vms.hv_pool.run(
+                    shared_storage.declared_disks, svc.vms.hv, xml, svc.config.shared_storage_dirs
                 )
-            call = MigrationCall(
-                name=op.vm,
-                dest_uri=str(answer["libvirt_uri"]),
-                migrate_uri=f"unix://{path}",
-                dest_xml=str(answer["dest_xml"]),
-                bandwidth_mib_s=run.options.bandwidth_mib_s(),
-                auto_converge=run.options.auto_converge,
-                shared_storage=bool(declared),
-            )
-            moved = await _migrate(
-                run, call, listener, channel, agreed, partial(tell_abort, peer, answer)
-            )
-            if moved:  # libvirt's word is final: the VM runs there, whatever the relay said
-                with trio.move_on_after(RESULT_WAIT_S):
-                    got = await peer.call("migration.result", op=answer["op"])
-                    dest = got if isinstance(got, dict) else {}
-    except errors.NovaCronError as exc:
-        run.fail(exc)
-    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-        run.fail(errors.MigrationFailed(f"connection to {address} failed: {exc}"))
+                if declared:
+                    log.info(
+                        "migration.storage_declared_shared",
+                        extra=kv(vm=op.vm, op=op.id, disks=",".join(declared)),
+                    )
+                call = MigrationCall(
+                    name=op.vm,
+                    dest_uri=str(answer["libvirt_uri"]),
+                    migrate_uri=f"unix://{path}",
+                    dest_xml=str(answer["dest_xml"]),
+                    bandwidth_mib_s=run.options.bandwidth_mib_s(),
+                    auto_converge=run.options.auto_converge,
+                    shared_storage=bool(declared),
+                )
+                moved = await _migrate(
+                    run, call, listener, channel, agreed, partial(tell_abort, peer, answer)
+                )
+                if moved:  # libvirt's word is final: the VM runs there, whatever the relay said
+                    with trio.move_on_after(RESULT_WAIT_S):
+                        got = await peer.call("migration.result", op=answer["op"])
+                        dest = got if isinstance(got, dict) else {}
     finally:
         if listener is not None:
             await listener.aclose()

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from novacron import errors
+from novacron.client import TlsFiles, split_address
 from novacron.cluster.locks import MigrationLock
 from novacron.logs import kv
 from novacron.migration import libvirt_job, progress, terms
@@ -55,6 +57,41 @@ class Run:
         if self.migrating:
             vms = self.svc.vms
             await vms.hv_pool.run(libvirt_job.abort, vms.hv, self.op.vm)
+
+
+def peer_of(run: Run, address: str) -> tuple[TlsFiles, str]:
+    """This node's certificate files, and the destination's host name in ``address``."""
+    files = run.svc.tls_files()
+    assert files is not None  # (start() refused a node without them)
+    host, _ = split_address(address)
+    return files, host
+
+
+@contextlib.contextmanager
+def failures(run: Run, address: str) -> Iterator[None]:
+    """What fails inside fails the run (:meth:`Run.fail`) instead of going on: NovaCron's
+    errors as they are, a broken connection as ``migration_failed`` naming ``address``."""
+    try:
+        yield
+    except errors.NovaCronError as exc:
+        run.fail(exc)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        run.fail(errors.MigrationFailed(f"connection to {address} failed: {exc}"))
+
+
+async def prepare_there(run: Run, peer: Any, **params: Any) -> tuple[str, dict[str, Any]]:
+    """``migration.prepare`` of the run's VM on the destination (``peer``), with its
+    migratable XML and ``params``: the XML and the destination's answer. In a cluster,
+    where the ownership goes is noted with the operation (what a restart undoes)."""
+    svc, op, vms = run.svc, run.op, run.svc.vms
+    xml = await vms.hv_pool.run(libvirt_job.migratable_xml, vms.hv, op.vm)
+    answer: dict[str, Any] = await peer.call(
+        "migration.prepare", vm=op.vm, xml=xml, options=run.options.to_dict(), **params
+    )
+    if run.lock is not None:
+        run.lock.destination = str(answer["node"])
+        await svc.ops.note(op, destination_node=run.lock.destination)
+    return xml, answer
 
 
 async def tell_abort(peer: Any, answer: dict[str, Any]) -> None:
