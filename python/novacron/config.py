@@ -36,6 +36,7 @@ class Config:
     log_level: str = "info"
     log_format: str = "kv"
     shutdown_grace_s: float = 10.0
+    backups_kept: int = 7
     hypervisor_uri: str = "qemu:///system"
     domain_type: str = "auto"
     storage_pool: str = "novacron"
@@ -127,6 +128,7 @@ FIELDS: dict[str, str] = {
     "log_level": "daemon",
     "log_format": "daemon",
     "shutdown_grace_s": "daemon",
+    "backups_kept": "daemon",
     "hypervisor_uri": "hypervisor",
     "domain_type": "hypervisor",
     "storage_pool": "hypervisor",
@@ -216,6 +218,7 @@ _ZERO_OK = {
 }
 # numbers with bounds beyond "not negative" (and, for ints not in _ZERO_OK, "not zero")
 _RANGES: dict[str, tuple[float, float]] = {
+    "backups_kept": (1, 10_000),
     "migration_engine_threads": (1, 64),
     "shared_overcommit": (1, 64),
 }

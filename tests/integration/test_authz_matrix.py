@@ -22,7 +22,15 @@ TENANT_SETS: list[tuple[str, ...]] = [("acme",), ("globex",), ("acme", "globex")
 VMS = {"acme": "vm-acme", "globex": "vm-globex", "initech": "vm-initech"}
 # methods that take a VM and leave the fixture intact whatever the outcome
 VM_METHODS = ["vm.get", "vm.snapshot.list", "vm.resume", "vm.reboot"]
-OTHER_METHODS = ["vm.list", "node.info", "audit.tail", "auth.bindings", "quota.get", "auth.whoami"]
+OTHER_METHODS = [
+    "vm.list",
+    "node.info",
+    "node.backup",
+    "audit.tail",
+    "auth.bindings",
+    "quota.get",
+    "auth.whoami",
+]
 
 
 def test_matrix(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import pytest
 
 from novacron import errors
 from tests.daemon_harness import Daemon
+from tests.integration.test_cli import cli
 
 
 def test_sigkill_and_restart_reconciles(daemon: Daemon) -> None:
@@ -116,3 +117,33 @@ def test_daemon_serves_while_libvirt_is_unreachable(tmp_path) -> None:
         assert "hypervisor.unavailable" in d.log_text()
     finally:
         assert d.stop() == 0
+
+
+def test_a_backup_restored_brings_back_the_store_as_it_was(daemon: Daemon) -> None:
+    """``node.backup`` while the daemon serves; then the documented restore (stop, put
+    the copy in place of state.db, start): the records, bindings and audit log are those
+    of the backup, and reconciliation takes it from there."""
+    with daemon.client() as c:
+        c.call("vm.create", name="kept", tenant="t1")
+        c.call("auth.bind", principal="user:alice", role="operator", tenants=["t1"])
+        made = c.call("node.backup")
+        c.call("vm.create", name="after")  # not in the backup
+        c.call("vm.delete", name="kept")  # in it
+    backup = daemon.state_dir / "backups" / os.path.basename(made["path"])
+    assert made["path"] == str(backup) and backup.is_file()
+    assert made["vms"] == 1 and made["integrity"] == "ok" and made["audit_entries"] >= 2
+    done = cli(daemon, "node", "backup")  # as an operator runs it
+    assert "integrity" in done.stdout and "ok" in done.stdout, done.stdout
+    assert len(list(backup.parent.glob("state-*.db"))) == 2
+    assert daemon.stop() == 0
+    db = daemon.state_dir / "state.db"
+    for leftover in ("state.db-wal", "state.db-shm"):
+        (daemon.state_dir / leftover).unlink(missing_ok=True)
+    db.write_bytes(backup.read_bytes())
+    daemon.start()
+    with daemon.client() as c:
+        assert [v["name"] for v in c.call("vm.list")] == ["kept"]
+        bound = {b["principal"] for b in c.call("auth.bindings")}
+        assert "user:alice" in bound
+        assert c.call("audit.verify")["ok"] is True
+        assert c.call("vm.start", name="kept")["state"] == "running"

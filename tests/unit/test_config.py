@@ -181,3 +181,13 @@ def test_connection_limits(tmp_path: Path) -> None:
     assert (c.max_connections, c.max_connections_per_identity, c.message_timeout_s) == (0, 8, 0)
     assert c.tls_max_handshakes == 0 and c.max_pending_bytes == 0
     assert parse("--max-pending-bytes", "1048576").max_pending_bytes == 1 << 20
+
+
+def test_backups_kept(tmp_path: Path) -> None:
+    assert config.Config().backups_kept == 7
+    assert parse("--backups-kept", "2").backups_kept == 2
+    f = tmp_path / "b.toml"
+    for bad in ("0", "-1", "1.5", "10001"):
+        f.write_text(f"[daemon]\nbackups_kept = {bad}\n")
+        with pytest.raises(config.ConfigError, match="backups_kept"):
+            parse("--config", str(f))

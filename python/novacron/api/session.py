@@ -10,6 +10,7 @@ from novacron.api.services import Services
 from novacron.errors import Conflict, InvalidParams, Unavailable
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params, check_text
+from novacron.state.backups import Backups
 
 PROTOCOL_VERSION = 1
 TOPICS = frozenset(
@@ -65,6 +66,15 @@ def register(registry: Registry, services: Services) -> None:
             raise Unavailable(exc.message, {"daemon": daemon}) from None
         info.update(node=services.config.node_name, daemon=daemon, topology=vms.placement.report())
         return info
+
+    @registry.method("node.backup")
+    async def node_backup(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """A consistent copy of this node's state store in ``<state_dir>/backups``; the
+        oldest past ``[daemon] backups_kept`` are removed."""
+        p.done()
+        config, vms = services.config, services.vms
+        backups = Backups(config.state_dir / "backups", config.backups_kept)
+        return await vms.db_pool.run(vms.store.backup, backups)
 
     @registry.method("events.subscribe")
     async def subscribe(ctx: CallContext, p: Params) -> dict[str, Any]:

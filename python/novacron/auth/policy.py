@@ -31,6 +31,7 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "session.hello": PUBLIC,
     "auth.whoami": PUBLIC,
     "node.info": READ,
+    "node.backup": ADMIN,
     "events.subscribe": READ,
     "events.unsubscribe": READ,
     "vm.list": READ,
@@ -108,7 +109,7 @@ ROLES: Final = tuple(ROLE_GRANTS)
 # the admin methods that change something (admin reads such as audit.tail are not)
 CHANGING: Final = frozenset(
     {m for m, p in METHOD_PERMISSIONS.items() if p == WRITE}
-    | {"auth.bind", "auth.unbind", "tls.reload", "quota.set"}
+    | {"auth.bind", "auth.unbind", "tls.reload", "quota.set", "node.backup"}
     | {"migration.prepare", "migration.abort"}
     # (cluster.forward is audited on the owning node as the call it carries)
 )

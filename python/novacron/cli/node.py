@@ -1,4 +1,4 @@
-"""``novacron node info``, ``novacron hello``, ``novacron events``."""
+"""``novacron node info|topology|backup``, ``novacron hello``, ``novacron events``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ def add_commands(groups: Any) -> None:
     sub.add_parser("topology", help="NUMA nodes, cores and threads, what VMs hold").set_defaults(
         run=run_topology
     )
+    sub.add_parser(
+        "backup", help="a consistent copy of this node's state store (admin; docs/operations.md)"
+    ).set_defaults(run=run_backup)
 
     events = groups.add_parser("events", help="print events as they happen (Ctrl-C to stop)")
     events.add_argument("--topic", action="append", dest="topics", help="only this topic")
@@ -41,6 +44,23 @@ def run_hello(client: SyncClient, args: argparse.Namespace) -> Any:
             }
         )
     return result
+
+
+def run_backup(client: SyncClient, args: argparse.Namespace) -> Any:
+    made = client.call("node.backup")
+    if not args.json:
+        output.fields(
+            {
+                "path": made["path"],
+                "bytes": made["bytes"],
+                "vms": made["vms"],
+                "audit_entries": made["audit_entries"],
+                "integrity": made["integrity"],
+                "kept": len(made["kept"]),
+                "removed": ", ".join(made["removed"]) or "none",
+            }
+        )
+    return made
 
 
 def run_info(client: SyncClient, args: argparse.Namespace) -> Any:

@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from novacron.state.backups import Backups
+
 GENESIS = "0" * 64
 
 
@@ -351,6 +353,10 @@ class StateStore:
     def audit_tail(self, limit: int) -> list[dict[str, Any]]:
         rows = self._db.execute("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
         return [dict(r) for r in reversed(list(rows))]
+
+    def backup(self, backups: Backups) -> dict[str, Any]:
+        """A consistent copy of the whole store among ``backups`` (:mod:`.backups`)."""
+        return backups.take(self._db)
 
     def integrity_check(self) -> str:
         result: str = self._db.execute("PRAGMA integrity_check").fetchone()[0]
