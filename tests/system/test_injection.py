@@ -67,6 +67,7 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("op.cancel", {}, "op"),
     ("migration.prepare", {"xml": "<domain/>", "stream_socket": QEMU_AT}, "vm"),
     ("migration.prepare", {"vm": "inj", "stream_socket": QEMU_AT}, "xml"),
+    ("migration.prepare", {"vm": "inj", "xml": "<domain/>"}, "stream_socket"),
     ("migration.result", {}, "op"),
     ("migration.abort", {}, "op"),
     ("net.create", {}, "name"),
@@ -125,6 +126,7 @@ def test_every_string_parameter_resists_injection(system_daemon: Daemon) -> None
     methods = {m for m, _, _ in STRING_PARAMS} | {"events.subscribe", "events.unsubscribe"}
     assert {m for m, p in policy.METHOD_PERMISSIONS.items() if p != policy.PUBLIC} - methods <= {
         "node.info",
+        "node.backup",
         "auth.whoami",
         "auth.bindings",
         "audit.tail",
