@@ -74,7 +74,7 @@ async def start(
     files = svc.tls_files()
     if files is None:
         raise errors.Unavailable(
-            "live migration needs this node's certificate: set [tls] cert, key and ca"
+            "migration needs this node's certificate: set [tls] cert, key and ca"
         )
     if vms.hv.is_test_driver:
         raise errors.Conflict("libvirt's test driver cannot migrate VMs", {"vm": name})
