@@ -64,8 +64,9 @@ class Arrival:
     uuid: str
     placement: dict[str, Any] | None
     source: str  # the source's certificate name
+    # cancelled only by the source's word (migration.abort: it still holds the VM); an
+    # operator's op.cancel of this side is refused (MigrationService.cancel)
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
-    given_up: bool = False  # the source's word (migration.abort): it still holds the VM
 
 
 async def prepare(
@@ -117,12 +118,15 @@ async def receive(svc: MigrationService, arrival: Arrival) -> None:
     holds the VM (libvirt failed before defining it here, or failed to undefine it
     there)."""
     vms, op = svc.vms, arrival.op
+    state = "absent"
     with arrival.cancel:
-        await wait_defined(svc, op.vm, arrival.uuid, ARRIVAL_WAIT_S)
+        state = await wait_defined(svc, op.vm, arrival.uuid, ARRIVAL_WAIT_S)
     svc.arrivals.pop(op.id, None)
+    given_up = arrival.cancel.cancel_called  # (also when it came as the wait ended)
     with trio.CancelScope(shield=True):
-        state = await vms.hv_pool.run(libvirt_job.offline_arrival, vms.hv, op.vm, arrival.uuid)
-        if arrived(state) and not arrival.given_up:
+        if given_up:  # the wait was cut short: what libvirt holds here now
+            state = await vms.hv_pool.run(libvirt_job.offline_arrival, vms.hv, op.vm, arrival.uuid)
+        if arrived(state) and not given_up:
             async with vms.locked(op.vm):
                 await vms.records.insert(
                     op.vm, arrival.uuid, op.tenant, arrival.spec.to_dict(), arrival.placement, state
@@ -131,11 +135,11 @@ async def receive(svc: MigrationService, arrival: Arrival) -> None:
             log.info("migration.offline_arrived", extra=kv(vm=op.vm, op=op.id, state=state))
             await svc.ops.finish(op, "succeeded", {"node": svc.config.node_name, "state": state})
             return
-        if arrival.given_up:
+        if given_up:
             why = "cancelled by the source"
         else:
             why = f"libvirt did not define the vm here within {ARRIVAL_WAIT_S:g} s"
-        if arrival.given_up and arrived(state):
+        if given_up and arrived(state):
             removed = await vms.hv_pool.run(
                 libvirt_job.remove_offline_arrival, vms.hv, op.vm, arrival.uuid
             )

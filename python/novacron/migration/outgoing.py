@@ -97,9 +97,8 @@ async def start(
                 "a stopped one offline",
                 {"vm": name, "state": runtime.state},
             )
-        params = options.to_dict()
-        if runtime.state == "stopped":
-            params["offline"] = True
+        offline_move = runtime.state == "stopped"
+        params = {**options.to_dict(), **({"offline": True} if offline_move else {})}
         op_id = svc.ops.new_id()
         if svc.locks is not None:  # exactly one migration of the vm, cluster-wide
             lock = await svc.locks.acquire(rec.tenant, name, op_id, address)
@@ -111,7 +110,7 @@ async def start(
                     await svc.locks.end(lock, moved=False)
             raise
         vms.migrating.add(name)
-    run = Run(svc, op, options, lock=lock, offline=runtime.state == "stopped")
+    run = Run(svc, op, options, lock=lock, offline=offline_move)
     op.on_cancel = lambda: svc.spawn(run.abort, "cancel")
     svc.spawn(_run, run, address, op=op)
     return {"op": op.id, "vm": name, "destination": address}

@@ -192,11 +192,7 @@ class MigrationService:
         return {"state": doc["state"], "result": doc["result"], "error": doc["error"]}
 
     async def abort_incoming(self, source: str, op_id: str) -> dict[str, Any]:
-        op = self._incoming_op(op_id, source)
-        arrival = self.arrivals.get(op_id)
-        if arrival is not None:
-            arrival.given_up = True
-        self.ops.cancel(op)
+        self.ops.cancel(self._incoming_op(op_id, source))
         return {"op": op_id, "aborting": True}
 
     # -- after a restart ---------------------------------------------------------------

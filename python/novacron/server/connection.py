@@ -105,8 +105,9 @@ class Connection:
                         self._ctx.subscription.close()
                     outer.cancel_scope.cancel()  # event pumps: nobody to deliver to
         finally:
-            if self._pending is not None:
-                self._drawn = self._pending.settle(self._drawn, 0, exempt=True) or 0
+            if self._pending is not None:  # what it drew goes back (never refused)
+                self._pending.settle(self._drawn, 0, exempt=True)
+                self._drawn = 0
             with trio.CancelScope(shield=True), trio.move_on_after(1):
                 await self.stream.aclose()
 
