@@ -70,6 +70,10 @@ class Config:
     migration_stream_dir: Path = paths.SYSTEM_MIGRATION_STREAMS
     migration_shared_storage: str = ""
     network_reconcile_interval_s: float = 30.0
+    vm_restart_limit: int = 5
+    vm_restart_window_s: float = 600.0
+    vm_start_concurrency: int = 4
+    vm_check_interval_s: float = 30.0
     cluster_etcd_endpoints: str = ""
     cluster_lease_ttl_s: int = 10
     cluster_timeout_s: float = 2.0
@@ -162,6 +166,10 @@ FIELDS: dict[str, str] = {
     "migration_stream_dir": "migration",
     "migration_shared_storage": "migration",
     "network_reconcile_interval_s": "network",
+    "vm_restart_limit": "vm",
+    "vm_restart_window_s": "vm",
+    "vm_start_concurrency": "vm",
+    "vm_check_interval_s": "vm",
     "cluster_etcd_endpoints": "cluster",
     "cluster_lease_ttl_s": "cluster",
     "cluster_timeout_s": "cluster",
@@ -187,6 +195,10 @@ _TOML_KEY = {
     "migration_stream_dir": "stream_dir",
     "migration_shared_storage": "shared_storage",
     "network_reconcile_interval_s": "reconcile_interval_s",
+    "vm_restart_limit": "restart_limit",
+    "vm_restart_window_s": "restart_window_s",
+    "vm_start_concurrency": "start_concurrency",
+    "vm_check_interval_s": "check_interval_s",
     "cluster_etcd_endpoints": "etcd_endpoints",
     "cluster_lease_ttl_s": "lease_ttl_s",
     "cluster_timeout_s": "timeout_s",
@@ -215,12 +227,16 @@ _ZERO_OK = {
     "max_connections_per_identity",
     "max_pending_bytes",
     "tls_max_handshakes",
+    "vm_restart_limit",
 }
 # numbers with bounds beyond "not negative" (and, for ints not in _ZERO_OK, "not zero")
 _RANGES: dict[str, tuple[float, float]] = {
     "backups_kept": (1, 10_000),
     "migration_engine_threads": (1, 64),
     "shared_overcommit": (1, 64),
+    "vm_restart_limit": (0, 1000),
+    "vm_start_concurrency": (1, 256),
+    "vm_restart_window_s": (1, 7 * 86400),
 }
 
 

@@ -40,6 +40,7 @@ from novacron.server.unix import SocketInUse, UnixServer, bind_unix
 from novacron.state.db import StateStore
 from novacron.vm.driver import Hypervisor
 from novacron.vm.events import LibvirtEvents, ensure_event_impl
+from novacron.vm.keeper import StateKeeper
 from novacron.vm.reconcile import reconcile
 from novacron.vm.service import VmService
 
@@ -116,6 +117,8 @@ async def attach_hypervisor(
             services.reconcile_findings = await reconcile(vms, leaving, arriving)
             if migrations is not None:
                 await migrations.settle_outgoing(services.reconcile_findings)
+            if services.keeper is not None:
+                services.keeper.ready.set()
         except errors.Unavailable as exc:
             log.error(
                 "hypervisor.unavailable", extra=kv(uri=config.hypervisor_uri, error=exc.message)
@@ -170,6 +173,8 @@ async def serve(config: Config) -> None:
         services.migrations = MigrationService(
             config, vms, bus, tls.context if tls is not None else None
         )
+        keeper = StateKeeper(vms, bus, config.vm_check_interval_s, config.vm_start_concurrency)
+        services.keeper = keeper
         services.networks = NetworkService(config, store, vms.db_pool, bus, vms.records)
         vms.nic_check = services.networks.check_nics
         if config.etcd_endpoints:
@@ -191,6 +196,7 @@ async def serve(config: Config) -> None:
                     await root.start(services.cluster.run)
                 events = LibvirtEvents(hv, bus, vms.managed.event_tenant)
                 await root.start(events.run)
+                await root.start(keeper.run)
                 server = UnixServer(
                     sock,
                     registry,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -52,6 +53,18 @@ def test_vm_workflow_with_tables_and_json(daemon: Daemon) -> None:
     assert got["vcpus"] == 2 and got["memory_mib"] == 128
     cli(daemon, "vm", "delete", "cli1")
     assert json.loads(cli(daemon, "--json", "vm", "list").stdout) == []
+
+
+def test_restart_policy_from_the_cli(daemon: Daemon) -> None:
+    cli(daemon, "vm", "create", "left", "--memory", "64", "--restart", "never")
+    shown = cli(daemon, "vm", "get", "left").stdout
+    assert re.search(r"^restart\s+never$", shown, re.M), shown
+    assert re.search(r"^restarts\s+0 in the last 600 s$", shown, re.M), shown
+    got = json.loads(cli(daemon, "--json", "vm", "get", "left").stdout)
+    assert got["restart"] == "never" and got["restarts"]["gave_up"] is False
+    refused = cli(daemon, "vm", "create", "x", "--restart", "always", check=False)
+    assert refused.returncode == 2 and "invalid choice" in refused.stderr
+    cli(daemon, "vm", "delete", "left")
 
 
 def test_a_scripts_json_command_loads_neither_rich_nor_cryptography(daemon: Daemon) -> None:

@@ -89,6 +89,7 @@ ERROR_CASES = [
     ("method_not_found", "vm.fly", {}),
     ("invalid_params", "vm.create", {"name": "Bad Name"}),
     ("invalid_params", "vm.create", {"name": "a", "vcpus": "two"}),
+    ("invalid_params", "vm.create", {"name": "a", "restart": "sometimes"}),
     ("invalid_params", "vm.get", {"name": "a", "extra": 1}),
     ("invalid_params", "vm.shutdown", {"name": "a", "timeout_s": -1}),
     ("invalid_params", "events.subscribe", {"topics": ["nope"]}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -18,13 +19,14 @@ def test_sigkill_and_restart_reconciles(daemon: Daemon) -> None:
         c.call("vm.create", name="a", disks=[{"size_gib": 1}], tenant="t1")
         c.call("vm.create", name="b", start=True)
         c.call("vm.create", name="c")
+        c.call("vm.create", name="d", start=True)
         c.call("vm.pause", name="b")
     daemon.kill()
     daemon.start()
     with daemon.client() as c:
         vms = {v["name"]: v for v in c.call("vm.list")}
         info = c.call("node.info")
-    assert set(vms) == {"a", "b", "c"}
+    assert set(vms) == {"a", "b", "c", "d"}
     assert vms["a"]["tenant"] == "t1"
     # test:///default forgets its domains with the process: all three are redefined
     findings = {(f["vm"], f["finding"]) for f in info["daemon"]["reconcile"]}
@@ -33,6 +35,13 @@ def test_sigkill_and_restart_reconciles(daemon: Daemon) -> None:
     assert "reconcile.redefined" in daemon.log_text()
     with daemon.client() as c:
         assert c.call("vm.start", name="b")["state"] == "running"
+        # d was running: redefined shut off (as after a host reboot), it is started again
+        deadline = time.monotonic() + 30
+        while c.call("vm.get", name="d")["state"] != "running":
+            assert time.monotonic() < deadline, "d was not started again"
+            time.sleep(0.1)
+        assert c.call("node.info")["daemon"]["keeper"]["restarted"] == 1
+        assert c.call("vm.get", name="d")["restarts"]["recent"] == 1
 
 
 def test_clean_stop_removes_socket_and_exits_zero(daemon: Daemon) -> None:

@@ -78,6 +78,11 @@ done
 if [ -n "$ev" ]; then
   (dd if=/dev/input/$ev bs=24 count=1 >/dev/null 2>&1; echo {POWER_MARKER}; sync; poweroff -f) &
 fi
+if grep -q novacron.poweroff_after= /proc/cmdline; then
+  # the guest powers itself off after N seconds (as an operator's poweroff inside it)
+  n=$(sed -n 's/.*novacron[.]poweroff_after=\\([0-9]*\\).*/\\1/p' /proc/cmdline)
+  (sleep $n; echo {POWER_MARKER}; sync; poweroff -f) &
+fi
 if grep -q novacron.net= /proc/cmdline; then
   # NICs: novacron.net=eth0:10.50.0.1/24,eth1:... (an interface hot-plugged later is
   # configured when it appears); novacron.ping=PEER,... pings each peer every second

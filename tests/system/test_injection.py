@@ -39,6 +39,7 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("vm.create", {"name": "inj", "kernel": "/boot/k"}, "cmdline"),
     ("vm.create", {"name": "inj"}, "cpu_policy"),
     ("vm.create", {"name": "inj"}, "memory_policy"),
+    ("vm.create", {"name": "inj"}, "restart"),
     ("vm.list", {}, "tenant"),
     ("vm.get", {}, "name"),
     ("vm.start", {}, "name"),

@@ -90,6 +90,11 @@ def test_toml_then_flags(tmp_path: Path) -> None:
         ("[rpc]\nmax_connections = -1\n", "max_connections"),
         ("[rpc]\nmax_connections_per_identity = 1.5\n", "max_connections_per_identity"),
         ("[rpc]\nmessage_timeout_s = -1\n", "message_timeout_s"),
+        ("[vm]\nrestart_limit = -1\n", "restart_limit"),
+        ("[vm]\nrestart_limit = 1001\n", "restart_limit"),
+        ("[vm]\nrestart_window_s = 0\n", "restart_window_s"),
+        ("[vm]\nstart_concurrency = 0\n", "start_concurrency"),
+        ("[vm]\ncheck_interval_s = -5\n", "check_interval_s"),
     ],
 )
 def test_bad_config_is_refused_with_the_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -191,3 +196,17 @@ def test_backups_kept(tmp_path: Path) -> None:
         f.write_text(f"[daemon]\nbackups_kept = {bad}\n")
         with pytest.raises(config.ConfigError, match="backups_kept"):
             parse("--config", str(f))
+
+
+def test_vm_keeper_keys(tmp_path: Path) -> None:
+    c = config.Config()
+    assert (c.vm_restart_limit, c.vm_restart_window_s) == (5, 600.0)
+    assert (c.vm_start_concurrency, c.vm_check_interval_s) == (4, 30.0)
+    f = tmp_path / "v.toml"
+    f.write_text(
+        "[vm]\nrestart_limit = 0\nrestart_window_s = 60\nstart_concurrency = 1\n"
+        "check_interval_s = 0\n"
+    )
+    c = parse("--config", str(f), "--vm-start-concurrency", "8")
+    assert (c.vm_restart_limit, c.vm_restart_window_s) == (0, 60.0)
+    assert (c.vm_start_concurrency, c.vm_check_interval_s) == (8, 0.0)

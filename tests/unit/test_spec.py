@@ -14,6 +14,20 @@ def create(**args: object) -> tuple[VmSpec, bool]:
 def test_minimal_and_defaults() -> None:
     spec, start = create(name="a")
     assert (spec.vcpus, spec.memory_mib, spec.tenant, start) == (1, 512, "default", False)
+    assert spec.restart == "on-failure"
+
+
+def test_restart_policy() -> None:
+    spec, _ = create(name="a", restart="never")
+    assert spec.restart == "never" and VmSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(InvalidParams, match="restart must be one of on-failure, never"):
+        create(name="a", restart="always")
+
+
+def test_a_spec_recorded_before_restart_policies_reads_with_the_default() -> None:
+    doc = VmSpec(name="a", vcpus=1, memory_mib=64).to_dict()
+    del doc["restart"]  # (records and domain metadata written by earlier releases)
+    assert VmSpec.from_dict(doc).restart == "on-failure"
 
 
 def test_full() -> None:

@@ -14,6 +14,7 @@ from novacron.eventbus import EventBus
 from novacron.migration.service import MigrationService
 from novacron.net.service import NetworkService
 from novacron.server.limits import ConnectionLimits, PendingBudget
+from novacron.vm.keeper import StateKeeper
 from novacron.vm.service import VmService
 
 
@@ -35,6 +36,7 @@ class Services:
     networks: NetworkService | None = None
     cluster: ClusterService | None = None
     connections: ConnectionLimits | None = None
+    keeper: StateKeeper | None = None  # restarts VMs that should run (vm/keeper.py)
     pending: PendingBudget | None = None  # bytes of requests being received, daemon-wide
     started_at: float = field(default_factory=time.time)
     reconcile_findings: list[dict[str, Any]] = field(default_factory=list)

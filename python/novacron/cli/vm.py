@@ -30,6 +30,8 @@ GET_ORDER = [
     "cmdline",
     "disks",
     "nics",
+    "restart",
+    "restarts",
     "console_log",
     "created_at",
     "updated_at",
@@ -90,6 +92,12 @@ def add_commands(groups: Any) -> None:
     )
     create.add_argument(
         "--nic", action="append", type=net.nic_arg, dest="nics", help="NETWORK[:MAC] (repeatable)"
+    )
+    create.add_argument(
+        "--restart",
+        choices=("on-failure", "never"),
+        help="on-failure (default): started again when found shut off without being asked"
+        " (QEMU died, guest crashed, host restarted); never: left shut off",
     )
     create.add_argument("--node", help="in a cluster: 'auto' (the roomiest node) or a node's name")
     create.add_argument("--start", action="store_true", help="boot it right away")
@@ -152,11 +160,23 @@ def placement_text(placement: dict[str, Any] | None) -> str | None:
     return f"{placement['cpu']}, memory {placement['memory']}{backing}: " + "; ".join(parts)
 
 
+def restarts_text(doc: dict[str, Any]) -> str:
+    """``vm.get``'s ``restarts``: ``2 in the last 600 s, the last at ..., given up``."""
+    text = f"{doc.get('recent', 0)} in the last {doc.get('window_s', 0):g} s"
+    if doc.get("last_at"):
+        text += f", the last at {output.when(doc['last_at'])}"
+    if doc.get("gave_up"):
+        text += ", given up (vm start resets)"
+    return text
+
+
 def _show(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
         shown = dict(doc)
         if "placement" in shown:
             shown["placement"] = placement_text(shown["placement"])
+        if isinstance(shown.get("restarts"), dict):
+            shown["restarts"] = restarts_text(shown["restarts"])
         output.fields(
             shown, [k for k in GET_ORDER if k in shown] + [k for k in shown if k not in GET_ORDER]
         )
@@ -189,6 +209,7 @@ def run_create(client: SyncClient, args: argparse.Namespace) -> Any:
         memory_policy=args.memory_policy,
         hugepage_kib={"2M": 2048, "1G": 1048576}.get(args.hugepages or ""),
         nics=args.nics,
+        restart=args.restart,
         node=args.node,
         start=args.start or None,
     )

@@ -30,6 +30,7 @@ from novacron.vm.driver import Hypervisor, RuntimeState
 from novacron.vm.managed import ManagedVms
 from novacron.vm.quotas import Quotas
 from novacron.vm.records import Records
+from novacron.vm.restarts import RestartHistory
 from novacron.vm.spec import VmSpec
 
 log = logging.getLogger("novacron.vm")
@@ -61,6 +62,8 @@ class VmService:
         self._locks: dict[str, trio.Lock] = {}
         self.managed = ManagedVms()  # names and tenants, for the event forwarder
         self.migrating: set[str] = set()  # VMs leaving this node (set by the migration service)
+        # restarts of VMs found shut off while they should run (vm/keeper.py)
+        self.restarts = RestartHistory(config.vm_restart_limit, config.vm_restart_window_s)
         # refuses NICs on networks the VM's tenant does not have (set by the network service)
         self.nic_check: Callable[[str, tuple[NicSpec, ...]], Awaitable[None]] | None = None
         self.ownership: Ownership | None = None  # cluster-wide names (set by the cluster service)
@@ -211,6 +214,8 @@ class VmService:
             cmdline=spec.cmdline,
             disks=disks,
             nics=[n.to_dict() for n in spec.nics],
+            restart=spec.restart,
+            restarts=self.restarts.view(name),
             console_log=None if self.hv.is_test_driver else self.console_log(name),
         )
         return doc
@@ -326,6 +331,7 @@ class VmService:
         await self.records.delete(name)
         self.placement.release(name)
         self.managed.discard(name)
+        self.restarts.reset(name)
 
     async def arrived(self, name: str, tenant: str, source: str) -> None:
         """A VM that migrated here from ``source`` and is recorded (with the state it
@@ -362,6 +368,7 @@ class VmService:
         return await self.get(name)
 
     async def start(self, name: str) -> dict[str, Any]:
+        self.restarts.reset(name)  # an operator's start: the crash-loop guard counts anew
         return await self._transition(
             name, ("stopped", "crashed"), "start", self.hv.start, "running"
         )

@@ -17,6 +17,8 @@ DISK_FORMATS = ("qcow2", "raw")
 CPU_POLICIES = ("shared", "dedicated")
 MEMORY_POLICIES = ("strict", "preferred", "interleave")
 HUGEPAGE_SIZES_KIB = (2048, 1048576)
+# what the daemon does when it finds the VM shut off while it should run (vm/restarts.py)
+RESTART_POLICIES = ("on-failure", "never")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class VmSpec:
     memory_policy: str = "strict"
     hugepage_kib: int | None = None
     nics: tuple[NicSpec, ...] = field(default_factory=tuple)
+    restart: str = "on-failure"
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -106,6 +109,7 @@ def parse_create(p: Params) -> tuple[VmSpec, bool]:
         memory_policy=p.choice("memory_policy", MEMORY_POLICIES, "strict"),
         hugepage_kib=_hugepages(p),
         nics=tuple(parse_nic(n, f"nics[{i}]") for i, n in enumerate(p.array("nics", MAX_NICS))),
+        restart=p.choice("restart", RESTART_POLICIES, "on-failure"),
     )
     check_unique(spec.nics)
     start = p.flag("start")
