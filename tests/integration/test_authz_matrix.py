@@ -21,7 +21,7 @@ ROLES = ["admin", "operator", "viewer", "node"]
 TENANT_SETS: list[tuple[str, ...]] = [("acme",), ("globex",), ("acme", "globex"), ()]
 VMS = {"acme": "vm-acme", "globex": "vm-globex", "initech": "vm-initech"}
 # methods that take a VM and leave the fixture intact whatever the outcome
-VM_METHODS = ["vm.get", "vm.snapshot.list", "vm.resume", "vm.reboot"]
+VM_METHODS = ["vm.get", "vm.snapshot.list", "vm.resume", "vm.reboot", "vm.update"]
 OTHER_METHODS = [
     "vm.list",
     "node.info",
@@ -64,6 +64,8 @@ def test_matrix(tmp_path: Path) -> None:
             if method in VM_METHODS:
                 key = "vm" if method == "vm.snapshot.list" else "name"
                 params: dict[str, Any] = {key: VMS[target]}
+                if method == "vm.update":
+                    params["restart"] = "on-failure"  # (what it is: the fixture stays)
                 expected = policy.decide(identity, method, target)
             elif method == "quota.get":
                 params = {"tenant": target}

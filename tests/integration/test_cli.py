@@ -57,11 +57,15 @@ def test_vm_workflow_with_tables_and_json(daemon: Daemon) -> None:
 
 def test_restart_policy_from_the_cli(daemon: Daemon) -> None:
     cli(daemon, "vm", "create", "left", "--memory", "64", "--restart", "never")
+    listed = cli(daemon, "vm", "list").stdout
+    assert "DESIRED" in listed and re.search(r"left .* stopped .* stopped", listed), listed
     shown = cli(daemon, "vm", "get", "left").stdout
     assert re.search(r"^restart\s+never$", shown, re.M), shown
     assert re.search(r"^restarts\s+0 in the last 600 s$", shown, re.M), shown
     got = json.loads(cli(daemon, "--json", "vm", "get", "left").stdout)
     assert got["restart"] == "never" and got["restarts"]["gave_up"] is False
+    cli(daemon, "vm", "update", "left", "--restart", "on-failure")
+    assert json.loads(cli(daemon, "--json", "vm", "get", "left").stdout)["restart"] == "on-failure"
     refused = cli(daemon, "vm", "create", "x", "--restart", "always", check=False)
     assert refused.returncode == 2 and "invalid choice" in refused.stderr
     cli(daemon, "vm", "delete", "left")
@@ -118,6 +122,8 @@ def test_node_info_hello_and_events(daemon: Daemon) -> None:
     hello = json.loads(cli(daemon, "--json", "hello").stdout)
     assert hello["protocol"] == 1
     env = {**os.environ, "NOVACRON_SOCKET": str(daemon.socket)}
+    with daemon.client() as c:  # (the daemon's own services subscribe too)
+        before = c.call("node.info")["daemon"]["events"]["subscribers"]
     watcher = subprocess.Popen(
         [sys.executable, "-m", "novacron.cli.main", "--json", "events", "--count", "2"],
         stdout=subprocess.PIPE,
@@ -128,7 +134,7 @@ def test_node_info_hello_and_events(daemon: Daemon) -> None:
         # wait until the watcher has subscribed, then cause two events
         deadline = time.monotonic() + 30
         with daemon.client() as c:
-            while c.call("node.info")["daemon"]["events"]["subscribers"] < 1:
+            while c.call("node.info")["daemon"]["events"]["subscribers"] <= before:
                 assert time.monotonic() < deadline, "the events command never subscribed"
                 time.sleep(0.1)
         cli(daemon, "vm", "create", "evcli", "--start")

@@ -49,6 +49,8 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("vm.reboot", {}, "name"),
     ("vm.shutdown", {}, "name"),
     ("vm.delete", {}, "name"),
+    ("vm.update", {"restart": "never"}, "name"),
+    ("vm.update", {"name": "victim"}, "restart"),
     ("vm.snapshot.create", {"name": "s1"}, "vm"),
     ("vm.snapshot.create", {"vm": "victim"}, "name"),
     ("vm.snapshot.create", {"vm": "victim", "name": "s2"}, "description"),

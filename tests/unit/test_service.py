@@ -7,6 +7,7 @@ import pytest
 import trio
 
 from novacron import errors
+from novacron.vm import domain_xml
 from novacron.vm.reconcile import reconcile
 from novacron.vm.service import VmService
 from novacron.vm.spec import DiskSpec, VmSpec
@@ -120,3 +121,20 @@ async def test_reconcile_leaves_an_interrupted_arrivals_domain_to_the_migration(
     found = await reconcile(svc)
     assert (arriving, "adopted") in {(f["vm"], f["finding"]) for f in found}
     await svc.delete(arriving, force=True, keep_disks=False)
+
+
+async def test_update_changes_the_restart_policy_in_record_and_metadata(svc: VmService) -> None:
+    """Both copies change (the metadata is what a lost store is rebuilt from)."""
+    name = unique("upd")
+    made = await svc.create(VmSpec(name=name, vcpus=1, memory_mib=64), start=True)
+    assert made["restart"] == "on-failure"
+    doc = await svc.update(name, "never")
+    assert doc["restart"] == "never" and doc["state"] == "running"  # no restart of the VM
+    rec = await svc.records.get(name)
+    assert rec is not None and rec.spec["restart"] == "never"
+    managed = domain_xml.parse_managed(await svc.hv_pool.run(svc.hv.xml, name))
+    assert managed is not None and managed.spec["restart"] == "never"
+    assert (await svc.update(name, "never"))["restart"] == "never"  # (nothing to change)
+    with pytest.raises(errors.NotFound):
+        await svc.update(unique("ghost"), "never")
+    await svc.delete(name, force=True, keep_disks=False)

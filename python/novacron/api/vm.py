@@ -17,7 +17,7 @@ from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
 from novacron.vm.quotas import LIMITS, Quota
 from novacron.vm.service import VmService
-from novacron.vm.spec import parse_create
+from novacron.vm.spec import RESTART_POLICIES, parse_create
 
 MAX_SHUTDOWN_TIMEOUT_S = 3600.0
 
@@ -121,6 +121,18 @@ def register(registry: Registry, services: Services) -> None:
     simple("vm.pause", vms.pause, "Pause a running VM's vCPUs.")
     simple("vm.resume", vms.resume, "Resume a paused VM.")
     simple("vm.reboot", vms.reboot, "Ask the guest to reboot.")
+
+    @registry.method("vm.update")
+    async def update(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Change a VM's settings that need no restart of it: ``restart`` (its policy)."""
+        name = p.name()
+        if not p.given("restart"):
+            raise errors.InvalidParams(
+                "vm.update needs a setting to change: restart", {"param": "restart"}
+            )
+        restart = p.choice("restart", RESTART_POLICIES, "on-failure")
+        p.done()
+        return await vms.update(await visible(ctx, name), restart)
 
     @registry.method("vm.shutdown")
     async def shutdown(ctx: CallContext, p: Params) -> dict[str, Any]:

@@ -12,6 +12,7 @@ LIST_COLUMNS = [
     ("name", "NAME"),
     ("tenant", "TENANT"),
     ("state", "STATE"),
+    ("desired_state", "DESIRED"),
     ("vcpus", "VCPUS"),
     ("memory_mib", "MEMORY MiB"),
     ("created_at", "CREATED"),
@@ -36,6 +37,11 @@ GET_ORDER = [
     "created_at",
     "updated_at",
 ]
+RESTART_CHOICES = ("on-failure", "never")
+RESTART_HELP = (
+    "on-failure (default): started again when found shut off without being asked"
+    " (QEMU died, guest crashed, host restarted); never: left shut off"
+)
 SNAP_COLUMNS = [
     ("name", "NAME"),
     ("state", "STATE"),
@@ -93,12 +99,7 @@ def add_commands(groups: Any) -> None:
     create.add_argument(
         "--nic", action="append", type=net.nic_arg, dest="nics", help="NETWORK[:MAC] (repeatable)"
     )
-    create.add_argument(
-        "--restart",
-        choices=("on-failure", "never"),
-        help="on-failure (default): started again when found shut off without being asked"
-        " (QEMU died, guest crashed, host restarted); never: left shut off",
-    )
+    create.add_argument("--restart", choices=RESTART_CHOICES, help=RESTART_HELP)
     create.add_argument("--node", help="in a cluster: 'auto' (the roomiest node) or a node's name")
     create.add_argument("--start", action="store_true", help="boot it right away")
     create.set_defaults(run=run_create)
@@ -113,6 +114,11 @@ def add_commands(groups: Any) -> None:
         cmd = sub.add_parser(action, help=helptext)
         cmd.add_argument("name")
         cmd.set_defaults(run=run_simple, method=f"vm.{action}")
+
+    update = sub.add_parser("update", help="change a VM's settings (no restart of it needed)")
+    update.add_argument("name")
+    update.add_argument("--restart", choices=RESTART_CHOICES, required=True, help=RESTART_HELP)
+    update.set_defaults(run=run_update)
 
     shutdown = sub.add_parser("shutdown", help="graceful shutdown")
     shutdown.add_argument("name")
@@ -214,6 +220,10 @@ def run_create(client: SyncClient, args: argparse.Namespace) -> Any:
         start=args.start or None,
     )
     return _show(doc, args)
+
+
+def run_update(client: SyncClient, args: argparse.Namespace) -> Any:
+    return _show(client.call("vm.update", name=args.name, restart=args.restart), args)
 
 
 def run_simple(client: SyncClient, args: argparse.Namespace) -> Any:

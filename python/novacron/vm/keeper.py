@@ -19,6 +19,7 @@ import trio
 from novacron import errors
 from novacron.eventbus import EventBus
 from novacron.logs import kv
+from novacron.state.db import VmRecord
 from novacron.vm.restarts import Action, decide
 from novacron.vm.service import VmService
 from novacron.vm.spec import VmSpec
@@ -113,7 +114,9 @@ class StateKeeper:
         finally:
             self._handling.discard(name)
 
-    async def _still(self, name: str, action: Action, at_start: bool) -> tuple[Any, str] | None:
+    async def _still(
+        self, name: str, action: Action, at_start: bool
+    ) -> tuple[VmRecord, str] | None:
         """Under the VM's lock: its record and shut-off reason if ``action`` is still
         what to do (it should run, it is shut off for such a reason, it is not
         migrating); else None."""
@@ -161,6 +164,8 @@ class StateKeeper:
                 if found is None or name in svc.restarts.held:
                     return
                 rec, reason = found
+                if VmSpec.from_dict(rec.spec).restart == "never":  # (changed meanwhile)
+                    return
                 attempt = svc.restarts.record(name)
                 try:
                     await svc.hv_pool.run(svc.hv.start, name)

@@ -15,20 +15,8 @@ import trio
 from novacron import errors
 from novacron.logs import kv
 from novacron.net.nic import NicSpec, check_unique, interface_xml
-from novacron.vm import domain_xml
 from novacron.vm.service import VmService, log
 from novacron.vm.spec import VmSpec
-
-
-async def _save(vms: VmService, name: str, spec: VmSpec, placement: Any) -> None:
-    await vms.records.set_spec(name, spec.to_dict())
-    await vms.hv_pool.run(
-        vms.hv.set_metadata,
-        name,
-        domain_xml.metadata_xml(spec, placement),
-        domain_xml.METADATA_NS,
-        domain_xml.METADATA_PREFIX,
-    )
 
 
 async def attach(vms: VmService, name: str, nic: NicSpec) -> dict[str, Any]:
@@ -47,7 +35,7 @@ async def attach(vms: VmService, name: str, nic: NicSpec) -> dict[str, Any]:
         with trio.CancelScope(shield=True):
             await vms.hv_pool.run(vms.hv.attach_device, name, xml)
             try:
-                await _save(vms, name, grown, rec.placement)
+                await vms.save_spec(name, grown, rec.placement)
             except BaseException:
                 await vms.hv_pool.run(vms.hv.detach_device, name, xml)
                 raise
@@ -69,6 +57,6 @@ async def detach(vms: VmService, name: str, mac: str) -> dict[str, Any]:
             await vms.hv_pool.run(
                 vms.hv.detach_device, name, interface_xml(found[0], found[0].network)
             )
-            await _save(vms, name, shrunk, rec.placement)
+            await vms.save_spec(name, shrunk, rec.placement)
         log.info("vm.nic_detached", extra=kv(vm=name, network=found[0].network, mac=mac))
     return await vms.get(name)

@@ -12,6 +12,7 @@ import logging
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -409,6 +410,31 @@ class VmService:
         doc = await self.get(name)
         doc["forced"] = forced
         return doc
+
+    # -- settings ----------------------------------------------------------------------
+
+    async def save_spec(self, name: str, spec: VmSpec, placement: Any) -> None:
+        """A changed spec into the record and the domain's NovaCron metadata (so a
+        restarted daemon, or one that adopts the domain, sees the same)."""
+        await self.records.set_spec(name, spec.to_dict())
+        await self.hv_pool.run(
+            self.hv.set_metadata,
+            name,
+            domain_xml.metadata_xml(spec, placement),
+            domain_xml.METADATA_NS,
+            domain_xml.METADATA_PREFIX,
+        )
+
+    async def update(self, name: str, restart: str) -> dict[str, Any]:
+        """Settings that take effect without a restart of the VM: its restart policy."""
+        async with self.changing(name):
+            rec = await self.record(name)
+            spec = VmSpec.from_dict(rec.spec)
+            if spec.restart != restart:
+                with trio.CancelScope(shield=True):
+                    await self.save_spec(name, replace(spec, restart=restart), rec.placement)
+                log.info("vm.updated", extra=kv(vm=name, restart=restart))
+        return await self.get(name)
 
     # -- snapshots ---------------------------------------------------------------------
 
