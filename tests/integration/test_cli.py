@@ -66,6 +66,10 @@ def test_restart_policy_from_the_cli(daemon: Daemon) -> None:
     assert got["restart"] == "never" and got["restarts"]["gave_up"] is False
     cli(daemon, "vm", "update", "left", "--restart", "on-failure")
     assert json.loads(cli(daemon, "--json", "vm", "get", "left").stdout)["restart"] == "on-failure"
+    grown = json.loads(
+        cli(daemon, "--json", "vm", "update", "left", "--vcpus", "2", "--memory", "96").stdout
+    )
+    assert (grown["vcpus"], grown["memory_mib"], grown["restart"]) == (2, 96, "on-failure")
     refused = cli(daemon, "vm", "create", "x", "--restart", "always", check=False)
     assert refused.returncode == 2 and "invalid choice" in refused.stderr
     cli(daemon, "vm", "delete", "left")

@@ -92,6 +92,8 @@ ERROR_CASES = [
     ("invalid_params", "vm.create", {"name": "a", "restart": "sometimes"}),
     ("invalid_params", "vm.update", {"name": "a"}),
     ("invalid_params", "vm.update", {"name": "a", "restart": "sometimes"}),
+    ("invalid_params", "vm.update", {"name": "a", "vcpus": 0}),
+    ("invalid_params", "vm.update", {"name": "a", "memory_mib": "lots"}),
     ("not_found", "vm.update", {"name": "ghost", "restart": "never"}),
     ("invalid_params", "vm.get", {"name": "a", "extra": 1}),
     ("invalid_params", "vm.shutdown", {"name": "a", "timeout_s": -1}),

@@ -23,6 +23,7 @@ from typing import Any
 
 CACHE = Path(os.environ.get("NOVACRON_GUEST_CACHE", "/var/tmp/novacron-guest"))
 BOOT_MARKER = "NOVACRON-GUEST-BOOTED"
+SHAPE_MARKER = "NOVACRON-GUEST-SHAPE"  # followed by cpus=N mem_kib=N (what the guest sees)
 TICK = "NOVACRON-TICK"
 POWER_MARKER = "NOVACRON-POWER-BUTTON"
 WORKLOAD_MARKER = "NOVACRON-WORKLOAD-READY"
@@ -70,6 +71,8 @@ mount -t devtmpfs dev /dev
 insmod /lib/evdev.ko
 insmod /lib/button.ko
 echo {BOOT_MARKER} uptime=$(cut -d' ' -f1 /proc/uptime)
+echo {SHAPE_MARKER} cpus=$(grep -c ^processor /proc/cpuinfo) \
+  mem_kib=$(awk '/^MemTotal/ {{print $2}}' /proc/meminfo)
 for d in /sys/class/input/input*; do
   if grep -q "Power Button" "$d/name" 2>/dev/null; then
     for e in "$d"/event*; do ev=$(basename "$e"); done

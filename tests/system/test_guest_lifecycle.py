@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from pathlib import Path
@@ -149,3 +150,38 @@ def test_shutdown_ignored_by_the_guest_times_out_then_forces(
         down = c.call("vm.shutdown", name="sys5", timeout_s=0.5, force=True)
         assert down["state"] == "stopped"
         c.call("vm.delete", name="sys5")
+
+
+def guest_shape(text: str) -> list[tuple[int, int]]:
+    """(CPUs, MemTotal KiB) the guest reported at each boot."""
+    found = re.findall(guest.SHAPE_MARKER + r" cpus=(\d+) mem_kib=(\d+)", text)
+    return [(int(cpus), int(kib)) for cpus, kib in found]
+
+
+def test_a_stopped_guest_is_resized_and_boots_with_its_new_size(
+    system_daemon: Daemon, guest_images: guest.GuestImages
+) -> None:
+    with system_daemon.client(timeout=300) as c:
+        vm = c.call("vm.create", **guest_images.vm("sys6", memory_mib=128))
+        wait_console(c, "sys6", guest.SHAPE_MARKER)
+        with pytest.raises(errors.Conflict, match="must be stopped"):
+            c.call("vm.update", name="sys6", vcpus=2)
+        c.call("vm.stop", name="sys6")
+        doc = c.call("vm.update", name="sys6", vcpus=2, memory_mib=256)
+        assert (doc["vcpus"], doc["memory_mib"], doc["state"]) == (2, 256, "stopped")
+        c.call("vm.start", name="sys6")
+        deadline = time.monotonic() + 120
+        while len(guest_shape(console(vm))) < 2:
+            assert time.monotonic() < deadline, console(vm)[-2000:]
+            time.sleep(0.25)
+        (cpus0, kib0), (cpus1, kib1) = guest_shape(console(vm))
+        assert (cpus0, cpus1) == (1, 2)
+        # MemTotal is RAM less what the kernel keeps: it grows by about the 128 MiB added
+        assert 100 * 1024 < kib1 - kib0 <= 128 * 1024, (kib0, kib1)
+        conn = libvirt.open(URI)
+        try:
+            info = conn.lookupByName("sys6").info()  # QEMU's own figures
+        finally:
+            conn.close()
+        assert (info[1], info[3]) == (256 * 1024, 2)
+        c.call("vm.delete", name="sys6", force=True)

@@ -16,8 +16,9 @@ from novacron.errors import PermissionDenied
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
 from novacron.vm.quotas import LIMITS, Quota
+from novacron.vm.resize import resize
 from novacron.vm.service import VmService
-from novacron.vm.spec import RESTART_POLICIES, parse_create
+from novacron.vm.spec import MAX_MEMORY_MIB, MAX_VCPUS, RESTART_POLICIES, parse_create
 
 MAX_SHUTDOWN_TIMEOUT_S = 3600.0
 
@@ -124,15 +125,25 @@ def register(registry: Registry, services: Services) -> None:
 
     @registry.method("vm.update")
     async def update(ctx: CallContext, p: Params) -> dict[str, Any]:
-        """Change a VM's settings that need no restart of it: ``restart`` (its policy)."""
+        """Change a VM's settings: ``restart`` (its policy, any time), ``vcpus`` and
+        ``memory_mib`` (while it is stopped)."""
         name = p.name()
-        if not p.given("restart"):
+        given = [k for k in ("restart", "vcpus", "memory_mib") if p.given(k)]
+        if not given:
             raise errors.InvalidParams(
-                "vm.update needs a setting to change: restart", {"param": "restart"}
+                "vm.update needs a setting to change: restart, vcpus or memory_mib",
+                {"param": "restart"},
             )
         restart = p.choice("restart", RESTART_POLICIES, "on-failure")
+        vcpus = p.integer("vcpus", 1, MAX_VCPUS, default=0) or None
+        memory_mib = p.integer("memory_mib", 16, MAX_MEMORY_MIB, default=0) or None
         p.done()
-        return await vms.update(await visible(ctx, name), restart)
+        name = await visible(ctx, name)
+        if vcpus is not None or memory_mib is not None:
+            await resize(vms, name, vcpus, memory_mib)
+        if "restart" in given:
+            return await vms.update(name, restart)
+        return await vms.get(name)
 
     @registry.method("vm.shutdown")
     async def shutdown(ctx: CallContext, p: Params) -> dict[str, Any]:

@@ -117,7 +117,9 @@ def add_commands(groups: Any) -> None:
 
     update = sub.add_parser("update", help="change a VM's settings (no restart of it needed)")
     update.add_argument("name")
-    update.add_argument("--restart", choices=RESTART_CHOICES, required=True, help=RESTART_HELP)
+    update.add_argument("--restart", choices=RESTART_CHOICES, help=RESTART_HELP)
+    update.add_argument("--vcpus", type=int, help="a stopped VM's vCPUs")
+    update.add_argument("--memory", type=int, dest="memory_mib", help="a stopped VM's MiB")
     update.set_defaults(run=run_update)
 
     shutdown = sub.add_parser("shutdown", help="graceful shutdown")
@@ -223,7 +225,14 @@ def run_create(client: SyncClient, args: argparse.Namespace) -> Any:
 
 
 def run_update(client: SyncClient, args: argparse.Namespace) -> Any:
-    return _show(client.call("vm.update", name=args.name, restart=args.restart), args)
+    doc = client.call(
+        "vm.update",
+        name=args.name,
+        restart=args.restart,
+        vcpus=args.vcpus,
+        memory_mib=args.memory_mib,
+    )
+    return _show(doc, args)
 
 
 def run_simple(client: SyncClient, args: argparse.Namespace) -> Any:

@@ -211,6 +211,17 @@ class StateStore:
             )
         return now
 
+    def set_shape(self, name: str, spec: dict[str, Any], placement: dict[str, Any] | None) -> float:
+        """Replaces a VM's spec and placement together (a resize); returns ``updated_at``."""
+        now = time.time()
+        placed = json.dumps(placement, sort_keys=True) if placement is not None else None
+        with self._tx() as db:
+            db.execute(
+                "UPDATE vms SET spec = ?, placement = ?, updated_at = ? WHERE name = ?",
+                (json.dumps(spec, sort_keys=True), placed, now, name),
+            )
+        return now
+
     # -- networks ------------------------------------------------------------------------
 
     def insert_network(self, name: str, tenant: str, kind: str, spec: dict[str, Any]) -> None:

@@ -208,6 +208,29 @@ def retarget(
     return ET.tostring(dom, encoding="unicode")
 
 
+def resized(xml: str, spec: VmSpec, placement: dict[str, Any] | None) -> str:
+    """A shut-off domain's XML given ``spec``'s vCPUs and memory, its metadata ``spec``
+    and ``placement`` (as :func:`retarget` places); devices and the rest stay as they are."""
+    dom = ET.fromstring(xml)  # noqa: S314 - XML produced by libvirtd, not by a client
+    for tag in ("memory", "currentMemory"):
+        el = dom.find(tag)
+        if el is None:
+            raise ValueError(f"domain XML has no <{tag}>")
+        el.attrib.clear()
+        el.set("unit", "MiB")
+        el.text = str(spec.memory_mib)
+    vcpu = dom.find("vcpu")
+    if vcpu is None:
+        raise ValueError("domain XML has no <vcpu>")
+    vcpu.attrib.pop("current", None)
+    vcpu.text = str(spec.vcpus)
+    spec_el = dom.find(f"metadata/{{{METADATA_NS}}}vm/{{{METADATA_NS}}}spec")
+    if spec_el is None:
+        raise ValueError("domain XML carries no NovaCron metadata")
+    spec_el.text = json.dumps(spec.to_dict(), sort_keys=True)
+    return retarget(ET.tostring(dom, encoding="unicode"), placement, console_log=None)
+
+
 @dataclass(frozen=True)
 class ManagedDomain:
     name: str

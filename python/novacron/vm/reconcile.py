@@ -15,6 +15,8 @@ Findings, each logged and returned so ``node.info`` can report them:
 * ``placement_conflict`` — a stored NUMA placement that no longer fits this host (its
   threads or memory are gone or taken, or the partition changed); the VM keeps its
   pins but its resources are not accounted (reported only).
+* ``resized`` — a record whose vCPUs or memory the domain does not have yet (a crash
+  in the middle of a resize): the stopped domain is given them.
 * ``migrated_away`` — a record whose domain is gone while an outgoing migration of it
   was interrupted by a restart: libvirt finished moving it; the record is dropped.
 * ``failed`` — a repair that did not work; the message says why.
@@ -23,11 +25,14 @@ Findings, each logged and returned so ``node.info`` can report them:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from novacron import errors
 from novacron.logs import kv
+from novacron.state.db import VmRecord
 from novacron.vm import domain_xml
+from novacron.vm.driver import RuntimeState
 from novacron.vm.service import VmService
 from novacron.vm.spec import VmSpec
 
@@ -41,6 +46,32 @@ async def _redefine(
 ) -> None:
     xml = await svc.domain_xml(spec, uuid, svc.disk_paths(spec), placement)
     await svc.hv_pool.run(svc.hv.define, xml)
+
+
+def _shape(spec: dict[str, Any]) -> tuple[Any, Any]:
+    return spec.get("vcpus"), spec.get("memory_mib")
+
+
+async def _finish_resize(
+    svc: VmService,
+    rec: VmRecord,
+    xml: str,
+    was: tuple[Any, Any],
+    actual: RuntimeState | None,
+    note: Callable[[str, str, str], None],
+) -> None:
+    """The record has a resize the domain lacks (a crash between the two writes)."""
+    now = _shape(rec.spec)
+    if actual is None or actual.state != "stopped":
+        note(rec.name, "failed", f"resize to {now} not finished: the VM runs")
+        return
+    try:
+        resized = domain_xml.resized(xml, VmSpec.from_dict(rec.spec), rec.placement)
+        await svc.hv_pool.run(svc.hv.define, resized)
+    except (ValueError, errors.NovaCronError) as exc:
+        note(rec.name, "failed", f"resize not finished: {exc}")
+        return
+    note(rec.name, "resized", f"finished a resize interrupted by a crash: {was} -> {now}")
 
 
 async def reconcile(
@@ -107,6 +138,8 @@ async def reconcile(
             await svc.records.set_uuid(name, managed.uuid)
             note(name, "uuid_changed", f"record {rec.uuid} -> libvirt {managed.uuid}")
         actual = runtimes.get(name)
+        if managed is not None and _shape(managed.spec) != _shape(rec.spec):
+            await _finish_resize(svc, rec, domains[name], _shape(managed.spec), actual, note)
         if actual is not None and actual.state != rec.desired_state:
             note(name, "state_drift", f"desired {rec.desired_state}, actual {actual.state}")
 

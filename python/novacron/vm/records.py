@@ -69,6 +69,14 @@ class Records:
         if name in by_name:
             by_name[name] = replace(by_name[name], spec=spec, updated_at=stamp)
 
+    async def set_shape(
+        self, name: str, spec: dict[str, Any], placement: dict[str, Any] | None
+    ) -> None:
+        by_name = await self._all()
+        stamp = await self._pool.run(self._store.set_shape, name, spec, placement)
+        if name in by_name:
+            by_name[name] = replace(by_name[name], spec=spec, placement=placement, updated_at=stamp)
+
     async def delete(self, name: str) -> None:
         by_name = await self._all()
         await self._pool.run(self._store.delete_vm, name)

@@ -55,6 +55,10 @@ class VmSpec:
         doc = asdict(self)
         doc["disks"] = [asdict(d) for d in self.disks]
         doc["nics"] = [n.to_dict() for n in self.nics]
+        if self.restart == "on-failure":
+            # the default goes unwritten: a release before restart policies refuses a spec
+            # key it does not know, so a VM with the default can still migrate to one
+            del doc["restart"]
         return doc
 
     @classmethod
@@ -114,13 +118,18 @@ def parse_create(p: Params) -> tuple[VmSpec, bool]:
     check_unique(spec.nics)
     start = p.flag("start")
     p.done()
-    if spec.hugepage_kib and (spec.memory_mib * 1024) % spec.hugepage_kib:
-        raise InvalidParams(
-            f"memory_mib must be a whole number of {spec.hugepage_kib} KiB hugepages",
-            {"param": "memory_mib"},
-        )
+    check_hugepages(spec)
     if spec.kernel is None and (spec.initrd is not None or spec.cmdline is not None):
         raise InvalidParams(
             "initrd and cmdline need kernel (direct kernel boot)", {"param": "kernel"}
         )
     return spec, start
+
+
+def check_hugepages(spec: VmSpec) -> None:
+    """Memory backed by hugepages must be a whole number of them."""
+    if spec.hugepage_kib and (spec.memory_mib * 1024) % spec.hugepage_kib:
+        raise InvalidParams(
+            f"memory_mib must be a whole number of {spec.hugepage_kib} KiB hugepages",
+            {"param": "memory_mib"},
+        )
