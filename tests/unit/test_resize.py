@@ -90,7 +90,7 @@ async def test_hugepage_memory_stays_whole_pages(vm_service: VmService) -> None:
     rec = await vm_service.records.get(name)
     assert rec is not None
     spec = VmSpec.from_dict({**rec.spec, "hugepage_kib": 2048})
-    await vm_service.records.set_spec(name, spec.to_dict())
+    await vm_service.records.set_spec(name, spec.to_dict(), rec.placement)
     with pytest.raises(errors.InvalidParams, match="whole number"):
         await resize(vm_service, name, None, 65)
     await vm_service.delete(name, force=True, keep_disks=False)
@@ -104,7 +104,7 @@ async def test_reconcile_finishes_a_resize_cut_in_half(vm_service: VmService) ->
     grown = {**rec.spec, "vcpus": 2, "memory_mib": 128}
     vm_service.placement.release(name)
     placement = vm_service.placement.allocate(name, VmSpec.from_dict(grown))
-    await vm_service.records.set_shape(name, grown, placement)
+    await vm_service.records.set_spec(name, grown, placement)
     vm_service.placement.release(name)  # (a restarted daemon holds none before it reconciles)
     found = [f for f in await reconcile(vm_service) if f["vm"] == name]
     assert [f["finding"] for f in found] == ["resized"], found

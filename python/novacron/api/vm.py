@@ -128,20 +128,19 @@ def register(registry: Registry, services: Services) -> None:
         """Change a VM's settings: ``restart`` (its policy, any time), ``vcpus`` and
         ``memory_mib`` (while it is stopped)."""
         name = p.name()
-        given = [k for k in ("restart", "vcpus", "memory_mib") if p.given(k)]
-        if not given:
+        if not any(p.given(k) for k in ("restart", "vcpus", "memory_mib")):
             raise errors.InvalidParams(
                 "vm.update needs a setting to change: restart, vcpus or memory_mib",
                 {"param": "restart"},
             )
-        restart = p.choice("restart", RESTART_POLICIES, "on-failure")
+        restart = p.choice("restart", RESTART_POLICIES, "") or None
         vcpus = p.integer("vcpus", 1, MAX_VCPUS, default=0) or None
         memory_mib = p.integer("memory_mib", 16, MAX_MEMORY_MIB, default=0) or None
         p.done()
         name = await visible(ctx, name)
         if vcpus is not None or memory_mib is not None:
             await resize(vms, name, vcpus, memory_mib)
-        if "restart" in given:
+        if restart is not None:
             return await vms.update(name, restart)
         return await vms.get(name)
 

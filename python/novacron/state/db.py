@@ -201,18 +201,9 @@ class StateStore:
         with self._tx() as db:
             return db.execute("DELETE FROM vms WHERE name = ?", (name,)).rowcount > 0
 
-    def set_spec(self, name: str, spec: dict[str, Any]) -> float:
-        """Replaces a VM's spec (e.g. a NIC attached); returns the new ``updated_at``."""
-        now = time.time()
-        with self._tx() as db:
-            db.execute(
-                "UPDATE vms SET spec = ?, updated_at = ? WHERE name = ?",
-                (json.dumps(spec, sort_keys=True), now, name),
-            )
-        return now
-
-    def set_shape(self, name: str, spec: dict[str, Any], placement: dict[str, Any] | None) -> float:
-        """Replaces a VM's spec and placement together (a resize); returns ``updated_at``."""
+    def set_spec(self, name: str, spec: dict[str, Any], placement: dict[str, Any] | None) -> float:
+        """Replaces a VM's spec and placement (a NIC attached, a resize); returns the new
+        ``updated_at``."""
         now = time.time()
         placed = json.dumps(placement, sort_keys=True) if placement is not None else None
         with self._tx() as db:

@@ -63,17 +63,11 @@ class Records:
         if name in by_name:
             by_name[name] = replace(by_name[name], uuid=uuid, updated_at=stamp)
 
-    async def set_spec(self, name: str, spec: dict[str, Any]) -> None:
-        by_name = await self._all()
-        stamp = await self._pool.run(self._store.set_spec, name, spec)
-        if name in by_name:
-            by_name[name] = replace(by_name[name], spec=spec, updated_at=stamp)
-
-    async def set_shape(
+    async def set_spec(
         self, name: str, spec: dict[str, Any], placement: dict[str, Any] | None
     ) -> None:
         by_name = await self._all()
-        stamp = await self._pool.run(self._store.set_shape, name, spec, placement)
+        stamp = await self._pool.run(self._store.set_spec, name, spec, placement)
         if name in by_name:
             by_name[name] = replace(by_name[name], spec=spec, placement=placement, updated_at=stamp)
 

@@ -46,17 +46,19 @@ async def resize(vms: VmService, name: str, vcpus: int | None, memory_mib: int |
         others = [r for r in await vms.records.all() if r.name != name]
         await vms.quotas.check(grown, others)
         with trio.CancelScope(shield=True):
-            placement = _replace_placement(vms, name, grown, rec.placement)
+            placement = _place(vms, name, grown, rec.placement)
             try:
                 xml = domain_xml.resized(await vms.hv_pool.run(vms.hv.xml, name), grown, placement)
-                await vms.records.set_shape(name, grown.to_dict(), placement)
+                await vms.records.set_spec(name, grown.to_dict(), placement)
                 try:
                     await vms.hv_pool.run(vms.hv.define, xml)
                 except BaseException:
-                    await vms.records.set_shape(name, rec.spec, rec.placement)
+                    await vms.records.set_spec(name, rec.spec, rec.placement)
                     raise
             except BaseException:
-                _replace_placement(vms, name, spec, rec.placement, back=placement)
+                if rec.placement is not None:  # the old placement back
+                    vms.placement.release(name)
+                    vms.placement.restore(name, rec.placement)
                 raise
     log.info(
         "vm.resized",
@@ -68,22 +70,15 @@ async def resize(vms: VmService, name: str, vcpus: int | None, memory_mib: int |
     )
 
 
-def _replace_placement(
-    vms: VmService,
-    name: str,
-    spec: VmSpec,
-    old: dict[str, Any] | None,
-    back: dict[str, Any] | None = None,
+def _place(
+    vms: VmService, name: str, spec: VmSpec, old: dict[str, Any] | None
 ) -> dict[str, Any] | None:
-    """Releases the VM's placement and places ``spec``; if that is refused, ``old`` is
-    taken back. A VM recorded without a placement (made before placement existed) stays
-    without one. With ``back``: undoes an earlier call (``old`` is restored)."""
+    """A placement for ``spec`` in place of the VM's ``old`` one (taken back if the new
+    one is refused). A VM recorded without a placement (made before placement existed)
+    stays without one."""
     if old is None:
         return None
     vms.placement.release(name)
-    if back is not None:
-        vms.placement.restore(name, old)
-        return old
     try:
         return vms.placement.allocate(name, spec)
     except BaseException:

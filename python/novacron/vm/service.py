@@ -413,10 +413,10 @@ class VmService:
 
     # -- settings ----------------------------------------------------------------------
 
-    async def save_spec(self, name: str, spec: VmSpec, placement: Any) -> None:
+    async def save_spec(self, name: str, spec: VmSpec, placement: dict[str, Any] | None) -> None:
         """A changed spec into the record and the domain's NovaCron metadata (so a
         restarted daemon, or one that adopts the domain, sees the same)."""
-        await self.records.set_spec(name, spec.to_dict())
+        await self.records.set_spec(name, spec.to_dict(), placement)
         await self.hv_pool.run(
             self.hv.set_metadata,
             name,
