@@ -74,6 +74,8 @@ class Config:
     vm_restart_window_s: float = 600.0
     vm_start_concurrency: int = 4
     vm_check_interval_s: float = 30.0
+    vm_disk_dirs: str = ""
+    vm_boot_dirs: str = ""
     cluster_etcd_endpoints: str = ""
     cluster_lease_ttl_s: int = 10
     cluster_timeout_s: float = 2.0
@@ -110,6 +112,16 @@ class Config:
     def shared_storage_dirs(self) -> tuple[str, ...]:
         """``[migration] shared_storage``: directories every node sees as the same storage."""
         return tuple(_items(self.migration_shared_storage))
+
+    @property
+    def disk_dirs(self) -> tuple[str, ...]:
+        """``[vm] disk_dirs``: where callers without ``admin`` may name disk images."""
+        return tuple(_items(self.vm_disk_dirs))
+
+    @property
+    def boot_dirs(self) -> tuple[str, ...]:
+        """``[vm] boot_dirs``: where callers without ``admin`` may name kernels, initrds."""
+        return tuple(_items(self.vm_boot_dirs))
 
     @property
     def labels(self) -> dict[str, str]:
@@ -170,6 +182,8 @@ FIELDS: dict[str, str] = {
     "vm_restart_window_s": "vm",
     "vm_start_concurrency": "vm",
     "vm_check_interval_s": "vm",
+    "vm_disk_dirs": "vm",
+    "vm_boot_dirs": "vm",
     "cluster_etcd_endpoints": "cluster",
     "cluster_lease_ttl_s": "cluster",
     "cluster_timeout_s": "cluster",
@@ -199,6 +213,8 @@ _TOML_KEY = {
     "vm_restart_window_s": "restart_window_s",
     "vm_start_concurrency": "start_concurrency",
     "vm_check_interval_s": "check_interval_s",
+    "vm_disk_dirs": "disk_dirs",
+    "vm_boot_dirs": "boot_dirs",
     "cluster_etcd_endpoints": "etcd_endpoints",
     "cluster_lease_ttl_s": "lease_ttl_s",
     "cluster_timeout_s": "timeout_s",
@@ -217,6 +233,8 @@ _EMPTY_OK = _CPUSETS | {
     "migration_listen",
     "migration_libvirt_uri",
     "migration_shared_storage",
+    "vm_disk_dirs",
+    "vm_boot_dirs",
     "cluster_etcd_endpoints",
     "cluster_labels",
 }
@@ -381,6 +399,9 @@ def check(config: Config) -> Config:
         raise ConfigError(
             "[migration] shared_storage must be absolute directories, comma-separated"
         )
+    for key, dirs in (("disk_dirs", config.disk_dirs), ("boot_dirs", config.boot_dirs)):
+        if not all(d.startswith("/") for d in dirs):
+            raise ConfigError(f"[vm] {key} must be absolute directories, comma-separated")
     if any("=" not in item for item in _items(config.cluster_labels)):
         raise ConfigError('[cluster] labels must look like "zone=a,rack=12"')
     return config

@@ -21,9 +21,10 @@ ROLES = ["admin", "operator", "viewer", "node"]
 TENANT_SETS: list[tuple[str, ...]] = [("acme",), ("globex",), ("acme", "globex"), ()]
 VMS = {"acme": "vm-acme", "globex": "vm-globex", "initech": "vm-initech"}
 # methods that take a VM and leave the fixture intact whatever the outcome
-VM_METHODS = ["vm.get", "vm.snapshot.list", "vm.resume", "vm.reboot", "vm.update"]
+VM_METHODS = ["vm.get", "vm.stats", "vm.snapshot.list", "vm.resume", "vm.reboot", "vm.update"]
 OTHER_METHODS = [
     "vm.list",
+    "vm.stats.list",
     "node.info",
     "node.backup",
     "audit.tail",
@@ -83,7 +84,7 @@ def test_matrix(tmp_path: Path) -> None:
                 outcome = "allow"  # got past authorisation; the VM's state refused it
                 result = None
             assert outcome == expected, (who, method, target)
-            if method == "vm.list" and outcome == "allow":
+            if method in ("vm.list", "vm.stats.list") and outcome == "allow":
                 seen = {vm["tenant"] for vm in result}
                 assert all(identity.sees(t) for t in seen), "a list leaked another tenant"
             if outcome == "allow" and target and method in VM_METHODS:

@@ -75,6 +75,24 @@ def test_restart_policy_from_the_cli(daemon: Daemon) -> None:
     cli(daemon, "vm", "delete", "left")
 
 
+def test_vm_stats_from_the_cli(daemon: Daemon) -> None:
+    cli(daemon, "vm", "create", "busy", "--vcpus", "2", "--memory", "64", "--disk", "1", "--start")
+    cli(daemon, "vm", "create", "idle", "--memory", "64")
+    table = cli(daemon, "vm", "stats", "--interval", "0.2").stdout
+    assert "CPU %" in table and "DISK WRITE/s" in table, table
+    assert re.search(r"busy .* running .* \d+\.\d", table), table
+    assert re.search(r"idle .* stopped", table), table
+    one = cli(daemon, "vm", "stats", "busy", "--interval", "0.2").stdout
+    assert re.search(r"^ *vda *. disk ", one, re.M), one  # the per-device table
+    doc = json.loads(cli(daemon, "--json", "vm", "stats", "busy", "--interval", "0.2").stdout)
+    assert doc["name"] == "busy" and doc["rates"]["seconds"] > 0
+    assert doc["rates"]["cpu_percent"] >= 0 and doc["disks"][0]["target"] == "vda"
+    once = json.loads(cli(daemon, "--json", "vm", "stats", "--interval", "0").stdout)
+    assert [(d["name"], d["rates"]) for d in once] == [("busy", None), ("idle", None)]
+    both = cli(daemon, "vm", "stats", "busy", "--tenant", "default", check=False)
+    assert both.returncode == 1 and "invalid_params" in both.stderr
+
+
 def test_a_scripts_json_command_loads_neither_rich_nor_cryptography(daemon: Daemon) -> None:
     """A CLI command pays for every import at start; scripts (``--json``) need no tables
     and no CA code (the bench times ``novacron vm migrate`` as a whole)."""

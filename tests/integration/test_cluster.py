@@ -314,6 +314,10 @@ def test_calls_about_a_vm_of_another_node_are_forwarded(
         c.call("vm.get", name="shop")  # another tenant's VM does not exist for it
     with via_two("op-acme") as c:
         assert c.call("vm.start", name="shop")["state"] == "running"
+        counted = c.call("vm.stats", name="shop")  # read on node1, which runs it
+        assert (counted["tenant"], counted["state"]) == ("acme", "running")
+        assert counted["cpu"]["time_ns"] > 0
+        assert c.call("vm.stats.list") == []  # node2's own VMs only
         with pytest.raises(errors.Conflict):
             c.call("vm.resume", name="shop")  # node1's own refusal comes back as is
         with pytest.raises(errors.NotFound):

@@ -101,6 +101,11 @@ ERROR_CASES = [
     ("not_found", "vm.get", {"name": "ghost"}),
     ("not_found", "vm.start", {"name": "ghost"}),
     ("not_found", "vm.snapshot.list", {"vm": "ghost"}),
+    ("not_found", "vm.stats", {"name": "ghost"}),
+    ("not_found", "vm.stats", {"name": "test"}),  # libvirt's own domain is not ours
+    ("invalid_params", "vm.stats", {}),
+    ("invalid_params", "vm.stats.list", {"tenant": "Bad Tenant"}),
+    ("invalid_params", "vm.stats.list", {"name": "a"}),
 ]
 
 
@@ -183,3 +188,27 @@ def test_failed_duplicate_create_keeps_the_original_managed(daemon: Daemon) -> N
             "reason": "booted",
         }
         assert c.call("node.info")["daemon"]["managed_vms"] == 1
+
+
+def test_vm_stats_counts_a_running_vm_and_not_a_stopped_one(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        made = c.call("vm.create", name="s1", vcpus=2, memory_mib=128, disks=[{"size_gib": 1}])
+        c.call("vm.create", name="s2", tenant="acme")
+        idle = c.call("vm.stats", name="s1")
+        assert (idle["name"], idle["tenant"], idle["state"]) == ("s1", "default", "stopped")
+        assert (idle["cpu"], idle["memory"], idle["disks"], idle["nics"]) == (None, None, [], [])
+        c.call("vm.start", name="s1")
+        doc = c.call("vm.stats", name="s1")
+        assert doc["state"] == "running" and doc["at"] >= idle["at"]
+        assert doc["cpu"]["vcpus"] == 2 and doc["cpu"]["time_ns"] > 0
+        assert doc["memory"]["max_kib"] == 128 * 1024
+        [disk] = doc["disks"]
+        assert (disk["target"], disk["path"]) == ("vda", made["disks"][0]["path"])
+        assert isinstance(disk["wr_bytes"], int)
+        listed = c.call("vm.stats.list")
+        assert [(d["name"], d["tenant"], d["state"]) for d in listed] == [
+            ("s1", "default", "running"),
+            ("s2", "acme", "stopped"),
+        ]
+        assert [d["name"] for d in c.call("vm.stats.list", tenant="acme")] == ["s2"]
+        assert c.call("vm.stats.list", tenant="nobody") == []

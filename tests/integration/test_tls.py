@@ -69,6 +69,11 @@ def test_admin_and_tenant_roles_over_tls(tls: tuple[Daemon, int], pki: Pki) -> N
         assert alice.call("vm.create", name="a2", memory_mib=64)["tenant"] == "acme"
         with pytest.raises(errors.PermissionDenied):
             alice.call("vm.create", name="a3", tenant="globex", memory_mib=64)
+        # no host file is offered by default: new volumes only ([vm] disk_dirs, boot_dirs)
+        with pytest.raises(errors.PermissionDenied, match="boot_dirs: none"):
+            alice.call("vm.create", name="a4", memory_mib=64, kernel="/boot/vmlinuz")
+        with pytest.raises(errors.PermissionDenied, match="disk_dirs: none"):
+            alice.call("vm.create", name="a4", memory_mib=64, disks=[{"path": "/dev/sda"}])
         with pytest.raises(errors.PermissionDenied):
             alice.call("audit.tail")
     with client(port, pki.issue("victor", "viewer", ("acme",))) as viewer:

@@ -42,6 +42,8 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("vm.create", {"name": "inj"}, "restart"),
     ("vm.list", {}, "tenant"),
     ("vm.get", {}, "name"),
+    ("vm.stats", {}, "name"),
+    ("vm.stats.list", {}, "tenant"),
     ("vm.start", {}, "name"),
     ("vm.stop", {}, "name"),
     ("vm.pause", {}, "name"),

@@ -80,6 +80,16 @@ def test_overlay_between_hosts_hotplug_and_restart(
     # the tap libvirt made is a port of the network's bridge
     ports = [n for n, link in links(a).items() if link.get("master") == "ov" and n != "ov-x"]
     assert len(ports) == 1, links(a)
+    # its counters, from the guest's side: echo requests out, replies in
+    with a.client() as c:
+        doc = c.call("vm.stats", name="na")
+    # this libvirtd (in the test host's namespaces) has no cgroups: the CPU time is the
+    # process's, from /proc, and user/system time are not known
+    assert doc["cpu"]["time_ns"] > 0 and doc["cpu"]["user_ns"] is None, doc["cpu"]
+    [nic] = doc["nics"]
+    assert (nic["mac"], nic["device"]) == (vm["nics"][0]["mac"], ports[0])
+    assert nic["tx_packets"] >= 2 and nic["rx_packets"] >= 2, nic
+    assert nic["rx_bytes"] >= 2 * 98 and nic["tx_bytes"] >= 2 * 98, nic  # ICMP echo frames
     # no NIC on the second overlay yet: nothing answers there
     assert pings(a, "na", "10.60.0.2") == 0
     assert f"{guest.PING_FAIL} 10.60.0.2" in console(a, "na")

@@ -95,6 +95,9 @@ def test_toml_then_flags(tmp_path: Path) -> None:
         ("[vm]\nrestart_window_s = 0\n", "restart_window_s"),
         ("[vm]\nstart_concurrency = 0\n", "start_concurrency"),
         ("[vm]\ncheck_interval_s = -5\n", "check_interval_s"),
+        ("[vm]\ndisk_dirs = 'srv/images'\n", "disk_dirs"),
+        ("[vm]\nboot_dirs = '/boot, boot2'\n", "boot_dirs"),
+        ("[vm]\ndisk_dirs = ['/srv']\n", "disk_dirs"),
     ],
 )
 def test_bad_config_is_refused_with_the_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -128,6 +131,17 @@ def test_shared_storage_is_a_list_of_directories(tmp_path: Path) -> None:
     assert parse("--config", str(f)).shared_storage_dirs == ("/srv/vms", "/mnt/cluster/images")
     flagged = parse("--dev", "--migration-shared-storage", "/nfs")
     assert flagged.shared_storage_dirs == ("/nfs",)
+
+
+def test_host_file_directories_are_lists_offered_to_non_admins(tmp_path: Path) -> None:
+    dev = parse("--dev")
+    assert (dev.disk_dirs, dev.boot_dirs) == ((), ())  # nothing by default
+    f = tmp_path / "n.toml"
+    f.write_text("[vm]\ndisk_dirs = '/srv/images/{tenant}, /srv/shared'\nboot_dirs = '/srv/boot'\n")
+    c = parse("--config", str(f))
+    assert c.disk_dirs == ("/srv/images/{tenant}", "/srv/shared")
+    assert c.boot_dirs == ("/srv/boot",)
+    assert parse("--dev", "--vm-boot-dirs", "/k1,/k2").boot_dirs == ("/k1", "/k2")
 
 
 def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:

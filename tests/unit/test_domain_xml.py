@@ -286,3 +286,17 @@ def test_parse_disks_reads_libvirts_description_of_every_disk_type() -> None:
         ("vdd", "volume", None, False, False),
     ]
     assert file_disks(xml) == ["/shared/top.qcow2", "/isos/install.iso"]
+
+
+def test_parse_interfaces_reads_mac_host_device_and_type() -> None:
+    xml = """<domain><devices>
+      <interface type='bridge'>
+        <mac address='52:54:00:AB:CD:01'/><source bridge='br0'/><target dev='vnet4'/>
+      </interface>
+      <interface type='network'><source network='default'/></interface>
+      <disk type='file' device='disk'><target dev='vda'/></disk>
+    </devices></domain>"""
+    assert domain_xml.parse_interfaces(xml) == [
+        domain_xml.InterfaceDevice(mac="52:54:00:ab:cd:01", device="vnet4", kind="bridge"),
+        domain_xml.InterfaceDevice(mac="", device="", kind="network"),  # not started yet
+    ]

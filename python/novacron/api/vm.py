@@ -9,12 +9,16 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import trio
+
 from novacron import errors
 from novacron.api.services import Services
 from novacron.auth.policy import check_tenant
 from novacron.errors import PermissionDenied
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
+from novacron.vm import host_files
+from novacron.vm import stats as vm_stats
 from novacron.vm.quotas import LIMITS, Quota
 from novacron.vm.resize import resize
 from novacron.vm.service import VmService
@@ -70,6 +74,9 @@ def register(registry: Registry, services: Services) -> None:
                 params["tenant"] = spec.tenant
                 result: dict[str, Any] = await cluster.call_on(target, ctx, "vm.create", params)
                 return result
+        config = services.config
+        offered = host_files.Offered(config.disk_dirs, config.boot_dirs, config.state_dir)
+        await trio.to_thread.run_sync(host_files.check, ctx.identity, spec, offered)
         return await vms.create(spec, start)
 
     @registry.method("quota.get")
@@ -106,6 +113,30 @@ def register(registry: Registry, services: Services) -> None:
         name = p.name()
         p.done()
         return await vms.get(await visible(ctx, name))
+
+    @registry.method("vm.stats")
+    async def stats(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """One VM's resource use: CPU time, memory, disk and NIC counters."""
+        name = p.name()
+        p.done()
+        rec = await vms.record(await visible(ctx, name))
+        doc = await vms.hv_pool.run(vm_stats.read, vms.hv, name)
+        return {**doc, "tenant": rec.tenant}
+
+    @registry.method("vm.stats.list")
+    async def stats_list(ctx: CallContext, p: Params) -> list[dict[str, Any]]:
+        """``vm.stats`` of every VM the caller sees on this node, optionally of one tenant."""
+        tenant = p.opt_name("tenant")
+        p.done()
+        tenants = {
+            rec.name: rec.tenant
+            for rec in await vms.records.all()
+            if rec.desired_state != "deleting"
+            and (tenant is None or rec.tenant == tenant)
+            and ctx.identity.sees(rec.tenant)
+        }
+        docs = await vms.hv_pool.run(vm_stats.read_many, vms.hv, sorted(tenants))
+        return [{**doc, "tenant": tenants[doc["name"]]} for doc in docs]
 
     def simple(method: str, action: Any, summary: str) -> None:
         async def handler(ctx: CallContext, p: Params) -> dict[str, Any]:

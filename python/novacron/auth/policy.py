@@ -36,6 +36,8 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "events.unsubscribe": READ,
     "vm.list": READ,
     "vm.get": READ,
+    "vm.stats": READ,
+    "vm.stats.list": READ,
     "vm.snapshot.list": READ,
     "vm.create": WRITE,
     "vm.start": WRITE,
@@ -81,6 +83,7 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
 FORWARDABLE: Final = frozenset(
     {
         "vm.get",
+        "vm.stats",
         "vm.start",
         "vm.stop",
         "vm.pause",

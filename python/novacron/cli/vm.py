@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from novacron.cli import migrate, net, output
+from novacron.cli import migrate, net, output, stats
 from novacron.sync_client import SyncClient
 
 LIST_COLUMNS = [
@@ -71,6 +71,7 @@ def add_commands(groups: Any) -> None:
     get.add_argument("name")
     get.set_defaults(run=run_get)
 
+    stats.add_command(sub)
     migrate.add_vm_command(sub)
     net.add_vm_commands(sub)
 

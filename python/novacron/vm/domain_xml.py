@@ -301,3 +301,29 @@ def parse_disks(xml: str) -> list[DiskSource]:
             )
         )
     return disks
+
+
+@dataclass(frozen=True)
+class InterfaceDevice:
+    """A NIC of a domain as libvirt describes it."""
+
+    mac: str  # "" if the XML names none
+    device: str  # the host side's device (``vnet3``); "" until libvirt has made one
+    kind: str  # libvirt's interface type: bridge, network, ethernet, ...
+
+
+def parse_interfaces(xml: str) -> list[InterfaceDevice]:
+    """Every ``<interface>`` of the domain, in order."""
+    root = ET.fromstring(xml)  # noqa: S314 - XML produced by libvirtd
+    found = []
+    for iface in root.findall("devices/interface"):
+        mac = iface.find("mac")
+        target = iface.find("target")
+        found.append(
+            InterfaceDevice(
+                mac="" if mac is None else mac.get("address", "").lower(),
+                device="" if target is None else target.get("dev", ""),
+                kind=iface.get("type", ""),
+            )
+        )
+    return found

@@ -1,0 +1,173 @@
+"""``novacron vm stats [NAME]``: what VMs use, as rates between two samples.
+
+The daemon answers cumulative counters (``vm.stats``, ``vm.stats.list``); this command
+takes two samples ``--interval`` seconds apart and shows the rates between them: CPU as a
+percentage of the VM's vCPUs (100 % = every vCPU busy), disk and network bytes a second.
+A counter that went down between the samples (the VM's QEMU restarted) has no rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from novacron.cli import output
+from novacron.errors import InvalidParams
+from novacron.sync_client import SyncClient
+
+COLUMNS = [
+    ("name", "NAME"),
+    ("tenant", "TENANT"),
+    ("state", "STATE"),
+    ("cpu_percent", "CPU %"),
+    ("rss", "MEMORY (HOST)"),
+    ("disk_read", "DISK READ/s"),
+    ("disk_write", "DISK WRITE/s"),
+    ("net_rx", "NET RX/s"),
+    ("net_tx", "NET TX/s"),
+]
+DEVICE_COLUMNS = [
+    ("device", "DEVICE"),
+    ("kind", "KIND"),
+    ("read", "READ/RX /s"),
+    ("write", "WRITE/TX /s"),
+    ("read_total", "READ/RX TOTAL"),
+    ("write_total", "WRITE/TX TOTAL"),
+]
+
+
+def add_command(sub: Any) -> None:
+    cmd = sub.add_parser("stats", help="CPU, memory, disk and network use of VMs")
+    cmd.add_argument("name", nargs="?", help="one VM (default: every VM on the node)")
+    cmd.add_argument("--tenant", help="only this tenant's VMs (without NAME)")
+    cmd.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        help="seconds between the two samples rates are taken from (0: one sample, no rates)",
+    )
+    cmd.set_defaults(run=run_stats)
+
+
+def _delta(old: int | None, new: int | None) -> int | None:
+    if old is None or new is None or new < old:
+        return None
+    return new - old
+
+
+def _sum(items: list[dict[str, Any]], key: str) -> int | None:
+    values: list[int | None] = [item.get(key) for item in items]
+    known = [v for v in values if v is not None]
+    if not values or len(known) < len(values):
+        return None
+    return sum(known)
+
+
+def _per_second(old: int | None, new: int | None, seconds: float) -> float | None:
+    step = _delta(old, new)
+    return None if step is None or seconds <= 0 else step / seconds
+
+
+def rates(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Rates between two samples of one VM; ``None`` where they cannot be told."""
+    seconds = float(after["at"]) - float(before["at"])
+    cpu0, cpu1 = before.get("cpu"), after.get("cpu")
+    cpu_percent = None
+    if cpu0 and cpu1 and cpu1.get("vcpus"):
+        busy = _per_second(cpu0.get("time_ns"), cpu1.get("time_ns"), seconds)
+        if busy is not None:
+            cpu_percent = 100.0 * busy / 1e9 / cpu1["vcpus"]
+    disks0, disks1 = before.get("disks", []), after.get("disks", [])
+    nics0, nics1 = before.get("nics", []), after.get("nics", [])
+    return {
+        "seconds": seconds,
+        "cpu_percent": cpu_percent,
+        "disk_read_bps": _per_second(_sum(disks0, "rd_bytes"), _sum(disks1, "rd_bytes"), seconds),
+        "disk_write_bps": _per_second(_sum(disks0, "wr_bytes"), _sum(disks1, "wr_bytes"), seconds),
+        "net_rx_bps": _per_second(_sum(nics0, "rx_bytes"), _sum(nics1, "rx_bytes"), seconds),
+        "net_tx_bps": _per_second(_sum(nics0, "tx_bytes"), _sum(nics1, "tx_bytes"), seconds),
+    }
+
+
+def size(value: float | None, suffix: str = "") -> str:
+    """``12.3 MiB`` (binary units)."""
+    if value is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            text = f"{value:.0f}" if unit == "B" else f"{value:.1f}"
+            return f"{text} {unit}{suffix}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def _row(sample: dict[str, Any], rate: dict[str, Any] | None) -> dict[str, Any]:
+    memory = sample.get("memory") or {}
+    rss = memory.get("rss_kib")
+    rate = rate or {}
+    percent = rate.get("cpu_percent")
+    return {
+        "name": sample["name"],
+        "tenant": sample.get("tenant"),
+        "state": sample["state"],
+        "cpu_percent": None if percent is None else f"{percent:.1f}",
+        "rss": None if rss is None else size(rss * 1024),
+        "disk_read": size(rate.get("disk_read_bps")) if rate else None,
+        "disk_write": size(rate.get("disk_write_bps")) if rate else None,
+        "net_rx": size(rate.get("net_rx_bps")) if rate else None,
+        "net_tx": size(rate.get("net_tx_bps")) if rate else None,
+    }
+
+
+def _devices(before: dict[str, Any] | None, after: dict[str, Any]) -> list[dict[str, Any]]:
+    """One VM's disks and NICs, each with its own rates."""
+    seconds = float(after["at"]) - float(before["at"]) if before else 0.0
+    old = before or {}
+    rows = []
+    for kind, items, rd, wr, key in (
+        ("disk", "disks", "rd_bytes", "wr_bytes", "target"),
+        ("nic", "nics", "rx_bytes", "tx_bytes", "mac"),
+    ):
+        earlier = {item[key]: item for item in old.get(items, [])}
+        for item in after.get(items, []):
+            prev = earlier.get(item[key], {})
+            rows.append(
+                {
+                    "device": item[key],
+                    "kind": kind,
+                    "read": size(_per_second(prev.get(rd), item.get(rd), seconds)),
+                    "write": size(_per_second(prev.get(wr), item.get(wr), seconds)),
+                    "read_total": size(item.get(rd)),
+                    "write_total": size(item.get(wr)),
+                }
+            )
+    return rows
+
+
+def _sample(client: SyncClient, args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.name:
+        return [client.call("vm.stats", name=args.name)]
+    result: list[dict[str, Any]] = client.call("vm.stats.list", tenant=args.tenant)
+    return result
+
+
+def run_stats(client: SyncClient, args: argparse.Namespace) -> Any:
+    if args.name and args.tenant:
+        raise InvalidParams("--tenant picks several VMs; it does not go with a VM's name")
+    first = _sample(client, args)
+    before: dict[str, dict[str, Any]] = {}
+    samples = first
+    if args.interval > 0:
+        before = {doc["name"]: doc for doc in first}
+        time.sleep(args.interval)
+        samples = _sample(client, args)
+    found = []
+    for doc in samples:
+        earlier = before.get(doc["name"])
+        found.append({**doc, "rates": rates(earlier, doc) if earlier else None})
+    if not args.json:
+        output.table([_row(doc, doc["rates"]) for doc in found], COLUMNS)
+        if args.name and found:
+            output.table(_devices(before.get(args.name), found[0]), DEVICE_COLUMNS)
+    return found[0] if args.name else found

@@ -1,0 +1,80 @@
+"""Which files of the host a caller may give a VM: disk images, kernels, initrds.
+
+QEMU reads a VM's kernel and initrd and reads and writes its disks with the rights libvirt
+gives it, so whoever names a host path for a VM could read another tenant's disk, the
+daemon's own database or the host's block devices from inside a guest. ``admin`` (root's
+equal already) may name any path. Everyone else names files inside the directories this
+node's configuration offers: ``[vm] disk_dirs`` for existing disk images, ``[vm]
+boot_dirs`` for kernels and initrds (QEMU only reads those). ``{tenant}`` in a directory
+stands for the VM's tenant (``/srv/images/{tenant}``). Paths are compared after
+resolving symbolic links, and nothing inside the daemon's state directory is ever
+offered, whatever the configuration says.
+
+Blocking (it resolves paths on the file system): run it on a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from novacron.auth.identity import Identity
+from novacron.errors import PermissionDenied
+from novacron.vm.spec import VmSpec
+
+TENANT = "{tenant}"
+
+
+@dataclass(frozen=True)
+class Offered:
+    """The node's offer: directories for disk images and for boot files."""
+
+    disk_dirs: tuple[str, ...]
+    boot_dirs: tuple[str, ...]
+    state_dir: Path  # never offered
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _roots(entries: Iterable[str], tenant: str) -> list[Path]:
+    return [_resolved(entry.replace(TENANT, tenant)) for entry in entries]
+
+
+def _under(path: Path, root: Path) -> bool:
+    """Strictly inside ``root`` (the directory itself is no file to hand out)."""
+    return path != root and path.is_relative_to(root)
+
+
+def named_files(spec: VmSpec) -> list[tuple[str, str, str]]:
+    """(parameter, path, kind) of every host file ``spec`` names; kind ``disk`` or ``boot``."""
+    found = [(f"disks[{i}].path", d.path, "disk") for i, d in enumerate(spec.disks) if d.path]
+    for param in ("kernel", "initrd"):
+        path = getattr(spec, param)
+        if path is not None:
+            found.append((param, path, "boot"))
+    return found
+
+
+def check(identity: Identity, spec: VmSpec, offered: Offered) -> None:
+    """``permission_denied`` unless ``identity`` may give ``spec``'s VM every file it names."""
+    if "admin" in identity.roles:
+        return
+    state = _resolved(offered.state_dir)
+    for param, path, kind in named_files(spec):
+        entries = offered.disk_dirs if kind == "disk" else offered.boot_dirs
+        real = _resolved(path)
+        inside = any(_under(real, root) for root in _roots(entries, spec.tenant))
+        if inside and not (real == state or real.is_relative_to(state)):
+            continue
+        key = "disk_dirs" if kind == "disk" else "boot_dirs"
+        offer = ", ".join(entries) or "none"
+        raise PermissionDenied(
+            f"{param} {path!r} is not in a directory this node offers for"
+            f" {'disk images' if kind == 'disk' else 'kernels and initrds'}"
+            f" ([vm] {key}: {offer}); other host files need the admin role",
+            {"param": param, "path": path},
+        )
