@@ -64,9 +64,13 @@ def test_the_newest_are_kept(tmp_path: Path) -> None:
     assert names == sorted(names)  # named so that they sort by time
     assert backups.names() == names[2:]
     assert made["removed"] == [names[1]] and made["kept"] == names[2:]
-    # two in one second get names of their own
-    again = backups.take(store._db, now=3 * DAY)
-    assert Path(again["path"]).name == names[3].replace(".db", "-1.db")
+    # several in one second get names of their own, in order, and a new one is never the
+    # one rotated away (the names of a second sort by their count, not by a suffix)
+    for n in range(1, 12):
+        again = backups.take(store._db, now=3 * DAY)
+        assert Path(again["path"]).name == names[3].replace("-000.db", f"-{n:03d}.db")
+        assert Path(again["path"]).exists() and backups.names()[-1] == Path(again["path"]).name
+        assert len(backups.names()) == 2
     store.close()
 
 

@@ -70,7 +70,7 @@ class Backups:
         except (sqlite3.Error, OSError) as exc:
             partial.unlink(missing_ok=True)
             raise errors.Internal(f"the backup failed: {exc}") from None
-        removed = self._rotate()
+        removed = self._rotate(path)
         return {
             "path": str(path),
             "bytes": path.stat().st_size,
@@ -80,16 +80,24 @@ class Backups:
         }
 
     def _new_path(self, now: float) -> Path:
+        """``state-20261204T120000Z-000.db``: the time, then a count within the second,
+        so that names sort in the order taken (the count is one past the highest of that
+        second, never a removed one's again)."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        for n in range(1000):  # several in one second: -1, -2, ...
-            name = f"{PREFIX}{stamp}{f'-{n}' if n else ''}{SUFFIX}"
-            if not (self.directory / name).exists():
-                return self.directory / name
-        raise errors.Conflict("too many backups in one second")
+        taken = [
+            int(count)
+            for name in self.names()
+            if name.startswith(f"{PREFIX}{stamp}-")
+            and (count := name[len(PREFIX) + len(stamp) + 1 : -len(SUFFIX)]).isdigit()
+        ]
+        count = max(taken, default=-1) + 1
+        if count > 999:
+            raise errors.Conflict("too many backups in one second")
+        return self.directory / f"{PREFIX}{stamp}-{count:03d}{SUFFIX}"
 
-    def _rotate(self) -> list[str]:
-        names = self.names()
-        gone = names[: max(0, len(names) - self.kept)]
+    def _rotate(self, made: Path) -> list[str]:
+        names = [n for n in self.names() if n != made.name]
+        gone = names[: max(0, len(names) + 1 - self.kept)]
         for name in gone:
             with contextlib.suppress(FileNotFoundError):
                 (self.directory / name).unlink()
