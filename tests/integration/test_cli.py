@@ -75,6 +75,21 @@ def test_restart_policy_from_the_cli(daemon: Daemon) -> None:
     cli(daemon, "vm", "delete", "left")
 
 
+def test_vm_disks_from_the_cli(daemon: Daemon) -> None:
+    cli(daemon, "vm", "create", "dsk", "--memory", "64", "--disk", "1")
+    shown = cli(daemon, "vm", "disk", "attach", "dsk", "--size", "2").stdout
+    assert re.search(r"vdb .*dsk-vdb\.qcow2 .* True", shown), shown
+    gone = cli(daemon, "vm", "disk", "detach", "dsk", "vdb").stdout
+    assert "deleted " in gone and "dsk-vdb.qcow2" in gone, gone
+    both = cli(daemon, "vm", "disk", "attach", "dsk", "--size", "1", "--path", "/x", check=False)
+    assert both.returncode == 2 and "not allowed with" in both.stderr
+    doc = json.loads(
+        cli(daemon, "--json", "vm", "disk", "detach", "dsk", "vda", "--keep-volume").stdout
+    )
+    assert doc["disks"] == [] and doc["volumes_deleted"] == []
+    cli(daemon, "vm", "delete", "dsk")
+
+
 def test_vm_stats_from_the_cli(daemon: Daemon) -> None:
     cli(daemon, "vm", "create", "busy", "--vcpus", "2", "--memory", "64", "--disk", "1", "--start")
     cli(daemon, "vm", "create", "idle", "--memory", "64")
@@ -290,6 +305,13 @@ def test_quota_and_bindings_from_the_cli(daemon: Daemon) -> None:
     refused = cli(daemon, "vm", "create", "qb", "--tenant", "acme", "--memory", "64", check=False)
     assert refused.returncode == 1 and "quota_exceeded" in refused.stderr
     assert "1 / 1" in cli(daemon, "quota", "get", "acme").stdout
+    cli(daemon, "quota", "set", "globex", "--disk", "3")
+    big = cli(daemon, "vm", "create", "qc", "--tenant", "globex", "--disk", "4", check=False)
+    assert big.returncode == 1 and "quota_exceeded" in big.stderr and "disk_gib" in big.stderr
+    cli(daemon, "vm", "create", "qd", "--tenant", "globex", "--memory", "64", "--disk", "3")
+    assert re.search(r"^disk_gib\s+3 / 3$", cli(daemon, "quota", "get", "globex").stdout, re.M)
+    doc = json.loads(cli(daemon, "--json", "quota", "get", "globex").stdout)
+    assert doc["max_disk_gib"] == 3 and doc["used"]["disk_gib"] == 3
     cli(daemon, "auth", "bind", "group:devs", "--role", "operator", "--tenant", "acme")
     assert "group:devs" in cli(daemon, "auth", "bindings").stdout
     who = json.loads(cli(daemon, "--json", "whoami").stdout)

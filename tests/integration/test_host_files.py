@@ -53,6 +53,12 @@ def test_an_operator_uses_only_the_files_offered_to_its_tenant(tmp_path: Path) -
                     alice.call("vm.create", name="a2", memory_mib=64, **params)
                 assert info.value.details["param"].startswith(param), params
             assert [v["name"] for v in alice.call("vm.list")] == ["a1"]  # nothing was made
+            # a disk attached later is held to the same offer
+            with pytest.raises(errors.PermissionDenied) as info:
+                alice.call("vm.disk.attach", vm="a1", path=str(tmp_path / "images/globex/db.qcow2"))
+            assert info.value.details["param"] == "path"
+            later = alice.call("vm.disk.attach", vm="a1", path=str(tmp_path / "images/acme/x.raw"))
+            assert [d["target"] for d in later["disks"]] == ["vda", "vdb", "vdc"]
         with client(port, pki.issue("root-ops", "admin")) as admin:
             anywhere = admin.call(
                 "vm.create",
@@ -65,8 +71,8 @@ def test_an_operator_uses_only_the_files_offered_to_its_tenant(tmp_path: Path) -
             assert anywhere["tenant"] == "globex"
             entries = admin.call("audit.tail", limit=50)
         denied = [e for e in entries if e["principal"] == "tls:alice" and e["outcome"] != "ok"]
-        assert len(denied) == len(refused)
-        assert {e["method"] for e in denied} == {"vm.create"}
+        assert len(denied) == len(refused) + 1
+        assert {e["method"] for e in denied} == {"vm.create", "vm.disk.attach"}
     finally:
         assert d.stop() in (0, None)
     assert "Traceback" not in d.log_text()

@@ -106,6 +106,15 @@ ERROR_CASES = [
     ("invalid_params", "vm.stats", {}),
     ("invalid_params", "vm.stats.list", {"tenant": "Bad Tenant"}),
     ("invalid_params", "vm.stats.list", {"name": "a"}),
+    ("not_found", "vm.disk.attach", {"vm": "ghost", "size_gib": 1}),
+    ("invalid_params", "vm.disk.attach", {"vm": "ghost"}),
+    ("invalid_params", "vm.disk.attach", {"vm": "a", "size_gib": 1, "path": "/x.raw"}),
+    ("invalid_params", "vm.disk.attach", {"vm": "a", "size_gib": 0}),
+    ("invalid_params", "vm.disk.attach", {"vm": "a", "size_gib": 1, "format": "vmdk"}),
+    ("invalid_params", "vm.disk.attach", {"vm": "a", "size_gib": 1, "bus": "scsi"}),
+    ("invalid_params", "vm.disk.attach", {"vm": "a", "path": "relative.raw"}),
+    ("not_found", "vm.disk.detach", {"vm": "ghost", "target": "vda"}),
+    ("invalid_params", "vm.disk.detach", {"vm": "a"}),
 ]
 
 
@@ -212,3 +221,27 @@ def test_vm_stats_counts_a_running_vm_and_not_a_stopped_one(daemon: Daemon) -> N
         ]
         assert [d["name"] for d in c.call("vm.stats.list", tenant="acme")] == ["s2"]
         assert c.call("vm.stats.list", tenant="nobody") == []
+
+
+def test_disks_are_attached_and_detached_after_create(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        c.call("vm.create", name="d1", memory_mib=64, disks=[{"size_gib": 1}])
+        grown = c.call("vm.disk.attach", vm="d1", size_gib=2, format="raw")
+        assert [(d["target"], d["managed"]) for d in grown["disks"]] == [
+            ("vda", True),
+            ("vdb", True),
+        ]
+        assert grown["disks"][1]["path"].endswith("/d1-vdb.raw")
+        with pytest.raises(errors.NotFound, match="its disks: vda, vdb"):
+            c.call("vm.disk.detach", vm="d1", target="vdz")
+        c.call("vm.start", name="d1")
+        with pytest.raises(errors.Conflict, match="must be stopped"):
+            c.call("vm.disk.detach", vm="d1", target="vdb")
+        c.call("vm.stop", name="d1")
+        shrunk = c.call("vm.disk.detach", vm="d1", target="vda")
+        assert shrunk["volumes_deleted"][0].endswith("/d1-vda.qcow2")
+        assert [d["target"] for d in shrunk["disks"]] == ["vdb"]
+        # the next disk takes the free name
+        again = c.call("vm.disk.attach", vm="d1", size_gib=1)
+        assert sorted(d["target"] for d in again["disks"]) == ["vda", "vdb"]
+        c.call("vm.delete", name="d1")

@@ -33,7 +33,7 @@ async def test_quota_holds_under_concurrent_creates(daemon: Daemon) -> None:
     assert sorted(outcomes) == ["ok"] * 3 + ["quota_exceeded"] * 5
     with daemon.client() as c:
         used = c.call("quota.get", tenant="acme")["used"]
-        assert used == {"vcpus": 3, "memory_mib": 192, "vms": 3}
+        assert used == {"vcpus": 3, "memory_mib": 192, "vms": 3, "disk_gib": 0}
         c.call("quota.set", tenant="acme", max_vms=10, max_vcpus=5)
         with pytest.raises(errors.QuotaExceeded, match="vcpus"):
             c.call("vm.create", name="big", tenant="acme", vcpus=3, memory_mib=64)

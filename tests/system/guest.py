@@ -36,6 +36,9 @@ CORRUPT = "NOVACRON-CORRUPT"
 DISK_READY = "NOVACRON-DISK-READY"
 DISK_OK = "NOVACRON-DISK-OK"
 DISK_BAD = "NOVACRON-DISK-BAD"
+BLOCK_MARKER = (
+    "NOVACRON-BLOCK"  # novacron.blockwatch: "NOVACRON-BLOCK vdb 4194304" (512-byte sectors)
+)
 # where the guest's disk option writes its counter (bytes into /dev/vda, one 512-byte block)
 DISK_COUNTER_AT = 1 << 20
 
@@ -121,6 +124,18 @@ if grep -q novacron.disk /proc/cmdline; then
        if [ "$got" = "$disksum" ]; then echo {DISK_OK}; else echo {DISK_BAD}; fi
      fi
      sleep 1
+   done) &
+fi
+if grep -q novacron.blockwatch /proc/cmdline; then
+  # every virtio disk, as it appears (at boot or hot-plugged later), with its size
+  for m in {" ".join(DISK_MODULES)}; do [ -d /sys/module/$m ] || insmod /lib/$m.ko; done
+  (seen=" "; while true; do
+     for b in /sys/block/vd*; do
+       [ -e "$b" ] || continue
+       n=${{b##*/}}
+       case "$seen" in *" $n "*) ;; *) seen="$seen$n "; echo {BLOCK_MARKER} $n $(cat $b/size);; esac
+     done
+     sleep 0.5
    done) &
 fi
 if grep -q novacron.bench /proc/cmdline; then

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from tests.daemon_harness import Daemon
 from tests.system import guest
+from tests.system.nodes import wait_until
 
 
-def wait_for(path: Path, needle: str, count: int, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while guest.console_text(path).count(needle) < count:
-        assert time.monotonic() < deadline, guest.console_text(path)[-2000:]
-        time.sleep(0.25)
+def wait_for(path: Path, needle: str, count: int) -> None:
+    wait_until(lambda: guest.console_text(path).count(needle) >= count, 120, f"{count}x {needle}")
 
 
 def test_a_busy_guest_reports_cpu_memory_and_disk_use(

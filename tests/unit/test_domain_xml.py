@@ -7,12 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from novacron.vm import domain_xml
-from novacron.vm.spec import DiskSpec, VmSpec
+from novacron.vm.spec import DiskSpec, VmSpec, disk_target
 
 
 def plan(spec: VmSpec, domain_type: str = "qemu") -> domain_xml.DomainPlan:
     disks = tuple(
-        domain_xml.DiskDevice(f"/img/{i}.qcow2", d.format, domain_xml.disk_target(i))
+        domain_xml.DiskDevice(f"/img/{i}.qcow2", d.format, disk_target(i))
         for i, d in enumerate(spec.disks)
     )
     return domain_xml.DomainPlan(
@@ -25,7 +25,7 @@ def plan(spec: VmSpec, domain_type: str = "qemu") -> domain_xml.DomainPlan:
 
 
 def test_disk_targets() -> None:
-    assert [domain_xml.disk_target(i) for i in (0, 1, 25, 26, 27)] == [
+    assert [disk_target(i) for i in (0, 1, 25, 26, 27)] == [
         "vda",
         "vdb",
         "vdz",
@@ -300,3 +300,37 @@ def test_parse_interfaces_reads_mac_host_device_and_type() -> None:
         domain_xml.InterfaceDevice(mac="52:54:00:ab:cd:01", device="vnet4", kind="bridge"),
         domain_xml.InterfaceDevice(mac="", device="", kind="network"),  # not started yet
     ]
+
+
+def test_a_disk_is_added_after_the_others_and_removed_by_its_name() -> None:
+    xml = """<domain type='kvm'><name>v</name><devices>
+      <emulator>/usr/bin/qemu-system-x86_64</emulator>
+      <disk type='file' device='disk'><source file='/a.qcow2'/><target dev='vda'/></disk>
+      <disk type='file' device='cdrom'><target dev='sda'/><readonly/></disk>
+      <interface type='bridge'><mac address='52:54:00:00:00:01'/></interface>
+    </devices></domain>"""
+    added = domain_xml.with_disk(xml, domain_xml.DiskDevice("/b.raw", "raw", "vdb"))
+    assert [(d.target, d.path) for d in domain_xml.parse_disks(added)] == [
+        ("vda", "/a.qcow2"),
+        ("sda", None),
+        ("vdb", "/b.raw"),
+    ]
+    root = ET.fromstring(added)
+    assert [el.tag for el in root.find("devices")] == [  # type: ignore[union-attr]
+        "emulator",
+        "disk",
+        "disk",
+        "disk",
+        "interface",
+    ]
+    new = root.findall("devices/disk")[2]
+    assert new.find("driver").get("type") == "raw"  # type: ignore[union-attr]
+    assert new.find("target").get("bus") == "virtio"  # type: ignore[union-attr]
+    removed = domain_xml.without_disk(added, "vda")
+    assert [d.target for d in domain_xml.parse_disks(removed)] == ["sda", "vdb"]
+    assert domain_xml.without_disk(removed, "vdz") == removed  # no such disk: unchanged
+    assert ET.fromstring(removed).find("devices/interface") is not None
+    bare = domain_xml.with_disk(
+        "<domain><name>v</name></domain>", domain_xml.DiskDevice("/c", "qcow2", "vda")
+    )
+    assert [d.target for d in domain_xml.parse_disks(bare)] == ["vda"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,11 +11,13 @@ from novacron import errors
 from novacron.blocking import Pool
 from novacron.state.db import StateStore, VmRecord
 from novacron.vm.quotas import Quota, Quotas, usage
-from novacron.vm.spec import VmSpec
+from novacron.vm.spec import DiskSpec, VmSpec
 
 
-def rec(name: str, tenant: str, vcpus: int, memory: int, state: str = "stopped") -> VmRecord:
-    spec = {"vcpus": vcpus, "memory_mib": memory}
+def rec(
+    name: str, tenant: str, vcpus: int, memory: int, state: str = "stopped", disks: Any = ()
+) -> VmRecord:
+    spec = {"vcpus": vcpus, "memory_mib": memory, "disks": list(disks)}
     return VmRecord(name, f"u-{name}", tenant, spec, state, 0.0, 0.0)
 
 
@@ -26,7 +29,7 @@ async def test_limits_are_checked_and_persisted(tmp_path: Path) -> None:
         rec("b", "acme", 1, 256),
         rec("c", "acme", 8, 64, "deleting"),
     ]
-    assert usage(records, "acme") == {"vcpus": 3, "memory_mib": 768, "vms": 2}
+    assert usage(records, "acme") == {"vcpus": 3, "memory_mib": 768, "vms": 2, "disk_gib": 0}
     await quotas.check(VmSpec(name="x", vcpus=64, memory_mib=1 << 20, tenant="acme"), records)
     await quotas.set("acme", Quota(max_vcpus=4, max_memory_mib=None, max_vms=3))
     await quotas.check(VmSpec(name="x", vcpus=1, memory_mib=1 << 20, tenant="acme"), records)
@@ -34,6 +37,36 @@ async def test_limits_are_checked_and_persisted(tmp_path: Path) -> None:
         await quotas.check(VmSpec(name="x", vcpus=2, memory_mib=64, tenant="acme"), records)
     assert err.value.details == {"tenant": "acme", "resource": "vcpus", "limit": 4, "used": 3}
     reloaded = Quotas(store, Pool("sqlite", 1))
-    assert await reloaded.get("acme") == Quota(4, None, 3)
+    assert await reloaded.get("acme") == Quota(4, None, 3, None)
     assert (await reloaded.report("globex", records))["used"]["vms"] == 0
+    store.close()
+
+
+async def test_disk_space_counts_new_volumes_not_images_by_path(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "s.db")
+    quotas = Quotas(store, Pool("sqlite", 1))
+    image = {"size_gib": None, "path": "/srv/images/acme/base.qcow2", "format": "qcow2"}
+    records = [
+        rec("a", "acme", 1, 64, disks=[{"size_gib": 10, "path": None, "format": "qcow2"}, image]),
+        rec("b", "acme", 1, 64, disks=[{"size_gib": 5, "path": None, "format": "raw"}]),
+        rec("c", "acme", 1, 64, "deleting", disks=[{"size_gib": 100, "path": None}]),
+        rec("d", "globex", 1, 64, disks=[{"size_gib": 100, "path": None}]),
+        rec("e", "acme", 1, 64),  # a record from before disks were written: none
+    ]
+    assert usage(records, "acme")["disk_gib"] == 15
+    await quotas.set("acme", Quota(max_disk_gib=20))
+    five = (DiskSpec(size_gib=3), DiskSpec(size_gib=2), DiskSpec(path="/srv/x.raw"))
+    await quotas.check(VmSpec(name="x", vcpus=1, memory_mib=64, tenant="acme", disks=five), records)
+    with pytest.raises(errors.QuotaExceeded) as err:
+        six = (DiskSpec(size_gib=6),)
+        await quotas.check(
+            VmSpec(name="x", vcpus=1, memory_mib=64, tenant="acme", disks=six), records
+        )
+    assert err.value.details == {"tenant": "acme", "resource": "disk_gib", "limit": 20, "used": 15}
+    # over its disk quota (lowered below what it has), a tenant still gets VMs without disks
+    await quotas.set("acme", Quota(max_disk_gib=10))
+    await quotas.check(VmSpec(name="x", vcpus=1, memory_mib=64, tenant="acme"), records)
+    report = await Quotas(store, Pool("sqlite", 1)).report("acme", records)
+    assert report["max_disk_gib"] == 10 and report["max_vcpus"] is None
+    assert report["used"]["disk_gib"] == 15
     store.close()

@@ -71,3 +71,26 @@ def test_full() -> None:
 def test_refusals(args: dict) -> None:
     with pytest.raises(InvalidParams):
         create(**args)
+
+
+def test_disk_names_are_written_only_where_they_leave_their_position() -> None:
+    spec = VmSpec(name="v", vcpus=1, memory_mib=64, disks=(DiskSpec(size_gib=1),))
+    assert spec.disk_targets() == ["vda"]
+    moved = spec.with_disks(
+        [
+            DiskSpec(size_gib=1, target="vda"),
+            DiskSpec(path="/img/x.raw", format="raw", target="vdc"),  # vdb was detached
+            DiskSpec(size_gib=2, target="vdb"),
+        ]
+    )
+    assert moved.disk_targets() == ["vda", "vdc", "vdb"]
+    doc = moved.to_dict()
+    assert "target" not in doc["disks"][0]
+    assert (doc["disks"][1]["target"], doc["disks"][2]["target"]) == ("vdc", "vdb")
+    assert VmSpec.from_dict(doc) == moved
+    # back in order: nothing written, as a spec from before attachable disks
+    tidy = moved.with_disks(
+        [DiskSpec(size_gib=1, target="vda"), DiskSpec(size_gib=2, target="vdb")]
+    )
+    assert all("target" not in d for d in tidy.to_dict()["disks"])
+    assert tidy.disk_targets() == ["vda", "vdb"]

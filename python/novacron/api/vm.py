@@ -17,12 +17,18 @@ from novacron.auth.policy import check_tenant
 from novacron.errors import PermissionDenied
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
-from novacron.vm import host_files
+from novacron.vm import disks, host_files
 from novacron.vm import stats as vm_stats
 from novacron.vm.quotas import LIMITS, Quota
 from novacron.vm.resize import resize
 from novacron.vm.service import VmService
-from novacron.vm.spec import MAX_MEMORY_MIB, MAX_VCPUS, RESTART_POLICIES, parse_create
+from novacron.vm.spec import (
+    MAX_MEMORY_MIB,
+    MAX_VCPUS,
+    RESTART_POLICIES,
+    parse_create,
+    parse_disk,
+)
 
 MAX_SHUTDOWN_TIMEOUT_S = 3600.0
 
@@ -74,10 +80,36 @@ def register(registry: Registry, services: Services) -> None:
                 params["tenant"] = spec.tenant
                 result: dict[str, Any] = await cluster.call_on(target, ctx, "vm.create", params)
                 return result
-        config = services.config
-        offered = host_files.Offered(config.disk_dirs, config.boot_dirs, config.state_dir)
-        await trio.to_thread.run_sync(host_files.check, ctx.identity, spec, offered)
+        await trio.to_thread.run_sync(host_files.check, ctx.identity, spec, offered())
         return await vms.create(spec, start)
+
+    def offered() -> host_files.Offered:
+        config = services.config
+        return host_files.Offered(config.disk_dirs, config.boot_dirs, config.state_dir)
+
+    @registry.method("vm.disk.attach")
+    async def disk_attach(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Give a VM a new volume (``size_gib``) or an existing image (``path``)."""
+        name = p.name("vm")
+        # the rest is one disk, as in vm.create's disks (parse_disk refuses unknown keys)
+        disk = parse_disk("disk", {k: v for k, v in p.raw().items() if k != "vm" and v is not None})
+        name = await visible(ctx, name)
+        if disk.path is not None:
+            tenant = (await vms.record(name)).tenant
+            await trio.to_thread.run_sync(
+                host_files.check_file, ctx.identity, "path", disk.path, "disk", tenant, offered()
+            )
+        return await disks.attach(vms, name, disk)
+
+    @registry.method("vm.disk.detach")
+    async def disk_detach(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Take a disk (by its device name) from a stopped VM; its new volume is deleted
+        unless ``keep_volume``."""
+        name = p.name("vm")
+        target = p.text("target", max_len=16)
+        keep = p.flag("keep_volume")
+        p.done()
+        return await disks.detach(vms, await visible(ctx, name), target, keep)
 
     @registry.method("quota.get")
     async def quota_get(ctx: CallContext, p: Params) -> dict[str, Any]:

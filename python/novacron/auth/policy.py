@@ -72,6 +72,8 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "net.delete": WRITE,
     "vm.nic.attach": WRITE,
     "vm.nic.detach": WRITE,
+    "vm.disk.attach": WRITE,
+    "vm.disk.detach": WRITE,
     "cluster.nodes": READ,
     "cluster.vms": READ,
     "cluster.status": READ,
@@ -98,6 +100,8 @@ FORWARDABLE: Final = frozenset(
         "vm.snapshot.delete",
         "vm.nic.attach",
         "vm.nic.detach",
+        "vm.disk.attach",
+        "vm.disk.detach",
         "vm.migrate",
     }
 )

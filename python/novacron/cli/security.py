@@ -126,6 +126,9 @@ def add_quota_commands(groups: Any) -> None:
     put.add_argument("--vcpus", type=int, dest="max_vcpus")
     put.add_argument("--memory", type=int, dest="max_memory_mib", help="MiB")
     put.add_argument("--vms", type=int, dest="max_vms")
+    put.add_argument(
+        "--disk", type=int, dest="max_disk_gib", help="GiB of new volumes (not images by path)"
+    )
     put.set_defaults(run=run_quota_set)
 
 
@@ -143,6 +146,7 @@ def _show_quota(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
                 "vcpus": limit("max_vcpus", "vcpus"),
                 "memory_mib": limit("max_memory_mib", "memory_mib"),
                 "vms": limit("max_vms", "vms"),
+                "disk_gib": limit("max_disk_gib", "disk_gib"),
             }
         )
     return doc
@@ -159,5 +163,6 @@ def run_quota_set(client: SyncClient, args: argparse.Namespace) -> Any:
         max_vcpus=args.max_vcpus,
         max_memory_mib=args.max_memory_mib,
         max_vms=args.max_vms,
+        max_disk_gib=args.max_disk_gib,
     )
     return _show_quota(doc, args)

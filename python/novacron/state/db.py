@@ -260,20 +260,22 @@ class StateStore:
 
     def list_quotas(self) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            "SELECT tenant, max_vcpus, max_memory_mib, max_vms FROM quotas ORDER BY tenant"
+            "SELECT tenant, max_vcpus, max_memory_mib, max_vms, max_disk_gib FROM quotas"
+            " ORDER BY tenant"
         )
         return [dict(r) for r in rows]
 
-    def set_quota(
-        self, tenant: str, max_vcpus: int | None, max_memory_mib: int | None, max_vms: int | None
-    ) -> None:
+    def set_quota(self, tenant: str, limits: dict[str, int | None]) -> None:
+        """``limits``: ``max_vcpus``, ``max_memory_mib``, ``max_vms``, ``max_disk_gib``."""
         with self._tx() as db:
             db.execute(
-                "INSERT INTO quotas (tenant, max_vcpus, max_memory_mib, max_vms, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (tenant) DO UPDATE SET"
+                "INSERT INTO quotas (tenant, max_vcpus, max_memory_mib, max_vms, max_disk_gib,"
+                " updated_at) VALUES (:tenant, :max_vcpus, :max_memory_mib, :max_vms,"
+                " :max_disk_gib, :now) ON CONFLICT (tenant) DO UPDATE SET"
                 " max_vcpus = excluded.max_vcpus, max_memory_mib = excluded.max_memory_mib,"
-                " max_vms = excluded.max_vms, updated_at = excluded.updated_at",
-                (tenant, max_vcpus, max_memory_mib, max_vms, time.time()),
+                " max_vms = excluded.max_vms, max_disk_gib = excluded.max_disk_gib,"
+                " updated_at = excluded.updated_at",
+                {**limits, "tenant": tenant, "now": time.time()},
             )
 
     # -- operations ----------------------------------------------------------------------

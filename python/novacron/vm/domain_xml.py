@@ -42,16 +42,6 @@ class DomainPlan:
     emulator: str | None = None  # None: libvirt's default for the domain type
 
 
-def disk_target(index: int) -> str:
-    """``vda``, ``vdb``, ... ``vdz``, ``vdaa``: virtio disk names."""
-    letters = ""
-    index += 1
-    while index:
-        index, rem = divmod(index - 1, 26)
-        letters = chr(ord("a") + rem) + letters
-    return "vd" + letters
-
-
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
     node = ET.SubElement(parent, tag, attrs)
     if text is not None:
@@ -112,10 +102,7 @@ def build(plan: DomainPlan) -> str:
     if plan.emulator and plan.domain_type != "test":
         _sub(devices, "emulator", plan.emulator)
     for disk in plan.disks:
-        el = _sub(devices, "disk", type="file", device="disk")
-        _sub(el, "driver", name="qemu", type=disk.format)
-        _sub(el, "source", file=disk.path)
-        _sub(el, "target", dev=disk.target, bus="virtio")
+        devices.append(disk_element(disk))
     for nic in spec.nics:
         devices.append(interface_element(nic, nic.network))  # the bridge is named after it
     if plan.console_log and plan.domain_type != "test":
@@ -124,6 +111,43 @@ def build(plan: DomainPlan) -> str:
         _sub(serial, "target", port="0")
     if plan.domain_type != "test":
         _sub(devices, "memballoon", model="none")
+    return ET.tostring(dom, encoding="unicode")
+
+
+def disk_element(disk: DiskDevice) -> ET.Element:
+    """``<disk type='file'>``: a virtio disk of a file image."""
+    el = ET.Element("disk", {"type": "file", "device": "disk"})
+    _sub(el, "driver", name="qemu", type=disk.format)
+    _sub(el, "source", file=disk.path)
+    _sub(el, "target", dev=disk.target, bus="virtio")
+    return el
+
+
+def disk_xml(disk: DiskDevice) -> str:
+    return ET.tostring(disk_element(disk), encoding="unicode")
+
+
+def with_disk(xml: str, disk: DiskDevice) -> str:
+    """A domain's XML with ``disk`` added after its other disks."""
+    dom = ET.fromstring(xml)  # noqa: S314 - from libvirtd
+    devices = dom.find("devices")
+    if devices is None:
+        devices = _sub(dom, "devices")
+    children = list(devices)
+    disks = [i for i, el in enumerate(children) if el.tag == "disk"]
+    devices.insert(disks[-1] + 1 if disks else 0, disk_element(disk))
+    return ET.tostring(dom, encoding="unicode")
+
+
+def without_disk(xml: str, target: str) -> str:
+    """A domain's XML without its disk ``target`` (the guest's device name)."""
+    dom = ET.fromstring(xml)  # noqa: S314 - from libvirtd
+    devices = dom.find("devices")
+    for el in [] if devices is None else devices.findall("disk"):
+        found = el.find("target")
+        if found is not None and found.get("dev") == target:
+            assert devices is not None
+            devices.remove(el)
     return ET.tostring(dom, encoding="unicode")
 
 

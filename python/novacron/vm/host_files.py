@@ -61,20 +61,28 @@ def named_files(spec: VmSpec) -> list[tuple[str, str, str]]:
 
 def check(identity: Identity, spec: VmSpec, offered: Offered) -> None:
     """``permission_denied`` unless ``identity`` may give ``spec``'s VM every file it names."""
+    for param, path, kind in named_files(spec):
+        check_file(identity, param, path, kind, spec.tenant, offered)
+
+
+def check_file(
+    identity: Identity, param: str, path: str, kind: str, tenant: str, offered: Offered
+) -> None:
+    """``permission_denied`` unless ``identity`` may give a VM of ``tenant`` the file
+    ``path`` as a ``disk`` image or a ``boot`` file (``param``: its name in the call)."""
     if "admin" in identity.roles:
         return
     state = _resolved(offered.state_dir)
-    for param, path, kind in named_files(spec):
-        entries = offered.disk_dirs if kind == "disk" else offered.boot_dirs
-        real = _resolved(path)
-        inside = any(_under(real, root) for root in _roots(entries, spec.tenant))
-        if inside and not (real == state or real.is_relative_to(state)):
-            continue
-        key = "disk_dirs" if kind == "disk" else "boot_dirs"
-        offer = ", ".join(entries) or "none"
-        raise PermissionDenied(
-            f"{param} {path!r} is not in a directory this node offers for"
-            f" {'disk images' if kind == 'disk' else 'kernels and initrds'}"
-            f" ([vm] {key}: {offer}); other host files need the admin role",
-            {"param": param, "path": path},
-        )
+    entries = offered.disk_dirs if kind == "disk" else offered.boot_dirs
+    real = _resolved(path)
+    inside = any(_under(real, root) for root in _roots(entries, tenant))
+    if inside and not (real == state or real.is_relative_to(state)):
+        return
+    key = "disk_dirs" if kind == "disk" else "boot_dirs"
+    offer = ", ".join(entries) or "none"
+    raise PermissionDenied(
+        f"{param} {path!r} is not in a directory this node offers for"
+        f" {'disk images' if kind == 'disk' else 'kernels and initrds'}"
+        f" ([vm] {key}: {offer}); other host files need the admin role",
+        {"param": param, "path": path},
+    )

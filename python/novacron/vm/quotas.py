@@ -1,14 +1,16 @@
-"""Per-tenant quotas: vCPUs, memory and VM count, checked on ``vm.create``.
+"""Per-tenant quotas: vCPUs, memory, VM count and disk space, checked on ``vm.create``.
 
 Limits live in the state store (NULL = no limit) with a copy in memory. Usage is what
 the tenant's VM records ask for (stopped VMs count: their resources can start at any
-time). :class:`~novacron.vm.service.VmService` checks and creates under a per-tenant
+time). Disk space is the size of the volumes the daemon creates for the tenant's VMs
+(``size_gib``; existing images named by path are the host administrator's, not counted).
+:class:`~novacron.vm.service.VmService` checks and creates under a per-tenant
 lock, so two concurrent creates cannot both slip under the same limit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from novacron import errors
@@ -16,7 +18,14 @@ from novacron.blocking import Pool
 from novacron.state.db import StateStore, VmRecord
 from novacron.vm.spec import VmSpec
 
-LIMITS = ("max_vcpus", "max_memory_mib", "max_vms")
+LIMITS = ("max_vcpus", "max_memory_mib", "max_vms", "max_disk_gib")
+# each limit and the usage figure it caps
+RESOURCES = {
+    "max_vcpus": "vcpus",
+    "max_memory_mib": "memory_mib",
+    "max_vms": "vms",
+    "max_disk_gib": "disk_gib",
+}
 
 
 @dataclass(frozen=True)
@@ -24,6 +33,12 @@ class Quota:
     max_vcpus: int | None = None
     max_memory_mib: int | None = None
     max_vms: int | None = None
+    max_disk_gib: int | None = None
+
+
+def disk_gib(spec: dict[str, Any]) -> int:
+    """GiB of the volumes the daemon made (or makes) for a VM of this spec."""
+    return sum(int(d.get("size_gib") or 0) for d in spec.get("disks", []))
 
 
 def usage(records: list[VmRecord], tenant: str) -> dict[str, int]:
@@ -32,6 +47,7 @@ def usage(records: list[VmRecord], tenant: str) -> dict[str, int]:
         "vcpus": sum(int(r.spec["vcpus"]) for r in mine),
         "memory_mib": sum(int(r.spec["memory_mib"]) for r in mine),
         "vms": len(mine),
+        "disk_gib": sum(disk_gib(r.spec) for r in mine),
     }
 
 
@@ -44,9 +60,7 @@ class Quotas:
     async def _all(self) -> dict[str, Quota]:
         if self._by_tenant is None:
             rows = await self._pool.run(self._store.list_quotas)
-            self._by_tenant = {
-                r["tenant"]: Quota(r["max_vcpus"], r["max_memory_mib"], r["max_vms"]) for r in rows
-            }
+            self._by_tenant = {r["tenant"]: Quota(**{k: r[k] for k in LIMITS}) for r in rows}
         return self._by_tenant
 
     async def get(self, tenant: str) -> Quota:
@@ -54,33 +68,34 @@ class Quotas:
 
     async def set(self, tenant: str, quota: Quota) -> None:
         by_tenant = await self._all()
-        await self._pool.run(
-            self._store.set_quota, tenant, quota.max_vcpus, quota.max_memory_mib, quota.max_vms
-        )
+        await self._pool.run(self._store.set_quota, tenant, asdict(quota))
         by_tenant[tenant] = quota
 
     async def check(self, spec: VmSpec, records: list[VmRecord]) -> None:
-        quota = await self.get(spec.tenant)
-        used = usage(records, spec.tenant)
-        wanted = {"vcpus": spec.vcpus, "memory_mib": spec.memory_mib, "vms": 1}
-        for key, limit in (
-            ("vcpus", quota.max_vcpus),
-            ("memory_mib", quota.max_memory_mib),
-            ("vms", quota.max_vms),
-        ):
-            if limit is not None and used[key] + wanted[key] > limit:
+        """``quota_exceeded`` unless the tenant's ``records`` and a VM of ``spec`` fit."""
+        wanted = {
+            "vcpus": spec.vcpus,
+            "memory_mib": spec.memory_mib,
+            "vms": 1,
+            "disk_gib": sum(d.size_gib or 0 for d in spec.disks),
+        }
+        await self.check_more(spec.tenant, records, wanted)
+
+    async def check_more(
+        self, tenant: str, records: list[VmRecord], wanted: dict[str, int]
+    ) -> None:
+        """``quota_exceeded`` unless the tenant's ``records`` and ``wanted`` more of some
+        resources fit (a resource not asked for is not refused)."""
+        quota = asdict(await self.get(tenant))
+        used = usage(records, tenant)
+        for limit_key, key in RESOURCES.items():
+            limit, more = quota[limit_key], wanted.get(key, 0)
+            if limit is not None and more and used[key] + more > limit:
                 raise errors.QuotaExceeded(
-                    f"tenant {spec.tenant!r} would use {used[key] + wanted[key]} {key}"
+                    f"tenant {tenant!r} would use {used[key] + more} {key}"
                     f" (quota {limit}, in use {used[key]})",
-                    {"tenant": spec.tenant, "resource": key, "limit": limit, "used": used[key]},
+                    {"tenant": tenant, "resource": key, "limit": limit, "used": used[key]},
                 )
 
     async def report(self, tenant: str, records: list[VmRecord]) -> dict[str, Any]:
-        quota = await self.get(tenant)
-        return {
-            "tenant": tenant,
-            "max_vcpus": quota.max_vcpus,
-            "max_memory_mib": quota.max_memory_mib,
-            "max_vms": quota.max_vms,
-            "used": usage(records, tenant),
-        }
+        return {"tenant": tenant, **asdict(await self.get(tenant)), "used": usage(records, tenant)}

@@ -32,7 +32,7 @@ from novacron.vm.managed import ManagedVms
 from novacron.vm.quotas import Quotas
 from novacron.vm.records import Records
 from novacron.vm.restarts import RestartHistory
-from novacron.vm.spec import VmSpec
+from novacron.vm.spec import DiskSpec, VmSpec
 
 log = logging.getLogger("novacron.vm")
 
@@ -110,16 +110,16 @@ class VmService:
     def console_log(self, name: str) -> str:
         return str(self.config.state_dir / "consoles" / f"{name}.log")
 
-    def managed_volume_name(self, name: str, index: int, fmt: str) -> str:
-        return f"{name}-{domain_xml.disk_target(index)}.{fmt}"
+    def managed_volume_name(self, name: str, target: str, fmt: str) -> str:
+        return f"{name}-{target}.{fmt}"
 
     def disk_paths(self, spec: VmSpec) -> list[str]:
         """Where each disk of ``spec`` lives: the daemon's pool for new ones, else its path."""
         return [
-            str(self.config.images_dir / self.managed_volume_name(spec.name, i, d.format))
+            str(self.config.images_dir / self.managed_volume_name(spec.name, target, d.format))
             if d.managed
             else str(d.path)
-            for i, d in enumerate(spec.disks)
+            for d, target in zip(spec.disks, spec.disk_targets(), strict=True)
         ]
 
     def managed_volume_paths(self, rec: VmRecord) -> list[Path]:
@@ -141,8 +141,10 @@ class VmService:
             uuid=vm_uuid,
             domain_type=await self.hv_pool.run(self.hv.domain_type),
             disks=tuple(
-                domain_xml.DiskDevice(path, disk.format, domain_xml.disk_target(i))
-                for i, (disk, path) in enumerate(zip(spec.disks, disk_paths, strict=True))
+                domain_xml.DiskDevice(path, disk.format, target)
+                for disk, path, target in zip(
+                    spec.disks, disk_paths, spec.disk_targets(), strict=True
+                )
             ),
             console_log=self.console_log(spec.name),
             placement=placement,
@@ -262,16 +264,9 @@ class VmService:
         placement = self.placement.allocate(spec.name, spec)
         try:
             paths = []
-            for i, disk in enumerate(spec.disks):
+            for disk, target in zip(spec.disks, spec.disk_targets(), strict=True):
                 if disk.managed:
-                    assert disk.size_gib is not None
-                    path = await self.hv_pool.run(
-                        self.hv.create_volume,
-                        self.config.storage_pool,
-                        self.managed_volume_name(spec.name, i, disk.format),
-                        disk.size_gib,
-                        disk.format,
-                    )
+                    path = await self.new_volume(spec.name, target, disk)
                     created.append(path)
                 else:
                     assert disk.path is not None
@@ -298,6 +293,18 @@ class VmService:
             for path in created:
                 await self.hv_pool.run(self.hv.delete_volume, path)
             raise
+
+    async def new_volume(self, name: str, target: str, disk: DiskSpec) -> str:
+        """A new volume in the daemon's pool for VM ``name``'s disk ``target``."""
+        assert disk.size_gib is not None
+        path: str = await self.hv_pool.run(
+            self.hv.create_volume,
+            self.config.storage_pool,
+            self.managed_volume_name(name, target, disk.format),
+            disk.size_gib,
+            disk.format,
+        )
+        return path
 
     async def delete(self, name: str, force: bool, keep_disks: bool) -> dict[str, Any]:
         async with self.changing(name):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from novacron.errors import InvalidParams
@@ -21,6 +21,16 @@ HUGEPAGE_SIZES_KIB = (2048, 1048576)
 RESTART_POLICIES = ("on-failure", "never")
 
 
+def disk_target(index: int) -> str:
+    """``vda``, ``vdb``, ... ``vdz``, ``vdaa``: virtio disk names."""
+    letters = ""
+    index += 1
+    while index:
+        index, rem = divmod(index - 1, 26)
+        letters = chr(ord("a") + rem) + letters
+    return "vd" + letters
+
+
 @dataclass(frozen=True)
 class DiskSpec:
     """A new volume of ``size_gib`` in the daemon's pool, or an existing image ``path``."""
@@ -28,6 +38,9 @@ class DiskSpec:
     size_gib: int | None = None
     path: str | None = None
     format: str = "qcow2"
+    # the guest's name for it; None: by its position (the first disk vda, the next vdb, ...).
+    # Set when it differs from that: a disk attached where one was detached before
+    target: str | None = None
 
     @property
     def managed(self) -> bool:
@@ -51,9 +64,27 @@ class VmSpec:
     nics: tuple[NicSpec, ...] = field(default_factory=tuple)
     restart: str = "on-failure"
 
+    def disk_targets(self) -> list[str]:
+        """Each disk's device name in the guest, in order."""
+        return [d.target or disk_target(i) for i, d in enumerate(self.disks)]
+
+    def with_disks(self, disks: list[DiskSpec]) -> VmSpec:
+        """This spec with ``disks`` (each with its target set), targets written only where
+        they differ from the position's (a spec without any stays readable by releases
+        before attachable disks)."""
+        kept = []
+        for i, disk in enumerate(disks):
+            assert disk.target is not None
+            positional = disk.target == disk_target(i)
+            kept.append(replace(disk, target=None if positional else disk.target))
+        return replace(self, disks=tuple(kept))
+
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
-        doc["disks"] = [asdict(d) for d in self.disks]
+        doc["disks"] = [
+            {k: v for k, v in asdict(d).items() if k != "target" or v is not None}
+            for d in self.disks
+        ]
         doc["nics"] = [n.to_dict() for n in self.nics]
         if self.restart == "on-failure":
             # the default goes unwritten: a release before restart policies refuses a spec
@@ -68,8 +99,8 @@ class VmSpec:
         return cls(**{**doc, "disks": disks, "nics": nics})
 
 
-def _disk(index: int, raw: Any) -> DiskSpec:
-    what = f"disks[{index}]"
+def parse_disk(what: str, raw: Any) -> DiskSpec:
+    """One disk of ``vm.create`` (``what``: its name in errors) or of ``vm.disk.attach``."""
     if not isinstance(raw, dict):
         raise InvalidParams(f"{what} must be a map", {"param": what})
     unknown = set(raw) - {"size_gib", "path", "format"}
@@ -108,7 +139,9 @@ def parse_create(p: Params) -> tuple[VmSpec, bool]:
         kernel=p.opt_path("kernel"),
         initrd=p.opt_path("initrd"),
         cmdline=p.opt_text("cmdline", max_len=2048),
-        disks=tuple(_disk(i, d) for i, d in enumerate(p.array("disks", MAX_DISKS))),
+        disks=tuple(
+            parse_disk(f"disks[{i}]", d) for i, d in enumerate(p.array("disks", MAX_DISKS))
+        ),
         cpu_policy=p.choice("cpu_policy", CPU_POLICIES, "shared"),
         memory_policy=p.choice("memory_policy", MEMORY_POLICIES, "strict"),
         hugepage_kib=_hugepages(p),

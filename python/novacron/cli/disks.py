@@ -1,0 +1,52 @@
+"""``novacron vm disk attach|detach``: a VM's disks after it was created."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from novacron.cli import output
+from novacron.sync_client import SyncClient
+
+COLUMNS = [("target", "DEVICE"), ("path", "PATH"), ("managed", "NEW VOLUME")]
+
+
+def add_vm_commands(vm_sub: Any) -> None:
+    disk = vm_sub.add_parser("disk", help="VM disks")
+    disks = disk.add_subparsers(dest="disk_command", required=True, metavar="COMMAND")
+    attach = disks.add_parser("attach", help="add a disk (hot-plugged if the VM runs)")
+    attach.add_argument("vm")
+    what = attach.add_mutually_exclusive_group(required=True)
+    what.add_argument("--size", type=int, dest="size_gib", help="a new volume of GIB")
+    what.add_argument("--path", help="an existing image (admin, or inside [vm] disk_dirs)")
+    attach.add_argument("--format", choices=("qcow2", "raw"))
+    attach.set_defaults(run=run_attach)
+    detach = disks.add_parser("detach", help="remove a stopped VM's disk by its device name")
+    detach.add_argument("vm")
+    detach.add_argument("target", help="the guest's device name (vdb)")
+    detach.add_argument(
+        "--keep-volume", action="store_true", help="keep the volume the daemon made for it"
+    )
+    detach.set_defaults(run=run_detach)
+
+
+def _disks(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    if not args.json:
+        output.table(doc.get("disks", []), COLUMNS)
+        for path in doc.get("volumes_deleted", []):
+            output.console.print(f"deleted {path}", highlight=False)
+    return doc
+
+
+def run_attach(client: SyncClient, args: argparse.Namespace) -> Any:
+    doc = client.call(
+        "vm.disk.attach", vm=args.vm, size_gib=args.size_gib, path=args.path, format=args.format
+    )
+    return _disks(doc, args)
+
+
+def run_detach(client: SyncClient, args: argparse.Namespace) -> Any:
+    doc = client.call(
+        "vm.disk.detach", vm=args.vm, target=args.target, keep_volume=args.keep_volume or None
+    )
+    return _disks(doc, args)

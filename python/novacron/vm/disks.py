@@ -1,0 +1,132 @@
+"""Adding a disk to a VM and taking one away (``vm.disk.attach`` / ``vm.disk.detach``).
+
+A disk is attached to a running VM as well as to a stopped one (hot-plug: the guest sees
+a new virtio disk); it gets the first device name (``vdb``, ``vdc``, ...) that neither the
+VM's spec nor libvirt's domain uses. A new volume counts against the tenant's disk quota,
+checked under the tenant's lock as a create is. A disk is detached only from a stopped
+VM: pulling a disk from under a running guest loses what it has not written yet, and a
+guest may refuse the unplug. The volume the daemon made for it is deleted unless kept.
+
+As with NICs, libvirt is changed first and the record (and the domain's metadata) after
+it; a failure in between is undone. A running (or paused) VM's disks are hot-plugged; a
+stopped VM's definition is rewritten from libvirt's own XML with the one disk added or
+removed (every driver can define; not every one can hot-plug).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from novacron import errors
+from novacron.logs import kv
+from novacron.vm import domain_xml
+from novacron.vm.service import VmService, log
+from novacron.vm.spec import MAX_DISKS, DiskSpec, VmSpec, disk_target
+
+
+async def _targets_in_use(vms: VmService, name: str, spec: VmSpec) -> set[str]:
+    """The spec's disks and whatever libvirt's domain has (a CD-ROM, a disk plugged in
+    outside NovaCron)."""
+    xml = await vms.hv_pool.run(vms.hv.xml, name)
+    return set(spec.disk_targets()) | {d.target for d in domain_xml.parse_disks(xml)}
+
+
+async def _set_disk(
+    vms: VmService, name: str, device: domain_xml.DiskDevice, present: bool
+) -> None:
+    """Puts ``device`` into the domain (``present``) or takes it out."""
+    runtime = await vms.hv_pool.run(vms.hv.state, name)
+    if runtime.state not in ("stopped", "crashed"):
+        plug = vms.hv.attach_device if present else vms.hv.detach_device
+        await vms.hv_pool.run(plug, name, domain_xml.disk_xml(device))
+        return
+    xml = await vms.hv_pool.run(vms.hv.xml, name)
+    if present:
+        xml = domain_xml.with_disk(xml, device)
+    else:
+        xml = domain_xml.without_disk(xml, device.target)
+    await vms.hv_pool.run(vms.hv.define, xml)
+
+
+async def attach(vms: VmService, name: str, disk: DiskSpec) -> dict[str, Any]:
+    tenant = (await vms.record(name)).tenant
+    # the tenant's lock first, as vm.create takes them: the quota sees one change at a time
+    async with vms.tenant_lock(tenant), vms.changing(name):
+        rec = await vms.record(name)
+        spec = VmSpec.from_dict(rec.spec)
+        if len(spec.disks) >= MAX_DISKS:
+            raise errors.InvalidParams(
+                f"vm {name!r} has {MAX_DISKS} disks, the most a VM may have", {"param": "vm"}
+            )
+        used = await _targets_in_use(vms, name, spec)
+        target = next(disk_target(i) for i in range(len(used) + 1) if disk_target(i) not in used)
+        current = [
+            DiskSpec(d.size_gib, d.path, d.format, t)
+            for d, t in zip(spec.disks, spec.disk_targets(), strict=True)
+        ]
+        added = DiskSpec(disk.size_gib, disk.path, disk.format, target)
+        grown = spec.with_disks([*current, added])
+        if added.size_gib is not None:
+            more = {"disk_gib": added.size_gib}
+            await vms.quotas.check_more(spec.tenant, await vms.records.all(), more)
+        with trio.CancelScope(shield=True):
+            path = await vms.new_volume(name, target, added) if added.managed else added.path
+            assert path is not None
+            device = domain_xml.DiskDevice(path, added.format, target)
+            try:
+                await _set_disk(vms, name, device, present=True)
+                try:
+                    await vms.save_spec(name, grown, rec.placement)
+                except BaseException:
+                    await _set_disk(vms, name, device, present=False)
+                    raise
+            except BaseException:
+                if added.managed:
+                    await vms.hv_pool.run(vms.hv.delete_volume, path)
+                raise
+        log.info("vm.disk_attached", extra=kv(vm=name, target=target, path=path))
+    return await vms.get(name)
+
+
+async def detach(vms: VmService, name: str, target: str, keep_volume: bool) -> dict[str, Any]:
+    async with vms.changing(name):
+        rec = await vms.record(name)
+        spec = VmSpec.from_dict(rec.spec)
+        targets = spec.disk_targets()
+        if target not in targets:
+            raise errors.NotFound(
+                f"vm {name!r} has no disk {target!r} (its disks: {', '.join(targets) or 'none'})",
+                {"vm": name, "target": target},
+            )
+        runtime = await vms.hv_pool.run(vms.hv.state, name)
+        if runtime.state != "stopped":
+            raise errors.Conflict(
+                f"vm {name!r} must be stopped to detach a disk (it is {runtime.state})",
+                {"vm": name, "state": runtime.state},
+            )
+        index = targets.index(target)
+        gone = spec.disks[index]
+        path = vms.disk_paths(spec)[index]
+        kept = [
+            DiskSpec(d.size_gib, d.path, d.format, t)
+            for i, (d, t) in enumerate(zip(spec.disks, targets, strict=True))
+            if i != index
+        ]
+        device = domain_xml.DiskDevice(path, gone.format, target)
+        removed = []
+        with trio.CancelScope(shield=True):
+            await _set_disk(vms, name, device, present=False)
+            try:
+                await vms.save_spec(name, spec.with_disks(kept), rec.placement)
+            except BaseException:
+                await _set_disk(vms, name, device, present=True)
+                raise
+            deleted = gone.managed and not keep_volume
+            if deleted and await vms.hv_pool.run(vms.hv.delete_volume, path):
+                removed.append(path)
+        log.info("vm.disk_detached", extra=kv(vm=name, target=target, deleted=bool(removed)))
+    doc = await vms.get(name)
+    doc["volumes_deleted"] = removed
+    return doc

@@ -1,0 +1,57 @@
+"""Disks attached after create, on a real TCG guest: a new volume hot-plugged into the
+running guest appears there with its size; a detached one is gone at the next boot."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from novacron import errors
+from tests.daemon_harness import Daemon
+from tests.system import guest
+from tests.system.nodes import wait_until
+
+
+def blocks(log: Path, after: int = 0) -> dict[str, int]:
+    """The guest's virtio disks (name -> 512-byte sectors) it reported after ``after``."""
+    text = guest.console_text(log)[after:]
+    return {m[0]: int(m[1]) for m in re.findall(guest.BLOCK_MARKER + r" (vd[a-z]+) (\d+)", text)}
+
+
+def wait_blocks(log: Path, wanted: dict[str, int], after: int = 0) -> None:
+    wait_until(lambda: blocks(log, after) == wanted, 120, f"the guest's disks {wanted}")
+
+
+def test_a_new_volume_is_hot_plugged_and_a_detached_one_is_gone(
+    system_daemon: Daemon, guest_images: guest.GuestImages
+) -> None:
+    with system_daemon.client(timeout=300) as c:
+        vm = c.call(
+            "vm.create",
+            **guest_images.vm(
+                "dk1", memory_mib=128, options="novacron.blockwatch", disks=[{"size_gib": 1}]
+            ),
+        )
+        log = Path(vm["console_log"])
+        wait_blocks(log, {"vda": 2 << 20})  # 1 GiB
+        grown = c.call("vm.disk.attach", vm="dk1", size_gib=2, format="raw")
+        assert grown["state"] == "running"
+        assert [d["target"] for d in grown["disks"]] == ["vda", "vdb"]
+        wait_blocks(log, {"vda": 2 << 20, "vdb": 4 << 20})  # the guest sees 2 GiB more
+        assert [d["target"] for d in c.call("vm.stats", name="dk1")["disks"]] == ["vda", "vdb"]
+        with pytest.raises(errors.Conflict, match="must be stopped"):
+            c.call("vm.disk.detach", vm="dk1", target="vdb")
+
+        c.call("vm.stop", name="dk1")
+        shrunk = c.call("vm.disk.detach", vm="dk1", target="vdb")
+        assert shrunk["volumes_deleted"] == [grown["disks"][1]["path"]]
+        assert not Path(grown["disks"][1]["path"]).exists()
+        before = len(guest.console_text(log))
+        c.call("vm.start", name="dk1")
+        wait_blocks(log, {"vda": 2 << 20}, after=before)
+        time.sleep(2)  # (a second disk would have shown by now: both are probed at boot)
+        assert blocks(log, before) == {"vda": 2 << 20}
+        c.call("vm.delete", name="dk1", force=True)
