@@ -84,16 +84,14 @@ class Backups:
         so that names sort in the order taken (the count is one past the highest of that
         second, never a removed one's again)."""
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
-        taken = [
-            int(count)
-            for name in self.names()
-            if name.startswith(f"{PREFIX}{stamp}-")
-            and (count := name[len(PREFIX) + len(stamp) + 1 : -len(SUFFIX)]).isdigit()
+        start = f"{PREFIX}{stamp}-"
+        counts = [
+            name[len(start) : -len(SUFFIX)] for name in self.names() if name.startswith(start)
         ]
-        count = max(taken, default=-1) + 1
-        if count > 999:
+        following = max((int(c) for c in counts if c.isdigit()), default=-1) + 1
+        if following > 999:
             raise errors.Conflict("too many backups in one second")
-        return self.directory / f"{PREFIX}{stamp}-{count:03d}{SUFFIX}"
+        return self.directory / f"{start}{following:03d}{SUFFIX}"
 
     def _rotate(self, made: Path) -> list[str]:
         names = [n for n in self.names() if n != made.name]
