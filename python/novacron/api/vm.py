@@ -17,6 +17,7 @@ from novacron.auth.policy import check_tenant
 from novacron.errors import PermissionDenied
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
+from novacron.state.db import VmRecord
 from novacron.vm import disks, host_files
 from novacron.vm import stats as vm_stats
 from novacron.vm.quotas import LIMITS, Quota
@@ -33,12 +34,17 @@ from novacron.vm.spec import (
 MAX_SHUTDOWN_TIMEOUT_S = 3600.0
 
 
-async def visible_vm(vms: VmService, ctx: CallContext, name: str) -> str:
-    """``name`` if the VM exists in a tenant the caller sees, else ``not_found``."""
+async def visible_record(vms: VmService, ctx: CallContext, name: str) -> VmRecord:
+    """The VM's record if it exists in a tenant the caller sees, else ``not_found``."""
     rec = await vms.record(name)
     check_tenant(ctx.identity, rec.tenant, "vm", name)
     ctx.tenant = rec.tenant
-    return name
+    return rec
+
+
+async def visible_vm(vms: VmService, ctx: CallContext, name: str) -> str:
+    """``name`` if the VM exists in a tenant the caller sees, else ``not_found``."""
+    return (await visible_record(vms, ctx, name)).name
 
 
 def default_tenant(ctx: CallContext, given: bool, tenant: str) -> str:
@@ -93,11 +99,16 @@ def register(registry: Registry, services: Services) -> None:
         name = p.name("vm")
         # the rest is one disk, as in vm.create's disks (parse_disk refuses unknown keys)
         disk = parse_disk("disk", {k: v for k, v in p.raw().items() if k != "vm" and v is not None})
-        name = await visible(ctx, name)
+        rec = await visible_record(vms, ctx, name)
         if disk.path is not None:
-            tenant = (await vms.record(name)).tenant
             await trio.to_thread.run_sync(
-                host_files.check_file, ctx.identity, "path", disk.path, "disk", tenant, offered()
+                host_files.check_file,
+                ctx.identity,
+                "path",
+                disk.path,
+                "disk",
+                rec.tenant,
+                offered(),
             )
         return await disks.attach(vms, name, disk)
 
@@ -151,7 +162,7 @@ def register(registry: Registry, services: Services) -> None:
         """One VM's resource use: CPU time, memory, disk and NIC counters."""
         name = p.name()
         p.done()
-        rec = await vms.record(await visible(ctx, name))
+        rec = await visible_record(vms, ctx, name)
         doc = await vms.hv_pool.run(vm_stats.read, vms.hv, name)
         return {**doc, "tenant": rec.tenant}
 

@@ -103,8 +103,8 @@ def size(value: float | None, suffix: str = "") -> str:
 
 
 def _row(sample: dict[str, Any], rate: dict[str, Any] | None) -> dict[str, Any]:
-    memory = sample.get("memory") or {}
-    rss = memory.get("rss_kib")
+    """A table row ("-" where there is no figure)."""
+    rss = (sample.get("memory") or {}).get("rss_kib")
     rate = rate or {}
     percent = rate.get("cpu_percent")
     return {
@@ -113,10 +113,10 @@ def _row(sample: dict[str, Any], rate: dict[str, Any] | None) -> dict[str, Any]:
         "state": sample["state"],
         "cpu_percent": None if percent is None else f"{percent:.1f}",
         "rss": None if rss is None else size(rss * 1024),
-        "disk_read": size(rate.get("disk_read_bps")) if rate else None,
-        "disk_write": size(rate.get("disk_write_bps")) if rate else None,
-        "net_rx": size(rate.get("net_rx_bps")) if rate else None,
-        "net_tx": size(rate.get("net_tx_bps")) if rate else None,
+        "disk_read": size(rate.get("disk_read_bps")),
+        "disk_write": size(rate.get("disk_write_bps")),
+        "net_rx": size(rate.get("net_rx_bps")),
+        "net_tx": size(rate.get("net_tx_bps")),
     }
 
 

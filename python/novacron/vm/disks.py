@@ -15,6 +15,7 @@ removed (every driver can define; not every one can hot-plug).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import trio
@@ -26,28 +27,28 @@ from novacron.vm.service import VmService, log
 from novacron.vm.spec import MAX_DISKS, DiskSpec, VmSpec, disk_target
 
 
-async def _targets_in_use(vms: VmService, name: str, spec: VmSpec) -> set[str]:
-    """The spec's disks and whatever libvirt's domain has (a CD-ROM, a disk plugged in
-    outside NovaCron)."""
-    xml = await vms.hv_pool.run(vms.hv.xml, name)
-    return set(spec.disk_targets()) | {d.target for d in domain_xml.parse_disks(xml)}
-
-
 async def _set_disk(
-    vms: VmService, name: str, device: domain_xml.DiskDevice, present: bool
+    vms: VmService, name: str, device: domain_xml.DiskDevice, present: bool, xml: str | None
 ) -> None:
-    """Puts ``device`` into the domain (``present``) or takes it out."""
-    runtime = await vms.hv_pool.run(vms.hv.state, name)
-    if runtime.state not in ("stopped", "crashed"):
+    """Puts ``device`` into the domain (``present``) or takes it out: hot-plugged when the
+    VM runs (``xml`` None), else defined anew from its definition ``xml``."""
+    if xml is None:
         plug = vms.hv.attach_device if present else vms.hv.detach_device
         await vms.hv_pool.run(plug, name, domain_xml.disk_xml(device))
-        return
-    xml = await vms.hv_pool.run(vms.hv.xml, name)
-    if present:
-        xml = domain_xml.with_disk(xml, device)
+    elif present:
+        await vms.hv_pool.run(vms.hv.define, domain_xml.with_disk(xml, device))
     else:
-        xml = domain_xml.without_disk(xml, device.target)
-    await vms.hv_pool.run(vms.hv.define, xml)
+        await vms.hv_pool.run(vms.hv.define, domain_xml.without_disk(xml, device.target))
+
+
+async def _undo(
+    vms: VmService, name: str, device: domain_xml.DiskDevice, present: bool, xml: str | None
+) -> None:
+    """Takes back :func:`_set_disk` with the same arguments."""
+    if xml is None:
+        await _set_disk(vms, name, device, not present, None)
+    else:
+        await vms.hv_pool.run(vms.hv.define, xml)  # the definition as it was
 
 
 async def attach(vms: VmService, name: str, disk: DiskSpec) -> dict[str, Any]:
@@ -60,27 +61,27 @@ async def attach(vms: VmService, name: str, disk: DiskSpec) -> dict[str, Any]:
             raise errors.InvalidParams(
                 f"vm {name!r} has {MAX_DISKS} disks, the most a VM may have", {"param": "vm"}
             )
-        used = await _targets_in_use(vms, name, spec)
+        runtime = await vms.hv_pool.run(vms.hv.state, name)
+        xml = await vms.hv_pool.run(vms.hv.xml, name)
+        # free in the spec and in libvirt's domain (a CD-ROM, a disk plugged in outside us)
+        used = set(spec.disk_targets()) | {d.target for d in domain_xml.parse_disks(xml)}
         target = next(disk_target(i) for i in range(len(used) + 1) if disk_target(i) not in used)
-        current = [
-            DiskSpec(d.size_gib, d.path, d.format, t)
-            for d, t in zip(spec.disks, spec.disk_targets(), strict=True)
-        ]
-        added = DiskSpec(disk.size_gib, disk.path, disk.format, target)
-        grown = spec.with_disks([*current, added])
+        added = replace(disk, target=target)
+        grown = spec.with_disks([*spec.named_disks(), added])
         if added.size_gib is not None:
             more = {"disk_gib": added.size_gib}
             await vms.quotas.check_more(spec.tenant, await vms.records.all(), more)
+        definition = xml if runtime.state in ("stopped", "crashed") else None
         with trio.CancelScope(shield=True):
             path = await vms.new_volume(name, target, added) if added.managed else added.path
             assert path is not None
             device = domain_xml.DiskDevice(path, added.format, target)
             try:
-                await _set_disk(vms, name, device, present=True)
+                await _set_disk(vms, name, device, True, definition)
                 try:
                     await vms.save_spec(name, grown, rec.placement)
                 except BaseException:
-                    await _set_disk(vms, name, device, present=False)
+                    await _undo(vms, name, device, True, definition)
                     raise
             except BaseException:
                 if added.managed:
@@ -109,19 +110,16 @@ async def detach(vms: VmService, name: str, target: str, keep_volume: bool) -> d
         index = targets.index(target)
         gone = spec.disks[index]
         path = vms.disk_paths(spec)[index]
-        kept = [
-            DiskSpec(d.size_gib, d.path, d.format, t)
-            for i, (d, t) in enumerate(zip(spec.disks, targets, strict=True))
-            if i != index
-        ]
+        kept = [d for d in spec.named_disks() if d.target != target]
         device = domain_xml.DiskDevice(path, gone.format, target)
+        definition = await vms.hv_pool.run(vms.hv.xml, name)
         removed = []
         with trio.CancelScope(shield=True):
-            await _set_disk(vms, name, device, present=False)
+            await _set_disk(vms, name, device, False, definition)
             try:
                 await vms.save_spec(name, spec.with_disks(kept), rec.placement)
             except BaseException:
-                await _set_disk(vms, name, device, present=True)
+                await _undo(vms, name, device, False, definition)
                 raise
             deleted = gone.managed and not keep_volume
             if deleted and await vms.hv_pool.run(vms.hv.delete_volume, path):

@@ -142,12 +142,10 @@ def with_disk(xml: str, disk: DiskDevice) -> str:
 def without_disk(xml: str, target: str) -> str:
     """A domain's XML without its disk ``target`` (the guest's device name)."""
     dom = ET.fromstring(xml)  # noqa: S314 - from libvirtd
-    devices = dom.find("devices")
-    for el in [] if devices is None else devices.findall("disk"):
-        found = el.find("target")
-        if found is not None and found.get("dev") == target:
-            assert devices is not None
-            devices.remove(el)
+    for devices in dom.findall("devices"):
+        for el in devices.findall("disk"):
+            if (found := el.find("target")) is not None and found.get("dev") == target:
+                devices.remove(el)
     return ET.tostring(dom, encoding="unicode")
 
 

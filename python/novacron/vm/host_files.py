@@ -27,6 +27,10 @@ from novacron.vm.spec import VmSpec
 TENANT = "{tenant}"
 
 
+# what each kind of file is, and the key that offers its directories
+KINDS = {"disk": ("disk images", "disk_dirs"), "boot": ("kernels and initrds", "boot_dirs")}
+
+
 @dataclass(frozen=True)
 class Offered:
     """The node's offer: directories for disk images and for boot files."""
@@ -72,17 +76,14 @@ def check_file(
     ``path`` as a ``disk`` image or a ``boot`` file (``param``: its name in the call)."""
     if "admin" in identity.roles:
         return
-    state = _resolved(offered.state_dir)
-    entries = offered.disk_dirs if kind == "disk" else offered.boot_dirs
+    what, key = KINDS[kind]
+    entries: tuple[str, ...] = getattr(offered, key)
     real = _resolved(path)
     inside = any(_under(real, root) for root in _roots(entries, tenant))
-    if inside and not (real == state or real.is_relative_to(state)):
+    if inside and not real.is_relative_to(_resolved(offered.state_dir)):
         return
-    key = "disk_dirs" if kind == "disk" else "boot_dirs"
-    offer = ", ".join(entries) or "none"
     raise PermissionDenied(
-        f"{param} {path!r} is not in a directory this node offers for"
-        f" {'disk images' if kind == 'disk' else 'kernels and initrds'}"
-        f" ([vm] {key}: {offer}); other host files need the admin role",
+        f"{param} {path!r} is not in a directory this node offers for {what}"
+        f" ([vm] {key}: {', '.join(entries) or 'none'}); other host files need the admin role",
         {"param": param, "path": path},
     )

@@ -18,7 +18,6 @@ from novacron.blocking import Pool
 from novacron.state.db import StateStore, VmRecord
 from novacron.vm.spec import VmSpec
 
-LIMITS = ("max_vcpus", "max_memory_mib", "max_vms", "max_disk_gib")
 # each limit and the usage figure it caps
 RESOURCES = {
     "max_vcpus": "vcpus",
@@ -26,6 +25,7 @@ RESOURCES = {
     "max_vms": "vms",
     "max_disk_gib": "disk_gib",
 }
+LIMITS = tuple(RESOURCES)
 
 
 @dataclass(frozen=True)

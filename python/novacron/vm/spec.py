@@ -68,6 +68,10 @@ class VmSpec:
         """Each disk's device name in the guest, in order."""
         return [d.target or disk_target(i) for i, d in enumerate(self.disks)]
 
+    def named_disks(self) -> list[DiskSpec]:
+        """The disks, each with its device name set (as :meth:`with_disks` takes them)."""
+        return [replace(d, target=t) for d, t in zip(self.disks, self.disk_targets(), strict=True)]
+
     def with_disks(self, disks: list[DiskSpec]) -> VmSpec:
         """This spec with ``disks`` (each with its target set), targets written only where
         they differ from the position's (a spec without any stays readable by releases
