@@ -145,6 +145,7 @@ async def serve(config: Config) -> None:
     )
     try:
         await bindings.load()
+        await vms.cordon.load()
         registry = build_registry(services)
         settings = ConnectionSettings(
             config.max_message_bytes,
@@ -181,6 +182,7 @@ async def serve(config: Config) -> None:
             etcd = EtcdClient(config.etcd_endpoints, etcd_context(config), config.cluster_timeout_s)
             services.cluster = ClusterService(config, vms, bus, etcd)
             vms.ownership = services.cluster
+            vms.cordon.on_change = services.cluster.changed
             services.migrations.locks = MigrationLocks(services.cluster)
             registry.forwarder = services.cluster.forward
 

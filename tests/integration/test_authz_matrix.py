@@ -27,6 +27,8 @@ OTHER_METHODS = [
     "vm.stats.list",
     "node.info",
     "node.backup",
+    "node.cordon",
+    "node.uncordon",
     "audit.tail",
     "auth.bindings",
     "quota.get",

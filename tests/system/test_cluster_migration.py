@@ -10,6 +10,7 @@ switched over, and the VM stays on its source.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -208,3 +209,69 @@ def test_a_stopped_vm_moves_offline_with_its_ownership(
         assert c.call("vm.get", name="cold")["state"] == "stopped"
         assert c.call("cluster.status")["conflicts"] == []
     retire(b, "cold")
+
+
+def test_a_drained_node_is_empty_cordoned_and_takes_no_vm_until_uncordoned(
+    cluster_nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    """``novacron node drain`` with no destination: the cluster places each VM (the
+    other node: the drained one is cordoned first); a running guest moves live and
+    intact, a stopped VM offline, ownership follows. The cordoned node then takes no
+    new VM and no migration, until uncordoned."""
+    a, b = cluster_nodes.a, cluster_nodes.b
+    boot(a, "busy", guest_images)
+    with a.client() as c:
+        c.call("vm.create", **guest_images.vm("idle", 64, "", start=False))
+    wait_until(lambda: owner(b, "idle")["node"] == "hosta", 30, "hosta to own idle")
+    done = cli(a, "--json", "node", "drain", "--reason", "firmware")
+    assert done.returncode == 0, (done.stdout, done.stderr, logs(a, b))
+    doc = json.loads(done.stdout)
+    assert doc["kind"] == "drain" and doc["state"] == "succeeded", doc
+    result = doc["result"]
+    assert sorted(m["vm"] for m in result["moved"]) == ["busy", "idle"], result
+    assert result["failed"] == [] and result["kept"] == [] and result["left"] == []
+    assert {m["destination"] for m in result["moved"]} == {b.address}
+    assert [m["offline"] for m in sorted(result["moved"], key=lambda m: m["vm"])] == [
+        False,
+        True,
+    ]
+    only_on("busy", b, a)
+    assert b.domstate("idle") == "shut off" and "idle" not in a.domains()
+    assert "idle" in b.records() and "idle" not in a.records()
+    for vm in ("busy", "idle"):
+        assert owner(a, vm)["node"] == "hostb"
+    intact_on(b, "busy")
+
+    # cordoned: the cluster shows it, places nothing there, and hosta refuses VMs
+    wait_until(
+        lambda: any(n["node"] == "hosta" and n.get("cordon") for n in nodes_of(b)),
+        30,
+        "hosta's registration to show its cordon",
+    )
+    with b.client() as c:
+        assert c.call("cluster.place", vcpus=1, memory_mib=64)["node"] == "hostb"
+    with a.client() as c:
+        assert c.call("node.info")["cordon"]["reason"] == "firmware"
+    with b.client() as c:
+        op_id = c.call("vm.migrate", name="busy", destination="hosta")["op"]
+    back = ended(b, op_id)
+    assert back["state"] == "failed" and "cordoned" in back["error"]["message"], back
+    only_on("busy", b, a)
+    assert owner(b, "busy")["node"] == "hostb"
+
+    with a.client() as c:
+        assert c.call("node.uncordon")["was_cordoned"] is True
+    wait_until(
+        lambda: any(n["node"] == "hosta" and not n.get("cordon") for n in nodes_of(b)),
+        30,
+        "hosta's registration without a cordon",
+    )
+    intact_on(b, "busy")
+    retire(b, "busy")
+    retire(b, "idle")
+
+
+def nodes_of(node: Node) -> list[dict[str, Any]]:
+    with node.client() as c:
+        found: list[dict[str, Any]] = c.call("cluster.nodes")
+    return found

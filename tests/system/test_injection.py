@@ -7,6 +7,7 @@ harmlessly with the payload kept verbatim as data."""
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import Any
 
 import libvirt
@@ -106,6 +107,11 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("cluster.forward", {"params": {}, "identity": {"user": "u", "roles": []}}, "call"),
     ("cluster.place", {}, "cpu_policy"),
     ("cluster.place", {}, "memory_policy"),
+    # last: a cordon (and a drain, which cordons) that succeeds is taken back below
+    ("node.drain", {}, "destination"),
+    ("node.drain", {"destination": "n2"}, "compression"),
+    ("node.drain", {"destination": "n2"}, "reason"),
+    ("node.cordon", {}, "reason"),
 ]
 
 
@@ -137,6 +143,7 @@ def test_every_string_parameter_resists_injection(system_daemon: Daemon) -> None
     assert {m for m, p in policy.METHOD_PERMISSIONS.items() if p != policy.PUBLIC} - methods <= {
         "node.info",
         "node.backup",
+        "node.uncordon",
         "auth.whoami",
         "auth.bindings",
         "audit.tail",
@@ -161,7 +168,17 @@ def test_every_string_parameter_resists_injection(system_daemon: Daemon) -> None
                     ("session.hello", "client"),
                     ("vm.create", "cmdline"),
                     ("vm.snapshot.create", "description"),
+                    ("node.drain", "reason"),
+                    ("node.cordon", "reason"),
                 }, f"{method}.{param}={label} succeeded: {result}"
+                if method == "node.drain":  # it cordons, then fails to move victim to n2
+                    deadline = time.monotonic() + 60
+                    while c.call("op.get", op=result["op"])["state"] == "running":
+                        assert time.monotonic() < deadline, result
+                        time.sleep(0.05)
+                if method in ("node.drain", "node.cordon"):
+                    assert c.call("node.info")["cordon"]["reason"] == payload
+                    c.call("node.uncordon")
                 if method == "vm.create":
                     got = c.call("vm.get", name="inj")
                     assert got["cmdline"] == payload

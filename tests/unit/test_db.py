@@ -71,3 +71,19 @@ def test_invalid_desired_state_is_refused(store: StateStore) -> None:
     with pytest.raises(sqlite3.IntegrityError):
         store.set_desired_state("v1", "flying")
     assert store.get_vm("v1").desired_state == "stopped"
+
+
+def test_node_settings_set_replace_remove_and_persist(tmp_path: Path) -> None:
+    path = tmp_path / "settings.db"
+    s = StateStore(path)
+    assert s.get_setting("cordon") is None
+    s.set_setting("cordon", {"reason": "a"})
+    s.set_setting("cordon", {"reason": "b", "since": 1.5})
+    s.set_setting("other", [1, 2])
+    s.close()
+    s = StateStore(path)
+    assert s.get_setting("cordon") == {"reason": "b", "since": 1.5}
+    s.set_setting("cordon", None)
+    s.set_setting("cordon", None)  # (removing what is not there changes nothing)
+    assert s.get_setting("cordon") is None and s.get_setting("other") == [1, 2]
+    s.close()

@@ -9,7 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from novacron.errors import InvalidParams
-from novacron.migration.options import COMPRESSIONS, STALL_ACTIONS, MigrateOptions, parse_migrate
+from novacron.migration.options import (
+    COMPRESSIONS,
+    STALL_ACTIONS,
+    MigrateOptions,
+    parse_destination,
+    parse_migrate,
+    parse_options,
+)
 from novacron.rpc.params import Params
 
 
@@ -42,6 +49,9 @@ def test_auto_converge_becomes_the_default_stall_action() -> None:
         ({"dedup": "yes"}, "dedup"),
         ({"destination": "a b"}, "destination"),
         ({"destination": ""}, "destination"),
+        ({"destination": "../../etc/passwd"}, "destination"),
+        ({"destination": "host/x:7443"}, "destination"),
+        ({"destination": "h\u00f6st"}, "destination"),
     ],
 )
 def test_refused_up_front(params: dict[str, Any], param: str) -> None:
@@ -87,3 +97,16 @@ def test_valid_combinations_parse_and_round_trip(
     assert options.max_downtime_cap_ms >= options.max_downtime_ms
     assert MigrateOptions.from_dict(options.to_dict()) == options
     assert options.bandwidth_mib_s() * (1 << 20) * 8 >= bandwidth * 1_000_000
+
+
+def test_destination_optional_for_a_drain() -> None:
+    p = Params({"destination": None})
+    assert parse_destination(p, required=False) is None
+    p.done()  # (an explicit nil is taken: nothing unknown left)
+    for ok in ("hostb", "hostb.example.org:7443", "10.0.0.2:7443", "[fd00::2]:7443"):
+        assert parse_destination(Params({"destination": ok}), required=False) == ok
+    with pytest.raises(InvalidParams) as missing:
+        parse_destination(Params({}))
+    assert missing.value.details == {"param": "destination"}
+    options = parse_options(Params({"compression": "zstd", "zstd_level": 3}))
+    assert options == MigrateOptions(compression="zstd", zstd_level=3)

@@ -91,3 +91,12 @@ def test_nowhere_is_insufficient_resources() -> None:
         choose(spec(memory_mib=10_000), [node("a", capacity(4096)), node("b", capacity(4096))])
     with pytest.raises(errors.InsufficientResources, match="0 node"):
         choose(spec(), [node("a", {})])
+
+
+def test_a_cordoned_node_gets_no_new_vm() -> None:
+    roomy = {**node("b", capacity(8192)), "cordon": {"since": 1.0, "reason": "", "by": "x"}}
+    assert not usable(roomy)
+    assert usable({**roomy, "cordon": None})
+    assert choose(spec(), [node("a", capacity(2048)), roomy])[0] == "a"
+    with pytest.raises(errors.InsufficientResources, match="0 node"):
+        choose(spec(), [roomy])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from novacron.api import auth, cluster, migration, net, session, vm
+from novacron.api import auth, cluster, maintenance, migration, net, session, vm
 from novacron.api.services import Services
 from novacron.auth.ratelimit import RateLimiter
 from novacron.rpc.dispatch import Registry
@@ -16,6 +16,7 @@ def build_registry(services: Services) -> Registry:
     migration.register(registry, services)
     net.register(registry, services)
     cluster.register(registry, services)
+    maintenance.register(registry, services)
     registry.audit = services.audit
     if services.config.rate_limit_per_s > 0:
         registry.limiter = RateLimiter(

@@ -66,7 +66,12 @@ def register(registry: Registry, services: Services) -> None:
         except Unavailable as exc:
             # the daemon's own status stays reachable while libvirt is down
             raise Unavailable(exc.message, {"daemon": daemon}) from None
-        info.update(node=services.config.node_name, daemon=daemon, topology=vms.placement.report())
+        info.update(
+            node=services.config.node_name,
+            daemon=daemon,
+            topology=vms.placement.report(),
+            cordon=vms.cordon.to_wire(),
+        )
         return info
 
     @registry.method("node.backup")

@@ -32,6 +32,9 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "auth.whoami": PUBLIC,
     "node.info": READ,
     "node.backup": ADMIN,
+    "node.cordon": ADMIN,
+    "node.uncordon": ADMIN,
+    "node.drain": ADMIN,
     "events.subscribe": READ,
     "events.unsubscribe": READ,
     "vm.list": READ,
@@ -119,6 +122,7 @@ ROLES: Final = tuple(ROLE_GRANTS)
 CHANGING: Final = frozenset(
     {m for m, p in METHOD_PERMISSIONS.items() if p == WRITE}
     | {"auth.bind", "auth.unbind", "tls.reload", "quota.set", "node.backup"}
+    | {"node.cordon", "node.uncordon", "node.drain"}
     | {"migration.prepare", "migration.abort"}
     # (cluster.forward is audited on the owning node as the call it carries)
 )

@@ -35,7 +35,15 @@ def _row(node: dict[str, Any]) -> dict[str, Any]:
     capacity = node.get("capacity") or {}
     free = sum(n.get("memory_placeable_mib") or 0 for n in capacity.get("nodes", []))
     labels = ",".join(f"{k}={v}" for k, v in sorted((node.get("labels") or {}).items()))
-    return {**node, "free": free if capacity else None, "labels_text": labels or None}
+    state = node.get("state")
+    if state == "up" and node.get("cordon"):
+        state = "up, cordoned"
+    return {
+        **node,
+        "state": state,
+        "free": free if capacity else None,
+        "labels_text": labels or None,
+    }
 
 
 def run_nodes(client: SyncClient, args: argparse.Namespace) -> Any:

@@ -39,17 +39,22 @@ def add_vm_command(sub: Any) -> None:
     )
     mig.add_argument("name")
     mig.add_argument("--to", required=True, dest="destination", help="NODE or NODE:PORT")
-    mig.add_argument("--max-downtime-ms", type=int)
-    mig.add_argument("--bandwidth-mbps", type=int, help="cap QEMU's stream (Mbit/s)")
-    mig.add_argument("--compression", choices=("lz4", "zstd", "none"))
-    mig.add_argument("--zstd-level", type=int)
-    mig.add_argument("--no-dedup", action="store_false", dest="dedup", default=None)
-    mig.add_argument("--auto-converge", action="store_true", default=None)
-    mig.add_argument("--stall-action", choices=("auto_converge", "raise_downtime", "cancel"))
-    mig.add_argument("--stall-rounds", type=int, help="rounds without progress that are a stall")
-    mig.add_argument("--timeout-s", type=float, dest="timeout_s")
+    add_option_arguments(mig)
     mig.add_argument("--detach", action="store_true", help="print the operation id and return")
     mig.set_defaults(run=run_migrate)
+
+
+def add_option_arguments(parser: Any) -> None:
+    """The migration options (``OPTION_KEYS``), for ``vm migrate`` and ``node drain``."""
+    parser.add_argument("--max-downtime-ms", type=int)
+    parser.add_argument("--bandwidth-mbps", type=int, help="cap QEMU's stream (Mbit/s)")
+    parser.add_argument("--compression", choices=("lz4", "zstd", "none"))
+    parser.add_argument("--zstd-level", type=int)
+    parser.add_argument("--no-dedup", action="store_false", dest="dedup", default=None)
+    parser.add_argument("--auto-converge", action="store_true", default=None)
+    parser.add_argument("--stall-action", choices=("auto_converge", "raise_downtime", "cancel"))
+    parser.add_argument("--stall-rounds", type=int, help="rounds without progress that are a stall")
+    parser.add_argument("--timeout-s", type=float, dest="timeout_s")
 
 
 def add_op_commands(groups: Any) -> None:

@@ -1,4 +1,5 @@
-"""``novacron node info|topology|backup``, ``novacron hello``, ``novacron events``."""
+"""``novacron node info|topology|backup`` (``cordon|uncordon|drain``: :mod:`.maintenance`),
+``novacron hello``, ``novacron events``."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from novacron.cli import output
+from novacron.cli import maintenance, output
 from novacron.sync_client import SyncClient
 
 
@@ -23,6 +24,7 @@ def add_commands(groups: Any) -> None:
     sub.add_parser(
         "backup", help="a consistent copy of this node's state store (admin; docs/operations.md)"
     ).set_defaults(run=run_backup)
+    maintenance.add_node_commands(sub)
 
     events = groups.add_parser("events", help="print events as they happen (Ctrl-C to stop)")
     events.add_argument("--topic", action="append", dest="topics", help="only this topic")
@@ -78,10 +80,17 @@ def run_info(client: SyncClient, args: argparse.Namespace) -> Any:
                 "memory": f"{info['memory_mib']} MiB",
                 "numa_nodes": info["numa_nodes"],
                 "managed_vms": info["daemon"]["managed_vms"],
+                "cordoned": _cordoned(info.get("cordon")),
                 "uptime": f"{info['daemon']['uptime_s']:.0f} s",
             }
         )
     return info
+
+
+def _cordoned(cordon: dict[str, Any] | None) -> str:
+    if cordon is None:
+        return "no"
+    return f"yes, by {cordon['by'] or '-'}" + (f": {cordon['reason']}" if cordon["reason"] else "")
 
 
 def _or_dash(value: Any) -> str:
@@ -153,6 +162,9 @@ def run_events(client: SyncClient, args: argparse.Namespace) -> None:
             print(json.dumps(event, sort_keys=True), flush=True)
         else:
             detail = " ".join(f"{k}={v}" for k, v in event.items() if k != "topic")
-            output.console.print(f"[bold]{event.get('topic')}[/bold] {detail}", highlight=False)
+            from rich.text import Text  # noqa: PLC0415 - see output's docstring
+
+            line = Text.assemble((str(event.get("topic")), "bold"), " ", detail)
+            output.console.print(line, highlight=False)
         if args.count is not None and seen >= args.count:
             return

@@ -44,12 +44,13 @@ def when(stamp: float | None) -> str:
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
     from rich.table import Table  # noqa: PLC0415 - see the module's docstring
+    from rich.text import Text  # noqa: PLC0415
 
     out = Table(show_edge=False, header_style="bold")
     for _, title in columns:
         out.add_column(title)
-    for row in rows:
-        out.add_row(*(_cell(key, row.get(key)) for key, _ in columns))
+    for row in rows:  # values are text, never markup ("set [tls] cert" stays whole)
+        out.add_row(*(Text(_cell(key, row.get(key))) for key, _ in columns))
     _console().print(out)
 
 
@@ -62,10 +63,13 @@ def _cell(key: str, value: Any) -> str:
 
 
 def fields(doc: dict[str, Any], order: Sequence[str] | None = None) -> None:
+    from rich.text import Text  # noqa: PLC0415 - see the module's docstring
+
     keys = list(order) if order else list(doc)
     width = max((len(k) for k in keys), default=0)
     for key in keys:
         value = doc.get(key)
         if isinstance(value, dict | list):
             value = json.dumps(value, default=str)
-        _console().print(f"[bold]{key:<{width}}[/bold]  {_cell(key, value)}", highlight=False)
+        line = Text.assemble((f"{key:<{width}}", "bold"), "  ", _cell(key, value))
+        _console().print(line, highlight=False)

@@ -80,8 +80,8 @@ def free_placer(capacity: dict[str, Any]) -> Placer | None:
 
 
 def usable(doc: dict[str, Any]) -> bool:
-    """A registration a VM can be sent to (up, with an address)."""
-    return doc.get("state", "up") == "up" and bool(doc.get("address"))
+    """A registration a new VM can be sent to (up, with an address, not cordoned)."""
+    return doc.get("state", "up") == "up" and bool(doc.get("address")) and not doc.get("cordon")
 
 
 def choose_among(spec: VmSpec, placers: dict[str, Placer | None]) -> tuple[str, float]:

@@ -88,6 +88,7 @@ class ClusterService:
             "labels": self.config.labels,
             "capacity": self.vms.placement.report(),
             "vms": len(self.vms.managed),
+            "cordon": self.vms.cordon.to_wire(),  # placement passes a cordoned node by
         }
 
     def changed(self) -> None:
@@ -314,11 +315,14 @@ class ClusterService:
         log.info("cluster.placed", extra=kv(vm=spec.name, node=node, score=round(score, 4)))
         return node
 
-    async def best_node(self, spec: VmSpec) -> tuple[str, float]:
-        """The up node that places ``spec`` with the most room left, and its score."""
+    async def best_node(
+        self, spec: VmSpec, exclude: frozenset[str] = frozenset()
+    ) -> tuple[str, float]:
+        """The up, uncordoned node (not one of ``exclude``) that places ``spec`` with
+        the most room left, and its score."""
         if not await self.reachable():
             raise errors.Unavailable("etcd is unreachable: no cluster-wide placement")
-        placers = self._free_placers()
+        placers = {n: p for n, p in self._free_placers().items() if n not in exclude}
         # the engine's work, without the GIL, off the trio thread when there is much of it
         if len(placers) > 64:
             return await trio.to_thread.run_sync(scoring.choose_among, spec, placers)

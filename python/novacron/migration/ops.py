@@ -33,7 +33,7 @@ KEEP_IN_MEMORY = 256  # ended operations kept in memory; older ones are read fro
 @dataclass
 class Operation:
     id: str
-    kind: str  # migrate_out | migrate_in
+    kind: str  # migrate_out | migrate_in | drain (vm and tenant: "")
     vm: str
     tenant: str
     peer: str
@@ -132,6 +132,9 @@ class Operations:
 
     def active_for(self, vm: str) -> Operation | None:
         return next((op for op in self._running.values() if op.vm == vm), None)
+
+    def running_of(self, kind: str) -> Operation | None:
+        return next((op for op in self._running.values() if op.kind == kind), None)
 
     def report(self, op: Operation, phase: str, progress: dict[str, Any] | None = None) -> None:
         """Updates a running operation and publishes ``op.progress``."""

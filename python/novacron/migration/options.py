@@ -14,6 +14,7 @@ carries it, see :mod:`novacron.migration.progress`):
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,6 +26,8 @@ STALL_ACTIONS = ("auto_converge", "raise_downtime", "cancel")
 MAX_DOWNTIME_MS = 60_000
 MAX_BANDWIDTH_MBPS = 400_000
 MAX_TIMEOUT_S = 86_400.0
+# a node's name, a DNS name, an IPv4 address or a bracketed IPv6 one, and a port
+DESTINATION = re.compile(r"[A-Za-z0-9._\-\[\]:]{1,255}")
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,30 @@ class MigrateOptions:
 def parse_migrate(p: Params) -> tuple[str, str, MigrateOptions]:
     """``(vm, destination, options)`` from ``vm.migrate``'s parameters."""
     name = p.name()
-    destination = p.text("destination", max_len=255)
-    if not destination.strip() or any(c.isspace() for c in destination):
-        raise InvalidParams("destination must be host or host:port", {"param": "destination"})
+    destination = parse_destination(p)
+    assert destination is not None
+    options = parse_options(p)
+    p.done()
+    return name, destination, options
+
+
+def parse_destination(p: Params, required: bool = True) -> str | None:
+    """``destination``: ``host``, ``host:port`` or a node's name (None if optional and
+    not given)."""
+    destination = p.opt_text("destination", max_len=255)
+    if destination is None:
+        if required:
+            raise InvalidParams("missing parameter 'destination'", {"param": "destination"})
+        return None
+    if not DESTINATION.fullmatch(destination):
+        raise InvalidParams(
+            "destination must be a node's name, host or host:port", {"param": "destination"}
+        )
+    return destination
+
+
+def parse_options(p: Params) -> MigrateOptions:
+    """The migration options of ``vm.migrate`` (and ``node.drain``), checked."""
     if p.integer("parallel", 0, 64, default=0):
         raise InvalidParams(
             "multifd (parallel connections) is not carried by NovaCron's data path: "
@@ -87,9 +111,8 @@ def parse_migrate(p: Params) -> tuple[str, str, MigrateOptions]:
         stall_rounds=p.integer("stall_rounds", 2, 1000, default=4),
         timeout_s=p.number("timeout_s", 0.0, MAX_TIMEOUT_S, 0.0),
     )
-    p.done()
     check_combination(options, zstd_level_given=p.given("zstd_level"))
-    return name, destination, options
+    return options
 
 
 def check_combination(options: MigrateOptions, zstd_level_given: bool = False) -> None:

@@ -158,6 +158,7 @@ class MigrationService:
         options: dict[str, Any],
         offline_move: bool = False,
     ) -> dict[str, Any]:
+        self.vms.cordon.refuse("incoming migrations")
         if offline_move:
             return await offline.prepare(self, source, name, xml, options)
         if stream_socket is None:

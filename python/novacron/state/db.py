@@ -232,6 +232,26 @@ class StateStore:
         with self._tx() as db:
             return db.execute("DELETE FROM networks WHERE name = ?", (name,)).rowcount > 0
 
+    # -- the node's own settings ---------------------------------------------------------
+
+    def get_setting(self, key: str) -> Any:
+        """A node setting's value (JSON), None if unset."""
+        row = self._db.execute("SELECT value FROM node_settings WHERE key = ?", (key,)).fetchone()
+        return json.loads(row["value"]) if row else None
+
+    def set_setting(self, key: str, value: Any) -> None:
+        """Sets a node setting; ``None`` removes it."""
+        with self._tx() as db:
+            if value is None:
+                db.execute("DELETE FROM node_settings WHERE key = ?", (key,))
+                return
+            db.execute(
+                "INSERT INTO node_settings (key, value, updated_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
+                " updated_at = excluded.updated_at",
+                (key, json.dumps(value, sort_keys=True), time.time()),
+            )
+
     # -- role bindings -----------------------------------------------------------------
 
     def list_bindings(self) -> list[tuple[str, str, list[str]]]:

@@ -26,6 +26,7 @@ from novacron.net.nic import NicSpec
 from novacron.placement.service import PlacementService
 from novacron.state.db import StateStore, VmRecord
 from novacron.vm import domain_xml
+from novacron.vm.cordon import Cordon
 from novacron.vm.domain_xml import ManagedDomain
 from novacron.vm.driver import Hypervisor, RuntimeState
 from novacron.vm.managed import ManagedVms
@@ -59,6 +60,7 @@ class VmService:
         self.records = Records(store, self.db_pool)
         self.placement = PlacementService(config)
         self.quotas = Quotas(store, self.db_pool)
+        self.cordon = Cordon(store, self.db_pool, config.node_name)  # (loaded by the daemon)
         self._tenant_locks: dict[str, trio.Lock] = {}
         self._locks: dict[str, trio.Lock] = {}
         self.managed = ManagedVms()  # names and tenants, for the event forwarder
@@ -226,6 +228,7 @@ class VmService:
     # -- create / delete ---------------------------------------------------------------
 
     async def create(self, spec: VmSpec, start: bool) -> dict[str, Any]:
+        self.cordon.refuse("new VMs")
         # the tenant's quota is checked and the VM recorded with no other create of
         # the same tenant in between
         async with self.tenant_lock(spec.tenant), self.locked(spec.name):

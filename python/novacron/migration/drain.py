@@ -1,0 +1,187 @@
+"""``node.drain``: empty this node before maintenance.
+
+The node is cordoned first (:mod:`novacron.vm.cordon`: no new VMs, no incoming
+migrations), then every VM it has leaves, one at a time, as ``vm.migrate`` would move
+it: a running or paused VM live, a stopped one offline (unless ``keep_stopped``). Each
+move is an operation of its own (``migrate_out``); the drain is one more (kind
+``drain``) that reports which VM it is at and ends with what moved, what did not and
+why. A VM that cannot move (disks in this node's pool, a refusal of the destination, a
+failed migration) stays here, running as it was, and the drain goes on with the next.
+
+Destinations: the one given (a node's name in a cluster, or ``host[:port]``), or in a
+cluster the best-scoring other node for each VM, as ``vm.create node=auto`` chooses
+(cordoned nodes are passed by). One VM at a time: each choice sees the previous
+arrival's effect on the nodes' published free state (mostly: a registration is
+republished within a third of the lease's TTL).
+
+``op.cancel`` on the drain cancels the migration under way (that VM stays here) and
+starts no other; the node stays cordoned.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from novacron import errors
+from novacron.logs import kv
+from novacron.migration import outgoing
+from novacron.migration.ops import Operation
+from novacron.migration.options import MigrateOptions
+from novacron.vm.spec import VmSpec
+
+if TYPE_CHECKING:
+    from novacron.migration.service import MigrationService
+
+log = logging.getLogger("novacron.migration")
+
+KIND = "drain"
+
+
+@dataclass
+class Drain:
+    svc: MigrationService
+    op: Operation
+    names: list[str]
+    destination: str | None  # None: the cluster chooses per VM
+    options: MigrateOptions
+    keep_stopped: bool
+    moved: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    at: str | None = None  # the VM being moved
+    current: Operation | None = None  # its migration
+
+    def cancel(self) -> None:
+        if self.current is not None and self.current.state == "running":
+            self.svc.cancel(self.current)
+
+    def summary(self) -> dict[str, Any]:
+        tried = {v["vm"] for v in self.moved + self.failed + self.kept}
+        return {
+            "node": self.svc.config.node_name,
+            "moved": self.moved,
+            "failed": self.failed,
+            "kept": self.kept,
+            "left": [n for n in self.names if n not in tried],
+        }
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "current": self.at,
+            "done": len(self.moved) + len(self.failed) + len(self.kept),
+            "total": len(self.names),
+            "moved": len(self.moved),
+            "failed": len(self.failed),
+        }
+
+
+async def start(
+    svc: MigrationService,
+    destination: str | None,
+    options: MigrateOptions,
+    keep_stopped: bool,
+    reason: str,
+    by: str,
+) -> dict[str, Any]:
+    """Cordons the node, then drains it in a task; answers at once."""
+    if destination is None and svc.locks is None:
+        raise errors.InvalidParams(
+            "this node is not in a cluster: name a destination", {"param": "destination"}
+        )
+    running = svc.ops.running_of(KIND)
+    if running is not None:
+        raise errors.Conflict(
+            f"a drain of this node is already running ({running.id})", {"op": running.id}
+        )
+    vms = svc.vms
+    await vms.cordon.set(reason, by)
+    names = [r.name for r in await vms.records.all() if r.desired_state != "deleting"]
+    params = {
+        **options.to_dict(),
+        "destination": destination,
+        "keep_stopped": keep_stopped,
+        "vms": names,
+    }
+    op = await svc.ops.start(KIND, "", "", destination or "auto", params)
+    drain = Drain(svc, op, names, destination, options, keep_stopped)
+    op.on_cancel = drain.cancel
+    svc.spawn(_run, drain, op=op)
+    log.info("drain.started", extra=kv(op=op.id, vms=len(names), destination=destination))
+    return {"op": op.id, "node": svc.config.node_name, "vms": names}
+
+
+async def _run(drain: Drain) -> None:
+    svc, op = drain.svc, drain.op
+    for name in drain.names:
+        if op.cancel_requested:
+            break
+        drain.at = name
+        svc.ops.report(op, "draining", drain.progress())
+        await _move(drain, name)
+        drain.at, drain.current = None, None
+        svc.ops.report(op, "draining", drain.progress())
+    result = drain.summary()
+    if op.cancel_requested:
+        await svc.ops.finish(op, "cancelled", result, errors.Cancelled("the drain was cancelled"))
+    elif drain.failed:
+        stuck = [f["vm"] for f in drain.failed]
+        await svc.ops.finish(
+            op,
+            "failed",
+            result,
+            errors.MigrationFailed(
+                f"{len(stuck)} of {len(drain.names)} VM(s) did not leave node "
+                f"{svc.config.node_name!r} and run there as before: {', '.join(stuck)}",
+                {"vms": stuck},
+            ),
+        )
+    else:
+        await svc.ops.finish(op, "succeeded", result)
+
+
+async def _move(drain: Drain, name: str) -> None:
+    """One VM away (or kept, or its failure recorded)."""
+    svc = drain.svc
+    vms = svc.vms
+    rec = await vms.records.get(name)
+    if rec is None or rec.desired_state == "deleting":
+        drain.kept.append({"vm": name, "reason": "deleted meanwhile"})
+        return
+    try:
+        if drain.keep_stopped:
+            runtime = await vms.hv_pool.run(vms.hv.state, name)
+            if runtime.state == "stopped":
+                drain.kept.append({"vm": name, "reason": "stopped (keep_stopped)"})
+                return
+        destination = drain.destination
+        if destination is None:
+            assert svc.locks is not None
+            cluster = svc.locks.cluster
+            spec = VmSpec.from_dict(rec.spec)
+            destination, _ = await cluster.best_node(spec, exclude=frozenset({cluster.node}))
+        started = await outgoing.start(svc, name, destination, drain.options)
+    except errors.NovaCronError as exc:
+        drain.failed.append({"vm": name, "op": None, "error": exc.to_wire()})
+        log.warning("drain.vm_refused", extra=kv(op=drain.op.id, vm=name, error=exc.message))
+        return
+    child = svc.ops.running(started["op"])
+    if child is not None:
+        drain.current = child
+        if drain.op.cancel_requested:  # cancelled while this one was being started
+            drain.cancel()
+        await child.ended.wait()
+    doc = await svc.ops.get(started["op"])
+    if doc["state"] == "succeeded":
+        result = doc.get("result") or {}
+        drain.moved.append(
+            {
+                "vm": name,
+                "op": doc["id"],
+                "destination": started["destination"],
+                "offline": bool(result.get("offline")),
+            }
+        )
+    else:
+        drain.failed.append({"vm": name, "op": doc["id"], "error": doc["error"]})

@@ -1,0 +1,67 @@
+"""node.drain in-process on libvirt's test driver (which migrates nothing): what is
+refused before anything changes, one drain at a time, a cancel before the first VM,
+and the result of VMs that cannot leave."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from novacron import errors
+from novacron.migration import drain
+from novacron.migration.options import MigrateOptions
+from novacron.migration.service import MigrationService
+from novacron.vm.spec import VmSpec
+from tests.unit.conftest import unique
+
+
+async def test_without_a_cluster_a_destination_is_needed(migrations: MigrationService) -> None:
+    with pytest.raises(errors.InvalidParams, match="name a destination"):
+        await drain.start(migrations, None, MigrateOptions(), False, "drain", "unix:root")
+    assert migrations.vms.cordon.state is None
+    assert migrations.ops._running == {}
+
+
+async def test_one_drain_at_a_time_and_a_cancel_before_the_first_vm(
+    migrations: MigrationService,
+) -> None:
+    vms = migrations.vms
+    names = sorted(unique("d") for _ in range(3))
+    for name in names:
+        await vms.create(VmSpec(name=name, vcpus=1, memory_mib=64), start=False)
+    started = await drain.start(migrations, "hostb", MigrateOptions(), False, "maint", "unix:a")
+    assert started["vms"] == names
+    with pytest.raises(errors.Conflict, match="already running") as second:
+        await drain.start(migrations, "hostc", MigrateOptions(), False, "x", "unix:b")
+    assert second.value.details == {"op": started["op"]}
+    op = migrations.ops.running(started["op"])
+    assert op is not None
+    migrations.ops.cancel(op)  # before its task took the first VM
+    with trio.fail_after(10):
+        await op.ended.wait()
+    doc = await migrations.ops.get(started["op"])
+    assert doc["state"] == "cancelled" and doc["error"]["code"] == "cancelled"
+    assert doc["result"]["left"] == names and doc["result"]["failed"] == []
+    assert vms.cordon.state is not None and vms.cordon.state.reason == "maint"
+    assert vms.cordon.state.by == "unix:a"  # (the refused second drain changed nothing)
+
+
+async def test_vms_that_cannot_leave_are_reported_and_stay(migrations: MigrationService) -> None:
+    vms = migrations.vms
+    run, cold = unique("run"), unique("cold")
+    await vms.create(VmSpec(name=run, vcpus=1, memory_mib=64), start=True)
+    await vms.create(VmSpec(name=cold, vcpus=1, memory_mib=64), start=False)
+    started = await drain.start(migrations, "hostb", MigrateOptions(), False, "drain", "unix:a")
+    op = migrations.ops.running(started["op"])
+    assert op is not None
+    progress: list[dict[str, object]] = []
+    with trio.fail_after(30):
+        await op.ended.wait()
+    progress.append(dict(op.progress))
+    doc = await migrations.ops.get(started["op"])
+    assert doc["state"] == "failed"
+    assert sorted(doc["error"]["details"]["vms"]) == sorted([run, cold])
+    assert {f["vm"] for f in doc["result"]["failed"]} == {run, cold}
+    assert progress == [{"current": None, "done": 2, "total": 2, "moved": 0, "failed": 2}]
+    assert (await vms.get(run))["state"] == "running"
+    assert (await vms.get(cold))["state"] == "stopped"
