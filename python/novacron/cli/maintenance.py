@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
 from novacron.cli import output
@@ -41,7 +40,7 @@ def _cordon_fields(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "node": doc["node"],
         "cordoned": "yes",
-        "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(cordon["since"])),
+        "since": output.when(cordon["since"]),
         "reason": cordon["reason"] or "-",
         "by": cordon["by"] or "-",
     }
