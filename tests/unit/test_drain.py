@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from novacron import errors
 from novacron.migration import drain
@@ -65,3 +66,39 @@ async def test_vms_that_cannot_leave_are_reported_and_stay(migrations: Migration
     assert progress == [{"current": None, "done": 2, "total": 2, "moved": 0, "failed": 2}]
     assert (await vms.get(run))["state"] == "running"
     assert (await vms.get(cold))["state"] == "stopped"
+
+
+async def test_a_vm_that_arrives_while_draining_is_taken_too(
+    migrations: MigrationService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create that passed the cordon's check just before it records its VM after the
+    drain listed the node's VMs: the drain lists them again and tries that one too."""
+    vms = migrations.vms
+    first, late = unique("first"), unique("late")
+    await vms.create(VmSpec(name=first, vcpus=1, memory_mib=64), start=False)
+    created = trio.Event()
+    move = drain._move
+
+    async def move_when_created(d: drain.Drain, name: str) -> None:
+        if name == first:  # the drain's first pass ends only after the late create
+            await created.wait()
+        await move(d, name)
+
+    monkeypatch.setattr(drain, "_move", move_when_created)
+    async with trio.open_nursery() as nursery, vms.locked(late):
+        nursery.start_soon(vms.create, VmSpec(name=late, vcpus=1, memory_mib=64), False)
+        await trio.testing.wait_all_tasks_blocked(0.05)  # past the check, at the lock
+        started = await drain.start(migrations, "hostb", MigrateOptions(), False, "maint", "unix:a")
+    created.set()
+    assert started["vms"] == [first]
+    assert await vms.records.get(late) is not None
+    op = migrations.ops.running(started["op"])
+    assert op is not None
+    with trio.fail_after(30):
+        await op.ended.wait()
+    doc = await migrations.ops.get(started["op"])
+    # the test driver migrates nothing: both were tried, both stay, none is left out
+    assert [f["vm"] for f in doc["result"]["failed"]] == [first, late]
+    assert doc["result"]["left"] == []
+    assert doc["state"] == "failed" and doc["error"]["details"]["vms"] == [first, late]
+    assert op.progress["total"] == 2 and op.progress["done"] == 2

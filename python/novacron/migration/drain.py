@@ -16,6 +16,11 @@ republished within a third of the lease's TTL).
 
 ``op.cancel`` on the drain cancels the migration under way (that VM stays here) and
 starts no other; the node stays cordoned.
+
+A VM can arrive after the list was taken: a ``vm.create`` or an incoming migration that
+passed the cordon's check just before it. When the listed VMs are done the drain lists
+the node's VMs again and moves the newcomers too (a few times at most), so it does not
+end with a VM it never saw.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("novacron.migration")
 
 KIND = "drain"
+# After the VMs listed at the start, how many times the drain lists them again for
+# ones that arrived meanwhile (each pass moves what it found).
+LATE_PASSES = 3
 
 
 @dataclass
@@ -57,14 +65,16 @@ class Drain:
         if self.current is not None and self.current.state == "running":
             self.svc.cancel(self.current)
 
+    def tried(self, name: str) -> bool:
+        return any(v["vm"] == name for v in self.moved + self.failed + self.kept)
+
     def summary(self) -> dict[str, Any]:
-        tried = {v["vm"] for v in self.moved + self.failed + self.kept}
         return {
             "node": self.svc.config.node_name,
             "moved": self.moved,
             "failed": self.failed,
             "kept": self.kept,
-            "left": [n for n in self.names if n not in tried],
+            "left": [n for n in self.names if not self.tried(n)],
         }
 
     def progress(self) -> dict[str, Any]:
@@ -97,7 +107,7 @@ async def start(
         )
     vms = svc.vms
     await vms.cordon.set(reason, by)
-    names = [r.name for r in await vms.records.all() if r.desired_state != "deleting"]
+    names = await _present(svc)
     params = {
         **options.to_dict(),
         "destination": destination,
@@ -105,28 +115,44 @@ async def start(
         "vms": names,
     }
     op = await svc.ops.start(KIND, "", "", destination or "auto", params)
-    drain = Drain(svc, op, names, destination, options, keep_stopped)
+    drain = Drain(svc, op, list(names), destination, options, keep_stopped)
     op.on_cancel = drain.cancel
     svc.spawn(_run, drain, op=op)
     log.info("drain.started", extra=kv(op=op.id, vms=len(names), destination=destination))
     return {"op": op.id, "node": svc.config.node_name, "vms": names}
 
 
+async def _present(svc: MigrationService) -> list[str]:
+    return [r.name for r in await svc.vms.records.all() if r.desired_state != "deleting"]
+
+
 async def _run(drain: Drain) -> None:
     svc, op = drain.svc, drain.op
-    for name in drain.names:
+    for _ in range(LATE_PASSES + 1):
+        todo = [n for n in drain.names if not drain.tried(n)]
+        for name in todo:
+            if op.cancel_requested:
+                break
+            drain.at = name
+            svc.ops.report(op, "draining", drain.progress())
+            await _move(drain, name)
+            drain.at, drain.current = None, None
+            svc.ops.report(op, "draining", drain.progress())
         if op.cancel_requested:
             break
-        drain.at = name
-        svc.ops.report(op, "draining", drain.progress())
-        await _move(drain, name)
-        drain.at, drain.current = None, None
-        svc.ops.report(op, "draining", drain.progress())
+        # A vm.create or an incoming migration that passed the cordon's check just
+        # before the cordon can have added a VM after the list was taken.
+        late = [n for n in await _present(svc) if n not in drain.names]
+        if not late:
+            break
+        log.info("drain.late_vms", extra=kv(op=op.id, vms=late))
+        drain.names.extend(late)
     result = drain.summary()
     if op.cancel_requested:
         await svc.ops.finish(op, "cancelled", result, errors.Cancelled("the drain was cancelled"))
-    elif drain.failed:
-        stuck = [f["vm"] for f in drain.failed]
+    elif drain.failed or result["left"]:
+        # (left: VMs still arriving after the last pass)
+        stuck = [f["vm"] for f in drain.failed] + result["left"]
         await svc.ops.finish(
             op,
             "failed",
