@@ -78,7 +78,13 @@ def test_restart_policy_from_the_cli(daemon: Daemon) -> None:
 def test_vm_disks_from_the_cli(daemon: Daemon) -> None:
     cli(daemon, "vm", "create", "dsk", "--memory", "64", "--disk", "1")
     shown = cli(daemon, "vm", "disk", "attach", "dsk", "--size", "2").stdout
-    assert re.search(r"vdb .*dsk-vdb\.qcow2 .* True", shown), shown
+    assert re.search(r"vdb .*dsk-vdb\.qcow2 .* True .* 2 ", shown), shown
+    # (the test driver grows nothing: the refusals and a resize to the same size)
+    shrink = cli(daemon, "vm", "disk", "resize", "dsk", "vdb", "--size", "1", check=False)
+    assert shrink.returncode == 1 and "invalid_params" in shrink.stderr, shrink.stderr
+    assert "has 2 GiB: a disk only grows" in shrink.stderr
+    same = cli(daemon, "vm", "disk", "resize", "dsk", "vdb", "--size", "2").stdout
+    assert re.search(r"vda .* 1 .*\n.*vdb .* 2 ", same), same
     gone = cli(daemon, "vm", "disk", "detach", "dsk", "vdb").stdout
     assert "deleted " in gone and "dsk-vdb.qcow2" in gone, gone
     both = cli(daemon, "vm", "disk", "attach", "dsk", "--size", "1", "--path", "/x", check=False)

@@ -115,6 +115,11 @@ ERROR_CASES = [
     ("invalid_params", "vm.disk.attach", {"vm": "a", "path": "relative.raw"}),
     ("not_found", "vm.disk.detach", {"vm": "ghost", "target": "vda"}),
     ("invalid_params", "vm.disk.detach", {"vm": "a"}),
+    ("not_found", "vm.disk.resize", {"vm": "ghost", "target": "vda", "size_gib": 2}),
+    ("invalid_params", "vm.disk.resize", {"vm": "a", "target": "vda"}),
+    ("invalid_params", "vm.disk.resize", {"vm": "a", "target": "vda", "size_gib": 0}),
+    ("invalid_params", "vm.disk.resize", {"vm": "a", "target": "vda", "size_gib": "2"}),
+    ("invalid_params", "vm.disk.resize", {"vm": "a", "target": "vda", "size_gib": 2, "x": 1}),
 ]
 
 

@@ -127,13 +127,17 @@ if grep -q novacron.disk /proc/cmdline; then
    done) &
 fi
 if grep -q novacron.blockwatch /proc/cmdline; then
-  # every virtio disk, as it appears (at boot or hot-plugged later), with its size
+  # every virtio disk, as it appears (at boot or hot-plugged later) and whenever its
+  # size changes (grown by the host), with its size
   for m in {" ".join(DISK_MODULES)}; do [ -d /sys/module/$m ] || insmod /lib/$m.ko; done
   (seen=" "; while true; do
      for b in /sys/block/vd*; do
        [ -e "$b" ] || continue
-       n=${{b##*/}}
-       case "$seen" in *" $n "*) ;; *) seen="$seen$n "; echo {BLOCK_MARKER} $n $(cat $b/size);; esac
+       n=${{b##*/}}:$(cat $b/size)
+       case "$seen" in
+         *" $n "*) ;;
+         *) seen="$seen$n "; echo {BLOCK_MARKER} ${{n%:*}} ${{n#*:}};;
+       esac
      done
      sleep 0.5
    done) &

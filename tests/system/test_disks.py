@@ -1,5 +1,6 @@
 """Disks attached after create, on a real TCG guest: a new volume hot-plugged into the
-running guest appears there with its size; a detached one is gone at the next boot."""
+running guest appears there with its size, and grows there when resized; a detached one
+is gone at the next boot; a stopped VM's volume resized is larger at the next boot."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def wait_blocks(log: Path, wanted: dict[str, int], after: int = 0) -> None:
     wait_until(lambda: blocks(log, after) == wanted, 120, f"the guest's disks {wanted}")
 
 
-def test_a_new_volume_is_hot_plugged_and_a_detached_one_is_gone(
+def test_a_new_volume_is_hot_plugged_grown_and_a_detached_one_is_gone(
     system_daemon: Daemon, guest_images: guest.GuestImages
 ) -> None:
     with system_daemon.client(timeout=300) as c:
@@ -42,6 +43,13 @@ def test_a_new_volume_is_hot_plugged_and_a_detached_one_is_gone(
         assert [d["target"] for d in grown["disks"]] == ["vda", "vdb"]
         wait_blocks(log, {"vda": 2 << 20, "vdb": 4 << 20})  # the guest sees 2 GiB more
         assert [d["target"] for d in c.call("vm.stats", name="dk1")["disks"]] == ["vda", "vdb"]
+        # grown while the guest runs: QEMU tells it at once
+        bigger = c.call("vm.disk.resize", vm="dk1", target="vdb", size_gib=3)
+        assert [(d["target"], d["size_gib"]) for d in bigger["disks"]] == [("vda", 1), ("vdb", 3)]
+        wait_blocks(log, {"vda": 2 << 20, "vdb": 6 << 20})
+        assert Path(grown["disks"][1]["path"]).stat().st_size == 3 << 30  # (raw)
+        with pytest.raises(errors.InvalidParams, match="only grows"):
+            c.call("vm.disk.resize", vm="dk1", target="vdb", size_gib=2)
         with pytest.raises(errors.Conflict, match="must be stopped"):
             c.call("vm.disk.detach", vm="dk1", target="vdb")
 
@@ -49,9 +57,12 @@ def test_a_new_volume_is_hot_plugged_and_a_detached_one_is_gone(
         shrunk = c.call("vm.disk.detach", vm="dk1", target="vdb")
         assert shrunk["volumes_deleted"] == [grown["disks"][1]["path"]]
         assert not Path(grown["disks"][1]["path"]).exists()
+        # grown while stopped: through the storage pool (qemu-img on the qcow2 volume)
+        cold = c.call("vm.disk.resize", vm="dk1", target="vda", size_gib=2)
+        assert [(d["target"], d["size_gib"]) for d in cold["disks"]] == [("vda", 2)]
         before = len(guest.console_text(log))
         c.call("vm.start", name="dk1")
-        wait_blocks(log, {"vda": 2 << 20}, after=before)
+        wait_blocks(log, {"vda": 4 << 20}, after=before)
         time.sleep(2)  # (a second disk would have shown by now: both are probed at boot)
-        assert blocks(log, before) == {"vda": 2 << 20}
+        assert blocks(log, before) == {"vda": 4 << 20}
         c.call("vm.delete", name="dk1", force=True)

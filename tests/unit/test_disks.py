@@ -11,7 +11,7 @@ import pytest
 
 from novacron import errors
 from novacron.vm import domain_xml
-from novacron.vm.disks import attach, detach
+from novacron.vm.disks import attach, detach, resize
 from novacron.vm.quotas import Quota
 from novacron.vm.reconcile import reconcile
 from novacron.vm.service import VmService
@@ -148,3 +148,41 @@ async def test_at_most_sixteen_disks(vm_service: VmService) -> None:
     name = await made(svc, *(DiskSpec(path=f"/img/{i}.raw", format="raw") for i in range(16)))
     with pytest.raises(errors.InvalidParams, match="16 disks"):
         await attach(svc, name, DiskSpec(path="/img/x.raw"))
+
+
+async def test_resize_refusals_change_nothing(vm_service: VmService, tmp_path: Path) -> None:
+    """What vm.disk.resize refuses before touching libvirt; the test driver cannot grow a
+    volume at all (QEMU and the dir pool can: tests/system/test_disks.py), and that
+    failure changes no record either."""
+    svc = vm_service
+    tenant = unique("t")
+    image = str(tmp_path / "given.raw")
+    name = await made(svc, DiskSpec(size_gib=2), DiskSpec(path=image), tenant=tenant)
+
+    async def sizes() -> list[int | None]:
+        rec = await svc.records.get(name)
+        assert rec is not None
+        return [d.size_gib for d in VmSpec.from_dict(rec.spec).disks]
+
+    with pytest.raises(errors.NotFound, match="its disks: vda, vdb"):
+        await resize(svc, name, "vdc", 3)
+    with pytest.raises(errors.InvalidParams, match="given by path") as given:
+        await resize(svc, name, "vdb", 3)
+    assert given.value.details == {"param": "target", "path": image}
+    with pytest.raises(errors.InvalidParams, match="only grows") as shrink:
+        await resize(svc, name, "vda", 1)
+    assert shrink.value.details == {"param": "size_gib", "size_gib": 2}
+    same = await resize(svc, name, "vda", 2)  # already that size: nothing to do
+    assert [(d["target"], d["size_gib"]) for d in same["disks"]] == [("vda", 2), ("vdb", None)]
+    await svc.quotas.set(tenant, Quota(max_disk_gib=4))
+    with pytest.raises(errors.QuotaExceeded) as quota:
+        await resize(svc, name, "vda", 5)
+    assert quota.value.details["resource"] == "disk_gib" and quota.value.details["used"] == 2
+    with pytest.raises(errors.Conflict, match="not supported"):
+        await resize(svc, name, "vda", 4)  # within the quota; the test driver cannot
+    assert await sizes() == [2, None]
+    await svc.start(name)
+    with pytest.raises(errors.Conflict, match="not supported"):
+        await resize(svc, name, "vda", 3)
+    assert await sizes() == [2, None]
+    assert (await svc.quotas.report(tenant, await svc.records.all()))["used"]["disk_gib"] == 2

@@ -24,6 +24,7 @@ from novacron.vm.quotas import LIMITS, Quota
 from novacron.vm.resize import resize
 from novacron.vm.service import VmService
 from novacron.vm.spec import (
+    MAX_DISK_GIB,
     MAX_MEMORY_MIB,
     MAX_VCPUS,
     RESTART_POLICIES,
@@ -121,6 +122,15 @@ def register(registry: Registry, services: Services) -> None:
         keep = p.flag("keep_volume")
         p.done()
         return await disks.detach(vms, await visible(ctx, name), target, keep)
+
+    @registry.method("vm.disk.resize")
+    async def disk_resize(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Grow a volume the daemon made (by its device name) to ``size_gib``."""
+        name = p.name("vm")
+        target = p.text("target", max_len=16)
+        size_gib = p.integer("size_gib", 1, MAX_DISK_GIB)
+        p.done()
+        return await disks.resize(vms, await visible(ctx, name), target, size_gib)
 
     @registry.method("quota.get")
     async def quota_get(ctx: CallContext, p: Params) -> dict[str, Any]:

@@ -77,6 +77,7 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "vm.nic.detach": WRITE,
     "vm.disk.attach": WRITE,
     "vm.disk.detach": WRITE,
+    "vm.disk.resize": WRITE,
     "cluster.nodes": READ,
     "cluster.vms": READ,
     "cluster.status": READ,
@@ -105,6 +106,7 @@ FORWARDABLE: Final = frozenset(
         "vm.nic.detach",
         "vm.disk.attach",
         "vm.disk.detach",
+        "vm.disk.resize",
         "vm.migrate",
     }
 )

@@ -1,4 +1,4 @@
-"""``novacron vm disk attach|detach``: a VM's disks after it was created."""
+"""``novacron vm disk attach|detach|resize``: a VM's disks after it was created."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from novacron.cli import output
 from novacron.sync_client import SyncClient
 
-COLUMNS = [("target", "DEVICE"), ("path", "PATH"), ("managed", "NEW VOLUME")]
+COLUMNS = [("target", "DEVICE"), ("path", "PATH"), ("managed", "NEW VOLUME"), ("size_gib", "GIB")]
 
 
 def add_vm_commands(vm_sub: Any) -> None:
@@ -28,6 +28,13 @@ def add_vm_commands(vm_sub: Any) -> None:
         "--keep-volume", action="store_true", help="keep the volume the daemon made for it"
     )
     detach.set_defaults(run=run_detach)
+    resize = disks.add_parser(
+        "resize", help="grow a volume the daemon made (the guest sees it at once if it runs)"
+    )
+    resize.add_argument("vm")
+    resize.add_argument("target", help="the guest's device name (vda)")
+    resize.add_argument("--size", type=int, dest="size_gib", required=True, help="new size, GIB")
+    resize.set_defaults(run=run_resize)
 
 
 def _disks(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -49,4 +56,9 @@ def run_detach(client: SyncClient, args: argparse.Namespace) -> Any:
     doc = client.call(
         "vm.disk.detach", vm=args.vm, target=args.target, keep_volume=args.keep_volume or None
     )
+    return _disks(doc, args)
+
+
+def run_resize(client: SyncClient, args: argparse.Namespace) -> Any:
+    doc = client.call("vm.disk.resize", vm=args.vm, target=args.target, size_gib=args.size_gib)
     return _disks(doc, args)

@@ -1,4 +1,5 @@
-"""Adding a disk to a VM and taking one away (``vm.disk.attach`` / ``vm.disk.detach``).
+"""Adding a disk to a VM, taking one away and growing one (``vm.disk.attach`` /
+``vm.disk.detach`` / ``vm.disk.resize``).
 
 A disk is attached to a running VM as well as to a stopped one (hot-plug: the guest sees
 a new virtio disk); it gets the first device name (``vdb``, ``vdc``, ...) that neither the
@@ -11,6 +12,12 @@ As with NICs, libvirt is changed first and the record (and the domain's metadata
 it; a failure in between is undone. A running (or paused) VM's disks are hot-plugged; a
 stopped VM's definition is rewritten from libvirt's own XML with the one disk added or
 removed (every driver can define; not every one can hot-plug).
+
+A volume the daemon made grows (never shrinks: that cuts off what the guest wrote at
+its end) while the VM runs, through QEMU (``blockResize``: the guest sees the new
+capacity at once; its partitions and file systems are the guest's to grow), or while it
+is stopped, through the storage pool. The growth counts against the disk quota. An image
+given by path is not resized: it is the operator's file, perhaps shared.
 """
 
 from __future__ import annotations
@@ -91,23 +98,28 @@ async def attach(vms: VmService, name: str, disk: DiskSpec) -> dict[str, Any]:
     return await vms.get(name)
 
 
+def _index(spec: VmSpec, target: str) -> int:
+    """Where disk ``target`` is in ``spec``'s disks (``not_found`` if it has none so named)."""
+    targets = spec.disk_targets()
+    if target not in targets:
+        raise errors.NotFound(
+            f"vm {spec.name!r} has no disk {target!r} (its disks: {', '.join(targets) or 'none'})",
+            {"vm": spec.name, "target": target},
+        )
+    return targets.index(target)
+
+
 async def detach(vms: VmService, name: str, target: str, keep_volume: bool) -> dict[str, Any]:
     async with vms.changing(name):
         rec = await vms.record(name)
         spec = VmSpec.from_dict(rec.spec)
-        targets = spec.disk_targets()
-        if target not in targets:
-            raise errors.NotFound(
-                f"vm {name!r} has no disk {target!r} (its disks: {', '.join(targets) or 'none'})",
-                {"vm": name, "target": target},
-            )
+        index = _index(spec, target)
         runtime = await vms.hv_pool.run(vms.hv.state, name)
         if runtime.state != "stopped":
             raise errors.Conflict(
                 f"vm {name!r} must be stopped to detach a disk (it is {runtime.state})",
                 {"vm": name, "state": runtime.state},
             )
-        index = targets.index(target)
         gone = spec.disks[index]
         path = vms.disk_paths(spec)[index]
         kept = [d for d in spec.named_disks() if d.target != target]
@@ -128,3 +140,44 @@ async def detach(vms: VmService, name: str, target: str, keep_volume: bool) -> d
     doc = await vms.get(name)
     doc["volumes_deleted"] = removed
     return doc
+
+
+async def resize(vms: VmService, name: str, target: str, size_gib: int) -> dict[str, Any]:
+    """Grows the volume the daemon made for disk ``target`` to ``size_gib``."""
+    tenant = (await vms.record(name)).tenant
+    async with vms.tenant_lock(tenant), vms.changing(name):
+        rec = await vms.record(name)
+        spec = VmSpec.from_dict(rec.spec)
+        index = _index(spec, target)
+        disk = spec.disks[index]
+        path = vms.disk_paths(spec)[index]
+        if disk.size_gib is None:
+            raise errors.InvalidParams(
+                f"disk {target!r} of vm {name!r} is the image {path!r}, given by path: "
+                "only volumes the daemon made (size_gib) are resized",
+                {"param": "target", "path": path},
+            )
+        old = disk.size_gib
+        if size_gib < old:
+            raise errors.InvalidParams(
+                f"disk {target!r} of vm {name!r} has {old} GiB: a disk only grows "
+                "(shrinking would cut off what the guest wrote at its end)",
+                {"param": "size_gib", "size_gib": old},
+            )
+        if size_gib == old:
+            return await vms.get(name)
+        await vms.quotas.check_more(tenant, await vms.records.all(), {"disk_gib": size_gib - old})
+        runtime = await vms.hv_pool.run(vms.hv.state, name)
+        disks = spec.named_disks()
+        disks[index] = replace(disks[index], size_gib=size_gib)
+        size = size_gib << 30
+        with trio.CancelScope(shield=True):
+            if runtime.state in ("stopped", "crashed"):
+                await vms.hv_pool.run(vms.hv.grow_volume, path, size)
+            else:  # the guest sees it at once
+                await vms.hv_pool.run(vms.hv.grow_block, name, target, size)
+            # (a disk cannot be shrunk back: should this fail, the volume is larger than
+            # recorded, and the same call again records it)
+            await vms.save_spec(name, spec.with_disks(disks), rec.placement)
+        log.info("vm.disk_resized", extra=kv(vm=name, target=target, size_gib=f"{old}->{size_gib}"))
+    return await vms.get(name)

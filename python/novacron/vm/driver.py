@@ -402,6 +402,17 @@ class Hypervisor:
             path: str = vol.path()
         return path
 
+    def grow_volume(self, path: str, size_bytes: int) -> None:
+        """A stopped VM's volume to ``size_bytes`` (never smaller: libvirt refuses that)."""
+        with libvirt_errors():
+            self.conn.storageVolLookupByPath(path).resize(size_bytes, 0)
+
+    def grow_block(self, name: str, target: str, size_bytes: int) -> None:
+        """A running (or paused) VM's disk ``target`` to ``size_bytes``: QEMU grows the
+        image and tells the guest (virtio's capacity change)."""
+        with libvirt_errors():
+            self.domain(name).blockResize(target, size_bytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+
     def delete_volume(self, path: str) -> bool:
         try:
             vol = self.conn.storageVolLookupByPath(path)

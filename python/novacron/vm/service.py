@@ -201,13 +201,20 @@ class VmService:
         doc = self._summary(rec, runtime)
         spec = VmSpec.from_dict(rec.spec)
         managed = {str(p) for p in self.managed_volume_paths(rec)}
+        sizes = {d.target: d.size_gib for d in spec.named_disks()}
         disks = []
         if runtime is not None:
             xml = await self.hv_pool.run(self.hv.xml, name)
             for disk in domain_xml.parse_disks(xml):
                 if disk.path is not None:
+                    mine = disk.path in managed
                     disks.append(
-                        {"target": disk.target, "path": disk.path, "managed": disk.path in managed}
+                        {
+                            "target": disk.target,
+                            "path": disk.path,
+                            "managed": mine,
+                            "size_gib": sizes.get(disk.target) if mine else None,
+                        }
                     )
         doc.update(
             cpu_policy=spec.cpu_policy,
