@@ -85,6 +85,12 @@ def test_vm_disks_from_the_cli(daemon: Daemon) -> None:
     assert "has 2 GiB: a disk only grows" in shrink.stderr
     same = cli(daemon, "vm", "disk", "resize", "dsk", "vdb", "--size", "2").stdout
     assert re.search(r"vda .* 1 .*\n.*vdb .* 2 ", same), same
+    copy = json.loads(cli(daemon, "--json", "vm", "clone", "dsk", "dsk-copy").stdout)
+    assert [d["path"].rsplit("/", 1)[1] for d in copy["disks"]] == [
+        "dsk-copy-vda.qcow2",
+        "dsk-copy-vdb.qcow2",
+    ]
+    cli(daemon, "vm", "delete", "dsk-copy")
     gone = cli(daemon, "vm", "disk", "detach", "dsk", "vdb").stdout
     assert "deleted " in gone and "dsk-vdb.qcow2" in gone, gone
     both = cli(daemon, "vm", "disk", "attach", "dsk", "--size", "1", "--path", "/x", check=False)

@@ -313,6 +313,9 @@ def test_calls_about_a_vm_of_another_node_are_forwarded(
     with via_two("viewer-globex") as c, pytest.raises(errors.NotFound):
         c.call("vm.get", name="shop")  # another tenant's VM does not exist for it
     with via_two("op-acme") as c:
+        copy = c.call("vm.clone", name="shop", new_name="shop-copy")  # made beside its source
+        assert (copy["tenant"], copy["state"]) == ("acme", "stopped")
+        assert owners(two)["acme/shop-copy"] == "node1"
         assert c.call("vm.start", name="shop")["state"] == "running"
         counted = c.call("vm.stats", name="shop")  # read on node1, which runs it
         assert (counted["tenant"], counted["state"]) == ("acme", "running")

@@ -4,6 +4,7 @@ is gone at the next boot; a stopped VM's volume resized is larger at the next bo
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -66,3 +67,43 @@ def test_a_new_volume_is_hot_plugged_grown_and_a_detached_one_is_gone(
         time.sleep(2)  # (a second disk would have shown by now: both are probed at boot)
         assert blocks(log, before) == {"vda": 4 << 20}
         c.call("vm.delete", name="dk1", force=True)
+
+
+def test_a_clone_has_a_copy_of_the_disks_and_boots(
+    system_daemon: Daemon, guest_images: guest.GuestImages
+) -> None:
+    """vm.clone through the real directory pool: the copy's volume holds the source's
+    bytes in a file of its own, and the copy boots while the source stays stopped."""
+    with system_daemon.client(timeout=300) as c:
+        source = c.call(
+            "vm.create",
+            **guest_images.vm(
+                "cl1",
+                options="novacron.blockwatch",
+                disks=[{"size_gib": 1, "format": "raw"}],
+                start=False,
+            ),
+        )
+        volume = Path(source["disks"][0]["path"])
+        marker = os.urandom(8192)
+        with volume.open("r+b") as f:  # what the guest would have written
+            f.seek(300 << 20)
+            f.write(marker)
+        c.call("vm.start", name="cl1")
+        with pytest.raises(errors.Conflict, match="must be stopped"):
+            c.call("vm.clone", name="cl1", new_name="cl2")
+        c.call("vm.stop", name="cl1")
+        copy = c.call("vm.clone", name="cl1", new_name="cl2", start=True)
+        assert copy["state"] == "running" and copy["uuid"] != source["uuid"]
+        copied = Path(copy["disks"][0]["path"])
+        assert copied != volume and copied.name == "cl2-vda.raw"
+        assert copied.stat().st_size == 1 << 30
+        with copied.open("rb") as f:
+            f.seek(300 << 20)
+            assert f.read(len(marker)) == marker
+        wait_blocks(Path(copy["console_log"]), {"vda": 2 << 20})
+        assert c.call("vm.get", name="cl1")["state"] == "stopped"
+        gone = c.call("vm.delete", name="cl2", force=True)
+        assert gone["volumes_deleted"] == [str(copied)]
+        assert volume.exists()
+        c.call("vm.delete", name="cl1")

@@ -102,6 +102,8 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("vm.disk.attach", {"vm": "victim", "size_gib": 1}, "format"),
     ("vm.disk.detach", {"target": "vdb"}, "vm"),
     ("vm.disk.detach", {"vm": "victim"}, "target"),
+    ("vm.clone", {"new_name": "copy"}, "name"),
+    ("vm.clone", {"name": "victim"}, "new_name"),
     ("vm.disk.resize", {"target": "vda", "size_gib": 2}, "vm"),
     ("vm.disk.resize", {"vm": "victim", "size_gib": 2}, "target"),
     ("cluster.vms", {}, "tenant"),

@@ -20,6 +20,7 @@ from novacron.rpc.params import Params
 from novacron.state.db import VmRecord
 from novacron.vm import disks, host_files
 from novacron.vm import stats as vm_stats
+from novacron.vm.clone import clone
 from novacron.vm.quotas import LIMITS, Quota
 from novacron.vm.resize import resize
 from novacron.vm.service import VmService
@@ -93,6 +94,15 @@ def register(registry: Registry, services: Services) -> None:
     def offered() -> host_files.Offered:
         config = services.config
         return host_files.Offered(config.disk_dirs, config.boot_dirs, config.state_dir)
+
+    @registry.method("vm.clone")
+    async def vm_clone(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """A new VM copied from a stopped one (settings and the daemon's volumes)."""
+        source = p.name("name")
+        name = p.name("new_name")
+        start = p.flag("start")
+        p.done()
+        return await clone(vms, await visible(ctx, source), name, start)
 
     @registry.method("vm.disk.attach")
     async def disk_attach(ctx: CallContext, p: Params) -> dict[str, Any]:

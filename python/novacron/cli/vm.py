@@ -117,6 +117,12 @@ def add_commands(groups: Any) -> None:
         cmd.add_argument("name")
         cmd.set_defaults(run=run_simple, method=f"vm.{action}")
 
+    clone = sub.add_parser("clone", help="a new VM copied from a stopped one, with its disks")
+    clone.add_argument("name", help="the stopped VM to copy")
+    clone.add_argument("new_name")
+    clone.add_argument("--start", action="store_true", help="start the copy")
+    clone.set_defaults(run=run_clone)
+
     update = sub.add_parser("update", help="change a VM's settings (no restart of it needed)")
     update.add_argument("name")
     update.add_argument("--restart", choices=RESTART_CHOICES, help=RESTART_HELP)
@@ -223,6 +229,11 @@ def run_create(client: SyncClient, args: argparse.Namespace) -> Any:
         node=args.node,
         start=args.start or None,
     )
+    return _show(doc, args)
+
+
+def run_clone(client: SyncClient, args: argparse.Namespace) -> Any:
+    doc = client.call("vm.clone", name=args.name, new_name=args.new_name, start=args.start or None)
     return _show(doc, args)
 
 

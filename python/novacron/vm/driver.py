@@ -391,14 +391,22 @@ class Hypervisor:
             if not pool.isActive():
                 pool.create(0)
 
-    def create_volume(self, pool_name: str, volume: str, size_gib: int, fmt: str) -> str:
+    def create_volume(
+        self, pool_name: str, volume: str, size_gib: int, fmt: str, copy_of: str | None = None
+    ) -> str:
+        """A new volume in the pool: empty, or a copy of the volume at path ``copy_of``
+        (its content, in ``fmt``, at ``size_gib``)."""
         root = ET.Element("volume")
         ET.SubElement(root, "name").text = volume
         ET.SubElement(root, "capacity", {"unit": "GiB"}).text = str(size_gib)
         ET.SubElement(ET.SubElement(root, "target"), "format", {"type": fmt})
+        xml = ET.tostring(root, encoding="unicode")
         with libvirt_errors():
             pool = self.conn.storagePoolLookupByName(pool_name)
-            vol = pool.createXML(ET.tostring(root, encoding="unicode"), 0)
+            if copy_of is None:
+                vol = pool.createXML(xml, 0)
+            else:
+                vol = pool.createXMLFrom(xml, self.conn.storageVolLookupByPath(copy_of), 0)
             path: str = vol.path()
         return path
 

@@ -243,14 +243,16 @@ class VmService:
             if spec.nics and self.nic_check is not None:
                 await self.nic_check(spec.tenant, spec.nics)
             with trio.CancelScope(shield=True):
-                await self._create(spec)
+                await self.define_new(spec)
                 log.info("vm.created", extra=kv(vm=spec.name, tenant=spec.tenant))
                 if start:
                     await self.hv_pool.run(self.hv.start, spec.name)
                     await self.records.set_desired_state(spec.name, "running")
         return await self.get(spec.name)
 
-    async def _create(self, spec: VmSpec) -> None:
+    async def define_new(self, spec: VmSpec, copies: dict[str, str] | None = None) -> None:
+        """Defines and records a new VM; its new volumes are empty or, for the targets in
+        ``copies``, copies of the volume at that path (``vm.clone``)."""
         if await self.records.get(spec.name) is not None:
             raise errors.AlreadyExists(f"vm {spec.name!r} already exists", {"vm": spec.name})
         if await self.hv_pool.run(self.hv.lookup, spec.name) is not None:
@@ -261,13 +263,13 @@ class VmService:
         if self.ownership is not None:  # the name, cluster-wide (already_exists elsewhere)
             await self.ownership.claim(spec.tenant, spec.name)
         try:
-            await self._build(spec)
+            await self._build(spec, copies or {})
         except BaseException:
             if self.ownership is not None:
                 await self.ownership.release(spec.tenant, spec.name)
             raise
 
-    async def _build(self, spec: VmSpec) -> None:
+    async def _build(self, spec: VmSpec, copies: dict[str, str]) -> None:
         vm_uuid = str(uuidlib.uuid4())
         created: list[str] = []
         # decided and recorded at once (no await in between): a refusal changes nothing
@@ -276,7 +278,7 @@ class VmService:
             paths = []
             for disk, target in zip(spec.disks, spec.disk_targets(), strict=True):
                 if disk.managed:
-                    path = await self.new_volume(spec.name, target, disk)
+                    path = await self.new_volume(spec.name, target, disk, copies.get(target))
                     created.append(path)
                 else:
                     assert disk.path is not None
@@ -304,8 +306,11 @@ class VmService:
                 await self.hv_pool.run(self.hv.delete_volume, path)
             raise
 
-    async def new_volume(self, name: str, target: str, disk: DiskSpec) -> str:
-        """A new volume in the daemon's pool for VM ``name``'s disk ``target``."""
+    async def new_volume(
+        self, name: str, target: str, disk: DiskSpec, copy_of: str | None = None
+    ) -> str:
+        """A new volume in the daemon's pool for VM ``name``'s disk ``target`` (a copy of
+        the volume at path ``copy_of``, if given)."""
         assert disk.size_gib is not None
         path: str = await self.hv_pool.run(
             self.hv.create_volume,
@@ -313,6 +318,7 @@ class VmService:
             self.managed_volume_name(name, target, disk.format),
             disk.size_gib,
             disk.format,
+            copy_of,
         )
         return path
 
