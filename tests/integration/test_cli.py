@@ -118,6 +118,10 @@ def test_vm_stats_from_the_cli(daemon: Daemon) -> None:
     assert [(d["name"], d["rates"]) for d in once] == [("busy", None), ("idle", None)]
     both = cli(daemon, "vm", "stats", "busy", "--tenant", "default", check=False)
     assert both.returncode == 1 and "invalid_params" in both.stderr
+    named = cli(daemon, "vm", "stats", "busy", "--cluster", check=False)
+    assert named.returncode == 1 and "invalid_params" in named.stderr
+    alone = cli(daemon, "vm", "stats", "--cluster", check=False)  # not in a cluster
+    assert alone.returncode == 3 and "unavailable" in alone.stderr, alone.stderr
 
 
 def test_a_scripts_json_command_loads_neither_rich_nor_cryptography(daemon: Daemon) -> None:

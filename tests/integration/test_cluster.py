@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -332,6 +333,71 @@ def test_calls_about_a_vm_of_another_node_are_forwarded(
         audit = c.call("audit.tail", limit=20)
         started = [e for e in audit if e["method"] == "vm.start" and e["outcome"] == "ok"]
         assert started[-1]["principal"] == "forwarded:op-acme@node2"
+
+
+def test_stats_of_every_node_as_the_caller(pki: Pki, pair: tuple[Daemon, Daemon]) -> None:
+    one, two = pair
+    eventually(lambda: len(states(one)) == 2, "both nodes registered")
+    with one.client() as c:
+        c.call("vm.create", name="st1", memory_mib=64, tenant="acme", start=True)
+    with two.client() as c:
+        c.call("vm.create", name="st2", memory_mib=64, tenant="globex")
+
+    def seen(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+        return sorted((r["node"], r["name"], r["tenant"], r["state"]) for r in doc["vms"])
+
+    with two.client() as c:
+        doc = c.call("cluster.stats")
+        assert seen(doc) == [
+            ("node1", "st1", "acme", "running"),
+            ("node2", "st2", "globex", "stopped"),
+        ]
+        assert doc["nodes"] == [{"node": "node1", "vms": 1}, {"node": "node2", "vms": 1}]
+        [running] = [r for r in doc["vms"] if r["name"] == "st1"]
+        assert running["cpu"]["time_ns"] > 0  # vm.stats.list's rows, read on node1
+        assert seen(c.call("cluster.stats", tenant="globex")) == [
+            ("node2", "st2", "globex", "stopped")
+        ]
+    files = pki.issue("viewer-acme", "viewer", ("acme",))
+    with SyncClient.tls(tls_address(two), files, timeout=30, server_name="node2") as c:
+        assert seen(c.call("cluster.stats")) == [("node1", "st1", "acme", "running")]
+        with pytest.raises(errors.PermissionDenied):  # only nodes forward, whatever call
+            c.call("cluster.forward", call="vm.stats.list", params={}, identity={})
+    env = {**os.environ, "COLUMNS": "200"}
+    run = [sys.executable, "-m", "novacron.cli.main", "--socket", str(one.socket)]
+    table = subprocess.run(
+        [*run, "vm", "stats", "--cluster", "--interval", "0.5"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert table.returncode == 0, table.stderr
+    cells = [[c.strip() for c in line.split("│")] for line in table.stdout.splitlines()]
+    assert [c.strip() for c in table.stdout.splitlines()[0].split("┃")][:3] == [
+        "NODE",
+        "NAME",
+        "TENANT",
+    ]
+    rows = {tuple(c[:4]): c for c in cells if len(c) > 4}
+    assert set(rows) == {("node1", "st1", "acme", "running"), ("node2", "st2", "globex", "stopped")}
+    assert re.fullmatch(r"\d+\.\d", rows[("node1", "st1", "acme", "running")][4])  # CPU %
+    # a node that does not answer (killed, its registration not yet expired) is named
+    two.signal(signal.SIGKILL)
+    two.wait()
+    with one.client() as c:
+        doc = c.call("cluster.stats")
+    assert seen(doc) == [("node1", "st1", "acme", "running")]
+    assert doc["nodes"][0] == {"node": "node1", "vms": 1}
+    assert doc["nodes"][1]["node"] == "node2"
+    assert doc["nodes"][1]["error"]["code"] == "unavailable"
+    shown = subprocess.run(
+        [*run, "--json", "vm", "stats", "--cluster", "--interval", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert [n["node"] for n in json.loads(shown.stdout)["nodes"]] in (["node1", "node2"], ["node1"])
+    two.start()
 
 
 def placeable_mib(d: Daemon, node: str) -> int:

@@ -108,6 +108,7 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("vm.disk.resize", {"vm": "victim", "size_gib": 2}, "target"),
     ("cluster.vms", {}, "tenant"),
     ("cluster.vms", {}, "node"),
+    ("cluster.stats", {}, "tenant"),
     ("cluster.forward", {"params": {}, "identity": {"user": "u", "roles": []}}, "call"),
     ("cluster.place", {}, "cpu_policy"),
     ("cluster.place", {}, "memory_policy"),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
+
 from novacron import errors
 from novacron.api.services import Services
 from novacron.auth import policy
@@ -24,6 +26,8 @@ from novacron.vm.spec import (
     MEMORY_POLICIES,
     VmSpec,
 )
+
+STATS_TIMEOUT_S = 10.0  # for each node's answer to cluster.stats
 
 
 def forwarded_identity(caller: dict[str, Any], via: str) -> Identity:
@@ -71,7 +75,7 @@ def register(registry: Registry, services: Services) -> None:
         params = p.mapping("params")
         caller = p.mapping("identity")
         p.done()
-        if method not in policy.FORWARDABLE and method != "vm.create":
+        if method not in policy.FORWARDABLE and method not in ("vm.create", "vm.stats.list"):
             raise errors.InvalidParams(f"{method!r} is not forwarded", {"param": "call"})
         identity = forwarded_identity(caller, ctx.identity.user)
         inner = CallContext(identity, ctx.bus)
@@ -80,6 +84,55 @@ def register(registry: Registry, services: Services) -> None:
         if error is not None:
             raise errors.from_wire(error)
         return result
+
+    @registry.method("cluster.stats")
+    async def stats(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """``vm.stats.list`` of every up node, as the caller (each row with its node);
+        nodes that did not answer in time are listed with their error."""
+        tenant = p.opt_name("tenant")
+        p.done()
+        here = cluster().node
+        nodes = [n["node"] for n in await cluster().list_nodes() if n["state"] == "up"]
+        params = {"tenant": tenant} if tenant is not None else {}
+        answers: dict[str, list[dict[str, Any]] | errors.NovaCronError] = {}
+
+        async def rows_of(node: str) -> list[dict[str, Any]]:
+            if node != here:
+                rows: list[dict[str, Any]] = await cluster().call_on(
+                    node, ctx, "vm.stats.list", params
+                )
+                return rows
+            error, result = await registry.call(ctx, Request(0, "vm.stats.list", [params]))
+            if error is not None:
+                raise errors.from_wire(error)
+            return list(result)
+
+        async def ask(node: str) -> None:
+            try:
+                with trio.fail_after(STATS_TIMEOUT_S):
+                    rows = await rows_of(node)
+            except trio.TooSlowError:
+                answers[node] = errors.Timeout(
+                    f"node {node!r} did not answer in {STATS_TIMEOUT_S:g} s", {"node": node}
+                )
+            except errors.NovaCronError as exc:
+                answers[node] = exc
+            else:
+                answers[node] = [{**row, "node": node} for row in rows]
+
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                nursery.start_soon(ask, node)
+        found: list[dict[str, Any]] = []
+        report: list[dict[str, Any]] = []
+        for node in nodes:
+            answer = answers[node]
+            if isinstance(answer, errors.NovaCronError):
+                report.append({"node": node, "error": answer.to_wire()})
+            else:
+                found.extend(answer)
+                report.append({"node": node, "vms": len(answer)})
+        return {"vms": found, "nodes": report}
 
     @registry.method("cluster.place")
     async def place(ctx: CallContext, p: Params) -> dict[str, Any]:

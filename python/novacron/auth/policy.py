@@ -84,6 +84,7 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "cluster.status": READ,
     "cluster.forward": NODE,
     "cluster.place": READ,
+    "cluster.stats": READ,
 }
 
 # calls about one VM by name that a node forwards to the VM's owner in a cluster

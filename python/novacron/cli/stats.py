@@ -42,6 +42,9 @@ def add_command(sub: Any) -> None:
     cmd.add_argument("name", nargs="?", help="one VM (default: every VM on the node)")
     cmd.add_argument("--tenant", help="only this tenant's VMs (without NAME)")
     cmd.add_argument(
+        "--cluster", action="store_true", help="every node's VMs (without NAME; a cluster only)"
+    )
+    cmd.add_argument(
         "--interval",
         type=float,
         default=1.0,
@@ -145,29 +148,50 @@ def _devices(before: dict[str, Any] | None, after: dict[str, Any]) -> list[dict[
     return rows
 
 
-def _sample(client: SyncClient, args: argparse.Namespace) -> list[dict[str, Any]]:
+def _sample(
+    client: SyncClient, args: argparse.Namespace
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The VMs' samples, and (with ``--cluster``) each node's answer or error."""
     if args.name:
-        return [client.call("vm.stats", name=args.name)]
+        return [client.call("vm.stats", name=args.name)], []
+    if args.cluster:
+        doc = client.call("cluster.stats", tenant=args.tenant)
+        return doc["vms"], doc["nodes"]
     result: list[dict[str, Any]] = client.call("vm.stats.list", tenant=args.tenant)
-    return result
+    return result, []
+
+
+def _key(doc: dict[str, Any]) -> tuple[str, str]:
+    return str(doc.get("node", "")), str(doc["name"])
 
 
 def run_stats(client: SyncClient, args: argparse.Namespace) -> Any:
-    if args.name and args.tenant:
-        raise InvalidParams("--tenant picks several VMs; it does not go with a VM's name")
-    first = _sample(client, args)
-    before: dict[str, dict[str, Any]] = {}
-    samples = first
+    if args.name and (args.tenant or args.cluster):
+        raise InvalidParams("--tenant and --cluster pick several VMs, not a VM by its name")
+    samples, nodes = _sample(client, args)
+    before: dict[tuple[str, str], dict[str, Any]] = {}
     if args.interval > 0:
-        before = {doc["name"]: doc for doc in first}
+        before = {_key(doc): doc for doc in samples}
         time.sleep(args.interval)
-        samples = _sample(client, args)
+        samples, nodes = _sample(client, args)
     found = []
     for doc in samples:
-        earlier = before.get(doc["name"])
+        earlier = before.get(_key(doc))
         found.append({**doc, "rates": rates(earlier, doc) if earlier else None})
     if not args.json:
-        output.table([_row(doc, doc["rates"]) for doc in found], COLUMNS)
+        columns = [("node", "NODE"), *COLUMNS] if args.cluster else COLUMNS
+        output.table(
+            [{**_row(doc, doc["rates"]), "node": doc.get("node")} for doc in found], columns
+        )
         if args.name and found:
-            output.table(_devices(before.get(args.name), found[0]), DEVICE_COLUMNS)
+            output.table(_devices(before.get(_key(found[0])), found[0]), DEVICE_COLUMNS)
+        for node in nodes:
+            if "error" in node:
+                output.console.print(
+                    f"node {node['node']}: no answer ({node['error'].get('message')})",
+                    highlight=False,
+                    markup=False,
+                )
+    if args.cluster:
+        return {"vms": found, "nodes": nodes}
     return found[0] if args.name else found
