@@ -146,6 +146,7 @@ async def serve(config: Config) -> None:
     try:
         await bindings.load()
         await vms.cordon.load()
+        await vms.load_restarts()
         registry = build_registry(services)
         settings = ConnectionSettings(
             config.max_message_bytes,

@@ -1,8 +1,8 @@
 """A VM that should run is kept running, on real TCG guests and a real libvirtd: one
 whose QEMU is killed is started again, one that powers itself off stays off, one with
 ``restart: never`` (set by ``vm.update``) is left alone, the crash-loop guard gives up
-until an operator starts the VM, and a VM that died while the daemon was down is
-started when it starts."""
+until an operator starts the VM (and keeps to that across a restart of the daemon),
+and a VM that died while the daemon was down is started when it starts."""
 
 from __future__ import annotations
 
@@ -141,6 +141,18 @@ def test_the_guard_gives_up_until_an_operator_starts_the_vm(
             keeper = c.call("node.info")["daemon"]["keeper"]
             assert keeper["given_up"] == ["loop"] and keeper["start_failed"] == LIMIT, keeper
             assert "vm.restart_gave_up" in keeping.log_text()
+        # a restarted daemon keeps the guard's word: no new attempts at its start
+        failed_before = keeping.log_text().count("vm.restart_failed")
+        keeping.stop()
+        keeping.start(timeout=60)
+        with keeping.client(timeout=300) as c:
+            time.sleep(3)  # (a restart at the daemon's start would be tried after 1 s)
+            keeper = c.call("node.info")["daemon"]["keeper"]
+            assert keeper["given_up"] == ["loop"] and keeper["start_failed"] == 0, keeper
+            assert keeping.log_text().count("vm.restart_failed") == failed_before
+            doc = c.call("vm.get", name="loop")
+            assert doc["state"] == "stopped" and doc["desired_state"] == "running"
+            assert doc["restarts"]["gave_up"] is True and doc["restarts"]["recent"] == LIMIT
 
             (where / "elsewhere").rename(kernel)
             assert c.call("vm.start", name="loop")["state"] == "running"

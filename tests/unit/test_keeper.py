@@ -151,7 +151,17 @@ async def test_past_the_limit_it_gives_up_once_until_an_operator_starts_it(
     assert (event["outcome"], event["limit"], event["window_s"]) == ("gave_up", 2, 600)
     assert keeper.statistics()["gave_up"] == 1 and keeper.statistics()["given_up"] == [name]
     assert (await vm_service.get(name))["restarts"]["gave_up"] is True
+    # the daemon restarted (a new service on the same store): it stays given up
+    restarted = VmService(vm_service.config, vm_service.hv, vm_service.store)
+    await restarted.load_restarts()
+    assert (await restarted.get(name))["restarts"]["gave_up"] is True
+    assert (await restarted.get(name))["restarts"]["recent"] == 2
+    await sweep(StateKeeper(restarted, EventBus(), 0, start_concurrency=2), at_start=True)
+    assert await state(restarted, name) == ("stopped", "running")
     await vm_service.start(name)
+    again = VmService(vm_service.config, vm_service.hv, vm_service.store)
+    await again.load_restarts()  # the operator's start is kept too
+    assert (await again.get(name))["restarts"]["gave_up"] is False
     assert (await vm_service.get(name))["restarts"] == {
         "recent": 0,
         "window_s": 600,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from unittest.mock import ANY
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -110,3 +112,64 @@ def test_reset_clears_a_hold() -> None:
     assert h.view("vm")["held"] is True
     h.reset("vm")
     assert h.view("vm")["held"] is False
+
+
+def test_the_history_outlives_a_restart_of_the_daemon() -> None:
+    clock = Clock()
+    h = RestartHistory(limit=2, window_s=100, clock=clock)
+    h.record("old")
+    clock.now += 50
+    h.record("loop")
+    clock.now += 5
+    h.record("loop")
+    assert h.delay("loop") is None  # given up
+    h.held.add("held")
+    clock.now += 65  # old's restart is out of the window, loop's are not
+    doc = h.to_doc()
+    assert set(doc) == {"loop", "held", "old"}
+    assert doc["old"] == {"times": [], "last_at": ANY, "gave_up": False, "held": False}
+    assert doc["loop"] == {
+        "times": [1050.0, 1055.0],
+        "last_at": ANY,
+        "gave_up": True,
+        "held": False,
+    }
+    again = RestartHistory(limit=2, window_s=100, clock=clock)
+    again.load(doc, {"loop", "held", "old"})
+    for name in ("loop", "held", "old"):
+        assert again.view(name) == h.view(name), name
+    assert again.delay("loop") is None and again.delay("held") == 1.0
+    gone = RestartHistory(limit=2, window_s=100, clock=clock)
+    gone.load(doc, {"held"})  # loop was deleted meanwhile
+    assert gone.gave_up == set() and gone.held == {"held"}
+
+
+def test_reset_says_whether_there_was_anything() -> None:
+    h = RestartHistory(limit=2, window_s=100, clock=Clock())
+    assert h.reset("vm") is False
+    h.record("vm")
+    assert h.reset("vm") is True and h.reset("vm") is False
+    h.gave_up.add("vm")
+    assert h.reset("vm") is True
+
+
+JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.sampled_from(["a", "b", "c"]), JSONISH) | JSONISH)
+def test_whatever_the_store_holds_loading_it_gives_a_sound_history(doc: object) -> None:
+    clock = Clock()
+    h = RestartHistory(limit=3, window_s=100, clock=clock)
+    h.load(doc, {"a", "b"})
+    assert h.gave_up | h.held <= {"a", "b"}
+    for name in ("a", "b", "c"):
+        view = h.view(name)
+        assert 0 <= view["recent"] <= 3
+        assert view["last_at"] is None or isinstance(view["last_at"], float)
+        delay = h.delay(name)
+        assert delay is None or 1.0 <= delay <= MAX_DELAY_S
+    assert RestartHistory(limit=3, window_s=100, clock=clock).load(h.to_doc(), {"a", "b"}) is None

@@ -64,6 +64,7 @@ class StateKeeper:
             # (its QEMU died or was stopped during the migration: only the migration's
             # outcome says where the VM is; starting it here could make two)
             self.svc.restarts.held.add(name)
+            nursery.start_soon(self.svc.save_restarts)
             log.warning("vm.restart_held", extra=kv(vm=name, reason=reason))
             return
         self.consider(nursery, name, reason, at_start=False)
@@ -153,6 +154,7 @@ class StateKeeper:
         while True:
             delay = svc.restarts.delay(name)
             if delay is None:  # (and now given up, until an operator starts it)
+                await svc.save_restarts()
                 self.counts["gave_up"] += 1
                 limit, window = svc.restarts.limit, svc.restarts.window_s
                 log.error("vm.restart_gave_up", extra=kv(vm=name, limit=limit, window_s=window))
@@ -167,6 +169,7 @@ class StateKeeper:
                 if VmSpec.from_dict(rec.spec).restart == "never":  # (changed meanwhile)
                     return
                 attempt = svc.restarts.record(name)
+                await svc.save_restarts()
                 try:
                     await svc.hv_pool.run(svc.hv.start, name)
                 except errors.NovaCronError as exc:

@@ -18,6 +18,7 @@ The shut-off reason libvirt keeps for the domain (``vm/states.py`` names) decide
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -46,14 +47,16 @@ def decide(reason: str, at_start: bool) -> Action | None:
 class RestartHistory:
     """The restarts of each VM within the last ``window_s`` seconds: at most ``limit``
     of them, each after a delay twice the one before; past the limit the daemon gives
-    up on the VM until an operator starts it (:meth:`reset`). Kept in memory: a
-    restarted daemon starts counting again."""
+    up on the VM until an operator starts it (:meth:`reset`). Times are the wall
+    clock's: the history outlives a restart of the daemon (:meth:`to_doc`,
+    :meth:`load`; the VM service keeps it in the state store), so a crash-looping VM
+    the daemon gave up on stays given up, and a held one held."""
 
     def __init__(
         self,
         limit: int,
         window_s: float,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
         first_delay_s: float = FIRST_DELAY_S,
     ) -> None:
         self.limit = limit
@@ -90,12 +93,49 @@ class RestartHistory:
         self._last_at[name] = time.time()
         return len(times)
 
-    def reset(self, name: str) -> None:
-        """An operator started the VM (or it is gone): count from zero again."""
+    def reset(self, name: str) -> bool:
+        """An operator started the VM (or it is gone): count from zero again. Whether
+        there was anything to forget."""
+        had = bool(self._times.get(name)) or name in self.gave_up or name in self.held
         self._times.pop(name, None)
         self._last_at.pop(name, None)
         self.gave_up.discard(name)
         self.held.discard(name)
+        return had
+
+    def to_doc(self) -> dict[str, Any]:
+        """The history worth keeping: each VM restarted (``last_at``), given up or held
+        (``{name: {"times" (in the window), "last_at", "gave_up", "held"}}``)."""
+        doc: dict[str, Any] = {}
+        for name in sorted(set(self._times) | set(self._last_at) | self.gave_up | self.held):
+            times = list(self._recent(name))
+            if times or name in self._last_at or name in self.gave_up or name in self.held:
+                doc[name] = {
+                    "times": times,
+                    "last_at": self._last_at.get(name),
+                    "gave_up": name in self.gave_up,
+                    "held": name in self.held,
+                }
+        return doc
+
+    def load(self, doc: Any, names: set[str]) -> None:
+        """Takes back :meth:`to_doc`'s document for the VMs ``names`` (the others are
+        gone); a malformed entry, or part of one, is skipped."""
+        if not isinstance(doc, dict):
+            return
+        for name, entry in doc.items():
+            if name not in names or not isinstance(entry, dict):
+                continue
+            times = entry.get("times")
+            if isinstance(times, list) and all(_number(t) for t in times):
+                self._times[name] = deque(sorted(float(t) for t in times)[-self.limit :])
+            last_at = entry.get("last_at")
+            if isinstance(last_at, int | float) and _number(last_at):
+                self._last_at[name] = float(last_at)
+            if entry.get("gave_up") is True:
+                self.gave_up.add(name)
+            if entry.get("held") is True:
+                self.held.add(name)
 
     def view(self, name: str) -> dict[str, Any]:
         """For ``vm.get``: restarts in the window, when the last was (Unix time), whether
@@ -107,3 +147,8 @@ class RestartHistory:
             "gave_up": name in self.gave_up,
             "held": name in self.held,
         }
+
+
+def _number(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

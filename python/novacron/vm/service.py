@@ -38,6 +38,7 @@ from novacron.vm.spec import DiskSpec, VmSpec
 log = logging.getLogger("novacron.vm")
 
 POLL_INTERVAL = 0.2
+RESTARTS_KEY = "restarts"  # node_settings: the restart history (vm/restarts.py)
 
 
 class Ownership(Protocol):
@@ -355,7 +356,17 @@ class VmService:
         await self.records.delete(name)
         self.placement.release(name)
         self.managed.discard(name)
-        self.restarts.reset(name)
+        if self.restarts.reset(name):
+            await self.save_restarts()
+
+    async def load_restarts(self) -> None:
+        """The restart history as the daemon left it (of the VMs still recorded)."""
+        doc = await self.db_pool.run(self.store.get_setting, RESTARTS_KEY)
+        self.restarts.load(doc, {r.name for r in await self.records.all()})
+
+    async def save_restarts(self) -> None:
+        """The restart history into the state store (after each change of it)."""
+        await self.db_pool.run(self.store.set_setting, RESTARTS_KEY, self.restarts.to_doc())
 
     async def arrived(self, name: str, tenant: str, source: str) -> None:
         """A VM that migrated here from ``source`` and is recorded (with the state it
@@ -392,7 +403,8 @@ class VmService:
         return await self.get(name)
 
     async def start(self, name: str) -> dict[str, Any]:
-        self.restarts.reset(name)  # an operator's start: the crash-loop guard counts anew
+        if self.restarts.reset(name):  # an operator's start: the crash-loop guard anew
+            await self.save_restarts()
         return await self._transition(
             name, ("stopped", "crashed"), "start", self.hv.start, "running"
         )
