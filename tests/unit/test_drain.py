@@ -102,3 +102,53 @@ async def test_a_vm_that_arrives_while_draining_is_taken_too(
     assert doc["result"]["left"] == []
     assert doc["state"] == "failed" and doc["error"]["details"]["vms"] == [first, late]
     assert op.progress["total"] == 2 and op.progress["done"] == 2
+
+
+async def test_a_vm_already_migrating_is_waited_for(migrations: MigrationService) -> None:
+    """vm.migrate operations started before the drain (recorded as outgoing.start records
+    them): one moves its VM away, which counts as moved with that operation; the other
+    fails, and the drain then tries the VM itself (the test driver refuses)."""
+    vms, ops = migrations.vms, migrations.ops
+    gone, stays = unique("gone"), unique("stays")
+    for name in (gone, stays):
+        await vms.create(VmSpec(name=name, vcpus=1, memory_mib=64), start=False)
+    away = await ops.start("migrate_out", gone, "default", "hostc:7443", {"offline": True})
+    back = await ops.start("migrate_out", stays, "default", "hostc:7443", {})
+    started = await drain.start(migrations, "hostb", MigrateOptions(), False, "drain", "unix:a")
+    op = ops.running(started["op"])
+    assert op is not None
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    assert op.progress["current"] in (gone, stays) and op.progress["done"] == 0  # waiting
+    await vms.forget(gone)  # (what the end of a migration does on the source)
+    await ops.finish(away, "succeeded", {"offline": True})
+    await ops.finish(back, "failed", None, errors.MigrationFailed("the destination refused"))
+    with trio.fail_after(30):
+        await op.ended.wait()
+    doc = await ops.get(started["op"])
+    assert doc["result"]["moved"] == [
+        {"vm": gone, "op": away.id, "destination": "hostc:7443", "offline": True}
+    ]
+    [failed] = doc["result"]["failed"]
+    assert failed["vm"] == stays and failed["op"] is None  # the drain's own try, refused
+    assert failed["error"]["code"] == "unavailable"  # (no node certificate here)
+    assert doc["state"] == "failed" and doc["error"]["details"]["vms"] == [stays]
+
+
+async def test_a_cancel_while_waiting_for_an_earlier_migration(
+    migrations: MigrationService,
+) -> None:
+    vms, ops = migrations.vms, migrations.ops
+    name = unique("busy")
+    await vms.create(VmSpec(name=name, vcpus=1, memory_mib=64), start=False)
+    earlier = await ops.start("migrate_out", name, "default", "hostc:7443", {})
+    started = await drain.start(migrations, "hostb", MigrateOptions(), False, "drain", "unix:a")
+    op = ops.running(started["op"])
+    assert op is not None
+    await trio.testing.wait_all_tasks_blocked(0.05)
+    ops.cancel(op)
+    with trio.fail_after(10):
+        await op.ended.wait()
+    doc = await ops.get(started["op"])
+    assert doc["state"] == "cancelled" and doc["result"]["left"] == [name]
+    assert earlier.state == "running"  # the earlier migration is its own operator's
+    await ops.finish(earlier, "failed", None, errors.MigrationFailed("x"))

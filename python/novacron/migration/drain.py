@@ -20,7 +20,9 @@ starts no other; the node stays cordoned.
 A VM can arrive after the list was taken: a ``vm.create`` or an incoming migration that
 passed the cordon's check just before it. When the listed VMs are done the drain lists
 the node's VMs again and moves the newcomers too (a few times at most), so it does not
-end with a VM it never saw.
+end with a VM it never saw. A VM already migrating when its turn comes (a ``vm.migrate``
+started before the drain) is waited for: if that migration moved it, it counts as moved
+(with that operation); if not, the drain moves it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 from novacron import errors
 from novacron.logs import kv
@@ -60,8 +64,11 @@ class Drain:
     kept: list[dict[str, Any]] = field(default_factory=list)
     at: str | None = None  # the VM being moved
     current: Operation | None = None  # its migration
+    waiting: trio.CancelScope | None = None  # for a migration started before the drain
 
     def cancel(self) -> None:
+        if self.waiting is not None:
+            self.waiting.cancel()
         if self.current is not None and self.current.state == "running":
             self.svc.cancel(self.current)
 
@@ -171,9 +178,21 @@ async def _move(drain: Drain, name: str) -> None:
     """One VM away (or kept, or its failure recorded)."""
     svc = drain.svc
     vms = svc.vms
+    earlier = svc.ops.active_for(name)
+    if earlier is not None and earlier.kind == "migrate_out":
+        # a vm.migrate started before the drain: its outcome first (it may move the VM)
+        with trio.CancelScope() as drain.waiting:
+            await earlier.ended.wait()
+        drain.waiting = None
+        if drain.op.cancel_requested:
+            return  # (left)
+        doc = await svc.ops.get(earlier.id)
+        if doc["state"] == "succeeded" and await vms.records.get(name) is None:
+            _moved(drain, name, doc, earlier.peer)
+            return
     rec = await vms.records.get(name)
     if rec is None or rec.desired_state == "deleting":
-        drain.kept.append({"vm": name, "reason": "deleted meanwhile"})
+        drain.kept.append({"vm": name, "reason": "no longer here (deleted or migrated meanwhile)"})
         return
     try:
         if drain.keep_stopped:
@@ -200,14 +219,14 @@ async def _move(drain: Drain, name: str) -> None:
         await child.ended.wait()
     doc = await svc.ops.get(started["op"])
     if doc["state"] == "succeeded":
-        result = doc.get("result") or {}
-        drain.moved.append(
-            {
-                "vm": name,
-                "op": doc["id"],
-                "destination": started["destination"],
-                "offline": bool(result.get("offline")),
-            }
-        )
+        _moved(drain, name, doc, started["destination"])
     else:
         drain.failed.append({"vm": name, "op": doc["id"], "error": doc["error"]})
+
+
+def _moved(drain: Drain, name: str, doc: dict[str, Any], destination: str) -> None:
+    """``name`` left with the migration operation ``doc``."""
+    offline = bool((doc.get("result") or {}).get("offline"))
+    drain.moved.append(
+        {"vm": name, "op": doc["id"], "destination": destination, "offline": offline}
+    )
