@@ -28,6 +28,7 @@ from novacron.vm.spec import (
 )
 
 STATS_TIMEOUT_S = 10.0  # for each node's answer to cluster.stats
+STATS_AT_ONCE = 32  # nodes asked at the same time (each is a TLS connection)
 
 
 def forwarded_identity(caller: dict[str, Any], via: str) -> Identity:
@@ -107,10 +108,13 @@ def register(registry: Registry, services: Services) -> None:
                 raise errors.from_wire(error)
             return list(result)
 
+        limiter = trio.CapacityLimiter(STATS_AT_ONCE)
+
         async def ask(node: str) -> None:
             try:
-                with trio.fail_after(STATS_TIMEOUT_S):
-                    rows = await rows_of(node)
+                async with limiter:
+                    with trio.fail_after(STATS_TIMEOUT_S):
+                        rows = await rows_of(node)
             except trio.TooSlowError:
                 answers[node] = errors.Timeout(
                     f"node {node!r} did not answer in {STATS_TIMEOUT_S:g} s", {"node": node}
