@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from tests.daemon_harness import Daemon
 
@@ -122,6 +123,36 @@ def test_vm_stats_from_the_cli(daemon: Daemon) -> None:
     assert named.returncode == 1 and "invalid_params" in named.stderr
     alone = cli(daemon, "vm", "stats", "--cluster", check=False)  # not in a cluster
     assert alone.returncode == 3 and "unavailable" in alone.stderr, alone.stderr
+
+
+def test_metrics_for_a_textfile_collector(daemon: Daemon, tmp_path: Path) -> None:
+    cli(daemon, "vm", "create", "met1", "--memory", "64", "--disk", "1", "--start")
+    cli(daemon, "vm", "create", "met2", "--memory", "64", "--tenant", "other")
+    text = cli(daemon, "metrics").stdout
+    lines = text.split("\n")
+    assert "# TYPE novacron_vm_cpu_seconds_total counter" in lines
+    assert 'novacron_vm_info{tenant="default",vm="met1",state="running"} 1' in lines
+    assert 'novacron_vm_running{tenant="other",vm="met2"} 0' in lines
+    [cpu] = [
+        line
+        for line in lines
+        if line.startswith('novacron_vm_cpu_seconds_total{tenant="default",vm="met1"}')
+    ]
+    assert float(cpu.rsplit(" ", 1)[1]) > 0
+    assert "novacron_node_cordoned 0" in lines
+    assert not any(
+        'vm="met2"' in line
+        for line in cli(daemon, "metrics", "--tenant", "default").stdout.split("\n")
+    )
+    collected = tmp_path / "textfile"
+    collected.mkdir()
+    target = collected / "novacron.prom"
+    assert cli(daemon, "metrics", "--output", str(target)).stdout == ""
+    written = target.read_text().split("\n")
+    assert 'novacron_vm_running{tenant="default",vm="met1"} 1' in written
+    assert [p.name for p in collected.iterdir()] == ["novacron.prom"]
+    for name in ("met1", "met2"):
+        cli(daemon, "vm", "delete", name, "--force")
 
 
 def test_a_scripts_json_command_loads_neither_rich_nor_cryptography(daemon: Daemon) -> None:

@@ -381,6 +381,13 @@ def test_stats_of_every_node_as_the_caller(pki: Pki, pair: tuple[Daemon, Daemon]
     rows = {tuple(c[:4]): c for c in cells if len(c) > 4}
     assert set(rows) == {("node1", "st1", "acme", "running"), ("node2", "st2", "globex", "stopped")}
     assert re.fullmatch(r"\d+\.\d", rows[("node1", "st1", "acme", "running")][4])  # CPU %
+    metrics = subprocess.run([*run, "metrics", "--cluster"], capture_output=True, text=True)
+    assert metrics.returncode == 0, metrics.stderr
+    lines = metrics.stdout.split("\n")
+    assert 'novacron_vm_running{node="node1",tenant="acme",vm="st1"} 1' in lines
+    assert 'novacron_vm_running{node="node2",tenant="globex",vm="st2"} 0' in lines
+    assert 'novacron_cluster_node_answered{node="node2"} 1' in lines
+    assert 'novacron_node_cordoned{node="node1"} 0' in lines
     # a node that does not answer (killed, its registration not yet expired) is named
     two.signal(signal.SIGKILL)
     two.wait()
@@ -397,6 +404,10 @@ def test_stats_of_every_node_as_the_caller(pki: Pki, pair: tuple[Daemon, Daemon]
     )
     assert shown.returncode == 0, shown.stderr
     assert [n["node"] for n in json.loads(shown.stdout)["nodes"]] in (["node1", "node2"], ["node1"])
+    metrics = subprocess.run([*run, "metrics", "--cluster"], capture_output=True, text=True)
+    lines = metrics.stdout.split("\n")
+    assert 'novacron_cluster_node_answered{node="node1"} 1' in lines
+    assert not any('node="node2",tenant' in line for line in lines)  # no rows of node2
     two.start()
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from novacron import __version__
-from novacron.cli import cluster, migrate, net, node, output, pki, security, vm
+from novacron.cli import cluster, metrics, migrate, net, node, output, pki, security, vm
 from novacron.cli.security import AuditBroken
 from novacron.errors import InvalidParams, NovaCronError, Unavailable
 from novacron.sync_client import SyncClient, TlsFiles
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     security.add_commands(groups)
     security.add_quota_commands(groups)
     pki.add_commands(groups)
+    metrics.add_commands(groups)
     return parser
 
 
