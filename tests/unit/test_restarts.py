@@ -173,3 +173,13 @@ def test_whatever_the_store_holds_loading_it_gives_a_sound_history(doc: object) 
         delay = h.delay(name)
         assert delay is None or 1.0 <= delay <= MAX_DELAY_S
     assert RestartHistory(limit=3, window_s=100, clock=clock).load(h.to_doc(), {"a", "b"}) is None
+
+
+def test_loading_keeps_at_most_the_limit() -> None:
+    doc = {"vm": {"times": [1000.0, 990.0, 995.0], "last_at": None}}
+    h = RestartHistory(limit=2, window_s=100, clock=Clock())
+    h.load(doc, {"vm"})
+    assert h.to_doc()["vm"]["times"] == [995.0, 1000.0]
+    none = RestartHistory(limit=0, window_s=100, clock=Clock())
+    none.load(doc, {"vm"})
+    assert none.view("vm")["recent"] == 0

@@ -128,7 +128,8 @@ class RestartHistory:
                 continue
             times = entry.get("times")
             if isinstance(times, list) and all(_number(t) for t in times):
-                self._times[name] = deque(sorted(float(t) for t in times)[-self.limit :])
+                kept = sorted(float(t) for t in times)
+                self._times[name] = deque(kept[max(0, len(kept) - self.limit) :])
             last_at = entry.get("last_at")
             if isinstance(last_at, int | float) and _number(last_at):
                 self._last_at[name] = float(last_at)
