@@ -76,7 +76,7 @@ def register(registry: Registry, services: Services) -> None:
         params = p.mapping("params")
         caller = p.mapping("identity")
         p.done()
-        if method not in policy.FORWARDABLE and method not in ("vm.create", "vm.stats.list"):
+        if method not in policy.FORWARDED:
             raise errors.InvalidParams(f"{method!r} is not forwarded", {"param": "call"})
         identity = forwarded_identity(caller, ctx.identity.user)
         inner = CallContext(identity, ctx.bus)

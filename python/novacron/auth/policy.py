@@ -114,6 +114,10 @@ FORWARDABLE: Final = frozenset(
     }
 )
 
+# what ``cluster.forward`` runs for another node: the calls above, a create placed on this
+# node, and this node's part of ``cluster.stats``
+FORWARDED: Final = FORWARDABLE | {"vm.create", "vm.stats.list"}
+
 ROLE_GRANTS: Final[dict[str, frozenset[str]]] = {
     "admin": frozenset({PUBLIC, READ, WRITE, ADMIN, NODE}),
     "operator": frozenset({PUBLIC, READ, WRITE}),

@@ -179,6 +179,7 @@ async def _move(drain: Drain, name: str) -> None:
     svc = drain.svc
     vms = svc.vms
     earlier = svc.ops.active_for(name)
+    moved_by = None  # that migration's operation, once it ended
     if earlier is not None and earlier.kind == "migrate_out":
         # a vm.migrate started before the drain: its outcome first (it may move the VM)
         with trio.CancelScope() as drain.waiting:
@@ -186,11 +187,12 @@ async def _move(drain: Drain, name: str) -> None:
         drain.waiting = None
         if drain.op.cancel_requested:
             return  # (left)
-        doc = await svc.ops.get(earlier.id)
-        if doc["state"] == "succeeded" and await vms.records.get(name) is None:
-            _moved(drain, name, doc, earlier.peer)
-            return
+        moved_by = await svc.ops.get(earlier.id)
     rec = await vms.records.get(name)
+    if rec is None and moved_by is not None and moved_by["state"] == "succeeded":
+        assert earlier is not None
+        _moved(drain, name, moved_by, earlier.peer)
+        return
     if rec is None or rec.desired_state == "deleting":
         drain.kept.append({"vm": name, "reason": "no longer here (deleted or migrated meanwhile)"})
         return

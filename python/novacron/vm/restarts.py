@@ -22,7 +22,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 Action = Literal["follow", "restart"]
 
@@ -131,7 +131,7 @@ class RestartHistory:
                 kept = sorted(float(t) for t in times)
                 self._times[name] = deque(kept[max(0, len(kept) - self.limit) :])
             last_at = entry.get("last_at")
-            if isinstance(last_at, int | float) and _number(last_at):
+            if _number(last_at):
                 self._last_at[name] = float(last_at)
             if entry.get("gave_up") is True:
                 self.gave_up.add(name)
@@ -150,6 +150,6 @@ class RestartHistory:
         }
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[float]:
     """A finite int or float (not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
