@@ -145,12 +145,18 @@ def test_the_history_outlives_a_restart_of_the_daemon() -> None:
 
 
 def test_reset_says_whether_there_was_anything() -> None:
-    h = RestartHistory(limit=2, window_s=100, clock=Clock())
+    clock = Clock()
+    h = RestartHistory(limit=2, window_s=100, clock=clock)
     assert h.reset("vm") is False
     h.record("vm")
     assert h.reset("vm") is True and h.reset("vm") is False
     h.gave_up.add("vm")
     assert h.reset("vm") is True
+    h.record("vm")
+    clock.now += 1000
+    assert h.view("vm")["recent"] == 0 and h.view("vm")["last_at"] is not None
+    assert h.reset("vm") is True  # (the last restart's time is kept, and forgotten now)
+    assert h.to_doc() == {}
 
 
 JSONISH = st.recursive(

@@ -96,7 +96,7 @@ class RestartHistory:
     def reset(self, name: str) -> bool:
         """An operator started the VM (or it is gone): count from zero again. Whether
         there was anything to forget."""
-        had = bool(self._times.get(name)) or name in self.gave_up or name in self.held
+        had = any(name in kept for kept in (self._times, self._last_at, self.gave_up, self.held))
         self._times.pop(name, None)
         self._last_at.pop(name, None)
         self.gave_up.discard(name)
