@@ -39,11 +39,19 @@ def source_xml(
 ) -> str:
     """The NovaCron domain XML of a one-vCPU VM ``name``, as its source sends it."""
     vm = VmSpec(name=name, vcpus=1, memory_mib=memory_mib, tenant=tenant, **spec)
+    # each disk where its source node has it (a pool's volume: that node's images)
+    paths = [
+        d.path or f"/var/lib/novacron/images/{name}-{t}.{d.format}"
+        for d, t in zip(vm.disks, vm.disk_targets(), strict=True)
+    ]
     plan = domain_xml.DomainPlan(
         spec=vm,
         uuid=uuid,
         domain_type="qemu",
-        disks=(),
+        disks=tuple(
+            domain_xml.DiskDevice(p, d.format, t)
+            for p, d, t in zip(paths, vm.disks, vm.disk_targets(), strict=True)
+        ),
         console_log="/var/lib/novacron/consoles/x.log",
     )
     return domain_xml.build(plan)

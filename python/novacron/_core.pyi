@@ -18,11 +18,14 @@ __all__ = [
     "Placement",
     "Placer",
     "QemuStreamSplitter",
+    "StreamDigest",
     "dirty_bitmap",
     "format_cpuset",
     "is_zero_page",
+    "pack_extent",
     "parse_cpuset",
     "scan_pages",
+    "unpack_piece",
 ]
 
 PAGE_SIZE: Final[int]
@@ -219,3 +222,16 @@ class ChannelReceiver:
     def length(self) -> int: ...
     @property
     def total_pages(self) -> int: ...
+
+# -- a storage copy's extents (the engine's disk module) -------------------------------
+
+def pack_extent(data: Buffer) -> list[tuple[int, int, int, bytes]]: ...
+def unpack_piece(codec: int, payload: Buffer, length: int) -> bytes: ...
+
+@final
+class StreamDigest:
+    """xxh3-128 over everything given to ``update``, as if it were one input."""
+
+    def __new__(cls) -> StreamDigest: ...
+    def update(self, data: Buffer) -> None: ...
+    def digest(self) -> bytes: ...

@@ -118,8 +118,8 @@ def test_prepare_refusals(node: Node, tmp_path: Path) -> None:
         with pytest.raises(errors.InvalidParams, match="NovaCron domain"):
             prepare(peer, "bad", "<domain")
         managed_disk = source_xml("d", disks=(DiskSpec(size_gib=1),))
-        with pytest.raises(errors.InvalidParams, match="storage migration"):
-            prepare(peer, "d", managed_disk)
+        with pytest.raises(errors.InvalidParams, match="only a stopped vm moves with its"):
+            prepare(peer, "d", managed_disk)  # (live: no stream of its volumes)
         missing = source_xml("e", disks=(DiskSpec(path="/nonexistent/e.qcow2"),))
         with pytest.raises(errors.NotFound, match="not reachable"):
             prepare(peer, "e", missing)

@@ -5,7 +5,11 @@ after every outcome, and start and run where it went."""
 
 from __future__ import annotations
 
+import filecmp
 import json
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 from tests.system import guest
@@ -156,3 +160,107 @@ def test_an_offline_move_is_listed_with_its_kind(nodes: TwoNodes) -> None:
         for node in (a, b):
             if "o3" in node.records():
                 retire(node, "o3")
+
+
+def saved(paths: list[Path], into: Path) -> list[Path]:
+    """Byte-for-byte copies of the volume files at ``paths`` (sparse)."""
+    copies = []
+    for path in paths:
+        copy = into / path.name
+        subprocess.run(["cp", "--sparse=always", str(path), str(copy)], check=True)
+        copies.append(copy)
+    return copies
+
+
+def same_files(got: list[Path], want: list[Path]) -> None:
+    for g, w in zip(got, want, strict=True):
+        assert g.stat().st_size == w.stat().st_size, (g, w)
+        assert filecmp.cmp(g, w, shallow=False), f"{g} differs from {w}"
+
+
+def test_a_stopped_vm_moves_with_copies_of_its_volumes_and_boots_there(
+    nodes: TwoNodes, guest_images: guest.GuestImages, tmp_path: Path
+) -> None:
+    """A stopped VM with a qcow2 and a raw volume in its node's pool: the volumes'
+    files arrive byte for byte in the destination's pool, the source's are deleted, the
+    guest sees both disks where it went. A libvirt refusal after the copy leaves the VM
+    and its volumes where they were and nothing of them on the other node; a running VM
+    with pool disks is refused before anything moves."""
+    a, b = nodes.a, nodes.b
+    params = guest_images.vm(
+        "s1",
+        MEMORY_MIB,
+        "novacron.blockwatch",
+        start=False,
+        disks=[{"size_gib": 1}, {"size_gib": 1, "format": "raw"}],
+    )
+    try:
+        with a.client() as c:
+            made = c.call("vm.create", **params)
+        on_a = [Path(d["path"]) for d in made["disks"]]
+        assert [p.name for p in on_a] == ["s1-vda.qcow2", "s1-vdb.raw"]
+        # what a guest would have written: data in the qcow2 image, a marker in the raw one
+        qemu_io = ["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 300M 3M"]
+        subprocess.run([*qemu_io, "-c", "write -P 0 900M 64k", str(on_a[0])], check=True)
+        with on_a[1].open("r+b") as f:
+            f.seek(700 << 20)
+            f.write(os.urandom(1 << 20) + b"\0" * (1 << 20) + b"x" * 4096)
+        before = saved(on_a, tmp_path)
+
+        doc = migrate(a, b, "s1")
+        storage = doc["result"]["storage"]
+        print("storage a->b", json.dumps(storage, sort_keys=True))
+        assert storage["disks"] == 2 and storage["source_volumes"] == "deleted", storage
+        logical = sum(p.stat().st_size for p in before)
+        assert storage["bytes"] == logical, storage
+        # holes and zero blocks do not travel; the random MiB does, the pattern packs
+        assert (1 << 20) < storage["bytes_wire"] < (2 << 20), storage
+        after = stopped_only_on("s1", b, a)
+        on_b = [Path(d["path"]) for d in after["disks"]]
+        assert [p.name for p in on_b] == ["s1-vda.qcow2", "s1-vdb.raw"]
+        assert all(str(p).startswith(str(b.state_dir)) for p in on_b), on_b
+        same_files(on_b, before)
+        assert not any(p.exists() for p in on_a), "the source's volumes are deleted"
+        assert incoming_op(b, "s1")["result"]["storage"]["disks"] == 2
+
+        # the guest sees both disks where it went; moving it running is refused
+        with b.client() as c:
+            c.call("vm.start", name="s1")
+        wait_until(
+            lambda: all(
+                f"{guest.BLOCK_MARKER} {d} 2097152" in b.console("s1").read_text(errors="replace")
+                for d in ("vda", "vdb")
+            ),
+            180,
+            "the guest's disks on hostb",
+        )
+        done = cli(b, "--json", "vm", "migrate", "s1", "--to", a.address)
+        assert done.returncode == 1 and "stop it first" in done.stderr, done.stderr
+        with b.client() as c:
+            c.call("vm.stop", name="s1")
+
+        # libvirt refuses after the copy: the copies on hosta go, the VM stays on hostb
+        (tmp_path / "b").mkdir()
+        before = saved(on_b, tmp_path / "b")
+        a.host.sh(f"touch {REFUSE_FLAG}")
+        try:
+            done = cli(b, "--json", "vm", "migrate", "s1", "--to", a.address)
+        finally:
+            a.host.sh(f"rm -f {REFUSE_FLAG}")
+        assert done.returncode == 1, done.stdout
+        assert "hook refuses migrations" in done.stderr, f"{done.stderr}\n{logs(a, b)}"
+        wait_until(lambda: incoming_op(a, "s1")["state"] != "running", 30, "hosta's side")
+        stopped_only_on("s1", b, a)
+        same_files(on_b, before)
+        wait_until(lambda: not any(p.exists() for p in on_a), 30, "hosta's copies deleted")
+
+        # and back, with the hook quiet
+        doc = migrate(b, a, "s1")
+        assert doc["result"]["storage"]["source_volumes"] == "deleted"
+        stopped_only_on("s1", a, b)
+        same_files(on_a, before)
+        assert not any(p.exists() for p in on_b)
+    finally:
+        for node in (a, b):
+            if "s1" in node.records():
+                retire(node, "s1")

@@ -17,7 +17,8 @@ from novacron.migration import offline
 from novacron.migration.options import MigrateOptions
 from novacron.migration.service import MigrationService
 from novacron.migration.source_run import Run
-from novacron.vm.spec import VmSpec
+from novacron.vm import domain_xml
+from novacron.vm.spec import DiskSpec, VmSpec
 from tests.migration_harness import source_xml
 from tests.unit.conftest import unique
 
@@ -156,3 +157,60 @@ async def test_only_the_source_gives_up_a_vm_libvirt_defined_here(
     assert message == "cancelled by the source; the definition libvirt left here was removed"
     assert migrations.vms.hv.lookup(name) is None and not placed(migrations, name)
     assert answer["op"] not in migrations.arrivals
+
+
+async def test_a_vm_with_pool_disks_gets_empty_volumes_here_to_copy_into(
+    migrations: MigrationService,
+) -> None:
+    """prepare makes a volume in this node's pool for each pool disk (a path disk stays
+    as it is), names them in the definition it answers with, and hands out a token for
+    the copy; the source giving up deletes them. Without a TLS listener: refused."""
+    name = unique("copy")
+    disks = (DiskSpec(size_gib=1), DiskSpec(path="/dev/null", format="raw"), DiskSpec(size_gib=2))
+    xml = source_xml(name, uuid=str(uuid.uuid4()), disks=disks)
+    port = migrations.channel_port
+    try:
+        migrations.channel_port = 0
+        with pytest.raises(errors.Unavailable, match="no TLS listener"):
+            await offline.prepare(migrations, "node2", name, xml, {})
+        assert not placed(migrations, name)
+        migrations.channel_port = 7444
+        answer = await offline.prepare(migrations, "node2", name, xml, {})
+    finally:
+        migrations.channel_port = port
+    vms = migrations.vms
+    copy = answer["copy"]
+    assert copy["disks"] == ["vda", "vdc"] and copy["channel_port"] == 7444
+    assert len(copy["token"]) == 32
+    images = migrations.config.images_dir
+    made = [str(images / f"{name}-vda.qcow2"), str(images / f"{name}-vdc.qcow2")]
+    pool = await trio.to_thread.run_sync(vms.hv.pool_volumes, migrations.config.storage_pool)
+    assert set(made) <= set(pool)
+    sources = [d.path for d in domain_xml.parse_disks(answer["dest_xml"])]
+    assert sources == [made[0], "/dev/null", made[1]]
+    doc = await migrations.ops.get(answer["op"])
+    assert doc["params"]["volumes"] == made  # (what a restart deletes)
+    await migrations.abort_incoming("node2", answer["op"])
+    with trio.fail_after(10):
+        ended = await migrations.result("node2", answer["op"])
+    assert ended["state"] == "failed" and ended["error"]["message"] == "cancelled by the source"
+    pool = await trio.to_thread.run_sync(vms.hv.pool_volumes, migrations.config.storage_pool)
+    assert not set(made) & set(pool) and not placed(migrations, name)
+
+
+async def test_a_definition_whose_disks_differ_from_its_spec_is_refused(
+    migrations: MigrationService,
+) -> None:
+    name = unique("copy")
+    xml = source_xml(name, uuid=str(uuid.uuid4()), disks=(DiskSpec(size_gib=1),))
+    without = domain_xml.without_disk(xml, "vda")
+    migrations.channel_port, port = 7444, migrations.channel_port
+    try:
+        with pytest.raises(errors.InvalidParams, match="do not match its spec"):
+            await offline.prepare(migrations, "node2", name, without, {})
+    finally:
+        migrations.channel_port = port
+    pool = await trio.to_thread.run_sync(
+        migrations.vms.hv.pool_volumes, migrations.config.storage_pool
+    )
+    assert not [p for p in pool if name in p] and not placed(migrations, name)

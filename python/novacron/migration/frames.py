@@ -28,6 +28,10 @@ Every frame is ``type: u8``, ``length: u32 big-endian``, ``payload``. Types:
   ``packed_len`` bytes of zstd that unpack to exactly ``head_len`` bytes of entries (as in
   ``PAGES``), then the batch. The source sends it instead of ``PAGES`` when it is smaller.
 
+A stopped VM's volumes travel on a channel of their own, with five more types
+(:mod:`~novacron.migration.disk_wire`): ``DISK`` (11), ``EXTENT`` (12), ``HOLE`` (13),
+``DISK_END`` (14) from the source, ``COPIED`` (15) from the destination.
+
 A frame over ``max_frame`` bytes, an unknown type or a malformed payload is a
 :class:`FrameError`; the channel is then closed (the migration fails on this side).
 The payloads of ``PAGES``, ``PACKED_PAGES``, ``CHECK``, ``END`` and ``START`` are made and
@@ -42,7 +46,11 @@ from dataclasses import dataclass
 
 VERBATIM, PAGES, RETURN, END, ABORT, CHECK, START, ANNOUNCE, ACK = 1, 2, 3, 4, 5, 6, 7, 8, 9
 PACKED_PAGES = 10
-TYPES = frozenset({VERBATIM, PAGES, RETURN, END, ABORT, CHECK, START, ANNOUNCE, ACK, PACKED_PAGES})
+DISK, EXTENT, HOLE, DISK_END, COPIED = 11, 12, 13, 14, 15
+TYPES = frozenset(
+    {VERBATIM, PAGES, RETURN, END, ABORT, CHECK, START, ANNOUNCE, ACK, PACKED_PAGES}
+    | {DISK, EXTENT, HOLE, DISK_END, COPIED}
+)
 PAGE_FRAMES = frozenset({PAGES, PACKED_PAGES})  # the frames that carry pages
 HEADER = struct.Struct(">BI")
 _LENGTH = struct.Struct(">Q")

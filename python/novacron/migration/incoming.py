@@ -73,9 +73,12 @@ class Incoming:
         self.send, self.recv = trio.open_memory_channel[trio.SSLStream[trio.SocketStream]](1)
 
 
-async def admit(svc: MigrationService, name: str, xml: str) -> tuple[ManagedDomain, VmSpec]:
+async def admit(
+    svc: MigrationService, name: str, xml: str, copy_disks: bool = False
+) -> tuple[ManagedDomain, VmSpec]:
     """The source's domain XML of ``name``, checked: NovaCron's domain of that VM, with
-    a usable spec, whose disks this node reaches."""
+    a usable spec, whose disks this node reaches (``copy_disks``: or will hold, as
+    copies of the volumes in the source's pool)."""
     try:
         managed = domain_xml.parse_managed(xml)
     except Exception:  # any malformed XML is the caller's error
@@ -88,7 +91,7 @@ async def admit(svc: MigrationService, name: str, xml: str) -> tuple[ManagedDoma
         raise errors.InvalidParams(f"the domain's spec is unusable: {exc}") from None
     if spec.name != name:
         raise errors.InvalidParams("the domain's spec names another vm", {"vm": name})
-    await check_disks(svc.config.node_name, spec)
+    await check_disks(svc.config.node_name, spec, copy_disks)
     return managed, spec
 
 
@@ -167,15 +170,17 @@ async def prepare(
     }
 
 
-async def check_disks(node: str, spec: VmSpec) -> None:
-    """Refuses a VM whose disks this node cannot open: in its node's pool (storage
-    migration is not supported), missing, or a qcow2 image that needs a file missing
-    here (a base image, or an external data file, left on the source's local disk)."""
+async def check_disks(node: str, spec: VmSpec, copy_disks: bool = False) -> None:
+    """Refuses a VM whose disks this node cannot open: in its node's pool (unless they
+    are copied here: a stopped VM's move), missing, or a qcow2 image that needs a file
+    missing here (a base image, or an external data file, left on the source's local
+    disk)."""
     name = spec.name
     for disk in spec.disks:
-        if disk.managed:
+        if disk.managed and not copy_disks:
             raise errors.InvalidParams(
-                f"vm {name!r} has disks in its node's pool; storage migration is not supported",
+                f"vm {name!r} has disks in its node's pool: only a stopped vm moves "
+                "with its volumes",
                 {"vm": name},
             )
         if disk.path is None:

@@ -17,7 +17,8 @@ import libvirt
 
 from novacron import errors
 from novacron.migration.shared_storage import UNSAFE_HINT
-from novacron.vm.driver import UNDEFINE_FLAGS, Hypervisor, libvirt_errors
+from novacron.vm.driver import UNDEFINE_FLAGS, Hypervisor
+from novacron.vm.libvirt_errors import libvirt_errors
 
 FLAGS = (
     libvirt.VIR_MIGRATE_LIVE

@@ -26,6 +26,8 @@ undefines its own copy, else the destination has removed the copy libvirt left t
 from __future__ import annotations
 
 import logging
+import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +36,8 @@ import trio
 from novacron import errors
 from novacron.client import connect_tls
 from novacron.logs import kv
-from novacron.migration import incoming, libvirt_job
+from novacron.migration import disk_copy, incoming, libvirt_job
+from novacron.migration.channel import open_channel
 from novacron.migration.ops import Operation
 from novacron.migration.source_run import (
     Run,
@@ -44,6 +47,7 @@ from novacron.migration.source_run import (
     prepare_there,
     tell_abort,
 )
+from novacron.vm import domain_xml
 from novacron.vm.spec import VmSpec
 
 if TYPE_CHECKING:
@@ -64,6 +68,7 @@ class Arrival:
     uuid: str
     placement: dict[str, Any] | None
     source: str  # the source's certificate name
+    copy: disk_copy.Incoming | None = None  # the volumes copied here first, if any
     # cancelled only by the source's word (migration.abort: it still holds the VM); an
     # operator's op.cancel of this side is refused (MigrationService.cancel)
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -72,22 +77,92 @@ class Arrival:
 async def prepare(
     svc: MigrationService, source: str, name: str, xml: str, options: dict[str, Any]
 ) -> dict[str, Any]:
-    """The destination's ``migration.prepare`` of a stopped VM."""
-    managed, spec = await incoming.admit(svc, name, xml)
-    async with incoming.placing(svc, spec, xml) as (placement, dest_xml):
-        params = {**options, "uuid": managed.uuid, "offline": True}
-        op = await svc.ops.start("migrate_in", name, spec.tenant, source, params)
-    arrival = Arrival(op=op, spec=spec, uuid=managed.uuid, placement=placement, source=source)
+    """The destination's ``migration.prepare`` of a stopped VM: placed here and, when
+    it has disks in its node's pool, an empty volume made here for each, for the
+    source to copy into (the definition then names these)."""
+    managed, spec = await incoming.admit(svc, name, xml, copy_disks=True)
+    copies = [(t, d) for t, d in zip(spec.disk_targets(), spec.disks, strict=True) if d.managed]
+    if copies and not svc.channel_port:
+        raise errors.Unavailable("this node does not accept volume copies (no TLS listener)")
+    async with incoming.placing(svc, spec, xml) as (placement, placed_xml):
+        paths = await _make_volumes(svc, name, copies)
+        try:
+            dest_xml = placed_xml
+            if paths:
+                dest_xml = _with_copies(placed_xml, [t for t, _ in copies], paths)
+            params = {**options, "uuid": managed.uuid, "offline": True}
+            if paths:  # (what a restart deletes if the VM never arrives)
+                params["volumes"] = paths
+            op = await svc.ops.start("migrate_in", name, spec.tenant, source, params)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await delete_volumes(svc, paths)
+            raise
+    copy = None
+    if paths:
+        limits = [disk_copy.limit_of(d.size_gib or 0) for _, d in copies]
+        copy = disk_copy.Incoming(token=secrets.token_bytes(32), paths=paths, limits=limits)
+    arrival = Arrival(
+        op=op, spec=spec, uuid=managed.uuid, placement=placement, source=source, copy=copy
+    )
     op.on_cancel = arrival.cancel.cancel
     svc.arrivals[op.id] = arrival
     svc.spawn(receive, svc, arrival, op=op)
-    return {
+    answer = {
         "op": op.id,
         "libvirt_uri": svc.config.libvirt_peer_uri,
         "dest_xml": dest_xml,
         "node": svc.config.node_name,
         "offline": True,
     }
+    if copy is not None:
+        answer["copy"] = {
+            "token": copy.token,
+            "channel_port": svc.channel_port,
+            "disks": [t for t, _ in copies],
+        }
+    return answer
+
+
+def _with_copies(xml: str, targets: list[str], paths: list[str]) -> str:
+    try:
+        return domain_xml.with_disk_sources(xml, dict(zip(targets, paths, strict=True)))
+    except ValueError as exc:
+        raise errors.InvalidParams(f"the domain's disks do not match its spec: {exc}") from None
+
+
+async def _make_volumes(
+    svc: MigrationService, name: str, copies: list[tuple[str, Any]]
+) -> list[str]:
+    """An empty volume in this node's pool for each disk to copy (raw and empty until
+    the copy writes the source's file into it; libvirt then sees its format); their
+    paths. A failure deletes those made."""
+    vms = svc.vms
+    made: list[str] = []
+    try:
+        for target, disk in copies:
+            volume = vms.managed_volume_name(name, target, disk.format)
+            made.append(
+                await vms.hv_pool.run(
+                    vms.hv.create_volume, svc.config.storage_pool, volume, 0, "raw"
+                )
+            )
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await delete_volumes(svc, made)
+        raise
+    return made
+
+
+async def delete_volumes(svc: MigrationService, paths: list[str]) -> None:
+    """Best effort: the volumes at ``paths`` are deleted (a copy that did not end in the
+    VM being recorded here)."""
+    vms = svc.vms
+    for path in paths:
+        try:
+            await vms.hv_pool.run(vms.hv.delete_volume, path)
+        except errors.NovaCronError as exc:
+            log.warning("migration.volume_not_deleted", extra=kv(path=path, error=exc.message))
 
 
 def arrived(state: str) -> bool:
@@ -119,8 +194,17 @@ async def receive(svc: MigrationService, arrival: Arrival) -> None:
     there)."""
     vms, op = svc.vms, arrival.op
     state = "absent"
+    copy_failure: str | None = None
     with arrival.cancel:
-        state = await wait_defined(svc, op.vm, arrival.uuid, ARRIVAL_WAIT_S)
+        if arrival.copy is not None:
+            svc.ops.report(op, "copying")
+            try:
+                await disk_copy.receive(vms, arrival.copy)
+            except errors.NovaCronError as exc:
+                copy_failure = exc.message
+            svc.ops.report(op, "waiting")
+        if copy_failure is None:
+            state = await wait_defined(svc, op.vm, arrival.uuid, ARRIVAL_WAIT_S)
     svc.arrivals.pop(op.id, None)
     given_up = arrival.cancel.cancel_called  # (also when it came as the wait ended)
     with trio.CancelScope(shield=True):
@@ -133,10 +217,15 @@ async def receive(svc: MigrationService, arrival: Arrival) -> None:
                 )
                 await vms.arrived(op.vm, op.tenant, arrival.source)
             log.info("migration.offline_arrived", extra=kv(vm=op.vm, op=op.id, state=state))
-            await svc.ops.finish(op, "succeeded", {"node": svc.config.node_name, "state": state})
+            result: dict[str, Any] = {"node": svc.config.node_name, "state": state}
+            if arrival.copy is not None:
+                result["storage"] = arrival.copy.stats.to_dict()
+            await svc.ops.finish(op, "succeeded", result)
             return
         if given_up:
             why = "cancelled by the source"
+        elif copy_failure is not None:
+            why = copy_failure
         else:
             why = f"libvirt did not define the vm here within {ARRIVAL_WAIT_S:g} s"
         if given_up and arrived(state):
@@ -148,6 +237,8 @@ async def receive(svc: MigrationService, arrival: Arrival) -> None:
                 state = "absent"
         if state == "absent":  # (what libvirt defines here later, reconciliation adopts)
             vms.placement.release(op.vm)
+            if arrival.copy is not None:
+                await delete_volumes(svc, arrival.copy.paths)
         log.warning("migration.offline_not_arrived", extra=kv(vm=op.vm, op=op.id, why=why))
         await svc.ops.finish(op, "failed", None, errors.MigrationFailed(why, {"vm": op.vm}))
 
@@ -164,11 +255,15 @@ async def move(run: Run, address: str) -> bool:
     moved = False
     answer: dict[str, Any] = {}
     dest: dict[str, Any] = {}
+    rec = await svc.vms.record(op.vm)
+    sources = _volumes_to_copy(VmSpec.from_dict(rec.spec), svc.vms.disk_paths)
     with failures(run, address):
         async with connect_tls(address, files, server_name=host) as peer:
             try:
                 with run.prep:
                     _, answer = await prepare_there(run, peer, offline=True)
+                    if sources or answer.get("copy"):
+                        await _copy_out(run, host, answer, sources)
                     if run.lock is not None and svc.locks is not None:
                         svc.ops.report(op, "switching")
                         await svc.locks.commit(run.lock)
@@ -183,6 +278,51 @@ async def move(run: Run, address: str) -> bool:
             if moved:
                 dest = await _result(peer, answer)
     return await conclude(run, moved, answer, dest, began)
+
+
+def _volumes_to_copy(
+    spec: VmSpec, disk_paths: Callable[[VmSpec], list[str]]
+) -> list[tuple[str, str]]:
+    """``(target, path)`` of each disk of ``spec`` in this node's pool, in order."""
+    return [
+        (target, path)
+        for target, disk, path in zip(
+            spec.disk_targets(), spec.disks, disk_paths(spec), strict=True
+        )
+        if disk.managed
+    ]
+
+
+async def _copy_out(
+    run: Run, host: str, answer: dict[str, Any], sources: list[tuple[str, str]]
+) -> None:
+    """Copies the VM's volumes into those the destination made for them."""
+    svc, op = run.svc, run.op
+    copy = answer.get("copy")
+    if not isinstance(copy, dict) or copy.get("disks") != [t for t, _ in sources]:
+        raise errors.MigrationFailed(
+            "the destination did not make volumes for this vm's disks "
+            f"({', '.join(t for t, _ in sources)})",
+            {"vm": op.vm},
+        )
+    files, _ = peer_of(run, f"{host}:0")
+    stats = run.storage = disk_copy.CopyStats()
+    run.copied_from = [path for _, path in sources]
+
+    def report(stats: disk_copy.CopyStats) -> None:
+        svc.ops.report(op, "copying", {"disks": len(sources), **stats.to_dict()})
+
+    report(stats)
+    log.info("migration.copying_volumes", extra=kv(vm=op.vm, op=op.id, disks=len(sources)))
+    channel = await open_channel(
+        f"{host}:{copy['channel_port']}",
+        files.context(),
+        host,
+        bytes(copy["token"]),
+        svc.config.migration_link_timeout_s,
+    )
+    async with channel:
+        await disk_copy.send(svc.vms, channel, run.copied_from, stats, report)
 
 
 async def _result(peer: Any, answer: dict[str, Any]) -> dict[str, Any]:

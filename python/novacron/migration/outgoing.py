@@ -42,6 +42,8 @@ from novacron.migration.source_run import (
     tell_abort,
 )
 from novacron.migration.stream import StreamSender
+from novacron.vm.service import VmService
+from novacron.vm.spec import VmSpec
 
 if TYPE_CHECKING:
     from novacron.migration.service import MigrationService
@@ -78,11 +80,6 @@ async def start(
         )
     if vms.hv.is_test_driver:
         raise errors.Conflict("libvirt's test driver cannot migrate VMs", {"vm": name})
-    if any(d.get("managed") for d in rec.spec.get("disks", [])):
-        raise errors.InvalidParams(
-            f"vm {name!r} has disks in this node's pool; storage migration is not supported",
-            {"vm": name},
-        )
     if svc.locks is not None:  # a node's name in the cluster: its registered address
         known = svc.locks.cluster.nodes.get(destination)
         if known and known.get("address"):
@@ -98,6 +95,8 @@ async def start(
                 {"vm": name, "state": runtime.state},
             )
         offline_move = runtime.state == "stopped"
+        if VmSpec.from_dict(rec.spec).has_managed_disks:
+            await _check_copyable(vms, name, offline_move)
         params = {**options.to_dict(), **({"offline": True} if offline_move else {})}
         op_id = svc.ops.new_id()
         if svc.locks is not None:  # exactly one migration of the vm, cluster-wide
@@ -114,6 +113,25 @@ async def start(
     op.on_cancel = lambda: svc.spawn(run.abort, "cancel")
     svc.spawn(_run, run, address, op=op)
     return {"op": op.id, "vm": name, "destination": address}
+
+
+async def _check_copyable(vms: VmService, name: str, offline_move: bool) -> None:
+    """A VM with disks in this node's pool moves only stopped (its volumes are copied
+    first), and only without snapshots (they live inside its volumes, and libvirt keeps
+    their metadata here)."""
+    if not offline_move:
+        raise errors.InvalidParams(
+            f"vm {name!r} has disks in this node's pool: they move only with the vm "
+            "stopped (a running vm's storage cannot migrate); stop it first",
+            {"vm": name},
+        )
+    snapshots = await vms.hv_pool.run(vms.hv.snapshot_list, name)
+    if snapshots:
+        raise errors.Conflict(
+            f"vm {name!r} has {len(snapshots)} snapshot(s), which cannot move with its "
+            "volumes; delete them first",
+            {"vm": name, "snapshots": [s["name"] for s in snapshots]},
+        )
 
 
 async def _run(run: Run, address: str) -> None:

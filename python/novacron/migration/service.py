@@ -166,10 +166,16 @@ class MigrationService:
         return await incoming.prepare(self, source, name, xml, stream_socket, options)
 
     def _deliver(self, token: bytes, peer: str, stream: trio.SSLStream[trio.SocketStream]) -> bool:
-        for known, inc in self.incoming.items():
-            if same_token(known, token) and inc.source == peer:
+        """Hands a migration channel to the migration (or the volume copy) waiting for
+        it: the token it was given, from the node it was given to."""
+        waiting = [(known, inc.source, inc.send) for known, inc in self.incoming.items()]
+        for arrival in self.arrivals.values():
+            if arrival.copy is not None:
+                waiting.append((arrival.copy.token, arrival.source, arrival.copy.send))
+        for known, source, send in waiting:
+            if same_token(known, token) and source == peer:
                 try:
-                    inc.send.send_nowait(stream)
+                    send.send_nowait(stream)
                 except (trio.WouldBlock, trio.ClosedResourceError):
                     return False
                 return True
@@ -239,7 +245,12 @@ class MigrationService:
         if not isinstance(uuid, str):
             return None
         state = await offline.wait_defined(self, row["vm"], uuid, offline.ARRIVAL_WAIT_S)
-        return state if offline.arrived(state) else None
+        if offline.arrived(state):
+            return state
+        volumes = row["params"].get("volumes")  # copies made for it here: no VM uses them
+        if isinstance(volumes, list) and state == "absent":
+            await offline.delete_volumes(self, [str(v) for v in volumes])
+        return None
 
     async def _adopt(self, name: str, source: str, desired: str) -> None:
         """Records a VM that arrived while this daemon was down, from its metadata

@@ -16,6 +16,7 @@ from novacron.client import TlsFiles, split_address
 from novacron.cluster.locks import MigrationLock
 from novacron.logs import kv
 from novacron.migration import libvirt_job, progress, terms
+from novacron.migration.disk_copy import CopyStats
 from novacron.migration.ops import Operation
 from novacron.migration.options import MigrateOptions
 from novacron.migration.relay import RelayStats
@@ -42,6 +43,8 @@ class Run:
     prep: trio.CancelScope = field(default_factory=trio.CancelScope)
     watch: progress.StallWatch = field(init=False)
     offline: bool = False  # a stopped VM: its definition moves (migration.offline)
+    storage: CopyStats | None = None  # its volumes' copy, when it has any
+    copied_from: list[str] = field(default_factory=list)  # their paths here
 
     def __post_init__(self) -> None:
         self.watch = progress.StallWatch(self.options)
@@ -112,6 +115,7 @@ async def forget(
     with trio.CancelScope(shield=True):
         async with vms.locked(op.vm):
             await vms.forget(op.vm)
+        volumes = await _source_volumes(run, dest)
     dest_result = dest.get("result") or {}
     stats = run.stats
     summary = {
@@ -134,11 +138,35 @@ async def forget(
         "stall_actions": [d.action for d in run.watch.decisions],
         "offline": run.offline,
     }
+    if run.storage is not None:
+        summary["storage"] = {**run.storage.to_dict(), "source_volumes": volumes}
     log.info(
         "migration.done",
         extra=kv(vm=op.vm, total_s=summary["total_s"], bytes_wire=stats.channel_bytes),
     )
     return summary
+
+
+async def _source_volumes(run: Run, dest: dict[str, Any]) -> str:
+    """After a VM moved with copies of its volumes: this node's volumes are deleted
+    once the destination says it recorded the VM (``deleted``); else they are kept
+    (``kept``), as the only sure copy, for the operator to remove."""
+    if not run.copied_from:
+        return "none"
+    vms = run.svc.vms
+    if dest.get("state") != "succeeded":
+        log.warning(
+            "migration.source_volumes_kept",
+            extra=kv(vm=run.op.vm, paths=run.copied_from, destination=dest.get("state")),
+        )
+        return "kept"
+    for path in run.copied_from:
+        try:
+            await vms.hv_pool.run(vms.hv.delete_volume, path)
+        except errors.NovaCronError as exc:
+            log.warning("migration.volume_not_deleted", extra=kv(path=path, error=exc.message))
+            return "kept"
+    return "deleted"
 
 
 async def conclude(

@@ -149,6 +149,22 @@ def without_disk(xml: str, target: str) -> str:
     return ET.tostring(dom, encoding="unicode")
 
 
+def with_disk_sources(xml: str, paths: dict[str, str]) -> str:
+    """A domain's XML with the file of each disk named in ``paths`` (by its device name
+    in the guest) at that path (a VM whose volumes were copied to another node). A
+    name the domain has no file disk for is a ``ValueError``."""
+    dom = ET.fromstring(xml)  # noqa: S314 - from libvirtd, or retarget's output
+    left = dict(paths)
+    for el in dom.findall("devices/disk"):
+        target, source = el.find("target"), el.find("source")
+        dev = target.get("dev") if target is not None else None
+        if dev in left and source is not None and "file" in source.attrib:
+            source.set("file", left.pop(dev))
+    if left:
+        raise ValueError(f"the domain has no file disk {', '.join(sorted(left))}")
+    return ET.tostring(dom, encoding="unicode")
+
+
 def _placement(dom: ET.Element, vcpu: ET.Element, placement: dict[str, Any]) -> None:
     """``<cputune>``, ``<numatune>``, ``<memoryBacking>`` and guest ``<cpu><numa>``."""
     cells = placement["cells"]

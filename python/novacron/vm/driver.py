@@ -9,8 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -22,49 +21,14 @@ from novacron import errors
 from novacron.logs import kv
 from novacron.placement.topology import HostNode, parse_capabilities, with_sysfs
 from novacron.vm import states
+from novacron.vm.libvirt_errors import libvirt_errors, translate
+from novacron.vm.volume_stream import VolumeReader, VolumeWriter
 
 log = logging.getLogger("novacron.vm.driver")
 
 UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
 )
-
-_CODE_MAP: dict[int, type[errors.NovaCronError]] = {
-    libvirt.VIR_ERR_NO_DOMAIN: errors.NotFound,
-    libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT: errors.NotFound,
-    libvirt.VIR_ERR_NO_STORAGE_POOL: errors.NotFound,
-    libvirt.VIR_ERR_NO_STORAGE_VOL: errors.NotFound,
-    libvirt.VIR_ERR_DOM_EXIST: errors.AlreadyExists,
-    libvirt.VIR_ERR_STORAGE_VOL_EXIST: errors.AlreadyExists,
-    libvirt.VIR_ERR_OPERATION_INVALID: errors.Conflict,
-    libvirt.VIR_ERR_OPERATION_UNSUPPORTED: errors.Conflict,
-    libvirt.VIR_ERR_NO_SUPPORT: errors.Conflict,
-    libvirt.VIR_ERR_CONFIG_UNSUPPORTED: errors.InvalidParams,
-    libvirt.VIR_ERR_XML_ERROR: errors.InvalidParams,
-    libvirt.VIR_ERR_XML_DETAIL: errors.InvalidParams,
-    libvirt.VIR_ERR_INVALID_ARG: errors.InvalidParams,
-    libvirt.VIR_ERR_OPERATION_TIMEOUT: errors.Timeout,
-    libvirt.VIR_ERR_AGENT_UNRESPONSIVE: errors.Timeout,
-    libvirt.VIR_ERR_NO_CONNECT: errors.Unavailable,
-    libvirt.VIR_ERR_SYSTEM_ERROR: errors.Unavailable,
-    libvirt.VIR_ERR_RPC: errors.Unavailable,
-    libvirt.VIR_ERR_OPERATION_FAILED: errors.Conflict,
-}
-
-
-def translate(exc: libvirt.libvirtError) -> errors.NovaCronError:
-    code = exc.get_error_code()
-    cls = _CODE_MAP.get(code, errors.Internal)
-    message = exc.get_error_message() or str(exc)
-    return cls(f"libvirt: {message}", {"libvirt_code": code})
-
-
-@contextmanager
-def libvirt_errors() -> Iterator[None]:
-    try:
-        yield
-    except libvirt.libvirtError as exc:
-        raise translate(exc) from None
 
 
 def _quiet(_ctx: Any, _err: Any) -> None:
@@ -430,6 +394,20 @@ class Hypervisor:
                 return False
             raise translate(exc) from None
         return True
+
+    def refresh_pool(self, pool_name: str) -> None:
+        """libvirt looks at the pool's files again (a volume written by upload: its format
+        and sizes as the file now has them)."""
+        with libvirt_errors():
+            self.conn.storagePoolLookupByName(pool_name).refresh(0)
+
+    def volume_reader(self, path: str) -> VolumeReader:
+        """The file of the volume at ``path``, read through libvirt (sparse)."""
+        return VolumeReader(self.conn, path)
+
+    def volume_writer(self, path: str) -> VolumeWriter:
+        """The file of the (new, empty) volume at ``path``, written through libvirt."""
+        return VolumeWriter(self.conn, path)
 
     def pool_volumes(self, pool_name: str) -> list[str]:
         with libvirt_errors():

@@ -17,7 +17,8 @@ import libvirt
 
 from novacron import errors
 from novacron.vm import domain_xml, states
-from novacron.vm.driver import Hypervisor, libvirt_errors
+from novacron.vm.driver import Hypervisor
+from novacron.vm.libvirt_errors import libvirt_errors
 
 # libvirt's memoryStats keys (KiB) -> ours; the guest-reported ones need a balloon driver
 MEMORY_KEYS = {

@@ -5,6 +5,7 @@
 //!   page hashes, dirty bitmaps of whole images.
 //! * [`Encoder`] / [`Decoder`]: the page stream (zero, unchanged, dup-ref, announced-ref, delta,
 //!   delta-from, lz4, zstd and raw records in checksummed batches; `docs/migration-wire.md`).
+//! * [`disk`]: a volume's extents for a storage copy (zero runs, zstd-1 data, xxh3-128).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -13,6 +14,7 @@ mod cache;
 pub mod channel;
 mod decoder;
 mod delta;
+pub mod disk;
 mod encoder;
 mod equal_bits;
 mod error;

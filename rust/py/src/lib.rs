@@ -7,6 +7,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod channel;
+mod disk;
 mod lent;
 mod placement;
 mod stream;
@@ -453,6 +454,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<channel::ChannelSender>()?;
     m.add_class::<channel::ChannelReceiver>()?;
     m.add_class::<placement::Placement>()?;
+    m.add_class::<disk::StreamDigest>()?;
+    m.add_function(wrap_pyfunction!(disk::pack_extent, m)?)?;
+    m.add_function(wrap_pyfunction!(disk::unpack_piece, m)?)?;
     m.add_function(wrap_pyfunction!(placement::parse_cpuset, m)?)?;
     m.add_function(wrap_pyfunction!(placement::format_cpuset, m)?)?;
     m.add_function(wrap_pyfunction!(is_zero_page, m)?)?;
