@@ -117,9 +117,21 @@ def test_prepare_refusals(node: Node, tmp_path: Path) -> None:
             prepare(peer, "other", source_xml("x"))
         with pytest.raises(errors.InvalidParams, match="NovaCron domain"):
             prepare(peer, "bad", "<domain")
-        managed_disk = source_xml("d", disks=(DiskSpec(size_gib=1),))
-        with pytest.raises(errors.InvalidParams, match="only a stopped vm moves with its"):
-            prepare(peer, "d", managed_disk)  # (live: no stream of its volumes)
+        # disks in the source's pool: a volume of each one's size and format made here for
+        # QEMU's mirror, named in the definition; gone again when the source gives up
+        pooled = source_xml("d", disks=(DiskSpec(size_gib=1), DiskSpec(size_gib=2, format="raw")))
+        answer = prepare(peer, "d", pooled)
+        assert answer["nbd"]["disks"] == ["vda", "vdb"] and len(answer["nbd"]["token"]) == 32
+        images = node.daemon.state_dir / "images"
+        made = [str(images / "d-vda.qcow2"), str(images / "d-vdb.raw")]
+        assert [d.path for d in domain_xml.parse_disks(answer["dest_xml"])] == made
+        peer.call("migration.abort", op=answer["op"])
+        assert peer.call("migration.result", op=answer["op"])["state"] == "failed"
+        # the volumes went with it: the same names are made again
+        again = prepare(peer, "d", pooled)
+        assert again["nbd"]["disks"] == ["vda", "vdb"]
+        peer.call("migration.abort", op=again["op"])
+        peer.call("migration.result", op=again["op"])
         missing = source_xml("e", disks=(DiskSpec(path="/nonexistent/e.qcow2"),))
         with pytest.raises(errors.NotFound, match="not reachable"):
             prepare(peer, "e", missing)

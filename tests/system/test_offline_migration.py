@@ -183,9 +183,9 @@ def test_a_stopped_vm_moves_with_copies_of_its_volumes_and_boots_there(
 ) -> None:
     """A stopped VM with a qcow2 and a raw volume in its node's pool: the volumes'
     files arrive byte for byte in the destination's pool, the source's are deleted, the
-    guest sees both disks where it went. A libvirt refusal after the copy leaves the VM
-    and its volumes where they were and nothing of them on the other node; a running VM
-    with pool disks is refused before anything moves."""
+    guest sees both disks where it went (and, running, moves back live with them). A
+    libvirt refusal after the copy leaves the VM and its volumes where they were and
+    nothing of them on the other node."""
     a, b = nodes.a, nodes.b
     params = guest_images.vm(
         "s1",
@@ -223,7 +223,7 @@ def test_a_stopped_vm_moves_with_copies_of_its_volumes_and_boots_there(
         assert not any(p.exists() for p in on_a), "the source's volumes are deleted"
         assert incoming_op(b, "s1")["result"]["storage"]["disks"] == 2
 
-        # the guest sees both disks where it went; moving it running is refused
+        # the guest sees both disks where it went; running, it moves back live with them
         with b.client() as c:
             c.call("vm.start", name="s1")
         wait_until(
@@ -234,32 +234,33 @@ def test_a_stopped_vm_moves_with_copies_of_its_volumes_and_boots_there(
             180,
             "the guest's disks on hostb",
         )
-        done = cli(b, "--json", "vm", "migrate", "s1", "--to", a.address)
-        assert done.returncode == 1 and "stop it first" in done.stderr, done.stderr
-        with b.client() as c:
-            c.call("vm.stop", name="s1")
+        live = migrate(b, a, "s1")["result"]["storage"]
+        assert live["disks"] == 2 and live["source_volumes"] == "deleted", live
+        assert not any(p.exists() for p in on_b) and all(p.exists() for p in on_a)
+        with a.client() as c:
+            assert c.call("vm.stop", name="s1")["state"] == "stopped"
 
-        # libvirt refuses after the copy: the copies on hosta go, the VM stays on hostb
-        (tmp_path / "b").mkdir()
-        before = saved(on_b, tmp_path / "b")
-        a.host.sh(f"touch {REFUSE_FLAG}")
+        # libvirt refuses after the copy: the copies on hostb go, the VM stays on hosta
+        (tmp_path / "a").mkdir()
+        before = saved(on_a, tmp_path / "a")
+        b.host.sh(f"touch {REFUSE_FLAG}")
         try:
-            done = cli(b, "--json", "vm", "migrate", "s1", "--to", a.address)
+            done = cli(a, "--json", "vm", "migrate", "s1", "--to", b.address)
         finally:
-            a.host.sh(f"rm -f {REFUSE_FLAG}")
+            b.host.sh(f"rm -f {REFUSE_FLAG}")
         assert done.returncode == 1, done.stdout
         assert "hook refuses migrations" in done.stderr, f"{done.stderr}\n{logs(a, b)}"
-        wait_until(lambda: incoming_op(a, "s1")["state"] != "running", 30, "hosta's side")
-        stopped_only_on("s1", b, a)
-        same_files(on_b, before)
-        wait_until(lambda: not any(p.exists() for p in on_a), 30, "hosta's copies deleted")
-
-        # and back, with the hook quiet
-        doc = migrate(b, a, "s1")
-        assert doc["result"]["storage"]["source_volumes"] == "deleted"
+        wait_until(lambda: incoming_op(b, "s1")["state"] != "running", 30, "hostb's side")
         stopped_only_on("s1", a, b)
         same_files(on_a, before)
-        assert not any(p.exists() for p in on_b)
+        wait_until(lambda: not any(p.exists() for p in on_b), 30, "hostb's copies deleted")
+
+        # and there, with the hook quiet
+        doc = migrate(a, b, "s1")
+        assert doc["result"]["storage"]["source_volumes"] == "deleted"
+        stopped_only_on("s1", b, a)
+        same_files(on_b, before)
+        assert not any(p.exists() for p in on_a)
     finally:
         for node in (a, b):
             if "s1" in node.records():

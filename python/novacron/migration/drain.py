@@ -5,9 +5,9 @@ migrations), then every VM it has leaves, one at a time, as ``vm.migrate`` would
 it: a running or paused VM live, a stopped one offline (unless ``keep_stopped``). Each
 move is an operation of its own (``migrate_out``); the drain is one more (kind
 ``drain``) that reports which VM it is at and ends with what moved, what did not and
-why. A VM that cannot move (a running one with disks in this node's pool — a stopped
-one moves with copies of its volumes —, a refusal of the destination, a failed
-migration) stays here, running as it was, and the drain goes on with the next.
+why. A VM that cannot move (one with snapshots and disks in this node's pool, a refusal
+of the destination, a failed migration) stays here, running as it was, and the drain
+goes on with the next.
 
 Destinations: the one given (a node's name in a cluster, or ``host[:port]``), or in a
 cluster the best-scoring other node for each VM, as ``vm.create node=auto`` chooses

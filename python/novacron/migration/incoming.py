@@ -29,8 +29,9 @@ import trio
 
 from novacron import errors
 from novacron.logs import kv
-from novacron.migration import libvirt_job, qemu_socket, terms
+from novacron.migration import libvirt_job, qemu_socket, terms, volume_copies
 from novacron.migration.channel import close_gently
+from novacron.migration.nbd_relay import NbdStats
 from novacron.migration.ops import Operation
 from novacron.migration.relay import RelayStats, announce, relay_destination, single_errors
 from novacron.migration.stream import StreamReceiver, guest_page_limit
@@ -68,17 +69,18 @@ class Incoming:
     source: str  # the source's certificate name
     stats: RelayStats = field(default_factory=RelayStats)
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    volumes: list[str] = field(default_factory=list)  # made here for its pool disks
+    nbd_token: bytes | None = None  # the channels of QEMU's NBD copy of them
+    nbd: NbdStats = field(default_factory=NbdStats)
 
     def __post_init__(self) -> None:
         self.send, self.recv = trio.open_memory_channel[trio.SSLStream[trio.SocketStream]](1)
 
 
-async def admit(
-    svc: MigrationService, name: str, xml: str, copy_disks: bool = False
-) -> tuple[ManagedDomain, VmSpec]:
+async def admit(svc: MigrationService, name: str, xml: str) -> tuple[ManagedDomain, VmSpec]:
     """The source's domain XML of ``name``, checked: NovaCron's domain of that VM, with
-    a usable spec, whose disks this node reaches (``copy_disks``: or will hold, as
-    copies of the volumes in the source's pool)."""
+    a usable spec, whose disks this node reaches (or will hold: copies of the volumes in
+    the source's pool)."""
     try:
         managed = domain_xml.parse_managed(xml)
     except Exception:  # any malformed XML is the caller's error
@@ -91,7 +93,7 @@ async def admit(
         raise errors.InvalidParams(f"the domain's spec is unusable: {exc}") from None
     if spec.name != name:
         raise errors.InvalidParams("the domain's spec names another vm", {"vm": name})
-    await check_disks(svc.config.node_name, spec, copy_disks)
+    await check_disks(svc.config.node_name, spec)
     return managed, spec
 
 
@@ -136,15 +138,24 @@ async def prepare(
     if not svc.channel_port:
         raise errors.Unavailable("this node does not accept migrations (no TLS listener)")
     managed, spec = await admit(svc, name, xml)
-    async with placing(svc, spec, xml) as (placement, dest_xml):
-        owner = await svc.vms.hv_pool.run(_qemu_owner, svc.vms.hv, dest_xml)
+    copies = volume_copies.pool_disks(spec)
+    async with placing(svc, spec, xml) as (placement, placed_xml):
+        owner = await svc.vms.hv_pool.run(_qemu_owner, svc.vms.hv, placed_xml)
         qemu_dir = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, stream_name, owner)
+        volumes: list[str] = []
         try:
+            # volumes for QEMU's mirror of the disks in the source's pool
+            volumes = await volume_copies.make(svc.vms, name, copies, empty=False)
+            dest_xml = volume_copies.named_in(placed_xml, [t for t, _ in copies], volumes)
             # (the domain's UUID kept for after a restart: see _resume_incoming)
             params = {**options, "uuid": managed.uuid}
+            if volumes:
+                params["volumes"] = volumes
             op = await svc.ops.start("migrate_in", name, spec.tenant, source, params)
         except BaseException:
-            await trio.to_thread.run_sync(qemu_dir.remove)
+            with trio.CancelScope(shield=True):
+                await volume_copies.delete(svc.vms, volumes)
+                await trio.to_thread.run_sync(qemu_dir.remove)
             raise
     inc = Incoming(
         token=secrets.token_bytes(32),
@@ -155,11 +166,13 @@ async def prepare(
         qemu_dir=qemu_dir,
         qemu_uid=owner[0],
         source=source,
+        volumes=volumes,
+        nbd_token=secrets.token_bytes(32) if volumes else None,
     )
     op.on_cancel = inc.cancel.cancel
     svc.incoming[inc.token] = inc
     svc.spawn(receive, svc, inc, op=op)
-    return {
+    answer = {
         "op": op.id,
         "token": inc.token,
         "channel_port": svc.channel_port,
@@ -168,21 +181,17 @@ async def prepare(
         "node": svc.config.node_name,
         "channel": terms.offered(),
     }
+    if inc.nbd_token is not None:
+        answer["nbd"] = {"token": inc.nbd_token, "disks": [t for t, _ in copies]}
+    return answer
 
 
-async def check_disks(node: str, spec: VmSpec, copy_disks: bool = False) -> None:
-    """Refuses a VM whose disks this node cannot open: in its node's pool (unless they
-    are copied here: a stopped VM's move), missing, or a qcow2 image that needs a file
-    missing here (a base image, or an external data file, left on the source's local
-    disk)."""
+async def check_disks(node: str, spec: VmSpec) -> None:
+    """Refuses a VM whose disks given by path this node cannot open: missing, or a qcow2
+    image that needs a file missing here (a base image, or an external data file, left
+    on the source's local disk). Disks in the source's pool are copied here: not checked."""
     name = spec.name
     for disk in spec.disks:
-        if disk.managed and not copy_disks:
-            raise errors.InvalidParams(
-                f"vm {name!r} has disks in its node's pool: only a stopped vm moves "
-                "with its volumes",
-                {"vm": name},
-            )
         if disk.path is None:
             continue
         if not await trio.Path(disk.path).exists():
@@ -395,6 +404,8 @@ async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> N
                 "relay_stages_s": inc.stats.stage_summary(),
                 "relay_error": failure,
             }
+            if inc.volumes:
+                result["storage"] = {"disks": len(inc.volumes), **inc.nbd.to_dict()}
             await svc.ops.finish(op, "succeeded", result)
             return
         if state == "failed":
@@ -404,6 +415,7 @@ async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> N
                 state = "absent"
         if state == "absent":
             vms.placement.release(op.vm)
+            await volume_copies.delete(vms, inc.volumes)
         why = failure or "the incoming domain did not start"
         if state == "arriving":
             why = f"{why}; the incoming domain is still there after {OUTCOME_WAIT_S:g} s"

@@ -46,6 +46,8 @@ class MigrationCall:
     bandwidth_mib_s: int
     auto_converge: bool
     shared_storage: bool = False  # every disk on declared shared storage: skip libvirt's check
+    copy_disks: tuple[str, ...] = ()  # disks copied over NBD (in the node's pool)
+    disks_uri: str | None = None  # unix:///run/novacron/migration/<name>/nbd.sock
 
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -55,12 +57,17 @@ class MigrationCall:
         }
         if self.bandwidth_mib_s:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = self.bandwidth_mib_s
+        if self.copy_disks:
+            params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = list(self.copy_disks)
+            params[libvirt.VIR_MIGRATE_PARAM_DISKS_URI] = self.disks_uri
         return params
 
     def flags(self) -> int:
         extra: int = libvirt.VIR_MIGRATE_AUTO_CONVERGE if self.auto_converge else 0
         if self.shared_storage:
             extra |= libvirt.VIR_MIGRATE_UNSAFE
+        if self.copy_disks:
+            extra |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
         return int(FLAGS | extra)
 
 

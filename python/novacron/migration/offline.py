@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,18 +35,17 @@ import trio
 from novacron import errors
 from novacron.client import connect_tls
 from novacron.logs import kv
-from novacron.migration import disk_copy, incoming, libvirt_job
-from novacron.migration.channel import open_channel
+from novacron.migration import disk_copy, incoming, libvirt_job, volume_copies
 from novacron.migration.ops import Operation
 from novacron.migration.source_run import (
     Run,
+    channel_to,
     conclude,
     failures,
     peer_of,
     prepare_there,
     tell_abort,
 )
-from novacron.vm import domain_xml
 from novacron.vm.spec import VmSpec
 
 if TYPE_CHECKING:
@@ -80,23 +78,23 @@ async def prepare(
     """The destination's ``migration.prepare`` of a stopped VM: placed here and, when
     it has disks in its node's pool, an empty volume made here for each, for the
     source to copy into (the definition then names these)."""
-    managed, spec = await incoming.admit(svc, name, xml, copy_disks=True)
-    copies = [(t, d) for t, d in zip(spec.disk_targets(), spec.disks, strict=True) if d.managed]
+    managed, spec = await incoming.admit(svc, name, xml)
+    copies = volume_copies.pool_disks(spec)
     if copies and not svc.channel_port:
         raise errors.Unavailable("this node does not accept volume copies (no TLS listener)")
     async with incoming.placing(svc, spec, xml) as (placement, placed_xml):
-        paths = await _make_volumes(svc, name, copies)
+        paths = await volume_copies.make(svc.vms, name, copies, empty=True)
         try:
             dest_xml = placed_xml
             if paths:
-                dest_xml = _with_copies(placed_xml, [t for t, _ in copies], paths)
+                dest_xml = volume_copies.named_in(placed_xml, [t for t, _ in copies], paths)
             params = {**options, "uuid": managed.uuid, "offline": True}
             if paths:  # (what a restart deletes if the VM never arrives)
                 params["volumes"] = paths
             op = await svc.ops.start("migrate_in", name, spec.tenant, source, params)
         except BaseException:
             with trio.CancelScope(shield=True):
-                await delete_volumes(svc, paths)
+                await volume_copies.delete(svc.vms, paths)
             raise
     copy = None
     if paths:
@@ -122,47 +120,6 @@ async def prepare(
             "disks": [t for t, _ in copies],
         }
     return answer
-
-
-def _with_copies(xml: str, targets: list[str], paths: list[str]) -> str:
-    try:
-        return domain_xml.with_disk_sources(xml, dict(zip(targets, paths, strict=True)))
-    except ValueError as exc:
-        raise errors.InvalidParams(f"the domain's disks do not match its spec: {exc}") from None
-
-
-async def _make_volumes(
-    svc: MigrationService, name: str, copies: list[tuple[str, Any]]
-) -> list[str]:
-    """An empty volume in this node's pool for each disk to copy (raw and empty until
-    the copy writes the source's file into it; libvirt then sees its format); their
-    paths. A failure deletes those made."""
-    vms = svc.vms
-    made: list[str] = []
-    try:
-        for target, disk in copies:
-            volume = vms.managed_volume_name(name, target, disk.format)
-            made.append(
-                await vms.hv_pool.run(
-                    vms.hv.create_volume, svc.config.storage_pool, volume, 0, "raw"
-                )
-            )
-    except BaseException:
-        with trio.CancelScope(shield=True):
-            await delete_volumes(svc, made)
-        raise
-    return made
-
-
-async def delete_volumes(svc: MigrationService, paths: list[str]) -> None:
-    """Best effort: the volumes at ``paths`` are deleted (a copy that did not end in the
-    VM being recorded here)."""
-    vms = svc.vms
-    for path in paths:
-        try:
-            await vms.hv_pool.run(vms.hv.delete_volume, path)
-        except errors.NovaCronError as exc:
-            log.warning("migration.volume_not_deleted", extra=kv(path=path, error=exc.message))
 
 
 def arrived(state: str) -> bool:
@@ -238,7 +195,7 @@ async def receive(svc: MigrationService, arrival: Arrival) -> None:
         if state == "absent":  # (what libvirt defines here later, reconciliation adopts)
             vms.placement.release(op.vm)
             if arrival.copy is not None:
-                await delete_volumes(svc, arrival.copy.paths)
+                await volume_copies.delete(svc.vms, arrival.copy.paths)
         log.warning("migration.offline_not_arrived", extra=kv(vm=op.vm, op=op.id, why=why))
         await svc.ops.finish(op, "failed", None, errors.MigrationFailed(why, {"vm": op.vm}))
 
@@ -256,7 +213,7 @@ async def move(run: Run, address: str) -> bool:
     answer: dict[str, Any] = {}
     dest: dict[str, Any] = {}
     rec = await svc.vms.record(op.vm)
-    sources = _volumes_to_copy(VmSpec.from_dict(rec.spec), svc.vms.disk_paths)
+    sources = volume_copies.sources(svc.vms, VmSpec.from_dict(rec.spec))
     with failures(run, address):
         async with connect_tls(address, files, server_name=host) as peer:
             try:
@@ -280,19 +237,6 @@ async def move(run: Run, address: str) -> bool:
     return await conclude(run, moved, answer, dest, began)
 
 
-def _volumes_to_copy(
-    spec: VmSpec, disk_paths: Callable[[VmSpec], list[str]]
-) -> list[tuple[str, str]]:
-    """``(target, path)`` of each disk of ``spec`` in this node's pool, in order."""
-    return [
-        (target, path)
-        for target, disk, path in zip(
-            spec.disk_targets(), spec.disks, disk_paths(spec), strict=True
-        )
-        if disk.managed
-    ]
-
-
 async def _copy_out(
     run: Run, host: str, answer: dict[str, Any], sources: list[tuple[str, str]]
 ) -> None:
@@ -305,7 +249,6 @@ async def _copy_out(
             f"({', '.join(t for t, _ in sources)})",
             {"vm": op.vm},
         )
-    files, _ = peer_of(run, f"{host}:0")
     stats = run.storage = disk_copy.CopyStats()
     run.copied_from = [path for _, path in sources]
 
@@ -314,13 +257,7 @@ async def _copy_out(
 
     report(stats)
     log.info("migration.copying_volumes", extra=kv(vm=op.vm, op=op.id, disks=len(sources)))
-    channel = await open_channel(
-        f"{host}:{copy['channel_port']}",
-        files.context(),
-        host,
-        bytes(copy["token"]),
-        svc.config.migration_link_timeout_s,
-    )
+    channel = await channel_to(run, host, copy["channel_port"], copy["token"])()
     async with channel:
         await disk_copy.send(svc.vms, channel, run.copied_from, stats, report)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -28,13 +29,23 @@ from novacron import errors
 from novacron.client import connect_tls, split_address
 from novacron.cluster.locks import LOCK_LOST, MigrationLock, MigrationLocks
 from novacron.logs import kv
-from novacron.migration import libvirt_job, offline, progress, qemu_socket, shared_storage, terms
-from novacron.migration.channel import open_channel
+from novacron.migration import (
+    libvirt_job,
+    nbd_relay,
+    offline,
+    progress,
+    qemu_socket,
+    shared_storage,
+    terms,
+    volume_copies,
+)
 from novacron.migration.libvirt_job import MigrationCall
+from novacron.migration.nbd_relay import NbdStats
 from novacron.migration.options import MigrateOptions
 from novacron.migration.relay import relay_source
 from novacron.migration.source_run import (
     Run,
+    channel_to,
     conclude,
     failures,
     peer_of,
@@ -42,6 +53,7 @@ from novacron.migration.source_run import (
     tell_abort,
 )
 from novacron.migration.stream import StreamSender
+from novacron.vm.driver import Hypervisor
 from novacron.vm.service import VmService
 from novacron.vm.spec import VmSpec
 
@@ -96,7 +108,7 @@ async def start(
             )
         offline_move = runtime.state == "stopped"
         if VmSpec.from_dict(rec.spec).has_managed_disks:
-            await _check_copyable(vms, name, offline_move)
+            await _check_copyable(vms, name)
         params = {**options.to_dict(), **({"offline": True} if offline_move else {})}
         op_id = svc.ops.new_id()
         if svc.locks is not None:  # exactly one migration of the vm, cluster-wide
@@ -115,16 +127,21 @@ async def start(
     return {"op": op.id, "vm": name, "destination": address}
 
 
-async def _check_copyable(vms: VmService, name: str, offline_move: bool) -> None:
-    """A VM with disks in this node's pool moves only stopped (its volumes are copied
-    first), and only without snapshots (they live inside its volumes, and libvirt keeps
-    their metadata here)."""
-    if not offline_move:
-        raise errors.InvalidParams(
-            f"vm {name!r} has disks in this node's pool: they move only with the vm "
-            "stopped (a running vm's storage cannot migrate); stop it first",
-            {"vm": name},
-        )
+async def _accept_stream(listener: trio.SocketListener, nbd: NbdStats | None) -> trio.SocketStream:
+    """libvirtd's connection for the source QEMU's memory stream: within
+    ``QEMU_ACCEPT_S``, or later while QEMU's mirror of the disks still moves bytes (the
+    memory follows once the disks are in step)."""
+    while True:
+        with trio.move_on_after(QEMU_ACCEPT_S):
+            return await qemu_socket.accept_from(listener)
+        if nbd is None or trio.current_time() - nbd.last_moved > QEMU_ACCEPT_S:
+            raise trio.TooSlowError(f"libvirtd did not connect within {QEMU_ACCEPT_S:g} s")
+
+
+async def _check_copyable(vms: VmService, name: str) -> None:
+    """A VM with disks in this node's pool moves with copies of its volumes, but not
+    with snapshots: they live inside its volumes, and libvirt keeps their metadata here
+    (it refuses to migrate a domain that has any)."""
     snapshots = await vms.hv_pool.run(vms.hv.snapshot_list, name)
     if snapshots:
         raise errors.Conflict(
@@ -159,24 +176,28 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
     streams, name = svc.config.migration_stream_dir, qemu_socket.new_name()
     made: qemu_socket.StreamDir | None = None  # QEMU's socket's directory
     listener: trio.SocketListener | None = None
+    nbd_listener: trio.SocketListener | None = None  # QEMU's mirror of its pool disks
     try:
         with failures(run, address):
+            rec = await svc.vms.record(op.vm)
+            copies = volume_copies.sources(svc.vms, VmSpec.from_dict(rec.spec))
             made = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, name)
             path = made.path
             listener = await qemu_socket.listen(path)
+            if copies:
+                owner = await svc.vms.hv_pool.run(_qemu_owner, svc.vms.hv)
+                nbd_listener = await nbd_relay.listen(path, owner)
+                run.copied_from = [p for _, p in copies]
             async with connect_tls(address, files, server_name=host) as peer:
                 try:
                     with run.prep:
                         xml, answer = await prepare_there(run, peer, stream_socket=str(path))
                         agreed = run.terms = _terms(answer, op.vm)
+                        nbd_token = _nbd_token(answer, [t for t, _ in copies], op.vm)
                         svc.ops.report(op, "connecting")
-                        channel = await open_channel(
-                            f"{host}:{answer['channel_port']}",
-                            files.context(),
-                            host,
-                            bytes(answer["token"]),
-                            svc.config.migration_link_timeout_s,
-                        )
+                        channel = await channel_to(
+                            run, host, answer["channel_port"], answer["token"]
+                        )()
                     if run.prep.cancelled_caught:
                         raise errors.Cancelled("cancelled before the migration started")
                 except errors.NovaCronError:
@@ -199,20 +220,54 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                     bandwidth_mib_s=run.options.bandwidth_mib_s(),
                     auto_converge=run.options.auto_converge,
                     shared_storage=bool(declared),
+                    copy_disks=tuple(t for t, _ in copies),
+                    disks_uri=nbd_relay.disks_uri(path) if copies else None,
                 )
+                nbd = None
+                if nbd_listener is not None and nbd_token is not None:
+                    opener = channel_to(run, host, answer["channel_port"], nbd_token)
+                    nbd = NbdRelay(nbd_listener, opener)
                 moved = await _migrate(
-                    run, call, listener, channel, agreed, partial(tell_abort, peer, answer)
+                    run, call, listener, channel, agreed, partial(tell_abort, peer, answer), nbd
                 )
                 if moved:  # libvirt's word is final: the VM runs there, whatever the relay said
                     with trio.move_on_after(RESULT_WAIT_S):
                         got = await peer.call("migration.result", op=answer["op"])
                         dest = got if isinstance(got, dict) else {}
     finally:
-        if listener is not None:
-            await listener.aclose()
+        for each in (listener, nbd_listener):
+            if each is not None:
+                await each.aclose()
         if made is not None:
             await trio.to_thread.run_sync(made.remove)
     return await conclude(run, moved, answer, dest, began)
+
+
+@dataclass
+class NbdRelay:
+    """The source's relay of QEMU's NBD connections (its mirror of the pool disks)."""
+
+    listener: trio.SocketListener
+    open_channel: Callable[[], Awaitable[trio.SSLStream[trio.SocketStream]]]
+
+
+def _qemu_owner(hv: Hypervisor) -> tuple[int, int]:
+    """Who libvirt runs this node's QEMUs as (blocking: capabilities)."""
+    return qemu_socket.qemu_owner(hv.capabilities(), hv.domain_type())
+
+
+def _nbd_token(answer: dict[str, Any], targets: list[str], vm: str) -> bytes | None:
+    """The token of the destination's NBD channels, when the VM has pool disks: the
+    destination must have made volumes for exactly those."""
+    nbd = answer.get("nbd")
+    if not targets:
+        return None
+    if not isinstance(nbd, dict) or nbd.get("disks") != targets:
+        raise errors.MigrationFailed(
+            f"the destination did not make volumes for this vm's disks ({', '.join(targets)})",
+            {"vm": vm},
+        )
+    return bytes(nbd["token"])
 
 
 def _terms(answer: dict[str, Any], vm: str) -> terms.Terms:
@@ -231,6 +286,7 @@ async def _migrate(
     channel: trio.SSLStream[trio.SocketStream],
     agreed: terms.Terms,
     tell_abort: Callable[[], Awaitable[None]],
+    nbd: NbdRelay | None = None,
 ) -> bool:
     """True when libvirt moved the VM (it runs on the destination now). When libvirt
     failed, ``tell_abort`` tells the destination before the channel closes (libvirt may
@@ -252,8 +308,7 @@ async def _migrate(
     async def relay() -> None:
         qemu: trio.SocketStream | None = None
         try:
-            with trio.fail_after(QEMU_ACCEPT_S):
-                qemu = await qemu_socket.accept_from(listener)
+            qemu = await _accept_stream(listener, run.nbd)
             log.info("migration.stream_started", extra=kv(vm=op.vm, op=op.id))
             await relay_source(
                 qemu,
@@ -364,9 +419,20 @@ async def _migrate(
                     inner.start_soon(lock_kept, run.lock, svc.locks)
 
     moved = False
+    qemu_uid = 0
+    if nbd is not None:
+        qemu_uid = (await vms.hv_pool.run(_qemu_owner, vms.hv))[0]
+        run.nbd = NbdStats()
     async with trio.open_nursery() as tasks:
         tasks.start_soon(relay)
         tasks.start_soon(watch)
+        mirror = trio.CancelScope()  # ends with libvirt's job (its mirrors end in it)
+        if nbd is not None and run.nbd is not None:
+            qemu_pid = partial(vms.hv_pool.run, vms.hv.qemu_pid, op.vm)
+            serve = partial(
+                nbd_relay.serve_source, nbd.listener, qemu_uid, qemu_pid, nbd.open_channel, run.nbd
+            )
+            tasks.start_soon(_within, mirror, serve)
         run.migrating = True
         if op.cancel_requested:
             await run.abort("cancel")
@@ -385,4 +451,10 @@ async def _migrate(
         finally:
             run.migrating = False
             watchers.cancel()
+            mirror.cancel()
     return moved
+
+
+async def _within(scope: trio.CancelScope, fn: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await fn()

@@ -46,6 +46,7 @@ from novacron.logs import kv
 log = logging.getLogger("novacron.migration")
 
 SOCKET_NAME = "qemu.sock"
+NBD_SOCKET_NAME = "nbd.sock"  # beside it when disks are copied (nbd_relay)
 NAME = re.compile(r"[0-9a-f]{16}")
 CONNECT_POLL_S = 0.05
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -161,8 +162,9 @@ def remove_dir(path: Path) -> bool:
     there; whether the directory is gone (something else put there is left, and logged)."""
     directory = path.parent
     try:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            path.unlink()
+        for sock in (path, directory / NBD_SOCKET_NAME):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                sock.unlink()
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             directory.rmdir()
     except OSError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,14 @@ from novacron.cluster.locks import MigrationLocks
 from novacron.config import Config
 from novacron.eventbus import EventBus
 from novacron.logs import kv
-from novacron.migration import incoming, offline, outgoing, qemu_socket
+from novacron.migration import (
+    incoming,
+    nbd_relay,
+    offline,
+    outgoing,
+    qemu_socket,
+    volume_copies,
+)
 from novacron.migration.channel import ChannelListener, same_token
 from novacron.migration.ops import Operation, Operations
 from novacron.migration.options import MigrateOptions
@@ -168,6 +176,15 @@ class MigrationService:
     def _deliver(self, token: bytes, peer: str, stream: trio.SSLStream[trio.SocketStream]) -> bool:
         """Hands a migration channel to the migration (or the volume copy) waiting for
         it: the token it was given, from the node it was given to."""
+        for inc in self.incoming.values():  # an NBD connection of a disk's copy
+            if inc.nbd_token is not None and same_token(inc.nbd_token, token):
+                if inc.source != peer:
+                    return False
+                qemu_pid = partial(self.vms.hv_pool.run, self.vms.hv.qemu_pid, inc.op.vm)
+                self.spawn(
+                    nbd_relay.relay_in, stream, inc.qemu_dir.path, inc.qemu_uid, qemu_pid, inc.nbd
+                )
+                return True
         waiting = [(known, inc.source, inc.send) for known, inc in self.incoming.items()]
         for arrival in self.arrivals.values():
             if arrival.copy is not None:
@@ -233,10 +250,16 @@ class MigrationService:
         state = await incoming.wait_outcome(self, name)
         if state == "failed":
             uuid = row["params"].get("uuid")
-            await incoming.remove_failed_arrival(
+            removed, _ = await incoming.remove_failed_arrival(
                 self, name, uuid if isinstance(uuid, str) else None
             )
-        return state if state in incoming.ARRIVED else None
+            state = "absent" if removed else state
+        if state in incoming.ARRIVED:
+            return state
+        volumes = row["params"].get("volumes")  # made here for a copy: no VM uses them
+        if isinstance(volumes, list) and state == "absent":
+            await volume_copies.delete(self.vms, [str(v) for v in volumes])
+        return None
 
     async def _offline_outcome(self, row: dict[str, Any]) -> str | None:
         """A stopped VM's move: libvirt defined it here, or will shortly, or never will
@@ -249,7 +272,7 @@ class MigrationService:
             return state
         volumes = row["params"].get("volumes")  # copies made for it here: no VM uses them
         if isinstance(volumes, list) and state == "absent":
-            await offline.delete_volumes(self, [str(v) for v in volumes])
+            await volume_copies.delete(self.vms, [str(v) for v in volumes])
         return None
 
     async def _adopt(self, name: str, source: str, desired: str) -> None:

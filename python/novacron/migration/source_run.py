@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -16,7 +17,9 @@ from novacron.client import TlsFiles, split_address
 from novacron.cluster.locks import MigrationLock
 from novacron.logs import kv
 from novacron.migration import libvirt_job, progress, terms
+from novacron.migration.channel import open_channel
 from novacron.migration.disk_copy import CopyStats
+from novacron.migration.nbd_relay import NbdStats
 from novacron.migration.ops import Operation
 from novacron.migration.options import MigrateOptions
 from novacron.migration.relay import RelayStats
@@ -43,7 +46,8 @@ class Run:
     prep: trio.CancelScope = field(default_factory=trio.CancelScope)
     watch: progress.StallWatch = field(init=False)
     offline: bool = False  # a stopped VM: its definition moves (migration.offline)
-    storage: CopyStats | None = None  # its volumes' copy, when it has any
+    storage: CopyStats | None = None  # a stopped VM's volumes' copy, when it has any
+    nbd: NbdStats | None = None  # a running VM's: QEMU's mirror, relayed
     copied_from: list[str] = field(default_factory=list)  # their paths here
 
     def __post_init__(self) -> None:
@@ -80,6 +84,23 @@ def failures(run: Run, address: str) -> Iterator[None]:
         run.fail(exc)
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         run.fail(errors.MigrationFailed(f"connection to {address} failed: {exc}"))
+
+
+def channel_to(
+    run: Run, host: str, port: Any, token: Any
+) -> Callable[[], Awaitable[trio.SSLStream[trio.SocketStream]]]:
+    """Opens a migration channel to the destination ``host`` (its ``channel_port``
+    from ``migration.prepare``) with the ``token`` of its answer, when called."""
+    files = run.svc.tls_files()
+    assert files is not None  # (start() refused a node without them)
+    return partial(
+        open_channel,
+        f"{host}:{port}",
+        files.context(),
+        host,
+        bytes(token),
+        run.svc.config.migration_link_timeout_s,
+    )
 
 
 async def prepare_there(run: Run, peer: Any, **params: Any) -> tuple[str, dict[str, Any]]:
@@ -140,6 +161,9 @@ async def forget(
     }
     if run.storage is not None:
         summary["storage"] = {**run.storage.to_dict(), "source_volumes": volumes}
+    elif run.nbd is not None:
+        copied = {"disks": len(run.copied_from), **run.nbd.to_dict()}
+        summary["storage"] = {**copied, "source_volumes": volumes}
     log.info(
         "migration.done",
         extra=kv(vm=op.vm, total_s=summary["total_s"], bytes_wire=stats.channel_bytes),

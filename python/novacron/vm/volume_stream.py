@@ -57,12 +57,7 @@ class VolumeReader:
     def close(self, complete: bool) -> None:
         """Ends the stream: ``complete`` after the whole file was read (libvirt reports
         a failure it had not yet), else abandoned."""
-        if complete:
-            with libvirt_errors():
-                self._stream.finish()
-        else:
-            with contextlib.suppress(libvirt.libvirtError):
-                self._stream.abort()
+        _end(self._stream, complete)
 
 
 class VolumeWriter:
@@ -92,9 +87,15 @@ class VolumeWriter:
     def close(self, complete: bool) -> None:
         """``complete``: everything was written, libvirt confirms it (or reports what
         failed); else the upload is abandoned."""
-        if complete:
-            with libvirt_errors():
-                self._stream.finish()
-        else:
-            with contextlib.suppress(libvirt.libvirtError):
-                self._stream.abort()
+        _end(self._stream, complete)
+
+
+def _end(stream: libvirt.virStream, complete: bool) -> None:
+    """A stream finished (libvirt's last word on it raised as NovaCron's error), or
+    abandoned (whatever libvirt says then)."""
+    if complete:
+        with libvirt_errors():
+            stream.finish()
+    else:
+        with contextlib.suppress(libvirt.libvirtError):
+            stream.abort()

@@ -1,0 +1,76 @@
+"""``vm.migrate`` of a running VM with disks in its node's pool (two namespaced hosts,
+real libvirtd, a TCG guest writing its disk all along): QEMU mirrors each volume into
+one made on the destination, over NBD connections the daemons relay; the guest keeps
+its memory and its disk where it went, and the source's volumes are deleted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.system import guest
+from tests.system.nodes import TwoNodes, cli, logs, migrate, wait_until
+from tests.system.test_migration import (
+    _has,
+    boot,
+    disk_counter,
+    disk_in_use,
+    intact_on,
+    only_on,
+    retire,
+)
+
+
+def test_a_running_vm_moves_with_its_volumes_there_and_back(
+    nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    a, b = nodes.a, nodes.b
+    try:
+        boot(a, "lv1", guest_images, "novacron.disk", disks=[{"size_gib": 1, "format": "raw"}])
+        wait_until(lambda: _has(a, "lv1", guest.DISK_READY), 60, "lv1's disk on hosta")
+        with a.client() as c:
+            on_a = Path(c.call("vm.get", name="lv1")["disks"][0]["path"])
+        disk_in_use(a, "lv1", on_a)
+
+        for src, dst, here in ((a, b, on_a), (b, a, None)):
+            if here is None:  # (the way back: from where the first move put it)
+                with src.client() as c:
+                    here = Path(c.call("vm.get", name="lv1")["disks"][0]["path"])
+            written = disk_counter(here)
+            result = migrate(src, dst, "lv1")["result"]
+            print(f"{src.name}->{dst.name}", json.dumps(result["storage"], sort_keys=True))
+            storage = result["storage"]
+            assert storage["disks"] == 1 and storage["connections"] >= 1, storage
+            assert storage["source_volumes"] == "deleted", storage
+            assert storage["bytes_to_destination"] > 1 << 20, storage  # the pattern, at least
+            only_on("lv1", dst, src)
+            intact_on(dst, "lv1")
+            with dst.client() as c:
+                there = Path(c.call("vm.get", name="lv1")["disks"][0]["path"])
+            assert str(there).startswith(str(dst.state_dir)), there
+            assert not here.exists(), "the source's volume is deleted"
+            # the guest reads back what it wrote before the move and keeps writing
+            disk_in_use(dst, "lv1", there)
+            assert disk_counter(there) > written
+    finally:
+        for node in (a, b):
+            if "lv1" in node.records():
+                retire(node, "lv1")
+
+
+def test_a_vm_with_snapshots_and_pool_disks_is_refused(
+    nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    a, b = nodes.a, nodes.b
+    with a.client() as c:
+        c.call("vm.create", **guest_images.vm("lv2", 128, start=False, disks=[{"size_gib": 1}]))
+        c.call("vm.snapshot.create", vm="lv2", name="before")
+    try:
+        done = cli(a, "--json", "vm", "migrate", "lv2", "--to", b.address)
+        assert done.returncode == 1, done.stdout
+        assert "1 snapshot(s)" in done.stderr and "delete them first" in done.stderr, (
+            f"{done.stderr}\n{logs(a, b)}"
+        )
+        assert "lv2" in a.records() and "lv2" not in b.records()
+    finally:
+        retire(a, "lv2")
