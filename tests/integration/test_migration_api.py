@@ -120,6 +120,15 @@ def test_prepare_refusals(node: Node, tmp_path: Path) -> None:
         # disks in the source's pool: a volume of each one's size and format made here for
         # QEMU's mirror, named in the definition; gone again when the source gives up
         pooled = source_xml("d", disks=(DiskSpec(size_gib=1), DiskSpec(size_gib=2, format="raw")))
+        with pytest.raises(errors.InsufficientResources, match="GiB free"):
+            peer.call(
+                "migration.prepare",
+                vm="d",
+                xml=pooled,
+                stream_socket=stream_socket(),
+                options={},
+                disk_bytes=1 << 50,  # what the source's volumes hold: no room here
+            )
         answer = prepare(peer, "d", pooled)
         assert answer["nbd"]["disks"] == ["vda", "vdb"] and len(answer["nbd"]["token"]) == 32
         images = node.daemon.state_dir / "images"

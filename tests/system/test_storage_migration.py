@@ -18,7 +18,9 @@ from tests.system.test_migration import (
     intact_on,
     only_on,
     retire,
+    stays_on_source,
 )
+from tests.system.twohosts import REFUSE_FLAG
 
 
 def test_a_running_vm_moves_with_its_volumes_there_and_back(
@@ -56,6 +58,33 @@ def test_a_running_vm_moves_with_its_volumes_there_and_back(
         for node in (a, b):
             if "lv1" in node.records():
                 retire(node, "lv1")
+
+
+def test_a_refused_live_move_leaves_the_vm_and_its_volume_home_and_nothing_there(
+    nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    """libvirt on the destination refuses (its QEMU hook) after the destination daemon
+    made the volume: the VM runs on at the source with its disk, and the volume made
+    for it there is gone."""
+    a, b = nodes.a, nodes.b
+    try:
+        boot(a, "lv3", guest_images, "novacron.disk", disks=[{"size_gib": 1, "format": "raw"}])
+        wait_until(lambda: _has(a, "lv3", guest.DISK_READY), 60, "lv3's disk on hosta")
+        with a.client() as c:
+            on_a = Path(c.call("vm.get", name="lv3")["disks"][0]["path"])
+        on_b = b.state_dir / "images" / on_a.name
+        b.host.sh(f"touch {REFUSE_FLAG}")
+        try:
+            done = cli(a, "--json", "vm", "migrate", "lv3", "--to", b.address)
+        finally:
+            b.host.sh(f"rm -f {REFUSE_FLAG}")
+        assert done.returncode == 1, done.stdout
+        assert "hook refuses migrations" in done.stderr, f"{done.stderr}\n{logs(a, b)}"
+        stays_on_source("lv3", a, b)
+        disk_in_use(a, "lv3", on_a)
+        wait_until(lambda: not on_b.exists(), 30, "the volume made on hostb deleted")
+    finally:
+        retire(a, "lv3")
 
 
 def test_a_vm_with_snapshots_and_pool_disks_is_refused(

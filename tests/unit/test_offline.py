@@ -214,3 +214,20 @@ async def test_a_definition_whose_disks_differ_from_its_spec_is_refused(
         migrations.vms.hv.pool_volumes, migrations.config.storage_pool
     )
     assert not [p for p in pool if name in p] and not placed(migrations, name)
+
+
+async def test_copies_this_pool_has_no_room_for_are_refused_before_anything_is_made(
+    migrations: MigrationService,
+) -> None:
+    name = unique("copy")
+    xml = source_xml(name, uuid=str(uuid.uuid4()), disks=(DiskSpec(size_gib=1),))
+    migrations.channel_port, port = 7444, migrations.channel_port
+    try:
+        with pytest.raises(errors.InsufficientResources, match="GiB free"):
+            await offline.prepare(migrations, "node2", name, xml, {}, disk_bytes=1 << 50)
+    finally:
+        migrations.channel_port = port
+    pool = await trio.to_thread.run_sync(
+        migrations.vms.hv.pool_volumes, migrations.config.storage_pool
+    )
+    assert not [p for p in pool if name in p] and not placed(migrations, name)

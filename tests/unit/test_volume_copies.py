@@ -61,3 +61,28 @@ async def test_volumes_are_made_where_this_node_keeps_the_disk_and_deleted(
     assert await in_pool() == set(made)
     await volume_copies.delete(vm_service, [*made, "/nowhere/gone.raw"])  # (missing: no error)
     assert await in_pool() == set()
+
+
+async def test_copies_the_pool_has_no_room_for_are_refused(vm_service: VmService) -> None:
+    pool = vm_service.config.storage_pool
+    free = await trio.to_thread.run_sync(vm_service.hv.pool_free_bytes, pool)
+    assert free > volume_copies.ROOM_RESERVE  # (libvirt's test driver: a fake 100 GiB or so)
+    await volume_copies.check_room(vm_service, "v", free - volume_copies.ROOM_RESERVE)
+    with pytest.raises(errors.InsufficientResources, match="GiB free") as caught:
+        await volume_copies.check_room(vm_service, "v", free - volume_copies.ROOM_RESERVE + 1)
+    assert caught.value.details["free_bytes"] == free
+
+
+async def test_what_the_source_volumes_hold_is_their_allocation(vm_service: VmService) -> None:
+    name = unique("copy")
+    made = await volume_copies.make(
+        vm_service, name, volume_copies.pool_disks(VmSpec(name, 1, 64, disks=DISKS)), empty=False
+    )
+    try:
+        held = [
+            await trio.to_thread.run_sync(vm_service.hv.volume_allocation, path) for path in made
+        ]
+        assert await volume_copies.source_bytes(vm_service, made) == sum(held)
+        assert await volume_copies.source_bytes(vm_service, []) == 0
+    finally:
+        await volume_copies.delete(vm_service, made)

@@ -86,9 +86,11 @@ def register(registry: Registry, services: Services) -> None:
         offline = p.flag("offline")  # a stopped VM: its definition moves, no stream
         stream_socket = p.opt_text("stream_socket", max_len=paths.MAX_SOCKET_PATH)
         options = p.mapping("options")
+        # what the volumes to copy hold on the source (checked against this pool's room)
+        disk_bytes = p.integer("disk_bytes", 0, 1 << 60, default=0)
         p.done()
         return await migrations().prepare(
-            ctx.identity.user, name, xml, stream_socket, options, offline
+            ctx.identity.user, name, xml, stream_socket, options, offline, disk_bytes
         )
 
     @registry.method("migration.result")

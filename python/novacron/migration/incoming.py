@@ -132,6 +132,7 @@ async def prepare(
     xml: str,
     stream_socket: str,
     options: dict[str, Any],
+    disk_bytes: int = 0,
 ) -> dict[str, Any]:
     streams = svc.config.migration_stream_dir
     stream_name = qemu_socket.name_of(streams, stream_socket)
@@ -140,6 +141,8 @@ async def prepare(
     managed, spec = await admit(svc, name, xml)
     copies = volume_copies.pool_disks(spec)
     async with placing(svc, spec, xml) as (placement, placed_xml):
+        if copies:
+            await volume_copies.check_room(svc.vms, name, disk_bytes)
         owner = await svc.vms.hv_pool.run(_qemu_owner, svc.vms.hv, placed_xml)
         qemu_dir = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, stream_name, owner)
         volumes: list[str] = []

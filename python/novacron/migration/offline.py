@@ -73,7 +73,12 @@ class Arrival:
 
 
 async def prepare(
-    svc: MigrationService, source: str, name: str, xml: str, options: dict[str, Any]
+    svc: MigrationService,
+    source: str,
+    name: str,
+    xml: str,
+    options: dict[str, Any],
+    disk_bytes: int = 0,
 ) -> dict[str, Any]:
     """The destination's ``migration.prepare`` of a stopped VM: placed here and, when
     it has disks in its node's pool, an empty volume made here for each, for the
@@ -83,6 +88,8 @@ async def prepare(
     if copies and not svc.channel_port:
         raise errors.Unavailable("this node does not accept volume copies (no TLS listener)")
     async with incoming.placing(svc, spec, xml) as (placement, placed_xml):
+        if copies:
+            await volume_copies.check_room(svc.vms, name, disk_bytes)
         paths = await volume_copies.make(svc.vms, name, copies, empty=True)
         try:
             dest_xml = placed_xml
@@ -214,6 +221,7 @@ async def move(run: Run, address: str) -> bool:
     dest: dict[str, Any] = {}
     rec = await svc.vms.record(op.vm)
     sources = volume_copies.sources(svc.vms, VmSpec.from_dict(rec.spec))
+    run.copied_from = [path for _, path in sources]
     with failures(run, address):
         async with connect_tls(address, files, server_name=host) as peer:
             try:
@@ -250,7 +258,6 @@ async def _copy_out(
             {"vm": op.vm},
         )
     stats = run.storage = disk_copy.CopyStats()
-    run.copied_from = [path for _, path in sources]
 
     def report(stats: disk_copy.CopyStats) -> None:
         svc.ops.report(op, "copying", {"disks": len(sources), **stats.to_dict()})

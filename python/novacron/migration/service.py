@@ -165,13 +165,14 @@ class MigrationService:
         stream_socket: str | None,
         options: dict[str, Any],
         offline_move: bool = False,
+        disk_bytes: int = 0,
     ) -> dict[str, Any]:
         self.vms.cordon.refuse("incoming migrations")
         if offline_move:
-            return await offline.prepare(self, source, name, xml, options)
+            return await offline.prepare(self, source, name, xml, options, disk_bytes)
         if stream_socket is None:
             raise errors.InvalidParams("a live migration needs stream_socket")
-        return await incoming.prepare(self, source, name, xml, stream_socket, options)
+        return await incoming.prepare(self, source, name, xml, stream_socket, options, disk_bytes)
 
     def _deliver(self, token: bytes, peer: str, stream: trio.SSLStream[trio.SocketStream]) -> bool:
         """Hands a migration channel to the migration (or the volume copy) waiting for

@@ -16,7 +16,7 @@ from novacron import errors
 from novacron.client import TlsFiles, split_address
 from novacron.cluster.locks import MigrationLock
 from novacron.logs import kv
-from novacron.migration import libvirt_job, progress, terms
+from novacron.migration import libvirt_job, progress, terms, volume_copies
 from novacron.migration.channel import open_channel
 from novacron.migration.disk_copy import CopyStats
 from novacron.migration.nbd_relay import NbdStats
@@ -109,6 +109,8 @@ async def prepare_there(run: Run, peer: Any, **params: Any) -> tuple[str, dict[s
     where the ownership goes is noted with the operation (what a restart undoes)."""
     svc, op, vms = run.svc, run.op, run.svc.vms
     xml = await vms.hv_pool.run(libvirt_job.migratable_xml, vms.hv, op.vm)
+    if run.copied_from:  # (the destination checks it has room for them)
+        params["disk_bytes"] = await volume_copies.source_bytes(vms, run.copied_from)
     answer: dict[str, Any] = await peer.call(
         "migration.prepare", vm=op.vm, xml=xml, options=run.options.to_dict(), **params
     )

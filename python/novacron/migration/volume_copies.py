@@ -18,6 +18,9 @@ from novacron.vm.spec import DiskSpec, VmSpec
 
 log = logging.getLogger("novacron.migration")
 
+GIB = 1 << 30
+ROOM_RESERVE = 1 << 30  # a pool is never filled to its last GiB by a copy
+
 
 def pool_disks(spec: VmSpec) -> list[tuple[str, DiskSpec]]:
     """``(target, disk)`` of each disk of ``spec`` in its node's pool, in order."""
@@ -37,6 +40,28 @@ def named_in(xml: str, targets: list[str], paths: list[str]) -> str:
         return domain_xml.with_disk_sources(xml, dict(zip(targets, paths, strict=True)))
     except ValueError as exc:
         raise errors.InvalidParams(f"the domain's disks do not match its spec: {exc}") from None
+
+
+async def check_room(vms: VmService, name: str, disk_bytes: int) -> None:
+    """Refuses (``insufficient_resources``) copies of ``disk_bytes`` (what the volumes
+    hold on the source) that this node's pool has no room for, keeping
+    ``ROOM_RESERVE`` of it free besides."""
+    pool = vms.config.storage_pool
+    free = await vms.hv_pool.run(vms.hv.pool_free_bytes, pool)
+    if disk_bytes + ROOM_RESERVE > free:
+        raise errors.InsufficientResources(
+            f"pool {pool!r} has {free / GIB:.1f} GiB free; vm {name!r}'s volumes hold "
+            f"{disk_bytes / GIB:.1f} GiB (and {ROOM_RESERVE / GIB:g} GiB stays free)",
+            {"vm": name, "free_bytes": free, "disk_bytes": disk_bytes},
+        )
+
+
+async def source_bytes(vms: VmService, paths: list[str]) -> int:
+    """What the volumes at ``paths`` hold (their files' allocation)."""
+    total = 0
+    for path in paths:
+        total += await vms.hv_pool.run(vms.hv.volume_allocation, path)
+    return total
 
 
 async def make(

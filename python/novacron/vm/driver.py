@@ -395,6 +395,18 @@ class Hypervisor:
             raise translate(exc) from None
         return True
 
+    def pool_free_bytes(self, pool_name: str) -> int:
+        """The bytes the pool has free (libvirt's ``available``, after a refresh)."""
+        with libvirt_errors():
+            pool = self.conn.storagePoolLookupByName(pool_name)
+            pool.refresh(0)
+            return int(pool.info()[3])
+
+    def volume_allocation(self, path: str) -> int:
+        """The bytes the volume at ``path`` takes on its storage."""
+        with libvirt_errors():
+            return int(self.conn.storageVolLookupByPath(path).info()[2])
+
     def refresh_pool(self, pool_name: str) -> None:
         """libvirt looks at the pool's files again (a volume written by upload: its format
         and sizes as the file now has them)."""
