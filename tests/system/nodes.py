@@ -22,7 +22,7 @@ from novacron.client import SyncClient
 from novacron.pki.ca import CertificateAuthority
 from tests.daemon_harness import Daemon
 from tests.etcd_harness import EtcdCluster
-from tests.system.twohosts import STREAMS, Host, TwoHosts
+from tests.system.twohosts import REFUSE_FLAG, STREAMS, Host, TwoHosts
 
 TLS_PORT = 7443
 
@@ -195,6 +195,18 @@ def migrate(src: Node, dst: Node, vm: str, *options: str) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(done.stdout)
     assert doc["state"] == "succeeded", doc
     return doc
+
+
+def refused_by_hook(src: Node, dst: Node, vm: str) -> None:
+    """``vm migrate`` while the destination's libvirt refuses migrations (its QEMU hook):
+    it fails and says so; the hook is quiet again afterwards."""
+    dst.host.sh(f"touch {REFUSE_FLAG}")
+    try:
+        done = cli(src, "--json", "vm", "migrate", vm, "--to", dst.address)
+    finally:
+        dst.host.sh(f"rm -f {REFUSE_FLAG}")
+    assert done.returncode == 1, done.stdout
+    assert "hook refuses migrations" in done.stderr, f"{done.stderr}\n{logs(src, dst)}"
 
 
 def logs(*nodes: Node) -> str:

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.system import guest
-from tests.system.nodes import Node, TwoNodes, cli, logs, migrate, wait_until
+from tests.system.nodes import (
+    Node,
+    TwoNodes,
+    cli,
+    logs,
+    migrate,
+    refused_by_hook,
+    wait_until,
+)
 from tests.system.test_migration import (
     MEMORY_MIB,
     incoming_op,
@@ -21,7 +29,6 @@ from tests.system.test_migration import (
     retire,
     sparse_file,
 )
-from tests.system.twohosts import REFUSE_FLAG
 
 
 def stopped_only_on(vm: str, here: Node, gone: Node) -> dict[str, Any]:
@@ -108,13 +115,7 @@ def test_a_refused_offline_move_leaves_the_vm_where_it_was(
 
         # libvirt refuses after both daemons got ready (the destination's QEMU hook):
         # the destination's side ends at the source's word, nothing of it stays there
-        b.host.sh(f"touch {REFUSE_FLAG}")
-        try:
-            done = cli(a, "--json", "vm", "migrate", "o2", "--to", b.address)
-        finally:
-            b.host.sh(f"rm -f {REFUSE_FLAG}")
-        assert done.returncode == 1, done.stdout
-        assert "hook refuses migrations" in done.stderr, f"{done.stderr}\n{logs(a, b)}"
+        refused_by_hook(a, b, "o2")
         wait_until(lambda: incoming_op(b, "o2")["state"] != "running", 30, "hostb's side")
         assert incoming_op(b, "o2")["state"] == "failed"
         assert incoming_op(b, "o2")["error"]["message"] == "cancelled by the source"
@@ -243,13 +244,7 @@ def test_a_stopped_vm_moves_with_copies_of_its_volumes_and_boots_there(
         # libvirt refuses after the copy: the copies on hostb go, the VM stays on hosta
         (tmp_path / "a").mkdir()
         before = saved(on_a, tmp_path / "a")
-        b.host.sh(f"touch {REFUSE_FLAG}")
-        try:
-            done = cli(a, "--json", "vm", "migrate", "s1", "--to", b.address)
-        finally:
-            b.host.sh(f"rm -f {REFUSE_FLAG}")
-        assert done.returncode == 1, done.stdout
-        assert "hook refuses migrations" in done.stderr, f"{done.stderr}\n{logs(a, b)}"
+        refused_by_hook(a, b, "s1")
         wait_until(lambda: incoming_op(b, "s1")["state"] != "running", 30, "hostb's side")
         stopped_only_on("s1", a, b)
         same_files(on_a, before)

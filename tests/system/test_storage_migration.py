@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from tests.system import guest
-from tests.system.nodes import TwoNodes, cli, logs, migrate, wait_until
+from tests.system.nodes import Node, TwoNodes, cli, logs, migrate, refused_by_hook, wait_until
 from tests.system.test_migration import (
     _has,
     boot,
@@ -20,7 +20,15 @@ from tests.system.test_migration import (
     retire,
     stays_on_source,
 )
-from tests.system.twohosts import REFUSE_FLAG
+
+
+def boot_with_pool_disk(node: Node, vm: str, images: guest.GuestImages) -> Path:
+    """A guest writing its 1 GiB raw volume in ``node``'s pool (``novacron.disk``), booted;
+    the volume's path."""
+    boot(node, vm, images, "novacron.disk", disks=[{"size_gib": 1, "format": "raw"}])
+    wait_until(lambda: _has(node, vm, guest.DISK_READY), 60, f"{vm}'s disk on {node.name}")
+    with node.client() as c:
+        return Path(c.call("vm.get", name=vm)["disks"][0]["path"])
 
 
 def test_a_running_vm_moves_with_its_volumes_there_and_back(
@@ -28,10 +36,7 @@ def test_a_running_vm_moves_with_its_volumes_there_and_back(
 ) -> None:
     a, b = nodes.a, nodes.b
     try:
-        boot(a, "lv1", guest_images, "novacron.disk", disks=[{"size_gib": 1, "format": "raw"}])
-        wait_until(lambda: _has(a, "lv1", guest.DISK_READY), 60, "lv1's disk on hosta")
-        with a.client() as c:
-            on_a = Path(c.call("vm.get", name="lv1")["disks"][0]["path"])
+        on_a = boot_with_pool_disk(a, "lv1", guest_images)
         disk_in_use(a, "lv1", on_a)
 
         for src, dst, here in ((a, b, on_a), (b, a, None)):
@@ -68,18 +73,9 @@ def test_a_refused_live_move_leaves_the_vm_and_its_volume_home_and_nothing_there
     for it there is gone."""
     a, b = nodes.a, nodes.b
     try:
-        boot(a, "lv3", guest_images, "novacron.disk", disks=[{"size_gib": 1, "format": "raw"}])
-        wait_until(lambda: _has(a, "lv3", guest.DISK_READY), 60, "lv3's disk on hosta")
-        with a.client() as c:
-            on_a = Path(c.call("vm.get", name="lv3")["disks"][0]["path"])
+        on_a = boot_with_pool_disk(a, "lv3", guest_images)
         on_b = b.state_dir / "images" / on_a.name
-        b.host.sh(f"touch {REFUSE_FLAG}")
-        try:
-            done = cli(a, "--json", "vm", "migrate", "lv3", "--to", b.address)
-        finally:
-            b.host.sh(f"rm -f {REFUSE_FLAG}")
-        assert done.returncode == 1, done.stdout
-        assert "hook refuses migrations" in done.stderr, f"{done.stderr}\n{logs(a, b)}"
+        refused_by_hook(a, b, "lv3")
         wait_until(lambda: not on_b.exists(), 30, "the volume made on hostb deleted")
         disk_in_use(a, "lv3", on_a)
         stays_on_source("lv3", a, b)  # (and retires it)

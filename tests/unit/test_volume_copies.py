@@ -67,9 +67,12 @@ async def test_copies_the_pool_has_no_room_for_are_refused(vm_service: VmService
     pool = vm_service.config.storage_pool
     free = await trio.to_thread.run_sync(vm_service.hv.pool_free_bytes, pool)
     assert free > volume_copies.ROOM_RESERVE  # (libvirt's test driver: a fake 100 GiB or so)
-    await volume_copies.check_room(vm_service, "v", free - volume_copies.ROOM_RESERVE)
+    copies = volume_copies.pool_disks(VmSpec("v", 1, 64, disks=DISKS))
+    await volume_copies.check_room(vm_service, "v", copies, free - volume_copies.ROOM_RESERVE)
     with pytest.raises(errors.InsufficientResources, match="GiB free") as caught:
-        await volume_copies.check_room(vm_service, "v", free - volume_copies.ROOM_RESERVE + 1)
+        await volume_copies.check_room(
+            vm_service, "v", copies, free - volume_copies.ROOM_RESERVE + 1
+        )
     assert caught.value.details["free_bytes"] == free
 
 

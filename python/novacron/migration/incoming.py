@@ -141,8 +141,7 @@ async def prepare(
     managed, spec = await admit(svc, name, xml)
     copies = volume_copies.pool_disks(spec)
     async with placing(svc, spec, xml) as (placement, placed_xml):
-        if copies:
-            await volume_copies.check_room(svc.vms, name, disk_bytes)
+        await volume_copies.check_room(svc.vms, name, copies, disk_bytes)
         owner = await svc.vms.hv_pool.run(_qemu_owner, svc.vms.hv, placed_xml)
         qemu_dir = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, stream_name, owner)
         volumes: list[str] = []

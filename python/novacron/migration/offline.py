@@ -2,9 +2,12 @@
 
 No memory moves and no QEMU runs: libvirt moves the definition peer to peer
 (:func:`~novacron.migration.libvirt_job.migrate_offline`) and the daemons move the
-record, the placement and, in a cluster, the name's ownership. The disks must be on
-storage both nodes reach, as for a live migration (the destination checks that it
-finds every disk and every file a qcow2 image needs before anything moves).
+record, the placement and, in a cluster, the name's ownership. Disks given by path
+must be on storage both nodes reach, as for a live migration (the destination checks
+that it finds every disk and every file a qcow2 image needs before anything moves);
+volumes in the source's pool are copied into volumes the destination makes for them
+before the definition moves (:mod:`~novacron.migration.disk_copy`), and the source's
+are deleted once the destination recorded the VM.
 
 1. The source calls ``migration.prepare`` with ``offline: true``: the destination runs
    the same checks as for a live migration (quota, networks, disks), places the VM and
@@ -88,13 +91,10 @@ async def prepare(
     if copies and not svc.channel_port:
         raise errors.Unavailable("this node does not accept volume copies (no TLS listener)")
     async with incoming.placing(svc, spec, xml) as (placement, placed_xml):
-        if copies:
-            await volume_copies.check_room(svc.vms, name, disk_bytes)
+        await volume_copies.check_room(svc.vms, name, copies, disk_bytes)
         paths = await volume_copies.make(svc.vms, name, copies, empty=True)
         try:
-            dest_xml = placed_xml
-            if paths:
-                dest_xml = volume_copies.named_in(placed_xml, [t for t, _ in copies], paths)
+            dest_xml = volume_copies.named_in(placed_xml, [t for t, _ in copies], paths)
             params = {**options, "uuid": managed.uuid, "offline": True}
             if paths:  # (what a restart deletes if the VM never arrives)
                 params["volumes"] = paths
@@ -250,13 +250,7 @@ async def _copy_out(
 ) -> None:
     """Copies the VM's volumes into those the destination made for them."""
     svc, op = run.svc, run.op
-    copy = answer.get("copy")
-    if not isinstance(copy, dict) or copy.get("disks") != [t for t, _ in sources]:
-        raise errors.MigrationFailed(
-            "the destination did not make volumes for this vm's disks "
-            f"({', '.join(t for t, _ in sources)})",
-            {"vm": op.vm},
-        )
+    copy = volume_copies.agreed(answer.get("copy"), [t for t, _ in sources], op.vm)
     stats = run.storage = disk_copy.CopyStats()
 
     def report(stats: disk_copy.CopyStats) -> None:

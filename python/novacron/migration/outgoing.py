@@ -8,7 +8,9 @@
 3. ``migrateToURI3`` runs on a worker thread (libvirt peer to peer, the stream to
    ``unix://PATH``: libvirtd connects and hands the connection to QEMU); QEMU's stream
    is relayed through the page engine; job statistics are sampled each second for
-   ``op.progress`` and stall handling.
+   ``op.progress`` and stall handling. Disks in this node's pool are mirrored by QEMU
+   first, over NBD connections relayed to the destination
+   (:mod:`~novacron.migration.nbd_relay`).
 4. libvirt's answer decides: success means the VM runs on the destination (the source
    forgets it once the destination says it recorded it); any failure — relay,
    channel, link, cancel, stall, timeout — ends with libvirt aborting and the VM
@@ -107,7 +109,7 @@ async def start(
                 {"vm": name, "state": runtime.state},
             )
         offline_move = runtime.state == "stopped"
-        if VmSpec.from_dict(rec.spec).has_managed_disks:
+        if volume_copies.pool_disks(VmSpec.from_dict(rec.spec)):
             await _check_copyable(vms, name)
         params = {**options.to_dict(), **({"offline": True} if offline_move else {})}
         op_id = svc.ops.new_id()
@@ -177,6 +179,7 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
     made: qemu_socket.StreamDir | None = None  # QEMU's socket's directory
     listener: trio.SocketListener | None = None
     nbd_listener: trio.SocketListener | None = None  # QEMU's mirror of its pool disks
+    owner = (0, 0)  # who QEMU runs as (when it mirrors disks)
     try:
         with failures(run, address):
             rec = await svc.vms.record(op.vm)
@@ -226,7 +229,7 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                 nbd = None
                 if nbd_listener is not None and nbd_token is not None:
                     opener = channel_to(run, host, answer["channel_port"], nbd_token)
-                    nbd = NbdRelay(nbd_listener, opener)
+                    nbd = NbdRelay(nbd_listener, opener, owner[0])
                 moved = await _migrate(
                     run, call, listener, channel, agreed, partial(tell_abort, peer, answer), nbd
                 )
@@ -249,6 +252,7 @@ class NbdRelay:
 
     listener: trio.SocketListener
     open_channel: Callable[[], Awaitable[trio.SSLStream[trio.SocketStream]]]
+    qemu_uid: int  # who the VM's QEMU runs as: the only peer taken
 
 
 def _qemu_owner(hv: Hypervisor) -> tuple[int, int]:
@@ -259,15 +263,9 @@ def _qemu_owner(hv: Hypervisor) -> tuple[int, int]:
 def _nbd_token(answer: dict[str, Any], targets: list[str], vm: str) -> bytes | None:
     """The token of the destination's NBD channels, when the VM has pool disks: the
     destination must have made volumes for exactly those."""
-    nbd = answer.get("nbd")
     if not targets:
         return None
-    if not isinstance(nbd, dict) or nbd.get("disks") != targets:
-        raise errors.MigrationFailed(
-            f"the destination did not make volumes for this vm's disks ({', '.join(targets)})",
-            {"vm": vm},
-        )
-    return bytes(nbd["token"])
+    return bytes(volume_copies.agreed(answer.get("nbd"), targets, vm)["token"])
 
 
 def _terms(answer: dict[str, Any], vm: str) -> terms.Terms:
@@ -419,9 +417,7 @@ async def _migrate(
                     inner.start_soon(lock_kept, run.lock, svc.locks)
 
     moved = False
-    qemu_uid = 0
     if nbd is not None:
-        qemu_uid = (await vms.hv_pool.run(_qemu_owner, vms.hv))[0]
         run.nbd = NbdStats()
     async with trio.open_nursery() as tasks:
         tasks.start_soon(relay)
@@ -430,7 +426,12 @@ async def _migrate(
         if nbd is not None and run.nbd is not None:
             qemu_pid = partial(vms.hv_pool.run, vms.hv.qemu_pid, op.vm)
             serve = partial(
-                nbd_relay.serve_source, nbd.listener, qemu_uid, qemu_pid, nbd.open_channel, run.nbd
+                nbd_relay.serve_source,
+                nbd.listener,
+                nbd.qemu_uid,
+                qemu_pid,
+                nbd.open_channel,
+                run.nbd,
             )
             tasks.start_soon(_within, mirror, serve)
         run.migrating = True

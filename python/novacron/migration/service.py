@@ -257,9 +257,7 @@ class MigrationService:
             state = "absent" if removed else state
         if state in incoming.ARRIVED:
             return state
-        volumes = row["params"].get("volumes")  # made here for a copy: no VM uses them
-        if isinstance(volumes, list) and state == "absent":
-            await volume_copies.delete(self.vms, [str(v) for v in volumes])
+        await self._delete_copies(row, state)
         return None
 
     async def _offline_outcome(self, row: dict[str, Any]) -> str | None:
@@ -271,10 +269,15 @@ class MigrationService:
         state = await offline.wait_defined(self, row["vm"], uuid, offline.ARRIVAL_WAIT_S)
         if offline.arrived(state):
             return state
-        volumes = row["params"].get("volumes")  # copies made for it here: no VM uses them
+        await self._delete_copies(row, state)
+        return None
+
+    async def _delete_copies(self, row: dict[str, Any], state: str) -> None:
+        """The volumes an interrupted arrival made here (its operation's ``volumes``),
+        deleted when libvirt holds no domain of it (``absent``): no VM uses them."""
+        volumes = row["params"].get("volumes")
         if isinstance(volumes, list) and state == "absent":
             await volume_copies.delete(self.vms, [str(v) for v in volumes])
-        return None
 
     async def _adopt(self, name: str, source: str, desired: str) -> None:
         """Records a VM that arrived while this daemon was down, from its metadata

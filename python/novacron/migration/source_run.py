@@ -179,20 +179,13 @@ async def _source_volumes(run: Run, dest: dict[str, Any]) -> str:
     (``kept``), as the only sure copy, for the operator to remove."""
     if not run.copied_from:
         return "none"
-    vms = run.svc.vms
     if dest.get("state") != "succeeded":
         log.warning(
             "migration.source_volumes_kept",
             extra=kv(vm=run.op.vm, paths=run.copied_from, destination=dest.get("state")),
         )
         return "kept"
-    for path in run.copied_from:
-        try:
-            await vms.hv_pool.run(vms.hv.delete_volume, path)
-        except errors.NovaCronError as exc:
-            log.warning("migration.volume_not_deleted", extra=kv(path=path, error=exc.message))
-            return "kept"
-    return "deleted"
+    return "deleted" if await volume_copies.delete(run.svc.vms, run.copied_from) else "kept"
 
 
 async def conclude(

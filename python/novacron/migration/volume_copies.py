@@ -7,6 +7,7 @@ the move ended (:mod:`~novacron.migration.disk_copy` for a stopped VM,
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import trio
 
@@ -42,10 +43,14 @@ def named_in(xml: str, targets: list[str], paths: list[str]) -> str:
         raise errors.InvalidParams(f"the domain's disks do not match its spec: {exc}") from None
 
 
-async def check_room(vms: VmService, name: str, disk_bytes: int) -> None:
-    """Refuses (``insufficient_resources``) copies of ``disk_bytes`` (what the volumes
-    hold on the source) that this node's pool has no room for, keeping
-    ``ROOM_RESERVE`` of it free besides."""
+async def check_room(
+    vms: VmService, name: str, copies: list[tuple[str, DiskSpec]], disk_bytes: int
+) -> None:
+    """Refuses (``insufficient_resources``) ``copies`` holding ``disk_bytes`` on the
+    source that this node's pool has no room for, keeping ``ROOM_RESERVE`` of it free
+    besides (no copies: nothing to check)."""
+    if not copies:
+        return
     pool = vms.config.storage_pool
     free = await vms.hv_pool.run(vms.hv.pool_free_bytes, pool)
     if disk_bytes + ROOM_RESERVE > free:
@@ -94,11 +99,26 @@ async def make(
     return made
 
 
-async def delete(vms: VmService, paths: list[str]) -> None:
+def agreed(part: Any, targets: list[str], vm: str) -> dict[str, Any]:
+    """The part of the destination's ``migration.prepare`` answer about its volumes
+    (``copy`` or ``nbd``), which must name exactly the disks ``targets``."""
+    if not isinstance(part, dict) or part.get("disks") != targets:
+        raise errors.MigrationFailed(
+            f"the destination did not make volumes for this vm's disks ({', '.join(targets)})",
+            {"vm": vm},
+        )
+    return part
+
+
+async def delete(vms: VmService, paths: list[str]) -> bool:
     """Best effort: the volumes at ``paths`` are deleted (copies of a VM that did not
-    arrive)."""
+    arrive, or the originals of one that did). Whether every one went (a volume already
+    gone counts as gone); a failure is logged and the rest are still tried."""
+    every = True
     for path in paths:
         try:
             await vms.hv_pool.run(vms.hv.delete_volume, path)
         except errors.NovaCronError as exc:
             log.warning("migration.volume_not_deleted", extra=kv(path=path, error=exc.message))
+            every = False
+    return every

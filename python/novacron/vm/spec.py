@@ -64,11 +64,6 @@ class VmSpec:
     nics: tuple[NicSpec, ...] = field(default_factory=tuple)
     restart: str = "on-failure"
 
-    @property
-    def has_managed_disks(self) -> bool:
-        """True when a disk is a volume the daemon made (in its node's pool)."""
-        return any(d.managed for d in self.disks)
-
     def disk_targets(self) -> list[str]:
         """Each disk's device name in the guest, in order."""
         return [d.target or disk_target(i) for i, d in enumerate(self.disks)]
