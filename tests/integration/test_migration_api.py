@@ -45,13 +45,19 @@ def stream_socket(name: str | None = None) -> str:
     return str(STREAMS / (name or secrets.token_hex(8)) / "qemu.sock")
 
 
-def prepare(c: SyncClient, name: str, xml: str | None = None, stream: str | None = None) -> Any:
+def prepare(
+    c: SyncClient,
+    name: str,
+    xml: str | None = None,
+    stream: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Any:
     return c.call(
         "migration.prepare",
         vm=name,
         xml=xml if xml is not None else source_xml(name),
         stream_socket=stream or stream_socket(),
-        options={"compression": "lz4"},
+        options={"compression": "lz4"} if options is None else options,
     )
 
 
@@ -131,14 +137,16 @@ def test_prepare_refusals(node: Node, tmp_path: Path) -> None:
             )
         answer = prepare(peer, "d", pooled)
         assert answer["nbd"]["disks"] == ["vda", "vdb"] and len(answer["nbd"]["token"]) == 32
+        # a source of an earlier release asks for no packing: NBD crosses as it is
+        assert answer["nbd"]["packing"] == "none"
         images = node.daemon.state_dir / "images"
         made = [str(images / "d-vda.qcow2"), str(images / "d-vdb.raw")]
         assert [d.path for d in domain_xml.parse_disks(answer["dest_xml"])] == made
         peer.call("migration.abort", op=answer["op"])
         assert peer.call("migration.result", op=answer["op"])["state"] == "failed"
         # the volumes went with it: the same names are made again
-        again = prepare(peer, "d", pooled)
-        assert again["nbd"]["disks"] == ["vda", "vdb"]
+        again = prepare(peer, "d", pooled, options={"disk_compression": "zstd"})
+        assert again["nbd"]["disks"] == ["vda", "vdb"] and again["nbd"]["packing"] == "zstd"
         peer.call("migration.abort", op=again["op"])
         peer.call("migration.result", op=again["op"])
         missing = source_xml("e", disks=(DiskSpec(path="/nonexistent/e.qcow2"),))

@@ -1,7 +1,8 @@
 """``vm.migrate`` of a running VM with disks in its node's pool (two namespaced hosts,
 real libvirtd, a TCG guest writing its disk all along): QEMU mirrors each volume into
-one made on the destination, over NBD connections the daemons relay; the guest keeps
-its memory and its disk where it went, and the source's volumes are deleted."""
+one made on the destination, over NBD connections the daemons relay (packed with lz4
+by default, as they are with ``--disk-compression none``); the guest keeps its memory
+and its disk where it went, and the source's volumes are deleted."""
 
 from __future__ import annotations
 
@@ -39,17 +40,22 @@ def test_a_running_vm_moves_with_its_volumes_there_and_back(
         on_a = boot_with_pool_disk(a, "lv1", guest_images)
         disk_in_use(a, "lv1", on_a)
 
-        for src, dst, here in ((a, b, on_a), (b, a, None)):
+        for src, dst, here, packing in ((a, b, on_a, "lz4"), (b, a, None, "none")):
             if here is None:  # (the way back: from where the first move put it)
                 with src.client() as c:
                     here = Path(c.call("vm.get", name="lv1")["disks"][0]["path"])
             written = disk_counter(here)
-            result = migrate(src, dst, "lv1")["result"]
+            result = migrate(src, dst, "lv1", "--disk-compression", packing)["result"]
             print(f"{src.name}->{dst.name}", json.dumps(result["storage"], sort_keys=True))
             storage = result["storage"]
             assert storage["disks"] == 1 and storage["connections"] >= 1, storage
             assert storage["source_volumes"] == "deleted", storage
             assert storage["bytes_to_destination"] > 1 << 20, storage  # the pattern, at least
+            assert storage["packing"] == packing, storage
+            if packing == "none":  # NBD's bytes as they are
+                assert storage["wire_bytes_to_destination"] == storage["bytes_to_destination"]
+            else:  # the random megabyte stays as it is; the rest of the mirror's blocks shrink
+                assert storage["wire_bytes_to_destination"] < 0.9 * storage["bytes_to_destination"]
             only_on("lv1", dst, src)
             intact_on(dst, "lv1")
             with dst.client() as c:

@@ -29,7 +29,7 @@ def test_frames_round_trip_in_any_chunking(items: list[tuple[int, bytes]], cuts:
 
 def test_refusals() -> None:
     with pytest.raises(frames.FrameError, match="unknown frame type"):
-        frames.FrameDecoder().feed(b"\x10\x00\x00\x00\x00")
+        frames.FrameDecoder().feed(b"\x11\x00\x00\x00\x00")
     with pytest.raises(frames.FrameError, match="limit"):
         frames.FrameDecoder(max_frame=10).feed(b"\x01\x00\x00\x00\x0b")
     with pytest.raises(ValueError, match="unknown frame type"):

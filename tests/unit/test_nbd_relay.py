@@ -14,8 +14,11 @@ import trio
 import trio.testing
 
 from novacron import errors
+from novacron.blocking import Pool
 from novacron.migration import nbd_relay, qemu_socket
 from novacron.migration.nbd_relay import NbdStats
+
+ENGINE = Pool("test-engine", 2)
 
 
 def test_the_socket_sits_beside_the_memory_streams() -> None:
@@ -40,6 +43,70 @@ async def test_bytes_cross_both_ways_and_either_end_closing_closes_both() -> Non
         await a_theirs.aclose()  # the client hangs up: the other end is closed too
     assert await b_theirs.receive_some() == b""
     assert (stats.to_destination, stats.to_source) == (7000, 5)
+    assert (stats.wire_to_destination, stats.wire_to_source) == (7000, 5)  # not packed
+
+
+@pytest.mark.parametrize("packing", ["lz4", "zstd"])
+async def test_a_packed_connection_reaches_the_destination_qemu_as_it_left_the_source(
+    tmp_path: Path, packing: str
+) -> None:
+    """The source QEMU's connection, relayed packed to the destination daemon's end,
+    which connects it to the destination QEMU's socket: NBD's bytes arrive exactly,
+    fewer cross the channel."""
+    source = qemu_socket.make_dir(tmp_path / "source", "0123456789abcdef")
+    dest = qemu_socket.make_dir(tmp_path / "dest", "0123456789abcdef")
+    request = bytes(1 << 20) + b"NBD_CMD_WRITE of a text block; " * 40_000 + os.urandom(9000)
+    reply = b"\x67\x44\x66\x98" + bytes(12)  # a simple reply's magic, error 0, handle
+    try:
+        listener = await nbd_relay.listen(source.path, (os.getuid(), os.getgid()))
+        # the destination QEMU: a listener of this process's at its NBD socket
+        served = trio.socket.socket(trio.socket.AF_UNIX)
+        await served.bind(str(nbd_relay.socket_path(dest.path)))
+        served.listen(1)
+        out_stats, in_stats = NbdStats(packing=packing), NbdStats(packing=packing)
+
+        async def open_channel() -> trio.abc.Stream:
+            ours, theirs = trio.testing.memory_stream_pair()
+            nursery.start_soon(
+                nbd_relay.relay_in, theirs, dest.path, os.getuid(), qemu_pid, in_stats, ENGINE
+            )
+            return ours
+
+        async def qemu_pid() -> int | None:
+            return os.getpid()
+
+        async with listener, trio.open_nursery() as nursery:
+            nursery.start_soon(
+                nbd_relay.serve_source,
+                listener,
+                os.getuid(),
+                qemu_pid,
+                open_channel,
+                out_stats,
+                ENGINE,
+            )
+            with trio.fail_after(10):
+                client = await trio.open_unix_socket(str(nbd_relay.socket_path(source.path)))
+                await client.send_all(request)
+                server, _ = await served.accept()
+                got = b""
+                while len(got) < len(request):
+                    got += await server.recv(1 << 20)
+                await server.send(reply)
+                assert await client.receive_some() == reply
+                server.close()
+                assert await client.receive_some() == b""  # QEMU hung up: so does the relay
+                await client.aclose()
+            nursery.cancel_scope.cancel()
+        assert got == request
+        for stats in (out_stats, in_stats):
+            assert (stats.to_destination, stats.to_source) == (len(request), len(reply))
+            assert stats.wire_to_destination < len(request) // 10  # zeros, text: packed
+            assert stats.wire_to_source == len(reply) + 10  # (one raw piece's frame)
+    finally:
+        served.close()
+        source.remove()
+        dest.remove()
 
 
 async def test_only_the_vms_qemu_is_relayed_each_connection_on_its_own_channel(
@@ -66,7 +133,13 @@ async def test_only_the_vms_qemu_is_relayed_each_connection_on_its_own_channel(
         stats = NbdStats()
         async with listener, trio.open_nursery() as n:
             n.start_soon(
-                nbd_relay.serve_source, listener, os.getuid(), qemu_pid, open_channel, stats
+                nbd_relay.serve_source,
+                listener,
+                os.getuid(),
+                qemu_pid,
+                open_channel,
+                stats,
+                ENGINE,
             )
             got = []
             for data in (b"one", b"two"):
@@ -105,7 +178,13 @@ async def test_a_channel_that_cannot_open_closes_qemus_connection(tmp_path: Path
 
         async with listener, trio.open_nursery() as n:
             n.start_soon(
-                nbd_relay.serve_source, listener, os.getuid(), qemu_pid, refused, NbdStats()
+                nbd_relay.serve_source,
+                listener,
+                os.getuid(),
+                qemu_pid,
+                refused,
+                NbdStats(),
+                ENGINE,
             )
             path = str(nbd_relay.socket_path(made.path))
             async with await trio.open_unix_socket(path) as conn:
@@ -126,5 +205,5 @@ async def test_the_destination_gives_up_on_a_qemu_that_never_serves(
         return None
 
     stats = NbdStats()
-    await nbd_relay.relay_in(ours, tmp_path / "qemu.sock", os.getuid(), qemu_pid, stats)
+    await nbd_relay.relay_in(ours, tmp_path / "qemu.sock", os.getuid(), qemu_pid, stats, ENGINE)
     assert await theirs.receive_some() == b"" and stats.connections == 0

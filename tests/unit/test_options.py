@@ -30,6 +30,8 @@ def test_defaults() -> None:
     assert options == MigrateOptions()
     assert options.engine() == {"compression": "lz4", "zstd_level": 1, "dedup": True}
     assert options.bandwidth_mib_s() == 0
+    assert options.disk_compression == "lz4"
+    assert parse(disk_compression="none")[2].disk_compression == "none"
 
 
 def test_auto_converge_becomes_the_default_stall_action() -> None:
@@ -44,6 +46,7 @@ def test_auto_converge_becomes_the_default_stall_action() -> None:
         ({"max_downtime_ms": 5000, "max_downtime_cap_ms": 1000}, "max_downtime_cap_ms"),
         ({"zstd_level": 3}, "zstd_level"),
         ({"compression": "gzip"}, "compression"),
+        ({"disk_compression": "gzip"}, "disk_compression"),
         ({"max_downtime_ms": 0}, "max_downtime_ms"),
         ({"bandwidth_mbps": -1}, "bandwidth_mbps"),
         ({"dedup": "yes"}, "dedup"),

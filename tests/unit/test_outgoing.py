@@ -6,6 +6,7 @@ tests)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -25,14 +26,21 @@ def test_a_destination_is_host_and_port() -> None:
 
 
 def test_the_destination_must_have_made_volumes_for_exactly_the_pool_disks() -> None:
-    answer = {"nbd": {"token": b"t" * 32, "disks": ["vda", "vdc"]}}
-    assert outgoing._nbd_token(answer, ["vda", "vdc"], "v") == b"t" * 32
-    assert outgoing._nbd_token({}, [], "v") is None  # no pool disks: no NBD
+    answer: dict[str, Any] = {"nbd": {"token": b"t" * 32, "disks": ["vda", "vdc"]}}
+    # a destination of an earlier release names no packing: NBD travels as it is
+    assert outgoing._nbd_terms(answer, ["vda", "vdc"], "v") == (b"t" * 32, "none")
+    for packing in ("lz4", "zstd", "none"):
+        answer["nbd"]["packing"] = packing
+        assert outgoing._nbd_terms(answer, ["vda", "vdc"], "v") == (b"t" * 32, packing)
+    answer["nbd"]["packing"] = "brotli"
+    with pytest.raises(errors.MigrationFailed, match="packs NBD as 'brotli'"):
+        outgoing._nbd_terms(answer, ["vda", "vdc"], "v")
+    assert outgoing._nbd_terms({}, [], "v") is None  # no pool disks: no NBD
     for wrong in ({}, {"nbd": {"token": b"t", "disks": ["vda"]}}, {"nbd": "x"}):
         with pytest.raises(
             errors.MigrationFailed, match=r"volumes for this vm's disks \(vda, vdc\)"
         ):
-            outgoing._nbd_token(wrong, ["vda", "vdc"], "v")
+            outgoing._nbd_terms(wrong, ["vda", "vdc"], "v")
 
 
 async def test_the_wait_for_the_memory_stream_runs_on_while_the_mirror_moves_bytes(

@@ -50,6 +50,11 @@ def add_option_arguments(parser: Any) -> None:
     parser.add_argument("--bandwidth-mbps", type=int, help="cap QEMU's stream (Mbit/s)")
     parser.add_argument("--compression", choices=("lz4", "zstd", "none"))
     parser.add_argument("--zstd-level", type=int)
+    parser.add_argument(
+        "--disk-compression",
+        choices=("lz4", "zstd", "none"),
+        help="how pool disks copied live cross the link (default lz4)",
+    )
     parser.add_argument("--no-dedup", action="store_false", dest="dedup", default=None)
     parser.add_argument("--auto-converge", action="store_true", default=None)
     parser.add_argument("--stall-action", choices=("auto_converge", "raise_downtime", "cancel"))
@@ -76,6 +81,7 @@ OPTION_KEYS = (
     "bandwidth_mbps",
     "compression",
     "zstd_level",
+    "disk_compression",
     "dedup",
     "auto_converge",
     "stall_action",
@@ -134,21 +140,34 @@ def _follow(events: Any, op_id: str, quiet: bool) -> dict[str, Any]:
                 return dict(event)
             total = event.get("total_bytes") or None
             done = (total - event.get("remaining_bytes", 0)) if total else None
-            detail = (
-                f"round {event.get('round', 0)}  {event.get('pages', 0)} pages  "
-                f"{_mb(event.get('bytes_logical', 0))} -> {_mb(event.get('bytes_wire', 0))} MB  "
-                f"dirty {_mb(event.get('dirty_rate_bytes_s', 0))} MB/s"
-            )
-            if "stall" in event:
-                detail += f"  stalled: {event['stall']['action']}"
             bar.update(
                 task,
                 description=str(event.get("phase")),
                 total=total,
                 completed=done,
-                detail=detail,
+                detail=progress_detail(event),
             )
     return {"state": "unknown"}
+
+
+def progress_detail(event: dict[str, Any]) -> str:
+    """One ``op.progress`` sample as the bar's text: a stopped VM's volume copy, or a
+    live migration's round, memory and (when it mirrors pool disks) disk bytes."""
+    if event.get("phase") == "copying":
+        return (
+            f"{event.get('disks', 0)} volume(s) copied  "
+            f"{_mb(event.get('bytes'))} -> {_mb(event.get('bytes_wire'))} MB"
+        )
+    detail = (
+        f"round {event.get('round', 0)}  {event.get('pages', 0)} pages  "
+        f"{_mb(event.get('bytes_logical'))} -> {_mb(event.get('bytes_wire'))} MB  "
+        f"dirty {_mb(event.get('dirty_rate_bytes_s'))} MB/s"
+    )
+    if "disk_bytes" in event:
+        detail += f"  disk {_mb(event['disk_bytes'])} -> {_mb(event.get('disk_bytes_wire'))} MB"
+    if "stall" in event:
+        detail += f"  stalled: {event['stall']['action']}"
+    return detail
 
 
 def _mb(value: Any) -> str:

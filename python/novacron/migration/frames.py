@@ -30,7 +30,9 @@ Every frame is ``type: u8``, ``length: u32 big-endian``, ``payload``. Types:
 
 A stopped VM's volumes travel on a channel of their own, with five more types
 (:mod:`~novacron.migration.disk_wire`): ``DISK`` (11), ``EXTENT`` (12), ``HOLE`` (13),
-``DISK_END`` (14) from the source, ``COPIED`` (15) from the destination.
+``DISK_END`` (14) from the source, ``COPIED`` (15) from the destination. A running VM's
+volumes travel as QEMU's NBD connections, each on a channel of its own: as they are,
+or packed in ``NBD_BYTES`` (16) frames (:mod:`~novacron.migration.nbd_packing`).
 
 A frame over ``max_frame`` bytes, an unknown type or a malformed payload is a
 :class:`FrameError`; the channel is then closed (the migration fails on this side).
@@ -47,9 +49,10 @@ from dataclasses import dataclass
 VERBATIM, PAGES, RETURN, END, ABORT, CHECK, START, ANNOUNCE, ACK = 1, 2, 3, 4, 5, 6, 7, 8, 9
 PACKED_PAGES = 10
 DISK, EXTENT, HOLE, DISK_END, COPIED = 11, 12, 13, 14, 15
+NBD_BYTES = 16
 TYPES = frozenset(
     {VERBATIM, PAGES, RETURN, END, ABORT, CHECK, START, ANNOUNCE, ACK, PACKED_PAGES}
-    | {DISK, EXTENT, HOLE, DISK_END, COPIED}
+    | {DISK, EXTENT, HOLE, DISK_END, COPIED, NBD_BYTES}
 )
 PAGE_FRAMES = frozenset({PAGES, PACKED_PAGES})  # the frames that carry pages
 HEADER = struct.Struct(">BI")
@@ -104,7 +107,7 @@ class FrameDecoder:
         self._buf = bytearray()
         self._max = max_frame
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes | bytearray) -> list[Frame]:
         self._buf += data
         out = []
         while len(self._buf) >= HEADER.size:

@@ -29,7 +29,7 @@ import trio
 
 from novacron import errors
 from novacron.logs import kv
-from novacron.migration import libvirt_job, qemu_socket, terms, volume_copies
+from novacron.migration import libvirt_job, nbd_packing, qemu_socket, terms, volume_copies
 from novacron.migration.channel import close_gently
 from novacron.migration.nbd_relay import NbdStats
 from novacron.migration.ops import Operation
@@ -170,6 +170,7 @@ async def prepare(
         source=source,
         volumes=volumes,
         nbd_token=secrets.token_bytes(32) if volumes else None,
+        nbd=NbdStats(packing=nbd_packing.agreed(options.get("disk_compression"))),
     )
     op.on_cancel = inc.cancel.cancel
     svc.incoming[inc.token] = inc
@@ -184,7 +185,11 @@ async def prepare(
         "channel": terms.offered(),
     }
     if inc.nbd_token is not None:
-        answer["nbd"] = {"token": inc.nbd_token, "disks": [t for t, _ in copies]}
+        answer["nbd"] = {
+            "token": inc.nbd_token,
+            "disks": [t for t, _ in copies],
+            "packing": inc.nbd.packing,
+        }
     return answer
 
 
@@ -397,7 +402,7 @@ async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> N
                 await vms.arrived(op.vm, op.tenant, inc.source)
             completed = await completed_stats(svc, op.vm)
             downtime = completed.get("downtime")
-            result = {
+            result: dict[str, Any] = {
                 "node": svc.config.node_name,
                 "downtime_ms": None if downtime is None else int(downtime),
                 "time_ms": int(completed.get("time_elapsed", 0)),

@@ -10,7 +10,9 @@ the same path on their own host, as the memory stream does (:mod:`qemu_socket`):
 this daemon does, and relays each connection of the source QEMU over a migration
 channel of its own (mutual TLS, the copy's token first) to the destination daemon,
 which connects it to the destination QEMU's socket. After the token the channel
-carries NBD's bytes as they are, both ways; it closes when either end does.
+carries NBD's bytes both ways, as they are or packed (``disk_compression``, agreed in
+``migration.prepare``: :mod:`~novacron.migration.nbd_packing`); it closes when either
+end does.
 
 Who may connect on the source: the socket is given to QEMU's user (mode 0600) in the
 migration's directory (which QEMU's user may pass through, not list), and a connection
@@ -32,8 +34,10 @@ from pathlib import Path
 import trio
 
 from novacron import errors
+from novacron.blocking import Pool
 from novacron.logs import kv
-from novacron.migration import qemu_socket
+from novacron.migration import nbd_packing, qemu_socket
+from novacron.migration.frames import FrameError
 from novacron.migration.relay import single_errors
 
 log = logging.getLogger("novacron.migration")
@@ -54,29 +58,60 @@ def disks_uri(stream_socket: Path) -> str:
 
 @dataclass
 class NbdStats:
+    packing: str = "none"  # disk_compression as agreed: lz4, zstd or none
     connections: int = 0
     to_destination: int = 0  # NBD bytes the source QEMU sent (requests and written data)
     to_source: int = 0  # what the destination QEMU answered
+    wire_to_destination: int = 0  # what crossed the channels (packed or not)
+    wire_to_source: int = 0
     last_moved: float = field(default_factory=trio.current_time)
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | str]:
         return {
+            "packing": self.packing,
             "connections": self.connections,
             "bytes_to_destination": self.to_destination,
             "bytes_to_source": self.to_source,
+            "wire_bytes_to_destination": self.wire_to_destination,
+            "wire_bytes_to_source": self.wire_to_source,
         }
+
+
+def packed(
+    channel: trio.abc.Stream, stats: NbdStats, engine: Pool, at_source: bool
+) -> trio.abc.Stream:
+    """The channel as the relay uses it: packed when ``stats.packing`` says so; the
+    bytes crossing it counted."""
+    if stats.packing == "none":
+        return channel
+
+    def toward_destination(n: int) -> None:
+        stats.wire_to_destination += n
+
+    def toward_source(n: int) -> None:
+        stats.wire_to_source += n
+
+    sent, received = (toward_destination, toward_source)
+    if not at_source:
+        sent, received = received, sent
+    codec = nbd_packing.CODECS[stats.packing]
+    return nbd_packing.PackedChannel(channel, codec, engine, on_sent=sent, on_received=received)
 
 
 async def pump(a: trio.abc.Stream, b: trio.abc.Stream, stats: NbdStats) -> None:
     """Bytes both ways until either end closes; then both are closed."""
+
+    raw = stats.packing == "none"
 
     async def one_way(src: trio.abc.Stream, dst: trio.abc.Stream, forward: bool) -> None:
         while data := await src.receive_some(READ_SIZE):
             await dst.send_all(data)
             if forward:
                 stats.to_destination += len(data)
+                stats.wire_to_destination += len(data) if raw else 0
             else:
                 stats.to_source += len(data)
+                stats.wire_to_source += len(data) if raw else 0
             stats.last_moved = trio.current_time()
         raise EOFError  # one end closed: the connection is over
 
@@ -85,6 +120,8 @@ async def pump(a: trio.abc.Stream, b: trio.abc.Stream, stats: NbdStats) -> None:
             async with trio.open_nursery() as n:
                 n.start_soon(one_way, b, a, False)
                 await one_way(a, b, True)
+    except FrameError as exc:  # the other daemon's frames: the connection is over
+        log.warning("migration.nbd_malformed", extra=kv(error=str(exc)))
     except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
         pass
     finally:
@@ -121,6 +158,7 @@ async def serve_source(
     qemu_pid: Callable[[], Awaitable[int | None]],
     open_channel: Callable[[], Awaitable[trio.abc.Stream]],
     stats: NbdStats,
+    engine: Pool,
 ) -> None:
     """Relays each connection of the VM's QEMU (runs until cancelled). A connection from
     any other process is refused and logged."""
@@ -137,13 +175,14 @@ async def serve_source(
                 await trio.aclose_forcefully(conn)
                 continue
             stats.connections += 1
-            nursery.start_soon(_relay_out, conn, open_channel, stats)
+            nursery.start_soon(_relay_out, conn, open_channel, stats, engine)
 
 
 async def _relay_out(
     conn: trio.SocketStream,
     open_channel: Callable[[], Awaitable[trio.abc.Stream]],
     stats: NbdStats,
+    engine: Pool,
 ) -> None:
     try:
         channel = await open_channel()
@@ -151,7 +190,7 @@ async def _relay_out(
         log.warning("migration.nbd_channel_failed", extra=kv(error=str(exc)))
         await trio.aclose_forcefully(conn)  # QEMU's mirror fails, and with it libvirt's job
         return
-    await pump(conn, channel, stats)
+    await pump(conn, packed(channel, stats, engine, at_source=True), stats)
 
 
 # -- the destination -----------------------------------------------------------------
@@ -163,6 +202,7 @@ async def relay_in(
     qemu_uid: int,
     qemu_pid: Callable[[], Awaitable[int | None]],
     stats: NbdStats,
+    engine: Pool,
 ) -> None:
     """One NBD connection of the source's: to the destination QEMU's socket, then both
     ways until either end closes."""
@@ -174,4 +214,4 @@ async def relay_in(
         await trio.aclose_forcefully(channel)
         return
     stats.connections += 1
-    await pump(channel, qemu, stats)
+    await pump(packed(channel, stats, engine, at_source=False), qemu, stats)

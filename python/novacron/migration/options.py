@@ -37,6 +37,7 @@ class MigrateOptions:
     bandwidth_mbps: int = 0  # megabits per second of QEMU's stream; 0 = no limit
     compression: str = "lz4"
     zstd_level: int = 1
+    disk_compression: str = "lz4"  # QEMU's NBD copy of pool disks, relayed packed
     dedup: bool = True
     auto_converge: bool = False
     stall_action: str = "raise_downtime"
@@ -105,6 +106,7 @@ def parse_options(p: Params) -> MigrateOptions:
         bandwidth_mbps=p.integer("bandwidth_mbps", 0, MAX_BANDWIDTH_MBPS, default=0),
         compression=p.choice("compression", COMPRESSIONS, "lz4"),
         zstd_level=p.integer("zstd_level", 1, 19, default=1),
+        disk_compression=p.choice("disk_compression", COMPRESSIONS, "lz4"),
         dedup=p.flag("dedup", True),
         auto_converge=auto_converge,
         stall_action=p.choice("stall_action", STALL_ACTIONS, default_action),

@@ -33,6 +33,7 @@ from novacron.cluster.locks import LOCK_LOST, MigrationLock, MigrationLocks
 from novacron.logs import kv
 from novacron.migration import (
     libvirt_job,
+    nbd_packing,
     nbd_relay,
     offline,
     progress,
@@ -196,7 +197,7 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                     with run.prep:
                         xml, answer = await prepare_there(run, peer, stream_socket=str(path))
                         agreed = run.terms = _terms(answer, op.vm)
-                        nbd_token = _nbd_token(answer, [t for t, _ in copies], op.vm)
+                        nbd_terms = _nbd_terms(answer, [t for t, _ in copies], op.vm)
                         svc.ops.report(op, "connecting")
                         channel = await channel_to(
                             run, host, answer["channel_port"], answer["token"]
@@ -227,9 +228,9 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                     disks_uri=nbd_relay.disks_uri(path) if copies else None,
                 )
                 nbd = None
-                if nbd_listener is not None and nbd_token is not None:
-                    opener = channel_to(run, host, answer["channel_port"], nbd_token)
-                    nbd = NbdRelay(nbd_listener, opener, owner[0])
+                if nbd_listener is not None and nbd_terms is not None:
+                    opener = channel_to(run, host, answer["channel_port"], nbd_terms[0])
+                    nbd = NbdRelay(nbd_listener, opener, owner[0], nbd_terms[1])
                 moved = await _migrate(
                     run, call, listener, channel, agreed, partial(tell_abort, peer, answer), nbd
                 )
@@ -253,6 +254,7 @@ class NbdRelay:
     listener: trio.SocketListener
     open_channel: Callable[[], Awaitable[trio.SSLStream[trio.SocketStream]]]
     qemu_uid: int  # who the VM's QEMU runs as: the only peer taken
+    packing: str  # disk_compression as the destination agreed: lz4, zstd or none
 
 
 def _qemu_owner(hv: Hypervisor) -> tuple[int, int]:
@@ -260,12 +262,16 @@ def _qemu_owner(hv: Hypervisor) -> tuple[int, int]:
     return qemu_socket.qemu_owner(hv.capabilities(), hv.domain_type())
 
 
-def _nbd_token(answer: dict[str, Any], targets: list[str], vm: str) -> bytes | None:
-    """The token of the destination's NBD channels, when the VM has pool disks: the
-    destination must have made volumes for exactly those."""
+def _nbd_terms(answer: dict[str, Any], targets: list[str], vm: str) -> tuple[bytes, str] | None:
+    """The token of the destination's NBD channels and how they are packed, when the
+    VM has pool disks: the destination must have made volumes for exactly those."""
     if not targets:
         return None
-    return bytes(volume_copies.agreed(answer.get("nbd"), targets, vm)["token"])
+    part = volume_copies.agreed(answer.get("nbd"), targets, vm)
+    try:
+        return bytes(part["token"]), nbd_packing.of_answer(part)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise errors.MigrationFailed(f"the destination's NBD terms: {exc}", {"vm": vm}) from None
 
 
 def _terms(answer: dict[str, Any], vm: str) -> terms.Terms:
@@ -359,6 +365,9 @@ async def _migrate(
                 libvirt_job.set_max_downtime, vms.hv, op.vm, run.options.max_downtime_ms
             )
         fields = progress.progress(stats, run.stats)
+        if run.nbd is not None:  # the mirror of its pool disks, so far
+            fields["disk_bytes"] = run.nbd.to_destination
+            fields["disk_bytes_wire"] = run.nbd.wire_to_destination
         decision = run.watch.observe(stats)
         if decision is not None:
             fields["stall"] = {"action": decision.action, "reason": decision.reason}
@@ -418,7 +427,7 @@ async def _migrate(
 
     moved = False
     if nbd is not None:
-        run.nbd = NbdStats()
+        run.nbd = NbdStats(packing=nbd.packing)
     async with trio.open_nursery() as tasks:
         tasks.start_soon(relay)
         tasks.start_soon(watch)
@@ -432,6 +441,7 @@ async def _migrate(
                 qemu_pid,
                 nbd.open_channel,
                 run.nbd,
+                svc.engine_pool,
             )
             tasks.start_soon(_within, mirror, serve)
         run.migrating = True

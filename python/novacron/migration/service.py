@@ -183,7 +183,13 @@ class MigrationService:
                     return False
                 qemu_pid = partial(self.vms.hv_pool.run, self.vms.hv.qemu_pid, inc.op.vm)
                 self.spawn(
-                    nbd_relay.relay_in, stream, inc.qemu_dir.path, inc.qemu_uid, qemu_pid, inc.nbd
+                    nbd_relay.relay_in,
+                    stream,
+                    inc.qemu_dir.path,
+                    inc.qemu_uid,
+                    qemu_pid,
+                    inc.nbd,
+                    self.engine_pool,
                 )
                 return True
         waiting = [(known, inc.source, inc.send) for known, inc in self.incoming.items()]

@@ -1,8 +1,9 @@
 //! Disk extents for a storage copy (a stopped VM's volumes moving to another node).
 //!
-//! [`pack_extent`] cuts a read of a volume into pieces: runs of all-zero blocks (sent as
-//! holes, no bytes) and runs of data, each packed with zstd level 1 when that makes it
-//! at least a sixteenth smaller, else sent as it is. [`unpack`] restores a data piece
+//! [`pack_extent`] cuts a read of a volume (or a stretch of a relayed NBD connection)
+//! into pieces: runs of all-zero blocks (sent as holes, no bytes) and runs of data, each
+//! packed with zstd level 1 or LZ4 (the caller's choice) when that makes it at least a
+//! sixteenth smaller, else sent as it is. [`unpack`] restores a data piece
 //! and refuses anything that does not restore to exactly the length it claims.
 //! [`StreamDigest`] is the xxh3-128 both ends keep over what was sent, to compare at
 //! the end of each volume.
@@ -25,6 +26,8 @@ pub enum Codec {
     Zstd = 1,
     /// All zero: no bytes travel.
     Zero = 2,
+    /// One LZ4 block.
+    Lz4 = 3,
 }
 
 impl Codec {
@@ -37,6 +40,7 @@ impl Codec {
             0 => Ok(Self::Raw),
             1 => Ok(Self::Zstd),
             2 => Ok(Self::Zero),
+            3 => Ok(Self::Lz4),
             other => Err(EngineError::malformed(format!(
                 "unknown disk codec {other}"
             ))),
@@ -58,9 +62,15 @@ pub struct Piece {
 }
 
 /// The extent `data` as pieces, in order and covering it exactly: zero runs and
-/// data runs alternate.
-#[must_use]
-pub fn pack_extent(data: &[u8]) -> Vec<Piece> {
+/// data runs alternate. Data runs are packed with `packer` ([`Codec::Zstd`] or
+/// [`Codec::Lz4`]; [`Codec::Raw`] packs nothing) when that saves a sixteenth.
+///
+/// # Errors
+/// [`EngineError::InvalidArgument`] for [`Codec::Zero`] as the packer.
+pub fn pack_extent(data: &[u8], packer: Codec) -> Result<Vec<Piece>> {
+    if packer == Codec::Zero {
+        return Err(EngineError::invalid("zero is not a packer"));
+    }
     let mut pieces = Vec::new();
     let mut start = 0;
     let mut zero_run: Option<bool> = None;
@@ -69,7 +79,7 @@ pub fn pack_extent(data: &[u8]) -> Vec<Piece> {
         let at = i * BLOCK;
         match zero_run {
             Some(z) if z != zero => {
-                pieces.push(piece(data, start, at, z));
+                pieces.push(piece(data, start, at, z, packer));
                 start = at;
             }
             _ => {}
@@ -77,12 +87,12 @@ pub fn pack_extent(data: &[u8]) -> Vec<Piece> {
         zero_run = Some(zero);
     }
     if let Some(z) = zero_run {
-        pieces.push(piece(data, start, data.len(), z));
+        pieces.push(piece(data, start, data.len(), z, packer));
     }
-    pieces
+    Ok(pieces)
 }
 
-fn piece(data: &[u8], start: usize, end: usize, zero: bool) -> Piece {
+fn piece(data: &[u8], start: usize, end: usize, zero: bool, packer: Codec) -> Piece {
     let raw = &data[start..end];
     if zero {
         return Piece {
@@ -92,8 +102,13 @@ fn piece(data: &[u8], start: usize, end: usize, zero: bool) -> Piece {
             payload: Vec::new(),
         };
     }
-    let (codec, payload) = match zstd::bulk::compress(raw, 1) {
-        Ok(packed) if packed.len() < raw.len() - raw.len() / 16 => (Codec::Zstd, packed),
+    let packed = match packer {
+        Codec::Zstd => zstd::bulk::compress(raw, 1).ok(),
+        Codec::Lz4 => Some(lz4_flex::block::compress(raw)),
+        Codec::Raw | Codec::Zero => None,
+    };
+    let (codec, payload) = match packed {
+        Some(packed) if packed.len() < raw.len() - raw.len() / 16 => (packer, packed),
         _ => (Codec::Raw, raw.to_vec()),
     };
     Piece {
@@ -123,6 +138,7 @@ pub fn unpack(codec: Codec, payload: &[u8], len: usize) -> Result<Vec<u8>> {
         Codec::Zstd => zstd::bulk::decompress(payload, len).map_err(|e| {
             EngineError::malformed(format!("a zstd disk piece does not unpack: {e}"))
         })?,
+        Codec::Lz4 => crate::lz4_block::decompress(payload, len)?,
     };
     if out.len() != len {
         return Err(EngineError::malformed(format!(
@@ -177,7 +193,7 @@ mod tests {
         let mut data = vec![0u8; 4 * BLOCK + 100];
         data[BLOCK + 5] = 1; // block 1: data
         data[4 * BLOCK + 99] = 7; // the short last block: data
-        let pieces = pack_extent(&data);
+        let pieces = pack_extent(&data, Codec::Zstd).unwrap();
         let kinds: Vec<_> = pieces.iter().map(|p| (p.at, p.len, p.codec)).collect();
         assert_eq!(
             kinds,
@@ -203,15 +219,18 @@ mod tests {
                 state.to_le_bytes()[0]
             })
             .collect();
-        let pieces = pack_extent(&data);
-        assert_eq!(pieces.len(), 1);
-        assert_eq!(pieces[0].codec, Codec::Raw);
-        assert_eq!(pieces[0].payload, data);
+        for packer in [Codec::Zstd, Codec::Lz4, Codec::Raw] {
+            let pieces = pack_extent(&data, packer).unwrap();
+            assert_eq!(pieces.len(), 1);
+            assert_eq!(pieces[0].codec, Codec::Raw);
+            assert_eq!(pieces[0].payload, data);
+        }
     }
 
     #[test]
     fn an_empty_extent_has_no_pieces() {
-        assert!(pack_extent(&[]).is_empty());
+        assert!(pack_extent(&[], Codec::Lz4).unwrap().is_empty());
+        assert!(pack_extent(&[1], Codec::Zero).is_err());
     }
 
     #[test]
@@ -223,7 +242,12 @@ mod tests {
         assert!(unpack(Codec::Raw, &[1, 2, 3], 4).is_err());
         assert!(unpack(Codec::Zero, &[0], 1).is_err());
         assert!(unpack(Codec::Zero, &[], MAX_PIECE + 1).is_err());
-        assert!(Codec::from_u8(3).is_err());
+        let lz4 = lz4_flex::block::compress(&[5u8; 1000]);
+        assert_eq!(unpack(Codec::Lz4, &lz4, 1000).unwrap(), vec![5u8; 1000]);
+        assert!(unpack(Codec::Lz4, &lz4, 999).is_err());
+        assert!(unpack(Codec::Lz4, &lz4, 1001).is_err());
+        assert!(unpack(Codec::Lz4, &lz4[..lz4.len() - 1], 1000).is_err());
+        assert!(Codec::from_u8(4).is_err());
         assert_eq!(unpack(Codec::Zero, &[], 3).unwrap(), vec![0, 0, 0]);
     }
 
@@ -238,7 +262,8 @@ mod tests {
     proptest! {
         #[test]
         fn pieces_restore_the_extent(
-            runs in prop::collection::vec((0u8..3, 1usize..3 * BLOCK), 0..6)
+            runs in prop::collection::vec((0u8..3, 1usize..3 * BLOCK), 0..6),
+            lz4 in any::<bool>(),
         ) {
             let mut data = Vec::new();
             for (kind, len) in runs {
@@ -249,8 +274,12 @@ mod tests {
                 };
                 data.extend((0..len).map(byte));
             }
-            let pieces = pack_extent(&data);
+            let packer = if lz4 { Codec::Lz4 } else { Codec::Zstd };
+            let pieces = pack_extent(&data, packer).unwrap();
             prop_assert_eq!(restore(&pieces), data);
+            for p in &pieces {
+                prop_assert!(p.codec == packer || matches!(p.codec, Codec::Raw | Codec::Zero));
+            }
             for pair in pieces.windows(2) {
                 prop_assert!((pair[0].codec == Codec::Zero) != (pair[1].codec == Codec::Zero));
             }

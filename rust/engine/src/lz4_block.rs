@@ -40,7 +40,6 @@ const WILD: usize = 16;
 /// [`EngineError::Malformed`] for a truncated block, literals or a match past the
 /// output's `size`, a match offset of zero or before the output's start, or a block
 /// that ends short of `size`.
-#[cfg(test)]
 pub(crate) fn decompress(input: &[u8], size: usize) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     decompress_into(input, size, &mut out)?;

@@ -12,14 +12,19 @@ use engine::disk::{Codec, Piece};
 type PieceTuple<'py> = (usize, usize, u8, Bound<'py, PyBytes>);
 
 /// The extent `data` as pieces `(at, length, codec, payload)` covering it in order:
-/// codec 0 raw bytes, 1 zstd level 1, 2 all zero (empty payload).
+/// codec 0 raw bytes, 1 zstd level 1, 2 all zero (empty payload), 3 an LZ4 block.
+/// `codec`: what data runs are packed with when that pays (1 or 3; 0 packs nothing).
 #[pyfunction]
+#[pyo3(signature = (data, codec = 1))]
 pub(crate) fn pack_extent<'py>(
     py: Python<'py>,
     data: PyBuffer<u8>,
+    codec: u8,
 ) -> PyResult<Vec<PieceTuple<'py>>> {
     let view = ByteView::new(data)?;
-    let pieces: Vec<Piece> = detached(py, || Ok(engine::disk::pack_extent(view.as_slice())))?;
+    let pieces: Vec<Piece> = detached(py, || {
+        engine::disk::pack_extent(view.as_slice(), Codec::from_u8(codec)?)
+    })?;
     pieces
         .into_iter()
         .map(|p| Ok((p.at, p.len, p.codec as u8, copied_bytes(py, &p.payload)?)))
