@@ -39,6 +39,8 @@ DISK_BAD = "NOVACRON-DISK-BAD"
 BLOCK_MARKER = (
     "NOVACRON-BLOCK"  # novacron.blockwatch: "NOVACRON-BLOCK vdb 4194304" (512-byte sectors)
 )
+BLOCK_GONE = "NOVACRON-UNPLUGGED"  # novacron.blockwatch: "NOVACRON-UNPLUGGED vdc"
+
 # where the guest's disk option writes its counter (bytes into /dev/vda, one 512-byte block)
 DISK_COUNTER_AT = 1 << 20
 
@@ -128,7 +130,7 @@ if grep -q novacron.disk /proc/cmdline; then
 fi
 if grep -q novacron.blockwatch /proc/cmdline; then
   # every virtio disk, as it appears (at boot or hot-plugged later) and whenever its
-  # size changes (grown by the host), with its size
+  # size changes (grown by the host), with its size; and when it is gone (unplugged)
   for m in {" ".join(DISK_MODULES)}; do [ -d /sys/module/$m ] || insmod /lib/$m.ko; done
   (seen=" "; while true; do
      for b in /sys/block/vd*; do
@@ -139,6 +141,14 @@ if grep -q novacron.blockwatch /proc/cmdline; then
          *) seen="$seen$n "; echo {BLOCK_MARKER} ${{n%:*}} ${{n#*:}};;
        esac
      done
+     kept=" "; gone=" "
+     for n in $seen; do
+       d=${{n%:*}}
+       if [ -e /sys/block/$d ]; then kept="$kept$n "
+       else case "$gone" in *" $d "*) ;; *) gone="$gone$d "; echo {BLOCK_GONE} $d;; esac
+       fi
+     done
+     seen=$kept
      sleep 0.5
    done) &
 fi

@@ -1,6 +1,7 @@
 """Disks attached after create, on a real TCG guest: a new volume hot-plugged into the
-running guest appears there with its size, and grows there when resized; a detached one
-is gone at the next boot; a stopped VM's volume resized is larger at the next boot."""
+running guest appears there with its size, grows there when resized, and is gone from it
+when unplugged (its volume deleted, and not back at the next boot); a detached one is
+gone at the next boot; a stopped VM's volume resized is larger at the next boot."""
 
 from __future__ import annotations
 
@@ -51,8 +52,20 @@ def test_a_new_volume_is_hot_plugged_grown_and_a_detached_one_is_gone(
         assert Path(grown["disks"][1]["path"]).stat().st_size == 3 << 30  # (raw)
         with pytest.raises(errors.InvalidParams, match="only grows"):
             c.call("vm.disk.resize", vm="dk1", target="vdb", size_gib=2)
-        with pytest.raises(errors.Conflict, match="must be stopped"):
-            c.call("vm.disk.detach", vm="dk1", target="vdb")
+        # unplugged while the guest runs: it lets go, then the volume is deleted
+        third = c.call("vm.disk.attach", vm="dk1", size_gib=1, format="raw")
+        wait_blocks(log, {"vda": 2 << 20, "vdb": 6 << 20, "vdc": 2 << 20})
+        before = len(guest.console_text(log))
+        unplugged = c.call("vm.disk.detach", vm="dk1", target="vdc")
+        assert unplugged["state"] == "running"
+        assert [d["target"] for d in unplugged["disks"]] == ["vda", "vdb"]
+        assert unplugged["volumes_deleted"] == [third["disks"][2]["path"]]
+        assert not Path(third["disks"][2]["path"]).exists()
+        wait_until(  # the guest's view
+            lambda: f"{guest.BLOCK_GONE} vdc" in guest.console_text(log)[before:],
+            60,
+            "the guest to see vdc gone",
+        )
 
         c.call("vm.stop", name="dk1")
         shrunk = c.call("vm.disk.detach", vm="dk1", target="vdb")

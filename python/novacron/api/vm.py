@@ -125,13 +125,15 @@ def register(registry: Registry, services: Services) -> None:
 
     @registry.method("vm.disk.detach")
     async def disk_detach(ctx: CallContext, p: Params) -> dict[str, Any]:
-        """Take a disk (by its device name) from a stopped VM; its new volume is deleted
-        unless ``keep_volume``."""
+        """Take a disk (by its device name) from a stopped VM, or unplug it from a running
+        one (waiting up to ``timeout_s`` for the guest); its new volume is deleted unless
+        ``keep_volume``."""
         name = p.name("vm")
         target = p.text("target", max_len=16)
         keep = p.flag("keep_volume")
+        timeout_s = p.number("timeout_s", 1.0, disks.MAX_UNPLUG_S, disks.UNPLUG_S)
         p.done()
-        return await disks.detach(vms, await visible(ctx, name), target, keep)
+        return await disks.detach(vms, await visible(ctx, name), target, keep, timeout_s)
 
     @registry.method("vm.disk.resize")
     async def disk_resize(ctx: CallContext, p: Params) -> dict[str, Any]:

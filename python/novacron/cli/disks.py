@@ -21,11 +21,16 @@ def add_vm_commands(vm_sub: Any) -> None:
     what.add_argument("--path", help="an existing image (admin, or inside [vm] disk_dirs)")
     attach.add_argument("--format", choices=("qcow2", "raw"))
     attach.set_defaults(run=run_attach)
-    detach = disks.add_parser("detach", help="remove a stopped VM's disk by its device name")
+    detach = disks.add_parser(
+        "detach", help="remove a disk by its device name (unplugged if the VM runs)"
+    )
     detach.add_argument("vm")
     detach.add_argument("target", help="the guest's device name (vdb)")
     detach.add_argument(
         "--keep-volume", action="store_true", help="keep the volume the daemon made for it"
+    )
+    detach.add_argument(
+        "--timeout-s", type=float, help="how long a running guest has to let go (default 30)"
     )
     detach.set_defaults(run=run_detach)
     resize = disks.add_parser(
@@ -54,7 +59,11 @@ def run_attach(client: SyncClient, args: argparse.Namespace) -> Any:
 
 def run_detach(client: SyncClient, args: argparse.Namespace) -> Any:
     doc = client.call(
-        "vm.disk.detach", vm=args.vm, target=args.target, keep_volume=args.keep_volume or None
+        "vm.disk.detach",
+        vm=args.vm,
+        target=args.target,
+        keep_volume=args.keep_volume or None,
+        timeout_s=args.timeout_s,
     )
     return _disks(doc, args)
 

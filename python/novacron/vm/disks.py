@@ -4,9 +4,17 @@
 A disk is attached to a running VM as well as to a stopped one (hot-plug: the guest sees
 a new virtio disk); it gets the first device name (``vdb``, ``vdc``, ...) that neither the
 VM's spec nor libvirt's domain uses. A new volume counts against the tenant's disk quota,
-checked under the tenant's lock as a create is. A disk is detached only from a stopped
-VM: pulling a disk from under a running guest loses what it has not written yet, and a
-guest may refuse the unplug. The volume the daemon made for it is deleted unless kept.
+checked under the tenant's lock as a create is.
+
+A disk is detached from a stopped VM, or unplugged from a running one: the guest is asked
+to release it (ACPI eject; its kernel writes back what it holds for the disk, then lets go)
+and the daemon waits, up to ``timeout_s``, until the running domain no longer has it. Only
+then is it taken out of the definition and the record, and its volume deleted: a guest
+that does not let go (no hot-plug support, the disk mounted and busy, a paused guest —
+refused up front) keeps the disk, and the call fails with ``timeout`` (the request stays
+with the guest: calling again once it has let go finishes the detach; a stop does too, as
+the next boot starts from the definition, which still has the disk). The volume the
+daemon made for it is deleted unless kept.
 
 As with NICs, libvirt is changed first and the record (and the domain's metadata) after
 it; a failure in between is undone. A running (or paused) VM's disks are hot-plugged; a
@@ -32,6 +40,10 @@ from novacron.logs import kv
 from novacron.vm import domain_xml
 from novacron.vm.service import VmService, log
 from novacron.vm.spec import MAX_DISKS, DiskSpec, VmSpec, disk_target
+
+UNPLUG_S = 30.0  # how long a detach waits for the running guest to release the disk
+MAX_UNPLUG_S = 600.0
+UNPLUG_POLL_S = 0.5
 
 
 async def _set_disk(
@@ -98,6 +110,32 @@ async def attach(vms: VmService, name: str, disk: DiskSpec) -> dict[str, Any]:
     return await vms.get(name)
 
 
+async def _unplug(
+    vms: VmService, name: str, device: domain_xml.DiskDevice, timeout_s: float
+) -> None:
+    """Asks the running guest to release disk ``device`` and waits until the running
+    domain no longer has it (``timeout`` after ``timeout_s``; the request stays with the
+    guest). A disk the guest already released is not asked for again."""
+
+    async def plugged() -> bool:
+        live = await vms.hv_pool.run(vms.hv.xml, name)
+        return device.target in {d.target for d in domain_xml.parse_disks(live)}
+
+    if not await plugged():
+        return
+    await vms.hv_pool.run(vms.hv.unplug_device, name, domain_xml.disk_xml(device))
+    with trio.move_on_after(timeout_s):
+        while await plugged():  # noqa: ASYNC110 - libvirt's domain is polled, not awaited
+            await trio.sleep(UNPLUG_POLL_S)
+        return
+    raise errors.Timeout(
+        f"the guest of vm {name!r} has not released disk {device.target!r} within "
+        f"{timeout_s:g} s; it keeps the disk (the request stays with it: call again once it "
+        "has let go, or stop the VM and detach then)",
+        {"vm": name, "target": device.target},
+    )
+
+
 def _index(spec: VmSpec, target: str) -> int:
     """Where disk ``target`` is in ``spec``'s disks (``not_found`` if it has none so named)."""
     targets = spec.disk_targets()
@@ -109,30 +147,43 @@ def _index(spec: VmSpec, target: str) -> int:
     return targets.index(target)
 
 
-async def detach(vms: VmService, name: str, target: str, keep_volume: bool) -> dict[str, Any]:
+async def detach(
+    vms: VmService, name: str, target: str, keep_volume: bool, timeout_s: float = UNPLUG_S
+) -> dict[str, Any]:
     async with vms.changing(name):
         rec = await vms.record(name)
         spec = VmSpec.from_dict(rec.spec)
         index = _index(spec, target)
         runtime = await vms.hv_pool.run(vms.hv.state, name)
-        if runtime.state != "stopped":
+        if runtime.state not in ("stopped", "running"):
             raise errors.Conflict(
-                f"vm {name!r} must be stopped to detach a disk (it is {runtime.state})",
+                f"vm {name!r} must be running or stopped to detach a disk (it is "
+                f"{runtime.state}: a paused guest cannot release one)",
                 {"vm": name, "state": runtime.state},
             )
         gone = spec.disks[index]
         path = vms.disk_paths(spec)[index]
         kept = [d for d in spec.named_disks() if d.target != target]
         device = domain_xml.DiskDevice(path, gone.format, target)
-        definition = await vms.hv_pool.run(vms.hv.xml, name)
         removed = []
+        if runtime.state == "running":  # (a wait that changes nothing here: cancellable)
+            await _unplug(vms, name, device, timeout_s)
         with trio.CancelScope(shield=True):
-            await _set_disk(vms, name, device, False, definition)
-            try:
-                await vms.save_spec(name, spec.with_disks(kept), rec.placement)
-            except BaseException:
-                await _undo(vms, name, device, False, definition)
-                raise
+            if runtime.state == "running":
+                await vms.hv_pool.run(vms.hv.forget_device, name, domain_xml.disk_xml(device))
+                try:
+                    await vms.save_spec(name, spec.with_disks(kept), rec.placement)
+                except BaseException:  # the guest gets it back: as the record has it
+                    await _set_disk(vms, name, device, True, None)
+                    raise
+            else:
+                definition = await vms.hv_pool.run(vms.hv.xml, name)
+                await _set_disk(vms, name, device, False, definition)
+                try:
+                    await vms.save_spec(name, spec.with_disks(kept), rec.placement)
+                except BaseException:
+                    await _undo(vms, name, device, False, definition)
+                    raise
             deleted = gone.managed and not keep_volume
             if deleted and await vms.hv_pool.run(vms.hv.delete_volume, path):
                 removed.append(path)

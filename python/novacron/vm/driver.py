@@ -286,6 +286,23 @@ class Hypervisor:
             dom = self.domain(name)
             dom.detachDeviceFlags(xml, self._device_flags(dom))
 
+    def unplug_device(self, name: str, xml: str) -> None:
+        """Asks the running guest to release a device (the definition keeps it). libvirt
+        waits a few seconds for the guest; the removal may complete later."""
+        with libvirt_errors():
+            self.domain(name).detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def forget_device(self, name: str, xml: str) -> None:
+        """Takes a device out of the persistent definition only."""
+        with libvirt_errors():
+            self.domain(name).detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    def inactive_xml(self, name: str) -> str:
+        """The persistent definition (what the next boot starts from)."""
+        with libvirt_errors():
+            text: str = self.domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        return text
+
     def set_metadata(self, name: str, xml: str, namespace: str, prefix: str) -> None:
         with libvirt_errors():
             dom = self.domain(name)
