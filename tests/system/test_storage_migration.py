@@ -2,13 +2,15 @@
 real libvirtd, a TCG guest writing its disk all along): QEMU mirrors each volume into
 one made on the destination, over NBD connections the daemons relay (packed with lz4
 by default, as they are with ``--disk-compression none``); the guest keeps its memory
-and its disk where it went, and the source's volumes are deleted."""
+and its disk where it went, and the source's volumes are deleted (volumes a move kept, its
+destination's word lost, once the destination confirms it later)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from novacron.state.db import StateStore
 from tests.system import guest
 from tests.system.nodes import Node, TwoNodes, cli, logs, migrate, refused_by_hook, wait_until
 from tests.system.test_migration import (
@@ -32,6 +34,30 @@ def boot_with_pool_disk(node: Node, vm: str, images: guest.GuestImages) -> Path:
         return Path(c.call("vm.get", name=vm)["disks"][0]["path"])
 
 
+def kept_then_swept(src: Node, dst: Node, op_id: str, path: Path) -> None:
+    """Had ``src`` not heard ``dst`` confirm the VM after move ``op_id``, it would have
+    kept its volume at ``path``: recorded so (the daemon stopped, its store changed as
+    the move would have left it, the volume back), the daemon asks ``dst`` again when it
+    starts, and deletes the volume on its ``succeeded``."""
+    src.daemon.stop()
+    store = StateStore(src.state_dir / "state.db")
+    try:
+        row = store.get_operation(op_id)
+        assert row is not None
+        kept = {"paths": [str(path)], "address": dst.address}
+        row["result"]["storage"].update(source_volumes="kept", kept=kept)
+        store.update_operation(row)
+    finally:
+        store.close()
+    path.write_bytes(b"kept" * 1024)
+    src.restart()
+    wait_until(lambda: not path.exists(), 60, f"{path} deleted by the sweep")
+    with src.client() as c:
+        storage = c.call("op.get", op=op_id)["result"]["storage"]
+    assert storage["source_volumes"] == "deleted" and "kept" not in storage, storage
+    assert storage["swept_at"] > 0
+
+
 def test_a_running_vm_moves_with_its_volumes_there_and_back(
     nodes: TwoNodes, guest_images: guest.GuestImages
 ) -> None:
@@ -45,7 +71,8 @@ def test_a_running_vm_moves_with_its_volumes_there_and_back(
                 with src.client() as c:
                     here = Path(c.call("vm.get", name="lv1")["disks"][0]["path"])
             written = disk_counter(here)
-            result = migrate(src, dst, "lv1", "--disk-compression", packing)["result"]
+            done = migrate(src, dst, "lv1", "--disk-compression", packing)
+            result = done["result"]
             print(f"{src.name}->{dst.name}", json.dumps(result["storage"], sort_keys=True))
             storage = result["storage"]
             assert storage["disks"] == 1 and storage["connections"] >= 1, storage
@@ -65,6 +92,7 @@ def test_a_running_vm_moves_with_its_volumes_there_and_back(
             # the guest reads back what it wrote before the move and keeps writing
             disk_in_use(dst, "lv1", there)
             assert disk_counter(there) > written
+        kept_then_swept(b, a, done["id"], here)
     finally:
         for node in (a, b):
             if "lv1" in node.records():

@@ -80,9 +80,12 @@ class Operations:
         self._ended: dict[str, Operation] = {}
 
     async def amend(self, row: dict[str, Any], state: str, result: dict[str, Any]) -> None:
-        """Corrects how an interrupted operation ended, once that became known."""
+        """Corrects how an ended operation ended (or what it left), once that became known."""
         row.update(state=state, result=result, error=None, updated_at=time.time())
         await self._pool.run(self._store.update_operation, row)
+        kept = self._ended.get(row["id"])  # (what op.get answers from while it is here)
+        if kept is not None:
+            kept.state, kept.phase, kept.result, kept.error = state, state, result, None
         log.info("op.amended", extra=kv(op=row["id"], vm=row["vm"], state=state))
 
     async def recover(self) -> list[dict[str, Any]]:

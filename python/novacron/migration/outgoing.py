@@ -156,6 +156,7 @@ async def _check_copyable(vms: VmService, name: str) -> None:
 
 async def _run(run: Run, address: str) -> None:
     moved = False
+    run.address = address
     try:
         async with run.svc.migration_limiter:  # at most max_concurrent at once
             if run.offline:

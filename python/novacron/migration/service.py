@@ -29,6 +29,7 @@ from novacron.eventbus import EventBus
 from novacron.logs import kv
 from novacron.migration import (
     incoming,
+    kept_volumes,
     nbd_relay,
     offline,
     outgoing,
@@ -135,6 +136,8 @@ class MigrationService:
                 self.channel_port = listener.address[1]
                 await nursery.start(listener.run)
                 log.info("migration.listening", extra=kv(address=address))
+            # volumes earlier moves kept here, deleted once their destinations confirm
+            nursery.start_soon(self._guarded, kept_volumes.keep_sweeping, (self,), None)
             task_status.started()
             await trio.sleep_forever()  # migrations run here for as long as the service
 

@@ -49,6 +49,7 @@ class Run:
     storage: CopyStats | None = None  # a stopped VM's volumes' copy, when it has any
     nbd: NbdStats | None = None  # a running VM's: QEMU's mirror, relayed
     copied_from: list[str] = field(default_factory=list)  # their paths here
+    address: str = ""  # the destination's TLS listener (host:port)
 
     def __post_init__(self) -> None:
         self.watch = progress.StallWatch(self.options)
@@ -166,6 +167,8 @@ async def forget(
     elif run.nbd is not None:
         copied = {"disks": len(run.copied_from), **run.nbd.to_dict()}
         summary["storage"] = {**copied, "source_volumes": volumes}
+    if volumes == "kept" and "storage" in summary:  # (deleted later: kept_volumes)
+        summary["storage"]["kept"] = {"paths": run.copied_from, "address": run.address}
     log.info(
         "migration.done",
         extra=kv(vm=op.vm, total_s=summary["total_s"], bytes_wire=stats.channel_bytes),
@@ -176,7 +179,8 @@ async def forget(
 async def _source_volumes(run: Run, dest: dict[str, Any]) -> str:
     """After a VM moved with copies of its volumes: this node's volumes are deleted
     once the destination says it recorded the VM (``deleted``); else they are kept
-    (``kept``), as the only sure copy, for the operator to remove."""
+    (``kept``), as the only sure copy, until the destination says so later
+    (:mod:`~novacron.migration.kept_volumes`)."""
     if not run.copied_from:
         return "none"
     if dest.get("state") != "succeeded":
