@@ -34,7 +34,8 @@ from novacron.errors import EngineError
 from novacron.migration import frames
 from novacron.migration.frames import Frame, FrameError
 
-RAW, ZSTD, ZERO = 0, 1, 2  # pack_extent's codecs (ZERO travels as a HOLE frame)
+# pack_extent's codecs (here ZERO travels as a HOLE frame; LZ4 packs NBD connections only)
+RAW, ZSTD, ZERO, LZ4 = 0, 1, 2, 3
 MAX_EXTENT = 16 * 1024 * 1024
 _INDEX = struct.Struct(">I")
 _EXTENT = struct.Struct(">QIB")

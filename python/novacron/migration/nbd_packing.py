@@ -37,9 +37,9 @@ from novacron._core import pack_extent, unpack_piece
 from novacron.blocking import Pool
 from novacron.errors import EngineError
 from novacron.migration import frames
+from novacron.migration.disk_wire import LZ4, RAW, ZERO, ZSTD
 from novacron.migration.frames import FrameError
 
-RAW, ZSTD, ZERO, LZ4 = 0, 1, 2, 3
 CODECS = {"zstd": ZSTD, "lz4": LZ4}  # disk_compression's names of what packs
 MAX_PIECE = 1024 * 1024
 SMALL = 2048  # fewer bytes than this go raw, without a worker thread's round trip

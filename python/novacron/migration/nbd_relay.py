@@ -62,9 +62,18 @@ class NbdStats:
     connections: int = 0
     to_destination: int = 0  # NBD bytes the source QEMU sent (requests and written data)
     to_source: int = 0  # what the destination QEMU answered
-    wire_to_destination: int = 0  # what crossed the channels (packed or not)
-    wire_to_source: int = 0
+    packed_to_destination: int = 0  # channel bytes of packed connections
+    packed_to_source: int = 0
     last_moved: float = field(default_factory=trio.current_time)
+
+    @property
+    def wire_to_destination(self) -> int:
+        """What crossed the channels toward the destination (NBD's bytes when not packed)."""
+        return self.to_destination if self.packing == "none" else self.packed_to_destination
+
+    @property
+    def wire_to_source(self) -> int:
+        return self.to_source if self.packing == "none" else self.packed_to_source
 
     def to_dict(self) -> dict[str, int | str]:
         return {
@@ -86,10 +95,10 @@ def packed(
         return channel
 
     def toward_destination(n: int) -> None:
-        stats.wire_to_destination += n
+        stats.packed_to_destination += n
 
     def toward_source(n: int) -> None:
-        stats.wire_to_source += n
+        stats.packed_to_source += n
 
     sent, received = (toward_destination, toward_source)
     if not at_source:
@@ -101,17 +110,13 @@ def packed(
 async def pump(a: trio.abc.Stream, b: trio.abc.Stream, stats: NbdStats) -> None:
     """Bytes both ways until either end closes; then both are closed."""
 
-    raw = stats.packing == "none"
-
     async def one_way(src: trio.abc.Stream, dst: trio.abc.Stream, forward: bool) -> None:
         while data := await src.receive_some(READ_SIZE):
             await dst.send_all(data)
             if forward:
                 stats.to_destination += len(data)
-                stats.wire_to_destination += len(data) if raw else 0
             else:
                 stats.to_source += len(data)
-                stats.wire_to_source += len(data) if raw else 0
             stats.last_moved = trio.current_time()
         raise EOFError  # one end closed: the connection is over
 

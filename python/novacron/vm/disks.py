@@ -31,6 +31,7 @@ given by path is not resized: it is the operator's file, perhaps shared.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import trio
@@ -169,21 +170,18 @@ async def detach(
         if runtime.state == "running":  # (a wait that changes nothing here: cancellable)
             await _unplug(vms, name, device, timeout_s)
         with trio.CancelScope(shield=True):
-            if runtime.state == "running":
+            if runtime.state == "running":  # (unplugged: the definition still has it)
                 await vms.hv_pool.run(vms.hv.forget_device, name, domain_xml.disk_xml(device))
-                try:
-                    await vms.save_spec(name, spec.with_disks(kept), rec.placement)
-                except BaseException:  # the guest gets it back: as the record has it
-                    await _set_disk(vms, name, device, True, None)
-                    raise
+                undo = partial(_set_disk, vms, name, device, True, None)  # the guest gets it back
             else:
                 definition = await vms.hv_pool.run(vms.hv.xml, name)
                 await _set_disk(vms, name, device, False, definition)
-                try:
-                    await vms.save_spec(name, spec.with_disks(kept), rec.placement)
-                except BaseException:
-                    await _undo(vms, name, device, False, definition)
-                    raise
+                undo = partial(_undo, vms, name, device, False, definition)
+            try:
+                await vms.save_spec(name, spec.with_disks(kept), rec.placement)
+            except BaseException:
+                await undo()
+                raise
             deleted = gone.managed and not keep_volume
             if deleted and await vms.hv_pool.run(vms.hv.delete_volume, path):
                 removed.append(path)

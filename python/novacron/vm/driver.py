@@ -297,12 +297,6 @@ class Hypervisor:
         with libvirt_errors():
             self.domain(name).detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
 
-    def inactive_xml(self, name: str) -> str:
-        """The persistent definition (what the next boot starts from)."""
-        with libvirt_errors():
-            text: str = self.domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-        return text
-
     def set_metadata(self, name: str, xml: str, namespace: str, prefix: str) -> None:
         with libvirt_errors():
             dom = self.domain(name)
