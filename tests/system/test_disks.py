@@ -120,3 +120,39 @@ def test_a_clone_has_a_copy_of_the_disks_and_boots(
         assert gone["volumes_deleted"] == [str(copied)]
         assert volume.exists()
         c.call("vm.delete", name="cl1")
+
+
+def test_a_guest_that_does_not_release_a_disk_keeps_it(
+    system_daemon: Daemon, guest_images: guest.GuestImages
+) -> None:
+    """A guest booted without ACPI never answers an unplug request: the detach answers
+    ``timeout`` and changes nothing (record, definition, volume, the guest's disk); asked
+    again, the same; once the VM is stopped, the detach finishes."""
+    with system_daemon.client(timeout=300) as c:
+        vm = c.call(
+            "vm.create",
+            **guest_images.vm(
+                "dk2",
+                options="novacron.blockwatch acpi=off",
+                disks=[{"size_gib": 1}, {"size_gib": 1, "format": "raw"}],
+            ),
+        )
+        log = Path(vm["console_log"])
+        wait_blocks(log, {"vda": 2 << 20, "vdb": 2 << 20})
+        volume = Path(vm["disks"][1]["path"])
+        for timeout_s in (2, 1):  # the second request finds the first still pending
+            with pytest.raises(errors.Timeout, match="has not released disk 'vdb'") as late:
+                c.call("vm.disk.detach", vm="dk2", target="vdb", timeout_s=timeout_s)
+            assert late.value.details == {"vm": "dk2", "target": "vdb"}
+            kept = c.call("vm.get", name="dk2")
+            assert kept["state"] == "running"
+            assert kept["disks"] == vm["disks"]  # (as the running domain has them)
+            assert volume.exists()
+        assert f"{guest.BLOCK_GONE} vdb" not in guest.console_text(log)
+        assert blocks(log) == {"vda": 2 << 20, "vdb": 2 << 20}
+        c.call("vm.stop", name="dk2")
+        assert c.call("vm.get", name="dk2")["disks"] == vm["disks"]  # the definition too
+        done = c.call("vm.disk.detach", vm="dk2", target="vdb")
+        assert [d["target"] for d in done["disks"]] == ["vda"]
+        assert done["volumes_deleted"] == [str(volume)] and not volume.exists()
+        c.call("vm.delete", name="dk2")

@@ -169,8 +169,17 @@ async def test_resize_refusals_change_nothing(vm_service: VmService, tmp_path: P
         assert rec is not None
         return [d.size_gib for d in VmSpec.from_dict(rec.spec).disks]
 
-    with pytest.raises(errors.NotFound, match="its disks: vda, vdb"):
+    with pytest.raises(errors.NotFound, match=r"its disks: vda, vdb\)"):
         await resize(svc, name, "vdc", 3)
+    # a disk plugged in outside NovaCron: vm.get lists it, the refusal says where it is from
+    xml = await svc.hv_pool.run(svc.hv.xml, name)
+    outside = domain_xml.DiskDevice(str(tmp_path / "outside.raw"), "raw", "vdz")
+    await svc.hv_pool.run(svc.hv.define, domain_xml.with_disk(xml, outside))
+    assert "vdz" in [d["target"] for d in (await svc.get(name))["disks"]]
+    for refused in (resize(svc, name, "vdz", 3), detach(svc, name, "vdz", keep_volume=False)):
+        with pytest.raises(errors.NotFound, match="vdz was attached outside NovaCron") as out:
+            await refused
+        assert out.value.details == {"vm": name, "target": "vdz"}
     with pytest.raises(errors.InvalidParams, match="given by path") as given:
         await resize(svc, name, "vdb", 3)
     assert given.value.details == {"param": "target", "path": image}
@@ -178,7 +187,11 @@ async def test_resize_refusals_change_nothing(vm_service: VmService, tmp_path: P
         await resize(svc, name, "vda", 1)
     assert shrink.value.details == {"param": "size_gib", "size_gib": 2}
     same = await resize(svc, name, "vda", 2)  # already that size: nothing to do
-    assert [(d["target"], d["size_gib"]) for d in same["disks"]] == [("vda", 2), ("vdb", None)]
+    assert [(d["target"], d["size_gib"]) for d in same["disks"]] == [
+        ("vda", 2),
+        ("vdb", None),
+        ("vdz", None),
+    ]
     await svc.quotas.set(tenant, Quota(max_disk_gib=4))
     with pytest.raises(errors.QuotaExceeded) as quota:
         await resize(svc, name, "vda", 5)

@@ -286,6 +286,20 @@ def test_parse_disks_reads_libvirts_description_of_every_disk_type() -> None:
         ("vdd", "volume", None, False, False),
     ]
     assert file_disks(xml) == ["/shared/top.qcow2", "/isos/install.iso"]
+    assert {d.alias for d in disks} == {None}  # (a definition names no aliases)
+
+
+def test_parse_disks_reads_a_running_domains_alias() -> None:
+    xml = """<domain><devices>
+      <disk type='file'>
+        <source file='/a.qcow2'/><target dev='vda'/><alias name='virtio-disk0'/>
+      </disk>
+      <disk type='file'><source file='/b.raw'/><target dev='vdb'/></disk>
+    </devices></domain>"""
+    assert [(d.target, d.alias) for d in domain_xml.parse_disks(xml)] == [
+        ("vda", "virtio-disk0"),
+        ("vdb", None),
+    ]
 
 
 def test_parse_interfaces_reads_mac_host_device_and_type() -> None:

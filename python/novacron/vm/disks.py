@@ -118,14 +118,17 @@ async def _unplug(
     domain no longer has it (``timeout`` after ``timeout_s``; the request stays with the
     guest). A disk the guest already released is not asked for again."""
 
-    async def plugged() -> bool:
+    async def plugged() -> domain_xml.DiskSource | None:
         live = await vms.hv_pool.run(vms.hv.xml, name)
-        return device.target in {d.target for d in domain_xml.parse_disks(live)}
+        return next((d for d in domain_xml.parse_disks(live) if d.target == device.target), None)
 
-    if not await plugged():
+    deadline = trio.current_time() + timeout_s  # (the request's own time counts too)
+    disk = await plugged()
+    if disk is None:
         return
-    await vms.hv_pool.run(vms.hv.unplug_device, name, domain_xml.disk_xml(device))
-    with trio.move_on_after(timeout_s):
+    xml = domain_xml.disk_xml(device)
+    await vms.hv_pool.run(vms.hv.unplug_device, name, xml, disk.alias)
+    with trio.move_on_at(deadline):
         while await plugged():  # noqa: ASYNC110 - libvirt's domain is polled, not awaited
             await trio.sleep(UNPLUG_POLL_S)
         return
@@ -137,12 +140,17 @@ async def _unplug(
     )
 
 
-def _index(spec: VmSpec, target: str) -> int:
-    """Where disk ``target`` is in ``spec``'s disks (``not_found`` if it has none so named)."""
+async def _index(vms: VmService, spec: VmSpec, target: str) -> int:
+    """Where disk ``target`` is in ``spec``'s disks (``not_found`` if it has none so named;
+    one plugged in outside NovaCron, which ``vm.get`` lists too, is said to be so)."""
     targets = spec.disk_targets()
     if target not in targets:
+        why = f"its disks: {', '.join(targets) or 'none'}"
+        xml = await vms.hv_pool.run(vms.hv.xml, spec.name)
+        if target in {d.target for d in domain_xml.parse_disks(xml)}:
+            why += f"; {target} was attached outside NovaCron: change it where it was made"
         raise errors.NotFound(
-            f"vm {spec.name!r} has no disk {target!r} (its disks: {', '.join(targets) or 'none'})",
+            f"vm {spec.name!r} has no disk {target!r} that NovaCron attached ({why})",
             {"vm": spec.name, "target": target},
         )
     return targets.index(target)
@@ -154,7 +162,7 @@ async def detach(
     async with vms.changing(name):
         rec = await vms.record(name)
         spec = VmSpec.from_dict(rec.spec)
-        index = _index(spec, target)
+        index = await _index(vms, spec, target)
         runtime = await vms.hv_pool.run(vms.hv.state, name)
         if runtime.state not in ("stopped", "running"):
             raise errors.Conflict(
@@ -197,7 +205,7 @@ async def resize(vms: VmService, name: str, target: str, size_gib: int) -> dict[
     async with vms.tenant_lock(tenant), vms.changing(name):
         rec = await vms.record(name)
         spec = VmSpec.from_dict(rec.spec)
-        index = _index(spec, target)
+        index = await _index(vms, spec, target)
         disk = spec.disks[index]
         path = vms.disk_paths(spec)[index]
         if disk.size_gib is None:

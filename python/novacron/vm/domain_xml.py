@@ -314,6 +314,7 @@ class DiskSource:
     empty: bool  # no source at all (a CD-ROM drive without a medium)
     pool: str | None = None  # a storage-pool volume's pool and name (type ``volume``)
     volume: str | None = None
+    alias: str | None = None  # a running domain's name for the device (``virtio-disk1``)
 
 
 def parse_disks(xml: str) -> list[DiskSource]:
@@ -324,6 +325,7 @@ def parse_disks(xml: str) -> list[DiskSource]:
     for disk in root.findall("devices/disk"):
         src = disk.find("source")
         target = disk.find("target")
+        alias = disk.find("alias")
         path = None
         if src is not None:
             path = src.get("file") if disk.get("type", "file") == "file" else src.get("dev")
@@ -336,6 +338,7 @@ def parse_disks(xml: str) -> list[DiskSource]:
                 empty=src is None or not src.attrib,
                 pool=None if src is None else src.get("pool"),
                 volume=None if src is None else src.get("volume"),
+                alias=None if alias is None else alias.get("name"),
             )
         )
     return disks

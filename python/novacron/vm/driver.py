@@ -286,11 +286,16 @@ class Hypervisor:
             dom = self.domain(name)
             dom.detachDeviceFlags(xml, self._device_flags(dom))
 
-    def unplug_device(self, name: str, xml: str) -> None:
-        """Asks the running guest to release a device (the definition keeps it). libvirt
-        waits a few seconds for the guest; the removal may complete later."""
+    def unplug_device(self, name: str, xml: str, alias: str | None = None) -> None:
+        """Asks the running guest to release a device (the definition keeps it). By the
+        running domain's ``alias`` for it the request only is sent (libvirt returns at
+        once); by ``xml`` libvirt first waits a few seconds for the guest. Either way the
+        removal may complete later."""
         with libvirt_errors():
-            self.domain(name).detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            if alias:
+                self.domain(name).detachDeviceAlias(alias, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            else:
+                self.domain(name).detachDeviceFlags(xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
 
     def forget_device(self, name: str, xml: str) -> None:
         """Takes a device out of the persistent definition only."""
