@@ -113,10 +113,18 @@ def test_overlay_between_hosts_hotplug_and_restart(
     seen = len(console(a, "na"))
     wait_until(lambda: pings(a, "na", "10.50.0.2", seen) >= 2, 60, "ping after the restart")
 
-    # detached: the guest keeps its first NIC only
+    # detached: the guest keeps its first NIC only; answered once the guest let it go,
+    # so the running domain has no tap on the second overlay's bridge any more
+    def ov2_ports() -> list[str]:
+        return [n for n, link in links(a).items() if link.get("master") == "ov2" and "-" not in n]
+
+    assert len(ov2_ports()) == 1
     with a.client() as c:
         mac = attached["nics"][1]["mac"]
         assert [n["network"] for n in c.call("vm.nic.detach", vm="na", mac=mac)["nics"]] == ["ov"]
+        live = c.call("vm.stats", name="na")["nics"]
+        assert [n["mac"] for n in live] == [attached["nics"][0]["mac"]]
+    wait_until(lambda: ov2_ports() == [], 10, "the detached NIC's tap to go")
     # live-migrated to B with its NIC: B has a network of the same name, the guest now
     # reaches its peer on B's own bridge
     migrated = migrate(a, b, "na")

@@ -23,7 +23,7 @@ from novacron.net.nic import check_mac, parse_nic
 from novacron.net.service import NetworkService
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
-from novacron.vm import nics
+from novacron.vm import nics, unplug
 
 
 def _host_interfaces(spec: NetworkSpec, networks: NetworkService) -> list[str]:
@@ -109,11 +109,14 @@ def register(registry: Registry, services: Services) -> None:
 
     @registry.method("vm.nic.detach")
     async def nic_detach(ctx: CallContext, p: Params) -> dict[str, Any]:
-        """Remove a VM's NIC, by MAC address (unplugged when it runs)."""
+        """Remove a VM's NIC, by MAC address (unplugged when it runs, waiting up to
+        ``timeout_s`` for the guest)."""
         name = p.name("vm")
         mac = check_mac(p.text("mac", max_len=32), "mac")
+        timeout_s = p.number("timeout_s", 1.0, unplug.MAX_TIMEOUT_S, unplug.TIMEOUT_S)
         p.done()
-        return await nics.detach(services.vms, await visible_vm(services.vms, ctx, name), mac)
+        vm = await visible_vm(services.vms, ctx, name)
+        return await nics.detach(services.vms, vm, mac, timeout_s)
 
 
 def _nic_args(p: Params) -> dict[str, Any]:

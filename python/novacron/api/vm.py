@@ -18,7 +18,7 @@ from novacron.errors import PermissionDenied
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
 from novacron.state.db import VmRecord
-from novacron.vm import disks, host_files
+from novacron.vm import disks, host_files, unplug
 from novacron.vm import stats as vm_stats
 from novacron.vm.clone import clone
 from novacron.vm.quotas import LIMITS, Quota
@@ -131,7 +131,7 @@ def register(registry: Registry, services: Services) -> None:
         name = p.name("vm")
         target = p.text("target", max_len=16)
         keep = p.flag("keep_volume")
-        timeout_s = p.number("timeout_s", 1.0, disks.MAX_UNPLUG_S, disks.UNPLUG_S)
+        timeout_s = p.number("timeout_s", 1.0, unplug.MAX_TIMEOUT_S, unplug.TIMEOUT_S)
         p.done()
         return await disks.detach(vms, await visible(ctx, name), target, keep, timeout_s)
 

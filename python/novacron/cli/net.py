@@ -64,9 +64,14 @@ def add_vm_commands(vm_sub: Any) -> None:
     attach.add_argument("--mac", help="default: generated (52:54:00:xx:xx:xx)")
     attach.add_argument("--model", choices=("virtio", "e1000", "rtl8139"))
     attach.set_defaults(run=run_attach)
-    detach = nics.add_parser("detach", help="remove a NIC by its MAC address")
+    detach = nics.add_parser(
+        "detach", help="remove a NIC by its MAC address (unplugged if the VM runs)"
+    )
     detach.add_argument("vm")
     detach.add_argument("mac")
+    detach.add_argument(
+        "--timeout-s", type=float, help="how long a running guest has to let go (default 30)"
+    )
     detach.set_defaults(run=run_detach)
 
 
@@ -147,4 +152,5 @@ def run_attach(client: SyncClient, args: argparse.Namespace) -> Any:
 
 
 def run_detach(client: SyncClient, args: argparse.Namespace) -> Any:
-    return _nics(client.call("vm.nic.detach", vm=args.vm, mac=args.mac), args)
+    doc = client.call("vm.nic.detach", vm=args.vm, mac=args.mac, timeout_s=args.timeout_s)
+    return _nics(doc, args)

@@ -41,10 +41,7 @@ from novacron.logs import kv
 from novacron.vm import domain_xml
 from novacron.vm.service import VmService, log
 from novacron.vm.spec import MAX_DISKS, DiskSpec, VmSpec, disk_target
-
-UNPLUG_S = 30.0  # how long a detach waits for the running guest to release the disk
-MAX_UNPLUG_S = 600.0
-UNPLUG_POLL_S = 0.5
+from novacron.vm.unplug import TIMEOUT_S, unplug
 
 
 async def _set_disk(
@@ -111,35 +108,6 @@ async def attach(vms: VmService, name: str, disk: DiskSpec) -> dict[str, Any]:
     return await vms.get(name)
 
 
-async def _unplug(
-    vms: VmService, name: str, device: domain_xml.DiskDevice, timeout_s: float
-) -> None:
-    """Asks the running guest to release disk ``device`` and waits until the running
-    domain no longer has it (``timeout`` after ``timeout_s``; the request stays with the
-    guest). A disk the guest already released is not asked for again."""
-
-    async def plugged() -> domain_xml.DiskSource | None:
-        live = await vms.hv_pool.run(vms.hv.xml, name)
-        return next((d for d in domain_xml.parse_disks(live) if d.target == device.target), None)
-
-    deadline = trio.current_time() + timeout_s  # (the request's own time counts too)
-    disk = await plugged()
-    if disk is None:
-        return
-    xml = domain_xml.disk_xml(device)
-    await vms.hv_pool.run(vms.hv.unplug_device, name, xml, disk.alias)
-    with trio.move_on_at(deadline):
-        while await plugged():  # noqa: ASYNC110 - libvirt's domain is polled, not awaited
-            await trio.sleep(UNPLUG_POLL_S)
-        return
-    raise errors.Timeout(
-        f"the guest of vm {name!r} has not released disk {device.target!r} within "
-        f"{timeout_s:g} s; it keeps the disk (the request stays with it: call again once it "
-        "has let go, or stop the VM and detach then)",
-        {"vm": name, "target": device.target},
-    )
-
-
 async def _index(vms: VmService, spec: VmSpec, target: str) -> int:
     """Where disk ``target`` is in ``spec``'s disks (``not_found`` if it has none so named;
     one plugged in outside NovaCron, which ``vm.get`` lists too, is said to be so)."""
@@ -157,7 +125,7 @@ async def _index(vms: VmService, spec: VmSpec, target: str) -> int:
 
 
 async def detach(
-    vms: VmService, name: str, target: str, keep_volume: bool, timeout_s: float = UNPLUG_S
+    vms: VmService, name: str, target: str, keep_volume: bool, timeout_s: float = TIMEOUT_S
 ) -> dict[str, Any]:
     async with vms.changing(name):
         rec = await vms.record(name)
@@ -176,7 +144,17 @@ async def detach(
         device = domain_xml.DiskDevice(path, gone.format, target)
         removed = []
         if runtime.state == "running":  # (a wait that changes nothing here: cancellable)
-            await _unplug(vms, name, device, timeout_s)
+            await unplug(
+                vms,
+                name,
+                domain_xml.disk_xml(device),
+                lambda live: next(
+                    (d for d in domain_xml.parse_disks(live) if d.target == target), None
+                ),
+                timeout_s,
+                f"disk {target!r}",
+                {"vm": name, "target": target},
+            )
         with trio.CancelScope(shield=True):
             if runtime.state == "running":  # (unplugged: the definition still has it)
                 await vms.hv_pool.run(vms.hv.forget_device, name, domain_xml.disk_xml(device))

@@ -351,6 +351,7 @@ class InterfaceDevice:
     mac: str  # "" if the XML names none
     device: str  # the host side's device (``vnet3``); "" until libvirt has made one
     kind: str  # libvirt's interface type: bridge, network, ethernet, ...
+    alias: str | None = None  # a running domain's name for the device (``net0``)
 
 
 def parse_interfaces(xml: str) -> list[InterfaceDevice]:
@@ -360,11 +361,13 @@ def parse_interfaces(xml: str) -> list[InterfaceDevice]:
     for iface in root.findall("devices/interface"):
         mac = iface.find("mac")
         target = iface.find("target")
+        alias = iface.find("alias")
         found.append(
             InterfaceDevice(
                 mac="" if mac is None else mac.get("address", "").lower(),
                 device="" if target is None else target.get("dev", ""),
                 kind=iface.get("type", ""),
+                alias=None if alias is None else alias.get("name"),
             )
         )
     return found

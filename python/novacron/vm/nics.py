@@ -2,7 +2,9 @@
 
 libvirt changes the persistent definition always and the running guest too when it
 runs (hot-plug); then the VM's record and the domain's NovaCron metadata are updated,
-so a restarted daemon (or one that adopts the domain) sees the same NICs.
+so a restarted daemon (or one that adopts the domain) sees the same NICs. A running
+guest's NIC is unplugged as a disk is (:mod:`novacron.vm.unplug`): only once the guest
+has let go does it leave the definition and the record; a paused VM's is refused.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import trio
 from novacron import errors
 from novacron.logs import kv
 from novacron.net.nic import NicSpec, check_unique, interface_xml
+from novacron.vm.domain_xml import parse_interfaces
 from novacron.vm.service import VmService, log
 from novacron.vm.spec import VmSpec
+from novacron.vm.unplug import TIMEOUT_S, unplug
 
 
 async def attach(vms: VmService, name: str, nic: NicSpec) -> dict[str, Any]:
@@ -43,7 +47,12 @@ async def attach(vms: VmService, name: str, nic: NicSpec) -> dict[str, Any]:
     return await vms.get(name)
 
 
-async def detach(vms: VmService, name: str, mac: str) -> dict[str, Any]:
+async def detach(
+    vms: VmService, name: str, mac: str, timeout_s: float = TIMEOUT_S
+) -> dict[str, Any]:
+    """Takes NIC ``mac`` from a stopped VM's definition, or unplugs it from a running one
+    (:mod:`novacron.vm.unplug`: the guest has ``timeout_s`` to release it; until it has,
+    nothing changes) and then takes it from the definition."""
     async with vms.changing(name):
         rec = await vms.record(name)
         spec = VmSpec.from_dict(rec.spec)
@@ -52,11 +61,34 @@ async def detach(vms: VmService, name: str, mac: str) -> dict[str, Any]:
             raise errors.NotFound(
                 f"vm {name!r} has no NIC with MAC {mac}", {"vm": name, "mac": mac}
             )
-        shrunk = replace(spec, nics=tuple(n for n in spec.nics if n.mac != mac))
-        with trio.CancelScope(shield=True):
-            await vms.hv_pool.run(
-                vms.hv.detach_device, name, interface_xml(found[0], found[0].network)
+        runtime = await vms.hv_pool.run(vms.hv.state, name)
+        if runtime.state not in ("stopped", "crashed", "running"):
+            raise errors.Conflict(
+                f"vm {name!r} must be running or stopped to detach a NIC (it is "
+                f"{runtime.state}: a paused guest cannot release one)",
+                {"vm": name, "state": runtime.state},
             )
-            await vms.save_spec(name, shrunk, rec.placement)
+        shrunk = replace(spec, nics=tuple(n for n in spec.nics if n.mac != mac))
+        xml = interface_xml(found[0], found[0].network)
+        if runtime.state == "running":  # (a wait that changes nothing here: cancellable)
+            await unplug(
+                vms,
+                name,
+                xml,
+                lambda live: next((i for i in parse_interfaces(live) if i.mac == mac), None),
+                timeout_s,
+                f"NIC {mac}",
+                {"vm": name, "mac": mac},
+            )
+        with trio.CancelScope(shield=True):
+            if runtime.state == "running":  # (unplugged: the definition still has it)
+                await vms.hv_pool.run(vms.hv.forget_device, name, xml)
+            else:
+                await vms.hv_pool.run(vms.hv.detach_device, name, xml)
+            try:
+                await vms.save_spec(name, shrunk, rec.placement)
+            except BaseException:  # the definition (and a running guest) get it back
+                await vms.hv_pool.run(vms.hv.attach_device, name, xml)
+                raise
         log.info("vm.nic_detached", extra=kv(vm=name, network=found[0].network, mac=mac))
     return await vms.get(name)
