@@ -86,11 +86,16 @@ def test_vm_disks_from_the_cli(daemon: Daemon) -> None:
     assert "has 2 GiB: a disk only grows" in shrink.stderr
     same = cli(daemon, "vm", "disk", "resize", "dsk", "vdb", "--size", "2").stdout
     assert re.search(r"vda .* 1 .*\n.*vdb .* 2 ", same), same
+    limited = cli(daemon, "--json", "vm", "disk", "limit", "dsk", "vdb", "--read-iops", "300")
+    assert [d["limits"] for d in json.loads(limited.stdout)["disks"]] == [None, {"read_iops": 300}]
+    nothing = cli(daemon, "vm", "disk", "limit", "dsk", "vdb", check=False)
+    assert nothing.returncode == 1 and "at least one limit" in nothing.stderr, nothing.stderr
     copy = json.loads(cli(daemon, "--json", "vm", "clone", "dsk", "dsk-copy").stdout)
     assert [d["path"].rsplit("/", 1)[1] for d in copy["disks"]] == [
         "dsk-copy-vda.qcow2",
         "dsk-copy-vdb.qcow2",
     ]
+    assert copy["disks"][1]["limits"] == {"read_iops": 300}  # a clone keeps them
     cli(daemon, "vm", "delete", "dsk-copy")
     gone = cli(daemon, "vm", "disk", "detach", "dsk", "vdb").stdout
     assert "deleted " in gone and "dsk-vdb.qcow2" in gone, gone

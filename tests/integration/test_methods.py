@@ -124,6 +124,14 @@ ERROR_CASES = [
     ("invalid_params", "vm.disk.resize", {"vm": "a", "target": "vda", "size_gib": 0}),
     ("invalid_params", "vm.disk.resize", {"vm": "a", "target": "vda", "size_gib": "2"}),
     ("invalid_params", "vm.disk.resize", {"vm": "a", "target": "vda", "size_gib": 2, "x": 1}),
+    ("not_found", "vm.disk.limit", {"vm": "ghost", "target": "vda", "read_iops": 5}),
+    ("invalid_params", "vm.disk.limit", {"vm": "a", "target": "vda"}),
+    ("invalid_params", "vm.disk.limit", {"vm": "a", "target": "vda", "read_iops": -1}),
+    ("invalid_params", "vm.disk.limit", {"vm": "a", "target": "vda", "read_iops": "5"}),
+    ("invalid_params", "vm.disk.limit", {"vm": "a", "target": "vda", "total_iops": 5}),
+    ("invalid_params", "vm.disk.limit", {"vm": "a", "read_iops": 5}),
+    ("invalid_params", "vm.disk.attach", {"vm": "a", "size_gib": 1, "limits": {"x": 1}}),
+    ("invalid_params", "vm.nic.detach", {"vm": "a", "mac": "52:54:00:00:00:01", "timeout_s": 0}),
 ]
 
 

@@ -10,12 +10,17 @@ import re
 import time
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from novacron import errors
+from novacron.vm.domain_xml import IOTUNE
 from tests.daemon_harness import Daemon
 from tests.system import guest
+from tests.system.libvirt_host import URI
 from tests.system.nodes import wait_until
+
+IOTUNE_KEYS = set(IOTUNE.values())
 
 
 def blocks(log: Path, after: int = 0) -> dict[str, int]:
@@ -156,3 +161,48 @@ def test_a_guest_that_does_not_release_a_disk_keeps_it(
         assert [d["target"] for d in done["disks"]] == ["vda"]
         assert done["volumes_deleted"] == [str(volume)] and not volume.exists()
         c.call("vm.delete", name="dk2")
+
+
+def test_disk_limits_reach_qemu_and_change_while_the_guest_runs(
+    system_daemon: Daemon, guest_images: guest.GuestImages
+) -> None:
+    """Limits given at create are QEMU's throttle from the first boot; changed while the
+    guest runs, QEMU's throttle changes at once (and the definition with it: the next
+    boot has them); lifted, QEMU throttles nothing."""
+    conn = libvirt.open(URI)
+
+    def qemu(target: str) -> dict[str, int]:  # what QEMU applies now (query-block)
+        tune = conn.lookupByName("dl1").blockIoTune(target, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        return {k: v for k, v in tune.items() if k in IOTUNE_KEYS and v}
+
+    try:
+        with system_daemon.client(timeout=300) as c:
+            limits = {"read_bytes_per_s": 8 << 20, "write_iops": 200}
+            vm = c.call(
+                "vm.create",
+                **guest_images.vm(
+                    "dl1",
+                    options="novacron.blockwatch",
+                    disks=[{"size_gib": 1, "limits": limits}, {"size_gib": 1}],
+                ),
+            )
+            assert [d["limits"] for d in vm["disks"]] == [limits, None]
+            wait_blocks(Path(vm["console_log"]), {"vda": 2 << 20, "vdb": 2 << 20})
+            assert qemu("vda") == {"read_bytes_sec": 8 << 20, "write_iops_sec": 200}
+            assert qemu("vdb") == {}
+            changed = c.call("vm.disk.limit", vm="dl1", target="vdb", write_bytes_per_s=1 << 20)
+            assert changed["disks"][1]["limits"] == {"write_bytes_per_s": 1 << 20}
+            assert qemu("vdb") == {"write_bytes_sec": 1 << 20}
+            lifted = c.call("vm.disk.limit", vm="dl1", target="vda", read_bytes_per_s=0)
+            assert lifted["disks"][0]["limits"] == {"write_iops": 200}
+            assert qemu("vda") == {"write_iops_sec": 200}
+            with pytest.raises(errors.InvalidParams, match="at least one limit"):
+                c.call("vm.disk.limit", vm="dl1", target="vda")
+            c.call("vm.stop", name="dl1")
+            c.call("vm.disk.limit", vm="dl1", target="vda", write_iops=0, read_iops=300)
+            c.call("vm.start", name="dl1")  # the definition had them all along
+            assert qemu("vda") == {"read_iops_sec": 300}
+            assert qemu("vdb") == {"write_bytes_sec": 1 << 20}
+            c.call("vm.delete", name="dl1", force=True)
+    finally:
+        conn.close()

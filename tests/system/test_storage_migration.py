@@ -24,11 +24,22 @@ from tests.system.test_migration import (
     stays_on_source,
 )
 
+# a throttle the moves keep (well above what the test guest writes)
+LIMITS = {"write_bytes_per_s": 512 << 20, "read_iops": 50_000}
+
+
+def throttle(node: Node, vm: str) -> dict[str, int]:
+    """What QEMU on ``node`` applies to the VM's vda now (non-zero settings)."""
+    out = node.host.virsh("blkdeviotune", vm, "vda", "--live")
+    pairs = (line.split(":", 1) for line in out.splitlines() if ":" in line)
+    return {k.strip(): int(v) for k, v in pairs if v.strip().isdigit() and int(v)}
+
 
 def boot_with_pool_disk(node: Node, vm: str, images: guest.GuestImages) -> Path:
     """A guest writing its 1 GiB raw volume in ``node``'s pool (``novacron.disk``), booted;
     the volume's path."""
-    boot(node, vm, images, "novacron.disk", disks=[{"size_gib": 1, "format": "raw"}])
+    disk = {"size_gib": 1, "format": "raw", "limits": LIMITS}
+    boot(node, vm, images, "novacron.disk", disks=[disk])
     wait_until(lambda: _has(node, vm, guest.DISK_READY), 60, f"{vm}'s disk on {node.name}")
     with node.client() as c:
         return Path(c.call("vm.get", name=vm)["disks"][0]["path"])
@@ -86,7 +97,10 @@ def test_a_running_vm_moves_with_its_volumes_there_and_back(
             only_on("lv1", dst, src)
             intact_on(dst, "lv1")
             with dst.client() as c:
-                there = Path(c.call("vm.get", name="lv1")["disks"][0]["path"])
+                [disk] = c.call("vm.get", name="lv1")["disks"]
+            there = Path(disk["path"])
+            assert disk["limits"] == LIMITS  # in the spec it moved with, and in QEMU there
+            assert throttle(dst, "lv1") == {"write_bytes_sec": 512 << 20, "read_iops_sec": 50_000}
             assert str(there).startswith(str(dst.state_dir)), there
             assert not here.exists(), "the source's volume is deleted"
             # the guest reads back what it wrote before the move and keeps writing

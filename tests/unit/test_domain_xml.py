@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 
 import libvirt
 from hypothesis import given
 from hypothesis import strategies as st
 
 from novacron.vm import domain_xml
-from novacron.vm.spec import DiskSpec, VmSpec, disk_target
+from novacron.vm.spec import DiskLimits, DiskSpec, VmSpec, disk_target
 
 
 def plan(spec: VmSpec, domain_type: str = "qemu") -> domain_xml.DomainPlan:
@@ -348,3 +349,36 @@ def test_a_disk_is_added_after_the_others_and_removed_by_its_name() -> None:
         "<domain><name>v</name></domain>", domain_xml.DiskDevice("/c", "qcow2", "vda")
     )
     assert [d.target for d in domain_xml.parse_disks(bare)] == ["vda"]
+
+
+def test_a_disks_limits_are_its_iotune_and_are_replaced_whole() -> None:
+    limited = domain_xml.DiskDevice(
+        "/p/a.qcow2", "qcow2", "vda", DiskLimits(read_bytes_per_s=1 << 20, write_iops=50)
+    )
+    el = domain_xml.disk_element(limited)
+    assert {c.tag: c.text for c in el.find("iotune")} == {  # type: ignore[union-attr]
+        "read_bytes_sec": str(1 << 20),
+        "write_iops_sec": "50",
+    }
+    assert domain_xml.disk_element(replace(limited, limits=None)).find("iotune") is None
+    xml = """<domain><devices>
+      <disk type='file'><source file='/p/a.qcow2'/><target dev='vda'/>
+        <iotune><total_bytes_sec>9</total_bytes_sec></iotune></disk>
+      <disk type='file'><source file='/p/b.qcow2'/><target dev='vdb'/>
+        <iotune><read_iops_sec>7</read_iops_sec></iotune></disk>
+    </devices></domain>"""
+
+    def iotunes(text: str) -> dict[str, dict[str, str | None]]:
+        root = ET.fromstring(text)
+        return {
+            d.find("target").get("dev"): {c.tag: c.text for c in d.findall("iotune/*")}  # type: ignore[union-attr,misc]
+            for d in root.findall("devices/disk")
+        }
+
+    changed = domain_xml.with_disk_limits(xml, limited)
+    assert iotunes(changed) == {
+        "vda": {"read_bytes_sec": str(1 << 20), "write_iops_sec": "50"},
+        "vdb": {"read_iops_sec": "7"},  # another disk's stay
+    }
+    lifted = domain_xml.with_disk_limits(changed, replace(limited, limits=None))
+    assert iotunes(lifted) == {"vda": {}, "vdb": {"read_iops_sec": "7"}}

@@ -1,10 +1,20 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from novacron.errors import InvalidParams
 from novacron.rpc.params import Params
-from novacron.vm.spec import DiskSpec, VmSpec, parse_create
+from novacron.vm.spec import (
+    DISK_LIMIT_KEYS,
+    MAX_DISK_LIMIT,
+    DiskLimits,
+    DiskSpec,
+    VmSpec,
+    parse_create,
+    parse_disk,
+)
 
 
 def create(**args: object) -> tuple[VmSpec, bool]:
@@ -63,6 +73,11 @@ def test_full() -> None:
         {"name": "a", "disks": [{"size_gib": 1, "format": "vmdk"}]},
         {"name": "a", "disks": [{"path": "x"}]},
         {"name": "a", "disks": [{"size_gib": 1, "bus": "ide"}]},
+        {"name": "a", "disks": [{"size_gib": 1, "limits": {"read_mbps": 5}}]},
+        {"name": "a", "disks": [{"size_gib": 1, "limits": {"read_iops": -1}}]},
+        {"name": "a", "disks": [{"size_gib": 1, "limits": {"read_iops": 10**15 + 1}}]},
+        {"name": "a", "disks": [{"size_gib": 1, "limits": {"read_iops": "5"}}]},
+        {"name": "a", "disks": [{"size_gib": 1, "limits": [5]}]},
         {"name": "a", "disks": "1"},
         {"name": "a", "tenant": "Bad Tenant"},
         {"name": "a", "colour": "red"},
@@ -94,3 +109,25 @@ def test_disk_names_are_written_only_where_they_leave_their_position() -> None:
     )
     assert all("target" not in d for d in tidy.to_dict()["disks"])
     assert tidy.disk_targets() == ["vda", "vdb"]
+
+
+LIMIT_MAPS = st.dictionaries(st.sampled_from(DISK_LIMIT_KEYS), st.integers(0, MAX_DISK_LIMIT))
+
+
+@given(LIMIT_MAPS, st.booleans())
+def test_disk_limits_are_read_stored_and_read_back(raw: dict[str, int], managed: bool) -> None:
+    disk = {"size_gib": 1} if managed else {"path": "/img/x.raw", "format": "raw"}
+    parsed = parse_disk("disks[0]", {**disk, "limits": raw})
+    set_ = {k: v for k, v in raw.items() if v}
+    # a limit of 0 is none; no limit at all is no limits (and nothing written)
+    assert parsed.limits == (DiskLimits(**set_) if set_ else None)
+    spec = VmSpec(name="v", vcpus=1, memory_mib=64, disks=(parsed,))
+    doc = spec.to_dict()
+    assert doc["disks"][0].get("limits") == (set_ or None)
+    assert ("limits" in doc["disks"][0]) == bool(set_)
+    assert VmSpec.from_dict(doc) == spec
+
+
+def test_a_disk_without_limits_is_written_as_earlier_releases_wrote_it() -> None:
+    doc = VmSpec(name="v", vcpus=1, memory_mib=64, disks=(DiskSpec(size_gib=1),)).to_dict()
+    assert doc["disks"] == [{"size_gib": 1, "path": None, "format": "qcow2"}]

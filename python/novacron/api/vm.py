@@ -18,19 +18,21 @@ from novacron.errors import PermissionDenied
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
 from novacron.state.db import VmRecord
-from novacron.vm import disks, host_files, unplug
+from novacron.vm import disk_limits, disks, host_files, unplug
 from novacron.vm import stats as vm_stats
 from novacron.vm.clone import clone
 from novacron.vm.quotas import LIMITS, Quota
 from novacron.vm.resize import resize
 from novacron.vm.service import VmService
 from novacron.vm.spec import (
+    DISK_LIMIT_KEYS,
     MAX_DISK_GIB,
     MAX_MEMORY_MIB,
     MAX_VCPUS,
     RESTART_POLICIES,
     parse_create,
     parse_disk,
+    parse_disk_limits,
 )
 
 MAX_SHUTDOWN_TIMEOUT_S = 3600.0
@@ -134,6 +136,20 @@ def register(registry: Registry, services: Services) -> None:
         timeout_s = p.number("timeout_s", 1.0, unplug.MAX_TIMEOUT_S, unplug.TIMEOUT_S)
         p.done()
         return await disks.detach(vms, await visible(ctx, name), target, keep, timeout_s)
+
+    @registry.method("vm.disk.limit")
+    async def disk_limit(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Set how fast the guest may read and write a disk (by its device name); limits
+        not named stay as they are, 0 lifts one."""
+        name = p.name("vm")
+        target = p.text("target", max_len=16)
+        raw = {k: v for k, v in p.raw().items() if k not in ("vm", "target") and v is not None}
+        changes = parse_disk_limits("limits", raw)
+        if not changes:
+            raise errors.InvalidParams(
+                f"name at least one limit: {', '.join(DISK_LIMIT_KEYS)}", {"param": "limits"}
+            )
+        return await disk_limits.limit(vms, await visible(ctx, name), target, changes)
 
     @registry.method("vm.disk.resize")
     async def disk_resize(ctx: CallContext, p: Params) -> dict[str, Any]:

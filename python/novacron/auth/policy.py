@@ -78,6 +78,7 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "vm.disk.attach": WRITE,
     "vm.disk.detach": WRITE,
     "vm.disk.resize": WRITE,
+    "vm.disk.limit": WRITE,
     "vm.clone": WRITE,
     "cluster.nodes": READ,
     "cluster.vms": READ,
@@ -109,6 +110,7 @@ FORWARDABLE: Final = frozenset(
         "vm.disk.attach",
         "vm.disk.detach",
         "vm.disk.resize",
+        "vm.disk.limit",
         "vm.clone",
         "vm.migrate",
     }

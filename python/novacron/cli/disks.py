@@ -1,4 +1,4 @@
-"""``novacron vm disk attach|detach|resize``: a VM's disks after it was created."""
+"""``novacron vm disk attach|detach|resize|limit``: a VM's disks after it was created."""
 
 from __future__ import annotations
 
@@ -8,7 +8,19 @@ from typing import Any
 from novacron.cli import output
 from novacron.sync_client import SyncClient
 
-COLUMNS = [("target", "DEVICE"), ("path", "PATH"), ("managed", "NEW VOLUME"), ("size_gib", "GIB")]
+COLUMNS = [
+    ("target", "DEVICE"),
+    ("path", "PATH"),
+    ("managed", "NEW VOLUME"),
+    ("size_gib", "GIB"),
+    ("limits", "LIMITS"),
+]
+LIMIT_FLAGS = [
+    ("--read-bytes", "read_bytes_per_s", "bytes read"),
+    ("--write-bytes", "write_bytes_per_s", "bytes written"),
+    ("--read-iops", "read_iops", "reads"),
+    ("--write-iops", "write_iops", "writes"),
+]
 
 
 def add_vm_commands(vm_sub: Any) -> None:
@@ -40,11 +52,27 @@ def add_vm_commands(vm_sub: Any) -> None:
     resize.add_argument("target", help="the guest's device name (vda)")
     resize.add_argument("--size", type=int, dest="size_gib", required=True, help="new size, GIB")
     resize.set_defaults(run=run_resize)
+    limit = disks.add_parser(
+        "limit", help="throttle a disk's reads and writes (at once if the VM runs; 0 lifts one)"
+    )
+    limit.add_argument("vm")
+    limit.add_argument("target", help="the guest's device name (vda)")
+    for flag, key, unit in LIMIT_FLAGS:
+        limit.add_argument(flag, type=int, dest=key, metavar="N", help=f"{unit} a second")
+    limit.set_defaults(run=run_limit)
+
+
+def limits_text(limits: dict[str, int] | None) -> str | None:
+    """A disk's limits as ``read_iops=100 write_bytes_per_s=1048576`` (None: none)."""
+    if not limits:
+        return None
+    return " ".join(f"{k}={v}" for k, v in sorted(limits.items()))
 
 
 def _disks(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
-        output.table(doc.get("disks", []), COLUMNS)
+        rows = [{**d, "limits": limits_text(d.get("limits"))} for d in doc.get("disks", [])]
+        output.table(rows, COLUMNS)
         for path in doc.get("volumes_deleted", []):
             output.console.print(f"deleted {path}", highlight=False)
     return doc
@@ -70,4 +98,10 @@ def run_detach(client: SyncClient, args: argparse.Namespace) -> Any:
 
 def run_resize(client: SyncClient, args: argparse.Namespace) -> Any:
     doc = client.call("vm.disk.resize", vm=args.vm, target=args.target, size_gib=args.size_gib)
+    return _disks(doc, args)
+
+
+def run_limit(client: SyncClient, args: argparse.Namespace) -> Any:
+    limits = {key: getattr(args, key) for _, key, _ in LIMIT_FLAGS}
+    doc = client.call("vm.disk.limit", vm=args.vm, target=args.target, **limits)
     return _disks(doc, args)

@@ -92,7 +92,7 @@ async def attach(vms: VmService, name: str, disk: DiskSpec) -> dict[str, Any]:
         with trio.CancelScope(shield=True):
             path = await vms.new_volume(name, target, added) if added.managed else added.path
             assert path is not None
-            device = domain_xml.DiskDevice(path, added.format, target)
+            device = domain_xml.DiskDevice(path, added.format, target, added.limits)
             try:
                 await _set_disk(vms, name, device, True, definition)
                 try:
@@ -108,7 +108,7 @@ async def attach(vms: VmService, name: str, disk: DiskSpec) -> dict[str, Any]:
     return await vms.get(name)
 
 
-async def _index(vms: VmService, spec: VmSpec, target: str) -> int:
+async def disk_index(vms: VmService, spec: VmSpec, target: str) -> int:
     """Where disk ``target`` is in ``spec``'s disks (``not_found`` if it has none so named;
     one plugged in outside NovaCron, which ``vm.get`` lists too, is said to be so)."""
     targets = spec.disk_targets()
@@ -130,7 +130,7 @@ async def detach(
     async with vms.changing(name):
         rec = await vms.record(name)
         spec = VmSpec.from_dict(rec.spec)
-        index = await _index(vms, spec, target)
+        index = await disk_index(vms, spec, target)
         runtime = await vms.hv_pool.run(vms.hv.state, name)
         if runtime.state not in ("stopped", "running"):
             raise errors.Conflict(
@@ -183,7 +183,7 @@ async def resize(vms: VmService, name: str, target: str, size_gib: int) -> dict[
     async with vms.tenant_lock(tenant), vms.changing(name):
         rec = await vms.record(name)
         spec = VmSpec.from_dict(rec.spec)
-        index = await _index(vms, spec, target)
+        index = await disk_index(vms, spec, target)
         disk = spec.disks[index]
         path = vms.disk_paths(spec)[index]
         if disk.size_gib is None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from novacron._core import format_cpuset
 from novacron.net.nic import interface_element
-from novacron.vm.spec import VmSpec
+from novacron.vm.spec import DiskLimits, VmSpec
 
 METADATA_NS = "https://novacron.dev/xmlns/vm/1"
 METADATA_PREFIX = "novacron"
@@ -26,6 +26,16 @@ class DiskDevice:
     path: str
     format: str
     target: str
+    limits: DiskLimits | None = None
+
+
+# libvirt's <iotune> names (and setBlockIoTune's parameters) for DiskLimits' fields
+IOTUNE = {
+    "read_bytes_per_s": "read_bytes_sec",
+    "write_bytes_per_s": "write_bytes_sec",
+    "read_iops": "read_iops_sec",
+    "write_iops": "write_iops_sec",
+}
 
 
 @dataclass(frozen=True)
@@ -120,7 +130,27 @@ def disk_element(disk: DiskDevice) -> ET.Element:
     _sub(el, "driver", name="qemu", type=disk.format)
     _sub(el, "source", file=disk.path)
     _sub(el, "target", dev=disk.target, bus="virtio")
+    if disk.limits is not None:
+        iotune = _sub(el, "iotune")
+        for key, value in disk.limits.to_dict().items():
+            _sub(iotune, IOTUNE[key], str(value))
     return el
+
+
+def with_disk_limits(xml: str, disk: DiskDevice) -> str:
+    """A domain's XML with the ``<iotune>`` of its disk ``disk.target`` replaced by
+    ``disk.limits``' (the other throttle settings of that disk are dropped too)."""
+    dom = ET.fromstring(xml)  # noqa: S314 - from libvirtd
+    for el in dom.findall("devices/disk"):
+        if (found := el.find("target")) is None or found.get("dev") != disk.target:
+            continue
+        for old in el.findall("iotune"):
+            el.remove(old)
+        if disk.limits is not None:
+            new = disk_element(disk).find("iotune")
+            assert new is not None
+            el.append(new)
+    return ET.tostring(dom, encoding="unicode")
 
 
 def disk_xml(disk: DiskDevice) -> str:

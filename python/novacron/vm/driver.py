@@ -401,6 +401,20 @@ class Hypervisor:
         with libvirt_errors():
             self.domain(name).blockResize(target, size_bytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
 
+    def set_block_limits(self, name: str, target: str, params: dict[str, int]) -> None:
+        """A running (or paused) VM's throttle of disk ``target`` (libvirt's iotune
+        ``params``; 0 lifts one), in the guest at once and in the definition."""
+        live, config = libvirt.VIR_DOMAIN_AFFECT_LIVE, libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        with libvirt_errors():
+            dom = self.domain(name)
+            was = dom.blockIoTune(target, live)
+            dom.setBlockIoTune(target, params, live)
+            try:  # (in two calls: not every driver takes both flags in one)
+                dom.setBlockIoTune(target, params, config)
+            except libvirt.libvirtError:
+                dom.setBlockIoTune(target, {k: was.get(k, 0) for k in params}, live)
+                raise
+
     def delete_volume(self, path: str) -> bool:
         try:
             vol = self.conn.storageVolLookupByPath(path)

@@ -144,7 +144,7 @@ class VmService:
             uuid=vm_uuid,
             domain_type=await self.hv_pool.run(self.hv.domain_type),
             disks=tuple(
-                domain_xml.DiskDevice(path, disk.format, target)
+                domain_xml.DiskDevice(path, disk.format, target, disk.limits)
                 for disk, path, target in zip(
                     spec.disks, disk_paths, spec.disk_targets(), strict=True
                 )
@@ -203,6 +203,7 @@ class VmService:
         spec = VmSpec.from_dict(rec.spec)
         managed = {str(p) for p in self.managed_volume_paths(rec)}
         sizes = {d.target: d.size_gib for d in spec.named_disks()}
+        limits = {d.target: d.limits.to_dict() for d in spec.named_disks() if d.limits}
         disks = []
         if runtime is not None:
             xml = await self.hv_pool.run(self.hv.xml, name)
@@ -215,6 +216,7 @@ class VmService:
                             "path": disk.path,
                             "managed": mine,
                             "size_gib": sizes.get(disk.target) if mine else None,
+                            "limits": limits.get(disk.target),
                         }
                     )
         doc.update(

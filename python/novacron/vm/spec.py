@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from novacron.errors import InvalidParams
@@ -19,6 +19,7 @@ MEMORY_POLICIES = ("strict", "preferred", "interleave")
 HUGEPAGE_SIZES_KIB = (2048, 1048576)
 # what the daemon does when it finds the VM shut off while it should run (vm/restarts.py)
 RESTART_POLICIES = ("on-failure", "never")
+MAX_DISK_LIMIT = 10**15  # bytes or operations a second (QEMU's own bound for a throttle)
 
 
 def disk_target(index: int) -> str:
@@ -32,6 +33,30 @@ def disk_target(index: int) -> str:
 
 
 @dataclass(frozen=True)
+class DiskLimits:
+    """How fast the guest may read and write a disk, a second (0: no limit), as QEMU
+    throttles it (libvirt's ``<iotune>``)."""
+
+    read_bytes_per_s: int = 0
+    write_bytes_per_s: int = 0
+    read_iops: int = 0
+    write_iops: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        """The limits set (no key for one that is not)."""
+        return {k: v for k, v in asdict(self).items() if v}
+
+    @classmethod
+    def of(cls, values: dict[str, int]) -> DiskLimits | None:
+        """The limits ``values`` names; None when it sets none."""
+        limits = cls(**values)
+        return limits if limits.to_dict() else None
+
+
+DISK_LIMIT_KEYS = tuple(f.name for f in fields(DiskLimits))
+
+
+@dataclass(frozen=True)
 class DiskSpec:
     """A new volume of ``size_gib`` in the daemon's pool, or an existing image ``path``."""
 
@@ -41,6 +66,22 @@ class DiskSpec:
     # the guest's name for it; None: by its position (the first disk vda, the next vdb, ...).
     # Set when it differs from that: a disk attached where one was detached before
     target: str | None = None
+    limits: DiskLimits | None = None  # None: unthrottled
+
+    def to_dict(self) -> dict[str, Any]:
+        """As stored: ``target`` and ``limits`` only when set (a spec without them stays
+        readable by releases before them)."""
+        doc: dict[str, Any] = {"size_gib": self.size_gib, "path": self.path, "format": self.format}
+        if self.target is not None:
+            doc["target"] = self.target
+        if self.limits is not None:
+            doc["limits"] = self.limits.to_dict()
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> DiskSpec:
+        limits = doc.get("limits")
+        return cls(**{**doc, "limits": None if limits is None else DiskLimits.of(limits)})
 
     @property
     def managed(self) -> bool:
@@ -85,10 +126,7 @@ class VmSpec:
 
     def to_dict(self) -> dict[str, Any]:
         doc = asdict(self)
-        doc["disks"] = [
-            {k: v for k, v in asdict(d).items() if k != "target" or v is not None}
-            for d in self.disks
-        ]
+        doc["disks"] = [d.to_dict() for d in self.disks]
         doc["nics"] = [n.to_dict() for n in self.nics]
         if self.restart == "on-failure":
             # the default goes unwritten: a release before restart policies refuses a spec
@@ -98,7 +136,7 @@ class VmSpec:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> VmSpec:
-        disks = tuple(DiskSpec(**d) for d in doc.get("disks", []))
+        disks = tuple(DiskSpec.from_dict(d) for d in doc.get("disks", []))
         nics = tuple(NicSpec(**n) for n in doc.get("nics", []))
         return cls(**{**doc, "disks": disks, "nics": nics})
 
@@ -107,7 +145,7 @@ def parse_disk(what: str, raw: Any) -> DiskSpec:
     """One disk of ``vm.create`` (``what``: its name in errors) or of ``vm.disk.attach``."""
     if not isinstance(raw, dict):
         raise InvalidParams(f"{what} must be a map", {"param": what})
-    unknown = set(raw) - {"size_gib", "path", "format"}
+    unknown = set(raw) - {"size_gib", "path", "format", "limits"}
     if unknown:
         raise InvalidParams(f"{what}: unknown key(s) {sorted(map(str, unknown))}", {"param": what})
     size, path = raw.get("size_gib"), raw.get("path")
@@ -116,9 +154,28 @@ def parse_disk(what: str, raw: Any) -> DiskSpec:
     fmt = raw.get("format", "qcow2")
     if fmt not in DISK_FORMATS:
         raise InvalidParams(f"{what}.format must be one of {DISK_FORMATS}", {"param": what})
+    limits = None
+    if raw.get("limits") is not None:
+        limits = DiskLimits.of(parse_disk_limits(f"{what}.limits", raw["limits"]))
     if size is not None:
-        return DiskSpec(size_gib=check_int(size, f"{what}.size_gib", 1, MAX_DISK_GIB), format=fmt)
-    return DiskSpec(path=check_path(path, f"{what}.path"), format=fmt)
+        size_gib = check_int(size, f"{what}.size_gib", 1, MAX_DISK_GIB)
+        return DiskSpec(size_gib=size_gib, format=fmt, limits=limits)
+    return DiskSpec(path=check_path(path, f"{what}.path"), format=fmt, limits=limits)
+
+
+def parse_disk_limits(what: str, raw: Any) -> dict[str, int]:
+    """A map of disk limits (``what``: its name in errors): any of ``read_bytes_per_s``,
+    ``write_bytes_per_s``, ``read_iops``, ``write_iops``, each 0 (none) to 10^15."""
+    if not isinstance(raw, dict):
+        raise InvalidParams(f"{what} must be a map", {"param": what})
+    unknown = set(raw) - set(DISK_LIMIT_KEYS)
+    if unknown:
+        raise InvalidParams(
+            f"{what}: unknown key(s) {sorted(map(str, unknown))} (known: "
+            f"{', '.join(DISK_LIMIT_KEYS)})",
+            {"param": what},
+        )
+    return {k: check_int(v, f"{what}.{k}", 0, MAX_DISK_LIMIT) for k, v in raw.items()}
 
 
 def _hugepages(p: Params) -> int | None:
