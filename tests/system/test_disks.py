@@ -198,11 +198,16 @@ def test_disk_limits_reach_qemu_and_change_while_the_guest_runs(
             assert qemu("vda") == {"write_iops_sec": 200}
             with pytest.raises(errors.InvalidParams, match="at least one limit"):
                 c.call("vm.disk.limit", vm="dl1", target="vda")
+            # hot-plugged with limits: QEMU throttles it from the start
+            plugged = c.call("vm.disk.attach", vm="dl1", size_gib=1, limits={"read_iops": 70})
+            assert plugged["disks"][2]["limits"] == {"read_iops": 70}
+            assert qemu("vdc") == {"read_iops_sec": 70}
             c.call("vm.stop", name="dl1")
             c.call("vm.disk.limit", vm="dl1", target="vda", write_iops=0, read_iops=300)
             c.call("vm.start", name="dl1")  # the definition had them all along
             assert qemu("vda") == {"read_iops_sec": 300}
             assert qemu("vdb") == {"write_bytes_sec": 1 << 20}
+            assert qemu("vdc") == {"read_iops_sec": 70}
             c.call("vm.delete", name="dl1", force=True)
     finally:
         conn.close()
