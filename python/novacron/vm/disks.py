@@ -141,7 +141,7 @@ async def detach(
         gone = spec.disks[index]
         path = vms.disk_paths(spec)[index]
         kept = [d for d in spec.named_disks() if d.target != target]
-        device = domain_xml.DiskDevice(path, gone.format, target)
+        device = domain_xml.DiskDevice(path, gone.format, target, gone.limits)
         removed = []
         if runtime.state == "running":  # (a wait that changes nothing here: cancellable)
             await unplug(
