@@ -30,6 +30,7 @@ from novacron.vm.spec import (
     MAX_MEMORY_MIB,
     MAX_VCPUS,
     RESTART_POLICIES,
+    DiskSpec,
     parse_create,
     parse_disk,
     parse_disk_limits,
@@ -57,6 +58,15 @@ def default_tenant(ctx: CallContext, given: bool, tenant: str) -> str:
     if not given and tenants is not None and len(tenants) == 1:
         return next(iter(tenants))
     return tenant
+
+
+def check_limits_allowed(ctx: CallContext, disk: DiskSpec, param: str) -> None:
+    """Disk limits are the node's administrators' to set (they keep one tenant's VMs from
+    taking the host's storage from the others): ``permission_denied`` for others."""
+    if disk.limits is not None and "admin" not in ctx.identity.roles:
+        raise PermissionDenied(
+            f"{param}: disk limits are set by the admin role (vm.disk.limit)", {"param": param}
+        )
 
 
 def register(registry: Registry, services: Services) -> None:
@@ -90,6 +100,8 @@ def register(registry: Registry, services: Services) -> None:
                 params["tenant"] = spec.tenant
                 result: dict[str, Any] = await cluster.call_on(target, ctx, "vm.create", params)
                 return result
+        for i, disk in enumerate(spec.disks):
+            check_limits_allowed(ctx, disk, f"disks[{i}].limits")
         await trio.to_thread.run_sync(host_files.check, ctx.identity, spec, offered())
         return await vms.create(spec, start)
 
@@ -113,6 +125,7 @@ def register(registry: Registry, services: Services) -> None:
         # the rest is one disk, as in vm.create's disks (parse_disk refuses unknown keys)
         disk = parse_disk("disk", {k: v for k, v in p.raw().items() if k != "vm" and v is not None})
         rec = await visible_record(vms, ctx, name)
+        check_limits_allowed(ctx, disk, "limits")
         if disk.path is not None:
             await trio.to_thread.run_sync(
                 host_files.check_file,

@@ -78,7 +78,7 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "vm.disk.attach": WRITE,
     "vm.disk.detach": WRITE,
     "vm.disk.resize": WRITE,
-    "vm.disk.limit": WRITE,
+    "vm.disk.limit": ADMIN,
     "vm.clone": WRITE,
     "cluster.nodes": READ,
     "cluster.vms": READ,
@@ -133,7 +133,7 @@ ROLES: Final = tuple(ROLE_GRANTS)
 CHANGING: Final = frozenset(
     {m for m, p in METHOD_PERMISSIONS.items() if p == WRITE}
     | {"auth.bind", "auth.unbind", "tls.reload", "quota.set", "node.backup"}
-    | {"node.cordon", "node.uncordon", "node.drain"}
+    | {"node.cordon", "node.uncordon", "node.drain", "vm.disk.limit"}
     | {"migration.prepare", "migration.abort"}
     # (cluster.forward is audited on the owning node as the call it carries)
 )
