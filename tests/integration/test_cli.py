@@ -71,6 +71,15 @@ def test_restart_policy_from_the_cli(daemon: Daemon) -> None:
         cli(daemon, "--json", "vm", "update", "left", "--vcpus", "2", "--memory", "96").stdout
     )
     assert (grown["vcpus"], grown["memory_mib"], grown["restart"]) == (2, 96, "on-failure")
+    cli(daemon, "vm", "update", "left", "--max-vcpus", "4")
+    cli(daemon, "vm", "start", "left")
+    plugged = json.loads(cli(daemon, "--json", "vm", "update", "left", "--vcpus", "3").stdout)
+    assert (plugged["vcpus"], plugged["max_vcpus"], plugged["state"]) == (3, 4, "running")
+    shown = cli(daemon, "vm", "get", "left").stdout
+    assert re.search(r"^max_vcpus\s+4$", shown, re.M), shown
+    over = cli(daemon, "vm", "update", "left", "--vcpus", "5", check=False)
+    assert over.returncode != 0 and "max_vcpus (4) is below vcpus (5)" in over.stderr
+    cli(daemon, "vm", "stop", "left")
     refused = cli(daemon, "vm", "create", "x", "--restart", "always", check=False)
     assert refused.returncode == 2 and "invalid choice" in refused.stderr
     cli(daemon, "vm", "delete", "left")

@@ -40,6 +40,7 @@ BLOCK_MARKER = (
     "NOVACRON-BLOCK"  # novacron.blockwatch: "NOVACRON-BLOCK vdb 4194304" (512-byte sectors)
 )
 BLOCK_GONE = "NOVACRON-UNPLUGGED"  # novacron.blockwatch: "NOVACRON-UNPLUGGED vdc"
+CPUS_MARKER = "NOVACRON-CPUS"  # novacron.cpuwatch: "NOVACRON-CPUS present=0-2 online=0-2"
 
 # where the guest's disk option writes its counter (bytes into /dev/vda, one 512-byte block)
 DISK_COUNTER_AT = 1 << 20
@@ -149,6 +150,18 @@ if grep -q novacron.blockwatch /proc/cmdline; then
        fi
      done
      seen=$kept
+     sleep 0.5
+   done) &
+fi
+if grep -q novacron.cpuwatch /proc/cmdline; then
+  # the vCPUs the guest has, whenever they change: a plugged one brought online (as udev
+  # would), one taken out gone from both lists
+  (last=""; while true; do
+     for c in /sys/devices/system/cpu/cpu[0-9]*; do
+       [ -e $c/online ] && [ "$(cat $c/online)" = 0 ] && echo 1 > $c/online 2>/dev/null
+     done
+     s=/sys/devices/system/cpu; now="present=$(cat $s/present) online=$(cat $s/online)"
+     if [ "$now" != "$last" ]; then last=$now; echo {CPUS_MARKER} $now; fi
      sleep 0.5
    done) &
 fi

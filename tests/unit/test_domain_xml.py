@@ -382,3 +382,33 @@ def test_a_disks_limits_are_its_iotune_and_are_replaced_whole() -> None:
     }
     lifted = domain_xml.with_disk_limits(changed, replace(limited, limits=None))
     assert iotunes(lifted) == {"vda": {}, "vdb": {"read_iops_sec": "7"}}
+
+
+def test_room_for_vcpus_is_the_maximum_with_the_rest_current() -> None:
+    spec = VmSpec(name="hp", vcpus=2, memory_mib=64, max_vcpus=6)
+    root = ET.fromstring(domain_xml.build(plan(spec)))
+    vcpu = root.find("vcpu")
+    assert vcpu is not None and (vcpu.text, vcpu.get("current")) == ("6", "2")
+    without = ET.fromstring(domain_xml.build(plan(VmSpec(name="hp", vcpus=2, memory_mib=64))))
+    vcpu = without.find("vcpu")
+    assert vcpu is not None and (vcpu.text, vcpu.get("current")) == ("2", None)
+
+    conn = libvirt.open("test:///default")
+    try:  # libvirt's own description, resized both ways
+        dom = conn.defineXML(domain_xml.build(plan(spec, "test")))
+        xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        from dataclasses import replace
+
+        for vcpus, most, want in ((3, 6, ("6", "3")), (4, None, ("4", None)), (1, 4, ("4", "1"))):
+            grown = replace(spec, vcpus=vcpus, max_vcpus=most)
+            xml = domain_xml.resized(xml, grown, None)
+            got = ET.fromstring(xml).find("vcpu")
+            assert got is not None and (got.text, got.get("current")) == want
+            dom = conn.defineXML(xml)
+            assert dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG) == vcpus
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            managed = domain_xml.parse_managed(xml)
+            assert managed is not None and managed.spec.get("max_vcpus") == most
+        dom.undefine()
+    finally:
+        conn.close()

@@ -75,7 +75,7 @@ async def test_refusals_change_nothing(vm_service: VmService) -> None:
     with pytest.raises(errors.InsufficientResources):
         await resize(vm_service, name, None, 1024 * 1024)  # more than the host has
     await vm_service.start(name)
-    with pytest.raises(errors.Conflict, match="must be stopped"):
+    with pytest.raises(errors.Conflict, match="must be stopped to get more than 1 vCPU"):
         await resize(vm_service, name, 2, None)
     await vm_service.stop(name)
     assert await shape(vm_service, name) == before
@@ -108,8 +108,104 @@ async def test_reconcile_finishes_a_resize_cut_in_half(vm_service: VmService) ->
     vm_service.placement.release(name)  # (a restarted daemon holds none before it reconciles)
     found = [f for f in await reconcile(vm_service) if f["vm"] == name]
     assert [f["finding"] for f in found] == ["resized"], found
-    assert "(1, 64) -> (2, 128)" in found[0]["detail"]
+    assert "1 vCPU(s), 64 MiB -> 2 vCPU(s), 128 MiB" in found[0]["detail"]
     assert await shape(vm_service, name) == same_size(2, 128)
     again = [f for f in await reconcile(vm_service) if f["vm"] == name]
     assert not [f for f in again if f["finding"] == "resized"]
+    await vm_service.delete(name, force=True, keep_disks=False)
+
+
+async def vcpu_counts(svc: VmService, name: str) -> dict[str, Any]:
+    """The VM's vCPUs as libvirt has them (in the guest, in the definition, the maximum),
+    the record and metadata, and the placement's reservation."""
+    import libvirt
+
+    dom = svc.hv.domain(name)
+    live = dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_LIVE) if dom.isActive() else None
+    managed = domain_xml.parse_managed(await svc.hv_pool.run(svc.hv.xml, name))
+    rec = await svc.records.get(name)
+    assert managed is not None and rec is not None and rec.placement is not None
+    return {
+        "live": live,
+        "defined": dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG),
+        "most": dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM),
+        "record": (rec.spec["vcpus"], rec.spec.get("max_vcpus")),
+        "metadata": (managed.spec["vcpus"], managed.spec.get("max_vcpus")),
+        "placed": sum(cell["vcpus"] for cell in rec.placement["cells"]),
+    }
+
+
+async def test_a_running_vm_plugs_vcpus_in_and_out_up_to_its_max(vm_service: VmService) -> None:
+    name = await made(vm_service, max_vcpus=3)
+    assert await vcpu_counts(vm_service, name) == {
+        "live": None,
+        "defined": 1,
+        "most": 3,
+        "record": (1, 3),
+        "metadata": (1, 3),
+        "placed": 3,  # the maximum is reserved
+    }
+    await vm_service.start(name)
+    await resize(vm_service, name, 3, None)
+    expected = {"live": 3, "defined": 3, "most": 3, "record": (3, 3), "metadata": (3, 3)}
+    assert await vcpu_counts(vm_service, name) == {**expected, "placed": 3}
+    assert (await vm_service.get(name))["vcpus"] == 3
+    await resize(vm_service, name, 2, None)
+    expected = {"live": 2, "defined": 2, "most": 3, "record": (2, 3), "metadata": (2, 3)}
+    assert await vcpu_counts(vm_service, name) == {**expected, "placed": 3}
+
+    before = await vcpu_counts(vm_service, name)
+    with pytest.raises(errors.InvalidParams, match=r"max_vcpus \(3\) is below vcpus \(4\)"):
+        await resize(vm_service, name, 4, None)
+    with pytest.raises(errors.Conflict, match="memory"):
+        await resize(vm_service, name, 3, 128)
+    with pytest.raises(errors.Conflict, match="max_vcpus"):
+        await resize(vm_service, name, None, None, 4)
+    with pytest.raises(errors.InvalidParams, match="below"):
+        await resize(vm_service, name, None, None, 1)
+    await vm_service.pause(name)
+    with pytest.raises(errors.Conflict, match="must be running"):
+        await resize(vm_service, name, 1, None)
+    assert await vcpu_counts(vm_service, name) == before
+    await vm_service.resume(name)
+    await resize(vm_service, name, 2, None, 3)  # the same: nothing to do
+    assert await vcpu_counts(vm_service, name) == before
+
+    await vm_service.stop(name)
+    await vm_service.start(name)  # the definition has what was plugged
+    assert (await vcpu_counts(vm_service, name))["live"] == 2
+    await vm_service.delete(name, force=True, keep_disks=False)
+
+
+async def test_a_stopped_vm_gets_room_for_vcpus_counted_by_its_quota(
+    vm_service: VmService,
+) -> None:
+    tenant = unique("t")
+    name = await made(vm_service, tenant=tenant)
+    await vm_service.quotas.set(tenant, Quota(max_vcpus=4))
+    with pytest.raises(errors.QuotaExceeded):
+        await resize(vm_service, name, None, None, 5)
+    await resize(vm_service, name, None, None, 4)
+    counts = await vcpu_counts(vm_service, name)
+    assert (counts["defined"], counts["most"], counts["record"], counts["placed"]) == (
+        1,
+        4,
+        (1, 4),
+        4,
+    )
+    with pytest.raises(errors.QuotaExceeded):  # the room is counted, not the vCPUs in use
+        await vm_service.create(
+            VmSpec(name=unique("rs"), vcpus=1, memory_mib=64, tenant=tenant), start=False
+        )
+    await resize(vm_service, name, 4, None)  # all of the room: the maximum stays
+    counts = await vcpu_counts(vm_service, name)
+    assert (counts["defined"], counts["most"], counts["record"]) == (4, 4, (4, 4))
+    await resize(vm_service, name, 2, None, 2)  # no room left
+    counts = await vcpu_counts(vm_service, name)
+    assert (counts["defined"], counts["most"], counts["record"], counts["placed"]) == (
+        2,
+        2,
+        (2, 2),
+        2,
+    )
     await vm_service.delete(name, force=True, keep_disks=False)

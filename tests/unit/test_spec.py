@@ -131,3 +131,32 @@ def test_disk_limits_are_read_stored_and_read_back(raw: dict[str, int], managed:
 def test_a_disk_without_limits_is_written_as_earlier_releases_wrote_it() -> None:
     doc = VmSpec(name="v", vcpus=1, memory_mib=64, disks=(DiskSpec(size_gib=1),)).to_dict()
     assert doc["disks"] == [{"size_gib": 1, "path": None, "format": "qcow2"}]
+
+
+def test_room_for_vcpus_plugged_in_while_it_runs() -> None:
+    spec, _ = create(name="a", vcpus=2, max_vcpus=8)
+    assert (spec.vcpus, spec.max_vcpus, spec.vcpu_slots) == (2, 8, 8)
+    assert VmSpec.from_dict(spec.to_dict()) == spec
+    same, _ = create(name="a", vcpus=2, max_vcpus=2)  # no room: as if not given
+    assert same.max_vcpus is None and same.vcpu_slots == 2
+    # unwritten unless set, so a spec without it still reads on releases before it
+    assert "max_vcpus" not in same.to_dict()
+    with pytest.raises(InvalidParams, match=r"max_vcpus \(1\) is below vcpus \(2\)"):
+        create(name="a", vcpus=2, max_vcpus=1)
+    with pytest.raises(InvalidParams, match="max_vcpus"):
+        create(name="a", max_vcpus=513)
+
+
+@given(st.integers(1, 512), st.one_of(st.none(), st.integers(1, 512)))
+def test_max_vcpus_is_never_below_vcpus(vcpus: int, max_vcpus: int | None) -> None:
+    args: dict[str, object] = {"name": "a", "vcpus": vcpus}
+    if max_vcpus is not None:
+        args["max_vcpus"] = max_vcpus
+    if max_vcpus is not None and max_vcpus < vcpus:
+        with pytest.raises(InvalidParams):
+            create(**args)
+        return
+    spec, _ = create(**args)
+    assert spec.vcpu_slots == max(vcpus, max_vcpus or 0)
+    assert spec.vcpus <= spec.vcpu_slots
+    assert VmSpec.from_dict(spec.to_dict()) == spec

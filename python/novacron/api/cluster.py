@@ -25,6 +25,7 @@ from novacron.vm.spec import (
     MAX_VCPUS,
     MEMORY_POLICIES,
     VmSpec,
+    checked_vcpus,
 )
 
 STATS_TIMEOUT_S = 10.0  # for each node's answer to cluster.stats
@@ -148,8 +149,10 @@ def register(registry: Registry, services: Services) -> None:
             cpu_policy=p.choice("cpu_policy", CPU_POLICIES, "shared"),
             memory_policy=p.choice("memory_policy", MEMORY_POLICIES, "strict"),
             hugepage_kib=p.integer("hugepage_kib", 0, HUGEPAGE_SIZES_KIB[-1], default=0) or None,
+            max_vcpus=p.integer("max_vcpus", 1, MAX_VCPUS, default=0) or None,
         )
         p.done()
+        spec = checked_vcpus(spec)
         node, score = await cluster().best_node(spec)
         return {"node": node, "score": score}
 

@@ -25,6 +25,7 @@ GET_ORDER = [
     "reason",
     "desired_state",
     "vcpus",
+    "max_vcpus",
     "memory_mib",
     "kernel",
     "initrd",
@@ -79,6 +80,9 @@ def add_commands(groups: Any) -> None:
     create = sub.add_parser("create", help="define a VM")
     create.add_argument("name")
     create.add_argument("--vcpus", type=int, default=1)
+    create.add_argument(
+        "--max-vcpus", type=int, help="room for vCPUs plugged in while it runs (vm update --vcpus)"
+    )
     create.add_argument("--memory", type=int, default=512, dest="memory_mib", help="MiB")
     create.add_argument("--kernel")
     create.add_argument("--initrd")
@@ -126,7 +130,10 @@ def add_commands(groups: Any) -> None:
     update = sub.add_parser("update", help="change a VM's settings (no restart of it needed)")
     update.add_argument("name")
     update.add_argument("--restart", choices=RESTART_CHOICES, help=RESTART_HELP)
-    update.add_argument("--vcpus", type=int, help="a stopped VM's vCPUs")
+    update.add_argument(
+        "--vcpus", type=int, help="vCPUs: a running VM's up to its max-vcpus, a stopped VM's any"
+    )
+    update.add_argument("--max-vcpus", type=int, help="a stopped VM's room for plugged vCPUs")
     update.add_argument("--memory", type=int, dest="memory_mib", help="a stopped VM's MiB")
     update.set_defaults(run=run_update)
 
@@ -215,6 +222,7 @@ def run_create(client: SyncClient, args: argparse.Namespace) -> Any:
         "vm.create",
         name=args.name,
         vcpus=args.vcpus,
+        max_vcpus=args.max_vcpus,
         memory_mib=args.memory_mib,
         kernel=args.kernel,
         initrd=args.initrd,
@@ -243,6 +251,7 @@ def run_update(client: SyncClient, args: argparse.Namespace) -> Any:
         name=args.name,
         restart=args.restart,
         vcpus=args.vcpus,
+        max_vcpus=args.max_vcpus,
         memory_mib=args.memory_mib,
     )
     return _show(doc, args)

@@ -71,7 +71,7 @@ class PlacementService:
         """Decides and records where ``vm`` goes; raises ``insufficient_resources``."""
         placement = self.placer.allocate(
             vm,
-            spec.vcpus,
+            spec.vcpu_slots,
             spec.memory_mib,
             spec.cpu_policy,
             spec.memory_policy,

@@ -85,7 +85,9 @@ def build(plan: DomainPlan) -> str:
     _sub(dom, "uuid", plan.uuid)
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "currentMemory", str(spec.memory_mib), unit="MiB")
-    vcpu = _sub(dom, "vcpu", str(spec.vcpus), placement="static")
+    vcpu = _sub(dom, "vcpu", str(spec.vcpu_slots), placement="static")
+    if spec.vcpu_slots > spec.vcpus:  # room to plug vCPUs into while it runs
+        vcpu.set("current", str(spec.vcpus))
 
     _sub(dom, "metadata").append(metadata_element(spec, plan.placement))
     if plan.placement is not None:
@@ -291,7 +293,12 @@ def resized(xml: str, spec: VmSpec, placement: dict[str, Any] | None) -> str:
     if vcpu is None:
         raise ValueError("domain XML has no <vcpu>")
     vcpu.attrib.pop("current", None)
-    vcpu.text = str(spec.vcpus)
+    vcpu.text = str(spec.vcpu_slots)
+    if spec.vcpu_slots > spec.vcpus:
+        vcpu.set("current", str(spec.vcpus))
+    vcpus_el = dom.find("vcpus")  # libvirt's per-vCPU list, made again from <vcpu>
+    if vcpus_el is not None:
+        dom.remove(vcpus_el)
     spec_el = dom.find(f"metadata/{{{METADATA_NS}}}vm/{{{METADATA_NS}}}spec")
     if spec_el is None:
         raise ValueError("domain XML carries no NovaCron metadata")

@@ -44,7 +44,7 @@ def disk_gib(spec: dict[str, Any]) -> int:
 def usage(records: list[VmRecord], tenant: str) -> dict[str, int]:
     mine = [r for r in records if r.tenant == tenant and r.desired_state != "deleting"]
     return {
-        "vcpus": sum(int(r.spec["vcpus"]) for r in mine),
+        "vcpus": sum(int(r.spec.get("max_vcpus") or r.spec["vcpus"]) for r in mine),
         "memory_mib": sum(int(r.spec["memory_mib"]) for r in mine),
         "vms": len(mine),
         "disk_gib": sum(disk_gib(r.spec) for r in mine),
@@ -74,7 +74,7 @@ class Quotas:
     async def check(self, spec: VmSpec, records: list[VmRecord]) -> None:
         """``quota_exceeded`` unless the tenant's ``records`` and a VM of ``spec`` fit."""
         wanted = {
-            "vcpus": spec.vcpus,
+            "vcpus": spec.vcpu_slots,
             "memory_mib": spec.memory_mib,
             "vms": 1,
             "disk_gib": sum(d.size_gib or 0 for d in spec.disks),

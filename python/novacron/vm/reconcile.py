@@ -48,22 +48,27 @@ async def _redefine(
     await svc.hv_pool.run(svc.hv.define, xml)
 
 
-def _shape(spec: dict[str, Any]) -> tuple[Any, Any]:
-    return spec.get("vcpus"), spec.get("memory_mib")
+def _shape(spec: dict[str, Any]) -> tuple[Any, ...]:
+    return spec.get("vcpus"), spec.get("memory_mib"), spec.get("max_vcpus")
+
+
+def _said(shape: tuple[Any, ...]) -> str:
+    vcpus, mib, most = shape
+    return f"{vcpus} vCPU(s){f' (max {most})' if most else ''}, {mib} MiB"
 
 
 async def _finish_resize(
     svc: VmService,
     rec: VmRecord,
     xml: str,
-    was: tuple[Any, Any],
+    was: tuple[Any, ...],
     actual: RuntimeState | None,
     note: Callable[[str, str, str], None],
 ) -> None:
     """The record has a resize the domain lacks (a crash between the two writes)."""
     now = _shape(rec.spec)
     if actual is None or actual.state != "stopped":
-        note(rec.name, "failed", f"resize to {now} not finished: the VM runs")
+        note(rec.name, "failed", f"resize to {_said(now)} not finished: the VM runs")
         return
     try:
         resized = domain_xml.resized(xml, VmSpec.from_dict(rec.spec), rec.placement)
@@ -71,7 +76,11 @@ async def _finish_resize(
     except (ValueError, errors.NovaCronError) as exc:
         note(rec.name, "failed", f"resize not finished: {exc}")
         return
-    note(rec.name, "resized", f"finished a resize interrupted by a crash: {was} -> {now}")
+    note(
+        rec.name,
+        "resized",
+        f"finished a resize interrupted by a crash: {_said(was)} -> {_said(now)}",
+    )
 
 
 async def reconcile(

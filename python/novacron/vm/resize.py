@@ -1,11 +1,19 @@
-"""Changing a stopped VM's vCPUs and memory (``vm.update`` with ``vcpus``/``memory_mib``).
+"""Changing a VM's vCPUs and memory (``vm.update`` with ``vcpus``, ``max_vcpus``,
+``memory_mib``).
 
-Checked as a create is (the tenant's quota without the VM's current share, a NUMA
-placement for the new size, hugepage multiples); then the record is written first and
-the domain defined after it from its own XML (``domain_xml.resized``: devices, disk paths
-and everything else stay as libvirt has them). A crash in between leaves the record
-ahead of the domain; reconciliation finishes it (finding ``resized``). A refusal or
-failure changes nothing: the old placement is taken back, the record restored.
+A stopped VM takes any size. It is checked as a create is (the tenant's quota without the
+VM's current share, a NUMA placement for the new size, hugepage multiples); then the
+record is written first and the domain defined after it from its own XML
+(``domain_xml.resized``: devices, disk paths and everything else stay as libvirt has
+them). A crash in between leaves the record ahead of the domain; reconciliation finishes
+it (finding ``resized``). A refusal or failure changes nothing: the old placement is
+taken back, the record restored.
+
+A running VM made with room for more vCPUs (``max_vcpus``) has vCPUs plugged in or taken
+out while it runs, up to that maximum. Its placement and its tenant's quota already count
+the maximum, so nothing is checked again: libvirt changes the guest and its definition
+first, the record follows (libvirt is put back if the record cannot be written). Memory
+and the maximum change only while it is stopped.
 """
 
 from __future__ import annotations
@@ -19,55 +27,101 @@ from novacron import errors
 from novacron.logs import kv
 from novacron.vm import domain_xml
 from novacron.vm.service import VmService, log
-from novacron.vm.spec import VmSpec, check_hugepages
+from novacron.vm.spec import VmSpec, check_hugepages, checked_vcpus
 
 
-async def resize(vms: VmService, name: str, vcpus: int | None, memory_mib: int | None) -> None:
+async def resize(
+    vms: VmService,
+    name: str,
+    vcpus: int | None,
+    memory_mib: int | None,
+    max_vcpus: int | None = None,
+) -> None:
     tenant = (await vms.record(name)).tenant
     # the tenant's lock first, as vm.create takes them (a VM's tenant never changes)
     async with vms.tenant_lock(tenant), vms.changing(name):
         rec = await vms.record(name)
         spec = VmSpec.from_dict(rec.spec)
-        grown = replace(
-            spec,
-            vcpus=spec.vcpus if vcpus is None else vcpus,
-            memory_mib=spec.memory_mib if memory_mib is None else memory_mib,
+        grown = checked_vcpus(
+            replace(
+                spec,
+                vcpus=spec.vcpus if vcpus is None else vcpus,
+                memory_mib=spec.memory_mib if memory_mib is None else memory_mib,
+                max_vcpus=spec.max_vcpus if max_vcpus is None else max_vcpus,
+            )
         )
         if grown == spec:
             return
         runtime = await vms.hv_pool.run(vms.hv.state, name)
-        if runtime.state != "stopped":
-            raise errors.Conflict(
-                f"vm {name!r} must be stopped to change its vCPUs or memory"
-                f" (it is {runtime.state})",
-                {"vm": name, "state": runtime.state},
-            )
-        check_hugepages(grown)
-        others = [r for r in await vms.records.all() if r.name != name]
-        await vms.quotas.check(grown, others)
-        with trio.CancelScope(shield=True):
-            placement = _place(vms, name, grown, rec.placement)
-            try:
-                xml = domain_xml.resized(await vms.hv_pool.run(vms.hv.xml, name), grown, placement)
-                await vms.records.set_spec(name, grown.to_dict(), placement)
+        if runtime.state == "stopped":
+            await _resize_stopped(vms, name, rec.spec, grown, rec.placement)
+        else:
+            _check_live(name, runtime.state, spec, grown, max_vcpus)
+            with trio.CancelScope(shield=True):
+                await vms.hv_pool.run(vms.hv.set_vcpus, name, grown.vcpus)
                 try:
-                    await vms.hv_pool.run(vms.hv.define, xml)
+                    await vms.save_spec(name, grown, rec.placement)
                 except BaseException:
-                    await vms.records.set_spec(name, rec.spec, rec.placement)
+                    await vms.hv_pool.run(vms.hv.set_vcpus, name, spec.vcpus)
                     raise
-            except BaseException:
-                if rec.placement is not None:  # the old placement back
-                    vms.placement.release(name)
-                    vms.placement.restore(name, rec.placement)
-                raise
     log.info(
         "vm.resized",
         extra=kv(
             vm=name,
+            live=runtime.state != "stopped",
             vcpus=f"{spec.vcpus}->{grown.vcpus}",
+            max_vcpus=f"{spec.vcpu_slots}->{grown.vcpu_slots}",
             memory_mib=f"{spec.memory_mib}->{grown.memory_mib}",
         ),
     )
+
+
+def _check_live(name: str, state: str, spec: VmSpec, grown: VmSpec, max_vcpus: int | None) -> None:
+    """``conflict`` unless ``grown`` differs from ``spec`` only by vCPUs a running VM can
+    plug in or give back (``max_vcpus``: the one asked for, if any)."""
+    details = {"vm": name, "state": state}
+    if grown.memory_mib != spec.memory_mib:
+        raise errors.Conflict(f"vm {name!r} must be stopped to change its memory", details)
+    if max_vcpus is not None and max_vcpus != spec.vcpu_slots:
+        raise errors.Conflict(f"vm {name!r} must be stopped to change its max_vcpus", details)
+    if grown.vcpus > spec.vcpu_slots:
+        raise errors.Conflict(
+            f"vm {name!r} must be stopped to get more than {spec.vcpu_slots} vCPU(s)"
+            " (its max_vcpus)",
+            {**details, "max_vcpus": spec.vcpu_slots},
+        )
+    if state != "running":
+        raise errors.Conflict(
+            f"vm {name!r} must be running to plug vCPUs in or out, or stopped (it is {state})",
+            details,
+        )
+
+
+async def _resize_stopped(
+    vms: VmService,
+    name: str,
+    was: dict[str, Any],
+    grown: VmSpec,
+    old: dict[str, Any] | None,
+) -> None:
+    check_hugepages(grown)
+    others = [r for r in await vms.records.all() if r.name != name]
+    await vms.quotas.check(grown, others)
+    with trio.CancelScope(shield=True):
+        placement = _place(vms, name, grown, old)
+        try:
+            xml = domain_xml.resized(await vms.hv_pool.run(vms.hv.xml, name), grown, placement)
+            await vms.records.set_spec(name, grown.to_dict(), placement)
+            try:
+                await vms.hv_pool.run(vms.hv.define, xml)
+            except BaseException:
+                await vms.records.set_spec(name, was, old)
+                raise
+        except BaseException:
+            if old is not None:  # the old placement back
+                vms.placement.release(name)
+                vms.placement.restore(name, old)
+            raise
 
 
 def _place(

@@ -165,6 +165,7 @@ class VmService:
             "reason": runtime.reason if runtime else "no libvirt domain",
             "desired_state": rec.desired_state,
             "vcpus": rec.spec["vcpus"],
+            "max_vcpus": rec.spec.get("max_vcpus") or rec.spec["vcpus"],
             "memory_mib": rec.spec["memory_mib"],
             "created_at": rec.created_at,
             "updated_at": rec.updated_at,

@@ -104,6 +104,13 @@ class VmSpec:
     hugepage_kib: int | None = None
     nics: tuple[NicSpec, ...] = field(default_factory=tuple)
     restart: str = "on-failure"
+    max_vcpus: int | None = None
+
+    @property
+    def vcpu_slots(self) -> int:
+        """The vCPUs the VM may have while it runs (``max_vcpus``, else ``vcpus``): what
+        its placement reserves and its tenant's quota counts."""
+        return self.max_vcpus or self.vcpus
 
     def disk_targets(self) -> list[str]:
         """Each disk's device name in the guest, in order."""
@@ -132,6 +139,8 @@ class VmSpec:
             # the default goes unwritten: a release before restart policies refuses a spec
             # key it does not know, so a VM with the default can still migrate to one
             del doc["restart"]
+        if self.max_vcpus is None:
+            del doc["max_vcpus"]  # unwritten unless set, for the same reason
         return doc
 
     @classmethod
@@ -208,7 +217,11 @@ def parse_create(p: Params) -> tuple[VmSpec, bool]:
         hugepage_kib=_hugepages(p),
         nics=tuple(parse_nic(n, f"nics[{i}]") for i, n in enumerate(p.array("nics", MAX_NICS))),
         restart=p.choice("restart", RESTART_POLICIES, "on-failure"),
+        max_vcpus=p.integer("max_vcpus", 1, MAX_VCPUS, default=0) or None,
     )
+    spec = checked_vcpus(spec)
+    if spec.max_vcpus == spec.vcpus:  # no room to plug any: as if not given
+        spec = replace(spec, max_vcpus=None)
     check_unique(spec.nics)
     start = p.flag("start")
     p.done()
@@ -218,6 +231,17 @@ def parse_create(p: Params) -> tuple[VmSpec, bool]:
             "initrd and cmdline need kernel (direct kernel boot)", {"param": "kernel"}
         )
     return spec, start
+
+
+def checked_vcpus(spec: VmSpec) -> VmSpec:
+    """``spec``, or ``invalid_params`` when its ``max_vcpus`` is below its ``vcpus``."""
+    if spec.max_vcpus is not None and spec.max_vcpus < spec.vcpus:
+        raise InvalidParams(
+            f"max_vcpus ({spec.max_vcpus}) is below vcpus ({spec.vcpus}): raise it too (while"
+            " the VM is stopped)",
+            {"param": "max_vcpus"},
+        )
+    return spec
 
 
 def check_hugepages(spec: VmSpec) -> None:
