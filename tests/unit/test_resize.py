@@ -209,3 +209,26 @@ async def test_a_stopped_vm_gets_room_for_vcpus_counted_by_its_quota(
         2,
     )
     await vm_service.delete(name, force=True, keep_disks=False)
+
+
+async def test_reconcile_follows_a_vcpu_change_libvirt_made_before_a_crash(
+    vm_service: VmService,
+) -> None:
+    name = await made(vm_service, max_vcpus=3)
+    await vm_service.start(name)
+    # libvirt plugged the vCPUs in; the daemon died before the record was written
+    await vm_service.hv_pool.run(vm_service.hv.set_vcpus, name, 3)
+    vm_service.placement.release(name)  # (a restarted daemon holds none before it reconciles)
+    found = [f for f in await reconcile(vm_service) if f["vm"] == name]
+    assert [f["finding"] for f in found] == ["vcpus_changed"], found
+    assert "record 1 -> libvirt 3" in found[0]["detail"]
+    counts = await vcpu_counts(vm_service, name)
+    assert (counts["live"], counts["defined"], counts["record"], counts["metadata"]) == (
+        3,
+        3,
+        (3, 3),
+        (3, 3),
+    )
+    again = [f for f in await reconcile(vm_service) if f["vm"] == name]
+    assert not [f for f in again if f["finding"] == "vcpus_changed"]
+    await vm_service.delete(name, force=True, keep_disks=False)

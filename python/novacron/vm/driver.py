@@ -415,6 +415,11 @@ class Hypervisor:
                 dom.setBlockIoTune(target, {k: was.get(k, 0) for k in params}, live)
                 raise
 
+    def defined_vcpus(self, name: str) -> int:
+        """The vCPUs the VM's definition starts it with."""
+        with libvirt_errors():
+            return int(self.domain(name).vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+
     def set_vcpus(self, name: str, count: int) -> None:
         """A running VM's vCPUs plugged in or taken out (up to its ``<vcpu>`` maximum), in
         the guest and then in the definition (the guest's put back if the second fails).

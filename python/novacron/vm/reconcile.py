@@ -17,6 +17,8 @@ Findings, each logged and returned so ``node.info`` can report them:
   pins but its resources are not accounted (reported only).
 * ``resized`` — a record whose vCPUs or memory the domain does not have yet (a crash
   in the middle of a resize): the stopped domain is given them.
+* ``vcpus_changed`` — a VM's definition has a number of vCPUs (within its ``max_vcpus``)
+  its record lacks (a crash after libvirt changed a running VM's vCPUs): the record follows.
 * ``migrated_away`` — a record whose domain is gone while an outgoing migration of it
   was interrupted by a restart: libvirt finished moving it; the record is dropped.
 * ``failed`` — a repair that did not work; the message says why.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from novacron import errors
@@ -80,6 +83,23 @@ async def _finish_resize(
         rec.name,
         "resized",
         f"finished a resize interrupted by a crash: {_said(was)} -> {_said(now)}",
+    )
+
+
+async def _follow_vcpus(
+    svc: VmService, rec: VmRecord, note: Callable[[str, str, str], None]
+) -> None:
+    """libvirt defines the VM with a number of vCPUs its record lacks: a running VM's
+    change that libvirt finished and a crash kept from the record. The record follows."""
+    defined = await svc.hv_pool.run(svc.hv.defined_vcpus, rec.name)
+    spec = VmSpec.from_dict(rec.spec)
+    if defined == spec.vcpus or not 1 <= defined <= spec.vcpu_slots:
+        return
+    await svc.save_spec(rec.name, replace(spec, vcpus=defined), rec.placement)
+    note(
+        rec.name,
+        "vcpus_changed",
+        f"record {spec.vcpus} -> libvirt {defined} vCPU(s): a change libvirt made before a crash",
     )
 
 
@@ -149,6 +169,8 @@ async def reconcile(
         actual = runtimes.get(name)
         if managed is not None and _shape(managed.spec) != _shape(rec.spec):
             await _finish_resize(svc, rec, domains[name], _shape(managed.spec), actual, note)
+        elif rec.spec.get("max_vcpus"):
+            await _follow_vcpus(svc, rec, note)
         if actual is not None and actual.state != rec.desired_state:
             note(name, "state_drift", f"desired {rec.desired_state}, actual {actual.state}")
 
