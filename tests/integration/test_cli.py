@@ -80,6 +80,12 @@ def test_restart_policy_from_the_cli(daemon: Daemon) -> None:
     over = cli(daemon, "vm", "update", "left", "--vcpus", "5", check=False)
     assert over.returncode != 0 and "max_vcpus (4) is below vcpus (5)" in over.stderr
     cli(daemon, "vm", "stop", "left")
+    cli(daemon, "vm", "update", "left", "--max-memory", "256")
+    cli(daemon, "vm", "start", "left")
+    ballooned = json.loads(cli(daemon, "--json", "vm", "update", "left", "--memory", "200").stdout)
+    assert (ballooned["memory_mib"], ballooned["max_memory_mib"]) == (200, 256)
+    assert re.search(r"^max_memory_mib\s+256$", cli(daemon, "vm", "get", "left").stdout, re.M)
+    cli(daemon, "vm", "stop", "left")
     refused = cli(daemon, "vm", "create", "x", "--restart", "always", check=False)
     assert refused.returncode == 2 and "invalid choice" in refused.stderr
     cli(daemon, "vm", "delete", "left")

@@ -97,6 +97,13 @@ ERROR_CASES = [
     ("invalid_params", "vm.update", {"name": "a", "max_vcpus": 0}),
     ("invalid_params", "vm.update", {"name": "a", "max_vcpus": 513}),
     ("invalid_params", "vm.create", {"name": "mv", "vcpus": 4, "max_vcpus": 2}),
+    ("invalid_params", "vm.update", {"name": "a", "max_memory_mib": 8}),
+    ("invalid_params", "vm.create", {"name": "mm", "memory_mib": 256, "max_memory_mib": 128}),
+    (
+        "invalid_params",
+        "vm.create",
+        {"name": "mh", "memory_mib": 256, "max_memory_mib": 512, "hugepage_kib": 2048},
+    ),
     ("not_found", "vm.update", {"name": "ghost", "restart": "never"}),
     ("invalid_params", "vm.get", {"name": "a", "extra": 1}),
     ("invalid_params", "vm.shutdown", {"name": "a", "timeout_s": -1}),

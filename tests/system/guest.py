@@ -41,6 +41,7 @@ BLOCK_MARKER = (
 )
 BLOCK_GONE = "NOVACRON-UNPLUGGED"  # novacron.blockwatch: "NOVACRON-UNPLUGGED vdc"
 CPUS_MARKER = "NOVACRON-CPUS"  # novacron.cpuwatch: "NOVACRON-CPUS present=0-2 online=0-2"
+MEMORY_MARKER = "NOVACRON-MEMORY"  # novacron.memwatch: "NOVACRON-MEMORY total_kib=123456"
 
 # where the guest's disk option writes its counter (bytes into /dev/vda, one 512-byte block)
 DISK_COUNTER_AT = 1 << 20
@@ -67,6 +68,7 @@ MODULE_PATHS = {
     "net_failover": "drivers/net/net_failover.ko",
     "virtio_net": "drivers/net/virtio_net.ko",
     "virtio_blk": "drivers/block/virtio_blk.ko",
+    "virtio_balloon": "drivers/virtio/virtio_balloon.ko",
 }
 
 INIT = f"""#!/bin/busybox sh
@@ -162,6 +164,18 @@ if grep -q novacron.cpuwatch /proc/cmdline; then
      done
      s=/sys/devices/system/cpu; now="present=$(cat $s/present) online=$(cat $s/online)"
      if [ "$now" != "$last" ]; then last=$now; echo {CPUS_MARKER} $now; fi
+     sleep 0.5
+   done) &
+fi
+if grep -q novacron.memwatch /proc/cmdline; then
+  # the memory the guest has (MemTotal: the balloon's pages are taken off it) whenever it
+  # changes
+  for m in {" ".join(VIRTIO_MODULES)} virtio_balloon; do
+    [ -d /sys/module/$m ] || insmod /lib/$m.ko
+  done
+  (last=""; while true; do
+     now=$(awk '/^MemTotal/ {{print $2}}' /proc/meminfo)
+     if [ "$now" != "$last" ]; then last=$now; echo {MEMORY_MARKER} total_kib=$now; fi
      sleep 0.5
    done) &
 fi
@@ -319,7 +333,8 @@ def build() -> GuestImages:
     """Returns cached images, building them on first use (about 30 MB download)."""
     package = kernel_package()
     # the initramfs changes with the init script: key the cache on it too
-    home = CACHE / f"{package}-{hashlib.sha256(INIT.encode()).hexdigest()[:12]}"
+    key = hashlib.sha256((INIT + repr(sorted(MODULE_PATHS.items()))).encode()).hexdigest()
+    home = CACHE / f"{package}-{key[:12]}"
     images = GuestImages(kernel=home / "vmlinuz", initrd=home / "initrd.cpio")
     if images.kernel.exists() and images.initrd.exists():
         return images

@@ -412,3 +412,56 @@ def test_room_for_vcpus_is_the_maximum_with_the_rest_current() -> None:
         dom.undefine()
     finally:
         conn.close()
+
+
+def test_room_for_memory_is_the_maximum_the_current_target_and_a_balloon() -> None:
+    from dataclasses import replace
+
+    spec = VmSpec(name="bl", vcpus=1, memory_mib=128, max_memory_mib=512)
+    root = ET.fromstring(domain_xml.build(plan(spec)))
+    assert root.findtext("memory") == "512" and root.findtext("currentMemory") == "128"
+    assert root.find("devices/memballoon").get("model") == "virtio"  # type: ignore[union-attr]
+    plain = ET.fromstring(domain_xml.build(plan(replace(spec, max_memory_mib=None))))
+    assert plain.findtext("memory") == "128" and plain.findtext("currentMemory") == "128"
+    assert plain.find("devices/memballoon").get("model") == "none"  # type: ignore[union-attr]
+
+    # libvirt's balloon carries an address; a resize to the other model drops it
+    xml = ET.tostring(plain, encoding="unicode").replace(
+        '<memballoon model="none" />',
+        "<memballoon model='none'><address type='pci' slot='0x05'/></memballoon>",
+    )
+    roomy = ET.fromstring(domain_xml.resized(xml, spec, None))
+    balloon = roomy.find("devices/memballoon")
+    assert balloon is not None and balloon.attrib == {"model": "virtio"} and not list(balloon)
+    assert roomy.findtext("memory") == "512" and roomy.findtext("currentMemory") == "128"
+    back = ET.fromstring(
+        domain_xml.resized(
+            ET.tostring(roomy, encoding="unicode"), replace(spec, max_memory_mib=None), None
+        )
+    )
+    assert back.find("devices/memballoon").get("model") == "none"  # type: ignore[union-attr]
+    assert back.findtext("memory") == "128"
+
+
+def test_vcpus_a_vm_starts_with_can_be_given_back_but_the_first() -> None:
+    spec = VmSpec(name="hp", vcpus=2, memory_mib=64, max_vcpus=4)
+    root = ET.fromstring(domain_xml.build(plan(spec)))
+    listed = [(v.get("id"), v.get("enabled"), v.get("hotpluggable")) for v in root.iter("vcpu")]
+    assert listed[1:] == [
+        ("0", "yes", "no"),
+        ("1", "yes", "yes"),
+        ("2", "no", "yes"),
+        ("3", "no", "yes"),
+    ]
+    full = ET.fromstring(
+        domain_xml.build(plan(VmSpec(name="f", vcpus=2, memory_mib=64, max_vcpus=2)))
+    )
+    vcpu = full.find("vcpu")
+    assert vcpu is not None and (vcpu.text, vcpu.get("current")) == ("2", None)
+    assert [v.get("hotpluggable") for v in full.findall("vcpus/vcpu")] == ["no", "yes"]
+    assert (
+        ET.fromstring(domain_xml.build(plan(VmSpec(name="n", vcpus=2, memory_mib=64)))).find(
+            "vcpus"
+        )
+        is None
+    )

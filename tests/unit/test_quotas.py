@@ -32,7 +32,8 @@ async def test_limits_are_checked_and_persisted(tmp_path: Path) -> None:
     assert usage(records, "acme") == {"vcpus": 3, "memory_mib": 768, "vms": 2, "disk_gib": 0}
     roomy = [*records, rec("d", "acme", 1, 64)]
     roomy[-1].spec["max_vcpus"] = 6  # room for vCPUs plugged in while it runs counts
-    assert usage(roomy, "acme")["vcpus"] == 9
+    roomy[-1].spec["max_memory_mib"] = 1024  # and for memory a balloon gives back
+    assert usage(roomy, "acme") == {"vcpus": 9, "memory_mib": 1792, "vms": 3, "disk_gib": 0}
     await quotas.check(VmSpec(name="x", vcpus=64, memory_mib=1 << 20, tenant="acme"), records)
     await quotas.set("acme", Quota(max_vcpus=4, max_memory_mib=None, max_vms=3))
     await quotas.check(VmSpec(name="x", vcpus=1, memory_mib=1 << 20, tenant="acme"), records)

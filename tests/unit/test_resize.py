@@ -75,7 +75,7 @@ async def test_refusals_change_nothing(vm_service: VmService) -> None:
     with pytest.raises(errors.InsufficientResources):
         await resize(vm_service, name, None, 1024 * 1024)  # more than the host has
     await vm_service.start(name)
-    with pytest.raises(errors.Conflict, match="must be stopped to get more than 1 vCPU"):
+    with pytest.raises(errors.Conflict, match="no room for vCPUs"):
         await resize(vm_service, name, 2, None)
     await vm_service.stop(name)
     assert await shape(vm_service, name) == before
@@ -220,8 +220,8 @@ async def test_reconcile_follows_a_vcpu_change_libvirt_made_before_a_crash(
     await vm_service.hv_pool.run(vm_service.hv.set_vcpus, name, 3)
     vm_service.placement.release(name)  # (a restarted daemon holds none before it reconciles)
     found = [f for f in await reconcile(vm_service) if f["vm"] == name]
-    assert [f["finding"] for f in found] == ["vcpus_changed"], found
-    assert "record 1 -> libvirt 3" in found[0]["detail"]
+    assert [f["finding"] for f in found] == ["size_changed"], found
+    assert "record 1 vCPU(s), 64 MiB -> libvirt 3 vCPU(s), 64 MiB" in found[0]["detail"]
     counts = await vcpu_counts(vm_service, name)
     assert (counts["live"], counts["defined"], counts["record"], counts["metadata"]) == (
         3,
@@ -230,5 +230,71 @@ async def test_reconcile_follows_a_vcpu_change_libvirt_made_before_a_crash(
         (3, 3),
     )
     again = [f for f in await reconcile(vm_service) if f["vm"] == name]
-    assert not [f for f in again if f["finding"] == "vcpus_changed"]
+    assert not [f for f in again if f["finding"] == "size_changed"]
     await vm_service.delete(name, force=True, keep_disks=False)
+
+
+async def memory_counts(svc: VmService, name: str) -> dict[str, Any]:
+    """The VM's memory as libvirt has it (the balloon's target in the guest and in the
+    definition, the maximum), the record and metadata, and the placement's reservation."""
+    dom = svc.hv.domain(name)
+    managed = domain_xml.parse_managed(await svc.hv_pool.run(svc.hv.xml, name))
+    rec = await svc.records.get(name)
+    assert managed is not None and rec is not None and rec.placement is not None
+    return {
+        "live": dom.info()[2] // 1024 if dom.isActive() else None,
+        "defined": (await svc.hv_pool.run(svc.hv.defined_size, name))[1],
+        "most": dom.info()[1] // 1024,
+        "record": (rec.spec["memory_mib"], rec.spec.get("max_memory_mib")),
+        "metadata": (managed.spec["memory_mib"], managed.spec.get("max_memory_mib")),
+        "placed": sum(cell["memory_kib"] for cell in rec.placement["cells"]) // 1024,
+    }
+
+
+async def test_a_running_vms_balloon_moves_within_its_max_memory(vm_service: VmService) -> None:
+    name = await made(vm_service, max_memory_mib=256, max_vcpus=2)
+    assert await memory_counts(vm_service, name) == {
+        "live": None,
+        "defined": 64,
+        "most": 256,
+        "record": (64, 256),
+        "metadata": (64, 256),
+        "placed": 256,  # the maximum is reserved
+    }
+    await vm_service.start(name)
+    await resize(vm_service, name, 2, 200)  # vCPUs and memory in one call
+    counts = await memory_counts(vm_service, name)
+    assert counts == {
+        "live": 200,
+        "defined": 200,
+        "most": 256,
+        "record": (200, 256),
+        "metadata": (200, 256),
+        "placed": 256,
+    }
+    assert (await vcpu_counts(vm_service, name))["live"] == 2
+    await resize(vm_service, name, None, 32)
+    assert (await memory_counts(vm_service, name))["live"] == 32
+    before = await memory_counts(vm_service, name)
+    with pytest.raises(errors.InvalidParams, match=r"max_memory_mib \(256\) is below"):
+        await resize(vm_service, name, None, 300)
+    with pytest.raises(errors.Conflict, match="max_memory_mib"):
+        await resize(vm_service, name, None, None, None, 512)
+    assert await memory_counts(vm_service, name) == before
+    await vm_service.stop(name)
+    await vm_service.start(name)  # the definition has the balloon's target
+    assert (await memory_counts(vm_service, name))["live"] == 32
+    # a crash after libvirt moved the balloon, before the record: the record follows
+    await vm_service.hv_pool.run(vm_service.hv.set_memory, name, 128)
+    vm_service.placement.release(name)
+    found = [f for f in await reconcile(vm_service) if f["vm"] == name]
+    assert [f["finding"] for f in found] == ["size_changed"], found
+    assert (await memory_counts(vm_service, name))["record"] == (128, 256)
+    await vm_service.delete(name, force=True, keep_disks=False)
+
+    plain = await made(vm_service)
+    await vm_service.start(plain)
+    for mib in (128, 32):  # no balloon: neither way
+        with pytest.raises(errors.Conflict, match="no balloon"):
+            await resize(vm_service, plain, None, mib)
+    await vm_service.delete(plain, force=True, keep_disks=False)

@@ -160,3 +160,15 @@ def test_max_vcpus_is_never_below_vcpus(vcpus: int, max_vcpus: int | None) -> No
     assert spec.vcpu_slots == max(vcpus, max_vcpus or 0)
     assert spec.vcpus <= spec.vcpu_slots
     assert VmSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_room_for_memory_moved_by_a_balloon() -> None:
+    spec, _ = create(name="a", memory_mib=256, max_memory_mib=1024)
+    assert (spec.memory_mib, spec.max_memory_mib, spec.memory_ceiling_mib) == (256, 1024, 1024)
+    assert VmSpec.from_dict(spec.to_dict()) == spec
+    same, _ = create(name="a", memory_mib=256, max_memory_mib=256)
+    assert same.max_memory_mib is None and "max_memory_mib" not in same.to_dict()
+    with pytest.raises(InvalidParams, match=r"max_memory_mib \(128\) is below memory_mib"):
+        create(name="a", memory_mib=256, max_memory_mib=128)
+    with pytest.raises(InvalidParams, match="hugepages"):
+        create(name="a", memory_mib=256, max_memory_mib=512, hugepage_kib=2048)

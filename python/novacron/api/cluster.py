@@ -25,7 +25,7 @@ from novacron.vm.spec import (
     MAX_VCPUS,
     MEMORY_POLICIES,
     VmSpec,
-    checked_vcpus,
+    checked_room,
 )
 
 STATS_TIMEOUT_S = 10.0  # for each node's answer to cluster.stats
@@ -150,9 +150,10 @@ def register(registry: Registry, services: Services) -> None:
             memory_policy=p.choice("memory_policy", MEMORY_POLICIES, "strict"),
             hugepage_kib=p.integer("hugepage_kib", 0, HUGEPAGE_SIZES_KIB[-1], default=0) or None,
             max_vcpus=p.integer("max_vcpus", 1, MAX_VCPUS, default=0) or None,
+            max_memory_mib=p.integer("max_memory_mib", 16, MAX_MEMORY_MIB, default=0) or None,
         )
         p.done()
-        spec = checked_vcpus(spec)
+        spec = checked_room(spec)
         node, score = await cluster().best_node(spec)
         return {"node": node, "score": score}
 

@@ -250,23 +250,25 @@ def register(registry: Registry, services: Services) -> None:
 
     @registry.method("vm.update")
     async def update(ctx: CallContext, p: Params) -> dict[str, Any]:
-        """Change a VM's settings: ``restart`` (its policy, any time), ``vcpus`` (while
-        it runs, up to its ``max_vcpus``; any number while it is stopped), ``max_vcpus``
-        and ``memory_mib`` (while it is stopped)."""
+        """Change a VM's settings: ``restart`` (its policy, any time), ``vcpus`` and
+        ``memory_mib`` (while it runs, up to its ``max_vcpus`` and ``max_memory_mib``; any
+        while it is stopped), ``max_vcpus`` and ``max_memory_mib`` (while it is stopped)."""
         name = p.name()
-        if not any(p.given(k) for k in ("restart", "vcpus", "max_vcpus", "memory_mib")):
+        sizes = ("vcpus", "max_vcpus", "memory_mib", "max_memory_mib")
+        if not any(p.given(k) for k in ("restart", *sizes)):
             raise errors.InvalidParams(
-                "vm.update needs a setting to change: restart, vcpus, max_vcpus or memory_mib",
+                f"vm.update needs a setting to change: restart, {', '.join(sizes)}",
                 {"param": "restart"},
             )
         restart = p.choice("restart", RESTART_POLICIES, "") or None
         vcpus = p.integer("vcpus", 1, MAX_VCPUS, default=0) or None
         max_vcpus = p.integer("max_vcpus", 1, MAX_VCPUS, default=0) or None
         memory_mib = p.integer("memory_mib", 16, MAX_MEMORY_MIB, default=0) or None
+        max_memory_mib = p.integer("max_memory_mib", 16, MAX_MEMORY_MIB, default=0) or None
         p.done()
         name = await visible(ctx, name)
-        if vcpus is not None or memory_mib is not None or max_vcpus is not None:
-            await resize(vms, name, vcpus, memory_mib, max_vcpus)
+        if any(v is not None for v in (vcpus, memory_mib, max_vcpus, max_memory_mib)):
+            await resize(vms, name, vcpus, memory_mib, max_vcpus, max_memory_mib)
         if restart is not None:
             return await vms.update(name, restart)
         return await vms.get(name)

@@ -27,6 +27,7 @@ GET_ORDER = [
     "vcpus",
     "max_vcpus",
     "memory_mib",
+    "max_memory_mib",
     "kernel",
     "initrd",
     "cmdline",
@@ -84,6 +85,12 @@ def add_commands(groups: Any) -> None:
         "--max-vcpus", type=int, help="room for vCPUs plugged in while it runs (vm update --vcpus)"
     )
     create.add_argument("--memory", type=int, default=512, dest="memory_mib", help="MiB")
+    create.add_argument(
+        "--max-memory",
+        type=int,
+        dest="max_memory_mib",
+        help="MiB: room for its memory to grow while it runs (a balloon; vm update --memory)",
+    )
     create.add_argument("--kernel")
     create.add_argument("--initrd")
     create.add_argument("--cmdline")
@@ -134,7 +141,15 @@ def add_commands(groups: Any) -> None:
         "--vcpus", type=int, help="vCPUs: a running VM's up to its max-vcpus, a stopped VM's any"
     )
     update.add_argument("--max-vcpus", type=int, help="a stopped VM's room for plugged vCPUs")
-    update.add_argument("--memory", type=int, dest="memory_mib", help="a stopped VM's MiB")
+    update.add_argument(
+        "--memory",
+        type=int,
+        dest="memory_mib",
+        help="MiB: a running VM's up to its max-memory (its balloon), a stopped VM's any",
+    )
+    update.add_argument(
+        "--max-memory", type=int, dest="max_memory_mib", help="a stopped VM's room for memory"
+    )
     update.set_defaults(run=run_update)
 
     shutdown = sub.add_parser("shutdown", help="graceful shutdown")
@@ -224,6 +239,7 @@ def run_create(client: SyncClient, args: argparse.Namespace) -> Any:
         vcpus=args.vcpus,
         max_vcpus=args.max_vcpus,
         memory_mib=args.memory_mib,
+        max_memory_mib=args.max_memory_mib,
         kernel=args.kernel,
         initrd=args.initrd,
         cmdline=args.cmdline,
@@ -253,6 +269,7 @@ def run_update(client: SyncClient, args: argparse.Namespace) -> Any:
         vcpus=args.vcpus,
         max_vcpus=args.max_vcpus,
         memory_mib=args.memory_mib,
+        max_memory_mib=args.max_memory_mib,
     )
     return _show(doc, args)
 

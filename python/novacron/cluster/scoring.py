@@ -95,14 +95,18 @@ def choose_among(spec: VmSpec, placers: dict[str, Placer | None]) -> tuple[str, 
             continue
         tried += 1
         score = placer.score(
-            spec.vcpu_slots, spec.memory_mib, spec.cpu_policy, spec.memory_policy, spec.hugepage_kib
+            spec.vcpu_slots,
+            spec.memory_ceiling_mib,
+            spec.cpu_policy,
+            spec.memory_policy,
+            spec.hugepage_kib,
         )
         if score is not None and (best is None or score > best[0]):
             best = (score, name)
     if best is None:
         raise errors.InsufficientResources(
             f"no node of the cluster can place {spec.vcpu_slots} {spec.cpu_policy} vCPU(s) and "
-            f"{spec.memory_mib} MiB ({tried} node(s) with usable capacity tried)",
+            f"{spec.memory_ceiling_mib} MiB ({tried} node(s) with usable capacity tried)",
             {"nodes_tried": tried},
         )
     return best[1], best[0]

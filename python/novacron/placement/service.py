@@ -72,7 +72,7 @@ class PlacementService:
         placement = self.placer.allocate(
             vm,
             spec.vcpu_slots,
-            spec.memory_mib,
+            spec.memory_ceiling_mib,
             spec.cpu_policy,
             spec.memory_policy,
             spec.hugepage_kib,

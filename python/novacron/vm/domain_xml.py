@@ -83,11 +83,10 @@ def build(plan: DomainPlan) -> str:
     dom = ET.Element("domain", {"type": plan.domain_type})
     _sub(dom, "name", spec.name)
     _sub(dom, "uuid", plan.uuid)
-    _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
+    _sub(dom, "memory", str(spec.memory_ceiling_mib), unit="MiB")
     _sub(dom, "currentMemory", str(spec.memory_mib), unit="MiB")
     vcpu = _sub(dom, "vcpu", str(spec.vcpu_slots), placement="static")
-    if spec.vcpu_slots > spec.vcpus:  # room to plug vCPUs into while it runs
-        vcpu.set("current", str(spec.vcpus))
+    _vcpu_room(dom, vcpu, spec)
 
     _sub(dom, "metadata").append(metadata_element(spec, plan.placement))
     if plan.placement is not None:
@@ -122,8 +121,30 @@ def build(plan: DomainPlan) -> str:
         _sub(serial, "source", path=plan.console_log, append="on")
         _sub(serial, "target", port="0")
     if plan.domain_type != "test":
-        _sub(devices, "memballoon", model="none")
+        _sub(devices, "memballoon", model=balloon_model(spec))
     return ET.tostring(dom, encoding="unicode")
+
+
+def _vcpu_room(dom: ET.Element, vcpu: ET.Element, spec: VmSpec) -> None:
+    """A VM with ``max_vcpus`` starts with ``vcpus`` of them (``current``), each but the
+    first pluggable (``<vcpus>``), so it can give back any it started with too."""
+    if spec.max_vcpus is None:
+        return
+    if spec.vcpu_slots > spec.vcpus:
+        vcpu.set("current", str(spec.vcpus))
+    listed = ET.Element("vcpus")
+    for k in range(spec.vcpu_slots):
+        enabled = "yes" if k < spec.vcpus else "no"
+        ET.SubElement(
+            listed, "vcpu", id=str(k), enabled=enabled, hotpluggable="no" if k == 0 else "yes"
+        )
+    dom.insert(list(dom).index(vcpu) + 1, listed)
+
+
+def balloon_model(spec: VmSpec) -> str:
+    """A balloon (virtio) only for a VM with room for its memory to change while it runs;
+    without one a guest keeps all of its memory."""
+    return "virtio" if spec.memory_ceiling_mib > spec.memory_mib else "none"
 
 
 def disk_element(disk: DiskDevice) -> ET.Element:
@@ -282,23 +303,27 @@ def resized(xml: str, spec: VmSpec, placement: dict[str, Any] | None) -> str:
     """A shut-off domain's XML given ``spec``'s vCPUs and memory, its metadata ``spec``
     and ``placement`` (as :func:`retarget` places); devices and the rest stay as they are."""
     dom = ET.fromstring(xml)  # noqa: S314 - XML produced by libvirtd, not by a client
-    for tag in ("memory", "currentMemory"):
+    for tag, mib in (("memory", spec.memory_ceiling_mib), ("currentMemory", spec.memory_mib)):
         el = dom.find(tag)
         if el is None:
             raise ValueError(f"domain XML has no <{tag}>")
         el.attrib.clear()
         el.set("unit", "MiB")
-        el.text = str(spec.memory_mib)
+        el.text = str(mib)
+    balloon = dom.find("devices/memballoon")
+    if balloon is not None and balloon.get("model") != balloon_model(spec):
+        balloon.attrib.clear()  # its address and options belong to the other model
+        for child in list(balloon):
+            balloon.remove(child)
+        balloon.set("model", balloon_model(spec))
     vcpu = dom.find("vcpu")
     if vcpu is None:
         raise ValueError("domain XML has no <vcpu>")
     vcpu.attrib.pop("current", None)
     vcpu.text = str(spec.vcpu_slots)
-    if spec.vcpu_slots > spec.vcpus:
-        vcpu.set("current", str(spec.vcpus))
-    vcpus_el = dom.find("vcpus")  # libvirt's per-vCPU list, made again from <vcpu>
-    if vcpus_el is not None:
-        dom.remove(vcpus_el)
+    for el in dom.findall("vcpus"):
+        dom.remove(el)
+    _vcpu_room(dom, vcpu, spec)
     spec_el = dom.find(f"metadata/{{{METADATA_NS}}}vm/{{{METADATA_NS}}}spec")
     if spec_el is None:
         raise ValueError("domain XML carries no NovaCron metadata")

@@ -415,10 +415,32 @@ class Hypervisor:
                 dom.setBlockIoTune(target, {k: was.get(k, 0) for k in params}, live)
                 raise
 
-    def defined_vcpus(self, name: str) -> int:
-        """The vCPUs the VM's definition starts it with."""
+    def defined_size(self, name: str) -> tuple[int, int]:
+        """The vCPUs and MiB of memory (its balloon's target) the VM's definition starts
+        it with."""
         with libvirt_errors():
-            return int(self.domain(name).vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+            dom = self.domain(name)
+            vcpus = int(dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG))
+            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        el = ET.fromstring(xml).find("currentMemory")  # noqa: S314 - libvirtd's XML
+        if el is None or el.text is None or el.get("unit", "KiB") != "KiB":  # as it writes it
+            raise errors.Internal(f"vm {name!r}: libvirt's definition has no <currentMemory>")
+        return vcpus, int(el.text) // 1024
+
+    def set_memory(self, name: str, mib: int) -> None:
+        """A running VM's balloon target (up to its ``<memory>``), in the guest and then in
+        the definition (the guest's put back if the second fails). The guest's balloon
+        driver gives memory back or takes it as it can, after the call."""
+        live, config = libvirt.VIR_DOMAIN_AFFECT_LIVE, libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        with libvirt_errors():
+            dom = self.domain(name)
+            was = int(dom.info()[2])  # KiB
+            dom.setMemoryFlags(mib * 1024, live)
+            try:
+                dom.setMemoryFlags(mib * 1024, config)
+            except libvirt.libvirtError:
+                dom.setMemoryFlags(was, live)
+                raise
 
     def set_vcpus(self, name: str, count: int) -> None:
         """A running VM's vCPUs plugged in or taken out (up to its ``<vcpu>`` maximum), in

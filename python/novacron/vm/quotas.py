@@ -45,7 +45,7 @@ def usage(records: list[VmRecord], tenant: str) -> dict[str, int]:
     mine = [r for r in records if r.tenant == tenant and r.desired_state != "deleting"]
     return {
         "vcpus": sum(int(r.spec.get("max_vcpus") or r.spec["vcpus"]) for r in mine),
-        "memory_mib": sum(int(r.spec["memory_mib"]) for r in mine),
+        "memory_mib": sum(int(r.spec.get("max_memory_mib") or r.spec["memory_mib"]) for r in mine),
         "vms": len(mine),
         "disk_gib": sum(disk_gib(r.spec) for r in mine),
     }
@@ -75,7 +75,7 @@ class Quotas:
         """``quota_exceeded`` unless the tenant's ``records`` and a VM of ``spec`` fit."""
         wanted = {
             "vcpus": spec.vcpu_slots,
-            "memory_mib": spec.memory_mib,
+            "memory_mib": spec.memory_ceiling_mib,
             "vms": 1,
             "disk_gib": sum(d.size_gib or 0 for d in spec.disks),
         }

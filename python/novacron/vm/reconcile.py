@@ -17,8 +17,9 @@ Findings, each logged and returned so ``node.info`` can report them:
   pins but its resources are not accounted (reported only).
 * ``resized`` — a record whose vCPUs or memory the domain does not have yet (a crash
   in the middle of a resize): the stopped domain is given them.
-* ``vcpus_changed`` — a VM's definition has a number of vCPUs (within its ``max_vcpus``)
-  its record lacks (a crash after libvirt changed a running VM's vCPUs): the record follows.
+* ``size_changed`` — a VM's definition has vCPUs or memory (within its ``max_vcpus``,
+  ``max_memory_mib``) its record lacks (a crash after libvirt changed a running VM's):
+  the record follows.
 * ``migrated_away`` — a record whose domain is gone while an outgoing migration of it
   was interrupted by a restart: libvirt finished moving it; the record is dropped.
 * ``failed`` — a repair that did not work; the message says why.
@@ -52,12 +53,16 @@ async def _redefine(
 
 
 def _shape(spec: dict[str, Any]) -> tuple[Any, ...]:
-    return spec.get("vcpus"), spec.get("memory_mib"), spec.get("max_vcpus")
+    keys = ("vcpus", "memory_mib", "max_vcpus", "max_memory_mib")
+    return tuple(spec.get(k) for k in keys)
 
 
 def _said(shape: tuple[Any, ...]) -> str:
-    vcpus, mib, most = shape
-    return f"{vcpus} vCPU(s){f' (max {most})' if most else ''}, {mib} MiB"
+    vcpus, mib, most, most_mib = shape
+    return (
+        f"{vcpus} vCPU(s){f' (max {most})' if most else ''},"
+        f" {mib} MiB{f' (max {most_mib})' if most_mib else ''}"
+    )
 
 
 async def _finish_resize(
@@ -86,20 +91,25 @@ async def _finish_resize(
     )
 
 
-async def _follow_vcpus(
+async def _follow_live_change(
     svc: VmService, rec: VmRecord, note: Callable[[str, str, str], None]
 ) -> None:
-    """libvirt defines the VM with a number of vCPUs its record lacks: a running VM's
-    change that libvirt finished and a crash kept from the record. The record follows."""
-    defined = await svc.hv_pool.run(svc.hv.defined_vcpus, rec.name)
+    """libvirt defines the VM with vCPUs or memory (within its room) its record lacks: a
+    running VM's change that libvirt finished and a crash kept from the record. The
+    record follows."""
+    vcpus, mib = await svc.hv_pool.run(svc.hv.defined_size, rec.name)
     spec = VmSpec.from_dict(rec.spec)
-    if defined == spec.vcpus or not 1 <= defined <= spec.vcpu_slots:
+    if not 1 <= vcpus <= spec.vcpu_slots or not 16 <= mib <= spec.memory_ceiling_mib:
         return
-    await svc.save_spec(rec.name, replace(spec, vcpus=defined), rec.placement)
+    now = replace(spec, vcpus=vcpus, memory_mib=mib)
+    if now == spec:
+        return
+    await svc.save_spec(rec.name, now, rec.placement)
     note(
         rec.name,
-        "vcpus_changed",
-        f"record {spec.vcpus} -> libvirt {defined} vCPU(s): a change libvirt made before a crash",
+        "size_changed",
+        f"record {spec.vcpus} vCPU(s), {spec.memory_mib} MiB -> libvirt {vcpus} vCPU(s),"
+        f" {mib} MiB: a change libvirt made before a crash",
     )
 
 
@@ -169,8 +179,8 @@ async def reconcile(
         actual = runtimes.get(name)
         if managed is not None and _shape(managed.spec) != _shape(rec.spec):
             await _finish_resize(svc, rec, domains[name], _shape(managed.spec), actual, note)
-        elif rec.spec.get("max_vcpus"):
-            await _follow_vcpus(svc, rec, note)
+        elif rec.spec.get("max_vcpus") or rec.spec.get("max_memory_mib"):
+            await _follow_live_change(svc, rec, note)
         if actual is not None and actual.state != rec.desired_state:
             note(name, "state_drift", f"desired {rec.desired_state}, actual {actual.state}")
 

@@ -1,5 +1,5 @@
 """Changing a VM's vCPUs and memory (``vm.update`` with ``vcpus``, ``max_vcpus``,
-``memory_mib``).
+``memory_mib``, ``max_memory_mib``).
 
 A stopped VM takes any size. It is checked as a create is (the tenant's quota without the
 VM's current share, a NUMA placement for the new size, hugepage multiples); then the
@@ -9,11 +9,12 @@ them). A crash in between leaves the record ahead of the domain; reconciliation 
 it (finding ``resized``). A refusal or failure changes nothing: the old placement is
 taken back, the record restored.
 
-A running VM made with room for more vCPUs (``max_vcpus``) has vCPUs plugged in or taken
-out while it runs, up to that maximum. Its placement and its tenant's quota already count
-the maximum, so nothing is checked again: libvirt changes the guest and its definition
-first, the record follows (libvirt is put back if the record cannot be written). Memory
-and the maximum change only while it is stopped.
+A running VM made with room (``max_vcpus``, ``max_memory_mib``) has vCPUs plugged in or
+taken out, and its balloon moved (the guest gives memory back or takes it), while it
+runs, up to those maxima. Its placement and its tenant's quota already count the maxima,
+so nothing is checked again: libvirt changes the guest and its definition first, the
+record follows (libvirt is put back if the record cannot be written). The maxima change
+only while it is stopped.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from novacron import errors
 from novacron.logs import kv
 from novacron.vm import domain_xml
 from novacron.vm.service import VmService, log
-from novacron.vm.spec import VmSpec, check_hugepages, checked_vcpus
+from novacron.vm.spec import VmSpec, check_hugepages, checked_room
 
 
 async def resize(
@@ -36,18 +37,20 @@ async def resize(
     vcpus: int | None,
     memory_mib: int | None,
     max_vcpus: int | None = None,
+    max_memory_mib: int | None = None,
 ) -> None:
     tenant = (await vms.record(name)).tenant
     # the tenant's lock first, as vm.create takes them (a VM's tenant never changes)
     async with vms.tenant_lock(tenant), vms.changing(name):
         rec = await vms.record(name)
         spec = VmSpec.from_dict(rec.spec)
-        grown = checked_vcpus(
+        grown = checked_room(
             replace(
                 spec,
                 vcpus=spec.vcpus if vcpus is None else vcpus,
                 memory_mib=spec.memory_mib if memory_mib is None else memory_mib,
                 max_vcpus=spec.max_vcpus if max_vcpus is None else max_vcpus,
+                max_memory_mib=spec.max_memory_mib if max_memory_mib is None else max_memory_mib,
             )
         )
         if grown == spec:
@@ -56,13 +59,13 @@ async def resize(
         if runtime.state == "stopped":
             await _resize_stopped(vms, name, rec.spec, grown, rec.placement)
         else:
-            _check_live(name, runtime.state, spec, grown, max_vcpus)
+            _check_live(name, runtime.state, spec, grown, max_vcpus, max_memory_mib)
             with trio.CancelScope(shield=True):
-                await vms.hv_pool.run(vms.hv.set_vcpus, name, grown.vcpus)
+                await _apply_live(vms, name, spec, grown)
                 try:
                     await vms.save_spec(name, grown, rec.placement)
                 except BaseException:
-                    await vms.hv_pool.run(vms.hv.set_vcpus, name, spec.vcpus)
+                    await _apply_live(vms, name, grown, spec)
                     raise
     log.info(
         "vm.resized",
@@ -72,27 +75,56 @@ async def resize(
             vcpus=f"{spec.vcpus}->{grown.vcpus}",
             max_vcpus=f"{spec.vcpu_slots}->{grown.vcpu_slots}",
             memory_mib=f"{spec.memory_mib}->{grown.memory_mib}",
+            max_memory_mib=f"{spec.memory_ceiling_mib}->{grown.memory_ceiling_mib}",
         ),
     )
 
 
-def _check_live(name: str, state: str, spec: VmSpec, grown: VmSpec, max_vcpus: int | None) -> None:
-    """``conflict`` unless ``grown`` differs from ``spec`` only by vCPUs a running VM can
-    plug in or give back (``max_vcpus``: the one asked for, if any)."""
+async def _apply_live(vms: VmService, name: str, was: VmSpec, now: VmSpec) -> None:
+    """A running VM's vCPUs, then its balloon, from ``was``'s to ``now``'s (the vCPUs put
+    back if the balloon is refused)."""
+    if now.vcpus != was.vcpus:
+        await vms.hv_pool.run(vms.hv.set_vcpus, name, now.vcpus)
+    if now.memory_mib != was.memory_mib:
+        try:
+            await vms.hv_pool.run(vms.hv.set_memory, name, now.memory_mib)
+        except BaseException:
+            if now.vcpus != was.vcpus:
+                await vms.hv_pool.run(vms.hv.set_vcpus, name, was.vcpus)
+            raise
+
+
+def _check_live(
+    name: str,
+    state: str,
+    spec: VmSpec,
+    grown: VmSpec,
+    max_vcpus: int | None,
+    max_memory_mib: int | None,
+) -> None:
+    """``conflict`` unless ``grown`` differs from ``spec`` only by vCPUs and memory a
+    running VM has room for (``max_vcpus``, ``max_memory_mib``: the ones asked for)."""
     details = {"vm": name, "state": state}
-    if grown.memory_mib != spec.memory_mib:
-        raise errors.Conflict(f"vm {name!r} must be stopped to change its memory", details)
     if max_vcpus is not None and max_vcpus != spec.vcpu_slots:
         raise errors.Conflict(f"vm {name!r} must be stopped to change its max_vcpus", details)
-    if grown.vcpus > spec.vcpu_slots:
+    if max_memory_mib is not None and max_memory_mib != spec.memory_ceiling_mib:
+        raise errors.Conflict(f"vm {name!r} must be stopped to change its max_memory_mib", details)
+    if grown.vcpus != spec.vcpus and spec.max_vcpus is None:
         raise errors.Conflict(
-            f"vm {name!r} must be stopped to get more than {spec.vcpu_slots} vCPU(s)"
-            " (its max_vcpus)",
-            {**details, "max_vcpus": spec.vcpu_slots},
+            f"vm {name!r} has no room for vCPUs to come and go (it was made without"
+            " max_vcpus): its vCPUs change only while it is stopped",
+            details,
+        )
+    if grown.memory_mib != spec.memory_mib and spec.max_memory_mib is None:
+        raise errors.Conflict(
+            f"vm {name!r} has no balloon (it was made without max_memory_mib): its memory"
+            " changes only while it is stopped",
+            details,
         )
     if state != "running":
         raise errors.Conflict(
-            f"vm {name!r} must be running to plug vCPUs in or out, or stopped (it is {state})",
+            f"vm {name!r} must be running to change its vCPUs or memory, or stopped"
+            f" (it is {state})",
             details,
         )
 

@@ -167,6 +167,7 @@ class VmService:
             "vcpus": rec.spec["vcpus"],
             "max_vcpus": rec.spec.get("max_vcpus") or rec.spec["vcpus"],
             "memory_mib": rec.spec["memory_mib"],
+            "max_memory_mib": rec.spec.get("max_memory_mib") or rec.spec["memory_mib"],
             "created_at": rec.created_at,
             "updated_at": rec.updated_at,
         }

@@ -105,12 +105,20 @@ class VmSpec:
     nics: tuple[NicSpec, ...] = field(default_factory=tuple)
     restart: str = "on-failure"
     max_vcpus: int | None = None
+    max_memory_mib: int | None = None
 
     @property
     def vcpu_slots(self) -> int:
         """The vCPUs the VM may have while it runs (``max_vcpus``, else ``vcpus``): what
         its placement reserves and its tenant's quota counts."""
         return self.max_vcpus or self.vcpus
+
+    @property
+    def memory_ceiling_mib(self) -> int:
+        """The memory the VM may have while it runs (``max_memory_mib``, else
+        ``memory_mib``): what it boots with before its balloon takes the rest, what its
+        placement reserves and its tenant's quota counts."""
+        return self.max_memory_mib or self.memory_mib
 
     def disk_targets(self) -> list[str]:
         """Each disk's device name in the guest, in order."""
@@ -139,8 +147,9 @@ class VmSpec:
             # the default goes unwritten: a release before restart policies refuses a spec
             # key it does not know, so a VM with the default can still migrate to one
             del doc["restart"]
-        if self.max_vcpus is None:
-            del doc["max_vcpus"]  # unwritten unless set, for the same reason
+        for key in ("max_vcpus", "max_memory_mib"):
+            if doc[key] is None:
+                del doc[key]  # unwritten unless set, for the same reason
         return doc
 
     @classmethod
@@ -218,10 +227,13 @@ def parse_create(p: Params) -> tuple[VmSpec, bool]:
         nics=tuple(parse_nic(n, f"nics[{i}]") for i, n in enumerate(p.array("nics", MAX_NICS))),
         restart=p.choice("restart", RESTART_POLICIES, "on-failure"),
         max_vcpus=p.integer("max_vcpus", 1, MAX_VCPUS, default=0) or None,
+        max_memory_mib=p.integer("max_memory_mib", 16, MAX_MEMORY_MIB, default=0) or None,
     )
-    spec = checked_vcpus(spec)
+    spec = checked_room(spec)
     if spec.max_vcpus == spec.vcpus:  # no room to plug any: as if not given
         spec = replace(spec, max_vcpus=None)
+    if spec.max_memory_mib == spec.memory_mib:
+        spec = replace(spec, max_memory_mib=None)
     check_unique(spec.nics)
     start = p.flag("start")
     p.done()
@@ -233,13 +245,22 @@ def parse_create(p: Params) -> tuple[VmSpec, bool]:
     return spec, start
 
 
-def checked_vcpus(spec: VmSpec) -> VmSpec:
-    """``spec``, or ``invalid_params`` when its ``max_vcpus`` is below its ``vcpus``."""
-    if spec.max_vcpus is not None and spec.max_vcpus < spec.vcpus:
+def checked_room(spec: VmSpec) -> VmSpec:
+    """``spec``, or ``invalid_params`` when its ``max_vcpus`` is below its ``vcpus``, its
+    ``max_memory_mib`` below its ``memory_mib``, or memory on hugepages has room (a
+    balloon cannot give hugepages back)."""
+    for most, now in (("max_vcpus", "vcpus"), ("max_memory_mib", "memory_mib")):
+        ceiling, value = getattr(spec, most), getattr(spec, now)
+        if ceiling is not None and ceiling < value:
+            raise InvalidParams(
+                f"{most} ({ceiling}) is below {now} ({value}): raise it too (while the VM is"
+                " stopped)",
+                {"param": most},
+            )
+    if spec.hugepage_kib and spec.memory_ceiling_mib > spec.memory_mib:
         raise InvalidParams(
-            f"max_vcpus ({spec.max_vcpus}) is below vcpus ({spec.vcpus}): raise it too (while"
-            " the VM is stopped)",
-            {"param": "max_vcpus"},
+            "memory on hugepages has no room to grow or shrink (max_memory_mib)",
+            {"param": "max_memory_mib"},
         )
     return spec
 
