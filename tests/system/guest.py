@@ -156,8 +156,8 @@ if grep -q novacron.blockwatch /proc/cmdline; then
    done) &
 fi
 if grep -q novacron.cpuwatch /proc/cmdline; then
-  # the vCPUs the guest has, whenever they change: a plugged one brought online (as udev
-  # would), one taken out gone from both lists
+  # the vCPUs the guest has, whenever they change; a plugged one brought online, as a
+  # distribution's udev rules do (the kernel leaves it offline)
   (last=""; while true; do
      for c in /sys/devices/system/cpu/cpu[0-9]*; do
        [ -e $c/online ] && [ "$(cat $c/online)" = 0 ] && echo 1 > $c/online 2>/dev/null

@@ -441,27 +441,3 @@ def test_room_for_memory_is_the_maximum_the_current_target_and_a_balloon() -> No
     )
     assert back.find("devices/memballoon").get("model") == "none"  # type: ignore[union-attr]
     assert back.findtext("memory") == "128"
-
-
-def test_vcpus_a_vm_starts_with_can_be_given_back_but_the_first() -> None:
-    spec = VmSpec(name="hp", vcpus=2, memory_mib=64, max_vcpus=4)
-    root = ET.fromstring(domain_xml.build(plan(spec)))
-    listed = [(v.get("id"), v.get("enabled"), v.get("hotpluggable")) for v in root.iter("vcpu")]
-    assert listed[1:] == [
-        ("0", "yes", "no"),
-        ("1", "yes", "yes"),
-        ("2", "no", "yes"),
-        ("3", "no", "yes"),
-    ]
-    full = ET.fromstring(
-        domain_xml.build(plan(VmSpec(name="f", vcpus=2, memory_mib=64, max_vcpus=2)))
-    )
-    vcpu = full.find("vcpu")
-    assert vcpu is not None and (vcpu.text, vcpu.get("current")) == ("2", None)
-    assert [v.get("hotpluggable") for v in full.findall("vcpus/vcpu")] == ["no", "yes"]
-    assert (
-        ET.fromstring(domain_xml.build(plan(VmSpec(name="n", vcpus=2, memory_mib=64)))).find(
-            "vcpus"
-        )
-        is None
-    )

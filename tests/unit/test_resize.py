@@ -75,7 +75,7 @@ async def test_refusals_change_nothing(vm_service: VmService) -> None:
     with pytest.raises(errors.InsufficientResources):
         await resize(vm_service, name, None, 1024 * 1024)  # more than the host has
     await vm_service.start(name)
-    with pytest.raises(errors.Conflict, match="no room for vCPUs"):
+    with pytest.raises(errors.Conflict, match="no room for more vCPUs"):
         await resize(vm_service, name, 2, None)
     await vm_service.stop(name)
     assert await shape(vm_service, name) == before
@@ -135,7 +135,7 @@ async def vcpu_counts(svc: VmService, name: str) -> dict[str, Any]:
     }
 
 
-async def test_a_running_vm_plugs_vcpus_in_and_out_up_to_its_max(vm_service: VmService) -> None:
+async def test_a_running_vm_has_vcpus_plugged_in_up_to_its_max(vm_service: VmService) -> None:
     name = await made(vm_service, max_vcpus=3)
     assert await vcpu_counts(vm_service, name) == {
         "live": None,
@@ -146,15 +146,14 @@ async def test_a_running_vm_plugs_vcpus_in_and_out_up_to_its_max(vm_service: VmS
         "placed": 3,  # the maximum is reserved
     }
     await vm_service.start(name)
-    await resize(vm_service, name, 3, None)
-    expected = {"live": 3, "defined": 3, "most": 3, "record": (3, 3), "metadata": (3, 3)}
-    assert await vcpu_counts(vm_service, name) == {**expected, "placed": 3}
-    assert (await vm_service.get(name))["vcpus"] == 3
     await resize(vm_service, name, 2, None)
     expected = {"live": 2, "defined": 2, "most": 3, "record": (2, 3), "metadata": (2, 3)}
     assert await vcpu_counts(vm_service, name) == {**expected, "placed": 3}
+    assert (await vm_service.get(name))["vcpus"] == 2
 
     before = await vcpu_counts(vm_service, name)
+    with pytest.raises(errors.Conflict, match="must be stopped to take vCPUs out"):
+        await resize(vm_service, name, 1, None)
     with pytest.raises(errors.InvalidParams, match=r"max_vcpus \(3\) is below vcpus \(4\)"):
         await resize(vm_service, name, 4, None)
     with pytest.raises(errors.Conflict, match="memory"):
@@ -165,7 +164,7 @@ async def test_a_running_vm_plugs_vcpus_in_and_out_up_to_its_max(vm_service: VmS
         await resize(vm_service, name, None, None, 1)
     await vm_service.pause(name)
     with pytest.raises(errors.Conflict, match="must be running"):
-        await resize(vm_service, name, 1, None)
+        await resize(vm_service, name, 3, None)
     assert await vcpu_counts(vm_service, name) == before
     await vm_service.resume(name)
     await resize(vm_service, name, 2, None, 3)  # the same: nothing to do
@@ -174,6 +173,19 @@ async def test_a_running_vm_plugs_vcpus_in_and_out_up_to_its_max(vm_service: VmS
     await vm_service.stop(name)
     await vm_service.start(name)  # the definition has what was plugged
     assert (await vcpu_counts(vm_service, name))["live"] == 2
+
+    # libvirt refuses (a definition changed behind NovaCron's back): nothing changes
+    import libvirt
+
+    dom = vm_service.hv.domain(name)
+    dom.setVcpusFlags(2, libvirt.VIR_DOMAIN_AFFECT_CONFIG | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+    before = await vcpu_counts(vm_service, name)
+    with pytest.raises(errors.InvalidParams):  # (libvirt: more than the maximum)
+        await resize(vm_service, name, 3, None)
+    assert await vcpu_counts(vm_service, name) == before
+    await vm_service.stop(name)
+    await resize(vm_service, name, 1, None)  # taken out while stopped
+    assert (await vcpu_counts(vm_service, name))["record"] == (1, 3)
     await vm_service.delete(name, force=True, keep_disks=False)
 
 
@@ -211,26 +223,37 @@ async def test_a_stopped_vm_gets_room_for_vcpus_counted_by_its_quota(
     await vm_service.delete(name, force=True, keep_disks=False)
 
 
-async def test_reconcile_follows_a_vcpu_change_libvirt_made_before_a_crash(
-    vm_service: VmService,
-) -> None:
+async def test_reconcile_makes_a_change_cut_short_follow_libvirt(vm_service: VmService) -> None:
+    """The record is written first: a crash before libvirt (or between the record and
+    the metadata) leaves the record ahead; libvirt's definition is what the VM has."""
+    from dataclasses import replace
+
     name = await made(vm_service, max_vcpus=3)
     await vm_service.start(name)
-    # libvirt plugged the vCPUs in; the daemon died before the record was written
-    await vm_service.hv_pool.run(vm_service.hv.set_vcpus, name, 3)
+    rec = await vm_service.records.get(name)
+    assert rec is not None
+    ahead = replace(VmSpec.from_dict(rec.spec), vcpus=3)
+    await vm_service.save_spec(name, ahead, rec.placement)  # record and metadata written
     vm_service.placement.release(name)  # (a restarted daemon holds none before it reconciles)
     found = [f for f in await reconcile(vm_service) if f["vm"] == name]
     assert [f["finding"] for f in found] == ["size_changed"], found
-    assert "record 1 vCPU(s), 64 MiB -> libvirt 3 vCPU(s), 64 MiB" in found[0]["detail"]
+    assert "record 3 vCPU(s), 64 MiB -> libvirt 1 vCPU(s), 64 MiB" in found[0]["detail"]
     counts = await vcpu_counts(vm_service, name)
     assert (counts["live"], counts["defined"], counts["record"], counts["metadata"]) == (
-        3,
-        3,
-        (3, 3),
-        (3, 3),
+        1,
+        1,
+        (1, 3),
+        (1, 3),
     )
     again = [f for f in await reconcile(vm_service) if f["vm"] == name]
     assert not [f for f in again if f["finding"] == "size_changed"]
+
+    await vm_service.records.set_spec(name, ahead.to_dict(), rec.placement)  # record only
+    vm_service.placement.release(name)
+    found = [f for f in await reconcile(vm_service) if f["vm"] == name]
+    assert [f["finding"] for f in found] == ["size_changed"], found
+    counts = await vcpu_counts(vm_service, name)
+    assert (counts["record"], counts["metadata"]) == ((1, 3), (1, 3))
     await vm_service.delete(name, force=True, keep_disks=False)
 
 

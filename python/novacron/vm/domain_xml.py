@@ -86,7 +86,7 @@ def build(plan: DomainPlan) -> str:
     _sub(dom, "memory", str(spec.memory_ceiling_mib), unit="MiB")
     _sub(dom, "currentMemory", str(spec.memory_mib), unit="MiB")
     vcpu = _sub(dom, "vcpu", str(spec.vcpu_slots), placement="static")
-    _vcpu_room(dom, vcpu, spec)
+    _vcpu_room(vcpu, spec)
 
     _sub(dom, "metadata").append(metadata_element(spec, plan.placement))
     if plan.placement is not None:
@@ -125,20 +125,10 @@ def build(plan: DomainPlan) -> str:
     return ET.tostring(dom, encoding="unicode")
 
 
-def _vcpu_room(dom: ET.Element, vcpu: ET.Element, spec: VmSpec) -> None:
-    """A VM with ``max_vcpus`` starts with ``vcpus`` of them (``current``), each but the
-    first pluggable (``<vcpus>``), so it can give back any it started with too."""
-    if spec.max_vcpus is None:
-        return
+def _vcpu_room(vcpu: ET.Element, spec: VmSpec) -> None:
+    """A VM with room for more vCPUs starts with ``vcpus`` of them (``current``)."""
     if spec.vcpu_slots > spec.vcpus:
         vcpu.set("current", str(spec.vcpus))
-    listed = ET.Element("vcpus")
-    for k in range(spec.vcpu_slots):
-        enabled = "yes" if k < spec.vcpus else "no"
-        ET.SubElement(
-            listed, "vcpu", id=str(k), enabled=enabled, hotpluggable="no" if k == 0 else "yes"
-        )
-    dom.insert(list(dom).index(vcpu) + 1, listed)
 
 
 def balloon_model(spec: VmSpec) -> str:
@@ -321,9 +311,9 @@ def resized(xml: str, spec: VmSpec, placement: dict[str, Any] | None) -> str:
         raise ValueError("domain XML has no <vcpu>")
     vcpu.attrib.pop("current", None)
     vcpu.text = str(spec.vcpu_slots)
-    for el in dom.findall("vcpus"):
+    for el in dom.findall("vcpus"):  # libvirt's per-vCPU list: made again from <vcpu>
         dom.remove(el)
-    _vcpu_room(dom, vcpu, spec)
+    _vcpu_room(vcpu, spec)
     spec_el = dom.find(f"metadata/{{{METADATA_NS}}}vm/{{{METADATA_NS}}}spec")
     if spec_el is None:
         raise ValueError("domain XML carries no NovaCron metadata")

@@ -442,35 +442,19 @@ class Hypervisor:
                 dom.setMemoryFlags(was, live)
                 raise
 
-    def set_vcpus(self, name: str, count: int) -> None:
-        """A running VM's vCPUs plugged in or taken out (up to its ``<vcpu>`` maximum), in
-        the guest and then in the definition (the guest's put back if the second fails).
-        A guest that does not give back vCPUs it is asked for (libvirt waits a few
-        seconds for each): ``timeout``, the definition unchanged; the request stays with
-        the guest, whose vCPUs may still go later."""
+    def plug_vcpus(self, name: str, count: int) -> None:
+        """A running VM's vCPUs raised to ``count`` (up to its ``<vcpu>`` maximum): in its
+        definition, then plugged into the guest (the definition put back if that fails)."""
         live, config = libvirt.VIR_DOMAIN_AFFECT_LIVE, libvirt.VIR_DOMAIN_AFFECT_CONFIG
         with libvirt_errors():
             dom = self.domain(name)
-            was = dom.vcpusFlags(live)
-        try:
-            dom.setVcpusFlags(count, live)
-        except libvirt.libvirtError as exc:
-            with libvirt_errors():
-                now = dom.vcpusFlags(live)
-            if count < was and now > count:
-                raise errors.Timeout(
-                    f"vm {name!r}: the guest has not given back the vCPUs asked for; it has"
-                    f" {now} (libvirt: {exc.get_error_message()})",
-                    {"vm": name, "vcpus_live": now},
-                ) from None
-            raise translate(exc) from None
-        try:
-            with libvirt_errors():
-                dom.setVcpusFlags(count, config)
-        except BaseException:
-            with libvirt_errors():
-                dom.setVcpusFlags(was, live)
-            raise
+            was = dom.vcpusFlags(config)
+            dom.setVcpusFlags(count, config)
+            try:
+                dom.setVcpusFlags(count, live)
+            except libvirt.libvirtError:
+                dom.setVcpusFlags(was, config)
+                raise
 
     def delete_volume(self, path: str) -> bool:
         try:

@@ -17,9 +17,9 @@ Findings, each logged and returned so ``node.info`` can report them:
   pins but its resources are not accounted (reported only).
 * ``resized`` — a record whose vCPUs or memory the domain does not have yet (a crash
   in the middle of a resize): the stopped domain is given them.
-* ``size_changed`` — a VM's definition has vCPUs or memory (within its ``max_vcpus``,
-  ``max_memory_mib``) its record lacks (a crash after libvirt changed a running VM's):
-  the record follows.
+* ``size_changed`` — a running VM's record (or metadata) has vCPUs or memory (within its
+  ``max_vcpus``, ``max_memory_mib``) its definition lacks (a crash in the middle of a
+  change while it ran): the record and metadata follow libvirt's definition.
 * ``migrated_away`` — a record whose domain is gone while an outgoing migration of it
   was interrupted by a restart: libvirt finished moving it; the record is dropped.
 * ``failed`` — a repair that did not work; the message says why.
@@ -92,24 +92,25 @@ async def _finish_resize(
 
 
 async def _follow_live_change(
-    svc: VmService, rec: VmRecord, note: Callable[[str, str, str], None]
+    svc: VmService, rec: VmRecord, stale_metadata: bool, note: Callable[[str, str, str], None]
 ) -> None:
-    """libvirt defines the VM with vCPUs or memory (within its room) its record lacks: a
-    running VM's change that libvirt finished and a crash kept from the record. The
-    record follows."""
+    """The record (or the domain's metadata: ``stale_metadata``) differs from the vCPUs
+    or memory libvirt defines the VM with, within its room: a running VM's change a
+    crash cut short (the record is written before libvirt changes). Both follow libvirt."""
     vcpus, mib = await svc.hv_pool.run(svc.hv.defined_size, rec.name)
     spec = VmSpec.from_dict(rec.spec)
     if not 1 <= vcpus <= spec.vcpu_slots or not 16 <= mib <= spec.memory_ceiling_mib:
+        note(rec.name, "failed", f"libvirt defines {vcpus} vCPU(s), {mib} MiB: beyond its room")
         return
     now = replace(spec, vcpus=vcpus, memory_mib=mib)
-    if now == spec:
+    if now == spec and not stale_metadata:
         return
     await svc.save_spec(rec.name, now, rec.placement)
     note(
         rec.name,
         "size_changed",
         f"record {spec.vcpus} vCPU(s), {spec.memory_mib} MiB -> libvirt {vcpus} vCPU(s),"
-        f" {mib} MiB: a change libvirt made before a crash",
+        f" {mib} MiB: a change of the running VM cut short by a crash",
     )
 
 
@@ -177,10 +178,15 @@ async def reconcile(
             await svc.records.set_uuid(name, managed.uuid)
             note(name, "uuid_changed", f"record {rec.uuid} -> libvirt {managed.uuid}")
         actual = runtimes.get(name)
-        if managed is not None and _shape(managed.spec) != _shape(rec.spec):
+        roomy = bool(rec.spec.get("max_vcpus") or rec.spec.get("max_memory_mib"))
+        stale = managed is not None and _shape(managed.spec) != _shape(rec.spec)
+        if stale and roomy and actual is not None and actual.state != "stopped":
+            await _follow_live_change(svc, rec, True, note)  # (a stopped one's is a resize)
+        elif stale:
+            assert managed is not None
             await _finish_resize(svc, rec, domains[name], _shape(managed.spec), actual, note)
-        elif rec.spec.get("max_vcpus") or rec.spec.get("max_memory_mib"):
-            await _follow_live_change(svc, rec, note)
+        elif roomy:
+            await _follow_live_change(svc, rec, False, note)
         if actual is not None and actual.state != rec.desired_state:
             note(name, "state_drift", f"desired {rec.desired_state}, actual {actual.state}")
 

@@ -9,12 +9,15 @@ them). A crash in between leaves the record ahead of the domain; reconciliation 
 it (finding ``resized``). A refusal or failure changes nothing: the old placement is
 taken back, the record restored.
 
-A running VM made with room (``max_vcpus``, ``max_memory_mib``) has vCPUs plugged in or
-taken out, and its balloon moved (the guest gives memory back or takes it), while it
-runs, up to those maxima. Its placement and its tenant's quota already count the maxima,
-so nothing is checked again: libvirt changes the guest and its definition first, the
-record follows (libvirt is put back if the record cannot be written). The maxima change
-only while it is stopped.
+A running VM made with room (``max_vcpus``, ``max_memory_mib``) has vCPUs plugged in, and
+its balloon moved (the guest gives memory back or takes it), while it runs, up to those
+maxima. Its placement and its tenant's quota already count the maxima, so nothing is
+checked again. The record is written first, then libvirt changes the balloon and the
+vCPUs (each in the definition and the guest; the record, and the balloon, put back if
+libvirt refuses). A crash in between leaves the record ahead of libvirt; reconciliation
+makes it follow libvirt's definition (finding ``size_changed``). vCPUs are taken out, and
+the maxima changed, only while it is stopped: QEMU needs the guest to eject a vCPU and,
+under TCG on QEMU 7.2, never reports it gone, so libvirt would lose track of it.
 """
 
 from __future__ import annotations
@@ -61,11 +64,11 @@ async def resize(
         else:
             _check_live(name, runtime.state, spec, grown, max_vcpus, max_memory_mib)
             with trio.CancelScope(shield=True):
-                await _apply_live(vms, name, spec, grown)
+                await vms.save_spec(name, grown, rec.placement)
                 try:
-                    await vms.save_spec(name, grown, rec.placement)
+                    await _apply_live(vms, name, spec, grown)
                 except BaseException:
-                    await _apply_live(vms, name, grown, spec)
+                    await vms.save_spec(name, spec, rec.placement)
                     raise
     log.info(
         "vm.resized",
@@ -81,16 +84,16 @@ async def resize(
 
 
 async def _apply_live(vms: VmService, name: str, was: VmSpec, now: VmSpec) -> None:
-    """A running VM's vCPUs, then its balloon, from ``was``'s to ``now``'s (the vCPUs put
-    back if the balloon is refused)."""
-    if now.vcpus != was.vcpus:
-        await vms.hv_pool.run(vms.hv.set_vcpus, name, now.vcpus)
+    """A running VM's balloon, then its vCPUs, from ``was``'s to ``now``'s (the balloon
+    put back if the vCPUs are refused)."""
     if now.memory_mib != was.memory_mib:
+        await vms.hv_pool.run(vms.hv.set_memory, name, now.memory_mib)
+    if now.vcpus != was.vcpus:
         try:
-            await vms.hv_pool.run(vms.hv.set_memory, name, now.memory_mib)
+            await vms.hv_pool.run(vms.hv.plug_vcpus, name, now.vcpus)
         except BaseException:
-            if now.vcpus != was.vcpus:
-                await vms.hv_pool.run(vms.hv.set_vcpus, name, was.vcpus)
+            if now.memory_mib != was.memory_mib:
+                await vms.hv_pool.run(vms.hv.set_memory, name, was.memory_mib)
             raise
 
 
@@ -109,16 +112,24 @@ def _check_live(
         raise errors.Conflict(f"vm {name!r} must be stopped to change its max_vcpus", details)
     if max_memory_mib is not None and max_memory_mib != spec.memory_ceiling_mib:
         raise errors.Conflict(f"vm {name!r} must be stopped to change its max_memory_mib", details)
-    if grown.vcpus != spec.vcpus and spec.max_vcpus is None:
+    if grown.vcpus > spec.vcpus and spec.max_vcpus is None:
         raise errors.Conflict(
-            f"vm {name!r} has no room for vCPUs to come and go (it was made without"
-            " max_vcpus): its vCPUs change only while it is stopped",
+            f"vm {name!r} has no room for more vCPUs (it was made without max_vcpus): it"
+            " must be stopped to change them",
+            details,
+        )
+    if grown.vcpus < spec.vcpus:
+        # QEMU needs the guest to eject a vCPU, and QEMU 7.2 under TCG never reports
+        # one gone: libvirt would lose track of the guest's vCPUs
+        raise errors.Conflict(
+            f"vm {name!r} must be stopped to take vCPUs out (they are only plugged in while"
+            " it runs)",
             details,
         )
     if grown.memory_mib != spec.memory_mib and spec.max_memory_mib is None:
         raise errors.Conflict(
-            f"vm {name!r} has no balloon (it was made without max_memory_mib): its memory"
-            " changes only while it is stopped",
+            f"vm {name!r} has no balloon (it was made without max_memory_mib): it must be"
+            " stopped to change its memory",
             details,
         )
     if state != "running":
