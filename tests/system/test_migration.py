@@ -153,7 +153,8 @@ def disk_in_use(node: Node, vm: str, disk: Path) -> None:
 def test_a_guest_with_two_vcpus_disks_and_a_nic_migrates_there_and_back(
     nodes: TwoNodes, guest_images: guest.GuestImages
 ) -> None:
-    """Not only the bare guest: two vCPUs, a raw disk on storage both nodes declare shared
+    """Not only the bare guest: two vCPUs and a balloon (room for 64 MiB more than it
+    has), a raw disk on storage both nodes declare shared
     (the guest keeps writing it and reads it back from the disk) and a qcow2 overlay over a
     base image there (the destination finds the whole chain; QEMU's image lock passes from
     one QEMU to the other), an e1000 NIC on a bridge network of
@@ -181,8 +182,9 @@ def test_a_guest_with_two_vcpus_disks_and_a_nic_migrates_there_and_back(
             a,
             "m9",
             guest_images,
-            "novacron.disk",
+            "novacron.disk novacron.memwatch",  # (memwatch: the guest's balloon driver)
             vcpus=2,
+            max_memory_mib=MEMORY_MIB + 64,
             disks=[{"path": str(disk), "format": "raw"}, {"path": str(qcow2)}],
             nics=[{"network": "mignet", "model": "e1000"}],
         )
@@ -198,7 +200,12 @@ def test_a_guest_with_two_vcpus_disks_and_a_nic_migrates_there_and_back(
             assert result["bytes_wire"] < result["bytes_logical"], result
             with dst.client() as c:
                 vm = c.call("vm.get", name="m9")
+                stats = c.call("vm.stats", name="m9")
             assert vm["vcpus"] == 2 and [d["path"] for d in vm["disks"]] == paths, vm
+            assert vm["max_memory_mib"] == MEMORY_MIB + 64, vm
+            assert stats["memory"]["current_kib"] == MEMORY_MIB * 1024, stats  # the balloon's
+            defined = dst.host.virsh("dumpxml", "--inactive", "m9")
+            assert f"<currentMemory unit='KiB'>{MEMORY_MIB * 1024}<" in defined, defined
             assert [(n["network"], n["model"]) for n in vm["nics"]] == [("mignet", "e1000")], vm
             xml = dst.host.virsh("dumpxml", "m9")
             assert all(p in xml for p in paths) and "e1000" in xml, xml
@@ -432,3 +439,25 @@ def refused_everywhere(nodes: TwoNodes, guest_images: guest.GuestImages, disk: P
     assert incoming_op(b, "m8")["error"]["message"] == "cancelled by the source"
     stays_on_source("m8", a, b)  # intact there, then retired
     assert disk.exists()
+
+
+def test_a_vcpu_plugged_under_single_threaded_tcg_is_recorded_and_the_vm_stays_home(
+    nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    """These hosts run QEMU's TCG on one thread (``twohosts.py``), so every vCPU reports
+    the same thread and libvirt 9.0's check after QEMU plugged one fails. The guest has
+    the vCPU: the plug is a success, recorded as such. libvirt's description of the VM
+    is then one it cannot move (a plugged vCPU without an ``order``): a migration fails
+    and the VM stays home, running."""
+    a, b = nodes.a, nodes.b
+    boot(a, "m12", guest_images, vcpus=1, max_vcpus=2)
+    with a.client() as c:
+        assert c.call("vm.update", name="m12", vcpus=2)["vcpus"] == 2
+        assert c.call("vm.stats", name="m12")["cpu"]["vcpus"] == 2
+        assert c.call("vm.get", name="m12")["vcpus"] == 2
+    assert "vm.vcpus_plugged_despite_error" in a.daemon.log_text()
+    done = cli(a, "--json", "vm", "migrate", "m12", "--to", b.address)
+    assert done.returncode != 0 and "order" in done.stderr, done.stderr
+    only_on("m12", a, b)  # (refused before the destination was asked)
+    intact_on(a, "m12")
+    retire(a, "m12")

@@ -68,7 +68,11 @@ async def resize(
                 try:
                     await _apply_live(vms, name, spec, grown)
                 except BaseException:
-                    await vms.save_spec(name, spec, rec.placement)
+                    # the record follows what libvirt defines the VM with after the failure
+                    has, mib = await vms.hv_pool.run(vms.hv.defined_size, name)
+                    await vms.save_spec(
+                        name, replace(spec, vcpus=has, memory_mib=mib), rec.placement
+                    )
                     raise
     log.info(
         "vm.resized",
