@@ -138,3 +138,36 @@ async def test_update_changes_the_restart_policy_in_record_and_metadata(svc: VmS
     with pytest.raises(errors.NotFound):
         await svc.update(unique("ghost"), "never")
     await svc.delete(name, force=True, keep_disks=False)
+
+
+async def test_a_snapshot_needs_every_writable_disk_in_qcow2(svc: VmService) -> None:
+    """QEMU keeps an internal snapshot inside each writable disk's qcow2 image: a VM with a
+    raw disk is refused before libvirt is asked, and nothing is made."""
+    raw = unique("snap")
+    disks = (DiskSpec(size_gib=1), DiskSpec(path="/var/lib/images/data.raw", format="raw"))
+    await svc.create(VmSpec(name=raw, vcpus=1, memory_mib=64, disks=disks), start=False)
+    with pytest.raises(errors.Conflict, match=r"vdb \(raw file\) is not one") as refused:
+        await svc.snapshot_create(raw, "s1", "")
+    assert refused.value.details == {"vm": raw, "disks": ["vdb"]}
+    assert await svc.snapshot_list(raw) == []
+    await svc.delete(raw, force=True, keep_disks=False)
+
+    fine = unique("snap")
+    await svc.create(VmSpec(name=fine, vcpus=1, memory_mib=64, disks=disks[:1]), start=False)
+    assert (await svc.snapshot_create(fine, "s1", "qcow2 only"))["name"] == "s1"
+    await svc.delete(fine, force=True, keep_disks=False)
+
+
+def test_snapshot_blockers_leave_out_read_only_and_empty_drives() -> None:
+    xml = """<domain><devices>
+      <disk type='file' device='disk'><driver type='qcow2'/><source file='/a.qcow2'/>
+        <target dev='vda'/></disk>
+      <disk type='file' device='disk'><driver type='raw'/><source file='/b.raw'/>
+        <target dev='vdb'/><readonly/></disk>
+      <disk type='file' device='cdrom'><driver type='raw'/><target dev='sda'/></disk>
+      <disk type='network' device='disk'><driver type='qcow2'/>
+        <source protocol='nbd' name='x'><host name='h'/></source><target dev='vdc'/></disk>
+      <disk type='block' device='disk'><driver type='raw'/><source dev='/dev/sdz'/>
+        <target dev='vdd'/></disk>
+    </devices></domain>"""
+    assert domain_xml.snapshot_blockers(xml) == ["vdc (qcow2 network)", "vdd (raw block)"]

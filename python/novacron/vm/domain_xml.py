@@ -367,6 +367,20 @@ class DiskSource:
     pool: str | None = None  # a storage-pool volume's pool and name (type ``volume``)
     volume: str | None = None
     alias: str | None = None  # a running domain's name for the device (``virtio-disk1``)
+    format: str | None = None  # the image format QEMU reads (``<driver type=...>``)
+
+
+def snapshot_blockers(xml: str) -> list[str]:
+    """The domain's disks an internal snapshot cannot hold (QEMU keeps one inside each
+    writable disk's qcow2 image), each as ``vdb (raw file)``; read-only disks and empty
+    drives are left out of a snapshot, as libvirt leaves them."""
+    return [
+        f"{d.target or '?'} ({d.format or 'unknown'} {d.kind})"
+        for d in parse_disks(xml)
+        if not d.readonly
+        and not d.empty
+        and (d.format != "qcow2" or d.kind not in ("file", "block", "volume"))
+    ]
 
 
 def parse_disks(xml: str) -> list[DiskSource]:
@@ -378,6 +392,7 @@ def parse_disks(xml: str) -> list[DiskSource]:
         src = disk.find("source")
         target = disk.find("target")
         alias = disk.find("alias")
+        driver = disk.find("driver")
         path = None
         if src is not None:
             path = src.get("file") if disk.get("type", "file") == "file" else src.get("dev")
@@ -391,6 +406,7 @@ def parse_disks(xml: str) -> list[DiskSource]:
                 pool=None if src is None else src.get("pool"),
                 volume=None if src is None else src.get("volume"),
                 alias=None if alias is None else alias.get("name"),
+                format=None if driver is None else driver.get("type"),
             )
         )
     return disks

@@ -483,6 +483,13 @@ class VmService:
             existing = await self.hv_pool.run(self.hv.snapshot_list, name)
             if any(s["name"] == snapshot for s in existing):
                 raise errors.AlreadyExists(f"snapshot {snapshot!r} of vm {name!r} already exists")
+            blockers = domain_xml.snapshot_blockers(await self.hv_pool.run(self.hv.xml, name))
+            if blockers:
+                raise errors.Conflict(
+                    f"vm {name!r} cannot have a snapshot: it is kept inside each writable"
+                    f" disk's qcow2 image, and {', '.join(blockers)} is not one",
+                    {"vm": name, "disks": [b.split(" ", 1)[0] for b in blockers]},
+                )
             await self.hv_pool.run(self.hv.snapshot_create, name, snapshot, description)
             log.info("vm.snapshot_created", extra=kv(vm=name, snapshot=snapshot))
             found = await self.hv_pool.run(self.hv.snapshot_list, name)
