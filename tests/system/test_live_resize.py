@@ -73,11 +73,11 @@ def memory_kib(log: Path, after: int = 0) -> int | None:
     return int(found[-1]) if found else None
 
 
-def settled(c: SyncClient, log: Path, mib: int) -> int:
+def settled(c: SyncClient, vm: str, log: Path, mib: int) -> int:
     """Waits until QEMU's balloon has the guest at ``mib`` and the guest's own report has
     stopped moving; returns the guest's MemTotal then."""
     wait_until(
-        lambda: c.call("vm.stats", name="mem1")["memory"]["current_kib"] == mib * 1024,
+        lambda: c.call("vm.stats", name=vm)["memory"]["current_kib"] == mib * 1024,
         120,
         f"the balloon at {mib} MiB",
     )
@@ -105,16 +105,16 @@ def test_memory_is_given_back_through_the_balloon_and_taken_again(
         )
         assert (vm["memory_mib"], vm["max_memory_mib"]) == (160, 288)
         log = Path(vm["console_log"])
-        booted = settled(c, log, 160)  # the balloon took 128 of the 288 MiB it booted with
+        booted = settled(c, "mem1", log, 160)  # the balloon took 128 of the 288 MiB it booted with
 
         grown = c.call("vm.update", name="mem1", memory_mib=288)
         assert (grown["memory_mib"], grown["state"]) == (288, "running")
-        full = settled(c, log, 288)
+        full = settled(c, "mem1", log, 288)
         assert full - booted == 128 * 1024  # the guest has every page the balloon gave back
 
         shrunk = c.call("vm.update", name="mem1", memory_mib=96)
         assert shrunk["memory_mib"] == 96
-        assert full - settled(c, log, 96) == 192 * 1024
+        assert full - settled(c, "mem1", log, 96) == 192 * 1024
 
         with pytest.raises(errors.InvalidParams, match="below"):
             c.call("vm.update", name="mem1", memory_mib=320)
@@ -123,5 +123,5 @@ def test_memory_is_given_back_through_the_balloon_and_taken_again(
 
         c.call("vm.stop", name="mem1")
         c.call("vm.start", name="mem1")  # the definition kept the balloon's target
-        settled(c, log, 96)
+        settled(c, "mem1", log, 96)
         c.call("vm.delete", name="mem1", force=True)

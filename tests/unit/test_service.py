@@ -170,4 +170,7 @@ def test_snapshot_blockers_leave_out_read_only_and_empty_drives() -> None:
       <disk type='block' device='disk'><driver type='raw'/><source dev='/dev/sdz'/>
         <target dev='vdd'/></disk>
     </devices></domain>"""
-    assert domain_xml.snapshot_blockers(xml) == ["vdc (qcow2 network)", "vdd (raw block)"]
+    assert [(d.target, d.format, d.kind) for d in domain_xml.snapshot_blockers(xml)] == [
+        ("vdc", "qcow2", "network"),
+        ("vdd", "raw", "block"),
+    ]

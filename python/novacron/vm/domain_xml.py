@@ -370,12 +370,12 @@ class DiskSource:
     format: str | None = None  # the image format QEMU reads (``<driver type=...>``)
 
 
-def snapshot_blockers(xml: str) -> list[str]:
+def snapshot_blockers(xml: str) -> list[DiskSource]:
     """The domain's disks an internal snapshot cannot hold (QEMU keeps one inside each
-    writable disk's qcow2 image), each as ``vdb (raw file)``; read-only disks and empty
-    drives are left out of a snapshot, as libvirt leaves them."""
+    writable disk's qcow2 image); read-only disks and empty drives are left out of a
+    snapshot, as libvirt leaves them."""
     return [
-        f"{d.target or '?'} ({d.format or 'unknown'} {d.kind})"
+        d
         for d in parse_disks(xml)
         if not d.readonly
         and not d.empty

@@ -419,13 +419,12 @@ class Hypervisor:
         """The vCPUs and MiB of memory (its balloon's target) the VM's definition starts
         it with."""
         with libvirt_errors():
-            dom = self.domain(name)
-            vcpus = int(dom.vcpusFlags(libvirt.VIR_DOMAIN_AFFECT_CONFIG))
-            xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-        el = ET.fromstring(xml).find("currentMemory")  # noqa: S314 - libvirtd's XML
-        if el is None or el.text is None or el.get("unit", "KiB") != "KiB":  # as it writes it
-            raise errors.Internal(f"vm {name!r}: libvirt's definition has no <currentMemory>")
-        return vcpus, int(el.text) // 1024
+            xml = self.domain(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        root = ET.fromstring(xml)  # noqa: S314 - libvirtd's XML
+        vcpu, memory = root.find("vcpu"), root.find("currentMemory")
+        if vcpu is None or memory is None or memory.get("unit", "KiB") != "KiB":  # as written
+            raise errors.Internal(f"vm {name!r}: libvirt's definition has no <vcpu> or memory")
+        return int(vcpu.get("current") or vcpu.text or 0), int(memory.text or 0) // 1024
 
     def set_memory(self, name: str, mib: int) -> None:
         """A running VM's balloon target (up to its ``<memory>``), in the guest and then in

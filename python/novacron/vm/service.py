@@ -485,10 +485,11 @@ class VmService:
                 raise errors.AlreadyExists(f"snapshot {snapshot!r} of vm {name!r} already exists")
             blockers = domain_xml.snapshot_blockers(await self.hv_pool.run(self.hv.xml, name))
             if blockers:
+                said = ", ".join(f"{d.target} ({d.format or 'unknown'} {d.kind})" for d in blockers)
                 raise errors.Conflict(
                     f"vm {name!r} cannot have a snapshot: it is kept inside each writable"
-                    f" disk's qcow2 image, and {', '.join(blockers)} is not one",
-                    {"vm": name, "disks": [b.split(" ", 1)[0] for b in blockers]},
+                    f" disk's qcow2 image, and {said} is not one",
+                    {"vm": name, "disks": [d.target for d in blockers]},
                 )
             await self.hv_pool.run(self.hv.snapshot_create, name, snapshot, description)
             log.info("vm.snapshot_created", extra=kv(vm=name, snapshot=snapshot))
