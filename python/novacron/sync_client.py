@@ -17,6 +17,7 @@ quickly. The trio client (:mod:`novacron.client`) shares its helpers.
 from __future__ import annotations
 
 import itertools
+import select
 import socket
 import ssl
 import struct
@@ -189,6 +190,43 @@ class SyncClient:
         except (errors.NovaCronError, OSError):
             pass
         return errors.Unavailable("connection to novacrond closed")
+
+    def fileno(self) -> int:
+        """The connection's socket, for ``select`` beside other files."""
+        return self._sock.fileno()
+
+    def notifications(self, timeout: float = 0.0) -> list[codec.Notification]:
+        """The notifications received so far; if there are none, those that arrive
+        within ``timeout`` seconds (one read). Responses stay queued for their calls;
+        the server's ``protocol.error`` is raised."""
+        if not any(isinstance(m, codec.Notification) for m in self._queue) and self._readable(
+            timeout
+        ):
+            try:
+                data = self._sock.recv(READ_SIZE)
+            except (BlockingIOError, TimeoutError, ssl.SSLWantReadError):
+                data = None  # (a TLS record not complete yet)
+            except (ssl.SSLError, ConnectionResetError) as exc:
+                raise errors.Unavailable(f"connection to novacrond failed: {exc}") from None
+            if data == b"":
+                raise errors.Unavailable("connection to novacrond closed")
+            if data:
+                self._queue.extend(self._decoder.feed(data))
+        notes = [m for m in self._queue if isinstance(m, codec.Notification)]
+        if notes:
+            kept = [m for m in self._queue if not isinstance(m, codec.Notification)]
+            self._queue.clear()
+            self._queue.extend(kept)
+        for note in notes:
+            if note.method == "protocol.error":
+                raise protocol_error(note)
+        return notes
+
+    def _readable(self, timeout: float) -> bool:
+        if isinstance(self._sock, ssl.SSLSocket) and self._sock.pending():
+            return True  # decrypted bytes already inside the TLS layer
+        ready, _, _ = select.select([self._sock], [], [], timeout)
+        return bool(ready)
 
     def events(self, topics: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """Subscribes now and returns an iterator over event maps."""

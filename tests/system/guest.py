@@ -179,6 +179,10 @@ if grep -q novacron.memwatch /proc/cmdline; then
      sleep 0.5
    done) &
 fi
+if grep -q novacron.shell /proc/cmdline; then
+  # a shell reading the serial console, as a getty's login shell would (no login)
+  (while true; do sh </dev/ttyS0 >/dev/ttyS0 2>&1; done) &
+fi
 if grep -q novacron.bench /proc/cmdline; then
   # the migration benchmark's guest (see bench/migration_bench.py): 150 copies of one
   # binary, ~240 MiB of a repeated text block (not page-aligned), 32 MiB random data

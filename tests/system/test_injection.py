@@ -109,6 +109,8 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("vm.clone", {"name": "victim"}, "new_name"),
     ("vm.disk.resize", {"target": "vda", "size_gib": 2}, "vm"),
     ("vm.disk.resize", {"vm": "victim", "size_gib": 2}, "target"),
+    ("vm.console.open", {}, "name"),
+    ("vm.console.write", {"console": 1}, "data"),  # (text is taken as bytes: no console 1)
     ("cluster.vms", {}, "tenant"),
     ("cluster.vms", {}, "node"),
     ("cluster.stats", {}, "tenant"),
@@ -160,6 +162,7 @@ def test_every_string_parameter_resists_injection(system_daemon: Daemon) -> None
         "op.list",
         "cluster.nodes",
         "cluster.status",
+        "vm.console.close",
     }, "a method with string parameters is missing from the sweep"
     with daemon.client() as c:
         c.call("vm.create", name="victim", memory_mib=64)

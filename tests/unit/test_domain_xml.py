@@ -54,8 +54,10 @@ def test_build_direct_kernel_boot_guest() -> None:
     assert root.findtext("os/kernel") == "/k/vmlinuz"
     assert root.findtext("os/initrd") == "/k/initrd"
     assert root.findtext("os/cmdline") == "console=ttyS0 quiet"
-    serial = root.find("devices/serial/source")
-    assert serial.get("append") == "on"
+    serial = root.find("devices/serial")
+    assert serial.get("type") == "pty"  # a console a client can open
+    assert serial.find("log").get("file") == "/var/lib/novacron/consoles/x.log"
+    assert serial.find("log").get("append") == "on"
     assert root.find("devices/disk/target").get("dev") == "vda"
     assert root.find("devices/disk/driver").get("type") == "qcow2"
 
@@ -208,10 +210,62 @@ def test_retarget_replaces_the_sources_placement_and_keeps_the_rest() -> None:
     assert root.find("numatune/memory").get("mode") == "preferred"  # type: ignore[union-attr]
     assert root.findall("numatune/memnode") == [] and root.find("memoryBacking") is None
     assert root.find("cpu/numa") is None and root.find("cpu/model").text == "qemu64"  # type: ignore[union-attr]
-    assert root.find("devices/serial/source").get("path") == "/state/b/consoles/mv.log"  # type: ignore[union-attr]
+    assert root.find("devices/serial/log").get("file") == "/state/b/consoles/mv.log"  # type: ignore[union-attr]
     assert root.find("devices/emulator").text == "/usr/bin/qb"  # type: ignore[union-attr]
     managed = domain_xml.parse_managed(text)
     assert managed is not None and managed.placement == here and managed.spec == spec.to_dict()
+
+
+def _running_console_xml(serial_type: str) -> str:
+    """A running domain's console devices as libvirt describes them (pty: its terminal
+    and log, mirrored by ``<console>``; file: the form of VMs defined before ptys)."""
+    spec = VmSpec(name="mv", vcpus=1, memory_mib=64)
+    root = ET.fromstring(domain_xml.build(plan(spec)))
+    devices = root.find("devices")
+    assert devices is not None
+    for el in devices.findall("serial"):
+        devices.remove(el)
+    for tag in ("serial", "console"):
+        el = ET.SubElement(devices, tag, type=serial_type)
+        if serial_type == "pty":
+            if tag == "console":
+                el.set("tty", "/dev/pts/7")
+            ET.SubElement(el, "source", path="/dev/pts/7")
+            ET.SubElement(el, "log", file="/state/a/consoles/mv.log", append="on")
+        else:
+            ET.SubElement(el, "source", path="/state/a/consoles/mv.log", append="on")
+        ET.SubElement(el, "target", port="0")
+    return ET.tostring(root, encoding="unicode")
+
+
+def test_retarget_points_a_pty_console_at_this_hosts_log_and_drops_the_sources_terminal() -> None:
+    root = ET.fromstring(
+        domain_xml.retarget(_running_console_xml("pty"), None, "/state/b/consoles/mv.log")
+    )
+    for tag in ("serial", "console"):
+        device = root.find(f"devices/{tag}")
+        assert device is not None and device.get("type") == "pty"
+        assert device.find("source") is None and device.get("tty") is None
+        assert device.find("log").get("file") == "/state/b/consoles/mv.log"  # type: ignore[union-attr]
+        assert device.find("target").get("port") == "0"  # type: ignore[union-attr]
+
+
+def test_retarget_keeps_an_older_vms_file_console_a_file_on_this_host() -> None:
+    root = ET.fromstring(
+        domain_xml.retarget(_running_console_xml("file"), None, "/state/b/consoles/mv.log")
+    )
+    source = root.find("devices/serial/source")
+    assert source is not None and source.get("path") == "/state/b/consoles/mv.log"
+    assert root.find("devices/serial").get("type") == "file"  # type: ignore[union-attr]
+
+
+def test_only_a_pty_console_can_be_opened() -> None:
+    from novacron.vm.console import has_pty_console
+
+    assert has_pty_console(_running_console_xml("pty"))
+    assert not has_pty_console(_running_console_xml("file"))
+    bare = domain_xml.build(plan(VmSpec(name="t", vcpus=1, memory_mib=64), "test"))
+    assert not has_pty_console(bare)  # the test driver's domains have no serial port
 
 
 def test_retarget_without_placement_drops_the_sources_pins() -> None:
@@ -441,3 +495,17 @@ def test_room_for_memory_is_the_maximum_the_current_target_and_a_balloon() -> No
     )
     assert back.find("devices/memballoon").get("model") == "none"  # type: ignore[union-attr]
     assert back.findtext("memory") == "128"
+
+
+def test_a_file_console_is_made_a_pty_logging_to_the_same_file() -> None:
+    upgraded = domain_xml.with_pty_console(_running_console_xml("file"))
+    assert upgraded is not None
+    root = ET.fromstring(upgraded)
+    for tag in ("serial", "console"):
+        device = root.find(f"devices/{tag}")
+        assert device is not None and device.get("type") == "pty"
+        assert device.find("source") is None
+        assert device.find("log").get("file") == "/state/a/consoles/mv.log"  # type: ignore[union-attr]
+        assert device.find("target").get("port") == "0"  # type: ignore[union-attr]
+    assert domain_xml.with_pty_console(upgraded) is None
+    assert domain_xml.with_pty_console(_running_console_xml("pty")) is None

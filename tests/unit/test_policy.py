@@ -77,3 +77,11 @@ def test_authorisation_matrix(identity: Identity, method: str, target: str | Non
     if decision == "allow" and target is not None:
         assert "admin" in identity.roles or target in (identity.tenants or ())
     assert policy.allowed(identity, method) is (decision != "permission_denied")
+
+
+def test_a_consoles_opening_is_audited_but_not_its_keystrokes() -> None:
+    assert policy.changes_state("vm.console.open")
+    assert not policy.changes_state("vm.console.write")
+    assert not policy.changes_state("vm.console.close")
+    assert all(policy.changes_state(m) for m in ("vm.create", "vm.disk.limit", "auth.bind"))
+    assert not policy.changes_state("vm.get")

@@ -54,3 +54,31 @@ def test_unusable_tls_files_are_invalid_params(tmp_path: Path) -> None:
 def test_an_absent_socket_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(errors.Unavailable, match="cannot connect"):
         SyncClient(tmp_path / "absent.sock")
+
+
+def test_notifications_are_taken_apart_from_responses_which_wait_for_their_call() -> None:
+    import socket
+
+    from novacron.rpc import codec
+
+    ours, theirs = socket.socketpair()
+    c = SyncClient(sock=ours)
+    try:
+        assert c.notifications(0) == []  # nothing yet: no wait
+        theirs.sendall(
+            codec.encode_notification("console", {"console": 1, "data": b"a"})
+            + codec.encode_response(1, None, {"ok": True})
+            + codec.encode_notification("console", {"console": 1, "data": b"b"})
+        )
+        notes = c.notifications(5)
+        assert [n.params[0]["data"] for n in notes] == [b"a", b"b"]
+        assert c.notifications(0) == []
+        assert c.call("session.hello") == {"ok": True}  # (msgid 1: the queued response)
+        theirs.sendall(codec.encode_notification("protocol.error", {"code": "x", "message": "m"}))
+        with pytest.raises(errors.ProtocolError):
+            c.notifications(5)
+        theirs.close()
+        with pytest.raises(errors.Unavailable, match="novacrond"):
+            c.notifications(5)
+    finally:
+        c.close()

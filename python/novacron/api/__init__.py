@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from novacron.api import auth, cluster, maintenance, migration, net, session, vm
+from novacron.api import auth, cluster, console, maintenance, migration, net, session, vm
 from novacron.api.services import Services
 from novacron.auth.ratelimit import RateLimiter
 from novacron.rpc.dispatch import Registry
@@ -12,6 +12,7 @@ def build_registry(services: Services) -> Registry:
     registry = Registry()
     session.register(registry, services)
     vm.register(registry, services)
+    console.register(registry, services)
     auth.register(registry, services)
     migration.register(registry, services)
     net.register(registry, services)

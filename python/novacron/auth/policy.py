@@ -80,6 +80,9 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "vm.disk.resize": WRITE,
     "vm.disk.limit": ADMIN,
     "vm.clone": WRITE,
+    "vm.console.open": WRITE,
+    "vm.console.write": WRITE,
+    "vm.console.close": WRITE,
     "cluster.nodes": READ,
     "cluster.vms": READ,
     "cluster.status": READ,
@@ -130,8 +133,11 @@ ROLES: Final = tuple(ROLE_GRANTS)
 
 # calls that change state (audited even when they succeed): every ``write`` method and
 # the admin methods that change something (admin reads such as audit.tail are not)
+# (a console's opening is audited, with who and which VM; not each keystroke after it
+# nor its closing, which the daemon's log records with the bytes it carried)
 CHANGING: Final = frozenset(
     {m for m, p in METHOD_PERMISSIONS.items() if p == WRITE}
+    - {"vm.console.write", "vm.console.close"}
     | {"auth.bind", "auth.unbind", "tls.reload", "quota.set", "node.backup"}
     | {"node.cordon", "node.uncordon", "node.drain", "vm.disk.limit"}
     | {"migration.prepare", "migration.abort"}

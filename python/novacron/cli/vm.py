@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from novacron.cli import disks, migrate, net, output, stats
+from novacron.cli import console, disks, migrate, net, output, stats
 from novacron.sync_client import SyncClient
 
 LIST_COLUMNS = [
@@ -77,6 +77,7 @@ def add_commands(groups: Any) -> None:
     migrate.add_vm_command(sub)
     net.add_vm_commands(sub)
     disks.add_vm_commands(sub)
+    console.add_vm_commands(sub)
 
     create = sub.add_parser("create", help="define a VM")
     create.add_argument("name")

@@ -29,12 +29,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("novacron.rpc")
 
 
-class _ConnectionState:
-    """What the calls of one connection share (its event subscription)."""
+class ConnectionState:
+    """What the calls of one connection share: its event subscription, its open
+    consoles, and (set by the connection that serves them) a way to run a task as long
+    as the connection lives and to send it notifications."""
 
     def __init__(self) -> None:
         self.subscription: Subscription | None = None
         self.on_subscribe: Callable[[Subscription], None] | None = None
+        self.consoles: dict[int, Any] = {}  # id -> api.console.ConsoleSession
+        self.last_console = 0
+        self.start_task: Callable[[Callable[[], Awaitable[None]]], None] | None = None
+        self.notify: Callable[[str, dict[str, Any]], Awaitable[None]] | None = None
 
 
 class CallContext:
@@ -48,11 +54,11 @@ class CallContext:
         self,
         identity: Identity,
         bus: EventBus | None = None,
-        _shared: _ConnectionState | None = None,
+        _shared: ConnectionState | None = None,
     ) -> None:
         self.identity = identity
         self.bus = bus
-        self._shared = _shared or _ConnectionState()
+        self._shared = _shared or ConnectionState()
         self.tenant: str | None = None  # the tenant a call acted on (for the audit log)
         self.forwarded = False  # the call came from another node on a caller's behalf
 
@@ -60,6 +66,11 @@ class CallContext:
         ctx = CallContext(self.identity, self.bus, self._shared)
         ctx.forwarded = self.forwarded
         return ctx
+
+    @property
+    def connection(self) -> ConnectionState:
+        """The state the calls of this connection share."""
+        return self._shared
 
     @property
     def subscription(self) -> Subscription | None:

@@ -118,6 +118,17 @@ class Params:
             return default
         return check_text(value, key, max_len, multiline)
 
+    def binary(self, key: str, max_len: int) -> bytes:
+        """Bytes (MessagePack bin; text is taken as its UTF-8), 1 to ``max_len`` of them."""
+        value = self._get(key, True)
+        if isinstance(value, str):
+            value = value.encode()
+        if not isinstance(value, bytes) or not 1 <= len(value) <= max_len:
+            raise InvalidParams(
+                f"{key} must be 1 to {max_len} bytes (binary or text)", {"param": key}
+            )
+        return value
+
     def mapping(self, key: str, max_items: int = 64) -> dict[str, Any]:
         value = self._get(key, False)
         if value is None:

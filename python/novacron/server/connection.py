@@ -82,6 +82,8 @@ class Connection:
         self._waiting = False  # the reading task waits for bytes or a call slot
         self._ctx = CallContext(identity, bus)
         self._ctx.on_subscribe = self._on_subscribe
+        self._ctx.connection.start_task = self._start_task
+        self._ctx.connection.notify = self._notify
         self._outer: trio.Nursery | None = None
 
     def stop_reading(self) -> None:
@@ -228,6 +230,17 @@ class Connection:
             await self._outbox.send(payload)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             self.stop_reading()  # the peer went away: nothing more can be delivered
+
+    def _start_task(self, task: Callable[[], Awaitable[None]]) -> None:
+        """Runs ``task`` while the connection lives (cancelled when it ends)."""
+        assert self._outer is not None
+        self._outer.start_soon(task)
+
+    async def _notify(self, method: str, payload: dict[str, Any]) -> None:
+        """Sends a notification once the peer has read what is queued past the high
+        water mark; ClosedResourceError or BrokenResourceError when it is gone."""
+        await self._outbox.wait_writable()
+        await self._outbox.send(codec.encode_notification(method, payload))
 
     def _on_subscribe(self, sub: Subscription) -> None:
         assert self._outer is not None

@@ -117,8 +117,10 @@ def build(plan: DomainPlan) -> str:
     for nic in spec.nics:
         devices.append(interface_element(nic, nic.network))  # the bridge is named after it
     if plan.console_log and plan.domain_type != "test":
-        serial = _sub(devices, "serial", type="file")
-        _sub(serial, "source", path=plan.console_log, append="on")
+        # a pseudo-terminal a client can open (vm.console.open), its output also
+        # appended to the console log (by virtlogd)
+        serial = _sub(devices, "serial", type="pty")
+        _sub(serial, "log", file=plan.console_log, append="on")
         _sub(serial, "target", port="0")
     if plan.domain_type != "test":
         _sub(devices, "memballoon", model=balloon_model(spec))
@@ -279,14 +281,50 @@ def retarget(
         _sub(mine, f"{{{METADATA_NS}}}placement", json.dumps(placement, sort_keys=True))
         _placement(dom, vcpu, placement)
     if console_log is not None:
-        for source in dom.findall("devices/serial/source"):
-            if "path" in source.attrib:
-                source.set("path", console_log)
-                source.set("append", "on")
+        _console_to(dom, console_log)
     emulator_el = dom.find("devices/emulator")
     if emulator and emulator_el is not None:
         emulator_el.text = emulator
     return ET.tostring(dom, encoding="unicode")
+
+
+def _console_to(dom: ET.Element, console_log: str) -> None:
+    """The serial console writing to ``console_log``: a pty's log (its source, the
+    other host's terminal, is left for libvirt to allocate again here), or the file
+    of a VM defined before consoles were ptys."""
+    for device in dom.findall("devices/serial") + dom.findall("devices/console"):
+        if device.get("type") == "pty":
+            for source in device.findall("source"):
+                device.remove(source)
+            device.attrib.pop("tty", None)
+            for log_el in device.findall("log"):
+                log_el.set("file", console_log)
+                log_el.set("append", "on")
+        elif device.get("type") == "file":
+            for source in device.findall("source"):
+                if "path" in source.attrib:
+                    source.set("path", console_log)
+                    source.set("append", "on")
+
+
+def with_pty_console(xml: str) -> str | None:
+    """The domain's XML with a serial port that writes to a file (the form of VMs
+    defined before consoles were pseudo-terminals) made a pty logging to the same file
+    (one a client can open: vm.console.open); None when there is nothing to change."""
+    dom = ET.fromstring(xml)  # noqa: S314 - XML produced by libvirtd, not by a client
+    changed = False
+    for tag in ("serial", "console"):
+        for device in dom.findall(f"devices/{tag}"):
+            source = device.find("source")
+            if device.get("type") != "file" or source is None or not source.get("path"):
+                continue
+            path = source.get("path", "")
+            device.remove(source)
+            device.set("type", "pty")
+            log_el = ET.Element("log", file=path, append="on")
+            device.insert(0, log_el)
+            changed = True
+    return ET.tostring(dom, encoding="unicode") if changed else None
 
 
 def resized(xml: str, spec: VmSpec, placement: dict[str, Any] | None) -> str:

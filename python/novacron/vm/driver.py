@@ -20,7 +20,7 @@ import libvirt
 from novacron import errors
 from novacron.logs import kv
 from novacron.placement.topology import HostNode, parse_capabilities, with_sysfs
-from novacron.vm import states
+from novacron.vm import domain_xml, states
 from novacron.vm.libvirt_errors import libvirt_errors, translate
 from novacron.vm.volume_stream import VolumeReader, VolumeWriter
 
@@ -246,8 +246,15 @@ class Hypervisor:
         return text
 
     def start(self, name: str) -> None:
+        """Starts the domain; one defined before consoles were pseudo-terminals (its
+        serial port a log file) is first defined again with a pty logging to that file."""
         with libvirt_errors():
-            self.domain(name).create()
+            dom = self.domain(name)
+            upgraded = domain_xml.with_pty_console(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            if upgraded is not None:
+                dom = self.conn.defineXML(upgraded)
+                log.info("vm.console_upgraded", extra=kv(vm=name))
+            dom.create()
 
     def shutdown(self, name: str) -> None:
         with libvirt_errors():

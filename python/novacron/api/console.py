@@ -1,0 +1,151 @@
+"""``vm.console.*``: a running VM's serial console over the caller's connection.
+
+``vm.console.open`` answers a console id; the guest's output then arrives as
+``console`` notifications carrying that id, ``vm.console.write`` gives it input, and
+``vm.console.close`` (or the connection's end) lets it go. When the console ends
+without the client asking (the VM stopped or left, another client forced it over) a
+``console.closed`` notification says why. Consoles belong to the connection that
+opened them: another connection cannot write to or close them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from novacron import errors
+from novacron.api.services import Services
+from novacron.api.vm import visible_record
+from novacron.blocking import Pool
+from novacron.logs import kv
+from novacron.rpc.dispatch import CallContext, ConnectionState, Registry
+from novacron.rpc.params import Params
+from novacron.vm.console import ConsoleStream, open_stream
+
+log = logging.getLogger("novacron.console")
+
+MAX_PER_CONNECTION = 4
+MAX_WRITE = 64 * 1024  # bytes of input in one vm.console.write
+CONSOLE_THREADS = 4  # worker threads all consoles share (their calls never block long)
+MAX_CONSOLE_ID = 2**31 - 1
+
+
+@dataclass(eq=False)
+class ConsoleSession:
+    id: int
+    vm: str
+    tenant: str
+    stream: ConsoleStream
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    done: trio.Event = field(default_factory=trio.Event)
+    closed_by_client: bool = False
+
+
+def _session(ctx: CallContext, number: int) -> ConsoleSession:
+    """The caller's connection's console ``number``, else ``not_found``."""
+    session = ctx.connection.consoles.get(number)
+    if not isinstance(session, ConsoleSession):
+        raise errors.NotFound(f"no console {number} open on this connection", {"console": number})
+    ctx.tenant = session.tenant
+    return session
+
+
+async def _pump(conn: ConnectionState, session: ConsoleSession) -> None:
+    """Sends the guest's output until the console ends, then ``console.closed`` unless
+    the client closed it (or its connection ended)."""
+    assert conn.notify is not None
+    reason, message = "connection_closed", ""  # (until the console ends otherwise)
+    gone = False
+    try:
+        with session.scope:
+            while True:
+                data = await session.stream.read()
+                if not data:
+                    reason = "ended"
+                    message = "the console ended (the VM stopped or left this node)"
+                    break
+                await conn.notify("console", {"console": session.id, "data": data})
+    except errors.NovaCronError as exc:
+        reason, message = "error", exc.message
+    except (trio.ClosedResourceError, trio.BrokenResourceError):
+        gone = True
+    except Exception:  # (a bug of ours: the console ends, the connection stays)
+        log.exception("console.failed", extra=kv(vm=session.vm, console=session.id))
+        reason, message = "error", "internal error; see the daemon log"
+    finally:
+        conn.consoles.pop(session.id, None)
+        await session.stream.close()
+        session.done.set()
+        log.info(
+            "console.closed",
+            extra=kv(
+                vm=session.vm,
+                console=session.id,
+                reason="closed" if session.closed_by_client else reason,
+                bytes_read=session.stream.bytes_read,
+                bytes_written=session.stream.bytes_written,
+            ),
+        )
+    if session.closed_by_client or gone:
+        return
+    note = {"console": session.id, "vm": session.vm, "reason": reason, "message": message}
+    with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+        await conn.notify("console.closed", note)
+
+
+def register(registry: Registry, services: Services) -> None:
+    vms = services.vms
+    pool = Pool("console", CONSOLE_THREADS)
+
+    @registry.method("vm.console.open")
+    async def console_open(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Open a running VM's serial console on this connection (``force``: take it
+        from another client)."""
+        name = p.name()
+        force = p.flag("force")
+        p.done()
+        rec = await visible_record(vms, ctx, name)
+        conn = ctx.connection
+        if conn.start_task is None or conn.notify is None:
+            raise errors.Conflict("this connection cannot carry a console")
+        if len(conn.consoles) >= MAX_PER_CONNECTION:
+            raise errors.Conflict(
+                f"this connection has {MAX_PER_CONNECTION} consoles open already",
+                {"limit": MAX_PER_CONNECTION},
+            )
+        raw = await vms.hv_pool.run(open_stream, vms.hv, rec.name, force)
+        number = conn.last_console = conn.last_console % MAX_CONSOLE_ID + 1
+        session = ConsoleSession(number, rec.name, rec.tenant, ConsoleStream(raw, pool))
+        conn.consoles[number] = session
+        conn.start_task(functools.partial(_pump, conn, session))
+        log.info(
+            "console.opened",
+            extra=kv(vm=rec.name, console=number, user=ctx.identity.user, force=force),
+        )
+        return {"console": number, "vm": rec.name}
+
+    @registry.method("vm.console.write")
+    async def console_write(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Give input to a console this connection opened."""
+        number = p.integer("console", 1, MAX_CONSOLE_ID)
+        data = p.binary("data", MAX_WRITE)
+        p.done()
+        session = _session(ctx, number)
+        await session.stream.write(data)
+        return {"written": len(data)}
+
+    @registry.method("vm.console.close")
+    async def console_close(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Let go of a console this connection opened."""
+        number = p.integer("console", 1, MAX_CONSOLE_ID)
+        p.done()
+        session = _session(ctx, number)
+        session.closed_by_client = True
+        session.scope.cancel()
+        await session.done.wait()
+        return {"console": session.id, "closed": True}

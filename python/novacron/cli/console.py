@@ -1,0 +1,106 @@
+"""``novacron vm console NAME``: the VM's serial console on this terminal.
+
+The terminal is put in raw mode (every key goes to the guest, Ctrl-C included) until
+Ctrl-] leaves. With standard input not a terminal (a pipe, a file), its bytes are
+sent as they come; at its end the command keeps printing the guest's output for
+``--linger`` seconds, then lets the console go.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import sys
+import termios
+import time
+import tty
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+from novacron import errors
+from novacron.sync_client import SyncClient
+
+ESCAPE = b"\x1d"  # Ctrl-]
+POLL_S = 0.2  # how often the loop looks again (TLS may hold bytes select does not see)
+
+
+def add_vm_commands(vm_sub: Any) -> None:
+    console = vm_sub.add_parser(
+        "console", help="the VM's serial console, interactive (leave with Ctrl-])"
+    )
+    console.add_argument("vm")
+    console.add_argument(
+        "--force", action="store_true", help="take the console from another client"
+    )
+    console.add_argument(
+        "--linger",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="seconds to keep printing output after piped input ends (default 1)",
+    )
+    console.set_defaults(run=run_console)
+
+
+@contextlib.contextmanager
+def _raw(fd: int) -> Iterator[None]:
+    """The terminal at ``fd`` in raw mode (nothing if it is not a terminal)."""
+    if not os.isatty(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def run_console(client: SyncClient, args: argparse.Namespace) -> Any:
+    opened = client.call("vm.console.open", name=args.vm, force=args.force or None)
+    number = opened["console"]
+    stdin = sys.stdin.fileno()
+    if os.isatty(stdin):
+        sys.stderr.write(f"Connected to {args.vm}'s console; leave with Ctrl-]\r\n")
+        sys.stderr.flush()
+    try:
+        with _raw(stdin):
+            reason = relay(client, number, stdin, sys.stdout.buffer, args.linger)
+    finally:
+        with contextlib.suppress(errors.NotFound, errors.Unavailable):
+            client.call("vm.console.close", console=number)
+    if reason is not None:
+        sys.stderr.write(f"\r\nconsole closed: {reason}\r\n")
+    return None
+
+
+def relay(client: SyncClient, number: int, stdin: int, out: BinaryIO, linger: float) -> str | None:
+    """Copies ``stdin`` to the console and its output to ``out`` until Ctrl-], the end of
+    ``stdin`` plus ``linger`` seconds, or the console's end (its reason returned)."""
+    until: float | None = None  # once stdin ended: when to stop
+    while until is None or time.monotonic() < until:
+        for note in client.notifications(0):
+            payload = note.params[0] if note.params else None
+            if not isinstance(payload, dict) or payload.get("console") != number:
+                continue
+            if note.method == "console" and isinstance(payload.get("data"), bytes):
+                out.write(payload["data"])
+                out.flush()
+            elif note.method == "console.closed":
+                return str(payload.get("message") or payload.get("reason"))
+        watched = [client.fileno()] + ([stdin] if until is None else [])
+        ready, _, _ = select.select(watched, [], [], POLL_S)
+        if until is not None or stdin not in ready:
+            continue
+        data = os.read(stdin, 4096)
+        if not data:
+            until = time.monotonic() + linger
+            continue
+        data, escaped, _ = data.partition(ESCAPE)
+        if data:
+            client.call("vm.console.write", console=number, data=data)
+        if escaped:
+            return None
+    return None

@@ -1,0 +1,128 @@
+"""A running TCG guest's serial console, interactive (``vm.console.*`` and ``novacron vm
+console``): the guest's output arrives as notifications, input reaches a shell in the
+guest, one client holds the console at a time unless another forces it over, and the
+console's end (the VM stopped) is told. The console log is still written beside it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from novacron import errors
+from novacron.client import SyncClient
+from tests.daemon_harness import Daemon
+from tests.system import guest
+from tests.system.nodes import wait_until
+
+
+class Console:
+    """One client's console: what it printed so far, and how it ended."""
+
+    def __init__(self, client: SyncClient, vm: str, force: bool = False) -> None:
+        self.client = client
+        self.number = client.call("vm.console.open", name=vm, force=force or None)["console"]
+        self.output = b""
+        self.closed: dict[str, object] | None = None
+
+    def pump(self, timeout: float = 0.2) -> None:
+        for note in self.client.notifications(timeout):
+            payload = note.params[0]
+            assert payload["console"] == self.number
+            if note.method == "console":
+                self.output += payload["data"]
+            elif note.method == "console.closed":
+                self.closed = payload
+
+    def wait_for(self, needle: bytes, timeout: float = 120, after: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.output[after:]:
+            assert time.monotonic() < deadline, f"{needle!r} not in {self.output[-800:]!r}"
+            assert self.closed is None, f"console closed: {self.closed}"
+            self.pump()
+
+    def wait_closed(self, timeout: float = 60) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while self.closed is None:
+            assert time.monotonic() < deadline, "no console.closed"
+            self.pump()
+        return self.closed
+
+
+def test_a_shell_in_the_guest_answers_on_the_console(
+    system_daemon: Daemon, guest_images: guest.GuestImages
+) -> None:
+    with system_daemon.client(timeout=300) as c, system_daemon.client(timeout=60) as other:
+        vm = c.call("vm.create", **guest_images.vm("con1", options="novacron.shell"))
+        log = Path(vm["console_log"])
+        guest.wait_for_console(log, guest.TICK)  # the log is still written
+
+        first = Console(c, "con1")
+        first.wait_for(guest.TICK.encode())  # output flows while it is open
+        mark = len(first.output)
+        assert c.call("vm.console.write", console=first.number, data=b"echo NOVACRON-$((6*7))\r")
+        first.wait_for(b"NOVACRON-42", after=mark)
+        guest.wait_for_console(log, "NOVACRON-42")
+
+        # one holder at a time: another client is refused, then takes it over by force
+        with pytest.raises(errors.Conflict, match="force"):
+            other.call("vm.console.open", name="con1")
+        with pytest.raises(errors.NotFound):  # consoles belong to their connection
+            other.call("vm.console.write", console=first.number, data=b"x")
+        second = Console(other, "con1", force=True)
+        ended = first.wait_closed()
+        assert (ended["vm"], ended["reason"]) == ("con1", "error")
+        with pytest.raises(errors.NotFound):
+            c.call("vm.console.write", console=first.number, data=b"x")
+        mark = len(second.output)
+        other.call("vm.console.write", console=second.number, data="echo NOVACRON-$((7*6))0\r")
+        second.wait_for(b"NOVACRON-420", after=mark)
+
+        # the console ends with the VM, and says so
+        c.call("vm.stop", name="con1")
+        ended = second.wait_closed()
+        assert ended["reason"] in ("ended", "error") and ended["vm"] == "con1"
+        with pytest.raises(errors.Conflict, match="not running"):
+            c.call("vm.console.open", name="con1")
+
+        # closed by its client: the console is free for the next one at once
+        c.call("vm.start", name="con1")
+        third = Console(c, "con1")
+        assert c.call("vm.console.close", console=third.number)["closed"] is True
+        fourth = Console(other, "con1")
+        fourth.wait_for(guest.TICK.encode())
+        other.call("vm.console.close", console=fourth.number)
+        c.call("vm.delete", name="con1", force=True)
+
+
+def test_the_cli_relays_piped_input_and_prints_the_guests_answer(
+    system_daemon: Daemon, guest_images: guest.GuestImages
+) -> None:
+    with system_daemon.client(timeout=300) as c:
+        vm = c.call("vm.create", **guest_images.vm("con2", options="novacron.shell"))
+        guest.wait_for_console(Path(vm["console_log"]), "/ #")  # the shell's prompt
+        argv = [sys.executable, "-m", "novacron.cli.main", "--socket", str(system_daemon.socket)]
+        done = subprocess.run(
+            [*argv, "vm", "console", "con2", "--linger", "5"],
+            input=b"echo NOVACRON-$((5*9))\n",
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert b"NOVACRON-45" in done.stdout
+        # it let the console go: another client gets it without force
+        wait_until(lambda: _opens(c, "con2"), 30, "the console free again")
+        c.call("vm.delete", name="con2", force=True)
+
+
+def _opens(c: SyncClient, vm: str) -> bool:
+    try:
+        number = c.call("vm.console.open", name=vm)["console"]
+    except errors.Conflict:
+        return False
+    c.call("vm.console.close", console=number)
+    return True
