@@ -80,3 +80,15 @@ def test_text_data_is_taken_as_utf8(daemon: Daemon) -> None:
                 return
     finally:
         sock.close()
+
+
+def test_the_log_of_a_test_driver_vm_is_refused_and_bad_reads_are_invalid(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        c.call("vm.create", name="c3", memory_mib=64)
+        with pytest.raises(errors.Conflict, match="no console log"):
+            c.call("vm.console.log", name="c3")
+        for bad in ({"limit": 0}, {"limit": (1 << 20) + 1}, {"offset": -1}, {"offset": "0"}):
+            with pytest.raises(errors.InvalidParams):
+                c.call("vm.console.log", name="c3", **bad)
+        with pytest.raises(errors.NotFound):
+            c.call("vm.console.log", name="ghost")

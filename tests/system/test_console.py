@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,40 +15,8 @@ from novacron import errors
 from novacron.client import SyncClient
 from tests.daemon_harness import Daemon
 from tests.system import guest
+from tests.system.console_client import Console
 from tests.system.nodes import wait_until
-
-
-class Console:
-    """One client's console: what it printed so far, and how it ended."""
-
-    def __init__(self, client: SyncClient, vm: str, force: bool = False) -> None:
-        self.client = client
-        self.number = client.call("vm.console.open", name=vm, force=force or None)["console"]
-        self.output = b""
-        self.closed: dict[str, object] | None = None
-
-    def pump(self, timeout: float = 0.2) -> None:
-        for note in self.client.notifications(timeout):
-            payload = note.params[0]
-            assert payload["console"] == self.number
-            if note.method == "console":
-                self.output += payload["data"]
-            elif note.method == "console.closed":
-                self.closed = payload
-
-    def wait_for(self, needle: bytes, timeout: float = 120, after: int = 0) -> None:
-        deadline = time.monotonic() + timeout
-        while needle not in self.output[after:]:
-            assert time.monotonic() < deadline, f"{needle!r} not in {self.output[-800:]!r}"
-            assert self.closed is None, f"console closed: {self.closed}"
-            self.pump()
-
-    def wait_closed(self, timeout: float = 60) -> dict[str, object]:
-        deadline = time.monotonic() + timeout
-        while self.closed is None:
-            assert time.monotonic() < deadline, "no console.closed"
-            self.pump()
-        return self.closed
 
 
 def test_a_shell_in_the_guest_answers_on_the_console(
@@ -60,6 +27,17 @@ def test_a_shell_in_the_guest_answers_on_the_console(
         log = Path(vm["console_log"])
         guest.wait_for_console(log, guest.TICK)  # the log is still written
 
+        # the log over the API: its end, then what follows an offset
+        tail = c.call("vm.console.log", name="con1", limit=4096)
+        assert guest.TICK.encode() in tail["data"] and tail["end"] - tail["offset"] <= 4096
+        wait_until(
+            lambda: (
+                guest.TICK.encode()
+                in c.call("vm.console.log", name="con1", offset=tail["end"])["data"]
+            ),
+            30,
+            "a tick after the offset",
+        )
         first = Console(c, "con1")
         first.wait_for(guest.TICK.encode())  # output flows while it is open
         mark = len(first.output)
@@ -114,6 +92,13 @@ def test_the_cli_relays_piped_input_and_prints_the_guests_answer(
         )
         assert done.returncode == 0, done.stderr
         assert b"NOVACRON-45" in done.stdout
+        logged = subprocess.run(
+            [*argv, "vm", "console-log", "con2", "--bytes", "8192"],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        assert b"NOVACRON-45" in logged.stdout and len(logged.stdout) <= 8192
         # it let the console go: another client gets it without force
         wait_until(lambda: _opens(c, "con2"), 30, "the console free again")
         c.call("vm.delete", name="con2", force=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.system import guest
+from tests.system.console_client import Console
 from tests.system.nodes import Node, TwoNodes, cli, logs, migrate, wait_until
 from tests.system.twohosts import STREAMS
 
@@ -56,11 +57,19 @@ def only_on(vm: str, here: Node, gone: Node) -> None:
 
 def test_migrate_there_and_back_again(nodes: TwoNodes, guest_images: guest.GuestImages) -> None:
     a, b = nodes.a, nodes.b
-    boot(a, "m1", guest_images)
+    boot(a, "m1", guest_images, "novacron.shell")
 
-    first = migrate(a, b, "m1")["result"]
+    with a.client() as held:  # a console held on the source ends when the VM leaves
+        console = Console(held, "m1")
+        first = migrate(a, b, "m1")["result"]
+        assert console.wait_closed()["reason"] in ("ended", "error")
     only_on("m1", b, a)
     intact_on(b, "m1")
+    with b.client() as there:  # and the destination's console answers
+        console = Console(there, "m1")
+        there.call("vm.console.write", console=console.number, data=b"echo NOVACRON-$((8*8))\r")
+        console.wait_for(b"NOVACRON-64")
+        there.call("vm.console.close", console=console.number)
     assert first["destination"] == "hostb" and first["destination_state"] == "succeeded"
     assert first["pages"] > 1000 and first["bytes_wire"] < first["bytes_logical"]
     assert first["downtime_ms"] > 0  # QEMU's own figure, from the destination's libvirt

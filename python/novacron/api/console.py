@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -25,7 +26,7 @@ from novacron.blocking import Pool
 from novacron.logs import kv
 from novacron.rpc.dispatch import CallContext, ConnectionState, Registry
 from novacron.rpc.params import Params
-from novacron.vm.console import ConsoleStream, open_stream
+from novacron.vm.console import ConsoleStream, open_stream, read_log
 
 log = logging.getLogger("novacron.console")
 
@@ -33,6 +34,8 @@ MAX_PER_CONNECTION = 4
 MAX_WRITE = 64 * 1024  # bytes of input in one vm.console.write
 CONSOLE_THREADS = 4  # worker threads all consoles share (their calls never block long)
 MAX_CONSOLE_ID = 2**31 - 1
+MAX_LOG_READ = 1 << 20  # bytes of the console log one vm.console.log returns at most
+DEFAULT_LOG_READ = 64 * 1024
 
 
 @dataclass(eq=False)
@@ -149,3 +152,20 @@ def register(registry: Registry, services: Services) -> None:
         session.scope.cancel()
         await session.done.wait()
         return {"console": session.id, "closed": True}
+
+    @registry.method("vm.console.log")
+    async def console_log(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Bytes of a VM's console log: its end, or from an offset (to follow it)."""
+        name = p.name()
+        limit = p.integer("limit", 1, MAX_LOG_READ, default=DEFAULT_LOG_READ)
+        offset = p.integer("offset", 0, 2**63 - 1) if p.given("offset") else None
+        p.done()
+        rec = await visible_record(vms, ctx, name)
+        if vms.hv.is_test_driver:
+            raise errors.Conflict(
+                f"VM {rec.name!r} has no console log (libvirt's test driver has no serial ports)",
+                {"vm": rec.name},
+            )
+        path = Path(vms.console_log(rec.name))
+        result = await pool.run(read_log, path, offset, limit)
+        return {"vm": rec.name, **result}

@@ -80,6 +80,7 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "vm.disk.resize": WRITE,
     "vm.disk.limit": ADMIN,
     "vm.clone": WRITE,
+    "vm.console.log": READ,
     "vm.console.open": WRITE,
     "vm.console.write": WRITE,
     "vm.console.close": WRITE,
@@ -116,6 +117,7 @@ FORWARDABLE: Final = frozenset(
         "vm.disk.limit",
         "vm.clone",
         "vm.migrate",
+        "vm.console.log",
     }
 )
 

@@ -24,6 +24,8 @@ from novacron.sync_client import SyncClient
 
 ESCAPE = b"\x1d"  # Ctrl-]
 POLL_S = 0.2  # how often the loop looks again (TLS may hold bytes select does not see)
+FOLLOW_S = 1.0  # how often --follow asks for more of the log
+LOG_READ = 1 << 20  # the most one call returns
 
 
 def add_vm_commands(vm_sub: Any) -> None:
@@ -42,6 +44,13 @@ def add_vm_commands(vm_sub: Any) -> None:
         help="seconds to keep printing output after piped input ends (default 1)",
     )
     console.set_defaults(run=run_console)
+    log = vm_sub.add_parser("console-log", help="the VM's console log (what its console printed)")
+    log.add_argument("vm")
+    log.add_argument(
+        "--bytes", type=int, default=64 * 1024, metavar="N", help="how much of its end (64 KiB)"
+    )
+    log.add_argument("--follow", "-f", action="store_true", help="keep printing what follows")
+    log.set_defaults(run=run_log)
 
 
 @contextlib.contextmanager
@@ -104,3 +113,17 @@ def relay(client: SyncClient, number: int, stdin: int, out: BinaryIO, linger: fl
         if escaped:
             return None
     return None
+
+
+def run_log(client: SyncClient, args: argparse.Namespace) -> Any:
+    """Prints the log's end; with ``--follow``, what is appended after it, once a second
+    (a log made anew meanwhile, after the VM was deleted and created again, from its start)."""
+    got = client.call("vm.console.log", name=args.vm, limit=args.bytes)
+    out = sys.stdout.buffer
+    while True:
+        out.write(got["data"])
+        out.flush()
+        if not args.follow:
+            return None
+        time.sleep(FOLLOW_S)
+        got = client.call("vm.console.log", name=args.vm, offset=got["end"], limit=LOG_READ)

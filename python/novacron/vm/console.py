@@ -16,7 +16,9 @@ the caller's :class:`~novacron.blocking.Pool`.
 from __future__ import annotations
 
 import contextlib
+import os
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -177,3 +179,25 @@ class ConsoleStream:
         self._closed = True
         with trio.CancelScope(shield=True):
             await self._pool.run(self._end)
+
+
+def read_log(path: Path, offset: int | None, limit: int) -> dict[str, Any]:
+    """Up to ``limit`` bytes of the console log at ``path`` (blocking; a worker thread):
+    from byte ``offset``, or the last ``limit`` bytes when ``offset`` is None. An offset
+    past the end of a log that was cut short since (a new log after the VM was deleted
+    and made again) reads from its start. A log not there yet (the VM never ran) is
+    empty."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return {"data": b"", "offset": 0, "end": 0}
+    except OSError as exc:  # (a symbolic link put there: not followed)
+        raise errors.Conflict(f"cannot read the console log: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as log_file:
+        end = os.fstat(fd).st_size
+        if offset is None:
+            offset = max(0, end - limit)
+        start = offset if offset <= end else 0
+        log_file.seek(start)
+        data = log_file.read(min(limit, end - start))
+    return {"data": data, "offset": start, "end": start + len(data)}

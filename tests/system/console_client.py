@@ -1,0 +1,40 @@
+"""A test's view of one ``vm.console.open``: the output so far and how it ended."""
+
+from __future__ import annotations
+
+import time
+
+from novacron.client import SyncClient
+
+
+class Console:
+    """One client's console: what it printed so far, and how it ended."""
+
+    def __init__(self, client: SyncClient, vm: str, force: bool = False) -> None:
+        self.client = client
+        self.number = client.call("vm.console.open", name=vm, force=force or None)["console"]
+        self.output = b""
+        self.closed: dict[str, object] | None = None
+
+    def pump(self, timeout: float = 0.2) -> None:
+        for note in self.client.notifications(timeout):
+            payload = note.params[0]
+            assert payload["console"] == self.number
+            if note.method == "console":
+                self.output += payload["data"]
+            elif note.method == "console.closed":
+                self.closed = payload
+
+    def wait_for(self, needle: bytes, timeout: float = 120, after: int = 0) -> None:
+        deadline = time.monotonic() + timeout
+        while needle not in self.output[after:]:
+            assert time.monotonic() < deadline, f"{needle!r} not in {self.output[-800:]!r}"
+            assert self.closed is None, f"console closed: {self.closed}"
+            self.pump()
+
+    def wait_closed(self, timeout: float = 60) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while self.closed is None:
+            assert time.monotonic() < deadline, "no console.closed"
+            self.pump()
+        return self.closed
