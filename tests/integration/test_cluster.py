@@ -324,6 +324,10 @@ def test_calls_about_a_vm_of_another_node_are_forwarded(
         assert c.call("vm.stats.list") == []  # node2's own VMs only
         with pytest.raises(errors.Conflict):
             c.call("vm.resume", name="shop")  # node1's own refusal comes back as is
+        with pytest.raises(errors.Conflict, match="no console log"):
+            c.call("vm.console.log", name="shop")  # (node1's answer: its VM has no serial port)
+        with pytest.raises(errors.NotFound):
+            c.call("vm.console.open", name="shop")  # a console is the VM's own node's
         with pytest.raises(errors.NotFound):
             c.call("vm.get", name="nowhere")
         with pytest.raises(errors.PermissionDenied):  # only nodes forward
