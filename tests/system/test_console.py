@@ -5,8 +5,10 @@ console's end (the VM stopped) is told. The console log is still written beside 
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,17 @@ def test_a_shell_in_the_guest_answers_on_the_console(
         assert c.call("vm.console.write", console=first.number, data=b"echo NOVACRON-$((6*7))\r")
         first.wait_for(b"NOVACRON-42", after=mark)
         guest.wait_for_console(log, "NOVACRON-42")
+        # what a round trip takes: a line typed, the shell's answer printed (TCG guest;
+        # printed for the record, not asserted)
+        trips = []
+        for k in range(10):
+            mark, began = len(first.output), time.monotonic()
+            c.call("vm.console.write", console=first.number, data=f"echo RT-$(({k}+1000))\r")
+            first.wait_for(f"RT-{k + 1000}".encode(), after=mark)
+            trips.append(time.monotonic() - began)
+        print(
+            f"console round trips (s): median {statistics.median(trips):.4f}, max {max(trips):.4f}"
+        )
 
         # one holder at a time: another client is refused, then takes it over by force
         with pytest.raises(errors.Conflict, match="force"):

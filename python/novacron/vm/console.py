@@ -70,7 +70,8 @@ def open_stream(hv: Hypervisor, name: str, force: bool) -> libvirt.virStream:
     except libvirt.libvirtError as exc:
         with contextlib.suppress(libvirt.libvirtError):
             stream.abort()
-        if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_FAILED:
+        held = "console session" in (exc.get_error_message() or "")  # (libvirt 9's words)
+        if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_FAILED and held:
             raise errors.Conflict(
                 f"another client holds VM {name!r}'s console; force takes it over",
                 {"vm": name, "libvirt_code": exc.get_error_code()},
