@@ -29,6 +29,7 @@ VM_METHODS = [
     "vm.reboot",
     "vm.update",
     "vm.console.open",  # (the test driver's VMs have no console: conflict once allowed)
+    "vm.console.watch",  # (likewise; the read role may watch)
 ]
 OTHER_METHODS = [
     "vm.list",

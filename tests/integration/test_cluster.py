@@ -329,6 +329,8 @@ def test_calls_about_a_vm_of_another_node_are_forwarded(
         with pytest.raises(errors.NotFound):
             c.call("vm.console.open", name="shop")  # a console is the VM's own node's
         with pytest.raises(errors.NotFound):
+            c.call("vm.console.watch", name="shop")
+        with pytest.raises(errors.NotFound):
             c.call("vm.get", name="nowhere")
         with pytest.raises(errors.PermissionDenied):  # only nodes forward
             c.call("cluster.forward", call="vm.get", params={"name": "shop"}, identity={})

@@ -1,4 +1,5 @@
-"""A test's view of one ``vm.console.open``: the output so far and how it ended."""
+"""A test's view of one ``vm.console.open`` (or ``watch``): the output so far and how it
+ended."""
 
 from __future__ import annotations
 
@@ -10,16 +11,21 @@ from novacron.client import SyncClient
 class Console:
     """One client's console: what it printed so far, and how it ended."""
 
-    def __init__(self, client: SyncClient, vm: str, force: bool = False) -> None:
+    def __init__(
+        self, client: SyncClient, vm: str, force: bool = False, watch: bool = False
+    ) -> None:
         self.client = client
-        self.number = client.call("vm.console.open", name=vm, force=force or None)["console"]
+        method = "vm.console.watch" if watch else "vm.console.open"
+        opened = client.call(method, name=vm, force=force or None)
+        assert opened["read_only"] is watch
+        self.number = opened["console"]
         self.output = b""
         self.closed: dict[str, object] | None = None
 
     def pump(self, timeout: float = 0.2) -> None:
         for note in self.client.notifications(timeout):
             payload = note.params[0]
-            assert payload["console"] == self.number
+            assert payload["console"] == self.number  # (one console per client here)
             if note.method == "console":
                 self.output += payload["data"]
             elif note.method == "console.closed":

@@ -1,16 +1,20 @@
 """A running TCG guest's serial console, interactive (``vm.console.*`` and ``novacron vm
 console``): the guest's output arrives as notifications, input reaches a shell in the
-guest, one client holds the console at a time unless another forces it over, and the
-console's end (the VM stopped) is told. The console log is still written beside it."""
+guest, one client types at a time unless another forces it over while others watch the
+same output, a client outside the daemon is respected, and the console's end (the VM
+stopped) is told. The console log is still written beside it."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from novacron import errors
@@ -18,13 +22,18 @@ from novacron.client import SyncClient
 from tests.daemon_harness import Daemon
 from tests.system import guest
 from tests.system.console_client import Console
+from tests.system.libvirt_host import URI
 from tests.system.nodes import wait_until
 
 
 def test_a_shell_in_the_guest_answers_on_the_console(
     system_daemon: Daemon, guest_images: guest.GuestImages
 ) -> None:
-    with system_daemon.client(timeout=300) as c, system_daemon.client(timeout=60) as other:
+    with (
+        system_daemon.client(timeout=300) as c,
+        system_daemon.client(timeout=60) as other,
+        system_daemon.client(timeout=60) as viewer,
+    ):
         vm = c.call("vm.create", **guest_images.vm("con1", options="novacron.shell"))
         log = Path(vm["console_log"])
         guest.wait_for_console(log, guest.TICK)  # the log is still written
@@ -58,24 +67,38 @@ def test_a_shell_in_the_guest_answers_on_the_console(
             f"console round trips (s): median {statistics.median(trips):.4f}, max {max(trips):.4f}"
         )
 
-        # one holder at a time: another client is refused, then takes it over by force
+        # others watch alongside: the same output, no input
+        watcher = Console(viewer, "con1", watch=True)
+        mark, seen = len(first.output), len(watcher.output)
+        c.call("vm.console.write", console=first.number, data=b"echo SHARED-$((3*3))\r")
+        first.wait_for(b"SHARED-9", after=mark)
+        watcher.wait_for(b"SHARED-9", after=seen)
+        with pytest.raises(errors.Conflict, match="read-only"):
+            viewer.call("vm.console.write", console=watcher.number, data=b"reboot\r")
+        info = c.call("node.info")["daemon"]["consoles"]
+        assert (info["open"], info["sessions"], info["watching"]) == (1, 2, 1)
+
+        # one client types at a time: another is refused, then takes it over by force
         with pytest.raises(errors.Conflict, match="force"):
             other.call("vm.console.open", name="con1")
         with pytest.raises(errors.NotFound):  # consoles belong to their connection
             other.call("vm.console.write", console=first.number, data=b"x")
         second = Console(other, "con1", force=True)
         ended = first.wait_closed()
-        assert (ended["vm"], ended["reason"]) == ("con1", "error")
+        assert (ended["vm"], ended["reason"]) == ("con1", "taken")
         with pytest.raises(errors.NotFound):
             c.call("vm.console.write", console=first.number, data=b"x")
-        mark = len(second.output)
+        mark, seen = len(second.output), len(watcher.output)
         other.call("vm.console.write", console=second.number, data="echo NOVACRON-$((7*6))0\r")
         second.wait_for(b"NOVACRON-420", after=mark)
+        watcher.wait_for(b"NOVACRON-420", after=seen)  # watching went on
 
         # the console ends with the VM, and says so
         c.call("vm.stop", name="con1")
-        ended = second.wait_closed()
-        assert ended["reason"] in ("ended", "error") and ended["vm"] == "con1"
+        for console in (second, watcher):
+            ended = console.wait_closed()
+            assert ended["reason"] in ("ended", "error") and ended["vm"] == "con1"
+        assert c.call("node.info")["daemon"]["consoles"]["open"] == 0
         with pytest.raises(errors.Conflict, match="not running"):
             c.call("vm.console.open", name="con1")
 
@@ -86,6 +109,21 @@ def test_a_shell_in_the_guest_answers_on_the_console(
         fourth = Console(other, "con1")
         fourth.wait_for(guest.TICK.encode())
         other.call("vm.console.close", console=fourth.number)
+
+        # a client outside the daemon (virsh console) holds it: refused, unless forced
+        outside = libvirt.open(URI)
+        try:
+            stream = outside.newStream(0)
+            outside.lookupByName("con1").openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_SAFE)
+            with pytest.raises(errors.Conflict, match="another client holds"):
+                c.call("vm.console.watch", name="con1")
+            fifth = Console(c, "con1", watch=True, force=True)
+            fifth.wait_for(guest.TICK.encode())
+            c.call("vm.console.close", console=fifth.number)
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+        finally:
+            outside.close()
         c.call("vm.delete", name="con1", force=True)
 
 
@@ -96,6 +134,15 @@ def test_the_cli_relays_piped_input_and_prints_the_guests_answer(
         vm = c.call("vm.create", **guest_images.vm("con2", options="novacron.shell"))
         guest.wait_for_console(Path(vm["console_log"]), "/ #")  # the shell's prompt
         argv = [sys.executable, "-m", "novacron.cli.main", "--socket", str(system_daemon.socket)]
+        watching = subprocess.Popen(  # another terminal watches (leaves with Ctrl-C)
+            [*argv, "vm", "console", "con2", "--watch"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        wait_until(
+            lambda: c.call("node.info")["daemon"]["consoles"]["watching"] == 1, 60, "a watcher"
+        )
         done = subprocess.run(
             [*argv, "vm", "console", "con2", "--linger", "5"],
             input=b"echo NOVACRON-$((5*9))\n",
@@ -105,6 +152,10 @@ def test_the_cli_relays_piped_input_and_prints_the_guests_answer(
         )
         assert done.returncode == 0, done.stderr
         assert b"NOVACRON-45" in done.stdout
+        watching.send_signal(signal.SIGINT)
+        seen, errs = watching.communicate(timeout=60)
+        assert watching.returncode == 0, errs
+        assert b"NOVACRON-45" in seen
         logged = subprocess.run(
             [*argv, "vm", "console-log", "con2", "--bytes", "8192"],
             capture_output=True,

@@ -110,6 +110,7 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("vm.disk.resize", {"target": "vda", "size_gib": 2}, "vm"),
     ("vm.disk.resize", {"vm": "victim", "size_gib": 2}, "target"),
     ("vm.console.open", {}, "name"),
+    ("vm.console.watch", {}, "name"),
     ("vm.console.log", {}, "name"),
     ("vm.console.write", {"console": 1}, "data"),  # (text is taken as bytes: no console 1)
     ("cluster.vms", {}, "tenant"),

@@ -70,3 +70,23 @@ def test_the_consoles_end_is_reported() -> None:
     replies = [codec.encode_notification("console.closed", closed)]
     reason, _, _ = _run(b"", replies, linger=30)
     assert reason == "the VM stopped"
+
+
+def test_watching_prints_output_sends_nothing_and_ends_with_the_console() -> None:
+    ours, theirs = socket.socketpair()
+    writes: list[Any] = []
+    closed = {"console": 5, "vm": "v", "reason": "taken", "message": "taken over"}
+    replies = [
+        codec.encode_notification("console", {"console": 5, "data": b"# uptime\r\n"}),
+        codec.encode_notification("console.closed", closed),
+    ]
+    peer = threading.Thread(target=_peer, args=(theirs, writes, replies), daemon=True)
+    peer.start()
+    out = io.BytesIO()
+    client = SyncClient(sock=ours)
+    try:
+        reason = relay(client, 5, None, out, 0)
+    finally:
+        client.close()
+        peer.join(5)
+    assert (reason, out.getvalue(), writes) == ("taken over", b"# uptime\r\n", [])

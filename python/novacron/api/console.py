@@ -1,11 +1,14 @@
 """``vm.console.*``: a running VM's serial console over the caller's connection.
 
-``vm.console.open`` answers a console id; the guest's output then arrives as
-``console`` notifications carrying that id, ``vm.console.write`` gives it input, and
-``vm.console.close`` (or the connection's end) lets it go. When the console ends
-without the client asking (the VM stopped or left, another client forced it over) a
-``console.closed`` notification says why. Consoles belong to the connection that
-opened them: another connection cannot write to or close them.
+``vm.console.open`` (to type) and ``vm.console.watch`` (to look on) answer a console id;
+the guest's output then arrives as ``console`` notifications carrying that id,
+``vm.console.write`` gives an open console input, and ``vm.console.close`` (or the
+connection's end) lets it go. The clients of one VM share one libvirt stream
+(:mod:`novacron.api.console_hub`): one types, any number watch, all see the same
+output. When a console ends without its client asking (the VM stopped or left, another
+client forced it over, the client fell too far behind) a ``console.closed``
+notification says why. Consoles belong to the connection that opened them: another
+connection cannot write to or close them.
 """
 
 from __future__ import annotations
@@ -13,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from novacron import errors
+from novacron.api.console_hub import ConsoleHub, ConsoleSession
 from novacron.api.services import Services
 from novacron.api.vm import visible_record
 from novacron.blocking import Pool
@@ -38,17 +41,6 @@ MAX_LOG_READ = 1 << 20  # bytes of the console log one vm.console.log returns at
 DEFAULT_LOG_READ = 64 * 1024
 
 
-@dataclass(eq=False)
-class ConsoleSession:
-    id: int
-    vm: str
-    tenant: str
-    stream: ConsoleStream
-    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
-    done: trio.Event = field(default_factory=trio.Event)
-    closed_by_client: bool = False
-
-
 def _session(ctx: CallContext, number: int) -> ConsoleSession:
     """The caller's connection's console ``number``, else ``not_found``."""
     session = ctx.connection.consoles.get(number)
@@ -58,44 +50,39 @@ def _session(ctx: CallContext, number: int) -> ConsoleSession:
     return session
 
 
-async def _pump(conn: ConnectionState, session: ConsoleSession) -> None:
-    """Sends the guest's output until the console ends, then ``console.closed`` unless
-    the client closed it (or its connection ended)."""
+async def _pump(hub: ConsoleHub, conn: ConnectionState, session: ConsoleSession) -> None:
+    """Sends the console's output until it ends, then ``console.closed`` unless the
+    client closed it (or its connection ended)."""
     assert conn.notify is not None
-    reason, message = "connection_closed", ""  # (until the console ends otherwise)
+    assert session.shared is not None
     gone = False
     try:
         with session.scope:
-            while True:
-                data = await session.stream.read()
-                if not data:
-                    reason = "ended"
-                    message = "the console ended (the VM stopped or left this node)"
-                    break
+            while data := await session.shared.output(session):
                 await conn.notify("console", {"console": session.id, "data": data})
-    except errors.NovaCronError as exc:
-        reason, message = "error", exc.message
     except (trio.ClosedResourceError, trio.BrokenResourceError):
         gone = True
     except Exception:  # (a bug of ours: the console ends, the connection stays)
         log.exception("console.failed", extra=kv(vm=session.vm, console=session.id))
-        reason, message = "error", "internal error; see the daemon log"
+        session.end = ("error", "internal error; see the daemon log")
     finally:
         conn.consoles.pop(session.id, None)
-        await session.stream.close()
+        await hub.leave(session)
         session.done.set()
+        reason = "closed" if session.closed_by_client else (session.end or ("gone", ""))[0]
         log.info(
             "console.closed",
             extra=kv(
                 vm=session.vm,
                 console=session.id,
-                reason="closed" if session.closed_by_client else reason,
-                bytes_read=session.stream.bytes_read,
-                bytes_written=session.stream.bytes_written,
+                reason="connection_closed" if reason == "gone" else reason,
+                bytes_sent=session.bytes_sent,
+                bytes_written=session.bytes_written,
             ),
         )
-    if session.closed_by_client or gone:
+    if session.closed_by_client or gone or session.end is None:
         return
+    reason, message = session.end
     note = {"console": session.id, "vm": session.vm, "reason": reason, "message": message}
     with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
         await conn.notify("console.closed", note)
@@ -105,10 +92,12 @@ def register(registry: Registry, services: Services) -> None:
     vms = services.vms
     pool = Pool("console", CONSOLE_THREADS)
 
-    @registry.method("vm.console.open")
-    async def console_open(ctx: CallContext, p: Params) -> dict[str, Any]:
-        """Open a running VM's serial console on this connection (``force``: take it
-        from another client)."""
+    async def opener(vm: str, force: bool) -> ConsoleStream:
+        return ConsoleStream(await vms.hv_pool.run(open_stream, vms.hv, vm, force), pool)
+
+    hub = services.consoles = ConsoleHub(opener, pool)
+
+    async def start(ctx: CallContext, p: Params, read_only: bool) -> dict[str, Any]:
         name = p.name()
         force = p.flag("force")
         p.done()
@@ -121,16 +110,30 @@ def register(registry: Registry, services: Services) -> None:
                 f"this connection has {MAX_PER_CONNECTION} consoles open already",
                 {"limit": MAX_PER_CONNECTION},
             )
-        raw = await vms.hv_pool.run(open_stream, vms.hv, rec.name, force)
-        number = conn.last_console = conn.last_console % MAX_CONSOLE_ID + 1
-        session = ConsoleSession(number, rec.name, rec.tenant, ConsoleStream(raw, pool))
+        number = conn.last_console % MAX_CONSOLE_ID + 1
+        user = ctx.identity.user
+        session = ConsoleSession(number, rec.name, rec.tenant, read_only, user)
+        await hub.join(session, force)
+        conn.last_console = number
         conn.consoles[number] = session
-        conn.start_task(functools.partial(_pump, conn, session))
+        conn.start_task(functools.partial(_pump, hub, conn, session))
         log.info(
             "console.opened",
-            extra=kv(vm=rec.name, console=number, user=ctx.identity.user, force=force),
+            extra=kv(vm=rec.name, console=number, user=user, force=force, read_only=read_only),
         )
-        return {"console": number, "vm": rec.name}
+        return {"console": number, "vm": rec.name, "read_only": read_only}
+
+    @registry.method("vm.console.open")
+    async def console_open(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Open a running VM's serial console on this connection, to type into it
+        (``force``: take it from the client that has it)."""
+        return await start(ctx, p, read_only=False)
+
+    @registry.method("vm.console.watch")
+    async def console_watch(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Watch a running VM's serial console on this connection (its output only,
+        alongside whoever types)."""
+        return await start(ctx, p, read_only=True)
 
     @registry.method("vm.console.write")
     async def console_write(ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -139,7 +142,8 @@ def register(registry: Registry, services: Services) -> None:
         data = p.binary("data", MAX_WRITE)
         p.done()
         session = _session(ctx, number)
-        await session.stream.write(data)
+        assert session.shared is not None
+        await session.shared.write(session, data)
         return {"written": len(data)}
 
     @registry.method("vm.console.close")

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from novacron.api.console_hub import ConsoleHub
 from novacron.auth.audit import AuditLog
 from novacron.auth.bindings import Bindings
 from novacron.cluster.service import ClusterService
@@ -41,3 +42,4 @@ class Services:
     started_at: float = field(default_factory=time.time)
     reconcile_findings: list[dict[str, Any]] = field(default_factory=list)
     hypervisor_ready: bool = False
+    consoles: ConsoleHub | None = None  # the VMs' shared consoles (set by api.console)

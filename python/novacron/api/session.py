@@ -60,6 +60,7 @@ def register(registry: Registry, services: Services) -> None:
             "pending": services.pending.statistics() if services.pending is not None else None,
             "hypervisor_ready": services.hypervisor_ready,
             "keeper": services.keeper.statistics() if services.keeper is not None else None,
+            "consoles": (services.consoles.statistics() if services.consoles is not None else None),
         }
         try:
             info: dict[str, Any] = await vms.hv_pool.run(vms.hv.node_info)

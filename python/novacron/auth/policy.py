@@ -82,6 +82,7 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "vm.clone": WRITE,
     "vm.console.log": READ,
     "vm.console.open": WRITE,
+    "vm.console.watch": READ,
     "vm.console.write": WRITE,
     "vm.console.close": WRITE,
     "cluster.nodes": READ,

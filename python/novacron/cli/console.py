@@ -3,7 +3,8 @@
 The terminal is put in raw mode (every key goes to the guest, Ctrl-C included) until
 Ctrl-] leaves. With standard input not a terminal (a pipe, a file), its bytes are
 sent as they come; at its end the command keeps printing the guest's output for
-``--linger`` seconds, then lets the console go.
+``--linger`` seconds, then lets the console go. ``--watch`` only prints the output,
+alongside whoever types, until Ctrl-C or the console's end.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ def add_vm_commands(vm_sub: Any) -> None:
         "--force", action="store_true", help="take the console from another client"
     )
     console.add_argument(
+        "--watch",
+        action="store_true",
+        help="only watch (read-only, beside whoever types; leave with Ctrl-C)",
+    )
+    console.add_argument(
         "--linger",
         type=float,
         default=1.0,
@@ -68,15 +74,21 @@ def _raw(fd: int) -> Iterator[None]:
 
 
 def run_console(client: SyncClient, args: argparse.Namespace) -> Any:
-    opened = client.call("vm.console.open", name=args.vm, force=args.force or None)
-    number = opened["console"]
+    method = "vm.console.watch" if args.watch else "vm.console.open"
+    number = client.call(method, name=args.vm, force=args.force or None)["console"]
     stdin = sys.stdin.fileno()
     if os.isatty(stdin):
-        sys.stderr.write(f"Connected to {args.vm}'s console; leave with Ctrl-]\r\n")
+        leave = "Ctrl-C" if args.watch else "Ctrl-]"
+        sys.stderr.write(f"Connected to {args.vm}'s console; leave with {leave}\r\n")
         sys.stderr.flush()
+    reason = None
     try:
-        with _raw(stdin):
-            reason = relay(client, number, stdin, sys.stdout.buffer, args.linger)
+        if args.watch:
+            with contextlib.suppress(KeyboardInterrupt):
+                reason = relay(client, number, None, sys.stdout.buffer, 0)
+        else:
+            with _raw(stdin):
+                reason = relay(client, number, stdin, sys.stdout.buffer, args.linger)
     finally:
         with contextlib.suppress(errors.NotFound, errors.Unavailable):
             client.call("vm.console.close", console=number)
@@ -85,9 +97,12 @@ def run_console(client: SyncClient, args: argparse.Namespace) -> Any:
     return None
 
 
-def relay(client: SyncClient, number: int, stdin: int, out: BinaryIO, linger: float) -> str | None:
+def relay(
+    client: SyncClient, number: int, stdin: int | None, out: BinaryIO, linger: float
+) -> str | None:
     """Copies ``stdin`` to the console and its output to ``out`` until Ctrl-], the end of
-    ``stdin`` plus ``linger`` seconds, or the console's end (its reason returned)."""
+    ``stdin`` plus ``linger`` seconds, or the console's end (its reason returned).
+    Without ``stdin`` (watching) only the console's end stops it."""
     until: float | None = None  # once stdin ended: when to stop
     while until is None or time.monotonic() < until:
         for note in client.notifications(0):
@@ -99,9 +114,9 @@ def relay(client: SyncClient, number: int, stdin: int, out: BinaryIO, linger: fl
                 out.flush()
             elif note.method == "console.closed":
                 return str(payload.get("message") or payload.get("reason"))
-        watched = [client.fileno()] + ([stdin] if until is None else [])
+        watched = [client.fileno()] + ([stdin] if until is None and stdin is not None else [])
         ready, _, _ = select.select(watched, [], [], POLL_S)
-        if until is not None or stdin not in ready:
+        if until is not None or stdin is None or stdin not in ready:
             continue
         data = os.read(stdin, 4096)
         if not data:
