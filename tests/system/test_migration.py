@@ -59,10 +59,11 @@ def test_migrate_there_and_back_again(nodes: TwoNodes, guest_images: guest.Guest
     a, b = nodes.a, nodes.b
     boot(a, "m1", guest_images, "novacron.shell")
 
-    with a.client() as held:  # a console held on the source ends when the VM leaves
-        console = Console(held, "m1")
+    with a.client() as held, a.client() as watching:  # the source's consoles end as it leaves
+        console, watcher = Console(held, "m1"), Console(watching, "m1", watch=True)
         first = migrate(a, b, "m1")["result"]
         assert console.wait_closed()["reason"] in ("ended", "error")
+        assert watcher.wait_closed()["reason"] in ("ended", "error")
     only_on("m1", b, a)
     intact_on(b, "m1")
     with b.client() as there:  # and the destination's console answers
