@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -49,14 +49,18 @@ class _Pending:
 class Client:
     """A trio client; many calls may be in flight at once. Create it with :func:`connect`."""
 
-    def __init__(self, stream: trio.abc.Stream, max_message: int) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, max_message: int, notification_buffer: float = math.inf
+    ) -> None:
         self._stream = stream
         self._decoder = codec.Decoder(max_message)
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._send_lock = trio.Lock()
+        # notifications not yet taken by notifications(): past a finite buffer, the client
+        # stops reading (and the daemon's sending waits) until they are taken
         self._notify_send, self._notify_recv = trio.open_memory_channel[codec.Notification](
-            math.inf
+            notification_buffer
         )
         self._failure: errors.NovaCronError | None = None
 
@@ -82,7 +86,7 @@ class Client:
             raise self._failure or errors.Unavailable("connection to novacrond lost")
         return result_of(pending.response)
 
-    async def notifications(self) -> AsyncIterator[codec.Notification]:
+    async def notifications(self) -> AsyncGenerator[codec.Notification, None]:
         async for note in self._notify_recv:
             yield note
 
@@ -103,7 +107,12 @@ class Client:
                 if not data:
                     break
                 for message in self._decoder.feed(data):
-                    self._dispatch(message)
+                    if isinstance(message, codec.Notification):
+                        if message.method == "protocol.error":
+                            self._failure = protocol_error(message)
+                        await self._notify_send.send(message)
+                    else:
+                        self._dispatch(message)
         except errors.ProtocolError as exc:
             self._failure = exc
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -121,21 +130,19 @@ class Client:
             if pending is not None:
                 pending.response = message
                 pending.done.set()
-        elif isinstance(message, codec.Notification):
-            if message.method == "protocol.error":
-                self._failure = protocol_error(message)
-            self._notify_send.send_nowait(message)
 
 
 @asynccontextmanager
-async def _serving(stream: trio.abc.Stream, max_message: int) -> AsyncIterator[Client]:
+async def _serving(
+    stream: trio.abc.Stream, max_message: int, notification_buffer: float = math.inf
+) -> AsyncIterator[Client]:
     """A client on a connected stream, its reader running until the block ends. What
     the block raises comes out as it is, not in an exception group (the reader task is
     the client's own business)."""
     async with stream:
         try:
             async with trio.open_nursery() as nursery:
-                client = Client(stream, max_message)
+                client = Client(stream, max_message, notification_buffer)
                 nursery.start_soon(client._reader)
                 try:
                     yield client
@@ -167,11 +174,12 @@ async def connect_tls(
     files: TlsFiles,
     server_name: str | None = None,
     max_message: int = codec.DEFAULT_MAX_MESSAGE,
+    notification_buffer: float = math.inf,
 ) -> AsyncIterator[Client]:
     """Opens a trio client on a daemon's TLS listener (``host:port``).
 
     ``server_name`` is the name the daemon's node certificate must carry (default: the
-    host part of ``address``).
+    host part of ``address``); ``notification_buffer``: see :class:`Client`.
     """
     host, port = split_address(address)
     try:
@@ -185,5 +193,5 @@ async def connect_tls(
     except (trio.BrokenResourceError, trio.TooSlowError) as exc:
         await trio.aclose_forcefully(stream)
         raise errors.Unavailable(f"TLS handshake with {address} failed: {exc}") from None
-    async with _serving(stream, max_message) as client:
+    async with _serving(stream, max_message, notification_buffer) as client:
         yield client

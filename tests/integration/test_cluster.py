@@ -311,8 +311,15 @@ def test_calls_about_a_vm_of_another_node_are_forwarded(
         assert (got["name"], got["tenant"]) == ("shop", "acme")
         with pytest.raises(errors.PermissionDenied):
             c.call("vm.start", name="shop")  # re-checked on node1: a viewer may not
-    with via_two("viewer-globex") as c, pytest.raises(errors.NotFound):
-        c.call("vm.get", name="shop")  # another tenant's VM does not exist for it
+        with pytest.raises(errors.PermissionDenied):
+            c.call("vm.console.open", name="shop")  # (to type: nor here)
+        with pytest.raises(errors.Conflict, match="not running"):
+            c.call("vm.console.watch", name="shop")  # (node1's answer: a viewer may watch)
+    with via_two("viewer-globex") as c:
+        with pytest.raises(errors.NotFound):
+            c.call("vm.get", name="shop")  # another tenant's VM does not exist for it
+        with pytest.raises(errors.NotFound):
+            c.call("vm.console.watch", name="shop")  # nor its console
     with via_two("op-acme") as c:
         copy = c.call("vm.clone", name="shop", new_name="shop-copy")  # made beside its source
         assert (copy["tenant"], copy["state"]) == ("acme", "stopped")
@@ -326,10 +333,13 @@ def test_calls_about_a_vm_of_another_node_are_forwarded(
             c.call("vm.resume", name="shop")  # node1's own refusal comes back as is
         with pytest.raises(errors.Conflict, match="no console log"):
             c.call("vm.console.log", name="shop")  # (node1's answer: its VM has no serial port)
+        # consoles are relayed from the VM's node (whose test-driver VM has none)
+        with pytest.raises(errors.Conflict, match="no interactive console"):
+            c.call("vm.console.open", name="shop")
+        with pytest.raises(errors.Conflict, match="no interactive console"):
+            c.call("vm.console.watch", name="shop", force=True)
         with pytest.raises(errors.NotFound):
-            c.call("vm.console.open", name="shop")  # a console is the VM's own node's
-        with pytest.raises(errors.NotFound):
-            c.call("vm.console.watch", name="shop")
+            c.call("vm.console.write", console=1, data=b"x")  # (none was opened)
         with pytest.raises(errors.NotFound):
             c.call("vm.get", name="nowhere")
         with pytest.raises(errors.PermissionDenied):  # only nodes forward

@@ -5,7 +5,8 @@ daemons over the veth with their node certificates.
 A migration takes the VM's lock in etcd and moves its ownership in the transaction
 that lets the switch-over happen: two daemons asked at once to migrate the same VM
 start exactly one migration, every time; a migration whose lock was lost is not
-switched over, and the VM stays on its source.
+switched over, and the VM stays on its source. (And a console opened through the node
+that does not run the VM is relayed from the one that does.)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from novacron import errors
 from novacron.cluster.etcd import b64
 from novacron.state.db import StateStore
 from tests.system import guest
+from tests.system.console_client import Console
 from tests.system.libvirt_host import LibvirtHost
 from tests.system.nodes import Node, TwoNodes, cli, logs, running_nodes, wait_until
 from tests.system.test_migration import (
@@ -275,3 +277,31 @@ def nodes_of(node: Node) -> list[dict[str, Any]]:
     with node.client() as c:
         found: list[dict[str, Any]] = c.call("cluster.nodes")
     return found
+
+
+def test_a_console_opened_through_another_node_is_relayed(
+    cluster_nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    """A client of host B types into (and another watches) the console of a VM host A
+    runs: B relays it from A, and tells both when it ends there."""
+    a, b = cluster_nodes.a, cluster_nodes.b
+    boot(a, "relayed", guest_images, "novacron.shell")
+    wait_until(lambda: owner(b, "relayed")["node"] == "hosta", 30, "hosta to own relayed")
+    with b.client() as typing, b.client() as watching:
+        console = Console(typing, "relayed")
+        watcher = Console(watching, "relayed", watch=True)
+        with pytest.raises(errors.Conflict, match="read-only"):  # (hosta's refusal)
+            watching.call("vm.console.write", console=watcher.number, data=b"reboot\r")
+        typing.call("vm.console.write", console=console.number, data=b"echo RELAY-$((6*6))\r")
+        console.wait_for(b"RELAY-36")
+        watcher.wait_for(b"RELAY-36")
+        with a.client() as c:  # hosta holds them for hostb's connections
+            assert c.call("node.info")["daemon"]["consoles"]["sessions"] == 2
+            c.call("vm.stop", name="relayed")
+        for ended in (console.wait_closed(), watcher.wait_closed()):
+            assert ended["reason"] in ("ended", "error") and ended["vm"] == "relayed"
+        with pytest.raises(errors.NotFound):  # gone from hostb's connection too
+            typing.call("vm.console.write", console=console.number, data=b"x")
+        with pytest.raises(errors.Conflict, match="not running"):
+            typing.call("vm.console.open", name="relayed")
+    retire(a, "relayed")

@@ -80,8 +80,11 @@ def register(registry: Registry, services: Services) -> None:
         if method not in policy.FORWARDED:
             raise errors.InvalidParams(f"{method!r} is not forwarded", {"param": "call"})
         identity = forwarded_identity(caller, ctx.identity.user)
-        inner = CallContext(identity, ctx.bus)
-        inner.forwarded = True
+        if method in policy.ON_CONNECTION:
+            inner = ctx.on_behalf(identity)
+        else:
+            inner = CallContext(identity, ctx.bus)
+            inner.forwarded = True
         error, result = await registry.call(inner, Request(0, method, [params]))
         if error is not None:
             raise errors.from_wire(error)

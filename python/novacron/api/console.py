@@ -23,6 +23,7 @@ import trio
 
 from novacron import errors
 from novacron.api.console_hub import ConsoleHub, ConsoleSession
+from novacron.api.console_remote import RemoteConsole, open_remote
 from novacron.api.services import Services
 from novacron.api.vm import visible_record
 from novacron.blocking import Pool
@@ -41,12 +42,13 @@ MAX_LOG_READ = 1 << 20  # bytes of the console log one vm.console.log returns at
 DEFAULT_LOG_READ = 64 * 1024
 
 
-def _session(ctx: CallContext, number: int) -> ConsoleSession:
-    """The caller's connection's console ``number``, else ``not_found``."""
+def _session(ctx: CallContext, number: int) -> ConsoleSession | RemoteConsole:
+    """The caller's connection's console ``number`` (here or relayed from the VM's
+    node), else ``not_found``."""
     session = ctx.connection.consoles.get(number)
-    if not isinstance(session, ConsoleSession):
+    if not isinstance(session, ConsoleSession | RemoteConsole):
         raise errors.NotFound(f"no console {number} open on this connection", {"console": number})
-    ctx.tenant = session.tenant
+    ctx.tenant = session.tenant or None
     return session
 
 
@@ -97,11 +99,17 @@ def register(registry: Registry, services: Services) -> None:
 
     hub = services.consoles = ConsoleHub(opener, pool)
 
+    async def owner_elsewhere(ctx: CallContext, name: str) -> str | None:
+        """The node that has VM ``name`` when it is not this one (in a cluster, for a
+        caller's own call: a forwarded one is never forwarded again)."""
+        if services.cluster is None or ctx.forwarded:
+            return None
+        return await services.cluster.owner_elsewhere(ctx, name)
+
     async def start(ctx: CallContext, p: Params, read_only: bool) -> dict[str, Any]:
         name = p.name()
         force = p.flag("force")
         p.done()
-        rec = await visible_record(vms, ctx, name)
         conn = ctx.connection
         if conn.start_task is None or conn.notify is None:
             raise errors.Conflict("this connection cannot carry a console")
@@ -111,6 +119,18 @@ def register(registry: Registry, services: Services) -> None:
                 {"limit": MAX_PER_CONNECTION},
             )
         number = conn.last_console % MAX_CONSOLE_ID + 1
+        try:
+            rec = await visible_record(vms, ctx, name)
+        except errors.NotFound:
+            node = await owner_elsewhere(ctx, name)
+            if node is None:
+                raise
+            assert services.cluster is not None
+            conn.last_console = number
+            method = "vm.console.watch" if read_only else "vm.console.open"
+            remote = RemoteConsole(number, name, node, read_only, ctx.identity.to_wire())
+            params = {"name": name, "force": force} if force else {"name": name}
+            return await open_remote(services.cluster, conn, remote, method, params)
         user = ctx.identity.user
         session = ConsoleSession(number, rec.name, rec.tenant, read_only, user)
         await hub.join(session, force)
@@ -141,9 +161,7 @@ def register(registry: Registry, services: Services) -> None:
         number = p.integer("console", 1, MAX_CONSOLE_ID)
         data = p.binary("data", MAX_WRITE)
         p.done()
-        session = _session(ctx, number)
-        assert session.shared is not None
-        await session.shared.write(session, data)
+        await _session(ctx, number).write(data)
         return {"written": len(data)}
 
     @registry.method("vm.console.close")

@@ -64,6 +64,11 @@ class ConsoleSession:
     bytes_sent: int = 0  # output sent to this client
     bytes_written: int = 0  # input this client gave
 
+    async def write(self, data: bytes) -> None:
+        """Gives ``data`` to the guest (``conflict`` if this session may not)."""
+        assert self.shared is not None
+        await self.shared.write(self, data)
+
 
 class SharedConsole:
     """A VM's open console stream and the sessions sharing it."""

@@ -123,8 +123,23 @@ FORWARDABLE: Final = frozenset(
 )
 
 # what ``cluster.forward`` runs for another node: the calls above, a create placed on this
-# node, and this node's part of ``cluster.stats``
-FORWARDED: Final = FORWARDABLE | {"vm.create", "vm.stats.list"}
+# node, this node's part of ``cluster.stats`` and the consoles another node relays
+FORWARDED: Final = (
+    FORWARDABLE
+    | {"vm.create", "vm.stats.list"}
+    | {
+        "vm.console.open",
+        "vm.console.watch",
+        "vm.console.write",
+        "vm.console.close",
+    }
+)
+# forwarded calls that run on the forwarding connection, not in a context of their own: a
+# console a node opens for its caller lives on its connection to the VM's node, which
+# relays it (api/console_remote.py)
+ON_CONNECTION: Final = frozenset(
+    {"vm.console.open", "vm.console.watch", "vm.console.write", "vm.console.close"}
+)
 
 ROLE_GRANTS: Final[dict[str, frozenset[str]]] = {
     "admin": frozenset({PUBLIC, READ, WRITE, ADMIN, NODE}),

@@ -23,6 +23,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ import trio
 
 from novacron import __version__, errors
 from novacron._core import Placer
-from novacron.client import TlsFiles, connect_tls
+from novacron.client import Client, TlsFiles, connect_tls
 from novacron.cluster import scoring
 from novacron.cluster.etcd import EtcdClient, KeyValue, WatchCompacted
 from novacron.config import Config
@@ -265,35 +267,51 @@ class ClusterService:
         """Sends a call about VM ``name``, which this node does not have, to the node that
         owns it, with the caller's identity (re-checked there). (False, None): no node has
         a VM of that name in a tenant the caller sees."""
+        node = await self.owner_elsewhere(ctx, name)
+        if node is None:
+            return False, None
+        return True, await self.call_on(node, ctx, method, params)
+
+    async def owner_elsewhere(self, ctx: CallContext, name: str) -> str | None:
+        """The other node that owns VM ``name`` in a tenant the caller sees; None when
+        this node has it (a refusal about something else) or no node does."""
         if await self.vms.records.get(name) is not None:
-            return False, None  # ours: the refusal was about something else (a NIC, a tenant)
+            return None  # ours: the refusal was about something else (a NIC, a tenant)
         owners = [
             vm
             for vm in await self._owners_of(name, ctx.identity.tenants)
             if vm["node"] != self.node and ctx.identity.sees(vm["tenant"])
         ]
         if not owners:
-            return False, None
+            return None
         if len(owners) > 1:
             raise errors.Conflict(
                 f"several VMs named {name!r} in your tenants; call their nodes directly",
                 {"vm": name, "nodes": sorted(o["node"] for o in owners)},
             )
-        return True, await self.call_on(owners[0]["node"], ctx, method, params)
+        return str(owners[0]["node"])
 
-    async def call_on(
-        self, node: str, ctx: CallContext, method: str, params: dict[str, Any]
-    ) -> Any:
-        """Runs ``method`` on ``node`` as the caller of ``ctx`` (``cluster.forward``)."""
+    @asynccontextmanager
+    async def peer(self, node: str, notification_buffer: float = math.inf) -> AsyncIterator[Client]:
+        """A connection to ``node``'s TLS listener with this node's certificate."""
         record = await self.etcd.get(NODES + node.encode())
         if record is None:
             raise errors.Unavailable(f"node {node!r} is down", {"node": node})
         address = json.loads(record.value).get("address")
         if not address:
             raise errors.Unavailable(f"node {node!r} publishes no address", {"node": node})
+        async with connect_tls(
+            address, self.files, server_name=node, notification_buffer=notification_buffer
+        ) as client:
+            yield client
+
+    async def call_on(
+        self, node: str, ctx: CallContext, method: str, params: dict[str, Any]
+    ) -> Any:
+        """Runs ``method`` on ``node`` as the caller of ``ctx`` (``cluster.forward``)."""
         log.info("cluster.forward", extra=kv(method=method, node=node))
         refused: errors.NovaCronError | None = None
-        async with connect_tls(address, self.files, server_name=node) as peer:
+        async with self.peer(node) as peer:
             try:
                 result = await peer.call(
                     "cluster.forward", call=method, params=params, identity=ctx.identity.to_wire()

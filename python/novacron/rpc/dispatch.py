@@ -62,6 +62,13 @@ class CallContext:
         self.tenant: str | None = None  # the tenant a call acted on (for the audit log)
         self.forwarded = False  # the call came from another node on a caller's behalf
 
+    def on_behalf(self, identity: Identity) -> CallContext:
+        """A forwarded call's context: ``identity``'s, on this connection (its consoles
+        live on it; see ``cluster.forward``)."""
+        ctx = CallContext(identity, self.bus, self._shared)
+        ctx.forwarded = True
+        return ctx
+
     def for_call(self) -> CallContext:
         ctx = CallContext(self.identity, self.bus, self._shared)
         ctx.forwarded = self.forwarded
