@@ -379,6 +379,15 @@ def test_quota_and_bindings_from_the_cli(daemon: Daemon) -> None:
     assert re.search(r"^disk_gib\s+3 / 3$", cli(daemon, "quota", "get", "globex").stdout, re.M)
     doc = json.loads(cli(daemon, "--json", "quota", "get", "globex").stdout)
     assert doc["max_disk_gib"] == 3 and doc["used"]["disk_gib"] == 3
+    # the throttle the tenant's new disks get
+    shown = cli(daemon, "quota", "set", "globex", "--disk", "9", "--disk-write-iops", "250")
+    assert re.search(r"^disk_limits\s+write_iops=250$", shown.stdout, re.M)
+    made = json.loads(cli(daemon, "--json", "vm", "create", "qe", "--tenant", "globex").stdout)
+    assert made["disks"] == []
+    attached = json.loads(cli(daemon, "--json", "vm", "disk", "attach", "qe", "--size", "1").stdout)
+    assert attached["disks"][0]["limits"] == {"write_iops": 250}
+    lifted = cli(daemon, "quota", "set", "globex", "--disk", "9").stdout
+    assert re.search(r"^disk_limits\s+none$", lifted, re.M)
     cli(daemon, "auth", "bind", "group:devs", "--role", "operator", "--tenant", "acme")
     assert "group:devs" in cli(daemon, "auth", "bindings").stdout
     who = json.loads(cli(daemon, "--json", "whoami").stdout)

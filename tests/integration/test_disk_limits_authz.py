@@ -57,3 +57,54 @@ def test_only_an_admin_sets_disk_limits(tmp_path: Path) -> None:
             ]
     finally:
         assert d.stop() in (0, None)
+
+
+def test_a_tenants_disk_throttle_reaches_the_disks_its_vms_get(tmp_path: Path) -> None:
+    """``quota.set``'s ``disk_limits`` (admin): the tenant's new disks without limits of
+    their own get them, whoever asks; an admin's own limits win; other tenants' disks and
+    disks made before stay as they are; a bad map changes nothing."""
+    pki = Pki.create(tmp_path / "pki")
+    port = free_port()
+    d = tls_daemon(tmp_path, pki, port).start()
+    try:
+        with (
+            client(port, pki.issue("alice", "operator", ("acme",))) as alice,
+            client(port, pki.issue("root", "admin", ())) as admin,
+        ):
+            alice.call("vm.create", name="before", memory_mib=64, disks=[{"size_gib": 1}])
+            with pytest.raises(errors.PermissionDenied):  # (an admin's call)
+                alice.call("quota.set", tenant="acme", disk_limits={"write_iops": 1})
+            throttle = {"write_iops": 300, "write_bytes_per_s": 20 << 20}
+            got = admin.call("quota.set", tenant="acme", max_vms=10, disk_limits=throttle)
+            assert got["disk_limits"] == throttle and got["max_vms"] == 10
+            assert alice.call("quota.get", tenant="acme")["disk_limits"] == throttle
+
+            made = alice.call("vm.create", name="after", memory_mib=64, disks=[{"size_gib": 1}])
+            assert [x["limits"] for x in made["disks"]] == [throttle]
+            attached = alice.call("vm.disk.attach", vm="after", size_gib=1)
+            assert [x["limits"] for x in attached["disks"]] == [throttle, throttle]
+            own = admin.call(
+                "vm.create",
+                name="own",
+                tenant="acme",
+                memory_mib=64,
+                disks=[{"size_gib": 1, "limits": {"read_iops": 7}}, {"size_gib": 1}],
+            )
+            assert [x["limits"] for x in own["disks"]] == [{"read_iops": 7}, throttle]
+            other = admin.call(
+                "vm.create", name="other", tenant="globex", memory_mib=64, disks=[{"size_gib": 1}]
+            )
+            assert [x["limits"] for x in other["disks"]] == [None]
+            before = alice.call("vm.get", name="before")["disks"]
+            assert [x["limits"] for x in before] == [None]  # (made before: as it was)
+
+            for bad in ({"write_iops": -1}, {"iops": 5}, [1], "fast"):
+                with pytest.raises(errors.InvalidParams):
+                    admin.call("quota.set", tenant="acme", disk_limits=bad)
+            assert admin.call("quota.get", tenant="acme")["disk_limits"] == throttle
+            lifted = admin.call("quota.set", tenant="acme", max_vms=10)
+            assert lifted["disk_limits"] is None
+            later = alice.call("vm.disk.attach", vm="after", size_gib=1)
+            assert [x["limits"] for x in later["disks"]] == [throttle, throttle, None]
+    finally:
+        assert d.stop() in (0, None)

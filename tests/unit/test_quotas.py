@@ -10,8 +10,8 @@ import pytest
 from novacron import errors
 from novacron.blocking import Pool
 from novacron.state.db import StateStore, VmRecord
-from novacron.vm.quotas import Quota, Quotas, usage
-from novacron.vm.spec import DiskSpec, VmSpec
+from novacron.vm.quotas import Quota, Quotas, usage, with_default_limits
+from novacron.vm.spec import DiskLimits, DiskSpec, VmSpec
 
 
 def rec(
@@ -73,4 +73,29 @@ async def test_disk_space_counts_new_volumes_not_images_by_path(tmp_path: Path) 
     report = await Quotas(store, Pool("sqlite", 1)).report("acme", records)
     assert report["max_disk_gib"] == 10 and report["max_vcpus"] is None
     assert report["used"]["disk_gib"] == 15
+    store.close()
+
+
+async def test_a_tenants_disk_throttle_is_kept_and_given_to_disks_without_their_own(
+    tmp_path: Path,
+) -> None:
+    store = StateStore(tmp_path / "s.db")
+    quotas = Quotas(store, Pool("sqlite", 1))
+    assert (await quotas.get("acme")).disk_limits is None
+    throttle = DiskLimits(write_iops=200, read_bytes_per_s=50 << 20)
+    await quotas.set("acme", Quota(max_vms=3, disk_limits=throttle))
+    reloaded = Quotas(store, Pool("sqlite", 1))
+    assert await reloaded.get("acme") == Quota(max_vms=3, disk_limits=throttle)
+    report = await reloaded.report("acme", [])
+    assert report["disk_limits"] == {"write_iops": 200, "read_bytes_per_s": 50 << 20}
+    assert report["max_vms"] == 3 and report["max_vcpus"] is None
+    own = DiskLimits(read_iops=10)
+    disks = [DiskSpec(size_gib=1), DiskSpec(path="/srv/a.raw", limits=own)]
+    assert with_default_limits(disks, throttle) == [
+        DiskSpec(size_gib=1, limits=throttle),  # (images by path too: any disk is throttled)
+        DiskSpec(path="/srv/a.raw", limits=own),  # its own limits win
+    ]
+    assert with_default_limits(disks, None) == disks
+    await reloaded.set("acme", Quota(max_vms=3))  # a set without it lifts it
+    assert (await Quotas(store, Pool("sqlite", 1)).get("acme")).disk_limits is None
     store.close()

@@ -21,7 +21,7 @@ from novacron.state.db import VmRecord
 from novacron.vm import disk_limits, disks, host_files, unplug
 from novacron.vm import stats as vm_stats
 from novacron.vm.clone import clone
-from novacron.vm.quotas import LIMITS, Quota
+from novacron.vm.quotas import LIMITS, Quota, with_default_limits
 from novacron.vm.resize import resize
 from novacron.vm.service import VmService
 from novacron.vm.spec import (
@@ -30,6 +30,7 @@ from novacron.vm.spec import (
     MAX_MEMORY_MIB,
     MAX_VCPUS,
     RESTART_POLICIES,
+    DiskLimits,
     DiskSpec,
     parse_create,
     parse_disk,
@@ -103,6 +104,8 @@ def register(registry: Registry, services: Services) -> None:
         for i, disk in enumerate(spec.disks):
             check_limits_allowed(ctx, disk, f"disks[{i}].limits")
         await trio.to_thread.run_sync(host_files.check, ctx.identity, spec, offered())
+        default = (await vms.quotas.get(spec.tenant)).disk_limits
+        spec = replace(spec, disks=tuple(with_default_limits(spec.disks, default)))
         return await vms.create(spec, start)
 
     def offered() -> host_files.Offered:
@@ -136,6 +139,8 @@ def register(registry: Registry, services: Services) -> None:
                 rec.tenant,
                 offered(),
             )
+        default = (await vms.quotas.get(rec.tenant)).disk_limits
+        [disk] = with_default_limits([disk], default)
         return await disks.attach(vms, name, disk)
 
     @registry.method("vm.disk.detach")
@@ -184,14 +189,15 @@ def register(registry: Registry, services: Services) -> None:
 
     @registry.method("quota.set")
     async def quota_set(ctx: CallContext, p: Params) -> dict[str, Any]:
-        """Set a tenant's limits (omit or nil = no limit)."""
+        """Set a tenant's limits (omit or nil = no limit) and the throttle its new disks
+        get (``disk_limits``; omit = none)."""
         tenant = p.name("tenant")
         limits = {key: p.integer(key, 0, 1 << 40, default=-1) for key in LIMITS}
+        throttle = DiskLimits.of(parse_disk_limits("disk_limits", p.mapping("disk_limits")))
         p.done()
         ctx.tenant = tenant
-        await vms.quotas.set(
-            tenant, Quota(**{k: (None if v < 0 else v) for k, v in limits.items()})
-        )
+        caps = {k: (None if v < 0 else v) for k, v in limits.items()}
+        await vms.quotas.set(tenant, Quota(**caps, disk_limits=throttle))
         return await vms.quotas.report(tenant, await vms.records.all())
 
     @registry.method("vm.list")

@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from novacron.cli import output
+from novacron.cli.disks import LIMIT_FLAGS, limits_text
 from novacron.sync_client import SyncClient
 
 
@@ -129,6 +130,14 @@ def add_quota_commands(groups: Any) -> None:
     put.add_argument(
         "--disk", type=int, dest="max_disk_gib", help="GiB of new volumes (not images by path)"
     )
+    for flag, key, unit in LIMIT_FLAGS:  # (the throttle of the tenant's new disks)
+        put.add_argument(
+            f"--disk-{flag.removeprefix('--')}",
+            type=int,
+            dest=f"disk_{key}",
+            metavar="N",
+            help=f"{unit} a second by each new disk without limits of its own",
+        )
     put.set_defaults(run=run_quota_set)
 
 
@@ -147,6 +156,7 @@ def _show_quota(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
                 "memory_mib": limit("max_memory_mib", "memory_mib"),
                 "vms": limit("max_vms", "vms"),
                 "disk_gib": limit("max_disk_gib", "disk_gib"),
+                "disk_limits": limits_text(doc.get("disk_limits")) or "none",
             }
         )
     return doc
@@ -164,5 +174,11 @@ def run_quota_set(client: SyncClient, args: argparse.Namespace) -> Any:
         max_memory_mib=args.max_memory_mib,
         max_vms=args.max_vms,
         max_disk_gib=args.max_disk_gib,
+        disk_limits={
+            key: getattr(args, f"disk_{key}")
+            for _, key, _ in LIMIT_FLAGS
+            if getattr(args, f"disk_{key}")
+        }
+        or None,
     )
     return _show_quota(doc, args)

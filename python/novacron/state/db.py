@@ -280,22 +280,28 @@ class StateStore:
 
     def list_quotas(self) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            "SELECT tenant, max_vcpus, max_memory_mib, max_vms, max_disk_gib FROM quotas"
-            " ORDER BY tenant"
+            "SELECT tenant, max_vcpus, max_memory_mib, max_vms, max_disk_gib, disk_limits"
+            " FROM quotas ORDER BY tenant"
         )
-        return [dict(r) for r in rows]
+        return [
+            {**dict(r), "disk_limits": json.loads(r["disk_limits"]) if r["disk_limits"] else None}
+            for r in rows
+        ]
 
-    def set_quota(self, tenant: str, limits: dict[str, int | None]) -> None:
-        """``limits``: ``max_vcpus``, ``max_memory_mib``, ``max_vms``, ``max_disk_gib``."""
+    def set_quota(self, tenant: str, limits: dict[str, Any]) -> None:
+        """``limits``: ``max_vcpus``, ``max_memory_mib``, ``max_vms``, ``max_disk_gib``
+        (int or None) and ``disk_limits`` (a map or None)."""
+        values = {**limits, "tenant": tenant, "now": time.time()}
+        values["disk_limits"] = json.dumps(limits["disk_limits"]) if limits["disk_limits"] else None
         with self._tx() as db:
             db.execute(
                 "INSERT INTO quotas (tenant, max_vcpus, max_memory_mib, max_vms, max_disk_gib,"
-                " updated_at) VALUES (:tenant, :max_vcpus, :max_memory_mib, :max_vms,"
-                " :max_disk_gib, :now) ON CONFLICT (tenant) DO UPDATE SET"
-                " max_vcpus = excluded.max_vcpus, max_memory_mib = excluded.max_memory_mib,"
+                " disk_limits, updated_at) VALUES (:tenant, :max_vcpus, :max_memory_mib,"
+                " :max_vms, :max_disk_gib, :disk_limits, :now) ON CONFLICT (tenant) DO UPDATE"
+                " SET max_vcpus = excluded.max_vcpus, max_memory_mib = excluded.max_memory_mib,"
                 " max_vms = excluded.max_vms, max_disk_gib = excluded.max_disk_gib,"
-                " updated_at = excluded.updated_at",
-                {**limits, "tenant": tenant, "now": time.time()},
+                " disk_limits = excluded.disk_limits, updated_at = excluded.updated_at",
+                values,
             )
 
     # -- operations ----------------------------------------------------------------------

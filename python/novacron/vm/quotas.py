@@ -1,4 +1,5 @@
-"""Per-tenant quotas: vCPUs, memory, VM count and disk space, checked on ``vm.create``.
+"""Per-tenant quotas: vCPUs, memory, VM count and disk space, checked on ``vm.create``;
+and the throttle a tenant's new disks get when none is given (``disk_limits``).
 
 Limits live in the state store (NULL = no limit) with a copy in memory. Usage is what
 the tenant's VM records ask for (stopped VMs count: their resources can start at any
@@ -10,13 +11,14 @@ lock, so two concurrent creates cannot both slip under the same limit.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from novacron import errors
 from novacron.blocking import Pool
 from novacron.state.db import StateStore, VmRecord
-from novacron.vm.spec import VmSpec
+from novacron.vm.spec import DiskLimits, DiskSpec, VmSpec
 
 # each limit and the usage figure it caps
 RESOURCES = {
@@ -34,6 +36,21 @@ class Quota:
     max_memory_mib: int | None = None
     max_vms: int | None = None
     max_disk_gib: int | None = None
+    # what a disk of the tenant's VMs is throttled to when it is made or attached
+    # without limits of its own (None: unthrottled)
+    disk_limits: DiskLimits | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {k: getattr(self, k) for k in LIMITS}
+        doc["disk_limits"] = self.disk_limits.to_dict() if self.disk_limits else None
+        return doc
+
+
+def with_default_limits(disks: Sequence[DiskSpec], default: DiskLimits | None) -> list[DiskSpec]:
+    """``disks``, those without limits of their own given ``default``."""
+    if default is None:
+        return list(disks)
+    return [d if d.limits is not None else replace(d, limits=default) for d in disks]
 
 
 def disk_gib(spec: dict[str, Any]) -> int:
@@ -60,7 +77,13 @@ class Quotas:
     async def _all(self) -> dict[str, Quota]:
         if self._by_tenant is None:
             rows = await self._pool.run(self._store.list_quotas)
-            self._by_tenant = {r["tenant"]: Quota(**{k: r[k] for k in LIMITS}) for r in rows}
+            self._by_tenant = {
+                r["tenant"]: Quota(
+                    **{k: r[k] for k in LIMITS},
+                    disk_limits=DiskLimits.of(r["disk_limits"] or {}),
+                )
+                for r in rows
+            }
         return self._by_tenant
 
     async def get(self, tenant: str) -> Quota:
@@ -68,7 +91,7 @@ class Quotas:
 
     async def set(self, tenant: str, quota: Quota) -> None:
         by_tenant = await self._all()
-        await self._pool.run(self._store.set_quota, tenant, asdict(quota))
+        await self._pool.run(self._store.set_quota, tenant, quota.to_wire())
         by_tenant[tenant] = quota
 
     async def check(self, spec: VmSpec, records: list[VmRecord]) -> None:
@@ -86,10 +109,10 @@ class Quotas:
     ) -> None:
         """``quota_exceeded`` unless the tenant's ``records`` and ``wanted`` more of some
         resources fit (a resource not asked for is not refused)."""
-        quota = asdict(await self.get(tenant))
+        quota = await self.get(tenant)
         used = usage(records, tenant)
         for limit_key, key in RESOURCES.items():
-            limit, more = quota[limit_key], wanted.get(key, 0)
+            limit, more = getattr(quota, limit_key), wanted.get(key, 0)
             if limit is not None and more and used[key] + more > limit:
                 raise errors.QuotaExceeded(
                     f"tenant {tenant!r} would use {used[key] + more} {key}"
@@ -98,4 +121,5 @@ class Quotas:
                 )
 
     async def report(self, tenant: str, records: list[VmRecord]) -> dict[str, Any]:
-        return {"tenant": tenant, **asdict(await self.get(tenant)), "used": usage(records, tenant)}
+        quota = await self.get(tenant)
+        return {"tenant": tenant, **quota.to_wire(), "used": usage(records, tenant)}
