@@ -13,7 +13,6 @@ connection cannot write to or close them.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import trio
 
 from novacron import errors
-from novacron.api.console_hub import ConsoleHub, ConsoleSession
+from novacron.api.console_hub import ConsoleHub, ConsoleSession, tell_end
 from novacron.api.console_remote import RemoteConsole, open_remote
 from novacron.api.services import Services
 from novacron.api.vm import visible_record
@@ -71,23 +70,7 @@ async def _pump(hub: ConsoleHub, conn: ConnectionState, session: ConsoleSession)
         conn.consoles.pop(session.id, None)
         await hub.leave(session)
         session.done.set()
-        reason = "closed" if session.closed_by_client else (session.end or ("gone", ""))[0]
-        log.info(
-            "console.closed",
-            extra=kv(
-                vm=session.vm,
-                console=session.id,
-                reason="connection_closed" if reason == "gone" else reason,
-                bytes_sent=session.bytes_sent,
-                bytes_written=session.bytes_written,
-            ),
-        )
-    if session.closed_by_client or gone or session.end is None:
-        return
-    reason, message = session.end
-    note = {"console": session.id, "vm": session.vm, "reason": reason, "message": message}
-    with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-        await conn.notify("console.closed", note)
+    await tell_end(conn, session, gone, log)
 
 
 def register(registry: Registry, services: Services) -> None:

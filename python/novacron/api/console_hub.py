@@ -16,6 +16,7 @@ daemon's memory or everyone's console.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,6 +25,8 @@ import trio
 
 from novacron import errors
 from novacron.blocking import Pool
+from novacron.logs import kv
+from novacron.rpc.dispatch import ConnectionState
 
 OVERRUN = 1 << 20  # bytes of output a session may have waiting before it is let go
 CHUNK = 64 * 1024  # the most output one call of SharedConsole.output returns
@@ -217,3 +220,42 @@ class ConsoleHub:
             "watching": sum(1 for c in self._consoles.values() for s in c.sessions if s.read_only),
             "pool": self._pool.statistics(),
         }
+
+
+class Ending(Protocol):
+    """What :func:`tell_end` needs of a console (a session here or a relayed one)."""
+
+    id: int
+    vm: str
+    end: tuple[str, str] | None
+    closed_by_client: bool
+    bytes_sent: int
+    bytes_written: int
+
+
+async def tell_end(
+    conn: ConnectionState, console: Ending, gone: bool, log: logging.Logger, **extra: Any
+) -> None:
+    """Logs a console's end (``extra`` added) and, unless its client closed it or its
+    connection is ``gone``, sends the client ``console.closed`` with why."""
+    if console.closed_by_client:
+        reason = "closed"
+    else:
+        reason = console.end[0] if console.end is not None else "connection_closed"
+    log.info(
+        "console.closed",
+        extra=kv(
+            vm=console.vm,
+            console=console.id,
+            reason=reason,
+            bytes_sent=console.bytes_sent,
+            bytes_written=console.bytes_written,
+            **extra,
+        ),
+    )
+    if console.closed_by_client or gone or console.end is None or conn.notify is None:
+        return
+    reason, message = console.end
+    note = {"console": console.id, "vm": console.vm, "reason": reason, "message": message}
+    with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+        await conn.notify("console.closed", note)

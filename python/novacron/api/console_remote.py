@@ -25,8 +25,8 @@ from typing import Any, Protocol
 import trio
 
 from novacron import errors
+from novacron.api.console_hub import tell_end
 from novacron.client import Client
-from novacron.logs import kv
 from novacron.rpc.dispatch import ConnectionState
 
 log = logging.getLogger("novacron.console")
@@ -143,25 +143,8 @@ async def _relay(
         if conn.consoles.get(console.id) is console:
             del conn.consoles[console.id]
         console.done.set()
-    if console.failure is not None:
-        return
-    log.info(
-        "console.closed",
-        extra=kv(
-            vm=console.vm,
-            console=console.id,
-            node=console.node,
-            reason="closed" if console.closed_by_client else (console.end or ("gone",))[0],
-            bytes_sent=console.bytes_sent,
-            bytes_written=console.bytes_written,
-        ),
-    )
-    if console.closed_by_client or gone or console.end is None:
-        return
-    reason, message = console.end
-    note = {"console": console.id, "vm": console.vm, "reason": reason, "message": message}
-    with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-        await conn.notify("console.closed", note)
+    if console.failure is None:  # (one never opened is the caller's error, no end)
+        await tell_end(conn, console, gone, log, node=console.node)
 
 
 async def _pass_on(peer: Client, conn: ConnectionState, console: RemoteConsole) -> None:
