@@ -81,6 +81,13 @@ async def collect(shared: SharedConsole, session: ConsoleSession, out: list[byte
         out.append(data)
 
 
+async def joined(hub: ConsoleHub, *sessions: ConsoleSession) -> SharedConsole:
+    """The console ``sessions`` share, once each joined it (none forcing)."""
+    for session in sessions:
+        await hub.join(session, force=False)
+    return _shared(sessions[0])
+
+
 def _shared(session: ConsoleSession) -> SharedConsole:
     assert session.shared is not None
     return session.shared
@@ -115,9 +122,7 @@ def test_a_typing_and_a_watching_session_share_one_stream_and_its_output() -> No
 def test_only_the_typing_session_writes_and_a_second_typist_is_refused_unless_forced() -> None:
     async def test(hub: ConsoleHub, opener: Opener) -> None:
         first, watcher = _session(1), _session(2, read_only=True)
-        await hub.join(first, force=False)
-        await hub.join(watcher, force=False)
-        shared = _shared(first)
+        shared = await joined(hub, first, watcher)
         await shared.write(first, b"ls\r")
         with pytest.raises(errors.Conflict, match="read-only"):
             await shared.write(watcher, b"rm -rf /\r")
@@ -144,9 +149,7 @@ def test_only_the_typing_session_writes_and_a_second_typist_is_refused_unless_fo
 def test_a_session_that_falls_too_far_behind_is_let_go_and_the_others_go_on() -> None:
     async def test(hub: ConsoleHub, opener: Opener) -> None:
         fast, slow = _session(1, read_only=True), _session(2, read_only=True)
-        await hub.join(fast, force=False)
-        await hub.join(slow, force=False)
-        shared, stream = _shared(fast), opener.streams[0]
+        shared, stream = await joined(hub, fast, slow), opener.streams[0]
         chunk = b"x" * 65536
         got = 0
         for _ in range(OVERRUN // len(chunk) + 1):  # the slow one never takes any
@@ -164,9 +167,7 @@ def test_a_session_that_falls_too_far_behind_is_let_go_and_the_others_go_on() ->
 def test_a_session_just_behind_keeps_its_backlog() -> None:
     async def test(hub: ConsoleHub, opener: Opener) -> None:
         fast, slow = _session(1), _session(2, read_only=True)
-        await hub.join(fast, force=False)
-        await hub.join(slow, force=False)
-        shared, stream = _shared(fast), opener.streams[0]
+        shared, stream = await joined(hub, fast, slow), opener.streams[0]
         for _ in range(OVERRUN // 65536):
             stream.feed(b"y" * 65536)
             await shared.output(fast)
@@ -180,9 +181,7 @@ def test_a_session_just_behind_keeps_its_backlog() -> None:
 def test_a_broken_stream_ends_every_session_with_its_error() -> None:
     async def test(hub: ConsoleHub, opener: Opener) -> None:
         a, b = _session(1), _session(2, read_only=True)
-        await hub.join(a, force=False)
-        await hub.join(b, force=False)
-        shared = _shared(a)
+        shared = await joined(hub, a, b)
         opener.streams[0].feed(b"last words")
         opener.streams[0].send.send_nowait(errors.Internal("the stream broke"))
         assert await shared.output(a) == b"last words"
@@ -238,9 +237,7 @@ def test_a_refused_open_adds_nothing() -> None:
 def test_when_the_reading_session_leaves_another_reads_on() -> None:
     async def test(hub: ConsoleHub, opener: Opener) -> None:
         a, b = _session(1), _session(2, read_only=True)
-        await hub.join(a, force=False)
-        await hub.join(b, force=False)
-        shared, stream = _shared(a), opener.streams[0]
+        shared, stream = await joined(hub, a, b), opener.streams[0]
         seen: list[bytes] = []
         reader = trio.CancelScope()
         async with trio.open_nursery() as nursery:
