@@ -135,9 +135,13 @@ def test_the_node_families() -> None:
                 "given_up": ["a"],
                 "held": [],
             },
+            "consoles": {"open": 2, "sessions": 5, "watching": 3, "pool": {}},
         },
     }
     got = samples(render(node_families(info, {})))
+    assert got["novacron_node_consoles_open"] == 2
+    assert got['novacron_node_console_sessions{mode="typing"}'] == 2
+    assert got['novacron_node_console_sessions{mode="watching"}'] == 3
     assert got["novacron_node_cordoned"] == 1 and got["novacron_node_vms"] == 3
     assert got['novacron_node_keeper_total{outcome="followed"}'] == 2
     assert got["novacron_node_vms_given_up"] == 1

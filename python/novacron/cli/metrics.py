@@ -141,7 +141,17 @@ def node_families(doc: dict[str, Any], labels: dict[str, str]) -> list[Family]:
         kept.add({**labels, "outcome": outcome}, keeper.get(outcome))
     given_up = Family("node_vms_given_up", "gauge", "VMs the restart policy gave up on.")
     given_up.add(labels, len(keeper.get("given_up") or []) if keeper else None)
-    return [cordoned, managed, uptime, kept, given_up]
+    consoles = daemon.get("consoles") or {}
+    open_ = Family("node_consoles_open", "gauge", "VMs whose serial console a client has open.")
+    open_.add(labels, consoles.get("open"))
+    sessions = Family(
+        "node_console_sessions", "gauge", "Clients with a VM's serial console open, by mode."
+    )
+    if consoles:
+        watching = int(consoles.get("watching") or 0)
+        sessions.add({**labels, "mode": "typing"}, int(consoles.get("sessions") or 0) - watching)
+        sessions.add({**labels, "mode": "watching"}, watching)
+    return [cordoned, managed, uptime, kept, given_up, open_, sessions]
 
 
 def stats_families(doc: dict[str, Any]) -> list[Family]:
