@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 
 from novacron import errors
@@ -121,3 +122,45 @@ async def test_refusals_leave_nothing_behind(vm_service: VmService) -> None:
         await clone(svc, source, name, start=False)
     assert await svc.records.get(name) is None
     assert await svc.hv_pool.run(svc.hv.lookup, name) is None
+
+
+async def test_devices_attached_outside_novacron_are_refused_unless_left_out(
+    vm_service: VmService,
+) -> None:
+    svc = vm_service
+    tenant, source, name = unique("t"), unique("src"), unique("copy")
+    await svc.create(
+        VmSpec(
+            name=source,
+            vcpus=1,
+            memory_mib=64,
+            tenant=tenant,
+            disks=(DiskSpec(size_gib=1),),
+            nics=(NicSpec("net1", "52:54:00:00:20:01"),),
+        ),
+        start=False,
+    )
+    assert await clone(svc, source, unique("plain"), start=False)  # (nothing outside)
+    extra_disk = (
+        "<disk type='file' device='disk'><source file='/srv/img/extra.raw'/>"
+        "<target dev='vdk' bus='virtio'/></disk>"
+    )
+    extra_nic = "<interface type='user'><mac address='52:54:00:AB:CD:EF'/></interface>"
+
+    def attach_outside() -> None:  # as an operator's `virsh edit` would
+        xml = svc.hv.domain(source).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        svc.hv.conn.defineXML(xml.replace("</devices>", extra_disk + extra_nic + "</devices>"))
+
+    await svc.hv_pool.run(attach_outside)
+    volumes, records = pool(svc), len(await svc.records.all())
+    with pytest.raises(errors.Conflict, match="attached outside NovaCron") as refused:
+        await clone(svc, source, name, start=False)
+    outside = ["disk vdk (/srv/img/extra.raw)", "nic 52:54:00:ab:cd:ef"]
+    assert refused.value.details == {"vm": source, "devices": outside}
+    assert pool(svc) == volumes and len(await svc.records.all()) == records  # nothing made
+    copy = await clone(svc, source, name, start=False, partial=True)
+    assert copy["left_out"] == outside
+    assert [d["target"] for d in copy["disks"]] == ["vda"]
+    xml = await svc.hv_pool.run(svc.hv.xml, name)
+    assert [d.target for d in domain_xml.parse_disks(xml)] == ["vda"]
+    assert len(domain_xml.parse_interfaces(xml)) == 1

@@ -118,8 +118,9 @@ def register(registry: Registry, services: Services) -> None:
         source = p.name("name")
         name = p.name("new_name")
         start = p.flag("start")
+        partial = p.flag("partial")
         p.done()
-        return await clone(vms, await visible(ctx, source), name, start)
+        return await clone(vms, await visible(ctx, source), name, start, partial)
 
     @registry.method("vm.disk.attach")
     async def disk_attach(ctx: CallContext, p: Params) -> dict[str, Any]:

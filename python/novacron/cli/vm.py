@@ -133,6 +133,11 @@ def add_commands(groups: Any) -> None:
     clone.add_argument("name", help="the stopped VM to copy")
     clone.add_argument("new_name")
     clone.add_argument("--start", action="store_true", help="start the copy")
+    clone.add_argument(
+        "--partial",
+        action="store_true",
+        help="copy a VM with devices attached outside NovaCron, without them",
+    )
     clone.set_defaults(run=run_clone)
 
     update = sub.add_parser("update", help="change a VM's settings (no restart of it needed)")
@@ -258,7 +263,16 @@ def run_create(client: SyncClient, args: argparse.Namespace) -> Any:
 
 
 def run_clone(client: SyncClient, args: argparse.Namespace) -> Any:
-    doc = client.call("vm.clone", name=args.name, new_name=args.new_name, start=args.start or None)
+    doc = client.call(
+        "vm.clone",
+        name=args.name,
+        new_name=args.new_name,
+        start=args.start or None,
+        partial=args.partial or None,
+    )
+    if not args.json:
+        for device in doc.get("left_out") or []:
+            output.errors.print(f"left out: {device}", highlight=False)
     return _show(doc, args)
 
 

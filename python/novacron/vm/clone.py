@@ -12,6 +12,9 @@ pool, at the same device names. The source's snapshots are not copied.
 A disk given by path is the operator's image, perhaps shared, which the daemon never
 writes a copy of: a source with one is refused (the operator copies such an image and
 creates the VM with it). Kernels and initrds named by path are read-only and shared.
+Disks and NICs attached outside NovaCron (``virsh attach-device``) are not in the VM's
+spec, so the copy would lack them: such a source is refused too, unless ``partial``
+asks for the copy without them (the answer then names them).
 
 The source stays locked while its volumes are copied (no start, no change, no
 migration in between); the call answers when the copy is recorded, which takes as long
@@ -29,11 +32,30 @@ import trio
 from novacron import errors
 from novacron.logs import kv
 from novacron.net.nic import new_mac
+from novacron.vm import domain_xml
 from novacron.vm.service import VmService, log
 from novacron.vm.spec import VmSpec
 
 
-async def clone(vms: VmService, source: str, name: str, start: bool) -> dict[str, Any]:
+def outside_devices(xml: str, spec: VmSpec) -> list[str]:
+    """The disks and NICs of domain ``xml`` that ``spec`` does not have (attached outside
+    NovaCron), as ``disk vdc (/path)`` and ``nic 52:54:00:..``."""
+    targets = set(spec.disk_targets())
+    macs = {(n.mac or "").lower() for n in spec.nics}
+    found = [
+        f"disk {d.target} ({d.path or d.volume or d.kind})"
+        for d in domain_xml.parse_disks(xml)
+        if d.target not in targets
+    ]
+    found += [
+        f"nic {i.mac or '(no MAC)'}" for i in domain_xml.parse_interfaces(xml) if i.mac not in macs
+    ]
+    return found
+
+
+async def clone(
+    vms: VmService, source: str, name: str, start: bool, partial: bool = False
+) -> dict[str, Any]:
     vms.cordon.refuse("new VMs")
     if name == source:
         raise errors.AlreadyExists(f"vm {name!r} already exists", {"vm": name})
@@ -57,6 +79,13 @@ async def clone(vms: VmService, source: str, name: str, start: bool) -> dict[str
                 "share them; only volumes the daemon made are copied",
                 {"param": "name", "targets": given},
             )
+        outside = outside_devices(await vms.hv_pool.run(vms.hv.xml, source), spec)
+        if outside and not partial:
+            raise errors.Conflict(
+                f"vm {source!r} has devices attached outside NovaCron ({', '.join(outside)}):"
+                " the copy would lack them; detach them, or clone with partial to leave them out",
+                {"vm": source, "devices": outside},
+            )
         copy = replace(spec, name=name, nics=tuple(replace(n, mac=new_mac()) for n in spec.nics))
         await vms.quotas.check(copy, await vms.records.all())
         if copy.nics and vms.nic_check is not None:
@@ -64,7 +93,11 @@ async def clone(vms: VmService, source: str, name: str, start: bool) -> dict[str
         copies = dict(zip(targets, vms.disk_paths(spec), strict=True))
         with trio.CancelScope(shield=True):
             await vms.define_new(copy, copies)
-        log.info("vm.cloned", extra=kv(vm=name, source=source, tenant=tenant, disks=len(copies)))
+        log.info(
+            "vm.cloned",
+            extra=kv(vm=name, source=source, tenant=tenant, disks=len(copies), left_out=outside),
+        )
     if start:
         await vms.start(name)
-    return await vms.get(name)
+    doc = await vms.get(name)
+    return {**doc, "left_out": outside} if outside else doc
