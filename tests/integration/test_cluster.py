@@ -349,6 +349,13 @@ def test_calls_about_a_vm_of_another_node_are_forwarded(
         audit = c.call("audit.tail", limit=20)
         started = [e for e in audit if e["method"] == "vm.start" and e["outcome"] == "ok"]
         assert started[-1]["principal"] == "forwarded:op-acme@node2"
+    with two.client() as c:  # the relaying node audits the caller's console calls too
+        tail = c.call("audit.tail", limit=50)
+        opens = [e for e in tail if e["method"] == "vm.console.open"]
+        assert [(e["principal"], e["tenant"], e["outcome"]) for e in opens] == [
+            ("tls:viewer-acme", None, "permission_denied"),  # (refused before any lookup)
+            ("tls:op-acme", "acme", "conflict"),  # (node1's refusal, relayed)
+        ]
 
 
 def test_stats_of_every_node_as_the_caller(pki: Pki, pair: tuple[Daemon, Daemon]) -> None:

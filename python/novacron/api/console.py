@@ -82,9 +82,9 @@ def register(registry: Registry, services: Services) -> None:
 
     hub = services.consoles = ConsoleHub(opener, pool)
 
-    async def owner_elsewhere(ctx: CallContext, name: str) -> str | None:
-        """The node that has VM ``name`` when it is not this one (in a cluster, for a
-        caller's own call: a forwarded one is never forwarded again)."""
+    async def owner_elsewhere(ctx: CallContext, name: str) -> tuple[str, str] | None:
+        """The node that has VM ``name`` and its tenant, when it is not this node (in a
+        cluster, for a caller's own call: a forwarded one is never forwarded again)."""
         if services.cluster is None or ctx.forwarded:
             return None
         return await services.cluster.owner_elsewhere(ctx, name)
@@ -105,13 +105,15 @@ def register(registry: Registry, services: Services) -> None:
         try:
             rec = await visible_record(vms, ctx, name)
         except errors.NotFound:
-            node = await owner_elsewhere(ctx, name)
-            if node is None:
+            owner = await owner_elsewhere(ctx, name)
+            if owner is None:
                 raise
             assert services.cluster is not None
+            node, ctx.tenant = owner
             conn.last_console = number
             method = "vm.console.watch" if read_only else "vm.console.open"
             remote = RemoteConsole(number, name, node, read_only, ctx.identity.to_wire())
+            remote.tenant = ctx.tenant
             params = {"name": name, "force": force} if force else {"name": name}
             return await open_remote(services.cluster, conn, remote, method, params)
         user = ctx.identity.user

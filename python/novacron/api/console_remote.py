@@ -53,7 +53,7 @@ class RemoteConsole:
     node: str
     read_only: bool
     caller: dict[str, Any]  # the caller's identity, as cluster.forward carries it
-    tenant: str = ""  # (for the audit of write/close here; the VM's node knows it)
+    tenant: str = ""  # the VM's tenant (for this node's audit of the caller's calls)
     remote: int = 0
     peer: Client | None = None
     end: tuple[str, str] | None = None

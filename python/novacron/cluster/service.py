@@ -267,14 +267,15 @@ class ClusterService:
         """Sends a call about VM ``name``, which this node does not have, to the node that
         owns it, with the caller's identity (re-checked there). (False, None): no node has
         a VM of that name in a tenant the caller sees."""
-        node = await self.owner_elsewhere(ctx, name)
-        if node is None:
+        owner = await self.owner_elsewhere(ctx, name)
+        if owner is None:
             return False, None
-        return True, await self.call_on(node, ctx, method, params)
+        return True, await self.call_on(owner[0], ctx, method, params)
 
-    async def owner_elsewhere(self, ctx: CallContext, name: str) -> str | None:
-        """The other node that owns VM ``name`` in a tenant the caller sees; None when
-        this node has it (a refusal about something else) or no node does."""
+    async def owner_elsewhere(self, ctx: CallContext, name: str) -> tuple[str, str] | None:
+        """The other node that owns VM ``name`` in a tenant the caller sees, and that
+        tenant; None when this node has it (a refusal about something else) or no node
+        does."""
         if await self.vms.records.get(name) is not None:
             return None  # ours: the refusal was about something else (a NIC, a tenant)
         owners = [
@@ -289,7 +290,7 @@ class ClusterService:
                 f"several VMs named {name!r} in your tenants; call their nodes directly",
                 {"vm": name, "nodes": sorted(o["node"] for o in owners)},
             )
-        return str(owners[0]["node"])
+        return str(owners[0]["node"]), str(owners[0]["tenant"])
 
     @asynccontextmanager
     async def peer(self, node: str, notification_buffer: float = math.inf) -> AsyncIterator[Client]:
