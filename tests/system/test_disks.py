@@ -111,6 +111,22 @@ def test_a_clone_has_a_copy_of_the_disks_and_boots(
         with pytest.raises(errors.Conflict, match="must be stopped"):
             c.call("vm.clone", name="cl1", new_name="cl2")
         c.call("vm.stop", name="cl1")
+        # a disk an operator attached with virsh: its spec lacks it, so the clone is refused
+        extra = (
+            f"<disk type='file' device='disk'><source file='{volume.parent}/outside.raw'/>"
+            "<target dev='vdt' bus='virtio'/></disk>"
+        )
+        conn = libvirt.open(URI)
+        try:
+            dom = conn.lookupByName("cl1")
+            dom.attachDeviceFlags(extra, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+            with pytest.raises(errors.Conflict, match="attached outside NovaCron") as refused:
+                c.call("vm.clone", name="cl1", new_name="cl2")
+            assert refused.value.details["devices"] == [f"disk vdt ({volume.parent}/outside.raw)"]
+            assert [v["name"] for v in c.call("vm.list")] == ["cl1"]
+            dom.detachDeviceFlags(extra, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+        finally:
+            conn.close()
         copy = c.call("vm.clone", name="cl1", new_name="cl2", start=True)
         assert copy["state"] == "running" and copy["uuid"] != source["uuid"]
         copied = Path(copy["disks"][0]["path"])
