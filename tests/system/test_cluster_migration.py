@@ -283,7 +283,8 @@ def test_a_console_opened_through_another_node_is_relayed(
     cluster_nodes: TwoNodes, guest_images: guest.GuestImages
 ) -> None:
     """A client of host B types into (and another watches) the console of a VM host A
-    runs: B relays it from A, and tells both when it ends there."""
+    runs: B relays it from A, tells both when A's daemon goes away (the VM runs on) and,
+    once A's daemon is back, relays it again until the VM stops."""
     a, b = cluster_nodes.a, cluster_nodes.b
     boot(a, "relayed", guest_images, "novacron.shell")
     wait_until(lambda: owner(b, "relayed")["node"] == "hosta", 30, "hosta to own relayed")
@@ -297,6 +298,22 @@ def test_a_console_opened_through_another_node_is_relayed(
         watcher.wait_for(b"RELAY-36")
         with a.client() as c:  # hosta holds them for hostb's connections
             assert c.call("node.info")["daemon"]["consoles"]["sessions"] == 2
+        a.daemon.stop()  # hosta's daemon goes away: hostb tells both, the VM runs on
+        for ended in (console.wait_closed(), watcher.wait_closed()):
+            assert ended == {
+                "console": ended["console"],
+                "vm": "relayed",
+                "reason": "error",
+                "message": "the connection to the VM's node ended",
+            }
+        assert a.domstate("relayed") == "running"
+        a.restart()
+        wait_until(lambda: "hosta" in members(b), 60, "hosta registered again")
+        console = Console(typing, "relayed")  # and once it is back, a console is relayed again
+        typing.call("vm.console.write", console=console.number, data=b"echo AGAIN-$((5*5))\r")
+        console.wait_for(b"AGAIN-25")
+        watcher = Console(watching, "relayed", watch=True)
+        with a.client() as c:
             c.call("vm.stop", name="relayed")
         for ended in (console.wait_closed(), watcher.wait_closed()):
             assert ended["reason"] in ("ended", "error") and ended["vm"] == "relayed"
