@@ -115,13 +115,30 @@ def register(registry: Registry, services: Services) -> None:
             remote = RemoteConsole(number, name, node, read_only, ctx.identity.to_wire())
             remote.tenant = ctx.tenant
             params = {"name": name, "force": force} if force else {"name": name}
-            return await open_remote(services.cluster, conn, remote, method, params)
+            opened = await open_remote(services.cluster, conn, remote, method, params)
+            log.info(
+                "console.opened",
+                extra=kv(
+                    vm=name,
+                    console=number,
+                    user=ctx.identity.user,
+                    node=node,
+                    force=force,
+                    read_only=read_only,
+                ),
+            )
+            return opened
         user = ctx.identity.user
         session = ConsoleSession(number, rec.name, rec.tenant, read_only, user)
         await hub.join(session, force)
         conn.last_console = number
         conn.consoles[number] = session
-        conn.start_task(functools.partial(_pump, hub, conn, session))
+        try:
+            conn.start_task(functools.partial(_pump, hub, conn, session))
+        except BaseException:  # (the connection is ending: nothing will pump it)
+            del conn.consoles[number]
+            await hub.leave(session)
+            raise
         log.info(
             "console.opened",
             extra=kv(vm=rec.name, console=number, user=user, force=force, read_only=read_only),
