@@ -174,3 +174,31 @@ def test_snapshot_blockers_leave_out_read_only_and_empty_drives() -> None:
         ("vdc", "qcow2", "network"),
         ("vdd", "raw", "block"),
     ]
+
+
+async def test_reconcile_makes_an_old_file_console_a_pty_for_the_next_start(
+    svc: VmService,
+) -> None:
+    """A VM defined before consoles were pseudo-terminals (its serial port a file) gets a
+    pty logging to the same file in its definition at the daemon's start, running or
+    not, so its next start gives it one however it is started (``virsh start`` too)."""
+    name = unique("oldcon")
+    await svc.create(VmSpec(name=name, vcpus=1, memory_mib=64), start=True)
+    serial = (
+        "<serial type='file'><source path='/state/consoles/old.log' append='on'/>"
+        "<target port='0'/></serial>"
+    )
+    conn = libvirt.open("test:///default")
+    try:
+        inactive = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        conn.defineXML(inactive.replace("</devices>", serial + "</devices>"))
+        found = {(f["vm"], f["finding"]) for f in await reconcile(svc)}
+        assert (name, "console_upgraded") in found
+        upgraded = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        assert "<serial type='pty'>" in upgraded and "/state/consoles/old.log" in upgraded
+        assert (await svc.get(name))["state"] == "running"  # (the running VM is left be)
+        again = {(f["vm"], f["finding"]) for f in await reconcile(svc)}
+        assert (name, "console_upgraded") not in again
+    finally:
+        conn.close()
+    await svc.delete(name, force=True, keep_disks=False)

@@ -245,16 +245,24 @@ class Hypervisor:
             text: str = self.domain(name).XMLDesc(0)
         return text
 
-    def start(self, name: str) -> None:
-        """Starts the domain; one defined before consoles were pseudo-terminals (its
-        serial port a log file) is first defined again with a pty logging to that file."""
+    def upgrade_console(self, name: str) -> bool:
+        """Defines the domain again with a pty logging to its console file when it was
+        defined before consoles were pseudo-terminals (its serial port a log file); a
+        running one gets it at its next start, however started. Whether it changed."""
         with libvirt_errors():
             dom = self.domain(name)
             upgraded = domain_xml.with_pty_console(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-            if upgraded is not None:
-                dom = self.conn.defineXML(upgraded)
-                log.info("vm.console_upgraded", extra=kv(vm=name))
-            dom.create()
+            if upgraded is None:
+                return False
+            self.conn.defineXML(upgraded)
+        log.info("vm.console_upgraded", extra=kv(vm=name))
+        return True
+
+    def start(self, name: str) -> None:
+        """Starts the domain (its console made a pty first: :meth:`upgrade_console`)."""
+        self.upgrade_console(name)
+        with libvirt_errors():
+            self.domain(name).create()
 
     def shutdown(self, name: str) -> None:
         with libvirt_errors():
