@@ -4,13 +4,17 @@ the connection (the whole command against a real guest: tests/system/test_consol
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import socket
 import threading
 from typing import Any
 
-from novacron.cli.console import relay
+import pytest
+
+from novacron import errors
+from novacron.cli.console import relay, run_console
 from novacron.rpc import codec
 from novacron.sync_client import SyncClient
 
@@ -90,3 +94,28 @@ def test_watching_prints_output_sends_nothing_and_ends_with_the_console() -> Non
         client.close()
         peer.join(5)
     assert (reason, out.getvalue(), writes) == ("taken over", b"# uptime\r\n", [])
+
+
+def test_a_refused_open_hints_at_watching(capsys: pytest.CaptureFixture[str]) -> None:
+    ours, theirs = socket.socketpair()
+
+    def refuse(sock: socket.socket) -> None:
+        with sock:
+            decoder = codec.Decoder(1 << 20)
+            while data := sock.recv(65536):
+                for message in decoder.feed(data):
+                    assert isinstance(message, codec.Request)
+                    denied = errors.PermissionDenied("viewer may not call vm.console.open")
+                    sock.sendall(codec.encode_response(message.msgid, denied.to_wire(), None))
+
+    peer = threading.Thread(target=refuse, args=(theirs,), daemon=True)
+    peer.start()
+    client = SyncClient(sock=ours)
+    args = argparse.Namespace(vm="web1", watch=False, force=False, linger=1.0)
+    try:
+        with pytest.raises(errors.PermissionDenied):
+            run_console(client, args)
+    finally:
+        client.close()
+        peer.join(5)
+    assert "--watch" in capsys.readouterr().err

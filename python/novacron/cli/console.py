@@ -75,7 +75,12 @@ def _raw(fd: int) -> Iterator[None]:
 
 def run_console(client: SyncClient, args: argparse.Namespace) -> Any:
     method = "vm.console.watch" if args.watch else "vm.console.open"
-    number = client.call(method, name=args.vm, force=args.force or None)["console"]
+    try:
+        number = client.call(method, name=args.vm, force=args.force or None)["console"]
+    except errors.PermissionDenied:
+        if not args.watch:  # (a viewer may watch)
+            sys.stderr.write("hint: --watch shows the console without typing (viewer role)\n")
+        raise
     stdin = sys.stdin.fileno()
     if os.isatty(stdin):
         leave = "Ctrl-C" if args.watch else "Ctrl-]"
