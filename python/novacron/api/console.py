@@ -78,7 +78,8 @@ def register(registry: Registry, services: Services) -> None:
     pool = Pool("console", CONSOLE_THREADS)
 
     async def opener(vm: str, force: bool) -> ConsoleStream:
-        return ConsoleStream(await vms.hv_pool.run(open_stream, vms.hv, vm, force), pool)
+        stream, conn = await vms.hv_pool.run(open_stream, vms.hv, vm, force)
+        return ConsoleStream(stream, pool, conn)
 
     hub = services.consoles = ConsoleHub(opener, pool)
 

@@ -31,6 +31,7 @@ from novacron.vm.libvirt_errors import libvirt_errors, translate
 
 READ_SIZE = 64 * 1024  # the most one read returns (the guest's output is far slower)
 WRITE_TIMEOUT_S = 10.0  # how long a write may wait for libvirt to take its bytes
+LIVENESS_S = 2.0  # how often a console without output looks whether libvirt's connection lives
 _EVENTS = (
     libvirt.VIR_STREAM_EVENT_READABLE
     | libvirt.VIR_STREAM_EVENT_ERROR
@@ -47,12 +48,15 @@ def has_pty_console(xml: str) -> bool:
     return any(el.get("type") == "pty" for el in devices)
 
 
-def open_stream(hv: Hypervisor, name: str, force: bool) -> libvirt.virStream:
-    """The console stream of running VM ``name`` (blocking; a worker thread). ``conflict``
-    when the VM is not running, has no pty console or another client holds it (and
-    ``force`` is false)."""
+def open_stream(
+    hv: Hypervisor, name: str, force: bool
+) -> tuple[libvirt.virStream, libvirt.virConnect]:
+    """The console stream of running VM ``name`` and the libvirt connection it is on
+    (blocking; a worker thread). ``conflict`` when the VM is not running, has no pty
+    console or another client holds it (and ``force`` is false)."""
     with libvirt_errors():
         dom = hv.domain(name)
+        conn = dom.connect()
         if not dom.isActive():
             raise errors.Conflict(f"VM {name!r} is not running", {"vm": name})
         if not has_pty_console(dom.XMLDesc(0)):
@@ -61,7 +65,7 @@ def open_stream(hv: Hypervisor, name: str, force: bool) -> libvirt.virStream:
                 " file only, as VMs defined before this release do)",
                 {"vm": name},
             )
-        stream = hv.conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+        stream = conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
     flags = libvirt.VIR_DOMAIN_CONSOLE_SAFE
     if force:
         flags |= libvirt.VIR_DOMAIN_CONSOLE_FORCE
@@ -77,15 +81,18 @@ def open_stream(hv: Hypervisor, name: str, force: bool) -> libvirt.virStream:
                 {"vm": name, "libvirt_code": exc.get_error_code()},
             ) from None
         raise translate(exc) from None
-    return stream
+    return stream, conn
 
 
 class ConsoleStream:
     """One open console: :meth:`read` the guest's output, :meth:`write` its input,
     :meth:`close` once. Created on the trio thread that uses it."""
 
-    def __init__(self, stream: libvirt.virStream, pool: Pool) -> None:
+    def __init__(
+        self, stream: libvirt.virStream, pool: Pool, conn: libvirt.virConnect | None = None
+    ) -> None:
         self._stream = stream
+        self._conn = conn  # (looked at while no output comes: libvirtd may have gone)
         self._pool = pool
         self._token = trio.lowlevel.current_trio_token()
         self._ready = trio.Event()
@@ -134,6 +141,12 @@ class ConsoleStream:
             raise errors.Internal(f"libvirt's console stream answered {sent}")
         return int(sent)
 
+    def _alive(self) -> bool:
+        try:
+            return self._conn is None or bool(self._conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
     def _end(self) -> None:
         if self._listening:
             with contextlib.suppress(libvirt.libvirtError):
@@ -154,7 +167,15 @@ class ConsoleStream:
                 return got
             self._ready = trio.Event()  # before listening: a wake-up can't be missed
             await self._pool.run(self._listen)
-            await self._ready.wait()
+            # libvirt says nothing to a stream whose connection died (libvirtd stopped or
+            # restarted): while no output comes, look at the connection now and then
+            while not self._ready.is_set():
+                with trio.move_on_after(LIVENESS_S):
+                    await self._ready.wait()
+                if not self._ready.is_set() and not await self._pool.run(self._alive):
+                    raise errors.Unavailable(
+                        "the connection to libvirt ended (libvirtd stopped or restarted)"
+                    )
 
     async def write(self, data: bytes) -> None:
         """Gives ``data`` to the guest, all of it; ``timeout`` if libvirt takes none of it
