@@ -91,7 +91,7 @@ class Caller:
 
 def console(number: int = 3, read_only: bool = False) -> RemoteConsole:
     return RemoteConsole(
-        number, "web1", "node1", read_only, {"user": "unix:alice", "roles": ["operator"]}
+        number, "web1", "node1", read_only, {"user": "unix:alice", "roles": ["operator"]}, "acme"
     )
 
 

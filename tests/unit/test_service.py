@@ -183,7 +183,7 @@ async def test_reconcile_makes_an_old_file_console_a_pty_for_the_next_start(
     pty logging to the same file in its definition at the daemon's start, running or
     not, so its next start gives it one however it is started (``virsh start`` too)."""
     name = unique("oldcon")
-    await svc.create(VmSpec(name=name, vcpus=1, memory_mib=64), start=True)
+    await svc.create(VmSpec(name=name, vcpus=1, memory_mib=64), start=False)
     serial = (
         "<serial type='file'><source path='/state/consoles/old.log' append='on'/>"
         "<target port='0'/></serial>"
@@ -192,6 +192,7 @@ async def test_reconcile_makes_an_old_file_console_a_pty_for_the_next_start(
     try:
         inactive = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         conn.defineXML(inactive.replace("</devices>", serial + "</devices>"))
+        conn.lookupByName(name).create()  # running with it, as an older release started it
         found = {(f["vm"], f["finding"]) for f in await reconcile(svc)}
         assert (name, "console_upgraded") in found
         upgraded = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)

@@ -47,7 +47,7 @@ def _session(ctx: CallContext, number: int) -> ConsoleSession | RemoteConsole:
     session = ctx.connection.consoles.get(number)
     if not isinstance(session, ConsoleSession | RemoteConsole):
         raise errors.NotFound(f"no console {number} open on this connection", {"console": number})
-    ctx.tenant = session.tenant or None
+    ctx.tenant = session.tenant
     return session
 
 
@@ -103,6 +103,7 @@ def register(registry: Registry, services: Services) -> None:
                 {"limit": MAX_PER_CONNECTION},
             )
         number = conn.last_console % MAX_CONSOLE_ID + 1
+        user = ctx.identity.user
         try:
             rec = await visible_record(vms, ctx, name)
         except errors.NotFound:
@@ -113,38 +114,35 @@ def register(registry: Registry, services: Services) -> None:
             node, ctx.tenant = owner
             conn.last_console = number
             method = "vm.console.watch" if read_only else "vm.console.open"
-            remote = RemoteConsole(number, name, node, read_only, ctx.identity.to_wire())
-            remote.tenant = ctx.tenant
+            caller = ctx.identity.to_wire()
+            remote = RemoteConsole(number, name, node, read_only, caller, ctx.tenant)
             params = {"name": name, "force": force} if force else {"name": name}
             opened = await open_remote(services.cluster, conn, remote, method, params)
-            log.info(
-                "console.opened",
-                extra=kv(
-                    vm=name,
-                    console=number,
-                    user=ctx.identity.user,
-                    node=node,
-                    force=force,
-                    read_only=read_only,
-                ),
-            )
-            return opened
-        user = ctx.identity.user
-        session = ConsoleSession(number, rec.name, rec.tenant, read_only, user)
-        await hub.join(session, force)
-        conn.last_console = number
-        conn.consoles[number] = session
-        try:
-            conn.start_task(functools.partial(_pump, hub, conn, session))
-        except BaseException:  # (the connection is ending: nothing will pump it)
-            del conn.consoles[number]
-            await hub.leave(session)
-            raise
+            where: dict[str, Any] = {"node": node}
+        else:
+            session = ConsoleSession(number, rec.name, rec.tenant, read_only, user)
+            await hub.join(session, force)
+            conn.last_console = number
+            conn.consoles[number] = session
+            try:
+                conn.start_task(functools.partial(_pump, hub, conn, session))
+            except BaseException:  # (the connection is ending: nothing will pump it)
+                del conn.consoles[number]
+                await hub.leave(session)
+                raise
+            opened, where = {"console": number, "vm": rec.name, "read_only": read_only}, {}
         log.info(
             "console.opened",
-            extra=kv(vm=rec.name, console=number, user=user, force=force, read_only=read_only),
+            extra=kv(
+                vm=opened["vm"],
+                console=number,
+                user=user,
+                force=force,
+                read_only=read_only,
+                **where,
+            ),
         )
-        return {"console": number, "vm": rec.name, "read_only": read_only}
+        return opened
 
     @registry.method("vm.console.open")
     async def console_open(ctx: CallContext, p: Params) -> dict[str, Any]:

@@ -53,7 +53,7 @@ class RemoteConsole:
     node: str
     read_only: bool
     caller: dict[str, Any]  # the caller's identity, as cluster.forward carries it
-    tenant: str = ""  # the VM's tenant (for this node's audit of the caller's calls)
+    tenant: str  # the VM's tenant (for this node's audit of the caller's calls)
     remote: int = 0
     peer: Client | None = None
     end: tuple[str, str] | None = None
@@ -65,22 +65,20 @@ class RemoteConsole:
     bytes_sent: int = 0
     bytes_written: int = 0
 
-    async def _forward(self, method: str, params: dict[str, Any]) -> Any:
+    async def write(self, data: bytes) -> None:
+        """Gives ``data`` to the guest through the VM's node (which refuses a watching
+        console's input)."""
         if self.peer is None:
             raise errors.Conflict(f"console {self.id} has ended", {"console": self.id})
+        params = {"console": self.remote, "data": data}
         try:
-            return await self.peer.call(
-                "cluster.forward", call=method, params=params, identity=self.caller
+            await self.peer.call(
+                "cluster.forward", call="vm.console.write", params=params, identity=self.caller
             )
         except errors.NotFound:  # (the VM's node no longer has it: it ended there)
             raise errors.Conflict(
                 f"console {self.id} has ended: {(self.end or GONE)[1]}", {"console": self.id}
             ) from None
-
-    async def write(self, data: bytes) -> None:
-        """Gives ``data`` to the guest through the VM's node (which refuses a watching
-        console's input)."""
-        await self._forward("vm.console.write", {"console": self.remote, "data": data})
         self.bytes_written += len(data)
 
 

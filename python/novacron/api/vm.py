@@ -21,7 +21,7 @@ from novacron.state.db import VmRecord
 from novacron.vm import disk_limits, disks, host_files, unplug
 from novacron.vm import stats as vm_stats
 from novacron.vm.clone import clone
-from novacron.vm.quotas import LIMITS, Quota, with_default_limits
+from novacron.vm.quotas import LIMITS, Quota
 from novacron.vm.resize import resize
 from novacron.vm.service import VmService
 from novacron.vm.spec import (
@@ -104,8 +104,7 @@ def register(registry: Registry, services: Services) -> None:
         for i, disk in enumerate(spec.disks):
             check_limits_allowed(ctx, disk, f"disks[{i}].limits")
         await trio.to_thread.run_sync(host_files.check, ctx.identity, spec, offered())
-        default = (await vms.quotas.get(spec.tenant)).disk_limits
-        spec = replace(spec, disks=tuple(with_default_limits(spec.disks, default)))
+        spec = replace(spec, disks=tuple(await vms.quotas.with_defaults(spec.tenant, spec.disks)))
         return await vms.create(spec, start)
 
     def offered() -> host_files.Offered:
@@ -140,8 +139,7 @@ def register(registry: Registry, services: Services) -> None:
                 rec.tenant,
                 offered(),
             )
-        default = (await vms.quotas.get(rec.tenant)).disk_limits
-        [disk] = with_default_limits([disk], default)
+        [disk] = await vms.quotas.with_defaults(rec.tenant, [disk])
         return await disks.attach(vms, name, disk)
 
     @registry.method("vm.disk.detach")

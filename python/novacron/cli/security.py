@@ -174,11 +174,6 @@ def run_quota_set(client: SyncClient, args: argparse.Namespace) -> Any:
         max_memory_mib=args.max_memory_mib,
         max_vms=args.max_vms,
         max_disk_gib=args.max_disk_gib,
-        disk_limits={
-            key: getattr(args, f"disk_{key}")
-            for _, key, _ in LIMIT_FLAGS
-            if getattr(args, f"disk_{key}")
-        }
-        or None,
+        disk_limits={k: v for _, k, _ in LIMIT_FLAGS if (v := getattr(args, f"disk_{k}"))} or None,
     )
     return _show_quota(doc, args)

@@ -88,9 +88,7 @@ class ConsoleStream:
     """One open console: :meth:`read` the guest's output, :meth:`write` its input,
     :meth:`close` once. Created on the trio thread that uses it."""
 
-    def __init__(
-        self, stream: libvirt.virStream, pool: Pool, conn: libvirt.virConnect | None = None
-    ) -> None:
+    def __init__(self, stream: libvirt.virStream, pool: Pool, conn: libvirt.virConnect) -> None:
         self._stream = stream
         self._conn = conn  # (looked at while no output comes: libvirtd may have gone)
         self._pool = pool
@@ -143,7 +141,7 @@ class ConsoleStream:
 
     def _alive(self) -> bool:
         try:
-            return self._conn is None or bool(self._conn.isAlive())
+            return bool(self._conn.isAlive())
         except libvirt.libvirtError:
             return False
 

@@ -250,19 +250,21 @@ class Hypervisor:
         defined before consoles were pseudo-terminals (its serial port a log file); a
         running one gets it at its next start, however started. Whether it changed."""
         with libvirt_errors():
-            dom = self.domain(name)
-            upgraded = domain_xml.with_pty_console(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-            if upgraded is None:
-                return False
-            self.conn.defineXML(upgraded)
-        log.info("vm.console_upgraded", extra=kv(vm=name))
-        return True
+            return self._upgrade_console(self.domain(name)) is not None
+
+    def _upgrade_console(self, dom: libvirt.virDomain) -> libvirt.virDomain | None:
+        upgraded = domain_xml.with_pty_console(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        if upgraded is None:
+            return None
+        dom = self.conn.defineXML(upgraded)
+        log.info("vm.console_upgraded", extra=kv(vm=dom.name()))
+        return dom
 
     def start(self, name: str) -> None:
         """Starts the domain (its console made a pty first: :meth:`upgrade_console`)."""
-        self.upgrade_console(name)
         with libvirt_errors():
-            self.domain(name).create()
+            dom = self.domain(name)
+            (self._upgrade_console(dom) or dom).create()
 
     def shutdown(self, name: str) -> None:
         with libvirt_errors():

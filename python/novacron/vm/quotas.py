@@ -89,6 +89,10 @@ class Quotas:
     async def get(self, tenant: str) -> Quota:
         return (await self._all()).get(tenant, Quota())
 
+    async def with_defaults(self, tenant: str, disks: Sequence[DiskSpec]) -> list[DiskSpec]:
+        """``disks`` of a VM of ``tenant``, those without limits given the tenant's."""
+        return with_default_limits(disks, (await self.get(tenant)).disk_limits)
+
     async def set(self, tenant: str, quota: Quota) -> None:
         by_tenant = await self._all()
         await self._pool.run(self._store.set_quota, tenant, quota.to_wire())

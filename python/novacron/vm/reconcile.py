@@ -177,11 +177,15 @@ async def reconcile(
         if managed is not None and managed.uuid != rec.uuid:
             await svc.records.set_uuid(name, managed.uuid)
             note(name, "uuid_changed", f"record {rec.uuid} -> libvirt {managed.uuid}")
-        try:
-            if await svc.hv_pool.run(svc.hv.upgrade_console, name):
-                note(name, "console_upgraded", "its serial port is a pty from its next start on")
-        except errors.NovaCronError as exc:
-            note(name, "failed", f"console not made a pty: {exc.message}")
+        # (the XML read above shows a file console; its definition is looked at only then)
+        if domain_xml.with_pty_console(domains[name]) is not None:
+            try:
+                if await svc.hv_pool.run(svc.hv.upgrade_console, name):
+                    note(
+                        name, "console_upgraded", "its serial port is a pty from its next start on"
+                    )
+            except errors.NovaCronError as exc:
+                note(name, "failed", f"console not made a pty: {exc.message}")
         actual = runtimes.get(name)
         roomy = bool(rec.spec.get("max_vcpus") or rec.spec.get("max_memory_mib"))
         stale = managed is not None and _shape(managed.spec) != _shape(rec.spec)
