@@ -124,6 +124,31 @@ def test_a_shell_in_the_guest_answers_on_the_console(
                 stream.abort()
         finally:
             outside.close()
+
+        # the other way: a client outside the daemon forces the console away from it.
+        # Every NovaCron session of the VM is told, and the VM runs on
+        typing = Console(c, "con1")
+        typing.wait_for(guest.TICK.encode())
+        watching = Console(viewer, "con1", watch=True)
+        outside = libvirt.open(URI)
+        try:
+            stream = outside.newStream(0)
+            outside.lookupByName("con1").openConsole(None, stream, libvirt.VIR_DOMAIN_CONSOLE_FORCE)
+            for console in (typing, watching):
+                ended = console.wait_closed()
+                assert (ended["vm"], ended["reason"]) == ("con1", "error"), ended
+            assert c.call("node.info")["daemon"]["consoles"]["open"] == 0
+            assert c.call("vm.get", name="con1")["state"] == "running"
+            with pytest.raises(errors.Conflict, match="another client holds"):
+                c.call("vm.console.open", name="con1")
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+        finally:
+            outside.close()
+        # the outside client gone, the daemon opens it again
+        again = Console(c, "con1")
+        again.wait_for(guest.TICK.encode())
+        c.call("vm.console.close", console=again.number)
         c.call("vm.delete", name="con1", force=True)
 
 
