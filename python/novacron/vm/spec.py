@@ -155,7 +155,7 @@ class VmSpec:
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> VmSpec:
         disks = tuple(DiskSpec.from_dict(d) for d in doc.get("disks", []))
-        nics = tuple(NicSpec(**n) for n in doc.get("nics", []))
+        nics = tuple(NicSpec.from_dict(n) for n in doc.get("nics", []))
         return cls(**{**doc, "disks": disks, "nics": nics})
 
 
