@@ -34,6 +34,7 @@ from novacron.eventbus import EventBus
 from novacron.logs import kv
 from novacron.migration.service import MigrationService
 from novacron.net.service import NetworkService
+from novacron.net.shaper import NicShaper
 from novacron.server.limits import ConnectionLimits, ConnectionSettings, PendingBudget
 from novacron.server.tls import TlsConfigError, TlsServer, bind_tcp
 from novacron.server.unix import SocketInUse, UnixServer, bind_unix
@@ -179,6 +180,15 @@ async def serve(config: Config) -> None:
         services.keeper = keeper
         services.networks = NetworkService(config, store, vms.db_pool, bus, vms.records)
         vms.nic_check = services.networks.check_nics
+        shaper = NicShaper(
+            vms,
+            services.networks.kernel,
+            services.networks.pool,
+            bus,
+            config.network_reconcile_interval_s,
+        )
+        services.shaper = shaper
+        vms.nic_shaper = shaper.converge
         if config.etcd_endpoints:
             etcd = EtcdClient(config.etcd_endpoints, etcd_context(config), config.cluster_timeout_s)
             services.cluster = ClusterService(config, vms, bus, etcd)
@@ -199,6 +209,7 @@ async def serve(config: Config) -> None:
                     await root.start(services.cluster.run)
                 events = LibvirtEvents(hv, bus, vms.managed.event_tenant)
                 await root.start(events.run)
+                await root.start(shaper.run)
                 await root.start(keeper.run)
                 server = UnixServer(
                     sock,

@@ -140,6 +140,19 @@ ERROR_CASES = [
     ("invalid_params", "vm.disk.limit", {"vm": "a", "target": "vda", "read_iops": "5"}),
     ("invalid_params", "vm.disk.limit", {"vm": "a", "target": "vda", "total_iops": 5}),
     ("invalid_params", "vm.disk.limit", {"vm": "a", "read_iops": 5}),
+    (
+        "not_found",
+        "vm.nic.limit",
+        {"vm": "ghost", "mac": "52:54:00:00:00:01", "inbound_bytes_per_s": 5000},
+    ),
+    (
+        "not_found",
+        "vm.nic.limit",
+        {"vm": "a", "mac": "52:54:00:00:00:01", "inbound_bytes_per_s": 5000},
+    ),
+    ("invalid_params", "vm.nic.limit", {"vm": "a", "mac": "52:54:00:00:00:01"}),
+    ("invalid_params", "vm.nic.limit", {"vm": "a", "mac": "nope", "inbound_bytes_per_s": 5000}),
+    ("invalid_params", "vm.nic.limit", {"vm": "a", "inbound_bytes_per_s": 5000}),
     ("invalid_params", "vm.disk.attach", {"vm": "a", "size_gib": 1, "limits": {"x": 1}}),
     ("invalid_params", "vm.nic.detach", {"vm": "a", "mac": "52:54:00:00:00:01", "timeout_s": 0}),
 ]

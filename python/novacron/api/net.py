@@ -19,7 +19,7 @@ from novacron.auth.identity import Identity
 from novacron.auth.policy import check_tenant
 from novacron.errors import PermissionDenied
 from novacron.net.model import NetworkSpec, parse_create
-from novacron.net.nic import check_mac, parse_nic
+from novacron.net.nic import NIC_LIMIT_KEYS, NicSpec, check_mac, parse_nic, parse_nic_limits
 from novacron.net.service import NetworkService
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
@@ -105,7 +105,23 @@ def register(registry: Registry, services: Services) -> None:
         name = p.name("vm")
         nic = parse_nic(_nic_args(p), "nic")
         p.done()
+        check_nic_limits_allowed(ctx, nic, "limits")
         return await nics.attach(services.vms, await visible_vm(services.vms, ctx, name), nic)
+
+    @registry.method("vm.nic.limit")
+    async def nic_limit(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Set how fast traffic may flow to and from the guest through a NIC (by MAC);
+        limits not named stay as they are, 0 lifts one."""
+        name = p.name("vm")
+        mac = check_mac(p.text("mac", max_len=32), "mac")
+        raw = {k: v for k, v in p.raw().items() if k not in ("vm", "mac") and v is not None}
+        changes = parse_nic_limits("limits", raw)
+        if not changes:
+            raise errors.InvalidParams(
+                f"name at least one limit: {', '.join(NIC_LIMIT_KEYS)}", {"param": "limits"}
+            )
+        vm = await visible_vm(services.vms, ctx, name)
+        return await nics.limit(services.vms, vm, mac, changes)
 
     @registry.method("vm.nic.detach")
     async def nic_detach(ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -119,11 +135,21 @@ def register(registry: Registry, services: Services) -> None:
         return await nics.detach(services.vms, vm, mac, timeout_s)
 
 
+def check_nic_limits_allowed(ctx: CallContext, nic: NicSpec, param: str) -> None:
+    """NIC limits are the node's administrators' to set, as disk limits are: one
+    tenant's VMs cannot take the host's network from the others."""
+    if nic.limits is not None and "admin" not in ctx.identity.roles:
+        raise PermissionDenied(
+            f"{param}: NIC limits are set by the admin role (vm.nic.limit)", {"param": param}
+        )
+
+
 def _nic_args(p: Params) -> dict[str, Any]:
     """``vm.nic.attach``'s NIC arguments as :func:`parse_nic` reads a ``nics`` entry."""
     raw = {
         "network": p.name("network"),
         "mac": p.opt_text("mac", max_len=32),
         "model": p.opt_text("model", max_len=16),
+        "limits": p.mapping("limits"),
     }
     return {k: v for k, v in raw.items() if v is not None}

@@ -14,6 +14,7 @@ from novacron.config import Config
 from novacron.eventbus import EventBus
 from novacron.migration.service import MigrationService
 from novacron.net.service import NetworkService
+from novacron.net.shaper import NicShaper
 from novacron.server.limits import ConnectionLimits, PendingBudget
 from novacron.vm.keeper import StateKeeper
 from novacron.vm.service import VmService
@@ -35,6 +36,7 @@ class Services:
     tls: TlsControl | None = None
     migrations: MigrationService | None = None
     networks: NetworkService | None = None
+    shaper: NicShaper | None = None  # keeps VM taps shaped to NIC limits (net/shaper.py)
     cluster: ClusterService | None = None
     connections: ConnectionLimits | None = None
     keeper: StateKeeper | None = None  # restarts VMs that should run (vm/keeper.py)

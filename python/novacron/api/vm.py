@@ -103,6 +103,12 @@ def register(registry: Registry, services: Services) -> None:
                 return result
         for i, disk in enumerate(spec.disks):
             check_limits_allowed(ctx, disk, f"disks[{i}].limits")
+        for i, nic in enumerate(spec.nics):
+            if nic.limits is not None and "admin" not in ctx.identity.roles:
+                raise PermissionDenied(
+                    f"nics[{i}].limits: NIC limits are set by the admin role (vm.nic.limit)",
+                    {"param": f"nics[{i}].limits"},
+                )
         await trio.to_thread.run_sync(host_files.check, ctx.identity, spec, offered())
         spec = replace(spec, disks=tuple(await vms.quotas.with_defaults(spec.tenant, spec.disks)))
         return await vms.create(spec, start)

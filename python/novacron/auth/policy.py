@@ -79,6 +79,7 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "vm.disk.detach": WRITE,
     "vm.disk.resize": WRITE,
     "vm.disk.limit": ADMIN,
+    "vm.nic.limit": ADMIN,
     "vm.clone": WRITE,
     "vm.console.log": READ,
     "vm.console.open": WRITE,
@@ -112,6 +113,7 @@ FORWARDABLE: Final = frozenset(
         "vm.snapshot.delete",
         "vm.nic.attach",
         "vm.nic.detach",
+        "vm.nic.limit",
         "vm.disk.attach",
         "vm.disk.detach",
         "vm.disk.resize",
@@ -157,7 +159,7 @@ CHANGING: Final = frozenset(
     {m for m, p in METHOD_PERMISSIONS.items() if p == WRITE}
     - {"vm.console.write", "vm.console.close"}
     | {"auth.bind", "auth.unbind", "tls.reload", "quota.set", "node.backup"}
-    | {"node.cordon", "node.uncordon", "node.drain", "vm.disk.limit"}
+    | {"node.cordon", "node.uncordon", "node.drain", "vm.disk.limit", "vm.nic.limit"}
     | {"migration.prepare", "migration.abort"}
     # (cluster.forward is audited on the owning node as the call it carries)
 )

@@ -73,6 +73,17 @@ def add_vm_commands(vm_sub: Any) -> None:
         "--timeout-s", type=float, help="how long a running guest has to let go (default 30)"
     )
     detach.set_defaults(run=run_detach)
+    limit = nics.add_parser(
+        "limit",
+        help="limit a NIC's bandwidth, bytes a second (at once if the VM runs; 0 lifts one)",
+    )
+    limit.add_argument("vm")
+    limit.add_argument("mac")
+    limit.add_argument("--inbound", type=int, metavar="BYTES", help="to the guest, bytes a second")
+    limit.add_argument(
+        "--outbound", type=int, metavar="BYTES", help="from the guest, bytes a second"
+    )
+    limit.set_defaults(run=run_limit)
 
 
 def nic_arg(text: str) -> dict[str, Any]:
@@ -138,15 +149,36 @@ def run_delete(client: SyncClient, args: argparse.Namespace) -> Any:
     return doc
 
 
+def limits_text(limits: dict[str, int] | None) -> str | None:
+    """A NIC's limits as ``in 1000000 B/s, out 500000 B/s`` (None: none)."""
+    if not limits:
+        return None
+    parts = [("in", limits.get("inbound_bytes_per_s")), ("out", limits.get("outbound_bytes_per_s"))]
+    return ", ".join(f"{way} {rate} B/s" for way, rate in parts if rate)
+
+
 def _nics(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
-        output.table(doc["nics"], [("network", "NETWORK"), ("mac", "MAC"), ("model", "MODEL")])
+        rows = [{**n, "limits": limits_text(n.get("limits"))} for n in doc["nics"]]
+        columns = [("network", "NETWORK"), ("mac", "MAC"), ("model", "MODEL"), ("limits", "LIMITS")]
+        output.table(rows, columns)
     return doc
 
 
 def run_attach(client: SyncClient, args: argparse.Namespace) -> Any:
     doc = client.call(
         "vm.nic.attach", vm=args.vm, network=args.network, mac=args.mac, model=args.model
+    )
+    return _nics(doc, args)
+
+
+def run_limit(client: SyncClient, args: argparse.Namespace) -> Any:
+    doc = client.call(
+        "vm.nic.limit",
+        vm=args.vm,
+        mac=args.mac,
+        inbound_bytes_per_s=args.inbound,
+        outbound_bytes_per_s=args.outbound,
     )
     return _nics(doc, args)
 

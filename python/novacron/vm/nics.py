@@ -1,4 +1,5 @@
-"""Attaching and detaching a VM's NICs (``vm.nic.attach`` / ``vm.nic.detach``).
+"""Attaching, detaching and limiting a VM's NICs (``vm.nic.attach`` / ``detach`` /
+``limit``).
 
 libvirt changes the persistent definition always and the running guest too when it
 runs (hot-plug); then the VM's record and the domain's NovaCron metadata are updated,
@@ -9,14 +10,14 @@ has let go does it leave the definition and the record; a paused VM's is refused
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import trio
 
 from novacron import errors
 from novacron.logs import kv
-from novacron.net.nic import NicSpec, check_unique, interface_xml
+from novacron.net.nic import NicLimits, NicSpec, check_unique, interface_xml
 from novacron.vm.domain_xml import parse_interfaces
 from novacron.vm.service import VmService, log
 from novacron.vm.spec import VmSpec
@@ -44,6 +45,34 @@ async def attach(vms: VmService, name: str, nic: NicSpec) -> dict[str, Any]:
                 await vms.hv_pool.run(vms.hv.detach_device, name, xml)
                 raise
         log.info("vm.nic_attached", extra=kv(vm=name, network=nic.network, mac=nic.mac))
+    if nic.limits is not None and vms.nic_shaper is not None:
+        await vms.nic_shaper(name)
+    return await vms.get(name)
+
+
+async def limit(vms: VmService, name: str, mac: str, changes: dict[str, int]) -> dict[str, Any]:
+    """Sets the limits ``changes`` names on NIC ``mac`` (0 lifts one; the others stay as
+    they are): in the VM's spec, and on its tap at once when it runs
+    (:mod:`novacron.net.shaper`)."""
+    async with vms.changing(name):
+        rec = await vms.record(name)
+        spec = VmSpec.from_dict(rec.spec)
+        found = [n for n in spec.nics if n.mac == mac]
+        if not found:
+            raise errors.NotFound(
+                f"vm {name!r} has no NIC with MAC {mac}", {"vm": name, "mac": mac}
+            )
+        was = found[0].limits
+        now = NicLimits.of({**asdict(was or NicLimits()), **changes})
+        if now == was:
+            return await vms.get(name)
+        nics = tuple(replace(n, limits=now) if n.mac == mac else n for n in spec.nics)
+        with trio.CancelScope(shield=True):
+            await vms.save_spec(name, replace(spec, nics=nics), rec.placement)
+            if vms.nic_shaper is not None:
+                await vms.nic_shaper(name)
+        shown = now.to_dict() if now else "none"
+        log.info("vm.nic_limited", extra=kv(vm=name, mac=mac, limits=shown))
     return await vms.get(name)
 
 
@@ -91,4 +120,6 @@ async def detach(
                 await vms.hv_pool.run(vms.hv.attach_device, name, xml)
                 raise
         log.info("vm.nic_detached", extra=kv(vm=name, network=found[0].network, mac=mac))
+    if found[0].limits is not None and vms.nic_shaper is not None:
+        await vms.nic_shaper(name)  # (its IFB, if it had one, goes with its tap)
     return await vms.get(name)

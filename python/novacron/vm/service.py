@@ -70,6 +70,8 @@ class VmService:
         self.restarts = RestartHistory(config.vm_restart_limit, config.vm_restart_window_s)
         # refuses NICs on networks the VM's tenant does not have (set by the network service)
         self.nic_check: Callable[[str, tuple[NicSpec, ...]], Awaitable[None]] | None = None
+        # shapes a running VM's taps to its NICs' limits (set by the NIC shaper)
+        self.nic_shaper: Callable[[str], Awaitable[None]] | None = None
         self.ownership: Ownership | None = None  # cluster-wide names (set by the cluster service)
 
     # -- helpers -----------------------------------------------------------------------
