@@ -141,6 +141,9 @@ def test_overlay_between_hosts_hotplug_and_restart(
         )
     assert shaped(a, ports[0]) == (2_000_000, 1_000_000)
     assert len(ifbs(a)) == 1
+    with a.client() as c:
+        shaping = c.call("node.info")["daemon"]["shaping"]
+    assert shaping["shaped_vms"] == 1 and shaping["changes"] >= 1, shaping
     seen = len(console(a, "na"))
     wait_until(lambda: pings(a, "na", "10.50.0.2", seen) >= 2, 60, "ping through the limits")
     # a limit taken away behind the daemon's back is put back (the daemon's reconcile

@@ -61,6 +61,7 @@ def register(registry: Registry, services: Services) -> None:
             "hypervisor_ready": services.hypervisor_ready,
             "keeper": services.keeper.statistics() if services.keeper is not None else None,
             "consoles": (services.consoles.statistics() if services.consoles is not None else None),
+            "shaping": services.shaper.statistics() if services.shaper is not None else None,
         }
         try:
             info: dict[str, Any] = await vms.hv_pool.run(vms.hv.node_info)
