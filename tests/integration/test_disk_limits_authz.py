@@ -5,35 +5,11 @@ nothing; the operator sees them, and a clone it makes keeps them."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from novacron import errors
 from novacron.sync_client import SyncClient
-from tests.pki_harness import Pki, client, free_port, tls_daemon
-
-
-@pytest.fixture
-def callers(tmp_path: Path) -> Iterator[tuple[SyncClient, SyncClient]]:
-    """A daemon over mutual TLS, and two callers: an operator of tenant acme, an admin."""
-    pki = Pki.create(tmp_path / "pki")
-    port = free_port()
-    d = tls_daemon(tmp_path, pki, port).start()
-    try:
-        with (
-            client(port, pki.issue("alice", "operator", ("acme",))) as alice,
-            client(port, pki.issue("root", "admin", ())) as admin,
-        ):
-            yield alice, admin
-    finally:
-        assert d.stop() in (0, None)
-
-
-def by_id(entry: dict[str, Any]) -> int:
-    return int(entry["id"])
+from tests.integration.conftest import by_id
 
 
 def test_only_an_admin_sets_disk_limits(callers: tuple[SyncClient, SyncClient]) -> None:

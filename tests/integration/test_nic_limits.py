@@ -12,64 +12,51 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from novacron import errors
+from novacron.sync_client import SyncClient
 from tests.daemon_harness import Daemon
+from tests.integration.conftest import by_id
 from tests.integration.test_cli import cli
 from tests.netns import Namespace
-from tests.pki_harness import Pki, client, free_port, tls_daemon
 
 MAC = "52:54:00:aa:00:01"
 
 
-def by_id(entry: dict[str, Any]) -> int:
-    return int(entry["id"])
-
-
-def test_only_an_admin_limits_nics(tmp_path: Path) -> None:
-    pki = Pki.create(tmp_path / "pki")
-    port = free_port()
-    d = tls_daemon(tmp_path, pki, port).start()
-    try:
-        with (
-            client(port, pki.issue("alice", "operator", ("acme",))) as alice,
-            client(port, pki.issue("root", "admin", ())) as admin,
-        ):
-            alice.call("vm.create", name="web", tenant="acme", memory_mib=64)
-            limits = {"inbound_bytes_per_s": 1_000_000}
-            with pytest.raises(errors.PermissionDenied) as denied:
-                alice.call(
-                    "vm.create",
-                    name="web2",
-                    tenant="acme",
-                    memory_mib=64,
-                    nics=[{"network": "lan", "limits": limits}],
-                )
-            assert denied.value.details["param"] == "nics[0].limits"
-            with pytest.raises(errors.PermissionDenied) as denied:
-                alice.call("vm.nic.attach", vm="web", network="lan", limits=limits)
-            assert denied.value.details["param"] == "limits"
-            with pytest.raises(errors.PermissionDenied):
-                alice.call("vm.nic.limit", vm="web", mac=MAC, **limits)
-            assert [vm["name"] for vm in alice.call("vm.list")] == ["web"]
-            assert alice.call("vm.get", name="web")["nics"] == []
-            # the admin gets past the role: on to the VM's NICs (none) and the network
-            with pytest.raises(errors.NotFound) as missing:
-                admin.call("vm.nic.limit", vm="web", mac=MAC, **limits)
-            assert missing.value.details == {"vm": "web", "mac": MAC}
-            with pytest.raises(errors.InvalidParams, match="network 'lan' not found"):
-                admin.call("vm.nic.attach", vm="web", network="lan", limits=limits)
-            audit = admin.call("audit.tail", limit=50)
-            refused = [e for e in audit if e.get("method") == "vm.nic.limit"]
-            assert [(e["principal"], e["outcome"]) for e in sorted(refused, key=by_id)] == [
-                ("tls:alice", "permission_denied"),
-                ("tls:root", "not_found"),
-            ]
-    finally:
-        assert d.stop() in (0, None)
+def test_only_an_admin_limits_nics(callers: tuple[SyncClient, SyncClient]) -> None:
+    alice, admin = callers
+    alice.call("vm.create", name="web", tenant="acme", memory_mib=64)
+    limits = {"inbound_bytes_per_s": 1_000_000}
+    with pytest.raises(errors.PermissionDenied) as denied:
+        alice.call(
+            "vm.create",
+            name="web2",
+            tenant="acme",
+            memory_mib=64,
+            nics=[{"network": "lan", "limits": limits}],
+        )
+    assert denied.value.details["param"] == "nics[0].limits"
+    with pytest.raises(errors.PermissionDenied) as denied:
+        alice.call("vm.nic.attach", vm="web", network="lan", limits=limits)
+    assert denied.value.details["param"] == "limits"
+    with pytest.raises(errors.PermissionDenied):
+        alice.call("vm.nic.limit", vm="web", mac=MAC, **limits)
+    assert [vm["name"] for vm in alice.call("vm.list")] == ["web"]
+    assert alice.call("vm.get", name="web")["nics"] == []
+    # the admin gets past the role: on to the VM's NICs (none) and the network
+    with pytest.raises(errors.NotFound) as missing:
+        admin.call("vm.nic.limit", vm="web", mac=MAC, **limits)
+    assert missing.value.details == {"vm": "web", "mac": MAC}
+    with pytest.raises(errors.InvalidParams, match="network 'lan' not found"):
+        admin.call("vm.nic.attach", vm="web", network="lan", limits=limits)
+    audit = admin.call("audit.tail", limit=50)
+    refused = [e for e in audit if e.get("method") == "vm.nic.limit"]
+    assert [(e["principal"], e["outcome"]) for e in sorted(refused, key=by_id)] == [
+        ("tls:alice", "permission_denied"),
+        ("tls:root", "not_found"),
+    ]
 
 
 @pytest.fixture

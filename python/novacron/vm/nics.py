@@ -50,6 +50,16 @@ async def attach(vms: VmService, name: str, nic: NicSpec) -> dict[str, Any]:
     return await vms.get(name)
 
 
+def _nic(spec: VmSpec, mac: str) -> NicSpec:
+    """The VM's NIC with MAC ``mac`` (``not_found`` if it has none)."""
+    for nic in spec.nics:
+        if nic.mac == mac:
+            return nic
+    raise errors.NotFound(
+        f"vm {spec.name!r} has no NIC with MAC {mac}", {"vm": spec.name, "mac": mac}
+    )
+
+
 async def limit(vms: VmService, name: str, mac: str, changes: dict[str, int]) -> dict[str, Any]:
     """Sets the limits ``changes`` names on NIC ``mac`` (0 lifts one; the others stay as
     they are): in the VM's spec, and on its tap at once when it runs
@@ -57,12 +67,8 @@ async def limit(vms: VmService, name: str, mac: str, changes: dict[str, int]) ->
     async with vms.changing(name):
         rec = await vms.record(name)
         spec = VmSpec.from_dict(rec.spec)
-        found = [n for n in spec.nics if n.mac == mac]
-        if not found:
-            raise errors.NotFound(
-                f"vm {name!r} has no NIC with MAC {mac}", {"vm": name, "mac": mac}
-            )
-        was = found[0].limits
+        found = _nic(spec, mac)
+        was = found.limits
         now = NicLimits.of({**asdict(was or NicLimits()), **changes})
         if now == was:
             return await vms.get(name)
@@ -85,11 +91,7 @@ async def detach(
     async with vms.changing(name):
         rec = await vms.record(name)
         spec = VmSpec.from_dict(rec.spec)
-        found = [n for n in spec.nics if n.mac == mac]
-        if not found:
-            raise errors.NotFound(
-                f"vm {name!r} has no NIC with MAC {mac}", {"vm": name, "mac": mac}
-            )
+        found = _nic(spec, mac)
         runtime = await vms.hv_pool.run(vms.hv.state, name)
         if runtime.state not in ("stopped", "crashed", "running"):
             raise errors.Conflict(
@@ -98,7 +100,7 @@ async def detach(
                 {"vm": name, "state": runtime.state},
             )
         shrunk = replace(spec, nics=tuple(n for n in spec.nics if n.mac != mac))
-        xml = interface_xml(found[0], found[0].network)
+        xml = interface_xml(found, found.network)
         if runtime.state == "running":  # (a wait that changes nothing here: cancellable)
             await unplug(
                 vms,
@@ -119,7 +121,7 @@ async def detach(
             except BaseException:  # the definition (and a running guest) get it back
                 await vms.hv_pool.run(vms.hv.attach_device, name, xml)
                 raise
-        log.info("vm.nic_detached", extra=kv(vm=name, network=found[0].network, mac=mac))
-    if found[0].limits is not None and vms.nic_shaper is not None:
+        log.info("vm.nic_detached", extra=kv(vm=name, network=found.network, mac=mac))
+    if found.limits is not None and vms.nic_shaper is not None:
         await vms.nic_shaper(name)  # (its IFB, if it had one, goes with its tap)
     return await vms.get(name)
