@@ -153,6 +153,15 @@ def test_changes_and_lifts_leave_exactly_what_they_ask(pair: tuple[Namespace, Na
     assert ifb not in links(host)
     assert shape(host, "tap0", None) == []
 
+    # a bucket put on by hand with a handle of its own is replaced, then lifted
+    by_hand = "tc qdisc add dev tap0 root handle 5: tbf rate 500000bps burst 40000 latency 50ms"
+    subprocess.run([*host.prefix, *by_hand.split()], check=True)
+    assert shape(host, "tap0", NicLimits(inbound_bytes_per_s=1_000_000)) == ["inbound"]
+    with host.ipr() as ipr:
+        assert shaping.state(ipr, "tap0") == shaping.Shape(1_000_000, 0)
+    assert shape(host, "tap0", None) == ["inbound"]
+    assert qdiscs(host, "tap0") == default
+
 
 def test_sweep_removes_ifbs_of_taps_that_are_gone_and_nothing_else(
     pair: tuple[Namespace, Namespace],

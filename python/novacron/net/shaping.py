@@ -113,9 +113,10 @@ def _put_bucket(ipr: Any, index: int, rate: int) -> None:
 
 
 def _drop_root(ipr: Any, index: int) -> None:
-    """Deletes link ``index``'s root discipline (the kernel puts its default back)."""
+    """Deletes link ``index``'s root discipline, whatever its handle (the kernel puts its
+    default back)."""
     try:
-        ipr.tc("del", index=index, handle=BUCKET_HANDLE, parent=ROOT)
+        ipr.tc("del", index=index, parent=ROOT)
     except NetlinkError as exc:
         if exc.code != 2:  # ENOENT: none there
             raise
