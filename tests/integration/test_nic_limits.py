@@ -125,6 +125,28 @@ def test_limits_are_kept_changed_and_lifted(daemon: Daemon) -> None:
         )
         assert "limits" not in lifted["nics"][0]
 
+    # a tenant's default: given to each new NIC without limits of its own (an admin's own
+    # win), written into the NIC's spec, so a later change or lift changes no NIC
+    cli(daemon, "quota", "set", "default", "--nic-inbound", "4000000", "--nic-outbound", "2000")
+    with daemon.client() as c:
+        quota = c.call("quota.get", tenant="default")
+        default = {"inbound_bytes_per_s": 4_000_000, "outbound_bytes_per_s": 2000}
+        assert quota["nic_limits"] == default
+        own = {"inbound_bytes_per_s": 9999}
+        made = c.call(
+            "vm.create",
+            name="db",
+            memory_mib=64,
+            nics=[{"network": "lan"}, {"network": "lan", "limits": own}],
+        )
+        assert [n["limits"] for n in made["nics"]] == [default, own]
+        with pytest.raises(errors.InvalidParams, match="nic_limits"):
+            c.call("quota.set", tenant="default", nic_limits={"inbound_bytes_per_s": 5})
+        c.call("quota.set", tenant="default")  # lifted
+        assert c.call("quota.get", tenant="default")["nic_limits"] is None
+        assert c.call("vm.get", name="db")["nics"] == made["nics"]
+        c.call("vm.delete", name="db")
+
     # the CLI: a table with the limits, the JSON as vm.get has it, a refusal without any
     table = cli(daemon, "vm", "nic", "limit", "web", MAC, "--outbound", "7000", "--inbound", "9000")
     assert "LIMITS" in table.stdout and "in 9000 B/s, out 7000 B/s" in table.stdout

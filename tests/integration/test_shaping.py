@@ -18,7 +18,7 @@ from novacron.net import shaping
 from novacron.net.nic import NicLimits
 from tests.netns import Namespace
 
-HOST, GUEST = "10.77.0.1", "10.77.0.2"
+HOST, GUEST = "10.231.0.1", "10.231.0.2"
 PORT = 5301
 
 # one side sends `n` bytes on a TCP connection, the other reads them all; the reader

@@ -9,8 +9,15 @@ import pytest
 
 from novacron import errors
 from novacron.blocking import Pool
+from novacron.net.nic import NicLimits, NicSpec
 from novacron.state.db import StateStore, VmRecord
-from novacron.vm.quotas import Quota, Quotas, usage, with_default_limits
+from novacron.vm.quotas import (
+    Quota,
+    Quotas,
+    usage,
+    with_default_limits,
+    with_default_nic_limits,
+)
 from novacron.vm.spec import DiskLimits, DiskSpec, VmSpec
 
 
@@ -98,4 +105,31 @@ async def test_a_tenants_disk_throttle_is_kept_and_given_to_disks_without_their_
     assert with_default_limits(disks, None) == disks
     await reloaded.set("acme", Quota(max_vms=3))  # a set without it lifts it
     assert (await Quotas(store, Pool("sqlite", 1)).get("acme")).disk_limits is None
+    store.close()
+
+
+async def test_a_tenants_nic_limits_are_kept_and_given_to_nics_without_their_own(
+    tmp_path: Path,
+) -> None:
+    store = StateStore(tmp_path / "s.db")
+    quotas = Quotas(store, Pool("sqlite", 1))
+    assert (await quotas.get("acme")).nic_limits is None
+    shaping = NicLimits(inbound_bytes_per_s=12_500_000)
+    throttle = DiskLimits(write_iops=200)
+    await quotas.set("acme", Quota(max_vms=3, disk_limits=throttle, nic_limits=shaping))
+    reloaded = Quotas(store, Pool("sqlite", 1))
+    assert await reloaded.get("acme") == Quota(max_vms=3, disk_limits=throttle, nic_limits=shaping)
+    report = await reloaded.report("acme", [])
+    assert report["nic_limits"] == {"inbound_bytes_per_s": 12_500_000}
+    own = NicLimits(outbound_bytes_per_s=5000)
+    nics = [NicSpec("lan", "52:54:00:00:00:01"), NicSpec("lan", "52:54:00:00:00:02", limits=own)]
+    assert await reloaded.with_nic_defaults("acme", nics) == (
+        NicSpec("lan", "52:54:00:00:00:01", limits=shaping),
+        NicSpec("lan", "52:54:00:00:00:02", limits=own),  # its own limits win
+    )
+    assert await reloaded.with_nic_defaults("globex", nics) == tuple(nics)
+    assert with_default_nic_limits(nics, None) == tuple(nics)
+    await reloaded.set("acme", Quota(max_vms=3))  # a set without them lifts both defaults
+    again = await Quotas(store, Pool("sqlite", 1)).get("acme")
+    assert (again.nic_limits, again.disk_limits) == (None, None)
     store.close()

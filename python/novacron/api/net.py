@@ -14,7 +14,7 @@ from typing import Any
 
 from novacron import errors
 from novacron.api.services import Services
-from novacron.api.vm import default_tenant, visible_vm
+from novacron.api.vm import default_tenant, visible_record, visible_vm
 from novacron.auth.identity import Identity
 from novacron.auth.policy import check_tenant
 from novacron.errors import PermissionDenied
@@ -106,7 +106,9 @@ def register(registry: Registry, services: Services) -> None:
         nic = parse_nic(_nic_args(p), "nic")
         p.done()
         check_nic_limits_allowed(ctx, nic, "limits")
-        return await nics.attach(services.vms, await visible_vm(services.vms, ctx, name), nic)
+        rec = await visible_record(services.vms, ctx, name)
+        [nic] = await services.vms.quotas.with_nic_defaults(rec.tenant, [nic])
+        return await nics.attach(services.vms, name, nic)
 
     @registry.method("vm.nic.limit")
     async def nic_limit(ctx: CallContext, p: Params) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from novacron import errors
 from novacron.api.services import Services
 from novacron.auth.policy import check_tenant
 from novacron.errors import PermissionDenied
+from novacron.net.nic import NicLimits, parse_nic_limits
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
 from novacron.state.db import VmRecord
@@ -110,7 +111,11 @@ def register(registry: Registry, services: Services) -> None:
                     {"param": f"nics[{i}].limits"},
                 )
         await trio.to_thread.run_sync(host_files.check, ctx.identity, spec, offered())
-        spec = replace(spec, disks=tuple(await vms.quotas.with_defaults(spec.tenant, spec.disks)))
+        spec = replace(
+            spec,
+            disks=tuple(await vms.quotas.with_defaults(spec.tenant, spec.disks)),
+            nics=await vms.quotas.with_nic_defaults(spec.tenant, spec.nics),
+        )
         return await vms.create(spec, start)
 
     def offered() -> host_files.Offered:
@@ -194,15 +199,17 @@ def register(registry: Registry, services: Services) -> None:
 
     @registry.method("quota.set")
     async def quota_set(ctx: CallContext, p: Params) -> dict[str, Any]:
-        """Set a tenant's limits (omit or nil = no limit) and the throttle its new disks
-        get (``disk_limits``; omit = none)."""
+        """Set a tenant's limits (omit or nil = no limit), the throttle its new disks get
+        (``disk_limits``) and the bandwidth limits of its new NICs (``nic_limits``; omit =
+        none)."""
         tenant = p.name("tenant")
         limits = {key: p.integer(key, 0, 1 << 40, default=-1) for key in LIMITS}
         throttle = DiskLimits.of(parse_disk_limits("disk_limits", p.mapping("disk_limits")))
+        shaping = NicLimits.of(parse_nic_limits("nic_limits", p.mapping("nic_limits")))
         p.done()
         ctx.tenant = tenant
         caps = {k: (None if v < 0 else v) for k, v in limits.items()}
-        await vms.quotas.set(tenant, Quota(**caps, disk_limits=throttle))
+        await vms.quotas.set(tenant, Quota(**caps, disk_limits=throttle, nic_limits=shaping))
         return await vms.quotas.report(tenant, await vms.records.all())
 
     @registry.method("vm.list")

@@ -7,6 +7,7 @@ from typing import Any
 
 from novacron.cli import output
 from novacron.cli.disks import LIMIT_FLAGS, limits_text
+from novacron.cli.net import limits_text as nic_limits_text
 from novacron.sync_client import SyncClient
 
 
@@ -138,6 +139,14 @@ def add_quota_commands(groups: Any) -> None:
             metavar="N",
             help=f"{unit} a second by each new disk without limits of its own",
         )
+    for way in ("inbound", "outbound"):  # (the bandwidth limits of the tenant's new NICs)
+        put.add_argument(
+            f"--nic-{way}",
+            type=int,
+            dest=f"nic_{way}",
+            metavar="BYTES",
+            help=f"{way} bytes a second through each new NIC without limits of its own",
+        )
     put.set_defaults(run=run_quota_set)
 
 
@@ -157,6 +166,7 @@ def _show_quota(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]
                 "vms": limit("max_vms", "vms"),
                 "disk_gib": limit("max_disk_gib", "disk_gib"),
                 "disk_limits": limits_text(doc.get("disk_limits")) or "none",
+                "nic_limits": nic_limits_text(doc.get("nic_limits")) or "none",
             }
         )
     return doc
@@ -175,5 +185,11 @@ def run_quota_set(client: SyncClient, args: argparse.Namespace) -> Any:
         max_vms=args.max_vms,
         max_disk_gib=args.max_disk_gib,
         disk_limits={k: v for _, k, _ in LIMIT_FLAGS if (v := getattr(args, f"disk_{k}"))} or None,
+        nic_limits={
+            f"{way}_bytes_per_s": v
+            for way in ("inbound", "outbound")
+            if (v := getattr(args, f"nic_{way}"))
+        }
+        or None,
     )
     return _show_quota(doc, args)

@@ -280,27 +280,28 @@ class StateStore:
 
     def list_quotas(self) -> list[dict[str, Any]]:
         rows = self._db.execute(
-            "SELECT tenant, max_vcpus, max_memory_mib, max_vms, max_disk_gib, disk_limits"
-            " FROM quotas ORDER BY tenant"
+            "SELECT tenant, max_vcpus, max_memory_mib, max_vms, max_disk_gib, disk_limits,"
+            " nic_limits FROM quotas ORDER BY tenant"
         )
-        return [
-            {**dict(r), "disk_limits": json.loads(r["disk_limits"]) if r["disk_limits"] else None}
-            for r in rows
-        ]
+        maps = ("disk_limits", "nic_limits")
+        return [{**dict(r), **{k: json.loads(r[k]) if r[k] else None for k in maps}} for r in rows]
 
     def set_quota(self, tenant: str, limits: dict[str, Any]) -> None:
         """``limits``: ``max_vcpus``, ``max_memory_mib``, ``max_vms``, ``max_disk_gib``
-        (int or None) and ``disk_limits`` (a map or None)."""
+        (int or None), ``disk_limits`` and ``nic_limits`` (a map or None)."""
         values = {**limits, "tenant": tenant, "now": time.time()}
-        values["disk_limits"] = json.dumps(limits["disk_limits"]) if limits["disk_limits"] else None
+        for key in ("disk_limits", "nic_limits"):
+            values[key] = json.dumps(limits[key]) if limits.get(key) else None
         with self._tx() as db:
             db.execute(
                 "INSERT INTO quotas (tenant, max_vcpus, max_memory_mib, max_vms, max_disk_gib,"
-                " disk_limits, updated_at) VALUES (:tenant, :max_vcpus, :max_memory_mib,"
-                " :max_vms, :max_disk_gib, :disk_limits, :now) ON CONFLICT (tenant) DO UPDATE"
+                " disk_limits, nic_limits, updated_at) VALUES (:tenant, :max_vcpus,"
+                " :max_memory_mib, :max_vms, :max_disk_gib, :disk_limits, :nic_limits, :now)"
+                " ON CONFLICT (tenant) DO UPDATE"
                 " SET max_vcpus = excluded.max_vcpus, max_memory_mib = excluded.max_memory_mib,"
                 " max_vms = excluded.max_vms, max_disk_gib = excluded.max_disk_gib,"
-                " disk_limits = excluded.disk_limits, updated_at = excluded.updated_at",
+                " disk_limits = excluded.disk_limits, nic_limits = excluded.nic_limits,"
+                " updated_at = excluded.updated_at",
                 values,
             )
 

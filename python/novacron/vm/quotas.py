@@ -1,5 +1,6 @@
 """Per-tenant quotas: vCPUs, memory, VM count and disk space, checked on ``vm.create``;
-and the throttle a tenant's new disks get when none is given (``disk_limits``).
+and the throttle a tenant's new disks get when none is given (``disk_limits``), and the
+bandwidth limits of its new NICs (``nic_limits``).
 
 Limits live in the state store (NULL = no limit) with a copy in memory. Usage is what
 the tenant's VM records ask for (stopped VMs count: their resources can start at any
@@ -17,6 +18,7 @@ from typing import Any
 
 from novacron import errors
 from novacron.blocking import Pool
+from novacron.net.nic import NicLimits, NicSpec
 from novacron.state.db import StateStore, VmRecord
 from novacron.vm.spec import DiskLimits, DiskSpec, VmSpec
 
@@ -39,10 +41,13 @@ class Quota:
     # what a disk of the tenant's VMs is throttled to when it is made or attached
     # without limits of its own (None: unthrottled)
     disk_limits: DiskLimits | None = None
+    # likewise, the bandwidth limits of a NIC of the tenant's VMs (None: unshaped)
+    nic_limits: NicLimits | None = None
 
     def to_wire(self) -> dict[str, Any]:
         doc: dict[str, Any] = {k: getattr(self, k) for k in LIMITS}
         doc["disk_limits"] = self.disk_limits.to_dict() if self.disk_limits else None
+        doc["nic_limits"] = self.nic_limits.to_dict() if self.nic_limits else None
         return doc
 
 
@@ -51,6 +56,15 @@ def with_default_limits(disks: Sequence[DiskSpec], default: DiskLimits | None) -
     if default is None:
         return list(disks)
     return [d if d.limits is not None else replace(d, limits=default) for d in disks]
+
+
+def with_default_nic_limits(
+    nics: Sequence[NicSpec], default: NicLimits | None
+) -> tuple[NicSpec, ...]:
+    """``nics``, those without limits of their own given ``default``."""
+    if default is None:
+        return tuple(nics)
+    return tuple(n if n.limits is not None else replace(n, limits=default) for n in nics)
 
 
 def disk_gib(spec: dict[str, Any]) -> int:
@@ -81,6 +95,7 @@ class Quotas:
                 r["tenant"]: Quota(
                     **{k: r[k] for k in LIMITS},
                     disk_limits=DiskLimits.of(r["disk_limits"] or {}),
+                    nic_limits=NicLimits.of(r["nic_limits"] or {}),
                 )
                 for r in rows
             }
@@ -92,6 +107,10 @@ class Quotas:
     async def with_defaults(self, tenant: str, disks: Sequence[DiskSpec]) -> list[DiskSpec]:
         """``disks`` of a VM of ``tenant``, those without limits given the tenant's."""
         return with_default_limits(disks, (await self.get(tenant)).disk_limits)
+
+    async def with_nic_defaults(self, tenant: str, nics: Sequence[NicSpec]) -> tuple[NicSpec, ...]:
+        """``nics`` of a VM of ``tenant``, those without limits given the tenant's."""
+        return with_default_nic_limits(nics, (await self.get(tenant)).nic_limits)
 
     async def set(self, tenant: str, quota: Quota) -> None:
         by_tenant = await self._all()
