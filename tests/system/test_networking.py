@@ -154,11 +154,14 @@ def test_overlay_between_hosts_hotplug_and_restart(
     assert pings(a, "na", "10.60.0.2") == 0
     assert f"{guest.PING_FAIL} 10.60.0.2" in console(a, "na")
 
+    # the tenant's default NIC limits reach the NIC plugged in next
     with a.client() as c:
-        attached = c.call(
-            "vm.nic.attach", vm="na", network="ov2", limits={"inbound_bytes_per_s": 3_000_000}
-        )
+        tenant = c.call("vm.get", name="na")["tenant"]
+        c.call("quota.set", tenant=tenant, nic_limits={"inbound_bytes_per_s": 3_000_000})
+        attached = c.call("vm.nic.attach", vm="na", network="ov2")
+        c.call("quota.set", tenant=tenant)
     assert [n["network"] for n in attached["nics"]] == ["ov", "ov2"]
+    assert attached["nics"][1]["limits"] == {"inbound_bytes_per_s": 3_000_000}
     [tap2] = [n for n, link in links(a).items() if link.get("master") == "ov2" and "-" not in n]
     assert shaped(a, tap2) == (3_000_000, 0)
     wait_until(lambda: f"{guest.NET_UP} eth1" in console(a, "na"), 120, "the hot-plugged NIC")
