@@ -136,9 +136,13 @@ def test_the_node_families() -> None:
                 "held": [],
             },
             "consoles": {"open": 2, "sessions": 5, "watching": 3, "pool": {}},
+            "shaping": {"shaped_vms": 4, "changes": 7, "swept": 1},
         },
     }
     got = samples(render(node_families(info, {})))
+    assert got["novacron_node_nic_shaped_vms"] == 4
+    assert got['novacron_node_nic_shaper_total{what="changes"}'] == 7
+    assert got['novacron_node_nic_shaper_total{what="swept"}'] == 1
     assert got["novacron_node_consoles_open"] == 2
     assert got['novacron_node_console_sessions{mode="typing"}'] == 2
     assert got['novacron_node_console_sessions{mode="watching"}'] == 3

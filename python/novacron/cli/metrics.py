@@ -151,7 +151,17 @@ def node_families(doc: dict[str, Any], labels: dict[str, str]) -> list[Family]:
         watching = int(consoles.get("watching") or 0)
         sessions.add({**labels, "mode": "typing"}, int(consoles.get("sessions") or 0) - watching)
         sessions.add({**labels, "mode": "watching"}, watching)
-    return [cordoned, managed, uptime, kept, given_up, open_, sessions]
+    shaping = daemon.get("shaping") or {}
+    shaped = Family("node_nic_shaped_vms", "gauge", "Running VMs with NIC limits on their taps.")
+    shaped.add(labels, shaping.get("shaped_vms"))
+    shaper = Family(
+        "node_nic_shaper_total",
+        "counter",
+        "What the NIC shaper did since the daemon started: taps changed, IFBs swept.",
+    )
+    for what in ("changes", "swept"):
+        shaper.add({**labels, "what": what}, shaping.get(what))
+    return [cordoned, managed, uptime, kept, given_up, open_, sessions, shaped, shaper]
 
 
 def stats_families(doc: dict[str, Any]) -> list[Family]:
