@@ -46,7 +46,7 @@ class NicShaper:
         self.pool = pool  # the network service's: one netlink call at a time
         self.bus = bus
         self.interval_s = interval_s
-        self.shaped: set[str] = set()  # VMs with limits on some tap, as far as it knows
+        self.shaped: set[str] = set()  # running VMs with limits on their taps, as last seen
         self.changes = 0  # taps changed (a limit put on, changed or lifted)
         self.swept = 0
         self._lock = trio.Lock()  # one pass at a time (a tap's state read, then changed)
@@ -78,6 +78,7 @@ class NicShaper:
             return False
         runtime = await self.vms.hv_pool.run(self.vms.hv.state_or_none, name)
         if runtime is None or runtime.state not in ("running", "paused"):
+            self.shaped.discard(name)  # (no taps; the next start makes new, unshaped ones)
             return True
         xml = await self.vms.hv_pool.run(self.vms.hv.xml, name)
         taps = {i.mac: i.device for i in parse_interfaces(xml) if i.device}
@@ -85,7 +86,10 @@ class NicShaper:
             tap = taps.get(nic.mac)
             if tap is None:
                 continue
-            changed = await self.pool.run(shaping.shape, self.kernel.ipr, tap, nic.limits)
+            try:
+                changed = await self.pool.run(shaping.shape, self.kernel.ipr, tap, nic.limits)
+            except errors.NotFound:
+                continue  # (the tap went meanwhile: unplugged, or the VM stopped)
             if changed:
                 self.changes += 1
                 limits = nic.limits.to_dict() if nic.limits else "none"
