@@ -12,14 +12,20 @@ class Console:
     """One client's console: what it printed so far, and how it ended."""
 
     def __init__(
-        self, client: SyncClient, vm: str, force: bool = False, watch: bool = False
+        self,
+        client: SyncClient,
+        vm: str,
+        force: bool = False,
+        watch: bool = False,
+        scrollback: int = 0,
     ) -> None:
         self.client = client
         method = "vm.console.watch" if watch else "vm.console.open"
-        opened = client.call(method, name=vm, force=force or None)
+        opened = client.call(method, name=vm, force=force or None, scrollback=scrollback or None)
         assert opened["read_only"] is watch
         self.number = opened["console"]
         self.output = b""
+        self.chunks: list[bytes] = []  # each notification's data, in order
         self.closed: dict[str, object] | None = None
 
     def pump(self, timeout: float = 0.2) -> None:
@@ -28,6 +34,7 @@ class Console:
             assert payload["console"] == self.number  # (one console per client here)
             if note.method == "console":
                 self.output += payload["data"]
+                self.chunks.append(payload["data"])
             elif note.method == "console.closed":
                 self.closed = payload
 

@@ -149,6 +149,16 @@ def test_a_shell_in_the_guest_answers_on_the_console(
         again = Console(c, "con1")
         again.wait_for(guest.TICK.encode())
         c.call("vm.console.close", console=again.number)
+
+        # a console may begin with the log's end: what the guest wrote before it opened
+        with system_daemon.client(timeout=60) as fresh:
+            back = Console(fresh, "con1", watch=True, scrollback=4096)
+            back.wait_for(guest.TICK.encode())
+            history = back.chunks[0]
+            assert 0 < len(history) <= 4096 and guest.TICK.encode() in history
+            assert history in fresh.call("vm.console.log", name="con1", limit=65536)["data"]
+            with pytest.raises(errors.InvalidParams):
+                fresh.call("vm.console.watch", name="con1", scrollback=65537)
         c.call("vm.delete", name="con1", force=True)
 
 

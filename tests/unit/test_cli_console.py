@@ -111,7 +111,7 @@ def test_a_refused_open_hints_at_watching(capsys: pytest.CaptureFixture[str]) ->
     peer = threading.Thread(target=refuse, args=(theirs,), daemon=True)
     peer.start()
     client = SyncClient(sock=ours)
-    args = argparse.Namespace(vm="web1", watch=False, force=False, linger=1.0)
+    args = argparse.Namespace(vm="web1", watch=False, force=False, scrollback=0, linger=1.0)
     try:
         with pytest.raises(errors.PermissionDenied):
             run_console(client, args)

@@ -38,6 +38,7 @@ MAX_WRITE = 64 * 1024  # bytes of input in one vm.console.write
 CONSOLE_THREADS = 4  # worker threads all consoles share (their calls never block long)
 MAX_CONSOLE_ID = 2**31 - 1
 MAX_LOG_READ = 1 << 20  # bytes of the console log one vm.console.log returns at most
+MAX_SCROLLBACK = 64 * 1024  # bytes of the log a console may begin with (one notification)
 DEFAULT_LOG_READ = 64 * 1024
 
 
@@ -51,14 +52,19 @@ def _session(ctx: CallContext, number: int) -> ConsoleSession | RemoteConsole:
     return session
 
 
-async def _pump(hub: ConsoleHub, conn: ConnectionState, session: ConsoleSession) -> None:
-    """Sends the console's output until it ends, then ``console.closed`` unless the
-    client closed it (or its connection ended)."""
+async def _pump(
+    hub: ConsoleHub, conn: ConnectionState, session: ConsoleSession, history: bytes
+) -> None:
+    """Sends ``history`` (the console log's end, if asked for), then the console's output
+    until it ends, then ``console.closed`` unless the client closed it (or its
+    connection ended)."""
     assert conn.notify is not None
     assert session.shared is not None
     gone = False
     try:
         with session.scope:
+            if history:
+                await conn.notify("console", {"console": session.id, "data": history})
             while data := await session.shared.output(session):
                 await conn.notify("console", {"console": session.id, "data": data})
     except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -93,6 +99,7 @@ def register(registry: Registry, services: Services) -> None:
     async def start(ctx: CallContext, p: Params, read_only: bool) -> dict[str, Any]:
         name = p.name()
         force = p.flag("force")
+        scrollback = p.integer("scrollback", 0, MAX_SCROLLBACK, default=0)
         p.done()
         conn = ctx.connection
         if conn.start_task is None or conn.notify is None:
@@ -116,7 +123,11 @@ def register(registry: Registry, services: Services) -> None:
             method = "vm.console.watch" if read_only else "vm.console.open"
             caller = ctx.identity.to_wire()
             remote = RemoteConsole(number, name, node, read_only, caller, ctx.tenant)
-            params = {"name": name, "force": force} if force else {"name": name}
+            params: dict[str, Any] = {"name": name}
+            if force:
+                params["force"] = True
+            if scrollback:
+                params["scrollback"] = scrollback
             opened = await open_remote(services.cluster, conn, remote, method, params)
             where: dict[str, Any] = {"node": node}
         else:
@@ -125,7 +136,13 @@ def register(registry: Registry, services: Services) -> None:
             conn.last_console = number
             conn.consoles[number] = session
             try:
-                conn.start_task(functools.partial(_pump, hub, conn, session))
+                # (read once the console is joined: what the guest writes from now on
+                # comes live; a byte written in between may come twice, never not at all)
+                history = b""
+                if scrollback and not vms.hv.is_test_driver:
+                    path = Path(vms.console_log(rec.name))
+                    history = (await pool.run(read_log, path, None, scrollback))["data"]
+                conn.start_task(functools.partial(_pump, hub, conn, session, history))
             except BaseException:  # (the connection is ending: nothing will pump it)
                 del conn.consoles[number]
                 await hub.leave(session)
@@ -147,7 +164,8 @@ def register(registry: Registry, services: Services) -> None:
     @registry.method("vm.console.open")
     async def console_open(ctx: CallContext, p: Params) -> dict[str, Any]:
         """Open a running VM's serial console on this connection, to type into it
-        (``force``: take it from the client that has it)."""
+        (``force``: take it from the client that has it; ``scrollback``: begin with that
+        many of the console log's last bytes)."""
         return await start(ctx, p, read_only=False)
 
     @registry.method("vm.console.watch")

@@ -43,6 +43,13 @@ def add_vm_commands(vm_sub: Any) -> None:
         help="only watch (read-only, beside whoever types; leave with Ctrl-C)",
     )
     console.add_argument(
+        "--scrollback",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="first print up to that many of the console log's last bytes (at most 65536)",
+    )
+    console.add_argument(
         "--linger",
         type=float,
         default=1.0,
@@ -76,7 +83,10 @@ def _raw(fd: int) -> Iterator[None]:
 def run_console(client: SyncClient, args: argparse.Namespace) -> Any:
     method = "vm.console.watch" if args.watch else "vm.console.open"
     try:
-        number = client.call(method, name=args.vm, force=args.force or None)["console"]
+        scrollback = args.scrollback or None
+        number = client.call(method, name=args.vm, force=args.force or None, scrollback=scrollback)[
+            "console"
+        ]
     except errors.PermissionDenied:
         if not args.watch:  # (a viewer may watch)
             sys.stderr.write("hint: --watch shows the console without typing (viewer role)\n")
