@@ -14,12 +14,12 @@ from typing import Any
 
 from novacron import errors
 from novacron.api.services import Services
-from novacron.api.vm import default_tenant, visible_record, visible_vm
+from novacron.api.vm import check_limits_allowed, default_tenant, visible_record, visible_vm
 from novacron.auth.identity import Identity
 from novacron.auth.policy import check_tenant
 from novacron.errors import PermissionDenied
 from novacron.net.model import NetworkSpec, parse_create
-from novacron.net.nic import NIC_LIMIT_KEYS, NicSpec, check_mac, parse_nic, parse_nic_limits
+from novacron.net.nic import NIC_LIMIT_KEYS, check_mac, parse_nic, parse_nic_limits
 from novacron.net.service import NetworkService
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
@@ -105,7 +105,7 @@ def register(registry: Registry, services: Services) -> None:
         name = p.name("vm")
         nic = parse_nic(_nic_args(p), "nic")
         p.done()
-        check_nic_limits_allowed(ctx, nic, "limits")
+        check_limits_allowed(ctx, nic.limits, "limits", "NIC")
         rec = await visible_record(services.vms, ctx, name)
         [nic] = await services.vms.quotas.with_nic_defaults(rec.tenant, [nic])
         return await nics.attach(services.vms, name, nic)
@@ -135,15 +135,6 @@ def register(registry: Registry, services: Services) -> None:
         p.done()
         vm = await visible_vm(services.vms, ctx, name)
         return await nics.detach(services.vms, vm, mac, timeout_s)
-
-
-def check_nic_limits_allowed(ctx: CallContext, nic: NicSpec, param: str) -> None:
-    """NIC limits are the node's administrators' to set, as disk limits are: one
-    tenant's VMs cannot take the host's network from the others."""
-    if nic.limits is not None and "admin" not in ctx.identity.roles:
-        raise PermissionDenied(
-            f"{param}: NIC limits are set by the admin role (vm.nic.limit)", {"param": param}
-        )
 
 
 def _nic_args(p: Params) -> dict[str, Any]:

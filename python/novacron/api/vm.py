@@ -32,7 +32,6 @@ from novacron.vm.spec import (
     MAX_VCPUS,
     RESTART_POLICIES,
     DiskLimits,
-    DiskSpec,
     parse_create,
     parse_disk,
     parse_disk_limits,
@@ -62,12 +61,16 @@ def default_tenant(ctx: CallContext, given: bool, tenant: str) -> str:
     return tenant
 
 
-def check_limits_allowed(ctx: CallContext, disk: DiskSpec, param: str) -> None:
-    """Disk limits are the node's administrators' to set (they keep one tenant's VMs from
-    taking the host's storage from the others): ``permission_denied`` for others."""
-    if disk.limits is not None and "admin" not in ctx.identity.roles:
+def check_limits_allowed(
+    ctx: CallContext, limits: object | None, param: str, kind: str = "disk"
+) -> None:
+    """Disk and NIC limits (``kind``) are the node's administrators' to set (they keep one
+    tenant's VMs from taking the host's storage or network from the others):
+    ``permission_denied`` for others."""
+    if limits is not None and "admin" not in ctx.identity.roles:
+        method = f"vm.{kind.lower()}.limit"
         raise PermissionDenied(
-            f"{param}: disk limits are set by the admin role (vm.disk.limit)", {"param": param}
+            f"{param}: {kind} limits are set by the admin role ({method})", {"param": param}
         )
 
 
@@ -103,13 +106,9 @@ def register(registry: Registry, services: Services) -> None:
                 result: dict[str, Any] = await cluster.call_on(target, ctx, "vm.create", params)
                 return result
         for i, disk in enumerate(spec.disks):
-            check_limits_allowed(ctx, disk, f"disks[{i}].limits")
+            check_limits_allowed(ctx, disk.limits, f"disks[{i}].limits")
         for i, nic in enumerate(spec.nics):
-            if nic.limits is not None and "admin" not in ctx.identity.roles:
-                raise PermissionDenied(
-                    f"nics[{i}].limits: NIC limits are set by the admin role (vm.nic.limit)",
-                    {"param": f"nics[{i}].limits"},
-                )
+            check_limits_allowed(ctx, nic.limits, f"nics[{i}].limits", "NIC")
         await trio.to_thread.run_sync(host_files.check, ctx.identity, spec, offered())
         spec = replace(
             spec,
@@ -139,7 +138,7 @@ def register(registry: Registry, services: Services) -> None:
         # the rest is one disk, as in vm.create's disks (parse_disk refuses unknown keys)
         disk = parse_disk("disk", {k: v for k, v in p.raw().items() if k != "vm" and v is not None})
         rec = await visible_record(vms, ctx, name)
-        check_limits_allowed(ctx, disk, "limits")
+        check_limits_allowed(ctx, disk.limits, "limits")
         if disk.path is not None:
             await trio.to_thread.run_sync(
                 host_files.check_file,

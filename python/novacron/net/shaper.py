@@ -12,7 +12,9 @@ So the shaper brings a VM's taps to its NICs' limits (:mod:`novacron.net.shaping
   VM with limits (and every VM it shaped before, whose limits may have been lifted):
   a tap changed behind the daemon's back is put right.
 
-IFBs of taps that are gone are swept on each ``stopped`` event and each periodic pass.
+IFBs of taps that are gone are swept after a VM with limits is shaped or stops, and at
+the first periodic pass (what a daemon before this one left); a host where no VM has
+limits is not looked at again.
 A VM without limits is never touched. A tap that cannot be shaped is logged
 (``net.shape_failed``) and tried again at the next pass; the VM runs on.
 """
@@ -50,19 +52,23 @@ class NicShaper:
         self.changes = 0  # taps changed (a limit put on, changed or lifted)
         self.swept = 0
         self._lock = trio.Lock()  # one pass at a time (a tap's state read, then changed)
+        self._swept_once = False  # (the first pass sweeps what a daemon before left)
 
     async def converge(self, name: str) -> None:
         """Brings VM ``name``'s taps to its NICs' limits, if it runs (a VM that does not
         has no taps; a failure is logged, not raised), and sweeps the IFBs of taps that
         went (a NIC with limits unplugged)."""
         async with self._lock:
-            try:
-                touched = await self._converge(name)
-            except errors.NovaCronError as exc:
-                log.warning("net.shape_failed", extra=kv(vm=name, error=exc.message))
-                return
-            if touched:
+            if await self._converge_logged(name):
                 await self.sweep()
+
+    async def _converge_logged(self, name: str) -> bool:
+        """:meth:`_converge`, a failure logged (and counted as touched: sweep anyway)."""
+        try:
+            return await self._converge(name)
+        except errors.NovaCronError as exc:
+            log.warning("net.shape_failed", extra=kv(vm=name, error=exc.message))
+            return True
 
     async def _converge(self, name: str) -> bool:
         """:meth:`converge` but the sweep; whether the VM has or had limits."""
@@ -104,6 +110,7 @@ class NicShaper:
         return True
 
     async def sweep(self) -> None:
+        self._swept_once = True
         try:
             gone = await self.pool.run(shaping.sweep, self.kernel.ipr)
         except Exception as exc:  # (netlink trouble: the next pass tries again)
@@ -114,15 +121,16 @@ class NicShaper:
             log.info("net.shape_swept", extra=kv(device=device))
 
     async def converge_all(self) -> None:
+        """Every VM with limits (or shaped before); then the sweep, unless no VM has or
+        had limits since the first pass (no IFB of NovaCron's can be there)."""
         async with self._lock:
+            touched = not self._swept_once
             for rec in await self.vms.records.all():
                 nics = rec.spec.get("nics", ())
                 if rec.name in self.shaped or any(n.get("limits") for n in nics):
-                    try:
-                        await self._converge(rec.name)
-                    except errors.NovaCronError as exc:
-                        log.warning("net.shape_failed", extra=kv(vm=rec.name, error=exc.message))
-            await self.sweep()
+                    touched = await self._converge_logged(rec.name) or touched
+            if touched:
+                await self.sweep()
 
     def statistics(self) -> dict[str, int]:
         return {"shaped_vms": len(self.shaped), "changes": self.changes, "swept": self.swept}
@@ -138,8 +146,8 @@ class NicShaper:
                         await self.converge_all()
                     elif event.get("state") in ("running", "paused"):
                         await self.converge(str(event["vm"]))
-                    elif event.get("state") == "stopped":
-                        await self.sweep()
+                    elif event.get("state") == "stopped" and self.shaped:
+                        await self.sweep()  # (a shaped VM's taps may have gone with it)
         finally:
             sub.close()
 

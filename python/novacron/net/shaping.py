@@ -71,41 +71,45 @@ def _index(ipr: Any, name: str) -> int | None:
     return int(found[0]) if found else None
 
 
-def _bucket_rate(ipr: Any, index: int) -> int:
-    """The rate of the root token bucket of link ``index`` (0: none)."""
-    for q in ipr.get_qdiscs(index=index):
+def _bucket_rate(qdiscs: list[Any]) -> int:
+    """The rate of the root token bucket among a link's ``qdiscs`` (0: none)."""
+    for q in qdiscs:
         if q["parent"] == ROOT and q.get_attr("TCA_KIND") == "tbf":
             parms = q.get_nested("TCA_OPTIONS", "TCA_TBF_PARMS")
             return int(parms["rate"]) if parms else 0
     return 0
 
 
-def _has_ingress(ipr: Any, index: int) -> bool:
-    return any(
-        q["parent"] == INGRESS_PARENT and q.get_attr("TCA_KIND") == "ingress"
-        for q in ipr.get_qdiscs(index=index)
-    )
+@dataclass(frozen=True)
+class _Seen:
+    """What the kernel has for a tap, read once per shaping."""
+
+    index: int
+    ifb: int | None  # its IFB's index, if there is one
+    redirects: bool  # its ingress discipline and a filter under it
+    shape: Shape
 
 
-def _redirects(ipr: Any, index: int) -> bool:
-    """Whether link ``index`` has its ingress discipline and a filter under it."""
-    if not _has_ingress(ipr, index):
-        return False
-    return any(
+def _look(ipr: Any, tap: str) -> _Seen:
+    index = _index(ipr, tap)
+    if index is None:
+        raise errors.NotFound(f"interface {tap!r} not found", {"device": tap})
+    qdiscs = list(ipr.get_qdiscs(index=index))
+    redirects = any(
+        q["parent"] == INGRESS_PARENT and q.get_attr("TCA_KIND") == "ingress" for q in qdiscs
+    ) and any(
         f.get_attr("TCA_KIND") == "u32" for f in ipr.get_filters(index=index, parent=INGRESS_HANDLE)
     )
+    ifb = _index(ipr, ifb_name(index))
+    outbound = 0
+    if ifb is not None and redirects:
+        outbound = _bucket_rate(list(ipr.get_qdiscs(index=ifb)))
+    return _Seen(index, ifb, redirects, Shape(inbound=_bucket_rate(qdiscs), outbound=outbound))
 
 
 def state(ipr: Any, tap: str) -> Shape:
     """The limits tap ``tap`` is shaped to now (NotFound if there is no such tap)."""
-    index = _index(ipr, tap)
-    if index is None:
-        raise errors.NotFound(f"interface {tap!r} not found", {"device": tap})
-    outbound = 0
-    ifb = _index(ipr, ifb_name(index))
-    if ifb is not None and _redirects(ipr, index):
-        outbound = _bucket_rate(ipr, ifb)
-    return Shape(inbound=_bucket_rate(ipr, index), outbound=outbound)
+    return _look(ipr, tap).shape
 
 
 def _put_bucket(ipr: Any, index: int, rate: int) -> None:
@@ -130,17 +134,14 @@ def _drop_ingress(ipr: Any, index: int) -> None:
             raise
 
 
-def _ifb(ipr: Any, tap: str, index: int) -> tuple[int, bool]:
-    """The tap's IFB (made, up and marked if missing); and whether it was made now."""
+def _make_ifb(ipr: Any, tap: str, index: int) -> int:
+    """Makes the tap's IFB, up and marked; its index."""
     name = ifb_name(index)
-    found = _index(ipr, name)
-    if found is not None:
-        return found, False
     ipr.link("add", ifname=name, kind="ifb")
     made = _index(ipr, name)
     assert made is not None, name
     ipr.link("set", index=made, ifalias=ALIAS_PREFIX + tap, state="up")
-    return made, True
+    return made
 
 
 def shape(ipr: Any, tap: str, limits: NicLimits | None) -> list[str]:
@@ -157,9 +158,8 @@ def shape(ipr: Any, tap: str, limits: NicLimits | None) -> list[str]:
 
 
 def _shape(ipr: Any, tap: str, want: NicLimits) -> list[str]:
-    now = state(ipr, tap)
-    index = _index(ipr, tap)
-    assert index is not None, tap
+    seen = _look(ipr, tap)
+    index, now = seen.index, seen.shape
     changed = []
     if now.inbound != want.inbound_bytes_per_s:
         if want.inbound_bytes_per_s:
@@ -169,9 +169,9 @@ def _shape(ipr: Any, tap: str, want: NicLimits) -> list[str]:
         changed.append("inbound")
     if now.outbound != want.outbound_bytes_per_s:
         if want.outbound_bytes_per_s:
-            ifb, made = _ifb(ipr, tap, index)
+            ifb = seen.ifb if seen.ifb is not None else _make_ifb(ipr, tap, index)
             _put_bucket(ipr, ifb, want.outbound_bytes_per_s)
-            if made or not _redirects(ipr, index):
+            if seen.ifb is None or not seen.redirects:
                 # (a new IFB has a new index: a redirect to an older one must go)
                 _drop_ingress(ipr, index)
                 ipr.tc("add", "ingress", index, INGRESS_HANDLE)
@@ -184,20 +184,12 @@ def _shape(ipr: Any, tap: str, want: NicLimits) -> list[str]:
                     prio=FILTER_PRIO,
                     target=0x1,
                     keys=["0x0/0x0+0"],
-                    action=[
-                        {
-                            "kind": "mirred",
-                            "direction": "egress",
-                            "action": "redirect",
-                            "ifindex": ifb,
-                        }
-                    ],
+                    action=[_redirect_to(ifb)],
                 )
         else:
             _drop_ingress(ipr, index)
-            old = _index(ipr, ifb_name(index))
-            if old is not None:
-                ipr.link("del", index=old)
+            if seen.ifb is not None:
+                ipr.link("del", index=seen.ifb)
         changed.append("outbound")
     return changed
 
