@@ -76,6 +76,7 @@ class Config:
     vm_check_interval_s: float = 30.0
     vm_disk_dirs: str = ""
     vm_boot_dirs: str = ""
+    vm_image_dirs: str = ""
     cluster_etcd_endpoints: str = ""
     cluster_lease_ttl_s: int = 10
     cluster_timeout_s: float = 2.0
@@ -122,6 +123,12 @@ class Config:
     def boot_dirs(self) -> tuple[str, ...]:
         """``[vm] boot_dirs``: where callers without ``admin`` may name kernels, initrds."""
         return tuple(_items(self.vm_boot_dirs))
+
+    @property
+    def image_dirs(self) -> tuple[str, ...]:
+        """``[vm] image_dirs``: where callers without ``admin`` may name base images to
+        copy into new volumes (``disk_dirs`` too)."""
+        return tuple(_items(self.vm_image_dirs))
 
     @property
     def labels(self) -> dict[str, str]:
@@ -184,6 +191,7 @@ FIELDS: dict[str, str] = {
     "vm_check_interval_s": "vm",
     "vm_disk_dirs": "vm",
     "vm_boot_dirs": "vm",
+    "vm_image_dirs": "vm",
     "cluster_etcd_endpoints": "cluster",
     "cluster_lease_ttl_s": "cluster",
     "cluster_timeout_s": "cluster",
@@ -215,6 +223,7 @@ _TOML_KEY = {
     "vm_check_interval_s": "check_interval_s",
     "vm_disk_dirs": "disk_dirs",
     "vm_boot_dirs": "boot_dirs",
+    "vm_image_dirs": "image_dirs",
     "cluster_etcd_endpoints": "etcd_endpoints",
     "cluster_lease_ttl_s": "lease_ttl_s",
     "cluster_timeout_s": "timeout_s",
@@ -235,6 +244,7 @@ _EMPTY_OK = _CPUSETS | {
     "migration_shared_storage",
     "vm_disk_dirs",
     "vm_boot_dirs",
+    "vm_image_dirs",
     "cluster_etcd_endpoints",
     "cluster_labels",
 }
@@ -399,7 +409,12 @@ def check(config: Config) -> Config:
         raise ConfigError(
             "[migration] shared_storage must be absolute directories, comma-separated"
         )
-    for key, dirs in (("disk_dirs", config.disk_dirs), ("boot_dirs", config.boot_dirs)):
+    offers = (
+        ("disk_dirs", config.disk_dirs),
+        ("boot_dirs", config.boot_dirs),
+        ("image_dirs", config.image_dirs),
+    )
+    for key, dirs in offers:
         if not all(d.startswith("/") for d in dirs):
             raise ConfigError(f"[vm] {key} must be absolute directories, comma-separated")
     if any("=" not in item for item in _items(config.cluster_labels)):

@@ -115,7 +115,9 @@ def test_vm_disks_from_the_cli(daemon: Daemon) -> None:
     gone = cli(daemon, "vm", "disk", "detach", "dsk", "vdb").stdout
     assert "deleted " in gone and "dsk-vdb.qcow2" in gone, gone
     both = cli(daemon, "vm", "disk", "attach", "dsk", "--size", "1", "--path", "/x", check=False)
-    assert both.returncode == 2 and "not allowed with" in both.stderr
+    assert both.returncode == 1 and "path goes with neither size_gib nor image" in both.stderr
+    paths = cli(daemon, "vm", "disk", "attach", "dsk", "--image", "/a", "--path", "/x", check=False)
+    assert paths.returncode == 2 and "not allowed with" in paths.stderr
     doc = json.loads(
         cli(daemon, "--json", "vm", "disk", "detach", "dsk", "vda", "--keep-volume").stdout
     )

@@ -40,6 +40,9 @@ BLOCK_MARKER = (
     "NOVACRON-BLOCK"  # novacron.blockwatch: "NOVACRON-BLOCK vdb 4194304" (512-byte sectors)
 )
 BLOCK_GONE = "NOVACRON-UNPLUGGED"  # novacron.blockwatch: "NOVACRON-UNPLUGGED vdc"
+# novacron.blockwatch with novacron.blocksum: each disk's first MiB as the guest reads it,
+# "NOVACRON-BLOCKSUM vdb <md5>"
+BLOCKSUM_MARKER = "NOVACRON-BLOCKSUM"
 CPUS_MARKER = "NOVACRON-CPUS"  # novacron.cpuwatch: "NOVACRON-CPUS present=0-2 online=0-2"
 MEMORY_MARKER = "NOVACRON-MEMORY"  # novacron.memwatch: "NOVACRON-MEMORY total_kib=123456"
 
@@ -141,7 +144,11 @@ if grep -q novacron.blockwatch /proc/cmdline; then
        n=${{b##*/}}:$(cat $b/size)
        case "$seen" in
          *" $n "*) ;;
-         *) seen="$seen$n "; echo {BLOCK_MARKER} ${{n%:*}} ${{n#*:}};;
+         *) seen="$seen$n "; echo {BLOCK_MARKER} ${{n%:*}} ${{n#*:}}
+            if grep -q novacron.blocksum /proc/cmdline; then
+              sum=$(dd if=/dev/${{n%:*}} bs=64k count=16 2>/dev/null | md5sum)
+              echo {BLOCKSUM_MARKER} ${{n%:*}} ${{sum%% *}}
+            fi;;
        esac
      done
      kept=" "; gone=" "

@@ -5,8 +5,11 @@ gone at the next boot; a stopped VM's volume resized is larger at the next boot.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -227,3 +230,80 @@ def test_disk_limits_reach_qemu_and_change_while_the_guest_runs(
             c.call("vm.delete", name="dl1", force=True)
     finally:
         conn.close()
+
+
+CLI = (sys.executable, "-m", "novacron.cli.main")
+
+
+def fingerprint(path: Path) -> tuple[str, int]:
+    return hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+
+
+def sums(log: Path) -> dict[str, str]:
+    """The md5 of each disk's first MiB as the guest read it (novacron.blocksum)."""
+    text = guest.console_text(log)
+    return dict(re.findall(guest.BLOCKSUM_MARKER + r" (vd[a-z]+) ([0-9a-f]{32})", text))
+
+
+def test_volumes_copied_from_base_images_hold_their_bytes_and_leave_them_alone(
+    system_daemon: Daemon, guest_images: guest.GuestImages, tmp_path: Path
+) -> None:
+    """A qcow2 and a raw base image copied into new volumes through the real directory
+    pool: the guest reads the images' bytes on disks of the sizes asked (the image's own,
+    rounded up to GiB, when none is), the volumes keep the images' formats and holes,
+    the bases are neither changed nor tied to the copies, and a copy hot-plugged into the
+    running guest (from the CLI) holds the same bytes."""
+    bases = tmp_path / "bases"
+    bases.mkdir()
+    start = os.urandom(1 << 20)
+    raw = bases / "base.raw"
+    with raw.open("wb") as f:  # 1.5 GiB, its first MiB data, the rest a hole
+        f.write(start)
+        f.truncate(1536 << 20)
+    qcow = bases / "base.qcow2"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow)], check=True
+    )
+    before = {p: fingerprint(p) for p in (raw, qcow)}
+    want = hashlib.md5(start).hexdigest()  # what busybox's md5sum prints
+    with system_daemon.client(timeout=300) as c:
+        vm = c.call(
+            "vm.create",
+            **guest_images.vm(
+                "im1",
+                memory_mib=128,
+                options="novacron.blockwatch novacron.blocksum",
+                disks=[{"image": str(qcow), "size_gib": 3}, {"image": str(raw)}],
+            ),
+        )
+        assert [(d["size_gib"], d["format"]) for d in vm["disks"]] == [(3, "qcow2"), (2, "raw")]
+        vda, vdb = (Path(d["path"]) for d in vm["disks"])
+        log = Path(vm["console_log"])
+        wait_blocks(log, {"vda": 6 << 20, "vdb": 4 << 20})
+        wait_until(lambda: sums(log) == {"vda": want, "vdb": want}, 60, "the guest's sums")
+        assert vda.read_bytes()[:4] == b"QFI\xfb" and vda.parent != bases
+        assert vdb.stat().st_size == 2 << 30
+        assert vdb.stat().st_blocks * 512 < 64 << 20  # the hole stayed a hole
+        info = subprocess.run(
+            ["qemu-img", "info", "--output=json", str(vda)], capture_output=True, check=True
+        )
+        assert "backing-filename" not in info.stdout.decode()  # a copy, not an overlay
+        # hot-plugged from the CLI: a third copy, grown to 2 GiB
+        env = {**os.environ, "NOVACRON_SOCKET": str(system_daemon.socket)}
+        done = subprocess.run(
+            [*CLI, "vm", "disk", "attach", "im1", "--image", str(qcow), "--size", "2"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert re.search(r"vdc .*im1-vdc\.qcow2", done.stdout), done.stdout
+        wait_blocks(log, {"vda": 6 << 20, "vdb": 4 << 20, "vdc": 4 << 20})
+        wait_until(lambda: sums(log).get("vdc") == want, 60, "the plugged disk's sum")
+        gone = c.call("vm.delete", name="im1", force=True)
+        assert sorted(gone["volumes_deleted"]) == sorted(
+            [str(vda), str(vdb), str(vda.parent / "im1-vdc.qcow2")]
+        )
+    assert {p: fingerprint(p) for p in (raw, qcow)} == before

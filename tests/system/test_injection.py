@@ -99,6 +99,7 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("vm.nic.detach", {"vm": "victim"}, "mac"),
     ("vm.disk.attach", {"size_gib": 1}, "vm"),
     ("vm.disk.attach", {"vm": "victim"}, "path"),
+    ("vm.disk.attach", {"vm": "victim"}, "image"),
     ("vm.disk.attach", {"vm": "victim", "size_gib": 1}, "format"),
     ("vm.disk.detach", {"target": "vdb"}, "vm"),
     ("vm.disk.detach", {"vm": "victim"}, "target"),

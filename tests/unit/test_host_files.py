@@ -4,6 +4,7 @@ of files and symbolic links."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,35 @@ def test_other_files_are_refused_to_all_but_admins(tree: Path) -> None:
     for spec, param in cases:
         denied(spec, offer, param)
         check(ADMIN, spec, offer)  # root's equal already
+
+
+def test_base_images_come_from_image_dirs_or_disk_dirs(tree: Path) -> None:
+    """A file a caller may use in place it may also copy; ``image_dirs`` offers files to
+    copy only (the daemon reads them, QEMU never opens them)."""
+    (tree / "bases").mkdir()
+    (tree / "bases/debian.qcow2").write_bytes(b"x")
+    offer = Offered(
+        disk_dirs=(str(tree / "images/{tenant}"),),
+        boot_dirs=(),
+        state_dir=tree / "state",
+        image_dirs=(str(tree / "bases"),),
+    )
+
+    def copy_of(path: Path) -> VmSpec:
+        return replace(vm(), disks=(DiskSpec(image=str(path), format=""),))
+
+    check(OPERATOR, copy_of(tree / "bases/debian.qcow2"), offer)
+    check(OPERATOR, copy_of(tree / "images/acme/root.qcow2"), offer)
+    for path in (tree / "etc/shadow", tree / "images/globex/db.qcow2", tree / "bases"):
+        denied(copy_of(path), offer, "disks[0].image")
+        check(ADMIN, copy_of(path), offer)
+    # a base image is no disk to use in place
+    denied(vm(disk=tree / "bases/debian.qcow2"), offer, "disks[0].path")
+    with pytest.raises(PermissionDenied, match=r"image_dirs: .*/bases; disk_dirs: "):
+        check(OPERATOR, copy_of(tree / "etc/shadow"), offer)
+    shut = Offered(disk_dirs=(), boot_dirs=(), state_dir=tree / "state")
+    with pytest.raises(PermissionDenied, match=r"image_dirs: none; disk_dirs: none"):
+        check(OPERATOR, copy_of(tree / "bases/debian.qcow2"), shut)
 
 
 def test_nothing_is_offered_by_default(tree: Path) -> None:

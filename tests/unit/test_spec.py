@@ -70,6 +70,10 @@ def test_full() -> None:
         {"name": "a", "cmdline": "x"},
         {"name": "a", "disks": [{}]},
         {"name": "a", "disks": [{"size_gib": 1, "path": "/x"}]},
+        {"name": "a", "disks": [{"image": "/x", "path": "/y"}]},
+        {"name": "a", "disks": [{"image": "base.qcow2"}]},
+        {"name": "a", "disks": [{"image": "/x", "size_gib": 0}]},
+        {"name": "a", "disks": [{"image": "/x", "format": "vmdk"}]},
         {"name": "a", "disks": [{"size_gib": 1, "format": "vmdk"}]},
         {"name": "a", "disks": [{"path": "x"}]},
         {"name": "a", "disks": [{"size_gib": 1, "bus": "ide"}]},
@@ -86,6 +90,19 @@ def test_full() -> None:
 def test_refusals(args: dict) -> None:
     with pytest.raises(InvalidParams):
         create(**args)
+
+
+def test_a_disk_copied_from_a_base_image_is_stored_as_a_new_volume() -> None:
+    """``image`` names where the volume's first bytes come from: the format and size are
+    the image's unless given (filled in once it is opened), and the stored spec is that
+    of any new volume, readable by releases before base images."""
+    bare = parse_disk("disks[0]", {"image": "/srv/images/debian.qcow2"})
+    assert bare == DiskSpec(image="/srv/images/debian.qcow2", format="")
+    assert bare.managed
+    sized = parse_disk("disk", {"image": "/srv/images/d.raw", "size_gib": 20, "format": "raw"})
+    assert (sized.size_gib, sized.format, sized.image) == (20, "raw", "/srv/images/d.raw")
+    assert sized.to_dict() == {"size_gib": 20, "path": None, "format": "raw"}
+    assert DiskSpec.from_dict(sized.to_dict()) == DiskSpec(size_gib=20, format="raw")
 
 
 def test_disk_names_are_written_only_where_they_leave_their_position() -> None:

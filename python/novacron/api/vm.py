@@ -19,8 +19,9 @@ from novacron.net.nic import NicLimits, parse_nic_limits
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
 from novacron.state.db import VmRecord
-from novacron.vm import disk_limits, disks, host_files, unplug
+from novacron.vm import base_images, disk_limits, disks, host_files, unplug
 from novacron.vm import stats as vm_stats
+from novacron.vm.base_images import ImageSource
 from novacron.vm.clone import clone
 from novacron.vm.quotas import LIMITS, Quota
 from novacron.vm.resize import resize
@@ -32,6 +33,7 @@ from novacron.vm.spec import (
     MAX_VCPUS,
     RESTART_POLICIES,
     DiskLimits,
+    DiskSpec,
     parse_create,
     parse_disk,
     parse_disk_limits,
@@ -110,16 +112,35 @@ def register(registry: Registry, services: Services) -> None:
         for i, nic in enumerate(spec.nics):
             check_limits_allowed(ctx, nic.limits, f"nics[{i}].limits", "NIC")
         await trio.to_thread.run_sync(host_files.check, ctx.identity, spec, offered())
-        spec = replace(
-            spec,
-            disks=tuple(await vms.quotas.with_defaults(spec.tenant, spec.disks)),
-            nics=await vms.quotas.with_nic_defaults(spec.tenant, spec.nics),
-        )
-        return await vms.create(spec, start)
+        opened, images = await open_images(ctx, spec.tenant, spec.disks, "disks[{}].image")
+        try:
+            spec = replace(
+                spec,
+                disks=tuple(await vms.quotas.with_defaults(spec.tenant, opened)),
+                nics=await vms.quotas.with_nic_defaults(spec.tenant, spec.nics),
+            )
+            return await vms.create(spec, start, images)
+        finally:
+            base_images.close_all(images)
 
     def offered() -> host_files.Offered:
         config = services.config
-        return host_files.Offered(config.disk_dirs, config.boot_dirs, config.state_dir)
+        return host_files.Offered(
+            config.disk_dirs, config.boot_dirs, config.state_dir, config.image_dirs
+        )
+
+    async def open_images(
+        ctx: CallContext, tenant: str, given: tuple[DiskSpec, ...], param: str
+    ) -> tuple[tuple[DiskSpec, ...], dict[str, ImageSource]]:
+        """The disks ``given``, those copied from a base image sized as the image, and the
+        images open (``param``: the image's name in the call, ``{}`` for the disk's
+        position); the directory check made again on each file opened."""
+        offer = offered()
+
+        def check(name: str, real: str) -> None:
+            host_files.check_file(ctx.identity, name, real, "image", tenant, offer)
+
+        return await trio.to_thread.run_sync(base_images.open_images, given, param.format, check)
 
     @registry.method("vm.clone")
     async def vm_clone(ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -133,7 +154,8 @@ def register(registry: Registry, services: Services) -> None:
 
     @registry.method("vm.disk.attach")
     async def disk_attach(ctx: CallContext, p: Params) -> dict[str, Any]:
-        """Give a VM a new volume (``size_gib``) or an existing image (``path``)."""
+        """Give a VM a new volume (``size_gib``; a copy of a base ``image``) or an existing
+        image (``path``)."""
         name = p.name("vm")
         # the rest is one disk, as in vm.create's disks (parse_disk refuses unknown keys)
         disk = parse_disk("disk", {k: v for k, v in p.raw().items() if k != "vm" and v is not None})
@@ -149,8 +171,22 @@ def register(registry: Registry, services: Services) -> None:
                 rec.tenant,
                 offered(),
             )
-        [disk] = await vms.quotas.with_defaults(rec.tenant, [disk])
-        return await disks.attach(vms, name, disk)
+        if disk.image is not None:
+            await trio.to_thread.run_sync(
+                host_files.check_file,
+                ctx.identity,
+                "image",
+                disk.image,
+                "image",
+                rec.tenant,
+                offered(),
+            )
+        (disk,), images = await open_images(ctx, rec.tenant, (disk,), "image")
+        try:
+            [disk] = await vms.quotas.with_defaults(rec.tenant, [disk])
+            return await disks.attach(vms, name, disk, images.get(disk.image or ""))
+        finally:
+            base_images.close_all(images)
 
     @registry.method("vm.disk.detach")
     async def disk_detach(ctx: CallContext, p: Params) -> dict[str, Any]:

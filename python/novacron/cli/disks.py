@@ -28,9 +28,15 @@ def add_vm_commands(vm_sub: Any) -> None:
     disks = disk.add_subparsers(dest="disk_command", required=True, metavar="COMMAND")
     attach = disks.add_parser("attach", help="add a disk (hot-plugged if the VM runs)")
     attach.add_argument("vm")
-    what = attach.add_mutually_exclusive_group(required=True)
-    what.add_argument("--size", type=int, dest="size_gib", help="a new volume of GIB")
+    attach.add_argument(
+        "--size", type=int, dest="size_gib", help="a new volume of GIB (or a copy grown to GIB)"
+    )
+    what = attach.add_mutually_exclusive_group()
     what.add_argument("--path", help="an existing image (admin, or inside [vm] disk_dirs)")
+    what.add_argument(
+        "--image",
+        help="a new volume copied from this base image (admin, or in [vm] image_dirs, disk_dirs)",
+    )
     attach.add_argument("--format", choices=("qcow2", "raw"))
     attach.set_defaults(run=run_attach)
     detach = disks.add_parser(
@@ -80,7 +86,12 @@ def _disks(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 def run_attach(client: SyncClient, args: argparse.Namespace) -> Any:
     doc = client.call(
-        "vm.disk.attach", vm=args.vm, size_gib=args.size_gib, path=args.path, format=args.format
+        "vm.disk.attach",
+        vm=args.vm,
+        size_gib=args.size_gib,
+        path=args.path,
+        image=args.image,
+        format=args.format,
     )
     return _disks(doc, args)
 

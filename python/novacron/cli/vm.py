@@ -61,6 +61,15 @@ def _disk(text: str) -> dict[str, Any]:
     return {"path": path, "format": fmt or "qcow2"}
 
 
+def _disk_image(text: str) -> dict[str, Any]:
+    """``/srv/images/base.qcow2`` or ``/srv/images/base.qcow2:20`` (GiB): a new volume
+    copied from a base image (as large as the image, or SIZE_GIB)."""
+    path, _, size = text.rpartition(":")
+    if path and size.isdigit():
+        return {"image": path, "size_gib": int(size)}
+    return {"image": text}
+
+
 def add_commands(groups: Any) -> None:
     vm = groups.add_parser("vm", help="virtual machines")
     sub = vm.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -97,6 +106,14 @@ def add_commands(groups: Any) -> None:
     create.add_argument("--cmdline")
     create.add_argument(
         "--disk", action="append", type=_disk, dest="disks", help="SIZE_GIB or PATH[:FORMAT]"
+    )
+    create.add_argument(
+        "--disk-image",
+        action="append",
+        type=_disk_image,
+        dest="disks",
+        metavar="IMAGE[:SIZE_GIB]",
+        help="a new volume copied from a base image (admin, or in [vm] image_dirs, disk_dirs)",
     )
     create.add_argument("--tenant")
     create.add_argument(

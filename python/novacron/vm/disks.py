@@ -39,6 +39,7 @@ import trio
 from novacron import errors
 from novacron.logs import kv
 from novacron.vm import domain_xml
+from novacron.vm.base_images import ImageSource
 from novacron.vm.service import VmService, log
 from novacron.vm.spec import MAX_DISKS, DiskSpec, VmSpec, disk_target
 from novacron.vm.unplug import TIMEOUT_S, unplug
@@ -68,7 +69,11 @@ async def _undo(
         await vms.hv_pool.run(vms.hv.define, xml)  # the definition as it was
 
 
-async def attach(vms: VmService, name: str, disk: DiskSpec) -> dict[str, Any]:
+async def attach(
+    vms: VmService, name: str, disk: DiskSpec, image: ImageSource | None = None
+) -> dict[str, Any]:
+    """Gives VM ``name`` the disk ``disk`` (a new volume: empty, or a copy of the open base
+    ``image`` when ``disk`` is given by ``image``)."""
     tenant = (await vms.record(name)).tenant
     # the tenant's lock first, as vm.create takes them: the quota sees one change at a time
     async with vms.tenant_lock(tenant), vms.changing(name):
@@ -90,8 +95,10 @@ async def attach(vms: VmService, name: str, disk: DiskSpec) -> dict[str, Any]:
             await vms.quotas.check_more(spec.tenant, await vms.records.all(), more)
         definition = xml if runtime.state in ("stopped", "crashed") else None
         with trio.CancelScope(shield=True):
-            path = await vms.new_volume(name, target, added) if added.managed else added.path
-            assert path is not None
+            given = added.path
+            path = (
+                await vms.new_volume(name, target, added, image=image) if given is None else given
+            )
             device = domain_xml.DiskDevice(path, added.format, target, added.limits)
             try:
                 await _set_disk(vms, name, device, True, definition)

@@ -5,7 +5,9 @@ gives it, so whoever names a host path for a VM could read another tenant's disk
 daemon's own database or the host's block devices from inside a guest. ``admin`` (root's
 equal already) may name any path. Everyone else names files inside the directories this
 node's configuration offers: ``[vm] disk_dirs`` for existing disk images, ``[vm]
-boot_dirs`` for kernels and initrds (QEMU only reads those). ``{tenant}`` in a directory
+boot_dirs`` for kernels and initrds (QEMU only reads those), ``[vm] image_dirs`` (and
+``disk_dirs``) for base images a new volume is copied from (the daemon only reads
+those: :mod:`~novacron.vm.base_images`). ``{tenant}`` in a directory
 stands for the VM's tenant (``/srv/images/{tenant}``). Paths are compared after
 resolving symbolic links, and nothing inside the daemon's state directory is ever
 offered, whatever the configuration says.
@@ -27,8 +29,13 @@ from novacron.vm.spec import VmSpec
 TENANT = "{tenant}"
 
 
-# what each kind of file is, and the key that offers its directories
-KINDS = {"disk": ("disk images", "disk_dirs"), "boot": ("kernels and initrds", "boot_dirs")}
+# what each kind of file is, and the keys that offer its directories
+KINDS = {
+    "disk": ("disk images", ("disk_dirs",)),
+    "boot": ("kernels and initrds", ("boot_dirs",)),
+    # a file a caller may use in place may also be copied
+    "image": ("base images", ("image_dirs", "disk_dirs")),
+}
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,7 @@ class Offered:
     disk_dirs: tuple[str, ...]
     boot_dirs: tuple[str, ...]
     state_dir: Path  # never offered
+    image_dirs: tuple[str, ...] = ()
 
 
 def _resolved(path: str | Path) -> Path:
@@ -54,8 +62,10 @@ def _under(path: Path, root: Path) -> bool:
 
 
 def named_files(spec: VmSpec) -> list[tuple[str, str, str]]:
-    """(parameter, path, kind) of every host file ``spec`` names; kind ``disk`` or ``boot``."""
+    """(parameter, path, kind) of every host file ``spec`` names; kind ``disk``, ``image``
+    or ``boot``."""
     found = [(f"disks[{i}].path", d.path, "disk") for i, d in enumerate(spec.disks) if d.path]
+    found += [(f"disks[{i}].image", d.image, "image") for i, d in enumerate(spec.disks) if d.image]
     for param in ("kernel", "initrd"):
         path = getattr(spec, param)
         if path is not None:
@@ -73,17 +83,19 @@ def check_file(
     identity: Identity, param: str, path: str, kind: str, tenant: str, offered: Offered
 ) -> None:
     """``permission_denied`` unless ``identity`` may give a VM of ``tenant`` the file
-    ``path`` as a ``disk`` image or a ``boot`` file (``param``: its name in the call)."""
+    ``path`` as a ``disk`` image, a base ``image`` to copy or a ``boot`` file
+    (``param``: its name in the call)."""
     if "admin" in identity.roles:
         return
-    what, key = KINDS[kind]
-    entries: tuple[str, ...] = getattr(offered, key)
+    what, keys = KINDS[kind]
+    entries = [entry for key in keys for entry in getattr(offered, key)]
     real = _resolved(path)
     inside = any(_under(real, root) for root in _roots(entries, tenant))
     if inside and not real.is_relative_to(_resolved(offered.state_dir)):
         return
+    where = "; ".join(f"{key}: {', '.join(getattr(offered, key)) or 'none'}" for key in keys)
     raise PermissionDenied(
         f"{param} {path!r} is not in a directory this node offers for {what}"
-        f" ([vm] {key}: {', '.join(entries) or 'none'}); other host files need the admin role",
+        f" ([vm] {where}); other host files need the admin role",
         {"param": param, "path": path},
     )

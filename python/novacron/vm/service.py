@@ -25,7 +25,8 @@ from novacron.logs import kv
 from novacron.net.nic import NicSpec
 from novacron.placement.service import PlacementService
 from novacron.state.db import StateStore, VmRecord
-from novacron.vm import domain_xml
+from novacron.vm import base_images, domain_xml
+from novacron.vm.base_images import ImageSource
 from novacron.vm.cordon import Cordon
 from novacron.vm.domain_xml import ManagedDomain
 from novacron.vm.driver import Hypervisor, RuntimeState
@@ -219,6 +220,7 @@ class VmService:
                             "target": disk.target,
                             "path": disk.path,
                             "managed": mine,
+                            "format": disk.format,
                             "size_gib": sizes.get(disk.target) if mine else None,
                             "limits": limits.get(disk.target),
                         }
@@ -241,7 +243,11 @@ class VmService:
 
     # -- create / delete ---------------------------------------------------------------
 
-    async def create(self, spec: VmSpec, start: bool) -> dict[str, Any]:
+    async def create(
+        self, spec: VmSpec, start: bool, images: dict[str, ImageSource] | None = None
+    ) -> dict[str, Any]:
+        """A new VM; ``images``: the open base images its disks given by ``image`` are
+        copied from (:func:`~novacron.vm.base_images.open_images`)."""
         self.cordon.refuse("new VMs")
         # the tenant's quota is checked and the VM recorded with no other create of
         # the same tenant in between
@@ -250,16 +256,22 @@ class VmService:
             if spec.nics and self.nic_check is not None:
                 await self.nic_check(spec.tenant, spec.nics)
             with trio.CancelScope(shield=True):
-                await self.define_new(spec)
+                await self.define_new(spec, images=images)
                 log.info("vm.created", extra=kv(vm=spec.name, tenant=spec.tenant))
                 if start:
                     await self.hv_pool.run(self.hv.start, spec.name)
                     await self.records.set_desired_state(spec.name, "running")
         return await self.get(spec.name)
 
-    async def define_new(self, spec: VmSpec, copies: dict[str, str] | None = None) -> None:
+    async def define_new(
+        self,
+        spec: VmSpec,
+        copies: dict[str, str] | None = None,
+        images: dict[str, ImageSource] | None = None,
+    ) -> None:
         """Defines and records a new VM; its new volumes are empty or, for the targets in
-        ``copies``, copies of the volume at that path (``vm.clone``)."""
+        ``copies``, copies of the volume at that path (``vm.clone``), or for the disks
+        given by ``image``, copies of that image (open in ``images``)."""
         if await self.records.get(spec.name) is not None:
             raise errors.AlreadyExists(f"vm {spec.name!r} already exists", {"vm": spec.name})
         if await self.hv_pool.run(self.hv.lookup, spec.name) is not None:
@@ -270,13 +282,15 @@ class VmService:
         if self.ownership is not None:  # the name, cluster-wide (already_exists elsewhere)
             await self.ownership.claim(spec.tenant, spec.name)
         try:
-            await self._build(spec, copies or {})
+            await self._build(spec, copies or {}, images or {})
         except BaseException:
             if self.ownership is not None:
                 await self.ownership.release(spec.tenant, spec.name)
             raise
 
-    async def _build(self, spec: VmSpec, copies: dict[str, str]) -> None:
+    async def _build(
+        self, spec: VmSpec, copies: dict[str, str], images: dict[str, ImageSource]
+    ) -> None:
         vm_uuid = str(uuidlib.uuid4())
         created: list[str] = []
         # decided and recorded at once (no await in between): a refusal changes nothing
@@ -285,7 +299,9 @@ class VmService:
             paths = []
             for disk, target in zip(spec.disks, spec.disk_targets(), strict=True):
                 if disk.managed:
-                    path = await self.new_volume(spec.name, target, disk, copies.get(target))
+                    path = await self.new_volume(
+                        spec.name, target, disk, copies.get(target), images.get(disk.image or "")
+                    )
                     created.append(path)
                 else:
                     assert disk.path is not None
@@ -314,11 +330,18 @@ class VmService:
             raise
 
     async def new_volume(
-        self, name: str, target: str, disk: DiskSpec, copy_of: str | None = None
+        self,
+        name: str,
+        target: str,
+        disk: DiskSpec,
+        copy_of: str | None = None,
+        image: ImageSource | None = None,
     ) -> str:
         """A new volume in the daemon's pool for VM ``name``'s disk ``target`` (a copy of
-        the volume at path ``copy_of``, if given)."""
+        the volume at path ``copy_of``, or of the open base ``image``, if given)."""
         assert disk.size_gib is not None
+        if image is not None:
+            return await base_images.make_volume(self, name, target, disk, image)
         path: str = await self.hv_pool.run(
             self.hv.create_volume,
             self.config.storage_pool,

@@ -58,11 +58,15 @@ DISK_LIMIT_KEYS = tuple(f.name for f in fields(DiskLimits))
 
 @dataclass(frozen=True)
 class DiskSpec:
-    """A new volume of ``size_gib`` in the daemon's pool, or an existing image ``path``."""
+    """A new volume of ``size_gib`` in the daemon's pool (empty, or a copy of the base
+    ``image``), or an existing image ``path``."""
 
     size_gib: int | None = None
     path: str | None = None
     format: str = "qcow2"
+    # the base image a new volume is copied from: for its making only, never stored (a
+    # volume so made is like any other; it needs neither the base nor a newer release)
+    image: str | None = None
     # the guest's name for it; None: by its position (the first disk vda, the next vdb, ...).
     # Set when it differs from that: a disk attached where one was detached before
     target: str | None = None
@@ -72,6 +76,7 @@ class DiskSpec:
         """As stored: ``target`` and ``limits`` only when set (a spec without them stays
         readable by releases before them)."""
         doc: dict[str, Any] = {"size_gib": self.size_gib, "path": self.path, "format": self.format}
+        # (no image: see above)
         if self.target is not None:
             doc["target"] = self.target
         if self.limits is not None:
@@ -86,7 +91,7 @@ class DiskSpec:
     @property
     def managed(self) -> bool:
         """True when the daemon created the volume (and deletes it with the VM)."""
-        return self.size_gib is not None
+        return self.size_gib is not None or self.image is not None
 
 
 @dataclass(frozen=True)
@@ -163,20 +168,32 @@ def parse_disk(what: str, raw: Any) -> DiskSpec:
     """One disk of ``vm.create`` (``what``: its name in errors) or of ``vm.disk.attach``."""
     if not isinstance(raw, dict):
         raise InvalidParams(f"{what} must be a map", {"param": what})
-    unknown = set(raw) - {"size_gib", "path", "format", "limits"}
+    unknown = set(raw) - {"size_gib", "path", "image", "format", "limits"}
     if unknown:
         raise InvalidParams(f"{what}: unknown key(s) {sorted(map(str, unknown))}", {"param": what})
-    size, path = raw.get("size_gib"), raw.get("path")
-    if (size is None) == (path is None):
-        raise InvalidParams(f"{what} needs exactly one of size_gib or path", {"param": what})
+    size, path, image = raw.get("size_gib"), raw.get("path"), raw.get("image")
+    if path is not None and (size is not None or image is not None):
+        raise InvalidParams(f"{what}: path goes with neither size_gib nor image", {"param": what})
+    if size is None and path is None and image is None:
+        raise InvalidParams(f"{what} needs size_gib, image or path", {"param": what})
     fmt = raw.get("format", "qcow2")
     if fmt not in DISK_FORMATS:
         raise InvalidParams(f"{what}.format must be one of {DISK_FORMATS}", {"param": what})
     limits = None
     if raw.get("limits") is not None:
         limits = DiskLimits.of(parse_disk_limits(f"{what}.limits", raw["limits"]))
-    if size is not None:
-        size_gib = check_int(size, f"{what}.size_gib", 1, MAX_DISK_GIB)
+    size_gib = None if size is None else check_int(size, f"{what}.size_gib", 1, MAX_DISK_GIB)
+    if image is not None:
+        # the format is the image's (checked against it when it is opened): kept only
+        # when given, and the size, when not given, is the image's own
+        given = raw.get("format")
+        return DiskSpec(
+            size_gib=size_gib,
+            format=fmt if given is not None else "",
+            image=check_path(image, f"{what}.image"),
+            limits=limits,
+        )
+    if size_gib is not None:
         return DiskSpec(size_gib=size_gib, format=fmt, limits=limits)
     return DiskSpec(path=check_path(path, f"{what}.path"), format=fmt, limits=limits)
 
