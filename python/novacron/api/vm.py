@@ -161,26 +161,11 @@ def register(registry: Registry, services: Services) -> None:
         disk = parse_disk("disk", {k: v for k, v in p.raw().items() if k != "vm" and v is not None})
         rec = await visible_record(vms, ctx, name)
         check_limits_allowed(ctx, disk.limits, "limits")
-        if disk.path is not None:
-            await trio.to_thread.run_sync(
-                host_files.check_file,
-                ctx.identity,
-                "path",
-                disk.path,
-                "disk",
-                rec.tenant,
-                offered(),
-            )
-        if disk.image is not None:
-            await trio.to_thread.run_sync(
-                host_files.check_file,
-                ctx.identity,
-                "image",
-                disk.image,
-                "image",
-                rec.tenant,
-                offered(),
-            )
+        for param, path, kind in (("path", disk.path, "disk"), ("image", disk.image, "image")):
+            if path is not None:
+                await trio.to_thread.run_sync(
+                    host_files.check_file, ctx.identity, param, path, kind, rec.tenant, offered()
+                )
         (disk,), images = await open_images(ctx, rec.tenant, (disk,), "image")
         try:
             [disk] = await vms.quotas.with_defaults(rec.tenant, [disk])
