@@ -285,11 +285,11 @@ def test_volumes_copied_from_base_images_hold_their_bytes_and_leave_them_alone(
         assert vdb.stat().st_size == 2 << 30
         assert vdb.stat().st_blocks * 512 < 64 << 20  # the hole stayed a hole
         info = subprocess.run(
-            ["qemu-img", "info", "--output=json", str(vda)], capture_output=True, check=True
+            ["qemu-img", "info", "-U", "--output=json", str(vda)], capture_output=True, check=True
         )
         assert "backing-filename" not in info.stdout.decode()  # a copy, not an overlay
         # hot-plugged from the CLI: a third copy, grown to 2 GiB
-        env = {**os.environ, "NOVACRON_SOCKET": str(system_daemon.socket)}
+        env = {**os.environ, "NOVACRON_SOCKET": str(system_daemon.socket), "COLUMNS": "250"}
         done = subprocess.run(
             [*CLI, "vm", "disk", "attach", "im1", "--image", str(qcow), "--size", "2"],
             capture_output=True,
@@ -299,7 +299,7 @@ def test_volumes_copied_from_base_images_hold_their_bytes_and_leave_them_alone(
             check=False,
         )
         assert done.returncode == 0, done.stderr
-        assert re.search(r"vdc .*im1-vdc\.qcow2", done.stdout), done.stdout
+        assert re.search(r"vdc .*im1-vdc\.qcow2 .* qcow2 .* True .* 2 ", done.stdout), done.stdout
         wait_blocks(log, {"vda": 6 << 20, "vdb": 4 << 20, "vdc": 4 << 20})
         wait_until(lambda: sums(log).get("vdc") == want, 60, "the plugged disk's sum")
         gone = c.call("vm.delete", name="im1", force=True)

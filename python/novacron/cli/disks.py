@@ -11,6 +11,7 @@ from novacron.sync_client import SyncClient
 COLUMNS = [
     ("target", "DEVICE"),
     ("path", "PATH"),
+    ("format", "FORMAT"),
     ("managed", "NEW VOLUME"),
     ("size_gib", "GIB"),
     ("limits", "LIMITS"),
