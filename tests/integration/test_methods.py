@@ -114,6 +114,10 @@ ERROR_CASES = [
     ("not_found", "vm.stats", {"name": "ghost"}),
     ("not_found", "vm.stats", {"name": "test"}),  # libvirt's own domain is not ours
     ("invalid_params", "vm.stats", {}),
+    ("not_found", "vm.guest", {"name": "ghost"}),
+    ("not_found", "vm.guest", {"name": "test"}),
+    ("invalid_params", "vm.guest", {}),
+    ("invalid_params", "vm.guest", {"name": "a", "timeout": 5}),
     ("invalid_params", "vm.stats.list", {"tenant": "Bad Tenant"}),
     ("invalid_params", "vm.stats.list", {"name": "a"}),
     ("not_found", "vm.disk.attach", {"vm": "ghost", "size_gib": 1}),
@@ -261,6 +265,22 @@ def test_vm_stats_counts_a_running_vm_and_not_a_stopped_one(daemon: Daemon) -> N
         ]
         assert [d["name"] for d in c.call("vm.stats.list", tenant="acme")] == ["s2"]
         assert c.call("vm.stats.list", tenant="nobody") == []
+
+
+def test_vm_guest_asks_a_running_guests_agent(daemon: Daemon) -> None:
+    """libvirt's test driver answers for an agent it pretends each running domain has; a
+    stopped VM is refused without asking. Real agents answering, and
+    an agent that is not there, are in tests/system/test_guest_agent.py."""
+    with daemon.client() as c:
+        c.call("vm.create", name="g1", tenant="acme")
+        with pytest.raises(errors.Conflict, match="only a running guest answers"):
+            c.call("vm.guest", name="g1")
+        assert c.call("vm.get", name="g1")["agent"] == "none"  # (test domains have no channel)
+        c.call("vm.start", name="g1")
+        doc = c.call("vm.guest", name="g1")
+        assert (doc["name"], doc["tenant"], doc["agent"]) == ("g1", "acme", "connected")
+        assert (doc["hostname"], doc["os"]) == (None, None)  # (no guestInfo in the test driver)
+        assert doc["interfaces"] == []  # (it answers for the domain's NICs: none here)
 
 
 def test_disks_are_attached_and_detached_after_create(daemon: Daemon) -> None:

@@ -72,7 +72,17 @@ MODULE_PATHS = {
     "virtio_net": "drivers/net/virtio_net.ko",
     "virtio_blk": "drivers/block/virtio_blk.ko",
     "virtio_balloon": "drivers/virtio/virtio_balloon.ko",
+    "virtio_console": "drivers/char/virtio_console.ko",
 }
+AGENT_MODULES = (*VIRTIO_MODULES, "virtio_console")
+# QEMU's guest agent, from Debian's package (apt-get download + dpkg -x), with the host's
+# libraries it links (same distribution), in the initramfs at /bin/qemu-ga
+AGENT_PACKAGE = "qemu-guest-agent"
+AGENT_MARKER = "NOVACRON-AGENT"  # novacron.agent: "NOVACRON-AGENT /dev/vport1p1" (its port)
+AGENT_HOSTNAME = "novacron-guest"
+# what the guest's /etc/os-release says (the agent reports it)
+OS_RELEASE = 'ID=novacron-test\nNAME="NovaCron test guest"\nVERSION_ID=1\n'
+
 
 INIT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -133,6 +143,24 @@ if grep -q novacron.disk /proc/cmdline; then
      fi
      sleep 1
    done) &
+fi
+if grep -q novacron.agent /proc/cmdline; then
+  # qemu-guest-agent on the port named org.qemu.guest_agent.0, with a host name and an
+  # os-release to report
+  for m in {" ".join(AGENT_MODULES)}; do [ -d /sys/module/$m ] || insmod /lib/$m.ko; done
+  hostname {AGENT_HOSTNAME}
+  ip link set lo up  # (the kernel gives it 127.0.0.1/8: an address for the agent to report)
+  printf '{OS_RELEASE}' > /etc/os-release
+  (port=""
+   while [ -z "$port" ]; do
+     for p in /sys/class/virtio-ports/vport*; do
+       [ "$(cat $p/name 2>/dev/null)" = org.qemu.guest_agent.0 ] && port=/dev/${{p##*/}}
+     done
+     [ -n "$port" ] || sleep 0.5
+   done
+   while [ ! -e $port ]; do sleep 0.2; done
+   echo {AGENT_MARKER} $port
+   /bin/qemu-ga -m virtio-serial -p $port -t /tmp -f /tmp/qemu-ga.pid) &
 fi
 if grep -q novacron.blockwatch /proc/cmdline; then
   # every virtio disk, as it appears (at boot or hot-plugged later) and whenever its
@@ -340,11 +368,35 @@ def _write_cpio(root: Path, target: Path) -> None:
         raise RuntimeError(f"cpio failed: {proc.stderr.decode()}")
 
 
+def _add_agent(tmp: Path, root: Path) -> None:
+    """qemu-ga at ``root``/bin, and the libraries it links (the host's, by ldd) at the
+    paths the dynamic loader looks for them."""
+    where = tmp / "agent"
+    where.mkdir()
+    _run("apt-get", "download", "-q", AGENT_PACKAGE, cwd=where)
+    (deb,) = where.glob("*.deb")
+    _run("dpkg", "-x", str(deb), str(where / "x"))
+    binary = where / "x" / "usr" / "sbin" / "qemu-ga"
+    shutil.copy2(binary, root / "bin" / "qemu-ga")
+    for line in _run("ldd", str(binary)).splitlines():
+        parts = line.split()
+        # "libglib-2.0.so.0 => /lib/x86_64-linux-gnu/libglib-2.0.so.0 (0x...)", or the
+        # loader: "/lib64/ld-linux-x86-64.so.2 (0x...)"
+        lib = parts[2] if len(parts) >= 3 and parts[1] == "=>" else parts[0]
+        if not lib.startswith("/"):
+            continue  # linux-vdso.so.1: the kernel's
+        target = root / lib.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.realpath(lib), target)
+
+
 def build() -> GuestImages:
     """Returns cached images, building them on first use (about 30 MB download)."""
     package = kernel_package()
     # the initramfs changes with the init script: key the cache on it too
-    key = hashlib.sha256((INIT + repr(sorted(MODULE_PATHS.items()))).encode()).hexdigest()
+    key = hashlib.sha256(
+        (INIT + repr(sorted(MODULE_PATHS.items())) + AGENT_PACKAGE).encode()
+    ).hexdigest()
     home = CACHE / f"{package}-{key[:12]}"
     images = GuestImages(kernel=home / "vmlinuz", initrd=home / "initrd.cpio")
     if images.kernel.exists() and images.initrd.exists():
@@ -360,9 +412,10 @@ def build() -> GuestImages:
         (vmlinuz,) = (tmp / "x" / "boot").glob("vmlinuz-*")
         modules = next((tmp / "x" / "lib" / "modules").iterdir()) / "kernel"
         root = tmp / "initramfs"
-        for sub in ("bin", "lib", "proc", "sys", "dev", "tmp"):
+        for sub in ("bin", "lib", "proc", "sys", "dev", "tmp", "etc"):
             (root / sub).mkdir(parents=True)
         shutil.copy2("/bin/busybox", root / "bin" / "busybox")  # busybox-static
+        _add_agent(tmp, root)
         for module, path in MODULE_PATHS.items():
             shutil.copy2(modules / path, root / "lib" / f"{module}.ko")
         init = root / "init"

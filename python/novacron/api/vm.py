@@ -19,7 +19,7 @@ from novacron.net.nic import NicLimits, parse_nic_limits
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
 from novacron.state.db import VmRecord
-from novacron.vm import base_images, disk_limits, disks, host_files, unplug
+from novacron.vm import base_images, disk_limits, disks, guest_agent, host_files, unplug
 from novacron.vm import stats as vm_stats
 from novacron.vm.base_images import ImageSource
 from novacron.vm.clone import clone
@@ -253,6 +253,16 @@ def register(registry: Registry, services: Services) -> None:
         p.done()
         rec = await visible_record(vms, ctx, name)
         doc = await vms.hv_pool.run(vm_stats.read, vms.hv, name)
+        return {**doc, "tenant": rec.tenant}
+
+    @registry.method("vm.guest")
+    async def guest(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """What a running VM's guest agent reports: interfaces and addresses, host name,
+        operating system."""
+        name = p.name()
+        p.done()
+        rec = await visible_record(vms, ctx, name)
+        doc = await vms.hv_pool.run(guest_agent.read, vms.hv, name)
         return {**doc, "tenant": rec.tenant}
 
     @registry.method("vm.stats.list")

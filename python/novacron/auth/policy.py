@@ -40,6 +40,7 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "vm.list": READ,
     "vm.get": READ,
     "vm.stats": READ,
+    "vm.guest": READ,
     "vm.stats.list": READ,
     "vm.snapshot.list": READ,
     "vm.create": WRITE,
@@ -99,6 +100,7 @@ FORWARDABLE: Final = frozenset(
     {
         "vm.get",
         "vm.stats",
+        "vm.guest",
         "vm.start",
         "vm.stop",
         "vm.pause",

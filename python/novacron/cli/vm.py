@@ -33,6 +33,7 @@ GET_ORDER = [
     "cmdline",
     "disks",
     "nics",
+    "agent",
     "restart",
     "restarts",
     "console_log",
@@ -81,6 +82,12 @@ def add_commands(groups: Any) -> None:
     get = sub.add_parser("get", help="show one VM")
     get.add_argument("name")
     get.set_defaults(run=run_get)
+
+    guest = sub.add_parser(
+        "guest", help="what a running VM's guest agent reports: addresses, host name, OS"
+    )
+    guest.add_argument("name")
+    guest.set_defaults(run=run_guest)
 
     stats.add_command(sub)
     migrate.add_vm_command(sub)
@@ -253,6 +260,32 @@ def run_list(client: SyncClient, args: argparse.Namespace) -> Any:
 
 def run_get(client: SyncClient, args: argparse.Namespace) -> Any:
     return _show(client.call("vm.get", name=args.name), args)
+
+
+GUEST_COLUMNS = [("name", "INTERFACE"), ("mac", "MAC"), ("addresses", "ADDRESSES")]
+
+
+def run_guest(client: SyncClient, args: argparse.Namespace) -> Any:
+    doc = client.call("vm.guest", name=args.name)
+    if not args.json:
+        os_info = doc.get("os") or {}
+        output.fields(
+            {
+                "hostname": doc.get("hostname"),
+                "os": os_info.get("pretty_name") or os_info.get("name"),
+                "kernel": os_info.get("kernel_release"),
+            }
+        )
+        rows = [
+            {
+                **iface,
+                "addresses": " ".join(f"{a['address']}/{a['prefix']}" for a in iface["addresses"])
+                or None,
+            }
+            for iface in doc.get("interfaces", [])
+        ]
+        output.table(rows, GUEST_COLUMNS)
+    return doc
 
 
 def run_create(client: SyncClient, args: argparse.Namespace) -> Any:

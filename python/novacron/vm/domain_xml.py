@@ -18,6 +18,7 @@ from novacron.vm.spec import DiskLimits, VmSpec
 
 METADATA_NS = "https://novacron.dev/xmlns/vm/1"
 METADATA_PREFIX = "novacron"
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"  # the virtio-serial port qemu-guest-agent opens
 ET.register_namespace(METADATA_PREFIX, METADATA_NS)
 
 
@@ -123,6 +124,9 @@ def build(plan: DomainPlan) -> str:
         _sub(serial, "log", file=plan.console_log, append="on")
         _sub(serial, "target", port="0")
     if plan.domain_type != "test":
+        # the guest agent's port (vm.guest); libvirt makes the host end's socket
+        channel = _sub(devices, "channel", type="unix")
+        _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
         _sub(devices, "memballoon", model=balloon_model(spec))
     return ET.tostring(dom, encoding="unicode")
 
@@ -448,6 +452,18 @@ def parse_disks(xml: str) -> list[DiskSource]:
             )
         )
     return disks
+
+
+def guest_agent_state(xml: str) -> str:
+    """``connected`` or ``disconnected`` (the agent's channel as libvirt sees it: a
+    stopped VM's is ``disconnected``), or ``none`` when the domain has no agent channel
+    (a VM defined outside NovaCron, or by a release before it had one)."""
+    dom = ET.fromstring(xml)  # noqa: S314 - XML produced by libvirtd
+    for channel in dom.findall("devices/channel"):
+        target = channel.find("target")
+        if target is not None and target.get("name") == GUEST_AGENT_CHANNEL:
+            return "connected" if target.get("state") == "connected" else "disconnected"
+    return "none"
 
 
 @dataclass(frozen=True)

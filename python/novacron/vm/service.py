@@ -210,8 +210,10 @@ class VmService:
         sizes = {d.target: d.size_gib for d in spec.named_disks()}
         limits = {d.target: d.limits.to_dict() for d in spec.named_disks() if d.limits}
         disks = []
+        agent = None
         if runtime is not None:
             xml = await self.hv_pool.run(self.hv.xml, name)
+            agent = domain_xml.guest_agent_state(xml)
             for disk in domain_xml.parse_disks(xml):
                 if disk.path is not None:
                     mine = disk.path in managed
@@ -235,6 +237,7 @@ class VmService:
             cmdline=spec.cmdline,
             disks=disks,
             nics=[n.to_dict() for n in spec.nics],
+            agent=agent,
             restart=spec.restart,
             restarts=self.restarts.view(name),
             console_log=None if self.hv.is_test_driver else self.console_log(name),
