@@ -4,11 +4,18 @@ answer; the agent's state read from a domain's XML."""
 from __future__ import annotations
 
 import libvirt
+import pytest
 
 from novacron.vm import domain_xml
+from novacron.vm.driver import Hypervisor
 from novacron.vm.guest_agent import addresses, os_info
 
 IPV4, IPV6 = libvirt.VIR_IP_ADDR_TYPE_IPV4, libvirt.VIR_IP_ADDR_TYPE_IPV6
+
+
+@pytest.fixture
+def hv() -> Hypervisor:
+    return Hypervisor("test:///default")
 
 
 def test_interfaces_and_their_addresses_in_order() -> None:
@@ -83,3 +90,26 @@ def test_the_agents_state_is_its_channels() -> None:
     )
     assert domain_xml.guest_agent_state(domain(other)) == "none"
     assert domain_xml.guest_agent_state(domain("")) == "none"
+
+
+def test_a_vm_defined_without_the_agents_port_gets_it(hv: Hypervisor) -> None:
+    """(libvirt's test driver keeps a domain of type qemu as it is given: the XML is what
+    a VM defined by an earlier release has.)"""
+    old = (
+        "<domain type='qemu'><name>old</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>"
+        "<os><type>hvm</type></os><devices><serial type='pty'><target port='0'/></serial>"
+        "</devices></domain>"
+    )
+    hv.define(old)
+    try:
+        assert domain_xml.guest_agent_state(hv.xml("old")) == "none"
+        assert hv.add_agent_channel("old")
+        assert domain_xml.guest_agent_state(hv.xml("old")) == "disconnected"
+        assert "<serial type='pty'>" in hv.xml("old")  # the rest as it was
+        assert not hv.add_agent_channel("old")  # once
+        assert domain_xml.with_agent_channel(hv.xml("old")) is None
+    finally:
+        hv.undefine("old")
+    # a test driver's own domain is left alone
+    assert domain_xml.with_agent_channel(hv.xml("test")) is None
+    assert not hv.add_agent_channel("test")

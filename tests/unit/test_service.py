@@ -203,3 +203,24 @@ async def test_reconcile_makes_an_old_file_console_a_pty_for_the_next_start(
     finally:
         conn.close()
     await svc.delete(name, force=True, keep_disks=False)
+
+
+async def test_reconcile_gives_an_old_vm_the_guest_agents_port(svc: VmService) -> None:
+    """A VM defined before every domain had the guest agent's port gets it in its
+    definition at the daemon's start (there from its next start on), once. (A domain of
+    type qemu in libvirt's test driver stands for one an earlier release defined.)"""
+    name = unique("oldagent")
+    await svc.create(VmSpec(name=name, vcpus=1, memory_mib=64), start=False)
+    conn = libvirt.open("test:///default")
+    try:
+        inactive = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        conn.defineXML(inactive.replace("<domain type='test'", "<domain type='qemu'", 1))
+        assert (await svc.get(name))["agent"] == "none"
+        found = {(f["vm"], f["finding"]) for f in await reconcile(svc)}
+        assert (name, "agent_channel_added") in found
+        assert (await svc.get(name))["agent"] == "disconnected"
+        again = {(f["vm"], f["finding"]) for f in await reconcile(svc)}
+        assert (name, "agent_channel_added") not in again
+    finally:
+        conn.close()
+    await svc.delete(name, force=True, keep_disks=False)

@@ -124,9 +124,7 @@ def build(plan: DomainPlan) -> str:
         _sub(serial, "log", file=plan.console_log, append="on")
         _sub(serial, "target", port="0")
     if plan.domain_type != "test":
-        # the guest agent's port (vm.guest); libvirt makes the host end's socket
-        channel = _sub(devices, "channel", type="unix")
-        _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
+        _agent_channel(devices)
         _sub(devices, "memballoon", model=balloon_model(spec))
     return ET.tostring(dom, encoding="unicode")
 
@@ -309,6 +307,26 @@ def _console_to(dom: ET.Element, console_log: str) -> None:
                 if "path" in source.attrib:
                     source.set("path", console_log)
                     source.set("append", "on")
+
+
+def _agent_channel(devices: ET.Element) -> None:
+    """The guest agent's port (``vm.guest``); libvirt makes the host end's socket."""
+    channel = _sub(devices, "channel", type="unix")
+    _sub(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
+
+
+def with_agent_channel(xml: str) -> str | None:
+    """The domain's XML with the guest agent's port added (a VM defined before NovaCron
+    gave every domain one); None when it has one, or is a domain of libvirt's test
+    driver, or has no devices element."""
+    if guest_agent_state(xml) != "none":
+        return None
+    dom = ET.fromstring(xml)  # noqa: S314 - XML produced by libvirtd, not by a client
+    devices = dom.find("devices")
+    if dom.get("type") == "test" or devices is None:
+        return None
+    _agent_channel(devices)
+    return ET.tostring(dom, encoding="unicode")
 
 
 def with_pty_console(xml: str) -> str | None:

@@ -260,6 +260,19 @@ class Hypervisor:
         log.info("vm.console_upgraded", extra=kv(vm=dom.name()))
         return dom
 
+    def add_agent_channel(self, name: str) -> bool:
+        """Defines the domain again with the guest agent's port when it has none (defined
+        before NovaCron gave every domain one); a running one gets it at its next start.
+        Whether it changed."""
+        with libvirt_errors():
+            dom = self.domain(name)
+            added = domain_xml.with_agent_channel(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            if added is None:
+                return False
+            self.conn.defineXML(added)
+        log.info("vm.agent_channel_added", extra=kv(vm=name))
+        return True
+
     def start(self, name: str) -> None:
         """Starts the domain (its console made a pty first: :meth:`upgrade_console`)."""
         with libvirt_errors():

@@ -186,6 +186,16 @@ async def reconcile(
                     )
             except errors.NovaCronError as exc:
                 note(name, "failed", f"console not made a pty: {exc.message}")
+        if domain_xml.with_agent_channel(domains[name]) is not None:
+            try:
+                if await svc.hv_pool.run(svc.hv.add_agent_channel, name):
+                    note(
+                        name,
+                        "agent_channel_added",
+                        "the guest agent's port is there from its next start on",
+                    )
+            except errors.NovaCronError as exc:
+                note(name, "failed", f"guest agent port not added: {exc.message}")
         actual = runtimes.get(name)
         roomy = bool(rec.spec.get("max_vcpus") or rec.spec.get("max_memory_mib"))
         stale = managed is not None and _shape(managed.spec) != _shape(rec.spec)
