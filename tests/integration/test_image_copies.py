@@ -42,6 +42,19 @@ def test_an_operator_copies_only_offered_images_that_stand_alone(tmp_path: Path)
     alice_cert = pki.issue("alice", "operator", ("acme",))
     try:
         with client(port, alice_cert) as alice:
+            # what alice may copy: the shared directory's images and her tenant's own
+            listed = alice.call("image.list")
+            assert listed["tenant"] == "acme"
+            assert listed["dirs"] == [str(tmp_path / "bases"), str(tmp_path / "images/acme")]
+            shown = {
+                i["name"]: (i["format"], i["size_gib"], i["refused"]) for i in listed["images"]
+            }
+            assert shown["debian.qcow2"] == ("qcow2", 2, None)
+            assert shown["own.raw"] == ("raw", 1, None)
+            assert "backing file" in shown["over.qcow2"][2]
+            assert "x.qcow2" not in shown
+            with pytest.raises(errors.PermissionDenied):
+                alice.call("image.list", tenant="globex")
             alice.call("vm.create", name="keep", memory_mib=64, disks=[{"size_gib": 1}])
             refusals: list[tuple[dict, type[errors.NovaCronError], str, str]] = [
                 (
@@ -125,7 +138,7 @@ def test_an_operator_copies_only_offered_images_that_stand_alone(tmp_path: Path)
                 )
             entries = admin.call("audit.tail", limit=100)
         denied = [e for e in entries if e["principal"] == "tls:alice" and e["outcome"] != "ok"]
-        assert len(denied) == len(refusals) + 1 + 3 + 1
+        assert len(denied) == 1 + len(refusals) + 1 + 3 + 1
     finally:
         assert d.stop() in (0, None)
     assert "Traceback" not in d.log_text()

@@ -114,6 +114,8 @@ ERROR_CASES = [
     ("not_found", "vm.stats", {"name": "ghost"}),
     ("not_found", "vm.stats", {"name": "test"}),  # libvirt's own domain is not ours
     ("invalid_params", "vm.stats", {}),
+    ("invalid_params", "image.list", {"tenant": "Bad Tenant"}),
+    ("invalid_params", "image.list", {"dir": "/etc"}),
     ("not_found", "vm.guest", {"name": "ghost"}),
     ("not_found", "vm.guest", {"name": "test"}),
     ("invalid_params", "vm.guest", {}),

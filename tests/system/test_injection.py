@@ -59,6 +59,7 @@ STRING_PARAMS: list[tuple[str, dict[str, Any], str]] = [
     ("vm.snapshot.create", {"vm": "victim", "name": "s2"}, "description"),
     ("vm.snapshot.list", {}, "vm"),
     ("vm.guest", {}, "name"),
+    ("image.list", {}, "tenant"),
     ("vm.snapshot.revert", {"vm": "victim"}, "name"),
     ("vm.snapshot.delete", {"vm": "victim"}, "name"),
     ("auth.bind", {"role": "viewer", "tenants": ["acme"]}, "principal"),

@@ -19,7 +19,15 @@ from novacron.net.nic import NicLimits, parse_nic_limits
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params
 from novacron.state.db import VmRecord
-from novacron.vm import base_images, disk_limits, disks, guest_agent, host_files, unplug
+from novacron.vm import (
+    base_images,
+    disk_limits,
+    disks,
+    guest_agent,
+    host_files,
+    image_catalog,
+    unplug,
+)
 from novacron.vm import stats as vm_stats
 from novacron.vm.base_images import ImageSource
 from novacron.vm.clone import clone
@@ -124,10 +132,7 @@ def register(registry: Registry, services: Services) -> None:
             base_images.close_all(images)
 
     def offered() -> host_files.Offered:
-        config = services.config
-        return host_files.Offered(
-            config.disk_dirs, config.boot_dirs, config.state_dir, config.image_dirs
-        )
+        return host_files.offered_by(services.config)
 
     async def open_images(
         ctx: CallContext, tenant: str, given: tuple[DiskSpec, ...], param: str
@@ -254,6 +259,20 @@ def register(registry: Registry, services: Services) -> None:
         rec = await visible_record(vms, ctx, name)
         doc = await vms.hv_pool.run(vm_stats.read, vms.hv, name)
         return {**doc, "tenant": rec.tenant}
+
+    @registry.method("image.list")
+    async def image_list(ctx: CallContext, p: Params) -> dict[str, Any]:
+        """The base images this node offers a tenant's VMs copies of (the caller's one
+        tenant when it has one and names none, else ``default``)."""
+        tenant_given = p.given("tenant")
+        tenant = default_tenant(ctx, tenant_given, p.opt_name("tenant") or "default")
+        p.done()
+        if not ctx.identity.sees(tenant):
+            raise PermissionDenied(
+                f"{ctx.identity.user} may not see tenant {tenant!r}", {"tenant": tenant}
+            )
+        ctx.tenant = tenant
+        return await trio.to_thread.run_sync(image_catalog.listing, offered(), tenant)
 
     @registry.method("vm.guest")
     async def guest(ctx: CallContext, p: Params) -> dict[str, Any]:

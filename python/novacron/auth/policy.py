@@ -41,6 +41,7 @@ METHOD_PERMISSIONS: Final[dict[str, str]] = {
     "vm.get": READ,
     "vm.stats": READ,
     "vm.guest": READ,
+    "image.list": READ,
     "vm.stats.list": READ,
     "vm.snapshot.list": READ,
     "vm.create": WRITE,

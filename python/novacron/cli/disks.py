@@ -85,6 +85,36 @@ def _disks(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+IMAGE_COLUMNS = [
+    ("path", "IMAGE"),
+    ("format", "FORMAT"),
+    ("size_gib", "GIB"),
+    ("file_bytes", "FILE BYTES"),
+    ("refused", "REFUSED"),
+]
+
+
+def add_image_commands(groups: Any) -> None:
+    image = groups.add_parser("image", help="base images new volumes are copied from")
+    images = image.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    lst = images.add_parser(
+        "list", help="the base images this node offers a tenant (vm create --disk-image)"
+    )
+    lst.add_argument("--tenant")
+    lst.set_defaults(run=run_image_list)
+
+
+def run_image_list(client: SyncClient, args: argparse.Namespace) -> Any:
+    doc = client.call("image.list", tenant=args.tenant)
+    if not args.json:
+        output.table(doc["images"], IMAGE_COLUMNS)
+        dirs = ", ".join(doc["dirs"]) or "none ([vm] image_dirs, disk_dirs)"
+        output.console.print(f"tenant {doc['tenant']}: {dirs}", highlight=False)
+        if doc["truncated"]:
+            output.console.print("(more files than listed)", highlight=False)
+    return doc
+
+
 def run_attach(client: SyncClient, args: argparse.Namespace) -> Any:
     doc = client.call(
         "vm.disk.attach",

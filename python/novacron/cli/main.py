@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from novacron import __version__
-from novacron.cli import cluster, metrics, migrate, net, node, output, pki, security, vm
+from novacron.cli import cluster, disks, metrics, migrate, net, node, output, pki, security, vm
 from novacron.cli.security import AuditBroken
 from novacron.errors import InvalidParams, NovaCronError, Unavailable
 from novacron.sync_client import SyncClient, TlsFiles
@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
     node.add_commands(groups)
     vm.add_commands(groups)
+    disks.add_image_commands(groups)
     net.add_commands(groups)
     cluster.add_commands(groups)
     migrate.add_op_commands(groups)

@@ -18,11 +18,11 @@ Blocking (it resolves paths on the file system): run it on a worker thread.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from novacron.auth.identity import Identity
+from novacron.config import Config
 from novacron.errors import PermissionDenied
 from novacron.vm.spec import VmSpec
 
@@ -48,17 +48,32 @@ class Offered:
     image_dirs: tuple[str, ...] = ()
 
 
+def offered_by(config: Config) -> Offered:
+    """The offer this node's configuration makes."""
+    return Offered(config.disk_dirs, config.boot_dirs, config.state_dir, config.image_dirs)
+
+
 def _resolved(path: str | Path) -> Path:
     return Path(os.path.realpath(path))
-
-
-def _roots(entries: Iterable[str], tenant: str) -> list[Path]:
-    return [_resolved(entry.replace(TENANT, tenant)) for entry in entries]
 
 
 def _under(path: Path, root: Path) -> bool:
     """Strictly inside ``root`` (the directory itself is no file to hand out)."""
     return path != root and path.is_relative_to(root)
+
+
+def offered_dirs(kind: str, offered: Offered, tenant: str) -> list[tuple[str, Path]]:
+    """Each directory offered for ``kind`` to ``tenant``'s VMs: as configured (``{tenant}``
+    filled in) and resolved."""
+    _, keys = KINDS[kind]
+    entries = [e.replace(TENANT, tenant) for key in keys for e in getattr(offered, key)]
+    return [(entry, _resolved(entry)) for entry in entries]
+
+
+def is_offered(real: Path, root: Path, offered: Offered) -> bool:
+    """Whether the resolved path ``real`` is a file the directory ``root`` offers (inside
+    it, and never inside the daemon's state directory)."""
+    return _under(real, root) and not real.is_relative_to(_resolved(offered.state_dir))
 
 
 def named_files(spec: VmSpec) -> list[tuple[str, str, str]]:
@@ -88,10 +103,8 @@ def check_file(
     if "admin" in identity.roles:
         return
     what, keys = KINDS[kind]
-    entries = [entry for key in keys for entry in getattr(offered, key)]
     real = _resolved(path)
-    inside = any(_under(real, root) for root in _roots(entries, tenant))
-    if inside and not real.is_relative_to(_resolved(offered.state_dir)):
+    if any(is_offered(real, root, offered) for _, root in offered_dirs(kind, offered, tenant)):
         return
     where = "; ".join(f"{key}: {', '.join(getattr(offered, key)) or 'none'}" for key in keys)
     raise PermissionDenied(
