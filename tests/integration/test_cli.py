@@ -419,3 +419,40 @@ def test_migrate_and_ops_from_the_cli(daemon: Daemon) -> None:
     assert "OP" in cli(daemon, "op", "list").stdout
     missing = cli(daemon, "op", "get", "op-0123", check=False)
     assert missing.returncode == 1 and "not_found" in missing.stderr
+
+
+def test_base_images_from_the_cli(tmp_path: Path) -> None:
+    """image list shows what a copy would be; vm create --disk-image and vm disk attach
+    --image reach the daemon (whose test driver then refuses the copy itself: it keeps no
+    files; copies through a real libvirtd are in tests/system/test_disks.py)."""
+    bases = tmp_path / "bases"
+    bases.mkdir()
+    subprocess.run(
+        ["qemu-img", "create", "-f", "qcow2", str(bases / "deb.qcow2"), "2G"],
+        check=True,
+        capture_output=True,
+    )
+    (bases / "tiny.raw").write_bytes(b"\x01" * 4096)
+    d = Daemon(
+        socket=tmp_path / "run" / "novacrond.sock",
+        state_dir=tmp_path / "state",
+        log=tmp_path / "novacrond.log",
+        extra=["--vm-image-dirs", str(bases)],
+    ).start()
+    try:
+        table = cli(d, "image", "list").stdout
+        assert re.search(r"deb\.qcow2 .* qcow2 .* 2 ", table), table
+        assert re.search(r"tiny\.raw .* raw .* 1 .* 4096", table), table
+        assert f"tenant default: {bases}" in table, table
+        made = cli(d, "vm", "create", "c1", "--disk-image", f"{bases}/deb.qcow2:3", check=False)
+        assert made.returncode == 1 and "virStorageVolUpload" in made.stderr, made.stderr
+        small = cli(d, "vm", "create", "c1", "--disk-image", f"{bases}/deb.qcow2:1", check=False)
+        assert small.returncode == 1 and "more than 1 GiB" in small.stderr, small.stderr
+        cli(d, "vm", "create", "c1", "--disk", "1")
+        plugged = cli(d, "vm", "disk", "attach", "c1", "--image", f"{bases}/tiny.raw", check=False)
+        assert plugged.returncode == 1 and "virStorageVolUpload" in plugged.stderr
+        doc = json.loads(cli(d, "--json", "image", "list").stdout)
+        assert [i["name"] for i in doc["images"]] == ["deb.qcow2", "tiny.raw"]
+    finally:
+        assert d.stop() in (0, None)
+    assert "Traceback" not in d.log_text()
