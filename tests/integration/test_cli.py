@@ -451,6 +451,19 @@ def test_base_images_from_the_cli(tmp_path: Path) -> None:
         cli(d, "vm", "create", "c1", "--disk", "1")
         plugged = cli(d, "vm", "disk", "attach", "c1", "--image", f"{bases}/tiny.raw", check=False)
         assert plugged.returncode == 1 and "virStorageVolUpload" in plugged.stderr
+        # a cloud-init seed is copied the same way (refused here the same way)
+        (tmp_path / "user-data").write_text("#cloud-config\nhostname: c2\n")
+        seeded = cli(
+            d,
+            "vm",
+            "create",
+            "c2",
+            "--cloud-init-user-data",
+            str(tmp_path / "user-data"),
+            check=False,
+        )
+        assert seeded.returncode == 1 and "virStorageVolUpload" in seeded.stderr, seeded.stderr
+        assert "c2" not in cli(d, "vm", "list").stdout
         doc = json.loads(cli(d, "--json", "image", "list").stdout)
         assert [i["name"] for i in doc["images"]] == ["deb.qcow2", "tiny.raw"]
     finally:

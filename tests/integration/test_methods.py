@@ -115,6 +115,14 @@ ERROR_CASES = [
     ("not_found", "vm.stats", {"name": "test"}),  # libvirt's own domain is not ours
     ("invalid_params", "vm.stats", {}),
     ("invalid_params", "image.list", {"tenant": "Bad Tenant"}),
+    ("invalid_params", "vm.create", {"name": "ci", "cloud_init": {"meta_data": "x"}}),
+    ("invalid_params", "vm.create", {"name": "ci", "cloud_init": {"user_data": 5}}),
+    ("invalid_params", "vm.create", {"name": "ci", "cloud_init": "#cloud-config"}),
+    (
+        "invalid_params",
+        "vm.create",
+        {"name": "ci", "disks": [{"size_gib": 1}] * 16, "cloud_init": {"user_data": "x"}},
+    ),
     ("invalid_params", "image.list", {"dir": "/etc"}),
     ("not_found", "vm.guest", {"name": "ghost"}),
     ("not_found", "vm.guest", {"name": "test"}),

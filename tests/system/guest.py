@@ -73,7 +73,15 @@ MODULE_PATHS = {
     "virtio_blk": "drivers/block/virtio_blk.ko",
     "virtio_balloon": "drivers/virtio/virtio_balloon.ko",
     "virtio_console": "drivers/char/virtio_console.ko",
+    "cdrom": "drivers/cdrom/cdrom.ko",
+    "isofs": "fs/isofs/isofs.ko",
 }
+SEED_MODULES = (*DISK_MODULES, "cdrom", "isofs")
+# novacron.seed: the cloud-init seed disk found by its label and mounted:
+# "NOVACRON-SEED vdb meta-data user-data user-data=<md5>", then the meta data's lines,
+# each as "NOVACRON-SEEDMETA <line>"
+SEED_MARKER = "NOVACRON-SEED"
+SEED_META = "NOVACRON-SEEDMETA"
 AGENT_MODULES = (*VIRTIO_MODULES, "virtio_console")
 # QEMU's guest agent, from Debian's package (apt-get download + dpkg -x), with the host's
 # libraries it links (same distribution), in the initramfs at /bin/qemu-ga
@@ -161,6 +169,22 @@ if grep -q novacron.agent /proc/cmdline; then
    while [ ! -e $port ]; do sleep 0.2; done
    echo {AGENT_MARKER} $port
    /bin/qemu-ga -m virtio-serial -p $port -t /tmp -f /tmp/qemu-ga.pid) &
+fi
+if grep -q novacron.seed /proc/cmdline; then
+  # a cloud-init NoCloud seed, as cloud-init looks for it: a disk labelled cidata
+  for m in {" ".join(SEED_MODULES)}; do [ -d /sys/module/$m ] || insmod /lib/$m.ko; done
+  (dev=""
+   while [ -z "$dev" ]; do
+     for b in /dev/vd*; do
+       [ -b "$b" ] && blkid $b 2>/dev/null | grep -q 'LABEL="cidata"' && dev=$b
+     done
+     [ -n "$dev" ] || sleep 0.5
+   done
+   mkdir -p /seed
+   mount -t iso9660 -o ro $dev /seed
+   sum=$(md5sum < /seed/user-data)
+   echo {SEED_MARKER} ${{dev#/dev/}} $(ls /seed) user-data=${{sum%% *}}
+   while read -r line; do echo {SEED_META} $line; done < /seed/meta-data) &
 fi
 if grep -q novacron.blockwatch /proc/cmdline; then
   # every virtio disk, as it appears (at boot or hot-plugged later) and whenever its

@@ -21,6 +21,7 @@ from novacron.rpc.params import Params
 from novacron.state.db import VmRecord
 from novacron.vm import (
     base_images,
+    cloud_init,
     disk_limits,
     disks,
     guest_agent,
@@ -37,6 +38,7 @@ from novacron.vm.service import VmService
 from novacron.vm.spec import (
     DISK_LIMIT_KEYS,
     MAX_DISK_GIB,
+    MAX_DISKS,
     MAX_MEMORY_MIB,
     MAX_VCPUS,
     RESTART_POLICIES,
@@ -95,7 +97,14 @@ def register(registry: Registry, services: Services) -> None:
         """Define a VM (and its new disks); start it when ``start`` is true."""
         tenant_given = p.given("tenant")
         node = p.opt_name("node")  # "auto", a node's name, or this node (absent)
+        seed_given = p.mapping("cloud_init", len(cloud_init.MOST))
         spec, start = parse_create(p)
+        seed_files = cloud_init.parse("cloud_init", seed_given, spec.name)
+        if seed_files and len(spec.disks) >= MAX_DISKS:
+            raise errors.InvalidParams(
+                f"a VM has at most {MAX_DISKS} disks, the cloud-init seed's among them",
+                {"param": "cloud_init"},
+            )
         spec = replace(spec, tenant=default_tenant(ctx, tenant_given, spec.tenant))
         ctx.tenant = spec.tenant
         if not ctx.identity.sees(spec.tenant):
@@ -122,6 +131,11 @@ def register(registry: Registry, services: Services) -> None:
         await trio.to_thread.run_sync(host_files.check, ctx.identity, spec, offered())
         opened, images = await open_images(ctx, spec.tenant, spec.disks, "disks[{}].image")
         try:
+            if seed_files:  # its last disk, copied from the seed as from an image
+                images[cloud_init.SEED_IMAGE] = await trio.to_thread.run_sync(
+                    cloud_init.seed, seed_files, services.config.state_dir
+                )
+                opened = (*opened, cloud_init.seed_disk())
             spec = replace(
                 spec,
                 disks=tuple(await vms.quotas.with_defaults(spec.tenant, opened)),

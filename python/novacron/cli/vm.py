@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from novacron.cli import console, disks, migrate, net, output, stats
@@ -122,6 +123,19 @@ def add_commands(groups: Any) -> None:
         metavar="IMAGE[:SIZE_GIB]",
         help="a new volume copied from a base image (admin, or in [vm] image_dirs, disk_dirs)",
     )
+    for what, key in (
+        ("user-data", "user_data"),
+        ("meta-data", "meta_data"),
+        ("network-config", "network_config"),
+    ):
+        create.add_argument(
+            f"--cloud-init-{what}",
+            type=Path,
+            dest=f"cloud_init_{key}",
+            metavar="FILE",
+            help=f"cloud-init's {what} for the VM, on a NoCloud seed disk (its last)"
+            + (" [needed for a seed]" if key == "user_data" else ""),
+        )
     create.add_argument("--tenant")
     create.add_argument(
         "--cpu-policy",
@@ -308,8 +322,19 @@ def run_create(client: SyncClient, args: argparse.Namespace) -> Any:
         restart=args.restart,
         node=args.node,
         start=args.start or None,
+        cloud_init=_cloud_init(args),
     )
     return _show(doc, args)
+
+
+def _cloud_init(args: argparse.Namespace) -> dict[str, bytes] | None:
+    """The seed's files, read here (the daemon may be elsewhere); None without any."""
+    files = {
+        key: path.read_bytes()
+        for key in ("user_data", "meta_data", "network_config")
+        if (path := getattr(args, f"cloud_init_{key}")) is not None
+    }
+    return files or None
 
 
 def run_clone(client: SyncClient, args: argparse.Namespace) -> Any:
