@@ -173,11 +173,15 @@ fi
 if grep -q novacron.seed /proc/cmdline; then
   # a cloud-init NoCloud seed, as cloud-init looks for it: a disk labelled cidata
   for m in {" ".join(SEED_MODULES)}; do [ -d /sys/module/$m ] || insmod /lib/$m.ko; done
-  (dev=""
+  (dev=""; n=0
    while [ -z "$dev" ]; do
      for b in /dev/vd*; do
-       [ -b "$b" ] && blkid $b 2>/dev/null | grep -q 'LABEL="cidata"' && dev=$b
+       # (busybox has no blkid: the label read where blkid reads it, the primary volume
+       # descriptor's volume identifier: sector 16, bytes 40-71, after "CD001" at 1)
+       pvd=$(dd if=$b bs=2048 skip=16 count=1 2>/dev/null | head -c 46 | tail -c 45)
+       case "$pvd" in CD001*cidata*) dev=$b;; esac
      done
+     n=$((n+1)); [ $n = 20 ] && echo {SEED_MARKER}-NOT-YET $(ls /dev/vd* 2>&1)
      [ -n "$dev" ] || sleep 0.5
    done
    mkdir -p /seed

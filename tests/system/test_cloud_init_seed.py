@@ -26,6 +26,17 @@ def seed_seen(log: Path) -> tuple[str, list[str], str, list[str]] | None:
     return found[1], found[2].split(), found[3], [line.strip() for line in meta]
 
 
+def wait_seed(log: Path) -> tuple[str, list[str], str, list[str]]:
+    try:
+        wait_until(lambda: seed_seen(log) is not None, 120, "the guest to read its seed")
+    except AssertionError:
+        lines = [x for x in guest.console_text(log).splitlines() if "TICK" not in x]
+        raise AssertionError("no seed read; the console:\n" + "\n".join(lines[-60:])) from None
+    found = seed_seen(log)
+    assert found is not None
+    return found
+
+
 def test_the_guest_finds_and_reads_its_cloud_init_seed(
     system_daemon: Daemon, guest_images: guest.GuestImages
 ) -> None:
@@ -41,10 +52,7 @@ def test_the_guest_finds_and_reads_its_cloud_init_seed(
         disks = [(d["target"], d["format"], d["size_gib"], d["managed"]) for d in vm["disks"]]
         assert disks == [("vda", "qcow2", 1, True), ("vdb", "raw", 1, True)]
         log = Path(vm["console_log"])
-        wait_until(lambda: seed_seen(log) is not None, 120, "the guest to read its seed")
-        found = seed_seen(log)
-        assert found is not None
-        disk, files, md5, meta = found
+        disk, files, md5, meta = wait_seed(log)
         assert (disk, files) == ("vdb", ["meta-data", "user-data"])
         assert md5 == hashlib.md5(user_data.encode()).hexdigest()
         assert "local-hostname: ci1" in meta
@@ -63,9 +71,7 @@ def test_the_guest_finds_and_reads_its_cloud_init_seed(
             },
         )
         log2 = Path(other["console_log"])
-        wait_until(lambda: seed_seen(log2) is not None, 120, "the second guest's seed")
-        found2 = seed_seen(log2)
-        assert found2 is not None
+        found2 = wait_seed(log2)
         assert found2[:2] == ("vda", ["meta-data", "network-config", "user-data"])
         assert found2[3] == ["instance-id: fixed-1", "local-hostname: db1"]
 
