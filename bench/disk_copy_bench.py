@@ -26,6 +26,7 @@ the disk's own speed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import filecmp
 import json
 import os
@@ -36,6 +37,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,43 @@ def data_bytes(path: Path) -> int:
             end = os.lseek(fd, start, os.SEEK_HOLE)
             total, at = total + end - start, end
     return total
+
+
+@contextlib.contextmanager
+def scratch_pool(
+    uri: str, prefix: str, mib: int, seed: int
+) -> Iterator[tuple[libvirt.virConnect, libvirt.virStoragePool, Path, Path]]:
+    """A libvirt directory pool of the bench's own under /var/tmp holding a raw image of
+    the mix (``mib``, ``seed``) and a qcow2 image of it: (connection, pool, raw, qcow2);
+    all of it removed at the end."""
+    conn = libvirt.open(uri)
+    where = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    where.chmod(0o755)
+    pool = conn.storagePoolCreateXML(
+        f"<pool type='dir'><name>{where.name}</name><target><path>{where}</path></target></pool>",
+        0,
+    )
+    try:
+        raw = where / "source.raw"
+        write_volume(raw, mib, seed)
+        qcow2 = where / "source.qcow2"
+        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], check=True)
+        pool.refresh(0)
+        yield conn, pool, raw, qcow2
+    finally:
+        pool.destroy()
+        conn.close()
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def arguments(doc: str) -> argparse.Namespace:
+    """The options both storage benches take."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n", maxsplit=1)[0])
+    parser.add_argument("--mib", type=int, default=1024)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--uri", default="qemu:///system")
+    parser.add_argument("--json", action="store_true")
+    return parser.parse_args()
 
 
 def copy(conn: libvirt.virConnect, source: str, target: str) -> dict[str, Any]:
@@ -156,20 +195,8 @@ def baselines(path: Path) -> dict[str, Any]:
 
 
 def run(mib: int, seed: int, uri: str) -> dict[str, Any]:
-    conn = libvirt.open(uri)
-    where = Path(tempfile.mkdtemp(prefix="novacron-diskbench-", dir="/var/tmp"))
-    where.chmod(0o755)
-    pool = conn.storagePoolCreateXML(
-        f"<pool type='dir'><name>{where.name}</name><target><path>{where}</path></target></pool>",
-        0,
-    )
     results: dict[str, Any] = {"mib": mib, "seed": seed, "mix": dict(MIX), "images": {}}
-    try:
-        raw = where / "source.raw"
-        write_volume(raw, mib, seed)
-        qcow2 = where / "source.qcow2"
-        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], check=True)
-        pool.refresh(0)
+    with scratch_pool(uri, "novacron-diskbench-", mib, seed) as (conn, pool, raw, qcow2):
         for image in (raw, qcow2):
             target = pool.createXML(
                 f"<volume><name>copy-{image.name}</name><capacity>0</capacity>"
@@ -181,20 +208,11 @@ def run(mib: int, seed: int, uri: str) -> dict[str, Any]:
             figures.update(baselines(image))
             figures["copy_mb_s"] = round(figures["file_bytes"] / figures["copy_s"] / 1e6, 1)
             results["images"][image.suffix[1:]] = figures
-    finally:
-        pool.destroy()
-        conn.close()
-        shutil.rmtree(where, ignore_errors=True)
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mib", type=int, default=1024)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--uri", default="qemu:///system")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = arguments(__doc__)
     results = run(args.mib, args.seed, args.uri)
     if args.json:
         print(json.dumps(results, sort_keys=True))

@@ -22,13 +22,10 @@ which ``vm.clone`` uses), each with its seconds and its file's allocation.
 
 from __future__ import annotations
 
-import argparse
 import filecmp
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +35,7 @@ import libvirt
 if not __package__:  # run as `python bench/image_copy_bench.py`: the repository's packages first
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.disk_copy_bench import MIX, data_bytes, write_volume
+from bench.disk_copy_bench import MIX, arguments, data_bytes, scratch_pool
 from novacron.vm.base_images import ImageCopy, ImageSource
 from novacron.vm.volume_stream import VolumeWriter
 
@@ -112,40 +109,19 @@ def baselines(pool: libvirt.virStoragePool, image: Path, fmt: str) -> dict[str, 
 
 
 def run(mib: int, seed: int, uri: str) -> dict[str, Any]:
-    conn = libvirt.open(uri)
-    where = Path(tempfile.mkdtemp(prefix="novacron-imagebench-", dir="/var/tmp"))
-    where.chmod(0o755)
-    pool = conn.storagePoolCreateXML(
-        f"<pool type='dir'><name>{where.name}</name><target><path>{where}</path></target></pool>",
-        0,
-    )
     results: dict[str, Any] = {"mib": mib, "seed": seed, "mix": dict(MIX), "images": {}}
-    try:
-        raw = where / "base.raw"
-        write_volume(raw, mib, seed)
-        qcow2 = where / "base.qcow2"
-        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], check=True)
-        pool.refresh(0)
+    with scratch_pool(uri, "novacron-imagebench-", mib, seed) as (conn, pool, raw, qcow2):
         for image in (raw, qcow2):
             subprocess.run(["sync"], check=True)
             figures = {"file_bytes": image.stat().st_size, "file_data_bytes": data_bytes(image)}
             figures.update(copy(conn, pool, image))
             figures.update(baselines(pool, image, figures["format"]))
             results["images"][image.suffix[1:]] = figures
-    finally:
-        pool.destroy()
-        conn.close()
-        shutil.rmtree(where, ignore_errors=True)
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mib", type=int, default=1024)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--uri", default="qemu:///system")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    args = arguments(__doc__)
     results = run(args.mib, args.seed, args.uri)
     if args.json:
         print(json.dumps(results, sort_keys=True))
