@@ -9,8 +9,9 @@ the state is read without asking the guest (``vm.get``'s ``agent``), and the gue
 asked only when its agent is there. What the agent reports is the guest's word: useful
 (the addresses a DHCP server or the guest itself chose), never a security boundary.
 
-Blocking: :func:`read` runs on the libvirt worker pool; libvirt waits at most its
-agent timeout (5 s) for an answer.
+Blocking: :func:`read` runs on the libvirt worker pool; libvirt waits at most
+:data:`AGENT_TIMEOUT_S` for each answer (set on the domain before asking), so a hung
+agent holds a worker thread no longer than that.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from novacron.vm.domain_xml import guest_agent_state
 from novacron.vm.driver import Hypervisor
 from novacron.vm.libvirt_errors import libvirt_errors
 
+AGENT_TIMEOUT_S = 5  # how long libvirt waits for the agent's answer to each command
 ADDRESS_TYPES = {
     libvirt.VIR_IP_ADDR_TYPE_IPV4: "ipv4",
     libvirt.VIR_IP_ADDR_TYPE_IPV6: "ipv6",
@@ -87,6 +89,11 @@ def read(hv: Hypervisor, name: str) -> dict[str, Any]:
         )
     dom = hv.domain(name)
     with libvirt_errors():
+        try:  # (libvirt keeps it for the domain until its next start)
+            dom.agentSetResponseTimeout(AGENT_TIMEOUT_S, 0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                raise  # (the test driver has no agent timeout)
         found = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT, 0)
         wanted = libvirt.VIR_DOMAIN_GUEST_INFO_OS | libvirt.VIR_DOMAIN_GUEST_INFO_HOSTNAME
         try:
