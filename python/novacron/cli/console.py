@@ -83,10 +83,10 @@ def _raw(fd: int) -> Iterator[None]:
 def run_console(client: SyncClient, args: argparse.Namespace) -> Any:
     method = "vm.console.watch" if args.watch else "vm.console.open"
     try:
-        scrollback = args.scrollback or None
-        number = client.call(method, name=args.vm, force=args.force or None, scrollback=scrollback)[
-            "console"
-        ]
+        opened = client.call(
+            method, name=args.vm, force=args.force or None, scrollback=args.scrollback or None
+        )
+        number = opened["console"]
     except errors.PermissionDenied:
         if not args.watch:  # (a viewer may watch)
             sys.stderr.write("hint: --watch shows the console without typing (viewer role)\n")

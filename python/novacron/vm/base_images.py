@@ -52,6 +52,8 @@ GIB = 1 << 30
 PIECE = 1 << 20  # bytes read and sent at a time
 HEAD = 4096  # the first bytes read for the header (the first piece holds at least these)
 ZEROS = bytes(PIECE)
+# how an image is opened: read only, never waiting on a FIFO, the last link not followed
+OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
 SIZE_CRYPT = struct.Struct(">QI")  # the virtual size (at 24) and the encryption method
 SIZE_AT = 24
 CORRUPT = 1 << 1  # incompatible features: QEMU marked the image corrupt
@@ -127,13 +129,9 @@ class ImageSource:
 
         Raises ``invalid_params`` (``details`` ``{"param", "path"}``) for a file that
         cannot be opened or copied."""
-        real = os.path.realpath(path)
-        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = -1
         try:
-            fd = os.open(real, flags)
-        except OSError as exc:
-            raise _refused(param, path, exc.strerror or str(exc)) from None
-        try:
+            fd = os.open(os.path.realpath(path), OPEN_FLAGS)
             opened = os.readlink(f"/proc/self/fd/{fd}")
             if check is not None:
                 check(opened)
@@ -141,14 +139,11 @@ class ImageSource:
             if not stat.S_ISREG(info.st_mode):
                 raise ImageRefused("not a regular file")
             head = inspect(os.pread(fd, HEAD, 0), info.st_size)
-        except ImageRefused as exc:
-            os.close(fd)
-            raise _refused(param, path, str(exc)) from None
-        except OSError as exc:
-            os.close(fd)
-            raise _refused(param, path, exc.strerror or str(exc)) from None
-        except BaseException:
-            os.close(fd)
+        except BaseException as exc:
+            if fd >= 0:
+                os.close(fd)
+            if isinstance(exc, ImageRefused | OSError):
+                raise _refused(param, path, why(exc)) from None
             raise
         return cls(fd, path, opened, head, info.st_size)
 
@@ -158,9 +153,14 @@ class ImageSource:
             self.fd = -1
 
 
-def _refused(param: str, path: str, why: str) -> InvalidParams:
+def why(exc: ImageRefused | OSError) -> str:
+    """Why a file cannot be copied, in words (an OS error's own, without its number)."""
+    return (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+
+
+def _refused(param: str, path: str, reason: str) -> InvalidParams:
     return InvalidParams(
-        f"{param} {path!r} cannot be copied: {why}", {"param": param, "path": path}
+        f"{param} {path!r} cannot be copied: {reason}", {"param": param, "path": path}
     )
 
 
@@ -328,9 +328,8 @@ async def make_volume(
                 pass
             complete = True
         except (ImageRefused, OSError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise InvalidParams(
-                f"image {source.path!r} cannot be copied: {why}", {"path": source.path}
+                f"image {source.path!r} cannot be copied: {why(exc)}", {"path": source.path}
             ) from None
         finally:
             with trio.CancelScope(shield=True):

@@ -95,10 +95,7 @@ async def attach(
             await vms.quotas.check_more(spec.tenant, await vms.records.all(), more)
         definition = xml if runtime.state in ("stopped", "crashed") else None
         with trio.CancelScope(shield=True):
-            given = added.path
-            path = (
-                await vms.new_volume(name, target, added, image=image) if given is None else given
-            )
+            path = added.path or await vms.new_volume(name, target, added, image=image)
             device = domain_xml.DiskDevice(path, added.format, target, added.limits)
             try:
                 await _set_disk(vms, name, device, True, definition)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from novacron.vm import host_files
-from novacron.vm.base_images import HEAD, ImageRefused, inspect
+from novacron.vm.base_images import HEAD, OPEN_FLAGS, ImageRefused, inspect, why
 
 MOST = 1000  # files listed at the most
 
@@ -28,9 +28,8 @@ MOST = 1000  # files listed at the most
 def _entry(path: Path, real: Path) -> dict[str, Any] | None:
     """What a copy of the file at ``real`` (named ``path``) would be; None when it is not
     a regular file."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(real, flags)
+        fd = os.open(real, OPEN_FLAGS)
     except OSError:
         return None
     try:
@@ -49,10 +48,8 @@ def _entry(path: Path, real: Path) -> dict[str, Any] | None:
         }
         try:
             head = inspect(os.pread(fd, HEAD, 0), info.st_size)
-        except ImageRefused as exc:
-            doc["refused"] = str(exc)
-        except OSError as exc:
-            doc["refused"] = exc.strerror or str(exc)
+        except (ImageRefused, OSError) as exc:
+            doc["refused"] = why(exc)
         else:
             doc.update(format=head.format, virtual_size=head.virtual_size, size_gib=head.size_gib)
         return doc

@@ -93,9 +93,8 @@ def build(files: dict[str, bytes], when: dt.datetime | None = None) -> bytes:
         placed.append((FILES[key].encode("ascii"), sector, data))
         sector += max(1, -(-len(data) // SECTOR))
     total = sector
-    root = _record(b"\x00", ROOT_AT, SECTOR, True, when) + _record(
-        b"\x01", ROOT_AT, SECTOR, True, when
-    )
+    itself = _record(b"\x00", ROOT_AT, SECTOR, True, when)  # "." (and the PVD's root)
+    root = itself + _record(b"\x01", ROOT_AT, SECTOR, True, when)
     for name, at, data in placed:
         root += _record(name, at, len(data), False, when)
     assert len(root) <= SECTOR
@@ -116,7 +115,7 @@ def build(files: dict[str, bytes], when: dt.datetime | None = None) -> bytes:
         + bytes(4)
         + struct.pack(">I", M_PATH_AT)
         + bytes(4)
-        + _record(b"\x00", ROOT_AT, SECTOR, True, when)
+        + itself
         + _text("", 128)  # volume set
         + _text("", 128)  # publisher
         + _text("", 128)  # data preparer
