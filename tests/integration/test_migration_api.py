@@ -192,6 +192,23 @@ def test_prepare_refusals(node: Node, tmp_path: Path) -> None:
             peer.call(
                 "migration.prepare", vm="z", xml=source_xml("z"), stream_port=49152, options={}
             )
+        # snapshots' descriptions: with a stopped VM only, each the VM's own
+        xml = source_xml("s")
+        snap = {"xml": f"<domainsnapshot><name>a</name>{xml}</domainsnapshot>", "current": True}
+        for extra, why, param in (
+            ({"stream_socket": stream_socket(), "snapshots": [snap]}, "stopped vm", "snapshots"),
+            ({"offline": True, "snapshots": "a"}, "must be an array", "snapshots"),
+            (
+                {"offline": True, "snapshots": [{**snap, "xml": xml}]},
+                "<domainsnapshot>",
+                "snapshots[0]",
+            ),
+            ({"offline": True, "snapshots": [snap, snap]}, "name of its own", "snapshots[1]"),
+        ):
+            with pytest.raises(errors.InvalidParams, match=why) as refused:
+                peer.call("migration.prepare", vm="s", xml=xml, options={}, **extra)
+            assert refused.value.details == {"param": param}
+        assert peer.call("session.hello")["node"]  # (the connection stays open)
     operator = node.pki.issue("op1", "operator", ("default",))
     with client(node.port, operator) as c, pytest.raises(errors.PermissionDenied):
         prepare(c, "y")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from novacron.state.db import StateStore
 from tests.system import guest
-from tests.system.nodes import Node, TwoNodes, cli, logs, migrate, refused_by_hook, wait_until
+from tests.system.nodes import Node, TwoNodes, migrate, refused_by_hook, wait_until
 from tests.system.test_migration import (
     _has,
     boot,
@@ -130,21 +130,3 @@ def test_a_refused_live_move_leaves_the_vm_and_its_volume_home_and_nothing_there
     finally:
         if "lv3" in a.records():
             retire(a, "lv3")
-
-
-def test_a_vm_with_snapshots_and_pool_disks_is_refused(
-    nodes: TwoNodes, guest_images: guest.GuestImages
-) -> None:
-    a, b = nodes.a, nodes.b
-    with a.client() as c:
-        c.call("vm.create", **guest_images.vm("lv2", 128, start=False, disks=[{"size_gib": 1}]))
-        c.call("vm.snapshot.create", vm="lv2", name="before")
-    try:
-        done = cli(a, "--json", "vm", "migrate", "lv2", "--to", b.address)
-        assert done.returncode == 1, done.stdout
-        assert "1 snapshot(s)" in done.stderr and "delete them first" in done.stderr, (
-            f"{done.stderr}\n{logs(a, b)}"
-        )
-        assert "lv2" in a.records() and "lv2" not in b.records()
-    finally:
-        retire(a, "lv2")

@@ -15,6 +15,7 @@ from novacron import errors, paths
 from novacron.api.services import Services
 from novacron.api.vm import visible_vm
 from novacron.auth.policy import check_tenant
+from novacron.migration import snapshot_moves
 from novacron.migration.options import parse_migrate
 from novacron.migration.service import MigrationService
 from novacron.rpc.dispatch import CallContext, Registry
@@ -88,9 +89,13 @@ def register(registry: Registry, services: Services) -> None:
         options = p.mapping("options")
         # what the volumes to copy hold on the source (checked against this pool's room)
         disk_bytes = p.integer("disk_bytes", 0, 1 << 60, default=0)
+        # a stopped VM's snapshots (their descriptions; the images hold them)
+        snapshots = (
+            p.array("snapshots", snapshot_moves.MAX_SNAPSHOTS) if p.given("snapshots") else None
+        )
         p.done()
         return await migrations().prepare(
-            ctx.identity.user, name, xml, stream_socket, options, offline, disk_bytes
+            ctx.identity.user, name, xml, stream_socket, options, offline, disk_bytes, snapshots
         )
 
     @registry.method("migration.result")

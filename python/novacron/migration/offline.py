@@ -38,7 +38,7 @@ import trio
 from novacron import errors
 from novacron.client import connect_tls
 from novacron.logs import kv
-from novacron.migration import disk_copy, incoming, libvirt_job, volume_copies
+from novacron.migration import disk_copy, incoming, libvirt_job, snapshot_moves, volume_copies
 from novacron.migration.ops import Operation
 from novacron.migration.source_run import (
     Run,
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("novacron.migration")
 
+MAX_SNAPSHOT_XML = 1 << 20  # one snapshot's description, as a domain's XML
 ARRIVAL_WAIT_S = 300.0  # from prepare to libvirt defining the VM here (or the source's word)
 RESULT_WAIT_S = 60.0  # for the destination's word on how its side ended
 
@@ -70,6 +71,7 @@ class Arrival:
     placement: dict[str, Any] | None
     source: str  # the source's certificate name
     copy: disk_copy.Incoming | None = None  # the volumes copied here first, if any
+    snapshots: list[dict[str, Any]] = field(default_factory=list)  # fitted to this node
     # cancelled only by the source's word (migration.abort: it still holds the VM); an
     # operator's op.cancel of this side is refused (MigrationService.cancel)
     cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -82,11 +84,15 @@ async def prepare(
     xml: str,
     options: dict[str, Any],
     disk_bytes: int = 0,
+    snapshots: list[Any] | None = None,
 ) -> dict[str, Any]:
     """The destination's ``migration.prepare`` of a stopped VM: placed here and, when
     it has disks in its node's pool, an empty volume made here for each, for the
-    source to copy into (the definition then names these)."""
+    source to copy into (the definition then names these). ``snapshots``: the
+    descriptions of its snapshots, defined here once it arrived
+    (:mod:`~novacron.migration.snapshot_moves`)."""
     managed, spec = await incoming.admit(svc, name, xml)
+    offered = snapshot_moves.offered(snapshots or [], managed.uuid, MAX_SNAPSHOT_XML)
     copies = volume_copies.pool_disks(spec)
     if copies and not svc.channel_port:
         raise errors.Unavailable("this node does not accept volume copies (no TLS listener)")
@@ -94,7 +100,13 @@ async def prepare(
         await volume_copies.check_room(svc.vms, name, copies, disk_bytes)
         paths = await volume_copies.make(svc.vms, name, copies, empty=True)
         try:
-            dest_xml = volume_copies.named_in(placed_xml, [t for t, _ in copies], paths)
+            targets = [t for t, _ in copies]
+            dest_xml = volume_copies.named_in(placed_xml, targets, paths)
+            fit = snapshot_moves.fit_for(
+                placement, svc.vms.console_log(name), svc.config.emulator or None
+            )
+            moves = snapshot_moves.files_moved(xml, targets, paths)
+            fitted = snapshot_moves.fitted(offered, xml, fit, moves)
             params = {**options, "uuid": managed.uuid, "offline": True}
             if paths:  # (what a restart deletes if the VM never arrives)
                 params["volumes"] = paths
@@ -108,7 +120,13 @@ async def prepare(
         limits = [disk_copy.limit_of(d.size_gib or 0) for _, d in copies]
         copy = disk_copy.Incoming(token=secrets.token_bytes(32), paths=paths, limits=limits)
     arrival = Arrival(
-        op=op, spec=spec, uuid=managed.uuid, placement=placement, source=source, copy=copy
+        op=op,
+        spec=spec,
+        uuid=managed.uuid,
+        placement=placement,
+        source=source,
+        copy=copy,
+        snapshots=fitted,
     )
     op.on_cancel = arrival.cancel.cancel
     svc.arrivals[op.id] = arrival
@@ -180,10 +198,14 @@ async def receive(svc: MigrationService, arrival: Arrival) -> None:
                     op.vm, arrival.uuid, op.tenant, arrival.spec.to_dict(), arrival.placement, state
                 )
                 await vms.arrived(op.vm, op.tenant, arrival.source)
+                refused = await snapshot_moves.redefine(vms, op.vm, arrival.snapshots)
             log.info("migration.offline_arrived", extra=kv(vm=op.vm, op=op.id, state=state))
             result: dict[str, Any] = {"node": svc.config.node_name, "state": state}
             if arrival.copy is not None:
                 result["storage"] = arrival.copy.stats.to_dict()
+            if arrival.snapshots:
+                moved = len(arrival.snapshots) - len(refused)
+                result["snapshots"] = {"defined": moved, "refused": refused}
             await svc.ops.finish(op, "succeeded", result)
             return
         if given_up:
@@ -222,11 +244,15 @@ async def move(run: Run, address: str) -> bool:
     rec = await svc.vms.record(op.vm)
     sources = volume_copies.sources(svc.vms, VmSpec.from_dict(rec.spec))
     run.copied_from = [path for _, path in sources]
+    snaps: list[dict[str, Any]] = []
     with failures(run, address):
+        snaps = await snapshot_moves.export(svc.vms, op.vm)
+        offer = [{"xml": s["xml"], "current": s["current"]} for s in snaps]
         async with connect_tls(address, files, server_name=host) as peer:
             try:
                 with run.prep:
-                    _, answer = await prepare_there(run, peer, offline=True)
+                    extra = {"snapshots": offer} if offer else {}
+                    _, answer = await prepare_there(run, peer, offline=True, **extra)
                     if sources or answer.get("copy"):
                         await _copy_out(run, host, answer, sources)
                     if run.lock is not None and svc.locks is not None:
@@ -239,8 +265,20 @@ async def move(run: Run, address: str) -> bool:
                     await tell_abort(peer, answer)
                 raise
             svc.ops.report(op, "moving")
-            moved = await _libvirt_move(run, peer, answer)
+            try:
+                await snapshot_moves.hold(run, snaps)
+            except BaseException:
+                await snapshot_moves.give_back(run, snaps)
+                with trio.CancelScope(shield=True):
+                    await tell_abort(peer, answer)
+                raise
+            try:
+                moved = await _libvirt_move(run, peer, answer)
+            finally:
+                if not moved:
+                    await snapshot_moves.give_back(run, snaps)
             if moved:
+                op.params.pop(snapshot_moves.HELD, None)
                 dest = await _result(peer, answer)
     return await conclude(run, moved, answer, dest, began)
 

@@ -79,6 +79,11 @@ class Operations:
         self._running: dict[str, Operation] = {}
         self._ended: dict[str, Operation] = {}
 
+    async def rewrite(self, row: dict[str, Any]) -> None:
+        """Stores an ended operation's row as the caller changed it (its parameters)."""
+        row["updated_at"] = time.time()
+        await self._pool.run(self._store.update_operation, row)
+
     async def amend(self, row: dict[str, Any], state: str, result: dict[str, Any]) -> None:
         """Corrects how an ended operation ended (or what it left), once that became known."""
         row.update(state=state, result=result, error=None, updated_at=time.time())

@@ -39,6 +39,7 @@ from novacron.migration import (
     progress,
     qemu_socket,
     shared_storage,
+    snapshot_moves,
     terms,
     volume_copies,
 )
@@ -110,8 +111,10 @@ async def start(
                 {"vm": name, "state": runtime.state},
             )
         offline_move = runtime.state == "stopped"
-        if volume_copies.pool_disks(VmSpec.from_dict(rec.spec)):
-            await _check_copyable(vms, name)
+        if offline_move:  # (refused here what cannot move with it)
+            await snapshot_moves.export(vms, name)
+        else:
+            await _check_no_snapshots(vms, name)
         params = {**options.to_dict(), **({"offline": True} if offline_move else {})}
         op_id = svc.ops.new_id()
         if svc.locks is not None:  # exactly one migration of the vm, cluster-wide
@@ -141,15 +144,15 @@ async def _accept_stream(listener: trio.SocketListener, nbd: NbdStats | None) ->
             raise trio.TooSlowError(f"libvirtd did not connect within {QEMU_ACCEPT_S:g} s")
 
 
-async def _check_copyable(vms: VmService, name: str) -> None:
-    """A VM with disks in this node's pool moves with copies of its volumes, but not
-    with snapshots: they live inside its volumes, and libvirt keeps their metadata here
-    (it refuses to migrate a domain that has any)."""
+async def _check_no_snapshots(vms: VmService, name: str) -> None:
+    """A running VM moves without snapshots: libvirt refuses to migrate a domain that
+    has any, and QEMU's mirror of its volumes would not carry them. Stopped, it moves
+    offline with them (:mod:`~novacron.migration.snapshot_moves`)."""
     snapshots = await vms.hv_pool.run(vms.hv.snapshot_list, name)
     if snapshots:
         raise errors.Conflict(
-            f"vm {name!r} has {len(snapshots)} snapshot(s), which cannot move with its "
-            "volumes; delete them first",
+            f"vm {name!r} has {len(snapshots)} snapshot(s), which cannot move with it "
+            "live; stop it to move it offline with them, or delete them first",
             {"vm": name, "snapshots": [s["name"] for s in snapshots]},
         )
 

@@ -34,6 +34,7 @@ from novacron.migration import (
     offline,
     outgoing,
     qemu_socket,
+    snapshot_moves,
     volume_copies,
 )
 from novacron.migration.channel import ChannelListener, same_token
@@ -169,10 +170,15 @@ class MigrationService:
         options: dict[str, Any],
         offline_move: bool = False,
         disk_bytes: int = 0,
+        snapshots: list[Any] | None = None,
     ) -> dict[str, Any]:
         self.vms.cordon.refuse("incoming migrations")
         if offline_move:
-            return await offline.prepare(self, source, name, xml, options, disk_bytes)
+            return await offline.prepare(self, source, name, xml, options, disk_bytes, snapshots)
+        if snapshots is not None:
+            raise errors.InvalidParams(
+                "snapshots move only with a stopped vm (offline)", {"param": "snapshots"}
+            )
         if stream_socket is None:
             raise errors.InvalidParams("a live migration needs stream_socket")
         return await incoming.prepare(self, source, name, xml, stream_socket, options, disk_bytes)
@@ -313,7 +319,17 @@ class MigrationService:
             if row["vm"] in moved:
                 await self.ops.amend(row, "succeeded", {"restarted": True})
                 continue
-            dest = (row.get("params") or {}).get("destination_node")
+            params = row.get("params") or {}
+            held = params.pop(snapshot_moves.HELD, None)
+            if held and row["vm"] in self.vms.managed:  # still here: its snapshots too
+                refused = await snapshot_moves.redefine(self.vms, row["vm"], held)
+                log.warning(
+                    "migration.snapshots_given_back",
+                    extra=kv(vm=row["vm"], op=row["id"], snapshots=len(held), refused=refused),
+                )
+            if held is not None:
+                await self.ops.rewrite(row)
+            dest = params.get("destination_node")
             if self.locks is not None and dest and row["vm"] in self.vms.managed:
                 # still here: a switch-over committed before the restart is undone
                 await self.locks.take_back(row["tenant"], row["vm"], str(dest))

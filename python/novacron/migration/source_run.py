@@ -162,6 +162,8 @@ async def forget(
         "stall_actions": [d.action for d in run.watch.decisions],
         "offline": run.offline,
     }
+    if dest_result.get("snapshots") is not None:  # (those that moved with a stopped VM)
+        summary["snapshots"] = dest_result["snapshots"]
     if run.storage is not None:
         summary["storage"] = {**run.storage.to_dict(), "source_volumes": volumes}
     elif run.nbd is not None:

@@ -382,6 +382,47 @@ class Hypervisor:
         with libvirt_errors():
             snap.delete(0)
 
+    def snapshot_export(self, name: str) -> list[dict[str, Any]]:
+        """Every snapshot's description, parents before their children: ``{"name",
+        "xml", "current"}`` (what :meth:`snapshot_redefine` takes)."""
+        with libvirt_errors():
+            snaps = self.domain(name).listAllSnapshots(libvirt.VIR_DOMAIN_SNAPSHOT_LIST_TOPOLOGICAL)
+            return [
+                {"name": s.getName(), "xml": s.getXMLDesc(0), "current": bool(s.isCurrent(0))}
+                for s in snaps
+            ]
+
+    def snapshot_forget(self, name: str, snapshots: list[str]) -> None:
+        """libvirt forgets the named snapshots' descriptions, children first; the images
+        keep the snapshots themselves."""
+        dom = self.domain(name)
+        with libvirt_errors():
+            for snapshot in reversed(snapshots):
+                dom.snapshotLookupByName(snapshot, 0).delete(
+                    libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY
+                )
+
+    def snapshot_redefine(self, name: str, snapshots: list[dict[str, Any]]) -> list[dict[str, str]]:
+        """libvirt takes back the descriptions of snapshots whose images hold them
+        (:meth:`snapshot_export`'s, parents first), the current one marked so; those it
+        has already are left alone. The ones it refused: ``{"name", "error"}``."""
+        dom = self.domain(name)
+        with libvirt_errors():
+            have = {s.getName() for s in dom.listAllSnapshots(0)}
+        refused = []
+        for snap in snapshots:
+            if snap["name"] in have:
+                continue
+            flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
+            if snap["current"]:
+                flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT
+            try:
+                with libvirt_errors():
+                    dom.snapshotCreateXML(snap["xml"], flags)
+            except errors.NovaCronError as exc:
+                refused.append({"name": snap["name"], "error": exc.message})
+        return refused
+
     # -- storage -----------------------------------------------------------------------
 
     def ensure_pool(self, pool_name: str, directory: Path) -> None:
