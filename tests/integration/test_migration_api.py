@@ -192,11 +192,29 @@ def test_prepare_refusals(node: Node, tmp_path: Path) -> None:
             peer.call(
                 "migration.prepare", vm="z", xml=source_xml("z"), stream_port=49152, options={}
             )
-        # snapshots' descriptions: with a stopped VM only, each the VM's own
+        # snapshots' descriptions: each the VM's own; a running VM's only on shared storage
         xml = source_xml("s")
         snap = {"xml": f"<domainsnapshot><name>a</name>{xml}</domainsnapshot>", "current": True}
+        live = peer.call(
+            "migration.prepare",
+            vm="s",
+            xml=xml,
+            stream_socket=stream_socket(),
+            options={},
+            snapshots=[snap],
+        )
+        # (op.get shows them by name; the descriptions are kept for a restart)
+        with node.daemon.client() as c:
+            assert c.call("op.get", op=live["op"])["params"]["snapshots"] == ["a"]
+        peer.call("migration.abort", op=live["op"])
+        assert peer.call("migration.result", op=live["op"])["state"] == "failed"
+        pooled_snap = {**snap, "xml": snap["xml"].replace(xml, pooled)}
         for extra, why, param in (
-            ({"stream_socket": stream_socket(), "snapshots": [snap]}, "stopped vm", "snapshots"),
+            (
+                {"stream_socket": stream_socket(), "snapshots": [pooled_snap]},
+                "only when its disks are on shared storage",
+                "snapshots",
+            ),
             ({"offline": True, "snapshots": "a"}, "must be an array", "snapshots"),
             (
                 {"offline": True, "snapshots": [{**snap, "xml": xml}]},
@@ -206,7 +224,9 @@ def test_prepare_refusals(node: Node, tmp_path: Path) -> None:
             ({"offline": True, "snapshots": [snap, snap]}, "name of its own", "snapshots[1]"),
         ):
             with pytest.raises(errors.InvalidParams, match=why) as refused:
-                peer.call("migration.prepare", vm="s", xml=xml, options={}, **extra)
+                vm_xml = pooled if "shared storage" in why else xml
+                vm = "d" if "shared storage" in why else "s"
+                peer.call("migration.prepare", vm=vm, xml=vm_xml, options={}, **extra)
             assert refused.value.details == {"param": param}
         assert peer.call("session.hello")["node"]  # (the connection stays open)
     operator = node.pki.issue("op1", "operator", ("default",))

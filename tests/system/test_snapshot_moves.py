@@ -1,9 +1,9 @@
-"""A VM's snapshots move with it when it is stopped (two namespaced hosts, real
-libvirtds): QEMU keeps them inside the VM's qcow2 volume, which is copied byte for byte;
-libvirt's descriptions of them are forgotten on the source only for the move and
-redefined where the VM went, or back on the source when libvirt refuses. A running VM
-with snapshots is refused up front (libvirt would refuse it; QEMU's mirror would not
-carry them)."""
+"""A VM's snapshots move with it (two namespaced hosts, real libvirtds): stopped, QEMU's
+copy of them inside its qcow2 volume is copied byte for byte; running, with its disks on
+shared storage, they stay in the image both nodes see. libvirt's descriptions of them are
+forgotten on the source only for the move and redefined where the VM went, or back on
+the source when libvirt refuses. A running VM with snapshots and volumes in its node's
+pool is refused up front (QEMU's mirror of the volumes would not carry them)."""
 
 from __future__ import annotations
 
@@ -40,9 +40,17 @@ def holds(path: Path, pattern: int) -> bool:
 
 def internal_snapshots(path: Path) -> list[str]:
     out = subprocess.run(
-        ["qemu-img", "snapshot", "-l", str(path)], capture_output=True, text=True, check=True
+        ["qemu-img", "snapshot", "-U", "-l", str(path)], capture_output=True, text=True, check=True
     ).stdout
     return [line.split()[1] for line in out.splitlines()[2:] if line.strip()]
+
+
+def refused_and_kept(src: Node, dst: Node, vm: str, want: list[tuple[str, bool]]) -> None:
+    """A move that libvirt on ``dst`` refuses (its QEMU hook) once the source forgot the
+    snapshots' descriptions: the source knows them again, as ``want``."""
+    refused_by_hook(src, dst, vm)
+    wait_until(lambda: incoming_op(dst, vm)["state"] != "running", 60, f"{dst.name}'s side")
+    assert snapshots(src, vm) == want, logs(src, dst)
 
 
 def test_a_vm_moves_with_its_snapshots_when_stopped(
@@ -56,7 +64,9 @@ def test_a_vm_moves_with_its_snapshots_when_stopped(
             c.call("vm.snapshot.create", vm=vm, name="running")  # memory and disk
         done = cli(a, "--json", "vm", "migrate", vm, "--to", b.address)
         assert done.returncode == 1, done.stdout
-        assert "stop it to move it offline with them" in done.stderr, f"{done.stderr}"
+        said = " ".join(done.stderr.split())  # (the CLI wraps its lines)
+        assert "cannot move with its volumes live" in said, said
+        assert "stop it to move it offline with them" in said, said
         only_on(vm, a, b)
 
         with a.client() as c:
@@ -70,10 +80,8 @@ def test_a_vm_moves_with_its_snapshots_when_stopped(
         assert snapshots(a, vm) == both
 
         # libvirt refuses there once the volume is copied: the snapshots are back here
-        refused_by_hook(a, b, vm)
-        wait_until(lambda: incoming_op(b, vm)["state"] != "running", 30, "hostb's side")
+        refused_and_kept(a, b, vm, both)
         stopped_only_on(vm, a, b)
-        assert snapshots(a, vm) == both, logs(a, b)
 
         doc = migrate(a, b, vm)
         assert doc["result"]["snapshots"] == {"defined": 2, "refused": []}, doc["result"]
@@ -100,8 +108,9 @@ def test_a_vm_moves_with_its_snapshots_when_stopped(
         # and back, stopped
         with b.client() as c:
             c.call("vm.stop", name=vm)
-        back = migrate(b, a, vm)
-        assert back["result"]["snapshots"] == {"defined": 2, "refused": []}
+        back = cli(b, "vm", "migrate", vm, "--to", a.address)  # (the summary, as people read it)
+        assert back.returncode == 0, f"{back.stderr}\n{logs(a, b)}"
+        assert '"defined": 2, "refused": []' in back.stdout, back.stdout
         stopped_only_on(vm, a, b)
         assert snapshots(a, vm) == [("running", True), ("stopped", False)]
         with a.client() as c:
@@ -111,3 +120,47 @@ def test_a_vm_moves_with_its_snapshots_when_stopped(
         for node in (a, b):
             if vm in node.records():
                 retire(node, vm)
+
+
+def test_a_running_vm_on_shared_storage_moves_live_with_its_snapshots(
+    nodes: TwoNodes, guest_images: guest.GuestImages
+) -> None:
+    a, b = nodes.a, nodes.b
+    vm = "sn2"
+    disk = nodes.shared / "sn2.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    try:
+        boot(a, vm, guest_images, disks=[{"path": str(disk)}])
+        with a.client() as c:
+            c.call("vm.snapshot.create", vm=vm, name="early")
+            c.call("vm.snapshot.create", vm=vm, name="later")
+        both = [("early", False), ("later", True)]
+
+        # libvirt refuses there: the VM runs on here, its snapshots known here again
+        refused_and_kept(a, b, vm, both)
+        only_on(vm, a, b)
+
+        doc = migrate(a, b, vm)
+        assert doc["result"]["snapshots"] == {"defined": 2, "refused": []}, doc["result"]
+        assert incoming_op(b, vm)["params"]["snapshots"] == ["early", "later"]
+        only_on(vm, b, a)
+        intact_on(b, vm)
+        assert snapshots(b, vm) == both
+        # the guest's memory as it was at "early", from the image both nodes see
+        with b.client() as c:
+            c.call("vm.snapshot.revert", vm=vm, name="early")
+        wait_until(lambda: b.domstate(vm) == "running", 60, f"{vm} running on hostb")
+        intact_on(b, vm)
+        assert snapshots(b, vm) == [("early", True), ("later", False)]
+        assert internal_snapshots(disk) == ["early", "later"]
+
+        back = migrate(b, a, vm)
+        assert back["result"]["snapshots"]["defined"] == 2
+        only_on(vm, a, b)
+        assert snapshots(a, vm) == [("early", True), ("later", False)]
+        intact_on(a, vm)
+    finally:
+        for node in (a, b):
+            if vm in node.records():
+                retire(node, vm)
+        disk.unlink(missing_ok=True)

@@ -200,11 +200,6 @@ async def test_the_destination_defines_the_snapshots_once_the_vm_arrived(
     await migrations.vms.delete(name, force=True, keep_disks=True)
 
 
-async def test_a_live_prepare_takes_no_snapshots(migrations: MigrationService) -> None:
-    with pytest.raises(errors.InvalidParams, match="only with a stopped vm"):
-        await migrations.prepare("node2", "x", source_xml("x"), "/s", {}, snapshots=[])
-
-
 async def test_a_restart_gives_back_the_snapshots_an_interrupted_move_held(
     migration_service: MigrationService,
 ) -> None:
@@ -229,3 +224,33 @@ async def test_a_restart_gives_back_the_snapshots_an_interrupted_move_held(
     assert row is not None and row["state"] == "failed"
     assert row["params"] == {"offline": True}
     await svc.vms.delete(name, force=True, keep_disks=False)
+
+
+async def test_a_restarted_destination_defines_the_snapshots_of_a_vm_that_arrived(
+    migration_service: MigrationService,
+) -> None:
+    """The destination daemon stopped after prepare (its operation keeps the fitted
+    descriptions) and libvirt defined the VM meanwhile: at its start it records the VM
+    and defines them."""
+    svc, hv = migration_service, migration_service.vms.hv
+    name = unique("back")
+    vm_uuid = str(uuid.uuid4())
+    xml = source_xml(name, uuid=vm_uuid, disks=(DiskSpec(path="/dev/null", format="raw"),))
+    fit = snapshot_moves.fit_for(None, str(svc.vms.console_log(name)), None)
+    carried = snapshot_moves.prepared(
+        offer(description("only", xml)), vm_uuid, xml, MAX_XML, fit, {}
+    )
+    assert [s["name"] for s in carried] == ["only"]
+    params = {"uuid": vm_uuid, "offline": True, snapshot_moves.CARRIED: carried}
+    op = await svc.ops.start("migrate_in", name, "default", "node2", params)
+    assert (await svc.ops.get(op.id))["params"][snapshot_moves.CARRIED] == ["only"]
+    [row] = await svc.ops.recover()
+    await trio.to_thread.run_sync(hv.define, xml)  # (libvirt defined it while the daemon was down)
+    with trio.fail_after(10):
+        await svc._resume_incoming(row)
+    stored = await trio.to_thread.run_sync(svc.vms.store.get_operation, op.id)
+    assert stored is not None and stored["state"] == "succeeded", stored
+    assert stored["result"]["snapshots"] == {"defined": 1, "refused": []}
+    listed = await trio.to_thread.run_sync(hv.snapshot_list, name)
+    assert [(s["name"], s["current"]) for s in listed] == [("only", True)]
+    await svc.vms.delete(name, force=True, keep_disks=True)

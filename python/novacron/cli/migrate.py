@@ -105,7 +105,9 @@ def run_migrate(client: SyncClient, args: argparse.Namespace) -> Any:
     if finished.get("state") != "succeeded":
         raise from_wire(finished.get("error") or {"code": "migration_failed", "message": "?"})
     if not args.json:
-        output.fields(doc.get("result") or {}, SUMMARY)
+        result = doc.get("result") or {}
+        # (the snapshots the destination defined, when the VM had any)
+        output.fields(result, SUMMARY + [k for k in ("snapshots",) if k in result])
     return doc
 
 

@@ -5,7 +5,7 @@ migrations), then every VM it has leaves, one at a time, as ``vm.migrate`` would
 it: a running or paused VM live, a stopped one offline (unless ``keep_stopped``). Each
 move is an operation of its own (``migrate_out``); the drain is one more (kind
 ``drain``) that reports which VM it is at and ends with what moved, what did not and
-why. A VM that cannot move (a running one with snapshots, a refusal
+why. A VM that cannot move (a running one with snapshots and pool disks, a refusal
 of the destination, a failed migration) stays here, running as it was, and the drain
 goes on with the next.
 

@@ -29,7 +29,14 @@ import trio
 
 from novacron import errors
 from novacron.logs import kv
-from novacron.migration import libvirt_job, nbd_packing, qemu_socket, terms, volume_copies
+from novacron.migration import (
+    libvirt_job,
+    nbd_packing,
+    qemu_socket,
+    snapshot_moves,
+    terms,
+    volume_copies,
+)
 from novacron.migration.channel import close_gently
 from novacron.migration.nbd_relay import NbdStats
 from novacron.migration.ops import Operation
@@ -72,6 +79,7 @@ class Incoming:
     volumes: list[str] = field(default_factory=list)  # made here for its pool disks
     nbd_token: bytes | None = None  # the channels of QEMU's NBD copy of them
     nbd: NbdStats = field(default_factory=NbdStats)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)  # fitted to this node
 
     def __post_init__(self) -> None:
         self.send, self.recv = trio.open_memory_channel[trio.SSLStream[trio.SocketStream]](1)
@@ -133,6 +141,7 @@ async def prepare(
     stream_socket: str,
     options: dict[str, Any],
     disk_bytes: int = 0,
+    snapshots: list[Any] | None = None,
 ) -> dict[str, Any]:
     streams = svc.config.migration_stream_dir
     stream_name = qemu_socket.name_of(streams, stream_socket)
@@ -140,6 +149,12 @@ async def prepare(
         raise errors.Unavailable("this node does not accept migrations (no TLS listener)")
     managed, spec = await admit(svc, name, xml)
     copies = volume_copies.pool_disks(spec)
+    if snapshots and copies:
+        raise errors.InvalidParams(
+            "snapshots move with a running vm only when its disks are on shared storage "
+            "(QEMU's mirror of its volumes would not carry them)",
+            {"param": "snapshots"},
+        )
     async with placing(svc, spec, xml) as (placement, placed_xml):
         await volume_copies.check_room(svc.vms, name, copies, disk_bytes)
         owner = await svc.vms.hv_pool.run(_qemu_owner, svc.vms.hv, placed_xml)
@@ -149,10 +164,18 @@ async def prepare(
             # volumes for QEMU's mirror of the disks in the source's pool
             volumes = await volume_copies.make(svc.vms, name, copies, empty=False)
             dest_xml = volume_copies.named_in(placed_xml, [t for t, _ in copies], volumes)
+            fit = snapshot_moves.fit_for(
+                placement, svc.vms.console_log(name), svc.config.emulator or None
+            )
+            fitted = snapshot_moves.prepared(
+                snapshots, managed.uuid, xml, snapshot_moves.MAX_XML, fit, {}
+            )
             # (the domain's UUID kept for after a restart: see _resume_incoming)
             params = {**options, "uuid": managed.uuid}
             if volumes:
                 params["volumes"] = volumes
+            if fitted:  # (what a restart defines if the VM arrives)
+                params[snapshot_moves.CARRIED] = fitted
             op = await svc.ops.start("migrate_in", name, spec.tenant, source, params)
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -171,6 +194,7 @@ async def prepare(
         volumes=volumes,
         nbd_token=secrets.token_bytes(32) if volumes else None,
         nbd=NbdStats(packing=nbd_packing.agreed(options.get("disk_compression"))),
+        snapshots=fitted,
     )
     op.on_cancel = inc.cancel.cancel
     svc.incoming[inc.token] = inc
@@ -400,6 +424,7 @@ async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> N
                     op.vm, inc.uuid, op.tenant, inc.spec.to_dict(), inc.placement, state
                 )
                 await vms.arrived(op.vm, op.tenant, inc.source)
+                refused = await snapshot_moves.redefine(vms, op.vm, inc.snapshots)
             completed = await completed_stats(svc, op.vm)
             downtime = completed.get("downtime")
             result: dict[str, Any] = {
@@ -413,6 +438,8 @@ async def settle(svc: MigrationService, inc: Incoming, failure: str | None) -> N
             }
             if inc.volumes:
                 result["storage"] = {"disks": len(inc.volumes), **inc.nbd.to_dict()}
+            if inc.snapshots:
+                result["snapshots"] = snapshot_moves.defined(inc.snapshots, refused)
             await svc.ops.finish(op, "succeeded", result)
             return
         if state == "failed":

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("novacron.migration")
 
-MAX_SNAPSHOT_XML = 1 << 20  # one snapshot's description, as a domain's XML
 ARRIVAL_WAIT_S = 300.0  # from prepare to libvirt defining the VM here (or the source's word)
 RESULT_WAIT_S = 60.0  # for the destination's word on how its side ended
 
@@ -92,7 +92,6 @@ async def prepare(
     descriptions of its snapshots, defined here once it arrived
     (:mod:`~novacron.migration.snapshot_moves`)."""
     managed, spec = await incoming.admit(svc, name, xml)
-    offered = snapshot_moves.offered(snapshots or [], managed.uuid, MAX_SNAPSHOT_XML)
     copies = volume_copies.pool_disks(spec)
     if copies and not svc.channel_port:
         raise errors.Unavailable("this node does not accept volume copies (no TLS listener)")
@@ -106,10 +105,14 @@ async def prepare(
                 placement, svc.vms.console_log(name), svc.config.emulator or None
             )
             moves = snapshot_moves.files_moved(xml, targets, paths)
-            fitted = snapshot_moves.fitted(offered, xml, fit, moves)
+            fitted = snapshot_moves.prepared(
+                snapshots, managed.uuid, xml, snapshot_moves.MAX_XML, fit, moves
+            )
             params = {**options, "uuid": managed.uuid, "offline": True}
             if paths:  # (what a restart deletes if the VM never arrives)
                 params["volumes"] = paths
+            if fitted:  # (what a restart defines if the VM arrives)
+                params[snapshot_moves.CARRIED] = fitted
             op = await svc.ops.start("migrate_in", name, spec.tenant, source, params)
         except BaseException:
             with trio.CancelScope(shield=True):
@@ -204,8 +207,7 @@ async def receive(svc: MigrationService, arrival: Arrival) -> None:
             if arrival.copy is not None:
                 result["storage"] = arrival.copy.stats.to_dict()
             if arrival.snapshots:
-                moved = len(arrival.snapshots) - len(refused)
-                result["snapshots"] = {"defined": moved, "refused": refused}
+                result["snapshots"] = snapshot_moves.defined(arrival.snapshots, refused)
             await svc.ops.finish(op, "succeeded", result)
             return
         if given_up:
@@ -247,12 +249,11 @@ async def move(run: Run, address: str) -> bool:
     snaps: list[dict[str, Any]] = []
     with failures(run, address):
         snaps = await snapshot_moves.export(svc.vms, op.vm)
-        offer = [{"xml": s["xml"], "current": s["current"]} for s in snaps]
         async with connect_tls(address, files, server_name=host) as peer:
             try:
                 with run.prep:
-                    extra = {"snapshots": offer} if offer else {}
-                    _, answer = await prepare_there(run, peer, offline=True, **extra)
+                    offer = snapshot_moves.offer(snaps)
+                    _, answer = await prepare_there(run, peer, offline=True, **offer)
                     if sources or answer.get("copy"):
                         await _copy_out(run, host, answer, sources)
                     if run.lock is not None and svc.locks is not None:
@@ -265,20 +266,12 @@ async def move(run: Run, address: str) -> bool:
                     await tell_abort(peer, answer)
                 raise
             svc.ops.report(op, "moving")
-            try:
-                await snapshot_moves.hold(run, snaps)
-            except BaseException:
-                await snapshot_moves.give_back(run, snaps)
-                with trio.CancelScope(shield=True):
-                    await tell_abort(peer, answer)
-                raise
+            await snapshot_moves.hold_or_abort(run, snaps, partial(tell_abort, peer, answer))
             try:
                 moved = await _libvirt_move(run, peer, answer)
             finally:
-                if not moved:
-                    await snapshot_moves.give_back(run, snaps)
+                await snapshot_moves.settle(run, snaps, moved)
             if moved:
-                op.params.pop(snapshot_moves.HELD, None)
                 dest = await _result(peer, answer)
     return await conclude(run, moved, answer, dest, began)
 

@@ -30,6 +30,20 @@ ENDED = ("succeeded", "failed", "cancelled")
 KEEP_IN_MEMORY = 256  # ended operations kept in memory; older ones are read from the store
 
 
+# parameters kept for a restart that op.get and op.list show by name only: the
+# descriptions of the snapshots a move carries (snapshot_moves)
+NAMES_ONLY = ("snapshots", "snapshots_held")
+
+
+def wire_params(params: dict[str, Any]) -> dict[str, Any]:
+    """An operation's parameters as callers see them."""
+    out = dict(params)
+    for key in NAMES_ONLY:
+        if isinstance(out.get(key), list):
+            out[key] = [s.get("name") if isinstance(s, dict) else s for s in out[key]]
+    return out
+
+
 @dataclass
 class Operation:
     id: str
@@ -66,6 +80,7 @@ class Operation:
 
     def to_wire(self) -> dict[str, Any]:
         doc = self.row()
+        doc["params"] = wire_params(self.params)
         doc["phase"] = self.phase
         doc["progress"] = dict(self.progress)
         return doc
@@ -208,6 +223,7 @@ class Operations:
         if row is None:
             raise errors.NotFound(f"operation {op_id!r} not found", {"op": op_id})
         row["phase"], row["progress"] = row["state"], {}
+        row["params"] = wire_params(row.get("params") or {})
         return row
 
     def running(self, op_id: str) -> Operation | None:
@@ -221,6 +237,7 @@ class Operations:
         for row in rows:
             if row["id"] not in seen:
                 row["phase"], row["progress"] = row["state"], {}
+                row["params"] = wire_params(row.get("params") or {})
                 docs.append(row)
         return docs[:limit]
 

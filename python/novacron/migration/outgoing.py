@@ -58,7 +58,6 @@ from novacron.migration.source_run import (
 )
 from novacron.migration.stream import StreamSender
 from novacron.vm.driver import Hypervisor
-from novacron.vm.service import VmService
 from novacron.vm.spec import VmSpec
 
 if TYPE_CHECKING:
@@ -111,10 +110,14 @@ async def start(
                 {"vm": name, "state": runtime.state},
             )
         offline_move = runtime.state == "stopped"
-        if offline_move:  # (refused here what cannot move with it)
-            await snapshot_moves.export(vms, name)
-        else:
-            await _check_no_snapshots(vms, name)
+        snaps = await snapshot_moves.export(vms, name)  # (refused here what cannot move)
+        if snaps and not offline_move and volume_copies.pool_disks(VmSpec.from_dict(rec.spec)):
+            raise errors.Conflict(
+                f"vm {name!r} has {len(snaps)} snapshot(s), which cannot move with its volumes "
+                "live (QEMU's mirror copies what the guest sees, not the snapshots inside); "
+                "stop it to move it offline with them, or delete them first",
+                {"vm": name, "snapshots": [s["name"] for s in snaps]},
+            )
         params = {**options.to_dict(), **({"offline": True} if offline_move else {})}
         op_id = svc.ops.new_id()
         if svc.locks is not None:  # exactly one migration of the vm, cluster-wide
@@ -142,19 +145,6 @@ async def _accept_stream(listener: trio.SocketListener, nbd: NbdStats | None) ->
             return await qemu_socket.accept_from(listener)
         if nbd is None or trio.current_time() - nbd.last_moved > QEMU_ACCEPT_S:
             raise trio.TooSlowError(f"libvirtd did not connect within {QEMU_ACCEPT_S:g} s")
-
-
-async def _check_no_snapshots(vms: VmService, name: str) -> None:
-    """A running VM moves without snapshots: libvirt refuses to migrate a domain that
-    has any, and QEMU's mirror of its volumes would not carry them. Stopped, it moves
-    offline with them (:mod:`~novacron.migration.snapshot_moves`)."""
-    snapshots = await vms.hv_pool.run(vms.hv.snapshot_list, name)
-    if snapshots:
-        raise errors.Conflict(
-            f"vm {name!r} has {len(snapshots)} snapshot(s), which cannot move with it "
-            "live; stop it to move it offline with them, or delete them first",
-            {"vm": name, "snapshots": [s["name"] for s in snapshots]},
-        )
 
 
 async def _run(run: Run, address: str) -> None:
@@ -189,6 +179,7 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
         with failures(run, address):
             rec = await svc.vms.record(op.vm)
             copies = volume_copies.sources(svc.vms, VmSpec.from_dict(rec.spec))
+            snaps = await snapshot_moves.export(svc.vms, op.vm)
             made = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, name)
             path = made.path
             listener = await qemu_socket.listen(path)
@@ -199,7 +190,9 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
             async with connect_tls(address, files, server_name=host) as peer:
                 try:
                     with run.prep:
-                        xml, answer = await prepare_there(run, peer, stream_socket=str(path))
+                        xml, answer = await prepare_there(
+                            run, peer, stream_socket=str(path), **snapshot_moves.offer(snaps)
+                        )
                         agreed = run.terms = _terms(answer, op.vm)
                         nbd_terms = _nbd_terms(answer, [t for t, _ in copies], op.vm)
                         svc.ops.report(op, "connecting")
@@ -235,9 +228,13 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                 if nbd_listener is not None and nbd_terms is not None:
                     opener = channel_to(run, host, answer["channel_port"], nbd_terms[0])
                     nbd = NbdRelay(nbd_listener, opener, owner[0], nbd_terms[1])
-                moved = await _migrate(
-                    run, call, listener, channel, agreed, partial(tell_abort, peer, answer), nbd
-                )
+                await snapshot_moves.hold_or_abort(run, snaps, partial(tell_abort, peer, answer))
+                try:
+                    moved = await _migrate(
+                        run, call, listener, channel, agreed, partial(tell_abort, peer, answer), nbd
+                    )
+                finally:
+                    await snapshot_moves.settle(run, snaps, moved)
                 if moved:  # libvirt's word is final: the VM runs there, whatever the relay said
                     with trio.move_on_after(RESULT_WAIT_S):
                         got = await peer.call("migration.result", op=answer["op"])

@@ -175,13 +175,11 @@ class MigrationService:
         self.vms.cordon.refuse("incoming migrations")
         if offline_move:
             return await offline.prepare(self, source, name, xml, options, disk_bytes, snapshots)
-        if snapshots is not None:
-            raise errors.InvalidParams(
-                "snapshots move only with a stopped vm (offline)", {"param": "snapshots"}
-            )
         if stream_socket is None:
             raise errors.InvalidParams("a live migration needs stream_socket")
-        return await incoming.prepare(self, source, name, xml, stream_socket, options, disk_bytes)
+        return await incoming.prepare(
+            self, source, name, xml, stream_socket, options, disk_bytes, snapshots
+        )
 
     def _deliver(self, token: bytes, peer: str, stream: trio.SSLStream[trio.SocketStream]) -> bool:
         """Hands a migration channel to the migration (or the volume copy) waiting for
@@ -257,7 +255,12 @@ class MigrationService:
                 if await self.vms.records.get(name) is None:
                     await self._adopt(name, str(row["peer"]), state)
         log.warning("migration.arrived_across_restart", extra=kv(vm=name, op=row["id"]))
-        await self.ops.amend(row, "succeeded", {"node": self.config.node_name, "restarted": True})
+        result: dict[str, Any] = {"node": self.config.node_name, "restarted": True}
+        carried = (row.get("params") or {}).get(snapshot_moves.CARRIED)
+        if isinstance(carried, list) and carried:  # (the source forgot them: they are here)
+            refused = await snapshot_moves.redefine(self.vms, name, carried)
+            result["snapshots"] = snapshot_moves.defined(carried, refused)
+        await self.ops.amend(row, "succeeded", result)
 
     async def _live_outcome(self, row: dict[str, Any]) -> str | None:
         """libvirt's verdict on a live migration's domain here: the state it arrived in,

@@ -1,21 +1,22 @@
-"""Snapshots that move with a stopped VM (an offline move).
+"""Snapshots that move with their VM (``vm.migrate``, offline or live).
 
 QEMU keeps each internal snapshot inside the VM's qcow2 images; libvirt keeps its
 description (name, parent, state, the domain as it was) on the host, and refuses to
-migrate a domain that has any. So an offline move carries the descriptions itself:
+migrate a domain that has any. So a move carries the descriptions itself, and the images
+carry the snapshots: a stopped VM's volumes copied byte for byte, or disks on storage
+both nodes see. (A running VM's volumes in its node's pool cannot: QEMU's mirror copies
+what the guest sees; such a VM is refused.)
 
 1. The source exports every description, parents first (:func:`export`), and offers
-   them with ``migration.prepare`` (``snapshots``).
+   them with ``migration.prepare`` (``snapshots``, :func:`offer`).
 2. The destination checks them (:func:`offered`: the VM's own, internal, one tree) and
    fits the domain each describes to this host exactly as it fits the VM's definition
    (:func:`fitted`: its placement, console log and emulator; the volumes it made for the
-   copies in place of the source's files).
-3. Once the destination is ready (and the volumes are copied), libvirt on the source
-   forgets the descriptions, never the snapshots in the images (:func:`hold`); the
-   operation keeps them (``params.snapshots_held``) for as long as only the source
-   knows them.
-4. libvirt moves the definition; the volumes, copied byte for byte, and disks on shared
-   storage carry the snapshots.
+   copies in place of the source's files); its operation keeps them for a restart.
+3. Just before libvirt's call, libvirt on the source forgets the descriptions, never the
+   snapshots in the images (:func:`hold`); the operation keeps them
+   (``params.snapshots_held``) for as long as only the source knows them.
+4. libvirt moves the VM.
 5. The destination redefines the descriptions once it recorded the VM
    (:func:`redefine`). When the VM did not move, the source redefines them
    (:func:`give_back`), and a restart in between does so at the daemon's start.
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -42,8 +43,10 @@ log = logging.getLogger("novacron.migration")
 
 MAX_SNAPSHOTS = 256  # what one migration.prepare carries (an array's limit)
 MAX_NAME = 255
+MAX_XML = 1 << 20  # one description, as a domain's XML (migration.prepare's xml)
 DOMAIN_TAGS = ("domain", "inactiveDomain")  # the definitions a description holds
-HELD = "snapshots_held"  # the operation's parameter while only the source knows them
+HELD = "snapshots_held"  # the source's operation's parameter while only it knows them
+CARRIED = "snapshots"  # the destination's: the descriptions to define (after a restart too)
 
 
 def _internal_only(doc: ET.Element) -> bool:
@@ -187,6 +190,52 @@ def fit_for(
     return fit
 
 
+def prepared(
+    raw: list[Any] | None,
+    uuid: str,
+    vm_xml: str,
+    max_xml: int,
+    fit: Callable[[str, bool], str],
+    moves: dict[str, str],
+) -> list[dict[str, Any]]:
+    """The destination's part of ``migration.prepare``: the descriptions offered
+    (:func:`offered`), each fitted to this node (:func:`fitted`)."""
+    if not raw:
+        return []
+    return fitted(offered(raw, uuid, max_xml), vm_xml, fit, moves)
+
+
+def offer(snaps: list[dict[str, Any]]) -> dict[str, Any]:
+    """``migration.prepare``'s ``snapshots`` for :func:`export`'s (none: not named, so
+    that a destination of an earlier release takes a VM without snapshots)."""
+    if not snaps:
+        return {}
+    return {"snapshots": [{"xml": s["xml"], "current": s["current"]} for s in snaps]}
+
+
+async def hold_or_abort(
+    run: Run, snaps: list[dict[str, Any]], abort: Callable[[], Awaitable[None]]
+) -> None:
+    """:func:`hold`; when libvirt fails part way, those it forgot are given back, the
+    destination is told to stop waiting (``abort``) and the error goes on."""
+    try:
+        await hold(run, snaps)
+    except BaseException:
+        await give_back(run, snaps)
+        with trio.CancelScope(shield=True):
+            await abort()
+        raise
+
+
+async def settle(run: Run, snaps: list[dict[str, Any]], moved: bool) -> None:
+    """After libvirt's move: the destination has them (``moved``), or this node takes
+    them back."""
+    if moved:
+        run.op.params.pop(HELD, None)
+    else:
+        await give_back(run, snaps)
+
+
 async def hold(run: Run, snaps: list[dict[str, Any]]) -> None:
     """libvirt here forgets the descriptions (the images keep the snapshots); the
     operation keeps them until the move ends (what a restart gives back)."""
@@ -231,3 +280,8 @@ async def redefine(vms: VmService, name: str, snaps: list[dict[str, Any]]) -> li
     if len(refused) < len(snaps):
         log.info("migration.snapshots_defined", extra=kv(vm=name, snapshots=len(snaps)))
     return refused
+
+
+def defined(snaps: list[dict[str, Any]], refused: list[dict[str, str]]) -> dict[str, Any]:
+    """A move's result's ``snapshots``: how many the destination defined, which not."""
+    return {"defined": len(snaps) - len(refused), "refused": refused}
