@@ -158,7 +158,6 @@ def test_a_running_vm_on_shared_storage_moves_live_with_its_snapshots(
         assert back["result"]["snapshots"]["defined"] == 2
         only_on(vm, a, b)
         assert snapshots(a, vm) == [("early", True), ("later", False)]
-        intact_on(a, vm)
     finally:
         for node in (a, b):
             if vm in node.records():

@@ -319,11 +319,11 @@ class MigrationService:
         for row in self.interrupted:
             if row["kind"] != "migrate_out":
                 continue
+            params = row.get("params") or {}
+            held = params.pop(snapshot_moves.HELD, None)  # (the destination has them if it moved)
             if row["vm"] in moved:
                 await self.ops.amend(row, "succeeded", {"restarted": True})
                 continue
-            params = row.get("params") or {}
-            held = params.pop(snapshot_moves.HELD, None)
             if held and row["vm"] in self.vms.managed:  # still here: its snapshots too
                 refused = await snapshot_moves.redefine(self.vms, row["vm"], held)
                 log.warning(
