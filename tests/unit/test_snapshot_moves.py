@@ -237,9 +237,7 @@ async def test_a_restarted_destination_defines_the_snapshots_of_a_vm_that_arrive
     vm_uuid = str(uuid.uuid4())
     xml = source_xml(name, uuid=vm_uuid, disks=(DiskSpec(path="/dev/null", format="raw"),))
     fit = snapshot_moves.fit_for(None, str(svc.vms.console_log(name)), None)
-    carried = snapshot_moves.prepared(
-        offer(description("only", xml)), vm_uuid, xml, MAX_XML, fit, {}
-    )
+    carried = snapshot_moves.prepared(offer(description("only", xml)), vm_uuid, xml, fit, {})
     assert [s["name"] for s in carried] == ["only"]
     params = {"uuid": vm_uuid, "offline": True, snapshot_moves.CARRIED: carried}
     op = await svc.ops.start("migrate_in", name, "default", "node2", params)

@@ -89,7 +89,7 @@ def register(registry: Registry, services: Services) -> None:
         options = p.mapping("options")
         # what the volumes to copy hold on the source (checked against this pool's room)
         disk_bytes = p.integer("disk_bytes", 0, 1 << 60, default=0)
-        # a stopped VM's snapshots (their descriptions; the images hold them)
+        # the VM's snapshots (their descriptions; its images hold them)
         snapshots = (
             p.array("snapshots", snapshot_moves.MAX_SNAPSHOTS) if p.given("snapshots") else None
         )

@@ -107,7 +107,7 @@ def run_migrate(client: SyncClient, args: argparse.Namespace) -> Any:
     if not args.json:
         result = doc.get("result") or {}
         # (the snapshots the destination defined, when the VM had any)
-        output.fields(result, SUMMARY + [k for k in ("snapshots",) if k in result])
+        output.fields(result, SUMMARY + (["snapshots"] if "snapshots" in result else []))
     return doc
 
 

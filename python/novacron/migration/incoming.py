@@ -105,6 +105,15 @@ async def admit(svc: MigrationService, name: str, xml: str) -> tuple[ManagedDoma
     return managed, spec
 
 
+def fit_here(
+    svc: MigrationService, name: str, placement: dict[str, Any] | None
+) -> Callable[[str, bool], str]:
+    """How a domain of VM ``name`` (its definition, or one a snapshot of it holds) is
+    fitted to this node (:func:`~novacron.migration.snapshot_moves.fit_for`): the VM's
+    ``placement`` here, this node's console log and emulator."""
+    return snapshot_moves.fit_for(placement, svc.vms.console_log(name), svc.config.emulator or None)
+
+
 @asynccontextmanager
 async def placing(
     svc: MigrationService, spec: VmSpec, xml: str
@@ -124,9 +133,7 @@ async def placing(
             await vms.nic_check(spec.tenant, spec.nics)  # the same networks must exist here
         placement = vms.placement.allocate(name, spec)
         try:
-            dest_xml = domain_xml.retarget(
-                xml, placement, vms.console_log(name), svc.config.emulator or None
-            )
+            dest_xml = fit_here(svc, name, placement)(xml, True)
             yield placement, dest_xml
         except BaseException:
             vms.placement.release(name)
@@ -164,12 +171,8 @@ async def prepare(
             # volumes for QEMU's mirror of the disks in the source's pool
             volumes = await volume_copies.make(svc.vms, name, copies, empty=False)
             dest_xml = volume_copies.named_in(placed_xml, [t for t, _ in copies], volumes)
-            fit = snapshot_moves.fit_for(
-                placement, svc.vms.console_log(name), svc.config.emulator or None
-            )
-            fitted = snapshot_moves.prepared(
-                snapshots, managed.uuid, xml, snapshot_moves.MAX_XML, fit, {}
-            )
+            fit = fit_here(svc, name, placement)
+            fitted = snapshot_moves.prepared(snapshots, managed.uuid, xml, fit, {})
             # (the domain's UUID kept for after a restart: see _resume_incoming)
             params = {**options, "uuid": managed.uuid}
             if volumes:

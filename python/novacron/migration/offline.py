@@ -101,13 +101,9 @@ async def prepare(
         try:
             targets = [t for t, _ in copies]
             dest_xml = volume_copies.named_in(placed_xml, targets, paths)
-            fit = snapshot_moves.fit_for(
-                placement, svc.vms.console_log(name), svc.config.emulator or None
-            )
+            fit = incoming.fit_here(svc, name, placement)
             moves = snapshot_moves.files_moved(xml, targets, paths)
-            fitted = snapshot_moves.prepared(
-                snapshots, managed.uuid, xml, snapshot_moves.MAX_XML, fit, moves
-            )
+            fitted = snapshot_moves.prepared(snapshots, managed.uuid, xml, fit, moves)
             params = {**options, "uuid": managed.uuid, "offline": True}
             if paths:  # (what a restart deletes if the VM never arrives)
                 params["volumes"] = paths
@@ -246,14 +242,11 @@ async def move(run: Run, address: str) -> bool:
     rec = await svc.vms.record(op.vm)
     sources = volume_copies.sources(svc.vms, VmSpec.from_dict(rec.spec))
     run.copied_from = [path for _, path in sources]
-    snaps: list[dict[str, Any]] = []
     with failures(run, address):
-        snaps = await snapshot_moves.export(svc.vms, op.vm)
         async with connect_tls(address, files, server_name=host) as peer:
             try:
                 with run.prep:
-                    offer = snapshot_moves.offer(snaps)
-                    _, answer = await prepare_there(run, peer, offline=True, **offer)
+                    _, answer = await prepare_there(run, peer, offline=True)
                     if sources or answer.get("copy"):
                         await _copy_out(run, host, answer, sources)
                     if run.lock is not None and svc.locks is not None:
@@ -266,11 +259,11 @@ async def move(run: Run, address: str) -> bool:
                     await tell_abort(peer, answer)
                 raise
             svc.ops.report(op, "moving")
-            await snapshot_moves.hold_or_abort(run, snaps, partial(tell_abort, peer, answer))
+            await snapshot_moves.hold_or_abort(run, partial(tell_abort, peer, answer))
             try:
                 moved = await _libvirt_move(run, peer, answer)
             finally:
-                await snapshot_moves.settle(run, snaps, moved)
+                await snapshot_moves.settle(run, moved)
             if moved:
                 dest = await _result(peer, answer)
     return await conclude(run, moved, answer, dest, began)

@@ -44,6 +44,13 @@ def wire_params(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _stored_to_wire(row: dict[str, Any]) -> dict[str, Any]:
+    """An ended operation read from the store, as op.get and op.list show it."""
+    row["phase"], row["progress"] = row["state"], {}
+    row["params"] = wire_params(row.get("params") or {})
+    return row
+
+
 @dataclass
 class Operation:
     id: str
@@ -222,9 +229,7 @@ class Operations:
         row = await self._pool.run(self._store.get_operation, op_id)
         if row is None:
             raise errors.NotFound(f"operation {op_id!r} not found", {"op": op_id})
-        row["phase"], row["progress"] = row["state"], {}
-        row["params"] = wire_params(row.get("params") or {})
-        return row
+        return _stored_to_wire(row)
 
     def running(self, op_id: str) -> Operation | None:
         return self._running.get(op_id)
@@ -236,9 +241,7 @@ class Operations:
         seen = {d["id"] for d in docs}
         for row in rows:
             if row["id"] not in seen:
-                row["phase"], row["progress"] = row["state"], {}
-                row["params"] = wire_params(row.get("params") or {})
-                docs.append(row)
+                docs.append(_stored_to_wire(row))
         return docs[:limit]
 
     def cancel(self, op: Operation) -> None:

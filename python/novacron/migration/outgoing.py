@@ -130,7 +130,7 @@ async def start(
                     await svc.locks.end(lock, moved=False)
             raise
         vms.migrating.add(name)
-    run = Run(svc, op, options, lock=lock, offline=offline_move)
+    run = Run(svc, op, options, lock=lock, offline=offline_move, snapshots=snaps)
     op.on_cancel = lambda: svc.spawn(run.abort, "cancel")
     svc.spawn(_run, run, address, op=op)
     return {"op": op.id, "vm": name, "destination": address}
@@ -179,7 +179,6 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
         with failures(run, address):
             rec = await svc.vms.record(op.vm)
             copies = volume_copies.sources(svc.vms, VmSpec.from_dict(rec.spec))
-            snaps = await snapshot_moves.export(svc.vms, op.vm)
             made = await trio.to_thread.run_sync(qemu_socket.make_dir, streams, name)
             path = made.path
             listener = await qemu_socket.listen(path)
@@ -190,9 +189,7 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
             async with connect_tls(address, files, server_name=host) as peer:
                 try:
                     with run.prep:
-                        xml, answer = await prepare_there(
-                            run, peer, stream_socket=str(path), **snapshot_moves.offer(snaps)
-                        )
+                        xml, answer = await prepare_there(run, peer, stream_socket=str(path))
                         agreed = run.terms = _terms(answer, op.vm)
                         nbd_terms = _nbd_terms(answer, [t for t, _ in copies], op.vm)
                         svc.ops.report(op, "connecting")
@@ -228,13 +225,13 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                 if nbd_listener is not None and nbd_terms is not None:
                     opener = channel_to(run, host, answer["channel_port"], nbd_terms[0])
                     nbd = NbdRelay(nbd_listener, opener, owner[0], nbd_terms[1])
-                await snapshot_moves.hold_or_abort(run, snaps, partial(tell_abort, peer, answer))
+                await snapshot_moves.hold_or_abort(run, partial(tell_abort, peer, answer))
                 try:
                     moved = await _migrate(
                         run, call, listener, channel, agreed, partial(tell_abort, peer, answer), nbd
                     )
                 finally:
-                    await snapshot_moves.settle(run, snaps, moved)
+                    await snapshot_moves.settle(run, moved)
                 if moved:  # libvirt's word is final: the VM runs there, whatever the relay said
                     with trio.move_on_after(RESULT_WAIT_S):
                         got = await peer.call("migration.result", op=answer["op"])

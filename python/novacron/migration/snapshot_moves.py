@@ -194,15 +194,15 @@ def prepared(
     raw: list[Any] | None,
     uuid: str,
     vm_xml: str,
-    max_xml: int,
     fit: Callable[[str, bool], str],
     moves: dict[str, str],
 ) -> list[dict[str, Any]]:
     """The destination's part of ``migration.prepare``: the descriptions offered
-    (:func:`offered`), each fitted to this node (:func:`fitted`)."""
+    (:func:`offered`, each at most ``MAX_XML``), each fitted to this node
+    (:func:`fitted`)."""
     if not raw:
         return []
-    return fitted(offered(raw, uuid, max_xml), vm_xml, fit, moves)
+    return fitted(offered(raw, uuid, MAX_XML), vm_xml, fit, moves)
 
 
 def offer(snaps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -213,46 +213,44 @@ def offer(snaps: list[dict[str, Any]]) -> dict[str, Any]:
     return {"snapshots": [{"xml": s["xml"], "current": s["current"]} for s in snaps]}
 
 
-async def hold_or_abort(
-    run: Run, snaps: list[dict[str, Any]], abort: Callable[[], Awaitable[None]]
-) -> None:
+async def hold_or_abort(run: Run, abort: Callable[[], Awaitable[None]]) -> None:
     """:func:`hold`; when libvirt fails part way, those it forgot are given back, the
     destination is told to stop waiting (``abort``) and the error goes on."""
     try:
-        await hold(run, snaps)
+        await hold(run)
     except BaseException:
-        await give_back(run, snaps)
+        await give_back(run)
         with trio.CancelScope(shield=True):
             await abort()
         raise
 
 
-async def settle(run: Run, snaps: list[dict[str, Any]], moved: bool) -> None:
+async def settle(run: Run, moved: bool) -> None:
     """After libvirt's move: the destination has them (``moved``), or this node takes
     them back."""
     if moved:
         run.op.params.pop(HELD, None)
     else:
-        await give_back(run, snaps)
+        await give_back(run)
 
 
-async def hold(run: Run, snaps: list[dict[str, Any]]) -> None:
-    """libvirt here forgets the descriptions (the images keep the snapshots); the
+async def hold(run: Run) -> None:
+    """libvirt here forgets the run's descriptions (the images keep the snapshots); the
     operation keeps them until the move ends (what a restart gives back)."""
+    svc, op, snaps = run.svc, run.op, run.snapshots
     if not snaps:
         return
-    svc, op = run.svc, run.op
     await svc.ops.note(op, **{HELD: snaps})
     await svc.vms.hv_pool.run(svc.vms.hv.snapshot_forget, op.vm, [s["name"] for s in snaps])
     log.info("migration.snapshots_held", extra=kv(vm=op.vm, snapshots=len(snaps)))
 
 
-async def give_back(run: Run, snaps: list[dict[str, Any]]) -> None:
-    """The VM did not move: libvirt here takes the descriptions back."""
-    if not snaps:
+async def give_back(run: Run) -> None:
+    """The VM did not move: libvirt here takes the run's descriptions back."""
+    if not run.snapshots:
         return
     with trio.CancelScope(shield=True):
-        refused = await redefine(run.svc.vms, run.op.vm, snaps)
+        refused = await redefine(run.svc.vms, run.op.vm, run.snapshots)
         run.op.params.pop(HELD, None)
         if refused:
             run.fail(

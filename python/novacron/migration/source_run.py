@@ -16,7 +16,7 @@ from novacron import errors
 from novacron.client import TlsFiles, split_address
 from novacron.cluster.locks import MigrationLock
 from novacron.logs import kv
-from novacron.migration import libvirt_job, progress, terms, volume_copies
+from novacron.migration import libvirt_job, progress, snapshot_moves, terms, volume_copies
 from novacron.migration.channel import open_channel
 from novacron.migration.disk_copy import CopyStats
 from novacron.migration.nbd_relay import NbdStats
@@ -49,6 +49,8 @@ class Run:
     storage: CopyStats | None = None  # a stopped VM's volumes' copy, when it has any
     nbd: NbdStats | None = None  # a running VM's: QEMU's mirror, relayed
     copied_from: list[str] = field(default_factory=list)  # their paths here
+    # its snapshots' descriptions, as vm.migrate found them (snapshot_moves.export)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
     address: str = ""  # the destination's TLS listener (host:port)
 
     def __post_init__(self) -> None:
@@ -106,12 +108,14 @@ def channel_to(
 
 async def prepare_there(run: Run, peer: Any, **params: Any) -> tuple[str, dict[str, Any]]:
     """``migration.prepare`` of the run's VM on the destination (``peer``), with its
-    migratable XML and ``params``: the XML and the destination's answer. In a cluster,
+    migratable XML, ``params`` and what the run carries (its volumes' size, its
+    snapshots' descriptions): the XML and the destination's answer. In a cluster,
     where the ownership goes is noted with the operation (what a restart undoes)."""
     svc, op, vms = run.svc, run.op, run.svc.vms
     xml = await vms.hv_pool.run(libvirt_job.migratable_xml, vms.hv, op.vm)
     if run.copied_from:  # (the destination checks it has room for them)
         params["disk_bytes"] = await volume_copies.source_bytes(vms, run.copied_from)
+    params.update(snapshot_moves.offer(run.snapshots))
     answer: dict[str, Any] = await peer.call(
         "migration.prepare", vm=op.vm, xml=xml, options=run.options.to_dict(), **params
     )
@@ -162,7 +166,7 @@ async def forget(
         "stall_actions": [d.action for d in run.watch.decisions],
         "offline": run.offline,
     }
-    if dest_result.get("snapshots") is not None:  # (those that moved with a stopped VM)
+    if dest_result.get("snapshots") is not None:  # (those the destination defined)
         summary["snapshots"] = dest_result["snapshots"]
     if run.storage is not None:
         summary["storage"] = {**run.storage.to_dict(), "source_volumes": volumes}
