@@ -114,6 +114,10 @@ class Host:
         )
         (self.root / "etc" / "qemu.conf").write_text(
             f'cgroup_controllers = [ ]\nmigration_host = "{self.address}"\n'
+            # the source libvirtd's connection to the destination's during a migration
+            # is found dead after 2 s x (3 + 1) without an answer (libvirt: 5 s x 6), so a
+            # test that cuts the link waits less for libvirt's job to fail
+            "keepalive_interval = 2\nkeepalive_count = 3\n"
         )
         # libvirt's QEMU hook, as operators install one: refuses incoming migrations
         # while /etc/libvirt/refuse-migrations exists (a test's way to make libvirt
