@@ -17,7 +17,9 @@ from hypothesis import strategies as st
 
 from novacron import errors
 from novacron.migration import offline, snapshot_moves
+from novacron.migration.options import MigrateOptions
 from novacron.migration.service import MigrationService
+from novacron.migration.source_run import Run
 from novacron.vm import domain_xml
 from novacron.vm.spec import DiskSpec, VmSpec
 from tests.migration_harness import source_xml
@@ -224,6 +226,39 @@ async def test_a_restart_gives_back_the_snapshots_an_interrupted_move_held(
     assert row is not None and row["state"] == "failed"
     assert row["params"] == {"offline": True}
     await svc.vms.delete(name, force=True, keep_disks=False)
+
+
+async def test_a_snapshot_made_after_the_export_stops_the_move_and_none_is_forgotten(
+    migrations: MigrationService,
+) -> None:
+    """A snapshot made after ``vm.migrate`` exported the others (while a stopped VM's
+    volumes were copied, say) would not travel: the hold refuses with ``conflict``
+    before libvirt forgets any, and the destination is told to stop waiting."""
+    vms, hv = migrations.vms, migrations.vms.hv
+    name = unique("newer")
+    await vms.create(VmSpec(name=name, vcpus=1, memory_mib=64), start=False)
+    await vms.snapshot_create(name, "one", "")
+    op = await migrations.ops.start("migrate_out", name, "default", "peer:9443", {})
+    run = Run(migrations, op, MigrateOptions(), offline=True)
+    run.snapshots = await snapshot_moves.export(vms, name)
+    await vms.snapshot_create(name, "two", "")
+    told: list[bool] = []
+
+    async def abort() -> None:
+        told.append(True)
+
+    with pytest.raises(errors.Conflict, match=r"made after its move began \(two\)") as caught:
+        await snapshot_moves.hold_or_abort(run, abort)
+    assert caught.value.details == {"vm": name, "snapshots": ["two"]}
+    assert told == [True]
+    listed = await trio.to_thread.run_sync(hv.snapshot_list, name)
+    assert sorted(s["name"] for s in listed) == ["one", "two"]
+    assert snapshot_moves.HELD not in op.params
+    # a VM that had none when the move began is refused alike
+    run.snapshots = []
+    with pytest.raises(errors.Conflict, match=r"\(one, two\)"):
+        await snapshot_moves.hold_or_abort(run, abort)
+    await vms.delete(name, force=True, keep_disks=False)
 
 
 async def test_a_restarted_destination_defines_the_snapshots_of_a_vm_that_arrived(

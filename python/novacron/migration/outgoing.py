@@ -61,6 +61,8 @@ from novacron.vm.driver import Hypervisor
 from novacron.vm.spec import VmSpec
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from novacron.migration.service import MigrationService
 
 log = logging.getLogger("novacron.migration")
@@ -202,30 +204,16 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
                     if answer:
                         await tell_abort(peer, answer)
                     raise
-                declared = await svc.vms.hv_pool.run(
-                    shared_storage.declared_disks, svc.vms.hv, xml, svc.config.shared_storage_dirs
-                )
-                if declared:
-                    log.info(
-                        "migration.storage_declared_shared",
-                        extra=kv(vm=op.vm, op=op.id, disks=",".join(declared)),
-                    )
-                call = MigrationCall(
-                    name=op.vm,
-                    dest_uri=str(answer["libvirt_uri"]),
-                    migrate_uri=f"unix://{path}",
-                    dest_xml=str(answer["dest_xml"]),
-                    bandwidth_mib_s=run.options.bandwidth_mib_s(),
-                    auto_converge=run.options.auto_converge,
-                    shared_storage=bool(declared),
-                    copy_disks=tuple(t for t, _ in copies),
-                    disks_uri=nbd_relay.disks_uri(path) if copies else None,
-                )
-                nbd = None
-                if nbd_listener is not None and nbd_terms is not None:
-                    opener = channel_to(run, host, answer["channel_port"], nbd_terms[0])
-                    nbd = NbdRelay(nbd_listener, opener, owner[0], nbd_terms[1])
-                await snapshot_moves.hold_or_abort(run, partial(tell_abort, peer, answer))
+                try:  # (until the relay has it, the channel is closed here on failure)
+                    call = await _libvirt_call(run, xml, answer, path, copies)
+                    nbd = None
+                    if nbd_listener is not None and nbd_terms is not None:
+                        opener = channel_to(run, host, answer["channel_port"], nbd_terms[0])
+                        nbd = NbdRelay(nbd_listener, opener, owner[0], nbd_terms[1])
+                    await snapshot_moves.hold_or_abort(run, partial(tell_abort, peer, answer))
+                except BaseException:
+                    await trio.aclose_forcefully(channel)
+                    raise
                 try:
                     moved = await _migrate(
                         run, call, listener, channel, agreed, partial(tell_abort, peer, answer), nbd
@@ -243,6 +231,33 @@ async def _migrate_and_settle(run: Run, address: str) -> bool:
         if made is not None:
             await trio.to_thread.run_sync(made.remove)
     return await conclude(run, moved, answer, dest, began)
+
+
+async def _libvirt_call(
+    run: Run, xml: str, answer: dict[str, Any], path: Path, copies: list[tuple[str, str]]
+) -> MigrationCall:
+    """libvirt's migration of the VM as the destination answered ``migration.prepare``:
+    its stream to the daemon's socket at ``path``, its pool disks ``copies`` mirrored."""
+    svc, op = run.svc, run.op
+    declared = await svc.vms.hv_pool.run(
+        shared_storage.declared_disks, svc.vms.hv, xml, svc.config.shared_storage_dirs
+    )
+    if declared:
+        log.info(
+            "migration.storage_declared_shared",
+            extra=kv(vm=op.vm, op=op.id, disks=",".join(declared)),
+        )
+    return MigrationCall(
+        name=op.vm,
+        dest_uri=str(answer["libvirt_uri"]),
+        migrate_uri=f"unix://{path}",
+        dest_xml=str(answer["dest_xml"]),
+        bandwidth_mib_s=run.options.bandwidth_mib_s(),
+        auto_converge=run.options.auto_converge,
+        shared_storage=bool(declared),
+        copy_disks=tuple(t for t, _ in copies),
+        disks_uri=nbd_relay.disks_uri(path) if copies else None,
+    )
 
 
 @dataclass

@@ -236,13 +236,15 @@ async def settle(run: Run, moved: bool) -> None:
 
 async def hold(run: Run) -> None:
     """libvirt here forgets the run's descriptions (the images keep the snapshots); the
-    operation keeps them until the move ends (what a restart gives back)."""
+    operation keeps them until the move ends (what a restart gives back). ``conflict``
+    when the VM has a snapshot the run did not export (made since): libvirt would refuse
+    the move, or the images would travel without it."""
     svc, op, snaps = run.svc, run.op, run.snapshots
-    if not snaps:
-        return
-    await svc.ops.note(op, **{HELD: snaps})
+    if snaps:
+        await svc.ops.note(op, **{HELD: snaps})
     await svc.vms.hv_pool.run(svc.vms.hv.snapshot_forget, op.vm, [s["name"] for s in snaps])
-    log.info("migration.snapshots_held", extra=kv(vm=op.vm, snapshots=len(snaps)))
+    if snaps:
+        log.info("migration.snapshots_held", extra=kv(vm=op.vm, snapshots=len(snaps)))
 
 
 async def give_back(run: Run) -> None:

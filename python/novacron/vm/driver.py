@@ -394,8 +394,17 @@ class Hypervisor:
 
     def snapshot_forget(self, name: str, snapshots: list[str]) -> None:
         """libvirt forgets the named snapshots' descriptions, children first; the images
-        keep the snapshots themselves."""
+        keep the snapshots themselves. ``conflict``, and none forgotten, when the VM has
+        a snapshot not named (one made since the names were exported)."""
         dom = self.domain(name)
+        with libvirt_errors():
+            newer = sorted({s.getName() for s in dom.listAllSnapshots(0)} - set(snapshots))
+        if newer:
+            raise errors.Conflict(
+                f"vm {name!r} has snapshots made after its move began ({', '.join(newer)}); "
+                "the move carries only those it found then: try again",
+                {"vm": name, "snapshots": newer},
+            )
         with libvirt_errors():
             for snapshot in reversed(snapshots):
                 dom.snapshotLookupByName(snapshot, 0).delete(
