@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import libvirt
@@ -12,6 +13,7 @@ import pytest
 
 from novacron import errors
 from novacron.client import SyncClient
+from novacron.vm import domain_xml
 from tests.daemon_harness import Daemon
 from tests.system import guest
 from tests.system.libvirt_host import URI
@@ -70,10 +72,24 @@ def test_boot_pause_resume_snapshot_shutdown_delete(
         assert down["forced"] is False
         assert guest.POWER_MARKER in console(vm)
 
+        # resized since: the revert gives the VM the snapshot's size back, placed again
+        grown = c.call("vm.update", name="sys1", vcpus=2, memory_mib=320)
+        assert (grown["vcpus"], grown["memory_mib"]) == (2, 320)
+
         # revert brings back the running guest from the snapshot's memory
         before = len(console(vm))
-        assert c.call("vm.snapshot.revert", vm="sys1", name="booted")["state"] == "running"
+        back = c.call("vm.snapshot.revert", vm="sys1", name="booted")
+        assert (back["state"], back["vcpus"], back["memory_mib"]) == ("running", 1, 256)
         wait_console(c, "sys1", guest.TICK, after=before)
+        conn = libvirt.open(URI)
+        try:
+            live = conn.lookupByName("sys1").XMLDesc(0)
+        finally:
+            conn.close()
+        root = ET.fromstring(live)
+        assert (root.findtext("vcpu"), root.findtext("memory")) == ("1", str(256 * 1024))
+        managed = domain_xml.parse_managed(live)  # the pins libvirt runs it with: made from it
+        assert managed is not None and managed.placement == back["placement"]
         c.call("vm.snapshot.delete", vm="sys1", name="booted")
 
         assert c.call("vm.stop", name="sys1")["state"] == "stopped"

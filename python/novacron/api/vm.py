@@ -34,6 +34,7 @@ from novacron.vm.base_images import ImageSource
 from novacron.vm.clone import clone
 from novacron.vm.quotas import LIMITS, Quota
 from novacron.vm.resize import resize
+from novacron.vm.revert import revert
 from novacron.vm.service import VmService
 from novacron.vm.spec import (
     DISK_LIMIT_KEYS,
@@ -394,7 +395,9 @@ def register(registry: Registry, services: Services) -> None:
         name = p.name("vm")
         snapshot = p.name("name")
         p.done()
-        return await vms.snapshot_revert(await visible(ctx, name), snapshot)
+        name = await visible(ctx, name)
+        await revert(vms, name, snapshot)
+        return await vms.get(name)
 
     @registry.method("vm.snapshot.delete")
     async def snapshot_delete(ctx: CallContext, p: Params) -> dict[str, Any]:

@@ -44,7 +44,6 @@ log = logging.getLogger("novacron.migration")
 MAX_SNAPSHOTS = 256  # what one migration.prepare carries (an array's limit)
 MAX_NAME = 255
 MAX_XML = 1 << 20  # one description, as a domain's XML (migration.prepare's xml)
-DOMAIN_TAGS = ("domain", "inactiveDomain")  # the definitions a description holds
 HELD = "snapshots_held"  # the source's operation's parameter while only it knows them
 CARRIED = "snapshots"  # the destination's: the descriptions to define (after a restart too)
 
@@ -116,7 +115,7 @@ def offered(raw: list[Any], uuid: str, max_xml: int) -> list[tuple[ET.Element, b
             raise _bad(f"its parent {parent!r} must come before it", i)
         if not _internal_only(doc):
             raise _bad("a snapshot kept in files of its own does not move", i)
-        domains = [d for tag in DOMAIN_TAGS for d in doc.findall(tag)]
+        domains = [d for tag in domain_xml.SNAPSHOT_DOMAIN_TAGS for d in doc.findall(tag)]
         if doc.find("domain") is None or any(d.findtext("uuid") != uuid for d in domains):
             raise _bad("it must describe this vm (its <domain> with the vm's uuid)", i)
         seen.add(name)
@@ -155,9 +154,8 @@ def fitted(
     out = []
     for doc, current in snapshots:
         name = doc.findtext("name") or ""
-        for i, el in enumerate(list(doc)):
-            if el.tag not in DOMAIN_TAGS:
-                continue
+
+        def fitted_here(el: ET.Element, name: str = name) -> ET.Element:
             same = (el.findtext("vcpu"), el.findtext("memory")) == size
             try:
                 text = fit(ET.tostring(el, encoding="unicode"), same)
@@ -166,13 +164,12 @@ def fitted(
                     f"snapshot {name!r} does not fit this node: {exc}", {"param": "snapshots"}
                 ) from None
             new = ET.fromstring(text)  # noqa: S314 - domain_xml's own output
-            new.tag = el.tag
             for disk in new.findall("devices/disk/source"):
                 if disk.get("file") in moves:
                     disk.set("file", moves[disk.attrib["file"]])
-            new.tail = el.tail
-            doc.remove(el)
-            doc.insert(i, new)
+            return new
+
+        domain_xml.replace_snapshot_domains(doc, fitted_here)
         xml = ET.tostring(doc, encoding="unicode")
         out.append({"name": name, "xml": xml, "current": current})
     return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -379,6 +380,21 @@ def resized(xml: str, spec: VmSpec, placement: dict[str, Any] | None) -> str:
         raise ValueError("domain XML carries no NovaCron metadata")
     spec_el.text = json.dumps(spec.to_dict(), sort_keys=True)
     return retarget(ET.tostring(dom, encoding="unicode"), placement, console_log=None)
+
+
+SNAPSHOT_DOMAIN_TAGS = ("domain", "inactiveDomain")  # the definitions a snapshot holds
+
+
+def replace_snapshot_domains(doc: ET.Element, change: Callable[[ET.Element], ET.Element]) -> None:
+    """Each VM definition the snapshot description ``doc`` holds (``<domain>``, and a
+    running VM's ``<inactiveDomain>``) replaced, in place, by ``change(it)``."""
+    for i, el in enumerate(list(doc)):
+        if el.tag not in SNAPSHOT_DOMAIN_TAGS:
+            continue
+        new = change(el)
+        new.tag, new.tail = el.tag, el.tail
+        doc.remove(el)
+        doc.insert(i, new)
 
 
 @dataclass(frozen=True)

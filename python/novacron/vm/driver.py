@@ -392,6 +392,22 @@ class Hypervisor:
                 for s in snaps
             ]
 
+    def snapshot_description(self, name: str, snapshot: str) -> tuple[str, bool]:
+        """A snapshot's description (``<domainsnapshot>``), and whether it is current."""
+        snap = self._snapshot(name, snapshot)
+        with libvirt_errors():
+            return snap.getXMLDesc(0), bool(snap.isCurrent(0))
+
+    def snapshot_describe_again(self, name: str, xml: str, current: bool) -> None:
+        """libvirt replaces the description of an existing snapshot by ``xml`` (its
+        images keep the snapshot; libvirt refuses a domain another guest could not run
+        from the same saved state)."""
+        flags = libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
+        if current:
+            flags |= libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT
+        with libvirt_errors():
+            self.domain(name).snapshotCreateXML(xml, flags)
+
     def snapshot_forget(self, name: str, snapshots: list[str]) -> None:
         """libvirt forgets the named snapshots' descriptions, children first; the images
         keep the snapshots themselves. ``conflict``, and none forgotten, when the VM has

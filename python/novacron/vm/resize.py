@@ -155,7 +155,7 @@ async def _resize_stopped(
     others = [r for r in await vms.records.all() if r.name != name]
     await vms.quotas.check(grown, others)
     with trio.CancelScope(shield=True):
-        placement = _place(vms, name, grown, old)
+        placement = place_again(vms, name, grown, old)
         try:
             xml = domain_xml.resized(await vms.hv_pool.run(vms.hv.xml, name), grown, placement)
             await vms.records.set_spec(name, grown.to_dict(), placement)
@@ -171,7 +171,7 @@ async def _resize_stopped(
             raise
 
 
-def _place(
+def place_again(
     vms: VmService, name: str, spec: VmSpec, old: dict[str, Any] | None
 ) -> dict[str, Any] | None:
     """A placement for ``spec`` in place of the VM's ``old`` one (taken back if the new

@@ -528,16 +528,6 @@ class VmService:
         await self.record(name)
         return await self.hv_pool.run(self.hv.snapshot_list, name)
 
-    async def snapshot_revert(self, name: str, snapshot: str) -> dict[str, Any]:
-        async with self.changing(name):
-            await self.record(name)
-            await self.hv_pool.run(self.hv.snapshot_revert, name, snapshot)
-            runtime = await self._runtime(name)
-            desired = runtime.state if runtime.state in ("running", "paused") else "stopped"
-            await self.records.set_desired_state(name, desired)
-            log.info("vm.snapshot_reverted", extra=kv(vm=name, snapshot=snapshot))
-        return await self.get(name)
-
     async def snapshot_delete(self, name: str, snapshot: str) -> dict[str, Any]:
         async with self.changing(name):
             await self.record(name)
