@@ -5,6 +5,7 @@ devices changed since) change nothing."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -83,6 +84,40 @@ async def test_a_running_vm_reverted_keeps_its_room_and_the_snapshots_vcpus(
         "placed": 3,  # the room is still reserved
     }
     await vm_service.delete(name, force=True, keep_disks=False)
+
+
+async def test_a_reverted_vm_never_runs_on_cpus_given_to_another_since(
+    vm_service: VmService,
+) -> None:
+    """The snapshot's definition pins the VM where it was placed then: after a resize
+    gave one of those threads to another dedicated VM, the revert places it anew and
+    libvirt's definition pins it there."""
+    config = replace(vm_service.config, dedicated_cpus="2-7,10-15", shared_cpus="0-1,8-9")
+    svc = VmService(config, vm_service.hv, vm_service.store)
+    svc.placement.load(svc.hv.numa_nodes())
+    a = await made(svc, cpu_policy="dedicated")
+    await resize(svc, a, 2, 64)
+    await svc.snapshot_create(a, "two", "")
+    then = await pins(svc, a)
+    await resize(svc, a, 1, 64)
+    b = await made(svc, cpu_policy="dedicated")
+    taken = await pins(svc, b)
+    assert taken <= then  # (the other VM got a thread the snapshot's pins name)
+    await revert(svc, a, "two")
+    now = await pins(svc, a)
+    assert len(now) == 2 and not now & taken
+    rec = await svc.records.get(a)
+    assert rec is not None and rec.placement is not None
+    assert now == {c for cell in rec.placement["cells"] for c in cell["cpus"]}
+    for name in (a, b):
+        await svc.delete(name, force=True, keep_disks=False)
+
+
+async def pins(svc: VmService, name: str) -> set[int]:
+    """The host threads libvirt's definition pins the VM's vCPUs to (single threads,
+    as a dedicated placement pins them)."""
+    root = ET.fromstring(await svc.hv_pool.run(svc.hv.xml, name))
+    return {int(p.attrib["cpuset"]) for p in root.findall("cputune/vcpupin")}
 
 
 async def test_a_revert_the_quota_host_or_devices_refuse_changes_nothing(
