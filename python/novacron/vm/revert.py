@@ -41,6 +41,7 @@ import trio
 
 from novacron import errors
 from novacron.logs import kv
+from novacron.state.db import VmRecord
 from novacron.vm import domain_xml
 from novacron.vm.resize import place_again
 from novacron.vm.service import VmService, log
@@ -129,16 +130,7 @@ async def revert(vms: VmService, name: str, snapshot: str) -> None:
                 others = [r for r in await vms.records.all() if r.name != name]
                 await vms.quotas.check(then, others)
             with trio.CancelScope(shield=True):
-                await _revert_as(
-                    vms,
-                    name,
-                    snapshot,
-                    rec.spec,
-                    rec.placement,
-                    then,
-                    resized,
-                    (described, current),
-                )
+                await _revert_as(vms, rec, snapshot, then, resized, (described, current))
         runtime = await vms.hv_pool.run(vms.hv.state, name)
         desired = runtime.state if runtime.state in ("running", "paused") else "stopped"
         await vms.records.set_desired_state(name, desired)
@@ -155,16 +147,15 @@ async def revert(vms: VmService, name: str, snapshot: str) -> None:
 
 async def _revert_as(
     vms: VmService,
-    name: str,
+    rec: VmRecord,
     snapshot: str,
-    was: dict[str, Any],
-    old: dict[str, Any] | None,
     then: VmSpec,
     resized: bool,
     description: tuple[str, bool],
 ) -> None:
     """The revert, with the record at ``then`` and the snapshot placed as the VM is
     (anew when ``resized``); everything put back on failure."""
+    name, was, old = rec.name, rec.spec, rec.placement
     described, current = description
     placement = place_again(vms, name, then, old) if resized else old
     try:
