@@ -202,6 +202,15 @@ def test_state_conflicts_and_duplicates(daemon: Daemon) -> None:
         with pytest.raises(errors.NotFound):
             c.call("vm.snapshot.revert", vm="a", name="nope")
         assert c.call("vm.get", name="a")["state"] == "running"
+        # a disk attached since the snapshot: the revert is refused, naming it, and the
+        # VM keeps its disk (the test driver attaches to a stopped VM only)
+        c.call("vm.stop", name="a")
+        c.call("vm.disk.attach", vm="a", size_gib=1)
+        with pytest.raises(errors.Conflict) as refused:
+            c.call("vm.snapshot.revert", vm="a", name="s")
+        assert refused.value.details["devices"] == ["disk vda added since"]
+        doc = c.call("vm.get", name="a")
+        assert doc["state"] == "stopped" and [d["target"] for d in doc["disks"]] == ["vda"]
 
 
 def test_unmanaged_domains_are_not_listed(daemon: Daemon) -> None:
