@@ -375,11 +375,16 @@ def resized(xml: str, spec: VmSpec, placement: dict[str, Any] | None) -> str:
     for el in dom.findall("vcpus"):  # libvirt's per-vCPU list: made again from <vcpu>
         dom.remove(el)
     _vcpu_room(vcpu, spec)
+    set_spec(dom, spec)
+    return retarget(ET.tostring(dom, encoding="unicode"), placement, console_log=None)
+
+
+def set_spec(dom: ET.Element, spec: VmSpec) -> None:
+    """The domain ``dom``'s NovaCron metadata says ``spec`` (``ValueError`` without it)."""
     spec_el = dom.find(f"metadata/{{{METADATA_NS}}}vm/{{{METADATA_NS}}}spec")
     if spec_el is None:
         raise ValueError("domain XML carries no NovaCron metadata")
     spec_el.text = json.dumps(spec.to_dict(), sort_keys=True)
-    return retarget(ET.tostring(dom, encoding="unicode"), placement, console_log=None)
 
 
 SNAPSHOT_DOMAIN_TAGS = ("domain", "inactiveDomain")  # the definitions a snapshot holds

@@ -22,6 +22,8 @@ under TCG on QEMU 7.2, never reports it gone, so libvirt would lose track of it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -151,37 +153,44 @@ async def _resize_stopped(
     grown: VmSpec,
     old: dict[str, Any] | None,
 ) -> None:
-    check_hugepages(grown)
-    others = [r for r in await vms.records.all() if r.name != name]
-    await vms.quotas.check(grown, others)
-    with trio.CancelScope(shield=True):
-        placement = place_again(vms, name, grown, old)
+    await check_room(vms, name, grown)
+    with trio.CancelScope(shield=True), placed_anew(vms, name, grown, old) as placement:
+        xml = domain_xml.resized(await vms.hv_pool.run(vms.hv.xml, name), grown, placement)
+        await vms.records.set_spec(name, grown.to_dict(), placement)
         try:
-            xml = domain_xml.resized(await vms.hv_pool.run(vms.hv.xml, name), grown, placement)
-            await vms.records.set_spec(name, grown.to_dict(), placement)
-            try:
-                await vms.hv_pool.run(vms.hv.define, xml)
-            except BaseException:
-                await vms.records.set_spec(name, was, old)
-                raise
+            await vms.hv_pool.run(vms.hv.define, xml)
         except BaseException:
-            if old is not None:  # the old placement back
-                vms.placement.release(name)
-                vms.placement.restore(name, old)
+            await vms.records.set_spec(name, was, old)
             raise
 
 
-def place_again(
+async def check_room(vms: VmService, name: str, spec: VmSpec) -> None:
+    """VM ``name`` at ``spec``'s size, checked as a create is: whole hugepages, and the
+    tenant's quota with the VM counted once, at that size."""
+    check_hugepages(spec)
+    others = [r for r in await vms.records.all() if r.name != name]
+    await vms.quotas.check(spec, others)
+
+
+@contextmanager
+def placed_anew(
     vms: VmService, name: str, spec: VmSpec, old: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    """A placement for ``spec`` in place of the VM's ``old`` one (taken back if the new
-    one is refused). A VM recorded without a placement (made before placement existed)
-    stays without one."""
+) -> Iterator[dict[str, Any] | None]:
+    """A placement for ``spec`` in place of the VM's ``old`` one: ``old`` is taken back
+    if the new one is refused, or if the block fails. A VM recorded without a placement
+    (made before placement existed) stays without one."""
     if old is None:
-        return None
+        yield None
+        return
     vms.placement.release(name)
     try:
-        return vms.placement.allocate(name, spec)
+        placement = vms.placement.allocate(name, spec)
     except BaseException:
+        vms.placement.restore(name, old)
+        raise
+    try:
+        yield placement
+    except BaseException:
+        vms.placement.release(name)
         vms.placement.restore(name, old)
         raise

@@ -22,8 +22,9 @@ what the guest has:
 - A snapshot without NovaCron's metadata (taken of a domain NovaCron did not make) is
   reverted as libvirt has it; the VM's record is left as it is.
 
-Order: placement, record, the snapshot's description, the revert, the domain's
-metadata. A refusal or failure puts back the placement, the record and the description.
+Order: placement, record, the snapshot's description (carrying the record's spec and
+placement, so the reverted domain's metadata says what the record does), the revert. A
+refusal or failure puts back the placement, the record and the description.
 A crash between the record and the revert leaves the record with the snapshot's spec
 over a domain that was not reverted; reconciliation finds it as it finds a resize cut in
 half (a stopped domain is given the record's size; for a running one the record follows
@@ -34,6 +35,7 @@ completes it.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -43,9 +45,9 @@ from novacron import errors
 from novacron.logs import kv
 from novacron.state.db import VmRecord
 from novacron.vm import domain_xml
-from novacron.vm.resize import place_again
+from novacron.vm.resize import check_room, placed_anew
 from novacron.vm.service import VmService, log
-from novacron.vm.spec import VmSpec, check_hugepages
+from novacron.vm.spec import VmSpec
 
 # what a placement is made from: when one of them changes, the VM is placed anew
 PLACED_BY = (
@@ -89,12 +91,14 @@ def device_changes(now: VmSpec, then: VmSpec) -> list[str]:
     return found
 
 
-def fitted(described: str, placement: dict[str, Any] | None) -> str:
-    """The snapshot description with each definition it holds placed as ``placement``
-    says (``domain_xml.retarget``: pins, NUMA tuning, huge pages, the metadata's)."""
+def fitted(described: str, spec: VmSpec, placement: dict[str, Any] | None) -> str:
+    """The snapshot description with each definition it holds carrying ``spec`` in its
+    metadata and placed as ``placement`` says (``domain_xml.retarget``: pins, NUMA
+    tuning, huge pages, the metadata's): the reverted domain says what the record does."""
     doc = ET.fromstring(described)  # noqa: S314 - from libvirtd
 
     def placed(el: ET.Element) -> ET.Element:
+        domain_xml.set_spec(el, spec)
         text = domain_xml.retarget(ET.tostring(el, encoding="unicode"), placement, None)
         return ET.fromstring(text)  # noqa: S314 - domain_xml's own output
 
@@ -126,9 +130,7 @@ async def revert(vms: VmService, name: str, snapshot: str) -> None:
                 )
             resized = _placed_by(then) != _placed_by(now)
             if resized:
-                check_hugepages(then)
-                others = [r for r in await vms.records.all() if r.name != name]
-                await vms.quotas.check(then, others)
+                await check_room(vms, name, then)
             with trio.CancelScope(shield=True):
                 await _revert_as(vms, rec, snapshot, then, resized, (described, current))
         runtime = await vms.hv_pool.run(vms.hv.state, name)
@@ -157,13 +159,12 @@ async def _revert_as(
     (anew when ``resized``); everything put back on failure."""
     name, was, old = rec.name, rec.spec, rec.placement
     described, current = description
-    placement = place_again(vms, name, then, old) if resized else old
-    try:
+    placing = placed_anew(vms, name, then, old) if resized else nullcontext(old)
+    with placing as placement:
         await vms.records.set_spec(name, then.to_dict(), placement)
         try:
-            await vms.hv_pool.run(
-                vms.hv.snapshot_describe_again, name, fitted(described, placement), current
-            )
+            fitted_now = fitted(described, then, placement)
+            await vms.hv_pool.run(vms.hv.snapshot_describe_again, name, fitted_now, current)
             try:
                 await vms.hv_pool.run(vms.hv.snapshot_revert, name, snapshot)
             except BaseException:
@@ -172,9 +173,3 @@ async def _revert_as(
         except BaseException:
             await vms.records.set_spec(name, was, old)
             raise
-    except BaseException:
-        if resized and old is not None:  # the old placement back
-            vms.placement.release(name)
-            vms.placement.restore(name, old)
-        raise
-    await vms.save_spec(name, then, placement)  # (the domain's metadata: the restart policy)
