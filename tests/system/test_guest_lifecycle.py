@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -38,6 +40,14 @@ def wait_console(
 
 def ticks(text: str) -> int:
     return text.count(guest.TICK)
+
+
+def volume_bytes(path: str) -> int:
+    """The virtual size QEMU reads in the image at ``path`` (``-U``: while a guest runs)."""
+    out = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", path], check=True, capture_output=True
+    ).stdout
+    return int(json.loads(out)["virtual-size"])
 
 
 def create_guest(c: SyncClient, name: str, images: guest.GuestImages, **extra) -> dict:
@@ -75,11 +85,17 @@ def test_boot_pause_resume_snapshot_shutdown_delete(
         # resized since: the revert gives the VM the snapshot's size back, placed again
         grown = c.call("vm.update", name="sys1", vcpus=2, memory_mib=320)
         assert (grown["vcpus"], grown["memory_mib"]) == (2, 320)
+        wider = c.call("vm.disk.resize", vm="sys1", target="vda", size_gib=2)
+        assert [(d["target"], d["size_gib"]) for d in wider["disks"]] == [("vda", 2)]
+        assert volume_bytes(vm["disks"][0]["path"]) == 2 << 30
 
         # revert brings back the running guest from the snapshot's memory
         before = len(console(vm))
         back = c.call("vm.snapshot.revert", vm="sys1", name="booted")
         assert (back["state"], back["vcpus"], back["memory_mib"]) == ("running", 1, 256)
+        # qcow2 keeps the size a disk had at the snapshot, and QEMU's revert restores it
+        assert [(d["target"], d["size_gib"]) for d in back["disks"]] == [("vda", 1)]
+        assert volume_bytes(vm["disks"][0]["path"]) == 1 << 30
         wait_console(c, "sys1", guest.TICK, after=before)
         conn = libvirt.open(URI)
         try:

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from novacron import errors
 from novacron.vm import domain_xml
-from novacron.vm.disks import attach, detach, resize
+from novacron.vm.disks import attach, detach, refuse_v2_with_snapshots, resize
 from novacron.vm.quotas import Quota
 from novacron.vm.reconcile import reconcile
 from novacron.vm.service import VmService
@@ -204,3 +205,27 @@ async def test_resize_refusals_change_nothing(vm_service: VmService, tmp_path: P
         await resize(svc, name, "vda", 3)
     assert await sizes() == [2, None]
     assert (await svc.quotas.report(tenant, await svc.records.all()))["used"]["disk_gib"] == 2
+
+
+async def test_a_version_2_image_holding_a_snapshot_is_refused_growth(tmp_path: Path) -> None:
+    """Volumes made by an older daemon (libvirt makes qcow2 version 2 by default): QEMU
+    would refuse to grow one that holds a snapshot; the daemon says why and what to do."""
+    path = tmp_path / "old.qcow2"
+    for args in (
+        ["create", "-f", "qcow2", "-o", "compat=0.10", str(path), "1M"],
+        ["snapshot", "-c", "s0", str(path)],
+    ):
+        await trio.run_process(["qemu-img", *args], capture_stdout=True)
+    with pytest.raises(errors.Conflict, match="version 2 image holding 1 snapshot") as old:
+        await refuse_v2_with_snapshots("vm1", "vda", str(path))
+    assert "qemu-img amend -o compat=1.1" in old.value.message
+    assert old.value.details == {
+        "vm": "vm1",
+        "target": "vda",
+        "path": str(path),
+        "qcow2_version": 2,
+        "snapshots": 1,
+    }
+    await trio.run_process(["qemu-img", "amend", "-o", "compat=1.1", str(path)])
+    await refuse_v2_with_snapshots("vm1", "vda", str(path))  # version 3: grows
+    await refuse_v2_with_snapshots("vm1", "vda", str(tmp_path / "gone.qcow2"))  # left to QEMU

@@ -3,6 +3,8 @@ process libvirt records for a domain."""
 
 from __future__ import annotations
 
+import uuid
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,25 @@ def test_qemu_pid_only_from_the_local_system_qemu_driver(
     assert Hypervisor("qemu:///system").qemu_pid("m2") is None  # not running
     for uri in ("qemu:///session", "qemu+ssh://host/system", "test:///default"):
         assert Hypervisor(uri).qemu_pid("m1") is None, uri
+
+
+def test_a_qcow2_volume_is_made_version_3() -> None:
+    """libvirt makes qcow2 version 2 unless told (a disk that then holds a snapshot
+    cannot grow); raw volumes have no version."""
+    hv = Hypervisor("test:///default")
+    made = {
+        fmt: hv.create_volume("default-pool", f"{uuid.uuid4().hex}.{fmt}", 1, fmt)
+        for fmt in ("qcow2", "raw")
+    }
+    try:
+        compat = {
+            fmt: ET.fromstring(hv.conn.storageVolLookupByPath(path).XMLDesc(0)).findtext(
+                "target/compat"
+            )
+            for fmt, path in made.items()
+        }
+        assert compat == {"qcow2": "1.1", "raw": None}
+    finally:
+        for path in made.values():
+            hv.delete_volume(path)
+        hv.close()

@@ -188,3 +188,33 @@ def test_a_valid_header_gives_its_field(version: int, offset: int, length: int) 
     assert qcow2.backing_field(head) == (offset, length)
     no_backing = struct.pack(">4sIQI", qcow2.MAGIC, version, 0, 0)
     assert qcow2.backing_field(no_backing) is None
+
+
+def test_a_version_2_image_with_snapshots_is_told_apart(tmp_path: Path) -> None:
+    """Only a version 2 image holding snapshots counts: QEMU grows the others."""
+    counts = {}
+    for compat, snapshots in (("0.10", 2), ("0.10", 0), ("1.1", 2)):
+        path = tmp_path / f"{compat}-{snapshots}.qcow2"
+        qemu_img("create", "-f", "qcow2", "-o", f"compat={compat}", path, "1M")
+        for i in range(snapshots):
+            qemu_img("snapshot", "-c", f"s{i}", path)
+        counts[compat, snapshots] = qcow2.v2_snapshots_of(str(path))
+    assert counts == {("0.10", 2): 2, ("0.10", 0): 0, ("1.1", 2): 0}
+    raw = tmp_path / "plain.raw"
+    qemu_img("create", "-f", "raw", raw, "1M")
+    assert qcow2.v2_snapshots_of(str(raw)) == 0
+    # what QEMU says of the one counted, and of the same image once it is version 3
+    held = tmp_path / "0.10-2.qcow2"
+    refused = subprocess.run(["qemu-img", "resize", str(held), "2M"], capture_output=True)
+    assert refused.returncode != 0 and b"v2 image which has snapshots" in refused.stderr
+    qemu_img("amend", "-o", "compat=1.1", held)
+    assert qcow2.v2_snapshots_of(str(held)) == 0
+    qemu_img("resize", held, "2M")
+
+
+@given(st.binary(max_size=80))
+def test_any_header_gives_a_snapshot_count_only_for_version_2(head: bytes) -> None:
+    count = qcow2.v2_snapshots(head)
+    assert count >= 0
+    if count:
+        assert head.startswith(qcow2.MAGIC) and qcow2.HEADER.unpack_from(head)[1] == 2

@@ -38,7 +38,7 @@ import trio
 
 from novacron import errors
 from novacron.logs import kv
-from novacron.vm import domain_xml
+from novacron.vm import domain_xml, qcow2
 from novacron.vm.base_images import ImageSource
 from novacron.vm.service import VmService, log
 from novacron.vm.spec import MAX_DISKS, DiskSpec, VmSpec, disk_target
@@ -205,6 +205,8 @@ async def resize(vms: VmService, name: str, target: str, size_gib: int) -> dict[
             )
         if size_gib == old:
             return await vms.get(name)
+        if disk.format == "qcow2":
+            await refuse_v2_with_snapshots(name, target, path)
         await vms.quotas.check_more(tenant, await vms.records.all(), {"disk_gib": size_gib - old})
         runtime = await vms.hv_pool.run(vms.hv.state, name)
         disks = spec.named_disks()
@@ -220,3 +222,20 @@ async def resize(vms: VmService, name: str, target: str, size_gib: int) -> dict[
             await vms.save_spec(name, spec.with_disks(disks), rec.placement)
         log.info("vm.disk_resized", extra=kv(vm=name, target=target, size_gib=f"{old}->{size_gib}"))
     return await vms.get(name)
+
+
+async def refuse_v2_with_snapshots(name: str, target: str, path: str) -> None:
+    """``conflict`` when the volume at ``path`` is a qcow2 image of version 2 holding
+    internal snapshots, which QEMU cannot grow (volumes this daemon makes are version 3;
+    older ones may not be). An image that cannot be read is left to QEMU."""
+    try:
+        held = await trio.to_thread.run_sync(qcow2.v2_snapshots_of, path)
+    except OSError:
+        return
+    if held:
+        raise errors.Conflict(
+            f"disk {target!r} of vm {name!r} is a qcow2 version 2 image holding {held} "
+            "snapshot(s), which QEMU cannot grow: delete the vm's snapshots first, or "
+            f"upgrade the image while the vm is stopped (qemu-img amend -o compat=1.1 {path})",
+            {"vm": name, "target": target, "path": path, "qcow2_version": 2, "snapshots": held},
+        )

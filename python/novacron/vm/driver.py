@@ -29,6 +29,8 @@ log = logging.getLogger("novacron.vm.driver")
 UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
 )
+# the qcow2 version new volumes get, as libvirt names it (1.1: version 3)
+QCOW2_COMPAT = "1.1"
 
 
 def _quiet(_ctx: Any, _err: Any) -> None:
@@ -471,11 +473,16 @@ class Hypervisor:
         self, pool_name: str, volume: str, size_gib: int, fmt: str, copy_of: str | None = None
     ) -> str:
         """A new volume in the pool: empty, or a copy of the volume at path ``copy_of``
-        (its content, in ``fmt``, at ``size_gib``)."""
+        (its content, in ``fmt``, at ``size_gib``). A qcow2 volume is version 3
+        (``compat`` 1.1; libvirt would make version 2, whose disks cannot grow once they
+        hold a snapshot)."""
         root = ET.Element("volume")
         ET.SubElement(root, "name").text = volume
         ET.SubElement(root, "capacity", {"unit": "GiB"}).text = str(size_gib)
-        ET.SubElement(ET.SubElement(root, "target"), "format", {"type": fmt})
+        target = ET.SubElement(root, "target")
+        ET.SubElement(target, "format", {"type": fmt})
+        if fmt == "qcow2":
+            ET.SubElement(target, "compat").text = QCOW2_COMPAT
         xml = ET.tostring(root, encoding="unicode")
         with libvirt_errors():
             pool = self.conn.storagePoolLookupByName(pool_name)

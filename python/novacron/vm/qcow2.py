@@ -12,6 +12,9 @@ the version (2 or 3) at 4, the backing file name's offset (8 bytes) at 8 and its
 bytes. A relative name is relative to the directory of the image that names it. A name
 with a colon before any slash is a protocol (``nbd:``, ``json:``, ...), not a local file.
 
+The number of internal snapshots (4 bytes) is at 60. QEMU cannot grow a version 2 image
+that holds one ("Can't resize a v2 image which has snapshots").
+
 A version 3 image whose incompatible features (8 bytes at 72) have bit 2 set keeps its
 data in an external data file, named by the header extension of type ``0x44415441``.
 Header extensions start at the header's length (4 bytes at 100), each a type and a
@@ -35,6 +38,8 @@ HEADER = struct.Struct(">4sIQI")  # magic, version, backing file offset, its len
 MAX_NAME = 1023
 # a chain longer than this is not followed further (a loop, or a chain no one keeps)
 MAX_DEPTH = 1000
+SNAPSHOT_COUNT = struct.Struct(">I")
+SNAPSHOT_COUNT_AT = 60
 V3_FIELDS = struct.Struct(">QQQII")  # features: incompatible, compatible, autoclear; ...
 V3_AT = 72  # ... refcount order, header length
 EXTENSION = struct.Struct(">II")  # type, length
@@ -96,6 +101,26 @@ def _backing_name(f: BinaryIO, head: bytes) -> str | None:
         return raw.decode()
     except UnicodeDecodeError:
         raise UnreadableImage("a backing file name that is not UTF-8") from None
+
+
+def v2_snapshots(head: bytes) -> int:
+    """How many internal snapshots an image whose first bytes are ``head`` holds when it
+    is a qcow2 image of version 2 (such an image cannot grow while it holds one); 0 for
+    any other image, or a header too short to say."""
+    if len(head) < SNAPSHOT_COUNT_AT + SNAPSHOT_COUNT.size or not head.startswith(MAGIC):
+        return 0
+    if HEADER.unpack_from(head)[1] != 2:
+        return 0
+    count: int = SNAPSHOT_COUNT.unpack_from(head, SNAPSHOT_COUNT_AT)[0]
+    return count
+
+
+def v2_snapshots_of(path: str) -> int:
+    """:func:`v2_snapshots` of the image at ``path``. Blocking (reads the file).
+
+    Raises ``OSError`` when the file cannot be read."""
+    with open(path, "rb") as f:
+        return v2_snapshots(f.read(HEAD_READ))
 
 
 def _has_data_file(head: bytes) -> bool:
