@@ -11,6 +11,7 @@ prints a boot marker and a tick every second on the serial console.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -363,6 +364,15 @@ def wait_for_console(path: Path, needle: str, timeout: float = 180, after: int =
             return
         time.sleep(0.25)
     raise AssertionError(f"{needle!r} not in {path}: {console_text(path)[-1500:]}")
+
+
+def image_bytes(path: str) -> int:
+    """The virtual size QEMU reads in the disk image at ``path`` (``-U``: while a guest
+    runs)."""
+    out = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", path], check=True, capture_output=True
+    ).stdout
+    return int(json.loads(out)["virtual-size"])
 
 
 def _run(*argv: str, cwd: Path | None = None) -> str:

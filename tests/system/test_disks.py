@@ -90,6 +90,39 @@ def test_a_new_volume_is_hot_plugged_grown_and_a_detached_one_is_gone(
         c.call("vm.delete", name="dk1", force=True)
 
 
+def test_a_disk_grown_since_a_snapshot_is_its_old_size_after_a_running_revert(
+    system_daemon: Daemon, guest_images: guest.GuestImages
+) -> None:
+    """A running guest's qcow2 disk, snapshotted and then grown, reverted while it runs:
+    QEMU gives the image the snapshot's size and the guest its memory of that size; the
+    record says so too, and the disk grows again afterwards."""
+    with system_daemon.client(timeout=300) as c:
+        vm = c.call(
+            "vm.create",
+            **guest_images.vm(
+                "dk3", memory_mib=128, options="novacron.blockwatch", disks=[{"size_gib": 1}]
+            ),
+        )
+        log, path = Path(vm["console_log"]), vm["disks"][0]["path"]
+        wait_blocks(log, {"vda": 2 << 20})
+        c.call("vm.snapshot.create", vm="dk3", name="small")
+        grown = c.call("vm.disk.resize", vm="dk3", target="vda", size_gib=2)
+        assert [(d["target"], d["size_gib"]) for d in grown["disks"]] == [("vda", 2)]
+        wait_blocks(log, {"vda": 4 << 20})
+        assert guest.image_bytes(path) == 2 << 30
+        back = c.call("vm.snapshot.revert", vm="dk3", name="small")
+        assert back["state"] == "running"
+        assert [(d["target"], d["size_gib"]) for d in back["disks"]] == [("vda", 1)]
+        assert guest.image_bytes(path) == 1 << 30
+        # the guest's memory is the snapshot's: its next report of vda is from there on
+        before = len(guest.console_text(log))
+        again = c.call("vm.disk.resize", vm="dk3", target="vda", size_gib=3)
+        assert [(d["target"], d["size_gib"]) for d in again["disks"]] == [("vda", 3)]
+        wait_blocks(log, {"vda": 6 << 20}, after=before)
+        assert guest.image_bytes(path) == 3 << 30
+        c.call("vm.delete", name="dk3", force=True)
+
+
 def test_a_clone_has_a_copy_of_the_disks_and_boots(
     system_daemon: Daemon, guest_images: guest.GuestImages
 ) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
-import subprocess
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -40,14 +38,6 @@ def wait_console(
 
 def ticks(text: str) -> int:
     return text.count(guest.TICK)
-
-
-def volume_bytes(path: str) -> int:
-    """The virtual size QEMU reads in the image at ``path`` (``-U``: while a guest runs)."""
-    out = subprocess.run(
-        ["qemu-img", "info", "-U", "--output=json", path], check=True, capture_output=True
-    ).stdout
-    return int(json.loads(out)["virtual-size"])
 
 
 def create_guest(c: SyncClient, name: str, images: guest.GuestImages, **extra) -> dict:
@@ -87,7 +77,7 @@ def test_boot_pause_resume_snapshot_shutdown_delete(
         assert (grown["vcpus"], grown["memory_mib"]) == (2, 320)
         wider = c.call("vm.disk.resize", vm="sys1", target="vda", size_gib=2)
         assert [(d["target"], d["size_gib"]) for d in wider["disks"]] == [("vda", 2)]
-        assert volume_bytes(vm["disks"][0]["path"]) == 2 << 30
+        assert guest.image_bytes(vm["disks"][0]["path"]) == 2 << 30
 
         # revert brings back the running guest from the snapshot's memory
         before = len(console(vm))
@@ -95,7 +85,7 @@ def test_boot_pause_resume_snapshot_shutdown_delete(
         assert (back["state"], back["vcpus"], back["memory_mib"]) == ("running", 1, 256)
         # qcow2 keeps the size a disk had at the snapshot, and QEMU's revert restores it
         assert [(d["target"], d["size_gib"]) for d in back["disks"]] == [("vda", 1)]
-        assert volume_bytes(vm["disks"][0]["path"]) == 1 << 30
+        assert guest.image_bytes(vm["disks"][0]["path"]) == 1 << 30
         wait_console(c, "sys1", guest.TICK, after=before)
         conn = libvirt.open(URI)
         try:
