@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +33,11 @@ def blocks(log: Path, after: int = 0) -> dict[str, int]:
     return {m[0]: int(m[1]) for m in re.findall(guest.BLOCK_MARKER + r" (vd[a-z]+) (\d+)", text)}
 
 
+def allocated(path: Path) -> int:
+    """The host space the file at ``path`` takes."""
+    return path.stat().st_blocks * 512
+
+
 def wait_blocks(log: Path, wanted: dict[str, int], after: int = 0) -> None:
     wait_until(lambda: blocks(log, after) == wanted, 120, f"the guest's disks {wanted}")
 
@@ -50,6 +56,7 @@ def test_a_new_volume_is_hot_plugged_grown_and_a_detached_one_is_gone(
         wait_blocks(log, {"vda": 2 << 20})  # 1 GiB
         grown = c.call("vm.disk.attach", vm="dk1", size_gib=2, format="raw")
         assert grown["state"] == "running"
+        assert allocated(Path(grown["disks"][1]["path"])) < 1 << 20  # thin
         assert [d["target"] for d in grown["disks"]] == ["vda", "vdb"]
         wait_blocks(log, {"vda": 2 << 20, "vdb": 4 << 20})  # the guest sees 2 GiB more
         assert [d["target"] for d in c.call("vm.stats", name="dk1")["disks"]] == ["vda", "vdb"]
@@ -139,6 +146,7 @@ def test_a_clone_has_a_copy_of_the_disks_and_boots(
             ),
         )
         volume = Path(source["disks"][0]["path"])
+        assert allocated(volume) < 1 << 20  # thin: a raw volume takes space as written
         marker = os.urandom(8192)
         with volume.open("r+b") as f:  # what the guest would have written
             f.seek(300 << 20)
@@ -168,6 +176,7 @@ def test_a_clone_has_a_copy_of_the_disks_and_boots(
         copied = Path(copy["disks"][0]["path"])
         assert copied != volume and copied.name == "cl2-vda.raw"
         assert copied.stat().st_size == 1 << 30
+        assert allocated(copied) < 1 << 20  # the source's holes stay holes
         with copied.open("rb") as f:
             f.seek(300 << 20)
             assert f.read(len(marker)) == marker
@@ -340,3 +349,49 @@ def test_volumes_copied_from_base_images_hold_their_bytes_and_leave_them_alone(
             [str(vda), str(vdb), str(vda.parent / "im1-vdc.qcow2")]
         )
     assert {p: fingerprint(p) for p in (raw, qcow)} == before
+
+
+def test_a_guest_writing_into_a_full_host_file_system_is_paused_until_resumed(
+    system_daemon: Daemon, guest_images: guest.GuestImages
+) -> None:
+    """Thin disks can outgrow the host's file system: QEMU pauses the guest (reason
+    ``ioerror``) instead of failing its writes, and the guest carries on, its data
+    whole, once space is freed and it is resumed."""
+    small = Path(tempfile.mkdtemp(prefix="novacron-full-", dir="/var/tmp"))  # QEMU's user
+    small.chmod(0o755)  # reaches it (pytest's tmp_path is root's alone)
+    mount = ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "nc-full", str(small)]
+    subprocess.run(mount, check=True)
+    try:
+        disk = small / "thin.raw"
+        with disk.open("wb") as f:
+            f.truncate(64 << 20)
+        filler = small / "filler"
+        full = subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+        assert b"No space left" in full.stderr
+        with system_daemon.client(timeout=300) as c:
+            vm = c.call(
+                "vm.create",
+                **guest_images.vm(
+                    "dk4",
+                    memory_mib=128,
+                    options="novacron.disk",
+                    disks=[{"path": str(disk), "format": "raw"}],
+                ),
+            )
+            wait_until(
+                lambda: c.call("vm.get", name="dk4")["reason"] == "ioerror",
+                120,
+                "the guest paused on its write into a full file system",
+            )
+            assert c.call("vm.get", name="dk4")["state"] == "paused"
+            log = Path(vm["console_log"])
+            assert guest.DISK_READY not in guest.console_text(log)
+            filler.unlink()
+            assert c.call("vm.resume", name="dk4")["state"] == "running"
+            guest.wait_for_console(log, guest.DISK_READY, timeout=60)
+            guest.wait_for_console(log, guest.DISK_OK, timeout=60)  # read back whole
+            assert guest.DISK_BAD not in guest.console_text(log)
+            c.call("vm.delete", name="dk4", force=True)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+        small.rmdir()

@@ -47,22 +47,23 @@ def test_qemu_pid_only_from_the_local_system_qemu_driver(
         assert Hypervisor(uri).qemu_pid("m1") is None, uri
 
 
-def test_a_qcow2_volume_is_made_version_3() -> None:
-    """libvirt makes qcow2 version 2 unless told (a disk that then holds a snapshot
-    cannot grow); raw volumes have no version."""
+def test_volumes_are_made_thin_and_qcow2_ones_version_3() -> None:
+    """libvirt allocates a raw volume whole unless told ``allocation`` 0, and makes qcow2
+    version 2 unless told (a disk that then holds a snapshot cannot grow); raw volumes
+    have no version."""
     hv = Hypervisor("test:///default")
     made = {
         fmt: hv.create_volume("default-pool", f"{uuid.uuid4().hex}.{fmt}", 1, fmt)
         for fmt in ("qcow2", "raw")
     }
     try:
-        compat = {
-            fmt: ET.fromstring(hv.conn.storageVolLookupByPath(path).XMLDesc(0)).findtext(
-                "target/compat"
-            )
+        described = {
+            fmt: ET.fromstring(hv.conn.storageVolLookupByPath(path).XMLDesc(0))
             for fmt, path in made.items()
         }
+        compat = {fmt: doc.findtext("target/compat") for fmt, doc in described.items()}
         assert compat == {"qcow2": "1.1", "raw": None}
+        assert [doc.findtext("allocation") for doc in described.values()] == ["0", "0"]
     finally:
         for path in made.values():
             hv.delete_volume(path)

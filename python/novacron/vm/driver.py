@@ -473,12 +473,15 @@ class Hypervisor:
         self, pool_name: str, volume: str, size_gib: int, fmt: str, copy_of: str | None = None
     ) -> str:
         """A new volume in the pool: empty, or a copy of the volume at path ``copy_of``
-        (its content, in ``fmt``, at ``size_gib``). A qcow2 volume is version 3
-        (``compat`` 1.1; libvirt would make version 2, whose disks cannot grow once they
-        hold a snapshot)."""
+        (its content, in ``fmt``, at ``size_gib``). Thin: it takes host space as it is
+        written (libvirt would allocate a raw volume whole, unless told ``allocation`` 0;
+        a copy then skips the source's holes). A qcow2 volume is version 3 (``compat``
+        1.1; libvirt would make version 2, whose disks cannot grow once they hold a
+        snapshot)."""
         root = ET.Element("volume")
         ET.SubElement(root, "name").text = volume
         ET.SubElement(root, "capacity", {"unit": "GiB"}).text = str(size_gib)
+        ET.SubElement(root, "allocation").text = "0"
         target = ET.SubElement(root, "target")
         ET.SubElement(target, "format", {"type": fmt})
         if fmt == "qcow2":
