@@ -31,6 +31,16 @@ def test_node_info(daemon: Daemon) -> None:
     pools = {p["name"]: p for p in info["daemon"]["pools"]}
     assert {"libvirt", "sqlite", "migration-engine"} <= pools.keys()
     assert pools["migration-engine"]["threads"] == 4 and pools["migration-engine"]["busy"] == 0
+    # the daemon's storage pool: its file system, and what its thin volumes were promised
+    storage = info["storage"]
+    assert (storage["pool"], storage["volumes"], storage["committed_bytes"]) == ("novacron", 0, 0)
+    assert storage["capacity_bytes"] >= storage["available_bytes"] > 0
+    with daemon.client() as c:
+        c.call("vm.create", name="sized", disks=[{"size_gib": 3}, {"size_gib": 2}])
+        storage = c.call("node.info")["storage"]
+        assert (storage["volumes"], storage["committed_bytes"]) == (2, 5 << 30)
+        c.call("vm.delete", name="sized")
+        assert c.call("node.info")["storage"]["committed_bytes"] == 0
 
 
 def test_full_lifecycle(daemon: Daemon) -> None:
@@ -268,10 +278,11 @@ def test_vm_stats_counts_a_running_vm_and_not_a_stopped_one(daemon: Daemon) -> N
         c.call("vm.create", name="s2", tenant="acme")
         idle = c.call("vm.stats", name="s1")
         assert (idle["name"], idle["tenant"], idle["state"]) == ("s1", "default", "stopped")
+        assert idle["reason"] == "unknown"  # (defined, never run: libvirt says no more)
         assert (idle["cpu"], idle["memory"], idle["disks"], idle["nics"]) == (None, None, [], [])
         c.call("vm.start", name="s1")
         doc = c.call("vm.stats", name="s1")
-        assert doc["state"] == "running" and doc["at"] >= idle["at"]
+        assert (doc["state"], doc["reason"]) == ("running", "booted") and doc["at"] >= idle["at"]
         assert doc["cpu"]["vcpus"] == 2 and doc["cpu"]["time_ns"] > 0
         assert doc["memory"]["max_kib"] == 128 * 1024
         [disk] = doc["disks"]
@@ -283,6 +294,8 @@ def test_vm_stats_counts_a_running_vm_and_not_a_stopped_one(daemon: Daemon) -> N
             ("s2", "acme", "stopped"),
         ]
         assert [d["name"] for d in c.call("vm.stats.list", tenant="acme")] == ["s2"]
+        c.call("vm.pause", name="s1")
+        assert (c.call("vm.stats", name="s1")["reason"]) == "user"
         assert c.call("vm.stats.list", tenant="nobody") == []
 
 

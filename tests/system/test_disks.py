@@ -384,6 +384,8 @@ def test_a_guest_writing_into_a_full_host_file_system_is_paused_until_resumed(
                 "the guest paused on its write into a full file system",
             )
             assert c.call("vm.get", name="dk4")["state"] == "paused"
+            stats = c.call("vm.stats", name="dk4")
+            assert (stats["state"], stats["reason"]) == ("paused", "ioerror")
             log = Path(vm["console_log"])
             assert guest.DISK_READY not in guest.console_text(log)
             filler.unlink()

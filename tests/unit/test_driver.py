@@ -68,3 +68,22 @@ def test_volumes_are_made_thin_and_qcow2_ones_version_3() -> None:
         for path in made.values():
             hv.delete_volume(path)
         hv.close()
+
+
+def test_pool_space_counts_what_the_volumes_were_promised() -> None:
+    hv = Hypervisor("test:///default")
+    before = hv.pool_space("default-pool")
+    made = [
+        hv.create_volume("default-pool", f"{uuid.uuid4().hex}.qcow2", size, "qcow2")
+        for size in (2, 3)
+    ]
+    try:
+        after = hv.pool_space("default-pool")
+        assert after["volumes"] == before["volumes"] + 2
+        assert after["committed_bytes"] == before["committed_bytes"] + (5 << 30)
+        assert (after["pool"], after["path"]) == ("default-pool", "/default-pool")
+        assert after["capacity_bytes"] >= after["available_bytes"]
+    finally:
+        for path in made:
+            hv.delete_volume(path)
+        hv.close()

@@ -88,13 +88,21 @@ ROWS = [
     {
         "name": "web",
         "tenant": "acme",
-        "state": "running",
+        "state": "paused",
+        "reason": "ioerror",
         "cpu": {"time_ns": 2_500_000_000, "vcpus": 2},
         "memory": {"rss_kib": 1024, "current_kib": None},
         "disks": [{"target": "vda", "rd_bytes": 10, "wr_bytes": None, "capacity_bytes": 4096}],
         "nics": [{"mac": "52:54:00:00:00:01", "rx_bytes": 7, "tx_bytes": 8}],
     },
-    {"name": "off", "tenant": "acme", "state": "stopped", "cpu": None, "memory": None},
+    {
+        "name": "off",
+        "tenant": "acme",
+        "state": "stopped",
+        "reason": "shutdown",
+        "cpu": None,
+        "memory": None,
+    },
 ]
 
 
@@ -102,9 +110,9 @@ def test_the_families_of_two_vms() -> None:
     got = samples(render(vm_families(ROWS)))
     web, off = 'tenant="acme",vm="web"', 'tenant="acme",vm="off"'
     assert got == {
-        f'novacron_vm_info{{{web},state="running"}}': 1,
-        f'novacron_vm_info{{{off},state="stopped"}}': 1,
-        f"novacron_vm_running{{{web}}}": 1,
+        f'novacron_vm_info{{{web},state="paused",reason="ioerror"}}': 1,
+        f'novacron_vm_info{{{off},state="stopped",reason="shutdown"}}': 1,
+        f"novacron_vm_running{{{web}}}": 0,
         f"novacron_vm_running{{{off}}}": 0,
         f"novacron_vm_vcpus{{{web}}}": 2,
         f"novacron_vm_cpu_seconds_total{{{web}}}": 2.5,
@@ -138,6 +146,15 @@ def test_the_node_families() -> None:
             "consoles": {"open": 2, "sessions": 5, "watching": 3, "pool": {}},
             "shaping": {"shaped_vms": 4, "changes": 7, "swept": 1},
         },
+        "storage": {
+            "pool": "novacron",
+            "path": "/var/lib/novacron/images",
+            "capacity_bytes": 100,
+            "allocation_bytes": 40,
+            "available_bytes": 60,
+            "volumes": 2,
+            "committed_bytes": 150,
+        },
     }
     got = samples(render(node_families(info, {})))
     assert got["novacron_node_nic_shaped_vms"] == 4
@@ -149,6 +166,10 @@ def test_the_node_families() -> None:
     assert got["novacron_node_cordoned"] == 1 and got["novacron_node_vms"] == 3
     assert got['novacron_node_keeper_total{outcome="followed"}'] == 2
     assert got["novacron_node_vms_given_up"] == 1
+    pool = '{pool="novacron"}'
+    assert got[f"novacron_node_storage_capacity_bytes{pool}"] == 100
+    assert got[f"novacron_node_storage_available_bytes{pool}"] == 60
+    assert got[f"novacron_node_storage_committed_bytes{pool}"] == 150
     assert samples(render(node_families({}, {"node": "n"}))) == {
         'novacron_node_cordoned{node="n"}': 0
     }

@@ -7,7 +7,7 @@ from typing import Any
 
 from novacron import __version__
 from novacron.api.services import Services
-from novacron.errors import Conflict, InvalidParams, Unavailable
+from novacron.errors import Conflict, InvalidParams, NotFound, Unavailable
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params, check_text
 from novacron.state.backups import Backups
@@ -68,9 +68,16 @@ def register(registry: Registry, services: Services) -> None:
         except Unavailable as exc:
             # the daemon's own status stays reachable while libvirt is down
             raise Unavailable(exc.message, {"daemon": daemon}) from None
+        try:
+            storage: dict[str, Any] | None = await vms.hv_pool.run(
+                vms.hv.pool_space, services.config.storage_pool
+            )
+        except NotFound:  # (undefined outside NovaCron since the daemon started)
+            storage = None
         info.update(
             node=services.config.node_name,
             daemon=daemon,
+            storage=storage,
             topology=vms.placement.report(),
             cordon=vms.cordon.to_wire(),
         )

@@ -76,7 +76,9 @@ def render(families: Iterable[Family]) -> str:
 
 def vm_families(rows: list[dict[str, Any]]) -> list[Family]:
     """The families of ``vm.stats.list`` rows (each labelled ``node`` when it has one)."""
-    info = Family("vm_info", "gauge", "A VM known to the daemon (1), with its state.")
+    info = Family(
+        "vm_info", "gauge", "A VM known to the daemon (1), with its state and the reason for it."
+    )
     running = Family("vm_running", "gauge", "Whether the VM runs (1) or not (0).")
     vcpus = Family("vm_vcpus", "gauge", "The VM's vCPUs.")
     cpu = Family("vm_cpu_seconds_total", "counter", "CPU time of the VM's QEMU process.")
@@ -107,7 +109,8 @@ def vm_families(rows: list[dict[str, Any]]) -> list[Family]:
         labels = {"tenant": str(row.get("tenant", "")), "vm": str(row["name"])}
         if row.get("node") is not None:
             labels = {"node": str(row["node"]), **labels}
-        info.add({**labels, "state": str(row.get("state", ""))}, 1)
+        state = {"state": str(row.get("state", "")), "reason": str(row.get("reason", ""))}
+        info.add({**labels, **state}, 1)
         running.add(labels, 1 if row.get("state") == "running" else 0)
         stats = row.get("cpu") or {}
         vcpus.add(labels, stats.get("vcpus"))
@@ -161,7 +164,19 @@ def node_families(doc: dict[str, Any], labels: dict[str, str]) -> list[Family]:
     )
     for what in ("changes", "swept"):
         shaper.add({**labels, "what": what}, shaping.get(what))
-    return [cordoned, managed, uptime, kept, given_up, open_, sessions, shaped, shaper]
+    storage = doc.get("storage") or {}
+    where = {**labels, "pool": str(storage.get("pool", ""))}
+    space = [
+        Family(f"node_storage_{key}", "gauge", text)
+        for key, text in (
+            ("capacity_bytes", "Size of the file system of the daemon's storage pool."),
+            ("available_bytes", "Bytes free in the file system of the daemon's storage pool."),
+            ("committed_bytes", "Sum of the sizes of the pool's volumes (thin: not yet written)."),
+        )
+    ]
+    for family in space:
+        family.add(where, storage.get(family.name.removeprefix("node_storage_")))
+    return [cordoned, managed, uptime, kept, given_up, open_, sessions, shaped, shaper, *space]
 
 
 def stats_families(doc: dict[str, Any]) -> list[Family]:

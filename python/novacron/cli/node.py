@@ -80,11 +80,27 @@ def run_info(client: SyncClient, args: argparse.Namespace) -> Any:
                 "memory": f"{info['memory_mib']} MiB",
                 "numa_nodes": info["numa_nodes"],
                 "managed_vms": info["daemon"]["managed_vms"],
+                "storage": _storage(info.get("storage")),
                 "cordoned": _cordoned(info.get("cordon")),
                 "uptime": f"{info['daemon']['uptime_s']:.0f} s",
             }
         )
     return info
+
+
+def _gib(value: int) -> str:
+    return f"{value / (1 << 30):.1f} GiB"
+
+
+def _storage(storage: dict[str, Any] | None) -> str:
+    """The pool's free space, and what its (thin) volumes were promised against its size."""
+    if storage is None:
+        return "-"
+    return (
+        f"{_gib(storage['available_bytes'])} free of {_gib(storage['capacity_bytes'])} "
+        f"({storage['path']}); {storage['volumes']} volumes of "
+        f"{_gib(storage['committed_bytes'])}"
+    )
 
 
 def _cordoned(cordon: dict[str, Any] | None) -> str:

@@ -586,6 +586,35 @@ class Hypervisor:
             pool.refresh(0)
             return int(pool.info()[3])
 
+    def pool_space(self, pool_name: str) -> dict[str, Any]:
+        """The pool's file system and what its volumes were promised (after a refresh):
+        ``{"pool", "path", "capacity_bytes", "allocation_bytes", "available_bytes",
+        "volumes", "committed_bytes"}``, ``committed_bytes`` the sum of the volumes'
+        sizes, which thin volumes may one day fill."""
+        with libvirt_errors():
+            pool = self.conn.storagePoolLookupByName(pool_name)
+            pool.refresh(0)
+            _state, capacity, allocation, available = pool.info()
+            path = ET.fromstring(pool.XMLDesc(0)).findtext("target/path")  # noqa: S314
+            volumes, committed = 0, 0
+            for vol in pool.listAllVolumes(0):
+                try:
+                    committed += int(vol.info()[1])
+                except libvirt.libvirtError as exc:  # deleted since the listing
+                    if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
+                        raise
+                    continue
+                volumes += 1
+        return {
+            "pool": pool_name,
+            "path": path,
+            "capacity_bytes": int(capacity),
+            "allocation_bytes": int(allocation),
+            "available_bytes": int(available),
+            "volumes": volumes,
+            "committed_bytes": committed,
+        }
+
     def volume_allocation(self, path: str) -> int:
         """The bytes the volume at ``path`` takes on its storage."""
         with libvirt_errors():

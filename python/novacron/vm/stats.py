@@ -110,10 +110,11 @@ def _nics(dom: libvirt.virDomain, xml: str) -> list[dict[str, Any]]:
     return found
 
 
-def _idle(name: str, state: str) -> dict[str, Any]:
+def _idle(name: str, state: str, reason: str) -> dict[str, Any]:
     return {
         "name": name,
         "state": state,
+        "reason": reason,
         "at": time.time(),
         "cpu": None,
         "memory": None,
@@ -126,27 +127,35 @@ def read(hv: Hypervisor, name: str) -> dict[str, Any]:
     """One VM's counters now (state ``missing`` when libvirt has no such domain)."""
     dom = hv.lookup(name)
     if dom is None:
-        return _idle(name, "missing")
+        return _idle(name, "missing", "no libvirt domain")
     with libvirt_errors():
         try:
             return _read_active(dom, name)
         except libvirt.libvirtError as exc:
             # stopped between two calls: the answer is that it is not running
             if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not dom.isActive():
-                return _idle(name, states.state_name(dom.state()[0]))
+                return _idle(name, *_state(dom))
             raise
 
 
+def _state(dom: libvirt.virDomain) -> tuple[str, str]:
+    """The domain's state and its reason, named (a paused VM's ``ioerror``: QEMU stopped
+    it on a write the host could not take, its file system full)."""
+    state, reason = dom.state()
+    return states.state_name(state), states.reason_name(state, reason)
+
+
 def _read_active(dom: libvirt.virDomain, name: str) -> dict[str, Any]:
-    state, max_kib, current_kib, vcpus, cpu_time = dom.info()
-    state_name = states.state_name(state)
+    state_name, reason = _state(dom)
+    _, max_kib, current_kib, vcpus, cpu_time = dom.info()
     if not dom.isActive():
-        return _idle(name, state_name)
+        return _idle(name, state_name, reason)
     at = time.time()
     xml = dom.XMLDesc(0)
     return {
         "name": name,
         "state": state_name,
+        "reason": reason,
         "at": at,
         "cpu": _cpu(dom, vcpus, cpu_time),
         "memory": _memory(dom, max_kib, current_kib),
