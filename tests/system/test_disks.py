@@ -384,6 +384,7 @@ def test_a_guest_writing_into_a_full_host_file_system_is_paused_until_resumed(
                 "the guest paused on its write into a full file system",
             )
             assert c.call("vm.get", name="dk4")["state"] == "paused"
+            assert [d["error"] for d in c.call("vm.get", name="dk4")["disks"]] == ["no_space"]
             stats = c.call("vm.stats", name="dk4")
             assert (stats["state"], stats["reason"]) == ("paused", "ioerror")
             log = Path(vm["console_log"])
@@ -392,6 +393,7 @@ def test_a_guest_writing_into_a_full_host_file_system_is_paused_until_resumed(
             assert c.call("vm.resume", name="dk4")["state"] == "running"
             guest.wait_for_console(log, guest.DISK_READY, timeout=60)
             guest.wait_for_console(log, guest.DISK_OK, timeout=60)  # read back whole
+            assert [d["error"] for d in c.call("vm.get", name="dk4")["disks"]] == [None]
             assert guest.DISK_BAD not in guest.console_text(log)
             c.call("vm.delete", name="dk4", force=True)
     finally:

@@ -87,3 +87,27 @@ def test_pool_space_counts_what_the_volumes_were_promised() -> None:
         for path in made:
             hv.delete_volume(path)
         hv.close()
+
+
+def test_disk_errors_are_named_by_device() -> None:
+    """libvirt's test driver reports an error on every disk of a domain, the kinds in
+    turn (unspecified, then no space): each is named, by the disk's device name."""
+    hv = Hypervisor("test:///default")
+    name = f"de-{uuid.uuid4().hex[:8]}"
+    disks = "".join(
+        f"<disk type='file' device='disk'><source file='/img/{t}.raw'/>"
+        f"<target dev='{t}' bus='virtio'/></disk>"
+        for t in ("vda", "vdb")
+    )
+    hv.conn.defineXML(
+        f"<domain type='test'><name>{name}</name><memory>65536</memory><vcpu>1</vcpu>"
+        f"<os><type>hvm</type></os><devices>{disks}</devices></domain>"
+    )
+    dom = hv.conn.lookupByName(name)
+    dom.create()
+    try:
+        assert hv.disk_errors(name) == {"vda": "unspecified", "vdb": "no_space"}
+    finally:
+        dom.destroy()
+        dom.undefine()
+        hv.close()

@@ -29,6 +29,10 @@ log = logging.getLogger("novacron.vm.driver")
 UNDEFINE_FLAGS = (
     libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
 )
+DISK_ERRORS = {
+    libvirt.VIR_DOMAIN_DISK_ERROR_UNSPEC: "unspecified",
+    libvirt.VIR_DOMAIN_DISK_ERROR_NO_SPACE: "no_space",
+}
 # the qcow2 version new volumes get, as libvirt names it (1.1: version 3)
 QCOW2_COMPAT = "1.1"
 
@@ -246,6 +250,18 @@ class Hypervisor:
         with libvirt_errors():
             text: str = self.domain(name).XMLDesc(0)
         return text
+
+    def disk_errors(self, name: str) -> dict[str, str]:
+        """The disks (by device name) QEMU hit an error on since the guest last ran
+        (a VM paused for ``ioerror``): ``no_space`` (the host's file system is full) or
+        ``unspecified``."""
+        with libvirt_errors():
+            found = self.domain(name).diskErrors(0)
+        return {
+            target: DISK_ERRORS.get(code, "unspecified")
+            for target, code in found.items()
+            if code != libvirt.VIR_DOMAIN_DISK_ERROR_NONE
+        }
 
     def upgrade_console(self, name: str) -> bool:
         """Defines the domain again with a pty logging to its console file when it was

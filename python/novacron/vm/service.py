@@ -214,6 +214,9 @@ class VmService:
         if runtime is not None:
             xml = await self.hv_pool.run(self.hv.xml, name)
             agent = domain_xml.guest_agent_state(xml)
+            failed = {}
+            if (runtime.state, runtime.reason) == ("paused", "ioerror"):
+                failed = await self.hv_pool.run(self.hv.disk_errors, name)
             for disk in domain_xml.parse_disks(xml):
                 if disk.path is not None:
                     mine = disk.path in managed
@@ -225,6 +228,7 @@ class VmService:
                             "format": disk.format,
                             "size_gib": sizes.get(disk.target) if mine else None,
                             "limits": limits.get(disk.target),
+                            "error": failed.get(disk.target),
                         }
                     )
         doc.update(
