@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import socket
 import tomllib
 from dataclasses import dataclass, field, fields, replace
@@ -21,6 +22,8 @@ from novacron._core import parse_cpuset
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("kv", "json")
 DOMAIN_TYPES = ("auto", "kvm", "qemu")
+# [hypervisor] cpu_model: empty (libvirt's default), a mode, or a named model
+CPU_MODEL = re.compile(r"|host-model|host-passthrough|[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class ConfigError(Exception):
@@ -42,6 +45,7 @@ class Config:
     storage_pool: str = "novacron"
     hypervisor_threads: int = 8
     emulator: str = ""
+    cpu_model: str = ""
     max_message_bytes: int = 8 * 1024 * 1024
     max_inflight_per_connection: int = 128
     max_connections: int = 4096
@@ -157,6 +161,7 @@ FIELDS: dict[str, str] = {
     "storage_pool": "hypervisor",
     "hypervisor_threads": "hypervisor",
     "emulator": "hypervisor",
+    "cpu_model": "hypervisor",
     "max_message_bytes": "rpc",
     "max_inflight_per_connection": "rpc",
     "max_connections": "rpc",
@@ -234,6 +239,7 @@ _TYPES = {f.name: f.type for f in fields(Config)}
 _CPUSETS = {"dedicated_cpus", "shared_cpus"}  # empty means none / the rest
 _EMPTY_OK = _CPUSETS | {
     "emulator",
+    "cpu_model",
     "tls_listen",
     "tls_cert",
     "tls_key",
@@ -417,6 +423,11 @@ def check(config: Config) -> Config:
     for key, dirs in offers:
         if not all(d.startswith("/") for d in dirs):
             raise ConfigError(f"[vm] {key} must be absolute directories, comma-separated")
+    if not CPU_MODEL.fullmatch(config.cpu_model):
+        raise ConfigError(
+            "[hypervisor] cpu_model must be empty, host-model, host-passthrough or the name "
+            f"of a CPU model libvirt knows (letters, digits, '.', '_', '-'): {config.cpu_model!r}"
+        )
     if any("=" not in item for item in _items(config.cluster_labels)):
         raise ConfigError('[cluster] labels must look like "zone=a,rack=12"')
     return config

@@ -111,6 +111,14 @@ async def attach_hypervisor(
         try:
             await vms.hv_pool.run(vms.hv.ensure_pool, config.storage_pool, config.images_dir)
             await vms.hv_pool.run(vms.hv.capabilities)  # slow on QEMU: fetch once
+            services.cpu_model_problem = await vms.hv_pool.run(
+                vms.hv.cpu_model_problem, config.cpu_model
+            )
+            if services.cpu_model_problem:
+                log.error(
+                    "hypervisor.cpu_model_unusable",
+                    extra=kv(cpu_model=config.cpu_model, error=services.cpu_model_problem),
+                )
             vms.placement.load(await vms.hv_pool.run(vms.hv.numa_nodes))
             migrations = services.migrations
             leaving = await migrations.load_interrupted() if migrations else frozenset[str]()

@@ -153,7 +153,7 @@ def test_metrics_for_a_textfile_collector(daemon: Daemon, tmp_path: Path) -> Non
     text = cli(daemon, "metrics").stdout
     lines = text.split("\n")
     assert "# TYPE novacron_vm_cpu_seconds_total counter" in lines
-    assert 'novacron_vm_info{tenant="default",vm="met1",state="running"} 1' in lines
+    assert 'novacron_vm_info{tenant="default",vm="met1",state="running",reason="booted"} 1' in lines
     assert 'novacron_vm_running{tenant="other",vm="met2"} 0' in lines
     [cpu] = [
         line

@@ -98,6 +98,9 @@ def test_toml_then_flags(tmp_path: Path) -> None:
         ("[vm]\ndisk_dirs = 'srv/images'\n", "disk_dirs"),
         ("[vm]\nboot_dirs = '/boot, boot2'\n", "boot_dirs"),
         ("[vm]\ndisk_dirs = ['/srv']\n", "disk_dirs"),
+        ("[hypervisor]\ncpu_model = 'host model'\n", "cpu_model"),
+        ("[hypervisor]\ncpu_model = '-cpu host'\n", "cpu_model"),
+        ('[hypervisor]\ncpu_model = "x\'/><cpu"\n', "cpu_model"),
     ],
 )
 def test_bad_config_is_refused_with_the_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -224,3 +227,12 @@ def test_vm_keeper_keys(tmp_path: Path) -> None:
     c = parse("--config", str(f), "--vm-start-concurrency", "8")
     assert (c.vm_restart_limit, c.vm_restart_window_s) == (0, 60.0)
     assert (c.vm_start_concurrency, c.vm_check_interval_s) == (8, 0.0)
+
+
+def test_cpu_model_is_a_mode_or_a_name(tmp_path: Path) -> None:
+    assert parse("--dev").cpu_model == ""  # libvirt's default
+    f = tmp_path / "n.toml"
+    for model in ("host-model", "host-passthrough", "Haswell-noTSX", "EPYC-v4", "qemu64"):
+        f.write_text(f"[hypervisor]\ncpu_model = '{model}'\n")
+        assert parse("--config", str(f)).cpu_model == model
+    assert parse("--dev", "--cpu-model", "host-model").cpu_model == "host-model"

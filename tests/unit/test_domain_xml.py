@@ -510,3 +510,41 @@ def test_a_file_console_is_made_a_pty_logging_to_the_same_file() -> None:
         assert device.find("target").get("port") == "0"  # type: ignore[union-attr]
     assert domain_xml.with_pty_console(upgraded) is None
     assert domain_xml.with_pty_console(_running_console_xml("pty")) is None
+
+
+def test_the_configured_cpu_model_holds_the_guest_numa_cells() -> None:
+    """``[hypervisor] cpu_model``: a mode or a named model, in the one ``<cpu>`` that a
+    placement across nodes adds its guest cells to; none given, libvirt's default."""
+    split = {
+        "cpu": "shared",
+        "memory": "strict",
+        "hugepage_kib": None,
+        "cells": [
+            {"node": 0, "first_vcpu": 0, "vcpus": 1, "memory_kib": 65536, "cpus": [1]},
+            {"node": 1, "first_vcpu": 1, "vcpus": 1, "memory_kib": 65536, "cpus": [5]},
+        ],
+        "emulator_cpus": [0, 4],
+    }
+    spec = VmSpec(name="cm", vcpus=2, memory_mib=128)
+    for model, attrs, named in (
+        ("host-model", {"mode": "host-model"}, None),
+        ("host-passthrough", {"mode": "host-passthrough"}, None),
+        (
+            "Haswell-noTSX",
+            {"mode": "custom", "match": "exact", "check": "partial"},
+            "Haswell-noTSX",
+        ),
+    ):
+        root = ET.fromstring(
+            domain_xml.build(replace(plan(spec), placement=split, cpu_model=model))
+        )
+        [cpu] = root.findall("cpu")
+        assert cpu.attrib == attrs
+        assert cpu.findtext("model") == named
+        if named:
+            assert cpu.find("model").get("fallback") == "forbid"  # type: ignore[union-attr]
+        assert [c.get("cpus") for c in cpu.findall("numa/cell")] == ["0", "1"]
+    plain = ET.fromstring(domain_xml.build(plan(spec)))
+    assert plain.find("cpu") is None
+    on_test = ET.fromstring(domain_xml.build(replace(plan(spec, "test"), cpu_model="host-model")))
+    assert on_test.find("cpu") is None  # (libvirt's test driver has no CPU models)

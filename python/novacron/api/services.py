@@ -44,4 +44,6 @@ class Services:
     started_at: float = field(default_factory=time.time)
     reconcile_findings: list[dict[str, Any]] = field(default_factory=list)
     hypervisor_ready: bool = False
+    # why [hypervisor] cpu_model cannot run here (checked when libvirt first answers)
+    cpu_model_problem: str | None = None
     consoles: ConsoleHub | None = None  # the VMs' shared consoles (set by api.console)

@@ -74,6 +74,10 @@ def register(registry: Registry, services: Services) -> None:
             )
         except NotFound:  # (undefined outside NovaCron since the daemon started)
             storage = None
+        info["hypervisor"]["cpu_model"] = {
+            "configured": services.config.cpu_model or None,
+            "problem": services.cpu_model_problem,
+        }
         info.update(
             node=services.config.node_name,
             daemon=daemon,

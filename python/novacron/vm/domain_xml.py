@@ -52,6 +52,7 @@ class DomainPlan:
     arch: str = "x86_64"
     placement: dict[str, Any] | None = None  # from novacron._core.Placer
     emulator: str | None = None  # None: libvirt's default for the domain type
+    cpu_model: str = ""  # "": libvirt's default; host-model, host-passthrough or a name
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -91,6 +92,8 @@ def build(plan: DomainPlan) -> str:
     _vcpu_room(vcpu, spec)
 
     _sub(dom, "metadata").append(metadata_element(spec, plan.placement))
+    if plan.cpu_model and plan.domain_type != "test":
+        cpu_model_element(dom, plan.cpu_model)
     if plan.placement is not None:
         _placement(dom, vcpu, plan.placement)
 
@@ -128,6 +131,19 @@ def build(plan: DomainPlan) -> str:
         _agent_channel(devices)
         _sub(devices, "memballoon", model=balloon_model(spec))
     return ET.tostring(dom, encoding="unicode")
+
+
+def cpu_model_element(dom: ET.Element, model: str) -> ET.Element:
+    """The guest's CPU (``<cpu>``, which NUMA placement adds its cells to): the host's
+    own as a named model plus features, expanded by libvirt at each start and moved
+    as it is by a migration (``host-model``); the host's CPU exactly (``host-passthrough``:
+    only between identical hosts); or a named model, the same on every host that can run
+    it (a fleet's baseline), refused at start where the host lacks a feature of it."""
+    if model in ("host-model", "host-passthrough"):
+        return _sub(dom, "cpu", mode=model)
+    cpu = _sub(dom, "cpu", mode="custom", match="exact", check="partial")
+    _sub(cpu, "model", model, fallback="forbid")
+    return cpu
 
 
 def _vcpu_room(vcpu: ET.Element, spec: VmSpec) -> None:

@@ -20,7 +20,7 @@ import libvirt
 from novacron import errors
 from novacron.logs import kv
 from novacron.placement.topology import HostNode, parse_capabilities, with_sysfs
-from novacron.vm import domain_xml, states
+from novacron.vm import cpu_models, domain_xml, states
 from novacron.vm.libvirt_errors import libvirt_errors, translate
 from novacron.vm.volume_stream import VolumeReader, VolumeWriter
 
@@ -125,6 +125,17 @@ class Hypervisor:
                 text = self.conn.getCapabilities()
             self._caps = ET.fromstring(text)  # noqa: S314 - from libvirtd
         return self._caps
+
+    def cpu_model_problem(self, model: str) -> str | None:
+        """Why the guest CPU ``model`` (``[hypervisor] cpu_model``) cannot run on this
+        host, from libvirt's domain capabilities; None when it can (or libvirt's test
+        driver, which has no CPU models, is in use)."""
+        if not model or self.is_test_driver:
+            return None
+        arch = self.capabilities().findtext("host/cpu/arch") or "x86_64"
+        with libvirt_errors():
+            caps = self.conn.getDomainCapabilities(None, arch, None, self.domain_type(), 0)
+        return cpu_models.problem(caps, model)
 
     def domain_type(self) -> str:
         if self.is_test_driver:

@@ -155,6 +155,7 @@ class VmService:
             console_log=self.console_log(spec.name),
             placement=placement,
             emulator=self.config.emulator or None,
+            cpu_model=self.config.cpu_model,
         )
         return domain_xml.build(plan)
 
