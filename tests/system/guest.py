@@ -49,6 +49,8 @@ MEMORY_MARKER = "NOVACRON-MEMORY"  # novacron.memwatch: "NOVACRON-MEMORY total_k
 
 # where the guest's disk option writes its counter (bytes into /dev/vda, one 512-byte block)
 DISK_COUNTER_AT = 1 << 20
+# where it writes 2 MiB of text at boot (novacron.disk)
+DISK_TEXT_AT = 4 << 20
 
 # virtio devices' drivers, in load order (modules in Debian's cloud kernel)
 VIRTIO_MODULES = (
@@ -140,6 +142,12 @@ if grep -q novacron.disk /proc/cmdline; then
   while [ ! -b /dev/vda ]; do sleep 0.5; done
   dd if=/dev/urandom of=/tmp/disk-pattern bs=64k count=16 2>/dev/null
   dd if=/tmp/disk-pattern of=/dev/vda bs=64k oflag=direct conv=fsync 2>/dev/null
+  # and, at {DISK_TEXT_AT}, 2 MiB of text: what a disk holds besides random bytes (a
+  # compressor shrinks it)
+  yes "novacron guest disk text $(cat /proc/uptime)" | head -c 2097152 > /tmp/disk-text
+  dd if=/tmp/disk-text of=/dev/vda bs=64k seek={DISK_TEXT_AT // 65536} oflag=direct \\
+    conv=fsync 2>/dev/null
+  rm /tmp/disk-text
   disksum=$(md5sum < /tmp/disk-pattern)
   echo {DISK_READY}
   (k=0; while true; do

@@ -359,7 +359,7 @@ def test_a_guest_writing_into_a_full_host_file_system_is_paused_until_resumed(
     whole, once space is freed and it is resumed."""
     small = Path(tempfile.mkdtemp(prefix="novacron-full-", dir="/var/tmp"))  # QEMU's user
     small.chmod(0o755)  # reaches it (pytest's tmp_path is root's alone)
-    mount = ["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "nc-full", str(small)]
+    mount = ["mount", "-t", "tmpfs", "-o", "size=8m,mode=0755", "nc-full", str(small)]
     subprocess.run(mount, check=True)
     try:
         disk = small / "thin.raw"

@@ -92,7 +92,7 @@ def test_a_running_vm_moves_with_its_volumes_there_and_back(
             assert storage["packing"] == packing, storage
             if packing == "none":  # NBD's bytes as they are
                 assert storage["wire_bytes_to_destination"] == storage["bytes_to_destination"]
-            else:  # the random megabyte stays as it is; the rest of the mirror's blocks shrink
+            else:  # the random megabyte stays as it is; the guest's text (2 MiB) shrinks
                 assert storage["wire_bytes_to_destination"] < 0.9 * storage["bytes_to_destination"]
             only_on("lv1", dst, src)
             intact_on(dst, "lv1")
