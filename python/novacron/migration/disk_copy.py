@@ -249,7 +249,7 @@ async def receive(vms: VmService, inc: Incoming) -> None:
     finally:
         inc.stats.seconds = trio.current_time() - began
         inc.stats.logical = writing.receiver.bytes
-    await vms.hv_pool.run(vms.hv.refresh_pool, vms.config.storage_pool)
+    await vms.refresh_pool()
     log.info("migration.volumes_received", extra=kv(**inc.stats.to_dict()))
 
 

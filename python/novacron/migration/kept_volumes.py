@@ -97,7 +97,7 @@ async def sweep(svc: MigrationService) -> int:
             log.warning("migration.kept_volumes_in_use", extra=kv(op=row["id"], paths=used))
             storage["source_volumes"] = "in_use"
         elif await destination_state(files, address, dest_op) == "succeeded":
-            await vms.hv_pool.run(vms.hv.refresh_pool, vms.config.storage_pool)
+            await vms.refresh_pool()
             if not await volume_copies.delete(vms, paths):
                 continue  # (logged there: tried again next time)
             log.info("migration.kept_volumes_deleted", extra=kv(op=row["id"], paths=paths))

@@ -334,7 +334,7 @@ async def make_volume(
         finally:
             with trio.CancelScope(shield=True):
                 await vms.hv_pool.run(writer.close, complete)
-        await vms.hv_pool.run(vms.hv.refresh_pool, pool)
+        await vms.refresh_pool()
         if size > source.head.virtual_size:
             await vms.hv_pool.run(vms.hv.grow_volume, path, size)
     except BaseException:

@@ -607,20 +607,22 @@ class Hypervisor:
         return True
 
     def pool_free_bytes(self, pool_name: str) -> int:
-        """The bytes the pool has free (libvirt's ``available``, after a refresh)."""
+        """The bytes the pool has free (libvirt's ``available``, after a refresh unless
+        libvirt is building a volume there)."""
         with libvirt_errors():
             pool = self.conn.storagePoolLookupByName(pool_name)
-            pool.refresh(0)
+            _refreshed(pool)
             return int(pool.info()[3])
 
     def pool_space(self, pool_name: str) -> dict[str, Any]:
-        """The pool's file system and what its volumes were promised (after a refresh):
-        ``{"pool", "path", "capacity_bytes", "allocation_bytes", "available_bytes",
-        "volumes", "committed_bytes"}``, ``committed_bytes`` the sum of the volumes'
-        sizes, which thin volumes may one day fill."""
+        """The pool's file system and what its volumes were promised (after a refresh,
+        unless libvirt is building a volume there): ``{"pool", "path", "capacity_bytes",
+        "allocation_bytes", "available_bytes", "volumes", "committed_bytes"}``,
+        ``committed_bytes`` the sum of the volumes' sizes, which thin volumes may one day
+        fill."""
         with libvirt_errors():
             pool = self.conn.storagePoolLookupByName(pool_name)
-            pool.refresh(0)
+            _refreshed(pool)
             _state, capacity, allocation, available = pool.info()
             path = ET.fromstring(pool.XMLDesc(0)).findtext("target/path")  # noqa: S314
             volumes, committed = 0, 0
@@ -647,11 +649,12 @@ class Hypervisor:
         with libvirt_errors():
             return int(self.conn.storageVolLookupByPath(path).info()[2])
 
-    def refresh_pool(self, pool_name: str) -> None:
+    def refresh_pool(self, pool_name: str) -> bool:
         """libvirt looks at the pool's files again (a volume written by upload: its format
-        and sizes as the file now has them)."""
+        and sizes as the file now has them); False when it would not, building a volume
+        there (see :func:`_refreshed`: try again)."""
         with libvirt_errors():
-            self.conn.storagePoolLookupByName(pool_name).refresh(0)
+            return _refreshed(self.conn.storagePoolLookupByName(pool_name))
 
     def volume_reader(self, path: str) -> VolumeReader:
         """The file of the volume at ``path``, read through libvirt (sparse)."""
@@ -664,8 +667,24 @@ class Hypervisor:
     def pool_volumes(self, pool_name: str) -> list[str]:
         with libvirt_errors():
             pool = self.conn.storagePoolLookupByName(pool_name)
-            pool.refresh(0)
+            _refreshed(pool)
             return [v.path() for v in pool.listAllVolumes(0)]
+
+
+def _refreshed(pool: libvirt.virStoragePool) -> bool:
+    """Refreshes ``pool``; False when libvirt refuses because it is building a volume
+    there (a copy made by ``createXMLFrom``, ``qemu-img create``: "has asynchronous jobs
+    running") — its figures and volumes are then as libvirt last saw them."""
+    try:
+        pool.refresh(0)
+    except libvirt.libvirtError as exc:
+        busy = exc.get_error_code() == libvirt.VIR_ERR_INTERNAL_ERROR and (
+            "asynchronous jobs" in (exc.get_error_message() or "")
+        )
+        if not busy:
+            raise
+        return False
+    return True
 
 
 def _version(number: int) -> str:

@@ -40,6 +40,8 @@ log = logging.getLogger("novacron.vm")
 
 POLL_INTERVAL = 0.2
 RESTARTS_KEY = "restarts"  # node_settings: the restart history (vm/restarts.py)
+# how long a refresh of the pool waits for libvirt to finish building a volume there
+POOL_BUSY_S = 600.0
 
 
 class Ownership(Protocol):
@@ -359,6 +361,24 @@ class VmService:
             copy_of,
         )
         return path
+
+    async def refresh_pool(self) -> None:
+        """libvirt looks at the daemon's pool's files again (a volume written by upload:
+        its format and size as the file now has them). While libvirt builds a volume there
+        (a clone's copy) it refuses: this tries again every second, and after
+        ``POOL_BUSY_S`` answers ``conflict``."""
+        pool = self.config.storage_pool
+        with trio.move_on_after(POOL_BUSY_S):
+            while True:
+                if await self.hv_pool.run(self.hv.refresh_pool, pool):
+                    return
+                await trio.sleep(1)  # (libvirt sends no event when the build ends)
+        raise errors.Conflict(
+            f"libvirt has been building a volume in storage pool {pool!r} for "
+            f"{POOL_BUSY_S:g} s (a clone's copy?) and will not look at the pool's files "
+            "meanwhile; try again when it is done",
+            {"pool": pool},
+        )
 
     async def delete(self, name: str, force: bool, keep_disks: bool) -> dict[str, Any]:
         async with self.changing(name):
