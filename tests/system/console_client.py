@@ -31,7 +31,11 @@ class Console:
     def pump(self, timeout: float = 0.2) -> None:
         for note in self.client.notifications(timeout):
             payload = note.params[0]
-            assert payload["console"] == self.number  # (one console per client here)
+            if payload["console"] < self.number:
+                # an earlier console of this client, closed: its output the daemon sent
+                # before answering the close (none follows that answer), read with it
+                continue
+            assert payload["console"] == self.number  # (one open console per client here)
             if note.method == "console":
                 self.output += payload["data"]
                 self.chunks.append(payload["data"])
