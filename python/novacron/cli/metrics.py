@@ -166,16 +166,15 @@ def node_families(doc: dict[str, Any], labels: dict[str, str]) -> list[Family]:
         shaper.add({**labels, "what": what}, shaping.get(what))
     storage = doc.get("storage") or {}
     where = {**labels, "pool": str(storage.get("pool", ""))}
-    space = [
-        Family(f"node_storage_{key}", "gauge", text)
-        for key, text in (
-            ("capacity_bytes", "Size of the file system of the daemon's storage pool."),
-            ("available_bytes", "Bytes free in the file system of the daemon's storage pool."),
-            ("committed_bytes", "Sum of the sizes of the pool's volumes (thin: not yet written)."),
-        )
-    ]
-    for family in space:
-        family.add(where, storage.get(family.name.removeprefix("node_storage_")))
+    space = []
+    for key, text in (
+        ("capacity_bytes", "Size of the file system of the daemon's storage pool."),
+        ("available_bytes", "Bytes free in the file system of the daemon's storage pool."),
+        ("committed_bytes", "Sum of the sizes of the pool's volumes (thin: not yet written)."),
+    ):
+        family = Family(f"node_storage_{key}", "gauge", text)
+        family.add(where, storage.get(key))
+        space.append(family)
     return [cordoned, managed, uptime, kept, given_up, open_, sessions, shaped, shaper, *space]
 
 

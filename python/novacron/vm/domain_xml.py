@@ -15,6 +15,7 @@ from typing import Any
 
 from novacron._core import format_cpuset
 from novacron.net.nic import interface_element
+from novacron.vm.cpu_models import MODES as CPU_MODES
 from novacron.vm.spec import DiskLimits, VmSpec
 
 METADATA_NS = "https://novacron.dev/xmlns/vm/1"
@@ -139,7 +140,7 @@ def cpu_model_element(dom: ET.Element, model: str) -> ET.Element:
     as it is by a migration (``host-model``); the host's CPU exactly (``host-passthrough``:
     only between identical hosts); or a named model, the same on every host that can run
     it (a fleet's baseline), refused at start where the host lacks a feature of it."""
-    if model in ("host-model", "host-passthrough"):
+    if model in CPU_MODES:
         return _sub(dom, "cpu", mode=model)
     cpu = _sub(dom, "cpu", mode="custom", match="exact", check="partial")
     _sub(cpu, "model", model, fallback="forbid")

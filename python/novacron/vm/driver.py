@@ -235,7 +235,7 @@ class Hypervisor:
             return None
         with libvirt_errors():
             state, reason = dom.state()
-        return RuntimeState(states.state_name(state), states.reason_name(state, reason))
+        return RuntimeState(*states.named(state, reason))
 
     def all_states(self) -> dict[str, RuntimeState]:
         """Runtime state of every domain in one libvirt call."""
@@ -244,9 +244,7 @@ class Hypervisor:
             found = {}
             for dom, values in stats:
                 state, reason = values.get("state.state", 0), values.get("state.reason", 0)
-                found[dom.name()] = RuntimeState(
-                    states.state_name(state), states.reason_name(state, reason)
-                )
+                found[dom.name()] = RuntimeState(*states.named(state, reason))
         return found
 
     def managed_domains(self) -> dict[str, str]:

@@ -102,6 +102,11 @@ def reason_name(state: int, reason: int) -> str:
     return names[reason] if 0 <= reason < len(names) else "unknown"
 
 
+def named(state: int, reason: int) -> tuple[str, str]:
+    """A domain's state and the reason for it (libvirt's numbers), by name."""
+    return state_name(state), reason_name(state, reason)
+
+
 def event_names(event: int, detail: int) -> tuple[str, str]:
     """(state, reason) for a lifecycle event and its detail."""
     state, details = EVENTS.get(event, ("unknown", ()))

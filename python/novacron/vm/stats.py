@@ -134,19 +134,14 @@ def read(hv: Hypervisor, name: str) -> dict[str, Any]:
         except libvirt.libvirtError as exc:
             # stopped between two calls: the answer is that it is not running
             if exc.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID and not dom.isActive():
-                return _idle(name, *_state(dom))
+                return _idle(name, *states.named(*dom.state()))
             raise
 
 
-def _state(dom: libvirt.virDomain) -> tuple[str, str]:
-    """The domain's state and its reason, named (a paused VM's ``ioerror``: QEMU stopped
-    it on a write the host could not take, its file system full)."""
-    state, reason = dom.state()
-    return states.state_name(state), states.reason_name(state, reason)
-
-
 def _read_active(dom: libvirt.virDomain, name: str) -> dict[str, Any]:
-    state_name, reason = _state(dom)
+    # (the reason too: a paused VM's ``ioerror`` is QEMU stopping it on a write the host
+    # could not take, its file system full)
+    state_name, reason = states.named(*dom.state())
     _, max_kib, current_kib, vcpus, cpu_time = dom.info()
     if not dom.isActive():
         return _idle(name, state_name, reason)
