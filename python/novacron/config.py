@@ -22,6 +22,8 @@ from novacron._core import parse_cpuset
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("kv", "json")
 DOMAIN_TYPES = ("auto", "kvm", "qemu")
+# [hypervisor] disk_discard: what QEMU does with a guest's discard (TRIM) of a disk
+DISK_DISCARDS = ("unmap", "ignore")
 # [hypervisor] cpu_model: empty (libvirt's default), a mode, or a named model
 CPU_MODEL = re.compile(r"|host-model|host-passthrough|[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
@@ -46,6 +48,7 @@ class Config:
     hypervisor_threads: int = 8
     emulator: str = ""
     cpu_model: str = ""
+    disk_discard: str = "unmap"
     max_message_bytes: int = 8 * 1024 * 1024
     max_inflight_per_connection: int = 128
     max_connections: int = 4096
@@ -162,6 +165,7 @@ FIELDS: dict[str, str] = {
     "hypervisor_threads": "hypervisor",
     "emulator": "hypervisor",
     "cpu_model": "hypervisor",
+    "disk_discard": "hypervisor",
     "max_message_bytes": "rpc",
     "max_inflight_per_connection": "rpc",
     "max_connections": "rpc",
@@ -313,6 +317,8 @@ def _coerce(name: str, value: Any) -> Any:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
     if name == "domain_type" and value not in DOMAIN_TYPES:
         raise ConfigError(f"domain_type must be one of {', '.join(DOMAIN_TYPES)}")
+    if name == "disk_discard" and value not in DISK_DISCARDS:
+        raise ConfigError(f"disk_discard must be one of {', '.join(DISK_DISCARDS)}")
     if name == "log_format" and value not in LOG_FORMATS:
         raise ConfigError(f"log_format must be one of {', '.join(LOG_FORMATS)}")
     if name in _CPUSETS:

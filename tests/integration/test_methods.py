@@ -23,6 +23,7 @@ def test_node_info(daemon: Daemon) -> None:
         info = c.call("node.info")
     assert info["hypervisor"]["uri"] == "test:///default"
     assert info["hypervisor"]["type"] == "TEST"
+    assert info["hypervisor"]["disk_discard"] == "unmap"
     assert info["cpu"]["count"] > 0
     assert info["memory_mib"] > 0
     assert info["numa_nodes"] >= 1

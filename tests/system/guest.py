@@ -37,6 +37,9 @@ CORRUPT = "NOVACRON-CORRUPT"
 DISK_READY = "NOVACRON-DISK-READY"
 DISK_OK = "NOVACRON-DISK-OK"
 DISK_BAD = "NOVACRON-DISK-BAD"
+# novacron.discard: "NOVACRON-DISCARDED rc=0 zeros" once the disk text is discarded (rc:
+# blkdiscard's; zeros or data: what the guest reads there after)
+DISCARDED = "NOVACRON-DISCARDED"
 BLOCK_MARKER = (
     "NOVACRON-BLOCK"  # novacron.blockwatch: "NOVACRON-BLOCK vdb 4194304" (512-byte sectors)
 )
@@ -150,6 +153,17 @@ if grep -q novacron.disk /proc/cmdline; then
   rm /tmp/disk-text
   disksum=$(md5sum < /tmp/disk-pattern)
   echo {DISK_READY}
+  if grep -q novacron.discard /proc/cmdline; then
+    # the text given back, as fstrim does for a deleted file's blocks: discarded, then
+    # read back from the disk itself
+    (sleep 2
+     blkdiscard -o {DISK_TEXT_AT} -l 2097152 /dev/vda; rc=$?
+     got=$(dd if=/dev/vda bs=64k skip={DISK_TEXT_AT // 65536} count=32 iflag=direct \
+       2>/dev/null | md5sum)
+     zeros=$(head -c 2097152 /dev/zero | md5sum)
+     if [ "$got" = "$zeros" ]; then echo {DISCARDED} rc=$rc zeros
+     else echo {DISCARDED} rc=$rc data; fi) &
+  fi
   (k=0; while true; do
      k=$((k+1))
      echo "counter $k" | dd of=/dev/vda bs=512 seek={DISK_COUNTER_AT // 512} conv=sync,notrunc \\

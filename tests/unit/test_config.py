@@ -101,6 +101,8 @@ def test_toml_then_flags(tmp_path: Path) -> None:
         ("[hypervisor]\ncpu_model = 'host model'\n", "cpu_model"),
         ("[hypervisor]\ncpu_model = '-cpu host'\n", "cpu_model"),
         ('[hypervisor]\ncpu_model = "x\'/><cpu"\n', "cpu_model"),
+        ("[hypervisor]\ndisk_discard = 'on'\n", "disk_discard"),
+        ("[hypervisor]\ndisk_discard = ''\n", "disk_discard"),
     ],
 )
 def test_bad_config_is_refused_with_the_key(tmp_path: Path, text: str, needle: str) -> None:
@@ -236,3 +238,11 @@ def test_cpu_model_is_a_mode_or_a_name(tmp_path: Path) -> None:
         f.write_text(f"[hypervisor]\ncpu_model = '{model}'\n")
         assert parse("--config", str(f)).cpu_model == model
     assert parse("--dev", "--cpu-model", "host-model").cpu_model == "host-model"
+
+
+def test_disk_discard_unmaps_unless_told_to_ignore(tmp_path: Path) -> None:
+    assert parse("--dev").disk_discard == "unmap"  # a thin volume gets its space back
+    f = tmp_path / "n.toml"
+    f.write_text("[hypervisor]\ndisk_discard = 'ignore'\n")
+    assert parse("--config", str(f)).disk_discard == "ignore"
+    assert parse("--dev", "--disk-discard", "ignore").disk_discard == "ignore"

@@ -548,3 +548,45 @@ def test_the_configured_cpu_model_holds_the_guest_numa_cells() -> None:
     assert plain.find("cpu") is None
     on_test = ET.fromstring(domain_xml.build(replace(plan(spec, "test"), cpu_model="host-model")))
     assert on_test.find("cpu") is None  # (libvirt's test driver has no CPU models)
+
+
+def test_a_disks_discard_is_on_its_driver_and_follows_the_setting() -> None:
+    device = domain_xml.DiskDevice("/a.qcow2", "qcow2", "vda", discard="unmap")
+    driver = domain_xml.disk_element(device).find("driver")
+    assert driver is not None and driver.get("discard") == "unmap"
+    driver = domain_xml.disk_element(replace(device, discard=None)).find("driver")
+    assert driver is not None and driver.get("discard") is None  # libvirt's default
+    xml = (
+        "<domain><devices>"
+        "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>"
+        "<source file='/a.qcow2'/><target dev='vda'/></disk>"
+        "<disk type='block' device='disk'><driver name='qemu' type='raw' discard='ignore'/>"
+        "<source dev='/dev/vg/lv'/><target dev='vdb'/></disk>"
+        "<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+        "<source file='/ro.raw'/><target dev='vdc'/><readonly/></disk>"
+        "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/>"
+        "<source file='/i.iso'/><target dev='sda'/><readonly/></disk>"
+        "</devices></domain>"
+    )
+    unmapped = domain_xml.with_disk_discard(xml, "unmap")
+    assert unmapped is not None
+    found = {
+        d.find("target").get("dev"): d.find("driver").get("discard")  # type: ignore[union-attr]
+        for d in ET.fromstring(unmapped).iter("disk")
+    }
+    assert found == {"vda": "unmap", "vdb": "unmap", "vdc": None, "sda": None}
+    assert domain_xml.with_disk_discard(unmapped, "unmap") is None  # nothing left to change
+    ignored = domain_xml.with_disk_discard(unmapped, "ignore")
+    assert ignored is not None and ignored.count('discard="ignore"') == 2
+    # libvirt takes it
+    conn = libvirt.open("test:///default")
+    try:
+        spec = VmSpec(name="discards", vcpus=1, memory_mib=64, disks=(DiskSpec(size_gib=1),))
+        disks = (domain_xml.DiskDevice("/img/0.qcow2", "qcow2", "vda", discard="unmap"),)
+        dom = conn.defineXML(domain_xml.build(replace(plan(spec, "test"), disks=disks)))
+        try:
+            assert "discard='unmap'" in dom.XMLDesc(0)
+        finally:
+            dom.undefine()
+    finally:
+        conn.close()

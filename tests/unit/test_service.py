@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+
 import libvirt
 import pytest
 import trio
@@ -201,6 +204,45 @@ async def test_reconcile_makes_an_old_file_console_a_pty_for_the_next_start(
         again = {(f["vm"], f["finding"]) for f in await reconcile(svc)}
         assert (name, "console_upgraded") not in again
     finally:
+        conn.close()
+    await svc.delete(name, force=True, keep_disks=False)
+
+
+async def test_disks_discard_as_configured_and_an_older_vms_disks_follow(
+    svc: VmService,
+) -> None:
+    """A new VM's disks pass the guest's discards down as ``[hypervisor] disk_discard``
+    says (unmap: a thin volume gets its space back); a VM defined without it (an earlier
+    release, or before the setting changed) gets it at the daemon's start, once."""
+    assert svc.config.disk_discard == "unmap"
+    name = unique("discard")
+    await svc.create(
+        VmSpec(name=name, vcpus=1, memory_mib=64, disks=(DiskSpec(size_gib=1),)), start=False
+    )
+    conn = libvirt.open("test:///default")
+    config = svc.config  # (the service is shared: its config is put back)
+    try:
+
+        def drivers() -> list[str | None]:
+            xml = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            return [d.get("discard") for d in ET.fromstring(xml).iter("driver")]
+
+        assert drivers() == ["unmap"]
+        inactive = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        conn.defineXML(inactive.replace(" discard='unmap'", ""))
+        assert drivers() == [None]
+        found = {(f["vm"], f["finding"]) for f in await reconcile(svc)}
+        assert (name, "disk_discard_set") in found
+        assert drivers() == ["unmap"]
+        again = {(f["vm"], f["finding"]) for f in await reconcile(svc)}
+        assert (name, "disk_discard_set") not in again
+        # the setting changed: every VM's disks follow it at the next daemon start
+        svc.config = replace(config, disk_discard="ignore")
+        found = {(f["vm"], f["finding"]) for f in await reconcile(svc)}
+        assert (name, "disk_discard_set") in found
+        assert drivers() == ["ignore"]
+    finally:
+        svc.config = config
         conn.close()
     await svc.delete(name, force=True, keep_disks=False)
 

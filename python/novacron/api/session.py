@@ -78,6 +78,7 @@ def register(registry: Registry, services: Services) -> None:
             "configured": services.config.cpu_model or None,
             "problem": services.cpu_model_problem,
         }
+        info["hypervisor"]["disk_discard"] = services.config.disk_discard
         info.update(
             node=services.config.node_name,
             daemon=daemon,

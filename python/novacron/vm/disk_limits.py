@@ -49,7 +49,7 @@ async def limit(vms: VmService, name: str, target: str, changes: dict[str, int])
             return await vms.get(name)
         disks[index] = replace(disks[index], limits=now)
         path = vms.disk_paths(spec)[index]
-        device = domain_xml.DiskDevice(path, disks[index].format, target, now)
+        device = vms.disk_device(path, disks[index], target)
         runtime = await vms.hv_pool.run(vms.hv.state, name)
         running = runtime.state not in ("stopped", "crashed")
         with trio.CancelScope(shield=True):

@@ -96,7 +96,7 @@ async def attach(
         definition = xml if runtime.state in ("stopped", "crashed") else None
         with trio.CancelScope(shield=True):
             path = added.path or await vms.new_volume(name, target, added, image=image)
-            device = domain_xml.DiskDevice(path, added.format, target, added.limits)
+            device = vms.disk_device(path, added, target)
             try:
                 await _set_disk(vms, name, device, True, definition)
                 try:
@@ -145,7 +145,7 @@ async def detach(
         gone = spec.disks[index]
         path = vms.disk_paths(spec)[index]
         kept = [d for d in spec.named_disks() if d.target != target]
-        device = domain_xml.DiskDevice(path, gone.format, target, gone.limits)
+        device = vms.disk_device(path, gone, target)
         removed = []
         if runtime.state == "running":  # (a wait that changes nothing here: cancellable)
             await unplug(

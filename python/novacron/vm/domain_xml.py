@@ -30,6 +30,9 @@ class DiskDevice:
     format: str
     target: str
     limits: DiskLimits | None = None
+    # what QEMU does with the guest's discards (TRIM): "unmap" frees the blocks in the
+    # image file (a thin volume shrinks), "ignore" drops them; None: libvirt's default
+    discard: str | None = None
 
 
 # libvirt's <iotune> names (and setBlockIoTune's parameters) for DiskLimits' fields
@@ -162,7 +165,9 @@ def balloon_model(spec: VmSpec) -> str:
 def disk_element(disk: DiskDevice) -> ET.Element:
     """``<disk type='file'>``: a virtio disk of a file image."""
     el = ET.Element("disk", {"type": "file", "device": "disk"})
-    _sub(el, "driver", name="qemu", type=disk.format)
+    driver = _sub(el, "driver", name="qemu", type=disk.format)
+    if disk.discard is not None:
+        driver.set("discard", disk.discard)
     _sub(el, "source", file=disk.path)
     _sub(el, "target", dev=disk.target, bus="virtio")
     if disk.limits is not None:
@@ -364,6 +369,23 @@ def with_pty_console(xml: str) -> str | None:
             log_el = ET.Element("log", file=path, append="on")
             device.insert(0, log_el)
             changed = True
+    return ET.tostring(dom, encoding="unicode") if changed else None
+
+
+def with_disk_discard(xml: str, discard: str) -> str | None:
+    """The domain's XML with ``discard`` on the QEMU driver of each writable disk (as
+    :func:`disk_element` writes it for ``[hypervisor] disk_discard``); None when every
+    one has it already. CD-ROMs and read-only disks are left alone."""
+    dom = ET.fromstring(xml)  # noqa: S314 - XML produced by libvirtd, not by a client
+    changed = False
+    for disk in dom.findall("devices/disk"):
+        driver = disk.find("driver")
+        if disk.get("device", "disk") != "disk" or disk.find("readonly") is not None:
+            continue
+        if driver is None or driver.get("name") != "qemu" or driver.get("discard") == discard:
+            continue
+        driver.set("discard", discard)
+        changed = True
     return ET.tostring(dom, encoding="unicode") if changed else None
 
 

@@ -300,6 +300,21 @@ class Hypervisor:
         log.info("vm.agent_channel_added", extra=kv(vm=name))
         return True
 
+    def set_disk_discard(self, name: str, discard: str) -> bool:
+        """Defines the domain again with ``discard`` on its writable disks when one lacks
+        it (``[hypervisor] disk_discard`` changed, or a domain defined before it or
+        elsewhere); a running one gets it at its next start. Whether it changed."""
+        with libvirt_errors():
+            dom = self.domain(name)
+            xml = domain_xml.with_disk_discard(
+                dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), discard
+            )
+            if xml is None:
+                return False
+            self.conn.defineXML(xml)
+        log.info("vm.disk_discard_set", extra=kv(vm=name, discard=discard))
+        return True
+
     def start(self, name: str) -> None:
         """Starts the domain (its console made a pty first: :meth:`upgrade_console`)."""
         with libvirt_errors():

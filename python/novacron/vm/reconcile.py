@@ -196,6 +196,17 @@ async def reconcile(
                     )
             except errors.NovaCronError as exc:
                 note(name, "failed", f"guest agent port not added: {exc.message}")
+        discard = svc.config.disk_discard
+        if domain_xml.with_disk_discard(domains[name], discard) is not None:
+            try:
+                if await svc.hv_pool.run(svc.hv.set_disk_discard, name, discard):
+                    note(
+                        name,
+                        "disk_discard_set",
+                        f"its disks' discard is {discard} from its next start on",
+                    )
+            except errors.NovaCronError as exc:
+                note(name, "failed", f"disks' discard not set: {exc.message}")
         actual = runtimes.get(name)
         roomy = bool(rec.spec.get("max_vcpus") or rec.spec.get("max_memory_mib"))
         stale = managed is not None and _shape(managed.spec) != _shape(rec.spec)

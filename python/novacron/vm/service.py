@@ -118,6 +118,12 @@ class VmService:
     def console_log(self, name: str) -> str:
         return str(self.config.state_dir / "consoles" / f"{name}.log")
 
+    def disk_device(self, path: str, disk: DiskSpec, target: str) -> domain_xml.DiskDevice:
+        """How ``disk`` at ``path`` is defined for the guest as ``target``."""
+        return domain_xml.DiskDevice(
+            path, disk.format, target, disk.limits, discard=self.config.disk_discard
+        )
+
     def managed_volume_name(self, name: str, target: str, fmt: str) -> str:
         return f"{name}-{target}.{fmt}"
 
@@ -149,7 +155,7 @@ class VmService:
             uuid=vm_uuid,
             domain_type=await self.hv_pool.run(self.hv.domain_type),
             disks=tuple(
-                domain_xml.DiskDevice(path, disk.format, target, disk.limits)
+                self.disk_device(path, disk, target)
                 for disk, path, target in zip(
                     spec.disks, disk_paths, spec.disk_targets(), strict=True
                 )
