@@ -49,6 +49,7 @@ class Config:
     emulator: str = ""
     cpu_model: str = ""
     disk_discard: str = "unmap"
+    storage_reserve_mib: int = 1024
     max_message_bytes: int = 8 * 1024 * 1024
     max_inflight_per_connection: int = 128
     max_connections: int = 4096
@@ -166,6 +167,7 @@ FIELDS: dict[str, str] = {
     "emulator": "hypervisor",
     "cpu_model": "hypervisor",
     "disk_discard": "hypervisor",
+    "storage_reserve_mib": "hypervisor",
     "max_message_bytes": "rpc",
     "max_inflight_per_connection": "rpc",
     "max_connections": "rpc",

@@ -226,9 +226,11 @@ def test_unreachable_daemon_exits_3(daemon: Daemon, tmp_path) -> None:
 def test_node_info_hello_and_events(daemon: Daemon) -> None:
     shown = cli(daemon, "node", "info").stdout
     assert "TEST" in shown
-    # the test driver's pool: 100 GiB, none of it used, no volumes yet
+    # the test driver's pool: 100 GiB, none of it used, no volumes yet; 1 GiB kept free
     assert re.search(
-        r"storage\s+100\.0 GiB free of 100\.0 GiB \(\S+\); 0 volumes of 0\.0 GiB", shown
+        r"storage\s+100\.0 GiB free of 100\.0 GiB \(\S+\), 1\.0 GiB kept free; "
+        r"0 volumes of 0\.0 GiB",
+        shown,
     )
     hello = json.loads(cli(daemon, "--json", "hello").stdout)
     assert hello["protocol"] == 1

@@ -154,6 +154,7 @@ def test_the_node_families() -> None:
             "available_bytes": 60,
             "volumes": 2,
             "committed_bytes": 150,
+            "reserve_bytes": 10,
         },
     }
     got = samples(render(node_families(info, {})))
@@ -170,6 +171,7 @@ def test_the_node_families() -> None:
     assert got[f"novacron_node_storage_capacity_bytes{pool}"] == 100
     assert got[f"novacron_node_storage_available_bytes{pool}"] == 60
     assert got[f"novacron_node_storage_committed_bytes{pool}"] == 150
+    assert got[f"novacron_node_storage_reserve_bytes{pool}"] == 10
     assert samples(render(node_families({}, {"node": "n"}))) == {
         'novacron_node_cordoned{node="n"}': 0
     }

@@ -8,7 +8,7 @@ import trio
 
 from novacron import errors
 from novacron.migration import volume_copies
-from novacron.vm import domain_xml
+from novacron.vm import domain_xml, storage_room
 from novacron.vm.service import VmService
 from novacron.vm.spec import DiskSpec, VmSpec
 from tests.migration_harness import source_xml
@@ -66,14 +66,22 @@ async def test_volumes_are_made_where_this_node_keeps_the_disk_and_deleted(
 async def test_copies_the_pool_has_no_room_for_are_refused(vm_service: VmService) -> None:
     pool = vm_service.config.storage_pool
     free = await trio.to_thread.run_sync(vm_service.hv.pool_free_bytes, pool)
-    assert free > volume_copies.ROOM_RESERVE  # (libvirt's test driver: a fake 100 GiB or so)
+    reserve = storage_room.reserve_bytes(vm_service)
+    assert reserve == 1 << 30  # [hypervisor] storage_reserve_mib's default
+    assert free > reserve  # (libvirt's test driver: a fake 100 GiB or so)
     copies = volume_copies.pool_disks(VmSpec("v", 1, 64, disks=DISKS))
-    await volume_copies.check_room(vm_service, "v", copies, free - volume_copies.ROOM_RESERVE)
+    await volume_copies.check_room(vm_service, "v", copies, free - reserve)
     with pytest.raises(errors.InsufficientResources, match="GiB free") as caught:
-        await volume_copies.check_room(
-            vm_service, "v", copies, free - volume_copies.ROOM_RESERVE + 1
-        )
-    assert caught.value.details["free_bytes"] == free
+        await volume_copies.check_room(vm_service, "v", copies, free - reserve + 1)
+    assert caught.value.details == {
+        "vm": "v",
+        "disk_bytes": free - reserve + 1,
+        "pool": pool,
+        "free_bytes": free,
+        "needed_bytes": free - reserve + 1,
+        "reserve_bytes": reserve,
+    }
+    await volume_copies.check_room(vm_service, "v", [], free * 2)  # (nothing to copy)
 
 
 async def test_what_the_source_volumes_hold_is_their_allocation(vm_service: VmService) -> None:

@@ -74,6 +74,8 @@ def register(registry: Registry, services: Services) -> None:
             )
         except NotFound:  # (undefined outside NovaCron since the daemon started)
             storage = None
+        if storage is not None:
+            storage["reserve_bytes"] = services.config.storage_reserve_mib << 20
         info["hypervisor"]["cpu_model"] = {
             "configured": services.config.cpu_model or None,
             "problem": services.cpu_model_problem,

@@ -169,7 +169,8 @@ def node_families(doc: dict[str, Any], labels: dict[str, str]) -> list[Family]:
     space = []
     for key, text in (
         ("capacity_bytes", "Size of the file system of the daemon's storage pool."),
-        ("available_bytes", "Bytes free in the file system of the daemon's storage pool."),
+        ("available_bytes", "Bytes its guests can still write in the daemon's storage pool."),
+        ("reserve_bytes", "Bytes of the storage pool kept free of new volumes."),
         ("committed_bytes", "Sum of the sizes of the pool's volumes (thin: not yet written)."),
     ):
         family = Family(f"node_storage_{key}", "gauge", text)

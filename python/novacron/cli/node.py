@@ -98,7 +98,8 @@ def _storage(storage: dict[str, Any] | None) -> str:
         return "-"
     return (
         f"{_gib(storage['available_bytes'])} free of {_gib(storage['capacity_bytes'])} "
-        f"({storage['path']}); {storage['volumes']} volumes of "
+        f"({storage['path']}), {_gib(storage.get('reserve_bytes', 0))} kept free; "
+        f"{storage['volumes']} volumes of "
         f"{_gib(storage['committed_bytes'])}"
     )
 

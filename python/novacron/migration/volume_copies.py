@@ -13,14 +13,11 @@ import trio
 
 from novacron import errors
 from novacron.logs import kv
-from novacron.vm import domain_xml
+from novacron.vm import domain_xml, storage_room
 from novacron.vm.service import VmService
 from novacron.vm.spec import DiskSpec, VmSpec
 
 log = logging.getLogger("novacron.migration")
-
-GIB = 1 << 30
-ROOM_RESERVE = 1 << 30  # a pool is never filled to its last GiB by a copy
 
 
 def pool_disks(spec: VmSpec) -> list[tuple[str, DiskSpec]]:
@@ -47,18 +44,11 @@ async def check_room(
     vms: VmService, name: str, copies: list[tuple[str, DiskSpec]], disk_bytes: int
 ) -> None:
     """Refuses (``insufficient_resources``) ``copies`` holding ``disk_bytes`` on the
-    source that this node's pool has no room for, keeping ``ROOM_RESERVE`` of it free
-    besides (no copies: nothing to check)."""
-    if not copies:
-        return
-    pool = vms.config.storage_pool
-    free = await vms.hv_pool.run(vms.hv.pool_free_bytes, pool)
-    if disk_bytes + ROOM_RESERVE > free:
-        raise errors.InsufficientResources(
-            f"pool {pool!r} has {free / GIB:.1f} GiB free; vm {name!r}'s volumes hold "
-            f"{disk_bytes / GIB:.1f} GiB (and {ROOM_RESERVE / GIB:g} GiB stays free)",
-            {"vm": name, "free_bytes": free, "disk_bytes": disk_bytes},
-        )
+    source that this node's pool has no room for, keeping ``[hypervisor]
+    storage_reserve_mib`` of it free besides (no copies: nothing to check)."""
+    if copies:
+        what = f"vm {name!r}'s volumes"
+        await storage_room.check(vms, disk_bytes, what, {"vm": name, "disk_bytes": disk_bytes})
 
 
 async def source_bytes(vms: VmService, paths: list[str]) -> int:

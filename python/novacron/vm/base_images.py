@@ -122,6 +122,12 @@ class ImageSource:
         self.head = head
         self.length = length  # the file's bytes when it was opened: what is copied
 
+    @property
+    def allocated(self) -> int:
+        """The host space the image's file takes (what its copy, which keeps its holes,
+        takes at most)."""
+        return os.fstat(self.fd).st_blocks * 512
+
     @classmethod
     def open(cls, path: str, param: str, check: Callable[[str], None] | None) -> ImageSource:
         """The image at ``path`` (``param``: its name in the call), open; ``check`` is

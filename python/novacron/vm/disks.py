@@ -38,7 +38,7 @@ import trio
 
 from novacron import errors
 from novacron.logs import kv
-from novacron.vm import domain_xml, qcow2
+from novacron.vm import domain_xml, qcow2, storage_room
 from novacron.vm.base_images import ImageSource
 from novacron.vm.service import VmService, log
 from novacron.vm.spec import MAX_DISKS, DiskSpec, VmSpec, disk_target
@@ -93,6 +93,9 @@ async def attach(
         if added.size_gib is not None:
             more = {"disk_gib": added.size_gib}
             await vms.quotas.check_more(spec.tenant, await vms.records.all(), more)
+        if added.path is None:
+            needed = 0 if image is None else image.allocated
+            await storage_room.check(vms, needed, f"a new disk of vm {name!r}", {"vm": name})
         definition = xml if runtime.state in ("stopped", "crashed") else None
         with trio.CancelScope(shield=True):
             path = added.path or await vms.new_volume(name, target, added, image=image)
@@ -208,6 +211,7 @@ async def resize(vms: VmService, name: str, target: str, size_gib: int) -> dict[
         if disk.format == "qcow2":
             await refuse_v2_with_snapshots(name, target, path)
         await vms.quotas.check_more(tenant, await vms.records.all(), {"disk_gib": size_gib - old})
+        await storage_room.check(vms, 0, f"growing disk {target!r} of vm {name!r}", {"vm": name})
         runtime = await vms.hv_pool.run(vms.hv.state, name)
         disks = spec.named_disks()
         disks[index] = replace(disks[index], size_gib=size_gib)

@@ -20,7 +20,7 @@ import libvirt
 from novacron import errors
 from novacron.logs import kv
 from novacron.placement.topology import HostNode, parse_capabilities, with_sysfs
-from novacron.vm import cpu_models, domain_xml, states
+from novacron.vm import cpu_models, domain_xml, states, storage_room
 from novacron.vm.libvirt_errors import libvirt_errors, translate
 from novacron.vm.volume_stream import VolumeReader, VolumeWriter
 
@@ -620,12 +620,13 @@ class Hypervisor:
         return True
 
     def pool_free_bytes(self, pool_name: str) -> int:
-        """The bytes the pool has free (libvirt's ``available``, after a refresh unless
+        """The bytes the pool has free for its guests (libvirt's ``available`` less what
+        only root may write: :func:`storage_room.writable`; after a refresh unless
         libvirt is building a volume there)."""
         with libvirt_errors():
             pool = self.conn.storagePoolLookupByName(pool_name)
             _refreshed(pool)
-            return int(pool.info()[3])
+            return self._writable(pool.XMLDesc(0), int(pool.info()[3]))
 
     def pool_space(self, pool_name: str) -> dict[str, Any]:
         """The pool's file system and what its volumes were promised (after a refresh,
@@ -637,7 +638,8 @@ class Hypervisor:
             pool = self.conn.storagePoolLookupByName(pool_name)
             _refreshed(pool)
             _state, capacity, allocation, available = pool.info()
-            path = ET.fromstring(pool.XMLDesc(0)).findtext("target/path")  # noqa: S314
+            xml = pool.XMLDesc(0)
+            path = ET.fromstring(xml).findtext("target/path")  # noqa: S314
             volumes, committed = 0, 0
             for vol in pool.listAllVolumes(0):
                 try:
@@ -652,10 +654,15 @@ class Hypervisor:
             "path": path,
             "capacity_bytes": int(capacity),
             "allocation_bytes": int(allocation),
-            "available_bytes": int(available),
+            "available_bytes": self._writable(xml, int(available)),
             "volumes": volumes,
             "committed_bytes": committed,
         }
+
+    def _writable(self, pool_xml: str, available: int) -> int:
+        """:func:`storage_room.writable`, but on libvirt's test driver, whose pools are
+        made up, its figure."""
+        return available if self.is_test_driver else storage_room.writable(pool_xml, available)
 
     def volume_allocation(self, path: str) -> int:
         """The bytes the volume at ``path`` takes on its storage."""

@@ -25,7 +25,7 @@ from novacron.logs import kv
 from novacron.net.nic import NicSpec
 from novacron.placement.service import PlacementService
 from novacron.state.db import StateStore, VmRecord
-from novacron.vm import base_images, domain_xml
+from novacron.vm import base_images, domain_xml, storage_room
 from novacron.vm.base_images import ImageSource
 from novacron.vm.cordon import Cordon
 from novacron.vm.domain_xml import ManagedDomain
@@ -307,6 +307,7 @@ class VmService:
     async def _build(
         self, spec: VmSpec, copies: dict[str, str], images: dict[str, ImageSource]
     ) -> None:
+        await self._check_storage(spec, copies, images)
         vm_uuid = str(uuidlib.uuid4())
         created: list[str] = []
         # decided and recorded at once (no await in between): a refusal changes nothing
@@ -344,6 +345,24 @@ class VmService:
             for path in created:
                 await self.hv_pool.run(self.hv.delete_volume, path)
             raise
+
+    async def _check_storage(
+        self, spec: VmSpec, copies: dict[str, str], images: dict[str, ImageSource]
+    ) -> None:
+        """Room in the pool for ``spec``'s new volumes (:mod:`storage_room`): the copies
+        and base images they are made from take their files' space at once."""
+        managed = [
+            (t, d) for t, d in zip(spec.disk_targets(), spec.disks, strict=True) if d.managed
+        ]
+        if not managed:
+            return
+        needed = 0
+        for target, disk in managed:
+            if target in copies:
+                needed += await self.hv_pool.run(self.hv.volume_allocation, copies[target])
+            elif disk.image is not None and disk.image in images:
+                needed += images[disk.image].allocated
+        await storage_room.check(self, needed, f"vm {spec.name!r}'s volumes", {"vm": spec.name})
 
     async def new_volume(
         self,

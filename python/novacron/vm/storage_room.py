@@ -1,0 +1,77 @@
+"""Room in the daemon's storage pool for new volumes and larger ones.
+
+Volumes are thin: one takes host space only as its guest writes, so a pool can fill long
+after its volumes were made, and a guest writing into a full pool is paused by QEMU
+(``ioerror``). What the daemon can do is stop adding to a pool that is nearly full:
+``[hypervisor] storage_reserve_mib`` of its file system stays free of anything the daemon
+makes (a new volume, a copy of a volume or base image, a migration's copies, a disk
+grown), kept for the guests already writing there. A call that would go below it is
+refused with ``insufficient_resources`` before anything changes."""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING, Any
+
+from novacron import errors
+
+if TYPE_CHECKING:
+    from novacron.vm.service import VmService
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+def writable(pool_xml: str, available: int) -> int:
+    """Of a pool's ``available`` bytes (libvirt's figure), those its guests can write.
+
+    libvirt counts a directory pool's file system's free blocks, the ones only root may
+    use among them (ext4 keeps 5 % so by default); QEMU runs as its own user and stops
+    at them. For a ``dir`` pool whose directory is here, its file system's free blocks
+    for any user (``statvfs``'s ``f_bavail``) are what is left; otherwise libvirt's."""
+    root = ET.fromstring(pool_xml)  # noqa: S314 - from libvirtd
+    path = root.findtext("target/path")
+    if root.get("type") != "dir" or not path:
+        return available
+    try:
+        st = os.statvfs(path)
+    except OSError:  # (not on this host)
+        return available
+    return min(available, st.f_bavail * st.f_frsize)
+
+
+def reserve_bytes(vms: VmService) -> int:
+    return int(vms.config.storage_reserve_mib) * MIB
+
+
+async def check(vms: VmService, needed: int, what: str, details: dict[str, Any]) -> None:
+    """Refuses (``insufficient_resources``) what would leave the pool with less than
+    the reserve free, ``needed``: the bytes it writes at once (0 for an empty thin
+    volume or a grown one: those only promise space). ``what`` names it in the message;
+    ``details`` go into the error's with ``pool``, ``free_bytes``, ``needed_bytes`` and
+    ``reserve_bytes``. Nothing is asked of libvirt when there is no reserve and nothing
+    to write."""
+    reserve = reserve_bytes(vms)
+    if reserve == 0 and needed == 0:
+        return
+    pool = vms.config.storage_pool
+    free = await vms.hv_pool.run(vms.hv.pool_free_bytes, pool)
+    if needed + reserve <= free:
+        return
+    if needed:
+        wanted = f"{what} needs {needed / GIB:.2f} GiB of it"
+    else:
+        wanted = f"{what} would promise more of it"
+    raise errors.InsufficientResources(
+        f"storage pool {pool!r} has {free / GIB:.2f} GiB free; {wanted}, and "
+        f"{reserve / GIB:.2f} GiB stays free for the guests writing there "
+        "([hypervisor] storage_reserve_mib): free space in the pool first",
+        {
+            **details,
+            "pool": pool,
+            "free_bytes": free,
+            "needed_bytes": needed,
+            "reserve_bytes": reserve,
+        },
+    )
