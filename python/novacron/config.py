@@ -82,6 +82,7 @@ class Config:
     vm_restart_window_s: float = 600.0
     vm_start_concurrency: int = 4
     vm_check_interval_s: float = 30.0
+    vm_no_space_resume_mib: int = 256
     vm_disk_dirs: str = ""
     vm_boot_dirs: str = ""
     vm_image_dirs: str = ""
@@ -200,6 +201,7 @@ FIELDS: dict[str, str] = {
     "vm_restart_window_s": "vm",
     "vm_start_concurrency": "vm",
     "vm_check_interval_s": "vm",
+    "vm_no_space_resume_mib": "vm",
     "vm_disk_dirs": "vm",
     "vm_boot_dirs": "vm",
     "vm_image_dirs": "vm",
@@ -232,6 +234,7 @@ _TOML_KEY = {
     "vm_restart_window_s": "restart_window_s",
     "vm_start_concurrency": "start_concurrency",
     "vm_check_interval_s": "check_interval_s",
+    "vm_no_space_resume_mib": "no_space_resume_mib",
     "vm_disk_dirs": "disk_dirs",
     "vm_boot_dirs": "boot_dirs",
     "vm_image_dirs": "image_dirs",
@@ -268,6 +271,8 @@ _ZERO_OK = {
     "max_pending_bytes",
     "tls_max_handshakes",
     "vm_restart_limit",
+    "storage_reserve_mib",
+    "vm_no_space_resume_mib",
 }
 # numbers with bounds beyond "not negative" (and, for ints not in _ZERO_OK, "not zero")
 _RANGES: dict[str, tuple[float, float]] = {
@@ -276,6 +281,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "shared_overcommit": (1, 64),
     "vm_restart_limit": (0, 1000),
     "vm_start_concurrency": (1, 256),
+    "vm_no_space_resume_mib": (0, 1 << 30),
     "vm_restart_window_s": (1, 7 * 86400),
 }
 

@@ -184,7 +184,13 @@ async def serve(config: Config) -> None:
         services.migrations = MigrationService(
             config, vms, bus, tls.context if tls is not None else None
         )
-        keeper = StateKeeper(vms, bus, config.vm_check_interval_s, config.vm_start_concurrency)
+        keeper = StateKeeper(
+            vms,
+            bus,
+            config.vm_check_interval_s,
+            config.vm_start_concurrency,
+            config.vm_no_space_resume_mib,
+        )
         services.keeper = keeper
         services.networks = NetworkService(config, store, vms.db_pool, bus, vms.records)
         vms.nic_check = services.networks.check_nics

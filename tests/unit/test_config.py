@@ -95,6 +95,8 @@ def test_toml_then_flags(tmp_path: Path) -> None:
         ("[vm]\nrestart_window_s = 0\n", "restart_window_s"),
         ("[vm]\nstart_concurrency = 0\n", "start_concurrency"),
         ("[vm]\ncheck_interval_s = -5\n", "check_interval_s"),
+        ("[vm]\nno_space_resume_mib = -1\n", "no_space_resume_mib"),
+        ("[hypervisor]\nstorage_reserve_mib = -1\n", "storage_reserve_mib"),
         ("[vm]\ndisk_dirs = 'srv/images'\n", "disk_dirs"),
         ("[vm]\nboot_dirs = '/boot, boot2'\n", "boot_dirs"),
         ("[vm]\ndisk_dirs = ['/srv']\n", "disk_dirs"),
@@ -246,3 +248,12 @@ def test_disk_discard_unmaps_unless_told_to_ignore(tmp_path: Path) -> None:
     f.write_text("[hypervisor]\ndisk_discard = 'ignore'\n")
     assert parse("--config", str(f)).disk_discard == "ignore"
     assert parse("--dev", "--disk-discard", "ignore").disk_discard == "ignore"
+
+
+def test_storage_reserve_and_the_room_a_paused_guest_waits_for(tmp_path: Path) -> None:
+    c = parse("--dev")
+    assert (c.storage_reserve_mib, c.vm_no_space_resume_mib) == (1024, 256)
+    f = tmp_path / "n.toml"
+    f.write_text("[hypervisor]\nstorage_reserve_mib = 0\n[vm]\nno_space_resume_mib = 0\n")
+    c = parse("--config", str(f))
+    assert (c.storage_reserve_mib, c.vm_no_space_resume_mib) == (0, 0)  # none; never

@@ -212,3 +212,23 @@ async def test_libvirt_gone_leaves_the_keeper_looking_again(
         await keeper.run()
     assert waited.cancelled_caught  # still running
     assert "keeper.check_failed" in caplog.messages
+
+
+async def test_a_paused_vm_is_resumed_only_when_paused_on_a_full_disk(
+    keeper: StateKeeper, vm_service: VmService
+) -> None:
+    """A VM paused by its operator, or behind the daemon's back (libvirt's reason
+    ``user``), stays paused: only an I/O error pause is watched for room
+    (``tests/system/test_no_space.py`` has the real one)."""
+    by_operator, behind = unique("paused"), unique("paused")
+    for name in (by_operator, behind):
+        await vm_service.create(VmSpec(name=name, vcpus=1, memory_mib=64), start=True)
+    await vm_service.pause(by_operator)
+    await vm_service.hv_pool.run(vm_service.hv.suspend, behind)
+    await sweep(keeper, at_start=False)
+    assert await state(vm_service, by_operator) == ("paused", "paused")
+    assert await state(vm_service, behind) == ("paused", "running")
+    assert keeper.statistics()["resumed"] == 0
+    assert not keeper._waiting_for_room
+    for name in (by_operator, behind):
+        await vm_service.delete(name, force=True, keep_disks=False)

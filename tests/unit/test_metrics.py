@@ -140,6 +140,7 @@ def test_the_node_families() -> None:
                 "start_failed": 0,
                 "gave_up": 0,
                 "followed": 2,
+                "resumed": 5,
                 "given_up": ["a"],
                 "held": [],
             },
@@ -166,6 +167,7 @@ def test_the_node_families() -> None:
     assert got['novacron_node_console_sessions{mode="watching"}'] == 3
     assert got["novacron_node_cordoned"] == 1 and got["novacron_node_vms"] == 3
     assert got['novacron_node_keeper_total{outcome="followed"}'] == 2
+    assert got['novacron_node_keeper_total{outcome="resumed"}'] == 5
     assert got["novacron_node_vms_given_up"] == 1
     pool = '{pool="novacron"}'
     assert got[f"novacron_node_storage_capacity_bytes{pool}"] == 100

@@ -138,9 +138,9 @@ def node_families(doc: dict[str, Any], labels: dict[str, str]) -> list[Family]:
     kept = Family(
         "node_keeper_total",
         "counter",
-        "What the restart policy did since the daemon started, by outcome.",
+        "What the state keeper did since the daemon started, by outcome.",
     )
-    for outcome in ("restarted", "start_failed", "gave_up", "followed"):
+    for outcome in ("restarted", "start_failed", "gave_up", "followed", "resumed"):
         kept.add({**labels, "outcome": outcome}, keeper.get(outcome))
     given_up = Family("node_vms_given_up", "gauge", "VMs the restart policy gave up on.")
     given_up.add(labels, len(keeper.get("given_up") or []) if keeper else None)

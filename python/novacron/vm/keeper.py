@@ -1,12 +1,15 @@
 """Keeps VMs in the state the operator asked for: one that should run and is found shut
 off is started again or its record follows what happened (``vm/restarts.py`` decides).
 
+One that should run and is found paused because its disk's file system filled up is
+resumed once there is room again (:mod:`~novacron.vm.no_space`).
+
 It looks when the daemon starts (after reconciliation: the host may have rebooted, or
 a QEMU died while the daemon was down), on every ``vm.state`` event saying a VM
-stopped, and every ``[vm] check_interval_s`` seconds (events lost while libvirtd
-restarted, or while the VM was migrating). Each decision is taken again under the VM's
-lock, on libvirt's current state, so it never races an operator's call; a VM being
-migrated is left to the migration service.
+stopped (or paused on an I/O error), and every ``[vm] check_interval_s`` seconds
+(events lost while libvirtd restarted, or while the VM was migrating). Each decision is
+taken again under the VM's lock, on libvirt's current state, so it never races an
+operator's call; a VM being migrated is left to the migration service.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from novacron import errors
 from novacron.eventbus import EventBus
 from novacron.logs import kv
 from novacron.state.db import VmRecord
+from novacron.vm import no_space
 from novacron.vm.restarts import Action, decide
 from novacron.vm.service import VmService
 from novacron.vm.spec import VmSpec
@@ -31,7 +35,12 @@ RETRY_S = 5.0  # the first look, after reconciliation, is tried again this often
 
 class StateKeeper:
     def __init__(
-        self, svc: VmService, bus: EventBus, check_interval_s: float, start_concurrency: int
+        self,
+        svc: VmService,
+        bus: EventBus,
+        check_interval_s: float,
+        start_concurrency: int,
+        no_space_resume_mib: int = 256,
     ) -> None:
         self.svc = svc
         self.bus = bus
@@ -39,7 +48,16 @@ class StateKeeper:
         self.ready = trio.Event()  # set once reconciliation is done
         self._starting = trio.CapacityLimiter(start_concurrency)
         self._handling: set[str] = set()  # VMs a task of this keeper is deciding on
-        self.counts = {"restarted": 0, "followed": 0, "start_failed": 0, "gave_up": 0}
+        self.counts = {
+            "restarted": 0,
+            "followed": 0,
+            "start_failed": 0,
+            "gave_up": 0,
+            "resumed": 0,
+        }
+        self.no_space_resume_bytes = no_space_resume_mib * no_space.MIB  # 0: never
+        self._waiting_for_room: set[str] = set()  # paused on a full disk, looked at
+        self._left: set[str] = set()  # paused on a disk error the operator must see to
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sub = self.bus.subscribe(frozenset({"vm.state"}), buffer=4096)
@@ -56,6 +74,8 @@ class StateKeeper:
                         await self._sweep(nursery, at_start=False)
                     elif event.get("state") == "stopped":
                         self._stopped(nursery, str(event["vm"]), str(event["reason"]))
+                    elif (event.get("state"), event.get("reason")) == ("paused", "ioerror"):
+                        self.paused_on_error(nursery, str(event["vm"]))
         finally:
             sub.close()
 
@@ -88,10 +108,17 @@ class StateKeeper:
         svc = self.svc
         records = await svc.records.all()
         runtimes = await svc.hv_pool.run(svc.hv.all_states)
+        on_error = set()
         for rec in records:
             runtime = runtimes.get(rec.name)
-            if rec.desired_state == "running" and runtime and runtime.state == "stopped":
+            if rec.desired_state != "running" or runtime is None:
+                continue
+            if runtime.state == "stopped":
                 self.consider(nursery, rec.name, runtime.reason, at_start)
+            elif (runtime.state, runtime.reason) == ("paused", "ioerror"):
+                on_error.add(rec.name)
+                self.paused_on_error(nursery, rec.name)
+        self._left &= on_error  # (one resumed or stopped by its operator: told again)
 
     def consider(self, nursery: trio.Nursery, name: str, reason: str, at_start: bool) -> None:
         """Decides on ``name``, found or reported shut off for ``reason``, in a task of
@@ -101,6 +128,57 @@ class StateKeeper:
             return
         self._handling.add(name)
         nursery.start_soon(self._handle, name, action, at_start)
+
+    def paused_on_error(self, nursery: trio.Nursery, name: str) -> None:
+        """Watches ``name``, paused on a disk error, in a task of its own until its disks'
+        file systems have room (:mod:`no_space`)."""
+        if not self.no_space_resume_bytes or name in self._waiting_for_room | self._left:
+            return
+        self._waiting_for_room.add(name)
+        nursery.start_soon(self._resume_when_room, name)
+
+    async def _resume_when_room(self, name: str) -> None:
+        try:
+            while True:
+                async with self.svc.locked(name):
+                    verdict = await self._room_verdict(name)
+                    if verdict is None:
+                        return  # (resumed, stopped or deleted meanwhile)
+                    if verdict.action == "resume":
+                        await self.svc.hv_pool.run(self.svc.hv.resume, name)
+                free = ",".join(f"{t}:{b // no_space.MIB}" for t, b in verdict.free.items())
+                if verdict.action == "resume":
+                    self.counts["resumed"] += 1
+                    log.warning("vm.resumed_with_room", extra=kv(vm=name, free_mib=free))
+                    return
+                if verdict.action == "leave":
+                    self._left.add(name)
+                    log.warning("vm.paused_on_disk_error", extra=kv(vm=name, why=verdict.why))
+                    return
+                await trio.sleep(no_space.CHECK_S)
+        except errors.NovaCronError as exc:
+            log.error("keeper.failed", extra=kv(vm=name, error=exc.message))
+        except Exception:  # a bug here must not take the daemon down with it
+            log.exception("keeper.crashed", extra=kv(vm=name))
+        finally:
+            self._waiting_for_room.discard(name)
+
+    async def _room_verdict(self, name: str) -> no_space.Verdict | None:
+        """Under the VM's lock: whether to resume ``name`` now; None when it is no longer
+        paused on an I/O error, should not run, or is migrating."""
+        svc = self.svc
+        if name in svc.migrating:
+            return None
+        rec = await svc.records.get(name)
+        if rec is None or rec.desired_state != "running":
+            return None
+        runtime = await svc.hv_pool.run(svc.hv.state_or_none, name)
+        if runtime is None or (runtime.state, runtime.reason) != ("paused", "ioerror"):
+            return None
+        failed = await svc.hv_pool.run(svc.hv.disk_errors, name)
+        xml = await svc.hv_pool.run(svc.hv.xml, name)
+        wanted = self.no_space_resume_bytes
+        return await trio.to_thread.run_sync(no_space.judge, xml, failed, wanted)
 
     async def _handle(self, name: str, action: Action, at_start: bool) -> None:
         try:
