@@ -3,10 +3,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from novacron import errors
-from novacron.cluster.scoring import choose_among, free_placer, usable
-from novacron.vm.spec import VmSpec
+from novacron.cluster.scoring import (
+    choose_among,
+    free_placer,
+    short_of_storage,
+    usable,
+    with_storage_for,
+)
+from novacron.vm.spec import DiskSpec, VmSpec
 
 
 def capacity(free_mib: int, shared_used: int = 0, dedicated_in_use: int = 0) -> dict[str, Any]:
@@ -39,8 +47,10 @@ def capacity(free_mib: int, shared_used: int = 0, dedicated_in_use: int = 0) -> 
     }
 
 
-def spec(vcpus: int = 1, memory_mib: int = 512, cpu: str = "shared") -> VmSpec:
-    return VmSpec(name="v", vcpus=vcpus, memory_mib=memory_mib, cpu_policy=cpu)
+def spec(
+    vcpus: int = 1, memory_mib: int = 512, cpu: str = "shared", disks: tuple[DiskSpec, ...] = ()
+) -> VmSpec:
+    return VmSpec(name="v", vcpus=vcpus, memory_mib=memory_mib, cpu_policy=cpu, disks=disks)
 
 
 def test_the_free_state_is_what_was_published() -> None:
@@ -100,3 +110,44 @@ def test_a_cordoned_node_gets_no_new_vm() -> None:
     assert choose(spec(), [node("a", capacity(2048)), roomy])[0] == "a"
     with pytest.raises(errors.InsufficientResources, match="0 node"):
         choose(spec(), [roomy])
+
+
+def test_a_node_short_of_storage_gets_no_vm_with_new_volumes() -> None:
+    short = {**node("b", capacity(8192)), "storage": {"short": True}}
+    nodes = [node("a", capacity(2048)), short]
+    docs = {d["node"]: d for d in nodes}
+    placers = {d["node"]: free_placer(d["capacity"]) for d in nodes}
+    volumes = spec(disks=(DiskSpec(size_gib=10),))
+    assert choose_among(volumes, with_storage_for(volumes, placers, docs))[0] == "a"
+    # no new volume (no disk, or an image given by path): the roomiest, as ever
+    for without in (spec(), spec(disks=(DiskSpec(path="/srv/vm.qcow2"),))):
+        assert choose_among(without, with_storage_for(without, placers, docs))[0] == "b"
+    with pytest.raises(errors.InsufficientResources, match="storage pool") as caught:
+        with_storage_for(volumes, {"b": placers["b"]}, docs)
+    assert caught.value.details == {"nodes_short_of_storage": ["b"]}
+    # not known yet, or an older release's registration: not short
+    assert not short_of_storage({**short, "storage": {"short": None}})
+    assert not short_of_storage(node("c", capacity(1)))
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.sampled_from([None, {}, {"short": True}, {"short": False}, {"short": None}]),
+        min_size=1,
+    ),
+    st.booleans(),
+)
+def test_new_volumes_go_only_where_the_pool_is_not_short(
+    storage: dict[str, Any], volumes: bool
+) -> None:
+    docs = {name: {"node": name, "storage": s} for name, s in storage.items()}
+    placers = {name: free_placer(capacity(4096)) for name in storage}
+    vm = spec(disks=(DiskSpec(size_gib=1),) if volumes else ())
+    short = {n for n, s in storage.items() if isinstance(s, dict) and s.get("short") is True}
+    if volumes and short == set(storage):
+        with pytest.raises(errors.InsufficientResources):
+            with_storage_for(vm, placers, docs)
+        return
+    kept = with_storage_for(vm, placers, docs)
+    assert set(kept) == (set(storage) - short if volumes else set(storage))

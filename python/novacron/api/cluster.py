@@ -24,6 +24,7 @@ from novacron.vm.spec import (
     MAX_MEMORY_MIB,
     MAX_VCPUS,
     MEMORY_POLICIES,
+    DiskSpec,
     VmSpec,
     checked_room,
 )
@@ -154,6 +155,8 @@ def register(registry: Registry, services: Services) -> None:
             hugepage_kib=p.integer("hugepage_kib", 0, HUGEPAGE_SIZES_KIB[-1], default=0) or None,
             max_vcpus=p.integer("max_vcpus", 1, MAX_VCPUS, default=0) or None,
             max_memory_mib=p.integer("max_memory_mib", 16, MAX_MEMORY_MIB, default=0) or None,
+            # (a VM with new volumes is not sent to a node whose pool is short of its reserve)
+            disks=(DiskSpec(size_gib=1),) if p.flag("new_volumes") else (),
         )
         p.done()
         spec = checked_room(spec)

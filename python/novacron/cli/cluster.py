@@ -38,6 +38,8 @@ def _row(node: dict[str, Any]) -> dict[str, Any]:
     state = node.get("state")
     if state == "up" and node.get("cordon"):
         state = "up, cordoned"
+    if state and state.startswith("up") and (node.get("storage") or {}).get("short"):
+        state += ", storage short"
     return {
         **node,
         "state": state,

@@ -84,6 +84,31 @@ def usable(doc: dict[str, Any]) -> bool:
     return doc.get("state", "up") == "up" and bool(doc.get("address")) and not doc.get("cordon")
 
 
+def short_of_storage(doc: dict[str, Any]) -> bool:
+    """A registration saying its pool has less than its reserve free: no new volume
+    goes there (``[hypervisor] storage_reserve_mib``)."""
+    storage = doc.get("storage")
+    return isinstance(storage, dict) and storage.get("short") is True
+
+
+def with_storage_for(
+    spec: VmSpec, placers: dict[str, Placer | None], docs: dict[str, dict[str, Any]]
+) -> dict[str, Placer | None]:
+    """``placers`` without the nodes whose registration (in ``docs``) says their pool is
+    short, when ``spec`` makes volumes there; ``insufficient_resources`` when that leaves
+    none (``details.nodes_short_of_storage``)."""
+    if not any(disk.managed for disk in spec.disks):
+        return placers
+    short = {name for name in placers if short_of_storage(docs.get(name, {}))}
+    if short and short == set(placers):
+        raise errors.InsufficientResources(
+            "no node of the cluster has room in its storage pool for new volumes "
+            f"({len(short)} node(s) short of their [hypervisor] storage_reserve_mib)",
+            {"nodes_short_of_storage": sorted(short)},
+        )
+    return {name: p for name, p in placers.items() if name not in short}
+
+
 def choose_among(spec: VmSpec, placers: dict[str, Placer | None]) -> tuple[str, float]:
     """The best-scoring node of ``placers`` (ties: the first by name);
     ``insufficient_resources`` when the VM fits nowhere."""

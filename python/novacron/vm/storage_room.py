@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 GIB = 1 << 30
 MIB = 1 << 20
+WATCH_S = 10.0  # how often a cluster node looks whether its pool is short of its reserve
 
 
 def writable(pool_xml: str, available: int) -> int:
@@ -75,3 +76,13 @@ async def check(vms: VmService, needed: int, what: str, details: dict[str, Any])
             "reserve_bytes": reserve,
         },
     )
+
+
+async def short(vms: VmService) -> bool | None:
+    """Whether the pool has less than the reserve free (no new volume goes there); None
+    when it cannot be told (the pool undefined outside NovaCron, libvirt unreachable)."""
+    try:
+        free = await vms.hv_pool.run(vms.hv.pool_free_bytes, vms.config.storage_pool)
+    except (errors.NotFound, errors.Unavailable):
+        return None
+    return bool(free < reserve_bytes(vms))
