@@ -80,9 +80,10 @@ async def check(vms: VmService, needed: int, what: str, details: dict[str, Any])
 
 async def short(vms: VmService) -> bool | None:
     """Whether the pool has less than the reserve free (no new volume goes there); None
-    when it cannot be told (the pool undefined outside NovaCron, libvirt unreachable)."""
+    when it cannot be told (the pool undefined outside NovaCron, libvirt unreachable or
+    failing)."""
     try:
         free = await vms.hv_pool.run(vms.hv.pool_free_bytes, vms.config.storage_pool)
-    except (errors.NotFound, errors.Unavailable):
+    except errors.NovaCronError:  # (whatever libvirt says: asked again later)
         return None
     return bool(free < reserve_bytes(vms))
