@@ -208,6 +208,7 @@ async def serve(config: Config) -> None:
             services.cluster = ClusterService(config, vms, bus, etcd)
             vms.ownership = services.cluster
             vms.cordon.on_change = services.cluster.changed
+            vms.storage.on_change = services.cluster.changed
             services.migrations.locks = MigrationLocks(services.cluster)
             registry.forwarder = services.cluster.forward
 
@@ -217,6 +218,7 @@ async def serve(config: Config) -> None:
         with trio.open_signal_receiver(*watched) as signals:
             async with trio.open_nursery() as root:
                 await root.start(attach_hypervisor, services)
+                await root.start(vms.storage.run)
                 await root.start(services.migrations.run)
                 await root.start(services.networks.run)
                 if services.cluster is not None:

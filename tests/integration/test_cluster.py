@@ -490,7 +490,7 @@ def test_vms_with_new_volumes_pass_by_a_node_short_of_storage(
                 }
 
         eventually(lambda: shorts() == {"node1": False, "node2": True}, "node2 short", logs=(two,))
-        assert "event=cluster.storage_short node=node2" in two.log_text()
+        assert "event=storage.short pool=" in two.log_text()
         room = placeable_mib(one, "node1")
         with one.client() as c:
             c.call("vm.create", name="big", memory_mib=room // 2)

@@ -3,6 +3,7 @@ than ``[hypervisor] storage_reserve_mib`` free is refused before anything change
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -106,3 +107,31 @@ async def test_short_is_whether_the_pool_has_less_than_the_reserve(
     assert await storage_room.short(vms) is True
     vms.config = replace(vms.config, storage_pool="no-such-pool")
     assert await storage_room.short(vms) is None  # (not known: the last answer stands)
+
+
+async def test_the_watch_says_when_the_pool_falls_short_and_has_room_again(
+    vm_service: VmService, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="novacron.vm")
+    vms = vm_service
+    watch = vms.storage
+    changes: list[bool | None] = []
+    watch.on_change = lambda: changes.append(watch.short)
+    assert watch.short is None  # not looked yet
+    await watch.look()
+    await watch.look()
+    assert (watch.short, changes) == (False, [False])  # (told once)
+    config = vms.config
+    reserve_past(vms, await free_bytes(vms))
+    await watch.look()
+    assert (watch.short, changes) == (True, [False, True])
+    vms.config = replace(config, storage_pool="no-such-pool")
+    await watch.look()  # (cannot be told: as it was)
+    assert (watch.short, changes) == (True, [False, True])
+    vms.config = config
+    await watch.look()
+    assert (watch.short, changes) == (False, [False, True, False])
+    assert [r.message for r in caplog.records if r.message.startswith("storage.")] == [
+        "storage.short",
+        "storage.room",
+    ]

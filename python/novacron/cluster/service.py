@@ -39,7 +39,6 @@ from novacron.config import Config
 from novacron.eventbus import EventBus
 from novacron.logs import kv
 from novacron.rpc.dispatch import CallContext
-from novacron.vm import storage_room
 from novacron.vm.service import VmService
 from novacron.vm.spec import VmSpec
 
@@ -80,8 +79,6 @@ class ClusterService:
         self._changed = trio.Event()
         self._deferred = False  # a claim, release or transfer is waiting for etcd
         self._transfers: dict[str, str] = {}  # "tenant/name" -> source node, not yet moved
-        # whether this node's pool has less than its reserve free (None: not known yet)
-        self.storage_short: bool | None = None
 
     # -- the node's registration ---------------------------------------------------------
 
@@ -95,7 +92,7 @@ class ClusterService:
             "vms": len(self.vms.managed),
             "cordon": self.vms.cordon.to_wire(),  # placement passes a cordoned node by
             # placement passes it by for VMs with new volumes when its pool is short
-            "storage": {"short": self.storage_short},
+            "storage": {"short": self.vms.storage.short},
         }
 
     def changed(self) -> None:
@@ -457,24 +454,10 @@ class ClusterService:
             self._seen(item, deleted=False, announce=announce)
         return revision
 
-    async def _watch_storage(self) -> None:
-        """Keeps ``storage_short`` current (a change is published at once)."""
-        while True:
-            now = await storage_room.short(self.vms)
-            if now is not None and now != self.storage_short:
-                self.storage_short = now
-                log.info(
-                    "cluster.storage_short" if now else "cluster.storage_room",
-                    extra=kv(node=self.node, pool=self.config.storage_pool),
-                )
-                self.changed()
-            await trio.sleep(storage_room.WATCH_S)
-
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Registers and watches in the background: the daemon never waits for etcd."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._membership)
-            nursery.start_soon(self._watch_storage)
             nursery.start_soon(self._watch_nodes)
             task_status.started()
             await trio.sleep(math.inf)

@@ -57,6 +57,7 @@ class Ownership(Protocol):
 class VmService:
     def __init__(self, config: Config, hv: Hypervisor, store: StateStore) -> None:
         self.config = config
+        self.storage = storage_room.StorageWatch(self)  # (run by the daemon)
         self.hv = hv
         self.store = store
         self.hv_pool = Pool("libvirt", config.hypervisor_threads)

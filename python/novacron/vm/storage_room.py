@@ -10,18 +10,25 @@ refused with ``insufficient_resources`` before anything changes."""
 
 from __future__ import annotations
 
+import logging
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import trio
+
 from novacron import errors
+from novacron.logs import kv
 
 if TYPE_CHECKING:
     from novacron.vm.service import VmService
 
+log = logging.getLogger("novacron.vm")
+
 GIB = 1 << 30
 MIB = 1 << 20
-WATCH_S = 10.0  # how often a cluster node looks whether its pool is short of its reserve
+WATCH_S = 10.0  # how often the daemon looks whether its pool is short of its reserve
 
 
 def writable(pool_xml: str, available: int) -> int:
@@ -78,12 +85,56 @@ async def check(vms: VmService, needed: int, what: str, details: dict[str, Any])
     )
 
 
-async def short(vms: VmService) -> bool | None:
-    """Whether the pool has less than the reserve free (no new volume goes there); None
-    when it cannot be told (the pool undefined outside NovaCron, libvirt unreachable or
-    failing)."""
+async def free_now(vms: VmService) -> int | None:
+    """The pool's free bytes for its guests; None when they cannot be told (the pool
+    undefined outside NovaCron, libvirt unreachable or failing)."""
     try:
-        free = await vms.hv_pool.run(vms.hv.pool_free_bytes, vms.config.storage_pool)
+        free: int = await vms.hv_pool.run(vms.hv.pool_free_bytes, vms.config.storage_pool)
     except errors.NovaCronError:  # (whatever libvirt says: asked again later)
         return None
-    return bool(free < reserve_bytes(vms))
+    return free
+
+
+async def short(vms: VmService) -> bool | None:
+    """Whether the pool has less than the reserve free (no new volume goes there); None
+    when it cannot be told (:func:`free_now`)."""
+    free = await free_now(vms)
+    return None if free is None else free < reserve_bytes(vms)
+
+
+class StorageWatch:
+    """Looks every ``WATCH_S`` seconds whether the pool is short of its reserve: the
+    log says when that changes (``storage.short``, ``storage.room``), ``on_change`` is
+    called (a cluster node publishes it: placement passes a short node by for VMs that
+    make volumes). ``short`` is None until known; an answer libvirt cannot give leaves
+    it as it was."""
+
+    def __init__(self, vms: VmService) -> None:
+        self.vms = vms
+        self.short: bool | None = None
+        self.on_change: Callable[[], None] | None = None
+
+    async def look(self) -> None:
+        free = await free_now(self.vms)
+        if free is None:
+            return
+        reserve = reserve_bytes(self.vms)
+        now = free < reserve
+        if now == self.short:
+            return
+        was, self.short = self.short, now
+        fields = kv(
+            pool=self.vms.config.storage_pool, free_mib=free // MIB, reserve_mib=reserve // MIB
+        )
+        if now:
+            log.warning("storage.short", extra=fields)
+        elif was:
+            log.info("storage.room", extra=fields)
+        if self.on_change is not None:
+            self.on_change()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            await self.look()
+            await trio.sleep(WATCH_S)
