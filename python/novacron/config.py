@@ -50,6 +50,7 @@ class Config:
     cpu_model: str = ""
     disk_discard: str = "unmap"
     storage_reserve_mib: int = 1024
+    storage_overcommit: float = 0.0
     max_message_bytes: int = 8 * 1024 * 1024
     max_inflight_per_connection: int = 128
     max_connections: int = 4096
@@ -169,6 +170,7 @@ FIELDS: dict[str, str] = {
     "cpu_model": "hypervisor",
     "disk_discard": "hypervisor",
     "storage_reserve_mib": "hypervisor",
+    "storage_overcommit": "hypervisor",
     "max_message_bytes": "rpc",
     "max_inflight_per_connection": "rpc",
     "max_connections": "rpc",
@@ -282,6 +284,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "vm_restart_limit": (0, 1000),
     "vm_start_concurrency": (1, 256),
     "vm_no_space_resume_mib": (0, 1 << 30),
+    "storage_overcommit": (0, 1000),
     "vm_restart_window_s": (1, 7 * 86400),
 }
 

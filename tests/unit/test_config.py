@@ -97,6 +97,8 @@ def test_toml_then_flags(tmp_path: Path) -> None:
         ("[vm]\ncheck_interval_s = -5\n", "check_interval_s"),
         ("[vm]\nno_space_resume_mib = -1\n", "no_space_resume_mib"),
         ("[hypervisor]\nstorage_reserve_mib = -1\n", "storage_reserve_mib"),
+        ("[hypervisor]\nstorage_overcommit = -0.5\n", "storage_overcommit"),
+        ("[hypervisor]\nstorage_overcommit = 1001\n", "storage_overcommit"),
         ("[vm]\ndisk_dirs = 'srv/images'\n", "disk_dirs"),
         ("[vm]\nboot_dirs = '/boot, boot2'\n", "boot_dirs"),
         ("[vm]\ndisk_dirs = ['/srv']\n", "disk_dirs"),
@@ -253,6 +255,8 @@ def test_disk_discard_unmaps_unless_told_to_ignore(tmp_path: Path) -> None:
 def test_storage_reserve_and_the_room_a_paused_guest_waits_for(tmp_path: Path) -> None:
     c = parse("--dev")
     assert (c.storage_reserve_mib, c.vm_no_space_resume_mib) == (1024, 256)
+    assert c.storage_overcommit == 0.0  # (no bound on what thin volumes promise)
+    assert parse("--dev", "--storage-overcommit", "1.5").storage_overcommit == 1.5
     f = tmp_path / "n.toml"
     f.write_text("[hypervisor]\nstorage_reserve_mib = 0\n[vm]\nno_space_resume_mib = 0\n")
     c = parse("--config", str(f))

@@ -135,3 +135,34 @@ async def test_the_watch_says_when_the_pool_falls_short_and_has_room_again(
         "storage.short",
         "storage.room",
     ]
+
+
+async def test_volumes_promise_at_most_the_overcommit_times_the_pool(
+    vm_service: VmService,
+) -> None:
+    """``[hypervisor] storage_overcommit``: the sum of the volumes' sizes stays within
+    that many times the pool's size (libvirt's test driver: a made-up 100 GiB)."""
+    vms = vm_service
+    space = await trio.to_thread.run_sync(vms.hv.pool_space, vms.config.storage_pool)
+    assert space["capacity_bytes"] == 100 << 30
+    vms.config = replace(vms.config, storage_overcommit=0.05)  # 5 GiB
+    name = unique("promised")
+    await vms.create(VmSpec(name, 1, 64, disks=(DiskSpec(size_gib=4),)), start=False)
+    with pytest.raises(errors.InsufficientResources, match="storage_overcommit") as caught:
+        await disks.attach(vms, name, DiskSpec(size_gib=2))
+    assert caught.value.details == {
+        "vm": name,
+        "pool": vms.config.storage_pool,
+        "committed_bytes": 4 << 30,
+        "capacity_bytes": 100 << 30,
+        "promised_bytes": 2 << 30,
+        "overcommit": 0.05,
+    }
+    with pytest.raises(errors.InsufficientResources, match="storage_overcommit"):
+        await disks.resize(vms, name, "vda", 6)
+    with pytest.raises(errors.InsufficientResources, match="storage_overcommit"):
+        await vms.create(VmSpec(unique("more"), 1, 64, disks=(DiskSpec(size_gib=2),)), start=False)
+    await disks.attach(vms, name, DiskSpec(size_gib=1))  # 5 GiB: as far as it goes
+    assert [d["size_gib"] for d in (await vms.get(name))["disks"]] == [4, 1]
+    vms.config = replace(vms.config, storage_overcommit=0.0)  # no bound
+    await disks.attach(vms, name, DiskSpec(size_gib=50))

@@ -76,6 +76,7 @@ def register(registry: Registry, services: Services) -> None:
             storage = None
         if storage is not None:
             storage["reserve_bytes"] = services.config.storage_reserve_mib << 20
+            storage["overcommit"] = services.config.storage_overcommit or None
         info["hypervisor"]["cpu_model"] = {
             "configured": services.config.cpu_model or None,
             "problem": services.cpu_model_problem,

@@ -96,12 +96,14 @@ def _storage(storage: dict[str, Any] | None) -> str:
     """The pool's free space, and what its (thin) volumes were promised against its size."""
     if storage is None:
         return "-"
-    return (
-        f"{_gib(storage['available_bytes'])} free of {_gib(storage['capacity_bytes'])} "
-        f"({storage['path']}), {_gib(storage.get('reserve_bytes', 0))} kept free; "
-        f"{storage['volumes']} volumes of "
-        f"{_gib(storage['committed_bytes'])}"
-    )
+    line = f"{_gib(storage['available_bytes'])} free of {_gib(storage['capacity_bytes'])} "
+    line += f"({storage['path']})"
+    if "reserve_bytes" in storage:  # (a daemon before the reserve has none)
+        line += f", {_gib(storage['reserve_bytes'])} kept free"
+    line += f"; {storage['volumes']} volumes of {_gib(storage['committed_bytes'])}"
+    if storage.get("overcommit"):
+        line += f" (at most {storage['overcommit']:g}x its size)"
+    return line
 
 
 def _cordoned(cordon: dict[str, Any] | None) -> str:

@@ -45,10 +45,12 @@ async def check_room(
 ) -> None:
     """Refuses (``insufficient_resources``) ``copies`` holding ``disk_bytes`` on the
     source that this node's pool has no room for, keeping ``[hypervisor]
-    storage_reserve_mib`` of it free besides (no copies: nothing to check)."""
+    storage_reserve_mib`` of it free besides, or whose sizes would take its volumes past
+    ``[hypervisor] storage_overcommit`` (no copies: nothing to check)."""
     if copies:
-        what = f"vm {name!r}'s volumes"
-        await storage_room.check(vms, disk_bytes, what, {"vm": name, "disk_bytes": disk_bytes})
+        what, details = f"vm {name!r}'s volumes", {"vm": name, "disk_bytes": disk_bytes}
+        promised = sum((disk.size_gib or 0) << 30 for _, disk in copies)
+        await storage_room.check(vms, disk_bytes, what, details, promised)
 
 
 async def source_bytes(vms: VmService, paths: list[str]) -> int:

@@ -95,7 +95,8 @@ async def attach(
             await vms.quotas.check_more(spec.tenant, await vms.records.all(), more)
         if added.path is None:
             needed = 0 if image is None else image.allocated
-            await storage_room.check(vms, needed, f"a new disk of vm {name!r}", {"vm": name})
+            what, promised = f"a new disk of vm {name!r}", (added.size_gib or 0) << 30
+            await storage_room.check(vms, needed, what, {"vm": name}, promised)
         definition = xml if runtime.state in ("stopped", "crashed") else None
         with trio.CancelScope(shield=True):
             path = added.path or await vms.new_volume(name, target, added, image=image)
@@ -211,7 +212,8 @@ async def resize(vms: VmService, name: str, target: str, size_gib: int) -> dict[
         if disk.format == "qcow2":
             await refuse_v2_with_snapshots(name, target, path)
         await vms.quotas.check_more(tenant, await vms.records.all(), {"disk_gib": size_gib - old})
-        await storage_room.check(vms, 0, f"growing disk {target!r} of vm {name!r}", {"vm": name})
+        what, more = f"growing disk {target!r} of vm {name!r}", (size_gib - old) << 30
+        await storage_room.check(vms, 0, what, {"vm": name}, more)
         runtime = await vms.hv_pool.run(vms.hv.state, name)
         disks = spec.named_disks()
         disks[index] = replace(disks[index], size_gib=size_gib)

@@ -357,13 +357,15 @@ class VmService:
         ]
         if not managed:
             return
-        needed = 0
+        needed, promised = 0, 0
         for target, disk in managed:
+            promised += (disk.size_gib or 0) << 30
             if target in copies:
                 needed += await self.hv_pool.run(self.hv.volume_allocation, copies[target])
             elif disk.image is not None and disk.image in images:
                 needed += images[disk.image].allocated
-        await storage_room.check(self, needed, f"vm {spec.name!r}'s volumes", {"vm": spec.name})
+        what = f"vm {spec.name!r}'s volumes"
+        await storage_room.check(self, needed, what, {"vm": spec.name}, promised)
 
     async def new_volume(
         self,

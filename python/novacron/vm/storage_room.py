@@ -6,7 +6,9 @@ after its volumes were made, and a guest writing into a full pool is paused by Q
 ``[hypervisor] storage_reserve_mib`` of its file system stays free of anything the daemon
 makes (a new volume, a copy of a volume or base image, a migration's copies, a disk
 grown), kept for the guests already writing there. A call that would go below it is
-refused with ``insufficient_resources`` before anything changes."""
+refused with ``insufficient_resources`` before anything changes. ``[hypervisor]
+storage_overcommit`` (off by default) also bounds what the volumes were promised: the
+sum of their sizes stays within that many times the pool's size."""
 
 from __future__ import annotations
 
@@ -53,13 +55,41 @@ def reserve_bytes(vms: VmService) -> int:
     return int(vms.config.storage_reserve_mib) * MIB
 
 
-async def check(vms: VmService, needed: int, what: str, details: dict[str, Any]) -> None:
+async def check(
+    vms: VmService, needed: int, what: str, details: dict[str, Any], promised: int = 0
+) -> None:
     """Refuses (``insufficient_resources``) what would leave the pool with less than
-    the reserve free, ``needed``: the bytes it writes at once (0 for an empty thin
-    volume or a grown one: those only promise space). ``what`` names it in the message;
-    ``details`` go into the error's with ``pool``, ``free_bytes``, ``needed_bytes`` and
-    ``reserve_bytes``. Nothing is asked of libvirt when there is no reserve and nothing
-    to write."""
+    the reserve free, or its volumes' sizes past ``[hypervisor] storage_overcommit``
+    times its size. ``needed``: the bytes it writes at once (0 for an empty thin volume
+    or a grown one); ``promised``: what it adds to the volumes' sizes (a new volume's
+    size, a disk's growth). ``what`` names it in the message; ``details`` go into the
+    error's with ``pool`` and the figures that refused it. Nothing is asked of libvirt
+    when there is nothing to check."""
+    await _keep_reserve(vms, needed, what, details)
+    ratio = float(vms.config.storage_overcommit)
+    if not ratio or not promised:
+        return
+    pool = vms.config.storage_pool
+    space = await vms.hv_pool.run(vms.hv.pool_space, pool)
+    committed, capacity = int(space["committed_bytes"]), int(space["capacity_bytes"])
+    if committed + promised <= capacity * ratio:
+        return
+    raise errors.InsufficientResources(
+        f"storage pool {pool!r}'s volumes add up to {committed / GIB:.2f} GiB of its "
+        f"{capacity / GIB:.2f} GiB; {what} would add {promised / GIB:.2f} GiB, past "
+        f"{ratio:g} times its size ([hypervisor] storage_overcommit)",
+        {
+            **details,
+            "pool": pool,
+            "committed_bytes": committed,
+            "capacity_bytes": capacity,
+            "promised_bytes": promised,
+            "overcommit": ratio,
+        },
+    )
+
+
+async def _keep_reserve(vms: VmService, needed: int, what: str, details: dict[str, Any]) -> None:
     reserve = reserve_bytes(vms)
     if reserve == 0 and needed == 0:
         return
