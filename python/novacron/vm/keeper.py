@@ -15,6 +15,8 @@ operator's call; a VM being migrated is left to the migration service.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import trio
@@ -24,6 +26,7 @@ from novacron.eventbus import EventBus
 from novacron.logs import kv
 from novacron.state.db import VmRecord
 from novacron.vm import no_space
+from novacron.vm.driver import RuntimeState
 from novacron.vm.restarts import Action, decide
 from novacron.vm.service import VmService
 from novacron.vm.spec import VmSpec
@@ -138,7 +141,7 @@ class StateKeeper:
         nursery.start_soon(self._resume_when_room, name)
 
     async def _resume_when_room(self, name: str) -> None:
-        try:
+        with _guarded(name, self._waiting_for_room):
             while True:
                 async with self.svc.locked(name):
                     verdict = await self._room_verdict(name)
@@ -156,16 +159,22 @@ class StateKeeper:
                     log.warning("vm.paused_on_disk_error", extra=kv(vm=name, why=verdict.why))
                     return
                 await trio.sleep(no_space.CHECK_S)
-        except errors.NovaCronError as exc:
-            log.error("keeper.failed", extra=kv(vm=name, error=exc.message))
-        except Exception:  # a bug here must not take the daemon down with it
-            log.exception("keeper.crashed", extra=kv(vm=name))
-        finally:
-            self._waiting_for_room.discard(name)
 
     async def _room_verdict(self, name: str) -> no_space.Verdict | None:
         """Under the VM's lock: whether to resume ``name`` now; None when it is no longer
         paused on an I/O error, should not run, or is migrating."""
+        found = await self._should_run(name)
+        if found is None or (found[1].state, found[1].reason) != ("paused", "ioerror"):
+            return None
+        svc = self.svc
+        failed = await svc.hv_pool.run(svc.hv.disk_errors, name)
+        xml = await svc.hv_pool.run(svc.hv.xml, name)
+        wanted = self.no_space_resume_bytes
+        return await trio.to_thread.run_sync(no_space.judge, xml, failed, wanted)
+
+    async def _should_run(self, name: str) -> tuple[VmRecord, RuntimeState] | None:
+        """``name``'s record and libvirt's state of it, if it should run and is not being
+        migrated; else None."""
         svc = self.svc
         if name in svc.migrating:
             return None
@@ -173,25 +182,14 @@ class StateKeeper:
         if rec is None or rec.desired_state != "running":
             return None
         runtime = await svc.hv_pool.run(svc.hv.state_or_none, name)
-        if runtime is None or (runtime.state, runtime.reason) != ("paused", "ioerror"):
-            return None
-        failed = await svc.hv_pool.run(svc.hv.disk_errors, name)
-        xml = await svc.hv_pool.run(svc.hv.xml, name)
-        wanted = self.no_space_resume_bytes
-        return await trio.to_thread.run_sync(no_space.judge, xml, failed, wanted)
+        return None if runtime is None else (rec, runtime)
 
     async def _handle(self, name: str, action: Action, at_start: bool) -> None:
-        try:
+        with _guarded(name, self._handling):
             if action == "follow":
                 await self._follow(name, at_start)
             else:
                 await self._restart(name, at_start)
-        except errors.NovaCronError as exc:
-            log.error("keeper.failed", extra=kv(vm=name, error=exc.message))
-        except Exception:  # a bug here must not take the daemon down with it
-            log.exception("keeper.crashed", extra=kv(vm=name))
-        finally:
-            self._handling.discard(name)
 
     async def _still(
         self, name: str, action: Action, at_start: bool
@@ -199,16 +197,11 @@ class StateKeeper:
         """Under the VM's lock: its record and shut-off reason if ``action`` is still
         what to do (it should run, it is shut off for such a reason, it is not
         migrating); else None."""
-        svc = self.svc
-        if name in svc.migrating:
+        found = await self._should_run(name)
+        if found is None:
             return None
-        rec = await svc.records.get(name)
-        if rec is None or rec.desired_state != "running":
-            return None
-        runtime = await svc.hv_pool.run(svc.hv.state_or_none, name)
-        if runtime is None or runtime.state != "stopped":
-            return None
-        if decide(runtime.reason, at_start) != action:
+        rec, runtime = found
+        if runtime.state != "stopped" or decide(runtime.reason, at_start) != action:
             return None
         return rec, runtime.reason
 
@@ -278,3 +271,17 @@ class StateKeeper:
     def statistics(self) -> dict[str, Any]:
         restarts = self.svc.restarts
         return {**self.counts, "given_up": sorted(restarts.gave_up), "held": sorted(restarts.held)}
+
+
+@contextmanager
+def _guarded(name: str, busy: set[str]) -> Iterator[None]:
+    """A keeper task's body for VM ``name``: its failure is logged, never raised (a bug
+    here must not take the daemon down); ``name`` leaves ``busy`` when it ends."""
+    try:
+        yield
+    except errors.NovaCronError as exc:
+        log.error("keeper.failed", extra=kv(vm=name, error=exc.message))
+    except Exception:
+        log.exception("keeper.crashed", extra=kv(vm=name))
+    finally:
+        busy.discard(name)
