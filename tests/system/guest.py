@@ -37,8 +37,8 @@ CORRUPT = "NOVACRON-CORRUPT"
 DISK_READY = "NOVACRON-DISK-READY"
 DISK_OK = "NOVACRON-DISK-OK"
 DISK_BAD = "NOVACRON-DISK-BAD"
-# novacron.discard: "NOVACRON-DISCARDED rc=0 zeros" once the disk text is discarded (rc:
-# blkdiscard's; zeros or data: what the guest reads there after)
+# novacron.discard: "NOVACRON-DISCARDED rc=0 zeros" once the disk text is given back, half
+# discarded, half zeroed (rc: blkdiscard's; zeros or data: what the guest reads there after)
 DISCARDED = "NOVACRON-DISCARDED"
 BLOCK_MARKER = (
     "NOVACRON-BLOCK"  # novacron.blockwatch: "NOVACRON-BLOCK vdb 4194304" (512-byte sectors)
@@ -154,10 +154,13 @@ if grep -q novacron.disk /proc/cmdline; then
   disksum=$(md5sum < /tmp/disk-pattern)
   echo {DISK_READY}
   if grep -q novacron.discard /proc/cmdline; then
-    # the text given back, as fstrim does for a deleted file's blocks: discarded, then
-    # read back from the disk itself
+    # the text given back: its first MiB discarded, as fstrim does for a deleted file's
+    # blocks, its second overwritten with zeros, as some systems do instead; then read
+    # back from the disk itself
     (sleep 2
-     blkdiscard -o {DISK_TEXT_AT} -l 2097152 /dev/vda; rc=$?
+     blkdiscard -o {DISK_TEXT_AT} -l 1048576 /dev/vda; rc=$?
+     dd if=/dev/zero of=/dev/vda bs=64k count=16 seek={DISK_TEXT_AT // 65536 + 16} \
+       oflag=direct conv=fsync 2>/dev/null
      got=$(dd if=/dev/vda bs=64k skip={DISK_TEXT_AT // 65536} count=32 iflag=direct \
        2>/dev/null | md5sum)
      zeros=$(head -c 2097152 /dev/zero | md5sum)

@@ -554,6 +554,7 @@ def test_a_disks_discard_is_on_its_driver_and_follows_the_setting() -> None:
     device = domain_xml.DiskDevice("/a.qcow2", "qcow2", "vda", discard="unmap")
     driver = domain_xml.disk_element(device).find("driver")
     assert driver is not None and driver.get("discard") == "unmap"
+    assert driver.get("detect_zeroes") == "unmap"  # (zeros written are freed too)
     driver = domain_xml.disk_element(replace(device, discard=None)).find("driver")
     assert driver is not None and driver.get("discard") is None  # libvirt's default
     xml = (
@@ -576,8 +577,17 @@ def test_a_disks_discard_is_on_its_driver_and_follows_the_setting() -> None:
     }
     assert found == {"vda": "unmap", "vdb": "unmap", "vdc": None, "sda": None}
     assert domain_xml.with_disk_discard(unmapped, "unmap") is None  # nothing left to change
+    zeros = {
+        d.find("target").get("dev"): d.find("driver").get("detect_zeroes")  # type: ignore[union-attr]
+        for d in ET.fromstring(unmapped).iter("disk")
+    }
+    assert zeros == {"vda": "unmap", "vdb": "unmap", "vdc": None, "sda": None}
     ignored = domain_xml.with_disk_discard(unmapped, "ignore")
     assert ignored is not None and ignored.count('discard="ignore"') == 2
+    assert "detect_zeroes" not in ignored
+    # one defined with the discard but not the zeros (outside NovaCron): given them
+    older = unmapped.replace(' detect_zeroes="unmap"', "", 1)
+    assert domain_xml.with_disk_discard(older, "unmap") is not None
     # libvirt takes it
     conn = libvirt.open("test:///default")
     try:
@@ -585,7 +595,7 @@ def test_a_disks_discard_is_on_its_driver_and_follows_the_setting() -> None:
         disks = (domain_xml.DiskDevice("/img/0.qcow2", "qcow2", "vda", discard="unmap"),)
         dom = conn.defineXML(domain_xml.build(replace(plan(spec, "test"), disks=disks)))
         try:
-            assert "discard='unmap'" in dom.XMLDesc(0)
+            assert "discard='unmap' detect_zeroes='unmap'" in dom.XMLDesc(0)
         finally:
             dom.undefine()
     finally:

@@ -31,7 +31,8 @@ class DiskDevice:
     target: str
     limits: DiskLimits | None = None
     # what QEMU does with the guest's discards (TRIM): "unmap" frees the blocks in the
-    # image file (a thin volume shrinks), "ignore" drops them; None: libvirt's default
+    # image file (a thin volume shrinks), and the blocks it writes as zeros; "ignore"
+    # drops them; None: libvirt's default
     discard: str | None = None
 
 
@@ -167,7 +168,7 @@ def disk_element(disk: DiskDevice) -> ET.Element:
     el = ET.Element("disk", {"type": "file", "device": "disk"})
     driver = _sub(el, "driver", name="qemu", type=disk.format)
     if disk.discard is not None:
-        driver.set("discard", disk.discard)
+        _set_discard(driver, disk.discard)
     _sub(el, "source", file=disk.path)
     _sub(el, "target", dev=disk.target, bus="virtio")
     if disk.limits is not None:
@@ -372,6 +373,17 @@ def with_pty_console(xml: str) -> str | None:
     return ET.tostring(dom, encoding="unicode") if changed else None
 
 
+def _set_discard(driver: ET.Element, discard: str) -> None:
+    """``discard`` on a disk's QEMU driver; with ``unmap``, blocks the guest writes as
+    zeros are freed too (``detect_zeroes``: a guest zeroing what it deleted, as some
+    operating systems do instead of a discard, gives the space back as well)."""
+    driver.set("discard", discard)
+    if discard == "unmap":
+        driver.set("detect_zeroes", "unmap")
+    else:
+        driver.attrib.pop("detect_zeroes", None)
+
+
 def with_disk_discard(xml: str, discard: str) -> str | None:
     """The domain's XML with ``discard`` on the QEMU driver of each writable disk (as
     :func:`disk_element` writes it for ``[hypervisor] disk_discard``); None when every
@@ -382,10 +394,11 @@ def with_disk_discard(xml: str, discard: str) -> str | None:
         driver = disk.find("driver")
         if disk.get("device", "disk") != "disk" or disk.find("readonly") is not None:
             continue
-        if driver is None or driver.get("name") != "qemu" or driver.get("discard") == discard:
+        if driver is None or driver.get("name") != "qemu":
             continue
-        driver.set("discard", discard)
-        changed = True
+        before = dict(driver.attrib)
+        _set_discard(driver, discard)
+        changed |= driver.attrib != before
     return ET.tostring(dom, encoding="unicode") if changed else None
 
 
