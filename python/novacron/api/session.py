@@ -11,6 +11,7 @@ from novacron.errors import Conflict, InvalidParams, NotFound, Unavailable
 from novacron.rpc.dispatch import CallContext, Registry
 from novacron.rpc.params import Params, check_text
 from novacron.state.backups import Backups
+from novacron.vm import storage_room
 
 PROTOCOL_VERSION = 1
 TOPICS = frozenset(
@@ -75,7 +76,7 @@ def register(registry: Registry, services: Services) -> None:
         except NotFound:  # (undefined outside NovaCron since the daemon started)
             storage = None
         if storage is not None:
-            storage["reserve_bytes"] = services.config.storage_reserve_mib << 20
+            storage["reserve_bytes"] = storage_room.reserve_bytes(vms)
             storage["overcommit"] = services.config.storage_overcommit or None
         info["hypervisor"]["cpu_model"] = {
             "configured": services.config.cpu_model or None,

@@ -49,7 +49,7 @@ async def check_room(
     ``[hypervisor] storage_overcommit`` (no copies: nothing to check)."""
     if copies:
         what, details = f"vm {name!r}'s volumes", {"vm": name, "disk_bytes": disk_bytes}
-        promised = sum((disk.size_gib or 0) << 30 for _, disk in copies)
+        promised = storage_room.promised(disk for _, disk in copies)
         await storage_room.check(vms, disk_bytes, what, details, promised)
 
 

@@ -95,7 +95,7 @@ async def attach(
             await vms.quotas.check_more(spec.tenant, await vms.records.all(), more)
         if added.path is None:
             needed = 0 if image is None else image.allocated
-            what, promised = f"a new disk of vm {name!r}", (added.size_gib or 0) << 30
+            what, promised = f"a new disk of vm {name!r}", storage_room.promised([added])
             await storage_room.check(vms, needed, what, {"vm": name}, promised)
         definition = xml if runtime.state in ("stopped", "crashed") else None
         with trio.CancelScope(shield=True):

@@ -620,13 +620,17 @@ class Hypervisor:
         return True
 
     def pool_free_bytes(self, pool_name: str) -> int:
-        """The bytes the pool has free for its guests (libvirt's ``available`` less what
-        only root may write: :func:`storage_room.writable`; after a refresh unless
-        libvirt is building a volume there)."""
+        """The bytes the pool has free for its guests: for a directory pool here, what
+        its file system lets any user write (:func:`storage_room.local_free`: not the
+        blocks only root may use, which libvirt counts); else libvirt's ``available``,
+        after a refresh unless libvirt is building a volume there."""
         with libvirt_errors():
             pool = self.conn.storagePoolLookupByName(pool_name)
+            here = None if self.is_test_driver else storage_room.local_free(pool.XMLDesc(0))
+            if here is not None:  # (a directory here: no rescan of its volumes needed)
+                return here
             _refreshed(pool)
-            return self._writable(pool.XMLDesc(0), int(pool.info()[3]))
+            return int(pool.info()[3])
 
     def pool_space(self, pool_name: str) -> dict[str, Any]:
         """The pool's file system and what its volumes were promised (after a refresh,

@@ -11,13 +11,14 @@ judged (a block device, a network disk), leaves the VM to its operator."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from novacron.vm.domain_xml import parse_disks
+from novacron.vm.storage_room import MIB, free_bytes
+
+__all__ = ["CHECK_S", "MIB", "Verdict", "free_bytes", "judge"]
 
 CHECK_S = 5.0  # how often a VM paused for want of space is looked at
-MIB = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,6 @@ class Verdict:
     action: str
     free: dict[str, int]
     why: str = ""
-
-
-def free_bytes(path: str) -> int:
-    """What any user (QEMU's) may still write on the file system holding ``path``."""
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
 
 
 def judge(xml: str, failed: dict[str, str], wanted: int) -> Verdict:

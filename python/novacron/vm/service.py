@@ -357,14 +357,14 @@ class VmService:
         ]
         if not managed:
             return
-        needed, promised = 0, 0
+        needed = 0
         for target, disk in managed:
-            promised += (disk.size_gib or 0) << 30
             if target in copies:
                 needed += await self.hv_pool.run(self.hv.volume_allocation, copies[target])
             elif disk.image is not None and disk.image in images:
                 needed += images[disk.image].allocated
         what = f"vm {spec.name!r}'s volumes"
+        promised = storage_room.promised(d for _, d in managed)
         await storage_room.check(self, needed, what, {"vm": spec.name}, promised)
 
     async def new_volume(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -25,6 +25,7 @@ from novacron.logs import kv
 
 if TYPE_CHECKING:
     from novacron.vm.service import VmService
+    from novacron.vm.spec import DiskSpec
 
 log = logging.getLogger("novacron.vm")
 
@@ -33,22 +34,40 @@ MIB = 1 << 20
 WATCH_S = 10.0  # how often the daemon looks whether its pool is short of its reserve
 
 
+def free_bytes(path: str) -> int:
+    """What any user (QEMU's) may still write on the file system holding ``path``
+    (``statvfs``'s ``f_bavail``: not the blocks only root may use)."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def local_free(pool_xml: str) -> int | None:
+    """:func:`free_bytes` of a ``dir`` pool whose directory is on this host; None for
+    any other pool (libvirt's figure is all there is)."""
+    root = ET.fromstring(pool_xml)  # noqa: S314 - from libvirtd
+    path = root.findtext("target/path")
+    if root.get("type") != "dir" or not path:
+        return None
+    try:
+        return free_bytes(path)
+    except OSError:  # (not on this host)
+        return None
+
+
 def writable(pool_xml: str, available: int) -> int:
     """Of a pool's ``available`` bytes (libvirt's figure), those its guests can write.
 
     libvirt counts a directory pool's file system's free blocks, the ones only root may
     use among them (ext4 keeps 5 % so by default); QEMU runs as its own user and stops
     at them. For a ``dir`` pool whose directory is here, its file system's free blocks
-    for any user (``statvfs``'s ``f_bavail``) are what is left; otherwise libvirt's."""
-    root = ET.fromstring(pool_xml)  # noqa: S314 - from libvirtd
-    path = root.findtext("target/path")
-    if root.get("type") != "dir" or not path:
-        return available
-    try:
-        st = os.statvfs(path)
-    except OSError:  # (not on this host)
-        return available
-    return min(available, st.f_bavail * st.f_frsize)
+    for any user (:func:`local_free`) are what is left; otherwise libvirt's."""
+    here = local_free(pool_xml)
+    return available if here is None else min(available, here)
+
+
+def promised(disks: Iterable[DiskSpec]) -> int:
+    """What new volumes for ``disks`` add to the pool's volumes' sizes, in bytes."""
+    return sum((disk.size_gib or 0) << 30 for disk in disks)
 
 
 def reserve_bytes(vms: VmService) -> int:
@@ -65,12 +84,13 @@ async def check(
     size, a disk's growth). ``what`` names it in the message; ``details`` go into the
     error's with ``pool`` and the figures that refused it. Nothing is asked of libvirt
     when there is nothing to check."""
-    await _keep_reserve(vms, needed, what, details)
     ratio = float(vms.config.storage_overcommit)
     if not ratio or not promised:
+        await _keep_reserve(vms, needed, what, details, None)
         return
     pool = vms.config.storage_pool
-    space = await vms.hv_pool.run(vms.hv.pool_space, pool)
+    space = await vms.hv_pool.run(vms.hv.pool_space, pool)  # (its free space too)
+    await _keep_reserve(vms, needed, what, details, int(space["available_bytes"]))
     committed, capacity = int(space["committed_bytes"]), int(space["capacity_bytes"])
     if committed + promised <= capacity * ratio:
         return
@@ -89,12 +109,16 @@ async def check(
     )
 
 
-async def _keep_reserve(vms: VmService, needed: int, what: str, details: dict[str, Any]) -> None:
+async def _keep_reserve(
+    vms: VmService, needed: int, what: str, details: dict[str, Any], free: int | None
+) -> None:
+    """The reserve part of :func:`check`; ``free``: the pool's, if already read."""
     reserve = reserve_bytes(vms)
     if reserve == 0 and needed == 0:
         return
     pool = vms.config.storage_pool
-    free = await vms.hv_pool.run(vms.hv.pool_free_bytes, pool)
+    if free is None:
+        free = await vms.hv_pool.run(vms.hv.pool_free_bytes, pool)
     if needed + reserve <= free:
         return
     if needed:
