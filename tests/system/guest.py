@@ -298,16 +298,23 @@ if grep -q novacron.workload /proc/cmdline; then
   seq 1 300000 > /work/text
   dd if=/dev/urandom of=/work/random bs=64k count=64 2>/dev/null
   # the integrity check: a pattern written now, verified every few seconds from here on
+  # (every novacron.check_s=N seconds: 3 unless said)
+  check_s=$(sed -n 's/.*novacron[.]check_s=\\([0-9.]*\\).*/\\1/p' /proc/cmdline)
   dd if=/dev/urandom of=/work/pattern bs=64k count=32 2>/dev/null
   md5sum /work/pattern /work/bin1 /work/bin8 /work/text > /work/sums
   (while true; do
-     sleep 3
+     sleep "${{check_s:-3}}"
      if md5sum -c -s /work/sums; then echo {INTACT}; else echo {CORRUPT}; fi
    done) &
   echo {WORKLOAD_MARKER}
   if grep -q novacron.hot /proc/cmdline; then
-    # a guest that dirties memory faster than a slow link carries it
-    (while true; do dd if=/dev/urandom of=/work/hot bs=1M count=16 conv=notrunc 2>/dev/null; done) &
+    # a guest that dirties memory faster than a slow link carries it: 16 MiB written
+    # over and over (copies of the random file: the vCPU's memcpy, not its RNG, sets the pace)
+    (while true; do
+       for s in 0 4 8 12; do
+         dd if=/work/random of=/work/hot bs=1M seek=$s conv=notrunc 2>/dev/null
+       done
+     done) &
   fi
   (k=0; while true; do
      k=$((k+1)); echo "log line $k $(cat /proc/uptime)" >> /work/log

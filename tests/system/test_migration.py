@@ -22,11 +22,13 @@ from tests.system.nodes import Node, TwoNodes, cli, logs, migrate, wait_until
 from tests.system.twohosts import STREAMS
 
 MEMORY_MIB = 128
+WORKLOAD = "novacron.workload novacron.check_s=1"  # integrity checks every second
 
 
 def boot(node: Node, name: str, images: guest.GuestImages, extra: str = "", **params: Any) -> None:
+    options = f"{WORKLOAD} {extra}"
     with node.client() as c:
-        c.call("vm.create", **images.vm(name, MEMORY_MIB, f"novacron.workload {extra}", **params))
+        c.call("vm.create", **images.vm(name, MEMORY_MIB, options, **params))
     wait_until(lambda: _has(node, name, guest.INTACT), 240, f"{name} workload on {node.name}")
 
 
@@ -391,7 +393,7 @@ def test_a_stalled_migration_is_cancelled_and_reported(
     boot(a, "m6", guest_images, "novacron.hot")
     done = cli(
         a,
-        *("--json", "vm", "migrate", "m6", "--to", b.address, "--bandwidth-mbps", "32"),
+        *("--json", "vm", "migrate", "m6", "--to", b.address, "--bandwidth-mbps", "128"),
         *("--stall-action", "cancel", "--stall-rounds", "2", "--max-downtime-ms", "50"),
     )
     assert done.returncode == 1, done.stdout

@@ -24,6 +24,7 @@ from tests.system.nodes import (
 )
 from tests.system.test_migration import (
     MEMORY_MIB,
+    WORKLOAD,
     incoming_op,
     intact_on,
     retire,
@@ -51,7 +52,7 @@ def test_a_stopped_vm_moves_offline_there_and_back_and_starts_where_it_went(
     params = guest_images.vm(
         "o1",
         MEMORY_MIB,
-        "novacron.workload",
+        WORKLOAD,
         start=False,
         disks=[{"path": str(disk), "format": "raw"}],
     )
