@@ -10,6 +10,8 @@ from typing import Any
 
 from pyroute2 import NetNS, netns
 
+IFA_F_NODAD = 0x02  # linux/if_addr.h
+
 
 class Namespace:
     def __init__(self, tag: str) -> None:
@@ -40,6 +42,28 @@ class Namespace:
             if address is not None:
                 ns.addr("add", index=ns.link_lookup(ifname=name)[0], address=address, prefixlen=24)
 
+    def veth_across(self, other: Namespace, name: str, peer: str) -> None:
+        """A veth pair joining this namespace (``name``) to ``other`` (``peer``), both up."""
+        staged = f"x{uuid.uuid4().hex[:8]}"  # the peer's name while it is still here
+        with self.ipr() as ns:
+            ns.link("add", ifname=name, kind="veth", peer=staged)
+            ns.link("set", index=ns.link_lookup(ifname=staged)[0], net_ns_fd=other.name)
+            ns.link("set", index=ns.link_lookup(ifname=name)[0], state="up")
+        with other.ipr() as ns:
+            ns.link("set", index=ns.link_lookup(ifname=staged)[0], ifname=peer, state="up")
+
+    def address(self, device: str, address: str, prefixlen: int) -> None:
+        """``address``/``prefixlen`` on ``device``, usable at once (IPv6: no duplicate
+        address detection)."""
+        with self.ipr() as ns:
+            ns.addr(
+                "add",
+                index=ns.link_lookup(ifname=device)[0],
+                address=address,
+                prefixlen=prefixlen,
+                flags=IFA_F_NODAD if ":" in address else 0,
+            )
+
     def links(self) -> dict[str, dict[str, Any]]:
         """name -> {kind, master, mtu, up, alias, vxlan...} of every link."""
         with self.ipr() as ns:
@@ -58,7 +82,9 @@ class Namespace:
                 }
                 if doc["kind"] == "vxlan" and data is not None:
                     doc["vni"] = data.get_attr("IFLA_VXLAN_ID")
-                    doc["local"] = data.get_attr("IFLA_VXLAN_LOCAL")
+                    doc["local"] = data.get_attr("IFLA_VXLAN_LOCAL") or data.get_attr(
+                        "IFLA_VXLAN_LOCAL6"
+                    )
                     doc["port"] = data.get_attr("IFLA_VXLAN_PORT")
                 out[m.get_attr("IFLA_IFNAME")] = doc
             return out
