@@ -86,6 +86,10 @@ class Namespace:
                         "IFLA_VXLAN_LOCAL6"
                     )
                     doc["port"] = data.get_attr("IFLA_VXLAN_PORT")
+                    doc["group"] = data.get_attr("IFLA_VXLAN_GROUP") or data.get_attr(
+                        "IFLA_VXLAN_GROUP6"
+                    )
+                    doc["underlay"] = names.get(data.get_attr("IFLA_VXLAN_LINK") or -1)
                 out[m.get_attr("IFLA_IFNAME")] = doc
             return out
 
@@ -95,6 +99,17 @@ class Namespace:
             index = ns.link_lookup(ifname=device)[0]
             return {
                 str(e.get_attr("NDA_DST"))
+                for e in ns.fdb("dump")
+                if e["ifindex"] == index and e.get_attr("NDA_LLADDR") == "00:00:00:00:00:00"
+            }
+
+    def fdb_via(self, device: str) -> dict[str, str | None]:
+        """Destination -> the interface it goes out of, of ``device``'s all-zero entries."""
+        with self.ipr() as ns:
+            index = ns.link_lookup(ifname=device)[0]
+            names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in ns.get_links()}
+            return {
+                str(e.get_attr("NDA_DST")): names.get(e.get_attr("NDA_IFINDEX") or -1)
                 for e in ns.fdb("dump")
                 if e["ifindex"] == index and e.get_attr("NDA_LLADDR") == "00:00:00:00:00:00"
             }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from tests.netns import Namespace
 UNDERLAY = {"a": "fd00:99::1", "b": "fd00:99::2"}
 OVERLAY = {"a": "192.168.77.1", "b": "192.168.77.2"}
 NET = {"name": "ov6", "kind": "vxlan", "vni": 4242}
+GROUP = "ff05::4242"
+STRAY = "fd00:99::7"
 
 ECHO = """
 import socket, sys
@@ -128,3 +131,33 @@ def test_an_ipv6_overlay_with_an_ipv4_remote_is_refused(
         assert "same IP version" in refused.value.message
         assert c.call("net.list") == []
     assert "ov6" not in hosts["a"].links() and "ov6-x" not in hosts["a"].links()
+
+
+def test_an_overlay_on_an_ipv6_multicast_group(
+    hosts: dict[str, Namespace], daemons: dict[str, Daemon]
+) -> None:
+    """The kernel gives a multicast overlay its group's forwarding entry: reconciliation
+    keeps it (it is no drift), and puts it back, out of the underlay, when it is gone."""
+    with daemons["a"].client() as c:
+        made = c.call("net.create", **NET, local=UNDERLAY["a"], group=GROUP, device="ul6")
+        assert made["mtu_effective"] == 1430 and made["fdb"] == [GROUP], made
+    vx = hosts["a"].links()["ov6-x"]
+    assert (vx["local"], vx["group"], vx["underlay"]) == (UNDERLAY["a"], GROUP, "ul6")
+    time.sleep(2.5)  # two reconcile passes (every second here)
+    assert hosts["a"].fdb("ov6-x") == {GROUP}
+    assert "net.repaired" not in daemons["a"].log_text()
+
+    with hosts["a"].ipr() as ipr:
+        index = ipr.link_lookup(ifname="ov6-x")[0]
+        ul6 = ipr.link_lookup(ifname="ul6")[0]
+        ipr.fdb("del", ifindex=index, lladdr="00:00:00:00:00:00", dst=GROUP, NDA_IFINDEX=ul6)
+    assert hosts["a"].fdb("ov6-x") == set()
+    eventually(lambda: hosts["a"].fdb("ov6-x") == {GROUP}, "the group's entry to come back")
+    assert hosts["a"].fdb_via("ov6-x") == {GROUP: "ul6"}
+    assert "event=net.repaired network=ov6 op=fdb_add" in daemons["a"].log_text()
+
+    # an entry added by hand, out of the underlay, is drift: removed
+    with hosts["a"].ipr() as ipr:
+        ipr.fdb("append", ifindex=index, lladdr="00:00:00:00:00:00", dst=STRAY, NDA_IFINDEX=ul6)
+    assert hosts["a"].fdb_via("ov6-x") == {GROUP: "ul6", STRAY: "ul6"}
+    eventually(lambda: hosts["a"].fdb("ov6-x") == {GROUP}, "the stray entry to go")

@@ -99,6 +99,36 @@ def test_vxlan_fdb_drift_is_repaired_both_ways() -> None:
     ]
 
 
+VX_GROUP = NetworkSpec(
+    name="ov", kind="vxlan", vni=7, local="10.0.0.1", group="239.1.1.7", device="eth1"
+)
+GROUP_INFO = {**VX_INFO, "group": "239.1.1.7", "underlay": "eth1"}
+
+
+def group_snap(entries: frozenset[str]) -> Snapshot:
+    return snap(
+        link("eth1"),
+        ours("ov", "ov", mtu=1450),
+        ours("ov-x", "ov", "vxlan", master="ov", mtu=1450, info=GROUP_INFO),
+        fdb={"ov-x": entries},
+    )
+
+
+def test_a_multicast_overlay_keeps_the_entry_the_kernel_gave_its_group() -> None:
+    assert plan_network(VX_GROUP, group_snap(frozenset({"239.1.1.7"}))).actions == []
+    # made from nothing: the kernel adds the group's entry itself
+    made = plan_network(VX_GROUP, snap(link("eth1")))
+    assert [a.op for a in made.actions] == ["create", "set", "create", "set"]
+
+
+def test_a_multicast_overlay_gets_its_group_entry_back_and_loses_strays() -> None:
+    plan = plan_network(VX_GROUP, group_snap(frozenset({"10.0.0.9"})))
+    assert [(a.op, a.args) for a in plan.actions] == [
+        ("fdb_add", {"dst": "239.1.1.7", "via": "eth1"}),
+        ("fdb_del", {"dst": "10.0.0.9"}),
+    ]
+
+
 def test_removal_releases_the_uplink_then_deletes_link_and_bridge() -> None:
     have = snap(
         link("eth1"),

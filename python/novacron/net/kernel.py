@@ -164,6 +164,18 @@ class Kernel:
         }
         return Snapshot(links, {k: frozenset(v) for k, v in fdb.items()}, addresses)
 
+    def _fdb_via(self, index: int, dst: str) -> int | None:
+        """The interface a forwarding entry of link ``index`` to ``dst`` goes out of."""
+        for entry in self.ipr.fdb("dump"):
+            if (
+                entry["ifindex"] == index
+                and str(entry.get_attr("NDA_DST")) == dst
+                and entry.get_attr("NDA_LLADDR") == ZERO_MAC
+            ):
+                via: int | None = entry.get_attr("NDA_IFINDEX")
+                return via
+        return None
+
     def _index(self, name: str) -> int:
         found = self.ipr.link_lookup(ifname=name)
         if not found:
@@ -204,8 +216,13 @@ class Kernel:
         elif action.op == "release":
             self.ipr.link("set", index=self._index(name), master=0)
         elif action.op in ("fdb_add", "fdb_del"):
-            command = "append" if action.op == "fdb_add" else "del"
-            self.ipr.fdb(command, ifindex=self._index(name), lladdr=ZERO_MAC, dst=a["dst"])
+            index = self._index(name)
+            if action.op == "fdb_add":
+                via = {"NDA_IFINDEX": self._index(a["via"])} if a.get("via") else {}
+                self.ipr.fdb("append", ifindex=index, lladdr=ZERO_MAC, dst=a["dst"], **via)
+            else:  # the kernel matches an entry by its interface too
+                via = {"NDA_IFINDEX": i} if (i := self._fdb_via(index, a["dst"])) else {}
+                self.ipr.fdb("del", ifindex=index, lladdr=ZERO_MAC, dst=a["dst"], **via)
         elif action.op == "delete":
             self.ipr.link("del", index=self._index(name))
         else:

@@ -102,6 +102,30 @@ def _ensure(
     return True
 
 
+def _flood_entries(spec: NetworkSpec) -> frozenset[str]:
+    """Destinations of a VXLAN network's all-zero forwarding entries: one per remote
+    (head-end replication), or its multicast group (the kernel adds that entry itself
+    when it makes the link)."""
+    return frozenset({spec.group}) if spec.group is not None else frozenset(spec.remotes)
+
+
+def _plan_fdb(plan: Plan, spec: NetworkSpec, snap: Snapshot) -> None:
+    assert spec.link is not None
+    want = _flood_entries(spec)
+    have = snap.fdb.get(spec.link, frozenset())
+    link = snap.links.get(spec.link)
+    if link is None or not _matches(link, _wanted_link(spec)):
+        # (re)created: the kernel starts it with the group's entry, or with none
+        have = frozenset({spec.group}) if spec.group is not None else frozenset()
+    for dst in sorted(want - have):
+        args = {"dst": dst}
+        if dst == spec.group and spec.device is not None:
+            args["via"] = spec.device  # a multicast destination goes out of the underlay
+        plan.actions.append(Action("fdb_add", spec.link, args))
+    for dst in sorted(have - want):
+        plan.actions.append(Action("fdb_del", spec.link, {"dst": dst}))
+
+
 def plan_network(spec: NetworkSpec, snap: Snapshot) -> Plan:
     """What brings the host to ``spec`` (an empty plan when it is there already)."""
     plan = Plan()
@@ -118,14 +142,7 @@ def plan_network(spec: NetworkSpec, snap: Snapshot) -> Plan:
         if not _ensure(plan, spec, snap, spec.link, _wanted_link(spec), mtu, spec.bridge):
             return plan
         if spec.kind == "vxlan":
-            have = snap.fdb.get(spec.link, frozenset())
-            link = snap.links.get(spec.link)
-            if link is None or not _matches(link, _wanted_link(spec)):
-                have = frozenset()  # (re)created: starts with an empty forwarding table
-            for dst in sorted(set(spec.remotes) - have):
-                plan.actions.append(Action("fdb_add", spec.link, {"dst": dst}))
-            for dst in sorted(have - set(spec.remotes)):
-                plan.actions.append(Action("fdb_del", spec.link, {"dst": dst}))
+            _plan_fdb(plan, spec, snap)
     if spec.uplink is not None:
         up = snap.links.get(spec.uplink)
         if up is None:
