@@ -4,6 +4,7 @@ underlays, and looks at the result through netlink itself."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pyroute2.netlink.exceptions import NetlinkError
 
 from novacron import errors
 from tests.daemon_harness import Daemon
@@ -145,6 +147,61 @@ def test_bad_input_changes_nothing(daemon: Daemon, ns: Namespace) -> None:
         assert ns.links() == before
         assert [n["name"] for n in c.call("net.list")] == ["ov1"]
         assert c.call("session.hello")  # still serving
+
+
+def test_a_vni_held_by_a_device_not_novacrons_is_refused_cleanly(
+    daemon: Daemon, ns: Namespace
+) -> None:
+    """The kernel allows one VXLAN device per VNI and port: one made by hand holds VNI
+    42, so the network's link cannot be made. The call fails as a conflict naming the
+    device, the bridge made before it is gone, and the stranger is left as it was."""
+    with ns.ipr() as ipr:
+        ipr.link("add", ifname="theirs", kind="vxlan", vxlan_id=42, vxlan_port=4789)
+    before = ns.links()
+    with daemon.client() as c:
+        with pytest.raises(errors.Conflict) as refused:
+            c.call("net.create", **VXLAN, remotes=["10.99.0.2"])
+        assert refused.value.details["device"] == "ov1-x", refused.value.details
+        assert "already has a device like it" in refused.value.message
+        assert c.call("net.list") == []
+    assert ns.links() == before
+
+
+def test_a_repair_the_kernel_refuses_is_a_problem_until_it_can_be_made(
+    daemon: Daemon, ns: Namespace
+) -> None:
+    """The network's VXLAN link is deleted by hand and a device not NovaCron's takes its
+    VNI: the repair fails on every pass, the network shows why (logged once, not once a
+    pass), and once that device goes the link is made again and the problem clears."""
+    with daemon.client() as c:
+        c.call("net.create", **VXLAN, remotes=["10.99.0.2"])
+        with ns.ipr() as ipr:
+            for _ in range(50):  # (the daemon may put its link back in between: again)
+                found = ipr.link_lookup(ifname="ov1-x")
+                if found:
+                    ipr.link("del", index=found[0])
+                try:
+                    ipr.link("add", ifname="theirs", kind="vxlan", vxlan_id=42, vxlan_port=4789)
+                    break
+                except NetlinkError as exc:
+                    assert exc.code == errno.EEXIST, exc
+            else:
+                raise AssertionError("could not take VNI 42 from the daemon")
+        got = eventually(
+            lambda: c.call("net.get", name="ov1")["problems"], "the refused repair shown"
+        )
+        assert "already has a device like it" in got[0], got
+        time.sleep(3)  # three more passes (every second here)
+        assert c.call("net.get", name="ov1")["problems"] == got
+        said = daemon.log_text()
+        assert said.count("event=net.problem network=ov1") == 1, said
+        assert said.count("level=warning logger=novacron.net event=net.repair_failed") == 1, said
+        assert "ov1-x" not in ns.links()
+        ns.delete("theirs")
+        eventually(lambda: "ov1-x" in ns.links(), "the link made again")
+        eventually(lambda: not c.call("net.get", name="ov1")["problems"], "the problem cleared")
+        assert ns.fdb("ov1-x") == {"10.99.0.2"}
+        assert c.call("session.hello")
 
 
 def test_vlan_network_is_built_or_refused_cleanly(daemon: Daemon, ns: Namespace) -> None:

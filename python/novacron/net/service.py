@@ -217,26 +217,34 @@ class NetworkService:
                 if stale:
                     snap = await self.pool.run(self.kernel.snapshot)
                 repair = planning.plan_network(spec, snap)
-                self._note_problems(spec, repair.problems)
+                problems = list(repair.problems)
                 for action in repair.actions:
-                    await self._run_repair(spec, action)
-                changed, stale = changed + len(repair.actions), bool(repair.actions)
+                    failed = await self._run_repair(spec, action)
+                    changed, stale = changed + 1, True
+                    if failed is not None:  # the actions after it build on it: next pass
+                        problems.append(failed)
+                        known = failed in self.problems.get(spec.name, [])
+                        (log.debug if known else log.warning)(
+                            "net.repair_failed", extra=kv(network=spec.name, error=failed)
+                        )
+                        break
+                self._note_problems(spec, problems)
         return changed
 
-    async def _run_repair(self, spec: NetworkSpec | None, action: Action) -> None:
+    async def _run_repair(self, spec: NetworkSpec | None, action: Action) -> str | None:
+        """Applies one repair; why it failed, if it did."""
         try:
             await self.pool.run(self.kernel.apply, action)
         except errors.NovaCronError as exc:
-            name = spec.name if spec else "-"
-            log.warning("net.repair_failed", extra=kv(network=name, error=exc.message))
-            if spec is not None:
-                self._note_problems(spec, [exc.message])
-            return
+            if spec is None:  # (a network's own failures are logged by the caller)
+                log.warning("net.repair_failed", extra=kv(network="-", error=exc.message))
+            return exc.message
         log.warning(
             "net.repaired",
             extra=kv(network=spec.name if spec else None, **action.describe()),
         )
         self._announce(spec, action, "reconcile")
+        return None
 
     def _note_problems(self, spec: NetworkSpec, problems: list[str]) -> None:
         before = self.problems.get(spec.name, [])
