@@ -59,11 +59,20 @@ def test_init_issue_revoke(tmp_path: Path) -> None:
         ({"name": "x", "role": "admin", "node": True}, "node certificates"),
         ({"name": "x", "role": "node"}, "node certificates"),
         ({"name": "x", "role": "viewer", "tenants": ("../etc",)}, "valid name"),
+        ({"name": "x", "role": "viewer", "days": 0}, "days must be 1 to 36500"),
+        (
+            {"name": "n", "role": "node", "node": True, "addresses": ("bad host!",)},
+            "neither an IP address nor a DNS name",
+        ),
+        (
+            {"name": "n", "role": "node", "node": True, "addresses": ("-lead.example",)},
+            "neither an IP address nor a DNS name",
+        ),
     ],
 )
 def test_bad_requests_are_refused(tmp_path: Path, kwargs: dict, needle: str) -> None:  # type: ignore[type-arg]
     ca = CertificateAuthority.init(tmp_path / "ca")
-    with pytest.raises((CaError, ValueError), match=needle):
+    with pytest.raises(CaError, match=needle):
         ca.issue(out_dir=tmp_path / "out", **kwargs)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -71,3 +80,27 @@ def test_bad_requests_are_refused(tmp_path: Path, kwargs: dict, needle: str) -> 
 def test_missing_ca_is_explained(tmp_path: Path) -> None:
     with pytest.raises(CaError, match="ca init"):
         CertificateAuthority(tmp_path)
+
+
+def test_a_node_certificate_names_the_hosts_peers_dial(tmp_path: Path) -> None:
+    ca = CertificateAuthority.init(tmp_path / "ca")
+    path, _ = ca.issue(
+        "node2",
+        "node",
+        tmp_path / "out",
+        node=True,
+        addresses=("node2.dc1.example.", "fd00:99::2", "10.0.0.2"),
+    )
+    names = (
+        x509.load_pem_x509_certificate(path.read_bytes())
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
+    assert names.get_values_for_type(x509.DNSName) == ["node2", "node2.dc1.example"]
+    assert [str(a) for a in names.get_values_for_type(x509.IPAddress)] == ["fd00:99::2", "10.0.0.2"]
+
+
+def test_a_ca_valid_for_no_days_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(CaError, match="days must be"):
+        CertificateAuthority.init(tmp_path / "ca", days=0)
+    assert not (tmp_path / "ca").exists()

@@ -29,22 +29,34 @@ def _deferred(name: str) -> Runner:
     return run
 
 
+def _ca_dir(parser: Any) -> None:
+    """The CA's directory: ``--ca-dir`` or ``--dir``, the same on every command."""
+    parser.add_argument(
+        "--ca-dir",
+        "--dir",
+        type=Path,
+        default=Path(DEFAULT_CA_DIR),
+        dest="ca_dir",
+        help=f"the CA's directory (default {DEFAULT_CA_DIR})",
+    )
+
+
 def add_commands(groups: Any) -> None:
     ca = groups.add_parser("ca", help="the cluster certificate authority (local files)")
     ca_sub = ca.add_subparsers(dest="command", required=True, metavar="COMMAND")
     init = ca_sub.add_parser("init", help="create a CA (ca.key 0600, ca.crt, crl.pem)")
-    init.add_argument("--dir", type=Path, default=Path(DEFAULT_CA_DIR), dest="ca_dir")
+    _ca_dir(init)
     init.add_argument("--name", default="NovaCron CA", help="the CA's common name")
     init.add_argument("--days", type=int, default=3650)
     init.set_defaults(run=_deferred("run_init"), local=True)
     crl = ca_sub.add_parser("crl", help="re-sign the revocation list (it is valid 30 days)")
-    crl.add_argument("--dir", type=Path, default=Path(DEFAULT_CA_DIR), dest="ca_dir")
+    _ca_dir(crl)
     crl.set_defaults(run=_deferred("run_crl"), local=True)
 
     cert = groups.add_parser("cert", help="issue, revoke and list certificates")
     sub = cert.add_subparsers(dest="command", required=True, metavar="COMMAND")
     issue = sub.add_parser("issue", help="issue a certificate and key for a user or node")
-    issue.add_argument("--ca-dir", type=Path, default=Path(DEFAULT_CA_DIR))
+    _ca_dir(issue)
     issue.add_argument("--name", required=True, help="user or node name (the certificate's CN)")
     issue.add_argument("--role", required=True, choices=ROLES)
     issue.add_argument("--tenant", action="append", default=[], dest="tenants")
@@ -56,11 +68,11 @@ def add_commands(groups: Any) -> None:
     issue.add_argument("--days", type=int, default=365)
     issue.set_defaults(run=_deferred("run_issue"), local=True)
     revoke = sub.add_parser("revoke", help="revoke a certificate (daemons: SIGHUP to reload)")
-    revoke.add_argument("--ca-dir", type=Path, default=Path(DEFAULT_CA_DIR))
+    _ca_dir(revoke)
     which = revoke.add_mutually_exclusive_group(required=True)
     which.add_argument("--name")
     which.add_argument("--serial", type=lambda v: int(v, 0))
     revoke.set_defaults(run=_deferred("run_revoke"), local=True)
     lst = sub.add_parser("list", help="every certificate the CA issued")
-    lst.add_argument("--ca-dir", type=Path, default=Path(DEFAULT_CA_DIR))
+    _ca_dir(lst)
     lst.set_defaults(run=_deferred("run_list"), local=True)

@@ -14,6 +14,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,6 +65,23 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _check_days(days: int) -> None:
+    if not 1 <= days <= 36500:
+        raise CaError(f"days must be 1 to 36500, not {days}")
+
+
+def _check_dns_name(address: str) -> str:
+    """``address`` if it is a host name a peer can dial (RFC 1123 labels), without the
+    root's trailing dot."""
+    name = address[:-1] if address.endswith(".") else address
+    if len(name) > 253 or not all(DNS_LABEL.fullmatch(label) for label in name.split(".")):
+        raise CaError(f"address {address!r} is neither an IP address nor a DNS name")
+    return name
+
+
 class CertificateAuthority:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
@@ -86,6 +104,7 @@ class CertificateAuthority:
     ) -> CertificateAuthority:
         if (directory / "ca.key").exists():
             raise CaError(f"{directory} already holds a CA")
+        _check_days(days)
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
         key = ec.generate_private_key(ec.SECP256R1())
@@ -151,7 +170,11 @@ class CertificateAuthority:
         not_before: dt.datetime | None = None,
     ) -> tuple[Path, Path]:
         """Writes ``<name>.crt`` and ``<name>.key`` (0600) into ``out_dir``."""
-        check_principal(name)
+        try:
+            check_principal(name)
+        except ValueError as exc:
+            raise CaError(str(exc)) from None
+        _check_days(days)
         if role not in ROLES:
             raise CaError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
         if node != (role == "node"):
@@ -167,7 +190,7 @@ class CertificateAuthority:
                 try:
                     alt.append(x509.IPAddress(ipaddress.ip_address(address)))
                 except ValueError:
-                    alt.append(x509.DNSName(address))
+                    alt.append(x509.DNSName(_check_dns_name(address)))
         usage = [ExtendedKeyUsageOID.CLIENT_AUTH] + (
             [ExtendedKeyUsageOID.SERVER_AUTH] if node else []
         )
@@ -223,7 +246,8 @@ class CertificateAuthority:
             if e.revoked_at is None and (e.name == name if name is not None else e.serial == serial)
         ]
         if not hit:
-            raise CaError(f"no live certificate for {name if name is not None else serial}")
+            which = name if name is not None else f"serial {serial:#x}"
+            raise CaError(f"no live certificate for {which}")
         stamp = _now().isoformat()
         for e in hit:
             e.revoked_at = stamp
