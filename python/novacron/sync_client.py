@@ -58,6 +58,8 @@ def split_address(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise errors.InvalidParams(f"address {address!r} is not host:port")
+    if not 1 <= int(port) <= 65535:
+        raise errors.InvalidParams(f"address {address!r}: the port must be 1 to 65535")
     return host.strip("[]"), int(port)
 
 

@@ -32,7 +32,7 @@ def test_the_trio_client_module_re_exports_the_blocking_parts() -> None:
 
 @given(
     host=st.from_regex(r"[a-z0-9][a-z0-9.-]{0,30}", fullmatch=True),
-    port=st.integers(min_value=0, max_value=65535),
+    port=st.integers(min_value=1, max_value=65535),
 )
 def test_split_address_round_trips_host_and_port(host: str, port: int) -> None:
     assert split_address(f"{host}:{port}") == (host, port)
@@ -40,7 +40,7 @@ def test_split_address_round_trips_host_and_port(host: str, port: int) -> None:
 
 def test_split_address_takes_bracketed_ipv6_and_refuses_the_rest() -> None:
     assert split_address("[fd00::1]:7443") == ("fd00::1", 7443)
-    for bad in ("node1", "node1:", ":7443", "node1:74x3", ""):
+    for bad in ("node1", "node1:", ":7443", "node1:74x3", "", "node1:0", "[::1]:99999"):
         with pytest.raises(errors.InvalidParams):
             split_address(bad)
 
