@@ -29,8 +29,9 @@ import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((sys.argv[1], 9999))
 print("ready", flush=True)
-data, peer = s.recvfrom(2048)
-s.sendto(data.upper(), peer)
+while True:  # every datagram answered (the asker may send more than one)
+    data, peer = s.recvfrom(2048)
+    s.sendto(data.upper(), peer)
 """
 
 ASK = """
