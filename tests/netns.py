@@ -95,13 +95,7 @@ class Namespace:
 
     def fdb(self, device: str) -> set[str]:
         """Destinations of ``device``'s all-zero (flood) forwarding entries."""
-        with self.ipr() as ns:
-            index = ns.link_lookup(ifname=device)[0]
-            return {
-                str(e.get_attr("NDA_DST"))
-                for e in ns.fdb("dump")
-                if e["ifindex"] == index and e.get_attr("NDA_LLADDR") == "00:00:00:00:00:00"
-            }
+        return set(self.fdb_via(device))
 
     def fdb_via(self, device: str) -> dict[str, str | None]:
         """Destination -> the interface it goes out of, of ``device``'s all-zero entries."""

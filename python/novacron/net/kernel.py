@@ -56,6 +56,8 @@ class Snapshot:
     links: dict[str, Link]
     fdb: dict[str, frozenset[str]]  # vxlan device -> destinations of its all-zero entries
     addresses: dict[str, str]  # address -> the interface holding it
+    # (vxlan device, destination) -> the interface an entry goes out of, where it names one
+    fdb_via: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -153,28 +155,19 @@ class Kernel:
         names = {m["index"]: m.get_attr("IFLA_IFNAME") for m in raw}
         links = {link.name: link for link in (_link(m, names) for m in raw)}
         fdb: dict[str, set[str]] = {n: set() for n, ln in links.items() if ln.kind == "vxlan"}
+        via: dict[tuple[str, str], str] = {}
         if fdb:
             for entry in self.ipr.fdb("dump"):
                 dev = names.get(entry["ifindex"])
                 dst = entry.get_attr("NDA_DST")
                 if dev in fdb and dst and entry.get_attr("NDA_LLADDR") == ZERO_MAC:
                     fdb[dev].add(str(dst))
+                    if out := names.get(entry.get_attr("NDA_IFINDEX") or -1):
+                        via[(dev, str(dst))] = out
         addresses = {
             str(a.get_attr("IFA_ADDRESS")): names.get(a["index"], "") for a in self.ipr.get_addr()
         }
-        return Snapshot(links, {k: frozenset(v) for k, v in fdb.items()}, addresses)
-
-    def _fdb_via(self, index: int, dst: str) -> int | None:
-        """The interface a forwarding entry of link ``index`` to ``dst`` goes out of."""
-        for entry in self.ipr.fdb("dump"):
-            if (
-                entry["ifindex"] == index
-                and str(entry.get_attr("NDA_DST")) == dst
-                and entry.get_attr("NDA_LLADDR") == ZERO_MAC
-            ):
-                via: int | None = entry.get_attr("NDA_IFINDEX")
-                return via
-        return None
+        return Snapshot(links, {k: frozenset(v) for k, v in fdb.items()}, addresses, via)
 
     def _index(self, name: str) -> int:
         found = self.ipr.link_lookup(ifname=name)
@@ -216,13 +209,10 @@ class Kernel:
         elif action.op == "release":
             self.ipr.link("set", index=self._index(name), master=0)
         elif action.op in ("fdb_add", "fdb_del"):
-            index = self._index(name)
-            if action.op == "fdb_add":
-                via = {"NDA_IFINDEX": self._index(a["via"])} if a.get("via") else {}
-                self.ipr.fdb("append", ifindex=index, lladdr=ZERO_MAC, dst=a["dst"], **via)
-            else:  # the kernel matches an entry by its interface too
-                via = {"NDA_IFINDEX": i} if (i := self._fdb_via(index, a["dst"])) else {}
-                self.ipr.fdb("del", ifindex=index, lladdr=ZERO_MAC, dst=a["dst"], **via)
+            # (the kernel matches an entry to delete by the interface it names, too)
+            command = "append" if action.op == "fdb_add" else "del"
+            via = {"NDA_IFINDEX": self._index(a["via"])} if a.get("via") else {}
+            self.ipr.fdb(command, ifindex=self._index(name), lladdr=ZERO_MAC, dst=a["dst"], **via)
         elif action.op == "delete":
             self.ipr.link("del", index=self._index(name))
         else:

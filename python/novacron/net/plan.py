@@ -123,7 +123,10 @@ def _plan_fdb(plan: Plan, spec: NetworkSpec, snap: Snapshot) -> None:
             args["via"] = spec.device  # a multicast destination goes out of the underlay
         plan.actions.append(Action("fdb_add", spec.link, args))
     for dst in sorted(have - want):
-        plan.actions.append(Action("fdb_del", spec.link, {"dst": dst}))
+        args = {"dst": dst}
+        if via := snap.fdb_via.get((spec.link, dst)):
+            args["via"] = via
+        plan.actions.append(Action("fdb_del", spec.link, args))
 
 
 def plan_network(spec: NetworkSpec, snap: Snapshot) -> Plan:
