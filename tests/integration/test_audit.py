@@ -3,12 +3,17 @@ or deleting a row in sqlite is caught by ``novacron audit verify``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 
+import msgpack
+
 from novacron import errors
+from novacron.rpc import codec
 from tests.daemon_harness import Daemon
 from tests.integration.test_cli import cli
+from tests.integration.test_protocol import read_messages
 
 
 def test_changes_and_refusals_are_chained_and_tampering_is_caught(daemon: Daemon) -> None:
@@ -45,3 +50,29 @@ def test_changes_and_refusals_are_chained_and_tampering_is_caught(daemon: Daemon
     assert done.returncode == 1
     assert json.loads(done.stdout)["first_bad"] == 3
     db.close()
+
+
+def test_a_call_whose_params_hold_bin_keys_is_still_recorded(daemon: Daemon) -> None:
+    """A map with a str and a bin key (both allowed on the wire) once made the digest
+    fail, and the call went unrecorded; its entry now carries the documented digest."""
+    params = [{"name": "au2", b"name": b"x"}]
+    with daemon.raw() as s:
+        s.sendall(msgpack.packb([codec.REQUEST, 7, "vm.start", params]))
+        (reply,) = read_messages(s, 1)
+    assert isinstance(reply, codec.Response) and reply.error is not None
+    assert reply.error["code"] == "invalid_params"
+    with daemon.client() as c:
+        (entry,) = c.call("audit.tail", limit=1)
+        assert c.call("audit.verify")["ok"]
+    text = 'bin:[{"b:6e616d65":"b:78","s:name":"s:au2"}]'
+    assert entry["method"] == "vm.start" and entry["outcome"] == "invalid_params"
+    assert entry["params_digest"] == hashlib.sha256(text.encode()).hexdigest()
+    assert "audit.append_failed" not in daemon.log_text()
+
+
+def test_the_digest_of_plain_params_is_their_json(daemon: Daemon) -> None:
+    with daemon.client() as c:
+        c.call("vm.create", name="au3", memory_mib=64, vcpus=1)
+        (entry,) = c.call("audit.tail", limit=1)
+    text = '[{"memory_mib":64,"name":"au3","vcpus":1}]'
+    assert entry["params_digest"] == hashlib.sha256(text.encode()).hexdigest()

@@ -16,6 +16,8 @@ import logging
 import time
 from typing import Any
 
+import msgpack
+
 from novacron.auth.identity import Identity
 from novacron.blocking import Pool
 from novacron.logs import kv
@@ -27,8 +29,51 @@ VERIFY_CHUNK = 5000
 
 
 def params_digest(params: Any) -> str:
-    canonical = json.dumps(params, sort_keys=True, separators=(",", ":"), default=repr)
+    """sha256 (hex) of the canonical text of a call's params, whatever MessagePack sent.
+
+    Params JSON can carry (nil, booleans, numbers, strings, arrays, maps with string
+    keys) are JSON with sorted keys and no spaces. Any others (a ``bin`` value or map
+    key, an extension type) are ``"bin:"`` followed by that JSON of a tagged copy in
+    which every string is ``"s:" + text``, every ``bin`` ``"b:" + hex``, every
+    extension ``"x:<type>:" + hex``: no two different params share a text (plain JSON
+    never begins with ``b``), and keys of both kinds sort without comparing a
+    ``str`` with a ``bytes`` (the digest of such a call failed, and its audit entry
+    with it)."""
+    canonical = _json(params) if _plain(params) else "bin:" + _json(_tagged(params))
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _plain(value: Any) -> bool:
+    """Whether JSON writes ``value`` as it is (no ``bin``, no extension type)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return True
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return False
+
+
+def _tagged(value: Any) -> Any:
+    if isinstance(value, str):
+        return "s:" + value
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "b:" + bytes(value).hex()
+    if isinstance(value, msgpack.Timestamp):
+        return f"x:-1:{value.to_bytes().hex()}"
+    if isinstance(value, msgpack.ExtType):
+        return f"x:{value.code}:{value.data.hex()}"
+    if isinstance(value, list | tuple):
+        return [_tagged(v) for v in value]
+    if isinstance(value, dict):
+        return {_tagged(k): _tagged(v) for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return "?:" + repr(value)  # nothing the decoder gives; never fails the entry
 
 
 class AuditLog:
