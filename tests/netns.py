@@ -3,14 +3,20 @@ netlink, so nothing reaches the machine's own interfaces."""
 
 from __future__ import annotations
 
+import ctypes
+import os
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from pyroute2 import NetNS, netns
 
 IFA_F_NODAD = 0x02  # linux/if_addr.h
+CLONE_NEWNET = 0x40000000  # linux/sched.h
+
+T = TypeVar("T")
 
 
 class Namespace:
@@ -24,6 +30,33 @@ class Namespace:
     def prefix(self) -> list[str]:
         """Runs a command inside the namespace."""
         return ["nsenter", f"--net=/run/netns/{self.name}"]
+
+    def inside(self, make: Callable[[], T]) -> T:
+        """``make()`` run by a thread that joined the namespace first: a socket it
+        connects (a client of a daemon listening on the namespace's loopback) stays in
+        the namespace and is usable from any thread. The caller's thread stays where
+        it is."""
+        made: list[T] = []
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), "setns into the test namespace failed")
+            finally:
+                os.close(fd)
+            try:
+                made.append(make())
+            except BaseException as e:
+                failed.append(e)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        thread.join()
+        if failed:
+            raise failed[0]
+        return made[0]
 
     @contextmanager
     def ipr(self) -> Iterator[Any]:

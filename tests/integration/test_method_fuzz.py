@@ -8,6 +8,7 @@ its own: ``net.create`` builds real bridges."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from novacron import errors
 from novacron.auth import policy
 from tests.daemon_harness import Daemon
 from tests.netns import Namespace
+from tests.pki_harness import Pki, client, free_port, tls_daemon
 
 SEED = 20261206
 CALLS = 1500
@@ -247,3 +249,90 @@ def test_every_method_survives_a_seeded_fuzz(tmp_path: Path, ns: Namespace) -> N
     assert "Traceback" not in log and "rpc.internal_error" not in log, log
     # the run reached past argument checking: calls succeeded and state was refused
     assert outcomes["ok"] > CALLS // 10 and outcomes.get("conflict", 0) > 10, outcomes
+
+
+def test_an_operator_of_one_tenant_cannot_touch_or_see_another(
+    tmp_path: Path, ns: Namespace
+) -> None:
+    """The same fuzz over TLS by an operator of acme, aimed at globex's objects by name:
+    globex's VMs, snapshot, network, quota and the bindings are as they were, and no
+    answer or error carries what only globex's objects hold (the VM's UUID, its disk's
+    path, its NIC's MAC) or globex's name unless the caller wrote it."""
+    rng = random.Random(SEED + 1)
+    good = values(rng)
+    pki = Pki.create(tmp_path / "pki")
+    port = free_port()
+    config = tmp_path / "novacrond.toml"  # the rate limit would answer most calls
+    config.write_text("[auth]\nrate_limit_per_s = 100000.0\nrate_limit_burst = 100000.0\n")
+    daemon = tls_daemon(tmp_path, pki, port, "--config", str(config))
+    daemon.prefix = ns.prefix
+    daemon.start()
+    local = daemon.client()
+    files = pki.issue("alice", "operator", ("acme",))
+    alice = ns.inside(lambda: client(port, files))  # the daemon listens in the namespace
+    try:
+        local.call("net.create", name="gnet", tenant="globex")
+        vm = local.call(
+            "vm.create",
+            name="g1",
+            tenant="globex",
+            memory_mib=64,
+            disks=[{"size_gib": 1}],
+            nics=[{"network": "gnet"}],
+        )
+        local.call("vm.snapshot.create", vm="g1", name="gs1")
+        local.call("vm.create", name="g2", tenant="globex", memory_mib=64, start=True)
+        local.call("quota.set", tenant="globex", max_vms=7)
+        secrets = {vm["uuid"], vm["disks"][0]["path"], vm["nics"][0]["mac"]}
+
+        def globex() -> dict[str, Any]:
+            return {
+                "vms": local.call("vm.list", tenant="globex"),
+                "snapshots": local.call("vm.snapshot.list", vm="g1"),
+                "networks": local.call("net.list", tenant="globex"),
+                "quota": local.call("quota.get", tenant="globex"),
+                "bindings": local.call("auth.bindings"),
+            }
+
+        before = globex()
+        aimed = {
+            "name": ["g1", "g2", "gnet", "gs1", "a1", "anet"],
+            "vm": ["g1", "g2", "a1"],
+            "tenant": ["globex", "acme"],
+            "network": ["gnet", "anet"],
+        }
+        outcomes: dict[str, int] = {}
+        for n in range(CALLS):
+            if n % 25 == 0:
+                for method, made in (
+                    ("net.create", {"name": "anet", "tenant": "acme"}),
+                    ("vm.create", {"name": "a1", "tenant": "acme", "memory_mib": 64}),
+                ):
+                    try:
+                        alice.call(method, **made)
+                    except errors.NovaCronError:
+                        pass
+            method = rng.choice(sorted(METHODS))
+            params: dict[str, Any] = {}
+            for key in METHODS[method]:
+                if rng.random() < 0.6:
+                    named = key in aimed and rng.random() < 0.8
+                    params[key] = rng.choice(aimed[key]) if named else good[key]()
+            try:
+                said = json.dumps(alice.call(method, **params), default=repr)
+                outcome = "ok"
+            except errors.NovaCronError as e:
+                said = json.dumps([str(e), e.details], default=repr)
+                outcome = e.code
+            assert outcome != "internal", (method, params)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            assert not any(secret in said for secret in secrets), (method, params, said)
+            wrote = json.dumps(params, default=repr)
+            assert "globex" not in said or "globex" in wrote, (method, params, said)
+        assert globex() == before
+    finally:
+        alice.close()
+        local.close()
+        rc = daemon.stop()
+    assert rc in (0, None) and "Traceback" not in daemon.log_text(), daemon.log_text()
+    assert outcomes["ok"] > CALLS // 10 and outcomes["permission_denied"] > CALLS // 10, outcomes
