@@ -79,6 +79,19 @@ def result_of(response: codec.Response) -> Any:
     return response.result
 
 
+MAX_TIMEOUT_S = 366 * 86400
+
+
+def check_timeout(timeout: float) -> float:
+    """A client's answer timeout: more than 0 and at most a year (``InvalidParams``
+    otherwise: NaN, infinity and negative values used to crash or wait forever)."""
+    if not 0 < timeout <= MAX_TIMEOUT_S:  # (False for NaN)
+        raise errors.InvalidParams(
+            f"timeout must be more than 0 and at most {MAX_TIMEOUT_S} seconds, not {timeout}"
+        )
+    return timeout
+
+
 class SyncClient:
     """A blocking client (one call at a time) for scripts and the CLI."""
 
@@ -90,6 +103,8 @@ class SyncClient:
         *,
         sock: socket.socket | None = None,
     ) -> None:
+        if timeout is not None:
+            check_timeout(timeout)
         self.path = Path(path) if path is not None else paths.default_client_socket()
         if sock is not None:
             self._sock = sock
@@ -102,9 +117,9 @@ class SyncClient:
                 raise errors.Unavailable(f"cannot connect to {self.path}: {exc.strerror}") from None
         if timeout is not None:
             # a kernel receive timeout keeps the socket blocking: Python's settimeout()
-            # would add a poll() before every recv() (measurable per call)
-            seconds = int(timeout)
-            micros = int((timeout - seconds) * 1_000_000)
+            # would add a poll() before every recv() (measurable per call); a zero one
+            # would mean none, so the shortest is a microsecond
+            seconds, micros = divmod(max(round(timeout * 1_000_000), 1), 1_000_000)
             self._sock.setsockopt(
                 socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, micros)
             )
@@ -123,6 +138,8 @@ class SyncClient:
     ) -> SyncClient:
         """A client on a daemon's TLS listener (``host:port``), mutual TLS 1.3."""
         host, port = split_address(address)
+        if timeout is not None:
+            check_timeout(timeout)
         context = files.context()
         try:
             raw = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S)

@@ -210,6 +210,30 @@ def test_errors_print_code_and_exit_nonzero(daemon: Daemon) -> None:
     assert done.returncode == 1 and "invalid_params" in done.stderr
 
 
+def test_bad_local_input_is_a_clean_error_not_a_traceback(daemon: Daemon, tmp_path: Path) -> None:
+    """Each of these crashed the CLI with a traceback (found by fuzzing its commands)."""
+    missing = tmp_path / "no-such-user-data"
+    done = cli(daemon, "vm", "create", "ci1", "--cloud-init-user-data", str(missing), check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"--cloud-init-user-data: cannot read {missing}" in done.stderr
+    # an integer MessagePack cannot carry
+    done = cli(daemon, "net", "create", "n1", "--vni", str(2**64), check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "invalid_params" in done.stderr and "cannot be sent" in done.stderr
+    for args in (
+        ("--timeout", "nan", "hello"),
+        ("--timeout", "inf", "hello"),
+        ("--timeout", "0", "hello"),  # (0 would have meant no timeout at all)
+        ("vm", "stats", "--interval", "1e300"),
+        ("vm", "console", "x", "--linger", "-1"),
+    ):
+        done = cli(daemon, *args, check=False)
+        assert done.returncode == 2 and "seconds must be" in done.stderr, (args, done.stderr)
+    with daemon.client() as c:
+        assert [vm["name"] for vm in c.call("vm.list")] == []
+        assert c.call("net.list") == []
+
+
 def test_unreachable_daemon_exits_3(daemon: Daemon, tmp_path) -> None:
     env = {**os.environ, "NOVACRON_SOCKET": str(tmp_path / "nope.sock")}
     done = subprocess.run(

@@ -259,3 +259,9 @@ def test_one_message_within_the_limits_cannot_take_much_memory() -> None:
         tracemalloc.stop()
     # (without the item limit, 8 MiB of short strings in arrays would keep ~160 MB)
     assert peak < 32 << 20
+
+
+@pytest.mark.parametrize("value", [2**64, -(2**63) - 1, object(), {1, 2}])
+def test_params_msgpack_cannot_carry_are_the_callers_invalid_params(value: object) -> None:
+    with pytest.raises(InvalidParams, match="cannot be sent"):
+        codec.encode_request(1, "vm.create", {"name": "a", "vcpus": value})

@@ -3,6 +3,8 @@ server are in test_client.py, through the re-export in novacron.client)."""
 
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from novacron import client, errors
-from novacron.sync_client import SyncClient, TlsFiles, split_address
+from novacron.sync_client import MAX_TIMEOUT_S, SyncClient, TlsFiles, split_address
 
 
 def test_the_cli_and_the_blocking_client_do_not_import_trio() -> None:
@@ -82,3 +84,22 @@ def test_notifications_are_taken_apart_from_responses_which_wait_for_their_call(
             c.notifications(5)
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan"), float("inf"), MAX_TIMEOUT_S + 1])
+def test_a_timeout_that_is_not_a_positive_time_is_refused(timeout: float) -> None:
+    a, b = socket.socketpair()
+    with a, b, pytest.raises(errors.InvalidParams, match="timeout must be"):
+        SyncClient(timeout=timeout, sock=a)
+
+
+@pytest.mark.parametrize("timeout", [1e-9, 0.25, 90.5])
+def test_a_timeout_is_the_sockets_receive_timeout_never_zero(timeout: float) -> None:
+    """A timeout under a microsecond was written as 0, which the kernel reads as none.
+    (The kernel keeps it in clock ticks: it reads back rounded up to one.)"""
+    a, b = socket.socketpair()
+    with a, b:
+        SyncClient(timeout=timeout, sock=a)
+        raw = a.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.calcsize("ll"))
+        sec, usec = struct.unpack("ll", raw)
+        assert timeout <= sec + usec / 1e6 < timeout + 0.011

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from novacron import errors
+from novacron.cli.argtypes import seconds
 from novacron.sync_client import SyncClient
 
 ESCAPE = b"\x1d"  # Ctrl-]
@@ -51,7 +52,7 @@ def add_vm_commands(vm_sub: Any) -> None:
     )
     console.add_argument(
         "--linger",
-        type=float,
+        type=seconds(3600, zero=True),
         default=1.0,
         metavar="S",
         help="seconds to keep printing output after piped input ends (default 1)",

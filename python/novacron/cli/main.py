@@ -16,9 +16,10 @@ from typing import Any
 
 from novacron import __version__
 from novacron.cli import cluster, disks, metrics, migrate, net, node, output, pki, security, vm
+from novacron.cli.argtypes import seconds
 from novacron.cli.security import AuditBroken
 from novacron.errors import InvalidParams, NovaCronError, Unavailable
-from novacron.sync_client import SyncClient, TlsFiles
+from novacron.sync_client import MAX_TIMEOUT_S, SyncClient, TlsFiles
 
 Command = Callable[[SyncClient, argparse.Namespace], Any]
 
@@ -32,7 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="daemon socket (default: $NOVACRON_SOCKET, the system socket, or the dev socket)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for answers")
+    parser.add_argument(
+        "--timeout",
+        type=seconds(MAX_TIMEOUT_S),
+        default=None,
+        help="seconds to wait for answers",
+    )
     env = os.environ.get
     tls = parser.add_argument_group("mutual TLS (instead of the Unix socket)")
     tls.add_argument("--tls", default=env("NOVACRON_TLS"), metavar="HOST:PORT")

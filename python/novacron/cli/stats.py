@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from novacron.cli import output
+from novacron.cli.argtypes import seconds
 from novacron.errors import InvalidParams
 from novacron.sync_client import SyncClient
 
@@ -46,7 +47,7 @@ def add_command(sub: Any) -> None:
     )
     cmd.add_argument(
         "--interval",
-        type=float,
+        type=seconds(3600, zero=True),
         default=1.0,
         help="seconds between the two samples rates are taken from (0: one sample, no rates)",
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from novacron.cli import console, disks, migrate, net, output, stats
+from novacron.errors import InvalidParams
 from novacron.sync_client import SyncClient
 
 LIST_COLUMNS = [
@@ -329,11 +330,16 @@ def run_create(client: SyncClient, args: argparse.Namespace) -> Any:
 
 def _cloud_init(args: argparse.Namespace) -> dict[str, bytes] | None:
     """The seed's files, read here (the daemon may be elsewhere); None without any."""
-    files = {
-        key: path.read_bytes()
-        for key in ("user_data", "meta_data", "network_config")
-        if (path := getattr(args, f"cloud_init_{key}")) is not None
-    }
+    files = {}
+    for key in ("user_data", "meta_data", "network_config"):
+        path = getattr(args, f"cloud_init_{key}")
+        if path is None:
+            continue
+        try:
+            files[key] = path.read_bytes()
+        except OSError as exc:
+            option = "--cloud-init-" + key.replace("_", "-")
+            raise InvalidParams(f"{option}: cannot read {path}: {exc.strerror}") from None
     return files or None
 
 

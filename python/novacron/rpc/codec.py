@@ -227,7 +227,12 @@ def _pack(obj: Any) -> bytes:
 
 
 def encode_request(msgid: int, method: str, params: dict[str, Any] | None = None) -> bytes:
-    return _pack([REQUEST, msgid, method, [params] if params else []])
+    """A request's bytes; params MessagePack cannot carry (an integer outside
+    -2**63..2**64-1, a type it has no form for) are the caller's ``InvalidParams``."""
+    try:
+        return _pack([REQUEST, msgid, method, [params] if params else []])
+    except (OverflowError, TypeError, ValueError) as exc:
+        raise InvalidParams(f"the call's arguments cannot be sent: {exc}") from None
 
 
 def encode_response(msgid: int, error: dict[str, Any] | None, result: Any) -> bytes:
