@@ -25,6 +25,8 @@ DOMAIN_TYPES = ("auto", "kvm", "qemu")
 # [hypervisor] disk_discard: what QEMU does with a guest's discard (TRIM) of a disk
 DISK_DISCARDS = ("unmap", "ignore")
 # [hypervisor] cpu_model: empty (libvirt's default), a mode, or a named model
+# [hypervisor] storage_pool: a libvirt pool name (no '/', which libvirt refuses)
+POOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 CPU_MODEL = re.compile(r"|host-model|host-passthrough|[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -440,6 +442,11 @@ def check(config: Config) -> Config:
     for key, dirs in offers:
         if not all(d.startswith("/") for d in dirs):
             raise ConfigError(f"[vm] {key} must be absolute directories, comma-separated")
+    if not POOL_NAME.fullmatch(config.storage_pool):
+        raise ConfigError(
+            "[hypervisor] storage_pool must be 1-64 letters, digits, '.', '_' or '-', starting "
+            f"with a letter or digit: {config.storage_pool!r}"
+        )
     if not CPU_MODEL.fullmatch(config.cpu_model):
         raise ConfigError(
             "[hypervisor] cpu_model must be empty, host-model, host-passthrough or the name "

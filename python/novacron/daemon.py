@@ -294,17 +294,37 @@ def main(argv: list[str] | None = None) -> int:
     raise_fd_limit()
     try:
         trio.run(serve, config)
-    except SocketInUse as exc:
-        log.error("daemon.socket_in_use", extra=kv(detail=str(exc)))
-        return 1
-    except TlsConfigError as exc:
-        log.error("daemon.tls_unusable", extra=kv(error=str(exc)))
-        print(f"novacrond: TLS configuration error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        log.error("daemon.failed", extra=kv(error=str(exc)))
+    except (Exception, BaseExceptionGroup) as failure:
+        cause = expected_failure(failure)
+        if cause is None:
+            raise  # a bug: its traceback is what tells
+        if isinstance(cause, SocketInUse):
+            log.error("daemon.socket_in_use", extra=kv(detail=str(cause)))
+            return 1
+        if isinstance(cause, TlsConfigError):
+            log.error("daemon.tls_unusable", extra=kv(error=str(cause)))
+            print(f"novacrond: TLS configuration error: {cause}", file=sys.stderr)
+            return 2
+        if isinstance(cause, errors.NovaCronError):
+            log.error("daemon.failed", extra=kv(code=cause.code, error=cause.message))
+            print(f"novacrond: cannot start: {cause.code}: {cause.message}", file=sys.stderr)
+            return 1
+        log.error("daemon.failed", extra=kv(error=str(cause)))
         return 1
     return 0
+
+
+def expected_failure(failure: BaseException) -> BaseException | None:
+    """The first of a failed start's causes when each is one the daemon reports (the
+    socket taken, TLS material unusable, a system or libvirt refusal), however deep in
+    task groups; ``None`` when any is something else."""
+    if isinstance(failure, BaseExceptionGroup):
+        causes = [expected_failure(e) for e in failure.exceptions]
+        if not causes or any(c is None for c in causes):
+            return None
+        return causes[0]
+    expected = (SocketInUse, TlsConfigError, OSError, errors.NovaCronError)
+    return failure if isinstance(failure, expected) else None
 
 
 if __name__ == "__main__":

@@ -106,6 +106,9 @@ def test_toml_then_flags(tmp_path: Path) -> None:
         ("[hypervisor]\ncpu_model = '-cpu host'\n", "cpu_model"),
         ('[hypervisor]\ncpu_model = "x\'/><cpu"\n', "cpu_model"),
         ("[hypervisor]\ndisk_discard = 'on'\n", "disk_discard"),
+        ("[hypervisor]\nstorage_pool = '/srv/pool'\n", "storage_pool"),
+        ("[hypervisor]\nstorage_pool = ''\n", "storage_pool"),
+        ("[hypervisor]\nstorage_pool = '-x'\n", "storage_pool"),
         ("[hypervisor]\ndisk_discard = ''\n", "disk_discard"),
     ],
 )
