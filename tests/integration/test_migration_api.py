@@ -171,6 +171,25 @@ def test_prepare_refusals(node: Node, tmp_path: Path) -> None:
         assert caught.value.details["data_file"] == str(data)
         with pytest.raises(errors.QuotaExceeded):
             prepare(peer, "q", source_xml("q", tenant="tiny"))
+        # a spec of the wrong shape is the peer's error, checked as a request is (each of
+        # these reached placement or the XML and was an internal error), and a domain
+        # without what is fitted to this node is refused too; nothing is kept
+        spec_tag = "<novacron:spec>"
+        for change, param in (
+            ('"vcpus": 1}', '"vcpus": []}'),
+            ('"nics": []', '"nics": "x"'),
+            ('"memory_policy": "strict"', '"memory_policy": {"a": 1}'),
+            ('"memory_mib": 64', '"memory_mib": 1.5'),
+        ):
+            mangled = source_xml("m").replace(change, param)
+            assert mangled != source_xml("m") and spec_tag in mangled
+            with pytest.raises(errors.InvalidParams, match="spec"):
+                prepare(peer, "m", mangled)
+        no_vcpu = source_xml("m").replace('<vcpu placement="static">1</vcpu>', "")
+        with pytest.raises(errors.InvalidParams, match="no <vcpu>"):
+            prepare(peer, "m", no_vcpu)
+        with node.daemon.client() as c:
+            assert "m" not in [vm["name"] for vm in c.call("vm.list")]
         # only <stream_dir>/<16 hex digits>/qemu.sock: no other path is made or chowned
         for elsewhere in (
             "/tmp/x/0123456789abcdef/qemu.sock",

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,6 +16,7 @@ from novacron.vm.spec import (
     VmSpec,
     parse_create,
     parse_disk,
+    stored_spec,
 )
 
 
@@ -189,3 +192,104 @@ def test_room_for_memory_moved_by_a_balloon() -> None:
         create(name="a", memory_mib=256, max_memory_mib=128)
     with pytest.raises(InvalidParams, match="hugepages"):
         create(name="a", memory_mib=256, max_memory_mib=512, hugepage_kib=2048)
+
+
+# what vm.create takes (valid requests): their specs as the daemon stores them
+REQUESTS = st.fixed_dictionaries(
+    {"name": st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True)},
+    optional={
+        "vcpus": st.integers(1, 8),
+        "memory_mib": st.sampled_from([64, 512, 2048]),
+        "tenant": st.sampled_from(["default", "acme"]),
+        "disks": st.lists(
+            st.one_of(
+                st.fixed_dictionaries(
+                    {"size_gib": st.integers(1, 100)},
+                    optional={"format": st.sampled_from(["qcow2", "raw"]), "limits": LIMIT_MAPS},
+                ),
+                st.fixed_dictionaries({"path": st.sampled_from(["/img/a.qcow2", "/b.raw"])}),
+            ),
+            max_size=3,
+        ),
+        "nics": st.lists(
+            st.fixed_dictionaries(
+                {"network": st.sampled_from(["n1", "n2"])},
+                optional={"model": st.sampled_from(["virtio", "e1000"])},
+            ),
+            max_size=3,
+        ),
+        "cpu_policy": st.sampled_from(["shared", "dedicated"]),
+        "memory_policy": st.sampled_from(["strict", "preferred", "interleave"]),
+        "restart": st.sampled_from(["on-failure", "never"]),
+        "max_vcpus": st.sampled_from([8, 16]),
+        "kernel": st.just("/boot/k"),
+    },
+)
+
+
+@given(REQUESTS)
+def test_a_stored_spec_from_elsewhere_reads_back_as_the_spec_it_was(request: dict) -> None:
+    spec, _ = create(**request)
+    assert stored_spec(spec.to_dict()) == spec
+    # disks attached where one was detached keep their names
+    if spec.disks:
+        moved = spec.with_disks([replace(spec.named_disks()[0], target="vdq")])
+        assert stored_spec(moved.to_dict()) == moved
+
+
+ANY_JSON = st.recursive(
+    st.one_of(
+        st.none(), st.booleans(), st.integers(-(2**40), 2**40), st.floats(), st.text(max_size=8)
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(REQUESTS, st.data())
+def test_a_mangled_stored_spec_is_refused_as_invalid_params_or_read(
+    request: dict, data: st.DataObject
+) -> None:
+    """Another node's spec with any value of any type anywhere: a spec, or invalid_params
+    (such specs reached placement and XML building and failed as internal errors)."""
+    doc = create(**request)[0].to_dict()
+    place: dict = doc
+    if doc["disks"] and data.draw(st.booleans()):
+        place = data.draw(st.sampled_from(doc["disks"]))
+    elif doc["nics"] and data.draw(st.booleans()):
+        place = data.draw(st.sampled_from(doc["nics"]))
+    key = data.draw(st.sampled_from([*place, "limits", "target", "zz"]))
+    place[key] = data.draw(ANY_JSON)
+    try:
+        spec = stored_spec(doc)
+    except InvalidParams as exc:
+        assert exc.details["param"].startswith("spec")
+    else:
+        assert stored_spec(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(
+    ("change", "param"),
+    [
+        ({"vcpus": "2"}, "spec.vcpus"),
+        ({"memory_mib": 1.5}, "spec.memory_mib"),
+        ({"nics": "x"}, "spec.nics"),
+        ({"nics": [{"network": "n1"}]}, "spec.nics[0]"),
+        ({"disks": [{"size_gib": 1, "format": "qcow2", "path": "/x"}]}, "spec.disks[0]"),
+        ({"disks": [{"path": 1.5, "format": "raw"}]}, "spec.disks[0].path"),
+        ({"disks": [{"size_gib": 1, "format": "qcow2", "target": "../x"}]}, "spec.disks[0]"),
+        ({"cpu_policy": {"a": 1}}, "spec.cpu_policy"),
+        ({"hugepage_kib": 4096}, "spec.hugepage_kib"),
+        ({"max_vcpus": 0}, "spec.max_vcpus"),
+        ({"vcpus": 4, "max_vcpus": 2}, "max_vcpus"),
+        ({"tenant": "Bad Tenant"}, "spec.tenant"),
+        ({"extra": 1}, "spec"),
+    ],
+)
+def test_stored_spec_refusals_name_the_key(change: dict, param: str) -> None:
+    doc = {**VmSpec(name="a", vcpus=1, memory_mib=64).to_dict(), **change}
+    with pytest.raises(InvalidParams) as refused:
+        stored_spec(doc)
+    assert refused.value.details["param"] == param

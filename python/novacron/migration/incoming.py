@@ -44,7 +44,7 @@ from novacron.migration.relay import RelayStats, announce, relay_destination, si
 from novacron.migration.stream import StreamReceiver, guest_page_limit
 from novacron.vm import domain_xml, qcow2
 from novacron.vm.domain_xml import ManagedDomain
-from novacron.vm.spec import VmSpec
+from novacron.vm.spec import VmSpec, stored_spec
 
 if TYPE_CHECKING:
     from novacron.migration.service import MigrationService
@@ -95,10 +95,7 @@ async def admit(svc: MigrationService, name: str, xml: str) -> tuple[ManagedDoma
         managed = None
     if managed is None or managed.name != name:
         raise errors.InvalidParams("xml is not the NovaCron domain of this vm", {"vm": name})
-    try:
-        spec = VmSpec.from_dict(managed.spec)
-    except (TypeError, ValueError) as exc:
-        raise errors.InvalidParams(f"the domain's spec is unusable: {exc}") from None
+    spec = stored_spec(managed.spec)  # (another node's: checked as a request is)
     if spec.name != name:
         raise errors.InvalidParams("the domain's spec names another vm", {"vm": name})
     await check_disks(svc.config.node_name, spec)
@@ -133,7 +130,10 @@ async def placing(
             await vms.nic_check(spec.tenant, spec.nics)  # the same networks must exist here
         placement = vms.placement.allocate(name, spec)
         try:
-            dest_xml = fit_here(svc, name, placement)(xml, True)
+            try:
+                dest_xml = fit_here(svc, name, placement)(xml, True)
+            except ValueError as exc:  # (the source's XML lacks what is fitted)
+                raise errors.InvalidParams(f"xml cannot be fitted to this node: {exc}") from None
             yield placement, dest_xml
         except BaseException:
             vms.placement.release(name)

@@ -129,6 +129,14 @@ def parse_nic(raw: Any, what: str) -> NicSpec:
     return NicSpec(network=network, mac=mac, model=model, limits=limits)
 
 
+def stored_nic(raw: Any, what: str) -> NicSpec:
+    """One NIC of a spec as stored (``to_dict``'s form) that came from elsewhere, checked
+    as :func:`parse_nic` checks a request's, its MAC required."""
+    if not isinstance(raw, dict) or raw.get("mac") is None:
+        raise InvalidParams(f"{what} must be a map with a mac", {"param": what})
+    return parse_nic(raw, what)
+
+
 def check_unique(nics: tuple[NicSpec, ...]) -> None:
     macs = [n.mac for n in nics]
     if len(set(macs)) != len(macs):

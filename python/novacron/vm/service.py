@@ -34,7 +34,7 @@ from novacron.vm.managed import ManagedVms
 from novacron.vm.quotas import Quotas
 from novacron.vm.records import Records
 from novacron.vm.restarts import RestartHistory
-from novacron.vm.spec import DiskSpec, VmSpec
+from novacron.vm.spec import DiskSpec, VmSpec, stored_spec
 
 log = logging.getLogger("novacron.vm")
 
@@ -463,8 +463,9 @@ class VmService:
 
     async def adopt(self, managed: ManagedDomain, desired: str = "stopped") -> VmRecord:
         """Records a domain that carries NovaCron's metadata but has no record, meant to
-        be in state ``desired``."""
-        spec = VmSpec.from_dict(managed.spec)
+        be in state ``desired``. Its spec is checked as a request is (it may have been
+        edited by hand)."""
+        spec = stored_spec(managed.spec)
         return await self.records.insert(
             managed.name,
             managed.uuid,

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from novacron.errors import InvalidParams
-from novacron.net.nic import MAX_NICS, NicSpec, check_unique, parse_nic
-from novacron.rpc.params import Params, check_int, check_path
+from novacron.net.nic import MAX_NICS, NicSpec, check_unique, parse_nic, stored_nic
+from novacron.rpc.params import Params, check_int, check_name, check_path, check_text
 
 MAX_VCPUS = 512
 MAX_MEMORY_MIB = 16 * 1024 * 1024
@@ -289,3 +290,93 @@ def check_hugepages(spec: VmSpec) -> None:
             f"memory_mib must be a whole number of {spec.hugepage_kib} KiB hugepages",
             {"param": "memory_mib"},
         )
+
+
+TARGET_RE = re.compile(r"vd[a-z]{1,3}")
+
+
+def stored_spec(doc: Any, what: str = "spec") -> VmSpec:
+    """A spec as stored (:meth:`VmSpec.to_dict`'s form) that came from elsewhere — another
+    node's ``migration.prepare``, a domain's metadata adopted without a record — checked
+    as strictly as ``vm.create`` checks a request: every key known, every value of its
+    type and range (``invalid_params`` naming ``what.key`` otherwise; such a spec once
+    reached placement and XML building and failed there as an internal error)."""
+    if not isinstance(doc, dict):
+        raise InvalidParams(f"{what} must be a map", {"param": what})
+    known = {f.name for f in fields(VmSpec)}
+    unknown = set(doc) - known
+    if unknown or not {"name", "vcpus", "memory_mib"} <= set(doc):
+        raise InvalidParams(
+            f"{what}: unknown key(s) {sorted(map(str, unknown))} or name, vcpus or memory_mib"
+            " missing",
+            {"param": what},
+        )
+
+    def get(key: str, check: Any, *args: Any) -> Any:
+        value = doc.get(key)
+        return None if value is None else check(value, f"{what}.{key}", *args)
+
+    def one_of(value: Any, at: str, choices: tuple[Any, ...]) -> Any:
+        if value not in choices:
+            raise InvalidParams(f"{at} must be one of {choices}", {"param": at})
+        return value
+
+    disks, nics = doc.get("disks", []), doc.get("nics", [])
+    for key, items, most in (("disks", disks, MAX_DISKS), ("nics", nics, MAX_NICS)):
+        if not isinstance(items, list) or len(items) > most:
+            raise InvalidParams(
+                f"{what}.{key} must be a list of at most {most}", {"param": f"{what}.{key}"}
+            )
+    spec = VmSpec(
+        name=check_name(doc["name"], f"{what}.name"),
+        vcpus=check_int(doc["vcpus"], f"{what}.vcpus", 1, MAX_VCPUS),
+        memory_mib=check_int(doc["memory_mib"], f"{what}.memory_mib", 16, MAX_MEMORY_MIB),
+        tenant=check_name(doc.get("tenant", "default"), f"{what}.tenant"),
+        kernel=get("kernel", check_path),
+        initrd=get("initrd", check_path),
+        cmdline=get("cmdline", check_text, 2048),
+        disks=tuple(_stored_disk(d, f"{what}.disks[{i}]") for i, d in enumerate(disks)),
+        cpu_policy=one_of(doc.get("cpu_policy", "shared"), f"{what}.cpu_policy", CPU_POLICIES),
+        memory_policy=one_of(
+            doc.get("memory_policy", "strict"), f"{what}.memory_policy", MEMORY_POLICIES
+        ),
+        hugepage_kib=get("hugepage_kib", one_of, HUGEPAGE_SIZES_KIB),
+        nics=tuple(stored_nic(n, f"{what}.nics[{i}]") for i, n in enumerate(nics)),
+        restart=one_of(doc.get("restart", "on-failure"), f"{what}.restart", RESTART_POLICIES),
+        max_vcpus=get("max_vcpus", check_int, 1, MAX_VCPUS),
+        max_memory_mib=get("max_memory_mib", check_int, 16, MAX_MEMORY_MIB),
+    )
+    targets = spec.disk_targets()
+    if len(set(targets)) != len(targets):
+        raise InvalidParams(f"{what}: two disks have the same target", {"param": what})
+    check_unique(spec.nics)
+    check_hugepages(checked_room(spec))
+    return spec
+
+
+def _stored_disk(raw: Any, what: str) -> DiskSpec:
+    if not isinstance(raw, dict):
+        raise InvalidParams(f"{what} must be a map", {"param": what})
+    unknown = set(raw) - {"size_gib", "path", "format", "target", "limits"}
+    size, path = raw.get("size_gib"), raw.get("path")
+    if unknown or (size is None) == (path is None):
+        raise InvalidParams(
+            f"{what}: unknown key(s) {sorted(map(str, unknown))}, or not one of size_gib and path",
+            {"param": what},
+        )
+    fmt = raw.get("format")
+    if fmt not in DISK_FORMATS:
+        raise InvalidParams(f"{what}.format must be one of {DISK_FORMATS}", {"param": what})
+    target = raw.get("target")
+    if target is not None and not (isinstance(target, str) and TARGET_RE.fullmatch(target)):
+        raise InvalidParams(f"{what}.target must be a virtio disk name (vdb)", {"param": what})
+    limits = raw.get("limits")
+    return DiskSpec(
+        size_gib=None if size is None else check_int(size, f"{what}.size_gib", 1, MAX_DISK_GIB),
+        path=None if path is None else check_path(path, f"{what}.path"),
+        format=fmt,
+        target=target,
+        limits=None
+        if limits is None
+        else DiskLimits.of(parse_disk_limits(f"{what}.limits", limits)),
+    )
