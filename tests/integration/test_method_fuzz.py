@@ -18,7 +18,7 @@ import pytest
 
 from novacron import errors
 from novacron.auth import policy
-from tests.daemon_harness import Daemon
+from tests.integration.test_networks import start_daemon
 from tests.netns import Namespace
 from tests.pki_harness import Pki, client, free_port, tls_daemon
 
@@ -200,12 +200,7 @@ def ns() -> Iterator[Namespace]:
 def test_every_method_survives_a_seeded_fuzz(tmp_path: Path, ns: Namespace) -> None:
     rng = random.Random(SEED)
     good = values(rng)
-    daemon = Daemon(
-        socket=tmp_path / "run" / "novacrond.sock",
-        state_dir=tmp_path / "state",
-        log=tmp_path / "novacrond.log",
-        prefix=ns.prefix,
-    ).start()
+    daemon = start_daemon(tmp_path, ns)
     outcomes: dict[str, int] = {}
     must_record = 0  # calls the audit log must hold an entry for
     client = daemon.client(timeout=30)
