@@ -207,3 +207,56 @@ def test_a_stopped_guest_is_resized_and_boots_with_its_new_size(
             conn.close()
         assert (info[1], info[3]) == (256 * 1024, 2)
         c.call("vm.delete", name="sys6", force=True)
+
+
+def test_repairs_libvirt_refuses_are_reported_and_tried_at_the_next_start(
+    system_daemon: Daemon,
+) -> None:
+    """Behind the stopped daemon's back one VM's domain is undefined, and another's
+    metadata is edited into a spec of the wrong shape and its record dropped. With an
+    emulator libvirt cannot find, the start cannot define the first again: it says so
+    (finding ``failed``) and serves; the second is not adopted (``failed``: its spec is
+    checked as a request is; an AttributeError there once escaped reconciliation). The
+    next start with the emulator back defines the first again."""
+    with system_daemon.client() as c:
+        c.call("vm.create", name="rec1", memory_mib=64)
+        c.call("vm.create", name="rec2", memory_mib=64)
+    system_daemon.stop()
+    conn = libvirt.open(URI)
+    try:
+        conn.lookupByName("rec1").undefine()
+        xml = conn.lookupByName("rec2").XMLDesc(0)
+        assert '"nics": []' in xml
+        conn.defineXML(xml.replace('"nics": []', '"nics": "none"'))
+    finally:
+        conn.close()
+    db = sqlite3.connect(system_daemon.state_dir / "state.db")
+    with db:
+        db.execute("DELETE FROM vms WHERE name = ?", ("rec2",))
+    db.close()
+
+    def findings(c: SyncClient) -> dict[str, tuple[str, str]]:
+        found = c.call("node.info")["daemon"]["reconcile"]
+        return {f["vm"]: (f["finding"], f["detail"]) for f in found}
+
+    usual = list(system_daemon.extra)
+    system_daemon.extra = [*usual, "--emulator", "/nonexistent/qemu-system-x86_64"]
+    system_daemon.start(timeout=60)
+    with system_daemon.client() as c:
+        found = findings(c)
+        assert found["rec1"][0] == "failed" and "could not be redefined" in found["rec1"][1]
+        assert found["rec2"][0] == "failed" and "spec.nics" in found["rec2"][1]
+        assert [vm["name"] for vm in c.call("vm.list")] == ["rec1"]
+        with pytest.raises(errors.NovaCronError):
+            c.call("vm.start", name="rec1")  # no domain to start
+        assert c.call("session.hello")["server"] == "novacrond"
+    system_daemon.stop()
+    system_daemon.extra = usual
+    system_daemon.start(timeout=60)
+    with system_daemon.client() as c:
+        found = findings(c)
+        assert found["rec1"][0] == "redefined"
+        assert found["rec2"][0] == "failed"
+        assert c.call("vm.start", name="rec1")["state"] == "running"
+        c.call("vm.delete", name="rec1", force=True)
+    assert "Traceback" not in system_daemon.log_text()
