@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import libvirt
 import pytest
@@ -172,6 +175,46 @@ def test_shutdown_ignored_by_the_guest_times_out_then_forces(
         down = c.call("vm.shutdown", name="sys5", timeout_s=0.5, force=True)
         assert down["state"] == "stopped"
         c.call("vm.delete", name="sys5")
+
+
+def test_a_stop_or_delete_does_not_wait_for_a_shutdown_the_guest_ignores(
+    system_daemon: Daemon,
+) -> None:
+    """Firmware with nothing to boot ignores the power button. A ``vm.stop`` sent while
+    ``vm.shutdown`` waits out its hour acts at once (it waited for the VM's lock, and the
+    caller's client gave up first), and the shutdown then answers with the VM stopped by
+    it, not forced; a ``vm.delete`` in the same place makes the shutdown ``not_found``."""
+    answers: dict[str, Any] = {}
+
+    def shut_down(key: str) -> None:
+        with system_daemon.client(timeout=120) as c:
+            try:
+                answers[key] = c.call("vm.shutdown", name="deaf", timeout_s=3600)
+            except errors.NovaCronError as e:
+                answers[key] = e
+
+    def while_shutting_down(key: str, act: Callable[[SyncClient], Any]) -> Any:
+        waiter = threading.Thread(target=shut_down, args=(key,))
+        waiter.start()
+        with system_daemon.client(timeout=60) as c:
+            deadline = time.monotonic() + 60
+            while c.call("vm.get", name="deaf")["desired_state"] != "stopped":
+                assert time.monotonic() < deadline, "the shutdown was never asked"
+                time.sleep(0.05)
+            done = act(c)
+        waiter.join(timeout=60)
+        assert not waiter.is_alive(), "the shutdown still waits for a VM that is off"
+        return done
+
+    with system_daemon.client() as c:
+        c.call("vm.create", name="deaf", memory_mib=64, start=True)
+    stopped = while_shutting_down("stop", lambda c: c.call("vm.stop", name="deaf"))
+    assert stopped["state"] == "stopped"
+    assert answers["stop"]["state"] == "stopped" and answers["stop"]["forced"] is False
+    with system_daemon.client() as c:
+        c.call("vm.start", name="deaf")
+    while_shutting_down("delete", lambda c: c.call("vm.delete", name="deaf", force=True))
+    assert isinstance(answers["delete"], errors.NotFound)
 
 
 def guest_shape(text: str) -> list[tuple[int, int]]:

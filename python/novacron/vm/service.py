@@ -509,28 +509,46 @@ class VmService:
         return await self._transition(name, ("running",), "reboot", self.hv.reboot, "running")
 
     async def shutdown(self, name: str, timeout_s: float, force: bool) -> dict[str, Any]:
+        """Asks the guest to power off and waits up to ``timeout_s`` for it. The wait
+        holds no lock on the VM (it held it once, so that a ``vm.stop`` or ``vm.delete``
+        of a guest that ignores the request waited out the whole timeout, up to an
+        hour); only powering it off at the end (``force``) takes the lock again, and
+        only when the VM is still meant to be stopped."""
         async with self.changing(name):
             await self.record(name)
             await self._expect(name, ("running", "shutting_down"), "shut down")
             await self.hv_pool.run(self.hv.shutdown, name)
             await self.records.set_desired_state(name, "stopped")
-            forced = False
-            with trio.move_on_after(timeout_s) as waited:
-                # libvirt has no "wait for shutoff" call: poll its state
-                while not await self._is_down(name):  # noqa: ASYNC110
-                    await trio.sleep(POLL_INTERVAL)
-            if waited.cancelled_caught and not await self._is_down(name):
-                if not force:
-                    raise errors.Timeout(
-                        f"vm {name!r} did not shut down within {timeout_s:g} s",
-                        {"vm": name, "timeout_s": timeout_s},
-                    )
-                await self.hv_pool.run(self.hv.destroy, name)
-                forced = True
-            log.info("vm.shutdown", extra=kv(vm=name, forced=forced))
+        forced = False
+        with trio.move_on_after(timeout_s) as waited:
+            # libvirt has no "wait for shutoff" call: poll its state (a domain gone
+            # meanwhile, deleted by another call, is down too)
+            while not await self._down_or_gone(name):  # noqa: ASYNC110
+                await trio.sleep(POLL_INTERVAL)
+        if waited.cancelled_caught:
+            async with self.changing(name):
+                rec = await self.record(name)
+                if not await self._down_or_gone(name):
+                    if rec.desired_state != "stopped":
+                        raise errors.Conflict(
+                            f"vm {name!r} was started again while it was shutting down",
+                            {"vm": name, "desired_state": rec.desired_state},
+                        )
+                    if not force:
+                        raise errors.Timeout(
+                            f"vm {name!r} did not shut down within {timeout_s:g} s",
+                            {"vm": name, "timeout_s": timeout_s},
+                        )
+                    await self.hv_pool.run(self.hv.destroy, name)
+                    forced = True
+        log.info("vm.shutdown", extra=kv(vm=name, forced=forced))
         doc = await self.get(name)
         doc["forced"] = forced
         return doc
+
+    async def _down_or_gone(self, name: str) -> bool:
+        runtime = await self.hv_pool.run(self.hv.state_or_none, name)
+        return runtime is None or runtime.state in ("stopped", "crashed")
 
     # -- settings ----------------------------------------------------------------------
 
