@@ -13,6 +13,9 @@ from pathlib import Path
 
 from novacron.client import SyncClient
 
+# flags that lift the per-identity call rate limit (a fuzz or race would mostly hit it)
+UNLIMITED = ("--rate-limit-per-s", "100000", "--rate-limit-burst", "100000")
+
 
 @dataclass
 class Daemon:
@@ -24,6 +27,17 @@ class Daemon:
     env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
     prefix: list[str] = field(default_factory=list)  # e.g. nsenter into a test host
+
+    @classmethod
+    def under(cls, tmp_path: Path, *extra: str, prefix: list[str] | None = None) -> Daemon:
+        """A daemon (not started) with its socket, state and log under ``tmp_path``."""
+        return cls(
+            socket=tmp_path / "run" / "novacrond.sock",
+            state_dir=tmp_path / "state",
+            log=tmp_path / "novacrond.log",
+            extra=list(extra),
+            prefix=prefix or [],
+        )
 
     def argv(self) -> list[str]:
         return [

@@ -79,12 +79,7 @@ class Pki:
 
 
 def tls_daemon(tmp_path: Path, pki: Pki, port: int, *extra: str) -> Daemon:
-    return Daemon(
-        socket=tmp_path / "run" / "novacrond.sock",
-        state_dir=tmp_path / "state",
-        log=tmp_path / "novacrond.log",
-        extra=[*pki.daemon_args(port), *extra],
-    )
+    return Daemon.under(tmp_path, *pki.daemon_args(port), *extra)
 
 
 def client(port: int, files: TlsFiles, timeout: float = 30) -> SyncClient:

@@ -82,14 +82,13 @@ def result_of(response: codec.Response) -> Any:
 MAX_TIMEOUT_S = 366 * 86400
 
 
-def check_timeout(timeout: float) -> float:
+def check_timeout(timeout: float) -> None:
     """A client's answer timeout: more than 0 and at most a year (``InvalidParams``
     otherwise: NaN, infinity and negative values used to crash or wait forever)."""
     if not 0 < timeout <= MAX_TIMEOUT_S:  # (False for NaN)
         raise errors.InvalidParams(
             f"timeout must be more than 0 and at most {MAX_TIMEOUT_S} seconds, not {timeout}"
         )
-    return timeout
 
 
 class SyncClient:

@@ -13,11 +13,7 @@ from tests.pki_harness import Pki, client, free_port, tls_daemon
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
-    d = Daemon(
-        socket=tmp_path / "run" / "novacrond.sock",
-        state_dir=tmp_path / "state",
-        log=tmp_path / "novacrond.log",
-    ).start()
+    d = Daemon.under(tmp_path).start()
     yield d
     rc = d.stop()
     assert rc in (0, None), d.log_text()

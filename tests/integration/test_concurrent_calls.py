@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from novacron import errors
-from tests.daemon_harness import Daemon
+from tests.daemon_harness import UNLIMITED, Daemon
 
 SEED = 20261206
 CLIENTS = 8
@@ -55,14 +55,7 @@ OPERATIONS: list[tuple[str, Make]] = [
 def test_racing_clients_leave_records_pool_quota_and_audit_in_agreement(
     tmp_path: Path,
 ) -> None:
-    config = tmp_path / "novacrond.toml"  # the rate limit would answer most calls
-    config.write_text("[auth]\nrate_limit_per_s = 100000.0\nrate_limit_burst = 100000.0\n")
-    daemon = Daemon(
-        socket=tmp_path / "run" / "novacrond.sock",
-        state_dir=tmp_path / "state",
-        log=tmp_path / "novacrond.log",
-        extra=["--config", str(config)],
-    ).start()
+    daemon = Daemon.under(tmp_path, *UNLIMITED).start()
     failures: list[tuple[str, dict[str, Any], str]] = []
     outcomes: dict[str, int] = {}
     lock = threading.Lock()

@@ -18,6 +18,7 @@ import pytest
 
 from novacron import errors
 from novacron.auth import policy
+from tests.daemon_harness import UNLIMITED
 from tests.integration.test_networks import start_daemon
 from tests.netns import Namespace
 from tests.pki_harness import Pki, client, free_port, tls_daemon
@@ -189,6 +190,23 @@ def anything(rng: random.Random) -> Any:
     )  # fmt: skip
 
 
+def drawn(
+    rng: random.Random,
+    good: dict[str, Callable[[], Any]],
+    method: str,
+    aimed: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """Some of ``method``'s parameters, each a sensible value or, for a key ``aimed``
+    names, mostly one of the names it lists."""
+    names = aimed or {}
+    params: dict[str, Any] = {}
+    for key in METHODS[method]:
+        if rng.random() < 0.6:
+            named = key in names and rng.random() < 0.8
+            params[key] = rng.choice(names[key]) if named else good[key]()
+    return params
+
+
 @pytest.fixture
 def ns() -> Iterator[Namespace]:
     space = Namespace("fuzz")
@@ -225,7 +243,7 @@ def test_every_method_survives_a_seeded_fuzz(tmp_path: Path, ns: Namespace) -> N
                     call("vm.create", {"name": vm, "memory_mib": 64, "start": n % 50 == 0})
                 call("net.create", {"name": "net1"})
             method = rng.choice(sorted(METHODS))
-            params = {k: good[k]() for k in METHODS[method] if rng.random() < 0.6}
+            params = drawn(rng, good, method)
             for key in params:
                 if rng.random() < 0.1:
                     params[key] = anything(rng)
@@ -257,9 +275,7 @@ def test_an_operator_of_one_tenant_cannot_touch_or_see_another(
     good = values(rng)
     pki = Pki.create(tmp_path / "pki")
     port = free_port()
-    config = tmp_path / "novacrond.toml"  # the rate limit would answer most calls
-    config.write_text("[auth]\nrate_limit_per_s = 100000.0\nrate_limit_burst = 100000.0\n")
-    daemon = tls_daemon(tmp_path, pki, port, "--config", str(config))
+    daemon = tls_daemon(tmp_path, pki, port, *UNLIMITED)
     daemon.prefix = ns.prefix
     daemon.start()
     local = daemon.client()
@@ -308,11 +324,7 @@ def test_an_operator_of_one_tenant_cannot_touch_or_see_another(
                     except errors.NovaCronError:
                         pass
             method = rng.choice(sorted(METHODS))
-            params: dict[str, Any] = {}
-            for key in METHODS[method]:
-                if rng.random() < 0.6:
-                    named = key in aimed and rng.random() < 0.8
-                    params[key] = rng.choice(aimed[key]) if named else good[key]()
+            params = drawn(rng, good, method, aimed)
             try:
                 said = json.dumps(alice.call(method, **params), default=repr)
                 outcome = "ok"

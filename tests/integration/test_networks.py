@@ -34,13 +34,7 @@ def ns() -> Iterator[Namespace]:
 
 
 def start_daemon(tmp_path: Path, ns: Namespace) -> Daemon:
-    return Daemon(
-        socket=tmp_path / "run" / "novacrond.sock",
-        state_dir=tmp_path / "state",
-        log=tmp_path / "novacrond.log",
-        prefix=ns.prefix,
-        extra=["--network-reconcile-interval-s", "1"],
-    ).start()
+    return Daemon.under(tmp_path, "--network-reconcile-interval-s", "1", prefix=ns.prefix).start()
 
 
 @pytest.fixture

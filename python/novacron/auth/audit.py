@@ -51,7 +51,7 @@ def _plain(value: Any) -> bool:
     """Whether JSON writes ``value`` as it is (no ``bin``, no extension type)."""
     if value is None or isinstance(value, bool | int | float | str):
         return True
-    if isinstance(value, list | tuple):
+    if isinstance(value, list):
         return all(_plain(v) for v in value)
     if isinstance(value, dict):
         return all(isinstance(k, str) and _plain(v) for k, v in value.items())
@@ -61,13 +61,13 @@ def _plain(value: Any) -> bool:
 def _tagged(value: Any) -> Any:
     if isinstance(value, str):
         return "s:" + value
-    if isinstance(value, bytes | bytearray | memoryview):
-        return "b:" + bytes(value).hex()
+    if isinstance(value, bytes):
+        return "b:" + value.hex()
     if isinstance(value, msgpack.Timestamp):
         return f"x:-1:{value.to_bytes().hex()}"
     if isinstance(value, msgpack.ExtType):
         return f"x:{value.code}:{value.data.hex()}"
-    if isinstance(value, list | tuple):
+    if isinstance(value, list):
         return [_tagged(v) for v in value]
     if isinstance(value, dict):
         return {_tagged(k): _tagged(v) for k, v in value.items()}

@@ -188,9 +188,6 @@ class VmService:
     async def _runtime(self, name: str) -> RuntimeState:
         return await self.hv_pool.run(self.hv.state, name)
 
-    async def _is_down(self, name: str) -> bool:
-        return (await self._runtime(name)).state in ("stopped", "crashed")
-
     async def _expect(self, name: str, allowed: tuple[str, ...], action: str) -> RuntimeState:
         runtime = await self._runtime(name)
         if runtime.state not in allowed:
