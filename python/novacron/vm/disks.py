@@ -8,13 +8,14 @@ checked under the tenant's lock as a create is.
 
 A disk is detached from a stopped VM, or unplugged from a running one: the guest is asked
 to release it (ACPI eject; its kernel writes back what it holds for the disk, then lets go)
-and the daemon waits, up to ``timeout_s``, until the running domain no longer has it. Only
-then is it taken out of the definition and the record, and its volume deleted: a guest
-that does not let go (no hot-plug support, the disk mounted and busy, a paused guest —
-refused up front) keeps the disk, and the call fails with ``timeout`` (the request stays
-with the guest: calling again once it has let go finishes the detach; a stop does too, as
-the next boot starts from the definition, which still has the disk). The volume the
-daemon made for it is deleted unless kept.
+and the daemon waits, up to ``timeout_s`` and without holding the VM's lock, until the
+running domain no longer has it. Only then is it taken out of the definition and the
+record, and its volume deleted: a guest that does not let go (no hot-plug support, the
+disk mounted and busy, a paused guest — refused up front) keeps the disk, and the call
+fails with ``timeout`` (the request stays with the guest: calling again once it has let
+go finishes the detach; a stop does too, as the next boot starts from the definition,
+which still has the disk — and a stop while the detach waits finishes that detach). The
+volume the daemon made for it is deleted unless kept.
 
 As with NICs, libvirt is changed first and the record (and the domain's metadata) after
 it; a failure in between is undone. A running (or paused) VM's disks are hot-plugged; a
@@ -42,7 +43,7 @@ from novacron.vm import domain_xml, qcow2, storage_room
 from novacron.vm.base_images import ImageSource
 from novacron.vm.service import VmService, log
 from novacron.vm.spec import MAX_DISKS, DiskSpec, VmSpec, disk_target
-from novacron.vm.unplug import TIMEOUT_S, unplug
+from novacron.vm.unplug import TIMEOUT_S, Pending, plugged, until_released
 
 
 async def _set_disk(
@@ -135,7 +136,16 @@ async def disk_index(vms: VmService, spec: VmSpec, target: str) -> int:
 async def detach(
     vms: VmService, name: str, target: str, keep_volume: bool, timeout_s: float = TIMEOUT_S
 ) -> dict[str, Any]:
-    async with vms.changing(name):
+    """Takes disk ``target`` from a stopped VM's definition, or unplugs it from a running
+    one (:mod:`novacron.vm.unplug`: the guest has ``timeout_s`` to release it; until it
+    has, nothing changes) and then takes it from the definition; deletes the volume the
+    daemon made for it unless ``keep_volume``."""
+    removed: list[str] = []
+
+    def find(live: str) -> domain_xml.DiskSource | None:
+        return next((d for d in domain_xml.parse_disks(live) if d.target == target), None)
+
+    async def attempt() -> Pending | None:  # (under the VM's lock)
         rec = await vms.record(name)
         spec = VmSpec.from_dict(rec.spec)
         index = await disk_index(vms, spec, target)
@@ -150,21 +160,11 @@ async def detach(
         path = vms.disk_paths(spec)[index]
         kept = [d for d in spec.named_disks() if d.target != target]
         device = vms.disk_device(path, gone, target)
-        removed = []
-        if runtime.state == "running":  # (a wait that changes nothing here: cancellable)
-            await unplug(
-                vms,
-                name,
-                domain_xml.disk_xml(device),
-                lambda live: next(
-                    (d for d in domain_xml.parse_disks(live) if d.target == target), None
-                ),
-                timeout_s,
-                f"disk {target!r}",
-                {"vm": name, "target": target},
-            )
+        running = runtime.state == "running"
+        if running and (live := await plugged(vms, name, find)) is not None:
+            return Pending(domain_xml.disk_xml(device), find, live.alias)
         with trio.CancelScope(shield=True):
-            if runtime.state == "running":  # (unplugged: the definition still has it)
+            if running:  # (unplugged: the definition still has it)
                 await vms.hv_pool.run(vms.hv.forget_device, name, domain_xml.disk_xml(device))
                 undo = partial(_set_disk, vms, name, device, True, None)  # the guest gets it back
             else:
@@ -180,6 +180,10 @@ async def detach(
             if deleted and await vms.hv_pool.run(vms.hv.delete_volume, path):
                 removed.append(path)
         log.info("vm.disk_detached", extra=kv(vm=name, target=target, deleted=bool(removed)))
+        return None
+
+    details = {"vm": name, "target": target}
+    await until_released(vms, name, attempt, timeout_s, f"disk {target!r}", details)
     doc = await vms.get(name)
     doc["volumes_deleted"] = removed
     return doc

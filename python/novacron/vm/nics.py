@@ -18,10 +18,10 @@ import trio
 from novacron import errors
 from novacron.logs import kv
 from novacron.net.nic import NicLimits, NicSpec, check_unique, interface_xml
-from novacron.vm.domain_xml import parse_interfaces
+from novacron.vm.domain_xml import InterfaceDevice, parse_interfaces
 from novacron.vm.service import VmService, log
 from novacron.vm.spec import VmSpec
-from novacron.vm.unplug import TIMEOUT_S, unplug
+from novacron.vm.unplug import TIMEOUT_S, Pending, plugged, until_released
 
 
 async def attach(vms: VmService, name: str, nic: NicSpec) -> dict[str, Any]:
@@ -88,7 +88,12 @@ async def detach(
     """Takes NIC ``mac`` from a stopped VM's definition, or unplugs it from a running one
     (:mod:`novacron.vm.unplug`: the guest has ``timeout_s`` to release it; until it has,
     nothing changes) and then takes it from the definition."""
-    async with vms.changing(name):
+    taken: list[NicSpec] = []
+
+    def find(live: str) -> InterfaceDevice | None:
+        return next((i for i in parse_interfaces(live) if i.mac == mac), None)
+
+    async def attempt() -> Pending | None:  # (under the VM's lock)
         rec = await vms.record(name)
         spec = VmSpec.from_dict(rec.spec)
         found = _nic(spec, mac)
@@ -101,18 +106,11 @@ async def detach(
             )
         shrunk = replace(spec, nics=tuple(n for n in spec.nics if n.mac != mac))
         xml = interface_xml(found, found.network)
-        if runtime.state == "running":  # (a wait that changes nothing here: cancellable)
-            await unplug(
-                vms,
-                name,
-                xml,
-                lambda live: next((i for i in parse_interfaces(live) if i.mac == mac), None),
-                timeout_s,
-                f"NIC {mac}",
-                {"vm": name, "mac": mac},
-            )
+        running = runtime.state == "running"
+        if running and (live := await plugged(vms, name, find)) is not None:
+            return Pending(xml, find, live.alias)
         with trio.CancelScope(shield=True):
-            if runtime.state == "running":  # (unplugged: the definition still has it)
+            if running:  # (unplugged: the definition still has it)
                 await vms.hv_pool.run(vms.hv.forget_device, name, xml)
             else:
                 await vms.hv_pool.run(vms.hv.detach_device, name, xml)
@@ -122,6 +120,10 @@ async def detach(
                 await vms.hv_pool.run(vms.hv.attach_device, name, xml)
                 raise
         log.info("vm.nic_detached", extra=kv(vm=name, network=found.network, mac=mac))
-    if found.limits is not None and vms.nic_shaper is not None:
+        taken.append(found)
+        return None
+
+    await until_released(vms, name, attempt, timeout_s, f"NIC {mac}", {"vm": name, "mac": mac})
+    if taken[0].limits is not None and vms.nic_shaper is not None:
         await vms.nic_shaper(name)  # (its IFB, if it had one, goes with its tap)
     return await vms.get(name)
