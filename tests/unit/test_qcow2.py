@@ -37,7 +37,7 @@ def test_a_chain_is_followed_through_relative_and_absolute_names(tmp_path: Path)
     assert qcow2.backing_name(str(base)) is None  # raw: no header
     assert qcow2.first_missing(str(top)) is None
     base.unlink()
-    gone = qcow2.Missing(str(tmp_path / "base" / "base.raw"), "backing")
+    gone = qcow2.Needed(str(tmp_path / "base" / "base.raw"), "backing")
     assert qcow2.first_missing(str(top)) == gone
     assert qcow2.first_missing(str(middle)) == gone
 
@@ -49,7 +49,7 @@ def test_an_image_without_a_backing_file_needs_nothing(tmp_path: Path) -> None:
     assert qcow2.first_missing(str(alone)) is None
     # a relative name is looked for beside the image that names it, not in the cwd
     named = overlay(tmp_path / "named.qcow2", "elsewhere.qcow2")
-    assert qcow2.first_missing(str(named)) == qcow2.Missing(
+    assert qcow2.first_missing(str(named)) == qcow2.Needed(
         str(tmp_path / "elsewhere.qcow2"), "backing"
     )
 
@@ -82,8 +82,8 @@ def test_an_external_data_file_is_needed_where_its_absolute_name_says(tmp_path: 
     assert qcow2.first_missing(str(top)) is None
     data.unlink()
     # the base's data file, found through the chain
-    assert qcow2.first_missing(str(top)) == qcow2.Missing(str(data), "data_file")
-    assert qcow2.first_missing(str(base)) == qcow2.Missing(str(data), "data_file")
+    assert qcow2.first_missing(str(top)) == qcow2.Needed(str(data), "data_file")
+    assert qcow2.first_missing(str(base)) == qcow2.Needed(str(data), "data_file")
     # an image's own data file comes before its backing file
     both = tmp_path / "both.qcow2"
     qemu_img(
@@ -91,7 +91,7 @@ def test_an_external_data_file_is_needed_where_its_absolute_name_says(tmp_path: 
         "-o", f"data_file={tmp_path / 'both.raw'}", both, "1M",
     )  # fmt: skip
     (tmp_path / "both.raw").unlink()
-    assert qcow2.first_missing(str(both)) == qcow2.Missing(str(tmp_path / "both.raw"), "data_file")
+    assert qcow2.first_missing(str(both)) == qcow2.Needed(str(tmp_path / "both.raw"), "data_file")
 
 
 def test_a_relative_data_file_name_is_left_to_qemu(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from novacron.state.db import VmRecord
 from novacron.vm import (
     base_images,
     cloud_init,
+    disk_files,
     disk_limits,
     disks,
     guest_agent,
@@ -45,6 +46,7 @@ from novacron.vm.spec import (
     RESTART_POLICIES,
     DiskLimits,
     DiskSpec,
+    VmSpec,
     parse_create,
     parse_disk,
     parse_disk_limits,
@@ -130,6 +132,12 @@ def register(registry: Registry, services: Services) -> None:
         for i, nic in enumerate(spec.nics):
             check_limits_allowed(ctx, nic.limits, f"nics[{i}].limits", "NIC")
         await trio.to_thread.run_sync(host_files.check, ctx.identity, spec, offered())
+        named = [
+            disk_files.Named(f"disks[{i}].path", d.path, d.format)
+            for i, d in enumerate(spec.disks)
+            if d.path is not None
+        ]
+        await check_disk_files(ctx, spec.tenant, named, None)
         opened, images = await open_images(ctx, spec.tenant, spec.disks, "disks[{}].image")
         try:
             if seed_files:  # its last disk, copied from the seed as from an image
@@ -148,6 +156,24 @@ def register(registry: Registry, services: Services) -> None:
 
     def offered() -> host_files.Offered:
         return host_files.offered_by(services.config)
+
+    async def check_disk_files(
+        ctx: CallContext, tenant: str, named: list[disk_files.Named], vm: str | None
+    ) -> None:
+        """:func:`disk_files.check` of the images ``named`` for VM ``vm`` (None: a new
+        one) of ``tenant``, against the disks of the node's VMs."""
+        if not named:
+            return
+        own: list[disk_files.InUse] = []
+        others: list[disk_files.InUse] = []
+        for rec in await vms.records.all():
+            spec = VmSpec.from_dict(rec.spec)
+            used = (own if rec.name == vm else others).append
+            for disk, path in zip(spec.disks, vms.disk_paths(spec), strict=True):
+                used(disk_files.InUse(rec.name, rec.tenant, path, disk.format))
+        await trio.to_thread.run_sync(
+            disk_files.check, ctx.identity, tenant, named, offered(), own, others
+        )
 
     async def open_images(
         ctx: CallContext, tenant: str, given: tuple[DiskSpec, ...], param: str
@@ -186,6 +212,9 @@ def register(registry: Registry, services: Services) -> None:
                 await trio.to_thread.run_sync(
                     host_files.check_file, ctx.identity, param, path, kind, rec.tenant, offered()
                 )
+        if disk.path is not None:
+            named = [disk_files.Named("path", disk.path, disk.format)]
+            await check_disk_files(ctx, rec.tenant, named, rec.name)
         (disk,), images = await open_images(ctx, rec.tenant, (disk,), "image")
         try:
             [disk] = await vms.quotas.with_defaults(rec.tenant, [disk])

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -193,38 +194,59 @@ def is_protocol(name: str) -> bool:
 
 
 @dataclass(frozen=True)
-class Missing:
-    """A file a disk needs that is not there: ``role`` is ``"backing"`` or ``"data_file"``."""
+class Needed:
+    """A file a disk needs: ``role`` is ``"backing"`` or ``"data_file"``; ``path`` as QEMU
+    looks for it (a relative backing name joined to its image's directory; a data file
+    name, or a protocol, as written)."""
 
     path: str
     role: str
 
 
-def first_missing(path: str) -> Missing | None:
+def chain(path: str) -> Iterator[Needed]:
+    """Every file QEMU opens for the image at ``path`` besides it, in the order it looks
+    for them: each image's external data file, then its backing file, down the chain. It
+    stops at a protocol (yielded), a file that does not exist (yielded: not read), a
+    raw image and a loop. Blocking (reads the images).
+
+    Raises :class:`UnreadableImage` for a header it cannot use and ``OSError`` for an
+    image it cannot read."""
+    seen = {os.path.realpath(path)}
+    current = path
+    for _ in range(MAX_DEPTH):
+        with open(current, "rb") as f:
+            head = f.read(HEAD_READ)
+            data = _data_file_name(f, head)
+            name = _backing_name(f, head)
+        if data is not None:
+            yield Needed(data, "data_file")
+        if name is None:
+            return
+        if is_protocol(name):
+            yield Needed(name, "backing")
+            return
+        found = os.path.join(os.path.dirname(current), name)
+        yield Needed(found, "backing")
+        real = os.path.realpath(found)
+        if real in seen or not os.path.exists(found):
+            return  # (a loop: QEMU refuses it with its own message)
+        seen.add(real)
+        current = found
+
+
+def first_missing(path: str) -> Needed | None:
     """The first file ``path`` needs that does not exist, as QEMU would look for it: each
     image's external data file (absolute names only), then its backing file; None when
     every one does (or the chain leaves local files, or a header cannot be read: QEMU
     judges those). Blocking (reads the images)."""
-    seen = {os.path.realpath(path)}
-    current = path
-    for _ in range(MAX_DEPTH):
-        try:
-            with open(current, "rb") as f:
-                head = f.read(HEAD_READ)
-                data = _data_file_name(f, head)
-                name = _backing_name(f, head)
-        except (OSError, UnreadableImage):
-            return None
-        if data is not None and os.path.isabs(data) and not os.path.exists(data):
-            return Missing(data, "data_file")
-        if name is None or is_protocol(name):
-            return None
-        found = os.path.join(os.path.dirname(current), name)
-        if not os.path.exists(found):
-            return Missing(found, "backing")
-        real = os.path.realpath(found)
-        if real in seen:
-            return None  # a loop: QEMU refuses it with its own message
-        seen.add(real)
-        current = found
+    try:
+        for needed in chain(path):
+            if needed.role == "data_file" and not os.path.isabs(needed.path):
+                continue
+            if is_protocol(needed.path) and needed.role == "backing":
+                return None
+            if not os.path.exists(needed.path):
+                return needed
+    except (OSError, UnreadableImage):
+        return None
     return None
