@@ -189,6 +189,55 @@ def test_a_clone_has_a_copy_of_the_disks_and_boots(
         c.call("vm.delete", name="cl1")
 
 
+def test_a_raw_disk_is_cloned_as_its_bytes_whatever_header_its_guest_wrote(
+    system_daemon: Daemon, guest_images: guest.GuestImages, tmp_path: Path
+) -> None:
+    """A guest writes all of a raw disk, its first bytes too: a qcow2 header there, naming
+    a backing file elsewhere on the host, makes libvirt's pool take the volume for a
+    qcow2 image once it looks at its files again, and libvirt's copy (qemu-img convert)
+    read that file into the clone.
+    The clone holds the source's bytes, header and all, and nothing of the other file;
+    and the pool's promised sizes count the volume's file, not the size the header
+    claims (which would refuse every new volume under ``storage_overcommit``)."""
+    secret = Path("/var/tmp") / f"novacron-secret-{os.getpid()}.raw"
+    secret.write_bytes(b"NOT-FOR-THE-GUEST" * 65536)
+    header = tmp_path / "header.qcow2"  # (a disk of 100 TiB, it says)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", secret, "-F", "raw", header, "100T"],
+        check=True,
+    )
+    try:
+        with system_daemon.client(timeout=300) as c:
+            source = c.call(
+                "vm.create",
+                **guest_images.vm("cl3", disks=[{"size_gib": 1, "format": "raw"}], start=False),
+            )
+            volume = Path(source["disks"][0]["path"])
+            promised = c.call("node.info")["storage"]["committed_bytes"]
+            with volume.open("r+b") as f:  # what the guest can write
+                f.write(header.read_bytes())
+            conn = libvirt.open(URI)
+            try:  # the pool looks again (as node.info and a base image's copy have it do)
+                vol = conn.storageVolLookupByPath(str(volume))
+                vol.storagePoolLookupByVolume().refresh(0)
+                assert "<format type='qcow2'/>" in vol.XMLDesc(0)
+            finally:
+                conn.close()
+            # the pool's promises are the volume's file's size, not what the header says
+            assert c.call("node.info")["storage"]["committed_bytes"] == promised
+            copy = c.call("vm.clone", name="cl3", new_name="cl4")
+            copied = Path(copy["disks"][0]["path"])
+            with volume.open("rb") as a, copied.open("rb") as b:
+                start = a.read(4 << 20)
+                assert start.startswith(b"QFI\xfb") and b.read(4 << 20) == start
+            assert copied.stat().st_size == 1 << 30
+            assert b"NOT-FOR-THE-GUEST" not in copied.read_bytes()
+            c.call("vm.delete", name="cl4")
+            c.call("vm.delete", name="cl3")
+    finally:
+        secret.unlink()
+
+
 def test_a_guest_that_does_not_release_a_disk_keeps_it(
     system_daemon: Daemon, guest_images: guest.GuestImages
 ) -> None:

@@ -20,7 +20,7 @@ import libvirt
 from novacron import errors
 from novacron.logs import kv
 from novacron.placement.topology import HostNode, parse_capabilities, with_sysfs
-from novacron.vm import cpu_models, domain_xml, states, storage_room
+from novacron.vm import cpu_models, domain_xml, states, storage_room, volume_stream
 from novacron.vm.libvirt_errors import libvirt_errors, translate
 from novacron.vm.volume_stream import VolumeReader, VolumeWriter
 
@@ -517,7 +517,10 @@ class Hypervisor:
         written (libvirt would allocate a raw volume whole, unless told ``allocation`` 0;
         a copy then skips the source's holes). A qcow2 volume is version 3 (``compat``
         1.1; libvirt would make version 2, whose disks cannot grow once they hold a
-        snapshot)."""
+        snapshot). A raw volume is copied as its bytes, not by libvirt: libvirt's pool
+        takes a file that begins with a qcow2 header for a qcow2 image — a guest writes
+        the start of its raw disk too — and its copy (``qemu-img convert``) would read
+        the backing file that header names, any file of the host."""
         root = ET.Element("volume")
         ET.SubElement(root, "name").text = volume
         ET.SubElement(root, "capacity", {"unit": "GiB"}).text = str(size_gib)
@@ -529,11 +532,21 @@ class Hypervisor:
         xml = ET.tostring(root, encoding="unicode")
         with libvirt_errors():
             pool = self.conn.storagePoolLookupByName(pool_name)
-            if copy_of is None:
+            # (libvirt's test driver has no files to probe, and no storage streams)
+            by_bytes = copy_of is not None and fmt == "raw" and not self.is_test_driver
+            if copy_of is None or by_bytes:
                 vol = pool.createXML(xml, 0)
             else:
                 vol = pool.createXMLFrom(xml, self.conn.storageVolLookupByPath(copy_of), 0)
             path: str = vol.path()
+        if by_bytes:
+            assert copy_of is not None
+            try:
+                volume_stream.copy(self.conn, copy_of, path)
+            except BaseException:
+                with suppress(libvirt.libvirtError):
+                    vol.delete(0)
+                raise
         return path
 
     def grow_volume(self, path: str, size_bytes: int) -> None:
@@ -647,7 +660,7 @@ class Hypervisor:
             volumes, committed = 0, 0
             for vol in pool.listAllVolumes(0):
                 try:
-                    committed += int(vol.info()[1])
+                    committed += _size(vol)
                 except libvirt.libvirtError as exc:  # deleted since the listing
                     if exc.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_VOL:
                         raise
@@ -693,6 +706,16 @@ class Hypervisor:
             pool = self.conn.storagePoolLookupByName(pool_name)
             _refreshed(pool)
             return [v.path() for v in pool.listAllVolumes(0)]
+
+
+def _size(vol: libvirt.virStorageVol) -> int:
+    """The disk size a volume promises its guest. libvirt's pool reads a qcow2 image's
+    from its header — and takes any file that begins with one for a qcow2 image, among
+    them a raw volume whose guest wrote such a header, any size it likes, at its start.
+    A volume the daemon made raw (``NAME-vdX.raw``) is as large as its file."""
+    if vol.name().endswith(".raw"):
+        return int(vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2])
+    return int(vol.info()[1])
 
 
 def _refreshed(pool: libvirt.virStoragePool) -> bool:

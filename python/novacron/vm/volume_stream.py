@@ -1,6 +1,7 @@
 """A volume's bytes through libvirt's storage streams (``virStorageVolDownload`` /
 ``virStorageVolUpload``), both sparse: holes in the file travel as lengths, not as
-zeros. The two ends of a storage copy (:mod:`~novacron.migration.disk_copy`).
+zeros. The two ends of a storage copy (:mod:`~novacron.migration.disk_copy`), and a raw
+volume's copy in the pool (:func:`copy`, ``vm.clone``).
 
 Blocking, like every libvirt call: each method runs on a worker thread of the
 hypervisor pool, one thread at a time per stream. libvirt's errors become NovaCron's
@@ -88,6 +89,26 @@ class VolumeWriter:
         """``complete``: everything was written, libvirt confirms it (or reports what
         failed); else the upload is abandoned."""
         _end(self._stream, complete)
+
+
+def copy(conn: libvirt.virConnect, source: str, dest: str) -> None:
+    """The bytes of the volume at ``source`` into the new, empty volume at ``dest``, as
+    they are (holes as holes)."""
+    reader = VolumeReader(conn, source)
+    done = False
+    try:
+        writer = VolumeWriter(conn, dest)
+        try:
+            while (piece := reader.read()) != b"":
+                if isinstance(piece, int):
+                    writer.skip(piece)
+                else:
+                    writer.write(piece)
+            done = True
+        finally:
+            writer.close(done)
+    finally:
+        reader.close(done)
 
 
 def _end(stream: libvirt.virStream, complete: bool) -> None:
