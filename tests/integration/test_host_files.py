@@ -115,22 +115,11 @@ def test_disk_images_are_looked_at_when_named(tmp_path: Path) -> None:
     d.start()
     try:
         with client(port, pki.issue("root-ops", "admin")) as admin:
-            # an admin's VM of another tenant has acme's shared.qcow2 (admins name any file)
-            admin.call(
-                "vm.create",
-                name="g1",
-                tenant="globex",
-                memory_mib=64,
-                disks=[{"path": str(acme / "shared.qcow2")}],
-            )
-            # and an admin may name an overlay of any file
-            admin.call(
-                "vm.create",
-                name="g2",
-                tenant="globex",
-                memory_mib=64,
-                disks=[{"path": str(acme / "host.qcow2")}],
-            )
+            # an admin's VM of another tenant has acme's shared.qcow2 (admins name any
+            # file), and one has an overlay of a host file
+            for name, image in (("g1", "shared.qcow2"), ("g2", "host.qcow2")):
+                disks = [{"path": str(acme / image)}]
+                admin.call("vm.create", name=name, tenant="globex", memory_mib=64, disks=disks)
         with client(port, pki.issue("alice", "operator", ("acme",))) as alice:
             made = alice.call(
                 "vm.create", name="a1", memory_mib=64, disks=[{"path": str(acme / "own.qcow2")}]
