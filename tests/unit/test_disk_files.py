@@ -98,8 +98,26 @@ def test_protocols_and_unreadable_headers_need_admin(root: Path) -> None:
     run(root, Named("path", str(nbd), "qcow2"), who=ADMIN)
     odd = acme / "odd.qcow2"  # qcow2's magic, then a version no QEMU writes
     odd.write_bytes(b"QFI\xfb" + (9).to_bytes(4, "big") + bytes(200))
-    with pytest.raises(errors.PermissionDenied, match="header cannot be checked"):
+    with pytest.raises(errors.PermissionDenied, match="chain cannot be checked"):
         run(root, Named("path", str(odd), "qcow2"))
+
+
+def test_a_chain_is_not_read_past_what_the_caller_may_name(root: Path) -> None:
+    """A backing file the caller may not name is not opened (a FIFO there would hold
+    the check for ever); one that is offered but not a file is refused to an operator,
+    and left to QEMU for an admin."""
+    acme = root / "images/acme"
+    os.mkfifo(root / "elsewhere/pipe")
+    os.mkfifo(acme / "pipe")
+    outside = overlay(acme / "out.qcow2", root / "elsewhere/pipe", "raw")
+    inside = overlay(acme / "in.qcow2", acme / "pipe", "raw")
+    chained = overlay(acme / "chained.qcow2", acme / "in.qcow2")
+    with pytest.raises(errors.PermissionDenied, match="not in a directory this node offers"):
+        run(root, Named("path", str(outside), "qcow2"))
+    with pytest.raises(errors.PermissionDenied, match="not a regular file or a block device"):
+        run(root, Named("path", str(chained), "qcow2"))
+    for disk in (outside, inside, chained):
+        run(root, Named("path", str(disk), "qcow2"), who=ADMIN)
 
 
 def test_one_file_is_one_disk_of_a_vm_by_any_name(root: Path) -> None:

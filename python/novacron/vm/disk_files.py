@@ -113,15 +113,18 @@ def _check_chain(identity: Identity, disk: Named, tenant: str, offered: host_fil
     """``permission_denied`` unless every file ``disk``'s qcow2 chain opens is offered to
     ``identity`` for VMs of ``tenant``."""
     details: dict[str, Any] = {"param": disk.param, "path": disk.path}
-    try:
-        needed = list(qcow2.chain(disk.path))
-    except (OSError, qcow2.UnreadableImage) as exc:
-        raise errors.PermissionDenied(
-            f"{disk.param} {disk.path!r}: its qcow2 header cannot be checked ({exc}); such "
-            "an image needs the admin role",
-            details,
-        ) from None
-    for file in needed:
+    needed = qcow2.chain(disk.path)
+    while True:  # (each file checked before the chain opens it)
+        try:
+            file = next(needed, None)
+        except (OSError, qcow2.UnreadableImage) as exc:
+            raise errors.PermissionDenied(
+                f"{disk.param} {disk.path!r}: its qcow2 chain cannot be checked ({exc}); "
+                "such an image needs the admin role",
+                details,
+            ) from None
+        if file is None:
+            return
         role = "backing file" if file.role == "backing" else "external data file"
         local = not qcow2.is_protocol(file.path) and (
             file.role == "backing" or os.path.isabs(file.path)

@@ -29,6 +29,7 @@ cannot read is left to QEMU, which reads the image either way.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -203,18 +204,34 @@ class Needed:
     role: str
 
 
+def _opened(path: str) -> BinaryIO:
+    """The image at ``path``, open for reading: never waiting on a FIFO, and only a
+    regular file or a block device (else :class:`UnreadableImage`)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise UnreadableImage(f"{path!r} is not a regular file or a block device")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def chain(path: str) -> Iterator[Needed]:
     """Every file QEMU opens for the image at ``path`` besides it, in the order it looks
     for them: each image's external data file, then its backing file, down the chain. It
     stops at a protocol (yielded), a file that does not exist (yielded: not read), a
-    raw image and a loop. Blocking (reads the images).
+    raw image and a loop. Each file is opened only once the caller asks for what comes
+    after it (one it may not read is not opened if it stops there). Blocking (reads the
+    images).
 
     Raises :class:`UnreadableImage` for a header it cannot use and ``OSError`` for an
     image it cannot read."""
     seen = {os.path.realpath(path)}
     current = path
     for _ in range(MAX_DEPTH):
-        with open(current, "rb") as f:
+        with _opened(current) as f:
             head = f.read(HEAD_READ)
             data = _data_file_name(f, head)
             name = _backing_name(f, head)
