@@ -82,11 +82,12 @@ def _look(disk: Named) -> tuple[int, int]:
         )
     if disk.format == "qcow2":
         try:
-            with open(disk.path, "rb") as f:
+            with qcow2.open_image(disk.path) as f:  # (swapped for a FIFO meanwhile: no wait)
                 magic = f.read(len(qcow2.MAGIC))
-        except OSError as exc:
+        except (OSError, qcow2.UnreadableImage) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise errors.InvalidParams(
-                f"{disk.param} {disk.path!r} cannot be read: {exc.strerror}", details
+                f"{disk.param} {disk.path!r} cannot be read: {why}", details
             ) from None
         if magic != qcow2.MAGIC:
             raise errors.InvalidParams(

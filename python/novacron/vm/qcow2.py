@@ -204,7 +204,7 @@ class Needed:
     role: str
 
 
-def _opened(path: str) -> BinaryIO:
+def open_image(path: str) -> BinaryIO:
     """The image at ``path``, open for reading: never waiting on a FIFO, and only a
     regular file or a block device (else :class:`UnreadableImage`)."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -231,7 +231,7 @@ def chain(path: str) -> Iterator[Needed]:
     seen = {os.path.realpath(path)}
     current = path
     for _ in range(MAX_DEPTH):
-        with _opened(current) as f:
+        with open_image(current) as f:
             head = f.read(HEAD_READ)
             data = _data_file_name(f, head)
             name = _backing_name(f, head)
