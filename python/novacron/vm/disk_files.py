@@ -26,7 +26,6 @@ Blocking (reads files): run it on a worker thread.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,30 +65,24 @@ def _identity(path: str) -> tuple[int, int] | None:
 
 
 def _look(disk: Named) -> tuple[int, int]:
-    """Checks that ``disk``'s file is there and is what its format says; its identity."""
+    """Checks that ``disk``'s file is there and is what its format says (opened once,
+    never waiting on a FIFO); its identity."""
     details: dict[str, Any] = {"param": disk.param, "path": disk.path}
     try:
-        st = os.stat(disk.path)
+        f = qcow2.open_image(disk.path)
     except FileNotFoundError:
         raise errors.InvalidParams(f"{disk.param} {disk.path!r}: no such file", details) from None
     except OSError as exc:
         raise errors.InvalidParams(
             f"{disk.param} {disk.path!r} cannot be read: {exc.strerror}", details
         ) from None
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+    except qcow2.UnreadableImage:
         raise errors.InvalidParams(
             f"{disk.param} {disk.path!r} is not a regular file or a block device", details
-        )
-    if disk.format == "qcow2":
-        try:
-            with qcow2.open_image(disk.path) as f:  # (swapped for a FIFO meanwhile: no wait)
-                magic = f.read(len(qcow2.MAGIC))
-        except (OSError, qcow2.UnreadableImage) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else str(exc)
-            raise errors.InvalidParams(
-                f"{disk.param} {disk.path!r} cannot be read: {why}", details
-            ) from None
-        if magic != qcow2.MAGIC:
+        ) from None
+    with f:
+        st = os.fstat(f.fileno())
+        if disk.format == "qcow2" and f.read(len(qcow2.MAGIC)) != qcow2.MAGIC:
             raise errors.InvalidParams(
                 f"{disk.param} {disk.path!r} is not a qcow2 image (qcow2 is the format of a "
                 'disk named by path unless it says otherwise: give "format": "raw" for a '
@@ -99,23 +92,22 @@ def _look(disk: Named) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _check_needed(disk: Named) -> None:
-    """``invalid_params`` when a file ``disk``'s qcow2 chain needs does not exist."""
-    missing = qcow2.first_missing(disk.path)
-    if missing is not None:
-        what = "backing file" if missing.role == "backing" else "external data file"
-        raise errors.InvalidParams(
-            f"{disk.param} {disk.path!r} needs its {what} {missing.path!r}, which does not exist",
-            {"param": disk.param, "path": disk.path, missing.role: missing.path},
-        )
+def _missing(disk: Named, missing: qcow2.Needed) -> errors.InvalidParams:
+    what = "backing file" if missing.role == "backing" else "external data file"
+    return errors.InvalidParams(
+        f"{disk.param} {disk.path!r} needs its {what} {missing.path!r}, which does not exist",
+        {"param": disk.param, "path": disk.path, missing.role: missing.path},
+    )
 
 
 def _check_chain(identity: Identity, disk: Named, tenant: str, offered: host_files.Offered) -> None:
     """``permission_denied`` unless every file ``disk``'s qcow2 chain opens is offered to
-    ``identity`` for VMs of ``tenant``."""
+    ``identity`` for VMs of ``tenant``; then ``invalid_params`` for one that does not
+    exist (each file checked before the chain opens it, and only once it may be named:
+    no word on files the caller may not name)."""
     details: dict[str, Any] = {"param": disk.param, "path": disk.path}
     needed = qcow2.chain(disk.path)
-    while True:  # (each file checked before the chain opens it)
+    while True:
         try:
             file = next(needed, None)
         except (OSError, qcow2.UnreadableImage) as exc:
@@ -139,6 +131,8 @@ def _check_chain(identity: Identity, disk: Named, tenant: str, offered: host_fil
         host_files.check_file(
             identity, f"{disk.param} (its {role})", file.path, "disk", tenant, offered
         )
+        if not os.path.exists(file.path):
+            raise _missing(disk, file)
 
 
 def check(
@@ -157,10 +151,11 @@ def check(
     given: dict[tuple[int, int], Named] = {}
     for disk in named:
         ident = _look(disk)
-        if disk.format == "qcow2":
-            if "admin" not in identity.roles:  # (first: no word on files it may not name)
+        if disk.format == "qcow2":  # (the chain walked once: with the offer, or without)
+            if "admin" not in identity.roles:
                 _check_chain(identity, disk, tenant, offered)
-            _check_needed(disk)
+            elif (missing := qcow2.first_missing(disk.path)) is not None:
+                raise _missing(disk, missing)
         details = {"param": disk.param, "path": disk.path}
         if ident in given:
             raise errors.InvalidParams(

@@ -43,7 +43,7 @@ from novacron.vm import domain_xml, qcow2, storage_room
 from novacron.vm.base_images import ImageSource
 from novacron.vm.service import VmService, log
 from novacron.vm.spec import MAX_DISKS, DiskSpec, VmSpec, disk_target
-from novacron.vm.unplug import TIMEOUT_S, Pending, plugged, until_released
+from novacron.vm.unplug import TIMEOUT_S, Pending, until_released
 
 
 async def _set_disk(
@@ -161,7 +161,8 @@ async def detach(
         kept = [d for d in spec.named_disks() if d.target != target]
         device = vms.disk_device(path, gone, target)
         running = runtime.state == "running"
-        if running and (live := await plugged(vms, name, find)) is not None:
+        # (the state read above, under the lock: the live XML is the running domain's)
+        if running and (live := find(await vms.hv_pool.run(vms.hv.xml, name))) is not None:
             return Pending(domain_xml.disk_xml(device), find, live.alias)
         with trio.CancelScope(shield=True):
             if running:  # (unplugged: the definition still has it)

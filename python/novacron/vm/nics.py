@@ -21,7 +21,7 @@ from novacron.net.nic import NicLimits, NicSpec, check_unique, interface_xml
 from novacron.vm.domain_xml import InterfaceDevice, parse_interfaces
 from novacron.vm.service import VmService, log
 from novacron.vm.spec import VmSpec
-from novacron.vm.unplug import TIMEOUT_S, Pending, plugged, until_released
+from novacron.vm.unplug import TIMEOUT_S, Pending, until_released
 
 
 async def attach(vms: VmService, name: str, nic: NicSpec) -> dict[str, Any]:
@@ -107,7 +107,8 @@ async def detach(
         shrunk = replace(spec, nics=tuple(n for n in spec.nics if n.mac != mac))
         xml = interface_xml(found, found.network)
         running = runtime.state == "running"
-        if running and (live := await plugged(vms, name, find)) is not None:
+        # (the state read above, under the lock: the live XML is the running domain's)
+        if running and (live := find(await vms.hv_pool.run(vms.hv.xml, name))) is not None:
             return Pending(xml, find, live.alias)
         with trio.CancelScope(shield=True):
             if running:  # (unplugged: the definition still has it)
