@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +17,16 @@ _HANDED_OUT: set[int] = set()
 
 def free_port() -> int:
     """A loopback port free now and never handed out before in this run (two calls in
-    a row could otherwise name the same port, and two listeners of one daemon clash)."""
+    a row could otherwise name the same port, and two listeners of one daemon clash).
+    Under pytest-xdist each worker takes only ports of its own residue (worker ``gwN``
+    of ``W``: port mod W = N), so two workers never name the same port."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    mine = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port: int = s.getsockname()[1]
-        if port not in _HANDED_OUT:
+        if port % workers == mine and port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
 
