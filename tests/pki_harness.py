@@ -18,15 +18,17 @@ _HANDED_OUT: set[int] = set()
 def free_port() -> int:
     """A loopback port free now and never handed out before in this run (two calls in
     a row could otherwise name the same port, and two listeners of one daemon clash).
-    Under pytest-xdist each worker takes only ports of its own residue (worker ``gwN``
-    of ``W``: port mod W = N), so two workers never name the same port."""
+    Under pytest-xdist each worker takes only ports of its own share (worker ``gwN`` of
+    ``W``: (port // 2) mod W = N), so two workers never name the same port. (Not port
+    mod W: Linux gives ``bind`` to port 0 odd ports only, leaving even ones to
+    ``connect``.)"""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     mine = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port: int = s.getsockname()[1]
-        if port % workers == mine and port not in _HANDED_OUT:
+        if (port // 2) % workers == mine and port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
 
