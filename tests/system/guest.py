@@ -92,8 +92,8 @@ AGENT_MODULES = (*VIRTIO_MODULES, "virtio_console")
 # QEMU's guest agent, from Debian's package (apt-get download + dpkg -x), with the host's
 # libraries it links (same distribution), in the initramfs at /bin/qemu-ga
 AGENT_PACKAGE = "qemu-guest-agent"
-# the workload's text (``novacron.workload``): what ``seq 1 300000`` prints
-WORKLOAD_TEXT = "".join(f"{n}\n" for n in range(1, 300001))
+# the workload's text (``novacron.workload``, /work/text): what ``seq 1 N`` prints
+WORKLOAD_TEXT_LINES = 300_000
 AGENT_MARKER = "NOVACRON-AGENT"  # novacron.agent: "NOVACRON-AGENT /dev/vport1p1" (its port)
 AGENT_HOSTNAME = "novacron-guest"
 # what the guest's /etc/os-release says (the agent reports it)
@@ -466,10 +466,9 @@ def _add_agent(tmp: Path, root: Path) -> None:
 def build() -> GuestImages:
     """Returns cached images, building them on first use (about 30 MB download)."""
     package = kernel_package()
-    # the initramfs changes with the init script: key the cache on it too
-    key = hashlib.sha256(
-        (INIT + repr(sorted(MODULE_PATHS.items())) + AGENT_PACKAGE + WORKLOAD_TEXT).encode()
-    ).hexdigest()
+    # the initramfs changes with the init script and what it ships: key the cache on them
+    made_of = (INIT, repr(sorted(MODULE_PATHS.items())), AGENT_PACKAGE, str(WORKLOAD_TEXT_LINES))
+    key = hashlib.sha256("".join(made_of).encode()).hexdigest()
     home = CACHE / f"{package}-{key[:12]}"
     images = GuestImages(kernel=home / "vmlinuz", initrd=home / "initrd.cpio")
     if images.kernel.exists() and images.initrd.exists():
@@ -487,7 +486,9 @@ def build() -> GuestImages:
         root = tmp / "initramfs"
         for sub in ("bin", "lib", "proc", "sys", "dev", "tmp", "etc", "work"):
             (root / sub).mkdir(parents=True)
-        (root / "work" / "text").write_text(WORKLOAD_TEXT)
+        (root / "work" / "text").write_text(
+            "".join(f"{n}\n" for n in range(1, WORKLOAD_TEXT_LINES + 1))
+        )
         shutil.copy2("/bin/busybox", root / "bin" / "busybox")  # busybox-static
         _add_agent(tmp, root)
         for module, path in MODULE_PATHS.items():
