@@ -65,6 +65,14 @@ def _run(argv: list[str], check: bool = True, timeout: float = 60) -> str:
     return done.stdout
 
 
+LIBVIRT_DEFINITIONS = ("qemu", "storage", "secrets")  # under /etc/libvirt
+
+
+def _defined_there(directory: str, names: list[str]) -> set[str]:
+    """What a copy of /etc/libvirt leaves out: the definitions libvirtd keeps there."""
+    return set(LIBVIRT_DEFINITIONS) & set(names) if directory == "/etc/libvirt" else set()
+
+
 @dataclass
 class Host:
     name: str
@@ -105,7 +113,12 @@ class Host:
     def start(self, peer_names: dict[str, str]) -> None:
         for d in ("lib", "log", "cache", "etc"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
-        shutil.copytree("/etc/libvirt", self.root / "etc", dirs_exist_ok=True)
+        # the machine's libvirt configuration, without what its libvirtd defined: the
+        # domains, pools and secrets of tests running there at this moment (another
+        # pytest-xdist worker) would be this host's too, and its daemon would adopt them
+        shutil.copytree(
+            "/etc/libvirt", self.root / "etc", dirs_exist_ok=True, ignore=_defined_there
+        )
         (self.root / "etc" / "libvirtd.conf").write_text(
             f'listen_tls = 0\nlisten_tcp = 1\nlisten_addr = "{self.address}"\n'
             f'auth_tcp = "none"\nhost_uuid = "{uuid.uuid4()}"\n'
