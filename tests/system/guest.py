@@ -10,6 +10,7 @@ prints a boot marker and a tick every second on the serial console.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -475,6 +476,16 @@ def build() -> GuestImages:
         return images
     CACHE.mkdir(parents=True, exist_ok=True)
     os.chmod(CACHE, 0o755)
+    # one builder at a time (pytest-xdist workers ask at once); the others find its images
+    with (CACHE / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (images.kernel.exists() and images.initrd.exists()):
+            _make(package, home)
+    return images
+
+
+def _make(package: str, home: Path) -> None:
+    """Builds the kernel and initramfs of ``package`` into ``home``."""
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp_name:
         tmp = Path(tmp_name)
         os.chmod(tmp, 0o755)
@@ -503,4 +514,3 @@ def build() -> GuestImages:
         for name in ("vmlinuz", "initrd.cpio"):
             os.chmod(tmp / name, 0o644)
             os.replace(tmp / name, home / name)
-    return images
