@@ -114,13 +114,13 @@ run_tests() {
   if [ "$#" -gt 0 ]; then
     log "pytest $*"; python -m pytest -q --durations=15 "$@"; return
   fi
-  # unit and integration tests on two workers (each test starts its own daemons, etcd and
-  # namespaces); the system tests one at a time: they share the host's libvirtd, and their
-  # TCG guests take the machine's cores
+  # two workers each (each test starts its own daemons, etcd and namespaces); the system
+  # tests after the others, grouped so that those on the machine's libvirtd never overlap
+  # (--dist loadgroup: see tests/xdist_system.py)
   log "pytest (unit, integration: 2 workers)"
   python -m pytest -q -n 2 --durations=10 tests/unit tests/integration
-  log "pytest (system)"
-  python -m pytest -q --durations=15 tests/system
+  log "pytest (system: 2 workers)"
+  python -m pytest -q -n 2 --dist loadgroup --durations=15 tests/system
 }
 
 case "${1:-}" in
