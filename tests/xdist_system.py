@@ -10,7 +10,8 @@ that). A new module is in that shared group unless it is added to :data:`OWN_HOS
 
 The grouping is made here, on the controller, from each test's node id: pytest-xdist's
 own ``xdist_group`` marks reach the scheduler as a suffix of the node id that the
-workers set, which pytest 9 no longer lets them change. The controller also starts the
+workers set, which pytest 9 no longer lets them change (pytest-dev/pytest-xdist#1386:
+the marks are silently ignored). The controller also starts the
 machine's libvirtd (when none answers) before the workers start and stops it after they
 are all done, so two workers never race to start it and neither stops it under the other.
 """
