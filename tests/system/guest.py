@@ -339,7 +339,9 @@ done
 class GuestImages:
     kernel: Path
     initrd: Path
-    cmdline: str = "console=ttyS0 panic=-1 quiet loglevel=3"
+    # cryptomgr.notests: the kernel skips its crypto self-tests (0.3 s of initcalls under
+    # TCG; the guest's boot marker came 0.8 s sooner, median of 5 boots each)
+    cmdline: str = "console=ttyS0 panic=-1 quiet loglevel=3 cryptomgr.notests"
 
     def vm(
         self, name: str, memory_mib: int = 128, options: str = "", **extra: Any
