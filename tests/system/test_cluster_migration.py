@@ -28,6 +28,7 @@ from tests.system.libvirt_host import LibvirtHost
 from tests.system.nodes import Node, TwoNodes, cli, logs, running_nodes, wait_until
 from tests.system.test_migration import (
     boot,
+    console_has,
     ended,
     intact_on,
     only_on,
@@ -315,8 +316,7 @@ def test_a_console_opened_through_another_node_is_relayed(
         # a relayed watcher may begin with the log's end (hosta reads it): the answer
         # printed and logged before it opened (virtlogd writes the log a moment after the
         # output reaches live consoles, later still on a busy machine)
-        logged = a.console("relayed")
-        wait_until(lambda: b"AGAIN-25" in logged.read_bytes(), 60, "the answer in hosta's log")
+        wait_until(lambda: console_has(a, "relayed", "AGAIN-25"), 60, "the answer in hosta's log")
         watcher = Console(watching, "relayed", watch=True, scrollback=2048)
         watcher.wait_for(b"AGAIN-25")
         assert b"AGAIN-25" in watcher.chunks[0] and len(watcher.chunks[0]) <= 2048

@@ -29,10 +29,14 @@ def boot(node: Node, name: str, images: guest.GuestImages, extra: str = "", **pa
     options = f"{WORKLOAD} {extra}"
     with node.client() as c:
         c.call("vm.create", **images.vm(name, MEMORY_MIB, options, **params))
-    wait_until(lambda: _has(node, name, guest.INTACT), 240, f"{name} workload on {node.name}")
+    wait_until(
+        lambda: console_has(node, name, guest.INTACT), 240, f"{name} workload on {node.name}"
+    )
 
 
-def _has(node: Node, vm: str, needle: str, after: int = 0) -> bool:
+def console_has(node: Node, vm: str, needle: str, after: int = 0) -> bool:
+    """Whether ``vm``'s console log on ``node`` holds ``needle`` past its first ``after``
+    characters."""
     path = node.console(vm)
     return path.exists() and needle in path.read_text(errors="replace")[after:]
 
@@ -200,7 +204,7 @@ def test_a_guest_with_two_vcpus_disks_and_a_nic_migrates_there_and_back(
             disks=[{"path": str(disk), "format": "raw"}, {"path": str(qcow2)}],
             nics=[{"network": "mignet", "model": "e1000"}],
         )
-        wait_until(lambda: _has(a, "m9", guest.DISK_READY), 60, "m9's disk on hosta")
+        wait_until(lambda: console_has(a, "m9", guest.DISK_READY), 60, "m9's disk on hosta")
         disk_in_use(a, "m9", disk)
         a.host.virsh("attach-disk", "m9", str(readonly), "vdc", "--mode", "readonly", "--live")
 
