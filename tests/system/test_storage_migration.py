@@ -14,8 +14,8 @@ from novacron.state.db import StateStore
 from tests.system import guest
 from tests.system.nodes import Node, TwoNodes, migrate, refused_by_hook, wait_until
 from tests.system.test_migration import (
-    _has,
     boot,
+    console_has,
     disk_counter,
     disk_in_use,
     intact_on,
@@ -40,7 +40,7 @@ def boot_with_pool_disk(node: Node, vm: str, images: guest.GuestImages) -> Path:
     the volume's path."""
     disk = {"size_gib": 1, "format": "raw", "limits": LIMITS}
     boot(node, vm, images, "novacron.disk", disks=[disk])
-    wait_until(lambda: _has(node, vm, guest.DISK_READY), 60, f"{vm}'s disk on {node.name}")
+    wait_until(lambda: console_has(node, vm, guest.DISK_READY), 60, f"{vm}'s disk on {node.name}")
     with node.client() as c:
         return Path(c.call("vm.get", name=vm)["disks"][0]["path"])
 
