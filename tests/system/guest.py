@@ -84,9 +84,9 @@ MODULE_PATHS = {
     "isofs": "fs/isofs/isofs.ko",
 }
 SEED_MODULES = (*DISK_MODULES, "cdrom", "isofs")
-# novacron.seed: the cloud-init seed disk found by its label and mounted:
-# "NOVACRON-SEED vdb meta-data user-data user-data=<md5>", then the meta data's lines,
-# each as "NOVACRON-SEEDMETA <line>"
+# novacron.seed: the cloud-init seed disk found by its label and mounted: the meta data's
+# lines, each as "NOVACRON-SEEDMETA <line>", then
+# "NOVACRON-SEED vdb meta-data user-data user-data=<md5>"
 SEED_MARKER = "NOVACRON-SEED"
 SEED_META = "NOVACRON-SEEDMETA"
 AGENT_MODULES = (*VIRTIO_MODULES, "virtio_console")
@@ -216,8 +216,9 @@ if grep -q novacron.seed /proc/cmdline; then
    mkdir -p /seed
    mount -t iso9660 -o ro $dev /seed
    sum=$(md5sum < /seed/user-data)
-   echo {SEED_MARKER} ${{dev#/dev/}} $(ls /seed) user-data=${{sum%% *}}
-   while read -r line; do echo {SEED_META} $line; done < /seed/meta-data) &
+   # (the meta data first: a reader that sees the marker line has every line before it)
+   while read -r line; do echo {SEED_META} $line; done < /seed/meta-data
+   echo {SEED_MARKER} ${{dev#/dev/}} $(ls /seed) user-data=${{sum%% *}}) &
 fi
 if grep -q novacron.blockwatch /proc/cmdline; then
   # every virtio disk, as it appears (at boot or hot-plugged later) and whenever its
