@@ -15,7 +15,9 @@ byte. Baselines on the same offered bytes: memcpy, lz4 alone, zstd-1 alone (each
 offered pages as one stream), and QEMU precopy (zero pages as 9-byte records, others as
 4096 bytes + an 8-byte header). The figures are for one thread; the run on all cores
 (``all_cores``) gives the encoder and the decoder every core each (the decoder reads
-batches ahead of the one it applies, so a round of one batch decodes no faster).
+batches ahead of the one it applies, so a round of one batch decodes no faster). Passes
+on one thread and on all cores alternate; each speedup is the median of the passes'
+own ratios (a pass on one thread against the pass on all cores right after it).
 Discarded warm-up passes, one on one thread and one on all cores, run first (see
 ``main``). IMAGE files are read when their round
 comes, one at a time, so a large guest's images need not fit in memory together (peak:
@@ -234,6 +236,20 @@ def median_of(passes: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return out
 
 
+def paired_speedups(
+    single: list[list[dict[str, Any]]], multi: list[list[dict[str, Any]]], key: str
+) -> list[float]:
+    """Per round, the median over the passes of one thread's time ``key`` divided by all
+    cores' in the same pass (``single[p]`` and ``multi[p]`` ran one after the other)."""
+    rounds = len(single[0])
+    return [
+        statistics.median(
+            s[n][key] / max(1e-9, m[n][key]) for s, m in zip(single, multi, strict=True)
+        )
+        for n in range(rounds)
+    ]
+
+
 def ratios(rounds: list[dict[str, Any]]) -> list[dict[str, float]]:
     out = []
     for r in rounds:
@@ -321,12 +337,14 @@ def main() -> None:
     except EngineError as e:  # (later passes make the same objects)
         raise SystemExit(f"pagebench: {e}") from None
     passes = max(1, args.passes)
-    single = median_of(
-        [run(images, 1, args.compression, cache_pages, guest_pages) for _ in range(passes)]
-    )
-    multi = median_of(
-        [run(images, cores, args.compression, cache_pages, guest_pages) for _ in range(passes)]
-    )
+    # one thread and all cores take turns, pass by pass: these machines drift over
+    # minutes, and a speedup is the median of its passes' own ratios
+    single_passes: list[list[dict[str, Any]]] = []
+    multi_passes: list[list[dict[str, Any]]] = []
+    for _ in range(passes):
+        single_passes.append(run(images, 1, args.compression, cache_pages, guest_pages))
+        multi_passes.append(run(images, cores, args.compression, cache_pages, guest_pages))
+    single, multi = median_of(single_passes), median_of(multi_passes)
     result = {
         "page_size": PAGE,
         "threads": 1,
@@ -338,16 +356,10 @@ def main() -> None:
         "all_cores": {
             "threads": cores,
             "rounds": multi,
-            "encode_speedup": [
-                s["encode_s"] / max(1e-9, m["encode_s"]) for s, m in zip(single, multi, strict=True)
-            ],
-            "encode_unscanned_speedup": [
-                s["encode_unscanned_s"] / max(1e-9, m["encode_unscanned_s"])
-                for s, m in zip(single, multi, strict=True)
-            ],
-            "decode_speedup": [
-                s["decode_s"] / max(1e-9, m["decode_s"]) for s, m in zip(single, multi, strict=True)
-            ],
+            **{
+                f"{key[:-2]}_speedup": paired_speedups(single_passes, multi_passes, key)
+                for key in ("encode_s", "encode_unscanned_s", "decode_s")
+            },
         },
     }
     if args.json:
