@@ -114,12 +114,12 @@ run_tests() {
   if [ "$#" -gt 0 ]; then
     log "pytest $*"; python -m pytest -q --durations=15 "$@"; return
   fi
-  # two workers each (each test starts its own daemons, etcd and namespaces); the system
-  # tests after the others, grouped so that those on the machine's libvirtd never overlap
-  # (--dist loadgroup: see tests/xdist_system.py)
   # every test module imports (seconds; a broken system test module otherwise shows only
   # once the unit and integration tests are done)
   log "pytest --collect-only"; python -m pytest -q --collect-only tests >/dev/null
+  # two workers each (each test starts its own daemons, etcd and namespaces); the system
+  # tests after the others, grouped so that those on the machine's libvirtd never overlap
+  # (--dist loadgroup: see tests/xdist_system.py)
   log "pytest (unit, integration: 2 workers)"
   python -m pytest -q -n 2 --durations=10 tests/unit tests/integration
   log "pytest (system: 2 workers)"

@@ -356,10 +356,11 @@ def main() -> None:
         "all_cores": {
             "threads": cores,
             "rounds": multi,
-            **{
-                f"{key[:-2]}_speedup": paired_speedups(single_passes, multi_passes, key)
-                for key in ("encode_s", "encode_unscanned_s", "decode_s")
-            },
+            "encode_speedup": paired_speedups(single_passes, multi_passes, "encode_s"),
+            "encode_unscanned_speedup": paired_speedups(
+                single_passes, multi_passes, "encode_unscanned_s"
+            ),
+            "decode_speedup": paired_speedups(single_passes, multi_passes, "decode_s"),
         },
     }
     if args.json:

@@ -6,9 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from tests import xdist_system
-from tests.xdist_system import HOST_LIBVIRTD, group_of
-
-SYSTEM = Path(__file__).resolve().parents[1] / "system"
+from tests.xdist_system import HOST_LIBVIRTD, SYSTEM, group_of
 
 
 def test_a_module_on_hosts_of_its_own_is_a_unit_of_its_own() -> None:
