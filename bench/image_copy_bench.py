@@ -113,7 +113,10 @@ def run(mib: int, seed: int, uri: str) -> dict[str, Any]:
     with scratch_pool(uri, "novacron-imagebench-", mib, seed) as (conn, pool, raw, qcow2):
         for image in (raw, qcow2):
             subprocess.run(["sync"], check=True)
-            figures = {"file_bytes": image.stat().st_size, "file_data_bytes": data_bytes(image)}
+            figures: dict[str, Any] = {
+                "file_bytes": image.stat().st_size,
+                "file_data_bytes": data_bytes(image),
+            }
             figures.update(copy(conn, pool, image))
             figures.update(baselines(pool, image, figures["format"]))
             results["images"][image.suffix[1:]] = figures

@@ -43,7 +43,9 @@ NODES, CORES, SMT = 8, 16, 2
 
 
 def topology() -> tuple[list[dict[str, Any]], list[int], list[int]]:
-    nodes, dedicated, shared = [], [], []
+    nodes: list[dict[str, Any]] = []
+    dedicated: list[int] = []
+    shared: list[int] = []
     for n in range(NODES):
         cpus = []
         for t in range(CORES * SMT):
@@ -76,9 +78,14 @@ def requests(count: int, seed: int) -> list[tuple[Any, ...]]:
 
 def build(vms: int) -> tuple[Placer, PyPlacer]:
     nodes, dedicated, shared = topology()
-    args = {"reserved_memory_mib": 4096, "shared_overcommit": 16.0}
-    rust = Placer(nodes, dedicated_cpus=dedicated, shared_cpus=shared, **args)
-    py = PyPlacer(nodes, dedicated, shared, **args)
+    rust = Placer(
+        nodes,
+        dedicated_cpus=dedicated,
+        shared_cpus=shared,
+        reserved_memory_mib=4096,
+        shared_overcommit=16.0,
+    )
+    py = PyPlacer(nodes, dedicated, shared, reserved_memory_mib=4096, shared_overcommit=16.0)
     for i in range(vms):
         req = (2, 512, "dedicated") if i % 12 == 0 else (1, 512, "shared")
         a, b = rust.allocate(f"vm{i}", *req).to_dict(), py.allocate(f"vm{i}", *req)
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def median(key: str) -> float:
         return statistics.median(p[key] for p in passes)
 
-    result = {
+    result: dict[str, Any] = {
         "host": {"nodes": NODES, "threads": NODES * CORES * SMT, "vms_placed": len(rust)},
         "decisions": len(reqs),
         "placed": sum(1 for d in rust_out if d is not None),

@@ -166,7 +166,8 @@ class PyPlacer:
 
     def _build(self, req: tuple[Any, ...], cells: list[tuple[int, int, int]]) -> dict[str, Any]:
         _, _, cpu, memory, huge = req
-        first, out = 0, []
+        first = 0
+        out: list[dict[str, Any]] = []
         for ni, vcpus, mem in cells:
             node = self.nodes[ni]
             cpus = self._pick(node, vcpus) if cpu == "dedicated" else list(node.shared)

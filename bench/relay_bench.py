@@ -208,8 +208,8 @@ async def _relayed(stream: bytes) -> dict[str, Any]:
             took = time.perf_counter() - started
             outer.cancel_scope.cancel()
     finally:
-        for stream in (src_qemu, src_side, dst_side, dst_qemu, chan_src, chan_dst):
-            await trio.aclose_forcefully(stream)
+        for end in (src_qemu, src_side, dst_side, dst_qemu, chan_src, chan_dst):
+            await trio.aclose_forcefully(end)
     lateness.sort()
     return {
         "wall_s": took,

@@ -193,7 +193,7 @@ def run(calls: int, depth: int, with_libvirt: bool = True) -> dict[str, Any]:
                 if conn is not None:
                     small["libvirt getVersion()"] = conn.getVersion
                     lists["libvirt listAllDomains()(100 domains)"] = lambda: conn.listAllDomains(0)
-                figures = interleaved(small, calls)
+                figures: dict[str, dict[str, Any]] = interleaved(small, calls)
                 figures.update(interleaved(lists, max(200, calls // 10)))
             figures["novacron session.hello"]["calls_per_s"] = round(
                 nc_pipelined(sock, "session.hello", None, calls * 4, depth)

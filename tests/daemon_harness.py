@@ -13,6 +13,10 @@ from pathlib import Path
 
 from novacron.client import SyncClient
 
+# the class below has a field named ``socket`` (the daemon's socket path), which hides the
+# module inside its body
+UnixSocket = socket.socket
+
 # flags that lift the per-identity call rate limit (a fuzz or race would mostly hit it)
 UNLIMITED = ("--rate-limit-per-s", "100000", "--rate-limit-burst", "100000")
 
@@ -82,7 +86,7 @@ class Daemon:
     def client(self, timeout: float = 60) -> SyncClient:
         return SyncClient(self.socket, timeout=timeout)
 
-    def raw(self) -> socket.socket:
+    def raw(self) -> UnixSocket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(30)
         sock.connect(str(self.socket))

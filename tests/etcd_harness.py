@@ -162,7 +162,7 @@ class EtcdCluster:
     ) -> tuple[int, str]:
         """One request to the JSON gateway (of ``member``, or the first that answers),
         from where the members run; ``body`` None: a GET."""
-        problems = []
+        problems: list[str] = []
         for m in [member] if member is not None else self.members:
             args = [m.client_url + path, json.dumps(body) if body is not None else ""]
             args += self.client_files()
@@ -182,7 +182,7 @@ class EtcdCluster:
             if done.returncode == 0:
                 status, text = json.loads(done.stdout)
                 return int(status), str(text)
-            problems.append(done.stderr.strip().splitlines()[-1:])
+            problems.extend(done.stderr.strip().splitlines()[-1:])
         raise RuntimeError(f"no etcd member answered {path}: {problems}")
 
     def healthy(self, m: Member) -> bool:

@@ -95,7 +95,7 @@ class Host:
         return _run([*self.enter(), "sh", "-ec", script], check=check, timeout=timeout)
 
     def popen(self, argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([*self.enter(), *argv], **kw)  # type: ignore[call-overload]
+        return subprocess.Popen([*self.enter(), *argv], **kw)  # type: ignore[call-overload,no-any-return]
 
     def virsh(self, *args: str, check: bool = True, timeout: float = 120) -> str:
         return _run([*self.enter(), "virsh", "-c", "qemu:///system", *args], check, timeout)
