@@ -234,7 +234,7 @@ def test_bad_local_input_is_a_clean_error_not_a_traceback(daemon: Daemon, tmp_pa
         assert c.call("net.list") == []
 
 
-def test_unreachable_daemon_exits_3(daemon: Daemon, tmp_path) -> None:
+def test_unreachable_daemon_exits_3(daemon: Daemon, tmp_path: Path) -> None:
     env = {**os.environ, "NOVACRON_SOCKET": str(tmp_path / "nope.sock")}
     done = subprocess.run(
         [sys.executable, "-m", "novacron.cli.main", "node", "info"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,8 +20,8 @@ def qemu_img(*args: str | Path) -> None:
 
 
 def test_an_operator_uses_only_the_files_offered_to_its_tenant(tmp_path: Path) -> None:
-    for d in ("images/acme", "images/globex", "boot", "elsewhere"):
-        (tmp_path / d).mkdir(parents=True)
+    for sub in ("images/acme", "images/globex", "boot", "elsewhere"):
+        (tmp_path / sub).mkdir(parents=True)
     for f in ("images/acme/root.qcow2", "images/globex/db.qcow2"):
         qemu_img("create", "-f", "qcow2", tmp_path / f, "1M")
     for f in ("boot/vmlinuz", "elsewhere/k"):
@@ -48,7 +49,7 @@ def test_an_operator_uses_only_the_files_offered_to_its_tenant(tmp_path: Path) -
                 disks=[{"path": str(tmp_path / "images/acme/root.qcow2")}, {"size_gib": 1}],
             )
             assert made["disks"][0]["path"] == str(tmp_path / "images/acme/root.qcow2")
-            refused = [
+            refused: list[tuple[dict[str, Any], str]] = [
                 ({"disks": [{"path": str(tmp_path / "images/globex/db.qcow2")}]}, "disks[0]"),
                 ({"disks": [{"path": str(tmp_path / "images/acme/sneaky.qcow2")}]}, "disks[0]"),
                 ({"disks": [{"size_gib": 1}, {"path": "/etc/shadow"}]}, "disks[1]"),
@@ -94,8 +95,8 @@ def test_disk_images_are_looked_at_when_named(tmp_path: Path) -> None:
     image called qcow2, one file as two disks and one file in two formats are refused
     with their own codes, and nothing is made."""
     acme, globex = tmp_path / "images/acme", tmp_path / "images/globex"
-    for d in (acme, globex):
-        d.mkdir(parents=True)
+    for directory in (acme, globex):
+        directory.mkdir(parents=True)
     qemu_img("create", "-f", "qcow2", globex / "db.qcow2", "1M")
     qemu_img("create", "-f", "raw", acme / "base.raw", "1M")
     qemu_img("create", "-f", "raw", acme / "plain.raw", "1M")

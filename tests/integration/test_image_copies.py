@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,8 +22,8 @@ def qemu_img(*args: str | Path) -> None:
 
 
 def test_an_operator_copies_only_offered_images_that_stand_alone(tmp_path: Path) -> None:
-    for d in ("bases", "images/acme", "elsewhere"):
-        (tmp_path / d).mkdir(parents=True)
+    for sub in ("bases", "images/acme", "elsewhere"):
+        (tmp_path / sub).mkdir(parents=True)
     base = tmp_path / "bases/debian.qcow2"
     qemu_img("create", "-f", "qcow2", base, "2G")
     qemu_img("create", "-f", "qcow2", "-b", base, "-F", "qcow2", tmp_path / "bases/over.qcow2")
@@ -56,7 +57,7 @@ def test_an_operator_copies_only_offered_images_that_stand_alone(tmp_path: Path)
             with pytest.raises(errors.PermissionDenied):
                 alice.call("image.list", tenant="globex")
             alice.call("vm.create", name="keep", memory_mib=64, disks=[{"size_gib": 1}])
-            refusals: list[tuple[dict, type[errors.NovaCronError], str, str]] = [
+            refusals: list[tuple[dict[str, Any], type[errors.NovaCronError], str, str]] = [
                 (
                     {"image": str(tmp_path / "elsewhere/x.qcow2")},
                     errors.PermissionDenied,

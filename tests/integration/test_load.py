@@ -47,9 +47,11 @@ async def test_200_clients_each_pipelining_50_calls(daemon: Daemon) -> None:
                 nursery.start_soon(pipelined_client, str(daemon.socket), i, results)
     assert len(results) == CLIENTS
     for got in results.values():
-        assert sorted(m.msgid for m in got) == list(range(PIPELINE))
-        for m in got:
-            assert isinstance(m, codec.Response) and m.error is None
+        responses = [m for m in got if isinstance(m, codec.Response)]
+        assert len(responses) == len(got)
+        assert sorted(m.msgid for m in responses) == list(range(PIPELINE))
+        for m in responses:
+            assert m.error is None
             if m.msgid % 3 == 2:
                 assert m.result["name"] == "shared"
 

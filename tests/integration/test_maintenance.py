@@ -22,7 +22,8 @@ def ended(c: SyncClient, op_id: str, timeout: float = 30) -> dict[str, Any]:
     while (doc := c.call("op.get", op=op_id))["state"] == "running":
         assert time.monotonic() < deadline, doc
         time.sleep(0.05)
-    return doc
+    ended_doc: dict[str, Any] = doc
+    return ended_doc
 
 
 def test_a_cordon_refuses_new_vms_keeps_the_old_ones_and_survives_a_restart(

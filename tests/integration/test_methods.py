@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from novacron import errors
@@ -184,7 +186,7 @@ ERROR_CASES = [
 
 
 @pytest.mark.parametrize(("code", "method", "params"), ERROR_CASES)
-def test_error_codes(daemon: Daemon, code: str, method: str, params: dict) -> None:
+def test_error_codes(daemon: Daemon, code: str, method: str, params: dict[str, Any]) -> None:
     with daemon.client() as c:
         with pytest.raises(errors.NovaCronError) as info:
             c.call(method, **params)

@@ -213,7 +213,10 @@ def test_prepare_refusals(node: Node, tmp_path: Path) -> None:
             )
         # snapshots' descriptions: each the VM's own; a running VM's only on shared storage
         xml = source_xml("s")
-        snap = {"xml": f"<domainsnapshot><name>a</name>{xml}</domainsnapshot>", "current": True}
+        snap: dict[str, Any] = {
+            "xml": f"<domainsnapshot><name>a</name>{xml}</domainsnapshot>",
+            "current": True,
+        }
         live = peer.call(
             "migration.prepare",
             vm="s",

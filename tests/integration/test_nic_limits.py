@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,7 +101,7 @@ def test_limits_are_kept_changed_and_lifted(daemon: Daemon) -> None:
         kept = got["nics"]
 
         # refused, and nothing changes
-        bad = [
+        bad: list[tuple[dict[str, Any], str]] = [
             ({"mac": MAC}, "name at least one limit"),
             ({"mac": MAC, "inbound_bytes_per_s": 999}, "at least 1000"),
             ({"mac": MAC, "inbound_bytes_per_s": 1 << 32}, "inbound_bytes_per_s"),

@@ -22,6 +22,13 @@ def read_messages(sock: socket.socket, count: int) -> list[codec.Message]:
     return out
 
 
+def read_responses(sock: socket.socket, count: int) -> list[codec.Response]:
+    """``count`` messages, each of which must be a response."""
+    out = read_messages(sock, count)
+    assert all(isinstance(m, codec.Response) for m in out), out
+    return [m for m in out if isinstance(m, codec.Response)]
+
+
 def read_until_closed(sock: socket.socket) -> list[codec.Message]:
     decoder = codec.Decoder()
     out: list[codec.Message] = []
@@ -100,7 +107,7 @@ def test_wrong_param_shape_is_invalid_params_and_connection_stays(daemon: Daemon
         sock.sendall(msgpack.packb([0, 2, "vm.get", [{"name": "a"}, {}]]))
         sock.sendall(msgpack.packb([0, 3, "vm.get", [{"name": 7}]]))
         sock.sendall(codec.encode_request(4, "session.hello"))
-        replies = read_messages(sock, 4)
+        replies = read_responses(sock, 4)
     codes = {r.msgid: (r.error or {}).get("code") for r in replies}
     assert codes == {1: "invalid_params", 2: "invalid_params", 3: "invalid_params", 4: None}
 
@@ -124,7 +131,7 @@ def test_pipelined_responses_carry_their_msgids(daemon: Daemon) -> None:
             for i in range(100)
         )
         sock.sendall(batch)
-        replies = read_messages(sock, 100)
+        replies = read_responses(sock, 100)
     assert sorted(r.msgid for r in replies) == list(range(100))
     for r in replies:
         assert r.error is None
@@ -138,7 +145,7 @@ def test_client_notifications_are_ignored(daemon: Daemon) -> None:
     with daemon.raw() as sock:
         sock.sendall(codec.encode_notification("whatever", {"a": 1}))
         sock.sendall(codec.encode_request(1, "session.hello"))
-        (reply,) = read_messages(sock, 1)
+        (reply,) = read_responses(sock, 1)
     assert reply.msgid == 1 and reply.error is None
 
 
@@ -147,5 +154,5 @@ def test_client_responses_answer_nothing_and_are_ignored(daemon: Daemon) -> None
         sock.sendall(codec.encode_response(7, None, {"x": 1}))
         sock.sendall(codec.encode_response(8, {"code": "internal", "message": "?"}, None))
         sock.sendall(codec.encode_request(1, "session.hello"))
-        (reply,) = read_messages(sock, 1)
+        (reply,) = read_responses(sock, 1)
     assert reply.msgid == 1 and reply.error is None

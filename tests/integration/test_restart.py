@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_socket_mode_is_0660(daemon: Daemon) -> None:
     assert db_mode & 0o077 == 0
 
 
-def test_second_daemon_on_same_socket_refuses(daemon: Daemon, tmp_path) -> None:
+def test_second_daemon_on_same_socket_refuses(daemon: Daemon, tmp_path: Path) -> None:
     other = Daemon(socket=daemon.socket, state_dir=tmp_path / "s2", log=tmp_path / "d2.log")
     done = subprocess.run(other.argv(), capture_output=True, timeout=60, check=False)
     assert done.returncode == 1
@@ -104,7 +105,7 @@ def test_unprivileged_caller_may_only_say_hello(daemon: Daemon) -> None:
     assert os.read(read, 200) == b"denied"
 
 
-def test_daemon_serves_while_libvirt_is_unreachable(tmp_path) -> None:
+def test_daemon_serves_while_libvirt_is_unreachable(tmp_path: Path) -> None:
     """libvirtd down at start: the daemon still serves; VM calls answer ``unavailable``."""
     d = Daemon(
         socket=tmp_path / "u.sock",

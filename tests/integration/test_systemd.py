@@ -53,7 +53,7 @@ def test_socket_activation_ready_and_watchdog(tmp_path: Path) -> None:
         stderr=log,
     )
     try:
-        messages = []
+        messages: list[bytes] = []
         deadline = time.monotonic() + 30
         while not any(m.startswith(b"READY=1") for m in messages):
             assert time.monotonic() < deadline

@@ -15,6 +15,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -47,13 +48,17 @@ def cluster_nodes(
 ) -> Iterator[TwoNodes]:
     with running_nodes(tmp_path_factory.mktemp("cluster"), cluster=True) as pair:
         for node in (pair.a, pair.b):
-            wait_until(lambda n=node: len(members(n)) == 2, 60, "both nodes registered")
+            wait_until(partial(registered, node), 60, "both nodes registered")
         yield pair
 
 
 def members(node: Node) -> list[str]:
     with node.client() as c:
         return [n["node"] for n in c.call("cluster.nodes") if n["state"] == "up"]
+
+
+def registered(node: Node) -> bool:
+    return len(members(node)) == 2
 
 
 def owner(node: Node, vm: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from tests.system import guest
 from tests.system.libvirt_host import URI
 
 
-def console(vm: dict) -> str:
+def console(vm: dict[str, Any]) -> str:
     return guest.console_text(Path(vm["console_log"]))
 
 
@@ -43,9 +43,12 @@ def ticks(text: str) -> int:
     return text.count(guest.TICK)
 
 
-def create_guest(c: SyncClient, name: str, images: guest.GuestImages, **extra) -> dict:
-    params = {"start": False, "disks": [{"size_gib": 1}], **extra}
-    return c.call("vm.create", **images.vm(name, memory_mib=256, **params))
+def create_guest(
+    c: SyncClient, name: str, images: guest.GuestImages, **extra: Any
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"start": False, "disks": [{"size_gib": 1}], **extra}
+    made: dict[str, Any] = c.call("vm.create", **images.vm(name, memory_mib=256, **params))
+    return made
 
 
 def test_boot_pause_resume_snapshot_shutdown_delete(

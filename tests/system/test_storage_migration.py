@@ -106,6 +106,7 @@ def test_a_running_vm_moves_with_its_volumes_there_and_back(
             # the guest reads back what it wrote before the move and keeps writing
             disk_in_use(dst, "lv1", there)
             assert disk_counter(there) > written
+        assert here is not None
         kept_then_swept(b, a, done["id"], here)
     finally:
         for node in (a, b):

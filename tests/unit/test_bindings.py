@@ -23,7 +23,7 @@ async def test_bindings_give_roles_and_tenants(tmp_path: Path) -> None:
     await b.bind("user:alice", "operator", ["acme"])
     await b.bind("group:auditors", "viewer", ["acme", "beta"])
     alice = b.apply(unix("alice", ("staff", "auditors")))
-    assert alice.roles == {"operator", "viewer"} and alice.tenants == {"acme", "beta"}
+    assert alice.roles == {"operator", "viewer"} and alice.tenants == frozenset({"acme", "beta"})
     assert b.apply(unix("carol")).roles == frozenset()
     admin = Identity(kind="unix", user="root", roles=frozenset({"admin"}), tenants=None)
     assert b.apply(admin) is admin

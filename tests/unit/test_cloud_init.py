@@ -7,6 +7,7 @@ import io
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pycdlib
 import pytest
@@ -58,7 +59,7 @@ def test_the_files_and_the_default_meta_data() -> None:
         ({"user_data": "x", "vendor_data": "y"}, "cloud_init"),
     ],
 )
-def test_refusals(raw: dict, param: str) -> None:
+def test_refusals(raw: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidParams) as refused:
         cloud_init.parse("cloud_init", raw, "web1")
     assert refused.value.details["param"] == param

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from typing import Any
 
 import msgpack
 import pytest
@@ -120,7 +121,10 @@ def test_a_message_of_many_small_items_over_the_limit_is_too_large(chunk: int) -
     (an empty map is one byte, and some 70 bytes of memory): the limit must still hold
     for the message's bytes, however it is cut."""
     decoder = codec.Decoder(max_message_size=4096)
-    params = [[{}] * 3000, [{}] * 3000]  # 6,000-odd bytes, each array under the limit
+    params: list[list[dict[str, int]]] = [
+        [{}] * 3000,
+        [{}] * 3000,
+    ]  # 6,000-odd bytes, each array under the limit
     data = msgpack.packb([0, 1, "m", params])
     with pytest.raises(ProtocolError) as info:
         for i in range(0, len(data), chunk):
@@ -216,9 +220,10 @@ def test_a_request_at_the_servers_limits_is_taken() -> None:
     tenants = [f"t{i}" for i in range(codec.REQUEST_MAX_ITEMS)]
     options = {f"k{i}": i for i in range(codec.REQUEST_MAX_ITEMS)}
     # the message, its params, the named map, tenants, options and maps' list are six
-    maps = [{} for _ in range(codec.REQUEST_MAX_CONTAINERS - 6)]
+    maps: list[dict[str, int]] = [{} for _ in range(codec.REQUEST_MAX_CONTAINERS - 6)]
     data = codec.encode_request(1, "m", {"tenants": tenants, "options": options, "maps": maps})
     (request,) = server_decoder().feed(data)
+    assert isinstance(request, codec.Request)
     assert request.params == [{"tenants": tenants, "options": options, "maps": maps}]
 
 
@@ -231,7 +236,9 @@ def test_a_request_at_the_servers_limits_is_taken() -> None:
         ({"deep": [[[[[{}]]]]] * 60}, "a message holds more than 256 arrays and maps"),
     ],
 )
-def test_a_request_past_the_servers_limits_is_too_large(params: dict, message: str) -> None:
+def test_a_request_past_the_servers_limits_is_too_large(
+    params: dict[str, Any], message: str
+) -> None:
     data = codec.encode_request(1, "m", params)
     decoder = server_decoder()
     with pytest.raises(ProtocolError) as info:
@@ -240,7 +247,8 @@ def test_a_request_past_the_servers_limits_is_too_large(params: dict, message: s
     assert info.value.code == "too_large"
     assert info.value.message.startswith(message)
     # a client reads answers of any shape within the size limit
-    assert codec.Decoder(1 << 20).feed(data)[0].params == [params]
+    (request,) = codec.Decoder(1 << 20).feed(data)
+    assert isinstance(request, codec.Request) and request.params == [params]
 
 
 def test_one_message_within_the_limits_cannot_take_much_memory() -> None:

@@ -202,7 +202,8 @@ def test_tls_listen_needs_its_files(tmp_path: Path) -> None:
 def test_connection_limits(tmp_path: Path) -> None:
     c = config.Config()
     limits = (c.max_connections, c.max_connections_per_identity, c.message_timeout_s)
-    assert limits == (4096, 128, 60) and c.tls_max_handshakes == 256
+    assert limits == (4096, 128, 60.0)
+    assert c.tls_max_handshakes == 256
     assert c.max_pending_bytes == 256 << 20
     f = tmp_path / "n.toml"
     f.write_text(

@@ -5,6 +5,7 @@ scripted peer on the other end of an in-memory stream, speaking the real codec t
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -31,7 +32,7 @@ class Cluster:
         self.closed = trio.Event()
 
     @asynccontextmanager
-    async def peer(self, node: str, notification_buffer: float) -> AsyncIterator[Client]:
+    async def peer(self, node: str, notification_buffer: float = math.inf) -> AsyncIterator[Client]:
         ours, theirs = trio.testing.memory_stream_pair()
         try:
             async with trio.open_nursery() as nursery:

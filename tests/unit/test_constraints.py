@@ -74,7 +74,9 @@ def test_pip_is_pinned() -> None:
 def test_the_suite_runs_on_the_pinned_versions() -> None:
     """bootstrap.sh installed with the constraints (maturin lives in pip's build
     environment, not here)."""
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    installed: dict[str, str] = {
+        canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()
+    }
     wrong = {
         name: (installed[name], str(version))
         for name, version in PINS.items()

@@ -34,7 +34,8 @@ async def test_set_keeps_the_first_since_clear_and_reload(tmp_path: Path) -> Non
     assert "node 'node1' is cordoned (and firmware): it takes no new VMs" in refused.value.message
     again = Cordon(store, Pool("sqlite", 1), "node1")  # as after a restart
     await again.load()
-    assert again.state == second
+    loaded = again.state  # (a name of its own: mypy would keep it narrowed past the reload)
+    assert loaded == second
     assert await cordon.clear() is True
     assert await cordon.clear() is False
     assert changes == [1, 1, 1]  # two sets and the one clear that changed something

@@ -214,7 +214,7 @@ def test_the_encoders_output_is_a_read_only_view_that_outlives_the_encoder() -> 
     assert isinstance(first, memoryview) and first.readonly
     kept = bytes(first)
     with pytest.raises(TypeError):
-        first[0] = 0  # type: ignore[index]
+        first[0] = 0
     image[5 * PAGE] ^= 1
     again = enc.encode(bytes(image), [5])
     del enc

@@ -1,15 +1,22 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from novacron.state.db import StateStore
+from novacron.state.db import StateStore, VmRecord
+
+
+def vm(store: StateStore, name: str) -> VmRecord:
+    got = store.get_vm(name)
+    assert got is not None, name
+    return got
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> StateStore:
+def store(tmp_path: Path) -> Iterator[StateStore]:
     s = StateStore(tmp_path / "state.db")
     yield s
     s.close()
@@ -27,7 +34,7 @@ def test_reopen_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
     s.insert_vm("v1", "u1", "t", {"vcpus": 1, "memory_mib": 64})
     s.close()
     s2 = StateStore(tmp_path / "a.db")
-    assert s2.get_vm("v1").spec == {"vcpus": 1, "memory_mib": 64}
+    assert vm(s2, "v1").spec == {"vcpus": 1, "memory_mib": 64}
     s2.close()
 
 
@@ -36,7 +43,7 @@ def test_crud(store: StateStore) -> None:
     assert rec.desired_state == "stopped"
     store.set_desired_state("v1", "running")
     store.set_uuid("v1", "u2")
-    got = store.get_vm("v1")
+    got = vm(store, "v1")
     assert (got.desired_state, got.uuid) == ("running", "u2")
     assert [r.name for r in store.list_vms()] == ["v1"]
     assert store.delete_vm("v1")
@@ -56,13 +63,13 @@ def test_duplicate_name_is_refused_and_changes_nothing(store: StateStore) -> Non
     store.insert_vm("v1", "u1", "t", {})
     with pytest.raises(sqlite3.IntegrityError):
         store.insert_vm("v1", "u9", "t", {})
-    assert store.get_vm("v1").uuid == "u1"
+    assert vm(store, "v1").uuid == "u1"
 
 
 def test_hostile_names_are_data(store: StateStore) -> None:
     evil = "x'); DROP TABLE vms; --"
     store.insert_vm(evil, "u1", "t", {})
-    assert store.get_vm(evil).name == evil
+    assert vm(store, evil).name == evil
     assert len(store.list_vms()) == 1
 
 
@@ -70,7 +77,7 @@ def test_invalid_desired_state_is_refused(store: StateStore) -> None:
     store.insert_vm("v1", "u1", "t", {})
     with pytest.raises(sqlite3.IntegrityError):
         store.set_desired_state("v1", "flying")
-    assert store.get_vm("v1").desired_state == "stopped"
+    assert vm(store, "v1").desired_state == "stopped"
 
 
 def test_node_settings_set_replace_remove_and_persist(tmp_path: Path) -> None:

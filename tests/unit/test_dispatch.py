@@ -41,7 +41,9 @@ def registry() -> Registry:
     return reg
 
 
-async def call(reg: Registry, identity: Identity, method: str, params: list[Any]) -> tuple:
+async def call(
+    reg: Registry, identity: Identity, method: str, params: list[Any]
+) -> tuple[Any, ...]:
     return await reg.call(CallContext(identity), Request(1, method, params))
 
 

@@ -25,6 +25,13 @@ def plan(spec: VmSpec, domain_type: str = "qemu") -> domain_xml.DomainPlan:
     )
 
 
+def attr(root: ET.Element, path: str, name: str) -> str | None:
+    """Attribute ``name`` of the element at ``path``, which must exist."""
+    element = root.find(path)
+    assert element is not None, path
+    return element.get(name)
+
+
 def test_disk_targets() -> None:
     assert [disk_target(i) for i in (0, 1, 25, 26, 27)] == [
         "vda",
@@ -50,16 +57,15 @@ def test_build_direct_kernel_boot_guest() -> None:
     assert root.get("type") == "qemu"
     assert root.findtext("name") == "g1"
     assert root.findtext("vcpu") == "2"
-    assert root.find("memory").get("unit") == "MiB"
+    assert attr(root, "memory", "unit") == "MiB"
     assert root.findtext("os/kernel") == "/k/vmlinuz"
     assert root.findtext("os/initrd") == "/k/initrd"
     assert root.findtext("os/cmdline") == "console=ttyS0 quiet"
-    serial = root.find("devices/serial")
-    assert serial.get("type") == "pty"  # a console a client can open
-    assert serial.find("log").get("file") == "/var/lib/novacron/consoles/x.log"
-    assert serial.find("log").get("append") == "on"
-    assert root.find("devices/disk/target").get("dev") == "vda"
-    assert root.find("devices/disk/driver").get("type") == "qcow2"
+    assert attr(root, "devices/serial", "type") == "pty"  # a console a client can open
+    assert attr(root, "devices/serial/log", "file") == "/var/lib/novacron/consoles/x.log"
+    assert attr(root, "devices/serial/log", "append") == "on"
+    assert attr(root, "devices/disk/target", "dev") == "vda"
+    assert attr(root, "devices/disk/driver", "type") == "qcow2"
 
 
 @given(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -24,7 +25,7 @@ ADMIN = Identity(kind="tls", user="root", roles=frozenset({"admin"}), tenants=No
 
 def vm(tenant: str = "acme", *, disk: Path | None = None, **boot: Path) -> VmSpec:
     disks = (DiskSpec(path=str(disk), format="raw"),) if disk else ()
-    files = {k: str(v) for k, v in boot.items()}
+    files: dict[str, Any] = {k: str(v) for k, v in boot.items()}
     return VmSpec(name="v", vcpus=1, memory_mib=64, tenant=tenant, disks=disks, **files)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -84,7 +85,7 @@ def test_every_line_of_the_exposition_is_well_formed(
     samples(text)
 
 
-ROWS = [
+ROWS: list[dict[str, Any]] = [
     {
         "name": "web",
         "tenant": "acme",

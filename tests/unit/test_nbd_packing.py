@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from novacron.blocking import Pool
 from novacron.migration import frames, nbd_packing
+from novacron.migration.disk_wire import LZ4, RAW, ZERO, ZSTD
 from novacron.migration.frames import FrameError
-from novacron.migration.nbd_packing import LZ4, MAX_PIECE, RAW, ZERO, ZSTD, Packer, Unpacker
+from novacron.migration.nbd_packing import MAX_PIECE, Packer, Unpacker
 
 HEAD = struct.Struct(">BIIB")  # frame type, frame length, piece length, codec
 
@@ -143,7 +144,8 @@ def test_the_packing_is_what_both_ends_know() -> None:
 
 async def test_a_packed_channel_carries_bytes_both_ways_and_counts_the_wire() -> None:
     ours, theirs = trio.testing.memory_stream_pair()
-    sent, received = [], []
+    sent: list[int] = []
+    received: list[int] = []
     engine = Pool("test-engine", 2)
     near = nbd_packing.PackedChannel(ours, LZ4, engine, sent.append, received.append)
     far = nbd_packing.PackedChannel(theirs, ZSTD, engine)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -87,7 +88,7 @@ def test_limits_round_trip_as_stored_and_as_requested(
     stored = nic.to_dict()
     assert ("limits" in stored) == bool(inbound or outbound)
     assert NicSpec.from_dict(stored) == nic
-    requested = {"network": "lan", "mac": nic.mac, "model": model}
+    requested: dict[str, Any] = {"network": "lan", "mac": nic.mac, "model": model}
     if limits is not None:
         requested["limits"] = limits.to_dict()
     assert parse_nic(requested, "nic") == nic

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -64,7 +67,7 @@ def test_params_reader() -> None:
         ({"x": True}, lambda p: p.number("x", 0, 1, 0)),
     ],
 )
-def test_params_refusals(args: dict, reader) -> None:
+def test_params_refusals(args: dict[str, Any], reader: Callable[[Params], object]) -> None:
     with pytest.raises(InvalidParams):
         reader(Params(args))
 

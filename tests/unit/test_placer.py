@@ -193,7 +193,7 @@ def test_place_many_is_place_for_each(host: Any, reqs: list[Any]) -> None:
             placer.allocate("seed", 1, 64, "shared" if shared else "dedicated")
         except errors.InsufficientResources:
             pass
-    expected = []
+    expected: list[Any] = []
     for req in reqs:
         try:
             expected.append(placer.place(*req))

@@ -40,6 +40,8 @@ async def migrate(
     stops reading after that many bytes (its side then has no buffer at all).
     ``qemu_dies_after``: the destination QEMU closes its connection after that many."""
     src_qemu, src_relay_side = trio.testing.memory_stream_pair()
+    dst_relay_side: trio.abc.HalfCloseableStream
+    dst_qemu: trio.abc.HalfCloseableStream
     if reads_until is None:
         dst_relay_side, dst_qemu = trio.testing.memory_stream_pair()
     else:
@@ -308,20 +310,22 @@ async def test_the_destination_queue_holds_a_bounded_number_of_bytes() -> None:
     ends the consumer after the last chunk."""
     queue = relay._ByteQueue(100)
     got: list[bytes] = []
-    await queue.put(b"a" * 60)
+    await queue.put(memoryview(b"a" * 60))
     with trio.move_on_after(0.05) as waited:
-        await queue.put(b"b" * 60)  # 120 > 100: waits
+        await queue.put(memoryview(b"b" * 60))  # 120 > 100: waits
     assert waited.cancelled_caught
 
     async def consume() -> None:
         while (chunk := await queue.get()) is not None:
-            got.append(chunk)
+            got.append(bytes(chunk))
             queue.taken(len(chunk))
 
     async with trio.open_nursery() as n:
         n.start_soon(consume)
-        await queue.put(b"b" * 60)
-        await queue.put(b"c" * 250)  # alone over the limit: let in once the queue is empty
+        await queue.put(memoryview(b"b" * 60))
+        await queue.put(
+            memoryview(b"c" * 250)
+        )  # alone over the limit: let in once the queue is empty
         queue.close()
     assert got == [b"a" * 60, b"b" * 60, b"c" * 250]
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -90,7 +91,7 @@ def test_full() -> None:
         {"name": "a", "colour": "red"},
     ],
 )
-def test_refusals(args: dict) -> None:
+def test_refusals(args: dict[str, Any]) -> None:
     with pytest.raises(InvalidParams):
         create(**args)
 
@@ -228,7 +229,9 @@ REQUESTS = st.fixed_dictionaries(
 
 
 @given(REQUESTS)
-def test_a_stored_spec_from_elsewhere_reads_back_as_the_spec_it_was(request: dict) -> None:
+def test_a_stored_spec_from_elsewhere_reads_back_as_the_spec_it_was(
+    request: dict[str, Any],
+) -> None:
     spec, _ = create(**request)
     assert stored_spec(spec.to_dict()) == spec
     # disks attached where one was detached keep their names
@@ -250,12 +253,12 @@ ANY_JSON = st.recursive(
 
 @given(REQUESTS, st.data())
 def test_a_mangled_stored_spec_is_refused_as_invalid_params_or_read(
-    request: dict, data: st.DataObject
+    request: dict[str, Any], data: st.DataObject
 ) -> None:
     """Another node's spec with any value of any type anywhere: a spec, or invalid_params
     (such specs reached placement and XML building and failed as internal errors)."""
     doc = create(**request)[0].to_dict()
-    place: dict = doc
+    place: dict[str, Any] = doc
     if doc["disks"] and data.draw(st.booleans()):
         place = data.draw(st.sampled_from(doc["disks"]))
     elif doc["nics"] and data.draw(st.booleans()):
@@ -288,7 +291,7 @@ def test_a_mangled_stored_spec_is_refused_as_invalid_params_or_read(
         ({"extra": 1}, "spec"),
     ],
 )
-def test_stored_spec_refusals_name_the_key(change: dict, param: str) -> None:
+def test_stored_spec_refusals_name_the_key(change: dict[str, Any], param: str) -> None:
     doc = {**VmSpec(name="a", vcpus=1, memory_mib=64).to_dict(), **change}
     with pytest.raises(InvalidParams) as refused:
         stored_spec(doc)

@@ -117,7 +117,7 @@ async def test_the_watch_says_when_the_pool_falls_short_and_has_room_again(
     watch = vms.storage
     changes: list[bool | None] = []
     watch.on_change = lambda: changes.append(watch.short)
-    assert watch.short is None  # not looked yet
+    assert (watch.short, changes) == (None, [])  # not looked yet
     await watch.look()
     await watch.look()
     assert (watch.short, changes) == (False, [False])  # (told once)

@@ -138,7 +138,7 @@ def test_released_bytes_are_lent_read_only_and_never_reused_while_held(
     stream, _ = iterations(rounds, seed)
     wire, _ = sent(stream, 4096)
     receiver = StreamReceiver()
-    held = []
+    held: list[memoryview | bytes] = []
     for f in wire:
         released = receiver.apply(f)
         assert isinstance(released, memoryview) and released.readonly
