@@ -134,6 +134,7 @@ def run(
     compression: str,
     cache_pages: int,
     pages: int | None = None,
+    zstd_level: int = 1,
 ) -> list[dict[str, Any]]:
     """One pass over the rounds. Round k's dirty pages come from the engine's scan of
     image k (its hashes against image k-1's), and the encoder takes the offered pages'
@@ -146,7 +147,11 @@ def run(
 
     def encoder() -> _core.PageEncoder:
         return _core.PageEncoder(
-            guest, compression=compression, threads=threads, delta_cache_pages=cache_pages
+            guest,
+            compression=compression,
+            zstd_level=zstd_level,
+            threads=threads,
+            delta_cache_pages=cache_pages,
         )
 
     enc = encoder()
@@ -293,6 +298,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--compression", default="lz4", choices=["lz4", "zstd", "none"])
     parser.add_argument(
+        "--zstd-level", type=int, default=1, help="the engine's zstd level (--compression zstd)"
+    )
+    parser.add_argument(
         "--delta-cache-mib",
         type=int,
         default=None,
@@ -306,6 +314,10 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.zstd_level != 1 and args.compression != "zstd":
+        parser.error("--zstd-level is for --compression zstd")
+    if not 1 <= args.zstd_level <= 19:  # (as vm.migrate's zstd_level)
+        parser.error("--zstd-level must be 1 to 19")
     images: list[Image]
     if args.synthetic:
         generated = generate(args.mib, args.rounds, seed=1)
@@ -331,9 +343,9 @@ def main() -> None:
     # read ahead, up to 16 block buffers, and the encoder's per-thread buffers, which
     # the engine keeps for the next encoder and decoder).
     try:
-        run(images, 1, args.compression, cache_pages, guest_pages)
+        run(images, 1, args.compression, cache_pages, guest_pages, args.zstd_level)
         if cores > 1:
-            run(images, cores, args.compression, cache_pages, guest_pages)
+            run(images, cores, args.compression, cache_pages, guest_pages, args.zstd_level)
     except EngineError as e:  # (later passes make the same objects)
         raise SystemExit(f"pagebench: {e}") from None
     passes = max(1, args.passes)
@@ -342,14 +354,19 @@ def main() -> None:
     single_passes: list[list[dict[str, Any]]] = []
     multi_passes: list[list[dict[str, Any]]] = []
     for _ in range(passes):
-        single_passes.append(run(images, 1, args.compression, cache_pages, guest_pages))
-        multi_passes.append(run(images, cores, args.compression, cache_pages, guest_pages))
+        single_passes.append(
+            run(images, 1, args.compression, cache_pages, guest_pages, args.zstd_level)
+        )
+        multi_passes.append(
+            run(images, cores, args.compression, cache_pages, guest_pages, args.zstd_level)
+        )
     single, multi = median_of(single_passes), median_of(multi_passes)
     result = {
         "page_size": PAGE,
         "threads": 1,
         "passes": passes,
         "compression": args.compression,
+        "zstd_level": args.zstd_level,
         "delta_cache_pages": cache_pages,
         "rounds": single,
         "ratios": ratios(single),

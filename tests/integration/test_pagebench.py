@@ -69,6 +69,25 @@ def test_pagebench_json_shape_on_a_small_synthetic_guest(form: str, tmp_path: Pa
     assert all(r["verified"] for r in result["all_cores"]["rounds"])
 
 
+def test_pagebench_takes_the_engines_zstd_level() -> None:
+    args = ("--synthetic", "--mib", "8", "--rounds", "2", "--passes", "1", "--json")
+    at_1 = json.loads(pagebench(*args, "--compression", "zstd", check=True).stdout)
+    at_9 = json.loads(
+        pagebench(*args, "--compression", "zstd", "--zstd-level", "9", check=True).stdout
+    )
+    assert (at_1["zstd_level"], at_9["zstd_level"]) == (1, 9)
+    assert all(r["verified"] for r in at_9["rounds"])
+    # a higher level makes fewer bytes of the same images; the zstd-1 baseline stays as it is
+    assert at_9["rounds"][0]["wire_bytes"] < at_1["rounds"][0]["wire_bytes"]
+    assert [r["baselines"]["zstd1_bytes"] for r in at_9["rounds"]] == [
+        r["baselines"]["zstd1_bytes"] for r in at_1["rounds"]
+    ]
+    for wrong, message in (("lz4", "is for --compression zstd"), ("zstd", "must be 1 to 19")):
+        level = "3" if wrong == "lz4" else "20"
+        done = pagebench(*args, "--compression", wrong, "--zstd-level", level)
+        assert done.returncode == 2 and message in done.stderr
+
+
 @pytest.mark.parametrize(
     ("sizes", "message"),
     [
