@@ -19,7 +19,6 @@ pages, the issue's later-round target being at most 0.5. Nothing is timed.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
@@ -36,7 +35,7 @@ if not __package__:  # run as `python bench/block_anatomy.py`: the repository's 
 
 from tests import wire_reference as spec
 
-from bench.pagebench import Image, check_images, load, offered_bytes
+from bench.pagebench import Image, check_images, image_arguments, load, offered_bytes
 from bench.synth import generate
 from novacron import _core
 
@@ -209,12 +208,7 @@ def run(images: Sequence[Image], compression: str) -> list[dict[str, Any]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("images", nargs="*", type=Path)
-    parser.add_argument("--synthetic", action="store_true", help="generate the images (synth.py)")
-    parser.add_argument("--mib", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--compression", default="lz4", choices=["lz4", "zstd"])
+    parser = image_arguments(__doc__, ["lz4", "zstd"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     images: list[Image]

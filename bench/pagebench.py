@@ -290,13 +290,20 @@ def check_images(parser: argparse.ArgumentParser, paths: list[Path]) -> int:
     return sizes[0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def image_arguments(doc: str, codecs: Sequence[str]) -> argparse.ArgumentParser:
+    """A parser of the images a page-engine bench takes (IMAGEs or ``--synthetic``) and
+    of ``--compression`` (one of ``codecs``)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("images", nargs="*", type=Path)
     parser.add_argument("--synthetic", action="store_true", help="generate the images (synth.py)")
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--compression", default="lz4", choices=["lz4", "zstd", "none"])
+    parser.add_argument("--compression", default="lz4", choices=list(codecs))
+    return parser
+
+
+def main() -> None:
+    parser = image_arguments(__doc__, ["lz4", "zstd", "none"])
     parser.add_argument(
         "--zstd-level", type=int, default=1, help="the engine's zstd level (--compression zstd)"
     )

@@ -4,7 +4,6 @@ written through libvirt's sparse storage streams, holes as lengths, in pieces of
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import tempfile
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from bench.disk_copy_bench import data_bytes
 
 from novacron import errors
 from novacron.vm import volume_stream
@@ -59,23 +59,16 @@ def sparse_file(path: Path, layout: list[tuple[int, int]], size: int, seed: int)
     return bytes(image)
 
 
-def data_bytes(path: Path) -> int:
-    """Bytes of ``path`` in data extents (SEEK_DATA / SEEK_HOLE)."""
-    total, at = 0, 0
-    with path.open("rb") as f:
-        fd, size = f.fileno(), os.fstat(f.fileno()).st_size
-        while at < size:
-            try:
-                start = os.lseek(fd, at, os.SEEK_DATA)
-            except OSError:
-                break
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-            total, at = total + end - start, end
-    return total
-
-
-def refreshed(conn: libvirt.virConnect, where: Path) -> None:
+def source_volume(
+    pool: tuple[libvirt.virConnect, Path], seed: int
+) -> tuple[libvirt.virConnect, Path, Path, bytes]:
+    """A sparse raw volume of :data:`LAYOUT` in ``pool``: (connection, the pool's
+    directory, the volume's path, its bytes)."""
+    conn, where = pool
+    source = where / "source.raw"
+    image = sparse_file(source, LAYOUT, SIZE, seed)
     conn.storagePoolLookupByName(where.name).refresh(0)
+    return conn, where, source, image
 
 
 def new_volume(conn: libvirt.virConnect, where: Path, name: str, size: int) -> Path:
@@ -91,10 +84,7 @@ def new_volume(conn: libvirt.virConnect, where: Path, name: str, size: int) -> P
 def test_a_volume_reads_as_its_data_and_its_holes_in_order(
     pool: tuple[libvirt.virConnect, Path],
 ) -> None:
-    conn, where = pool
-    source = where / "source.raw"
-    image = sparse_file(source, LAYOUT, SIZE, seed=1)
-    refreshed(conn, where)
+    conn, _, source, image = source_volume(pool, seed=1)
     reader = VolumeReader(conn, str(source))
     pieces: list[bytes | int] = []
     while (piece := reader.read()) != b"":
@@ -115,10 +105,7 @@ def test_a_volume_reads_as_its_data_and_its_holes_in_order(
 def test_a_copy_is_byte_for_byte_and_keeps_the_holes(
     pool: tuple[libvirt.virConnect, Path],
 ) -> None:
-    conn, where = pool
-    source = where / "source.raw"
-    image = sparse_file(source, LAYOUT, SIZE, seed=2)
-    refreshed(conn, where)
+    conn, where, source, image = source_volume(pool, seed=2)
     dest = new_volume(conn, where, "copy.raw", SIZE)
     volume_stream.copy(conn, str(source), str(dest))
     assert dest.read_bytes() == image
