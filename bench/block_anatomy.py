@@ -35,7 +35,14 @@ if not __package__:  # run as `python bench/block_anatomy.py`: the repository's 
 
 from tests import wire_reference as spec
 
-from bench.pagebench import Image, check_images, image_arguments, load, offered_bytes
+from bench.pagebench import (
+    Image,
+    check_images,
+    dirty_pages,
+    image_arguments,
+    load,
+    offered_bytes,
+)
 from bench.synth import generate
 from novacron import _core
 
@@ -95,13 +102,13 @@ def take_apart(batch: bytes) -> Batch:
     block = spec.Receiver.decompress(
         codec, body[records_len : records_len + block_len], block_raw_len
     )
-    parts = Batch(len(batch), block_len, block)
     reader, payloads = spec.Reader(body[:records_len]), spec.Reader(block)
     pages, controls, literals = bytearray(), bytearray(), bytearray()
+    kinds: Counter[str] = Counter()
     named = 0
     while named < records:
         kind = reader.take(1)[0]
-        parts.records[KIND_NAMES[kind]] += 1
+        kinds[KIND_NAMES[kind]] += 1
         reader.zigzag()
         named += 1
         if kind in (spec.ZERO_RUN, spec.UNCHANGED_RUN):
@@ -118,8 +125,9 @@ def take_apart(batch: bytes) -> Batch:
             literals += literal
         elif kind in (spec.LZ4, spec.ZSTD):
             pages += payloads.take(PAGE)
-    parts.pages, parts.controls, parts.literals = bytes(pages), bytes(controls), bytes(literals)
-    return parts
+    return Batch(
+        len(batch), block_len, block, bytes(pages), bytes(controls), bytes(literals), kinds
+    )
 
 
 def lz4_fast(data: bytes) -> int:
@@ -198,7 +206,7 @@ def run(images: Sequence[Image], compression: str) -> list[dict[str, Any]]:
             raise SystemExit(f"round {n}: the image is not the first one's size")
         scan = _core.scan_pages(image)
         bitmap = scan.dirty_since(previous.hashes)
-        indices = [i for i in range(guest) if bitmap[i >> 3] >> (i & 7) & 1]
+        indices = dirty_pages(bitmap, guest)
         wire = bytes(encoder.encode(image, indices, scan))
         zstd1_bytes = len(zstandard.ZstdCompressor(level=1).compress(offered_bytes(image, indices)))
         batches = [take_apart(b) for b in spec.batches(wire)]

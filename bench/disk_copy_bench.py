@@ -86,12 +86,11 @@ def data_bytes(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def scratch_pool(
-    uri: str, prefix: str, mib: int, seed: int
-) -> Iterator[tuple[libvirt.virConnect, libvirt.virStoragePool, Path, Path]]:
-    """A libvirt directory pool of the bench's own under /var/tmp holding a raw image of
-    the mix (``mib``, ``seed``) and a qcow2 image of it: (connection, pool, raw, qcow2);
-    all of it removed at the end."""
+def dir_pool(
+    uri: str, prefix: str
+) -> Iterator[tuple[libvirt.virConnect, libvirt.virStoragePool, Path]]:
+    """A libvirt directory pool of its own in a new directory under /var/tmp named
+    ``prefix``...: (connection, pool, directory); pool and directory removed at the end."""
     conn = libvirt.open(uri)
     where = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     where.chmod(0o755)
@@ -100,16 +99,26 @@ def scratch_pool(
         0,
     )
     try:
+        yield conn, pool, where
+    finally:
+        pool.destroy()
+        conn.close()
+        shutil.rmtree(where, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_pool(
+    uri: str, prefix: str, mib: int, seed: int
+) -> Iterator[tuple[libvirt.virConnect, libvirt.virStoragePool, Path, Path]]:
+    """A :func:`dir_pool` holding a raw image of the mix (``mib``, ``seed``) and a qcow2
+    image of it: (connection, pool, raw, qcow2)."""
+    with dir_pool(uri, prefix) as (conn, pool, where):
         raw = where / "source.raw"
         write_volume(raw, mib, seed)
         qcow2 = where / "source.qcow2"
         subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], check=True)
         pool.refresh(0)
         yield conn, pool, raw, qcow2
-    finally:
-        pool.destroy()
-        conn.close()
-        shutil.rmtree(where, ignore_errors=True)
 
 
 def arguments(doc: str) -> argparse.Namespace:

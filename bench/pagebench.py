@@ -55,6 +55,11 @@ Image = bytes | Path  # a file is read when its round comes (one image in memory
 VERIFY_PAGES = 16384  # the receiver's pages compared a slice (64 MiB) at a time
 
 
+def dirty_pages(bitmap: bytes, pages: int) -> list[int]:
+    """The page indices set in a scan's dirty bitmap (``PageScan.dirty_since``)."""
+    return [i for i in range(pages) if bitmap[i >> 3] >> (i & 7) & 1]
+
+
 def offered_bytes(image: bytes, indices: list[int]) -> bytes:
     view = memoryview(image)
     return b"".join(view[i * PAGE : (i + 1) * PAGE] for i in indices)
@@ -170,7 +175,7 @@ def run(
         scan_s = time.perf_counter() - start
         indices = None
         if bitmap is not None:
-            indices = [i for i in range(guest) if bitmap[i >> 3] >> (i & 7) & 1]
+            indices = dirty_pages(bitmap, guest)
         previous = scan.hashes
         wire, encode_s = timed(enc.encode, image, indices, scan)
         _, decode_s = timed(dec.decode, wire)
@@ -349,10 +354,14 @@ def main() -> None:
     # in for every contender alike (all cores hold more at once: the decoder's batches
     # read ahead, up to 16 block buffers, and the encoder's per-thread buffers, which
     # the engine keeps for the next encoder and decoder).
+
+    def one_pass(threads: int) -> list[dict[str, Any]]:
+        return run(images, threads, args.compression, cache_pages, guest_pages, args.zstd_level)
+
     try:
-        run(images, 1, args.compression, cache_pages, guest_pages, args.zstd_level)
+        one_pass(1)
         if cores > 1:
-            run(images, cores, args.compression, cache_pages, guest_pages, args.zstd_level)
+            one_pass(cores)
     except EngineError as e:  # (later passes make the same objects)
         raise SystemExit(f"pagebench: {e}") from None
     passes = max(1, args.passes)
@@ -361,12 +370,8 @@ def main() -> None:
     single_passes: list[list[dict[str, Any]]] = []
     multi_passes: list[list[dict[str, Any]]] = []
     for _ in range(passes):
-        single_passes.append(
-            run(images, 1, args.compression, cache_pages, guest_pages, args.zstd_level)
-        )
-        multi_passes.append(
-            run(images, cores, args.compression, cache_pages, guest_pages, args.zstd_level)
-        )
+        single_passes.append(one_pass(1))
+        multi_passes.append(one_pass(cores))
     single, multi = median_of(single_passes), median_of(multi_passes)
     result = {
         "page_size": PAGE,

@@ -25,8 +25,9 @@ def read_messages(sock: socket.socket, count: int) -> list[codec.Message]:
 def read_responses(sock: socket.socket, count: int) -> list[codec.Response]:
     """``count`` messages, each of which must be a response."""
     out = read_messages(sock, count)
-    assert all(isinstance(m, codec.Response) for m in out), out
-    return [m for m in out if isinstance(m, codec.Response)]
+    responses = [m for m in out if isinstance(m, codec.Response)]
+    assert len(responses) == len(out), out
+    return responses
 
 
 def read_until_closed(sock: socket.socket) -> list[codec.Message]:

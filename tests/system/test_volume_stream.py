@@ -5,14 +5,12 @@ written through libvirt's sparse storage streams, holes as lengths, in pieces of
 from __future__ import annotations
 
 import random
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
-from bench.disk_copy_bench import data_bytes
+from bench.disk_copy_bench import data_bytes, dir_pool
 
 from novacron import errors
 from novacron.vm import volume_stream
@@ -29,19 +27,8 @@ SIZE = 8 * MIB
 @pytest.fixture
 def pool(libvirt_host: LibvirtHost) -> Iterator[tuple[libvirt.virConnect, Path]]:
     """A directory pool of its own under /var/tmp: (connection, its directory)."""
-    conn = libvirt.open(URI)
-    where = Path(tempfile.mkdtemp(prefix="novacron-volstream-", dir="/var/tmp"))
-    where.chmod(0o755)
-    pool = conn.storagePoolCreateXML(
-        f"<pool type='dir'><name>{where.name}</name><target><path>{where}</path></target></pool>",
-        0,
-    )
-    try:
+    with dir_pool(URI, "novacron-volstream-") as (conn, _, where):
         yield conn, where
-    finally:
-        pool.destroy()
-        conn.close()
-        shutil.rmtree(where, ignore_errors=True)
 
 
 def sparse_file(path: Path, layout: list[tuple[int, int]], size: int, seed: int) -> bytes:

@@ -8,6 +8,7 @@ from collections import Counter
 import lz4.block
 import zstandard
 from bench.block_anatomy import Batch, anatomy, run, split_delta, take_apart
+from bench.pagebench import dirty_pages
 from bench.synth import generate
 from hypothesis import given
 from hypothesis import strategies as st
@@ -57,7 +58,7 @@ def later_round(compression: str = "lz4") -> tuple[bytes, list[int]]:
     scan = _core.scan_pages(first)
     encoder.encode(first, None, scan)
     bitmap = _core.scan_pages(second).dirty_since(scan.hashes)
-    indices = [i for i in range(guest) if bitmap[i >> 3] >> (i & 7) & 1]
+    indices = dirty_pages(bitmap, guest)
     return bytes(encoder.encode(second, indices)), indices
 
 
