@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from bench.migration_bench import CpuMeter
 
@@ -18,6 +19,17 @@ VCPU = [
 ]
 
 
+def wait_for_name(pid: int, name: str) -> None:
+    """Until the process's main thread is called ``name``: the interpreter's start
+    (before the rename) is not a vCPU's time, and a loaded machine can spend more
+    than a sample's interval on it."""
+    comm = Path(f"/proc/{pid}/comm")
+    deadline = time.monotonic() + 30
+    while comm.read_text().strip() != name:
+        assert time.monotonic() < deadline, f"{pid} never named itself {name!r}"
+        time.sleep(0.01)
+
+
 def test_the_cpu_meter_tells_source_from_destination_and_threads_apart() -> None:
     """A process there at the first sample is the source's, one that appears later the
     destination's; each thread's CPU lands under its role and name, and the parts add
@@ -26,6 +38,7 @@ def test_the_cpu_meter_tells_source_from_destination_and_threads_apart() -> None
     vcpu = subprocess.Popen(VCPU)
     destination = None
     try:
+        wait_for_name(vcpu.pid, "ALL CPUs/TCG")
         roles = {source.pid: "qemu", vcpu.pid: "qemu"}
         with CpuMeter(lambda: dict(roles)) as cpu:
             time.sleep(0.4)
