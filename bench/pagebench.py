@@ -18,6 +18,7 @@ offered pages as one stream), and QEMU precopy (zero pages as 9-byte records, ot
 batches ahead of the one it applies, so a round of one batch decodes no faster). Passes
 on one thread and on all cores alternate; each speedup is the median of the passes'
 own ratios (a pass on one thread against the pass on all cores right after it).
+The issue's targets are judged on these figures (``targets``; ``bench/page_targets.py``).
 Discarded warm-up passes, one on one thread and one on all cores, run first (see
 ``main``). IMAGE files are read when their round
 comes, one at a time, so a large guest's images need not fit in memory together (peak:
@@ -46,6 +47,7 @@ if not __package__:  # run as `python bench/pagebench.py`: the repository's pack
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import memory_image
+from bench.page_targets import table, verdicts
 from bench.synth import generate
 from novacron import _core
 from novacron.errors import EngineError
@@ -392,6 +394,7 @@ def main() -> None:
             "decode_speedup": paired_speedups(single_passes, multi_passes, "decode_s"),
         },
     }
+    result["targets"] = verdicts(result)
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -422,6 +425,9 @@ def main() -> None:
         print(f"round {n}: " + ", ".join(f"{k}={v:.2f}" for k, v in q.items()))
     for key in ("encode_speedup", "encode_unscanned_speedup", "decode_speedup"):
         print(f"all cores {key}: " + ", ".join(f"{x:.2f}" for x in result["all_cores"][key]))
+    print("issue #3's targets (bench/page_targets.py; * a round outside the limit):")
+    for line in table(result["targets"]):
+        print("  " + line)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,15 @@ def test_pagebench_json_shape_on_a_small_synthetic_guest(form: str, tmp_path: Pa
     assert 0 < result["rounds"][1]["pages"] < 8 * 256  # later rounds only the dirty ones
     assert result["all_cores"]["threads"] >= 1
     assert all(r["verified"] for r in result["all_cores"]["rounds"])
+    # the issue's targets, judged on the run's own figures
+    targets = {t["target"]: t for t in result["targets"]}
+    assert len(targets) == 10
+    later = targets["later rounds wire ≤ 0.5x zstd-1"]
+    assert later["rounds"] == [1, 2]
+    assert later["values"] == [q["wire_vs_zstd1"] for q in result["ratios"][1:]]
+    assert later["met"] == all(v <= 0.5 for v in later["values"])
+    encode = targets["all cores ≥ 1.7x, encode"]
+    assert encode["values"] == result["all_cores"]["encode_speedup"]
 
 
 def test_pagebench_takes_the_engines_zstd_level() -> None:
@@ -86,6 +95,18 @@ def test_pagebench_takes_the_engines_zstd_level() -> None:
         level = "3" if wrong == "lz4" else "20"
         done = pagebench(*args, "--compression", wrong, "--zstd-level", level)
         assert done.returncode == 2 and message in done.stderr
+
+
+def test_pagebench_prints_a_verdict_for_each_target() -> None:
+    done = pagebench("--synthetic", "--mib", "8", "--rounds", "2", "--passes", "1", check=True)
+    lines = done.stdout.splitlines()
+    at = lines.index("issue #3's targets (bench/page_targets.py; * a round outside the limit):")
+    verdicts = lines[at + 1 :]
+    assert len(verdicts) == 10
+    assert verdicts[0].split()[:6] == ["round", "0", "wire", "≤", "0.9x", "zstd-1"]
+    for line in verdicts:
+        assert (" met " in line) != (" MISSED " in line), line
+        assert " r0 " in line or " r1 " in line
 
 
 @pytest.mark.parametrize(
