@@ -121,6 +121,21 @@ def test_non_string_map_keys_are_a_protocol_error(daemon: Daemon) -> None:
     assert isinstance(note, codec.Notification) and note.method == "protocol.error"
 
 
+def test_a_key_twice_in_a_map_is_a_protocol_error(daemon: Daemon) -> None:
+    # {"name": "a", "name": "b"}: which one counts would be up to the reader
+    twice = b"\x94\x00\x03\xa6vm.get\x91\x82\xa4name\xa1a\xa4name\xa1b"
+    with daemon.raw() as sock:
+        sock.sendall(codec.encode_request(1, "session.hello") + twice)
+        hello, note = read_until_closed(sock)
+    assert isinstance(hello, codec.Response) and hello.error is None
+    assert isinstance(note, codec.Notification) and note.method == "protocol.error"
+    assert note.params == [
+        {"code": "invalid_request", "message": "a map holds the key 'name' twice"}
+    ]
+    with daemon.client() as c:
+        assert c.call("session.hello")["server"] == "novacrond"
+
+
 def test_pipelined_responses_carry_their_msgids(daemon: Daemon) -> None:
     with daemon.client() as c:
         c.call("vm.create", name="p1")

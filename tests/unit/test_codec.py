@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import random
 import tracemalloc
 from typing import Any
 
@@ -248,6 +249,52 @@ def test_a_request_past_the_servers_limits_is_too_large(
     assert info.value.message.startswith(message)
     # a client reads answers of any shape within the size limit
     (request,) = codec.Decoder(1 << 20).feed(data)
+    assert isinstance(request, codec.Request) and request.params == [params]
+
+
+def map_bytes(pairs: list[tuple[str, int]]) -> bytes:
+    """A msgpack map of these pairs, in this order, repeats included (a dict cannot
+    hold a key twice)."""
+    out = bytearray(b"\xde" + len(pairs).to_bytes(2, "big"))
+    for key, value in pairs:
+        out += msgpack.packb(key) + msgpack.packb(value)
+    return bytes(out)
+
+
+def request_with(params_map: bytes) -> bytes:
+    return b"\x94\x00\x01\xa6vm.get\x91" + params_map
+
+
+@pytest.mark.parametrize(
+    "params_map",
+    [
+        map_bytes([("name", 1), ("name", 2)]),
+        map_bytes([("name", 1), ("tenant", 2), ("name", 1)]),
+        # a map inside the arguments
+        b"\x81\xa5disks\x91" + map_bytes([("size_gib", 1), ("format", 2), ("size_gib", 3)]),
+    ],
+)
+def test_a_key_twice_in_a_map_of_a_request_is_a_protocol_error(params_map: bytes) -> None:
+    """Which of the two a reader keeps is up to the reader (this one would keep the
+    last): a request must mean the same to every reader, so it is not taken."""
+    data = codec.encode_request(1, "session.hello") + request_with(params_map)
+    with pytest.raises(ProtocolError) as info:
+        server_decoder().feed(data)
+    assert info.value.code == "invalid_request"
+    assert "twice" in info.value.message
+    assert [m.msgid for m in info.value.decoded] == [1]  # the one before is still answered
+
+
+@given(
+    st.dictionaries(st.text(max_size=8), st.integers(-(2**63), 2**64 - 1), max_size=20),
+    st.randoms(),
+)
+def test_maps_of_distinct_keys_decode_whatever_their_order(
+    params: dict[str, int], rnd: random.Random
+) -> None:
+    pairs = list(params.items())
+    rnd.shuffle(pairs)
+    (request,) = server_decoder().feed(request_with(map_bytes(pairs)))
     assert isinstance(request, codec.Request) and request.params == [params]
 
 

@@ -134,7 +134,7 @@ class Decoder:
         if max_items is not None:
             counted.update(max_array_len=max_items, max_map_len=max_items)
         if max_containers is not None:
-            counted.update(list_hook=self._count, object_hook=self._count)
+            counted.update(list_hook=self._count, object_pairs_hook=self._count_map)
         self._unpacker = msgpack.Unpacker(
             raw=False,
             use_list=True,
@@ -199,11 +199,29 @@ class Decoder:
         """Counts an array or map the unpacker has just completed (its hooks)."""
         self._containers += 1
         if self._containers > self._max_containers:
-            raise ProtocolError(
-                f"a message holds more than {self._max_containers} arrays and maps",
-                code="too_large",
-            )
+            raise self._too_many()
         return container
+
+    def _too_many(self) -> ProtocolError:
+        return ProtocolError(
+            f"a message holds more than {self._max_containers} arrays and maps", code="too_large"
+        )
+
+    def _count_map(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        """A map the unpacker has just completed, from its pairs: counted, and refused
+        when a key comes twice (which one a reader keeps is up to the reader: a
+        request means one thing to every reader or is not taken)."""
+        self._containers += 1  # (as _count does: inline, this runs for every map)
+        if self._containers > self._max_containers:
+            raise self._too_many()
+        made = dict(pairs)
+        if len(made) != len(pairs):
+            seen: set[Any] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    raise ProtocolError(f"a map holds the key {key!r:.40} twice")
+                seen.add(key)
+        return made
 
     def _too_large(self) -> ProtocolError:
         return ProtocolError(
