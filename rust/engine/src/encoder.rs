@@ -13,7 +13,7 @@
 //! 4. the delta cache is brought up to what the receiver now holds: deltas applied to
 //!    cached bases in place and new contents copied in (both in parallel when many).
 
-use crate::batch::{encode_batch, zstd_compress_into, Plan, Scratch, Source};
+use crate::batch::{encode_batch, zstd_compress_into, Batch, Plan, Scratch, Source};
 use crate::cache::PageCache;
 use crate::error::{EngineError, Result};
 use crate::fasthash::{FastMap, FastSet};
@@ -374,9 +374,10 @@ impl Encoder {
                 round.decide(config.dedup, receiver, idx, facts),
             ))
         };
-        // each batch is framed in a buffer from `frames` and copied to `out` in order
-        // as soon as it and those before it are done (the buffers go back for the next
-        // batches: memory already touched, not a fresh allocation per batch)
+        // with helpers, each batch is framed in a buffer from `frames` and copied to
+        // `out` in order as soon as it and those before it are done (the buffers go back
+        // for the next batches: memory already touched, not a fresh allocation per
+        // batch); one thread frames each batch in `out` itself
         let threads = workers.threads();
         // where `out` will end once every batch built so far is copied in (in any order:
         // their lengths add up the same): a builder faults in its batch's share of
@@ -416,26 +417,54 @@ impl Encoder {
         // of them (`own`: base hash, new hash, where the delta is in `own_bytes`)
         let (mut own_bytes, mut own) = (Vec::new(), Vec::new());
         let mut failed = None;
-        workers.each_made_in_order(
-            indices.len().div_ceil(size),
-            decide,
-            build,
-            |(batch, frame)| {
-                match batch {
-                    Ok(batch) if failed.is_none() => {
-                        stats.add(&batch.stats);
-                        stats.wire_bytes += frame.len() as u64;
-                        out.extend_from_slice(&frame);
-                        batch.keep_in_place(&mut own_bytes, &mut own);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        failed.get_or_insert(e);
-                    }
+        let mut done = |batch: Result<Batch>, wire: usize| match batch {
+            Ok(batch) if failed.is_none() => {
+                stats.add(&batch.stats);
+                stats.wire_bytes += wire as u64;
+                batch.keep_in_place(&mut own_bytes, &mut own);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                failed.get_or_insert(e);
+                false
+            }
+        };
+        if threads == 1 {
+            // one thread builds each batch in turn, in order: framed where it goes, in
+            // `out` (a frame of its own would be one more copy of every byte sent)
+            let mut decide = decide;
+            let mut buffers = scratch.take_or_shelved(&SCRATCH_SHELF);
+            while let Some((first, idx, plans)) = decide() {
+                let start = out.len();
+                let batch = encode_batch(
+                    config,
+                    source,
+                    first,
+                    (cache, announced),
+                    idx,
+                    &plans,
+                    &mut buffers,
+                    out,
+                );
+                if !done(batch, out.len() - start) {
+                    out.truncate(start); // (decisions go on: as with more threads)
                 }
-                frames.give(frame, threads + 1);
-            },
-        );
+            }
+            scratch.give(buffers, threads);
+        } else {
+            workers.each_made_in_order(
+                indices.len().div_ceil(size),
+                decide,
+                build,
+                |(batch, frame)| {
+                    if done(batch, frame.len()) {
+                        out.extend_from_slice(&frame);
+                    }
+                    frames.give(frame, threads + 1);
+                },
+            );
+        }
         if let Some(e) = failed {
             return Err(e);
         }

@@ -162,6 +162,33 @@ fn batches_read_ahead_apply_in_order_and_a_bad_one_stops_the_rest() {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// One thread frames each batch where it goes in the output; more threads frame
+    /// them apart and copy them in, in order. With as many batches as need no
+    /// rebalancing over the threads (all pages offered, batches of 2: at least 8), the
+    /// two streams are the same bytes.
+    #[test]
+    fn one_thread_writes_the_bytes_more_threads_do(
+        rounds in proptest::collection::vec(proptest::collection::vec(change(), 0..12), 1..5),
+        codec in prop_oneof![Just(Codec::Lz4), Just(Codec::Zstd), Just(Codec::None)],
+    ) {
+        let mut image = vec![0u8; PAGES * PAGE_SIZE];
+        let mut one = Encoder::new(PAGES, config(codec, true, 64, 2, 1)).unwrap();
+        let mut two = Encoder::new(PAGES, config(codec, true, 64, 2, 2)).unwrap();
+        let all: Vec<u64> = (0..PAGES as u64).collect();
+        for (round, changes) in rounds.iter().enumerate() {
+            for c in changes { apply(&mut image, c); }
+            let mut out = vec![7u8; 5]; // appended to, after what it held
+            one.encode_into(&image, &all, None, &mut out).unwrap();
+            prop_assert!(out[..5] == [7u8; 5]);
+            let wire = two.encode(&image, &all).unwrap();
+            prop_assert!(out[5..] == wire[..], "round {round}");
+            prop_assert_eq!(one.stats.wire_bytes, two.stats.wire_bytes);
+        }
+    }
+}
+
 #[test]
 fn a_decoder_takes_1_to_1024_threads() {
     assert!(Decoder::with_threads(4, 0).is_err());
