@@ -388,23 +388,21 @@ impl Encoder {
         let bound = indices.len().saturating_mul(MAX_WIRE_PER_PAGE);
         let room =
             (out.capacity() - out.len() >= bound).then(|| (out.as_ptr() as usize, out.capacity()));
-        let build = |(first, idx, plans): (usize, &[u64], Vec<Plan>)| {
+        // a decided batch built in `buffers`, framed at the end of `frame`
+        let build_into = |(first, idx, plans): (usize, &[u64], Vec<Plan>),
+                          buffers: &mut Scratch,
+                          frame: &mut Vec<u8>| {
+            let held = (cache, announced);
+            encode_batch(config, source, first, held, idx, &plans, buffers, frame)
+        };
+        let build = |job: (usize, &[u64], Vec<Plan>)| {
             let mut buffers = scratch.take_or_shelved(&SCRATCH_SHELF);
             let mut frame = frames.take_or_shelved(&FRAME_SHELF);
             frame.clear();
             // room for any batch of this encoder (address space only), so that a
             // frame is not made again for a batch longer than the last it held
             crate::mem::reserve(&mut frame, config.batch_pages * MAX_WIRE_PER_PAGE);
-            let batch = encode_batch(
-                config,
-                source,
-                first,
-                (cache, announced),
-                idx,
-                &plans,
-                &mut buffers,
-                &mut frame,
-            );
+            let batch = build_into(job, &mut buffers, &mut frame);
             scratch.give(buffers, threads);
             let at = frontier.fetch_add(frame.len(), Ordering::Relaxed);
             if let Some((base, _)) = room.filter(|&(_, capacity)| at + frame.len() <= capacity) {
@@ -435,18 +433,9 @@ impl Encoder {
             // `out` (a frame of its own would be one more copy of every byte sent)
             let mut decide = decide;
             let mut buffers = scratch.take_or_shelved(&SCRATCH_SHELF);
-            while let Some((first, idx, plans)) = decide() {
+            while let Some(job) = decide() {
                 let start = out.len();
-                let batch = encode_batch(
-                    config,
-                    source,
-                    first,
-                    (cache, announced),
-                    idx,
-                    &plans,
-                    &mut buffers,
-                    out,
-                );
+                let batch = build_into(job, &mut buffers, out);
                 if !done(batch, out.len() - start) {
                     out.truncate(start); // (decisions go on: as with more threads)
                 }
