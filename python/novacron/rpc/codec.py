@@ -199,21 +199,17 @@ class Decoder:
         """Counts an array or map the unpacker has just completed (its hooks)."""
         self._containers += 1
         if self._containers > self._max_containers:
-            raise self._too_many()
+            raise ProtocolError(
+                f"a message holds more than {self._max_containers} arrays and maps",
+                code="too_large",
+            )
         return container
-
-    def _too_many(self) -> ProtocolError:
-        return ProtocolError(
-            f"a message holds more than {self._max_containers} arrays and maps", code="too_large"
-        )
 
     def _count_map(self, pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
         """A map the unpacker has just completed, from its pairs: counted, and refused
         when a key comes twice (which one a reader keeps is up to the reader: a
         request means one thing to every reader or is not taken)."""
-        self._containers += 1  # (as _count does: inline, this runs for every map)
-        if self._containers > self._max_containers:
-            raise self._too_many()
+        self._count(pairs)
         made = dict(pairs)
         if len(made) != len(pairs):
             seen: set[Any] = set()

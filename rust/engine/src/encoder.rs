@@ -357,7 +357,7 @@ impl Encoder {
         let mut round = Round::new(indices);
         let size = balanced_batch(indices.len(), config.batch_pages, workers.threads());
         let mut chunks = indices.chunks(size).enumerate();
-        let decide = || {
+        let mut decide = || {
             let (n, idx) = chunks.next()?;
             if let Some(scan) = scan {
                 facts.extend(idx.iter().map(|&i| scan.page(i as usize)));
@@ -431,7 +431,6 @@ impl Encoder {
         if threads == 1 {
             // one thread builds each batch in turn, in order: framed where it goes, in
             // `out` (a frame of its own would be one more copy of every byte sent)
-            let mut decide = decide;
             let mut buffers = scratch.take_or_shelved(&SCRATCH_SHELF);
             while let Some(job) = decide() {
                 let start = out.len();
