@@ -10,7 +10,8 @@ ROOT=$(pwd)
 VENV="$ROOT/.venv"
 export PATH="$VENV/bin:$HOME/.cargo/bin:$PATH"
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# each step with the minutes and seconds since the script began (where CI's time goes)
+log() { printf '\033[1m==> [%d:%02d] %s\033[0m\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 
 DEV_PACKAGES=(libvirt-dev libvirt-clients pkg-config gcc python3-venv python3-dev)
 TEST_PACKAGES=(libvirt-daemon libvirt-daemon-driver-qemu
@@ -124,6 +125,7 @@ run_tests() {
   python -m pytest -q -n 2 --durations=10 tests/unit tests/integration
   log "pytest (system: 2 workers)"
   python -m pytest -q -n 2 --dist loadgroup --durations=15 tests/system
+  log "every check and test passed"
 }
 
 case "${1:-}" in
