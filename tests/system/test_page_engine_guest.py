@@ -1,9 +1,11 @@
-"""The page engine on a real guest's memory: images read through libvirt, encoded in
-rounds, decoded and verified (the benchmark harness's path, on a TCG guest); and the
-harness reading `virsh dump --memory-only`'s ELF dumps of the same guest.
+"""The page engine on a real guest's memory: images taken through libvirt as
+``bench.guest_images`` takes them (memory-only dumps, read back), encoded in rounds,
+decoded and verified (the benchmark harness's path, on a TCG guest); and the harness
+reading `virsh dump --memory-only`'s ELF dumps of the same guest, checked against the
+guest's memory peeked through ``virDomainMemoryPeek`` at the same moment.
 
-One guest serves both (a 128 MiB image read through ``virDomainMemoryPeek``, 64 KiB a
-call, takes about 15 s under TCG)."""
+One guest serves both (peeking a whole 128 MiB image, 64 KiB a call, would take about
+16 s under TCG; a dump takes under a second)."""
 
 from __future__ import annotations
 
@@ -14,20 +16,13 @@ from pathlib import Path
 import libvirt
 import pytest
 from bench import memory_image
-from bench.guest_images import CHUNK, capture, workload_guest
+from bench.guest_images import CHUNK, capture, dump, workload_guest
 from bench.pagebench import run
 
 from tests.system.libvirt_host import URI, LibvirtHost
 
 MEMORY_MIB = 128
 EVERY_NTH_CHUNK = 16  # the dump is checked against the guest's memory at these chunks
-
-
-def memory_only_dump(dom: libvirt.virDomain, path: Path) -> None:
-    """What `virsh dump --memory-only DOMAIN PATH` does (its default format: ELF)."""
-    dom.coreDumpWithFormat(
-        str(path), libvirt.VIR_DOMAIN_CORE_DUMP_FORMAT_RAW, libvirt.VIR_DUMP_MEMORY_ONLY
-    )
 
 
 def sampled_chunks(dom: libvirt.virDomain, size: int) -> dict[int, bytes]:
@@ -45,28 +40,33 @@ def test_a_running_guests_memory_round_trips_as_images_and_as_dumps(
     size = MEMORY_MIB << 20
     with tempfile.TemporaryDirectory(prefix="novacron-dumps-", dir="/var/tmp") as tmp:
         dumps = [Path(tmp) / f"dump.{n}.elf" for n in range(2)]
+        scratch = Path(tmp) / "capture"
+        scratch.mkdir()
         conn = libvirt.open(URI)
         try:
             with workload_guest(conn, MEMORY_MIB, settle=1.0, name="pagebench") as dom:
-                images = list(capture(dom, count=2, interval=1.0))
+                images = list(capture(dom, count=2, interval=1.0, dump_dir=scratch))
                 dom.suspend()  # one moment for the dump and the peeks
                 try:
-                    memory_only_dump(dom, dumps[0])
+                    dump(dom, dumps[0])  # (virsh dump --memory-only)
                     peeked = sampled_chunks(dom, size)
                 finally:
                     dom.resume()
                 time.sleep(1.0)
-                memory_only_dump(dom, dumps[1])
+                dump(dom, dumps[1])
             with pytest.raises(libvirt.libvirtError):
                 conn.lookupByName("pagebench")  # destroyed, and transient: gone
         finally:
             conn.close()
 
-        # the harness's own images, read through libvirt
-        assert [len(i) for i in images] == [size, size]
-        rounds = run(images, threads=1, compression="lz4", cache_pages=size // 4096)
+        # the harness's own images: the guest's RAM and its firmware's ROM, as the dump
+        # lays them out; the dumps they were read from are gone
+        assert list(scratch.iterdir()) == []
+        image_size = len(images[0])
+        assert image_size > size and [len(i) for i in images] == [image_size] * 2
+        rounds = run(images, threads=1, compression="lz4", cache_pages=image_size // 4096)
         assert all(r["verified"] for r in rounds)
-        assert rounds[0]["pages"] == size // 4096
+        assert rounds[0]["pages"] == image_size // 4096
         # the workload keeps dirtying memory between images, but not all of it
         assert 0 < rounds[1]["pages"] < rounds[0]["pages"] // 2
         for r in rounds:
