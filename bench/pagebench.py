@@ -11,7 +11,9 @@ Round 0 offers every page; round k offers the pages whose hash differs from imag
 found by the engine's own scan, whose hashes the encoder takes (``encode_unscanned_s``:
 the same rounds through an encoder that hashes the pages itself). Each round is encoded,
 decoded on a fresh receiver that has seen the earlier rounds, and verified byte for
-byte. Baselines on the same offered bytes: memcpy, lz4 alone, zstd-1 alone (each over the
+byte; ``records`` counts what the encoder sent the round's pages as (zero, unchanged, dup,
+delta, delta_from, compressed, raw: its ``stats()``), the mix that explains a guest's
+figures. Baselines on the same offered bytes: memcpy, lz4 alone, zstd-1 alone (each over the
 offered pages as one stream), and QEMU precopy (zero pages as 9-byte records, others as
 4096 bytes + an 8-byte header). The figures are for one thread; the run on all cores
 (``all_cores``) gives the encoder and the decoder every core each (the decoder reads
@@ -55,6 +57,15 @@ from novacron.errors import EngineError
 PAGE = _core.PAGE_SIZE
 Image = bytes | Path  # a file is read when its round comes (one image in memory at a time)
 VERIFY_PAGES = 16384  # the receiver's pages compared a slice (64 MiB) at a time
+
+
+# what the encoder sent each offered page as (its `stats()` counters): the round's mix
+RECORD_KINDS = ("zero", "unchanged", "dup", "delta", "delta_from", "compressed", "raw")
+
+
+def records_line(n: int, records: dict[str, int]) -> str:
+    """A round's record counts, for the printed report."""
+    return f"round {n} pages sent as: " + ", ".join(f"{k} {records[k]}" for k in RECORD_KINDS)
 
 
 def dirty_pages(bitmap: bytes, pages: int) -> list[int]:
@@ -179,7 +190,9 @@ def run(
         if bitmap is not None:
             indices = dirty_pages(bitmap, guest)
         previous = scan.hashes
+        counted = enc.stats()
         wire, encode_s = timed(enc.encode, image, indices, scan)
+        counts = enc.stats()
         _, decode_s = timed(dec.decode, wire)
         offered = list(range(guest)) if indices is None else indices
         data = image if indices is None else offered_bytes(image, offered)
@@ -192,6 +205,7 @@ def run(
                 "encode_s": encode_s,
                 "decode_s": decode_s,
                 "verified": matches(dec, image),
+                "records": {k: counts[k] - counted[k] for k in RECORD_KINDS},
                 "image_memcpy_s": memcpy_time(image),
                 "baselines": baselines(data),
             }
@@ -421,6 +435,8 @@ def main() -> None:
             str(r["verified"]),
         ]
         print(" ".join(cells))
+    for n, r in enumerate(single):
+        print(records_line(n, r["records"]))
     for n, q in enumerate(result["ratios"]):
         print(f"round {n}: " + ", ".join(f"{k}={v:.2f}" for k, v in q.items()))
     for key in ("encode_speedup", "encode_unscanned_speedup", "decode_speedup"):

@@ -63,6 +63,7 @@ def test_pagebench_json_shape_on_a_small_synthetic_guest(form: str, tmp_path: Pa
             "qemu_bytes",
         }
         assert r["wire_bytes"] < r["baselines"]["qemu_bytes"]
+        assert sum(r["records"].values()) == r["pages"]  # what each page went as
     assert result["rounds"][0]["pages"] == 8 * 256  # round 0 offers every page
     assert 0 < result["rounds"][1]["pages"] < 8 * 256  # later rounds only the dirty ones
     assert result["all_cores"]["threads"] >= 1
@@ -100,6 +101,10 @@ def test_pagebench_takes_the_engines_zstd_level() -> None:
 def test_pagebench_prints_a_verdict_for_each_target() -> None:
     done = pagebench("--synthetic", "--mib", "8", "--rounds", "2", "--passes", "1", check=True)
     lines = done.stdout.splitlines()
+    sent = [line for line in lines if " pages sent as: " in line]
+    assert [line.split()[1] for line in sent] == ["0", "1"]
+    counts = dict(pair.rsplit(" ", 1) for pair in sent[0].split(": ", 1)[1].split(", "))
+    assert sum(int(c) for c in counts.values()) == 8 * 256  # round 0: every page
     at = lines.index("issue #3's targets (bench/page_targets.py; * a round outside the limit):")
     verdicts = lines[at + 1 :]
     assert len(verdicts) == 10
