@@ -102,7 +102,6 @@ def capture(
     for _ in range(count):
         if resumed is not None:
             time.sleep(max(0.0, resumed + interval - time.monotonic()))
-        image = b""
         dom.suspend()
         try:
             if scratch is None:

@@ -178,6 +178,7 @@ def run(
     offers: list[list[int] | None] = []  # round 0: every page
     wires: list[bytes] = []  # each round's output, as a digest
     previous: bytes | None = None
+    counted = enc.stats()  # (the encoder's counters as the round begins)
     for n, source in enumerate(images):
         image = load(source)
         if len(image) != guest * PAGE:
@@ -190,7 +191,6 @@ def run(
         if bitmap is not None:
             indices = dirty_pages(bitmap, guest)
         previous = scan.hashes
-        counted = enc.stats()
         wire, encode_s = timed(enc.encode, image, indices, scan)
         counts = enc.stats()
         _, decode_s = timed(dec.decode, wire)
@@ -210,6 +210,7 @@ def run(
                 "baselines": baselines(data),
             }
         )
+        counted = counts
         offers.append(indices)
         wires.append(digest(wire))
         del image, data, wire, scan  # before the next round's image is read
