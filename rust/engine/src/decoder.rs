@@ -12,6 +12,7 @@ use crate::error::{EngineError, Result};
 use crate::guest_copy::{GuestCopy, Op};
 use crate::hash_page;
 use crate::mem::write_slice;
+use crate::page_slab::SlabPage;
 use crate::store::{PageStore, Pinned};
 use crate::unpack::{Reader, Record, Unpacked};
 use crate::wire::Header;
@@ -43,6 +44,12 @@ pub struct Decoder {
 /// Decompressed batches read ahead of the one applied may hold this much together
 /// (the next one to apply is always read, however large).
 const READ_AHEAD: usize = 64 << 20;
+
+/// Blocks are decompressed straight into fresh page memory (their pages kept as they
+/// are, not copied) only while the receiver has fewer spare pages than this: a round
+/// that replaces pages leaves their memory for the next contents, which are copied
+/// into it, so the receiver's page memory stays what it holds and this much more.
+const RUNS_BELOW_SPARE: usize = 1024;
 
 /// A batch: its header (checked but for the checksum) and its bytes, header included.
 type Batch<'a> = (Header, &'a [u8]);
@@ -185,18 +192,22 @@ impl Decoder {
         let (mut applied, mut written) = (0u64, 0u64);
         let helpers = pool.as_ref().filter(|_| batches.len() > 1);
         let ahead = helpers.is_some();
+        let into_pages = memory.spare_pages() < RUNS_BELOW_SPARE;
         let outcome = Workers::start(helpers).in_order(
             batches,
             READ_AHEAD,
-            |(header, frame)| reader.unpack(header, frame, ahead),
+            |(header, frame)| reader.unpack(header, frame, ahead, into_pages),
             |unpacked| {
-                let unpacked = unpacked?;
-                written += apply(memory, &unpacked)?;
-                reader.recycle(unpacked);
+                let mut unpacked = unpacked?;
+                let done = apply(memory, &mut unpacked);
+                memory.give_back(reader.recycle(unpacked));
+                written += done?;
                 applied += 1;
                 Ok(())
             },
         );
+        // (the reader's spare page memory: left of chunks, and of batches not applied)
+        memory.give_back(reader.take_spare());
         self.batches += applied;
         self.pages += written;
         outcome?;
@@ -205,8 +216,21 @@ impl Decoder {
 }
 
 /// Applies a batch read by [`Reader::unpack`] to `memory`; returns how many pages it
-/// wrote.
-fn apply(memory: &mut GuestCopy, batch: &Unpacked<'_>) -> Result<u64> {
+/// wrote. Pages of its block in page memory are kept as they are (those it did not
+/// keep go back to `memory`).
+fn apply(memory: &mut GuestCopy, batch: &mut Unpacked<'_>) -> Result<u64> {
+    let mut kept = batch.take_pages();
+    let outcome = apply_records(memory, batch, kept.as_mut());
+    memory.give_back(kept.into_iter().flatten().flatten());
+    outcome
+}
+
+/// [`apply`]'s records: each page of the block from `kept` when given.
+fn apply_records(
+    memory: &mut GuestCopy,
+    batch: &Unpacked<'_>,
+    mut kept: Option<&mut Vec<Option<SlabPage>>>,
+) -> Result<u64> {
     // the bases of delta-from records: the contents they held as the batch began
     let mut bases = Vec::new();
     for (_, record) in &batch.records {
@@ -227,12 +251,66 @@ fn apply(memory: &mut GuestCopy, batch: &Unpacked<'_>) -> Result<u64> {
                 bases.next().expect("one base per delta-from"),
                 batch.block(range.clone()),
             ),
-            Record::Page { hash, raw, at } => {
-                let page = batch.page(*raw, *at);
-                Op::Page(page, hash.unwrap_or_else(|| hash_page(page)))
-            }
+            Record::Page { hash, raw, at } => match kept.as_mut().filter(|_| !*raw) {
+                Some(kept) => {
+                    let page = kept[*at / PAGE_SIZE]
+                        .take()
+                        .expect("each page of the block is one record's");
+                    let hash = hash.unwrap_or_else(|| hash_page(&page[..]));
+                    Op::Own(page, hash)
+                }
+                None => {
+                    let page = batch.page(*raw, *at);
+                    Op::Page(page, hash.unwrap_or_else(|| hash_page(page)))
+                }
+            },
         };
         (*index, op)
     });
     memory.write_all(ops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Codec, Encoder, EncoderConfig};
+
+    /// `pages` distinct pages that compress, different for every `seed`.
+    fn image(pages: usize, seed: u8) -> Vec<u8> {
+        let mut image = vec![b'x'; pages * PAGE_SIZE];
+        for (i, page) in image.chunks_exact_mut(PAGE_SIZE).enumerate() {
+            page[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            page[8] = seed;
+        }
+        image
+    }
+
+    #[test]
+    fn whole_page_blocks_become_the_receiver_s_pages_and_its_spare_memory_stays_bounded() {
+        let pages = 1500;
+        let all: Vec<u64> = (0..pages as u64).collect();
+        for (codec, threads) in [(Codec::Lz4, 1), (Codec::Lz4, 2), (Codec::Zstd, 2)] {
+            let mut dec = Decoder::with_threads(pages, threads).unwrap();
+            for round in 0..4 {
+                // (a new sender each round: every page goes whole, every content is new)
+                let config = EncoderConfig {
+                    codec,
+                    batch_pages: 256,
+                    ..EncoderConfig::default()
+                };
+                let image = image(pages, round);
+                let mut enc = Encoder::new(pages, config).unwrap();
+                dec.decode(&enc.encode(&image, &all).unwrap()).unwrap();
+                assert_eq!(dec.image(), image, "{codec:?} x{threads}, round {round}");
+                assert_eq!(dec.distinct_contents(), pages);
+                // the replaced contents' memory is reused: once there is this much
+                // spare, blocks are copied into it rather than kept in new memory
+                let spare = dec.memory.spare_pages();
+                assert!(
+                    spare <= pages + RUNS_BELOW_SPARE,
+                    "{codec:?} x{threads}, round {round}: {spare} spare pages"
+                );
+            }
+        }
+    }
 }

@@ -62,6 +62,8 @@ pub(crate) enum Op<'a> {
     DeltaFrom(u128, &'a [u8]),
     /// a page and its hash
     Page(&'a [u8], u128),
+    /// a page already in the receiver's page memory, and its hash
+    Own(SlabPage, u128),
 }
 
 /// What a batch did so far, to take back if it fails or to finish if it succeeds.
@@ -112,6 +114,18 @@ impl GuestCopy {
             pinned: Pinned::new(),
             slabs: Slabs::default(),
         })
+    }
+
+    /// Takes `pages` of page memory for later contents.
+    pub(crate) fn give_back(&mut self, pages: impl IntoIterator<Item = SlabPage>) {
+        for page in pages {
+            self.slabs.give_back(page);
+        }
+    }
+
+    /// Pages of page memory given back and not yet reused.
+    pub(crate) fn spare_pages(&self) -> usize {
+        self.slabs.spare()
     }
 
     /// The hash of the receiver's copy of `index`, if it has one.
@@ -247,6 +261,7 @@ impl GuestCopy {
             }
             Op::Zero => (zero_hash(), None),
             Op::Page(src, hash) => (hash, Some(New::Copy(src))),
+            Op::Own(page, hash) => (hash, Some(New::Made(page))),
             Op::Delta(d) => {
                 let base = old.and_then(|h| content_in(&self.contents, h));
                 let base = base.ok_or_else(|| {

@@ -52,16 +52,32 @@ pub(crate) fn decompress(input: &[u8], size: usize) -> Result<Vec<u8>> {
 /// # Errors
 /// As [`decompress`].
 pub(crate) fn decompress_into(input: &[u8], size: usize, out: &mut Vec<u8>) -> Result<()> {
+    // refused before `out` grows: a claimed size is not written until a block that
+    // could fill it has arrived
+    fits(input, size)?;
+    out.resize(size, 0);
+    decompress_to(input, out)
+}
+
+/// An error unless `input` could decompress to `size` bytes.
+fn fits(input: &[u8], size: usize) -> Result<()> {
     if size > input.len().saturating_mul(MAX_EXPANSION) {
-        // refused before `out` grows: a claimed size is not written until a block
-        // that could fill it has arrived
         return Err(EngineError::malformed(format!(
             "lz4: a block of {} bytes cannot decompress to {size}",
             input.len()
         )));
     }
-    out.resize(size, 0);
-    let out = &mut out[..];
+    Ok(())
+}
+
+/// As [`decompress`], into `out`, which must come out exactly full (its old bytes are
+/// overwritten; on an error some may be).
+///
+/// # Errors
+/// As [`decompress`].
+pub(crate) fn decompress_to(input: &[u8], out: &mut [u8]) -> Result<()> {
+    let size = out.len();
+    fits(input, size)?;
     let (mut i, mut o) = (0usize, 0usize);
     loop {
         let Some(&token) = input.get(i) else {

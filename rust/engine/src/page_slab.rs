@@ -16,8 +16,15 @@
 //! marked `MADV_FREE`: the kernel may take its memory back under pressure, and until it
 //! does, the next receiver writes it with no page fault and no clearing. Past the
 //! pool's size it goes back to the system.
+//!
+//! A [`SlabRun`] is several pages of one chunk side by side, written as one buffer (a
+//! batch's block decompressed straight into the receiver's page memory) and then taken
+//! apart into pages, so those pages are never copied. Chunks are mapped anonymous
+//! memory, which the kernel gives zeroed and `MADV_FREE` leaves either as it was or
+//! zero: every byte of a chunk always holds a value, so a run may be handed out as
+//! bytes before it is written.
 
-use std::alloc::{alloc, dealloc, handle_alloc_error, Layout};
+use std::alloc::{handle_alloc_error, Layout};
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex};
@@ -35,8 +42,8 @@ const HUGE: usize = 2 << 20;
 /// that a receiver of a guest of up to 1 GiB after another writes no fresh memory).
 pub(crate) const POOL_CHUNKS: usize = 128;
 
-/// Allocations waiting for a receiver (each from `alloc` with [`Chunk::layout`],
-/// advised, and owned by the pool alone), and how many it keeps at most.
+/// Allocations waiting for a receiver (each from [`Chunk::map`], advised, and owned by
+/// the pool alone), and how many it keeps at most.
 pub(crate) struct Pool {
     chunks: Mutex<Vec<Pooled>>,
     max: usize,
@@ -80,39 +87,65 @@ unsafe impl Send for Chunk {}
 unsafe impl Sync for Chunk {}
 
 impl Chunk {
-    fn layout() -> Layout {
-        Layout::from_size_align(CHUNK, HUGE).expect("a valid layout")
-    }
-
-    /// One from `pool`, or a new allocation.
+    /// One from `pool`, or a new mapping.
     fn get(pool: &'static Pool) -> Self {
         if let Some(Pooled(ptr)) = pool.lock().pop() {
             return Self { ptr, pool };
         }
-        let layout = Self::layout();
-        // SAFETY: the layout's size is not zero
-        let ptr = unsafe { alloc(layout) };
-        let Some(ptr) = NonNull::new(ptr) else {
-            handle_alloc_error(layout)
-        };
+        let ptr = Self::map();
         crate::mem::advise(ptr.as_ptr(), CHUNK);
         Self { ptr, pool }
+    }
+
+    /// `CHUNK` bytes of fresh anonymous memory (zeroed by the kernel) starting on a
+    /// huge page.
+    fn map() -> NonNull<u8> {
+        let len = CHUNK + HUGE;
+        // SAFETY: a new private anonymous mapping: no file, no existing memory touched
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            handle_alloc_error(Layout::from_size_align(CHUNK, HUGE).expect("a valid layout"));
+        }
+        let base = base as usize;
+        let start = base.next_multiple_of(HUGE);
+        // SAFETY: the two ranges lie inside the mapping just made and outside
+        // [start, start + CHUNK), which is all that is kept (failure leaves them mapped,
+        // unused: harmless)
+        unsafe {
+            if start > base {
+                libc::munmap(base as *mut libc::c_void, start - base);
+            }
+            let end = start + CHUNK;
+            if base + len > end {
+                libc::munmap(end as *mut libc::c_void, base + len - end);
+            }
+        }
+        NonNull::new(start as *mut u8).expect("a mapping is not at address zero")
     }
 }
 
 impl Drop for Chunk {
-    /// No page uses the chunk any more: into the pool if there is room, else freed.
+    /// No page uses the chunk any more: into the pool if there is room, else unmapped.
     fn drop(&mut self) {
         let mut pool = self.pool.lock();
         if pool.len() < self.pool.max {
-            // nothing reads or writes the chunk now, and every page is written whole
-            // before it is read again
+            // nothing reads or writes the chunk now; its bytes stay values (what they
+            // were, or zero once the kernel takes the memory back)
             crate::mem::lazily_free(self.ptr.as_ptr(), CHUNK);
             pool.push(Pooled(self.ptr));
         } else {
-            // SAFETY: `ptr` came from `alloc` with this very layout, and only this
-            // chunk holds it
-            unsafe { dealloc(self.ptr.as_ptr(), Self::layout()) };
+            // SAFETY: `ptr` is the start of a `CHUNK`-byte mapping from `map`, and only
+            // this chunk holds it
+            unsafe { libc::munmap(self.ptr.as_ptr().cast(), CHUNK) };
         }
     }
 }
@@ -135,8 +168,8 @@ impl Deref for SlabPage {
 
     fn deref(&self) -> &Self::Target {
         // SAFETY: the page lies inside the live chunk `_chunk` keeps, no other handle
-        // reaches these bytes, and they are initialised: `Slabs` hands a page out
-        // only filled (`Slabs::filled` writes all 4 KiB before returning it)
+        // reaches these bytes, and they hold values (a chunk's always do: see the
+        // module's doc)
         unsafe { self.page.as_ref() }
     }
 }
@@ -145,6 +178,46 @@ impl DerefMut for SlabPage {
     fn deref_mut(&mut self) -> &mut Self::Target {
         // SAFETY: as for `deref`; `&mut self` makes this the only access
         unsafe { self.page.as_mut() }
+    }
+}
+
+/// Pages of one chunk side by side, owned alone: one buffer until [`into_pages`]
+/// takes it apart.
+///
+/// [`into_pages`]: SlabRun::into_pages
+pub(crate) struct SlabRun {
+    start: NonNull<u8>,
+    pages: usize,
+    chunk: Arc<Chunk>,
+}
+
+// SAFETY: as for `SlabPage`: the only handle to its bytes.
+unsafe impl Send for SlabRun {}
+// SAFETY: shared access gives only `&[u8]`.
+unsafe impl Sync for SlabRun {}
+
+impl SlabRun {
+    /// The run's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: the run lies inside the live chunk it keeps, no other handle reaches
+        // these bytes, and they hold values (the module's doc)
+        unsafe { std::slice::from_raw_parts(self.start.as_ptr(), self.pages * PAGE_SIZE) }
+    }
+
+    /// The run's bytes, to write.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for `bytes`; `&mut self` makes this the only access
+        unsafe { std::slice::from_raw_parts_mut(self.start.as_ptr(), self.pages * PAGE_SIZE) }
+    }
+
+    /// The run as its pages, in order.
+    pub(crate) fn into_pages(self) -> impl Iterator<Item = SlabPage> {
+        (0..self.pages).map(move |i| SlabPage {
+            // SAFETY: page `i` of the run lies inside it; each is made once
+            page: NonNull::new(unsafe { self.start.as_ptr().add(i * PAGE_SIZE) }.cast())
+                .expect("inside a live allocation"),
+            _chunk: Arc::clone(&self.chunk),
+        })
     }
 }
 
@@ -187,17 +260,51 @@ impl Slabs {
     }
 
     /// Pages given back and not yet reused.
-    #[cfg(test)]
-    fn spare(&self) -> usize {
+    pub(crate) fn spare(&self) -> usize {
         self.free.len()
     }
 
-    /// A page given back earlier, or a fresh one (a new chunk when the current one is
-    /// used up).
-    fn take(&mut self) -> SlabPage {
-        if let Some(page) = self.free.pop() {
-            return page;
+    /// Every page given back and not yet reused, for other slabs.
+    pub(crate) fn take_spare(&mut self) -> Vec<SlabPage> {
+        std::mem::take(&mut self.free)
+    }
+
+    /// `pages` fresh pages side by side (from the current chunk, or a new one: what was
+    /// left of the current one is given back, page by page); none when `pages` is zero
+    /// or more than a chunk holds.
+    pub(crate) fn run(&mut self, pages: usize) -> Option<SlabRun> {
+        if pages == 0 || pages > CHUNK_PAGES {
+            return None;
         }
+        let room = self
+            .current
+            .as_ref()
+            .map_or(0, |(_, used)| CHUNK_PAGES - used);
+        if room < pages {
+            for _ in 0..room {
+                let page = self.carve();
+                self.free.push(page);
+            }
+        }
+        let first = self.carve(); // (from a new chunk when the current one is used up)
+        let (chunk, used) = self.current.as_mut().expect("carve made one");
+        // the rest of the run follows its first page, inside the chunk (room checked)
+        *used += pages - 1;
+        let start = first.page.cast::<u8>();
+        Some(SlabRun {
+            start,
+            pages,
+            chunk: Arc::clone(chunk),
+        })
+    }
+
+    /// A page given back earlier, or a fresh one.
+    fn take(&mut self) -> SlabPage {
+        self.free.pop().unwrap_or_else(|| self.carve())
+    }
+
+    /// A fresh page (a new chunk when the current one is used up).
+    fn carve(&mut self) -> SlabPage {
         let (chunk, used) = match &mut self.current {
             Some((chunk, used)) if *used < CHUNK_PAGES => (chunk, used),
             current => {
@@ -242,6 +349,48 @@ mod tests {
         assert_eq!(again.as_ptr(), given, "a page given back is reused");
         assert_eq!(slabs.spare(), 0);
         assert!(again.iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn runs_lie_side_by_side_and_come_apart_into_their_pages() {
+        static OWN: Pool = Pool::new(4);
+        let mut slabs = Slabs::with_pool(&OWN);
+        assert!(slabs.run(0).is_none());
+        assert!(slabs.run(CHUNK_PAGES + 1).is_none());
+        let single = slabs.filled(&[1; PAGE_SIZE]);
+        let base = single.as_ptr() as usize;
+        let mut run = slabs.run(3).expect("room in the chunk");
+        assert_eq!(run.bytes().as_ptr() as usize, base + PAGE_SIZE);
+        assert!(
+            run.bytes().iter().all(|&b| b == 0),
+            "a fresh chunk reads as zero"
+        );
+        for (i, byte) in run.bytes_mut().iter_mut().enumerate() {
+            *byte = (i / PAGE_SIZE) as u8 + 10;
+        }
+        let pages: Vec<SlabPage> = run.into_pages().collect();
+        assert_eq!(pages.len(), 3);
+        for (i, page) in pages.iter().enumerate() {
+            assert_eq!(page.as_ptr() as usize, base + (i + 1) * PAGE_SIZE);
+            assert!(page.iter().all(|&b| b == i as u8 + 10), "page {i}");
+        }
+        // a run longer than what is left of the chunk starts a new one, and what was
+        // left is given back page by page, for other contents
+        let left = CHUNK_PAGES - 4;
+        let long = slabs.run(left + 1).expect("a new chunk");
+        assert_eq!(long.bytes().as_ptr() as usize % HUGE, 0, "a chunk's start");
+        assert_eq!(slabs.spare(), left);
+        let spare = slabs.take_spare();
+        assert_eq!(slabs.spare(), 0);
+        assert_eq!(spare[0].as_ptr() as usize, base + 4 * PAGE_SIZE);
+        let next = slabs.filled(&[2; PAGE_SIZE]);
+        assert_eq!(
+            next.as_ptr() as usize,
+            long.bytes().as_ptr() as usize + (left + 1) * PAGE_SIZE,
+            "carving goes on after the run"
+        );
+        drop((single, pages, spare, long, next, slabs));
+        assert_eq!(OWN.lock().len(), 2, "both chunks went to the pool");
     }
 
     #[test]

@@ -6,9 +6,11 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{EngineError, Result};
 use crate::mem::{Shelf, Spares};
+use crate::page_slab::{SlabPage, SlabRun, Slabs};
 use crate::wire::{Codec, Header, Kind, MAX_DELTA};
 use crate::{hash_page, varint, PAGE_SIZE};
 
@@ -23,6 +25,9 @@ pub(crate) struct Reader {
     /// block buffers of batches applied, for the next ones (new memory costs more
     /// than decompressing into it)
     buffers: Spares<Vec<u8>>,
+    /// where blocks decompressed straight into page memory are carved from (and
+    /// where those of batches dropped unapplied go back)
+    runs: Arc<Mutex<Slabs>>,
 }
 
 /// Block buffers kept for reuse: at most this many (as many as the decoder's read-ahead,
@@ -46,10 +51,47 @@ impl Drop for Reader {
 /// A batch read and checked, to be applied.
 pub(crate) struct Unpacked<'a> {
     /// the decompressed block (the batch's own bytes when it is not compressed)
-    block: Cow<'a, [u8]>,
+    block: Block<'a>,
     raw: &'a [u8],
     /// each record's page index and what it writes there
     pub(crate) records: Vec<(usize, Record)>,
+}
+
+/// Where a batch's decompressed block is.
+enum Block<'a> {
+    Bytes(Cow<'a, [u8]>),
+    /// in page memory of the receiver's (a block of whole pages, decompressed there)
+    Pages(Carved),
+}
+
+/// A run of page memory carved for a block: its pages go back to the reader's slabs
+/// if it is dropped whole (a batch that failed, or was read and never applied).
+struct Carved {
+    run: Option<SlabRun>,
+    home: Arc<Mutex<Slabs>>,
+}
+
+impl Carved {
+    fn bytes(&self) -> &[u8] {
+        self.run.as_ref().map_or(&[], SlabRun::bytes)
+    }
+
+    fn into_pages(mut self) -> Vec<SlabPage> {
+        self.run
+            .take()
+            .map_or_else(Vec::new, |run| run.into_pages().collect())
+    }
+}
+
+impl Drop for Carved {
+    fn drop(&mut self) {
+        if let Some(run) = self.run.take() {
+            let mut home = self.home.lock().unwrap_or_else(PoisonError::into_inner);
+            for page in run.into_pages() {
+                home.give_back(page);
+            }
+        }
+    }
 }
 
 /// One record, its bytes named by where they are in the batch.
@@ -72,15 +114,39 @@ pub(crate) enum Record {
 }
 
 impl Unpacked<'_> {
+    fn block_bytes(&self) -> &[u8] {
+        match &self.block {
+            Block::Bytes(bytes) => bytes,
+            Block::Pages(carved) => carved.bytes(),
+        }
+    }
+
     /// Bytes of the block.
     pub(crate) fn block(&self, range: Range<usize>) -> &[u8] {
-        &self.block[range]
+        &self.block_bytes()[range]
     }
 
     /// A whole page of the block or the raw area.
     pub(crate) fn page(&self, raw: bool, at: usize) -> &[u8] {
-        let area: &[u8] = if raw { self.raw } else { &self.block };
+        let area: &[u8] = if raw { self.raw } else { self.block_bytes() };
         &area[at..at + PAGE_SIZE]
+    }
+
+    /// The block's pages, to keep as they are (page `at / PAGE_SIZE` is the record's
+    /// at `at`): when the block was decompressed into page memory and holds nothing
+    /// but whole pages (no delta's bytes), else none. The block is empty afterwards.
+    pub(crate) fn take_pages(&mut self) -> Option<Vec<Option<SlabPage>>> {
+        let whole = self
+            .records
+            .iter()
+            .all(|(_, r)| !matches!(r, Record::Delta(_) | Record::DeltaFrom(..)));
+        if !whole || !matches!(self.block, Block::Pages(_)) {
+            return None;
+        }
+        match std::mem::replace(&mut self.block, Block::Bytes(Cow::Borrowed(&[]))) {
+            Block::Pages(carved) => Some(carved.into_pages().into_iter().map(Some).collect()),
+            Block::Bytes(_) => unreachable!("matched above"),
+        }
     }
 }
 
@@ -99,7 +165,18 @@ impl Reader {
                 contexts
             },
             buffers: Spares::default(),
+            runs: Arc::new(Mutex::new(Slabs::default())),
         })
+    }
+
+    /// Page memory the reader carved and did not use (what was left of a chunk too
+    /// short for a block), for the receiver's other contents.
+    pub(crate) fn take_spare(&self) -> Vec<SlabPage> {
+        self.lock_runs().take_spare()
+    }
+
+    fn lock_runs(&self) -> std::sync::MutexGuard<'_, Slabs> {
+        self.runs.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Pages of the guest.
@@ -111,7 +188,9 @@ impl Reader {
     /// from it by [`Header::read`]: checked but for the checksum), decompresses
     /// its block and reads its records; `hashes`: hashes the pages sent whole too (on
     /// a helper thread; a caller that reads and applies the batch itself hashes each
-    /// page as it copies it, while it is in cache).
+    /// page as it copies it, while it is in cache). `into_pages`: a compressed block
+    /// of whole pages' length is decompressed into fresh page memory
+    /// ([`Unpacked::take_pages`]), not into a buffer to copy its pages from.
     ///
     /// # Errors
     /// [`EngineError::Malformed`] for anything that is not a valid batch for this guest
@@ -121,6 +200,7 @@ impl Reader {
         header: Header,
         frame: &'a [u8],
         hashes: bool,
+        into_pages: bool,
     ) -> Result<Unpacked<'a>> {
         let body = header.verified_body(frame)?;
         let records_len = header.records_len as usize;
@@ -129,23 +209,24 @@ impl Reader {
         let block_wire = &body[records_len..records_len + block_len];
         let raw = &body[records_len + block_len..];
         let block_raw_len = header.block_raw_len as usize;
-        let block: Cow<'a, [u8]> = match header.codec {
+        let block = match header.codec {
             // nothing in the block: an empty one is read as such whatever the codec
-            Codec::None => Cow::Borrowed(block_wire),
-            _ if block_raw_len == 0 && block_wire.is_empty() => Cow::Borrowed(&[]),
-            Codec::Lz4 => {
-                let mut out = self.buffers.take_or_shelved(&BLOCK_SHELF);
-                crate::lz4_block::decompress_into(block_wire, block_raw_len, &mut out)?;
-                Cow::Owned(out)
-            }
-            Codec::Zstd => Cow::Owned(self.zstd_decompress(block_wire, block_raw_len)?),
+            Codec::None => Block::Bytes(Cow::Borrowed(block_wire)),
+            _ if block_raw_len == 0 && block_wire.is_empty() => Block::Bytes(Cow::Borrowed(&[])),
+            codec => self.decompress(codec, block_wire, block_raw_len, into_pages)?,
         };
-        if block.len() != block_raw_len {
-            return Err(EngineError::malformed(
-                "block decompressed to the wrong size",
-            ));
-        }
-        let records = self.records(&header, records_area, &block, raw, hashes)?;
+        let records = {
+            let block = match &block {
+                Block::Bytes(bytes) => &bytes[..],
+                Block::Pages(carved) => carved.bytes(),
+            };
+            if block.len() != block_raw_len {
+                return Err(EngineError::malformed(
+                    "block decompressed to the wrong size",
+                ));
+            }
+            self.records(&header, records_area, block, raw, hashes)?
+        };
         Ok(Unpacked {
             block,
             raw,
@@ -153,28 +234,77 @@ impl Reader {
         })
     }
 
-    /// Takes `batch`'s block buffer back for later batches.
-    pub(crate) fn recycle(&self, batch: Unpacked<'_>) {
-        if let Cow::Owned(buffer) = batch.block {
-            if buffer.capacity() <= BUFFER_MAX {
-                self.buffers.give(buffer, BUFFERS);
+    /// The compressed block `wire`, of `len` bytes decompressed: into fresh page memory
+    /// when `into_pages` and `len` is whole pages, else into a buffer.
+    fn decompress(
+        &self,
+        codec: Codec,
+        wire: &[u8],
+        len: usize,
+        into_pages: bool,
+    ) -> Result<Block<'static>> {
+        let run = (into_pages && len % PAGE_SIZE == 0)
+            .then(|| self.lock_runs().run(len / PAGE_SIZE))
+            .flatten();
+        if let Some(run) = run {
+            // (on an error the run's pages go back to the reader's slabs)
+            let mut carved = Carved {
+                run: Some(run),
+                home: Arc::clone(&self.runs),
+            };
+            let out = carved.run.as_mut().expect("just made").bytes_mut();
+            match codec {
+                Codec::Lz4 => crate::lz4_block::decompress_to(wire, out)?,
+                _ => {
+                    if self.with_zstd(|z| z.decompress_to_buffer(wire, out))? != len {
+                        return Err(EngineError::malformed(
+                            "block decompressed to the wrong size",
+                        ));
+                    }
+                }
             }
+            return Ok(Block::Pages(carved));
+        }
+        let mut out = self.buffers.take_or_shelved(&BLOCK_SHELF);
+        match codec {
+            Codec::Lz4 => crate::lz4_block::decompress_into(wire, len, &mut out)?,
+            _ => {
+                out.clear();
+                crate::mem::reserve(&mut out, len);
+                self.with_zstd(|z| z.decompress_to_buffer(wire, &mut out))?;
+            }
+        }
+        Ok(Block::Bytes(Cow::Owned(out)))
+    }
+
+    /// Takes `batch`'s block buffer back for later batches; returns the pages its block
+    /// was decompressed into, if they were not taken (for the receiver's other contents).
+    pub(crate) fn recycle(&self, batch: Unpacked<'_>) -> Vec<SlabPage> {
+        match batch.block {
+            Block::Bytes(Cow::Owned(buffer)) => {
+                if buffer.capacity() <= BUFFER_MAX {
+                    self.buffers.give(buffer, BUFFERS);
+                }
+                Vec::new()
+            }
+            Block::Bytes(Cow::Borrowed(_)) => Vec::new(),
+            Block::Pages(carved) => carved.into_pages(),
         }
     }
 
-    fn zstd_decompress(&self, wire: &[u8], len: usize) -> Result<Vec<u8>> {
+    /// `decompress` with a zstd context of the reader's (one per thread reading a
+    /// zstd batch at once).
+    fn with_zstd(
+        &self,
+        decompress: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<usize>,
+    ) -> Result<usize> {
         let mut context = match self.zstd.kept() {
             Some(context) => context,
             None => new_zstd()?,
         };
-        let mut out = self.buffers.take_or_shelved(&BLOCK_SHELF);
-        out.clear();
-        crate::mem::reserve(&mut out, len);
-        let done = context.decompress_to_buffer(wire, &mut out);
-        // (as many as read zstd batches at once: one per thread)
+        let done = decompress(&mut context);
         self.zstd.give(context, usize::MAX);
-        done.map_err(|e| EngineError::malformed(format!("zstd: {e}")))?;
-        Ok(out)
+        done.map_err(|e| EngineError::malformed(format!("zstd: {e}")))
     }
 
     /// The batch's records, checked against its areas and the guest.
