@@ -56,7 +56,7 @@ pub(crate) fn decompress_into(input: &[u8], size: usize, out: &mut Vec<u8>) -> R
     // could fill it has arrived
     fits(input, size)?;
     out.resize(size, 0);
-    decompress_to(input, out)
+    decompress_fitting(input, out)
 }
 
 /// An error unless `input` could decompress to `size` bytes.
@@ -76,8 +76,13 @@ fn fits(input: &[u8], size: usize) -> Result<()> {
 /// # Errors
 /// As [`decompress`].
 pub(crate) fn decompress_to(input: &[u8], out: &mut [u8]) -> Result<()> {
+    fits(input, out.len())?;
+    decompress_fitting(input, out)
+}
+
+/// [`decompress_to`], `out`'s length already checked by [`fits`].
+fn decompress_fitting(input: &[u8], out: &mut [u8]) -> Result<()> {
     let size = out.len();
-    fits(input, size)?;
     let (mut i, mut o) = (0usize, 0usize);
     loop {
         let Some(&token) = input.get(i) else {

@@ -64,6 +64,15 @@ enum Block<'a> {
     Pages(Carved),
 }
 
+impl Block<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Bytes(bytes) => bytes,
+            Self::Pages(carved) => carved.bytes(),
+        }
+    }
+}
+
 /// A run of page memory carved for a block: its pages go back to the reader's slabs
 /// if it is dropped whole (a batch that failed, or was read and never applied).
 struct Carved {
@@ -114,21 +123,14 @@ pub(crate) enum Record {
 }
 
 impl Unpacked<'_> {
-    fn block_bytes(&self) -> &[u8] {
-        match &self.block {
-            Block::Bytes(bytes) => bytes,
-            Block::Pages(carved) => carved.bytes(),
-        }
-    }
-
     /// Bytes of the block.
     pub(crate) fn block(&self, range: Range<usize>) -> &[u8] {
-        &self.block_bytes()[range]
+        &self.block.bytes()[range]
     }
 
     /// A whole page of the block or the raw area.
     pub(crate) fn page(&self, raw: bool, at: usize) -> &[u8] {
-        let area: &[u8] = if raw { self.raw } else { self.block_bytes() };
+        let area: &[u8] = if raw { self.raw } else { self.block.bytes() };
         &area[at..at + PAGE_SIZE]
     }
 
@@ -136,11 +138,12 @@ impl Unpacked<'_> {
     /// at `at`): when the block was decompressed into page memory and holds nothing
     /// but whole pages (no delta's bytes), else none. The block is empty afterwards.
     pub(crate) fn take_pages(&mut self) -> Option<Vec<Option<SlabPage>>> {
-        let whole = self
-            .records
-            .iter()
-            .all(|(_, r)| !matches!(r, Record::Delta(_) | Record::DeltaFrom(..)));
-        if !whole || !matches!(self.block, Block::Pages(_)) {
+        if !matches!(self.block, Block::Pages(_))
+            || self
+                .records
+                .iter()
+                .any(|(_, r)| matches!(r, Record::Delta(_) | Record::DeltaFrom(..)))
+        {
             return None;
         }
         match std::mem::replace(&mut self.block, Block::Bytes(Cow::Borrowed(&[]))) {
@@ -215,18 +218,12 @@ impl Reader {
             _ if block_raw_len == 0 && block_wire.is_empty() => Block::Bytes(Cow::Borrowed(&[])),
             codec => self.decompress(codec, block_wire, block_raw_len, into_pages)?,
         };
-        let records = {
-            let block = match &block {
-                Block::Bytes(bytes) => &bytes[..],
-                Block::Pages(carved) => carved.bytes(),
-            };
-            if block.len() != block_raw_len {
-                return Err(EngineError::malformed(
-                    "block decompressed to the wrong size",
-                ));
-            }
-            self.records(&header, records_area, block, raw, hashes)?
-        };
+        if block.bytes().len() != block_raw_len {
+            return Err(EngineError::malformed(
+                "block decompressed to the wrong size",
+            ));
+        }
+        let records = self.records(&header, records_area, block.bytes(), raw, hashes)?;
         Ok(Unpacked {
             block,
             raw,
