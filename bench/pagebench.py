@@ -12,10 +12,11 @@ found by the engine's own scan, whose hashes the encoder takes (``encode_unscann
 the same rounds through an encoder that hashes the pages itself). Each round is encoded,
 decoded on a fresh receiver that has seen the earlier rounds, and verified byte for
 byte; ``records`` counts what the encoder sent the round's pages as (zero, unchanged, dup,
-delta, delta_from, compressed, raw: its ``stats()``), the mix that explains a guest's
-figures. Baselines on the same offered bytes: memcpy, lz4 alone, zstd-1 alone (each over the
-offered pages as one stream), and QEMU precopy (zero pages as 9-byte records, others as
-4096 bytes + an 8-byte header). The figures are for one thread; the run on all cores
+delta, delta_from, compressed, raw: its ``stats()``; ``filtered``: how many of the
+compressed pages went with a word-difference filter), the mix that explains a guest's
+figures. Baselines on the same offered bytes: memcpy, lz4 alone, zstd-1 alone (each over
+the offered pages as one stream), and QEMU precopy (zero pages as 9-byte records, others
+as 4096 bytes + an 8-byte header). The figures are for one thread; the run on all cores
 (``all_cores``) gives the encoder and the decoder every core each (the decoder reads
 batches ahead of the one it applies, so a round of one batch decodes no faster). Passes
 on one thread and on all cores alternate; each speedup is the median of the passes'
@@ -206,6 +207,7 @@ def run(
                 "decode_s": decode_s,
                 "verified": matches(dec, image),
                 "records": {k: counts[k] - counted[k] for k in RECORD_KINDS},
+                "filtered": counts["filtered"] - counted["filtered"],
                 "image_memcpy_s": memcpy_time(image),
                 "baselines": baselines(data),
             }
@@ -438,6 +440,7 @@ def main() -> None:
         print(" ".join(cells))
     for n, r in enumerate(single):
         print(records_line(n, r["records"]))
+        print(f"round {n} compressed pages with a filter: {r['filtered']}")
     for n, q in enumerate(result["ratios"]):
         print(f"round {n}: " + ", ".join(f"{k}={v:.2f}" for k, v in q.items()))
     for key in ("encode_speedup", "encode_unscanned_speedup", "decode_speedup"):

@@ -1,4 +1,4 @@
-"""The page stream (version 4) written again from `docs/migration-wire.md` alone, as a third
+"""The page stream (version 5, and 4) written again from `docs/migration-wire.md` alone, as a third
 party would: a reader, and a writer that makes every choice the format allows (at random)
 where NovaCron's encoder makes one. Slow and plain on purpose; for tests only."""
 
@@ -21,10 +21,21 @@ if TYPE_CHECKING:
 PAGE = 4096
 ZERO = bytes(PAGE)
 HEADER = struct.Struct("<4sBBH6I")  # up to the checksum
-MAGIC, VERSION = b"NCPB", 4
-(ZERO_K, UNCHANGED, DUP, DELTA, LZ4, ZSTD, RAW, ANNOUNCED, DELTA_FROM, ZERO_RUN, UNCHANGED_RUN) = (
-    range(11)
-)
+MAGIC, VERSION, OLDEST_VERSION = b"NCPB", 5, 4
+(
+    ZERO_K,
+    UNCHANGED,
+    DUP,
+    DELTA,
+    LZ4,
+    ZSTD,
+    RAW,
+    ANNOUNCED,
+    DELTA_FROM,
+    ZERO_RUN,
+    UNCHANGED_RUN,
+    FILTERED,
+) = range(12)
 CODEC_NONE, CODEC_LZ4, CODEC_ZSTD = 0, 1, 2
 RUN_OF = {ZERO_K: ZERO_RUN, UNCHANGED: UNCHANGED_RUN}  # the run record of a single's kind
 
@@ -92,6 +103,24 @@ def delta(old: bytes, new: bytes) -> bytes:
         put_varint(out, pos - lit)
         out += new[lit:pos]
     return bytes(out)
+
+
+def filter_words(page: bytes, filter_byte: int, undo: bool = False) -> bytes:
+    """A `filtered` record's filter (or, with `undo`, its inverse): words of 4 or 8 bytes
+    (bit 4), each minus (plus) the word `distance` (bits 0-3, plus one) before it."""
+    if filter_byte & 0xE0:
+        raise Malformed("unknown filter")
+    width = 8 if filter_byte & 0x10 else 4
+    distance = (filter_byte & 0x0F) + 1
+    mask = (1 << (8 * width)) - 1
+    words = [int.from_bytes(page[i : i + width], "little") for i in range(0, len(page), width)]
+    out = list(words)
+    for k in range(distance, len(words)):
+        if undo:
+            out[k] = (words[k] + out[k - distance]) & mask
+        else:
+            out[k] = (words[k] - words[k - distance]) & mask
+    return b"".join(w.to_bytes(width, "little") for w in out)
 
 
 def apply_delta(page: bytes, data: bytes) -> bytes:
@@ -162,7 +191,14 @@ class Receiver:
         magic, version, codec, r0, records, records_len, raw_len_b, block_len, raw_len, r1 = (
             HEADER.unpack_from(stream)
         )
-        if magic != MAGIC or version != VERSION or codec > 2 or r0 or r1 or records > 65536:
+        if (
+            magic != MAGIC
+            or not OLDEST_VERSION <= version <= VERSION
+            or codec > 2
+            or r0
+            or r1
+            or records > 65536
+        ):
             raise Malformed("bad header")
         block_raw_len = raw_len_b
         if block_raw_len > PAGE * records or raw_len > PAGE * records:
@@ -229,6 +265,9 @@ class Receiver:
                 if (kind, codec) not in ((LZ4, CODEC_LZ4), (ZSTD, CODEC_ZSTD)):
                     raise Malformed("record kind against the codec")
                 page = block.take(PAGE)
+            elif kind == FILTERED and version >= 5 and codec != CODEC_NONE:
+                filter_byte = records_area.take(1)[0]
+                page = filter_words(block.take(PAGE), filter_byte, undo=True)
             elif kind == RAW:
                 page = raw.take(PAGE)
             else:
@@ -259,14 +298,20 @@ class Writer:
     """Encodes rounds with every kind of record the spec allows, chosen at random: page
     indices in any order, a page written twice in a batch, dup-refs to content the
     same batch wrote, delta-from any page's content at the batch's start (itself
-    included), all three codecs, empty batches. Tracks the receiver with [`Receiver`]."""
+    included), all three codecs, any filter (version 5), empty batches. Tracks the
+    receiver with [`Receiver`]."""
 
     def __init__(
-        self, pages: int, seed: int, codecs: Sequence[int] = (CODEC_NONE, CODEC_LZ4, CODEC_ZSTD)
+        self,
+        pages: int,
+        seed: int,
+        codecs: Sequence[int] = (CODEC_NONE, CODEC_LZ4, CODEC_ZSTD),
+        version: int = VERSION,
     ) -> None:
         self.rng = random.Random(seed)
         self.receiver = Receiver(pages)
         self.codecs = codecs
+        self.version = version
 
     def announce(self, hashes: bytes) -> None:
         self.receiver.announced = [
@@ -300,6 +345,8 @@ class Writer:
         for index, page in writes:
             h = content_hash(page)
             options = ["raw"] + (["block"] if codec != CODEC_NONE else [])
+            if codec != CODEC_NONE and self.version >= 5:
+                options.append("filtered")
             if page == ZERO:
                 options.append("zero")
             if receiver.hashes.get(index) == h:
@@ -322,6 +369,7 @@ class Writer:
             kind = {
                 "raw": RAW,
                 "block": LZ4 if codec == CODEC_LZ4 else ZSTD,
+                "filtered": FILTERED,
                 "zero": ZERO_K,
                 "unchanged": UNCHANGED,
                 "dup": DUP,
@@ -365,10 +413,16 @@ class Writer:
                 block += d
             elif kind in (LZ4, ZSTD):
                 block += page
+            elif kind == FILTERED:
+                filter_byte = rng.randrange(0x20)
+                records.append(filter_byte)
+                block += filter_words(page, filter_byte)
             elif kind == RAW:
                 raw += page
             receiver.write(index, page)
-        return frame(codec, len(writes), bytes(records), bytes(block), bytes(raw))
+        return frame(
+            codec, len(writes), bytes(records), bytes(block), bytes(raw), version=self.version
+        )
 
 
 def batches(stream: Buffer) -> list[bytes]:
@@ -384,7 +438,13 @@ def batches(stream: Buffer) -> list[bytes]:
 
 
 def frame(
-    codec: int, records: int, record_area: bytes, block: bytes, raw: bytes, compress: bool = True
+    codec: int,
+    records: int,
+    record_area: bytes,
+    block: bytes,
+    raw: bytes,
+    compress: bool = True,
+    version: int = VERSION,
 ) -> bytes:
     """A batch; with `compress` false, `block` goes on the wire as it is whatever `codec`
     says (for an empty block, or a broken one)."""
@@ -397,7 +457,7 @@ def frame(
     else:
         wire = block
     head = HEADER.pack(
-        MAGIC, VERSION, codec, 0, records, len(record_area), len(block), len(wire), len(raw), 0
+        MAGIC, version, codec, 0, records, len(record_area), len(block), len(wire), len(raw), 0
     )
     body = record_area + wire + raw
     return head + struct.pack("<Q", xxhash.xxh3_64_intdigest(head + body)) + body

@@ -7,6 +7,7 @@ from typing_extensions import Buffer
 
 __all__ = [
     "HASH_LEN",
+    "OLDEST_WIRE_VERSION",
     "PAGE_SIZE",
     "WIRE_VERSION",
     "ChannelReceiver",
@@ -31,6 +32,7 @@ __all__ = [
 PAGE_SIZE: Final[int]
 HASH_LEN: Final[int]
 WIRE_VERSION: Final[int]  # the page engine's record stream version (docs/migration-wire.md)
+OLDEST_WIRE_VERSION: Final[int]  # the oldest version it still reads and writes
 
 @final
 class PageScan:
@@ -59,6 +61,7 @@ class PageEncoder:
         delta_cache_pages: int = 8192,
         batch_pages: int = 1024,
         threads: int = 1,
+        wire_version: int = ...,
     ) -> PageEncoder: ...
     def encode(
         self, image: Buffer, indices: list[int] | None = None, scan: PageScan | None = None
@@ -178,6 +181,7 @@ class ChannelSender:
         dedup: bool = True,
         delta_cache_pages: int = 8192,
         threads: int = 1,
+        wire_version: int = ...,
     ) -> ChannelSender: ...
     def feed(self, data: Buffer) -> bytes: ...
     def announce(self, hashes: Buffer) -> bytes: ...

@@ -63,3 +63,17 @@ def test_a_rounds_counts_are_printed_in_one_line() -> None:
         "round 2 pages sent as: zero 358, unchanged 0, dup 0, delta 0, delta_from 0, "
         "compressed 0, raw 7"
     )
+
+
+def test_each_round_counts_its_compressed_pages_sent_with_a_filter() -> None:
+    # page tables (8-byte entries growing by 4096, each page its own) among text: the
+    # tables go filtered
+    def table(p: int) -> bytes:
+        start = 0x8000_0000_0010_0067 + p * (2 << 20)
+        return b"".join((start + k * 4096).to_bytes(8, "little") for k in range(512))
+
+    text = (b"kernel: eth0 link up, 1000 Mbps full duplex " * 100)[:4096]
+    image = b"".join(table(p) if p % 2 else text[p:] + text[:p] for p in range(32))
+    r = run([image], threads=1, compression="lz4", cache_pages=0)[0]
+    assert r["filtered"] == 16
+    assert r["records"]["compressed"] >= r["filtered"]

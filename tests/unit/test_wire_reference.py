@@ -1,4 +1,4 @@
-"""The page stream against its spec: `tests/wire_reference.py` is version 4 written again
+"""The page stream against its spec: `tests/wire_reference.py` is version 5 written again
 from `docs/migration-wire.md` alone. It must read every stream NovaCron's encoder writes,
 and NovaCron's decoder every stream it writes, with every choice the spec allows."""
 
@@ -20,8 +20,8 @@ GUEST = 12
 
 # each round: pages changed as (page, what, where), what: 0 zero, 1 random, 2 a copy of
 # page 0, 3 a few bytes changed, 4 text, 5 the next page's content moved here with a few
-# bytes changed and the next page rewritten
-change = st.tuples(st.integers(0, GUEST - 1), st.integers(0, 5), st.integers(0, PAGE - 8))
+# bytes changed and the next page rewritten, 6 a table of 8-byte words growing by a step
+change = st.tuples(st.integers(0, GUEST - 1), st.integers(0, 6), st.integers(0, PAGE - 8))
 rounds = st.lists(st.lists(change, max_size=8), min_size=1, max_size=4)
 
 
@@ -41,6 +41,11 @@ def changed(image: bytearray, page: int, what: int, at: int, rng: random.Random)
         image[where] = image[:PAGE]
     elif what == 3:
         image[page * PAGE + at : page * PAGE + at + 8] = rng.randbytes(8)
+    elif what == 6:
+        start = rng.getrandbits(64)
+        image[where] = b"".join(
+            ((start + k * (at + 1) * 8) % (1 << 64)).to_bytes(8, "little") for k in range(PAGE // 8)
+        )
     else:
         image[where] = (b"text %d of page %d " % (at, page) * 300)[:PAGE]
     return {page}
@@ -77,13 +82,14 @@ def test_the_spec_reads_every_stream_the_encoder_writes(
 
 
 @settings(max_examples=80, deadline=None)
-@given(rounds, st.integers(), st.booleans())
+@given(rounds, st.integers(), st.booleans(), st.sampled_from([4, 5]))
 def test_the_decoder_reads_every_choice_the_spec_allows(
-    plan: list[list[tuple[int, int, int]]], seed: int, announce: bool
+    plan: list[list[tuple[int, int, int]]], seed: int, announce: bool, version: int
 ) -> None:
     rng = random.Random(seed)
     image = half_random(rng)
-    writer, dec, check = ref.Writer(GUEST, seed), _core.PageDecoder(GUEST), ref.Receiver(GUEST)
+    writer = ref.Writer(GUEST, seed, version=version)
+    dec, check = _core.PageDecoder(GUEST), ref.Receiver(GUEST)
     if announce:
         known = [bytes(image[:PAGE]), bytes(image[PAGE : 2 * PAGE]), bytes(PAGE)]
         writer.announce(dec.announce(store_of(known)))
@@ -112,6 +118,25 @@ def test_the_spec_reads_the_encoders_delta_from_records(compression: str) -> Non
     spec.decode(enc.encode(bytes(image), sorted(touched)))
     assert enc.stats()["delta_from"] == 2
     assert spec.image() == bytes(image)
+
+
+@pytest.mark.parametrize("compression", ["lz4", "zstd"])
+def test_the_spec_reads_the_encoders_filtered_records(compression: str) -> None:
+    rng = random.Random(4)
+    image = bytearray(GUEST * PAGE)
+    for page in range(0, GUEST, 2):
+        changed(image, page, 6, 511, rng)  # words growing by 4096: a page table's
+    for wire_version, filtered in ((_core.WIRE_VERSION, GUEST // 2), (4, 0)):
+        enc, spec = (
+            _core.PageEncoder(GUEST, compression=compression, wire_version=wire_version),
+            (ref.Receiver(GUEST)),
+        )
+        spec.decode(enc.encode(bytes(image)))
+        assert enc.stats()["filtered"] == filtered
+        assert spec.kinds[ref.FILTERED] == filtered
+        assert spec.image() == bytes(image)
+    with pytest.raises(ValueError, match="wire_version"):
+        _core.PageEncoder(GUEST, wire_version=_core.WIRE_VERSION + 1)
 
 
 def batch(
@@ -264,3 +289,4 @@ def test_the_reference_writer_writes_runs() -> None:
             spec.decode(wire)
         assert dec.image() == image == spec.image()
     assert spec.kinds[ref.ZERO_RUN] > 0 and spec.kinds[ref.UNCHANGED_RUN] > 0, spec.kinds
+    assert spec.kinds[ref.FILTERED] > 0, spec.kinds

@@ -318,6 +318,7 @@ async def _migrate(
         store=svc.page_store,
         gated=commit is not None,
         packed_heads=agreed.packed_heads,
+        wire_version=agreed.page_format,
         threads=svc.config.migration_engine_threads,
         **run.options.engine(),
     )

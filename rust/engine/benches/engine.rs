@@ -5,7 +5,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use novacron_engine::{
-    dirty_bitmap, scan_pages, wire::Header, Codec, Decoder, Encoder, EncoderConfig, PAGE_SIZE,
+    dirty_bitmap, filter, scan_pages, wire::Header, Codec, Decoder, Encoder, EncoderConfig,
+    PAGE_SIZE,
 };
 use std::hint::black_box;
 
@@ -64,6 +65,31 @@ fn benches(c: &mut Criterion) {
     let hashes = scan_pages(&img).unwrap().hashes;
     group.bench_function("dirty_bitmap", |b| {
         b.iter(|| dirty_bitmap(black_box(&hashes), black_box(&img)).unwrap());
+    });
+    // the encoder's guess at a filter, for every page it compresses (pages of a
+    // page table's shape: it tries all four filters and keeps one)
+    let tables: Vec<u8> = (0..(PAGES * PAGE_SIZE / 8) as u64)
+        .flat_map(|k| (0x8000_0001_0000_0067u64 + k * 0x1000).to_le_bytes())
+        .collect();
+    for (name, pages) in [("mix", &img), ("tables", &tables)] {
+        group.bench_function(format!("filter_choose_{name}"), |b| {
+            b.iter(|| {
+                pages
+                    .chunks_exact(PAGE_SIZE)
+                    .filter(|p| filter::choose(black_box(p)).is_some())
+                    .count()
+            });
+        });
+    }
+    let step = filter::Filter::new(8, 1);
+    let mut filtered = Vec::with_capacity(tables.len());
+    step.apply_into(&tables, &mut filtered);
+    group.bench_function("filter_undo_tables", |b| {
+        b.iter(|| {
+            for page in filtered.chunks_exact_mut(PAGE_SIZE) {
+                step.undo(black_box(page));
+            }
+        });
     });
     for codec in [Codec::Lz4, Codec::Zstd] {
         let config = EncoderConfig {

@@ -15,6 +15,7 @@ use crate::cache::PageCache;
 use crate::encoder::{EncodeStats, EncoderConfig};
 use crate::error::{EngineError, Result};
 use crate::fasthash::FastMap;
+use crate::filter::{self, Filter};
 use crate::resemblance::Resemblance;
 use crate::scan::{zero_hash, ZERO_PAGE};
 use crate::wire::{Codec, Header, Kind, MAX_DELTA};
@@ -184,7 +185,8 @@ enum Choice<'a> {
     Delta(Range<usize>),
     /// a delta against what page `.0` held when the batch began
     DeltaFrom(u64, Range<usize>),
-    Block(&'a [u8]),
+    /// a page of the block, filtered or not
+    Block(&'a [u8], Option<Filter>),
     Raw(&'a [u8]),
 }
 
@@ -212,6 +214,8 @@ pub(crate) fn encode_batch(
     let mut choices = Vec::with_capacity(indices.len());
     let mut deltas = Vec::with_capacity(DELTAS_ROOM);
     let mut layout = Layout::new(config, plans, scratch);
+    // (version 4 has no `filtered` records)
+    let filters = config.wire_version > 4;
     for (k, (&index, plan)) in indices.iter().zip(plans).enumerate() {
         let page = source.page(first + k, index);
         let choice = match plan {
@@ -260,7 +264,7 @@ pub(crate) fn encode_batch(
                         if config.codec == Codec::None {
                             Choice::Raw(page)
                         } else {
-                            Choice::Block(page)
+                            Choice::Block(page, filters.then(|| filter::choose(page)).flatten())
                         }
                     }
                 }
@@ -430,7 +434,8 @@ impl Layout {
             Choice::Announced(_) => Kind::AnnouncedRef,
             Choice::Delta(_) => Kind::Delta,
             Choice::DeltaFrom(..) => Kind::DeltaFrom,
-            Choice::Block(_) => self.block_kind,
+            Choice::Block(_, None) => self.block_kind,
+            Choice::Block(_, Some(_)) => Kind::Filtered,
             Choice::Raw(_) => Kind::Raw,
         };
         let index = i64::try_from(index).expect("indices are checked against the guest");
@@ -487,9 +492,15 @@ impl Layout {
                 self.block.extend_from_slice(&deltas[d.clone()]);
                 stats.delta_from += 1;
             }
-            Choice::Block(page) => {
+            Choice::Block(page, None) => {
                 self.block.extend_from_slice(page);
                 stats.compressed += 1;
+            }
+            Choice::Block(page, Some(filter)) => {
+                self.records.push(filter.byte());
+                filter.apply_into(page, &mut self.block);
+                stats.compressed += 1;
+                stats.filtered += 1;
             }
             Choice::Raw(page) => {
                 self.raw.extend_from_slice(page);
@@ -531,6 +542,7 @@ impl Layout {
             }
         };
         let header = Header {
+            version: config.wire_version,
             codec,
             records: u32::try_from(self.stats.pages).expect("batch size bounded"),
             records_len: u32::try_from(self.records.len()).expect("records bounded"),

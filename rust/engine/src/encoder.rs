@@ -20,7 +20,7 @@ use crate::fasthash::{FastMap, FastSet};
 use crate::holdings::Holdings;
 use crate::mem::{Shelf, Spares};
 use crate::scan::{identify, zero_hash, PageScan};
-use crate::wire::{Codec, MAX_RECORDS};
+use crate::wire::{Codec, MAX_RECORDS, OLDEST_VERSION, VERSION};
 use crate::workers::{helper_pool, Workers};
 use crate::PAGE_SIZE;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,6 +41,9 @@ pub struct EncoderConfig {
     /// Threads that encode, the caller's included (1 = the caller's thread alone; n:
     /// the caller and a pool of n - 1 helpers).
     pub threads: usize,
+    /// The wire format version written: [`VERSION`] (5), or 4 for a receiver that
+    /// reads only that (no `filtered` records).
+    pub wire_version: u8,
 }
 
 impl Default for EncoderConfig {
@@ -52,6 +55,7 @@ impl Default for EncoderConfig {
             delta_cache_pages: 8192,
             batch_pages: 1024,
             threads: 1,
+            wire_version: VERSION,
         }
     }
 }
@@ -71,8 +75,10 @@ pub struct EncodeStats {
     pub delta: u64,
     /// Deltas against another page's previous version.
     pub delta_from: u64,
-    /// Pages in compressed blocks.
+    /// Pages in compressed blocks (`filtered` ones included).
     pub compressed: u64,
+    /// Pages in compressed blocks with a word-difference filter.
+    pub filtered: u64,
     /// Raw pages.
     pub raw: u64,
     /// Bytes written.
@@ -88,6 +94,7 @@ impl EncodeStats {
         self.delta += other.delta;
         self.delta_from += other.delta_from;
         self.compressed += other.compressed;
+        self.filtered += other.filtered;
         self.raw += other.raw;
         self.wire_bytes += other.wire_bytes;
     }
@@ -135,7 +142,7 @@ impl Encoder {
     /// A new encoder for a guest of `pages` pages.
     ///
     /// # Errors
-    /// [`EngineError::InvalidArgument`] for a bad batch size or thread count, a zstd
+    /// [`EngineError::InvalidArgument`] for a bad batch size, thread count or wire version, a zstd
     /// level the library refuses, or memory the system refuses for the guest's page
     /// state or the delta cache. The cache holds at most one base per page of the
     /// guest (contents no page holds are dropped from it), so a larger
@@ -144,6 +151,11 @@ impl Encoder {
         config.delta_cache_pages = config.delta_cache_pages.min(pages);
         if config.batch_pages == 0 || config.batch_pages > MAX_RECORDS as usize {
             return Err(EngineError::invalid("batch_pages must be 1..=65536"));
+        }
+        if !(OLDEST_VERSION..=VERSION).contains(&config.wire_version) {
+            return Err(EngineError::invalid(format!(
+                "wire_version must be {OLDEST_VERSION}..={VERSION}"
+            )));
         }
         if config.codec == Codec::Zstd {
             zstd_compress_into(config.zstd_level, &[0u8; 16], &mut [0u8; 128])?;

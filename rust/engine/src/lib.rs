@@ -4,7 +4,7 @@
 //! * [`scan_pages`] / [`dirty_bitmap`]: zero detection with a word-wide OR-fold, xxh3-128
 //!   page hashes, dirty bitmaps of whole images.
 //! * [`Encoder`] / [`Decoder`]: the page stream (zero, unchanged, dup-ref, announced-ref, delta,
-//!   delta-from, lz4, zstd and raw records in checksummed batches; `docs/migration-wire.md`).
+//!   delta-from, lz4, zstd, filtered and raw records in checksummed batches; `docs/migration-wire.md`).
 //! * [`disk`]: a volume's extents for a storage copy (zero runs, zstd-1 data, xxh3-128).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -19,6 +19,7 @@ mod encoder;
 mod equal_bits;
 mod error;
 mod fasthash;
+pub mod filter;
 mod guest_copy;
 mod holdings;
 mod lz4_block;

@@ -9,6 +9,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::error::{EngineError, Result};
+use crate::filter::Filter;
 use crate::mem::{Shelf, Spares};
 use crate::page_slab::{SlabPage, SlabRun, Slabs};
 use crate::wire::{Codec, Header, Kind, MAX_DELTA};
@@ -69,6 +70,16 @@ impl Block<'_> {
         match self {
             Self::Bytes(bytes) => bytes,
             Self::Pages(carved) => carved.bytes(),
+        }
+    }
+
+    /// The bytes to change in place: none when they are the batch's own (not
+    /// decompressed).
+    fn bytes_mut(&mut self) -> Option<&mut [u8]> {
+        match self {
+            Self::Bytes(Cow::Owned(bytes)) => Some(bytes),
+            Self::Bytes(Cow::Borrowed(_)) => None,
+            Self::Pages(carved) => carved.run.as_mut().map(SlabRun::bytes_mut),
         }
     }
 }
@@ -212,7 +223,7 @@ impl Reader {
         let block_wire = &body[records_len..records_len + block_len];
         let raw = &body[records_len + block_len..];
         let block_raw_len = header.block_raw_len as usize;
-        let block = match header.codec {
+        let mut block = match header.codec {
             // nothing in the block: an empty one is read as such whatever the codec
             Codec::None => Block::Bytes(Cow::Borrowed(block_wire)),
             _ if block_raw_len == 0 && block_wire.is_empty() => Block::Bytes(Cow::Borrowed(&[])),
@@ -223,7 +234,21 @@ impl Reader {
                 "block decompressed to the wrong size",
             ));
         }
-        let records = self.records(&header, records_area, block.bytes(), raw, hashes)?;
+        let (mut records, filtered) =
+            self.records(&header, records_area, block.bytes(), raw, hashes)?;
+        if !filtered.is_empty() {
+            // (`records` takes filtered pages only from a decompressed block)
+            let bytes = block.bytes_mut().expect("a decompressed block");
+            for (k, filter) in filtered {
+                if let (_, Record::Page { hash, at, .. }) = &mut records[k] {
+                    let page = &mut bytes[*at..*at + PAGE_SIZE];
+                    filter.undo(page);
+                    if hashes {
+                        *hash = Some(hash_page(page));
+                    }
+                }
+            }
+        }
         Ok(Unpacked {
             block,
             raw,
@@ -304,7 +329,10 @@ impl Reader {
         done.map_err(|e| EngineError::malformed(format!("zstd: {e}")))
     }
 
-    /// The batch's records, checked against its areas and the guest.
+    /// The batch's records, checked against its areas and the guest, and which of them
+    /// are filtered pages (their bytes in the block still filtered, their hash not yet
+    /// taken).
+    #[allow(clippy::type_complexity)]
     fn records(
         &self,
         header: &Header,
@@ -312,9 +340,10 @@ impl Reader {
         block: &[u8],
         raw: &[u8],
         hashes: bool,
-    ) -> Result<Vec<(usize, Record)>> {
+    ) -> Result<(Vec<(usize, Record)>, Vec<(usize, Filter)>)> {
         let hash = |page: &[u8]| hashes.then(|| hash_page(page));
         let mut records = Vec::with_capacity(header.records as usize);
+        let mut filtered = Vec::new();
         let (mut block_at, mut raw_at) = (0usize, 0usize);
         let block_kind = match header.codec {
             Codec::Lz4 => Some(Kind::Lz4),
@@ -406,15 +435,29 @@ impl Reader {
                             "record kind does not match the batch codec",
                         ));
                     }
-                    let at = block_at;
-                    block_at += PAGE_SIZE;
-                    if block_at > block.len() {
-                        return Err(EngineError::malformed(
-                            "compressed pages run past the block",
-                        ));
-                    }
+                    let at = take_page(block.len(), &mut block_at)?;
                     Record::Page {
                         hash: hash(&block[at..block_at]),
+                        raw: false,
+                        at,
+                    }
+                }
+                Kind::Filtered => {
+                    if header.version < 5 || block_kind.is_none() {
+                        return Err(EngineError::malformed(if header.version < 5 {
+                            "filtered record in a version 4 batch"
+                        } else {
+                            "filtered record in a batch without compression"
+                        }));
+                    }
+                    let byte = *input
+                        .first()
+                        .ok_or_else(|| EngineError::malformed("truncated record"))?;
+                    input = &input[1..];
+                    filtered.push((records.len(), Filter::from_byte(byte)?));
+                    let at = take_page(block.len(), &mut block_at)?;
+                    Record::Page {
+                        hash: None,
                         raw: false,
                         at,
                     }
@@ -437,7 +480,7 @@ impl Reader {
         if !input.is_empty() || block_at != block.len() || raw_at != raw.len() {
             return Err(EngineError::malformed("batch areas have unused bytes"));
         }
-        Ok(records)
+        Ok((records, filtered))
     }
 
     /// `value` as a page of the guest (`what` names it in the error).
@@ -455,6 +498,18 @@ impl Reader {
 
 fn new_zstd() -> Result<zstd::bulk::Decompressor<'static>> {
     zstd::bulk::Decompressor::new().map_err(|e| EngineError::invalid(format!("zstd: {e}")))
+}
+
+/// Where the block's next page starts (the block is `block_len` long).
+fn take_page(block_len: usize, block_at: &mut usize) -> Result<usize> {
+    let at = *block_at;
+    *block_at += PAGE_SIZE;
+    if *block_at > block_len {
+        return Err(EngineError::malformed(
+            "compressed pages run past the block",
+        ));
+    }
+    Ok(at)
 }
 
 /// The next delta of the batch: its length from the record, its place in the block

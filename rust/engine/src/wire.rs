@@ -1,4 +1,5 @@
-//! The page stream's wire format, version 4 (see `docs/migration-wire.md`).
+//! The page stream's wire format, version 5 (see `docs/migration-wire.md`); version 4
+//! batches (no `filtered` records) are written and read too.
 //!
 //! A stream is a sequence of self-contained batches. Every batch starts with a fixed
 //! 40-byte little-endian header and ends with its body; the header's xxh3-64 checksum
@@ -8,8 +9,11 @@ use crate::error::{EngineError, Result};
 
 /// First bytes of every batch.
 pub const MAGIC: [u8; 4] = *b"NCPB";
-/// Wire format version written and accepted.
-pub const VERSION: u8 = 4;
+/// The newest wire format version, written unless an encoder is told to write the
+/// older one (for a receiver that reads only that).
+pub const VERSION: u8 = 5;
+/// The oldest version read and written: version 5 without `filtered` records.
+pub const OLDEST_VERSION: u8 = 4;
 /// Size of the batch header.
 pub const HEADER_LEN: usize = 40;
 /// Most pages one batch's records may name (bounds the decoder's work per batch).
@@ -49,6 +53,9 @@ pub enum Kind {
     /// Pages whose receiver's copies are current: this record's page and the next
     /// `more`, as [`Kind::ZeroRun`].
     UnchangedRun = 10,
+    /// The next page of the batch's block with a word-difference filter undone (the
+    /// filter's byte follows the index step); version 5 on.
+    Filtered = 11,
 }
 
 impl Kind {
@@ -69,6 +76,7 @@ impl Kind {
             8 => Self::DeltaFrom,
             9 => Self::ZeroRun,
             10 => Self::UnchangedRun,
+            11 => Self::Filtered,
             other => {
                 return Err(EngineError::malformed(format!(
                     "unknown record kind {other}"
@@ -104,6 +112,8 @@ impl Codec {
 /// The parsed fixed part of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// Wire format version ([`OLDEST_VERSION`] to [`VERSION`]).
+    pub version: u8,
     /// Block compression.
     pub codec: Codec,
     /// Number of pages the records name (a run record names several).
@@ -146,7 +156,7 @@ impl Header {
         crate::mem::reserve(out, HEADER_LEN + body_len);
         let start = out.len();
         out.extend_from_slice(&MAGIC);
-        out.push(VERSION);
+        out.push(self.version);
         out.push(self.codec as u8);
         out.extend_from_slice(&0u16.to_le_bytes());
         for v in [
@@ -213,7 +223,8 @@ impl Header {
         if input[0..4] != MAGIC {
             return Err(EngineError::malformed("bad batch magic"));
         }
-        if input[4] != VERSION {
+        let version = input[4];
+        if !(OLDEST_VERSION..=VERSION).contains(&version) {
             return Err(EngineError::malformed(format!(
                 "unsupported wire version {}",
                 input[4]
@@ -227,6 +238,7 @@ impl Header {
             return Err(EngineError::malformed("reserved header bytes are not zero"));
         }
         let header = Self {
+            version,
             codec,
             records: u32_at(8),
             records_len: u32_at(12),

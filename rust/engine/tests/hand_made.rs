@@ -10,6 +10,7 @@ use novacron_engine::{Codec, Decoder, PAGE_SIZE};
 /// empty with any codec) and `raw` as its raw area.
 fn hand_made(codec: Codec, count: u32, records: &[u8], block: &[u8], raw: &[u8]) -> Vec<u8> {
     let header = novacron_engine::wire::Header {
+        version: novacron_engine::wire::VERSION,
         codec,
         records: count,
         records_len: records.len() as u32,
@@ -193,4 +194,94 @@ fn runs_name_consecutive_pages_and_may_not_reach_past_the_batch_or_the_guest() {
             assert_eq!(dec.image(), before, "nothing applied");
         }
     }
+}
+
+/// A batch of `version` whose block (`block`, before compression) is lz4-compressed.
+fn compressed(version: u8, count: u32, records: &[u8], block: &[u8]) -> Vec<u8> {
+    let wire = lz4_flex::block::compress(block);
+    let header = novacron_engine::wire::Header {
+        version,
+        codec: Codec::Lz4,
+        records: count,
+        records_len: records.len() as u32,
+        block_raw_len: block.len() as u32,
+        block_len: wire.len() as u32,
+        raw_len: 0,
+    };
+    header.frame_parts(&[records, &wire, &[]])
+}
+
+#[test]
+fn a_filtered_page_is_its_block_bytes_with_the_filter_undone() {
+    use novacron_engine::filter::Filter;
+    use novacron_engine::wire::Kind;
+    // page 0: 4-byte words 1, 4, 7, ... sent as differences from the word before (filter
+    // byte 0x00) — 1, then 3 repeated; page 1 (step 0): 8-byte words, each the one two
+    // before plus 5 (filter byte 0x11) — two words, then 5s
+    let mut block: Vec<u8> = 1u32.to_le_bytes().to_vec();
+    block.extend((1..PAGE_SIZE / 4).flat_map(|_| 3u32.to_le_bytes()));
+    block.extend([10u64, 20].iter().flat_map(|w| w.to_le_bytes()));
+    block.extend((2..PAGE_SIZE / 8).flat_map(|_| 5u64.to_le_bytes()));
+    let records = [Kind::Filtered as u8, 0, 0x00, Kind::Filtered as u8, 0, 0x11];
+    let batch = compressed(5, 2, &records, &block);
+    let mut dec = Decoder::new(2).unwrap();
+    assert_eq!(dec.decode(&batch).unwrap(), 1);
+    let image = dec.image();
+    let words4: Vec<u32> = image[..PAGE_SIZE]
+        .chunks(4)
+        .map(|w| u32::from_le_bytes(w.try_into().unwrap()))
+        .collect();
+    assert!(words4
+        .iter()
+        .enumerate()
+        .all(|(k, &w)| w == 1 + 3 * k as u32));
+    let words8: Vec<u64> = image[PAGE_SIZE..]
+        .chunks(8)
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+        .collect();
+    for (k, &w) in words8.iter().enumerate() {
+        assert_eq!(w, [10, 20][k % 2] + 5 * (k as u64 / 2), "word {k}");
+    }
+    // what the encoder writes for such a page reads back the same way
+    let mut again = Vec::new();
+    Filter::new(8, 2).apply_into(&image[PAGE_SIZE..], &mut again);
+    assert_eq!(again, block[PAGE_SIZE..]);
+}
+
+#[test]
+fn filtered_records_only_in_version_5_compressed_batches_with_a_known_filter() {
+    use novacron_engine::wire::Kind;
+    let page = [3u8; PAGE_SIZE];
+    let filtered = [Kind::Filtered as u8, 0, 0x10];
+    for (batch, why) in [
+        (compressed(4, 1, &filtered, &page), "version 4 batch"),
+        (
+            hand_made(Codec::None, 1, &filtered, &page, &[]),
+            "without compression",
+        ),
+        (
+            compressed(5, 1, &[Kind::Filtered as u8, 0, 0x20], &page),
+            "unknown filter",
+        ),
+        (
+            compressed(5, 1, &[Kind::Filtered as u8, 0], &page),
+            "truncated record",
+        ),
+        (
+            compressed(5, 2, &[Kind::Filtered as u8, 0, 0x10, 4, 0], &page),
+            "run past the block",
+        ),
+        (compressed(3, 1, &filtered, &page), "wire version 3"),
+        (compressed(6, 1, &filtered, &page), "wire version 6"),
+    ] {
+        let mut dec = Decoder::new(2).unwrap();
+        let err = dec.decode(&batch).unwrap_err();
+        assert!(err.to_string().contains(why), "{why}: {err}");
+        assert!(dec.image().iter().all(|&b| b == 0), "nothing applied");
+    }
+    // version 4 batches are read as before
+    let lz4 = compressed(4, 1, &[Kind::Lz4 as u8, 0], &page);
+    let mut dec = Decoder::new(1).unwrap();
+    dec.decode(&lz4).unwrap();
+    assert_eq!(dec.image(), page);
 }

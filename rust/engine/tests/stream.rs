@@ -16,7 +16,8 @@ fn touched(change: &Change) -> Vec<u64> {
         | Change::Random(i, _)
         | Change::CopyFrom(i, _)
         | Change::Poke(i, _, _)
-        | Change::Text(i, _) => vec![(i % PAGES) as u64],
+        | Change::Text(i, _)
+        | Change::Table(i, _, _) => vec![(i % PAGES) as u64],
         Change::Move(dst, src, _) => vec![(dst % PAGES) as u64, (src % PAGES) as u64],
     }
 }
@@ -29,6 +30,7 @@ fn change() -> impl Strategy<Value = Change> {
         (0..PAGES, 0..PAGE_SIZE, any::<u8>()).prop_map(|(i, a, v)| Change::Poke(i, a, v)),
         (0..PAGES, any::<u8>()).prop_map(|(i, s)| Change::Text(i, s)),
         (0..PAGES, 0..PAGES, 0..PAGE_SIZE).prop_map(|(a, b, at)| Change::Move(a, b, at)),
+        (0..PAGES, any::<u64>(), any::<u32>()).prop_map(|(i, s, d)| Change::Table(i, s, d)),
     ]
 }
 
@@ -40,7 +42,57 @@ fn config(codec: Codec, dedup: bool, delta: usize, batch: usize, threads: usize)
         delta_cache_pages: delta,
         batch_pages: batch,
         threads,
+        ..EncoderConfig::default()
     }
+}
+
+#[test]
+fn tables_go_filtered_in_version_5_and_as_they_are_in_version_4() {
+    let mut image = vec![0u8; PAGES * PAGE_SIZE];
+    for p in 0..PAGES {
+        let change = if p % 2 == 0 {
+            Change::Table(p, 0x8000_0000_0100_0067 + (p as u64) * 0x20_0000, 0x1000)
+        } else {
+            Change::Text(p, p as u8)
+        };
+        apply(&mut image, &change);
+    }
+    let all: Vec<u64> = (0..PAGES as u64).collect();
+    let mut sizes = Vec::new();
+    for (codec, wire_version) in [
+        (Codec::Lz4, 4),
+        (Codec::Lz4, 5),
+        (Codec::Zstd, 4),
+        (Codec::Zstd, 5),
+    ] {
+        let config = EncoderConfig {
+            codec,
+            wire_version,
+            ..EncoderConfig::default()
+        };
+        let mut enc = Encoder::new(PAGES, config).unwrap();
+        let wire = enc.encode(&image, &all).unwrap();
+        assert_eq!(wire[4], wire_version, "the header says the version written");
+        let filtered = if wire_version == 5 {
+            PAGES as u64 / 2
+        } else {
+            0
+        };
+        assert_eq!(enc.stats.filtered, filtered, "{codec:?} v{wire_version}");
+        let mut dec = Decoder::new(PAGES).unwrap();
+        dec.decode(&wire).unwrap();
+        assert_eq!(dec.image(), image, "{codec:?} v{wire_version}");
+        sizes.push(wire.len());
+    }
+    assert!(
+        sizes[1] < sizes[0] && sizes[3] < sizes[2],
+        "filtered tables are smaller: {sizes:?}"
+    );
+    let config = EncoderConfig {
+        wire_version: 6,
+        ..EncoderConfig::default()
+    };
+    assert!(Encoder::new(PAGES, config).is_err());
 }
 
 proptest! {
@@ -54,11 +106,13 @@ proptest! {
         batch in 1usize..40,
         threads in 1usize..4,
         repeat in any::<bool>(),
+        wire_version in 4u8..=5,
     ) {
         let mut image = vec![0u8; PAGES * PAGE_SIZE];
-        let mut enc = Encoder::new(PAGES, config(codec, dedup, delta, batch, threads)).unwrap();
+        let config = EncoderConfig { wire_version, ..config(codec, dedup, delta, batch, threads) };
+        let mut enc = Encoder::new(PAGES, config).unwrap();
         // the same rounds through a scan of each image: exactly the same stream
-        let mut scanned = Encoder::new(PAGES, config(codec, dedup, delta, batch, threads)).unwrap();
+        let mut scanned = Encoder::new(PAGES, config).unwrap();
         // (several batches per round: read ahead on helpers when there are any)
         let mut dec = Decoder::with_threads(PAGES, threads).unwrap();
         let all: Vec<u64> = (0..PAGES as u64).collect();
@@ -248,6 +302,7 @@ fn a_batch_failing_midway_is_undone() {
     let mut body = records.clone();
     body.extend_from_slice(&[7u8; PAGE_SIZE]);
     let header = Header {
+        version: novacron_engine::wire::VERSION,
         codec: Codec::None,
         records: 2,
         records_len: records.len() as u32,
@@ -265,6 +320,7 @@ fn a_batch_failing_midway_is_undone() {
     // and the receiver's view was taken back too: an unchanged record for page 1 fails
     let unchanged = [Kind::Unchanged as u8, 2];
     let header = Header {
+        version: novacron_engine::wire::VERSION,
         codec: Codec::None,
         records: 1,
         records_len: 2,

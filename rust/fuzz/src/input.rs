@@ -77,12 +77,12 @@ impl<'a> Input<'a> {
     }
 
     /// A page of one of the kinds guest memory holds, chosen by the input: zero, one
-    /// byte repeated, `other` with a few bytes changed, text-like, or pseudo-random
-    /// bytes from a seed. `other`: a page the case already made, if any (anything but a
-    /// page's length counts as none).
+    /// byte repeated, `other` with a few bytes changed, text-like, a table of words
+    /// growing by a step, or pseudo-random bytes from a seed. `other`: a page the case
+    /// already made, if any (anything but a page's length counts as none).
     pub fn page(&mut self, other: Option<&[u8]>) -> Vec<u8> {
         let mut page = vec![0u8; PAGE_SIZE];
-        match self.byte() % 6 {
+        match self.byte() % 7 {
             0 => {}
             1 => page.fill(self.byte()),
             2 | 3 => {
@@ -112,6 +112,15 @@ impl<'a> Input<'a> {
                     let n = word.len().min(PAGE_SIZE - at);
                     page[at..at + n].copy_from_slice(&word[..n]);
                     at += n;
+                }
+            }
+            5 => {
+                // words of 4 or 8 bytes growing by a step (a table: sent `filtered`)
+                let (mut word, step) = (self.u64(), self.u64() >> self.below(64));
+                let width = [4, 8][self.below(2)];
+                for chunk in page.chunks_exact_mut(width) {
+                    chunk.copy_from_slice(&word.to_le_bytes()[..width]);
+                    word = word.wrapping_add(step);
                 }
             }
             _ => noise(&mut (self.u64() | 1), &mut page),

@@ -19,6 +19,7 @@ fn config(input: &mut Input<'_>) -> EncoderConfig {
         delta_cache_pages: input.below(65),
         batch_pages: 1 + input.below(64),
         threads: 1 + input.below(2),
+        wire_version: [4, 5][input.below(2)],
     }
 }
 

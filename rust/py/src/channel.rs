@@ -20,7 +20,7 @@ pub struct ChannelSender {
 #[pymethods]
 impl ChannelSender {
     #[new]
-    #[pyo3(signature = (batch_pages=1024, wait_for_announce=false, store=None, gated=false, packed_heads=true, compression="lz4", zstd_level=1, dedup=true, delta_cache_pages=8192, threads=1))]
+    #[pyo3(signature = (batch_pages=1024, wait_for_announce=false, store=None, gated=false, packed_heads=true, compression="lz4", zstd_level=1, dedup=true, delta_cache_pages=8192, threads=1, wire_version=engine::wire::VERSION))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         batch_pages: usize,
@@ -33,6 +33,7 @@ impl ChannelSender {
         dedup: bool,
         delta_cache_pages: usize,
         threads: usize,
+        wire_version: u8,
     ) -> PyResult<Self> {
         if batch_pages == 0 || batch_pages > 65_536 {
             return Err(pyo3::exceptions::PyValueError::new_err(
@@ -46,6 +47,7 @@ impl ChannelSender {
             delta_cache_pages,
             batch_pages: 1024,
             threads,
+            wire_version,
         };
         // checked now, not at the first page
         engine::Encoder::new(1, engine).map_err(crate::to_py_err)?;

@@ -237,6 +237,7 @@ pub(crate) fn encode_stats_map(
         ("dup", s.dup),
         ("delta", s.delta),
         ("delta_from", s.delta_from),
+        ("filtered", s.filtered),
         ("compressed", s.compressed),
         ("raw", s.raw),
         ("wire_bytes", s.wire_bytes),
@@ -266,7 +267,8 @@ struct PageEncoder {
 #[pymethods]
 impl PageEncoder {
     #[new]
-    #[pyo3(signature = (pages, compression="lz4", zstd_level=1, dedup=true, delta_cache_pages=8192, batch_pages=1024, threads=1))]
+    #[pyo3(signature = (pages, compression="lz4", zstd_level=1, dedup=true, delta_cache_pages=8192, batch_pages=1024, threads=1, wire_version=engine::wire::VERSION))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         pages: usize,
         compression: &str,
@@ -275,6 +277,7 @@ impl PageEncoder {
         delta_cache_pages: usize,
         batch_pages: usize,
         threads: usize,
+        wire_version: u8,
     ) -> PyResult<Self> {
         let config = engine::EncoderConfig {
             codec: codec_from_name(compression)?,
@@ -283,6 +286,7 @@ impl PageEncoder {
             delta_cache_pages,
             batch_pages,
             threads,
+            wire_version,
         };
         let inner = engine::Encoder::new(pages, config).map_err(to_py_err)?;
         Ok(Self { inner })
@@ -445,6 +449,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PAGE_SIZE", engine::PAGE_SIZE)?;
     m.add("HASH_LEN", engine::HASH_LEN)?;
     m.add("WIRE_VERSION", engine::wire::VERSION)?;
+    m.add("OLDEST_WIRE_VERSION", engine::wire::OLDEST_VERSION)?;
     m.add_class::<PageScan>()?;
     m.add_class::<PageEncoder>()?;
     m.add_class::<PageDecoder>()?;

@@ -16,6 +16,9 @@ pub enum Change {
     /// page `.0` takes page `.1`'s content with byte `.2` changed, and page `.1` is
     /// rewritten: a content moved to another page (a `delta-from` of the first)
     Move(usize, usize, usize),
+    /// page `.0` becomes 8-byte words from `.1` up by `.2` each (a page table's shape:
+    /// the encoder sends it `filtered`)
+    Table(usize, u64, u32),
 }
 
 pub fn apply(image: &mut [u8], change: &Change) {
@@ -39,6 +42,12 @@ pub fn apply(image: &mut [u8], change: &Change) {
         Change::Text(i, seed) => {
             for (j, b) in image[page(i)].iter_mut().enumerate() {
                 *b = b"the quick brown fox "[(j + seed as usize) % 20];
+            }
+        }
+        Change::Table(i, start, step) => {
+            for (k, word) in image[page(i)].chunks_exact_mut(8).enumerate() {
+                let value = start.wrapping_add(u64::from(step).wrapping_mul(k as u64));
+                word.copy_from_slice(&value.to_le_bytes());
             }
         }
         Change::Move(dst, src, at) => {
