@@ -67,7 +67,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| dirty_bitmap(black_box(&hashes), black_box(&img)).unwrap());
     });
     // the encoder's guess at a filter, for every page it compresses (pages of a
-    // page table's shape: it tries all four filters and keeps one)
+    // page table's shape: it tries all three filters and keeps one)
     let tables: Vec<u8> = (0..(PAGES * PAGE_SIZE / 8) as u64)
         .flat_map(|k| (0x8000_0001_0000_0067u64 + k * 0x1000).to_le_bytes())
         .collect();
