@@ -102,42 +102,45 @@ impl Filter {
     pub fn apply(self, data: &[u8], filtered: &mut [u8]) {
         let lag = (self.distance() * self.width()).min(data.len());
         filtered[..lag].copy_from_slice(&data[..lag]);
-        if self.width() == 8 {
-            for at in (lag..data.len()).step_by(8) {
-                let d = word8(data, at).wrapping_sub(word8(data, at - lag));
-                filtered[at..at + 8].copy_from_slice(&d.to_le_bytes());
-            }
-        } else {
-            for at in (lag..data.len()).step_by(4) {
-                let d = word4(data, at).wrapping_sub(word4(data, at - lag));
-                filtered[at..at + 4].copy_from_slice(&d.to_le_bytes());
-            }
+        match self.width() {
+            8 => subtract::<8>(data, lag, filtered),
+            _ => subtract::<4>(data, lag, filtered),
         }
     }
 
     /// Undoes the filter on `data` (a whole number of words) where it is.
     pub fn undo(self, data: &mut [u8]) {
         let lag = self.distance() * self.width();
-        if self.width() == 8 {
-            for at in (lag..data.len()).step_by(8) {
-                let w = word8(data, at).wrapping_add(word8(data, at - lag));
-                data[at..at + 8].copy_from_slice(&w.to_le_bytes());
-            }
-        } else {
-            for at in (lag..data.len()).step_by(4) {
-                let w = word4(data, at).wrapping_add(word4(data, at - lag));
-                data[at..at + 4].copy_from_slice(&w.to_le_bytes());
-            }
+        match self.width() {
+            8 => add_back::<8>(data, lag),
+            _ => add_back::<4>(data, lag),
         }
     }
 }
 
-fn word8(data: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(data[at..at + 8].try_into().expect("8 bytes"))
+/// Each `W`-byte word of `data` from `lag` bytes on, minus the word `lag` bytes before
+/// (modulo 2^(8W)), into `filtered`.
+fn subtract<const W: usize>(data: &[u8], lag: usize, filtered: &mut [u8]) {
+    for at in (lag..data.len()).step_by(W) {
+        let d = word::<W>(data, at).wrapping_sub(word::<W>(data, at - lag));
+        filtered[at..at + W].copy_from_slice(&d.to_le_bytes()[..W]);
+    }
 }
 
-fn word4(data: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(data[at..at + 4].try_into().expect("4 bytes"))
+/// [`subtract`] undone in place, from the first word on.
+fn add_back<const W: usize>(data: &mut [u8], lag: usize) {
+    for at in (lag..data.len()).step_by(W) {
+        let w = word::<W>(data, at).wrapping_add(word::<W>(data, at - lag));
+        data[at..at + W].copy_from_slice(&w.to_le_bytes()[..W]);
+    }
+}
+
+/// The little-endian `W`-byte word at `at` (W ≤ 8; only its low `W` bytes are written
+/// back, so sums and differences wrap at 2^(8W)).
+fn word<const W: usize>(data: &[u8], at: usize) -> u64 {
+    let mut bytes = [0u8; 8];
+    bytes[..W].copy_from_slice(&data[at..at + W]);
+    u64::from_le_bytes(bytes)
 }
 
 /// The filter that makes `page` most repetitive, if one does by a margin: counted on a
@@ -167,7 +170,7 @@ pub fn choose(page: &[u8]) -> Option<Filter> {
 fn repeats(sample: &[u8]) -> u32 {
     let mut words = [0u32; (SAMPLE.end - SAMPLE.start) / 4];
     for (w, at) in words.iter_mut().zip((0..sample.len()).step_by(4)) {
-        *w = word4(sample, at);
+        *w = word::<4>(sample, at) as u32;
     }
     let mut n = 0;
     for lag in LAGS {

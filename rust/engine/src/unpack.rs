@@ -443,12 +443,15 @@ impl Reader {
                     }
                 }
                 Kind::Filtered => {
-                    if header.version < 5 || block_kind.is_none() {
-                        return Err(EngineError::malformed(if header.version < 5 {
-                            "filtered record in a version 4 batch"
-                        } else {
-                            "filtered record in a batch without compression"
-                        }));
+                    if header.version < 5 {
+                        return Err(EngineError::malformed(
+                            "filtered record in a version 4 batch",
+                        ));
+                    }
+                    if block_kind.is_none() {
+                        return Err(EngineError::malformed(
+                            "filtered record in a batch without compression",
+                        ));
                     }
                     let byte = *input
                         .first()
