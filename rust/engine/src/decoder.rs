@@ -35,6 +35,8 @@ pub struct Decoder {
     reader: Reader,
     /// the helpers reading batches ahead of the one applied (threads - 1 of them)
     pool: Option<rayon::ThreadPool>,
+    /// inputs shorter than this are read and applied on the caller's thread alone
+    read_ahead_from: usize,
     /// Batches applied.
     pub batches: u64,
     /// Pages written (by the batches applied).
@@ -44,6 +46,16 @@ pub struct Decoder {
 /// Decompressed batches read ahead of the one applied may hold this much together
 /// (the next one to apply is always read, however large).
 const READ_AHEAD: usize = 64 << 20;
+
+/// Inputs shorter than this (bytes on the wire) are read and applied by the caller
+/// alone, helpers or not. Reading ahead saves the reading of the batches a helper
+/// takes, and costs the hand-over and their pages coming from another core's cache:
+/// tens of microseconds. A later round of a real guest (about 250 pages, 75–80 KB in
+/// two batches, mostly deltas, which are applied on the caller either way) decoded
+/// 8–18 % slower on two threads than on one; synthetic rounds of 60–300 pages (two
+/// batches each) gained nothing below about 100 KB and 4–24 % above (session 75,
+/// `docs/benchmarks-page-engine.md`).
+pub const READ_AHEAD_FROM: usize = 96 << 10;
 
 /// Blocks are decompressed straight into fresh page memory (their pages kept as they
 /// are, not copied) only while the receiver has fewer spare pages than this: a round
@@ -94,9 +106,17 @@ impl Decoder {
             memory: GuestCopy::new(pages)?,
             reader: Reader::new(pages)?,
             pool: helper_pool(threads, "novacron-dec")?,
+            read_ahead_from: READ_AHEAD_FROM,
             batches: 0,
             pages: 0,
         })
+    }
+
+    /// Reads ahead on the helpers (if any) only for inputs of at least `bytes`
+    /// ([`READ_AHEAD_FROM`] unless set): 0 reads ahead whenever an input holds more
+    /// than one batch (tests and fuzzing, to take that path with small inputs).
+    pub fn read_ahead_from(&mut self, bytes: usize) {
+        self.read_ahead_from = bytes;
     }
 
     /// Pins every page of `store` for this stream and returns their hashes (16 bytes
@@ -187,10 +207,13 @@ impl Decoder {
             memory,
             reader,
             pool,
+            read_ahead_from,
             ..
         } = self;
         let (mut applied, mut written) = (0u64, 0u64);
-        let helpers = pool.as_ref().filter(|_| batches.len() > 1);
+        let helpers = pool
+            .as_ref()
+            .filter(|_| batches.len() > 1 && input.len() >= *read_ahead_from);
         let ahead = helpers.is_some();
         let into_pages = memory.spare_pages() < RUNS_BELOW_SPARE;
         let outcome = Workers::start(helpers).in_order(
@@ -283,6 +306,39 @@ mod tests {
             page[8] = seed;
         }
         image
+    }
+
+    #[test]
+    fn small_and_large_inputs_decode_alike_whether_read_ahead_or_not() {
+        // batches of 4 pages: 25 of them, one input well under READ_AHEAD_FROM (the
+        // pages compress to a few bytes each) and one over it (incompressible pages)
+        let pages = 100;
+        let config = EncoderConfig {
+            batch_pages: 4,
+            ..EncoderConfig::default()
+        };
+        let all: Vec<u64> = (0..pages as u64).collect();
+        let mut noisy = image(pages, 9);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for b in &mut noisy {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        for (image, large) in [(image(pages, 1), false), (noisy, true)] {
+            let wire = Encoder::new(pages, config)
+                .unwrap()
+                .encode(&image, &all)
+                .unwrap();
+            assert_eq!(wire.len() >= READ_AHEAD_FROM, large);
+            for (threads, from) in [(1, READ_AHEAD_FROM), (2, READ_AHEAD_FROM), (2, 0)] {
+                let mut dec = Decoder::with_threads(pages, threads).unwrap();
+                dec.read_ahead_from(from);
+                assert_eq!(dec.decode(&wire).unwrap(), 25);
+                assert_eq!(dec.image(), image, "x{threads}, reading ahead from {from}");
+            }
+        }
     }
 
     #[test]

@@ -115,6 +115,7 @@ proptest! {
         let mut scanned = Encoder::new(PAGES, config).unwrap();
         // (several batches per round: read ahead on helpers when there are any)
         let mut dec = Decoder::with_threads(PAGES, threads).unwrap();
+        dec.read_ahead_from(0); // (small inputs too)
         let all: Vec<u64> = (0..PAGES as u64).collect();
         for (round, changes) in rounds.iter().enumerate() {
             for c in changes { apply(&mut image, c); }
@@ -176,6 +177,7 @@ fn batches_read_ahead_apply_in_order_and_a_bad_one_stops_the_rest() {
         // batches of 3 pages: 8 per round
         let mut enc = Encoder::new(PAGES, config(Codec::Lz4, true, 64, 3, 1)).unwrap();
         let mut dec = Decoder::with_threads(PAGES, threads).unwrap();
+        dec.read_ahead_from(0);
         assert_eq!(dec.decode(&enc.encode(&image, &all).unwrap()).unwrap(), 8);
         let old = image.clone();
         // every page moves one place on with a byte changed: delta-from records whose
@@ -672,6 +674,7 @@ fn encoders_and_decoders_work_alike_in_buffers_earlier_ones_left() {
         };
         let decoded = |wire: &[u8]| {
             let mut decoder = Decoder::with_threads(PAGES, 2).unwrap();
+            decoder.read_ahead_from(0);
             decoder.decode(wire).unwrap();
             decoder.image()
         };
