@@ -53,8 +53,8 @@ const READ_AHEAD: usize = 64 << 20;
 /// tens of microseconds. A later round of a real guest (about 250 pages, 75–80 KB in
 /// two batches, mostly deltas, which are applied on the caller either way) decoded
 /// 8–18 % slower on two threads than on one; synthetic rounds of 60–300 pages (two
-/// batches each) gained nothing below about 100 KB and 4–24 % above (session 75,
-/// `docs/benchmarks-page-engine.md`).
+/// batches each) lost 4–9 % below about 90 KB and went 0.99–1.20x as fast from 96 KB
+/// up (session 75, `docs/benchmarks-page-engine.md`).
 pub const READ_AHEAD_FROM: usize = 96 << 10;
 
 /// Blocks are decompressed straight into fresh page memory (their pages kept as they

@@ -210,8 +210,9 @@ pub fn decode(data: &[u8]) {
     let mut input = Input::new(data);
     let pages = 1 + input.below(16);
     let mut decoder = Decoder::with_threads(pages, 1 + input.below(2)).expect("a decoder");
-    decoder.read_ahead_from(0); // (these inputs are small: read ahead all the same)
-                                // a first round the engine encodes, so that the receiver holds pages
+    // (these inputs are small: read ahead all the same)
+    decoder.read_ahead_from(0);
+    // a first round the engine encodes, so that the receiver holds pages
     let mut image = Vec::with_capacity(pages * PAGE_SIZE);
     for _ in 0..pages {
         let page = input.page(image.get(image.len().saturating_sub(PAGE_SIZE)..));
